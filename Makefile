@@ -1,0 +1,38 @@
+GO ?= go
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/siteserver/siteserver/internal/obs.Version=$(VERSION)
+# Static binary: the SQLite driver is pure Go, so cgo is not needed anywhere.
+export CGO_ENABLED ?= 0
+
+.PHONY: run test build vet fuzz bench deps clean
+
+# A standalone site (site services + embedded NS) on unprivileged ports, data in ./data.
+run: build
+	@echo "NS API:  https://127.0.0.1:50443   (admin: ./bin/siteserver sites list -data data/standalone)"
+	@echo "metrics: http://127.0.0.1:9351/metrics  /healthz  /readyz"
+	./bin/siteserver serve -config examples/standalone.yaml
+
+build:
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/siteserver ./cmd/siteserver
+
+vet:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { gofmt -l .; echo "gofmt needed"; exit 1; }
+
+# go test -race needs cgo.
+test: vet
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 15m ./...
+
+# Short runs of every fuzz target, for local use.
+fuzz:
+	$(GO) test -run='^$$' -fuzz=FuzzParseRulesFile -fuzztime=30s ./sites/
+	$(GO) test -run='^$$' -fuzz=FuzzDecodeRegisterServer -fuzztime=30s ./ns/
+
+bench:
+	$(GO) run ./bench sites
+
+deps:
+	./scripts/install-deps.sh
+
+clean:
+	rm -rf bin data

@@ -1,0 +1,110 @@
+// Package agent is the client task agent that runs on managed computers: it enrolls with
+// its NS, registers and learns which task and package servers serve it. Receiving tickles,
+// running jobs and downloading packages build on this.
+package agent
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/siteserver/siteserver/internal/hostinfo"
+	"github.com/siteserver/siteserver/ns"
+)
+
+// Config is the agent's part of its config file.
+type Config struct {
+	DataDir   string
+	Hostname  string
+	Addresses []string
+	NS        ns.Endpoint
+}
+
+// Agent keeps the computer registered with its NS.
+type Agent struct {
+	cfg       Config
+	logger    *slog.Logger
+	reg       prometheus.Registerer
+	registrar *ns.Registrar
+
+	mu      sync.Mutex
+	servers ns.RegisterAgentResponse
+	have    bool
+}
+
+// New builds the agent; nothing is read or bound until Run.
+func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Agent, error) {
+	if cfg.DataDir == "" {
+		return nil, fmt.Errorf("agent: data_dir: required")
+	}
+	if err := cfg.NS.Validate("ns"); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Agent{cfg: cfg, logger: logger, reg: reg}, nil
+}
+
+// Name implements service.Service.
+func (a *Agent) Name() string { return "agent" }
+
+// Servers returns the NS's last answer: the agent's sites and its task and package servers.
+func (a *Agent) Servers() (ns.RegisterAgentResponse, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.servers, a.have
+}
+
+// Run registers with the NS and keeps doing so on the interval it is given.
+func (a *Agent) Run(ctx context.Context) error {
+	id, err := ns.LoadOrCreateID(a.cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	host, err := hostinfo.Hostname(a.cfg.Hostname)
+	if err != nil {
+		return err
+	}
+	a.logger.Info("agent identity", "id", id, "hostname", host)
+	peer := &ns.Peer{
+		Endpoint: a.cfg.NS, Kind: ns.KindAgent, ID: id, Hostname: host,
+		Dir: filepath.Join(a.cfg.DataDir, "ns", a.cfg.NS.Name),
+	}
+	a.registrar = ns.NewRegistrar([]*ns.Peer{peer}, a.register, a.logger, a.reg)
+	var last ns.RegisterAgentResponse
+	if a.registrar.Last(a.cfg.NS.Name, &last) {
+		a.setServers(last)
+	}
+	return a.registrar.Run(ctx)
+}
+
+func (a *Agent) setServers(r ns.RegisterAgentResponse) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.servers, a.have = r, true
+}
+
+func (a *Agent) register(ctx context.Context, p *ns.Peer, c *ns.Client) (any, time.Duration, error) {
+	prefixes, err := hostinfo.Addresses(a.cfg.Addresses)
+	if err != nil {
+		return nil, 0, err
+	}
+	req := ns.RegisterAgentRequest{ID: p.ID, Hostname: p.Hostname, Addresses: hostinfo.Addrs(prefixes)}
+	resp, err := c.RegisterAgent(ctx, req)
+	if err != nil {
+		return nil, 0, err
+	}
+	a.setServers(resp)
+	var task []string
+	for _, s := range resp.TaskServers {
+		task = append(task, s.Hostname)
+	}
+	a.logger.Info("registered with NS", "sites", len(resp.Sites), "task_servers", task, "reason", resp.TaskReason)
+	return resp, resp.Settings.HeartbeatInterval, nil
+}

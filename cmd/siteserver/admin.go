@@ -1,0 +1,286 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/siteserver/siteserver/ns"
+)
+
+const adminHelp = `Flags (or environment):
+  -ns URL          NS API address (SITESERVER_NS_URL)
+  -token T         admin token (SITESERVER_ADMIN_TOKEN); -token-file F reads it from a file
+  -ca FILE         NS CA certificate (SITESERVER_NS_CA); -ca-sha256 HEX pins it instead
+  -data DIR        a standalone site's data directory: token and CA from DIR/ns,
+                   URL https://127.0.0.1:50443 unless -ns is given
+  -json            print JSON instead of a table
+`
+
+type adminFlags struct {
+	url, token, tokenFile, ca, pin, data string
+	json                                 bool
+}
+
+func (f *adminFlags) client() (*ns.Client, error) {
+	env := func(v *string, name string) {
+		if *v == "" {
+			*v = os.Getenv(name)
+		}
+	}
+	env(&f.url, "SITESERVER_NS_URL")
+	env(&f.token, "SITESERVER_ADMIN_TOKEN")
+	env(&f.ca, "SITESERVER_NS_CA")
+	if f.data != "" {
+		if f.url == "" {
+			f.url = "https://127.0.0.1:50443"
+		}
+		if f.token == "" && f.tokenFile == "" {
+			f.tokenFile = filepath.Join(f.data, "ns", "admin.token")
+		}
+		if f.ca == "" && f.pin == "" {
+			f.ca = filepath.Join(f.data, "ns", "ca.crt")
+		}
+	}
+	if f.tokenFile != "" {
+		b, err := os.ReadFile(f.tokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("-token-file: %w", err)
+		}
+		f.token = strings.TrimSpace(string(b))
+	}
+	if f.url == "" {
+		return nil, usageError{"-ns URL (or SITESERVER_NS_URL, or -data DIR) is required"}
+	}
+	if f.token == "" {
+		return nil, usageError{"-token (or -token-file, SITESERVER_ADMIN_TOKEN, -data DIR) is required"}
+	}
+	u, err := url.Parse(f.url)
+	if err != nil || u.Scheme != "https" {
+		return nil, usageError{fmt.Sprintf("-ns: %q is not an https URL", f.url)}
+	}
+	var caPEM []byte
+	if f.ca != "" {
+		if caPEM, err = os.ReadFile(f.ca); err != nil {
+			return nil, fmt.Errorf("-ca: %w", err)
+		}
+	}
+	conf, err := ns.ClientTLSConfig(caPEM, f.pin, u.Hostname(), nil, nil)
+	if err != nil {
+		return nil, usageError{fmt.Sprintf("%v (give -ca or -ca-sha256)", err)}
+	}
+	c := ns.NewClient(f.url, conf)
+	c.AdminToken = f.token
+	return c, nil
+}
+
+func admin(group string, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet(group, flag.ContinueOnError)
+	var f adminFlags
+	fs.StringVar(&f.url, "ns", "", "NS API URL")
+	fs.StringVar(&f.token, "token", "", "admin token")
+	fs.StringVar(&f.tokenFile, "token-file", "", "file holding the admin token")
+	fs.StringVar(&f.ca, "ca", "", "NS CA certificate file")
+	fs.StringVar(&f.pin, "ca-sha256", "", "NS CA certificate SHA-256 fingerprint")
+	fs.StringVar(&f.data, "data", "", "standalone site data directory")
+	fs.BoolVar(&f.json, "json", false, "print JSON")
+	description := fs.String("description", "", "site description (sites add)")
+	source := fs.String("source", "manual", "rules source (sites export)")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: siteserver %s SUBCOMMAND [flags] [args]\n\n%s", group, adminHelp)
+	}
+	if len(args) == 0 {
+		fs.Usage()
+		return usageError{"a subcommand is required"}
+	}
+	sub := args[0]
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	pos := fs.Args()
+	need := func(n int, form string) error {
+		if len(pos) != n {
+			return usageError{fmt.Sprintf("usage: siteserver %s %s %s", group, sub, form)}
+		}
+		return nil
+	}
+	c, err := f.client()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out := func(v any, table func(w *tabwriter.Writer)) error {
+		if f.json {
+			enc := json.NewEncoder(stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(v)
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		table(tw)
+		return tw.Flush()
+	}
+	switch group + " " + sub {
+	case "sites list":
+		if err := need(0, ""); err != nil {
+			return err
+		}
+		views, err := c.Sites(ctx)
+		if err != nil {
+			return err
+		}
+		return out(views, func(w *tabwriter.Writer) {
+			fmt.Fprintln(w, "SITE\tSOURCES\tSUBNETS\tSERVERS\tDESCRIPTION")
+			for _, v := range views {
+				var subnets, servers []string
+				for _, s := range v.Subnets {
+					p := s.Prefix
+					if s.Source != "manual" {
+						p += "(" + s.Source + ")"
+					}
+					if s.Shadowed {
+						p += "(shadowed)"
+					}
+					subnets = append(subnets, p)
+				}
+				for _, s := range v.Servers {
+					servers = append(servers, s.Server)
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", v.Name, strings.Join(v.Sources, ","), dash(subnets), dash(servers), v.Description)
+			}
+		})
+	case "sites export":
+		if err := need(0, "[-source manual|imported]"); err != nil {
+			return err
+		}
+		b, err := c.ExportRules(ctx, *source)
+		if err != nil {
+			return err
+		}
+		_, err = stdout.Write(b)
+		return err
+	case "sites apply":
+		if err := need(1, "FILE"); err != nil {
+			return err
+		}
+		b, err := os.ReadFile(pos[0])
+		if err != nil {
+			return err
+		}
+		r, err := c.ApplyRules(ctx, b)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "applied %s rules: %d sites, %d subnets, %d server assignments\n", r.Source, r.Sites, r.Subnets, r.Servers)
+		return nil
+	case "sites add":
+		if err := need(1, "NAME [-description TEXT]"); err != nil {
+			return err
+		}
+		return c.PutSite(ctx, ns.SiteRequest{Name: pos[0], Description: *description})
+	case "sites delete":
+		if err := need(1, "NAME"); err != nil {
+			return err
+		}
+		return c.DeleteSite(ctx, pos[0])
+	case "sites subnet-add":
+		if err := need(2, "PREFIX SITE"); err != nil {
+			return err
+		}
+		return c.PutSubnet(ctx, ns.SubnetRequest{Prefix: pos[0], Site: pos[1]})
+	case "sites subnet-delete":
+		if err := need(1, "PREFIX"); err != nil {
+			return err
+		}
+		return c.DeleteSubnet(ctx, pos[0])
+	case "sites assign":
+		if err := need(2, "SERVER SITE"); err != nil {
+			return err
+		}
+		return c.PutAssignment(ctx, ns.AssignmentRequest{Server: pos[0], Site: pos[1]})
+	case "sites unassign":
+		if err := need(2, "SERVER SITE"); err != nil {
+			return err
+		}
+		return c.DeleteAssignment(ctx, pos[0], pos[1])
+	case "servers list":
+		if err := need(0, ""); err != nil {
+			return err
+		}
+		views, err := c.Servers(ctx)
+		if err != nil {
+			return err
+		}
+		return out(views, func(w *tabwriter.Writer) {
+			fmt.Fprintln(w, "ID\tHOSTNAME\tSTATUS\tSITES\tSERVICES\tCOMPUTERS\tLAST SEEN")
+			for _, v := range views {
+				var sts, svcs []string
+				for _, s := range v.Sites {
+					sts = append(sts, s.Site)
+				}
+				for _, s := range v.Services {
+					n := s.Name
+					if s.Constrained {
+						n += "(constrained)"
+					}
+					svcs = append(svcs, n)
+				}
+				seen := "never"
+				if !v.LastSeen.IsZero() {
+					seen = v.LastSeen.Local().Format(time.DateTime)
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", v.ID, v.Hostname, v.Status, dash(sts), dash(svcs), v.Computers, seen)
+			}
+		})
+	case "servers approve":
+		if err := need(1, "ID"); err != nil {
+			return err
+		}
+		return c.Approve(ctx, pos[0])
+	case "agents list":
+		if err := need(0, ""); err != nil {
+			return err
+		}
+		views, err := c.Agents(ctx)
+		if err != nil {
+			return err
+		}
+		return out(views, func(w *tabwriter.Writer) {
+			fmt.Fprintln(w, "ID\tHOSTNAME\tSITES\tTASK SERVER\tLAST SEEN")
+			for _, v := range views {
+				var sts []string
+				for _, s := range v.Sites {
+					sts = append(sts, s.Site)
+				}
+				seen := "never"
+				if !v.LastSeen.IsZero() {
+					seen = v.LastSeen.Local().Format(time.DateTime)
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", v.ID, v.Hostname, dash(sts), dashS(v.TaskServer), seen)
+			}
+		})
+	}
+	return usageError{fmt.Sprintf("unknown subcommand %q", sub)}
+}
+
+func dash(s []string) string {
+	if len(s) == 0 {
+		return "-"
+	}
+	return strings.Join(s, ",")
+}
+
+func dashS(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

@@ -1,0 +1,305 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/siteserver/siteserver/agent"
+	"github.com/siteserver/siteserver/internal/config"
+	"github.com/siteserver/siteserver/internal/hostinfo"
+	"github.com/siteserver/siteserver/internal/obs"
+	"github.com/siteserver/siteserver/internal/service"
+	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/sites"
+)
+
+func configFlag(name string, args []string) (string, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	path := fs.String("config", "", "config file (YAML)")
+	if err := fs.Parse(args); err != nil {
+		return "", err
+	}
+	if *path == "" {
+		return "", usageError{"-config FILE is required"}
+	}
+	return *path, nil
+}
+
+func checkConfig(args []string, stdout io.Writer) error {
+	if len(args) != 1 {
+		return usageError{"usage: siteserver check-config FILE"}
+	}
+	kind, err := config.Kind(args[0])
+	if err != nil {
+		return err
+	}
+	var f config.File
+	switch kind {
+	case config.KindRules:
+		b, err := os.ReadFile(args[0])
+		if err != nil {
+			return err
+		}
+		r, err := sites.ParseRulesFile(b)
+		if err != nil {
+			return fmt.Errorf("%s: %w", filepath.Base(args[0]), err)
+		}
+		if _, err := sites.Compile(r); err != nil {
+			return fmt.Errorf("%s: %w", filepath.Base(args[0]), err)
+		}
+		fmt.Fprintf(stdout, "%s: ok (rules file: %d sites, %d subnets, %d server assignments)\n", args[0], len(r.Sites), len(r.Subnets), len(r.Servers))
+		return nil
+	case config.KindNS:
+		f = &config.NS{}
+	case config.KindAgent:
+		f = &config.Agent{}
+	default:
+		f = &config.Serve{}
+	}
+	if err := config.Load(args[0], f); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s: ok (%s config)\n", args[0], kind)
+	return nil
+}
+
+// reloadOnHUP calls reload for every SIGHUP until ctx is done.
+func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, logger *slog.Logger, reload func()) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			logger.Info("SIGHUP: reloading the rules file")
+			reload()
+		}
+	}
+}
+
+func runGroup(ctx context.Context, logger *slog.Logger, g *service.Group) error {
+	g.Logger = logger
+	err := g.Run(ctx)
+	if err != nil {
+		return err
+	}
+	logger.Info("stopped")
+	return nil
+}
+
+func runNS(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.Writer) error {
+	path, err := configFlag("ns", args)
+	if err != nil {
+		return err
+	}
+	var cfg config.NS
+	if err := config.Load(path, &cfg); err != nil {
+		return err
+	}
+	logger := obs.NewLogger(cfg.Log, stderr).With("component", "ns")
+	reg := obs.NewRegistry("ns")
+	srv, err := ns.NewServer(cfg.Server, logger.With("service", "ns"), reg)
+	if err != nil {
+		return err
+	}
+	g := &service.Group{}
+	ep := &obs.Endpoint{Addr: cfg.Metrics.Listen, Registry: reg, Ready: g.Ready, Logger: logger}
+	g.Add(ep, srv)
+	go reloadOnHUP(ctx, hup, logger, srv.Reload)
+	return runGroup(ctx, logger, g)
+}
+
+func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
+	path, err := configFlag("agent", args)
+	if err != nil {
+		return err
+	}
+	var cfg config.Agent
+	if err := config.Load(path, &cfg); err != nil {
+		return err
+	}
+	logger := obs.NewLogger(cfg.Log, stderr).With("component", "agent")
+	reg := obs.NewRegistry("agent")
+	a, err := agent.New(agent.Config{DataDir: cfg.DataDir, Hostname: cfg.Hostname, Addresses: cfg.Addresses, NS: cfg.NS},
+		logger.With("service", "agent"), reg)
+	if err != nil {
+		return err
+	}
+	g := &service.Group{}
+	g.Add(&obs.Endpoint{Addr: cfg.Metrics.Listen, Registry: reg, Ready: g.Ready, Logger: logger}, a)
+	return runGroup(ctx, logger, g)
+}
+
+// loadOrCreateToken returns the token in path, writing a new random one there first if
+// there is none, so a standalone site needs no secrets in its config.
+func loadOrCreateToken(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		return strings.TrimSpace(string(b)), nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	raw := make([]byte, 24)
+	rand.Read(raw)
+	tok := hex.EncodeToString(raw)
+	if err := ns.WriteFileAtomic(path, []byte(tok+"\n"), 0o600); err != nil {
+		return "", err
+	}
+	return tok, nil
+}
+
+func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.Writer) error {
+	path, err := configFlag("serve", args)
+	if err != nil {
+		return err
+	}
+	var cfg config.Serve
+	if err := config.Load(path, &cfg); err != nil {
+		return err
+	}
+	logger := obs.NewLogger(cfg.Log, stderr).With("component", "serve")
+	reg := obs.NewRegistry("serve")
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data_dir: %w", err)
+	}
+	id, err := ns.LoadOrCreateID(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	host, err := hostinfo.Hostname(cfg.Hostname)
+	if err != nil {
+		return err
+	}
+	logger.Info("site server identity", "id", id, "hostname", host)
+
+	g := &service.Group{}
+	g.Add(&obs.Endpoint{Addr: cfg.Metrics.Listen, Registry: reg, Ready: g.Ready, Logger: logger})
+
+	var peers []*ns.Peer
+	for _, ep := range cfg.NS {
+		peers = append(peers, &ns.Peer{Endpoint: ep, Kind: ns.KindSiteServer, ID: id, Hostname: host,
+			Dir: filepath.Join(cfg.DataDir, "peers", ep.Name)})
+	}
+	if len(cfg.NS) == 0 {
+		embedded, peer, err := embeddedNS(cfg, id, host, logger, reg)
+		if err != nil {
+			return err
+		}
+		g.Add(embedded)
+		peers = append(peers, peer)
+		go reloadOnHUP(ctx, hup, logger, embedded.Reload)
+	}
+
+	services := declaredServices(cfg.Services)
+	if len(services) == 0 {
+		logger.Warn("no site services configured; this site server only registers")
+	}
+	register := func(ctx context.Context, p *ns.Peer, c *ns.Client) (any, time.Duration, error) {
+		addrs, err := hostinfo.Addresses(cfg.Addresses)
+		if err != nil {
+			return nil, 0, err
+		}
+		resp, err := c.RegisterServer(ctx, ns.RegisterServerRequest{ID: id, Hostname: host, Addresses: addrs, Services: services})
+		if err != nil {
+			return nil, 0, err
+		}
+		return resp, resp.Settings.HeartbeatInterval, nil
+	}
+	registrar := ns.NewRegistrar(peers, register, logger.With("service", "registration"), reg)
+	registrar.OnAnswer = func(p *ns.Peer, answer any) {
+		resp := answer.(ns.RegisterServerResponse)
+		var names []string
+		for _, s := range resp.Sites {
+			names = append(names, s.Site)
+		}
+		logger.Info("registered", "ns", p.Endpoint.Name, "sites", names, "heartbeat", resp.Settings.HeartbeatInterval)
+	}
+	for _, p := range peers {
+		var last ns.RegisterServerResponse
+		if registrar.Last(p.Endpoint.Name, &last) {
+			logger.Info("last settings from NS", "ns", p.Endpoint.Name, "sites", len(last.Sites), "heartbeat", last.Settings.HeartbeatInterval)
+		}
+	}
+	g.Add(registrar)
+	return runGroup(ctx, logger, g)
+}
+
+func declaredServices(s config.Services) []ns.ServiceInfo {
+	var out []ns.ServiceInfo
+	if s.Task != nil {
+		out = append(out, ns.ServiceInfo{Name: ns.ServiceTask, URL: s.Task.URL})
+	}
+	if s.Package != nil {
+		out = append(out, ns.ServiceInfo{Name: ns.ServicePackage, URL: s.Package.URL, Constrained: s.Package.Constrained})
+	}
+	if s.Netboot != nil {
+		out = append(out, ns.ServiceInfo{Name: ns.ServiceNetboot, URL: s.Netboot.URL})
+	}
+	return out
+}
+
+// embeddedNS builds the in-process NS of a standalone site and the peer that reaches it.
+// Its tokens live in its data directory, where `siteserver sites -data DIR` finds the admin
+// token and the CA.
+func embeddedNS(cfg config.Serve, id, host string, logger *slog.Logger, reg prometheus.Registerer) (*ns.Server, *ns.Peer, error) {
+	dir := filepath.Join(cfg.DataDir, "ns")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, nil, fmt.Errorf("embedded NS: %w", err)
+	}
+	var toks [3]string
+	for i, name := range []string{"site_server.token", "agent.token", "admin.token"} {
+		t, err := loadOrCreateToken(filepath.Join(dir, name))
+		if err != nil {
+			return nil, nil, fmt.Errorf("embedded NS: %s: %w", name, err)
+		}
+		toks[i] = t
+	}
+	srv, err := ns.NewServer(ns.ServerConfig{
+		DataDir: dir, Listen: cfg.EmbeddedNS.Listen, RulesFile: cfg.EmbeddedNS.RulesFile,
+		Approval: cfg.EmbeddedNS.Approval, Settings: cfg.EmbeddedNS.Settings,
+		SiteServerToken: toks[0], AgentToken: toks[1], AdminToken: toks[2],
+	}, logger.With("service", "ns"), reg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("embedded NS: %w", err)
+	}
+	peer := &ns.Peer{
+		Endpoint: ns.Endpoint{Name: "embedded", EnrollmentToken: toks[0]},
+		Kind:     ns.KindSiteServer, ID: id, Hostname: host,
+		Dir: filepath.Join(cfg.DataDir, "peers", "embedded"),
+		InProcess: func(ctx context.Context) (string, []byte, error) {
+			addr, ca, err := srv.Started(ctx)
+			if err != nil {
+				return "", nil, err
+			}
+			return "https://" + loopbackHostPort(addr.String()), ca, nil
+		},
+	}
+	logger.Info("no NS configured: running the embedded NS", "listen", cfg.EmbeddedNS.Listen,
+		"admin_token_file", filepath.Join(dir, "admin.token"), "agent_token_file", filepath.Join(dir, "agent.token"))
+	return srv, peer, nil
+}
+
+// loopbackHostPort turns a wildcard listen address into one a local client can dial.
+func loopbackHostPort(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
+}

@@ -1,0 +1,340 @@
+// Package config decodes the YAML configuration files of the siteserver processes: one file
+// per process, decoded strictly, with every default filled in one place (Defaults) and every
+// error naming the field it is about.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"path/filepath"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/siteserver/siteserver/internal/obs"
+	"github.com/siteserver/siteserver/ns"
+)
+
+// maxFileBytes bounds a config file; real ones are a few kilobytes.
+const maxFileBytes = 1 << 20
+
+// Metrics is the observability endpoint of a process.
+type Metrics struct {
+	Listen string `yaml:"listen"`
+}
+
+// NS is the file of `siteserver ns`.
+type NS struct {
+	Log     obs.LogConfig   `yaml:"log"`
+	Metrics Metrics         `yaml:"metrics"`
+	Server  ns.ServerConfig `yaml:"ns"`
+}
+
+// Serve is the file of `siteserver serve`.
+type Serve struct {
+	Log     obs.LogConfig `yaml:"log"`
+	Metrics Metrics       `yaml:"metrics"`
+	DataDir string        `yaml:"data_dir"`
+	// Hostname reported to the NS; default: the system host name.
+	Hostname string `yaml:"hostname"`
+	// Addresses reported to the NS (address/prefix). Default: every non-loopback,
+	// non-link-local interface address. Set it when NAT hides the real ones.
+	Addresses []string `yaml:"addresses"`
+	// NS lists the Notification Servers to register with. Empty: run the embedded NS.
+	NS []ns.Endpoint `yaml:"ns"`
+	// EmbeddedNS configures the in-process NS used when NS is empty.
+	EmbeddedNS EmbeddedNS `yaml:"embedded_ns"`
+	Services   Services   `yaml:"services"`
+}
+
+// EmbeddedNS is the reference NS running inside `serve` for a standalone site. Tokens not
+// given are generated and written to its data directory.
+type EmbeddedNS struct {
+	Listen    string      `yaml:"listen"`
+	RulesFile string      `yaml:"rules_file"`
+	Approval  string      `yaml:"approval"`
+	Settings  ns.Settings `yaml:"settings"`
+}
+
+// Services lists the site services to run; a service is on when its section is present.
+type Services struct {
+	Task    *TaskService    `yaml:"task"`
+	Package *PackageService `yaml:"package"`
+	Netboot *NetbootService `yaml:"netboot"`
+}
+
+// TaskService configures the task service.
+type TaskService struct {
+	// URL agents use to reach this task server (reported to the NS).
+	URL string `yaml:"url"`
+}
+
+// PackageService configures the package service.
+type PackageService struct {
+	URL string `yaml:"url"`
+	// Constrained servers fetch only from sources inside their sites.
+	Constrained bool `yaml:"constrained"`
+}
+
+// NetbootService configures the network boot service.
+type NetbootService struct {
+	URL string `yaml:"url"`
+}
+
+// Agent is the file of `siteserver agent`.
+type Agent struct {
+	Log      obs.LogConfig `yaml:"log"`
+	Metrics  Metrics       `yaml:"metrics"`
+	DataDir  string        `yaml:"data_dir"`
+	Hostname string        `yaml:"hostname"`
+	// Addresses reported to the NS; default: the interface addresses.
+	Addresses []string    `yaml:"addresses"`
+	NS        ns.Endpoint `yaml:"ns"`
+}
+
+func defaultLog(l *obs.LogConfig) {
+	if l.Format == "" {
+		l.Format = "text"
+	}
+	if l.Level == "" {
+		l.Level = "info"
+	}
+}
+
+// Defaults fills the NS file.
+func (c *NS) Defaults() {
+	defaultLog(&c.Log)
+	if c.Metrics.Listen == "" {
+		c.Metrics.Listen = ":9350"
+	}
+	c.Server.Defaults()
+}
+
+// Defaults fills the serve file.
+func (c *Serve) Defaults() {
+	defaultLog(&c.Log)
+	if c.Metrics.Listen == "" {
+		c.Metrics.Listen = ":9351"
+	}
+	if c.DataDir == "" {
+		c.DataDir = "/var/lib/siteserver"
+	}
+	if c.EmbeddedNS.Listen == "" {
+		c.EmbeddedNS.Listen = "127.0.0.1:50443"
+	}
+	if c.EmbeddedNS.Approval == "" {
+		c.EmbeddedNS.Approval = "auto"
+	}
+	c.EmbeddedNS.Settings.Defaults()
+}
+
+// Defaults fills the agent file.
+func (c *Agent) Defaults() {
+	defaultLog(&c.Log)
+	if c.Metrics.Listen == "" {
+		c.Metrics.Listen = "127.0.0.1:9352"
+	}
+	if c.DataDir == "" {
+		c.DataDir = "/var/lib/siteserver-agent"
+	}
+	if c.NS.Name == "" {
+		c.NS.Name = "ns"
+	}
+}
+
+func validListen(field, addr string) error {
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return fmt.Errorf("%s: %w", field, err)
+	}
+	return nil
+}
+
+// Validate names the bad field.
+func (c *NS) Validate() error {
+	if err := c.Log.Validate(); err != nil {
+		return err
+	}
+	if err := validListen("metrics.listen", c.Metrics.Listen); err != nil {
+		return err
+	}
+	if err := c.Server.Validate(); err != nil {
+		return fmt.Errorf("ns.%w", err)
+	}
+	return nil
+}
+
+// Validate names the bad field.
+func (c *Serve) Validate() error {
+	if err := c.Log.Validate(); err != nil {
+		return err
+	}
+	if err := validListen("metrics.listen", c.Metrics.Listen); err != nil {
+		return err
+	}
+	if err := validAddresses(c.Addresses); err != nil {
+		return err
+	}
+	names := map[string]bool{}
+	for i := range c.NS {
+		if err := c.NS[i].Validate(fmt.Sprintf("ns[%d]", i)); err != nil {
+			return err
+		}
+		if names[c.NS[i].Name] {
+			return fmt.Errorf("ns[%d].name: %q is used twice", i, c.NS[i].Name)
+		}
+		names[c.NS[i].Name] = true
+	}
+	if len(c.NS) == 0 {
+		if err := validListen("embedded_ns.listen", c.EmbeddedNS.Listen); err != nil {
+			return err
+		}
+		switch c.EmbeddedNS.Approval {
+		case "auto", "manual":
+		default:
+			return fmt.Errorf("embedded_ns.approval: %q is not auto or manual", c.EmbeddedNS.Approval)
+		}
+		if err := c.EmbeddedNS.Settings.Validate("embedded_ns.settings"); err != nil {
+			return err
+		}
+	}
+	for name, u := range map[string]*string{
+		"services.task.url":    fieldURL(c.Services.Task),
+		"services.package.url": fieldURL(c.Services.Package),
+		"services.netboot.url": fieldURL(c.Services.Netboot),
+	} {
+		if u == nil || *u == "" {
+			continue
+		}
+		if pu, err := url.Parse(*u); err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
+			return fmt.Errorf("%s: %q is not an http(s) URL", name, *u)
+		}
+	}
+	return nil
+}
+
+func fieldURL(s any) *string {
+	switch v := s.(type) {
+	case *TaskService:
+		if v != nil {
+			return &v.URL
+		}
+	case *PackageService:
+		if v != nil {
+			return &v.URL
+		}
+	case *NetbootService:
+		if v != nil {
+			return &v.URL
+		}
+	}
+	return nil
+}
+
+// Validate names the bad field.
+func (c *Agent) Validate() error {
+	if err := c.Log.Validate(); err != nil {
+		return err
+	}
+	if err := validListen("metrics.listen", c.Metrics.Listen); err != nil {
+		return err
+	}
+	if err := validAddresses(c.Addresses); err != nil {
+		return err
+	}
+	return c.NS.Validate("ns")
+}
+
+func validAddresses(addrs []string) error {
+	for i, a := range addrs {
+		if _, err := netip.ParsePrefix(a); err != nil {
+			return fmt.Errorf("addresses[%d]: %q is not address/prefix: %w", i, a, err)
+		}
+	}
+	return nil
+}
+
+// Decode decodes YAML strictly into v: unknown keys and trailing documents are errors.
+func Decode(r io.Reader, v any) error {
+	b, err := io.ReadAll(io.LimitReader(r, maxFileBytes+1))
+	if err != nil {
+		return err
+	}
+	if len(b) > maxFileBytes {
+		return fmt.Errorf("larger than %d bytes", maxFileBytes)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(v); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil // an empty file is all defaults
+		}
+		return err
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return errors.New("more than one YAML document")
+	}
+	return nil
+}
+
+// File is any of the process files.
+type File interface {
+	Defaults()
+	Validate() error
+}
+
+// Load reads path into f, fills defaults and validates. Relative paths inside the file
+// stay relative to the working directory, as on the command line.
+func Load(path string, f File) error {
+	fh, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer fh.Close()
+	if err := Decode(fh, f); err != nil {
+		return fmt.Errorf("%s: %w", filepath.Base(path), err)
+	}
+	f.Defaults()
+	if err := f.Validate(); err != nil {
+		return fmt.Errorf("%s: %w", filepath.Base(path), err)
+	}
+	return nil
+}
+
+// Kinds of files check-config understands.
+const (
+	KindNS    = "ns"
+	KindServe = "serve"
+	KindAgent = "agent"
+	KindRules = "rules"
+)
+
+// Kind guesses which process a file is for from its top-level keys, for check-config.
+func Kind(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	var top map[string]yaml.Node
+	if err := yaml.Unmarshal(b, &top); err != nil {
+		return "", fmt.Errorf("%s: %w", filepath.Base(path), err)
+	}
+	if _, ok := top["sites"]; ok {
+		return KindRules, nil
+	}
+	if n, ok := top["ns"]; ok && n.Kind == yaml.MappingNode {
+		// An agent names one NS to reach (url); the NS file configures the server itself.
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == "url" {
+				return KindAgent, nil
+			}
+		}
+		return KindNS, nil
+	}
+	return KindServe, nil
+}

@@ -1,0 +1,182 @@
+// Package obs holds what every siteserver process shares for being observed: its logger,
+// its own Prometheus registry and the HTTP endpoint serving /metrics, /healthz and /readyz.
+package obs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Namespace is the Prometheus namespace of every metric the suite exports.
+const Namespace = "siteserver"
+
+// Version is set at build time with -ldflags "-X .../internal/obs.Version=...".
+var Version = "dev"
+
+// LogConfig selects the log format and level.
+type LogConfig struct {
+	Format string `yaml:"format"` // text or json
+	Level  string `yaml:"level"`  // debug, info, warn, error
+}
+
+// Validate names the bad field.
+func (c LogConfig) Validate() error {
+	switch c.Format {
+	case "text", "json":
+	default:
+		return fmt.Errorf("log.format: %q is not text or json", c.Format)
+	}
+	if _, err := parseLevel(c.Level); err != nil {
+		return fmt.Errorf("log.level: %w", err)
+	}
+	return nil
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("%q is not debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+// NewLogger builds the process logger writing to w.
+func NewLogger(c LogConfig, w io.Writer) *slog.Logger {
+	lvl, err := parseLevel(c.Level)
+	if err != nil {
+		lvl = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	if strings.EqualFold(c.Format, "json") {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// NewRegistry returns a fresh registry holding build info and the Go and process collectors.
+func NewRegistry(component string) *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	info := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: Namespace,
+		Name:      "build_info",
+		Help:      "Build information of the running siteserver binary; the value is always 1.",
+	}, []string{"version", "component"})
+	info.WithLabelValues(Version, component).Set(1)
+	reg.MustRegister(info)
+	return reg
+}
+
+// Endpoint serves /metrics, /healthz and /readyz.
+type Endpoint struct {
+	Addr     string
+	Registry *prometheus.Registry
+	Ready    func() bool
+	Logger   *slog.Logger
+
+	mu    sync.Mutex
+	bound net.Addr
+	ready chan struct{}
+	once  sync.Once
+}
+
+func (e *Endpoint) Name() string { return "metrics" }
+
+func (e *Endpoint) init() { e.once.Do(func() { e.ready = make(chan struct{}) }) }
+
+// BoundAddr waits until the listener is bound and returns its address.
+func (e *Endpoint) BoundAddr(ctx context.Context) (net.Addr, error) {
+	e.init()
+	select {
+	case <-e.ready:
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		return e.bound, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// Handler returns the mux, for tests and for embedding.
+func (e *Endpoint) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(e.Registry, promhttp.HandlerOpts{
+		ErrorLog: slog.NewLogLogger(e.logger().Handler(), slog.LevelError),
+	}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if e.Ready != nil && !e.Ready() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ready\n")
+	})
+	return mux
+}
+
+func (e *Endpoint) logger() *slog.Logger {
+	if e.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return e.Logger
+}
+
+// Run serves until ctx is done.
+func (e *Endpoint) Run(ctx context.Context) error {
+	e.init()
+	ln, err := net.Listen("tcp", e.Addr)
+	if err != nil {
+		return fmt.Errorf("metrics: listen %s: %w", e.Addr, err)
+	}
+	e.mu.Lock()
+	e.bound = ln.Addr()
+	e.mu.Unlock()
+	close(e.ready)
+	e.logger().Info("metrics listening", "addr", ln.Addr().String())
+	return ServeHTTP(ctx, ln, &http.Server{Handler: e.Handler(), ReadHeaderTimeout: 10 * time.Second})
+}
+
+// ServeHTTP serves srv on ln until ctx is done, then shuts it down gracefully.
+func ServeHTTP(ctx context.Context, ln net.Listener, srv *http.Server) error {
+	errc := make(chan error, 1)
+	go func() {
+		var err error
+		if srv.TLSConfig != nil {
+			err = srv.ServeTLS(ln, "", "")
+		} else {
+			err = srv.Serve(ln)
+		}
+		errc <- err
+	}()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		srv.Close()
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

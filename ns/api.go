@@ -1,0 +1,311 @@
+package ns
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+)
+
+// API paths.
+const (
+	PathEnroll         = "/api/v1/enroll"
+	PathRegisterServer = "/api/v1/servers/register"
+	PathRegisterAgent  = "/api/v1/agents/register"
+	PathSites          = "/api/v1/sites"
+	PathSubnets        = "/api/v1/subnets"
+	PathAssignments    = "/api/v1/assignments"
+	PathRules          = "/api/v1/rules"
+	PathServers        = "/api/v1/servers"
+	PathAgents         = "/api/v1/agents"
+)
+
+// Kinds of enrolled peers, also the OU of their client certificate.
+const (
+	KindSiteServer = "siteserver"
+	KindAgent      = "agent"
+)
+
+// Site server states at the NS.
+const (
+	StatusPending  = "pending"
+	StatusApproved = "approved"
+)
+
+// Service names a site server can offer.
+const (
+	ServiceTask    = "task"
+	ServicePackage = "package"
+	ServiceNetboot = "netboot"
+)
+
+// Limits on what a peer may report; they keep one registration small and the store sane.
+const (
+	maxAddresses = 256
+	maxServices  = 8
+	maxHostname  = 253
+)
+
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// ValidID reports whether s is usable as a GUID of a site server or agent.
+func ValidID(s string) bool { return idPattern.MatchString(s) }
+
+// EnrollRequest asks for a client certificate (and, for site servers, a tickle key).
+type EnrollRequest struct {
+	Token    string `json:"token"`
+	Kind     string `json:"kind"`
+	ID       string `json:"id"`
+	Hostname string `json:"hostname"`
+	CSR      []byte `json:"csr"` // DER
+}
+
+// EnrollResponse carries the credentials.
+type EnrollResponse struct {
+	Certificate string `json:"certificate"` // PEM
+	CA          string `json:"ca"`          // PEM
+	TickleKey   []byte `json:"tickle_key,omitempty"`
+	TickleKeyID uint32 `json:"tickle_key_id,omitempty"`
+	Status      string `json:"status"`
+}
+
+// ServiceInfo is one service a site server offers.
+type ServiceInfo struct {
+	Name string `json:"name"`
+	// URL is where agents reach the service (agent API, package downloads, iPXE scripts).
+	URL string `json:"url,omitempty"`
+	// Constrained applies to the package service: fetch only from sources inside its sites.
+	Constrained bool `json:"constrained,omitempty"`
+}
+
+// RegisterServerRequest is what a site server reports about itself.
+type RegisterServerRequest struct {
+	ID        string         `json:"id"`
+	Hostname  string         `json:"hostname"`
+	Addresses []netip.Prefix `json:"addresses"` // interface address with prefix length
+	Services  []ServiceInfo  `json:"services"`
+}
+
+// SiteMatch says why a site applies.
+type SiteMatch struct {
+	Site   string `json:"site"`
+	Prefix string `json:"prefix,omitempty"`
+	Source string `json:"source"`
+	Direct bool   `json:"direct,omitempty"`
+}
+
+// RegisterServerResponse tells the site server its sites and settings.
+type RegisterServerResponse struct {
+	ID       string      `json:"id"`
+	Status   string      `json:"status"`
+	Sites    []SiteMatch `json:"sites"`
+	Settings Settings    `json:"settings"`
+}
+
+// RegisterAgentRequest is what an agent reports about itself.
+type RegisterAgentRequest struct {
+	ID         string       `json:"id"`
+	Hostname   string       `json:"hostname"`
+	Addresses  []netip.Addr `json:"addresses"`
+	TaskServer string       `json:"task_server,omitempty"` // the task server it registered with, if any
+}
+
+// ServerRef is a site server offered to an agent.
+type ServerRef struct {
+	ID        string `json:"id"`
+	Hostname  string `json:"hostname"`
+	URL       string `json:"url,omitempty"`
+	Computers int    `json:"computers"`
+}
+
+// RegisterAgentResponse lists the servers for the agent, best first.
+type RegisterAgentResponse struct {
+	Sites          []SiteMatch `json:"sites"`
+	TaskServers    []ServerRef `json:"task_servers"`
+	TaskReason     string      `json:"task_reason"`
+	PackageServers []ServerRef `json:"package_servers"`
+	PackageReason  string      `json:"package_reason"`
+	Settings       Settings    `json:"settings"`
+}
+
+// ServerView is a site server as administrators see it.
+type ServerView struct {
+	ID        string        `json:"id"`
+	Hostname  string        `json:"hostname"`
+	Status    string        `json:"status"`
+	Addresses []string      `json:"addresses"`
+	Services  []ServiceInfo `json:"services"`
+	Sites     []SiteMatch   `json:"sites"`
+	Computers int           `json:"computers"`
+	Enrolled  time.Time     `json:"enrolled"`
+	LastSeen  time.Time     `json:"last_seen,omitzero"`
+}
+
+// AgentView is an agent as administrators see it.
+type AgentView struct {
+	ID         string      `json:"id"`
+	Hostname   string      `json:"hostname"`
+	Addresses  []string    `json:"addresses"`
+	Sites      []SiteMatch `json:"sites"`
+	TaskServer string      `json:"task_server,omitempty"`
+	LastSeen   time.Time   `json:"last_seen,omitzero"`
+}
+
+// SiteView is a site with its rules, for listing.
+type SiteView struct {
+	Name        string       `json:"name"`
+	Description string       `json:"description,omitempty"`
+	Sources     []string     `json:"sources"`
+	Subnets     []SubnetView `json:"subnets"`
+	Servers     []RuleServer `json:"servers"`
+}
+
+// SubnetView is one subnet rule.
+type SubnetView struct {
+	Prefix   string `json:"prefix"`
+	Source   string `json:"source"`
+	Shadowed bool   `json:"shadowed,omitempty"`
+}
+
+// RuleServer is one direct server assignment.
+type RuleServer struct {
+	Server string `json:"server"`
+	Source string `json:"source"`
+}
+
+// SiteRequest creates or updates a manual site.
+type SiteRequest struct {
+	Name        string `json:"name"`
+	Description string `json:"description"`
+}
+
+// SubnetRequest maps a prefix to a site (manual source).
+type SubnetRequest struct {
+	Prefix string `json:"prefix"`
+	Site   string `json:"site"`
+}
+
+// AssignmentRequest assigns a site server (GUID or hostname) to a site (manual source).
+type AssignmentRequest struct {
+	Server string `json:"server"`
+	Site   string `json:"site"`
+}
+
+// ApplyRulesResponse summarises a rules file that was applied.
+type ApplyRulesResponse struct {
+	Source  string `json:"source"`
+	Sites   int    `json:"sites"`
+	Subnets int    `json:"subnets"`
+	Servers int    `json:"servers"`
+}
+
+// ErrorResponse is the body of every non-2xx answer.
+type ErrorResponse struct {
+	Error string `json:"error"`
+}
+
+// decodeJSON decodes exactly one JSON value, refusing unknown fields and trailing data.
+func decodeJSON(r io.Reader, v any) error {
+	dec := json.NewDecoder(r)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("trailing data after the JSON value")
+	}
+	var extra json.RawMessage
+	if err := dec.Decode(&extra); err != io.EOF {
+		return errors.New("trailing data after the JSON value")
+	}
+	return nil
+}
+
+// DecodeRegisterServer decodes and checks a site server's registration.
+func DecodeRegisterServer(b []byte) (RegisterServerRequest, error) {
+	var req RegisterServerRequest
+	if err := decodeJSON(bytes.NewReader(b), &req); err != nil {
+		return RegisterServerRequest{}, fmt.Errorf("decode registration: %w", err)
+	}
+	if err := req.Validate(); err != nil {
+		return RegisterServerRequest{}, err
+	}
+	return req, nil
+}
+
+// Validate checks a registration; the error names the field.
+func (req *RegisterServerRequest) Validate() error {
+	if !ValidID(req.ID) {
+		return fmt.Errorf("id: %q is not a valid GUID", req.ID)
+	}
+	if err := validHostname(req.Hostname); err != nil {
+		return err
+	}
+	if len(req.Addresses) > maxAddresses {
+		return fmt.Errorf("addresses: %d is more than %d", len(req.Addresses), maxAddresses)
+	}
+	for i, p := range req.Addresses {
+		if !p.IsValid() {
+			return fmt.Errorf("addresses[%d]: invalid prefix", i)
+		}
+	}
+	if len(req.Services) > maxServices {
+		return fmt.Errorf("services: %d is more than %d", len(req.Services), maxServices)
+	}
+	seen := map[string]bool{}
+	for i, s := range req.Services {
+		switch s.Name {
+		case ServiceTask, ServicePackage, ServiceNetboot:
+		default:
+			return fmt.Errorf("services[%d].name: %q is not task, package or netboot", i, s.Name)
+		}
+		if seen[s.Name] {
+			return fmt.Errorf("services[%d].name: %q given twice", i, s.Name)
+		}
+		seen[s.Name] = true
+		if s.Constrained && s.Name != ServicePackage {
+			return fmt.Errorf("services[%d].constrained: only the package service can be constrained", i)
+		}
+		if len(s.URL) > 2048 {
+			return fmt.Errorf("services[%d].url: too long", i)
+		}
+	}
+	return nil
+}
+
+// DecodeRegisterAgent decodes and checks an agent's registration.
+func DecodeRegisterAgent(b []byte) (RegisterAgentRequest, error) {
+	var req RegisterAgentRequest
+	if err := decodeJSON(bytes.NewReader(b), &req); err != nil {
+		return RegisterAgentRequest{}, fmt.Errorf("decode registration: %w", err)
+	}
+	if !ValidID(req.ID) {
+		return RegisterAgentRequest{}, fmt.Errorf("id: %q is not a valid GUID", req.ID)
+	}
+	if err := validHostname(req.Hostname); err != nil {
+		return RegisterAgentRequest{}, err
+	}
+	if len(req.Addresses) > maxAddresses {
+		return RegisterAgentRequest{}, fmt.Errorf("addresses: %d is more than %d", len(req.Addresses), maxAddresses)
+	}
+	if slices.ContainsFunc(req.Addresses, func(a netip.Addr) bool { return !a.IsValid() }) {
+		return RegisterAgentRequest{}, errors.New("addresses: invalid address")
+	}
+	if req.TaskServer != "" && !ValidID(req.TaskServer) {
+		return RegisterAgentRequest{}, fmt.Errorf("task_server: %q is not a valid GUID", req.TaskServer)
+	}
+	return req, nil
+}
+
+func validHostname(h string) error {
+	if h == "" || len(h) > maxHostname || strings.ContainsFunc(h, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+		return fmt.Errorf("hostname: %q is not a valid host name", h)
+	}
+	return nil
+}

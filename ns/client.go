@@ -1,0 +1,202 @@
+package ns
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// APIError is a non-2xx answer from the NS.
+type APIError struct {
+	Status  int
+	Message string
+}
+
+func (e *APIError) Error() string {
+	return fmt.Sprintf("NS answered %d %s: %s", e.Status, http.StatusText(e.Status), e.Message)
+}
+
+// StatusOf returns the HTTP status of an APIError in err's chain, or 0.
+func StatusOf(err error) int {
+	var ae *APIError
+	if errors.As(err, &ae) {
+		return ae.Status
+	}
+	return 0
+}
+
+// Client talks to one NS.
+type Client struct {
+	BaseURL    string
+	HTTP       *http.Client
+	AdminToken string
+}
+
+// NewClient builds a client with the given TLS configuration.
+func NewClient(baseURL string, tlsConf *tls.Config) *Client {
+	tr := &http.Transport{
+		TLSClientConfig:     tlsConf,
+		TLSHandshakeTimeout: 10 * time.Second,
+		MaxIdleConnsPerHost: 4,
+		IdleConnTimeout:     90 * time.Second,
+		ForceAttemptHTTP2:   true,
+	}
+	return &Client{BaseURL: strings.TrimRight(baseURL, "/"), HTTP: &http.Client{Transport: tr, Timeout: 30 * time.Second}}
+}
+
+// CloseIdle drops idle connections, for example after the client certificate changed.
+func (c *Client) CloseIdle() { c.HTTP.CloseIdleConnections() }
+
+func (c *Client) do(ctx context.Context, method, path string, in any, out any) error {
+	var body io.Reader
+	var ctype string
+	switch v := in.(type) {
+	case nil:
+	case []byte:
+		body, ctype = bytes.NewReader(v), "application/yaml"
+	default:
+		b, err := json.Marshal(v)
+		if err != nil {
+			return err
+		}
+		body, ctype = bytes.NewReader(b), "application/json"
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.BaseURL+path, body)
+	if err != nil {
+		return err
+	}
+	if ctype != "" {
+		req.Header.Set("Content-Type", ctype)
+	}
+	if c.AdminToken != "" {
+		req.Header.Set("Authorization", "Bearer "+c.AdminToken)
+	}
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode/100 != 2 {
+		var er ErrorResponse
+		if json.Unmarshal(b, &er) != nil || er.Error == "" {
+			er.Error = strings.TrimSpace(string(b))
+		}
+		return &APIError{Status: resp.StatusCode, Message: er.Error}
+	}
+	switch o := out.(type) {
+	case nil:
+		return nil
+	case *[]byte:
+		*o = b
+		return nil
+	default:
+		if err := json.Unmarshal(b, out); err != nil {
+			return fmt.Errorf("decode %s %s answer: %w", method, path, err)
+		}
+		return nil
+	}
+}
+
+// Enroll asks for credentials.
+func (c *Client) Enroll(ctx context.Context, req EnrollRequest) (EnrollResponse, error) {
+	var resp EnrollResponse
+	err := c.do(ctx, http.MethodPost, PathEnroll, req, &resp)
+	return resp, err
+}
+
+// RegisterServer reports a site server (also its heartbeat).
+func (c *Client) RegisterServer(ctx context.Context, req RegisterServerRequest) (RegisterServerResponse, error) {
+	var resp RegisterServerResponse
+	err := c.do(ctx, http.MethodPost, PathRegisterServer, req, &resp)
+	return resp, err
+}
+
+// RegisterAgent reports an agent and returns its servers.
+func (c *Client) RegisterAgent(ctx context.Context, req RegisterAgentRequest) (RegisterAgentResponse, error) {
+	var resp RegisterAgentResponse
+	err := c.do(ctx, http.MethodPost, PathRegisterAgent, req, &resp)
+	return resp, err
+}
+
+// Sites lists sites with their rules (admin).
+func (c *Client) Sites(ctx context.Context) ([]SiteView, error) {
+	var out []SiteView
+	err := c.do(ctx, http.MethodGet, PathSites, nil, &out)
+	return out, err
+}
+
+// PutSite creates or updates a manual site (admin).
+func (c *Client) PutSite(ctx context.Context, req SiteRequest) error {
+	return c.do(ctx, http.MethodPut, PathSites+"/"+url.PathEscape(req.Name), req, nil)
+}
+
+// DeleteSite deletes a manual site with its manual rules (admin).
+func (c *Client) DeleteSite(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, PathSites+"/"+url.PathEscape(name), nil, nil)
+}
+
+// PutSubnet maps a prefix to a site (admin).
+func (c *Client) PutSubnet(ctx context.Context, req SubnetRequest) error {
+	return c.do(ctx, http.MethodPost, PathSubnets, req, nil)
+}
+
+// DeleteSubnet removes a manual subnet rule (admin).
+func (c *Client) DeleteSubnet(ctx context.Context, prefix string) error {
+	return c.do(ctx, http.MethodDelete, PathSubnets+"?prefix="+url.QueryEscape(prefix), nil, nil)
+}
+
+// PutAssignment assigns a site server to a site (admin).
+func (c *Client) PutAssignment(ctx context.Context, req AssignmentRequest) error {
+	return c.do(ctx, http.MethodPost, PathAssignments, req, nil)
+}
+
+// DeleteAssignment removes a manual assignment (admin).
+func (c *Client) DeleteAssignment(ctx context.Context, server, site string) error {
+	q := url.Values{"server": {server}, "site": {site}}
+	return c.do(ctx, http.MethodDelete, PathAssignments+"?"+q.Encode(), nil, nil)
+}
+
+// ApplyRules replaces the rules of the file's source with the file (admin).
+func (c *Client) ApplyRules(ctx context.Context, file []byte) (ApplyRulesResponse, error) {
+	var out ApplyRulesResponse
+	err := c.do(ctx, http.MethodPut, PathRules, file, &out)
+	return out, err
+}
+
+// ExportRules returns the rules of one source as a rules file (admin).
+func (c *Client) ExportRules(ctx context.Context, source string) ([]byte, error) {
+	var out []byte
+	err := c.do(ctx, http.MethodGet, PathRules+"?source="+url.QueryEscape(source), nil, &out)
+	return out, err
+}
+
+// Servers lists site servers (admin).
+func (c *Client) Servers(ctx context.Context) ([]ServerView, error) {
+	var out []ServerView
+	err := c.do(ctx, http.MethodGet, PathServers, nil, &out)
+	return out, err
+}
+
+// Approve approves a pending site server (admin).
+func (c *Client) Approve(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodPost, PathServers+"/"+url.PathEscape(id)+"/approve", nil, nil)
+}
+
+// Agents lists agents (admin).
+func (c *Client) Agents(ctx context.Context) ([]AgentView, error) {
+	var out []AgentView
+	err := c.do(ctx, http.MethodGet, PathAgents, nil, &out)
+	return out, err
+}

@@ -1,0 +1,91 @@
+package ns
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+const subsystem = "ns"
+
+type serverMetrics struct {
+	enrollments   *prometheus.CounterVec
+	authFailures  *prometheus.CounterVec
+	registrations *prometheus.CounterVec
+	badRequests   *prometheus.CounterVec
+	rulesLoads    *prometheus.CounterVec
+	siteServers   *prometheus.GaugeVec
+	agents        prometheus.Gauge
+	sites         prometheus.Gauge
+	subnets       prometheus.Gauge
+}
+
+// Label values known in advance, created at start so every series exists at 0.
+var (
+	enrollResults  = []string{"ok", "pending", "unauthorized", "bad_request"}
+	authReasons    = []string{"bad_enrollment_token", "bad_admin_token", "no_client_cert", "wrong_kind", "unknown_peer", "superseded_cert"}
+	registerResult = []string{"ok", "pending", "rejected"}
+	kinds          = []string{KindSiteServer, KindAgent}
+)
+
+func newServerMetrics(reg prometheus.Registerer) *serverMetrics {
+	m := &serverMetrics{
+		enrollments: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "siteserver", Subsystem: subsystem, Name: "enrollments_total",
+			Help: "Enrollment requests by peer kind and result.",
+		}, []string{"kind", "result"}),
+		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "siteserver", Subsystem: subsystem, Name: "auth_failures_total",
+			Help: "Requests refused for missing or wrong credentials, by reason.",
+		}, []string{"reason"}),
+		registrations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "siteserver", Subsystem: subsystem, Name: "registrations_total",
+			Help: "Registrations and heartbeats by peer kind and result.",
+		}, []string{"kind", "result"}),
+		badRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "siteserver", Subsystem: subsystem, Name: "bad_requests_total",
+			Help: "Requests refused as malformed or too large, by reason.",
+		}, []string{"reason"}),
+		rulesLoads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "siteserver", Subsystem: subsystem, Name: "rules_loads_total",
+			Help: "Site maintenance rule changes applied, by result.",
+		}, []string{"result"}),
+		siteServers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "siteserver", Subsystem: subsystem, Name: "site_servers",
+			Help: "Enrolled site servers by status.",
+		}, []string{"status"}),
+		agents: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "siteserver", Subsystem: subsystem, Name: "agents",
+			Help: "Enrolled agents.",
+		}),
+		sites: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "siteserver", Subsystem: subsystem, Name: "sites",
+			Help: "Sites defined by the site maintenance rules.",
+		}),
+		subnets: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "siteserver", Subsystem: subsystem, Name: "subnet_rules",
+			Help: "Subnet rules in force (shadowed ones not counted).",
+		}),
+	}
+	for _, k := range kinds {
+		for _, r := range enrollResults {
+			m.enrollments.WithLabelValues(k, r)
+		}
+		for _, r := range registerResult {
+			m.registrations.WithLabelValues(k, r)
+		}
+	}
+	for _, r := range authReasons {
+		m.authFailures.WithLabelValues(r)
+	}
+	for _, r := range []string{"malformed", "too_large"} {
+		m.badRequests.WithLabelValues(r)
+	}
+	for _, r := range []string{"ok", "error"} {
+		m.rulesLoads.WithLabelValues(r)
+	}
+	for _, s := range []string{StatusPending, StatusApproved} {
+		m.siteServers.WithLabelValues(s)
+	}
+	reg.MustRegister(m.enrollments, m.authFailures, m.registrations, m.badRequests, m.rulesLoads,
+		m.siteServers, m.agents, m.sites, m.subnets)
+	return m
+}

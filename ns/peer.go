@@ -1,0 +1,236 @@
+package ns
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/google/uuid"
+)
+
+// LoadOrCreateID returns the GUID kept in dir/guid, creating it at first start. The GUID
+// is the identity of a site server or agent at every NS; it survives restarts and upgrades.
+func LoadOrCreateID(dir string) (string, error) {
+	path := filepath.Join(dir, "guid")
+	b, err := os.ReadFile(path)
+	if err == nil {
+		id := strings.TrimSpace(string(b))
+		if !ValidID(id) {
+			return "", fmt.Errorf("ns: %s holds %q, which is not a valid GUID", path, id)
+		}
+		return id, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("ns: read GUID: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("ns: data dir: %w", err)
+	}
+	id := uuid.NewString()
+	if err := WriteFileAtomic(path, []byte(id+"\n"), 0o644); err != nil {
+		return "", fmt.Errorf("ns: write GUID: %w", err)
+	}
+	return id, nil
+}
+
+// TickleKey is the shared secret a site server got at enrollment for authenticating tickles.
+type TickleKey struct {
+	ID  uint32 `json:"id"`
+	Key []byte `json:"key"`
+}
+
+// Peer is a site server's or agent's enrolled link to one NS: it enrolls once, keeps the
+// credentials in Dir, and hands out a client that authenticates with them.
+type Peer struct {
+	Endpoint Endpoint
+	Kind     string
+	ID       string
+	Hostname string
+	// Dir holds this NS's credentials: client.key, client.crt, ca.crt, tickle.json.
+	Dir string
+	// InProcess, when set, gives the URL and CA of an NS running in the same process
+	// (the embedded NS), known only once it has started; it wins over the endpoint's.
+	InProcess func(ctx context.Context) (baseURL string, caPEM []byte, err error)
+
+	mu     sync.Mutex
+	client *Client
+	tickle *TickleKey
+	status string
+}
+
+func (p *Peer) path(name string) string { return filepath.Join(p.Dir, name) }
+
+// Client returns an authenticated client, enrolling first if there are no credentials.
+func (p *Peer) Client(ctx context.Context) (*Client, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.client != nil {
+		return p.client, nil
+	}
+	if err := os.MkdirAll(p.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("ns: credentials dir: %w", err)
+	}
+	cert, err := tls.LoadX509KeyPair(p.path("client.crt"), p.path("client.key"))
+	if errors.Is(err, os.ErrNotExist) {
+		if err := p.enroll(ctx); err != nil {
+			return nil, err
+		}
+		cert, err = tls.LoadX509KeyPair(p.path("client.crt"), p.path("client.key"))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("ns: %s: credentials: %w", p.Endpoint.Name, err)
+	}
+	c, err := p.newClient(ctx, &cert)
+	if err != nil {
+		return nil, err
+	}
+	p.client = c
+	return c, nil
+}
+
+// Forget drops the credentials so that the next Client call enrolls again; used when the
+// NS no longer knows this certificate (its data was reset, or we were enrolled again elsewhere).
+func (p *Peer) Forget() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.client != nil {
+		p.client.CloseIdle()
+	}
+	p.client = nil
+	os.Remove(p.path("client.crt"))
+}
+
+// TickleKey returns the tickle key from enrollment (site servers only).
+func (p *Peer) TickleKey() (TickleKey, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.tickle == nil {
+		b, err := os.ReadFile(p.path("tickle.json"))
+		if err != nil {
+			return TickleKey{}, false
+		}
+		var k TickleKey
+		if json.Unmarshal(b, &k) != nil {
+			return TickleKey{}, false
+		}
+		p.tickle = &k
+	}
+	return *p.tickle, true
+}
+
+func (p *Peer) caPEM() ([]byte, error) {
+	if p.Endpoint.CAFile != "" {
+		b, err := os.ReadFile(p.Endpoint.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("ns: %s: ca_file: %w", p.Endpoint.Name, err)
+		}
+		return b, nil
+	}
+	b, err := os.ReadFile(p.path("ca.crt"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil // pinned by fingerprint; saved after the first handshake
+	}
+	return b, err
+}
+
+func (p *Peer) newClient(ctx context.Context, cert *tls.Certificate) (*Client, error) {
+	base := p.Endpoint.URL
+	var ca []byte
+	var err error
+	if p.InProcess != nil {
+		base, ca, err = p.InProcess(ctx)
+	} else {
+		ca, err = p.caPEM()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("ns: %s: %w", p.Endpoint.Name, err)
+	}
+	u, err := url.Parse(base)
+	if err != nil {
+		return nil, fmt.Errorf("ns: %s: url: %w", p.Endpoint.Name, err)
+	}
+	var saveOnce sync.Once
+	conf, err := ClientTLSConfig(ca, p.Endpoint.CASHA256, u.Hostname(), cert, func(pinned []byte) {
+		// Later connections verify against the saved CA instead of the pin.
+		saveOnce.Do(func() { WriteFileAtomic(p.path("ca.crt"), pinned, 0o644) })
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ns: %s: %w", p.Endpoint.Name, err)
+	}
+	return NewClient(base, conf), nil
+}
+
+func (p *Peer) enroll(ctx context.Context) error {
+	key, err := NewClientKey()
+	if err != nil {
+		return err
+	}
+	csr, err := MakeCSR(key, p.ID)
+	if err != nil {
+		return err
+	}
+	c, err := p.newClient(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer c.CloseIdle()
+	resp, err := c.Enroll(ctx, EnrollRequest{Token: p.Endpoint.EnrollmentToken, Kind: p.Kind, ID: p.ID, Hostname: p.Hostname, CSR: csr})
+	if err != nil {
+		return fmt.Errorf("ns: %s: enroll: %w", p.Endpoint.Name, err)
+	}
+	if err := checkIssued(resp.Certificate, key); err != nil {
+		return fmt.Errorf("ns: %s: enroll: %w", p.Endpoint.Name, err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return err
+	}
+	if err := WriteFileAtomic(p.path("client.key"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		return err
+	}
+	if p.Endpoint.CAFile == "" && p.InProcess == nil && resp.CA != "" {
+		if err := WriteFileAtomic(p.path("ca.crt"), []byte(resp.CA), 0o644); err != nil {
+			return err
+		}
+	}
+	if p.Kind == KindSiteServer {
+		b, _ := json.Marshal(TickleKey{ID: resp.TickleKeyID, Key: resp.TickleKey})
+		if err := WriteFileAtomic(p.path("tickle.json"), b, 0o600); err != nil {
+			return err
+		}
+		p.tickle = nil
+	}
+	// The certificate goes last: its presence is what says enrollment finished.
+	if err := WriteFileAtomic(p.path("client.crt"), []byte(resp.Certificate), 0o644); err != nil {
+		return err
+	}
+	p.status = resp.Status
+	return nil
+}
+
+// checkIssued makes sure the NS issued the certificate for our key.
+func checkIssued(certPEM string, key *ecdsa.PrivateKey) error {
+	blk, _ := pem.Decode([]byte(certPEM))
+	if blk == nil {
+		return errors.New("issued certificate is not PEM")
+	}
+	c, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		return fmt.Errorf("issued certificate: %w", err)
+	}
+	pub, ok := c.PublicKey.(*ecdsa.PublicKey)
+	if !ok || !pub.Equal(&key.PublicKey) {
+		return errors.New("issued certificate is not for our key")
+	}
+	return nil
+}

@@ -1,0 +1,200 @@
+package ns
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// RegisterFunc performs one registration (or heartbeat) with an authenticated client and
+// returns what should be remembered from the answer plus the interval until the next one.
+type RegisterFunc func(ctx context.Context, p *Peer, c *Client) (answer any, next time.Duration, err error)
+
+// Registrar keeps a site server or agent registered with each of its NSes: it registers at
+// start and then on the heartbeat interval the NS gives; while an NS is unreachable it retries
+// with jittered exponential backoff and keeps the last answer it had (saved in the peer's
+// directory, so it survives restarts too).
+type Registrar struct {
+	Peers    []*Peer
+	Register RegisterFunc
+	Logger   *slog.Logger
+	// Backoff bounds; zero means 1s and 5m.
+	MinBackoff, MaxBackoff time.Duration
+	// OnAnswer, if set, is called after every successful registration.
+	OnAnswer func(p *Peer, answer any)
+
+	metrics *registrarMetrics
+	mu      sync.Mutex
+	last    map[string]json.RawMessage
+}
+
+type registrarMetrics struct {
+	attempts    *prometheus.CounterVec
+	registered  *prometheus.GaugeVec
+	lastSuccess *prometheus.GaugeVec
+}
+
+// NewRegistrar builds a registrar and registers its metrics (subsystem "registration").
+func NewRegistrar(peers []*Peer, register RegisterFunc, logger *slog.Logger, reg prometheus.Registerer) *Registrar {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	m := &registrarMetrics{
+		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "siteserver", Subsystem: "registration", Name: "attempts_total",
+			Help: "Registration attempts with each NS by result.",
+		}, []string{"ns", "result"}),
+		registered: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "siteserver", Subsystem: "registration", Name: "registered",
+			Help: "1 when the last registration with the NS succeeded.",
+		}, []string{"ns"}),
+		lastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "siteserver", Subsystem: "registration", Name: "last_success_timestamp_seconds",
+			Help: "Unix time of the last successful registration with the NS.",
+		}, []string{"ns"}),
+	}
+	for _, p := range peers {
+		for _, r := range []string{"ok", "pending", "unauthorized", "error"} {
+			m.attempts.WithLabelValues(p.Endpoint.Name, r)
+		}
+		m.registered.WithLabelValues(p.Endpoint.Name)
+		m.lastSuccess.WithLabelValues(p.Endpoint.Name)
+	}
+	reg.MustRegister(m.attempts, m.registered, m.lastSuccess)
+	return &Registrar{Peers: peers, Register: register, Logger: logger, metrics: m, last: map[string]json.RawMessage{}}
+}
+
+// Last returns the last answer from the named NS, decoded into v, from memory or from disk.
+func (r *Registrar) Last(name string, v any) bool {
+	r.mu.Lock()
+	raw, ok := r.last[name]
+	r.mu.Unlock()
+	if !ok {
+		for _, p := range r.Peers {
+			if p.Endpoint.Name == name {
+				b, err := os.ReadFile(filepath.Join(p.Dir, "registration.json"))
+				if err != nil {
+					return false
+				}
+				raw = b
+			}
+		}
+	}
+	return raw != nil && json.Unmarshal(raw, v) == nil
+}
+
+// Name implements service.Service.
+func (r *Registrar) Name() string { return "registration" }
+
+// Run keeps every peer registered until ctx is done.
+func (r *Registrar) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	for _, p := range r.Peers {
+		wg.Go(func() { r.loop(ctx, p) })
+	}
+	wg.Wait()
+	return nil
+}
+
+func (r *Registrar) backoff(failures int) time.Duration {
+	lo, hi := r.MinBackoff, r.MaxBackoff
+	if lo <= 0 {
+		lo = time.Second
+	}
+	if hi <= 0 {
+		hi = 5 * time.Minute
+	}
+	d := lo
+	for i := 1; i < failures && d < hi; i++ {
+		d *= 2
+	}
+	d = min(d, hi)
+	// Jitter over [d/2, d) so a restarted NS is not met by every server at once.
+	return d/2 + rand.N(d/2+1)
+}
+
+func (r *Registrar) loop(ctx context.Context, p *Peer) {
+	log := r.Logger.With("ns", p.Endpoint.Name)
+	failures := 0
+	for {
+		next, err := r.once(ctx, p)
+		if ctx.Err() != nil {
+			return
+		}
+		var wait time.Duration
+		if err != nil {
+			failures++
+			wait = r.backoff(failures)
+			log.Warn("registration failed; will retry", "err", err, "retry_in", wait.Round(time.Millisecond), "failures", failures)
+			r.metrics.registered.WithLabelValues(p.Endpoint.Name).Set(0)
+		} else {
+			if failures > 0 {
+				log.Info("registered again after failures", "failures", failures)
+			}
+			failures = 0
+			// Jitter heartbeats by up to a tenth so servers started together spread out.
+			wait = next - time.Duration(rand.Int64N(int64(next/10)+1))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+func (r *Registrar) once(ctx context.Context, p *Peer) (time.Duration, error) {
+	name := p.Endpoint.Name
+	c, err := p.Client(ctx)
+	if err != nil {
+		r.metrics.attempts.WithLabelValues(name, resultOf(err)).Inc()
+		return 0, err
+	}
+	answer, next, err := r.Register(ctx, p, c)
+	if err != nil {
+		r.metrics.attempts.WithLabelValues(name, resultOf(err)).Inc()
+		if StatusOf(err) == http.StatusUnauthorized {
+			// The NS does not know this certificate (any more): enroll again next time.
+			p.Forget()
+		}
+		return 0, err
+	}
+	r.metrics.attempts.WithLabelValues(name, "ok").Inc()
+	r.metrics.registered.WithLabelValues(name).Set(1)
+	r.metrics.lastSuccess.WithLabelValues(name).Set(float64(time.Now().Unix()))
+	b, err := json.Marshal(answer)
+	if err == nil {
+		r.mu.Lock()
+		r.last[name] = b
+		r.mu.Unlock()
+		if werr := WriteFileAtomic(filepath.Join(p.Dir, "registration.json"), b, 0o644); werr != nil {
+			r.Logger.Warn("could not save the registration answer", "ns", name, "err", werr)
+		}
+	}
+	if r.OnAnswer != nil {
+		r.OnAnswer(p, answer)
+	}
+	if next <= 0 {
+		return 0, fmt.Errorf("ns: %s: no heartbeat interval in the answer", name)
+	}
+	return next, nil
+}
+
+func resultOf(err error) string {
+	switch StatusOf(err) {
+	case http.StatusUnauthorized:
+		return "unauthorized"
+	case http.StatusForbidden:
+		return "pending"
+	}
+	return "error"
+}

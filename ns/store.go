@@ -1,0 +1,426 @@
+package ns
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"time"
+
+	"github.com/siteserver/siteserver/sites"
+	_ "modernc.org/sqlite" // pure-Go driver keeps the binary static
+)
+
+// ErrNotFound is returned when a record does not exist.
+var ErrNotFound = errors.New("not found")
+
+// ServerRecord is a site server as the NS stores it.
+type ServerRecord struct {
+	ID          string
+	Hostname    string
+	Status      string
+	TickleKey   []byte
+	TickleKeyID uint32
+	CertSerial  string
+	Addresses   []netip.Prefix
+	Services    []ServiceInfo
+	Enrolled    time.Time
+	LastSeen    time.Time // zero until the first registration
+}
+
+// AgentRecord is an agent as the NS stores it.
+type AgentRecord struct {
+	ID         string
+	Hostname   string
+	CertSerial string
+	Addresses  []netip.Addr
+	TaskServer string
+	Enrolled   time.Time
+	LastSeen   time.Time
+}
+
+// Store is what the NS keeps. The SQLite implementation is the reference; the interface is
+// small so that another database can stand behind it.
+type Store interface {
+	// Rules returns every site maintenance rule of every source.
+	Rules(ctx context.Context) (sites.Rules, error)
+	// ReplaceRules atomically replaces all rules of one source.
+	ReplaceRules(ctx context.Context, src sites.Source, r sites.Rules) error
+
+	Server(ctx context.Context, id string) (ServerRecord, error)
+	Servers(ctx context.Context) ([]ServerRecord, error)
+	PutServer(ctx context.Context, s ServerRecord) error
+
+	Agent(ctx context.Context, id string) (AgentRecord, error)
+	Agents(ctx context.Context) ([]AgentRecord, error)
+	PutAgent(ctx context.Context, a AgentRecord) error
+
+	Close() error
+}
+
+// migrations are applied in order; each runs once, in its own transaction. Never edit one
+// that has shipped: append a new one.
+var migrations = []string{
+	// 1: site maintenance rules, site servers, agents.
+	`CREATE TABLE sites (
+		name TEXT NOT NULL,
+		source TEXT NOT NULL,
+		description TEXT NOT NULL DEFAULT '',
+		PRIMARY KEY (name, source)
+	);
+	CREATE TABLE subnets (
+		prefix TEXT NOT NULL,
+		source TEXT NOT NULL,
+		site TEXT NOT NULL,
+		PRIMARY KEY (prefix, source)
+	);
+	CREATE TABLE server_rules (
+		server TEXT NOT NULL,
+		site TEXT NOT NULL,
+		source TEXT NOT NULL,
+		PRIMARY KEY (server, site, source)
+	);
+	CREATE TABLE servers (
+		id TEXT PRIMARY KEY,
+		hostname TEXT NOT NULL,
+		status TEXT NOT NULL,
+		tickle_key BLOB NOT NULL,
+		tickle_key_id INTEGER NOT NULL,
+		cert_serial TEXT NOT NULL,
+		addresses TEXT NOT NULL DEFAULT '[]',
+		services TEXT NOT NULL DEFAULT '[]',
+		enrolled_at INTEGER NOT NULL,
+		last_seen INTEGER NOT NULL DEFAULT 0
+	);
+	CREATE TABLE agents (
+		id TEXT PRIMARY KEY,
+		hostname TEXT NOT NULL,
+		cert_serial TEXT NOT NULL,
+		addresses TEXT NOT NULL DEFAULT '[]',
+		task_server TEXT NOT NULL DEFAULT '',
+		enrolled_at INTEGER NOT NULL,
+		last_seen INTEGER NOT NULL DEFAULT 0
+	);
+	CREATE INDEX agents_task_server ON agents (task_server);`,
+}
+
+// SQLiteStore is the Store in a SQLite file.
+type SQLiteStore struct {
+	db *sql.DB
+}
+
+var _ Store = (*SQLiteStore)(nil)
+
+// OpenSQLite opens (creating if needed) dir/ns.db and applies pending migrations.
+func OpenSQLite(ctx context.Context, dir string) (*SQLiteStore, error) {
+	path := filepath.Join(dir, "ns.db")
+	// synchronous(FULL): a write the NS acknowledged survives power loss.
+	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(5000)&_pragma=foreign_keys(ON)"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("ns: store: open %s: %w", path, err)
+	}
+	// One connection serialises writers; the NS's load is far below what that can take.
+	db.SetMaxOpenConns(1)
+	s := &SQLiteStore{db: db}
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// SchemaVersion returns the number of applied migrations.
+func (s *SQLiteStore) SchemaVersion(ctx context.Context) (int, error) {
+	var v int
+	err := s.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&v)
+	return v, err
+}
+
+func (s *SQLiteStore) migrate(ctx context.Context) error {
+	if _, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)`); err != nil {
+		return fmt.Errorf("ns: store: migrations table: %w", err)
+	}
+	have, err := s.SchemaVersion(ctx)
+	if err != nil {
+		return fmt.Errorf("ns: store: schema version: %w", err)
+	}
+	if have > len(migrations) {
+		return fmt.Errorf("ns: store: database schema version %d is newer than this binary knows (%d)", have, len(migrations))
+	}
+	for v := have + 1; v <= len(migrations); v++ {
+		err := s.tx(ctx, func(tx *sql.Tx) error {
+			if _, err := tx.ExecContext(ctx, migrations[v-1]); err != nil {
+				return err
+			}
+			_, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)`, v, time.Now().Unix())
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("ns: store: migration %d: %w", v, err)
+		}
+	}
+	return nil
+}
+
+func (s *SQLiteStore) tx(ctx context.Context, f func(*sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := f(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
+// Close closes the database.
+func (s *SQLiteStore) Close() error { return s.db.Close() }
+
+// Rules implements Store.
+func (s *SQLiteStore) Rules(ctx context.Context) (sites.Rules, error) {
+	var r sites.Rules
+	rows, err := s.db.QueryContext(ctx, `SELECT name, source, description FROM sites ORDER BY name, source`)
+	if err != nil {
+		return r, fmt.Errorf("ns: store: sites: %w", err)
+	}
+	for rows.Next() {
+		var st sites.Site
+		var src string
+		if err := rows.Scan(&st.Name, &src, &st.Description); err != nil {
+			rows.Close()
+			return r, fmt.Errorf("ns: store: sites: %w", err)
+		}
+		st.Source = sites.Source(src)
+		r.Sites = append(r.Sites, st)
+	}
+	rows.Close()
+	rows, err = s.db.QueryContext(ctx, `SELECT prefix, source, site FROM subnets ORDER BY prefix, source`)
+	if err != nil {
+		return r, fmt.Errorf("ns: store: subnets: %w", err)
+	}
+	for rows.Next() {
+		var p, src, site string
+		if err := rows.Scan(&p, &src, &site); err != nil {
+			rows.Close()
+			return r, fmt.Errorf("ns: store: subnets: %w", err)
+		}
+		pfx, err := netip.ParsePrefix(p)
+		if err != nil {
+			rows.Close()
+			return r, fmt.Errorf("ns: store: subnet %q: %w", p, err)
+		}
+		r.Subnets = append(r.Subnets, sites.SubnetRule{Prefix: pfx, Site: site, Source: sites.Source(src)})
+	}
+	rows.Close()
+	rows, err = s.db.QueryContext(ctx, `SELECT server, site, source FROM server_rules ORDER BY server, site, source`)
+	if err != nil {
+		return r, fmt.Errorf("ns: store: server rules: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var sr sites.ServerRule
+		var src string
+		if err := rows.Scan(&sr.Server, &sr.Site, &src); err != nil {
+			return r, fmt.Errorf("ns: store: server rules: %w", err)
+		}
+		sr.Source = sites.Source(src)
+		r.Servers = append(r.Servers, sr)
+	}
+	return r, rows.Err()
+}
+
+// ReplaceRules implements Store. Rules of other sources in r are ignored.
+func (s *SQLiteStore) ReplaceRules(ctx context.Context, src sites.Source, r sites.Rules) error {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		for _, q := range []string{`DELETE FROM sites WHERE source = ?`, `DELETE FROM subnets WHERE source = ?`, `DELETE FROM server_rules WHERE source = ?`} {
+			if _, err := tx.ExecContext(ctx, q, string(src)); err != nil {
+				return err
+			}
+		}
+		for _, st := range r.Sites {
+			if st.Source != src {
+				continue
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT INTO sites (name, source, description) VALUES (?, ?, ?)`, st.Name, string(src), st.Description); err != nil {
+				return err
+			}
+		}
+		for _, sn := range r.Subnets {
+			if sn.Source != src {
+				continue
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT INTO subnets (prefix, source, site) VALUES (?, ?, ?)`, sn.Prefix.String(), string(src), sn.Site); err != nil {
+				return err
+			}
+		}
+		for _, sr := range r.Servers {
+			if sr.Source != src {
+				continue
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT INTO server_rules (server, site, source) VALUES (?, ?, ?)`, sr.Server, sr.Site, string(src)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("ns: store: replace %s rules: %w", src, err)
+	}
+	return nil
+}
+
+const serverCols = `id, hostname, status, tickle_key, tickle_key_id, cert_serial, addresses, services, enrolled_at, last_seen`
+
+type scanner interface{ Scan(...any) error }
+
+func scanServer(sc scanner) (ServerRecord, error) {
+	var rec ServerRecord
+	var addrs, svcs string
+	var enrolled, seen int64
+	if err := sc.Scan(&rec.ID, &rec.Hostname, &rec.Status, &rec.TickleKey, &rec.TickleKeyID, &rec.CertSerial, &addrs, &svcs, &enrolled, &seen); err != nil {
+		return rec, err
+	}
+	if err := json.Unmarshal([]byte(addrs), &rec.Addresses); err != nil {
+		return rec, fmt.Errorf("server %s addresses: %w", rec.ID, err)
+	}
+	if err := json.Unmarshal([]byte(svcs), &rec.Services); err != nil {
+		return rec, fmt.Errorf("server %s services: %w", rec.ID, err)
+	}
+	rec.Enrolled = fromUnixNano(enrolled)
+	rec.LastSeen = fromUnixNano(seen)
+	return rec, nil
+}
+
+func fromUnixNano(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}
+
+func toUnixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+// Server implements Store.
+func (s *SQLiteStore) Server(ctx context.Context, id string) (ServerRecord, error) {
+	rec, err := scanServer(s.db.QueryRowContext(ctx, `SELECT `+serverCols+` FROM servers WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return rec, ErrNotFound
+	}
+	if err != nil {
+		return rec, fmt.Errorf("ns: store: server %s: %w", id, err)
+	}
+	return rec, nil
+}
+
+// Servers implements Store.
+func (s *SQLiteStore) Servers(ctx context.Context) ([]ServerRecord, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+serverCols+` FROM servers ORDER BY hostname, id`)
+	if err != nil {
+		return nil, fmt.Errorf("ns: store: servers: %w", err)
+	}
+	defer rows.Close()
+	var out []ServerRecord
+	for rows.Next() {
+		rec, err := scanServer(rows)
+		if err != nil {
+			return nil, fmt.Errorf("ns: store: servers: %w", err)
+		}
+		out = append(out, rec)
+	}
+	return out, rows.Err()
+}
+
+// PutServer implements Store.
+func (s *SQLiteStore) PutServer(ctx context.Context, rec ServerRecord) error {
+	addrs, _ := json.Marshal(orEmpty(rec.Addresses))
+	svcs, _ := json.Marshal(orEmpty(rec.Services))
+	_, err := s.db.ExecContext(ctx, `INSERT INTO servers (`+serverCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname, status = excluded.status,
+		tickle_key = excluded.tickle_key, tickle_key_id = excluded.tickle_key_id, cert_serial = excluded.cert_serial,
+		addresses = excluded.addresses, services = excluded.services, enrolled_at = excluded.enrolled_at,
+		last_seen = excluded.last_seen`,
+		rec.ID, rec.Hostname, rec.Status, rec.TickleKey, rec.TickleKeyID, rec.CertSerial, string(addrs), string(svcs),
+		toUnixNano(rec.Enrolled), toUnixNano(rec.LastSeen))
+	if err != nil {
+		return fmt.Errorf("ns: store: put server %s: %w", rec.ID, err)
+	}
+	return nil
+}
+
+const agentCols = `id, hostname, cert_serial, addresses, task_server, enrolled_at, last_seen`
+
+func scanAgent(sc scanner) (AgentRecord, error) {
+	var rec AgentRecord
+	var addrs string
+	var enrolled, seen int64
+	if err := sc.Scan(&rec.ID, &rec.Hostname, &rec.CertSerial, &addrs, &rec.TaskServer, &enrolled, &seen); err != nil {
+		return rec, err
+	}
+	if err := json.Unmarshal([]byte(addrs), &rec.Addresses); err != nil {
+		return rec, fmt.Errorf("agent %s addresses: %w", rec.ID, err)
+	}
+	rec.Enrolled = fromUnixNano(enrolled)
+	rec.LastSeen = fromUnixNano(seen)
+	return rec, nil
+}
+
+// Agent implements Store.
+func (s *SQLiteStore) Agent(ctx context.Context, id string) (AgentRecord, error) {
+	rec, err := scanAgent(s.db.QueryRowContext(ctx, `SELECT `+agentCols+` FROM agents WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return rec, ErrNotFound
+	}
+	if err != nil {
+		return rec, fmt.Errorf("ns: store: agent %s: %w", id, err)
+	}
+	return rec, nil
+}
+
+// Agents implements Store.
+func (s *SQLiteStore) Agents(ctx context.Context) ([]AgentRecord, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+agentCols+` FROM agents ORDER BY hostname, id`)
+	if err != nil {
+		return nil, fmt.Errorf("ns: store: agents: %w", err)
+	}
+	defer rows.Close()
+	var out []AgentRecord
+	for rows.Next() {
+		rec, err := scanAgent(rows)
+		if err != nil {
+			return nil, fmt.Errorf("ns: store: agents: %w", err)
+		}
+		out = append(out, rec)
+	}
+	return out, rows.Err()
+}
+
+// PutAgent implements Store.
+func (s *SQLiteStore) PutAgent(ctx context.Context, rec AgentRecord) error {
+	addrs, _ := json.Marshal(orEmpty(rec.Addresses))
+	_, err := s.db.ExecContext(ctx, `INSERT INTO agents (`+agentCols+`) VALUES (?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname, cert_serial = excluded.cert_serial,
+		addresses = excluded.addresses, task_server = excluded.task_server, enrolled_at = excluded.enrolled_at,
+		last_seen = excluded.last_seen`,
+		rec.ID, rec.Hostname, rec.CertSerial, string(addrs), rec.TaskServer, toUnixNano(rec.Enrolled), toUnixNano(rec.LastSeen))
+	if err != nil {
+		return fmt.Errorf("ns: store: put agent %s: %w", rec.ID, err)
+	}
+	return nil
+}
+
+func orEmpty[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}

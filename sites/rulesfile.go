@@ -1,0 +1,502 @@
+package sites
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"regexp"
+	"strconv"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Limits on a rules file. A whole directory import fits comfortably; past these the file is
+// more likely a mistake (or an attack on the NS's memory) than a site layout.
+const (
+	MaxRulesFileBytes = 8 << 20
+	MaxRulesFileRules = 200_000 // sites, subnet entries and server entries together
+)
+
+// RulesFileError is an error at one place in a rules file. Callers that know the file's name
+// can use Line and Site to say where.
+type RulesFileError struct {
+	Line int    // 1-based; 0 when the error is about the file as a whole
+	Site string // the site being read, if any
+	Msg  string
+}
+
+func (e *RulesFileError) Error() string {
+	var b strings.Builder
+	b.WriteString("rules")
+	if e.Line > 0 {
+		fmt.Fprintf(&b, ":%d", e.Line)
+	}
+	if e.Site != "" {
+		fmt.Fprintf(&b, ": site %q", e.Site)
+	}
+	b.WriteString(": ")
+	b.WriteString(e.Msg)
+	return b.String()
+}
+
+// ParseRulesFile decodes a rules file strictly: unknown keys, duplicate keys, duplicate site
+// names and a prefix given to two sites are errors, as are prefixes that are not masked (the
+// error says the masked form). Every error is a *RulesFileError naming the line and, where there
+// is one, the site. Every rule gets the file's source (default Manual). The Rules returned
+// always Compile on their own.
+//
+// The format:
+//
+//	source: manual            # or imported; applies to every rule in the file
+//	sites:
+//	  - name: berlin-hq
+//	    description: Berlin head office
+//	    subnets: [10.1.0.0/16, "2001:db8:1::/48"]
+//	    servers: [berlin-ss1.example.org, 3f2a0c9e-5b1d-4c7a-9e3f-2d8b6a1c0f47]
+//	  - name: berlin-lab
+//	    subnets: [10.1.200.0/24]   # more specific than berlin-hq's: wins for its addresses
+func ParseRulesFile(data []byte) (Rules, error) {
+	if len(data) > MaxRulesFileBytes {
+		return Rules{}, &RulesFileError{Msg: fmt.Sprintf("file is %d bytes, the limit is %d", len(data), MaxRulesFileBytes)}
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return Rules{}, nil
+		}
+		return Rules{}, yamlError(err)
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); err == nil {
+		return Rules{}, &RulesFileError{Line: extra.Line, Msg: "a rules file holds one YAML document"}
+	} else if !errors.Is(err, io.EOF) {
+		return Rules{}, yamlError(err)
+	}
+
+	p := parser{src: Manual}
+	if err := p.file(&doc); err != nil {
+		return Rules{}, err
+	}
+	for i := range p.r.Sites {
+		p.r.Sites[i].Source = p.src
+	}
+	for i := range p.r.Subnets {
+		p.r.Subnets[i].Source = p.src
+	}
+	for i := range p.r.Servers {
+		p.r.Servers[i].Source = p.src
+	}
+	return p.r, nil
+}
+
+var yamlLine = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+
+// yamlError restates a YAML syntax error in the file's own error format.
+func yamlError(err error) error {
+	msg := err.Error()
+	if m := yamlLine.FindStringSubmatch(msg); m != nil {
+		line, _ := strconv.Atoi(m[1])
+		return &RulesFileError{Line: line, Msg: m[2]}
+	}
+	return &RulesFileError{Msg: strings.TrimPrefix(msg, "yaml: ")}
+}
+
+type parser struct {
+	src   Source
+	r     Rules
+	count int
+	// Where each site name and prefix was first seen, for duplicate errors.
+	siteLine   map[string]int
+	prefixSeen map[netip.Prefix]struct {
+		site string
+		line int
+	}
+}
+
+func (p *parser) errf(n *yaml.Node, site, format string, args ...any) error {
+	return &RulesFileError{Line: n.Line, Site: site, Msg: fmt.Sprintf(format, args...)}
+}
+
+func (p *parser) file(doc *yaml.Node) error {
+	if doc.Kind != yaml.DocumentNode || len(doc.Content) != 1 {
+		return p.errf(doc, "", "not a YAML document")
+	}
+	root := doc.Content[0]
+	if isNull(root) {
+		return nil
+	}
+	if root.Kind != yaml.MappingNode {
+		return p.errf(root, "", "want a mapping with keys source and sites, got %s", kindName(root))
+	}
+	var sites *yaml.Node
+	err := p.mapping(root, "", func(k, v *yaml.Node) error {
+		switch k.Value {
+		case "source":
+			s, err := p.scalar(v, "")
+			if err != nil {
+				return err
+			}
+			src := Source(s)
+			if s == "" {
+				src = Manual
+			}
+			if !src.Valid() {
+				return p.errf(v, "", "source %q: want %s or %s", s, Manual, Imported)
+			}
+			p.src = src
+		case "sites":
+			sites = v
+		default:
+			return p.errf(k, "", "unknown key %q (want source or sites)", k.Value)
+		}
+		return nil
+	})
+	if err != nil || sites == nil || isNull(sites) {
+		return err
+	}
+	if sites.Kind != yaml.SequenceNode {
+		return p.errf(sites, "", "sites: want a list, got %s", kindName(sites))
+	}
+	p.siteLine = make(map[string]int)
+	p.prefixSeen = make(map[netip.Prefix]struct {
+		site string
+		line int
+	})
+	for _, s := range sites.Content {
+		if err := p.site(s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (p *parser) site(n *yaml.Node) error {
+	if n.Kind != yaml.MappingNode {
+		return p.errf(n, "", "site: want a mapping with keys name, description, subnets and servers, got %s", kindName(n))
+	}
+	if err := p.add(n, ""); err != nil {
+		return err
+	}
+	// The name comes first so that errors about the other keys can name the site.
+	var site Site
+	var nameNode *yaml.Node
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if k := n.Content[i]; k.Kind == yaml.ScalarNode && k.Value == "name" {
+			nameNode = n.Content[i+1]
+			name, err := p.scalar(nameNode, "")
+			if err != nil {
+				return err
+			}
+			site.Name = name
+			break
+		}
+	}
+	if site.Name == "" {
+		return p.errf(n, "", "site without a name")
+	}
+	if err := checkText(site.Name, false); err != nil {
+		return p.errf(nameNode, "", "site name %q: %v", site.Name, err)
+	}
+	if first, ok := p.siteLine[site.Name]; ok {
+		return p.errf(nameNode, site.Name, "defined twice (first at line %d)", first)
+	}
+	p.siteLine[site.Name] = nameNode.Line
+
+	var subnets, servers *yaml.Node
+	err := p.mapping(n, site.Name, func(k, v *yaml.Node) error {
+		switch k.Value {
+		case "name":
+		case "description":
+			d, err := p.scalar(v, site.Name)
+			if err != nil {
+				return err
+			}
+			if err := checkText(d, true); err != nil {
+				return p.errf(v, site.Name, "description: %v", err)
+			}
+			site.Description = d
+		case "subnets":
+			subnets = v
+		case "servers":
+			servers = v
+		default:
+			return p.errf(k, site.Name, "unknown key %q (want name, description, subnets or servers)", k.Value)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	p.r.Sites = append(p.r.Sites, site)
+
+	err = p.list(subnets, site.Name, "subnets", func(v *yaml.Node, s string) error {
+		pfx, err := netip.ParsePrefix(s)
+		if err != nil {
+			return p.errf(v, site.Name, "subnet %q: invalid prefix", s)
+		}
+		if err := checkPrefix(pfx); err != nil {
+			return p.errf(v, site.Name, "subnet %q: %v", s, err)
+		}
+		if prev, ok := p.prefixSeen[pfx]; ok {
+			if prev.site == site.Name {
+				return p.errf(v, site.Name, "subnet %q: listed twice (first at line %d)", s, prev.line)
+			}
+			return p.errf(v, site.Name, "subnet %q: already in site %q (line %d)", s, prev.site, prev.line)
+		}
+		p.prefixSeen[pfx] = struct {
+			site string
+			line int
+		}{site.Name, v.Line}
+		p.r.Subnets = append(p.r.Subnets, SubnetRule{Prefix: pfx, Site: site.Name})
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	seen := make(map[string]int)
+	return p.list(servers, site.Name, "servers", func(v *yaml.Node, s string) error {
+		if err := checkServer(s); err != nil {
+			return p.errf(v, site.Name, "server %q: %v", s, err)
+		}
+		if first, ok := seen[serverKey(s)]; ok {
+			return p.errf(v, site.Name, "server %q: listed twice (first at line %d)", s, first)
+		}
+		seen[serverKey(s)] = v.Line
+		p.r.Servers = append(p.r.Servers, ServerRule{Server: s, Site: site.Name})
+		return nil
+	})
+}
+
+// add counts one more rule against the limit.
+func (p *parser) add(n *yaml.Node, site string) error {
+	p.count++
+	if p.count > MaxRulesFileRules {
+		return p.errf(n, site, "more than %d rules (sites, subnets and servers together)", MaxRulesFileRules)
+	}
+	return nil
+}
+
+// mapping calls fn for each key and value of n, rejecting keys that are not plain strings or
+// that repeat, which a plain yaml.Unmarshal would silently let the last one win.
+func (p *parser) mapping(n *yaml.Node, site string, fn func(k, v *yaml.Node) error) error {
+	seen := make(map[string]int, len(n.Content)/2)
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if k.Kind != yaml.ScalarNode || k.ShortTag() != "!!str" {
+			return p.errf(k, site, "key: want a plain name, got %s", kindName(k))
+		}
+		if first, ok := seen[k.Value]; ok {
+			return p.errf(k, site, "key %q given twice (first at line %d)", k.Value, first)
+		}
+		seen[k.Value] = k.Line
+		if err := fn(k, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// list calls fn for each string in the sequence n (which may be absent or null).
+func (p *parser) list(n *yaml.Node, site, key string, fn func(v *yaml.Node, s string) error) error {
+	if n == nil || isNull(n) {
+		return nil
+	}
+	if n.Kind != yaml.SequenceNode {
+		return p.errf(n, site, "%s: want a list, got %s", key, kindName(n))
+	}
+	for _, v := range n.Content {
+		if err := p.add(v, site); err != nil {
+			return err
+		}
+		s, err := p.scalar(v, site)
+		if err != nil {
+			return err
+		}
+		if err := fn(v, s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// scalar returns the text of a scalar. Values YAML would read as numbers or booleans are
+// taken as written, so that a site called 2024 or a server called true still works; null is
+// the empty string.
+func (p *parser) scalar(n *yaml.Node, site string) (string, error) {
+	if n.Kind != yaml.ScalarNode {
+		return "", p.errf(n, site, "want a single value, got %s", kindName(n))
+	}
+	switch n.ShortTag() {
+	case "!!null":
+		return "", nil
+	case "!!str", "!!int", "!!float", "!!bool", "!!timestamp":
+		return n.Value, nil
+	}
+	return "", p.errf(n, site, "value %q: unsupported tag %s", n.Value, n.Tag)
+}
+
+func isNull(n *yaml.Node) bool { return n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null" }
+
+func kindName(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.AliasNode:
+		return "an alias (aliases are not supported)"
+	case yaml.ScalarNode:
+		return fmt.Sprintf("%q", n.Value)
+	}
+	return "nothing"
+}
+
+// checkText keeps names and descriptions to text a person can read and edit: control and
+// other invisible characters are almost always paste accidents.
+func checkText(s string, multiline bool) error {
+	if !utf8.ValidString(s) {
+		return errors.New("not valid UTF-8")
+	}
+	for _, c := range s {
+		if multiline && (c == '\n' || c == '\t') {
+			continue
+		}
+		if !unicode.IsPrint(c) {
+			return fmt.Errorf("contains the non-printing character %U", c)
+		}
+	}
+	return nil
+}
+
+// checkServer accepts what a GUID or a hostname could be.
+func checkServer(s string) error {
+	if serverKey(s) == "" {
+		return errors.New("empty")
+	}
+	if !utf8.ValidString(s) {
+		return errors.New("not valid UTF-8")
+	}
+	for _, c := range s {
+		if unicode.IsSpace(c) || !unicode.IsPrint(c) {
+			return fmt.Errorf("contains %U; list one server per entry", c)
+		}
+	}
+	return nil
+}
+
+type fileSite struct {
+	Name        string   `yaml:"name"`
+	Description string   `yaml:"description,omitempty"`
+	Subnets     []string `yaml:"subnets,omitempty,flow"`
+	Servers     []string `yaml:"servers,omitempty,flow"`
+}
+
+type fileRules struct {
+	Source Source     `yaml:"source"`
+	Sites  []fileSite `yaml:"sites"`
+}
+
+// MarshalRulesFile writes r, whose rules must all have one source, in the rules file format.
+// It refuses what ParseRulesFile would, so that its output always reads back to r; rules are
+// grouped under their sites, so r reads back equal when it is grouped the same way, as
+// ParseRulesFile returns it.
+func MarshalRulesFile(r Rules) ([]byte, error) {
+	src := Source("")
+	setSource := func(what string, s Source) error {
+		if !s.Valid() {
+			return fmt.Errorf("sites: marshal rules: %s: invalid source %q", what, s)
+		}
+		if src == "" {
+			src = s
+		} else if s != src {
+			return fmt.Errorf("sites: marshal rules: %s: source %s in a file of %s rules", what, s, src)
+		}
+		return nil
+	}
+	if n := len(r.Sites) + len(r.Subnets) + len(r.Servers); n > MaxRulesFileRules {
+		return nil, fmt.Errorf("sites: marshal rules: %d rules, a file holds at most %d", n, MaxRulesFileRules)
+	}
+
+	f := fileRules{Sites: make([]fileSite, 0, len(r.Sites))}
+	index := make(map[string]int, len(r.Sites))
+	for _, s := range r.Sites {
+		if err := setSource(fmt.Sprintf("site %q", s.Name), s.Source); err != nil {
+			return nil, err
+		}
+		if s.Name == "" {
+			return nil, errors.New("sites: marshal rules: site with an empty name")
+		}
+		if err := checkText(s.Name, false); err != nil {
+			return nil, fmt.Errorf("sites: marshal rules: site name %q: %w", s.Name, err)
+		}
+		if err := checkText(s.Description, true); err != nil {
+			return nil, fmt.Errorf("sites: marshal rules: site %q: description: %w", s.Name, err)
+		}
+		if _, ok := index[s.Name]; ok {
+			return nil, fmt.Errorf("sites: marshal rules: site %q defined twice", s.Name)
+		}
+		index[s.Name] = len(f.Sites)
+		f.Sites = append(f.Sites, fileSite{Name: s.Name, Description: s.Description})
+	}
+	prefixSite := make(map[netip.Prefix]string, len(r.Subnets))
+	for _, sr := range r.Subnets {
+		what := fmt.Sprintf("subnet %s", sr.Prefix)
+		if err := setSource(what, sr.Source); err != nil {
+			return nil, err
+		}
+		if err := checkPrefix(sr.Prefix); err != nil {
+			return nil, fmt.Errorf("sites: marshal rules: %s: %w", what, err)
+		}
+		i, ok := index[sr.Site]
+		if !ok {
+			return nil, fmt.Errorf("sites: marshal rules: %s: site %q is not defined", what, sr.Site)
+		}
+		if prev, ok := prefixSite[sr.Prefix]; ok {
+			return nil, fmt.Errorf("sites: marshal rules: %s: given twice (sites %q and %q)", what, prev, sr.Site)
+		}
+		prefixSite[sr.Prefix] = sr.Site
+		f.Sites[i].Subnets = append(f.Sites[i].Subnets, sr.Prefix.String())
+	}
+	type siteServer struct{ site, key string }
+	seen := make(map[siteServer]bool, len(r.Servers))
+	for _, sr := range r.Servers {
+		what := fmt.Sprintf("server %q", sr.Server)
+		if err := setSource(what, sr.Source); err != nil {
+			return nil, err
+		}
+		if err := checkServer(sr.Server); err != nil {
+			return nil, fmt.Errorf("sites: marshal rules: %s: %w", what, err)
+		}
+		i, ok := index[sr.Site]
+		if !ok {
+			return nil, fmt.Errorf("sites: marshal rules: %s: site %q is not defined", what, sr.Site)
+		}
+		k := siteServer{sr.Site, serverKey(sr.Server)}
+		if seen[k] {
+			return nil, fmt.Errorf("sites: marshal rules: %s: listed twice in site %q", what, sr.Site)
+		}
+		seen[k] = true
+		f.Sites[i].Servers = append(f.Sites[i].Servers, sr.Server)
+	}
+	if src == "" {
+		src = Manual
+	}
+	f.Source = src
+
+	var buf bytes.Buffer
+	enc := yaml.NewEncoder(&buf)
+	enc.SetIndent(2)
+	if err := enc.Encode(f); err != nil {
+		return nil, fmt.Errorf("sites: marshal rules: %w", err)
+	}
+	if err := enc.Close(); err != nil {
+		return nil, fmt.Errorf("sites: marshal rules: %w", err)
+	}
+	return buf.Bytes(), nil
+}
