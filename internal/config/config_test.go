@@ -1,0 +1,202 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/siteserver/siteserver/internal/obs"
+	"github.com/siteserver/siteserver/ns"
+)
+
+func examplesDir(t *testing.T) string {
+	t.Helper()
+	d, err := filepath.Abs("../../examples")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// decodeExample decodes an example file and fills defaults, without Validate (which reads
+// the token files the examples point at).
+func decodeExample(t *testing.T, name string, f File) {
+	t.Helper()
+	fh, err := os.Open(filepath.Join(examplesDir(t), name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fh.Close()
+	if err := Decode(fh, f); err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	f.Defaults()
+}
+
+func tokenFile(t *testing.T) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(p, []byte("0123456789abcdef0123\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+var defaultSettings = ns.Settings{HeartbeatInterval: 5 * time.Minute, TaskUpdateInterval: 5 * time.Minute, TaskRequestInterval: 30 * time.Minute}
+
+func TestExampleNS(t *testing.T) {
+	var got NS
+	decodeExample(t, "ns.yaml", &got)
+	want := NS{
+		Log:     obs.LogConfig{Format: "json", Level: "info"},
+		Metrics: Metrics{Listen: ":9350"},
+		Server: ns.ServerConfig{
+			DataDir: "/var/lib/siteserver-ns", Listen: ":8443", Hostnames: []string{"ns.example.org"}, IPs: []string{},
+			SiteServerTokenFile: "/etc/siteserver/site_server.token", AgentTokenFile: "/etc/siteserver/agent.token",
+			AdminTokenFile: "/etc/siteserver/admin.token", Approval: "manual", RulesFile: "/etc/siteserver/sites.yaml",
+			MaxBodyBytes: 1 << 20, Settings: defaultSettings,
+		},
+	}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Fatalf("ns.yaml (-want +got):\n%s", d)
+	}
+	tok := tokenFile(t)
+	got.Server.SiteServerTokenFile, got.Server.AgentTokenFile, got.Server.AdminTokenFile = tok, tok, tok
+	if err := got.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestExampleBranch(t *testing.T) {
+	var got Serve
+	decodeExample(t, "branch.yaml", &got)
+	want := Serve{
+		Log: obs.LogConfig{Format: "json", Level: "info"}, Metrics: Metrics{Listen: ":9351"},
+		DataDir: "/var/lib/siteserver", Addresses: []string{},
+		NS: []ns.Endpoint{{Name: "central", URL: "https://ns.example.org:8443",
+			CASHA256: strings.Repeat("0", 64), EnrollmentTokenFile: "/etc/siteserver/central.token"}},
+		EmbeddedNS: EmbeddedNS{Listen: "127.0.0.1:50443", Approval: "auto", Settings: defaultSettings},
+		Services: Services{
+			Task:    &TaskService{URL: "https://branch-ss1.example.org:8080"},
+			Package: &PackageService{URL: "https://branch-ss1.example.org:8080", Constrained: true},
+		},
+	}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Fatalf("branch.yaml (-want +got):\n%s", d)
+	}
+	got.NS[0].EnrollmentTokenFile = tokenFile(t)
+	if err := got.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestExampleStandalone(t *testing.T) {
+	var got Serve
+	if err := Load(filepath.Join(examplesDir(t), "standalone.yaml"), &got); err != nil {
+		t.Fatal(err)
+	}
+	want := Serve{
+		Log: obs.LogConfig{Format: "text", Level: "info"}, Metrics: Metrics{Listen: "127.0.0.1:9351"},
+		DataDir: "./data/standalone", Addresses: []string{}, NS: []ns.Endpoint{},
+		EmbeddedNS: EmbeddedNS{Listen: "127.0.0.1:50443", RulesFile: "examples/sites.yaml", Approval: "auto", Settings: defaultSettings},
+		Services:   Services{Task: &TaskService{}, Package: &PackageService{}, Netboot: &NetbootService{}},
+	}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Fatalf("standalone.yaml (-want +got):\n%s", d)
+	}
+}
+
+func TestExampleAgent(t *testing.T) {
+	var got Agent
+	decodeExample(t, "agent.yaml", &got)
+	want := Agent{
+		Log: obs.LogConfig{Format: "text", Level: "info"}, Metrics: Metrics{Listen: "127.0.0.1:9352"},
+		DataDir: "/var/lib/siteserver-agent", Addresses: []string{},
+		NS: ns.Endpoint{Name: "central", URL: "https://ns.example.org:8443", CASHA256: strings.Repeat("0", 64),
+			EnrollmentTokenFile: "/etc/siteserver/agent.token"},
+	}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Fatalf("agent.yaml (-want +got):\n%s", d)
+	}
+	got.NS.EnrollmentTokenFile = tokenFile(t)
+	if err := got.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestKind(t *testing.T) {
+	for name, want := range map[string]string{
+		"ns.yaml": KindNS, "branch.yaml": KindServe, "standalone.yaml": KindServe, "agent.yaml": KindAgent, "sites.yaml": KindRules,
+	} {
+		got, err := Kind(filepath.Join(examplesDir(t), name))
+		if err != nil || got != want {
+			t.Errorf("Kind(%s) = %q, %v; want %q", name, got, err, want)
+		}
+	}
+}
+
+// Every error names the field it is about.
+func TestServeErrors(t *testing.T) {
+	tok := tokenFile(t)
+	tests := map[string]struct {
+		yaml string
+		want string
+	}{
+		"unknown key":          {"data_dir: /x\nbogus: 1\n", "field bogus not found"},
+		"unknown nested key":   {"services:\n  task:\n    port: 1\n", "field port not found"},
+		"bad log format":       {"log:\n  format: xml\n", "log.format"},
+		"bad log level":        {"log:\n  level: loud\n", "log.level"},
+		"bad metrics listen":   {"metrics:\n  listen: nonsense\n", "metrics.listen"},
+		"bad address":          {"addresses: [10.0.0.1]\n", "addresses[0]"},
+		"ns without url":       {"ns:\n  - name: a\n    ca_sha256: ab\n    enrollment_token: x\n", "ns[0].url"},
+		"ns http url":          {"ns:\n  - name: a\n    url: http://x\n    ca_sha256: ab\n    enrollment_token: x\n", "ns[0].url"},
+		"ns without ca":        {"ns:\n  - name: a\n    url: https://x\n    enrollment_token: x\n", "ns[0].ca_file"},
+		"ns without token":     {"ns:\n  - name: a\n    url: https://x\n    ca_sha256: ab\n", "ns[0].enrollment_token"},
+		"ns token file absent": {"ns:\n  - name: a\n    url: https://x\n    ca_sha256: ab\n    enrollment_token_file: /nonexistent/t\n", "ns[0].enrollment_token_file"},
+		"ns duplicate name": {"ns:\n  - {name: a, url: 'https://x', ca_sha256: ab, enrollment_token_file: " + tok + "}\n" +
+			"  - {name: a, url: 'https://y', ca_sha256: ab, enrollment_token_file: " + tok + "}\n", "ns[1].name"},
+		"bad approval":    {"embedded_ns:\n  approval: maybe\n", "embedded_ns.approval"},
+		"short interval":  {"embedded_ns:\n  settings:\n    heartbeat_interval: 10ms\n", "embedded_ns.settings.heartbeat_interval"},
+		"bad service url": {"services:\n  task:\n    url: ftp://x\n", "services.task.url"},
+		"bad duration":    {"embedded_ns:\n  settings:\n    heartbeat_interval: soon\n", "line 3: cannot unmarshal !!str `soon` into time.Duration"},
+		"two documents":   {"data_dir: /x\n---\ndata_dir: /y\n", "more than one YAML document"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "serve.yaml")
+			os.WriteFile(p, []byte(tc.yaml), 0o600)
+			err := Load(p, &Serve{})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Load = %v, want an error naming %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestNSErrors(t *testing.T) {
+	tests := map[string]struct {
+		yaml string
+		want string
+	}{
+		"no data dir":     {"ns:\n  site_server_token: 0123456789abcdef\n", "ns.data_dir"},
+		"no tokens":       {"ns:\n  data_dir: /x\n", "_token"},
+		"short token":     {"ns:\n  data_dir: /x\n  site_server_token: a\n  agent_token: 0123456789abcdef\n  admin_token: 0123456789abcdef\n", "ns.site_server_token: must be at least 16"},
+		"both token ways": {"ns:\n  data_dir: /x\n  admin_token: 0123456789abcdef\n  admin_token_file: /y\n", "admin_token"},
+		"bad ip":          {"ns:\n  data_dir: /x\n  ips: [not-ip]\n", "ns.ips[0]"},
+		"bad approval":    {"ns:\n  data_dir: /x\n  approval: later\n  site_server_token: 0123456789abcdef\n  agent_token: 0123456789abcdef\n  admin_token: 0123456789abcdef\n", "ns.approval"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "ns.yaml")
+			os.WriteFile(p, []byte(tc.yaml), 0o600)
+			err := Load(p, &NS{})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Load = %v, want an error naming %q", err, tc.want)
+			}
+		})
+	}
+}

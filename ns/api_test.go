@@ -1,0 +1,115 @@
+package ns
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestDecodeRegisterServer(t *testing.T) {
+	ok := RegisterServerRequest{
+		ID: "7577e4f3-37e7-46cc-ac6b-0d524ba6893e", Hostname: "ss1.branch.example",
+		Addresses: []netip.Prefix{netip.MustParsePrefix("10.1.2.3/24"), netip.MustParsePrefix("2001:db8::5/64")},
+		Services:  []ServiceInfo{{Name: "task", URL: "https://ss1:8080"}, {Name: "package", Constrained: true}},
+	}
+	got, err := DecodeRegisterServer([]byte(`{"id":"7577e4f3-37e7-46cc-ac6b-0d524ba6893e","hostname":"ss1.branch.example",
+		"addresses":["10.1.2.3/24","2001:db8::5/64"],"services":[{"name":"task","url":"https://ss1:8080"},{"name":"package","constrained":true}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff(ok, got, cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); d != "" {
+		t.Fatalf("(-want +got):\n%s", d)
+	}
+
+	bad := map[string]struct{ body, want string }{
+		"empty":             {``, "EOF"},
+		"not json":          {`hello`, "invalid character"},
+		"unknown field":     {`{"id":"a","hostname":"h","admin":true}`, "unknown field"},
+		"trailing data":     {`{"id":"a","hostname":"h"} {}`, "trailing data"},
+		"bad id":            {`{"id":"../etc","hostname":"h"}`, "id:"},
+		"long id":           {`{"id":"` + strings.Repeat("a", 65) + `","hostname":"h"}`, "id:"},
+		"no hostname":       {`{"id":"a"}`, "hostname:"},
+		"control hostname":  {`{"id":"a","hostname":"a\nb"}`, "hostname:"},
+		"bad prefix":        {`{"id":"a","hostname":"h","addresses":["10.1.2.3"]}`, "no '/'"},
+		"empty prefix":      {`{"id":"a","hostname":"h","addresses":[""]}`, "addresses[0]"},
+		"unknown service":   {`{"id":"a","hostname":"h","services":[{"name":"dns"}]}`, "services[0].name"},
+		"duplicate service": {`{"id":"a","hostname":"h","services":[{"name":"task"},{"name":"task"}]}`, "services[1].name"},
+		"constrained task":  {`{"id":"a","hostname":"h","services":[{"name":"task","constrained":true}]}`, "services[0].constrained"},
+		"too many addrs":    {`{"id":"a","hostname":"h","addresses":[` + strings.Repeat(`"10.0.0.1/8",`, 256) + `"10.0.0.1/8"]}`, "addresses: 257"},
+		"wrong type":        {`{"id":5,"hostname":"h"}`, "cannot unmarshal"},
+	}
+	for name, tc := range bad {
+		t.Run(name, func(t *testing.T) {
+			_, err := DecodeRegisterServer([]byte(tc.body))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want it to contain %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestDecodeRegisterAgent(t *testing.T) {
+	got, err := DecodeRegisterAgent([]byte(`{"id":"pc-1","hostname":"pc1","addresses":["10.1.2.9","::ffff:10.1.2.10"]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Addresses) != 2 || got.Addresses[0] != netip.MustParseAddr("10.1.2.9") {
+		t.Fatalf("got %+v", got)
+	}
+	for name, body := range map[string]string{
+		"bad address":     `{"id":"pc-1","hostname":"pc1","addresses":["10.1.2.9/24"]}`,
+		"bad task server": `{"id":"pc-1","hostname":"pc1","task_server":"a b"}`,
+		"unknown field":   `{"id":"pc-1","hostname":"pc1","x":1}`,
+	} {
+		if _, err := DecodeRegisterAgent([]byte(body)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func FuzzDecodeRegisterServer(f *testing.F) {
+	f.Add([]byte(`{"id":"7577e4f3-37e7-46cc-ac6b-0d524ba6893e","hostname":"ss1","addresses":["10.1.2.3/24","2001:db8::5/64"],"services":[{"name":"task","url":"https://ss1:8080"},{"name":"package","constrained":true}]}`))
+	f.Add([]byte(`{"id":"a","hostname":"h","addresses":[],"services":[]}`))
+	f.Add([]byte(`{"id":"a","hostname":"h","addresses":["::ffff:1.2.3.4/120"]}`))
+	f.Add([]byte(`{}`))
+	f.Add([]byte(`[`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		req, err := DecodeRegisterServer(b)
+		if err != nil {
+			return
+		}
+		// Whatever is accepted is valid by every rule the NS relies on.
+		if !ValidID(req.ID) || validHostname(req.Hostname) != nil || len(req.Addresses) > maxAddresses {
+			t.Fatalf("accepted an invalid request: %+v", req)
+		}
+		for _, p := range req.Addresses {
+			if !p.IsValid() {
+				t.Fatalf("accepted an invalid prefix in %+v", req)
+			}
+		}
+		if err := req.Validate(); err != nil {
+			t.Fatalf("accepted request fails Validate: %v", err)
+		}
+	})
+}
+
+func FuzzDecodeRegisterAgent(f *testing.F) {
+	f.Add([]byte(`{"id":"pc-1","hostname":"pc1","addresses":["10.1.2.9","2001:db8::9"],"task_server":"ss-1"}`))
+	f.Add([]byte(`{"id":"pc-1","hostname":"pc1"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		req, err := DecodeRegisterAgent(b)
+		if err != nil {
+			return
+		}
+		if !ValidID(req.ID) || validHostname(req.Hostname) != nil {
+			t.Fatalf("accepted an invalid request: %+v", req)
+		}
+		for _, a := range req.Addresses {
+			if !a.IsValid() {
+				t.Fatalf("accepted an invalid address in %+v", req)
+			}
+		}
+	})
+}

@@ -1,0 +1,470 @@
+package ns
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/siteserver/siteserver/sites"
+)
+
+const (
+	testServerToken = "site-server-token-0123456789"
+	testAgentToken  = "agent-token-0123456789abcdef"
+	testAdminToken  = "admin-token-0123456789abcdef"
+)
+
+type testNS struct {
+	srv   *Server
+	url   string
+	ca    []byte
+	admin *Client
+	dir   string
+}
+
+// startNS runs a real NS on 127.0.0.1:0 until the test ends.
+func startNS(t *testing.T, mod func(*ServerConfig)) *testNS {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := ServerConfig{
+		DataDir: dir, Listen: "127.0.0.1:0",
+		SiteServerToken: testServerToken, AgentToken: testAgentToken, AdminToken: testAdminToken,
+		Settings: Settings{HeartbeatInterval: time.Minute},
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	srv, err := NewServer(cfg, nil, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("NS Run: %v", err)
+		}
+	})
+	sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
+	defer scancel()
+	addr, ca, err := srv.Started(sctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tn := &testNS{srv: srv, url: "https://" + addr.String(), ca: ca, dir: dir}
+	conf, err := ClientTLSConfig(ca, "", "127.0.0.1", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tn.admin = NewClient(tn.url, conf)
+	tn.admin.AdminToken = testAdminToken
+	return tn
+}
+
+func (tn *testNS) peer(t *testing.T, kind, id, host string) *Peer {
+	t.Helper()
+	tok := testServerToken
+	if kind == KindAgent {
+		tok = testAgentToken
+	}
+	return &Peer{
+		Endpoint: Endpoint{Name: "test", URL: tn.url, EnrollmentToken: tok},
+		Kind:     kind, ID: id, Hostname: host, Dir: filepath.Join(t.TempDir(), id),
+		InProcess: func(context.Context) (string, []byte, error) { return tn.url, tn.ca, nil },
+	}
+}
+
+func registerServer(t *testing.T, p *Peer, addrs []string, services ...ServiceInfo) (RegisterServerResponse, error) {
+	t.Helper()
+	c, err := p.Client(context.Background())
+	if err != nil {
+		return RegisterServerResponse{}, err
+	}
+	req := RegisterServerRequest{ID: p.ID, Hostname: p.Hostname, Services: services}
+	for _, a := range addrs {
+		req.Addresses = append(req.Addresses, netip.MustParsePrefix(a))
+	}
+	return c.RegisterServer(context.Background(), req)
+}
+
+func siteNames(ms []SiteMatch) []string {
+	var out []string
+	for _, m := range ms {
+		out = append(out, m.Site)
+	}
+	return out
+}
+
+func TestApprovalMode(t *testing.T) {
+	tn := startNS(t, func(c *ServerConfig) { c.Approval = "manual" })
+	ctx := context.Background()
+	p := tn.peer(t, KindSiteServer, "ss-1", "ss1")
+	_, err := registerServer(t, p, []string{"10.1.2.3/24"})
+	if StatusOf(err) != http.StatusForbidden {
+		t.Fatalf("register while pending = %v, want 403", err)
+	}
+	servers, err := tn.admin.Servers(ctx)
+	if err != nil || len(servers) != 1 || servers[0].Status != StatusPending {
+		t.Fatalf("servers = %+v, %v; want one pending", servers, err)
+	}
+	if err := tn.admin.Approve(ctx, "ss-1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := registerServer(t, p, []string{"10.1.2.3/24"}); err != nil {
+		t.Fatalf("register after approval: %v", err)
+	}
+	if err := tn.admin.Approve(ctx, "nobody"); StatusOf(err) != http.StatusNotFound {
+		t.Fatalf("approve unknown = %v, want 404", err)
+	}
+	if _, ok := p.TickleKey(); !ok {
+		t.Fatal("no tickle key saved at enrollment")
+	}
+}
+
+func TestRegistrationResolvesSites(t *testing.T) {
+	tn := startNS(t, nil)
+	ctx := context.Background()
+	rules := []byte(`sites:
+  - name: hq
+    subnets: [10.1.0.0/16]
+  - name: lab
+    subnets: [10.1.200.0/24]
+  - name: remote
+    servers: [SS2.example]
+`)
+	if _, err := tn.admin.ApplyRules(ctx, rules); err != nil {
+		t.Fatal(err)
+	}
+	p1 := tn.peer(t, KindSiteServer, "ss-1", "ss1.example")
+	resp, err := registerServer(t, p1, []string{"10.1.200.7/24"}, ServiceInfo{Name: ServiceTask, URL: "https://ss1:8080"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := siteNames(resp.Sites); !slices.Equal(got, []string{"lab"}) {
+		t.Fatalf("sites = %v, want [lab] (most specific)", got)
+	}
+	if resp.Settings.HeartbeatInterval != time.Minute {
+		t.Fatalf("settings = %+v", resp.Settings)
+	}
+	// An address change re-resolves.
+	resp, err = registerServer(t, p1, []string{"10.1.5.7/24", "192.0.2.1/24"}, ServiceInfo{Name: ServiceTask, URL: "https://ss1:8080"})
+	if err != nil || !slices.Equal(siteNames(resp.Sites), []string{"hq"}) {
+		t.Fatalf("after address change: %v, %v", siteNames(resp.Sites), err)
+	}
+	// Direct assignment by host name, case-insensitively.
+	p2 := tn.peer(t, KindSiteServer, "ss-2", "ss2.example")
+	resp, err = registerServer(t, p2, []string{"198.51.100.4/24"}, ServiceInfo{Name: ServiceTask})
+	if err != nil || !slices.Equal(siteNames(resp.Sites), []string{"remote"}) || !resp.Sites[0].Direct {
+		t.Fatalf("direct assignment: %+v, %v", resp.Sites, err)
+	}
+	// Imported rules override manual ones for the same prefix.
+	imported := []byte("source: imported\nsites:\n  - name: campus\n    subnets: [10.1.0.0/16]\n")
+	if _, err := tn.admin.ApplyRules(ctx, imported); err != nil {
+		t.Fatal(err)
+	}
+	resp, err = registerServer(t, p1, []string{"10.1.5.7/24"}, ServiceInfo{Name: ServiceTask})
+	if err != nil || len(resp.Sites) != 1 || resp.Sites[0].Site != "campus" || resp.Sites[0].Source != "imported" {
+		t.Fatalf("imported over manual: %+v, %v", resp.Sites, err)
+	}
+	views, err := tn.admin.Sites(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var shadowed bool
+	for _, v := range views {
+		for _, s := range v.Subnets {
+			if v.Name == "hq" && s.Prefix == "10.1.0.0/16" {
+				shadowed = s.Shadowed
+			}
+		}
+	}
+	if !shadowed {
+		t.Fatalf("the manual 10.1.0.0/16 is not shown as shadowed: %+v", views)
+	}
+	// servers list shows hostname, sites, services, last seen.
+	list, err := tn.admin.Servers(ctx)
+	if err != nil || len(list) != 2 {
+		t.Fatalf("servers = %+v, %v", list, err)
+	}
+	if list[0].Hostname != "ss1.example" || !slices.Equal(siteNames(list[0].Sites), []string{"campus"}) ||
+		list[0].LastSeen.IsZero() || list[0].Services[0].Name != ServiceTask {
+		t.Fatalf("servers[0] = %+v", list[0])
+	}
+}
+
+func TestAgentSelection(t *testing.T) {
+	tn := startNS(t, nil)
+	ctx := context.Background()
+	if _, err := tn.admin.ApplyRules(ctx, []byte("sites:\n  - name: a\n    subnets: [10.1.0.0/16]\n  - name: b\n    subnets: [10.2.0.0/16]\n")); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []struct{ id, addr string }{{"ss-a", "10.1.0.5/16"}, {"ss-b", "10.2.0.5/16"}} {
+		if _, err := registerServer(t, tn.peer(t, KindSiteServer, s.id, s.id), []string{s.addr},
+			ServiceInfo{Name: ServiceTask, URL: "https://" + s.id}, ServiceInfo{Name: ServicePackage, Constrained: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ap := tn.peer(t, KindAgent, "pc-1", "pc1")
+	c, err := ap.Client(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := c.RegisterAgent(ctx, RegisterAgentRequest{ID: "pc-1", Hostname: "pc1", Addresses: []netip.Addr{netip.MustParseAddr("10.2.9.9")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.TaskServers) != 1 || resp.TaskServers[0].ID != "ss-b" || resp.TaskServers[0].URL != "https://ss-b" || resp.TaskReason != sites.ReasonSite {
+		t.Fatalf("task servers = %+v (%s)", resp.TaskServers, resp.TaskReason)
+	}
+	if len(resp.PackageServers) != 1 || resp.PackageServers[0].ID != "ss-b" {
+		t.Fatalf("package servers = %+v", resp.PackageServers)
+	}
+	// A site server certificate cannot register an agent and the other way round.
+	if _, err := c.RegisterServer(ctx, RegisterServerRequest{ID: "pc-1", Hostname: "pc1"}); StatusOf(err) != http.StatusForbidden {
+		t.Fatalf("agent cert on server registration = %v, want 403", err)
+	}
+	// Claiming another id than the certificate's is refused.
+	if _, err := c.RegisterAgent(ctx, RegisterAgentRequest{ID: "pc-2", Hostname: "pc2"}); StatusOf(err) != http.StatusForbidden {
+		t.Fatalf("foreign id = %v, want 403", err)
+	}
+	agents, err := tn.admin.Agents(ctx)
+	if err != nil || len(agents) != 1 || !slices.Equal(siteNames(agents[0].Sites), []string{"b"}) {
+		t.Fatalf("agents = %+v, %v", agents, err)
+	}
+}
+
+func TestReenrollSupersedesCertificate(t *testing.T) {
+	tn := startNS(t, nil)
+	p := tn.peer(t, KindSiteServer, "ss-1", "ss1")
+	if _, err := registerServer(t, p, nil); err != nil {
+		t.Fatal(err)
+	}
+	old, _ := p.Client(context.Background())
+	// Same GUID enrolls again from elsewhere (new key, new certificate).
+	p2 := tn.peer(t, KindSiteServer, "ss-1", "ss1")
+	if _, err := registerServer(t, p2, nil); err != nil {
+		t.Fatal(err)
+	}
+	_, err := old.RegisterServer(context.Background(), RegisterServerRequest{ID: "ss-1", Hostname: "ss1"})
+	if StatusOf(err) != http.StatusUnauthorized {
+		t.Fatalf("old certificate = %v, want 401", err)
+	}
+}
+
+func TestAuthFailuresAreCounted(t *testing.T) {
+	tn := startNS(t, nil)
+	ctx := context.Background()
+	p := tn.peer(t, KindSiteServer, "ss-1", "ss1")
+	p.Endpoint.EnrollmentToken = "wrong-token-0123456789"
+	if _, err := p.Client(ctx); StatusOf(err) != http.StatusUnauthorized {
+		t.Fatalf("wrong token = %v, want 401", err)
+	}
+	if n := testutil.ToFloat64(tn.srv.metrics.authFailures.WithLabelValues("bad_enrollment_token")); n != 1 {
+		t.Fatalf("bad_enrollment_token = %v, want 1", n)
+	}
+	bad := *tn.admin
+	bad.AdminToken = "nope"
+	if _, err := bad.Servers(ctx); StatusOf(err) != http.StatusUnauthorized {
+		t.Fatalf("wrong admin token = %v", err)
+	}
+	if n := testutil.ToFloat64(tn.srv.metrics.authFailures.WithLabelValues("bad_admin_token")); n != 1 {
+		t.Fatalf("bad_admin_token = %v, want 1", n)
+	}
+	// A client without any certificate cannot register.
+	anon := *tn.admin
+	anon.AdminToken = ""
+	if _, err := anon.RegisterServer(ctx, RegisterServerRequest{ID: "x", Hostname: "x"}); StatusOf(err) != http.StatusUnauthorized {
+		t.Fatalf("no client cert = %v, want 401", err)
+	}
+	if list, _ := tn.admin.Servers(ctx); len(list) != 0 {
+		t.Fatalf("servers after refused attempts = %+v", list)
+	}
+}
+
+func TestSiteMaintenanceAPI(t *testing.T) {
+	tn := startNS(t, nil)
+	ctx := context.Background()
+	steps := []struct {
+		name string
+		do   func() error
+		code int // 0: success
+	}{
+		{"add site", func() error { return tn.admin.PutSite(ctx, SiteRequest{Name: "hq", Description: "Head office"}) }, 0},
+		{"add subnet", func() error { return tn.admin.PutSubnet(ctx, SubnetRequest{Prefix: "10.1.0.0/16", Site: "hq"}) }, 0},
+		{"subnet with host bits", func() error { return tn.admin.PutSubnet(ctx, SubnetRequest{Prefix: "10.1.2.3/16", Site: "hq"}) }, 400},
+		{"subnet of unknown site", func() error { return tn.admin.PutSubnet(ctx, SubnetRequest{Prefix: "10.9.0.0/16", Site: "nowhere"}) }, 400},
+		{"assign", func() error { return tn.admin.PutAssignment(ctx, AssignmentRequest{Server: "ss1", Site: "hq"}) }, 0},
+		{"assign to unknown site", func() error { return tn.admin.PutAssignment(ctx, AssignmentRequest{Server: "ss1", Site: "x"}) }, 400},
+		{"delete unknown subnet", func() error { return tn.admin.DeleteSubnet(ctx, "10.99.0.0/16") }, 404},
+		{"delete unknown site", func() error { return tn.admin.DeleteSite(ctx, "x") }, 404},
+		{"bad rules file", func() error { _, err := tn.admin.ApplyRules(ctx, []byte("sites:\n  - name: [\n")); return err }, 400},
+		{"rules file with unknown key", func() error { _, err := tn.admin.ApplyRules(ctx, []byte("sites: []\nextra: 1\n")); return err }, 400},
+	}
+	for _, st := range steps {
+		err := st.do()
+		if st.code == 0 && err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		if st.code != 0 && StatusOf(err) != st.code {
+			t.Fatalf("%s: %v, want %d", st.name, err, st.code)
+		}
+	}
+	views, err := tn.admin.Sites(ctx)
+	if err != nil || len(views) != 1 || views[0].Description != "Head office" || len(views[0].Subnets) != 1 || len(views[0].Servers) != 1 {
+		t.Fatalf("sites = %+v, %v", views, err)
+	}
+	exported, err := tn.admin.ExportRules(ctx, "manual")
+	if err != nil || !bytes.Contains(exported, []byte("10.1.0.0/16")) {
+		t.Fatalf("export = %s, %v", exported, err)
+	}
+	if err := tn.admin.DeleteSite(ctx, "hq"); err != nil {
+		t.Fatal(err)
+	}
+	if views, _ := tn.admin.Sites(ctx); len(views) != 0 {
+		t.Fatalf("sites after delete = %+v", views)
+	}
+	// Applying the exported file brings it all back.
+	if _, err := tn.admin.ApplyRules(ctx, exported); err != nil {
+		t.Fatal(err)
+	}
+	if views, _ := tn.admin.Sites(ctx); len(views) != 1 || len(views[0].Subnets) != 1 {
+		t.Fatalf("sites after re-apply = %+v", views)
+	}
+}
+
+func TestRulesFileReload(t *testing.T) {
+	rules := filepath.Join(t.TempDir(), "sites.yaml")
+	os.WriteFile(rules, []byte("sites:\n  - name: one\n    subnets: [10.1.0.0/16]\n"), 0o644)
+	tn := startNS(t, func(c *ServerConfig) { c.RulesFile = rules })
+	ctx := context.Background()
+	names := func() []string {
+		views, err := tn.admin.Sites(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, v := range views {
+			out = append(out, v.Name)
+		}
+		return out
+	}
+	if got := names(); !slices.Equal(got, []string{"one"}) {
+		t.Fatalf("at start: %v", got)
+	}
+	os.WriteFile(rules, []byte("sites:\n  - name: two\n    subnets: [10.1.0.0/16]\n"), 0o644)
+	tn.srv.Reload()
+	waitFor(t, func() bool { return slices.Equal(names(), []string{"two"}) })
+	// A broken file on reload keeps the rules in force.
+	os.WriteFile(rules, []byte("sites:\n  - name: three\n    subnets: [10.1.0.0/33]\n"), 0o644)
+	before := testutil.ToFloat64(tn.srv.metrics.rulesLoads.WithLabelValues("error"))
+	tn.srv.Reload()
+	waitFor(t, func() bool { return testutil.ToFloat64(tn.srv.metrics.rulesLoads.WithLabelValues("error")) > before })
+	if got := names(); !slices.Equal(got, []string{"two"}) {
+		t.Fatalf("after a broken reload: %v", got)
+	}
+}
+
+func TestMalformedBodiesChangeNothing(t *testing.T) {
+	tn := startNS(t, func(c *ServerConfig) { c.MaxBodyBytes = 4096 })
+	ctx := context.Background()
+	p := tn.peer(t, KindSiteServer, "ss-1", "ss1")
+	if _, err := registerServer(t, p, []string{"10.1.2.3/24"}); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := tn.admin.Servers(ctx)
+	c, _ := p.Client(ctx)
+	post := func(client *Client, path, body string) int {
+		req, _ := http.NewRequest(http.MethodPost, tn.url+path, strings.NewReader(body))
+		if client.AdminToken != "" {
+			req.Header.Set("Authorization", "Bearer "+client.AdminToken)
+		}
+		resp, err := client.HTTP.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	huge := `{"id":"ss-1","hostname":"` + strings.Repeat("x", 10000) + `"}`
+	for name, tc := range map[string]struct {
+		client *Client
+		path   string
+		body   string
+		want   int
+	}{
+		"enroll garbage":      {tn.admin, PathEnroll, "\x00\x01garbage", 400},
+		"enroll oversized":    {tn.admin, PathEnroll, huge, 413},
+		"register garbage":    {c, PathRegisterServer, "{", 400},
+		"register oversized":  {c, PathRegisterServer, huge, 413},
+		"register bad prefix": {c, PathRegisterServer, `{"id":"ss-1","hostname":"h","addresses":["300.1.1.1/24"]}`, 400},
+		"site bad json":       {tn.admin, PathSites, `{"name":`, 400},
+		"subnet oversized":    {tn.admin, PathSubnets, huge, 413},
+	} {
+		if got := post(tc.client, tc.path, tc.body); got != tc.want {
+			t.Errorf("%s: %d, want %d", name, got, tc.want)
+		}
+	}
+	after, _ := tn.admin.Servers(ctx)
+	if len(after) != 1 || after[0].Hostname != before[0].Hostname || !slices.Equal(after[0].Addresses, before[0].Addresses) {
+		t.Fatalf("state changed: before %+v after %+v", before, after)
+	}
+}
+
+func TestStoreMigrations(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	s, err := OpenSQLite(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := s.SchemaVersion(ctx); v != len(migrations) {
+		t.Fatalf("version = %d, want %d", v, len(migrations))
+	}
+	rec := ServerRecord{ID: "a", Hostname: "h", Status: StatusApproved, TickleKey: []byte{1}, Enrolled: time.Unix(5, 0).UTC(),
+		Addresses: []netip.Prefix{netip.MustParsePrefix("10.0.0.1/8")}}
+	if err := s.PutServer(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	// Reopening applies nothing again and keeps the data.
+	s, err = OpenSQLite(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Server(ctx, "a")
+	if err != nil || got.Hostname != "h" || got.Addresses[0] != rec.Addresses[0] || !got.Enrolled.Equal(rec.Enrolled) {
+		t.Fatalf("after reopen: %+v, %v", got, err)
+	}
+	if _, err := s.Server(ctx, "b"); err != ErrNotFound {
+		t.Fatalf("missing server: %v", err)
+	}
+	// A database from a newer binary is refused rather than misread.
+	s.db.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES (?, 0)`, len(migrations)+1)
+	s.Close()
+	if _, err := OpenSQLite(ctx, dir); err == nil || !strings.Contains(err.Error(), "newer") {
+		t.Fatalf("newer schema: %v", err)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
