@@ -468,3 +468,17 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// The NS's metrics pass the same lint promtool applies.
+func TestMetricsLint(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	newServerMetrics(reg)
+	NewRegistrar([]*Peer{{Endpoint: Endpoint{Name: "central"}}}, nil, nil, reg)
+	problems, err := testutil.GatherAndLint(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("%s: %s", p.Metric, p.Text)
+	}
+}
