@@ -4,7 +4,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-const subsystem = "ns"
+// Not "ns": linters read that as nanoseconds.
+const subsystem = "notification_server"
 
 type serverMetrics struct {
 	enrollments   *prometheus.CounterVec

@@ -265,7 +265,7 @@ services:
 	if got := ss1.waitLog("site server identity")["id"].(string); got != guid {
 		t.Fatalf("GUID after restart = %s, want %s", got, guid)
 	}
-	if n := metric(t, nsMetrics, `siteserver_ns_enrollments_total{kind="siteserver",result="ok"}`); n != "1" {
+	if n := metric(t, nsMetrics, `siteserver_notification_server_enrollments_total{kind="siteserver",result="ok"}`); n != "1" {
 		t.Fatalf("enrollments after restart = %s, want 1", n)
 	}
 	var views []ns.ServerView
@@ -279,7 +279,7 @@ services:
 	// A wrong token is refused and counted; the server keeps retrying, nothing is recorded.
 	bad := start(t, "serve", "-config", serveConf("intruder", "wrong-token-0123456789abcdef", "10.30.1.1/24"))
 	bad.waitLog("registration failed; will retry")
-	if n := metric(t, nsMetrics, `siteserver_ns_auth_failures_total{reason="bad_enrollment_token"}`); n == "" || n == "0" {
+	if n := metric(t, nsMetrics, `siteserver_notification_server_auth_failures_total{reason="bad_enrollment_token"}`); n == "" || n == "0" {
 		t.Fatalf("bad_enrollment_token = %q", n)
 	}
 	bad.stop()
