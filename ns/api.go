@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -73,6 +75,8 @@ type EnrollResponse struct {
 	TickleKey   []byte `json:"tickle_key,omitempty"`
 	TickleKeyID uint32 `json:"tickle_key_id,omitempty"`
 	Status      string `json:"status"`
+	// NSID is the sender id in this NS's tickles.
+	NSID string `json:"ns_id"`
 }
 
 // ServiceInfo is one service a site server offers.
@@ -82,6 +86,9 @@ type ServiceInfo struct {
 	URL string `json:"url,omitempty"`
 	// Constrained applies to the package service: fetch only from sources inside its sites.
 	Constrained bool `json:"constrained,omitempty"`
+	// Tickle is where the task service takes tickles (host:port; an empty or unspecified
+	// host means the address the registration came from).
+	Tickle string `json:"tickle,omitempty"`
 }
 
 // RegisterServerRequest is what a site server reports about itself.
@@ -106,6 +113,7 @@ type RegisterServerResponse struct {
 	Status   string      `json:"status"`
 	Sites    []SiteMatch `json:"sites"`
 	Settings Settings    `json:"settings"`
+	NSID     string      `json:"ns_id"`
 }
 
 // RegisterAgentRequest is what an agent reports about itself.
@@ -275,6 +283,14 @@ func (req *RegisterServerRequest) Validate() error {
 		if len(s.URL) > 2048 {
 			return fmt.Errorf("services[%d].url: too long", i)
 		}
+		if s.Tickle != "" {
+			if s.Name != ServiceTask {
+				return fmt.Errorf("services[%d].tickle: only the task service takes tickles", i)
+			}
+			if _, err := TickleTarget(s.Tickle, netip.IPv4Unspecified()); err != nil {
+				return fmt.Errorf("services[%d].tickle: %w", i, err)
+			}
+		}
 	}
 	return nil
 }
@@ -308,4 +324,29 @@ func validHostname(h string) error {
 		return fmt.Errorf("hostname: %q is not a valid host name", h)
 	}
 	return nil
+}
+
+// TickleTarget resolves where to send a task server's tickles: its advertised "ip:port" or
+// ":port", the host taken from the address its registration came from when it is empty or
+// unspecified.
+func TickleTarget(advertised string, remote netip.Addr) (netip.AddrPort, error) {
+	host, port, err := net.SplitHostPort(advertised)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("%q is not ip:port or :port", advertised)
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || p == 0 {
+		return netip.AddrPort{}, fmt.Errorf("%q: bad port", advertised)
+	}
+	addr := remote
+	if host != "" {
+		a, err := netip.ParseAddr(host)
+		if err != nil {
+			return netip.AddrPort{}, fmt.Errorf("%q: the host must be an IP address", advertised)
+		}
+		if !a.IsUnspecified() {
+			addr = a
+		}
+	}
+	return netip.AddrPortFrom(addr.Unmap(), uint16(p)), nil
 }

@@ -37,8 +37,12 @@ type ServerConfig struct {
 	// the rules of the source it declares.
 	RulesFile string `yaml:"rules_file"`
 
-	// MaxBodyBytes bounds every request body.
+	// MaxBodyBytes bounds every request body (event batches have their own, larger bound).
 	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+	// TickleSource is the local UDP address tickles to task servers are sent from.
+	TickleSource string `yaml:"tickle_source"`
+	// SweepInterval is how often expired job instances are marked expired.
+	SweepInterval time.Duration `yaml:"sweep_interval"`
 
 	Settings Settings `yaml:"settings"`
 }
@@ -60,6 +64,12 @@ func (c *ServerConfig) Defaults() {
 	}
 	if c.MaxBodyBytes == 0 {
 		c.MaxBodyBytes = 1 << 20
+	}
+	if c.TickleSource == "" {
+		c.TickleSource = ":0"
+	}
+	if c.SweepInterval == 0 {
+		c.SweepInterval = 10 * time.Second
 	}
 	c.Settings.Defaults()
 }
@@ -113,6 +123,12 @@ func (c *ServerConfig) Validate() error {
 	case "auto", "manual":
 	default:
 		return fmt.Errorf("approval: %q is not auto or manual", c.Approval)
+	}
+	if _, _, err := net.SplitHostPort(c.TickleSource); err != nil {
+		return fmt.Errorf("tickle_source: %w", err)
+	}
+	if c.SweepInterval < 100*time.Millisecond {
+		return fmt.Errorf("sweep_interval: %s is below 100ms", c.SweepInterval)
 	}
 	if c.MaxBodyBytes < 1024 {
 		return fmt.Errorf("max_body_bytes: %d is below 1024", c.MaxBodyBytes)

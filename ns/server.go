@@ -30,10 +30,12 @@ import (
 
 // Server is the reference Notification Server.
 type Server struct {
-	cfg     ServerConfig
-	logger  *slog.Logger
-	metrics *serverMetrics
-	now     func() time.Time
+	cfg        ServerConfig
+	logger     *slog.Logger
+	metrics    *serverMetrics
+	jobMetrics *jobMetrics
+	tickler    *tickler
+	now        func() time.Time
 
 	// set up by Run
 	store Store
@@ -59,14 +61,21 @@ func NewServer(cfg ServerConfig, logger *slog.Logger, reg prometheus.Registerer)
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Server{
-		cfg:     cfg,
-		logger:  logger,
-		metrics: newServerMetrics(reg),
-		now:     time.Now,
-		reload:  make(chan struct{}, 1),
-		readyCh: make(chan struct{}),
-	}, nil
+	jm, err := newJobMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("ns: metrics: %w", err)
+	}
+	s := &Server{
+		cfg:        cfg,
+		logger:     logger,
+		metrics:    newServerMetrics(reg),
+		jobMetrics: jm,
+		now:        time.Now,
+		reload:     make(chan struct{}, 1),
+		readyCh:    make(chan struct{}),
+	}
+	s.tickler = newTickler(s)
+	return s, nil
 }
 
 // Name implements service.Service.
@@ -132,6 +141,15 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("ns: listen %s: %w", s.cfg.Listen, err)
 	}
+	// Tickles leave from an ephemeral port: task servers authenticate them by HMAC, not by
+	// source address.
+	tconn, err := net.ListenPacket("udp", s.cfg.TickleSource)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("ns: tickle socket %s: %w", s.cfg.TickleSource, err)
+	}
+	defer tconn.Close()
+	s.tickler.conn = tconn
 	s.bound = ln.Addr()
 	s.logger.Info("NS API listening", "addr", ln.Addr().String(), "ca_sha256", ca.Fingerprint())
 	close(s.readyCh)
@@ -139,6 +157,8 @@ func (s *Server) Run(ctx context.Context) error {
 	defer s.ready.Store(false)
 
 	go s.reloadLoop(ctx)
+	go s.tickler.run(ctx)
+	go s.sweep(ctx, s.cfg.SweepInterval)
 	srv := &http.Server{
 		Handler:           s.Handler(),
 		TLSConfig:         ca.ServerTLSConfig(cert),
@@ -250,6 +270,9 @@ func (s *Server) applyRules(ctx context.Context, src sites.Source, change func(s
 	}
 	s.rules.Store(m)
 	s.metrics.rulesLoads.WithLabelValues("ok").Inc()
+	if s.tickler.conn != nil {
+		s.tickleAllTaskServers(ctx)
+	}
 	s.metrics.sites.Set(float64(len(m.Sites())))
 	s.metrics.subnets.Set(float64(len(merged.Subnets) - len(m.Shadowed())))
 	return nil
@@ -319,6 +342,13 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET "+PathServers, s.admin(s.handleListServers))
 	mux.HandleFunc("POST "+PathServers+"/{id}/approve", s.admin(s.handleApprove))
 	mux.HandleFunc("GET "+PathAgents, s.admin(s.handleListAgents))
+
+	mux.HandleFunc("POST "+PathJobs, s.admin(s.handleCreateJob))
+	mux.HandleFunc("GET "+PathJobs, s.admin(s.handleListJobs))
+	mux.HandleFunc("GET "+PathJobs+"/{id}", s.admin(s.handleJobStatus))
+	mux.HandleFunc("GET "+PathTaskWork, s.peer(KindSiteServer, s.handleWork))
+	mux.HandleFunc("POST "+PathTaskEvents, s.peer(KindSiteServer, s.handleEvents))
+	mux.HandleFunc("POST "+PathTaskPresence, s.peer(KindSiteServer, s.handlePresence))
 	return mux
 }
 
@@ -336,12 +366,16 @@ func writeError(w http.ResponseWriter, code int, format string, args ...any) {
 
 // readBody reads a bounded body; on failure it has already answered.
 func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
-	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
+	return s.readBodyN(w, r, s.cfg.MaxBodyBytes)
+}
+
+func (s *Server) readBodyN(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, bool) {
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			s.metrics.badRequests.WithLabelValues("too_large").Inc()
-			writeError(w, http.StatusRequestEntityTooLarge, "request body is larger than %d bytes", s.cfg.MaxBodyBytes)
+			writeError(w, http.StatusRequestEntityTooLarge, "request body is larger than %d bytes", limit)
 			return nil, false
 		}
 		s.metrics.badRequests.WithLabelValues("malformed").Inc()
@@ -451,7 +485,7 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	resp := EnrollResponse{Certificate: string(certPEM), CA: string(s.ca.CertPEM), Status: StatusApproved}
+	resp := EnrollResponse{Certificate: string(certPEM), CA: string(s.ca.CertPEM), Status: StatusApproved, NSID: s.nsID()}
 	ctx := r.Context()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -555,6 +589,9 @@ func (s *Server) handleRegisterServer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rec.Hostname, rec.Addresses, rec.Services, rec.LastSeen = req.Hostname, req.Addresses, req.Services, s.now().UTC()
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		rec.RemoteAddr = ap.Addr().Unmap().String()
+	}
 	err = s.store.PutServer(ctx, rec)
 	s.mu.Unlock()
 	if err != nil {
@@ -572,6 +609,7 @@ func (s *Server) handleRegisterServer(w http.ResponseWriter, r *http.Request) {
 		Status:   rec.Status,
 		Sites:    matches(s.rules.Load().ServerSites(toSitesServer(rec, 0))),
 		Settings: s.cfg.Settings,
+		NSID:     s.nsID(),
 	})
 }
 

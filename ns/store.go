@@ -29,6 +29,9 @@ type ServerRecord struct {
 	Services    []ServiceInfo
 	Enrolled    time.Time
 	LastSeen    time.Time // zero until the first registration
+	// RemoteAddr is the IP the last registration came from: where to tickle a task server
+	// that listens on all addresses.
+	RemoteAddr string
 }
 
 // AgentRecord is an agent as the NS stores it.
@@ -57,6 +60,22 @@ type Store interface {
 	Agent(ctx context.Context, id string) (AgentRecord, error)
 	Agents(ctx context.Context) ([]AgentRecord, error)
 	PutAgent(ctx context.Context, a AgentRecord) error
+
+	// PutJob creates or updates a job by its stable id; instances and events stay.
+	PutJob(ctx context.Context, j Job, now time.Time) error
+	Job(ctx context.Context, id string) (Job, error)
+	Jobs(ctx context.Context) ([]Job, error)
+	CreateInstances(ctx context.Context, insts []JobInstance) error
+	Instances(ctx context.Context, f InstanceFilter) ([]JobInstance, error)
+	// AddEvents stores events not seen before (by id) and moves their instances' states
+	// on; it returns how many were new and how many named no known instance.
+	AddEvents(ctx context.Context, events []Event, now time.Time) (added, unknown int, err error)
+	Events(ctx context.Context, instance string) ([]Event, error)
+	// ExpireInstances marks pending and delivered instances past their validity expired.
+	ExpireInstances(ctx context.Context, now time.Time) (int, error)
+	// RetagInstances moves the open instances of an agent to its current task server.
+	RetagInstances(ctx context.Context, agent, taskServer string, now time.Time) (int, error)
+	InstanceStates(ctx context.Context) (map[string]int, error)
 
 	Close() error
 }
@@ -105,6 +124,42 @@ var migrations = []string{
 		last_seen INTEGER NOT NULL DEFAULT 0
 	);
 	CREATE INDEX agents_task_server ON agents (task_server);`,
+	// 2: jobs, one instance per target, status events; where to tickle a task server.
+	`CREATE TABLE jobs (
+		id TEXT PRIMARY KEY,
+		spec TEXT NOT NULL,
+		created_at INTEGER NOT NULL,
+		updated_at INTEGER NOT NULL
+	);
+	CREATE TABLE job_instances (
+		id TEXT PRIMARY KEY,
+		job_id TEXT NOT NULL,
+		agent TEXT NOT NULL,
+		task_server TEXT NOT NULL,
+		state TEXT NOT NULL,
+		job TEXT NOT NULL,
+		created_at INTEGER NOT NULL,
+		expires_at INTEGER NOT NULL,
+		updated_at INTEGER NOT NULL
+	);
+	CREATE INDEX job_instances_server ON job_instances (task_server, state);
+	CREATE INDEX job_instances_agent ON job_instances (agent, state);
+	CREATE INDEX job_instances_job ON job_instances (job_id);
+	CREATE TABLE events (
+		id TEXT PRIMARY KEY,
+		instance TEXT NOT NULL,
+		agent TEXT NOT NULL,
+		kind TEXT NOT NULL,
+		task INTEGER NOT NULL,
+		state TEXT NOT NULL,
+		exit_code INTEGER NOT NULL,
+		timed_out INTEGER NOT NULL,
+		output TEXT NOT NULL,
+		time INTEGER NOT NULL,
+		received_at INTEGER NOT NULL
+	);
+	CREATE INDEX events_instance ON events (instance, time);
+	ALTER TABLE servers ADD COLUMN remote_addr TEXT NOT NULL DEFAULT '';`,
 }
 
 // SQLiteStore is the Store in a SQLite file.
@@ -274,7 +329,7 @@ func (s *SQLiteStore) ReplaceRules(ctx context.Context, src sites.Source, r site
 	return nil
 }
 
-const serverCols = `id, hostname, status, tickle_key, tickle_key_id, cert_serial, addresses, services, enrolled_at, last_seen`
+const serverCols = `id, hostname, status, tickle_key, tickle_key_id, cert_serial, addresses, services, enrolled_at, last_seen, remote_addr`
 
 type scanner interface{ Scan(...any) error }
 
@@ -282,7 +337,7 @@ func scanServer(sc scanner) (ServerRecord, error) {
 	var rec ServerRecord
 	var addrs, svcs string
 	var enrolled, seen int64
-	if err := sc.Scan(&rec.ID, &rec.Hostname, &rec.Status, &rec.TickleKey, &rec.TickleKeyID, &rec.CertSerial, &addrs, &svcs, &enrolled, &seen); err != nil {
+	if err := sc.Scan(&rec.ID, &rec.Hostname, &rec.Status, &rec.TickleKey, &rec.TickleKeyID, &rec.CertSerial, &addrs, &svcs, &enrolled, &seen, &rec.RemoteAddr); err != nil {
 		return rec, err
 	}
 	if err := json.Unmarshal([]byte(addrs), &rec.Addresses); err != nil {
@@ -344,13 +399,13 @@ func (s *SQLiteStore) Servers(ctx context.Context) ([]ServerRecord, error) {
 func (s *SQLiteStore) PutServer(ctx context.Context, rec ServerRecord) error {
 	addrs, _ := json.Marshal(orEmpty(rec.Addresses))
 	svcs, _ := json.Marshal(orEmpty(rec.Services))
-	_, err := s.db.ExecContext(ctx, `INSERT INTO servers (`+serverCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+	_, err := s.db.ExecContext(ctx, `INSERT INTO servers (`+serverCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname, status = excluded.status,
 		tickle_key = excluded.tickle_key, tickle_key_id = excluded.tickle_key_id, cert_serial = excluded.cert_serial,
 		addresses = excluded.addresses, services = excluded.services, enrolled_at = excluded.enrolled_at,
-		last_seen = excluded.last_seen`,
+		last_seen = excluded.last_seen, remote_addr = excluded.remote_addr`,
 		rec.ID, rec.Hostname, rec.Status, rec.TickleKey, rec.TickleKeyID, rec.CertSerial, string(addrs), string(svcs),
-		toUnixNano(rec.Enrolled), toUnixNano(rec.LastSeen))
+		toUnixNano(rec.Enrolled), toUnixNano(rec.LastSeen), rec.RemoteAddr)
 	if err != nil {
 		return fmt.Errorf("ns: store: put server %s: %w", rec.ID, err)
 	}

@@ -1,0 +1,502 @@
+package ns
+
+import (
+	"context"
+	"errors"
+	"fmt"
+		"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/siteserver/siteserver/tickle"
+)
+
+// Task server and job API paths.
+const (
+	PathJobs             = "/api/v1/jobs"
+	PathTaskWork         = "/api/v1/taskserver/work"
+	PathTaskEvents       = "/api/v1/taskserver/events"
+	PathTaskPresence     = "/api/v1/taskserver/presence"
+	DefaultValidity      = time.Hour
+	defaultSweepInterval = 10 * time.Second
+	// maxEventBatchBytes bounds a compressed event batch; task servers send far less.
+	maxEventBatchBytes = 16 << 20
+)
+
+// CreateJobRequest creates or updates a job and, for each target agent, one instance.
+type CreateJobRequest struct {
+	Job     Job      `json:"job"`
+	Targets []string `json:"targets,omitempty"`
+}
+
+// InstanceRef names a created instance.
+type InstanceRef struct {
+	ID         string `json:"id"`
+	Agent      string `json:"agent"`
+	TaskServer string `json:"task_server"`
+}
+
+// CreateJobResponse lists the instances created.
+type CreateJobResponse struct {
+	JobID     string        `json:"job_id"`
+	Instances []InstanceRef `json:"instances"`
+}
+
+// InstanceStatus is an instance with its events, for administrators.
+type InstanceStatus struct {
+	ID         string    `json:"id"`
+	Agent      string    `json:"agent"`
+	TaskServer string    `json:"task_server"`
+	State      string    `json:"state"`
+	Created    time.Time `json:"created"`
+	Expires    time.Time `json:"expires"`
+	Updated    time.Time `json:"updated"`
+	Events     []Event   `json:"events"`
+}
+
+// JobStatus is a job with every instance ever created for it.
+type JobStatus struct {
+	Job       Job              `json:"job"`
+	Counts    map[string]int   `json:"counts"`
+	Instances []InstanceStatus `json:"instances"`
+}
+
+// WorkResponse is a task server's open work: instances for its agents.
+type WorkResponse struct {
+	Instances []JobInstance `json:"instances"`
+}
+
+// EventsResponse acknowledges a batch: every event in it is stored (or was already).
+type EventsResponse struct {
+	Added      int `json:"added"`
+	Duplicates int `json:"duplicates"`
+	Unknown    int `json:"unknown"`
+}
+
+// AgentPresence is one agent a task server has heard from.
+type AgentPresence struct {
+	ID          string    `json:"id"`
+	LastContact time.Time `json:"last_contact"`
+}
+
+// PresenceRequest reports the agents registered with a task server.
+type PresenceRequest struct {
+	Agents []AgentPresence `json:"agents"`
+}
+
+type jobMetrics struct {
+	instances *prometheus.GaugeVec
+	events    *prometheus.CounterVec
+	tickles   *tickle.Metrics
+}
+
+func newJobMetrics(reg prometheus.Registerer) (*jobMetrics, error) {
+	m := &jobMetrics{
+		instances: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "siteserver", Subsystem: subsystem, Name: "job_instances",
+			Help: "Job instances by state.",
+		}, []string{"state"}),
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "siteserver", Subsystem: subsystem, Name: "status_events_total",
+			Help: "Status events received from task servers: added, duplicate (already stored) or unknown (no such instance).",
+		}, []string{"result"}),
+	}
+	for _, st := range JobStates {
+		m.instances.WithLabelValues(st)
+	}
+	for _, r := range []string{"added", "duplicate", "unknown"} {
+		m.events.WithLabelValues(r)
+	}
+	if err := reg.Register(m.instances); err != nil {
+		return nil, err
+	}
+	if err := reg.Register(m.events); err != nil {
+		return nil, err
+	}
+	tm, err := tickle.NewMetrics(reg, subsystem)
+	if err != nil {
+		return nil, err
+	}
+	m.tickles = tm
+	return m, nil
+}
+
+// nsID is this NS's sender id in tickles: stable for as long as its CA is.
+func (s *Server) nsID() string { return "ns-" + s.ca.Fingerprint()[:16] }
+
+// tickler coalesces "work pending" per task server: many instances created at once cost
+// one tickle per server, not one per instance.
+type tickler struct {
+	s       *Server
+	conn    net.PacketConn
+	window  time.Duration
+	mu      sync.Mutex
+	pending map[string]tickle.Type
+	wake    chan struct{}
+	senders map[string]*tickle.Sender
+}
+
+func newTickler(s *Server) *tickler {
+	return &tickler{s: s, window: 20 * time.Millisecond, pending: map[string]tickle.Type{},
+		wake: make(chan struct{}, 1), senders: map[string]*tickle.Sender{}}
+}
+
+// mark asks for a tickle of type typ to the server soon; work pending wins over settings.
+func (t *tickler) mark(server string, typ tickle.Type) {
+	t.mu.Lock()
+	if cur, ok := t.pending[server]; !ok || cur == tickle.SettingsChanged {
+		t.pending[server] = typ
+	}
+	t.mu.Unlock()
+	select {
+	case t.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (t *tickler) run(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.wake:
+		}
+		// Let a burst of job creations settle into one tickle per server.
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(t.window):
+		}
+		t.mu.Lock()
+		batch := t.pending
+		t.pending = map[string]tickle.Type{}
+		t.mu.Unlock()
+		for server, typ := range batch {
+			if err := t.send(ctx, server, typ); err != nil {
+				t.s.logger.Debug("tickle not sent", "server", server, "err", err)
+			}
+		}
+	}
+}
+
+func (t *tickler) send(ctx context.Context, server string, typ tickle.Type) error {
+	rec, err := t.s.store.Server(ctx, server)
+	if err != nil {
+		return err
+	}
+	var advertised string
+	for _, svc := range rec.Services {
+		if svc.Name == ServiceTask {
+			advertised = svc.Tickle
+		}
+	}
+	if advertised == "" {
+		return errors.New("no tickle address registered")
+	}
+	remote, _ := netip.ParseAddr(rec.RemoteAddr)
+	to, err := TickleTarget(advertised, remote)
+	if err != nil || !to.Addr().IsValid() {
+		return fmt.Errorf("tickle address %q: %v", advertised, err)
+	}
+	key := fmt.Sprintf("%s/%d", server, rec.TickleKeyID)
+	snd := t.senders[key]
+	if snd == nil {
+		snd, err = tickle.NewSender(t.s.nsID(), rec.TickleKeyID, rec.TickleKey, t.s.jobMetrics.tickles)
+		if err != nil {
+			return err
+		}
+		t.senders[key] = snd
+	}
+	return snd.Send(ctx, t.conn, to, typ, nil)
+}
+
+func (s *Server) sweep(ctx context.Context, every time.Duration) {
+	tk := time.NewTicker(every)
+	defer tk.Stop()
+	for {
+		if n, err := s.store.ExpireInstances(ctx, s.now()); err != nil {
+			s.logger.Warn("expiring job instances", "err", err)
+		} else if n > 0 {
+			s.logger.Info("job instances expired", "count", n)
+		}
+		s.refreshJobGauges(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-tk.C:
+		}
+	}
+}
+
+func (s *Server) refreshJobGauges(ctx context.Context) {
+	counts, err := s.store.InstanceStates(ctx)
+	if err != nil {
+		return
+	}
+	for _, st := range JobStates {
+		s.jobMetrics.instances.WithLabelValues(st).Set(float64(counts[st]))
+	}
+}
+
+func (s *Server) handleCreateJob(w http.ResponseWriter, r *http.Request) {
+	b, ok := s.readBody(w, r)
+	if !ok {
+		return
+	}
+	var req CreateJobRequest
+	if err := decodeJSON(strings.NewReader(string(b)), &req); err != nil {
+		s.badRequest(w, fmt.Errorf("decode job: %w", err))
+		return
+	}
+	if req.Job.ID == "" {
+		req.Job.ID = uuid.NewString()
+	}
+	if err := req.Job.Validate(); err != nil {
+		s.badRequest(w, fmt.Errorf("job.%w", err))
+		return
+	}
+	if len(req.Targets) > MaxTargets {
+		s.badRequest(w, fmt.Errorf("targets: %d is more than %d", len(req.Targets), MaxTargets))
+		return
+	}
+	ctx := r.Context()
+	now := s.now().UTC()
+	validity := time.Duration(req.Job.Validity)
+	if validity == 0 {
+		validity = DefaultValidity
+	}
+	var insts []JobInstance
+	var unknown []string
+	seen := map[string]bool{}
+	for _, target := range req.Targets {
+		if seen[target] {
+			continue
+		}
+		seen[target] = true
+		a, err := s.store.Agent(ctx, target)
+		if errors.Is(err, ErrNotFound) {
+			unknown = append(unknown, target)
+			continue
+		}
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, "%v", err)
+			return
+		}
+		insts = append(insts, JobInstance{ID: uuid.NewString(), JobID: req.Job.ID, Agent: a.ID, TaskServer: a.TaskServer,
+			State: StatePending, Created: now, Expires: now.Add(validity), Updated: now, Job: req.Job})
+	}
+	if len(unknown) > 0 {
+		s.badRequest(w, fmt.Errorf("targets: unknown agents %s", strings.Join(unknown, ", ")))
+		return
+	}
+	if err := s.store.PutJob(ctx, req.Job, now); err != nil {
+		writeError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	if err := s.store.CreateInstances(ctx, insts); err != nil {
+		writeError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	resp := CreateJobResponse{JobID: req.Job.ID, Instances: []InstanceRef{}}
+	for _, in := range insts {
+		resp.Instances = append(resp.Instances, InstanceRef{ID: in.ID, Agent: in.Agent, TaskServer: in.TaskServer})
+		if in.TaskServer != "" {
+			s.tickler.mark(in.TaskServer, tickle.WorkPending)
+		}
+	}
+	s.logger.Info("job created", "job", req.Job.ID, "instances", len(insts))
+	s.refreshJobGauges(ctx)
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func (s *Server) handleListJobs(w http.ResponseWriter, r *http.Request) {
+	jobs, err := s.store.Jobs(r.Context())
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, orEmpty(jobs))
+}
+
+func (s *Server) handleJobStatus(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	id := r.PathValue("id")
+	job, err := s.store.Job(ctx, id)
+	if errors.Is(err, ErrNotFound) {
+		writeError(w, http.StatusNotFound, "no job %q", id)
+		return
+	}
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	insts, err := s.store.Instances(ctx, InstanceFilter{JobID: id})
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	st := JobStatus{Job: job, Counts: map[string]int{}, Instances: []InstanceStatus{}}
+	for _, in := range insts {
+		evs, err := s.store.Events(ctx, in.ID)
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, "%v", err)
+			return
+		}
+		st.Counts[in.State]++
+		st.Instances = append(st.Instances, InstanceStatus{ID: in.ID, Agent: in.Agent, TaskServer: in.TaskServer,
+			State: in.State, Created: in.Created, Expires: in.Expires, Updated: in.Updated, Events: orEmpty(evs)})
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+func (s *Server) handleWork(w http.ResponseWriter, r *http.Request) {
+	p := peerFrom(r)
+	if !s.currentServer(w, r, p) {
+		return
+	}
+	insts, err := s.store.Instances(r.Context(), InstanceFilter{TaskServer: p.id,
+		States: []string{StatePending, StateDelivered}, OpenAt: s.now()})
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, WorkResponse{Instances: orEmpty(insts)})
+}
+
+// currentServer admits only approved site servers presenting their latest certificate.
+func (s *Server) currentServer(w http.ResponseWriter, r *http.Request, p peerInfo) bool {
+	rec, err := s.store.Server(r.Context(), p.id)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		s.metrics.authFailures.WithLabelValues("unknown_peer").Inc()
+		writeError(w, http.StatusUnauthorized, "site server %s is not enrolled here", p.id)
+	case err != nil:
+		writeError(w, http.StatusInternalServerError, "%v", err)
+	case rec.CertSerial != p.serial:
+		s.metrics.authFailures.WithLabelValues("superseded_cert").Inc()
+		writeError(w, http.StatusUnauthorized, "this certificate was superseded by a later enrollment")
+	case rec.Status != StatusApproved:
+		writeError(w, http.StatusForbidden, "site server is pending approval by an administrator")
+	default:
+		return true
+	}
+	return false
+}
+
+func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
+	p := peerFrom(r)
+	if !s.currentServer(w, r, p) {
+		return
+	}
+	if r.Header.Get("Content-Encoding") != "zstd" {
+		s.badRequest(w, errors.New("event batches must be sent with Content-Encoding: zstd"))
+		return
+	}
+	b, ok := s.readBodyN(w, r, maxEventBatchBytes)
+	if !ok {
+		return
+	}
+	events, err := DecodeEvents(b, MaxBatchDecoded)
+	if err != nil {
+		s.badRequest(w, err)
+		return
+	}
+	for i := range events {
+		if err := events[i].Validate(); err != nil {
+			s.badRequest(w, fmt.Errorf("events[%d].%w", i, err))
+			return
+		}
+	}
+	added, unknown, err := s.store.AddEvents(r.Context(), events, s.now().UTC())
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	dup := len(events) - added - unknown
+	s.jobMetrics.events.WithLabelValues("added").Add(float64(added))
+	s.jobMetrics.events.WithLabelValues("duplicate").Add(float64(dup))
+	s.jobMetrics.events.WithLabelValues("unknown").Add(float64(unknown))
+	if unknown > 0 {
+		s.logger.Warn("status events for unknown job instances dropped", "server", p.id, "count", unknown)
+	}
+	s.refreshJobGauges(r.Context())
+	writeJSON(w, http.StatusOK, EventsResponse{Added: added, Duplicates: dup, Unknown: unknown})
+}
+
+func (s *Server) handlePresence(w http.ResponseWriter, r *http.Request) {
+	p := peerFrom(r)
+	if !s.currentServer(w, r, p) {
+		return
+	}
+	b, ok := s.readBody(w, r)
+	if !ok {
+		return
+	}
+	var req PresenceRequest
+	if err := decodeJSON(strings.NewReader(string(b)), &req); err != nil {
+		s.badRequest(w, fmt.Errorf("decode presence: %w", err))
+		return
+	}
+	ctx := r.Context()
+	now := s.now().UTC()
+	moved := 0
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, ap := range req.Agents {
+		rec, err := s.store.Agent(ctx, ap.ID)
+		if errors.Is(err, ErrNotFound) {
+			continue // enrolled with another NS
+		}
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, "%v", err)
+			return
+		}
+		last := ap.LastContact.UTC()
+		if last.After(now) {
+			last = now
+		}
+		if rec.TaskServer == p.id && !last.After(rec.LastSeen) {
+			continue
+		}
+		if rec.TaskServer != p.id {
+			n, err := s.store.RetagInstances(ctx, rec.ID, p.id, now)
+			if err != nil {
+				writeError(w, http.StatusInternalServerError, "%v", err)
+				return
+			}
+			moved += n
+		}
+		rec.TaskServer = p.id
+		if last.After(rec.LastSeen) {
+			rec.LastSeen = last
+		}
+		if err := s.store.PutAgent(ctx, rec); err != nil {
+			writeError(w, http.StatusInternalServerError, "%v", err)
+			return
+		}
+	}
+	if moved > 0 {
+		s.tickler.mark(p.id, tickle.WorkPending)
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// tickleAllTaskServers tells every task server its settings changed.
+func (s *Server) tickleAllTaskServers(ctx context.Context) {
+	recs, err := s.store.Servers(ctx)
+	if err != nil {
+		return
+	}
+	for _, rec := range recs {
+		if rec.Status == StatusApproved && slices.ContainsFunc(rec.Services, func(si ServiceInfo) bool { return si.Name == ServiceTask && si.Tickle != "" }) {
+			s.tickler.mark(rec.ID, tickle.SettingsChanged)
+		}
+	}
+}

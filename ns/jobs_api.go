@@ -1,0 +1,187 @@
+package ns
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Exit rule actions: what a task's return code makes the job do next.
+const (
+	ActionContinue = "continue" // go on with the next task
+	ActionSuccess  = "success"  // stop; the job succeeded
+	ActionFailure  = "failure"  // stop; the job failed
+	ActionJump     = "jump"     // go on with task Jump (0-based)
+)
+
+// ExitRule maps return codes to an action. Rules are tried in order; a rule with no Codes
+// matches any code. When no rule matches, 0 continues and anything else fails the job.
+type ExitRule struct {
+	Codes  []int  `json:"codes,omitempty" yaml:"codes,omitempty"`
+	Action string `json:"action" yaml:"action"`
+	Jump   int    `json:"jump,omitempty" yaml:"jump,omitempty"`
+}
+
+// Task is one step of a job: a command line or a script body.
+type Task struct {
+	Name string `json:"name" yaml:"name"`
+	// Command is run directly (argv); Script is written to a file and run by Interpreter.
+	Command     []string   `json:"command,omitempty" yaml:"command,omitempty"`
+	Script      string     `json:"script,omitempty" yaml:"script,omitempty"`
+	Interpreter string     `json:"interpreter,omitempty" yaml:"interpreter,omitempty"` // default /bin/sh
+	Timeout     Duration   `json:"timeout" yaml:"timeout"`
+	OnExit      []ExitRule `json:"on_exit,omitempty" yaml:"on_exit,omitempty"`
+}
+
+// Job is an ordered list of tasks with a stable id: creating a job with an existing id
+// updates it and keeps its history.
+type Job struct {
+	ID       string   `json:"id" yaml:"id"`
+	Name     string   `json:"name" yaml:"name"`
+	Tasks    []Task   `json:"tasks" yaml:"tasks"`
+	Validity Duration `json:"validity,omitempty" yaml:"validity,omitempty"` // default 1h
+}
+
+// Duration is a time.Duration written as "90s", "5m" in JSON and YAML.
+type Duration time.Duration
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Job instance states.
+const (
+	StatePending   = "pending"   // created at the NS, not yet handed to the agent
+	StateDelivered = "delivered" // the agent has fetched it from its task server
+	StateRunning   = "running"
+	StateSucceeded = "succeeded"
+	StateFailed    = "failed"
+	StateExpired   = "expired" // its validity ended before it ran
+)
+
+// JobStates lists every state, for metrics.
+var JobStates = []string{StatePending, StateDelivered, StateRunning, StateSucceeded, StateFailed, StateExpired}
+
+// Final reports whether a state is terminal.
+func Final(state string) bool {
+	return state == StateSucceeded || state == StateFailed || state == StateExpired
+}
+
+// JobInstance is one job for one target computer, tagged with the task server that
+// reaches it.
+type JobInstance struct {
+	ID         string    `json:"id"`
+	JobID      string    `json:"job_id"`
+	Agent      string    `json:"agent"`
+	TaskServer string    `json:"task_server"`
+	State      string    `json:"state"`
+	Created    time.Time `json:"created"`
+	Expires    time.Time `json:"expires"`
+	Updated    time.Time `json:"updated"`
+	Job        Job       `json:"job"` // the job as it was when the instance was created
+}
+
+// Event kinds.
+const (
+	EventTask = "task" // one task started or finished
+	EventJob  = "job"  // the job's state changed
+)
+
+// Event is a status event from an agent. ID is made by the agent and is what the NS
+// deduplicates on, so an event may be sent any number of times.
+type Event struct {
+	ID       string    `json:"id"`
+	Instance string    `json:"instance"`
+	Agent    string    `json:"agent"`
+	Kind     string    `json:"kind"`
+	Task     int       `json:"task"`  // task index for task events
+	State    string    `json:"state"` // running, succeeded, failed, expired (job) or running, succeeded, failed (task)
+	ExitCode int       `json:"exit_code"`
+	TimedOut bool      `json:"timed_out,omitempty"`
+	Output   string    `json:"output,omitempty"` // bounded, tail kept
+	Time     time.Time `json:"time"`
+}
+
+// Limits on jobs and events, so one bad request cannot fill the store.
+const (
+	MaxTasks       = 256
+	MaxScriptBytes = 256 << 10
+	MaxOutputBytes = 64 << 10
+	MaxTargets     = 100_000
+)
+
+// Validate checks a job; the error names the field.
+func (j *Job) Validate() error {
+	if !ValidID(j.ID) {
+		return fmt.Errorf("id: %q is not a valid job id", j.ID)
+	}
+	if len(j.Tasks) == 0 {
+		return errors.New("tasks: at least one task is required")
+	}
+	if len(j.Tasks) > MaxTasks {
+		return fmt.Errorf("tasks: %d is more than %d", len(j.Tasks), MaxTasks)
+	}
+	if j.Validity < 0 {
+		return errors.New("validity: negative")
+	}
+	for i, t := range j.Tasks {
+		f := fmt.Sprintf("tasks[%d]", i)
+		switch {
+		case len(t.Command) == 0 && t.Script == "":
+			return fmt.Errorf("%s: command or script is required", f)
+		case len(t.Command) > 0 && t.Script != "":
+			return fmt.Errorf("%s: command and script are exclusive", f)
+		case len(t.Script) > MaxScriptBytes:
+			return fmt.Errorf("%s.script: longer than %d bytes", f, MaxScriptBytes)
+		case t.Timeout <= 0:
+			return fmt.Errorf("%s.timeout: required and positive", f)
+		}
+		for k, r := range t.OnExit {
+			switch r.Action {
+			case ActionContinue, ActionSuccess, ActionFailure:
+			case ActionJump:
+				if r.Jump < 0 || r.Jump >= len(j.Tasks) {
+					return fmt.Errorf("%s.on_exit[%d].jump: task %d does not exist", f, k, r.Jump)
+				}
+			default:
+				return fmt.Errorf("%s.on_exit[%d].action: %q is not continue, success, failure or jump", f, k, r.Action)
+			}
+		}
+	}
+	return nil
+}
+
+// Validate checks an event; the error names the field.
+func (e *Event) Validate() error {
+	switch {
+	case !ValidID(e.ID):
+		return fmt.Errorf("id: %q is not valid", e.ID)
+	case !ValidID(e.Instance):
+		return fmt.Errorf("instance: %q is not valid", e.Instance)
+	case !ValidID(e.Agent):
+		return fmt.Errorf("agent: %q is not valid", e.Agent)
+	case e.Kind != EventTask && e.Kind != EventJob:
+		return fmt.Errorf("kind: %q is not task or job", e.Kind)
+	case len(e.Output) > MaxOutputBytes:
+		return fmt.Errorf("output: longer than %d bytes", MaxOutputBytes)
+	}
+	switch e.State {
+	case StateRunning, StateSucceeded, StateFailed:
+	case StateExpired, StateDelivered:
+		if e.Kind != EventJob {
+			return fmt.Errorf("state: %q only applies to job events", e.State)
+		}
+	default:
+		return fmt.Errorf("state: %q is not a known state", e.State)
+	}
+	return nil
+}

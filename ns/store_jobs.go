@@ -1,0 +1,275 @@
+package ns
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// InstanceFilter selects job instances; zero fields match everything.
+type InstanceFilter struct {
+	JobID      string
+	Agent      string
+	TaskServer string
+	States     []string
+	// OpenAt, when set, leaves out instances whose validity ended before it.
+	OpenAt time.Time
+	Limit  int
+}
+
+// PutJob implements Store.
+func (s *SQLiteStore) PutJob(ctx context.Context, j Job, now time.Time) error {
+	spec, err := json.Marshal(j)
+	if err != nil {
+		return err
+	}
+	_, err = s.db.ExecContext(ctx, `INSERT INTO jobs (id, spec, created_at, updated_at) VALUES (?, ?, ?, ?)
+		ON CONFLICT (id) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at`,
+		j.ID, string(spec), now.UnixNano(), now.UnixNano())
+	if err != nil {
+		return fmt.Errorf("ns: store: put job %s: %w", j.ID, err)
+	}
+	return nil
+}
+
+// Job implements Store.
+func (s *SQLiteStore) Job(ctx context.Context, id string) (Job, error) {
+	var spec string
+	err := s.db.QueryRowContext(ctx, `SELECT spec FROM jobs WHERE id = ?`, id).Scan(&spec)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Job{}, ErrNotFound
+	}
+	if err != nil {
+		return Job{}, fmt.Errorf("ns: store: job %s: %w", id, err)
+	}
+	var j Job
+	if err := json.Unmarshal([]byte(spec), &j); err != nil {
+		return Job{}, fmt.Errorf("ns: store: job %s: %w", id, err)
+	}
+	return j, nil
+}
+
+// Jobs implements Store.
+func (s *SQLiteStore) Jobs(ctx context.Context) ([]Job, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT spec FROM jobs ORDER BY id`)
+	if err != nil {
+		return nil, fmt.Errorf("ns: store: jobs: %w", err)
+	}
+	defer rows.Close()
+	var out []Job
+	for rows.Next() {
+		var spec string
+		var j Job
+		if err := rows.Scan(&spec); err != nil {
+			return nil, err
+		}
+		if err := json.Unmarshal([]byte(spec), &j); err != nil {
+			return nil, err
+		}
+		out = append(out, j)
+	}
+	return out, rows.Err()
+}
+
+// CreateInstances implements Store.
+func (s *SQLiteStore) CreateInstances(ctx context.Context, insts []JobInstance) error {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		stmt, err := tx.PrepareContext(ctx, `INSERT INTO job_instances (id, job_id, agent, task_server, state, job, created_at, expires_at, updated_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+		if err != nil {
+			return err
+		}
+		defer stmt.Close()
+		for _, in := range insts {
+			spec, err := json.Marshal(in.Job)
+			if err != nil {
+				return err
+			}
+			if _, err := stmt.ExecContext(ctx, in.ID, in.JobID, in.Agent, in.TaskServer, in.State, string(spec),
+				in.Created.UnixNano(), in.Expires.UnixNano(), in.Updated.UnixNano()); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("ns: store: create instances: %w", err)
+	}
+	return nil
+}
+
+// Instances implements Store.
+func (s *SQLiteStore) Instances(ctx context.Context, f InstanceFilter) ([]JobInstance, error) {
+	var where []string
+	var args []any
+	if f.JobID != "" {
+		where, args = append(where, "job_id = ?"), append(args, f.JobID)
+	}
+	if f.Agent != "" {
+		where, args = append(where, "agent = ?"), append(args, f.Agent)
+	}
+	if f.TaskServer != "" {
+		where, args = append(where, "task_server = ?"), append(args, f.TaskServer)
+	}
+	if len(f.States) > 0 {
+		where = append(where, "state IN (?"+strings.Repeat(", ?", len(f.States)-1)+")")
+		for _, st := range f.States {
+			args = append(args, st)
+		}
+	}
+	if !f.OpenAt.IsZero() {
+		where, args = append(where, "expires_at > ?"), append(args, f.OpenAt.UnixNano())
+	}
+	q := `SELECT id, job_id, agent, task_server, state, job, created_at, expires_at, updated_at FROM job_instances`
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	q += " ORDER BY created_at, id"
+	if f.Limit > 0 {
+		q += fmt.Sprintf(" LIMIT %d", f.Limit)
+	}
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("ns: store: instances: %w", err)
+	}
+	defer rows.Close()
+	var out []JobInstance
+	for rows.Next() {
+		var in JobInstance
+		var spec string
+		var created, expires, updated int64
+		if err := rows.Scan(&in.ID, &in.JobID, &in.Agent, &in.TaskServer, &in.State, &spec, &created, &expires, &updated); err != nil {
+			return nil, fmt.Errorf("ns: store: instances: %w", err)
+		}
+		if err := json.Unmarshal([]byte(spec), &in.Job); err != nil {
+			return nil, fmt.Errorf("ns: store: instance %s: %w", in.ID, err)
+		}
+		in.Created, in.Expires, in.Updated = fromUnixNano(created), fromUnixNano(expires), fromUnixNano(updated)
+		out = append(out, in)
+	}
+	return out, rows.Err()
+}
+
+// nextState is the instance state after an event, or "" to leave it. Final states never
+// change: an event that arrives late cannot revive a finished or expired instance.
+func nextState(cur string, e Event) string {
+	if Final(cur) {
+		return ""
+	}
+	switch {
+	case e.Kind == EventJob:
+		return e.State
+	case e.Kind == EventTask && e.State == StateRunning && cur != StateRunning:
+		return StateRunning
+	}
+	return ""
+}
+
+// AddEvents implements Store.
+func (s *SQLiteStore) AddEvents(ctx context.Context, events []Event, now time.Time) (added, unknown int, err error) {
+	err = s.tx(ctx, func(tx *sql.Tx) error {
+		added, unknown = 0, 0
+		ins, err := tx.PrepareContext(ctx, `INSERT OR IGNORE INTO events (id, instance, agent, kind, task, state, exit_code, timed_out, output, time, received_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+		if err != nil {
+			return err
+		}
+		defer ins.Close()
+		for _, e := range events {
+			var cur, agent string
+			err := tx.QueryRowContext(ctx, `SELECT state, agent FROM job_instances WHERE id = ?`, e.Instance).Scan(&cur, &agent)
+			if errors.Is(err, sql.ErrNoRows) || (err == nil && agent != e.Agent) {
+				unknown++
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			res, err := ins.ExecContext(ctx, e.ID, e.Instance, e.Agent, e.Kind, e.Task, e.State, e.ExitCode, e.TimedOut, e.Output, e.Time.UnixNano(), now.UnixNano())
+			if err != nil {
+				return err
+			}
+			if n, _ := res.RowsAffected(); n == 0 {
+				continue // seen before
+			}
+			added++
+			if next := nextState(cur, e); next != "" {
+				if _, err := tx.ExecContext(ctx, `UPDATE job_instances SET state = ?, updated_at = ? WHERE id = ?`, next, now.UnixNano(), e.Instance); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, 0, fmt.Errorf("ns: store: add events: %w", err)
+	}
+	return added, unknown, nil
+}
+
+// Events implements Store.
+func (s *SQLiteStore) Events(ctx context.Context, instance string) ([]Event, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id, instance, agent, kind, task, state, exit_code, timed_out, output, time
+		FROM events WHERE instance = ? ORDER BY time, id`, instance)
+	if err != nil {
+		return nil, fmt.Errorf("ns: store: events: %w", err)
+	}
+	defer rows.Close()
+	var out []Event
+	for rows.Next() {
+		var e Event
+		var t int64
+		if err := rows.Scan(&e.ID, &e.Instance, &e.Agent, &e.Kind, &e.Task, &e.State, &e.ExitCode, &e.TimedOut, &e.Output, &t); err != nil {
+			return nil, err
+		}
+		e.Time = fromUnixNano(t)
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// ExpireInstances implements Store.
+func (s *SQLiteStore) ExpireInstances(ctx context.Context, now time.Time) (int, error) {
+	res, err := s.db.ExecContext(ctx, `UPDATE job_instances SET state = ?, updated_at = ? WHERE state IN (?, ?) AND expires_at <= ?`,
+		StateExpired, now.UnixNano(), StatePending, StateDelivered, now.UnixNano())
+	if err != nil {
+		return 0, fmt.Errorf("ns: store: expire: %w", err)
+	}
+	n, _ := res.RowsAffected()
+	return int(n), nil
+}
+
+// RetagInstances implements Store.
+func (s *SQLiteStore) RetagInstances(ctx context.Context, agent, taskServer string, now time.Time) (int, error) {
+	res, err := s.db.ExecContext(ctx, `UPDATE job_instances SET task_server = ?, updated_at = ?
+		WHERE agent = ? AND task_server != ? AND state IN (?, ?, ?)`,
+		taskServer, now.UnixNano(), agent, taskServer, StatePending, StateDelivered, StateRunning)
+	if err != nil {
+		return 0, fmt.Errorf("ns: store: retag: %w", err)
+	}
+	n, _ := res.RowsAffected()
+	return int(n), nil
+}
+
+// InstanceStates implements Store.
+func (s *SQLiteStore) InstanceStates(ctx context.Context) (map[string]int, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT state, COUNT(*) FROM job_instances GROUP BY state`)
+	if err != nil {
+		return nil, fmt.Errorf("ns: store: instance states: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]int{}
+	for rows.Next() {
+		var st string
+		var n int
+		if err := rows.Scan(&st, &n); err != nil {
+			return nil, err
+		}
+		out[st] = n
+	}
+	return out, rows.Err()
+}
