@@ -113,10 +113,12 @@ type parser struct {
 	count int
 	// Where each site name and prefix was first seen, for duplicate errors.
 	siteLine   map[string]int
-	prefixSeen map[netip.Prefix]struct {
-		site string
-		line int
-	}
+	prefixSeen map[netip.Prefix]seenAt
+}
+
+type seenAt struct {
+	site string
+	line int
 }
 
 func (p *parser) errf(n *yaml.Node, site, format string, args ...any) error {
@@ -164,10 +166,7 @@ func (p *parser) file(doc *yaml.Node) error {
 		return p.errf(sites, "", "sites: want a list, got %s", kindName(sites))
 	}
 	p.siteLine = make(map[string]int)
-	p.prefixSeen = make(map[netip.Prefix]struct {
-		site string
-		line int
-	})
+	p.prefixSeen = make(map[netip.Prefix]seenAt)
 	for _, s := range sites.Content {
 		if err := p.site(s); err != nil {
 			return err
@@ -183,7 +182,7 @@ func (p *parser) site(n *yaml.Node) error {
 	if err := p.add(n, ""); err != nil {
 		return err
 	}
-	// The name comes first so that errors about the other keys can name the site.
+	// The name is read first, wherever it is, so that errors about the other keys can name the site.
 	var site Site
 	var nameNode *yaml.Node
 	for i := 0; i+1 < len(n.Content); i += 2 {
@@ -249,10 +248,7 @@ func (p *parser) site(n *yaml.Node) error {
 			}
 			return p.errf(v, site.Name, "subnet %q: already in site %q (line %d)", s, prev.site, prev.line)
 		}
-		p.prefixSeen[pfx] = struct {
-			site string
-			line int
-		}{site.Name, v.Line}
+		p.prefixSeen[pfx] = seenAt{site.Name, v.Line}
 		p.r.Subnets = append(p.r.Subnets, SubnetRule{Prefix: pfx, Site: site.Name})
 		return nil
 	})
@@ -282,8 +278,8 @@ func (p *parser) add(n *yaml.Node, site string) error {
 	return nil
 }
 
-// mapping calls fn for each key and value of n, rejecting keys that are not plain strings or
-// that repeat, which a plain yaml.Unmarshal would silently let the last one win.
+// mapping calls fn for each key and value of n. Keys must be strings and may not repeat: the
+// node tree keeps both copies, and which one the administrator meant would be a guess.
 func (p *parser) mapping(n *yaml.Node, site string, fn func(k, v *yaml.Node) error) error {
 	seen := make(map[string]int, len(n.Content)/2)
 	for i := 0; i+1 < len(n.Content); i += 2 {
@@ -391,10 +387,22 @@ func checkServer(s string) error {
 }
 
 type fileSite struct {
-	Name        string   `yaml:"name"`
-	Description string   `yaml:"description,omitempty"`
-	Subnets     []string `yaml:"subnets,omitempty,flow"`
-	Servers     []string `yaml:"servers,omitempty,flow"`
+	Name        string      `yaml:"name"`
+	Description description `yaml:"description,omitempty"`
+	Subnets     []string    `yaml:"subnets,omitempty,flow"`
+	Servers     []string    `yaml:"servers,omitempty,flow"`
+}
+
+// description is written double-quoted when it holds a tab: yaml.v3 would otherwise write a
+// literal block whose tab-led first line it then refuses to read back as indentation.
+type description string
+
+func (d description) MarshalYAML() (any, error) {
+	n := &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: string(d)}
+	if strings.ContainsRune(string(d), '\t') {
+		n.Style = yaml.DoubleQuotedStyle
+	}
+	return n, nil
 }
 
 type fileRules struct {
@@ -402,10 +410,10 @@ type fileRules struct {
 	Sites  []fileSite `yaml:"sites"`
 }
 
-// MarshalRulesFile writes r, whose rules must all have one source, in the rules file format.
-// It refuses what ParseRulesFile would, so that its output always reads back to r; rules are
-// grouped under their sites, so r reads back equal when it is grouped the same way, as
-// ParseRulesFile returns it.
+// MarshalRulesFile writes r in the rules file format. Every rule in r must have the same
+// source, and r must be something ParseRulesFile would accept, so the output always parses.
+// Subnets and servers are written under their sites in the order given, so Rules as
+// ParseRulesFile returns them read back unchanged.
 func MarshalRulesFile(r Rules) ([]byte, error) {
 	src := Source("")
 	setSource := func(what string, s Source) error {
@@ -442,7 +450,7 @@ func MarshalRulesFile(r Rules) ([]byte, error) {
 			return nil, fmt.Errorf("sites: marshal rules: site %q defined twice", s.Name)
 		}
 		index[s.Name] = len(f.Sites)
-		f.Sites = append(f.Sites, fileSite{Name: s.Name, Description: s.Description})
+		f.Sites = append(f.Sites, fileSite{Name: s.Name, Description: description(s.Description)})
 	}
 	prefixSite := make(map[netip.Prefix]string, len(r.Subnets))
 	for _, sr := range r.Subnets {

@@ -280,6 +280,10 @@ func TestRulesFileRoundTrip(t *testing.T) {
 				{Name: "0x10", Description: "  leading space, trailing tab\t", Source: Imported},
 				{Name: "- dash: colon #hash", Description: "ünïcødé 🌍\nline two", Source: Imported},
 				{Name: "~", Source: Imported},
+				{Name: "tabs", Description: "\t\n", Source: Imported},
+				{Name: "indented", Description: "  indented first line\nsecond  \n\n\n", Source: Imported},
+				{Name: "newline", Description: "\n", Source: Imported},
+				{Name: "#comment", Description: "# not a comment\n- not a list", Source: Imported},
 			},
 			Subnets: []SubnetRule{
 				{Prefix: pfx("0.0.0.0/0"), Site: "true", Source: Imported},

@@ -218,8 +218,9 @@ func serverKey(s string) string {
 // Sites returns every site, merged across sources, sorted by name.
 func (m *Map) Sites() []Site { return slices.Clone(m.sites) }
 
-// Shadowed returns the Manual subnet rules that an Imported rule for the same prefix overrides,
-// sorted by prefix, so administrators can see which of their edits have no effect.
+// Shadowed returns the Manual subnet rules that an Imported rule for the same prefix overrides
+// (even one naming the same site), sorted by prefix, so administrators can see which of their
+// edits have no effect.
 func (m *Map) Shadowed() []SubnetRule { return slices.Clone(m.shadowed) }
 
 // Lookup returns the site of the most specific prefix containing a.

@@ -357,3 +357,25 @@ func TestSourceValid(t *testing.T) {
 		}
 	}
 }
+
+// The Map is shared by every request handler of the NS; -race checks it is read-only.
+func TestConcurrentUse(t *testing.T) {
+	m := mustCompile(t, testRules())
+	servers := []Server{{ID: guidMunich, Services: []string{ServiceTask}}}
+	done := make(chan struct{})
+	for range 4 {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for range 1000 {
+				m.Lookup(addr("10.1.200.1"))
+				m.SitesFor([]netip.Addr{addr("10.2.0.1"), addr("2001:db8:1::1")})
+				m.Select([]netip.Addr{addr("10.2.0.1")}, ServiceTask, servers)
+				m.Sites()
+				m.Shadowed()
+			}
+		}()
+	}
+	for range 4 {
+		<-done
+	}
+}
