@@ -47,6 +47,8 @@ func LoadOrCreateID(dir string) (string, error) {
 type TickleKey struct {
 	ID  uint32 `json:"id"`
 	Key []byte `json:"key"`
+	// Sender is the NS's sender id in its tickles.
+	Sender string `json:"sender"`
 }
 
 // Peer is a site server's or agent's enrolled link to one NS: it enrolls once, keeps the
@@ -204,7 +206,7 @@ func (p *Peer) enroll(ctx context.Context) error {
 		}
 	}
 	if p.Kind == KindSiteServer {
-		b, _ := json.Marshal(TickleKey{ID: resp.TickleKeyID, Key: resp.TickleKey})
+		b, _ := json.Marshal(TickleKey{ID: resp.TickleKeyID, Key: resp.TickleKey, Sender: resp.NSID})
 		if err := WriteFileAtomic(p.path("tickle.json"), b, 0o600); err != nil {
 			return err
 		}
@@ -233,4 +235,29 @@ func checkIssued(certPEM string, key *ecdsa.PrivateKey) error {
 		return errors.New("issued certificate is not for our key")
 	}
 	return nil
+}
+
+// Certificate returns the client certificate from enrollment, enrolling first if needed.
+// Site servers also present it to their agents, who check it against the same NS CA.
+func (p *Peer) Certificate(ctx context.Context) (tls.Certificate, error) {
+	if _, err := p.Client(ctx); err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.LoadX509KeyPair(p.path("client.crt"), p.path("client.key"))
+}
+
+// CA returns the NS's CA certificate (PEM) as this peer trusts it.
+func (p *Peer) CA(ctx context.Context) ([]byte, error) {
+	if p.InProcess != nil {
+		_, ca, err := p.InProcess(ctx)
+		return ca, err
+	}
+	if _, err := p.Client(ctx); err != nil {
+		return nil, err
+	}
+	ca, err := p.caPEM()
+	if err == nil && len(ca) == 0 {
+		err = fmt.Errorf("ns: %s: CA not saved yet", p.Endpoint.Name)
+	}
+	return ca, err
 }

@@ -35,6 +35,18 @@ type Registrar struct {
 	metrics *registrarMetrics
 	mu      sync.Mutex
 	last    map[string]json.RawMessage
+	kick    map[string]chan struct{}
+}
+
+// Kick makes the registrar register with the named NS now, for example because the NS
+// tickled "settings changed".
+func (r *Registrar) Kick(name string) {
+	if ch, ok := r.kick[name]; ok {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
 }
 
 type registrarMetrics struct {
@@ -70,7 +82,11 @@ func NewRegistrar(peers []*Peer, register RegisterFunc, logger *slog.Logger, reg
 		m.lastSuccess.WithLabelValues(p.Endpoint.Name)
 	}
 	reg.MustRegister(m.attempts, m.registered, m.lastSuccess)
-	return &Registrar{Peers: peers, Register: register, Logger: logger, metrics: m, last: map[string]json.RawMessage{}}
+	kick := map[string]chan struct{}{}
+	for _, p := range peers {
+		kick[p.Endpoint.Name] = make(chan struct{}, 1)
+	}
+	return &Registrar{Peers: peers, Register: register, Logger: logger, metrics: m, last: map[string]json.RawMessage{}, kick: kick}
 }
 
 // Last returns the last answer from the named NS, decoded into v, from memory or from disk.
@@ -148,6 +164,7 @@ func (r *Registrar) loop(ctx context.Context, p *Peer) {
 		case <-ctx.Done():
 			return
 		case <-time.After(wait):
+		case <-r.kick[p.Endpoint.Name]:
 		}
 	}
 }

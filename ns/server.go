@@ -206,26 +206,17 @@ func (s *Server) loadRulesFile(ctx context.Context) error {
 		s.metrics.rulesLoads.WithLabelValues("error").Inc()
 		return fmt.Errorf("ns: rules file: %w", err)
 	}
-	r, err := sites.ParseRulesFile(b)
+	r, src, err := sites.ParseRulesFileSource(b)
 	if err != nil {
 		s.metrics.rulesLoads.WithLabelValues("error").Inc()
 		return fmt.Errorf("ns: rules file %s: %w", s.cfg.RulesFile, err)
 	}
-	src := rulesSource(r)
 	if err := s.applyRules(ctx, src, func(sites.Rules) sites.Rules { return r }); err != nil {
 		return fmt.Errorf("ns: rules file %s: %w", s.cfg.RulesFile, err)
 	}
 	s.logger.Info("rules file loaded", "file", s.cfg.RulesFile, "source", src,
 		"sites", len(r.Sites), "subnets", len(r.Subnets), "servers", len(r.Servers))
 	return nil
-}
-
-// rulesSource is the source a parsed rules file declares (every rule carries it).
-func rulesSource(r sites.Rules) sites.Source {
-	for _, st := range r.Sites {
-		return st.Source
-	}
-	return sites.Manual
 }
 
 // errRules marks a rule change that does not compile: the caller's fault, not the server's.
@@ -1055,12 +1046,11 @@ func (s *Server) handlePutRules(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	rules, err := sites.ParseRulesFile(b)
+	rules, src, err := sites.ParseRulesFileSource(b)
 	if err != nil {
 		s.badRequest(w, err)
 		return
 	}
-	src := rulesSource(rules)
 	if q := r.URL.Query().Get("source"); q != "" {
 		if !sites.Source(q).Valid() {
 			s.badRequest(w, fmt.Errorf("source: %q is not manual or imported", q))

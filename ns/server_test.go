@@ -482,3 +482,23 @@ func TestMetricsLint(t *testing.T) {
 		t.Errorf("%s: %s", p.Metric, p.Text)
 	}
 }
+
+// An empty imported file clears the imported rules and leaves the manual ones alone.
+func TestEmptyImportedFileKeepsManual(t *testing.T) {
+	tn := startNS(t, nil)
+	ctx := context.Background()
+	if _, err := tn.admin.ApplyRules(ctx, []byte("sites:\n  - name: hq\n    subnets: [10.1.0.0/16]\n")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tn.admin.ApplyRules(ctx, []byte("source: imported\nsites:\n  - name: campus\n")); err != nil {
+		t.Fatal(err)
+	}
+	r, err := tn.admin.ApplyRules(ctx, []byte("source: imported\n"))
+	if err != nil || r.Source != "imported" {
+		t.Fatalf("apply empty imported: %+v, %v", r, err)
+	}
+	views, _ := tn.admin.Sites(ctx)
+	if len(views) != 1 || views[0].Name != "hq" {
+		t.Fatalf("sites = %+v, want only the manual hq", views)
+	}
+}

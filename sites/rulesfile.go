@@ -61,27 +61,42 @@ func (e *RulesFileError) Error() string {
 //	  - name: berlin-lab
 //	    subnets: [10.1.200.0/24]   # more specific than berlin-hq's: wins for its addresses
 func ParseRulesFile(data []byte) (Rules, error) {
+	r, _, err := ParseRulesFileSource(data)
+	return r, err
+}
+
+// ParseRulesFileSource is ParseRulesFile that also returns the source the file declares,
+// which callers replacing "all rules of the file's source" need even when the file is empty.
+func ParseRulesFileSource(data []byte) (Rules, Source, error) {
+	r, src, err := parseRulesFile(data)
+	if err != nil {
+		return Rules{}, "", err
+	}
+	return r, src, nil
+}
+
+func parseRulesFile(data []byte) (Rules, Source, error) {
 	if len(data) > MaxRulesFileBytes {
-		return Rules{}, &RulesFileError{Msg: fmt.Sprintf("file is %d bytes, the limit is %d", len(data), MaxRulesFileBytes)}
+		return Rules{}, "", &RulesFileError{Msg: fmt.Sprintf("file is %d bytes, the limit is %d", len(data), MaxRulesFileBytes)}
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil {
 		if errors.Is(err, io.EOF) {
-			return Rules{}, nil
+			return Rules{}, Manual, nil
 		}
-		return Rules{}, yamlError(err)
+		return Rules{}, "", yamlError(err)
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); err == nil {
-		return Rules{}, &RulesFileError{Line: extra.Line, Msg: "a rules file holds one YAML document"}
+		return Rules{}, "", &RulesFileError{Line: extra.Line, Msg: "a rules file holds one YAML document"}
 	} else if !errors.Is(err, io.EOF) {
-		return Rules{}, yamlError(err)
+		return Rules{}, "", yamlError(err)
 	}
 
 	p := parser{src: Manual}
 	if err := p.file(&doc); err != nil {
-		return Rules{}, err
+		return Rules{}, "", err
 	}
 	for i := range p.r.Sites {
 		p.r.Sites[i].Source = p.src
@@ -92,7 +107,7 @@ func ParseRulesFile(data []byte) (Rules, error) {
 	for i := range p.r.Servers {
 		p.r.Servers[i].Source = p.src
 	}
-	return p.r, nil
+	return p.r, p.src, nil
 }
 
 var yamlLine = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
