@@ -15,6 +15,7 @@ import (
 
 	"github.com/siteserver/siteserver/internal/hostinfo"
 	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/tickle"
 )
 
 // Config is the agent's part of its config file.
@@ -23,18 +24,24 @@ type Config struct {
 	Hostname  string
 	Addresses []string
 	NS        ns.Endpoint
+	// TickleListen is the UDP address tickles from the task server arrive on ("" for none:
+	// the agent then only polls).
+	TickleListen string
 }
 
 // Agent keeps the computer registered with its NS.
 type Agent struct {
-	cfg       Config
-	logger    *slog.Logger
-	reg       prometheus.Registerer
-	registrar *ns.Registrar
+	cfg           Config
+	logger        *slog.Logger
+	reg           prometheus.Registerer
+	registrar     *ns.Registrar
+	peer          *ns.Peer
+	tickleMetrics *tickle.Metrics
 
-	mu      sync.Mutex
-	servers ns.RegisterAgentResponse
-	have    bool
+	mu         sync.Mutex
+	servers    ns.RegisterAgentResponse
+	have       bool
+	taskServer string
 }
 
 // New builds the agent; nothing is read or bound until Run.
@@ -48,7 +55,11 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Agent, er
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Agent{cfg: cfg, logger: logger, reg: reg}, nil
+	tm, err := tickle.NewMetrics(reg, "agent")
+	if err != nil {
+		return nil, fmt.Errorf("agent: metrics: %w", err)
+	}
+	return &Agent{cfg: cfg, logger: logger, reg: reg, tickleMetrics: tm}, nil
 }
 
 // Name implements service.Service.
@@ -76,12 +87,33 @@ func (a *Agent) Run(ctx context.Context) error {
 		Endpoint: a.cfg.NS, Kind: ns.KindAgent, ID: id, Hostname: host,
 		Dir: filepath.Join(a.cfg.DataDir, "ns", a.cfg.NS.Name),
 	}
+	a.peer = peer
 	a.registrar = ns.NewRegistrar([]*ns.Peer{peer}, a.register, a.logger, a.reg)
 	var last ns.RegisterAgentResponse
 	if a.registrar.Last(a.cfg.NS.Name, &last) {
 		a.setServers(last)
 	}
-	return a.registrar.Run(ctx)
+	tc := &taskClient{a: a, logger: a.logger.With("part", "task"), wake: make(chan struct{}, 1),
+		done: loadDone(filepath.Join(a.cfg.DataDir, "done.json"))}
+	a.registrar.OnAnswer = func(*ns.Peer, any) { tc.kick() }
+	errc := make(chan error, 1)
+	go func() { errc <- tc.run(ctx) }()
+	err = a.registrar.Run(ctx)
+	if terr := <-errc; terr != nil {
+		return terr
+	}
+	return err
+}
+
+// setTaskServer records the task server the agent registered with and tells the NS.
+func (a *Agent) setTaskServer(id string) {
+	a.mu.Lock()
+	changed := a.taskServer != id
+	a.taskServer = id
+	a.mu.Unlock()
+	if changed && a.registrar != nil {
+		a.registrar.Kick(a.cfg.NS.Name)
+	}
 }
 
 func (a *Agent) setServers(r ns.RegisterAgentResponse) {
@@ -95,7 +127,10 @@ func (a *Agent) register(ctx context.Context, p *ns.Peer, c *ns.Client) (any, ti
 	if err != nil {
 		return nil, 0, err
 	}
-	req := ns.RegisterAgentRequest{ID: p.ID, Hostname: p.Hostname, Addresses: hostinfo.Addrs(prefixes)}
+	a.mu.Lock()
+	ts := a.taskServer
+	a.mu.Unlock()
+	req := ns.RegisterAgentRequest{ID: p.ID, Hostname: p.Hostname, Addresses: hostinfo.Addrs(prefixes), TaskServer: ts}
 	resp, err := c.RegisterAgent(ctx, req)
 	if err != nil {
 		return nil, 0, err

@@ -140,6 +140,7 @@ type RegisterAgentResponse struct {
 	PackageServers []ServerRef `json:"package_servers"`
 	PackageReason  string      `json:"package_reason"`
 	Settings       Settings    `json:"settings"`
+	NSID           string      `json:"ns_id"`
 }
 
 // ServerView is a site server as administrators see it.

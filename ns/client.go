@@ -56,25 +56,33 @@ func NewClient(baseURL string, tlsConf *tls.Config) *Client {
 func (c *Client) CloseIdle() { c.HTTP.CloseIdleConnections() }
 
 func (c *Client) do(ctx context.Context, method, path string, in any, out any) error {
-	var body io.Reader
-	var ctype string
+	var body []byte
+	hdr := map[string]string{}
 	switch v := in.(type) {
 	case nil:
 	case []byte:
-		body, ctype = bytes.NewReader(v), "application/yaml"
+		body, hdr["Content-Type"] = v, "application/yaml"
 	default:
 		b, err := json.Marshal(v)
 		if err != nil {
 			return err
 		}
-		body, ctype = bytes.NewReader(b), "application/json"
+		body, hdr["Content-Type"] = b, "application/json"
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.BaseURL+path, body)
+	return c.doRaw(ctx, method, path, body, hdr, out)
+}
+
+func (c *Client) doRaw(ctx context.Context, method, path string, body []byte, hdr map[string]string, out any) error {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.BaseURL+path, rd)
 	if err != nil {
 		return err
 	}
-	if ctype != "" {
-		req.Header.Set("Content-Type", ctype)
+	for k, v := range hdr {
+		req.Header.Set(k, v)
 	}
 	if c.AdminToken != "" {
 		req.Header.Set("Authorization", "Bearer "+c.AdminToken)
@@ -198,5 +206,45 @@ func (c *Client) Approve(ctx context.Context, id string) error {
 func (c *Client) Agents(ctx context.Context) ([]AgentView, error) {
 	var out []AgentView
 	err := c.do(ctx, http.MethodGet, PathAgents, nil, &out)
+	return out, err
+}
+
+// Work returns a task server's open work.
+func (c *Client) Work(ctx context.Context) (WorkResponse, error) {
+	var out WorkResponse
+	err := c.do(ctx, http.MethodGet, PathTaskWork, nil, &out)
+	return out, err
+}
+
+// ForwardEvents sends a batch made by EncodeEvents.
+func (c *Client) ForwardEvents(ctx context.Context, batch []byte) (EventsResponse, error) {
+	var out EventsResponse
+	err := c.doRaw(ctx, http.MethodPost, PathTaskEvents, batch, map[string]string{"Content-Type": "application/json", "Content-Encoding": "zstd"}, &out)
+	return out, err
+}
+
+// Presence reports the agents a task server has heard from.
+func (c *Client) Presence(ctx context.Context, req PresenceRequest) error {
+	return c.do(ctx, http.MethodPost, PathTaskPresence, req, nil)
+}
+
+// CreateJob creates or updates a job and its instances (admin).
+func (c *Client) CreateJob(ctx context.Context, req CreateJobRequest) (CreateJobResponse, error) {
+	var out CreateJobResponse
+	err := c.do(ctx, http.MethodPost, PathJobs, req, &out)
+	return out, err
+}
+
+// JobStatus returns a job with its instances and events (admin).
+func (c *Client) JobStatus(ctx context.Context, id string) (JobStatus, error) {
+	var out JobStatus
+	err := c.do(ctx, http.MethodGet, PathJobs+"/"+url.PathEscape(id), nil, &out)
+	return out, err
+}
+
+// Jobs lists jobs (admin).
+func (c *Client) Jobs(ctx context.Context) ([]Job, error) {
+	var out []Job
+	err := c.do(ctx, http.MethodGet, PathJobs, nil, &out)
 	return out, err
 }

@@ -681,6 +681,7 @@ func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
 		PackageServers: refs(pkg.Servers, byID, ServicePackage),
 		PackageReason:  pkg.Reason,
 		Settings:       s.cfg.Settings,
+		NSID:           s.nsID(),
 	})
 }
 

@@ -502,3 +502,31 @@ func TestEmptyImportedFileKeepsManual(t *testing.T) {
 		t.Fatalf("sites = %+v, want only the manual hq", views)
 	}
 }
+
+func TestNextState(t *testing.T) {
+	job := func(st string) Event { return Event{Kind: EventJob, State: st} }
+	task := func(st string) Event { return Event{Kind: EventTask, State: st} }
+	tests := map[string]struct {
+		cur  string
+		e    Event
+		want string
+	}{
+		"delivered":                {StatePending, job(StateDelivered), StateDelivered},
+		"task starts":              {StateDelivered, task(StateRunning), StateRunning},
+		"task starts from pending": {StatePending, task(StateRunning), StateRunning},
+		"late delivered":           {StateRunning, job(StateDelivered), ""},
+		"job succeeded":            {StateRunning, job(StateSucceeded), StateSucceeded},
+		"job failed from pending":  {StatePending, job(StateFailed), StateFailed},
+		"expired by agent":         {StateDelivered, job(StateExpired), StateExpired},
+		"final stays":              {StateSucceeded, job(StateFailed), ""},
+		"expired stays":            {StateExpired, task(StateRunning), ""},
+		"task done while running":  {StateRunning, task(StateSucceeded), ""},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			if got := nextState(tc.cur, tc.e); got != tc.want {
+				t.Fatalf("nextState(%s, %+v) = %q, want %q", tc.cur, tc.e, got, tc.want)
+			}
+		})
+	}
+}

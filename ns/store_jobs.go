@@ -154,19 +154,27 @@ func (s *SQLiteStore) Instances(ctx context.Context, f InstanceFilter) ([]JobIns
 	return out, rows.Err()
 }
 
+// stateRank orders the open states: an instance only moves forward, so events that arrive
+// out of order (a "delivered" forwarded after "running") cannot move it back.
+var stateRank = map[string]int{StatePending: 0, StateDelivered: 1, StateRunning: 2}
+
 // nextState is the instance state after an event, or "" to leave it. Final states never
 // change: an event that arrives late cannot revive a finished or expired instance.
 func nextState(cur string, e Event) string {
 	if Final(cur) {
 		return ""
 	}
-	switch {
-	case e.Kind == EventJob:
-		return e.State
-	case e.Kind == EventTask && e.State == StateRunning && cur != StateRunning:
-		return StateRunning
+	next := ""
+	switch e.Kind {
+	case EventJob:
+		next = e.State
+	case EventTask:
+		next = StateRunning
 	}
-	return ""
+	if next == "" || next == cur || (!Final(next) && stateRank[next] <= stateRank[cur]) {
+		return ""
+	}
+	return next
 }
 
 // AddEvents implements Store.

@@ -13,6 +13,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/siteserver/siteserver/internal/config"
 	"github.com/siteserver/siteserver/ns"
 )
 
@@ -93,6 +94,8 @@ func admin(group string, args []string, stdout io.Writer) error {
 	fs.StringVar(&f.data, "data", "", "standalone site data directory")
 	fs.BoolVar(&f.json, "json", false, "print JSON")
 	description := fs.String("description", "", "site description (sites add)")
+	jobFile := fs.String("file", "", "job file, YAML (jobs create)")
+	targets := fs.String("targets", "", "comma-separated agent GUIDs (jobs create)")
 	source := fs.String("source", "manual", "rules source (sites export)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: siteserver %s SUBCOMMAND [flags] [args]\n\n%s", group, adminHelp)
@@ -102,10 +105,19 @@ func admin(group string, args []string, stdout io.Writer) error {
 		return usageError{"a subcommand is required"}
 	}
 	sub := args[0]
-	if err := fs.Parse(args[1:]); err != nil {
-		return err
+	// Flags may come before, between or after the positional arguments.
+	var pos []string
+	rest := args[1:]
+	for {
+		if err := fs.Parse(rest); err != nil {
+			return err
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		pos = append(pos, fs.Arg(0))
+		rest = fs.Args()[1:]
 	}
-	pos := fs.Args()
 	need := func(n int, form string) error {
 		if len(pos) != n {
 			return usageError{fmt.Sprintf("usage: siteserver %s %s %s", group, sub, form)}
@@ -245,6 +257,69 @@ func admin(group string, args []string, stdout io.Writer) error {
 			return err
 		}
 		return c.Approve(ctx, pos[0])
+	case "jobs create":
+		if err := need(0, "-file JOB.yaml [-targets GUID,GUID]"); err != nil {
+			return err
+		}
+		if *jobFile == "" {
+			return usageError{"-file is required"}
+		}
+		fh, err := os.Open(*jobFile)
+		if err != nil {
+			return err
+		}
+		var job ns.Job
+		err = config.Decode(fh, &job)
+		fh.Close()
+		if err != nil {
+			return fmt.Errorf("%s: %w", *jobFile, err)
+		}
+		req := ns.CreateJobRequest{Job: job}
+		for _, t := range strings.Split(*targets, ",") {
+			if t = strings.TrimSpace(t); t != "" {
+				req.Targets = append(req.Targets, t)
+			}
+		}
+		resp, err := c.CreateJob(ctx, req)
+		if err != nil {
+			return err
+		}
+		return out(resp, func(w *tabwriter.Writer) {
+			fmt.Fprintf(w, "job %s: %d instances\n", resp.JobID, len(resp.Instances))
+			fmt.Fprintln(w, "INSTANCE\tAGENT\tTASK SERVER")
+			for _, in := range resp.Instances {
+				fmt.Fprintf(w, "%s\t%s\t%s\n", in.ID, in.Agent, dashS(in.TaskServer))
+			}
+		})
+	case "jobs list":
+		if err := need(0, ""); err != nil {
+			return err
+		}
+		jobs, err := c.Jobs(ctx)
+		if err != nil {
+			return err
+		}
+		return out(jobs, func(w *tabwriter.Writer) {
+			fmt.Fprintln(w, "JOB\tNAME\tTASKS")
+			for _, j := range jobs {
+				fmt.Fprintf(w, "%s\t%s\t%d\n", j.ID, j.Name, len(j.Tasks))
+			}
+		})
+	case "jobs status":
+		if err := need(1, "JOB"); err != nil {
+			return err
+		}
+		st, err := c.JobStatus(ctx, pos[0])
+		if err != nil {
+			return err
+		}
+		return out(st, func(w *tabwriter.Writer) {
+			fmt.Fprintf(w, "job %s (%s): %v\n", st.Job.ID, st.Job.Name, st.Counts)
+			fmt.Fprintln(w, "INSTANCE\tAGENT\tSTATE\tEVENTS\tUPDATED")
+			for _, in := range st.Instances {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\n", in.ID, in.Agent, in.State, len(in.Events), in.Updated.Local().Format(time.DateTime))
+			}
+		})
 	case "agents list":
 		if err := need(0, ""); err != nil {
 			return err

@@ -230,7 +230,7 @@ ns:
     ca_sha256: %s
     enrollment_token: %s
 services:
-  task: {url: "https://%s.example:8080"}
+  task: {url: "https://%s.example:8080", tickle_listen: "127.0.0.1:0", agent_listen: "127.0.0.1:0"}
   package: {constrained: true}
 `, filepath.Join(dir, name), name, addrs, nsURL, pin, token, name))
 	}

@@ -28,6 +28,7 @@ Administration (talk to an NS API; see 'siteserver sites -h'):
            subnet-add PREFIX SITE | subnet-delete PREFIX | assign SERVER SITE | unassign SERVER SITE
   servers  list | approve ID
   agents   list
+  jobs     create -file JOB.yaml -targets GUID,… | list | status JOB
 
 Other:
   check-config FILE        load a config file and report the first bad field
@@ -54,7 +55,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = withSignals(func(ctx context.Context, _ <-chan os.Signal) error { return runAgent(ctx, rest, stderr) })
 	case "check-config":
 		err = checkConfig(rest, stdout)
-	case "sites", "servers", "agents":
+	case "sites", "servers", "agents", "jobs":
 		err = admin(cmd, rest, stdout)
 	case "version", "-version", "--version":
 		fmt.Fprintf(stdout, "siteserver %s %s %s/%s\n", obs.Version, runtime.Version(), runtime.GOOS, runtime.GOARCH)

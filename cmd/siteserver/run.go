@@ -24,6 +24,7 @@ import (
 	"github.com/siteserver/siteserver/internal/service"
 	"github.com/siteserver/siteserver/ns"
 	"github.com/siteserver/siteserver/sites"
+	"github.com/siteserver/siteserver/taskd"
 )
 
 func configFlag(name string, args []string) (string, error) {
@@ -132,7 +133,11 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	logger := obs.NewLogger(cfg.Log, stderr).With("component", "agent")
 	reg := obs.NewRegistry("agent")
-	a, err := agent.New(agent.Config{DataDir: cfg.DataDir, Hostname: cfg.Hostname, Addresses: cfg.Addresses, NS: cfg.NS},
+	tl := cfg.TickleListen
+	if tl == "none" {
+		tl = ""
+	}
+	a, err := agent.New(agent.Config{DataDir: cfg.DataDir, Hostname: cfg.Hostname, Addresses: cfg.Addresses, NS: cfg.NS, TickleListen: tl},
 		logger.With("service", "agent"), reg)
 	if err != nil {
 		return err
@@ -204,13 +209,42 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 	}
 
 	services := declaredServices(cfg.Services)
-	if len(services) == 0 {
+	if len(services) == 0 && cfg.Services.Task == nil {
 		logger.Warn("no site services configured; this site server only registers")
+	}
+	var task *taskd.Service
+	var registrar *ns.Registrar
+	if cfg.Services.Task != nil {
+		tcfg := *cfg.Services.Task
+		tcfg.DataDir = filepath.Join(cfg.DataDir, "task")
+		var links []*taskd.NSLink
+		for _, p := range peers {
+			links = append(links, &taskd.NSLink{
+				Peer: p,
+				Settings: func() (ns.Settings, bool) {
+					var last ns.RegisterServerResponse
+					ok := registrar.Last(p.Endpoint.Name, &last)
+					return last.Settings, ok
+				},
+				Kick: func() { registrar.Kick(p.Endpoint.Name) },
+			})
+		}
+		if task, err = taskd.New(tcfg, id, links, logger.With("service", "task"), reg); err != nil {
+			return err
+		}
 	}
 	register := func(ctx context.Context, p *ns.Peer, c *ns.Client) (any, time.Duration, error) {
 		addrs, err := hostinfo.Addresses(cfg.Addresses)
 		if err != nil {
 			return nil, 0, err
+		}
+		services := services
+		if task != nil {
+			// Report the task service's real ports, which may be ephemeral.
+			if _, _, err := task.Bound(ctx); err != nil {
+				return nil, 0, err
+			}
+			services = append([]ns.ServiceInfo{task.Info(addrs)}, services...)
 		}
 		resp, err := c.RegisterServer(ctx, ns.RegisterServerRequest{ID: id, Hostname: host, Addresses: addrs, Services: services})
 		if err != nil {
@@ -218,7 +252,7 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 		}
 		return resp, resp.Settings.HeartbeatInterval, nil
 	}
-	registrar := ns.NewRegistrar(peers, register, logger.With("service", "registration"), reg)
+	registrar = ns.NewRegistrar(peers, register, logger.With("service", "registration"), reg)
 	registrar.OnAnswer = func(p *ns.Peer, answer any) {
 		resp := answer.(ns.RegisterServerResponse)
 		var names []string
@@ -234,14 +268,14 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 		}
 	}
 	g.Add(registrar)
+	if task != nil {
+		g.Add(task)
+	}
 	return runGroup(ctx, logger, g)
 }
 
 func declaredServices(s config.Services) []ns.ServiceInfo {
 	var out []ns.ServiceInfo
-	if s.Task != nil {
-		out = append(out, ns.ServiceInfo{Name: ns.ServiceTask, URL: s.Task.URL})
-	}
 	if s.Package != nil {
 		out = append(out, ns.ServiceInfo{Name: ns.ServicePackage, URL: s.Package.URL, Constrained: s.Package.Constrained})
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/taskd"
 )
 
 // maxFileBytes bounds a config file; real ones are a few kilobytes.
@@ -63,15 +64,9 @@ type EmbeddedNS struct {
 
 // Services lists the site services to run; a service is on when its section is present.
 type Services struct {
-	Task    *TaskService    `yaml:"task"`
+	Task    *taskd.Config   `yaml:"task"`
 	Package *PackageService `yaml:"package"`
 	Netboot *NetbootService `yaml:"netboot"`
-}
-
-// TaskService configures the task service.
-type TaskService struct {
-	// URL agents use to reach this task server (reported to the NS).
-	URL string `yaml:"url"`
 }
 
 // PackageService configures the package service.
@@ -95,6 +90,8 @@ type Agent struct {
 	// Addresses reported to the NS; default: the interface addresses.
 	Addresses []string    `yaml:"addresses"`
 	NS        ns.Endpoint `yaml:"ns"`
+	// TickleListen is where tickles from the task server arrive; "none" to only poll.
+	TickleListen string `yaml:"tickle_listen"`
 }
 
 func defaultLog(l *obs.LogConfig) {
@@ -131,6 +128,9 @@ func (c *Serve) Defaults() {
 		c.EmbeddedNS.Approval = "auto"
 	}
 	c.EmbeddedNS.Settings.Defaults()
+	if c.Services.Task != nil {
+		c.Services.Task.Defaults()
+	}
 }
 
 // Defaults fills the agent file.
@@ -144,6 +144,9 @@ func (c *Agent) Defaults() {
 	}
 	if c.NS.Name == "" {
 		c.NS.Name = "ns"
+	}
+	if c.TickleListen == "" {
+		c.TickleListen = ":50124"
 	}
 }
 
@@ -202,8 +205,12 @@ func (c *Serve) Validate() error {
 			return err
 		}
 	}
+	if c.Services.Task != nil {
+		if err := c.Services.Task.Validate("services.task"); err != nil {
+			return err
+		}
+	}
 	for name, u := range map[string]*string{
-		"services.task.url":    fieldURL(c.Services.Task),
 		"services.package.url": fieldURL(c.Services.Package),
 		"services.netboot.url": fieldURL(c.Services.Netboot),
 	} {
@@ -219,10 +226,6 @@ func (c *Serve) Validate() error {
 
 func fieldURL(s any) *string {
 	switch v := s.(type) {
-	case *TaskService:
-		if v != nil {
-			return &v.URL
-		}
 	case *PackageService:
 		if v != nil {
 			return &v.URL
@@ -245,6 +248,11 @@ func (c *Agent) Validate() error {
 	}
 	if err := validAddresses(c.Addresses); err != nil {
 		return err
+	}
+	if c.TickleListen != "none" {
+		if err := validListen("tickle_listen", c.TickleListen); err != nil {
+			return err
+		}
 	}
 	return c.NS.Validate("ns")
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/taskd"
 )
 
 func examplesDir(t *testing.T) string {
@@ -81,7 +82,8 @@ func TestExampleBranch(t *testing.T) {
 			CASHA256: strings.Repeat("0", 64), EnrollmentTokenFile: "/etc/siteserver/central.token"}},
 		EmbeddedNS: EmbeddedNS{Listen: "127.0.0.1:50443", Approval: "auto", Settings: defaultSettings},
 		Services: Services{
-			Task:    &TaskService{URL: "https://branch-ss1.example.org:8080"},
+			Task: &taskd.Config{TickleListen: ":50123", TickleAdvertise: ":50123", AgentListen: ":50180",
+				URL: "https://branch-ss1.example.org:50180", PresenceInterval: time.Minute, ForwardBatch: 1000, MaxForwardBackoff: time.Minute},
 			Package: &PackageService{URL: "https://branch-ss1.example.org:8080", Constrained: true},
 		},
 	}
@@ -103,7 +105,9 @@ func TestExampleStandalone(t *testing.T) {
 		Log: obs.LogConfig{Format: "text", Level: "info"}, Metrics: Metrics{Listen: "127.0.0.1:9351"},
 		DataDir: "./data/standalone", Addresses: []string{}, NS: []ns.Endpoint{},
 		EmbeddedNS: EmbeddedNS{Listen: "127.0.0.1:50443", RulesFile: "examples/sites.yaml", Approval: "auto", Settings: defaultSettings},
-		Services:   Services{Task: &TaskService{}, Package: &PackageService{}, Netboot: &NetbootService{}},
+		Services: Services{Task: &taskd.Config{TickleListen: "127.0.0.1:50123", TickleAdvertise: "127.0.0.1:50123",
+			AgentListen: "127.0.0.1:50180", URL: "https://127.0.0.1:50180", PresenceInterval: time.Minute, ForwardBatch: 1000,
+			MaxForwardBackoff: time.Minute}, Package: &PackageService{}, Netboot: &NetbootService{}},
 	}
 	if d := cmp.Diff(want, got); d != "" {
 		t.Fatalf("standalone.yaml (-want +got):\n%s", d)
@@ -118,6 +122,7 @@ func TestExampleAgent(t *testing.T) {
 		DataDir: "/var/lib/siteserver-agent", Addresses: []string{},
 		NS: ns.Endpoint{Name: "central", URL: "https://ns.example.org:8443", CASHA256: strings.Repeat("0", 64),
 			EnrollmentTokenFile: "/etc/siteserver/agent.token"},
+		TickleListen: ":50124",
 	}
 	if d := cmp.Diff(want, got); d != "" {
 		t.Fatalf("agent.yaml (-want +got):\n%s", d)
@@ -162,6 +167,7 @@ func TestServeErrors(t *testing.T) {
 		"bad approval":    {"embedded_ns:\n  approval: maybe\n", "embedded_ns.approval"},
 		"short interval":  {"embedded_ns:\n  settings:\n    heartbeat_interval: 10ms\n", "embedded_ns.settings.heartbeat_interval"},
 		"bad service url": {"services:\n  task:\n    url: ftp://x\n", "services.task.url"},
+		"bad task listen": {"services:\n  task:\n    agent_listen: nowhere\n", "services.task.agent_listen"},
 		"bad duration":    {"embedded_ns:\n  settings:\n    heartbeat_interval: soon\n", "line 3: cannot unmarshal !!str `soon` into time.Duration"},
 		"two documents":   {"data_dir: /x\n---\ndata_dir: /y\n", "more than one YAML document"},
 	}

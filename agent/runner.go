@@ -1,0 +1,375 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unicode/utf8"
+
+	"github.com/google/uuid"
+
+	"github.com/siteserver/siteserver/ns"
+)
+
+const (
+	// runsPerTask bounds task executions per job at this many times its task count, so jump
+	// rules that never reach an end cannot keep a computer busy forever.
+	runsPerTask = 100
+
+	// outputGrace is how long output is still read once a task's process has exited. A
+	// background process it left behind may hold stdout open for hours; the task must not.
+	outputGrace = time.Second
+
+	defaultInterpreter = "/bin/sh"
+
+	// Exit codes for tasks that never ran, as a shell reports them, so exit rules written
+	// with shell habits match.
+	exitNotExecutable = 126
+	exitCannotStart   = 127
+)
+
+// Runner runs job instances on this computer.
+type Runner struct {
+	WorkDir   string           // per-instance scratch dirs for scripts are made under it; default os.TempDir()
+	MaxOutput int              // bytes of combined stdout+stderr kept per task (tail); default and cap ns.MaxOutputBytes
+	Now       func() time.Time // default time.Now
+	Logger    *slog.Logger
+}
+
+// taskResult is how one task execution ended.
+type taskResult struct {
+	code     int
+	timedOut bool
+	output   string
+}
+
+// Run executes one job instance task by task and reports through emit: a job event
+// "running", then per task a task event "running" and a task event "succeeded" (exit code
+// 0) or "failed" (anything else, timed out, or not started), then a job event "succeeded"
+// or "failed" carrying the index, exit code and timeout of the task that ended the job and
+// the reason as output. An instance whose Expires is past is not run: the only event is a
+// job event "expired". An invalid job is reported as running, then failed.
+//
+// Run returns the state the instance reached ("delivered" if it never started). An error from emit ends the run at once and
+// is returned; Final of the returned state then tells whether the job had finished and only
+// its report failed. When ctx is done the running task's process group is killed and
+// ctx.Err() is returned without a final event, so the instance can be run again.
+func (r *Runner) Run(ctx context.Context, inst ns.JobInstance, emit func(ns.Event) error) (string, error) {
+	logger := r.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	logger = logger.With("instance", inst.ID, "job", inst.JobID)
+	send := func(e ns.Event) error {
+		e.ID = uuid.NewString()
+		e.Instance = inst.ID
+		e.Agent = inst.Agent
+		e.Time = r.now()
+		if err := emit(e); err != nil {
+			return fmt.Errorf("agent: job instance %s: report %s %s event: %w", inst.ID, e.Kind, e.State, err)
+		}
+		return nil
+	}
+
+	// A zero Expires means no validity was set, not that it ended at year one.
+	if !inst.Expires.IsZero() && !r.now().Before(inst.Expires) {
+		logger.Info("job instance expired before it ran", "expires", inst.Expires)
+		return ns.StateExpired, send(ns.Event{Kind: ns.EventJob, State: ns.StateExpired})
+	}
+	if err := ctx.Err(); err != nil {
+		return ns.StateDelivered, err
+	}
+	if err := send(ns.Event{Kind: ns.EventJob, State: ns.StateRunning}); err != nil {
+		return ns.StateDelivered, err
+	}
+	job := inst.Job
+	if err := job.Validate(); err != nil {
+		logger.Warn("job is invalid", "err", err)
+		return ns.StateFailed, send(ns.Event{Kind: ns.EventJob, State: ns.StateFailed, Output: fitOutput("invalid job: "+err.Error(), r.maxOutput())})
+	}
+
+	scripts := &scriptDir{parent: r.WorkDir}
+	defer func() {
+		if err := scripts.remove(); err != nil {
+			logger.Warn("cannot remove script dir", "err", err)
+		}
+	}()
+
+	limit := runsPerTask * len(job.Tasks)
+	for i, runs := 0, 0; ; {
+		task := job.Tasks[i]
+		if err := ctx.Err(); err != nil {
+			return ns.StateRunning, err
+		}
+		if err := send(ns.Event{Kind: ns.EventTask, Task: i, State: ns.StateRunning}); err != nil {
+			return ns.StateRunning, err
+		}
+		res, err := r.runTask(ctx, logger, inst, i, task, scripts)
+		if err != nil {
+			return ns.StateRunning, err
+		}
+		runs++
+
+		next, state, reason := decide(job.Tasks, i, res)
+		if state == "" && runs >= limit {
+			state = ns.StateFailed
+			reason = fmt.Sprintf("stopped after %d task runs (%d per task): the exit rules keep jumping", runs, runsPerTask)
+			res.output = fitOutput(res.output+"\n"+reason+"\n", r.maxOutput())
+		}
+		taskState := ns.StateSucceeded
+		if res.code != 0 || res.timedOut {
+			taskState = ns.StateFailed
+		}
+		if err := send(ns.Event{Kind: ns.EventTask, Task: i, State: taskState, ExitCode: res.code, TimedOut: res.timedOut, Output: res.output}); err != nil {
+			return ns.StateRunning, err
+		}
+		if state != "" {
+			logger.Info("job finished", "state", state, "task", i, "exit_code", res.code, "reason", reason)
+			return state, send(ns.Event{Kind: ns.EventJob, Task: i, State: state, ExitCode: res.code, TimedOut: res.timedOut, Output: fitOutput(reason, r.maxOutput())})
+		}
+		i = next
+	}
+}
+
+// decide applies task i's exit rules to its result: either the next task to run, or the
+// final job state and why.
+func decide(tasks []ns.Task, i int, res taskResult) (next int, state, reason string) {
+	task := tasks[i]
+	name := fmt.Sprintf("task %d", i)
+	if task.Name != "" {
+		name += fmt.Sprintf(" (%s)", task.Name)
+	}
+	if res.timedOut {
+		return 0, ns.StateFailed, fmt.Sprintf("%s timed out after %s", name, time.Duration(task.Timeout))
+	}
+	action, jump, rule := "", 0, -1
+	for k, r := range task.OnExit {
+		if len(r.Codes) == 0 || slices.Contains(r.Codes, res.code) {
+			action, jump, rule = r.Action, r.Jump, k
+			break
+		}
+	}
+	if rule < 0 {
+		if res.code != 0 {
+			return 0, ns.StateFailed, fmt.Sprintf("%s exited %d and no exit rule matched", name, res.code)
+		}
+		action = ns.ActionContinue
+	}
+	switch action {
+	case ns.ActionContinue:
+		if i+1 < len(tasks) {
+			return i + 1, "", ""
+		}
+		return 0, ns.StateSucceeded, ""
+	case ns.ActionJump:
+		return jump, "", ""
+	case ns.ActionSuccess:
+		return 0, ns.StateSucceeded, fmt.Sprintf("%s exited %d: exit rule %d stops with success", name, res.code, rule)
+	default:
+		return 0, ns.StateFailed, fmt.Sprintf("%s exited %d: exit rule %d stops with failure", name, res.code, rule)
+	}
+}
+
+// runTask runs task i to its end. Its error is only ever ctx's: everything that goes wrong
+// with the task itself is its result.
+func (r *Runner) runTask(ctx context.Context, logger *slog.Logger, inst ns.JobInstance, i int, task ns.Task, scripts *scriptDir) (taskResult, error) {
+	argv := task.Command
+	if len(argv) == 0 {
+		path, err := scripts.file(i, task.Script)
+		if err != nil {
+			return taskResult{code: exitCannotStart, output: fitOutput(err.Error(), r.maxOutput())}, nil
+		}
+		interp := task.Interpreter
+		if interp == "" {
+			interp = defaultInterpreter
+		}
+		argv = []string{interp, path}
+	}
+
+	tctx, cancel := context.WithTimeout(ctx, time.Duration(task.Timeout))
+	defer cancel()
+	cmd := exec.CommandContext(tctx, argv[0], argv[1:]...)
+	jobID := inst.JobID
+	if jobID == "" {
+		jobID = inst.Job.ID
+	}
+	cmd.Env = append(os.Environ(),
+		"SITESERVER_JOB_ID="+jobID,
+		"SITESERVER_INSTANCE_ID="+inst.ID,
+		"SITESERVER_TASK_INDEX="+strconv.Itoa(i),
+	)
+	out := newTailBuffer(r.maxOutput())
+	// The same comparable writer for both makes exec use one pipe, so the interleaving of
+	// stdout and stderr is kept.
+	cmd.Stdout, cmd.Stderr = out, out
+	// Its own process group, so a timeout also ends whatever the task started.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	var killed atomic.Bool
+	cmd.Cancel = func() error {
+		err := syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		if errors.Is(err, syscall.ESRCH) {
+			return os.ErrProcessDone
+		}
+		if err == nil {
+			killed.Store(true)
+		}
+		return err
+	}
+	cmd.WaitDelay = outputGrace
+
+	logger.Debug("task starting", "task", i, "argv", argv)
+	if err := cmd.Start(); err != nil {
+		code := exitCannotStart
+		if errors.Is(err, fs.ErrPermission) {
+			code = exitNotExecutable
+		}
+		logger.Info("task could not start", "task", i, "err", err)
+		return taskResult{code: code, output: fitOutput(err.Error(), r.maxOutput())}, nil
+	}
+	err := cmd.Wait()
+	if cerr := ctx.Err(); cerr != nil {
+		return taskResult{}, cerr
+	}
+	if errors.Is(err, exec.ErrWaitDelay) {
+		logger.Info("task left a process holding its output open", "task", i)
+	}
+
+	res := taskResult{output: out.String()}
+	if cmd.ProcessState == nil {
+		res.code = -1
+		res.output = fitOutput(res.output+"\n"+err.Error(), r.maxOutput())
+		return res, nil
+	}
+	switch ws, _ := cmd.ProcessState.Sys().(syscall.WaitStatus); {
+	case killed.Load():
+		res.code, res.timedOut = -1, true
+	case ws.Signaled():
+		res.code = 128 + int(ws.Signal())
+	default:
+		res.code = cmd.ProcessState.ExitCode()
+	}
+	logger.Debug("task finished", "task", i, "exit_code", res.code, "timed_out", res.timedOut)
+	return res, nil
+}
+
+func (r *Runner) now() time.Time {
+	if r.Now != nil {
+		return r.Now()
+	}
+	return time.Now()
+}
+
+func (r *Runner) maxOutput() int {
+	if r.MaxOutput <= 0 || r.MaxOutput > ns.MaxOutputBytes {
+		return ns.MaxOutputBytes
+	}
+	return r.MaxOutput
+}
+
+// scriptDir holds one instance's script files. It is made on first use, so jobs without
+// scripts touch no disk.
+type scriptDir struct {
+	parent string
+	dir    string
+}
+
+// file writes task i's script afresh on every run: a script may well change or remove
+// its own file, and a jump back must still find it.
+func (s *scriptDir) file(i int, script string) (string, error) {
+	if s.dir == "" {
+		parent := s.parent
+		if parent == "" {
+			parent = os.TempDir()
+		}
+		if err := os.MkdirAll(parent, 0o700); err != nil {
+			return "", fmt.Errorf("agent: script dir: %w", err)
+		}
+		dir, err := os.MkdirTemp(parent, "job-")
+		if err != nil {
+			return "", fmt.Errorf("agent: script dir: %w", err)
+		}
+		s.dir = dir
+	}
+	p := filepath.Join(s.dir, "task-"+strconv.Itoa(i))
+	if err := os.WriteFile(p, []byte(script), 0o700); err != nil {
+		return "", fmt.Errorf("agent: write script: %w", err)
+	}
+	return p, nil
+}
+
+func (s *scriptDir) remove() error {
+	if s.dir == "" {
+		return nil
+	}
+	return os.RemoveAll(s.dir)
+}
+
+// tailBuffer keeps the last bytes written to it in a fixed ring, so a task that prints
+// without end costs no more memory than one that prints a page.
+type tailBuffer struct {
+	mu   sync.Mutex
+	buf  []byte
+	pos  int  // where the next byte goes
+	full bool // the ring has wrapped: older output was dropped
+}
+
+func newTailBuffer(n int) *tailBuffer { return &tailBuffer{buf: make([]byte, n)} }
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := len(p)
+	if n >= len(t.buf) {
+		copy(t.buf, p[n-len(t.buf):])
+		t.pos, t.full = 0, true
+		return n, nil
+	}
+	if t.pos+n >= len(t.buf) {
+		t.full = true
+	}
+	c := copy(t.buf[t.pos:], p)
+	copy(t.buf, p[c:])
+	t.pos = (t.pos + n) % len(t.buf)
+	return n, nil
+}
+
+// String is the kept output as valid UTF-8 of at most the buffer's size.
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.full {
+		return fitOutput(string(t.buf[:t.pos]), len(t.buf))
+	}
+	s := string(t.buf[t.pos:]) + string(t.buf[:t.pos])
+	// The cut may have split a character; its remains are not output.
+	for k := 0; k < utf8.UTFMax-1 && len(s) > 0 && !utf8.RuneStart(s[0]); k++ {
+		s = s[1:]
+	}
+	return fitOutput(s, len(t.buf))
+}
+
+// fitOutput makes s valid UTF-8 of at most n bytes, keeping its end. Invalid bytes would
+// otherwise grow into U+FFFD on the way through JSON and break the bound the NS enforces.
+func fitOutput(s string, n int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	if len(s) <= n {
+		return s
+	}
+	s = s[len(s)-n:]
+	for len(s) > 0 && !utf8.RuneStart(s[0]) {
+		s = s[1:]
+	}
+	return s
+}

@@ -1,0 +1,294 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	mrand "math/rand/v2"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/taskd"
+	"github.com/siteserver/siteserver/tickle"
+)
+
+// taskClient is the agent's link to its task server: registration, tickles, polling, jobs.
+type taskClient struct {
+	a      *Agent
+	logger *slog.Logger
+	keys   tickle.MapKeys
+	wake   chan struct{}
+
+	mu       sync.Mutex
+	serverID string
+	baseURL  string
+	http     *http.Client
+	interval time.Duration
+
+	done *doneSet
+}
+
+// doneSet remembers the instances this agent has run, so a re-delivered one is not run
+// twice; it lives in the data directory.
+type doneSet struct {
+	path string
+	mu   sync.Mutex
+	ids  map[string]time.Time
+}
+
+func loadDone(path string) *doneSet {
+	d := &doneSet{path: path, ids: map[string]time.Time{}}
+	if b, err := os.ReadFile(path); err == nil {
+		json.Unmarshal(b, &d.ids)
+	}
+	return d
+}
+
+func (d *doneSet) has(id string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	_, ok := d.ids[id]
+	return ok
+}
+
+func (d *doneSet) add(id string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.ids[id] = time.Now()
+	// Instances are valid for hours, not months: forget old ones.
+	for k, t := range d.ids {
+		if time.Since(t) > 30*24*time.Hour {
+			delete(d.ids, k)
+		}
+	}
+	b, _ := json.Marshal(d.ids)
+	return ns.WriteFileAtomic(d.path, b, 0o600)
+}
+
+func (t *taskClient) kick() {
+	select {
+	case t.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run listens for tickles and works through jobs until ctx is done.
+func (t *taskClient) run(ctx context.Context) error {
+	var conn net.PacketConn
+	if t.a.cfg.TickleListen != "" {
+		c, err := net.ListenPacket("udp", t.a.cfg.TickleListen)
+		if err != nil {
+			return fmt.Errorf("agent: tickle listen %s: %w", t.a.cfg.TickleListen, err)
+		}
+		conn = c
+		defer conn.Close()
+		l := tickle.NewListener(tickle.ListenerConfig{
+			Conn:     conn,
+			Verifier: tickle.NewVerifier(&t.keys, tickle.DefaultWindow, time.Now),
+			Handler:  func(netip.AddrPort, tickle.Tickle) { t.kick() },
+			Metrics:  t.a.tickleMetrics,
+			Logger:   t.logger,
+		})
+		go l.Run(ctx)
+		t.logger.Info("listening for tickles", "addr", conn.LocalAddr().String())
+	}
+	failures := 0
+	for {
+		err := t.cycle(ctx, conn)
+		var wait time.Duration
+		if err != nil {
+			failures++
+			wait = backoff(failures, time.Second, 5*time.Minute)
+			t.logger.Warn("task cycle failed; will retry", "err", err, "retry_in", wait.Round(time.Millisecond))
+		} else {
+			failures = 0
+			t.mu.Lock()
+			iv := t.interval
+			t.mu.Unlock()
+			// Polls are jittered by ±10% so agents started together spread out.
+			wait = iv - iv/10 + time.Duration(mrand.Int64N(int64(iv/5)+1))
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		case <-t.wake:
+		}
+	}
+}
+
+func backoff(failures int, lo, hi time.Duration) time.Duration {
+	d := lo
+	for i := 1; i < failures && d < hi; i++ {
+		d *= 2
+	}
+	d = min(d, hi)
+	return d/2 + mrand.N(d/2+1)
+}
+
+// cycle registers with a task server if needed, then fetches and runs open jobs.
+func (t *taskClient) cycle(ctx context.Context, conn net.PacketConn) error {
+	if err := t.ensureRegistered(ctx, conn); err != nil {
+		return err
+	}
+	var jobs taskd.JobsResponse
+	err := t.call(ctx, http.MethodGet, taskd.PathJobs, nil, &jobs)
+	if errors.Is(err, errNotRegistered) {
+		t.mu.Lock()
+		t.serverID = ""
+		t.mu.Unlock()
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	for _, inst := range jobs.Instances {
+		if t.done.has(inst.ID) {
+			continue
+		}
+		if err := t.runInstance(ctx, inst); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+var errNotRegistered = errors.New("not registered with the task server")
+
+func (t *taskClient) ensureRegistered(ctx context.Context, conn net.PacketConn) error {
+	srv, ok := t.a.Servers()
+	if !ok || len(srv.TaskServers) == 0 {
+		return errors.New("no task server known yet")
+	}
+	chosen := srv.TaskServers[0]
+	t.mu.Lock()
+	current := t.serverID
+	t.mu.Unlock()
+	if current == chosen.ID {
+		return nil
+	}
+	if chosen.URL == "" {
+		return fmt.Errorf("task server %s has no URL", chosen.Hostname)
+	}
+	cert, err := t.a.peer.Certificate(ctx)
+	if err != nil {
+		return err
+	}
+	caPEM, err := t.a.peer.CA(ctx)
+	if err != nil {
+		return err
+	}
+	conf, err := taskd.AgentTLSConfig(caPEM, cert, chosen.ID)
+	if err != nil {
+		return err
+	}
+	conf.ServerName = srv.NSID
+	hc := &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{TLSClientConfig: conf, IdleConnTimeout: time.Minute}}
+	req := taskd.RegisterRequest{ID: t.a.peer.ID, Hostname: t.a.peer.Hostname}
+	if conn != nil {
+		if ap, err := netip.ParseAddrPort(conn.LocalAddr().String()); err == nil {
+			req.TicklePort = ap.Port()
+		}
+	}
+	t.mu.Lock()
+	t.baseURL, t.http = chosen.URL, hc
+	t.mu.Unlock()
+	var resp taskd.RegisterResponse
+	if err := t.call(ctx, http.MethodPost, taskd.PathRegister, req, &resp); err != nil {
+		return fmt.Errorf("register with task server %s: %w", chosen.Hostname, err)
+	}
+	if err := t.keys.Set(resp.ServerID, resp.TickleKeyID, resp.TickleKey); err != nil {
+		return err
+	}
+	t.mu.Lock()
+	t.serverID = resp.ServerID
+	t.interval = time.Duration(resp.TaskRequestInterval)
+	if t.interval <= 0 {
+		t.interval = 30 * time.Minute
+	}
+	t.mu.Unlock()
+	t.logger.Info("registered with task server", "server", chosen.Hostname, "id", resp.ServerID, "poll", t.interval)
+	// The NS tags new work with our task server once it knows it.
+	t.a.setTaskServer(resp.ServerID)
+	return nil
+}
+
+func (t *taskClient) call(ctx context.Context, method, path string, in, out any) error {
+	t.mu.Lock()
+	base, hc := t.baseURL, t.http
+	t.mu.Unlock()
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, base+path, body)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode == http.StatusNotFound {
+		return errNotRegistered
+	}
+	if resp.StatusCode/100 != 2 {
+		var er ns.ErrorResponse
+		json.Unmarshal(b, &er)
+		return fmt.Errorf("task server answered %d: %s", resp.StatusCode, er.Error)
+	}
+	if out != nil {
+		return json.Unmarshal(b, out)
+	}
+	return nil
+}
+
+// runInstance runs one instance and makes sure each of its events is stored by the task
+// server before going on: events are retried until the task server has them.
+func (t *taskClient) runInstance(ctx context.Context, inst ns.JobInstance) error {
+	t.logger.Info("running job", "job", inst.JobID, "instance", inst.ID)
+	runner := &Runner{WorkDir: filepath.Join(t.a.cfg.DataDir, "work"), Logger: t.logger}
+	os.MkdirAll(runner.WorkDir, 0o700)
+	state, err := runner.Run(ctx, inst, func(e ns.Event) error { return t.send(ctx, e) })
+	if err != nil && !ns.Final(state) {
+		return err
+	}
+	t.logger.Info("job finished", "job", inst.JobID, "instance", inst.ID, "state", state)
+	return t.done.add(inst.ID)
+}
+
+func (t *taskClient) send(ctx context.Context, e ns.Event) error {
+	for failures := 0; ; failures++ {
+		var resp taskd.EventsResponse
+		err := t.call(ctx, http.MethodPost, taskd.PathEvents, []ns.Event{e}, &resp)
+		if err == nil {
+			return nil
+		}
+		t.logger.Warn("status event not stored yet; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff(failures+1, 500*time.Millisecond, time.Minute)):
+		}
+	}
+}

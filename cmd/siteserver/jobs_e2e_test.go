@@ -1,0 +1,312 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/siteserver/siteserver/ns"
+)
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// site is an NS, a site server with the task service and an agent, all real processes.
+type site struct {
+	t                 *testing.T
+	dir               string
+	nsConf, ssConf    string
+	agentConf         string
+	nsProc, ss, ag    *proc
+	nsURL, caFile     string
+	nsAddr            string
+	ssMetrics         string
+	agentID, serverID string
+}
+
+type siteOpts struct {
+	taskUpdate, taskRequest string // NS settings
+	tickleAdvertise         string // "" = the real port
+	agentTickle             string // agent tickle_listen
+}
+
+func newSite(t *testing.T, o siteOpts) *site {
+	t.Helper()
+	s := &site{t: t, dir: t.TempDir()}
+	rules := writeFile(t, filepath.Join(s.dir, "sites.yaml"), "sites:\n  - name: branch-a\n    subnets: [10.20.0.0/16]\n")
+	nsPort := freePort(t)
+	s.nsAddr = fmt.Sprintf("127.0.0.1:%d", nsPort)
+	s.nsConf = writeFile(t, filepath.Join(s.dir, "ns.yaml"), fmt.Sprintf(`log: {format: json, level: debug}
+metrics: {listen: "127.0.0.1:0"}
+ns:
+  data_dir: %s
+  listen: %q
+  site_server_token: %s
+  agent_token: %s
+  admin_token: %s
+  rules_file: %s
+  sweep_interval: 500ms
+  settings:
+    heartbeat_interval: 1s
+    task_update_interval: %s
+    task_request_interval: %s
+`, filepath.Join(s.dir, "ns"), s.nsAddr, serverToken, agentToken, adminToken, rules, o.taskUpdate, o.taskRequest))
+	s.nsURL, s.caFile = "https://"+s.nsAddr, filepath.Join(s.dir, "ns", "ca.crt")
+	s.nsProc = start(t, "ns", "-config", s.nsConf)
+	pin := s.nsProc.waitLog("NS API listening")["ca_sha256"].(string)
+
+	apiPort := freePort(t)
+	adv := ""
+	if o.tickleAdvertise != "" {
+		adv = fmt.Sprintf("    tickle_advertise: %q\n", o.tickleAdvertise)
+	}
+	s.ssConf = writeFile(t, filepath.Join(s.dir, "ss.yaml"), fmt.Sprintf(`log: {format: json, level: debug}
+metrics: {listen: "127.0.0.1:0"}
+data_dir: %s
+hostname: ss1.example
+addresses: [10.20.5.7/24]
+ns:
+  - name: central
+    url: %s
+    ca_sha256: %s
+    enrollment_token: %s
+services:
+  task:
+    tickle_listen: "127.0.0.1:0"
+%s    agent_listen: "127.0.0.1:%d"
+    url: "https://127.0.0.1:%d"
+    presence_interval: 1s
+    max_forward_backoff: 1s
+`, filepath.Join(s.dir, "ss"), s.nsURL, pin, serverToken, adv, apiPort, apiPort))
+	s.ss = start(t, "serve", "-config", s.ssConf)
+	s.serverID = s.ss.waitLog("site server identity")["id"].(string)
+	s.ssMetrics = s.ss.waitLog("metrics listening")["addr"].(string)
+	s.ss.waitLog("task service linked to NS")
+
+	s.agentConf = writeFile(t, filepath.Join(s.dir, "agent.yaml"), fmt.Sprintf(`log: {format: json, level: debug}
+metrics: {listen: "127.0.0.1:0"}
+data_dir: %s
+hostname: pc1.example
+addresses: [10.20.9.9/16]
+tickle_listen: %q
+ns:
+  name: central
+  url: %s
+  ca_file: %s
+  enrollment_token: %s
+`, filepath.Join(s.dir, "agent"), o.agentTickle, s.nsURL, s.caFile, agentToken))
+	s.ag = start(t, "agent", "-config", s.agentConf)
+	s.agentID = s.ag.waitLog("agent identity")["id"].(string)
+	s.ag.waitLog("registered with task server")
+	// The NS learns the agent's task server from the agent's next registration.
+	s.eventually("the NS knows the agent's task server", func() bool {
+		var agents []ns.AgentView
+		json.Unmarshal([]byte(adminCmd(t, s.nsURL, s.caFile, adminToken, "agents", "list", "-json")), &agents)
+		return len(agents) == 1 && agents[0].TaskServer == s.serverID
+	})
+	return s
+}
+
+func (s *site) eventually(what string, cond func() bool) {
+	s.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			s.t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (s *site) createJob(job string) string {
+	s.t.Helper()
+	f := writeFile(s.t, filepath.Join(s.dir, "job.yaml"), job)
+	var resp ns.CreateJobResponse
+	out := adminCmd(s.t, s.nsURL, s.caFile, adminToken, "jobs", "create", "-file", f, "-targets", s.agentID, "-json")
+	if err := json.Unmarshal([]byte(out), &resp); err != nil {
+		s.t.Fatalf("jobs create: %v\n%s", err, out)
+	}
+	if len(resp.Instances) != 1 || resp.Instances[0].TaskServer != s.serverID {
+		s.t.Fatalf("instance not tagged with the task server: %+v", resp)
+	}
+	return resp.JobID
+}
+
+func (s *site) status(id string) ns.JobStatus {
+	s.t.Helper()
+	var st ns.JobStatus
+	out := adminCmd(s.t, s.nsURL, s.caFile, adminToken, "jobs", "status", id, "-json")
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		s.t.Fatalf("jobs status: %v\n%s", err, out)
+	}
+	return st
+}
+
+func (s *site) waitState(id, state string) ns.InstanceStatus {
+	s.t.Helper()
+	var last ns.JobStatus
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		last = s.status(id)
+		if len(last.Instances) == 1 && last.Instances[0].State == state {
+			return last.Instances[0]
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	s.t.Fatalf("job %s never reached %s: %+v", id, state, last)
+	return ns.InstanceStatus{}
+}
+
+func metricValue(t *testing.T, addr, name string) float64 {
+	t.Helper()
+	v := metric(t, addr, name)
+	f, _ := strconv.ParseFloat(v, 64)
+	return f
+}
+
+type evKey struct {
+	Kind, State string
+	Task        int
+}
+
+func eventKeys(evs []ns.Event) []evKey {
+	var out []evKey
+	for _, e := range evs {
+		out = append(out, evKey{e.Kind, e.State, e.Task})
+	}
+	return out
+}
+
+const twoTaskJob = `id: e2e-job
+name: end to end
+tasks:
+  - name: hello
+    command: [echo, hello from the agent]
+    timeout: 30s
+  - name: three
+    script: "exit 3"
+    timeout: 30s
+    on_exit:
+      - codes: [3]
+        action: success
+`
+
+// A job created at the NS reaches the agent through the tickles, and its status comes back.
+func TestJobThroughTickles(t *testing.T) {
+	// Polling would take an hour: only tickles can make this pass in time.
+	s := newSite(t, siteOpts{taskUpdate: "1h", taskRequest: "1h", agentTickle: "127.0.0.1:0"})
+	start := time.Now()
+	id := s.createJob(twoTaskJob)
+	inst := s.waitState(id, ns.StateSucceeded)
+	t.Logf("job created to succeeded at the NS in %s", time.Since(start))
+	var sawHello bool
+	for _, e := range inst.Events {
+		if e.Kind == ns.EventTask && e.Task == 0 && e.State == ns.StateSucceeded && strings.Contains(e.Output, "hello from the agent") {
+			sawHello = true
+		}
+	}
+	if !sawHello {
+		t.Fatalf("no task output in the events: %+v", inst.Events)
+	}
+	if n := metricValue(t, s.ssMetrics, "siteserver_task_tickles_received_total"); n < 1 {
+		t.Fatalf("task server received %v tickles", n)
+	}
+	if n := metricValue(t, s.ssMetrics, "siteserver_task_tickles_sent_total"); n < 1 {
+		t.Fatalf("task server sent %v tickles", n)
+	}
+	// Creating the job again (same stable id) adds an instance and keeps the history.
+	id2 := s.createJob(twoTaskJob)
+	if id2 != id {
+		t.Fatalf("job id changed: %s -> %s", id, id2)
+	}
+	st := s.status(id)
+	if len(st.Instances) != 2 || st.Instances[0].State != ns.StateSucceeded || len(st.Instances[0].Events) == 0 {
+		t.Fatalf("history not kept: %+v", st)
+	}
+}
+
+// With every tickle lost, the agent still gets the job by polling.
+func TestJobByPollingWhenTicklesAreLost(t *testing.T) {
+	dead := freeUDPPort(t)
+	s := newSite(t, siteOpts{taskUpdate: "1s", taskRequest: "1s", tickleAdvertise: fmt.Sprintf("127.0.0.1:%d", dead), agentTickle: "none"})
+	id := s.createJob(twoTaskJob)
+	s.waitState(id, ns.StateSucceeded)
+	if n := metricValue(t, s.ssMetrics, "siteserver_task_tickles_received_total"); n != 0 {
+		t.Fatalf("task server received %v tickles although they were all lost", n)
+	}
+}
+
+func freeUDPPort(t *testing.T) int {
+	t.Helper()
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).Port
+}
+
+// Events the task server acknowledged survive its kill -9 and an NS outage: after both
+// come back the NS has every event exactly once.
+func TestEventsSurviveKillAndNSOutage(t *testing.T) {
+	s := newSite(t, siteOpts{taskUpdate: "1s", taskRequest: "1s", agentTickle: "127.0.0.1:0"})
+	id := s.createJob(`id: slow
+name: slow
+tasks:
+  - name: wait
+    script: "sleep 2; echo done"
+    timeout: 30s
+`)
+	s.waitState(id, ns.StateRunning)
+	// The NS goes away while the task runs: the rest of the events can only be spooled.
+	s.nsProc.stop()
+	s.ag.waitLog("job finished")
+	s.eventually("the task server spooled the events", func() bool {
+		return metricValue(t, s.ssMetrics, "siteserver_task_spool_events") >= 2
+	})
+	spooled := metricValue(t, s.ssMetrics, "siteserver_task_spool_events")
+	// kill -9: no chance to flush anything.
+	s.ss.cmd.Process.Kill()
+	<-s.ss.done
+	s.nsProc = start(t, "ns", "-config", s.nsConf)
+	s.nsProc.waitLog("NS API listening")
+	s.ss = start(t, "serve", "-config", s.ssConf)
+	inst := s.waitState(id, ns.StateSucceeded)
+	s.eventually("the spool drained", func() bool {
+		addr := s.ss.waitLog("metrics listening")["addr"].(string)
+		return metric(t, addr, "siteserver_task_spool_events") == "0"
+	})
+	inst = s.status(id).Instances[0]
+	seen := map[string]bool{}
+	for _, e := range inst.Events {
+		if seen[e.ID] {
+			t.Fatalf("event %s stored twice", e.ID)
+		}
+		seen[e.ID] = true
+	}
+	want := []evKey{{ns.EventJob, ns.StateDelivered, 0}, {ns.EventJob, ns.StateRunning, 0}, {ns.EventTask, ns.StateRunning, 0},
+		{ns.EventTask, ns.StateSucceeded, 0}, {ns.EventJob, ns.StateSucceeded, 0}}
+	got := eventKeys(inst.Events)
+	if len(got) != len(want) {
+		t.Fatalf("events at the NS = %v, want %v (%v were spooled at the kill)", got, want, spooled)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("events at the NS = %v, want %v", got, want)
+		}
+	}
+	_ = exec.Command
+}

@@ -1,0 +1,87 @@
+package taskd
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"time"
+)
+
+// Config configures the task service (the services.task section of a serve config).
+type Config struct {
+	// TickleListen is where tickles from the NS arrive.
+	TickleListen string `yaml:"tickle_listen"`
+	// TickleAdvertise is the tickle address reported to the NS: ":port" (the NS uses the
+	// address the registration came from) or "ip:port". Default ":" + TickleListen's port.
+	TickleAdvertise string `yaml:"tickle_advertise"`
+	// AgentListen is the HTTPS agent API: registration, next job, status events.
+	AgentListen string `yaml:"agent_listen"`
+	// URL is how agents reach AgentListen (reported to the NS). Default
+	// https://<first reported address>:<port>.
+	URL string `yaml:"url"`
+	// ChannelListen, if set, accepts persistent QUIC channels from agents that cannot take
+	// inbound UDP; tickles to them travel as datagrams on it.
+	ChannelListen string `yaml:"channel_listen"`
+	// PresenceInterval is how often agents' last contact is reported to the NS.
+	PresenceInterval time.Duration `yaml:"presence_interval"`
+	// ForwardBatch bounds the events in one batch forwarded to the NS.
+	ForwardBatch int `yaml:"forward_batch"`
+	// MaxForwardBackoff caps the wait between forwarding attempts while the NS is away.
+	MaxForwardBackoff time.Duration `yaml:"max_forward_backoff"`
+
+	// DataDir is set by serve: the task service's own directory.
+	DataDir string `yaml:"-"`
+}
+
+// Defaults fills unset fields.
+func (c *Config) Defaults() {
+	if c.TickleListen == "" {
+		c.TickleListen = ":50123"
+	}
+	if c.TickleAdvertise == "" {
+		if _, port, err := net.SplitHostPort(c.TickleListen); err == nil {
+			c.TickleAdvertise = ":" + port
+		}
+	}
+	if c.AgentListen == "" {
+		c.AgentListen = ":50180"
+	}
+	if c.PresenceInterval == 0 {
+		c.PresenceInterval = time.Minute
+	}
+	if c.ForwardBatch == 0 {
+		c.ForwardBatch = 1000
+	}
+	if c.MaxForwardBackoff == 0 {
+		c.MaxForwardBackoff = time.Minute
+	}
+}
+
+// Validate names the bad field under prefix.
+func (c *Config) Validate(prefix string) error {
+	for name, addr := range map[string]string{"tickle_listen": c.TickleListen, "agent_listen": c.AgentListen} {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return fmt.Errorf("%s.%s: %w", prefix, name, err)
+		}
+	}
+	if c.ChannelListen != "" {
+		if _, _, err := net.SplitHostPort(c.ChannelListen); err != nil {
+			return fmt.Errorf("%s.channel_listen: %w", prefix, err)
+		}
+	}
+	if _, _, err := net.SplitHostPort(c.TickleAdvertise); err != nil {
+		return fmt.Errorf("%s.tickle_advertise: %w", prefix, err)
+	}
+	if c.URL != "" {
+		if u, err := url.Parse(c.URL); err != nil || u.Scheme != "https" || u.Host == "" {
+			return fmt.Errorf("%s.url: %q is not an https URL", prefix, c.URL)
+		}
+	}
+	if c.PresenceInterval < time.Second {
+		return fmt.Errorf("%s.presence_interval: %s is below 1s", prefix, c.PresenceInterval)
+	}
+	if c.ForwardBatch < 1 || c.ForwardBatch > 100000 {
+		return fmt.Errorf("%s.forward_batch: %d is not within 1..100000", prefix, c.ForwardBatch)
+	}
+	return nil
+}

@@ -1,0 +1,64 @@
+package taskd
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/tickle"
+)
+
+const subsystem = "task"
+
+type metrics struct {
+	tickles         *tickle.Metrics
+	fetchDuration   prometheus.Histogram
+	fetchErrors     prometheus.Counter
+	eventsReceived  prometheus.Counter
+	eventsForwarded prometheus.Counter
+	forwardErrors   prometheus.Counter
+	spoolEvents     prometheus.GaugeFunc
+	agents          prometheus.GaugeFunc
+	online          prometheus.GaugeFunc
+	instances       *prometheus.GaugeVec
+	registrations   prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer, s *Service) (*metrics, error) {
+	tm, err := tickle.NewMetrics(reg, subsystem)
+	if err != nil {
+		return nil, err
+	}
+	opts := func(name, help string) prometheus.Opts {
+		return prometheus.Opts{Namespace: "siteserver", Subsystem: subsystem, Name: name, Help: help}
+	}
+	m := &metrics{
+		tickles: tm,
+		fetchDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "siteserver", Subsystem: subsystem, Name: "fetch_duration_seconds",
+			Help:    "Time to fetch the pending work of this server's agents from an NS.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}),
+		fetchErrors:     prometheus.NewCounter(prometheus.CounterOpts(opts("fetch_errors_total", "Failed fetches of pending work from an NS."))),
+		eventsReceived:  prometheus.NewCounter(prometheus.CounterOpts(opts("events_received_total", "Status events received from agents and written to the spool."))),
+		eventsForwarded: prometheus.NewCounter(prometheus.CounterOpts(opts("events_forwarded_total", "Status events forwarded to and acknowledged by an NS."))),
+		forwardErrors:   prometheus.NewCounter(prometheus.CounterOpts(opts("forward_errors_total", "Failed attempts to forward a batch of status events."))),
+		registrations:   prometheus.NewCounter(prometheus.CounterOpts(opts("agent_registrations_total", "Agent registrations accepted."))),
+		spoolEvents: prometheus.NewGaugeFunc(prometheus.GaugeOpts(opts("spool_events", "Status events on disk not yet acknowledged by an NS.")),
+			func() float64 { return float64(s.spoolDepth()) }),
+		agents: prometheus.NewGaugeFunc(prometheus.GaugeOpts(opts("agents_registered", "Agents registered with this task server.")),
+			func() float64 { r, _ := s.agentCounts(); return float64(r) }),
+		online: prometheus.NewGaugeFunc(prometheus.GaugeOpts(opts("agents_online", "Agents heard from within two task request intervals.")),
+			func() float64 { _, o := s.agentCounts(); return float64(o) }),
+		instances: prometheus.NewGaugeVec(prometheus.GaugeOpts(opts("job_instances", "Job instances cached for agents, by state.")), []string{"state"}),
+	}
+	for _, st := range []string{ns.StatePending, ns.StateDelivered} {
+		m.instances.WithLabelValues(st)
+	}
+	for _, c := range []prometheus.Collector{m.fetchDuration, m.fetchErrors, m.eventsReceived, m.eventsForwarded,
+		m.forwardErrors, m.registrations, m.spoolEvents, m.agents, m.online, m.instances} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}

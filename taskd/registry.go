@@ -1,0 +1,131 @@
+package taskd
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"time"
+
+	_ "modernc.org/sqlite" // pure-Go driver keeps the binary static
+)
+
+// registry holds the agents registered with this task server: in memory for the hot path,
+// in SQLite so tickle keys survive a restart. Last contact times are written in bulk with
+// each presence report rather than on every request.
+type registry struct {
+	db *sql.DB
+
+	mu     sync.RWMutex
+	agents map[string]*agentRecord
+}
+
+func openRegistry(ctx context.Context, dir string) (*registry, error) {
+	path := filepath.Join(dir, "agents.db")
+	// synchronous(NORMAL): a registration lost to power failure costs the agent one
+	// re-registration, not data.
+	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=busy_timeout(5000)")
+	if err != nil {
+		return nil, fmt.Errorf("taskd: agents db: %w", err)
+	}
+	db.SetMaxOpenConns(1)
+	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS agents (
+		id TEXT PRIMARY KEY, ns TEXT NOT NULL, hostname TEXT NOT NULL, tickle_addr TEXT NOT NULL,
+		tickle_key BLOB NOT NULL, tickle_key_id INTEGER NOT NULL, registered_at INTEGER NOT NULL,
+		last_contact INTEGER NOT NULL)`); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("taskd: agents db: %w", err)
+	}
+	r := &registry{db: db, agents: map[string]*agentRecord{}}
+	rows, err := db.QueryContext(ctx, `SELECT id, ns, hostname, tickle_addr, tickle_key, tickle_key_id, registered_at, last_contact FROM agents`)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("taskd: agents db: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var a agentRecord
+		var reg, last int64
+		if err := rows.Scan(&a.ID, &a.NS, &a.Hostname, &a.TickleAddr, &a.TickleKey, &a.TickleKeyID, &reg, &last); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("taskd: agents db: %w", err)
+		}
+		a.Registered, a.LastContact = time.Unix(0, reg), time.Unix(0, last)
+		r.agents[a.ID] = &a
+	}
+	return r, rows.Err()
+}
+
+func (r *registry) close() error { return r.db.Close() }
+
+func (r *registry) put(ctx context.Context, a agentRecord) error {
+	_, err := r.db.ExecContext(ctx, `INSERT OR REPLACE INTO agents (id, ns, hostname, tickle_addr, tickle_key, tickle_key_id, registered_at, last_contact)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, a.ID, a.NS, a.Hostname, a.TickleAddr, a.TickleKey, a.TickleKeyID, a.Registered.UnixNano(), a.LastContact.UnixNano())
+	if err != nil {
+		return fmt.Errorf("taskd: register agent %s: %w", a.ID, err)
+	}
+	r.mu.Lock()
+	r.agents[a.ID] = &a
+	r.mu.Unlock()
+	return nil
+}
+
+func (r *registry) get(id string) (agentRecord, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	a, ok := r.agents[id]
+	if !ok {
+		return agentRecord{}, false
+	}
+	return *a, true
+}
+
+func (r *registry) touch(id string, t time.Time) {
+	r.mu.Lock()
+	if a, ok := r.agents[id]; ok && t.After(a.LastContact) {
+		a.LastContact = t
+	}
+	r.mu.Unlock()
+}
+
+// contactedSince returns the agents of one NS heard from after t.
+func (r *registry) contactedSince(nsName string, t time.Time) []agentRecord {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	var out []agentRecord
+	for _, a := range r.agents {
+		if a.NS == nsName && a.LastContact.After(t) {
+			out = append(out, *a)
+		}
+	}
+	return out
+}
+
+// counts returns registered agents and those heard from since onlineSince.
+func (r *registry) counts(onlineSince time.Time) (registered, online int) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	for _, a := range r.agents {
+		registered++
+		if a.LastContact.After(onlineSince) {
+			online++
+		}
+	}
+	return registered, online
+}
+
+// saveContacts writes last contact times in one transaction.
+func (r *registry) saveContacts(ctx context.Context, agents []agentRecord) error {
+	tx, err := r.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	for _, a := range agents {
+		if _, err := tx.ExecContext(ctx, `UPDATE agents SET last_contact = ? WHERE id = ?`, a.LastContact.UnixNano(), a.ID); err != nil {
+			tx.Rollback()
+			return err
+		}
+	}
+	return tx.Commit()
+}

@@ -1,0 +1,774 @@
+package taskd
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	mrand "math/rand/v2"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/siteserver/siteserver/internal/obs"
+	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/tickle"
+)
+
+// NSLink is the task service's view of one NS the site server is registered with.
+type NSLink struct {
+	Peer *ns.Peer
+	// Settings returns the last settings the NS handed out, if any.
+	Settings func() (ns.Settings, bool)
+	// Kick asks for a registration now (the NS said its settings changed).
+	Kick func()
+}
+
+// Service is the task service.
+type Service struct {
+	cfg     Config
+	id      string
+	links   []*NSLink
+	logger  *slog.Logger
+	metrics *metrics
+
+	reg     *registry
+	nsMu    sync.RWMutex
+	nss     []*nsState // ready NSes
+	roots   atomic.Pointer[x509.CertPool]
+	keys    tickle.MapKeys
+	fetchCh chan struct{}
+
+	workMu    sync.Mutex
+	work      map[string]map[string][]ns.JobInstance // NS name -> agent -> open instances
+	known     map[string]bool                        // instance ids already tickled for
+	delivered map[string]bool                        // instance ids handed to their agent
+	finished  map[string]bool                        // instance ids the agent reported on
+
+	agentConn net.PacketConn
+	sendersMu sync.Mutex
+	senders   map[string]*tickle.Sender
+
+	ready     atomic.Bool
+	bound     chan struct{}
+	agentAddr net.Addr
+	tickleAd  netip.AddrPort
+}
+
+type nsState struct {
+	name   string
+	link   *NSLink
+	client *ns.Client
+	root   *x509.Certificate
+	cert   tls.Certificate
+	nsID   string
+	spool  *Spool
+}
+
+// New builds the task service for site server id; nothing is bound until Run.
+func New(cfg Config, id string, links []*NSLink, logger *slog.Logger, reg prometheus.Registerer) (*Service, error) {
+	cfg.Defaults()
+	if err := cfg.Validate("services.task"); err != nil {
+		return nil, err
+	}
+	if cfg.DataDir == "" {
+		return nil, errors.New("taskd: data directory not set")
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Service{cfg: cfg, id: id, links: links, logger: logger, fetchCh: make(chan struct{}, 1),
+		work: map[string]map[string][]ns.JobInstance{}, known: map[string]bool{}, delivered: map[string]bool{},
+		finished: map[string]bool{}, senders: map[string]*tickle.Sender{}, bound: make(chan struct{})}
+	m, err := newMetrics(reg, s)
+	if err != nil {
+		return nil, fmt.Errorf("taskd: metrics: %w", err)
+	}
+	s.metrics = m
+	return s, nil
+}
+
+// Name implements service.Service.
+func (s *Service) Name() string { return "task" }
+
+// Ready implements service.Readier.
+func (s *Service) Ready() bool { return s.ready.Load() }
+
+// Bound waits until the sockets are bound and returns the agent API and tickle addresses.
+func (s *Service) Bound(ctx context.Context) (agentAPI net.Addr, tickles netip.AddrPort, err error) {
+	select {
+	case <-s.bound:
+		return s.agentAddr, s.tickleAd, nil
+	case <-ctx.Done():
+		return nil, netip.AddrPort{}, ctx.Err()
+	}
+}
+
+// Info is what the site server reports to the NS about this service.
+func (s *Service) Info(addrs []netip.Prefix) ns.ServiceInfo {
+	u := s.cfg.URL
+	if u == "" {
+		_, port, _ := net.SplitHostPort(s.cfg.AgentListen)
+		if s.agentAddr != nil {
+			_, port, _ = net.SplitHostPort(s.agentAddr.String())
+		}
+		host := "127.0.0.1"
+		if len(addrs) > 0 {
+			host = addrs[0].Addr().String()
+		}
+		u = "https://" + net.JoinHostPort(host, port)
+	}
+	adv := s.cfg.TickleAdvertise
+	if host, port, err := net.SplitHostPort(adv); err == nil && port == "0" && s.tickleAd.IsValid() {
+		// An ephemeral listen port is only known once bound.
+		adv = net.JoinHostPort(host, strconv.Itoa(int(s.tickleAd.Port())))
+	}
+	return ns.ServiceInfo{Name: ns.ServiceTask, URL: u, Tickle: adv}
+}
+
+// Run serves until ctx is done.
+func (s *Service) Run(ctx context.Context) error {
+	if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("taskd: %w", err)
+	}
+	reg, err := openRegistry(ctx, s.cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	s.reg = reg
+	defer reg.close()
+
+	tickleConn, err := net.ListenPacket("udp", s.cfg.TickleListen)
+	if err != nil {
+		return fmt.Errorf("taskd: tickle listen %s: %w", s.cfg.TickleListen, err)
+	}
+	defer tickleConn.Close()
+	s.agentConn, err = net.ListenPacket("udp", ":0")
+	if err != nil {
+		return fmt.Errorf("taskd: agent tickle socket: %w", err)
+	}
+	defer s.agentConn.Close()
+	ln, err := net.Listen("tcp", s.cfg.AgentListen)
+	if err != nil {
+		return fmt.Errorf("taskd: agent API listen %s: %w", s.cfg.AgentListen, err)
+	}
+	s.agentAddr = ln.Addr()
+	if ap, err := netip.ParseAddrPort(tickleConn.LocalAddr().String()); err == nil {
+		s.tickleAd = ap
+	}
+	close(s.bound)
+	s.logger.Info("task service listening", "agent_api", ln.Addr().String(), "tickles", tickleConn.LocalAddr().String())
+
+	listener := tickle.NewListener(tickle.ListenerConfig{
+		Conn:     tickleConn,
+		Verifier: tickle.NewVerifier(&s.keys, tickle.DefaultWindow, time.Now),
+		Handler:  s.onTickle,
+		Metrics:  s.metrics.tickles,
+		Logger:   s.logger,
+	})
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wg.Go(func() {
+		if err := listener.Run(ctx); err != nil && ctx.Err() == nil {
+			s.logger.Error("tickle listener stopped", "err", err)
+		}
+	})
+	for _, l := range s.links {
+		wg.Go(func() { s.runNS(ctx, l) })
+	}
+	wg.Go(func() { s.fetchLoop(ctx) })
+
+	srv := &http.Server{
+		Handler:           s.handler(),
+		TLSConfig:         s.serverTLS(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(s.logger.Handler(), slog.LevelDebug),
+	}
+	s.ready.Store(true)
+	defer s.ready.Store(false)
+	err = obs.ServeHTTP(ctx, ln, srv)
+	cancel()
+	return err
+}
+
+// runNS sets up one NS link (credentials, spool, tickle key) and then forwards events and
+// reports presence for it until ctx is done.
+func (s *Service) runNS(ctx context.Context, l *NSLink) {
+	name := l.Peer.Endpoint.Name
+	log := s.logger.With("ns", name)
+	spool, err := OpenSpool(filepath.Join(s.cfg.DataDir, "spool", name))
+	if err != nil {
+		log.Error("event spool unusable; status events for this NS cannot be taken", "err", err)
+		return
+	}
+	defer spool.Close()
+	var st *nsState
+	for failures := 0; st == nil; failures++ {
+		st, err = s.setupNS(ctx, l, spool)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		log.Debug("task service waiting for NS credentials", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff(failures, 500*time.Millisecond, 30*time.Second)):
+		}
+	}
+	s.nsMu.Lock()
+	s.nss = append(s.nss, st)
+	pool := x509.NewCertPool()
+	for _, x := range s.nss {
+		pool.AddCert(x.root)
+	}
+	s.roots.Store(pool)
+	s.nsMu.Unlock()
+	log.Info("task service linked to NS", "ns_id", st.nsID, "spooled_events", spool.Depth())
+	s.kickFetch()
+
+	var wg sync.WaitGroup
+	wg.Go(func() { s.forwardLoop(ctx, st, log) })
+	wg.Go(func() { s.presenceLoop(ctx, st, log) })
+	wg.Wait()
+}
+
+func (s *Service) setupNS(ctx context.Context, l *NSLink, spool *Spool) (*nsState, error) {
+	c, err := l.Peer.Client(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := l.Peer.Certificate(ctx)
+	if err != nil {
+		return nil, err
+	}
+	caPEM, err := l.Peer.CA(ctx)
+	if err != nil {
+		return nil, err
+	}
+	root, err := parseCA(caPEM)
+	if err != nil {
+		return nil, fmt.Errorf("NS CA: %w", err)
+	}
+	tk, ok := l.Peer.TickleKey()
+	if !ok || tk.Sender == "" {
+		return nil, errors.New("no tickle key from enrollment")
+	}
+	if err := s.keys.Set(tk.Sender, tk.ID, tk.Key); err != nil {
+		return nil, err
+	}
+	return &nsState{name: l.Peer.Endpoint.Name, link: l, client: c, root: root, cert: cert, nsID: tk.Sender, spool: spool}, nil
+}
+
+func backoff(failures int, lo, hi time.Duration) time.Duration {
+	d := lo
+	for i := 0; i < failures && d < hi; i++ {
+		d *= 2
+	}
+	d = min(d, hi)
+	return d/2 + mrand.N(d/2+1)
+}
+
+func (s *Service) states() []*nsState {
+	s.nsMu.RLock()
+	defer s.nsMu.RUnlock()
+	return append([]*nsState(nil), s.nss...)
+}
+
+func (s *Service) stateByRoot(root *x509.Certificate) *nsState {
+	for _, st := range s.states() {
+		if st.root.Equal(root) {
+			return st
+		}
+	}
+	return nil
+}
+
+func (s *Service) spoolDepth() int {
+	n := 0
+	for _, st := range s.states() {
+		n += st.spool.Depth()
+	}
+	return n
+}
+
+func (s *Service) agentCounts() (registered, online int) {
+	if s.reg == nil {
+		return 0, 0
+	}
+	interval := 30 * time.Minute
+	for _, st := range s.states() {
+		if set, ok := st.link.Settings(); ok {
+			interval = set.TaskRequestInterval
+		}
+	}
+	return s.reg.counts(time.Now().Add(-2 * interval))
+}
+
+func (s *Service) onTickle(from netip.AddrPort, t tickle.Tickle) {
+	switch t.Type {
+	case tickle.SettingsChanged:
+		for _, st := range s.states() {
+			if st.nsID == t.Sender && st.link.Kick != nil {
+				st.link.Kick()
+			}
+		}
+		s.kickFetch()
+	case tickle.WorkPending:
+		s.kickFetch()
+	}
+}
+
+func (s *Service) kickFetch() {
+	select {
+	case s.fetchCh <- struct{}{}:
+	default:
+	}
+}
+
+// fetchLoop fetches work on every tickle (a burst of tickles while a fetch runs costs one
+// more fetch, not one each) and on the Task Update Interval in case tickles are lost.
+func (s *Service) fetchLoop(ctx context.Context) {
+	for {
+		interval := 5 * time.Minute
+		for _, st := range s.states() {
+			set, ok := st.link.Settings()
+			if !ok {
+				// Not registered yet: look again soon for the interval the NS wants.
+				set.TaskUpdateInterval = time.Second
+			}
+			interval = min(interval, set.TaskUpdateInterval)
+		}
+		timer := time.NewTimer(interval)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case <-s.fetchCh:
+		case <-timer.C:
+		}
+		timer.Stop()
+		var toTickle []agentRecord
+		for _, st := range s.states() {
+			agents, err := s.fetch(ctx, st)
+			if err != nil {
+				s.metrics.fetchErrors.Inc()
+				s.logger.Warn("fetching work from NS failed", "ns", st.name, "err", err)
+				continue
+			}
+			toTickle = append(toTickle, agents...)
+		}
+		s.tickleAgents(ctx, toTickle)
+	}
+}
+
+// fetch replaces the cached work of one NS and returns the agents with new instances.
+func (s *Service) fetch(ctx context.Context, st *nsState) ([]agentRecord, error) {
+	start := time.Now()
+	fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	resp, err := st.client.Work(fctx)
+	if err != nil {
+		return nil, err
+	}
+	s.metrics.fetchDuration.Observe(time.Since(start).Seconds())
+	byAgent := map[string][]ns.JobInstance{}
+	s.workMu.Lock()
+	var fresh []string
+	for _, in := range resp.Instances {
+		if s.finished[in.ID] {
+			continue
+		}
+		byAgent[in.Agent] = append(byAgent[in.Agent], in)
+		if !s.known[in.ID] {
+			s.known[in.ID] = true
+			fresh = append(fresh, in.Agent)
+		}
+	}
+	s.work[st.name] = byAgent
+	s.pruneLocked()
+	s.workMu.Unlock()
+
+	seen := map[string]bool{}
+	var out []agentRecord
+	for _, id := range fresh {
+		if seen[id] {
+			continue
+		}
+		seen[id] = true
+		if a, ok := s.reg.get(id); ok {
+			out = append(out, a)
+		}
+	}
+	return out, nil
+}
+
+// pruneLocked forgets instance ids that are no longer open anywhere and refreshes the
+// instance gauges.
+func (s *Service) pruneLocked() {
+	open := map[string]bool{}
+	pending, delivered := 0, 0
+	for _, byAgent := range s.work {
+		for _, insts := range byAgent {
+			for _, in := range insts {
+				open[in.ID] = true
+				if s.delivered[in.ID] {
+					delivered++
+				} else {
+					pending++
+				}
+			}
+		}
+	}
+	for _, m := range []map[string]bool{s.known, s.delivered, s.finished} {
+		for id := range m {
+			if !open[id] {
+				delete(m, id)
+			}
+		}
+	}
+	s.metrics.instances.WithLabelValues(ns.StatePending).Set(float64(pending))
+	s.metrics.instances.WithLabelValues(ns.StateDelivered).Set(float64(delivered))
+}
+
+func (s *Service) sender(a agentRecord) (*tickle.Sender, error) {
+	s.sendersMu.Lock()
+	defer s.sendersMu.Unlock()
+	key := fmt.Sprintf("%s/%d", a.ID, a.TickleKeyID)
+	if snd, ok := s.senders[key]; ok {
+		return snd, nil
+	}
+	snd, err := tickle.NewSender(s.id, a.TickleKeyID, a.TickleKey, s.metrics.tickles)
+	if err != nil {
+		return nil, err
+	}
+	s.senders[key] = snd
+	return snd, nil
+}
+
+func (s *Service) tickleAgents(ctx context.Context, agents []agentRecord) {
+	for _, a := range agents {
+		if a.TickleAddr == "" {
+			continue
+		}
+		to, err := netip.ParseAddrPort(a.TickleAddr)
+		if err != nil {
+			continue
+		}
+		snd, err := s.sender(a)
+		if err != nil {
+			continue
+		}
+		if err := snd.Send(ctx, s.agentConn, to, tickle.WorkPending, nil); err != nil {
+			s.logger.Debug("tickle to agent failed", "agent", a.ID, "err", err)
+		}
+	}
+}
+
+func (s *Service) forwardLoop(ctx context.Context, st *nsState, log *slog.Logger) {
+	failures := 0
+	for {
+		if st.spool.Depth() == 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-st.spool.Notify():
+			}
+		}
+		events, cur, err := st.spool.Next(s.cfg.ForwardBatch, 4<<20)
+		if err != nil {
+			log.Error("reading the event spool failed", "err", err)
+			failures++
+		} else if len(events) > 0 {
+			err = s.forward(ctx, st, events, cur)
+			if err == nil {
+				failures = 0
+				continue
+			}
+			failures++
+			s.metrics.forwardErrors.Inc()
+			log.Warn("forwarding status events failed; they stay spooled", "events", len(events), "err", err)
+		} else {
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff(failures, 500*time.Millisecond, s.cfg.MaxForwardBackoff)):
+		}
+	}
+}
+
+func (s *Service) forward(ctx context.Context, st *nsState, events []ns.Event, cur Cursor) error {
+	batch, err := ns.EncodeEvents(events)
+	if err != nil {
+		return err
+	}
+	fctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	if _, err := st.client.ForwardEvents(fctx, batch); err != nil {
+		return err
+	}
+	// Only now, with the NS holding them, may they leave the spool.
+	if err := st.spool.Ack(cur); err != nil {
+		return fmt.Errorf("ack spool: %w", err)
+	}
+	s.metrics.eventsForwarded.Add(float64(len(events)))
+	return nil
+}
+
+func (s *Service) presenceLoop(ctx context.Context, st *nsState, log *slog.Logger) {
+	var since time.Time
+	tk := time.NewTicker(s.cfg.PresenceInterval)
+	defer tk.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tk.C:
+		}
+		now := time.Now()
+		agents := s.reg.contactedSince(st.name, since)
+		if len(agents) == 0 {
+			since = now
+			continue
+		}
+		req := ns.PresenceRequest{Agents: make([]ns.AgentPresence, 0, len(agents))}
+		for _, a := range agents {
+			req.Agents = append(req.Agents, ns.AgentPresence{ID: a.ID, LastContact: a.LastContact})
+		}
+		if err := st.client.Presence(ctx, req); err != nil {
+			log.Warn("presence report failed", "agents", len(agents), "err", err)
+			continue
+		}
+		if err := s.reg.saveContacts(ctx, agents); err != nil {
+			log.Warn("saving last contact times failed", "err", err)
+		}
+		since = now
+	}
+}
+
+// serverTLS presents the site server's certificate from the agent's NS (chosen by SNI, the
+// NS id) and requires an agent certificate from a linked NS.
+func (s *Service) serverTLS() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		ClientAuth: tls.RequireAnyClientCert,
+		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+			sts := s.states()
+			if len(sts) == 0 {
+				return nil, errors.New("no NS linked yet")
+			}
+			for _, st := range sts {
+				if st.nsID == hello.ServerName {
+					return &st.cert, nil
+				}
+			}
+			return &sts[0].cert, nil
+		},
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			roots := s.roots.Load()
+			if roots == nil {
+				return errors.New("no NS linked yet")
+			}
+			_, kind, _, err := verifyIdentity(raw, roots)
+			if err != nil {
+				return err
+			}
+			if kind != ns.KindAgent {
+				return fmt.Errorf("a %s certificate cannot use the agent API", kind)
+			}
+			return nil
+		},
+	}
+}
+
+type agentKey struct{}
+
+type agentPeer struct {
+	id string
+	ns *nsState
+}
+
+func (s *Service) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+PathRegister, s.agentOnly(s.handleRegister))
+	mux.HandleFunc("GET "+PathJobs, s.agentOnly(s.handleJobs))
+	mux.HandleFunc("POST "+PathEvents, s.agentOnly(s.handleEvents))
+	return mux
+}
+
+func (s *Service) agentOnly(h func(http.ResponseWriter, *http.Request, agentPeer)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		roots := s.roots.Load()
+		if r.TLS == nil || roots == nil {
+			httpError(w, http.StatusUnauthorized, "client certificate required")
+			return
+		}
+		raw := make([][]byte, 0, len(r.TLS.PeerCertificates))
+		for _, c := range r.TLS.PeerCertificates {
+			raw = append(raw, c.Raw)
+		}
+		id, _, root, err := verifyIdentity(raw, roots)
+		if err != nil {
+			httpError(w, http.StatusUnauthorized, "%v", err)
+			return
+		}
+		st := s.stateByRoot(root)
+		if st == nil {
+			httpError(w, http.StatusUnauthorized, "certificate from an NS this server is not linked to")
+			return
+		}
+		h(w, r, agentPeer{id: id, ns: st})
+	}
+}
+
+func httpError(w http.ResponseWriter, code int, format string, args ...any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(ns.ErrorResponse{Error: fmt.Sprintf(format, args...)})
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}
+
+func readJSON(w http.ResponseWriter, r *http.Request, limit int64, v any) bool {
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			httpError(w, http.StatusRequestEntityTooLarge, "body larger than %d bytes", limit)
+		} else {
+			httpError(w, http.StatusBadRequest, "%v", err)
+		}
+		return false
+	}
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		httpError(w, http.StatusBadRequest, "decode: %v", err)
+		return false
+	}
+	return true
+}
+
+func (s *Service) handleRegister(w http.ResponseWriter, r *http.Request, p agentPeer) {
+	var req RegisterRequest
+	if !readJSON(w, r, 64<<10, &req) {
+		return
+	}
+	if req.ID != p.id {
+		httpError(w, http.StatusForbidden, "id %q does not match the client certificate (%q)", req.ID, p.id)
+		return
+	}
+	rec := agentRecord{ID: p.id, NS: p.ns.name, Hostname: req.Hostname, Registered: time.Now(), LastContact: time.Now()}
+	if req.TicklePort != 0 {
+		if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+			rec.TickleAddr = netip.AddrPortFrom(ap.Addr().Unmap(), req.TicklePort).String()
+		}
+	}
+	rec.TickleKey = make([]byte, 32)
+	rand.Read(rec.TickleKey)
+	var kid [4]byte
+	rand.Read(kid[:])
+	rec.TickleKeyID = binary.BigEndian.Uint32(kid[:])
+	if err := s.reg.put(r.Context(), rec); err != nil {
+		httpError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	s.metrics.registrations.Inc()
+	interval := 30 * time.Minute
+	if set, ok := p.ns.link.Settings(); ok {
+		interval = set.TaskRequestInterval
+	}
+	writeJSON(w, RegisterResponse{ServerID: s.id, TickleKey: rec.TickleKey, TickleKeyID: rec.TickleKeyID,
+		TaskRequestInterval: ns.Duration(interval)})
+}
+
+func (s *Service) handleJobs(w http.ResponseWriter, r *http.Request, p agentPeer) {
+	if _, ok := s.reg.get(p.id); !ok {
+		httpError(w, http.StatusNotFound, "agent %s is not registered here; register first", p.id)
+		return
+	}
+	now := time.Now()
+	s.reg.touch(p.id, now)
+	s.workMu.Lock()
+	var out []ns.JobInstance
+	var newlyDelivered []ns.Event
+	for _, in := range s.work[p.ns.name][p.id] {
+		if s.finished[in.ID] {
+			continue
+		}
+		out = append(out, in)
+		if !s.delivered[in.ID] {
+			s.delivered[in.ID] = true
+			newlyDelivered = append(newlyDelivered, ns.Event{ID: uuid.NewString(), Instance: in.ID, Agent: p.id,
+				Kind: ns.EventJob, State: ns.StateDelivered, Time: now.UTC()})
+		}
+	}
+	s.workMu.Unlock()
+	if len(newlyDelivered) > 0 {
+		// Best effort: losing a "delivered" mark is harmless, the agent's own events follow.
+		if err := p.ns.spool.Append(newlyDelivered); err != nil {
+			s.logger.Warn("could not spool delivery events", "err", err)
+		}
+	}
+	if out == nil {
+		out = []ns.JobInstance{}
+	}
+	writeJSON(w, JobsResponse{Instances: out})
+}
+
+func (s *Service) handleEvents(w http.ResponseWriter, r *http.Request, p agentPeer) {
+	var events []ns.Event
+	if !readJSON(w, r, 8<<20, &events) {
+		return
+	}
+	for i := range events {
+		if err := events[i].Validate(); err != nil {
+			httpError(w, http.StatusBadRequest, "events[%d].%v", i, err)
+			return
+		}
+		if events[i].Agent != p.id {
+			httpError(w, http.StatusForbidden, "events[%d]: agent %q is not the client certificate's (%q)", i, events[i].Agent, p.id)
+			return
+		}
+	}
+	// Durable first: the agent forgets the events once it has our answer.
+	if err := p.ns.spool.Append(events); err != nil {
+		httpError(w, http.StatusServiceUnavailable, "events not stored: %v", err)
+		return
+	}
+	s.metrics.eventsReceived.Add(float64(len(events)))
+	s.reg.touch(p.id, time.Now())
+	s.workMu.Lock()
+	for _, e := range events {
+		s.finished[e.Instance] = true
+	}
+	s.workMu.Unlock()
+	writeJSON(w, EventsResponse{Stored: len(events)})
+}
