@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/tickle"
 )
 
 func freePort(t *testing.T) int {
@@ -309,4 +310,45 @@ tasks:
 		}
 	}
 	_ = exec.Command
+}
+
+// Forged and replayed tickles have no effect on the task server and are counted.
+func TestForgedAndReplayedTickles(t *testing.T) {
+	s := newSite(t, siteOpts{taskUpdate: "1h", taskRequest: "1h", agentTickle: "127.0.0.1:0"})
+	var key ns.TickleKey
+	if err := json.Unmarshal(mustRead(t, filepath.Join(s.dir, "ss", "peers", "central", "tickle.json")), &key); err != nil {
+		t.Fatal(err)
+	}
+	tickleAddr := s.ss.waitLog("task service listening")["tickles"].(string)
+	conn, err := net.Dial("udp", tickleAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fetches := func() float64 { return metricValue(t, s.ssMetrics, "siteserver_task_fetch_duration_seconds_count") }
+	dropped := func(reason string) float64 {
+		return metricValue(t, s.ssMetrics, `siteserver_task_tickles_dropped_total{reason="`+reason+`"}`)
+	}
+	s.eventually("the first fetch is done", func() bool { return fetches() >= 1 })
+	time.Sleep(300 * time.Millisecond)
+	before := fetches()
+
+	valid, err := tickle.Marshal(tickle.Tickle{Type: tickle.WorkPending, Sender: key.Sender, KeyID: key.ID, Seq: uint64(time.Now().UnixNano()), Time: time.Now()}, key.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forgedKey := make([]byte, 32)
+	forged, _ := tickle.Marshal(tickle.Tickle{Type: tickle.WorkPending, Sender: key.Sender, KeyID: key.ID, Seq: uint64(time.Now().UnixNano()) + 1, Time: time.Now()}, forgedKey)
+	for _, b := range [][]byte{forged, forged, valid, valid, valid} {
+		conn.Write(b)
+	}
+	s.eventually("the drops are counted", func() bool { return dropped("bad_mac") == 2 && dropped("replay") == 2 })
+	time.Sleep(500 * time.Millisecond)
+	// Only the one genuine tickle caused a fetch.
+	if got := fetches() - before; got != 1 {
+		t.Fatalf("fetches after 2 forged, 1 valid and 2 replayed tickles = %v, want 1", got)
+	}
+	if n := metricValue(t, s.ssMetrics, "siteserver_task_tickles_received_total"); n < 1 {
+		t.Fatalf("received = %v", n)
+	}
 }
