@@ -34,6 +34,11 @@ type taskClient struct {
 	baseURL  string
 	http     *http.Client
 	interval time.Duration
+	// plainURL and apiKey, when the task server offers it, carry job fetches and events
+	// over plain HTTP with signed requests and answers.
+	plainURL string
+	apiKey   []byte
+	plain    *http.Client
 
 	done *doneSet
 }
@@ -212,6 +217,10 @@ func (t *taskClient) ensureRegistered(ctx context.Context, conn net.PacketConn) 
 	}
 	t.mu.Lock()
 	t.serverID = resp.ServerID
+	t.plainURL, t.apiKey = resp.HTTPURL, taskd.APIKey(resp.TickleKey)
+	if t.plain == nil {
+		t.plain = &http.Client{Timeout: 60 * time.Second}
+	}
 	t.interval = time.Duration(resp.TaskRequestInterval)
 	if t.interval <= 0 {
 		t.interval = 30 * time.Minute
@@ -226,20 +235,29 @@ func (t *taskClient) ensureRegistered(ctx context.Context, conn net.PacketConn) 
 func (t *taskClient) call(ctx context.Context, method, path string, in, out any) error {
 	t.mu.Lock()
 	base, hc := t.baseURL, t.http
+	plainURL, key, plain := t.plainURL, t.apiKey, t.plain
 	t.mu.Unlock()
-	var body io.Reader
+	var body []byte
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
 			return err
 		}
-		body = bytes.NewReader(b)
+		body = b
 	}
-	req, err := http.NewRequestWithContext(ctx, method, base+path, body)
+	signedCall := plainURL != "" && path != taskd.PathRegister
+	if signedCall {
+		base, hc = plainURL, plain
+	}
+	req, err := http.NewRequestWithContext(ctx, method, base+path, bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	var ts int64
+	if signedCall {
+		ts = taskd.SignRequest(req, t.a.peer.ID, key, body, time.Now())
+	}
 	resp, err := hc.Do(req)
 	if err != nil {
 		return err
@@ -248,6 +266,11 @@ func (t *taskClient) call(ctx context.Context, method, path string, in, out any)
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
 		return err
+	}
+	if signedCall && resp.StatusCode != http.StatusUnauthorized {
+		if err := taskd.VerifyResponse(key, ts, b, resp.Header.Get(taskd.SignatureHeader)); err != nil {
+			return err
+		}
 	}
 	if resp.StatusCode == http.StatusNotFound {
 		return errNotRegistered

@@ -28,7 +28,8 @@ type scenario struct {
 
 func scenarios() map[string]scenario {
 	return map[string]scenario{
-		"sites": {help: "longest-prefix lookups in a compiled sites.Map vs a linear scan", run: runSites},
+		"sites":  {help: "longest-prefix lookups in a compiled sites.Map vs a linear scan", run: runSites},
+		"tickle": {help: "job creation to every simulated agent's fetch through a real task server, vs a raw UDP loop", run: runTickle},
 	}
 }
 

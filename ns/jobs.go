@@ -449,6 +449,7 @@ func (s *Server) handlePresence(w http.ResponseWriter, r *http.Request) {
 	moved := 0
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	var changed []AgentRecord
 	for _, ap := range req.Agents {
 		rec, err := s.store.Agent(ctx, ap.ID)
 		if errors.Is(err, ErrNotFound) {
@@ -477,10 +478,11 @@ func (s *Server) handlePresence(w http.ResponseWriter, r *http.Request) {
 		if last.After(rec.LastSeen) {
 			rec.LastSeen = last
 		}
-		if err := s.store.PutAgent(ctx, rec); err != nil {
-			writeError(w, http.StatusInternalServerError, "%v", err)
-			return
-		}
+		changed = append(changed, rec)
+	}
+	if err := s.store.PutAgents(ctx, changed); err != nil {
+		writeError(w, http.StatusInternalServerError, "%v", err)
+		return
 	}
 	if moved > 0 {
 		s.tickler.mark(p.id, tickle.WorkPending)

@@ -60,6 +60,8 @@ type Store interface {
 	Agent(ctx context.Context, id string) (AgentRecord, error)
 	Agents(ctx context.Context) ([]AgentRecord, error)
 	PutAgent(ctx context.Context, a AgentRecord) error
+	// PutAgents writes many agents in one transaction.
+	PutAgents(ctx context.Context, as []AgentRecord) error
 
 	// PutJob creates or updates a job by its stable id; instances and events stay.
 	PutJob(ctx context.Context, j Job, now time.Time) error
@@ -461,14 +463,31 @@ func (s *SQLiteStore) Agents(ctx context.Context) ([]AgentRecord, error) {
 
 // PutAgent implements Store.
 func (s *SQLiteStore) PutAgent(ctx context.Context, rec AgentRecord) error {
-	addrs, _ := json.Marshal(orEmpty(rec.Addresses))
-	_, err := s.db.ExecContext(ctx, `INSERT INTO agents (`+agentCols+`) VALUES (?, ?, ?, ?, ?, ?, ?)
-		ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname, cert_serial = excluded.cert_serial,
-		addresses = excluded.addresses, task_server = excluded.task_server, enrolled_at = excluded.enrolled_at,
-		last_seen = excluded.last_seen`,
-		rec.ID, rec.Hostname, rec.CertSerial, string(addrs), rec.TaskServer, toUnixNano(rec.Enrolled), toUnixNano(rec.LastSeen))
+	return s.PutAgents(ctx, []AgentRecord{rec})
+}
+
+// PutAgents implements Store.
+func (s *SQLiteStore) PutAgents(ctx context.Context, recs []AgentRecord) error {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		stmt, err := tx.PrepareContext(ctx, `INSERT INTO agents (`+agentCols+`) VALUES (?, ?, ?, ?, ?, ?, ?)
+			ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname, cert_serial = excluded.cert_serial,
+			addresses = excluded.addresses, task_server = excluded.task_server, enrolled_at = excluded.enrolled_at,
+			last_seen = excluded.last_seen`)
+		if err != nil {
+			return err
+		}
+		defer stmt.Close()
+		for _, rec := range recs {
+			addrs, _ := json.Marshal(orEmpty(rec.Addresses))
+			if _, err := stmt.ExecContext(ctx, rec.ID, rec.Hostname, rec.CertSerial, string(addrs), rec.TaskServer,
+				toUnixNano(rec.Enrolled), toUnixNano(rec.LastSeen)); err != nil {
+				return fmt.Errorf("agent %s: %w", rec.ID, err)
+			}
+		}
+		return nil
+	})
 	if err != nil {
-		return fmt.Errorf("ns: store: put agent %s: %w", rec.ID, err)
+		return fmt.Errorf("ns: store: put agents: %w", err)
 	}
 	return nil
 }

@@ -31,6 +31,9 @@ type RegisterResponse struct {
 	TaskRequestInterval ns.Duration `json:"task_request_interval"`
 	// Channel is the QUIC channel address ("" when the server has none).
 	Channel string `json:"channel,omitempty"`
+	// HTTPURL, when set, is where the agent may fetch jobs and post events over plain HTTP
+	// with requests signed by APIKey(TickleKey).
+	HTTPURL string `json:"http_url,omitempty"`
 }
 
 // JobsResponse lists the agent's open job instances.

@@ -19,6 +19,11 @@ type Config struct {
 	// URL is how agents reach AgentListen (reported to the NS). Default
 	// https://<first reported address>:<port>.
 	URL string `yaml:"url"`
+	// AgentHTTPListen, if set, also serves job fetches and status events over plain HTTP,
+	// authenticated and integrity-protected with per-agent keys (see hmacauth.go).
+	AgentHTTPListen string `yaml:"agent_http_listen"`
+	// AgentHTTPURL is how agents reach AgentHTTPListen; default http://<URL's host>:<port>.
+	AgentHTTPURL string `yaml:"agent_http_url"`
 	// ChannelListen, if set, accepts persistent QUIC channels from agents that cannot take
 	// inbound UDP; tickles to them travel as datagrams on it.
 	ChannelListen string `yaml:"channel_listen"`
@@ -62,6 +67,16 @@ func (c *Config) Validate(prefix string) error {
 	for name, addr := range map[string]string{"tickle_listen": c.TickleListen, "agent_listen": c.AgentListen} {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			return fmt.Errorf("%s.%s: %w", prefix, name, err)
+		}
+	}
+	if c.AgentHTTPListen != "" {
+		if _, _, err := net.SplitHostPort(c.AgentHTTPListen); err != nil {
+			return fmt.Errorf("%s.agent_http_listen: %w", prefix, err)
+		}
+	}
+	if c.AgentHTTPURL != "" {
+		if u, err := url.Parse(c.AgentHTTPURL); err != nil || u.Scheme != "http" || u.Host == "" {
+			return fmt.Errorf("%s.agent_http_url: %q is not an http URL", prefix, c.AgentHTTPURL)
 		}
 	}
 	if c.ChannelListen != "" {

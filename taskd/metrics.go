@@ -21,6 +21,7 @@ type metrics struct {
 	online          prometheus.GaugeFunc
 	instances       *prometheus.GaugeVec
 	registrations   prometheus.Counter
+	authFailures    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, s *Service) (*metrics, error) {
@@ -43,6 +44,7 @@ func newMetrics(reg prometheus.Registerer, s *Service) (*metrics, error) {
 		eventsForwarded: prometheus.NewCounter(prometheus.CounterOpts(opts("events_forwarded_total", "Status events forwarded to and acknowledged by an NS."))),
 		forwardErrors:   prometheus.NewCounter(prometheus.CounterOpts(opts("forward_errors_total", "Failed attempts to forward a batch of status events."))),
 		registrations:   prometheus.NewCounter(prometheus.CounterOpts(opts("agent_registrations_total", "Agent registrations accepted."))),
+		authFailures:    prometheus.NewCounter(prometheus.CounterOpts(opts("agent_auth_failures_total", "Signed agent requests refused: bad signature, stale or replayed."))),
 		spoolEvents: prometheus.NewGaugeFunc(prometheus.GaugeOpts(opts("spool_events", "Status events on disk not yet acknowledged by an NS.")),
 			func() float64 { return float64(s.spoolDepth()) }),
 		agents: prometheus.NewGaugeFunc(prometheus.GaugeOpts(opts("agents_registered", "Agents registered with this task server.")),
@@ -55,7 +57,7 @@ func newMetrics(reg prometheus.Registerer, s *Service) (*metrics, error) {
 		m.instances.WithLabelValues(st)
 	}
 	for _, c := range []prometheus.Collector{m.fetchDuration, m.fetchErrors, m.eventsReceived, m.eventsForwarded,
-		m.forwardErrors, m.registrations, m.spoolEvents, m.agents, m.online, m.instances} {
+		m.forwardErrors, m.registrations, m.authFailures, m.spoolEvents, m.agents, m.online, m.instances} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -19,6 +19,18 @@ type registry struct {
 
 	mu     sync.RWMutex
 	agents map[string]*agentRecord
+	lastTS map[string]int64 // last signed-request timestamp per agent, against replays
+}
+
+// advance accepts a signed request's timestamp only if it is newer than the last one.
+func (r *registry) advance(id string, ts int64) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if ts <= r.lastTS[id] {
+		return false
+	}
+	r.lastTS[id] = ts
+	return true
 }
 
 func openRegistry(ctx context.Context, dir string) (*registry, error) {
@@ -37,7 +49,7 @@ func openRegistry(ctx context.Context, dir string) (*registry, error) {
 		db.Close()
 		return nil, fmt.Errorf("taskd: agents db: %w", err)
 	}
-	r := &registry{db: db, agents: map[string]*agentRecord{}}
+	r := &registry{db: db, agents: map[string]*agentRecord{}, lastTS: map[string]int64{}}
 	rows, err := db.QueryContext(ctx, `SELECT id, ns, hostname, tickle_addr, tickle_key, tickle_key_id, registered_at, last_contact FROM agents`)
 	if err != nil {
 		db.Close()

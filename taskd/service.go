@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -61,13 +62,14 @@ type Service struct {
 	delivered map[string]bool                        // instance ids handed to their agent
 	finished  map[string]bool                        // instance ids the agent reported on
 
-	agentConn net.PacketConn
+	agentConn *net.UDPConn
 	sendersMu sync.Mutex
 	senders   map[string]*tickle.Sender
 
 	ready     atomic.Bool
 	bound     chan struct{}
 	agentAddr net.Addr
+	httpAddr  net.Addr
 	tickleAd  netip.AddrPort
 }
 
@@ -159,7 +161,7 @@ func (s *Service) Run(ctx context.Context) error {
 		return fmt.Errorf("taskd: tickle listen %s: %w", s.cfg.TickleListen, err)
 	}
 	defer tickleConn.Close()
-	s.agentConn, err = net.ListenPacket("udp", ":0")
+	s.agentConn, err = net.ListenUDP("udp", &net.UDPAddr{})
 	if err != nil {
 		return fmt.Errorf("taskd: agent tickle socket: %w", err)
 	}
@@ -169,6 +171,14 @@ func (s *Service) Run(ctx context.Context) error {
 		return fmt.Errorf("taskd: agent API listen %s: %w", s.cfg.AgentListen, err)
 	}
 	s.agentAddr = ln.Addr()
+	var httpLn net.Listener
+	if s.cfg.AgentHTTPListen != "" {
+		if httpLn, err = net.Listen("tcp", s.cfg.AgentHTTPListen); err != nil {
+			ln.Close()
+			return fmt.Errorf("taskd: agent HTTP listen %s: %w", s.cfg.AgentHTTPListen, err)
+		}
+		s.httpAddr = httpLn.Addr()
+	}
 	if ap, err := netip.ParseAddrPort(tickleConn.LocalAddr().String()); err == nil {
 		s.tickleAd = ap
 	}
@@ -201,8 +211,20 @@ func (s *Service) Run(ctx context.Context) error {
 		TLSConfig:         s.serverTLS(),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       60 * time.Second,
-		IdleTimeout:       5 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(s.logger.Handler(), slog.LevelDebug),
+		// Agents come back at their next poll, minutes away: an idle TLS connection held
+		// for each of thousands of them would cost tens of kilobytes apiece.
+		IdleTimeout: 15 * time.Second,
+		ErrorLog:    slog.NewLogLogger(s.logger.Handler(), slog.LevelDebug),
+	}
+	if httpLn != nil {
+		plain := &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 60 * time.Second,
+			IdleTimeout: time.Minute, ErrorLog: srv.ErrorLog}
+		wg.Go(func() {
+			if err := obs.ServeHTTP(ctx, httpLn, plain); err != nil {
+				s.logger.Error("agent HTTP API stopped", "err", err)
+				cancel()
+			}
+		})
 	}
 	s.ready.Store(true)
 	defer s.ready.Store(false)
@@ -468,12 +490,20 @@ func (s *Service) sender(a agentRecord) (*tickle.Sender, error) {
 	return snd, nil
 }
 
+// tickleAgents builds every agent's datagram (each with its own key) first and then hands
+// them to the kernel in batches, so a burst to thousands of agents takes milliseconds.
 func (s *Service) tickleAgents(ctx context.Context, agents []agentRecord) {
+	if len(agents) == 0 {
+		return
+	}
+	start := time.Now()
+	dgs := make([][]byte, 0, len(agents))
+	to := make([]netip.AddrPort, 0, len(agents))
 	for _, a := range agents {
 		if a.TickleAddr == "" {
 			continue
 		}
-		to, err := netip.ParseAddrPort(a.TickleAddr)
+		addr, err := netip.ParseAddrPort(a.TickleAddr)
 		if err != nil {
 			continue
 		}
@@ -481,10 +511,18 @@ func (s *Service) tickleAgents(ctx context.Context, agents []agentRecord) {
 		if err != nil {
 			continue
 		}
-		if err := snd.Send(ctx, s.agentConn, to, tickle.WorkPending, nil); err != nil {
-			s.logger.Debug("tickle to agent failed", "agent", a.ID, "err", err)
+		b, err := snd.Append(make([]byte, 0, 128), tickle.WorkPending, nil)
+		if err != nil {
+			continue
 		}
+		dgs, to = append(dgs, b), append(to, addr)
 	}
+	sent, err := tickle.SendBatch(s.agentConn, dgs, to, s.metrics.tickles)
+	if err != nil {
+		s.logger.Warn("tickling agents", "err", err)
+	}
+	d := time.Since(start)
+	s.logger.Info("agents tickled", "agents", sent, "duration", d, "per_s", float64(sent)/max(d.Seconds(), 1e-9))
 }
 
 func (s *Service) forwardLoop(ctx context.Context, st *nsState, log *slog.Logger) {
@@ -555,11 +593,18 @@ func (s *Service) presenceLoop(ctx context.Context, st *nsState, log *slog.Logge
 			since = now
 			continue
 		}
-		req := ns.PresenceRequest{Agents: make([]ns.AgentPresence, 0, len(agents))}
-		for _, a := range agents {
-			req.Agents = append(req.Agents, ns.AgentPresence{ID: a.ID, LastContact: a.LastContact})
+		// Chunks keep each report well under the NS's request size limit.
+		var err error
+		for chunk := range slices.Chunk(agents, 2000) {
+			req := ns.PresenceRequest{Agents: make([]ns.AgentPresence, 0, len(chunk))}
+			for _, a := range chunk {
+				req.Agents = append(req.Agents, ns.AgentPresence{ID: a.ID, LastContact: a.LastContact})
+			}
+			if err = st.client.Presence(ctx, req); err != nil {
+				break
+			}
 		}
-		if err := st.client.Presence(ctx, req); err != nil {
+		if err != nil {
 			log.Warn("presence report failed", "agents", len(agents), "err", err)
 			continue
 		}
@@ -706,13 +751,23 @@ func (s *Service) handleRegister(w http.ResponseWriter, r *http.Request, p agent
 		interval = set.TaskRequestInterval
 	}
 	writeJSON(w, RegisterResponse{ServerID: s.id, TickleKey: rec.TickleKey, TickleKeyID: rec.TickleKeyID,
-		TaskRequestInterval: ns.Duration(interval)})
+		TaskRequestInterval: ns.Duration(interval), HTTPURL: s.httpURL(r)})
 }
 
 func (s *Service) handleJobs(w http.ResponseWriter, r *http.Request, p agentPeer) {
-	if _, ok := s.reg.get(p.id); !ok {
+	resp, ok := s.jobsFor(p)
+	if !ok {
 		httpError(w, http.StatusNotFound, "agent %s is not registered here; register first", p.id)
 		return
+	}
+	writeJSON(w, resp)
+}
+
+// jobsFor returns the agent's open instances and spools a "delivered" event for each one
+// handed out for the first time.
+func (s *Service) jobsFor(p agentPeer) (JobsResponse, bool) {
+	if _, ok := s.reg.get(p.id); !ok {
+		return JobsResponse{}, false
 	}
 	now := time.Now()
 	s.reg.touch(p.id, now)
@@ -740,28 +795,37 @@ func (s *Service) handleJobs(w http.ResponseWriter, r *http.Request, p agentPeer
 	if out == nil {
 		out = []ns.JobInstance{}
 	}
-	writeJSON(w, JobsResponse{Instances: out})
+	return JobsResponse{Instances: out}, true
 }
 
 func (s *Service) handleEvents(w http.ResponseWriter, r *http.Request, p agentPeer) {
 	var events []ns.Event
-	if !readJSON(w, r, 8<<20, &events) {
+	if !readJSON(w, r, maxEventsBody, &events) {
 		return
 	}
+	code, err := s.storeEvents(p, events)
+	if err != nil {
+		httpError(w, code, "%v", err)
+		return
+	}
+	writeJSON(w, EventsResponse{Stored: len(events)})
+}
+
+const maxEventsBody = 8 << 20
+
+// storeEvents checks an agent's events and writes them durably before anything else.
+func (s *Service) storeEvents(p agentPeer, events []ns.Event) (int, error) {
 	for i := range events {
 		if err := events[i].Validate(); err != nil {
-			httpError(w, http.StatusBadRequest, "events[%d].%v", i, err)
-			return
+			return http.StatusBadRequest, fmt.Errorf("events[%d].%v", i, err)
 		}
 		if events[i].Agent != p.id {
-			httpError(w, http.StatusForbidden, "events[%d]: agent %q is not the client certificate's (%q)", i, events[i].Agent, p.id)
-			return
+			return http.StatusForbidden, fmt.Errorf("events[%d]: agent %q is not the authenticated agent (%q)", i, events[i].Agent, p.id)
 		}
 	}
 	// Durable first: the agent forgets the events once it has our answer.
 	if err := p.ns.spool.Append(events); err != nil {
-		httpError(w, http.StatusServiceUnavailable, "events not stored: %v", err)
-		return
+		return http.StatusServiceUnavailable, fmt.Errorf("events not stored: %v", err)
 	}
 	s.metrics.eventsReceived.Add(float64(len(events)))
 	s.reg.touch(p.id, time.Now())
@@ -770,5 +834,97 @@ func (s *Service) handleEvents(w http.ResponseWriter, r *http.Request, p agentPe
 		s.finished[e.Instance] = true
 	}
 	s.workMu.Unlock()
-	writeJSON(w, EventsResponse{Stored: len(events)})
+	return http.StatusOK, nil
+}
+
+// httpHandler serves the plain-HTTP agent API: signed requests, signed answers.
+func (s *Service) httpHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+PathJobs, s.signed(func(w http.ResponseWriter, r *http.Request, p agentPeer, body []byte) (int, any) {
+		resp, ok := s.jobsFor(p)
+		if !ok {
+			return http.StatusNotFound, ns.ErrorResponse{Error: "not registered here; register first"}
+		}
+		return http.StatusOK, resp
+	}))
+	mux.HandleFunc("POST "+PathEvents, s.signed(func(w http.ResponseWriter, r *http.Request, p agentPeer, body []byte) (int, any) {
+		var events []ns.Event
+		dec := json.NewDecoder(strings.NewReader(string(body)))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&events); err != nil {
+			return http.StatusBadRequest, ns.ErrorResponse{Error: "decode: " + err.Error()}
+		}
+		if code, err := s.storeEvents(p, events); err != nil {
+			return code, ns.ErrorResponse{Error: err.Error()}
+		}
+		return http.StatusOK, EventsResponse{Stored: len(events)}
+	}))
+	return mux
+}
+
+func (s *Service) signed(h func(http.ResponseWriter, *http.Request, agentPeer, []byte) (int, any)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxEventsBody))
+		if err != nil {
+			httpError(w, http.StatusRequestEntityTooLarge, "%v", err)
+			return
+		}
+		var rec agentRecord
+		id, ts, err := verifyRequest(r, body, func(id string) ([]byte, bool) {
+			a, ok := s.reg.get(id)
+			rec = a
+			return APIKey(a.TickleKey), ok
+		}, time.Now())
+		if errors.Is(err, errUnknownAgent) {
+			httpError(w, http.StatusNotFound, "agent %s is not registered here; register first", id)
+			return
+		}
+		if err != nil {
+			s.metrics.authFailures.Inc()
+			httpError(w, http.StatusUnauthorized, "%v", err)
+			return
+		}
+		if !s.reg.advance(id, ts) {
+			s.metrics.authFailures.Inc()
+			httpError(w, http.StatusUnauthorized, "replayed request")
+			return
+		}
+		st := s.stateByName(rec.NS)
+		if st == nil {
+			httpError(w, http.StatusServiceUnavailable, "the agent's NS is not linked")
+			return
+		}
+		code, v := h(w, r, agentPeer{id: id, ns: st}, body)
+		b, _ := json.Marshal(v)
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set(SignatureHeader, SignResponse(APIKey(rec.TickleKey), ts, b))
+		w.WriteHeader(code)
+		w.Write(b)
+	}
+}
+
+func (s *Service) stateByName(name string) *nsState {
+	for _, st := range s.states() {
+		if st.name == name {
+			return st
+		}
+	}
+	return nil
+}
+
+// httpURL is where agents reach the plain-HTTP API: configured, or the host the agent used
+// for HTTPS with the plain listener's port.
+func (s *Service) httpURL(r *http.Request) string {
+	if s.httpAddr == nil {
+		return ""
+	}
+	if s.cfg.AgentHTTPURL != "" {
+		return s.cfg.AgentHTTPURL
+	}
+	host := r.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	_, port, _ := net.SplitHostPort(s.httpAddr.String())
+	return "http://" + net.JoinHostPort(host, port)
 }

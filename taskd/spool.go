@@ -434,6 +434,9 @@ func (s *Spool) flushLocked() {
 		return
 	}
 	if roll {
+		if len(s.segs) == 0 {
+			s.readOff, s.readSeq = 0, first
+		}
 		s.segs = append(s.segs, segment{first: first})
 	}
 	last := &s.segs[len(s.segs)-1]

@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -362,6 +363,45 @@ func TestChannelRefusesUnidentifiedClients(t *testing.T) {
 	}
 }
 
+func TestChannelServerGetConfigForClient(t *testing.T) {
+	checkGoroutines(t)
+	ca := newTestCA(t, "ns")
+	for _, tc := range []struct {
+		name  string
+		auth  tls.ClientAuthType
+		admit bool
+	}{
+		{"verified", tls.RequireAndVerifyClientCert, true},
+		{"unverified", tls.RequestClientCert, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			inner := ca.serverTLS(t)
+			inner.ClientAuth = tc.auth
+			srv, _ := startChannelServer(t, ChannelServerConfig{
+				Conn:   listenUDP(t),
+				TLS:    &tls.Config{GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) { return inner, nil }},
+				PeerID: peerIDFromCN,
+			})
+			cm, err := NewChannelClientMetrics(nil, "agent")
+			if err != nil {
+				t.Fatal(err)
+			}
+			client, _ := startChannelClient(t, ChannelClientConfig{
+				Addr: srv.Addr().String(), TLS: ca.clientTLS(t, ca, "agent-1"), ChannelMetrics: cm,
+				Deliver: func(netip.AddrPort, []byte) error { return nil },
+			})
+			if tc.admit {
+				waitFor(t, "channel", func() bool { return client.Connected() && srv.Connected("agent-1") })
+				return
+			}
+			waitFor(t, "a refusal", func() bool { return testutil.ToFloat64(cm.failed) >= 1 })
+			if srv.Peers() != 0 || testutil.ToFloat64(cm.connected) != 0 {
+				t.Error("admitted through a configuration that does not verify clients")
+			}
+		})
+	}
+}
+
 // openChannel opens a channel by hand, as ChannelClient does.
 func openChannel(t *testing.T, addr string, conf *tls.Config) *quic.Conn {
 	t.Helper()
@@ -467,7 +507,7 @@ func TestChannelSendToUnresponsivePeer(t *testing.T) {
 		}
 		t.Logf("busy after %d datagrams, in %v", i, time.Since(start))
 		// Whatever the stuck connection does meanwhile, no Send waits longer.
-		for range 5 {
+		for range 2 {
 			start = time.Now()
 			if err := srv.Send("agent-1", b); err != nil && !errors.Is(err, ErrChannelBusy) {
 				t.Errorf("Send: %v", err)
@@ -537,8 +577,12 @@ func TestChannelManyClients(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, _ := startChannelServer(t, ChannelServerConfig{Conn: listenUDP(t), TLS: ca.serverTLS(t), PeerID: peerIDFromCN, ChannelMetrics: sm})
+	serverTLS := ca.serverTLS(t)
+	first := listenUDP(t)
+	addr := first.LocalAddr().(*net.UDPAddr)
+	srv, stop := startChannelServer(t, ChannelServerConfig{Conn: first, TLS: serverTLS, PeerID: peerIDFromCN, ChannelMetrics: sm})
 	v := NewVerifier(testKeys(t), 0, nil)
+	const minBackoff = 200 * time.Millisecond
 
 	got := make([]chan string, n)
 	for i := range n {
@@ -548,7 +592,8 @@ func TestChannelManyClients(t *testing.T) {
 		}})
 		startChannelClient(t, ChannelClientConfig{
 			Addr: srv.Addr().String(), TLS: ca.clientTLS(t, ca, fmt.Sprintf("agent-%03d", i)), Deliver: l.Receive,
-			MinBackoff: 100 * time.Millisecond, MaxBackoff: time.Second,
+			// Long enough that no channel here counts as lasting.
+			MinBackoff: minBackoff, MaxBackoff: time.Minute,
 		})
 	}
 	start := time.Now()
@@ -579,6 +624,34 @@ func TestChannelManyClients(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(sm.accepted); got != n {
 		t.Errorf("accepts = %v, want %d: some clients reconnected", got, n)
+	}
+
+	// Restarted, the server sees its clients come back spread out, not all
+	// at once.
+	stop()
+	down := time.Now()
+	var (
+		mu   sync.Mutex
+		back []time.Duration
+	)
+	second, err := net.ListenUDP("udp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv2, _ := startChannelServer(t, ChannelServerConfig{Conn: second, TLS: serverTLS, PeerID: func(cs tls.ConnectionState) (string, error) {
+		mu.Lock()
+		back = append(back, time.Since(down))
+		mu.Unlock()
+		return peerIDFromCN(cs)
+	}})
+	waitFor(t, "every client back", func() bool { return srv2.Peers() == n })
+	mu.Lock()
+	defer mu.Unlock()
+	slices.Sort(back)
+	p10, p90 := back[len(back)/10], back[len(back)*9/10]
+	t.Logf("clients back after %v (first), %v (10%%), %v (90%%), %v (last)", back[0], p10, p90, back[len(back)-1])
+	if p90-p10 < minBackoff/2 {
+		t.Errorf("80%% of clients came back within %v", p90-p10)
 	}
 }
 
@@ -650,6 +723,7 @@ func TestChannelValidate(t *testing.T) {
 	}{
 		{"ok", ChannelClientConfig{Addr: "task.example:50125", TLS: client, Deliver: deliver}, ""},
 		{"no port", ChannelClientConfig{Addr: "task.example", TLS: client, Deliver: deliver}, "Addr"},
+		{"no host", ChannelClientConfig{Addr: ":50125", TLS: client, Deliver: deliver}, "Addr"},
 		{"no tls", ChannelClientConfig{Addr: "127.0.0.1:1", Deliver: deliver}, "TLS is nil"},
 		{"no certificate", ChannelClientConfig{Addr: "127.0.0.1:1", TLS: &tls.Config{}, Deliver: deliver}, "client certificate"},
 		{"no Deliver", ChannelClientConfig{Addr: "127.0.0.1:1", TLS: client}, "Deliver"},

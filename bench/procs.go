@@ -1,0 +1,128 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// buildSiteserver builds the real binary once per run into dir.
+func buildSiteserver(ctx context.Context, dir string) (string, error) {
+	bin := filepath.Join(dir, "siteserver")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/siteserver")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("building siteserver: %v\n%s", err, out)
+	}
+	return bin, nil
+}
+
+// process is a siteserver process whose JSON logs are collected.
+type process struct {
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	logs []map[string]any
+	done chan struct{}
+}
+
+func startProcess(bin string, stderr io.Writer, args ...string) (*process, error) {
+	cmd := exec.Command(bin, args...)
+	pipe, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &process{cmd: cmd, done: make(chan struct{})}
+	go func() {
+		sc := bufio.NewScanner(pipe)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			var m map[string]any
+			if json.Unmarshal(sc.Bytes(), &m) != nil {
+				continue
+			}
+			if lvl, _ := m["level"].(string); lvl == "ERROR" {
+				fmt.Fprintf(stderr, "%s: %s\n", filepath.Base(args[0]), sc.Text())
+			}
+			p.mu.Lock()
+			p.logs = append(p.logs, m)
+			p.mu.Unlock()
+		}
+		cmd.Wait()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+func (p *process) waitLog(ctx context.Context, msg string, timeout time.Duration) (map[string]any, error) {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		p.mu.Lock()
+		for _, l := range p.logs {
+			if l["msg"] == msg {
+				p.mu.Unlock()
+				return l, nil
+			}
+		}
+		p.mu.Unlock()
+		select {
+		case <-p.done:
+			return nil, fmt.Errorf("%v exited before logging %q", p.cmd.Args, msg)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil, fmt.Errorf("%v did not log %q within %s", p.cmd.Args, msg, timeout)
+}
+
+func (p *process) stop() {
+	p.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// peakRSSMB reads the process's peak resident set size.
+func (p *process) peakRSSMB() float64 { return p.status("VmHWM:") }
+
+// rssMB reads the process's current resident set size.
+func (p *process) rssMB() float64 { return p.status("VmRSS:") }
+
+func (p *process) status(field string) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, field) {
+			f := strings.Fields(line)
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+func freeTCPPort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}

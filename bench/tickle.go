@@ -1,0 +1,474 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/taskd"
+	"github.com/siteserver/siteserver/tickle"
+)
+
+const (
+	benchServerToken = "bench-site-server-token-0123456789"
+	benchAgentToken  = "bench-agent-token-0123456789abcdef"
+	benchAdminToken  = "bench-admin-token-0123456789abcdef"
+)
+
+// simAgent is one simulated agent: its own certificate, UDP socket and HTTPS client.
+type simAgent struct {
+	id       string
+	base     string
+	onTickle func()
+	plainURL string
+	apiKey   []byte
+	conn     *net.UDPConn
+	client   *http.Client
+	verify   *tickle.Verifier
+	tickled  atomic.Int64 // unix nanos of the first valid tickle
+	fetched  atomic.Int64 // unix nanos when its job arrived
+	raw      atomic.Int64
+}
+
+// runTickle measures the tickle fan-out: from job creation at the NS until every simulated
+// agent has fetched its job from a real task server process, against a plain UDP send loop.
+func runTickle(ctx context.Context, args []string, stderr io.Writer) (result, error) {
+	fs := flag.NewFlagSet("tickle", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	n := fs.Int("agents", 15000, "simulated agents")
+	conc := fs.Int("fetch-concurrency", 4000, "simultaneous job fetches (bounded by this machine's file descriptors)")
+	workers := fs.Int("setup-workers", 16, "parallel enrollments during setup")
+	timeout := fs.Duration("timeout", 60*time.Second, "give up waiting for fetches after this")
+	mode := fs.String("fetch", "http", "how agents fetch their job: http (signed plain HTTP) or https (mutual TLS, a handshake per fetch)")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if *n < 1 {
+		return nil, &usageError{"-agents must be positive"}
+	}
+	if *mode != "http" && *mode != "https" {
+		return nil, &usageError{"-fetch is http or https"}
+	}
+	raiseFileLimit()
+	dir, err := os.MkdirTemp("", "bench-tickle")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	bin, err := buildSiteserver(ctx, dir)
+	if err != nil {
+		return nil, err
+	}
+
+	// The NS and the task server are real processes; the agents live here.
+	nsPort, _ := freeTCPPort()
+	nsAddr := fmt.Sprintf("127.0.0.1:%d", nsPort)
+	os.WriteFile(filepath.Join(dir, "ns.yaml"), fmt.Appendf(nil, `log: {format: json, level: info}
+metrics: {listen: "127.0.0.1:0"}
+ns:
+  data_dir: %s
+  listen: %q
+  site_server_token: %s
+  agent_token: %s
+  admin_token: %s
+  max_body_bytes: 16777216
+  settings: {heartbeat_interval: 30s, task_update_interval: 1h, task_request_interval: 1h}
+`, filepath.Join(dir, "ns"), nsAddr, benchServerToken, benchAgentToken, benchAdminToken), 0o600)
+	nsProc, err := startProcess(bin, stderr, "ns", "-config", filepath.Join(dir, "ns.yaml"))
+	if err != nil {
+		return nil, err
+	}
+	defer nsProc.stop()
+	l, err := nsProc.waitLog(ctx, "NS API listening", 30*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	pin := l["ca_sha256"].(string)
+	apiPort, _ := freeTCPPort()
+	plainConf := ""
+	if *mode == "http" {
+		plainConf = "    agent_http_listen: \"127.0.0.1:0\"\n"
+	}
+	os.WriteFile(filepath.Join(dir, "ss.yaml"), fmt.Appendf(nil, `log: {format: json, level: info}
+metrics: {listen: "127.0.0.1:0"}
+data_dir: %s
+hostname: bench-ss
+addresses: [127.0.0.1/8]
+ns:
+  - {name: central, url: "https://%s", ca_sha256: %s, enrollment_token: %s}
+services:
+  task:
+    tickle_listen: "127.0.0.1:0"
+    agent_listen: "127.0.0.1:%d"
+    url: "https://127.0.0.1:%d"
+%s    presence_interval: 1s
+`, filepath.Join(dir, "ss"), nsAddr, pin, benchServerToken, apiPort, apiPort, plainConf), 0o600)
+	ss, err := startProcess(bin, stderr, "serve", "-config", filepath.Join(dir, "ss.yaml"))
+	if err != nil {
+		return nil, err
+	}
+	defer ss.stop()
+	l, err = ss.waitLog(ctx, "site server identity", 30*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	serverID := l["id"].(string)
+	if _, err := ss.waitLog(ctx, "task service linked to NS", 30*time.Second); err != nil {
+		return nil, err
+	}
+	if _, err := ss.waitLog(ctx, "registered", 30*time.Second); err != nil {
+		return nil, err
+	}
+	caPEM, err := os.ReadFile(filepath.Join(dir, "ns", "ca.crt"))
+	if err != nil {
+		return nil, err
+	}
+	nsConf, err := ns.ClientTLSConfig(caPEM, "", "127.0.0.1", nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	nsClient := ns.NewClient("https://"+nsAddr, nsConf)
+	nsClient.AdminToken = benchAdminToken
+
+	// Setup: every agent enrolls with the NS, registers with the task server, and the NS
+	// learns its task server; none of this is measured.
+	setupStart := time.Now()
+	agents := make([]*simAgent, *n)
+	var setupErr atomic.Value
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < *workers; w++ {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= *n || ctx.Err() != nil {
+					return
+				}
+				a, err := newSimAgent(ctx, i, nsClient, nsAddr, caPEM, serverID, apiPort)
+				if err != nil {
+					setupErr.Store(err)
+					return
+				}
+				agents[i] = a
+			}
+		})
+	}
+	wg.Wait()
+	if err, _ := setupErr.Load().(error); err != nil {
+		return nil, fmt.Errorf("setup: %w", err)
+	}
+	for _, a := range agents {
+		go a.listen()
+		// Fetches open fresh connections, as agents polled every half hour would.
+		a.client.CloseIdleConnections()
+	}
+	defer func() {
+		for _, a := range agents {
+			a.conn.Close()
+		}
+	}()
+	fmt.Fprintf(stderr, "bench tickle: %d agents set up in %s\n", *n, time.Since(setupStart).Round(time.Millisecond))
+	// Wait until the NS has every agent tagged with the task server (presence reports).
+	ids := make([]string, *n)
+	for i, a := range agents {
+		ids[i] = a.id
+	}
+	if err := waitTagged(ctx, nsClient, serverID, *n); err != nil {
+		return nil, err
+	}
+
+	// Measured: job creation → tickle to the task server → fetch from the NS → tickles to
+	// agents → each agent fetches its job.
+	sem := make(chan struct{}, *conc)
+	for _, a := range agents {
+		a.onTickle = func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			a.fetch(ctx)
+		}
+	}
+	setupRSS := ss.peakRSSMB()
+	job := ns.Job{ID: "bench-job", Name: "bench", Tasks: []ns.Task{{Name: "t", Command: []string{"true"}, Timeout: ns.Duration(time.Minute)}}}
+	t0 := time.Now()
+	if _, err := nsClient.CreateJob(ctx, ns.CreateJobRequest{Job: job, Targets: ids}); err != nil {
+		return nil, fmt.Errorf("create job: %w", err)
+	}
+	created := time.Since(t0)
+	deadline := time.Now().Add(*timeout)
+	for countSet(agents, func(a *simAgent) int64 { return a.fetched.Load() }) < *n && time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(10 * time.Millisecond)
+	}
+	var lat []float64
+	var tickleTimes []int64
+	for _, a := range agents {
+		if f := a.fetched.Load(); f != 0 {
+			lat = append(lat, float64(f-t0.UnixNano())/1e6)
+		}
+		if tt := a.tickled.Load(); tt != 0 {
+			tickleTimes = append(tickleTimes, tt)
+		}
+	}
+	slices.Sort(lat)
+	slices.Sort(tickleTimes)
+	fanout := 0.0
+	if len(tickleTimes) > 1 {
+		fanout = float64(len(tickleTimes)) / (float64(tickleTimes[len(tickleTimes)-1]-tickleTimes[0]) / 1e9)
+	}
+	rss := ss.peakRSSMB()
+	// The server's own fan-out rate: how fast it put the tickles on the wire.
+	serverFanout, tickledMS := 0.0, 0.0
+	if l, err := ss.waitLog(ctx, "agents tickled", time.Second); err == nil {
+		serverFanout, _ = l["per_s"].(float64)
+		if ts, ok := l["time"].(string); ok {
+			if tt, err := time.Parse(time.RFC3339Nano, ts); err == nil {
+				tickledMS = float64(tt.Sub(t0).Microseconds()) / 1000
+			}
+		}
+	}
+
+	// The limit: a plain loop sending one prebuilt datagram to each agent socket.
+	rawRate, err := rawUDPRate(agents)
+	if err != nil {
+		return nil, err
+	}
+	var r result
+	r.add("agents", "%d", *n)
+	r.add("fetched", "%d", len(lat))
+	r.add("p50_ms", "%.1f", percentile(lat, 0.50))
+	r.add("p99_ms", "%.1f", percentile(lat, 0.99))
+	r.add("max_ms", "%.1f", percentile(lat, 1))
+	r.add("create_ms", "%.1f", float64(created.Microseconds())/1000)
+	r.add("tickled_ms", "%.1f", tickledMS)
+	r.add("fanout_per_s", "%.0f", serverFanout)
+	r.add("raw_udp_per_s", "%.0f", rawRate)
+	r.add("ratio", "%.2f", serverFanout/rawRate)
+	r.add("received_per_s", "%.0f", fanout)
+	r.add("rss_mb", "%.1f", rss)
+	r.add("rss_setup_mb", "%.1f", setupRSS)
+	r.add("fetch_concurrency", "%d", *conc)
+	r.add("fetch", "%s", *mode)
+	return r, nil
+}
+
+func countSet(agents []*simAgent, f func(*simAgent) int64) int {
+	n := 0
+	for _, a := range agents {
+		if f(a) != 0 {
+			n++
+		}
+	}
+	return n
+}
+
+func percentile(sorted []float64, p float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(p*float64(len(sorted))+0.5) - 1
+	i = max(0, min(i, len(sorted)-1))
+	return sorted[i]
+}
+
+func raiseFileLimit() {
+	var lim syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim) == nil {
+		lim.Cur = lim.Max
+		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	}
+}
+
+func waitTagged(ctx context.Context, c *ns.Client, serverID string, n int) error {
+	deadline := time.Now().Add(120 * time.Second)
+	for time.Now().Before(deadline) {
+		agents, err := c.Agents(ctx)
+		if err == nil {
+			tagged := 0
+			for _, a := range agents {
+				if a.TaskServer == serverID {
+					tagged++
+				}
+			}
+			if tagged == n {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("the NS did not learn every agent's task server in time")
+}
+
+func newSimAgent(ctx context.Context, i int, nsClient *ns.Client, nsAddr string, caPEM []byte, serverID string, apiPort int) (*simAgent, error) {
+	id := fmt.Sprintf("bench-agent-%05d", i)
+	key, err := ns.NewClientKey()
+	if err != nil {
+		return nil, err
+	}
+	csr, err := ns.MakeCSR(key, id)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := nsClient.Enroll(ctx, ns.EnrollRequest{Token: benchAgentToken, Kind: ns.KindAgent, ID: id, Hostname: id, CSR: csr})
+	if err != nil {
+		return nil, err
+	}
+	keyPEM, err := ecKeyPEM(key)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := tls.X509KeyPair([]byte(resp.Certificate), keyPEM)
+	if err != nil {
+		return nil, err
+	}
+	conf, err := taskd.AgentTLSConfig(caPEM, cert, serverID)
+	if err != nil {
+		return nil, err
+	}
+	conf.ClientSessionCache = tls.NewLRUClientSessionCache(1)
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return nil, err
+	}
+	a := &simAgent{id: id, conn: udp, client: &http.Client{Timeout: 60 * time.Second,
+		Transport: &http.Transport{TLSClientConfig: conf, MaxIdleConnsPerHost: 1, DisableCompression: true}}}
+	base := fmt.Sprintf("https://127.0.0.1:%d", apiPort)
+	a.base = base
+	body, _ := json.Marshal(taskd.RegisterRequest{ID: id, Hostname: id, TicklePort: uint16(udp.LocalAddr().(*net.UDPAddr).Port)})
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+taskd.PathRegister, bytesReader(body))
+	hr, err := a.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer hr.Body.Close()
+	var reg taskd.RegisterResponse
+	if hr.StatusCode != 200 {
+		b, _ := io.ReadAll(hr.Body)
+		return nil, fmt.Errorf("register %s: %d %s", id, hr.StatusCode, b)
+	}
+	if err := json.NewDecoder(hr.Body).Decode(&reg); err != nil {
+		return nil, err
+	}
+	var keys tickle.MapKeys
+	if err := keys.Set(reg.ServerID, reg.TickleKeyID, reg.TickleKey); err != nil {
+		return nil, err
+	}
+	a.verify = tickle.NewVerifier(&keys, tickle.DefaultWindow, time.Now)
+	a.plainURL, a.apiKey = reg.HTTPURL, taskd.APIKey(reg.TickleKey)
+	// A real agent talks to its task server again only at its next poll or tickle.
+	a.client.CloseIdleConnections()
+	return a, nil
+}
+
+func (a *simAgent) listen() {
+	buf := make([]byte, tickle.MaxDatagram)
+	for {
+		n, _, err := a.conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			return
+		}
+		a.raw.Store(time.Now().UnixNano())
+		if _, err := a.verify.Verify(buf[:n]); err != nil {
+			continue
+		}
+		if a.tickled.CompareAndSwap(0, time.Now().UnixNano()) && a.onTickle != nil {
+			go a.onTickle()
+		}
+	}
+}
+
+// plainClient opens a new connection per fetch, as separate computers would.
+var plainClient = &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+
+func (a *simAgent) fetch(ctx context.Context) {
+	for attempt := 0; attempt < 5 && ctx.Err() == nil; attempt++ {
+		var resp *http.Response
+		var err error
+		var ts int64
+		if a.plainURL != "" {
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, a.plainURL+taskd.PathJobs, nil)
+			ts = taskd.SignRequest(req, a.id, a.apiKey, nil, time.Now())
+			resp, err = plainClient.Do(req)
+		} else {
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, a.base+taskd.PathJobs, nil)
+			resp, err = a.client.Do(req)
+		}
+		if err != nil {
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err == nil && a.plainURL != "" {
+			err = taskd.VerifyResponse(a.apiKey, ts, body, resp.Header.Get(taskd.SignatureHeader))
+		}
+		var jobs taskd.JobsResponse
+		if err == nil {
+			err = json.Unmarshal(body, &jobs)
+		}
+		if err == nil && len(jobs.Instances) > 0 {
+			a.fetched.Store(time.Now().UnixNano())
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// rawUDPRate sends one datagram to every agent socket from a plain loop and returns the
+// send rate; the agents drop them as unauthenticated.
+func rawUDPRate(agents []*simAgent) (float64, error) {
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	dsts := make([]netip.AddrPort, len(agents))
+	for i, a := range agents {
+		dsts[i] = a.conn.LocalAddr().(*net.UDPAddr).AddrPort()
+	}
+	payload := make([]byte, 100)
+	best := 0.0
+	// Best of three, like the fan-out it is compared with gets no second chance either
+	// way: the loop is the machine's ceiling.
+	for round := 0; round < 3; round++ {
+		start := time.Now()
+		for _, d := range dsts {
+			if _, err := conn.WriteToUDPAddrPort(payload, d); err != nil {
+				return 0, err
+			}
+		}
+		best = max(best, float64(len(dsts))/time.Since(start).Seconds())
+		time.Sleep(100 * time.Millisecond)
+	}
+	return best, nil
+}
+
+func ecKeyPEM(key *ecdsa.PrivateKey) ([]byte, error) {
+	der, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), nil
+}
+
+func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }
