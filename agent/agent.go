@@ -27,16 +27,20 @@ type Config struct {
 	// TickleListen is the UDP address tickles from the task server arrive on ("" for none:
 	// the agent then only polls).
 	TickleListen string
+	// Channel keeps a QUIC channel open to the task server, for computers that cannot take
+	// inbound UDP (NAT, firewalls); tickles then arrive on it.
+	Channel bool
 }
 
 // Agent keeps the computer registered with its NS.
 type Agent struct {
-	cfg           Config
-	logger        *slog.Logger
-	reg           prometheus.Registerer
-	registrar     *ns.Registrar
-	peer          *ns.Peer
-	tickleMetrics *tickle.Metrics
+	cfg            Config
+	logger         *slog.Logger
+	reg            prometheus.Registerer
+	registrar      *ns.Registrar
+	peer           *ns.Peer
+	tickleMetrics  *tickle.Metrics
+	channelMetrics *tickle.ChannelClientMetrics
 
 	mu         sync.Mutex
 	servers    ns.RegisterAgentResponse
@@ -59,7 +63,11 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Agent, er
 	if err != nil {
 		return nil, fmt.Errorf("agent: metrics: %w", err)
 	}
-	return &Agent{cfg: cfg, logger: logger, reg: reg, tickleMetrics: tm}, nil
+	cm, err := tickle.NewChannelClientMetrics(reg, "agent")
+	if err != nil {
+		return nil, fmt.Errorf("agent: metrics: %w", err)
+	}
+	return &Agent{cfg: cfg, logger: logger, reg: reg, tickleMetrics: tm, channelMetrics: cm}, nil
 }
 
 // Name implements service.Service.

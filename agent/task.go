@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -39,6 +40,11 @@ type taskClient struct {
 	plainURL string
 	apiKey   []byte
 	plain    *http.Client
+
+	ctx           context.Context
+	listener      *tickle.Listener
+	channelCancel context.CancelFunc
+	channelUp     func() bool
 
 	done *doneSet
 }
@@ -90,6 +96,12 @@ func (t *taskClient) kick() {
 // run listens for tickles and works through jobs until ctx is done.
 func (t *taskClient) run(ctx context.Context) error {
 	var conn net.PacketConn
+	lcfg := tickle.ListenerConfig{
+		Verifier: tickle.NewVerifier(&t.keys, tickle.DefaultWindow, time.Now),
+		Handler:  func(netip.AddrPort, tickle.Tickle) { t.kick() },
+		Metrics:  t.a.tickleMetrics,
+		Logger:   t.logger,
+	}
 	if t.a.cfg.TickleListen != "" {
 		c, err := net.ListenPacket("udp", t.a.cfg.TickleListen)
 		if err != nil {
@@ -97,16 +109,14 @@ func (t *taskClient) run(ctx context.Context) error {
 		}
 		conn = c
 		defer conn.Close()
-		l := tickle.NewListener(tickle.ListenerConfig{
-			Conn:     conn,
-			Verifier: tickle.NewVerifier(&t.keys, tickle.DefaultWindow, time.Now),
-			Handler:  func(netip.AddrPort, tickle.Tickle) { t.kick() },
-			Metrics:  t.a.tickleMetrics,
-			Logger:   t.logger,
-		})
-		go l.Run(ctx)
+		lcfg.Conn = conn
+		go tickle.NewListener(lcfg).Run(ctx)
 		t.logger.Info("listening for tickles", "addr", conn.LocalAddr().String())
 	}
+	// Datagrams from the channel get the same verification and counting as UDP ones.
+	t.listener = tickle.NewListener(lcfg)
+	t.ctx = ctx
+	defer t.stopChannel()
 	failures := 0
 	for {
 		err := t.cycle(ctx, conn)
@@ -227,6 +237,15 @@ func (t *taskClient) ensureRegistered(ctx context.Context, conn net.PacketConn) 
 	}
 	t.mu.Unlock()
 	t.logger.Info("registered with task server", "server", chosen.Hostname, "id", resp.ServerID, "poll", t.interval)
+	if t.a.cfg.Channel {
+		if resp.Channel == "" {
+			t.logger.Warn("a tickle channel is configured but the task server offers none; relying on UDP tickles and polling")
+		} else {
+			chConf := conf.Clone()
+			chConf.NextProtos = []string{tickle.ChannelALPN}
+			t.startChannel(resp.Channel, chConf)
+		}
+	}
 	// The NS tags new work with our task server once it knows it.
 	t.a.setTaskServer(resp.ServerID)
 	return nil
@@ -313,5 +332,30 @@ func (t *taskClient) send(ctx context.Context, e ns.Event) error {
 			return ctx.Err()
 		case <-time.After(backoff(failures+1, 500*time.Millisecond, time.Minute)):
 		}
+	}
+}
+
+// startChannel keeps a QUIC channel open to the task server, replacing any earlier one.
+func (t *taskClient) startChannel(addr string, conf *tls.Config) {
+	t.stopChannel()
+	ctx, cancel := context.WithCancel(t.ctx)
+	c := tickle.NewChannelClient(tickle.ChannelClientConfig{
+		Addr: addr, TLS: conf, Deliver: t.listener.Receive, Logger: t.logger,
+		ChannelMetrics: t.a.channelMetrics,
+	})
+	t.mu.Lock()
+	t.channelCancel, t.channelUp = cancel, c.Connected
+	t.mu.Unlock()
+	go c.Run(ctx)
+	t.logger.Info("keeping a tickle channel open", "addr", addr)
+}
+
+func (t *taskClient) stopChannel() {
+	t.mu.Lock()
+	cancel := t.channelCancel
+	t.channelCancel = nil
+	t.mu.Unlock()
+	if cancel != nil {
+		cancel()
 	}
 }

@@ -22,6 +22,7 @@ type metrics struct {
 	instances       *prometheus.GaugeVec
 	registrations   prometheus.Counter
 	authFailures    prometheus.Counter
+	channel         *tickle.ChannelServerMetrics
 }
 
 func newMetrics(reg prometheus.Registerer, s *Service) (*metrics, error) {
@@ -32,8 +33,13 @@ func newMetrics(reg prometheus.Registerer, s *Service) (*metrics, error) {
 	opts := func(name, help string) prometheus.Opts {
 		return prometheus.Opts{Namespace: "siteserver", Subsystem: subsystem, Name: name, Help: help}
 	}
+	cm, err := tickle.NewChannelServerMetrics(reg, subsystem)
+	if err != nil {
+		return nil, err
+	}
 	m := &metrics{
 		tickles: tm,
+		channel: cm,
 		fetchDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: "siteserver", Subsystem: subsystem, Name: "fetch_duration_seconds",
 			Help:    "Time to fetch the pending work of this server's agents from an NS.",

@@ -70,6 +70,7 @@ type Service struct {
 	bound     chan struct{}
 	agentAddr net.Addr
 	httpAddr  net.Addr
+	channel   *tickle.ChannelServer
 	tickleAd  netip.AddrPort
 }
 
@@ -196,6 +197,42 @@ func (s *Service) Run(ctx context.Context) error {
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if s.cfg.ChannelListen != "" {
+		tlsConf := s.serverTLS()
+		tlsConf.NextProtos = []string{tickle.ChannelALPN}
+		s.channel = tickle.NewChannelServer(tickle.ChannelServerConfig{
+			Addr: s.cfg.ChannelListen, TLS: tlsConf, Metrics: s.metrics.tickles, ChannelMetrics: s.metrics.channel,
+			Logger: s.logger,
+			PeerID: func(cs tls.ConnectionState) (string, error) {
+				roots := s.roots.Load()
+				if roots == nil {
+					return "", errors.New("no NS linked yet")
+				}
+				raw := make([][]byte, 0, len(cs.PeerCertificates))
+				for _, c := range cs.PeerCertificates {
+					raw = append(raw, c.Raw)
+				}
+				id, kind, _, err := verifyIdentity(raw, roots)
+				if err == nil && kind != ns.KindAgent {
+					err = fmt.Errorf("a %s certificate cannot open an agent channel", kind)
+				}
+				return id, err
+			},
+		})
+		if err := s.channel.Validate(); err != nil {
+			return fmt.Errorf("taskd: channel: %w", err)
+		}
+		wg.Go(func() {
+			if err := s.channel.Run(ctx); err != nil && ctx.Err() == nil {
+				s.logger.Error("agent channel server stopped", "err", err)
+			}
+		})
+		select {
+		case <-s.channel.Bound():
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	wg.Go(func() {
 		if err := listener.Run(ctx); err != nil && ctx.Err() == nil {
 			s.logger.Error("tickle listener stopped", "err", err)
@@ -497,14 +534,13 @@ func (s *Service) tickleAgents(ctx context.Context, agents []agentRecord) {
 		return
 	}
 	start := time.Now()
+	viaChannel := 0
 	dgs := make([][]byte, 0, len(agents))
 	to := make([]netip.AddrPort, 0, len(agents))
 	for _, a := range agents {
-		if a.TickleAddr == "" {
-			continue
-		}
 		addr, err := netip.ParseAddrPort(a.TickleAddr)
-		if err != nil {
+		hasChannel := s.channel != nil && s.channel.Connected(a.ID)
+		if err != nil && !hasChannel {
 			continue
 		}
 		snd, err := s.sender(a)
@@ -515,14 +551,22 @@ func (s *Service) tickleAgents(ctx context.Context, agents []agentRecord) {
 		if err != nil {
 			continue
 		}
+		// An agent that keeps a channel open may not be reachable by UDP at all.
+		if s.channel != nil && s.channel.Connected(a.ID) {
+			if err := s.channel.Send(a.ID, b); err == nil {
+				viaChannel++
+				continue
+			}
+		}
 		dgs, to = append(dgs, b), append(to, addr)
 	}
 	sent, err := tickle.SendBatch(s.agentConn, dgs, to, s.metrics.tickles)
 	if err != nil {
 		s.logger.Warn("tickling agents", "err", err)
 	}
+	sent += viaChannel
 	d := time.Since(start)
-	s.logger.Info("agents tickled", "agents", sent, "duration", d, "per_s", float64(sent)/max(d.Seconds(), 1e-9))
+	s.logger.Info("agents tickled", "agents", sent, "via_channel", viaChannel, "duration", d, "per_s", float64(sent)/max(d.Seconds(), 1e-9))
 }
 
 func (s *Service) forwardLoop(ctx context.Context, st *nsState, log *slog.Logger) {
@@ -751,7 +795,7 @@ func (s *Service) handleRegister(w http.ResponseWriter, r *http.Request, p agent
 		interval = set.TaskRequestInterval
 	}
 	writeJSON(w, RegisterResponse{ServerID: s.id, TickleKey: rec.TickleKey, TickleKeyID: rec.TickleKeyID,
-		TaskRequestInterval: ns.Duration(interval), HTTPURL: s.httpURL(r)})
+		TaskRequestInterval: ns.Duration(interval), HTTPURL: s.httpURL(r), Channel: s.channelAddr(r)})
 }
 
 func (s *Service) handleJobs(w http.ResponseWriter, r *http.Request, p agentPeer) {
@@ -927,4 +971,17 @@ func (s *Service) httpURL(r *http.Request) string {
 	}
 	_, port, _ := net.SplitHostPort(s.httpAddr.String())
 	return "http://" + net.JoinHostPort(host, port)
+}
+
+// channelAddr is where agents open their channel: the host they used for HTTPS with the
+// channel's port.
+func (s *Service) channelAddr(r *http.Request) string {
+	if s.channel == nil {
+		return ""
+	}
+	host := r.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	return net.JoinHostPort(host, strconv.Itoa(int(s.channel.Addr().Port())))
 }

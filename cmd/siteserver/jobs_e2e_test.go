@@ -42,6 +42,8 @@ type siteOpts struct {
 	taskUpdate, taskRequest string // NS settings
 	tickleAdvertise         string // "" = the real port
 	agentTickle             string // agent tickle_listen
+	plainHTTP               bool   // task server offers the signed plain-HTTP agent API
+	channel                 bool   // task server offers QUIC channels and the agent keeps one
 }
 
 func newSite(t *testing.T, o siteOpts) *site {
@@ -74,6 +76,12 @@ ns:
 	if o.tickleAdvertise != "" {
 		adv = fmt.Sprintf("    tickle_advertise: %q\n", o.tickleAdvertise)
 	}
+	if o.plainHTTP {
+		adv += "    agent_http_listen: \"127.0.0.1:0\"\n"
+	}
+	if o.channel {
+		adv += "    channel_listen: \"127.0.0.1:0\"\n"
+	}
 	s.ssConf = writeFile(t, filepath.Join(s.dir, "ss.yaml"), fmt.Sprintf(`log: {format: json, level: debug}
 metrics: {listen: "127.0.0.1:0"}
 data_dir: %s
@@ -103,12 +111,13 @@ data_dir: %s
 hostname: pc1.example
 addresses: [10.20.9.9/16]
 tickle_listen: %q
+tickle_channel: %v
 ns:
   name: central
   url: %s
   ca_file: %s
   enrollment_token: %s
-`, filepath.Join(s.dir, "agent"), o.agentTickle, s.nsURL, s.caFile, agentToken))
+`, filepath.Join(s.dir, "agent"), o.agentTickle, o.channel, s.nsURL, s.caFile, agentToken))
 	s.ag = start(t, "agent", "-config", s.agentConf)
 	s.agentID = s.ag.waitLog("agent identity")["id"].(string)
 	s.ag.waitLog("registered with task server")
@@ -208,7 +217,7 @@ tasks:
 // A job created at the NS reaches the agent through the tickles, and its status comes back.
 func TestJobThroughTickles(t *testing.T) {
 	// Polling would take an hour: only tickles can make this pass in time.
-	s := newSite(t, siteOpts{taskUpdate: "1h", taskRequest: "1h", agentTickle: "127.0.0.1:0"})
+	s := newSite(t, siteOpts{taskUpdate: "1h", taskRequest: "1h", agentTickle: "127.0.0.1:0", plainHTTP: true})
 	start := time.Now()
 	id := s.createJob(twoTaskJob)
 	inst := s.waitState(id, ns.StateSucceeded)
@@ -350,5 +359,20 @@ func TestForgedAndReplayedTickles(t *testing.T) {
 	}
 	if n := metricValue(t, s.ssMetrics, "siteserver_task_tickles_received_total"); n < 1 {
 		t.Fatalf("received = %v", n)
+	}
+}
+
+// An agent that cannot take inbound UDP keeps a QUIC channel and gets its tickles on it.
+func TestJobThroughChannel(t *testing.T) {
+	s := newSite(t, siteOpts{taskUpdate: "1h", taskRequest: "1h", agentTickle: "none", channel: true})
+	s.ag.waitLog("keeping a tickle channel open")
+	s.eventually("the channel is up", func() bool {
+		return metricValue(t, s.ssMetrics, "siteserver_task_tickle_channel_peers") == 1
+	})
+	id := s.createJob(twoTaskJob)
+	s.waitState(id, ns.StateSucceeded)
+	l := s.ss.waitLog("agents tickled")
+	if v, _ := l["via_channel"].(float64); v != 1 {
+		t.Fatalf("tickled via channel = %v, want 1", l["via_channel"])
 	}
 }

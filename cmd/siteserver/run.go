@@ -137,7 +137,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	if tl == "none" {
 		tl = ""
 	}
-	a, err := agent.New(agent.Config{DataDir: cfg.DataDir, Hostname: cfg.Hostname, Addresses: cfg.Addresses, NS: cfg.NS, TickleListen: tl},
+	a, err := agent.New(agent.Config{DataDir: cfg.DataDir, Hostname: cfg.Hostname, Addresses: cfg.Addresses, NS: cfg.NS, TickleListen: tl, Channel: cfg.TickleChannel},
 		logger.With("service", "agent"), reg)
 	if err != nil {
 		return err

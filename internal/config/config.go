@@ -92,6 +92,9 @@ type Agent struct {
 	NS        ns.Endpoint `yaml:"ns"`
 	// TickleListen is where tickles from the task server arrive; "none" to only poll.
 	TickleListen string `yaml:"tickle_listen"`
+	// TickleChannel keeps a QUIC channel open to the task server (when it offers one), for
+	// computers behind NAT or firewalls that cannot take inbound UDP.
+	TickleChannel bool `yaml:"tickle_channel"`
 }
 
 func defaultLog(l *obs.LogConfig) {
