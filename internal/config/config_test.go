@@ -83,7 +83,8 @@ func TestExampleBranch(t *testing.T) {
 		EmbeddedNS: EmbeddedNS{Listen: "127.0.0.1:50443", Approval: "auto", Settings: defaultSettings},
 		Services: Services{
 			Task: &taskd.Config{TickleListen: ":50123", TickleAdvertise: ":50123", AgentListen: ":50180",
-				URL: "https://branch-ss1.example.org:50180", PresenceInterval: time.Minute, ForwardBatch: 1000, MaxForwardBackoff: time.Minute},
+				URL: "https://branch-ss1.example.org:50180", ChannelListen: ":50125", PresenceInterval: time.Minute, ForwardBatch: 1000,
+				MaxForwardBackoff: time.Minute},
 			Package: &PackageService{URL: "https://branch-ss1.example.org:8080", Constrained: true},
 		},
 	}
