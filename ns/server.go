@@ -295,18 +295,12 @@ func splitRules(r sites.Rules, src sites.Source) (mine, others sites.Rules) {
 }
 
 func (s *Server) refreshGauges(ctx context.Context) {
-	servers, err := s.store.Servers(ctx)
+	servers, agents, err := s.store.Counts(ctx)
 	if err == nil {
-		n := map[string]int{}
-		for _, r := range servers {
-			n[r.Status]++
-		}
 		for _, st := range []string{StatusPending, StatusApproved} {
-			s.metrics.siteServers.WithLabelValues(st).Set(float64(n[st]))
+			s.metrics.siteServers.WithLabelValues(st).Set(float64(servers[st]))
 		}
-	}
-	if agents, err := s.store.Agents(ctx); err == nil {
-		s.metrics.agents.Set(float64(len(agents)))
+		s.metrics.agents.Set(float64(agents))
 	}
 	if m := s.rules.Load(); m != nil {
 		s.metrics.sites.Set(float64(len(m.Sites())))
@@ -712,17 +706,7 @@ func (s *Server) selectable(ctx context.Context) ([]sites.Server, map[string]Ser
 }
 
 func (s *Server) agentCounts(ctx context.Context) (map[string]int, error) {
-	agents, err := s.store.Agents(ctx)
-	if err != nil {
-		return nil, err
-	}
-	counts := map[string]int{}
-	for _, a := range agents {
-		if a.TaskServer != "" {
-			counts[a.TaskServer]++
-		}
-	}
-	return counts, nil
+	return s.store.AgentsPerServer(ctx)
 }
 
 func refs(servers []sites.Server, byID map[string]ServerRecord, service string) []ServerRef {

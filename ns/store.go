@@ -60,6 +60,10 @@ type Store interface {
 	Agent(ctx context.Context, id string) (AgentRecord, error)
 	Agents(ctx context.Context) ([]AgentRecord, error)
 	PutAgent(ctx context.Context, a AgentRecord) error
+	// AgentsPerServer returns the number of agents registered with each task server.
+	AgentsPerServer(ctx context.Context) (map[string]int, error)
+	// Counts returns site servers by status and the number of agents.
+	Counts(ctx context.Context) (servers map[string]int, agents int, err error)
 	// PutAgents writes many agents in one transaction.
 	PutAgents(ctx context.Context, as []AgentRecord) error
 
@@ -497,4 +501,47 @@ func orEmpty[T any](s []T) []T {
 		return []T{}
 	}
 	return s
+}
+
+// Counts implements Store.
+func (s *SQLiteStore) Counts(ctx context.Context) (map[string]int, int, error) {
+	servers := map[string]int{}
+	rows, err := s.db.QueryContext(ctx, `SELECT status, COUNT(*) FROM servers GROUP BY status`)
+	if err != nil {
+		return nil, 0, fmt.Errorf("ns: store: counts: %w", err)
+	}
+	for rows.Next() {
+		var st string
+		var n int
+		if err := rows.Scan(&st, &n); err != nil {
+			rows.Close()
+			return nil, 0, err
+		}
+		servers[st] = n
+	}
+	rows.Close()
+	var agents int
+	if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM agents`).Scan(&agents); err != nil {
+		return nil, 0, fmt.Errorf("ns: store: counts: %w", err)
+	}
+	return servers, agents, nil
+}
+
+// AgentsPerServer implements Store.
+func (s *SQLiteStore) AgentsPerServer(ctx context.Context) (map[string]int, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT task_server, COUNT(*) FROM agents WHERE task_server != '' GROUP BY task_server`)
+	if err != nil {
+		return nil, fmt.Errorf("ns: store: agents per server: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]int{}
+	for rows.Next() {
+		var id string
+		var n int
+		if err := rows.Scan(&id, &n); err != nil {
+			return nil, err
+		}
+		out[id] = n
+	}
+	return out, rows.Err()
 }
