@@ -191,9 +191,11 @@ services:
 	for i, a := range agents {
 		ids[i] = a.id
 	}
-	if err := waitTagged(ctx, nsClient, serverID, *n); err != nil {
+	tagStart := time.Now()
+	if err := waitTagged(ctx, nsClient, serverID, *n, stderr); err != nil {
 		return nil, err
 	}
+	fmt.Fprintf(stderr, "bench tickle: the NS knew every agent's task server after %s\n", time.Since(tagStart).Round(time.Millisecond))
 
 	// Measured: job creation → tickle to the task server → fetch from the NS → tickles to
 	// agents → each agent fetches its job.
@@ -295,10 +297,14 @@ func raiseFileLimit() {
 	}
 }
 
-func waitTagged(ctx context.Context, c *ns.Client, serverID string, n int) error {
-	deadline := time.Now().Add(120 * time.Second)
+func waitTagged(ctx context.Context, c *ns.Client, serverID string, n int, stderr io.Writer) error {
+	deadline := time.Now().Add(300 * time.Second)
+	last := time.Now()
 	for time.Now().Before(deadline) {
 		agents, err := c.Agents(ctx)
+		if err != nil {
+			fmt.Fprintf(stderr, "bench tickle: listing agents: %v\n", err)
+		}
 		if err == nil {
 			tagged := 0
 			for _, a := range agents {
@@ -308,6 +314,10 @@ func waitTagged(ctx context.Context, c *ns.Client, serverID string, n int) error
 			}
 			if tagged == n {
 				return nil
+			}
+			if time.Since(last) > 10*time.Second {
+				fmt.Fprintf(stderr, "bench tickle: %d of %d agents tagged\n", tagged, n)
+				last = time.Now()
 			}
 		}
 		select {

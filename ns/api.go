@@ -173,6 +173,7 @@ type SiteView struct {
 	Sources     []string     `json:"sources"`
 	Subnets     []SubnetView `json:"subnets"`
 	Servers     []RuleServer `json:"servers"`
+	Warnings    []string     `json:"warnings,omitempty"`
 }
 
 // SubnetView is one subnet rule.

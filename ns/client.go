@@ -248,3 +248,83 @@ func (c *Client) Jobs(ctx context.Context) ([]Job, error) {
 	err := c.do(ctx, http.MethodGet, PathJobs, nil, &out)
 	return out, err
 }
+
+// HasLibraryFile reports whether the NS library holds content with this hash (admin).
+func (c *Client) HasLibraryFile(ctx context.Context, sha string) (bool, error) {
+	err := c.do(ctx, http.MethodHead, PathLibrary+"/"+sha, nil, nil)
+	if StatusOf(err) == http.StatusNotFound {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// UploadLibraryFile streams content to the NS library; the NS checks it against sha (admin).
+func (c *Client) UploadLibraryFile(ctx context.Context, sha string, size int64, body io.Reader) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, c.BaseURL+PathLibrary+"/"+sha, body)
+	if err != nil {
+		return err
+	}
+	req.ContentLength = size
+	req.Header.Set("Content-Type", "application/octet-stream")
+	req.Header.Set("Authorization", "Bearer "+c.AdminToken)
+	// Uploads of large images outlast the client's request timeout.
+	hc := *c.HTTP
+	hc.Timeout = 0
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode/100 != 2 {
+		var er ErrorResponse
+		if json.Unmarshal(b, &er) != nil || er.Error == "" {
+			er.Error = strings.TrimSpace(string(b))
+		}
+		return &APIError{Status: resp.StatusCode, Message: er.Error}
+	}
+	return nil
+}
+
+// PutPackage creates or updates a package whose files are in the library (admin).
+func (c *Client) PutPackage(ctx context.Context, p Package) error {
+	return c.do(ctx, http.MethodPost, PathPackages, p, nil)
+}
+
+// DeletePackage deletes a package (admin).
+func (c *Client) DeletePackage(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodDelete, PathPackages+"/"+url.PathEscape(id), nil, nil)
+}
+
+// Packages lists packages (admin).
+func (c *Client) Packages(ctx context.Context) ([]Package, error) {
+	var out []Package
+	err := c.do(ctx, http.MethodGet, PathPackages, nil, &out)
+	return out, err
+}
+
+// PackageStatus returns where a package is ready and where it is stuck (admin).
+func (c *Client) PackageStatus(ctx context.Context, id string) (PackageStatus, error) {
+	var out PackageStatus
+	err := c.do(ctx, http.MethodGet, PathPackages+"/"+url.PathEscape(id), nil, &out)
+	return out, err
+}
+
+// Assignments returns the packages this package server should hold.
+func (c *Client) Assignments(ctx context.Context) (AssignmentsResponse, error) {
+	var out AssignmentsResponse
+	err := c.do(ctx, http.MethodGet, PathPkgAssignments, nil, &out)
+	return out, err
+}
+
+// ReportCodebases reports every codebase of this package server.
+func (c *Client) ReportCodebases(ctx context.Context, cbs []Codebase) error {
+	return c.do(ctx, http.MethodPost, PathPkgCodebases, orEmpty(cbs), nil)
+}
+
+// Sources returns where to download a package from, best first.
+func (c *Client) Sources(ctx context.Context, pkg string) (SourcesResponse, error) {
+	var out SourcesResponse
+	err := c.do(ctx, http.MethodGet, PathCodebases+"?package="+url.QueryEscape(pkg), nil, &out)
+	return out, err
+}

@@ -41,6 +41,9 @@ type ServerConfig struct {
 	MaxBodyBytes int64 `yaml:"max_body_bytes"`
 	// TickleSource is the local UDP address tickles to task servers are sent from.
 	TickleSource string `yaml:"tickle_source"`
+	// PublicURL is the NS's base URL as package servers and agents reach it (for package
+	// sources); default: the host each request used.
+	PublicURL string `yaml:"public_url"`
 	// SweepInterval is how often expired job instances are marked expired.
 	SweepInterval time.Duration `yaml:"sweep_interval"`
 

@@ -44,7 +44,8 @@ type Server struct {
 
 	mu sync.Mutex // serialises rule changes and enrollments
 
-	reload chan struct{}
+	reload    chan struct{}
+	startTime time.Time
 
 	readyOnce sync.Once
 	readyCh   chan struct{}
@@ -73,6 +74,7 @@ func NewServer(cfg ServerConfig, logger *slog.Logger, reg prometheus.Registerer)
 		now:        time.Now,
 		reload:     make(chan struct{}, 1),
 		readyCh:    make(chan struct{}),
+		startTime:  time.Now(),
 	}
 	s.tickler = newTickler(s)
 	return s, nil
@@ -334,6 +336,17 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET "+PathTaskWork, s.peer(KindSiteServer, s.handleWork))
 	mux.HandleFunc("POST "+PathTaskEvents, s.peer(KindSiteServer, s.handleEvents))
 	mux.HandleFunc("POST "+PathTaskPresence, s.peer(KindSiteServer, s.handlePresence))
+
+	mux.HandleFunc("HEAD "+PathLibrary+"/{sha}", s.admin(s.handleLibraryHead))
+	mux.HandleFunc("PUT "+PathLibrary+"/{sha}", s.admin(s.handleLibraryPut))
+	mux.HandleFunc("POST "+PathPackages, s.admin(s.handlePutPackage))
+	mux.HandleFunc("GET "+PathPackages, s.admin(s.handleListPackages))
+	mux.HandleFunc("GET "+PathPackages+"/{id}", s.admin(s.handlePackageStatus))
+	mux.HandleFunc("DELETE "+PathPackages+"/{id}", s.admin(s.handleDeletePackage))
+	mux.HandleFunc("GET "+PathPackages+"/{id}/files/{name...}", s.anyPeer(s.handlePackageFile))
+	mux.HandleFunc("GET "+PathPkgAssignments, s.peer(KindSiteServer, s.handleAssignments))
+	mux.HandleFunc("POST "+PathPkgCodebases, s.peer(KindSiteServer, s.handleCodebaseReport))
+	mux.HandleFunc("GET "+PathCodebases, s.anyPeer(s.handleSources))
 	return mux
 }
 
@@ -394,7 +407,7 @@ func (s *Server) admin(h http.HandlerFunc) http.HandlerFunc {
 
 type peerKey struct{}
 
-type peerInfo struct{ id, serial string }
+type peerInfo struct{ id, serial, kind string }
 
 // peer admits only requests with a client certificate of the given kind that is the one
 // last issued to that peer (re-enrolling supersedes older certificates).
@@ -412,7 +425,32 @@ func (s *Server) peer(kind string, h http.HandlerFunc) http.HandlerFunc {
 			return
 		}
 		serial := r.TLS.VerifiedChains[0][0].SerialNumber.Text(16)
-		ctx := context.WithValue(r.Context(), peerKey{}, peerInfo{id: id, serial: serial})
+		ctx := context.WithValue(r.Context(), peerKey{}, peerInfo{id: id, serial: serial, kind: k})
+		h(w, r.WithContext(ctx))
+	}
+}
+
+// anyPeer admits a site server or an agent with its latest certificate.
+func (s *Server) anyPeer(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id, k, ok := PeerIdentity(r.TLS)
+		if !ok {
+			s.metrics.authFailures.WithLabelValues("no_client_cert").Inc()
+			writeError(w, http.StatusUnauthorized, "a client certificate from enrollment is required")
+			return
+		}
+		if k == KindSiteServer {
+			s.peer(KindSiteServer, h)(w, r)
+			return
+		}
+		serial := r.TLS.VerifiedChains[0][0].SerialNumber.Text(16)
+		rec, err := s.store.Agent(r.Context(), id)
+		if err != nil || rec.CertSerial != serial {
+			s.metrics.authFailures.WithLabelValues("unknown_peer").Inc()
+			writeError(w, http.StatusUnauthorized, "agent %s is not enrolled here with this certificate", id)
+			return
+		}
+		ctx := context.WithValue(r.Context(), peerKey{}, peerInfo{id: id, serial: serial, kind: k})
 		h(w, r.WithContext(ctx))
 	}
 }
@@ -825,6 +863,13 @@ func (s *Server) handleListSites(w http.ResponseWriter, r *http.Request) {
 	for _, sr := range all.Servers {
 		v := get(sr.Site)
 		v.Servers = append(v.Servers, RuleServer{Server: sr.Server, Source: string(sr.Source)})
+	}
+	if recs, err := s.store.Servers(r.Context()); err == nil {
+		for site, ws := range siteWarnings(recs, s.rules.Load()) {
+			if v, ok := views[site]; ok {
+				v.Warnings = ws
+			}
+		}
 	}
 	out := make([]SiteView, 0, len(views))
 	for _, v := range views {

@@ -60,6 +60,18 @@ type Store interface {
 	Agent(ctx context.Context, id string) (AgentRecord, error)
 	Agents(ctx context.Context) ([]AgentRecord, error)
 	PutAgent(ctx context.Context, a AgentRecord) error
+	PutPackage(ctx context.Context, p Package, now time.Time) error
+	Package(ctx context.Context, id string) (Package, error)
+	Packages(ctx context.Context) ([]Package, error)
+	// DeletePackage removes a package and its codebases.
+	DeletePackage(ctx context.Context, id string) error
+	// PutCodebases upserts codebase reports of one server.
+	PutCodebases(ctx context.Context, cbs []Codebase) error
+	// Codebases returns codebases, of one package when pkg is not empty.
+	Codebases(ctx context.Context, pkg string) ([]Codebase, error)
+	// DeleteCodebases removes a server's codebases of packages not in keep.
+	DeleteCodebases(ctx context.Context, server string, keep []string) error
+
 	// AgentsPerServer returns the number of agents registered with each task server.
 	AgentsPerServer(ctx context.Context) (map[string]int, error)
 	// Counts returns site servers by status and the number of agents.
@@ -166,6 +178,26 @@ var migrations = []string{
 	);
 	CREATE INDEX events_instance ON events (instance, time);
 	ALTER TABLE servers ADD COLUMN remote_addr TEXT NOT NULL DEFAULT '';`,
+	// 3: package catalog and codebases.
+	`CREATE TABLE packages (
+		id TEXT PRIMARY KEY,
+		spec TEXT NOT NULL,
+		created_at INTEGER NOT NULL,
+		updated_at INTEGER NOT NULL
+	);
+	CREATE TABLE codebases (
+		package TEXT NOT NULL,
+		server TEXT NOT NULL,
+		version TEXT NOT NULL,
+		url TEXT NOT NULL,
+		state TEXT NOT NULL,
+		bytes_done INTEGER NOT NULL,
+		bytes_total INTEGER NOT NULL,
+		last_error TEXT NOT NULL,
+		next_attempt INTEGER NOT NULL,
+		updated_at INTEGER NOT NULL,
+		PRIMARY KEY (package, server)
+	);`,
 }
 
 // SQLiteStore is the Store in a SQLite file.

@@ -2,10 +2,13 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -96,6 +99,12 @@ func admin(group string, args []string, stdout io.Writer) error {
 	description := fs.String("description", "", "site description (sites add)")
 	jobFile := fs.String("file", "", "job file, YAML (jobs create)")
 	targets := fs.String("targets", "", "comma-separated agent GUIDs (jobs create)")
+	pkgDir := fs.String("dir", "", "directory whose files make the package (packages add)")
+	pkgID := fs.String("id", "", "package id (packages add)")
+	pkgVersion := fs.String("version", "", "package version (packages add)")
+	pkgSites := fs.String("sites", "", "comma-separated sites that get the package")
+	pkgServers := fs.String("servers", "", "comma-separated package servers (GUID or host name) that get it")
+	pkgStaged := fs.Int("staged", 0, "at most this many servers downloading at once (0: no limit)")
 	source := fs.String("source", "manual", "rules source (sites export)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: siteserver %s SUBCOMMAND [flags] [args]\n\n%s", group, adminHelp)
@@ -150,7 +159,7 @@ func admin(group string, args []string, stdout io.Writer) error {
 			return err
 		}
 		return out(views, func(w *tabwriter.Writer) {
-			fmt.Fprintln(w, "SITE\tSOURCES\tSUBNETS\tSERVERS\tDESCRIPTION")
+			fmt.Fprintln(w, "SITE\tSOURCES\tSUBNETS\tSERVERS\tDESCRIPTION\tWARNINGS")
 			for _, v := range views {
 				var subnets, servers []string
 				for _, s := range v.Subnets {
@@ -166,7 +175,7 @@ func admin(group string, args []string, stdout io.Writer) error {
 				for _, s := range v.Servers {
 					servers = append(servers, s.Server)
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", v.Name, strings.Join(v.Sources, ","), dash(subnets), dash(servers), v.Description)
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, strings.Join(v.Sources, ","), dash(subnets), dash(servers), v.Description, strings.Join(v.Warnings, "; "))
 			}
 		})
 	case "sites export":
@@ -320,6 +329,92 @@ func admin(group string, args []string, stdout io.Writer) error {
 				fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\n", in.ID, in.Agent, in.State, len(in.Events), in.Updated.Local().Format(time.DateTime))
 			}
 		})
+	case "packages add":
+		if err := need(0, "-dir DIR -id ID -version V [-sites A,B] [-servers X,Y] [-staged N]"); err != nil {
+			return err
+		}
+		if *pkgDir == "" || *pkgID == "" || *pkgVersion == "" {
+			return usageError{"-dir, -id and -version are required"}
+		}
+		files, err := hashDir(*pkgDir)
+		if err != nil {
+			return err
+		}
+		uploaded := 0
+		for _, f := range files {
+			have, err := c.HasLibraryFile(ctx, f.SHA256)
+			if err != nil {
+				return err
+			}
+			if have {
+				continue
+			}
+			fh, err := os.Open(filepath.Join(*pkgDir, filepath.FromSlash(f.Name)))
+			if err != nil {
+				return err
+			}
+			err = c.UploadLibraryFile(context.Background(), f.SHA256, f.Size, fh)
+			fh.Close()
+			if err != nil {
+				return fmt.Errorf("upload %s: %w", f.Name, err)
+			}
+			uploaded++
+		}
+		p := ns.Package{ID: *pkgID, Version: *pkgVersion, Files: files, Sites: splitList(*pkgSites), Servers: splitList(*pkgServers), Staged: *pkgStaged}
+		if err := c.PutPackage(ctx, p); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "package %s %s: %d files (%d uploaded, %d already in the library)\n", p.ID, p.Version, len(files), uploaded, len(files)-uploaded)
+		return nil
+	case "packages assign":
+		if err := need(1, "ID [-sites A,B] [-servers X,Y] [-staged N]"); err != nil {
+			return err
+		}
+		st, err := c.PackageStatus(ctx, pos[0])
+		if err != nil {
+			return err
+		}
+		p := st.Package
+		p.Sites, p.Servers, p.Staged = splitList(*pkgSites), splitList(*pkgServers), *pkgStaged
+		return c.PutPackage(ctx, p)
+	case "packages delete":
+		if err := need(1, "ID"); err != nil {
+			return err
+		}
+		return c.DeletePackage(ctx, pos[0])
+	case "packages list":
+		if err := need(0, ""); err != nil {
+			return err
+		}
+		ps, err := c.Packages(ctx)
+		if err != nil {
+			return err
+		}
+		return out(ps, func(w *tabwriter.Writer) {
+			fmt.Fprintln(w, "PACKAGE\tVERSION\tFILES\tBYTES\tSITES\tSERVERS\tSTAGED")
+			for _, p := range ps {
+				fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%s\t%s\t%d\n", p.ID, p.Version, len(p.Files), p.TotalSize(), dash(p.Sites), dash(p.Servers), p.Staged)
+			}
+		})
+	case "packages status":
+		if err := need(1, "ID"); err != nil {
+			return err
+		}
+		st, err := c.PackageStatus(ctx, pos[0])
+		if err != nil {
+			return err
+		}
+		return out(st, func(w *tabwriter.Writer) {
+			fmt.Fprintf(w, "package %s %s: ready on %d servers, stuck on %d\n", st.Package.ID, st.Package.Version, len(st.Ready), len(st.Stuck))
+			fmt.Fprintln(w, "SERVER\tSTATE\tVERSION\tBYTES\tLAST ERROR\tNEXT ATTEMPT")
+			for _, cb := range st.Codebases {
+				next := "-"
+				if !cb.NextAttempt.IsZero() {
+					next = cb.NextAttempt.Local().Format(time.DateTime)
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%d/%d\t%s\t%s\n", cb.Server, cb.State, cb.Version, cb.BytesDone, cb.BytesTotal, dashS(cb.LastError), next)
+			}
+		})
 	case "agents list":
 		if err := need(0, ""); err != nil {
 			return err
@@ -358,4 +453,47 @@ func dashS(s string) string {
 		return "-"
 	}
 	return s
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, x := range strings.Split(s, ",") {
+		if x = strings.TrimSpace(x); x != "" {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// hashDir lists the regular files under dir with their sizes and SHA-256 hashes.
+func hashDir(dir string) ([]ns.PackageFile, error) {
+	var files []ns.PackageFile
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		rel, err := filepath.Rel(dir, p)
+		if err != nil {
+			return err
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		h := sha256.New()
+		n, err := io.Copy(h, f)
+		if err != nil {
+			return err
+		}
+		files = append(files, ns.PackageFile{Name: filepath.ToSlash(rel), Size: n, SHA256: hex.EncodeToString(h.Sum(nil))})
+		return nil
+	})
+	if err == nil && len(files) == 0 {
+		err = fmt.Errorf("%s holds no files", dir)
+	}
+	return files, err
 }

@@ -348,6 +348,7 @@ metrics: {listen: "127.0.0.1:0"}
 data_dir: %s
 hostname: pc1.example
 addresses: [10.20.9.9/16]
+tickle_listen: "127.0.0.1:0"
 ns:
   name: central
   url: %s
@@ -395,7 +396,7 @@ embedded_ns:
   listen: "127.0.0.1:0"
   rules_file: %s
 services:
-  task: {}
+  task: {tickle_listen: "127.0.0.1:0", agent_listen: "127.0.0.1:0"}
 `, filepath.Join(dir, "data"), writeFile(t, filepath.Join(dir, "sites.yaml"), "sites:\n  - name: office\n    subnets: [192.0.2.0/24]\n")))
 	p := start(t, "serve", "-config", conf)
 	p.waitLog("registered")

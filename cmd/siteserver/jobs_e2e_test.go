@@ -339,7 +339,10 @@ func TestForgedAndReplayedTickles(t *testing.T) {
 		return metricValue(t, s.ssMetrics, `siteserver_task_tickles_dropped_total{reason="`+reason+`"}`)
 	}
 	s.eventually("the first fetch is done", func() bool { return fetches() >= 1 })
-	time.Sleep(300 * time.Millisecond)
+	// Until its first registration the task server looks for work every second; after it,
+	// only every hour. Let that last short wait run out.
+	s.ss.waitLog("registered")
+	time.Sleep(1500 * time.Millisecond)
 	before := fetches()
 
 	valid, err := tickle.Marshal(tickle.Tickle{Type: tickle.WorkPending, Sender: key.Sender, KeyID: key.ID, Seq: uint64(time.Now().UnixNano()), Time: time.Now()}, key.Key)

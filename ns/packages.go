@@ -1,0 +1,530 @@
+package ns
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/siteserver/siteserver/sites"
+)
+
+// Package API paths.
+const (
+	PathLibrary        = "/api/v1/library"
+	PathPackages       = "/api/v1/packages"
+	PathPkgAssignments = "/api/v1/pkgserver/assignments"
+	PathPkgCodebases   = "/api/v1/pkgserver/codebases"
+	PathCodebases      = "/api/v1/codebases"
+)
+
+// Assignment is a package a package server should hold.
+type Assignment struct {
+	Package Package `json:"package"`
+	// Go is false while a staged rollout keeps this server waiting for its turn.
+	Go bool `json:"go"`
+}
+
+// AssignmentsResponse lists a package server's packages.
+type AssignmentsResponse struct {
+	Assignments []Assignment `json:"assignments"`
+}
+
+// SourcesResponse lists where to download a package from, best first.
+type SourcesResponse struct {
+	Package Package  `json:"package"`
+	Sources []Source `json:"sources"`
+}
+
+// PackageStatus is a package with its codebases, for administrators.
+type PackageStatus struct {
+	Package   Package    `json:"package"`
+	Codebases []Codebase `json:"codebases"`
+	Ready     []string   `json:"ready"` // servers where it is ready
+	Stuck     []Codebase `json:"stuck"` // retrying or invalid
+}
+
+func (s *Server) libraryDir() string { return filepath.Join(s.cfg.DataDir, "library") }
+
+func (s *Server) libraryPath(sha string) string { return filepath.Join(s.libraryDir(), sha) }
+
+func validSHA(sha string) bool {
+	b, err := hex.DecodeString(sha)
+	return err == nil && len(b) == 32 && strings.ToLower(sha) == sha
+}
+
+func (s *Server) handleLibraryHead(w http.ResponseWriter, r *http.Request) {
+	sha := r.PathValue("sha")
+	if !validSHA(sha) {
+		s.badRequest(w, fmt.Errorf("%q is not a SHA-256", sha))
+		return
+	}
+	if _, err := os.Stat(s.libraryPath(sha)); err != nil {
+		w.WriteHeader(http.StatusNotFound)
+		return
+	}
+	w.WriteHeader(http.StatusOK)
+}
+
+// handleLibraryPut stores one file of the package library under its hash, checking the
+// hash while writing; a file that does not match is not kept.
+func (s *Server) handleLibraryPut(w http.ResponseWriter, r *http.Request) {
+	sha := r.PathValue("sha")
+	if !validSHA(sha) {
+		s.badRequest(w, fmt.Errorf("%q is not a SHA-256", sha))
+		return
+	}
+	if _, err := os.Stat(s.libraryPath(sha)); err == nil {
+		io.Copy(io.Discard, io.LimitReader(r.Body, 1<<20))
+		writeJSON(w, http.StatusOK, map[string]string{"sha256": sha, "stored": "already"})
+		return
+	}
+	if err := os.MkdirAll(s.libraryDir(), 0o700); err != nil {
+		writeError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	tmp, err := os.CreateTemp(s.libraryDir(), ".upload-*")
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	defer os.Remove(tmp.Name())
+	h := sha256.New()
+	_, err = io.Copy(io.MultiWriter(tmp, h), r.Body)
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "storing upload: %v", err)
+		return
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != sha {
+		s.badRequest(w, fmt.Errorf("content hashes to %s, not %s", got, sha))
+		return
+	}
+	if err := os.Rename(tmp.Name(), s.libraryPath(sha)); err != nil {
+		writeError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	syncDir(s.libraryDir())
+	writeJSON(w, http.StatusOK, map[string]string{"sha256": sha, "stored": "new"})
+}
+
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+}
+
+func (s *Server) handlePutPackage(w http.ResponseWriter, r *http.Request) {
+	b, ok := s.readBody(w, r)
+	if !ok {
+		return
+	}
+	var p Package
+	if err := decodeJSON(strings.NewReader(string(b)), &p); err != nil {
+		s.badRequest(w, fmt.Errorf("decode package: %w", err))
+		return
+	}
+	if err := p.Validate(); err != nil {
+		s.badRequest(w, err)
+		return
+	}
+	for i, f := range p.Files {
+		st, err := os.Stat(s.libraryPath(f.SHA256))
+		if err != nil {
+			s.badRequest(w, fmt.Errorf("files[%d] %s: content %s is not in the library; upload it first", i, f.Name, f.SHA256))
+			return
+		}
+		if st.Size() != f.Size {
+			s.badRequest(w, fmt.Errorf("files[%d] %s: size %d, the library holds %d bytes", i, f.Name, f.Size, st.Size()))
+			return
+		}
+	}
+	if err := s.store.PutPackage(r.Context(), p, s.now().UTC()); err != nil {
+		writeError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	s.logger.Info("package stored", "package", p.ID, "version", p.Version, "files", len(p.Files))
+	s.tickleAllTaskServers(r.Context())
+	writeJSON(w, http.StatusOK, p)
+}
+
+func (s *Server) handleDeletePackage(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if err := s.store.DeletePackage(r.Context(), id); errors.Is(err, ErrNotFound) {
+		writeError(w, http.StatusNotFound, "no package %q", id)
+		return
+	} else if err != nil {
+		writeError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	s.logger.Info("package deleted", "package", id)
+	s.tickleAllTaskServers(r.Context())
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) handleListPackages(w http.ResponseWriter, r *http.Request) {
+	ps, err := s.store.Packages(r.Context())
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, orEmpty(ps))
+}
+
+func (s *Server) handlePackageStatus(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	p, err := s.store.Package(r.Context(), id)
+	if errors.Is(err, ErrNotFound) {
+		writeError(w, http.StatusNotFound, "no package %q", id)
+		return
+	}
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	cbs, err := s.store.Codebases(r.Context(), id)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	st := PackageStatus{Package: p, Codebases: orEmpty(cbs), Ready: []string{}, Stuck: []Codebase{}}
+	for _, c := range cbs {
+		switch c.State {
+		case CodebaseReady:
+			if c.Version == p.Version {
+				st.Ready = append(st.Ready, c.Server)
+			}
+		case CodebaseRetrying, CodebaseInvalid:
+			st.Stuck = append(st.Stuck, c)
+		}
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+// handlePackageFile serves a package file from the library to any enrolled peer.
+func (s *Server) handlePackageFile(w http.ResponseWriter, r *http.Request) {
+	id, name := r.PathValue("id"), r.PathValue("name")
+	if err := ValidFileName(name); err != nil {
+		s.badRequest(w, fmt.Errorf("file name %q: %v", name, err))
+		return
+	}
+	p, err := s.store.Package(r.Context(), id)
+	if errors.Is(err, ErrNotFound) {
+		writeError(w, http.StatusNotFound, "no package %q", id)
+		return
+	}
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	i := slices.IndexFunc(p.Files, func(f PackageFile) bool { return f.Name == name })
+	if i < 0 {
+		writeError(w, http.StatusNotFound, "package %s has no file %q", id, name)
+		return
+	}
+	f, err := os.Open(s.libraryPath(p.Files[i].SHA256))
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "library: %v", err)
+		return
+	}
+	defer f.Close()
+	w.Header().Set("ETag", `"sha256:`+p.Files[i].SHA256+`"`)
+	w.Header().Set("Content-Type", "application/octet-stream")
+	http.ServeContent(w, r, "", s.startTime, f)
+}
+
+// assigned reports whether package p goes to package server rec.
+func assigned(p Package, rec ServerRecord, m *sites.Map) bool {
+	if len(p.Sites) == 0 && len(p.Servers) == 0 {
+		return true
+	}
+	for _, srv := range p.Servers {
+		if strings.EqualFold(srv, rec.ID) || strings.EqualFold(strings.TrimSuffix(srv, "."), strings.TrimSuffix(rec.Hostname, ".")) {
+			return true
+		}
+	}
+	for _, sm := range m.ServerSites(toSitesServer(rec, 0)) {
+		if slices.Contains(p.Sites, sm.Site) {
+			return true
+		}
+	}
+	return false
+}
+
+func offers(rec ServerRecord, service string) (ServiceInfo, bool) {
+	for _, si := range rec.Services {
+		if si.Name == service {
+			return si, true
+		}
+	}
+	return ServiceInfo{}, false
+}
+
+func (s *Server) handleAssignments(w http.ResponseWriter, r *http.Request) {
+	p := peerFrom(r)
+	if !s.currentServer(w, r, p) {
+		return
+	}
+	ctx := r.Context()
+	rec, err := s.store.Server(ctx, p.id)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	out := AssignmentsResponse{Assignments: []Assignment{}}
+	if _, ok := offers(rec, ServicePackage); !ok {
+		writeJSON(w, http.StatusOK, out)
+		return
+	}
+	pkgs, err := s.store.Packages(ctx)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	cbs, err := s.store.Codebases(ctx, "")
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	m := s.rules.Load()
+	for _, pkg := range pkgs {
+		if !assigned(pkg, rec, m) {
+			continue
+		}
+		out.Assignments = append(out.Assignments, Assignment{Package: pkg, Go: stagedGo(pkg, rec.ID, cbs)})
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// stagedGo lets a server download a staged package when it already started or when fewer
+// than Staged servers are downloading it.
+func stagedGo(p Package, server string, cbs []Codebase) bool {
+	if p.Staged <= 0 {
+		return true
+	}
+	busy := 0
+	for _, c := range cbs {
+		if c.Package != p.ID {
+			continue
+		}
+		active := c.State == CodebaseDownloading || c.State == CodebaseRetrying || c.State == CodebaseInvalid
+		if c.Server == server && (active || (c.State == CodebaseReady && c.Version == p.Version)) {
+			return true
+		}
+		if active {
+			busy++
+		}
+	}
+	return busy < p.Staged
+}
+
+func (s *Server) handleCodebaseReport(w http.ResponseWriter, r *http.Request) {
+	p := peerFrom(r)
+	if !s.currentServer(w, r, p) {
+		return
+	}
+	b, ok := s.readBodyN(w, r, 8<<20)
+	if !ok {
+		return
+	}
+	var cbs []Codebase
+	if err := decodeJSON(strings.NewReader(string(b)), &cbs); err != nil {
+		s.badRequest(w, fmt.Errorf("decode codebases: %w", err))
+		return
+	}
+	keep := make([]string, 0, len(cbs))
+	now := s.now().UTC()
+	for i := range cbs {
+		c := &cbs[i]
+		if !ValidID(c.Package) {
+			s.badRequest(w, fmt.Errorf("[%d].package: %q is not valid", i, c.Package))
+			return
+		}
+		if !slices.Contains(CodebaseStates, c.State) {
+			s.badRequest(w, fmt.Errorf("[%d].state: %q is not a codebase state", i, c.State))
+			return
+		}
+		c.Server, c.Updated = p.id, now
+		keep = append(keep, c.Package)
+	}
+	ctx := r.Context()
+	if err := s.store.PutCodebases(ctx, cbs); err != nil {
+		writeError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	// The report is complete: anything not in it is no longer held there.
+	if err := s.store.DeleteCodebases(ctx, p.id, keep); err != nil {
+		writeError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// requester is who asks for sources: its sites and whether it is a constrained server.
+type requester struct {
+	id          string
+	sites       []string
+	constrained bool
+}
+
+// rankSources orders where a package can come from for r: package servers of r's sites
+// first, then the unconstrained servers that feed them, then the NS. A constrained
+// package server gets only servers of its own sites: never anything outside them.
+func rankSources(p Package, r requester, servers []ServerRecord, cbs []Codebase, m *sites.Map, nsBase string) []Source {
+	byID := map[string]ServerRecord{}
+	for _, rec := range servers {
+		byID[rec.ID] = rec
+	}
+	type cand struct {
+		rec         ServerRecord
+		url         string
+		shares      bool
+		constrained bool
+	}
+	var cands []cand
+	for _, c := range cbs {
+		if c.Package != p.ID || c.State != CodebaseReady || c.Version != p.Version || c.Server == r.id || c.URL == "" {
+			continue
+		}
+		rec, ok := byID[c.Server]
+		if !ok || rec.Status != StatusApproved {
+			continue
+		}
+		si, ok := offers(rec, ServicePackage)
+		if !ok {
+			continue
+		}
+		shares := false
+		for _, sm := range m.ServerSites(toSitesServer(rec, 0)) {
+			if slices.Contains(r.sites, sm.Site) {
+				shares = true
+			}
+		}
+		cands = append(cands, cand{rec: rec, url: c.URL, shares: shares, constrained: si.Constrained})
+	}
+	sort.Slice(cands, func(i, j int) bool {
+		if cands[i].rec.Hostname != cands[j].rec.Hostname {
+			return cands[i].rec.Hostname < cands[j].rec.Hostname
+		}
+		return cands[i].rec.ID < cands[j].rec.ID
+	})
+	out := []Source{}
+	for _, c := range cands {
+		if c.shares {
+			out = append(out, Source{URL: c.url, Server: c.rec.ID, Kind: SourceSameSite})
+		}
+	}
+	if r.constrained {
+		return out
+	}
+	for _, c := range cands {
+		if !c.shares && !c.constrained {
+			out = append(out, Source{URL: c.url, Server: c.rec.ID, Kind: SourceFeeder})
+		}
+	}
+	return append(out, Source{URL: nsBase + PathPackages + "/" + p.ID + "/files", Kind: SourceNS})
+}
+
+func (s *Server) handleSources(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	id := r.URL.Query().Get("package")
+	pkg, err := s.store.Package(ctx, id)
+	if errors.Is(err, ErrNotFound) {
+		writeError(w, http.StatusNotFound, "no package %q", id)
+		return
+	}
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	p := peerFrom(r)
+	m := s.rules.Load()
+	req := requester{id: p.id}
+	if p.kind == KindSiteServer {
+		rec, err := s.store.Server(ctx, p.id)
+		if err != nil {
+			writeError(w, http.StatusUnauthorized, "site server %s is not enrolled here", p.id)
+			return
+		}
+		for _, sm := range m.ServerSites(toSitesServer(rec, 0)) {
+			req.sites = append(req.sites, sm.Site)
+		}
+		si, _ := offers(rec, ServicePackage)
+		req.constrained = si.Constrained
+	} else {
+		rec, err := s.store.Agent(ctx, p.id)
+		if err != nil {
+			writeError(w, http.StatusUnauthorized, "agent %s is not enrolled here", p.id)
+			return
+		}
+		for _, sm := range m.SitesFor(rec.Addresses) {
+			req.sites = append(req.sites, sm.Site)
+		}
+	}
+	servers, err := s.store.Servers(ctx)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	cbs, err := s.store.Codebases(ctx, pkg.ID)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, SourcesResponse{Package: pkg, Sources: rankSources(pkg, req, servers, cbs, m, s.publicURL(r))})
+}
+
+// publicURL is the NS's base URL as the requester reached it.
+func (s *Server) publicURL(r *http.Request) string {
+	if s.cfg.PublicURL != "" {
+		return strings.TrimRight(s.cfg.PublicURL, "/")
+	}
+	return "https://" + r.Host
+}
+
+// siteWarnings flags sites whose package servers are all constrained: nothing can ever
+// reach them, since constrained servers only fetch inside their sites.
+func siteWarnings(servers []ServerRecord, m *sites.Map) map[string][]string {
+	type count struct{ constrained, unconstrained int }
+	counts := map[string]*count{}
+	for _, rec := range servers {
+		si, ok := offers(rec, ServicePackage)
+		if !ok || rec.Status != StatusApproved {
+			continue
+		}
+		for _, sm := range m.ServerSites(toSitesServer(rec, 0)) {
+			c := counts[sm.Site]
+			if c == nil {
+				c = &count{}
+				counts[sm.Site] = c
+			}
+			if si.Constrained {
+				c.constrained++
+			} else {
+				c.unconstrained++
+			}
+		}
+	}
+	out := map[string][]string{}
+	for site, c := range counts {
+		if c.constrained > 0 && c.unconstrained == 0 {
+			out[site] = append(out[site], "has constrained package servers but no unconstrained one: packages cannot reach it")
+		}
+	}
+	return out
+}
+
+
