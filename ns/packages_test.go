@@ -1,0 +1,113 @@
+package ns
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/siteserver/siteserver/sites"
+)
+
+func TestRankSources(t *testing.T) {
+	m, err := sites.Compile(sites.Rules{
+		Sites: []sites.Site{{Name: "a", Source: sites.Manual}, {Name: "b", Source: sites.Manual}, {Name: "c", Source: sites.Manual}},
+		Subnets: []sites.SubnetRule{
+			{Prefix: netip.MustParsePrefix("10.1.0.0/16"), Site: "a", Source: sites.Manual},
+			{Prefix: netip.MustParsePrefix("10.2.0.0/16"), Site: "b", Source: sites.Manual},
+			{Prefix: netip.MustParsePrefix("10.3.0.0/16"), Site: "c", Source: sites.Manual},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := func(id, addr string, constrained bool) ServerRecord {
+		return ServerRecord{ID: id, Hostname: id, Status: StatusApproved, Addresses: []netip.Prefix{netip.MustParsePrefix(addr)},
+			Services: []ServiceInfo{{Name: ServicePackage, Constrained: constrained}}}
+	}
+	servers := []ServerRecord{
+		server("a-unc", "10.1.0.1/16", false),
+		server("a-con", "10.1.0.2/16", true),
+		server("b-unc", "10.2.0.1/16", false),
+		server("b-con", "10.2.0.2/16", true),
+		server("c-con", "10.3.0.2/16", true),
+	}
+	p := Package{ID: "pkg", Version: "2"}
+	ready := func(srv string) Codebase {
+		return Codebase{Package: "pkg", Version: "2", Server: srv, State: CodebaseReady, URL: "http://" + srv + "/packages/pkg"}
+	}
+	all := []Codebase{ready("a-unc"), ready("a-con"), ready("b-unc"), ready("b-con"),
+		{Package: "pkg", Version: "1", Server: "c-con", State: CodebaseReady, URL: "http://c-con/old"}, // old version
+	}
+	nsSrc := Source{URL: "https://ns/api/v1/packages/pkg/files", Kind: SourceNS}
+	src := func(srv, kind string) Source { return Source{URL: "http://" + srv + "/packages/pkg", Server: srv, Kind: kind} }
+	tests := map[string]struct {
+		req  requester
+		cbs  []Codebase
+		want []Source
+	}{
+		"agent in a: same site, then feeders, then the NS": {
+			req:  requester{id: "pc", sites: []string{"a"}},
+			cbs:  all,
+			want: []Source{src("a-con", SourceSameSite), src("a-unc", SourceSameSite), src("b-unc", SourceFeeder), nsSrc},
+		},
+		"unconstrained server in b: never itself": {
+			req:  requester{id: "b-unc", sites: []string{"b"}},
+			cbs:  all,
+			want: []Source{src("b-con", SourceSameSite), src("a-unc", SourceFeeder), nsSrc},
+		},
+		"constrained server in b: only its own site": {
+			req:  requester{id: "b-con", sites: []string{"b"}, constrained: true},
+			cbs:  all,
+			want: []Source{src("b-unc", SourceSameSite)},
+		},
+		"constrained server in c: nothing outside c, old versions not offered": {
+			req:  requester{id: "c-con", sites: []string{"c"}, constrained: true},
+			cbs:  all,
+			want: []Source{},
+		},
+		"nothing ready yet: the NS": {
+			req:  requester{id: "a-unc", sites: []string{"a"}},
+			cbs:  []Codebase{{Package: "pkg", Version: "2", Server: "b-unc", State: CodebaseDownloading, URL: "http://b-unc/packages/pkg"}},
+			want: []Source{nsSrc},
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			got := rankSources(p, tc.req, servers, tc.cbs, m, "https://ns")
+			if d := cmp.Diff(tc.want, got); d != "" {
+				t.Fatalf("(-want +got):\n%s", d)
+			}
+		})
+	}
+	warn := siteWarnings(servers, m)
+	if len(warn["c"]) != 1 || len(warn["a"]) != 0 || len(warn["b"]) != 0 {
+		t.Fatalf("warnings = %v, want only site c flagged", warn)
+	}
+}
+
+func TestStagedGo(t *testing.T) {
+	p := Package{ID: "pkg", Version: "2", Staged: 2}
+	cb := func(srv, state string) Codebase { return Codebase{Package: "pkg", Version: "2", Server: srv, State: state} }
+	cbs := []Codebase{cb("s1", CodebaseDownloading), cb("s2", CodebaseRetrying), cb("s3", CodebaseReady)}
+	for srv, want := range map[string]bool{"s1": true, "s2": true, "s3": true, "s4": false} {
+		if got := stagedGo(p, srv, cbs); got != want {
+			t.Errorf("stagedGo(%s) = %v, want %v", srv, got, want)
+		}
+	}
+	cbs[1].State = CodebaseReady
+	if !stagedGo(p, "s4", cbs) {
+		t.Error("a slot freed up but s4 may still not start")
+	}
+}
+
+func TestValidFileName(t *testing.T) {
+	for name, ok := range map[string]bool{
+		"boot/bcd": true, "a.wim": true, "../x": false, "/abs": false, "a/../b": false, "a\\b": false,
+		"a//b": false, "./a": false, "": false, "a\x00": false, "dir/": false,
+	} {
+		if got := ValidFileName(name) == nil; got != ok {
+			t.Errorf("ValidFileName(%q) ok = %v, want %v", name, got, ok)
+		}
+	}
+}
