@@ -20,6 +20,10 @@ type registry struct {
 	mu     sync.RWMutex
 	agents map[string]*agentRecord
 	lastTS map[string]int64 // last signed-request timestamp per agent, against replays
+	// dirty holds the agents heard from since their last presence report; a set rather
+	// than a time cut-off, so an agent registering while a report is being made is not
+	// missed.
+	dirty map[string]bool
 }
 
 // advance accepts a signed request's timestamp only if it is newer than the last one.
@@ -49,7 +53,7 @@ func openRegistry(ctx context.Context, dir string) (*registry, error) {
 		db.Close()
 		return nil, fmt.Errorf("taskd: agents db: %w", err)
 	}
-	r := &registry{db: db, agents: map[string]*agentRecord{}, lastTS: map[string]int64{}}
+	r := &registry{db: db, agents: map[string]*agentRecord{}, lastTS: map[string]int64{}, dirty: map[string]bool{}}
 	rows, err := db.QueryContext(ctx, `SELECT id, ns, hostname, tickle_addr, tickle_key, tickle_key_id, registered_at, last_contact FROM agents`)
 	if err != nil {
 		db.Close()
@@ -79,6 +83,7 @@ func (r *registry) put(ctx context.Context, a agentRecord) error {
 	}
 	r.mu.Lock()
 	r.agents[a.ID] = &a
+	r.dirty[a.ID] = true
 	r.mu.Unlock()
 	return nil
 }
@@ -97,21 +102,32 @@ func (r *registry) touch(id string, t time.Time) {
 	r.mu.Lock()
 	if a, ok := r.agents[id]; ok && t.After(a.LastContact) {
 		a.LastContact = t
+		r.dirty[id] = true
 	}
 	r.mu.Unlock()
 }
 
-// contactedSince returns the agents of one NS heard from after t.
-func (r *registry) contactedSince(nsName string, t time.Time) []agentRecord {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
+// takeDirty returns the agents of one NS heard from since their last report and clears
+// their mark; undirty puts marks back after a failed report.
+func (r *registry) takeDirty(nsName string) []agentRecord {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	var out []agentRecord
-	for _, a := range r.agents {
-		if a.NS == nsName && a.LastContact.After(t) {
+	for id := range r.dirty {
+		if a, ok := r.agents[id]; ok && a.NS == nsName {
 			out = append(out, *a)
+			delete(r.dirty, id)
 		}
 	}
 	return out
+}
+
+func (r *registry) markDirty(agents []agentRecord) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, a := range agents {
+		r.dirty[a.ID] = true
+	}
 }
 
 // counts returns registered agents and those heard from since onlineSince.

@@ -622,7 +622,6 @@ func (s *Service) forward(ctx context.Context, st *nsState, events []ns.Event, c
 }
 
 func (s *Service) presenceLoop(ctx context.Context, st *nsState, log *slog.Logger) {
-	var since time.Time
 	tk := time.NewTicker(s.cfg.PresenceInterval)
 	defer tk.Stop()
 	for {
@@ -631,10 +630,8 @@ func (s *Service) presenceLoop(ctx context.Context, st *nsState, log *slog.Logge
 			return
 		case <-tk.C:
 		}
-		now := time.Now()
-		agents := s.reg.contactedSince(st.name, since)
+		agents := s.reg.takeDirty(st.name)
 		if len(agents) == 0 {
-			since = now
 			continue
 		}
 		// Chunks keep each report well under the NS's request size limit.
@@ -649,13 +646,13 @@ func (s *Service) presenceLoop(ctx context.Context, st *nsState, log *slog.Logge
 			}
 		}
 		if err != nil {
+			s.reg.markDirty(agents)
 			log.Warn("presence report failed", "agents", len(agents), "err", err)
 			continue
 		}
 		if err := s.reg.saveContacts(ctx, agents); err != nil {
 			log.Warn("saving last contact times failed", "err", err)
 		}
-		since = now
 	}
 }
 

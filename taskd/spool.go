@@ -359,7 +359,8 @@ func syncDir(dir string) error {
 // the directory entry of a segment it created. Concurrent calls share syncs: all records
 // that arrive while one sync is running go to disk together in the next one.
 //
-// After a failed write or sync every later Append fails too, because what reached the
+// An event whose JSON exceeds 1 MiB (far above what Event.Validate allows) fails the
+// whole call. After a failed write or sync every later Append fails too, because what reached the
 // disk is then unknown (and a retried fsync can report success for lost data); reopening
 // the spool finds out. Events already stored can still be read and acknowledged.
 func (s *Spool) Append(events []ns.Event) error {

@@ -101,6 +101,9 @@ func drain(tb testing.TB, s *Spool, max, maxBytes int) []ns.Event {
 			tb.Fatal(err)
 		}
 		all = append(all, evs...)
+		if len(all) > 1<<20 {
+			tb.Fatal("Ack does not advance")
+		}
 	}
 }
 
@@ -311,6 +314,9 @@ func TestSpoolRestartAtEveryAck(t *testing.T) {
 				evs, c, err := s.Next(min(2, k-acked), 1<<20)
 				if err != nil {
 					t.Fatal(err)
+				}
+				if len(evs) == 0 {
+					t.Fatalf("Next returned nothing after %d of %d events", acked, len(all))
 				}
 				if err := s.Ack(c); err != nil {
 					t.Fatal(err)

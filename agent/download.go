@@ -1,0 +1,154 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/siteserver/siteserver/ns"
+)
+
+// Downloader fetches packages for the computer: from the sources the NS ranks for it
+// (its own site's package servers first), resuming partial files, checking every file's
+// hash, and falling back to the next source when one fails.
+type Downloader struct {
+	// Client reaches package servers (plain HTTP) and the NS (mutual TLS).
+	Client *http.Client
+}
+
+// errBadContent marks content that did not hash right: try the next source.
+var errBadContent = errors.New("content does not match its SHA-256")
+
+// Download puts every file of the package under dir and returns the source each file
+// came from. A file already there with the right hash is not downloaded again.
+func (d *Downloader) Download(ctx context.Context, src ns.SourcesResponse, dir string) (map[string]string, error) {
+	if len(src.Sources) == 0 {
+		return nil, fmt.Errorf("agent: package %s: no source offered", src.Package.ID)
+	}
+	used := map[string]string{}
+	for _, f := range src.Package.Files {
+		if err := ns.ValidFileName(f.Name); err != nil {
+			return used, fmt.Errorf("agent: package %s: file %q: %v", src.Package.ID, f.Name, err)
+		}
+		dst := filepath.Join(dir, filepath.FromSlash(f.Name))
+		if ok, _ := hashMatches(dst, f); ok {
+			used[f.Name] = "local"
+			continue
+		}
+		var errs []string
+		done := false
+		for _, s := range src.Sources {
+			err := d.fetchFile(ctx, s.URL, f, dst)
+			if err == nil {
+				used[f.Name] = s.URL
+				done = true
+				break
+			}
+			if ctx.Err() != nil {
+				return used, ctx.Err()
+			}
+			errs = append(errs, fmt.Sprintf("%s (%s): %v", s.URL, s.Kind, err))
+		}
+		if !done {
+			return used, fmt.Errorf("agent: package %s file %s: every source failed: %s", src.Package.ID, f.Name, strings.Join(errs, "; "))
+		}
+	}
+	return used, nil
+}
+
+func hashMatches(path string, f ns.PackageFile) (bool, error) {
+	fh, err := os.Open(path)
+	if err != nil {
+		return false, err
+	}
+	defer fh.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, fh)
+	if err != nil {
+		return false, err
+	}
+	return n == f.Size && hex.EncodeToString(h.Sum(nil)) == f.SHA256, nil
+}
+
+// fetchFile downloads one file into dst, resuming dst.partial with a Range request.
+func (d *Downloader) fetchFile(ctx context.Context, base string, f ns.PackageFile, dst string) error {
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	partial := dst + ".partial"
+	pf, err := os.OpenFile(partial, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return err
+	}
+	defer pf.Close()
+	have, err := pf.Seek(0, io.SeekEnd)
+	if err != nil {
+		return err
+	}
+	if have > f.Size {
+		pf.Truncate(0)
+		have, _ = pf.Seek(0, io.SeekStart)
+	}
+	var elems []string
+	for _, el := range strings.Split(f.Name, "/") {
+		elems = append(elems, url.PathEscape(el))
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(base, "/")+"/"+strings.Join(elems, "/"), nil)
+	if err != nil {
+		return err
+	}
+	if have > 0 && have < f.Size {
+		req.Header.Set("Range", "bytes="+strconv.FormatInt(have, 10)+"-")
+		req.Header.Set("If-Range", `"sha256:`+f.SHA256+`"`)
+	}
+	resp, err := d.Client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	switch {
+	case resp.StatusCode == http.StatusPartialContent && have > 0:
+		if !strings.HasPrefix(resp.Header.Get("Content-Range"), fmt.Sprintf("bytes %d-", have)) {
+			return fmt.Errorf("answer to a resume does not start at byte %d", have)
+		}
+	case resp.StatusCode == http.StatusOK:
+		// Not resumable from here: start over.
+		if err := pf.Truncate(0); err != nil {
+			return err
+		}
+		if _, err := pf.Seek(0, io.SeekStart); err != nil {
+			return err
+		}
+	case resp.StatusCode == http.StatusRequestedRangeNotSatisfiable && have == f.Size:
+		// Already complete; only the hash is left to check.
+	default:
+		return fmt.Errorf("HTTP %s", resp.Status)
+	}
+	if resp.StatusCode != http.StatusRequestedRangeNotSatisfiable {
+		if _, err := io.Copy(pf, io.LimitReader(resp.Body, f.Size+1)); err != nil {
+			return err
+		}
+	}
+	if err := pf.Sync(); err != nil {
+		return err
+	}
+	ok, err := hashMatches(partial, f)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		// Whatever is there is wrong: do not resume from it next time.
+		os.Remove(partial)
+		return errBadContent
+	}
+	return os.Rename(partial, dst)
+}

@@ -1,0 +1,107 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/siteserver/siteserver/ns"
+)
+
+func TestDownloadFallsBackAndResumes(t *testing.T) {
+	content := bytes.Repeat([]byte("0123456789abcdef"), 64<<10) // 1 MiB
+	sum := sha256.Sum256(content)
+	file := ns.PackageFile{Name: "boot/image.wim", Size: int64(len(content)), SHA256: hex.EncodeToString(sum[:])}
+	var goodBytes atomic.Int64
+	serve := func(body []byte, counter *atomic.Int64) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if !strings.HasSuffix(r.URL.Path, "/boot/image.wim") {
+				http.NotFound(w, r)
+				return
+			}
+			w.Header().Set("ETag", `"sha256:`+file.SHA256+`"`)
+			cw := &countingWriter{ResponseWriter: w, n: counter}
+			http.ServeContent(cw, r, "", time.Time{}, bytes.NewReader(body))
+		})
+	}
+	down := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "gone", http.StatusServiceUnavailable)
+	}))
+	defer down.Close()
+	corrupt := append([]byte(nil), content...)
+	corrupt[1000] ^= 0xff
+	bad := httptest.NewServer(serve(corrupt, new(atomic.Int64)))
+	defer bad.Close()
+	good := httptest.NewServer(serve(content, &goodBytes))
+	defer good.Close()
+
+	dir := t.TempDir()
+	// Half the file is already there from an interrupted download.
+	dst := filepath.Join(dir, "boot", "image.wim")
+	os.MkdirAll(filepath.Dir(dst), 0o755)
+	os.WriteFile(dst+".partial", content[:len(content)/2], 0o644)
+
+	src := ns.SourcesResponse{
+		Package: ns.Package{ID: "pkg", Version: "1", Files: []ns.PackageFile{file}},
+		Sources: []ns.Source{
+			{URL: down.URL + "/packages/pkg", Kind: ns.SourceSameSite},
+			{URL: good.URL + "/packages/pkg", Kind: ns.SourceFeeder},
+		},
+	}
+	d := &Downloader{Client: http.DefaultClient}
+	used, err := d.Download(context.Background(), src, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if used[file.Name] != good.URL+"/packages/pkg" {
+		t.Fatalf("used %v", used)
+	}
+	got, _ := os.ReadFile(dst)
+	if !bytes.Equal(got, content) {
+		t.Fatal("downloaded content differs")
+	}
+	if n := goodBytes.Load(); n > int64(len(content))/2+4096 {
+		t.Fatalf("resumed download moved %d bytes, want about half of %d", n, len(content))
+	}
+
+	// A corrupt source is never trusted: its content is thrown away, the next source used.
+	os.Remove(dst)
+	src.Sources = []ns.Source{{URL: bad.URL + "/packages/pkg", Kind: ns.SourceSameSite}, {URL: good.URL + "/packages/pkg", Kind: ns.SourceNS}}
+	if _, err := d.Download(context.Background(), src, dir); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = os.ReadFile(dst)
+	if !bytes.Equal(got, content) {
+		t.Fatal("corrupt content was kept")
+	}
+	// Only bad sources: a clear error naming them, and nothing left behind.
+	os.Remove(dst)
+	src.Sources = []ns.Source{{URL: bad.URL + "/packages/pkg", Kind: ns.SourceSameSite}}
+	_, err = d.Download(context.Background(), src, dir)
+	if err == nil || !strings.Contains(err.Error(), bad.URL) || !strings.Contains(err.Error(), "SHA-256") {
+		t.Fatalf("err = %v", err)
+	}
+	if _, err := os.Stat(dst); err == nil {
+		t.Fatal("a file that failed its hash check was left in place")
+	}
+}
+
+type countingWriter struct {
+	http.ResponseWriter
+	n *atomic.Int64
+}
+
+func (c *countingWriter) Write(b []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(b)
+	c.n.Add(int64(n))
+	return n, err
+}
