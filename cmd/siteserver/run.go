@@ -23,6 +23,7 @@ import (
 	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/internal/service"
 	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/pkgd"
 	"github.com/siteserver/siteserver/sites"
 	"github.com/siteserver/siteserver/taskd"
 )
@@ -233,6 +234,17 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 			return err
 		}
 	}
+	var pkg *pkgd.Service
+	if cfg.Services.Package != nil {
+		pcfg := *cfg.Services.Package
+		pcfg.DataDir = filepath.Join(cfg.DataDir, "package")
+		if len(peers) > 1 {
+			logger.Warn("the package service follows the first NS only", "ns", peers[0].Endpoint.Name)
+		}
+		if pkg, err = pkgd.New(pcfg, id, peers[0], logger.With("service", "package"), reg); err != nil {
+			return err
+		}
+	}
 	register := func(ctx context.Context, p *ns.Peer, c *ns.Client) (any, time.Duration, error) {
 		addrs, err := hostinfo.Addresses(cfg.Addresses)
 		if err != nil {
@@ -245,6 +257,12 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 				return nil, 0, err
 			}
 			services = append([]ns.ServiceInfo{task.Info(addrs)}, services...)
+		}
+		if pkg != nil {
+			if _, err := pkg.Bound(ctx); err != nil {
+				return nil, 0, err
+			}
+			services = append(services, pkg.Info(addrs))
 		}
 		resp, err := c.RegisterServer(ctx, ns.RegisterServerRequest{ID: id, Hostname: host, Addresses: addrs, Services: services})
 		if err != nil {
@@ -260,6 +278,10 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 			names = append(names, s.Site)
 		}
 		logger.Info("registered", "ns", p.Endpoint.Name, "sites", names, "heartbeat", resp.Settings.HeartbeatInterval)
+		if pkg != nil {
+			// Sites or settings may have changed: look at the assignments again.
+			pkg.Kick()
+		}
 	}
 	for _, p := range peers {
 		var last ns.RegisterServerResponse
@@ -271,14 +293,14 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 	if task != nil {
 		g.Add(task)
 	}
+	if pkg != nil {
+		g.Add(pkg)
+	}
 	return runGroup(ctx, logger, g)
 }
 
 func declaredServices(s config.Services) []ns.ServiceInfo {
 	var out []ns.ServiceInfo
-	if s.Package != nil {
-		out = append(out, ns.ServiceInfo{Name: ns.ServicePackage, URL: s.Package.URL, Constrained: s.Package.Constrained})
-	}
 	if s.Netboot != nil {
 		out = append(out, ns.ServiceInfo{Name: ns.ServiceNetboot, URL: s.Netboot.URL})
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/pkgd"
 	"github.com/siteserver/siteserver/taskd"
 )
 
@@ -65,15 +66,8 @@ type EmbeddedNS struct {
 // Services lists the site services to run; a service is on when its section is present.
 type Services struct {
 	Task    *taskd.Config   `yaml:"task"`
-	Package *PackageService `yaml:"package"`
+	Package *pkgd.Config    `yaml:"package"`
 	Netboot *NetbootService `yaml:"netboot"`
-}
-
-// PackageService configures the package service.
-type PackageService struct {
-	URL string `yaml:"url"`
-	// Constrained servers fetch only from sources inside their sites.
-	Constrained bool `yaml:"constrained"`
 }
 
 // NetbootService configures the network boot service.
@@ -133,6 +127,9 @@ func (c *Serve) Defaults() {
 	c.EmbeddedNS.Settings.Defaults()
 	if c.Services.Task != nil {
 		c.Services.Task.Defaults()
+	}
+	if c.Services.Package != nil {
+		c.Services.Package.Defaults()
 	}
 }
 
@@ -213,8 +210,12 @@ func (c *Serve) Validate() error {
 			return err
 		}
 	}
+	if c.Services.Package != nil {
+		if err := c.Services.Package.Validate("services.package"); err != nil {
+			return err
+		}
+	}
 	for name, u := range map[string]*string{
-		"services.package.url": fieldURL(c.Services.Package),
 		"services.netboot.url": fieldURL(c.Services.Netboot),
 	} {
 		if u == nil || *u == "" {
@@ -229,10 +230,6 @@ func (c *Serve) Validate() error {
 
 func fieldURL(s any) *string {
 	switch v := s.(type) {
-	case *PackageService:
-		if v != nil {
-			return &v.URL
-		}
 	case *NetbootService:
 		if v != nil {
 			return &v.URL

@@ -11,6 +11,7 @@ import (
 
 	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/pkgd"
 	"github.com/siteserver/siteserver/taskd"
 )
 
@@ -85,7 +86,9 @@ func TestExampleBranch(t *testing.T) {
 			Task: &taskd.Config{TickleListen: ":50123", TickleAdvertise: ":50123", AgentListen: ":50180",
 				URL: "https://branch-ss1.example.org:50180", ChannelListen: ":50125", PresenceInterval: time.Minute, ForwardBatch: 1000,
 				MaxForwardBackoff: time.Minute},
-			Package: &PackageService{URL: "https://branch-ss1.example.org:8080", Constrained: true},
+			Package: &pkgd.Config{Listen: ":50181", URL: "http://branch-ss1.example.org:50181", Constrained: true,
+				PollInterval: 5 * time.Minute, VerifyInterval: 24 * time.Hour, MaxDownloads: 4, RetryBase: 3 * time.Minute,
+				Bandwidth: []string{"08:00-18:00 2Mbit"}, DefaultBandwidth: "unlimited"},
 		},
 	}
 	if d := cmp.Diff(want, got); d != "" {
@@ -108,7 +111,9 @@ func TestExampleStandalone(t *testing.T) {
 		EmbeddedNS: EmbeddedNS{Listen: "127.0.0.1:50443", RulesFile: "examples/sites.yaml", Approval: "auto", Settings: defaultSettings},
 		Services: Services{Task: &taskd.Config{TickleListen: "127.0.0.1:50123", TickleAdvertise: "127.0.0.1:50123",
 			AgentListen: "127.0.0.1:50180", URL: "https://127.0.0.1:50180", PresenceInterval: time.Minute, ForwardBatch: 1000,
-			MaxForwardBackoff: time.Minute}, Package: &PackageService{}, Netboot: &NetbootService{}},
+			MaxForwardBackoff: time.Minute}, Package: &pkgd.Config{Listen: "127.0.0.1:50181", URL: "http://127.0.0.1:50181",
+			PollInterval: 5 * time.Minute, VerifyInterval: 24 * time.Hour, MaxDownloads: 4, RetryBase: 3 * time.Minute, DefaultBandwidth: "unlimited"},
+			Netboot: &NetbootService{}},
 	}
 	if d := cmp.Diff(want, got); d != "" {
 		t.Fatalf("standalone.yaml (-want +got):\n%s", d)

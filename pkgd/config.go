@@ -1,0 +1,98 @@
+package pkgd
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"time"
+)
+
+// Config configures the package service (the services.package section of a serve config).
+type Config struct {
+	// Listen is where package files are served over HTTP.
+	Listen string `yaml:"listen"`
+	// URL is the base URL reported in codebases; default http://<first address>:<port>.
+	URL string `yaml:"url"`
+	// Constrained servers fetch only from package servers inside their own sites.
+	Constrained bool `yaml:"constrained"`
+	// PollInterval is how often the assignment list is fetched besides start and tickles.
+	PollInterval time.Duration `yaml:"poll_interval"`
+	// VerifyInterval is how often stored content is hashed again.
+	VerifyInterval time.Duration `yaml:"verify_interval"`
+	// MaxDownloads bounds concurrent upstream downloads.
+	MaxDownloads int `yaml:"max_downloads"`
+	// Bandwidth limits upstream downloads by time of day, e.g. "08:00-18:00 2Mbit";
+	// DefaultBandwidth applies outside every window ("unlimited" or e.g. "20Mbit").
+	Bandwidth        []string `yaml:"bandwidth"`
+	DefaultBandwidth string   `yaml:"default_bandwidth"`
+
+	// RetryBase is the first retry delay of a failed download; it doubles per failure up
+	// to 24 hours. Default 3m.
+	RetryBase time.Duration `yaml:"retry_base"`
+
+	// DataDir is set by serve: the package service's own directory.
+	DataDir string `yaml:"-"`
+}
+
+// Defaults fills unset fields.
+func (c *Config) Defaults() {
+	if c.Listen == "" {
+		c.Listen = ":50181"
+	}
+	if c.PollInterval == 0 {
+		c.PollInterval = 5 * time.Minute
+	}
+	if c.VerifyInterval == 0 {
+		c.VerifyInterval = 24 * time.Hour
+	}
+	if c.MaxDownloads == 0 {
+		c.MaxDownloads = 4
+	}
+	if c.RetryBase == 0 {
+		c.RetryBase = 3 * time.Minute
+	}
+	if c.DefaultBandwidth == "" {
+		c.DefaultBandwidth = "unlimited"
+	}
+}
+
+// Validate names the bad field under prefix.
+func (c *Config) Validate(prefix string) error {
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		return fmt.Errorf("%s.listen: %w", prefix, err)
+	}
+	if c.URL != "" {
+		if u, err := url.Parse(c.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("%s.url: %q is not an http(s) URL", prefix, c.URL)
+		}
+	}
+	if c.PollInterval < time.Second {
+		return fmt.Errorf("%s.poll_interval: %s is below 1s", prefix, c.PollInterval)
+	}
+	if c.VerifyInterval < time.Second {
+		return fmt.Errorf("%s.verify_interval: %s is below 1s", prefix, c.VerifyInterval)
+	}
+	if c.MaxDownloads < 1 || c.MaxDownloads > 64 {
+		return fmt.Errorf("%s.max_downloads: %d is not within 1..64", prefix, c.MaxDownloads)
+	}
+	if _, err := ParseWindows(c.Bandwidth); err != nil {
+		return fmt.Errorf("%s.bandwidth: %w", prefix, err)
+	}
+	if _, err := parseRate(c.DefaultBandwidth); err != nil {
+		return fmt.Errorf("%s.default_bandwidth: %w", prefix, err)
+	}
+	return nil
+}
+
+// RetryDelay is the wait before retry n (1-based) of a failed download: base·2^(n-1),
+// capped at 24 hours; with the default 3 minutes, after nine failures it tries once a day.
+func RetryDelay(base time.Duration, n int) time.Duration {
+	if n < 1 {
+		n = 1
+	}
+	d := base
+	for i := 1; i < n && d < 24*time.Hour; i++ {
+		d *= 2
+	}
+	return min(d, 24*time.Hour)
+}

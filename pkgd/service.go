@@ -1,0 +1,582 @@
+package pkgd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/siteserver/siteserver/internal/obs"
+	"github.com/siteserver/siteserver/ns"
+)
+
+// Service is the package service: it keeps the packages assigned to this server in a
+// content-addressed store, reports where it serves them, and serves them over HTTP.
+type Service struct {
+	cfg     Config
+	id      string
+	peer    *ns.Peer
+	logger  *slog.Logger
+	reg     prometheus.Registerer
+	now     func() time.Time
+	metrics *serviceMetrics
+
+	store   *Store
+	fetcher *Fetcher
+	client  *ns.Client
+	wake    chan struct{}
+	ready   atomic.Bool
+	bound   chan struct{}
+	addr    net.Addr
+	baseURL atomic.Value // string
+
+	mu       sync.Mutex
+	pkgs     map[string]*pkgState // assigned packages by id
+	fileRefs map[string]ns.PackageFile
+}
+
+// pkgState is one assigned package and how far this server is with it.
+type pkgState struct {
+	pkg      ns.Package
+	allowed  bool // a staged rollout lets it download now
+	state    string
+	done     int64
+	lastErr  string
+	failures int
+	next     time.Time
+	cancel   context.CancelFunc // of the running download
+}
+
+type serviceMetrics struct {
+	packages *prometheus.GaugeVec
+	retries  prometheus.Counter
+	fetch    *FetchMetrics
+	serve    *ServeMetrics
+}
+
+// New builds the package service; nothing is opened or bound until Run. peer is the NS
+// link whose assignments it follows.
+func New(cfg Config, id string, peer *ns.Peer, logger *slog.Logger, reg prometheus.Registerer) (*Service, error) {
+	cfg.Defaults()
+	if err := cfg.Validate("services.package"); err != nil {
+		return nil, err
+	}
+	if cfg.DataDir == "" {
+		return nil, errors.New("pkgd: data directory not set")
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Service{cfg: cfg, id: id, peer: peer, logger: logger, reg: reg, now: time.Now,
+		wake: make(chan struct{}, 1), bound: make(chan struct{}), pkgs: map[string]*pkgState{}}
+	m := &serviceMetrics{
+		packages: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "siteserver", Subsystem: "package", Name: "packages",
+			Help: "Assigned packages by state."}, []string{"state"}),
+		retries: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "siteserver", Subsystem: "package", Name: "retries_total",
+			Help: "Package downloads that failed and were scheduled again."}),
+	}
+	for _, st := range ns.CodebaseStates {
+		m.packages.WithLabelValues(st)
+	}
+	var err error
+	if err = reg.Register(m.packages); err == nil {
+		err = reg.Register(m.retries)
+	}
+	if err == nil {
+		m.fetch, err = NewFetchMetrics(reg)
+	}
+	if err == nil {
+		m.serve, err = NewServeMetrics(reg)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("pkgd: metrics: %w", err)
+	}
+	s.metrics = m
+	return s, nil
+}
+
+// Name implements service.Service.
+func (s *Service) Name() string { return "package" }
+
+// Ready implements service.Readier.
+func (s *Service) Ready() bool { return s.ready.Load() }
+
+// Kick makes the service fetch its assignments now (settings changed).
+func (s *Service) Kick() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Bound waits until the HTTP listener is bound.
+func (s *Service) Bound(ctx context.Context) (net.Addr, error) {
+	select {
+	case <-s.bound:
+		return s.addr, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// Info is what the site server reports about this service.
+func (s *Service) Info(addrs []netip.Prefix) ns.ServiceInfo {
+	return ns.ServiceInfo{Name: ns.ServicePackage, URL: s.base(addrs), Constrained: s.cfg.Constrained}
+}
+
+func (s *Service) base(addrs []netip.Prefix) string {
+	if s.cfg.URL != "" {
+		return s.cfg.URL
+	}
+	if v, ok := s.baseURL.Load().(string); ok && v != "" {
+		return v
+	}
+	_, port, _ := net.SplitHostPort(s.cfg.Listen)
+	if s.addr != nil {
+		_, port, _ = net.SplitHostPort(s.addr.String())
+	}
+	host := "127.0.0.1"
+	if len(addrs) > 0 {
+		host = addrs[0].Addr().String()
+	}
+	u := "http://" + net.JoinHostPort(host, port)
+	s.baseURL.Store(u)
+	return u
+}
+
+// Run serves and keeps the store in line with the assignments until ctx is done.
+func (s *Service) Run(ctx context.Context) error {
+	store, err := OpenStore(filepath.Join(s.cfg.DataDir, "store"))
+	if err != nil {
+		return err
+	}
+	s.store = store
+	windows, _ := ParseWindows(s.cfg.Bandwidth)
+	def, _ := parseRate(s.cfg.DefaultBandwidth)
+	var limiter *BandwidthLimiter
+	if len(windows) > 0 || def > 0 {
+		limiter = NewBandwidthLimiter(windows, def, time.Now)
+	}
+	s.fetcher = &Fetcher{Store: store, Limiter: limiter, MaxConcurrent: s.cfg.MaxDownloads, Metrics: s.metrics.fetch}
+	defer s.fetcher.Close()
+
+	ln, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("pkgd: listen %s: %w", s.cfg.Listen, err)
+	}
+	s.addr = ln.Addr()
+	close(s.bound)
+	s.logger.Info("package service listening", "addr", ln.Addr().String(), "constrained", s.cfg.Constrained)
+	srv := &http.Server{Handler: s.handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute,
+		ErrorLog: slog.NewLogLogger(s.logger.Handler(), slog.LevelDebug)}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { s.loop(ctx) })
+	wg.Go(func() { s.verifyLoop(ctx) })
+	s.ready.Store(true)
+	defer s.ready.Store(false)
+	err = obs.ServeHTTP(ctx, ln, srv)
+	cancel()
+	return err
+}
+
+func (s *Service) nsClient(ctx context.Context) (*ns.Client, error) {
+	if s.client != nil {
+		return s.client, nil
+	}
+	c, err := s.peer.Client(ctx)
+	if err != nil {
+		return nil, err
+	}
+	// Downloads from the NS need the same client certificate as the API, and downloads
+	// from other package servers are plain HTTP; one client does both.
+	s.fetcher.Client = &http.Client{Transport: c.HTTP.Transport}
+	s.client = c
+	return c, nil
+}
+
+func (s *Service) loop(ctx context.Context) {
+	failures := 0
+	for {
+		err := s.sync(ctx)
+		wait := s.cfg.PollInterval
+		if err != nil {
+			failures++
+			wait = min(wait, time.Duration(1<<min(failures, 8))*time.Second)
+			s.logger.Warn("package assignments not fetched; will retry", "err", err, "retry_in", wait)
+		} else {
+			failures = 0
+		}
+		// Wake for the earliest scheduled retry too.
+		if next := s.earliestRetry(); !next.IsZero() {
+			wait = max(min(wait, next.Sub(s.now())), 100*time.Millisecond)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.wake:
+		case <-time.After(wait):
+		}
+	}
+}
+
+func (s *Service) earliestRetry() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var next time.Time
+	for _, p := range s.pkgs {
+		if p.state == ns.CodebaseRetrying && (next.IsZero() || p.next.Before(next)) {
+			next = p.next
+		}
+	}
+	return next
+}
+
+// sync fetches the assignments, starts what is due, stops and removes what is no longer
+// assigned, and reports every codebase.
+func (s *Service) sync(ctx context.Context) error {
+	c, err := s.nsClient(ctx)
+	if err != nil {
+		return err
+	}
+	as, err := c.Assignments(ctx)
+	if err != nil {
+		return err
+	}
+	now := s.now()
+	s.mu.Lock()
+	want := map[string]bool{}
+	for _, a := range as.Assignments {
+		want[a.Package.ID] = true
+		p, ok := s.pkgs[a.Package.ID]
+		if !ok || p.pkg.Version != a.Package.Version || !slices.Equal(p.pkg.Files, a.Package.Files) {
+			if ok && p.cancel != nil {
+				p.cancel()
+			}
+			p = &pkgState{pkg: a.Package, state: ns.CodebasePending}
+			s.pkgs[a.Package.ID] = p
+		}
+		p.pkg, p.allowed = a.Package, a.Go
+		if s.complete(p.pkg) && p.state != ns.CodebaseInvalid {
+			p.state, p.done, p.lastErr = ns.CodebaseReady, p.pkg.TotalSize(), ""
+		}
+		due := p.state == ns.CodebasePending || p.state == ns.CodebaseInvalid || (p.state == ns.CodebaseRetrying && !now.Before(p.next))
+		if due && p.allowed && p.cancel == nil {
+			s.startLocked(ctx, p)
+		}
+	}
+	for id, p := range s.pkgs {
+		if !want[id] {
+			// Deleted or no longer for this server: stop, forget, and free the content.
+			if p.cancel != nil {
+				p.cancel()
+			}
+			delete(s.pkgs, id)
+			s.logger.Info("package no longer assigned; removing it", "package", id)
+		}
+	}
+	s.rebuildRefsLocked()
+	s.mu.Unlock()
+	s.collectGarbage()
+	return s.report(ctx)
+}
+
+// complete reports whether every file of p is in the store.
+func (s *Service) complete(p ns.Package) bool {
+	for _, f := range p.Files {
+		if !s.store.Has(f.SHA256) {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Service) rebuildRefsLocked() {
+	refs := map[string]ns.PackageFile{}
+	for _, p := range s.pkgs {
+		for _, f := range p.pkg.Files {
+			refs[f.SHA256] = f
+		}
+	}
+	s.fileRefs = refs
+	counts := map[string]int{}
+	for _, p := range s.pkgs {
+		counts[p.state]++
+	}
+	for _, st := range ns.CodebaseStates {
+		s.metrics.packages.WithLabelValues(st).Set(float64(counts[st]))
+	}
+}
+
+// collectGarbage removes stored content no assigned package refers to.
+func (s *Service) collectGarbage() {
+	blobs, err := s.store.List()
+	if err != nil {
+		return
+	}
+	s.mu.Lock()
+	refs := s.fileRefs
+	s.mu.Unlock()
+	for _, sha := range blobs {
+		if _, ok := refs[sha]; !ok {
+			if err := s.store.Remove(sha); err == nil {
+				s.logger.Info("removed content no package refers to", "sha256", sha)
+			}
+		}
+	}
+}
+
+func (s *Service) startLocked(ctx context.Context, p *pkgState) {
+	dctx, cancel := context.WithCancel(ctx)
+	p.cancel = cancel
+	p.state = ns.CodebaseDownloading
+	pkg := p.pkg
+	go func() {
+		err := s.download(dctx, pkg)
+		s.mu.Lock()
+		cur, ok := s.pkgs[pkg.ID]
+		if !ok || cur != p {
+			s.mu.Unlock()
+			return
+		}
+		p.cancel = nil
+		switch {
+		case err == nil:
+			p.state, p.done, p.lastErr, p.failures = ns.CodebaseReady, pkg.TotalSize(), "", 0
+			s.logger.Info("package ready", "package", pkg.ID, "version", pkg.Version)
+		case dctx.Err() != nil:
+			// Stopped on purpose: deleted, reassigned or shutting down.
+			p.state = ns.CodebasePending
+		default:
+			p.failures++
+			p.state, p.lastErr = ns.CodebaseRetrying, err.Error()
+			p.next = s.now().Add(RetryDelay(s.cfg.RetryBase, p.failures))
+			s.metrics.retries.Inc()
+			s.logger.Warn("package download failed", "package", pkg.ID, "err", err, "attempt", p.failures, "next_attempt", p.next)
+		}
+		s.rebuildRefsLocked()
+		s.mu.Unlock()
+		if ctx.Err() == nil {
+			s.report(ctx)
+			s.Kick()
+		}
+	}()
+}
+
+// download fetches every missing file of pkg from the sources the NS ranks for us.
+func (s *Service) download(ctx context.Context, pkg ns.Package) error {
+	c, err := s.nsClient(ctx)
+	if err != nil {
+		return err
+	}
+	src, err := c.Sources(ctx, pkg.ID)
+	if err != nil {
+		return fmt.Errorf("asking for sources: %w", err)
+	}
+	var urls []string
+	for _, so := range src.Sources {
+		urls = append(urls, so.URL)
+	}
+	if len(urls) == 0 {
+		return errors.New("no source is permitted for this server yet (constrained: nothing in its sites holds it)")
+	}
+	var before int64
+	for _, f := range pkg.Files {
+		if s.store.Has(f.SHA256) {
+			before += f.Size
+			s.setDone(pkg.ID, before)
+			continue
+		}
+		base := before
+		if err := s.fetcher.Fetch(ctx, f, urls, func(n int64) { s.setDone(pkg.ID, base+n) }); err != nil {
+			return fmt.Errorf("%s: %w", f.Name, err)
+		}
+		before += f.Size
+	}
+	return nil
+}
+
+func (s *Service) setDone(id string, n int64) {
+	s.mu.Lock()
+	if p, ok := s.pkgs[id]; ok {
+		p.done = n
+	}
+	s.mu.Unlock()
+}
+
+// report sends the state of every assigned package to the NS.
+func (s *Service) report(ctx context.Context) error {
+	c, err := s.nsClient(ctx)
+	if err != nil {
+		return err
+	}
+	base := s.base(nil)
+	s.mu.Lock()
+	cbs := make([]ns.Codebase, 0, len(s.pkgs))
+	for _, p := range s.pkgs {
+		cb := ns.Codebase{Package: p.pkg.ID, Version: p.pkg.Version, State: p.state, BytesDone: p.done,
+			BytesTotal: p.pkg.TotalSize(), LastError: p.lastErr, URL: base + ServePrefix + url.PathEscape(p.pkg.ID)}
+		if p.state == ns.CodebaseRetrying {
+			cb.NextAttempt = p.next
+		}
+		cbs = append(cbs, cb)
+	}
+	s.mu.Unlock()
+	return c.ReportCodebases(ctx, cbs)
+}
+
+// verifyLoop hashes stored content again on a schedule; a mismatch marks its packages
+// invalid and downloads them again. Corrupted content is removed before anyone gets it.
+func (s *Service) verifyLoop(ctx context.Context) {
+	tk := time.NewTicker(s.cfg.VerifyInterval)
+	defer tk.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tk.C:
+		}
+		s.VerifyNow()
+	}
+}
+
+// VerifyNow hashes every stored blob once and returns how many failed.
+func (s *Service) VerifyNow() int {
+	blobs, err := s.store.List()
+	if err != nil {
+		return 0
+	}
+	bad := 0
+	for _, sha := range blobs {
+		if err := s.store.Verify(sha); errors.Is(err, ErrHashMismatch) {
+			bad++
+			s.metrics.fetch.verifyFailed()
+			s.logger.Error("stored content failed verification; downloading it again", "sha256", sha)
+			s.mu.Lock()
+			for _, p := range s.pkgs {
+				for _, f := range p.pkg.Files {
+					if f.SHA256 == sha && p.cancel == nil {
+						p.state = ns.CodebaseInvalid
+					}
+				}
+			}
+			s.mu.Unlock()
+		}
+	}
+	if bad > 0 {
+		s.Kick()
+	}
+	return bad
+}
+
+// handler serves package files: from the store when complete; a file still on its way in
+// for an assigned package is streamed from the one upstream download as it arrives.
+func (s *Service) handler() http.Handler {
+	files := NewHandler(contentFunc(s.file), s.metrics.serve, s.logger)
+	// No ServeMux: it would clean the path (and redirect) before the file handler could
+	// refuse an escaping name.
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.HasPrefix(r.URL.EscapedPath(), ServePrefix) && s.streamIfFetching(w, r) {
+			return
+		}
+		files.ServeHTTP(w, r)
+	})
+}
+
+type contentFunc func(ctx context.Context, pkg, name string) (ns.PackageFile, *os.File, error)
+
+func (f contentFunc) File(ctx context.Context, pkg, name string) (ns.PackageFile, *os.File, error) {
+	return f(ctx, pkg, name)
+}
+
+func (s *Service) lookup(pkg, name string) (ns.PackageFile, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := s.pkgs[pkg]
+	if !ok {
+		return ns.PackageFile{}, false
+	}
+	i := slices.IndexFunc(p.pkg.Files, func(f ns.PackageFile) bool { return f.Name == name })
+	if i < 0 {
+		return ns.PackageFile{}, false
+	}
+	return p.pkg.Files[i], true
+}
+
+func (s *Service) file(ctx context.Context, pkg, name string) (ns.PackageFile, *os.File, error) {
+	f, ok := s.lookup(pkg, name)
+	if !ok {
+		return ns.PackageFile{}, nil, ErrNotFound
+	}
+	fh, err := s.store.Open(f.SHA256)
+	if err != nil {
+		return f, nil, ErrNotReady
+	}
+	return f, fh, nil
+}
+
+// streamIfFetching serves a whole-file GET of an assigned file that is not stored yet by
+// joining (or starting) its download. Range requests wait for the stored file.
+func (s *Service) streamIfFetching(w http.ResponseWriter, r *http.Request) bool {
+	if r.Header.Get("Range") != "" {
+		return false
+	}
+	id, name, err := parsePackagePath(r.URL.EscapedPath()[len(ServePrefix):])
+	if err != nil {
+		return false
+	}
+	f, ok := s.lookup(id, name)
+	if !ok || s.store.Has(f.SHA256) {
+		return false
+	}
+	c, err := s.nsClient(r.Context())
+	if err != nil {
+		return false
+	}
+	src, err := c.Sources(r.Context(), id)
+	if err != nil || len(src.Sources) == 0 {
+		return false
+	}
+	var urls []string
+	for _, so := range src.Sources {
+		urls = append(urls, so.URL)
+	}
+	s.metrics.serve.misses.Inc()
+	if err := s.fetcher.Ensure(f, urls); err != nil {
+		return false
+	}
+	rc, size, err := s.fetcher.OpenWhileFetching(r.Context(), f.SHA256)
+	if err != nil {
+		return false
+	}
+	defer rc.Close()
+	w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("ETag", `"sha256:`+f.SHA256+`"`)
+	w.WriteHeader(http.StatusOK)
+	n, err := io.Copy(w, rc)
+	s.metrics.serve.servedBytes.Add(float64(n))
+	if err != nil {
+		// The download failed verification or broke: the client must not take a short
+		// or wrong body for the file, so the connection is cut.
+		panic(http.ErrAbortHandler)
+	}
+	return true
+}
