@@ -334,6 +334,14 @@ func (s *Service) collectGarbage() {
 	s.mu.Lock()
 	refs := s.fileRefs
 	s.mu.Unlock()
+	// Partial downloads of content no longer wanted go too (Remove skips one being written).
+	if ents, err := os.ReadDir(filepath.Join(s.store.dir, partialDir)); err == nil {
+		for _, e := range ents {
+			if sha, ok := strings.CutSuffix(e.Name(), partialSuffix); ok && validSHA256(sha) {
+				blobs = append(blobs, sha)
+			}
+		}
+	}
 	for _, sha := range blobs {
 		if _, ok := refs[sha]; !ok {
 			if err := s.store.Remove(sha); err == nil {

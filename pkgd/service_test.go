@@ -1,0 +1,300 @@
+package pkgd
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/siteserver/siteserver/ns"
+)
+
+// fakeNS answers the package server's questions: its assignments, the sources, and takes
+// its codebase reports.
+type fakeNS struct {
+	mu      sync.Mutex
+	assign  []ns.Assignment
+	sources []ns.Source
+	reports [][]ns.Codebase
+}
+
+func (f *fakeNS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch r.URL.Path {
+	case ns.PathPkgAssignments:
+		json.NewEncoder(w).Encode(ns.AssignmentsResponse{Assignments: f.assign})
+	case ns.PathCodebases:
+		var pkg ns.Package
+		if len(f.assign) > 0 {
+			pkg = f.assign[0].Package
+		}
+		json.NewEncoder(w).Encode(ns.SourcesResponse{Package: pkg, Sources: f.sources})
+	case ns.PathPkgCodebases:
+		var cbs []ns.Codebase
+		json.NewDecoder(r.Body).Decode(&cbs)
+		f.reports = append(f.reports, cbs)
+		w.WriteHeader(http.StatusNoContent)
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+func (f *fakeNS) last() ns.Codebase {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.reports) == 0 || len(f.reports[len(f.reports)-1]) == 0 {
+		return ns.Codebase{}
+	}
+	return f.reports[len(f.reports)-1][0]
+}
+
+// upstream serves one file's content, which the test can corrupt, slow down or count.
+type upstream struct {
+	mu      sync.Mutex
+	content []byte
+	corrupt bool
+	delay   time.Duration
+	bytes   int64
+}
+
+func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	u.mu.Lock()
+	body := append([]byte(nil), u.content...)
+	if u.corrupt {
+		body[len(body)/2] ^= 0xff
+	}
+	delay := u.delay
+	u.mu.Unlock()
+	w.Header().Set("Content-Length", strconvI(len(body)))
+	for off := 0; off < len(body); off += 32 << 10 {
+		end := min(off+32<<10, len(body))
+		n, err := w.Write(body[off:end])
+		u.mu.Lock()
+		u.bytes += int64(n)
+		u.mu.Unlock()
+		if err != nil {
+			return
+		}
+		if f, ok := w.(http.Flusher); ok {
+			f.Flush()
+		}
+		if delay > 0 {
+			select {
+			case <-r.Context().Done():
+				return
+			case <-time.After(delay):
+			}
+		}
+	}
+}
+
+func strconvI(n int) string { return strings.TrimSpace(strings.Repeat(" ", 0) + itoa(n)) }
+
+func itoa(n int) string {
+	b, _ := json.Marshal(n)
+	return string(b)
+}
+
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *fakeClock) add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+func newTestService(t *testing.T, f *fakeNS) (*Service, *fakeClock, string) {
+	t.Helper()
+	nsSrv := httptest.NewServer(f)
+	t.Cleanup(nsSrv.Close)
+	s, err := New(Config{Listen: "127.0.0.1:0", DataDir: t.TempDir(), PollInterval: time.Hour}, "ss-1", nil, nil, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := &fakeClock{t: time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)}
+	s.now = clock.now
+	s.client = ns.NewClient(nsSrv.URL, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	addr, err := s.Bound(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, clock, "http://" + addr.String()
+}
+
+func pkgOf(content []byte) ns.Package {
+	sum := sha256.Sum256(content)
+	return ns.Package{ID: "pkg", Version: "1", Files: []ns.PackageFile{{Name: "boot/big.wim", Size: int64(len(content)), SHA256: hex.EncodeToString(sum[:])}}}
+}
+
+func waitState(t *testing.T, f *fakeNS, state string) ns.Codebase {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if c := f.last(); c.State == state {
+			return c
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("codebase never reported %s; last %+v", state, f.last())
+	return ns.Codebase{}
+}
+
+func TestRetryScheduleAndCorruptUpstream(t *testing.T) {
+	content := bytes.Repeat([]byte("siteserver package content "), 20000)
+	up := &upstream{content: content, corrupt: true}
+	upSrv := httptest.NewServer(up)
+	defer upSrv.Close()
+	f := &fakeNS{assign: []ns.Assignment{{Package: pkgOf(content), Go: true}}, sources: []ns.Source{{URL: upSrv.URL + "/files", Kind: ns.SourceNS}}}
+	s, clock, base := newTestService(t, f)
+
+	cb := waitState(t, f, ns.CodebaseRetrying)
+	if !strings.Contains(cb.LastError, "hash") || !cb.NextAttempt.Equal(clock.now().Add(3*time.Minute)) {
+		t.Fatalf("retrying codebase = %+v, want a hash error and the next attempt in 3m", cb)
+	}
+	// Corrupted content is never served.
+	resp, err := http.Get(base + "/packages/pkg/boot/big.wim")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode == http.StatusOK && bytes.Equal(body[:64], content[:64]) && len(body) == len(content) {
+		t.Fatal("a file that failed verification was served")
+	}
+	// Two minutes later it is not due yet.
+	clock.add(2 * time.Minute)
+	s.Kick()
+	time.Sleep(200 * time.Millisecond)
+	if c := f.last(); c.State != ns.CodebaseRetrying {
+		t.Fatalf("retried before its time: %+v", c)
+	}
+	// The second failure doubles the delay.
+	clock.add(time.Minute)
+	s.Kick()
+	deadline := time.Now().Add(5 * time.Second)
+	for f.last().NextAttempt != clock.now().Add(6*time.Minute) {
+		if time.Now().After(deadline) {
+			t.Fatalf("second failure: %+v, want next attempt 6m later", f.last())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Upstream fixed; at the next due time it downloads and becomes ready.
+	up.mu.Lock()
+	up.corrupt = false
+	up.mu.Unlock()
+	clock.add(6 * time.Minute)
+	s.Kick()
+	cb = waitState(t, f, ns.CodebaseReady)
+	if cb.BytesDone != int64(len(content)) || !strings.HasSuffix(cb.URL, "/packages/pkg") {
+		t.Fatalf("ready codebase = %+v", cb)
+	}
+	resp, err = http.Get(base + "/packages/pkg/boot/big.wim")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !bytes.Equal(body, content) {
+		t.Fatalf("served %d, %d bytes", resp.StatusCode, len(body))
+	}
+
+	// Stored content corrupted on disk is caught by re-verification and not served.
+	p := s.store.blobPath(pkgOf(content).Files[0].SHA256)
+	b, _ := os.ReadFile(p)
+	b[10] ^= 0xff
+	os.WriteFile(p, b, 0o644)
+	if bad := s.VerifyNow(); bad != 1 {
+		t.Fatalf("VerifyNow found %d bad blobs", bad)
+	}
+	resp, err = http.Get(base + "/packages/pkg/boot/big.wim")
+	if err == nil {
+		body, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if bytes.Equal(body, b) {
+			t.Fatal("corrupted stored content was served")
+		}
+	}
+	// And it is downloaded again.
+	waitState(t, f, ns.CodebaseReady)
+}
+
+func TestDeletedMidDownloadStops(t *testing.T) {
+	content := bytes.Repeat([]byte("x"), 4<<20)
+	up := &upstream{content: content, delay: 20 * time.Millisecond}
+	upSrv := httptest.NewServer(up)
+	defer upSrv.Close()
+	f := &fakeNS{assign: []ns.Assignment{{Package: pkgOf(content), Go: true}}, sources: []ns.Source{{URL: upSrv.URL, Kind: ns.SourceNS}}}
+	s, _, _ := newTestService(t, f)
+	waitState(t, f, ns.CodebaseDownloading)
+	time.Sleep(100 * time.Millisecond)
+	f.mu.Lock()
+	f.assign = nil
+	f.mu.Unlock()
+	s.Kick()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		f.mu.Lock()
+		n := len(f.reports)
+		empty := n > 0 && len(f.reports[n-1]) == 0
+		f.mu.Unlock()
+		if empty {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the package server still reports the deleted package")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	up.mu.Lock()
+	at := up.bytes
+	up.mu.Unlock()
+	time.Sleep(300 * time.Millisecond)
+	up.mu.Lock()
+	later := up.bytes
+	up.mu.Unlock()
+	if later > at+64<<10 || at >= int64(len(content)) {
+		t.Fatalf("download went on after the package was deleted: %d then %d of %d bytes", at, later, len(content))
+	}
+	if blobs, _ := s.store.List(); len(blobs) != 0 {
+		t.Fatalf("content left in the store: %v", blobs)
+	}
+	// The partial download goes too, once the download has let go of it.
+	deadline = time.Now().Add(5 * time.Second)
+	for {
+		s.Kick()
+		ents, _ := os.ReadDir(filepath.Join(s.cfg.DataDir, "store", partialDir))
+		if len(ents) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("partial download left behind: %v", ents)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
