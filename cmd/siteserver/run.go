@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -124,6 +125,9 @@ func runNS(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 }
 
 func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "download" {
+		return agentDownload(ctx, args[1:], stderr)
+	}
 	path, err := configFlag("agent", args)
 	if err != nil {
 		return err
@@ -358,4 +362,58 @@ func loopbackHostPort(addr string) string {
 		host = "127.0.0.1"
 	}
 	return net.JoinHostPort(host, port)
+}
+
+// agentDownload fetches a package with the agent's identity from the sources the NS ranks
+// for this computer: `siteserver agent download -config FILE -package ID -dir DIR`.
+func agentDownload(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("agent download", flag.ContinueOnError)
+	path := fs.String("config", "", "agent config file")
+	pkgID := fs.String("package", "", "package id")
+	dir := fs.String("dir", "", "directory to put the files in")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *path == "" || *pkgID == "" || *dir == "" {
+		return usageError{"usage: siteserver agent download -config FILE -package ID -dir DIR"}
+	}
+	var cfg config.Agent
+	if err := config.Load(*path, &cfg); err != nil {
+		return err
+	}
+	id, err := ns.LoadOrCreateID(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	host, err := hostinfo.Hostname(cfg.Hostname)
+	if err != nil {
+		return err
+	}
+	peer := &ns.Peer{Endpoint: cfg.NS, Kind: ns.KindAgent, ID: id, Hostname: host, Dir: filepath.Join(cfg.DataDir, "ns", cfg.NS.Name)}
+	c, err := peer.Client(ctx)
+	if err != nil {
+		return err
+	}
+	// Tell the NS where this computer is, so it ranks the sources of its own site first.
+	prefixes, err := hostinfo.Addresses(cfg.Addresses)
+	if err != nil {
+		return err
+	}
+	if _, err := c.RegisterAgent(ctx, ns.RegisterAgentRequest{ID: id, Hostname: host, Addresses: hostinfo.Addrs(prefixes)}); err != nil {
+		return err
+	}
+	src, err := c.Sources(ctx, *pkgID)
+	if err != nil {
+		return err
+	}
+	d := &agent.Downloader{Client: &http.Client{Transport: c.HTTP.Transport}}
+	used, err := d.Download(ctx, src, *dir)
+	if err != nil {
+		return err
+	}
+	logger := obs.NewLogger(cfg.Log, stderr)
+	for _, f := range src.Package.Files {
+		logger.Info("package file downloaded", "package", src.Package.ID, "file", f.Name, "from", used[f.Name])
+	}
+	return nil
 }
