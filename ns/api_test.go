@@ -113,3 +113,29 @@ func FuzzDecodeRegisterAgent(f *testing.F) {
 		}
 	})
 }
+
+func FuzzDecodeEvents(f *testing.F) {
+	ev := Event{ID: "e1", Instance: "i1", Agent: "pc-1", Kind: EventJob, State: StateRunning}
+	for _, evs := range [][]Event{nil, {ev}, {ev, ev}} {
+		b, err := EncodeEvents(evs)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte{})
+	f.Add([]byte("\x28\xb5\x2f\xfd"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		evs, err := DecodeEvents(b, 64<<10)
+		if err != nil {
+			return
+		}
+		again, err := EncodeEvents(evs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := DecodeEvents(again, 1<<30); err != nil {
+			t.Fatalf("re-encoded batch does not decode: %v", err)
+		}
+	})
+}

@@ -6,59 +6,85 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
 )
 
-// Event batches travel from task servers to the NS as a JSON array compressed with zstd
-// (Content-Encoding: zstd). Status events are repetitive text, so they shrink several times.
-
 // MaxBatchDecoded bounds a decompressed batch; a batch larger than this is refused whole.
 const MaxBatchDecoded = 64 << 20
 
-var (
-	zencOnce sync.Once
-	zenc     *zstd.Encoder
-)
+// The wire form of a forwarded batch is a JSON array of ns.Event, compressed as one or
+// more zstd frames. Status events repeat field names and ids, so they compress well.
 
-func encoder() *zstd.Encoder {
-	zencOnce.Do(func() {
-		zenc, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1))
-	})
-	return zenc
-}
+var batchEncoder = sync.OnceValues(func() (*zstd.Encoder, error) {
+	return zstd.NewWriter(nil)
+})
 
-// EncodeEvents compresses a batch.
+// EncodeEvents returns the wire form of a batch.
 func EncodeEvents(events []Event) ([]byte, error) {
-	raw, err := json.Marshal(orEmpty(events))
-	if err != nil {
-		return nil, err
+	if events == nil {
+		events = []Event{}
 	}
-	return encoder().EncodeAll(raw, nil), nil
+	b, err := json.Marshal(events)
+	if err != nil {
+		return nil, fmt.Errorf("ns: encode events: %w", err)
+	}
+	enc, err := batchEncoder()
+	if err != nil {
+		return nil, fmt.Errorf("ns: encode events: %w", err)
+	}
+	return enc.EncodeAll(b, make([]byte, 0, len(b)/4+64)), nil
 }
 
-// DecodeEvents decompresses and decodes a batch, refusing more than maxDecoded bytes of
-// JSON and anything that is not exactly one array of events.
-func DecodeEvents(b []byte, maxDecoded int64) ([]Event, error) {
-	dec, err := zstd.NewReader(bytes.NewReader(b), zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(uint64(maxDecoded)+1<<20))
+// Single-goroutine stream decoders start no goroutines, so a pooled one that is dropped
+// needs no Close.
+var batchDecoders = sync.Pool{New: func() any {
+	d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1))
 	if err != nil {
-		return nil, fmt.Errorf("event batch: %w", err)
+		return err
 	}
-	defer dec.Close()
-	raw, err := io.ReadAll(io.LimitReader(dec, maxDecoded+1))
+	return d
+}}
+
+// DecodeEvents parses the wire form of a batch. It refuses more than maxDecoded bytes of
+// JSON before decoding it all (a small input can expand enormously), and bounds the zstd
+// window by the same amount, so a hostile batch costs at most about twice maxDecoded of
+// memory. Anything but one JSON array of events, including bytes after the last frame
+// or after the array, is an error. The events' fields are not checked: see Event.Validate.
+func DecodeEvents(b []byte, maxDecoded int64) ([]Event, error) {
+	if maxDecoded < 1 {
+		return nil, fmt.Errorf("ns: decode events: limit %d is not positive", maxDecoded)
+	}
+	v := batchDecoders.Get()
+	d, ok := v.(*zstd.Decoder)
+	if !ok {
+		return nil, fmt.Errorf("ns: decode events: %v", v)
+	}
+	defer func() {
+		d.Reset(nil) // drops the reference to b
+		batchDecoders.Put(d)
+	}()
+	window := uint64(max(maxDecoded, zstd.MinWindowSize))
+	if err := d.ResetWithOptions(bytes.NewReader(b),
+		zstd.WithDecoderMaxWindow(min(window, 1<<40)), zstd.WithDecoderMaxMemory(window)); err != nil {
+		return nil, fmt.Errorf("ns: decode events: %w", err)
+	}
+	raw, err := io.ReadAll(io.LimitReader(d, min(maxDecoded, math.MaxInt64-1)+1))
 	if err != nil {
-		return nil, fmt.Errorf("event batch: %w", err)
+		return nil, fmt.Errorf("ns: decode events: zstd: %w", err)
 	}
 	if int64(len(raw)) > maxDecoded {
-		return nil, fmt.Errorf("event batch: more than %d bytes decompressed", maxDecoded)
+		return nil, fmt.Errorf("ns: decode events: more than %d bytes decompressed", maxDecoded)
+	}
+	// A bare null would decode to no events without an error.
+	if t := bytes.TrimLeft(raw, " \t\r\n"); len(t) == 0 || t[0] != '[' {
+		return nil, errors.New("ns: decode events: not a JSON array")
 	}
 	var events []Event
-	if err := decodeJSON(bytes.NewReader(raw), &events); err != nil {
-		return nil, fmt.Errorf("event batch: %w", err)
-	}
-	if events == nil {
-		return nil, errors.New("event batch: not an array")
+	if err := json.Unmarshal(raw, &events); err != nil {
+		return nil, fmt.Errorf("ns: decode events: %w", err)
 	}
 	return events, nil
 }

@@ -275,19 +275,20 @@ func (s *Server) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 	var insts []JobInstance
 	var unknown []string
 	seen := map[string]bool{}
+	known, err := s.store.AgentsByID(ctx, req.Targets)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
 	for _, target := range req.Targets {
 		if seen[target] {
 			continue
 		}
 		seen[target] = true
-		a, err := s.store.Agent(ctx, target)
-		if errors.Is(err, ErrNotFound) {
+		a, ok := known[target]
+		if !ok {
 			unknown = append(unknown, target)
 			continue
-		}
-		if err != nil {
-			writeError(w, http.StatusInternalServerError, "%v", err)
-			return
 		}
 		insts = append(insts, JobInstance{ID: uuid.NewString(), JobID: req.Job.ID, Agent: a.ID, TaskServer: a.TaskServer,
 			State: StatePending, Created: now, Expires: now.Add(validity), Updated: now, Job: req.Job})

@@ -526,5 +526,3 @@ func siteWarnings(servers []ServerRecord, m *sites.Map) map[string][]string {
 	}
 	return out
 }
-
-

@@ -40,7 +40,9 @@ func TestRankSources(t *testing.T) {
 		{Package: "pkg", Version: "1", Server: "c-con", State: CodebaseReady, URL: "http://c-con/old"}, // old version
 	}
 	nsSrc := Source{URL: "https://ns/api/v1/packages/pkg/files", Kind: SourceNS}
-	src := func(srv, kind string) Source { return Source{URL: "http://" + srv + "/packages/pkg", Server: srv, Kind: kind} }
+	src := func(srv, kind string) Source {
+		return Source{URL: "http://" + srv + "/packages/pkg", Server: srv, Kind: kind}
+	}
 	tests := map[string]struct {
 		req  requester
 		cbs  []Codebase
@@ -88,7 +90,9 @@ func TestRankSources(t *testing.T) {
 
 func TestStagedGo(t *testing.T) {
 	p := Package{ID: "pkg", Version: "2", Staged: 2}
-	cb := func(srv, state string) Codebase { return Codebase{Package: "pkg", Version: "2", Server: srv, State: state} }
+	cb := func(srv, state string) Codebase {
+		return Codebase{Package: "pkg", Version: "2", Server: srv, State: state}
+	}
 	cbs := []Codebase{cb("s1", CodebaseDownloading), cb("s2", CodebaseRetrying), cb("s3", CodebaseReady)}
 	for srv, want := range map[string]bool{"s1": true, "s2": true, "s3": true, "s4": false} {
 		if got := stagedGo(p, srv, cbs); got != want {

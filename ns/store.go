@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/siteserver/siteserver/sites"
@@ -72,6 +73,8 @@ type Store interface {
 	// DeleteCodebases removes a server's codebases of packages not in keep.
 	DeleteCodebases(ctx context.Context, server string, keep []string) error
 
+	// AgentsByID returns the agents with these ids that exist.
+	AgentsByID(ctx context.Context, ids []string) (map[string]AgentRecord, error)
 	// AgentsPerServer returns the number of agents registered with each task server.
 	AgentsPerServer(ctx context.Context) (map[string]int, error)
 	// Counts returns site servers by status and the number of agents.
@@ -576,4 +579,31 @@ func (s *SQLiteStore) AgentsPerServer(ctx context.Context) (map[string]int, erro
 		out[id] = n
 	}
 	return out, rows.Err()
+}
+
+// AgentsByID implements Store.
+func (s *SQLiteStore) AgentsByID(ctx context.Context, ids []string) (map[string]AgentRecord, error) {
+	out := make(map[string]AgentRecord, len(ids))
+	// SQLite limits bound parameters; ask in slices.
+	for start := 0; start < len(ids); start += 500 {
+		part := ids[start:min(start+500, len(ids))]
+		args := make([]any, len(part))
+		for i, id := range part {
+			args[i] = id
+		}
+		rows, err := s.db.QueryContext(ctx, `SELECT `+agentCols+` FROM agents WHERE id IN (?`+strings.Repeat(", ?", len(part)-1)+`)`, args...)
+		if err != nil {
+			return nil, fmt.Errorf("ns: store: agents by id: %w", err)
+		}
+		for rows.Next() {
+			rec, err := scanAgent(rows)
+			if err != nil {
+				rows.Close()
+				return nil, err
+			}
+			out[rec.ID] = rec
+		}
+		rows.Close()
+	}
+	return out, nil
 }

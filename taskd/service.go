@@ -75,6 +75,10 @@ type Service struct {
 }
 
 type nsState struct {
+	deliveredMu sync.Mutex
+	delivered   []ns.Event
+	deliverWake chan struct{}
+
 	name   string
 	link   *NSLink
 	client *ns.Client
@@ -309,6 +313,7 @@ func (s *Service) runNS(ctx context.Context, l *NSLink) {
 	s.kickFetch()
 
 	var wg sync.WaitGroup
+	wg.Go(func() { s.deliveredLoop(ctx, st, log) })
 	wg.Go(func() { s.forwardLoop(ctx, st, log) })
 	wg.Go(func() { s.presenceLoop(ctx, st, log) })
 	wg.Wait()
@@ -338,7 +343,8 @@ func (s *Service) setupNS(ctx context.Context, l *NSLink, spool *Spool) (*nsStat
 	if err := s.keys.Set(tk.Sender, tk.ID, tk.Key); err != nil {
 		return nil, err
 	}
-	return &nsState{name: l.Peer.Endpoint.Name, link: l, client: c, root: root, cert: cert, nsID: tk.Sender, spool: spool}, nil
+	return &nsState{name: l.Peer.Endpoint.Name, link: l, client: c, root: root, cert: cert, nsID: tk.Sender, spool: spool,
+		deliverWake: make(chan struct{}, 1)}, nil
 }
 
 func backoff(failures int, lo, hi time.Duration) time.Duration {
@@ -560,13 +566,15 @@ func (s *Service) tickleAgents(ctx context.Context, agents []agentRecord) {
 		}
 		dgs, to = append(dgs, b), append(to, addr)
 	}
+	built := time.Since(start)
 	sent, err := tickle.SendBatch(s.agentConn, dgs, to, s.metrics.tickles)
 	if err != nil {
 		s.logger.Warn("tickling agents", "err", err)
 	}
 	sent += viaChannel
 	d := time.Since(start)
-	s.logger.Info("agents tickled", "agents", sent, "via_channel", viaChannel, "duration", d, "per_s", float64(sent)/max(d.Seconds(), 1e-9))
+	s.logger.Info("agents tickled", "agents", sent, "via_channel", viaChannel, "duration", d, "built", built,
+		"per_s", float64(sent)/max(d.Seconds(), 1e-9))
 }
 
 func (s *Service) forwardLoop(ctx context.Context, st *nsState, log *slog.Logger) {
@@ -828,10 +836,7 @@ func (s *Service) jobsFor(p agentPeer) (JobsResponse, bool) {
 	}
 	s.workMu.Unlock()
 	if len(newlyDelivered) > 0 {
-		// Best effort: losing a "delivered" mark is harmless, the agent's own events follow.
-		if err := p.ns.spool.Append(newlyDelivered); err != nil {
-			s.logger.Warn("could not spool delivery events", "err", err)
-		}
+		p.ns.queueDelivered(newlyDelivered)
 	}
 	if out == nil {
 		out = []ns.JobInstance{}
@@ -981,4 +986,47 @@ func (s *Service) channelAddr(r *http.Request) string {
 		host = h
 	}
 	return net.JoinHostPort(host, strconv.Itoa(int(s.channel.Addr().Port())))
+}
+
+// "Delivered" marks are best effort (the agent's own events follow and move the instance
+// on anyway), so they are spooled in batches off the fetch path: a tickle burst to
+// thousands of agents does not wait on thousands of disk flushes.
+func (st *nsState) queueDelivered(evs []ns.Event) {
+	st.deliveredMu.Lock()
+	st.delivered = append(st.delivered, evs...)
+	st.deliveredMu.Unlock()
+	select {
+	case st.deliverWake <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Service) deliveredLoop(ctx context.Context, st *nsState, log *slog.Logger) {
+	flush := func() {
+		st.deliveredMu.Lock()
+		evs := st.delivered
+		st.delivered = nil
+		st.deliveredMu.Unlock()
+		if len(evs) == 0 {
+			return
+		}
+		if err := st.spool.Append(evs); err != nil {
+			log.Warn("could not spool delivery events", "events", len(evs), "err", err)
+		}
+	}
+	defer flush()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-st.deliverWake:
+		}
+		// Gather a burst into one write.
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+		flush()
+	}
 }

@@ -2,7 +2,6 @@ package taskd
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -10,7 +9,6 @@ import (
 	"hash/crc32"
 	"io"
 	"io/fs"
-	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -19,7 +17,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/klauspost/compress/zstd"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/siteserver/siteserver/ns"
@@ -33,8 +30,8 @@ import (
 // A record is [4-byte length][4-byte CRC32C][JSON of one ns.Event], little endian. The CRC
 // covers the length bytes too, so a damaged length is caught even when it still points
 // inside the file. Sequence numbers are not stored in records: a record's number is its
-// segment's first number plus its index, which keeps records small and makes a gap
-// (records lost to corruption) impossible to misnumber.
+// segment's first number plus its index. Records skipped as damaged in one segment
+// therefore leave a gap in the numbers instead of shifting those of later segments.
 const (
 	segmentRollBytes = 8 << 20
 	// Far above the largest valid event (64 KiB of output, escaped), so only a damaged
@@ -811,76 +808,11 @@ func (s *Spool) Close() error {
 	return nil
 }
 
-// The wire form of a forwarded batch is a JSON array of ns.Event, compressed as one or
-// more zstd frames. Status events repeat field names and ids, so they compress well.
+// EncodeBatch and DecodeBatch are the wire form of a forwarded batch, kept in package ns
+// because the NS decodes what task servers encode.
+func EncodeBatch(events []ns.Event) ([]byte, error) { return ns.EncodeEvents(events) }
 
-var batchEncoder = sync.OnceValues(func() (*zstd.Encoder, error) {
-	return zstd.NewWriter(nil)
-})
-
-// EncodeBatch returns the wire form of a batch.
-func EncodeBatch(events []ns.Event) ([]byte, error) {
-	if events == nil {
-		events = []ns.Event{}
-	}
-	b, err := json.Marshal(events)
-	if err != nil {
-		return nil, fmt.Errorf("taskd: encode batch: %w", err)
-	}
-	enc, err := batchEncoder()
-	if err != nil {
-		return nil, fmt.Errorf("taskd: encode batch: %w", err)
-	}
-	return enc.EncodeAll(b, make([]byte, 0, len(b)/4+64)), nil
-}
-
-// Single-goroutine stream decoders start no goroutines, so a pooled one that is dropped
-// needs no Close.
-var batchDecoders = sync.Pool{New: func() any {
-	d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1))
-	if err != nil {
-		return err
-	}
-	return d
-}}
-
-// DecodeBatch parses the wire form of a batch. It refuses more than maxDecoded bytes of
-// JSON before decoding it all (a small input can expand enormously), and bounds the zstd
-// window by the same amount, so a hostile batch costs at most about twice maxDecoded of
-// memory. Anything but one JSON array of events, including bytes after the last frame
-// or after the array, is an error. The events' fields are not checked: see Event.Validate.
+// DecodeBatch: see ns.DecodeEvents.
 func DecodeBatch(b []byte, maxDecoded int64) ([]ns.Event, error) {
-	if maxDecoded < 1 {
-		return nil, fmt.Errorf("taskd: decode batch: limit %d is not positive", maxDecoded)
-	}
-	v := batchDecoders.Get()
-	d, ok := v.(*zstd.Decoder)
-	if !ok {
-		return nil, fmt.Errorf("taskd: decode batch: %v", v)
-	}
-	defer func() {
-		d.Reset(nil) // drops the reference to b
-		batchDecoders.Put(d)
-	}()
-	window := uint64(max(maxDecoded, zstd.MinWindowSize))
-	if err := d.ResetWithOptions(bytes.NewReader(b),
-		zstd.WithDecoderMaxWindow(min(window, 1<<40)), zstd.WithDecoderMaxMemory(window)); err != nil {
-		return nil, fmt.Errorf("taskd: decode batch: %w", err)
-	}
-	raw, err := io.ReadAll(io.LimitReader(d, min(maxDecoded, math.MaxInt64-1)+1))
-	if err != nil {
-		return nil, fmt.Errorf("taskd: decode batch: zstd: %w", err)
-	}
-	if int64(len(raw)) > maxDecoded {
-		return nil, fmt.Errorf("taskd: decode batch: more than %d bytes decompressed", maxDecoded)
-	}
-	// A bare null would decode to no events without an error.
-	if t := bytes.TrimLeft(raw, " \t\r\n"); len(t) == 0 || t[0] != '[' {
-		return nil, errors.New("taskd: decode batch: not a JSON array")
-	}
-	var events []ns.Event
-	if err := json.Unmarshal(raw, &events); err != nil {
-		return nil, fmt.Errorf("taskd: decode batch: %w", err)
-	}
-	return events, nil
+	return ns.DecodeEvents(b, maxDecoded)
 }

@@ -380,18 +380,20 @@ func TestSpoolTornTail(t *testing.T) {
 	tests := map[string]struct {
 		rollBytes int64
 		n         int
+		oneAppend bool
 	}{
 		"last record of a segment":      {n: 6},
 		"only record of the last one":   {rollBytes: 1, n: 3},
 		"only record of the only one":   {n: 1},
-		"tail of a multi-record append": {n: 4},
+		"tail of a multi-record append": {n: 4, oneAppend: true},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
+			t.Parallel()
 			base := t.TempDir()
 			s := openTest(t, base, tc.rollBytes)
 			evs := testEvents("e", 0, tc.n)
-			if name == "tail of a multi-record append" {
+			if tc.oneAppend {
 				mustAppend(t, s, evs)
 			} else {
 				for i := range evs {
@@ -436,7 +438,10 @@ func TestSpoolTornTail(t *testing.T) {
 				}
 				check(t, dir, fmt.Sprintf("cut at %d", cut), cut > start)
 			}
-			for at := start; at < int64(len(full)); at++ {
+			// Every header byte (length, CRC) and some of the JSON.
+			end := int64(len(full))
+			for _, at := range []int64{start, start + 1, start + 2, start + 3, start + 4, start + 5, start + 6,
+				start + 7, start + 8, (start + end) / 2, end - 1} {
 				dir := copyDir(t, base)
 				b := slices.Clone(full)
 				b[at] ^= 0x40
