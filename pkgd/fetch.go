@@ -75,10 +75,15 @@ func (f *Fetcher) init() {
 		f.inflight = map[string]*download{}
 		f.client = f.Client
 		if f.client == nil {
-			t := http.DefaultTransport.(*http.Transport).Clone()
-			t.DialContext = (&net.Dialer{Timeout: 30 * time.Second}).DialContext
-			t.ResponseHeaderTimeout = time.Minute
-			f.client = &http.Client{Transport: t}
+			f.client = &http.Client{Transport: &http.Transport{
+				Proxy:                 http.ProxyFromEnvironment,
+				DialContext:           (&net.Dialer{Timeout: 30 * time.Second}).DialContext,
+				ForceAttemptHTTP2:     true,
+				MaxIdleConns:          100,
+				IdleConnTimeout:       90 * time.Second,
+				TLSHandshakeTimeout:   10 * time.Second,
+				ResponseHeaderTimeout: time.Minute,
+			}}
 		}
 	})
 }
@@ -244,6 +249,9 @@ func (f *Fetcher) Ensure(file ns.PackageFile, sources []string) error {
 // join returns the running download of file, starting one if there is none; nil if the
 // content is stored already.
 func (f *Fetcher) join(ctx context.Context, file ns.PackageFile, sources []string, pin bool) (*download, error) {
+	if f.Store == nil {
+		return nil, errors.New("pkgd: fetcher has no store")
+	}
 	f.init()
 	for {
 		f.mu.Lock()
@@ -457,6 +465,19 @@ func (f *Fetcher) openPartial(d *download) (*PartialFile, error) {
 	return p, nil
 }
 
+// resetPartial empties p for a transfer from byte 0. Emptying also frees the space that
+// was reserved, so it is reserved again.
+func resetPartial(d *download, p *PartialFile, why error) error {
+	if err := p.Reset(); err != nil {
+		return &localError{err}
+	}
+	d.restart(why)
+	if err := p.Reserve(d.file.Size); err != nil {
+		return &localError{err}
+	}
+	return nil
+}
+
 // fromSource gets the content from one source into *pp and commits it. *pp is nil after a
 // commit and after a failure to reopen the partial file.
 func (f *Fetcher) fromSource(d *download, pp **PartialFile, src string) (err error) {
@@ -517,10 +538,9 @@ func (f *Fetcher) fromSource(d *download, pp **PartialFile, src string) (err err
 		if errors.Is(err, errStartOver) && !startedOver {
 			foreign, startedOver = false, true
 			if p.Size() > 0 {
-				if rerr := p.Reset(); rerr != nil {
-					return &localError{rerr}
+				if rerr := resetPartial(d, p, fmt.Errorf("source %s: %w", src, err)); rerr != nil {
+					return rerr
 				}
-				d.restart(fmt.Errorf("source %s: %w", src, err))
 			}
 			continue
 		}
@@ -595,10 +615,9 @@ func (f *Fetcher) attempt(d *download, p *PartialFile, u string) error {
 		}
 		if off > 0 {
 			// The source ignored the Range: take the whole content from it.
-			if err := p.Reset(); err != nil {
-				return &localError{err}
+			if err := resetPartial(d, p, fmt.Errorf("source %s ignored the Range and sent everything", u)); err != nil {
+				return err
 			}
-			d.restart(fmt.Errorf("source %s ignored the Range and sent everything", u))
 			off = 0
 		}
 	case http.StatusRequestedRangeNotSatisfiable:

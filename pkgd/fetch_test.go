@@ -28,7 +28,6 @@ import (
 
 // upstream is a file source that counts what it sends and misbehaves on request.
 type upstream struct {
-	t       *testing.T
 	content []byte
 	srv     *httptest.Server
 
@@ -64,7 +63,7 @@ func (f *flight) enter() {
 }
 
 func newUpstream(t *testing.T, content []byte, configure func(u *upstream)) *upstream {
-	u := &upstream{t: t, content: content}
+	u := &upstream{content: content}
 	if configure != nil {
 		configure(u)
 	}
@@ -458,7 +457,7 @@ func TestFetchCoalesces(t *testing.T) {
 		// Hold the transfer until every caller has joined, so they really overlap.
 		u.before = func(*http.Request) {
 			deadline := time.Now().Add(10 * time.Second)
-			for metric(u.t, e.reg, "siteserver_package_coalesced_requests_total") < callers-1 && time.Now().Before(deadline) {
+			for metric(t, e.reg, "siteserver_package_coalesced_requests_total") < callers-1 && time.Now().Before(deadline) {
 				time.Sleep(5 * time.Millisecond)
 			}
 		}
@@ -893,4 +892,43 @@ func TestFetcherCloseStopsDownloads(t *testing.T) {
 	if e.store.Has(file.SHA256) {
 		t.Error("stored although stopped")
 	}
+}
+
+// BenchmarkFetch compares a Fetch (write, fsync, hash again, rename) with a plain GET of
+// the same bytes from the same server into io.Discard, and reports the ratio.
+func BenchmarkFetch(b *testing.B) {
+	data := randomBytes(32<<20, 30)
+	file := fileOf("bench.bin", data)
+	up := &upstream{content: data, chunk: 256 << 10}
+	srv := httptest.NewServer(up)
+	defer srv.Close()
+	base := srv.URL + "/base"
+
+	var plain, fetch time.Duration
+	for b.Loop() {
+		start := time.Now()
+		resp, err := http.Get(base + "/bench.bin")
+		if err != nil {
+			b.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		plain += time.Since(start)
+
+		s, err := pkgd.OpenStore(b.TempDir())
+		if err != nil {
+			b.Fatal(err)
+		}
+		f := &pkgd.Fetcher{Store: s}
+		start = time.Now()
+		if err := f.Fetch(context.Background(), file, []string{base}, nil); err != nil {
+			b.Fatal(err)
+		}
+		fetch += time.Since(start)
+		f.Close()
+	}
+	mb := float64(len(data)) / 1e6 * float64(b.N)
+	b.ReportMetric(mb/plain.Seconds(), "plain-MB/s")
+	b.ReportMetric(mb/fetch.Seconds(), "fetch-MB/s")
+	b.ReportMetric(fetch.Seconds()/plain.Seconds(), "fetch/plain")
 }

@@ -123,7 +123,11 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.m.requests[resultBadMethod].Inc()
 		return
 	}
-	id, name, err := parsePackagePath(r.URL.EscapedPath())
+	rel, ok := strings.CutPrefix(r.URL.EscapedPath(), ServePrefix)
+	id, name, err := parsePackagePath(rel)
+	if !ok {
+		err = errors.New("not under " + ServePrefix)
+	}
 	if err != nil {
 		http.Error(w, "bad package file path", http.StatusBadRequest)
 		h.m.requests[resultBadPath].Inc()
@@ -132,6 +136,9 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	entry, f, err := h.content.File(r.Context(), id, name)
+	if err != nil && f != nil {
+		f.Close()
+	}
 	switch {
 	case errors.Is(err, ErrNotFound):
 		http.Error(w, "no such package file", http.StatusNotFound)
@@ -203,15 +210,11 @@ func resultFor(status int) string {
 	return resultError
 }
 
-// parsePackagePath splits an escaped request path into a package id and a file name that
-// ns.ValidFileName accepts. It works on the escaped form so that an escaped "/" cannot
-// pass for a separator, and it unescapes exactly once.
-func parsePackagePath(escaped string) (id, name string, err error) {
-	rest, ok := strings.CutPrefix(escaped, ServePrefix)
-	if !ok {
-		return "", "", errors.New("not under " + ServePrefix)
-	}
-	rawID, rawName, ok := strings.Cut(rest, "/")
+// parsePackagePath splits the escaped request path after ServePrefix into a package id and
+// a file name that ns.ValidFileName accepts. It works on the escaped form so that an escaped
+// "/" cannot pass for a separator, and it unescapes exactly once.
+func parsePackagePath(rel string) (id, name string, err error) {
+	rawID, rawName, ok := strings.Cut(rel, "/")
 	if !ok {
 		return "", "", errors.New("no file name")
 	}

@@ -2,6 +2,7 @@ package pkgd
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +18,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -207,7 +209,24 @@ func (s *Service) nsClient(ctx context.Context) (*ns.Client, error) {
 	}
 	// Downloads from the NS need the same client certificate as the API, and downloads
 	// from other package servers are plain HTTP; one client does both.
-	s.fetcher.Client = &http.Client{Transport: c.HTTP.Transport}
+	tr := c.HTTP.Transport.(*http.Transport).Clone()
+	// HTTP/1.1 for downloads: an HTTP/2 client reads ahead into a 4 MiB per-stream window
+	// whatever the reader's pace, and a crash loses all of that; over HTTP/1.1 the only
+	// read-ahead is the socket buffer, kept small below.
+	tr.ForceAttemptHTTP2 = false
+	tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+	if tr.TLSClientConfig != nil {
+		tr.TLSClientConfig = tr.TLSClientConfig.Clone()
+		tr.TLSClientConfig.NextProtos = []string{"http/1.1"}
+	}
+	if s.fetcher.Limiter != nil {
+		// A throttled download reads slowly; with the kernel's default buffers megabytes
+		// would sit unread in the socket, to be lost (and fetched again) if the process
+		// dies. A small buffer keeps what crossed the WAN close to what is on disk.
+		d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second, Control: smallReceiveBuffer}
+		tr.DialContext = d.DialContext
+	}
+	s.fetcher.Client = &http.Client{Transport: tr}
 	s.client = c
 	return c, nil
 }
@@ -335,12 +354,8 @@ func (s *Service) collectGarbage() {
 	refs := s.fileRefs
 	s.mu.Unlock()
 	// Partial downloads of content no longer wanted go too (Remove skips one being written).
-	if ents, err := os.ReadDir(filepath.Join(s.store.dir, partialDir)); err == nil {
-		for _, e := range ents {
-			if sha, ok := strings.CutSuffix(e.Name(), partialSuffix); ok && validSHA256(sha) {
-				blobs = append(blobs, sha)
-			}
-		}
+	if partials, err := s.store.Partials(); err == nil {
+		blobs = append(blobs, partials...)
 	}
 	for _, sha := range blobs {
 		if _, ok := refs[sha]; !ok {
@@ -473,9 +488,8 @@ func (s *Service) VerifyNow() int {
 	}
 	bad := 0
 	for _, sha := range blobs {
-		if err := s.store.Verify(sha); errors.Is(err, ErrHashMismatch) {
+		if err := s.fetcher.Verify(sha); errors.Is(err, ErrHashMismatch) {
 			bad++
-			s.metrics.fetch.verifyFailed()
 			s.logger.Error("stored content failed verification; downloading it again", "sha256", sha)
 			s.mu.Lock()
 			for _, p := range s.pkgs {
@@ -587,4 +601,16 @@ func (s *Service) streamIfFetching(w http.ResponseWriter, r *http.Request) bool 
 		panic(http.ErrAbortHandler)
 	}
 	return true
+}
+
+// smallReceiveBuffer caps a socket's receive buffer at 256 KiB.
+func smallReceiveBuffer(network, address string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 256<<10)
+	})
+	if err != nil {
+		return err
+	}
+	return serr
 }

@@ -258,6 +258,22 @@ func (s *Store) List() ([]string, error) {
 	return out, nil
 }
 
+// Partials returns the hashes that have a partial file, sorted, so that the owner can
+// remove (with Remove) downloads of content it no longer wants.
+func (s *Store) Partials() ([]string, error) {
+	ents, err := os.ReadDir(filepath.Join(s.dir, partialDir))
+	if err != nil {
+		return nil, fmt.Errorf("pkgd: store: %w", err)
+	}
+	var out []string
+	for _, e := range ents {
+		if sha, ok := strings.CutSuffix(e.Name(), partialSuffix); ok && validSHA256(sha) && e.Type().IsRegular() {
+			out = append(out, sha)
+		}
+	}
+	return out, nil
+}
+
 // Usage returns the bytes and number of complete blobs.
 func (s *Store) Usage() (bytes int64, blobs int) {
 	s.mu.Lock()

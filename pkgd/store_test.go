@@ -211,6 +211,9 @@ func TestStorePartialSurvivesRestart(t *testing.T) {
 	if p.Size() != 30_000 {
 		t.Fatalf("resume point = %d, want 30000", p.Size())
 	}
+	if got, err := s.Partials(); err != nil || !slices.Equal(got, []string{f.SHA256}) {
+		t.Errorf("Partials = %v, %v", got, err)
+	}
 	if _, err := p.Write(data[30_000:]); err != nil {
 		t.Fatal(err)
 	}
@@ -219,6 +222,9 @@ func TestStorePartialSurvivesRestart(t *testing.T) {
 	}
 	if !bytes.Equal(readBlob(t, s, f.SHA256), data) {
 		t.Fatal("resumed blob differs")
+	}
+	if got, _ := s.Partials(); len(got) != 0 {
+		t.Errorf("Partials after commit = %v", got)
 	}
 }
 
