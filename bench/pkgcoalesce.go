@@ -299,8 +299,13 @@ func nginxCoalesce(ctx context.Context, dir string, content []byte, clients int)
 	port, _ := freeTCPPort()
 	ndir := filepath.Join(dir, "nginx")
 	os.MkdirAll(filepath.Join(ndir, "cache"), 0o755)
+	user := ""
+	if os.Geteuid() == 0 {
+		// Workers would otherwise drop to nobody and could not use the private temp dir.
+		user = "user root;\n"
+	}
 	conf := fmt.Sprintf(`daemon off;
-master_process on;
+%[4]smaster_process on;
 worker_processes auto;
 pid %[1]s/nginx.pid;
 error_log %[1]s/error.log;
@@ -325,7 +330,7 @@ http {
     }
   }
 }
-`, ndir, port, oln.Addr().String())
+`, ndir, port, oln.Addr().String(), user)
 	cpath := filepath.Join(ndir, "nginx.conf")
 	os.WriteFile(cpath, []byte(conf), 0o644)
 	cmd := exec.CommandContext(ctx, nginx, "-c", cpath, "-p", ndir)
