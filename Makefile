@@ -25,11 +25,25 @@ test: vet
 
 # Short runs of every fuzz target, for local use.
 fuzz:
-	$(GO) test -run='^$$' -fuzz=FuzzParseRulesFile -fuzztime=30s ./sites/
-	$(GO) test -run='^$$' -fuzz=FuzzDecodeRegisterServer -fuzztime=30s ./ns/
+	$(GO) test -run='^$$' -fuzz='^FuzzParseRulesFile$$' -fuzztime=30s ./sites/
+	$(GO) test -run='^$$' -fuzz='^FuzzDecodeRegisterServer$$' -fuzztime=30s ./ns/
+	$(GO) test -run='^$$' -fuzz='^FuzzDecodeRegisterAgent$$' -fuzztime=30s ./ns/
+	$(GO) test -run='^$$' -fuzz='^FuzzDecodeEvents$$' -fuzztime=30s ./ns/
+	$(GO) test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=30s ./tickle/
+	$(GO) test -run='^$$' -fuzz='^FuzzVerify$$' -fuzztime=30s ./tickle/
+	$(GO) test -run='^$$' -fuzz='^FuzzDecodeBatch$$' -fuzztime=30s ./taskd/
+	$(GO) test -run='^$$' -fuzz='^FuzzParseWindows$$' -fuzztime=30s ./pkgd/
+	$(GO) test -run='^$$' -fuzz='^FuzzPackagePath$$' -fuzztime=30s ./pkgd/
+	$(GO) test -run='^$$' -fuzz='^FuzzBSDP$$' -fuzztime=30s ./netbootd/
+	$(GO) test -run='^$$' -fuzz='^FuzzDecide$$' -fuzztime=30s ./netbootd/
+	$(GO) test -run='^$$' -fuzz='^FuzzTFTPResolve$$' -fuzztime=30s ./netbootd/
 
 bench:
 	$(GO) run ./bench sites
+	$(GO) run ./bench tickle -agents 15000
+	$(GO) run ./bench pkg-serve
+	$(GO) run ./bench pkg-coalesce
+	$(GO) run ./bench pkg-resume
 
 deps:
 	./scripts/install-deps.sh

@@ -4,6 +4,13 @@ set -euo pipefail
 need=()
 command -v gcc >/dev/null || need+=(gcc)          # go test -race needs cgo
 command -v ip >/dev/null || need+=(iproute2)      # network namespace tests
+command -v nginx >/dev/null || need+=(nginx-light) # package benchmarks' peer
+command -v tftp >/dev/null || need+=(tftp-hpa)     # real TFTP client in the netboot tests
+command -v atftp >/dev/null || need+=(atftp)
+command -v in.tftpd >/dev/null || need+=(tftpd-hpa) # TFTP benchmark peer
+command -v dnsmasq >/dev/null || need+=(dnsmasq-base) # the site's DHCP server in netns tests
+command -v udhcpc >/dev/null || need+=(udhcpc)     # a real DHCP client in netns tests
+command -v curl >/dev/null || need+=(curl)
 if ((${#need[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
     echo "install-deps: missing ${need[*]}; run as root or install them" >&2
@@ -12,5 +19,8 @@ if ((${#need[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}"
+  # tftpd-hpa's package starts a daemon on port 69; tests and benchmarks run their own.
+  if command -v systemctl >/dev/null; then systemctl stop tftpd-hpa 2>/dev/null || true; fi
+  pkill -x in.tftpd 2>/dev/null || true
 fi
 go mod download
