@@ -29,6 +29,7 @@ type scenario struct {
 func scenarios() map[string]scenario {
 	return map[string]scenario{
 		"sites":        {help: "longest-prefix lookups in a compiled sites.Map vs a linear scan", run: runSites},
+		"pkg-serve":    {help: "package file downloads from our handler vs nginx, same file and load generator", run: runPkgServe},
 		"pkg-coalesce": {help: "clients asking for an uncached package: upstream bytes, ours vs nginx proxy_cache_lock", run: runPkgCoalesce},
 		"pkg-resume":   {help: "package server killed mid-download and restarted: upstream bytes vs the size", run: runPkgResume},
 		"tickle":       {help: "job creation to every simulated agent's fetch through a real task server, vs a raw UDP loop", run: runTickle},

@@ -23,7 +23,7 @@ func TestRun(t *testing.T) {
 			args:   []string{"sites", "-prefixes", "50", "-duration", "10ms", "-linear", "7", "-seed", "9"},
 			stdout: regexp.MustCompile(`^RESULT sites prefixes=50 .* linear_lookups=7\n$`),
 		},
-		"no scenario":      {code: 2, stdout: regexp.MustCompile(`^$`), stderrHave: "scenarios:\n  sites "},
+		"no scenario":      {code: 2, stdout: regexp.MustCompile(`^$`), stderrHave: "\n  sites "},
 		"flag first":       {args: []string{"-prefixes", "1"}, code: 2, stdout: regexp.MustCompile(`^$`), stderrHave: "usage: go run ./bench"},
 		"unknown scenario": {args: []string{"tftpx"}, code: 2, stdout: regexp.MustCompile(`^$`), stderrHave: `unknown scenario "tftpx"`},
 		"bad flag":         {args: []string{"sites", "-prefixs", "1"}, code: 2, stdout: regexp.MustCompile(`^$`), stderrHave: "flag provided but not defined: -prefixs"},

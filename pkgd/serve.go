@@ -95,8 +95,8 @@ func NewServeMetrics(reg prometheus.Registerer) (*ServeMetrics, error) {
 }
 
 // NewHandler serves GET and HEAD of ServePrefix + id + "/" + file name from c. Mount it where
-// the request path reaches it unchanged: http.ServeMux cleans paths and redirects before a
-// handler sees them, which would let "/packages/a/../b" escape the package as a redirect.
+// the request path reaches it unchanged: http.ServeMux would answer "/packages/a/../b" with a
+// redirect out of package a instead of letting the handler refuse and count it.
 func NewHandler(c Content, m *ServeMetrics, logger *slog.Logger) http.Handler {
 	if m == nil {
 		m, _ = NewServeMetrics(prometheus.NewRegistry())

@@ -687,3 +687,38 @@ func FuzzPackagePath(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkServeZstd is the cost of compressing on the fly, which sendfile never pays.
+func BenchmarkServeZstd(b *testing.B) {
+	var text bytes.Buffer
+	for i := 0; text.Len() < 8<<20; i++ {
+		fmt.Fprintf(&text, "<component id=\"%d\" name=\"branch-office-suite\" version=\"10.%d\"/>\n", i, i%97)
+	}
+	c := &fakeContent{dir: b.TempDir(), files: map[string]ns.PackageFile{}}
+	sum := sha256.Sum256(text.Bytes())
+	hexSum := hex.EncodeToString(sum[:])
+	if err := os.WriteFile(filepath.Join(c.dir, hexSum), text.Bytes(), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	c.files["p/manifest.xml"] = ns.PackageFile{Name: "manifest.xml", Size: int64(text.Len()), SHA256: hexSum}
+	srv := httptest.NewServer(NewHandler(c, nil, nil))
+	defer srv.Close()
+	for _, enc := range []string{"identity", "zstd"} {
+		b.Run(enc, func(b *testing.B) {
+			b.SetBytes(int64(text.Len()))
+			var wire int64
+			for b.Loop() {
+				req, _ := http.NewRequest(http.MethodGet, srv.URL+"/packages/p/manifest.xml", nil)
+				req.Header.Set("Accept-Encoding", enc)
+				resp, err := srv.Client().Do(req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				n, _ := io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				wire += n
+			}
+			b.ReportMetric(float64(wire)/float64(b.N)/float64(text.Len()), "wire/byte")
+		})
+	}
+}

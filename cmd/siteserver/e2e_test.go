@@ -231,7 +231,7 @@ ns:
     enrollment_token: %s
 services:
   task: {url: "https://%s.example:8080", tickle_listen: "127.0.0.1:0", agent_listen: "127.0.0.1:0"}
-  package: {constrained: true}
+  package: {constrained: true, listen: "127.0.0.1:0"}
 `, filepath.Join(dir, name), name, addrs, nsURL, pin, token, name))
 	}
 

@@ -1,0 +1,618 @@
+package netbootd
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+)
+
+// Arch is a client system architecture as sent in DHCP option 93 (RFC 4578, IANA
+// "Processor Architecture Types").
+type Arch uint16
+
+// The architectures with their own boot file by default.
+const (
+	ArchBIOS         Arch = 0
+	ArchEFIIA32      Arch = 6
+	ArchEFIx64       Arch = 7
+	ArchEFIBC        Arch = 9 // EFI byte code for IANA, x86-64 in RFC 4578's table; firmware sends it for x86-64
+	ArchEFIARM64     Arch = 11
+	ArchEFIx64HTTP   Arch = 16
+	ArchEFIARM64HTTP Arch = 19
+)
+
+// String is the metric label of the architecture.
+func (a Arch) String() string {
+	switch a {
+	case ArchBIOS:
+		return "bios"
+	case ArchEFIIA32:
+		return "efi_ia32"
+	case ArchEFIx64:
+		return "efi_x64"
+	case ArchEFIBC:
+		return "efi_bc"
+	case ArchEFIARM64:
+		return "arm64"
+	}
+	if a.isHTTP() {
+		return "http"
+	}
+	return "other"
+}
+
+// isHTTP reports the RFC 4578 types of UEFI HTTP boot (and U-Boot's), which take a URL
+// as boot file instead of a TFTP path.
+func (a Arch) isHTTP() bool {
+	switch a {
+	case 15, 16, 17, 18, 19, 20, 23, 24, 26, 28, 30:
+		return true
+	}
+	return false
+}
+
+// pxeArchLabels are the values of the arch label, created at 0 for every request type.
+var pxeArchLabels = []string{"bios", "efi_ia32", "efi_x64", "efi_bc", "arm64", "http", "other"}
+
+// Kind is what the NS knows about a computer. It reaches the reply only through the
+// {kind} placeholder of the iPXE script URL; the script server picks menus by it.
+type Kind int
+
+// The computer kinds. The zero value is KindUnknown, so a failed lookup is harmless.
+const (
+	KindUnknown    Kind = iota // not in the NS
+	KindManaged                // a managed computer (agent installed)
+	KindPredefined             // added ahead of its first boot, to be imaged
+)
+
+func (k Kind) String() string {
+	switch k {
+	case KindManaged:
+		return "managed"
+	case KindPredefined:
+		return "predefined"
+	}
+	return "unknown"
+}
+
+// Computers supplies what the NS knows about booting computers.
+type Computers interface {
+	// Lookup returns the kind of the computer with this MAC address. Callers cache the
+	// answer briefly; an error counts as KindUnknown.
+	Lookup(ctx context.Context, mac net.HardwareAddr) (Kind, error)
+	// Seen reports that a computer asked to network boot.
+	Seen(ctx context.Context, mac net.HardwareAddr, arch Arch) error
+}
+
+// Reason says why a request got no reply. Every reason is a metric label value.
+type Reason string
+
+// The reasons for ignoring a request.
+const (
+	ReasonMalformed       Reason = "malformed"         // not a parseable DHCP message
+	ReasonNotRequest      Reason = "not_request"       // a BOOTREPLY
+	ReasonMessageType     Reason = "message_type"      // a message type not answered on that port
+	ReasonNotPXE          Reason = "not_pxe"           // no PXEClient, HTTPClient or AAPLBSDPC vendor class
+	ReasonForDHCPServer   Reason = "for_dhcp_server"   // a REQUEST or INFORM of the client's lease exchange
+	ReasonBIS             Reason = "bis"               // boot integrity services, which are not supported
+	ReasonNoArch          Reason = "no_arch"           // neither option 93 nor the vendor class names an architecture
+	ReasonNoBootFile      Reason = "no_boot_file"      // nothing configured for the architecture
+	ReasonNoServerAddress Reason = "no_server_address" // no IPv4 address of ours to offer
+
+	ReasonBSDPMalformed       Reason = "bsdp_malformed"         // option 43 unreadable or without a BSDP version
+	ReasonBSDPMessageType     Reason = "bsdp_message_type"      // not LIST or SELECT
+	ReasonBSDPNoClientAddress Reason = "bsdp_no_client_address" // an INFORM without ciaddr
+	ReasonBSDPReplyPort       Reason = "bsdp_reply_port"        // a reply port that is not privileged
+	ReasonBSDPOtherServer     Reason = "bsdp_other_server"      // a SELECT for another server
+	ReasonBSDPNoImage         Reason = "bsdp_no_image"          // no image matches (or none configured)
+)
+
+// pxeReasons lists every Reason, so each label exists at 0.
+var pxeReasons = []Reason{
+	ReasonMalformed, ReasonNotRequest, ReasonMessageType, ReasonNotPXE, ReasonForDHCPServer,
+	ReasonBIS, ReasonNoArch, ReasonNoBootFile, ReasonNoServerAddress,
+	ReasonBSDPMalformed, ReasonBSDPMessageType, ReasonBSDPNoClientAddress, ReasonBSDPReplyPort,
+	ReasonBSDPOtherServer, ReasonBSDPNoImage,
+}
+
+// The ports a request can arrive on. Arrival.Port holds the role, which is also the
+// number on a real network; tests bind other port numbers.
+const (
+	PortDHCP uint16 = 67   // proxyDHCP and BSDP
+	PortPXE  uint16 = 4011 // PXE boot server
+)
+
+// Arrival is where a request came in.
+type Arrival struct {
+	Port    uint16         // PortDHCP or PortPXE
+	Src     netip.AddrPort // the client, or the relay agent
+	LocalIP netip.Addr     // our address it reached; for a broadcast, the interface's own address
+	IfIndex int
+	IfName  string
+	IfAddrs []netip.Prefix // addresses of the arrival interface
+}
+
+// PXEConfig configures proxyDHCP, the PXE boot server and BSDP. Zero values take the
+// defaults (see WithDefaults). Templates may use {server} (our address on the client's
+// network), {mac} (the client's, as 52-54-00-12-34-56), {arch} (option 93 as a number)
+// and {kind} (unknown, managed or predefined).
+type PXEConfig struct {
+	// Listen addresses. Clients without an address broadcast, and only a socket on the
+	// wildcard address gets broadcasts: restrict with Interface, not with an address.
+	Listen67   string `yaml:"listen_67"`   // default ":67"
+	Listen4011 string `yaml:"listen_4011"` // default ":4011"
+	// Interface, if set, restricts both sockets to one network interface
+	// (SO_BINDTODEVICE, which needs CAP_NET_RAW).
+	Interface string `yaml:"interface"`
+	// BootFiles is the first-stage boot file (a template) per architecture: TFTP paths,
+	// or http(s) URLs for the HTTP boot types. Entries are merged over the defaults; an
+	// empty entry turns an architecture off.
+	BootFiles map[Arch]string `yaml:"boot_files"`
+	// IPXEScriptURL is the boot file (a template) for requests with user class "iPXE":
+	// iPXE that was handed iPXE again would loop.
+	IPXEScriptURL string `yaml:"ipxe_script_url"`
+	// ServerIP overrides next-server and the server identifier; default: our address on
+	// the interface the request came in on.
+	ServerIP netip.Addr `yaml:"server_ip"`
+	// LookupTimeout bounds the wait for the NS before a reply goes out as KindUnknown.
+	LookupTimeout time.Duration `yaml:"lookup_timeout"` // default 500ms
+	// OfferDelay holds proxy offers back so that the lease offer of a fast DHCP server
+	// arrives first, for clients that take the first OFFER whatever it holds (U-Boot,
+	// busybox udhcpc) instead of waiting for both as PXE firmware does. iPXE waits only 2s
+	// for a proxy offer once it has a lease offer (0s in "no-wait" builds), so it stays
+	// small; default 0, at most 1s.
+	OfferDelay time.Duration `yaml:"offer_delay"`
+	// Ports replies go to: the client's and a relay agent's. Only tests change them.
+	ClientPort uint16 `yaml:"client_port"` // default 68
+	RelayPort  uint16 `yaml:"relay_port"`  // default 67
+
+	BSDP BSDPConfig `yaml:"bsdp"`
+}
+
+// PXE defaults.
+const (
+	pxeDefaultListen67      = ":67"
+	pxeDefaultListen4011    = ":4011"
+	pxeDefaultScriptURL     = "http://{server}:8080/ipxe/{mac}"
+	pxeDefaultLookupTimeout = 500 * time.Millisecond
+	pxeDefaultClientPort    = 68
+	pxeDefaultRelayPort     = 67
+	pxeMaxOfferDelay        = time.Second
+)
+
+// pxeDefaultBootFiles are iPXE builds: undionly.kpxe chains through the BIOS PXE stack, the
+// EFI builds replace the firmware's. IA32 firmware cannot run the x86-64 build.
+var pxeDefaultBootFiles = map[Arch]string{
+	ArchBIOS:         "undionly.kpxe",
+	ArchEFIIA32:      "ipxe-ia32.efi",
+	ArchEFIx64:       "ipxe.efi",
+	ArchEFIBC:        "ipxe.efi",
+	ArchEFIARM64:     "ipxe-arm64.efi",
+	ArchEFIx64HTTP:   "http://{server}:8080/boot/ipxe.efi",
+	ArchEFIARM64HTTP: "http://{server}:8080/boot/ipxe-arm64.efi",
+}
+
+// WithDefaults returns c with every zero field set to its default. Decide expects a
+// config that went through it, as NewPXEServer does.
+func (c PXEConfig) WithDefaults() PXEConfig {
+	if c.Listen67 == "" {
+		c.Listen67 = pxeDefaultListen67
+	}
+	if c.Listen4011 == "" {
+		c.Listen4011 = pxeDefaultListen4011
+	}
+	files := make(map[Arch]string, len(pxeDefaultBootFiles)+len(c.BootFiles))
+	for a, f := range pxeDefaultBootFiles {
+		files[a] = f
+	}
+	for a, f := range c.BootFiles {
+		files[a] = f
+	}
+	c.BootFiles = files
+	if c.IPXEScriptURL == "" {
+		c.IPXEScriptURL = pxeDefaultScriptURL
+	}
+	if c.LookupTimeout == 0 {
+		c.LookupTimeout = pxeDefaultLookupTimeout
+	}
+	if c.ClientPort == 0 {
+		c.ClientPort = pxeDefaultClientPort
+	}
+	if c.RelayPort == 0 {
+		c.RelayPort = pxeDefaultRelayPort
+	}
+	c.BSDP = c.BSDP.withDefaults()
+	return c
+}
+
+// Validate reports the first field Run or Decide could not use.
+func (c *PXEConfig) Validate() error {
+	for name, addr := range map[string]string{"listen_67": c.Listen67, "listen_4011": c.Listen4011} {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return fmt.Errorf("netbootd: pxe: %s: %w", name, err)
+		}
+	}
+	for a, f := range c.BootFiles {
+		if f == "" {
+			continue
+		}
+		if len(f) > 255 {
+			return fmt.Errorf("netbootd: pxe: boot_files[%d]: longer than 255 bytes", a)
+		}
+		if a.isHTTP() {
+			if err := pxeCheckHTTPTemplate(f); err != nil {
+				return fmt.Errorf("netbootd: pxe: boot_files[%d]: %w", a, err)
+			}
+		}
+	}
+	if err := pxeCheckHTTPTemplate(c.IPXEScriptURL); err != nil {
+		return fmt.Errorf("netbootd: pxe: ipxe_script_url: %w", err)
+	}
+	if c.ServerIP.IsValid() && (!c.ServerIP.Is4() || c.ServerIP.IsUnspecified()) {
+		return fmt.Errorf("netbootd: pxe: server_ip: %s is not a unicast IPv4 address", c.ServerIP)
+	}
+	if c.LookupTimeout < 0 {
+		return errors.New("netbootd: pxe: lookup_timeout: negative")
+	}
+	if c.OfferDelay < 0 || c.OfferDelay > pxeMaxOfferDelay {
+		return fmt.Errorf("netbootd: pxe: offer_delay: %s is not between 0 and %s", c.OfferDelay, pxeMaxOfferDelay)
+	}
+	return c.BSDP.validate()
+}
+
+// pxeCheckHTTPTemplate accepts an http(s) URL template; placeholders are filled with sample
+// values so that the URL parser sees what a client would.
+func pxeCheckHTTPTemplate(t string) error {
+	u, err := url.Parse(pxeExpand(t, pxeTemplateVars{server: netip.AddrFrom4([4]byte{192, 0, 2, 1}), mac: net.HardwareAddr{2, 0, 0, 0, 0, 1}}))
+	if err != nil {
+		return err
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("%q is not an http(s) URL", t)
+	}
+	return nil
+}
+
+type pxeTemplateVars struct {
+	server netip.Addr
+	mac    net.HardwareAddr
+	arch   Arch
+	kind   Kind
+}
+
+func pxeExpand(t string, v pxeTemplateVars) string {
+	if !strings.Contains(t, "{") {
+		return t
+	}
+	return strings.NewReplacer(
+		"{server}", v.server.String(),
+		"{mac}", pxeMACDashed(v.mac),
+		"{arch}", strconv.Itoa(int(v.arch)),
+		"{kind}", v.kind.String(),
+	).Replace(t)
+}
+
+// pxeMACDashed writes a MAC as pxelinux names its per-host files: safe in URLs, file and
+// host names.
+func pxeMACDashed(mac net.HardwareAddr) string {
+	return strings.ReplaceAll(mac.String(), ":", "-")
+}
+
+// Vendor classes (option 60) of the clients this service answers.
+const (
+	pxeClassPXE  = "PXEClient"
+	pxeClassHTTP = "HTTPClient"
+	bsdpClass    = "AAPLBSDPC"
+)
+
+// PXE vendor sub-options (option 43) in the PXE 2.1 specification.
+const (
+	pxeSubDiscoveryControl = 6
+	pxeSubMenuPrompt       = 10
+	pxeSubBootItem         = 71
+	pxeSubEnd              = 255
+)
+
+// pxeDiscoveryBootFile is PXE_DISCOVERY_CONTROL bit 3: no boot server discovery, download
+// the boot file named in the offer.
+const pxeDiscoveryBootFile = 8
+
+// pxeBISLayer is the bit of a boot item's layer that asks for boot integrity services.
+const pxeBISLayer = 0x8000
+
+// Decide answers one request. It looks at nothing but its arguments: the parsed request,
+// where it arrived, the kind of computer (only for the {kind} placeholder) and a config
+// that went through WithDefaults. It returns the reply and where to send it, or nil and
+// why the request gets none.
+//
+// It answers as proxyDHCP does (the PXE specification; dnsmasq's proxy mode): never an
+// address (yiaddr 0.0.0.0), only PXEClient and HTTPClient requests, a DISCOVER on 67 with
+// an OFFER, a REQUEST on 4011 with an ACK. BSDP INFORMs (vendor class AAPLBSDPC) on 67
+// go to the BSDP logic.
+func Decide(req *dhcpv4.DHCPv4, in Arrival, kind Kind, cfg *PXEConfig) (reply *dhcpv4.DHCPv4, dst netip.AddrPort, ignored Reason) {
+	if req == nil {
+		return nil, netip.AddrPort{}, ReasonMalformed
+	}
+	if req.OpCode != dhcpv4.OpcodeBootRequest {
+		return nil, netip.AddrPort{}, ReasonNotRequest
+	}
+	mt := req.MessageType()
+	switch mt {
+	case dhcpv4.MessageTypeDiscover, dhcpv4.MessageTypeRequest, dhcpv4.MessageTypeInform:
+	default:
+		return nil, netip.AddrPort{}, ReasonMessageType
+	}
+	class := req.ClassIdentifier()
+	var vendor string
+	switch {
+	case strings.HasPrefix(class, pxeClassPXE):
+		vendor = pxeClassPXE
+	case strings.HasPrefix(class, pxeClassHTTP):
+		vendor = pxeClassHTTP
+	case strings.HasPrefix(class, bsdpClass):
+		if in.Port != PortDHCP {
+			return nil, netip.AddrPort{}, ReasonMessageType
+		}
+		return decideBSDP(req, in, cfg)
+	default:
+		return nil, netip.AddrPort{}, ReasonNotPXE
+	}
+
+	item, hasItem := pxeBootItem(req.Options.Get(dhcpv4.OptionVendorSpecificInformation))
+	ciaddr := pxeAddr4(req.ClientIPAddr)
+	replyType := dhcpv4.MessageTypeAck
+	switch {
+	case in.Port == PortPXE && mt == dhcpv4.MessageTypeDiscover:
+		return nil, netip.AddrPort{}, ReasonMessageType
+	case in.Port == PortPXE:
+	case mt == dhcpv4.MessageTypeDiscover:
+		replyType = dhcpv4.MessageTypeOffer
+	case !hasItem || !ciaddr.IsValid():
+		// Without a boot item this REQUEST (or INFORM) belongs to the DHCP server; with one
+		// it is PXE boot server discovery by broadcast, which a boot server answers.
+		return nil, netip.AddrPort{}, ReasonForDHCPServer
+	}
+	if hasItem && binary.BigEndian.Uint16(item[2:])&pxeBISLayer != 0 {
+		return nil, netip.AddrPort{}, ReasonBIS
+	}
+
+	arch, hasArch := pxeClientArch(req)
+	ipxe := pxeHasUserClass(req, "iPXE")
+	server := pxeServerAddr(req, in, cfg)
+	if !server.IsValid() {
+		return nil, netip.AddrPort{}, ReasonNoServerAddress
+	}
+	var file string
+	switch {
+	case ipxe:
+		file = cfg.IPXEScriptURL
+	case !hasArch:
+		return nil, netip.AddrPort{}, ReasonNoArch
+	default:
+		file = cfg.BootFiles[arch]
+	}
+	file = pxeExpand(file, pxeTemplateVars{server: server, mac: req.ClientHWAddr, arch: arch, kind: kind})
+	if file == "" || (vendor == pxeClassHTTP && !pxeIsHTTPURL(file)) {
+		return nil, netip.AddrPort{}, ReasonNoBootFile
+	}
+
+	r := pxeNewReply(req, replyType, server)
+	pxeSetBootFile(r, file)
+	r.UpdateOption(dhcpv4.OptClassIdentifier(vendor))
+	if uuid := req.Options.Get(dhcpv4.OptionClientMachineIdentifier); uuid != nil {
+		r.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionClientMachineIdentifier, bytes.Clone(uuid)))
+	}
+	// As dnsmasq does ("redirect EFI clients to port 4011"), the first offer to UEFI PXE
+	// firmware has no PXE options: the firmware then confirms it on 4011 and boots what the
+	// ACK there names. HTTP boot uses no PXE options at all.
+	efiFirstOffer := in.Port == PortDHCP && hasArch && arch >= ArchEFIIA32 && !ipxe
+	if vendor == pxeClassPXE && !efiFirstOffer {
+		r.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionVendorSpecificInformation, pxeVendorOptions(item, hasItem)))
+	}
+	return r, pxeDestination(req, in, r, cfg), ""
+}
+
+// pxeNewReply starts a reply that leases nothing. RFC 2131 table 3 keeps ciaddr in an ACK
+// and zeroes it in an OFFER; RFC 3046 and 6842 have options 82 and 61 echoed.
+func pxeNewReply(req *dhcpv4.DHCPv4, mt dhcpv4.MessageType, server netip.Addr) *dhcpv4.DHCPv4 {
+	r := &dhcpv4.DHCPv4{
+		OpCode:         dhcpv4.OpcodeBootReply,
+		HWType:         req.HWType,
+		TransactionID:  req.TransactionID,
+		Flags:          req.Flags,
+		ClientIPAddr:   net.IPv4zero.To4(),
+		YourIPAddr:     net.IPv4zero.To4(),
+		ServerIPAddr:   net.IP(server.AsSlice()),
+		GatewayIPAddr:  pxeIP4OrZero(req.GatewayIPAddr),
+		ClientHWAddr:   bytes.Clone(req.ClientHWAddr),
+		ServerHostName: "",
+		Options:        dhcpv4.Options{},
+	}
+	if mt != dhcpv4.MessageTypeOffer {
+		r.ClientIPAddr = pxeIP4OrZero(req.ClientIPAddr)
+	}
+	r.UpdateOption(dhcpv4.OptMessageType(mt))
+	r.UpdateOption(dhcpv4.OptServerIdentifier(net.IP(server.AsSlice())))
+	for _, code := range []dhcpv4.OptionCode{dhcpv4.OptionRelayAgentInformation, dhcpv4.OptionClientIdentifier} {
+		if v := req.Options.Get(code); v != nil {
+			r.UpdateOption(dhcpv4.OptGeneric(code, bytes.Clone(v)))
+		}
+	}
+	return r
+}
+
+// pxeSetBootFile puts the file in the BOOTP file field, which every PXE ROM reads, or in
+// option 67 when it does not fit the field's 127 bytes.
+func pxeSetBootFile(r *dhcpv4.DHCPv4, file string) {
+	if len(file) <= 127 {
+		r.BootFileName = file
+		return
+	}
+	r.UpdateOption(dhcpv4.OptBootFileName(file))
+}
+
+// pxeDestination applies RFC 2131 4.1 to a proxy reply: a relayed request is answered
+// through its relay; on 4011 the client has an address and gets a unicast reply to the
+// port it sent from; otherwise the client may have no address yet and gets a broadcast
+// unless it asked for unicast and has one. It also sets the broadcast flag so that a
+// relay, which cannot unicast to yiaddr 0.0.0.0, broadcasts to the client.
+func pxeDestination(req *dhcpv4.DHCPv4, in Arrival, r *dhcpv4.DHCPv4, cfg *PXEConfig) netip.AddrPort {
+	ciaddr := pxeAddr4(req.ClientIPAddr)
+	giaddr := pxeAddr4(req.GatewayIPAddr)
+	switch {
+	case in.Port == PortPXE:
+		if ciaddr.IsValid() {
+			return netip.AddrPortFrom(ciaddr, in.Src.Port())
+		}
+		if a := in.Src.Addr().Unmap(); a.Is4() && !a.IsUnspecified() {
+			return netip.AddrPortFrom(a, in.Src.Port())
+		}
+		r.SetBroadcast()
+		return netip.AddrPortFrom(pxeLimitedBroadcast, in.Src.Port())
+	case giaddr.IsValid():
+		if !ciaddr.IsValid() {
+			r.SetBroadcast()
+		}
+		return netip.AddrPortFrom(giaddr, cfg.RelayPort)
+	case ciaddr.IsValid() && !req.IsBroadcast():
+		return netip.AddrPortFrom(ciaddr, cfg.ClientPort)
+	}
+	r.SetBroadcast()
+	return netip.AddrPortFrom(pxeLimitedBroadcast, cfg.ClientPort)
+}
+
+var pxeLimitedBroadcast = netip.AddrFrom4([4]byte{255, 255, 255, 255})
+
+// pxeVendorOptions is what dnsmasq sends when it has boot files but no boot menu:
+// discovery control "use the boot file", and an empty prompt with timeout 0 so that
+// firmware shows no menu and waits for nothing. A boot item asked for is echoed, as boot
+// servers do.
+func pxeVendorOptions(item [4]byte, hasItem bool) []byte {
+	b := []byte{
+		pxeSubDiscoveryControl, 1, pxeDiscoveryBootFile,
+		pxeSubMenuPrompt, 4, 0, 'P', 'X', 'E',
+	}
+	if hasItem {
+		b = append(b, pxeSubBootItem, 4)
+		b = append(b, item[:]...)
+	}
+	return append(b, pxeSubEnd)
+}
+
+// pxeBootItem finds PXE_BOOT_ITEM (type and layer) in the client's option 43.
+func pxeBootItem(opt43 []byte) (item [4]byte, ok bool) {
+	for len(opt43) > 0 {
+		code := opt43[0]
+		if code == 0 {
+			opt43 = opt43[1:]
+			continue
+		}
+		if code == pxeSubEnd || len(opt43) < 2 || len(opt43) < 2+int(opt43[1]) {
+			break
+		}
+		n := int(opt43[1])
+		if code == pxeSubBootItem && n == 4 {
+			copy(item[:], opt43[2:6])
+			return item, true
+		}
+		opt43 = opt43[2+n:]
+	}
+	return item, false
+}
+
+// pxeClientArch reads option 93, or failing that the "Arch:" field PXE puts in the vendor
+// class ("PXEClient:Arch:00007:UNDI:003016").
+func pxeClientArch(req *dhcpv4.DHCPv4) (Arch, bool) {
+	if v := req.Options.Get(dhcpv4.OptionClientSystemArchitectureType); len(v) >= 2 {
+		return Arch(binary.BigEndian.Uint16(v)), true
+	}
+	fields := strings.Split(req.ClassIdentifier(), ":")
+	for i := 0; i+1 < len(fields); i++ {
+		if fields[i] == "Arch" {
+			if n, err := strconv.ParseUint(fields[i+1], 10, 16); err == nil {
+				return Arch(n), true
+			}
+		}
+	}
+	return 0, false
+}
+
+func pxeHasUserClass(req *dhcpv4.DHCPv4, class string) bool {
+	if !req.Options.Has(dhcpv4.OptionUserClassInformation) {
+		return false
+	}
+	for _, uc := range req.UserClass() {
+		if uc == class {
+			return true
+		}
+	}
+	return false
+}
+
+// pxeServerAddr picks the address we offer as next-server and server identifier: the
+// configured one, else the address the request reached (for a relayed request, the one
+// the relay sent to; for a broadcast, the arrival interface's own), else an address of
+// the arrival interface, preferring the subnet of the relay or client.
+func pxeServerAddr(req *dhcpv4.DHCPv4, in Arrival, cfg *PXEConfig) netip.Addr {
+	if cfg.ServerIP.IsValid() {
+		return cfg.ServerIP
+	}
+	if pxeUsableUnicast4(in.LocalIP) {
+		return in.LocalIP.Unmap()
+	}
+	var first netip.Addr
+	near := []netip.Addr{pxeAddr4(req.GatewayIPAddr), pxeAddr4(req.ClientIPAddr)}
+	for _, p := range in.IfAddrs {
+		a := p.Addr().Unmap()
+		if !pxeUsableUnicast4(a) {
+			continue
+		}
+		if slices.ContainsFunc(near, func(n netip.Addr) bool { return n.IsValid() && p.Contains(n) }) {
+			return a
+		}
+		if !first.IsValid() {
+			first = a
+		}
+	}
+	return first
+}
+
+func pxeUsableUnicast4(a netip.Addr) bool {
+	a = a.Unmap()
+	return a.Is4() && !a.IsUnspecified() && !a.IsMulticast() && a != pxeLimitedBroadcast
+}
+
+// pxeAddr4 converts a header address; 0.0.0.0 and garbage become the zero Addr.
+func pxeAddr4(ip net.IP) netip.Addr {
+	v4 := ip.To4()
+	if v4 == nil {
+		return netip.Addr{}
+	}
+	a := netip.AddrFrom4([4]byte(v4))
+	if a.IsUnspecified() {
+		return netip.Addr{}
+	}
+	return a
+}
+
+func pxeIP4OrZero(ip net.IP) net.IP {
+	if v4 := ip.To4(); v4 != nil {
+		return bytes.Clone(v4)
+	}
+	return net.IPv4zero.To4()
+}
+
+func pxeIsHTTPURL(s string) bool {
+	return strings.HasPrefix(s, "http://") || strings.HasPrefix(s, "https://")
+}

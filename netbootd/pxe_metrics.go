@@ -1,0 +1,138 @@
+package netbootd
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// pxeMetrics counts the DHCP side of the netboot service: proxyDHCP, the PXE boot server
+// and BSDP.
+type pxeMetrics struct {
+	requests      *prometheus.CounterVec // type, arch
+	replies       *prometheus.CounterVec // type
+	ignored       *prometheus.CounterVec // reason
+	bsdp          *prometheus.CounterVec // type
+	sendErrors    prometheus.Counter
+	backendErrors *prometheus.CounterVec // op
+}
+
+var (
+	pxeRequestTypes = []string{"discover", "request", "inform", "other"}
+	pxeReplyTypes   = []string{"offer", "ack"}
+	bsdpTypes       = []string{"list", "select", "other"}
+	pxeBackendOps   = []string{"lookup", "seen"}
+)
+
+// newPXEMetrics creates the counters with every known label combination at 0 and
+// registers them with reg, if not nil; counters already registered there are reused.
+func newPXEMetrics(reg prometheus.Registerer) (*pxeMetrics, error) {
+	opts := func(name, help string) prometheus.CounterOpts {
+		return prometheus.CounterOpts{Namespace: "siteserver", Subsystem: "netboot", Name: name, Help: help}
+	}
+	m := &pxeMetrics{
+		requests: prometheus.NewCounterVec(opts("dhcp_requests_total",
+			"DHCP requests received on the proxyDHCP and PXE ports, by message type and client architecture (option 93)."),
+			[]string{"type", "arch"}),
+		replies: prometheus.NewCounterVec(opts("dhcp_replies_total",
+			"DHCP replies sent (proxy offers, PXE and BSDP acks), by message type."), []string{"type"}),
+		ignored: prometheus.NewCounterVec(opts("dhcp_ignored_total",
+			"DHCP requests left unanswered, by reason."), []string{"reason"}),
+		bsdp: prometheus.NewCounterVec(opts("bsdp_requests_total",
+			"BSDP requests from Macs, by BSDP message type."), []string{"type"}),
+		sendErrors: prometheus.NewCounter(opts("dhcp_send_errors_total",
+			"DHCP replies that could not be sent.")),
+		backendErrors: prometheus.NewCounterVec(opts("backend_errors_total",
+			"Failed or dropped calls to the NS about booting computers, by operation."), []string{"op"}),
+	}
+	if reg != nil {
+		var err error
+		if m.requests, err = pxeRegister(reg, m.requests); err != nil {
+			return nil, err
+		}
+		if m.replies, err = pxeRegister(reg, m.replies); err != nil {
+			return nil, err
+		}
+		if m.ignored, err = pxeRegister(reg, m.ignored); err != nil {
+			return nil, err
+		}
+		if m.bsdp, err = pxeRegister(reg, m.bsdp); err != nil {
+			return nil, err
+		}
+		if m.sendErrors, err = pxeRegister(reg, m.sendErrors); err != nil {
+			return nil, err
+		}
+		if m.backendErrors, err = pxeRegister(reg, m.backendErrors); err != nil {
+			return nil, err
+		}
+	}
+	for _, t := range pxeRequestTypes {
+		for _, a := range pxeArchLabels {
+			m.requests.WithLabelValues(t, a)
+		}
+	}
+	for _, t := range pxeReplyTypes {
+		m.replies.WithLabelValues(t)
+	}
+	for _, r := range pxeReasons {
+		m.ignored.WithLabelValues(string(r))
+	}
+	for _, t := range bsdpTypes {
+		m.bsdp.WithLabelValues(t)
+	}
+	for _, op := range pxeBackendOps {
+		m.backendErrors.WithLabelValues(op)
+	}
+	return m, nil
+}
+
+func pxeRegister[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
+	err := reg.Register(c)
+	if err == nil {
+		return c, nil
+	}
+	var are prometheus.AlreadyRegisteredError
+	if errors.As(err, &are) {
+		if existing, ok := are.ExistingCollector.(C); ok {
+			return existing, nil
+		}
+	}
+	return c, fmt.Errorf("netbootd: pxe: metrics: %w", err)
+}
+
+func (m *pxeMetrics) request(req *dhcpv4.DHCPv4) {
+	typ := "other"
+	if req.OpCode == dhcpv4.OpcodeBootRequest {
+		switch req.MessageType() {
+		case dhcpv4.MessageTypeDiscover:
+			typ = "discover"
+		case dhcpv4.MessageTypeRequest:
+			typ = "request"
+		case dhcpv4.MessageTypeInform:
+			typ = "inform"
+		}
+	}
+	arch := "other"
+	if a, ok := pxeClientArch(req); ok {
+		arch = a.String()
+	}
+	m.requests.WithLabelValues(typ, arch).Inc()
+	if isBSDP(req) {
+		switch t := bsdpMessageType(req); t {
+		case BSDPList, BSDPSelect:
+			m.bsdp.WithLabelValues(t.String()).Inc()
+		default:
+			m.bsdp.WithLabelValues("other").Inc()
+		}
+	}
+}
+
+func (m *pxeMetrics) reply(r *dhcpv4.DHCPv4) {
+	if r.MessageType() == dhcpv4.MessageTypeOffer {
+		m.replies.WithLabelValues("offer").Inc()
+		return
+	}
+	m.replies.WithLabelValues("ack").Inc()
+}

@@ -1,0 +1,537 @@
+package netbootd
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// pxeMaxPacket bounds a request; DHCP messages are far smaller unless a client raises
+	// option 57, and nothing PXE needs comes in a bigger one.
+	pxeMaxPacket = 8192
+	// pxeMaxReadFailures is how many reads in a row may fail before Run gives up.
+	pxeMaxReadFailures = 10
+	// pxeMaxLookups bounds the requests waiting for the NS at once; past it, requests are
+	// answered as KindUnknown rather than queued behind a slow NS.
+	pxeMaxLookups = 64
+	// pxeKindTTL is how long a looked-up kind is reused: long enough to cover one boot's
+	// DHCP exchanges, short enough that an NS change shows on the next boot.
+	pxeKindTTL = time.Minute
+	// pxeKindErrorTTL keeps a failing NS from being asked for every retransmission.
+	pxeKindErrorTTL = 10 * time.Second
+	pxeKindCacheMax = 10000
+	// pxeSeenQueue holds Seen reports while the NS is slow; more are dropped and counted.
+	pxeSeenQueue   = 256
+	pxeSeenTimeout = 5 * time.Second
+	// pxeMaxDelayed bounds the offers held back by OfferDelay; past it they go at once.
+	pxeMaxDelayed = 1024
+	// pxeIfaceTTL is how long interface addresses are reused before being read again.
+	pxeIfaceTTL = 10 * time.Second
+)
+
+// PXEServer answers PXE clients as proxyDHCP on port 67 and as a PXE boot server on port
+// 4011, and Macs over BSDP on port 67. It never leases addresses: the site's DHCP server
+// does that. That server may run on the same host if it too binds 67 with SO_REUSEADDR
+// (dnsmasq does with bind-interfaces): the kernel gives each socket a copy of every
+// broadcast. A relayed request comes by unicast and reaches only one of them, so relayed
+// networks need the two on different hosts.
+//
+// Each port has one socket bound to the wildcard address with IP_PKTINFO, which tells
+// for every request the interface it came in on and our address there. Replies go out
+// from that address, and broadcasts go out of that interface, so one server serves every
+// network of a multi-homed host, including networks added after it started.
+type PXEServer struct {
+	cfg       PXEConfig
+	computers Computers
+	log       *slog.Logger
+	metrics   *pxeMetrics
+
+	started  atomic.Bool
+	stopping atomic.Bool
+	bound    chan struct{}
+
+	mu       sync.Mutex
+	dhcpAddr netip.AddrPort
+	pxeAddr  netip.AddrPort
+
+	kinds    pxeKindCache
+	ifaces   pxeIfaceCache
+	seen     chan pxeSeen
+	lookups  chan struct{}
+	delayed  chan struct{}
+	handlers sync.WaitGroup
+}
+
+type pxeSeen struct {
+	mac  net.HardwareAddr
+	arch Arch
+}
+
+// NewPXEServer fills in defaults, validates cfg and registers metrics with reg (if not
+// nil). It binds nothing. computers may be nil: every computer is then KindUnknown and
+// nothing is reported.
+func NewPXEServer(cfg PXEConfig, computers Computers, logger *slog.Logger, reg prometheus.Registerer) (*PXEServer, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	m, err := newPXEMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &PXEServer{
+		cfg:       cfg,
+		computers: computers,
+		log:       logger.With("component", "pxe"),
+		metrics:   m,
+		bound:     make(chan struct{}),
+		kinds:     pxeKindCache{m: make(map[string]pxeKindEntry)},
+		ifaces:    pxeIfaceCache{m: make(map[int]pxeIface)},
+		seen:      make(chan pxeSeen, pxeSeenQueue),
+		lookups:   make(chan struct{}, pxeMaxLookups),
+		delayed:   make(chan struct{}, pxeMaxDelayed),
+	}, nil
+}
+
+// Name identifies the server among services.
+func (s *PXEServer) Name() string { return "pxe" }
+
+// Bound is closed once both sockets are bound, after which Addrs is valid.
+func (s *PXEServer) Bound() <-chan struct{} { return s.bound }
+
+// Addrs returns the bound addresses of the proxyDHCP (67) and PXE (4011) sockets, or zero
+// values before Run has bound them.
+func (s *PXEServer) Addrs() (dhcp, pxe netip.AddrPort) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.dhcpAddr, s.pxeAddr
+}
+
+// Ready reports whether the server is taking requests.
+func (s *PXEServer) Ready() bool {
+	select {
+	case <-s.bound:
+		return !s.stopping.Load()
+	default:
+		return false
+	}
+}
+
+type pxeSocket struct {
+	role uint16
+	conn *net.UDPConn
+}
+
+// Run binds both sockets and serves until ctx is done, then closes them, waits for
+// requests in progress and returns nil. It returns an error if a socket cannot be bound
+// or keeps failing.
+func (s *PXEServer) Run(ctx context.Context) error {
+	if !s.started.CompareAndSwap(false, true) {
+		return errors.New("netbootd: pxe: Run called twice")
+	}
+	var socks []*pxeSocket
+	closeAll := func() {
+		for _, sock := range socks {
+			sock.conn.Close()
+		}
+	}
+	for _, l := range []struct {
+		role uint16
+		addr string
+	}{{PortDHCP, s.cfg.Listen67}, {PortPXE, s.cfg.Listen4011}} {
+		conn, err := pxeListen(ctx, l.addr, s.cfg.Interface)
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("netbootd: pxe: listen %s: %w", l.addr, err)
+		}
+		socks = append(socks, &pxeSocket{role: l.role, conn: conn})
+	}
+	s.mu.Lock()
+	s.dhcpAddr = socks[0].conn.LocalAddr().(*net.UDPAddr).AddrPort()
+	s.pxeAddr = socks[1].conn.LocalAddr().(*net.UDPAddr).AddrPort()
+	s.mu.Unlock()
+	close(s.bound)
+	s.log.Info("pxe serving", "dhcp", s.dhcpAddr, "pxe", s.pxeAddr, "interface", s.cfg.Interface)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var loops sync.WaitGroup
+	failed := make(chan error, len(socks))
+	for _, sock := range socks {
+		loops.Go(func() {
+			if err := s.serve(ctx, sock); err != nil {
+				failed <- err
+			}
+		})
+	}
+	loops.Go(func() { s.reportSeen(ctx) })
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-failed:
+	}
+	s.stopping.Store(true)
+	cancel()
+	closeAll()
+	loops.Wait()
+	s.handlers.Wait()
+	return err
+}
+
+// pxeListen binds a UDP socket that can share its port with a DHCP server on the same
+// host, send broadcasts, and learn where each datagram arrived.
+func pxeListen(ctx context.Context, addr, ifname string) (*net.UDPConn, error) {
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			for _, o := range []struct{ level, opt int }{
+				{unix.SOL_SOCKET, unix.SO_REUSEADDR},
+				{unix.SOL_SOCKET, unix.SO_BROADCAST},
+				{unix.IPPROTO_IP, unix.IP_PKTINFO},
+			} {
+				if serr = unix.SetsockoptInt(int(fd), o.level, o.opt, 1); serr != nil {
+					return
+				}
+			}
+			if ifname != "" {
+				serr = unix.BindToDevice(int(fd), ifname)
+			}
+		})
+		return errors.Join(err, serr)
+	}}
+	pc, err := lc.ListenPacket(ctx, "udp4", addr)
+	if err != nil {
+		return nil, err
+	}
+	return pc.(*net.UDPConn), nil
+}
+
+func (s *PXEServer) serve(ctx context.Context, sock *pxeSocket) error {
+	buf := make([]byte, pxeMaxPacket)
+	oob := make([]byte, unix.CmsgSpace(unix.SizeofInet4Pktinfo))
+	failures := 0
+	for {
+		n, oobn, flags, src, err := sock.conn.ReadMsgUDPAddrPort(buf, oob)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			if failures++; failures >= pxeMaxReadFailures {
+				return fmt.Errorf("netbootd: pxe: read on %s: %w", sock.conn.LocalAddr(), err)
+			}
+			s.log.Warn("pxe read failed", "addr", sock.conn.LocalAddr(), "err", err)
+			continue
+		}
+		failures = 0
+		in := s.arrival(sock.role, src, oob[:oobn])
+		if flags&unix.MSG_TRUNC != 0 {
+			s.ignore(nil, in, ReasonMalformed)
+			continue
+		}
+		s.handle(ctx, sock, bytes.Clone(buf[:n]), in)
+	}
+}
+
+// arrival reads the IP_PKTINFO control message: the arrival interface and the local
+// address the kernel would answer from there (for a broadcast, the interface's own).
+func (s *PXEServer) arrival(role uint16, src netip.AddrPort, oob []byte) Arrival {
+	in := Arrival{Port: role, Src: netip.AddrPortFrom(src.Addr().Unmap(), src.Port())}
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return in
+	}
+	for _, m := range msgs {
+		if m.Header.Level != unix.IPPROTO_IP || m.Header.Type != unix.IP_PKTINFO || len(m.Data) < unix.SizeofInet4Pktinfo {
+			continue
+		}
+		in.IfIndex = int(int32(binary.NativeEndian.Uint32(m.Data[0:4])))
+		in.LocalIP = netip.AddrFrom4([4]byte(m.Data[4:8]))
+	}
+	if in.IfIndex > 0 {
+		ifc := s.ifaces.get(in.IfIndex)
+		in.IfName, in.IfAddrs = ifc.name, ifc.addrs
+	}
+	return in
+}
+
+func (s *PXEServer) handle(ctx context.Context, sock *pxeSocket, pkt []byte, in Arrival) {
+	req, err := dhcpv4.FromBytes(pkt)
+	if err != nil {
+		s.ignore(nil, in, ReasonMalformed)
+		return
+	}
+	s.metrics.request(req)
+	if !pxeIsPXE(req) || s.computers == nil {
+		s.answer(ctx, sock, req, in, KindUnknown)
+		return
+	}
+	arch, _ := pxeClientArch(req)
+	select {
+	case s.seen <- pxeSeen{mac: bytes.Clone(req.ClientHWAddr), arch: arch}:
+	default:
+		s.metrics.backendErrors.WithLabelValues("seen").Inc()
+	}
+	if kind, ok := s.kinds.get(req.ClientHWAddr, time.Now()); ok {
+		s.answer(ctx, sock, req, in, kind)
+		return
+	}
+	select {
+	case s.lookups <- struct{}{}:
+		s.handlers.Go(func() {
+			defer func() { <-s.lookups }()
+			s.answer(ctx, sock, req, in, s.lookup(ctx, req.ClientHWAddr))
+		})
+	default:
+		s.answer(ctx, sock, req, in, KindUnknown)
+	}
+}
+
+// pxeIsPXE reports requests from PXE or UEFI HTTP boot clients: the ones whose computer is
+// looked up and reported.
+func pxeIsPXE(req *dhcpv4.DHCPv4) bool {
+	if req.OpCode != dhcpv4.OpcodeBootRequest {
+		return false
+	}
+	c := req.ClassIdentifier()
+	return strings.HasPrefix(c, pxeClassPXE) || strings.HasPrefix(c, pxeClassHTTP)
+}
+
+func (s *PXEServer) lookup(ctx context.Context, mac net.HardwareAddr) Kind {
+	lctx, cancel := context.WithTimeout(ctx, s.cfg.LookupTimeout)
+	defer cancel()
+	kind, err := s.computers.Lookup(lctx, mac)
+	if err != nil {
+		s.metrics.backendErrors.WithLabelValues("lookup").Inc()
+		s.log.Debug("pxe computer lookup failed", "mac", mac.String(), "err", err)
+		s.kinds.put(mac, KindUnknown, time.Now().Add(pxeKindErrorTTL))
+		return KindUnknown
+	}
+	s.kinds.put(mac, kind, time.Now().Add(pxeKindTTL))
+	return kind
+}
+
+func (s *PXEServer) reportSeen(ctx context.Context) {
+	if s.computers == nil {
+		return
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case e := <-s.seen:
+			sctx, cancel := context.WithTimeout(ctx, pxeSeenTimeout)
+			err := s.computers.Seen(sctx, e.mac, e.arch)
+			cancel()
+			if err != nil && ctx.Err() == nil {
+				s.metrics.backendErrors.WithLabelValues("seen").Inc()
+				s.log.Debug("pxe seen report failed", "mac", e.mac.String(), "err", err)
+			}
+		}
+	}
+}
+
+func (s *PXEServer) answer(ctx context.Context, sock *pxeSocket, req *dhcpv4.DHCPv4, in Arrival, kind Kind) {
+	reply, dst, reason := Decide(req, in, kind, &s.cfg)
+	if reason != "" {
+		s.ignore(req, in, reason)
+		return
+	}
+	if s.cfg.OfferDelay > 0 && reply.MessageType() == dhcpv4.MessageTypeOffer {
+		select {
+		case s.delayed <- struct{}{}:
+			s.handlers.Go(func() {
+				defer func() { <-s.delayed }()
+				select {
+				case <-time.After(s.cfg.OfferDelay):
+					s.sendReply(sock, req, in, kind, reply, dst)
+				case <-ctx.Done():
+				}
+			})
+			return
+		default:
+		}
+	}
+	s.sendReply(sock, req, in, kind, reply, dst)
+}
+
+func (s *PXEServer) sendReply(sock *pxeSocket, req *dhcpv4.DHCPv4, in Arrival, kind Kind, reply *dhcpv4.DHCPv4, dst netip.AddrPort) {
+	// A broadcast leaves by the arrival interface; unicast follows the routing table,
+	// which knows the way to a relay or a client on another network.
+	ifindex := 0
+	if dst.Addr() == pxeLimitedBroadcast {
+		ifindex = in.IfIndex
+	}
+	src := s.sourceAddr(reply, in)
+	if err := sock.send(reply.ToBytes(), dst, src, ifindex); err != nil {
+		if s.stopping.Load() {
+			return // the socket closed under a reply that waited for the NS or its delay
+		}
+		s.metrics.sendErrors.Inc()
+		s.log.Warn("dhcp reply not sent", "to", dst, "interface", in.IfName, "err", err)
+		return
+	}
+	s.metrics.reply(reply)
+	arch, _ := pxeClientArch(req)
+	s.log.Info("dhcp reply sent", "type", reply.MessageType().String(), "mac", req.ClientHWAddr.String(),
+		"arch", arch.String(), "kind", kind.String(), "file", pxeBootFileOf(reply),
+		"next_server", reply.ServerIPAddr.String(), "to", dst, "interface", in.IfName, "port", in.Port)
+}
+
+func (s *PXEServer) ignore(req *dhcpv4.DHCPv4, in Arrival, reason Reason) {
+	s.metrics.ignored.WithLabelValues(string(reason)).Inc()
+	if !s.log.Enabled(context.Background(), slog.LevelDebug) {
+		return
+	}
+	var mac net.HardwareAddr
+	if req != nil {
+		mac = req.ClientHWAddr
+	}
+	s.log.Debug("dhcp request ignored", "reason", string(reason), "mac", mac.String(), "from", in.Src,
+		"interface", in.IfName, "port", in.Port)
+}
+
+// sourceAddr is the address a reply leaves from: the server address it names when that
+// is ours on the arrival interface, else the address the request reached.
+func (s *PXEServer) sourceAddr(reply *dhcpv4.DHCPv4, in Arrival) netip.Addr {
+	server := pxeAddr4(reply.ServerIdentifier())
+	if server.IsValid() {
+		if server == in.LocalIP {
+			return server
+		}
+		for _, p := range in.IfAddrs {
+			if p.Addr() == server {
+				return server
+			}
+		}
+	}
+	if pxeUsableUnicast4(in.LocalIP) {
+		return in.LocalIP
+	}
+	return netip.Addr{}
+}
+
+func pxeBootFileOf(r *dhcpv4.DHCPv4) string {
+	if r.BootFileName != "" {
+		return r.BootFileName
+	}
+	return r.BootFileNameOption()
+}
+
+// send writes one datagram; src and ifindex, when set, go in an IP_PKTINFO control
+// message that picks the source address and the outgoing interface.
+func (p *pxeSocket) send(b []byte, dst netip.AddrPort, src netip.Addr, ifindex int) error {
+	var oob []byte
+	if src.IsValid() || ifindex != 0 {
+		info := unix.Inet4Pktinfo{Ifindex: int32(ifindex)}
+		if src.IsValid() {
+			info.Spec_dst = src.As4()
+		}
+		oob = unix.PktInfo4(&info)
+	}
+	_, _, err := p.conn.WriteMsgUDPAddrPort(b, oob, dst)
+	return err
+}
+
+type pxeKindEntry struct {
+	kind    Kind
+	expires time.Time
+}
+
+// pxeKindCache remembers kinds for the few DHCP exchanges of one boot.
+type pxeKindCache struct {
+	mu sync.Mutex
+	m  map[string]pxeKindEntry
+}
+
+func (c *pxeKindCache) get(mac net.HardwareAddr, now time.Time) (Kind, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[string(mac)]
+	if !ok || now.After(e.expires) {
+		return KindUnknown, false
+	}
+	return e.kind, true
+}
+
+func (c *pxeKindCache) put(mac net.HardwareAddr, kind Kind, expires time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m) >= pxeKindCacheMax {
+		now := time.Now()
+		for k, e := range c.m {
+			if now.After(e.expires) {
+				delete(c.m, k)
+			}
+		}
+		if len(c.m) >= pxeKindCacheMax {
+			clear(c.m)
+		}
+	}
+	c.m[string(mac)] = pxeKindEntry{kind: kind, expires: expires}
+}
+
+type pxeIface struct {
+	name    string
+	addrs   []netip.Prefix
+	fetched time.Time
+}
+
+// pxeIfaceCache keeps interface addresses for a few seconds, so that a burst of
+// requests does not read them from the kernel each time, while address changes still
+// show quickly.
+type pxeIfaceCache struct {
+	mu sync.Mutex
+	m  map[int]pxeIface
+}
+
+func (c *pxeIfaceCache) get(index int) pxeIface {
+	now := time.Now()
+	c.mu.Lock()
+	ifc, ok := c.m[index]
+	c.mu.Unlock()
+	if ok && now.Sub(ifc.fetched) < pxeIfaceTTL {
+		return ifc
+	}
+	ifc = pxeIface{fetched: now}
+	if ni, err := net.InterfaceByIndex(index); err == nil {
+		ifc.name = ni.Name
+		addrs, _ := ni.Addrs()
+		for _, a := range addrs {
+			ipn, ok := a.(*net.IPNet)
+			if !ok || ipn.IP.To4() == nil {
+				continue
+			}
+			ones, bits := ipn.Mask.Size()
+			if bits == 128 {
+				ones -= 96
+			}
+			ifc.addrs = append(ifc.addrs, netip.PrefixFrom(netip.AddrFrom4([4]byte(ipn.IP.To4())), ones))
+		}
+	}
+	c.mu.Lock()
+	if len(c.m) > 1024 {
+		clear(c.m)
+	}
+	c.m[index] = ifc
+	c.mu.Unlock()
+	return ifc
+}

@@ -1,0 +1,544 @@
+package netbootd
+
+import (
+	"encoding/hex"
+	"maps"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/insomniacslk/dhcp/dhcpv4"
+)
+
+// pxeReplyView is what a test checks of a reply: every header field a client acts on and
+// every option, the ones PXE cares about by value.
+type pxeReplyView struct {
+	Type      string
+	Dst       string
+	Broadcast bool
+	XID       string
+	CIAddr    string
+	YIAddr    string
+	SIAddr    string
+	GIAddr    string
+	CHAddr    string
+	File      string
+	ServerID  string // 54
+	Class     string // 60
+	PXE       string // 43, hex
+	UUID      string // 97, hex
+	Others    []uint8
+}
+
+func pxeViewReply(r *dhcpv4.DHCPv4, dst netip.AddrPort) pxeReplyView {
+	v := pxeReplyView{
+		Type:      r.MessageType().String(),
+		Dst:       dst.String(),
+		Broadcast: r.IsBroadcast(),
+		XID:       r.TransactionID.String(),
+		CIAddr:    r.ClientIPAddr.String(),
+		YIAddr:    r.YourIPAddr.String(),
+		SIAddr:    r.ServerIPAddr.String(),
+		GIAddr:    r.GatewayIPAddr.String(),
+		CHAddr:    r.ClientHWAddr.String(),
+		File:      r.BootFileName,
+		ServerID:  r.ServerIdentifier().String(),
+		Class:     r.ClassIdentifier(),
+		PXE:       hex.EncodeToString(r.Options.Get(dhcpv4.OptionVendorSpecificInformation)),
+		UUID:      hex.EncodeToString(r.Options.Get(dhcpv4.OptionClientMachineIdentifier)),
+	}
+	for code := range r.Options {
+		switch code {
+		case 53, 54, 60, 43, 97:
+		default:
+			v.Others = append(v.Others, code)
+		}
+	}
+	slices.Sort(v.Others)
+	return v
+}
+
+// pxeCaptured returns the DHCP message of one frame of a capture in testdata/pxe.
+func pxeCaptured(t testing.TB, file string, frame int) *dhcpv4.DHCPv4 {
+	t.Helper()
+	for _, u := range pxeLoadCapture(t, file) {
+		if u.Frame == frame {
+			m, err := dhcpv4.FromBytes(u.Payload)
+			if err != nil {
+				t.Fatalf("%s frame %d: %v", file, frame, err)
+			}
+			return m
+		}
+	}
+	t.Fatalf("%s has no UDP frame %d", file, frame)
+	return nil
+}
+
+const (
+	pxeCaptureBIOS = "ipxe-bios-dhcp-tftp.pcapng"
+	pxeCaptureEFI  = "ipxe-efi-and-edk2-dhcp-tftp.pcapng"
+)
+
+// The frames of the captures the tests use (see testdata/pxe/README.md).
+const (
+	pxeFrameIPXEBIOSDiscover = 1  // iPXE ROM under SeaBIOS, arch 0, user class iPXE
+	pxeFrameIPXEBIOSRequest  = 5  // its REQUEST to the DHCP server
+	pxeFrameDHCPOffer        = 2  // the DHCP server's OFFER
+	pxeFrameIPXEEFIDiscover  = 1  // iPXE EFI, arch 7, user class iPXE
+	pxeFrameEDK2Discover     = 8  // OVMF's own PXE client, arch 7, broadcast flag
+	pxeFrameEDK2Request      = 10 // its REQUEST to the DHCP server
+)
+
+// pxeModify returns a copy of req changed by fns.
+func pxeModify(t testing.TB, req *dhcpv4.DHCPv4, fns ...func(*dhcpv4.DHCPv4)) *dhcpv4.DHCPv4 {
+	t.Helper()
+	c, err := dhcpv4.FromBytes(req.ToBytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fn := range fns {
+		fn(c)
+	}
+	return c
+}
+
+func pxeWithArch(a Arch, class string) func(*dhcpv4.DHCPv4) {
+	return func(m *dhcpv4.DHCPv4) {
+		m.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionClientSystemArchitectureType, []byte{byte(a >> 8), byte(a)}))
+		m.UpdateOption(dhcpv4.OptClassIdentifier(class))
+	}
+}
+
+func pxeWithType(mt dhcpv4.MessageType) func(*dhcpv4.DHCPv4) {
+	return func(m *dhcpv4.DHCPv4) { m.UpdateOption(dhcpv4.OptMessageType(mt)) }
+}
+
+func pxeWithCIAddr(ip string) func(*dhcpv4.DHCPv4) {
+	return func(m *dhcpv4.DHCPv4) { m.ClientIPAddr = net.ParseIP(ip).To4() }
+}
+
+func pxeWithOption(code uint8, v []byte) func(*dhcpv4.DHCPv4) {
+	return func(m *dhcpv4.DHCPv4) {
+		if v == nil {
+			m.Options.Del(dhcpv4.GenericOptionCode(code))
+			return
+		}
+		m.UpdateOption(dhcpv4.OptGeneric(dhcpv4.GenericOptionCode(code), v))
+	}
+}
+
+func pxeWithoutUserClass(m *dhcpv4.DHCPv4) { m.Options.Del(dhcpv4.OptionUserClassInformation) }
+
+func pxeUnicastFlag(m *dhcpv4.DHCPv4) { m.SetUnicast() }
+
+func pxeRelayedBy(giaddr string) func(*dhcpv4.DHCPv4) {
+	return func(m *dhcpv4.DHCPv4) {
+		m.GatewayIPAddr = net.ParseIP(giaddr).To4()
+		m.HopCount = 1
+		m.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionRelayAgentInformation, []byte{1, 4, 'p', 'o', 'r', 't'}))
+	}
+}
+
+// testPXEConfig is the config of the Decide tests: the defaults, with a script URL that
+// shows every placeholder.
+func testPXEConfig() PXEConfig {
+	return PXEConfig{IPXEScriptURL: "http://{server}:8080/ipxe/{mac}?arch={arch}&kind={kind}"}.WithDefaults()
+}
+
+var (
+	// A request broadcast on the server's own network.
+	pxeArrive67 = Arrival{
+		Port: PortDHCP, Src: netip.MustParseAddrPort("0.0.0.0:68"), LocalIP: netip.MustParseAddr("10.77.0.1"),
+		IfIndex: 3, IfName: "br0", IfAddrs: []netip.Prefix{netip.MustParsePrefix("10.77.0.1/24")},
+	}
+	// A request a relay agent forwarded by unicast to the server.
+	pxeArriveRelayed = Arrival{
+		Port: PortDHCP, Src: netip.MustParseAddrPort("10.88.0.1:67"), LocalIP: netip.MustParseAddr("10.77.0.1"),
+		IfIndex: 3, IfName: "br0", IfAddrs: []netip.Prefix{netip.MustParsePrefix("10.77.0.1/24")},
+	}
+	// A unicast request to the PXE boot server port.
+	pxeArrive4011 = Arrival{
+		Port: PortPXE, Src: netip.MustParseAddrPort("10.77.0.58:68"), LocalIP: netip.MustParseAddr("10.77.0.1"),
+		IfIndex: 3, IfName: "br0", IfAddrs: []netip.Prefix{netip.MustParsePrefix("10.77.0.1/24")},
+	}
+)
+
+// pxeOptionsNoMenu is what dnsmasq puts in option 43 when it has a boot file and no menu:
+// discovery control 8, prompt with timeout 0 and text "PXE", end.
+const pxeOptionsNoMenu = "060108" + "0a0400505845" + "ff"
+
+const pxeZeroUUID = "0000000000000000000000000000000000"
+
+func TestDecide(t *testing.T) {
+	cfg := testPXEConfig()
+	biosIPXE := pxeCaptured(t, pxeCaptureBIOS, pxeFrameIPXEBIOSDiscover)
+	efiIPXE := pxeCaptured(t, pxeCaptureEFI, pxeFrameIPXEEFIDiscover)
+	edk2 := pxeCaptured(t, pxeCaptureEFI, pxeFrameEDK2Discover)
+	edk2Request := pxeCaptured(t, pxeCaptureEFI, pxeFrameEDK2Request)
+	// What the firmware sends to 4011 after the proxy offer: a REQUEST from its new
+	// address, by unicast.
+	edk2To4011 := pxeModify(t, edk2Request, pxeWithCIAddr("10.77.0.58"), pxeUnicastFlag,
+		pxeWithOption(50, nil), pxeWithOption(54, nil))
+	biosPXE := pxeModify(t, biosIPXE, pxeWithoutUserClass, pxeWithArch(ArchBIOS, "PXEClient:Arch:00000:UNDI:002001"))
+
+	// An OFFER from proxyDHCP: no address, boot file, our address as next-server and server
+	// identifier, option 60 PXEClient and the UUID back, broadcast on the client's network.
+	offer := func(file, pxe string) pxeReplyView {
+		return pxeReplyView{
+			Type: "OFFER", Dst: "255.255.255.255:68", Broadcast: true, XID: "0x5ad9d736",
+			CIAddr: "0.0.0.0", YIAddr: "0.0.0.0", SIAddr: "10.77.0.1", GIAddr: "0.0.0.0",
+			CHAddr: "52:54:00:12:34:56", File: file, ServerID: "10.77.0.1", Class: "PXEClient",
+			PXE: pxe, UUID: pxeZeroUUID, Others: []uint8{61},
+		}
+	}
+	efiOffer := func(file string) pxeReplyView {
+		v := offer(file, "")
+		v.XID = "0x51413520"
+		v.Others = nil
+		return v
+	}
+
+	tests := []struct {
+		name string
+		req  *dhcpv4.DHCPv4
+		in   Arrival
+		kind Kind
+		cfg  func(*PXEConfig)
+		want pxeReplyView
+	}{
+		{
+			name: "BIOS PXE ROM gets undionly.kpxe and no boot menu",
+			req:  biosPXE, in: pxeArrive67,
+			want: offer("undionly.kpxe", pxeOptionsNoMenu),
+		},
+		{
+			name: "iPXE under BIOS gets the script URL",
+			req:  biosIPXE, in: pxeArrive67, kind: KindManaged,
+			want: offer("http://10.77.0.1:8080/ipxe/52-54-00-12-34-56?arch=0&kind=managed", pxeOptionsNoMenu),
+		},
+		{
+			name: "iPXE under EFI gets the script URL, with PXE options unlike EFI firmware",
+			req:  efiIPXE, in: pxeArrive67, kind: KindPredefined,
+			want: func() pxeReplyView {
+				v := offer("http://10.77.0.1:8080/ipxe/52-54-00-12-34-56?arch=7&kind=predefined", pxeOptionsNoMenu)
+				v.XID = "0x75a3882a"
+				return v
+			}(),
+		},
+		{
+			name: "EFI x64 (7) firmware gets ipxe.efi and no PXE options, so it asks 4011",
+			req:  edk2, in: pxeArrive67,
+			want: efiOffer("ipxe.efi"),
+		},
+		{
+			name: "EFI BC (9) gets ipxe.efi",
+			req:  pxeModify(t, edk2, pxeWithArch(ArchEFIBC, "PXEClient:Arch:00009:UNDI:003016")), in: pxeArrive67,
+			want: efiOffer("ipxe.efi"),
+		},
+		{
+			name: "EFI IA32 (6) gets the 32-bit build",
+			req:  pxeModify(t, edk2, pxeWithArch(ArchEFIIA32, "PXEClient:Arch:00006:UNDI:003016")), in: pxeArrive67,
+			want: efiOffer("ipxe-ia32.efi"),
+		},
+		{
+			name: "ARM64 (11) gets ipxe-arm64.efi",
+			req:  pxeModify(t, edk2, pxeWithArch(ArchEFIARM64, "PXEClient:Arch:00011:UNDI:003000")), in: pxeArrive67,
+			want: efiOffer("ipxe-arm64.efi"),
+		},
+		{
+			name: "UEFI HTTP boot (16) gets a URL and HTTPClient back",
+			req:  pxeModify(t, edk2, pxeWithArch(ArchEFIx64HTTP, "HTTPClient:Arch:00016:UNDI:003001")), in: pxeArrive67,
+			want: func() pxeReplyView {
+				v := efiOffer("http://10.77.0.1:8080/boot/ipxe.efi")
+				v.Class = "HTTPClient"
+				return v
+			}(),
+		},
+		{
+			name: "ARM64 HTTP boot (19) gets its URL",
+			req:  pxeModify(t, edk2, pxeWithArch(ArchEFIARM64HTTP, "HTTPClient:Arch:00019:UNDI:003001")), in: pxeArrive67,
+			want: func() pxeReplyView {
+				v := efiOffer("http://10.77.0.1:8080/boot/ipxe-arm64.efi")
+				v.Class = "HTTPClient"
+				return v
+			}(),
+		},
+		{
+			name: "architecture from the vendor class when option 93 is missing",
+			req:  pxeModify(t, biosPXE, pxeWithOption(93, nil)), in: pxeArrive67,
+			want: offer("undionly.kpxe", pxeOptionsNoMenu),
+		},
+		{
+			name: "a client that can take unicast and has an address gets it",
+			req:  pxeModify(t, biosPXE, pxeWithCIAddr("10.77.0.58")), in: pxeArrive67,
+			want: func() pxeReplyView {
+				v := offer("undionly.kpxe", pxeOptionsNoMenu)
+				v.Dst, v.Broadcast = "10.77.0.58:68", false
+				return v
+			}(),
+		},
+		{
+			name: "relayed DISCOVER goes back by unicast to the relay, broadcast flag set for it",
+			req:  pxeModify(t, biosPXE, pxeRelayedBy("10.88.0.1")), in: pxeArriveRelayed,
+			want: func() pxeReplyView {
+				v := offer("undionly.kpxe", pxeOptionsNoMenu)
+				v.Dst, v.GIAddr, v.Others = "10.88.0.1:67", "10.88.0.1", []uint8{61, 82}
+				return v
+			}(),
+		},
+		{
+			name: "relayed, arrival address unknown: the interface address on the relay's subnet",
+			req:  pxeModify(t, biosPXE, pxeRelayedBy("10.88.0.1")),
+			in: Arrival{Port: PortDHCP, Src: netip.MustParseAddrPort("10.88.0.1:67"), IfAddrs: []netip.Prefix{
+				netip.MustParsePrefix("10.77.0.1/24"), netip.MustParsePrefix("10.88.0.2/24"),
+			}},
+			want: func() pxeReplyView {
+				v := offer("undionly.kpxe", pxeOptionsNoMenu)
+				v.Dst, v.GIAddr, v.Others = "10.88.0.1:67", "10.88.0.1", []uint8{61, 82}
+				v.SIAddr, v.ServerID = "10.88.0.2", "10.88.0.2"
+				return v
+			}(),
+		},
+		{
+			name: "second network of a multi-homed server: its own address",
+			req:  biosPXE,
+			in: Arrival{Port: PortDHCP, Src: netip.MustParseAddrPort("0.0.0.0:68"), LocalIP: netip.MustParseAddr("192.168.5.1"),
+				IfIndex: 4, IfName: "eth1", IfAddrs: []netip.Prefix{netip.MustParsePrefix("192.168.5.1/24")}},
+			want: func() pxeReplyView {
+				v := offer("undionly.kpxe", pxeOptionsNoMenu)
+				v.SIAddr, v.ServerID = "192.168.5.1", "192.168.5.1"
+				return v
+			}(),
+		},
+		{
+			name: "configured server address wins",
+			req:  biosIPXE, in: pxeArrive67,
+			cfg: func(c *PXEConfig) { c.ServerIP = netip.MustParseAddr("10.77.0.5") },
+			want: func() pxeReplyView {
+				v := offer("http://10.77.0.5:8080/ipxe/52-54-00-12-34-56?arch=0&kind=unknown", pxeOptionsNoMenu)
+				v.SIAddr, v.ServerID = "10.77.0.5", "10.77.0.5"
+				return v
+			}(),
+		},
+		{
+			name: "a boot file too long for the file field goes in option 67",
+			req:  biosIPXE, in: pxeArrive67,
+			cfg: func(c *PXEConfig) { c.IPXEScriptURL = "http://{server}/" + strings.Repeat("x", 120) },
+			want: func() pxeReplyView {
+				v := offer("", pxeOptionsNoMenu)
+				v.Others = []uint8{61, 67}
+				return v
+			}(),
+		},
+		{
+			name: "4011 REQUEST from EFI firmware gets an ACK by unicast to it",
+			req:  edk2To4011, in: pxeArrive4011,
+			want: pxeReplyView{
+				Type: "ACK", Dst: "10.77.0.58:68", XID: "0x51413520",
+				CIAddr: "10.77.0.58", YIAddr: "0.0.0.0", SIAddr: "10.77.0.1", GIAddr: "0.0.0.0",
+				CHAddr: "52:54:00:12:34:56", File: "ipxe.efi", ServerID: "10.77.0.1", Class: "PXEClient",
+				PXE: pxeOptionsNoMenu, UUID: pxeZeroUUID,
+			},
+		},
+		{
+			name: "4011 takes every architecture, BIOS too",
+			req:  pxeModify(t, biosPXE, pxeWithType(dhcpv4.MessageTypeRequest), pxeWithCIAddr("10.77.0.58")), in: pxeArrive4011,
+			want: pxeReplyView{
+				Type: "ACK", Dst: "10.77.0.58:68", XID: "0x5ad9d736",
+				CIAddr: "10.77.0.58", YIAddr: "0.0.0.0", SIAddr: "10.77.0.1", GIAddr: "0.0.0.0",
+				CHAddr: "52:54:00:12:34:56", File: "undionly.kpxe", ServerID: "10.77.0.1", Class: "PXEClient",
+				PXE: pxeOptionsNoMenu, UUID: pxeZeroUUID, Others: []uint8{61},
+			},
+		},
+		{
+			name: "4011 answers to the port the request came from",
+			req:  edk2To4011,
+			in: func() Arrival {
+				a := pxeArrive4011
+				a.Src = netip.MustParseAddrPort("10.77.0.58:4011")
+				return a
+			}(),
+			want: pxeReplyView{
+				Type: "ACK", Dst: "10.77.0.58:4011", XID: "0x51413520",
+				CIAddr: "10.77.0.58", YIAddr: "0.0.0.0", SIAddr: "10.77.0.1", GIAddr: "0.0.0.0",
+				CHAddr: "52:54:00:12:34:56", File: "ipxe.efi", ServerID: "10.77.0.1", Class: "PXEClient",
+				PXE: pxeOptionsNoMenu, UUID: pxeZeroUUID,
+			},
+		},
+		{
+			name: "4011 echoes the boot item asked for",
+			req:  pxeModify(t, edk2To4011, pxeWithOption(43, []byte{71, 4, 0x80, 0x00, 0x00, 0x00, 255})), in: pxeArrive4011,
+			want: pxeReplyView{
+				Type: "ACK", Dst: "10.77.0.58:68", XID: "0x51413520",
+				CIAddr: "10.77.0.58", YIAddr: "0.0.0.0", SIAddr: "10.77.0.1", GIAddr: "0.0.0.0",
+				CHAddr: "52:54:00:12:34:56", File: "ipxe.efi", ServerID: "10.77.0.1", Class: "PXEClient",
+				PXE: "060108" + "0a0400505845" + "470480000000" + "ff", UUID: pxeZeroUUID,
+			},
+		},
+		{
+			name: "boot server discovery by broadcast on 67 gets an ACK",
+			req: pxeModify(t, biosPXE, pxeWithType(dhcpv4.MessageTypeRequest), pxeWithCIAddr("10.77.0.58"),
+				pxeWithOption(43, []byte{71, 4, 0, 0, 0, 0, 255})), in: pxeArrive67,
+			want: pxeReplyView{
+				Type: "ACK", Dst: "10.77.0.58:68", XID: "0x5ad9d736",
+				CIAddr: "10.77.0.58", YIAddr: "0.0.0.0", SIAddr: "10.77.0.1", GIAddr: "0.0.0.0",
+				CHAddr: "52:54:00:12:34:56", File: "undionly.kpxe", ServerID: "10.77.0.1", Class: "PXEClient",
+				PXE: "060108" + "0a0400505845" + "470400000000" + "ff", UUID: pxeZeroUUID, Others: []uint8{61},
+			},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := cfg
+			if tc.cfg != nil {
+				tc.cfg(&c)
+			}
+			before := tc.req.ToBytes()
+			reply, dst, reason := Decide(tc.req, tc.in, tc.kind, &c)
+			if reason != "" {
+				t.Fatalf("ignored: %s", reason)
+			}
+			if diff := cmp.Diff(tc.want, pxeViewReply(reply, dst)); diff != "" {
+				t.Errorf("reply (-want +got):\n%s", diff)
+			}
+			if !slices.Equal(before, tc.req.ToBytes()) {
+				t.Error("Decide changed the request")
+			}
+			if _, err := dhcpv4.FromBytes(reply.ToBytes()); err != nil {
+				t.Errorf("reply does not parse: %v", err)
+			}
+		})
+	}
+}
+
+func TestDecideIgnores(t *testing.T) {
+	cfg := testPXEConfig()
+	biosIPXE := pxeCaptured(t, pxeCaptureBIOS, pxeFrameIPXEBIOSDiscover)
+	edk2 := pxeCaptured(t, pxeCaptureEFI, pxeFrameEDK2Discover)
+	plain, err := dhcpv4.NewDiscovery(net.HardwareAddr{2, 0, 0, 0, 0, 7}, dhcpv4.WithOption(dhcpv4.OptClassIdentifier("udhcp 1.35.0")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		req  *dhcpv4.DHCPv4
+		in   Arrival
+		cfg  func(*PXEConfig)
+		want Reason
+	}{
+		{"nil request", nil, pxeArrive67, nil, ReasonMalformed},
+		{"ordinary DHCP client", plain, pxeArrive67, nil, ReasonNotPXE},
+		{"client without vendor class", pxeModify(t, plain, pxeWithOption(60, nil)), pxeArrive67, nil, ReasonNotPXE},
+		{"DHCP server's OFFER", pxeCaptured(t, pxeCaptureBIOS, pxeFrameDHCPOffer), pxeArrive67, nil, ReasonNotRequest},
+		{"PXE client's REQUEST to the DHCP server", pxeCaptured(t, pxeCaptureBIOS, pxeFrameIPXEBIOSRequest), pxeArrive67, nil, ReasonForDHCPServer},
+		{"EDK2's REQUEST to the DHCP server", pxeCaptured(t, pxeCaptureEFI, pxeFrameEDK2Request), pxeArrive67, nil, ReasonForDHCPServer},
+		{"RELEASE", pxeModify(t, biosIPXE, pxeWithType(dhcpv4.MessageTypeRelease)), pxeArrive67, nil, ReasonMessageType},
+		{"DECLINE", pxeModify(t, biosIPXE, pxeWithType(dhcpv4.MessageTypeDecline)), pxeArrive67, nil, ReasonMessageType},
+		{"BOOTP without message type", pxeModify(t, biosIPXE, pxeWithOption(53, nil)), pxeArrive67, nil, ReasonMessageType},
+		{"DISCOVER on 4011", biosIPXE, pxeArrive4011, nil, ReasonMessageType},
+		{"non-PXE REQUEST on 4011", pxeModify(t, plain, pxeWithType(dhcpv4.MessageTypeRequest), pxeWithCIAddr("10.77.0.58")), pxeArrive4011, nil, ReasonNotPXE},
+		{"BIS boot item", pxeModify(t, edk2, pxeWithType(dhcpv4.MessageTypeRequest), pxeWithCIAddr("10.77.0.58"),
+			pxeWithOption(43, []byte{71, 4, 0, 0, 0x80, 0, 255})), pxeArrive4011, nil, ReasonBIS},
+		{"no architecture anywhere", pxeModify(t, edk2, pxeWithOption(93, nil), pxeWithOption(60, []byte("PXEClient"))), pxeArrive67, nil, ReasonNoArch},
+		{"Itanium has no boot file", pxeModify(t, edk2, pxeWithArch(2, "PXEClient:Arch:00002:UNDI:002001")), pxeArrive67, nil, ReasonNoBootFile},
+		{"architecture turned off", edk2, pxeArrive67, func(c *PXEConfig) { c.BootFiles[ArchEFIx64] = "" }, ReasonNoBootFile},
+		{"HTTP client with a TFTP boot file", pxeModify(t, edk2, pxeWithOption(60, []byte("HTTPClient:Arch:00007:UNDI:003001"))), pxeArrive67, nil, ReasonNoBootFile},
+		{"no address of ours known", edk2, Arrival{Port: PortDHCP, Src: netip.MustParseAddrPort("0.0.0.0:68")}, nil, ReasonNoServerAddress},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := cfg
+			c.BootFiles = maps.Clone(cfg.BootFiles)
+			if tc.cfg != nil {
+				tc.cfg(&c)
+			}
+			reply, dst, reason := Decide(tc.req, tc.in, KindUnknown, &c)
+			if reason != tc.want || reply != nil || dst.IsValid() {
+				t.Errorf("got reply %v to %v, reason %q; want none, reason %q", reply != nil, dst, reason, tc.want)
+			}
+		})
+	}
+}
+
+func TestPXEConfigDefaultsAndValidate(t *testing.T) {
+	c := PXEConfig{BootFiles: map[Arch]string{ArchEFIx64: "snp.efi", 10: "ipxe-arm32.efi", ArchEFIBC: ""}}.WithDefaults()
+	want := map[Arch]string{
+		0: "undionly.kpxe", 6: "ipxe-ia32.efi", 7: "snp.efi", 9: "", 10: "ipxe-arm32.efi", 11: "ipxe-arm64.efi",
+		16: "http://{server}:8080/boot/ipxe.efi", 19: "http://{server}:8080/boot/ipxe-arm64.efi",
+	}
+	if diff := cmp.Diff(want, c.BootFiles); diff != "" {
+		t.Errorf("boot files (-want +got):\n%s", diff)
+	}
+	if err := c.Validate(); err != nil {
+		t.Errorf("defaults do not validate: %v", err)
+	}
+	bad := []struct {
+		name string
+		edit func(*PXEConfig)
+		want string
+	}{
+		{"listen", func(c *PXEConfig) { c.Listen67 = "67" }, "listen_67"},
+		{"http arch with a TFTP path", func(c *PXEConfig) { c.BootFiles[16] = "ipxe.efi" }, "boot_files[16]"},
+		{"script not http", func(c *PXEConfig) { c.IPXEScriptURL = "tftp://x/y" }, "ipxe_script_url"},
+		{"server IPv6", func(c *PXEConfig) { c.ServerIP = netip.MustParseAddr("2001:db8::1") }, "server_ip"},
+		{"negative timeout", func(c *PXEConfig) { c.LookupTimeout = -1 }, "lookup_timeout"},
+		{"image without index", func(c *PXEConfig) { c.BSDP.Images = []BSDPImageConfig{{Name: "x", BootFile: "b"}} }, "bsdp.images[0].index"},
+		{"image index twice", func(c *PXEConfig) {
+			c.BSDP.Images = []BSDPImageConfig{{Index: 1, Name: "x", BootFile: "b"}, {Index: 1, Name: "y", BootFile: "b"}}
+		}, "bsdp.images[1].index"},
+		{"image root path", func(c *PXEConfig) {
+			c.BSDP.Images = []BSDPImageConfig{{Index: 1, Name: "x", BootFile: "b", RootPath: "nfs:x"}}
+		}, "bsdp.images[0].root_path"},
+	}
+	for _, tc := range bad {
+		t.Run(tc.name, func(t *testing.T) {
+			c := PXEConfig{}.WithDefaults()
+			tc.edit(&c)
+			err := c.Validate()
+			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.HasPrefix(err.Error(), "netbootd: pxe: ") {
+				t.Errorf("Validate() = %v, want an error naming %s", err, tc.want)
+			}
+		})
+	}
+}
+
+// FuzzDecide feeds raw datagrams, as the sockets would, through the parser and Decide on
+// both ports. A reply must never lease an address and must encode to a message that
+// parses again.
+func FuzzDecide(f *testing.F) {
+	for _, file := range []string{pxeCaptureBIOS, pxeCaptureEFI} {
+		for _, u := range pxeLoadCapture(f, file) {
+			f.Add(u.Payload)
+		}
+	}
+	cfg := testPXEConfig()
+	cfg.BSDP.Images = testBSDPImages()
+	arrivals := []Arrival{pxeArrive67, pxeArriveRelayed, pxeArrive4011, {Port: PortPXE}}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		req, err := dhcpv4.FromBytes(data)
+		if err != nil {
+			return
+		}
+		for _, in := range arrivals {
+			reply, dst, reason := Decide(req, in, KindManaged, &cfg)
+			if reply == nil {
+				if reason == "" {
+					t.Fatal("no reply and no reason")
+				}
+				continue
+			}
+			if reason != "" || !dst.IsValid() {
+				t.Fatalf("reply with reason %q to %v", reason, dst)
+			}
+			if !reply.YourIPAddr.Equal(net.IPv4zero) {
+				t.Fatalf("reply leases %v", reply.YourIPAddr)
+			}
+			if _, err := dhcpv4.FromBytes(reply.ToBytes()); err != nil {
+				t.Fatalf("reply does not parse: %v", err)
+			}
+		}
+	})
+}

@@ -1,0 +1,614 @@
+package netbootd
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"path"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pin/tftp/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+)
+
+// TFTPConfig configures the read-only TFTP server. Zero values take the defaults.
+type TFTPConfig struct {
+	Listen       string        // default ":69"
+	Root         string        // boot root directory; files are served read-only from here
+	MaxTransfers int           // concurrent transfers; past it requests are refused "server busy"; default 2000
+	Timeout      time.Duration // wait for an ACK before retransmitting; default 2s
+	Retries      int           // retransmissions of one packet before the transfer fails; default 5
+	MaxBlockSize int           // largest blksize granted; default 1468, which fits a 1500-byte MTU; the receiving interface's MTU caps it too
+}
+
+const (
+	tftpDefaultListen       = ":69"
+	tftpDefaultMaxTransfers = 2000
+	tftpDefaultTimeout      = 2 * time.Second
+	tftpDefaultRetries      = 5
+	tftpDefaultMaxBlockSize = 1468
+
+	// pin/tftp's SetBlockSize ignores values up to 512 (the cap then falls back to the
+	// interface MTU), so 512 itself cannot be enforced; 65464 is RFC 2348's ceiling.
+	tftpMinMaxBlockSize = 513
+	tftpMaxMaxBlockSize = 65464
+
+	// Transfers still running this long after shutdown starts are cut at their next block,
+	// and Run stops waiting for them shortly after, to stay within the service group's
+	// stop timeout.
+	tftpShutdownGrace = 2 * time.Second
+	tftpAbortWait     = time.Second
+
+	// Read-ahead per transfer. Bigger buffers save little once a read covers a few dozen
+	// blocks, and at MaxTransfers they add up.
+	tftpReadBufferSize = 32 << 10
+)
+
+func (c TFTPConfig) withDefaults() TFTPConfig {
+	if c.Listen == "" {
+		c.Listen = tftpDefaultListen
+	}
+	if c.MaxTransfers == 0 {
+		c.MaxTransfers = tftpDefaultMaxTransfers
+	}
+	if c.Timeout == 0 {
+		c.Timeout = tftpDefaultTimeout
+	}
+	if c.Retries == 0 {
+		c.Retries = tftpDefaultRetries
+	}
+	if c.MaxBlockSize == 0 {
+		c.MaxBlockSize = tftpDefaultMaxBlockSize
+	}
+	return c
+}
+
+// validate checks a config that has had its defaults filled in.
+func (c TFTPConfig) validate() error {
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		return fmt.Errorf("netbootd: tftp: Listen %q: %w", c.Listen, err)
+	}
+	if c.Root == "" {
+		return errors.New("netbootd: tftp: Root is empty")
+	}
+	fi, err := os.Stat(c.Root)
+	if err != nil {
+		return fmt.Errorf("netbootd: tftp: Root: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("netbootd: tftp: Root %s is not a directory", c.Root)
+	}
+	switch {
+	case c.MaxTransfers < 0:
+		return fmt.Errorf("netbootd: tftp: MaxTransfers %d is negative", c.MaxTransfers)
+	case c.Timeout < 0:
+		return fmt.Errorf("netbootd: tftp: Timeout %s is negative", c.Timeout)
+	case c.Retries < 0:
+		return fmt.Errorf("netbootd: tftp: Retries %d is negative", c.Retries)
+	case c.MaxBlockSize < tftpMinMaxBlockSize || c.MaxBlockSize > tftpMaxMaxBlockSize:
+		return fmt.Errorf("netbootd: tftp: MaxBlockSize %d, want %d..%d",
+			c.MaxBlockSize, tftpMinMaxBlockSize, tftpMaxMaxBlockSize)
+	}
+	return nil
+}
+
+// Reasons a request is refused, as counted in tftp_refused_total.
+const (
+	tftpReasonNotFound = "not_found"
+	tftpReasonEscape   = "escape"
+	tftpReasonBusy     = "busy"
+	tftpReasonWrite    = "write_attempt"
+	tftpReasonBadName  = "bad_name"
+)
+
+var tftpReasons = []string{tftpReasonNotFound, tftpReasonEscape, tftpReasonBusy, tftpReasonWrite, tftpReasonBadName}
+
+// Transfer results, as counted in tftp_transfers_total. "aborted" is a client that sent an
+// error right after our option acknowledgement, before taking any data: PXE ROMs (EDK2
+// among them) do that on purpose to learn a file's tsize, so it is kept apart from
+// failures.
+const (
+	tftpResultCompleted = "completed"
+	tftpResultFailed    = "failed"
+	tftpResultRefused   = "refused"
+	tftpResultAborted   = "aborted"
+)
+
+var tftpResults = []string{tftpResultCompleted, tftpResultFailed, tftpResultRefused, tftpResultAborted}
+
+// tftpRefusal is why a request is not served. Its message goes to the client in the
+// TFTP ERROR packet, so it names no server paths.
+type tftpRefusal struct {
+	reason string
+	msg    string
+}
+
+func (e *tftpRefusal) Error() string { return e.msg }
+
+func tftpRefuse(reason, msg string) error { return &tftpRefusal{reason: reason, msg: msg} }
+
+var errTFTPShuttingDown = errors.New("server shutting down")
+
+// tftpResolve maps a requested file name to the path of a regular file inside root, which
+// must be absolute and free of symlinks. Names are refused rather than repaired: an
+// absolute name or a ".." element is an attempt to leave the root, whatever it would
+// clean to. Backslashes are separators, as Windows-minded PXE ROMs and WDS configurations
+// send them. A symlink may point anywhere inside root, never out of it.
+func tftpResolve(root, name string) (string, error) {
+	if name == "" {
+		return "", tftpRefuse(tftpReasonBadName, "empty file name")
+	}
+	if strings.IndexByte(name, 0) >= 0 {
+		return "", tftpRefuse(tftpReasonBadName, "bad file name")
+	}
+	name = strings.ReplaceAll(name, `\`, "/")
+	if strings.HasPrefix(name, "/") {
+		return "", tftpRefuse(tftpReasonEscape, "access violation: absolute file name")
+	}
+	for el := range strings.SplitSeq(name, "/") {
+		if el == ".." {
+			return "", tftpRefuse(tftpReasonEscape, "access violation: '..' in file name")
+		}
+	}
+	p := filepath.Join(root, filepath.FromSlash(path.Clean(name)))
+	real, err := filepath.EvalSymlinks(p)
+	if err != nil {
+		return "", tftpRefuse(tftpReasonNotFound, "file not found")
+	}
+	if !tftpInside(root, real) {
+		return "", tftpRefuse(tftpReasonEscape, "access violation")
+	}
+	fi, err := os.Stat(real)
+	if err != nil {
+		return "", tftpRefuse(tftpReasonNotFound, "file not found")
+	}
+	if !fi.Mode().IsRegular() {
+		return "", tftpRefuse(tftpReasonNotFound, "not a regular file")
+	}
+	return real, nil
+}
+
+func tftpInside(root, p string) bool {
+	rel, err := filepath.Rel(root, p)
+	return err == nil && filepath.IsLocal(rel)
+}
+
+// TFTPServer serves files under a root directory over TFTP, read only. It exists to hand
+// the first boot stage (iPXE) to PXE clients; everything bigger goes over HTTP, but large
+// files still stream.
+type TFTPServer struct {
+	cfg     TFTPConfig
+	root    string // cfg.Root made absolute
+	log     *slog.Logger
+	metrics *tftpMetrics
+
+	grace     time.Duration
+	abortWait time.Duration
+
+	started  atomic.Bool
+	stopping atomic.Bool
+	aborting atomic.Bool // set when the grace is over: readers fail at their next block
+	active   atomic.Int64
+	bound    chan struct{}
+
+	mu   sync.Mutex
+	conn net.PacketConn
+}
+
+// NewTFTPServer fills in defaults, validates cfg and registers metrics with reg (if not
+// nil). It binds nothing.
+func NewTFTPServer(cfg TFTPConfig, logger *slog.Logger, reg prometheus.Registerer) (*TFTPServer, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	root, err := filepath.Abs(cfg.Root)
+	if err != nil {
+		return nil, fmt.Errorf("netbootd: tftp: Root: %w", err)
+	}
+	m, err := newTFTPMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &TFTPServer{
+		cfg:       cfg,
+		root:      root,
+		log:       logger.With("component", "tftp"),
+		metrics:   m,
+		grace:     tftpShutdownGrace,
+		abortWait: tftpAbortWait,
+		bound:     make(chan struct{}),
+	}, nil
+}
+
+// Name identifies the server among services.
+func (s *TFTPServer) Name() string { return "tftp" }
+
+// Bound is closed once the socket is bound, after which Addr is valid.
+func (s *TFTPServer) Bound() <-chan struct{} { return s.bound }
+
+// Addr is the bound address, or nil before Run has bound it.
+func (s *TFTPServer) Addr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conn == nil {
+		return nil
+	}
+	return s.conn.LocalAddr()
+}
+
+// Ready reports whether the server is taking requests.
+func (s *TFTPServer) Ready() bool {
+	select {
+	case <-s.bound:
+		return !s.stopping.Load()
+	default:
+		return false
+	}
+}
+
+// Run binds the socket and serves until ctx is done. Then it stops taking requests and
+// lets running transfers finish for a short grace; after that they are cut with an error
+// to the client. A transfer whose client has gone silent can outlive Run by up to
+// Timeout×(Retries+1): pin/tftp gives no way to close its per-transfer socket early.
+func (s *TFTPServer) Run(ctx context.Context) error {
+	if !s.started.CompareAndSwap(false, true) {
+		return errors.New("netbootd: tftp: Run called twice")
+	}
+	conn, err := net.ListenPacket("udp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("netbootd: tftp: listen %s: %w", s.cfg.Listen, err)
+	}
+	defer conn.Close()
+	if uc, ok := conn.(*net.UDPConn); ok {
+		tftpEnablePacketInfo(uc)
+	}
+	s.mu.Lock()
+	s.conn = conn
+	s.mu.Unlock()
+
+	srv := tftp.NewServer(s.handleRead, s.handleWrite)
+	srv.SetTimeout(s.cfg.Timeout)
+	srv.SetRetries(s.cfg.Retries)
+	srv.SetBlockSize(s.cfg.MaxBlockSize)
+	// The default adds a random sleep of up to 1s before every retransmission on top of
+	// Timeout; without it Timeout means what the config says and shutdown is bounded.
+	srv.SetBackoff(func(int) time.Duration { return 0 })
+	srv.SetHook(tftpHook{s})
+
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(conn) }()
+	close(s.bound)
+	s.log.Info("tftp serving", "addr", conn.LocalAddr().String(), "root", s.root)
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-served:
+		served <- serveErr
+	}
+	s.stopping.Store(true)
+	shut := make(chan struct{})
+	go func() {
+		srv.Shutdown()
+		close(shut)
+	}()
+	select {
+	case <-shut:
+	case <-time.After(s.grace):
+		s.aborting.Store(true)
+		select {
+		case <-shut:
+		case <-time.After(s.abortWait):
+			s.log.Warn("tftp transfers still running at shutdown; leaving them to time out",
+				"active", s.active.Load())
+		}
+	}
+	if err := <-served; err != nil {
+		return fmt.Errorf("netbootd: tftp: serve: %w", err)
+	}
+	return nil
+}
+
+// tftpEnablePacketInfo turns on the per-packet destination address and interface before
+// any request can arrive. pin/tftp turns them on itself, but only once Serve is running;
+// a request that comes in before then carries no interface, and pin/tftp then caps its
+// blksize at 512 whatever SetBlockSize says. An error here leaves Serve to try again.
+func tftpEnablePacketInfo(conn *net.UDPConn) {
+	if conn.LocalAddr().(*net.UDPAddr).IP.To4() != nil {
+		_ = ipv4.NewPacketConn(conn).SetControlMessage(ipv4.FlagDst|ipv4.FlagInterface, true)
+	} else {
+		_ = ipv6.NewPacketConn(conn).SetControlMessage(ipv6.FlagDst|ipv6.FlagInterface, true)
+	}
+}
+
+func (s *TFTPServer) handleRead(filename string, rf io.ReaderFrom) error {
+	start := time.Now()
+	var client string
+	ot, _ := rf.(tftp.OutgoingTransfer)
+	if ot != nil {
+		a := ot.RemoteAddr()
+		client = a.String()
+	}
+	log := s.log.With("client", client, "file", filename)
+
+	if s.active.Add(1) > int64(s.cfg.MaxTransfers) {
+		s.active.Add(-1)
+		return s.refuse(log, tftpRefuse(tftpReasonBusy, "server busy"))
+	}
+	s.metrics.active.Inc()
+	defer func() {
+		s.active.Add(-1)
+		s.metrics.active.Dec()
+	}()
+	if s.stopping.Load() {
+		// Counted as busy: the client should retry, possibly against another server.
+		return s.refuse(log, tftpRefuse(tftpReasonBusy, errTFTPShuttingDown.Error()))
+	}
+
+	// The root is looked up for every request, not once: when it is a symlink that a
+	// deployment swaps to a new tree, new transfers follow it while old ones finish.
+	root, err := filepath.EvalSymlinks(s.root)
+	if err != nil {
+		log.Warn("tftp root unavailable", "root", s.root, "err", err)
+		return s.refuse(log, tftpRefuse(tftpReasonNotFound, "file not found"))
+	}
+	p, err := tftpResolve(root, filename)
+	if err != nil {
+		return s.refuse(log, err)
+	}
+	f, err := tftpOpen(root, p)
+	if err != nil {
+		return s.refuse(log, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		return s.refuse(log, tftpRefuse(tftpReasonNotFound, "not a regular file"))
+	}
+	if ot != nil {
+		// The reader handed to pin/tftp is not an io.Seeker, so it cannot find the size
+		// itself; EDK2 and other ROMs ask for tsize before they fetch.
+		ot.SetSize(fi.Size())
+	}
+
+	r := tftpGetReader(f, &s.aborting)
+	defer tftpPutReader(r)
+	n, err := rf.ReadFrom(r)
+	s.metrics.bytesSent.Add(float64(n))
+	elapsed := time.Since(start)
+	switch {
+	case err == nil:
+		s.metrics.result[tftpResultCompleted].Inc()
+		s.metrics.duration.Observe(elapsed.Seconds())
+	case r.reads == 0 && !tftpIsNetError(err):
+		// Only an ERROR from the client ends option negotiation without a network error.
+		s.metrics.result[tftpResultAborted].Inc()
+		log.Debug("tftp transfer aborted by client after options", "err", err)
+	default:
+		s.metrics.result[tftpResultFailed].Inc()
+		log.Info("tftp transfer failed", "bytes", n, "duration", elapsed, "err", err)
+	}
+	return err
+}
+
+// tftpOpen opens p, a path tftpResolve accepted, through an os.Root: if the tree changes
+// between the check and the open, a symlink still cannot lead out of the root.
+func tftpOpen(root, p string) (*os.File, error) {
+	rel, err := filepath.Rel(root, p)
+	if err != nil {
+		return nil, tftpRefuse(tftpReasonEscape, "access violation")
+	}
+	f, err := os.OpenInRoot(root, rel)
+	switch {
+	case err == nil:
+		return f, nil
+	case errors.Is(err, fs.ErrNotExist), errors.Is(err, fs.ErrPermission):
+		return nil, tftpRefuse(tftpReasonNotFound, "file not found")
+	default:
+		return nil, tftpRefuse(tftpReasonEscape, "access violation")
+	}
+}
+
+func (s *TFTPServer) handleWrite(filename string, wt io.WriterTo) error {
+	var client string
+	if it, ok := wt.(tftp.IncomingTransfer); ok {
+		a := it.RemoteAddr()
+		client = a.String()
+	}
+	return s.refuse(s.log.With("client", client, "file", filename),
+		tftpRefuse(tftpReasonWrite, "access violation: read-only server"))
+}
+
+// refuse counts a refusal and returns it for pin/tftp to send to the client. Anyone on the
+// segment can provoke refusals, so they are logged at debug level only.
+func (s *TFTPServer) refuse(log *slog.Logger, err error) error {
+	reason := tftpReasonNotFound
+	var r *tftpRefusal
+	if errors.As(err, &r) {
+		reason = r.reason
+	}
+	s.metrics.result[tftpResultRefused].Inc()
+	s.metrics.refused[reason].Inc()
+	log.Debug("tftp request refused", "reason", reason, "err", err)
+	return err
+}
+
+func tftpIsNetError(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne)
+}
+
+// tftpHook sees what the handlers cannot: the options agreed, retransmissions, and
+// requests pin/tftp rejects before any handler runs (malformed packets, stray ACKs on the
+// listening port, no socket left for a new transfer). Transfer results are counted in the
+// handlers, which know the cause of a failure.
+type tftpHook struct{ s *TFTPServer }
+
+func (h tftpHook) OnSuccess(st tftp.TransferStats) {
+	retransmits := max(st.DatagramsSent-st.DatagramsAcked, 0)
+	h.s.metrics.retransmits.Add(float64(retransmits))
+	blksize := st.Opts["blksize"]
+	if blksize == "" {
+		blksize = "512"
+	}
+	client := net.JoinHostPort(st.RemoteAddr.String(), strconv.Itoa(st.Tid))
+	h.s.log.Debug("tftp transfer completed", "client", client, "file", st.Filename,
+		"blksize", blksize, "tsize", st.Opts["tsize"], "datagrams", st.DatagramsSent,
+		"retransmits", retransmits, "duration", st.Duration)
+}
+
+func (h tftpHook) OnFailure(st tftp.TransferStats, err error) {
+	if st.RemoteAddr == nil {
+		if h.s.stopping.Load() {
+			return
+		}
+		h.s.metrics.requestErrors.Inc()
+		h.s.log.Debug("tftp request dropped", "err", err)
+		return
+	}
+	// The last datagram went unanswered (or was answered with an ERROR): that one is no
+	// retransmission.
+	if d := st.DatagramsSent - st.DatagramsAcked - 1; d > 0 {
+		h.s.metrics.retransmits.Add(float64(d))
+	}
+}
+
+// tftpReader streams a file to pin/tftp, which reads one block at a time: the read-ahead
+// turns a syscall per block into one per few dozen, and the pool keeps thousands of
+// concurrent transfers from each allocating their own buffer. It also cuts a transfer at
+// its next block once shutdown's grace is over.
+type tftpReader struct {
+	br    *bufio.Reader
+	stop  *atomic.Bool
+	reads int
+}
+
+var tftpReaderPool = sync.Pool{
+	New: func() any { return &tftpReader{br: bufio.NewReaderSize(nil, tftpReadBufferSize)} },
+}
+
+func tftpGetReader(f io.Reader, stop *atomic.Bool) *tftpReader {
+	r := tftpReaderPool.Get().(*tftpReader)
+	r.br.Reset(f)
+	r.stop = stop
+	r.reads = 0
+	return r
+}
+
+func tftpPutReader(r *tftpReader) {
+	r.br.Reset(nil)
+	r.stop = nil
+	tftpReaderPool.Put(r)
+}
+
+func (r *tftpReader) Read(p []byte) (int, error) {
+	if r.stop.Load() {
+		return 0, errTFTPShuttingDown
+	}
+	r.reads++
+	return r.br.Read(p)
+}
+
+type tftpMetrics struct {
+	active        prometheus.Gauge
+	transfers     *prometheus.CounterVec
+	bytesSent     prometheus.Counter
+	duration      prometheus.Histogram
+	refusedVec    *prometheus.CounterVec
+	retransmits   prometheus.Counter
+	requestErrors prometheus.Counter
+
+	result  map[string]prometheus.Counter
+	refused map[string]prometheus.Counter
+}
+
+func newTFTPMetrics(reg prometheus.Registerer) (*tftpMetrics, error) {
+	const ns, sub = "siteserver", "netboot"
+	m := &tftpMetrics{
+		active: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
+			Name: "tftp_transfers_active", Help: "TFTP read transfers in progress."}),
+		transfers: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "tftp_transfers_total",
+			Help: "TFTP requests by result: completed, failed, refused, or aborted by the client after option negotiation (a tsize query)."},
+			[]string{"result"}),
+		bytesSent: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "tftp_bytes_sent_total", Help: "File bytes sent over TFTP, retransmissions not counted."}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub,
+			Name: "tftp_transfer_duration_seconds", Help: "Duration of completed TFTP transfers.",
+			Buckets: []float64{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800}}),
+		refusedVec: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "tftp_refused_total", Help: "TFTP requests refused, by reason."},
+			[]string{"reason"}),
+		retransmits: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "tftp_retransmits_total", Help: "TFTP packets sent again for want of an acknowledgement."}),
+		requestErrors: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "tftp_request_errors_total",
+			Help: "Packets on the TFTP port that started no transfer: malformed or unexpected, or no socket was left for the transfer."}),
+	}
+	if reg != nil {
+		var err error
+		if m.active, err = tftpRegister(reg, m.active); err != nil {
+			return nil, err
+		}
+		if m.transfers, err = tftpRegister(reg, m.transfers); err != nil {
+			return nil, err
+		}
+		if m.bytesSent, err = tftpRegister(reg, m.bytesSent); err != nil {
+			return nil, err
+		}
+		if m.duration, err = tftpRegister(reg, m.duration); err != nil {
+			return nil, err
+		}
+		if m.refusedVec, err = tftpRegister(reg, m.refusedVec); err != nil {
+			return nil, err
+		}
+		if m.retransmits, err = tftpRegister(reg, m.retransmits); err != nil {
+			return nil, err
+		}
+		if m.requestErrors, err = tftpRegister(reg, m.requestErrors); err != nil {
+			return nil, err
+		}
+	}
+	m.result = make(map[string]prometheus.Counter, len(tftpResults))
+	for _, r := range tftpResults {
+		m.result[r] = m.transfers.WithLabelValues(r)
+	}
+	m.refused = make(map[string]prometheus.Counter, len(tftpReasons))
+	for _, r := range tftpReasons {
+		m.refused[r] = m.refusedVec.WithLabelValues(r)
+	}
+	return m, nil
+}
+
+// tftpRegister registers c with reg, or returns the collector already registered under
+// the same name, so several TFTP servers of one process share their series.
+func tftpRegister[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
+	err := reg.Register(c)
+	if err == nil {
+		return c, nil
+	}
+	var are prometheus.AlreadyRegisteredError
+	if errors.As(err, &are) {
+		if existing, ok := are.ExistingCollector.(C); ok {
+			return existing, nil
+		}
+	}
+	return c, fmt.Errorf("netbootd: tftp: metrics: %w", err)
+}

@@ -1,0 +1,1167 @@
+package netbootd
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/pin/tftp/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/common/expfmt"
+)
+
+var updateTFTPGolden = flag.Bool("update-tftp", false, "rewrite the golden files under testdata/tftp")
+
+// tftpWriteFile writes size pseudo-random bytes (the same for the same size) and returns
+// their SHA-256.
+func tftpWriteFile(tb testing.TB, p string, size int) [32]byte {
+	tb.Helper()
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	b := make([]byte, size)
+	rng := rand.NewChaCha8([32]byte{byte(size), byte(size >> 8), byte(size >> 16)})
+	_, _ = rng.Read(b)
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		tb.Fatal(err)
+	}
+	return sha256.Sum256(b)
+}
+
+// tftpLogs collects the server's JSON log lines so tests can see what it negotiated.
+type tftpLogs struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *tftpLogs) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *tftpLogs) find(msg, file string) map[string]any {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for line := range bytes.SplitSeq(l.buf.Bytes(), []byte("\n")) {
+		var rec map[string]any
+		if json.Unmarshal(line, &rec) != nil {
+			continue
+		}
+		if rec["msg"] == msg && (file == "" || rec["file"] == file) {
+			return rec
+		}
+	}
+	return nil
+}
+
+// wait waits for a log line: the server logs a completed transfer when the final
+// ACK arrives, which can be after the client has returned.
+func (l *tftpLogs) wait(tb testing.TB, msg, file string) map[string]any {
+	tb.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if rec := l.find(msg, file); rec != nil {
+			return rec
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	tb.Fatalf("no log %q for file %q", msg, file)
+	return nil
+}
+
+type tftpTestServer struct {
+	s      *TFTPServer
+	addr   string // loopback address clients send to
+	reg    *prometheus.Registry
+	logs   *tftpLogs
+	cancel context.CancelFunc
+	done   chan error
+
+	stopOnce sync.Once
+	stopErr  error
+}
+
+func startTFTP(tb testing.TB, cfg TFTPConfig, tweak func(*TFTPServer)) *tftpTestServer {
+	tb.Helper()
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1:0"
+	}
+	ts := &tftpTestServer{reg: prometheus.NewRegistry(), logs: &tftpLogs{}, done: make(chan error, 1)}
+	logger := slog.New(slog.NewJSONHandler(ts.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	s, err := NewTFTPServer(cfg, logger, ts.reg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if tweak != nil {
+		tweak(s)
+	}
+	ts.s = s
+	ctx, cancel := context.WithCancel(context.Background())
+	ts.cancel = cancel
+	go func() { ts.done <- s.Run(ctx) }()
+	select {
+	case <-s.Bound():
+	case err := <-ts.done:
+		tb.Fatalf("Run: %v", err)
+	case <-time.After(5 * time.Second):
+		tb.Fatal("server not bound")
+	}
+	port := s.Addr().(*net.UDPAddr).Port
+	ts.addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	tb.Cleanup(func() {
+		if err := ts.stop(); err != nil {
+			tb.Errorf("Run: %v", err)
+		}
+	})
+	return ts
+}
+
+// stop cancels Run and returns its result, the same on every call.
+func (ts *tftpTestServer) stop() error {
+	ts.stopOnce.Do(func() {
+		ts.cancel()
+		select {
+		case ts.stopErr = <-ts.done:
+		case <-time.After(10 * time.Second):
+			ts.stopErr = errors.New("Run did not return within 10s")
+		}
+	})
+	return ts.stopErr
+}
+
+func (ts *tftpTestServer) counter(name string, labels ...string) float64 {
+	mfs, err := ts.reg.Gather()
+	if err != nil {
+		return -1
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	metrics:
+		for _, m := range mf.GetMetric() {
+			for i := 0; i+1 < len(labels); i += 2 {
+				found := false
+				for _, lp := range m.GetLabel() {
+					if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
+						found = true
+					}
+				}
+				if !found {
+					continue metrics
+				}
+			}
+			switch {
+			case m.GetCounter() != nil:
+				return m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				return m.GetGauge().GetValue()
+			}
+		}
+	}
+	return -1
+}
+
+// waitCounter waits for a metric to reach want: results are counted when the server sees
+// the final ACK, which may be after the client has returned.
+func (ts *tftpTestServer) waitCounter(tb testing.TB, want float64, name string, labels ...string) {
+	tb.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	var got float64
+	for time.Now().Before(deadline) {
+		if got = ts.counter(name, labels...); got == want {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	tb.Errorf("%s%v = %v, want %v", name, labels, got, want)
+}
+
+type tftpDownload struct {
+	sum     [32]byte
+	n       int64
+	tsize   int64
+	tsizeOK bool
+}
+
+func tftpGet(addr, name string, blksize int) (tftpDownload, error) {
+	c, err := tftp.NewClient(addr)
+	if err != nil {
+		return tftpDownload{}, err
+	}
+	c.SetTimeout(2 * time.Second)
+	c.SetBackoff(func(int) time.Duration { return 0 })
+	if blksize > 0 {
+		c.SetBlockSize(blksize)
+	}
+	c.RequestTSize(true)
+	wt, err := c.Receive(name, "octet")
+	if err != nil {
+		return tftpDownload{}, err
+	}
+	var d tftpDownload
+	d.tsize, d.tsizeOK = wt.(tftp.IncomingTransfer).Size()
+	h := sha256.New()
+	d.n, err = wt.WriteTo(h)
+	copy(d.sum[:], h.Sum(nil))
+	return d, err
+}
+
+// tftpRaw is a bare TFTP client, for looking at the packets themselves.
+type tftpRaw struct {
+	tb     testing.TB
+	conn   *net.UDPConn
+	server *net.UDPAddr
+	peer   *net.UDPAddr // the transfer's own port, once the server has answered
+}
+
+func newTFTPRaw(tb testing.TB, addr string) *tftpRaw {
+	tb.Helper()
+	server, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { conn.Close() })
+	return &tftpRaw{tb: tb, conn: conn, server: server}
+}
+
+func (r *tftpRaw) send(pkt []byte) {
+	r.tb.Helper()
+	to := r.server
+	if r.peer != nil {
+		to = r.peer
+	}
+	if _, err := r.conn.WriteToUDP(pkt, to); err != nil {
+		r.tb.Fatal(err)
+	}
+}
+
+// recv returns the next packet's opcode and the bytes after it.
+func (r *tftpRaw) recv(timeout time.Duration) (uint16, []byte, error) {
+	buf := make([]byte, 65536)
+	if err := r.conn.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+		return 0, nil, err
+	}
+	n, from, err := r.conn.ReadFromUDP(buf)
+	if err != nil {
+		return 0, nil, err
+	}
+	if n < 2 {
+		return 0, nil, fmt.Errorf("short packet %x", buf[:n])
+	}
+	if r.peer == nil {
+		r.peer = from
+	}
+	return binary.BigEndian.Uint16(buf), buf[2:n], nil
+}
+
+func tftpRRQ(name string, opts ...string) []byte {
+	p := binary.BigEndian.AppendUint16(nil, 1)
+	for _, s := range append([]string{name, "octet"}, opts...) {
+		p = append(append(p, s...), 0)
+	}
+	return p
+}
+
+func tftpACK(block uint16) []byte {
+	return binary.BigEndian.AppendUint16(binary.BigEndian.AppendUint16(nil, 4), block)
+}
+
+func tftpERROR(code uint16, msg string) []byte {
+	p := binary.BigEndian.AppendUint16(binary.BigEndian.AppendUint16(nil, 5), code)
+	return append(append(p, msg...), 0)
+}
+
+func tftpParseOpts(b []byte) map[string]string {
+	f := strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00")
+	m := map[string]string{}
+	for i := 0; i+1 < len(f); i += 2 {
+		m[f[i]] = f[i+1]
+	}
+	return m
+}
+
+// fetchRest ACKs block acked and every block after it until one shorter than blksize, and
+// returns the data and the length of the first DATA payload.
+func (r *tftpRaw) fetchRest(acked uint16, blksize int) ([]byte, int, error) {
+	var data []byte
+	first := -1
+	for block := acked; ; block++ {
+		r.send(tftpACK(block))
+		op, body, err := r.recv(5 * time.Second)
+		if err != nil {
+			return nil, 0, err
+		}
+		if op != 3 {
+			return nil, 0, fmt.Errorf("opcode %d %q, want DATA", op, body)
+		}
+		if got := binary.BigEndian.Uint16(body); got != block+1 {
+			return nil, 0, fmt.Errorf("block %d, want %d", got, block+1)
+		}
+		payload := body[2:]
+		if first < 0 {
+			first = len(payload)
+		}
+		data = append(data, payload...)
+		if len(payload) < blksize {
+			r.send(tftpACK(block + 1))
+			return data, first, nil
+		}
+	}
+}
+
+func TestTFTPConfig(t *testing.T) {
+	root := t.TempDir()
+	file := filepath.Join(root, "file")
+	tftpWriteFile(t, file, 1)
+	tests := []struct {
+		name    string
+		cfg     TFTPConfig
+		want    TFTPConfig
+		wantErr string
+	}{
+		{name: "defaults", cfg: TFTPConfig{Root: root}, want: TFTPConfig{
+			Listen: ":69", Root: root, MaxTransfers: 2000, Timeout: 2 * time.Second, Retries: 5, MaxBlockSize: 1468}},
+		{name: "set", cfg: TFTPConfig{Listen: "127.0.0.1:6969", Root: root, MaxTransfers: 3, Timeout: time.Second, Retries: 2, MaxBlockSize: 8192},
+			want: TFTPConfig{Listen: "127.0.0.1:6969", Root: root, MaxTransfers: 3, Timeout: time.Second, Retries: 2, MaxBlockSize: 8192}},
+		{name: "no root", cfg: TFTPConfig{}, wantErr: "netbootd: tftp: Root is empty"},
+		{name: "missing root", cfg: TFTPConfig{Root: filepath.Join(root, "nope")}, wantErr: "no such file"},
+		{name: "root is a file", cfg: TFTPConfig{Root: file}, wantErr: "is not a directory"},
+		{name: "bad listen", cfg: TFTPConfig{Root: root, Listen: "69"}, wantErr: "netbootd: tftp: Listen"},
+		{name: "blksize 512", cfg: TFTPConfig{Root: root, MaxBlockSize: 512}, wantErr: "MaxBlockSize 512"},
+		{name: "blksize too big", cfg: TFTPConfig{Root: root, MaxBlockSize: 65465}, wantErr: "MaxBlockSize 65465"},
+		{name: "negative timeout", cfg: TFTPConfig{Root: root, Timeout: -1}, wantErr: "Timeout"},
+		{name: "negative transfers", cfg: TFTPConfig{Root: root, MaxTransfers: -1}, wantErr: "MaxTransfers"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := NewTFTPServer(tt.cfg, nil, prometheus.NewRegistry())
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want it to contain %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tt.want, s.cfg); diff != "" {
+				t.Errorf("config (-want +got):\n%s", diff)
+			}
+			if s.Addr() != nil || s.Ready() {
+				t.Error("constructor bound a socket")
+			}
+		})
+	}
+}
+
+// tftpResolveRoot builds a root with files, a subdirectory and symlinks pointing inside
+// and outside it. The root is reached through a symlink itself, as /tmp or /srv often are.
+func tftpResolveRoot(tb testing.TB) (root, canonical string) {
+	tb.Helper()
+	base := tb.TempDir()
+	canonical = filepath.Join(base, "real-root")
+	outside := filepath.Join(base, "outside")
+	for _, d := range []string{canonical, outside, filepath.Join(canonical, "pxelinux.cfg"), filepath.Join(canonical, "boot")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	tftpWriteFile(tb, filepath.Join(canonical, "ipxe.efi"), 100)
+	tftpWriteFile(tb, filepath.Join(canonical, "pxelinux.cfg", "default"), 10)
+	tftpWriteFile(tb, filepath.Join(canonical, "..hidden"), 10)
+	tftpWriteFile(tb, filepath.Join(outside, "secret"), 10)
+	links := map[string]string{
+		"in-link":        "ipxe.efi",
+		"boot/up-link":   "../pxelinux.cfg/default",
+		"out-link":       filepath.Join(outside, "secret"),
+		"out-rel-link":   "../outside/secret",
+		"out-dir":        outside,
+		"dangling":       "nothing-here",
+		"loop":           "loop",
+		"pxelinux.cfg/d": "default",
+	}
+	for name, target := range links {
+		if err := os.Symlink(target, filepath.Join(canonical, name)); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	root = filepath.Join(base, "root-link")
+	if err := os.Symlink(canonical, root); err != nil {
+		tb.Fatal(err)
+	}
+	return root, canonical
+}
+
+func tftpReasonOf(err error) string {
+	var r *tftpRefusal
+	if errors.As(err, &r) {
+		return r.reason
+	}
+	if err != nil {
+		return "not a refusal: " + err.Error()
+	}
+	return ""
+}
+
+func TestTFTPResolve(t *testing.T) {
+	_, root := tftpResolveRoot(t)
+	tests := []struct {
+		name   string
+		want   string // path relative to root
+		reason string
+	}{
+		{name: "ipxe.efi", want: "ipxe.efi"},
+		{name: "pxelinux.cfg/default", want: "pxelinux.cfg/default"},
+		{name: `pxelinux.cfg\default`, want: "pxelinux.cfg/default"},
+		{name: "./ipxe.efi", want: "ipxe.efi"},
+		{name: "pxelinux.cfg//default", want: "pxelinux.cfg/default"},
+		{name: "..hidden", want: "..hidden"},
+		{name: "in-link", want: "ipxe.efi"},
+		{name: "boot/up-link", want: "pxelinux.cfg/default"},
+		{name: "pxelinux.cfg/d", want: "pxelinux.cfg/default"},
+		{name: "../etc/passwd", reason: tftpReasonEscape},
+		{name: "/etc/passwd", reason: tftpReasonEscape},
+		{name: "/ipxe.efi", reason: tftpReasonEscape},
+		{name: `\ipxe.efi`, reason: tftpReasonEscape},
+		{name: "a/../../x", reason: tftpReasonEscape},
+		{name: "boot/../ipxe.efi", reason: tftpReasonEscape},
+		{name: `..\..\etc\passwd`, reason: tftpReasonEscape},
+		{name: "..", reason: tftpReasonEscape},
+		{name: "out-link", reason: tftpReasonEscape},
+		{name: "out-rel-link", reason: tftpReasonEscape},
+		{name: "out-dir/secret", reason: tftpReasonEscape},
+		{name: "x\x00y", reason: tftpReasonBadName},
+		{name: "", reason: tftpReasonBadName},
+		{name: "boot", reason: tftpReasonNotFound},
+		{name: ".", reason: tftpReasonNotFound},
+		{name: "out-dir", reason: tftpReasonEscape},
+		{name: "missing.efi", reason: tftpReasonNotFound},
+		{name: "ipxe.efi/x", reason: tftpReasonNotFound},
+		{name: "dangling", reason: tftpReasonNotFound},
+		{name: "loop", reason: tftpReasonNotFound},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := tftpResolve(root, tt.name)
+			if reason := tftpReasonOf(err); reason != tt.reason {
+				t.Fatalf("tftpResolve(%q) = %q, %v; want reason %q", tt.name, got, err, tt.reason)
+			}
+			if tt.reason != "" {
+				return
+			}
+			if want := filepath.Join(root, tt.want); got != want {
+				t.Errorf("tftpResolve(%q) = %q, want %q", tt.name, got, want)
+			}
+		})
+	}
+}
+
+func FuzzTFTPResolve(f *testing.F) {
+	for _, seed := range []string{
+		"ipxe.efi", `pxelinux.cfg\default`, "../etc/passwd", "/etc/passwd", "a/../../x", "x\x00y",
+		"in-link", "out-link", "out-dir/secret", "boot/up-link", "boot/../ipxe.efi", "..hidden",
+		"....//....//etc/passwd", `C:\boot\x`, "boot\\..\\..\\outside\\secret", "",
+		// Names from real clients (testdata/pxe captures).
+		"boot.ipxe", "undionly.kpxe",
+	} {
+		f.Add(seed)
+	}
+	_, root := tftpResolveRoot(f)
+	f.Fuzz(func(t *testing.T, name string) {
+		got, err := tftpResolve(root, name)
+		if err != nil {
+			var r *tftpRefusal
+			if !errors.As(err, &r) {
+				t.Fatalf("tftpResolve(%q): error %v is not a refusal", name, err)
+			}
+			return
+		}
+		if !tftpInside(root, got) {
+			t.Fatalf("tftpResolve(%q) = %q, outside %q", name, got, root)
+		}
+		real, err := filepath.EvalSymlinks(got)
+		if err != nil || real != got {
+			t.Fatalf("tftpResolve(%q) = %q, which resolves to %q, %v", name, got, real, err)
+		}
+		if fi, err := os.Stat(got); err != nil || !fi.Mode().IsRegular() {
+			t.Fatalf("tftpResolve(%q) = %q, not a regular file (%v)", name, got, err)
+		}
+	})
+}
+
+func TestTFTPDownload(t *testing.T) {
+	root := t.TempDir()
+	ts := startTFTP(t, TFTPConfig{Root: root}, nil)
+	tests := []struct {
+		name    string
+		size    int
+		blksize int // asked by the client; 0 asks nothing
+		want    string
+	}{
+		{name: "empty", size: 0, blksize: 1468, want: "1468"},
+		{name: "one byte", size: 1, blksize: 1468, want: "1468"},
+		{name: "exactly one block", size: 1468, blksize: 1468, want: "1468"},
+		{name: "one block and a byte", size: 1469, blksize: 1468, want: "1468"},
+		{name: "ipxe-sized", size: 1_034_567, blksize: 1468, want: "1468"},
+		{name: "ask too big", size: 200_000, blksize: 65464, want: "1468"},
+		{name: "ask smaller", size: 200_000, blksize: 1024, want: "1024"},
+		{name: "no blksize", size: 20_000, blksize: 0, want: "512"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			file := strings.ReplaceAll(tt.name, " ", "-") + ".bin"
+			want := tftpWriteFile(t, filepath.Join(root, file), tt.size)
+			got, err := tftpGet(ts.addr, file, tt.blksize)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.sum != want || got.n != int64(tt.size) {
+				t.Errorf("got %d bytes with SHA-256 %x, want %d bytes %x", got.n, got.sum, tt.size, want)
+			}
+			// pin/tftp drops a tsize of 0 from its OACK, so an empty file reports none.
+			wantTsize := tt.size > 0
+			if got.tsizeOK != wantTsize || (wantTsize && got.tsize != int64(tt.size)) {
+				t.Errorf("tsize = %d, %v; want %d, %v", got.tsize, got.tsizeOK, tt.size, wantTsize)
+			}
+			rec := ts.logs.wait(t, "tftp transfer completed", file)
+			if rec["blksize"] != tt.want {
+				t.Errorf("blksize = %v, want %s", rec["blksize"], tt.want)
+			}
+		})
+	}
+}
+
+// Requests as real clients sent them (testdata/pxe/ipxe-efi-and-edk2-dhcp-tftp.pcapng):
+// iPXE asks blksize 1432 and tsize; EDK2 first asks tsize alone, aborts, then asks again
+// without tsize, both times with windowsize 4.
+var (
+	tftpIPXERRQ      = []byte("\x00\x01boot.ipxe\x00octet\x00blksize\x001432\x00tsize\x000\x00")
+	tftpEDK2ProbeRRQ = []byte("\x00\x01boot.ipxe\x00octet\x00tsize\x000\x00blksize\x001468\x00windowsize\x004\x00")
+	tftpEDK2FetchRRQ = []byte("\x00\x01boot.ipxe\x00octet\x00blksize\x001468\x00windowsize\x004\x00")
+)
+
+func TestTFTPOptions(t *testing.T) {
+	const size = 5000
+	tests := []struct {
+		name      string
+		rrq       []byte
+		wantOACK  map[string]string // nil: the server goes straight to DATA
+		wantBlock int
+	}{
+		{name: "ipxe", rrq: tftpIPXERRQ, wantOACK: map[string]string{"blksize": "1432", "tsize": "5000"}, wantBlock: 1432},
+		// pin/tftp has no RFC 7440 windowsize: it is left out of the OACK and the transfer
+		// runs lock-step.
+		{name: "edk2 probe", rrq: tftpEDK2ProbeRRQ, wantOACK: map[string]string{"blksize": "1468", "tsize": "5000"}, wantBlock: 1468},
+		{name: "edk2 fetch", rrq: tftpEDK2FetchRRQ, wantOACK: map[string]string{"blksize": "1468"}, wantBlock: 1468},
+		{name: "blksize capped", rrq: tftpRRQ("boot.ipxe", "blksize", "65464"), wantOACK: map[string]string{"blksize": "1468"}, wantBlock: 1468},
+		{name: "no options", rrq: tftpRRQ("boot.ipxe"), wantBlock: 512},
+		// RFC 2348 allows 8..511; pin/tftp refuses them and so leaves the option out.
+		{name: "blksize below 512", rrq: tftpRRQ("boot.ipxe", "blksize", "8"), wantBlock: 512},
+		{name: "only unknown option", rrq: tftpRRQ("boot.ipxe", "windowsize", "8"), wantBlock: 512},
+	}
+	for _, listen := range []string{"127.0.0.1:0", ":0"} {
+		t.Run("listen "+listen, func(t *testing.T) {
+			root := t.TempDir()
+			want := tftpWriteFile(t, filepath.Join(root, "boot.ipxe"), size)
+			ts := startTFTP(t, TFTPConfig{Root: root, Listen: listen}, nil)
+			for _, tt := range tests {
+				t.Run(tt.name, func(t *testing.T) {
+					r := newTFTPRaw(t, ts.addr)
+					r.send(tt.rrq)
+					var data []byte
+					var block int
+					if tt.wantOACK != nil {
+						op, body, err := r.recv(5 * time.Second)
+						if err != nil {
+							t.Fatal(err)
+						}
+						if op != 6 {
+							t.Fatalf("opcode %d %q, want OACK", op, body)
+						}
+						if diff := cmp.Diff(tt.wantOACK, tftpParseOpts(body)); diff != "" {
+							t.Errorf("OACK (-want +got):\n%s", diff)
+						}
+						data, block, err = r.fetchRest(0, tt.wantBlock)
+						if err != nil {
+							t.Fatal(err)
+						}
+					} else {
+						op, body, err := r.recv(5 * time.Second)
+						if err != nil {
+							t.Fatal(err)
+						}
+						if op != 3 || binary.BigEndian.Uint16(body) != 1 {
+							t.Fatalf("got opcode %d %q, want DATA 1", op, body)
+						}
+						rest, _, err := r.fetchRest(1, 512)
+						if err != nil {
+							t.Fatal(err)
+						}
+						data, block = append(body[2:], rest...), len(body)-2
+					}
+					if block != tt.wantBlock {
+						t.Errorf("block size %d, want %d", block, tt.wantBlock)
+					}
+					if sha256.Sum256(data) != want {
+						t.Errorf("content differs (%d bytes)", len(data))
+					}
+				})
+			}
+		})
+	}
+}
+
+func TestTFTPRootSwap(t *testing.T) {
+	base := t.TempDir()
+	v1 := tftpWriteFile(t, filepath.Join(base, "v1", "boot.ipxe"), 1000)
+	v2 := tftpWriteFile(t, filepath.Join(base, "v2", "boot.ipxe"), 2000)
+	current := filepath.Join(base, "current")
+	if err := os.Symlink("v1", current); err != nil {
+		t.Fatal(err)
+	}
+	ts := startTFTP(t, TFTPConfig{Root: current}, nil)
+	for _, step := range []struct {
+		name   string
+		target string
+		want   [32]byte
+	}{
+		{name: "before", target: "v1", want: v1},
+		{name: "after swap", target: "v2", want: v2},
+	} {
+		t.Run(step.name, func(t *testing.T) {
+			// Swapped the way deployments do it: a new link renamed over the old one.
+			tmp := current + ".new"
+			if err := os.Symlink(step.target, tmp); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(tmp, current); err != nil {
+				t.Fatal(err)
+			}
+			got, err := tftpGet(ts.addr, "boot.ipxe", 1468)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.sum != step.want {
+				t.Errorf("served the other tree")
+			}
+		})
+	}
+}
+
+func TestTFTPSizeProbeIsNotAFailure(t *testing.T) {
+	root := t.TempDir()
+	tftpWriteFile(t, filepath.Join(root, "boot.ipxe"), 5000)
+	ts := startTFTP(t, TFTPConfig{Root: root}, nil)
+	r := newTFTPRaw(t, ts.addr)
+	r.send(tftpEDK2ProbeRRQ)
+	op, body, err := r.recv(5 * time.Second)
+	if err != nil || op != 6 {
+		t.Fatalf("got %d %q %v, want OACK", op, body, err)
+	}
+	if got := tftpParseOpts(body)["tsize"]; got != "5000" {
+		t.Errorf("tsize %q, want 5000", got)
+	}
+	// What EDK2 sends once it has the size.
+	r.send(tftpERROR(8, "User aborted the download"))
+	ts.waitCounter(t, 1, "siteserver_netboot_tftp_transfers_total", "result", "aborted")
+	ts.waitCounter(t, 0, "siteserver_netboot_tftp_transfers_total", "result", "failed")
+	ts.waitCounter(t, 0, "siteserver_netboot_tftp_transfers_active")
+}
+
+func TestTFTPConcurrent(t *testing.T) {
+	const clients, size = 200, 256 << 10
+	root := t.TempDir()
+	want := tftpWriteFile(t, filepath.Join(root, "ipxe.efi"), size)
+	ts := startTFTP(t, TFTPConfig{Root: root}, nil)
+	start := time.Now()
+	errs := make(chan error, clients)
+	var wg sync.WaitGroup
+	for i := range clients {
+		wg.Go(func() {
+			got, err := tftpGet(ts.addr, "ipxe.efi", 1468)
+			switch {
+			case err != nil:
+				errs <- fmt.Errorf("client %d: %w", i, err)
+			case got.sum != want:
+				errs <- fmt.Errorf("client %d: content differs", i)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	elapsed := time.Since(start)
+	t.Logf("%d concurrent downloads of %d KiB in %v: %.1f MB/s together", clients, size>>10, elapsed,
+		float64(clients*size)/elapsed.Seconds()/1e6)
+	ts.waitCounter(t, clients, "siteserver_netboot_tftp_transfers_total", "result", "completed")
+	ts.waitCounter(t, 0, "siteserver_netboot_tftp_transfers_active")
+	ts.waitCounter(t, float64(clients*size), "siteserver_netboot_tftp_bytes_sent_total")
+}
+
+func TestTFTPMaxTransfers(t *testing.T) {
+	const size = 2000 // four blocks of 512
+	root := t.TempDir()
+	want := tftpWriteFile(t, filepath.Join(root, "slow.bin"), size)
+	ts := startTFTP(t, TFTPConfig{Root: root, MaxTransfers: 2}, nil)
+
+	// Five clients ask and then sit on their first block, holding their transfers open.
+	var holding []*tftpRaw
+	var busy int
+	for range 5 {
+		r := newTFTPRaw(t, ts.addr)
+		r.send(tftpRRQ("slow.bin"))
+		op, body, err := r.recv(5 * time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch op {
+		case 3:
+			holding = append(holding, r)
+		case 5:
+			if msg := string(bytes.TrimRight(body[2:], "\x00")); msg != "server busy" {
+				t.Errorf("error %q, want server busy", msg)
+			}
+			busy++
+		default:
+			t.Fatalf("opcode %d %q", op, body)
+		}
+	}
+	if len(holding) != 2 || busy != 3 {
+		t.Fatalf("%d transfers started and %d refused busy, want 2 and 3", len(holding), busy)
+	}
+	ts.waitCounter(t, 2, "siteserver_netboot_tftp_transfers_active")
+	ts.waitCounter(t, 3, "siteserver_netboot_tftp_refused_total", "reason", "busy")
+	ts.waitCounter(t, 3, "siteserver_netboot_tftp_transfers_total", "result", "refused")
+	if _, err := tftpGet(ts.addr, "slow.bin", 0); err == nil || !strings.Contains(err.Error(), "server busy") {
+		t.Errorf("a sixth client got %v, want server busy", err)
+	}
+
+	for _, r := range holding {
+		rest, _, err := r.fetchRest(1, 512)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rest) != size-512 {
+			t.Errorf("got %d more bytes, want %d", len(rest), size-512)
+		}
+	}
+	ts.waitCounter(t, 0, "siteserver_netboot_tftp_transfers_active")
+	got, err := tftpGet(ts.addr, "slow.bin", 0)
+	if err != nil || got.sum != want {
+		t.Errorf("after the slots freed: %v, content ok %v", err, got.sum == want)
+	}
+}
+
+func TestTFTPRefused(t *testing.T) {
+	_, root := tftpResolveRoot(t)
+	ts := startTFTP(t, TFTPConfig{Root: root}, nil)
+	tests := []struct {
+		name    string
+		file    string
+		wantErr string
+		reason  string
+	}{
+		{name: "dotdot", file: "../etc/passwd", wantErr: "access violation", reason: "escape"},
+		{name: "absolute", file: "/etc/passwd", wantErr: "access violation", reason: "escape"},
+		{name: "backslash dotdot", file: `..\..\etc\passwd`, wantErr: "access violation", reason: "escape"},
+		{name: "symlink out", file: "out-link", wantErr: "access violation", reason: "escape"},
+		{name: "missing", file: "missing.efi", wantErr: "file not found", reason: "not_found"},
+		{name: "directory", file: "boot", wantErr: "not a regular file", reason: "not_found"},
+		{name: "empty name", file: "", wantErr: "empty file name", reason: "bad_name"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := ts.counter("siteserver_netboot_tftp_refused_total", "reason", tt.reason)
+			_, err := tftpGet(ts.addr, tt.file, 1468)
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("err = %v, want %q", err, tt.wantErr)
+			}
+			ts.waitCounter(t, before+1, "siteserver_netboot_tftp_refused_total", "reason", tt.reason)
+		})
+	}
+
+	t.Run("write", func(t *testing.T) {
+		c, err := tftp.NewClient(ts.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetTimeout(2 * time.Second)
+		_, err = c.Send("upload.bin", "octet")
+		if err == nil || !strings.Contains(err.Error(), "read-only") {
+			t.Errorf("err = %v, want read-only", err)
+		}
+		if _, err := os.Stat(filepath.Join(root, "upload.bin")); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("upload.bin: %v", err)
+		}
+		ts.waitCounter(t, 1, "siteserver_netboot_tftp_refused_total", "reason", "write_attempt")
+	})
+}
+
+func TestTFTPMetrics(t *testing.T) {
+	root := t.TempDir()
+	tftpWriteFile(t, filepath.Join(root, "ipxe.efi"), 3000)
+	ts := startTFTP(t, TFTPConfig{Root: root}, nil)
+
+	// One of each outcome.
+	if _, err := tftpGet(ts.addr, "ipxe.efi", 1468); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"missing", "../x", ""} {
+		if _, err := tftpGet(ts.addr, name, 0); err == nil {
+			t.Fatalf("%q: no error", name)
+		}
+	}
+	c, err := tftp.NewClient(ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetTimeout(2 * time.Second)
+	if _, err := c.Send("x", "octet"); err == nil {
+		t.Fatal("write accepted")
+	}
+	probe := newTFTPRaw(t, ts.addr)
+	probe.send(tftpRRQ("ipxe.efi", "tsize", "0"))
+	if op, _, err := probe.recv(5 * time.Second); err != nil || op != 6 {
+		t.Fatalf("probe: %d %v", op, err)
+	}
+	probe.send(tftpERROR(8, "abort"))
+	// A stray ACK on the listening port starts nothing.
+	stray := newTFTPRaw(t, ts.addr)
+	stray.send(tftpACK(1))
+
+	ts.waitCounter(t, 4, "siteserver_netboot_tftp_transfers_total", "result", "refused")
+	ts.waitCounter(t, 1, "siteserver_netboot_tftp_transfers_total", "result", "completed")
+	ts.waitCounter(t, 1, "siteserver_netboot_tftp_transfers_total", "result", "aborted")
+	ts.waitCounter(t, 1, "siteserver_netboot_tftp_request_errors_total")
+	ts.waitCounter(t, 0, "siteserver_netboot_tftp_transfers_active")
+
+	problems, err := testutil.GatherAndLint(ts.reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("lint: %s: %s", p.Metric, p.Text)
+	}
+
+	var names []string
+	mfs, err := ts.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		// Durations vary from run to run; only the count is stable.
+		if mf.GetName() != "siteserver_netboot_tftp_transfer_duration_seconds" {
+			names = append(names, mf.GetName())
+		}
+	}
+	got, err := testutil.GatherAndFormat(ts.reg, expfmt.TypeTextPlain, names...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden := filepath.Join("testdata", "tftp", "metrics.txt")
+	if *updateTFTPGolden {
+		if err := os.MkdirAll(filepath.Dir(golden), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(golden, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatalf("%v (run with -update-tftp to create it)", err)
+	}
+	if diff := cmp.Diff(string(want), string(got)); diff != "" {
+		t.Errorf("metrics (-want +got):\n%s", diff)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "siteserver_netboot_tftp_transfer_duration_seconds" {
+			if n := mf.GetMetric()[0].GetHistogram().GetSampleCount(); n != 1 {
+				t.Errorf("duration observations %d, want 1", n)
+			}
+		}
+	}
+}
+
+func TestTFTPShutdown(t *testing.T) {
+	root := t.TempDir()
+	tftpWriteFile(t, filepath.Join(root, "big.wim"), 10<<20)
+	fast := func(s *TFTPServer) { s.grace, s.abortWait = 200*time.Millisecond, 500*time.Millisecond }
+
+	t.Run("idle", func(t *testing.T) {
+		ts := startTFTP(t, TFTPConfig{Root: root}, fast)
+		start := time.Now()
+		if err := ts.stop(); err != nil {
+			t.Fatal(err)
+		}
+		if d := time.Since(start); d > 500*time.Millisecond {
+			t.Errorf("idle shutdown took %v", d)
+		}
+		if ts.s.Ready() {
+			t.Error("still ready after Run returned")
+		}
+	})
+
+	t.Run("transfer cut after grace", func(t *testing.T) {
+		ts := startTFTP(t, TFTPConfig{Root: root}, fast)
+		r := newTFTPRaw(t, ts.addr)
+		r.send(tftpRRQ("big.wim"))
+		if op, _, err := r.recv(5 * time.Second); err != nil || op != 3 {
+			t.Fatalf("first block: %d %v", op, err)
+		}
+		start := time.Now()
+		stopped := make(chan error, 1)
+		go func() { stopped <- ts.stop() }()
+		// A client too slow to finish within the grace.
+		var msg string
+		for block := uint16(1); msg == "" && time.Since(start) < 5*time.Second; block++ {
+			time.Sleep(20 * time.Millisecond)
+			r.send(tftpACK(block))
+			op, body, err := r.recv(5 * time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if op == 5 {
+				msg = string(bytes.TrimRight(body[2:], "\x00"))
+			}
+		}
+		if msg != "server shutting down" {
+			t.Errorf("error %q, want server shutting down", msg)
+		}
+		if err := <-stopped; err != nil {
+			t.Fatal(err)
+		}
+		if d := time.Since(start); d < 200*time.Millisecond || d > 2*time.Second {
+			t.Errorf("shutdown took %v, want about the grace of 200ms", d)
+		}
+		ts.waitCounter(t, 1, "siteserver_netboot_tftp_transfers_total", "result", "failed")
+	})
+
+	t.Run("silent client does not hold Run", func(t *testing.T) {
+		ts := startTFTP(t, TFTPConfig{Root: root, Timeout: 500 * time.Millisecond, Retries: 2}, fast)
+		r := newTFTPRaw(t, ts.addr)
+		r.send(tftpRRQ("big.wim"))
+		if op, _, err := r.recv(5 * time.Second); err != nil || op != 3 {
+			t.Fatalf("first block: %d %v", op, err)
+		}
+		start := time.Now()
+		if err := ts.stop(); err != nil {
+			t.Fatal(err)
+		}
+		if d := time.Since(start); d > time.Second {
+			t.Errorf("shutdown took %v, want grace+abort wait (700ms)", d)
+		}
+		if ts.logs.find("tftp transfers still running at shutdown; leaving them to time out", "") == nil {
+			t.Error("no warning about the transfer left running")
+		}
+		// The transfer gives up on its own after Timeout×(Retries+1).
+		ts.waitCounter(t, 1, "siteserver_netboot_tftp_transfers_total", "result", "failed")
+	})
+}
+
+// TestTFTPRealClients downloads with the TFTP clients PXE setups are debugged with. The
+// Debian packages are curl, atftp and tftp-hpa.
+func TestTFTPRealClients(t *testing.T) {
+	root := t.TempDir()
+	const size = 300_001
+	want := tftpWriteFile(t, filepath.Join(root, "pxelinux.cfg", "ipxe.efi"), size)
+	ts := startTFTP(t, TFTPConfig{Root: root}, nil)
+	host, port, _ := net.SplitHostPort(ts.addr)
+
+	clients := []struct {
+		name, bin, pkg string
+		blksize        string // what the client negotiates
+		get            func(remote, local string) []string
+	}{
+		{name: "curl", bin: "curl", pkg: "curl", blksize: "1468", get: func(remote, local string) []string {
+			return []string{"-sS", "--path-as-is", "--tftp-blksize", "1468", "-o", local, "tftp://" + ts.addr + "/" + remote}
+		}},
+		{name: "atftp", bin: "atftp", pkg: "atftp", blksize: "1468", get: func(remote, local string) []string {
+			return []string{"--option", "blksize 1468", "--option", "tsize 0", "-g", "-r", remote, "-l", local, host, port}
+		}},
+		// tftp-hpa's client speaks plain RFC 1350: no options, 512-byte blocks.
+		{name: "tftp-hpa", bin: "tftp", pkg: "tftp-hpa", blksize: "512", get: func(remote, local string) []string {
+			return []string{"-4", "-m", "binary", host, port, "-c", "get", remote, local}
+		}},
+	}
+	for _, c := range clients {
+		t.Run(c.name, func(t *testing.T) {
+			bin, err := exec.LookPath(c.bin)
+			if err != nil {
+				t.Skipf("%s not installed (Debian package %s)", c.bin, c.pkg)
+			}
+			run := func(remote, local string) (string, error) {
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				defer cancel()
+				out, err := exec.CommandContext(ctx, bin, c.get(remote, local)...).CombinedOutput()
+				return string(out), err
+			}
+			local := filepath.Join(t.TempDir(), "got")
+			remote := "pxelinux.cfg/ipxe.efi"
+			if c.name == "tftp-hpa" {
+				remote = `pxelinux.cfg\ipxe.efi`
+			}
+			out, err := run(remote, local)
+			if err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+			b, err := os.ReadFile(local)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if sha256.Sum256(b) != want {
+				t.Errorf("content differs: %d bytes, want %d", len(b), size)
+			}
+			rec := ts.logs.wait(t, "tftp transfer completed", remote)
+			if rec["blksize"] != c.blksize {
+				t.Errorf("blksize %v, want %s", rec["blksize"], c.blksize)
+			}
+
+			for _, bad := range []string{"../" + filepath.Base(root) + "/pxelinux.cfg/ipxe.efi", "/etc/passwd"} {
+				before := ts.counter("siteserver_netboot_tftp_refused_total", "reason", "escape")
+				local := filepath.Join(t.TempDir(), "bad")
+				out, _ := run(bad, local)
+				// tftp-hpa exits 0 on a server error; the file it leaves behind is empty.
+				if b, err := os.ReadFile(local); err == nil && len(b) > 0 {
+					t.Errorf("%q: got %d bytes (%s)", bad, len(b), out)
+				}
+				ts.waitCounter(t, before+1, "siteserver_netboot_tftp_refused_total", "reason", "escape")
+			}
+		})
+	}
+}
+
+func BenchmarkTFTPDownload(b *testing.B) {
+	const size = 32 << 20
+	root := b.TempDir()
+	tftpWriteFile(b, filepath.Join(root, "boot.wim"), size)
+	ts := startTFTP(b, TFTPConfig{Root: root, MaxBlockSize: 65464}, nil)
+	for _, blksize := range []int{512, 1468, 8192, 65464} {
+		b.Run("blksize="+strconv.Itoa(blksize), func(b *testing.B) {
+			b.SetBytes(size)
+			for b.Loop() {
+				got, err := tftpGet(ts.addr, "boot.wim", blksize)
+				if err != nil || got.n != size {
+					b.Fatalf("%d bytes: %v", got.n, err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkTFTPConcurrent measures many clients at once, as when a room boots together.
+func BenchmarkTFTPConcurrent(b *testing.B) {
+	const size = 1 << 20
+	root := b.TempDir()
+	tftpWriteFile(b, filepath.Join(root, "ipxe.efi"), size)
+	ts := startTFTP(b, TFTPConfig{Root: root}, nil)
+	b.SetBytes(size)
+	b.SetParallelism(16)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			got, err := tftpGet(ts.addr, "ipxe.efi", 1468)
+			if err != nil || got.n != size {
+				b.Errorf("%d bytes: %v", got.n, err)
+				return
+			}
+		}
+	})
+}
+
+// BenchmarkTFTPAgainstDnsmasq downloads the same 32 MiB file with curl from this server and
+// from dnsmasq's TFTP server, and reports both rates and their ratio. dnsmasq only serves
+// TFTP on port 69, so this needs root and a free 127.0.0.1:69.
+func BenchmarkTFTPAgainstDnsmasq(b *testing.B) {
+	const size = 32 << 20
+	dnsmasq, err := exec.LookPath("dnsmasq")
+	if err != nil {
+		b.Skip("dnsmasq not installed (Debian package dnsmasq-base)")
+	}
+	curl, err := exec.LookPath("curl")
+	if err != nil {
+		b.Skip("curl not installed (Debian package curl)")
+	}
+	probe, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 69})
+	if err != nil {
+		b.Skipf("cannot bind 127.0.0.1:69 for dnsmasq: %v", err)
+	}
+	probe.Close()
+
+	root := b.TempDir()
+	tftpWriteFile(b, filepath.Join(root, "boot.wim"), size)
+	tmp := b.TempDir()
+	cmd := exec.Command(dnsmasq, "--keep-in-foreground", "--port=0", "--enable-tftp", "--tftp-root="+root,
+		"--listen-address=127.0.0.1", "--bind-interfaces", "--user=root", "--conf-file=/dev/null",
+		"--pid-file="+filepath.Join(tmp, "pid"), "--log-facility="+filepath.Join(tmp, "log"))
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	ts := startTFTP(b, TFTPConfig{Root: root}, nil)
+
+	fetch := func(addr string) time.Duration {
+		out := filepath.Join(tmp, "out")
+		start := time.Now()
+		msg, err := exec.Command(curl, "-sS", "--tftp-blksize", "1468", "-o", out, "tftp://"+addr+"/boot.wim").CombinedOutput()
+		d := time.Since(start)
+		if err != nil {
+			b.Fatalf("%s: %v: %s", addr, err, msg)
+		}
+		if fi, err := os.Stat(out); err != nil || fi.Size() != size {
+			b.Fatalf("%s: short download: %v", addr, err)
+		}
+		return d
+	}
+	// dnsmasq takes a moment to bind.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := exec.Command(curl, "-sS", "-o", os.DevNull, "tftp://127.0.0.1:69/nothing-here").Run()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && ee.ExitCode() == 68 { // TFTP file not found: it answers
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("dnsmasq does not answer: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	var ours, theirs time.Duration
+	for b.Loop() {
+		ours += fetch(ts.addr)
+		theirs += fetch("127.0.0.1:69")
+	}
+	rate := func(d time.Duration) float64 { return float64(size*b.N) / d.Seconds() / 1e6 }
+	b.ReportMetric(rate(ours), "netbootd-MB/s")
+	b.ReportMetric(rate(theirs), "dnsmasq-MB/s")
+	b.ReportMetric(rate(ours)/rate(theirs), "ratio")
+}
