@@ -27,6 +27,8 @@ type Config struct {
 	// TickleListen is the UDP address tickles from the task server arrive on ("" for none:
 	// the agent then only polls).
 	TickleListen string
+	// MACs overrides the interface MAC addresses reported to the NS.
+	MACs []string
 	// Channel keeps a QUIC channel open to the task server, for computers that cannot take
 	// inbound UDP (NAT, firewalls); tickles then arrive on it.
 	Channel bool
@@ -138,7 +140,8 @@ func (a *Agent) register(ctx context.Context, p *ns.Peer, c *ns.Client) (any, ti
 	a.mu.Lock()
 	ts := a.taskServer
 	a.mu.Unlock()
-	req := ns.RegisterAgentRequest{ID: p.ID, Hostname: p.Hostname, Addresses: hostinfo.Addrs(prefixes), TaskServer: ts}
+	req := ns.RegisterAgentRequest{ID: p.ID, Hostname: p.Hostname, Addresses: hostinfo.Addrs(prefixes), TaskServer: ts,
+		MACs: hostinfo.MACs(a.cfg.MACs)}
 	resp, err := c.RegisterAgent(ctx, req)
 	if err != nil {
 		return nil, 0, err

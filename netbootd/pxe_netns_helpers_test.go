@@ -87,7 +87,7 @@ func pxeLinkNetns(t *testing.T, ns1, if1, addr1, ns2, if2, addr2 string) {
 	// Until the kernel has seen the carrier and attached the device's real qdisc, it keeps
 	// the "noop" one, which drops what is sent and still reports success.
 	deadline := time.Now().Add(5 * time.Second)
-	for _, e := range []struct{ ns, ifname string }{} {
+	for _, e := range []struct{ ns, ifname string }{{ns1, if1}, {ns2, if2}} {
 		for {
 			out, err := exec.Command("ip", "-n", e.ns, "link", "show", "dev", e.ifname).CombinedOutput()
 			if err == nil && strings.Contains(string(out), "state UP") && !strings.Contains(string(out), "qdisc noop") {

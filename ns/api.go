@@ -122,6 +122,8 @@ type RegisterAgentRequest struct {
 	Hostname   string       `json:"hostname"`
 	Addresses  []netip.Addr `json:"addresses"`
 	TaskServer string       `json:"task_server,omitempty"` // the task server it registered with, if any
+	// MACs are the computer's Ethernet addresses: network boot knows it as managed by them.
+	MACs []string `json:"macs,omitempty"`
 }
 
 // ServerRef is a site server offered to an agent.
@@ -314,6 +316,14 @@ func DecodeRegisterAgent(b []byte) (RegisterAgentRequest, error) {
 	}
 	if slices.ContainsFunc(req.Addresses, func(a netip.Addr) bool { return !a.IsValid() }) {
 		return RegisterAgentRequest{}, errors.New("addresses: invalid address")
+	}
+	if len(req.MACs) > 64 {
+		return RegisterAgentRequest{}, fmt.Errorf("macs: %d is more than 64", len(req.MACs))
+	}
+	for i, m := range req.MACs {
+		if _, err := NormalizeMAC(m); err != nil {
+			return RegisterAgentRequest{}, fmt.Errorf("macs[%d]: %w", i, err)
+		}
 	}
 	if req.TaskServer != "" && !ValidID(req.TaskServer) {
 		return RegisterAgentRequest{}, fmt.Errorf("task_server: %q is not a valid GUID", req.TaskServer)

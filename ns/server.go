@@ -347,6 +347,11 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET "+PathPkgAssignments, s.peer(KindSiteServer, s.handleAssignments))
 	mux.HandleFunc("POST "+PathPkgCodebases, s.peer(KindSiteServer, s.handleCodebaseReport))
 	mux.HandleFunc("GET "+PathCodebases, s.anyPeer(s.handleSources))
+
+	mux.HandleFunc("GET "+PathComputerLookup, s.peer(KindSiteServer, s.handleComputerLookup))
+	mux.HandleFunc("POST "+PathComputerSeen, s.peer(KindSiteServer, s.handleComputerSeen))
+	mux.HandleFunc("POST "+PathComputers, s.admin(s.handlePutComputer))
+	mux.HandleFunc("GET "+PathComputers, s.admin(s.handleListComputers))
 	return mux
 }
 
@@ -682,6 +687,9 @@ func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		rec.Hostname, rec.Addresses, rec.TaskServer, rec.LastSeen = req.Hostname, req.Addresses, req.TaskServer, s.now().UTC()
 		err = s.store.PutAgent(ctx, rec)
+	}
+	if err == nil {
+		err = s.markManaged(ctx, rec.ID, req.MACs)
 	}
 	s.mu.Unlock()
 	switch {

@@ -73,6 +73,11 @@ type Store interface {
 	// DeleteCodebases removes a server's codebases of packages not in keep.
 	DeleteCodebases(ctx context.Context, server string, keep []string) error
 
+	// Computer returns the computer with this MAC (lowercase, colon-separated).
+	Computer(ctx context.Context, mac string) (ComputerRecord, error)
+	Computers(ctx context.Context) ([]ComputerRecord, error)
+	PutComputer(ctx context.Context, c ComputerRecord) error
+
 	// AgentsByID returns the agents with these ids that exist.
 	AgentsByID(ctx context.Context, ids []string) (map[string]AgentRecord, error)
 	// AgentsPerServer returns the number of agents registered with each task server.
@@ -200,6 +205,17 @@ var migrations = []string{
 		next_attempt INTEGER NOT NULL,
 		updated_at INTEGER NOT NULL,
 		PRIMARY KEY (package, server)
+	);`,
+	// 4: computers seen by network boot or created ahead of their first boot.
+	`CREATE TABLE computers (
+		mac TEXT PRIMARY KEY,
+		kind TEXT NOT NULL,
+		name TEXT NOT NULL DEFAULT '',
+		agent TEXT NOT NULL DEFAULT '',
+		arch INTEGER NOT NULL DEFAULT -1,
+		last_server TEXT NOT NULL DEFAULT '',
+		created_at INTEGER NOT NULL,
+		last_seen INTEGER NOT NULL DEFAULT 0
 	);`,
 }
 

@@ -23,6 +23,7 @@ import (
 	"github.com/siteserver/siteserver/internal/hostinfo"
 	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/internal/service"
+	"github.com/siteserver/siteserver/netbootd"
 	"github.com/siteserver/siteserver/ns"
 	"github.com/siteserver/siteserver/pkgd"
 	"github.com/siteserver/siteserver/sites"
@@ -142,7 +143,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	if tl == "none" {
 		tl = ""
 	}
-	a, err := agent.New(agent.Config{DataDir: cfg.DataDir, Hostname: cfg.Hostname, Addresses: cfg.Addresses, NS: cfg.NS, TickleListen: tl, Channel: cfg.TickleChannel},
+	a, err := agent.New(agent.Config{DataDir: cfg.DataDir, Hostname: cfg.Hostname, Addresses: cfg.Addresses, NS: cfg.NS, TickleListen: tl, Channel: cfg.TickleChannel, MACs: cfg.MACs},
 		logger.With("service", "agent"), reg)
 	if err != nil {
 		return err
@@ -213,8 +214,7 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 		go reloadOnHUP(ctx, hup, logger, embedded.Reload)
 	}
 
-	services := declaredServices(cfg.Services)
-	if len(services) == 0 && cfg.Services.Task == nil {
+	if cfg.Services.Task == nil && cfg.Services.Package == nil && cfg.Services.Netboot == nil {
 		logger.Warn("no site services configured; this site server only registers")
 	}
 	var task *taskd.Service
@@ -249,12 +249,19 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 			return err
 		}
 	}
+	var boot *netbootd.Service
+	if cfg.Services.Netboot != nil {
+		first := peers[0]
+		if boot, err = netbootd.New(*cfg.Services.Netboot, first.Client, logger.With("service", "netboot"), reg); err != nil {
+			return err
+		}
+	}
 	register := func(ctx context.Context, p *ns.Peer, c *ns.Client) (any, time.Duration, error) {
 		addrs, err := hostinfo.Addresses(cfg.Addresses)
 		if err != nil {
 			return nil, 0, err
 		}
-		services := services
+		var services []ns.ServiceInfo
 		if task != nil {
 			// Report the task service's real ports, which may be ephemeral.
 			if _, _, err := task.Bound(ctx); err != nil {
@@ -267,6 +274,9 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 				return nil, 0, err
 			}
 			services = append(services, pkg.Info(addrs))
+		}
+		if boot != nil {
+			services = append(services, ns.ServiceInfo{Name: ns.ServiceNetboot})
 		}
 		resp, err := c.RegisterServer(ctx, ns.RegisterServerRequest{ID: id, Hostname: host, Addresses: addrs, Services: services})
 		if err != nil {
@@ -300,15 +310,10 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 	if pkg != nil {
 		g.Add(pkg)
 	}
-	return runGroup(ctx, logger, g)
-}
-
-func declaredServices(s config.Services) []ns.ServiceInfo {
-	var out []ns.ServiceInfo
-	if s.Netboot != nil {
-		out = append(out, ns.ServiceInfo{Name: ns.ServiceNetboot, URL: s.Netboot.URL})
+	if boot != nil {
+		g.Add(boot)
 	}
-	return out
+	return runGroup(ctx, logger, g)
 }
 
 // embeddedNS builds the in-process NS of a standalone site and the peer that reaches it.

@@ -10,13 +10,13 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"net/url"
 	"os"
 	"path/filepath"
 
 	"go.yaml.in/yaml/v3"
 
 	"github.com/siteserver/siteserver/internal/obs"
+	"github.com/siteserver/siteserver/netbootd"
 	"github.com/siteserver/siteserver/ns"
 	"github.com/siteserver/siteserver/pkgd"
 	"github.com/siteserver/siteserver/taskd"
@@ -67,12 +67,7 @@ type EmbeddedNS struct {
 type Services struct {
 	Task    *taskd.Config   `yaml:"task"`
 	Package *pkgd.Config    `yaml:"package"`
-	Netboot *NetbootService `yaml:"netboot"`
-}
-
-// NetbootService configures the network boot service.
-type NetbootService struct {
-	URL string `yaml:"url"`
+	Netboot *netbootd.Config `yaml:"netboot"`
 }
 
 // Agent is the file of `siteserver agent`.
@@ -86,6 +81,8 @@ type Agent struct {
 	NS        ns.Endpoint `yaml:"ns"`
 	// TickleListen is where tickles from the task server arrive; "none" to only poll.
 	TickleListen string `yaml:"tickle_listen"`
+	// MACs overrides the MAC addresses reported to the NS (default: the interfaces').
+	MACs []string `yaml:"macs"`
 	// TickleChannel keeps a QUIC channel open to the task server (when it offers one), for
 	// computers behind NAT or firewalls that cannot take inbound UDP.
 	TickleChannel bool `yaml:"tickle_channel"`
@@ -130,6 +127,9 @@ func (c *Serve) Defaults() {
 	}
 	if c.Services.Package != nil {
 		c.Services.Package.Defaults()
+	}
+	if c.Services.Netboot != nil {
+		c.Services.Netboot.Defaults()
 	}
 }
 
@@ -215,24 +215,9 @@ func (c *Serve) Validate() error {
 			return err
 		}
 	}
-	for name, u := range map[string]*string{
-		"services.netboot.url": fieldURL(c.Services.Netboot),
-	} {
-		if u == nil || *u == "" {
-			continue
-		}
-		if pu, err := url.Parse(*u); err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
-			return fmt.Errorf("%s: %q is not an http(s) URL", name, *u)
-		}
-	}
-	return nil
-}
-
-func fieldURL(s any) *string {
-	switch v := s.(type) {
-	case *NetbootService:
-		if v != nil {
-			return &v.URL
+	if c.Services.Netboot != nil {
+		if err := c.Services.Netboot.Validate("services.netboot"); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/siteserver/siteserver/internal/obs"
+	"github.com/siteserver/siteserver/netbootd"
 	"github.com/siteserver/siteserver/ns"
 	"github.com/siteserver/siteserver/pkgd"
 	"github.com/siteserver/siteserver/taskd"
@@ -39,6 +41,8 @@ func decodeExample(t *testing.T, name string, f File) {
 	f.Defaults()
 }
 
+var addrEq = cmp.Comparer(func(a, b netip.Addr) bool { return a == b })
+
 func tokenFile(t *testing.T) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "token")
@@ -63,7 +67,7 @@ func TestExampleNS(t *testing.T) {
 			MaxBodyBytes: 1 << 20, TickleSource: ":0", SweepInterval: 10 * time.Second, Settings: defaultSettings,
 		},
 	}
-	if d := cmp.Diff(want, got); d != "" {
+	if d := cmp.Diff(want, got, addrEq); d != "" {
 		t.Fatalf("ns.yaml (-want +got):\n%s", d)
 	}
 	tok := tokenFile(t)
@@ -91,10 +95,21 @@ func TestExampleBranch(t *testing.T) {
 				Bandwidth: []string{"08:00-18:00 2Mbit"}, DefaultBandwidth: "unlimited"},
 		},
 	}
-	if d := cmp.Diff(want, got); d != "" {
+	want.Services.Netboot = &netbootd.Config{
+		BootDir: "/srv/siteserver/boot",
+		PXE: netbootd.PXEConfig{Listen67: ":67", Listen4011: ":4011",
+			BootFiles:     map[netbootd.Arch]string{0: "undionly.kpxe", 6: "ipxe-ia32.efi", 7: "ipxe.efi", 9: "ipxe.efi", 11: "ipxe-arm64.efi"},
+			IPXEScriptURL: "http://{server}:8080/ipxe/{mac}"},
+		TFTP:        netbootd.TFTPFile{Listen: ":69", MaxTransfers: 2000},
+		HTTP:        netbootd.HTTPConfig{Listen: ":8080"},
+		LookupCache: time.Minute,
+	}
+	want.Services.Netboot.Defaults()
+	if d := cmp.Diff(want, got, addrEq); d != "" {
 		t.Fatalf("branch.yaml (-want +got):\n%s", d)
 	}
 	got.NS[0].EnrollmentTokenFile = tokenFile(t)
+	got.Services.Netboot.BootDir = t.TempDir()
 	if err := got.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +117,9 @@ func TestExampleBranch(t *testing.T) {
 
 func TestExampleStandalone(t *testing.T) {
 	var got Serve
-	if err := Load(filepath.Join(examplesDir(t), "standalone.yaml"), &got); err != nil {
+	// Its paths are relative to the repository, where `make run` starts it.
+	t.Chdir("../..")
+	if err := Load("examples/standalone.yaml", &got); err != nil {
 		t.Fatal(err)
 	}
 	want := Serve{
@@ -113,9 +130,11 @@ func TestExampleStandalone(t *testing.T) {
 			AgentListen: "127.0.0.1:50180", URL: "https://127.0.0.1:50180", PresenceInterval: time.Minute, ForwardBatch: 1000,
 			MaxForwardBackoff: time.Minute}, Package: &pkgd.Config{Listen: "127.0.0.1:50181", URL: "http://127.0.0.1:50181",
 			PollInterval: 5 * time.Minute, VerifyInterval: 24 * time.Hour, MaxDownloads: 4, RetryBase: 3 * time.Minute, DefaultBandwidth: "unlimited"},
-			Netboot: &NetbootService{}},
+			Netboot: &netbootd.Config{BootDir: "examples/boot", PXE: netbootd.PXEConfig{Listen67: ":10067", Listen4011: ":14011"},
+				TFTP: netbootd.TFTPFile{Listen: "127.0.0.1:10069"}, HTTP: netbootd.HTTPConfig{Listen: "127.0.0.1:50182"}}},
 	}
-	if d := cmp.Diff(want, got); d != "" {
+	want.Services.Netboot.Defaults()
+	if d := cmp.Diff(want, got, addrEq); d != "" {
 		t.Fatalf("standalone.yaml (-want +got):\n%s", d)
 	}
 }
@@ -130,7 +149,7 @@ func TestExampleAgent(t *testing.T) {
 			EnrollmentTokenFile: "/etc/siteserver/agent.token"},
 		TickleListen: ":50124",
 	}
-	if d := cmp.Diff(want, got); d != "" {
+	if d := cmp.Diff(want, got, addrEq); d != "" {
 		t.Fatalf("agent.yaml (-want +got):\n%s", d)
 	}
 	got.NS.EnrollmentTokenFile = tokenFile(t)

@@ -74,3 +74,22 @@ func Addrs(ps []netip.Prefix) []netip.Addr {
 	}
 	return out
 }
+
+// MACs returns the configured MAC addresses if any, else those of every Ethernet
+// interface, so the NS can tell a managed computer when it network-boots.
+func MACs(configured []string) []string {
+	if len(configured) > 0 {
+		return configured
+	}
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, i := range ifs {
+		if i.Flags&net.FlagLoopback == 0 && len(i.HardwareAddr) == 6 {
+			out = append(out, i.HardwareAddr.String())
+		}
+	}
+	return out
+}

@@ -1,0 +1,390 @@
+package netbootd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"text/template"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/siteserver/siteserver/internal/obs"
+	"github.com/siteserver/siteserver/ns"
+)
+
+// Config configures the network boot service (the services.netboot section).
+type Config struct {
+	// BootDir holds the boot files: served by TFTP (first stage) and over HTTP under
+	// /boot/ (kernels, initrds, WIMs), with Range.
+	BootDir string     `yaml:"boot_dir"`
+	PXE     PXEConfig  `yaml:"pxe"`
+	TFTP    TFTPFile   `yaml:"tftp"`
+	HTTP    HTTPConfig `yaml:"http"`
+	// Scripts are the iPXE scripts (Go templates) per computer kind: managed, predefined
+	// and unknown. Fields: .Server (our address as the client reached it, host:port),
+	// .MAC, .Kind, .Name.
+	Scripts map[string]string `yaml:"scripts"`
+	// LookupCache is how long the NS's answer about a MAC is kept.
+	LookupCache time.Duration `yaml:"lookup_cache"`
+}
+
+// TFTPFile is the TFTP part of the config file.
+type TFTPFile struct {
+	Listen       string        `yaml:"listen"`
+	MaxTransfers int           `yaml:"max_transfers"`
+	Timeout      time.Duration `yaml:"timeout"`
+	Retries      int           `yaml:"retries"`
+	MaxBlockSize int           `yaml:"max_block_size"`
+}
+
+// HTTPConfig is where iPXE scripts and boot files are served.
+type HTTPConfig struct {
+	Listen string `yaml:"listen"` // default ":8080"
+}
+
+// DefaultScripts boot managed computers from their disk, and show unknown and
+// predefined ones what to do; sites replace them with their own menus.
+var DefaultScripts = map[string]string{
+	ns.ComputerManaged: `#!ipxe
+echo Managed computer {{.Name}} ({{.MAC}}): booting from the local disk
+exit
+`,
+	ns.ComputerPredefined: `#!ipxe
+echo Predefined computer {{.Name}} ({{.MAC}}): starting the preboot environment
+kernel http://{{.Server}}/boot/wimboot
+initrd http://{{.Server}}/boot/BCD BCD
+initrd http://{{.Server}}/boot/boot.sdi boot.sdi
+initrd http://{{.Server}}/boot/boot.wim boot.wim
+boot
+`,
+	ns.ComputerUnknown: `#!ipxe
+menu Unknown computer {{.MAC}}
+item local Boot from the local disk
+item winpe Start the preboot environment
+choose --default local --timeout 10000 target && goto ${target}
+:local
+exit
+:winpe
+kernel http://{{.Server}}/boot/wimboot
+initrd http://{{.Server}}/boot/BCD BCD
+initrd http://{{.Server}}/boot/boot.sdi boot.sdi
+initrd http://{{.Server}}/boot/boot.wim boot.wim
+boot
+`,
+}
+
+// Defaults fills unset fields.
+func (c *Config) Defaults() {
+	if c.HTTP.Listen == "" {
+		c.HTTP.Listen = ":8080"
+	}
+	if c.TFTP.Listen == "" {
+		c.TFTP.Listen = ":69"
+	}
+	if c.LookupCache == 0 {
+		c.LookupCache = time.Minute
+	}
+	if c.PXE.IPXEScriptURL == "" {
+		_, port, _ := net.SplitHostPort(c.HTTP.Listen)
+		c.PXE.IPXEScriptURL = "http://{server}:" + port + "/ipxe/{mac}"
+	}
+	c.PXE = c.PXE.WithDefaults()
+	if c.Scripts == nil {
+		c.Scripts = map[string]string{}
+	}
+	for k, v := range DefaultScripts {
+		if _, ok := c.Scripts[k]; !ok {
+			c.Scripts[k] = v
+		}
+	}
+}
+
+// Validate names the bad field under prefix.
+func (c *Config) Validate(prefix string) error {
+	if c.BootDir == "" {
+		return fmt.Errorf("%s.boot_dir: required", prefix)
+	}
+	if st, err := os.Stat(c.BootDir); err != nil || !st.IsDir() {
+		return fmt.Errorf("%s.boot_dir: %q is not a directory", prefix, c.BootDir)
+	}
+	if err := c.PXE.Validate(); err != nil {
+		return fmt.Errorf("%s.pxe: %w", prefix, err)
+	}
+	if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
+		return fmt.Errorf("%s.http.listen: %w", prefix, err)
+	}
+	if _, _, err := net.SplitHostPort(c.TFTP.Listen); err != nil {
+		return fmt.Errorf("%s.tftp.listen: %w", prefix, err)
+	}
+	for kind, s := range c.Scripts {
+		switch kind {
+		case ns.ComputerManaged, ns.ComputerPredefined, ns.ComputerUnknown:
+		default:
+			return fmt.Errorf("%s.scripts: %q is not managed, predefined or unknown", prefix, kind)
+		}
+		if _, err := template.New(kind).Parse(s); err != nil {
+			return fmt.Errorf("%s.scripts.%s: %w", prefix, kind, err)
+		}
+	}
+	return nil
+}
+
+// NSComputers answers Computers from an NS, caching answers for a while so a booting
+// computer's retries do not each cost a round trip.
+type NSComputers struct {
+	Client func(ctx context.Context) (*ns.Client, error)
+	TTL    time.Duration
+	now    func() time.Time
+
+	mu    sync.Mutex
+	cache map[string]cachedKind
+}
+
+type cachedKind struct {
+	kind Kind
+	name string
+	at   time.Time
+}
+
+func kindOf(s string) Kind {
+	switch s {
+	case ns.ComputerManaged:
+		return KindManaged
+	case ns.ComputerPredefined:
+		return KindPredefined
+	}
+	return KindUnknown
+}
+
+// Lookup implements Computers.
+func (c *NSComputers) Lookup(ctx context.Context, mac net.HardwareAddr) (Kind, error) {
+	k, _, err := c.lookup(ctx, mac)
+	return k, err
+}
+
+func (c *NSComputers) lookup(ctx context.Context, mac net.HardwareAddr) (Kind, string, error) {
+	now := time.Now
+	if c.now != nil {
+		now = c.now
+	}
+	key := mac.String()
+	c.mu.Lock()
+	if c.cache == nil {
+		c.cache = map[string]cachedKind{}
+	}
+	if e, ok := c.cache[key]; ok && now().Sub(e.at) < c.TTL {
+		c.mu.Unlock()
+		return e.kind, e.name, nil
+	}
+	c.mu.Unlock()
+	cl, err := c.Client(ctx)
+	if err != nil {
+		return KindUnknown, "", err
+	}
+	resp, err := cl.LookupComputer(ctx, key)
+	if err != nil {
+		return KindUnknown, "", err
+	}
+	k := kindOf(resp.Kind)
+	c.mu.Lock()
+	c.cache[key] = cachedKind{kind: k, name: resp.Name, at: now()}
+	c.mu.Unlock()
+	return k, resp.Name, nil
+}
+
+// Seen implements Computers.
+func (c *NSComputers) Seen(ctx context.Context, mac net.HardwareAddr, arch Arch) error {
+	cl, err := c.Client(ctx)
+	if err != nil {
+		return err
+	}
+	return cl.ComputerSeen(ctx, ns.SeenRequest{MAC: mac.String(), Arch: int(arch)})
+}
+
+// Service is the network boot service: PXE/BSDP, TFTP, and HTTP for iPXE scripts and
+// boot files.
+type Service struct {
+	cfg       Config
+	logger    *slog.Logger
+	computers *NSComputers
+	pxe       *PXEServer
+	tftp      *TFTPServer
+	scripts   map[string]*template.Template
+	scriptsN  *prometheus.CounterVec
+	ready     atomic.Bool
+	httpAddr  atomic.Value // net.Addr
+}
+
+// New builds the network boot service; nothing is bound until Run.
+func New(cfg Config, client func(ctx context.Context) (*ns.Client, error), logger *slog.Logger, reg prometheus.Registerer) (*Service, error) {
+	cfg.Defaults()
+	if err := cfg.Validate("services.netboot"); err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Service{cfg: cfg, logger: logger, scripts: map[string]*template.Template{},
+		computers: &NSComputers{Client: client, TTL: cfg.LookupCache}}
+	for kind, text := range cfg.Scripts {
+		s.scripts[kind] = template.Must(template.New(kind).Parse(text))
+	}
+	var err error
+	if s.pxe, err = NewPXEServer(cfg.PXE, s.computers, logger.With("part", "pxe"), reg); err != nil {
+		return nil, err
+	}
+	if s.tftp, err = NewTFTPServer(TFTPConfig{Listen: cfg.TFTP.Listen, Root: cfg.BootDir, MaxTransfers: cfg.TFTP.MaxTransfers,
+		Timeout: cfg.TFTP.Timeout, Retries: cfg.TFTP.Retries, MaxBlockSize: cfg.TFTP.MaxBlockSize}, logger.With("part", "tftp"), reg); err != nil {
+		return nil, err
+	}
+	s.scriptsN = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "siteserver", Subsystem: "netboot",
+		Name: "ipxe_scripts_total", Help: "iPXE scripts served, by computer kind."}, []string{"kind"})
+	for _, k := range []string{ns.ComputerManaged, ns.ComputerPredefined, ns.ComputerUnknown} {
+		s.scriptsN.WithLabelValues(k)
+	}
+	if err := reg.Register(s.scriptsN); err != nil {
+		return nil, fmt.Errorf("netbootd: metrics: %w", err)
+	}
+	return s, nil
+}
+
+// Name implements service.Service.
+func (s *Service) Name() string { return "netboot" }
+
+// Ready implements service.Readier.
+func (s *Service) Ready() bool { return s.ready.Load() && s.tftp.Ready() && s.pxe.Ready() }
+
+// HTTPAddr is the bound HTTP address (nil before Run binds it).
+func (s *Service) HTTPAddr() net.Addr {
+	a, _ := s.httpAddr.Load().(net.Addr)
+	return a
+}
+
+// PXE and TFTP expose the parts, for tests and status.
+func (s *Service) PXE() *PXEServer   { return s.pxe }
+func (s *Service) TFTP() *TFTPServer { return s.tftp }
+
+// Run serves until ctx is done; if any part fails, the others stop.
+func (s *Service) Run(ctx context.Context) error {
+	ln, err := net.Listen("tcp", s.cfg.HTTP.Listen)
+	if err != nil {
+		return fmt.Errorf("netbootd: http listen %s: %w", s.cfg.HTTP.Listen, err)
+	}
+	s.httpAddr.Store(ln.Addr())
+	s.logger.Info("network boot HTTP listening", "addr", ln.Addr().String(), "boot_dir", s.cfg.BootDir)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 3)
+	run := func(name string, f func(context.Context) error) {
+		err := f(ctx)
+		if err != nil && ctx.Err() == nil {
+			err = fmt.Errorf("netbootd: %s: %w", name, err)
+			cancel()
+		} else {
+			err = nil
+		}
+		errc <- err
+	}
+	go run("pxe", s.pxe.Run)
+	go run("tftp", s.tftp.Run)
+	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute,
+		ErrorLog: slog.NewLogLogger(s.logger.Handler(), slog.LevelDebug)}
+	go run("http", func(ctx context.Context) error { return obs.ServeHTTP(ctx, ln, srv) })
+	s.ready.Store(true)
+	defer s.ready.Store(false)
+	var first error
+	for range 3 {
+		if err := <-errc; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// Handler serves /ipxe/{mac} (the script for that computer) and /boot/{file} (boot files
+// with Range). No ServeMux: it would clean the path and redirect before the boot file
+// handler could refuse an escaping name.
+func (s *Service) Handler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+			return
+		}
+		p := r.URL.Path
+		switch {
+		case strings.HasPrefix(p, "/ipxe/"):
+			s.serveScript(w, r, strings.TrimPrefix(p, "/ipxe/"))
+		case strings.HasPrefix(p, "/boot/"):
+			s.serveBootFile(w, r, strings.TrimPrefix(p, "/boot/"))
+		default:
+			http.NotFound(w, r)
+		}
+	})
+}
+
+func (s *Service) serveScript(w http.ResponseWriter, r *http.Request, macText string) {
+	mac, err := net.ParseMAC(strings.ReplaceAll(macText, "-", ":"))
+	if err != nil || len(mac) != 6 {
+		http.Error(w, "not a MAC address", http.StatusBadRequest)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	kind, name, err := s.computers.lookup(ctx, mac)
+	if err != nil {
+		// The NS may be far away and down: an unknown computer's menu still lets it boot.
+		s.logger.Warn("computer lookup failed; serving the unknown computer's script", "mac", mac.String(), "err", err)
+	}
+	k := kind.String()
+	var b strings.Builder
+	if err := s.scripts[k].Execute(&b, struct{ Server, MAC, Kind, Name string }{r.Host, mac.String(), k, name}); err != nil {
+		http.Error(w, "script template: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	s.scriptsN.WithLabelValues(k).Inc()
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Write([]byte(b.String()))
+}
+
+// serveBootFile serves a file of the boot directory, confined to it (no "..", no absolute
+// names, no symlink out of it).
+func (s *Service) serveBootFile(w http.ResponseWriter, r *http.Request, name string) {
+	if name == "" || strings.ContainsAny(name, "\\\x00") || path.Clean(name) != name || strings.HasPrefix(name, "/") ||
+		name == ".." || strings.HasPrefix(name, "../") {
+		http.Error(w, "bad file name", http.StatusBadRequest)
+		return
+	}
+	root, err := os.OpenRoot(s.cfg.BootDir)
+	if err != nil {
+		http.Error(w, "boot directory unavailable", http.StatusInternalServerError)
+		return
+	}
+	defer root.Close()
+	f, err := root.Open(name)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			http.NotFound(w, r)
+			return
+		}
+		http.Error(w, "not served", http.StatusForbidden)
+		return
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil || !st.Mode().IsRegular() {
+		http.NotFound(w, r)
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	http.ServeContent(w, r, "", st.ModTime(), f)
+}

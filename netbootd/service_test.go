@@ -1,0 +1,101 @@
+package netbootd
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/siteserver/siteserver/ns"
+)
+
+func TestScriptsAndBootFiles(t *testing.T) {
+	kinds := map[string]ns.LookupResponse{
+		"52:54:00:00:00:01": {Kind: ns.ComputerManaged, Name: "pc-managed"},
+		"52:54:00:00:00:02": {Kind: ns.ComputerPredefined, Name: "pc-new"},
+	}
+	var lookups atomic.Int64
+	nsDown := atomic.Bool{}
+	fake := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if nsDown.Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		lookups.Add(1)
+		resp, ok := kinds[r.URL.Query().Get("mac")]
+		if !ok {
+			resp = ns.LookupResponse{Kind: ns.ComputerUnknown}
+		}
+		json.NewEncoder(w).Encode(resp)
+	}))
+	defer fake.Close()
+
+	boot := t.TempDir()
+	os.WriteFile(filepath.Join(boot, "wimboot"), []byte("0123456789"), 0o644)
+	outside := filepath.Join(t.TempDir(), "secret")
+	os.WriteFile(outside, []byte("secret"), 0o644)
+	os.Symlink(outside, filepath.Join(boot, "escape"))
+	cfg := Config{BootDir: boot, PXE: PXEConfig{Listen67: "127.0.0.1:0", Listen4011: "127.0.0.1:0"},
+		TFTP: TFTPFile{Listen: "127.0.0.1:0"}, HTTP: HTTPConfig{Listen: "127.0.0.1:0"}}
+	s, err := New(cfg, func(context.Context) (*ns.Client, error) { return ns.NewClient(fake.URL, nil), nil }, nil, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := s.Handler()
+	get := func(path string, hdr ...string) (int, string) {
+		req := httptest.NewRequest(http.MethodGet, "http://10.0.0.5:8080"+path, nil)
+		for i := 0; i+1 < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		b, _ := io.ReadAll(rec.Result().Body)
+		return rec.Code, string(b)
+	}
+	tests := map[string]struct {
+		path       string
+		hdr        []string
+		code       int
+		contains   string
+		notContain string
+	}{
+		"managed boots locally":       {path: "/ipxe/52-54-00-00-00-01", code: 200, contains: "local disk"},
+		"predefined gets the image":   {path: "/ipxe/52:54:00:00:00:02", code: 200, contains: "kernel http://10.0.0.5:8080/boot/wimboot"},
+		"unknown gets the menu":       {path: "/ipxe/52-54-00-00-00-03", code: 200, contains: "menu Unknown computer 52:54:00:00:00:03"},
+		"not a MAC":                   {path: "/ipxe/nonsense", code: 400},
+		"boot file":                   {path: "/boot/wimboot", code: 200, contains: "0123456789"},
+		"boot file range":             {path: "/boot/wimboot", hdr: []string{"Range", "bytes=2-4"}, code: 206, contains: "234"},
+		"dot dot":                     {path: "/boot/../secret", code: 400},
+		"encoded dot dot":             {path: "/boot/%2e%2e/secret", code: 400},
+		"symlink out of the boot dir": {path: "/boot/escape", code: 403, notContain: "secret"},
+		"missing":                     {path: "/boot/nothing", code: 404},
+		"elsewhere":                   {path: "/other", code: 404},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			code, body := get(tc.path, tc.hdr...)
+			if code != tc.code || !strings.Contains(body, tc.contains) || (tc.notContain != "" && strings.Contains(body, tc.notContain)) {
+				t.Fatalf("GET %s = %d %q, want %d containing %q", tc.path, code, body, tc.code, tc.contains)
+			}
+		})
+	}
+	// Answers are cached: asking again costs the NS nothing.
+	before := lookups.Load()
+	get("/ipxe/52-54-00-00-00-01")
+	if lookups.Load() != before {
+		t.Fatal("a cached answer was looked up again")
+	}
+	// With the NS down, an unseen computer still gets the unknown computer's menu.
+	nsDown.Store(true)
+	if code, body := get("/ipxe/52-54-00-00-00-09"); code != 200 || !strings.Contains(body, "menu Unknown") {
+		t.Fatalf("NS down: %d %q", code, body)
+	}
+}
