@@ -530,3 +530,56 @@ func TestNextState(t *testing.T) {
 		})
 	}
 }
+
+func TestComputers(t *testing.T) {
+	tn := startNS(t, nil)
+	ctx := context.Background()
+	ss := tn.peer(t, KindSiteServer, "ss-1", "ss1")
+	if _, err := registerServer(t, ss, nil, ServiceInfo{Name: ServiceNetboot}); err != nil {
+		t.Fatal(err)
+	}
+	sc, _ := ss.Client(ctx)
+	kind := func(mac string) string {
+		r, err := sc.LookupComputer(ctx, mac)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Kind
+	}
+	if k := kind("52:54:00:00:00:01"); k != ComputerUnknown {
+		t.Fatalf("never seen = %s", k)
+	}
+	// A network boot of an unknown computer gives it a record.
+	if err := sc.ComputerSeen(ctx, SeenRequest{MAC: "52-54-00-00-00-01", Arch: 7}); err != nil {
+		t.Fatal(err)
+	}
+	// An administrator predefines another.
+	if err := tn.admin.PutComputer(ctx, ComputerRequest{MAC: "52:54:00:00:00:02", Name: "new-pc"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tn.admin.PutComputer(ctx, ComputerRequest{MAC: "not-a-mac"}); StatusOf(err) != http.StatusBadRequest {
+		t.Fatalf("bad MAC = %v", err)
+	}
+	// An agent reporting its MAC makes that computer managed.
+	ap := tn.peer(t, KindAgent, "pc-3", "pc3")
+	ac, err := ap.Client(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ac.RegisterAgent(ctx, RegisterAgentRequest{ID: "pc-3", Hostname: "pc3", MACs: []string{"52:54:00:00:00:03"}}); err != nil {
+		t.Fatal(err)
+	}
+	for mac, want := range map[string]string{"52:54:00:00:00:01": ComputerUnknown, "52:54:00:00:00:02": ComputerPredefined, "52:54:00:00:00:03": ComputerManaged} {
+		if k := kind(mac); k != want {
+			t.Errorf("%s = %s, want %s", mac, k, want)
+		}
+	}
+	list, err := tn.admin.ListComputers(ctx)
+	if err != nil || len(list) != 3 || list[0].Arch != 7 || list[0].LastServer != "ss-1" || list[2].Agent != "pc-3" {
+		t.Fatalf("computers = %+v, %v", list, err)
+	}
+	// A managed computer cannot be turned into a predefined one by mistake.
+	if err := tn.admin.PutComputer(ctx, ComputerRequest{MAC: "52:54:00:00:00:03"}); StatusOf(err) != http.StatusConflict {
+		t.Fatalf("predefining a managed computer = %v", err)
+	}
+}

@@ -105,6 +105,7 @@ func admin(group string, args []string, stdout io.Writer) error {
 	pkgSites := fs.String("sites", "", "comma-separated sites that get the package")
 	pkgServers := fs.String("servers", "", "comma-separated package servers (GUID or host name) that get it")
 	pkgStaged := fs.Int("staged", 0, "at most this many servers downloading at once (0: no limit)")
+	compName := fs.String("name", "", "computer name (computers add)")
 	source := fs.String("source", "manual", "rules source (sites export)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: siteserver %s SUBCOMMAND [flags] [args]\n\n%s", group, adminHelp)
@@ -413,6 +414,32 @@ func admin(group string, args []string, stdout io.Writer) error {
 					next = cb.NextAttempt.Local().Format(time.DateTime)
 				}
 				fmt.Fprintf(w, "%s\t%s\t%s\t%d/%d\t%s\t%s\n", cb.Server, cb.State, cb.Version, cb.BytesDone, cb.BytesTotal, dashS(cb.LastError), next)
+			}
+		})
+	case "computers add":
+		if err := need(1, "MAC [-name NAME]"); err != nil {
+			return err
+		}
+		return c.PutComputer(ctx, ns.ComputerRequest{MAC: pos[0], Name: *compName})
+	case "computers list":
+		if err := need(0, ""); err != nil {
+			return err
+		}
+		cs, err := c.ListComputers(ctx)
+		if err != nil {
+			return err
+		}
+		return out(cs, func(w *tabwriter.Writer) {
+			fmt.Fprintln(w, "MAC\tKIND\tNAME\tAGENT\tARCH\tLAST SEEN")
+			for _, cp := range cs {
+				seen, arch := "never", "-"
+				if !cp.LastSeen.IsZero() {
+					seen = cp.LastSeen.Local().Format(time.DateTime)
+				}
+				if cp.Arch >= 0 {
+					arch = fmt.Sprint(cp.Arch)
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", cp.MAC, cp.Kind, dashS(cp.Name), dashS(cp.Agent), arch, seen)
 			}
 		})
 	case "agents list":

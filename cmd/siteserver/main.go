@@ -31,6 +31,7 @@ Administration (talk to an NS API; see 'siteserver sites -h'):
   jobs     create -file JOB.yaml -targets GUID,… | list | status JOB
   packages add -dir DIR -id ID -version V [-sites …] [-servers …] [-staged N] |
            assign ID [-sites …] [-servers …] [-staged N] | list | status ID | delete ID
+  computers add MAC [-name NAME] | list    (predefined computers for network boot)
 
 Other:
   check-config FILE        load a config file and report the first bad field
@@ -57,7 +58,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = withSignals(func(ctx context.Context, _ <-chan os.Signal) error { return runAgent(ctx, rest, stderr) })
 	case "check-config":
 		err = checkConfig(rest, stdout)
-	case "sites", "servers", "agents", "jobs", "packages":
+	case "sites", "servers", "agents", "jobs", "packages", "computers":
 		err = admin(cmd, rest, stdout)
 	case "version", "-version", "--version":
 		fmt.Fprintf(stdout, "siteserver %s %s %s/%s\n", obs.Version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
