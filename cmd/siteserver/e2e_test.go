@@ -446,3 +446,51 @@ func mustRead(t *testing.T, path string) []byte {
 }
 
 func mustReadS(t *testing.T, path string) string { return string(mustRead(t, path)) }
+
+// A site server may register with several NSes; each knows it, and one NS being down
+// does not stop the registrations with the other.
+func TestSeveralNSes(t *testing.T) {
+	dir := t.TempDir()
+	type nsInfo struct {
+		proc     *proc
+		url, pin string
+		ca       string
+	}
+	var nss []nsInfo
+	for _, name := range []string{"east", "west"} {
+		conf := writeFile(t, filepath.Join(dir, name+".yaml"), fmt.Sprintf(`log: {format: json}
+metrics: {listen: "127.0.0.1:0"}
+ns:
+  data_dir: %s
+  listen: "127.0.0.1:0"
+  site_server_token: %s-%s
+  agent_token: %s
+  admin_token: %s
+  settings: {heartbeat_interval: 1s}
+`, filepath.Join(dir, name), serverToken, name, agentToken, adminToken))
+		p := start(t, "ns", "-config", conf)
+		l := p.waitLog("NS API listening")
+		nss = append(nss, nsInfo{proc: p, url: "https://" + l["addr"].(string), pin: l["ca_sha256"].(string), ca: filepath.Join(dir, name, "ca.crt")})
+	}
+	conf := writeFile(t, filepath.Join(dir, "ss.yaml"), fmt.Sprintf(`log: {format: json}
+metrics: {listen: "127.0.0.1:0"}
+data_dir: %s
+hostname: multi.example
+addresses: [10.30.0.5/24]
+ns:
+  - {name: east, url: %q, ca_sha256: %s, enrollment_token: %s-east}
+  - {name: west, url: %q, ca_sha256: %s, enrollment_token: %s-west}
+`, filepath.Join(dir, "ss"), nss[0].url, nss[0].pin, serverToken, nss[1].url, nss[1].pin, serverToken))
+	ss := start(t, "serve", "-config", conf)
+	for _, n := range nss {
+		n := n
+		eventually(t, "registered with "+n.url, func() bool {
+			return strings.Contains(adminCmd(t, n.url, n.ca, adminToken, "servers", "list"), "multi.example")
+		})
+	}
+	nss[0].proc.stop()
+	ss.waitLog("registration failed; will retry")
+	before := ss.countLog("registered")
+	eventually(t, "registrations with the other NS go on", func() bool { return ss.countLog("registered") >= before+2 })
+	ss.stop()
+}
