@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/pin/tftp/v3"
+	"golang.org/x/sys/unix"
 
 	"github.com/siteserver/siteserver/netbootd"
 )
@@ -70,6 +71,7 @@ func runTFTP(ctx context.Context, args []string, stderr io.Writer) (result, erro
 	timeout := fs.Duration("timeout", 5*time.Minute, "bound on the whole scenario")
 	peer := fs.String("peer", "hpa", "server to compare with: hpa (tftpd-hpa) or none")
 	hpaBin := fs.String("tftpd", "in.tftpd", "tftpd-hpa binary")
+	pin := fs.Bool("pin", true, "run the single transfers with client and servers on one CPU: on its own a lock-step transfer over loopback measures where the scheduler put them (same CPU or not) more than the servers")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of our server process to this file")
 	memProfile := fs.String("memprofile", "", "write an allocation profile of our server process to this file")
 	if err := parseFlags(fs, args); err != nil {
@@ -155,9 +157,25 @@ func runTFTP(ctx context.Context, args []string, stderr io.Writer) (result, erro
 		}
 	}
 
+	unpin := func() {}
+	if *pin {
+		pids := []int{os.Getpid()}
+		for _, s := range servers {
+			pids = append(pids, s.cmd.Process.Pid)
+		}
+		restore, cpu, err := pinProcesses(pids)
+		if err != nil {
+			return nil, fmt.Errorf("pinning to one CPU: %w", err)
+		}
+		unpin = sync.OnceFunc(restore)
+		defer unpin()
+		fmt.Fprintf(stderr, "bench tftp: single transfers with client and servers on CPU %d\n", cpu)
+	}
 	rates := make([][]float64, len(servers))
 	buf := make([]byte, single.size)
-	for round := range *rounds {
+	// Round 0 is not counted: it warms up, and when pinned it is when the Go runtimes
+	// notice the new affinity and change GOMAXPROCS.
+	for round := range *rounds + 1 {
 		for k := range servers {
 			i := k
 			if round%2 == 1 {
@@ -168,11 +186,15 @@ func runTFTP(ctx context.Context, args []string, stderr io.Writer) (result, erro
 			if err != nil {
 				return nil, fmt.Errorf("%s: single transfer: %w", s.name, err)
 			}
-			fmt.Fprintf(stderr, "bench tftp: round %d %-4s %6.1f MiB/s\n", round+1, s.name, mibs)
+			if round == 0 {
+				continue
+			}
+			fmt.Fprintf(stderr, "bench tftp: round %d %-4s %6.1f MiB/s\n", round, s.name, mibs)
 			rates[i] = append(rates[i], mibs)
 		}
 	}
 
+	unpin()
 	type burstResult struct {
 		ok   int
 		mibs float64
@@ -397,6 +419,56 @@ func startHPA(ctx context.Context, bin, root string, probe tftpFile) (*tftpProc,
 			return nil, fmt.Errorf("in.tftpd on %s did not serve %s: %w", addr, probe.name, err)
 		}
 	}
+}
+
+// pinProcesses moves every thread of the processes to one CPU allowed to this one, and
+// returns how to give them back the CPUs this process had. Threads and processes created
+// meanwhile (in.tftpd forks per transfer) inherit the CPU.
+func pinProcesses(pids []int) (restore func(), cpu int, err error) {
+	var all unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &all); err != nil {
+		return nil, 0, err
+	}
+	cpu = -1
+	for c := range len(all) * 64 {
+		if all.IsSet(c) {
+			cpu = c
+		}
+	}
+	if cpu < 0 {
+		return nil, 0, errors.New("no CPU in affinity mask")
+	}
+	var one unix.CPUSet
+	one.Set(cpu)
+	set := func(mask *unix.CPUSet) error {
+		for _, pid := range pids {
+			tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+			if err != nil {
+				return err
+			}
+			for _, t := range tasks {
+				tid, err := strconv.Atoi(t.Name())
+				if err != nil {
+					continue
+				}
+				// A thread may have exited since the listing.
+				if err := unix.SchedSetaffinity(tid, mask); err != nil && !errors.Is(err, unix.ESRCH) {
+					return fmt.Errorf("thread %d of %d: %w", tid, pid, err)
+				}
+			}
+		}
+		return nil
+	}
+	restore = func() {
+		// Twice, for threads started from a pinned one during the first pass.
+		set(&all)
+		set(&all)
+	}
+	if err := set(&one); err != nil {
+		restore()
+		return nil, 0, err
+	}
+	return restore, cpu, nil
 }
 
 func freeUDPPort() (int, error) {

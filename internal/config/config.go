@@ -65,8 +65,8 @@ type EmbeddedNS struct {
 
 // Services lists the site services to run; a service is on when its section is present.
 type Services struct {
-	Task    *taskd.Config   `yaml:"task"`
-	Package *pkgd.Config    `yaml:"package"`
+	Task    *taskd.Config    `yaml:"task"`
+	Package *pkgd.Config     `yaml:"package"`
 	Netboot *netbootd.Config `yaml:"netboot"`
 }
 
