@@ -57,6 +57,7 @@ func runTickle(ctx context.Context, args []string, stderr io.Writer) (result, er
 	conc := fs.Int("fetch-concurrency", 4000, "simultaneous job fetches (bounded by this machine's file descriptors)")
 	workers := fs.Int("setup-workers", 16, "parallel enrollments during setup")
 	timeout := fs.Duration("timeout", 60*time.Second, "give up waiting for fetches after this")
+	profile := fs.String("cpuprofile", "", "write the task server's CPU profile over the burst to this file")
 	mode := fs.String("fetch", "http", "how agents fetch their job: http (signed plain HTTP) or https (mutual TLS, a handshake per fetch)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -108,7 +109,7 @@ ns:
 		plainConf = "    agent_http_listen: \"127.0.0.1:0\"\n"
 	}
 	os.WriteFile(filepath.Join(dir, "ss.yaml"), fmt.Appendf(nil, `log: {format: json, level: info}
-metrics: {listen: "127.0.0.1:0"}
+metrics: {listen: "127.0.0.1:0", pprof: %v}
 data_dir: %s
 hostname: bench-ss
 addresses: [127.0.0.1/8]
@@ -120,7 +121,7 @@ services:
     agent_listen: "127.0.0.1:%d"
     url: "https://127.0.0.1:%d"
 %s    presence_interval: 1s
-`, filepath.Join(dir, "ss"), nsAddr, pin, benchServerToken, apiPort, apiPort, plainConf), 0o600)
+`, *profile != "", filepath.Join(dir, "ss"), nsAddr, pin, benchServerToken, apiPort, apiPort, plainConf), 0o600)
 	ss, err := startProcess(bin, stderr, "serve", "-config", filepath.Join(dir, "ss.yaml"))
 	if err != nil {
 		return nil, err
@@ -208,6 +209,18 @@ services:
 		}
 	}
 	setupRSS := ss.peakRSSMB()
+	var profDone chan error
+	if *profile != "" {
+		l, err := ss.waitLog(ctx, "metrics listening", time.Second)
+		if err != nil {
+			return nil, err
+		}
+		profDone = make(chan error, 1)
+		go func() {
+			profDone <- fetchProfile("http://"+l["addr"].(string)+"/debug/pprof/profile?seconds=8", *profile)
+		}()
+		time.Sleep(200 * time.Millisecond)
+	}
 	job := ns.Job{ID: "bench-job", Name: "bench", Tasks: []ns.Task{{Name: "t", Command: []string{"true"}, Timeout: ns.Duration(time.Minute)}}}
 	t0 := time.Now()
 	if _, err := nsClient.CreateJob(ctx, ns.CreateJobRequest{Job: job, Targets: ids}); err != nil {
@@ -235,6 +248,11 @@ services:
 		fanout = float64(len(tickleTimes)) / (float64(tickleTimes[len(tickleTimes)-1]-tickleTimes[0]) / 1e9)
 	}
 	rss := ss.peakRSSMB()
+	if profDone != nil {
+		if err := <-profDone; err != nil {
+			fmt.Fprintf(stderr, "bench tickle: profile: %v\n", err)
+		}
+	}
 	// The server's own fan-out rate: how fast it put the tickles on the wire.
 	serverFanout, tickledMS := 0.0, 0.0
 	if l, err := ss.waitLog(ctx, "agents tickled", time.Second); err == nil {
@@ -482,3 +500,18 @@ func ecKeyPEM(key *ecdsa.PrivateKey) ([]byte, error) {
 }
 
 func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }
+
+func fetchProfile(url, path string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.Copy(f, resp.Body)
+	return err
+}

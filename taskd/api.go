@@ -54,6 +54,7 @@ type agentRecord struct {
 	TickleAddr  string // ip:port, "" when none
 	TickleKey   []byte
 	TickleKeyID uint32
+	apiKey      []byte // APIKey(TickleKey), derived once
 	Registered  time.Time
 	LastContact time.Time
 }

@@ -68,6 +68,7 @@ func openRegistry(ctx context.Context, dir string) (*registry, error) {
 			return nil, fmt.Errorf("taskd: agents db: %w", err)
 		}
 		a.Registered, a.LastContact = time.Unix(0, reg), time.Unix(0, last)
+		a.apiKey = APIKey(a.TickleKey)
 		r.agents[a.ID] = &a
 	}
 	return r, rows.Err()
@@ -81,6 +82,7 @@ func (r *registry) put(ctx context.Context, a agentRecord) error {
 	if err != nil {
 		return fmt.Errorf("taskd: register agent %s: %w", a.ID, err)
 	}
+	a.apiKey = APIKey(a.TickleKey)
 	r.mu.Lock()
 	r.agents[a.ID] = &a
 	r.dirty[a.ID] = true

@@ -919,7 +919,7 @@ func (s *Service) signed(h func(http.ResponseWriter, *http.Request, agentPeer, [
 		id, ts, err := verifyRequest(r, body, func(id string) ([]byte, bool) {
 			a, ok := s.reg.get(id)
 			rec = a
-			return APIKey(a.TickleKey), ok
+			return a.apiKey, ok
 		}, time.Now())
 		if errors.Is(err, errUnknownAgent) {
 			httpError(w, http.StatusNotFound, "agent %s is not registered here; register first", id)
@@ -943,7 +943,7 @@ func (s *Service) signed(h func(http.ResponseWriter, *http.Request, agentPeer, [
 		code, v := h(w, r, agentPeer{id: id, ns: st}, body)
 		b, _ := json.Marshal(v)
 		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set(SignatureHeader, SignResponse(APIKey(rec.TickleKey), ts, b))
+		w.Header().Set(SignatureHeader, SignResponse(rec.apiKey, ts, b))
 		w.WriteHeader(code)
 		w.Write(b)
 	}

@@ -119,7 +119,7 @@ func runNS(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 		return err
 	}
 	g := &service.Group{}
-	ep := &obs.Endpoint{Addr: cfg.Metrics.Listen, Registry: reg, Ready: g.Ready, Logger: logger}
+	ep := &obs.Endpoint{Addr: cfg.Metrics.Listen, Registry: reg, Ready: g.Ready, Logger: logger, Pprof: cfg.Metrics.Pprof}
 	g.Add(ep, srv)
 	go reloadOnHUP(ctx, hup, logger, srv.Reload)
 	return runGroup(ctx, logger, g)
@@ -149,7 +149,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	g := &service.Group{}
-	g.Add(&obs.Endpoint{Addr: cfg.Metrics.Listen, Registry: reg, Ready: g.Ready, Logger: logger}, a)
+	g.Add(&obs.Endpoint{Addr: cfg.Metrics.Listen, Registry: reg, Ready: g.Ready, Logger: logger, Pprof: cfg.Metrics.Pprof}, a)
 	return runGroup(ctx, logger, g)
 }
 
@@ -197,7 +197,7 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 	logger.Info("site server identity", "id", id, "hostname", host)
 
 	g := &service.Group{}
-	g.Add(&obs.Endpoint{Addr: cfg.Metrics.Listen, Registry: reg, Ready: g.Ready, Logger: logger})
+	g.Add(&obs.Endpoint{Addr: cfg.Metrics.Listen, Registry: reg, Ready: g.Ready, Logger: logger, Pprof: cfg.Metrics.Pprof})
 
 	var peers []*ns.Peer
 	for _, ep := range cfg.NS {

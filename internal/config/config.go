@@ -28,6 +28,8 @@ const maxFileBytes = 1 << 20
 // Metrics is the observability endpoint of a process.
 type Metrics struct {
 	Listen string `yaml:"listen"`
+	// Pprof serves Go profiles under /debug/pprof/ on the same address (off by default).
+	Pprof bool `yaml:"pprof"`
 }
 
 // NS is the file of `siteserver ns`.

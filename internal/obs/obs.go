@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"sync"
 	"time"
@@ -88,6 +89,8 @@ type Endpoint struct {
 	Registry *prometheus.Registry
 	Ready    func() bool
 	Logger   *slog.Logger
+	// Pprof also serves /debug/pprof/ (profiles reveal internals: keep the endpoint private).
+	Pprof bool
 
 	mu    sync.Mutex
 	bound net.Addr
@@ -121,6 +124,13 @@ func (e *Endpoint) Handler() http.Handler {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "ok\n")
 	})
+	if e.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		if e.Ready != nil && !e.Ready() {
 			http.Error(w, "not ready", http.StatusServiceUnavailable)
