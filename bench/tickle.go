@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/ecdsa"
@@ -254,9 +255,15 @@ services:
 		}
 	}
 	// The server's own fan-out rate: how fast it put the tickles on the wire.
-	serverFanout, tickledMS := 0.0, 0.0
+	serverFanout, tickledMS, builtMS, burstMS := 0.0, 0.0, 0.0, 0.0
 	if l, err := ss.waitLog(ctx, "agents tickled", time.Second); err == nil {
 		serverFanout, _ = l["per_s"].(float64)
+		if b, ok := l["built"].(float64); ok {
+			builtMS = b / 1e6
+		}
+		if d, ok := l["duration"].(float64); ok {
+			burstMS = d / 1e6
+		}
 		if ts, ok := l["time"].(string); ok {
 			if tt, err := time.Parse(time.RFC3339Nano, ts); err == nil {
 				tickledMS = float64(tt.Sub(t0).Microseconds()) / 1000
@@ -278,6 +285,8 @@ services:
 	r.add("create_ms", "%.1f", float64(created.Microseconds())/1000)
 	r.add("tickled_ms", "%.1f", tickledMS)
 	r.add("fanout_per_s", "%.0f", serverFanout)
+	r.add("fanout_build_ms", "%.1f", builtMS)
+	r.add("fanout_ms", "%.1f", burstMS)
 	r.add("raw_udp_per_s", "%.0f", rawRate)
 	r.add("ratio", "%.2f", serverFanout/rawRate)
 	r.add("received_per_s", "%.0f", fanout)
@@ -425,8 +434,38 @@ func (a *simAgent) listen() {
 	}
 }
 
-// plainClient opens a new connection per fetch, as separate computers would.
-var plainClient = &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+// rawDo sends one request on a new connection, as separate computers would, with less
+// machinery than http.Client: on this one machine the simulated agents' own CPU would
+// otherwise weigh on what is measured.
+func rawDo(req *http.Request) (*http.Response, error) {
+	conn, err := net.DialTimeout("tcp", req.URL.Host, 10*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	conn.SetDeadline(time.Now().Add(60 * time.Second))
+	req.Close = true
+	if err := req.Write(conn); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), req)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	resp.Body = &closeBoth{ReadCloser: resp.Body, conn: conn}
+	return resp, nil
+}
+
+type closeBoth struct {
+	io.ReadCloser
+	conn net.Conn
+}
+
+func (c *closeBoth) Close() error {
+	c.ReadCloser.Close()
+	return c.conn.Close()
+}
 
 func (a *simAgent) fetch(ctx context.Context) {
 	for attempt := 0; attempt < 5 && ctx.Err() == nil; attempt++ {
@@ -436,7 +475,7 @@ func (a *simAgent) fetch(ctx context.Context) {
 		if a.plainURL != "" {
 			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, a.plainURL+taskd.PathJobs, nil)
 			ts = taskd.SignRequest(req, a.id, a.apiKey, nil, time.Now())
-			resp, err = plainClient.Do(req)
+			resp, err = rawDo(req)
 		} else {
 			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, a.base+taskd.PathJobs, nil)
 			resp, err = a.client.Do(req)

@@ -533,8 +533,8 @@ func (s *Service) sender(a agentRecord) (*tickle.Sender, error) {
 	return snd, nil
 }
 
-// tickleAgents builds every agent's datagram (each with its own key) first and then hands
-// them to the kernel in batches, so a burst to thousands of agents takes milliseconds.
+// tickleAgents builds every agent's datagram (each with its own key) first and then sends
+// them in one tight loop, so a burst to thousands of agents takes milliseconds.
 func (s *Service) tickleAgents(ctx context.Context, agents []agentRecord) {
 	if len(agents) == 0 {
 		return
