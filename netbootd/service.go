@@ -35,7 +35,14 @@ type Config struct {
 	Scripts map[string]string `yaml:"scripts"`
 	// LookupCache is how long the NS's answer about a MAC is kept.
 	LookupCache time.Duration `yaml:"lookup_cache"`
+	// BootPackage, when set, is a package (held by this server's package service) whose
+	// files are served under /boot/ before the boot directory's: boot images then travel
+	// to the site like any package, once, verified.
+	BootPackage string `yaml:"boot_package"`
 }
+
+// PackageFiles opens a verified file of a package held by the package service.
+type PackageFiles func(ctx context.Context, pkg, name string) (*os.File, error)
 
 // TFTPFile is the TFTP part of the config file.
 type TFTPFile struct {
@@ -222,7 +229,11 @@ type Service struct {
 	scriptsN  *prometheus.CounterVec
 	ready     atomic.Bool
 	httpAddr  atomic.Value // net.Addr
+	packages  PackageFiles
 }
+
+// UsePackages lets /boot/ serve the files of Config.BootPackage from the package service.
+func (s *Service) UsePackages(f PackageFiles) { s.packages = f }
 
 // New builds the network boot service; nothing is bound until Run.
 func New(cfg Config, client func(ctx context.Context) (*ns.Client, error), logger *slog.Logger, reg prometheus.Registerer) (*Service, error) {
@@ -363,6 +374,16 @@ func (s *Service) serveBootFile(w http.ResponseWriter, r *http.Request, name str
 		name == ".." || strings.HasPrefix(name, "../") {
 		http.Error(w, "bad file name", http.StatusBadRequest)
 		return
+	}
+	if s.packages != nil && s.cfg.BootPackage != "" {
+		if f, err := s.packages(r.Context(), s.cfg.BootPackage, name); err == nil {
+			defer f.Close()
+			if st, err := f.Stat(); err == nil {
+				w.Header().Set("Content-Type", "application/octet-stream")
+				http.ServeContent(w, r, "", st.ModTime(), f)
+				return
+			}
+		}
 	}
 	root, err := os.OpenRoot(s.cfg.BootDir)
 	if err != nil {

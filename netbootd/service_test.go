@@ -99,3 +99,30 @@ func TestScriptsAndBootFiles(t *testing.T) {
 		t.Fatalf("NS down: %d %q", code, body)
 	}
 }
+
+func TestBootFilesFromPackage(t *testing.T) {
+	boot := t.TempDir()
+	os.WriteFile(filepath.Join(boot, "boot.wim"), []byte("from the boot directory"), 0o644)
+	os.WriteFile(filepath.Join(boot, "wimboot"), []byte("wimboot from the boot directory"), 0o644)
+	stored := filepath.Join(t.TempDir(), "blob")
+	os.WriteFile(stored, []byte("from the package store"), 0o644)
+	cfg := Config{BootDir: boot, BootPackage: "winpe", PXE: PXEConfig{Listen67: "127.0.0.1:0", Listen4011: "127.0.0.1:0"},
+		TFTP: TFTPFile{Listen: "127.0.0.1:0"}, HTTP: HTTPConfig{Listen: "127.0.0.1:0"}}
+	s, err := New(cfg, func(context.Context) (*ns.Client, error) { return nil, context.Canceled }, nil, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.UsePackages(func(_ context.Context, pkg, name string) (*os.File, error) {
+		if pkg == "winpe" && name == "boot.wim" {
+			return os.Open(stored)
+		}
+		return nil, os.ErrNotExist
+	})
+	for path, want := range map[string]string{"/boot/boot.wim": "from the package store", "/boot/wimboot": "wimboot from the boot directory"} {
+		rec := httptest.NewRecorder()
+		s.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		if rec.Code != 200 || rec.Body.String() != want {
+			t.Errorf("GET %s = %d %q, want %q", path, rec.Code, rec.Body.String(), want)
+		}
+	}
+}

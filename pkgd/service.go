@@ -614,3 +614,13 @@ func smallReceiveBuffer(network, address string, c syscall.RawConn) error {
 	}
 	return serr
 }
+
+// OpenFile opens a stored, verified file of an assigned package, for other services of
+// the same site server (network boot serves boot images from here).
+func (s *Service) OpenFile(ctx context.Context, pkg, name string) (*os.File, error) {
+	if s.store == nil {
+		return nil, ErrNotReady
+	}
+	_, f, err := s.file(ctx, pkg, name)
+	return f, err
+}

@@ -255,6 +255,11 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 		if boot, err = netbootd.New(*cfg.Services.Netboot, first.Client, logger.With("service", "netboot"), reg); err != nil {
 			return err
 		}
+		if pkg != nil {
+			boot.UsePackages(pkg.OpenFile)
+		} else if cfg.Services.Netboot.BootPackage != "" {
+			return fmt.Errorf("services.netboot.boot_package: needs the package service on this site server")
+		}
 	}
 	register := func(ctx context.Context, p *ns.Peer, c *ns.Client) (any, time.Duration, error) {
 		addrs, err := hostinfo.Addresses(cfg.Addresses)
