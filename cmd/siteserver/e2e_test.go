@@ -397,7 +397,12 @@ embedded_ns:
   rules_file: %s
 services:
   task: {tickle_listen: "127.0.0.1:0", agent_listen: "127.0.0.1:0"}
-`, filepath.Join(dir, "data"), writeFile(t, filepath.Join(dir, "sites.yaml"), "sites:\n  - name: office\n    subnets: [192.0.2.0/24]\n")))
+  netboot:
+    boot_dir: %s
+    pxe: {listen_67: "127.0.0.1:0", listen_4011: "127.0.0.1:0"}
+    tftp: {listen: "127.0.0.1:0"}
+    http: {listen: "127.0.0.1:0"}
+`, filepath.Join(dir, "data"), writeFile(t, filepath.Join(dir, "sites.yaml"), "sites:\n  - name: office\n    subnets: [192.0.2.0/24]\n"), t.TempDir()))
 	p := start(t, "serve", "-config", conf)
 	p.waitLog("registered")
 	addr := p.waitLog("NS API listening")["addr"].(string)
@@ -411,6 +416,20 @@ services:
 		t.Fatalf("readyz: %v %v", resp, err)
 	}
 	resp.Body.Close()
+	// The network boot service asks the embedded NS about the computer: unknown, so the menu.
+	bootHTTP := p.waitLog("network boot HTTP listening")["addr"].(string)
+	resp, err = http.Get("http://" + bootHTTP + "/ipxe/52-54-00-ab-cd-ef")
+	if err != nil {
+		t.Fatal(err)
+	}
+	script, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.HasPrefix(string(script), "#!ipxe") || !strings.Contains(string(script), "menu Unknown computer 52:54:00:ab:cd:ef") {
+		t.Fatalf("iPXE script:\n%s", script)
+	}
+	if !strings.Contains(string(out), "netboot") {
+		t.Fatalf("servers list does not show the netboot service:\n%s", out)
+	}
 	p.stop()
 }
 
