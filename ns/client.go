@@ -213,6 +213,7 @@ func (c *Client) Agents(ctx context.Context) ([]AgentView, error) {
 func (c *Client) Work(ctx context.Context) (WorkResponse, error) {
 	var out WorkResponse
 	err := c.do(ctx, http.MethodGet, PathTaskWork, nil, &out)
+	out.Expand()
 	return out, err
 }
 

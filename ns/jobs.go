@@ -68,9 +68,34 @@ type JobStatus struct {
 	Instances []InstanceStatus `json:"instances"`
 }
 
-// WorkResponse is a task server's open work: instances for its agents.
+// WorkResponse is a task server's open work: instances for its agents. Each job's
+// definition travels once in Jobs (keyed by instance JobID) rather than with every one of
+// possibly thousands of instances; Expand puts them back.
 type WorkResponse struct {
-	Instances []JobInstance `json:"instances"`
+	Jobs      map[string]Job `json:"jobs"`
+	Instances []JobInstance  `json:"instances"`
+}
+
+// compact moves the job definitions out of the instances.
+func (w *WorkResponse) compact() {
+	w.Jobs = map[string]Job{}
+	for i := range w.Instances {
+		in := &w.Instances[i]
+		if _, ok := w.Jobs[in.JobID]; !ok {
+			w.Jobs[in.JobID] = in.Job
+		}
+		in.Job = Job{}
+	}
+}
+
+// Expand puts each instance's job definition back.
+func (w *WorkResponse) Expand() {
+	for i := range w.Instances {
+		in := &w.Instances[i]
+		if j, ok := w.Jobs[in.JobID]; ok && len(in.Job.Tasks) == 0 {
+			in.Job = j
+		}
+	}
 }
 
 // EventsResponse acknowledges a batch: every event in it is stored (or was already).
@@ -368,7 +393,9 @@ func (s *Server) handleWork(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	writeJSON(w, http.StatusOK, WorkResponse{Instances: orEmpty(insts)})
+	resp := WorkResponse{Instances: orEmpty(insts)}
+	resp.compact()
+	writeJSON(w, http.StatusOK, resp)
 }
 
 // currentServer admits only approved site servers presenting their latest certificate.

@@ -138,6 +138,8 @@ func (s *SQLiteStore) Instances(ctx context.Context, f InstanceFilter) ([]JobIns
 	}
 	defer rows.Close()
 	var out []JobInstance
+	// Instances of one job share its snapshot: decode each distinct one once.
+	jobs := map[string]Job{}
 	for rows.Next() {
 		var in JobInstance
 		var spec string
@@ -145,9 +147,14 @@ func (s *SQLiteStore) Instances(ctx context.Context, f InstanceFilter) ([]JobIns
 		if err := rows.Scan(&in.ID, &in.JobID, &in.Agent, &in.TaskServer, &in.State, &spec, &created, &expires, &updated); err != nil {
 			return nil, fmt.Errorf("ns: store: instances: %w", err)
 		}
-		if err := json.Unmarshal([]byte(spec), &in.Job); err != nil {
-			return nil, fmt.Errorf("ns: store: instance %s: %w", in.ID, err)
+		j, ok := jobs[spec]
+		if !ok {
+			if err := json.Unmarshal([]byte(spec), &j); err != nil {
+				return nil, fmt.Errorf("ns: store: instance %s: %w", in.ID, err)
+			}
+			jobs[spec] = j
 		}
+		in.Job = j
 		in.Created, in.Expires, in.Updated = fromUnixNano(created), fromUnixNano(expires), fromUnixNano(updated)
 		out = append(out, in)
 	}
