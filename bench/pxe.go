@@ -1,0 +1,864 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
+
+	"github.com/siteserver/siteserver/netbootd"
+)
+
+// pxeServeChild, as the first argument of pxe, makes the bench host our proxyDHCP server in
+// its own process, so that it is measured as dnsmasq is: another process behind loopback,
+// with its own scheduler and garbage collector.
+const pxeServeChild = "-internal-serve"
+
+// The servers listen on pxeBenchServer; the load generator is a relay agent on
+// pxeBenchRelay, so that every reply comes back by unicast to giaddr and no broadcast or
+// second network is needed. dnsmasq sends a relay's replies to giaddr on its own server
+// port, so the generator binds that port number too, on its own address: the kernel gives
+// the replies to the socket bound to the exact address, and requests to pxeBenchServer to
+// dnsmasq's wildcard socket.
+var (
+	pxeBenchServer = netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	pxeBenchRelay  = netip.AddrFrom4([4]byte{127, 0, 0, 2})
+)
+
+// pxeBenchCaptures are the DISCOVERs sent, alternately: iPXE chainloaded on a BIOS machine
+// (answered with the script URL by us, with the BIOS boot service by dnsmasq), and the
+// UEFI firmware's own PXE client (answered without PXE options by us, with the x86-64 EFI
+// service by dnsmasq). See netbootd/testdata/pxe/README.md.
+var pxeBenchCaptures = []struct {
+	file  string
+	frame int
+}{
+	{"ipxe-bios-dhcp-tftp.pcapng", 1},
+	{"ipxe-efi-and-edk2-dhcp-tftp.pcapng", 8},
+}
+
+// pxeWarmup is how many requests go unmeasured before each measurement, so that neither
+// server is measured while it grows buffers or its runtime settles.
+const pxeWarmup = 1000
+
+// pxeServerCommand returns the command that runs our server with the given child flags.
+// A test binary does not dispatch scenarios, so tests replace it.
+var pxeServerCommand = func(args ...string) (*exec.Cmd, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	return exec.Command(exe, append([]string{"pxe", pxeServeChild}, args...)...), nil
+}
+
+// runPXE measures proxyDHCP: DISCOVERs answered per second and reply latency, with a fixed
+// number of requests in flight, for our server and for dnsmasq in proxy mode, each in its
+// own process on the loopback. Neither logs each reply (dnsmasq runs with --quiet-dhcp),
+// and ours has no NS behind it, so both measure the protocol path alone.
+func runPXE(ctx context.Context, args []string, stderr io.Writer) (result, error) {
+	if len(args) > 0 && args[0] == pxeServeChild {
+		return nil, servePXEChild(ctx, args[1:])
+	}
+	fs := flag.NewFlagSet("pxe", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	requests := fs.Int("requests", 20000, "DISCOVERs per server and round (also bounded by -duration)")
+	duration := fs.Duration("duration", 10*time.Second, "longest time to send requests, per server and round")
+	inflight := fs.Int("inflight", 64, "requests awaiting their reply at any time")
+	rounds := fs.Int("rounds", 3, "measurements per server; the order alternates between rounds")
+	lostAfter := fs.Duration("lost-after", time.Second, "a request not answered within this counts as lost")
+	peer := fs.String("peer", "dnsmasq", "server to compare with: dnsmasq (in proxy mode) or none")
+	dnsmasqBin := fs.String("dnsmasq", "dnsmasq", "dnsmasq binary")
+	captures := fs.String("captures", "", "directory of the captured requests (default: netbootd/testdata/pxe of this module)")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of our server process to this file")
+	if err := parseFlags(fs, args); err != nil {
+		return nil, err
+	}
+	if *requests < 1 || *inflight < 1 || *rounds < 1 || *duration <= 0 || *lostAfter <= 0 {
+		return nil, &usageError{"-requests, -inflight, -rounds, -duration and -lost-after must be positive"}
+	}
+	var dnsmasq string
+	switch *peer {
+	case "none":
+	case "dnsmasq":
+		p, err := exec.LookPath(*dnsmasqBin)
+		if err != nil {
+			return nil, fmt.Errorf("dnsmasq is not installed (%q not found; on Debian: apt-get install dnsmasq-base), or run with -peer=none", *dnsmasqBin)
+		}
+		dnsmasq = p
+	default:
+		return nil, &usageError{fmt.Sprintf("-peer %q: want dnsmasq or none", *peer)}
+	}
+	templates, err := pxeLoadTemplates(*captures)
+	if err != nil {
+		return nil, err
+	}
+
+	var childArgs []string
+	if *cpuProfile != "" {
+		p, err := filepath.Abs(*cpuProfile)
+		if err != nil {
+			return nil, err
+		}
+		childArgs = append(childArgs, "-cpuprofile", p)
+	}
+	oursRelay, err := newPXERelay(templates)
+	if err != nil {
+		return nil, err
+	}
+	defer oursRelay.close()
+	ours, err := startOurPXE(ctx, stderr, oursRelay.port(), childArgs)
+	if err != nil {
+		return nil, err
+	}
+	defer ours.stop()
+	servers := []*pxeServerProc{ours}
+	relays := []*pxeRelay{oursRelay}
+	if dnsmasq != "" {
+		r, err := newPXERelay(templates)
+		if err != nil {
+			return nil, err
+		}
+		defer r.close()
+		dir, err := os.MkdirTemp("", "bench-pxe")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(dir)
+		d, err := startDnsmasqProxy(ctx, dnsmasq, dir, r.port())
+		if err != nil {
+			return nil, err
+		}
+		defer d.stop()
+		servers = append(servers, d)
+		relays = append(relays, r)
+	}
+	for i, s := range servers {
+		reply, err := relays[i].probe(ctx, s)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", s.name, err)
+		}
+		fmt.Fprintf(stderr, "bench pxe: %-7s answers from %s: %s\n", s.name, s.addr, pxeSummary(reply))
+	}
+
+	totals := make([]pxeStats, len(servers))
+	for round := range *rounds {
+		for k := range servers {
+			i := k
+			if round%2 == 1 {
+				i = len(servers) - 1 - k
+			}
+			s, r := servers[i], relays[i]
+			if _, err := r.load(ctx, s.addr, min(*requests, pxeWarmup), *inflight, *duration, *lostAfter); err != nil {
+				return nil, fmt.Errorf("%s: warmup: %w", s.name, err)
+			}
+			cpu0 := procCPU(s.pid())
+			st, err := r.load(ctx, s.addr, *requests, *inflight, *duration, *lostAfter)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", s.name, err)
+			}
+			st.serverCPU = procCPU(s.pid()) - cpu0
+			if err := s.alive(); err != nil {
+				return nil, err
+			}
+			fmt.Fprintf(stderr, "bench pxe: round %d %-7s %7.0f/s  p50 %.3f ms  p99 %.3f ms  lost %d of %d  server CPU %.1f µs/reply\n",
+				round+1, s.name, st.perSec(), st.percentileMS(0.50), st.percentileMS(0.99), st.lost, st.sent, st.cpuPerReplyUS())
+			totals[i].add(st)
+		}
+	}
+
+	o := totals[0]
+	var res result
+	res.add("ours_per_s", "%.0f", o.perSec())
+	if len(servers) > 1 {
+		d := totals[1]
+		res.add("dnsmasq_per_s", "%.0f", d.perSec())
+		res.add("ratio", "%.2f", o.perSec()/d.perSec())
+		res.add("p99_ms", "%.3f", o.percentileMS(0.99))
+		res.add("dnsmasq_p99_ms", "%.3f", d.percentileMS(0.99))
+		res.add("ours_lost", "%d", o.lost)
+		res.add("dnsmasq_lost", "%d", d.lost)
+		res.add("p50_ms", "%.3f", o.percentileMS(0.50))
+		res.add("dnsmasq_p50_ms", "%.3f", d.percentileMS(0.50))
+		res.add("ours_cpu_us", "%.1f", o.cpuPerReplyUS())
+		res.add("dnsmasq_cpu_us", "%.1f", d.cpuPerReplyUS())
+	} else {
+		res.add("p99_ms", "%.3f", o.percentileMS(0.99))
+		res.add("ours_lost", "%d", o.lost)
+		res.add("p50_ms", "%.3f", o.percentileMS(0.50))
+		res.add("ours_cpu_us", "%.1f", o.cpuPerReplyUS())
+	}
+	res.add("requests", "%d", *requests)
+	res.add("inflight", "%d", *inflight)
+	res.add("rounds", "%d", *rounds)
+	return res, nil
+}
+
+// pxeStats is what one server did over one or more measurements.
+type pxeStats struct {
+	sent, answered, lost int
+	stray                int           // replies matching no outstanding request
+	elapsed              time.Duration // first request to last reply
+	latencies            []time.Duration
+	serverCPU            float64 // seconds
+}
+
+func (s *pxeStats) add(o pxeStats) {
+	s.sent += o.sent
+	s.answered += o.answered
+	s.lost += o.lost
+	s.stray += o.stray
+	s.elapsed += o.elapsed
+	s.latencies = append(s.latencies, o.latencies...)
+	s.serverCPU += o.serverCPU
+}
+
+func (s *pxeStats) perSec() float64 {
+	if s.elapsed <= 0 {
+		return 0
+	}
+	return float64(s.answered) / s.elapsed.Seconds()
+}
+
+func (s *pxeStats) percentileMS(p float64) float64 {
+	ms := make([]float64, len(s.latencies))
+	for i, d := range s.latencies {
+		ms[i] = float64(d) / float64(time.Millisecond)
+	}
+	slices.Sort(ms)
+	return percentile(ms, p)
+}
+
+// cpuPerReplyUS is the server's CPU time per answer: unlike the rate, it does not depend
+// on how the two CPUs were shared with the load generator.
+func (s *pxeStats) cpuPerReplyUS() float64 {
+	if s.answered == 0 {
+		return 0
+	}
+	return s.serverCPU * 1e6 / float64(s.answered)
+}
+
+// pxeTemplate is a captured DISCOVER rewritten as relayed, with the offsets of the fields
+// changed per request.
+type pxeTemplate struct {
+	pkt      []byte
+	clientID int // offset of the MAC in option 61, or 0
+}
+
+// DHCP header offsets (RFC 2131 figure 1).
+const (
+	pxeOffHops   = 3
+	pxeOffXID    = 4
+	pxeOffGIAddr = 24
+	pxeOffCHAddr = 28
+	pxeOffOpts   = 240
+)
+
+// pxeLoadTemplates reads the captured DISCOVERs and turns each into a relayed one.
+func pxeLoadTemplates(dir string) ([]pxeTemplate, error) {
+	if dir == "" {
+		root, err := pxeModuleRoot()
+		if err != nil {
+			return nil, err
+		}
+		dir = filepath.Join(root, "netbootd", "testdata", "pxe")
+	}
+	var out []pxeTemplate
+	for _, c := range pxeBenchCaptures {
+		path := filepath.Join(dir, c.file)
+		payload, err := pxeCapturedPayload(path, c.frame)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		req, err := dhcpv4.FromBytes(payload)
+		if err != nil {
+			return nil, fmt.Errorf("%s frame %d: %w", path, c.frame, err)
+		}
+		if req.MessageType() != dhcpv4.MessageTypeDiscover || !strings.HasPrefix(req.ClassIdentifier(), "PXEClient") || len(req.ClientHWAddr) != 6 {
+			return nil, fmt.Errorf("%s frame %d: not a PXE DISCOVER from an Ethernet client", path, c.frame)
+		}
+		req.HopCount = 1
+		req.GatewayIPAddr = net.IP(pxeBenchRelay.AsSlice())
+		t := pxeTemplate{pkt: req.ToBytes()}
+		if off := pxeOptionOffset(t.pkt, byte(dhcpv4.OptionClientIdentifier)); off > 0 && t.pkt[off-1] == 7 && t.pkt[off] == 1 {
+			t.clientID = off + 1
+		}
+		out = append(out, t)
+	}
+	return out, nil
+}
+
+// pxeModuleRoot finds the directory of go.mod from the working directory, which is the
+// module root under "go run ./bench" and the package directory under "go test".
+func pxeModuleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("no go.mod above the working directory; pass -captures")
+		}
+		dir = parent
+	}
+}
+
+// pxeCapturedPayload returns the UDP payload of one frame (1-based, as Wireshark counts)
+// of a pcapng file of Ethernet frames. It reads no more of the format than the captures
+// in netbootd/testdata/pxe use.
+func pxeCapturedPayload(path string, frame int) ([]byte, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var bo binary.ByteOrder = binary.LittleEndian
+	var links []uint16
+	n := 0
+	for off := 0; off+12 <= len(data); {
+		if binary.LittleEndian.Uint32(data[off:]) == 0x0A0D0D0A { // section header
+			switch binary.LittleEndian.Uint32(data[off+8:]) {
+			case 0x1A2B3C4D:
+				bo = binary.LittleEndian
+			case 0x4D3C2B1A:
+				bo = binary.BigEndian
+			default:
+				return nil, errors.New("pcapng: bad byte-order magic")
+			}
+			links = links[:0]
+		}
+		typ, size := bo.Uint32(data[off:]), int(bo.Uint32(data[off+4:]))
+		if size < 12 || off+size > len(data) {
+			return nil, fmt.Errorf("pcapng: bad block length at %d", off)
+		}
+		body := data[off+8 : off+size-4]
+		off += size
+		switch typ {
+		case 1: // interface description
+			if len(body) < 2 {
+				return nil, errors.New("pcapng: short interface block")
+			}
+			links = append(links, bo.Uint16(body))
+		case 6: // enhanced packet
+			if n++; n != frame {
+				continue
+			}
+			if len(body) < 20 {
+				return nil, errors.New("pcapng: short packet block")
+			}
+			ifc, capLen := int(bo.Uint32(body)), int(bo.Uint32(body[12:]))
+			if ifc >= len(links) || 20+capLen > len(body) {
+				return nil, errors.New("pcapng: bad packet block")
+			}
+			if links[ifc] != 1 {
+				return nil, fmt.Errorf("frame %d: link type %d, want Ethernet", frame, links[ifc])
+			}
+			return pxeUDPPayload(body[20 : 20+capLen])
+		}
+	}
+	return nil, fmt.Errorf("no frame %d", frame)
+}
+
+func pxeUDPPayload(eth []byte) ([]byte, error) {
+	if len(eth) < 14+20 || binary.BigEndian.Uint16(eth[12:]) != 0x0800 {
+		return nil, errors.New("not an untagged IPv4 frame")
+	}
+	ip := eth[14:]
+	ihl := int(ip[0]&0x0f) * 4
+	if ip[9] != 17 || ihl < 20 || len(ip) < ihl+8 {
+		return nil, errors.New("not a UDP packet")
+	}
+	udp := ip[ihl:]
+	ulen := int(binary.BigEndian.Uint16(udp[4:]))
+	if ulen < 8 || ulen > len(udp) {
+		return nil, errors.New("bad UDP length")
+	}
+	return bytes.Clone(udp[8:ulen]), nil
+}
+
+// pxeOptionOffset returns where the value of the first option code starts in an encoded
+// DHCP message, or 0.
+func pxeOptionOffset(pkt []byte, code byte) int {
+	for i := pxeOffOpts; i < len(pkt); {
+		switch pkt[i] {
+		case 0:
+			i++
+			continue
+		case 255:
+			return 0
+		}
+		if i+2 > len(pkt) {
+			return 0
+		}
+		if pkt[i] == code {
+			return i + 2
+		}
+		i += 2 + int(pkt[i+1])
+	}
+	return 0
+}
+
+// pxeRelay is the load generator: a relay agent's socket on pxeBenchRelay.
+type pxeRelay struct {
+	conn      *net.UDPConn
+	templates []pxeTemplate
+	// seq numbers every request of the run, so that no two share a MAC address.
+	seq uint32
+}
+
+func newPXERelay(templates []pxeTemplate) (*pxeRelay, error) {
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			// dnsmasq binds the wildcard address on the same port; both must allow it.
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+		})
+		return errors.Join(err, serr)
+	}}
+	pc, err := lc.ListenPacket(context.Background(), "udp4", netip.AddrPortFrom(pxeBenchRelay, 0).String())
+	if err != nil {
+		return nil, fmt.Errorf("relay socket on %s (the loopback network must answer for all of 127.0.0.0/8): %w", pxeBenchRelay, err)
+	}
+	conn := pc.(*net.UDPConn)
+	// A burst of replies must not overflow the socket while the receiver is descheduled.
+	conn.SetReadBuffer(4 << 20)
+	return &pxeRelay{conn: conn, templates: templates}, nil
+}
+
+func (r *pxeRelay) port() uint16 { return uint16(r.conn.LocalAddr().(*net.UDPAddr).Port) }
+
+func (r *pxeRelay) close() { r.conn.Close() }
+
+// fill writes request i of a batch into pkt: the template alternates, the MAC comes from
+// the run-wide sequence number, the transaction ID from the batch's base.
+func (r *pxeRelay) fill(pkt []byte, i int, xidBase, seqBase uint32) []byte {
+	t := &r.templates[i%len(r.templates)]
+	pkt = append(pkt[:0], t.pkt...)
+	binary.BigEndian.PutUint32(pkt[pxeOffXID:], xidBase+uint32(i))
+	mac := pxeBenchMAC(seqBase + uint32(i))
+	copy(pkt[pxeOffCHAddr:], mac[:])
+	if t.clientID > 0 {
+		copy(pkt[t.clientID:], mac[:])
+	}
+	return pkt
+}
+
+// pxeBenchMAC is a locally administered unicast address.
+func pxeBenchMAC(seq uint32) [6]byte {
+	return [6]byte{0x02, 0x42, byte(seq >> 24), byte(seq >> 16), byte(seq >> 8), byte(seq)}
+}
+
+// match returns which request of the batch a reply answers: a BOOTREPLY OFFER with one of
+// the batch's transaction IDs and that request's MAC.
+func (r *pxeRelay) match(b []byte, n int, xidBase, seqBase uint32) (int, bool) {
+	if len(b) < pxeOffOpts || b[0] != byte(dhcpv4.OpcodeBootReply) {
+		return 0, false
+	}
+	i := int(binary.BigEndian.Uint32(b[pxeOffXID:]) - xidBase)
+	if i < 0 || i >= n {
+		return 0, false
+	}
+	mac := pxeBenchMAC(seqBase + uint32(i))
+	if !bytes.Equal(b[pxeOffCHAddr:pxeOffCHAddr+6], mac[:]) {
+		return 0, false
+	}
+	if off := pxeOptionOffset(b, byte(dhcpv4.OptionDHCPMessageType)); off == 0 || off >= len(b) || b[off] != byte(dhcpv4.MessageTypeOffer) {
+		return 0, false
+	}
+	return i, true
+}
+
+// Request states in a batch.
+const (
+	pxePending uint32 = iota
+	pxeAnswered
+	pxeLost
+)
+
+// load sends n DISCOVERs to dst (fewer if limit passes first), never more than inflight
+// unanswered at a time, and waits for every reply or lostAfter.
+func (r *pxeRelay) load(ctx context.Context, dst netip.AddrPort, n, inflight int, limit, lostAfter time.Duration) (pxeStats, error) {
+	xidBase, seqBase := rand.Uint32(), r.seq
+	r.seq += uint32(n)
+	var (
+		sentAt   = make([]atomic.Int64, n) // since start
+		state    = make([]atomic.Uint32, n)
+		sent     atomic.Int64
+		resolved atomic.Int64
+		lastAt   atomic.Int64
+		lost     atomic.Int64
+		tokens   = make(chan struct{}, inflight)
+		stop     atomic.Bool
+	)
+	start := time.Now()
+
+	var latencies []time.Duration
+	stray := 0
+	recvErr := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			nb, err := r.conn.Read(buf)
+			if err != nil {
+				if stop.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
+					err = nil
+				}
+				recvErr <- err
+				return
+			}
+			i, ok := r.match(buf[:nb], n, xidBase, seqBase)
+			if !ok || !state[i].CompareAndSwap(pxePending, pxeAnswered) {
+				stray++
+				continue
+			}
+			at := time.Since(start)
+			latencies = append(latencies, at-time.Duration(sentAt[i].Load()))
+			lastAt.Store(int64(at))
+			resolved.Add(1)
+			<-tokens
+		}
+	}()
+	sweepDone := make(chan struct{})
+	sweepStop := make(chan struct{})
+	go func() {
+		defer close(sweepDone)
+		// Requests go out in order with one timeout, so the oldest pending one is always
+		// the next to expire.
+		oldest := 0
+		tick := time.NewTicker(max(lostAfter/50, time.Millisecond))
+		defer tick.Stop()
+		for {
+			select {
+			case <-sweepStop:
+				return
+			case <-tick.C:
+			}
+			now := time.Since(start)
+			for oldest < int(sent.Load()) {
+				if state[oldest].Load() != pxePending {
+					oldest++
+					continue
+				}
+				if now-time.Duration(sentAt[oldest].Load()) < lostAfter {
+					break
+				}
+				if state[oldest].CompareAndSwap(pxePending, pxeLost) {
+					lost.Add(1)
+					resolved.Add(1)
+					<-tokens
+				}
+				oldest++
+			}
+		}
+	}()
+	finish := func() error {
+		close(sweepStop)
+		<-sweepDone
+		stop.Store(true)
+		r.conn.SetReadDeadline(time.Now())
+		err := <-recvErr
+		r.conn.SetReadDeadline(time.Time{})
+		return err
+	}
+
+	var sendErr error
+	pkt := make([]byte, 0, 1024)
+	for i := range n {
+		if time.Since(start) > limit {
+			break
+		}
+		select {
+		case tokens <- struct{}{}:
+		case <-ctx.Done():
+			sendErr = ctx.Err()
+		}
+		if sendErr != nil {
+			break
+		}
+		pkt = r.fill(pkt, i, xidBase, seqBase)
+		sentAt[i].Store(int64(time.Since(start)))
+		sent.Store(int64(i + 1))
+		if _, err := r.conn.WriteToUDPAddrPort(pkt, dst); err != nil {
+			sendErr = fmt.Errorf("send to %s: %w", dst, err)
+			break
+		}
+	}
+	for sendErr == nil && resolved.Load() < sent.Load() {
+		select {
+		case <-ctx.Done():
+			sendErr = ctx.Err()
+		case <-time.After(time.Millisecond):
+		}
+	}
+	if err := errors.Join(sendErr, finish()); err != nil {
+		return pxeStats{}, err
+	}
+	st := pxeStats{
+		sent:      int(sent.Load()),
+		answered:  len(latencies),
+		lost:      int(lost.Load()),
+		stray:     stray,
+		elapsed:   time.Duration(lastAt.Load()),
+		latencies: latencies,
+	}
+	return st, nil
+}
+
+// probe waits until the server answers one request, and returns the reply.
+func (r *pxeRelay) probe(ctx context.Context, s *pxeServerProc) (*dhcpv4.DHCPv4, error) {
+	deadline := time.Now().Add(10 * time.Second)
+	buf := make([]byte, 2048)
+	xid := rand.Uint32()
+	pkt := r.fill(nil, 0, xid, r.seq)
+	r.seq++
+	for {
+		if _, err := r.conn.WriteToUDPAddrPort(pkt, s.addr); err != nil {
+			return nil, err
+		}
+		r.conn.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		for {
+			nb, err := r.conn.Read(buf)
+			if err != nil {
+				break
+			}
+			if _, ok := r.match(buf[:nb], 1, xid, r.seq-1); ok {
+				r.conn.SetReadDeadline(time.Time{})
+				return dhcpv4.FromBytes(buf[:nb])
+			}
+		}
+		r.conn.SetReadDeadline(time.Time{})
+		if err := s.alive(); err != nil {
+			return nil, err
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("no OFFER from %s for a relayed DISCOVER within 10s", s.addr)
+		}
+	}
+}
+
+// pxeSummary describes a proxy offer in one line, to show that both servers answered as
+// proxyDHCP (no address leased) and what they offered.
+func pxeSummary(m *dhcpv4.DHCPv4) string {
+	file := m.BootFileName
+	if file == "" {
+		file = m.BootFileNameOption()
+	}
+	return fmt.Sprintf("%s yiaddr %s server-id %s class %q file %q option 43 %d bytes",
+		m.MessageType(), m.YourIPAddr, m.ServerIdentifier(), m.ClassIdentifier(), file,
+		len(m.Options.Get(dhcpv4.OptionVendorSpecificInformation)))
+}
+
+// pxeServerProc is a proxyDHCP server process under test.
+type pxeServerProc struct {
+	name string
+	addr netip.AddrPort
+	cmd  *exec.Cmd
+	done chan struct{}
+	quit os.Signal
+	out  *pxeTail
+}
+
+func (p *pxeServerProc) pid() int { return p.cmd.Process.Pid }
+
+func (p *pxeServerProc) alive() error {
+	select {
+	case <-p.done:
+		return fmt.Errorf("%s exited: %v\n%s", p.name, p.cmd.ProcessState, p.out)
+	default:
+		return nil
+	}
+}
+
+func (p *pxeServerProc) stop() {
+	p.cmd.Process.Signal(p.quit)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// pxeTail keeps the last lines a server wrote, for the error when it dies.
+type pxeTail struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (t *pxeTail) add(line string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.lines) == 20 {
+		t.lines = t.lines[1:]
+	}
+	t.lines = append(t.lines, line)
+}
+
+func (t *pxeTail) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return strings.Join(t.lines, "\n")
+}
+
+// startOurPXE runs our server in its own process and waits for its address.
+func startOurPXE(ctx context.Context, stderr io.Writer, relayPort uint16, extra []string) (*pxeServerProc, error) {
+	cmd, err := pxeServerCommand(append([]string{"-relay-port", strconv.Itoa(int(relayPort))}, extra...)...)
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stderr = stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &pxeServerProc{name: "ours", cmd: cmd, done: make(chan struct{}), quit: os.Interrupt, out: &pxeTail{}}
+	addrc := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if a, ok := strings.CutPrefix(sc.Text(), "LISTEN "); ok {
+				addrc <- a
+			}
+		}
+		cmd.Wait()
+		close(p.done)
+	}()
+	select {
+	case a := <-addrc:
+		if p.addr, err = netip.ParseAddrPort(a); err != nil {
+			p.stop()
+			return nil, fmt.Errorf("our server: %w", err)
+		}
+		return p, nil
+	case <-p.done:
+		return nil, fmt.Errorf("our server exited at start: %v", cmd.ProcessState)
+	case <-ctx.Done():
+		p.stop()
+		return nil, ctx.Err()
+	case <-time.After(10 * time.Second):
+		p.stop()
+		return nil, errors.New("our server did not start listening")
+	}
+}
+
+// startDnsmasqProxy runs dnsmasq as a proxyDHCP server on the loopback with port as its
+// DHCP server port, which is also where it sends relayed replies. Proxy mode answers only
+// PXE clients it has a boot service for (--pxe-service); boot files alone (--dhcp-boot)
+// are not offered in proxy mode.
+func startDnsmasqProxy(ctx context.Context, bin, dir string, port uint16) (*pxeServerProc, error) {
+	args := []string{
+		"--keep-in-foreground", "--conf-file=/dev/null", "--port=0",
+		"--bind-interfaces", "--listen-address=" + pxeBenchServer.String(),
+		"--dhcp-range=127.0.0.0,proxy",
+		"--pxe-service=x86PC,Boot,undionly",
+		"--pxe-service=X86-64_EFI,Boot,ipxe",
+		fmt.Sprintf("--dhcp-alternate-port=%d,%d", port, port),
+		"--dhcp-leasefile=" + filepath.Join(dir, "leases"), "--pid-file=",
+		"--log-facility=-", "--quiet-dhcp",
+	}
+	if os.Geteuid() == 0 {
+		// dnsmasq would otherwise switch to nobody, who cannot write the lease file here.
+		args = append(args, "--user=root")
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	out, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stdout = cmd.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &pxeServerProc{name: "dnsmasq", addr: netip.AddrPortFrom(pxeBenchServer, port), cmd: cmd,
+		done: make(chan struct{}), quit: syscall.SIGTERM, out: &pxeTail{}}
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			p.out.add(sc.Text())
+		}
+		cmd.Wait()
+		close(p.done)
+	}()
+	if err := ctx.Err(); err != nil {
+		p.stop()
+		return nil, err
+	}
+	return p, nil
+}
+
+// servePXEChild runs our server on the loopback until interrupted and prints its address.
+func servePXEChild(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("pxe "+pxeServeChild, flag.ContinueOnError)
+	relayPort := fs.Int("relay-port", 0, "")
+	cpuProfile := fs.String("cpuprofile", "", "")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	srv, err := netbootd.NewPXEServer(netbootd.PXEConfig{
+		Listen67:   netip.AddrPortFrom(pxeBenchServer, 0).String(),
+		Listen4011: netip.AddrPortFrom(pxeBenchServer, 0).String(),
+		RelayPort:  uint16(*relayPort),
+	}, nil, logger, prometheus.NewRegistry())
+	if err != nil {
+		return err
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Run(ctx) }()
+	select {
+	case <-srv.Bound():
+	case err := <-errc:
+		return err
+	}
+	dhcp, _ := srv.Addrs()
+	fmt.Printf("LISTEN %s\n", dhcp)
+	if err := <-errc; err != nil {
+		return err
+	}
+	// ErrHelp ends the process with status 0 and no RESULT line.
+	return flag.ErrHelp
+}
