@@ -244,6 +244,7 @@ func runTFTP(ctx context.Context, args []string, stderr io.Writer) (result, erro
 	r.add("size_mib", "%d", *sizeMiB)
 	r.add("burst_kib", "%d", *burstKiB)
 	r.add("rounds", "%d", *rounds)
+	r.add("pinned", "%s", map[bool]string{true: "yes", false: "no"}[*pin])
 	return r, nil
 }
 

@@ -291,16 +291,38 @@ type pxeTemplateVars struct {
 	kind   Kind
 }
 
+// pxeExpand fills in the placeholders in one pass, as strings.Replacer would, without
+// building a replacer for every reply.
 func pxeExpand(t string, v pxeTemplateVars) string {
-	if !strings.Contains(t, "{") {
+	i := strings.IndexByte(t, '{')
+	if i < 0 {
 		return t
 	}
-	return strings.NewReplacer(
-		"{server}", v.server.String(),
-		"{mac}", pxeMACDashed(v.mac),
-		"{arch}", strconv.Itoa(int(v.arch)),
-		"{kind}", v.kind.String(),
-	).Replace(t)
+	var b strings.Builder
+	b.Grow(len(t) + 32)
+	for ; i >= 0; i = strings.IndexByte(t, '{') {
+		b.WriteString(t[:i])
+		t = t[i:]
+		switch {
+		case strings.HasPrefix(t, "{server}"):
+			b.WriteString(v.server.String())
+			t = t[len("{server}"):]
+		case strings.HasPrefix(t, "{mac}"):
+			b.WriteString(pxeMACDashed(v.mac))
+			t = t[len("{mac}"):]
+		case strings.HasPrefix(t, "{arch}"):
+			b.WriteString(strconv.Itoa(int(v.arch)))
+			t = t[len("{arch}"):]
+		case strings.HasPrefix(t, "{kind}"):
+			b.WriteString(v.kind.String())
+			t = t[len("{kind}"):]
+		default:
+			b.WriteByte('{')
+			t = t[1:]
+		}
+	}
+	b.WriteString(t)
+	return b.String()
 }
 
 // pxeMACDashed writes a MAC as pxelinux names its per-host files: safe in URLs, file and
@@ -548,16 +570,41 @@ func pxeClientArch(req *dhcpv4.DHCPv4) (Arch, bool) {
 	return 0, false
 }
 
+// pxeHasUserClass reads option 77 as dhcpv4's UserClass does, as an RFC 3004 list or,
+// failing that, as one string (iPXE sends "iPXE" so), without that parser's allocations
+// and formatted errors, which iPXE's raw form sets off on every request.
 func pxeHasUserClass(req *dhcpv4.DHCPv4, class string) bool {
-	if !req.Options.Has(dhcpv4.OptionUserClassInformation) {
+	v := req.Options.Get(dhcpv4.OptionUserClassInformation)
+	if v == nil {
 		return false
 	}
-	for _, uc := range req.UserClass() {
-		if uc == class {
+	if !pxeIsRFC3004(v) {
+		return string(v) == class
+	}
+	for len(v) > 0 {
+		n := int(v[0])
+		if string(v[1:1+n]) == class {
 			return true
 		}
+		v = v[1+n:]
 	}
 	return false
+}
+
+// pxeIsRFC3004 reports a non-empty list of length-prefixed, non-empty strings that fills
+// the option exactly.
+func pxeIsRFC3004(v []byte) bool {
+	if len(v) == 0 {
+		return false
+	}
+	for len(v) > 0 {
+		n := int(v[0])
+		if n == 0 || 1+n > len(v) {
+			return false
+		}
+		v = v[1+n:]
+	}
+	return true
 }
 
 // pxeServerAddr picks the address we offer as next-server and server identifier: the

@@ -390,6 +390,10 @@ func (s *PXEServer) sendReply(sock *pxeSocket, req *dhcpv4.DHCPv4, in Arrival, k
 		return
 	}
 	s.metrics.reply(reply)
+	// Building the arguments costs even when the level drops the line.
+	if !s.log.Enabled(context.Background(), slog.LevelInfo) {
+		return
+	}
 	arch, _ := pxeClientArch(req)
 	s.log.Info("dhcp reply sent", "type", reply.MessageType().String(), "mac", req.ClientHWAddr.String(),
 		"arch", arch.String(), "kind", kind.String(), "file", pxeBootFileOf(reply),

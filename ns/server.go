@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/binary"
 	"encoding/json"
@@ -158,18 +159,44 @@ func (s *Server) Run(ctx context.Context) error {
 	s.ready.Store(true)
 	defer s.ready.Store(false)
 
+	var current atomic.Pointer[tls.Certificate]
+	current.Store(&cert)
+	tlsConf := ca.ServerTLSConfig(cert)
+	tlsConf.Certificates = nil
+	tlsConf.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return current.Load(), nil }
+	go s.renewLoop(ctx, ca, ips, &current)
 	go s.reloadLoop(ctx)
 	go s.tickler.run(ctx)
 	go s.sweep(ctx, s.cfg.SweepInterval)
 	srv := &http.Server{
 		Handler:           s.Handler(),
-		TLSConfig:         ca.ServerTLSConfig(cert),
+		TLSConfig:         tlsConf,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       60 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(s.logger.Handler(), slog.LevelDebug),
 	}
 	return obs.ServeHTTP(ctx, ln, srv)
+}
+
+// renewLoop looks at the server certificate daily and re-issues it when it nears its end,
+// so an NS that runs for years never presents an expired one.
+func (s *Server) renewLoop(ctx context.Context, ca *CA, ips []net.IP, current *atomic.Pointer[tls.Certificate]) {
+	tk := time.NewTicker(24 * time.Hour)
+	defer tk.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tk.C:
+		}
+		cert, err := ca.ServerCertificate(s.cfg.DataDir, s.cfg.Hostnames, ips)
+		if err != nil {
+			s.logger.Error("server certificate not renewed", "err", err)
+			continue
+		}
+		current.Store(&cert)
+	}
 }
 
 func (s *Server) reloadLoop(ctx context.Context) {

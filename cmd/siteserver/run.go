@@ -114,6 +114,11 @@ func runNS(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 	}
 	logger := obs.NewLogger(cfg.Log, stderr).With("component", "ns")
 	reg := obs.NewRegistry("ns")
+	lock, err := hostinfo.LockDir(cfg.Server.DataDir)
+	if err != nil {
+		return fmt.Errorf("ns.data_dir: %w", err)
+	}
+	defer lock.Close()
 	srv, err := ns.NewServer(cfg.Server, logger.With("service", "ns"), reg)
 	if err != nil {
 		return err
@@ -139,6 +144,11 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	logger := obs.NewLogger(cfg.Log, stderr).With("component", "agent")
 	reg := obs.NewRegistry("agent")
+	lock, err := hostinfo.LockDir(cfg.DataDir)
+	if err != nil {
+		return fmt.Errorf("data_dir: %w", err)
+	}
+	defer lock.Close()
 	tl := cfg.TickleListen
 	if tl == "none" {
 		tl = ""
@@ -183,9 +193,11 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 	}
 	logger := obs.NewLogger(cfg.Log, stderr).With("component", "serve")
 	reg := obs.NewRegistry("serve")
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+	lock, err := hostinfo.LockDir(cfg.DataDir)
+	if err != nil {
 		return fmt.Errorf("data_dir: %w", err)
 	}
+	defer lock.Close()
 	id, err := ns.LoadOrCreateID(cfg.DataDir)
 	if err != nil {
 		return err
