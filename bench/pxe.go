@@ -21,7 +21,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -62,7 +61,7 @@ var pxeBenchCaptures = []struct {
 
 // pxeWarmup is how many requests go unmeasured before each measurement, so that neither
 // server is measured while it grows buffers or its runtime settles.
-const pxeWarmup = 1000
+const pxeWarmup = 5000
 
 // pxeServerCommand returns the command that runs our server with the given child flags.
 // A test binary does not dispatch scenarios, so tests replace it.
@@ -82,12 +81,15 @@ func runPXE(ctx context.Context, args []string, stderr io.Writer) (result, error
 	if len(args) > 0 && args[0] == pxeServeChild {
 		return nil, servePXEChild(ctx, args[1:])
 	}
+	// Our server's process writes its warnings there too, from another goroutine when
+	// stderr is not a file.
+	stderr = &pxeLockedWriter{w: stderr}
 	fs := flag.NewFlagSet("pxe", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	requests := fs.Int("requests", 20000, "DISCOVERs per server and round (also bounded by -duration)")
+	requests := fs.Int("requests", 50000, "DISCOVERs per server and round (also bounded by -duration)")
 	duration := fs.Duration("duration", 10*time.Second, "longest time to send requests, per server and round")
 	inflight := fs.Int("inflight", 64, "requests awaiting their reply at any time")
-	rounds := fs.Int("rounds", 3, "measurements per server; the order alternates between rounds")
+	rounds := fs.Int("rounds", 5, "measurements per server, of which the median is reported; the order alternates between rounds")
 	lostAfter := fs.Duration("lost-after", time.Second, "a request not answered within this counts as lost")
 	peer := fs.String("peer", "dnsmasq", "server to compare with: dnsmasq (in proxy mode) or none")
 	dnsmasqBin := fs.String("dnsmasq", "dnsmasq", "dnsmasq binary")
@@ -106,6 +108,10 @@ func runPXE(ctx context.Context, args []string, stderr io.Writer) (result, error
 		p, err := exec.LookPath(*dnsmasqBin)
 		if err != nil {
 			return nil, fmt.Errorf("dnsmasq is not installed (%q not found; on Debian: apt-get install dnsmasq-base), or run with -peer=none", *dnsmasqBin)
+		}
+		// dnsmasq refuses to serve DHCP without CAP_NET_ADMIN.
+		if os.Geteuid() != 0 {
+			return nil, errors.New("dnsmasq needs root here (its DHCP server requires CAP_NET_ADMIN); run as root or with -peer=none")
 		}
 		dnsmasq = p
 	default:
@@ -147,7 +153,7 @@ func runPXE(ctx context.Context, args []string, stderr io.Writer) (result, error
 			return nil, err
 		}
 		defer os.RemoveAll(dir)
-		d, err := startDnsmasqProxy(ctx, dnsmasq, dir, r.port())
+		d, err := startDnsmasqProxy(dnsmasq, dir, r.port())
 		if err != nil {
 			return nil, err
 		}
@@ -163,7 +169,7 @@ func runPXE(ctx context.Context, args []string, stderr io.Writer) (result, error
 		fmt.Fprintf(stderr, "bench pxe: %-7s answers from %s: %s\n", s.name, s.addr, pxeSummary(reply))
 	}
 
-	totals := make([]pxeStats, len(servers))
+	measured := make([][]pxeStats, len(servers))
 	for round := range *rounds {
 		for k := range servers {
 			i := k
@@ -174,41 +180,66 @@ func runPXE(ctx context.Context, args []string, stderr io.Writer) (result, error
 			if _, err := r.load(ctx, s.addr, min(*requests, pxeWarmup), *inflight, *duration, *lostAfter); err != nil {
 				return nil, fmt.Errorf("%s: warmup: %w", s.name, err)
 			}
-			cpu0 := procCPU(s.pid())
+			cpu0, self0 := procCPU(s.pid()), procCPU(os.Getpid())
 			st, err := r.load(ctx, s.addr, *requests, *inflight, *duration, *lostAfter)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", s.name, err)
 			}
 			st.serverCPU = procCPU(s.pid()) - cpu0
+			self := procCPU(os.Getpid()) - self0
 			if err := s.alive(); err != nil {
 				return nil, err
 			}
-			fmt.Fprintf(stderr, "bench pxe: round %d %-7s %7.0f/s  p50 %.3f ms  p99 %.3f ms  lost %d of %d  server CPU %.1f µs/reply\n",
-				round+1, s.name, st.perSec(), st.percentileMS(0.50), st.percentileMS(0.99), st.lost, st.sent, st.cpuPerReplyUS())
-			totals[i].add(st)
+			stray := ""
+			if st.stray > 0 {
+				stray = fmt.Sprintf(", %d stray replies", st.stray)
+			}
+			fmt.Fprintf(stderr, "bench pxe: round %d %-7s %7.0f/s  p50 %.3f ms  p99 %.3f ms  lost %d of %d%s  CPU per reply: server %.1f µs, load generator %.1f µs\n",
+				round+1, s.name, st.perSec(), st.p50, st.p99, st.lost, st.sent, stray, st.cpuPerReplyUS(),
+				self*1e6/float64(max(st.answered, 1)))
+			measured[i] = append(measured[i], st)
 		}
 	}
 
-	o := totals[0]
+	// Medians over rounds, so that a round disturbed by something else on the machine
+	// does not decide the result.
+	med := func(i int, f func(pxeStats) float64) float64 {
+		v := make([]float64, len(measured[i]))
+		for j, st := range measured[i] {
+			v[j] = f(st)
+		}
+		slices.Sort(v)
+		return percentile(v, 0.5)
+	}
+	lost := func(i int) int {
+		n := 0
+		for _, st := range measured[i] {
+			n += st.lost
+		}
+		return n
+	}
+	perSec := func(st pxeStats) float64 { return st.perSec() }
+	p50 := func(st pxeStats) float64 { return st.p50 }
+	p99 := func(st pxeStats) float64 { return st.p99 }
+	cpu := func(st pxeStats) float64 { return st.cpuPerReplyUS() }
 	var res result
-	res.add("ours_per_s", "%.0f", o.perSec())
+	res.add("ours_per_s", "%.0f", med(0, perSec))
 	if len(servers) > 1 {
-		d := totals[1]
-		res.add("dnsmasq_per_s", "%.0f", d.perSec())
-		res.add("ratio", "%.2f", o.perSec()/d.perSec())
-		res.add("p99_ms", "%.3f", o.percentileMS(0.99))
-		res.add("dnsmasq_p99_ms", "%.3f", d.percentileMS(0.99))
-		res.add("ours_lost", "%d", o.lost)
-		res.add("dnsmasq_lost", "%d", d.lost)
-		res.add("p50_ms", "%.3f", o.percentileMS(0.50))
-		res.add("dnsmasq_p50_ms", "%.3f", d.percentileMS(0.50))
-		res.add("ours_cpu_us", "%.1f", o.cpuPerReplyUS())
-		res.add("dnsmasq_cpu_us", "%.1f", d.cpuPerReplyUS())
+		res.add("dnsmasq_per_s", "%.0f", med(1, perSec))
+		res.add("ratio", "%.2f", med(0, perSec)/med(1, perSec))
+		res.add("p99_ms", "%.3f", med(0, p99))
+		res.add("dnsmasq_p99_ms", "%.3f", med(1, p99))
+		res.add("ours_lost", "%d", lost(0))
+		res.add("dnsmasq_lost", "%d", lost(1))
+		res.add("p50_ms", "%.3f", med(0, p50))
+		res.add("dnsmasq_p50_ms", "%.3f", med(1, p50))
+		res.add("ours_cpu_us", "%.1f", med(0, cpu))
+		res.add("dnsmasq_cpu_us", "%.1f", med(1, cpu))
 	} else {
-		res.add("p99_ms", "%.3f", o.percentileMS(0.99))
-		res.add("ours_lost", "%d", o.lost)
-		res.add("p50_ms", "%.3f", o.percentileMS(0.50))
-		res.add("ours_cpu_us", "%.1f", o.cpuPerReplyUS())
+		res.add("p99_ms", "%.3f", med(0, p99))
+		res.add("ours_lost", "%d", lost(0))
+		res.add("p50_ms", "%.3f", med(0, p50))
+		res.add("ours_cpu_us", "%.1f", med(0, cpu))
 	}
 	res.add("requests", "%d", *requests)
 	res.add("inflight", "%d", *inflight)
@@ -216,23 +247,13 @@ func runPXE(ctx context.Context, args []string, stderr io.Writer) (result, error
 	return res, nil
 }
 
-// pxeStats is what one server did over one or more measurements.
+// pxeStats is one measurement of one server.
 type pxeStats struct {
 	sent, answered, lost int
-	stray                int           // replies matching no outstanding request
+	stray                int           // replies to no outstanding request
 	elapsed              time.Duration // first request to last reply
-	latencies            []time.Duration
-	serverCPU            float64 // seconds
-}
-
-func (s *pxeStats) add(o pxeStats) {
-	s.sent += o.sent
-	s.answered += o.answered
-	s.lost += o.lost
-	s.stray += o.stray
-	s.elapsed += o.elapsed
-	s.latencies = append(s.latencies, o.latencies...)
-	s.serverCPU += o.serverCPU
+	p50, p99             float64       // latency of the answered requests, ms
+	serverCPU            float64       // seconds
 }
 
 func (s *pxeStats) perSec() float64 {
@@ -242,17 +263,8 @@ func (s *pxeStats) perSec() float64 {
 	return float64(s.answered) / s.elapsed.Seconds()
 }
 
-func (s *pxeStats) percentileMS(p float64) float64 {
-	ms := make([]float64, len(s.latencies))
-	for i, d := range s.latencies {
-		ms[i] = float64(d) / float64(time.Millisecond)
-	}
-	slices.Sort(ms)
-	return percentile(ms, p)
-}
-
 // cpuPerReplyUS is the server's CPU time per answer: unlike the rate, it does not depend
-// on how the two CPUs were shared with the load generator.
+// on how the CPUs were shared with the load generator.
 func (s *pxeStats) cpuPerReplyUS() float64 {
 	if s.answered == 0 {
 		return 0
@@ -269,9 +281,7 @@ type pxeTemplate struct {
 
 // DHCP header offsets (RFC 2131 figure 1).
 const (
-	pxeOffHops   = 3
 	pxeOffXID    = 4
-	pxeOffGIAddr = 24
 	pxeOffCHAddr = 28
 	pxeOffOpts   = 240
 )
@@ -302,7 +312,7 @@ func pxeLoadTemplates(dir string) ([]pxeTemplate, error) {
 		req.HopCount = 1
 		req.GatewayIPAddr = net.IP(pxeBenchRelay.AsSlice())
 		t := pxeTemplate{pkt: req.ToBytes()}
-		if off := pxeOptionOffset(t.pkt, byte(dhcpv4.OptionClientIdentifier)); off > 0 && t.pkt[off-1] == 7 && t.pkt[off] == 1 {
+		if off := pxeOptionOffset(t.pkt, byte(dhcpv4.OptionClientIdentifier)); off > 0 && off+7 <= len(t.pkt) && t.pkt[off-1] == 7 && t.pkt[off] == 1 {
 			t.clientID = off + 1
 		}
 		out = append(out, t)
@@ -493,139 +503,89 @@ func (r *pxeRelay) match(b []byte, n int, xidBase, seqBase uint32) (int, bool) {
 	return i, true
 }
 
-// Request states in a batch.
-const (
-	pxePending uint32 = iota
-	pxeAnswered
-	pxeLost
-)
-
 // load sends n DISCOVERs to dst (fewer if limit passes first), never more than inflight
-// unanswered at a time, and waits for every reply or lostAfter.
+// unanswered at a time, and waits for every reply or lostAfter. One goroutine both sends
+// and receives, so that the generator spends its CPU on the sockets rather than on
+// handing requests between goroutines: on a small machine it shares the CPUs with the
+// server it measures.
 func (r *pxeRelay) load(ctx context.Context, dst netip.AddrPort, n, inflight int, limit, lostAfter time.Duration) (pxeStats, error) {
 	xidBase, seqBase := rand.Uint32(), r.seq
 	r.seq += uint32(n)
+	defer r.conn.SetReadDeadline(time.Time{})
 	var (
-		sentAt   = make([]atomic.Int64, n) // since start
-		state    = make([]atomic.Uint32, n)
-		sent     atomic.Int64
-		resolved atomic.Int64
-		lastAt   atomic.Int64
-		lost     atomic.Int64
-		tokens   = make(chan struct{}, inflight)
-		stop     atomic.Bool
+		st        pxeStats
+		latencies = make([]float64, 0, n)    // ms
+		sentAt    = make([]time.Duration, n) // since start
+		answered  = make([]bool, n)
+		next      int // next request to send
+		oldest    int // oldest request that may still be unanswered
+		pending   int
+		last      time.Duration
+		deadline  time.Duration // of the socket, since start
+		pkt       = make([]byte, 0, 1024)
+		buf       = make([]byte, 2048)
+		// Expiry is checked this often; a request counts as lost up to this much after
+		// lostAfter.
+		poll = max(lostAfter/20, time.Millisecond)
 	)
 	start := time.Now()
-
-	var latencies []time.Duration
-	stray := 0
-	recvErr := make(chan error, 1)
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			nb, err := r.conn.Read(buf)
-			if err != nil {
-				if stop.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
-					err = nil
-				}
-				recvErr <- err
-				return
+	for iter := 0; ; iter++ {
+		if iter%1024 == 0 {
+			if err := ctx.Err(); err != nil {
+				return pxeStats{}, err
 			}
-			i, ok := r.match(buf[:nb], n, xidBase, seqBase)
-			if !ok || !state[i].CompareAndSwap(pxePending, pxeAnswered) {
-				stray++
+		}
+		now := time.Since(start)
+		for pending < inflight && next < n && now < limit {
+			pkt = r.fill(pkt, next, xidBase, seqBase)
+			sentAt[next] = now
+			if _, err := r.conn.WriteToUDPAddrPort(pkt, dst); err != nil {
+				return pxeStats{}, fmt.Errorf("send to %s: %w", dst, err)
+			}
+			next++
+			pending++
+			now = time.Since(start)
+		}
+		// Requests go out in order with one timeout, so the oldest unanswered one is
+		// always the next to expire.
+		for oldest < next && (answered[oldest] || now-sentAt[oldest] >= lostAfter) {
+			if !answered[oldest] {
+				answered[oldest] = true
+				st.lost++
+				pending--
+			}
+			oldest++
+		}
+		if pending == 0 && (next == n || now >= limit) {
+			break
+		}
+		if deadline-now < poll/2 {
+			deadline = now + poll
+			r.conn.SetReadDeadline(start.Add(deadline))
+		}
+		nb, err := r.conn.Read(buf)
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
 				continue
 			}
-			at := time.Since(start)
-			latencies = append(latencies, at-time.Duration(sentAt[i].Load()))
-			lastAt.Store(int64(at))
-			resolved.Add(1)
-			<-tokens
+			return pxeStats{}, err
 		}
-	}()
-	sweepDone := make(chan struct{})
-	sweepStop := make(chan struct{})
-	go func() {
-		defer close(sweepDone)
-		// Requests go out in order with one timeout, so the oldest pending one is always
-		// the next to expire.
-		oldest := 0
-		tick := time.NewTicker(max(lostAfter/50, time.Millisecond))
-		defer tick.Stop()
-		for {
-			select {
-			case <-sweepStop:
-				return
-			case <-tick.C:
-			}
-			now := time.Since(start)
-			for oldest < int(sent.Load()) {
-				if state[oldest].Load() != pxePending {
-					oldest++
-					continue
-				}
-				if now-time.Duration(sentAt[oldest].Load()) < lostAfter {
-					break
-				}
-				if state[oldest].CompareAndSwap(pxePending, pxeLost) {
-					lost.Add(1)
-					resolved.Add(1)
-					<-tokens
-				}
-				oldest++
-			}
+		at := time.Since(start)
+		i, ok := r.match(buf[:nb], n, xidBase, seqBase)
+		if !ok || i >= next || answered[i] {
+			st.stray++
+			continue
 		}
-	}()
-	finish := func() error {
-		close(sweepStop)
-		<-sweepDone
-		stop.Store(true)
-		r.conn.SetReadDeadline(time.Now())
-		err := <-recvErr
-		r.conn.SetReadDeadline(time.Time{})
-		return err
+		answered[i] = true
+		pending--
+		latencies = append(latencies, float64(at-sentAt[i])/float64(time.Millisecond))
+		last = at
 	}
-
-	var sendErr error
-	pkt := make([]byte, 0, 1024)
-	for i := range n {
-		if time.Since(start) > limit {
-			break
-		}
-		select {
-		case tokens <- struct{}{}:
-		case <-ctx.Done():
-			sendErr = ctx.Err()
-		}
-		if sendErr != nil {
-			break
-		}
-		pkt = r.fill(pkt, i, xidBase, seqBase)
-		sentAt[i].Store(int64(time.Since(start)))
-		sent.Store(int64(i + 1))
-		if _, err := r.conn.WriteToUDPAddrPort(pkt, dst); err != nil {
-			sendErr = fmt.Errorf("send to %s: %w", dst, err)
-			break
-		}
-	}
-	for sendErr == nil && resolved.Load() < sent.Load() {
-		select {
-		case <-ctx.Done():
-			sendErr = ctx.Err()
-		case <-time.After(time.Millisecond):
-		}
-	}
-	if err := errors.Join(sendErr, finish()); err != nil {
-		return pxeStats{}, err
-	}
-	st := pxeStats{
-		sent:      int(sent.Load()),
-		answered:  len(latencies),
-		lost:      int(lost.Load()),
-		stray:     stray,
-		elapsed:   time.Duration(lastAt.Load()),
-		latencies: latencies,
-	}
+	st.sent = next
+	st.answered = len(latencies)
+	st.elapsed = last
+	slices.Sort(latencies)
+	st.p50, st.p99 = percentile(latencies, 0.50), percentile(latencies, 0.99)
 	return st, nil
 }
 
@@ -691,7 +651,7 @@ func (p *pxeServerProc) pid() int { return p.cmd.Process.Pid }
 func (p *pxeServerProc) alive() error {
 	select {
 	case <-p.done:
-		return fmt.Errorf("%s exited: %v\n%s", p.name, p.cmd.ProcessState, p.out)
+		return fmt.Errorf("%s exited: %v\n%s", p.name, p.cmd.ProcessState, strings.TrimSpace(p.out.String()))
 	default:
 		return nil
 	}
@@ -705,6 +665,18 @@ func (p *pxeServerProc) stop() {
 		p.cmd.Process.Kill()
 		<-p.done
 	}
+}
+
+// pxeLockedWriter serializes writes from the bench and from our server's process.
+type pxeLockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (w *pxeLockedWriter) Write(b []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.w.Write(b)
 }
 
 // pxeTail keeps the last lines a server wrote, for the error when it dies.
@@ -776,8 +748,8 @@ func startOurPXE(ctx context.Context, stderr io.Writer, relayPort uint16, extra 
 // startDnsmasqProxy runs dnsmasq as a proxyDHCP server on the loopback with port as its
 // DHCP server port, which is also where it sends relayed replies. Proxy mode answers only
 // PXE clients it has a boot service for (--pxe-service); boot files alone (--dhcp-boot)
-// are not offered in proxy mode.
-func startDnsmasqProxy(ctx context.Context, bin, dir string, port uint16) (*pxeServerProc, error) {
+// are not offered in proxy mode. It is ready once it answers a probe.
+func startDnsmasqProxy(bin, dir string, port uint16) (*pxeServerProc, error) {
 	args := []string{
 		"--keep-in-foreground", "--conf-file=/dev/null", "--port=0",
 		"--bind-interfaces", "--listen-address=" + pxeBenchServer.String(),
@@ -787,10 +759,8 @@ func startDnsmasqProxy(ctx context.Context, bin, dir string, port uint16) (*pxeS
 		fmt.Sprintf("--dhcp-alternate-port=%d,%d", port, port),
 		"--dhcp-leasefile=" + filepath.Join(dir, "leases"), "--pid-file=",
 		"--log-facility=-", "--quiet-dhcp",
-	}
-	if os.Geteuid() == 0 {
-		// dnsmasq would otherwise switch to nobody, who cannot write the lease file here.
-		args = append(args, "--user=root")
+		// Otherwise dnsmasq switches to nobody, who cannot write the lease file here.
+		"--user=root",
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -798,7 +768,6 @@ func startDnsmasqProxy(ctx context.Context, bin, dir string, port uint16) (*pxeS
 	if err != nil {
 		return nil, err
 	}
-	cmd.Stdout = cmd.Stderr
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
@@ -812,10 +781,6 @@ func startDnsmasqProxy(ctx context.Context, bin, dir string, port uint16) (*pxeS
 		cmd.Wait()
 		close(p.done)
 	}()
-	if err := ctx.Err(); err != nil {
-		p.stop()
-		return nil, err
-	}
 	return p, nil
 }
 

@@ -61,6 +61,7 @@ func runTFTP(ctx context.Context, args []string, stderr io.Writer) (result, erro
 	if len(args) > 0 && args[0] == tftpServeChild {
 		return nil, serveTFTPChild(ctx, args[1:])
 	}
+	stderr = &tftpLockedWriter{w: stderr}
 	fs := flag.NewFlagSet("tftp", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	sizeMiB := fs.Int("size", 32, "size of the file for single transfers, in MiB")
@@ -282,6 +283,19 @@ func findTFTPD(name string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("tftpd-hpa is not installed (%q not found; on Debian: apt-get install tftpd-hpa), or run with -peer=none", name)
+}
+
+// tftpLockedWriter lets our server's log, copied from its process, and the progress
+// lines share one writer.
+type tftpLockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *tftpLockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 // tftpFile is a file in the served root and what a client must end up with.
