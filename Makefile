@@ -44,6 +44,8 @@ bench:
 	$(GO) run ./bench pkg-serve
 	$(GO) run ./bench pkg-coalesce
 	$(GO) run ./bench pkg-resume
+	$(GO) run ./bench tftp
+	$(GO) run ./bench pxe
 
 deps:
 	./scripts/install-deps.sh
