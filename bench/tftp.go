@@ -195,7 +195,19 @@ func runTFTP(ctx context.Context, args []string, stderr io.Writer) (result, erro
 		}
 	}
 
-	unpin()
+	if *pin {
+		unpin()
+		// The Go runtimes raise GOMAXPROCS back only when they next check, about once a
+		// second while busy: keep every process busy until then, or the first burst
+		// would run on one P.
+		for settle := time.Now().Add(1200 * time.Millisecond); time.Now().Before(settle); {
+			for _, s := range servers {
+				if err := tftpCheck(ctx, s.addr, burst); err != nil {
+					return nil, fmt.Errorf("%s: %w", s.name, err)
+				}
+			}
+		}
+	}
 	type burstResult struct {
 		ok   int
 		mibs float64
