@@ -101,3 +101,26 @@ func TestReplayedTimestampRefused(t *testing.T) {
 		t.Fatal("timestamps must strictly increase per agent")
 	}
 }
+
+func FuzzVerifyRequest(f *testing.F) {
+	key := APIKey([]byte("0123456789abcdef0123456789abcdef"))
+	now := time.Unix(1_800_000_000, 0)
+	r, _ := http.NewRequest(http.MethodGet, "http://ts"+PathJobs, nil)
+	SignRequest(r, "pc-1", key, nil, now)
+	f.Add(r.Header.Get("Authorization"), []byte(nil))
+	f.Add(AuthScheme+" id=pc-1,ts=1,sig=00", []byte("x"))
+	f.Add("Bearer x", []byte{})
+	f.Fuzz(func(t *testing.T, header string, body []byte) {
+		req, _ := http.NewRequest(http.MethodGet, "http://ts"+PathJobs, nil)
+		req.Header.Set("Authorization", header)
+		id, _, err := verifyRequest(req, body, func(id string) ([]byte, bool) { return key, id == "pc-1" }, now)
+		if err != nil {
+			return
+		}
+		// Accepted means signed with the key over exactly this request.
+		_, ts, sig, perr := parseAuth(header)
+		if perr != nil || id != "pc-1" || sig != requestMAC(key, http.MethodGet, PathJobs, ts, body) {
+			t.Fatalf("accepted a request not signed with the key: %q", header)
+		}
+	})
+}
