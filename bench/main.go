@@ -24,15 +24,20 @@ import (
 type scenario struct {
 	help string
 	run  func(ctx context.Context, args []string, stderr io.Writer) (result, error)
+	// serve, for a scenario that runs our server in its own process, is that process: it
+	// runs in place of run when the first argument is serveChild.
+	serve func(ctx context.Context, args []string) error
 }
 
 func scenarios() map[string]scenario {
 	return map[string]scenario{
 		"sites":        {help: "longest-prefix lookups in a compiled sites.Map vs a linear scan", run: runSites},
-		"pkg-serve":    {help: "package file downloads from our handler vs nginx, same file and load generator", run: runPkgServe},
+		"pkg-serve":    {help: "package file downloads from our handler vs nginx, same file and load generator", run: runPkgServe, serve: servePkgChild},
 		"pkg-coalesce": {help: "clients asking for an uncached package: upstream bytes, ours vs nginx proxy_cache_lock", run: runPkgCoalesce},
 		"pkg-resume":   {help: "package server killed mid-download and restarted: upstream bytes vs the size", run: runPkgResume},
 		"tickle":       {help: "job creation to every simulated agent's fetch through a real task server, vs a raw UDP loop", run: runTickle},
+		"tftp":         {help: "TFTP single-transfer throughput and concurrent bursts, ours vs tftpd-hpa", run: runTFTP, serve: serveTFTPChild},
+		"pxe":          {help: "relayed proxyDHCP DISCOVERs answered per second, ours vs dnsmasq in proxy mode", run: runPXE, serve: servePXEChild},
 	}
 }
 
@@ -70,7 +75,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		usage(stderr, table)
 		return 2
 	}
-	res, err := sc.run(ctx, args[1:], stderr)
+	var res result
+	var err error
+	if sc.serve != nil && len(args) > 1 && args[1] == serveChild {
+		err = sc.serve(ctx, args[2:])
+	} else {
+		res, err = sc.run(ctx, args[1:], stderr)
+	}
 	var ue *usageError
 	switch {
 	case errors.Is(err, flag.ErrHelp):

@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,21 +26,18 @@ import (
 	"github.com/siteserver/siteserver/pkgd"
 )
 
-// pkgServeChild, as the first argument of pkg-serve, makes the bench host our handler in
-// its own process, so that it is measured as nginx is: another process behind loopback.
-const pkgServeChild = "-internal-serve"
-
 const (
 	pkgServeID   = "bench"
 	pkgServeFile = "blob.bin"
 )
 
+// pkgServeCommand returns the command that runs our server with the given child flags.
+var pkgServeCommand = func(args ...string) (*exec.Cmd, error) { return selfCommand("pkg-serve", args...) }
+
 // runPkgServe measures package file downloads from our handler against nginx serving the same
 // file from the same directory, with the same load generator.
 func runPkgServe(ctx context.Context, args []string, stderr io.Writer) (result, error) {
-	if len(args) > 0 && args[0] == pkgServeChild {
-		return nil, servePkgChild(ctx, args[1:])
-	}
+	stderr = &lockedWriter{w: stderr}
 	fs := flag.NewFlagSet("pkg-serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	sizeMiB := fs.Int("size", 256, "size of the served file in MiB (random bytes)")
@@ -81,15 +77,15 @@ func runPkgServe(ctx context.Context, args []string, stderr io.Writer) (result, 
 	}
 	urlPath := pkgd.FilePath(pkgServeID, pkgServeFile)
 
-	var childArgs []string
-	if *cpuProfile != "" {
-		p, err := filepath.Abs(*cpuProfile)
-		if err != nil {
-			return nil, err
-		}
-		childArgs = append(childArgs, "-cpuprofile", p)
+	childArgs, err := appendPathFlag([]string{"-file", file, "-sha256", sum}, "-cpuprofile", *cpuProfile)
+	if err != nil {
+		return nil, err
 	}
-	ours, err := startOurServer(file, sum, stderr, childArgs...)
+	cmd, err := pkgServeCommand(childArgs...)
+	if err != nil {
+		return nil, err
+	}
+	ours, err := startChild(ctx, cmd, "our server", stderr)
 	if err != nil {
 		return nil, err
 	}
@@ -100,7 +96,7 @@ func runPkgServe(ctx context.Context, args []string, stderr io.Writer) (result, 
 	}
 	defer ng.stop()
 
-	servers := []*fileServer{ours, ng}
+	servers := []*server{ours, ng}
 	for _, s := range servers {
 		if err := checkDownload(ctx, "http://"+s.addr+urlPath, size, sum); err != nil {
 			return nil, fmt.Errorf("%s: %w", s.name, err)
@@ -142,14 +138,8 @@ func runPkgServe(ctx context.Context, args []string, stderr io.Writer) (result, 
 }
 
 func findNginx(name string) (string, error) {
-	if p, err := exec.LookPath(name); err == nil {
+	if p, ok := lookPeerPath(name); ok {
 		return p, nil
-	}
-	// Debian puts it in /usr/sbin, which is not on every user's PATH.
-	if !strings.Contains(name, "/") {
-		if p, err := exec.LookPath(filepath.Join("/usr/sbin", name)); err == nil {
-			return p, nil
-		}
 	}
 	return "", fmt.Errorf("nginx is not installed (%q not found; on Debian: apt-get install nginx-light, or nginx)", name)
 }
@@ -180,70 +170,9 @@ func writeRandomFile(name string, size int64) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), f.Close()
 }
 
-// fileServer is a server process under test.
-type fileServer struct {
-	name string
-	addr string
-	cmd  *exec.Cmd
-	done chan struct{}
-	quit os.Signal
-	out  *strings.Builder
-}
-
-func (s *fileServer) pid() int { return s.cmd.Process.Pid }
-
-func (s *fileServer) stop() {
-	s.cmd.Process.Signal(s.quit)
-	select {
-	case <-s.done:
-	case <-time.After(10 * time.Second):
-		s.cmd.Process.Kill()
-		<-s.done
-	}
-}
-
-func startOurServer(file, sum string, stderr io.Writer, extra ...string) (*fileServer, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
-	args := append([]string{"pkg-serve", pkgServeChild, "-file", file, "-sha256", sum}, extra...)
-	cmd := exec.Command(exe, args...)
-	cmd.Stderr = stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	s := &fileServer{name: "ours", cmd: cmd, done: make(chan struct{}), quit: os.Interrupt}
-	addrc := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if a, ok := strings.CutPrefix(sc.Text(), "LISTEN "); ok {
-				addrc <- a
-			}
-		}
-		cmd.Wait()
-		close(s.done)
-	}()
-	select {
-	case s.addr = <-addrc:
-		return s, nil
-	case <-s.done:
-		return nil, fmt.Errorf("our server exited at start: %v", cmd.ProcessState)
-	case <-time.After(10 * time.Second):
-		s.stop()
-		return nil, errors.New("our server did not start listening")
-	}
-}
-
 // servePkgChild hosts the package handler on a file until interrupted.
 func servePkgChild(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("pkg-serve "+pkgServeChild, flag.ContinueOnError)
+	fs := flag.NewFlagSet("pkg-serve "+serveChild, flag.ContinueOnError)
 	file := fs.String("file", "", "")
 	sum := fs.String("sha256", "", "")
 	profile := fs.String("cpuprofile", "", "")
@@ -259,21 +188,15 @@ func servePkgChild(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	if *profile != "" {
-		f, err := os.Create(*profile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
+	stopProfile, err := startCPUProfile(*profile)
+	if err != nil {
+		return err
 	}
+	defer stopProfile()
 	srv := &http.Server{Handler: pkgd.NewHandler(c, nil, nil), ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	fmt.Printf("LISTEN %s\n", ln.Addr())
+	announce(ln.Addr().String())
 	select {
 	case err := <-errc:
 		return err
@@ -303,7 +226,7 @@ func (c *benchContent) File(ctx context.Context, pkg, name string) (ns.PackageFi
 	return c.entry, f, nil
 }
 
-func startNginx(ctx context.Context, bin, dir, root string) (*fileServer, error) {
+func startNginx(ctx context.Context, bin, dir, root string) (*server, error) {
 	port, err := freeTCPPort()
 	if err != nil {
 		return nil, err
@@ -348,7 +271,7 @@ http {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	s := &fileServer{name: "nginx", addr: addr, cmd: cmd, done: make(chan struct{}), quit: syscall.SIGTERM, out: out}
+	s := &server{name: "nginx", addr: addr, cmd: cmd, done: make(chan struct{}), quit: signalQuit(cmd, syscall.SIGTERM)}
 	go func() {
 		cmd.Wait()
 		close(s.done)

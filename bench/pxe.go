@@ -16,7 +16,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -30,11 +29,6 @@ import (
 
 	"github.com/siteserver/siteserver/netbootd"
 )
-
-// pxeServeChild, as the first argument of pxe, makes the bench host our proxyDHCP server in
-// its own process, so that it is measured as dnsmasq is: another process behind loopback,
-// with its own scheduler and garbage collector.
-const pxeServeChild = "-internal-serve"
 
 // The servers listen on pxeBenchServer; the load generator is a relay agent on
 // pxeBenchRelay, so that every reply comes back by unicast to giaddr and no broadcast or
@@ -64,26 +58,16 @@ var pxeBenchCaptures = []struct {
 const pxeWarmup = 5000
 
 // pxeServerCommand returns the command that runs our server with the given child flags.
-// A test binary does not dispatch scenarios, so tests replace it.
-var pxeServerCommand = func(args ...string) (*exec.Cmd, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
-	return exec.Command(exe, append([]string{"pxe", pxeServeChild}, args...)...), nil
-}
+var pxeServerCommand = func(args ...string) (*exec.Cmd, error) { return selfCommand("pxe", args...) }
 
 // runPXE measures proxyDHCP: DISCOVERs answered per second and reply latency, with a fixed
 // number of requests in flight, for our server and for dnsmasq in proxy mode, each in its
 // own process on the loopback. Neither logs each reply (dnsmasq runs with --quiet-dhcp),
 // and ours has no NS behind it, so both measure the protocol path alone.
 func runPXE(ctx context.Context, args []string, stderr io.Writer) (result, error) {
-	if len(args) > 0 && args[0] == pxeServeChild {
-		return nil, servePXEChild(ctx, args[1:])
-	}
 	// Our server's process writes its warnings there too, from another goroutine when
 	// stderr is not a file.
-	stderr = &pxeLockedWriter{w: stderr}
+	stderr = &lockedWriter{w: stderr}
 	fs := flag.NewFlagSet("pxe", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	requests := fs.Int("requests", 50000, "DISCOVERs per server and round (also bounded by -duration)")
@@ -122,13 +106,9 @@ func runPXE(ctx context.Context, args []string, stderr io.Writer) (result, error
 		return nil, err
 	}
 
-	var childArgs []string
-	if *cpuProfile != "" {
-		p, err := filepath.Abs(*cpuProfile)
-		if err != nil {
-			return nil, err
-		}
-		childArgs = append(childArgs, "-cpuprofile", p)
+	childArgs, err := appendPathFlag(nil, "-cpuprofile", *cpuProfile)
+	if err != nil {
+		return nil, err
 	}
 	oursRelay, err := newPXERelay(templates)
 	if err != nil {
@@ -177,11 +157,11 @@ func runPXE(ctx context.Context, args []string, stderr io.Writer) (result, error
 				i = len(servers) - 1 - k
 			}
 			s, r := servers[i], relays[i]
-			if _, err := r.load(ctx, s.addr, min(*requests, pxeWarmup), *inflight, *duration, *lostAfter); err != nil {
+			if _, err := r.load(ctx, s.dst, min(*requests, pxeWarmup), *inflight, *duration, *lostAfter); err != nil {
 				return nil, fmt.Errorf("%s: warmup: %w", s.name, err)
 			}
 			cpu0, self0 := procCPU(s.pid()), procCPU(os.Getpid())
-			st, err := r.load(ctx, s.addr, *requests, *inflight, *duration, *lostAfter)
+			st, err := r.load(ctx, s.dst, *requests, *inflight, *duration, *lostAfter)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", s.name, err)
 			}
@@ -597,7 +577,7 @@ func (r *pxeRelay) probe(ctx context.Context, s *pxeServerProc) (*dhcpv4.DHCPv4,
 	pkt := r.fill(nil, 0, xid, r.seq)
 	r.seq++
 	for {
-		if _, err := r.conn.WriteToUDPAddrPort(pkt, s.addr); err != nil {
+		if _, err := r.conn.WriteToUDPAddrPort(pkt, s.dst); err != nil {
 			return nil, err
 		}
 		r.conn.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
@@ -638,15 +618,10 @@ func pxeSummary(m *dhcpv4.DHCPv4) string {
 
 // pxeServerProc is a proxyDHCP server process under test.
 type pxeServerProc struct {
-	name string
-	addr netip.AddrPort
-	cmd  *exec.Cmd
-	done chan struct{}
-	quit os.Signal
-	out  *pxeTail
+	*server
+	dst netip.AddrPort // addr, parsed
+	out *pxeTail
 }
-
-func (p *pxeServerProc) pid() int { return p.cmd.Process.Pid }
 
 func (p *pxeServerProc) alive() error {
 	select {
@@ -655,28 +630,6 @@ func (p *pxeServerProc) alive() error {
 	default:
 		return nil
 	}
-}
-
-func (p *pxeServerProc) stop() {
-	p.cmd.Process.Signal(p.quit)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		p.cmd.Process.Kill()
-		<-p.done
-	}
-}
-
-// pxeLockedWriter serializes writes from the bench and from our server's process.
-type pxeLockedWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (w *pxeLockedWriter) Write(b []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.w.Write(b)
 }
 
 // pxeTail keeps the last lines a server wrote, for the error when it dies.
@@ -706,43 +659,16 @@ func startOurPXE(ctx context.Context, stderr io.Writer, relayPort uint16, extra 
 	if err != nil {
 		return nil, err
 	}
-	cmd.Stderr = stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	out, err := cmd.StdoutPipe()
+	s, err := startChild(ctx, cmd, "our server", stderr)
 	if err != nil {
 		return nil, err
 	}
-	if err := cmd.Start(); err != nil {
-		return nil, err
+	dst, err := netip.ParseAddrPort(s.addr)
+	if err != nil {
+		s.stop()
+		return nil, fmt.Errorf("our server: %w", err)
 	}
-	p := &pxeServerProc{name: "ours", cmd: cmd, done: make(chan struct{}), quit: os.Interrupt, out: &pxeTail{}}
-	addrc := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if a, ok := strings.CutPrefix(sc.Text(), "LISTEN "); ok {
-				addrc <- a
-			}
-		}
-		cmd.Wait()
-		close(p.done)
-	}()
-	select {
-	case a := <-addrc:
-		if p.addr, err = netip.ParseAddrPort(a); err != nil {
-			p.stop()
-			return nil, fmt.Errorf("our server: %w", err)
-		}
-		return p, nil
-	case <-p.done:
-		return nil, fmt.Errorf("our server exited at start: %v", cmd.ProcessState)
-	case <-ctx.Done():
-		p.stop()
-		return nil, ctx.Err()
-	case <-time.After(10 * time.Second):
-		p.stop()
-		return nil, errors.New("our server did not start listening")
-	}
+	return &pxeServerProc{server: s, dst: dst, out: &pxeTail{}}, nil
 }
 
 // startDnsmasqProxy runs dnsmasq as a proxyDHCP server on the loopback with port as its
@@ -771,8 +697,12 @@ func startDnsmasqProxy(bin, dir string, port uint16) (*pxeServerProc, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	p := &pxeServerProc{name: "dnsmasq", addr: netip.AddrPortFrom(pxeBenchServer, port), cmd: cmd,
-		done: make(chan struct{}), quit: syscall.SIGTERM, out: &pxeTail{}}
+	dst := netip.AddrPortFrom(pxeBenchServer, port)
+	p := &pxeServerProc{
+		server: &server{name: "dnsmasq", addr: dst.String(), cmd: cmd, done: make(chan struct{}), quit: signalQuit(cmd, syscall.SIGTERM)},
+		dst:    dst,
+		out:    &pxeTail{},
+	}
 	go func() {
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
@@ -786,7 +716,7 @@ func startDnsmasqProxy(bin, dir string, port uint16) (*pxeServerProc, error) {
 
 // servePXEChild runs our server on the loopback until interrupted and prints its address.
 func servePXEChild(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("pxe "+pxeServeChild, flag.ContinueOnError)
+	fs := flag.NewFlagSet("pxe "+serveChild, flag.ContinueOnError)
 	relayPort := fs.Int("relay-port", 0, "")
 	cpuProfile := fs.String("cpuprofile", "", "")
 	if err := parseFlags(fs, args); err != nil {
@@ -801,27 +731,16 @@ func servePXEChild(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
-	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Run(ctx) }()
-	select {
-	case <-srv.Bound():
-	case err := <-errc:
+	stopProfile, err := startCPUProfile(*cpuProfile)
+	if err != nil {
 		return err
 	}
-	dhcp, _ := srv.Addrs()
-	fmt.Printf("LISTEN %s\n", dhcp)
-	if err := <-errc; err != nil {
+	defer stopProfile()
+	dhcpAddr := func() string {
+		dhcp, _ := srv.Addrs()
+		return dhcp.String()
+	}
+	if err := serveBound(ctx, srv.Run, srv.Bound(), dhcpAddr); err != nil {
 		return err
 	}
 	// ErrHelp ends the process with status 0 and no RESULT line.

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -29,11 +28,6 @@ import (
 	"github.com/siteserver/siteserver/netbootd"
 )
 
-// tftpServeChild, as the first argument of tftp, makes the bench host our TFTP server in its
-// own process, so that it is measured as tftpd-hpa is: another process behind loopback,
-// with its own scheduler and garbage collector.
-const tftpServeChild = "-internal-serve"
-
 const (
 	// What PXE ROMs ask for on Ethernet, and our server's default cap.
 	tftpBenchBlksize = 1468
@@ -44,24 +38,14 @@ const (
 )
 
 // tftpServerCommand returns the command that runs our server with the given child flags.
-// A test binary does not dispatch scenarios, so tests replace it.
-var tftpServerCommand = func(args ...string) (*exec.Cmd, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
-	return exec.Command(exe, append([]string{"tftp", tftpServeChild}, args...)...), nil
-}
+var tftpServerCommand = func(args ...string) (*exec.Cmd, error) { return selfCommand("tftp", args...) }
 
 // runTFTP measures our TFTP server against tftpd-hpa serving the same files from the same
 // root: single-transfer throughput (median of rounds), then bursts of concurrent transfers,
 // each client on its own socket, every file checked by size and SHA-256. MB/s are MiB/s, as
 // in pkg-serve.
 func runTFTP(ctx context.Context, args []string, stderr io.Writer) (result, error) {
-	if len(args) > 0 && args[0] == tftpServeChild {
-		return nil, serveTFTPChild(ctx, args[1:])
-	}
-	stderr = &tftpLockedWriter{w: stderr}
+	stderr = &lockedWriter{w: stderr}
 	fs := flag.NewFlagSet("tftp", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	sizeMiB := fs.Int("size", 32, "size of the file for single transfers, in MiB")
@@ -126,22 +110,18 @@ func runTFTP(ctx context.Context, args []string, stderr io.Writer) (result, erro
 	// Duplicate requests from clients that retransmitted take a slot until they time out.
 	maxTransfers := max(2*slices.Max(bursts), 2000)
 	childArgs := []string{"-root", root, "-max-transfers", strconv.Itoa(maxTransfers)}
-	for flagName, p := range map[string]string{"-cpuprofile": *cpuProfile, "-memprofile": *memProfile} {
-		if p == "" {
-			continue
-		}
-		abs, err := filepath.Abs(p)
-		if err != nil {
-			return nil, err
-		}
-		childArgs = append(childArgs, flagName, abs)
+	if childArgs, err = appendPathFlag(childArgs, "-cpuprofile", *cpuProfile); err != nil {
+		return nil, err
+	}
+	if childArgs, err = appendPathFlag(childArgs, "-memprofile", *memProfile); err != nil {
+		return nil, err
 	}
 	ours, err := startOurTFTP(ctx, stderr, childArgs)
 	if err != nil {
 		return nil, err
 	}
 	defer ours.stop()
-	servers := []*tftpProc{ours}
+	servers := []*server{ours}
 	if hpa != "" {
 		h, err := startHPA(ctx, hpa, root, burst)
 		if err != nil {
@@ -162,7 +142,7 @@ func runTFTP(ctx context.Context, args []string, stderr io.Writer) (result, erro
 	if *pin {
 		pids := []int{os.Getpid()}
 		for _, s := range servers {
-			pids = append(pids, s.cmd.Process.Pid)
+			pids = append(pids, s.pid())
 		}
 		restore, cpu, err := pinProcesses(pids)
 		if err != nil {
@@ -285,29 +265,10 @@ func median(v []float64) float64 {
 }
 
 func findTFTPD(name string) (string, error) {
-	if p, err := exec.LookPath(name); err == nil {
+	if p, ok := lookPeerPath(name); ok {
 		return p, nil
 	}
-	// Debian puts it in /usr/sbin, which is not on every user's PATH.
-	if !strings.Contains(name, "/") {
-		if p, err := exec.LookPath(filepath.Join("/usr/sbin", name)); err == nil {
-			return p, nil
-		}
-	}
 	return "", fmt.Errorf("tftpd-hpa is not installed (%q not found; on Debian: apt-get install tftpd-hpa), or run with -peer=none", name)
-}
-
-// tftpLockedWriter lets our server's log, copied from its process, and the progress
-// lines share one writer.
-type tftpLockedWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (l *tftpLockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
 }
 
 // tftpFile is a file in the served root and what a client must end up with.
@@ -335,71 +296,19 @@ func newTFTPFile(root, name string, size int64) (tftpFile, error) {
 	return t, nil
 }
 
-// tftpProc is a TFTP server process under test.
-type tftpProc struct {
-	name string
-	addr string
-	cmd  *exec.Cmd
-	done chan struct{}
-	quit func()
-}
-
-func (p *tftpProc) stop() {
-	p.quit()
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		p.cmd.Process.Kill()
-		<-p.done
-	}
-}
-
-func startOurTFTP(ctx context.Context, stderr io.Writer, args []string) (*tftpProc, error) {
+func startOurTFTP(ctx context.Context, stderr io.Writer, args []string) (*server, error) {
 	cmd, err := tftpServerCommand(args...)
 	if err != nil {
 		return nil, err
 	}
-	cmd.Stderr = stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	p := &tftpProc{name: "ours", cmd: cmd, done: make(chan struct{}),
-		quit: func() { cmd.Process.Signal(os.Interrupt) }}
-	addrc := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if a, ok := strings.CutPrefix(sc.Text(), "LISTEN "); ok {
-				addrc <- a
-			}
-		}
-		cmd.Wait()
-		close(p.done)
-	}()
-	select {
-	case p.addr = <-addrc:
-		return p, nil
-	case <-p.done:
-		return nil, fmt.Errorf("our TFTP server exited at start: %v", cmd.ProcessState)
-	case <-ctx.Done():
-		p.stop()
-		return nil, ctx.Err()
-	case <-time.After(10 * time.Second):
-		p.stop()
-		return nil, errors.New("our TFTP server did not start listening")
-	}
+	return startChild(ctx, cmd, "our TFTP server", stderr)
 }
 
 // startHPA runs in.tftpd in the foreground on a free loopback port, in its own process
 // group so that the children it forks per transfer are stopped with it. It returns once a
 // transfer of probe has worked and the port is known to be held by this process, not by a
 // system tftpd.
-func startHPA(ctx context.Context, bin, root string, probe tftpFile) (*tftpProc, error) {
+func startHPA(ctx context.Context, bin, root string, probe tftpFile) (*server, error) {
 	port, err := freeUDPPort()
 	if err != nil {
 		return nil, err
@@ -414,7 +323,7 @@ func startHPA(ctx context.Context, bin, root string, probe tftpFile) (*tftpProc,
 		return nil, err
 	}
 	pgid := cmd.Process.Pid
-	p := &tftpProc{name: "hpa", addr: addr, cmd: cmd, done: make(chan struct{}),
+	p := &server{name: "hpa", addr: addr, cmd: cmd, done: make(chan struct{}),
 		quit: func() { syscall.Kill(-pgid, syscall.SIGTERM) }}
 	go func() {
 		cmd.Wait()
@@ -545,7 +454,7 @@ func udpPortOwnedBy(port, pid int) error {
 
 // serveTFTPChild runs our server on the loopback until interrupted and prints its address.
 func serveTFTPChild(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("tftp "+tftpServeChild, flag.ContinueOnError)
+	fs := flag.NewFlagSet("tftp "+serveChild, flag.ContinueOnError)
 	root := fs.String("root", "", "")
 	maxTransfers := fs.Int("max-transfers", 0, "")
 	cpuProfile := fs.String("cpuprofile", "", "")
@@ -562,26 +471,12 @@ func serveTFTPChild(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
-	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Run(ctx) }()
-	select {
-	case <-srv.Bound():
-	case err := <-errc:
+	stopProfile, err := startCPUProfile(*cpuProfile)
+	if err != nil {
 		return err
 	}
-	fmt.Printf("LISTEN %s\n", srv.Addr())
-	if err := <-errc; err != nil {
+	defer stopProfile()
+	if err := serveBound(ctx, srv.Run, srv.Bound(), func() string { return srv.Addr().String() }); err != nil {
 		return err
 	}
 	if *memProfile != "" {
