@@ -61,6 +61,7 @@ func runTickle(ctx context.Context, args []string, stderr io.Writer) (result, er
 	workers := fs.Int("setup-workers", 16, "parallel enrollments during setup")
 	timeout := fs.Duration("timeout", 60*time.Second, "give up waiting for fetches after this")
 	profile := fs.String("cpuprofile", "", "write the task server's CPU profile over the burst to this file")
+	selfProfile := fs.String("harness-cpuprofile", "", "write the harness's own CPU profile over the burst to this file")
 	mode := fs.String("fetch", "http", "how agents fetch their job: http (signed plain HTTP) or https (mutual TLS, a handshake per fetch)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -231,6 +232,13 @@ services:
 			profDone <- fetchProfile("http://"+l["addr"].(string)+"/debug/pprof/profile?seconds=8", *profile)
 		}()
 		time.Sleep(200 * time.Millisecond)
+	}
+	if *selfProfile != "" {
+		stop, err := startCPUProfile(*selfProfile)
+		if err != nil {
+			return nil, err
+		}
+		defer stop()
 	}
 	job := ns.Job{ID: "bench-job", Name: "bench", Tasks: []ns.Task{{Name: "t", Command: []string{"true"}, Timeout: ns.Duration(time.Minute)}}}
 	t0 := time.Now()

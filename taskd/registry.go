@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	_ "modernc.org/sqlite" // pure-Go driver keeps the binary static
@@ -17,24 +18,46 @@ import (
 type registry struct {
 	db *sql.DB
 
+	// mu guards the map only; each entry's hot fields are atomics, so thousands of agents
+	// fetching at once do not queue on one lock.
 	mu     sync.RWMutex
-	agents map[string]*agentRecord
-	lastTS map[string]int64 // last signed-request timestamp per agent, against replays
-	// dirty holds the agents heard from since their last presence report; a set rather
-	// than a time cut-off, so an agent registering while a report is being made is not
-	// missed.
-	dirty map[string]bool
+	agents map[string]*entry
+}
+
+// entry is a registered agent: its record, fixed at registration, and what changes on
+// every request.
+type entry struct {
+	rec         agentRecord
+	lastContact atomic.Int64 // unix nanos
+	lastTS      atomic.Int64 // last signed-request timestamp, against replays
+	// dirty marks an agent heard from since its last presence report: a mark rather than a
+	// time cut-off, so an agent registering while a report is being made is not missed.
+	dirty atomic.Bool
+}
+
+func (e *entry) record() agentRecord {
+	a := e.rec
+	a.LastContact = time.Unix(0, e.lastContact.Load())
+	return a
 }
 
 // advance accepts a signed request's timestamp only if it is newer than the last one.
 func (r *registry) advance(id string, ts int64) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if ts <= r.lastTS[id] {
+	r.mu.RLock()
+	e, ok := r.agents[id]
+	r.mu.RUnlock()
+	if !ok {
 		return false
 	}
-	r.lastTS[id] = ts
-	return true
+	for {
+		last := e.lastTS.Load()
+		if ts <= last {
+			return false
+		}
+		if e.lastTS.CompareAndSwap(last, ts) {
+			return true
+		}
+	}
 }
 
 func openRegistry(ctx context.Context, dir string) (*registry, error) {
@@ -53,7 +76,7 @@ func openRegistry(ctx context.Context, dir string) (*registry, error) {
 		db.Close()
 		return nil, fmt.Errorf("taskd: agents db: %w", err)
 	}
-	r := &registry{db: db, agents: map[string]*agentRecord{}, lastTS: map[string]int64{}, dirty: map[string]bool{}}
+	r := &registry{db: db, agents: map[string]*entry{}}
 	rows, err := db.QueryContext(ctx, `SELECT id, ns, hostname, tickle_addr, tickle_key, tickle_key_id, registered_at, last_contact FROM agents`)
 	if err != nil {
 		db.Close()
@@ -67,9 +90,11 @@ func openRegistry(ctx context.Context, dir string) (*registry, error) {
 			db.Close()
 			return nil, fmt.Errorf("taskd: agents db: %w", err)
 		}
-		a.Registered, a.LastContact = time.Unix(0, reg), time.Unix(0, last)
+		a.Registered = time.Unix(0, reg)
 		a.apiKey = APIKey(a.TickleKey)
-		r.agents[a.ID] = &a
+		e := &entry{rec: a}
+		e.lastContact.Store(last)
+		r.agents[a.ID] = e
 	}
 	return r, rows.Err()
 }
@@ -83,52 +108,70 @@ func (r *registry) put(ctx context.Context, a agentRecord) error {
 		return fmt.Errorf("taskd: register agent %s: %w", a.ID, err)
 	}
 	a.apiKey = APIKey(a.TickleKey)
+	e := &entry{rec: a}
+	e.lastContact.Store(a.LastContact.UnixNano())
+	e.dirty.Store(true)
 	r.mu.Lock()
-	r.agents[a.ID] = &a
-	r.dirty[a.ID] = true
+	if old, ok := r.agents[a.ID]; ok {
+		// A re-registration keeps the replay guard: timestamps only go forward.
+		e.lastTS.Store(old.lastTS.Load())
+	}
+	r.agents[a.ID] = e
 	r.mu.Unlock()
 	return nil
 }
 
 func (r *registry) get(id string) (agentRecord, bool) {
 	r.mu.RLock()
-	defer r.mu.RUnlock()
-	a, ok := r.agents[id]
+	e, ok := r.agents[id]
+	r.mu.RUnlock()
 	if !ok {
 		return agentRecord{}, false
 	}
-	return *a, true
+	return e.record(), true
 }
 
 func (r *registry) touch(id string, t time.Time) {
-	r.mu.Lock()
-	if a, ok := r.agents[id]; ok && t.After(a.LastContact) {
-		a.LastContact = t
-		r.dirty[id] = true
+	r.mu.RLock()
+	e, ok := r.agents[id]
+	r.mu.RUnlock()
+	if !ok {
+		return
 	}
-	r.mu.Unlock()
+	n := t.UnixNano()
+	for {
+		last := e.lastContact.Load()
+		if n <= last {
+			return
+		}
+		if e.lastContact.CompareAndSwap(last, n) {
+			e.dirty.Store(true)
+			return
+		}
+	}
 }
 
 // takeDirty returns the agents of one NS heard from since their last report and clears
-// their mark; undirty puts marks back after a failed report.
+// their mark; markDirty puts marks back after a failed report.
 func (r *registry) takeDirty(nsName string) []agentRecord {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+	r.mu.RLock()
+	defer r.mu.RUnlock()
 	var out []agentRecord
-	for id := range r.dirty {
-		if a, ok := r.agents[id]; ok && a.NS == nsName {
-			out = append(out, *a)
-			delete(r.dirty, id)
+	for _, e := range r.agents {
+		if e.rec.NS == nsName && e.dirty.Swap(false) {
+			out = append(out, e.record())
 		}
 	}
 	return out
 }
 
 func (r *registry) markDirty(agents []agentRecord) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+	r.mu.RLock()
+	defer r.mu.RUnlock()
 	for _, a := range agents {
-		r.dirty[a.ID] = true
+		if e, ok := r.agents[a.ID]; ok {
+			e.dirty.Store(true)
+		}
 	}
 }
 
@@ -136,9 +179,10 @@ func (r *registry) markDirty(agents []agentRecord) {
 func (r *registry) counts(onlineSince time.Time) (registered, online int) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	for _, a := range r.agents {
+	since := onlineSince.UnixNano()
+	for _, e := range r.agents {
 		registered++
-		if a.LastContact.After(onlineSince) {
+		if e.lastContact.Load() > since {
 			online++
 		}
 	}
