@@ -126,3 +126,15 @@ func freeTCPPort() (int, error) {
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
+
+// findLog returns the last log line with msg for which match is true.
+func (p *process) findLog(msg string, match func(map[string]any) bool) (map[string]any, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i := len(p.logs) - 1; i >= 0; i-- {
+		if l := p.logs[i]; l["msg"] == msg && match(l) {
+			return l, true
+		}
+	}
+	return nil, false
+}

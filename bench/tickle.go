@@ -30,6 +30,9 @@ import (
 	"github.com/siteserver/siteserver/tickle"
 )
 
+// ssLogLevel is debug so the task server logs how long its work fetch took.
+const ssLogLevel = "debug"
+
 const (
 	benchServerToken = "bench-site-server-token-0123456789"
 	benchAgentToken  = "bench-agent-token-0123456789abcdef"
@@ -112,7 +115,7 @@ ns:
 	if *mode == "http" {
 		plainConf = "    agent_http_listen: \"127.0.0.1:0\"\n"
 	}
-	os.WriteFile(filepath.Join(dir, "ss.yaml"), fmt.Appendf(nil, `log: {format: json, level: info}
+	os.WriteFile(filepath.Join(dir, "ss.yaml"), fmt.Appendf(nil, `log: {format: json, level: %s}
 metrics: {listen: "127.0.0.1:0", pprof: %v}
 data_dir: %s
 hostname: bench-ss
@@ -125,7 +128,7 @@ services:
     agent_listen: "127.0.0.1:%d"
     url: "https://127.0.0.1:%d"
 %s    presence_interval: 1s
-`, *profile != "", filepath.Join(dir, "ss"), nsAddr, pin, benchServerToken, apiPort, apiPort, plainConf), 0o600)
+`, ssLogLevel, *profile != "", filepath.Join(dir, "ss"), nsAddr, pin, benchServerToken, apiPort, apiPort, plainConf), 0o600)
 	ss, err := startProcess(bin, stderr, "serve", "-config", filepath.Join(dir, "ss.yaml"))
 	if err != nil {
 		return nil, err
@@ -273,7 +276,12 @@ services:
 		}
 	}
 	// The server's own fan-out rate: how fast it put the tickles on the wire.
-	serverFanout, tickledMS, builtMS, burstMS := 0.0, 0.0, 0.0, 0.0
+	serverFanout, tickledMS, builtMS, burstMS, workMS := 0.0, 0.0, 0.0, 0.0, 0.0
+	if l, ok := ss.findLog("work fetched", func(l map[string]any) bool { n, _ := l["instances"].(float64); return n > 0 }); ok {
+		if d, ok := l["took"].(float64); ok {
+			workMS = d / 1e6
+		}
+	}
 	if l, err := ss.waitLog(ctx, "agents tickled", time.Second); err == nil {
 		serverFanout, _ = l["per_s"].(float64)
 		if b, ok := l["built"].(float64); ok {
@@ -301,6 +309,7 @@ services:
 	r.add("p99_ms", "%.1f", percentile(lat, 0.99))
 	r.add("max_ms", "%.1f", percentile(lat, 1))
 	r.add("create_ms", "%.1f", float64(created.Microseconds())/1000)
+	r.add("work_fetch_ms", "%.1f", workMS)
 	r.add("tickled_ms", "%.1f", tickledMS)
 	r.add("fanout_per_s", "%.0f", serverFanout)
 	r.add("fanout_build_ms", "%.1f", builtMS)

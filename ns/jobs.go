@@ -169,7 +169,7 @@ type tickler struct {
 }
 
 func newTickler(s *Server) *tickler {
-	return &tickler{s: s, window: 20 * time.Millisecond, pending: map[string]tickle.Type{},
+	return &tickler{s: s, window: 10 * time.Millisecond, pending: map[string]tickle.Type{},
 		wake: make(chan struct{}, 1), senders: map[string]*tickle.Sender{}}
 }
 

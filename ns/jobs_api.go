@@ -87,7 +87,7 @@ type JobInstance struct {
 	Created    time.Time `json:"created"`
 	Expires    time.Time `json:"expires"`
 	Updated    time.Time `json:"updated"`
-	Job        Job       `json:"job"` // the job as it was when the instance was created
+	Job        Job       `json:"job,omitzero"` // the job as it was when the instance was created
 }
 
 // Event kinds.

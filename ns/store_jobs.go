@@ -84,10 +84,15 @@ func (s *SQLiteStore) CreateInstances(ctx context.Context, insts []JobInstance) 
 			return err
 		}
 		defer stmt.Close()
+		// A job created for thousands of targets is one snapshot: encode it once.
+		specs := map[string][]byte{}
 		for _, in := range insts {
-			spec, err := json.Marshal(in.Job)
-			if err != nil {
-				return err
+			spec, ok := specs[in.JobID]
+			if !ok {
+				if spec, err = json.Marshal(in.Job); err != nil {
+					return err
+				}
+				specs[in.JobID] = spec
 			}
 			if _, err := stmt.ExecContext(ctx, in.ID, in.JobID, in.Agent, in.TaskServer, in.State, string(spec),
 				in.Created.UnixNano(), in.Expires.UnixNano(), in.Updated.UnixNano()); err != nil {

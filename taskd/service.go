@@ -458,7 +458,9 @@ func (s *Service) fetch(ctx context.Context, st *nsState) ([]agentRecord, error)
 	if err != nil {
 		return nil, err
 	}
-	s.metrics.fetchDuration.Observe(time.Since(start).Seconds())
+	took := time.Since(start)
+	s.metrics.fetchDuration.Observe(took.Seconds())
+	s.logger.Debug("work fetched", "ns", st.name, "instances", len(resp.Instances), "took", took)
 	byAgent := map[string][]ns.JobInstance{}
 	s.workMu.Lock()
 	var fresh []string
