@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -78,7 +79,7 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	delay := u.delay
 	u.mu.Unlock()
-	w.Header().Set("Content-Length", strconvI(len(body)))
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	for off := 0; off < len(body); off += 32 << 10 {
 		end := min(off+32<<10, len(body))
 		n, err := w.Write(body[off:end])
@@ -99,13 +100,6 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-}
-
-func strconvI(n int) string { return strings.TrimSpace(strings.Repeat(" ", 0) + itoa(n)) }
-
-func itoa(n int) string {
-	b, _ := json.Marshal(n)
-	return string(b)
 }
 
 type fakeClock struct {

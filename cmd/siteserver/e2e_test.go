@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
@@ -452,7 +451,6 @@ func TestCheckConfig(t *testing.T) {
 	if err := exec.Command(binary, "frobnicate").Run(); err == nil {
 		t.Fatal("unknown command exited 0")
 	}
-	_ = context.Background
 }
 
 func mustRead(t *testing.T, path string) []byte {

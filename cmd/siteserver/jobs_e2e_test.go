@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -318,7 +317,6 @@ tasks:
 			t.Fatalf("events at the NS = %v, want %v", got, want)
 		}
 	}
-	_ = exec.Command
 }
 
 // Forged and replayed tickles have no effect on the task server and are counted.

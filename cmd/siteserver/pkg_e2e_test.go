@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -155,7 +154,6 @@ ns: {name: central, url: %q, ca_file: %s, enrollment_token: %s}
 		}
 		return true
 	})
-	_ = slices.Contains[[]string]
 }
 
 func eventually(t *testing.T, what string, cond func() bool) {
