@@ -114,6 +114,8 @@ type RegisterServerResponse struct {
 	Sites    []SiteMatch `json:"sites"`
 	Settings Settings    `json:"settings"`
 	NSID     string      `json:"ns_id"`
+	// Channel is where the NS takes persistent tickle channels ("" when it has none).
+	Channel string `json:"channel,omitempty"`
 }
 
 // RegisterAgentRequest is what an agent reports about itself.

@@ -41,6 +41,9 @@ type ServerConfig struct {
 	MaxBodyBytes int64 `yaml:"max_body_bytes"`
 	// TickleSource is the local UDP address tickles to task servers are sent from.
 	TickleSource string `yaml:"tickle_source"`
+	// ChannelListen, if set, accepts persistent QUIC channels from task servers that cannot
+	// take inbound UDP (NAT, firewalls); their tickles then travel on the channel.
+	ChannelListen string `yaml:"channel_listen"`
 	// PublicURL is the NS's base URL as package servers and agents reach it (for package
 	// sources); default: the host each request used.
 	PublicURL string `yaml:"public_url"`
@@ -130,6 +133,11 @@ func (c *ServerConfig) Validate() error {
 	if _, _, err := net.SplitHostPort(c.TickleSource); err != nil {
 		return fmt.Errorf("tickle_source: %w", err)
 	}
+	if c.ChannelListen != "" {
+		if _, _, err := net.SplitHostPort(c.ChannelListen); err != nil {
+			return fmt.Errorf("channel_listen: %w", err)
+		}
+	}
 	if c.SweepInterval < 100*time.Millisecond {
 		return fmt.Errorf("sweep_interval: %s is below 100ms", c.SweepInterval)
 	}
@@ -179,6 +187,9 @@ type Endpoint struct {
 	// EnrollmentToken is the site server (or agent) token from the NS config.
 	EnrollmentToken     string `yaml:"enrollment_token"`
 	EnrollmentTokenFile string `yaml:"enrollment_token_file"`
+	// TickleChannel keeps a QUIC channel open to this NS (when it offers one), for a site
+	// server that cannot take inbound UDP; the NS's tickles then travel on it.
+	TickleChannel bool `yaml:"tickle_channel"`
 }
 
 // Validate names the bad field under prefix.

@@ -120,6 +120,7 @@ type jobMetrics struct {
 	instances *prometheus.GaugeVec
 	events    *prometheus.CounterVec
 	tickles   *tickle.Metrics
+	channel   *tickle.ChannelServerMetrics
 }
 
 func newJobMetrics(reg prometheus.Registerer) (*jobMetrics, error) {
@@ -150,6 +151,9 @@ func newJobMetrics(reg prometheus.Registerer) (*jobMetrics, error) {
 		return nil, err
 	}
 	m.tickles = tm
+	if m.channel, err = tickle.NewChannelServerMetrics(reg, subsystem); err != nil {
+		return nil, err
+	}
 	return m, nil
 }
 
@@ -222,13 +226,15 @@ func (t *tickler) send(ctx context.Context, server string, typ tickle.Type) erro
 			advertised = svc.Tickle
 		}
 	}
-	if advertised == "" {
-		return errors.New("no tickle address registered")
-	}
-	remote, _ := netip.ParseAddr(rec.RemoteAddr)
-	to, err := TickleTarget(advertised, remote)
-	if err != nil || !to.Addr().IsValid() {
-		return fmt.Errorf("tickle address %q: %v", advertised, err)
+	var to netip.AddrPort
+	if advertised != "" {
+		remote, _ := netip.ParseAddr(rec.RemoteAddr)
+		to, err = TickleTarget(advertised, remote)
+		if err != nil || !to.Addr().IsValid() {
+			return fmt.Errorf("tickle address %q: %v", advertised, err)
+		}
+	} else if t.s.channel == nil || !t.s.channel.Connected(server) {
+		return errors.New("no tickle address registered and no channel open")
 	}
 	key := fmt.Sprintf("%s/%d", server, rec.TickleKeyID)
 	snd := t.senders[key]
@@ -238,6 +244,15 @@ func (t *tickler) send(ctx context.Context, server string, typ tickle.Type) erro
 			return err
 		}
 		t.senders[key] = snd
+	}
+	// A task server that keeps a channel open may not be reachable by UDP at all.
+	if ch := t.s.channel; ch != nil && ch.Connected(server) {
+		b, err := snd.Append(nil, typ, nil)
+		if err == nil {
+			if err = ch.Send(server, b); err == nil {
+				return nil
+			}
+		}
 	}
 	return snd.Send(ctx, t.conn, to, typ, nil)
 }
@@ -525,7 +540,7 @@ func (s *Server) tickleAllTaskServers(ctx context.Context) {
 		return
 	}
 	for _, rec := range recs {
-		if rec.Status == StatusApproved && slices.ContainsFunc(rec.Services, func(si ServiceInfo) bool { return si.Name == ServiceTask && si.Tickle != "" }) {
+		if rec.Status == StatusApproved && slices.ContainsFunc(rec.Services, func(si ServiceInfo) bool { return si.Name == ServiceTask }) {
 			s.tickler.mark(rec.ID, tickle.SettingsChanged)
 		}
 	}

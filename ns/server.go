@@ -19,6 +19,7 @@ import (
 	"os"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,6 +28,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/sites"
+	"github.com/siteserver/siteserver/tickle"
 )
 
 // Server is the reference Notification Server.
@@ -36,6 +38,7 @@ type Server struct {
 	metrics    *serverMetrics
 	jobMetrics *jobMetrics
 	tickler    *tickler
+	channel    *tickle.ChannelServer
 	now        func() time.Time
 
 	// set up by Run
@@ -165,6 +168,38 @@ func (s *Server) Run(ctx context.Context) error {
 	tlsConf.Certificates = nil
 	tlsConf.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return current.Load(), nil }
 	go s.renewLoop(ctx, ca, ips, &current)
+	if s.cfg.ChannelListen != "" {
+		chConf := tlsConf.Clone()
+		chConf.ClientAuth = tls.RequireAndVerifyClientCert
+		chConf.NextProtos = []string{tickle.ChannelALPN}
+		s.channel = tickle.NewChannelServer(tickle.ChannelServerConfig{
+			Addr: s.cfg.ChannelListen, TLS: chConf, Metrics: s.jobMetrics.tickles, ChannelMetrics: s.jobMetrics.channel,
+			Logger: s.logger,
+			PeerID: func(cs tls.ConnectionState) (string, error) {
+				id, kind, ok := PeerIdentity(&cs)
+				if !ok || kind != KindSiteServer {
+					return "", errors.New("only site servers open tickle channels to the NS")
+				}
+				return id, nil
+			},
+		})
+		if err := s.channel.Validate(); err != nil {
+			ln.Close()
+			return fmt.Errorf("ns: channel: %w", err)
+		}
+		go func() {
+			if err := s.channel.Run(ctx); err != nil && ctx.Err() == nil {
+				s.logger.Error("tickle channel server stopped", "err", err)
+			}
+		}()
+		select {
+		case <-s.channel.Bound():
+			s.logger.Info("tickle channels listening", "addr", s.channel.Addr().String())
+		case <-ctx.Done():
+			ln.Close()
+			return nil
+		}
+	}
 	go s.reloadLoop(ctx)
 	go s.tickler.run(ctx)
 	go s.sweep(ctx, s.cfg.SweepInterval)
@@ -663,6 +698,7 @@ func (s *Server) handleRegisterServer(w http.ResponseWriter, r *http.Request) {
 		Sites:    matches(s.rules.Load().ServerSites(toSitesServer(rec, 0))),
 		Settings: s.cfg.Settings,
 		NSID:     s.nsID(),
+		Channel:  s.channelAddr(r),
 	})
 }
 
@@ -1132,4 +1168,17 @@ func (s *Server) handlePutRules(w http.ResponseWriter, r *http.Request) {
 	}
 	s.logger.Info("rules applied", "source", src, "sites", len(rules.Sites), "subnets", len(rules.Subnets))
 	writeJSON(w, http.StatusOK, ApplyRulesResponse{Source: string(src), Sites: len(rules.Sites), Subnets: len(rules.Subnets), Servers: len(rules.Servers)})
+}
+
+// channelAddr is where site servers open their channel: the host they used for the API
+// with the channel's port.
+func (s *Server) channelAddr(r *http.Request) string {
+	if s.channel == nil {
+		return ""
+	}
+	host := r.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	return net.JoinHostPort(host, strconv.Itoa(int(s.channel.Addr().Port())))
 }

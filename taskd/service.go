@@ -39,6 +39,9 @@ type NSLink struct {
 	Settings func() (ns.Settings, bool)
 	// Kick asks for a registration now (the NS said its settings changed).
 	Kick func()
+	// Channel returns the NS's tickle channel address from the last registration ("" if
+	// none); used when the endpoint asks for a channel.
+	Channel func() string
 }
 
 // Service is the task service.
@@ -71,6 +74,7 @@ type Service struct {
 	agentAddr net.Addr
 	httpAddr  net.Addr
 	channel   *tickle.ChannelServer
+	listener  *tickle.Listener
 	tickleAd  netip.AddrPort
 }
 
@@ -197,6 +201,7 @@ func (s *Service) Run(ctx context.Context) error {
 		Metrics:  s.metrics.tickles,
 		Logger:   s.logger,
 	})
+	s.listener = listener
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
@@ -313,6 +318,9 @@ func (s *Service) runNS(ctx context.Context, l *NSLink) {
 	s.kickFetch()
 
 	var wg sync.WaitGroup
+	if l.Peer.Endpoint.TickleChannel && l.Channel != nil {
+		wg.Go(func() { s.nsChannel(ctx, st, log) })
+	}
 	wg.Go(func() { s.deliveredLoop(ctx, st, log) })
 	wg.Go(func() { s.forwardLoop(ctx, st, log) })
 	wg.Go(func() { s.presenceLoop(ctx, st, log) })
@@ -1030,5 +1038,30 @@ func (s *Service) deliveredLoop(ctx context.Context, st *nsState, log *slog.Logg
 		case <-time.After(100 * time.Millisecond):
 		}
 		flush()
+	}
+}
+
+// nsChannel keeps a QUIC channel open to the NS once it has offered one, and hands what
+// arrives on it to the tickle listener, so it is verified and counted like UDP tickles.
+func (s *Service) nsChannel(ctx context.Context, st *nsState, log *slog.Logger) {
+	var addr string
+	for addr == "" {
+		if addr = st.link.Channel(); addr != "" {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+	host, _, _ := net.SplitHostPort(addr)
+	roots := x509.NewCertPool()
+	roots.AddCert(st.root)
+	conf := &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{st.cert}, RootCAs: roots, ServerName: host}
+	c := tickle.NewChannelClient(tickle.ChannelClientConfig{Addr: addr, TLS: conf, Deliver: s.listener.Receive, Logger: log})
+	log.Info("keeping a tickle channel open to the NS", "addr", addr)
+	if err := c.Run(ctx); err != nil && ctx.Err() == nil {
+		log.Error("tickle channel to the NS stopped", "err", err)
 	}
 }

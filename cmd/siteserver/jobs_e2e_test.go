@@ -43,6 +43,7 @@ type siteOpts struct {
 	agentTickle             string // agent tickle_listen
 	plainHTTP               bool   // task server offers the signed plain-HTTP agent API
 	channel                 bool   // task server offers QUIC channels and the agent keeps one
+	nsChannel               bool   // the NS offers QUIC channels and the task server keeps one
 }
 
 func newSite(t *testing.T, o siteOpts) *site {
@@ -61,11 +62,11 @@ ns:
   admin_token: %s
   rules_file: %s
   sweep_interval: 500ms
-  settings:
+%s  settings:
     heartbeat_interval: 1s
     task_update_interval: %s
     task_request_interval: %s
-`, filepath.Join(s.dir, "ns"), s.nsAddr, serverToken, agentToken, adminToken, rules, o.taskUpdate, o.taskRequest))
+`, filepath.Join(s.dir, "ns"), s.nsAddr, serverToken, agentToken, adminToken, rules, nsExtra(o), o.taskUpdate, o.taskRequest))
 	s.nsURL, s.caFile = "https://"+s.nsAddr, filepath.Join(s.dir, "ns", "ca.crt")
 	s.nsProc = start(t, "ns", "-config", s.nsConf)
 	pin := s.nsProc.waitLog("NS API listening")["ca_sha256"].(string)
@@ -91,6 +92,7 @@ ns:
     url: %s
     ca_sha256: %s
     enrollment_token: %s
+    tickle_channel: %v
 services:
   task:
     tickle_listen: "127.0.0.1:0"
@@ -98,7 +100,7 @@ services:
     url: "https://127.0.0.1:%d"
     presence_interval: 1s
     max_forward_backoff: 1s
-`, filepath.Join(s.dir, "ss"), s.nsURL, pin, serverToken, adv, apiPort, apiPort))
+`, filepath.Join(s.dir, "ss"), s.nsURL, pin, serverToken, o.nsChannel, adv, apiPort, apiPort))
 	s.ss = start(t, "serve", "-config", s.ssConf)
 	s.serverID = s.ss.waitLog("site server identity")["id"].(string)
 	s.ssMetrics = s.ss.waitLog("metrics listening")["addr"].(string)
@@ -375,5 +377,30 @@ func TestJobThroughChannel(t *testing.T) {
 	l := s.ss.waitLog("agents tickled")
 	if v, _ := l["via_channel"].(float64); v != 1 {
 		t.Fatalf("tickled via channel = %v, want 1", l["via_channel"])
+	}
+}
+
+func nsExtra(o siteOpts) string {
+	if o.nsChannel {
+		return "  channel_listen: \"127.0.0.1:0\"\n"
+	}
+	return ""
+}
+
+// A task server that cannot take inbound UDP keeps a channel to the NS and gets the NS's
+// tickles on it.
+func TestJobThroughNSChannel(t *testing.T) {
+	dead := freeUDPPort(t)
+	s := newSite(t, siteOpts{taskUpdate: "1h", taskRequest: "1h", agentTickle: "127.0.0.1:0", nsChannel: true,
+		tickleAdvertise: fmt.Sprintf("127.0.0.1:%d", dead)})
+	s.ss.waitLog("keeping a tickle channel open to the NS")
+	nsMetrics := s.nsProc.waitLog("metrics listening")["addr"].(string)
+	eventually(t, "the channel is up", func() bool {
+		return metricValue(t, nsMetrics, "siteserver_notification_server_tickle_channel_peers") == 1
+	})
+	id := s.createJob(twoTaskJob)
+	s.waitState(id, ns.StateSucceeded)
+	if n := metricValue(t, s.ssMetrics, "siteserver_task_tickles_received_total"); n < 1 {
+		t.Fatalf("task server received %v tickles", n)
 	}
 }

@@ -244,6 +244,11 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 					return last.Settings, ok
 				},
 				Kick: func() { registrar.Kick(p.Endpoint.Name) },
+				Channel: func() string {
+					var last ns.RegisterServerResponse
+					registrar.Last(p.Endpoint.Name, &last)
+					return last.Channel
+				},
 			})
 		}
 		if task, err = taskd.New(tcfg, id, links, logger.With("service", "task"), reg); err != nil {
