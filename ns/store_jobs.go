@@ -77,25 +77,30 @@ func (s *SQLiteStore) Jobs(ctx context.Context) ([]Job, error) {
 
 // CreateInstances implements Store.
 func (s *SQLiteStore) CreateInstances(ctx context.Context, insts []JobInstance) error {
-	err := s.tx(ctx, func(tx *sql.Tx) error {
-		stmt, err := tx.PrepareContext(ctx, `INSERT INTO job_instances (id, job_id, agent, task_server, state, job, created_at, expires_at, updated_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`)
-		if err != nil {
-			return err
-		}
-		defer stmt.Close()
-		// A job created for thousands of targets is one snapshot: encode it once.
-		specs := map[string][]byte{}
-		for _, in := range insts {
-			spec, ok := specs[in.JobID]
-			if !ok {
-				if spec, err = json.Marshal(in.Job); err != nil {
-					return err
-				}
-				specs[in.JobID] = spec
+	// A job created for thousands of targets is one snapshot: encode it once. Rows go in
+	// many to a statement, which is several times faster than one statement a row.
+	specs := map[string]string{}
+	for _, in := range insts {
+		if _, ok := specs[in.JobID]; !ok {
+			b, err := json.Marshal(in.Job)
+			if err != nil {
+				return err
 			}
-			if _, err := stmt.ExecContext(ctx, in.ID, in.JobID, in.Agent, in.TaskServer, in.State, string(spec),
-				in.Created.UnixNano(), in.Expires.UnixNano(), in.Updated.UnixNano()); err != nil {
+			specs[in.JobID] = string(b)
+		}
+	}
+	const perStatement = 200
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		for start := 0; start < len(insts); start += perStatement {
+			part := insts[start:min(start+perStatement, len(insts))]
+			q := `INSERT INTO job_instances (id, job_id, agent, task_server, state, job, created_at, expires_at, updated_at) VALUES ` +
+				strings.TrimSuffix(strings.Repeat("(?, ?, ?, ?, ?, ?, ?, ?, ?), ", len(part)), ", ")
+			args := make([]any, 0, 9*len(part))
+			for _, in := range part {
+				args = append(args, in.ID, in.JobID, in.Agent, in.TaskServer, in.State, specs[in.JobID],
+					in.Created.UnixNano(), in.Expires.UnixNano(), in.Updated.UnixNano())
+			}
+			if _, err := tx.ExecContext(ctx, q, args...); err != nil {
 				return err
 			}
 		}
