@@ -14,6 +14,7 @@ import (
 	"github.com/siteserver/siteserver/netbootd"
 	"github.com/siteserver/siteserver/ns"
 	"github.com/siteserver/siteserver/pkgd"
+	"github.com/siteserver/siteserver/sites"
 	"github.com/siteserver/siteserver/taskd"
 )
 
@@ -229,5 +230,39 @@ func TestNSErrors(t *testing.T) {
 				t.Fatalf("Load = %v, want an error naming %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestExampleJobAndRules(t *testing.T) {
+	fh, err := os.Open(filepath.Join(examplesDir(t), "job.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fh.Close()
+	var job ns.Job
+	if err := Decode(fh, &job); err != nil {
+		t.Fatal(err)
+	}
+	if err := job.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if job.ID != "inventory-refresh" || len(job.Tasks) != 2 || time.Duration(job.Validity) != time.Hour ||
+		job.Tasks[1].OnExit[0].Action != ns.ActionSuccess || time.Duration(job.Tasks[1].Timeout) != time.Minute {
+		t.Fatalf("job.yaml = %+v", job)
+	}
+	b, err := os.ReadFile(filepath.Join(examplesDir(t), "sites.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := sites.ParseRulesFile(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := sites.Compile(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := m.Lookup(netip.MustParseAddr("10.1.200.9")); !ok || got.Site != "berlin-lab" {
+		t.Fatalf("10.1.200.9 is in %+v, want berlin-lab (the more specific subnet)", got)
 	}
 }
