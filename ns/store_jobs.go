@@ -21,58 +21,73 @@ type InstanceFilter struct {
 	Limit  int
 }
 
-// PutJob implements Store.
-func (s *SQLiteStore) PutJob(ctx context.Context, j Job, now time.Time) error {
-	spec, err := json.Marshal(j)
+// Jobs and packages are each one JSON document per id (table "jobs" or "packages", both
+// id, spec, created_at, updated_at): the same three operations serve both.
+
+func putSpec(ctx context.Context, db *sql.DB, table, id string, v any, now time.Time) error {
+	spec, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	_, err = s.db.ExecContext(ctx, `INSERT INTO jobs (id, spec, created_at, updated_at) VALUES (?, ?, ?, ?)
+	_, err = db.ExecContext(ctx, `INSERT INTO `+table+` (id, spec, created_at, updated_at) VALUES (?, ?, ?, ?)
 		ON CONFLICT (id) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at`,
-		j.ID, string(spec), now.UnixNano(), now.UnixNano())
+		id, string(spec), now.UnixNano(), now.UnixNano())
 	if err != nil {
-		return fmt.Errorf("ns: store: put job %s: %w", j.ID, err)
+		return fmt.Errorf("ns: store: put %s %s: %w", table, id, err)
 	}
 	return nil
 }
 
-// Job implements Store.
-func (s *SQLiteStore) Job(ctx context.Context, id string) (Job, error) {
+func getSpec[T any](ctx context.Context, db *sql.DB, table, id string) (T, error) {
+	var v T
 	var spec string
-	err := s.db.QueryRowContext(ctx, `SELECT spec FROM jobs WHERE id = ?`, id).Scan(&spec)
+	err := db.QueryRowContext(ctx, `SELECT spec FROM `+table+` WHERE id = ?`, id).Scan(&spec)
 	if errors.Is(err, sql.ErrNoRows) {
-		return Job{}, ErrNotFound
+		return v, ErrNotFound
+	}
+	if err == nil {
+		err = json.Unmarshal([]byte(spec), &v)
 	}
 	if err != nil {
-		return Job{}, fmt.Errorf("ns: store: job %s: %w", id, err)
+		return v, fmt.Errorf("ns: store: %s %s: %w", table, id, err)
 	}
-	var j Job
-	if err := json.Unmarshal([]byte(spec), &j); err != nil {
-		return Job{}, fmt.Errorf("ns: store: job %s: %w", id, err)
+	return v, nil
+}
+
+func listSpecs[T any](ctx context.Context, db *sql.DB, table string) ([]T, error) {
+	rows, err := db.QueryContext(ctx, `SELECT spec FROM `+table+` ORDER BY id`)
+	if err != nil {
+		return nil, fmt.Errorf("ns: store: %s: %w", table, err)
 	}
-	return j, nil
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		var spec string
+		var v T
+		if err := rows.Scan(&spec); err != nil {
+			return nil, err
+		}
+		if err := json.Unmarshal([]byte(spec), &v); err != nil {
+			return nil, fmt.Errorf("ns: store: %s: %w", table, err)
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
+// PutJob implements Store.
+func (s *SQLiteStore) PutJob(ctx context.Context, j Job, now time.Time) error {
+	return putSpec(ctx, s.db, "jobs", j.ID, j, now)
+}
+
+// Job implements Store.
+func (s *SQLiteStore) Job(ctx context.Context, id string) (Job, error) {
+	return getSpec[Job](ctx, s.db, "jobs", id)
 }
 
 // Jobs implements Store.
 func (s *SQLiteStore) Jobs(ctx context.Context) ([]Job, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT spec FROM jobs ORDER BY id`)
-	if err != nil {
-		return nil, fmt.Errorf("ns: store: jobs: %w", err)
-	}
-	defer rows.Close()
-	var out []Job
-	for rows.Next() {
-		var spec string
-		var j Job
-		if err := rows.Scan(&spec); err != nil {
-			return nil, err
-		}
-		if err := json.Unmarshal([]byte(spec), &j); err != nil {
-			return nil, err
-		}
-		out = append(out, j)
-	}
-	return out, rows.Err()
+	return listSpecs[Job](ctx, s.db, "jobs")
 }
 
 // CreateInstances implements Store.

@@ -3,8 +3,6 @@ package ns
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -12,56 +10,17 @@ import (
 
 // PutPackage implements Store.
 func (s *SQLiteStore) PutPackage(ctx context.Context, p Package, now time.Time) error {
-	spec, err := json.Marshal(p)
-	if err != nil {
-		return err
-	}
-	_, err = s.db.ExecContext(ctx, `INSERT INTO packages (id, spec, created_at, updated_at) VALUES (?, ?, ?, ?)
-		ON CONFLICT (id) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at`,
-		p.ID, string(spec), now.UnixNano(), now.UnixNano())
-	if err != nil {
-		return fmt.Errorf("ns: store: put package %s: %w", p.ID, err)
-	}
-	return nil
+	return putSpec(ctx, s.db, "packages", p.ID, p, now)
 }
 
 // Package implements Store.
 func (s *SQLiteStore) Package(ctx context.Context, id string) (Package, error) {
-	var spec string
-	err := s.db.QueryRowContext(ctx, `SELECT spec FROM packages WHERE id = ?`, id).Scan(&spec)
-	if errors.Is(err, sql.ErrNoRows) {
-		return Package{}, ErrNotFound
-	}
-	if err != nil {
-		return Package{}, fmt.Errorf("ns: store: package %s: %w", id, err)
-	}
-	var p Package
-	if err := json.Unmarshal([]byte(spec), &p); err != nil {
-		return Package{}, fmt.Errorf("ns: store: package %s: %w", id, err)
-	}
-	return p, nil
+	return getSpec[Package](ctx, s.db, "packages", id)
 }
 
 // Packages implements Store.
 func (s *SQLiteStore) Packages(ctx context.Context) ([]Package, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT spec FROM packages ORDER BY id`)
-	if err != nil {
-		return nil, fmt.Errorf("ns: store: packages: %w", err)
-	}
-	defer rows.Close()
-	var out []Package
-	for rows.Next() {
-		var spec string
-		var p Package
-		if err := rows.Scan(&spec); err != nil {
-			return nil, err
-		}
-		if err := json.Unmarshal([]byte(spec), &p); err != nil {
-			return nil, err
-		}
-		out = append(out, p)
-	}
-	return out, rows.Err()
+	return listSpecs[Package](ctx, s.db, "packages")
 }
 
 // DeletePackage implements Store.
