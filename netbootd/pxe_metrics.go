@@ -1,11 +1,12 @@
 package netbootd
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/siteserver/siteserver/internal/obs"
 )
 
 // pxeMetrics counts the DHCP side of the netboot service: proxyDHCP, the PXE boot server
@@ -89,17 +90,11 @@ func newPXEMetrics(reg prometheus.Registerer) (*pxeMetrics, error) {
 }
 
 func pxeRegister[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	err := reg.Register(c)
-	if err == nil {
-		return c, nil
+	c, err := obs.Register(reg, c)
+	if err != nil {
+		return c, fmt.Errorf("netbootd: pxe: metrics: %w", err)
 	}
-	var are prometheus.AlreadyRegisteredError
-	if errors.As(err, &are) {
-		if existing, ok := are.ExistingCollector.(C); ok {
-			return existing, nil
-		}
-	}
-	return c, fmt.Errorf("netbootd: pxe: metrics: %w", err)
+	return c, nil
 }
 
 func (m *pxeMetrics) request(req *dhcpv4.DHCPv4) {

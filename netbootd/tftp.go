@@ -20,6 +20,8 @@ import (
 
 	"github.com/pin/tftp/v3"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/siteserver/siteserver/internal/obs"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
 )
@@ -600,15 +602,9 @@ func newTFTPMetrics(reg prometheus.Registerer) (*tftpMetrics, error) {
 // tftpRegister registers c with reg, or returns the collector already registered under
 // the same name, so several TFTP servers of one process share their series.
 func tftpRegister[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	err := reg.Register(c)
-	if err == nil {
-		return c, nil
+	c, err := obs.Register(reg, c)
+	if err != nil {
+		return c, fmt.Errorf("netbootd: tftp: metrics: %w", err)
 	}
-	var are prometheus.AlreadyRegisteredError
-	if errors.As(err, &are) {
-		if existing, ok := are.ExistingCollector.(C); ok {
-			return existing, nil
-		}
-	}
-	return c, fmt.Errorf("netbootd: tftp: metrics: %w", err)
+	return c, nil
 }

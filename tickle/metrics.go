@@ -1,10 +1,11 @@
 package tickle
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/siteserver/siteserver/internal/obs"
 )
 
 // Metrics counts tickles for one service. A nil *Metrics counts nothing, so
@@ -63,17 +64,11 @@ func NewMetrics(reg prometheus.Registerer, subsystem string) (*Metrics, error) {
 }
 
 func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	err := reg.Register(c)
-	if err == nil {
-		return c, nil
+	c, err := obs.Register(reg, c)
+	if err != nil {
+		return c, fmt.Errorf("tickle: metrics: %w", err)
 	}
-	var are prometheus.AlreadyRegisteredError
-	if errors.As(err, &are) {
-		if existing, ok := are.ExistingCollector.(C); ok {
-			return existing, nil
-		}
-	}
-	return c, fmt.Errorf("tickle: metrics: %w", err)
+	return c, nil
 }
 
 func (m *Metrics) receivedOne() {

@@ -190,3 +190,20 @@ func ServeHTTP(ctx context.Context, ln net.Listener, srv *http.Server) error {
 	}
 	return nil
 }
+
+// Register registers c with reg, or returns the collector already registered under the
+// same name and type, so that several instances of a service in one process (or a
+// service restarted in tests) share their series instead of failing.
+func Register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
+	err := reg.Register(c)
+	if err == nil {
+		return c, nil
+	}
+	var are prometheus.AlreadyRegisteredError
+	if errors.As(err, &are) {
+		if existing, ok := are.ExistingCollector.(C); ok {
+			return existing, nil
+		}
+	}
+	return c, err
+}
