@@ -100,26 +100,10 @@ func newPkgSite(ctx context.Context, stderr io.Writer, size int, bandwidth strin
 	if s.bin, err = buildSiteserver(ctx, dir); err != nil {
 		return nil, err
 	}
-	nsPort, _ := freeTCPPort()
-	nsAddr := fmt.Sprintf("127.0.0.1:%d", nsPort)
-	os.WriteFile(filepath.Join(dir, "ns.yaml"), fmt.Appendf(nil, `log: {format: json, level: info}
-metrics: {listen: "127.0.0.1:0"}
-ns:
-  data_dir: %s
-  listen: %q
-  site_server_token: %s
-  agent_token: %s
-  admin_token: %s
-  settings: {heartbeat_interval: 1s}
-`, filepath.Join(dir, "ns"), nsAddr, benchServerToken, benchAgentToken, benchAdminToken), 0o600)
-	if s.ns, err = startProcess(s.bin, stderr, "ns", "-config", filepath.Join(dir, "ns.yaml")); err != nil {
+	var nsAddr, pin string
+	if s.ns, nsAddr, pin, err = startNS(ctx, s.bin, dir, stderr, "  settings: {heartbeat_interval: 1s}\n"); err != nil {
 		return nil, err
 	}
-	l, err := s.ns.waitLog(ctx, "NS API listening", 30*time.Second)
-	if err != nil {
-		return nil, err
-	}
-	pin := l["ca_sha256"].(string)
 	if s.proxy, err = startProxy(nsAddr); err != nil {
 		return nil, err
 	}

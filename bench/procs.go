@@ -138,3 +138,38 @@ func (p *process) findLog(msg string, match func(map[string]any) bool) (map[stri
 	}
 	return nil, false
 }
+
+// startNS runs a reference NS process from a config written into dir, with the bench's
+// tokens and the given extra lines under ns: (settings and the like), and returns it with
+// its API address and CA fingerprint.
+func startNS(ctx context.Context, bin, dir string, stderr io.Writer, extra string) (*process, string, string, error) {
+	port, err := freeTCPPort()
+	if err != nil {
+		return nil, "", "", err
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	conf := filepath.Join(dir, "ns.yaml")
+	err = os.WriteFile(conf, fmt.Appendf(nil, `log: {format: json, level: info}
+metrics: {listen: "127.0.0.1:0"}
+ns:
+  data_dir: %s
+  listen: %q
+  site_server_token: %s
+  agent_token: %s
+  admin_token: %s
+%s`, filepath.Join(dir, "ns"), addr, benchServerToken, benchAgentToken, benchAdminToken, extra), 0o600)
+	if err != nil {
+		return nil, "", "", err
+	}
+	p, err := startProcess(bin, stderr, "ns", "-config", conf)
+	if err != nil {
+		return nil, "", "", err
+	}
+	l, err := p.waitLog(ctx, "NS API listening", 30*time.Second)
+	if err != nil {
+		p.stop()
+		return nil, "", "", err
+	}
+	pin, _ := l["ca_sha256"].(string)
+	return p, addr, pin, nil
+}

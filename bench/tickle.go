@@ -87,29 +87,12 @@ func runTickle(ctx context.Context, args []string, stderr io.Writer) (result, er
 	}
 
 	// The NS and the task server are real processes; the agents live here.
-	nsPort, _ := freeTCPPort()
-	nsAddr := fmt.Sprintf("127.0.0.1:%d", nsPort)
-	os.WriteFile(filepath.Join(dir, "ns.yaml"), fmt.Appendf(nil, `log: {format: json, level: info}
-metrics: {listen: "127.0.0.1:0"}
-ns:
-  data_dir: %s
-  listen: %q
-  site_server_token: %s
-  agent_token: %s
-  admin_token: %s
-  max_body_bytes: 16777216
-  settings: {heartbeat_interval: 30s, task_update_interval: 1h, task_request_interval: 1h}
-`, filepath.Join(dir, "ns"), nsAddr, benchServerToken, benchAgentToken, benchAdminToken), 0o600)
-	nsProc, err := startProcess(bin, stderr, "ns", "-config", filepath.Join(dir, "ns.yaml"))
+	nsProc, nsAddr, pin, err := startNS(ctx, bin, dir, stderr,
+		"  max_body_bytes: 16777216\n  settings: {heartbeat_interval: 30s, task_update_interval: 1h, task_request_interval: 1h}\n")
 	if err != nil {
 		return nil, err
 	}
 	defer nsProc.stop()
-	l, err := nsProc.waitLog(ctx, "NS API listening", 30*time.Second)
-	if err != nil {
-		return nil, err
-	}
-	pin := l["ca_sha256"].(string)
 	apiPort, _ := freeTCPPort()
 	plainConf := ""
 	if *mode == "http" {
@@ -134,7 +117,7 @@ services:
 		return nil, err
 	}
 	defer ss.stop()
-	l, err = ss.waitLog(ctx, "site server identity", 30*time.Second)
+	l, err := ss.waitLog(ctx, "site server identity", 30*time.Second)
 	if err != nil {
 		return nil, err
 	}
