@@ -110,7 +110,7 @@ services:
     tickle_listen: "127.0.0.1:0"
     agent_listen: "127.0.0.1:%d"
     url: "https://127.0.0.1:%d"
-%s    presence_interval: 1s
+%s
 `, ssLogLevel, *profile != "", filepath.Join(dir, "ss"), nsAddr, pin, benchServerToken, apiPort, apiPort, plainConf), 0o600)
 	ss, err := startProcess(bin, stderr, "serve", "-config", filepath.Join(dir, "ss.yaml"))
 	if err != nil {
@@ -226,6 +226,7 @@ services:
 		}
 		defer stop()
 	}
+	cpu0 := [3]float64{cpuSeconds(nsProc.cmd.Process.Pid), cpuSeconds(ss.cmd.Process.Pid), cpuSeconds(os.Getpid())}
 	job := ns.Job{ID: "bench-job", Name: "bench", Tasks: []ns.Task{{Name: "t", Command: []string{"true"}, Timeout: ns.Duration(time.Minute)}}}
 	t0 := time.Now()
 	if _, err := nsClient.CreateJob(ctx, ns.CreateJobRequest{Job: job, Targets: ids}); err != nil {
@@ -236,6 +237,7 @@ services:
 	for countSet(agents, func(a *simAgent) int64 { return a.fetched.Load() }) < *n && time.Now().Before(deadline) && ctx.Err() == nil {
 		time.Sleep(10 * time.Millisecond)
 	}
+	cpu1 := [3]float64{cpuSeconds(nsProc.cmd.Process.Pid), cpuSeconds(ss.cmd.Process.Pid), cpuSeconds(os.Getpid())}
 	var lat []float64
 	var tickleTimes []int64
 	for _, a := range agents {
@@ -302,6 +304,10 @@ services:
 	r.add("received_per_s", "%.0f", fanout)
 	r.add("rss_mb", "%.1f", rss)
 	r.add("rss_setup_mb", "%.1f", setupRSS)
+	// CPU each process used from job creation until the last fetch (two cores here).
+	r.add("cpu_ns_s", "%.2f", cpu1[0]-cpu0[0])
+	r.add("cpu_ss_s", "%.2f", cpu1[1]-cpu0[1])
+	r.add("cpu_agents_s", "%.2f", cpu1[2]-cpu0[2])
 	r.add("fetch_concurrency", "%d", *conc)
 	r.add("fetch", "%s", *mode)
 	return r, nil

@@ -121,6 +121,17 @@ func (r *registry) put(ctx context.Context, a agentRecord) error {
 	return nil
 }
 
+// all returns every registered agent.
+func (r *registry) all() []agentRecord {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	out := make([]agentRecord, 0, len(r.agents))
+	for _, e := range r.agents {
+		out = append(out, e.record())
+	}
+	return out
+}
+
 func (r *registry) get(id string) (agentRecord, bool) {
 	r.mu.RLock()
 	e, ok := r.agents[id]

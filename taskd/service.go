@@ -67,7 +67,7 @@ type Service struct {
 
 	agentConn *net.UDPConn
 	sendersMu sync.Mutex
-	senders   map[string]*tickle.Sender
+	senders   map[senderKey]*tickle.Sender
 
 	ready     atomic.Bool
 	bound     chan struct{}
@@ -106,7 +106,7 @@ func New(cfg Config, id string, links []*NSLink, logger *slog.Logger, reg promet
 	}
 	s := &Service{cfg: cfg, id: id, links: links, logger: logger, fetchCh: make(chan struct{}, 1),
 		work: map[string]map[string][]ns.JobInstance{}, known: map[string]bool{}, delivered: map[string]bool{},
-		finished: map[string]bool{}, senders: map[string]*tickle.Sender{}, bound: make(chan struct{})}
+		finished: map[string]bool{}, senders: map[senderKey]*tickle.Sender{}, bound: make(chan struct{})}
 	m, err := newMetrics(reg, s)
 	if err != nil {
 		return nil, fmt.Errorf("taskd: metrics: %w", err)
@@ -164,6 +164,10 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	s.reg = reg
 	defer reg.close()
+	// Key every agent's tickle sender now rather than during the first fan-out.
+	for _, a := range reg.all() {
+		s.sender(a)
+	}
 
 	tickleConn, err := net.ListenPacket("udp", s.cfg.TickleListen)
 	if err != nil {
@@ -528,10 +532,16 @@ func (s *Service) pruneLocked() {
 	s.metrics.instances.WithLabelValues(ns.StateDelivered).Set(float64(delivered))
 }
 
+// senderKey names an agent's tickle key: a new key gets a new sender.
+type senderKey struct {
+	agent string
+	keyID uint32
+}
+
 func (s *Service) sender(a agentRecord) (*tickle.Sender, error) {
 	s.sendersMu.Lock()
 	defer s.sendersMu.Unlock()
-	key := fmt.Sprintf("%s/%d", a.ID, a.TickleKeyID)
+	key := senderKey{a.ID, a.TickleKeyID}
 	if snd, ok := s.senders[key]; ok {
 		return snd, nil
 	}
@@ -543,19 +553,21 @@ func (s *Service) sender(a agentRecord) (*tickle.Sender, error) {
 	return snd, nil
 }
 
-// tickleAgents builds every agent's datagram (each with its own key) first and then sends
-// them in one tight loop, so a burst to thousands of agents takes milliseconds.
+// tickleAgents tickles each agent, every datagram with the agent's own key: all are built
+// into one buffer first, then handed to the kernel in batches, so a burst to thousands of
+// agents takes milliseconds.
 func (s *Service) tickleAgents(ctx context.Context, agents []agentRecord) {
 	if len(agents) == 0 {
 		return
 	}
 	start := time.Now()
 	viaChannel := 0
-	dgs := make([][]byte, 0, len(agents))
+	buf := make([]byte, 0, len(agents)*128)
+	ends := make([]int, 0, len(agents))
 	to := make([]netip.AddrPort, 0, len(agents))
 	for _, a := range agents {
-		addr, err := netip.ParseAddrPort(a.TickleAddr)
 		hasChannel := s.channel != nil && s.channel.Connected(a.ID)
+		addr, err := netip.ParseAddrPort(a.TickleAddr)
 		if err != nil && !hasChannel {
 			continue
 		}
@@ -563,18 +575,30 @@ func (s *Service) tickleAgents(ctx context.Context, agents []agentRecord) {
 		if err != nil {
 			continue
 		}
-		b, err := snd.Append(make([]byte, 0, 128), tickle.WorkPending, nil)
-		if err != nil {
+		at := len(buf)
+		if buf, err = snd.Append(buf, tickle.WorkPending, nil); err != nil {
+			buf = buf[:at]
 			continue
 		}
 		// An agent that keeps a channel open may not be reachable by UDP at all.
-		if s.channel != nil && s.channel.Connected(a.ID) {
-			if err := s.channel.Send(a.ID, b); err == nil {
+		if hasChannel {
+			sendErr := s.channel.Send(a.ID, buf[at:])
+			if sendErr == nil {
 				viaChannel++
+			}
+			if sendErr == nil || !addr.IsValid() {
+				buf = buf[:at]
 				continue
 			}
 		}
-		dgs, to = append(dgs, b), append(to, addr)
+		ends, to = append(ends, len(buf)), append(to, addr)
+	}
+	// Slices into buf are taken only now: appending may have moved it.
+	dgs := make([][]byte, len(ends))
+	from := 0
+	for i, end := range ends {
+		dgs[i] = buf[from:end:end]
+		from = end
 	}
 	built := time.Since(start)
 	sent, err := tickle.SendBatch(s.agentConn, dgs, to, s.metrics.tickles)
@@ -587,6 +611,38 @@ func (s *Service) tickleAgents(ctx context.Context, agents []agentRecord) {
 		"per_s", float64(sent)/max(d.Seconds(), 1e-9))
 }
 
+// Events that arrive after a quiet spell are forwarded once they pause for forwardQuiet, or
+// forwardMaxLinger after the first: a burst (thousands of agents taking a job, each a
+// "delivered" event) then goes to the NS in a few full batches after it, rather than in
+// many small ones that would compete with the agents' fetches for the same CPUs. A backlog
+// is forwarded batch after batch without waiting.
+const (
+	forwardQuiet     = 250 * time.Millisecond
+	forwardMaxLinger = 2 * time.Second
+)
+
+// lingerForBurst waits until depth stays the same for forwardQuiet or forwardMaxLinger has
+// passed; it reports false if ctx ended first.
+func lingerForBurst(ctx context.Context, depth func() int) bool {
+	tk := time.NewTicker(forwardQuiet / 5)
+	defer tk.Stop()
+	start := time.Now()
+	last, lastChange := depth(), start
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case now := <-tk.C:
+			if d := depth(); d != last {
+				last, lastChange = d, now
+			}
+			if now.Sub(lastChange) >= forwardQuiet || now.Sub(start) >= forwardMaxLinger {
+				return true
+			}
+		}
+	}
+}
+
 func (s *Service) forwardLoop(ctx context.Context, st *nsState, log *slog.Logger) {
 	failures := 0
 	for {
@@ -595,6 +651,9 @@ func (s *Service) forwardLoop(ctx context.Context, st *nsState, log *slog.Logger
 			case <-ctx.Done():
 				return
 			case <-st.spool.Notify():
+			}
+			if !lingerForBurst(ctx, st.spool.Depth) {
+				return
 			}
 		}
 		events, cur, err := st.spool.Next(s.cfg.ForwardBatch, 4<<20)
@@ -805,6 +864,7 @@ func (s *Service) handleRegister(w http.ResponseWriter, r *http.Request, p agent
 		return
 	}
 	s.metrics.registrations.Inc()
+	s.sender(rec) // keyed now, so the first tickle to it costs no more than the next
 	interval := 30 * time.Minute
 	if set, ok := p.ns.link.Settings(); ok {
 		interval = set.TaskRequestInterval

@@ -126,4 +126,36 @@ func BenchmarkFanout(b *testing.B) {
 		b.ReportMetric(perRaw, "raw-ns/datagram")
 		b.ReportMetric(perTickle/perRaw, "x_raw")
 	})
+
+	b.Run("batch", func(b *testing.B) {
+		// Prebuilt datagrams to receivers that never read, through SendBatch (sendmmsg
+		// on Linux) and through a plain loop of writes.
+		to := make([]netip.AddrPort, agents)
+		dgs := make([][]byte, agents)
+		var sinks []netip.AddrPort
+		for range 16 {
+			sinks = append(sinks, addrPort(listenUDP(b).LocalAddr()))
+		}
+		for i := range to {
+			to[i] = sinks[i%len(sinks)]
+			dgs[i] = mustMarshal(b, Tickle{Type: WorkPending, Sender: nsID, KeyID: 1, Time: time.Now(), Payload: payload}, testKey)
+		}
+		conn := listenUDP(b)
+		for b.Loop() {
+			if _, err := SendBatch(conn, dgs, to, nil); err != nil {
+				b.Fatal(err)
+			}
+		}
+		perBatch := float64(b.Elapsed().Nanoseconds()) / float64(b.N*agents)
+		start := time.Now()
+		for range b.N {
+			if _, err := sendLoop(conn, dgs, to); err != nil {
+				b.Fatal(err)
+			}
+		}
+		perLoop := float64(time.Since(start).Nanoseconds()) / float64(b.N*agents)
+		b.ReportMetric(perBatch, "ns/datagram")
+		b.ReportMetric(perLoop, "loop-ns/datagram")
+		b.ReportMetric(perLoop/perBatch, "x_loop")
+	})
 }

@@ -32,8 +32,31 @@ type Sender struct {
 	// after the time window and then accept the lower numbers.
 	seq atomic.Uint64
 
-	macs sync.Pool // of hash.Hash, HMAC-SHA256 keyed for this sender
-	bufs sync.Pool // of *[]byte
+	// mac is kept for the life of the sender: keying HMAC-SHA256 costs more than
+	// tagging a tickle, and a pool is emptied by every other garbage collection,
+	// which a fan-out to thousands of agents, each with its own sender, would pay
+	// each time. macs serves the callers that find it in use.
+	macMu sync.Mutex
+	mac   hash.Hash
+	macs  sync.Pool // of hash.Hash, HMAC-SHA256 keyed for this sender
+	bufs  sync.Pool // of *[]byte
+}
+
+// getMAC returns a keyed HMAC for one use and whether it is the kept one; putMAC
+// gives it back.
+func (s *Sender) getMAC() (hash.Hash, bool) {
+	if s.macMu.TryLock() {
+		return s.mac, true
+	}
+	return s.macs.Get().(hash.Hash), false
+}
+
+func (s *Sender) putMAC(m hash.Hash, kept bool) {
+	if kept {
+		s.macMu.Unlock()
+		return
+	}
+	s.macs.Put(m)
 }
 
 // NewSender returns a Sender for sender id id using key, known to receivers
@@ -48,6 +71,7 @@ func NewSender(id string, keyID uint32, key []byte, m *Metrics) (*Sender, error)
 	key = append([]byte(nil), key...)
 	s := &Sender{id: id, keyID: keyID, metrics: m, now: time.Now}
 	s.macs.New = func() any { return hmac.New(sha256.New, key) }
+	s.mac = s.macs.New().(hash.Hash)
 	s.bufs.New = func() any { b := make([]byte, 0, MaxDatagram); return &b }
 	s.seq.Store(uint64(time.Now().UnixNano()))
 	return s, nil
@@ -92,8 +116,8 @@ func (s *Sender) SendAll(ctx context.Context, conn net.PacketConn, to []netip.Ad
 		s.metrics.sendErrorsN(len(to))
 		return 0, err
 	}
-	mac := s.macs.Get().(hash.Hash)
-	defer s.macs.Put(mac)
+	mac, kept := s.getMAC()
+	defer s.putMAC(mac, kept)
 	bp := s.bufs.Get().(*[]byte)
 	defer s.bufs.Put(bp)
 
