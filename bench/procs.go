@@ -19,7 +19,7 @@ import (
 // buildSiteserver builds the real binary once per run into dir.
 func buildSiteserver(ctx context.Context, dir string) (string, error) {
 	bin := filepath.Join(dir, "siteserver")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/siteserver")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/siteserver/siteserver/cmd/siteserver")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("building siteserver: %v\n%s", err, out)
 	}
@@ -150,7 +150,7 @@ func startNS(ctx context.Context, bin, dir string, stderr io.Writer, extra strin
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	conf := filepath.Join(dir, "ns.yaml")
 	err = os.WriteFile(conf, fmt.Appendf(nil, `log: {format: json, level: info}
-metrics: {listen: "127.0.0.1:0"}
+metrics: {listen: "127.0.0.1:0", pprof: true}
 ns:
   data_dir: %s
   listen: %q

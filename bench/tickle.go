@@ -64,6 +64,7 @@ func runTickle(ctx context.Context, args []string, stderr io.Writer) (result, er
 	workers := fs.Int("setup-workers", 16, "parallel enrollments during setup")
 	timeout := fs.Duration("timeout", 60*time.Second, "give up waiting for fetches after this")
 	profile := fs.String("cpuprofile", "", "write the task server's CPU profile over the burst to this file")
+	nsProfile := fs.String("ns-cpuprofile", "", "write the NS's CPU profile over the burst to this file")
 	selfProfile := fs.String("harness-cpuprofile", "", "write the harness's own CPU profile over the burst to this file")
 	mode := fs.String("fetch", "http", "how agents fetch their job: http (signed plain HTTP) or https (mutual TLS, a handshake per fetch)")
 	if err := fs.Parse(args); err != nil {
@@ -207,16 +208,25 @@ services:
 		}
 	}
 	setupRSS := ss.peakRSSMB()
-	var profDone chan error
-	if *profile != "" {
-		l, err := ss.waitLog(ctx, "metrics listening", time.Second)
+	var profDone []chan error
+	for _, p := range []struct {
+		proc *process
+		path string
+	}{{ss, *profile}, {nsProc, *nsProfile}} {
+		if p.path == "" {
+			continue
+		}
+		l, err := p.proc.waitLog(ctx, "metrics listening", time.Second)
 		if err != nil {
 			return nil, err
 		}
-		profDone = make(chan error, 1)
+		done := make(chan error, 1)
+		profDone = append(profDone, done)
 		go func() {
-			profDone <- fetchProfile("http://"+l["addr"].(string)+"/debug/pprof/profile?seconds=8", *profile)
+			done <- fetchProfile("http://"+l["addr"].(string)+"/debug/pprof/profile?seconds=4", p.path)
 		}()
+	}
+	if len(profDone) > 0 {
 		time.Sleep(200 * time.Millisecond)
 	}
 	if *selfProfile != "" {
@@ -255,8 +265,8 @@ services:
 		fanout = float64(len(tickleTimes)) / (float64(tickleTimes[len(tickleTimes)-1]-tickleTimes[0]) / 1e9)
 	}
 	rss := ss.peakRSSMB()
-	if profDone != nil {
-		if err := <-profDone; err != nil {
+	for _, done := range profDone {
+		if err := <-done; err != nil {
 			fmt.Fprintf(stderr, "bench tickle: profile: %v\n", err)
 		}
 	}

@@ -229,8 +229,9 @@ var _ Store = (*SQLiteStore)(nil)
 // OpenSQLite opens (creating if needed) dir/ns.db and applies pending migrations.
 func OpenSQLite(ctx context.Context, dir string) (*SQLiteStore, error) {
 	path := filepath.Join(dir, "ns.db")
-	// synchronous(FULL): a write the NS acknowledged survives power loss.
-	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(5000)&_pragma=foreign_keys(ON)"
+	// synchronous(FULL): a write the NS acknowledged survives power loss. A 32 MiB page cache
+	// keeps a job for thousands of targets from spilling pages to disk mid-transaction.
+	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(5000)&_pragma=foreign_keys(ON)&_pragma=cache_size(-32768)"
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("ns: store: open %s: %w", path, err)

@@ -219,9 +219,20 @@ func (s *SQLiteStore) AddEvents(ctx context.Context, events []Event, now time.Ti
 			return err
 		}
 		defer ins.Close()
+		// Prepared once per batch: parsing a statement costs more than running it.
+		get, err := tx.PrepareContext(ctx, `SELECT state, agent FROM job_instances WHERE id = ?`)
+		if err != nil {
+			return err
+		}
+		defer get.Close()
+		upd, err := tx.PrepareContext(ctx, `UPDATE job_instances SET state = ?, updated_at = ? WHERE id = ?`)
+		if err != nil {
+			return err
+		}
+		defer upd.Close()
 		for _, e := range events {
 			var cur, agent string
-			err := tx.QueryRowContext(ctx, `SELECT state, agent FROM job_instances WHERE id = ?`, e.Instance).Scan(&cur, &agent)
+			err := get.QueryRowContext(ctx, e.Instance).Scan(&cur, &agent)
 			if errors.Is(err, sql.ErrNoRows) || (err == nil && agent != e.Agent) {
 				unknown++
 				continue
@@ -238,7 +249,7 @@ func (s *SQLiteStore) AddEvents(ctx context.Context, events []Event, now time.Ti
 			}
 			added++
 			if next := nextState(cur, e); next != "" {
-				if _, err := tx.ExecContext(ctx, `UPDATE job_instances SET state = ?, updated_at = ? WHERE id = ?`, next, now.UnixNano(), e.Instance); err != nil {
+				if _, err := upd.ExecContext(ctx, next, now.UnixNano(), e.Instance); err != nil {
 					return err
 				}
 			}

@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -82,6 +83,9 @@ type nsState struct {
 	deliveredMu sync.Mutex
 	delivered   []ns.Event
 	deliverWake chan struct{}
+	// registered wakes the presence loop: the NS learns of a new agent's task server
+	// within about a second, not at the next presence interval.
+	registered chan struct{}
 
 	name   string
 	link   *NSLink
@@ -355,7 +359,7 @@ func (s *Service) setupNS(ctx context.Context, l *NSLink, spool *Spool) (*nsStat
 	if err := s.keys.Set(tk.Sender, tk.ID, tk.Key); err != nil {
 		return nil, err
 	}
-	return &nsState{name: l.Peer.Endpoint.Name, link: l, client: c, root: root, cert: cert, nsID: tk.Sender, spool: spool,
+	return &nsState{registered: make(chan struct{}, 1), name: l.Peer.Endpoint.Name, link: l, client: c, root: root, cert: cert, nsID: tk.Sender, spool: spool,
 		deliverWake: make(chan struct{}, 1)}, nil
 }
 
@@ -554,17 +558,68 @@ func (s *Service) sender(a agentRecord) (*tickle.Sender, error) {
 }
 
 // tickleAgents tickles each agent, every datagram with the agent's own key: all are built
-// into one buffer first, then handed to the kernel in batches, so a burst to thousands of
-// agents takes milliseconds.
+// first, then handed to the kernel in batches, so a burst to thousands of agents takes
+// milliseconds. Large bursts are split over every CPU, each part built and sent by its
+// own goroutine.
 func (s *Service) tickleAgents(ctx context.Context, agents []agentRecord) {
 	if len(agents) == 0 {
 		return
 	}
 	start := time.Now()
-	viaChannel := 0
+	parts := 1
+	if len(agents) >= 2*parallelBuildMin {
+		parts = min(runtime.GOMAXPROCS(0), len(agents)/parallelBuildMin)
+	}
+	type result struct {
+		sent, viaChannel int
+		built            time.Duration
+		err              error
+	}
+	results := make([]result, parts)
+	var wg sync.WaitGroup
+	for i := range parts {
+		part := agents[i*len(agents)/parts : (i+1)*len(agents)/parts]
+		wg.Go(func() {
+			b := s.buildTickles(part)
+			r := &results[i]
+			r.built, r.viaChannel = time.Since(start), b.viaChannel
+			r.sent, r.err = tickle.SendBatch(s.agentConn, b.dgs, b.to, s.metrics.tickles)
+		})
+	}
+	wg.Wait()
+	sent, viaChannel := 0, 0
+	var built time.Duration
+	for _, r := range results {
+		if r.err != nil {
+			s.logger.Warn("tickling agents", "err", r.err)
+		}
+		sent += r.sent + r.viaChannel
+		viaChannel += r.viaChannel
+		built = max(built, r.built)
+	}
+	d := time.Since(start)
+	s.logger.Info("agents tickled", "agents", sent, "via_channel", viaChannel, "duration", d, "built", built,
+		"per_s", float64(sent)/max(d.Seconds(), 1e-9))
+}
+
+// parallelBuildMin is the fewest agents worth a goroutine of their own when tickles are built.
+const parallelBuildMin = 1024
+
+// builtTickles are datagrams ready to send, and how many agents were tickled over their
+// QUIC channel instead.
+type builtTickles struct {
+	dgs        [][]byte
+	to         []netip.AddrPort
+	viaChannel int
+}
+
+// buildTickles builds the agents' tickles into one buffer; agents with an open channel are
+// tickled on it at once.
+func (s *Service) buildTickles(agents []agentRecord) builtTickles {
+	var b builtTickles
 	buf := make([]byte, 0, len(agents)*128)
 	ends := make([]int, 0, len(agents))
-	to := make([]netip.AddrPort, 0, len(agents))
+	b.to = make([]netip.AddrPort, 0, len(agents))
 	for _, a := range agents {
 		hasChannel := s.channel != nil && s.channel.Connected(a.ID)
 		addr, err := netip.ParseAddrPort(a.TickleAddr)
@@ -584,31 +639,23 @@ func (s *Service) tickleAgents(ctx context.Context, agents []agentRecord) {
 		if hasChannel {
 			sendErr := s.channel.Send(a.ID, buf[at:])
 			if sendErr == nil {
-				viaChannel++
+				b.viaChannel++
 			}
 			if sendErr == nil || !addr.IsValid() {
 				buf = buf[:at]
 				continue
 			}
 		}
-		ends, to = append(ends, len(buf)), append(to, addr)
+		ends, b.to = append(ends, len(buf)), append(b.to, addr)
 	}
 	// Slices into buf are taken only now: appending may have moved it.
-	dgs := make([][]byte, len(ends))
+	b.dgs = make([][]byte, len(ends))
 	from := 0
 	for i, end := range ends {
-		dgs[i] = buf[from:end:end]
+		b.dgs[i] = buf[from:end:end]
 		from = end
 	}
-	built := time.Since(start)
-	sent, err := tickle.SendBatch(s.agentConn, dgs, to, s.metrics.tickles)
-	if err != nil {
-		s.logger.Warn("tickling agents", "err", err)
-	}
-	sent += viaChannel
-	d := time.Since(start)
-	s.logger.Info("agents tickled", "agents", sent, "via_channel", viaChannel, "duration", d, "built", built,
-		"per_s", float64(sent)/max(d.Seconds(), 1e-9))
+	return b
 }
 
 // Events that arrive after a quiet spell are forwarded once they pause for forwardQuiet, or
@@ -698,6 +745,10 @@ func (s *Service) forward(ctx context.Context, st *nsState, events []ns.Event, c
 	return nil
 }
 
+// newAgentReportDelay is how long the presence loop gathers registrations before it
+// reports them.
+const newAgentReportDelay = time.Second
+
 func (s *Service) presenceLoop(ctx context.Context, st *nsState, log *slog.Logger) {
 	tk := time.NewTicker(s.cfg.PresenceInterval)
 	defer tk.Stop()
@@ -706,6 +757,13 @@ func (s *Service) presenceLoop(ctx context.Context, st *nsState, log *slog.Logge
 		case <-ctx.Done():
 			return
 		case <-tk.C:
+		case <-st.registered:
+			// Registrations come in bursts (a site starting up): gather them.
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(newAgentReportDelay):
+			}
 		}
 		agents := s.reg.takeDirty(st.name)
 		if len(agents) == 0 {
@@ -865,6 +923,10 @@ func (s *Service) handleRegister(w http.ResponseWriter, r *http.Request, p agent
 	}
 	s.metrics.registrations.Inc()
 	s.sender(rec) // keyed now, so the first tickle to it costs no more than the next
+	select {
+	case p.ns.registered <- struct{}{}:
+	default:
+	}
 	interval := 30 * time.Minute
 	if set, ok := p.ns.link.Settings(); ok {
 		interval = set.TaskRequestInterval

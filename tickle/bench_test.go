@@ -159,3 +159,16 @@ func BenchmarkFanout(b *testing.B) {
 		b.ReportMetric(perLoop/perBatch, "x_loop")
 	})
 }
+
+func BenchmarkAppend(b *testing.B) {
+	s, err := NewSender(nsID, 1, testKey, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	buf := make([]byte, 0, MaxDatagram)
+	for b.Loop() {
+		if buf, err = s.Append(buf[:0], WorkPending, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
