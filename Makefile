@@ -38,6 +38,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzBSDP$$' -fuzztime=30s ./netbootd/
 	$(GO) test -run='^$$' -fuzz='^FuzzDecide$$' -fuzztime=30s ./netbootd/
 	$(GO) test -run='^$$' -fuzz='^FuzzTFTPResolve$$' -fuzztime=30s ./netbootd/
+	$(GO) test -run='^$$' -fuzz='^FuzzParseTFTPRequest$$' -fuzztime=30s ./netbootd/
 
 bench:
 	$(GO) run ./bench sites

@@ -9,16 +9,17 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/pin/tftp/v3"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/siteserver/siteserver/internal/obs"
@@ -43,9 +44,9 @@ const (
 	tftpDefaultRetries      = 5
 	tftpDefaultMaxBlockSize = 1468
 
-	// pin/tftp's SetBlockSize ignores values up to 512 (the cap then falls back to the
-	// interface MTU), so 512 itself cannot be enforced; 65464 is RFC 2348's ceiling.
-	tftpMinMaxBlockSize = 513
+	// A cap below RFC 1350's 512 would refuse nothing (clients that ask for no blksize
+	// get 512) and only shrink what others get; 65464 is RFC 2348's ceiling.
+	tftpMinMaxBlockSize = 512
 	tftpMaxMaxBlockSize = 65464
 
 	// Transfers still running this long after shutdown starts are cut at their next block,
@@ -208,6 +209,12 @@ type TFTPServer struct {
 
 	mu   sync.Mutex
 	conn net.PacketConn
+
+	transfers sync.WaitGroup
+	fast      atomic.Int64 // transfers on blocking sockets
+	maxFast   int
+	xmu       sync.Mutex
+	xfers     map[tftpConn]struct{}
 }
 
 // NewTFTPServer fills in defaults, validates cfg and registers metrics with reg (if not
@@ -236,6 +243,8 @@ func NewTFTPServer(cfg TFTPConfig, logger *slog.Logger, reg prometheus.Registere
 		grace:     tftpShutdownGrace,
 		abortWait: tftpAbortWait,
 		bound:     make(chan struct{}),
+		maxFast:   runtime.GOMAXPROCS(0),
+		xfers:     map[tftpConn]struct{}{},
 	}, nil
 }
 
@@ -267,35 +276,25 @@ func (s *TFTPServer) Ready() bool {
 
 // Run binds the socket and serves until ctx is done. Then it stops taking requests and
 // lets running transfers finish for a short grace; after that they are cut with an error
-// to the client. A transfer whose client has gone silent can outlive Run by up to
-// Timeout×(Retries+1): pin/tftp gives no way to close its per-transfer socket early.
+// to the client at their next block, and those still waiting on a silent client are
+// ended too.
 func (s *TFTPServer) Run(ctx context.Context) error {
 	if !s.started.CompareAndSwap(false, true) {
 		return errors.New("netbootd: tftp: Run called twice")
 	}
-	conn, err := net.ListenPacket("udp", s.cfg.Listen)
+	pc, err := net.ListenPacket("udp", s.cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("netbootd: tftp: listen %s: %w", s.cfg.Listen, err)
 	}
+	conn := pc.(*net.UDPConn)
 	defer conn.Close()
-	if uc, ok := conn.(*net.UDPConn); ok {
-		tftpEnablePacketInfo(uc)
-	}
+	tftpEnablePacketInfo(conn)
 	s.mu.Lock()
 	s.conn = conn
 	s.mu.Unlock()
 
-	srv := tftp.NewServer(s.handleRead, s.handleWrite)
-	srv.SetTimeout(s.cfg.Timeout)
-	srv.SetRetries(s.cfg.Retries)
-	srv.SetBlockSize(s.cfg.MaxBlockSize)
-	// The default adds a random sleep of up to 1s before every retransmission on top of
-	// Timeout; without it Timeout means what the config says and shutdown is bounded.
-	srv.SetBackoff(func(int) time.Duration { return 0 })
-	srv.SetHook(tftpHook{s})
-
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(conn) }()
+	go func() { served <- s.serve(conn) }()
 	close(s.bound)
 	s.log.Info("tftp serving", "addr", conn.LocalAddr().String(), "root", s.root)
 
@@ -303,56 +302,163 @@ func (s *TFTPServer) Run(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
 	case serveErr = <-served:
-		served <- serveErr
 	}
 	s.stopping.Store(true)
-	shut := make(chan struct{})
+	conn.Close()
+	if serveErr == nil {
+		serveErr = <-served
+	}
+	done := make(chan struct{})
 	go func() {
-		srv.Shutdown()
-		close(shut)
+		s.transfers.Wait()
+		close(done)
 	}()
 	select {
-	case <-shut:
+	case <-done:
 	case <-time.After(s.grace):
 		s.aborting.Store(true)
 		select {
-		case <-shut:
+		case <-done:
 		case <-time.After(s.abortWait):
-			s.log.Warn("tftp transfers still running at shutdown; leaving them to time out",
+			s.log.Warn("tftp transfers still waiting on their clients at shutdown; cutting them",
 				"active", s.active.Load())
+			s.abortTransfers()
+			<-done
 		}
 	}
-	if err := <-served; err != nil {
-		return fmt.Errorf("netbootd: tftp: serve: %w", err)
+	if serveErr != nil {
+		return fmt.Errorf("netbootd: tftp: serve: %w", serveErr)
 	}
 	return nil
 }
 
-// tftpEnablePacketInfo turns on the per-packet destination address and interface before
-// any request can arrive. pin/tftp turns them on itself, but only once Serve is running;
-// a request that comes in before then carries no interface, and pin/tftp then caps its
-// blksize at 512 whatever SetBlockSize says. An error here leaves Serve to try again.
+// tftpEnablePacketInfo turns on the per-packet destination address and interface: a
+// transfer answers from the address its request came to, and the interface's MTU caps
+// its blksize. On an IPv6 socket both families are asked for, since IPv4 requests arrive
+// on it too. Without them the transfer answers from the wildcard address.
 func tftpEnablePacketInfo(conn *net.UDPConn) {
-	if conn.LocalAddr().(*net.UDPAddr).IP.To4() != nil {
-		_ = ipv4.NewPacketConn(conn).SetControlMessage(ipv4.FlagDst|ipv4.FlagInterface, true)
-	} else {
+	_ = ipv4.NewPacketConn(conn).SetControlMessage(ipv4.FlagDst|ipv4.FlagInterface, true)
+	if conn.LocalAddr().(*net.UDPAddr).IP.To4() == nil {
 		_ = ipv6.NewPacketConn(conn).SetControlMessage(ipv6.FlagDst|ipv6.FlagInterface, true)
 	}
 }
 
-func (s *TFTPServer) handleRead(filename string, rf io.ReaderFrom) error {
-	start := time.Now()
-	var client string
-	ot, _ := rf.(tftp.OutgoingTransfer)
-	if ot != nil {
-		a := ot.RemoteAddr()
-		client = a.String()
+// serve reads requests from the listening socket until it is closed; each read request
+// runs in its own goroutine on its own socket.
+func (s *TFTPServer) serve(conn *net.UDPConn) error {
+	v6socket := conn.LocalAddr().(*net.UDPAddr).IP.To4() == nil
+	buf := make([]byte, 2048)
+	oob := make([]byte, 512)
+	for {
+		n, oobn, _, from, err := conn.ReadMsgUDPAddrPort(buf, oob)
+		if err != nil {
+			if s.stopping.Load() || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+		req, err := parseTFTPRequest(buf[:n])
+		if err != nil {
+			s.metrics.requestErrors.Inc()
+			s.log.Debug("tftp request dropped", "client", from.String(), "err", err)
+			continue
+		}
+		dst, ifIndex := tftpPacketDest(oob[:oobn], v6socket)
+		s.transfers.Add(1)
+		go func() {
+			defer s.transfers.Done()
+			s.serveRequest(req, from, dst, ifIndex)
+		}()
 	}
-	log := s.log.With("client", client, "file", filename)
+}
+
+// transferConn opens the transfer's socket: on the address the request came to, if it is
+// one of ours to answer from, and blocking while few transfers use that mode.
+func (s *TFTPServer) transferConn(from netip.AddrPort, dst netip.Addr, ifIndex int) (tftpConn, func(), error) {
+	client := netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
+	local := netip.IPv4Unspecified()
+	if client.Addr().Is6() {
+		local = netip.IPv6Unspecified()
+	}
+	if dst.IsValid() && dst.Is4() == client.Addr().Is4() && !dst.IsMulticast() && dst != netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+		local = dst
+	}
+	laddr := netip.AddrPortFrom(local, 0)
+	if s.fast.Add(1) <= int64(s.maxFast) {
+		if c, err := newTFTPBlockingConn(laddr, client, ifIndex); err == nil {
+			return c, func() { s.fast.Add(-1) }, nil
+		}
+	}
+	s.fast.Add(-1)
+	c, err := newTFTPPollConn(laddr, client)
+	return c, func() {}, err
+}
+
+// abortTransfers ends every transfer still waiting on its client.
+func (s *TFTPServer) abortTransfers() {
+	s.xmu.Lock()
+	defer s.xmu.Unlock()
+	for c := range s.xfers {
+		c.abort()
+	}
+}
+
+func (s *TFTPServer) track(c tftpConn, on bool) {
+	s.xmu.Lock()
+	defer s.xmu.Unlock()
+	if on {
+		s.xfers[c] = struct{}{}
+	} else {
+		delete(s.xfers, c)
+	}
+}
+
+// tftpErrorCode is the TFTP error code a refusal is sent with.
+func tftpErrorCode(reason string) uint16 {
+	switch reason {
+	case tftpReasonNotFound:
+		return tftpErrNotFound
+	case tftpReasonEscape, tftpReasonWrite:
+		return tftpErrAccess
+	}
+	return tftpErrUndefined
+}
+
+// serveRequest answers one request on a socket of its own.
+func (s *TFTPServer) serveRequest(req tftpRequest, from netip.AddrPort, dst netip.Addr, ifIndex int) {
+	start := time.Now()
+	log := s.log.With("client", from.String(), "file", req.file)
+	conn, release, err := s.transferConn(from, dst, ifIndex)
+	if err != nil {
+		// No socket: the client hears nothing and retries.
+		s.metrics.requestErrors.Inc()
+		log.Warn("tftp transfer socket", "err", err)
+		return
+	}
+	defer release()
+	s.track(conn, true)
+	defer func() {
+		s.track(conn, false)
+		conn.close()
+	}()
+	refuse := func(err error) {
+		s.refuse(log, err)
+		reason := tftpReasonNotFound
+		var r *tftpRefusal
+		if errors.As(err, &r) {
+			reason = r.reason
+		}
+		_ = conn.send(tftpAppendError(nil, tftpErrorCode(reason), err.Error()))
+	}
+	if req.op == tftpOpWRQ {
+		refuse(tftpRefuse(tftpReasonWrite, "access violation: read-only server"))
+		return
+	}
 
 	if s.active.Add(1) > int64(s.cfg.MaxTransfers) {
 		s.active.Add(-1)
-		return s.refuse(log, tftpRefuse(tftpReasonBusy, "server busy"))
+		refuse(tftpRefuse(tftpReasonBusy, "server busy"))
+		return
 	}
 	s.metrics.active.Inc()
 	defer func() {
@@ -361,7 +467,8 @@ func (s *TFTPServer) handleRead(filename string, rf io.ReaderFrom) error {
 	}()
 	if s.stopping.Load() {
 		// Counted as busy: the client should retry, possibly against another server.
-		return s.refuse(log, tftpRefuse(tftpReasonBusy, errTFTPShuttingDown.Error()))
+		refuse(tftpRefuse(tftpReasonBusy, errTFTPShuttingDown.Error()))
+		return
 	}
 
 	// The root is looked up for every request, not once: when it is a symlink that a
@@ -369,78 +476,96 @@ func (s *TFTPServer) handleRead(filename string, rf io.ReaderFrom) error {
 	root, err := filepath.EvalSymlinks(s.root)
 	if err != nil {
 		log.Warn("tftp root unavailable", "root", s.root, "err", err)
-		return s.refuse(log, tftpRefuse(tftpReasonNotFound, "file not found"))
+		refuse(tftpRefuse(tftpReasonNotFound, "file not found"))
+		return
 	}
-	p, err := tftpResolve(root, filename)
+	p, err := tftpResolve(root, req.file)
 	if err != nil {
-		return s.refuse(log, err)
+		refuse(err)
+		return
 	}
 	f, err := tftpOpen(root, p)
 	if err != nil {
-		return s.refuse(log, err)
+		refuse(err)
+		return
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil || !fi.Mode().IsRegular() {
-		return s.refuse(log, tftpRefuse(tftpReasonNotFound, "not a regular file"))
-	}
-	if ot != nil {
-		// The reader handed to pin/tftp is not an io.Seeker, so it cannot find the size
-		// itself; EDK2 and other ROMs ask for tsize before they fetch.
-		ot.SetSize(fi.Size())
+		refuse(tftpRefuse(tftpReasonNotFound, "not a regular file"))
+		return
 	}
 
+	neg := tftpNegotiate(req, fi.Size(), tftpBlockCap(s.cfg.MaxBlockSize, ifIndex, from.Addr().Unmap().Is6()))
+	timeout := s.cfg.Timeout
+	if neg.timeout > 0 {
+		timeout = time.Duration(neg.timeout) * time.Second
+	}
+	conn.setTimeout(timeout)
 	r := tftpGetReader(f, &s.aborting)
 	defer tftpPutReader(r)
-	n, err := rf.ReadFrom(r)
-	s.metrics.bytesSent.Add(float64(n))
+	var src io.Reader = r
+	if req.mode == "netascii" {
+		src = &tftpNetascii{r: r}
+	}
+	x := &tftpSender{conn: conn, r: src, blockSize: neg.blockSize, window: neg.window, retries: s.cfg.Retries}
+	if len(neg.accepted) > 0 {
+		err = x.negotiate(tftpAppendOACK(nil, neg.accepted))
+	}
+	if err == nil {
+		err = x.run()
+	}
+	s.metrics.bytesSent.Add(float64(x.bytes))
+	s.metrics.retransmits.Add(float64(x.retransmits))
 	elapsed := time.Since(start)
+	var clientErr *tftpClientError
 	switch {
 	case err == nil:
 		s.metrics.result[tftpResultCompleted].Inc()
 		s.metrics.duration.Observe(elapsed.Seconds())
-	case r.reads == 0 && !tftpIsNetError(err):
-		// Only an ERROR from the client ends option negotiation without a network error.
+		log.Debug("tftp transfer completed", "blksize", strconv.Itoa(neg.blockSize), "windowsize", neg.window,
+			"tsize", fi.Size(), "bytes", x.bytes, "datagrams", x.datagrams, "retransmits", x.retransmits,
+			"duration", elapsed, "blocking", isBlocking(conn))
+	case errors.As(err, &clientErr) && x.reads == 0:
+		// An ERROR right after the options: a tsize query, or options the client declined.
 		s.metrics.result[tftpResultAborted].Inc()
 		log.Debug("tftp transfer aborted by client after options", "err", err)
 	default:
 		s.metrics.result[tftpResultFailed].Inc()
-		log.Info("tftp transfer failed", "bytes", n, "duration", elapsed, "err", err)
-	}
-	return err
-}
-
-// tftpOpen opens p, a path tftpResolve accepted, through an os.Root: if the tree changes
-// between the check and the open, a symlink still cannot lead out of the root.
-func tftpOpen(root, p string) (*os.File, error) {
-	rel, err := filepath.Rel(root, p)
-	if err != nil {
-		return nil, tftpRefuse(tftpReasonEscape, "access violation")
-	}
-	f, err := os.OpenInRoot(root, rel)
-	switch {
-	case err == nil:
-		return f, nil
-	case errors.Is(err, fs.ErrNotExist), errors.Is(err, fs.ErrPermission):
-		return nil, tftpRefuse(tftpReasonNotFound, "file not found")
-	default:
-		return nil, tftpRefuse(tftpReasonEscape, "access violation")
+		if errors.Is(err, errTFTPShuttingDown) {
+			_ = conn.send(tftpAppendError(nil, tftpErrUndefined, errTFTPShuttingDown.Error()))
+		} else if !errors.As(err, &clientErr) && !errors.Is(err, errTFTPTimeout) && !errors.Is(err, errTFTPAborted) {
+			_ = conn.send(tftpAppendError(nil, tftpErrUndefined, "read error"))
+		}
+		log.Info("tftp transfer failed", "bytes", x.bytes, "duration", elapsed, "err", err)
 	}
 }
 
-func (s *TFTPServer) handleWrite(filename string, wt io.WriterTo) error {
-	var client string
-	if it, ok := wt.(tftp.IncomingTransfer); ok {
-		a := it.RemoteAddr()
-		client = a.String()
-	}
-	return s.refuse(s.log.With("client", client, "file", filename),
-		tftpRefuse(tftpReasonWrite, "access violation: read-only server"))
+func isBlocking(c tftpConn) bool {
+	_, poll := c.(*tftpPollConn)
+	return !poll
 }
 
-// refuse counts a refusal and returns it for pin/tftp to send to the client. Anyone on the
-// segment can provoke refusals, so they are logged at debug level only.
-func (s *TFTPServer) refuse(log *slog.Logger, err error) error {
+// tftpBlockCap is the largest blksize for a transfer: the configured cap, and what fits
+// the receiving interface's MTU without fragmenting (IP, UDP and TFTP headers off).
+func tftpBlockCap(configured, ifIndex int, v6 bool) int {
+	if ifIndex <= 0 {
+		return configured
+	}
+	ifi, err := net.InterfaceByIndex(ifIndex)
+	if err != nil || ifi.MTU <= 0 {
+		return configured
+	}
+	headers := 20 + 8 + 4
+	if v6 {
+		headers = 40 + 8 + 4
+	}
+	return max(min(configured, ifi.MTU-headers), 512)
+}
+
+// refuse counts a refusal. Anyone on the segment can provoke refusals, so they are logged
+// at debug level only.
+func (s *TFTPServer) refuse(log *slog.Logger, err error) {
 	reason := tftpReasonNotFound
 	var r *tftpRefusal
 	if errors.As(err, &r) {
@@ -449,50 +574,9 @@ func (s *TFTPServer) refuse(log *slog.Logger, err error) error {
 	s.metrics.result[tftpResultRefused].Inc()
 	s.metrics.refused[reason].Inc()
 	log.Debug("tftp request refused", "reason", reason, "err", err)
-	return err
 }
 
-func tftpIsNetError(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne)
-}
-
-// tftpHook sees what the handlers cannot: the options agreed, retransmissions, and
-// requests pin/tftp rejects before any handler runs (malformed packets, stray ACKs on the
-// listening port, no socket left for a new transfer). Transfer results are counted in the
-// handlers, which know the cause of a failure.
-type tftpHook struct{ s *TFTPServer }
-
-func (h tftpHook) OnSuccess(st tftp.TransferStats) {
-	retransmits := max(st.DatagramsSent-st.DatagramsAcked, 0)
-	h.s.metrics.retransmits.Add(float64(retransmits))
-	blksize := st.Opts["blksize"]
-	if blksize == "" {
-		blksize = "512"
-	}
-	client := net.JoinHostPort(st.RemoteAddr.String(), strconv.Itoa(st.Tid))
-	h.s.log.Debug("tftp transfer completed", "client", client, "file", st.Filename,
-		"blksize", blksize, "tsize", st.Opts["tsize"], "datagrams", st.DatagramsSent,
-		"retransmits", retransmits, "duration", st.Duration)
-}
-
-func (h tftpHook) OnFailure(st tftp.TransferStats, err error) {
-	if st.RemoteAddr == nil {
-		if h.s.stopping.Load() {
-			return
-		}
-		h.s.metrics.requestErrors.Inc()
-		h.s.log.Debug("tftp request dropped", "err", err)
-		return
-	}
-	// The last datagram went unanswered (or was answered with an ERROR): that one is no
-	// retransmission.
-	if d := st.DatagramsSent - st.DatagramsAcked - 1; d > 0 {
-		h.s.metrics.retransmits.Add(float64(d))
-	}
-}
-
-// tftpReader streams a file to pin/tftp, which reads one block at a time: the read-ahead
+// tftpReader streams a file to a transfer, which reads one block at a time: the read-ahead
 // turns a syscall per block into one per few dozen, and the pool keeps thousands of
 // concurrent transfers from each allocating their own buffer. It also cuts a transfer at
 // its next block once shutdown's grace is over.
@@ -607,4 +691,22 @@ func tftpRegister[C prometheus.Collector](reg prometheus.Registerer, c C) (C, er
 		return c, fmt.Errorf("netbootd: tftp: metrics: %w", err)
 	}
 	return c, nil
+}
+
+// tftpOpen opens p, a path tftpResolve accepted, through an os.Root: if the tree changes
+// between the check and the open, a symlink still cannot lead out of the root.
+func tftpOpen(root, p string) (*os.File, error) {
+	rel, err := filepath.Rel(root, p)
+	if err != nil {
+		return nil, tftpRefuse(tftpReasonEscape, "access violation")
+	}
+	f, err := os.OpenInRoot(root, rel)
+	switch {
+	case err == nil:
+		return f, nil
+	case errors.Is(err, fs.ErrNotExist), errors.Is(err, fs.ErrPermission):
+		return nil, tftpRefuse(tftpReasonNotFound, "file not found")
+	default:
+		return nil, tftpRefuse(tftpReasonEscape, "access violation")
+	}
 }

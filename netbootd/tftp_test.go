@@ -351,7 +351,7 @@ func TestTFTPConfig(t *testing.T) {
 		{name: "missing root", cfg: TFTPConfig{Root: filepath.Join(root, "nope")}, wantErr: "no such file"},
 		{name: "root is a file", cfg: TFTPConfig{Root: file}, wantErr: "is not a directory"},
 		{name: "bad listen", cfg: TFTPConfig{Root: root, Listen: "69"}, wantErr: "netbootd: tftp: Listen"},
-		{name: "blksize 512", cfg: TFTPConfig{Root: root, MaxBlockSize: 512}, wantErr: "MaxBlockSize 512"},
+		{name: "blksize 511", cfg: TFTPConfig{Root: root, MaxBlockSize: 511}, wantErr: "MaxBlockSize 511"},
 		{name: "blksize too big", cfg: TFTPConfig{Root: root, MaxBlockSize: 65465}, wantErr: "MaxBlockSize 65465"},
 		{name: "negative timeout", cfg: TFTPConfig{Root: root, Timeout: -1}, wantErr: "Timeout"},
 		{name: "negative transfers", cfg: TFTPConfig{Root: root, MaxTransfers: -1}, wantErr: "MaxTransfers"},
@@ -542,10 +542,8 @@ func TestTFTPDownload(t *testing.T) {
 			if got.sum != want || got.n != int64(tt.size) {
 				t.Errorf("got %d bytes with SHA-256 %x, want %d bytes %x", got.n, got.sum, tt.size, want)
 			}
-			// pin/tftp drops a tsize of 0 from its OACK, so an empty file reports none.
-			wantTsize := tt.size > 0
-			if got.tsizeOK != wantTsize || (wantTsize && got.tsize != int64(tt.size)) {
-				t.Errorf("tsize = %d, %v; want %d, %v", got.tsize, got.tsizeOK, tt.size, wantTsize)
+			if !got.tsizeOK || got.tsize != int64(tt.size) {
+				t.Errorf("tsize = %d, %v; want %d", got.tsize, got.tsizeOK, tt.size)
 			}
 			rec := ts.logs.wait(t, "tftp transfer completed", file)
 			if rec["blksize"] != tt.want {
@@ -567,21 +565,27 @@ var (
 func TestTFTPOptions(t *testing.T) {
 	const size = 5000
 	tests := []struct {
-		name      string
-		rrq       []byte
-		wantOACK  map[string]string // nil: the server goes straight to DATA
-		wantBlock int
+		name       string
+		rrq        []byte
+		wantOACK   map[string]string // nil: the server goes straight to DATA
+		wantBlock  int
+		wantWindow int // blocks sent before an ACK is awaited; 0 for lock-step
 	}{
 		{name: "ipxe", rrq: tftpIPXERRQ, wantOACK: map[string]string{"blksize": "1432", "tsize": "5000"}, wantBlock: 1432},
-		// pin/tftp has no RFC 7440 windowsize: it is left out of the OACK and the transfer
-		// runs lock-step.
-		{name: "edk2 probe", rrq: tftpEDK2ProbeRRQ, wantOACK: map[string]string{"blksize": "1468", "tsize": "5000"}, wantBlock: 1468},
-		{name: "edk2 fetch", rrq: tftpEDK2FetchRRQ, wantOACK: map[string]string{"blksize": "1468"}, wantBlock: 1468},
+		{name: "edk2 probe", rrq: tftpEDK2ProbeRRQ, wantOACK: map[string]string{"blksize": "1468", "tsize": "5000", "windowsize": "4"}, wantBlock: 1468, wantWindow: 4},
+		{name: "edk2 fetch", rrq: tftpEDK2FetchRRQ, wantOACK: map[string]string{"blksize": "1468", "windowsize": "4"}, wantBlock: 1468, wantWindow: 4},
 		{name: "blksize capped", rrq: tftpRRQ("boot.ipxe", "blksize", "65464"), wantOACK: map[string]string{"blksize": "1468"}, wantBlock: 1468},
 		{name: "no options", rrq: tftpRRQ("boot.ipxe"), wantBlock: 512},
-		// RFC 2348 allows 8..511; pin/tftp refuses them and so leaves the option out.
-		{name: "blksize below 512", rrq: tftpRRQ("boot.ipxe", "blksize", "8"), wantBlock: 512},
-		{name: "only unknown option", rrq: tftpRRQ("boot.ipxe", "windowsize", "8"), wantBlock: 512},
+		// RFC 2348 allows 8 and up.
+		{name: "blksize below 512", rrq: tftpRRQ("boot.ipxe", "blksize", "8"), wantOACK: map[string]string{"blksize": "8"}, wantBlock: 8},
+		{name: "blksize below 8", rrq: tftpRRQ("boot.ipxe", "blksize", "7"), wantBlock: 512},
+		{name: "windowsize alone", rrq: tftpRRQ("boot.ipxe", "windowsize", "3"), wantOACK: map[string]string{"windowsize": "3"}, wantBlock: 512, wantWindow: 3},
+		{name: "windowsize capped", rrq: tftpRRQ("boot.ipxe", "windowsize", "65535", "blksize", "100"), wantOACK: map[string]string{"windowsize": "64", "blksize": "100"}, wantBlock: 100, wantWindow: 64},
+		{name: "timeout", rrq: tftpRRQ("boot.ipxe", "timeout", "3"), wantOACK: map[string]string{"timeout": "3"}, wantBlock: 512},
+		{name: "timeout out of range", rrq: tftpRRQ("boot.ipxe", "timeout", "0"), wantBlock: 512},
+		{name: "only unknown option", rrq: tftpRRQ("boot.ipxe", "multicast", ""), wantBlock: 512},
+		{name: "upper-case option and mode", rrq: []byte("\x00\x01boot.ipxe\x00OCTET\x00BLKSIZE\x001000\x00"), wantOACK: map[string]string{"blksize": "1000"}, wantBlock: 1000},
+		{name: "zero padding", rrq: append(tftpRRQ("boot.ipxe", "blksize", "1024"), 0, 0, 0, 0), wantOACK: map[string]string{"blksize": "1024"}, wantBlock: 1024},
 	}
 	for _, listen := range []string{"127.0.0.1:0", ":0"} {
 		t.Run("listen "+listen, func(t *testing.T) {
@@ -605,7 +609,11 @@ func TestTFTPOptions(t *testing.T) {
 						if diff := cmp.Diff(tt.wantOACK, tftpParseOpts(body)); diff != "" {
 							t.Errorf("OACK (-want +got):\n%s", diff)
 						}
-						data, block, err = r.fetchRest(0, tt.wantBlock)
+						if tt.wantWindow > 0 {
+							data, block, err = r.fetchWindowed(tt.wantBlock, tt.wantWindow)
+						} else {
+							data, block, err = r.fetchRest(0, tt.wantBlock)
+						}
 						if err != nil {
 							t.Fatal(err)
 						}
@@ -722,6 +730,41 @@ func TestTFTPConcurrent(t *testing.T) {
 	ts.waitCounter(t, clients, "siteserver_netboot_tftp_transfers_total", "result", "completed")
 	ts.waitCounter(t, 0, "siteserver_netboot_tftp_transfers_active")
 	ts.waitCounter(t, float64(clients*size), "siteserver_netboot_tftp_bytes_sent_total")
+}
+
+// fetchWindowed ACKs block 0 and then takes windows of blocks, ACKing the last of each
+// (RFC 7440), until a block shorter than blksize; it checks that each window is exactly
+// window blocks long, or ends the file. It returns the data and the first payload length.
+func (r *tftpRaw) fetchWindowed(blksize, window int) ([]byte, int, error) {
+	var data []byte
+	first := -1
+	next := uint16(1)
+	r.send(tftpACK(0))
+	for {
+		for i := 0; i < window; i++ {
+			op, body, err := r.recv(5 * time.Second)
+			if err != nil {
+				return nil, 0, err
+			}
+			if op != 3 {
+				return nil, 0, fmt.Errorf("opcode %d %q, want DATA", op, body)
+			}
+			if got := binary.BigEndian.Uint16(body); got != next {
+				return nil, 0, fmt.Errorf("block %d, want %d", got, next)
+			}
+			payload := body[2:]
+			if first < 0 {
+				first = len(payload)
+			}
+			data = append(data, payload...)
+			if len(payload) < blksize {
+				r.send(tftpACK(next))
+				return data, first, nil
+			}
+			next++
+		}
+		r.send(tftpACK(next - 1))
+	}
 }
 
 func TestTFTPMaxTransfers(t *testing.T) {
@@ -977,11 +1020,13 @@ func TestTFTPShutdown(t *testing.T) {
 		if d := time.Since(start); d > time.Second {
 			t.Errorf("shutdown took %v, want grace+abort wait (700ms)", d)
 		}
-		if ts.logs.find("tftp transfers still running at shutdown; leaving them to time out", "") == nil {
-			t.Error("no warning about the transfer left running")
+		if ts.logs.find("tftp transfers still waiting on their clients at shutdown; cutting them", "") == nil {
+			t.Error("no warning about the transfer cut")
 		}
-		// The transfer gives up on its own after Timeout×(Retries+1).
-		ts.waitCounter(t, 1, "siteserver_netboot_tftp_transfers_total", "result", "failed")
+		// Cut, not left to time out after Timeout×(Retries+1).
+		if got := ts.counter("siteserver_netboot_tftp_transfers_total", "result", "failed"); got != 1 {
+			t.Errorf("failed transfers %v right after Run returned, want 1", got)
+		}
 	})
 }
 
@@ -1164,4 +1209,111 @@ func BenchmarkTFTPAgainstDnsmasq(b *testing.B) {
 	b.ReportMetric(rate(ours), "netbootd-MB/s")
 	b.ReportMetric(rate(theirs), "dnsmasq-MB/s")
 	b.ReportMetric(rate(ours)/rate(theirs), "ratio")
+}
+
+// TestTFTPWindows runs windowed transfers (RFC 7440) on both kinds of transfer socket: a
+// file of more than 65,535 blocks, whose block numbers wrap to 0, and a window the client
+// answers short of its end, as after a lost block, which the server must resend from.
+func TestTFTPWindows(t *testing.T) {
+	root := t.TempDir()
+	const big = 600_000 // 75,000 blocks of 8 bytes
+	wantBig := tftpWriteFile(t, filepath.Join(root, "big.bin"), big)
+	wantSmall := tftpWriteFile(t, filepath.Join(root, "small.bin"), 10*512+100)
+	for _, mode := range []struct {
+		name    string
+		maxFast int
+	}{{"blocking", 1}, {"poller", 0}} {
+		t.Run(mode.name, func(t *testing.T) {
+			ts := startTFTP(t, TFTPConfig{Root: root}, func(s *TFTPServer) { s.maxFast = mode.maxFast })
+
+			r := newTFTPRaw(t, ts.addr)
+			r.send(tftpRRQ("big.bin", "blksize", "8", "windowsize", "64"))
+			if op, body, err := r.recv(5 * time.Second); err != nil || op != 6 {
+				t.Fatalf("got %d %q %v, want OACK", op, body, err)
+			}
+			data, _, err := r.fetchWindowed(8, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(data) != big || sha256.Sum256(data) != wantBig {
+				t.Fatalf("got %d bytes, want %d with the same content", len(data), big)
+			}
+			rec := ts.logs.wait(t, "tftp transfer completed", "big.bin")
+			if rec["blocking"] != (mode.maxFast > 0) {
+				t.Errorf("blocking = %v, want %v", rec["blocking"], mode.maxFast > 0)
+			}
+
+			// Window of 4: take blocks 1..4 but ACK 2, as a client that lost block 3 does.
+			r = newTFTPRaw(t, ts.addr)
+			r.send(tftpRRQ("small.bin", "windowsize", "4"))
+			if op, _, err := r.recv(5 * time.Second); err != nil || op != 6 {
+				t.Fatalf("OACK: %d %v", op, err)
+			}
+			r.send(tftpACK(0))
+			var got []byte
+			for want := uint16(1); want <= 4; want++ {
+				op, body, err := r.recv(5 * time.Second)
+				if err != nil || op != 3 || binary.BigEndian.Uint16(body) != want {
+					t.Fatalf("block %d: got %d %v", want, op, err)
+				}
+				if want <= 2 {
+					got = append(got, body[2:]...)
+				}
+			}
+			r.send(tftpACK(2))
+			// The next window starts at block 3 again.
+			for want := uint16(3); ; want++ {
+				op, body, err := r.recv(5 * time.Second)
+				if err != nil || op != 3 {
+					t.Fatalf("block %d: got %d %v", want, op, err)
+				}
+				if b := binary.BigEndian.Uint16(body); b != want {
+					t.Fatalf("block %d after the short ACK, want %d", b, want)
+				}
+				got = append(got, body[2:]...)
+				if len(body)-2 < 512 {
+					r.send(tftpACK(want))
+					break
+				}
+				if (want-2)%4 == 0 {
+					r.send(tftpACK(want))
+				}
+			}
+			if sha256.Sum256(got) != wantSmall {
+				t.Fatalf("content differs after the resent window (%d bytes)", len(got))
+			}
+			ts.waitCounter(t, 2, "siteserver_netboot_tftp_transfers_total", "result", "completed")
+			if n := ts.counter("siteserver_netboot_tftp_retransmits_total"); n != 0 {
+				// A short ACK moves the window; it is not a timeout.
+				t.Errorf("retransmits %v, want 0", n)
+			}
+		})
+	}
+}
+
+// TestTFTPNetasciiClient fetches a text file in netascii mode with tftp-hpa's client, which
+// turns CR LF back into the local line ends.
+func TestTFTPNetasciiClient(t *testing.T) {
+	bin, err := exec.LookPath("tftp")
+	if err != nil {
+		t.Skip("tftp-hpa not installed (Debian package tftp-hpa)")
+	}
+	root := t.TempDir()
+	text := "set timeout 5\nchain http://boot/menu.ipxe\n"
+	if err := os.WriteFile(filepath.Join(root, "menu.txt"), []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ts := startTFTP(t, TFTPConfig{Root: root}, nil)
+	host, port, _ := net.SplitHostPort(ts.addr)
+	local := filepath.Join(t.TempDir(), "menu.txt")
+	out, err := exec.Command(bin, "-4", "-m", "netascii", host, port, "-c", "get", "menu.txt", local).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	got, err := os.ReadFile(local)
+	if err != nil || string(got) != text {
+		t.Fatalf("got %q (%v), want %q", got, err, text)
+	}
+	// On the wire the text was two bytes longer: CR LF for each of its two LFs.
+	ts.waitCounter(t, float64(len(text)+2), "siteserver_netboot_tftp_bytes_sent_total")
 }

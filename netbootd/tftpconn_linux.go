@@ -1,0 +1,94 @@
+package netbootd
+
+import (
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// tftpBlockingConn is a transfer socket in blocking mode, outside Go's network poller:
+// the goroutine sleeps in the kernel's recv and the packet wakes its thread directly,
+// as in a C server, instead of going through the poller and the scheduler. In a
+// lock-step transfer that wake-up is most of the cost of a block, so a few transfers at
+// a time run this way (each holds a thread while it waits); the rest use tftpPollConn.
+type tftpBlockingConn struct {
+	fd      int
+	aborted atomic.Bool
+}
+
+func newTFTPBlockingConn(local, remote netip.AddrPort, ifIndex int) (tftpConn, error) {
+	family := unix.AF_INET
+	if remote.Addr().Is6() {
+		family = unix.AF_INET6
+	}
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	if err != nil {
+		return nil, err
+	}
+	c := &tftpBlockingConn{fd: fd}
+	if err := unix.Bind(fd, tftpSockaddr(local, ifIndex)); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	if err := unix.Connect(fd, tftpSockaddr(remote, ifIndex)); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	c.setTimeout(tftpDefaultTimeout)
+	return c, nil
+}
+
+func tftpSockaddr(ap netip.AddrPort, ifIndex int) unix.Sockaddr {
+	if ap.Addr().Is4() {
+		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+	}
+	sa := &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+	if ap.Addr().IsLinkLocalUnicast() {
+		sa.ZoneId = uint32(ifIndex)
+	}
+	return sa
+}
+
+func (c *tftpBlockingConn) send(b []byte) error {
+	for {
+		_, err := unix.Write(c.fd, b)
+		if err != unix.EINTR {
+			return err
+		}
+	}
+}
+
+func (c *tftpBlockingConn) recv(b []byte) (int, error) {
+	for {
+		n, err := unix.Read(c.fd, b)
+		if c.aborted.Load() {
+			return 0, errTFTPAborted
+		}
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return 0, errTFTPTimeout
+		case err != nil:
+			return 0, err
+		}
+		return n, nil
+	}
+}
+
+func (c *tftpBlockingConn) setTimeout(d time.Duration) {
+	tv := unix.NsecToTimeval(d.Nanoseconds())
+	_ = unix.SetsockoptTimeval(c.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+}
+
+// abort wakes a recv sleeping in the kernel: shutting a datagram socket down makes it
+// return at once.
+func (c *tftpBlockingConn) abort() {
+	if c.aborted.CompareAndSwap(false, true) {
+		_ = unix.Shutdown(c.fd, unix.SHUT_RDWR)
+	}
+}
+
+func (c *tftpBlockingConn) close() { unix.Close(c.fd) }

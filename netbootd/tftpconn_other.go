@@ -1,0 +1,12 @@
+//go:build !linux
+
+package netbootd
+
+import (
+	"errors"
+	"net/netip"
+)
+
+func newTFTPBlockingConn(local, remote netip.AddrPort, ifIndex int) (tftpConn, error) {
+	return nil, errors.New("blocking transfer sockets are Linux only")
+}

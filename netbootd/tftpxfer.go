@@ -1,0 +1,189 @@
+package netbootd
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// tftpClientError is an ERROR packet from the client, which ends the transfer.
+type tftpClientError struct {
+	code uint16
+	msg  string
+}
+
+func (e *tftpClientError) Error() string {
+	return fmt.Sprintf("client sent error %d: %q", e.code, e.msg)
+}
+
+// tftpSender runs the data phase of one read transfer: blocks of blockSize sent window at
+// a time (one for a lock-step RFC 1350 client), each window resent whole when no ACK
+// comes within the timeout, up to retries times. Block numbers wrap after 65535 to 0, as
+// tftp-hpa and the PXE ROMs that fetch large files expect.
+type tftpSender struct {
+	conn      tftpConn
+	r         io.Reader
+	blockSize int
+	window    int
+	retries   int
+
+	datagrams   int   // DATA and OACK packets sent, retransmissions included
+	retransmits int   // packets sent again for want of an ACK
+	bytes       int64 // file bytes the client acknowledged
+	reads       int   // blocks read from the file
+
+	slots [][]byte // the window: block k lives in slots[(k-1)%window]
+	lens  []int
+	in    []byte
+}
+
+// negotiate sends the option acknowledgement and waits for the client's ACK of block 0.
+// An ERROR in answer is how a client declines the options, or how EDK2 ends the tsize
+// query it makes before the real fetch.
+func (x *tftpSender) negotiate(oack []byte) error {
+	x.in = make([]byte, 1500)
+	for try := 0; ; try++ {
+		if try > 0 {
+			x.retransmits++
+		}
+		x.datagrams++
+		if err := x.conn.send(oack); err != nil {
+			return err
+		}
+		done, err := x.awaitACK(func(block uint16) bool { return block == 0 })
+		if done || err != nil {
+			return err
+		}
+		if try == x.retries {
+			return fmt.Errorf("option acknowledgement: %w", errTFTPTimeout)
+		}
+	}
+}
+
+// awaitACK reads until accept takes an ACK (done), the timeout passes (not done, no error),
+// or the transfer ends with an error. Other packets are ignored: a duplicate ACK must not
+// trigger a resend, or both sides would go on sending everything twice (the Sorcerer's
+// Apprentice bug of RFC 1350).
+func (x *tftpSender) awaitACK(accept func(block uint16) bool) (bool, error) {
+	for {
+		n, err := x.conn.recv(x.in)
+		switch {
+		case errors.Is(err, errTFTPTimeout):
+			return false, nil
+		case err != nil:
+			return false, err
+		}
+		op, block, msg, ok := tftpParseReply(x.in[:n])
+		switch {
+		case !ok:
+		case op == tftpOpERROR:
+			return false, &tftpClientError{code: block, msg: msg}
+		case accept(block):
+			return true, nil
+		}
+	}
+}
+
+// run sends the file from block 1 to the end.
+func (x *tftpSender) run() error {
+	if x.in == nil {
+		x.in = make([]byte, 1500)
+	}
+	x.slots = make([][]byte, x.window)
+	x.lens = make([]int, x.window)
+	for i := range x.slots {
+		x.slots[i] = make([]byte, 4+x.blockSize)
+	}
+	var acked, filled, last uint64 // blocks acknowledged, read, and the final one (0: not read yet)
+	for {
+		// Read the blocks the window has room for.
+		for filled < acked+uint64(x.window) && last == 0 {
+			k := filled + 1
+			slot := x.slots[(k-1)%uint64(x.window)]
+			n, err := io.ReadFull(x.r, slot[4:])
+			switch {
+			case err == io.EOF || err == io.ErrUnexpectedEOF:
+				last = k // short (maybe empty) block: the end
+			case err != nil:
+				return err
+			}
+			x.reads++
+			binary.BigEndian.PutUint16(slot, tftpOpDATA)
+			binary.BigEndian.PutUint16(slot[2:], uint16(k))
+			x.lens[(k-1)%uint64(x.window)] = 4 + n
+			filled = k
+		}
+		base := acked
+		for try := 0; ; try++ {
+			for k := base + 1; k <= filled; k++ {
+				if try > 0 {
+					x.retransmits++
+				}
+				x.datagrams++
+				i := (k - 1) % uint64(x.window)
+				if err := x.conn.send(x.slots[i][:x.lens[i]]); err != nil {
+					return err
+				}
+			}
+			// An ACK for any block sent and not yet acknowledged moves the window there
+			// (RFC 7440: the next window starts after it).
+			done, err := x.awaitACK(func(block uint16) bool {
+				d := uint64(block - uint16(base))
+				if d == 0 || d > filled-base {
+					return false
+				}
+				acked = base + d
+				return true
+			})
+			if err != nil {
+				return err
+			}
+			if done {
+				break
+			}
+			if try == x.retries {
+				return fmt.Errorf("block %d: %w", base+1, errTFTPTimeout)
+			}
+		}
+		for k := base + 1; k <= acked; k++ {
+			x.bytes += int64(x.lens[(k-1)%uint64(x.window)] - 4)
+		}
+		if last != 0 && acked == last {
+			return nil
+		}
+	}
+}
+
+// tftpNetascii converts a file to netascii as it is read (RFC 1350's mode for text): LF
+// becomes CR LF and a lone CR becomes CR NUL.
+type tftpNetascii struct {
+	r       io.Reader
+	buf     [4096]byte
+	pending []byte // converted bytes not yet returned
+	out     []byte
+}
+
+func (n *tftpNetascii) Read(p []byte) (int, error) {
+	for len(n.pending) == 0 {
+		k, err := n.r.Read(n.buf[:])
+		if k == 0 && err != nil {
+			return 0, err
+		}
+		n.out = n.out[:0]
+		for _, c := range n.buf[:k] {
+			switch c {
+			case '\n':
+				n.out = append(n.out, '\r', '\n')
+			case '\r':
+				n.out = append(n.out, '\r', 0)
+			default:
+				n.out = append(n.out, c)
+			}
+		}
+		n.pending = n.out
+	}
+	k := copy(p, n.pending)
+	n.pending = n.pending[k:]
+	return k, nil
+}
