@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -51,12 +52,26 @@ func tftpSockaddr(ap netip.AddrPort, ifIndex int) unix.Sockaddr {
 	return sa
 }
 
+// send first tries a write that cannot block, made without telling the scheduler (a
+// raw system call saves it a hand-off per block); only when the socket buffer is full
+// does it fall back to a write that waits, as a normal blocking call.
 func (c *tftpBlockingConn) send(b []byte) error {
 	for {
-		_, err := unix.Write(c.fd, b)
-		if err != unix.EINTR {
+		_, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(c.fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))),
+			uintptr(len(b)), unix.MSG_DONTWAIT, 0, 0)
+		switch e {
+		case 0:
+			return nil
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			_, err := unix.Write(c.fd, b)
+			if err == unix.EINTR {
+				continue
+			}
 			return err
 		}
+		return e
 	}
 }
 
