@@ -7,6 +7,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/gob"
 	"encoding/json"
 	"encoding/pem"
 	"flag"
@@ -16,6 +17,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
@@ -49,9 +51,13 @@ type simAgent struct {
 	conn     *net.UDPConn
 	client   *http.Client
 	verify   *tickle.Verifier
-	tickled  atomic.Int64 // unix nanos of the first valid tickle
-	fetched  atomic.Int64 // unix nanos when its job arrived
-	raw      atomic.Int64
+	// The agent's tickle key, for the raw loop's datagrams.
+	serverID  string
+	tickleKey []byte
+	keyID     uint32
+	tickled   atomic.Int64 // unix nanos of the first valid tickle
+	fetched   atomic.Int64 // unix nanos when its job arrived
+	raw       atomic.Int64
 }
 
 // runTickle measures the tickle fan-out: from job creation at the NS until every simulated
@@ -293,7 +299,11 @@ services:
 	}
 
 	// The limit: a plain loop sending one prebuilt datagram to each agent socket.
-	rawRate, err := rawUDPRate(agents)
+	rawRate, err := rawUDPRate(ctx, dir, agents, true)
+	if err != nil {
+		return nil, err
+	}
+	discardRate, err := rawUDPRate(ctx, dir, agents, false)
 	if err != nil {
 		return nil, err
 	}
@@ -311,6 +321,7 @@ services:
 	r.add("fanout_ms", "%.1f", burstMS)
 	r.add("raw_udp_per_s", "%.0f", rawRate)
 	r.add("ratio", "%.2f", serverFanout/rawRate)
+	r.add("raw_discarded_per_s", "%.0f", discardRate)
 	r.add("received_per_s", "%.0f", fanout)
 	r.add("rss_mb", "%.1f", rss)
 	r.add("rss_setup_mb", "%.1f", setupRSS)
@@ -437,6 +448,7 @@ func newSimAgent(ctx context.Context, i int, nsClient *ns.Client, nsAddr string,
 		return nil, err
 	}
 	a.verify = tickle.NewVerifier(&keys, tickle.DefaultWindow, time.Now)
+	a.serverID, a.tickleKey, a.keyID = reg.ServerID, reg.TickleKey, reg.TickleKeyID
 	a.plainURL, a.apiKey = reg.HTTPURL, taskd.APIKey(reg.TickleKey)
 	// A real agent talks to its task server again only at its next poll or tickle.
 	a.client.CloseIdleConnections()
@@ -527,33 +539,139 @@ func (a *simAgent) fetch(ctx context.Context) {
 	}
 }
 
-// rawUDPRate sends one datagram to every agent socket from a plain loop and returns the
-// send rate; the agents drop them as unauthenticated.
-func rawUDPRate(agents []*simAgent) (float64, error) {
-	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+// rawUDPRate is the limit the fan-out is held against: a plain loop, in a process of its
+// own as the task server is, that sends each agent socket one prebuilt datagram, best of
+// three rounds. With valid, the datagrams are real tickles under each agent's key, built
+// before the clock starts, so the agents do the same work on receipt as for the fan-out's
+// (they verify them; having fetched, they fetch no more); without, they are 100 zero
+// bytes the agents drop at the first byte.
+func rawUDPRate(ctx context.Context, dir string, agents []*simAgent, valid bool) (float64, error) {
+	var job rawSendJob
+	for _, a := range agents {
+		job.Dsts = append(job.Dsts, a.conn.LocalAddr().(*net.UDPAddr).AddrPort().String())
+	}
+	var senders []*tickle.Sender
+	if valid {
+		senders = make([]*tickle.Sender, len(agents))
+		for i, a := range agents {
+			var err error
+			if senders[i], err = tickle.NewSender(a.serverID, a.keyID, a.tickleKey, nil); err != nil {
+				return 0, err
+			}
+		}
+	}
+	zero := make([]byte, 100)
+	for range 3 {
+		dgs := make([][]byte, len(agents))
+		for i := range dgs {
+			if !valid {
+				dgs[i] = zero
+				continue
+			}
+			var err error
+			if dgs[i], err = senders[i].Append(nil, tickle.WorkPending, nil); err != nil {
+				return 0, err
+			}
+		}
+		job.Rounds = append(job.Rounds, dgs)
+	}
+	path := filepath.Join(dir, "raw-send.gob")
+	f, err := os.Create(path)
 	if err != nil {
 		return 0, err
 	}
-	defer conn.Close()
-	dsts := make([]netip.AddrPort, len(agents))
-	for i, a := range agents {
-		dsts[i] = a.conn.LocalAddr().(*net.UDPAddr).AddrPort()
+	err = gob.NewEncoder(f).Encode(job)
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
-	payload := make([]byte, 100)
+	if err != nil {
+		return 0, err
+	}
+	cmd, err := rawSenderCommand("-job", path)
+	if err != nil {
+		return 0, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return 0, err
+	}
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	stop := context.AfterFunc(ctx, func() { cmd.Process.Kill() })
+	defer stop()
+	out, err := io.ReadAll(stdout)
+	if werr := cmd.Wait(); err == nil {
+		err = werr
+	}
+	if err != nil {
+		return 0, fmt.Errorf("raw UDP sender: %w", err)
+	}
+	var rate float64
+	if _, err := fmt.Sscanf(string(out), "RAW %g", &rate); err != nil {
+		return 0, fmt.Errorf("raw UDP sender said %q", out)
+	}
+	return rate, nil
+}
+
+// rawSendJob is what the raw sender process sends: rounds of one datagram per destination.
+type rawSendJob struct {
+	Dsts   []string
+	Rounds [][][]byte
+}
+
+// rawSenderCommand runs this binary as the raw sender; tests replace it, as a test binary
+// does not dispatch scenarios.
+var rawSenderCommand = func(args ...string) (*exec.Cmd, error) { return selfCommand("tickle", args...) }
+
+// serveRawSender is the raw sender process: it sends each round of the job in a plain
+// loop of writes, 100 ms apart, and prints the best rate as "RAW <datagrams/s>".
+func serveRawSender(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("tickle "+serveChild, flag.ContinueOnError)
+	path := fs.String("job", "", "file with the datagrams to send")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	f, err := os.Open(*path)
+	if err != nil {
+		return err
+	}
+	var job rawSendJob
+	err = gob.NewDecoder(f).Decode(&job)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	dsts := make([]netip.AddrPort, len(job.Dsts))
+	for i, d := range job.Dsts {
+		if dsts[i], err = netip.ParseAddrPort(d); err != nil {
+			return err
+		}
+	}
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
 	best := 0.0
-	// Best of three, like the fan-out it is compared with gets no second chance either
-	// way: the loop is the machine's ceiling.
-	for round := 0; round < 3; round++ {
+	for _, dgs := range job.Rounds {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		start := time.Now()
-		for _, d := range dsts {
-			if _, err := conn.WriteToUDPAddrPort(payload, d); err != nil {
-				return 0, err
+		for i, d := range dsts {
+			if _, err := conn.WriteToUDPAddrPort(dgs[i], d); err != nil {
+				return err
 			}
 		}
 		best = max(best, float64(len(dsts))/time.Since(start).Seconds())
 		time.Sleep(100 * time.Millisecond)
 	}
-	return best, nil
+	fmt.Printf("RAW %g\n", best)
+	// Like the other children, it ends by ErrHelp: status 0 and no RESULT line.
+	return flag.ErrHelp
 }
 
 func ecKeyPEM(key *ecdsa.PrivateKey) ([]byte, error) {

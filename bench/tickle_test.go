@@ -3,10 +3,30 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
 	"regexp"
 	"testing"
 	"time"
 )
+
+const rawSenderHelperEnv = "BENCH_TICKLE_RAW_SENDER"
+
+// TestTickleRawSenderProcess is not a test: it is the raw sender's process when TestTickle
+// runs the scenario, since a test binary cannot re-run itself as the bench.
+func TestTickleRawSenderProcess(t *testing.T) {
+	if os.Getenv(rawSenderHelperEnv) != "1" {
+		t.Skip("helper process for TestTickle")
+	}
+	if err := serveRawSender(context.Background(), flag.Args()); err != nil && !errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
 
 // TestTickle runs the scenario at a size that takes the task server's parallel fan-out
 // path (two parts of at least 1,024 agents) and checks every agent fetched its job.
@@ -14,12 +34,19 @@ func TestTickle(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts an NS and a site server and enrolls 2,100 agents")
 	}
+	saved := rawSenderCommand
+	t.Cleanup(func() { rawSenderCommand = saved })
+	rawSenderCommand = func(args ...string) (*exec.Cmd, error) {
+		cmd := exec.Command(os.Args[0], append([]string{"-test.run=^TestTickleRawSenderProcess$", "--"}, args...)...)
+		cmd.Env = append(os.Environ(), rawSenderHelperEnv+"=1")
+		return cmd, nil
+	}
 	var stdout, stderr bytes.Buffer
 	code := run(context.Background(), []string{"tickle", "-agents", "2100", "-fetch-concurrency", "500", "-timeout", "60s"}, &stdout, &stderr)
 	if code != 0 {
 		t.Fatalf("exit code %d; stderr:\n%s", code, stderr.String())
 	}
-	want := regexp.MustCompile(`^RESULT tickle agents=2100 fetched=2100 p50_ms=\d+\.\d p99_ms=\d+\.\d .*fanout_per_s=[1-9]\d* .*raw_udp_per_s=[1-9]\d* ratio=\d+\.\d\d .*rss_mb=[1-9]`)
+	want := regexp.MustCompile(`^RESULT tickle agents=2100 fetched=2100 p50_ms=\d+\.\d p99_ms=\d+\.\d .*fanout_per_s=[1-9]\d* .*raw_udp_per_s=[1-9]\d* ratio=\d+\.\d\d raw_discarded_per_s=[1-9]\d* .*rss_mb=[1-9]`)
 	if !want.MatchString(stdout.String()) {
 		t.Fatalf("stdout %q does not match %s; stderr:\n%s", stdout.String(), want, stderr.String())
 	}
