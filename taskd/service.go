@@ -67,7 +67,7 @@ type Service struct {
 	finished  map[string]bool                        // instance ids the agent reported on
 
 	agentConn *net.UDPConn
-	sendersMu sync.Mutex
+	sendersMu sync.RWMutex
 	senders   map[senderKey]*tickle.Sender
 
 	ready     atomic.Bool
@@ -542,6 +542,27 @@ type senderKey struct {
 	keyID uint32
 }
 
+// sendersFor returns each agent's sender, taking the lock once for all of them rather
+// than once per agent, which fan-out goroutines on other CPUs would contend for.
+func (s *Service) sendersFor(agents []agentRecord) []*tickle.Sender {
+	out := make([]*tickle.Sender, len(agents))
+	missing := false
+	s.sendersMu.RLock()
+	for i, a := range agents {
+		out[i] = s.senders[senderKey{a.ID, a.TickleKeyID}]
+		missing = missing || out[i] == nil
+	}
+	s.sendersMu.RUnlock()
+	if missing {
+		for i, a := range agents {
+			if out[i] == nil {
+				out[i], _ = s.sender(a) // nil if the key is unusable
+			}
+		}
+	}
+	return out
+}
+
 func (s *Service) sender(a agentRecord) (*tickle.Sender, error) {
 	s.sendersMu.Lock()
 	defer s.sendersMu.Unlock()
@@ -583,7 +604,9 @@ func (s *Service) tickleAgents(ctx context.Context, agents []agentRecord) {
 			b := s.buildTickles(part)
 			r := &results[i]
 			r.built, r.viaChannel = time.Since(start), b.viaChannel
-			r.sent, r.err = tickle.SendBatch(s.agentConn, b.dgs, b.to, s.metrics.tickles)
+			withRaisedPriority(func() {
+				r.sent, r.err = tickle.SendBatch(s.agentConn, b.dgs, b.to, s.metrics.tickles)
+			})
 		})
 	}
 	wg.Wait()
@@ -620,14 +643,15 @@ func (s *Service) buildTickles(agents []agentRecord) builtTickles {
 	buf := make([]byte, 0, len(agents)*128)
 	ends := make([]int, 0, len(agents))
 	b.to = make([]netip.AddrPort, 0, len(agents))
-	for _, a := range agents {
+	senders := s.sendersFor(agents)
+	for i, a := range agents {
 		hasChannel := s.channel != nil && s.channel.Connected(a.ID)
 		addr, err := netip.ParseAddrPort(a.TickleAddr)
 		if err != nil && !hasChannel {
 			continue
 		}
-		snd, err := s.sender(a)
-		if err != nil {
+		snd := senders[i]
+		if snd == nil {
 			continue
 		}
 		at := len(buf)

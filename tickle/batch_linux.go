@@ -80,7 +80,10 @@ func sendBatch(conn *net.UDPConn, datagrams [][]byte, to []netip.AddrPort) (int,
 		var done int
 		var serr error
 		werr := rc.Write(func(fd uintptr) bool {
-			r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&hdrs[0])), uintptr(k), 0, 0, 0)
+			// The socket is non-blocking, so the call returns within a batch's worth of
+			// work: made raw, it keeps its P, where a scheduler-aware call that long would
+			// be handed off and wait for the P's return behind whatever ran meanwhile.
+			r, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&hdrs[0])), uintptr(k), unix.MSG_DONTWAIT, 0, 0)
 			if e == unix.EAGAIN {
 				return false // wait until the socket is writable
 			}

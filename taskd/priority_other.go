@@ -1,0 +1,5 @@
+//go:build !linux
+
+package taskd
+
+func withRaisedPriority(f func()) { f() }
