@@ -31,6 +31,10 @@ type Config struct {
 	PresenceInterval time.Duration `yaml:"presence_interval"`
 	// ForwardBatch bounds the events in one batch forwarded to the NS.
 	ForwardBatch int `yaml:"forward_batch"`
+	// MaxAgentConnections bounds the connections each agent API listener serves at once;
+	// more wait in the kernel's accept queue. A fan-out to thousands of agents brings them
+	// all at once, and each connection served costs tens of kilobytes.
+	MaxAgentConnections int `yaml:"max_agent_connections"`
 	// MaxForwardBackoff caps the wait between forwarding attempts while the NS is away.
 	MaxForwardBackoff time.Duration `yaml:"max_forward_backoff"`
 
@@ -59,6 +63,9 @@ func (c *Config) Defaults() {
 	}
 	if c.MaxForwardBackoff == 0 {
 		c.MaxForwardBackoff = time.Minute
+	}
+	if c.MaxAgentConnections == 0 {
+		c.MaxAgentConnections = 1024
 	}
 }
 
@@ -94,6 +101,9 @@ func (c *Config) Validate(prefix string) error {
 	}
 	if c.PresenceInterval < time.Second {
 		return fmt.Errorf("%s.presence_interval: %s is below 1s", prefix, c.PresenceInterval)
+	}
+	if c.MaxAgentConnections < 1 {
+		return fmt.Errorf("%s.max_agent_connections: %d is not positive", prefix, c.MaxAgentConnections)
 	}
 	if c.ForwardBatch < 1 || c.ForwardBatch > 100000 {
 		return fmt.Errorf("%s.forward_batch: %d is not within 1..100000", prefix, c.ForwardBatch)

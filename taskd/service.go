@@ -27,6 +27,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/net/netutil"
 
 	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/ns"
@@ -188,6 +189,7 @@ func (s *Service) Run(ctx context.Context) error {
 		return fmt.Errorf("taskd: agent API listen %s: %w", s.cfg.AgentListen, err)
 	}
 	s.agentAddr = ln.Addr()
+	ln = netutil.LimitListener(ln, s.cfg.MaxAgentConnections)
 	var httpLn net.Listener
 	if s.cfg.AgentHTTPListen != "" {
 		if httpLn, err = net.Listen("tcp", s.cfg.AgentHTTPListen); err != nil {
@@ -195,6 +197,7 @@ func (s *Service) Run(ctx context.Context) error {
 			return fmt.Errorf("taskd: agent HTTP listen %s: %w", s.cfg.AgentHTTPListen, err)
 		}
 		s.httpAddr = httpLn.Addr()
+		httpLn = netutil.LimitListener(httpLn, s.cfg.MaxAgentConnections)
 	}
 	if ap, err := netip.ParseAddrPort(tickleConn.LocalAddr().String()); err == nil {
 		s.tickleAd = ap
