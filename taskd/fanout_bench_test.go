@@ -18,8 +18,9 @@ func BenchmarkBuildTickles(b *testing.B) {
 			TickleKey: key, TickleKeyID: uint32(i)}
 		s.sender(agents[i])
 	}
+	var built builtTickles
 	for b.Loop() {
-		if built := s.buildTickles(agents); len(built.dgs) != n {
+		if s.buildTickles(&built, agents); len(built.dgs) != n {
 			b.Fatalf("built %d", len(built.dgs))
 		}
 	}

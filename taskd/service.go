@@ -68,7 +68,9 @@ type Service struct {
 	finished  map[string]bool                        // instance ids the agent reported on
 
 	agentConn *net.UDPConn
+	gate      *acceptGate
 	sendersMu sync.RWMutex
+	fanout    []*builtTickles // per-part scratch of tickleAgents, which only fetchLoop calls
 	senders   map[senderKey]*tickle.Sender
 
 	ready     atomic.Bool
@@ -111,7 +113,7 @@ func New(cfg Config, id string, links []*NSLink, logger *slog.Logger, reg promet
 	}
 	s := &Service{cfg: cfg, id: id, links: links, logger: logger, fetchCh: make(chan struct{}, 1),
 		work: map[string]map[string][]ns.JobInstance{}, known: map[string]bool{}, delivered: map[string]bool{},
-		finished: map[string]bool{}, senders: map[senderKey]*tickle.Sender{}, bound: make(chan struct{})}
+		finished: map[string]bool{}, senders: map[senderKey]*tickle.Sender{}, gate: newAcceptGate(), bound: make(chan struct{})}
 	m, err := newMetrics(reg, s)
 	if err != nil {
 		return nil, fmt.Errorf("taskd: metrics: %w", err)
@@ -189,7 +191,7 @@ func (s *Service) Run(ctx context.Context) error {
 		return fmt.Errorf("taskd: agent API listen %s: %w", s.cfg.AgentListen, err)
 	}
 	s.agentAddr = ln.Addr()
-	ln = netutil.LimitListener(ln, s.cfg.MaxAgentConnections)
+	ln = gatedListener{netutil.LimitListener(ln, s.cfg.MaxAgentConnections), s.gate}
 	var httpLn net.Listener
 	if s.cfg.AgentHTTPListen != "" {
 		if httpLn, err = net.Listen("tcp", s.cfg.AgentHTTPListen); err != nil {
@@ -197,7 +199,7 @@ func (s *Service) Run(ctx context.Context) error {
 			return fmt.Errorf("taskd: agent HTTP listen %s: %w", s.cfg.AgentHTTPListen, err)
 		}
 		s.httpAddr = httpLn.Addr()
-		httpLn = netutil.LimitListener(httpLn, s.cfg.MaxAgentConnections)
+		httpLn = gatedListener{netutil.LimitListener(httpLn, s.cfg.MaxAgentConnections), s.gate}
 	}
 	if ap, err := netip.ParseAddrPort(tickleConn.LocalAddr().String()); err == nil {
 		s.tickleAd = ap
@@ -545,10 +547,10 @@ type senderKey struct {
 	keyID uint32
 }
 
-// sendersFor returns each agent's sender, taking the lock once for all of them rather
-// than once per agent, which fan-out goroutines on other CPUs would contend for.
-func (s *Service) sendersFor(agents []agentRecord) []*tickle.Sender {
-	out := make([]*tickle.Sender, len(agents))
+// sendersFor returns each agent's sender in dst (reused), taking the lock once for all of
+// them rather than once per agent, which fan-out goroutines on other CPUs would contend for.
+func (s *Service) sendersFor(dst []*tickle.Sender, agents []agentRecord) []*tickle.Sender {
+	out := slices.Grow(dst[:0], len(agents))[:len(agents)]
 	missing := false
 	s.sendersMu.RLock()
 	for i, a := range agents {
@@ -600,14 +602,20 @@ func (s *Service) tickleAgents(ctx context.Context, agents []agentRecord) {
 		err              error
 	}
 	results := make([]result, parts)
+	s.gate.hold()
+	defer s.gate.release()
 	var wg sync.WaitGroup
 	for i := range parts {
 		part := agents[i*len(agents)/parts : (i+1)*len(agents)/parts]
+		if len(s.fanout) <= i {
+			s.fanout = append(s.fanout, &builtTickles{})
+		}
+		b := s.fanout[i]
 		wg.Go(func() {
-			b := s.buildTickles(part)
-			r := &results[i]
-			r.built, r.viaChannel = time.Since(start), b.viaChannel
 			withRaisedPriority(func() {
+				s.buildTickles(b, part)
+				r := &results[i]
+				r.built, r.viaChannel = time.Since(start), b.viaChannel
 				r.sent, r.err = tickle.SendBatch(s.agentConn, b.dgs, b.to, s.metrics.tickles)
 			})
 		})
@@ -632,28 +640,34 @@ func (s *Service) tickleAgents(ctx context.Context, agents []agentRecord) {
 const parallelBuildMin = 1024
 
 // builtTickles are datagrams ready to send, and how many agents were tickled over their
-// QUIC channel instead.
+// QUIC channel instead. Its slices are kept from one fan-out to the next: allocating a few
+// megabytes just after decoding the work, often while a garbage collection runs, would make
+// the build pay for marking too.
 type builtTickles struct {
 	dgs        [][]byte
 	to         []netip.AddrPort
 	viaChannel int
+
+	buf     []byte
+	ends    []int
+	senders []*tickle.Sender
 }
 
-// buildTickles builds the agents' tickles into one buffer; agents with an open channel are
-// tickled on it at once.
-func (s *Service) buildTickles(agents []agentRecord) builtTickles {
-	var b builtTickles
-	buf := make([]byte, 0, len(agents)*128)
-	ends := make([]int, 0, len(agents))
-	b.to = make([]netip.AddrPort, 0, len(agents))
-	senders := s.sendersFor(agents)
+// buildTickles builds the agents' tickles into b; agents with an open channel are tickled
+// on it at once.
+func (s *Service) buildTickles(b *builtTickles, agents []agentRecord) {
+	b.viaChannel = 0
+	buf := slices.Grow(b.buf[:0], len(agents)*128)
+	ends := slices.Grow(b.ends[:0], len(agents))
+	b.to = slices.Grow(b.to[:0], len(agents))
+	b.senders = s.sendersFor(b.senders, agents)
 	for i, a := range agents {
 		hasChannel := s.channel != nil && s.channel.Connected(a.ID)
 		addr, err := netip.ParseAddrPort(a.TickleAddr)
 		if err != nil && !hasChannel {
 			continue
 		}
-		snd := senders[i]
+		snd := b.senders[i]
 		if snd == nil {
 			continue
 		}
@@ -676,13 +690,14 @@ func (s *Service) buildTickles(agents []agentRecord) builtTickles {
 		ends, b.to = append(ends, len(buf)), append(b.to, addr)
 	}
 	// Slices into buf are taken only now: appending may have moved it.
-	b.dgs = make([][]byte, len(ends))
+	b.dgs = slices.Grow(b.dgs[:0], len(ends))
 	from := 0
-	for i, end := range ends {
-		b.dgs[i] = buf[from:end:end]
+	for _, end := range ends {
+		b.dgs = append(b.dgs, buf[from:end:end])
 		from = end
 	}
-	return b
+	b.buf, b.ends = buf, ends
+	clear(b.senders) // no sender kept alive past its agent
 }
 
 // Events that arrive after a quiet spell are forwarded once they pause for forwardQuiet, or
