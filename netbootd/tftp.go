@@ -581,9 +581,8 @@ func (s *TFTPServer) refuse(log *slog.Logger, err error) {
 // concurrent transfers from each allocating their own buffer. It also cuts a transfer at
 // its next block once shutdown's grace is over.
 type tftpReader struct {
-	br    *bufio.Reader
-	stop  *atomic.Bool
-	reads int
+	br   *bufio.Reader
+	stop *atomic.Bool
 }
 
 var tftpReaderPool = sync.Pool{
@@ -594,7 +593,6 @@ func tftpGetReader(f io.Reader, stop *atomic.Bool) *tftpReader {
 	r := tftpReaderPool.Get().(*tftpReader)
 	r.br.Reset(f)
 	r.stop = stop
-	r.reads = 0
 	return r
 }
 
@@ -608,7 +606,6 @@ func (r *tftpReader) Read(p []byte) (int, error) {
 	if r.stop.Load() {
 		return 0, errTFTPShuttingDown
 	}
-	r.reads++
 	return r.br.Read(p)
 }
 
