@@ -3,42 +3,18 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
-	"errors"
-	"flag"
-	"fmt"
 	"net"
-	"os"
-	"os/exec"
-	"os/signal"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 )
 
-// pxeChildEnv carries the child flags to the copy of the test binary that stands in for
-// "bench pxe -internal-serve".
-const pxeChildEnv = "SITESERVER_BENCH_PXE_CHILD"
+const pxeHelperEnv = "BENCH_PXE_SERVER_PROCESS"
 
 // TestPXEServerProcess is not a test: started by TestPXE, it is our server's process.
 func TestPXEServerProcess(t *testing.T) {
-	raw := os.Getenv(pxeChildEnv)
-	if raw == "" {
-		return
-	}
-	var args []string
-	if err := json.Unmarshal([]byte(raw), &args); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
-	if err := servePXEChild(ctx, args); err != nil && !errors.Is(err, flag.ErrHelp) {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	os.Exit(0)
+	runHelper(t, pxeHelperEnv, "TestPXE", servePXEChild)
 }
 
 func TestPXE(t *testing.T) {
@@ -49,21 +25,9 @@ func TestPXE(t *testing.T) {
 		t.Skipf("cannot bind %s: %v", pxeBenchRelay, err)
 	}
 	c.Close()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
 	orig := pxeServerCommand
 	t.Cleanup(func() { pxeServerCommand = orig })
-	pxeServerCommand = func(args ...string) (*exec.Cmd, error) {
-		raw, err := json.Marshal(args)
-		if err != nil {
-			return nil, err
-		}
-		cmd := exec.Command(exe, "-test.run=^TestPXEServerProcess$", "-test.count=1")
-		cmd.Env = append(os.Environ(), pxeChildEnv+"="+string(raw))
-		return cmd, nil
-	}
+	pxeServerCommand = helperCommand("TestPXEServerProcess", pxeHelperEnv)
 
 	tests := map[string]struct {
 		args   []string

@@ -3,13 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
-	"flag"
-	"fmt"
 	"net"
-	"os"
-	"os/exec"
-	"os/signal"
 	"regexp"
 	"testing"
 	"time"
@@ -20,16 +14,7 @@ const tftpHelperEnv = "BENCH_TFTP_SERVER_PROCESS"
 // TestTFTPServerProcess is not a test: it is our server's process when TestTFTP runs the
 // scenario, since a test binary cannot re-run itself as the bench.
 func TestTFTPServerProcess(t *testing.T) {
-	if os.Getenv(tftpHelperEnv) != "1" {
-		t.Skip("helper process for TestTFTP")
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
-	if err := serveTFTPChild(ctx, flag.Args()); err != nil && !errors.Is(err, flag.ErrHelp) {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	os.Exit(0)
+	runHelper(t, tftpHelperEnv, "TestTFTP", serveTFTPChild)
 }
 
 func TestTFTP(t *testing.T) {
@@ -40,11 +25,7 @@ func TestTFTP(t *testing.T) {
 	c.Close()
 	saved := tftpServerCommand
 	t.Cleanup(func() { tftpServerCommand = saved })
-	tftpServerCommand = func(args ...string) (*exec.Cmd, error) {
-		cmd := exec.Command(os.Args[0], append([]string{"-test.run=^TestTFTPServerProcess$", "--"}, args...)...)
-		cmd.Env = append(os.Environ(), tftpHelperEnv+"=1")
-		return cmd, nil
-	}
+	tftpServerCommand = helperCommand("TestTFTPServerProcess", tftpHelperEnv)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -3,11 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
-	"flag"
-	"fmt"
-	"os"
-	"os/exec"
 	"regexp"
 	"testing"
 	"time"
@@ -18,14 +13,7 @@ const rawSenderHelperEnv = "BENCH_TICKLE_RAW_SENDER"
 // TestTickleRawSenderProcess is not a test: it is the raw sender's process when TestTickle
 // runs the scenario, since a test binary cannot re-run itself as the bench.
 func TestTickleRawSenderProcess(t *testing.T) {
-	if os.Getenv(rawSenderHelperEnv) != "1" {
-		t.Skip("helper process for TestTickle")
-	}
-	if err := serveRawSender(context.Background(), flag.Args()); err != nil && !errors.Is(err, flag.ErrHelp) {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	os.Exit(0)
+	runHelper(t, rawSenderHelperEnv, "TestTickle", serveRawSender)
 }
 
 // TestTickle runs the scenario at a size that takes the task server's parallel fan-out
@@ -36,11 +24,7 @@ func TestTickle(t *testing.T) {
 	}
 	saved := rawSenderCommand
 	t.Cleanup(func() { rawSenderCommand = saved })
-	rawSenderCommand = func(args ...string) (*exec.Cmd, error) {
-		cmd := exec.Command(os.Args[0], append([]string{"-test.run=^TestTickleRawSenderProcess$", "--"}, args...)...)
-		cmd.Env = append(os.Environ(), rawSenderHelperEnv+"=1")
-		return cmd, nil
-	}
+	rawSenderCommand = helperCommand("TestTickleRawSenderProcess", rawSenderHelperEnv)
 	var stdout, stderr bytes.Buffer
 	code := run(context.Background(), []string{"tickle", "-agents", "2100", "-fetch-concurrency", "500", "-timeout", "60s"}, &stdout, &stderr)
 	if code != 0 {

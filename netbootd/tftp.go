@@ -442,12 +442,7 @@ func (s *TFTPServer) serveRequest(req tftpRequest, from netip.AddrPort, dst neti
 		conn.close()
 	}()
 	refuse := func(err error) {
-		s.refuse(log, err)
-		reason := tftpReasonNotFound
-		var r *tftpRefusal
-		if errors.As(err, &r) {
-			reason = r.reason
-		}
+		reason := s.refuse(log, err)
 		_ = conn.send(tftpAppendError(nil, tftpErrorCode(reason), err.Error()))
 	}
 	if req.op == tftpOpWRQ {
@@ -563,9 +558,9 @@ func tftpBlockCap(configured, ifIndex int, v6 bool) int {
 	return max(min(configured, ifi.MTU-headers), 512)
 }
 
-// refuse counts a refusal. Anyone on the segment can provoke refusals, so they are logged
-// at debug level only.
-func (s *TFTPServer) refuse(log *slog.Logger, err error) {
+// refuse counts a refusal and returns its reason. Anyone on the segment can provoke
+// refusals, so they are logged at debug level only.
+func (s *TFTPServer) refuse(log *slog.Logger, err error) string {
 	reason := tftpReasonNotFound
 	var r *tftpRefusal
 	if errors.As(err, &r) {
@@ -574,6 +569,7 @@ func (s *TFTPServer) refuse(log *slog.Logger, err error) {
 	s.metrics.result[tftpResultRefused].Inc()
 	s.metrics.refused[reason].Inc()
 	log.Debug("tftp request refused", "reason", reason, "err", err)
+	return reason
 }
 
 // tftpReader streams a file to a transfer, which reads one block at a time: the read-ahead
