@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/siteserver/siteserver/internal/datadir"
 	"github.com/siteserver/siteserver/ns"
 	"github.com/siteserver/siteserver/taskd"
 	"github.com/siteserver/siteserver/tickle"
@@ -83,7 +84,7 @@ func (d *doneSet) add(id string) error {
 		}
 	}
 	b, _ := json.Marshal(d.ids)
-	return ns.WriteFileAtomic(d.path, b, 0o600)
+	return datadir.WriteFileAtomic(d.path, b, 0o600)
 }
 
 func (t *taskClient) kick() {

@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/siteserver/siteserver/internal/pki"
 	"github.com/siteserver/siteserver/ns"
 )
 
@@ -134,7 +135,7 @@ services:
 	if err != nil {
 		return nil, err
 	}
-	conf, err := ns.ClientTLSConfig(caPEM, "", "127.0.0.1", nil, nil)
+	conf, err := pki.ClientTLSConfig(caPEM, "", "127.0.0.1", nil, nil)
 	if err != nil {
 		return nil, err
 	}

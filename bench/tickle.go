@@ -27,6 +27,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/siteserver/siteserver/internal/pki"
 	"github.com/siteserver/siteserver/ns"
 	"github.com/siteserver/siteserver/taskd"
 	"github.com/siteserver/siteserver/tickle"
@@ -139,7 +140,7 @@ services:
 	if err != nil {
 		return nil, err
 	}
-	nsConf, err := ns.ClientTLSConfig(caPEM, "", "127.0.0.1", nil, nil)
+	nsConf, err := pki.ClientTLSConfig(caPEM, "", "127.0.0.1", nil, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -395,11 +396,11 @@ func waitTagged(ctx context.Context, c *ns.Client, serverID string, n int, stder
 
 func newSimAgent(ctx context.Context, i int, nsClient *ns.Client, nsAddr string, caPEM []byte, serverID string, apiPort int) (*simAgent, error) {
 	id := fmt.Sprintf("bench-agent-%05d", i)
-	key, err := ns.NewClientKey()
+	key, err := pki.NewClientKey()
 	if err != nil {
 		return nil, err
 	}
-	csr, err := ns.MakeCSR(key, id)
+	csr, err := pki.MakeCSR(key, id)
 	if err != nil {
 		return nil, err
 	}

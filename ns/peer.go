@@ -16,6 +16,8 @@ import (
 	"sync"
 
 	"github.com/google/uuid"
+	"github.com/siteserver/siteserver/internal/datadir"
+	"github.com/siteserver/siteserver/internal/pki"
 )
 
 // LoadOrCreateID returns the GUID kept in dir/guid, creating it at first start. The GUID
@@ -37,7 +39,7 @@ func LoadOrCreateID(dir string) (string, error) {
 		return "", fmt.Errorf("ns: data dir: %w", err)
 	}
 	id := uuid.NewString()
-	if err := WriteFileAtomic(path, []byte(id+"\n"), 0o644); err != nil {
+	if err := datadir.WriteFileAtomic(path, []byte(id+"\n"), 0o644); err != nil {
 		return "", fmt.Errorf("ns: write GUID: %w", err)
 	}
 	return id, nil
@@ -162,9 +164,9 @@ func (p *Peer) newClient(ctx context.Context, cert *tls.Certificate) (*Client, e
 		return nil, fmt.Errorf("ns: %s: url: %w", p.Endpoint.Name, err)
 	}
 	var saveOnce sync.Once
-	conf, err := ClientTLSConfig(ca, p.Endpoint.CASHA256, u.Hostname(), cert, func(pinned []byte) {
+	conf, err := pki.ClientTLSConfig(ca, p.Endpoint.CASHA256, u.Hostname(), cert, func(pinned []byte) {
 		// Later connections verify against the saved CA instead of the pin.
-		saveOnce.Do(func() { WriteFileAtomic(p.path("ca.crt"), pinned, 0o644) })
+		saveOnce.Do(func() { datadir.WriteFileAtomic(p.path("ca.crt"), pinned, 0o644) })
 	})
 	if err != nil {
 		return nil, fmt.Errorf("ns: %s: %w", p.Endpoint.Name, err)
@@ -173,11 +175,11 @@ func (p *Peer) newClient(ctx context.Context, cert *tls.Certificate) (*Client, e
 }
 
 func (p *Peer) enroll(ctx context.Context) error {
-	key, err := NewClientKey()
+	key, err := pki.NewClientKey()
 	if err != nil {
 		return err
 	}
-	csr, err := MakeCSR(key, p.ID)
+	csr, err := pki.MakeCSR(key, p.ID)
 	if err != nil {
 		return err
 	}
@@ -197,23 +199,23 @@ func (p *Peer) enroll(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := WriteFileAtomic(p.path("client.key"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+	if err := datadir.WriteFileAtomic(p.path("client.key"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
 		return err
 	}
 	if p.Endpoint.CAFile == "" && p.InProcess == nil && resp.CA != "" {
-		if err := WriteFileAtomic(p.path("ca.crt"), []byte(resp.CA), 0o644); err != nil {
+		if err := datadir.WriteFileAtomic(p.path("ca.crt"), []byte(resp.CA), 0o644); err != nil {
 			return err
 		}
 	}
 	if p.Kind == KindSiteServer {
 		b, _ := json.Marshal(TickleKey{ID: resp.TickleKeyID, Key: resp.TickleKey, Sender: resp.NSID})
-		if err := WriteFileAtomic(p.path("tickle.json"), b, 0o600); err != nil {
+		if err := datadir.WriteFileAtomic(p.path("tickle.json"), b, 0o600); err != nil {
 			return err
 		}
 		p.tickle = nil
 	}
 	// The certificate goes last: its presence is what says enrollment finished.
-	if err := WriteFileAtomic(p.path("client.crt"), []byte(resp.Certificate), 0o644); err != nil {
+	if err := datadir.WriteFileAtomic(p.path("client.crt"), []byte(resp.Certificate), 0o644); err != nil {
 		return err
 	}
 	p.status = resp.Status

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/siteserver/siteserver/internal/datadir"
 )
 
 // RegisterFunc performs one registration (or heartbeat) with an authenticated client and
@@ -193,7 +194,7 @@ func (r *Registrar) once(ctx context.Context, p *Peer) (time.Duration, error) {
 		r.mu.Lock()
 		r.last[name] = b
 		r.mu.Unlock()
-		if werr := WriteFileAtomic(filepath.Join(p.Dir, "registration.json"), b, 0o644); werr != nil {
+		if werr := datadir.WriteFileAtomic(filepath.Join(p.Dir, "registration.json"), b, 0o644); werr != nil {
 			r.Logger.Warn("could not save the registration answer", "ns", name, "err", werr)
 		}
 	}

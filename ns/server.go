@@ -27,6 +27,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/siteserver/siteserver/internal/obs"
+	"github.com/siteserver/siteserver/internal/pki"
 	"github.com/siteserver/siteserver/sites"
 	"github.com/siteserver/siteserver/tickle"
 )
@@ -43,7 +44,7 @@ type Server struct {
 
 	// set up by Run
 	store Store
-	ca    *CA
+	ca    *pki.CA
 	rules atomic.Pointer[sites.Map]
 
 	mu sync.Mutex // serialises rule changes and enrollments
@@ -113,7 +114,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("ns: data dir: %w", err)
 	}
-	ca, err := LoadOrCreateCA(s.cfg.DataDir)
+	ca, err := pki.LoadOrCreateCA(s.cfg.DataDir)
 	if err != nil {
 		return err
 	}
@@ -176,7 +177,7 @@ func (s *Server) Run(ctx context.Context) error {
 			Addr: s.cfg.ChannelListen, TLS: chConf, Metrics: s.jobMetrics.tickles, ChannelMetrics: s.jobMetrics.channel,
 			Logger: s.logger,
 			PeerID: func(cs tls.ConnectionState) (string, error) {
-				id, kind, ok := PeerIdentity(&cs)
+				id, kind, ok := pki.PeerIdentity(&cs)
 				if !ok || kind != KindSiteServer {
 					return "", errors.New("only site servers open tickle channels to the NS")
 				}
@@ -216,7 +217,7 @@ func (s *Server) Run(ctx context.Context) error {
 
 // renewLoop looks at the server certificate daily and re-issues it when it nears its end,
 // so an NS that runs for years never presents an expired one.
-func (s *Server) renewLoop(ctx context.Context, ca *CA, ips []net.IP, current *atomic.Pointer[tls.Certificate]) {
+func (s *Server) renewLoop(ctx context.Context, ca *pki.CA, ips []net.IP, current *atomic.Pointer[tls.Certificate]) {
 	tk := time.NewTicker(24 * time.Hour)
 	defer tk.Stop()
 	for {
@@ -478,7 +479,7 @@ type peerInfo struct{ id, serial, kind string }
 // last issued to that peer (re-enrolling supersedes older certificates).
 func (s *Server) peer(kind string, h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		id, k, ok := PeerIdentity(r.TLS)
+		id, k, ok := pki.PeerIdentity(r.TLS)
 		if !ok {
 			s.metrics.authFailures.WithLabelValues("no_client_cert").Inc()
 			writeError(w, http.StatusUnauthorized, "a client certificate from enrollment is required")
@@ -498,7 +499,7 @@ func (s *Server) peer(kind string, h http.HandlerFunc) http.HandlerFunc {
 // anyPeer admits a site server or an agent with its latest certificate.
 func (s *Server) anyPeer(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		id, k, ok := PeerIdentity(r.TLS)
+		id, k, ok := pki.PeerIdentity(r.TLS)
 		if !ok {
 			s.metrics.authFailures.WithLabelValues("no_client_cert").Inc()
 			writeError(w, http.StatusUnauthorized, "a client certificate from enrollment is required")

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/siteserver/siteserver/internal/pki"
 	"github.com/siteserver/siteserver/sites"
 )
 
@@ -64,7 +65,7 @@ func startNS(t *testing.T, mod func(*ServerConfig)) *testNS {
 		t.Fatal(err)
 	}
 	tn := &testNS{srv: srv, url: "https://" + addr.String(), ca: ca, dir: dir}
-	conf, err := ClientTLSConfig(ca, "", "127.0.0.1", nil, nil)
+	conf, err := pki.ClientTLSConfig(ca, "", "127.0.0.1", nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

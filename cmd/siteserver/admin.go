@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/siteserver/siteserver/internal/config"
+	"github.com/siteserver/siteserver/internal/pki"
 	"github.com/siteserver/siteserver/ns"
 )
 
@@ -77,7 +78,7 @@ func (f *adminFlags) client() (*ns.Client, error) {
 			return nil, fmt.Errorf("-ca: %w", err)
 		}
 	}
-	conf, err := ns.ClientTLSConfig(caPEM, f.pin, u.Hostname(), nil, nil)
+	conf, err := pki.ClientTLSConfig(caPEM, f.pin, u.Hostname(), nil, nil)
 	if err != nil {
 		return nil, usageError{fmt.Sprintf("%v (give -ca or -ca-sha256)", err)}
 	}

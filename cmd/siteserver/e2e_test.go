@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/siteserver/siteserver/internal/pki"
 	"github.com/siteserver/siteserver/ns"
 )
 
@@ -287,7 +288,7 @@ services:
 	}
 
 	// Malformed and oversized bodies get 4xx and change nothing.
-	conf, err := ns.ClientTLSConfig(mustRead(t, caFile), "", "127.0.0.1", nil, nil)
+	conf, err := pki.ClientTLSConfig(mustRead(t, caFile), "", "127.0.0.1", nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/siteserver/siteserver/agent"
 	"github.com/siteserver/siteserver/internal/config"
+	"github.com/siteserver/siteserver/internal/datadir"
 	"github.com/siteserver/siteserver/internal/hostinfo"
 	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/internal/service"
@@ -114,7 +115,7 @@ func runNS(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 	}
 	logger := obs.NewLogger(cfg.Log, stderr).With("component", "ns")
 	reg := obs.NewRegistry("ns")
-	lock, err := hostinfo.LockDir(cfg.Server.DataDir)
+	lock, err := datadir.Lock(cfg.Server.DataDir)
 	if err != nil {
 		return fmt.Errorf("ns.data_dir: %w", err)
 	}
@@ -144,7 +145,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	logger := obs.NewLogger(cfg.Log, stderr).With("component", "agent")
 	reg := obs.NewRegistry("agent")
-	lock, err := hostinfo.LockDir(cfg.DataDir)
+	lock, err := datadir.Lock(cfg.DataDir)
 	if err != nil {
 		return fmt.Errorf("data_dir: %w", err)
 	}
@@ -176,7 +177,7 @@ func loadOrCreateToken(path string) (string, error) {
 	raw := make([]byte, 24)
 	rand.Read(raw)
 	tok := hex.EncodeToString(raw)
-	if err := ns.WriteFileAtomic(path, []byte(tok+"\n"), 0o600); err != nil {
+	if err := datadir.WriteFileAtomic(path, []byte(tok+"\n"), 0o600); err != nil {
 		return "", err
 	}
 	return tok, nil
@@ -193,7 +194,7 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 	}
 	logger := obs.NewLogger(cfg.Log, stderr).With("component", "serve")
 	reg := obs.NewRegistry("serve")
-	lock, err := hostinfo.LockDir(cfg.DataDir)
+	lock, err := datadir.Lock(cfg.DataDir)
 	if err != nil {
 		return fmt.Errorf("data_dir: %w", err)
 	}

@@ -1,4 +1,4 @@
-package hostinfo
+package datadir
 
 import (
 	"strings"
@@ -7,15 +7,15 @@ import (
 
 func TestLockDir(t *testing.T) {
 	dir := t.TempDir()
-	f, err := LockDir(dir)
+	f, err := Lock(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := LockDir(dir); err == nil || !strings.Contains(err.Error(), "in use") {
+	if _, err := Lock(dir); err == nil || !strings.Contains(err.Error(), "in use") {
 		t.Fatalf("second lock = %v, want in use", err)
 	}
 	f.Close()
-	g, err := LockDir(dir)
+	g, err := Lock(dir)
 	if err != nil {
 		t.Fatalf("after release: %v", err)
 	}

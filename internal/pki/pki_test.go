@@ -1,4 +1,4 @@
-package ns
+package pki
 
 import (
 	"bytes"
@@ -16,6 +16,7 @@ import (
 	"encoding/hex"
 	"encoding/pem"
 	"fmt"
+	"github.com/siteserver/siteserver/internal/datadir"
 	"io"
 	"math/big"
 	"net"
@@ -30,7 +31,7 @@ import (
 	"time"
 )
 
-func pkiTestCA(t *testing.T) *CA {
+func testCA(t *testing.T) *CA {
 	t.Helper()
 	ca, err := LoadOrCreateCA(t.TempDir())
 	if err != nil {
@@ -41,14 +42,14 @@ func pkiTestCA(t *testing.T) *CA {
 
 // pkiTestForeignCA makes a CA outside any data directory with the given
 // subject, so tests can impersonate the real CA's name.
-func pkiTestForeignCA(t *testing.T, subject pkix.Name) *CA {
+func testForeignCA(t *testing.T, subject pkix.Name) *CA {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
 	tmpl := &x509.Certificate{
-		SerialNumber:          pkiTestSerial(t),
+		SerialNumber:          testSerial(t),
 		Subject:               subject,
 		NotBefore:             time.Now().Add(-time.Hour),
 		NotAfter:              time.Now().Add(24 * time.Hour),
@@ -60,23 +61,23 @@ func pkiTestForeignCA(t *testing.T, subject pkix.Name) *CA {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca, err := pkiLoadCA(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), key)
+	ca, err := loadCA(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), key)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return ca
 }
 
-func pkiTestSerial(t *testing.T) *big.Int {
+func testSerial(t *testing.T) *big.Int {
 	t.Helper()
-	n, err := pkiSerial()
+	n, err := newSerial()
 	if err != nil {
 		t.Fatal(err)
 	}
 	return n
 }
 
-func pkiTestMode(t *testing.T, path string) os.FileMode {
+func testMode(t *testing.T, path string) os.FileMode {
 	t.Helper()
 	fi, err := os.Stat(path)
 	if err != nil {
@@ -91,7 +92,7 @@ func TestLoadOrCreateCA(t *testing.T) {
 	if err != nil {
 		t.Fatalf("first LoadOrCreateCA: %v", err)
 	}
-	if got := pkiTestMode(t, filepath.Join(dir, "ca.key")); got != 0o600 {
+	if got := testMode(t, filepath.Join(dir, "ca.key")); got != 0o600 {
 		t.Errorf("ca.key mode = %04o, want 0600", got)
 	}
 	if !strings.HasPrefix(ca1.Cert.Subject.CommonName, "siteserver NS CA ") {
@@ -125,14 +126,14 @@ func TestLoadOrCreateCA(t *testing.T) {
 	if ca2.Fingerprint() != ca1.Fingerprint() {
 		t.Errorf("fingerprint changed on reload: %s then %s", ca1.Fingerprint(), ca2.Fingerprint())
 	}
-	if !pkiSameKey(ca1.Key.Public(), ca2.Key.Public()) {
+	if !sameKey(ca1.Key.Public(), ca2.Key.Public()) {
 		t.Error("key changed on reload")
 	}
 }
 
 func TestLoadOrCreateCARefuses(t *testing.T) {
-	other := pkiTestCA(t)
-	otherKey, err := pkiKeyPEM(other.Key)
+	other := testCA(t)
+	otherKey, err := keyPEM(other.Key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,17 +157,17 @@ func TestLoadOrCreateCARefuses(t *testing.T) {
 			}
 		}},
 		{"key of another CA", func(t *testing.T, dir string) {
-			if err := WriteFileAtomic(filepath.Join(dir, "ca.key"), otherKey, 0o600); err != nil {
+			if err := datadir.WriteFileAtomic(filepath.Join(dir, "ca.key"), otherKey, 0o600); err != nil {
 				t.Fatal(err)
 			}
 		}},
 		{"key garbage", func(t *testing.T, dir string) {
-			if err := WriteFileAtomic(filepath.Join(dir, "ca.key"), []byte("not a key"), 0o600); err != nil {
+			if err := datadir.WriteFileAtomic(filepath.Join(dir, "ca.key"), []byte("not a key"), 0o600); err != nil {
 				t.Fatal(err)
 			}
 		}},
 		{"certificate garbage", func(t *testing.T, dir string) {
-			if err := WriteFileAtomic(filepath.Join(dir, "ca.crt"), []byte("not a cert"), 0o644); err != nil {
+			if err := datadir.WriteFileAtomic(filepath.Join(dir, "ca.crt"), []byte("not a cert"), 0o644); err != nil {
 				t.Fatal(err)
 			}
 		}},
@@ -198,13 +199,13 @@ func TestLoadOrCreateCAKeyWithoutCert(t *testing.T) {
 	if err != nil {
 		t.Fatalf("LoadOrCreateCA with key only: %v", err)
 	}
-	if !pkiSameKey(ca1.Key.Public(), ca2.Cert.PublicKey) {
+	if !sameKey(ca1.Key.Public(), ca2.Cert.PublicKey) {
 		t.Error("new CA certificate is not for the existing key")
 	}
 }
 
 func TestServerCertificate(t *testing.T) {
-	ca := pkiTestCA(t)
+	ca := testCA(t)
 	dir := t.TempDir()
 	ip1 := net.ParseIP("192.0.2.10")
 	ip2 := net.ParseIP("2001:db8::20")
@@ -213,7 +214,7 @@ func TestServerCertificate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := pkiTestMode(t, filepath.Join(dir, "server.key")); got != 0o600 {
+	if got := testMode(t, filepath.Join(dir, "server.key")); got != 0o600 {
 		t.Errorf("server.key mode = %04o, want 0600", got)
 	}
 	if len(first.Certificate) != 2 || !bytes.Equal(first.Certificate[1], ca.Cert.Raw) {
@@ -225,7 +226,7 @@ func TestServerCertificate(t *testing.T) {
 			t.Errorf("leaf does not cover %s: %v", name, err)
 		}
 	}
-	if _, err := leaf.Verify(x509.VerifyOptions{Roots: pkiTestPool(ca), DNSName: "ns.example.org"}); err != nil {
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: testPool(ca), DNSName: "ns.example.org"}); err != nil {
 		t.Errorf("leaf does not verify against the CA: %v", err)
 	}
 
@@ -247,7 +248,7 @@ func TestServerCertificate(t *testing.T) {
 			name: "expires within 30 days",
 			dns:  []string{"ns.example.org"},
 			prepare: func(t *testing.T) {
-				pkiTestWriteServerCert(t, ca, dir, time.Now().Add(-300*24*time.Hour), time.Now().Add(20*24*time.Hour))
+				testWriteServerCert(t, ca, dir, time.Now().Add(-300*24*time.Hour), time.Now().Add(20*24*time.Hour))
 			},
 			reissue: true,
 		},
@@ -255,7 +256,7 @@ func TestServerCertificate(t *testing.T) {
 			name: "signed by another CA",
 			dns:  []string{"ns.example.org"},
 			prepare: func(t *testing.T) {
-				pkiTestWriteServerCert(t, pkiTestCA(t), dir, time.Now().Add(-time.Hour), time.Now().Add(300*24*time.Hour))
+				testWriteServerCert(t, testCA(t), dir, time.Now().Add(-time.Hour), time.Now().Add(300*24*time.Hour))
 			},
 			reissue: true,
 		},
@@ -267,11 +268,11 @@ func TestServerCertificate(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				b, err := pkiKeyPEM(k)
+				b, err := keyPEM(k)
 				if err != nil {
 					t.Fatal(err)
 				}
-				if err := WriteFileAtomic(filepath.Join(dir, "server.key"), b, 0o600); err != nil {
+				if err := datadir.WriteFileAtomic(filepath.Join(dir, "server.key"), b, 0o600); err != nil {
 					t.Fatal(err)
 				}
 			},
@@ -335,30 +336,30 @@ func TestServerCertificate(t *testing.T) {
 
 // pkiTestWriteServerCert replaces the server certificate and key in dir
 // with one for the default names valid between notBefore and notAfter.
-func pkiTestWriteServerCert(t *testing.T, ca *CA, dir string, notBefore, notAfter time.Time) {
+func testWriteServerCert(t *testing.T, ca *CA, dir string, notBefore, notAfter time.Time) {
 	t.Helper()
 	key, err := NewClientKey()
 	if err != nil {
 		t.Fatal(err)
 	}
-	names, addrs := pkiServerNames([]string{"ns.example.org"}, nil)
-	der, err := ca.pkiIssueServerCert(key.Public(), names, addrs, notBefore, notAfter)
+	names, addrs := serverNames([]string{"ns.example.org"}, nil)
+	der, err := ca.issueServerCert(key.Public(), names, addrs, notBefore, notAfter)
 	if err != nil {
 		t.Fatal(err)
 	}
-	keyPEM, err := pkiKeyPEM(key)
+	keyPEM, err := keyPEM(key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := WriteFileAtomic(filepath.Join(dir, "server.key"), keyPEM, 0o600); err != nil {
+	if err := datadir.WriteFileAtomic(filepath.Join(dir, "server.key"), keyPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := WriteFileAtomic(filepath.Join(dir, "server.crt"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+	if err := datadir.WriteFileAtomic(filepath.Join(dir, "server.crt"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
 
-func pkiTestPool(ca *CA) *x509.CertPool {
+func testPool(ca *CA) *x509.CertPool {
 	p := x509.NewCertPool()
 	p.AddCert(ca.Cert)
 	return p
@@ -366,7 +367,7 @@ func pkiTestPool(ca *CA) *x509.CertPool {
 
 // pkiTestServer starts an HTTPS server on 127.0.0.1 that answers with what
 // PeerIdentity makes of each request.
-func pkiTestServer(t *testing.T, cfg *tls.Config) *httptest.Server {
+func testServer(t *testing.T, cfg *tls.Config) *httptest.Server {
 	t.Helper()
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id, kind, ok := PeerIdentity(r.TLS)
@@ -380,7 +381,7 @@ func pkiTestServer(t *testing.T, cfg *tls.Config) *httptest.Server {
 
 // pkiTestGet fetches url with cfg, always dialing addr so that any host
 // name can be used in the URL.
-func pkiTestGet(t *testing.T, cfg *tls.Config, addr, url string) (string, error) {
+func testGet(t *testing.T, cfg *tls.Config, addr, url string) (string, error) {
 	t.Helper()
 	tr := &http.Transport{
 		TLSClientConfig: cfg,
@@ -405,7 +406,7 @@ func pkiTestGet(t *testing.T, cfg *tls.Config, addr, url string) (string, error)
 	return string(b), err
 }
 
-func pkiTestSplitIdentity(t *testing.T, body string) (id, kind string, ok bool) {
+func testSplitIdentity(t *testing.T, body string) (id, kind string, ok bool) {
 	t.Helper()
 	parts := strings.Split(body, "|")
 	if len(parts) != 3 {
@@ -415,13 +416,13 @@ func pkiTestSplitIdentity(t *testing.T, body string) (id, kind string, ok bool) 
 }
 
 func TestClientTLSConfigServerVerification(t *testing.T) {
-	ca := pkiTestCA(t)
-	other := pkiTestCA(t)
+	ca := testCA(t)
+	other := testCA(t)
 	cert, err := ca.ServerCertificate(t.TempDir(), []string{"ns.test"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := pkiTestServer(t, ca.ServerTLSConfig(cert))
+	srv := testServer(t, ca.ServerTLSConfig(cert))
 	addr := srv.Listener.Addr().String()
 	ipURL := "https://" + addr + "/"
 	nameURL := "https://ns.test/"
@@ -466,12 +467,12 @@ func TestClientTLSConfigServerVerification(t *testing.T) {
 			if err != nil {
 				t.Fatalf("ClientTLSConfig: %v", err)
 			}
-			body, err := pkiTestGet(t, cfg, addr, tt.url)
+			body, err := testGet(t, cfg, addr, tt.url)
 			if (err != nil) != tt.wantErr {
 				t.Fatalf("request error = %v, want error %v", err, tt.wantErr)
 			}
 			if err == nil {
-				if _, _, ok := pkiTestSplitIdentity(t, body); ok {
+				if _, _, ok := testSplitIdentity(t, body); ok {
 					t.Error("anonymous client got an identity")
 				}
 			}
@@ -489,7 +490,7 @@ func TestClientTLSConfigServerVerification(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if _, err := pkiTestGet(t, cfg2, addr, ipURL); err != nil {
+				if _, err := testGet(t, cfg2, addr, ipURL); err != nil {
 					t.Errorf("saved CA PEM does not work: %v", err)
 				}
 			} else if len(pinned) != 0 {
@@ -502,14 +503,14 @@ func TestClientTLSConfigServerVerification(t *testing.T) {
 // A server may present the pinned CA certificate (it is public) next to a
 // leaf from a CA of its own; the pin must not vouch for that leaf.
 func TestClientTLSConfigPinnedCAWithForeignLeaf(t *testing.T) {
-	ca := pkiTestCA(t)
-	evil := pkiTestCA(t)
+	ca := testCA(t)
+	evil := testCA(t)
 	evilCert, err := evil.ServerCertificate(t.TempDir(), nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	evilCert.Certificate = [][]byte{evilCert.Certificate[0], ca.Cert.Raw, evil.Cert.Raw}
-	srv := pkiTestServer(t, evil.ServerTLSConfig(evilCert))
+	srv := testServer(t, evil.ServerTLSConfig(evilCert))
 	addr := srv.Listener.Addr().String()
 
 	called := false
@@ -517,7 +518,7 @@ func TestClientTLSConfigPinnedCAWithForeignLeaf(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pkiTestGet(t, cfg, addr, "https://"+addr+"/"); err == nil {
+	if _, err := testGet(t, cfg, addr, "https://"+addr+"/"); err == nil {
 		t.Fatal("handshake succeeded with a leaf not issued by the pinned CA")
 	}
 	if called {
@@ -549,7 +550,7 @@ func TestClientTLSConfigRefuses(t *testing.T) {
 
 // pkiTestEnroll plays a client: makes a key, asks for csrCN, and returns
 // the certificate the CA issues for id and kind.
-func pkiTestEnroll(t *testing.T, ca *CA, csrCN, id, kind string) tls.Certificate {
+func testEnroll(t *testing.T, ca *CA, csrCN, id, kind string) tls.Certificate {
 	t.Helper()
 	key, err := NewClientKey()
 	if err != nil {
@@ -563,7 +564,7 @@ func pkiTestEnroll(t *testing.T, ca *CA, csrCN, id, kind string) tls.Certificate
 	if err != nil {
 		t.Fatalf("SignCSR: %v", err)
 	}
-	keyPEM, err := pkiKeyPEM(key)
+	keyPEM, err := keyPEM(key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -575,17 +576,17 @@ func pkiTestEnroll(t *testing.T, ca *CA, csrCN, id, kind string) tls.Certificate
 }
 
 func TestPeerIdentity(t *testing.T) {
-	ca := pkiTestCA(t)
+	ca := testCA(t)
 	serverCert, err := ca.ServerCertificate(t.TempDir(), nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := pkiTestServer(t, ca.ServerTLSConfig(serverCert))
+	srv := testServer(t, ca.ServerTLSConfig(serverCert))
 	addr := srv.Listener.Addr().String()
 	url := "https://" + addr + "/"
 
-	other := pkiTestCA(t)
-	sameName := pkiTestForeignCA(t, ca.Cert.Subject)
+	other := testCA(t)
+	sameName := testForeignCA(t, ca.Cert.Subject)
 
 	tests := []struct {
 		name     string
@@ -599,28 +600,28 @@ func TestPeerIdentity(t *testing.T) {
 		{name: "no certificate"},
 		{
 			name:   "site server",
-			cert:   new(pkiTestEnroll(t, ca, "i-would-like-to-be-admin", "0b4f5a9e-1c1d-4e55-9a51-2f9c3c1b7e01", "siteserver")),
+			cert:   new(testEnroll(t, ca, "i-would-like-to-be-admin", "0b4f5a9e-1c1d-4e55-9a51-2f9c3c1b7e01", "siteserver")),
 			wantID: "0b4f5a9e-1c1d-4e55-9a51-2f9c3c1b7e01", wantKind: "siteserver", wantOK: true,
 		},
 		{
 			name:   "agent",
-			cert:   new(pkiTestEnroll(t, ca, "", "agent-42", "agent")),
+			cert:   new(testEnroll(t, ca, "", "agent-42", "agent")),
 			wantID: "agent-42", wantKind: "agent", wantOK: true,
 		},
 		{
 			// The client does not offer a certificate the server did not ask for.
 			name: "other CA",
-			cert: new(pkiTestEnroll(t, other, "x", "intruder", "siteserver")),
+			cert: new(testEnroll(t, other, "x", "intruder", "siteserver")),
 		},
 		{
 			name:    "other CA, sent anyway",
-			cert:    new(pkiTestEnroll(t, other, "x", "intruder", "siteserver")),
+			cert:    new(testEnroll(t, other, "x", "intruder", "siteserver")),
 			force:   true,
 			wantErr: true,
 		},
 		{
 			name:    "CA with the same name",
-			cert:    new(pkiTestEnroll(t, sameName, "x", "intruder", "siteserver")),
+			cert:    new(testEnroll(t, sameName, "x", "intruder", "siteserver")),
 			wantErr: true,
 		},
 		{
@@ -645,14 +646,14 @@ func TestPeerIdentity(t *testing.T) {
 					return tt.cert, nil
 				}
 			}
-			body, err := pkiTestGet(t, cfg, addr, url)
+			body, err := testGet(t, cfg, addr, url)
 			if (err != nil) != tt.wantErr {
 				t.Fatalf("request error = %v, want error %v", err, tt.wantErr)
 			}
 			if err != nil {
 				return
 			}
-			id, kind, ok := pkiTestSplitIdentity(t, body)
+			id, kind, ok := testSplitIdentity(t, body)
 			if id != tt.wantID || kind != tt.wantKind || ok != tt.wantOK {
 				t.Errorf("PeerIdentity = (%q, %q, %v), want (%q, %q, %v)", id, kind, ok, tt.wantID, tt.wantKind, tt.wantOK)
 			}
@@ -667,7 +668,7 @@ func TestPeerIdentity(t *testing.T) {
 }
 
 func TestSignCSR(t *testing.T) {
-	ca := pkiTestCA(t)
+	ca := testCA(t)
 	newKey := func(t *testing.T, f func() (crypto.Signer, error)) crypto.Signer {
 		t.Helper()
 		k, err := f()
@@ -726,7 +727,7 @@ func TestSignCSR(t *testing.T) {
 				}
 				return
 			}
-			cert, err := pkiParseCertPEM(certPEM)
+			cert, err := parseCertPEM(certPEM)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -739,7 +740,7 @@ func TestSignCSR(t *testing.T) {
 			if cert.IsCA || len(cert.DNSNames) != 0 {
 				t.Errorf("took from the CSR: IsCA=%v DNSNames=%v", cert.IsCA, cert.DNSNames)
 			}
-			if !pkiSameKey(cert.PublicKey, key.Public()) {
+			if !sameKey(cert.PublicKey, key.Public()) {
 				t.Error("certificate is not for the CSR's key")
 			}
 			if days := cert.NotAfter.Sub(time.Now()).Hours() / 24; days < 364 || days > 366 {
@@ -750,12 +751,12 @@ func TestSignCSR(t *testing.T) {
 			}
 			serials = append(serials, cert.SerialNumber.String())
 			if _, err := cert.Verify(x509.VerifyOptions{
-				Roots:     pkiTestPool(ca),
+				Roots:     testPool(ca),
 				KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 			}); err != nil {
 				t.Errorf("does not verify as a client certificate: %v", err)
 			}
-			if _, err := cert.Verify(x509.VerifyOptions{Roots: pkiTestPool(ca)}); err == nil {
+			if _, err := cert.Verify(x509.VerifyOptions{Roots: testPool(ca)}); err == nil {
 				t.Error("verifies as a server certificate")
 			}
 		})
@@ -766,7 +767,7 @@ func TestSignCSR(t *testing.T) {
 }
 
 func TestSignCSRRefusesBadInput(t *testing.T) {
-	ca := pkiTestCA(t)
+	ca := testCA(t)
 	key, err := NewClientKey()
 	if err != nil {
 		t.Fatal(err)
@@ -799,72 +800,5 @@ func TestSignCSRRefusesBadInput(t *testing.T) {
 				t.Fatalf("SignCSR issued\n%s", got)
 			}
 		})
-	}
-}
-
-func TestWriteFileAtomic(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "f")
-	tests := []struct {
-		name string
-		data string
-		mode os.FileMode
-	}{
-		{"create secret", "one", 0o600},
-		{"replace public", "two, longer", 0o644},
-		{"replace with empty", "", 0o600},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if err := WriteFileAtomic(path, []byte(tt.data), tt.mode); err != nil {
-				t.Fatal(err)
-			}
-			got, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if string(got) != tt.data {
-				t.Errorf("content = %q, want %q", got, tt.data)
-			}
-			if m := pkiTestMode(t, path); m != tt.mode {
-				t.Errorf("mode = %04o, want %04o", m, tt.mode)
-			}
-			pkiTestOnlyFiles(t, dir, "f")
-		})
-	}
-
-	t.Run("directory missing", func(t *testing.T) {
-		if err := WriteFileAtomic(filepath.Join(dir, "nope", "f"), []byte("x"), 0o600); err == nil {
-			t.Fatal("WriteFileAtomic succeeded into a missing directory")
-		}
-		pkiTestOnlyFiles(t, dir, "f")
-	})
-	t.Run("target is a directory", func(t *testing.T) {
-		sub := t.TempDir()
-		if err := os.Mkdir(filepath.Join(sub, "d"), 0o700); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(sub, "d", "x"), nil, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if err := WriteFileAtomic(filepath.Join(sub, "d"), []byte("x"), 0o600); err == nil {
-			t.Fatal("WriteFileAtomic replaced a non-empty directory")
-		}
-		pkiTestOnlyFiles(t, sub, "d")
-	})
-}
-
-func pkiTestOnlyFiles(t *testing.T, dir string, want ...string) {
-	t.Helper()
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	for _, e := range entries {
-		got = append(got, e.Name())
-	}
-	if !slices.Equal(got, want) {
-		t.Errorf("%s holds %v, want %v", dir, got, want)
 	}
 }

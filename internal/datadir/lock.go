@@ -1,4 +1,4 @@
-package hostinfo
+package datadir
 
 import (
 	"errors"
@@ -11,7 +11,7 @@ import (
 // LockDir takes an exclusive lock on dir/lock for the life of the process: two processes
 // sharing a data directory would corrupt its spool and store. The lock is released when
 // the process exits, however it exits.
-func LockDir(dir string) (*os.File, error) {
+func Lock(dir string) (*os.File, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}

@@ -1,4 +1,8 @@
-package ns
+// Package pki is the NS's certificate authority and the TLS identities built on it: the CA
+// and server certificate kept in a data directory, client certificates signed from CSRs,
+// the identity (GUID and kind) a client certificate carries, and client TLS configs that
+// pin the CA.
+package pki
 
 import (
 	"bytes"
@@ -16,6 +20,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"github.com/siteserver/siteserver/internal/datadir"
 	"io"
 	"io/fs"
 	"math/big"
@@ -31,28 +36,28 @@ import (
 )
 
 const (
-	pkiCAValidity     = 10 * 365 * 24 * time.Hour
-	pkiClientValidity = 365 * 24 * time.Hour
+	caValidity     = 10 * 365 * 24 * time.Hour
+	clientValidity = 365 * 24 * time.Hour
 	// Apple platforms reject TLS server certificates valid for more than
 	// 825 days even under a private root; stay well inside that.
-	pkiServerValidity = 397 * 24 * time.Hour
-	pkiServerRenewal  = 30 * 24 * time.Hour
+	serverValidity = 397 * 24 * time.Hour
+	serverRenewal  = 30 * 24 * time.Hour
 	// Peers' clocks drift; a certificate that is not yet valid on a
 	// slightly slow clock would fail enrollment for no good reason.
-	pkiBackdate = time.Hour
+	backdate = time.Hour
 
-	pkiCACertFile     = "ca.crt"
-	pkiCAKeyFile      = "ca.key"
-	pkiServerCertFile = "server.crt"
-	pkiServerKeyFile  = "server.key"
+	caCertFile     = "ca.crt"
+	caKeyFile      = "ca.key"
+	serverCertFile = "server.crt"
+	serverKeyFile  = "server.key"
 
-	pkiKindSiteServer = "siteserver"
-	pkiKindAgent      = "agent"
+	KindSiteServer = "siteserver"
+	KindAgent      = "agent"
 
 	// RFC 5280 upper bound for a CommonName.
-	pkiMaxIDLen = 64
+	maxIDLen = 64
 	// Bounds the cost of verifying a CSR signature from an unauthenticated peer.
-	pkiMaxRSABits = 8192
+	maxRSABits = 8192
 )
 
 // CA is the NS's own certificate authority, kept in its data directory.
@@ -74,21 +79,21 @@ func LoadOrCreateCA(dir string) (*CA, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("ns: pki: create %s: %w", dir, err)
 	}
-	certPath := filepath.Join(dir, pkiCACertFile)
-	keyPath := filepath.Join(dir, pkiCAKeyFile)
+	certPath := filepath.Join(dir, caCertFile)
+	keyPath := filepath.Join(dir, caKeyFile)
 
 	certPEM, certErr := os.ReadFile(certPath)
 	if certErr != nil && !errors.Is(certErr, fs.ErrNotExist) {
 		return nil, fmt.Errorf("ns: pki: read CA certificate: %w", certErr)
 	}
-	key, keyErr := pkiReadKey(keyPath)
+	key, keyErr := readKey(keyPath)
 	if keyErr != nil && !errors.Is(keyErr, fs.ErrNotExist) {
 		return nil, fmt.Errorf("ns: pki: CA key: %w", keyErr)
 	}
 
 	switch {
 	case certErr == nil && keyErr == nil:
-		return pkiLoadCA(certPEM, key)
+		return loadCA(certPEM, key)
 	case certErr == nil:
 		return nil, fmt.Errorf("ns: pki: %s exists but %s is missing: %w", certPath, keyPath, keyErr)
 	}
@@ -98,31 +103,31 @@ func LoadOrCreateCA(dir string) (*CA, error) {
 		if err != nil {
 			return nil, fmt.Errorf("ns: pki: generate CA key: %w", err)
 		}
-		keyPEM, err := pkiKeyPEM(k)
+		keyPEM, err := keyPEM(k)
 		if err != nil {
 			return nil, err
 		}
-		if err := WriteFileAtomic(keyPath, keyPEM, 0o600); err != nil {
+		if err := datadir.WriteFileAtomic(keyPath, keyPEM, 0o600); err != nil {
 			return nil, err
 		}
 		key = k
 	}
-	certPEM, err := pkiCreateCACert(key, time.Now())
+	certPEM, err := createCACert(key, time.Now())
 	if err != nil {
 		return nil, err
 	}
-	if err := WriteFileAtomic(certPath, certPEM, 0o644); err != nil {
+	if err := datadir.WriteFileAtomic(certPath, certPEM, 0o644); err != nil {
 		return nil, err
 	}
-	return pkiLoadCA(certPEM, key)
+	return loadCA(certPEM, key)
 }
 
-func pkiCreateCACert(key crypto.Signer, now time.Time) ([]byte, error) {
+func createCACert(key crypto.Signer, now time.Time) ([]byte, error) {
 	var idb [4]byte
 	if _, err := rand.Read(idb[:]); err != nil {
 		return nil, fmt.Errorf("ns: pki: CA id: %w", err)
 	}
-	serial, err := pkiSerial()
+	serial, err := newSerial()
 	if err != nil {
 		return nil, err
 	}
@@ -132,8 +137,8 @@ func pkiCreateCACert(key crypto.Signer, now time.Time) ([]byte, error) {
 			CommonName:   "siteserver NS CA " + hex.EncodeToString(idb[:]),
 			Organization: []string{"siteserver"},
 		},
-		NotBefore:             now.Add(-pkiBackdate),
-		NotAfter:              now.Add(pkiCAValidity),
+		NotBefore:             now.Add(-backdate),
+		NotAfter:              now.Add(caValidity),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
@@ -148,15 +153,15 @@ func pkiCreateCACert(key crypto.Signer, now time.Time) ([]byte, error) {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), nil
 }
 
-func pkiLoadCA(certPEM []byte, key crypto.Signer) (*CA, error) {
-	cert, err := pkiParseCertPEM(certPEM)
+func loadCA(certPEM []byte, key crypto.Signer) (*CA, error) {
+	cert, err := parseCertPEM(certPEM)
 	if err != nil {
 		return nil, fmt.Errorf("ns: pki: CA certificate: %w", err)
 	}
 	if !cert.IsCA || (cert.KeyUsage != 0 && cert.KeyUsage&x509.KeyUsageCertSign == 0) {
 		return nil, errors.New("ns: pki: CA certificate is not allowed to sign certificates")
 	}
-	if !pkiSameKey(cert.PublicKey, key.Public()) {
+	if !sameKey(cert.PublicKey, key.Public()) {
 		return nil, errors.New("ns: pki: CA key does not match CA certificate")
 	}
 	return &CA{
@@ -184,14 +189,14 @@ func (ca *CA) ServerCertificate(dir string, dnsNames []string, ips []net.IP) (tl
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return tls.Certificate{}, fmt.Errorf("ns: pki: create %s: %w", dir, err)
 	}
-	certPath := filepath.Join(dir, pkiServerCertFile)
-	keyPath := filepath.Join(dir, pkiServerKeyFile)
-	names, addrs := pkiServerNames(dnsNames, ips)
+	certPath := filepath.Join(dir, serverCertFile)
+	keyPath := filepath.Join(dir, serverKeyFile)
+	names, addrs := serverNames(dnsNames, ips)
 	now := time.Now()
 
-	key, err := pkiReadKey(keyPath)
+	key, err := readKey(keyPath)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		var perm *pkiPermError
+		var perm *permError
 		if errors.As(err, &perm) {
 			return tls.Certificate{}, fmt.Errorf("ns: pki: server key: %w", err)
 		}
@@ -200,8 +205,8 @@ func (ca *CA) ServerCertificate(dir string, dnsNames []string, ips []net.IP) (tl
 	}
 	if key != nil {
 		if certPEM, err := os.ReadFile(certPath); err == nil {
-			if cert, err := pkiParseCertPEM(certPEM); err == nil && ca.pkiServerCertUsable(cert, key, names, addrs, now) {
-				return ca.pkiTLSCertificate(cert, key), nil
+			if cert, err := parseCertPEM(certPEM); err == nil && ca.serverCertUsable(cert, key, names, addrs, now) {
+				return ca.tlsCertificate(cert, key), nil
 			}
 		}
 	}
@@ -210,7 +215,7 @@ func (ca *CA) ServerCertificate(dir string, dnsNames []string, ips []net.IP) (tl
 	if err != nil {
 		return tls.Certificate{}, fmt.Errorf("ns: pki: generate server key: %w", err)
 	}
-	der, err := ca.pkiIssueServerCert(newKey.Public(), names, addrs, now.Add(-pkiBackdate), now.Add(pkiServerValidity))
+	der, err := ca.issueServerCert(newKey.Public(), names, addrs, now.Add(-backdate), now.Add(serverValidity))
 	if err != nil {
 		return tls.Certificate{}, err
 	}
@@ -218,22 +223,22 @@ func (ca *CA) ServerCertificate(dir string, dnsNames []string, ips []net.IP) (tl
 	if err != nil {
 		return tls.Certificate{}, fmt.Errorf("ns: pki: parse server certificate: %w", err)
 	}
-	keyPEM, err := pkiKeyPEM(newKey)
+	keyPEM, err := keyPEM(newKey)
 	if err != nil {
 		return tls.Certificate{}, err
 	}
 	// Key first: a crash between the writes leaves a mismatched pair, which
 	// the next start detects and replaces.
-	if err := WriteFileAtomic(keyPath, keyPEM, 0o600); err != nil {
+	if err := datadir.WriteFileAtomic(keyPath, keyPEM, 0o600); err != nil {
 		return tls.Certificate{}, err
 	}
-	if err := WriteFileAtomic(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+	if err := datadir.WriteFileAtomic(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
 		return tls.Certificate{}, err
 	}
-	return ca.pkiTLSCertificate(cert, newKey), nil
+	return ca.tlsCertificate(cert, newKey), nil
 }
 
-func (ca *CA) pkiTLSCertificate(leaf *x509.Certificate, key crypto.Signer) tls.Certificate {
+func (ca *CA) tlsCertificate(leaf *x509.Certificate, key crypto.Signer) tls.Certificate {
 	return tls.Certificate{
 		Certificate: [][]byte{leaf.Raw, ca.Cert.Raw},
 		PrivateKey:  key,
@@ -241,11 +246,11 @@ func (ca *CA) pkiTLSCertificate(leaf *x509.Certificate, key crypto.Signer) tls.C
 	}
 }
 
-func (ca *CA) pkiServerCertUsable(cert *x509.Certificate, key crypto.Signer, names []string, addrs []net.IP, now time.Time) bool {
-	if cert.CheckSignatureFrom(ca.Cert) != nil || !pkiSameKey(cert.PublicKey, key.Public()) {
+func (ca *CA) serverCertUsable(cert *x509.Certificate, key crypto.Signer, names []string, addrs []net.IP, now time.Time) bool {
+	if cert.CheckSignatureFrom(ca.Cert) != nil || !sameKey(cert.PublicKey, key.Public()) {
 		return false
 	}
-	if now.Before(cert.NotBefore) || now.Add(pkiServerRenewal).After(cert.NotAfter) {
+	if now.Before(cert.NotBefore) || now.Add(serverRenewal).After(cert.NotAfter) {
 		return false
 	}
 	if !slices.Contains(cert.ExtKeyUsage, x509.ExtKeyUsageServerAuth) {
@@ -264,8 +269,8 @@ func (ca *CA) pkiServerCertUsable(cert *x509.Certificate, key crypto.Signer, nam
 	return true
 }
 
-func (ca *CA) pkiIssueServerCert(pub crypto.PublicKey, names []string, addrs []net.IP, notBefore, notAfter time.Time) ([]byte, error) {
-	serial, err := pkiSerial()
+func (ca *CA) issueServerCert(pub crypto.PublicKey, names []string, addrs []net.IP, notBefore, notAfter time.Time) ([]byte, error) {
+	serial, err := newSerial()
 	if err != nil {
 		return nil, err
 	}
@@ -277,7 +282,7 @@ func (ca *CA) pkiIssueServerCert(pub crypto.PublicKey, names []string, addrs []n
 		SerialNumber: serial,
 		Subject:      pkix.Name{CommonName: cn, Organization: []string{"siteserver"}},
 		NotBefore:    notBefore,
-		NotAfter:     ca.pkiCapNotAfter(notAfter),
+		NotAfter:     ca.capNotAfter(notAfter),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		DNSNames:     names,
@@ -292,7 +297,7 @@ func (ca *CA) pkiIssueServerCert(pub crypto.PublicKey, names []string, addrs []n
 
 // pkiCapNotAfter keeps leaves inside the CA's own validity, past which they
 // could not be verified anyway.
-func (ca *CA) pkiCapNotAfter(t time.Time) time.Time {
+func (ca *CA) capNotAfter(t time.Time) time.Time {
 	if t.After(ca.Cert.NotAfter) {
 		return ca.Cert.NotAfter
 	}
@@ -302,7 +307,7 @@ func (ca *CA) pkiCapNotAfter(t time.Time) time.Time {
 // pkiServerNames returns the deduplicated names and addresses the server
 // certificate must cover. IP literals passed as names are moved to the
 // addresses, where hostname verification looks for them.
-func pkiServerNames(dnsNames []string, ips []net.IP) ([]string, []net.IP) {
+func serverNames(dnsNames []string, ips []net.IP) ([]string, []net.IP) {
 	var names []string
 	var addrs []net.IP
 	addIP := func(ip net.IP) {
@@ -337,10 +342,10 @@ func pkiServerNames(dnsNames []string, ips []net.IP) ([]string, []net.IP) {
 // identity comes from id and kind, never from the CSR, whose subject and
 // extensions are ignored: the requester only proves it holds the key.
 func (ca *CA) SignCSR(csrDER []byte, id, kind string) (certPEM []byte, err error) {
-	if err := pkiCheckID(id); err != nil {
+	if err := checkID(id); err != nil {
 		return nil, err
 	}
-	if kind != pkiKindSiteServer && kind != pkiKindAgent {
+	if kind != KindSiteServer && kind != KindAgent {
 		return nil, fmt.Errorf("ns: pki: sign CSR: unknown kind %q", kind)
 	}
 	csr, err := x509.ParseCertificateRequest(csrDER)
@@ -349,13 +354,13 @@ func (ca *CA) SignCSR(csrDER []byte, id, kind string) (certPEM []byte, err error
 	}
 	// Checked before the signature so that an unsuitable key gets a clear
 	// error and an oversized one costs nothing to refuse.
-	if err := pkiCheckClientKey(csr.PublicKey); err != nil {
+	if err := checkClientKey(csr.PublicKey); err != nil {
 		return nil, err
 	}
 	if err := csr.CheckSignature(); err != nil {
 		return nil, fmt.Errorf("ns: pki: CSR signature: %w", err)
 	}
-	serial, err := pkiSerial()
+	serial, err := newSerial()
 	if err != nil {
 		return nil, err
 	}
@@ -366,8 +371,8 @@ func (ca *CA) SignCSR(csrDER []byte, id, kind string) (certPEM []byte, err error
 			CommonName:         id,
 			OrganizationalUnit: []string{kind},
 		},
-		NotBefore:   now.Add(-pkiBackdate),
-		NotAfter:    ca.pkiCapNotAfter(now.Add(pkiClientValidity)),
+		NotBefore:   now.Add(-backdate),
+		NotAfter:    ca.capNotAfter(now.Add(clientValidity)),
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}
@@ -378,8 +383,8 @@ func (ca *CA) SignCSR(csrDER []byte, id, kind string) (certPEM []byte, err error
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), nil
 }
 
-func pkiCheckID(id string) error {
-	if id == "" || len(id) > pkiMaxIDLen || !utf8.ValidString(id) {
+func checkID(id string) error {
+	if id == "" || len(id) > maxIDLen || !utf8.ValidString(id) {
 		return fmt.Errorf("ns: pki: sign CSR: invalid id %q", id)
 	}
 	for _, r := range id {
@@ -390,7 +395,7 @@ func pkiCheckID(id string) error {
 	return nil
 }
 
-func pkiCheckClientKey(pub crypto.PublicKey) error {
+func checkClientKey(pub crypto.PublicKey) error {
 	switch k := pub.(type) {
 	case *ecdsa.PublicKey:
 		if k.Curve == elliptic.P256() || k.Curve == elliptic.P384() {
@@ -400,7 +405,7 @@ func pkiCheckClientKey(pub crypto.PublicKey) error {
 	case ed25519.PublicKey:
 		return nil
 	case *rsa.PublicKey:
-		if n := k.N.BitLen(); n < 2048 || n > pkiMaxRSABits {
+		if n := k.N.BitLen(); n < 2048 || n > maxRSABits {
 			return fmt.Errorf("ns: pki: CSR: RSA key of %d bits not accepted", n)
 		}
 		return nil
@@ -438,7 +443,7 @@ func PeerIdentity(cs *tls.ConnectionState) (id, kind string, ok bool) {
 		return "", "", false
 	}
 	kind = leaf.Subject.OrganizationalUnit[0]
-	if kind != pkiKindSiteServer && kind != pkiKindAgent {
+	if kind != KindSiteServer && kind != KindAgent {
 		return "", "", false
 	}
 	return leaf.Subject.CommonName, kind, true
@@ -483,7 +488,7 @@ func MakeCSR(key crypto.Signer, id string) ([]byte, error) {
 func ClientTLSConfig(caPEM []byte, pinSHA256 string, serverName string, clientCert *tls.Certificate, onPinnedCA func(caPEM []byte)) (*tls.Config, error) {
 	cfg := &tls.Config{
 		MinVersion: tls.VersionTLS13,
-		ServerName: pkiHostOnly(serverName),
+		ServerName: hostOnly(serverName),
 	}
 	if clientCert != nil {
 		cfg.Certificates = []tls.Certificate{*clientCert}
@@ -501,7 +506,7 @@ func ClientTLSConfig(caPEM []byte, pinSHA256 string, serverName string, clientCe
 	if strings.TrimSpace(pinSHA256) == "" {
 		return nil, errors.New("ns: pki: client config: neither a CA certificate nor a CA fingerprint is configured")
 	}
-	pin, err := pkiParsePin(pinSHA256)
+	pin, err := parsePin(pinSHA256)
 	if err != nil {
 		return nil, err
 	}
@@ -515,7 +520,7 @@ func ClientTLSConfig(caPEM []byte, pinSHA256 string, serverName string, clientCe
 		if name == "" {
 			name = cs.ServerName
 		}
-		caCert, err := pkiVerifyPinned(cs.PeerCertificates, name, pin)
+		caCert, err := verifyPinned(cs.PeerCertificates, name, pin)
 		if err != nil {
 			return err
 		}
@@ -527,7 +532,7 @@ func ClientTLSConfig(caPEM []byte, pinSHA256 string, serverName string, clientCe
 	return cfg, nil
 }
 
-func pkiVerifyPinned(chain []*x509.Certificate, serverName string, pin []byte) (*x509.Certificate, error) {
+func verifyPinned(chain []*x509.Certificate, serverName string, pin []byte) (*x509.Certificate, error) {
 	if len(chain) == 0 {
 		return nil, errors.New("ns: pki: server presented no certificate")
 	}
@@ -560,7 +565,7 @@ func pkiVerifyPinned(chain []*x509.Certificate, serverName string, pin []byte) (
 	return pinned, nil
 }
 
-func pkiParsePin(s string) ([]byte, error) {
+func parsePin(s string) ([]byte, error) {
 	clean := strings.ToLower(strings.NewReplacer(":", "", " ", "").Replace(strings.TrimSpace(s)))
 	pin, err := hex.DecodeString(clean)
 	if err != nil {
@@ -572,77 +577,25 @@ func pkiParsePin(s string) ([]byte, error) {
 	return pin, nil
 }
 
-func pkiHostOnly(s string) string {
+func hostOnly(s string) string {
 	if host, _, err := net.SplitHostPort(s); err == nil {
 		return host
 	}
 	return strings.Trim(s, "[]")
 }
 
-// WriteFileAtomic replaces path with data so that a reader or a crash sees
-// either the old content or the new, never a mix: the data goes to a temp
-// file in the same directory, is synced, renamed over path, and the
-// directory is synced so the rename itself survives a power loss.
-func WriteFileAtomic(path string, data []byte, mode os.FileMode) (err error) {
-	dir, base := filepath.Split(path)
-	if dir == "" {
-		dir = "."
-	}
-	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("ns: pki: write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			_ = f.Close()
-			_ = os.Remove(tmp)
-		}
-	}()
-	// Before any data goes in, so a secret is never readable by others.
-	if err := f.Chmod(mode); err != nil {
-		return fmt.Errorf("ns: pki: write %s: %w", path, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("ns: pki: write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("ns: pki: write %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("ns: pki: write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("ns: pki: write %s: %w", path, err)
-	}
-	// Windows cannot sync a directory handle, and its rename is already
-	// durable in the journal.
-	if runtime.GOOS == "windows" {
-		return nil
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("ns: pki: sync dir of %s: %w", path, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("ns: pki: sync dir of %s: %w", path, err)
-	}
-	return nil
-}
-
 // pkiPermError marks a key file that others can read or write; unlike a
 // damaged file it must stop the server, since the key may have leaked.
-type pkiPermError struct {
+type permError struct {
 	path string
 	mode fs.FileMode
 }
 
-func (e *pkiPermError) Error() string {
+func (e *permError) Error() string {
 	return fmt.Sprintf("%s has mode %04o, want 0600 or narrower", e.path, e.mode.Perm())
 }
 
-func pkiReadKey(path string) (crypto.Signer, error) {
+func readKey(path string) (crypto.Signer, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -654,16 +607,16 @@ func pkiReadKey(path string) (crypto.Signer, error) {
 	}
 	// Windows reports no owner/group/other bits worth checking.
 	if runtime.GOOS != "windows" && fi.Mode().Perm()&^0o600 != 0 {
-		return nil, &pkiPermError{path: path, mode: fi.Mode()}
+		return nil, &permError{path: path, mode: fi.Mode()}
 	}
 	data, err := io.ReadAll(f)
 	if err != nil {
 		return nil, err
 	}
-	return pkiParseKeyPEM(data)
+	return parseKeyPEM(data)
 }
 
-func pkiParseKeyPEM(data []byte) (crypto.Signer, error) {
+func parseKeyPEM(data []byte) (crypto.Signer, error) {
 	for {
 		var block *pem.Block
 		block, data = pem.Decode(data)
@@ -693,7 +646,7 @@ func pkiParseKeyPEM(data []byte) (crypto.Signer, error) {
 	}
 }
 
-func pkiKeyPEM(key crypto.Signer) ([]byte, error) {
+func keyPEM(key crypto.Signer) ([]byte, error) {
 	der, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
 		return nil, fmt.Errorf("ns: pki: marshal key: %w", err)
@@ -703,7 +656,7 @@ func pkiKeyPEM(key crypto.Signer) ([]byte, error) {
 
 // pkiParseCertPEM returns the first certificate; anything after it (say, a
 // parent an admin appended) is not needed to act as the trust anchor.
-func pkiParseCertPEM(data []byte) (*x509.Certificate, error) {
+func parseCertPEM(data []byte) (*x509.Certificate, error) {
 	for {
 		var block *pem.Block
 		block, data = pem.Decode(data)
@@ -716,14 +669,14 @@ func pkiParseCertPEM(data []byte) (*x509.Certificate, error) {
 	}
 }
 
-func pkiSameKey(a, b crypto.PublicKey) bool {
+func sameKey(a, b crypto.PublicKey) bool {
 	k, ok := a.(interface{ Equal(crypto.PublicKey) bool })
 	return ok && k.Equal(b)
 }
 
 // pkiSerial returns a random positive 128-bit serial, unpredictable so that
 // a chosen-prefix collision against the signature cannot be prepared.
-func pkiSerial() (*big.Int, error) {
+func newSerial() (*big.Int, error) {
 	var b [16]byte
 	for {
 		if _, err := rand.Read(b[:]); err != nil {
