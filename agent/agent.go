@@ -14,7 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/siteserver/siteserver/internal/hostinfo"
-	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/tickle"
 )
 
@@ -23,7 +23,7 @@ type Config struct {
 	DataDir   string
 	Hostname  string
 	Addresses []string
-	NS        ns.Endpoint
+	NS        nsapi.Endpoint
 	// TickleListen is the UDP address tickles from the task server arrive on ("" for none:
 	// the agent then only polls).
 	TickleListen string
@@ -39,13 +39,13 @@ type Agent struct {
 	cfg            Config
 	logger         *slog.Logger
 	reg            prometheus.Registerer
-	registrar      *ns.Registrar
-	peer           *ns.Peer
+	registrar      *nsapi.Registrar
+	peer           *nsapi.Peer
 	tickleMetrics  *tickle.Metrics
 	channelMetrics *tickle.ChannelClientMetrics
 
 	mu         sync.Mutex
-	servers    ns.RegisterAgentResponse
+	servers    nsapi.RegisterAgentResponse
 	have       bool
 	taskServer string
 }
@@ -76,7 +76,7 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Agent, er
 func (a *Agent) Name() string { return "agent" }
 
 // Servers returns the NS's last answer: the agent's sites and its task and package servers.
-func (a *Agent) Servers() (ns.RegisterAgentResponse, bool) {
+func (a *Agent) Servers() (nsapi.RegisterAgentResponse, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.servers, a.have
@@ -84,7 +84,7 @@ func (a *Agent) Servers() (ns.RegisterAgentResponse, bool) {
 
 // Run registers with the NS and keeps doing so on the interval it is given.
 func (a *Agent) Run(ctx context.Context) error {
-	id, err := ns.LoadOrCreateID(a.cfg.DataDir)
+	id, err := nsapi.LoadOrCreateID(a.cfg.DataDir)
 	if err != nil {
 		return err
 	}
@@ -93,19 +93,19 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	a.logger.Info("agent identity", "id", id, "hostname", host)
-	peer := &ns.Peer{
-		Endpoint: a.cfg.NS, Kind: ns.KindAgent, ID: id, Hostname: host,
+	peer := &nsapi.Peer{
+		Endpoint: a.cfg.NS, Kind: nsapi.KindAgent, ID: id, Hostname: host,
 		Dir: filepath.Join(a.cfg.DataDir, "ns", a.cfg.NS.Name),
 	}
 	a.peer = peer
-	a.registrar = ns.NewRegistrar([]*ns.Peer{peer}, a.register, a.logger, a.reg)
-	var last ns.RegisterAgentResponse
+	a.registrar = nsapi.NewRegistrar([]*nsapi.Peer{peer}, a.register, a.logger, a.reg)
+	var last nsapi.RegisterAgentResponse
 	if a.registrar.Last(a.cfg.NS.Name, &last) {
 		a.setServers(last)
 	}
 	tc := &taskClient{a: a, logger: a.logger.With("part", "task"), wake: make(chan struct{}, 1),
 		done: loadDone(filepath.Join(a.cfg.DataDir, "done.json"))}
-	a.registrar.OnAnswer = func(*ns.Peer, any) { tc.kick() }
+	a.registrar.OnAnswer = func(*nsapi.Peer, any) { tc.kick() }
 	errc := make(chan error, 1)
 	go func() { errc <- tc.run(ctx) }()
 	err = a.registrar.Run(ctx)
@@ -126,13 +126,13 @@ func (a *Agent) setTaskServer(id string) {
 	}
 }
 
-func (a *Agent) setServers(r ns.RegisterAgentResponse) {
+func (a *Agent) setServers(r nsapi.RegisterAgentResponse) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.servers, a.have = r, true
 }
 
-func (a *Agent) register(ctx context.Context, p *ns.Peer, c *ns.Client) (any, time.Duration, error) {
+func (a *Agent) register(ctx context.Context, p *nsapi.Peer, c *nsapi.Client) (any, time.Duration, error) {
 	prefixes, err := hostinfo.Addresses(a.cfg.Addresses)
 	if err != nil {
 		return nil, 0, err
@@ -140,7 +140,7 @@ func (a *Agent) register(ctx context.Context, p *ns.Peer, c *ns.Client) (any, ti
 	a.mu.Lock()
 	ts := a.taskServer
 	a.mu.Unlock()
-	req := ns.RegisterAgentRequest{ID: p.ID, Hostname: p.Hostname, Addresses: hostinfo.Addrs(prefixes), TaskServer: ts,
+	req := nsapi.RegisterAgentRequest{ID: p.ID, Hostname: p.Hostname, Addresses: hostinfo.Addrs(prefixes), TaskServer: ts,
 		MACs: hostinfo.MACs(a.cfg.MACs)}
 	resp, err := c.RegisterAgent(ctx, req)
 	if err != nil {

@@ -14,7 +14,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/nsapi"
 )
 
 // Downloader fetches packages for the computer: from the sources the NS ranks for it
@@ -30,13 +30,13 @@ var errBadContent = errors.New("content does not match its SHA-256")
 
 // Download puts every file of the package under dir and returns the source each file
 // came from. A file already there with the right hash is not downloaded again.
-func (d *Downloader) Download(ctx context.Context, src ns.SourcesResponse, dir string) (map[string]string, error) {
+func (d *Downloader) Download(ctx context.Context, src nsapi.SourcesResponse, dir string) (map[string]string, error) {
 	if len(src.Sources) == 0 {
 		return nil, fmt.Errorf("agent: package %s: no source offered", src.Package.ID)
 	}
 	used := map[string]string{}
 	for _, f := range src.Package.Files {
-		if err := ns.ValidFileName(f.Name); err != nil {
+		if err := nsapi.ValidFileName(f.Name); err != nil {
 			return used, fmt.Errorf("agent: package %s: file %q: %v", src.Package.ID, f.Name, err)
 		}
 		dst := filepath.Join(dir, filepath.FromSlash(f.Name))
@@ -65,7 +65,7 @@ func (d *Downloader) Download(ctx context.Context, src ns.SourcesResponse, dir s
 	return used, nil
 }
 
-func hashMatches(path string, f ns.PackageFile) (bool, error) {
+func hashMatches(path string, f nsapi.PackageFile) (bool, error) {
 	fh, err := os.Open(path)
 	if err != nil {
 		return false, err
@@ -80,7 +80,7 @@ func hashMatches(path string, f ns.PackageFile) (bool, error) {
 }
 
 // fetchFile downloads one file into dst, resuming dst.partial with a Range request.
-func (d *Downloader) fetchFile(ctx context.Context, base string, f ns.PackageFile, dst string) error {
+func (d *Downloader) fetchFile(ctx context.Context, base string, f nsapi.PackageFile, dst string) error {
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return err
 	}

@@ -14,13 +14,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/nsapi"
 )
 
 func TestDownloadFallsBackAndResumes(t *testing.T) {
 	content := bytes.Repeat([]byte("0123456789abcdef"), 64<<10) // 1 MiB
 	sum := sha256.Sum256(content)
-	file := ns.PackageFile{Name: "boot/image.wim", Size: int64(len(content)), SHA256: hex.EncodeToString(sum[:])}
+	file := nsapi.PackageFile{Name: "boot/image.wim", Size: int64(len(content)), SHA256: hex.EncodeToString(sum[:])}
 	var goodBytes atomic.Int64
 	serve := func(body []byte, counter *atomic.Int64) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -50,11 +50,11 @@ func TestDownloadFallsBackAndResumes(t *testing.T) {
 	os.MkdirAll(filepath.Dir(dst), 0o755)
 	os.WriteFile(dst+".partial", content[:len(content)/2], 0o644)
 
-	src := ns.SourcesResponse{
-		Package: ns.Package{ID: "pkg", Version: "1", Files: []ns.PackageFile{file}},
-		Sources: []ns.Source{
-			{URL: down.URL + "/packages/pkg", Kind: ns.SourceSameSite},
-			{URL: good.URL + "/packages/pkg", Kind: ns.SourceFeeder},
+	src := nsapi.SourcesResponse{
+		Package: nsapi.Package{ID: "pkg", Version: "1", Files: []nsapi.PackageFile{file}},
+		Sources: []nsapi.Source{
+			{URL: down.URL + "/packages/pkg", Kind: nsapi.SourceSameSite},
+			{URL: good.URL + "/packages/pkg", Kind: nsapi.SourceFeeder},
 		},
 	}
 	d := &Downloader{Client: http.DefaultClient}
@@ -75,7 +75,7 @@ func TestDownloadFallsBackAndResumes(t *testing.T) {
 
 	// A corrupt source is never trusted: its content is thrown away, the next source used.
 	os.Remove(dst)
-	src.Sources = []ns.Source{{URL: bad.URL + "/packages/pkg", Kind: ns.SourceSameSite}, {URL: good.URL + "/packages/pkg", Kind: ns.SourceNS}}
+	src.Sources = []nsapi.Source{{URL: bad.URL + "/packages/pkg", Kind: nsapi.SourceSameSite}, {URL: good.URL + "/packages/pkg", Kind: nsapi.SourceNS}}
 	if _, err := d.Download(context.Background(), src, dir); err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +85,7 @@ func TestDownloadFallsBackAndResumes(t *testing.T) {
 	}
 	// Only bad sources: a clear error naming them, and nothing left behind.
 	os.Remove(dst)
-	src.Sources = []ns.Source{{URL: bad.URL + "/packages/pkg", Kind: ns.SourceSameSite}}
+	src.Sources = []nsapi.Source{{URL: bad.URL + "/packages/pkg", Kind: nsapi.SourceSameSite}}
 	_, err = d.Download(context.Background(), src, dir)
 	if err == nil || !strings.Contains(err.Error(), bad.URL) || !strings.Contains(err.Error(), "SHA-256") {
 		t.Fatalf("err = %v", err)

@@ -20,7 +20,7 @@ import (
 
 	"github.com/google/uuid"
 
-	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/nsapi"
 )
 
 const (
@@ -66,13 +66,13 @@ type taskResult struct {
 // is returned; Final of the returned state then tells whether the job had finished and only
 // its report failed. When ctx is done the running task's process group is killed and
 // ctx.Err() is returned without a final event, so the instance can be run again.
-func (r *Runner) Run(ctx context.Context, inst ns.JobInstance, emit func(ns.Event) error) (string, error) {
+func (r *Runner) Run(ctx context.Context, inst nsapi.JobInstance, emit func(nsapi.Event) error) (string, error) {
 	logger := r.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	logger = logger.With("instance", inst.ID, "job", inst.JobID)
-	send := func(e ns.Event) error {
+	send := func(e nsapi.Event) error {
 		e.ID = uuid.NewString()
 		e.Instance = inst.ID
 		e.Agent = inst.Agent
@@ -86,18 +86,18 @@ func (r *Runner) Run(ctx context.Context, inst ns.JobInstance, emit func(ns.Even
 	// A zero Expires means no validity was set, not that it ended at year one.
 	if !inst.Expires.IsZero() && !r.now().Before(inst.Expires) {
 		logger.Info("job instance expired before it ran", "expires", inst.Expires)
-		return ns.StateExpired, send(ns.Event{Kind: ns.EventJob, State: ns.StateExpired})
+		return nsapi.StateExpired, send(nsapi.Event{Kind: nsapi.EventJob, State: nsapi.StateExpired})
 	}
 	if err := ctx.Err(); err != nil {
-		return ns.StateDelivered, err
+		return nsapi.StateDelivered, err
 	}
-	if err := send(ns.Event{Kind: ns.EventJob, State: ns.StateRunning}); err != nil {
-		return ns.StateDelivered, err
+	if err := send(nsapi.Event{Kind: nsapi.EventJob, State: nsapi.StateRunning}); err != nil {
+		return nsapi.StateDelivered, err
 	}
 	job := inst.Job
 	if err := job.Validate(); err != nil {
 		logger.Warn("job is invalid", "err", err)
-		return ns.StateFailed, send(ns.Event{Kind: ns.EventJob, State: ns.StateFailed, Output: fitOutput("invalid job: "+err.Error(), r.maxOutput())})
+		return nsapi.StateFailed, send(nsapi.Event{Kind: nsapi.EventJob, State: nsapi.StateFailed, Output: fitOutput("invalid job: "+err.Error(), r.maxOutput())})
 	}
 
 	scripts := &scriptDir{parent: r.WorkDir}
@@ -111,33 +111,33 @@ func (r *Runner) Run(ctx context.Context, inst ns.JobInstance, emit func(ns.Even
 	for i, runs := 0, 0; ; {
 		task := job.Tasks[i]
 		if err := ctx.Err(); err != nil {
-			return ns.StateRunning, err
+			return nsapi.StateRunning, err
 		}
-		if err := send(ns.Event{Kind: ns.EventTask, Task: i, State: ns.StateRunning}); err != nil {
-			return ns.StateRunning, err
+		if err := send(nsapi.Event{Kind: nsapi.EventTask, Task: i, State: nsapi.StateRunning}); err != nil {
+			return nsapi.StateRunning, err
 		}
 		res, err := r.runTask(ctx, logger, inst, i, task, scripts)
 		if err != nil {
-			return ns.StateRunning, err
+			return nsapi.StateRunning, err
 		}
 		runs++
 
 		next, state, reason := decide(job.Tasks, i, res)
 		if state == "" && runs >= limit {
-			state = ns.StateFailed
+			state = nsapi.StateFailed
 			reason = fmt.Sprintf("stopped after %d task runs (%d per task): the exit rules keep jumping", runs, runsPerTask)
 			res.output = fitOutput(res.output+"\n"+reason+"\n", r.maxOutput())
 		}
-		taskState := ns.StateSucceeded
+		taskState := nsapi.StateSucceeded
 		if res.code != 0 || res.timedOut {
-			taskState = ns.StateFailed
+			taskState = nsapi.StateFailed
 		}
-		if err := send(ns.Event{Kind: ns.EventTask, Task: i, State: taskState, ExitCode: res.code, TimedOut: res.timedOut, Output: res.output}); err != nil {
-			return ns.StateRunning, err
+		if err := send(nsapi.Event{Kind: nsapi.EventTask, Task: i, State: taskState, ExitCode: res.code, TimedOut: res.timedOut, Output: res.output}); err != nil {
+			return nsapi.StateRunning, err
 		}
 		if state != "" {
 			logger.Info("job finished", "state", state, "task", i, "exit_code", res.code, "reason", reason)
-			return state, send(ns.Event{Kind: ns.EventJob, Task: i, State: state, ExitCode: res.code, TimedOut: res.timedOut, Output: fitOutput(reason, r.maxOutput())})
+			return state, send(nsapi.Event{Kind: nsapi.EventJob, Task: i, State: state, ExitCode: res.code, TimedOut: res.timedOut, Output: fitOutput(reason, r.maxOutput())})
 		}
 		i = next
 	}
@@ -145,14 +145,14 @@ func (r *Runner) Run(ctx context.Context, inst ns.JobInstance, emit func(ns.Even
 
 // decide applies task i's exit rules to its result: either the next task to run, or the
 // final job state and why.
-func decide(tasks []ns.Task, i int, res taskResult) (next int, state, reason string) {
+func decide(tasks []nsapi.Task, i int, res taskResult) (next int, state, reason string) {
 	task := tasks[i]
 	name := fmt.Sprintf("task %d", i)
 	if task.Name != "" {
 		name += fmt.Sprintf(" (%s)", task.Name)
 	}
 	if res.timedOut {
-		return 0, ns.StateFailed, fmt.Sprintf("%s timed out after %s", name, time.Duration(task.Timeout))
+		return 0, nsapi.StateFailed, fmt.Sprintf("%s timed out after %s", name, time.Duration(task.Timeout))
 	}
 	action, jump, rule := "", 0, -1
 	for k, r := range task.OnExit {
@@ -163,28 +163,28 @@ func decide(tasks []ns.Task, i int, res taskResult) (next int, state, reason str
 	}
 	if rule < 0 {
 		if res.code != 0 {
-			return 0, ns.StateFailed, fmt.Sprintf("%s exited %d and no exit rule matched", name, res.code)
+			return 0, nsapi.StateFailed, fmt.Sprintf("%s exited %d and no exit rule matched", name, res.code)
 		}
-		action = ns.ActionContinue
+		action = nsapi.ActionContinue
 	}
 	switch action {
-	case ns.ActionContinue:
+	case nsapi.ActionContinue:
 		if i+1 < len(tasks) {
 			return i + 1, "", ""
 		}
-		return 0, ns.StateSucceeded, ""
-	case ns.ActionJump:
+		return 0, nsapi.StateSucceeded, ""
+	case nsapi.ActionJump:
 		return jump, "", ""
-	case ns.ActionSuccess:
-		return 0, ns.StateSucceeded, fmt.Sprintf("%s exited %d: exit rule %d stops with success", name, res.code, rule)
+	case nsapi.ActionSuccess:
+		return 0, nsapi.StateSucceeded, fmt.Sprintf("%s exited %d: exit rule %d stops with success", name, res.code, rule)
 	default:
-		return 0, ns.StateFailed, fmt.Sprintf("%s exited %d: exit rule %d stops with failure", name, res.code, rule)
+		return 0, nsapi.StateFailed, fmt.Sprintf("%s exited %d: exit rule %d stops with failure", name, res.code, rule)
 	}
 }
 
 // runTask runs task i to its end. Its error is only ever ctx's: everything that goes wrong
 // with the task itself is its result.
-func (r *Runner) runTask(ctx context.Context, logger *slog.Logger, inst ns.JobInstance, i int, task ns.Task, scripts *scriptDir) (taskResult, error) {
+func (r *Runner) runTask(ctx context.Context, logger *slog.Logger, inst nsapi.JobInstance, i int, task nsapi.Task, scripts *scriptDir) (taskResult, error) {
 	argv := task.Command
 	if len(argv) == 0 {
 		path, err := scripts.file(i, task.Script)
@@ -272,8 +272,8 @@ func (r *Runner) now() time.Time {
 }
 
 func (r *Runner) maxOutput() int {
-	if r.MaxOutput <= 0 || r.MaxOutput > ns.MaxOutputBytes {
-		return ns.MaxOutputBytes
+	if r.MaxOutput <= 0 || r.MaxOutput > nsapi.MaxOutputBytes {
+		return nsapi.MaxOutputBytes
 	}
 	return r.MaxOutput
 }

@@ -16,7 +16,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/nsapi"
 )
 
 // step is what the tests compare of an event.
@@ -30,41 +30,41 @@ type step struct {
 
 var testNow = time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 
-func instance(tasks ...ns.Task) ns.JobInstance {
-	return ns.JobInstance{
+func instance(tasks ...nsapi.Task) nsapi.JobInstance {
+	return nsapi.JobInstance{
 		ID:      "inst-1",
 		JobID:   "job-1",
 		Agent:   "agent-1",
-		State:   ns.StateDelivered,
+		State:   nsapi.StateDelivered,
 		Created: testNow.Add(-time.Minute),
 		Expires: testNow.Add(time.Hour),
-		Job:     ns.Job{ID: "job-1", Name: "test", Tasks: tasks},
+		Job:     nsapi.Job{ID: "job-1", Name: "test", Tasks: tasks},
 	}
 }
 
-func script(body string, rules ...ns.ExitRule) ns.Task {
-	return ns.Task{Script: body, Timeout: ns.Duration(10 * time.Second), OnExit: rules}
+func script(body string, rules ...nsapi.ExitRule) nsapi.Task {
+	return nsapi.Task{Script: body, Timeout: nsapi.Duration(10 * time.Second), OnExit: rules}
 }
 
-func command(argv []string, rules ...ns.ExitRule) ns.Task {
-	return ns.Task{Command: argv, Timeout: ns.Duration(10 * time.Second), OnExit: rules}
+func command(argv []string, rules ...nsapi.ExitRule) nsapi.Task {
+	return nsapi.Task{Command: argv, Timeout: nsapi.Duration(10 * time.Second), OnExit: rules}
 }
 
-func rule(action string, codes ...int) ns.ExitRule {
-	return ns.ExitRule{Codes: codes, Action: action}
+func rule(action string, codes ...int) nsapi.ExitRule {
+	return nsapi.ExitRule{Codes: codes, Action: action}
 }
 
-func jump(to int, codes ...int) ns.ExitRule {
-	return ns.ExitRule{Codes: codes, Action: ns.ActionJump, Jump: to}
+func jump(to int, codes ...int) nsapi.ExitRule {
+	return nsapi.ExitRule{Codes: codes, Action: nsapi.ActionJump, Jump: to}
 }
 
 // Shorthands for expected steps.
 func jobStep(task int, state string, code int) step {
-	return step{Kind: ns.EventJob, Task: task, State: state, ExitCode: code}
+	return step{Kind: nsapi.EventJob, Task: task, State: state, ExitCode: code}
 }
 
 func ran(task int, state string, code int) []step {
-	return []step{{Kind: ns.EventTask, Task: task, State: ns.StateRunning}, {Kind: ns.EventTask, Task: task, State: state, ExitCode: code}}
+	return []step{{Kind: nsapi.EventTask, Task: task, State: nsapi.StateRunning}, {Kind: nsapi.EventTask, Task: task, State: state, ExitCode: code}}
 }
 
 func steps(parts ...any) []step {
@@ -80,10 +80,10 @@ func steps(parts ...any) []step {
 	return out
 }
 
-var jobRunning = step{Kind: ns.EventJob, State: ns.StateRunning}
+var jobRunning = step{Kind: nsapi.EventJob, State: nsapi.StateRunning}
 
 // runJob runs inst and checks what every event must carry and that no script dir is left.
-func runJob(t *testing.T, r *Runner, ctx context.Context, inst ns.JobInstance, emit func(ns.Event) error) (string, []ns.Event, []step, error) {
+func runJob(t *testing.T, r *Runner, ctx context.Context, inst nsapi.JobInstance, emit func(nsapi.Event) error) (string, []nsapi.Event, []step, error) {
 	t.Helper()
 	if r.WorkDir == "" {
 		r.WorkDir = t.TempDir()
@@ -91,8 +91,8 @@ func runJob(t *testing.T, r *Runner, ctx context.Context, inst ns.JobInstance, e
 	if r.Now == nil {
 		r.Now = func() time.Time { return testNow }
 	}
-	var events []ns.Event
-	state, err := r.Run(ctx, inst, func(e ns.Event) error {
+	var events []nsapi.Event
+	state, err := r.Run(ctx, inst, func(e nsapi.Event) error {
 		events = append(events, e)
 		if emit != nil {
 			return emit(e)
@@ -125,82 +125,82 @@ func TestRunnerRun(t *testing.T) {
 
 	loop := []any{jobRunning}
 	for range runsPerTask {
-		loop = append(loop, ran(0, ns.StateSucceeded, 0))
+		loop = append(loop, ran(0, nsapi.StateSucceeded, 0))
 	}
-	loop = append(loop, jobStep(0, ns.StateFailed, 0))
+	loop = append(loop, jobStep(0, nsapi.StateFailed, 0))
 
 	tests := map[string]struct {
-		tasks  []ns.Task
+		tasks  []nsapi.Task
 		before func()
 		state  string
 		want   []step
-		check  func(t *testing.T, events []ns.Event)
+		check  func(t *testing.T, events []nsapi.Event)
 	}{
 		"default rules: zero continues to the end": {
-			tasks: []ns.Task{command([]string{"true"}), script("exit 0")},
-			state: ns.StateSucceeded,
-			want:  steps(jobRunning, ran(0, ns.StateSucceeded, 0), ran(1, ns.StateSucceeded, 0), jobStep(1, ns.StateSucceeded, 0)),
+			tasks: []nsapi.Task{command([]string{"true"}), script("exit 0")},
+			state: nsapi.StateSucceeded,
+			want:  steps(jobRunning, ran(0, nsapi.StateSucceeded, 0), ran(1, nsapi.StateSucceeded, 0), jobStep(1, nsapi.StateSucceeded, 0)),
 		},
 		"default rules: non-zero fails the job": {
-			tasks: []ns.Task{script("exit 3"), command([]string{"true"})},
-			state: ns.StateFailed,
-			want:  steps(jobRunning, ran(0, ns.StateFailed, 3), jobStep(0, ns.StateFailed, 3)),
+			tasks: []nsapi.Task{script("exit 3"), command([]string{"true"})},
+			state: nsapi.StateFailed,
+			want:  steps(jobRunning, ran(0, nsapi.StateFailed, 3), jobStep(0, nsapi.StateFailed, 3)),
 		},
 		"continue on a listed non-zero code": {
-			tasks: []ns.Task{script("exit 3", rule(ns.ActionContinue, 1, 3)), command([]string{"true"})},
-			state: ns.StateSucceeded,
-			want:  steps(jobRunning, ran(0, ns.StateFailed, 3), ran(1, ns.StateSucceeded, 0), jobStep(1, ns.StateSucceeded, 0)),
+			tasks: []nsapi.Task{script("exit 3", rule(nsapi.ActionContinue, 1, 3)), command([]string{"true"})},
+			state: nsapi.StateSucceeded,
+			want:  steps(jobRunning, ran(0, nsapi.StateFailed, 3), ran(1, nsapi.StateSucceeded, 0), jobStep(1, nsapi.StateSucceeded, 0)),
 		},
 		"continue past the last task succeeds": {
-			tasks: []ns.Task{script("exit 5", rule(ns.ActionContinue))},
-			state: ns.StateSucceeded,
-			want:  steps(jobRunning, ran(0, ns.StateFailed, 5), jobStep(0, ns.StateSucceeded, 5)),
+			tasks: []nsapi.Task{script("exit 5", rule(nsapi.ActionContinue))},
+			state: nsapi.StateSucceeded,
+			want:  steps(jobRunning, ran(0, nsapi.StateFailed, 5), jobStep(0, nsapi.StateSucceeded, 5)),
 		},
 		"success stops the job": {
-			tasks: []ns.Task{script("exit 2", rule(ns.ActionSuccess, 2)), command([]string{"false"})},
-			state: ns.StateSucceeded,
-			want:  steps(jobRunning, ran(0, ns.StateFailed, 2), jobStep(0, ns.StateSucceeded, 2)),
+			tasks: []nsapi.Task{script("exit 2", rule(nsapi.ActionSuccess, 2)), command([]string{"false"})},
+			state: nsapi.StateSucceeded,
+			want:  steps(jobRunning, ran(0, nsapi.StateFailed, 2), jobStep(0, nsapi.StateSucceeded, 2)),
 		},
 		"failure stops the job even on zero": {
-			tasks: []ns.Task{command([]string{"true"}, rule(ns.ActionFailure, 0)), command([]string{"true"})},
-			state: ns.StateFailed,
-			want:  steps(jobRunning, ran(0, ns.StateSucceeded, 0), jobStep(0, ns.StateFailed, 0)),
+			tasks: []nsapi.Task{command([]string{"true"}, rule(nsapi.ActionFailure, 0)), command([]string{"true"})},
+			state: nsapi.StateFailed,
+			want:  steps(jobRunning, ran(0, nsapi.StateSucceeded, 0), jobStep(0, nsapi.StateFailed, 0)),
 		},
 		"rules are tried in order, empty codes match any": {
-			tasks: []ns.Task{script("exit 4", rule(ns.ActionFailure, 1), rule(ns.ActionSuccess), rule(ns.ActionFailure, 4))},
-			state: ns.StateSucceeded,
-			want:  steps(jobRunning, ran(0, ns.StateFailed, 4), jobStep(0, ns.StateSucceeded, 4)),
+			tasks: []nsapi.Task{script("exit 4", rule(nsapi.ActionFailure, 1), rule(nsapi.ActionSuccess), rule(nsapi.ActionFailure, 4))},
+			state: nsapi.StateSucceeded,
+			want:  steps(jobRunning, ran(0, nsapi.StateFailed, 4), jobStep(0, nsapi.StateSucceeded, 4)),
 		},
 		"no rule matches a non-zero code": {
-			tasks: []ns.Task{script("exit 2", rule(ns.ActionContinue, 1)), command([]string{"true"})},
-			state: ns.StateFailed,
-			want:  steps(jobRunning, ran(0, ns.StateFailed, 2), jobStep(0, ns.StateFailed, 2)),
+			tasks: []nsapi.Task{script("exit 2", rule(nsapi.ActionContinue, 1)), command([]string{"true"})},
+			state: nsapi.StateFailed,
+			want:  steps(jobRunning, ran(0, nsapi.StateFailed, 2), jobStep(0, nsapi.StateFailed, 2)),
 		},
 		"jump forwards": {
-			tasks: []ns.Task{command([]string{"true"}, jump(2)), command([]string{"false"}), command([]string{"true"})},
-			state: ns.StateSucceeded,
-			want:  steps(jobRunning, ran(0, ns.StateSucceeded, 0), ran(2, ns.StateSucceeded, 0), jobStep(2, ns.StateSucceeded, 0)),
+			tasks: []nsapi.Task{command([]string{"true"}, jump(2)), command([]string{"false"}), command([]string{"true"})},
+			state: nsapi.StateSucceeded,
+			want:  steps(jobRunning, ran(0, nsapi.StateSucceeded, 0), ran(2, nsapi.StateSucceeded, 0), jobStep(2, nsapi.StateSucceeded, 0)),
 		},
 		"jump backwards until a counter reaches three": {
 			before: func() { os.Remove(counter) },
-			tasks:  []ns.Task{command([]string{"true"}), script(countToThree, jump(0, 1)), command([]string{"true"})},
-			state:  ns.StateSucceeded,
+			tasks:  []nsapi.Task{command([]string{"true"}), script(countToThree, jump(0, 1)), command([]string{"true"})},
+			state:  nsapi.StateSucceeded,
 			want: steps(jobRunning,
-				ran(0, ns.StateSucceeded, 0), ran(1, ns.StateFailed, 1),
-				ran(0, ns.StateSucceeded, 0), ran(1, ns.StateFailed, 1),
-				ran(0, ns.StateSucceeded, 0), ran(1, ns.StateSucceeded, 0),
-				ran(2, ns.StateSucceeded, 0), jobStep(2, ns.StateSucceeded, 0)),
-			check: func(t *testing.T, events []ns.Event) {
+				ran(0, nsapi.StateSucceeded, 0), ran(1, nsapi.StateFailed, 1),
+				ran(0, nsapi.StateSucceeded, 0), ran(1, nsapi.StateFailed, 1),
+				ran(0, nsapi.StateSucceeded, 0), ran(1, nsapi.StateSucceeded, 0),
+				ran(2, nsapi.StateSucceeded, 0), jobStep(2, nsapi.StateSucceeded, 0)),
+			check: func(t *testing.T, events []nsapi.Event) {
 				if got := events[len(events)-4].Output; got != "pass 3\n" {
 					t.Errorf("last counter output %q, want %q", got, "pass 3\n")
 				}
 			},
 		},
 		"endless jump loop is stopped": {
-			tasks: []ns.Task{command([]string{"true"}, jump(0))},
-			state: ns.StateFailed,
+			tasks: []nsapi.Task{command([]string{"true"}, jump(0))},
+			state: nsapi.StateFailed,
 			want:  steps(loop...),
-			check: func(t *testing.T, events []ns.Event) {
+			check: func(t *testing.T, events []nsapi.Event) {
 				last := events[len(events)-2]
 				if !strings.Contains(last.Output, "exit rules keep jumping") {
 					t.Errorf("last task output %q does not explain the stop", last.Output)
@@ -208,54 +208,54 @@ func TestRunnerRun(t *testing.T) {
 			},
 		},
 		"command not found is 127 and fails by default": {
-			tasks: []ns.Task{command([]string{"siteserver-no-such-command"})},
-			state: ns.StateFailed,
-			want:  steps(jobRunning, ran(0, ns.StateFailed, 127), jobStep(0, ns.StateFailed, 127)),
-			check: func(t *testing.T, events []ns.Event) {
+			tasks: []nsapi.Task{command([]string{"siteserver-no-such-command"})},
+			state: nsapi.StateFailed,
+			want:  steps(jobRunning, ran(0, nsapi.StateFailed, 127), jobStep(0, nsapi.StateFailed, 127)),
+			check: func(t *testing.T, events []nsapi.Event) {
 				if got := events[2].Output; !strings.Contains(got, "siteserver-no-such-command") {
 					t.Errorf("output %q does not name the command", got)
 				}
 			},
 		},
 		"command not found matches a rule on 127": {
-			tasks: []ns.Task{command([]string{"/nonexistent/cmd"}, rule(ns.ActionContinue, 127)), command([]string{"true"})},
-			state: ns.StateSucceeded,
-			want:  steps(jobRunning, ran(0, ns.StateFailed, 127), ran(1, ns.StateSucceeded, 0), jobStep(1, ns.StateSucceeded, 0)),
+			tasks: []nsapi.Task{command([]string{"/nonexistent/cmd"}, rule(nsapi.ActionContinue, 127)), command([]string{"true"})},
+			state: nsapi.StateSucceeded,
+			want:  steps(jobRunning, ran(0, nsapi.StateFailed, 127), ran(1, nsapi.StateSucceeded, 0), jobStep(1, nsapi.StateSucceeded, 0)),
 		},
 		"interpreter not found is 127": {
-			tasks: []ns.Task{{Script: "true", Interpreter: "/nonexistent/sh", Timeout: ns.Duration(time.Second)}},
-			state: ns.StateFailed,
-			want:  steps(jobRunning, ran(0, ns.StateFailed, 127), jobStep(0, ns.StateFailed, 127)),
+			tasks: []nsapi.Task{{Script: "true", Interpreter: "/nonexistent/sh", Timeout: nsapi.Duration(time.Second)}},
+			state: nsapi.StateFailed,
+			want:  steps(jobRunning, ran(0, nsapi.StateFailed, 127), jobStep(0, nsapi.StateFailed, 127)),
 		},
 		"script with a custom interpreter": {
-			tasks: []ns.Task{{Script: `[[ -n $BASH_VERSION ]] && echo bash; exit 7`, Interpreter: "/bin/bash", Timeout: ns.Duration(10 * time.Second), OnExit: []ns.ExitRule{rule(ns.ActionSuccess, 7)}}},
-			state: ns.StateSucceeded,
-			want:  steps(jobRunning, ran(0, ns.StateFailed, 7), jobStep(0, ns.StateSucceeded, 7)),
-			check: func(t *testing.T, events []ns.Event) {
+			tasks: []nsapi.Task{{Script: `[[ -n $BASH_VERSION ]] && echo bash; exit 7`, Interpreter: "/bin/bash", Timeout: nsapi.Duration(10 * time.Second), OnExit: []nsapi.ExitRule{rule(nsapi.ActionSuccess, 7)}}},
+			state: nsapi.StateSucceeded,
+			want:  steps(jobRunning, ran(0, nsapi.StateFailed, 7), jobStep(0, nsapi.StateSucceeded, 7)),
+			check: func(t *testing.T, events []nsapi.Event) {
 				if got := events[2].Output; got != "bash\n" {
 					t.Errorf("output %q, want %q", got, "bash\n")
 				}
 			},
 		},
 		"environment": {
-			tasks: []ns.Task{command([]string{"true"}), script(`echo "$SITESERVER_JOB_ID $SITESERVER_INSTANCE_ID $SITESERVER_TASK_INDEX $SITESERVER_TEST_INHERITED"; echo err >&2`)},
-			state: ns.StateSucceeded,
-			want:  steps(jobRunning, ran(0, ns.StateSucceeded, 0), ran(1, ns.StateSucceeded, 0), jobStep(1, ns.StateSucceeded, 0)),
-			check: func(t *testing.T, events []ns.Event) {
+			tasks: []nsapi.Task{command([]string{"true"}), script(`echo "$SITESERVER_JOB_ID $SITESERVER_INSTANCE_ID $SITESERVER_TASK_INDEX $SITESERVER_TEST_INHERITED"; echo err >&2`)},
+			state: nsapi.StateSucceeded,
+			want:  steps(jobRunning, ran(0, nsapi.StateSucceeded, 0), ran(1, nsapi.StateSucceeded, 0), jobStep(1, nsapi.StateSucceeded, 0)),
+			check: func(t *testing.T, events []nsapi.Event) {
 				if got, want := events[4].Output, "job-1 inst-1 1 inherited\nerr\n"; got != want {
 					t.Errorf("output %q, want %q", got, want)
 				}
 			},
 		},
 		"killed by a signal is 128 plus the signal": {
-			tasks: []ns.Task{script("kill -TERM $$", rule(ns.ActionSuccess, 143))},
-			state: ns.StateSucceeded,
-			want:  steps(jobRunning, ran(0, ns.StateFailed, 143), jobStep(0, ns.StateSucceeded, 143)),
+			tasks: []nsapi.Task{script("kill -TERM $$", rule(nsapi.ActionSuccess, 143))},
+			state: nsapi.StateSucceeded,
+			want:  steps(jobRunning, ran(0, nsapi.StateFailed, 143), jobStep(0, nsapi.StateSucceeded, 143)),
 		},
 		"invalid job fails without running": {
-			tasks: []ns.Task{{Command: []string{"true"}}},
-			state: ns.StateFailed,
-			want:  steps(jobRunning, jobStep(0, ns.StateFailed, 0)),
+			tasks: []nsapi.Task{{Command: []string{"true"}}},
+			state: nsapi.StateFailed,
+			want:  steps(jobRunning, jobStep(0, nsapi.StateFailed, 0)),
 		},
 	}
 	for name, tc := range tests {
@@ -316,21 +316,21 @@ func readPID(t *testing.T, path string) int {
 func TestRunnerTimeout(t *testing.T) {
 	const timeout = 300 * time.Millisecond
 	tests := map[string]struct {
-		task       ns.Task
+		task       nsapi.Task
 		grandchild bool
 	}{
-		"command": {task: ns.Task{Command: []string{"sleep", "60"}}},
+		"command": {task: nsapi.Task{Command: []string{"sleep", "60"}}},
 		// The shell waits on its own child; both must die.
-		"script and its child": {task: ns.Task{Script: "sleep 60 &\necho $! > %s\nwait\n"}, grandchild: true},
+		"script and its child": {task: nsapi.Task{Script: "sleep 60 &\necho $! > %s\nwait\n"}, grandchild: true},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			pidFile := filepath.Join(t.TempDir(), "pid")
 			task := tc.task
 			task.Script = strings.ReplaceAll(task.Script, "%s", pidFile)
-			task.Timeout = ns.Duration(timeout)
+			task.Timeout = nsapi.Duration(timeout)
 			// Rules are not consulted for a timeout.
-			task.OnExit = []ns.ExitRule{rule(ns.ActionSuccess)}
+			task.OnExit = []nsapi.ExitRule{rule(nsapi.ActionSuccess)}
 			start := time.Now()
 			state, _, got, err := runJob(t, &Runner{}, context.Background(), instance(task), nil)
 			elapsed := time.Since(start)
@@ -341,11 +341,11 @@ func TestRunnerTimeout(t *testing.T) {
 				t.Errorf("Run took %v with a %v timeout", elapsed, timeout)
 			}
 			want := []step{jobRunning,
-				{Kind: ns.EventTask, State: ns.StateRunning},
-				{Kind: ns.EventTask, State: ns.StateFailed, ExitCode: -1, TimedOut: true},
-				{Kind: ns.EventJob, State: ns.StateFailed, ExitCode: -1, TimedOut: true}}
-			if state != ns.StateFailed {
-				t.Errorf("state %q, want %q", state, ns.StateFailed)
+				{Kind: nsapi.EventTask, State: nsapi.StateRunning},
+				{Kind: nsapi.EventTask, State: nsapi.StateFailed, ExitCode: -1, TimedOut: true},
+				{Kind: nsapi.EventJob, State: nsapi.StateFailed, ExitCode: -1, TimedOut: true}}
+			if state != nsapi.StateFailed {
+				t.Errorf("state %q, want %q", state, nsapi.StateFailed)
 			}
 			if diff := cmp.Diff(want, got); diff != "" {
 				t.Errorf("events (-want +got):\n%s", diff)
@@ -380,8 +380,8 @@ func TestRunnerBackgroundHoldsOutput(t *testing.T) {
 	if elapsed := time.Since(start); elapsed > outputGrace+2*time.Second {
 		t.Errorf("Run took %v, want about %v", elapsed, outputGrace)
 	}
-	if state != ns.StateSucceeded || events[2].Output != "done\n" {
-		t.Errorf("state %q, output %q; want %q, %q", state, events[2].Output, ns.StateSucceeded, "done\n")
+	if state != nsapi.StateSucceeded || events[2].Output != "done\n" {
+		t.Errorf("state %q, output %q; want %q, %q", state, events[2].Output, nsapi.StateSucceeded, "done\n")
 	}
 }
 
@@ -393,10 +393,10 @@ func TestRunnerExpired(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	if state != ns.StateExpired {
-		t.Errorf("state %q, want %q", state, ns.StateExpired)
+	if state != nsapi.StateExpired {
+		t.Errorf("state %q, want %q", state, nsapi.StateExpired)
 	}
-	if diff := cmp.Diff([]step{{Kind: ns.EventJob, State: ns.StateExpired}}, got); diff != "" {
+	if diff := cmp.Diff([]step{{Kind: nsapi.EventJob, State: nsapi.StateExpired}}, got); diff != "" {
 		t.Errorf("events (-want +got):\n%s", diff)
 	}
 	if _, err := os.Stat(marker); err == nil {
@@ -430,10 +430,10 @@ func TestRunnerCancel(t *testing.T) {
 	if elapsed := time.Since(start); elapsed > 5*time.Second {
 		t.Errorf("Run took %v after cancel", elapsed)
 	}
-	if ns.Final(state) {
+	if nsapi.Final(state) {
 		t.Errorf("state %q is final", state)
 	}
-	want := []step{jobRunning, {Kind: ns.EventTask, State: ns.StateRunning}}
+	want := []step{jobRunning, {Kind: nsapi.EventTask, State: nsapi.StateRunning}}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("events (-want +got):\n%s", diff)
 	}
@@ -455,9 +455,9 @@ func TestRunnerEmitError(t *testing.T) {
 		final  bool
 	}{
 		"job running":  {failAt: 0, want: []step{jobRunning}},
-		"task running": {failAt: 1, want: steps(jobRunning, ran(0, ns.StateRunning, 0)[0])},
-		"task result":  {failAt: 2, want: steps(jobRunning, ran(0, ns.StateSucceeded, 0)), ran: true},
-		"job result":   {failAt: 3, want: steps(jobRunning, ran(0, ns.StateSucceeded, 0), jobStep(0, ns.StateSucceeded, 0)), ran: true, final: true},
+		"task running": {failAt: 1, want: steps(jobRunning, ran(0, nsapi.StateRunning, 0)[0])},
+		"task result":  {failAt: 2, want: steps(jobRunning, ran(0, nsapi.StateSucceeded, 0)), ran: true},
+		"job result":   {failAt: 3, want: steps(jobRunning, ran(0, nsapi.StateSucceeded, 0), jobStep(0, nsapi.StateSucceeded, 0)), ran: true, final: true},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -469,7 +469,7 @@ func TestRunnerEmitError(t *testing.T) {
 				inst.Job.Tasks = append(inst.Job.Tasks, command([]string{"touch", marker + "2"}))
 			}
 			n := 0
-			state, _, got, err := runJob(t, &Runner{}, context.Background(), inst, func(ns.Event) error {
+			state, _, got, err := runJob(t, &Runner{}, context.Background(), inst, func(nsapi.Event) error {
 				n++
 				if n-1 == tc.failAt {
 					return errEmit
@@ -479,8 +479,8 @@ func TestRunnerEmitError(t *testing.T) {
 			if !errors.Is(err, errEmit) {
 				t.Fatalf("Run: %v, want %v", err, errEmit)
 			}
-			if ns.Final(state) != tc.final {
-				t.Errorf("state %q: final %v, want %v", state, ns.Final(state), tc.final)
+			if nsapi.Final(state) != tc.final {
+				t.Errorf("state %q: final %v, want %v", state, nsapi.Final(state), tc.final)
 			}
 			if diff := cmp.Diff(tc.want, got); diff != "" {
 				t.Errorf("events (-want +got):\n%s", diff)
@@ -506,8 +506,8 @@ func TestRunnerOutputTail(t *testing.T) {
 		max, want int
 	}{
 		"odd size":           {max: 1000, want: 1000},
-		"default":            {max: 0, want: ns.MaxOutputBytes},
-		"capped":             {max: 10 * ns.MaxOutputBytes, want: ns.MaxOutputBytes},
+		"default":            {max: 0, want: nsapi.MaxOutputBytes},
+		"capped":             {max: 10 * nsapi.MaxOutputBytes, want: nsapi.MaxOutputBytes},
 		"one byte, not lost": {max: 1, want: 1},
 	}
 	for name, tc := range tests {

@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"github.com/siteserver/siteserver/internal/datadir"
-	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/taskd"
 	"github.com/siteserver/siteserver/tickle"
 )
@@ -296,7 +296,7 @@ func (t *taskClient) call(ctx context.Context, method, path string, in, out any)
 		return errNotRegistered
 	}
 	if resp.StatusCode/100 != 2 {
-		var er ns.ErrorResponse
+		var er nsapi.ErrorResponse
 		json.Unmarshal(b, &er)
 		return fmt.Errorf("task server answered %d: %s", resp.StatusCode, er.Error)
 	}
@@ -308,22 +308,22 @@ func (t *taskClient) call(ctx context.Context, method, path string, in, out any)
 
 // runInstance runs one instance and makes sure each of its events is stored by the task
 // server before going on: events are retried until the task server has them.
-func (t *taskClient) runInstance(ctx context.Context, inst ns.JobInstance) error {
+func (t *taskClient) runInstance(ctx context.Context, inst nsapi.JobInstance) error {
 	t.logger.Info("running job", "job", inst.JobID, "instance", inst.ID)
 	runner := &Runner{WorkDir: filepath.Join(t.a.cfg.DataDir, "work"), Logger: t.logger}
 	os.MkdirAll(runner.WorkDir, 0o700)
-	state, err := runner.Run(ctx, inst, func(e ns.Event) error { return t.send(ctx, e) })
-	if err != nil && !ns.Final(state) {
+	state, err := runner.Run(ctx, inst, func(e nsapi.Event) error { return t.send(ctx, e) })
+	if err != nil && !nsapi.Final(state) {
 		return err
 	}
 	t.logger.Info("job finished", "job", inst.JobID, "instance", inst.ID, "state", state)
 	return t.done.add(inst.ID)
 }
 
-func (t *taskClient) send(ctx context.Context, e ns.Event) error {
+func (t *taskClient) send(ctx context.Context, e nsapi.Event) error {
 	for failures := 0; ; failures++ {
 		var resp taskd.EventsResponse
-		err := t.call(ctx, http.MethodPost, taskd.PathEvents, []ns.Event{e}, &resp)
+		err := t.call(ctx, http.MethodPost, taskd.PathEvents, []nsapi.Event{e}, &resp)
 		if err == nil {
 			return nil
 		}

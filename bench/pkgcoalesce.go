@@ -20,7 +20,7 @@ import (
 	"time"
 
 	"github.com/siteserver/siteserver/internal/pki"
-	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/nsapi"
 )
 
 // countingProxy forwards TCP connections to target and counts the bytes coming back:
@@ -84,12 +84,12 @@ type pkgSite struct {
 	dir, bin string
 	ns, ss   *process
 	proxy    *countingProxy
-	admin    *ns.Client
+	admin    *nsapi.Client
 	pkgPort  int
 	ssConf   string
 	stderr   io.Writer
 	content  []byte
-	file     ns.PackageFile
+	file     nsapi.PackageFile
 }
 
 func newPkgSite(ctx context.Context, stderr io.Writer, size int, bandwidth string) (*pkgSite, error) {
@@ -139,13 +139,13 @@ services:
 	if err != nil {
 		return nil, err
 	}
-	s.admin = ns.NewClient("https://"+nsAddr, conf)
+	s.admin = nsapi.NewClient("https://"+nsAddr, conf)
 	s.admin.AdminToken = benchAdminToken
 
 	s.content = make([]byte, size)
 	rand.Read(s.content)
 	sum := sha256.Sum256(s.content)
-	s.file = ns.PackageFile{Name: "images/boot.wim", Size: int64(size), SHA256: hex.EncodeToString(sum[:])}
+	s.file = nsapi.PackageFile{Name: "images/boot.wim", Size: int64(size), SHA256: hex.EncodeToString(sum[:])}
 	if err := s.admin.UploadLibraryFile(ctx, s.file.SHA256, s.file.Size, bytes.NewReader(s.content)); err != nil {
 		return nil, fmt.Errorf("upload: %w", err)
 	}
@@ -175,7 +175,7 @@ func (s *pkgSite) close() {
 }
 
 func (s *pkgSite) assign(ctx context.Context) error {
-	return s.admin.PutPackage(ctx, ns.Package{ID: "bench", Version: "1", Files: []ns.PackageFile{s.file}})
+	return s.admin.PutPackage(ctx, nsapi.Package{ID: "bench", Version: "1", Files: []nsapi.PackageFile{s.file}})
 }
 
 func (s *pkgSite) fileURL() string {

@@ -22,7 +22,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/pkgd"
 )
 
@@ -183,7 +183,7 @@ func servePkgChild(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	c := &benchContent{path: *file, entry: ns.PackageFile{Name: pkgServeFile, Size: fi.Size(), SHA256: *sum}}
+	c := &benchContent{path: *file, entry: nsapi.PackageFile{Name: pkgServeFile, Size: fi.Size(), SHA256: *sum}}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
@@ -212,16 +212,16 @@ func servePkgChild(ctx context.Context, args []string) error {
 // benchContent is the one file, opened per request as a store would.
 type benchContent struct {
 	path  string
-	entry ns.PackageFile
+	entry nsapi.PackageFile
 }
 
-func (c *benchContent) File(ctx context.Context, pkg, name string) (ns.PackageFile, *os.File, error) {
+func (c *benchContent) File(ctx context.Context, pkg, name string) (nsapi.PackageFile, *os.File, error) {
 	if pkg != pkgServeID || name != c.entry.Name {
-		return ns.PackageFile{}, nil, pkgd.ErrNotFound
+		return nsapi.PackageFile{}, nil, pkgd.ErrNotFound
 	}
 	f, err := os.Open(c.path)
 	if err != nil {
-		return ns.PackageFile{}, nil, err
+		return nsapi.PackageFile{}, nil, err
 	}
 	return c.entry, f, nil
 }

@@ -28,7 +28,7 @@ import (
 	"time"
 
 	"github.com/siteserver/siteserver/internal/pki"
-	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/taskd"
 	"github.com/siteserver/siteserver/tickle"
 )
@@ -144,7 +144,7 @@ services:
 	if err != nil {
 		return nil, err
 	}
-	nsClient := ns.NewClient("https://"+nsAddr, nsConf)
+	nsClient := nsapi.NewClient("https://"+nsAddr, nsConf)
 	nsClient.AdminToken = benchAdminToken
 
 	// Setup: every agent enrolls with the NS, registers with the task server, and the NS
@@ -244,9 +244,9 @@ services:
 		defer stop()
 	}
 	cpu0 := [3]float64{cpuSeconds(nsProc.cmd.Process.Pid), cpuSeconds(ss.cmd.Process.Pid), cpuSeconds(os.Getpid())}
-	job := ns.Job{ID: "bench-job", Name: "bench", Tasks: []ns.Task{{Name: "t", Command: []string{"true"}, Timeout: ns.Duration(time.Minute)}}}
+	job := nsapi.Job{ID: "bench-job", Name: "bench", Tasks: []nsapi.Task{{Name: "t", Command: []string{"true"}, Timeout: nsapi.Duration(time.Minute)}}}
 	t0 := time.Now()
-	if _, err := nsClient.CreateJob(ctx, ns.CreateJobRequest{Job: job, Targets: ids}); err != nil {
+	if _, err := nsClient.CreateJob(ctx, nsapi.CreateJobRequest{Job: job, Targets: ids}); err != nil {
 		return nil, fmt.Errorf("create job: %w", err)
 	}
 	created := time.Since(t0)
@@ -362,7 +362,7 @@ func raiseFileLimit() {
 	}
 }
 
-func waitTagged(ctx context.Context, c *ns.Client, serverID string, n int, stderr io.Writer) error {
+func waitTagged(ctx context.Context, c *nsapi.Client, serverID string, n int, stderr io.Writer) error {
 	deadline := time.Now().Add(300 * time.Second)
 	last := time.Now()
 	for time.Now().Before(deadline) {
@@ -394,7 +394,7 @@ func waitTagged(ctx context.Context, c *ns.Client, serverID string, n int, stder
 	return fmt.Errorf("the NS did not learn every agent's task server in time")
 }
 
-func newSimAgent(ctx context.Context, i int, nsClient *ns.Client, nsAddr string, caPEM []byte, serverID string, apiPort int) (*simAgent, error) {
+func newSimAgent(ctx context.Context, i int, nsClient *nsapi.Client, nsAddr string, caPEM []byte, serverID string, apiPort int) (*simAgent, error) {
 	id := fmt.Sprintf("bench-agent-%05d", i)
 	key, err := pki.NewClientKey()
 	if err != nil {
@@ -404,7 +404,7 @@ func newSimAgent(ctx context.Context, i int, nsClient *ns.Client, nsAddr string,
 	if err != nil {
 		return nil, err
 	}
-	resp, err := nsClient.Enroll(ctx, ns.EnrollRequest{Token: benchAgentToken, Kind: ns.KindAgent, ID: id, Hostname: id, CSR: csr})
+	resp, err := nsClient.Enroll(ctx, nsapi.EnrollRequest{Token: benchAgentToken, Kind: nsapi.KindAgent, ID: id, Hostname: id, CSR: csr})
 	if err != nil {
 		return nil, err
 	}

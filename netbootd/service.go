@@ -18,7 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/siteserver/siteserver/internal/obs"
-	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/nsapi"
 )
 
 // Config configures the network boot service (the services.netboot section).
@@ -61,11 +61,11 @@ type HTTPConfig struct {
 // DefaultScripts boot managed computers from their disk, and show unknown and
 // predefined ones what to do; sites replace them with their own menus.
 var DefaultScripts = map[string]string{
-	ns.ComputerManaged: `#!ipxe
+	nsapi.ComputerManaged: `#!ipxe
 echo Managed computer {{.Name}} ({{.MAC}}): booting from the local disk
 exit
 `,
-	ns.ComputerPredefined: `#!ipxe
+	nsapi.ComputerPredefined: `#!ipxe
 echo Predefined computer {{.Name}} ({{.MAC}}): starting the preboot environment
 kernel http://{{.Server}}/boot/wimboot
 initrd http://{{.Server}}/boot/BCD BCD
@@ -73,7 +73,7 @@ initrd http://{{.Server}}/boot/boot.sdi boot.sdi
 initrd http://{{.Server}}/boot/boot.wim boot.wim
 boot
 `,
-	ns.ComputerUnknown: `#!ipxe
+	nsapi.ComputerUnknown: `#!ipxe
 menu Unknown computer {{.MAC}}
 item local Boot from the local disk
 item winpe Start the preboot environment
@@ -134,7 +134,7 @@ func (c *Config) Validate(prefix string) error {
 	}
 	for kind, s := range c.Scripts {
 		switch kind {
-		case ns.ComputerManaged, ns.ComputerPredefined, ns.ComputerUnknown:
+		case nsapi.ComputerManaged, nsapi.ComputerPredefined, nsapi.ComputerUnknown:
 		default:
 			return fmt.Errorf("%s.scripts: %q is not managed, predefined or unknown", prefix, kind)
 		}
@@ -148,7 +148,7 @@ func (c *Config) Validate(prefix string) error {
 // NSComputers answers Computers from an NS, caching answers for a while so a booting
 // computer's retries do not each cost a round trip.
 type NSComputers struct {
-	Client func(ctx context.Context) (*ns.Client, error)
+	Client func(ctx context.Context) (*nsapi.Client, error)
 	TTL    time.Duration
 	now    func() time.Time
 
@@ -164,9 +164,9 @@ type cachedKind struct {
 
 func kindOf(s string) Kind {
 	switch s {
-	case ns.ComputerManaged:
+	case nsapi.ComputerManaged:
 		return KindManaged
-	case ns.ComputerPredefined:
+	case nsapi.ComputerPredefined:
 		return KindPredefined
 	}
 	return KindUnknown
@@ -214,7 +214,7 @@ func (c *NSComputers) Seen(ctx context.Context, mac net.HardwareAddr, arch Arch)
 	if err != nil {
 		return err
 	}
-	return cl.ComputerSeen(ctx, ns.SeenRequest{MAC: mac.String(), Arch: int(arch)})
+	return cl.ComputerSeen(ctx, nsapi.SeenRequest{MAC: mac.String(), Arch: int(arch)})
 }
 
 // Service is the network boot service: PXE/BSDP, TFTP, and HTTP for iPXE scripts and
@@ -236,7 +236,7 @@ type Service struct {
 func (s *Service) UsePackages(f PackageFiles) { s.packages = f }
 
 // New builds the network boot service; nothing is bound until Run.
-func New(cfg Config, client func(ctx context.Context) (*ns.Client, error), logger *slog.Logger, reg prometheus.Registerer) (*Service, error) {
+func New(cfg Config, client func(ctx context.Context) (*nsapi.Client, error), logger *slog.Logger, reg prometheus.Registerer) (*Service, error) {
 	cfg.Defaults()
 	if err := cfg.Validate("services.netboot"); err != nil {
 		return nil, err
@@ -259,7 +259,7 @@ func New(cfg Config, client func(ctx context.Context) (*ns.Client, error), logge
 	}
 	s.scriptsN = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "siteserver", Subsystem: "netboot",
 		Name: "ipxe_scripts_total", Help: "iPXE scripts served, by computer kind."}, []string{"kind"})
-	for _, k := range []string{ns.ComputerManaged, ns.ComputerPredefined, ns.ComputerUnknown} {
+	for _, k := range []string{nsapi.ComputerManaged, nsapi.ComputerPredefined, nsapi.ComputerUnknown} {
 		s.scriptsN.WithLabelValues(k)
 	}
 	if err := reg.Register(s.scriptsN); err != nil {

@@ -14,13 +14,13 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/nsapi"
 )
 
 func TestScriptsAndBootFiles(t *testing.T) {
-	kinds := map[string]ns.LookupResponse{
-		"52:54:00:00:00:01": {Kind: ns.ComputerManaged, Name: "pc-managed"},
-		"52:54:00:00:00:02": {Kind: ns.ComputerPredefined, Name: "pc-new"},
+	kinds := map[string]nsapi.LookupResponse{
+		"52:54:00:00:00:01": {Kind: nsapi.ComputerManaged, Name: "pc-managed"},
+		"52:54:00:00:00:02": {Kind: nsapi.ComputerPredefined, Name: "pc-new"},
 	}
 	var lookups atomic.Int64
 	nsDown := atomic.Bool{}
@@ -32,7 +32,7 @@ func TestScriptsAndBootFiles(t *testing.T) {
 		lookups.Add(1)
 		resp, ok := kinds[r.URL.Query().Get("mac")]
 		if !ok {
-			resp = ns.LookupResponse{Kind: ns.ComputerUnknown}
+			resp = nsapi.LookupResponse{Kind: nsapi.ComputerUnknown}
 		}
 		json.NewEncoder(w).Encode(resp)
 	}))
@@ -45,7 +45,7 @@ func TestScriptsAndBootFiles(t *testing.T) {
 	os.Symlink(outside, filepath.Join(boot, "escape"))
 	cfg := Config{BootDir: boot, PXE: PXEConfig{Listen67: "127.0.0.1:0", Listen4011: "127.0.0.1:0"},
 		TFTP: TFTPFile{Listen: "127.0.0.1:0"}, HTTP: HTTPConfig{Listen: "127.0.0.1:0"}}
-	s, err := New(cfg, func(context.Context) (*ns.Client, error) { return ns.NewClient(fake.URL, nil), nil }, nil, prometheus.NewRegistry())
+	s, err := New(cfg, func(context.Context) (*nsapi.Client, error) { return nsapi.NewClient(fake.URL, nil), nil }, nil, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +108,7 @@ func TestBootFilesFromPackage(t *testing.T) {
 	os.WriteFile(stored, []byte("from the package store"), 0o644)
 	cfg := Config{BootDir: boot, BootPackage: "winpe", PXE: PXEConfig{Listen67: "127.0.0.1:0", Listen4011: "127.0.0.1:0"},
 		TFTP: TFTPFile{Listen: "127.0.0.1:0"}, HTTP: HTTPConfig{Listen: "127.0.0.1:0"}}
-	s, err := New(cfg, func(context.Context) (*ns.Client, error) { return nil, context.Canceled }, nil, prometheus.NewRegistry())
+	s, err := New(cfg, func(context.Context) (*nsapi.Client, error) { return nil, context.Canceled }, nil, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}

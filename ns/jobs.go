@@ -15,106 +15,15 @@ import (
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/tickle"
 )
 
-// Task server and job API paths.
 const (
-	PathJobs             = "/api/v1/jobs"
-	PathTaskWork         = "/api/v1/taskserver/work"
-	PathTaskEvents       = "/api/v1/taskserver/events"
-	PathTaskPresence     = "/api/v1/taskserver/presence"
-	DefaultValidity      = time.Hour
 	defaultSweepInterval = 10 * time.Second
 	// maxEventBatchBytes bounds a compressed event batch; task servers send far less.
 	maxEventBatchBytes = 16 << 20
 )
-
-// CreateJobRequest creates or updates a job and, for each target agent, one instance.
-type CreateJobRequest struct {
-	Job     Job      `json:"job"`
-	Targets []string `json:"targets,omitempty"`
-}
-
-// InstanceRef names a created instance.
-type InstanceRef struct {
-	ID         string `json:"id"`
-	Agent      string `json:"agent"`
-	TaskServer string `json:"task_server"`
-}
-
-// CreateJobResponse lists the instances created.
-type CreateJobResponse struct {
-	JobID     string        `json:"job_id"`
-	Instances []InstanceRef `json:"instances"`
-}
-
-// InstanceStatus is an instance with its events, for administrators.
-type InstanceStatus struct {
-	ID         string    `json:"id"`
-	Agent      string    `json:"agent"`
-	TaskServer string    `json:"task_server"`
-	State      string    `json:"state"`
-	Created    time.Time `json:"created"`
-	Expires    time.Time `json:"expires"`
-	Updated    time.Time `json:"updated"`
-	Events     []Event   `json:"events"`
-}
-
-// JobStatus is a job with every instance ever created for it.
-type JobStatus struct {
-	Job       Job              `json:"job"`
-	Counts    map[string]int   `json:"counts"`
-	Instances []InstanceStatus `json:"instances"`
-}
-
-// WorkResponse is a task server's open work: instances for its agents. Each job's
-// definition travels once in Jobs (keyed by instance JobID) rather than with every one of
-// possibly thousands of instances; Expand puts them back.
-type WorkResponse struct {
-	Jobs      map[string]Job `json:"jobs"`
-	Instances []JobInstance  `json:"instances"`
-}
-
-// compact moves the job definitions out of the instances.
-func (w *WorkResponse) compact() {
-	w.Jobs = map[string]Job{}
-	for i := range w.Instances {
-		in := &w.Instances[i]
-		if _, ok := w.Jobs[in.JobID]; !ok {
-			w.Jobs[in.JobID] = in.Job
-		}
-		in.Job = Job{}
-	}
-}
-
-// Expand puts each instance's job definition back.
-func (w *WorkResponse) Expand() {
-	for i := range w.Instances {
-		in := &w.Instances[i]
-		if j, ok := w.Jobs[in.JobID]; ok && len(in.Job.Tasks) == 0 {
-			in.Job = j
-		}
-	}
-}
-
-// EventsResponse acknowledges a batch: every event in it is stored (or was already).
-type EventsResponse struct {
-	Added      int `json:"added"`
-	Duplicates int `json:"duplicates"`
-	Unknown    int `json:"unknown"`
-}
-
-// AgentPresence is one agent a task server has heard from.
-type AgentPresence struct {
-	ID          string    `json:"id"`
-	LastContact time.Time `json:"last_contact"`
-}
-
-// PresenceRequest reports the agents registered with a task server.
-type PresenceRequest struct {
-	Agents []AgentPresence `json:"agents"`
-}
 
 type jobMetrics struct {
 	instances *prometheus.GaugeVec
@@ -134,7 +43,7 @@ func newJobMetrics(reg prometheus.Registerer) (*jobMetrics, error) {
 			Help: "Status events received from task servers: added, duplicate (already stored) or unknown (no such instance).",
 		}, []string{"result"}),
 	}
-	for _, st := range JobStates {
+	for _, st := range nsapi.JobStates {
 		m.instances.WithLabelValues(st)
 	}
 	for _, r := range []string{"added", "duplicate", "unknown"} {
@@ -222,14 +131,14 @@ func (t *tickler) send(ctx context.Context, server string, typ tickle.Type) erro
 	}
 	var advertised string
 	for _, svc := range rec.Services {
-		if svc.Name == ServiceTask {
+		if svc.Name == nsapi.ServiceTask {
 			advertised = svc.Tickle
 		}
 	}
 	var to netip.AddrPort
 	if advertised != "" {
 		remote, _ := netip.ParseAddr(rec.RemoteAddr)
-		to, err = TickleTarget(advertised, remote)
+		to, err = nsapi.TickleTarget(advertised, remote)
 		if err != nil || !to.Addr().IsValid() {
 			return fmt.Errorf("tickle address %q: %v", advertised, err)
 		}
@@ -280,7 +189,7 @@ func (s *Server) refreshJobGauges(ctx context.Context) {
 	if err != nil {
 		return
 	}
-	for _, st := range JobStates {
+	for _, st := range nsapi.JobStates {
 		s.jobMetrics.instances.WithLabelValues(st).Set(float64(counts[st]))
 	}
 }
@@ -290,8 +199,8 @@ func (s *Server) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	var req CreateJobRequest
-	if err := decodeJSON(strings.NewReader(string(b)), &req); err != nil {
+	var req nsapi.CreateJobRequest
+	if err := nsapi.DecodeStrict(strings.NewReader(string(b)), &req); err != nil {
 		s.badRequest(w, fmt.Errorf("decode job: %w", err))
 		return
 	}
@@ -302,17 +211,17 @@ func (s *Server) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 		s.badRequest(w, fmt.Errorf("job.%w", err))
 		return
 	}
-	if len(req.Targets) > MaxTargets {
-		s.badRequest(w, fmt.Errorf("targets: %d is more than %d", len(req.Targets), MaxTargets))
+	if len(req.Targets) > nsapi.MaxTargets {
+		s.badRequest(w, fmt.Errorf("targets: %d is more than %d", len(req.Targets), nsapi.MaxTargets))
 		return
 	}
 	ctx := r.Context()
 	now := s.now().UTC()
 	validity := time.Duration(req.Job.Validity)
 	if validity == 0 {
-		validity = DefaultValidity
+		validity = nsapi.DefaultValidity
 	}
-	var insts []JobInstance
+	var insts []nsapi.JobInstance
 	var unknown []string
 	seen := map[string]bool{}
 	known, err := s.store.AgentsByID(ctx, req.Targets)
@@ -330,8 +239,8 @@ func (s *Server) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 			unknown = append(unknown, target)
 			continue
 		}
-		insts = append(insts, JobInstance{ID: uuid.NewString(), JobID: req.Job.ID, Agent: a.ID, TaskServer: a.TaskServer,
-			State: StatePending, Created: now, Expires: now.Add(validity), Updated: now, Job: req.Job})
+		insts = append(insts, nsapi.JobInstance{ID: uuid.NewString(), JobID: req.Job.ID, Agent: a.ID, TaskServer: a.TaskServer,
+			State: nsapi.StatePending, Created: now, Expires: now.Add(validity), Updated: now, Job: req.Job})
 	}
 	if len(unknown) > 0 {
 		s.badRequest(w, fmt.Errorf("targets: unknown agents %s", strings.Join(unknown, ", ")))
@@ -345,9 +254,9 @@ func (s *Server) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	resp := CreateJobResponse{JobID: req.Job.ID, Instances: []InstanceRef{}}
+	resp := nsapi.CreateJobResponse{JobID: req.Job.ID, Instances: []nsapi.InstanceRef{}}
 	for _, in := range insts {
-		resp.Instances = append(resp.Instances, InstanceRef{ID: in.ID, Agent: in.Agent, TaskServer: in.TaskServer})
+		resp.Instances = append(resp.Instances, nsapi.InstanceRef{ID: in.ID, Agent: in.Agent, TaskServer: in.TaskServer})
 		if in.TaskServer != "" {
 			s.tickler.mark(in.TaskServer, tickle.WorkPending)
 		}
@@ -383,7 +292,7 @@ func (s *Server) handleJobStatus(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	st := JobStatus{Job: job, Counts: map[string]int{}, Instances: []InstanceStatus{}}
+	st := nsapi.JobStatus{Job: job, Counts: map[string]int{}, Instances: []nsapi.InstanceStatus{}}
 	for _, in := range insts {
 		evs, err := s.store.Events(ctx, in.ID)
 		if err != nil {
@@ -391,7 +300,7 @@ func (s *Server) handleJobStatus(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		st.Counts[in.State]++
-		st.Instances = append(st.Instances, InstanceStatus{ID: in.ID, Agent: in.Agent, TaskServer: in.TaskServer,
+		st.Instances = append(st.Instances, nsapi.InstanceStatus{ID: in.ID, Agent: in.Agent, TaskServer: in.TaskServer,
 			State: in.State, Created: in.Created, Expires: in.Expires, Updated: in.Updated, Events: orEmpty(evs)})
 	}
 	writeJSON(w, http.StatusOK, st)
@@ -403,13 +312,13 @@ func (s *Server) handleWork(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	insts, err := s.store.Instances(r.Context(), InstanceFilter{TaskServer: p.id,
-		States: []string{StatePending, StateDelivered}, OpenAt: s.now()})
+		States: []string{nsapi.StatePending, nsapi.StateDelivered}, OpenAt: s.now()})
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	resp := WorkResponse{Instances: orEmpty(insts)}
-	resp.compact()
+	resp := nsapi.WorkResponse{Instances: orEmpty(insts)}
+	resp.Compact()
 	writeJSON(w, http.StatusOK, resp)
 }
 
@@ -425,7 +334,7 @@ func (s *Server) currentServer(w http.ResponseWriter, r *http.Request, p peerInf
 	case rec.CertSerial != p.serial:
 		s.metrics.authFailures.WithLabelValues("superseded_cert").Inc()
 		writeError(w, http.StatusUnauthorized, "this certificate was superseded by a later enrollment")
-	case rec.Status != StatusApproved:
+	case rec.Status != nsapi.StatusApproved:
 		writeError(w, http.StatusForbidden, "site server is pending approval by an administrator")
 	default:
 		return true
@@ -446,7 +355,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	events, err := DecodeEvents(b, MaxBatchDecoded)
+	events, err := nsapi.DecodeEvents(b, nsapi.MaxBatchDecoded)
 	if err != nil {
 		s.badRequest(w, err)
 		return
@@ -470,7 +379,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		s.logger.Warn("status events for unknown job instances dropped", "server", p.id, "count", unknown)
 	}
 	s.refreshJobGauges(r.Context())
-	writeJSON(w, http.StatusOK, EventsResponse{Added: added, Duplicates: dup, Unknown: unknown})
+	writeJSON(w, http.StatusOK, nsapi.EventsResponse{Added: added, Duplicates: dup, Unknown: unknown})
 }
 
 func (s *Server) handlePresence(w http.ResponseWriter, r *http.Request) {
@@ -482,8 +391,8 @@ func (s *Server) handlePresence(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	var req PresenceRequest
-	if err := decodeJSON(strings.NewReader(string(b)), &req); err != nil {
+	var req nsapi.PresenceRequest
+	if err := nsapi.DecodeStrict(strings.NewReader(string(b)), &req); err != nil {
 		s.badRequest(w, fmt.Errorf("decode presence: %w", err))
 		return
 	}
@@ -540,7 +449,7 @@ func (s *Server) tickleAllTaskServers(ctx context.Context) {
 		return
 	}
 	for _, rec := range recs {
-		if rec.Status == StatusApproved && slices.ContainsFunc(rec.Services, func(si ServiceInfo) bool { return si.Name == ServiceTask }) {
+		if rec.Status == nsapi.StatusApproved && slices.ContainsFunc(rec.Services, func(si nsapi.ServiceInfo) bool { return si.Name == nsapi.ServiceTask }) {
 			s.tickler.mark(rec.ID, tickle.SettingsChanged)
 		}
 	}

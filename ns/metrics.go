@@ -2,6 +2,7 @@ package ns
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/siteserver/siteserver/nsapi"
 )
 
 // Not "ns": linters read that as nanoseconds.
@@ -24,7 +25,7 @@ var (
 	enrollResults  = []string{"ok", "pending", "unauthorized", "bad_request"}
 	authReasons    = []string{"bad_enrollment_token", "bad_admin_token", "no_client_cert", "wrong_kind", "unknown_peer", "superseded_cert"}
 	registerResult = []string{"ok", "pending", "rejected"}
-	kinds          = []string{KindSiteServer, KindAgent}
+	kinds          = []string{nsapi.KindSiteServer, nsapi.KindAgent}
 )
 
 func newServerMetrics(reg prometheus.Registerer) *serverMetrics {
@@ -83,7 +84,7 @@ func newServerMetrics(reg prometheus.Registerer) *serverMetrics {
 	for _, r := range []string{"ok", "error"} {
 		m.rulesLoads.WithLabelValues(r)
 	}
-	for _, s := range []string{StatusPending, StatusApproved} {
+	for _, s := range []string{nsapi.StatusPending, nsapi.StatusApproved} {
 		m.siteServers.WithLabelValues(s)
 	}
 	reg.MustRegister(m.enrollments, m.authFailures, m.registrations, m.badRequests, m.rulesLoads,

@@ -13,43 +13,9 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/sites"
 )
-
-// Package API paths.
-const (
-	PathLibrary        = "/api/v1/library"
-	PathPackages       = "/api/v1/packages"
-	PathPkgAssignments = "/api/v1/pkgserver/assignments"
-	PathPkgCodebases   = "/api/v1/pkgserver/codebases"
-	PathCodebases      = "/api/v1/codebases"
-)
-
-// Assignment is a package a package server should hold.
-type Assignment struct {
-	Package Package `json:"package"`
-	// Go is false while a staged rollout keeps this server waiting for its turn.
-	Go bool `json:"go"`
-}
-
-// AssignmentsResponse lists a package server's packages.
-type AssignmentsResponse struct {
-	Assignments []Assignment `json:"assignments"`
-}
-
-// SourcesResponse lists where to download a package from, best first.
-type SourcesResponse struct {
-	Package Package  `json:"package"`
-	Sources []Source `json:"sources"`
-}
-
-// PackageStatus is a package with its codebases, for administrators.
-type PackageStatus struct {
-	Package   Package    `json:"package"`
-	Codebases []Codebase `json:"codebases"`
-	Ready     []string   `json:"ready"` // servers where it is ready
-	Stuck     []Codebase `json:"stuck"` // retrying or invalid
-}
 
 func (s *Server) libraryDir() string { return filepath.Join(s.cfg.DataDir, "library") }
 
@@ -132,8 +98,8 @@ func (s *Server) handlePutPackage(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	var p Package
-	if err := decodeJSON(strings.NewReader(string(b)), &p); err != nil {
+	var p nsapi.Package
+	if err := nsapi.DecodeStrict(strings.NewReader(string(b)), &p); err != nil {
 		s.badRequest(w, fmt.Errorf("decode package: %w", err))
 		return
 	}
@@ -200,14 +166,14 @@ func (s *Server) handlePackageStatus(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	st := PackageStatus{Package: p, Codebases: orEmpty(cbs), Ready: []string{}, Stuck: []Codebase{}}
+	st := nsapi.PackageStatus{Package: p, Codebases: orEmpty(cbs), Ready: []string{}, Stuck: []nsapi.Codebase{}}
 	for _, c := range cbs {
 		switch c.State {
-		case CodebaseReady:
+		case nsapi.CodebaseReady:
 			if c.Version == p.Version {
 				st.Ready = append(st.Ready, c.Server)
 			}
-		case CodebaseRetrying, CodebaseInvalid:
+		case nsapi.CodebaseRetrying, nsapi.CodebaseInvalid:
 			st.Stuck = append(st.Stuck, c)
 		}
 	}
@@ -217,7 +183,7 @@ func (s *Server) handlePackageStatus(w http.ResponseWriter, r *http.Request) {
 // handlePackageFile serves a package file from the library to any enrolled peer.
 func (s *Server) handlePackageFile(w http.ResponseWriter, r *http.Request) {
 	id, name := r.PathValue("id"), r.PathValue("name")
-	if err := ValidFileName(name); err != nil {
+	if err := nsapi.ValidFileName(name); err != nil {
 		s.badRequest(w, fmt.Errorf("file name %q: %v", name, err))
 		return
 	}
@@ -230,7 +196,7 @@ func (s *Server) handlePackageFile(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	i := slices.IndexFunc(p.Files, func(f PackageFile) bool { return f.Name == name })
+	i := slices.IndexFunc(p.Files, func(f nsapi.PackageFile) bool { return f.Name == name })
 	if i < 0 {
 		writeError(w, http.StatusNotFound, "package %s has no file %q", id, name)
 		return
@@ -247,7 +213,7 @@ func (s *Server) handlePackageFile(w http.ResponseWriter, r *http.Request) {
 }
 
 // assigned reports whether package p goes to package server rec.
-func assigned(p Package, rec ServerRecord, m *sites.Map) bool {
+func assigned(p nsapi.Package, rec ServerRecord, m *sites.Map) bool {
 	if len(p.Sites) == 0 && len(p.Servers) == 0 {
 		return true
 	}
@@ -264,13 +230,13 @@ func assigned(p Package, rec ServerRecord, m *sites.Map) bool {
 	return false
 }
 
-func offers(rec ServerRecord, service string) (ServiceInfo, bool) {
+func offers(rec ServerRecord, service string) (nsapi.ServiceInfo, bool) {
 	for _, si := range rec.Services {
 		if si.Name == service {
 			return si, true
 		}
 	}
-	return ServiceInfo{}, false
+	return nsapi.ServiceInfo{}, false
 }
 
 func (s *Server) handleAssignments(w http.ResponseWriter, r *http.Request) {
@@ -284,8 +250,8 @@ func (s *Server) handleAssignments(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	out := AssignmentsResponse{Assignments: []Assignment{}}
-	if _, ok := offers(rec, ServicePackage); !ok {
+	out := nsapi.AssignmentsResponse{Assignments: []nsapi.Assignment{}}
+	if _, ok := offers(rec, nsapi.ServicePackage); !ok {
 		writeJSON(w, http.StatusOK, out)
 		return
 	}
@@ -304,14 +270,14 @@ func (s *Server) handleAssignments(w http.ResponseWriter, r *http.Request) {
 		if !assigned(pkg, rec, m) {
 			continue
 		}
-		out.Assignments = append(out.Assignments, Assignment{Package: pkg, Go: stagedGo(pkg, rec.ID, cbs)})
+		out.Assignments = append(out.Assignments, nsapi.Assignment{Package: pkg, Go: stagedGo(pkg, rec.ID, cbs)})
 	}
 	writeJSON(w, http.StatusOK, out)
 }
 
 // stagedGo lets a server download a staged package when it already started or when fewer
 // than Staged servers are downloading it.
-func stagedGo(p Package, server string, cbs []Codebase) bool {
+func stagedGo(p nsapi.Package, server string, cbs []nsapi.Codebase) bool {
 	if p.Staged <= 0 {
 		return true
 	}
@@ -320,8 +286,8 @@ func stagedGo(p Package, server string, cbs []Codebase) bool {
 		if c.Package != p.ID {
 			continue
 		}
-		active := c.State == CodebaseDownloading || c.State == CodebaseRetrying || c.State == CodebaseInvalid
-		if c.Server == server && (active || (c.State == CodebaseReady && c.Version == p.Version)) {
+		active := c.State == nsapi.CodebaseDownloading || c.State == nsapi.CodebaseRetrying || c.State == nsapi.CodebaseInvalid
+		if c.Server == server && (active || (c.State == nsapi.CodebaseReady && c.Version == p.Version)) {
 			return true
 		}
 		if active {
@@ -340,8 +306,8 @@ func (s *Server) handleCodebaseReport(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	var cbs []Codebase
-	if err := decodeJSON(strings.NewReader(string(b)), &cbs); err != nil {
+	var cbs []nsapi.Codebase
+	if err := nsapi.DecodeStrict(strings.NewReader(string(b)), &cbs); err != nil {
 		s.badRequest(w, fmt.Errorf("decode codebases: %w", err))
 		return
 	}
@@ -349,11 +315,11 @@ func (s *Server) handleCodebaseReport(w http.ResponseWriter, r *http.Request) {
 	now := s.now().UTC()
 	for i := range cbs {
 		c := &cbs[i]
-		if !ValidID(c.Package) {
+		if !nsapi.ValidID(c.Package) {
 			s.badRequest(w, fmt.Errorf("[%d].package: %q is not valid", i, c.Package))
 			return
 		}
-		if !slices.Contains(CodebaseStates, c.State) {
+		if !slices.Contains(nsapi.CodebaseStates, c.State) {
 			s.badRequest(w, fmt.Errorf("[%d].state: %q is not a codebase state", i, c.State))
 			return
 		}
@@ -383,7 +349,7 @@ type requester struct {
 // rankSources orders where a package can come from for r: package servers of r's sites
 // first, then the unconstrained servers that feed them, then the NS. A constrained
 // package server gets only servers of its own sites: never anything outside them.
-func rankSources(p Package, r requester, servers []ServerRecord, cbs []Codebase, m *sites.Map, nsBase string) []Source {
+func rankSources(p nsapi.Package, r requester, servers []ServerRecord, cbs []nsapi.Codebase, m *sites.Map, nsBase string) []nsapi.Source {
 	byID := map[string]ServerRecord{}
 	for _, rec := range servers {
 		byID[rec.ID] = rec
@@ -396,14 +362,14 @@ func rankSources(p Package, r requester, servers []ServerRecord, cbs []Codebase,
 	}
 	var cands []cand
 	for _, c := range cbs {
-		if c.Package != p.ID || c.State != CodebaseReady || c.Version != p.Version || c.Server == r.id || c.URL == "" {
+		if c.Package != p.ID || c.State != nsapi.CodebaseReady || c.Version != p.Version || c.Server == r.id || c.URL == "" {
 			continue
 		}
 		rec, ok := byID[c.Server]
-		if !ok || rec.Status != StatusApproved {
+		if !ok || rec.Status != nsapi.StatusApproved {
 			continue
 		}
-		si, ok := offers(rec, ServicePackage)
+		si, ok := offers(rec, nsapi.ServicePackage)
 		if !ok {
 			continue
 		}
@@ -421,10 +387,10 @@ func rankSources(p Package, r requester, servers []ServerRecord, cbs []Codebase,
 		}
 		return cands[i].rec.ID < cands[j].rec.ID
 	})
-	out := []Source{}
+	out := []nsapi.Source{}
 	for _, c := range cands {
 		if c.shares {
-			out = append(out, Source{URL: c.url, Server: c.rec.ID, Kind: SourceSameSite})
+			out = append(out, nsapi.Source{URL: c.url, Server: c.rec.ID, Kind: nsapi.SourceSameSite})
 		}
 	}
 	if r.constrained {
@@ -432,10 +398,10 @@ func rankSources(p Package, r requester, servers []ServerRecord, cbs []Codebase,
 	}
 	for _, c := range cands {
 		if !c.shares && !c.constrained {
-			out = append(out, Source{URL: c.url, Server: c.rec.ID, Kind: SourceFeeder})
+			out = append(out, nsapi.Source{URL: c.url, Server: c.rec.ID, Kind: nsapi.SourceFeeder})
 		}
 	}
-	return append(out, Source{URL: nsBase + PathPackages + "/" + p.ID + "/files", Kind: SourceNS})
+	return append(out, nsapi.Source{URL: nsBase + nsapi.PathPackages + "/" + p.ID + "/files", Kind: nsapi.SourceNS})
 }
 
 func (s *Server) handleSources(w http.ResponseWriter, r *http.Request) {
@@ -453,7 +419,7 @@ func (s *Server) handleSources(w http.ResponseWriter, r *http.Request) {
 	p := peerFrom(r)
 	m := s.rules.Load()
 	req := requester{id: p.id}
-	if p.kind == KindSiteServer {
+	if p.kind == nsapi.KindSiteServer {
 		rec, err := s.store.Server(ctx, p.id)
 		if err != nil {
 			writeError(w, http.StatusUnauthorized, "site server %s is not enrolled here", p.id)
@@ -462,7 +428,7 @@ func (s *Server) handleSources(w http.ResponseWriter, r *http.Request) {
 		for _, sm := range m.ServerSites(toSitesServer(rec, 0)) {
 			req.sites = append(req.sites, sm.Site)
 		}
-		si, _ := offers(rec, ServicePackage)
+		si, _ := offers(rec, nsapi.ServicePackage)
 		req.constrained = si.Constrained
 	} else {
 		rec, err := s.store.Agent(ctx, p.id)
@@ -484,7 +450,7 @@ func (s *Server) handleSources(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	writeJSON(w, http.StatusOK, SourcesResponse{Package: pkg, Sources: rankSources(pkg, req, servers, cbs, m, s.publicURL(r))})
+	writeJSON(w, http.StatusOK, nsapi.SourcesResponse{Package: pkg, Sources: rankSources(pkg, req, servers, cbs, m, s.publicURL(r))})
 }
 
 // publicURL is the NS's base URL as the requester reached it.
@@ -501,8 +467,8 @@ func siteWarnings(servers []ServerRecord, m *sites.Map) map[string][]string {
 	type count struct{ constrained, unconstrained int }
 	counts := map[string]*count{}
 	for _, rec := range servers {
-		si, ok := offers(rec, ServicePackage)
-		if !ok || rec.Status != StatusApproved {
+		si, ok := offers(rec, nsapi.ServicePackage)
+		if !ok || rec.Status != nsapi.StatusApproved {
 			continue
 		}
 		for _, sm := range m.ServerSites(toSitesServer(rec, 0)) {

@@ -6,6 +6,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/sites"
 )
 
@@ -22,8 +23,8 @@ func TestRankSources(t *testing.T) {
 		t.Fatal(err)
 	}
 	server := func(id, addr string, constrained bool) ServerRecord {
-		return ServerRecord{ID: id, Hostname: id, Status: StatusApproved, Addresses: []netip.Prefix{netip.MustParsePrefix(addr)},
-			Services: []ServiceInfo{{Name: ServicePackage, Constrained: constrained}}}
+		return ServerRecord{ID: id, Hostname: id, Status: nsapi.StatusApproved, Addresses: []netip.Prefix{netip.MustParsePrefix(addr)},
+			Services: []nsapi.ServiceInfo{{Name: nsapi.ServicePackage, Constrained: constrained}}}
 	}
 	servers := []ServerRecord{
 		server("a-unc", "10.1.0.1/16", false),
@@ -32,46 +33,46 @@ func TestRankSources(t *testing.T) {
 		server("b-con", "10.2.0.2/16", true),
 		server("c-con", "10.3.0.2/16", true),
 	}
-	p := Package{ID: "pkg", Version: "2"}
-	ready := func(srv string) Codebase {
-		return Codebase{Package: "pkg", Version: "2", Server: srv, State: CodebaseReady, URL: "http://" + srv + "/packages/pkg"}
+	p := nsapi.Package{ID: "pkg", Version: "2"}
+	ready := func(srv string) nsapi.Codebase {
+		return nsapi.Codebase{Package: "pkg", Version: "2", Server: srv, State: nsapi.CodebaseReady, URL: "http://" + srv + "/packages/pkg"}
 	}
-	all := []Codebase{ready("a-unc"), ready("a-con"), ready("b-unc"), ready("b-con"),
-		{Package: "pkg", Version: "1", Server: "c-con", State: CodebaseReady, URL: "http://c-con/old"}, // old version
+	all := []nsapi.Codebase{ready("a-unc"), ready("a-con"), ready("b-unc"), ready("b-con"),
+		{Package: "pkg", Version: "1", Server: "c-con", State: nsapi.CodebaseReady, URL: "http://c-con/old"}, // old version
 	}
-	nsSrc := Source{URL: "https://ns/api/v1/packages/pkg/files", Kind: SourceNS}
-	src := func(srv, kind string) Source {
-		return Source{URL: "http://" + srv + "/packages/pkg", Server: srv, Kind: kind}
+	nsSrc := nsapi.Source{URL: "https://ns/api/v1/packages/pkg/files", Kind: nsapi.SourceNS}
+	src := func(srv, kind string) nsapi.Source {
+		return nsapi.Source{URL: "http://" + srv + "/packages/pkg", Server: srv, Kind: kind}
 	}
 	tests := map[string]struct {
 		req  requester
-		cbs  []Codebase
-		want []Source
+		cbs  []nsapi.Codebase
+		want []nsapi.Source
 	}{
 		"agent in a: same site, then feeders, then the NS": {
 			req:  requester{id: "pc", sites: []string{"a"}},
 			cbs:  all,
-			want: []Source{src("a-con", SourceSameSite), src("a-unc", SourceSameSite), src("b-unc", SourceFeeder), nsSrc},
+			want: []nsapi.Source{src("a-con", nsapi.SourceSameSite), src("a-unc", nsapi.SourceSameSite), src("b-unc", nsapi.SourceFeeder), nsSrc},
 		},
 		"unconstrained server in b: never itself": {
 			req:  requester{id: "b-unc", sites: []string{"b"}},
 			cbs:  all,
-			want: []Source{src("b-con", SourceSameSite), src("a-unc", SourceFeeder), nsSrc},
+			want: []nsapi.Source{src("b-con", nsapi.SourceSameSite), src("a-unc", nsapi.SourceFeeder), nsSrc},
 		},
 		"constrained server in b: only its own site": {
 			req:  requester{id: "b-con", sites: []string{"b"}, constrained: true},
 			cbs:  all,
-			want: []Source{src("b-unc", SourceSameSite)},
+			want: []nsapi.Source{src("b-unc", nsapi.SourceSameSite)},
 		},
 		"constrained server in c: nothing outside c, old versions not offered": {
 			req:  requester{id: "c-con", sites: []string{"c"}, constrained: true},
 			cbs:  all,
-			want: []Source{},
+			want: []nsapi.Source{},
 		},
 		"nothing ready yet: the NS": {
 			req:  requester{id: "a-unc", sites: []string{"a"}},
-			cbs:  []Codebase{{Package: "pkg", Version: "2", Server: "b-unc", State: CodebaseDownloading, URL: "http://b-unc/packages/pkg"}},
-			want: []Source{nsSrc},
+			cbs:  []nsapi.Codebase{{Package: "pkg", Version: "2", Server: "b-unc", State: nsapi.CodebaseDownloading, URL: "http://b-unc/packages/pkg"}},
+			want: []nsapi.Source{nsSrc},
 		},
 	}
 	for name, tc := range tests {
@@ -89,17 +90,17 @@ func TestRankSources(t *testing.T) {
 }
 
 func TestStagedGo(t *testing.T) {
-	p := Package{ID: "pkg", Version: "2", Staged: 2}
-	cb := func(srv, state string) Codebase {
-		return Codebase{Package: "pkg", Version: "2", Server: srv, State: state}
+	p := nsapi.Package{ID: "pkg", Version: "2", Staged: 2}
+	cb := func(srv, state string) nsapi.Codebase {
+		return nsapi.Codebase{Package: "pkg", Version: "2", Server: srv, State: state}
 	}
-	cbs := []Codebase{cb("s1", CodebaseDownloading), cb("s2", CodebaseRetrying), cb("s3", CodebaseReady)}
+	cbs := []nsapi.Codebase{cb("s1", nsapi.CodebaseDownloading), cb("s2", nsapi.CodebaseRetrying), cb("s3", nsapi.CodebaseReady)}
 	for srv, want := range map[string]bool{"s1": true, "s2": true, "s3": true, "s4": false} {
 		if got := stagedGo(p, srv, cbs); got != want {
 			t.Errorf("stagedGo(%s) = %v, want %v", srv, got, want)
 		}
 	}
-	cbs[1].State = CodebaseReady
+	cbs[1].State = nsapi.CodebaseReady
 	if !stagedGo(p, "s4", cbs) {
 		t.Error("a slot freed up but s4 may still not start")
 	}
@@ -110,7 +111,7 @@ func TestValidFileName(t *testing.T) {
 		"boot/bcd": true, "a.wim": true, "../x": false, "/abs": false, "a/../b": false, "a\\b": false,
 		"a//b": false, "./a": false, "": false, "a\x00": false, "dir/": false,
 	} {
-		if got := ValidFileName(name) == nil; got != ok {
+		if got := nsapi.ValidFileName(name) == nil; got != ok {
 			t.Errorf("ValidFileName(%q) ok = %v, want %v", name, got, ok)
 		}
 	}

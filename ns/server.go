@@ -28,6 +28,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/internal/pki"
+	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/sites"
 	"github.com/siteserver/siteserver/tickle"
 )
@@ -178,7 +179,7 @@ func (s *Server) Run(ctx context.Context) error {
 			Logger: s.logger,
 			PeerID: func(cs tls.ConnectionState) (string, error) {
 				id, kind, ok := pki.PeerIdentity(&cs)
-				if !ok || kind != KindSiteServer {
+				if !ok || kind != nsapi.KindSiteServer {
 					return "", errors.New("only site servers open tickle channels to the NS")
 				}
 				return id, nil
@@ -362,7 +363,7 @@ func splitRules(r sites.Rules, src sites.Source) (mine, others sites.Rules) {
 func (s *Server) refreshGauges(ctx context.Context) {
 	servers, agents, err := s.store.Counts(ctx)
 	if err == nil {
-		for _, st := range []string{StatusPending, StatusApproved} {
+		for _, st := range []string{nsapi.StatusPending, nsapi.StatusApproved} {
 			s.metrics.siteServers.WithLabelValues(st).Set(float64(servers[st]))
 		}
 		s.metrics.agents.Set(float64(agents))
@@ -375,46 +376,46 @@ func (s *Server) refreshGauges(ctx context.Context) {
 // Handler returns the API handler (Run must have set up the store).
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST "+PathEnroll, s.handleEnroll)
-	mux.HandleFunc("POST "+PathRegisterServer, s.peer(KindSiteServer, s.handleRegisterServer))
-	mux.HandleFunc("POST "+PathRegisterAgent, s.peer(KindAgent, s.handleRegisterAgent))
+	mux.HandleFunc("POST "+nsapi.PathEnroll, s.handleEnroll)
+	mux.HandleFunc("POST "+nsapi.PathRegisterServer, s.peer(nsapi.KindSiteServer, s.handleRegisterServer))
+	mux.HandleFunc("POST "+nsapi.PathRegisterAgent, s.peer(nsapi.KindAgent, s.handleRegisterAgent))
 
-	mux.HandleFunc("GET "+PathSites, s.admin(s.handleListSites))
-	mux.HandleFunc("POST "+PathSites, s.admin(s.handlePutSite))
-	mux.HandleFunc("PUT "+PathSites+"/{name}", s.admin(s.handlePutSite))
-	mux.HandleFunc("DELETE "+PathSites+"/{name}", s.admin(s.handleDeleteSite))
-	mux.HandleFunc("POST "+PathSubnets, s.admin(s.handlePutSubnet))
-	mux.HandleFunc("DELETE "+PathSubnets, s.admin(s.handleDeleteSubnet))
-	mux.HandleFunc("POST "+PathAssignments, s.admin(s.handlePutAssignment))
-	mux.HandleFunc("DELETE "+PathAssignments, s.admin(s.handleDeleteAssignment))
-	mux.HandleFunc("GET "+PathRules, s.admin(s.handleGetRules))
-	mux.HandleFunc("PUT "+PathRules, s.admin(s.handlePutRules))
-	mux.HandleFunc("GET "+PathServers, s.admin(s.handleListServers))
-	mux.HandleFunc("POST "+PathServers+"/{id}/approve", s.admin(s.handleApprove))
-	mux.HandleFunc("GET "+PathAgents, s.admin(s.handleListAgents))
+	mux.HandleFunc("GET "+nsapi.PathSites, s.admin(s.handleListSites))
+	mux.HandleFunc("POST "+nsapi.PathSites, s.admin(s.handlePutSite))
+	mux.HandleFunc("PUT "+nsapi.PathSites+"/{name}", s.admin(s.handlePutSite))
+	mux.HandleFunc("DELETE "+nsapi.PathSites+"/{name}", s.admin(s.handleDeleteSite))
+	mux.HandleFunc("POST "+nsapi.PathSubnets, s.admin(s.handlePutSubnet))
+	mux.HandleFunc("DELETE "+nsapi.PathSubnets, s.admin(s.handleDeleteSubnet))
+	mux.HandleFunc("POST "+nsapi.PathAssignments, s.admin(s.handlePutAssignment))
+	mux.HandleFunc("DELETE "+nsapi.PathAssignments, s.admin(s.handleDeleteAssignment))
+	mux.HandleFunc("GET "+nsapi.PathRules, s.admin(s.handleGetRules))
+	mux.HandleFunc("PUT "+nsapi.PathRules, s.admin(s.handlePutRules))
+	mux.HandleFunc("GET "+nsapi.PathServers, s.admin(s.handleListServers))
+	mux.HandleFunc("POST "+nsapi.PathServers+"/{id}/approve", s.admin(s.handleApprove))
+	mux.HandleFunc("GET "+nsapi.PathAgents, s.admin(s.handleListAgents))
 
-	mux.HandleFunc("POST "+PathJobs, s.admin(s.handleCreateJob))
-	mux.HandleFunc("GET "+PathJobs, s.admin(s.handleListJobs))
-	mux.HandleFunc("GET "+PathJobs+"/{id}", s.admin(s.handleJobStatus))
-	mux.HandleFunc("GET "+PathTaskWork, s.peer(KindSiteServer, s.handleWork))
-	mux.HandleFunc("POST "+PathTaskEvents, s.peer(KindSiteServer, s.handleEvents))
-	mux.HandleFunc("POST "+PathTaskPresence, s.peer(KindSiteServer, s.handlePresence))
+	mux.HandleFunc("POST "+nsapi.PathJobs, s.admin(s.handleCreateJob))
+	mux.HandleFunc("GET "+nsapi.PathJobs, s.admin(s.handleListJobs))
+	mux.HandleFunc("GET "+nsapi.PathJobs+"/{id}", s.admin(s.handleJobStatus))
+	mux.HandleFunc("GET "+nsapi.PathTaskWork, s.peer(nsapi.KindSiteServer, s.handleWork))
+	mux.HandleFunc("POST "+nsapi.PathTaskEvents, s.peer(nsapi.KindSiteServer, s.handleEvents))
+	mux.HandleFunc("POST "+nsapi.PathTaskPresence, s.peer(nsapi.KindSiteServer, s.handlePresence))
 
-	mux.HandleFunc("HEAD "+PathLibrary+"/{sha}", s.admin(s.handleLibraryHead))
-	mux.HandleFunc("PUT "+PathLibrary+"/{sha}", s.admin(s.handleLibraryPut))
-	mux.HandleFunc("POST "+PathPackages, s.admin(s.handlePutPackage))
-	mux.HandleFunc("GET "+PathPackages, s.admin(s.handleListPackages))
-	mux.HandleFunc("GET "+PathPackages+"/{id}", s.admin(s.handlePackageStatus))
-	mux.HandleFunc("DELETE "+PathPackages+"/{id}", s.admin(s.handleDeletePackage))
-	mux.HandleFunc("GET "+PathPackages+"/{id}/files/{name...}", s.anyPeer(s.handlePackageFile))
-	mux.HandleFunc("GET "+PathPkgAssignments, s.peer(KindSiteServer, s.handleAssignments))
-	mux.HandleFunc("POST "+PathPkgCodebases, s.peer(KindSiteServer, s.handleCodebaseReport))
-	mux.HandleFunc("GET "+PathCodebases, s.anyPeer(s.handleSources))
+	mux.HandleFunc("HEAD "+nsapi.PathLibrary+"/{sha}", s.admin(s.handleLibraryHead))
+	mux.HandleFunc("PUT "+nsapi.PathLibrary+"/{sha}", s.admin(s.handleLibraryPut))
+	mux.HandleFunc("POST "+nsapi.PathPackages, s.admin(s.handlePutPackage))
+	mux.HandleFunc("GET "+nsapi.PathPackages, s.admin(s.handleListPackages))
+	mux.HandleFunc("GET "+nsapi.PathPackages+"/{id}", s.admin(s.handlePackageStatus))
+	mux.HandleFunc("DELETE "+nsapi.PathPackages+"/{id}", s.admin(s.handleDeletePackage))
+	mux.HandleFunc("GET "+nsapi.PathPackages+"/{id}/files/{name...}", s.anyPeer(s.handlePackageFile))
+	mux.HandleFunc("GET "+nsapi.PathPkgAssignments, s.peer(nsapi.KindSiteServer, s.handleAssignments))
+	mux.HandleFunc("POST "+nsapi.PathPkgCodebases, s.peer(nsapi.KindSiteServer, s.handleCodebaseReport))
+	mux.HandleFunc("GET "+nsapi.PathCodebases, s.anyPeer(s.handleSources))
 
-	mux.HandleFunc("GET "+PathComputerLookup, s.peer(KindSiteServer, s.handleComputerLookup))
-	mux.HandleFunc("POST "+PathComputerSeen, s.peer(KindSiteServer, s.handleComputerSeen))
-	mux.HandleFunc("POST "+PathComputers, s.admin(s.handlePutComputer))
-	mux.HandleFunc("GET "+PathComputers, s.admin(s.handleListComputers))
+	mux.HandleFunc("GET "+nsapi.PathComputerLookup, s.peer(nsapi.KindSiteServer, s.handleComputerLookup))
+	mux.HandleFunc("POST "+nsapi.PathComputerSeen, s.peer(nsapi.KindSiteServer, s.handleComputerSeen))
+	mux.HandleFunc("POST "+nsapi.PathComputers, s.admin(s.handlePutComputer))
+	mux.HandleFunc("GET "+nsapi.PathComputers, s.admin(s.handleListComputers))
 	return mux
 }
 
@@ -425,7 +426,7 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 func writeError(w http.ResponseWriter, code int, format string, args ...any) {
-	writeJSON(w, code, ErrorResponse{Error: fmt.Sprintf(format, args...)})
+	writeJSON(w, code, nsapi.ErrorResponse{Error: fmt.Sprintf(format, args...)})
 }
 
 // readBody reads a bounded body; on failure it has already answered.
@@ -505,8 +506,8 @@ func (s *Server) anyPeer(h http.HandlerFunc) http.HandlerFunc {
 			writeError(w, http.StatusUnauthorized, "a client certificate from enrollment is required")
 			return
 		}
-		if k == KindSiteServer {
-			s.peer(KindSiteServer, h)(w, r)
+		if k == nsapi.KindSiteServer {
+			s.peer(nsapi.KindSiteServer, h)(w, r)
 			return
 		}
 		serial := r.TLS.VerifiedChains[0][0].SerialNumber.Text(16)
@@ -531,19 +532,19 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	var req EnrollRequest
-	if err := decodeJSON(strings.NewReader(string(b)), &req); err != nil {
+	var req nsapi.EnrollRequest
+	if err := nsapi.DecodeStrict(strings.NewReader(string(b)), &req); err != nil {
 		s.badRequest(w, fmt.Errorf("decode enrollment: %w", err))
 		return
 	}
 	var want string
 	switch req.Kind {
-	case KindSiteServer:
+	case nsapi.KindSiteServer:
 		want = s.cfg.SiteServerToken
-	case KindAgent:
+	case nsapi.KindAgent:
 		want = s.cfg.AgentToken
 	default:
-		s.badRequest(w, fmt.Errorf("kind: %q is not %s or %s", req.Kind, KindSiteServer, KindAgent))
+		s.badRequest(w, fmt.Errorf("kind: %q is not %s or %s", req.Kind, nsapi.KindSiteServer, nsapi.KindAgent))
 		return
 	}
 	if !tokenEqual(req.Token, want) {
@@ -553,12 +554,12 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnauthorized, "enrollment token missing or wrong")
 		return
 	}
-	if !ValidID(req.ID) {
+	if !nsapi.ValidID(req.ID) {
 		s.metrics.enrollments.WithLabelValues(req.Kind, "bad_request").Inc()
 		s.badRequest(w, fmt.Errorf("id: %q is not a valid GUID", req.ID))
 		return
 	}
-	if err := validHostname(req.Hostname); err != nil {
+	if err := nsapi.ValidHostname(req.Hostname); err != nil {
 		s.metrics.enrollments.WithLabelValues(req.Kind, "bad_request").Inc()
 		s.badRequest(w, err)
 		return
@@ -574,13 +575,13 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	resp := EnrollResponse{Certificate: string(certPEM), CA: string(s.ca.CertPEM), Status: StatusApproved, NSID: s.nsID()}
+	resp := nsapi.EnrollResponse{Certificate: string(certPEM), CA: string(s.ca.CertPEM), Status: nsapi.StatusApproved, NSID: s.nsID()}
 	ctx := r.Context()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now().UTC()
 	switch req.Kind {
-	case KindSiteServer:
+	case nsapi.KindSiteServer:
 		rec, err := s.store.Server(ctx, req.ID)
 		switch {
 		case errors.Is(err, ErrNotFound):
@@ -588,16 +589,16 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 			rand.Read(key)
 			var kid [4]byte
 			rand.Read(kid[:])
-			rec = ServerRecord{ID: req.ID, TickleKey: key, TickleKeyID: binary.BigEndian.Uint32(kid[:]), Status: StatusApproved}
+			rec = ServerRecord{ID: req.ID, TickleKey: key, TickleKeyID: binary.BigEndian.Uint32(kid[:]), Status: nsapi.StatusApproved}
 			if s.cfg.Approval == "manual" {
-				rec.Status = StatusPending
+				rec.Status = nsapi.StatusPending
 			}
 		case err != nil:
 			writeError(w, http.StatusInternalServerError, "%v", err)
 			return
 		case s.cfg.Approval == "manual":
 			// A new key for a known GUID needs an administrator's eye again.
-			rec.Status = StatusPending
+			rec.Status = nsapi.StatusPending
 		}
 		rec.Hostname = req.Hostname
 		rec.CertSerial = serial
@@ -607,7 +608,7 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		resp.TickleKey, resp.TickleKeyID, resp.Status = rec.TickleKey, rec.TickleKeyID, rec.Status
-	case KindAgent:
+	case nsapi.KindAgent:
 		rec, err := s.store.Agent(ctx, req.ID)
 		if err != nil && !errors.Is(err, ErrNotFound) {
 			writeError(w, http.StatusInternalServerError, "%v", err)
@@ -620,7 +621,7 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	result := "ok"
-	if resp.Status == StatusPending {
+	if resp.Status == nsapi.StatusPending {
 		result = "pending"
 	}
 	s.metrics.enrollments.WithLabelValues(req.Kind, result).Inc()
@@ -646,15 +647,15 @@ func (s *Server) handleRegisterServer(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	req, err := DecodeRegisterServer(b)
+	req, err := nsapi.DecodeRegisterServer(b)
 	if err != nil {
-		s.metrics.registrations.WithLabelValues(KindSiteServer, "rejected").Inc()
+		s.metrics.registrations.WithLabelValues(nsapi.KindSiteServer, "rejected").Inc()
 		s.badRequest(w, err)
 		return
 	}
 	p := peerFrom(r)
 	if req.ID != p.id {
-		s.metrics.registrations.WithLabelValues(KindSiteServer, "rejected").Inc()
+		s.metrics.registrations.WithLabelValues(nsapi.KindSiteServer, "rejected").Inc()
 		writeError(w, http.StatusForbidden, "id %q does not match the client certificate (%q)", req.ID, p.id)
 		return
 	}
@@ -687,13 +688,13 @@ func (s *Server) handleRegisterServer(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	if rec.Status != StatusApproved {
-		s.metrics.registrations.WithLabelValues(KindSiteServer, "pending").Inc()
-		writeJSON(w, http.StatusForbidden, ErrorResponse{Error: "site server is pending approval by an administrator"})
+	if rec.Status != nsapi.StatusApproved {
+		s.metrics.registrations.WithLabelValues(nsapi.KindSiteServer, "pending").Inc()
+		writeJSON(w, http.StatusForbidden, nsapi.ErrorResponse{Error: "site server is pending approval by an administrator"})
 		return
 	}
-	s.metrics.registrations.WithLabelValues(KindSiteServer, "ok").Inc()
-	writeJSON(w, http.StatusOK, RegisterServerResponse{
+	s.metrics.registrations.WithLabelValues(nsapi.KindSiteServer, "ok").Inc()
+	writeJSON(w, http.StatusOK, nsapi.RegisterServerResponse{
 		ID:       rec.ID,
 		Status:   rec.Status,
 		Sites:    matches(s.rules.Load().ServerSites(toSitesServer(rec, 0))),
@@ -703,10 +704,10 @@ func (s *Server) handleRegisterServer(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-func matches(ms []sites.Match) []SiteMatch {
-	out := make([]SiteMatch, 0, len(ms))
+func matches(ms []sites.Match) []nsapi.SiteMatch {
+	out := make([]nsapi.SiteMatch, 0, len(ms))
 	for _, m := range ms {
-		sm := SiteMatch{Site: m.Site, Source: string(m.Source), Direct: m.Direct}
+		sm := nsapi.SiteMatch{Site: m.Site, Source: string(m.Source), Direct: m.Direct}
 		if m.Prefix.IsValid() {
 			sm.Prefix = m.Prefix.String()
 		}
@@ -728,15 +729,15 @@ func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	req, err := DecodeRegisterAgent(b)
+	req, err := nsapi.DecodeRegisterAgent(b)
 	if err != nil {
-		s.metrics.registrations.WithLabelValues(KindAgent, "rejected").Inc()
+		s.metrics.registrations.WithLabelValues(nsapi.KindAgent, "rejected").Inc()
 		s.badRequest(w, err)
 		return
 	}
 	p := peerFrom(r)
 	if req.ID != p.id {
-		s.metrics.registrations.WithLabelValues(KindAgent, "rejected").Inc()
+		s.metrics.registrations.WithLabelValues(nsapi.KindAgent, "rejected").Inc()
 		writeError(w, http.StatusForbidden, "id %q does not match the client certificate (%q)", req.ID, p.id)
 		return
 	}
@@ -773,14 +774,14 @@ func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	m := s.rules.Load()
-	task := m.Select(req.Addresses, ServiceTask, candidates)
-	pkg := m.Select(req.Addresses, ServicePackage, candidates)
-	s.metrics.registrations.WithLabelValues(KindAgent, "ok").Inc()
-	writeJSON(w, http.StatusOK, RegisterAgentResponse{
+	task := m.Select(req.Addresses, nsapi.ServiceTask, candidates)
+	pkg := m.Select(req.Addresses, nsapi.ServicePackage, candidates)
+	s.metrics.registrations.WithLabelValues(nsapi.KindAgent, "ok").Inc()
+	writeJSON(w, http.StatusOK, nsapi.RegisterAgentResponse{
 		Sites:          matches(m.SitesFor(req.Addresses)),
-		TaskServers:    refs(task.Servers, byID, ServiceTask),
+		TaskServers:    refs(task.Servers, byID, nsapi.ServiceTask),
 		TaskReason:     task.Reason,
-		PackageServers: refs(pkg.Servers, byID, ServicePackage),
+		PackageServers: refs(pkg.Servers, byID, nsapi.ServicePackage),
 		PackageReason:  pkg.Reason,
 		Settings:       s.cfg.Settings,
 		NSID:           s.nsID(),
@@ -804,7 +805,7 @@ func (s *Server) selectable(ctx context.Context) ([]sites.Server, map[string]Ser
 	var out []sites.Server
 	byID := map[string]ServerRecord{}
 	for _, rec := range recs {
-		if rec.Status != StatusApproved || rec.LastSeen.Before(cutoff) {
+		if rec.Status != nsapi.StatusApproved || rec.LastSeen.Before(cutoff) {
 			continue
 		}
 		out = append(out, toSitesServer(rec, counts[rec.ID]))
@@ -817,10 +818,10 @@ func (s *Server) agentCounts(ctx context.Context) (map[string]int, error) {
 	return s.store.AgentsPerServer(ctx)
 }
 
-func refs(servers []sites.Server, byID map[string]ServerRecord, service string) []ServerRef {
-	out := make([]ServerRef, 0, len(servers))
+func refs(servers []sites.Server, byID map[string]ServerRecord, service string) []nsapi.ServerRef {
+	out := make([]nsapi.ServerRef, 0, len(servers))
 	for _, srv := range servers {
-		ref := ServerRef{ID: srv.ID, Hostname: srv.Hostname, Computers: srv.Computers}
+		ref := nsapi.ServerRef{ID: srv.ID, Hostname: srv.Hostname, Computers: srv.Computers}
 		for _, svc := range byID[srv.ID].Services {
 			if svc.Name == service {
 				ref.URL = svc.URL
@@ -843,9 +844,9 @@ func (s *Server) handleListServers(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	m := s.rules.Load()
-	out := make([]ServerView, 0, len(recs))
+	out := make([]nsapi.ServerView, 0, len(recs))
 	for _, rec := range recs {
-		v := ServerView{
+		v := nsapi.ServerView{
 			ID: rec.ID, Hostname: rec.Hostname, Status: rec.Status, Services: orEmpty(rec.Services),
 			Sites: matches(m.ServerSites(toSitesServer(rec, 0))), Computers: counts[rec.ID],
 			Enrolled: rec.Enrolled, LastSeen: rec.LastSeen, Addresses: []string{},
@@ -865,9 +866,9 @@ func (s *Server) handleListAgents(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	m := s.rules.Load()
-	out := make([]AgentView, 0, len(recs))
+	out := make([]nsapi.AgentView, 0, len(recs))
 	for _, rec := range recs {
-		v := AgentView{ID: rec.ID, Hostname: rec.Hostname, TaskServer: rec.TaskServer, LastSeen: rec.LastSeen,
+		v := nsapi.AgentView{ID: rec.ID, Hostname: rec.Hostname, TaskServer: rec.TaskServer, LastSeen: rec.LastSeen,
 			Sites: matches(m.SitesFor(rec.Addresses)), Addresses: []string{}}
 		for _, a := range rec.Addresses {
 			v.Addresses = append(v.Addresses, a.String())
@@ -882,7 +883,7 @@ func (s *Server) handleApprove(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	rec, err := s.store.Server(r.Context(), id)
 	if err == nil {
-		rec.Status = StatusApproved
+		rec.Status = nsapi.StatusApproved
 		err = s.store.PutServer(r.Context(), rec)
 	}
 	s.mu.Unlock()
@@ -896,7 +897,7 @@ func (s *Server) handleApprove(w http.ResponseWriter, r *http.Request) {
 	}
 	s.logger.Info("site server approved", "id", id, "hostname", rec.Hostname)
 	s.refreshGauges(r.Context())
-	writeJSON(w, http.StatusOK, map[string]string{"id": id, "status": StatusApproved})
+	writeJSON(w, http.StatusOK, map[string]string{"id": id, "status": nsapi.StatusApproved})
 }
 
 func (s *Server) handleListSites(w http.ResponseWriter, r *http.Request) {
@@ -909,11 +910,11 @@ func (s *Server) handleListSites(w http.ResponseWriter, r *http.Request) {
 	for _, sh := range s.rules.Load().Shadowed() {
 		shadowed[sh.Prefix] = sh.Source == sites.Manual
 	}
-	views := map[string]*SiteView{}
-	get := func(name string) *SiteView {
+	views := map[string]*nsapi.SiteView{}
+	get := func(name string) *nsapi.SiteView {
 		v, ok := views[name]
 		if !ok {
-			v = &SiteView{Name: name, Sources: []string{}, Subnets: []SubnetView{}, Servers: []RuleServer{}}
+			v = &nsapi.SiteView{Name: name, Sources: []string{}, Subnets: []nsapi.SubnetView{}, Servers: []nsapi.RuleServer{}}
 			views[name] = v
 		}
 		return v
@@ -927,12 +928,12 @@ func (s *Server) handleListSites(w http.ResponseWriter, r *http.Request) {
 	}
 	for _, sn := range all.Subnets {
 		v := get(sn.Site)
-		v.Subnets = append(v.Subnets, SubnetView{Prefix: sn.Prefix.String(), Source: string(sn.Source),
+		v.Subnets = append(v.Subnets, nsapi.SubnetView{Prefix: sn.Prefix.String(), Source: string(sn.Source),
 			Shadowed: sn.Source == sites.Manual && shadowed[sn.Prefix]})
 	}
 	for _, sr := range all.Servers {
 		v := get(sr.Site)
-		v.Servers = append(v.Servers, RuleServer{Server: sr.Server, Source: string(sr.Source)})
+		v.Servers = append(v.Servers, nsapi.RuleServer{Server: sr.Server, Source: string(sr.Source)})
 	}
 	if recs, err := s.store.Servers(r.Context()); err == nil {
 		for site, ws := range siteWarnings(recs, s.rules.Load()) {
@@ -941,7 +942,7 @@ func (s *Server) handleListSites(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-	out := make([]SiteView, 0, len(views))
+	out := make([]nsapi.SiteView, 0, len(views))
 	for _, v := range views {
 		out = append(out, *v)
 	}
@@ -982,8 +983,8 @@ func (s *Server) handlePutSite(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	var req SiteRequest
-	if err := decodeJSON(strings.NewReader(string(b)), &req); err != nil {
+	var req nsapi.SiteRequest
+	if err := nsapi.DecodeStrict(strings.NewReader(string(b)), &req); err != nil {
 		s.badRequest(w, fmt.Errorf("decode site: %w", err))
 		return
 	}
@@ -1034,8 +1035,8 @@ func (s *Server) handlePutSubnet(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	var req SubnetRequest
-	if err := decodeJSON(strings.NewReader(string(b)), &req); err != nil {
+	var req nsapi.SubnetRequest
+	if err := nsapi.DecodeStrict(strings.NewReader(string(b)), &req); err != nil {
 		s.badRequest(w, fmt.Errorf("decode subnet: %w", err))
 		return
 	}
@@ -1082,8 +1083,8 @@ func (s *Server) handlePutAssignment(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	var req AssignmentRequest
-	if err := decodeJSON(strings.NewReader(string(b)), &req); err != nil {
+	var req nsapi.AssignmentRequest
+	if err := nsapi.DecodeStrict(strings.NewReader(string(b)), &req); err != nil {
 		s.badRequest(w, fmt.Errorf("decode assignment: %w", err))
 		return
 	}
@@ -1168,7 +1169,7 @@ func (s *Server) handlePutRules(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.logger.Info("rules applied", "source", src, "sites", len(rules.Sites), "subnets", len(rules.Subnets))
-	writeJSON(w, http.StatusOK, ApplyRulesResponse{Source: string(src), Sites: len(rules.Sites), Subnets: len(rules.Subnets), Servers: len(rules.Servers)})
+	writeJSON(w, http.StatusOK, nsapi.ApplyRulesResponse{Source: string(src), Sites: len(rules.Sites), Subnets: len(rules.Subnets), Servers: len(rules.Servers)})
 }
 
 // channelAddr is where site servers open their channel: the host they used for the API

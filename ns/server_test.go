@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/siteserver/siteserver/internal/pki"
+	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/sites"
 )
 
@@ -29,7 +30,7 @@ type testNS struct {
 	srv   *Server
 	url   string
 	ca    []byte
-	admin *Client
+	admin *nsapi.Client
 	dir   string
 }
 
@@ -40,7 +41,7 @@ func startNS(t *testing.T, mod func(*ServerConfig)) *testNS {
 	cfg := ServerConfig{
 		DataDir: dir, Listen: "127.0.0.1:0",
 		SiteServerToken: testServerToken, AgentToken: testAgentToken, AdminToken: testAdminToken,
-		Settings: Settings{HeartbeatInterval: time.Minute},
+		Settings: nsapi.Settings{HeartbeatInterval: time.Minute},
 	}
 	if mod != nil {
 		mod(&cfg)
@@ -69,38 +70,38 @@ func startNS(t *testing.T, mod func(*ServerConfig)) *testNS {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tn.admin = NewClient(tn.url, conf)
+	tn.admin = nsapi.NewClient(tn.url, conf)
 	tn.admin.AdminToken = testAdminToken
 	return tn
 }
 
-func (tn *testNS) peer(t *testing.T, kind, id, host string) *Peer {
+func (tn *testNS) peer(t *testing.T, kind, id, host string) *nsapi.Peer {
 	t.Helper()
 	tok := testServerToken
-	if kind == KindAgent {
+	if kind == nsapi.KindAgent {
 		tok = testAgentToken
 	}
-	return &Peer{
-		Endpoint: Endpoint{Name: "test", URL: tn.url, EnrollmentToken: tok},
+	return &nsapi.Peer{
+		Endpoint: nsapi.Endpoint{Name: "test", URL: tn.url, EnrollmentToken: tok},
 		Kind:     kind, ID: id, Hostname: host, Dir: filepath.Join(t.TempDir(), id),
 		InProcess: func(context.Context) (string, []byte, error) { return tn.url, tn.ca, nil },
 	}
 }
 
-func registerServer(t *testing.T, p *Peer, addrs []string, services ...ServiceInfo) (RegisterServerResponse, error) {
+func registerServer(t *testing.T, p *nsapi.Peer, addrs []string, services ...nsapi.ServiceInfo) (nsapi.RegisterServerResponse, error) {
 	t.Helper()
 	c, err := p.Client(context.Background())
 	if err != nil {
-		return RegisterServerResponse{}, err
+		return nsapi.RegisterServerResponse{}, err
 	}
-	req := RegisterServerRequest{ID: p.ID, Hostname: p.Hostname, Services: services}
+	req := nsapi.RegisterServerRequest{ID: p.ID, Hostname: p.Hostname, Services: services}
 	for _, a := range addrs {
 		req.Addresses = append(req.Addresses, netip.MustParsePrefix(a))
 	}
 	return c.RegisterServer(context.Background(), req)
 }
 
-func siteNames(ms []SiteMatch) []string {
+func siteNames(ms []nsapi.SiteMatch) []string {
 	var out []string
 	for _, m := range ms {
 		out = append(out, m.Site)
@@ -111,13 +112,13 @@ func siteNames(ms []SiteMatch) []string {
 func TestApprovalMode(t *testing.T) {
 	tn := startNS(t, func(c *ServerConfig) { c.Approval = "manual" })
 	ctx := context.Background()
-	p := tn.peer(t, KindSiteServer, "ss-1", "ss1")
+	p := tn.peer(t, nsapi.KindSiteServer, "ss-1", "ss1")
 	_, err := registerServer(t, p, []string{"10.1.2.3/24"})
-	if StatusOf(err) != http.StatusForbidden {
+	if nsapi.StatusOf(err) != http.StatusForbidden {
 		t.Fatalf("register while pending = %v, want 403", err)
 	}
 	servers, err := tn.admin.Servers(ctx)
-	if err != nil || len(servers) != 1 || servers[0].Status != StatusPending {
+	if err != nil || len(servers) != 1 || servers[0].Status != nsapi.StatusPending {
 		t.Fatalf("servers = %+v, %v; want one pending", servers, err)
 	}
 	if err := tn.admin.Approve(ctx, "ss-1"); err != nil {
@@ -126,7 +127,7 @@ func TestApprovalMode(t *testing.T) {
 	if _, err := registerServer(t, p, []string{"10.1.2.3/24"}); err != nil {
 		t.Fatalf("register after approval: %v", err)
 	}
-	if err := tn.admin.Approve(ctx, "nobody"); StatusOf(err) != http.StatusNotFound {
+	if err := tn.admin.Approve(ctx, "nobody"); nsapi.StatusOf(err) != http.StatusNotFound {
 		t.Fatalf("approve unknown = %v, want 404", err)
 	}
 	if _, ok := p.TickleKey(); !ok {
@@ -148,8 +149,8 @@ func TestRegistrationResolvesSites(t *testing.T) {
 	if _, err := tn.admin.ApplyRules(ctx, rules); err != nil {
 		t.Fatal(err)
 	}
-	p1 := tn.peer(t, KindSiteServer, "ss-1", "ss1.example")
-	resp, err := registerServer(t, p1, []string{"10.1.200.7/24"}, ServiceInfo{Name: ServiceTask, URL: "https://ss1:8080"})
+	p1 := tn.peer(t, nsapi.KindSiteServer, "ss-1", "ss1.example")
+	resp, err := registerServer(t, p1, []string{"10.1.200.7/24"}, nsapi.ServiceInfo{Name: nsapi.ServiceTask, URL: "https://ss1:8080"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,13 +161,13 @@ func TestRegistrationResolvesSites(t *testing.T) {
 		t.Fatalf("settings = %+v", resp.Settings)
 	}
 	// An address change re-resolves.
-	resp, err = registerServer(t, p1, []string{"10.1.5.7/24", "192.0.2.1/24"}, ServiceInfo{Name: ServiceTask, URL: "https://ss1:8080"})
+	resp, err = registerServer(t, p1, []string{"10.1.5.7/24", "192.0.2.1/24"}, nsapi.ServiceInfo{Name: nsapi.ServiceTask, URL: "https://ss1:8080"})
 	if err != nil || !slices.Equal(siteNames(resp.Sites), []string{"hq"}) {
 		t.Fatalf("after address change: %v, %v", siteNames(resp.Sites), err)
 	}
 	// Direct assignment by host name, case-insensitively.
-	p2 := tn.peer(t, KindSiteServer, "ss-2", "ss2.example")
-	resp, err = registerServer(t, p2, []string{"198.51.100.4/24"}, ServiceInfo{Name: ServiceTask})
+	p2 := tn.peer(t, nsapi.KindSiteServer, "ss-2", "ss2.example")
+	resp, err = registerServer(t, p2, []string{"198.51.100.4/24"}, nsapi.ServiceInfo{Name: nsapi.ServiceTask})
 	if err != nil || !slices.Equal(siteNames(resp.Sites), []string{"remote"}) || !resp.Sites[0].Direct {
 		t.Fatalf("direct assignment: %+v, %v", resp.Sites, err)
 	}
@@ -175,7 +176,7 @@ func TestRegistrationResolvesSites(t *testing.T) {
 	if _, err := tn.admin.ApplyRules(ctx, imported); err != nil {
 		t.Fatal(err)
 	}
-	resp, err = registerServer(t, p1, []string{"10.1.5.7/24"}, ServiceInfo{Name: ServiceTask})
+	resp, err = registerServer(t, p1, []string{"10.1.5.7/24"}, nsapi.ServiceInfo{Name: nsapi.ServiceTask})
 	if err != nil || len(resp.Sites) != 1 || resp.Sites[0].Site != "campus" || resp.Sites[0].Source != "imported" {
 		t.Fatalf("imported over manual: %+v, %v", resp.Sites, err)
 	}
@@ -200,7 +201,7 @@ func TestRegistrationResolvesSites(t *testing.T) {
 		t.Fatalf("servers = %+v, %v", list, err)
 	}
 	if list[0].Hostname != "ss1.example" || !slices.Equal(siteNames(list[0].Sites), []string{"campus"}) ||
-		list[0].LastSeen.IsZero() || list[0].Services[0].Name != ServiceTask {
+		list[0].LastSeen.IsZero() || list[0].Services[0].Name != nsapi.ServiceTask {
 		t.Fatalf("servers[0] = %+v", list[0])
 	}
 }
@@ -212,17 +213,17 @@ func TestAgentSelection(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, s := range []struct{ id, addr string }{{"ss-a", "10.1.0.5/16"}, {"ss-b", "10.2.0.5/16"}} {
-		if _, err := registerServer(t, tn.peer(t, KindSiteServer, s.id, s.id), []string{s.addr},
-			ServiceInfo{Name: ServiceTask, URL: "https://" + s.id}, ServiceInfo{Name: ServicePackage, Constrained: true}); err != nil {
+		if _, err := registerServer(t, tn.peer(t, nsapi.KindSiteServer, s.id, s.id), []string{s.addr},
+			nsapi.ServiceInfo{Name: nsapi.ServiceTask, URL: "https://" + s.id}, nsapi.ServiceInfo{Name: nsapi.ServicePackage, Constrained: true}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	ap := tn.peer(t, KindAgent, "pc-1", "pc1")
+	ap := tn.peer(t, nsapi.KindAgent, "pc-1", "pc1")
 	c, err := ap.Client(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := c.RegisterAgent(ctx, RegisterAgentRequest{ID: "pc-1", Hostname: "pc1", Addresses: []netip.Addr{netip.MustParseAddr("10.2.9.9")}})
+	resp, err := c.RegisterAgent(ctx, nsapi.RegisterAgentRequest{ID: "pc-1", Hostname: "pc1", Addresses: []netip.Addr{netip.MustParseAddr("10.2.9.9")}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,11 +234,11 @@ func TestAgentSelection(t *testing.T) {
 		t.Fatalf("package servers = %+v", resp.PackageServers)
 	}
 	// A site server certificate cannot register an agent and the other way round.
-	if _, err := c.RegisterServer(ctx, RegisterServerRequest{ID: "pc-1", Hostname: "pc1"}); StatusOf(err) != http.StatusForbidden {
+	if _, err := c.RegisterServer(ctx, nsapi.RegisterServerRequest{ID: "pc-1", Hostname: "pc1"}); nsapi.StatusOf(err) != http.StatusForbidden {
 		t.Fatalf("agent cert on server registration = %v, want 403", err)
 	}
 	// Claiming another id than the certificate's is refused.
-	if _, err := c.RegisterAgent(ctx, RegisterAgentRequest{ID: "pc-2", Hostname: "pc2"}); StatusOf(err) != http.StatusForbidden {
+	if _, err := c.RegisterAgent(ctx, nsapi.RegisterAgentRequest{ID: "pc-2", Hostname: "pc2"}); nsapi.StatusOf(err) != http.StatusForbidden {
 		t.Fatalf("foreign id = %v, want 403", err)
 	}
 	agents, err := tn.admin.Agents(ctx)
@@ -248,18 +249,18 @@ func TestAgentSelection(t *testing.T) {
 
 func TestReenrollSupersedesCertificate(t *testing.T) {
 	tn := startNS(t, nil)
-	p := tn.peer(t, KindSiteServer, "ss-1", "ss1")
+	p := tn.peer(t, nsapi.KindSiteServer, "ss-1", "ss1")
 	if _, err := registerServer(t, p, nil); err != nil {
 		t.Fatal(err)
 	}
 	old, _ := p.Client(context.Background())
 	// Same GUID enrolls again from elsewhere (new key, new certificate).
-	p2 := tn.peer(t, KindSiteServer, "ss-1", "ss1")
+	p2 := tn.peer(t, nsapi.KindSiteServer, "ss-1", "ss1")
 	if _, err := registerServer(t, p2, nil); err != nil {
 		t.Fatal(err)
 	}
-	_, err := old.RegisterServer(context.Background(), RegisterServerRequest{ID: "ss-1", Hostname: "ss1"})
-	if StatusOf(err) != http.StatusUnauthorized {
+	_, err := old.RegisterServer(context.Background(), nsapi.RegisterServerRequest{ID: "ss-1", Hostname: "ss1"})
+	if nsapi.StatusOf(err) != http.StatusUnauthorized {
 		t.Fatalf("old certificate = %v, want 401", err)
 	}
 }
@@ -267,9 +268,9 @@ func TestReenrollSupersedesCertificate(t *testing.T) {
 func TestAuthFailuresAreCounted(t *testing.T) {
 	tn := startNS(t, nil)
 	ctx := context.Background()
-	p := tn.peer(t, KindSiteServer, "ss-1", "ss1")
+	p := tn.peer(t, nsapi.KindSiteServer, "ss-1", "ss1")
 	p.Endpoint.EnrollmentToken = "wrong-token-0123456789"
-	if _, err := p.Client(ctx); StatusOf(err) != http.StatusUnauthorized {
+	if _, err := p.Client(ctx); nsapi.StatusOf(err) != http.StatusUnauthorized {
 		t.Fatalf("wrong token = %v, want 401", err)
 	}
 	if n := testutil.ToFloat64(tn.srv.metrics.authFailures.WithLabelValues("bad_enrollment_token")); n != 1 {
@@ -277,7 +278,7 @@ func TestAuthFailuresAreCounted(t *testing.T) {
 	}
 	bad := *tn.admin
 	bad.AdminToken = "nope"
-	if _, err := bad.Servers(ctx); StatusOf(err) != http.StatusUnauthorized {
+	if _, err := bad.Servers(ctx); nsapi.StatusOf(err) != http.StatusUnauthorized {
 		t.Fatalf("wrong admin token = %v", err)
 	}
 	if n := testutil.ToFloat64(tn.srv.metrics.authFailures.WithLabelValues("bad_admin_token")); n != 1 {
@@ -286,7 +287,7 @@ func TestAuthFailuresAreCounted(t *testing.T) {
 	// A client without any certificate cannot register.
 	anon := *tn.admin
 	anon.AdminToken = ""
-	if _, err := anon.RegisterServer(ctx, RegisterServerRequest{ID: "x", Hostname: "x"}); StatusOf(err) != http.StatusUnauthorized {
+	if _, err := anon.RegisterServer(ctx, nsapi.RegisterServerRequest{ID: "x", Hostname: "x"}); nsapi.StatusOf(err) != http.StatusUnauthorized {
 		t.Fatalf("no client cert = %v, want 401", err)
 	}
 	if list, _ := tn.admin.Servers(ctx); len(list) != 0 {
@@ -302,12 +303,14 @@ func TestSiteMaintenanceAPI(t *testing.T) {
 		do   func() error
 		code int // 0: success
 	}{
-		{"add site", func() error { return tn.admin.PutSite(ctx, SiteRequest{Name: "hq", Description: "Head office"}) }, 0},
-		{"add subnet", func() error { return tn.admin.PutSubnet(ctx, SubnetRequest{Prefix: "10.1.0.0/16", Site: "hq"}) }, 0},
-		{"subnet with host bits", func() error { return tn.admin.PutSubnet(ctx, SubnetRequest{Prefix: "10.1.2.3/16", Site: "hq"}) }, 400},
-		{"subnet of unknown site", func() error { return tn.admin.PutSubnet(ctx, SubnetRequest{Prefix: "10.9.0.0/16", Site: "nowhere"}) }, 400},
-		{"assign", func() error { return tn.admin.PutAssignment(ctx, AssignmentRequest{Server: "ss1", Site: "hq"}) }, 0},
-		{"assign to unknown site", func() error { return tn.admin.PutAssignment(ctx, AssignmentRequest{Server: "ss1", Site: "x"}) }, 400},
+		{"add site", func() error { return tn.admin.PutSite(ctx, nsapi.SiteRequest{Name: "hq", Description: "Head office"}) }, 0},
+		{"add subnet", func() error { return tn.admin.PutSubnet(ctx, nsapi.SubnetRequest{Prefix: "10.1.0.0/16", Site: "hq"}) }, 0},
+		{"subnet with host bits", func() error { return tn.admin.PutSubnet(ctx, nsapi.SubnetRequest{Prefix: "10.1.2.3/16", Site: "hq"}) }, 400},
+		{"subnet of unknown site", func() error {
+			return tn.admin.PutSubnet(ctx, nsapi.SubnetRequest{Prefix: "10.9.0.0/16", Site: "nowhere"})
+		}, 400},
+		{"assign", func() error { return tn.admin.PutAssignment(ctx, nsapi.AssignmentRequest{Server: "ss1", Site: "hq"}) }, 0},
+		{"assign to unknown site", func() error { return tn.admin.PutAssignment(ctx, nsapi.AssignmentRequest{Server: "ss1", Site: "x"}) }, 400},
 		{"delete unknown subnet", func() error { return tn.admin.DeleteSubnet(ctx, "10.99.0.0/16") }, 404},
 		{"delete unknown site", func() error { return tn.admin.DeleteSite(ctx, "x") }, 404},
 		{"bad rules file", func() error { _, err := tn.admin.ApplyRules(ctx, []byte("sites:\n  - name: [\n")); return err }, 400},
@@ -318,7 +321,7 @@ func TestSiteMaintenanceAPI(t *testing.T) {
 		if st.code == 0 && err != nil {
 			t.Fatalf("%s: %v", st.name, err)
 		}
-		if st.code != 0 && StatusOf(err) != st.code {
+		if st.code != 0 && nsapi.StatusOf(err) != st.code {
 			t.Fatalf("%s: %v, want %d", st.name, err, st.code)
 		}
 	}
@@ -380,13 +383,13 @@ func TestRulesFileReload(t *testing.T) {
 func TestMalformedBodiesChangeNothing(t *testing.T) {
 	tn := startNS(t, func(c *ServerConfig) { c.MaxBodyBytes = 4096 })
 	ctx := context.Background()
-	p := tn.peer(t, KindSiteServer, "ss-1", "ss1")
+	p := tn.peer(t, nsapi.KindSiteServer, "ss-1", "ss1")
 	if _, err := registerServer(t, p, []string{"10.1.2.3/24"}); err != nil {
 		t.Fatal(err)
 	}
 	before, _ := tn.admin.Servers(ctx)
 	c, _ := p.Client(ctx)
-	post := func(client *Client, path, body string) int {
+	post := func(client *nsapi.Client, path, body string) int {
 		req, _ := http.NewRequest(http.MethodPost, tn.url+path, strings.NewReader(body))
 		if client.AdminToken != "" {
 			req.Header.Set("Authorization", "Bearer "+client.AdminToken)
@@ -400,18 +403,18 @@ func TestMalformedBodiesChangeNothing(t *testing.T) {
 	}
 	huge := `{"id":"ss-1","hostname":"` + strings.Repeat("x", 10000) + `"}`
 	for name, tc := range map[string]struct {
-		client *Client
+		client *nsapi.Client
 		path   string
 		body   string
 		want   int
 	}{
-		"enroll garbage":      {tn.admin, PathEnroll, "\x00\x01garbage", 400},
-		"enroll oversized":    {tn.admin, PathEnroll, huge, 413},
-		"register garbage":    {c, PathRegisterServer, "{", 400},
-		"register oversized":  {c, PathRegisterServer, huge, 413},
-		"register bad prefix": {c, PathRegisterServer, `{"id":"ss-1","hostname":"h","addresses":["300.1.1.1/24"]}`, 400},
-		"site bad json":       {tn.admin, PathSites, `{"name":`, 400},
-		"subnet oversized":    {tn.admin, PathSubnets, huge, 413},
+		"enroll garbage":      {tn.admin, nsapi.PathEnroll, "\x00\x01garbage", 400},
+		"enroll oversized":    {tn.admin, nsapi.PathEnroll, huge, 413},
+		"register garbage":    {c, nsapi.PathRegisterServer, "{", 400},
+		"register oversized":  {c, nsapi.PathRegisterServer, huge, 413},
+		"register bad prefix": {c, nsapi.PathRegisterServer, `{"id":"ss-1","hostname":"h","addresses":["300.1.1.1/24"]}`, 400},
+		"site bad json":       {tn.admin, nsapi.PathSites, `{"name":`, 400},
+		"subnet oversized":    {tn.admin, nsapi.PathSubnets, huge, 413},
 	} {
 		if got := post(tc.client, tc.path, tc.body); got != tc.want {
 			t.Errorf("%s: %d, want %d", name, got, tc.want)
@@ -433,7 +436,7 @@ func TestStoreMigrations(t *testing.T) {
 	if v, _ := s.SchemaVersion(ctx); v != len(migrations) {
 		t.Fatalf("version = %d, want %d", v, len(migrations))
 	}
-	rec := ServerRecord{ID: "a", Hostname: "h", Status: StatusApproved, TickleKey: []byte{1}, Enrolled: time.Unix(5, 0).UTC(),
+	rec := ServerRecord{ID: "a", Hostname: "h", Status: nsapi.StatusApproved, TickleKey: []byte{1}, Enrolled: time.Unix(5, 0).UTC(),
 		Addresses: []netip.Prefix{netip.MustParsePrefix("10.0.0.1/8")}}
 	if err := s.PutServer(ctx, rec); err != nil {
 		t.Fatal(err)
@@ -474,7 +477,7 @@ func waitFor(t *testing.T, cond func() bool) {
 func TestMetricsLint(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	newServerMetrics(reg)
-	NewRegistrar([]*Peer{{Endpoint: Endpoint{Name: "central"}}}, nil, nil, reg)
+	nsapi.NewRegistrar([]*nsapi.Peer{{Endpoint: nsapi.Endpoint{Name: "central"}}}, nil, nil, reg)
 	problems, err := testutil.GatherAndLint(reg)
 	if err != nil {
 		t.Fatal(err)
@@ -505,23 +508,23 @@ func TestEmptyImportedFileKeepsManual(t *testing.T) {
 }
 
 func TestNextState(t *testing.T) {
-	job := func(st string) Event { return Event{Kind: EventJob, State: st} }
-	task := func(st string) Event { return Event{Kind: EventTask, State: st} }
+	job := func(st string) nsapi.Event { return nsapi.Event{Kind: nsapi.EventJob, State: st} }
+	task := func(st string) nsapi.Event { return nsapi.Event{Kind: nsapi.EventTask, State: st} }
 	tests := map[string]struct {
 		cur  string
-		e    Event
+		e    nsapi.Event
 		want string
 	}{
-		"delivered":                {StatePending, job(StateDelivered), StateDelivered},
-		"task starts":              {StateDelivered, task(StateRunning), StateRunning},
-		"task starts from pending": {StatePending, task(StateRunning), StateRunning},
-		"late delivered":           {StateRunning, job(StateDelivered), ""},
-		"job succeeded":            {StateRunning, job(StateSucceeded), StateSucceeded},
-		"job failed from pending":  {StatePending, job(StateFailed), StateFailed},
-		"expired by agent":         {StateDelivered, job(StateExpired), StateExpired},
-		"final stays":              {StateSucceeded, job(StateFailed), ""},
-		"expired stays":            {StateExpired, task(StateRunning), ""},
-		"task done while running":  {StateRunning, task(StateSucceeded), ""},
+		"delivered":                {nsapi.StatePending, job(nsapi.StateDelivered), nsapi.StateDelivered},
+		"task starts":              {nsapi.StateDelivered, task(nsapi.StateRunning), nsapi.StateRunning},
+		"task starts from pending": {nsapi.StatePending, task(nsapi.StateRunning), nsapi.StateRunning},
+		"late delivered":           {nsapi.StateRunning, job(nsapi.StateDelivered), ""},
+		"job succeeded":            {nsapi.StateRunning, job(nsapi.StateSucceeded), nsapi.StateSucceeded},
+		"job failed from pending":  {nsapi.StatePending, job(nsapi.StateFailed), nsapi.StateFailed},
+		"expired by agent":         {nsapi.StateDelivered, job(nsapi.StateExpired), nsapi.StateExpired},
+		"final stays":              {nsapi.StateSucceeded, job(nsapi.StateFailed), ""},
+		"expired stays":            {nsapi.StateExpired, task(nsapi.StateRunning), ""},
+		"task done while running":  {nsapi.StateRunning, task(nsapi.StateSucceeded), ""},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -535,8 +538,8 @@ func TestNextState(t *testing.T) {
 func TestComputers(t *testing.T) {
 	tn := startNS(t, nil)
 	ctx := context.Background()
-	ss := tn.peer(t, KindSiteServer, "ss-1", "ss1")
-	if _, err := registerServer(t, ss, nil, ServiceInfo{Name: ServiceNetboot}); err != nil {
+	ss := tn.peer(t, nsapi.KindSiteServer, "ss-1", "ss1")
+	if _, err := registerServer(t, ss, nil, nsapi.ServiceInfo{Name: nsapi.ServiceNetboot}); err != nil {
 		t.Fatal(err)
 	}
 	sc, _ := ss.Client(ctx)
@@ -547,30 +550,30 @@ func TestComputers(t *testing.T) {
 		}
 		return r.Kind
 	}
-	if k := kind("52:54:00:00:00:01"); k != ComputerUnknown {
+	if k := kind("52:54:00:00:00:01"); k != nsapi.ComputerUnknown {
 		t.Fatalf("never seen = %s", k)
 	}
 	// A network boot of an unknown computer gives it a record.
-	if err := sc.ComputerSeen(ctx, SeenRequest{MAC: "52-54-00-00-00-01", Arch: 7}); err != nil {
+	if err := sc.ComputerSeen(ctx, nsapi.SeenRequest{MAC: "52-54-00-00-00-01", Arch: 7}); err != nil {
 		t.Fatal(err)
 	}
 	// An administrator predefines another.
-	if err := tn.admin.PutComputer(ctx, ComputerRequest{MAC: "52:54:00:00:00:02", Name: "new-pc"}); err != nil {
+	if err := tn.admin.PutComputer(ctx, nsapi.ComputerRequest{MAC: "52:54:00:00:00:02", Name: "new-pc"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := tn.admin.PutComputer(ctx, ComputerRequest{MAC: "not-a-mac"}); StatusOf(err) != http.StatusBadRequest {
+	if err := tn.admin.PutComputer(ctx, nsapi.ComputerRequest{MAC: "not-a-mac"}); nsapi.StatusOf(err) != http.StatusBadRequest {
 		t.Fatalf("bad MAC = %v", err)
 	}
 	// An agent reporting its MAC makes that computer managed.
-	ap := tn.peer(t, KindAgent, "pc-3", "pc3")
+	ap := tn.peer(t, nsapi.KindAgent, "pc-3", "pc3")
 	ac, err := ap.Client(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ac.RegisterAgent(ctx, RegisterAgentRequest{ID: "pc-3", Hostname: "pc3", MACs: []string{"52:54:00:00:00:03"}}); err != nil {
+	if _, err := ac.RegisterAgent(ctx, nsapi.RegisterAgentRequest{ID: "pc-3", Hostname: "pc3", MACs: []string{"52:54:00:00:00:03"}}); err != nil {
 		t.Fatal(err)
 	}
-	for mac, want := range map[string]string{"52:54:00:00:00:01": ComputerUnknown, "52:54:00:00:00:02": ComputerPredefined, "52:54:00:00:00:03": ComputerManaged} {
+	for mac, want := range map[string]string{"52:54:00:00:00:01": nsapi.ComputerUnknown, "52:54:00:00:00:02": nsapi.ComputerPredefined, "52:54:00:00:00:03": nsapi.ComputerManaged} {
 		if k := kind(mac); k != want {
 			t.Errorf("%s = %s, want %s", mac, k, want)
 		}
@@ -580,7 +583,7 @@ func TestComputers(t *testing.T) {
 		t.Fatalf("computers = %+v, %v", list, err)
 	}
 	// A managed computer cannot be turned into a predefined one by mistake.
-	if err := tn.admin.PutComputer(ctx, ComputerRequest{MAC: "52:54:00:00:00:03"}); StatusOf(err) != http.StatusConflict {
+	if err := tn.admin.PutComputer(ctx, nsapi.ComputerRequest{MAC: "52:54:00:00:00:03"}); nsapi.StatusOf(err) != http.StatusConflict {
 		t.Fatalf("predefining a managed computer = %v", err)
 	}
 }

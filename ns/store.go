@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/sites"
 	_ "modernc.org/sqlite" // pure-Go driver keeps the binary static
 )
@@ -27,7 +28,7 @@ type ServerRecord struct {
 	TickleKeyID uint32
 	CertSerial  string
 	Addresses   []netip.Prefix
-	Services    []ServiceInfo
+	Services    []nsapi.ServiceInfo
 	Enrolled    time.Time
 	LastSeen    time.Time // zero until the first registration
 	// RemoteAddr is the IP the last registration came from: where to tickle a task server
@@ -61,22 +62,22 @@ type Store interface {
 	Agent(ctx context.Context, id string) (AgentRecord, error)
 	Agents(ctx context.Context) ([]AgentRecord, error)
 	PutAgent(ctx context.Context, a AgentRecord) error
-	PutPackage(ctx context.Context, p Package, now time.Time) error
-	Package(ctx context.Context, id string) (Package, error)
-	Packages(ctx context.Context) ([]Package, error)
+	PutPackage(ctx context.Context, p nsapi.Package, now time.Time) error
+	Package(ctx context.Context, id string) (nsapi.Package, error)
+	Packages(ctx context.Context) ([]nsapi.Package, error)
 	// DeletePackage removes a package and its codebases.
 	DeletePackage(ctx context.Context, id string) error
 	// PutCodebases upserts codebase reports of one server.
-	PutCodebases(ctx context.Context, cbs []Codebase) error
+	PutCodebases(ctx context.Context, cbs []nsapi.Codebase) error
 	// Codebases returns codebases, of one package when pkg is not empty.
-	Codebases(ctx context.Context, pkg string) ([]Codebase, error)
+	Codebases(ctx context.Context, pkg string) ([]nsapi.Codebase, error)
 	// DeleteCodebases removes a server's codebases of packages not in keep.
 	DeleteCodebases(ctx context.Context, server string, keep []string) error
 
 	// Computer returns the computer with this MAC (lowercase, colon-separated).
-	Computer(ctx context.Context, mac string) (ComputerRecord, error)
-	Computers(ctx context.Context) ([]ComputerRecord, error)
-	PutComputer(ctx context.Context, c ComputerRecord) error
+	Computer(ctx context.Context, mac string) (nsapi.ComputerRecord, error)
+	Computers(ctx context.Context) ([]nsapi.ComputerRecord, error)
+	PutComputer(ctx context.Context, c nsapi.ComputerRecord) error
 
 	// AgentsByID returns the agents with these ids that exist.
 	AgentsByID(ctx context.Context, ids []string) (map[string]AgentRecord, error)
@@ -88,15 +89,15 @@ type Store interface {
 	PutAgents(ctx context.Context, as []AgentRecord) error
 
 	// PutJob creates or updates a job by its stable id; instances and events stay.
-	PutJob(ctx context.Context, j Job, now time.Time) error
-	Job(ctx context.Context, id string) (Job, error)
-	Jobs(ctx context.Context) ([]Job, error)
-	CreateInstances(ctx context.Context, insts []JobInstance) error
-	Instances(ctx context.Context, f InstanceFilter) ([]JobInstance, error)
+	PutJob(ctx context.Context, j nsapi.Job, now time.Time) error
+	Job(ctx context.Context, id string) (nsapi.Job, error)
+	Jobs(ctx context.Context) ([]nsapi.Job, error)
+	CreateInstances(ctx context.Context, insts []nsapi.JobInstance) error
+	Instances(ctx context.Context, f InstanceFilter) ([]nsapi.JobInstance, error)
 	// AddEvents stores events not seen before (by id) and moves their instances' states
 	// on; it returns how many were new and how many named no known instance.
-	AddEvents(ctx context.Context, events []Event, now time.Time) (added, unknown int, err error)
-	Events(ctx context.Context, instance string) ([]Event, error)
+	AddEvents(ctx context.Context, events []nsapi.Event, now time.Time) (added, unknown int, err error)
+	Events(ctx context.Context, instance string) ([]nsapi.Event, error)
 	// ExpireInstances marks pending and delivered instances past their validity expired.
 	ExpireInstances(ctx context.Context, now time.Time) (int, error)
 	// RetagInstances moves the open instances of an agent to its current task server.

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/siteserver/siteserver/nsapi"
 	"strings"
 	"time"
 )
@@ -76,22 +77,22 @@ func listSpecs[T any](ctx context.Context, db *sql.DB, table string) ([]T, error
 }
 
 // PutJob implements Store.
-func (s *SQLiteStore) PutJob(ctx context.Context, j Job, now time.Time) error {
+func (s *SQLiteStore) PutJob(ctx context.Context, j nsapi.Job, now time.Time) error {
 	return putSpec(ctx, s.db, "jobs", j.ID, j, now)
 }
 
 // Job implements Store.
-func (s *SQLiteStore) Job(ctx context.Context, id string) (Job, error) {
-	return getSpec[Job](ctx, s.db, "jobs", id)
+func (s *SQLiteStore) Job(ctx context.Context, id string) (nsapi.Job, error) {
+	return getSpec[nsapi.Job](ctx, s.db, "jobs", id)
 }
 
 // Jobs implements Store.
-func (s *SQLiteStore) Jobs(ctx context.Context) ([]Job, error) {
-	return listSpecs[Job](ctx, s.db, "jobs")
+func (s *SQLiteStore) Jobs(ctx context.Context) ([]nsapi.Job, error) {
+	return listSpecs[nsapi.Job](ctx, s.db, "jobs")
 }
 
 // CreateInstances implements Store.
-func (s *SQLiteStore) CreateInstances(ctx context.Context, insts []JobInstance) error {
+func (s *SQLiteStore) CreateInstances(ctx context.Context, insts []nsapi.JobInstance) error {
 	// A job created for thousands of targets is one snapshot: encode it once. Rows go in
 	// many to a statement, which is several times faster than one statement a row.
 	specs := map[string]string{}
@@ -128,7 +129,7 @@ func (s *SQLiteStore) CreateInstances(ctx context.Context, insts []JobInstance) 
 }
 
 // Instances implements Store.
-func (s *SQLiteStore) Instances(ctx context.Context, f InstanceFilter) ([]JobInstance, error) {
+func (s *SQLiteStore) Instances(ctx context.Context, f InstanceFilter) ([]nsapi.JobInstance, error) {
 	var where []string
 	var args []any
 	if f.JobID != "" {
@@ -162,11 +163,11 @@ func (s *SQLiteStore) Instances(ctx context.Context, f InstanceFilter) ([]JobIns
 		return nil, fmt.Errorf("ns: store: instances: %w", err)
 	}
 	defer rows.Close()
-	var out []JobInstance
+	var out []nsapi.JobInstance
 	// Instances of one job share its snapshot: decode each distinct one once.
-	jobs := map[string]Job{}
+	jobs := map[string]nsapi.Job{}
 	for rows.Next() {
-		var in JobInstance
+		var in nsapi.JobInstance
 		var spec string
 		var created, expires, updated int64
 		if err := rows.Scan(&in.ID, &in.JobID, &in.Agent, &in.TaskServer, &in.State, &spec, &created, &expires, &updated); err != nil {
@@ -188,29 +189,29 @@ func (s *SQLiteStore) Instances(ctx context.Context, f InstanceFilter) ([]JobIns
 
 // stateRank orders the open states: an instance only moves forward, so events that arrive
 // out of order (a "delivered" forwarded after "running") cannot move it back.
-var stateRank = map[string]int{StatePending: 0, StateDelivered: 1, StateRunning: 2}
+var stateRank = map[string]int{nsapi.StatePending: 0, nsapi.StateDelivered: 1, nsapi.StateRunning: 2}
 
 // nextState is the instance state after an event, or "" to leave it. Final states never
 // change: an event that arrives late cannot revive a finished or expired instance.
-func nextState(cur string, e Event) string {
-	if Final(cur) {
+func nextState(cur string, e nsapi.Event) string {
+	if nsapi.Final(cur) {
 		return ""
 	}
 	next := ""
 	switch e.Kind {
-	case EventJob:
+	case nsapi.EventJob:
 		next = e.State
-	case EventTask:
-		next = StateRunning
+	case nsapi.EventTask:
+		next = nsapi.StateRunning
 	}
-	if next == "" || next == cur || (!Final(next) && stateRank[next] <= stateRank[cur]) {
+	if next == "" || next == cur || (!nsapi.Final(next) && stateRank[next] <= stateRank[cur]) {
 		return ""
 	}
 	return next
 }
 
 // AddEvents implements Store.
-func (s *SQLiteStore) AddEvents(ctx context.Context, events []Event, now time.Time) (added, unknown int, err error) {
+func (s *SQLiteStore) AddEvents(ctx context.Context, events []nsapi.Event, now time.Time) (added, unknown int, err error) {
 	err = s.tx(ctx, func(tx *sql.Tx) error {
 		added, unknown = 0, 0
 		ins, err := tx.PrepareContext(ctx, `INSERT OR IGNORE INTO events (id, instance, agent, kind, task, state, exit_code, timed_out, output, time, received_at)
@@ -263,16 +264,16 @@ func (s *SQLiteStore) AddEvents(ctx context.Context, events []Event, now time.Ti
 }
 
 // Events implements Store.
-func (s *SQLiteStore) Events(ctx context.Context, instance string) ([]Event, error) {
+func (s *SQLiteStore) Events(ctx context.Context, instance string) ([]nsapi.Event, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT id, instance, agent, kind, task, state, exit_code, timed_out, output, time
 		FROM events WHERE instance = ? ORDER BY time, id`, instance)
 	if err != nil {
 		return nil, fmt.Errorf("ns: store: events: %w", err)
 	}
 	defer rows.Close()
-	var out []Event
+	var out []nsapi.Event
 	for rows.Next() {
-		var e Event
+		var e nsapi.Event
 		var t int64
 		if err := rows.Scan(&e.ID, &e.Instance, &e.Agent, &e.Kind, &e.Task, &e.State, &e.ExitCode, &e.TimedOut, &e.Output, &t); err != nil {
 			return nil, err
@@ -286,7 +287,7 @@ func (s *SQLiteStore) Events(ctx context.Context, instance string) ([]Event, err
 // ExpireInstances implements Store.
 func (s *SQLiteStore) ExpireInstances(ctx context.Context, now time.Time) (int, error) {
 	res, err := s.db.ExecContext(ctx, `UPDATE job_instances SET state = ?, updated_at = ? WHERE state IN (?, ?) AND expires_at <= ?`,
-		StateExpired, now.UnixNano(), StatePending, StateDelivered, now.UnixNano())
+		nsapi.StateExpired, now.UnixNano(), nsapi.StatePending, nsapi.StateDelivered, now.UnixNano())
 	if err != nil {
 		return 0, fmt.Errorf("ns: store: expire: %w", err)
 	}
@@ -298,7 +299,7 @@ func (s *SQLiteStore) ExpireInstances(ctx context.Context, now time.Time) (int, 
 func (s *SQLiteStore) RetagInstances(ctx context.Context, agent, taskServer string, now time.Time) (int, error) {
 	res, err := s.db.ExecContext(ctx, `UPDATE job_instances SET task_server = ?, updated_at = ?
 		WHERE agent = ? AND task_server != ? AND state IN (?, ?, ?)`,
-		taskServer, now.UnixNano(), agent, taskServer, StatePending, StateDelivered, StateRunning)
+		taskServer, now.UnixNano(), agent, taskServer, nsapi.StatePending, nsapi.StateDelivered, nsapi.StateRunning)
 	if err != nil {
 		return 0, fmt.Errorf("ns: store: retag: %w", err)
 	}

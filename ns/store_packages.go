@@ -4,23 +4,24 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"github.com/siteserver/siteserver/nsapi"
 	"strings"
 	"time"
 )
 
 // PutPackage implements Store.
-func (s *SQLiteStore) PutPackage(ctx context.Context, p Package, now time.Time) error {
+func (s *SQLiteStore) PutPackage(ctx context.Context, p nsapi.Package, now time.Time) error {
 	return putSpec(ctx, s.db, "packages", p.ID, p, now)
 }
 
 // Package implements Store.
-func (s *SQLiteStore) Package(ctx context.Context, id string) (Package, error) {
-	return getSpec[Package](ctx, s.db, "packages", id)
+func (s *SQLiteStore) Package(ctx context.Context, id string) (nsapi.Package, error) {
+	return getSpec[nsapi.Package](ctx, s.db, "packages", id)
 }
 
 // Packages implements Store.
-func (s *SQLiteStore) Packages(ctx context.Context) ([]Package, error) {
-	return listSpecs[Package](ctx, s.db, "packages")
+func (s *SQLiteStore) Packages(ctx context.Context) ([]nsapi.Package, error) {
+	return listSpecs[nsapi.Package](ctx, s.db, "packages")
 }
 
 // DeletePackage implements Store.
@@ -39,7 +40,7 @@ func (s *SQLiteStore) DeletePackage(ctx context.Context, id string) error {
 }
 
 // PutCodebases implements Store.
-func (s *SQLiteStore) PutCodebases(ctx context.Context, cbs []Codebase) error {
+func (s *SQLiteStore) PutCodebases(ctx context.Context, cbs []nsapi.Codebase) error {
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		stmt, err := tx.PrepareContext(ctx, `INSERT INTO codebases (package, server, version, url, state, bytes_done, bytes_total, last_error, next_attempt, updated_at)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -65,7 +66,7 @@ func (s *SQLiteStore) PutCodebases(ctx context.Context, cbs []Codebase) error {
 }
 
 // Codebases implements Store.
-func (s *SQLiteStore) Codebases(ctx context.Context, pkg string) ([]Codebase, error) {
+func (s *SQLiteStore) Codebases(ctx context.Context, pkg string) ([]nsapi.Codebase, error) {
 	q := `SELECT package, server, version, url, state, bytes_done, bytes_total, last_error, next_attempt, updated_at FROM codebases`
 	var args []any
 	if pkg != "" {
@@ -77,9 +78,9 @@ func (s *SQLiteStore) Codebases(ctx context.Context, pkg string) ([]Codebase, er
 		return nil, fmt.Errorf("ns: store: codebases: %w", err)
 	}
 	defer rows.Close()
-	var out []Codebase
+	var out []nsapi.Codebase
 	for rows.Next() {
-		var c Codebase
+		var c nsapi.Codebase
 		var next, upd int64
 		if err := rows.Scan(&c.Package, &c.Server, &c.Version, &c.URL, &c.State, &c.BytesDone, &c.BytesTotal, &c.LastError, &next, &upd); err != nil {
 			return nil, err

@@ -15,7 +15,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/nsapi"
 )
 
 // Defaults of Fetcher fields left zero.
@@ -97,7 +97,7 @@ func (f *Fetcher) stallTimeout() time.Duration {
 
 // download is one upstream transfer of one content, shared by everyone who wants it.
 type download struct {
-	file    ns.PackageFile
+	file    nsapi.PackageFile
 	sources []string
 	ctx     context.Context
 	cancel  context.CancelFunc
@@ -199,11 +199,11 @@ func (d *download) wait(ctx context.Context, progress func(int64)) error {
 	}
 }
 
-func checkFile(file ns.PackageFile) error {
+func checkFile(file nsapi.PackageFile) error {
 	if !validSHA256(file.SHA256) {
 		return fmt.Errorf("pkgd: fetch %q: sha256 %q is not 64 lowercase hex digits", file.Name, file.SHA256)
 	}
-	if err := ns.ValidFileName(file.Name); err != nil {
+	if err := nsapi.ValidFileName(file.Name); err != nil {
 		return fmt.Errorf("pkgd: fetch %q: name: %v", file.Name, err)
 	}
 	if file.Size < 0 {
@@ -222,7 +222,7 @@ func checkFile(file ns.PackageFile) error {
 // Callers asking for content already being downloaded join that download, even if they
 // named other sources. When every caller has gone (their contexts ended), the download
 // stops and keeps its partial file.
-func (f *Fetcher) Fetch(ctx context.Context, file ns.PackageFile, sources []string, progress func(int64)) error {
+func (f *Fetcher) Fetch(ctx context.Context, file nsapi.PackageFile, sources []string, progress func(int64)) error {
 	if err := checkFile(file); err != nil {
 		return err
 	}
@@ -238,7 +238,7 @@ func (f *Fetcher) Fetch(ctx context.Context, file ns.PackageFile, sources []stri
 // or the Fetcher is closed, whoever waits for it. It is for a client asking for content
 // that is not cached yet: call Ensure, then OpenWhileFetching to stream it. Content
 // already stored is not an error.
-func (f *Fetcher) Ensure(file ns.PackageFile, sources []string) error {
+func (f *Fetcher) Ensure(file nsapi.PackageFile, sources []string) error {
 	if err := checkFile(file); err != nil {
 		return err
 	}
@@ -248,7 +248,7 @@ func (f *Fetcher) Ensure(file ns.PackageFile, sources []string) error {
 
 // join returns the running download of file, starting one if there is none; nil if the
 // content is stored already.
-func (f *Fetcher) join(ctx context.Context, file ns.PackageFile, sources []string, pin bool) (*download, error) {
+func (f *Fetcher) join(ctx context.Context, file nsapi.PackageFile, sources []string, pin bool) (*download, error) {
 	if f.Store == nil {
 		return nil, errors.New("pkgd: fetcher has no store")
 	}

@@ -22,7 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/pkgd"
 )
 
@@ -227,7 +227,7 @@ func hasLabel(m *dto.Metric, name, value string) bool {
 	return false
 }
 
-func (e *fetchEnv) mustHave(t *testing.T, f ns.PackageFile, data []byte) {
+func (e *fetchEnv) mustHave(t *testing.T, f nsapi.PackageFile, data []byte) {
 	t.Helper()
 	if !bytes.Equal(readBlob(t, e.store, f.SHA256), data) {
 		t.Fatal("stored blob differs from the content")
@@ -797,12 +797,12 @@ func TestFetchRefusesBadInput(t *testing.T) {
 	good := fileOf("a", []byte("a"))
 	for _, tc := range []struct {
 		name    string
-		file    ns.PackageFile
+		file    nsapi.PackageFile
 		sources []string
 	}{
-		{"bad hash", ns.PackageFile{Name: "a", Size: 1, SHA256: "../../x"}, []string{"http://127.0.0.1:1"}},
-		{"escaping name", ns.PackageFile{Name: "../a", Size: 1, SHA256: good.SHA256}, []string{"http://127.0.0.1:1"}},
-		{"negative size", ns.PackageFile{Name: "a", Size: -1, SHA256: good.SHA256}, []string{"http://127.0.0.1:1"}},
+		{"bad hash", nsapi.PackageFile{Name: "a", Size: 1, SHA256: "../../x"}, []string{"http://127.0.0.1:1"}},
+		{"escaping name", nsapi.PackageFile{Name: "../a", Size: 1, SHA256: good.SHA256}, []string{"http://127.0.0.1:1"}},
+		{"negative size", nsapi.PackageFile{Name: "a", Size: -1, SHA256: good.SHA256}, []string{"http://127.0.0.1:1"}},
 		{"no sources", good, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

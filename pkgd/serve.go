@@ -17,7 +17,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/nsapi"
 )
 
 // Errors a Content returns so that clients get 404 or 503 rather than 500.
@@ -30,7 +30,7 @@ var (
 type Content interface {
 	// File returns the package file entry and an open *os.File of its verified content, or
 	// ErrNotFound / ErrNotReady. The caller closes the file.
-	File(ctx context.Context, pkg, name string) (ns.PackageFile, *os.File, error)
+	File(ctx context.Context, pkg, name string) (nsapi.PackageFile, *os.File, error)
 }
 
 // ServePrefix is where package files are served: ServePrefix + id + "/" + file name, each
@@ -221,7 +221,7 @@ func parsePackagePath(rel string) (id, name string, err error) {
 	if id, err = unescapeElement(rawID); err != nil {
 		return "", "", fmt.Errorf("package id: %w", err)
 	}
-	if !ns.ValidID(id) {
+	if !nsapi.ValidID(id) {
 		return "", "", fmt.Errorf("package id %q is not valid", id)
 	}
 	els := strings.Split(rawName, "/")
@@ -231,7 +231,7 @@ func parsePackagePath(rel string) (id, name string, err error) {
 		}
 	}
 	name = strings.Join(els, "/")
-	if err := ns.ValidFileName(name); err != nil {
+	if err := nsapi.ValidFileName(name); err != nil {
 		return "", "", fmt.Errorf("file name %q: %w", name, err)
 	}
 	return id, name, nil
@@ -398,7 +398,7 @@ func zeroQ(params string) bool {
 }
 
 // compressible decides by extension, else by compressing the first bytes once per content.
-func (h *handler) compressible(name string, entry ns.PackageFile, f *os.File) bool {
+func (h *handler) compressible(name string, entry nsapi.PackageFile, f *os.File) bool {
 	switch extKind(name) {
 	case kindText:
 		return true
@@ -440,7 +440,7 @@ var encoders = sync.Pool{New: func() any {
 	return e
 }}
 
-func (h *handler) serveZstd(w *statusWriter, r *http.Request, entry ns.PackageFile, f *os.File, modtime time.Time) {
+func (h *handler) serveZstd(w *statusWriter, r *http.Request, entry nsapi.PackageFile, f *os.File, modtime time.Time) {
 	tag := `W/"sha256:` + entry.SHA256 + `-zstd"`
 	hdr := w.Header()
 	hdr.Set("ETag", tag)

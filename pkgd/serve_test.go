@@ -29,13 +29,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/nsapi"
 )
 
 // fakeContent serves files written to a temporary directory, by "pkg/name".
 type fakeContent struct {
 	dir      string
-	files    map[string]ns.PackageFile
+	files    map[string]nsapi.PackageFile
 	notReady map[string]bool
 	broken   map[string]bool // lookups that fail with an unexpected error
 	lying    map[string]bool // entries whose size disagrees with the file
@@ -43,38 +43,38 @@ type fakeContent struct {
 }
 
 func newFakeContent(t *testing.T) *fakeContent {
-	return &fakeContent{dir: t.TempDir(), files: map[string]ns.PackageFile{},
+	return &fakeContent{dir: t.TempDir(), files: map[string]nsapi.PackageFile{},
 		notReady: map[string]bool{}, broken: map[string]bool{}, lying: map[string]bool{}}
 }
 
-func (c *fakeContent) add(t *testing.T, pkg, name string, data []byte) ns.PackageFile {
+func (c *fakeContent) add(t *testing.T, pkg, name string, data []byte) nsapi.PackageFile {
 	t.Helper()
 	sum := sha256.Sum256(data)
 	hexSum := hex.EncodeToString(sum[:])
 	if err := os.WriteFile(filepath.Join(c.dir, hexSum), data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	pf := ns.PackageFile{Name: name, Size: int64(len(data)), SHA256: hexSum}
+	pf := nsapi.PackageFile{Name: name, Size: int64(len(data)), SHA256: hexSum}
 	c.files[pkg+"/"+name] = pf
 	return pf
 }
 
-func (c *fakeContent) File(ctx context.Context, pkg, name string) (ns.PackageFile, *os.File, error) {
+func (c *fakeContent) File(ctx context.Context, pkg, name string) (nsapi.PackageFile, *os.File, error) {
 	c.calls.Add(1)
 	key := pkg + "/" + name
 	switch {
 	case c.notReady[key]:
-		return ns.PackageFile{}, nil, ErrNotReady
+		return nsapi.PackageFile{}, nil, ErrNotReady
 	case c.broken[key]:
-		return ns.PackageFile{}, nil, errors.New("disk on fire")
+		return nsapi.PackageFile{}, nil, errors.New("disk on fire")
 	}
 	pf, ok := c.files[key]
 	if !ok {
-		return ns.PackageFile{}, nil, ErrNotFound
+		return nsapi.PackageFile{}, nil, ErrNotFound
 	}
 	f, err := os.Open(filepath.Join(c.dir, pf.SHA256))
 	if err != nil {
-		return ns.PackageFile{}, nil, err
+		return nsapi.PackageFile{}, nil, err
 	}
 	if c.lying[key] {
 		pf.Size++
@@ -85,7 +85,7 @@ func (c *fakeContent) File(ctx context.Context, pkg, name string) (ns.PackageFil
 // testFiles are the contents the handler tests serve.
 type testFiles struct {
 	exe, script, wim, blob, tiny []byte
-	exeF, scriptF, wimF, blobF   ns.PackageFile
+	exeF, scriptF, wimF, blobF   nsapi.PackageFile
 }
 
 func newTestServer(t *testing.T) (*httptest.Server, *fakeContent, *ServeMetrics, *prometheus.Registry, testFiles) {
@@ -672,10 +672,10 @@ func FuzzPackagePath(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if verr := ns.ValidFileName(name); verr != nil {
+		if verr := nsapi.ValidFileName(name); verr != nil {
 			t.Fatalf("parsePackagePath(%q) gave name %q: %v", rel, name, verr)
 		}
-		if !ns.ValidID(id) {
+		if !nsapi.ValidID(id) {
 			t.Fatalf("parsePackagePath(%q) gave id %q", rel, id)
 		}
 		if hasEscape(name) {
@@ -694,13 +694,13 @@ func BenchmarkServeZstd(b *testing.B) {
 	for i := 0; text.Len() < 8<<20; i++ {
 		fmt.Fprintf(&text, "<component id=\"%d\" name=\"branch-office-suite\" version=\"10.%d\"/>\n", i, i%97)
 	}
-	c := &fakeContent{dir: b.TempDir(), files: map[string]ns.PackageFile{}}
+	c := &fakeContent{dir: b.TempDir(), files: map[string]nsapi.PackageFile{}}
 	sum := sha256.Sum256(text.Bytes())
 	hexSum := hex.EncodeToString(sum[:])
 	if err := os.WriteFile(filepath.Join(c.dir, hexSum), text.Bytes(), 0o644); err != nil {
 		b.Fatal(err)
 	}
-	c.files["p/manifest.xml"] = ns.PackageFile{Name: "manifest.xml", Size: int64(text.Len()), SHA256: hexSum}
+	c.files["p/manifest.xml"] = nsapi.PackageFile{Name: "manifest.xml", Size: int64(text.Len()), SHA256: hexSum}
 	srv := httptest.NewServer(NewHandler(c, nil, nil))
 	defer srv.Close()
 	for _, enc := range []string{"identity", "zstd"} {

@@ -24,7 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/siteserver/siteserver/internal/obs"
-	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/nsapi"
 )
 
 // Service is the package service: it keeps the packages assigned to this server in a
@@ -32,7 +32,7 @@ import (
 type Service struct {
 	cfg     Config
 	id      string
-	peer    *ns.Peer
+	peer    *nsapi.Peer
 	logger  *slog.Logger
 	reg     prometheus.Registerer
 	now     func() time.Time
@@ -40,7 +40,7 @@ type Service struct {
 
 	store   *Store
 	fetcher *Fetcher
-	client  *ns.Client
+	client  *nsapi.Client
 	wake    chan struct{}
 	ready   atomic.Bool
 	bound   chan struct{}
@@ -49,12 +49,12 @@ type Service struct {
 
 	mu       sync.Mutex
 	pkgs     map[string]*pkgState // assigned packages by id
-	fileRefs map[string]ns.PackageFile
+	fileRefs map[string]nsapi.PackageFile
 }
 
 // pkgState is one assigned package and how far this server is with it.
 type pkgState struct {
-	pkg      ns.Package
+	pkg      nsapi.Package
 	allowed  bool // a staged rollout lets it download now
 	state    string
 	done     int64
@@ -73,7 +73,7 @@ type serviceMetrics struct {
 
 // New builds the package service; nothing is opened or bound until Run. peer is the NS
 // link whose assignments it follows.
-func New(cfg Config, id string, peer *ns.Peer, logger *slog.Logger, reg prometheus.Registerer) (*Service, error) {
+func New(cfg Config, id string, peer *nsapi.Peer, logger *slog.Logger, reg prometheus.Registerer) (*Service, error) {
 	cfg.Defaults()
 	if err := cfg.Validate("services.package"); err != nil {
 		return nil, err
@@ -92,7 +92,7 @@ func New(cfg Config, id string, peer *ns.Peer, logger *slog.Logger, reg promethe
 		retries: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "siteserver", Subsystem: "package", Name: "retries_total",
 			Help: "Package downloads that failed and were scheduled again."}),
 	}
-	for _, st := range ns.CodebaseStates {
+	for _, st := range nsapi.CodebaseStates {
 		m.packages.WithLabelValues(st)
 	}
 	var err error
@@ -137,8 +137,8 @@ func (s *Service) Bound(ctx context.Context) (net.Addr, error) {
 }
 
 // Info is what the site server reports about this service.
-func (s *Service) Info(addrs []netip.Prefix) ns.ServiceInfo {
-	return ns.ServiceInfo{Name: ns.ServicePackage, URL: s.base(addrs), Constrained: s.cfg.Constrained}
+func (s *Service) Info(addrs []netip.Prefix) nsapi.ServiceInfo {
+	return nsapi.ServiceInfo{Name: nsapi.ServicePackage, URL: s.base(addrs), Constrained: s.cfg.Constrained}
 }
 
 func (s *Service) base(addrs []netip.Prefix) string {
@@ -199,7 +199,7 @@ func (s *Service) Run(ctx context.Context) error {
 	return err
 }
 
-func (s *Service) nsClient(ctx context.Context) (*ns.Client, error) {
+func (s *Service) nsClient(ctx context.Context) (*nsapi.Client, error) {
 	if s.client != nil {
 		return s.client, nil
 	}
@@ -261,7 +261,7 @@ func (s *Service) earliestRetry() time.Time {
 	defer s.mu.Unlock()
 	var next time.Time
 	for _, p := range s.pkgs {
-		if p.state == ns.CodebaseRetrying && (next.IsZero() || p.next.Before(next)) {
+		if p.state == nsapi.CodebaseRetrying && (next.IsZero() || p.next.Before(next)) {
 			next = p.next
 		}
 	}
@@ -289,14 +289,14 @@ func (s *Service) sync(ctx context.Context) error {
 			if ok && p.cancel != nil {
 				p.cancel()
 			}
-			p = &pkgState{pkg: a.Package, state: ns.CodebasePending}
+			p = &pkgState{pkg: a.Package, state: nsapi.CodebasePending}
 			s.pkgs[a.Package.ID] = p
 		}
 		p.pkg, p.allowed = a.Package, a.Go
-		if s.complete(p.pkg) && p.state != ns.CodebaseInvalid {
-			p.state, p.done, p.lastErr = ns.CodebaseReady, p.pkg.TotalSize(), ""
+		if s.complete(p.pkg) && p.state != nsapi.CodebaseInvalid {
+			p.state, p.done, p.lastErr = nsapi.CodebaseReady, p.pkg.TotalSize(), ""
 		}
-		due := p.state == ns.CodebasePending || p.state == ns.CodebaseInvalid || (p.state == ns.CodebaseRetrying && !now.Before(p.next))
+		due := p.state == nsapi.CodebasePending || p.state == nsapi.CodebaseInvalid || (p.state == nsapi.CodebaseRetrying && !now.Before(p.next))
 		if due && p.allowed && p.cancel == nil {
 			s.startLocked(ctx, p)
 		}
@@ -318,7 +318,7 @@ func (s *Service) sync(ctx context.Context) error {
 }
 
 // complete reports whether every file of p is in the store.
-func (s *Service) complete(p ns.Package) bool {
+func (s *Service) complete(p nsapi.Package) bool {
 	for _, f := range p.Files {
 		if !s.store.Has(f.SHA256) {
 			return false
@@ -328,7 +328,7 @@ func (s *Service) complete(p ns.Package) bool {
 }
 
 func (s *Service) rebuildRefsLocked() {
-	refs := map[string]ns.PackageFile{}
+	refs := map[string]nsapi.PackageFile{}
 	for _, p := range s.pkgs {
 		for _, f := range p.pkg.Files {
 			refs[f.SHA256] = f
@@ -339,7 +339,7 @@ func (s *Service) rebuildRefsLocked() {
 	for _, p := range s.pkgs {
 		counts[p.state]++
 	}
-	for _, st := range ns.CodebaseStates {
+	for _, st := range nsapi.CodebaseStates {
 		s.metrics.packages.WithLabelValues(st).Set(float64(counts[st]))
 	}
 }
@@ -369,7 +369,7 @@ func (s *Service) collectGarbage() {
 func (s *Service) startLocked(ctx context.Context, p *pkgState) {
 	dctx, cancel := context.WithCancel(ctx)
 	p.cancel = cancel
-	p.state = ns.CodebaseDownloading
+	p.state = nsapi.CodebaseDownloading
 	pkg := p.pkg
 	go func() {
 		err := s.download(dctx, pkg)
@@ -382,14 +382,14 @@ func (s *Service) startLocked(ctx context.Context, p *pkgState) {
 		p.cancel = nil
 		switch {
 		case err == nil:
-			p.state, p.done, p.lastErr, p.failures = ns.CodebaseReady, pkg.TotalSize(), "", 0
+			p.state, p.done, p.lastErr, p.failures = nsapi.CodebaseReady, pkg.TotalSize(), "", 0
 			s.logger.Info("package ready", "package", pkg.ID, "version", pkg.Version)
 		case dctx.Err() != nil:
 			// Stopped on purpose: deleted, reassigned or shutting down.
-			p.state = ns.CodebasePending
+			p.state = nsapi.CodebasePending
 		default:
 			p.failures++
-			p.state, p.lastErr = ns.CodebaseRetrying, err.Error()
+			p.state, p.lastErr = nsapi.CodebaseRetrying, err.Error()
 			p.next = s.now().Add(RetryDelay(s.cfg.RetryBase, p.failures))
 			s.metrics.retries.Inc()
 			s.logger.Warn("package download failed", "package", pkg.ID, "err", err, "attempt", p.failures, "next_attempt", p.next)
@@ -404,7 +404,7 @@ func (s *Service) startLocked(ctx context.Context, p *pkgState) {
 }
 
 // download fetches every missing file of pkg from the sources the NS ranks for us.
-func (s *Service) download(ctx context.Context, pkg ns.Package) error {
+func (s *Service) download(ctx context.Context, pkg nsapi.Package) error {
 	c, err := s.nsClient(ctx)
 	if err != nil {
 		return err
@@ -452,11 +452,11 @@ func (s *Service) report(ctx context.Context) error {
 	}
 	base := s.base(nil)
 	s.mu.Lock()
-	cbs := make([]ns.Codebase, 0, len(s.pkgs))
+	cbs := make([]nsapi.Codebase, 0, len(s.pkgs))
 	for _, p := range s.pkgs {
-		cb := ns.Codebase{Package: p.pkg.ID, Version: p.pkg.Version, State: p.state, BytesDone: p.done,
+		cb := nsapi.Codebase{Package: p.pkg.ID, Version: p.pkg.Version, State: p.state, BytesDone: p.done,
 			BytesTotal: p.pkg.TotalSize(), LastError: p.lastErr, URL: base + ServePrefix + url.PathEscape(p.pkg.ID)}
-		if p.state == ns.CodebaseRetrying {
+		if p.state == nsapi.CodebaseRetrying {
 			cb.NextAttempt = p.next
 		}
 		cbs = append(cbs, cb)
@@ -495,7 +495,7 @@ func (s *Service) VerifyNow() int {
 			for _, p := range s.pkgs {
 				for _, f := range p.pkg.Files {
 					if f.SHA256 == sha && p.cancel == nil {
-						p.state = ns.CodebaseInvalid
+						p.state = nsapi.CodebaseInvalid
 					}
 				}
 			}
@@ -522,30 +522,30 @@ func (s *Service) handler() http.Handler {
 	})
 }
 
-type contentFunc func(ctx context.Context, pkg, name string) (ns.PackageFile, *os.File, error)
+type contentFunc func(ctx context.Context, pkg, name string) (nsapi.PackageFile, *os.File, error)
 
-func (f contentFunc) File(ctx context.Context, pkg, name string) (ns.PackageFile, *os.File, error) {
+func (f contentFunc) File(ctx context.Context, pkg, name string) (nsapi.PackageFile, *os.File, error) {
 	return f(ctx, pkg, name)
 }
 
-func (s *Service) lookup(pkg, name string) (ns.PackageFile, bool) {
+func (s *Service) lookup(pkg, name string) (nsapi.PackageFile, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	p, ok := s.pkgs[pkg]
 	if !ok {
-		return ns.PackageFile{}, false
+		return nsapi.PackageFile{}, false
 	}
-	i := slices.IndexFunc(p.pkg.Files, func(f ns.PackageFile) bool { return f.Name == name })
+	i := slices.IndexFunc(p.pkg.Files, func(f nsapi.PackageFile) bool { return f.Name == name })
 	if i < 0 {
-		return ns.PackageFile{}, false
+		return nsapi.PackageFile{}, false
 	}
 	return p.pkg.Files[i], true
 }
 
-func (s *Service) file(ctx context.Context, pkg, name string) (ns.PackageFile, *os.File, error) {
+func (s *Service) file(ctx context.Context, pkg, name string) (nsapi.PackageFile, *os.File, error) {
 	f, ok := s.lookup(pkg, name)
 	if !ok {
-		return ns.PackageFile{}, nil, ErrNotFound
+		return nsapi.PackageFile{}, nil, ErrNotFound
 	}
 	fh, err := s.store.Open(f.SHA256)
 	if err != nil {

@@ -19,32 +19,32 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/nsapi"
 )
 
 // fakeNS answers the package server's questions: its assignments, the sources, and takes
 // its codebase reports.
 type fakeNS struct {
 	mu      sync.Mutex
-	assign  []ns.Assignment
-	sources []ns.Source
-	reports [][]ns.Codebase
+	assign  []nsapi.Assignment
+	sources []nsapi.Source
+	reports [][]nsapi.Codebase
 }
 
 func (f *fakeNS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	switch r.URL.Path {
-	case ns.PathPkgAssignments:
-		json.NewEncoder(w).Encode(ns.AssignmentsResponse{Assignments: f.assign})
-	case ns.PathCodebases:
-		var pkg ns.Package
+	case nsapi.PathPkgAssignments:
+		json.NewEncoder(w).Encode(nsapi.AssignmentsResponse{Assignments: f.assign})
+	case nsapi.PathCodebases:
+		var pkg nsapi.Package
 		if len(f.assign) > 0 {
 			pkg = f.assign[0].Package
 		}
-		json.NewEncoder(w).Encode(ns.SourcesResponse{Package: pkg, Sources: f.sources})
-	case ns.PathPkgCodebases:
-		var cbs []ns.Codebase
+		json.NewEncoder(w).Encode(nsapi.SourcesResponse{Package: pkg, Sources: f.sources})
+	case nsapi.PathPkgCodebases:
+		var cbs []nsapi.Codebase
 		json.NewDecoder(r.Body).Decode(&cbs)
 		f.reports = append(f.reports, cbs)
 		w.WriteHeader(http.StatusNoContent)
@@ -53,11 +53,11 @@ func (f *fakeNS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (f *fakeNS) last() ns.Codebase {
+func (f *fakeNS) last() nsapi.Codebase {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if len(f.reports) == 0 || len(f.reports[len(f.reports)-1]) == 0 {
-		return ns.Codebase{}
+		return nsapi.Codebase{}
 	}
 	return f.reports[len(f.reports)-1][0]
 }
@@ -124,7 +124,7 @@ func newTestService(t *testing.T, f *fakeNS) (*Service, *fakeClock, string) {
 	}
 	clock := &fakeClock{t: time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)}
 	s.now = clock.now
-	s.client = ns.NewClient(nsSrv.URL, nil)
+	s.client = nsapi.NewClient(nsSrv.URL, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
@@ -141,12 +141,12 @@ func newTestService(t *testing.T, f *fakeNS) (*Service, *fakeClock, string) {
 	return s, clock, "http://" + addr.String()
 }
 
-func pkgOf(content []byte) ns.Package {
+func pkgOf(content []byte) nsapi.Package {
 	sum := sha256.Sum256(content)
-	return ns.Package{ID: "pkg", Version: "1", Files: []ns.PackageFile{{Name: "boot/big.wim", Size: int64(len(content)), SHA256: hex.EncodeToString(sum[:])}}}
+	return nsapi.Package{ID: "pkg", Version: "1", Files: []nsapi.PackageFile{{Name: "boot/big.wim", Size: int64(len(content)), SHA256: hex.EncodeToString(sum[:])}}}
 }
 
-func waitState(t *testing.T, f *fakeNS, state string) ns.Codebase {
+func waitState(t *testing.T, f *fakeNS, state string) nsapi.Codebase {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
@@ -156,7 +156,7 @@ func waitState(t *testing.T, f *fakeNS, state string) ns.Codebase {
 		time.Sleep(10 * time.Millisecond)
 	}
 	t.Fatalf("codebase never reported %s; last %+v", state, f.last())
-	return ns.Codebase{}
+	return nsapi.Codebase{}
 }
 
 func TestRetryScheduleAndCorruptUpstream(t *testing.T) {
@@ -164,10 +164,10 @@ func TestRetryScheduleAndCorruptUpstream(t *testing.T) {
 	up := &upstream{content: content, corrupt: true}
 	upSrv := httptest.NewServer(up)
 	defer upSrv.Close()
-	f := &fakeNS{assign: []ns.Assignment{{Package: pkgOf(content), Go: true}}, sources: []ns.Source{{URL: upSrv.URL + "/files", Kind: ns.SourceNS}}}
+	f := &fakeNS{assign: []nsapi.Assignment{{Package: pkgOf(content), Go: true}}, sources: []nsapi.Source{{URL: upSrv.URL + "/files", Kind: nsapi.SourceNS}}}
 	s, clock, base := newTestService(t, f)
 
-	cb := waitState(t, f, ns.CodebaseRetrying)
+	cb := waitState(t, f, nsapi.CodebaseRetrying)
 	if !strings.Contains(cb.LastError, "hash") || !cb.NextAttempt.Equal(clock.now().Add(3*time.Minute)) {
 		t.Fatalf("retrying codebase = %+v, want a hash error and the next attempt in 3m", cb)
 	}
@@ -185,7 +185,7 @@ func TestRetryScheduleAndCorruptUpstream(t *testing.T) {
 	clock.add(2 * time.Minute)
 	s.Kick()
 	time.Sleep(200 * time.Millisecond)
-	if c := f.last(); c.State != ns.CodebaseRetrying {
+	if c := f.last(); c.State != nsapi.CodebaseRetrying {
 		t.Fatalf("retried before its time: %+v", c)
 	}
 	// The second failure doubles the delay.
@@ -204,7 +204,7 @@ func TestRetryScheduleAndCorruptUpstream(t *testing.T) {
 	up.mu.Unlock()
 	clock.add(6 * time.Minute)
 	s.Kick()
-	cb = waitState(t, f, ns.CodebaseReady)
+	cb = waitState(t, f, nsapi.CodebaseReady)
 	if cb.BytesDone != int64(len(content)) || !strings.HasSuffix(cb.URL, "/packages/pkg") {
 		t.Fatalf("ready codebase = %+v", cb)
 	}
@@ -235,7 +235,7 @@ func TestRetryScheduleAndCorruptUpstream(t *testing.T) {
 		}
 	}
 	// And it is downloaded again.
-	waitState(t, f, ns.CodebaseReady)
+	waitState(t, f, nsapi.CodebaseReady)
 }
 
 func TestDeletedMidDownloadStops(t *testing.T) {
@@ -243,9 +243,9 @@ func TestDeletedMidDownloadStops(t *testing.T) {
 	up := &upstream{content: content, delay: 20 * time.Millisecond}
 	upSrv := httptest.NewServer(up)
 	defer upSrv.Close()
-	f := &fakeNS{assign: []ns.Assignment{{Package: pkgOf(content), Go: true}}, sources: []ns.Source{{URL: upSrv.URL, Kind: ns.SourceNS}}}
+	f := &fakeNS{assign: []nsapi.Assignment{{Package: pkgOf(content), Go: true}}, sources: []nsapi.Source{{URL: upSrv.URL, Kind: nsapi.SourceNS}}}
 	s, _, _ := newTestService(t, f)
-	waitState(t, f, ns.CodebaseDownloading)
+	waitState(t, f, nsapi.CodebaseDownloading)
 	time.Sleep(100 * time.Millisecond)
 	f.mu.Lock()
 	f.assign = nil

@@ -14,7 +14,7 @@ import (
 	"sync"
 	"syscall"
 
-	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/nsapi"
 )
 
 // On-disk layout of a store directory:
@@ -421,7 +421,7 @@ func (p *PartialFile) release() {
 // Commit checks the partial file against want and, if it matches, makes it the blob by an
 // atomic rename. Content that does not match is deleted and the error wraps
 // ErrHashMismatch. The PartialFile is closed either way.
-func (p *PartialFile) Commit(want ns.PackageFile) error {
+func (p *PartialFile) Commit(want nsapi.PackageFile) error {
 	if p.done {
 		return fmt.Errorf("pkgd: store: partial %s: %w", p.sha, os.ErrClosed)
 	}

@@ -16,7 +16,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/pkgd"
 )
 
@@ -30,9 +30,9 @@ func randomBytes(n int, seed uint64) []byte {
 	return b
 }
 
-func fileOf(name string, data []byte) ns.PackageFile {
+func fileOf(name string, data []byte) nsapi.PackageFile {
 	sum := sha256.Sum256(data)
-	return ns.PackageFile{Name: name, Size: int64(len(data)), SHA256: hex.EncodeToString(sum[:])}
+	return nsapi.PackageFile{Name: name, Size: int64(len(data)), SHA256: hex.EncodeToString(sum[:])}
 }
 
 func openTestStore(t *testing.T, dir string) *pkgd.Store {
@@ -45,7 +45,7 @@ func openTestStore(t *testing.T, dir string) *pkgd.Store {
 }
 
 // putBlob stores data through a partial file, as a download does.
-func putBlob(t *testing.T, s *pkgd.Store, f ns.PackageFile, data []byte) {
+func putBlob(t *testing.T, s *pkgd.Store, f nsapi.PackageFile, data []byte) {
 	t.Helper()
 	p, err := s.Partial(f.SHA256)
 	if err != nil {
@@ -140,12 +140,12 @@ func TestStoreCommitMismatchLeavesNothing(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		write []byte
-		want  ns.PackageFile
+		want  nsapi.PackageFile
 	}{
 		{"flipped byte", flipped, f},
 		{"short", data[:len(data)-1], f},
 		{"long", append(bytes.Clone(data), 0), f},
-		{"size in the entry is wrong", data, ns.PackageFile{Name: f.Name, Size: f.Size + 1, SHA256: f.SHA256}},
+		{"size in the entry is wrong", data, nsapi.PackageFile{Name: f.Name, Size: f.Size + 1, SHA256: f.SHA256}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()

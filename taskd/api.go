@@ -3,7 +3,7 @@ package taskd
 import (
 	"time"
 
-	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/nsapi"
 )
 
 // Agent API paths, served over HTTPS with client certificates from the agents' NS.
@@ -28,7 +28,7 @@ type RegisterResponse struct {
 	TickleKey   []byte `json:"tickle_key"`
 	TickleKeyID uint32 `json:"tickle_key_id"`
 	// TaskRequestInterval is how often the agent should poll when no tickle comes.
-	TaskRequestInterval ns.Duration `json:"task_request_interval"`
+	TaskRequestInterval nsapi.Duration `json:"task_request_interval"`
 	// Channel is the QUIC channel address ("" when the server has none).
 	Channel string `json:"channel,omitempty"`
 	// HTTPURL, when set, is where the agent may fetch jobs and post events over plain HTTP
@@ -38,7 +38,7 @@ type RegisterResponse struct {
 
 // JobsResponse lists the agent's open job instances.
 type JobsResponse struct {
-	Instances []ns.JobInstance `json:"instances"`
+	Instances []nsapi.JobInstance `json:"instances"`
 }
 
 // EventsResponse acknowledges status events: they are on disk at the task server.

@@ -3,7 +3,7 @@ package taskd
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/tickle"
 )
 
@@ -59,7 +59,7 @@ func newMetrics(reg prometheus.Registerer, s *Service) (*metrics, error) {
 			func() float64 { _, o := s.agentCounts(); return float64(o) }),
 		instances: prometheus.NewGaugeVec(prometheus.GaugeOpts(opts("job_instances", "Job instances cached for agents, by state.")), []string{"state"}),
 	}
-	for _, st := range []string{ns.StatePending, ns.StateDelivered} {
+	for _, st := range []string{nsapi.StatePending, nsapi.StateDelivered} {
 		m.instances.WithLabelValues(st)
 	}
 	for _, c := range []prometheus.Collector{m.fetchDuration, m.fetchErrors, m.eventsReceived, m.eventsForwarded,

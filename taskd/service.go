@@ -30,15 +30,15 @@ import (
 	"golang.org/x/net/netutil"
 
 	"github.com/siteserver/siteserver/internal/obs"
-	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/tickle"
 )
 
 // NSLink is the task service's view of one NS the site server is registered with.
 type NSLink struct {
-	Peer *ns.Peer
+	Peer *nsapi.Peer
 	// Settings returns the last settings the NS handed out, if any.
-	Settings func() (ns.Settings, bool)
+	Settings func() (nsapi.Settings, bool)
 	// Kick asks for a registration now (the NS said its settings changed).
 	Kick func()
 	// Channel returns the NS's tickle channel address from the last registration ("" if
@@ -62,10 +62,10 @@ type Service struct {
 	fetchCh chan struct{}
 
 	workMu    sync.Mutex
-	work      map[string]map[string][]ns.JobInstance // NS name -> agent -> open instances
-	known     map[string]bool                        // instance ids already tickled for
-	delivered map[string]bool                        // instance ids handed to their agent
-	finished  map[string]bool                        // instance ids the agent reported on
+	work      map[string]map[string][]nsapi.JobInstance // NS name -> agent -> open instances
+	known     map[string]bool                           // instance ids already tickled for
+	delivered map[string]bool                           // instance ids handed to their agent
+	finished  map[string]bool                           // instance ids the agent reported on
 
 	agentConn *net.UDPConn
 	gate      *acceptGate
@@ -84,7 +84,7 @@ type Service struct {
 
 type nsState struct {
 	deliveredMu sync.Mutex
-	delivered   []ns.Event
+	delivered   []nsapi.Event
 	deliverWake chan struct{}
 	// registered wakes the presence loop: the NS learns of a new agent's task server
 	// within about a second, not at the next presence interval.
@@ -92,7 +92,7 @@ type nsState struct {
 
 	name   string
 	link   *NSLink
-	client *ns.Client
+	client *nsapi.Client
 	root   *x509.Certificate
 	cert   tls.Certificate
 	nsID   string
@@ -112,7 +112,7 @@ func New(cfg Config, id string, links []*NSLink, logger *slog.Logger, reg promet
 		logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Service{cfg: cfg, id: id, links: links, logger: logger, fetchCh: make(chan struct{}, 1),
-		work: map[string]map[string][]ns.JobInstance{}, known: map[string]bool{}, delivered: map[string]bool{},
+		work: map[string]map[string][]nsapi.JobInstance{}, known: map[string]bool{}, delivered: map[string]bool{},
 		finished: map[string]bool{}, senders: map[senderKey]*tickle.Sender{}, gate: newAcceptGate(), bound: make(chan struct{})}
 	m, err := newMetrics(reg, s)
 	if err != nil {
@@ -139,7 +139,7 @@ func (s *Service) Bound(ctx context.Context) (agentAPI net.Addr, tickles netip.A
 }
 
 // Info is what the site server reports to the NS about this service.
-func (s *Service) Info(addrs []netip.Prefix) ns.ServiceInfo {
+func (s *Service) Info(addrs []netip.Prefix) nsapi.ServiceInfo {
 	u := s.cfg.URL
 	if u == "" {
 		_, port, _ := net.SplitHostPort(s.cfg.AgentListen)
@@ -157,7 +157,7 @@ func (s *Service) Info(addrs []netip.Prefix) ns.ServiceInfo {
 		// An ephemeral listen port is only known once bound.
 		adv = net.JoinHostPort(host, strconv.Itoa(int(s.tickleAd.Port())))
 	}
-	return ns.ServiceInfo{Name: ns.ServiceTask, URL: u, Tickle: adv}
+	return nsapi.ServiceInfo{Name: nsapi.ServiceTask, URL: u, Tickle: adv}
 }
 
 // Run serves until ctx is done.
@@ -235,7 +235,7 @@ func (s *Service) Run(ctx context.Context) error {
 					raw = append(raw, c.Raw)
 				}
 				id, kind, _, err := verifyIdentity(raw, roots)
-				if err == nil && kind != ns.KindAgent {
+				if err == nil && kind != nsapi.KindAgent {
 					err = fmt.Errorf("a %s certificate cannot open an agent channel", kind)
 				}
 				return id, err
@@ -482,7 +482,7 @@ func (s *Service) fetch(ctx context.Context, st *nsState) ([]agentRecord, error)
 	took := time.Since(start)
 	s.metrics.fetchDuration.Observe(took.Seconds())
 	s.logger.Debug("work fetched", "ns", st.name, "instances", len(resp.Instances), "took", took)
-	byAgent := map[string][]ns.JobInstance{}
+	byAgent := map[string][]nsapi.JobInstance{}
 	s.workMu.Lock()
 	var fresh []string
 	for _, in := range resp.Instances {
@@ -537,8 +537,8 @@ func (s *Service) pruneLocked() {
 			}
 		}
 	}
-	s.metrics.instances.WithLabelValues(ns.StatePending).Set(float64(pending))
-	s.metrics.instances.WithLabelValues(ns.StateDelivered).Set(float64(delivered))
+	s.metrics.instances.WithLabelValues(nsapi.StatePending).Set(float64(pending))
+	s.metrics.instances.WithLabelValues(nsapi.StateDelivered).Set(float64(delivered))
 }
 
 // senderKey names an agent's tickle key: a new key gets a new sender.
@@ -769,8 +769,8 @@ func (s *Service) forwardLoop(ctx context.Context, st *nsState, log *slog.Logger
 	}
 }
 
-func (s *Service) forward(ctx context.Context, st *nsState, events []ns.Event, cur Cursor) error {
-	batch, err := ns.EncodeEvents(events)
+func (s *Service) forward(ctx context.Context, st *nsState, events []nsapi.Event, cur Cursor) error {
+	batch, err := nsapi.EncodeEvents(events)
 	if err != nil {
 		return err
 	}
@@ -814,9 +814,9 @@ func (s *Service) presenceLoop(ctx context.Context, st *nsState, log *slog.Logge
 		// Chunks keep each report well under the NS's request size limit.
 		var err error
 		for chunk := range slices.Chunk(agents, 2000) {
-			req := ns.PresenceRequest{Agents: make([]ns.AgentPresence, 0, len(chunk))}
+			req := nsapi.PresenceRequest{Agents: make([]nsapi.AgentPresence, 0, len(chunk))}
 			for _, a := range chunk {
-				req.Agents = append(req.Agents, ns.AgentPresence{ID: a.ID, LastContact: a.LastContact})
+				req.Agents = append(req.Agents, nsapi.AgentPresence{ID: a.ID, LastContact: a.LastContact})
 			}
 			if err = st.client.Presence(ctx, req); err != nil {
 				break
@@ -860,7 +860,7 @@ func (s *Service) serverTLS() *tls.Config {
 			if err != nil {
 				return err
 			}
-			if kind != ns.KindAgent {
+			if kind != nsapi.KindAgent {
 				return fmt.Errorf("a %s certificate cannot use the agent API", kind)
 			}
 			return nil
@@ -911,7 +911,7 @@ func (s *Service) agentOnly(h func(http.ResponseWriter, *http.Request, agentPeer
 func httpError(w http.ResponseWriter, code int, format string, args ...any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(ns.ErrorResponse{Error: fmt.Sprintf(format, args...)})
+	json.NewEncoder(w).Encode(nsapi.ErrorResponse{Error: fmt.Sprintf(format, args...)})
 }
 
 func writeJSON(w http.ResponseWriter, v any) {
@@ -974,7 +974,7 @@ func (s *Service) handleRegister(w http.ResponseWriter, r *http.Request, p agent
 		interval = set.TaskRequestInterval
 	}
 	writeJSON(w, RegisterResponse{ServerID: s.id, TickleKey: rec.TickleKey, TickleKeyID: rec.TickleKeyID,
-		TaskRequestInterval: ns.Duration(interval), HTTPURL: s.httpURL(r), Channel: s.channelAddr(r)})
+		TaskRequestInterval: nsapi.Duration(interval), HTTPURL: s.httpURL(r), Channel: s.channelAddr(r)})
 }
 
 func (s *Service) handleJobs(w http.ResponseWriter, r *http.Request, p agentPeer) {
@@ -995,8 +995,8 @@ func (s *Service) jobsFor(p agentPeer) (JobsResponse, bool) {
 	now := time.Now()
 	s.reg.touch(p.id, now)
 	s.workMu.Lock()
-	var out []ns.JobInstance
-	var newlyDelivered []ns.Event
+	var out []nsapi.JobInstance
+	var newlyDelivered []nsapi.Event
 	for _, in := range s.work[p.ns.name][p.id] {
 		if s.finished[in.ID] {
 			continue
@@ -1004,8 +1004,8 @@ func (s *Service) jobsFor(p agentPeer) (JobsResponse, bool) {
 		out = append(out, in)
 		if !s.delivered[in.ID] {
 			s.delivered[in.ID] = true
-			newlyDelivered = append(newlyDelivered, ns.Event{ID: uuid.NewString(), Instance: in.ID, Agent: p.id,
-				Kind: ns.EventJob, State: ns.StateDelivered, Time: now.UTC()})
+			newlyDelivered = append(newlyDelivered, nsapi.Event{ID: uuid.NewString(), Instance: in.ID, Agent: p.id,
+				Kind: nsapi.EventJob, State: nsapi.StateDelivered, Time: now.UTC()})
 		}
 	}
 	s.workMu.Unlock()
@@ -1013,13 +1013,13 @@ func (s *Service) jobsFor(p agentPeer) (JobsResponse, bool) {
 		p.ns.queueDelivered(newlyDelivered)
 	}
 	if out == nil {
-		out = []ns.JobInstance{}
+		out = []nsapi.JobInstance{}
 	}
 	return JobsResponse{Instances: out}, true
 }
 
 func (s *Service) handleEvents(w http.ResponseWriter, r *http.Request, p agentPeer) {
-	var events []ns.Event
+	var events []nsapi.Event
 	if !readJSON(w, r, maxEventsBody, &events) {
 		return
 	}
@@ -1034,7 +1034,7 @@ func (s *Service) handleEvents(w http.ResponseWriter, r *http.Request, p agentPe
 const maxEventsBody = 8 << 20
 
 // storeEvents checks an agent's events and writes them durably before anything else.
-func (s *Service) storeEvents(p agentPeer, events []ns.Event) (int, error) {
+func (s *Service) storeEvents(p agentPeer, events []nsapi.Event) (int, error) {
 	for i := range events {
 		if err := events[i].Validate(); err != nil {
 			return http.StatusBadRequest, fmt.Errorf("events[%d].%v", i, err)
@@ -1063,19 +1063,19 @@ func (s *Service) httpHandler() http.Handler {
 	mux.HandleFunc("GET "+PathJobs, s.signed(func(w http.ResponseWriter, r *http.Request, p agentPeer, body []byte) (int, any) {
 		resp, ok := s.jobsFor(p)
 		if !ok {
-			return http.StatusNotFound, ns.ErrorResponse{Error: "not registered here; register first"}
+			return http.StatusNotFound, nsapi.ErrorResponse{Error: "not registered here; register first"}
 		}
 		return http.StatusOK, resp
 	}))
 	mux.HandleFunc("POST "+PathEvents, s.signed(func(w http.ResponseWriter, r *http.Request, p agentPeer, body []byte) (int, any) {
-		var events []ns.Event
+		var events []nsapi.Event
 		dec := json.NewDecoder(strings.NewReader(string(body)))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&events); err != nil {
-			return http.StatusBadRequest, ns.ErrorResponse{Error: "decode: " + err.Error()}
+			return http.StatusBadRequest, nsapi.ErrorResponse{Error: "decode: " + err.Error()}
 		}
 		if code, err := s.storeEvents(p, events); err != nil {
-			return code, ns.ErrorResponse{Error: err.Error()}
+			return code, nsapi.ErrorResponse{Error: err.Error()}
 		}
 		return http.StatusOK, EventsResponse{Stored: len(events)}
 	}))
@@ -1165,7 +1165,7 @@ func (s *Service) channelAddr(r *http.Request) string {
 // "Delivered" marks are best effort (the agent's own events follow and move the instance
 // on anyway), so they are spooled in batches off the fetch path: a tickle burst to
 // thousands of agents does not wait on thousands of disk flushes.
-func (st *nsState) queueDelivered(evs []ns.Event) {
+func (st *nsState) queueDelivered(evs []nsapi.Event) {
 	st.deliveredMu.Lock()
 	st.delivered = append(st.delivered, evs...)
 	st.deliveredMu.Unlock()

@@ -19,7 +19,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/nsapi"
 )
 
 // On-disk layout of a spool directory:
@@ -360,7 +360,7 @@ func syncDir(dir string) error {
 // whole call. After a failed write or sync every later Append fails too, because what reached the
 // disk is then unknown (and a retried fsync can report success for lost data); reopening
 // the spool finds out. Events already stored can still be read and acknowledged.
-func (s *Spool) Append(events []ns.Event) error {
+func (s *Spool) Append(events []nsapi.Event) error {
 	if len(events) == 0 {
 		return nil
 	}
@@ -485,7 +485,7 @@ func (s *Spool) write(buf []byte, first uint64, roll bool) error {
 //
 // Calling Next again before Ack returns the same events again: a failed send is retried
 // by calling Next.
-func (s *Spool) Next(max, maxBytes int) ([]ns.Event, Cursor, error) {
+func (s *Spool) Next(max, maxBytes int) ([]nsapi.Event, Cursor, error) {
 	if max < 1 || maxBytes < 1 {
 		return nil, Cursor{}, fmt.Errorf("taskd: spool: Next(%d, %d): limits must be positive", max, maxBytes)
 	}
@@ -501,7 +501,7 @@ func (s *Spool) Next(max, maxBytes int) ([]ns.Event, Cursor, error) {
 	s.mu.Unlock()
 
 	var (
-		events []ns.Event
+		events []nsapi.Event
 		size   = 2 // the brackets of the array
 		i      int
 		br     *bufio.Reader
@@ -546,7 +546,7 @@ func (s *Spool) Next(max, maxBytes int) ([]ns.Event, Cursor, error) {
 		if recordCRC(hdr[0:4], buf) != binary.LittleEndian.Uint32(hdr[4:8]) {
 			return nil, Cursor{}, s.readError(g, off, errors.New("checksum mismatch"))
 		}
-		var e ns.Event
+		var e nsapi.Event
 		if err := json.Unmarshal(buf, &e); err != nil {
 			return nil, Cursor{}, s.readError(g, off, err)
 		}
@@ -810,9 +810,9 @@ func (s *Spool) Close() error {
 
 // EncodeBatch and DecodeBatch are the wire form of a forwarded batch, kept in package ns
 // because the NS decodes what task servers encode.
-func EncodeBatch(events []ns.Event) ([]byte, error) { return ns.EncodeEvents(events) }
+func EncodeBatch(events []nsapi.Event) ([]byte, error) { return nsapi.EncodeEvents(events) }
 
 // DecodeBatch: see ns.DecodeEvents.
-func DecodeBatch(b []byte, maxDecoded int64) ([]ns.Event, error) {
-	return ns.DecodeEvents(b, maxDecoded)
+func DecodeBatch(b []byte, maxDecoded int64) ([]nsapi.Event, error) {
+	return nsapi.DecodeEvents(b, maxDecoded)
 }

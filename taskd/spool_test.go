@@ -24,31 +24,31 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/nsapi"
 )
 
-func testEvent(id string) ns.Event {
-	return ns.Event{
+func testEvent(id string) nsapi.Event {
+	return nsapi.Event{
 		ID:       id,
 		Instance: "inst-" + id,
 		Agent:    "agent-1",
-		Kind:     ns.EventTask,
+		Kind:     nsapi.EventTask,
 		Task:     2,
-		State:    ns.StateSucceeded,
+		State:    nsapi.StateSucceeded,
 		Output:   "copied 12 files <ok> & done\n",
 		Time:     time.Date(2025, 3, 4, 5, 6, 7, 8, time.UTC),
 	}
 }
 
-func testEvents(prefix string, from, n int) []ns.Event {
-	var evs []ns.Event
+func testEvents(prefix string, from, n int) []nsapi.Event {
+	var evs []nsapi.Event
 	for i := from; i < from+n; i++ {
 		evs = append(evs, testEvent(fmt.Sprintf("%s%06d", prefix, i)))
 	}
 	return evs
 }
 
-func ids(evs []ns.Event) []string {
+func ids(evs []nsapi.Event) []string {
 	var out []string
 	for _, e := range evs {
 		out = append(out, e.ID)
@@ -68,7 +68,7 @@ func openTest(tb testing.TB, dir string, rollBytes int64) *Spool {
 	return s
 }
 
-func mustAppend(tb testing.TB, s *Spool, evs []ns.Event) {
+func mustAppend(tb testing.TB, s *Spool, evs []nsapi.Event) {
 	tb.Helper()
 	if err := s.Append(evs); err != nil {
 		tb.Fatal(err)
@@ -76,7 +76,7 @@ func mustAppend(tb testing.TB, s *Spool, evs []ns.Event) {
 }
 
 // pending returns every unacknowledged event without acknowledging any.
-func pending(tb testing.TB, s *Spool) []ns.Event {
+func pending(tb testing.TB, s *Spool) []nsapi.Event {
 	tb.Helper()
 	evs, _, err := s.Next(1<<30, 1<<30)
 	if err != nil {
@@ -86,9 +86,9 @@ func pending(tb testing.TB, s *Spool) []ns.Event {
 }
 
 // drain acknowledges everything in batches of up to max events.
-func drain(tb testing.TB, s *Spool, max, maxBytes int) []ns.Event {
+func drain(tb testing.TB, s *Spool, max, maxBytes int) []nsapi.Event {
 	tb.Helper()
-	var all []ns.Event
+	var all []nsapi.Event
 	for {
 		evs, c, err := s.Next(max, maxBytes)
 		if err != nil {
@@ -134,7 +134,7 @@ func TestSpoolAppendNextAck(t *testing.T) {
 			dir := t.TempDir()
 			s := openTest(t, dir, tc.rollBytes)
 			defer s.Close()
-			var want []ns.Event
+			var want []nsapi.Event
 			for _, n := range tc.batches {
 				evs := testEvents("e", len(want), n)
 				mustAppend(t, s, evs)
@@ -203,7 +203,7 @@ func TestSpoolNextLimits(t *testing.T) {
 	}
 }
 
-func mustJSON(tb testing.TB, evs []ns.Event) []byte {
+func mustJSON(tb testing.TB, evs []nsapi.Event) []byte {
 	tb.Helper()
 	b, err := EncodeBatch(evs)
 	if err != nil {
@@ -229,7 +229,7 @@ func TestSpoolRestart(t *testing.T) {
 		mustAppend(t, s, all[i:i+10])
 	}
 	segsBefore := len(segmentFiles(t, dir))
-	var acked []ns.Event
+	var acked []nsapi.Event
 	for len(acked) < 40 {
 		evs, c, err := s.Next(40-len(acked), 1<<20)
 		if err != nil {
@@ -297,7 +297,7 @@ func TestSpoolRestart(t *testing.T) {
 func TestSpoolRestartAtEveryAck(t *testing.T) {
 	base := t.TempDir()
 	s := openTest(t, base, 1) // a segment per Append
-	var all []ns.Event
+	var all []nsapi.Event
 	for _, n := range []int{3, 1, 3, 2} {
 		evs := testEvents("e", len(all), n)
 		mustAppend(t, s, evs)
@@ -422,7 +422,7 @@ func TestSpoolTornTail(t *testing.T) {
 					t.Errorf("%s: DiscardedBytes = %d", what, st.DiscardedBytes)
 				}
 				next := testEvent("after")
-				mustAppend(t, s, []ns.Event{next})
+				mustAppend(t, s, []nsapi.Event{next})
 				if err := s.Close(); err != nil {
 					t.Fatal(err)
 				}
@@ -544,9 +544,9 @@ func TestSpoolConcurrentAppend(t *testing.T) {
 	s := openTest(t, dir, 4096)
 
 	// A consumer acknowledges while appenders write, as the forwarder does.
-	got := make(chan []ns.Event)
+	got := make(chan []nsapi.Event)
 	go func() {
-		var all []ns.Event
+		var all []nsapi.Event
 		for len(all) < appenders*perWriter {
 			<-s.Notify()
 			evs, c, err := s.Next(50, 1<<20)
@@ -762,7 +762,7 @@ func TestHelperProcess(t *testing.T) {
 	}
 	s.rollBytes = 2048
 	var out sync.Mutex
-	println := func(verb string, evs []ns.Event) {
+	println := func(verb string, evs []nsapi.Event) {
 		out.Lock()
 		defer out.Unlock()
 		for _, e := range evs {
@@ -893,7 +893,7 @@ func TestSpoolCrash(t *testing.T) {
 }
 
 func TestBatchRoundTrip(t *testing.T) {
-	tests := map[string][]ns.Event{
+	tests := map[string][]nsapi.Event{
 		"empty": {},
 		"one":   testEvents("e", 0, 1),
 		"many":  testEvents("e", 0, 500),
@@ -1004,7 +1004,7 @@ func TestDecodeBatchRejects(t *testing.T) {
 }
 
 func FuzzDecodeBatch(f *testing.F) {
-	for _, evs := range [][]ns.Event{nil, testEvents("e", 0, 1), testEvents("e", 0, 20)} {
+	for _, evs := range [][]nsapi.Event{nil, testEvents("e", 0, 1), testEvents("e", 0, 20)} {
 		b, err := EncodeBatch(evs)
 		if err != nil {
 			f.Fatal(err)
@@ -1039,7 +1039,7 @@ func BenchmarkSpoolAppend(b *testing.B) {
 		b.Run(fmt.Sprintf("appenders=%d", appenders), func(b *testing.B) {
 			s := openTest(b, b.TempDir(), 0)
 			defer s.Close()
-			ev := []ns.Event{testEvent("bench-000001")}
+			ev := []nsapi.Event{testEvent("bench-000001")}
 			var n atomic.Int64
 			var wg sync.WaitGroup
 			b.ResetTimer()

@@ -18,7 +18,7 @@ import (
 
 	"github.com/siteserver/siteserver/internal/config"
 	"github.com/siteserver/siteserver/internal/pki"
-	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/nsapi"
 )
 
 const adminHelp = `Flags (or environment):
@@ -35,7 +35,7 @@ type adminFlags struct {
 	json                                 bool
 }
 
-func (f *adminFlags) client() (*ns.Client, error) {
+func (f *adminFlags) client() (*nsapi.Client, error) {
 	env := func(v *string, name string) {
 		if *v == "" {
 			*v = os.Getenv(name)
@@ -82,7 +82,7 @@ func (f *adminFlags) client() (*ns.Client, error) {
 	if err != nil {
 		return nil, usageError{fmt.Sprintf("%v (give -ca or -ca-sha256)", err)}
 	}
-	c := ns.NewClient(f.url, conf)
+	c := nsapi.NewClient(f.url, conf)
 	c.AdminToken = f.token
 	return c, nil
 }
@@ -208,7 +208,7 @@ func admin(group string, args []string, stdout io.Writer) error {
 		if err := need(1, "NAME [-description TEXT]"); err != nil {
 			return err
 		}
-		return c.PutSite(ctx, ns.SiteRequest{Name: pos[0], Description: *description})
+		return c.PutSite(ctx, nsapi.SiteRequest{Name: pos[0], Description: *description})
 	case "sites delete":
 		if err := need(1, "NAME"); err != nil {
 			return err
@@ -218,7 +218,7 @@ func admin(group string, args []string, stdout io.Writer) error {
 		if err := need(2, "PREFIX SITE"); err != nil {
 			return err
 		}
-		return c.PutSubnet(ctx, ns.SubnetRequest{Prefix: pos[0], Site: pos[1]})
+		return c.PutSubnet(ctx, nsapi.SubnetRequest{Prefix: pos[0], Site: pos[1]})
 	case "sites subnet-delete":
 		if err := need(1, "PREFIX"); err != nil {
 			return err
@@ -228,7 +228,7 @@ func admin(group string, args []string, stdout io.Writer) error {
 		if err := need(2, "SERVER SITE"); err != nil {
 			return err
 		}
-		return c.PutAssignment(ctx, ns.AssignmentRequest{Server: pos[0], Site: pos[1]})
+		return c.PutAssignment(ctx, nsapi.AssignmentRequest{Server: pos[0], Site: pos[1]})
 	case "sites unassign":
 		if err := need(2, "SERVER SITE"); err != nil {
 			return err
@@ -279,13 +279,13 @@ func admin(group string, args []string, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		var job ns.Job
+		var job nsapi.Job
 		err = config.Decode(fh, &job)
 		fh.Close()
 		if err != nil {
 			return fmt.Errorf("%s: %w", *jobFile, err)
 		}
-		req := ns.CreateJobRequest{Job: job}
+		req := nsapi.CreateJobRequest{Job: job}
 		for _, t := range strings.Split(*targets, ",") {
 			if t = strings.TrimSpace(t); t != "" {
 				req.Targets = append(req.Targets, t)
@@ -362,7 +362,7 @@ func admin(group string, args []string, stdout io.Writer) error {
 			}
 			uploaded++
 		}
-		p := ns.Package{ID: *pkgID, Version: *pkgVersion, Files: files, Sites: splitList(*pkgSites), Servers: splitList(*pkgServers), Staged: *pkgStaged}
+		p := nsapi.Package{ID: *pkgID, Version: *pkgVersion, Files: files, Sites: splitList(*pkgSites), Servers: splitList(*pkgServers), Staged: *pkgStaged}
 		if err := c.PutPackage(ctx, p); err != nil {
 			return err
 		}
@@ -421,7 +421,7 @@ func admin(group string, args []string, stdout io.Writer) error {
 		if err := need(1, "MAC [-name NAME]"); err != nil {
 			return err
 		}
-		return c.PutComputer(ctx, ns.ComputerRequest{MAC: pos[0], Name: *compName})
+		return c.PutComputer(ctx, nsapi.ComputerRequest{MAC: pos[0], Name: *compName})
 	case "computers list":
 		if err := need(0, ""); err != nil {
 			return err
@@ -494,8 +494,8 @@ func splitList(s string) []string {
 }
 
 // hashDir lists the regular files under dir with their sizes and SHA-256 hashes.
-func hashDir(dir string) ([]ns.PackageFile, error) {
-	var files []ns.PackageFile
+func hashDir(dir string) ([]nsapi.PackageFile, error) {
+	var files []nsapi.PackageFile
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -517,7 +517,7 @@ func hashDir(dir string) ([]ns.PackageFile, error) {
 		if err != nil {
 			return err
 		}
-		files = append(files, ns.PackageFile{Name: filepath.ToSlash(rel), Size: n, SHA256: hex.EncodeToString(h.Sum(nil))})
+		files = append(files, nsapi.PackageFile{Name: filepath.ToSlash(rel), Size: n, SHA256: hex.EncodeToString(h.Sum(nil))})
 		return nil
 	})
 	if err == nil && len(files) == 0 {

@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/siteserver/siteserver/internal/pki"
-	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/nsapi"
 )
 
 var binary string
@@ -268,7 +268,7 @@ services:
 	if n := metric(t, nsMetrics, `siteserver_notification_server_enrollments_total{kind="siteserver",result="ok"}`); n != "1" {
 		t.Fatalf("enrollments after restart = %s, want 1", n)
 	}
-	var views []ns.ServerView
+	var views []nsapi.ServerView
 	if err := json.Unmarshal([]byte(adminCmd(t, nsURL, caFile, adminToken, "servers", "list", "-json")), &views); err != nil {
 		t.Fatal(err)
 	}
@@ -320,16 +320,16 @@ services:
 		auth   bool
 		want   int
 	}{
-		"enroll not json":      {conf, "POST", ns.PathEnroll, "not json", false, 400},
-		"enroll oversized":     {conf, "POST", ns.PathEnroll, huge, false, 413},
-		"register truncated":   {mtls, "POST", ns.PathRegisterServer, `{"id":"` + guid, false, 400},
-		"register oversized":   {mtls, "POST", ns.PathRegisterServer, huge, false, 413},
-		"register other id":    {mtls, "POST", ns.PathRegisterServer, `{"id":"someone-else","hostname":"x"}`, false, 403},
-		"rules garbage":        {conf, "PUT", ns.PathRules, "sites: [[[", true, 400},
-		"rules oversized":      {conf, "PUT", ns.PathRules, huge, true, 413},
-		"rules without auth":   {conf, "PUT", ns.PathRules, "sites: []", false, 401},
-		"site bad json":        {conf, "POST", ns.PathSites, "{", true, 400},
-		"register without tls": {conf, "POST", ns.PathRegisterServer, `{"id":"x","hostname":"x"}`, false, 401},
+		"enroll not json":      {conf, "POST", nsapi.PathEnroll, "not json", false, 400},
+		"enroll oversized":     {conf, "POST", nsapi.PathEnroll, huge, false, 413},
+		"register truncated":   {mtls, "POST", nsapi.PathRegisterServer, `{"id":"` + guid, false, 400},
+		"register oversized":   {mtls, "POST", nsapi.PathRegisterServer, huge, false, 413},
+		"register other id":    {mtls, "POST", nsapi.PathRegisterServer, `{"id":"someone-else","hostname":"x"}`, false, 403},
+		"rules garbage":        {conf, "PUT", nsapi.PathRules, "sites: [[[", true, 400},
+		"rules oversized":      {conf, "PUT", nsapi.PathRules, huge, true, 413},
+		"rules without auth":   {conf, "PUT", nsapi.PathRules, "sites: []", false, 401},
+		"site bad json":        {conf, "POST", nsapi.PathSites, "{", true, 400},
+		"register without tls": {conf, "POST", nsapi.PathRegisterServer, `{"id":"x","hostname":"x"}`, false, 401},
 	} {
 		if got := raw(tc.c, tc.method, tc.path, tc.body, tc.auth); got != tc.want {
 			t.Errorf("%s: %d, want %d", name, got, tc.want)

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/tickle"
 )
 
@@ -124,7 +124,7 @@ ns:
 	s.ag.waitLog("registered with task server")
 	// The NS learns the agent's task server from the agent's next registration.
 	s.eventually("the NS knows the agent's task server", func() bool {
-		var agents []ns.AgentView
+		var agents []nsapi.AgentView
 		json.Unmarshal([]byte(adminCmd(t, s.nsURL, s.caFile, adminToken, "agents", "list", "-json")), &agents)
 		return len(agents) == 1 && agents[0].TaskServer == s.serverID
 	})
@@ -145,7 +145,7 @@ func (s *site) eventually(what string, cond func() bool) {
 func (s *site) createJob(job string) string {
 	s.t.Helper()
 	f := writeFile(s.t, filepath.Join(s.dir, "job.yaml"), job)
-	var resp ns.CreateJobResponse
+	var resp nsapi.CreateJobResponse
 	out := adminCmd(s.t, s.nsURL, s.caFile, adminToken, "jobs", "create", "-file", f, "-targets", s.agentID, "-json")
 	if err := json.Unmarshal([]byte(out), &resp); err != nil {
 		s.t.Fatalf("jobs create: %v\n%s", err, out)
@@ -156,9 +156,9 @@ func (s *site) createJob(job string) string {
 	return resp.JobID
 }
 
-func (s *site) status(id string) ns.JobStatus {
+func (s *site) status(id string) nsapi.JobStatus {
 	s.t.Helper()
-	var st ns.JobStatus
+	var st nsapi.JobStatus
 	out := adminCmd(s.t, s.nsURL, s.caFile, adminToken, "jobs", "status", id, "-json")
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		s.t.Fatalf("jobs status: %v\n%s", err, out)
@@ -166,9 +166,9 @@ func (s *site) status(id string) ns.JobStatus {
 	return st
 }
 
-func (s *site) waitState(id, state string) ns.InstanceStatus {
+func (s *site) waitState(id, state string) nsapi.InstanceStatus {
 	s.t.Helper()
-	var last ns.JobStatus
+	var last nsapi.JobStatus
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		last = s.status(id)
@@ -178,7 +178,7 @@ func (s *site) waitState(id, state string) ns.InstanceStatus {
 		time.Sleep(100 * time.Millisecond)
 	}
 	s.t.Fatalf("job %s never reached %s: %+v", id, state, last)
-	return ns.InstanceStatus{}
+	return nsapi.InstanceStatus{}
 }
 
 func metricValue(t *testing.T, addr, name string) float64 {
@@ -193,7 +193,7 @@ type evKey struct {
 	Task        int
 }
 
-func eventKeys(evs []ns.Event) []evKey {
+func eventKeys(evs []nsapi.Event) []evKey {
 	var out []evKey
 	for _, e := range evs {
 		out = append(out, evKey{e.Kind, e.State, e.Task})
@@ -221,11 +221,11 @@ func TestJobThroughTickles(t *testing.T) {
 	s := newSite(t, siteOpts{taskUpdate: "1h", taskRequest: "1h", agentTickle: "127.0.0.1:0", plainHTTP: true})
 	start := time.Now()
 	id := s.createJob(twoTaskJob)
-	inst := s.waitState(id, ns.StateSucceeded)
+	inst := s.waitState(id, nsapi.StateSucceeded)
 	t.Logf("job created to succeeded at the NS in %s", time.Since(start))
 	var sawHello bool
 	for _, e := range inst.Events {
-		if e.Kind == ns.EventTask && e.Task == 0 && e.State == ns.StateSucceeded && strings.Contains(e.Output, "hello from the agent") {
+		if e.Kind == nsapi.EventTask && e.Task == 0 && e.State == nsapi.StateSucceeded && strings.Contains(e.Output, "hello from the agent") {
 			sawHello = true
 		}
 	}
@@ -244,7 +244,7 @@ func TestJobThroughTickles(t *testing.T) {
 		t.Fatalf("job id changed: %s -> %s", id, id2)
 	}
 	st := s.status(id)
-	if len(st.Instances) != 2 || st.Instances[0].State != ns.StateSucceeded || len(st.Instances[0].Events) == 0 {
+	if len(st.Instances) != 2 || st.Instances[0].State != nsapi.StateSucceeded || len(st.Instances[0].Events) == 0 {
 		t.Fatalf("history not kept: %+v", st)
 	}
 }
@@ -254,7 +254,7 @@ func TestJobByPollingWhenTicklesAreLost(t *testing.T) {
 	dead := freeUDPPort(t)
 	s := newSite(t, siteOpts{taskUpdate: "1s", taskRequest: "1s", tickleAdvertise: fmt.Sprintf("127.0.0.1:%d", dead), agentTickle: "none"})
 	id := s.createJob(twoTaskJob)
-	s.waitState(id, ns.StateSucceeded)
+	s.waitState(id, nsapi.StateSucceeded)
 	if n := metricValue(t, s.ssMetrics, "siteserver_task_tickles_received_total"); n != 0 {
 		t.Fatalf("task server received %v tickles although they were all lost", n)
 	}
@@ -281,7 +281,7 @@ tasks:
     script: "sleep 2; echo done"
     timeout: 30s
 `)
-	s.waitState(id, ns.StateRunning)
+	s.waitState(id, nsapi.StateRunning)
 	// The NS goes away while the task runs: the rest of the events can only be spooled.
 	s.nsProc.stop()
 	s.ag.waitLog("job finished")
@@ -295,7 +295,7 @@ tasks:
 	s.nsProc = start(t, "ns", "-config", s.nsConf)
 	s.nsProc.waitLog("NS API listening")
 	s.ss = start(t, "serve", "-config", s.ssConf)
-	inst := s.waitState(id, ns.StateSucceeded)
+	inst := s.waitState(id, nsapi.StateSucceeded)
 	s.eventually("the spool drained", func() bool {
 		addr := s.ss.waitLog("metrics listening")["addr"].(string)
 		return metric(t, addr, "siteserver_task_spool_events") == "0"
@@ -308,8 +308,8 @@ tasks:
 		}
 		seen[e.ID] = true
 	}
-	want := []evKey{{ns.EventJob, ns.StateDelivered, 0}, {ns.EventJob, ns.StateRunning, 0}, {ns.EventTask, ns.StateRunning, 0},
-		{ns.EventTask, ns.StateSucceeded, 0}, {ns.EventJob, ns.StateSucceeded, 0}}
+	want := []evKey{{nsapi.EventJob, nsapi.StateDelivered, 0}, {nsapi.EventJob, nsapi.StateRunning, 0}, {nsapi.EventTask, nsapi.StateRunning, 0},
+		{nsapi.EventTask, nsapi.StateSucceeded, 0}, {nsapi.EventJob, nsapi.StateSucceeded, 0}}
 	got := eventKeys(inst.Events)
 	if len(got) != len(want) {
 		t.Fatalf("events at the NS = %v, want %v (%v were spooled at the kill)", got, want, spooled)
@@ -324,7 +324,7 @@ tasks:
 // Forged and replayed tickles have no effect on the task server and are counted.
 func TestForgedAndReplayedTickles(t *testing.T) {
 	s := newSite(t, siteOpts{taskUpdate: "1h", taskRequest: "1h", agentTickle: "127.0.0.1:0"})
-	var key ns.TickleKey
+	var key nsapi.TickleKey
 	if err := json.Unmarshal(mustRead(t, filepath.Join(s.dir, "ss", "peers", "central", "tickle.json")), &key); err != nil {
 		t.Fatal(err)
 	}
@@ -373,7 +373,7 @@ func TestJobThroughChannel(t *testing.T) {
 		return metricValue(t, s.ssMetrics, "siteserver_task_tickle_channel_peers") == 1
 	})
 	id := s.createJob(twoTaskJob)
-	s.waitState(id, ns.StateSucceeded)
+	s.waitState(id, nsapi.StateSucceeded)
 	l := s.ss.waitLog("agents tickled")
 	if v, _ := l["via_channel"].(float64); v != 1 {
 		t.Fatalf("tickled via channel = %v, want 1", l["via_channel"])
@@ -399,7 +399,7 @@ func TestJobThroughNSChannel(t *testing.T) {
 		return metricValue(t, nsMetrics, "siteserver_notification_server_tickle_channel_peers") == 1
 	})
 	id := s.createJob(twoTaskJob)
-	s.waitState(id, ns.StateSucceeded)
+	s.waitState(id, nsapi.StateSucceeded)
 	if n := metricValue(t, s.ssMetrics, "siteserver_task_tickles_received_total"); n < 1 {
 		t.Fatalf("task server received %v tickles", n)
 	}

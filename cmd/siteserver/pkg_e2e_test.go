@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/nsapi"
 )
 
 // Two sites: an unconstrained package server fetches from the NS, a constrained one in the
@@ -77,8 +77,8 @@ services:
 	if !strings.Contains(out, "2 files") {
 		t.Fatalf("packages add: %s", out)
 	}
-	status := func() ns.PackageStatus {
-		var st ns.PackageStatus
+	status := func() nsapi.PackageStatus {
+		var st nsapi.PackageStatus
 		json.Unmarshal([]byte(adminCmd(t, nsURL, caFile, adminToken, "packages", "status", "tools", "-json")), &st)
 		return st
 	}
@@ -86,7 +86,7 @@ services:
 		st := status()
 		return len(st.Stuck) == 1 && strings.Contains(st.Stuck[0].LastError, "no source is permitted")
 	})
-	var views []ns.SiteView
+	var views []nsapi.SiteView
 	json.Unmarshal([]byte(adminCmd(t, nsURL, caFile, adminToken, "sites", "list", "-json")), &views)
 	flagged := false
 	for _, v := range views {
@@ -106,7 +106,7 @@ services:
 	st := status()
 	urls := map[string]bool{}
 	for _, cb := range st.Codebases {
-		urls[cb.URL] = cb.State == ns.CodebaseReady && cb.BytesDone == int64(len(big))+23
+		urls[cb.URL] = cb.State == nsapi.CodebaseReady && cb.BytesDone == int64(len(big))+23
 	}
 	if !urls[cURL] || !urls[uURL] {
 		t.Fatalf("codebases = %+v", st.Codebases)

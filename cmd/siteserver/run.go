@@ -26,6 +26,7 @@ import (
 	"github.com/siteserver/siteserver/internal/service"
 	"github.com/siteserver/siteserver/netbootd"
 	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/pkgd"
 	"github.com/siteserver/siteserver/sites"
 	"github.com/siteserver/siteserver/taskd"
@@ -199,7 +200,7 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 		return fmt.Errorf("data_dir: %w", err)
 	}
 	defer lock.Close()
-	id, err := ns.LoadOrCreateID(cfg.DataDir)
+	id, err := nsapi.LoadOrCreateID(cfg.DataDir)
 	if err != nil {
 		return err
 	}
@@ -212,9 +213,9 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 	g := &service.Group{}
 	g.Add(&obs.Endpoint{Addr: cfg.Metrics.Listen, Registry: reg, Ready: g.Ready, Logger: logger, Pprof: cfg.Metrics.Pprof})
 
-	var peers []*ns.Peer
+	var peers []*nsapi.Peer
 	for _, ep := range cfg.NS {
-		peers = append(peers, &ns.Peer{Endpoint: ep, Kind: ns.KindSiteServer, ID: id, Hostname: host,
+		peers = append(peers, &nsapi.Peer{Endpoint: ep, Kind: nsapi.KindSiteServer, ID: id, Hostname: host,
 			Dir: filepath.Join(cfg.DataDir, "peers", ep.Name)})
 	}
 	if len(cfg.NS) == 0 {
@@ -231,7 +232,7 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 		logger.Warn("no site services configured; this site server only registers")
 	}
 	var task *taskd.Service
-	var registrar *ns.Registrar
+	var registrar *nsapi.Registrar
 	if cfg.Services.Task != nil {
 		tcfg := *cfg.Services.Task
 		tcfg.DataDir = filepath.Join(cfg.DataDir, "task")
@@ -239,14 +240,14 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 		for _, p := range peers {
 			links = append(links, &taskd.NSLink{
 				Peer: p,
-				Settings: func() (ns.Settings, bool) {
-					var last ns.RegisterServerResponse
+				Settings: func() (nsapi.Settings, bool) {
+					var last nsapi.RegisterServerResponse
 					ok := registrar.Last(p.Endpoint.Name, &last)
 					return last.Settings, ok
 				},
 				Kick: func() { registrar.Kick(p.Endpoint.Name) },
 				Channel: func() string {
-					var last ns.RegisterServerResponse
+					var last nsapi.RegisterServerResponse
 					registrar.Last(p.Endpoint.Name, &last)
 					return last.Channel
 				},
@@ -279,18 +280,18 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 			return fmt.Errorf("services.netboot.boot_package: needs the package service on this site server")
 		}
 	}
-	register := func(ctx context.Context, p *ns.Peer, c *ns.Client) (any, time.Duration, error) {
+	register := func(ctx context.Context, p *nsapi.Peer, c *nsapi.Client) (any, time.Duration, error) {
 		addrs, err := hostinfo.Addresses(cfg.Addresses)
 		if err != nil {
 			return nil, 0, err
 		}
-		var services []ns.ServiceInfo
+		var services []nsapi.ServiceInfo
 		if task != nil {
 			// Report the task service's real ports, which may be ephemeral.
 			if _, _, err := task.Bound(ctx); err != nil {
 				return nil, 0, err
 			}
-			services = append([]ns.ServiceInfo{task.Info(addrs)}, services...)
+			services = append([]nsapi.ServiceInfo{task.Info(addrs)}, services...)
 		}
 		if pkg != nil {
 			if _, err := pkg.Bound(ctx); err != nil {
@@ -299,17 +300,17 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 			services = append(services, pkg.Info(addrs))
 		}
 		if boot != nil {
-			services = append(services, ns.ServiceInfo{Name: ns.ServiceNetboot})
+			services = append(services, nsapi.ServiceInfo{Name: nsapi.ServiceNetboot})
 		}
-		resp, err := c.RegisterServer(ctx, ns.RegisterServerRequest{ID: id, Hostname: host, Addresses: addrs, Services: services})
+		resp, err := c.RegisterServer(ctx, nsapi.RegisterServerRequest{ID: id, Hostname: host, Addresses: addrs, Services: services})
 		if err != nil {
 			return nil, 0, err
 		}
 		return resp, resp.Settings.HeartbeatInterval, nil
 	}
-	registrar = ns.NewRegistrar(peers, register, logger.With("service", "registration"), reg)
-	registrar.OnAnswer = func(p *ns.Peer, answer any) {
-		resp := answer.(ns.RegisterServerResponse)
+	registrar = nsapi.NewRegistrar(peers, register, logger.With("service", "registration"), reg)
+	registrar.OnAnswer = func(p *nsapi.Peer, answer any) {
+		resp := answer.(nsapi.RegisterServerResponse)
 		var names []string
 		for _, s := range resp.Sites {
 			names = append(names, s.Site)
@@ -321,7 +322,7 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 		}
 	}
 	for _, p := range peers {
-		var last ns.RegisterServerResponse
+		var last nsapi.RegisterServerResponse
 		if registrar.Last(p.Endpoint.Name, &last) {
 			logger.Info("last settings from NS", "ns", p.Endpoint.Name, "sites", len(last.Sites), "heartbeat", last.Settings.HeartbeatInterval)
 		}
@@ -342,7 +343,7 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 // embeddedNS builds the in-process NS of a standalone site and the peer that reaches it.
 // Its tokens live in its data directory, where `siteserver sites -data DIR` finds the admin
 // token and the CA.
-func embeddedNS(cfg config.Serve, id, host string, logger *slog.Logger, reg prometheus.Registerer) (*ns.Server, *ns.Peer, error) {
+func embeddedNS(cfg config.Serve, id, host string, logger *slog.Logger, reg prometheus.Registerer) (*ns.Server, *nsapi.Peer, error) {
 	dir := filepath.Join(cfg.DataDir, "ns")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("embedded NS: %w", err)
@@ -363,9 +364,9 @@ func embeddedNS(cfg config.Serve, id, host string, logger *slog.Logger, reg prom
 	if err != nil {
 		return nil, nil, fmt.Errorf("embedded NS: %w", err)
 	}
-	peer := &ns.Peer{
-		Endpoint: ns.Endpoint{Name: "embedded", EnrollmentToken: toks[0]},
-		Kind:     ns.KindSiteServer, ID: id, Hostname: host,
+	peer := &nsapi.Peer{
+		Endpoint: nsapi.Endpoint{Name: "embedded", EnrollmentToken: toks[0]},
+		Kind:     nsapi.KindSiteServer, ID: id, Hostname: host,
 		Dir: filepath.Join(cfg.DataDir, "peers", "embedded"),
 		InProcess: func(ctx context.Context) (string, []byte, error) {
 			addr, ca, err := srv.Started(ctx)
@@ -409,7 +410,7 @@ func agentDownload(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := config.Load(*path, &cfg); err != nil {
 		return err
 	}
-	id, err := ns.LoadOrCreateID(cfg.DataDir)
+	id, err := nsapi.LoadOrCreateID(cfg.DataDir)
 	if err != nil {
 		return err
 	}
@@ -417,7 +418,7 @@ func agentDownload(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	peer := &ns.Peer{Endpoint: cfg.NS, Kind: ns.KindAgent, ID: id, Hostname: host, Dir: filepath.Join(cfg.DataDir, "ns", cfg.NS.Name)}
+	peer := &nsapi.Peer{Endpoint: cfg.NS, Kind: nsapi.KindAgent, ID: id, Hostname: host, Dir: filepath.Join(cfg.DataDir, "ns", cfg.NS.Name)}
 	c, err := peer.Client(ctx)
 	if err != nil {
 		return err
@@ -427,7 +428,7 @@ func agentDownload(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if _, err := c.RegisterAgent(ctx, ns.RegisterAgentRequest{ID: id, Hostname: host, Addresses: hostinfo.Addrs(prefixes)}); err != nil {
+	if _, err := c.RegisterAgent(ctx, nsapi.RegisterAgentRequest{ID: id, Hostname: host, Addresses: hostinfo.Addrs(prefixes)}); err != nil {
 		return err
 	}
 	src, err := c.Sources(ctx, *pkgID)

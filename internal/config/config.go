@@ -18,6 +18,7 @@ import (
 	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/netbootd"
 	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/pkgd"
 	"github.com/siteserver/siteserver/taskd"
 )
@@ -50,7 +51,7 @@ type Serve struct {
 	// non-link-local interface address. Set it when NAT hides the real ones.
 	Addresses []string `yaml:"addresses"`
 	// NS lists the Notification Servers to register with. Empty: run the embedded NS.
-	NS []ns.Endpoint `yaml:"ns"`
+	NS []nsapi.Endpoint `yaml:"ns"`
 	// EmbeddedNS configures the in-process NS used when NS is empty.
 	EmbeddedNS EmbeddedNS `yaml:"embedded_ns"`
 	Services   Services   `yaml:"services"`
@@ -59,10 +60,10 @@ type Serve struct {
 // EmbeddedNS is the reference NS running inside `serve` for a standalone site. Tokens not
 // given are generated and written to its data directory.
 type EmbeddedNS struct {
-	Listen    string      `yaml:"listen"`
-	RulesFile string      `yaml:"rules_file"`
-	Approval  string      `yaml:"approval"`
-	Settings  ns.Settings `yaml:"settings"`
+	Listen    string         `yaml:"listen"`
+	RulesFile string         `yaml:"rules_file"`
+	Approval  string         `yaml:"approval"`
+	Settings  nsapi.Settings `yaml:"settings"`
 }
 
 // Services lists the site services to run; a service is on when its section is present.
@@ -79,8 +80,8 @@ type Agent struct {
 	DataDir  string        `yaml:"data_dir"`
 	Hostname string        `yaml:"hostname"`
 	// Addresses reported to the NS; default: the interface addresses.
-	Addresses []string    `yaml:"addresses"`
-	NS        ns.Endpoint `yaml:"ns"`
+	Addresses []string       `yaml:"addresses"`
+	NS        nsapi.Endpoint `yaml:"ns"`
 	// TickleListen is where tickles from the task server arrive; "none" to only poll.
 	TickleListen string `yaml:"tickle_listen"`
 	// MACs overrides the MAC addresses reported to the NS (default: the interfaces').

@@ -13,6 +13,7 @@ import (
 	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/netbootd"
 	"github.com/siteserver/siteserver/ns"
+	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/pkgd"
 	"github.com/siteserver/siteserver/sites"
 	"github.com/siteserver/siteserver/taskd"
@@ -53,7 +54,7 @@ func tokenFile(t *testing.T) string {
 	return p
 }
 
-var defaultSettings = ns.Settings{HeartbeatInterval: 5 * time.Minute, TaskUpdateInterval: 5 * time.Minute, TaskRequestInterval: 30 * time.Minute}
+var defaultSettings = nsapi.Settings{HeartbeatInterval: 5 * time.Minute, TaskUpdateInterval: 5 * time.Minute, TaskRequestInterval: 30 * time.Minute}
 
 func TestExampleNS(t *testing.T) {
 	var got NS
@@ -84,7 +85,7 @@ func TestExampleBranch(t *testing.T) {
 	want := Serve{
 		Log: obs.LogConfig{Format: "json", Level: "info"}, Metrics: Metrics{Listen: ":9351"},
 		DataDir: "/var/lib/siteserver", Addresses: []string{},
-		NS: []ns.Endpoint{{Name: "central", URL: "https://ns.example.org:8443",
+		NS: []nsapi.Endpoint{{Name: "central", URL: "https://ns.example.org:8443",
 			CASHA256: strings.Repeat("0", 64), EnrollmentTokenFile: "/etc/siteserver/central.token"}},
 		EmbeddedNS: EmbeddedNS{Listen: "127.0.0.1:50443", Approval: "auto", Settings: defaultSettings},
 		Services: Services{
@@ -125,7 +126,7 @@ func TestExampleStandalone(t *testing.T) {
 	}
 	want := Serve{
 		Log: obs.LogConfig{Format: "text", Level: "info"}, Metrics: Metrics{Listen: "127.0.0.1:9351"},
-		DataDir: "./data/standalone", Addresses: []string{}, NS: []ns.Endpoint{},
+		DataDir: "./data/standalone", Addresses: []string{}, NS: []nsapi.Endpoint{},
 		EmbeddedNS: EmbeddedNS{Listen: "127.0.0.1:50443", RulesFile: "examples/sites.yaml", Approval: "auto", Settings: defaultSettings},
 		Services: Services{Task: &taskd.Config{TickleListen: "127.0.0.1:50123", TickleAdvertise: "127.0.0.1:50123",
 			AgentListen: "127.0.0.1:50180", URL: "https://127.0.0.1:50180", PresenceInterval: time.Minute, ForwardBatch: 1000, MaxAgentConnections: 1024,
@@ -146,7 +147,7 @@ func TestExampleAgent(t *testing.T) {
 	want := Agent{
 		Log: obs.LogConfig{Format: "text", Level: "info"}, Metrics: Metrics{Listen: "127.0.0.1:9352"},
 		DataDir: "/var/lib/siteserver-agent", Addresses: []string{},
-		NS: ns.Endpoint{Name: "central", URL: "https://ns.example.org:8443", CASHA256: strings.Repeat("0", 64),
+		NS: nsapi.Endpoint{Name: "central", URL: "https://ns.example.org:8443", CASHA256: strings.Repeat("0", 64),
 			EnrollmentTokenFile: "/etc/siteserver/agent.token"},
 		TickleListen: ":50124",
 	}
@@ -239,7 +240,7 @@ func TestExampleJobAndRules(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer fh.Close()
-	var job ns.Job
+	var job nsapi.Job
 	if err := Decode(fh, &job); err != nil {
 		t.Fatal(err)
 	}
@@ -247,7 +248,7 @@ func TestExampleJobAndRules(t *testing.T) {
 		t.Fatal(err)
 	}
 	if job.ID != "inventory-refresh" || len(job.Tasks) != 2 || time.Duration(job.Validity) != time.Hour ||
-		job.Tasks[1].OnExit[0].Action != ns.ActionSuccess || time.Duration(job.Tasks[1].Timeout) != time.Minute {
+		job.Tasks[1].OnExit[0].Action != nsapi.ActionSuccess || time.Duration(job.Tasks[1].Timeout) != time.Minute {
 		t.Fatalf("job.yaml = %+v", job)
 	}
 	b, err := os.ReadFile(filepath.Join(examplesDir(t), "sites.yaml"))

@@ -1,4 +1,4 @@
-package ns
+package nsapi
 
 import (
 	"bytes"
@@ -320,7 +320,10 @@ func (c *Client) Assignments(ctx context.Context) (AssignmentsResponse, error) {
 
 // ReportCodebases reports every codebase of this package server.
 func (c *Client) ReportCodebases(ctx context.Context, cbs []Codebase) error {
-	return c.do(ctx, http.MethodPost, PathPkgCodebases, orEmpty(cbs), nil)
+	if cbs == nil {
+		cbs = []Codebase{} // the NS reads null as a malformed report
+	}
+	return c.do(ctx, http.MethodPost, PathPkgCodebases, cbs, nil)
 }
 
 // Sources returns where to download a package from, best first.

@@ -1,4 +1,4 @@
-package ns
+package nsapi
 
 import (
 	"bytes"
@@ -225,7 +225,7 @@ type ErrorResponse struct {
 }
 
 // decodeJSON decodes exactly one JSON value, refusing unknown fields and trailing data.
-func decodeJSON(r io.Reader, v any) error {
+func DecodeStrict(r io.Reader, v any) error {
 	dec := json.NewDecoder(r)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
@@ -244,7 +244,7 @@ func decodeJSON(r io.Reader, v any) error {
 // DecodeRegisterServer decodes and checks a site server's registration.
 func DecodeRegisterServer(b []byte) (RegisterServerRequest, error) {
 	var req RegisterServerRequest
-	if err := decodeJSON(bytes.NewReader(b), &req); err != nil {
+	if err := DecodeStrict(bytes.NewReader(b), &req); err != nil {
 		return RegisterServerRequest{}, fmt.Errorf("decode registration: %w", err)
 	}
 	if err := req.Validate(); err != nil {
@@ -258,7 +258,7 @@ func (req *RegisterServerRequest) Validate() error {
 	if !ValidID(req.ID) {
 		return fmt.Errorf("id: %q is not a valid GUID", req.ID)
 	}
-	if err := validHostname(req.Hostname); err != nil {
+	if err := ValidHostname(req.Hostname); err != nil {
 		return err
 	}
 	if len(req.Addresses) > maxAddresses {
@@ -304,13 +304,13 @@ func (req *RegisterServerRequest) Validate() error {
 // DecodeRegisterAgent decodes and checks an agent's registration.
 func DecodeRegisterAgent(b []byte) (RegisterAgentRequest, error) {
 	var req RegisterAgentRequest
-	if err := decodeJSON(bytes.NewReader(b), &req); err != nil {
+	if err := DecodeStrict(bytes.NewReader(b), &req); err != nil {
 		return RegisterAgentRequest{}, fmt.Errorf("decode registration: %w", err)
 	}
 	if !ValidID(req.ID) {
 		return RegisterAgentRequest{}, fmt.Errorf("id: %q is not a valid GUID", req.ID)
 	}
-	if err := validHostname(req.Hostname); err != nil {
+	if err := ValidHostname(req.Hostname); err != nil {
 		return RegisterAgentRequest{}, err
 	}
 	if len(req.Addresses) > maxAddresses {
@@ -333,7 +333,7 @@ func DecodeRegisterAgent(b []byte) (RegisterAgentRequest, error) {
 	return req, nil
 }
 
-func validHostname(h string) error {
+func ValidHostname(h string) error {
 	if h == "" || len(h) > maxHostname || strings.ContainsFunc(h, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
 		return fmt.Errorf("hostname: %q is not a valid host name", h)
 	}

@@ -1,4 +1,4 @@
-package ns
+package nsapi
 
 import (
 	"errors"
@@ -184,4 +184,99 @@ func (e *Event) Validate() error {
 		return fmt.Errorf("state: %q is not a known state", e.State)
 	}
 	return nil
+}
+
+// Task server and job API paths.
+const (
+	PathJobs         = "/api/v1/jobs"
+	PathTaskWork     = "/api/v1/taskserver/work"
+	PathTaskEvents   = "/api/v1/taskserver/events"
+	PathTaskPresence = "/api/v1/taskserver/presence"
+	DefaultValidity  = time.Hour
+)
+
+// CreateJobRequest creates or updates a job and, for each target agent, one instance.
+type CreateJobRequest struct {
+	Job     Job      `json:"job"`
+	Targets []string `json:"targets,omitempty"`
+}
+
+// InstanceRef names a created instance.
+type InstanceRef struct {
+	ID         string `json:"id"`
+	Agent      string `json:"agent"`
+	TaskServer string `json:"task_server"`
+}
+
+// CreateJobResponse lists the instances created.
+type CreateJobResponse struct {
+	JobID     string        `json:"job_id"`
+	Instances []InstanceRef `json:"instances"`
+}
+
+// InstanceStatus is an instance with its events, for administrators.
+type InstanceStatus struct {
+	ID         string    `json:"id"`
+	Agent      string    `json:"agent"`
+	TaskServer string    `json:"task_server"`
+	State      string    `json:"state"`
+	Created    time.Time `json:"created"`
+	Expires    time.Time `json:"expires"`
+	Updated    time.Time `json:"updated"`
+	Events     []Event   `json:"events"`
+}
+
+// JobStatus is a job with every instance ever created for it.
+type JobStatus struct {
+	Job       Job              `json:"job"`
+	Counts    map[string]int   `json:"counts"`
+	Instances []InstanceStatus `json:"instances"`
+}
+
+// WorkResponse is a task server's open work: instances for its agents. Each job's
+// definition travels once in Jobs (keyed by instance JobID) rather than with every one of
+// possibly thousands of instances; Expand puts them back.
+type WorkResponse struct {
+	Jobs      map[string]Job `json:"jobs"`
+	Instances []JobInstance  `json:"instances"`
+}
+
+// compact moves the job definitions out of the instances.
+func (w *WorkResponse) Compact() {
+	w.Jobs = map[string]Job{}
+	for i := range w.Instances {
+		in := &w.Instances[i]
+		if _, ok := w.Jobs[in.JobID]; !ok {
+			w.Jobs[in.JobID] = in.Job
+		}
+		in.Job = Job{}
+	}
+}
+
+// Expand puts each instance's job definition back.
+func (w *WorkResponse) Expand() {
+	for i := range w.Instances {
+		in := &w.Instances[i]
+		if j, ok := w.Jobs[in.JobID]; ok && len(in.Job.Tasks) == 0 {
+			in.Job = j
+		}
+	}
+}
+
+// EventsResponse acknowledges a batch: every event in it is stored (or was already).
+type EventsResponse struct {
+	Added      int `json:"added"`
+	Duplicates int `json:"duplicates"`
+	Unknown    int `json:"unknown"`
+}
+
+// AgentPresence is one agent a task server has heard from.
+type AgentPresence struct {
+	ID          string    `json:"id"`
+	LastContact time.Time `json:"last_contact"`
+}
+
+// PresenceRequest reports the agents registered with a task server.
+type PresenceRequest struct {
+	Agents []AgentPresence `json:"agents"`
 }

@@ -1,4 +1,4 @@
-package ns
+package nsapi
 
 import (
 	"net/netip"
@@ -81,7 +81,7 @@ func FuzzDecodeRegisterServer(f *testing.F) {
 			return
 		}
 		// Whatever is accepted is valid by every rule the NS relies on.
-		if !ValidID(req.ID) || validHostname(req.Hostname) != nil || len(req.Addresses) > maxAddresses {
+		if !ValidID(req.ID) || ValidHostname(req.Hostname) != nil || len(req.Addresses) > maxAddresses {
 			t.Fatalf("accepted an invalid request: %+v", req)
 		}
 		for _, p := range req.Addresses {
@@ -103,7 +103,7 @@ func FuzzDecodeRegisterAgent(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if !ValidID(req.ID) || validHostname(req.Hostname) != nil {
+		if !ValidID(req.ID) || ValidHostname(req.Hostname) != nil {
 			t.Fatalf("accepted an invalid request: %+v", req)
 		}
 		for _, a := range req.Addresses {

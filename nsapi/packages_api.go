@@ -1,4 +1,4 @@
-package ns
+package nsapi
 
 import (
 	"encoding/hex"
@@ -135,4 +135,39 @@ func (p *Package) TotalSize() int64 {
 		n += f.Size
 	}
 	return n
+}
+
+// Package API paths.
+const (
+	PathLibrary        = "/api/v1/library"
+	PathPackages       = "/api/v1/packages"
+	PathPkgAssignments = "/api/v1/pkgserver/assignments"
+	PathPkgCodebases   = "/api/v1/pkgserver/codebases"
+	PathCodebases      = "/api/v1/codebases"
+)
+
+// Assignment is a package a package server should hold.
+type Assignment struct {
+	Package Package `json:"package"`
+	// Go is false while a staged rollout keeps this server waiting for its turn.
+	Go bool `json:"go"`
+}
+
+// AssignmentsResponse lists a package server's packages.
+type AssignmentsResponse struct {
+	Assignments []Assignment `json:"assignments"`
+}
+
+// SourcesResponse lists where to download a package from, best first.
+type SourcesResponse struct {
+	Package Package  `json:"package"`
+	Sources []Source `json:"sources"`
+}
+
+// PackageStatus is a package with its codebases, for administrators.
+type PackageStatus struct {
+	Package   Package    `json:"package"`
+	Codebases []Codebase `json:"codebases"`
+	Ready     []string   `json:"ready"` // servers where it is ready
+	Stuck     []Codebase `json:"stuck"` // retrying or invalid
 }

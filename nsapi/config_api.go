@@ -1,0 +1,103 @@
+package nsapi
+
+import (
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+)
+
+// Settings are handed to site servers and agents when they register.
+type Settings struct {
+	HeartbeatInterval   time.Duration `yaml:"heartbeat_interval" json:"heartbeat_interval"`
+	TaskUpdateInterval  time.Duration `yaml:"task_update_interval" json:"task_update_interval"`
+	TaskRequestInterval time.Duration `yaml:"task_request_interval" json:"task_request_interval"`
+}
+
+// Defaults fills unset settings.
+func (s *Settings) Defaults() {
+	if s.HeartbeatInterval == 0 {
+		s.HeartbeatInterval = 5 * time.Minute
+	}
+	if s.TaskUpdateInterval == 0 {
+		s.TaskUpdateInterval = 5 * time.Minute
+	}
+	if s.TaskRequestInterval == 0 {
+		s.TaskRequestInterval = 30 * time.Minute
+	}
+}
+
+// Validate names the bad field under prefix.
+func (s Settings) Validate(prefix string) error {
+	for name, d := range map[string]time.Duration{
+		"heartbeat_interval":    s.HeartbeatInterval,
+		"task_update_interval":  s.TaskUpdateInterval,
+		"task_request_interval": s.TaskRequestInterval,
+	} {
+		if d < time.Second {
+			return fmt.Errorf("%s.%s: %s is below 1s", prefix, name, d)
+		}
+	}
+	return nil
+}
+
+func ReadSecret(inline, file, field string) (string, error) {
+	if inline != "" && file != "" {
+		return "", fmt.Errorf("%s: set either %s or %s_file, not both", field, field, field)
+	}
+	if file == "" {
+		return inline, nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("%s_file: %w", field, err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// Endpoint is how a site server or an agent reaches one NS.
+type Endpoint struct {
+	// Name identifies the NS in logs, metrics and the data directory.
+	Name string `yaml:"name"`
+	URL  string `yaml:"url"`
+	// CAFile is the NS CA certificate; CASHA256 pins it by fingerprint instead (the NS
+	// prints it at start), and the CA is then saved in the data directory.
+	CAFile   string `yaml:"ca_file"`
+	CASHA256 string `yaml:"ca_sha256"`
+	// EnrollmentToken is the site server (or agent) token from the NS config.
+	EnrollmentToken     string `yaml:"enrollment_token"`
+	EnrollmentTokenFile string `yaml:"enrollment_token_file"`
+	// TickleChannel keeps a QUIC channel open to this NS (when it offers one), for a site
+	// server that cannot take inbound UDP; the NS's tickles then travel on it.
+	TickleChannel bool `yaml:"tickle_channel"`
+}
+
+// Validate names the bad field under prefix.
+func (e *Endpoint) Validate(prefix string) error {
+	if e.Name == "" {
+		return fmt.Errorf("%s.name: required", prefix)
+	}
+	if strings.ContainsAny(e.Name, `/\. `) {
+		return fmt.Errorf("%s.name: %q must not contain '/', '\\', '.' or spaces", prefix, e.Name)
+	}
+	u, err := url.Parse(e.URL)
+	if err != nil || u.Scheme != "https" || u.Host == "" {
+		return fmt.Errorf("%s.url: %q is not an https URL", prefix, e.URL)
+	}
+	if e.CAFile == "" && e.CASHA256 == "" {
+		return fmt.Errorf("%s.ca_file: required (or ca_sha256)", prefix)
+	}
+	if e.CAFile != "" {
+		if _, err := os.Stat(e.CAFile); err != nil {
+			return fmt.Errorf("%s.ca_file: %w", prefix, err)
+		}
+	}
+	if e.EnrollmentToken, err = ReadSecret(e.EnrollmentToken, e.EnrollmentTokenFile, prefix+".enrollment_token"); err != nil {
+		return err
+	}
+	if e.EnrollmentToken == "" {
+		return fmt.Errorf("%s.enrollment_token: required (or enrollment_token_file)", prefix)
+	}
+	return nil
+}
