@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/siteserver/siteserver/internal/backoff"
 	"github.com/siteserver/siteserver/internal/datadir"
 	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/taskd"
@@ -124,7 +125,7 @@ func (t *taskClient) run(ctx context.Context) error {
 		var wait time.Duration
 		if err != nil {
 			failures++
-			wait = backoff(failures, time.Second, 5*time.Minute)
+			wait = backoff.Delay(failures, time.Second, 5*time.Minute)
 			t.logger.Warn("task cycle failed; will retry", "err", err, "retry_in", wait.Round(time.Millisecond))
 		} else {
 			failures = 0
@@ -141,15 +142,6 @@ func (t *taskClient) run(ctx context.Context) error {
 		case <-t.wake:
 		}
 	}
-}
-
-func backoff(failures int, lo, hi time.Duration) time.Duration {
-	d := lo
-	for i := 1; i < failures && d < hi; i++ {
-		d *= 2
-	}
-	d = min(d, hi)
-	return d/2 + mrand.N(d/2+1)
 }
 
 // cycle registers with a task server if needed, then fetches and runs open jobs.
@@ -331,7 +323,7 @@ func (t *taskClient) send(ctx context.Context, e nsapi.Event) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(backoff(failures+1, 500*time.Millisecond, time.Minute)):
+		case <-time.After(backoff.Delay(failures+1, 500*time.Millisecond, time.Minute)):
 		}
 	}
 }

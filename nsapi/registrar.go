@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/siteserver/siteserver/internal/backoff"
 	"github.com/siteserver/siteserver/internal/datadir"
 )
 
@@ -130,13 +131,8 @@ func (r *Registrar) backoff(failures int) time.Duration {
 	if hi <= 0 {
 		hi = 5 * time.Minute
 	}
-	d := lo
-	for i := 1; i < failures && d < hi; i++ {
-		d *= 2
-	}
-	d = min(d, hi)
-	// Jitter over [d/2, d) so a restarted NS is not met by every server at once.
-	return d/2 + rand.N(d/2+1)
+	// Jittered so a restarted NS is not met by every server at once.
+	return backoff.Delay(failures, lo, hi)
 }
 
 func (r *Registrar) loop(ctx context.Context, p *Peer) {

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
@@ -29,6 +28,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/netutil"
 
+	"github.com/siteserver/siteserver/internal/backoff"
 	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/tickle"
@@ -316,7 +316,7 @@ func (s *Service) runNS(ctx context.Context, l *NSLink) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(backoff(failures, 500*time.Millisecond, 30*time.Second)):
+		case <-time.After(backoff.Delay(failures+1, 500*time.Millisecond, 30*time.Second)):
 		}
 	}
 	s.nsMu.Lock()
@@ -366,15 +366,6 @@ func (s *Service) setupNS(ctx context.Context, l *NSLink, spool *Spool) (*nsStat
 	}
 	return &nsState{registered: make(chan struct{}, 1), name: l.Peer.Endpoint.Name, link: l, client: c, root: root, cert: cert, nsID: tk.Sender, spool: spool,
 		deliverWake: make(chan struct{}, 1)}, nil
-}
-
-func backoff(failures int, lo, hi time.Duration) time.Duration {
-	d := lo
-	for i := 0; i < failures && d < hi; i++ {
-		d *= 2
-	}
-	d = min(d, hi)
-	return d/2 + mrand.N(d/2+1)
 }
 
 func (s *Service) states() []*nsState {
@@ -764,7 +755,7 @@ func (s *Service) forwardLoop(ctx context.Context, st *nsState, log *slog.Logger
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(backoff(failures, 500*time.Millisecond, s.cfg.MaxForwardBackoff)):
+		case <-time.After(backoff.Delay(failures+1, 500*time.Millisecond, s.cfg.MaxForwardBackoff)):
 		}
 	}
 }

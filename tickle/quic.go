@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quic-go/quic-go"
+	"github.com/siteserver/siteserver/internal/backoff"
 )
 
 // A persistent channel is a QUIC connection that a peer behind NAT or a
@@ -565,7 +566,7 @@ func (c *ChannelClient) Run(ctx context.Context) error {
 	c.log.Info("tickle channel client started", "server", c.cfg.Addr)
 	failures := 0
 	for {
-		t := time.NewTimer(backoff(failures, c.cfg.MinBackoff, c.cfg.MaxBackoff))
+		t := time.NewTimer(retryDelay(failures, c.cfg.MinBackoff, c.cfg.MaxBackoff))
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -589,19 +590,13 @@ func (c *ChannelClient) Run(ctx context.Context) error {
 	}
 }
 
-// backoff returns how long to wait before the next attempt after failures
+// retryDelay returns how long to wait before the next attempt after failures
 // attempts in a row that did not give a lasting channel.
-func backoff(failures int, lo, hi time.Duration) time.Duration {
+func retryDelay(failures int, lo, hi time.Duration) time.Duration {
 	if failures == 0 {
 		return rand.N(lo)
 	}
-	ceil := hi
-	if failures < 63 {
-		if d := lo << failures; d > 0 && d>>failures == lo && d < hi {
-			ceil = d
-		}
-	}
-	return ceil/2 + rand.N(ceil-ceil/2)
+	return backoff.Delay(failures+1, lo, hi)
 }
 
 // session opens the channel and delivers datagrams until it is lost or ctx

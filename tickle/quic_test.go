@@ -673,7 +673,7 @@ func TestBackoff(t *testing.T) {
 		t.Run(fmt.Sprint(tc.failures), func(t *testing.T) {
 			least, most := time.Duration(1<<62), time.Duration(0)
 			for range 2000 {
-				d := backoff(tc.failures, lo, hi)
+				d := retryDelay(tc.failures, lo, hi)
 				least, most = min(least, d), max(most, d)
 			}
 			if least < tc.min || most >= tc.max {
