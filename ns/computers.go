@@ -5,9 +5,10 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"github.com/siteserver/siteserver/nsapi"
 	"net/http"
-	"strings"
+
+	"github.com/siteserver/siteserver/internal/httpx"
+	"github.com/siteserver/siteserver/nsapi"
 )
 
 const computerCols = `mac, kind, name, agent, arch, last_server, created_at, last_seen`
@@ -70,14 +71,14 @@ func (s *Server) handleComputerLookup(w http.ResponseWriter, r *http.Request) {
 	}
 	c, err := s.store.Computer(r.Context(), mac)
 	if errors.Is(err, ErrNotFound) {
-		writeJSON(w, http.StatusOK, nsapi.LookupResponse{Kind: nsapi.ComputerUnknown})
+		httpx.WriteJSON(w, http.StatusOK, nsapi.LookupResponse{Kind: nsapi.ComputerUnknown})
 		return
 	}
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	writeJSON(w, http.StatusOK, nsapi.LookupResponse{Kind: c.Kind, Name: c.Name})
+	httpx.WriteJSON(w, http.StatusOK, nsapi.LookupResponse{Kind: c.Kind, Name: c.Name})
 }
 
 // handleComputerSeen records a network boot; a MAC never seen before gets an unknown record.
@@ -87,7 +88,7 @@ func (s *Server) handleComputerSeen(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req nsapi.SeenRequest
-	if err := nsapi.DecodeStrict(strings.NewReader(string(b)), &req); err != nil {
+	if err := httpx.DecodeStrict(b, &req); err != nil {
 		s.badRequest(w, fmt.Errorf("decode seen: %w", err))
 		return
 	}
@@ -105,12 +106,12 @@ func (s *Server) handleComputerSeen(w http.ResponseWriter, r *http.Request) {
 		c = nsapi.ComputerRecord{MAC: mac, Kind: nsapi.ComputerUnknown, Created: now}
 		s.logger.Info("unknown computer network-booted", "mac", mac, "arch", req.Arch)
 	} else if err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	c.Arch, c.LastServer, c.LastSeen = req.Arch, peerFrom(r).id, now
 	if err := s.store.PutComputer(ctx, c); err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -122,7 +123,7 @@ func (s *Server) handlePutComputer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req nsapi.ComputerRequest
-	if err := nsapi.DecodeStrict(strings.NewReader(string(b)), &req); err != nil {
+	if err := httpx.DecodeStrict(b, &req); err != nil {
 		s.badRequest(w, fmt.Errorf("decode computer: %w", err))
 		return
 	}
@@ -139,27 +140,27 @@ func (s *Server) handlePutComputer(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, ErrNotFound):
 		c = nsapi.ComputerRecord{MAC: mac, Arch: -1, Created: s.now().UTC()}
 	case err != nil:
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	case c.Kind == nsapi.ComputerManaged:
-		writeError(w, http.StatusConflict, "%s is a managed computer (agent %s)", mac, c.Agent)
+		httpx.WriteError(w, http.StatusConflict, "%s is a managed computer (agent %s)", mac, c.Agent)
 		return
 	}
 	c.Kind, c.Name = nsapi.ComputerPredefined, req.Name
 	if err := s.store.PutComputer(ctx, c); err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	writeJSON(w, http.StatusOK, c)
+	httpx.WriteJSON(w, http.StatusOK, c)
 }
 
 func (s *Server) handleListComputers(w http.ResponseWriter, r *http.Request) {
 	cs, err := s.store.Computers(r.Context())
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	writeJSON(w, http.StatusOK, orEmpty(cs))
+	httpx.WriteJSON(w, http.StatusOK, orEmpty(cs))
 }
 
 // markManaged records the MACs an agent reports as managed computers.

@@ -3,9 +3,10 @@ package ns
 import (
 	"errors"
 	"fmt"
-	"github.com/siteserver/siteserver/nsapi"
 	"net"
 	"time"
+
+	"github.com/siteserver/siteserver/nsapi"
 )
 
 // ServerConfig configures the reference NS.

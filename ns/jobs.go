@@ -15,6 +15,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/siteserver/siteserver/internal/httpx"
 	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/tickle"
 )
@@ -200,7 +201,7 @@ func (s *Server) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req nsapi.CreateJobRequest
-	if err := nsapi.DecodeStrict(strings.NewReader(string(b)), &req); err != nil {
+	if err := httpx.DecodeStrict(b, &req); err != nil {
 		s.badRequest(w, fmt.Errorf("decode job: %w", err))
 		return
 	}
@@ -226,7 +227,7 @@ func (s *Server) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 	seen := map[string]bool{}
 	known, err := s.store.AgentsByID(ctx, req.Targets)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	for _, target := range req.Targets {
@@ -247,11 +248,11 @@ func (s *Server) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := s.store.PutJob(ctx, req.Job, now); err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	if err := s.store.CreateInstances(ctx, insts); err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	resp := nsapi.CreateJobResponse{JobID: req.Job.ID, Instances: []nsapi.InstanceRef{}}
@@ -263,16 +264,16 @@ func (s *Server) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 	}
 	s.logger.Info("job created", "job", req.Job.ID, "instances", len(insts))
 	s.refreshJobGauges(ctx)
-	writeJSON(w, http.StatusOK, resp)
+	httpx.WriteJSON(w, http.StatusOK, resp)
 }
 
 func (s *Server) handleListJobs(w http.ResponseWriter, r *http.Request) {
 	jobs, err := s.store.Jobs(r.Context())
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	writeJSON(w, http.StatusOK, orEmpty(jobs))
+	httpx.WriteJSON(w, http.StatusOK, orEmpty(jobs))
 }
 
 func (s *Server) handleJobStatus(w http.ResponseWriter, r *http.Request) {
@@ -280,30 +281,30 @@ func (s *Server) handleJobStatus(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	job, err := s.store.Job(ctx, id)
 	if errors.Is(err, ErrNotFound) {
-		writeError(w, http.StatusNotFound, "no job %q", id)
+		httpx.WriteError(w, http.StatusNotFound, "no job %q", id)
 		return
 	}
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	insts, err := s.store.Instances(ctx, InstanceFilter{JobID: id})
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	st := nsapi.JobStatus{Job: job, Counts: map[string]int{}, Instances: []nsapi.InstanceStatus{}}
 	for _, in := range insts {
 		evs, err := s.store.Events(ctx, in.ID)
 		if err != nil {
-			writeError(w, http.StatusInternalServerError, "%v", err)
+			httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 			return
 		}
 		st.Counts[in.State]++
 		st.Instances = append(st.Instances, nsapi.InstanceStatus{ID: in.ID, Agent: in.Agent, TaskServer: in.TaskServer,
 			State: in.State, Created: in.Created, Expires: in.Expires, Updated: in.Updated, Events: orEmpty(evs)})
 	}
-	writeJSON(w, http.StatusOK, st)
+	httpx.WriteJSON(w, http.StatusOK, st)
 }
 
 func (s *Server) handleWork(w http.ResponseWriter, r *http.Request) {
@@ -314,12 +315,12 @@ func (s *Server) handleWork(w http.ResponseWriter, r *http.Request) {
 	insts, err := s.store.Instances(r.Context(), InstanceFilter{TaskServer: p.id,
 		States: []string{nsapi.StatePending, nsapi.StateDelivered}, OpenAt: s.now()})
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	resp := nsapi.WorkResponse{Instances: orEmpty(insts)}
 	resp.Compact()
-	writeJSON(w, http.StatusOK, resp)
+	httpx.WriteJSON(w, http.StatusOK, resp)
 }
 
 // currentServer admits only approved site servers presenting their latest certificate.
@@ -328,14 +329,14 @@ func (s *Server) currentServer(w http.ResponseWriter, r *http.Request, p peerInf
 	switch {
 	case errors.Is(err, ErrNotFound):
 		s.metrics.authFailures.WithLabelValues("unknown_peer").Inc()
-		writeError(w, http.StatusUnauthorized, "site server %s is not enrolled here", p.id)
+		httpx.WriteError(w, http.StatusUnauthorized, "site server %s is not enrolled here", p.id)
 	case err != nil:
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 	case rec.CertSerial != p.serial:
 		s.metrics.authFailures.WithLabelValues("superseded_cert").Inc()
-		writeError(w, http.StatusUnauthorized, "this certificate was superseded by a later enrollment")
+		httpx.WriteError(w, http.StatusUnauthorized, "this certificate was superseded by a later enrollment")
 	case rec.Status != nsapi.StatusApproved:
-		writeError(w, http.StatusForbidden, "site server is pending approval by an administrator")
+		httpx.WriteError(w, http.StatusForbidden, "site server is pending approval by an administrator")
 	default:
 		return true
 	}
@@ -368,7 +369,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	}
 	added, unknown, err := s.store.AddEvents(r.Context(), events, s.now().UTC())
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	dup := len(events) - added - unknown
@@ -379,7 +380,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		s.logger.Warn("status events for unknown job instances dropped", "server", p.id, "count", unknown)
 	}
 	s.refreshJobGauges(r.Context())
-	writeJSON(w, http.StatusOK, nsapi.EventsResponse{Added: added, Duplicates: dup, Unknown: unknown})
+	httpx.WriteJSON(w, http.StatusOK, nsapi.EventsResponse{Added: added, Duplicates: dup, Unknown: unknown})
 }
 
 func (s *Server) handlePresence(w http.ResponseWriter, r *http.Request) {
@@ -392,7 +393,7 @@ func (s *Server) handlePresence(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req nsapi.PresenceRequest
-	if err := nsapi.DecodeStrict(strings.NewReader(string(b)), &req); err != nil {
+	if err := httpx.DecodeStrict(b, &req); err != nil {
 		s.badRequest(w, fmt.Errorf("decode presence: %w", err))
 		return
 	}
@@ -408,7 +409,7 @@ func (s *Server) handlePresence(w http.ResponseWriter, r *http.Request) {
 			continue // enrolled with another NS
 		}
 		if err != nil {
-			writeError(w, http.StatusInternalServerError, "%v", err)
+			httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 			return
 		}
 		last := ap.LastContact.UTC()
@@ -421,7 +422,7 @@ func (s *Server) handlePresence(w http.ResponseWriter, r *http.Request) {
 		if rec.TaskServer != p.id {
 			n, err := s.store.RetagInstances(ctx, rec.ID, p.id, now)
 			if err != nil {
-				writeError(w, http.StatusInternalServerError, "%v", err)
+				httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 				return
 			}
 			moved += n
@@ -433,7 +434,7 @@ func (s *Server) handlePresence(w http.ResponseWriter, r *http.Request) {
 		changed = append(changed, rec)
 	}
 	if err := s.store.PutAgents(ctx, changed); err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	if moved > 0 {

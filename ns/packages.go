@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/siteserver/siteserver/internal/httpx"
 	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/sites"
 )
@@ -49,16 +50,16 @@ func (s *Server) handleLibraryPut(w http.ResponseWriter, r *http.Request) {
 	}
 	if _, err := os.Stat(s.libraryPath(sha)); err == nil {
 		io.Copy(io.Discard, io.LimitReader(r.Body, 1<<20))
-		writeJSON(w, http.StatusOK, map[string]string{"sha256": sha, "stored": "already"})
+		httpx.WriteJSON(w, http.StatusOK, map[string]string{"sha256": sha, "stored": "already"})
 		return
 	}
 	if err := os.MkdirAll(s.libraryDir(), 0o700); err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	tmp, err := os.CreateTemp(s.libraryDir(), ".upload-*")
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	defer os.Remove(tmp.Name())
@@ -71,7 +72,7 @@ func (s *Server) handleLibraryPut(w http.ResponseWriter, r *http.Request) {
 		err = cerr
 	}
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "storing upload: %v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "storing upload: %v", err)
 		return
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != sha {
@@ -79,11 +80,11 @@ func (s *Server) handleLibraryPut(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := os.Rename(tmp.Name(), s.libraryPath(sha)); err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	syncDir(s.libraryDir())
-	writeJSON(w, http.StatusOK, map[string]string{"sha256": sha, "stored": "new"})
+	httpx.WriteJSON(w, http.StatusOK, map[string]string{"sha256": sha, "stored": "new"})
 }
 
 func syncDir(dir string) {
@@ -99,7 +100,7 @@ func (s *Server) handlePutPackage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var p nsapi.Package
-	if err := nsapi.DecodeStrict(strings.NewReader(string(b)), &p); err != nil {
+	if err := httpx.DecodeStrict(b, &p); err != nil {
 		s.badRequest(w, fmt.Errorf("decode package: %w", err))
 		return
 	}
@@ -119,21 +120,21 @@ func (s *Server) handlePutPackage(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if err := s.store.PutPackage(r.Context(), p, s.now().UTC()); err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	s.logger.Info("package stored", "package", p.ID, "version", p.Version, "files", len(p.Files))
 	s.tickleAllTaskServers(r.Context())
-	writeJSON(w, http.StatusOK, p)
+	httpx.WriteJSON(w, http.StatusOK, p)
 }
 
 func (s *Server) handleDeletePackage(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	if err := s.store.DeletePackage(r.Context(), id); errors.Is(err, ErrNotFound) {
-		writeError(w, http.StatusNotFound, "no package %q", id)
+		httpx.WriteError(w, http.StatusNotFound, "no package %q", id)
 		return
 	} else if err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	s.logger.Info("package deleted", "package", id)
@@ -144,26 +145,26 @@ func (s *Server) handleDeletePackage(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleListPackages(w http.ResponseWriter, r *http.Request) {
 	ps, err := s.store.Packages(r.Context())
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	writeJSON(w, http.StatusOK, orEmpty(ps))
+	httpx.WriteJSON(w, http.StatusOK, orEmpty(ps))
 }
 
 func (s *Server) handlePackageStatus(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	p, err := s.store.Package(r.Context(), id)
 	if errors.Is(err, ErrNotFound) {
-		writeError(w, http.StatusNotFound, "no package %q", id)
+		httpx.WriteError(w, http.StatusNotFound, "no package %q", id)
 		return
 	}
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	cbs, err := s.store.Codebases(r.Context(), id)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	st := nsapi.PackageStatus{Package: p, Codebases: orEmpty(cbs), Ready: []string{}, Stuck: []nsapi.Codebase{}}
@@ -177,7 +178,7 @@ func (s *Server) handlePackageStatus(w http.ResponseWriter, r *http.Request) {
 			st.Stuck = append(st.Stuck, c)
 		}
 	}
-	writeJSON(w, http.StatusOK, st)
+	httpx.WriteJSON(w, http.StatusOK, st)
 }
 
 // handlePackageFile serves a package file from the library to any enrolled peer.
@@ -189,21 +190,21 @@ func (s *Server) handlePackageFile(w http.ResponseWriter, r *http.Request) {
 	}
 	p, err := s.store.Package(r.Context(), id)
 	if errors.Is(err, ErrNotFound) {
-		writeError(w, http.StatusNotFound, "no package %q", id)
+		httpx.WriteError(w, http.StatusNotFound, "no package %q", id)
 		return
 	}
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	i := slices.IndexFunc(p.Files, func(f nsapi.PackageFile) bool { return f.Name == name })
 	if i < 0 {
-		writeError(w, http.StatusNotFound, "package %s has no file %q", id, name)
+		httpx.WriteError(w, http.StatusNotFound, "package %s has no file %q", id, name)
 		return
 	}
 	f, err := os.Open(s.libraryPath(p.Files[i].SHA256))
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "library: %v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "library: %v", err)
 		return
 	}
 	defer f.Close()
@@ -247,22 +248,22 @@ func (s *Server) handleAssignments(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	rec, err := s.store.Server(ctx, p.id)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	out := nsapi.AssignmentsResponse{Assignments: []nsapi.Assignment{}}
 	if _, ok := offers(rec, nsapi.ServicePackage); !ok {
-		writeJSON(w, http.StatusOK, out)
+		httpx.WriteJSON(w, http.StatusOK, out)
 		return
 	}
 	pkgs, err := s.store.Packages(ctx)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	cbs, err := s.store.Codebases(ctx, "")
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	m := s.rules.Load()
@@ -272,7 +273,7 @@ func (s *Server) handleAssignments(w http.ResponseWriter, r *http.Request) {
 		}
 		out.Assignments = append(out.Assignments, nsapi.Assignment{Package: pkg, Go: stagedGo(pkg, rec.ID, cbs)})
 	}
-	writeJSON(w, http.StatusOK, out)
+	httpx.WriteJSON(w, http.StatusOK, out)
 }
 
 // stagedGo lets a server download a staged package when it already started or when fewer
@@ -307,7 +308,7 @@ func (s *Server) handleCodebaseReport(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var cbs []nsapi.Codebase
-	if err := nsapi.DecodeStrict(strings.NewReader(string(b)), &cbs); err != nil {
+	if err := httpx.DecodeStrict(b, &cbs); err != nil {
 		s.badRequest(w, fmt.Errorf("decode codebases: %w", err))
 		return
 	}
@@ -328,12 +329,12 @@ func (s *Server) handleCodebaseReport(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := r.Context()
 	if err := s.store.PutCodebases(ctx, cbs); err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	// The report is complete: anything not in it is no longer held there.
 	if err := s.store.DeleteCodebases(ctx, p.id, keep); err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -409,11 +410,11 @@ func (s *Server) handleSources(w http.ResponseWriter, r *http.Request) {
 	id := r.URL.Query().Get("package")
 	pkg, err := s.store.Package(ctx, id)
 	if errors.Is(err, ErrNotFound) {
-		writeError(w, http.StatusNotFound, "no package %q", id)
+		httpx.WriteError(w, http.StatusNotFound, "no package %q", id)
 		return
 	}
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	p := peerFrom(r)
@@ -422,7 +423,7 @@ func (s *Server) handleSources(w http.ResponseWriter, r *http.Request) {
 	if p.kind == nsapi.KindSiteServer {
 		rec, err := s.store.Server(ctx, p.id)
 		if err != nil {
-			writeError(w, http.StatusUnauthorized, "site server %s is not enrolled here", p.id)
+			httpx.WriteError(w, http.StatusUnauthorized, "site server %s is not enrolled here", p.id)
 			return
 		}
 		for _, sm := range m.ServerSites(toSitesServer(rec, 0)) {
@@ -433,7 +434,7 @@ func (s *Server) handleSources(w http.ResponseWriter, r *http.Request) {
 	} else {
 		rec, err := s.store.Agent(ctx, p.id)
 		if err != nil {
-			writeError(w, http.StatusUnauthorized, "agent %s is not enrolled here", p.id)
+			httpx.WriteError(w, http.StatusUnauthorized, "agent %s is not enrolled here", p.id)
 			return
 		}
 		for _, sm := range m.SitesFor(rec.Addresses) {
@@ -442,15 +443,15 @@ func (s *Server) handleSources(w http.ResponseWriter, r *http.Request) {
 	}
 	servers, err := s.store.Servers(ctx)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	cbs, err := s.store.Codebases(ctx, pkg.ID)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	writeJSON(w, http.StatusOK, nsapi.SourcesResponse{Package: pkg, Sources: rankSources(pkg, req, servers, cbs, m, s.publicURL(r))})
+	httpx.WriteJSON(w, http.StatusOK, nsapi.SourcesResponse{Package: pkg, Sources: rankSources(pkg, req, servers, cbs, m, s.publicURL(r))})
 }
 
 // publicURL is the NS's base URL as the requester reached it.

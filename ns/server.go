@@ -7,11 +7,9 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/binary"
-	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -26,6 +24,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/siteserver/siteserver/internal/httpx"
 	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/internal/pki"
 	"github.com/siteserver/siteserver/nsapi"
@@ -419,40 +418,27 @@ func (s *Server) Handler() http.Handler {
 	return mux
 }
 
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(v)
-}
-
-func writeError(w http.ResponseWriter, code int, format string, args ...any) {
-	writeJSON(w, code, nsapi.ErrorResponse{Error: fmt.Sprintf(format, args...)})
-}
-
 // readBody reads a bounded body; on failure it has already answered.
 func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 	return s.readBodyN(w, r, s.cfg.MaxBodyBytes)
 }
 
 func (s *Server) readBodyN(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, bool) {
-	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			s.metrics.badRequests.WithLabelValues("too_large").Inc()
-			writeError(w, http.StatusRequestEntityTooLarge, "request body is larger than %d bytes", limit)
-			return nil, false
-		}
+	b, err := httpx.ReadBody(w, r, limit)
+	switch {
+	case err == nil:
+		return b, true
+	case httpx.TooLarge(err):
+		s.metrics.badRequests.WithLabelValues("too_large").Inc()
+	default:
 		s.metrics.badRequests.WithLabelValues("malformed").Inc()
-		writeError(w, http.StatusBadRequest, "reading body: %v", err)
-		return nil, false
 	}
-	return b, true
+	return nil, false
 }
 
 func (s *Server) badRequest(w http.ResponseWriter, err error) {
 	s.metrics.badRequests.WithLabelValues("malformed").Inc()
-	writeError(w, http.StatusBadRequest, "%v", err)
+	httpx.WriteError(w, http.StatusBadRequest, "%v", err)
 }
 
 func tokenEqual(got, want string) bool {
@@ -465,7 +451,7 @@ func (s *Server) admin(h http.HandlerFunc) http.HandlerFunc {
 		if !ok || !tokenEqual(tok, s.cfg.AdminToken) {
 			s.metrics.authFailures.WithLabelValues("bad_admin_token").Inc()
 			w.Header().Set("WWW-Authenticate", `Bearer realm="siteserver-ns"`)
-			writeError(w, http.StatusUnauthorized, "admin token missing or wrong")
+			httpx.WriteError(w, http.StatusUnauthorized, "admin token missing or wrong")
 			return
 		}
 		h(w, r)
@@ -483,12 +469,12 @@ func (s *Server) peer(kind string, h http.HandlerFunc) http.HandlerFunc {
 		id, k, ok := pki.PeerIdentity(r.TLS)
 		if !ok {
 			s.metrics.authFailures.WithLabelValues("no_client_cert").Inc()
-			writeError(w, http.StatusUnauthorized, "a client certificate from enrollment is required")
+			httpx.WriteError(w, http.StatusUnauthorized, "a client certificate from enrollment is required")
 			return
 		}
 		if k != kind {
 			s.metrics.authFailures.WithLabelValues("wrong_kind").Inc()
-			writeError(w, http.StatusForbidden, "a %s certificate cannot be used here", k)
+			httpx.WriteError(w, http.StatusForbidden, "a %s certificate cannot be used here", k)
 			return
 		}
 		serial := r.TLS.VerifiedChains[0][0].SerialNumber.Text(16)
@@ -503,7 +489,7 @@ func (s *Server) anyPeer(h http.HandlerFunc) http.HandlerFunc {
 		id, k, ok := pki.PeerIdentity(r.TLS)
 		if !ok {
 			s.metrics.authFailures.WithLabelValues("no_client_cert").Inc()
-			writeError(w, http.StatusUnauthorized, "a client certificate from enrollment is required")
+			httpx.WriteError(w, http.StatusUnauthorized, "a client certificate from enrollment is required")
 			return
 		}
 		if k == nsapi.KindSiteServer {
@@ -514,7 +500,7 @@ func (s *Server) anyPeer(h http.HandlerFunc) http.HandlerFunc {
 		rec, err := s.store.Agent(r.Context(), id)
 		if err != nil || rec.CertSerial != serial {
 			s.metrics.authFailures.WithLabelValues("unknown_peer").Inc()
-			writeError(w, http.StatusUnauthorized, "agent %s is not enrolled here with this certificate", id)
+			httpx.WriteError(w, http.StatusUnauthorized, "agent %s is not enrolled here with this certificate", id)
 			return
 		}
 		ctx := context.WithValue(r.Context(), peerKey{}, peerInfo{id: id, serial: serial, kind: k})
@@ -533,7 +519,7 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req nsapi.EnrollRequest
-	if err := nsapi.DecodeStrict(strings.NewReader(string(b)), &req); err != nil {
+	if err := httpx.DecodeStrict(b, &req); err != nil {
 		s.badRequest(w, fmt.Errorf("decode enrollment: %w", err))
 		return
 	}
@@ -551,7 +537,7 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		s.metrics.authFailures.WithLabelValues("bad_enrollment_token").Inc()
 		s.metrics.enrollments.WithLabelValues(req.Kind, "unauthorized").Inc()
 		s.logger.Warn("enrollment refused: wrong token", "kind", req.Kind, "id", req.ID, "remote", r.RemoteAddr)
-		writeError(w, http.StatusUnauthorized, "enrollment token missing or wrong")
+		httpx.WriteError(w, http.StatusUnauthorized, "enrollment token missing or wrong")
 		return
 	}
 	if !nsapi.ValidID(req.ID) {
@@ -572,7 +558,7 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 	}
 	serial, err := certSerial(certPEM)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	resp := nsapi.EnrollResponse{Certificate: string(certPEM), CA: string(s.ca.CertPEM), Status: nsapi.StatusApproved, NSID: s.nsID()}
@@ -594,7 +580,7 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 				rec.Status = nsapi.StatusPending
 			}
 		case err != nil:
-			writeError(w, http.StatusInternalServerError, "%v", err)
+			httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 			return
 		case s.cfg.Approval == "manual":
 			// A new key for a known GUID needs an administrator's eye again.
@@ -604,19 +590,19 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		rec.CertSerial = serial
 		rec.Enrolled = now
 		if err := s.store.PutServer(ctx, rec); err != nil {
-			writeError(w, http.StatusInternalServerError, "%v", err)
+			httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 			return
 		}
 		resp.TickleKey, resp.TickleKeyID, resp.Status = rec.TickleKey, rec.TickleKeyID, rec.Status
 	case nsapi.KindAgent:
 		rec, err := s.store.Agent(ctx, req.ID)
 		if err != nil && !errors.Is(err, ErrNotFound) {
-			writeError(w, http.StatusInternalServerError, "%v", err)
+			httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 			return
 		}
 		rec.ID, rec.Hostname, rec.CertSerial, rec.Enrolled = req.ID, req.Hostname, serial, now
 		if err := s.store.PutAgent(ctx, rec); err != nil {
-			writeError(w, http.StatusInternalServerError, "%v", err)
+			httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 			return
 		}
 	}
@@ -627,7 +613,7 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 	s.metrics.enrollments.WithLabelValues(req.Kind, result).Inc()
 	s.logger.Info("enrolled", "kind", req.Kind, "id", req.ID, "hostname", req.Hostname, "status", resp.Status)
 	s.refreshGauges(ctx)
-	writeJSON(w, http.StatusOK, resp)
+	httpx.WriteJSON(w, http.StatusOK, resp)
 }
 
 func certSerial(certPEM []byte) (string, error) {
@@ -656,7 +642,7 @@ func (s *Server) handleRegisterServer(w http.ResponseWriter, r *http.Request) {
 	p := peerFrom(r)
 	if req.ID != p.id {
 		s.metrics.registrations.WithLabelValues(nsapi.KindSiteServer, "rejected").Inc()
-		writeError(w, http.StatusForbidden, "id %q does not match the client certificate (%q)", req.ID, p.id)
+		httpx.WriteError(w, http.StatusForbidden, "id %q does not match the client certificate (%q)", req.ID, p.id)
 		return
 	}
 	ctx := r.Context()
@@ -666,16 +652,16 @@ func (s *Server) handleRegisterServer(w http.ResponseWriter, r *http.Request) {
 		s.mu.Unlock()
 		if errors.Is(err, ErrNotFound) {
 			s.metrics.authFailures.WithLabelValues("unknown_peer").Inc()
-			writeError(w, http.StatusUnauthorized, "site server %s is not enrolled here; enroll again", req.ID)
+			httpx.WriteError(w, http.StatusUnauthorized, "site server %s is not enrolled here; enroll again", req.ID)
 			return
 		}
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	if rec.CertSerial != p.serial {
 		s.mu.Unlock()
 		s.metrics.authFailures.WithLabelValues("superseded_cert").Inc()
-		writeError(w, http.StatusUnauthorized, "this certificate was superseded by a later enrollment; enroll again")
+		httpx.WriteError(w, http.StatusUnauthorized, "this certificate was superseded by a later enrollment; enroll again")
 		return
 	}
 	rec.Hostname, rec.Addresses, rec.Services, rec.LastSeen = req.Hostname, req.Addresses, req.Services, s.now().UTC()
@@ -685,16 +671,16 @@ func (s *Server) handleRegisterServer(w http.ResponseWriter, r *http.Request) {
 	err = s.store.PutServer(ctx, rec)
 	s.mu.Unlock()
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	if rec.Status != nsapi.StatusApproved {
 		s.metrics.registrations.WithLabelValues(nsapi.KindSiteServer, "pending").Inc()
-		writeJSON(w, http.StatusForbidden, nsapi.ErrorResponse{Error: "site server is pending approval by an administrator"})
+		httpx.WriteJSON(w, http.StatusForbidden, nsapi.ErrorResponse{Error: "site server is pending approval by an administrator"})
 		return
 	}
 	s.metrics.registrations.WithLabelValues(nsapi.KindSiteServer, "ok").Inc()
-	writeJSON(w, http.StatusOK, nsapi.RegisterServerResponse{
+	httpx.WriteJSON(w, http.StatusOK, nsapi.RegisterServerResponse{
 		ID:       rec.ID,
 		Status:   rec.Status,
 		Sites:    matches(s.rules.Load().ServerSites(toSitesServer(rec, 0))),
@@ -738,7 +724,7 @@ func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
 	p := peerFrom(r)
 	if req.ID != p.id {
 		s.metrics.registrations.WithLabelValues(nsapi.KindAgent, "rejected").Inc()
-		writeError(w, http.StatusForbidden, "id %q does not match the client certificate (%q)", req.ID, p.id)
+		httpx.WriteError(w, http.StatusForbidden, "id %q does not match the client certificate (%q)", req.ID, p.id)
 		return
 	}
 	ctx := r.Context()
@@ -758,26 +744,26 @@ func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case errors.Is(err, ErrNotFound):
 		s.metrics.authFailures.WithLabelValues("unknown_peer").Inc()
-		writeError(w, http.StatusUnauthorized, "agent %s is not enrolled here; enroll again", req.ID)
+		httpx.WriteError(w, http.StatusUnauthorized, "agent %s is not enrolled here; enroll again", req.ID)
 		return
 	case errors.Is(err, errSuperseded):
 		s.metrics.authFailures.WithLabelValues("superseded_cert").Inc()
-		writeError(w, http.StatusUnauthorized, "this certificate was superseded by a later enrollment; enroll again")
+		httpx.WriteError(w, http.StatusUnauthorized, "this certificate was superseded by a later enrollment; enroll again")
 		return
 	case err != nil:
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	candidates, byID, err := s.selectable(ctx)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	m := s.rules.Load()
 	task := m.Select(req.Addresses, nsapi.ServiceTask, candidates)
 	pkg := m.Select(req.Addresses, nsapi.ServicePackage, candidates)
 	s.metrics.registrations.WithLabelValues(nsapi.KindAgent, "ok").Inc()
-	writeJSON(w, http.StatusOK, nsapi.RegisterAgentResponse{
+	httpx.WriteJSON(w, http.StatusOK, nsapi.RegisterAgentResponse{
 		Sites:          matches(m.SitesFor(req.Addresses)),
 		TaskServers:    refs(task.Servers, byID, nsapi.ServiceTask),
 		TaskReason:     task.Reason,
@@ -835,12 +821,12 @@ func refs(servers []sites.Server, byID map[string]ServerRecord, service string) 
 func (s *Server) handleListServers(w http.ResponseWriter, r *http.Request) {
 	recs, err := s.store.Servers(r.Context())
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	counts, err := s.agentCounts(r.Context())
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	m := s.rules.Load()
@@ -856,13 +842,13 @@ func (s *Server) handleListServers(w http.ResponseWriter, r *http.Request) {
 		}
 		out = append(out, v)
 	}
-	writeJSON(w, http.StatusOK, out)
+	httpx.WriteJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) handleListAgents(w http.ResponseWriter, r *http.Request) {
 	recs, err := s.store.Agents(r.Context())
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	m := s.rules.Load()
@@ -875,7 +861,7 @@ func (s *Server) handleListAgents(w http.ResponseWriter, r *http.Request) {
 		}
 		out = append(out, v)
 	}
-	writeJSON(w, http.StatusOK, out)
+	httpx.WriteJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) handleApprove(w http.ResponseWriter, r *http.Request) {
@@ -888,22 +874,22 @@ func (s *Server) handleApprove(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Unlock()
 	if errors.Is(err, ErrNotFound) {
-		writeError(w, http.StatusNotFound, "no site server %q", id)
+		httpx.WriteError(w, http.StatusNotFound, "no site server %q", id)
 		return
 	}
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	s.logger.Info("site server approved", "id", id, "hostname", rec.Hostname)
 	s.refreshGauges(r.Context())
-	writeJSON(w, http.StatusOK, map[string]string{"id": id, "status": nsapi.StatusApproved})
+	httpx.WriteJSON(w, http.StatusOK, map[string]string{"id": id, "status": nsapi.StatusApproved})
 }
 
 func (s *Server) handleListSites(w http.ResponseWriter, r *http.Request) {
 	all, err := s.store.Rules(r.Context())
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	shadowed := map[netip.Prefix]bool{}
@@ -947,7 +933,7 @@ func (s *Server) handleListSites(w http.ResponseWriter, r *http.Request) {
 		out = append(out, *v)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	writeJSON(w, http.StatusOK, out)
+	httpx.WriteJSON(w, http.StatusOK, out)
 }
 
 // ruleChange answers for a rule change: 400 when it does not compile, 500 otherwise.
@@ -969,11 +955,11 @@ func (s *Server) ruleChange(w http.ResponseWriter, r *http.Request, change func(
 	case err == nil:
 		return true
 	case errors.Is(err, ErrNotFound):
-		writeError(w, http.StatusNotFound, "%v", err)
+		httpx.WriteError(w, http.StatusNotFound, "%v", err)
 	case userErr != nil || errors.As(err, &re):
 		s.badRequest(w, err)
 	default:
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 	}
 	return false
 }
@@ -984,7 +970,7 @@ func (s *Server) handlePutSite(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req nsapi.SiteRequest
-	if err := nsapi.DecodeStrict(strings.NewReader(string(b)), &req); err != nil {
+	if err := httpx.DecodeStrict(b, &req); err != nil {
 		s.badRequest(w, fmt.Errorf("decode site: %w", err))
 		return
 	}
@@ -1010,7 +996,7 @@ func (s *Server) handlePutSite(w http.ResponseWriter, r *http.Request) {
 	}) {
 		return
 	}
-	writeJSON(w, http.StatusOK, req)
+	httpx.WriteJSON(w, http.StatusOK, req)
 }
 
 func (s *Server) handleDeleteSite(w http.ResponseWriter, r *http.Request) {
@@ -1036,7 +1022,7 @@ func (s *Server) handlePutSubnet(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req nsapi.SubnetRequest
-	if err := nsapi.DecodeStrict(strings.NewReader(string(b)), &req); err != nil {
+	if err := httpx.DecodeStrict(b, &req); err != nil {
 		s.badRequest(w, fmt.Errorf("decode subnet: %w", err))
 		return
 	}
@@ -1056,7 +1042,7 @@ func (s *Server) handlePutSubnet(w http.ResponseWriter, r *http.Request) {
 	}) {
 		return
 	}
-	writeJSON(w, http.StatusOK, req)
+	httpx.WriteJSON(w, http.StatusOK, req)
 }
 
 func (s *Server) handleDeleteSubnet(w http.ResponseWriter, r *http.Request) {
@@ -1084,7 +1070,7 @@ func (s *Server) handlePutAssignment(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req nsapi.AssignmentRequest
-	if err := nsapi.DecodeStrict(strings.NewReader(string(b)), &req); err != nil {
+	if err := httpx.DecodeStrict(b, &req); err != nil {
 		s.badRequest(w, fmt.Errorf("decode assignment: %w", err))
 		return
 	}
@@ -1100,7 +1086,7 @@ func (s *Server) handlePutAssignment(w http.ResponseWriter, r *http.Request) {
 	}) {
 		return
 	}
-	writeJSON(w, http.StatusOK, req)
+	httpx.WriteJSON(w, http.StatusOK, req)
 }
 
 func (s *Server) handleDeleteAssignment(w http.ResponseWriter, r *http.Request) {
@@ -1129,13 +1115,13 @@ func (s *Server) handleGetRules(w http.ResponseWriter, r *http.Request) {
 	}
 	all, err := s.store.Rules(r.Context())
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	mine, _ := splitRules(all, src)
 	b, err := sites.MarshalRulesFile(mine)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	w.Header().Set("Content-Type", "application/yaml")
@@ -1165,11 +1151,11 @@ func (s *Server) handlePutRules(w http.ResponseWriter, r *http.Request) {
 			s.badRequest(w, err)
 			return
 		}
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	s.logger.Info("rules applied", "source", src, "sites", len(rules.Sites), "subnets", len(rules.Subnets))
-	writeJSON(w, http.StatusOK, nsapi.ApplyRulesResponse{Source: string(src), Sites: len(rules.Sites), Subnets: len(rules.Subnets), Servers: len(rules.Servers)})
+	httpx.WriteJSON(w, http.StatusOK, nsapi.ApplyRulesResponse{Source: string(src), Sites: len(rules.Sites), Subnets: len(rules.Subnets), Servers: len(rules.Servers)})
 }
 
 // channelAddr is where site servers open their channel: the host they used for the API

@@ -6,9 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/siteserver/siteserver/nsapi"
 	"strings"
 	"time"
+
+	"github.com/siteserver/siteserver/nsapi"
 )
 
 // InstanceFilter selects job instances; zero fields match everything.

@@ -4,9 +4,10 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"github.com/siteserver/siteserver/nsapi"
 	"strings"
 	"time"
+
+	"github.com/siteserver/siteserver/nsapi"
 )
 
 // PutPackage implements Store.

@@ -1,11 +1,8 @@
 package nsapi
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"regexp"
@@ -13,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/siteserver/siteserver/internal/httpx"
 )
 
 // API paths.
@@ -220,31 +219,12 @@ type ApplyRulesResponse struct {
 }
 
 // ErrorResponse is the body of every non-2xx answer.
-type ErrorResponse struct {
-	Error string `json:"error"`
-}
-
-// decodeJSON decodes exactly one JSON value, refusing unknown fields and trailing data.
-func DecodeStrict(r io.Reader, v any) error {
-	dec := json.NewDecoder(r)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if dec.More() {
-		return errors.New("trailing data after the JSON value")
-	}
-	var extra json.RawMessage
-	if err := dec.Decode(&extra); err != io.EOF {
-		return errors.New("trailing data after the JSON value")
-	}
-	return nil
-}
+type ErrorResponse = httpx.ErrorBody
 
 // DecodeRegisterServer decodes and checks a site server's registration.
 func DecodeRegisterServer(b []byte) (RegisterServerRequest, error) {
 	var req RegisterServerRequest
-	if err := DecodeStrict(bytes.NewReader(b), &req); err != nil {
+	if err := httpx.DecodeStrict(b, &req); err != nil {
 		return RegisterServerRequest{}, fmt.Errorf("decode registration: %w", err)
 	}
 	if err := req.Validate(); err != nil {
@@ -304,7 +284,7 @@ func (req *RegisterServerRequest) Validate() error {
 // DecodeRegisterAgent decodes and checks an agent's registration.
 func DecodeRegisterAgent(b []byte) (RegisterAgentRequest, error) {
 	var req RegisterAgentRequest
-	if err := DecodeStrict(bytes.NewReader(b), &req); err != nil {
+	if err := httpx.DecodeStrict(b, &req); err != nil {
 		return RegisterAgentRequest{}, fmt.Errorf("decode registration: %w", err)
 	}
 	if !ValidID(req.ID) {

@@ -1,0 +1,65 @@
+// Package httpx holds the JSON-over-HTTP helpers every server of the suite answers with:
+// one error body shape, bounded body reads and strict decoding.
+package httpx
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+)
+
+// ErrorBody is the body of every non-2xx answer.
+type ErrorBody struct {
+	Error string `json:"error"`
+}
+
+// WriteJSON answers with v as JSON and the status code.
+func WriteJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v) // the client went away; nothing to tell it
+}
+
+// WriteError answers with an ErrorBody.
+func WriteError(w http.ResponseWriter, code int, format string, args ...any) {
+	WriteJSON(w, code, ErrorBody{Error: fmt.Sprintf(format, args...)})
+}
+
+// ReadBody reads at most limit bytes of the request body. On failure it has answered
+// already (413 for a body over the limit, 400 otherwise) and returns the error, which
+// TooLarge tells apart.
+func ReadBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err == nil {
+		return b, nil
+	}
+	if TooLarge(err) {
+		WriteError(w, http.StatusRequestEntityTooLarge, "request body is larger than %d bytes", limit)
+	} else {
+		WriteError(w, http.StatusBadRequest, "reading body: %v", err)
+	}
+	return nil, err
+}
+
+// TooLarge reports whether err came from a body over its limit.
+func TooLarge(err error) bool {
+	var mbe *http.MaxBytesError
+	return errors.As(err, &mbe)
+}
+
+// DecodeStrict decodes exactly one JSON value, refusing unknown fields and trailing data.
+func DecodeStrict(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	var extra json.RawMessage
+	if err := dec.Decode(&extra); err != io.EOF {
+		return errors.New("trailing data after the JSON value")
+	}
+	return nil
+}
