@@ -98,7 +98,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		Dir: filepath.Join(a.cfg.DataDir, "ns", a.cfg.NS.Name),
 	}
 	a.peer = peer
-	a.registrar = nsapi.NewRegistrar([]*nsapi.Peer{peer}, a.register, a.logger, a.reg)
+	if a.registrar, err = nsapi.NewRegistrar([]*nsapi.Peer{peer}, a.register, a.logger, a.reg); err != nil {
+		return err
+	}
 	var last nsapi.RegisterAgentResponse
 	if a.registrar.Last(a.cfg.NS.Name, &last) {
 		a.setServers(last)

@@ -2,66 +2,14 @@ package ns
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"net/http"
 
 	"github.com/siteserver/siteserver/internal/httpx"
+	"github.com/siteserver/siteserver/ns/store"
 	"github.com/siteserver/siteserver/nsapi"
 )
-
-const computerCols = `mac, kind, name, agent, arch, last_server, created_at, last_seen`
-
-func scanComputer(sc scanner) (nsapi.ComputerRecord, error) {
-	var c nsapi.ComputerRecord
-	var created, seen int64
-	err := sc.Scan(&c.MAC, &c.Kind, &c.Name, &c.Agent, &c.Arch, &c.LastServer, &created, &seen)
-	c.Created, c.LastSeen = fromUnixNano(created), fromUnixNano(seen)
-	return c, err
-}
-
-// Computer implements Store.
-func (s *SQLiteStore) Computer(ctx context.Context, mac string) (nsapi.ComputerRecord, error) {
-	c, err := scanComputer(s.db.QueryRowContext(ctx, `SELECT `+computerCols+` FROM computers WHERE mac = ?`, mac))
-	if errors.Is(err, sql.ErrNoRows) {
-		return c, ErrNotFound
-	}
-	if err != nil {
-		return c, fmt.Errorf("ns: store: computer %s: %w", mac, err)
-	}
-	return c, nil
-}
-
-// Computers implements Store.
-func (s *SQLiteStore) Computers(ctx context.Context) ([]nsapi.ComputerRecord, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+computerCols+` FROM computers ORDER BY mac`)
-	if err != nil {
-		return nil, fmt.Errorf("ns: store: computers: %w", err)
-	}
-	defer rows.Close()
-	var out []nsapi.ComputerRecord
-	for rows.Next() {
-		c, err := scanComputer(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, c)
-	}
-	return out, rows.Err()
-}
-
-// PutComputer implements Store.
-func (s *SQLiteStore) PutComputer(ctx context.Context, c nsapi.ComputerRecord) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO computers (`+computerCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-		ON CONFLICT (mac) DO UPDATE SET kind = excluded.kind, name = excluded.name, agent = excluded.agent,
-		arch = excluded.arch, last_server = excluded.last_server, last_seen = excluded.last_seen`,
-		c.MAC, c.Kind, c.Name, c.Agent, c.Arch, c.LastServer, toUnixNano(c.Created), toUnixNano(c.LastSeen))
-	if err != nil {
-		return fmt.Errorf("ns: store: put computer %s: %w", c.MAC, err)
-	}
-	return nil
-}
 
 func (s *Server) handleComputerLookup(w http.ResponseWriter, r *http.Request) {
 	mac, err := nsapi.NormalizeMAC(r.URL.Query().Get("mac"))
@@ -70,7 +18,7 @@ func (s *Server) handleComputerLookup(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c, err := s.store.Computer(r.Context(), mac)
-	if errors.Is(err, ErrNotFound) {
+	if errors.Is(err, store.ErrNotFound) {
 		httpx.WriteJSON(w, http.StatusOK, nsapi.LookupResponse{Kind: nsapi.ComputerUnknown})
 		return
 	}
@@ -102,7 +50,7 @@ func (s *Server) handleComputerSeen(w http.ResponseWriter, r *http.Request) {
 	defer s.mu.Unlock()
 	now := s.now().UTC()
 	c, err := s.store.Computer(ctx, mac)
-	if errors.Is(err, ErrNotFound) {
+	if errors.Is(err, store.ErrNotFound) {
 		c = nsapi.ComputerRecord{MAC: mac, Kind: nsapi.ComputerUnknown, Created: now}
 		s.logger.Info("unknown computer network-booted", "mac", mac, "arch", req.Arch)
 	} else if err != nil {
@@ -137,7 +85,7 @@ func (s *Server) handlePutComputer(w http.ResponseWriter, r *http.Request) {
 	defer s.mu.Unlock()
 	c, err := s.store.Computer(ctx, mac)
 	switch {
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, store.ErrNotFound):
 		c = nsapi.ComputerRecord{MAC: mac, Arch: -1, Created: s.now().UTC()}
 	case err != nil:
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
@@ -160,7 +108,7 @@ func (s *Server) handleListComputers(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	httpx.WriteJSON(w, http.StatusOK, orEmpty(cs))
+	httpx.WriteJSON(w, http.StatusOK, httpx.List(cs))
 }
 
 // markManaged records the MACs an agent reports as managed computers.
@@ -171,7 +119,7 @@ func (s *Server) markManaged(ctx context.Context, agent string, macs []string) e
 			continue
 		}
 		c, err := s.store.Computer(ctx, mac)
-		if errors.Is(err, ErrNotFound) {
+		if errors.Is(err, store.ErrNotFound) {
 			c = nsapi.ComputerRecord{MAC: mac, Arch: -1, Created: s.now().UTC()}
 		} else if err != nil {
 			return err

@@ -1,4 +1,5 @@
-// Package ns is the Notification Server side of the suite: the NS API types and the client
-// site servers and agents use to enroll and register, and the reference NS server with its
-// SQLite store, its own CA, site maintenance and registration.
+// Package ns is the reference Notification Server: its HTTPS API handlers (enrollment,
+// registration of site servers and agents, site maintenance, jobs, packages, computers),
+// their authentication, and the tickler that wakes task servers. What it keeps is in
+// ns/store; the contract its clients speak is nsapi.
 package ns

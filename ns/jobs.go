@@ -4,18 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
-	"net/netip"
-	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/siteserver/siteserver/internal/httpx"
+	"github.com/siteserver/siteserver/ns/store"
 	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/tickle"
 )
@@ -26,146 +22,8 @@ const (
 	maxEventBatchBytes = 16 << 20
 )
 
-type jobMetrics struct {
-	instances *prometheus.GaugeVec
-	events    *prometheus.CounterVec
-	tickles   *tickle.Metrics
-	channel   *tickle.ChannelServerMetrics
-}
-
-func newJobMetrics(reg prometheus.Registerer) (*jobMetrics, error) {
-	m := &jobMetrics{
-		instances: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: "siteserver", Subsystem: subsystem, Name: "job_instances",
-			Help: "Job instances by state.",
-		}, []string{"state"}),
-		events: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: "siteserver", Subsystem: subsystem, Name: "status_events_total",
-			Help: "Status events received from task servers: added, duplicate (already stored) or unknown (no such instance).",
-		}, []string{"result"}),
-	}
-	for _, st := range nsapi.JobStates {
-		m.instances.WithLabelValues(st)
-	}
-	for _, r := range []string{"added", "duplicate", "unknown"} {
-		m.events.WithLabelValues(r)
-	}
-	if err := reg.Register(m.instances); err != nil {
-		return nil, err
-	}
-	if err := reg.Register(m.events); err != nil {
-		return nil, err
-	}
-	tm, err := tickle.NewMetrics(reg, subsystem)
-	if err != nil {
-		return nil, err
-	}
-	m.tickles = tm
-	if m.channel, err = tickle.NewChannelServerMetrics(reg, subsystem); err != nil {
-		return nil, err
-	}
-	return m, nil
-}
-
 // nsID is this NS's sender id in tickles: stable for as long as its CA is.
 func (s *Server) nsID() string { return "ns-" + s.ca.Fingerprint()[:16] }
-
-// tickler coalesces "work pending" per task server: many instances created at once cost
-// one tickle per server, not one per instance.
-type tickler struct {
-	s       *Server
-	conn    net.PacketConn
-	window  time.Duration
-	mu      sync.Mutex
-	pending map[string]tickle.Type
-	wake    chan struct{}
-	senders map[string]*tickle.Sender
-}
-
-func newTickler(s *Server) *tickler {
-	return &tickler{s: s, window: 10 * time.Millisecond, pending: map[string]tickle.Type{},
-		wake: make(chan struct{}, 1), senders: map[string]*tickle.Sender{}}
-}
-
-// mark asks for a tickle of type typ to the server soon; work pending wins over settings.
-func (t *tickler) mark(server string, typ tickle.Type) {
-	t.mu.Lock()
-	if cur, ok := t.pending[server]; !ok || cur == tickle.SettingsChanged {
-		t.pending[server] = typ
-	}
-	t.mu.Unlock()
-	select {
-	case t.wake <- struct{}{}:
-	default:
-	}
-}
-
-func (t *tickler) run(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.wake:
-		}
-		// Let a burst of job creations settle into one tickle per server.
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(t.window):
-		}
-		t.mu.Lock()
-		batch := t.pending
-		t.pending = map[string]tickle.Type{}
-		t.mu.Unlock()
-		for server, typ := range batch {
-			if err := t.send(ctx, server, typ); err != nil {
-				t.s.logger.Debug("tickle not sent", "server", server, "err", err)
-			}
-		}
-	}
-}
-
-func (t *tickler) send(ctx context.Context, server string, typ tickle.Type) error {
-	rec, err := t.s.store.Server(ctx, server)
-	if err != nil {
-		return err
-	}
-	var advertised string
-	for _, svc := range rec.Services {
-		if svc.Name == nsapi.ServiceTask {
-			advertised = svc.Tickle
-		}
-	}
-	var to netip.AddrPort
-	if advertised != "" {
-		remote, _ := netip.ParseAddr(rec.RemoteAddr)
-		to, err = nsapi.TickleTarget(advertised, remote)
-		if err != nil || !to.Addr().IsValid() {
-			return fmt.Errorf("tickle address %q: %v", advertised, err)
-		}
-	} else if t.s.channel == nil || !t.s.channel.Connected(server) {
-		return errors.New("no tickle address registered and no channel open")
-	}
-	key := fmt.Sprintf("%s/%d", server, rec.TickleKeyID)
-	snd := t.senders[key]
-	if snd == nil {
-		snd, err = tickle.NewSender(t.s.nsID(), rec.TickleKeyID, rec.TickleKey, t.s.jobMetrics.tickles)
-		if err != nil {
-			return err
-		}
-		t.senders[key] = snd
-	}
-	// A task server that keeps a channel open may not be reachable by UDP at all.
-	if ch := t.s.channel; ch != nil && ch.Connected(server) {
-		b, err := snd.Append(nil, typ, nil)
-		if err == nil {
-			if err = ch.Send(server, b); err == nil {
-				return nil
-			}
-		}
-	}
-	return snd.Send(ctx, t.conn, to, typ, nil)
-}
 
 func (s *Server) sweep(ctx context.Context, every time.Duration) {
 	tk := time.NewTicker(every)
@@ -273,14 +131,14 @@ func (s *Server) handleListJobs(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	httpx.WriteJSON(w, http.StatusOK, orEmpty(jobs))
+	httpx.WriteJSON(w, http.StatusOK, httpx.List(jobs))
 }
 
 func (s *Server) handleJobStatus(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	id := r.PathValue("id")
 	job, err := s.store.Job(ctx, id)
-	if errors.Is(err, ErrNotFound) {
+	if errors.Is(err, store.ErrNotFound) {
 		httpx.WriteError(w, http.StatusNotFound, "no job %q", id)
 		return
 	}
@@ -288,7 +146,7 @@ func (s *Server) handleJobStatus(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	insts, err := s.store.Instances(ctx, InstanceFilter{JobID: id})
+	insts, err := s.store.Instances(ctx, store.InstanceFilter{JobID: id})
 	if err != nil {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
@@ -302,7 +160,7 @@ func (s *Server) handleJobStatus(w http.ResponseWriter, r *http.Request) {
 		}
 		st.Counts[in.State]++
 		st.Instances = append(st.Instances, nsapi.InstanceStatus{ID: in.ID, Agent: in.Agent, TaskServer: in.TaskServer,
-			State: in.State, Created: in.Created, Expires: in.Expires, Updated: in.Updated, Events: orEmpty(evs)})
+			State: in.State, Created: in.Created, Expires: in.Expires, Updated: in.Updated, Events: httpx.List(evs)})
 	}
 	httpx.WriteJSON(w, http.StatusOK, st)
 }
@@ -312,13 +170,13 @@ func (s *Server) handleWork(w http.ResponseWriter, r *http.Request) {
 	if !s.currentServer(w, r, p) {
 		return
 	}
-	insts, err := s.store.Instances(r.Context(), InstanceFilter{TaskServer: p.id,
+	insts, err := s.store.Instances(r.Context(), store.InstanceFilter{TaskServer: p.id,
 		States: []string{nsapi.StatePending, nsapi.StateDelivered}, OpenAt: s.now()})
 	if err != nil {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	resp := nsapi.WorkResponse{Instances: orEmpty(insts)}
+	resp := nsapi.WorkResponse{Instances: httpx.List(insts)}
 	resp.Compact()
 	httpx.WriteJSON(w, http.StatusOK, resp)
 }
@@ -327,7 +185,7 @@ func (s *Server) handleWork(w http.ResponseWriter, r *http.Request) {
 func (s *Server) currentServer(w http.ResponseWriter, r *http.Request, p peerInfo) bool {
 	rec, err := s.store.Server(r.Context(), p.id)
 	switch {
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, store.ErrNotFound):
 		s.metrics.authFailures.WithLabelValues("unknown_peer").Inc()
 		httpx.WriteError(w, http.StatusUnauthorized, "site server %s is not enrolled here", p.id)
 	case err != nil:
@@ -402,10 +260,10 @@ func (s *Server) handlePresence(w http.ResponseWriter, r *http.Request) {
 	moved := 0
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var changed []AgentRecord
+	var changed []store.AgentRecord
 	for _, ap := range req.Agents {
 		rec, err := s.store.Agent(ctx, ap.ID)
-		if errors.Is(err, ErrNotFound) {
+		if errors.Is(err, store.ErrNotFound) {
 			continue // enrolled with another NS
 		}
 		if err != nil {
@@ -441,17 +299,4 @@ func (s *Server) handlePresence(w http.ResponseWriter, r *http.Request) {
 		s.tickler.mark(p.id, tickle.WorkPending)
 	}
 	w.WriteHeader(http.StatusNoContent)
-}
-
-// tickleAllTaskServers tells every task server its settings changed.
-func (s *Server) tickleAllTaskServers(ctx context.Context) {
-	recs, err := s.store.Servers(ctx)
-	if err != nil {
-		return
-	}
-	for _, rec := range recs {
-		if rec.Status == nsapi.StatusApproved && slices.ContainsFunc(rec.Services, func(si nsapi.ServiceInfo) bool { return si.Name == nsapi.ServiceTask }) {
-			s.tickler.mark(rec.ID, tickle.SettingsChanged)
-		}
-	}
 }

@@ -2,7 +2,9 @@ package ns
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/nsapi"
+	"github.com/siteserver/siteserver/tickle"
 )
 
 // Not "ns": linters read that as nanoseconds.
@@ -28,42 +30,42 @@ var (
 	kinds          = []string{nsapi.KindSiteServer, nsapi.KindAgent}
 )
 
-func newServerMetrics(reg prometheus.Registerer) *serverMetrics {
+func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 	m := &serverMetrics{
 		enrollments: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: "siteserver", Subsystem: subsystem, Name: "enrollments_total",
+			Namespace: obs.Namespace, Subsystem: subsystem, Name: "enrollments_total",
 			Help: "Enrollment requests by peer kind and result.",
 		}, []string{"kind", "result"}),
 		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: "siteserver", Subsystem: subsystem, Name: "auth_failures_total",
+			Namespace: obs.Namespace, Subsystem: subsystem, Name: "auth_failures_total",
 			Help: "Requests refused for missing or wrong credentials, by reason.",
 		}, []string{"reason"}),
 		registrations: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: "siteserver", Subsystem: subsystem, Name: "registrations_total",
+			Namespace: obs.Namespace, Subsystem: subsystem, Name: "registrations_total",
 			Help: "Registrations and heartbeats by peer kind and result.",
 		}, []string{"kind", "result"}),
 		badRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: "siteserver", Subsystem: subsystem, Name: "bad_requests_total",
+			Namespace: obs.Namespace, Subsystem: subsystem, Name: "bad_requests_total",
 			Help: "Requests refused as malformed or too large, by reason.",
 		}, []string{"reason"}),
 		rulesLoads: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: "siteserver", Subsystem: subsystem, Name: "rules_loads_total",
+			Namespace: obs.Namespace, Subsystem: subsystem, Name: "rules_loads_total",
 			Help: "Site maintenance rule changes applied, by result.",
 		}, []string{"result"}),
 		siteServers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: "siteserver", Subsystem: subsystem, Name: "site_servers",
+			Namespace: obs.Namespace, Subsystem: subsystem, Name: "site_servers",
 			Help: "Enrolled site servers by status.",
 		}, []string{"status"}),
 		agents: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: "siteserver", Subsystem: subsystem, Name: "agents",
+			Namespace: obs.Namespace, Subsystem: subsystem, Name: "agents",
 			Help: "Enrolled agents.",
 		}),
 		sites: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: "siteserver", Subsystem: subsystem, Name: "sites",
+			Namespace: obs.Namespace, Subsystem: subsystem, Name: "sites",
 			Help: "Sites defined by the site maintenance rules.",
 		}),
 		subnets: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: "siteserver", Subsystem: subsystem, Name: "subnet_rules",
+			Namespace: obs.Namespace, Subsystem: subsystem, Name: "subnet_rules",
 			Help: "Subnet rules in force (shadowed ones not counted).",
 		}),
 	}
@@ -87,7 +89,47 @@ func newServerMetrics(reg prometheus.Registerer) *serverMetrics {
 	for _, s := range []string{nsapi.StatusPending, nsapi.StatusApproved} {
 		m.siteServers.WithLabelValues(s)
 	}
-	reg.MustRegister(m.enrollments, m.authFailures, m.registrations, m.badRequests, m.rulesLoads,
-		m.siteServers, m.agents, m.sites, m.subnets)
-	return m
+	if err := obs.RegisterAll(reg, m.enrollments, m.authFailures, m.registrations, m.badRequests, m.rulesLoads,
+		m.siteServers, m.agents, m.sites, m.subnets); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+type jobMetrics struct {
+	instances *prometheus.GaugeVec
+	events    *prometheus.CounterVec
+	tickles   *tickle.Metrics
+	channel   *tickle.ChannelServerMetrics
+}
+
+func newJobMetrics(reg prometheus.Registerer) (*jobMetrics, error) {
+	m := &jobMetrics{
+		instances: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: obs.Namespace, Subsystem: subsystem, Name: "job_instances",
+			Help: "Job instances by state.",
+		}, []string{"state"}),
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: obs.Namespace, Subsystem: subsystem, Name: "status_events_total",
+			Help: "Status events received from task servers: added, duplicate (already stored) or unknown (no such instance).",
+		}, []string{"result"}),
+	}
+	for _, st := range nsapi.JobStates {
+		m.instances.WithLabelValues(st)
+	}
+	for _, r := range []string{"added", "duplicate", "unknown"} {
+		m.events.WithLabelValues(r)
+	}
+	if err := obs.RegisterAll(reg, m.instances, m.events); err != nil {
+		return nil, err
+	}
+	tm, err := tickle.NewMetrics(reg, subsystem)
+	if err != nil {
+		return nil, err
+	}
+	m.tickles = tm
+	if m.channel, err = tickle.NewChannelServerMetrics(reg, subsystem); err != nil {
+		return nil, err
+	}
+	return m, nil
 }

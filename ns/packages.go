@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/siteserver/siteserver/internal/httpx"
+	"github.com/siteserver/siteserver/ns/store"
 	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/sites"
 )
@@ -130,7 +131,7 @@ func (s *Server) handlePutPackage(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleDeletePackage(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	if err := s.store.DeletePackage(r.Context(), id); errors.Is(err, ErrNotFound) {
+	if err := s.store.DeletePackage(r.Context(), id); errors.Is(err, store.ErrNotFound) {
 		httpx.WriteError(w, http.StatusNotFound, "no package %q", id)
 		return
 	} else if err != nil {
@@ -148,13 +149,13 @@ func (s *Server) handleListPackages(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	httpx.WriteJSON(w, http.StatusOK, orEmpty(ps))
+	httpx.WriteJSON(w, http.StatusOK, httpx.List(ps))
 }
 
 func (s *Server) handlePackageStatus(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	p, err := s.store.Package(r.Context(), id)
-	if errors.Is(err, ErrNotFound) {
+	if errors.Is(err, store.ErrNotFound) {
 		httpx.WriteError(w, http.StatusNotFound, "no package %q", id)
 		return
 	}
@@ -167,7 +168,7 @@ func (s *Server) handlePackageStatus(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	st := nsapi.PackageStatus{Package: p, Codebases: orEmpty(cbs), Ready: []string{}, Stuck: []nsapi.Codebase{}}
+	st := nsapi.PackageStatus{Package: p, Codebases: httpx.List(cbs), Ready: []string{}, Stuck: []nsapi.Codebase{}}
 	for _, c := range cbs {
 		switch c.State {
 		case nsapi.CodebaseReady:
@@ -189,7 +190,7 @@ func (s *Server) handlePackageFile(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p, err := s.store.Package(r.Context(), id)
-	if errors.Is(err, ErrNotFound) {
+	if errors.Is(err, store.ErrNotFound) {
 		httpx.WriteError(w, http.StatusNotFound, "no package %q", id)
 		return
 	}
@@ -214,7 +215,7 @@ func (s *Server) handlePackageFile(w http.ResponseWriter, r *http.Request) {
 }
 
 // assigned reports whether package p goes to package server rec.
-func assigned(p nsapi.Package, rec ServerRecord, m *sites.Map) bool {
+func assigned(p nsapi.Package, rec store.ServerRecord, m *sites.Map) bool {
 	if len(p.Sites) == 0 && len(p.Servers) == 0 {
 		return true
 	}
@@ -231,7 +232,7 @@ func assigned(p nsapi.Package, rec ServerRecord, m *sites.Map) bool {
 	return false
 }
 
-func offers(rec ServerRecord, service string) (nsapi.ServiceInfo, bool) {
+func offers(rec store.ServerRecord, service string) (nsapi.ServiceInfo, bool) {
 	for _, si := range rec.Services {
 		if si.Name == service {
 			return si, true
@@ -350,13 +351,13 @@ type requester struct {
 // rankSources orders where a package can come from for r: package servers of r's sites
 // first, then the unconstrained servers that feed them, then the NS. A constrained
 // package server gets only servers of its own sites: never anything outside them.
-func rankSources(p nsapi.Package, r requester, servers []ServerRecord, cbs []nsapi.Codebase, m *sites.Map, nsBase string) []nsapi.Source {
-	byID := map[string]ServerRecord{}
+func rankSources(p nsapi.Package, r requester, servers []store.ServerRecord, cbs []nsapi.Codebase, m *sites.Map, nsBase string) []nsapi.Source {
+	byID := map[string]store.ServerRecord{}
 	for _, rec := range servers {
 		byID[rec.ID] = rec
 	}
 	type cand struct {
-		rec         ServerRecord
+		rec         store.ServerRecord
 		url         string
 		shares      bool
 		constrained bool
@@ -409,7 +410,7 @@ func (s *Server) handleSources(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	id := r.URL.Query().Get("package")
 	pkg, err := s.store.Package(ctx, id)
-	if errors.Is(err, ErrNotFound) {
+	if errors.Is(err, store.ErrNotFound) {
 		httpx.WriteError(w, http.StatusNotFound, "no package %q", id)
 		return
 	}
@@ -464,7 +465,7 @@ func (s *Server) publicURL(r *http.Request) string {
 
 // siteWarnings flags sites whose package servers are all constrained: nothing can ever
 // reach them, since constrained servers only fetch inside their sites.
-func siteWarnings(servers []ServerRecord, m *sites.Map) map[string][]string {
+func siteWarnings(servers []store.ServerRecord, m *sites.Map) map[string][]string {
 	type count struct{ constrained, unconstrained int }
 	counts := map[string]*count{}
 	for _, rec := range servers {

@@ -6,6 +6,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/siteserver/siteserver/ns/store"
 	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/sites"
 )
@@ -22,11 +23,11 @@ func TestRankSources(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	server := func(id, addr string, constrained bool) ServerRecord {
-		return ServerRecord{ID: id, Hostname: id, Status: nsapi.StatusApproved, Addresses: []netip.Prefix{netip.MustParsePrefix(addr)},
+	server := func(id, addr string, constrained bool) store.ServerRecord {
+		return store.ServerRecord{ID: id, Hostname: id, Status: nsapi.StatusApproved, Addresses: []netip.Prefix{netip.MustParsePrefix(addr)},
 			Services: []nsapi.ServiceInfo{{Name: nsapi.ServicePackage, Constrained: constrained}}}
 	}
-	servers := []ServerRecord{
+	servers := []store.ServerRecord{
 		server("a-unc", "10.1.0.1/16", false),
 		server("a-con", "10.1.0.2/16", true),
 		server("b-unc", "10.2.0.1/16", false),

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/siteserver/siteserver/internal/backoff"
 	"github.com/siteserver/siteserver/internal/datadir"
+	"github.com/siteserver/siteserver/internal/obs"
 )
 
 // RegisterFunc performs one registration (or heartbeat) with an authenticated client and
@@ -58,21 +59,21 @@ type registrarMetrics struct {
 }
 
 // NewRegistrar builds a registrar and registers its metrics (subsystem "registration").
-func NewRegistrar(peers []*Peer, register RegisterFunc, logger *slog.Logger, reg prometheus.Registerer) *Registrar {
+func NewRegistrar(peers []*Peer, register RegisterFunc, logger *slog.Logger, reg prometheus.Registerer) (*Registrar, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	m := &registrarMetrics{
 		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: "siteserver", Subsystem: "registration", Name: "attempts_total",
+			Namespace: obs.Namespace, Subsystem: "registration", Name: "attempts_total",
 			Help: "Registration attempts with each NS by result.",
 		}, []string{"ns", "result"}),
 		registered: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: "siteserver", Subsystem: "registration", Name: "registered",
+			Namespace: obs.Namespace, Subsystem: "registration", Name: "registered",
 			Help: "1 when the last registration with the NS succeeded.",
 		}, []string{"ns"}),
 		lastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: "siteserver", Subsystem: "registration", Name: "last_success_timestamp_seconds",
+			Namespace: obs.Namespace, Subsystem: "registration", Name: "last_success_timestamp_seconds",
 			Help: "Unix time of the last successful registration with the NS.",
 		}, []string{"ns"}),
 	}
@@ -83,12 +84,14 @@ func NewRegistrar(peers []*Peer, register RegisterFunc, logger *slog.Logger, reg
 		m.registered.WithLabelValues(p.Endpoint.Name)
 		m.lastSuccess.WithLabelValues(p.Endpoint.Name)
 	}
-	reg.MustRegister(m.attempts, m.registered, m.lastSuccess)
+	if err := obs.RegisterAll(reg, m.attempts, m.registered, m.lastSuccess); err != nil {
+		return nil, fmt.Errorf("registration: metrics: %w", err)
+	}
 	kick := map[string]chan struct{}{}
 	for _, p := range peers {
 		kick[p.Endpoint.Name] = make(chan struct{}, 1)
 	}
-	return &Registrar{Peers: peers, Register: register, Logger: logger, metrics: m, last: map[string]json.RawMessage{}, kick: kick}
+	return &Registrar{Peers: peers, Register: register, Logger: logger, metrics: m, last: map[string]json.RawMessage{}, kick: kick}, nil
 }
 
 // Last returns the last answer from the named NS, decoded into v, from memory or from disk.

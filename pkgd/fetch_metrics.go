@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/siteserver/siteserver/internal/obs"
 )
 
 // Results of an upstream download, the values of the result label of fetches_total.
@@ -26,7 +27,7 @@ type FetchMetrics struct {
 // NewFetchMetrics creates the downloader's metrics and registers them with reg.
 func NewFetchMetrics(reg prometheus.Registerer) (*FetchMetrics, error) {
 	opts := func(name, help string) prometheus.Opts {
-		return prometheus.Opts{Namespace: "siteserver", Subsystem: "package", Name: name, Help: help}
+		return prometheus.Opts{Namespace: obs.Namespace, Subsystem: "package", Name: name, Help: help}
 	}
 	m := &FetchMetrics{
 		fetchedBytes: prometheus.NewCounter(prometheus.CounterOpts(opts("fetched_bytes_total",

@@ -17,6 +17,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/nsapi"
 )
 
@@ -74,7 +75,7 @@ type ServeMetrics struct {
 // NewServeMetrics registers the serving metrics with reg.
 func NewServeMetrics(reg prometheus.Registerer) (*ServeMetrics, error) {
 	opts := func(name, help string) prometheus.CounterOpts {
-		return prometheus.CounterOpts{Namespace: "siteserver", Subsystem: "package", Name: name, Help: help}
+		return prometheus.CounterOpts{Namespace: obs.Namespace, Subsystem: "package", Name: name, Help: help}
 	}
 	reqs := prometheus.NewCounterVec(opts("requests_total", "Package file requests by result."), []string{"result"})
 	m := &ServeMetrics{

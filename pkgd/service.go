@@ -87,9 +87,9 @@ func New(cfg Config, id string, peer *nsapi.Peer, logger *slog.Logger, reg prome
 	s := &Service{cfg: cfg, id: id, peer: peer, logger: logger, reg: reg, now: time.Now,
 		wake: make(chan struct{}, 1), bound: make(chan struct{}), pkgs: map[string]*pkgState{}}
 	m := &serviceMetrics{
-		packages: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "siteserver", Subsystem: "package", Name: "packages",
+		packages: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: obs.Namespace, Subsystem: "package", Name: "packages",
 			Help: "Assigned packages by state."}, []string{"state"}),
-		retries: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "siteserver", Subsystem: "package", Name: "retries_total",
+		retries: prometheus.NewCounter(prometheus.CounterOpts{Namespace: obs.Namespace, Subsystem: "package", Name: "retries_total",
 			Help: "Package downloads that failed and were scheduled again."}),
 	}
 	for _, st := range nsapi.CodebaseStates {

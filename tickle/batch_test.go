@@ -3,10 +3,11 @@ package tickle
 import (
 	"net"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 func TestSendBatch(t *testing.T) {

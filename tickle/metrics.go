@@ -29,7 +29,7 @@ func NewMetrics(reg prometheus.Registerer, subsystem string) (*Metrics, error) {
 		return nil, fmt.Errorf("tickle: metrics: subsystem %q, want [a-zA-Z_][a-zA-Z0-9_]*", subsystem)
 	}
 	opts := func(name, help string) prometheus.CounterOpts {
-		return prometheus.CounterOpts{Namespace: "siteserver", Subsystem: subsystem, Name: name, Help: help}
+		return prometheus.CounterOpts{Namespace: obs.Namespace, Subsystem: subsystem, Name: name, Help: help}
 	}
 	m := &Metrics{
 		received: prometheus.NewCounter(opts("tickles_received_total",

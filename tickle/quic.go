@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quic-go/quic-go"
 	"github.com/siteserver/siteserver/internal/backoff"
+	"github.com/siteserver/siteserver/internal/obs"
 )
 
 // A persistent channel is a QUIC connection that a peer behind NAT or a
@@ -728,7 +729,7 @@ func NewChannelServerMetrics(reg prometheus.Registerer, subsystem string) (*Chan
 		return nil, fmt.Errorf("tickle: metrics: subsystem %q, want [a-zA-Z_][a-zA-Z0-9_]*", subsystem)
 	}
 	m := &ChannelServerMetrics{
-		peers: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "siteserver", Subsystem: subsystem,
+		peers: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: obs.Namespace, Subsystem: subsystem,
 			Name: "tickle_channel_peers", Help: "Peers with an open tickle channel to this server."}),
 		accepted: counter(subsystem, "tickle_channel_accepts_total",
 			"Tickle channels opened by identified peers."),
@@ -796,7 +797,7 @@ func NewChannelClientMetrics(reg prometheus.Registerer, subsystem string) (*Chan
 		return nil, fmt.Errorf("tickle: metrics: subsystem %q, want [a-zA-Z_][a-zA-Z0-9_]*", subsystem)
 	}
 	m := &ChannelClientMetrics{
-		up: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "siteserver", Subsystem: subsystem,
+		up: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: obs.Namespace, Subsystem: subsystem,
 			Name: "tickle_channels_up", Help: "Tickle channels open from this process to its servers."}),
 		connected: counter(subsystem, "tickle_channel_connects_total",
 			"Tickle channels opened to a server."),
@@ -837,5 +838,5 @@ func (m *ChannelClientMetrics) failedOne() {
 }
 
 func counter(subsystem, name, help string) prometheus.Counter {
-	return prometheus.NewCounter(prometheus.CounterOpts{Namespace: "siteserver", Subsystem: subsystem, Name: name, Help: help})
+	return prometheus.NewCounter(prometheus.CounterOpts{Namespace: obs.Namespace, Subsystem: subsystem, Name: name, Help: help})
 }

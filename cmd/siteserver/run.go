@@ -308,7 +308,10 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 		}
 		return resp, resp.Settings.HeartbeatInterval, nil
 	}
-	registrar = nsapi.NewRegistrar(peers, register, logger.With("service", "registration"), reg)
+	registrar, err = nsapi.NewRegistrar(peers, register, logger.With("service", "registration"), reg)
+	if err != nil {
+		return err
+	}
 	registrar.OnAnswer = func(p *nsapi.Peer, answer any) {
 		resp := answer.(nsapi.RegisterServerResponse)
 		var names []string

@@ -63,3 +63,11 @@ func DecodeStrict(b []byte, v any) error {
 	}
 	return nil
 }
+
+// List returns s, or an empty slice if s is nil, so a JSON answer says [] and not null.
+func List[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}

@@ -1,4 +1,4 @@
-package ns
+package store
 
 import (
 	"context"
@@ -11,17 +11,6 @@ import (
 
 	"github.com/siteserver/siteserver/nsapi"
 )
-
-// InstanceFilter selects job instances; zero fields match everything.
-type InstanceFilter struct {
-	JobID      string
-	Agent      string
-	TaskServer string
-	States     []string
-	// OpenAt, when set, leaves out instances whose validity ended before it.
-	OpenAt time.Time
-	Limit  int
-}
 
 // Jobs and packages are each one JSON document per id (table "jobs" or "packages", both
 // id, spec, created_at, updated_at): the same three operations serve both.

@@ -1,0 +1,107 @@
+package ns
+
+import (
+	"context"
+	"crypto/subtle"
+	"net/http"
+	"strings"
+
+	"github.com/siteserver/siteserver/internal/httpx"
+	"github.com/siteserver/siteserver/internal/pki"
+	"github.com/siteserver/siteserver/nsapi"
+)
+
+// readBody reads a bounded body; on failure it has already answered.
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	return s.readBodyN(w, r, s.cfg.MaxBodyBytes)
+}
+
+func (s *Server) readBodyN(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, bool) {
+	b, err := httpx.ReadBody(w, r, limit)
+	switch {
+	case err == nil:
+		return b, true
+	case httpx.TooLarge(err):
+		s.metrics.badRequests.WithLabelValues("too_large").Inc()
+	default:
+		s.metrics.badRequests.WithLabelValues("malformed").Inc()
+	}
+	return nil, false
+}
+
+func (s *Server) badRequest(w http.ResponseWriter, err error) {
+	s.metrics.badRequests.WithLabelValues("malformed").Inc()
+	httpx.WriteError(w, http.StatusBadRequest, "%v", err)
+}
+
+func tokenEqual(got, want string) bool {
+	return want != "" && subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
+}
+
+func (s *Server) admin(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || !tokenEqual(tok, s.cfg.AdminToken) {
+			s.metrics.authFailures.WithLabelValues("bad_admin_token").Inc()
+			w.Header().Set("WWW-Authenticate", `Bearer realm="siteserver-ns"`)
+			httpx.WriteError(w, http.StatusUnauthorized, "admin token missing or wrong")
+			return
+		}
+		h(w, r)
+	}
+}
+
+type peerKey struct{}
+
+type peerInfo struct{ id, serial, kind string }
+
+// peer admits only requests with a client certificate of the given kind that is the one
+// last issued to that peer (re-enrolling supersedes older certificates).
+func (s *Server) peer(kind string, h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id, k, ok := pki.PeerIdentity(r.TLS)
+		if !ok {
+			s.metrics.authFailures.WithLabelValues("no_client_cert").Inc()
+			httpx.WriteError(w, http.StatusUnauthorized, "a client certificate from enrollment is required")
+			return
+		}
+		if k != kind {
+			s.metrics.authFailures.WithLabelValues("wrong_kind").Inc()
+			httpx.WriteError(w, http.StatusForbidden, "a %s certificate cannot be used here", k)
+			return
+		}
+		serial := r.TLS.VerifiedChains[0][0].SerialNumber.Text(16)
+		ctx := context.WithValue(r.Context(), peerKey{}, peerInfo{id: id, serial: serial, kind: k})
+		h(w, r.WithContext(ctx))
+	}
+}
+
+// anyPeer admits a site server or an agent with its latest certificate.
+func (s *Server) anyPeer(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id, k, ok := pki.PeerIdentity(r.TLS)
+		if !ok {
+			s.metrics.authFailures.WithLabelValues("no_client_cert").Inc()
+			httpx.WriteError(w, http.StatusUnauthorized, "a client certificate from enrollment is required")
+			return
+		}
+		if k == nsapi.KindSiteServer {
+			s.peer(nsapi.KindSiteServer, h)(w, r)
+			return
+		}
+		serial := r.TLS.VerifiedChains[0][0].SerialNumber.Text(16)
+		rec, err := s.store.Agent(r.Context(), id)
+		if err != nil || rec.CertSerial != serial {
+			s.metrics.authFailures.WithLabelValues("unknown_peer").Inc()
+			httpx.WriteError(w, http.StatusUnauthorized, "agent %s is not enrolled here with this certificate", id)
+			return
+		}
+		ctx := context.WithValue(r.Context(), peerKey{}, peerInfo{id: id, serial: serial, kind: k})
+		h(w, r.WithContext(ctx))
+	}
+}
+
+func peerFrom(r *http.Request) peerInfo {
+	p, _ := r.Context().Value(peerKey{}).(peerInfo)
+	return p
+}

@@ -1,0 +1,130 @@
+package ns
+
+import (
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/binary"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/siteserver/siteserver/internal/httpx"
+	"github.com/siteserver/siteserver/ns/store"
+	"github.com/siteserver/siteserver/nsapi"
+)
+
+func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
+	b, ok := s.readBody(w, r)
+	if !ok {
+		return
+	}
+	var req nsapi.EnrollRequest
+	if err := httpx.DecodeStrict(b, &req); err != nil {
+		s.badRequest(w, fmt.Errorf("decode enrollment: %w", err))
+		return
+	}
+	var want string
+	switch req.Kind {
+	case nsapi.KindSiteServer:
+		want = s.cfg.SiteServerToken
+	case nsapi.KindAgent:
+		want = s.cfg.AgentToken
+	default:
+		s.badRequest(w, fmt.Errorf("kind: %q is not %s or %s", req.Kind, nsapi.KindSiteServer, nsapi.KindAgent))
+		return
+	}
+	if !tokenEqual(req.Token, want) {
+		s.metrics.authFailures.WithLabelValues("bad_enrollment_token").Inc()
+		s.metrics.enrollments.WithLabelValues(req.Kind, "unauthorized").Inc()
+		s.logger.Warn("enrollment refused: wrong token", "kind", req.Kind, "id", req.ID, "remote", r.RemoteAddr)
+		httpx.WriteError(w, http.StatusUnauthorized, "enrollment token missing or wrong")
+		return
+	}
+	if !nsapi.ValidID(req.ID) {
+		s.metrics.enrollments.WithLabelValues(req.Kind, "bad_request").Inc()
+		s.badRequest(w, fmt.Errorf("id: %q is not a valid GUID", req.ID))
+		return
+	}
+	if err := nsapi.ValidHostname(req.Hostname); err != nil {
+		s.metrics.enrollments.WithLabelValues(req.Kind, "bad_request").Inc()
+		s.badRequest(w, err)
+		return
+	}
+	certPEM, err := s.ca.SignCSR(req.CSR, req.ID, req.Kind)
+	if err != nil {
+		s.metrics.enrollments.WithLabelValues(req.Kind, "bad_request").Inc()
+		s.badRequest(w, fmt.Errorf("csr: %w", err))
+		return
+	}
+	serial, err := certSerial(certPEM)
+	if err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	resp := nsapi.EnrollResponse{Certificate: string(certPEM), CA: string(s.ca.CertPEM), Status: nsapi.StatusApproved, NSID: s.nsID()}
+	ctx := r.Context()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now().UTC()
+	switch req.Kind {
+	case nsapi.KindSiteServer:
+		rec, err := s.store.Server(ctx, req.ID)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			key := make([]byte, 32)
+			rand.Read(key)
+			var kid [4]byte
+			rand.Read(kid[:])
+			rec = store.ServerRecord{ID: req.ID, TickleKey: key, TickleKeyID: binary.BigEndian.Uint32(kid[:]), Status: nsapi.StatusApproved}
+			if s.cfg.Approval == "manual" {
+				rec.Status = nsapi.StatusPending
+			}
+		case err != nil:
+			httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+			return
+		case s.cfg.Approval == "manual":
+			// A new key for a known GUID needs an administrator's eye again.
+			rec.Status = nsapi.StatusPending
+		}
+		rec.Hostname = req.Hostname
+		rec.CertSerial = serial
+		rec.Enrolled = now
+		if err := s.store.PutServer(ctx, rec); err != nil {
+			httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+			return
+		}
+		resp.TickleKey, resp.TickleKeyID, resp.Status = rec.TickleKey, rec.TickleKeyID, rec.Status
+	case nsapi.KindAgent:
+		rec, err := s.store.Agent(ctx, req.ID)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+			return
+		}
+		rec.ID, rec.Hostname, rec.CertSerial, rec.Enrolled = req.ID, req.Hostname, serial, now
+		if err := s.store.PutAgent(ctx, rec); err != nil {
+			httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+			return
+		}
+	}
+	result := "ok"
+	if resp.Status == nsapi.StatusPending {
+		result = "pending"
+	}
+	s.metrics.enrollments.WithLabelValues(req.Kind, result).Inc()
+	s.logger.Info("enrolled", "kind", req.Kind, "id", req.ID, "hostname", req.Hostname, "status", resp.Status)
+	s.refreshGauges(ctx)
+	httpx.WriteJSON(w, http.StatusOK, resp)
+}
+
+func certSerial(certPEM []byte) (string, error) {
+	blk, _ := pem.Decode(certPEM)
+	if blk == nil {
+		return "", errors.New("ns: issued certificate is not PEM")
+	}
+	c, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		return "", fmt.Errorf("ns: issued certificate: %w", err)
+	}
+	return c.SerialNumber.Text(16), nil
+}

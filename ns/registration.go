@@ -1,0 +1,218 @@
+package ns
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+
+	"github.com/siteserver/siteserver/internal/httpx"
+	"github.com/siteserver/siteserver/ns/store"
+	"github.com/siteserver/siteserver/nsapi"
+	"github.com/siteserver/siteserver/sites"
+)
+
+func (s *Server) handleRegisterServer(w http.ResponseWriter, r *http.Request) {
+	b, ok := s.readBody(w, r)
+	if !ok {
+		return
+	}
+	req, err := nsapi.DecodeRegisterServer(b)
+	if err != nil {
+		s.metrics.registrations.WithLabelValues(nsapi.KindSiteServer, "rejected").Inc()
+		s.badRequest(w, err)
+		return
+	}
+	p := peerFrom(r)
+	if req.ID != p.id {
+		s.metrics.registrations.WithLabelValues(nsapi.KindSiteServer, "rejected").Inc()
+		httpx.WriteError(w, http.StatusForbidden, "id %q does not match the client certificate (%q)", req.ID, p.id)
+		return
+	}
+	ctx := r.Context()
+	s.mu.Lock()
+	rec, err := s.store.Server(ctx, req.ID)
+	if err != nil {
+		s.mu.Unlock()
+		if errors.Is(err, store.ErrNotFound) {
+			s.metrics.authFailures.WithLabelValues("unknown_peer").Inc()
+			httpx.WriteError(w, http.StatusUnauthorized, "site server %s is not enrolled here; enroll again", req.ID)
+			return
+		}
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	if rec.CertSerial != p.serial {
+		s.mu.Unlock()
+		s.metrics.authFailures.WithLabelValues("superseded_cert").Inc()
+		httpx.WriteError(w, http.StatusUnauthorized, "this certificate was superseded by a later enrollment; enroll again")
+		return
+	}
+	rec.Hostname, rec.Addresses, rec.Services, rec.LastSeen = req.Hostname, req.Addresses, req.Services, s.now().UTC()
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		rec.RemoteAddr = ap.Addr().Unmap().String()
+	}
+	err = s.store.PutServer(ctx, rec)
+	s.mu.Unlock()
+	if err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	if rec.Status != nsapi.StatusApproved {
+		s.metrics.registrations.WithLabelValues(nsapi.KindSiteServer, "pending").Inc()
+		httpx.WriteJSON(w, http.StatusForbidden, nsapi.ErrorResponse{Error: "site server is pending approval by an administrator"})
+		return
+	}
+	s.metrics.registrations.WithLabelValues(nsapi.KindSiteServer, "ok").Inc()
+	httpx.WriteJSON(w, http.StatusOK, nsapi.RegisterServerResponse{
+		ID:       rec.ID,
+		Status:   rec.Status,
+		Sites:    matches(s.rules.Load().ServerSites(toSitesServer(rec, 0))),
+		Settings: s.cfg.Settings,
+		NSID:     s.nsID(),
+		Channel:  s.channelAddr(r),
+	})
+}
+
+func matches(ms []sites.Match) []nsapi.SiteMatch {
+	out := make([]nsapi.SiteMatch, 0, len(ms))
+	for _, m := range ms {
+		sm := nsapi.SiteMatch{Site: m.Site, Source: string(m.Source), Direct: m.Direct}
+		if m.Prefix.IsValid() {
+			sm.Prefix = m.Prefix.String()
+		}
+		out = append(out, sm)
+	}
+	return out
+}
+
+func toSitesServer(rec store.ServerRecord, computers int) sites.Server {
+	srv := sites.Server{ID: rec.ID, Hostname: rec.Hostname, Addrs: rec.Addresses, Computers: computers}
+	for _, svc := range rec.Services {
+		srv.Services = append(srv.Services, svc.Name)
+	}
+	return srv
+}
+
+func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
+	b, ok := s.readBody(w, r)
+	if !ok {
+		return
+	}
+	req, err := nsapi.DecodeRegisterAgent(b)
+	if err != nil {
+		s.metrics.registrations.WithLabelValues(nsapi.KindAgent, "rejected").Inc()
+		s.badRequest(w, err)
+		return
+	}
+	p := peerFrom(r)
+	if req.ID != p.id {
+		s.metrics.registrations.WithLabelValues(nsapi.KindAgent, "rejected").Inc()
+		httpx.WriteError(w, http.StatusForbidden, "id %q does not match the client certificate (%q)", req.ID, p.id)
+		return
+	}
+	ctx := r.Context()
+	s.mu.Lock()
+	rec, err := s.store.Agent(ctx, req.ID)
+	if err == nil && rec.CertSerial != p.serial {
+		err = errSuperseded
+	}
+	if err == nil {
+		rec.Hostname, rec.Addresses, rec.TaskServer, rec.LastSeen = req.Hostname, req.Addresses, req.TaskServer, s.now().UTC()
+		err = s.store.PutAgent(ctx, rec)
+	}
+	if err == nil {
+		err = s.markManaged(ctx, rec.ID, req.MACs)
+	}
+	s.mu.Unlock()
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		s.metrics.authFailures.WithLabelValues("unknown_peer").Inc()
+		httpx.WriteError(w, http.StatusUnauthorized, "agent %s is not enrolled here; enroll again", req.ID)
+		return
+	case errors.Is(err, errSuperseded):
+		s.metrics.authFailures.WithLabelValues("superseded_cert").Inc()
+		httpx.WriteError(w, http.StatusUnauthorized, "this certificate was superseded by a later enrollment; enroll again")
+		return
+	case err != nil:
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	candidates, byID, err := s.selectable(ctx)
+	if err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	m := s.rules.Load()
+	task := m.Select(req.Addresses, nsapi.ServiceTask, candidates)
+	pkg := m.Select(req.Addresses, nsapi.ServicePackage, candidates)
+	s.metrics.registrations.WithLabelValues(nsapi.KindAgent, "ok").Inc()
+	httpx.WriteJSON(w, http.StatusOK, nsapi.RegisterAgentResponse{
+		Sites:          matches(m.SitesFor(req.Addresses)),
+		TaskServers:    refs(task.Servers, byID, nsapi.ServiceTask),
+		TaskReason:     task.Reason,
+		PackageServers: refs(pkg.Servers, byID, nsapi.ServicePackage),
+		PackageReason:  pkg.Reason,
+		Settings:       s.cfg.Settings,
+		NSID:           s.nsID(),
+	})
+}
+
+var errSuperseded = errors.New("superseded certificate")
+
+// selectable returns the approved site servers seen within three heartbeats, with the
+// number of agents registered with each.
+func (s *Server) selectable(ctx context.Context) ([]sites.Server, map[string]store.ServerRecord, error) {
+	recs, err := s.store.Servers(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	counts, err := s.agentCounts(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	cutoff := s.now().Add(-3 * s.cfg.Settings.HeartbeatInterval)
+	var out []sites.Server
+	byID := map[string]store.ServerRecord{}
+	for _, rec := range recs {
+		if rec.Status != nsapi.StatusApproved || rec.LastSeen.Before(cutoff) {
+			continue
+		}
+		out = append(out, toSitesServer(rec, counts[rec.ID]))
+		byID[rec.ID] = rec
+	}
+	return out, byID, nil
+}
+
+func (s *Server) agentCounts(ctx context.Context) (map[string]int, error) {
+	return s.store.AgentsPerServer(ctx)
+}
+
+func refs(servers []sites.Server, byID map[string]store.ServerRecord, service string) []nsapi.ServerRef {
+	out := make([]nsapi.ServerRef, 0, len(servers))
+	for _, srv := range servers {
+		ref := nsapi.ServerRef{ID: srv.ID, Hostname: srv.Hostname, Computers: srv.Computers}
+		for _, svc := range byID[srv.ID].Services {
+			if svc.Name == service {
+				ref.URL = svc.URL
+			}
+		}
+		out = append(out, ref)
+	}
+	return out
+}
+
+// channelAddr is where site servers open their channel: the host they used for the API
+// with the channel's port.
+func (s *Server) channelAddr(r *http.Request) string {
+	if s.channel == nil {
+		return ""
+	}
+	host := r.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	return net.JoinHostPort(host, strconv.Itoa(int(s.channel.Addr().Port())))
+}

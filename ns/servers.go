@@ -1,0 +1,78 @@
+package ns
+
+import (
+	"errors"
+	"net/http"
+
+	"github.com/siteserver/siteserver/internal/httpx"
+	"github.com/siteserver/siteserver/ns/store"
+	"github.com/siteserver/siteserver/nsapi"
+)
+
+func (s *Server) handleListServers(w http.ResponseWriter, r *http.Request) {
+	recs, err := s.store.Servers(r.Context())
+	if err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	counts, err := s.agentCounts(r.Context())
+	if err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	m := s.rules.Load()
+	out := make([]nsapi.ServerView, 0, len(recs))
+	for _, rec := range recs {
+		v := nsapi.ServerView{
+			ID: rec.ID, Hostname: rec.Hostname, Status: rec.Status, Services: httpx.List(rec.Services),
+			Sites: matches(m.ServerSites(toSitesServer(rec, 0))), Computers: counts[rec.ID],
+			Enrolled: rec.Enrolled, LastSeen: rec.LastSeen, Addresses: []string{},
+		}
+		for _, a := range rec.Addresses {
+			v.Addresses = append(v.Addresses, a.String())
+		}
+		out = append(out, v)
+	}
+	httpx.WriteJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handleListAgents(w http.ResponseWriter, r *http.Request) {
+	recs, err := s.store.Agents(r.Context())
+	if err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	m := s.rules.Load()
+	out := make([]nsapi.AgentView, 0, len(recs))
+	for _, rec := range recs {
+		v := nsapi.AgentView{ID: rec.ID, Hostname: rec.Hostname, TaskServer: rec.TaskServer, LastSeen: rec.LastSeen,
+			Sites: matches(m.SitesFor(rec.Addresses)), Addresses: []string{}}
+		for _, a := range rec.Addresses {
+			v.Addresses = append(v.Addresses, a.String())
+		}
+		out = append(out, v)
+	}
+	httpx.WriteJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handleApprove(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	s.mu.Lock()
+	rec, err := s.store.Server(r.Context(), id)
+	if err == nil {
+		rec.Status = nsapi.StatusApproved
+		err = s.store.PutServer(r.Context(), rec)
+	}
+	s.mu.Unlock()
+	if errors.Is(err, store.ErrNotFound) {
+		httpx.WriteError(w, http.StatusNotFound, "no site server %q", id)
+		return
+	}
+	if err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	s.logger.Info("site server approved", "id", id, "hostname", rec.Hostname)
+	s.refreshGauges(r.Context())
+	httpx.WriteJSON(w, http.StatusOK, map[string]string{"id": id, "status": nsapi.StatusApproved})
+}

@@ -1,0 +1,414 @@
+package ns
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"os"
+	"slices"
+	"sort"
+
+	"github.com/siteserver/siteserver/internal/httpx"
+	"github.com/siteserver/siteserver/ns/store"
+	"github.com/siteserver/siteserver/nsapi"
+	"github.com/siteserver/siteserver/sites"
+)
+
+func (s *Server) reloadLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.reload:
+			if s.cfg.RulesFile == "" {
+				s.logger.Info("reload asked but no rules_file is configured")
+				continue
+			}
+			if err := s.loadRulesFile(ctx); err != nil {
+				s.logger.Error("rules file not reloaded; the rules in force are kept", "file", s.cfg.RulesFile, "err", err)
+			}
+		}
+	}
+}
+
+func (s *Server) loadRules(ctx context.Context) error {
+	r, err := s.store.Rules(ctx)
+	if err != nil {
+		return err
+	}
+	m, err := sites.Compile(r)
+	if err != nil {
+		return fmt.Errorf("ns: stored rules: %w", err)
+	}
+	s.rules.Store(m)
+	return nil
+}
+
+func (s *Server) loadRulesFile(ctx context.Context) error {
+	b, err := os.ReadFile(s.cfg.RulesFile)
+	if err != nil {
+		s.metrics.rulesLoads.WithLabelValues("error").Inc()
+		return fmt.Errorf("ns: rules file: %w", err)
+	}
+	r, src, err := sites.ParseRulesFileSource(b)
+	if err != nil {
+		s.metrics.rulesLoads.WithLabelValues("error").Inc()
+		return fmt.Errorf("ns: rules file %s: %w", s.cfg.RulesFile, err)
+	}
+	if err := s.applyRules(ctx, src, func(sites.Rules) sites.Rules { return r }); err != nil {
+		return fmt.Errorf("ns: rules file %s: %w", s.cfg.RulesFile, err)
+	}
+	s.logger.Info("rules file loaded", "file", s.cfg.RulesFile, "source", src,
+		"sites", len(r.Sites), "subnets", len(r.Subnets), "servers", len(r.Servers))
+	return nil
+}
+
+// errRules marks a rule change that does not compile: the caller's fault, not the server's.
+type errRules struct{ err error }
+
+func (e errRules) Error() string { return e.err.Error() }
+
+func (e errRules) Unwrap() error { return e.err }
+
+// applyRules replaces the rules of src with change(current rules of src), provided the
+// whole set still compiles; the store and the in-memory map change together or not at all.
+func (s *Server) applyRules(ctx context.Context, src sites.Source, change func(sites.Rules) sites.Rules) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur, err := s.store.Rules(ctx)
+	if err != nil {
+		return err
+	}
+	mine, others := splitRules(cur, src)
+	next := change(mine)
+	for i := range next.Sites {
+		next.Sites[i].Source = src
+	}
+	for i := range next.Subnets {
+		next.Subnets[i].Source = src
+	}
+	for i := range next.Servers {
+		next.Servers[i].Source = src
+	}
+	merged := sites.Rules{
+		Sites:   append(slices.Clone(others.Sites), next.Sites...),
+		Subnets: append(slices.Clone(others.Subnets), next.Subnets...),
+		Servers: append(slices.Clone(others.Servers), next.Servers...),
+	}
+	m, err := sites.Compile(merged)
+	if err != nil {
+		s.metrics.rulesLoads.WithLabelValues("error").Inc()
+		return errRules{err}
+	}
+	if err := s.store.ReplaceRules(ctx, src, next); err != nil {
+		s.metrics.rulesLoads.WithLabelValues("error").Inc()
+		return err
+	}
+	s.rules.Store(m)
+	s.metrics.rulesLoads.WithLabelValues("ok").Inc()
+	if s.tickler.conn != nil {
+		s.tickleAllTaskServers(ctx)
+	}
+	s.metrics.sites.Set(float64(len(m.Sites())))
+	s.metrics.subnets.Set(float64(len(merged.Subnets) - len(m.Shadowed())))
+	return nil
+}
+
+func splitRules(r sites.Rules, src sites.Source) (mine, others sites.Rules) {
+	for _, x := range r.Sites {
+		if x.Source == src {
+			mine.Sites = append(mine.Sites, x)
+		} else {
+			others.Sites = append(others.Sites, x)
+		}
+	}
+	for _, x := range r.Subnets {
+		if x.Source == src {
+			mine.Subnets = append(mine.Subnets, x)
+		} else {
+			others.Subnets = append(others.Subnets, x)
+		}
+	}
+	for _, x := range r.Servers {
+		if x.Source == src {
+			mine.Servers = append(mine.Servers, x)
+		} else {
+			others.Servers = append(others.Servers, x)
+		}
+	}
+	return mine, others
+}
+
+func (s *Server) handleListSites(w http.ResponseWriter, r *http.Request) {
+	all, err := s.store.Rules(r.Context())
+	if err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	shadowed := map[netip.Prefix]bool{}
+	for _, sh := range s.rules.Load().Shadowed() {
+		shadowed[sh.Prefix] = sh.Source == sites.Manual
+	}
+	views := map[string]*nsapi.SiteView{}
+	get := func(name string) *nsapi.SiteView {
+		v, ok := views[name]
+		if !ok {
+			v = &nsapi.SiteView{Name: name, Sources: []string{}, Subnets: []nsapi.SubnetView{}, Servers: []nsapi.RuleServer{}}
+			views[name] = v
+		}
+		return v
+	}
+	for _, st := range all.Sites {
+		v := get(st.Name)
+		v.Sources = append(v.Sources, string(st.Source))
+		if v.Description == "" || st.Source == sites.Imported {
+			v.Description = st.Description
+		}
+	}
+	for _, sn := range all.Subnets {
+		v := get(sn.Site)
+		v.Subnets = append(v.Subnets, nsapi.SubnetView{Prefix: sn.Prefix.String(), Source: string(sn.Source),
+			Shadowed: sn.Source == sites.Manual && shadowed[sn.Prefix]})
+	}
+	for _, sr := range all.Servers {
+		v := get(sr.Site)
+		v.Servers = append(v.Servers, nsapi.RuleServer{Server: sr.Server, Source: string(sr.Source)})
+	}
+	if recs, err := s.store.Servers(r.Context()); err == nil {
+		for site, ws := range siteWarnings(recs, s.rules.Load()) {
+			if v, ok := views[site]; ok {
+				v.Warnings = ws
+			}
+		}
+	}
+	out := make([]nsapi.SiteView, 0, len(views))
+	for _, v := range views {
+		out = append(out, *v)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	httpx.WriteJSON(w, http.StatusOK, out)
+}
+
+// ruleChange answers for a rule change: 400 when it does not compile, 500 otherwise.
+func (s *Server) ruleChange(w http.ResponseWriter, r *http.Request, change func(sites.Rules) (sites.Rules, error)) bool {
+	var userErr error
+	err := s.applyRules(r.Context(), sites.Manual, func(cur sites.Rules) sites.Rules {
+		next, err := change(cur)
+		if err != nil {
+			userErr = err
+			return cur
+		}
+		return next
+	})
+	if userErr != nil {
+		err = userErr
+	}
+	var re errRules
+	switch {
+	case err == nil:
+		return true
+	case errors.Is(err, store.ErrNotFound):
+		httpx.WriteError(w, http.StatusNotFound, "%v", err)
+	case userErr != nil || errors.As(err, &re):
+		s.badRequest(w, err)
+	default:
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+	}
+	return false
+}
+
+func (s *Server) handlePutSite(w http.ResponseWriter, r *http.Request) {
+	b, ok := s.readBody(w, r)
+	if !ok {
+		return
+	}
+	var req nsapi.SiteRequest
+	if err := httpx.DecodeStrict(b, &req); err != nil {
+		s.badRequest(w, fmt.Errorf("decode site: %w", err))
+		return
+	}
+	if name := r.PathValue("name"); name != "" {
+		if req.Name != "" && req.Name != name {
+			s.badRequest(w, fmt.Errorf("name: %q does not match the path (%q)", req.Name, name))
+			return
+		}
+		req.Name = name
+	}
+	if req.Name == "" {
+		s.badRequest(w, errors.New("name: required"))
+		return
+	}
+	if !s.ruleChange(w, r, func(cur sites.Rules) (sites.Rules, error) {
+		i := slices.IndexFunc(cur.Sites, func(st sites.Site) bool { return st.Name == req.Name })
+		if i >= 0 {
+			cur.Sites[i].Description = req.Description
+		} else {
+			cur.Sites = append(cur.Sites, sites.Site{Name: req.Name, Description: req.Description})
+		}
+		return cur, nil
+	}) {
+		return
+	}
+	httpx.WriteJSON(w, http.StatusOK, req)
+}
+
+func (s *Server) handleDeleteSite(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if !s.ruleChange(w, r, func(cur sites.Rules) (sites.Rules, error) {
+		n := len(cur.Sites)
+		cur.Sites = slices.DeleteFunc(cur.Sites, func(st sites.Site) bool { return st.Name == name })
+		if len(cur.Sites) == n {
+			return cur, fmt.Errorf("site %q: %w among the manual rules", name, store.ErrNotFound)
+		}
+		cur.Subnets = slices.DeleteFunc(cur.Subnets, func(sn sites.SubnetRule) bool { return sn.Site == name })
+		cur.Servers = slices.DeleteFunc(cur.Servers, func(sr sites.ServerRule) bool { return sr.Site == name })
+		return cur, nil
+	}) {
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) handlePutSubnet(w http.ResponseWriter, r *http.Request) {
+	b, ok := s.readBody(w, r)
+	if !ok {
+		return
+	}
+	var req nsapi.SubnetRequest
+	if err := httpx.DecodeStrict(b, &req); err != nil {
+		s.badRequest(w, fmt.Errorf("decode subnet: %w", err))
+		return
+	}
+	p, err := netip.ParsePrefix(req.Prefix)
+	if err != nil {
+		s.badRequest(w, fmt.Errorf("prefix: %w", err))
+		return
+	}
+	if p != p.Masked() {
+		s.badRequest(w, fmt.Errorf("prefix: %s has host bits set; did you mean %s?", p, p.Masked()))
+		return
+	}
+	if !s.ruleChange(w, r, func(cur sites.Rules) (sites.Rules, error) {
+		cur.Subnets = slices.DeleteFunc(cur.Subnets, func(sn sites.SubnetRule) bool { return sn.Prefix == p })
+		cur.Subnets = append(cur.Subnets, sites.SubnetRule{Prefix: p, Site: req.Site})
+		return cur, nil
+	}) {
+		return
+	}
+	httpx.WriteJSON(w, http.StatusOK, req)
+}
+
+func (s *Server) handleDeleteSubnet(w http.ResponseWriter, r *http.Request) {
+	p, err := netip.ParsePrefix(r.URL.Query().Get("prefix"))
+	if err != nil {
+		s.badRequest(w, fmt.Errorf("prefix: %w", err))
+		return
+	}
+	if !s.ruleChange(w, r, func(cur sites.Rules) (sites.Rules, error) {
+		n := len(cur.Subnets)
+		cur.Subnets = slices.DeleteFunc(cur.Subnets, func(sn sites.SubnetRule) bool { return sn.Prefix == p })
+		if len(cur.Subnets) == n {
+			return cur, fmt.Errorf("subnet %s: %w among the manual rules", p, store.ErrNotFound)
+		}
+		return cur, nil
+	}) {
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) handlePutAssignment(w http.ResponseWriter, r *http.Request) {
+	b, ok := s.readBody(w, r)
+	if !ok {
+		return
+	}
+	var req nsapi.AssignmentRequest
+	if err := httpx.DecodeStrict(b, &req); err != nil {
+		s.badRequest(w, fmt.Errorf("decode assignment: %w", err))
+		return
+	}
+	if req.Server == "" || req.Site == "" {
+		s.badRequest(w, errors.New("server and site: both required"))
+		return
+	}
+	if !s.ruleChange(w, r, func(cur sites.Rules) (sites.Rules, error) {
+		if !slices.ContainsFunc(cur.Servers, func(sr sites.ServerRule) bool { return sr.Server == req.Server && sr.Site == req.Site }) {
+			cur.Servers = append(cur.Servers, sites.ServerRule{Server: req.Server, Site: req.Site})
+		}
+		return cur, nil
+	}) {
+		return
+	}
+	httpx.WriteJSON(w, http.StatusOK, req)
+}
+
+func (s *Server) handleDeleteAssignment(w http.ResponseWriter, r *http.Request) {
+	server, site := r.URL.Query().Get("server"), r.URL.Query().Get("site")
+	if !s.ruleChange(w, r, func(cur sites.Rules) (sites.Rules, error) {
+		n := len(cur.Servers)
+		cur.Servers = slices.DeleteFunc(cur.Servers, func(sr sites.ServerRule) bool { return sr.Server == server && sr.Site == site })
+		if len(cur.Servers) == n {
+			return cur, fmt.Errorf("assignment of %q to %q: %w among the manual rules", server, site, store.ErrNotFound)
+		}
+		return cur, nil
+	}) {
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) handleGetRules(w http.ResponseWriter, r *http.Request) {
+	src := sites.Source(r.URL.Query().Get("source"))
+	if src == "" {
+		src = sites.Manual
+	}
+	if !src.Valid() {
+		s.badRequest(w, fmt.Errorf("source: %q is not manual or imported", src))
+		return
+	}
+	all, err := s.store.Rules(r.Context())
+	if err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	mine, _ := splitRules(all, src)
+	b, err := sites.MarshalRulesFile(mine)
+	if err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/yaml")
+	w.Write(b)
+}
+
+func (s *Server) handlePutRules(w http.ResponseWriter, r *http.Request) {
+	b, ok := s.readBody(w, r)
+	if !ok {
+		return
+	}
+	rules, src, err := sites.ParseRulesFileSource(b)
+	if err != nil {
+		s.badRequest(w, err)
+		return
+	}
+	if q := r.URL.Query().Get("source"); q != "" {
+		if !sites.Source(q).Valid() {
+			s.badRequest(w, fmt.Errorf("source: %q is not manual or imported", q))
+			return
+		}
+		src = sites.Source(q)
+	}
+	if err := s.applyRules(r.Context(), src, func(sites.Rules) sites.Rules { return rules }); err != nil {
+		var re errRules
+		if errors.As(err, &re) {
+			s.badRequest(w, err)
+			return
+		}
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	s.logger.Info("rules applied", "source", src, "sites", len(rules.Sites), "subnets", len(rules.Subnets))
+	httpx.WriteJSON(w, http.StatusOK, nsapi.ApplyRulesResponse{Source: string(src), Sites: len(rules.Sites), Subnets: len(rules.Subnets), Servers: len(rules.Servers)})
+}

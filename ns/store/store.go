@@ -1,0 +1,115 @@
+// Package store is what the reference NS keeps: the Store interface and its records, and
+// the SQLite implementation (pure Go, so the binary stays static) with versioned migrations.
+package store
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"time"
+
+	"github.com/siteserver/siteserver/nsapi"
+	"github.com/siteserver/siteserver/sites"
+)
+
+// ErrNotFound is returned when a record does not exist.
+var ErrNotFound = errors.New("not found")
+
+// ServerRecord is a site server as the NS stores it.
+type ServerRecord struct {
+	ID          string
+	Hostname    string
+	Status      string
+	TickleKey   []byte
+	TickleKeyID uint32
+	CertSerial  string
+	Addresses   []netip.Prefix
+	Services    []nsapi.ServiceInfo
+	Enrolled    time.Time
+	LastSeen    time.Time // zero until the first registration
+	// RemoteAddr is the IP the last registration came from: where to tickle a task server
+	// that listens on all addresses.
+	RemoteAddr string
+}
+
+// AgentRecord is an agent as the NS stores it.
+type AgentRecord struct {
+	ID         string
+	Hostname   string
+	CertSerial string
+	Addresses  []netip.Addr
+	TaskServer string
+	Enrolled   time.Time
+	LastSeen   time.Time
+}
+
+// Store is what the NS keeps. The SQLite implementation is the reference; the interface is
+// small so that another database can stand behind it.
+type Store interface {
+	// Rules returns every site maintenance rule of every source.
+	Rules(ctx context.Context) (sites.Rules, error)
+	// ReplaceRules atomically replaces all rules of one source.
+	ReplaceRules(ctx context.Context, src sites.Source, r sites.Rules) error
+
+	Server(ctx context.Context, id string) (ServerRecord, error)
+	Servers(ctx context.Context) ([]ServerRecord, error)
+	PutServer(ctx context.Context, s ServerRecord) error
+
+	Agent(ctx context.Context, id string) (AgentRecord, error)
+	Agents(ctx context.Context) ([]AgentRecord, error)
+	PutAgent(ctx context.Context, a AgentRecord) error
+	PutPackage(ctx context.Context, p nsapi.Package, now time.Time) error
+	Package(ctx context.Context, id string) (nsapi.Package, error)
+	Packages(ctx context.Context) ([]nsapi.Package, error)
+	// DeletePackage removes a package and its codebases.
+	DeletePackage(ctx context.Context, id string) error
+	// PutCodebases upserts codebase reports of one server.
+	PutCodebases(ctx context.Context, cbs []nsapi.Codebase) error
+	// Codebases returns codebases, of one package when pkg is not empty.
+	Codebases(ctx context.Context, pkg string) ([]nsapi.Codebase, error)
+	// DeleteCodebases removes a server's codebases of packages not in keep.
+	DeleteCodebases(ctx context.Context, server string, keep []string) error
+
+	// Computer returns the computer with this MAC (lowercase, colon-separated).
+	Computer(ctx context.Context, mac string) (nsapi.ComputerRecord, error)
+	Computers(ctx context.Context) ([]nsapi.ComputerRecord, error)
+	PutComputer(ctx context.Context, c nsapi.ComputerRecord) error
+
+	// AgentsByID returns the agents with these ids that exist.
+	AgentsByID(ctx context.Context, ids []string) (map[string]AgentRecord, error)
+	// AgentsPerServer returns the number of agents registered with each task server.
+	AgentsPerServer(ctx context.Context) (map[string]int, error)
+	// Counts returns site servers by status and the number of agents.
+	Counts(ctx context.Context) (servers map[string]int, agents int, err error)
+	// PutAgents writes many agents in one transaction.
+	PutAgents(ctx context.Context, as []AgentRecord) error
+
+	// PutJob creates or updates a job by its stable id; instances and events stay.
+	PutJob(ctx context.Context, j nsapi.Job, now time.Time) error
+	Job(ctx context.Context, id string) (nsapi.Job, error)
+	Jobs(ctx context.Context) ([]nsapi.Job, error)
+	CreateInstances(ctx context.Context, insts []nsapi.JobInstance) error
+	Instances(ctx context.Context, f InstanceFilter) ([]nsapi.JobInstance, error)
+	// AddEvents stores events not seen before (by id) and moves their instances' states
+	// on; it returns how many were new and how many named no known instance.
+	AddEvents(ctx context.Context, events []nsapi.Event, now time.Time) (added, unknown int, err error)
+	Events(ctx context.Context, instance string) ([]nsapi.Event, error)
+	// ExpireInstances marks pending and delivered instances past their validity expired.
+	ExpireInstances(ctx context.Context, now time.Time) (int, error)
+	// RetagInstances moves the open instances of an agent to its current task server.
+	RetagInstances(ctx context.Context, agent, taskServer string, now time.Time) (int, error)
+	InstanceStates(ctx context.Context) (map[string]int, error)
+
+	Close() error
+}
+
+// InstanceFilter selects job instances; zero fields match everything.
+type InstanceFilter struct {
+	JobID      string
+	Agent      string
+	TaskServer string
+	States     []string
+	// OpenAt, when set, leaves out instances whose validity ended before it.
+	OpenAt time.Time
+	Limit  int
+}
