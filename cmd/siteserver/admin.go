@@ -16,7 +16,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/siteserver/siteserver/internal/config"
 	"github.com/siteserver/siteserver/internal/pki"
 	"github.com/siteserver/siteserver/nsapi"
 )
@@ -280,7 +279,7 @@ func admin(group string, args []string, stdout io.Writer) error {
 			return err
 		}
 		var job nsapi.Job
-		err = config.Decode(fh, &job)
+		err = Decode(fh, &job)
 		fh.Close()
 		if err != nil {
 			return fmt.Errorf("%s: %w", *jobFile, err)

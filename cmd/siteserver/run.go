@@ -19,7 +19,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/siteserver/siteserver/agent"
-	"github.com/siteserver/siteserver/internal/config"
 	"github.com/siteserver/siteserver/internal/datadir"
 	"github.com/siteserver/siteserver/internal/hostinfo"
 	"github.com/siteserver/siteserver/internal/obs"
@@ -48,13 +47,13 @@ func checkConfig(args []string, stdout io.Writer) error {
 	if len(args) != 1 {
 		return usageError{"usage: siteserver check-config FILE"}
 	}
-	kind, err := config.Kind(args[0])
+	kind, err := Kind(args[0])
 	if err != nil {
 		return err
 	}
-	var f config.File
+	var f File
 	switch kind {
-	case config.KindRules:
+	case KindRules:
 		b, err := os.ReadFile(args[0])
 		if err != nil {
 			return err
@@ -68,14 +67,14 @@ func checkConfig(args []string, stdout io.Writer) error {
 		}
 		fmt.Fprintf(stdout, "%s: ok (rules file: %d sites, %d subnets, %d server assignments)\n", args[0], len(r.Sites), len(r.Subnets), len(r.Servers))
 		return nil
-	case config.KindNS:
-		f = &config.NS{}
-	case config.KindAgent:
-		f = &config.Agent{}
+	case KindNS:
+		f = &NS{}
+	case KindAgent:
+		f = &Agent{}
 	default:
-		f = &config.Serve{}
+		f = &Serve{}
 	}
-	if err := config.Load(args[0], f); err != nil {
+	if err := Load(args[0], f); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "%s: ok (%s config)\n", args[0], kind)
@@ -110,8 +109,8 @@ func runNS(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 	if err != nil {
 		return err
 	}
-	var cfg config.NS
-	if err := config.Load(path, &cfg); err != nil {
+	var cfg NS
+	if err := Load(path, &cfg); err != nil {
 		return err
 	}
 	logger := obs.NewLogger(cfg.Log, stderr).With("component", "ns")
@@ -140,8 +139,8 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var cfg config.Agent
-	if err := config.Load(path, &cfg); err != nil {
+	var cfg Agent
+	if err := Load(path, &cfg); err != nil {
 		return err
 	}
 	logger := obs.NewLogger(cfg.Log, stderr).With("component", "agent")
@@ -189,8 +188,8 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 	if err != nil {
 		return err
 	}
-	var cfg config.Serve
-	if err := config.Load(path, &cfg); err != nil {
+	var cfg Serve
+	if err := Load(path, &cfg); err != nil {
 		return err
 	}
 	logger := obs.NewLogger(cfg.Log, stderr).With("component", "serve")
@@ -346,7 +345,7 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 // embeddedNS builds the in-process NS of a standalone site and the peer that reaches it.
 // Its tokens live in its data directory, where `siteserver sites -data DIR` finds the admin
 // token and the CA.
-func embeddedNS(cfg config.Serve, id, host string, logger *slog.Logger, reg prometheus.Registerer) (*ns.Server, *nsapi.Peer, error) {
+func embeddedNS(cfg Serve, id, host string, logger *slog.Logger, reg prometheus.Registerer) (*ns.Server, *nsapi.Peer, error) {
 	dir := filepath.Join(cfg.DataDir, "ns")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("embedded NS: %w", err)
@@ -409,8 +408,8 @@ func agentDownload(ctx context.Context, args []string, stderr io.Writer) error {
 	if *path == "" || *pkgID == "" || *dir == "" {
 		return usageError{"usage: siteserver agent download -config FILE -package ID -dir DIR"}
 	}
-	var cfg config.Agent
-	if err := config.Load(*path, &cfg); err != nil {
+	var cfg Agent
+	if err := Load(*path, &cfg); err != nil {
 		return err
 	}
 	id, err := nsapi.LoadOrCreateID(cfg.DataDir)

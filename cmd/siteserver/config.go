@@ -1,7 +1,8 @@
-// Package config decodes the YAML configuration files of the siteserver processes: one file
-// per process, decoded strictly, with every default filled in one place (Defaults) and every
-// error naming the field it is about.
-package config
+package main
+
+// The YAML configuration files of the siteserver processes: one file per process, decoded
+// strictly, with every default filled in one place (Defaults) and every error naming the
+// field it is about.
 
 import (
 	"bytes"
