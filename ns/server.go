@@ -94,13 +94,23 @@ func (s *Server) Reload() {
 	}
 }
 
-// Started waits until the API listens and returns its address and the CA certificate PEM.
-func (s *Server) Started(ctx context.Context) (net.Addr, []byte, error) {
+// Bound waits until the API listens and returns its address.
+func (s *Server) Bound(ctx context.Context) (net.Addr, error) {
 	select {
 	case <-s.readyCh:
-		return s.bound, s.ca.CertPEM, nil
+		return s.bound, nil
 	case <-ctx.Done():
-		return nil, nil, ctx.Err()
+		return nil, ctx.Err()
+	}
+}
+
+// CACertPEM returns the NS CA certificate; it is nil until Bound has returned.
+func (s *Server) CACertPEM() []byte {
+	select {
+	case <-s.readyCh:
+		return s.ca.CertPEM
+	default:
+		return nil
 	}
 }
 

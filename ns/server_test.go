@@ -61,10 +61,11 @@ func startNS(t *testing.T, mod func(*ServerConfig)) *testNS {
 	})
 	sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
 	defer scancel()
-	addr, ca, err := srv.Started(sctx)
+	addr, err := srv.Bound(sctx)
 	if err != nil {
 		t.Fatal(err)
 	}
+	ca := srv.CACertPEM()
 	tn := &testNS{srv: srv, url: "https://" + addr.String(), ca: ca, dir: dir}
 	conf, err := pki.ClientTLSConfig(ca, "", "127.0.0.1", nil, nil)
 	if err != nil {

@@ -82,14 +82,24 @@ func checkConfig(args []string, stdout io.Writer) error {
 }
 
 // reloadOnHUP calls reload for every SIGHUP until ctx is done.
-func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, logger *slog.Logger, reload func()) {
+// hupReloader reloads the NS rules file on SIGHUP; it runs in the service group so it
+// stops with everything else.
+type hupReloader struct {
+	hup    <-chan os.Signal
+	logger *slog.Logger
+	reload func()
+}
+
+func (h *hupReloader) Name() string { return "sighup" }
+
+func (h *hupReloader) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			return
-		case <-hup:
-			logger.Info("SIGHUP: reloading the rules file")
-			reload()
+			return nil
+		case <-h.hup:
+			h.logger.Info("SIGHUP: reloading the rules file")
+			h.reload()
 		}
 	}
 }
@@ -114,7 +124,10 @@ func runNS(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 		return err
 	}
 	logger := obs.NewLogger(cfg.Log, stderr).With("component", "ns")
-	reg := obs.NewRegistry("ns")
+	reg, err := obs.NewRegistry("ns")
+	if err != nil {
+		return err
+	}
 	lock, err := datadir.Lock(cfg.Server.DataDir)
 	if err != nil {
 		return fmt.Errorf("ns.data_dir: %w", err)
@@ -126,8 +139,7 @@ func runNS(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 	}
 	g := &service.Group{}
 	ep := &obs.Endpoint{Addr: cfg.Metrics.Listen, Registry: reg, Ready: g.Ready, Logger: logger, Pprof: cfg.Metrics.Pprof}
-	g.Add(ep, srv)
-	go reloadOnHUP(ctx, hup, logger, srv.Reload)
+	g.Add(ep, srv, &hupReloader{hup: hup, logger: logger, reload: srv.Reload})
 	return runGroup(ctx, logger, g)
 }
 
@@ -144,7 +156,10 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	logger := obs.NewLogger(cfg.Log, stderr).With("component", "agent")
-	reg := obs.NewRegistry("agent")
+	reg, err := obs.NewRegistry("agent")
+	if err != nil {
+		return err
+	}
 	lock, err := datadir.Lock(cfg.DataDir)
 	if err != nil {
 		return fmt.Errorf("data_dir: %w", err)
@@ -193,7 +208,10 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 		return err
 	}
 	logger := obs.NewLogger(cfg.Log, stderr).With("component", "serve")
-	reg := obs.NewRegistry("serve")
+	reg, err := obs.NewRegistry("serve")
+	if err != nil {
+		return err
+	}
 	lock, err := datadir.Lock(cfg.DataDir)
 	if err != nil {
 		return fmt.Errorf("data_dir: %w", err)
@@ -209,12 +227,11 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 	}
 	logger.Info("site server identity", "id", id, "hostname", host)
 
+	s := &siteServer{cfg: cfg, id: id, host: host, logger: logger, reg: reg}
 	g := &service.Group{}
 	g.Add(&obs.Endpoint{Addr: cfg.Metrics.Listen, Registry: reg, Ready: g.Ready, Logger: logger, Pprof: cfg.Metrics.Pprof})
-
-	var peers []*nsapi.Peer
 	for _, ep := range cfg.NS {
-		peers = append(peers, &nsapi.Peer{Endpoint: ep, Kind: nsapi.KindSiteServer, ID: id, Hostname: host,
+		s.peers = append(s.peers, &nsapi.Peer{Endpoint: ep, Kind: nsapi.KindSiteServer, ID: id, Hostname: host,
 			Dir: filepath.Join(cfg.DataDir, "peers", ep.Name)})
 	}
 	if len(cfg.NS) == 0 {
@@ -222,129 +239,157 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 		if err != nil {
 			return err
 		}
-		g.Add(embedded)
-		peers = append(peers, peer)
-		go reloadOnHUP(ctx, hup, logger, embedded.Reload)
+		g.Add(embedded, &hupReloader{hup: hup, logger: logger, reload: embedded.Reload})
+		s.peers = append(s.peers, peer)
 	}
-
-	if cfg.Services.Task == nil && cfg.Services.Package == nil && cfg.Services.Netboot == nil {
-		logger.Warn("no site services configured; this site server only registers")
-	}
-	var task *taskd.Service
-	var registrar *nsapi.Registrar
-	if cfg.Services.Task != nil {
-		tcfg := *cfg.Services.Task
-		tcfg.DataDir = filepath.Join(cfg.DataDir, "task")
-		var links []*taskd.NSLink
-		for _, p := range peers {
-			links = append(links, &taskd.NSLink{
-				Peer: p,
-				Settings: func() (nsapi.Settings, bool) {
-					var last nsapi.RegisterServerResponse
-					ok := registrar.Last(p.Endpoint.Name, &last)
-					return last.Settings, ok
-				},
-				Kick: func() { registrar.Kick(p.Endpoint.Name) },
-				Channel: func() string {
-					var last nsapi.RegisterServerResponse
-					registrar.Last(p.Endpoint.Name, &last)
-					return last.Channel
-				},
-			})
-		}
-		if task, err = taskd.New(tcfg, id, links, logger.With("service", "task"), reg); err != nil {
-			return err
-		}
-	}
-	var pkg *pkgd.Service
-	if cfg.Services.Package != nil {
-		pcfg := *cfg.Services.Package
-		pcfg.DataDir = filepath.Join(cfg.DataDir, "package")
-		if len(peers) > 1 {
-			logger.Warn("the package service follows the first NS only", "ns", peers[0].Endpoint.Name)
-		}
-		if pkg, err = pkgd.New(pcfg, id, peers[0], logger.With("service", "package"), reg); err != nil {
-			return err
-		}
-	}
-	var boot *netbootd.Service
-	if cfg.Services.Netboot != nil {
-		first := peers[0]
-		if boot, err = netbootd.New(*cfg.Services.Netboot, first.Client, logger.With("service", "netboot"), reg); err != nil {
-			return err
-		}
-		if pkg != nil {
-			boot.UsePackages(pkg.OpenFile)
-		} else if cfg.Services.Netboot.BootPackage != "" {
-			return fmt.Errorf("services.netboot.boot_package: needs the package service on this site server")
-		}
-	}
-	register := func(ctx context.Context, p *nsapi.Peer, c *nsapi.Client) (any, time.Duration, error) {
-		addrs, err := hostinfo.Addresses(cfg.Addresses)
-		if err != nil {
-			return nil, 0, err
-		}
-		var services []nsapi.ServiceInfo
-		if task != nil {
-			// Report the task service's real ports, which may be ephemeral.
-			if _, _, err := task.Bound(ctx); err != nil {
-				return nil, 0, err
-			}
-			services = append([]nsapi.ServiceInfo{task.Info(addrs)}, services...)
-		}
-		if pkg != nil {
-			if _, err := pkg.Bound(ctx); err != nil {
-				return nil, 0, err
-			}
-			services = append(services, pkg.Info(addrs))
-		}
-		if boot != nil {
-			services = append(services, nsapi.ServiceInfo{Name: nsapi.ServiceNetboot})
-		}
-		resp, err := c.RegisterServer(ctx, nsapi.RegisterServerRequest{ID: id, Hostname: host, Addresses: addrs, Services: services})
-		if err != nil {
-			return nil, 0, err
-		}
-		return resp, resp.Settings.HeartbeatInterval, nil
-	}
-	registrar, err = nsapi.NewRegistrar(peers, register, logger.With("service", "registration"), reg)
-	if err != nil {
+	if err := s.build(); err != nil {
 		return err
 	}
-	registrar.OnAnswer = func(p *nsapi.Peer, answer any) {
-		resp := answer.(nsapi.RegisterServerResponse)
-		var names []string
-		for _, s := range resp.Sites {
-			names = append(names, s.Site)
-		}
-		logger.Info("registered", "ns", p.Endpoint.Name, "sites", names, "heartbeat", resp.Settings.HeartbeatInterval)
-		if pkg != nil {
-			// Sites or settings may have changed: look at the assignments again.
-			pkg.Kick()
-		}
+	g.Add(s.registrar)
+	if s.task != nil {
+		g.Add(s.task)
 	}
-	for _, p := range peers {
-		var last nsapi.RegisterServerResponse
-		if registrar.Last(p.Endpoint.Name, &last) {
-			logger.Info("last settings from NS", "ns", p.Endpoint.Name, "sites", len(last.Sites), "heartbeat", last.Settings.HeartbeatInterval)
-		}
+	if s.pkg != nil {
+		g.Add(s.pkg)
 	}
-	g.Add(registrar)
-	if task != nil {
-		g.Add(task)
-	}
-	if pkg != nil {
-		g.Add(pkg)
-	}
-	if boot != nil {
-		g.Add(boot)
+	if s.boot != nil {
+		g.Add(s.boot)
 	}
 	return runGroup(ctx, logger, g)
 }
 
-// embeddedNS builds the in-process NS of a standalone site and the peer that reaches it.
-// Its tokens live in its data directory, where `siteserver sites -data DIR` finds the admin
-// token and the CA.
+// siteServer is what `serve` runs besides an embedded NS: the configured site services and
+// their registration with each NS.
+type siteServer struct {
+	cfg       Serve
+	id, host  string
+	logger    *slog.Logger
+	reg       prometheus.Registerer
+	peers     []*nsapi.Peer
+	registrar *nsapi.Registrar
+	task      *taskd.Service
+	pkg       *pkgd.Service
+	boot      *netbootd.Service
+}
+
+// build constructs the configured services and the registrar; it starts nothing.
+func (s *siteServer) build() error {
+	svcs := s.cfg.Services
+	if svcs.Task == nil && svcs.Package == nil && svcs.Netboot == nil {
+		s.logger.Warn("no site services configured; this site server only registers")
+	}
+	if svcs.Task != nil {
+		if err := s.buildTask(); err != nil {
+			return err
+		}
+	}
+	if svcs.Package != nil {
+		pcfg := *svcs.Package
+		pcfg.DataDir = filepath.Join(s.cfg.DataDir, "package")
+		if len(s.peers) > 1 {
+			s.logger.Warn("the package service follows the first NS only", "ns", s.peers[0].Endpoint.Name)
+		}
+		var err error
+		if s.pkg, err = pkgd.New(pcfg, s.id, s.peers[0], s.logger.With("service", "package"), s.reg); err != nil {
+			return err
+		}
+	}
+	if svcs.Netboot != nil {
+		var err error
+		if s.boot, err = netbootd.New(*svcs.Netboot, s.peers[0].Client, s.logger.With("service", "netboot"), s.reg); err != nil {
+			return err
+		}
+		if s.pkg != nil {
+			s.boot.UsePackages(s.pkg.OpenFile)
+		} else if svcs.Netboot.BootPackage != "" {
+			return fmt.Errorf("services.netboot.boot_package: needs the package service on this site server")
+		}
+	}
+	var err error
+	s.registrar, err = nsapi.NewRegistrar(s.peers, s.register, s.logger.With("service", "registration"), s.reg)
+	if err != nil {
+		return err
+	}
+	s.registrar.OnAnswer = s.onAnswer
+	for _, p := range s.peers {
+		var last nsapi.RegisterServerResponse
+		if s.registrar.Last(p.Endpoint.Name, &last) {
+			s.logger.Info("last settings from NS", "ns", p.Endpoint.Name, "sites", len(last.Sites), "heartbeat", last.Settings.HeartbeatInterval)
+		}
+	}
+	return nil
+}
+
+// buildTask constructs the task service with one link per NS; the links read the
+// registrar's last answers, so they work once build has made it.
+func (s *siteServer) buildTask() error {
+	tcfg := *s.cfg.Services.Task
+	tcfg.DataDir = filepath.Join(s.cfg.DataDir, "task")
+	var links []*taskd.NSLink
+	for _, p := range s.peers {
+		links = append(links, &taskd.NSLink{
+			Peer: p,
+			Settings: func() (nsapi.Settings, bool) {
+				var last nsapi.RegisterServerResponse
+				ok := s.registrar.Last(p.Endpoint.Name, &last)
+				return last.Settings, ok
+			},
+			Kick: func() { s.registrar.Kick(p.Endpoint.Name) },
+			Channel: func() string {
+				var last nsapi.RegisterServerResponse
+				s.registrar.Last(p.Endpoint.Name, &last)
+				return last.Channel
+			},
+		})
+	}
+	var err error
+	s.task, err = taskd.New(tcfg, s.id, links, s.logger.With("service", "task"), s.reg)
+	return err
+}
+
+// register reports this site server and its services to one NS.
+func (s *siteServer) register(ctx context.Context, p *nsapi.Peer, c *nsapi.Client) (any, time.Duration, error) {
+	addrs, err := hostinfo.Addresses(s.cfg.Addresses)
+	if err != nil {
+		return nil, 0, err
+	}
+	var services []nsapi.ServiceInfo
+	if s.task != nil {
+		// Report the task service's real ports, which may be ephemeral.
+		if _, _, err := s.task.Bound(ctx); err != nil {
+			return nil, 0, err
+		}
+		services = append(services, s.task.Info(addrs))
+	}
+	if s.pkg != nil {
+		if _, err := s.pkg.Bound(ctx); err != nil {
+			return nil, 0, err
+		}
+		services = append(services, s.pkg.Info(addrs))
+	}
+	if s.boot != nil {
+		services = append(services, nsapi.ServiceInfo{Name: nsapi.ServiceNetboot})
+	}
+	resp, err := c.RegisterServer(ctx, nsapi.RegisterServerRequest{ID: s.id, Hostname: s.host, Addresses: addrs, Services: services})
+	if err != nil {
+		return nil, 0, err
+	}
+	return resp, resp.Settings.HeartbeatInterval, nil
+}
+
+func (s *siteServer) onAnswer(p *nsapi.Peer, answer any) {
+	resp := answer.(nsapi.RegisterServerResponse)
+	var names []string
+	for _, st := range resp.Sites {
+		names = append(names, st.Site)
+	}
+	s.logger.Info("registered", "ns", p.Endpoint.Name, "sites", names, "heartbeat", resp.Settings.HeartbeatInterval)
+	if s.pkg != nil {
+		// Sites or settings may have changed: look at the assignments again.
+		s.pkg.Kick()
+	}
+}
+
 func embeddedNS(cfg Serve, id, host string, logger *slog.Logger, reg prometheus.Registerer) (*ns.Server, *nsapi.Peer, error) {
 	dir := filepath.Join(cfg.DataDir, "ns")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -371,11 +416,11 @@ func embeddedNS(cfg Serve, id, host string, logger *slog.Logger, reg prometheus.
 		Kind:     nsapi.KindSiteServer, ID: id, Hostname: host,
 		Dir: filepath.Join(cfg.DataDir, "peers", "embedded"),
 		InProcess: func(ctx context.Context) (string, []byte, error) {
-			addr, ca, err := srv.Started(ctx)
+			addr, err := srv.Bound(ctx)
 			if err != nil {
 				return "", nil, err
 			}
-			return "https://" + loopbackHostPort(addr.String()), ca, nil
+			return "https://" + loopbackHostPort(addr.String()), srv.CACertPEM(), nil
 		},
 	}
 	logger.Info("no NS configured: running the embedded NS", "listen", cfg.EmbeddedNS.Listen,

@@ -67,20 +67,23 @@ func NewLogger(c LogConfig, w io.Writer) *slog.Logger {
 }
 
 // NewRegistry returns a fresh registry holding build info and the Go and process collectors.
-func NewRegistry(component string) *prometheus.Registry {
+func NewRegistry(component string) (*prometheus.Registry, error) {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-	)
 	info := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: Namespace,
 		Name:      "build_info",
 		Help:      "Build information of the running siteserver binary; the value is always 1.",
 	}, []string{"version", "component"})
 	info.WithLabelValues(Version, component).Set(1)
-	reg.MustRegister(info)
-	return reg
+	err := RegisterAll(reg,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		info,
+	)
+	if err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	return reg, nil
 }
 
 // Endpoint serves /metrics, /healthz and /readyz.
@@ -102,8 +105,8 @@ func (e *Endpoint) Name() string { return "metrics" }
 
 func (e *Endpoint) init() { e.once.Do(func() { e.ready = make(chan struct{}) }) }
 
-// BoundAddr waits until the listener is bound and returns its address.
-func (e *Endpoint) BoundAddr(ctx context.Context) (net.Addr, error) {
+// Bound waits until the listener is bound and returns its address.
+func (e *Endpoint) Bound(ctx context.Context) (net.Addr, error) {
 	e.init()
 	select {
 	case <-e.ready:

@@ -12,13 +12,17 @@ import (
 
 func TestEndpoint(t *testing.T) {
 	var ready atomic.Bool
-	e := &Endpoint{Addr: "127.0.0.1:0", Registry: NewRegistry("test"), Ready: ready.Load}
+	reg, err := NewRegistry("test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &Endpoint{Addr: "127.0.0.1:0", Registry: reg, Ready: ready.Load}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- e.Run(ctx) }()
 	bctx, bcancel := context.WithTimeout(ctx, 5*time.Second)
 	defer bcancel()
-	addr, err := e.BoundAddr(bctx)
+	addr, err := e.Bound(bctx)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,88 @@
+package main
+
+import (
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/siteserver/siteserver/nsapi"
+)
+
+// The admin subcommands that list and manage site servers, agents and computers.
+
+func serversList(a *adminCall) error {
+	views, err := a.c.Servers(a.ctx)
+	if err != nil {
+		return err
+	}
+	return a.print(views, func(w *tabwriter.Writer) {
+		fmt.Fprintln(w, "ID\tHOSTNAME\tSTATUS\tSITES\tSERVICES\tCOMPUTERS\tLAST SEEN")
+		for _, v := range views {
+			var sts, svcs []string
+			for _, s := range v.Sites {
+				sts = append(sts, s.Site)
+			}
+			for _, s := range v.Services {
+				n := s.Name
+				if s.Constrained {
+					n += "(constrained)"
+				}
+				svcs = append(svcs, n)
+			}
+			seen := "never"
+			if !v.LastSeen.IsZero() {
+				seen = v.LastSeen.Local().Format(time.DateTime)
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", v.ID, v.Hostname, v.Status, dash(sts), dash(svcs), v.Computers, seen)
+		}
+	})
+}
+
+func serversApprove(a *adminCall) error {
+	return a.c.Approve(a.ctx, a.pos[0])
+}
+
+func agentsList(a *adminCall) error {
+	views, err := a.c.Agents(a.ctx)
+	if err != nil {
+		return err
+	}
+	return a.print(views, func(w *tabwriter.Writer) {
+		fmt.Fprintln(w, "ID\tHOSTNAME\tSITES\tTASK SERVER\tLAST SEEN")
+		for _, v := range views {
+			var sts []string
+			for _, s := range v.Sites {
+				sts = append(sts, s.Site)
+			}
+			seen := "never"
+			if !v.LastSeen.IsZero() {
+				seen = v.LastSeen.Local().Format(time.DateTime)
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", v.ID, v.Hostname, dash(sts), dashS(v.TaskServer), seen)
+		}
+	})
+}
+
+func computersAdd(a *adminCall) error {
+	return a.c.PutComputer(a.ctx, nsapi.ComputerRequest{MAC: a.pos[0], Name: a.opt.compName})
+}
+
+func computersList(a *adminCall) error {
+	cs, err := a.c.ListComputers(a.ctx)
+	if err != nil {
+		return err
+	}
+	return a.print(cs, func(w *tabwriter.Writer) {
+		fmt.Fprintln(w, "MAC\tKIND\tNAME\tAGENT\tARCH\tLAST SEEN")
+		for _, cp := range cs {
+			seen, arch := "never", "-"
+			if !cp.LastSeen.IsZero() {
+				seen = cp.LastSeen.Local().Format(time.DateTime)
+			}
+			if cp.Arch >= 0 {
+				arch = fmt.Sprint(cp.Arch)
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", cp.MAC, cp.Kind, dashS(cp.Name), dashS(cp.Agent), arch, seen)
+		}
+	})
+}

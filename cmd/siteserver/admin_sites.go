@@ -1,0 +1,85 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/siteserver/siteserver/nsapi"
+)
+
+// The admin subcommands of site maintenance.
+
+func sitesList(a *adminCall) error {
+	views, err := a.c.Sites(a.ctx)
+	if err != nil {
+		return err
+	}
+	return a.print(views, func(w *tabwriter.Writer) {
+		fmt.Fprintln(w, "SITE\tSOURCES\tSUBNETS\tSERVERS\tDESCRIPTION\tWARNINGS")
+		for _, v := range views {
+			var subnets, servers []string
+			for _, s := range v.Subnets {
+				p := s.Prefix
+				if s.Source != "manual" {
+					p += "(" + s.Source + ")"
+				}
+				if s.Shadowed {
+					p += "(shadowed)"
+				}
+				subnets = append(subnets, p)
+			}
+			for _, s := range v.Servers {
+				servers = append(servers, s.Server)
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, strings.Join(v.Sources, ","), dash(subnets), dash(servers), v.Description, strings.Join(v.Warnings, "; "))
+		}
+	})
+}
+
+func sitesExport(a *adminCall) error {
+	b, err := a.c.ExportRules(a.ctx, a.opt.source)
+	if err != nil {
+		return err
+	}
+	_, err = a.out.Write(b)
+	return err
+}
+
+func sitesApply(a *adminCall) error {
+	b, err := os.ReadFile(a.pos[0])
+	if err != nil {
+		return err
+	}
+	r, err := a.c.ApplyRules(a.ctx, b)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(a.out, "applied %s rules: %d sites, %d subnets, %d server assignments\n", r.Source, r.Sites, r.Subnets, r.Servers)
+	return nil
+}
+
+func sitesAdd(a *adminCall) error {
+	return a.c.PutSite(a.ctx, nsapi.SiteRequest{Name: a.pos[0], Description: a.opt.description})
+}
+
+func sitesDelete(a *adminCall) error {
+	return a.c.DeleteSite(a.ctx, a.pos[0])
+}
+
+func sitesSubnetAdd(a *adminCall) error {
+	return a.c.PutSubnet(a.ctx, nsapi.SubnetRequest{Prefix: a.pos[0], Site: a.pos[1]})
+}
+
+func sitesSubnetDelete(a *adminCall) error {
+	return a.c.DeleteSubnet(a.ctx, a.pos[0])
+}
+
+func sitesAssign(a *adminCall) error {
+	return a.c.PutAssignment(a.ctx, nsapi.AssignmentRequest{Server: a.pos[0], Site: a.pos[1]})
+}
+
+func sitesUnassign(a *adminCall) error {
+	return a.c.DeleteAssignment(a.ctx, a.pos[0], a.pos[1])
+}

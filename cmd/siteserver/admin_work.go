@@ -1,0 +1,156 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/siteserver/siteserver/nsapi"
+)
+
+// The admin subcommands of jobs and packages.
+
+func jobsCreate(a *adminCall) error {
+	if a.opt.jobFile == "" {
+		return usageError{"-file is required"}
+	}
+	fh, err := os.Open(a.opt.jobFile)
+	if err != nil {
+		return err
+	}
+	var job nsapi.Job
+	err = Decode(fh, &job)
+	fh.Close()
+	if err != nil {
+		return fmt.Errorf("%s: %w", a.opt.jobFile, err)
+	}
+	req := nsapi.CreateJobRequest{Job: job}
+	for _, t := range strings.Split(a.opt.targets, ",") {
+		if t = strings.TrimSpace(t); t != "" {
+			req.Targets = append(req.Targets, t)
+		}
+	}
+	resp, err := a.c.CreateJob(a.ctx, req)
+	if err != nil {
+		return err
+	}
+	return a.print(resp, func(w *tabwriter.Writer) {
+		fmt.Fprintf(w, "job %s: %d instances\n", resp.JobID, len(resp.Instances))
+		fmt.Fprintln(w, "INSTANCE\tAGENT\tTASK SERVER")
+		for _, in := range resp.Instances {
+			fmt.Fprintf(w, "%s\t%s\t%s\n", in.ID, in.Agent, dashS(in.TaskServer))
+		}
+	})
+}
+
+func jobsList(a *adminCall) error {
+	jobs, err := a.c.Jobs(a.ctx)
+	if err != nil {
+		return err
+	}
+	return a.print(jobs, func(w *tabwriter.Writer) {
+		fmt.Fprintln(w, "JOB\tNAME\tTASKS")
+		for _, j := range jobs {
+			fmt.Fprintf(w, "%s\t%s\t%d\n", j.ID, j.Name, len(j.Tasks))
+		}
+	})
+}
+
+func jobsStatus(a *adminCall) error {
+	st, err := a.c.JobStatus(a.ctx, a.pos[0])
+	if err != nil {
+		return err
+	}
+	return a.print(st, func(w *tabwriter.Writer) {
+		fmt.Fprintf(w, "job %s (%s): %v\n", st.Job.ID, st.Job.Name, st.Counts)
+		fmt.Fprintln(w, "INSTANCE\tAGENT\tSTATE\tEVENTS\tUPDATED")
+		for _, in := range st.Instances {
+			fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\n", in.ID, in.Agent, in.State, len(in.Events), in.Updated.Local().Format(time.DateTime))
+		}
+	})
+}
+
+func packagesAdd(a *adminCall) error {
+	if a.opt.pkgDir == "" || a.opt.pkgID == "" || a.opt.pkgVersion == "" {
+		return usageError{"-dir, -id and -version are required"}
+	}
+	files, err := hashDir(a.opt.pkgDir)
+	if err != nil {
+		return err
+	}
+	uploaded := 0
+	for _, f := range files {
+		have, err := a.c.HasLibraryFile(a.ctx, f.SHA256)
+		if err != nil {
+			return err
+		}
+		if have {
+			continue
+		}
+		fh, err := os.Open(filepath.Join(a.opt.pkgDir, filepath.FromSlash(f.Name)))
+		if err != nil {
+			return err
+		}
+		err = a.c.UploadLibraryFile(context.Background(), f.SHA256, f.Size, fh)
+		fh.Close()
+		if err != nil {
+			return fmt.Errorf("upload %s: %w", f.Name, err)
+		}
+		uploaded++
+	}
+	p := nsapi.Package{ID: a.opt.pkgID, Version: a.opt.pkgVersion, Files: files, Sites: splitList(a.opt.pkgSites), Servers: splitList(a.opt.pkgServers), Staged: a.opt.pkgStaged}
+	if err := a.c.PutPackage(a.ctx, p); err != nil {
+		return err
+	}
+	fmt.Fprintf(a.out, "package %s %s: %d files (%d uploaded, %d already in the library)\n", p.ID, p.Version, len(files), uploaded, len(files)-uploaded)
+	return nil
+}
+
+func packagesAssign(a *adminCall) error {
+	st, err := a.c.PackageStatus(a.ctx, a.pos[0])
+	if err != nil {
+		return err
+	}
+	p := st.Package
+	p.Sites, p.Servers, p.Staged = splitList(a.opt.pkgSites), splitList(a.opt.pkgServers), a.opt.pkgStaged
+	return a.c.PutPackage(a.ctx, p)
+}
+
+func packagesDelete(a *adminCall) error {
+	return a.c.DeletePackage(a.ctx, a.pos[0])
+}
+
+func packagesList(a *adminCall) error {
+	ps, err := a.c.Packages(a.ctx)
+	if err != nil {
+		return err
+	}
+	return a.print(ps, func(w *tabwriter.Writer) {
+		fmt.Fprintln(w, "PACKAGE\tVERSION\tFILES\tBYTES\tSITES\tSERVERS\tSTAGED")
+		for _, p := range ps {
+			fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%s\t%s\t%d\n", p.ID, p.Version, len(p.Files), p.TotalSize(), dash(p.Sites), dash(p.Servers), p.Staged)
+		}
+	})
+}
+
+func packagesStatus(a *adminCall) error {
+	st, err := a.c.PackageStatus(a.ctx, a.pos[0])
+	if err != nil {
+		return err
+	}
+	return a.print(st, func(w *tabwriter.Writer) {
+		fmt.Fprintf(w, "package %s %s: ready on %d servers, stuck on %d\n", st.Package.ID, st.Package.Version, len(st.Ready), len(st.Stuck))
+		fmt.Fprintln(w, "SERVER\tSTATE\tVERSION\tBYTES\tLAST ERROR\tNEXT ATTEMPT")
+		for _, cb := range st.Codebases {
+			next := "-"
+			if !cb.NextAttempt.IsZero() {
+				next = cb.NextAttempt.Local().Format(time.DateTime)
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%d/%d\t%s\t%s\n", cb.Server, cb.State, cb.Version, cb.BytesDone, cb.BytesTotal, dashS(cb.LastError), next)
+		}
+	})
+}
