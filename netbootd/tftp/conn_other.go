@@ -1,6 +1,6 @@
 //go:build !linux
 
-package netbootd
+package tftp
 
 import (
 	"errors"

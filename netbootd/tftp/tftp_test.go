@@ -1,4 +1,4 @@
-package netbootd
+package tftp
 
 import (
 	"bytes"
@@ -22,13 +22,13 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/pin/tftp/v3"
+	tftpclient "github.com/pin/tftp/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/prometheus/common/expfmt"
 )
 
-var updateTFTPGolden = flag.Bool("update-tftp", false, "rewrite the golden files under testdata/tftp")
+var updateTFTPGolden = flag.Bool("update-tftp", false, "rewrite the golden files under testdata")
 
 // tftpWriteFile writes size pseudo-random bytes (the same for the same size) and returns
 // their SHA-256.
@@ -204,7 +204,7 @@ type tftpDownload struct {
 }
 
 func tftpGet(addr, name string, blksize int) (tftpDownload, error) {
-	c, err := tftp.NewClient(addr)
+	c, err := tftpclient.NewClient(addr)
 	if err != nil {
 		return tftpDownload{}, err
 	}
@@ -219,7 +219,7 @@ func tftpGet(addr, name string, blksize int) (tftpDownload, error) {
 		return tftpDownload{}, err
 	}
 	var d tftpDownload
-	d.tsize, d.tsizeOK = wt.(tftp.IncomingTransfer).Size()
+	d.tsize, d.tsizeOK = wt.(tftpclient.IncomingTransfer).Size()
 	h := sha256.New()
 	d.n, err = wt.WriteTo(h)
 	copy(d.sum[:], h.Sum(nil))
@@ -850,7 +850,7 @@ func TestTFTPRefused(t *testing.T) {
 	}
 
 	t.Run("write", func(t *testing.T) {
-		c, err := tftp.NewClient(ts.addr)
+		c, err := tftpclient.NewClient(ts.addr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -880,7 +880,7 @@ func TestTFTPMetrics(t *testing.T) {
 			t.Fatalf("%q: no error", name)
 		}
 	}
-	c, err := tftp.NewClient(ts.addr)
+	c, err := tftpclient.NewClient(ts.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -927,7 +927,7 @@ func TestTFTPMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	golden := filepath.Join("testdata", "tftp", "metrics.txt")
+	golden := filepath.Join("testdata", "metrics.txt")
 	if *updateTFTPGolden {
 		if err := os.MkdirAll(filepath.Dir(golden), 0o755); err != nil {
 			t.Fatal(err)
