@@ -463,7 +463,7 @@ func serveTFTPChild(ctx context.Context, args []string) error {
 		return err
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	srv, err := tftp.NewTFTPServer(tftp.TFTPConfig{
+	srv, err := tftp.NewServer(tftp.Config{
 		Listen:       "127.0.0.1:0",
 		Root:         *root,
 		MaxTransfers: *maxTransfers,

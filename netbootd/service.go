@@ -225,7 +225,7 @@ type Service struct {
 	logger    *slog.Logger
 	computers *NSComputers
 	pxe       *PXEServer
-	tftp      *tftp.TFTPServer
+	tftp      *tftp.Server
 	scripts   map[string]*template.Template
 	scriptsN  *prometheus.CounterVec
 	ready     atomic.Bool
@@ -254,7 +254,7 @@ func New(cfg Config, client func(ctx context.Context) (*ns.Client, error), logge
 	if s.pxe, err = NewPXEServer(cfg.PXE, s.computers, logger.With("part", "pxe"), reg); err != nil {
 		return nil, err
 	}
-	if s.tftp, err = tftp.NewTFTPServer(tftp.TFTPConfig{Listen: cfg.TFTP.Listen, Root: cfg.BootDir, MaxTransfers: cfg.TFTP.MaxTransfers,
+	if s.tftp, err = tftp.NewServer(tftp.Config{Listen: cfg.TFTP.Listen, Root: cfg.BootDir, MaxTransfers: cfg.TFTP.MaxTransfers,
 		Timeout: cfg.TFTP.Timeout, Retries: cfg.TFTP.Retries, MaxBlockSize: cfg.TFTP.MaxBlockSize}, logger.With("part", "tftp"), reg); err != nil {
 		return nil, err
 	}
@@ -282,8 +282,8 @@ func (s *Service) HTTPAddr() net.Addr {
 }
 
 // PXE and TFTP expose the parts, for tests and status.
-func (s *Service) PXE() *PXEServer        { return s.pxe }
-func (s *Service) TFTP() *tftp.TFTPServer { return s.tftp }
+func (s *Service) PXE() *PXEServer    { return s.pxe }
+func (s *Service) TFTP() *tftp.Server { return s.tftp }
 
 // Run serves until ctx is done; if any part fails, the others stop.
 func (s *Service) Run(ctx context.Context) error {

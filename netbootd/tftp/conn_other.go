@@ -7,6 +7,6 @@ import (
 	"net/netip"
 )
 
-func newTFTPBlockingConn(local, remote netip.AddrPort, ifIndex int) (tftpConn, error) {
+func newBlockingConn(local, remote netip.AddrPort, ifIndex int) (conn, error) {
 	return nil, errors.New("blocking transfer sockets are Linux only")
 }
