@@ -465,50 +465,70 @@ func (s *Server) serveRequest(req request, from netip.AddrPort, dst netip.Addr, 
 		return
 	}
 
-	// The root is looked up for every request, not once: when it is a symlink that a
-	// deployment swaps to a new tree, new transfers follow it while old ones finish.
-	root, err := filepath.EvalSymlinks(s.root)
-	if err != nil {
-		log.Warn("tftp root unavailable", "root", s.root, "err", err)
-		refuse(newRefusal(reasonNotFound, "file not found"))
-		return
-	}
-	p, err := resolve(root, req.file)
-	if err != nil {
-		refuse(err)
-		return
-	}
-	f, err := open(root, p)
+	f, size, err := s.openFile(log, req.file)
 	if err != nil {
 		refuse(err)
 		return
 	}
 	defer f.Close()
+	s.transfer(log, conn, req, f, size, blockCap(s.cfg.MaxBlockSize, ifIndex, from.Addr().Unmap().Is6()), start)
+}
+
+// openFile opens the regular file a request names and returns its size, or a refusal.
+func (s *Server) openFile(log *slog.Logger, name string) (*os.File, int64, error) {
+	// The root is looked up for every request, not once: when it is a symlink that a
+	// deployment swaps to a new tree, new transfers follow it while old ones finish.
+	root, err := filepath.EvalSymlinks(s.root)
+	if err != nil {
+		log.Warn("tftp root unavailable", "root", s.root, "err", err)
+		return nil, 0, newRefusal(reasonNotFound, "file not found")
+	}
+	p, err := resolve(root, name)
+	if err != nil {
+		return nil, 0, err
+	}
+	f, err := open(root, p)
+	if err != nil {
+		return nil, 0, err
+	}
 	fi, err := f.Stat()
 	if err != nil || !fi.Mode().IsRegular() {
-		refuse(newRefusal(reasonNotFound, "not a regular file"))
-		return
+		f.Close()
+		return nil, 0, newRefusal(reasonNotFound, "not a regular file")
 	}
+	return f, fi.Size(), nil
+}
 
-	neg := negotiate(req, fi.Size(), blockCap(s.cfg.MaxBlockSize, ifIndex, from.Addr().Unmap().Is6()))
+// transfer sends an open file of size bytes to the client on c: the option
+// acknowledgement, if the client asked for options, then the data, with blksize capped at
+// maxBlock.
+func (s *Server) transfer(log *slog.Logger, c conn, req request, f *os.File, size int64, maxBlock int, start time.Time) {
+	neg := negotiate(req, size, maxBlock)
 	timeout := s.cfg.Timeout
 	if neg.timeout > 0 {
 		timeout = time.Duration(neg.timeout) * time.Second
 	}
-	conn.setTimeout(timeout)
+	c.setTimeout(timeout)
 	r := getReader(f, &s.aborting)
 	defer putReader(r)
 	var src io.Reader = r
 	if req.mode == "netascii" {
 		src = &netascii{r: r}
 	}
-	x := &sender{conn: conn, r: src, blockSize: neg.blockSize, window: neg.window, retries: s.cfg.Retries}
+	x := &sender{conn: c, r: src, blockSize: neg.blockSize, window: neg.window, retries: s.cfg.Retries}
+	var err error
 	if len(neg.accepted) > 0 {
 		err = x.negotiate(appendOACK(nil, neg.accepted))
 	}
 	if err == nil {
 		err = x.run()
 	}
+	s.finish(log, c, x, neg, size, err, start)
+}
+
+// finish counts and logs how a transfer ended; when it failed on our side, the client
+// gets an ERROR saying so.
+func (s *Server) finish(log *slog.Logger, c conn, x *sender, neg negotiated, size int64, err error, start time.Time) {
 	s.metrics.bytesSent.Add(float64(x.bytes))
 	s.metrics.retransmits.Add(float64(x.retransmits))
 	elapsed := time.Since(start)
@@ -518,8 +538,8 @@ func (s *Server) serveRequest(req request, from netip.AddrPort, dst netip.Addr, 
 		s.metrics.result[resultCompleted].Inc()
 		s.metrics.duration.Observe(elapsed.Seconds())
 		log.Debug("tftp transfer completed", "blksize", strconv.Itoa(neg.blockSize), "windowsize", neg.window,
-			"tsize", fi.Size(), "bytes", x.bytes, "datagrams", x.datagrams, "retransmits", x.retransmits,
-			"duration", elapsed, "blocking", isBlocking(conn))
+			"tsize", size, "bytes", x.bytes, "datagrams", x.datagrams, "retransmits", x.retransmits,
+			"duration", elapsed, "blocking", isBlocking(c))
 	case errors.As(err, &clientErr) && x.reads == 0:
 		// An ERROR right after the options: a tsize query, or options the client declined.
 		s.metrics.result[resultAborted].Inc()
@@ -527,9 +547,9 @@ func (s *Server) serveRequest(req request, from netip.AddrPort, dst netip.Addr, 
 	default:
 		s.metrics.result[resultFailed].Inc()
 		if errors.Is(err, errShuttingDown) {
-			_ = conn.send(appendError(nil, codeUndefined, errShuttingDown.Error()))
+			_ = c.send(appendError(nil, codeUndefined, errShuttingDown.Error()))
 		} else if !errors.As(err, &clientErr) && !errors.Is(err, errTimeout) && !errors.Is(err, errAborted) {
-			_ = conn.send(appendError(nil, codeUndefined, "read error"))
+			_ = c.send(appendError(nil, codeUndefined, "read error"))
 		}
 		log.Info("tftp transfer failed", "bytes", x.bytes, "duration", elapsed, "err", err)
 	}
