@@ -485,7 +485,7 @@ func FuzzResolve(f *testing.F) {
 		"ipxe.efi", `pxelinux.cfg\default`, "../etc/passwd", "/etc/passwd", "a/../../x", "x\x00y",
 		"in-link", "out-link", "out-dir/secret", "boot/up-link", "boot/../ipxe.efi", "..hidden",
 		"....//....//etc/passwd", `C:\boot\x`, "boot\\..\\..\\outside\\secret", "",
-		// Names from real clients (testdata/pxe captures).
+		// Names from real clients (the captures in ../pxe/testdata/captures).
 		"boot.ipxe", "undionly.kpxe",
 	} {
 		f.Add(seed)
@@ -553,7 +553,7 @@ func TestDownload(t *testing.T) {
 	}
 }
 
-// Requests as real clients sent them (testdata/pxe/ipxe-efi-and-edk2-dhcp-tftp.pcapng):
+// Requests as real clients sent them (../pxe/testdata/captures/ipxe-efi-and-edk2-dhcp-tftp.pcapng):
 // iPXE asks blksize 1432 and tsize; EDK2 first asks tsize alone, aborts, then asks again
 // without tsize, both times with windowsize 4.
 var (

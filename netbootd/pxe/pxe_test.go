@@ -1,4 +1,4 @@
-package netbootd
+package pxe
 
 import (
 	"encoding/hex"
@@ -61,7 +61,7 @@ func pxeViewReply(r *dhcpv4.DHCPv4, dst netip.AddrPort) pxeReplyView {
 	return v
 }
 
-// pxeCaptured returns the DHCP message of one frame of a capture in testdata/pxe.
+// pxeCaptured returns the DHCP message of one frame of a capture in testdata/captures.
 func pxeCaptured(t testing.TB, file string, frame int) *dhcpv4.DHCPv4 {
 	t.Helper()
 	for _, u := range pxeLoadCapture(t, file) {
@@ -82,7 +82,7 @@ const (
 	pxeCaptureEFI  = "ipxe-efi-and-edk2-dhcp-tftp.pcapng"
 )
 
-// The frames of the captures the tests use (see testdata/pxe/README.md).
+// The frames of the captures the tests use (see testdata/captures/README.md).
 const (
 	pxeFrameIPXEBIOSDiscover = 1  // iPXE ROM under SeaBIOS, arch 0, user class iPXE
 	pxeFrameIPXEBIOSRequest  = 5  // its REQUEST to the DHCP server

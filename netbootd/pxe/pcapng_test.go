@@ -1,4 +1,4 @@
-package netbootd
+package pxe
 
 import (
 	"encoding/binary"
@@ -167,10 +167,10 @@ func pxeUDPFromIPv4(ip []byte) (pxeCapturedUDP, bool) {
 	}, true
 }
 
-// pxeLoadCapture reads one of the real client captures kept in testdata/pxe.
+// pxeLoadCapture reads one of the real client captures kept in testdata/captures.
 func pxeLoadCapture(tb testing.TB, name string) []pxeCapturedUDP {
 	tb.Helper()
-	path := filepath.Join("testdata", "pxe", name)
+	path := filepath.Join("testdata", "captures", name)
 	pkts, err := pxeReadPcapng(path)
 	if err != nil {
 		tb.Fatalf("%s: %v", path, err)

@@ -1,4 +1,4 @@
-package netbootd
+package pxe
 
 import (
 	"bytes"

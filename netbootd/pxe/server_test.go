@@ -1,4 +1,4 @@
-package netbootd
+package pxe
 
 import (
 	"bytes"
@@ -239,7 +239,7 @@ func TestPXEServerLoopback(t *testing.T) {
 	if len(seen) != 6 {
 		t.Errorf("Seen reported %d times, want once per PXE request (6): %v", len(seen), seen)
 	}
-	pxeCompareMetrics(t, reg, "pxe_server_metrics.golden")
+	pxeCompareMetrics(t, reg, "server_metrics.golden")
 }
 
 // pxeCompareMetrics checks the netboot metrics against a golden file and the Prometheus
