@@ -723,7 +723,7 @@ func servePXEChild(ctx context.Context, args []string) error {
 		return err
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	srv, err := pxe.NewPXEServer(pxe.PXEConfig{
+	srv, err := pxe.NewServer(pxe.Config{
 		Listen67:   netip.AddrPortFrom(pxeBenchServer, 0).String(),
 		Listen4011: netip.AddrPortFrom(pxeBenchServer, 0).String(),
 		RelayPort:  uint16(*relayPort),

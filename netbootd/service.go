@@ -27,10 +27,10 @@ import (
 type Config struct {
 	// BootDir holds the boot files: served by TFTP (first stage) and over HTTP under
 	// /boot/ (kernels, initrds, WIMs), with Range.
-	BootDir string        `yaml:"boot_dir"`
-	PXE     pxe.PXEConfig `yaml:"pxe"`
-	TFTP    TFTPFile      `yaml:"tftp"`
-	HTTP    HTTPConfig    `yaml:"http"`
+	BootDir string     `yaml:"boot_dir"`
+	PXE     pxe.Config `yaml:"pxe"`
+	TFTP    TFTPFile   `yaml:"tftp"`
+	HTTP    HTTPConfig `yaml:"http"`
 	// Scripts are the iPXE scripts (Go templates) per computer kind: managed, predefined
 	// and unknown. Fields: .Server (our address as the client reached it, host:port),
 	// .MAC, .Kind, .Name.
@@ -225,7 +225,7 @@ type Service struct {
 	cfg       Config
 	logger    *slog.Logger
 	computers *NSComputers
-	pxe       *pxe.PXEServer
+	pxe       *pxe.Server
 	tftp      *tftp.Server
 	scripts   map[string]*template.Template
 	scriptsN  *prometheus.CounterVec
@@ -252,7 +252,7 @@ func New(cfg Config, client func(ctx context.Context) (*ns.Client, error), logge
 		s.scripts[kind] = template.Must(template.New(kind).Parse(text))
 	}
 	var err error
-	if s.pxe, err = pxe.NewPXEServer(cfg.PXE, s.computers, logger.With("part", "pxe"), reg); err != nil {
+	if s.pxe, err = pxe.NewServer(cfg.PXE, s.computers, logger.With("part", "pxe"), reg); err != nil {
 		return nil, err
 	}
 	if s.tftp, err = tftp.NewServer(tftp.Config{Listen: cfg.TFTP.Listen, Root: cfg.BootDir, MaxTransfers: cfg.TFTP.MaxTransfers,
@@ -283,8 +283,8 @@ func (s *Service) HTTPAddr() net.Addr {
 }
 
 // PXE and TFTP expose the parts, for tests and status.
-func (s *Service) PXE() *pxe.PXEServer { return s.pxe }
-func (s *Service) TFTP() *tftp.Server  { return s.tftp }
+func (s *Service) PXE() *pxe.Server   { return s.pxe }
+func (s *Service) TFTP() *tftp.Server { return s.tftp }
 
 // Run serves until ctx is done; if any part fails, the others stop.
 func (s *Service) Run(ctx context.Context) error {
