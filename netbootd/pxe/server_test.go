@@ -23,7 +23,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 )
 
-var update = flag.Bool("update-pxe", false, "rewrite the PXE golden files in testdata")
+var update = flag.Bool("update", false, "rewrite the golden files in testdata")
 
 // fakeComputers is an NS that knows a few computers and records what it is told.
 type fakeComputers struct {
@@ -274,7 +274,7 @@ func compareMetrics(t *testing.T, reg *prometheus.Registry, golden string) {
 	}
 	want, err := os.ReadFile(path)
 	if err != nil {
-		t.Fatalf("%v (run with -update-pxe to create it)", err)
+		t.Fatalf("%v (run with -update to create it)", err)
 	}
 	if diff := cmp.Diff(string(want), buf.String()); diff != "" {
 		t.Errorf("metrics (-%s +got):\n%s", path, diff)

@@ -28,7 +28,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 )
 
-var update = flag.Bool("update-tftp", false, "rewrite the golden files under testdata")
+var update = flag.Bool("update", false, "rewrite the golden files in testdata")
 
 // writeFile writes size pseudo-random bytes (the same for the same size) and returns
 // their SHA-256.
@@ -938,7 +938,7 @@ func TestMetrics(t *testing.T) {
 	}
 	want, err := os.ReadFile(golden)
 	if err != nil {
-		t.Fatalf("%v (run with -update-tftp to create it)", err)
+		t.Fatalf("%v (run with -update to create it)", err)
 	}
 	if diff := cmp.Diff(string(want), string(got)); diff != "" {
 		t.Errorf("metrics (-want +got):\n%s", diff)
