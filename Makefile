@@ -35,10 +35,10 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzVerifyRequest$$' -fuzztime=30s ./taskd/
 	$(GO) test -run='^$$' -fuzz='^FuzzParseWindows$$' -fuzztime=30s ./pkgd/
 	$(GO) test -run='^$$' -fuzz='^FuzzPackagePath$$' -fuzztime=30s ./pkgd/
-	$(GO) test -run='^$$' -fuzz='^FuzzBSDP$$' -fuzztime=30s ./netbootd/
-	$(GO) test -run='^$$' -fuzz='^FuzzDecide$$' -fuzztime=30s ./netbootd/
-	$(GO) test -run='^$$' -fuzz='^FuzzTFTPResolve$$' -fuzztime=30s ./netbootd/
-	$(GO) test -run='^$$' -fuzz='^FuzzParseTFTPRequest$$' -fuzztime=30s ./netbootd/
+	$(GO) test -run='^$$' -fuzz='^FuzzBSDP$$' -fuzztime=30s ./netbootd/pxe/
+	$(GO) test -run='^$$' -fuzz='^FuzzDecide$$' -fuzztime=30s ./netbootd/pxe/
+	$(GO) test -run='^$$' -fuzz='^FuzzResolve$$' -fuzztime=30s ./netbootd/tftp/
+	$(GO) test -run='^$$' -fuzz='^FuzzParseRequest$$' -fuzztime=30s ./netbootd/tftp/
 
 bench:
 	$(GO) run ./bench sites

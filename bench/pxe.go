@@ -27,7 +27,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
-	"github.com/siteserver/siteserver/netbootd"
+	"github.com/siteserver/siteserver/netbootd/pxe"
 )
 
 // The servers listen on pxeBenchServer; the load generator is a relay agent on
@@ -44,7 +44,7 @@ var (
 // pxeBenchCaptures are the DISCOVERs sent, alternately: iPXE chainloaded on a BIOS machine
 // (answered with the script URL by us, with the BIOS boot service by dnsmasq), and the
 // UEFI firmware's own PXE client (answered without PXE options by us, with the x86-64 EFI
-// service by dnsmasq). See netbootd/testdata/pxe/README.md.
+// service by dnsmasq). See netbootd/pxe/testdata/captures/README.md.
 var pxeBenchCaptures = []struct {
 	file  string
 	frame int
@@ -77,7 +77,7 @@ func runPXE(ctx context.Context, args []string, stderr io.Writer) (result, error
 	lostAfter := fs.Duration("lost-after", time.Second, "a request not answered within this counts as lost")
 	peer := fs.String("peer", "dnsmasq", "server to compare with: dnsmasq (in proxy mode) or none")
 	dnsmasqBin := fs.String("dnsmasq", "dnsmasq", "dnsmasq binary")
-	captures := fs.String("captures", "", "directory of the captured requests (default: netbootd/testdata/pxe of this module)")
+	captures := fs.String("captures", "", "directory of the captured requests (default: netbootd/pxe/testdata/captures of this module)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of our server process to this file")
 	if err := parseFlags(fs, args); err != nil {
 		return nil, err
@@ -273,7 +273,7 @@ func pxeLoadTemplates(dir string) ([]pxeTemplate, error) {
 		if err != nil {
 			return nil, err
 		}
-		dir = filepath.Join(root, "netbootd", "testdata", "pxe")
+		dir = filepath.Join(root, "netbootd", "pxe", "testdata", "captures")
 	}
 	var out []pxeTemplate
 	for _, c := range pxeBenchCaptures {
@@ -321,7 +321,7 @@ func pxeModuleRoot() (string, error) {
 
 // pxeCapturedPayload returns the UDP payload of one frame (1-based, as Wireshark counts)
 // of a pcapng file of Ethernet frames. It reads no more of the format than the captures
-// in netbootd/testdata/pxe use.
+// in netbootd/pxe/testdata/captures use.
 func pxeCapturedPayload(path string, frame int) ([]byte, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -723,7 +723,7 @@ func servePXEChild(ctx context.Context, args []string) error {
 		return err
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	srv, err := netbootd.NewPXEServer(netbootd.PXEConfig{
+	srv, err := pxe.NewServer(pxe.Config{
 		Listen67:   netip.AddrPortFrom(pxeBenchServer, 0).String(),
 		Listen4011: netip.AddrPortFrom(pxeBenchServer, 0).String(),
 		RelayPort:  uint16(*relayPort),

@@ -22,10 +22,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/pin/tftp/v3"
+	tftpclient "github.com/pin/tftp/v3"
 	"golang.org/x/sys/unix"
 
-	"github.com/siteserver/siteserver/netbootd"
+	"github.com/siteserver/siteserver/netbootd/tftp"
 )
 
 const (
@@ -463,7 +463,7 @@ func serveTFTPChild(ctx context.Context, args []string) error {
 		return err
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	srv, err := netbootd.NewTFTPServer(netbootd.TFTPConfig{
+	srv, err := tftp.NewServer(tftp.Config{
 		Listen:       "127.0.0.1:0",
 		Root:         *root,
 		MaxTransfers: *maxTransfers,
@@ -496,7 +496,7 @@ func serveTFTPChild(ctx context.Context, args []string) error {
 // tftpGet fetches f from the server at addr into w, asking for blksize and tsize as a PXE
 // ROM does. Every call has its own client socket.
 func tftpGet(addr string, f tftpFile, w io.Writer, timeout time.Duration) (int64, error) {
-	c, err := tftp.NewClient(addr)
+	c, err := tftpclient.NewClient(addr)
 	if err != nil {
 		return 0, err
 	}
@@ -511,7 +511,7 @@ func tftpGet(addr string, f tftpFile, w io.Writer, timeout time.Duration) (int64
 		return 0, fmt.Errorf("request %s: %w", f.name, err)
 	}
 	// Size must be asked before WriteTo, which drops the options it does not act on.
-	if it, ok := wt.(tftp.IncomingTransfer); ok {
+	if it, ok := wt.(tftpclient.IncomingTransfer); ok {
 		if ts, ok := it.Size(); !ok || ts != f.size {
 			err := fmt.Errorf("%s: tsize %d (given: %v), want %d", f.name, ts, ok, f.size)
 			wt.WriteTo(tftpFailWriter{err}) // sends the server an ERROR

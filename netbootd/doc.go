@@ -1,3 +1,5 @@
-// Package netbootd will hold the network boot service: PXE proxyDHCP on 67 and 4011, Apple
-// BSDP, a read-only TFTP server and iPXE scripts over HTTP.
+// Package netbootd is the network boot service: it configures and runs the PXE, BSDP and
+// proxyDHCP server (package netbootd/pxe) and the TFTP server (package netbootd/tftp),
+// serves iPXE scripts and boot files over HTTP, and answers the PXE server's questions
+// about booting computers from the NS.
 package netbootd

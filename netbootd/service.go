@@ -18,6 +18,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/siteserver/siteserver/internal/obs"
+	"github.com/siteserver/siteserver/netbootd/pxe"
+	"github.com/siteserver/siteserver/netbootd/tftp"
 	"github.com/siteserver/siteserver/nsapi"
 )
 
@@ -26,7 +28,7 @@ type Config struct {
 	// BootDir holds the boot files: served by TFTP (first stage) and over HTTP under
 	// /boot/ (kernels, initrds, WIMs), with Range.
 	BootDir string     `yaml:"boot_dir"`
-	PXE     PXEConfig  `yaml:"pxe"`
+	PXE     pxe.Config `yaml:"pxe"`
 	TFTP    TFTPFile   `yaml:"tftp"`
 	HTTP    HTTPConfig `yaml:"http"`
 	// Scripts are the iPXE scripts (Go templates) per computer kind: managed, predefined
@@ -157,28 +159,28 @@ type NSComputers struct {
 }
 
 type cachedKind struct {
-	kind Kind
+	kind pxe.Kind
 	name string
 	at   time.Time
 }
 
-func kindOf(s string) Kind {
+func kindOf(s string) pxe.Kind {
 	switch s {
 	case nsapi.ComputerManaged:
-		return KindManaged
+		return pxe.KindManaged
 	case nsapi.ComputerPredefined:
-		return KindPredefined
+		return pxe.KindPredefined
 	}
-	return KindUnknown
+	return pxe.KindUnknown
 }
 
 // Lookup implements Computers.
-func (c *NSComputers) Lookup(ctx context.Context, mac net.HardwareAddr) (Kind, error) {
+func (c *NSComputers) Lookup(ctx context.Context, mac net.HardwareAddr) (pxe.Kind, error) {
 	k, _, err := c.lookup(ctx, mac)
 	return k, err
 }
 
-func (c *NSComputers) lookup(ctx context.Context, mac net.HardwareAddr) (Kind, string, error) {
+func (c *NSComputers) lookup(ctx context.Context, mac net.HardwareAddr) (pxe.Kind, string, error) {
 	now := time.Now
 	if c.now != nil {
 		now = c.now
@@ -195,11 +197,11 @@ func (c *NSComputers) lookup(ctx context.Context, mac net.HardwareAddr) (Kind, s
 	c.mu.Unlock()
 	cl, err := c.Client(ctx)
 	if err != nil {
-		return KindUnknown, "", err
+		return pxe.KindUnknown, "", err
 	}
 	resp, err := cl.LookupComputer(ctx, key)
 	if err != nil {
-		return KindUnknown, "", err
+		return pxe.KindUnknown, "", err
 	}
 	k := kindOf(resp.Kind)
 	c.mu.Lock()
@@ -209,7 +211,7 @@ func (c *NSComputers) lookup(ctx context.Context, mac net.HardwareAddr) (Kind, s
 }
 
 // Seen implements Computers.
-func (c *NSComputers) Seen(ctx context.Context, mac net.HardwareAddr, arch Arch) error {
+func (c *NSComputers) Seen(ctx context.Context, mac net.HardwareAddr, arch pxe.Arch) error {
 	cl, err := c.Client(ctx)
 	if err != nil {
 		return err
@@ -223,8 +225,8 @@ type Service struct {
 	cfg       Config
 	logger    *slog.Logger
 	computers *NSComputers
-	pxe       *PXEServer
-	tftp      *TFTPServer
+	pxe       *pxe.Server
+	tftp      *tftp.Server
 	scripts   map[string]*template.Template
 	scriptsN  *prometheus.CounterVec
 	ready     atomic.Bool
@@ -250,10 +252,10 @@ func New(cfg Config, client func(ctx context.Context) (*nsapi.Client, error), lo
 		s.scripts[kind] = template.Must(template.New(kind).Parse(text))
 	}
 	var err error
-	if s.pxe, err = NewPXEServer(cfg.PXE, s.computers, logger.With("part", "pxe"), reg); err != nil {
+	if s.pxe, err = pxe.NewServer(cfg.PXE, s.computers, logger.With("part", "pxe"), reg); err != nil {
 		return nil, err
 	}
-	if s.tftp, err = NewTFTPServer(TFTPConfig{Listen: cfg.TFTP.Listen, Root: cfg.BootDir, MaxTransfers: cfg.TFTP.MaxTransfers,
+	if s.tftp, err = tftp.NewServer(tftp.Config{Listen: cfg.TFTP.Listen, Root: cfg.BootDir, MaxTransfers: cfg.TFTP.MaxTransfers,
 		Timeout: cfg.TFTP.Timeout, Retries: cfg.TFTP.Retries, MaxBlockSize: cfg.TFTP.MaxBlockSize}, logger.With("part", "tftp"), reg); err != nil {
 		return nil, err
 	}
@@ -281,8 +283,8 @@ func (s *Service) HTTPAddr() net.Addr {
 }
 
 // PXE and TFTP expose the parts, for tests and status.
-func (s *Service) PXE() *PXEServer   { return s.pxe }
-func (s *Service) TFTP() *TFTPServer { return s.tftp }
+func (s *Service) PXE() *pxe.Server   { return s.pxe }
+func (s *Service) TFTP() *tftp.Server { return s.tftp }
 
 // Run serves until ctx is done; if any part fails, the others stop.
 func (s *Service) Run(ctx context.Context) error {

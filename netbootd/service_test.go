@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/siteserver/siteserver/netbootd/pxe"
 	"github.com/siteserver/siteserver/nsapi"
 )
 
@@ -43,7 +44,7 @@ func TestScriptsAndBootFiles(t *testing.T) {
 	outside := filepath.Join(t.TempDir(), "secret")
 	os.WriteFile(outside, []byte("secret"), 0o644)
 	os.Symlink(outside, filepath.Join(boot, "escape"))
-	cfg := Config{BootDir: boot, PXE: PXEConfig{Listen67: "127.0.0.1:0", Listen4011: "127.0.0.1:0"},
+	cfg := Config{BootDir: boot, PXE: pxe.Config{Listen67: "127.0.0.1:0", Listen4011: "127.0.0.1:0"},
 		TFTP: TFTPFile{Listen: "127.0.0.1:0"}, HTTP: HTTPConfig{Listen: "127.0.0.1:0"}}
 	s, err := New(cfg, func(context.Context) (*nsapi.Client, error) { return nsapi.NewClient(fake.URL, nil), nil }, nil, prometheus.NewRegistry())
 	if err != nil {
@@ -106,7 +107,7 @@ func TestBootFilesFromPackage(t *testing.T) {
 	os.WriteFile(filepath.Join(boot, "wimboot"), []byte("wimboot from the boot directory"), 0o644)
 	stored := filepath.Join(t.TempDir(), "blob")
 	os.WriteFile(stored, []byte("from the package store"), 0o644)
-	cfg := Config{BootDir: boot, BootPackage: "winpe", PXE: PXEConfig{Listen67: "127.0.0.1:0", Listen4011: "127.0.0.1:0"},
+	cfg := Config{BootDir: boot, BootPackage: "winpe", PXE: pxe.Config{Listen67: "127.0.0.1:0", Listen4011: "127.0.0.1:0"},
 		TFTP: TFTPFile{Listen: "127.0.0.1:0"}, HTTP: HTTPConfig{Listen: "127.0.0.1:0"}}
 	s, err := New(cfg, func(context.Context) (*nsapi.Client, error) { return nil, context.Canceled }, nil, prometheus.NewRegistry())
 	if err != nil {

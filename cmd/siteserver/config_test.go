@@ -12,6 +12,7 @@ import (
 
 	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/netbootd"
+	"github.com/siteserver/siteserver/netbootd/pxe"
 	"github.com/siteserver/siteserver/ns"
 	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/pkgd"
@@ -99,8 +100,8 @@ func TestExampleBranch(t *testing.T) {
 	}
 	want.Services.Netboot = &netbootd.Config{
 		BootDir: "/srv/siteserver/boot",
-		PXE: netbootd.PXEConfig{Listen67: ":67", Listen4011: ":4011",
-			BootFiles:     map[netbootd.Arch]string{0: "undionly.kpxe", 6: "ipxe-ia32.efi", 7: "ipxe.efi", 9: "ipxe.efi", 11: "ipxe-arm64.efi"},
+		PXE: pxe.Config{Listen67: ":67", Listen4011: ":4011",
+			BootFiles:     map[pxe.Arch]string{0: "undionly.kpxe", 6: "ipxe-ia32.efi", 7: "ipxe.efi", 9: "ipxe.efi", 11: "ipxe-arm64.efi"},
 			IPXEScriptURL: "http://{server}:8080/ipxe/{mac}"},
 		TFTP:        netbootd.TFTPFile{Listen: ":69", MaxTransfers: 2000},
 		HTTP:        netbootd.HTTPConfig{Listen: ":8080"},
@@ -132,7 +133,7 @@ func TestExampleStandalone(t *testing.T) {
 			AgentListen: "127.0.0.1:50180", URL: "https://127.0.0.1:50180", PresenceInterval: time.Minute, ForwardBatch: 1000, MaxAgentConnections: 1024,
 			MaxForwardBackoff: time.Minute}, Package: &pkgd.Config{Listen: "127.0.0.1:50181", URL: "http://127.0.0.1:50181",
 			PollInterval: 5 * time.Minute, VerifyInterval: 24 * time.Hour, MaxDownloads: 4, RetryBase: 3 * time.Minute, DefaultBandwidth: "unlimited"},
-			Netboot: &netbootd.Config{BootDir: "examples/boot", PXE: netbootd.PXEConfig{Listen67: ":10067", Listen4011: ":14011"},
+			Netboot: &netbootd.Config{BootDir: "examples/boot", PXE: pxe.Config{Listen67: ":10067", Listen4011: ":14011"},
 				TFTP: netbootd.TFTPFile{Listen: "127.0.0.1:10069"}, HTTP: netbootd.HTTPConfig{Listen: "127.0.0.1:50182"}}},
 	}
 	want.Services.Netboot.Defaults()

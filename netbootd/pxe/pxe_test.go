@@ -1,4 +1,4 @@
-package netbootd
+package pxe
 
 import (
 	"encoding/hex"
@@ -13,9 +13,9 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 )
 
-// pxeReplyView is what a test checks of a reply: every header field a client acts on and
+// replyView is what a test checks of a reply: every header field a client acts on and
 // every option, the ones PXE cares about by value.
-type pxeReplyView struct {
+type replyView struct {
 	Type      string
 	Dst       string
 	Broadcast bool
@@ -33,8 +33,8 @@ type pxeReplyView struct {
 	Others    []uint8
 }
 
-func pxeViewReply(r *dhcpv4.DHCPv4, dst netip.AddrPort) pxeReplyView {
-	v := pxeReplyView{
+func viewReply(r *dhcpv4.DHCPv4, dst netip.AddrPort) replyView {
+	v := replyView{
 		Type:      r.MessageType().String(),
 		Dst:       dst.String(),
 		Broadcast: r.IsBroadcast(),
@@ -61,10 +61,10 @@ func pxeViewReply(r *dhcpv4.DHCPv4, dst netip.AddrPort) pxeReplyView {
 	return v
 }
 
-// pxeCaptured returns the DHCP message of one frame of a capture in testdata/pxe.
-func pxeCaptured(t testing.TB, file string, frame int) *dhcpv4.DHCPv4 {
+// captured returns the DHCP message of one frame of a capture in testdata/captures.
+func captured(t testing.TB, file string, frame int) *dhcpv4.DHCPv4 {
 	t.Helper()
-	for _, u := range pxeLoadCapture(t, file) {
+	for _, u := range loadCapture(t, file) {
 		if u.Frame == frame {
 			m, err := dhcpv4.FromBytes(u.Payload)
 			if err != nil {
@@ -78,22 +78,22 @@ func pxeCaptured(t testing.TB, file string, frame int) *dhcpv4.DHCPv4 {
 }
 
 const (
-	pxeCaptureBIOS = "ipxe-bios-dhcp-tftp.pcapng"
-	pxeCaptureEFI  = "ipxe-efi-and-edk2-dhcp-tftp.pcapng"
+	captureBIOS = "ipxe-bios-dhcp-tftp.pcapng"
+	captureEFI  = "ipxe-efi-and-edk2-dhcp-tftp.pcapng"
 )
 
-// The frames of the captures the tests use (see testdata/pxe/README.md).
+// The frames of the captures the tests use (see testdata/captures/README.md).
 const (
-	pxeFrameIPXEBIOSDiscover = 1  // iPXE ROM under SeaBIOS, arch 0, user class iPXE
-	pxeFrameIPXEBIOSRequest  = 5  // its REQUEST to the DHCP server
-	pxeFrameDHCPOffer        = 2  // the DHCP server's OFFER
-	pxeFrameIPXEEFIDiscover  = 1  // iPXE EFI, arch 7, user class iPXE
-	pxeFrameEDK2Discover     = 8  // OVMF's own PXE client, arch 7, broadcast flag
-	pxeFrameEDK2Request      = 10 // its REQUEST to the DHCP server
+	frameIPXEBIOSDiscover = 1  // iPXE ROM under SeaBIOS, arch 0, user class iPXE
+	frameIPXEBIOSRequest  = 5  // its REQUEST to the DHCP server
+	frameDHCPOffer        = 2  // the DHCP server's OFFER
+	frameIPXEEFIDiscover  = 1  // iPXE EFI, arch 7, user class iPXE
+	frameEDK2Discover     = 8  // OVMF's own PXE client, arch 7, broadcast flag
+	frameEDK2Request      = 10 // its REQUEST to the DHCP server
 )
 
-// pxeModify returns a copy of req changed by fns.
-func pxeModify(t testing.TB, req *dhcpv4.DHCPv4, fns ...func(*dhcpv4.DHCPv4)) *dhcpv4.DHCPv4 {
+// modify returns a copy of req changed by fns.
+func modify(t testing.TB, req *dhcpv4.DHCPv4, fns ...func(*dhcpv4.DHCPv4)) *dhcpv4.DHCPv4 {
 	t.Helper()
 	c, err := dhcpv4.FromBytes(req.ToBytes())
 	if err != nil {
@@ -105,22 +105,22 @@ func pxeModify(t testing.TB, req *dhcpv4.DHCPv4, fns ...func(*dhcpv4.DHCPv4)) *d
 	return c
 }
 
-func pxeWithArch(a Arch, class string) func(*dhcpv4.DHCPv4) {
+func withArch(a Arch, class string) func(*dhcpv4.DHCPv4) {
 	return func(m *dhcpv4.DHCPv4) {
 		m.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionClientSystemArchitectureType, []byte{byte(a >> 8), byte(a)}))
 		m.UpdateOption(dhcpv4.OptClassIdentifier(class))
 	}
 }
 
-func pxeWithType(mt dhcpv4.MessageType) func(*dhcpv4.DHCPv4) {
+func withType(mt dhcpv4.MessageType) func(*dhcpv4.DHCPv4) {
 	return func(m *dhcpv4.DHCPv4) { m.UpdateOption(dhcpv4.OptMessageType(mt)) }
 }
 
-func pxeWithCIAddr(ip string) func(*dhcpv4.DHCPv4) {
+func withCIAddr(ip string) func(*dhcpv4.DHCPv4) {
 	return func(m *dhcpv4.DHCPv4) { m.ClientIPAddr = net.ParseIP(ip).To4() }
 }
 
-func pxeWithOption(code uint8, v []byte) func(*dhcpv4.DHCPv4) {
+func withOption(code uint8, v []byte) func(*dhcpv4.DHCPv4) {
 	return func(m *dhcpv4.DHCPv4) {
 		if v == nil {
 			m.Options.Del(dhcpv4.GenericOptionCode(code))
@@ -130,11 +130,11 @@ func pxeWithOption(code uint8, v []byte) func(*dhcpv4.DHCPv4) {
 	}
 }
 
-func pxeWithoutUserClass(m *dhcpv4.DHCPv4) { m.Options.Del(dhcpv4.OptionUserClassInformation) }
+func withoutUserClass(m *dhcpv4.DHCPv4) { m.Options.Del(dhcpv4.OptionUserClassInformation) }
 
-func pxeUnicastFlag(m *dhcpv4.DHCPv4) { m.SetUnicast() }
+func unicastFlag(m *dhcpv4.DHCPv4) { m.SetUnicast() }
 
-func pxeRelayedBy(giaddr string) func(*dhcpv4.DHCPv4) {
+func relayedBy(giaddr string) func(*dhcpv4.DHCPv4) {
 	return func(m *dhcpv4.DHCPv4) {
 		m.GatewayIPAddr = net.ParseIP(giaddr).To4()
 		m.HopCount = 1
@@ -142,59 +142,59 @@ func pxeRelayedBy(giaddr string) func(*dhcpv4.DHCPv4) {
 	}
 }
 
-// testPXEConfig is the config of the Decide tests: the defaults, with a script URL that
+// testConfig is the config of the Decide tests: the defaults, with a script URL that
 // shows every placeholder.
-func testPXEConfig() PXEConfig {
-	return PXEConfig{IPXEScriptURL: "http://{server}:8080/ipxe/{mac}?arch={arch}&kind={kind}"}.WithDefaults()
+func testConfig() Config {
+	return Config{IPXEScriptURL: "http://{server}:8080/ipxe/{mac}?arch={arch}&kind={kind}"}.WithDefaults()
 }
 
 var (
 	// A request broadcast on the server's own network.
-	pxeArrive67 = Arrival{
+	arrive67 = Arrival{
 		Port: PortDHCP, Src: netip.MustParseAddrPort("0.0.0.0:68"), LocalIP: netip.MustParseAddr("10.77.0.1"),
 		IfIndex: 3, IfName: "br0", IfAddrs: []netip.Prefix{netip.MustParsePrefix("10.77.0.1/24")},
 	}
 	// A request a relay agent forwarded by unicast to the server.
-	pxeArriveRelayed = Arrival{
+	arriveRelayed = Arrival{
 		Port: PortDHCP, Src: netip.MustParseAddrPort("10.88.0.1:67"), LocalIP: netip.MustParseAddr("10.77.0.1"),
 		IfIndex: 3, IfName: "br0", IfAddrs: []netip.Prefix{netip.MustParsePrefix("10.77.0.1/24")},
 	}
 	// A unicast request to the PXE boot server port.
-	pxeArrive4011 = Arrival{
+	arrive4011 = Arrival{
 		Port: PortPXE, Src: netip.MustParseAddrPort("10.77.0.58:68"), LocalIP: netip.MustParseAddr("10.77.0.1"),
 		IfIndex: 3, IfName: "br0", IfAddrs: []netip.Prefix{netip.MustParsePrefix("10.77.0.1/24")},
 	}
 )
 
-// pxeOptionsNoMenu is what dnsmasq puts in option 43 when it has a boot file and no menu:
+// optionsNoMenu is what dnsmasq puts in option 43 when it has a boot file and no menu:
 // discovery control 8, prompt with timeout 0 and text "PXE", end.
-const pxeOptionsNoMenu = "060108" + "0a0400505845" + "ff"
+const optionsNoMenu = "060108" + "0a0400505845" + "ff"
 
-const pxeZeroUUID = "0000000000000000000000000000000000"
+const zeroUUID = "0000000000000000000000000000000000"
 
 func TestDecide(t *testing.T) {
-	cfg := testPXEConfig()
-	biosIPXE := pxeCaptured(t, pxeCaptureBIOS, pxeFrameIPXEBIOSDiscover)
-	efiIPXE := pxeCaptured(t, pxeCaptureEFI, pxeFrameIPXEEFIDiscover)
-	edk2 := pxeCaptured(t, pxeCaptureEFI, pxeFrameEDK2Discover)
-	edk2Request := pxeCaptured(t, pxeCaptureEFI, pxeFrameEDK2Request)
+	cfg := testConfig()
+	biosIPXE := captured(t, captureBIOS, frameIPXEBIOSDiscover)
+	efiIPXE := captured(t, captureEFI, frameIPXEEFIDiscover)
+	edk2 := captured(t, captureEFI, frameEDK2Discover)
+	edk2Request := captured(t, captureEFI, frameEDK2Request)
 	// What the firmware sends to 4011 after the proxy offer: a REQUEST from its new
 	// address, by unicast.
-	edk2To4011 := pxeModify(t, edk2Request, pxeWithCIAddr("10.77.0.58"), pxeUnicastFlag,
-		pxeWithOption(50, nil), pxeWithOption(54, nil))
-	biosPXE := pxeModify(t, biosIPXE, pxeWithoutUserClass, pxeWithArch(ArchBIOS, "PXEClient:Arch:00000:UNDI:002001"))
+	edk2To4011 := modify(t, edk2Request, withCIAddr("10.77.0.58"), unicastFlag,
+		withOption(50, nil), withOption(54, nil))
+	biosPXE := modify(t, biosIPXE, withoutUserClass, withArch(ArchBIOS, "PXEClient:Arch:00000:UNDI:002001"))
 
 	// An OFFER from proxyDHCP: no address, boot file, our address as next-server and server
 	// identifier, option 60 PXEClient and the UUID back, broadcast on the client's network.
-	offer := func(file, pxe string) pxeReplyView {
-		return pxeReplyView{
+	offer := func(file, pxe string) replyView {
+		return replyView{
 			Type: "OFFER", Dst: "255.255.255.255:68", Broadcast: true, XID: "0x5ad9d736",
 			CIAddr: "0.0.0.0", YIAddr: "0.0.0.0", SIAddr: "10.77.0.1", GIAddr: "0.0.0.0",
 			CHAddr: "52:54:00:12:34:56", File: file, ServerID: "10.77.0.1", Class: "PXEClient",
-			PXE: pxe, UUID: pxeZeroUUID, Others: []uint8{61},
+			PXE: pxe, UUID: zeroUUID, Others: []uint8{61},
 		}
 	}
-	efiOffer := func(file string) pxeReplyView {
+	efiOffer := func(file string) replyView {
 		v := offer(file, "")
 		v.XID = "0x51413520"
 		v.Others = nil
@@ -206,52 +206,52 @@ func TestDecide(t *testing.T) {
 		req  *dhcpv4.DHCPv4
 		in   Arrival
 		kind Kind
-		cfg  func(*PXEConfig)
-		want pxeReplyView
+		cfg  func(*Config)
+		want replyView
 	}{
 		{
 			name: "BIOS PXE ROM gets undionly.kpxe and no boot menu",
-			req:  biosPXE, in: pxeArrive67,
-			want: offer("undionly.kpxe", pxeOptionsNoMenu),
+			req:  biosPXE, in: arrive67,
+			want: offer("undionly.kpxe", optionsNoMenu),
 		},
 		{
 			name: "iPXE under BIOS gets the script URL",
-			req:  biosIPXE, in: pxeArrive67, kind: KindManaged,
-			want: offer("http://10.77.0.1:8080/ipxe/52-54-00-12-34-56?arch=0&kind=managed", pxeOptionsNoMenu),
+			req:  biosIPXE, in: arrive67, kind: KindManaged,
+			want: offer("http://10.77.0.1:8080/ipxe/52-54-00-12-34-56?arch=0&kind=managed", optionsNoMenu),
 		},
 		{
 			name: "iPXE under EFI gets the script URL, with PXE options unlike EFI firmware",
-			req:  efiIPXE, in: pxeArrive67, kind: KindPredefined,
-			want: func() pxeReplyView {
-				v := offer("http://10.77.0.1:8080/ipxe/52-54-00-12-34-56?arch=7&kind=predefined", pxeOptionsNoMenu)
+			req:  efiIPXE, in: arrive67, kind: KindPredefined,
+			want: func() replyView {
+				v := offer("http://10.77.0.1:8080/ipxe/52-54-00-12-34-56?arch=7&kind=predefined", optionsNoMenu)
 				v.XID = "0x75a3882a"
 				return v
 			}(),
 		},
 		{
 			name: "EFI x64 (7) firmware gets ipxe.efi and no PXE options, so it asks 4011",
-			req:  edk2, in: pxeArrive67,
+			req:  edk2, in: arrive67,
 			want: efiOffer("ipxe.efi"),
 		},
 		{
 			name: "EFI BC (9) gets ipxe.efi",
-			req:  pxeModify(t, edk2, pxeWithArch(ArchEFIBC, "PXEClient:Arch:00009:UNDI:003016")), in: pxeArrive67,
+			req:  modify(t, edk2, withArch(ArchEFIBC, "PXEClient:Arch:00009:UNDI:003016")), in: arrive67,
 			want: efiOffer("ipxe.efi"),
 		},
 		{
 			name: "EFI IA32 (6) gets the 32-bit build",
-			req:  pxeModify(t, edk2, pxeWithArch(ArchEFIIA32, "PXEClient:Arch:00006:UNDI:003016")), in: pxeArrive67,
+			req:  modify(t, edk2, withArch(ArchEFIIA32, "PXEClient:Arch:00006:UNDI:003016")), in: arrive67,
 			want: efiOffer("ipxe-ia32.efi"),
 		},
 		{
 			name: "ARM64 (11) gets ipxe-arm64.efi",
-			req:  pxeModify(t, edk2, pxeWithArch(ArchEFIARM64, "PXEClient:Arch:00011:UNDI:003000")), in: pxeArrive67,
+			req:  modify(t, edk2, withArch(ArchEFIARM64, "PXEClient:Arch:00011:UNDI:003000")), in: arrive67,
 			want: efiOffer("ipxe-arm64.efi"),
 		},
 		{
 			name: "UEFI HTTP boot (16) gets a URL and HTTPClient back",
-			req:  pxeModify(t, edk2, pxeWithArch(ArchEFIx64HTTP, "HTTPClient:Arch:00016:UNDI:003001")), in: pxeArrive67,
-			want: func() pxeReplyView {
+			req:  modify(t, edk2, withArch(ArchEFIx64HTTP, "HTTPClient:Arch:00016:UNDI:003001")), in: arrive67,
+			want: func() replyView {
 				v := efiOffer("http://10.77.0.1:8080/boot/ipxe.efi")
 				v.Class = "HTTPClient"
 				return v
@@ -259,8 +259,8 @@ func TestDecide(t *testing.T) {
 		},
 		{
 			name: "ARM64 HTTP boot (19) gets its URL",
-			req:  pxeModify(t, edk2, pxeWithArch(ArchEFIARM64HTTP, "HTTPClient:Arch:00019:UNDI:003001")), in: pxeArrive67,
-			want: func() pxeReplyView {
+			req:  modify(t, edk2, withArch(ArchEFIARM64HTTP, "HTTPClient:Arch:00019:UNDI:003001")), in: arrive67,
+			want: func() replyView {
 				v := efiOffer("http://10.77.0.1:8080/boot/ipxe-arm64.efi")
 				v.Class = "HTTPClient"
 				return v
@@ -268,35 +268,35 @@ func TestDecide(t *testing.T) {
 		},
 		{
 			name: "architecture from the vendor class when option 93 is missing",
-			req:  pxeModify(t, biosPXE, pxeWithOption(93, nil)), in: pxeArrive67,
-			want: offer("undionly.kpxe", pxeOptionsNoMenu),
+			req:  modify(t, biosPXE, withOption(93, nil)), in: arrive67,
+			want: offer("undionly.kpxe", optionsNoMenu),
 		},
 		{
 			name: "a client that can take unicast and has an address gets it",
-			req:  pxeModify(t, biosPXE, pxeWithCIAddr("10.77.0.58")), in: pxeArrive67,
-			want: func() pxeReplyView {
-				v := offer("undionly.kpxe", pxeOptionsNoMenu)
+			req:  modify(t, biosPXE, withCIAddr("10.77.0.58")), in: arrive67,
+			want: func() replyView {
+				v := offer("undionly.kpxe", optionsNoMenu)
 				v.Dst, v.Broadcast = "10.77.0.58:68", false
 				return v
 			}(),
 		},
 		{
 			name: "relayed DISCOVER goes back by unicast to the relay, broadcast flag set for it",
-			req:  pxeModify(t, biosPXE, pxeRelayedBy("10.88.0.1")), in: pxeArriveRelayed,
-			want: func() pxeReplyView {
-				v := offer("undionly.kpxe", pxeOptionsNoMenu)
+			req:  modify(t, biosPXE, relayedBy("10.88.0.1")), in: arriveRelayed,
+			want: func() replyView {
+				v := offer("undionly.kpxe", optionsNoMenu)
 				v.Dst, v.GIAddr, v.Others = "10.88.0.1:67", "10.88.0.1", []uint8{61, 82}
 				return v
 			}(),
 		},
 		{
 			name: "relayed, arrival address unknown: the interface address on the relay's subnet",
-			req:  pxeModify(t, biosPXE, pxeRelayedBy("10.88.0.1")),
+			req:  modify(t, biosPXE, relayedBy("10.88.0.1")),
 			in: Arrival{Port: PortDHCP, Src: netip.MustParseAddrPort("10.88.0.1:67"), IfAddrs: []netip.Prefix{
 				netip.MustParsePrefix("10.77.0.1/24"), netip.MustParsePrefix("10.88.0.2/24"),
 			}},
-			want: func() pxeReplyView {
-				v := offer("undionly.kpxe", pxeOptionsNoMenu)
+			want: func() replyView {
+				v := offer("undionly.kpxe", optionsNoMenu)
 				v.Dst, v.GIAddr, v.Others = "10.88.0.1:67", "10.88.0.1", []uint8{61, 82}
 				v.SIAddr, v.ServerID = "10.88.0.2", "10.88.0.2"
 				return v
@@ -307,86 +307,86 @@ func TestDecide(t *testing.T) {
 			req:  biosPXE,
 			in: Arrival{Port: PortDHCP, Src: netip.MustParseAddrPort("0.0.0.0:68"), LocalIP: netip.MustParseAddr("192.168.5.1"),
 				IfIndex: 4, IfName: "eth1", IfAddrs: []netip.Prefix{netip.MustParsePrefix("192.168.5.1/24")}},
-			want: func() pxeReplyView {
-				v := offer("undionly.kpxe", pxeOptionsNoMenu)
+			want: func() replyView {
+				v := offer("undionly.kpxe", optionsNoMenu)
 				v.SIAddr, v.ServerID = "192.168.5.1", "192.168.5.1"
 				return v
 			}(),
 		},
 		{
 			name: "configured server address wins",
-			req:  biosIPXE, in: pxeArrive67,
-			cfg: func(c *PXEConfig) { c.ServerIP = netip.MustParseAddr("10.77.0.5") },
-			want: func() pxeReplyView {
-				v := offer("http://10.77.0.5:8080/ipxe/52-54-00-12-34-56?arch=0&kind=unknown", pxeOptionsNoMenu)
+			req:  biosIPXE, in: arrive67,
+			cfg: func(c *Config) { c.ServerIP = netip.MustParseAddr("10.77.0.5") },
+			want: func() replyView {
+				v := offer("http://10.77.0.5:8080/ipxe/52-54-00-12-34-56?arch=0&kind=unknown", optionsNoMenu)
 				v.SIAddr, v.ServerID = "10.77.0.5", "10.77.0.5"
 				return v
 			}(),
 		},
 		{
 			name: "a boot file too long for the file field goes in option 67",
-			req:  biosIPXE, in: pxeArrive67,
-			cfg: func(c *PXEConfig) { c.IPXEScriptURL = "http://{server}/" + strings.Repeat("x", 120) },
-			want: func() pxeReplyView {
-				v := offer("", pxeOptionsNoMenu)
+			req:  biosIPXE, in: arrive67,
+			cfg: func(c *Config) { c.IPXEScriptURL = "http://{server}/" + strings.Repeat("x", 120) },
+			want: func() replyView {
+				v := offer("", optionsNoMenu)
 				v.Others = []uint8{61, 67}
 				return v
 			}(),
 		},
 		{
 			name: "4011 REQUEST from EFI firmware gets an ACK by unicast to it",
-			req:  edk2To4011, in: pxeArrive4011,
-			want: pxeReplyView{
+			req:  edk2To4011, in: arrive4011,
+			want: replyView{
 				Type: "ACK", Dst: "10.77.0.58:68", XID: "0x51413520",
 				CIAddr: "10.77.0.58", YIAddr: "0.0.0.0", SIAddr: "10.77.0.1", GIAddr: "0.0.0.0",
 				CHAddr: "52:54:00:12:34:56", File: "ipxe.efi", ServerID: "10.77.0.1", Class: "PXEClient",
-				PXE: pxeOptionsNoMenu, UUID: pxeZeroUUID,
+				PXE: optionsNoMenu, UUID: zeroUUID,
 			},
 		},
 		{
 			name: "4011 takes every architecture, BIOS too",
-			req:  pxeModify(t, biosPXE, pxeWithType(dhcpv4.MessageTypeRequest), pxeWithCIAddr("10.77.0.58")), in: pxeArrive4011,
-			want: pxeReplyView{
+			req:  modify(t, biosPXE, withType(dhcpv4.MessageTypeRequest), withCIAddr("10.77.0.58")), in: arrive4011,
+			want: replyView{
 				Type: "ACK", Dst: "10.77.0.58:68", XID: "0x5ad9d736",
 				CIAddr: "10.77.0.58", YIAddr: "0.0.0.0", SIAddr: "10.77.0.1", GIAddr: "0.0.0.0",
 				CHAddr: "52:54:00:12:34:56", File: "undionly.kpxe", ServerID: "10.77.0.1", Class: "PXEClient",
-				PXE: pxeOptionsNoMenu, UUID: pxeZeroUUID, Others: []uint8{61},
+				PXE: optionsNoMenu, UUID: zeroUUID, Others: []uint8{61},
 			},
 		},
 		{
 			name: "4011 answers to the port the request came from",
 			req:  edk2To4011,
 			in: func() Arrival {
-				a := pxeArrive4011
+				a := arrive4011
 				a.Src = netip.MustParseAddrPort("10.77.0.58:4011")
 				return a
 			}(),
-			want: pxeReplyView{
+			want: replyView{
 				Type: "ACK", Dst: "10.77.0.58:4011", XID: "0x51413520",
 				CIAddr: "10.77.0.58", YIAddr: "0.0.0.0", SIAddr: "10.77.0.1", GIAddr: "0.0.0.0",
 				CHAddr: "52:54:00:12:34:56", File: "ipxe.efi", ServerID: "10.77.0.1", Class: "PXEClient",
-				PXE: pxeOptionsNoMenu, UUID: pxeZeroUUID,
+				PXE: optionsNoMenu, UUID: zeroUUID,
 			},
 		},
 		{
 			name: "4011 echoes the boot item asked for",
-			req:  pxeModify(t, edk2To4011, pxeWithOption(43, []byte{71, 4, 0x80, 0x00, 0x00, 0x00, 255})), in: pxeArrive4011,
-			want: pxeReplyView{
+			req:  modify(t, edk2To4011, withOption(43, []byte{71, 4, 0x80, 0x00, 0x00, 0x00, 255})), in: arrive4011,
+			want: replyView{
 				Type: "ACK", Dst: "10.77.0.58:68", XID: "0x51413520",
 				CIAddr: "10.77.0.58", YIAddr: "0.0.0.0", SIAddr: "10.77.0.1", GIAddr: "0.0.0.0",
 				CHAddr: "52:54:00:12:34:56", File: "ipxe.efi", ServerID: "10.77.0.1", Class: "PXEClient",
-				PXE: "060108" + "0a0400505845" + "470480000000" + "ff", UUID: pxeZeroUUID,
+				PXE: "060108" + "0a0400505845" + "470480000000" + "ff", UUID: zeroUUID,
 			},
 		},
 		{
 			name: "boot server discovery by broadcast on 67 gets an ACK",
-			req: pxeModify(t, biosPXE, pxeWithType(dhcpv4.MessageTypeRequest), pxeWithCIAddr("10.77.0.58"),
-				pxeWithOption(43, []byte{71, 4, 0, 0, 0, 0, 255})), in: pxeArrive67,
-			want: pxeReplyView{
+			req: modify(t, biosPXE, withType(dhcpv4.MessageTypeRequest), withCIAddr("10.77.0.58"),
+				withOption(43, []byte{71, 4, 0, 0, 0, 0, 255})), in: arrive67,
+			want: replyView{
 				Type: "ACK", Dst: "10.77.0.58:68", XID: "0x5ad9d736",
 				CIAddr: "10.77.0.58", YIAddr: "0.0.0.0", SIAddr: "10.77.0.1", GIAddr: "0.0.0.0",
 				CHAddr: "52:54:00:12:34:56", File: "undionly.kpxe", ServerID: "10.77.0.1", Class: "PXEClient",
-				PXE: "060108" + "0a0400505845" + "470400000000" + "ff", UUID: pxeZeroUUID, Others: []uint8{61},
+				PXE: "060108" + "0a0400505845" + "470400000000" + "ff", UUID: zeroUUID, Others: []uint8{61},
 			},
 		},
 	}
@@ -401,7 +401,7 @@ func TestDecide(t *testing.T) {
 			if reason != "" {
 				t.Fatalf("ignored: %s", reason)
 			}
-			if diff := cmp.Diff(tc.want, pxeViewReply(reply, dst)); diff != "" {
+			if diff := cmp.Diff(tc.want, viewReply(reply, dst)); diff != "" {
 				t.Errorf("reply (-want +got):\n%s", diff)
 			}
 			if !slices.Equal(before, tc.req.ToBytes()) {
@@ -415,9 +415,9 @@ func TestDecide(t *testing.T) {
 }
 
 func TestDecideIgnores(t *testing.T) {
-	cfg := testPXEConfig()
-	biosIPXE := pxeCaptured(t, pxeCaptureBIOS, pxeFrameIPXEBIOSDiscover)
-	edk2 := pxeCaptured(t, pxeCaptureEFI, pxeFrameEDK2Discover)
+	cfg := testConfig()
+	biosIPXE := captured(t, captureBIOS, frameIPXEBIOSDiscover)
+	edk2 := captured(t, captureEFI, frameEDK2Discover)
 	plain, err := dhcpv4.NewDiscovery(net.HardwareAddr{2, 0, 0, 0, 0, 7}, dhcpv4.WithOption(dhcpv4.OptClassIdentifier("udhcp 1.35.0")))
 	if err != nil {
 		t.Fatal(err)
@@ -426,26 +426,26 @@ func TestDecideIgnores(t *testing.T) {
 		name string
 		req  *dhcpv4.DHCPv4
 		in   Arrival
-		cfg  func(*PXEConfig)
+		cfg  func(*Config)
 		want Reason
 	}{
-		{"nil request", nil, pxeArrive67, nil, ReasonMalformed},
-		{"ordinary DHCP client", plain, pxeArrive67, nil, ReasonNotPXE},
-		{"client without vendor class", pxeModify(t, plain, pxeWithOption(60, nil)), pxeArrive67, nil, ReasonNotPXE},
-		{"DHCP server's OFFER", pxeCaptured(t, pxeCaptureBIOS, pxeFrameDHCPOffer), pxeArrive67, nil, ReasonNotRequest},
-		{"PXE client's REQUEST to the DHCP server", pxeCaptured(t, pxeCaptureBIOS, pxeFrameIPXEBIOSRequest), pxeArrive67, nil, ReasonForDHCPServer},
-		{"EDK2's REQUEST to the DHCP server", pxeCaptured(t, pxeCaptureEFI, pxeFrameEDK2Request), pxeArrive67, nil, ReasonForDHCPServer},
-		{"RELEASE", pxeModify(t, biosIPXE, pxeWithType(dhcpv4.MessageTypeRelease)), pxeArrive67, nil, ReasonMessageType},
-		{"DECLINE", pxeModify(t, biosIPXE, pxeWithType(dhcpv4.MessageTypeDecline)), pxeArrive67, nil, ReasonMessageType},
-		{"BOOTP without message type", pxeModify(t, biosIPXE, pxeWithOption(53, nil)), pxeArrive67, nil, ReasonMessageType},
-		{"DISCOVER on 4011", biosIPXE, pxeArrive4011, nil, ReasonMessageType},
-		{"non-PXE REQUEST on 4011", pxeModify(t, plain, pxeWithType(dhcpv4.MessageTypeRequest), pxeWithCIAddr("10.77.0.58")), pxeArrive4011, nil, ReasonNotPXE},
-		{"BIS boot item", pxeModify(t, edk2, pxeWithType(dhcpv4.MessageTypeRequest), pxeWithCIAddr("10.77.0.58"),
-			pxeWithOption(43, []byte{71, 4, 0, 0, 0x80, 0, 255})), pxeArrive4011, nil, ReasonBIS},
-		{"no architecture anywhere", pxeModify(t, edk2, pxeWithOption(93, nil), pxeWithOption(60, []byte("PXEClient"))), pxeArrive67, nil, ReasonNoArch},
-		{"Itanium has no boot file", pxeModify(t, edk2, pxeWithArch(2, "PXEClient:Arch:00002:UNDI:002001")), pxeArrive67, nil, ReasonNoBootFile},
-		{"architecture turned off", edk2, pxeArrive67, func(c *PXEConfig) { c.BootFiles[ArchEFIx64] = "" }, ReasonNoBootFile},
-		{"HTTP client with a TFTP boot file", pxeModify(t, edk2, pxeWithOption(60, []byte("HTTPClient:Arch:00007:UNDI:003001"))), pxeArrive67, nil, ReasonNoBootFile},
+		{"nil request", nil, arrive67, nil, ReasonMalformed},
+		{"ordinary DHCP client", plain, arrive67, nil, ReasonNotPXE},
+		{"client without vendor class", modify(t, plain, withOption(60, nil)), arrive67, nil, ReasonNotPXE},
+		{"DHCP server's OFFER", captured(t, captureBIOS, frameDHCPOffer), arrive67, nil, ReasonNotRequest},
+		{"PXE client's REQUEST to the DHCP server", captured(t, captureBIOS, frameIPXEBIOSRequest), arrive67, nil, ReasonForDHCPServer},
+		{"EDK2's REQUEST to the DHCP server", captured(t, captureEFI, frameEDK2Request), arrive67, nil, ReasonForDHCPServer},
+		{"RELEASE", modify(t, biosIPXE, withType(dhcpv4.MessageTypeRelease)), arrive67, nil, ReasonMessageType},
+		{"DECLINE", modify(t, biosIPXE, withType(dhcpv4.MessageTypeDecline)), arrive67, nil, ReasonMessageType},
+		{"BOOTP without message type", modify(t, biosIPXE, withOption(53, nil)), arrive67, nil, ReasonMessageType},
+		{"DISCOVER on 4011", biosIPXE, arrive4011, nil, ReasonMessageType},
+		{"non-PXE REQUEST on 4011", modify(t, plain, withType(dhcpv4.MessageTypeRequest), withCIAddr("10.77.0.58")), arrive4011, nil, ReasonNotPXE},
+		{"BIS boot item", modify(t, edk2, withType(dhcpv4.MessageTypeRequest), withCIAddr("10.77.0.58"),
+			withOption(43, []byte{71, 4, 0, 0, 0x80, 0, 255})), arrive4011, nil, ReasonBIS},
+		{"no architecture anywhere", modify(t, edk2, withOption(93, nil), withOption(60, []byte("PXEClient"))), arrive67, nil, ReasonNoArch},
+		{"Itanium has no boot file", modify(t, edk2, withArch(2, "PXEClient:Arch:00002:UNDI:002001")), arrive67, nil, ReasonNoBootFile},
+		{"architecture turned off", edk2, arrive67, func(c *Config) { c.BootFiles[ArchEFIx64] = "" }, ReasonNoBootFile},
+		{"HTTP client with a TFTP boot file", modify(t, edk2, withOption(60, []byte("HTTPClient:Arch:00007:UNDI:003001"))), arrive67, nil, ReasonNoBootFile},
 		{"no address of ours known", edk2, Arrival{Port: PortDHCP, Src: netip.MustParseAddrPort("0.0.0.0:68")}, nil, ReasonNoServerAddress},
 	}
 	for _, tc := range tests {
@@ -463,8 +463,8 @@ func TestDecideIgnores(t *testing.T) {
 	}
 }
 
-func TestPXEConfigDefaultsAndValidate(t *testing.T) {
-	c := PXEConfig{BootFiles: map[Arch]string{ArchEFIx64: "snp.efi", 10: "ipxe-arm32.efi", ArchEFIBC: ""}}.WithDefaults()
+func TestConfigDefaultsAndValidate(t *testing.T) {
+	c := Config{BootFiles: map[Arch]string{ArchEFIx64: "snp.efi", 10: "ipxe-arm32.efi", ArchEFIBC: ""}}.WithDefaults()
 	want := map[Arch]string{
 		0: "undionly.kpxe", 6: "ipxe-ia32.efi", 7: "snp.efi", 9: "", 10: "ipxe-arm32.efi", 11: "ipxe-arm64.efi",
 		16: "http://{server}:8080/boot/ipxe.efi", 19: "http://{server}:8080/boot/ipxe-arm64.efi",
@@ -477,25 +477,25 @@ func TestPXEConfigDefaultsAndValidate(t *testing.T) {
 	}
 	bad := []struct {
 		name string
-		edit func(*PXEConfig)
+		edit func(*Config)
 		want string
 	}{
-		{"listen", func(c *PXEConfig) { c.Listen67 = "67" }, "listen_67"},
-		{"http arch with a TFTP path", func(c *PXEConfig) { c.BootFiles[16] = "ipxe.efi" }, "boot_files[16]"},
-		{"script not http", func(c *PXEConfig) { c.IPXEScriptURL = "tftp://x/y" }, "ipxe_script_url"},
-		{"server IPv6", func(c *PXEConfig) { c.ServerIP = netip.MustParseAddr("2001:db8::1") }, "server_ip"},
-		{"negative timeout", func(c *PXEConfig) { c.LookupTimeout = -1 }, "lookup_timeout"},
-		{"image without index", func(c *PXEConfig) { c.BSDP.Images = []BSDPImageConfig{{Name: "x", BootFile: "b"}} }, "bsdp.images[0].index"},
-		{"image index twice", func(c *PXEConfig) {
+		{"listen", func(c *Config) { c.Listen67 = "67" }, "listen_67"},
+		{"http arch with a TFTP path", func(c *Config) { c.BootFiles[16] = "ipxe.efi" }, "boot_files[16]"},
+		{"script not http", func(c *Config) { c.IPXEScriptURL = "tftp://x/y" }, "ipxe_script_url"},
+		{"server IPv6", func(c *Config) { c.ServerIP = netip.MustParseAddr("2001:db8::1") }, "server_ip"},
+		{"negative timeout", func(c *Config) { c.LookupTimeout = -1 }, "lookup_timeout"},
+		{"image without index", func(c *Config) { c.BSDP.Images = []BSDPImageConfig{{Name: "x", BootFile: "b"}} }, "bsdp.images[0].index"},
+		{"image index twice", func(c *Config) {
 			c.BSDP.Images = []BSDPImageConfig{{Index: 1, Name: "x", BootFile: "b"}, {Index: 1, Name: "y", BootFile: "b"}}
 		}, "bsdp.images[1].index"},
-		{"image root path", func(c *PXEConfig) {
+		{"image root path", func(c *Config) {
 			c.BSDP.Images = []BSDPImageConfig{{Index: 1, Name: "x", BootFile: "b", RootPath: "nfs:x"}}
 		}, "bsdp.images[0].root_path"},
 	}
 	for _, tc := range bad {
 		t.Run(tc.name, func(t *testing.T) {
-			c := PXEConfig{}.WithDefaults()
+			c := Config{}.WithDefaults()
 			tc.edit(&c)
 			err := c.Validate()
 			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.HasPrefix(err.Error(), "netbootd: pxe: ") {
@@ -509,14 +509,14 @@ func TestPXEConfigDefaultsAndValidate(t *testing.T) {
 // both ports. A reply must never lease an address and must encode to a message that
 // parses again.
 func FuzzDecide(f *testing.F) {
-	for _, file := range []string{pxeCaptureBIOS, pxeCaptureEFI} {
-		for _, u := range pxeLoadCapture(f, file) {
+	for _, file := range []string{captureBIOS, captureEFI} {
+		for _, u := range loadCapture(f, file) {
 			f.Add(u.Payload)
 		}
 	}
-	cfg := testPXEConfig()
+	cfg := testConfig()
 	cfg.BSDP.Images = testBSDPImages()
-	arrivals := []Arrival{pxeArrive67, pxeArriveRelayed, pxeArrive4011, {Port: PortPXE}}
+	arrivals := []Arrival{arrive67, arriveRelayed, arrive4011, {Port: PortPXE}}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		req, err := dhcpv4.FromBytes(data)
 		if err != nil {

@@ -1,4 +1,4 @@
-package netbootd
+package tftp
 
 import (
 	"bytes"
@@ -9,24 +9,24 @@ import (
 	"github.com/google/go-cmp/cmp"
 )
 
-func TestParseTFTPRequest(t *testing.T) {
+func TestParseRequest(t *testing.T) {
 	tests := []struct {
 		name    string
 		in      string
-		want    tftpRequest
+		want    request
 		wantErr string
 	}{
-		{name: "plain", in: "\x00\x01pxelinux.0\x00octet\x00", want: tftpRequest{op: 1, file: "pxelinux.0", mode: "octet"}},
+		{name: "plain", in: "\x00\x01pxelinux.0\x00octet\x00", want: request{op: 1, file: "pxelinux.0", mode: "octet"}},
 		{name: "options", in: "\x00\x01a\x00NetASCII\x00BlkSize\x001432\x00tsize\x000\x00",
-			want: tftpRequest{op: 1, file: "a", mode: "netascii", opts: []tftpOption{{"blksize", "1432"}, {"tsize", "0"}}}},
-		{name: "write", in: "\x00\x02up\x00octet\x00", want: tftpRequest{op: 2, file: "up", mode: "octet"}},
-		{name: "empty name", in: "\x00\x01\x00octet\x00", want: tftpRequest{op: 1, file: "", mode: "octet"}},
+			want: request{op: 1, file: "a", mode: "netascii", opts: []option{{"blksize", "1432"}, {"tsize", "0"}}}},
+		{name: "write", in: "\x00\x02up\x00octet\x00", want: request{op: 2, file: "up", mode: "octet"}},
+		{name: "empty name", in: "\x00\x01\x00octet\x00", want: request{op: 1, file: "", mode: "octet"}},
 		{name: "repeated option keeps the first", in: "\x00\x01a\x00octet\x00blksize\x00100\x00blksize\x00200\x00",
-			want: tftpRequest{op: 1, file: "a", mode: "octet", opts: []tftpOption{{"blksize", "100"}}}},
+			want: request{op: 1, file: "a", mode: "octet", opts: []option{{"blksize", "100"}}}},
 		{name: "padding", in: "\x00\x01a\x00octet\x00blksize\x00100\x00\x00\x00\x00",
-			want: tftpRequest{op: 1, file: "a", mode: "octet", opts: []tftpOption{{"blksize", "100"}}}},
+			want: request{op: 1, file: "a", mode: "octet", opts: []option{{"blksize", "100"}}}},
 		{name: "option without value", in: "\x00\x01a\x00octet\x00blksize\x00100\x00tsize",
-			want: tftpRequest{op: 1, file: "a", mode: "octet", opts: []tftpOption{{"blksize", "100"}}}},
+			want: request{op: 1, file: "a", mode: "octet", opts: []option{{"blksize", "100"}}}},
 		{name: "short", in: "\x00", wantErr: "shorter than an opcode"},
 		{name: "ack on the request port", in: "\x00\x04\x00\x01", wantErr: "not a request"},
 		{name: "unterminated name", in: "\x00\x01abc", wantErr: "file name not terminated"},
@@ -35,7 +35,7 @@ func TestParseTFTPRequest(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := parseTFTPRequest([]byte(tt.in))
+			got, err := parseRequest([]byte(tt.in))
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("err = %v, want %q", err, tt.wantErr)
@@ -45,74 +45,74 @@ func TestParseTFTPRequest(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if diff := cmp.Diff(tt.want, got, cmp.AllowUnexported(tftpRequest{}, tftpOption{})); diff != "" {
+			if diff := cmp.Diff(tt.want, got, cmp.AllowUnexported(request{}, option{})); diff != "" {
 				t.Errorf("(-want +got):\n%s", diff)
 			}
 		})
 	}
 }
 
-func TestTFTPNegotiate(t *testing.T) {
-	req := func(opts ...string) tftpRequest {
-		r := tftpRequest{op: tftpOpRRQ, file: "f", mode: "octet"}
+func TestNegotiate(t *testing.T) {
+	req := func(opts ...string) request {
+		r := request{op: opRRQ, file: "f", mode: "octet"}
 		for i := 0; i+1 < len(opts); i += 2 {
-			r.opts = append(r.opts, tftpOption{opts[i], opts[i+1]})
+			r.opts = append(r.opts, option{opts[i], opts[i+1]})
 		}
 		return r
 	}
 	tests := []struct {
 		name string
-		req  tftpRequest
-		want tftpNegotiated
+		req  request
+		want negotiated
 	}{
-		{name: "none", req: req(), want: tftpNegotiated{blockSize: 512, window: 1}},
+		{name: "none", req: req(), want: negotiated{blockSize: 512, window: 1}},
 		{name: "all", req: req("blksize", "1432", "tsize", "0", "timeout", "3", "windowsize", "4"),
-			want: tftpNegotiated{blockSize: 1432, window: 4, timeout: 3, accepted: []tftpOption{
+			want: negotiated{blockSize: 1432, window: 4, timeout: 3, accepted: []option{
 				{"blksize", "1432"}, {"tsize", "777"}, {"timeout", "3"}, {"windowsize", "4"}}}},
 		{name: "capped", req: req("blksize", "9000", "windowsize", "1000"),
-			want: tftpNegotiated{blockSize: 1468, window: tftpMaxWindowSize, accepted: []tftpOption{
+			want: negotiated{blockSize: 1468, window: maxWindowSize, accepted: []option{
 				{"blksize", "1468"}, {"windowsize", "64"}}}},
 		{name: "out of range or garbage", req: req("blksize", "7", "timeout", "256", "windowsize", "0", "tsize", "x", "blksize", "abc"),
-			want: tftpNegotiated{blockSize: 512, window: 1, accepted: []tftpOption{{"tsize", "777"}}}},
-		{name: "unknown", req: req("multicast", ""), want: tftpNegotiated{blockSize: 512, window: 1}},
+			want: negotiated{blockSize: 512, window: 1, accepted: []option{{"tsize", "777"}}}},
+		{name: "unknown", req: req("multicast", ""), want: negotiated{blockSize: 512, window: 1}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := tftpNegotiate(tt.req, 777, 1468)
-			if diff := cmp.Diff(tt.want, got, cmp.AllowUnexported(tftpNegotiated{}, tftpOption{})); diff != "" {
+			got := negotiate(tt.req, 777, 1468)
+			if diff := cmp.Diff(tt.want, got, cmp.AllowUnexported(negotiated{}, option{})); diff != "" {
 				t.Errorf("(-want +got):\n%s", diff)
 			}
 		})
 	}
 }
 
-func TestTFTPParseReply(t *testing.T) {
-	if op, block, _, ok := tftpParseReply([]byte("\x00\x04\xff\xfe")); !ok || op != tftpOpACK || block != 65534 {
+func TestParseReply(t *testing.T) {
+	if op, block, _, ok := parseReply([]byte("\x00\x04\xff\xfe")); !ok || op != opACK || block != 65534 {
 		t.Errorf("ACK: %d %d %v", op, block, ok)
 	}
-	if op, code, msg, ok := tftpParseReply([]byte("\x00\x05\x00\x08User aborted\x00junk")); !ok || op != tftpOpERROR || code != 8 || msg != "User aborted" {
+	if op, code, msg, ok := parseReply([]byte("\x00\x05\x00\x08User aborted\x00junk")); !ok || op != opERROR || code != 8 || msg != "User aborted" {
 		t.Errorf("ERROR: %d %d %q %v", op, code, msg, ok)
 	}
-	if _, _, msg, ok := tftpParseReply([]byte("\x00\x05\x00\x00no NUL")); !ok || msg != "no NUL" {
+	if _, _, msg, ok := parseReply([]byte("\x00\x05\x00\x00no NUL")); !ok || msg != "no NUL" {
 		t.Errorf("unterminated ERROR: %q %v", msg, ok)
 	}
 	for _, b := range []string{"", "\x00\x04\x00", "\x00\x03\x00\x01data", "\x00\x06a\x00b\x00"} {
-		if _, _, _, ok := tftpParseReply([]byte(b)); ok {
+		if _, _, _, ok := parseReply([]byte(b)); ok {
 			t.Errorf("%q taken as an ACK or ERROR", b)
 		}
 	}
 }
 
-func TestTFTPNetascii(t *testing.T) {
+func TestNetascii(t *testing.T) {
 	in := "line one\nline two\r\nbare\rend\n"
 	want := "line one\r\nline two\r\x00\r\nbare\r\x00end\r\n"
 	// One byte at a time, to cross every buffer boundary.
-	got, err := io.ReadAll(&tftpNetascii{r: io.LimitReader(strings.NewReader(in), int64(len(in)))})
+	got, err := io.ReadAll(&netascii{r: io.LimitReader(strings.NewReader(in), int64(len(in)))})
 	if err != nil || string(got) != want {
 		t.Fatalf("got %q, %v; want %q", got, err, want)
 	}
 	var buf bytes.Buffer
-	r := &tftpNetascii{r: strings.NewReader(strings.Repeat("a\n", 5000))}
+	r := &netascii{r: strings.NewReader(strings.Repeat("a\n", 5000))}
 	p := make([]byte, 7)
 	for {
 		n, err := r.Read(p)
@@ -129,9 +129,9 @@ func TestTFTPNetascii(t *testing.T) {
 	}
 }
 
-// FuzzParseTFTPRequest checks that no request crashes the parser, that what it accepts
+// FuzzParseRequest checks that no request crashes the parser, that what it accepts
 // encodes back to a request it parses the same way, and that negotiation stays in range.
-func FuzzParseTFTPRequest(f *testing.F) {
+func FuzzParseRequest(f *testing.F) {
 	for _, s := range []string{
 		"\x00\x01boot.ipxe\x00octet\x00blksize\x001432\x00tsize\x000\x00",
 		"\x00\x01boot.ipxe\x00octet\x00tsize\x000\x00blksize\x001468\x00windowsize\x004\x00",
@@ -141,7 +141,7 @@ func FuzzParseTFTPRequest(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		req, err := parseTFTPRequest(b)
+		req, err := parseRequest(b)
 		if err != nil {
 			return
 		}
@@ -152,16 +152,16 @@ func FuzzParseTFTPRequest(f *testing.F) {
 			enc = append(append(enc, o.name...), 0)
 			enc = append(append(enc, o.value...), 0)
 		}
-		again, err := parseTFTPRequest(enc)
+		again, err := parseRequest(enc)
 		if err != nil {
 			t.Fatalf("re-encoded %q: %v", enc, err)
 		}
-		if diff := cmp.Diff(req, again, cmp.AllowUnexported(tftpRequest{}, tftpOption{})); diff != "" {
+		if diff := cmp.Diff(req, again, cmp.AllowUnexported(request{}, option{})); diff != "" {
 			t.Fatalf("round trip (-first +second):\n%s", diff)
 		}
-		n := tftpNegotiate(req, 1<<20, 1468)
-		if n.blockSize < tftpMinBlockSize || n.blockSize > 1468 || n.window < 1 || n.window > tftpMaxWindowSize ||
-			n.timeout < 0 || n.timeout > tftpMaxTimeoutOpt {
+		n := negotiate(req, 1<<20, 1468)
+		if n.blockSize < minBlockSize || n.blockSize > 1468 || n.window < 1 || n.window > maxWindowSize ||
+			n.timeout < 0 || n.timeout > maxTimeoutOpt {
 			t.Fatalf("negotiated out of range: %+v", n)
 		}
 	})

@@ -1,12 +1,12 @@
 //go:build !linux
 
-package netbootd
+package tftp
 
 import (
 	"errors"
 	"net/netip"
 )
 
-func newTFTPBlockingConn(local, remote netip.AddrPort, ifIndex int) (tftpConn, error) {
+func newBlockingConn(local, remote netip.AddrPort, ifIndex int) (conn, error) {
 	return nil, errors.New("blocking transfer sockets are Linux only")
 }

@@ -1,4 +1,4 @@
-package netbootd
+package tftp
 
 import (
 	"bufio"
@@ -22,13 +22,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/siteserver/siteserver/internal/obs"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
 )
 
-// TFTPConfig configures the read-only TFTP server. Zero values take the defaults.
-type TFTPConfig struct {
+// Config configures the read-only TFTP server. Zero values take the defaults.
+type Config struct {
 	Listen       string        // default ":69"
 	Root         string        // boot root directory; files are served read-only from here
 	MaxTransfers int           // concurrent transfers; past it requests are refused "server busy"; default 2000
@@ -38,49 +37,49 @@ type TFTPConfig struct {
 }
 
 const (
-	tftpDefaultListen       = ":69"
-	tftpDefaultMaxTransfers = 2000
-	tftpDefaultTimeout      = 2 * time.Second
-	tftpDefaultRetries      = 5
-	tftpDefaultMaxBlockSize = 1468
+	defaultListen       = ":69"
+	defaultMaxTransfers = 2000
+	defaultTimeout      = 2 * time.Second
+	defaultRetries      = 5
+	defaultMaxBlockSize = 1468
 
 	// A cap below RFC 1350's 512 would refuse nothing (clients that ask for no blksize
 	// get 512) and only shrink what others get; 65464 is RFC 2348's ceiling.
-	tftpMinMaxBlockSize = 512
-	tftpMaxMaxBlockSize = 65464
+	minMaxBlockSize = 512
+	maxMaxBlockSize = 65464
 
 	// Transfers still running this long after shutdown starts are cut at their next block,
 	// and Run stops waiting for them shortly after, to stay within the service group's
 	// stop timeout.
-	tftpShutdownGrace = 2 * time.Second
-	tftpAbortWait     = time.Second
+	shutdownGrace = 2 * time.Second
+	abortWait     = time.Second
 
 	// Read-ahead per transfer. Bigger buffers save little once a read covers a few dozen
 	// blocks, and at MaxTransfers they add up.
-	tftpReadBufferSize = 32 << 10
+	readBufferSize = 32 << 10
 )
 
-func (c TFTPConfig) withDefaults() TFTPConfig {
+func (c Config) withDefaults() Config {
 	if c.Listen == "" {
-		c.Listen = tftpDefaultListen
+		c.Listen = defaultListen
 	}
 	if c.MaxTransfers == 0 {
-		c.MaxTransfers = tftpDefaultMaxTransfers
+		c.MaxTransfers = defaultMaxTransfers
 	}
 	if c.Timeout == 0 {
-		c.Timeout = tftpDefaultTimeout
+		c.Timeout = defaultTimeout
 	}
 	if c.Retries == 0 {
-		c.Retries = tftpDefaultRetries
+		c.Retries = defaultRetries
 	}
 	if c.MaxBlockSize == 0 {
-		c.MaxBlockSize = tftpDefaultMaxBlockSize
+		c.MaxBlockSize = defaultMaxBlockSize
 	}
 	return c
 }
 
 // validate checks a config that has had its defaults filled in.
-func (c TFTPConfig) validate() error {
+func (c Config) validate() error {
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		return fmt.Errorf("netbootd: tftp: Listen %q: %w", c.Listen, err)
 	}
@@ -101,102 +100,102 @@ func (c TFTPConfig) validate() error {
 		return fmt.Errorf("netbootd: tftp: Timeout %s is negative", c.Timeout)
 	case c.Retries < 0:
 		return fmt.Errorf("netbootd: tftp: Retries %d is negative", c.Retries)
-	case c.MaxBlockSize < tftpMinMaxBlockSize || c.MaxBlockSize > tftpMaxMaxBlockSize:
+	case c.MaxBlockSize < minMaxBlockSize || c.MaxBlockSize > maxMaxBlockSize:
 		return fmt.Errorf("netbootd: tftp: MaxBlockSize %d, want %d..%d",
-			c.MaxBlockSize, tftpMinMaxBlockSize, tftpMaxMaxBlockSize)
+			c.MaxBlockSize, minMaxBlockSize, maxMaxBlockSize)
 	}
 	return nil
 }
 
 // Reasons a request is refused, as counted in tftp_refused_total.
 const (
-	tftpReasonNotFound = "not_found"
-	tftpReasonEscape   = "escape"
-	tftpReasonBusy     = "busy"
-	tftpReasonWrite    = "write_attempt"
-	tftpReasonBadName  = "bad_name"
+	reasonNotFound = "not_found"
+	reasonEscape   = "escape"
+	reasonBusy     = "busy"
+	reasonWrite    = "write_attempt"
+	reasonBadName  = "bad_name"
 )
 
-var tftpReasons = []string{tftpReasonNotFound, tftpReasonEscape, tftpReasonBusy, tftpReasonWrite, tftpReasonBadName}
+var reasons = []string{reasonNotFound, reasonEscape, reasonBusy, reasonWrite, reasonBadName}
 
 // Transfer results, as counted in tftp_transfers_total. "aborted" is a client that sent an
 // error right after our option acknowledgement, before taking any data: PXE ROMs (EDK2
 // among them) do that on purpose to learn a file's tsize, so it is kept apart from
 // failures.
 const (
-	tftpResultCompleted = "completed"
-	tftpResultFailed    = "failed"
-	tftpResultRefused   = "refused"
-	tftpResultAborted   = "aborted"
+	resultCompleted = "completed"
+	resultFailed    = "failed"
+	resultRefused   = "refused"
+	resultAborted   = "aborted"
 )
 
-var tftpResults = []string{tftpResultCompleted, tftpResultFailed, tftpResultRefused, tftpResultAborted}
+var results = []string{resultCompleted, resultFailed, resultRefused, resultAborted}
 
-// tftpRefusal is why a request is not served. Its message goes to the client in the
+// refusal is why a request is not served. Its message goes to the client in the
 // TFTP ERROR packet, so it names no server paths.
-type tftpRefusal struct {
+type refusal struct {
 	reason string
 	msg    string
 }
 
-func (e *tftpRefusal) Error() string { return e.msg }
+func (e *refusal) Error() string { return e.msg }
 
-func tftpRefuse(reason, msg string) error { return &tftpRefusal{reason: reason, msg: msg} }
+func newRefusal(reason, msg string) error { return &refusal{reason: reason, msg: msg} }
 
-var errTFTPShuttingDown = errors.New("server shutting down")
+var errShuttingDown = errors.New("server shutting down")
 
-// tftpResolve maps a requested file name to the path of a regular file inside root, which
+// resolve maps a requested file name to the path of a regular file inside root, which
 // must be absolute and free of symlinks. Names are refused rather than repaired: an
 // absolute name or a ".." element is an attempt to leave the root, whatever it would
 // clean to. Backslashes are separators, as Windows-minded PXE ROMs and WDS configurations
 // send them. A symlink may point anywhere inside root, never out of it.
-func tftpResolve(root, name string) (string, error) {
+func resolve(root, name string) (string, error) {
 	if name == "" {
-		return "", tftpRefuse(tftpReasonBadName, "empty file name")
+		return "", newRefusal(reasonBadName, "empty file name")
 	}
 	if strings.IndexByte(name, 0) >= 0 {
-		return "", tftpRefuse(tftpReasonBadName, "bad file name")
+		return "", newRefusal(reasonBadName, "bad file name")
 	}
 	name = strings.ReplaceAll(name, `\`, "/")
 	if strings.HasPrefix(name, "/") {
-		return "", tftpRefuse(tftpReasonEscape, "access violation: absolute file name")
+		return "", newRefusal(reasonEscape, "access violation: absolute file name")
 	}
 	for el := range strings.SplitSeq(name, "/") {
 		if el == ".." {
-			return "", tftpRefuse(tftpReasonEscape, "access violation: '..' in file name")
+			return "", newRefusal(reasonEscape, "access violation: '..' in file name")
 		}
 	}
 	p := filepath.Join(root, filepath.FromSlash(path.Clean(name)))
 	real, err := filepath.EvalSymlinks(p)
 	if err != nil {
-		return "", tftpRefuse(tftpReasonNotFound, "file not found")
+		return "", newRefusal(reasonNotFound, "file not found")
 	}
-	if !tftpInside(root, real) {
-		return "", tftpRefuse(tftpReasonEscape, "access violation")
+	if !inside(root, real) {
+		return "", newRefusal(reasonEscape, "access violation")
 	}
 	fi, err := os.Stat(real)
 	if err != nil {
-		return "", tftpRefuse(tftpReasonNotFound, "file not found")
+		return "", newRefusal(reasonNotFound, "file not found")
 	}
 	if !fi.Mode().IsRegular() {
-		return "", tftpRefuse(tftpReasonNotFound, "not a regular file")
+		return "", newRefusal(reasonNotFound, "not a regular file")
 	}
 	return real, nil
 }
 
-func tftpInside(root, p string) bool {
+func inside(root, p string) bool {
 	rel, err := filepath.Rel(root, p)
 	return err == nil && filepath.IsLocal(rel)
 }
 
-// TFTPServer serves files under a root directory over TFTP, read only. It exists to hand
+// Server serves files under a root directory over TFTP, read only. It exists to hand
 // the first boot stage (iPXE) to PXE clients; everything bigger goes over HTTP, but large
 // files still stream.
-type TFTPServer struct {
-	cfg     TFTPConfig
+type Server struct {
+	cfg     Config
 	root    string // cfg.Root made absolute
 	log     *slog.Logger
-	metrics *tftpMetrics
+	metrics *metrics
 
 	grace     time.Duration
 	abortWait time.Duration
@@ -214,12 +213,12 @@ type TFTPServer struct {
 	fast      atomic.Int64 // transfers on blocking sockets
 	maxFast   int
 	xmu       sync.Mutex
-	xfers     map[tftpConn]struct{}
+	xfers     map[conn]struct{}
 }
 
-// NewTFTPServer fills in defaults, validates cfg and registers metrics with reg (if not
+// NewServer fills in defaults, validates cfg and registers metrics with reg (if not
 // nil). It binds nothing.
-func NewTFTPServer(cfg TFTPConfig, logger *slog.Logger, reg prometheus.Registerer) (*TFTPServer, error) {
+func NewServer(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Server, error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -228,34 +227,34 @@ func NewTFTPServer(cfg TFTPConfig, logger *slog.Logger, reg prometheus.Registere
 	if err != nil {
 		return nil, fmt.Errorf("netbootd: tftp: Root: %w", err)
 	}
-	m, err := newTFTPMetrics(reg)
+	m, err := newMetrics(reg)
 	if err != nil {
 		return nil, err
 	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &TFTPServer{
+	return &Server{
 		cfg:       cfg,
 		root:      root,
 		log:       logger.With("component", "tftp"),
 		metrics:   m,
-		grace:     tftpShutdownGrace,
-		abortWait: tftpAbortWait,
+		grace:     shutdownGrace,
+		abortWait: abortWait,
 		bound:     make(chan struct{}),
 		maxFast:   runtime.GOMAXPROCS(0),
-		xfers:     map[tftpConn]struct{}{},
+		xfers:     map[conn]struct{}{},
 	}, nil
 }
 
 // Name identifies the server among services.
-func (s *TFTPServer) Name() string { return "tftp" }
+func (s *Server) Name() string { return "tftp" }
 
 // Bound is closed once the socket is bound, after which Addr is valid.
-func (s *TFTPServer) Bound() <-chan struct{} { return s.bound }
+func (s *Server) Bound() <-chan struct{} { return s.bound }
 
 // Addr is the bound address, or nil before Run has bound it.
-func (s *TFTPServer) Addr() net.Addr {
+func (s *Server) Addr() net.Addr {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.conn == nil {
@@ -265,7 +264,7 @@ func (s *TFTPServer) Addr() net.Addr {
 }
 
 // Ready reports whether the server is taking requests.
-func (s *TFTPServer) Ready() bool {
+func (s *Server) Ready() bool {
 	select {
 	case <-s.bound:
 		return !s.stopping.Load()
@@ -278,7 +277,7 @@ func (s *TFTPServer) Ready() bool {
 // lets running transfers finish for a short grace; after that they are cut with an error
 // to the client at their next block, and those still waiting on a silent client are
 // ended too.
-func (s *TFTPServer) Run(ctx context.Context) error {
+func (s *Server) Run(ctx context.Context) error {
 	if !s.started.CompareAndSwap(false, true) {
 		return errors.New("netbootd: tftp: Run called twice")
 	}
@@ -288,7 +287,7 @@ func (s *TFTPServer) Run(ctx context.Context) error {
 	}
 	conn := pc.(*net.UDPConn)
 	defer conn.Close()
-	tftpEnablePacketInfo(conn)
+	enablePacketInfo(conn)
 	s.mu.Lock()
 	s.conn = conn
 	s.mu.Unlock()
@@ -332,11 +331,11 @@ func (s *TFTPServer) Run(ctx context.Context) error {
 	return nil
 }
 
-// tftpEnablePacketInfo turns on the per-packet destination address and interface: a
+// enablePacketInfo turns on the per-packet destination address and interface: a
 // transfer answers from the address its request came to, and the interface's MTU caps
 // its blksize. On an IPv6 socket both families are asked for, since IPv4 requests arrive
 // on it too. Without them the transfer answers from the wildcard address.
-func tftpEnablePacketInfo(conn *net.UDPConn) {
+func enablePacketInfo(conn *net.UDPConn) {
 	_ = ipv4.NewPacketConn(conn).SetControlMessage(ipv4.FlagDst|ipv4.FlagInterface, true)
 	if conn.LocalAddr().(*net.UDPAddr).IP.To4() == nil {
 		_ = ipv6.NewPacketConn(conn).SetControlMessage(ipv6.FlagDst|ipv6.FlagInterface, true)
@@ -345,7 +344,7 @@ func tftpEnablePacketInfo(conn *net.UDPConn) {
 
 // serve reads requests from the listening socket until it is closed; each read request
 // runs in its own goroutine on its own socket.
-func (s *TFTPServer) serve(conn *net.UDPConn) error {
+func (s *Server) serve(conn *net.UDPConn) error {
 	v6socket := conn.LocalAddr().(*net.UDPAddr).IP.To4() == nil
 	buf := make([]byte, 2048)
 	oob := make([]byte, 512)
@@ -357,13 +356,13 @@ func (s *TFTPServer) serve(conn *net.UDPConn) error {
 			}
 			return err
 		}
-		req, err := parseTFTPRequest(buf[:n])
+		req, err := parseRequest(buf[:n])
 		if err != nil {
 			s.metrics.requestErrors.Inc()
 			s.log.Debug("tftp request dropped", "client", from.String(), "err", err)
 			continue
 		}
-		dst, ifIndex := tftpPacketDest(oob[:oobn], v6socket)
+		dst, ifIndex := packetDest(oob[:oobn], v6socket)
 		s.transfers.Add(1)
 		go func() {
 			defer s.transfers.Done()
@@ -374,7 +373,7 @@ func (s *TFTPServer) serve(conn *net.UDPConn) error {
 
 // transferConn opens the transfer's socket: on the address the request came to, if it is
 // one of ours to answer from, and blocking while few transfers use that mode.
-func (s *TFTPServer) transferConn(from netip.AddrPort, dst netip.Addr, ifIndex int) (tftpConn, func(), error) {
+func (s *Server) transferConn(from netip.AddrPort, dst netip.Addr, ifIndex int) (conn, func(), error) {
 	client := netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
 	local := netip.IPv4Unspecified()
 	if client.Addr().Is6() {
@@ -385,17 +384,17 @@ func (s *TFTPServer) transferConn(from netip.AddrPort, dst netip.Addr, ifIndex i
 	}
 	laddr := netip.AddrPortFrom(local, 0)
 	if s.fast.Add(1) <= int64(s.maxFast) {
-		if c, err := newTFTPBlockingConn(laddr, client, ifIndex); err == nil {
+		if c, err := newBlockingConn(laddr, client, ifIndex); err == nil {
 			return c, func() { s.fast.Add(-1) }, nil
 		}
 	}
 	s.fast.Add(-1)
-	c, err := newTFTPPollConn(laddr, client)
+	c, err := newPollConn(laddr, client)
 	return c, func() {}, err
 }
 
 // abortTransfers ends every transfer still waiting on its client.
-func (s *TFTPServer) abortTransfers() {
+func (s *Server) abortTransfers() {
 	s.xmu.Lock()
 	defer s.xmu.Unlock()
 	for c := range s.xfers {
@@ -403,7 +402,7 @@ func (s *TFTPServer) abortTransfers() {
 	}
 }
 
-func (s *TFTPServer) track(c tftpConn, on bool) {
+func (s *Server) track(c conn, on bool) {
 	s.xmu.Lock()
 	defer s.xmu.Unlock()
 	if on {
@@ -413,19 +412,19 @@ func (s *TFTPServer) track(c tftpConn, on bool) {
 	}
 }
 
-// tftpErrorCode is the TFTP error code a refusal is sent with.
-func tftpErrorCode(reason string) uint16 {
+// errorCode is the TFTP error code a refusal is sent with.
+func errorCode(reason string) uint16 {
 	switch reason {
-	case tftpReasonNotFound:
-		return tftpErrNotFound
-	case tftpReasonEscape, tftpReasonWrite:
-		return tftpErrAccess
+	case reasonNotFound:
+		return codeNotFound
+	case reasonEscape, reasonWrite:
+		return codeAccess
 	}
-	return tftpErrUndefined
+	return codeUndefined
 }
 
 // serveRequest answers one request on a socket of its own.
-func (s *TFTPServer) serveRequest(req tftpRequest, from netip.AddrPort, dst netip.Addr, ifIndex int) {
+func (s *Server) serveRequest(req request, from netip.AddrPort, dst netip.Addr, ifIndex int) {
 	start := time.Now()
 	log := s.log.With("client", from.String(), "file", req.file)
 	conn, release, err := s.transferConn(from, dst, ifIndex)
@@ -443,16 +442,16 @@ func (s *TFTPServer) serveRequest(req tftpRequest, from netip.AddrPort, dst neti
 	}()
 	refuse := func(err error) {
 		reason := s.refuse(log, err)
-		_ = conn.send(tftpAppendError(nil, tftpErrorCode(reason), err.Error()))
+		_ = conn.send(appendError(nil, errorCode(reason), err.Error()))
 	}
-	if req.op == tftpOpWRQ {
-		refuse(tftpRefuse(tftpReasonWrite, "access violation: read-only server"))
+	if req.op == opWRQ {
+		refuse(newRefusal(reasonWrite, "access violation: read-only server"))
 		return
 	}
 
 	if s.active.Add(1) > int64(s.cfg.MaxTransfers) {
 		s.active.Add(-1)
-		refuse(tftpRefuse(tftpReasonBusy, "server busy"))
+		refuse(newRefusal(reasonBusy, "server busy"))
 		return
 	}
 	s.metrics.active.Inc()
@@ -462,88 +461,108 @@ func (s *TFTPServer) serveRequest(req tftpRequest, from netip.AddrPort, dst neti
 	}()
 	if s.stopping.Load() {
 		// Counted as busy: the client should retry, possibly against another server.
-		refuse(tftpRefuse(tftpReasonBusy, errTFTPShuttingDown.Error()))
+		refuse(newRefusal(reasonBusy, errShuttingDown.Error()))
 		return
 	}
 
-	// The root is looked up for every request, not once: when it is a symlink that a
-	// deployment swaps to a new tree, new transfers follow it while old ones finish.
-	root, err := filepath.EvalSymlinks(s.root)
-	if err != nil {
-		log.Warn("tftp root unavailable", "root", s.root, "err", err)
-		refuse(tftpRefuse(tftpReasonNotFound, "file not found"))
-		return
-	}
-	p, err := tftpResolve(root, req.file)
-	if err != nil {
-		refuse(err)
-		return
-	}
-	f, err := tftpOpen(root, p)
+	f, size, err := s.openFile(log, req.file)
 	if err != nil {
 		refuse(err)
 		return
 	}
 	defer f.Close()
+	s.transfer(log, conn, req, f, size, blockCap(s.cfg.MaxBlockSize, ifIndex, from.Addr().Unmap().Is6()), start)
+}
+
+// openFile opens the regular file a request names and returns its size, or a refusal.
+func (s *Server) openFile(log *slog.Logger, name string) (*os.File, int64, error) {
+	// The root is looked up for every request, not once: when it is a symlink that a
+	// deployment swaps to a new tree, new transfers follow it while old ones finish.
+	root, err := filepath.EvalSymlinks(s.root)
+	if err != nil {
+		log.Warn("tftp root unavailable", "root", s.root, "err", err)
+		return nil, 0, newRefusal(reasonNotFound, "file not found")
+	}
+	p, err := resolve(root, name)
+	if err != nil {
+		return nil, 0, err
+	}
+	f, err := open(root, p)
+	if err != nil {
+		return nil, 0, err
+	}
 	fi, err := f.Stat()
 	if err != nil || !fi.Mode().IsRegular() {
-		refuse(tftpRefuse(tftpReasonNotFound, "not a regular file"))
-		return
+		f.Close()
+		return nil, 0, newRefusal(reasonNotFound, "not a regular file")
 	}
+	return f, fi.Size(), nil
+}
 
-	neg := tftpNegotiate(req, fi.Size(), tftpBlockCap(s.cfg.MaxBlockSize, ifIndex, from.Addr().Unmap().Is6()))
+// transfer sends an open file of size bytes to the client on c: the option
+// acknowledgement, if the client asked for options, then the data, with blksize capped at
+// maxBlock.
+func (s *Server) transfer(log *slog.Logger, c conn, req request, f *os.File, size int64, maxBlock int, start time.Time) {
+	neg := negotiate(req, size, maxBlock)
 	timeout := s.cfg.Timeout
 	if neg.timeout > 0 {
 		timeout = time.Duration(neg.timeout) * time.Second
 	}
-	conn.setTimeout(timeout)
-	r := tftpGetReader(f, &s.aborting)
-	defer tftpPutReader(r)
+	c.setTimeout(timeout)
+	r := getReader(f, &s.aborting)
+	defer putReader(r)
 	var src io.Reader = r
 	if req.mode == "netascii" {
-		src = &tftpNetascii{r: r}
+		src = &netascii{r: r}
 	}
-	x := &tftpSender{conn: conn, r: src, blockSize: neg.blockSize, window: neg.window, retries: s.cfg.Retries}
+	x := &sender{conn: c, r: src, blockSize: neg.blockSize, window: neg.window, retries: s.cfg.Retries}
+	var err error
 	if len(neg.accepted) > 0 {
-		err = x.negotiate(tftpAppendOACK(nil, neg.accepted))
+		err = x.negotiate(appendOACK(nil, neg.accepted))
 	}
 	if err == nil {
 		err = x.run()
 	}
+	s.finish(log, c, x, neg, size, err, start)
+}
+
+// finish counts and logs how a transfer ended; when it failed on our side, the client
+// gets an ERROR saying so.
+func (s *Server) finish(log *slog.Logger, c conn, x *sender, neg negotiated, size int64, err error, start time.Time) {
 	s.metrics.bytesSent.Add(float64(x.bytes))
 	s.metrics.retransmits.Add(float64(x.retransmits))
 	elapsed := time.Since(start)
-	var clientErr *tftpClientError
+	var clientErr *clientError
 	switch {
 	case err == nil:
-		s.metrics.result[tftpResultCompleted].Inc()
+		s.metrics.result[resultCompleted].Inc()
 		s.metrics.duration.Observe(elapsed.Seconds())
 		log.Debug("tftp transfer completed", "blksize", strconv.Itoa(neg.blockSize), "windowsize", neg.window,
-			"tsize", fi.Size(), "bytes", x.bytes, "datagrams", x.datagrams, "retransmits", x.retransmits,
-			"duration", elapsed, "blocking", isBlocking(conn))
+			"tsize", size, "bytes", x.bytes, "datagrams", x.datagrams, "retransmits", x.retransmits,
+			"duration", elapsed, "blocking", isBlocking(c))
 	case errors.As(err, &clientErr) && x.reads == 0:
 		// An ERROR right after the options: a tsize query, or options the client declined.
-		s.metrics.result[tftpResultAborted].Inc()
+		s.metrics.result[resultAborted].Inc()
 		log.Debug("tftp transfer aborted by client after options", "err", err)
 	default:
-		s.metrics.result[tftpResultFailed].Inc()
-		if errors.Is(err, errTFTPShuttingDown) {
-			_ = conn.send(tftpAppendError(nil, tftpErrUndefined, errTFTPShuttingDown.Error()))
-		} else if !errors.As(err, &clientErr) && !errors.Is(err, errTFTPTimeout) && !errors.Is(err, errTFTPAborted) {
-			_ = conn.send(tftpAppendError(nil, tftpErrUndefined, "read error"))
+		s.metrics.result[resultFailed].Inc()
+		if errors.Is(err, errShuttingDown) {
+			_ = c.send(appendError(nil, codeUndefined, errShuttingDown.Error()))
+		} else if !errors.As(err, &clientErr) && !errors.Is(err, errTimeout) && !errors.Is(err, errAborted) {
+			_ = c.send(appendError(nil, codeUndefined, "read error"))
 		}
 		log.Info("tftp transfer failed", "bytes", x.bytes, "duration", elapsed, "err", err)
 	}
 }
 
-func isBlocking(c tftpConn) bool {
-	_, poll := c.(*tftpPollConn)
+func isBlocking(c conn) bool {
+	_, poll := c.(*pollConn)
 	return !poll
 }
 
-// tftpBlockCap is the largest blksize for a transfer: the configured cap, and what fits
+// blockCap is the largest blksize for a transfer: the configured cap, and what fits
 // the receiving interface's MTU without fragmenting (IP, UDP and TFTP headers off).
-func tftpBlockCap(configured, ifIndex int, v6 bool) int {
+func blockCap(configured, ifIndex int, v6 bool) int {
 	if ifIndex <= 0 {
 		return configured
 	}
@@ -560,146 +579,65 @@ func tftpBlockCap(configured, ifIndex int, v6 bool) int {
 
 // refuse counts a refusal and returns its reason. Anyone on the segment can provoke
 // refusals, so they are logged at debug level only.
-func (s *TFTPServer) refuse(log *slog.Logger, err error) string {
-	reason := tftpReasonNotFound
-	var r *tftpRefusal
+func (s *Server) refuse(log *slog.Logger, err error) string {
+	reason := reasonNotFound
+	var r *refusal
 	if errors.As(err, &r) {
 		reason = r.reason
 	}
-	s.metrics.result[tftpResultRefused].Inc()
+	s.metrics.result[resultRefused].Inc()
 	s.metrics.refused[reason].Inc()
 	log.Debug("tftp request refused", "reason", reason, "err", err)
 	return reason
 }
 
-// tftpReader streams a file to a transfer, which reads one block at a time: the read-ahead
+// reader streams a file to a transfer, which reads one block at a time: the read-ahead
 // turns a syscall per block into one per few dozen, and the pool keeps thousands of
 // concurrent transfers from each allocating their own buffer. It also cuts a transfer at
 // its next block once shutdown's grace is over.
-type tftpReader struct {
+type reader struct {
 	br   *bufio.Reader
 	stop *atomic.Bool
 }
 
-var tftpReaderPool = sync.Pool{
-	New: func() any { return &tftpReader{br: bufio.NewReaderSize(nil, tftpReadBufferSize)} },
+var readerPool = sync.Pool{
+	New: func() any { return &reader{br: bufio.NewReaderSize(nil, readBufferSize)} },
 }
 
-func tftpGetReader(f io.Reader, stop *atomic.Bool) *tftpReader {
-	r := tftpReaderPool.Get().(*tftpReader)
+func getReader(f io.Reader, stop *atomic.Bool) *reader {
+	r := readerPool.Get().(*reader)
 	r.br.Reset(f)
 	r.stop = stop
 	return r
 }
 
-func tftpPutReader(r *tftpReader) {
+func putReader(r *reader) {
 	r.br.Reset(nil)
 	r.stop = nil
-	tftpReaderPool.Put(r)
+	readerPool.Put(r)
 }
 
-func (r *tftpReader) Read(p []byte) (int, error) {
+func (r *reader) Read(p []byte) (int, error) {
 	if r.stop.Load() {
-		return 0, errTFTPShuttingDown
+		return 0, errShuttingDown
 	}
 	return r.br.Read(p)
 }
 
-type tftpMetrics struct {
-	active        prometheus.Gauge
-	transfers     *prometheus.CounterVec
-	bytesSent     prometheus.Counter
-	duration      prometheus.Histogram
-	refusedVec    *prometheus.CounterVec
-	retransmits   prometheus.Counter
-	requestErrors prometheus.Counter
-
-	result  map[string]prometheus.Counter
-	refused map[string]prometheus.Counter
-}
-
-func newTFTPMetrics(reg prometheus.Registerer) (*tftpMetrics, error) {
-	const ns, sub = "siteserver", "netboot"
-	m := &tftpMetrics{
-		active: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
-			Name: "tftp_transfers_active", Help: "TFTP read transfers in progress."}),
-		transfers: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
-			Name: "tftp_transfers_total",
-			Help: "TFTP requests by result: completed, failed, refused, or aborted by the client after option negotiation (a tsize query)."},
-			[]string{"result"}),
-		bytesSent: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
-			Name: "tftp_bytes_sent_total", Help: "File bytes sent over TFTP, retransmissions not counted."}),
-		duration: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub,
-			Name: "tftp_transfer_duration_seconds", Help: "Duration of completed TFTP transfers.",
-			Buckets: []float64{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800}}),
-		refusedVec: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
-			Name: "tftp_refused_total", Help: "TFTP requests refused, by reason."},
-			[]string{"reason"}),
-		retransmits: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
-			Name: "tftp_retransmits_total", Help: "TFTP packets sent again for want of an acknowledgement."}),
-		requestErrors: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
-			Name: "tftp_request_errors_total",
-			Help: "Packets on the TFTP port that started no transfer: malformed or unexpected, or no socket was left for the transfer."}),
-	}
-	if reg != nil {
-		var err error
-		if m.active, err = tftpRegister(reg, m.active); err != nil {
-			return nil, err
-		}
-		if m.transfers, err = tftpRegister(reg, m.transfers); err != nil {
-			return nil, err
-		}
-		if m.bytesSent, err = tftpRegister(reg, m.bytesSent); err != nil {
-			return nil, err
-		}
-		if m.duration, err = tftpRegister(reg, m.duration); err != nil {
-			return nil, err
-		}
-		if m.refusedVec, err = tftpRegister(reg, m.refusedVec); err != nil {
-			return nil, err
-		}
-		if m.retransmits, err = tftpRegister(reg, m.retransmits); err != nil {
-			return nil, err
-		}
-		if m.requestErrors, err = tftpRegister(reg, m.requestErrors); err != nil {
-			return nil, err
-		}
-	}
-	m.result = make(map[string]prometheus.Counter, len(tftpResults))
-	for _, r := range tftpResults {
-		m.result[r] = m.transfers.WithLabelValues(r)
-	}
-	m.refused = make(map[string]prometheus.Counter, len(tftpReasons))
-	for _, r := range tftpReasons {
-		m.refused[r] = m.refusedVec.WithLabelValues(r)
-	}
-	return m, nil
-}
-
-// tftpRegister registers c with reg, or returns the collector already registered under
-// the same name, so several TFTP servers of one process share their series.
-func tftpRegister[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	c, err := obs.Register(reg, c)
-	if err != nil {
-		return c, fmt.Errorf("netbootd: tftp: metrics: %w", err)
-	}
-	return c, nil
-}
-
-// tftpOpen opens p, a path tftpResolve accepted, through an os.Root: if the tree changes
+// open opens p, a path resolve accepted, through an os.Root: if the tree changes
 // between the check and the open, a symlink still cannot lead out of the root.
-func tftpOpen(root, p string) (*os.File, error) {
+func open(root, p string) (*os.File, error) {
 	rel, err := filepath.Rel(root, p)
 	if err != nil {
-		return nil, tftpRefuse(tftpReasonEscape, "access violation")
+		return nil, newRefusal(reasonEscape, "access violation")
 	}
 	f, err := os.OpenInRoot(root, rel)
 	switch {
 	case err == nil:
 		return f, nil
 	case errors.Is(err, fs.ErrNotExist), errors.Is(err, fs.ErrPermission):
-		return nil, tftpRefuse(tftpReasonNotFound, "file not found")
+		return nil, newRefusal(reasonNotFound, "file not found")
 	default:
-		return nil, tftpRefuse(tftpReasonEscape, "access violation")
+		return nil, newRefusal(reasonEscape, "access violation")
 	}
 }

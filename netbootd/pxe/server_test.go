@@ -1,4 +1,4 @@
-package netbootd
+package pxe
 
 import (
 	"bytes"
@@ -23,10 +23,10 @@ import (
 	"github.com/prometheus/common/expfmt"
 )
 
-var updatePXE = flag.Bool("update-pxe", false, "rewrite the PXE golden files in testdata")
+var update = flag.Bool("update", false, "rewrite the golden files in testdata")
 
-// pxeFakeComputers is an NS that knows a few computers and records what it is told.
-type pxeFakeComputers struct {
+// fakeComputers is an NS that knows a few computers and records what it is told.
+type fakeComputers struct {
 	mu      sync.Mutex
 	kinds   map[string]Kind
 	err     error
@@ -35,7 +35,7 @@ type pxeFakeComputers struct {
 	seen    []string
 }
 
-func (f *pxeFakeComputers) Lookup(ctx context.Context, mac net.HardwareAddr) (Kind, error) {
+func (f *fakeComputers) Lookup(ctx context.Context, mac net.HardwareAddr) (Kind, error) {
 	if f.delay > 0 {
 		select {
 		case <-time.After(f.delay):
@@ -55,14 +55,14 @@ func (f *pxeFakeComputers) Lookup(ctx context.Context, mac net.HardwareAddr) (Ki
 	return f.kinds[mac.String()], nil
 }
 
-func (f *pxeFakeComputers) Seen(_ context.Context, mac net.HardwareAddr, arch Arch) error {
+func (f *fakeComputers) Seen(_ context.Context, mac net.HardwareAddr, arch Arch) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.seen = append(f.seen, mac.String()+" "+arch.String())
 	return nil
 }
 
-func (f *pxeFakeComputers) snapshot() (map[string]int, []string) {
+func (f *fakeComputers) snapshot() (map[string]int, []string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	lookups := make(map[string]int, len(f.lookups))
@@ -72,21 +72,21 @@ func (f *pxeFakeComputers) snapshot() (map[string]int, []string) {
 	return lookups, append([]string(nil), f.seen...)
 }
 
-// pxeTestLogger logs into the test's output.
-func pxeTestLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(pxeTestWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+// testLogger logs into the test's output.
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
-type pxeTestWriter struct{ t *testing.T }
+type testWriter struct{ t *testing.T }
 
-func (w pxeTestWriter) Write(p []byte) (int, error) {
+func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
 }
 
-// startPXEServer runs a server on loopback until the test ends, and checks that it
+// startServer runs a server on loopback until the test ends, and checks that it
 // stops cleanly.
-func startPXEServer(t *testing.T, cfg PXEConfig, computers Computers, reg prometheus.Registerer) *PXEServer {
+func startServer(t *testing.T, cfg Config, computers Computers, reg prometheus.Registerer) *Server {
 	t.Helper()
 	if cfg.Listen67 == "" {
 		cfg.Listen67 = "127.0.0.1:0"
@@ -94,7 +94,7 @@ func startPXEServer(t *testing.T, cfg PXEConfig, computers Computers, reg promet
 	if cfg.Listen4011 == "" {
 		cfg.Listen4011 = "127.0.0.1:0"
 	}
-	srv, err := NewPXEServer(cfg, computers, pxeTestLogger(t), reg)
+	srv, err := NewServer(cfg, computers, testLogger(t), reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +124,7 @@ func startPXEServer(t *testing.T, cfg PXEConfig, computers Computers, reg promet
 	return srv
 }
 
-func pxeListenUDP(t *testing.T, addr string) *net.UDPConn {
+func listenUDP(t *testing.T, addr string) *net.UDPConn {
 	t.Helper()
 	c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr)))
 	if err != nil {
@@ -134,35 +134,35 @@ func pxeListenUDP(t *testing.T, addr string) *net.UDPConn {
 	return c
 }
 
-func pxePort(c *net.UDPConn) uint16 { return c.LocalAddr().(*net.UDPAddr).AddrPort().Port() }
+func portOf(c *net.UDPConn) uint16 { return c.LocalAddr().(*net.UDPAddr).AddrPort().Port() }
 
-func TestPXEServerLoopback(t *testing.T) {
+func TestServerLoopback(t *testing.T) {
 	// The client socket is on the wildcard address so that it also gets broadcasts, like
 	// a client on port 68; the relay's is on loopback only.
-	client := pxeListenUDP(t, "0.0.0.0:0")
-	relay := pxeListenUDP(t, "127.0.0.1:0")
-	computers := &pxeFakeComputers{kinds: map[string]Kind{"52:54:00:12:34:56": KindManaged}}
+	client := listenUDP(t, "0.0.0.0:0")
+	relay := listenUDP(t, "127.0.0.1:0")
+	computers := &fakeComputers{kinds: map[string]Kind{"52:54:00:12:34:56": KindManaged}}
 	reg := prometheus.NewRegistry()
-	srv := startPXEServer(t, PXEConfig{
+	srv := startServer(t, Config{
 		IPXEScriptURL: "http://{server}:8080/ipxe/{mac}?kind={kind}",
-		ClientPort:    pxePort(client),
-		RelayPort:     pxePort(relay),
+		ClientPort:    portOf(client),
+		RelayPort:     portOf(relay),
 	}, computers, reg)
 	dhcpAddr, pxeAddr := srv.Addrs()
 	if !srv.Ready() {
 		t.Error("not ready after binding")
 	}
 
-	biosIPXE := pxeCaptured(t, pxeCaptureBIOS, pxeFrameIPXEBIOSDiscover)
-	edk2 := pxeCaptured(t, pxeCaptureEFI, pxeFrameEDK2Discover)
+	biosIPXE := captured(t, captureBIOS, frameIPXEBIOSDiscover)
+	edk2 := captured(t, captureEFI, frameEDK2Discover)
 	type got struct {
 		From string
-		View pxeReplyView
+		View replyView
 	}
-	views := func(rs []pxeReceived) []got {
+	views := func(rs []received) []got {
 		var out []got
 		for _, r := range rs {
-			v := pxeViewReply(r.Msg, netip.AddrPort{})
+			v := viewReply(r.Msg, netip.AddrPort{})
 			v.Dst = ""
 			out = append(out, got{r.From.String(), v})
 		}
@@ -171,12 +171,12 @@ func TestPXEServerLoopback(t *testing.T) {
 	wait := 500 * time.Millisecond
 
 	t.Run("captured iPXE DISCOVER gets one broadcast OFFER with the script URL", func(t *testing.T) {
-		rs := pxeExchange(t, client, biosIPXE, dhcpAddr, wait)
-		want := []got{{dhcpAddr.String(), pxeReplyView{
+		rs := exchange(t, client, biosIPXE, dhcpAddr, wait)
+		want := []got{{dhcpAddr.String(), replyView{
 			Type: "OFFER", Broadcast: true, XID: "0x5ad9d736",
 			CIAddr: "0.0.0.0", YIAddr: "0.0.0.0", SIAddr: "127.0.0.1", GIAddr: "0.0.0.0", CHAddr: "52:54:00:12:34:56",
 			File: "http://127.0.0.1:8080/ipxe/52-54-00-12-34-56?kind=managed", ServerID: "127.0.0.1", Class: "PXEClient",
-			PXE: pxeOptionsNoMenu, UUID: pxeZeroUUID, Others: []uint8{61},
+			PXE: optionsNoMenu, UUID: zeroUUID, Others: []uint8{61},
 		}}}
 		if diff := cmp.Diff(want, views(rs)); diff != "" {
 			t.Errorf("replies (-want +got):\n%s", diff)
@@ -184,26 +184,26 @@ func TestPXEServerLoopback(t *testing.T) {
 	})
 
 	t.Run("captured EDK2 DISCOVER gets ipxe.efi", func(t *testing.T) {
-		rs := pxeExchange(t, client, edk2, dhcpAddr, wait)
+		rs := exchange(t, client, edk2, dhcpAddr, wait)
 		if len(rs) != 1 || rs[0].Msg.BootFileName != "ipxe.efi" || rs[0].Msg.Options.Has(dhcpv4.OptionVendorSpecificInformation) {
 			t.Errorf("replies %v, want one OFFER of ipxe.efi without option 43", views(rs))
 		}
 	})
 
 	t.Run("relayed DISCOVER is answered by unicast to the relay", func(t *testing.T) {
-		req := pxeModify(t, edk2, pxeRelayedBy("127.0.0.1"))
-		rs := pxeExchange(t, relay, req, dhcpAddr, wait)
+		req := modify(t, edk2, relayedBy("127.0.0.1"))
+		rs := exchange(t, relay, req, dhcpAddr, wait)
 		if len(rs) != 1 || rs[0].From != dhcpAddr || !rs[0].Msg.GatewayIPAddr.Equal(net.IPv4(127, 0, 0, 1)) {
 			t.Errorf("relay got %v, want one reply from %s", views(rs), dhcpAddr)
 		}
-		if rs := pxeCollect(t, client, req.TransactionID, 100*time.Millisecond); len(rs) != 0 {
+		if rs := collect(t, client, req.TransactionID, 100*time.Millisecond); len(rs) != 0 {
 			t.Errorf("client got %d replies meant for the relay", len(rs))
 		}
 	})
 
 	t.Run("4011 REQUEST is answered by unicast from 4011", func(t *testing.T) {
-		req := pxeModify(t, edk2, pxeWithType(dhcpv4.MessageTypeRequest), pxeWithCIAddr("127.0.0.1"), pxeUnicastFlag)
-		rs := pxeExchange(t, client, req, pxeAddr, wait)
+		req := modify(t, edk2, withType(dhcpv4.MessageTypeRequest), withCIAddr("127.0.0.1"), unicastFlag)
+		rs := exchange(t, client, req, pxeAddr, wait)
 		if len(rs) != 1 || rs[0].From != pxeAddr || rs[0].Msg.MessageType() != dhcpv4.MessageTypeAck || rs[0].Msg.BootFileName != "ipxe.efi" {
 			t.Errorf("replies %v, want one ACK of ipxe.efi from %s", views(rs), pxeAddr)
 		}
@@ -211,24 +211,24 @@ func TestPXEServerLoopback(t *testing.T) {
 
 	t.Run("ordinary DHCP client and garbage get nothing", func(t *testing.T) {
 		plain, _ := dhcpv4.NewDiscovery(net.HardwareAddr{2, 0, 0, 0, 0, 9})
-		if rs := pxeExchange(t, client, plain, dhcpAddr, 200*time.Millisecond); len(rs) != 0 {
+		if rs := exchange(t, client, plain, dhcpAddr, 200*time.Millisecond); len(rs) != 0 {
 			t.Errorf("ordinary client got %v", views(rs))
 		}
 		if _, err := client.WriteToUDPAddrPort([]byte("not dhcp"), dhcpAddr); err != nil {
 			t.Fatal(err)
 		}
-		nonPXE := pxeModify(t, plain, pxeWithType(dhcpv4.MessageTypeRequest), pxeWithCIAddr("127.0.0.1"))
-		if rs := pxeExchange(t, client, nonPXE, pxeAddr, 200*time.Millisecond); len(rs) != 0 {
+		nonPXE := modify(t, plain, withType(dhcpv4.MessageTypeRequest), withCIAddr("127.0.0.1"))
+		if rs := exchange(t, client, nonPXE, pxeAddr, 200*time.Millisecond); len(rs) != 0 {
 			t.Errorf("non-PXE request on 4011 got %v", views(rs))
 		}
 	})
 
 	// Both sockets are served in order, so once this reply is in, everything sent before
 	// has been counted.
-	if rs := pxeExchange(t, client, biosIPXE, dhcpAddr, wait); len(rs) != 1 {
+	if rs := exchange(t, client, biosIPXE, dhcpAddr, wait); len(rs) != 1 {
 		t.Fatalf("sync request got %d replies", len(rs))
 	}
-	if rs := pxeExchange(t, client, pxeModify(t, edk2, pxeWithType(dhcpv4.MessageTypeRequest), pxeWithCIAddr("127.0.0.1")), pxeAddr, wait); len(rs) != 1 {
+	if rs := exchange(t, client, modify(t, edk2, withType(dhcpv4.MessageTypeRequest), withCIAddr("127.0.0.1")), pxeAddr, wait); len(rs) != 1 {
 		t.Fatalf("sync request on 4011 got %d replies", len(rs))
 	}
 
@@ -239,12 +239,12 @@ func TestPXEServerLoopback(t *testing.T) {
 	if len(seen) != 6 {
 		t.Errorf("Seen reported %d times, want once per PXE request (6): %v", len(seen), seen)
 	}
-	pxeCompareMetrics(t, reg, "pxe_server_metrics.golden")
+	compareMetrics(t, reg, "server_metrics.golden")
 }
 
-// pxeCompareMetrics checks the netboot metrics against a golden file and the Prometheus
+// compareMetrics checks the netboot metrics against a golden file and the Prometheus
 // linter (what promtool check metrics runs).
-func pxeCompareMetrics(t *testing.T, reg *prometheus.Registry, golden string) {
+func compareMetrics(t *testing.T, reg *prometheus.Registry, golden string) {
 	t.Helper()
 	families, err := reg.Gather()
 	if err != nil {
@@ -267,31 +267,31 @@ func pxeCompareMetrics(t *testing.T, reg *prometheus.Registry, golden string) {
 		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
 	}
 	path := filepath.Join("testdata", golden)
-	if *updatePXE {
+	if *update {
 		if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
 	want, err := os.ReadFile(path)
 	if err != nil {
-		t.Fatalf("%v (run with -update-pxe to create it)", err)
+		t.Fatalf("%v (run with -update to create it)", err)
 	}
 	if diff := cmp.Diff(string(want), buf.String()); diff != "" {
 		t.Errorf("metrics (-%s +got):\n%s", path, diff)
 	}
 }
 
-func TestPXEServerSlowNS(t *testing.T) {
-	client := pxeListenUDP(t, "0.0.0.0:0")
-	computers := &pxeFakeComputers{kinds: map[string]Kind{"52:54:00:12:34:56": KindManaged}, delay: 2 * time.Second}
-	srv := startPXEServer(t, PXEConfig{
+func TestServerSlowNS(t *testing.T) {
+	client := listenUDP(t, "0.0.0.0:0")
+	computers := &fakeComputers{kinds: map[string]Kind{"52:54:00:12:34:56": KindManaged}, delay: 2 * time.Second}
+	srv := startServer(t, Config{
 		IPXEScriptURL: "http://{server}/ipxe/{kind}",
-		ClientPort:    pxePort(client),
+		ClientPort:    portOf(client),
 		LookupTimeout: 100 * time.Millisecond,
 	}, computers, nil)
 	dhcpAddr, _ := srv.Addrs()
 	start := time.Now()
-	rs := pxeExchange(t, client, pxeCaptured(t, pxeCaptureBIOS, pxeFrameIPXEBIOSDiscover), dhcpAddr, time.Second)
+	rs := exchange(t, client, captured(t, captureBIOS, frameIPXEBIOSDiscover), dhcpAddr, time.Second)
 	if len(rs) != 1 || rs[0].Msg.BootFileName != "http://127.0.0.1/ipxe/unknown" {
 		t.Fatalf("got %d replies, want one for an unknown computer", len(rs))
 	}
@@ -300,8 +300,8 @@ func TestPXEServerSlowNS(t *testing.T) {
 	}
 }
 
-func TestPXEServerLifecycle(t *testing.T) {
-	srv, err := NewPXEServer(PXEConfig{Listen67: "127.0.0.1:0", Listen4011: "127.0.0.1:0"}, nil, nil, nil)
+func TestServerLifecycle(t *testing.T) {
+	srv, err := NewServer(Config{Listen67: "127.0.0.1:0", Listen4011: "127.0.0.1:0"}, nil, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -333,10 +333,10 @@ func TestPXEServerLifecycle(t *testing.T) {
 		c.Close()
 	}
 
-	if _, err := NewPXEServer(PXEConfig{Listen67: "nope"}, nil, nil, nil); err == nil || !strings.Contains(err.Error(), "listen_67") {
+	if _, err := NewServer(Config{Listen67: "nope"}, nil, nil, nil); err == nil || !strings.Contains(err.Error(), "listen_67") {
 		t.Errorf("bad config: %v", err)
 	}
-	bad, err := NewPXEServer(PXEConfig{Listen67: "127.0.0.1:0", Listen4011: "192.0.2.1:0"}, nil, nil, nil)
+	bad, err := NewServer(Config{Listen67: "127.0.0.1:0", Listen4011: "192.0.2.1:0"}, nil, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -345,13 +345,13 @@ func TestPXEServerLifecycle(t *testing.T) {
 	}
 }
 
-func TestPXEMetricsRegisterTwice(t *testing.T) {
+func TestMetricsRegisterTwice(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	a, err := newPXEMetrics(reg)
+	a, err := newMetrics(reg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := newPXEMetrics(reg)
+	b, err := newMetrics(reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -363,14 +363,14 @@ func TestPXEMetricsRegisterTwice(t *testing.T) {
 	}
 	clash := prometheus.NewRegistry()
 	clash.MustRegister(prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "siteserver", Subsystem: "netboot", Name: "dhcp_requests_total", Help: "x"}))
-	if _, err := newPXEMetrics(clash); err == nil {
+	if _, err := newMetrics(clash); err == nil {
 		t.Error("clashing registration did not fail")
 	}
 }
 
-func TestPXEKindCache(t *testing.T) {
-	var c pxeKindCache
-	c.m = map[string]pxeKindEntry{}
+func TestKindCache(t *testing.T) {
+	var c kindCache
+	c.m = map[string]kindEntry{}
 	mac := net.HardwareAddr{1, 2, 3, 4, 5, 6}
 	now := time.Now()
 	if _, ok := c.get(mac, now); ok {
@@ -383,43 +383,43 @@ func TestPXEKindCache(t *testing.T) {
 	if _, ok := c.get(mac, now.Add(2*time.Minute)); ok {
 		t.Error("hit after expiry")
 	}
-	for i := 0; i < pxeKindCacheMax+10; i++ {
+	for i := 0; i < kindCacheMax+10; i++ {
 		c.put(net.HardwareAddr{byte(i >> 16), byte(i >> 8), byte(i), 0, 0, 1}, KindManaged, now.Add(time.Minute))
 	}
-	if len(c.m) > pxeKindCacheMax {
+	if len(c.m) > kindCacheMax {
 		t.Errorf("cache grew to %d", len(c.m))
 	}
 }
 
-var pxeErrNS = errors.New("ns unreachable")
+var errNS = errors.New("ns unreachable")
 
-func TestPXEServerLookupErrors(t *testing.T) {
-	client := pxeListenUDP(t, "0.0.0.0:0")
-	computers := &pxeFakeComputers{err: pxeErrNS}
+func TestServerLookupErrors(t *testing.T) {
+	client := listenUDP(t, "0.0.0.0:0")
+	computers := &fakeComputers{err: errNS}
 	reg := prometheus.NewRegistry()
-	srv := startPXEServer(t, PXEConfig{ClientPort: pxePort(client)}, computers, reg)
+	srv := startServer(t, Config{ClientPort: portOf(client)}, computers, reg)
 	dhcpAddr, _ := srv.Addrs()
-	req := pxeCaptured(t, pxeCaptureEFI, pxeFrameEDK2Discover)
+	req := captured(t, captureEFI, frameEDK2Discover)
 	for i := 0; i < 3; i++ {
-		if rs := pxeExchange(t, client, req, dhcpAddr, 300*time.Millisecond); len(rs) != 1 {
+		if rs := exchange(t, client, req, dhcpAddr, 300*time.Millisecond); len(rs) != 1 {
 			t.Fatalf("got %d replies with the NS down, want 1", len(rs))
 		}
 	}
 	if lookups, _ := computers.snapshot(); lookups["52:54:00:12:34:56"] != 1 {
 		t.Errorf("NS asked %d times, want once while it fails", lookups["52:54:00:12:34:56"])
 	}
-	m, _ := newPXEMetrics(reg)
+	m, _ := newMetrics(reg)
 	if got := testutil.ToFloat64(m.backendErrors.WithLabelValues("lookup")); got != 1 {
 		t.Errorf("lookup errors = %v", got)
 	}
 }
 
-func TestPXEServerOfferDelay(t *testing.T) {
-	client := pxeListenUDP(t, "0.0.0.0:0")
+func TestServerOfferDelay(t *testing.T) {
+	client := listenUDP(t, "0.0.0.0:0")
 	const delay = 200 * time.Millisecond
-	srv := startPXEServer(t, PXEConfig{ClientPort: pxePort(client), OfferDelay: delay}, nil, nil)
+	srv := startServer(t, Config{ClientPort: portOf(client), OfferDelay: delay}, nil, nil)
 	dhcpAddr, pxeAddr := srv.Addrs()
-	edk2 := pxeCaptured(t, pxeCaptureEFI, pxeFrameEDK2Discover)
+	edk2 := captured(t, captureEFI, frameEDK2Discover)
 
 	buf := make([]byte, 2048)
 	start := time.Now()
@@ -435,7 +435,7 @@ func TestPXEServerOfferDelay(t *testing.T) {
 	}
 
 	// Only offers wait: an ACK on 4011 goes at once.
-	req := pxeModify(t, edk2, pxeWithType(dhcpv4.MessageTypeRequest), pxeWithCIAddr("127.0.0.1"), pxeUnicastFlag)
+	req := modify(t, edk2, withType(dhcpv4.MessageTypeRequest), withCIAddr("127.0.0.1"), unicastFlag)
 	start = time.Now()
 	if _, err := client.WriteToUDPAddrPort(req.ToBytes(), pxeAddr); err != nil {
 		t.Fatal(err)

@@ -1,4 +1,4 @@
-package netbootd
+package pxe
 
 import (
 	"bytes"
@@ -195,10 +195,10 @@ func bsdpInform(t testing.TB, opts []byte, fns ...func(*dhcpv4.DHCPv4)) *dhcpv4.
 }
 
 func TestDecideBSDP(t *testing.T) {
-	cfg := testPXEConfig()
+	cfg := testConfig()
 	cfg.BSDP.Images = testBSDPImages()
 	cfg.BSDP.MachineName = "NetBoot001"
-	ack := pxeReplyView{
+	ack := replyView{
 		Type: "ACK", Dst: "10.77.0.58:1023", XID: "0xb5d90001",
 		CIAddr: "10.77.0.58", YIAddr: "0.0.0.0", SIAddr: "10.77.0.1", GIAddr: "0.0.0.0",
 		CHAddr: "00:1b:63:84:45:e6", ServerID: "10.77.0.1", Class: "AAPLBSDPC",
@@ -206,7 +206,7 @@ func TestDecideBSDP(t *testing.T) {
 	tests := []struct {
 		name     string
 		req      *dhcpv4.DHCPv4
-		want     pxeReplyView
+		want     replyView
 		wantBSDP string // golden file of the reply's option 43
 		rootPath string
 	}{
@@ -217,17 +217,17 @@ func TestDecideBSDP(t *testing.T) {
 		{
 			name: "LIST from a 1.0 client gets no image list, on port 68",
 			req:  bsdpInform(t, bsdpReadHex(t, "inform_list_v10.hex")),
-			want: func() pxeReplyView { v := ack; v.Dst = "10.77.0.58:68"; return v }(), wantBSDP: "ack_list_v10.hex",
+			want: func() replyView { v := ack; v.Dst = "10.77.0.58:68"; return v }(), wantBSDP: "ack_list_v10.hex",
 		},
 		{
 			name: "LIST with an attributes filter gets the matching images",
 			req:  bsdpInform(t, bsdpReadHex(t, "inform_list_filtered.hex")),
-			want: func() pxeReplyView { v := ack; v.Dst = "10.77.0.58:68"; return v }(), wantBSDP: "ack_list_filtered.hex",
+			want: func() replyView { v := ack; v.Dst = "10.77.0.58:68"; return v }(), wantBSDP: "ack_list_filtered.hex",
 		},
 		{
 			name: "SELECT gets the booter, the root path and a machine name",
 			req:  bsdpInform(t, bsdpReadHex(t, "inform_select.hex")),
-			want: func() pxeReplyView {
+			want: func() replyView {
 				v := ack
 				v.File, v.Others = "bsdp/install/i386/booter", []uint8{17}
 				return v
@@ -238,16 +238,16 @@ func TestDecideBSDP(t *testing.T) {
 		{
 			name: "SELECT of an unknown image gets FAILED",
 			req:  bsdpInform(t, bsdpReadHex(t, "inform_select_unknown.hex")),
-			want: func() pxeReplyView { v := ack; v.Dst = "10.77.0.58:68"; return v }(), wantBSDP: "ack_failed.hex",
+			want: func() replyView { v := ack; v.Dst = "10.77.0.58:68"; return v }(), wantBSDP: "ack_failed.hex",
 		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			reply, dst, reason := Decide(tc.req, pxeArrive67, KindUnknown, &cfg)
+			reply, dst, reason := Decide(tc.req, arrive67, KindUnknown, &cfg)
 			if reason != "" {
 				t.Fatalf("ignored: %s", reason)
 			}
-			got := pxeViewReply(reply, dst)
+			got := viewReply(reply, dst)
 			got.PXE = "" // compared byte for byte below
 			if diff := cmp.Diff(tc.want, got); diff != "" {
 				t.Errorf("reply (-want +got):\n%s", diff)
@@ -263,28 +263,28 @@ func TestDecideBSDP(t *testing.T) {
 }
 
 func TestDecideBSDPIgnores(t *testing.T) {
-	cfg := testPXEConfig()
+	cfg := testConfig()
 	cfg.BSDP.Images = testBSDPImages()
 	list := bsdpReadHex(t, "inform_list.hex")
 	tests := []struct {
 		name string
 		req  *dhcpv4.DHCPv4
 		in   Arrival
-		cfg  func(*PXEConfig)
+		cfg  func(*Config)
 		want Reason
 	}{
-		{"no images configured", bsdpInform(t, list), pxeArrive67, func(c *PXEConfig) { c.BSDP.Images = nil }, ReasonBSDPNoImage},
-		{"filter matches nothing", bsdpInform(t, []byte{1, 1, 1, 2, 2, 1, 1, 11, 2, 0x82, 0}), pxeArrive67, nil, ReasonBSDPNoImage},
-		{"no client address", bsdpInform(t, list, pxeWithCIAddr("0.0.0.0")), pxeArrive67, nil, ReasonBSDPNoClientAddress},
-		{"unprivileged reply port", bsdpInform(t, []byte{1, 1, 1, 2, 2, 1, 1, 5, 2, 0x07, 0xd0}), pxeArrive67, nil, ReasonBSDPReplyPort},
-		{"no version", bsdpInform(t, []byte{1, 1, 1}), pxeArrive67, nil, ReasonBSDPMalformed},
-		{"unknown version", bsdpInform(t, []byte{1, 1, 1, 2, 2, 2, 0}), pxeArrive67, nil, ReasonBSDPMalformed},
-		{"truncated options", bsdpInform(t, []byte{1, 1, 1, 2, 2, 1}), pxeArrive67, nil, ReasonBSDPMalformed},
-		{"FAILED from a client", bsdpInform(t, []byte{1, 1, 3, 2, 2, 1, 1}), pxeArrive67, nil, ReasonBSDPMessageType},
-		{"SELECT for another server", bsdpInform(t, []byte{1, 1, 2, 2, 2, 1, 1, 3, 4, 10, 77, 0, 9}), pxeArrive67, nil, ReasonBSDPOtherServer},
-		{"SELECT without server", bsdpInform(t, []byte{1, 1, 2, 2, 2, 1, 1}), pxeArrive67, nil, ReasonBSDPOtherServer},
-		{"BSDP DISCOVER", bsdpInform(t, list, pxeWithType(dhcpv4.MessageTypeDiscover)), pxeArrive67, nil, ReasonMessageType},
-		{"BSDP on 4011", bsdpInform(t, list), pxeArrive4011, nil, ReasonMessageType},
+		{"no images configured", bsdpInform(t, list), arrive67, func(c *Config) { c.BSDP.Images = nil }, ReasonBSDPNoImage},
+		{"filter matches nothing", bsdpInform(t, []byte{1, 1, 1, 2, 2, 1, 1, 11, 2, 0x82, 0}), arrive67, nil, ReasonBSDPNoImage},
+		{"no client address", bsdpInform(t, list, withCIAddr("0.0.0.0")), arrive67, nil, ReasonBSDPNoClientAddress},
+		{"unprivileged reply port", bsdpInform(t, []byte{1, 1, 1, 2, 2, 1, 1, 5, 2, 0x07, 0xd0}), arrive67, nil, ReasonBSDPReplyPort},
+		{"no version", bsdpInform(t, []byte{1, 1, 1}), arrive67, nil, ReasonBSDPMalformed},
+		{"unknown version", bsdpInform(t, []byte{1, 1, 1, 2, 2, 2, 0}), arrive67, nil, ReasonBSDPMalformed},
+		{"truncated options", bsdpInform(t, []byte{1, 1, 1, 2, 2, 1}), arrive67, nil, ReasonBSDPMalformed},
+		{"FAILED from a client", bsdpInform(t, []byte{1, 1, 3, 2, 2, 1, 1}), arrive67, nil, ReasonBSDPMessageType},
+		{"SELECT for another server", bsdpInform(t, []byte{1, 1, 2, 2, 2, 1, 1, 3, 4, 10, 77, 0, 9}), arrive67, nil, ReasonBSDPOtherServer},
+		{"SELECT without server", bsdpInform(t, []byte{1, 1, 2, 2, 2, 1, 1}), arrive67, nil, ReasonBSDPOtherServer},
+		{"BSDP DISCOVER", bsdpInform(t, list, withType(dhcpv4.MessageTypeDiscover)), arrive67, nil, ReasonMessageType},
+		{"BSDP on 4011", bsdpInform(t, list), arrive4011, nil, ReasonMessageType},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -303,7 +303,7 @@ func TestDecideBSDPIgnores(t *testing.T) {
 // TestDecideBSDPFitsMaxMessage checks that a long image list is cut to what the client
 // said it takes, and that the default stays in.
 func TestDecideBSDPFitsMaxMessage(t *testing.T) {
-	cfg := testPXEConfig()
+	cfg := testConfig()
 	for i := 1; i <= 40; i++ {
 		cfg.BSDP.Images = append(cfg.BSDP.Images, BSDPImageConfig{
 			Index: uint16(i), Name: fmt.Sprintf("image %02d %s", i, strings.Repeat("-", 30)), Kind: BSDPKindMacOSX, BootFile: "b",
@@ -318,7 +318,7 @@ func TestDecideBSDPFitsMaxMessage(t *testing.T) {
 		{"BSDP option 12 of 800", []byte{1, 1, 1, 2, 2, 1, 1, 12, 2, 0x03, 0x20}, 800},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			reply, _, reason := Decide(bsdpInform(t, tc.opts), pxeArrive67, KindUnknown, &cfg)
+			reply, _, reason := Decide(bsdpInform(t, tc.opts), arrive67, KindUnknown, &cfg)
 			if reason != "" {
 				t.Fatal(reason)
 			}
@@ -347,7 +347,7 @@ func FuzzBSDP(f *testing.F) {
 	for _, e := range entries {
 		f.Add(bsdpReadHex(f, e.Name()))
 	}
-	cfg := testPXEConfig()
+	cfg := testConfig()
 	cfg.BSDP.Images = testBSDPImages()
 	f.Fuzz(func(t *testing.T, b []byte) {
 		o, err := ParseBSDPOptions(b)
@@ -368,7 +368,7 @@ func FuzzBSDP(f *testing.F) {
 			return
 		}
 		req := bsdpInform(t, b)
-		reply, _, _ := Decide(req, pxeArrive67, KindUnknown, &cfg)
+		reply, _, _ := Decide(req, arrive67, KindUnknown, &cfg)
 		if reply != nil {
 			if _, err := dhcpv4.FromBytes(reply.ToBytes()); err != nil {
 				t.Fatalf("reply does not parse: %v", err)

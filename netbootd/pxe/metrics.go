@@ -1,4 +1,4 @@
-package netbootd
+package pxe
 
 import (
 	"fmt"
@@ -9,9 +9,9 @@ import (
 	"github.com/siteserver/siteserver/internal/obs"
 )
 
-// pxeMetrics counts the DHCP side of the netboot service: proxyDHCP, the PXE boot server
+// metrics counts the DHCP side of the netboot service: proxyDHCP, the PXE boot server
 // and BSDP.
-type pxeMetrics struct {
+type metrics struct {
 	requests      *prometheus.CounterVec // type, arch
 	replies       *prometheus.CounterVec // type
 	ignored       *prometheus.CounterVec // reason
@@ -21,19 +21,19 @@ type pxeMetrics struct {
 }
 
 var (
-	pxeRequestTypes = []string{"discover", "request", "inform", "other"}
-	pxeReplyTypes   = []string{"offer", "ack"}
-	bsdpTypes       = []string{"list", "select", "other"}
-	pxeBackendOps   = []string{"lookup", "seen"}
+	requestTypes = []string{"discover", "request", "inform", "other"}
+	replyTypes   = []string{"offer", "ack"}
+	bsdpTypes    = []string{"list", "select", "other"}
+	backendOps   = []string{"lookup", "seen"}
 )
 
-// newPXEMetrics creates the counters with every known label combination at 0 and
+// newMetrics creates the counters with every known label combination at 0 and
 // registers them with reg, if not nil; counters already registered there are reused.
-func newPXEMetrics(reg prometheus.Registerer) (*pxeMetrics, error) {
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	opts := func(name, help string) prometheus.CounterOpts {
 		return prometheus.CounterOpts{Namespace: "siteserver", Subsystem: "netboot", Name: name, Help: help}
 	}
-	m := &pxeMetrics{
+	m := &metrics{
 		requests: prometheus.NewCounterVec(opts("dhcp_requests_total",
 			"DHCP requests received on the proxyDHCP and PXE ports, by message type and client architecture (option 93)."),
 			[]string{"type", "arch"}),
@@ -50,46 +50,46 @@ func newPXEMetrics(reg prometheus.Registerer) (*pxeMetrics, error) {
 	}
 	if reg != nil {
 		var err error
-		if m.requests, err = pxeRegister(reg, m.requests); err != nil {
+		if m.requests, err = register(reg, m.requests); err != nil {
 			return nil, err
 		}
-		if m.replies, err = pxeRegister(reg, m.replies); err != nil {
+		if m.replies, err = register(reg, m.replies); err != nil {
 			return nil, err
 		}
-		if m.ignored, err = pxeRegister(reg, m.ignored); err != nil {
+		if m.ignored, err = register(reg, m.ignored); err != nil {
 			return nil, err
 		}
-		if m.bsdp, err = pxeRegister(reg, m.bsdp); err != nil {
+		if m.bsdp, err = register(reg, m.bsdp); err != nil {
 			return nil, err
 		}
-		if m.sendErrors, err = pxeRegister(reg, m.sendErrors); err != nil {
+		if m.sendErrors, err = register(reg, m.sendErrors); err != nil {
 			return nil, err
 		}
-		if m.backendErrors, err = pxeRegister(reg, m.backendErrors); err != nil {
+		if m.backendErrors, err = register(reg, m.backendErrors); err != nil {
 			return nil, err
 		}
 	}
-	for _, t := range pxeRequestTypes {
-		for _, a := range pxeArchLabels {
+	for _, t := range requestTypes {
+		for _, a := range archLabels {
 			m.requests.WithLabelValues(t, a)
 		}
 	}
-	for _, t := range pxeReplyTypes {
+	for _, t := range replyTypes {
 		m.replies.WithLabelValues(t)
 	}
-	for _, r := range pxeReasons {
+	for _, r := range reasons {
 		m.ignored.WithLabelValues(string(r))
 	}
 	for _, t := range bsdpTypes {
 		m.bsdp.WithLabelValues(t)
 	}
-	for _, op := range pxeBackendOps {
+	for _, op := range backendOps {
 		m.backendErrors.WithLabelValues(op)
 	}
 	return m, nil
 }
 
-func pxeRegister[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
 	c, err := obs.Register(reg, c)
 	if err != nil {
 		return c, fmt.Errorf("netbootd: pxe: metrics: %w", err)
@@ -97,7 +97,7 @@ func pxeRegister[C prometheus.Collector](reg prometheus.Registerer, c C) (C, err
 	return c, nil
 }
 
-func (m *pxeMetrics) request(req *dhcpv4.DHCPv4) {
+func (m *metrics) request(req *dhcpv4.DHCPv4) {
 	typ := "other"
 	if req.OpCode == dhcpv4.OpcodeBootRequest {
 		switch req.MessageType() {
@@ -110,7 +110,7 @@ func (m *pxeMetrics) request(req *dhcpv4.DHCPv4) {
 		}
 	}
 	arch := "other"
-	if a, ok := pxeClientArch(req); ok {
+	if a, ok := clientArch(req); ok {
 		arch = a.String()
 	}
 	m.requests.WithLabelValues(typ, arch).Inc()
@@ -124,7 +124,7 @@ func (m *pxeMetrics) request(req *dhcpv4.DHCPv4) {
 	}
 }
 
-func (m *pxeMetrics) reply(r *dhcpv4.DHCPv4) {
+func (m *metrics) reply(r *dhcpv4.DHCPv4) {
 	if r.MessageType() == dhcpv4.MessageTypeOffer {
 		m.replies.WithLabelValues("offer").Inc()
 		return

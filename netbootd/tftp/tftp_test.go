@@ -1,4 +1,4 @@
-package netbootd
+package tftp
 
 import (
 	"bytes"
@@ -22,17 +22,17 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/pin/tftp/v3"
+	tftpclient "github.com/pin/tftp/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/prometheus/common/expfmt"
 )
 
-var updateTFTPGolden = flag.Bool("update-tftp", false, "rewrite the golden files under testdata/tftp")
+var update = flag.Bool("update", false, "rewrite the golden files in testdata")
 
-// tftpWriteFile writes size pseudo-random bytes (the same for the same size) and returns
+// writeFile writes size pseudo-random bytes (the same for the same size) and returns
 // their SHA-256.
-func tftpWriteFile(tb testing.TB, p string, size int) [32]byte {
+func writeFile(tb testing.TB, p string, size int) [32]byte {
 	tb.Helper()
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		tb.Fatal(err)
@@ -46,19 +46,19 @@ func tftpWriteFile(tb testing.TB, p string, size int) [32]byte {
 	return sha256.Sum256(b)
 }
 
-// tftpLogs collects the server's JSON log lines so tests can see what it negotiated.
-type tftpLogs struct {
+// logs collects the server's JSON log lines so tests can see what it negotiated.
+type logs struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (l *tftpLogs) Write(p []byte) (int, error) {
+func (l *logs) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.buf.Write(p)
 }
 
-func (l *tftpLogs) find(msg, file string) map[string]any {
+func (l *logs) find(msg, file string) map[string]any {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for line := range bytes.SplitSeq(l.buf.Bytes(), []byte("\n")) {
@@ -75,7 +75,7 @@ func (l *tftpLogs) find(msg, file string) map[string]any {
 
 // wait waits for a log line: the server logs a completed transfer when the final
 // ACK arrives, which can be after the client has returned.
-func (l *tftpLogs) wait(tb testing.TB, msg, file string) map[string]any {
+func (l *logs) wait(tb testing.TB, msg, file string) map[string]any {
 	tb.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
@@ -88,11 +88,11 @@ func (l *tftpLogs) wait(tb testing.TB, msg, file string) map[string]any {
 	return nil
 }
 
-type tftpTestServer struct {
-	s      *TFTPServer
+type testServer struct {
+	s      *Server
 	addr   string // loopback address clients send to
 	reg    *prometheus.Registry
-	logs   *tftpLogs
+	logs   *logs
 	cancel context.CancelFunc
 	done   chan error
 
@@ -100,14 +100,14 @@ type tftpTestServer struct {
 	stopErr  error
 }
 
-func startTFTP(tb testing.TB, cfg TFTPConfig, tweak func(*TFTPServer)) *tftpTestServer {
+func startServer(tb testing.TB, cfg Config, tweak func(*Server)) *testServer {
 	tb.Helper()
 	if cfg.Listen == "" {
 		cfg.Listen = "127.0.0.1:0"
 	}
-	ts := &tftpTestServer{reg: prometheus.NewRegistry(), logs: &tftpLogs{}, done: make(chan error, 1)}
+	ts := &testServer{reg: prometheus.NewRegistry(), logs: &logs{}, done: make(chan error, 1)}
 	logger := slog.New(slog.NewJSONHandler(ts.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	s, err := NewTFTPServer(cfg, logger, ts.reg)
+	s, err := NewServer(cfg, logger, ts.reg)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -136,7 +136,7 @@ func startTFTP(tb testing.TB, cfg TFTPConfig, tweak func(*TFTPServer)) *tftpTest
 }
 
 // stop cancels Run and returns its result, the same on every call.
-func (ts *tftpTestServer) stop() error {
+func (ts *testServer) stop() error {
 	ts.stopOnce.Do(func() {
 		ts.cancel()
 		select {
@@ -148,7 +148,7 @@ func (ts *tftpTestServer) stop() error {
 	return ts.stopErr
 }
 
-func (ts *tftpTestServer) counter(name string, labels ...string) float64 {
+func (ts *testServer) counter(name string, labels ...string) float64 {
 	mfs, err := ts.reg.Gather()
 	if err != nil {
 		return -1
@@ -183,7 +183,7 @@ func (ts *tftpTestServer) counter(name string, labels ...string) float64 {
 
 // waitCounter waits for a metric to reach want: results are counted when the server sees
 // the final ACK, which may be after the client has returned.
-func (ts *tftpTestServer) waitCounter(tb testing.TB, want float64, name string, labels ...string) {
+func (ts *testServer) waitCounter(tb testing.TB, want float64, name string, labels ...string) {
 	tb.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	var got float64
@@ -196,17 +196,17 @@ func (ts *tftpTestServer) waitCounter(tb testing.TB, want float64, name string, 
 	tb.Errorf("%s%v = %v, want %v", name, labels, got, want)
 }
 
-type tftpDownload struct {
+type downloaded struct {
 	sum     [32]byte
 	n       int64
 	tsize   int64
 	tsizeOK bool
 }
 
-func tftpGet(addr, name string, blksize int) (tftpDownload, error) {
-	c, err := tftp.NewClient(addr)
+func download(addr, name string, blksize int) (downloaded, error) {
+	c, err := tftpclient.NewClient(addr)
 	if err != nil {
-		return tftpDownload{}, err
+		return downloaded{}, err
 	}
 	c.SetTimeout(2 * time.Second)
 	c.SetBackoff(func(int) time.Duration { return 0 })
@@ -216,25 +216,25 @@ func tftpGet(addr, name string, blksize int) (tftpDownload, error) {
 	c.RequestTSize(true)
 	wt, err := c.Receive(name, "octet")
 	if err != nil {
-		return tftpDownload{}, err
+		return downloaded{}, err
 	}
-	var d tftpDownload
-	d.tsize, d.tsizeOK = wt.(tftp.IncomingTransfer).Size()
+	var d downloaded
+	d.tsize, d.tsizeOK = wt.(tftpclient.IncomingTransfer).Size()
 	h := sha256.New()
 	d.n, err = wt.WriteTo(h)
 	copy(d.sum[:], h.Sum(nil))
 	return d, err
 }
 
-// tftpRaw is a bare TFTP client, for looking at the packets themselves.
-type tftpRaw struct {
+// rawClient is a bare TFTP client, for looking at the packets themselves.
+type rawClient struct {
 	tb     testing.TB
 	conn   *net.UDPConn
 	server *net.UDPAddr
 	peer   *net.UDPAddr // the transfer's own port, once the server has answered
 }
 
-func newTFTPRaw(tb testing.TB, addr string) *tftpRaw {
+func newRawClient(tb testing.TB, addr string) *rawClient {
 	tb.Helper()
 	server, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
@@ -245,10 +245,10 @@ func newTFTPRaw(tb testing.TB, addr string) *tftpRaw {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { conn.Close() })
-	return &tftpRaw{tb: tb, conn: conn, server: server}
+	return &rawClient{tb: tb, conn: conn, server: server}
 }
 
-func (r *tftpRaw) send(pkt []byte) {
+func (r *rawClient) send(pkt []byte) {
 	r.tb.Helper()
 	to := r.server
 	if r.peer != nil {
@@ -260,7 +260,7 @@ func (r *tftpRaw) send(pkt []byte) {
 }
 
 // recv returns the next packet's opcode and the bytes after it.
-func (r *tftpRaw) recv(timeout time.Duration) (uint16, []byte, error) {
+func (r *rawClient) recv(timeout time.Duration) (uint16, []byte, error) {
 	buf := make([]byte, 65536)
 	if err := r.conn.SetReadDeadline(time.Now().Add(timeout)); err != nil {
 		return 0, nil, err
@@ -278,7 +278,7 @@ func (r *tftpRaw) recv(timeout time.Duration) (uint16, []byte, error) {
 	return binary.BigEndian.Uint16(buf), buf[2:n], nil
 }
 
-func tftpRRQ(name string, opts ...string) []byte {
+func rrqPacket(name string, opts ...string) []byte {
 	p := binary.BigEndian.AppendUint16(nil, 1)
 	for _, s := range append([]string{name, "octet"}, opts...) {
 		p = append(append(p, s...), 0)
@@ -286,16 +286,16 @@ func tftpRRQ(name string, opts ...string) []byte {
 	return p
 }
 
-func tftpACK(block uint16) []byte {
+func ackPacket(block uint16) []byte {
 	return binary.BigEndian.AppendUint16(binary.BigEndian.AppendUint16(nil, 4), block)
 }
 
-func tftpERROR(code uint16, msg string) []byte {
+func errorPacket(code uint16, msg string) []byte {
 	p := binary.BigEndian.AppendUint16(binary.BigEndian.AppendUint16(nil, 5), code)
 	return append(append(p, msg...), 0)
 }
 
-func tftpParseOpts(b []byte) map[string]string {
+func parseOpts(b []byte) map[string]string {
 	f := strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00")
 	m := map[string]string{}
 	for i := 0; i+1 < len(f); i += 2 {
@@ -306,11 +306,11 @@ func tftpParseOpts(b []byte) map[string]string {
 
 // fetchRest ACKs block acked and every block after it until one shorter than blksize, and
 // returns the data and the length of the first DATA payload.
-func (r *tftpRaw) fetchRest(acked uint16, blksize int) ([]byte, int, error) {
+func (r *rawClient) fetchRest(acked uint16, blksize int) ([]byte, int, error) {
 	var data []byte
 	first := -1
 	for block := acked; ; block++ {
-		r.send(tftpACK(block))
+		r.send(ackPacket(block))
 		op, body, err := r.recv(5 * time.Second)
 		if err != nil {
 			return nil, 0, err
@@ -327,38 +327,38 @@ func (r *tftpRaw) fetchRest(acked uint16, blksize int) ([]byte, int, error) {
 		}
 		data = append(data, payload...)
 		if len(payload) < blksize {
-			r.send(tftpACK(block + 1))
+			r.send(ackPacket(block + 1))
 			return data, first, nil
 		}
 	}
 }
 
-func TestTFTPConfig(t *testing.T) {
+func TestConfig(t *testing.T) {
 	root := t.TempDir()
 	file := filepath.Join(root, "file")
-	tftpWriteFile(t, file, 1)
+	writeFile(t, file, 1)
 	tests := []struct {
 		name    string
-		cfg     TFTPConfig
-		want    TFTPConfig
+		cfg     Config
+		want    Config
 		wantErr string
 	}{
-		{name: "defaults", cfg: TFTPConfig{Root: root}, want: TFTPConfig{
+		{name: "defaults", cfg: Config{Root: root}, want: Config{
 			Listen: ":69", Root: root, MaxTransfers: 2000, Timeout: 2 * time.Second, Retries: 5, MaxBlockSize: 1468}},
-		{name: "set", cfg: TFTPConfig{Listen: "127.0.0.1:6969", Root: root, MaxTransfers: 3, Timeout: time.Second, Retries: 2, MaxBlockSize: 8192},
-			want: TFTPConfig{Listen: "127.0.0.1:6969", Root: root, MaxTransfers: 3, Timeout: time.Second, Retries: 2, MaxBlockSize: 8192}},
-		{name: "no root", cfg: TFTPConfig{}, wantErr: "netbootd: tftp: Root is empty"},
-		{name: "missing root", cfg: TFTPConfig{Root: filepath.Join(root, "nope")}, wantErr: "no such file"},
-		{name: "root is a file", cfg: TFTPConfig{Root: file}, wantErr: "is not a directory"},
-		{name: "bad listen", cfg: TFTPConfig{Root: root, Listen: "69"}, wantErr: "netbootd: tftp: Listen"},
-		{name: "blksize 511", cfg: TFTPConfig{Root: root, MaxBlockSize: 511}, wantErr: "MaxBlockSize 511"},
-		{name: "blksize too big", cfg: TFTPConfig{Root: root, MaxBlockSize: 65465}, wantErr: "MaxBlockSize 65465"},
-		{name: "negative timeout", cfg: TFTPConfig{Root: root, Timeout: -1}, wantErr: "Timeout"},
-		{name: "negative transfers", cfg: TFTPConfig{Root: root, MaxTransfers: -1}, wantErr: "MaxTransfers"},
+		{name: "set", cfg: Config{Listen: "127.0.0.1:6969", Root: root, MaxTransfers: 3, Timeout: time.Second, Retries: 2, MaxBlockSize: 8192},
+			want: Config{Listen: "127.0.0.1:6969", Root: root, MaxTransfers: 3, Timeout: time.Second, Retries: 2, MaxBlockSize: 8192}},
+		{name: "no root", cfg: Config{}, wantErr: "netbootd: tftp: Root is empty"},
+		{name: "missing root", cfg: Config{Root: filepath.Join(root, "nope")}, wantErr: "no such file"},
+		{name: "root is a file", cfg: Config{Root: file}, wantErr: "is not a directory"},
+		{name: "bad listen", cfg: Config{Root: root, Listen: "69"}, wantErr: "netbootd: tftp: Listen"},
+		{name: "blksize 511", cfg: Config{Root: root, MaxBlockSize: 511}, wantErr: "MaxBlockSize 511"},
+		{name: "blksize too big", cfg: Config{Root: root, MaxBlockSize: 65465}, wantErr: "MaxBlockSize 65465"},
+		{name: "negative timeout", cfg: Config{Root: root, Timeout: -1}, wantErr: "Timeout"},
+		{name: "negative transfers", cfg: Config{Root: root, MaxTransfers: -1}, wantErr: "MaxTransfers"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s, err := NewTFTPServer(tt.cfg, nil, prometheus.NewRegistry())
+			s, err := NewServer(tt.cfg, nil, prometheus.NewRegistry())
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("err = %v, want it to contain %q", err, tt.wantErr)
@@ -378,9 +378,9 @@ func TestTFTPConfig(t *testing.T) {
 	}
 }
 
-// tftpResolveRoot builds a root with files, a subdirectory and symlinks pointing inside
+// resolveRoot builds a root with files, a subdirectory and symlinks pointing inside
 // and outside it. The root is reached through a symlink itself, as /tmp or /srv often are.
-func tftpResolveRoot(tb testing.TB) (root, canonical string) {
+func resolveRoot(tb testing.TB) (root, canonical string) {
 	tb.Helper()
 	base := tb.TempDir()
 	canonical = filepath.Join(base, "real-root")
@@ -390,10 +390,10 @@ func tftpResolveRoot(tb testing.TB) (root, canonical string) {
 			tb.Fatal(err)
 		}
 	}
-	tftpWriteFile(tb, filepath.Join(canonical, "ipxe.efi"), 100)
-	tftpWriteFile(tb, filepath.Join(canonical, "pxelinux.cfg", "default"), 10)
-	tftpWriteFile(tb, filepath.Join(canonical, "..hidden"), 10)
-	tftpWriteFile(tb, filepath.Join(outside, "secret"), 10)
+	writeFile(tb, filepath.Join(canonical, "ipxe.efi"), 100)
+	writeFile(tb, filepath.Join(canonical, "pxelinux.cfg", "default"), 10)
+	writeFile(tb, filepath.Join(canonical, "..hidden"), 10)
+	writeFile(tb, filepath.Join(outside, "secret"), 10)
 	links := map[string]string{
 		"in-link":        "ipxe.efi",
 		"boot/up-link":   "../pxelinux.cfg/default",
@@ -416,8 +416,8 @@ func tftpResolveRoot(tb testing.TB) (root, canonical string) {
 	return root, canonical
 }
 
-func tftpReasonOf(err error) string {
-	var r *tftpRefusal
+func reasonOf(err error) string {
+	var r *refusal
 	if errors.As(err, &r) {
 		return r.reason
 	}
@@ -427,8 +427,8 @@ func tftpReasonOf(err error) string {
 	return ""
 }
 
-func TestTFTPResolve(t *testing.T) {
-	_, root := tftpResolveRoot(t)
+func TestResolve(t *testing.T) {
+	_, root := resolveRoot(t)
 	tests := []struct {
 		name   string
 		want   string // path relative to root
@@ -443,79 +443,79 @@ func TestTFTPResolve(t *testing.T) {
 		{name: "in-link", want: "ipxe.efi"},
 		{name: "boot/up-link", want: "pxelinux.cfg/default"},
 		{name: "pxelinux.cfg/d", want: "pxelinux.cfg/default"},
-		{name: "../etc/passwd", reason: tftpReasonEscape},
-		{name: "/etc/passwd", reason: tftpReasonEscape},
-		{name: "/ipxe.efi", reason: tftpReasonEscape},
-		{name: `\ipxe.efi`, reason: tftpReasonEscape},
-		{name: "a/../../x", reason: tftpReasonEscape},
-		{name: "boot/../ipxe.efi", reason: tftpReasonEscape},
-		{name: `..\..\etc\passwd`, reason: tftpReasonEscape},
-		{name: "..", reason: tftpReasonEscape},
-		{name: "out-link", reason: tftpReasonEscape},
-		{name: "out-rel-link", reason: tftpReasonEscape},
-		{name: "out-dir/secret", reason: tftpReasonEscape},
-		{name: "x\x00y", reason: tftpReasonBadName},
-		{name: "", reason: tftpReasonBadName},
-		{name: "boot", reason: tftpReasonNotFound},
-		{name: ".", reason: tftpReasonNotFound},
-		{name: "out-dir", reason: tftpReasonEscape},
-		{name: "missing.efi", reason: tftpReasonNotFound},
-		{name: "ipxe.efi/x", reason: tftpReasonNotFound},
-		{name: "dangling", reason: tftpReasonNotFound},
-		{name: "loop", reason: tftpReasonNotFound},
+		{name: "../etc/passwd", reason: reasonEscape},
+		{name: "/etc/passwd", reason: reasonEscape},
+		{name: "/ipxe.efi", reason: reasonEscape},
+		{name: `\ipxe.efi`, reason: reasonEscape},
+		{name: "a/../../x", reason: reasonEscape},
+		{name: "boot/../ipxe.efi", reason: reasonEscape},
+		{name: `..\..\etc\passwd`, reason: reasonEscape},
+		{name: "..", reason: reasonEscape},
+		{name: "out-link", reason: reasonEscape},
+		{name: "out-rel-link", reason: reasonEscape},
+		{name: "out-dir/secret", reason: reasonEscape},
+		{name: "x\x00y", reason: reasonBadName},
+		{name: "", reason: reasonBadName},
+		{name: "boot", reason: reasonNotFound},
+		{name: ".", reason: reasonNotFound},
+		{name: "out-dir", reason: reasonEscape},
+		{name: "missing.efi", reason: reasonNotFound},
+		{name: "ipxe.efi/x", reason: reasonNotFound},
+		{name: "dangling", reason: reasonNotFound},
+		{name: "loop", reason: reasonNotFound},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := tftpResolve(root, tt.name)
-			if reason := tftpReasonOf(err); reason != tt.reason {
-				t.Fatalf("tftpResolve(%q) = %q, %v; want reason %q", tt.name, got, err, tt.reason)
+			got, err := resolve(root, tt.name)
+			if reason := reasonOf(err); reason != tt.reason {
+				t.Fatalf("resolve(%q) = %q, %v; want reason %q", tt.name, got, err, tt.reason)
 			}
 			if tt.reason != "" {
 				return
 			}
 			if want := filepath.Join(root, tt.want); got != want {
-				t.Errorf("tftpResolve(%q) = %q, want %q", tt.name, got, want)
+				t.Errorf("resolve(%q) = %q, want %q", tt.name, got, want)
 			}
 		})
 	}
 }
 
-func FuzzTFTPResolve(f *testing.F) {
+func FuzzResolve(f *testing.F) {
 	for _, seed := range []string{
 		"ipxe.efi", `pxelinux.cfg\default`, "../etc/passwd", "/etc/passwd", "a/../../x", "x\x00y",
 		"in-link", "out-link", "out-dir/secret", "boot/up-link", "boot/../ipxe.efi", "..hidden",
 		"....//....//etc/passwd", `C:\boot\x`, "boot\\..\\..\\outside\\secret", "",
-		// Names from real clients (testdata/pxe captures).
+		// Names from real clients (the captures in ../pxe/testdata/captures).
 		"boot.ipxe", "undionly.kpxe",
 	} {
 		f.Add(seed)
 	}
-	_, root := tftpResolveRoot(f)
+	_, root := resolveRoot(f)
 	f.Fuzz(func(t *testing.T, name string) {
-		got, err := tftpResolve(root, name)
+		got, err := resolve(root, name)
 		if err != nil {
-			var r *tftpRefusal
+			var r *refusal
 			if !errors.As(err, &r) {
-				t.Fatalf("tftpResolve(%q): error %v is not a refusal", name, err)
+				t.Fatalf("resolve(%q): error %v is not a refusal", name, err)
 			}
 			return
 		}
-		if !tftpInside(root, got) {
-			t.Fatalf("tftpResolve(%q) = %q, outside %q", name, got, root)
+		if !inside(root, got) {
+			t.Fatalf("resolve(%q) = %q, outside %q", name, got, root)
 		}
 		real, err := filepath.EvalSymlinks(got)
 		if err != nil || real != got {
-			t.Fatalf("tftpResolve(%q) = %q, which resolves to %q, %v", name, got, real, err)
+			t.Fatalf("resolve(%q) = %q, which resolves to %q, %v", name, got, real, err)
 		}
 		if fi, err := os.Stat(got); err != nil || !fi.Mode().IsRegular() {
-			t.Fatalf("tftpResolve(%q) = %q, not a regular file (%v)", name, got, err)
+			t.Fatalf("resolve(%q) = %q, not a regular file (%v)", name, got, err)
 		}
 	})
 }
 
-func TestTFTPDownload(t *testing.T) {
+func TestDownload(t *testing.T) {
 	root := t.TempDir()
-	ts := startTFTP(t, TFTPConfig{Root: root}, nil)
+	ts := startServer(t, Config{Root: root}, nil)
 	tests := []struct {
 		name    string
 		size    int
@@ -534,8 +534,8 @@ func TestTFTPDownload(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			file := strings.ReplaceAll(tt.name, " ", "-") + ".bin"
-			want := tftpWriteFile(t, filepath.Join(root, file), tt.size)
-			got, err := tftpGet(ts.addr, file, tt.blksize)
+			want := writeFile(t, filepath.Join(root, file), tt.size)
+			got, err := download(ts.addr, file, tt.blksize)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -553,16 +553,16 @@ func TestTFTPDownload(t *testing.T) {
 	}
 }
 
-// Requests as real clients sent them (testdata/pxe/ipxe-efi-and-edk2-dhcp-tftp.pcapng):
+// Requests as real clients sent them (../pxe/testdata/captures/ipxe-efi-and-edk2-dhcp-tftp.pcapng):
 // iPXE asks blksize 1432 and tsize; EDK2 first asks tsize alone, aborts, then asks again
 // without tsize, both times with windowsize 4.
 var (
-	tftpIPXERRQ      = []byte("\x00\x01boot.ipxe\x00octet\x00blksize\x001432\x00tsize\x000\x00")
-	tftpEDK2ProbeRRQ = []byte("\x00\x01boot.ipxe\x00octet\x00tsize\x000\x00blksize\x001468\x00windowsize\x004\x00")
-	tftpEDK2FetchRRQ = []byte("\x00\x01boot.ipxe\x00octet\x00blksize\x001468\x00windowsize\x004\x00")
+	ipxeRRQ      = []byte("\x00\x01boot.ipxe\x00octet\x00blksize\x001432\x00tsize\x000\x00")
+	edk2ProbeRRQ = []byte("\x00\x01boot.ipxe\x00octet\x00tsize\x000\x00blksize\x001468\x00windowsize\x004\x00")
+	edk2FetchRRQ = []byte("\x00\x01boot.ipxe\x00octet\x00blksize\x001468\x00windowsize\x004\x00")
 )
 
-func TestTFTPOptions(t *testing.T) {
+func TestOptions(t *testing.T) {
 	const size = 5000
 	tests := []struct {
 		name       string
@@ -571,30 +571,30 @@ func TestTFTPOptions(t *testing.T) {
 		wantBlock  int
 		wantWindow int // blocks sent before an ACK is awaited; 0 for lock-step
 	}{
-		{name: "ipxe", rrq: tftpIPXERRQ, wantOACK: map[string]string{"blksize": "1432", "tsize": "5000"}, wantBlock: 1432},
-		{name: "edk2 probe", rrq: tftpEDK2ProbeRRQ, wantOACK: map[string]string{"blksize": "1468", "tsize": "5000", "windowsize": "4"}, wantBlock: 1468, wantWindow: 4},
-		{name: "edk2 fetch", rrq: tftpEDK2FetchRRQ, wantOACK: map[string]string{"blksize": "1468", "windowsize": "4"}, wantBlock: 1468, wantWindow: 4},
-		{name: "blksize capped", rrq: tftpRRQ("boot.ipxe", "blksize", "65464"), wantOACK: map[string]string{"blksize": "1468"}, wantBlock: 1468},
-		{name: "no options", rrq: tftpRRQ("boot.ipxe"), wantBlock: 512},
+		{name: "ipxe", rrq: ipxeRRQ, wantOACK: map[string]string{"blksize": "1432", "tsize": "5000"}, wantBlock: 1432},
+		{name: "edk2 probe", rrq: edk2ProbeRRQ, wantOACK: map[string]string{"blksize": "1468", "tsize": "5000", "windowsize": "4"}, wantBlock: 1468, wantWindow: 4},
+		{name: "edk2 fetch", rrq: edk2FetchRRQ, wantOACK: map[string]string{"blksize": "1468", "windowsize": "4"}, wantBlock: 1468, wantWindow: 4},
+		{name: "blksize capped", rrq: rrqPacket("boot.ipxe", "blksize", "65464"), wantOACK: map[string]string{"blksize": "1468"}, wantBlock: 1468},
+		{name: "no options", rrq: rrqPacket("boot.ipxe"), wantBlock: 512},
 		// RFC 2348 allows 8 and up.
-		{name: "blksize below 512", rrq: tftpRRQ("boot.ipxe", "blksize", "8"), wantOACK: map[string]string{"blksize": "8"}, wantBlock: 8},
-		{name: "blksize below 8", rrq: tftpRRQ("boot.ipxe", "blksize", "7"), wantBlock: 512},
-		{name: "windowsize alone", rrq: tftpRRQ("boot.ipxe", "windowsize", "3"), wantOACK: map[string]string{"windowsize": "3"}, wantBlock: 512, wantWindow: 3},
-		{name: "windowsize capped", rrq: tftpRRQ("boot.ipxe", "windowsize", "65535", "blksize", "100"), wantOACK: map[string]string{"windowsize": "64", "blksize": "100"}, wantBlock: 100, wantWindow: 64},
-		{name: "timeout", rrq: tftpRRQ("boot.ipxe", "timeout", "3"), wantOACK: map[string]string{"timeout": "3"}, wantBlock: 512},
-		{name: "timeout out of range", rrq: tftpRRQ("boot.ipxe", "timeout", "0"), wantBlock: 512},
-		{name: "only unknown option", rrq: tftpRRQ("boot.ipxe", "multicast", ""), wantBlock: 512},
+		{name: "blksize below 512", rrq: rrqPacket("boot.ipxe", "blksize", "8"), wantOACK: map[string]string{"blksize": "8"}, wantBlock: 8},
+		{name: "blksize below 8", rrq: rrqPacket("boot.ipxe", "blksize", "7"), wantBlock: 512},
+		{name: "windowsize alone", rrq: rrqPacket("boot.ipxe", "windowsize", "3"), wantOACK: map[string]string{"windowsize": "3"}, wantBlock: 512, wantWindow: 3},
+		{name: "windowsize capped", rrq: rrqPacket("boot.ipxe", "windowsize", "65535", "blksize", "100"), wantOACK: map[string]string{"windowsize": "64", "blksize": "100"}, wantBlock: 100, wantWindow: 64},
+		{name: "timeout", rrq: rrqPacket("boot.ipxe", "timeout", "3"), wantOACK: map[string]string{"timeout": "3"}, wantBlock: 512},
+		{name: "timeout out of range", rrq: rrqPacket("boot.ipxe", "timeout", "0"), wantBlock: 512},
+		{name: "only unknown option", rrq: rrqPacket("boot.ipxe", "multicast", ""), wantBlock: 512},
 		{name: "upper-case option and mode", rrq: []byte("\x00\x01boot.ipxe\x00OCTET\x00BLKSIZE\x001000\x00"), wantOACK: map[string]string{"blksize": "1000"}, wantBlock: 1000},
-		{name: "zero padding", rrq: append(tftpRRQ("boot.ipxe", "blksize", "1024"), 0, 0, 0, 0), wantOACK: map[string]string{"blksize": "1024"}, wantBlock: 1024},
+		{name: "zero padding", rrq: append(rrqPacket("boot.ipxe", "blksize", "1024"), 0, 0, 0, 0), wantOACK: map[string]string{"blksize": "1024"}, wantBlock: 1024},
 	}
 	for _, listen := range []string{"127.0.0.1:0", ":0"} {
 		t.Run("listen "+listen, func(t *testing.T) {
 			root := t.TempDir()
-			want := tftpWriteFile(t, filepath.Join(root, "boot.ipxe"), size)
-			ts := startTFTP(t, TFTPConfig{Root: root, Listen: listen}, nil)
+			want := writeFile(t, filepath.Join(root, "boot.ipxe"), size)
+			ts := startServer(t, Config{Root: root, Listen: listen}, nil)
 			for _, tt := range tests {
 				t.Run(tt.name, func(t *testing.T) {
-					r := newTFTPRaw(t, ts.addr)
+					r := newRawClient(t, ts.addr)
 					r.send(tt.rrq)
 					var data []byte
 					var block int
@@ -606,7 +606,7 @@ func TestTFTPOptions(t *testing.T) {
 						if op != 6 {
 							t.Fatalf("opcode %d %q, want OACK", op, body)
 						}
-						if diff := cmp.Diff(tt.wantOACK, tftpParseOpts(body)); diff != "" {
+						if diff := cmp.Diff(tt.wantOACK, parseOpts(body)); diff != "" {
 							t.Errorf("OACK (-want +got):\n%s", diff)
 						}
 						if tt.wantWindow > 0 {
@@ -643,15 +643,15 @@ func TestTFTPOptions(t *testing.T) {
 	}
 }
 
-func TestTFTPRootSwap(t *testing.T) {
+func TestRootSwap(t *testing.T) {
 	base := t.TempDir()
-	v1 := tftpWriteFile(t, filepath.Join(base, "v1", "boot.ipxe"), 1000)
-	v2 := tftpWriteFile(t, filepath.Join(base, "v2", "boot.ipxe"), 2000)
+	v1 := writeFile(t, filepath.Join(base, "v1", "boot.ipxe"), 1000)
+	v2 := writeFile(t, filepath.Join(base, "v2", "boot.ipxe"), 2000)
 	current := filepath.Join(base, "current")
 	if err := os.Symlink("v1", current); err != nil {
 		t.Fatal(err)
 	}
-	ts := startTFTP(t, TFTPConfig{Root: current}, nil)
+	ts := startServer(t, Config{Root: current}, nil)
 	for _, step := range []struct {
 		name   string
 		target string
@@ -669,7 +669,7 @@ func TestTFTPRootSwap(t *testing.T) {
 			if err := os.Rename(tmp, current); err != nil {
 				t.Fatal(err)
 			}
-			got, err := tftpGet(ts.addr, "boot.ipxe", 1468)
+			got, err := download(ts.addr, "boot.ipxe", 1468)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -680,37 +680,37 @@ func TestTFTPRootSwap(t *testing.T) {
 	}
 }
 
-func TestTFTPSizeProbeIsNotAFailure(t *testing.T) {
+func TestSizeProbeIsNotAFailure(t *testing.T) {
 	root := t.TempDir()
-	tftpWriteFile(t, filepath.Join(root, "boot.ipxe"), 5000)
-	ts := startTFTP(t, TFTPConfig{Root: root}, nil)
-	r := newTFTPRaw(t, ts.addr)
-	r.send(tftpEDK2ProbeRRQ)
+	writeFile(t, filepath.Join(root, "boot.ipxe"), 5000)
+	ts := startServer(t, Config{Root: root}, nil)
+	r := newRawClient(t, ts.addr)
+	r.send(edk2ProbeRRQ)
 	op, body, err := r.recv(5 * time.Second)
 	if err != nil || op != 6 {
 		t.Fatalf("got %d %q %v, want OACK", op, body, err)
 	}
-	if got := tftpParseOpts(body)["tsize"]; got != "5000" {
+	if got := parseOpts(body)["tsize"]; got != "5000" {
 		t.Errorf("tsize %q, want 5000", got)
 	}
 	// What EDK2 sends once it has the size.
-	r.send(tftpERROR(8, "User aborted the download"))
+	r.send(errorPacket(8, "User aborted the download"))
 	ts.waitCounter(t, 1, "siteserver_netboot_tftp_transfers_total", "result", "aborted")
 	ts.waitCounter(t, 0, "siteserver_netboot_tftp_transfers_total", "result", "failed")
 	ts.waitCounter(t, 0, "siteserver_netboot_tftp_transfers_active")
 }
 
-func TestTFTPConcurrent(t *testing.T) {
+func TestConcurrent(t *testing.T) {
 	const clients, size = 200, 256 << 10
 	root := t.TempDir()
-	want := tftpWriteFile(t, filepath.Join(root, "ipxe.efi"), size)
-	ts := startTFTP(t, TFTPConfig{Root: root}, nil)
+	want := writeFile(t, filepath.Join(root, "ipxe.efi"), size)
+	ts := startServer(t, Config{Root: root}, nil)
 	start := time.Now()
 	errs := make(chan error, clients)
 	var wg sync.WaitGroup
 	for i := range clients {
 		wg.Go(func() {
-			got, err := tftpGet(ts.addr, "ipxe.efi", 1468)
+			got, err := download(ts.addr, "ipxe.efi", 1468)
 			switch {
 			case err != nil:
 				errs <- fmt.Errorf("client %d: %w", i, err)
@@ -735,11 +735,11 @@ func TestTFTPConcurrent(t *testing.T) {
 // fetchWindowed ACKs block 0 and then takes windows of blocks, ACKing the last of each
 // (RFC 7440), until a block shorter than blksize; it checks that each window is exactly
 // window blocks long, or ends the file. It returns the data and the first payload length.
-func (r *tftpRaw) fetchWindowed(blksize, window int) ([]byte, int, error) {
+func (r *rawClient) fetchWindowed(blksize, window int) ([]byte, int, error) {
 	var data []byte
 	first := -1
 	next := uint16(1)
-	r.send(tftpACK(0))
+	r.send(ackPacket(0))
 	for {
 		for i := 0; i < window; i++ {
 			op, body, err := r.recv(5 * time.Second)
@@ -758,27 +758,27 @@ func (r *tftpRaw) fetchWindowed(blksize, window int) ([]byte, int, error) {
 			}
 			data = append(data, payload...)
 			if len(payload) < blksize {
-				r.send(tftpACK(next))
+				r.send(ackPacket(next))
 				return data, first, nil
 			}
 			next++
 		}
-		r.send(tftpACK(next - 1))
+		r.send(ackPacket(next - 1))
 	}
 }
 
-func TestTFTPMaxTransfers(t *testing.T) {
+func TestMaxTransfers(t *testing.T) {
 	const size = 2000 // four blocks of 512
 	root := t.TempDir()
-	want := tftpWriteFile(t, filepath.Join(root, "slow.bin"), size)
-	ts := startTFTP(t, TFTPConfig{Root: root, MaxTransfers: 2}, nil)
+	want := writeFile(t, filepath.Join(root, "slow.bin"), size)
+	ts := startServer(t, Config{Root: root, MaxTransfers: 2}, nil)
 
 	// Five clients ask and then sit on their first block, holding their transfers open.
-	var holding []*tftpRaw
+	var holding []*rawClient
 	var busy int
 	for range 5 {
-		r := newTFTPRaw(t, ts.addr)
-		r.send(tftpRRQ("slow.bin"))
+		r := newRawClient(t, ts.addr)
+		r.send(rrqPacket("slow.bin"))
 		op, body, err := r.recv(5 * time.Second)
 		if err != nil {
 			t.Fatal(err)
@@ -801,7 +801,7 @@ func TestTFTPMaxTransfers(t *testing.T) {
 	ts.waitCounter(t, 2, "siteserver_netboot_tftp_transfers_active")
 	ts.waitCounter(t, 3, "siteserver_netboot_tftp_refused_total", "reason", "busy")
 	ts.waitCounter(t, 3, "siteserver_netboot_tftp_transfers_total", "result", "refused")
-	if _, err := tftpGet(ts.addr, "slow.bin", 0); err == nil || !strings.Contains(err.Error(), "server busy") {
+	if _, err := download(ts.addr, "slow.bin", 0); err == nil || !strings.Contains(err.Error(), "server busy") {
 		t.Errorf("a sixth client got %v, want server busy", err)
 	}
 
@@ -815,15 +815,15 @@ func TestTFTPMaxTransfers(t *testing.T) {
 		}
 	}
 	ts.waitCounter(t, 0, "siteserver_netboot_tftp_transfers_active")
-	got, err := tftpGet(ts.addr, "slow.bin", 0)
+	got, err := download(ts.addr, "slow.bin", 0)
 	if err != nil || got.sum != want {
 		t.Errorf("after the slots freed: %v, content ok %v", err, got.sum == want)
 	}
 }
 
-func TestTFTPRefused(t *testing.T) {
-	_, root := tftpResolveRoot(t)
-	ts := startTFTP(t, TFTPConfig{Root: root}, nil)
+func TestRefused(t *testing.T) {
+	_, root := resolveRoot(t)
+	ts := startServer(t, Config{Root: root}, nil)
 	tests := []struct {
 		name    string
 		file    string
@@ -841,7 +841,7 @@ func TestTFTPRefused(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			before := ts.counter("siteserver_netboot_tftp_refused_total", "reason", tt.reason)
-			_, err := tftpGet(ts.addr, tt.file, 1468)
+			_, err := download(ts.addr, tt.file, 1468)
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("err = %v, want %q", err, tt.wantErr)
 			}
@@ -850,7 +850,7 @@ func TestTFTPRefused(t *testing.T) {
 	}
 
 	t.Run("write", func(t *testing.T) {
-		c, err := tftp.NewClient(ts.addr)
+		c, err := tftpclient.NewClient(ts.addr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -866,21 +866,21 @@ func TestTFTPRefused(t *testing.T) {
 	})
 }
 
-func TestTFTPMetrics(t *testing.T) {
+func TestMetrics(t *testing.T) {
 	root := t.TempDir()
-	tftpWriteFile(t, filepath.Join(root, "ipxe.efi"), 3000)
-	ts := startTFTP(t, TFTPConfig{Root: root}, nil)
+	writeFile(t, filepath.Join(root, "ipxe.efi"), 3000)
+	ts := startServer(t, Config{Root: root}, nil)
 
 	// One of each outcome.
-	if _, err := tftpGet(ts.addr, "ipxe.efi", 1468); err != nil {
+	if _, err := download(ts.addr, "ipxe.efi", 1468); err != nil {
 		t.Fatal(err)
 	}
 	for _, name := range []string{"missing", "../x", ""} {
-		if _, err := tftpGet(ts.addr, name, 0); err == nil {
+		if _, err := download(ts.addr, name, 0); err == nil {
 			t.Fatalf("%q: no error", name)
 		}
 	}
-	c, err := tftp.NewClient(ts.addr)
+	c, err := tftpclient.NewClient(ts.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -888,15 +888,15 @@ func TestTFTPMetrics(t *testing.T) {
 	if _, err := c.Send("x", "octet"); err == nil {
 		t.Fatal("write accepted")
 	}
-	probe := newTFTPRaw(t, ts.addr)
-	probe.send(tftpRRQ("ipxe.efi", "tsize", "0"))
+	probe := newRawClient(t, ts.addr)
+	probe.send(rrqPacket("ipxe.efi", "tsize", "0"))
 	if op, _, err := probe.recv(5 * time.Second); err != nil || op != 6 {
 		t.Fatalf("probe: %d %v", op, err)
 	}
-	probe.send(tftpERROR(8, "abort"))
+	probe.send(errorPacket(8, "abort"))
 	// A stray ACK on the listening port starts nothing.
-	stray := newTFTPRaw(t, ts.addr)
-	stray.send(tftpACK(1))
+	stray := newRawClient(t, ts.addr)
+	stray.send(ackPacket(1))
 
 	ts.waitCounter(t, 4, "siteserver_netboot_tftp_transfers_total", "result", "refused")
 	ts.waitCounter(t, 1, "siteserver_netboot_tftp_transfers_total", "result", "completed")
@@ -927,8 +927,8 @@ func TestTFTPMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	golden := filepath.Join("testdata", "tftp", "metrics.txt")
-	if *updateTFTPGolden {
+	golden := filepath.Join("testdata", "metrics.txt")
+	if *update {
 		if err := os.MkdirAll(filepath.Dir(golden), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -938,7 +938,7 @@ func TestTFTPMetrics(t *testing.T) {
 	}
 	want, err := os.ReadFile(golden)
 	if err != nil {
-		t.Fatalf("%v (run with -update-tftp to create it)", err)
+		t.Fatalf("%v (run with -update to create it)", err)
 	}
 	if diff := cmp.Diff(string(want), string(got)); diff != "" {
 		t.Errorf("metrics (-want +got):\n%s", diff)
@@ -952,13 +952,13 @@ func TestTFTPMetrics(t *testing.T) {
 	}
 }
 
-func TestTFTPShutdown(t *testing.T) {
+func TestShutdown(t *testing.T) {
 	root := t.TempDir()
-	tftpWriteFile(t, filepath.Join(root, "big.wim"), 10<<20)
-	fast := func(s *TFTPServer) { s.grace, s.abortWait = 200*time.Millisecond, 500*time.Millisecond }
+	writeFile(t, filepath.Join(root, "big.wim"), 10<<20)
+	fast := func(s *Server) { s.grace, s.abortWait = 200*time.Millisecond, 500*time.Millisecond }
 
 	t.Run("idle", func(t *testing.T) {
-		ts := startTFTP(t, TFTPConfig{Root: root}, fast)
+		ts := startServer(t, Config{Root: root}, fast)
 		start := time.Now()
 		if err := ts.stop(); err != nil {
 			t.Fatal(err)
@@ -972,9 +972,9 @@ func TestTFTPShutdown(t *testing.T) {
 	})
 
 	t.Run("transfer cut after grace", func(t *testing.T) {
-		ts := startTFTP(t, TFTPConfig{Root: root}, fast)
-		r := newTFTPRaw(t, ts.addr)
-		r.send(tftpRRQ("big.wim"))
+		ts := startServer(t, Config{Root: root}, fast)
+		r := newRawClient(t, ts.addr)
+		r.send(rrqPacket("big.wim"))
 		if op, _, err := r.recv(5 * time.Second); err != nil || op != 3 {
 			t.Fatalf("first block: %d %v", op, err)
 		}
@@ -985,7 +985,7 @@ func TestTFTPShutdown(t *testing.T) {
 		var msg string
 		for block := uint16(1); msg == "" && time.Since(start) < 5*time.Second; block++ {
 			time.Sleep(20 * time.Millisecond)
-			r.send(tftpACK(block))
+			r.send(ackPacket(block))
 			op, body, err := r.recv(5 * time.Second)
 			if err != nil {
 				t.Fatal(err)
@@ -1007,9 +1007,9 @@ func TestTFTPShutdown(t *testing.T) {
 	})
 
 	t.Run("silent client does not hold Run", func(t *testing.T) {
-		ts := startTFTP(t, TFTPConfig{Root: root, Timeout: 500 * time.Millisecond, Retries: 2}, fast)
-		r := newTFTPRaw(t, ts.addr)
-		r.send(tftpRRQ("big.wim"))
+		ts := startServer(t, Config{Root: root, Timeout: 500 * time.Millisecond, Retries: 2}, fast)
+		r := newRawClient(t, ts.addr)
+		r.send(rrqPacket("big.wim"))
 		if op, _, err := r.recv(5 * time.Second); err != nil || op != 3 {
 			t.Fatalf("first block: %d %v", op, err)
 		}
@@ -1030,13 +1030,13 @@ func TestTFTPShutdown(t *testing.T) {
 	})
 }
 
-// TestTFTPRealClients downloads with the TFTP clients PXE setups are debugged with. The
+// TestRealClients downloads with the TFTP clients PXE setups are debugged with. The
 // Debian packages are curl, atftp and tftp-hpa.
-func TestTFTPRealClients(t *testing.T) {
+func TestRealClients(t *testing.T) {
 	root := t.TempDir()
 	const size = 300_001
-	want := tftpWriteFile(t, filepath.Join(root, "pxelinux.cfg", "ipxe.efi"), size)
-	ts := startTFTP(t, TFTPConfig{Root: root}, nil)
+	want := writeFile(t, filepath.Join(root, "pxelinux.cfg", "ipxe.efi"), size)
+	ts := startServer(t, Config{Root: root}, nil)
 	host, port, _ := net.SplitHostPort(ts.addr)
 
 	clients := []struct {
@@ -1102,16 +1102,16 @@ func TestTFTPRealClients(t *testing.T) {
 	}
 }
 
-func BenchmarkTFTPDownload(b *testing.B) {
+func BenchmarkDownload(b *testing.B) {
 	const size = 32 << 20
 	root := b.TempDir()
-	tftpWriteFile(b, filepath.Join(root, "boot.wim"), size)
-	ts := startTFTP(b, TFTPConfig{Root: root, MaxBlockSize: 65464}, nil)
+	writeFile(b, filepath.Join(root, "boot.wim"), size)
+	ts := startServer(b, Config{Root: root, MaxBlockSize: 65464}, nil)
 	for _, blksize := range []int{512, 1468, 8192, 65464} {
 		b.Run("blksize="+strconv.Itoa(blksize), func(b *testing.B) {
 			b.SetBytes(size)
 			for b.Loop() {
-				got, err := tftpGet(ts.addr, "boot.wim", blksize)
+				got, err := download(ts.addr, "boot.wim", blksize)
 				if err != nil || got.n != size {
 					b.Fatalf("%d bytes: %v", got.n, err)
 				}
@@ -1120,17 +1120,17 @@ func BenchmarkTFTPDownload(b *testing.B) {
 	}
 }
 
-// BenchmarkTFTPConcurrent measures many clients at once, as when a room boots together.
-func BenchmarkTFTPConcurrent(b *testing.B) {
+// BenchmarkConcurrent measures many clients at once, as when a room boots together.
+func BenchmarkConcurrent(b *testing.B) {
 	const size = 1 << 20
 	root := b.TempDir()
-	tftpWriteFile(b, filepath.Join(root, "ipxe.efi"), size)
-	ts := startTFTP(b, TFTPConfig{Root: root}, nil)
+	writeFile(b, filepath.Join(root, "ipxe.efi"), size)
+	ts := startServer(b, Config{Root: root}, nil)
 	b.SetBytes(size)
 	b.SetParallelism(16)
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			got, err := tftpGet(ts.addr, "ipxe.efi", 1468)
+			got, err := download(ts.addr, "ipxe.efi", 1468)
 			if err != nil || got.n != size {
 				b.Errorf("%d bytes: %v", got.n, err)
 				return
@@ -1139,10 +1139,10 @@ func BenchmarkTFTPConcurrent(b *testing.B) {
 	})
 }
 
-// BenchmarkTFTPAgainstDnsmasq downloads the same 32 MiB file with curl from this server and
+// BenchmarkAgainstDnsmasq downloads the same 32 MiB file with curl from this server and
 // from dnsmasq's TFTP server, and reports both rates and their ratio. dnsmasq only serves
 // TFTP on port 69, so this needs root and a free 127.0.0.1:69.
-func BenchmarkTFTPAgainstDnsmasq(b *testing.B) {
+func BenchmarkAgainstDnsmasq(b *testing.B) {
 	const size = 32 << 20
 	dnsmasq, err := exec.LookPath("dnsmasq")
 	if err != nil {
@@ -1159,7 +1159,7 @@ func BenchmarkTFTPAgainstDnsmasq(b *testing.B) {
 	probe.Close()
 
 	root := b.TempDir()
-	tftpWriteFile(b, filepath.Join(root, "boot.wim"), size)
+	writeFile(b, filepath.Join(root, "boot.wim"), size)
 	tmp := b.TempDir()
 	cmd := exec.Command(dnsmasq, "--keep-in-foreground", "--port=0", "--enable-tftp", "--tftp-root="+root,
 		"--listen-address=127.0.0.1", "--bind-interfaces", "--user=root", "--conf-file=/dev/null",
@@ -1171,7 +1171,7 @@ func BenchmarkTFTPAgainstDnsmasq(b *testing.B) {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 	})
-	ts := startTFTP(b, TFTPConfig{Root: root}, nil)
+	ts := startServer(b, Config{Root: root}, nil)
 
 	fetch := func(addr string) time.Duration {
 		out := filepath.Join(tmp, "out")
@@ -1211,23 +1211,23 @@ func BenchmarkTFTPAgainstDnsmasq(b *testing.B) {
 	b.ReportMetric(rate(ours)/rate(theirs), "ratio")
 }
 
-// TestTFTPWindows runs windowed transfers (RFC 7440) on both kinds of transfer socket: a
+// TestWindows runs windowed transfers (RFC 7440) on both kinds of transfer socket: a
 // file of more than 65,535 blocks, whose block numbers wrap to 0, and a window the client
 // answers short of its end, as after a lost block, which the server must resend from.
-func TestTFTPWindows(t *testing.T) {
+func TestWindows(t *testing.T) {
 	root := t.TempDir()
 	const big = 600_000 // 75,000 blocks of 8 bytes
-	wantBig := tftpWriteFile(t, filepath.Join(root, "big.bin"), big)
-	wantSmall := tftpWriteFile(t, filepath.Join(root, "small.bin"), 10*512+100)
+	wantBig := writeFile(t, filepath.Join(root, "big.bin"), big)
+	wantSmall := writeFile(t, filepath.Join(root, "small.bin"), 10*512+100)
 	for _, mode := range []struct {
 		name    string
 		maxFast int
 	}{{"blocking", 1}, {"poller", 0}} {
 		t.Run(mode.name, func(t *testing.T) {
-			ts := startTFTP(t, TFTPConfig{Root: root}, func(s *TFTPServer) { s.maxFast = mode.maxFast })
+			ts := startServer(t, Config{Root: root}, func(s *Server) { s.maxFast = mode.maxFast })
 
-			r := newTFTPRaw(t, ts.addr)
-			r.send(tftpRRQ("big.bin", "blksize", "8", "windowsize", "64"))
+			r := newRawClient(t, ts.addr)
+			r.send(rrqPacket("big.bin", "blksize", "8", "windowsize", "64"))
 			if op, body, err := r.recv(5 * time.Second); err != nil || op != 6 {
 				t.Fatalf("got %d %q %v, want OACK", op, body, err)
 			}
@@ -1244,12 +1244,12 @@ func TestTFTPWindows(t *testing.T) {
 			}
 
 			// Window of 4: take blocks 1..4 but ACK 2, as a client that lost block 3 does.
-			r = newTFTPRaw(t, ts.addr)
-			r.send(tftpRRQ("small.bin", "windowsize", "4"))
+			r = newRawClient(t, ts.addr)
+			r.send(rrqPacket("small.bin", "windowsize", "4"))
 			if op, _, err := r.recv(5 * time.Second); err != nil || op != 6 {
 				t.Fatalf("OACK: %d %v", op, err)
 			}
-			r.send(tftpACK(0))
+			r.send(ackPacket(0))
 			var got []byte
 			for want := uint16(1); want <= 4; want++ {
 				op, body, err := r.recv(5 * time.Second)
@@ -1260,7 +1260,7 @@ func TestTFTPWindows(t *testing.T) {
 					got = append(got, body[2:]...)
 				}
 			}
-			r.send(tftpACK(2))
+			r.send(ackPacket(2))
 			// The next window starts at block 3 again.
 			for want := uint16(3); ; want++ {
 				op, body, err := r.recv(5 * time.Second)
@@ -1272,11 +1272,11 @@ func TestTFTPWindows(t *testing.T) {
 				}
 				got = append(got, body[2:]...)
 				if len(body)-2 < 512 {
-					r.send(tftpACK(want))
+					r.send(ackPacket(want))
 					break
 				}
 				if (want-2)%4 == 0 {
-					r.send(tftpACK(want))
+					r.send(ackPacket(want))
 				}
 			}
 			if sha256.Sum256(got) != wantSmall {
@@ -1291,9 +1291,9 @@ func TestTFTPWindows(t *testing.T) {
 	}
 }
 
-// TestTFTPNetasciiClient fetches a text file in netascii mode with tftp-hpa's client, which
+// TestNetasciiClient fetches a text file in netascii mode with tftp-hpa's client, which
 // turns CR LF back into the local line ends.
-func TestTFTPNetasciiClient(t *testing.T) {
+func TestNetasciiClient(t *testing.T) {
 	bin, err := exec.LookPath("tftp")
 	if err != nil {
 		t.Skip("tftp-hpa not installed (Debian package tftp-hpa)")
@@ -1303,7 +1303,7 @@ func TestTFTPNetasciiClient(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(root, "menu.txt"), []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	ts := startTFTP(t, TFTPConfig{Root: root}, nil)
+	ts := startServer(t, Config{Root: root}, nil)
 	host, port, _ := net.SplitHostPort(ts.addr)
 	local := filepath.Join(t.TempDir(), "menu.txt")
 	out, err := exec.Command(bin, "-4", "-m", "netascii", host, port, "-c", "get", "menu.txt", local).CombinedOutput()

@@ -1,4 +1,4 @@
-package netbootd
+package tftp
 
 import (
 	"net/netip"
@@ -9,17 +9,17 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// tftpBlockingConn is a transfer socket in blocking mode, outside Go's network poller:
+// blockingConn is a transfer socket in blocking mode, outside Go's network poller:
 // the goroutine sleeps in the kernel's recv and the packet wakes its thread directly,
 // as in a C server, instead of going through the poller and the scheduler. In a
 // lock-step transfer that wake-up is most of the cost of a block, so a few transfers at
-// a time run this way (each holds a thread while it waits); the rest use tftpPollConn.
-type tftpBlockingConn struct {
+// a time run this way (each holds a thread while it waits); the rest use pollConn.
+type blockingConn struct {
 	fd      int
 	aborted atomic.Bool
 }
 
-func newTFTPBlockingConn(local, remote netip.AddrPort, ifIndex int) (tftpConn, error) {
+func newBlockingConn(local, remote netip.AddrPort, ifIndex int) (conn, error) {
 	family := unix.AF_INET
 	if remote.Addr().Is6() {
 		family = unix.AF_INET6
@@ -28,20 +28,20 @@ func newTFTPBlockingConn(local, remote netip.AddrPort, ifIndex int) (tftpConn, e
 	if err != nil {
 		return nil, err
 	}
-	c := &tftpBlockingConn{fd: fd}
-	if err := unix.Bind(fd, tftpSockaddr(local, ifIndex)); err != nil {
+	c := &blockingConn{fd: fd}
+	if err := unix.Bind(fd, sockaddr(local, ifIndex)); err != nil {
 		unix.Close(fd)
 		return nil, err
 	}
-	if err := unix.Connect(fd, tftpSockaddr(remote, ifIndex)); err != nil {
+	if err := unix.Connect(fd, sockaddr(remote, ifIndex)); err != nil {
 		unix.Close(fd)
 		return nil, err
 	}
-	c.setTimeout(tftpDefaultTimeout)
+	c.setTimeout(defaultTimeout)
 	return c, nil
 }
 
-func tftpSockaddr(ap netip.AddrPort, ifIndex int) unix.Sockaddr {
+func sockaddr(ap netip.AddrPort, ifIndex int) unix.Sockaddr {
 	if ap.Addr().Is4() {
 		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
 	}
@@ -55,7 +55,7 @@ func tftpSockaddr(ap netip.AddrPort, ifIndex int) unix.Sockaddr {
 // send first tries a write that cannot block, made without telling the scheduler (a
 // raw system call saves it a hand-off per block); only when the socket buffer is full
 // does it fall back to a write that waits, as a normal blocking call.
-func (c *tftpBlockingConn) send(b []byte) error {
+func (c *blockingConn) send(b []byte) error {
 	for {
 		_, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(c.fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))),
 			uintptr(len(b)), unix.MSG_DONTWAIT, 0, 0)
@@ -75,17 +75,17 @@ func (c *tftpBlockingConn) send(b []byte) error {
 	}
 }
 
-func (c *tftpBlockingConn) recv(b []byte) (int, error) {
+func (c *blockingConn) recv(b []byte) (int, error) {
 	for {
 		n, err := unix.Read(c.fd, b)
 		if c.aborted.Load() {
-			return 0, errTFTPAborted
+			return 0, errAborted
 		}
 		switch {
 		case err == unix.EINTR:
 			continue
 		case err == unix.EAGAIN:
-			return 0, errTFTPTimeout
+			return 0, errTimeout
 		case err != nil:
 			return 0, err
 		}
@@ -93,17 +93,17 @@ func (c *tftpBlockingConn) recv(b []byte) (int, error) {
 	}
 }
 
-func (c *tftpBlockingConn) setTimeout(d time.Duration) {
+func (c *blockingConn) setTimeout(d time.Duration) {
 	tv := unix.NsecToTimeval(d.Nanoseconds())
 	_ = unix.SetsockoptTimeval(c.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
 }
 
 // abort wakes a recv sleeping in the kernel: shutting a datagram socket down makes it
 // return at once.
-func (c *tftpBlockingConn) abort() {
+func (c *blockingConn) abort() {
 	if c.aborted.CompareAndSwap(false, true) {
 		_ = unix.Shutdown(c.fd, unix.SHUT_RDWR)
 	}
 }
 
-func (c *tftpBlockingConn) close() { unix.Close(c.fd) }
+func (c *blockingConn) close() { unix.Close(c.fd) }

@@ -1,4 +1,4 @@
-package netbootd
+package pxe
 
 import (
 	"encoding/binary"
@@ -340,7 +340,7 @@ type BSDPConfig struct {
 }
 
 // BSDPImageConfig is one image. BootFile and RootPath are templates like those of
-// PXEConfig.
+// Config.
 type BSDPImageConfig struct {
 	Index    uint16        `yaml:"index"` // 1–65535; from 4096 the same image on every server
 	Name     string        `yaml:"name"`  // shown in Startup Disk
@@ -390,7 +390,7 @@ func (c *BSDPConfig) validate() error {
 			return fmt.Errorf("%s.boot_file: want 1 to 127 bytes", field)
 		}
 		if img.RootPath != "" {
-			if err := pxeCheckHTTPTemplate(img.RootPath); err != nil {
+			if err := checkHTTPTemplate(img.RootPath); err != nil {
 				return fmt.Errorf("%s.root_path: %w", field, err)
 			}
 		}
@@ -400,7 +400,7 @@ func (c *BSDPConfig) validate() error {
 }
 
 func isBSDP(req *dhcpv4.DHCPv4) bool {
-	return req.OpCode == dhcpv4.OpcodeBootRequest && strings.HasPrefix(req.ClassIdentifier(), bsdpClass)
+	return req.OpCode == dhcpv4.OpcodeBootRequest && strings.HasPrefix(req.ClassIdentifier(), classBSDP)
 }
 
 // bsdpMessageType reads the BSDP message type of a request, for metrics; zero when it is
@@ -418,7 +418,7 @@ func bsdpMessageType(req *dhcpv4.DHCPv4) BSDPMessageType {
 
 // decideBSDP answers an INFORM from a Mac as Apple's bootpd does, minus what needs state:
 // no per-client bindings, so no remembered selection and no BSDP OFFERs.
-func decideBSDP(req *dhcpv4.DHCPv4, in Arrival, cfg *PXEConfig) (*dhcpv4.DHCPv4, netip.AddrPort, Reason) {
+func decideBSDP(req *dhcpv4.DHCPv4, in Arrival, cfg *Config) (*dhcpv4.DHCPv4, netip.AddrPort, Reason) {
 	if req.MessageType() != dhcpv4.MessageTypeInform {
 		return nil, netip.AddrPort{}, ReasonMessageType
 	}
@@ -440,16 +440,16 @@ func decideBSDP(req *dhcpv4.DHCPv4, in Arrival, cfg *PXEConfig) (*dhcpv4.DHCPv4,
 		}
 		port = opts.ReplyPort
 	}
-	ciaddr := pxeAddr4(req.ClientIPAddr)
+	ciaddr := addr4(req.ClientIPAddr)
 	if !ciaddr.IsValid() {
 		return nil, netip.AddrPort{}, ReasonBSDPNoClientAddress
 	}
-	server := pxeServerAddr(req, in, cfg)
+	server := serverAddr(req, in, cfg)
 	if !server.IsValid() {
 		return nil, netip.AddrPort{}, ReasonNoServerAddress
 	}
 	dst := netip.AddrPortFrom(ciaddr, port)
-	vars := pxeTemplateVars{server: server, mac: req.ClientHWAddr}
+	vars := templateVars{server: server, mac: req.ClientHWAddr}
 
 	switch opts.Type {
 	case BSDPList:
@@ -492,12 +492,12 @@ func decideBSDP(req *dhcpv4.DHCPv4, in Arrival, cfg *PXEConfig) (*dhcpv4.DHCPv4,
 		out := &BSDPOptions{
 			Type:          BSDPSelect,
 			SelectedImage: img.ID(),
-			MachineName:   pxeExpand(cfg.BSDP.MachineName, vars),
+			MachineName:   expand(cfg.BSDP.MachineName, vars),
 		}
 		r := bsdpReply(req, server, out, 0)
-		r.BootFileName = pxeExpand(img.BootFile, vars)
+		r.BootFileName = expand(img.BootFile, vars)
 		if img.RootPath != "" {
-			r.UpdateOption(dhcpv4.OptRootPath(pxeExpand(img.RootPath, vars)))
+			r.UpdateOption(dhcpv4.OptRootPath(expand(img.RootPath, vars)))
 		}
 		return r, dst, ""
 	}
@@ -508,8 +508,8 @@ func decideBSDP(req *dhcpv4.DHCPv4, in Arrival, cfg *PXEConfig) (*dhcpv4.DHCPv4,
 // the end of the list until the reply fits, as Apple's server does for long lists.
 func bsdpReply(req *dhcpv4.DHCPv4, server netip.Addr, opts *BSDPOptions, limit int) *dhcpv4.DHCPv4 {
 	for {
-		r := pxeNewReply(req, dhcpv4.MessageTypeAck, server)
-		r.UpdateOption(dhcpv4.OptClassIdentifier(bsdpClass))
+		r := newReply(req, dhcpv4.MessageTypeAck, server)
+		r.UpdateOption(dhcpv4.OptClassIdentifier(classBSDP))
 		b, err := opts.Marshal()
 		if err == nil {
 			r.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionVendorSpecificInformation, b))

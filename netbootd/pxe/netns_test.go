@@ -1,4 +1,4 @@
-package netbootd
+package pxe
 
 import (
 	"context"
@@ -21,19 +21,19 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 )
 
-// pxeHelperEnv carries the server config to the copy of the test binary that
-// TestPXENetns starts inside the server's namespace.
-const pxeHelperEnv = "SITESERVER_PXE_NETNS_SERVER"
+// helperEnv carries the server config to the copy of the test binary that
+// TestNetns starts inside the server's namespace.
+const helperEnv = "SITESERVER_PXE_NETNS_SERVER"
 
-// TestPXENetnsServerProcess is not a test: run by TestPXENetns inside a network
+// TestNetnsServerProcess is not a test: run by TestNetns inside a network
 // namespace, it is the PXE server there, on the real ports 67 and 4011. It prints BOUND
 // once serving and SEEN lines for what it reports, and stops when stdin closes.
-func TestPXENetnsServerProcess(t *testing.T) {
-	raw := os.Getenv(pxeHelperEnv)
+func TestNetnsServerProcess(t *testing.T) {
+	raw := os.Getenv(helperEnv)
 	if raw == "" {
 		return
 	}
-	var cfg PXEConfig
+	var cfg Config
 	if err := json.Unmarshal([]byte(raw), &cfg); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
@@ -45,7 +45,7 @@ func TestPXENetnsServerProcess(t *testing.T) {
 		stop()
 	}()
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	srv, err := NewPXEServer(cfg, pxePrintingComputers{}, logger, nil)
+	srv, err := NewServer(cfg, printingComputers{}, logger, nil)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
@@ -61,40 +61,40 @@ func TestPXENetnsServerProcess(t *testing.T) {
 	os.Exit(0)
 }
 
-// pxePrintingComputers knows the test machine as managed and prints what it is told.
-type pxePrintingComputers struct{}
+// printingComputers knows the test machine as managed and prints what it is told.
+type printingComputers struct{}
 
-func (pxePrintingComputers) Lookup(_ context.Context, mac net.HardwareAddr) (Kind, error) {
+func (printingComputers) Lookup(_ context.Context, mac net.HardwareAddr) (Kind, error) {
 	if mac.String() == "52:54:00:12:34:56" {
 		return KindManaged, nil
 	}
 	return KindUnknown, nil
 }
 
-func (pxePrintingComputers) Seen(_ context.Context, mac net.HardwareAddr, arch Arch) error {
+func (printingComputers) Seen(_ context.Context, mac net.HardwareAddr, arch Arch) error {
 	fmt.Printf("SEEN %s %d\n", mac, arch)
 	return nil
 }
 
-// TestPXENetns runs the server beside dnsmasq as the site's ordinary DHCP server in one
+// TestNetns runs the server beside dnsmasq as the site's ordinary DHCP server in one
 // namespace, with clients in two others on two networks:
 //
 //	client A (unnumbered) ── 10.77.0.1/24 ┐
 //	                                      ├ server: dnsmasq (leases) + our PXE server
 //	client B (unnumbered) ── 10.78.0.1/24 ┘
-func TestPXENetns(t *testing.T) {
-	pxeRequireNetns(t)
-	dnsmasq := pxeRequireCommand(t, "dnsmasq", "dnsmasq-base")
-	id := pxeTestID()
-	srvNS := pxeNewNetns(t, "pxetest-srv-"+id)
-	nsA := pxeNewNetns(t, "pxetest-a-"+id)
-	nsB := pxeNewNetns(t, "pxetest-b-"+id)
+func TestNetns(t *testing.T) {
+	requireNetns(t)
+	dnsmasq := requireCommand(t, "dnsmasq", "dnsmasq-base")
+	id := testID()
+	srvNS := newNetns(t, "pxetest-srv-"+id)
+	nsA := newNetns(t, "pxetest-a-"+id)
+	nsB := newNetns(t, "pxetest-b-"+id)
 	ifSA, ifA, ifSB, ifB := "nsa"+id, "nca"+id, "nsb"+id, "ncb"+id
-	pxeLinkNetns(t, srvNS, ifSA, "10.77.0.1/24", nsA, ifA, "")
-	pxeLinkNetns(t, nsB, ifB, "", srvNS, ifSB, "10.78.0.1/24")
+	linkNetns(t, srvNS, ifSA, "10.77.0.1/24", nsA, ifA, "")
+	linkNetns(t, nsB, ifB, "", srvNS, ifSB, "10.78.0.1/24")
 
 	dir := t.TempDir()
-	dns := pxeStartInNetns(t, srvNS, nil, dnsmasq,
+	dns := startInNetns(t, srvNS, nil, dnsmasq,
 		"--keep-in-foreground", "--conf-file=/dev/null", "--port=0", "--user=root",
 		"--bind-interfaces", "--interface="+ifSA, "--interface="+ifSB, "--except-interface=lo",
 		"--dhcp-range=10.77.0.50,10.77.0.99,255.255.255.0,1h",
@@ -107,25 +107,25 @@ func TestPXENetns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := json.Marshal(PXEConfig{
+	cfg, err := json.Marshal(Config{
 		IPXEScriptURL: "http://{server}:8080/ipxe/{mac}?kind={kind}",
 		OfferDelay:    300 * time.Millisecond,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ours := pxeStartInNetns(t, srvNS, []string{pxeHelperEnv + "=" + string(cfg)}, exe,
-		"-test.run=^TestPXENetnsServerProcess$", "-test.count=1")
+	ours := startInNetns(t, srvNS, []string{helperEnv + "=" + string(cfg)}, exe,
+		"-test.run=^TestNetnsServerProcess$", "-test.count=1")
 	ours.waitLine(t, "BOUND", 10*time.Second)
 
-	clientA := pxeClientConn(t, nsA, ifA)
-	clientB := pxeClientConn(t, nsB, ifB)
+	clientA := clientConn(t, nsA, ifA)
+	clientB := clientConn(t, nsB, ifB)
 	everyone := netip.MustParseAddrPort("255.255.255.255:67")
 	// dnsmasq pings an address before offering it, which takes a few seconds.
 	const wait = 4 * time.Second
 
 	// split tells dnsmasq's lease offers from our proxy offers, which lease nothing.
-	split := func(rs []pxeReceived) (leases, proxy []*dhcpv4.DHCPv4) {
+	split := func(rs []received) (leases, proxy []*dhcpv4.DHCPv4) {
 		for _, r := range rs {
 			if r.Msg.MessageType() != dhcpv4.MessageTypeOffer {
 				t.Errorf("%s sent a %s", r.From, r.Msg.MessageType())
@@ -140,15 +140,15 @@ func TestPXENetns(t *testing.T) {
 		return leases, proxy
 	}
 	inRange := func(ip net.IP, prefix string) bool {
-		a := pxeAddr4(ip)
+		a := addr4(ip)
 		return a.IsValid() && netip.MustParsePrefix(prefix).Contains(a) && a.As4()[3] >= 50 && a.As4()[3] <= 99
 	}
 	broadcast := func(m *dhcpv4.DHCPv4) { m.SetBroadcast() }
 
 	var lease net.IP
 	t.Run("PXE client gets dnsmasq's lease and our boot file without address", func(t *testing.T) {
-		req := pxeCaptured(t, pxeCaptureEFI, pxeFrameEDK2Discover)
-		leases, proxy := split(pxeExchange(t, clientA, req, everyone, wait))
+		req := captured(t, captureEFI, frameEDK2Discover)
+		leases, proxy := split(exchange(t, clientA, req, everyone, wait))
 		if len(leases) != 1 || !inRange(leases[0].YourIPAddr, "10.77.0.0/24") {
 			t.Fatalf("lease offers %v, want one from dnsmasq", leases)
 		}
@@ -169,15 +169,15 @@ func TestPXENetns(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		leases, proxy := split(pxeExchange(t, clientA, req, everyone, wait))
+		leases, proxy := split(exchange(t, clientA, req, everyone, wait))
 		if len(leases) != 1 || len(proxy) != 0 {
 			t.Errorf("got %d lease and %d proxy offers, want 1 and 0", len(leases), len(proxy))
 		}
 	})
 
 	t.Run("iPXE gets the HTTP script URL", func(t *testing.T) {
-		req := pxeModify(t, pxeCaptured(t, pxeCaptureBIOS, pxeFrameIPXEBIOSDiscover), broadcast)
-		leases, proxy := split(pxeExchange(t, clientA, req, everyone, wait))
+		req := modify(t, captured(t, captureBIOS, frameIPXEBIOSDiscover), broadcast)
+		leases, proxy := split(exchange(t, clientA, req, everyone, wait))
 		if len(leases) != 1 || len(proxy) != 1 {
 			t.Fatalf("got %d lease and %d proxy offers, want 1 and 1", len(leases), len(proxy))
 		}
@@ -187,8 +187,8 @@ func TestPXENetns(t *testing.T) {
 	})
 
 	t.Run("second network gets the server's address there", func(t *testing.T) {
-		req := pxeCaptured(t, pxeCaptureEFI, pxeFrameEDK2Discover)
-		rs := pxeExchange(t, clientB, req, everyone, wait)
+		req := captured(t, captureEFI, frameEDK2Discover)
+		rs := exchange(t, clientB, req, everyone, wait)
 		leases, proxy := split(rs)
 		if len(leases) != 1 || !inRange(leases[0].YourIPAddr, "10.78.0.0/24") || len(proxy) != 1 {
 			t.Fatalf("got lease offers %v and %d proxy offers", leases, len(proxy))
@@ -207,10 +207,10 @@ func TestPXENetns(t *testing.T) {
 		if lease == nil {
 			t.Skip("no lease from the first subtest")
 		}
-		pxeRunIP(t, "-n", nsA, "addr", "add", lease.String()+"/24", "dev", ifA)
-		req := pxeModify(t, pxeCaptured(t, pxeCaptureEFI, pxeFrameEDK2Request), pxeWithCIAddr(lease.String()),
-			pxeUnicastFlag, pxeWithOption(50, nil), pxeWithOption(54, nil))
-		rs := pxeExchange(t, clientA, req, netip.MustParseAddrPort("10.77.0.1:4011"), time.Second)
+		runIP(t, "-n", nsA, "addr", "add", lease.String()+"/24", "dev", ifA)
+		req := modify(t, captured(t, captureEFI, frameEDK2Request), withCIAddr(lease.String()),
+			unicastFlag, withOption(50, nil), withOption(54, nil))
+		rs := exchange(t, clientA, req, netip.MustParseAddrPort("10.77.0.1:4011"), time.Second)
 		if len(rs) != 1 || rs[0].From != netip.MustParseAddrPort("10.77.0.1:4011") ||
 			rs[0].Msg.MessageType() != dhcpv4.MessageTypeAck || rs[0].Msg.BootFileName != "ipxe.efi" {
 			t.Errorf("replies %v, want one ACK of ipxe.efi from 10.77.0.1:4011", rs)
@@ -218,14 +218,14 @@ func TestPXENetns(t *testing.T) {
 	})
 
 	t.Run("udhcpc with a PXE vendor class gets its lease from dnsmasq", func(t *testing.T) {
-		udhcpc := pxeRequireCommand(t, "udhcpc", "udhcpc")
+		udhcpc := requireCommand(t, "udhcpc", "udhcpc")
 		script := filepath.Join(dir, "udhcpc.sh")
 		// udhcpc calls the script with the event; on "bound" it has the lease in $ip.
 		if err := os.WriteFile(script, []byte("#!/bin/sh\n[ \"$1\" = bound ] && echo \"LEASE $ip $serverid\"\nexit 0\n"), 0o755); err != nil {
 			t.Fatal(err)
 		}
 		start := time.Now()
-		out, err := pxeRunInNetns(nsB, 30*time.Second, udhcpc, "-f", "-q", "-n", "-i", ifB,
+		out, err := runInNetns(nsB, 30*time.Second, udhcpc, "-f", "-q", "-n", "-i", ifB,
 			"-V", "PXEClient:Arch:00007:UNDI:003016", "-x", "0x5d:0007", "-s", script, "-t", "6", "-T", "2", "-A", "1")
 		t.Logf("udhcpc took %s:\n%s", time.Since(start).Round(time.Millisecond), out)
 		if err != nil {
@@ -251,41 +251,41 @@ func TestPXENetns(t *testing.T) {
 	})
 }
 
-// TestPXENetnsInterface checks that a server restricted to one interface of a
+// TestNetnsInterface checks that a server restricted to one interface of a
 // two-network host answers there only.
-func TestPXENetnsInterface(t *testing.T) {
-	pxeRequireNetns(t)
-	id := pxeTestID()
-	srvNS := pxeNewNetns(t, "pxetest-srv-"+id)
-	nsA := pxeNewNetns(t, "pxetest-a-"+id)
-	nsB := pxeNewNetns(t, "pxetest-b-"+id)
+func TestNetnsInterface(t *testing.T) {
+	requireNetns(t)
+	id := testID()
+	srvNS := newNetns(t, "pxetest-srv-"+id)
+	nsA := newNetns(t, "pxetest-a-"+id)
+	nsB := newNetns(t, "pxetest-b-"+id)
 	ifSA, ifA, ifSB, ifB := "nsa"+id, "nca"+id, "nsb"+id, "ncb"+id
-	pxeLinkNetns(t, srvNS, ifSA, "10.77.0.1/24", nsA, ifA, "")
-	pxeLinkNetns(t, srvNS, ifSB, "10.78.0.1/24", nsB, ifB, "")
+	linkNetns(t, srvNS, ifSA, "10.77.0.1/24", nsA, ifA, "")
+	linkNetns(t, srvNS, ifSB, "10.78.0.1/24", nsB, ifB, "")
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := json.Marshal(PXEConfig{Interface: ifSA})
+	cfg, err := json.Marshal(Config{Interface: ifSA})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ours := pxeStartInNetns(t, srvNS, []string{pxeHelperEnv + "=" + string(cfg)}, exe,
-		"-test.run=^TestPXENetnsServerProcess$", "-test.count=1")
+	ours := startInNetns(t, srvNS, []string{helperEnv + "=" + string(cfg)}, exe,
+		"-test.run=^TestNetnsServerProcess$", "-test.count=1")
 	ours.waitLine(t, "BOUND", 10*time.Second)
 
-	req := pxeCaptured(t, pxeCaptureEFI, pxeFrameEDK2Discover)
+	req := captured(t, captureEFI, frameEDK2Discover)
 	everyone := netip.MustParseAddrPort("255.255.255.255:67")
-	if rs := pxeExchange(t, pxeClientConn(t, nsA, ifA), req, everyone, 500*time.Millisecond); len(rs) != 1 || rs[0].Msg.BootFileName != "ipxe.efi" {
+	if rs := exchange(t, clientConn(t, nsA, ifA), req, everyone, 500*time.Millisecond); len(rs) != 1 || rs[0].Msg.BootFileName != "ipxe.efi" {
 		t.Errorf("on %s: %d replies, want one offer of ipxe.efi", ifSA, len(rs))
 	}
-	if rs := pxeExchange(t, pxeClientConn(t, nsB, ifB), req, everyone, 500*time.Millisecond); len(rs) != 0 {
+	if rs := exchange(t, clientConn(t, nsB, ifB), req, everyone, 500*time.Millisecond); len(rs) != 0 {
 		t.Errorf("on %s: %d replies, want none", ifSB, len(rs))
 	}
 }
 
-// pxeRunInNetns runs a command inside a namespace and returns its combined output.
-func pxeRunInNetns(ns string, timeout time.Duration, name string, args ...string) (string, error) {
+// runInNetns runs a command inside a namespace and returns its combined output.
+func runInNetns(ns string, timeout time.Duration, name string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns, name}, args...)...).CombinedOutput()

@@ -1,4 +1,4 @@
-package netbootd
+package pxe
 
 import (
 	"bytes"
@@ -62,8 +62,8 @@ func (a Arch) isHTTP() bool {
 	return false
 }
 
-// pxeArchLabels are the values of the arch label, created at 0 for every request type.
-var pxeArchLabels = []string{"bios", "efi_ia32", "efi_x64", "efi_bc", "arm64", "http", "other"}
+// archLabels are the values of the arch label, created at 0 for every request type.
+var archLabels = []string{"bios", "efi_ia32", "efi_x64", "efi_bc", "arm64", "http", "other"}
 
 // Kind is what the NS knows about a computer. It reaches the reply only through the
 // {kind} placeholder of the iPXE script URL; the script server picks menus by it.
@@ -118,8 +118,8 @@ const (
 	ReasonBSDPNoImage         Reason = "bsdp_no_image"          // no image matches (or none configured)
 )
 
-// pxeReasons lists every Reason, so each label exists at 0.
-var pxeReasons = []Reason{
+// reasons lists every Reason, so each label exists at 0.
+var reasons = []Reason{
 	ReasonMalformed, ReasonNotRequest, ReasonMessageType, ReasonNotPXE, ReasonForDHCPServer,
 	ReasonBIS, ReasonNoArch, ReasonNoBootFile, ReasonNoServerAddress,
 	ReasonBSDPMalformed, ReasonBSDPMessageType, ReasonBSDPNoClientAddress, ReasonBSDPReplyPort,
@@ -143,11 +143,11 @@ type Arrival struct {
 	IfAddrs []netip.Prefix // addresses of the arrival interface
 }
 
-// PXEConfig configures proxyDHCP, the PXE boot server and BSDP. Zero values take the
+// Config configures proxyDHCP, the PXE boot server and BSDP. Zero values take the
 // defaults (see WithDefaults). Templates may use {server} (our address on the client's
 // network), {mac} (the client's, as 52-54-00-12-34-56), {arch} (option 93 as a number)
 // and {kind} (unknown, managed or predefined).
-type PXEConfig struct {
+type Config struct {
 	// Listen addresses. Clients without an address broadcast, and only a socket on the
 	// wildcard address gets broadcasts: restrict with Interface, not with an address.
 	Listen67   string `yaml:"listen_67"`   // default ":67"
@@ -182,18 +182,18 @@ type PXEConfig struct {
 
 // PXE defaults.
 const (
-	pxeDefaultListen67      = ":67"
-	pxeDefaultListen4011    = ":4011"
-	pxeDefaultScriptURL     = "http://{server}:8080/ipxe/{mac}"
-	pxeDefaultLookupTimeout = 500 * time.Millisecond
-	pxeDefaultClientPort    = 68
-	pxeDefaultRelayPort     = 67
-	pxeMaxOfferDelay        = time.Second
+	defaultListen67      = ":67"
+	defaultListen4011    = ":4011"
+	defaultScriptURL     = "http://{server}:8080/ipxe/{mac}"
+	defaultLookupTimeout = 500 * time.Millisecond
+	defaultClientPort    = 68
+	defaultRelayPort     = 67
+	maxOfferDelay        = time.Second
 )
 
-// pxeDefaultBootFiles are iPXE builds: undionly.kpxe chains through the BIOS PXE stack, the
+// defaultBootFiles are iPXE builds: undionly.kpxe chains through the BIOS PXE stack, the
 // EFI builds replace the firmware's. IA32 firmware cannot run the x86-64 build.
-var pxeDefaultBootFiles = map[Arch]string{
+var defaultBootFiles = map[Arch]string{
 	ArchBIOS:         "undionly.kpxe",
 	ArchEFIIA32:      "ipxe-ia32.efi",
 	ArchEFIx64:       "ipxe.efi",
@@ -204,16 +204,16 @@ var pxeDefaultBootFiles = map[Arch]string{
 }
 
 // WithDefaults returns c with every zero field set to its default. Decide expects a
-// config that went through it, as NewPXEServer does.
-func (c PXEConfig) WithDefaults() PXEConfig {
+// config that went through it, as NewServer does.
+func (c Config) WithDefaults() Config {
 	if c.Listen67 == "" {
-		c.Listen67 = pxeDefaultListen67
+		c.Listen67 = defaultListen67
 	}
 	if c.Listen4011 == "" {
-		c.Listen4011 = pxeDefaultListen4011
+		c.Listen4011 = defaultListen4011
 	}
-	files := make(map[Arch]string, len(pxeDefaultBootFiles)+len(c.BootFiles))
-	for a, f := range pxeDefaultBootFiles {
+	files := make(map[Arch]string, len(defaultBootFiles)+len(c.BootFiles))
+	for a, f := range defaultBootFiles {
 		files[a] = f
 	}
 	for a, f := range c.BootFiles {
@@ -221,23 +221,23 @@ func (c PXEConfig) WithDefaults() PXEConfig {
 	}
 	c.BootFiles = files
 	if c.IPXEScriptURL == "" {
-		c.IPXEScriptURL = pxeDefaultScriptURL
+		c.IPXEScriptURL = defaultScriptURL
 	}
 	if c.LookupTimeout == 0 {
-		c.LookupTimeout = pxeDefaultLookupTimeout
+		c.LookupTimeout = defaultLookupTimeout
 	}
 	if c.ClientPort == 0 {
-		c.ClientPort = pxeDefaultClientPort
+		c.ClientPort = defaultClientPort
 	}
 	if c.RelayPort == 0 {
-		c.RelayPort = pxeDefaultRelayPort
+		c.RelayPort = defaultRelayPort
 	}
 	c.BSDP = c.BSDP.withDefaults()
 	return c
 }
 
 // Validate reports the first field Run or Decide could not use.
-func (c *PXEConfig) Validate() error {
+func (c *Config) Validate() error {
 	for name, addr := range map[string]string{"listen_67": c.Listen67, "listen_4011": c.Listen4011} {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			return fmt.Errorf("netbootd: pxe: %s: %w", name, err)
@@ -251,12 +251,12 @@ func (c *PXEConfig) Validate() error {
 			return fmt.Errorf("netbootd: pxe: boot_files[%d]: longer than 255 bytes", a)
 		}
 		if a.isHTTP() {
-			if err := pxeCheckHTTPTemplate(f); err != nil {
+			if err := checkHTTPTemplate(f); err != nil {
 				return fmt.Errorf("netbootd: pxe: boot_files[%d]: %w", a, err)
 			}
 		}
 	}
-	if err := pxeCheckHTTPTemplate(c.IPXEScriptURL); err != nil {
+	if err := checkHTTPTemplate(c.IPXEScriptURL); err != nil {
 		return fmt.Errorf("netbootd: pxe: ipxe_script_url: %w", err)
 	}
 	if c.ServerIP.IsValid() && (!c.ServerIP.Is4() || c.ServerIP.IsUnspecified()) {
@@ -265,16 +265,16 @@ func (c *PXEConfig) Validate() error {
 	if c.LookupTimeout < 0 {
 		return errors.New("netbootd: pxe: lookup_timeout: negative")
 	}
-	if c.OfferDelay < 0 || c.OfferDelay > pxeMaxOfferDelay {
-		return fmt.Errorf("netbootd: pxe: offer_delay: %s is not between 0 and %s", c.OfferDelay, pxeMaxOfferDelay)
+	if c.OfferDelay < 0 || c.OfferDelay > maxOfferDelay {
+		return fmt.Errorf("netbootd: pxe: offer_delay: %s is not between 0 and %s", c.OfferDelay, maxOfferDelay)
 	}
 	return c.BSDP.validate()
 }
 
-// pxeCheckHTTPTemplate accepts an http(s) URL template; placeholders are filled with sample
+// checkHTTPTemplate accepts an http(s) URL template; placeholders are filled with sample
 // values so that the URL parser sees what a client would.
-func pxeCheckHTTPTemplate(t string) error {
-	u, err := url.Parse(pxeExpand(t, pxeTemplateVars{server: netip.AddrFrom4([4]byte{192, 0, 2, 1}), mac: net.HardwareAddr{2, 0, 0, 0, 0, 1}}))
+func checkHTTPTemplate(t string) error {
+	u, err := url.Parse(expand(t, templateVars{server: netip.AddrFrom4([4]byte{192, 0, 2, 1}), mac: net.HardwareAddr{2, 0, 0, 0, 0, 1}}))
 	if err != nil {
 		return err
 	}
@@ -284,16 +284,16 @@ func pxeCheckHTTPTemplate(t string) error {
 	return nil
 }
 
-type pxeTemplateVars struct {
+type templateVars struct {
 	server netip.Addr
 	mac    net.HardwareAddr
 	arch   Arch
 	kind   Kind
 }
 
-// pxeExpand fills in the placeholders in one pass, as strings.Replacer would, without
+// expand fills in the placeholders in one pass, as strings.Replacer would, without
 // building a replacer for every reply.
-func pxeExpand(t string, v pxeTemplateVars) string {
+func expand(t string, v templateVars) string {
 	i := strings.IndexByte(t, '{')
 	if i < 0 {
 		return t
@@ -308,7 +308,7 @@ func pxeExpand(t string, v pxeTemplateVars) string {
 			b.WriteString(v.server.String())
 			t = t[len("{server}"):]
 		case strings.HasPrefix(t, "{mac}"):
-			b.WriteString(pxeMACDashed(v.mac))
+			b.WriteString(macDashed(v.mac))
 			t = t[len("{mac}"):]
 		case strings.HasPrefix(t, "{arch}"):
 			b.WriteString(strconv.Itoa(int(v.arch)))
@@ -325,33 +325,33 @@ func pxeExpand(t string, v pxeTemplateVars) string {
 	return b.String()
 }
 
-// pxeMACDashed writes a MAC as pxelinux names its per-host files: safe in URLs, file and
+// macDashed writes a MAC as pxelinux names its per-host files: safe in URLs, file and
 // host names.
-func pxeMACDashed(mac net.HardwareAddr) string {
+func macDashed(mac net.HardwareAddr) string {
 	return strings.ReplaceAll(mac.String(), ":", "-")
 }
 
 // Vendor classes (option 60) of the clients this service answers.
 const (
-	pxeClassPXE  = "PXEClient"
-	pxeClassHTTP = "HTTPClient"
-	bsdpClass    = "AAPLBSDPC"
+	classPXE  = "PXEClient"
+	classHTTP = "HTTPClient"
+	classBSDP = "AAPLBSDPC"
 )
 
 // PXE vendor sub-options (option 43) in the PXE 2.1 specification.
 const (
-	pxeSubDiscoveryControl = 6
-	pxeSubMenuPrompt       = 10
-	pxeSubBootItem         = 71
-	pxeSubEnd              = 255
+	subDiscoveryControl = 6
+	subMenuPrompt       = 10
+	subBootItem         = 71
+	subEnd              = 255
 )
 
-// pxeDiscoveryBootFile is PXE_DISCOVERY_CONTROL bit 3: no boot server discovery, download
+// discoveryBootFile is PXE_DISCOVERY_CONTROL bit 3: no boot server discovery, download
 // the boot file named in the offer.
-const pxeDiscoveryBootFile = 8
+const discoveryBootFile = 8
 
-// pxeBISLayer is the bit of a boot item's layer that asks for boot integrity services.
-const pxeBISLayer = 0x8000
+// bisLayer is the bit of a boot item's layer that asks for boot integrity services.
+const bisLayer = 0x8000
 
 // Decide answers one request. It looks at nothing but its arguments: the parsed request,
 // where it arrived, the kind of computer (only for the {kind} placeholder) and a config
@@ -362,7 +362,7 @@ const pxeBISLayer = 0x8000
 // address (yiaddr 0.0.0.0), only PXEClient and HTTPClient requests, a DISCOVER on 67 with
 // an OFFER, a REQUEST on 4011 with an ACK. BSDP INFORMs (vendor class AAPLBSDPC) on 67
 // go to the BSDP logic.
-func Decide(req *dhcpv4.DHCPv4, in Arrival, kind Kind, cfg *PXEConfig) (reply *dhcpv4.DHCPv4, dst netip.AddrPort, ignored Reason) {
+func Decide(req *dhcpv4.DHCPv4, in Arrival, kind Kind, cfg *Config) (reply *dhcpv4.DHCPv4, dst netip.AddrPort, ignored Reason) {
 	if req == nil {
 		return nil, netip.AddrPort{}, ReasonMalformed
 	}
@@ -378,11 +378,11 @@ func Decide(req *dhcpv4.DHCPv4, in Arrival, kind Kind, cfg *PXEConfig) (reply *d
 	class := req.ClassIdentifier()
 	var vendor string
 	switch {
-	case strings.HasPrefix(class, pxeClassPXE):
-		vendor = pxeClassPXE
-	case strings.HasPrefix(class, pxeClassHTTP):
-		vendor = pxeClassHTTP
-	case strings.HasPrefix(class, bsdpClass):
+	case strings.HasPrefix(class, classPXE):
+		vendor = classPXE
+	case strings.HasPrefix(class, classHTTP):
+		vendor = classHTTP
+	case strings.HasPrefix(class, classBSDP):
 		if in.Port != PortDHCP {
 			return nil, netip.AddrPort{}, ReasonMessageType
 		}
@@ -391,8 +391,8 @@ func Decide(req *dhcpv4.DHCPv4, in Arrival, kind Kind, cfg *PXEConfig) (reply *d
 		return nil, netip.AddrPort{}, ReasonNotPXE
 	}
 
-	item, hasItem := pxeBootItem(req.Options.Get(dhcpv4.OptionVendorSpecificInformation))
-	ciaddr := pxeAddr4(req.ClientIPAddr)
+	item, hasItem := bootItem(req.Options.Get(dhcpv4.OptionVendorSpecificInformation))
+	ciaddr := addr4(req.ClientIPAddr)
 	replyType := dhcpv4.MessageTypeAck
 	switch {
 	case in.Port == PortPXE && mt == dhcpv4.MessageTypeDiscover:
@@ -405,13 +405,13 @@ func Decide(req *dhcpv4.DHCPv4, in Arrival, kind Kind, cfg *PXEConfig) (reply *d
 		// it is PXE boot server discovery by broadcast, which a boot server answers.
 		return nil, netip.AddrPort{}, ReasonForDHCPServer
 	}
-	if hasItem && binary.BigEndian.Uint16(item[2:])&pxeBISLayer != 0 {
+	if hasItem && binary.BigEndian.Uint16(item[2:])&bisLayer != 0 {
 		return nil, netip.AddrPort{}, ReasonBIS
 	}
 
-	arch, hasArch := pxeClientArch(req)
-	ipxe := pxeHasUserClass(req, "iPXE")
-	server := pxeServerAddr(req, in, cfg)
+	arch, hasArch := clientArch(req)
+	ipxe := hasUserClass(req, "iPXE")
+	server := serverAddr(req, in, cfg)
 	if !server.IsValid() {
 		return nil, netip.AddrPort{}, ReasonNoServerAddress
 	}
@@ -424,13 +424,13 @@ func Decide(req *dhcpv4.DHCPv4, in Arrival, kind Kind, cfg *PXEConfig) (reply *d
 	default:
 		file = cfg.BootFiles[arch]
 	}
-	file = pxeExpand(file, pxeTemplateVars{server: server, mac: req.ClientHWAddr, arch: arch, kind: kind})
-	if file == "" || (vendor == pxeClassHTTP && !pxeIsHTTPURL(file)) {
+	file = expand(file, templateVars{server: server, mac: req.ClientHWAddr, arch: arch, kind: kind})
+	if file == "" || (vendor == classHTTP && !isHTTPURL(file)) {
 		return nil, netip.AddrPort{}, ReasonNoBootFile
 	}
 
-	r := pxeNewReply(req, replyType, server)
-	pxeSetBootFile(r, file)
+	r := newReply(req, replyType, server)
+	setBootFile(r, file)
 	r.UpdateOption(dhcpv4.OptClassIdentifier(vendor))
 	if uuid := req.Options.Get(dhcpv4.OptionClientMachineIdentifier); uuid != nil {
 		r.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionClientMachineIdentifier, bytes.Clone(uuid)))
@@ -439,15 +439,15 @@ func Decide(req *dhcpv4.DHCPv4, in Arrival, kind Kind, cfg *PXEConfig) (reply *d
 	// firmware has no PXE options: the firmware then confirms it on 4011 and boots what the
 	// ACK there names. HTTP boot uses no PXE options at all.
 	efiFirstOffer := in.Port == PortDHCP && hasArch && arch >= ArchEFIIA32 && !ipxe
-	if vendor == pxeClassPXE && !efiFirstOffer {
-		r.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionVendorSpecificInformation, pxeVendorOptions(item, hasItem)))
+	if vendor == classPXE && !efiFirstOffer {
+		r.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionVendorSpecificInformation, vendorOptions(item, hasItem)))
 	}
-	return r, pxeDestination(req, in, r, cfg), ""
+	return r, destination(req, in, r, cfg), ""
 }
 
-// pxeNewReply starts a reply that leases nothing. RFC 2131 table 3 keeps ciaddr in an ACK
+// newReply starts a reply that leases nothing. RFC 2131 table 3 keeps ciaddr in an ACK
 // and zeroes it in an OFFER; RFC 3046 and 6842 have options 82 and 61 echoed.
-func pxeNewReply(req *dhcpv4.DHCPv4, mt dhcpv4.MessageType, server netip.Addr) *dhcpv4.DHCPv4 {
+func newReply(req *dhcpv4.DHCPv4, mt dhcpv4.MessageType, server netip.Addr) *dhcpv4.DHCPv4 {
 	r := &dhcpv4.DHCPv4{
 		OpCode:         dhcpv4.OpcodeBootReply,
 		HWType:         req.HWType,
@@ -456,13 +456,13 @@ func pxeNewReply(req *dhcpv4.DHCPv4, mt dhcpv4.MessageType, server netip.Addr) *
 		ClientIPAddr:   net.IPv4zero.To4(),
 		YourIPAddr:     net.IPv4zero.To4(),
 		ServerIPAddr:   net.IP(server.AsSlice()),
-		GatewayIPAddr:  pxeIP4OrZero(req.GatewayIPAddr),
+		GatewayIPAddr:  ip4OrZero(req.GatewayIPAddr),
 		ClientHWAddr:   bytes.Clone(req.ClientHWAddr),
 		ServerHostName: "",
 		Options:        dhcpv4.Options{},
 	}
 	if mt != dhcpv4.MessageTypeOffer {
-		r.ClientIPAddr = pxeIP4OrZero(req.ClientIPAddr)
+		r.ClientIPAddr = ip4OrZero(req.ClientIPAddr)
 	}
 	r.UpdateOption(dhcpv4.OptMessageType(mt))
 	r.UpdateOption(dhcpv4.OptServerIdentifier(net.IP(server.AsSlice())))
@@ -474,9 +474,9 @@ func pxeNewReply(req *dhcpv4.DHCPv4, mt dhcpv4.MessageType, server netip.Addr) *
 	return r
 }
 
-// pxeSetBootFile puts the file in the BOOTP file field, which every PXE ROM reads, or in
+// setBootFile puts the file in the BOOTP file field, which every PXE ROM reads, or in
 // option 67 when it does not fit the field's 127 bytes.
-func pxeSetBootFile(r *dhcpv4.DHCPv4, file string) {
+func setBootFile(r *dhcpv4.DHCPv4, file string) {
 	if len(file) <= 127 {
 		r.BootFileName = file
 		return
@@ -484,14 +484,14 @@ func pxeSetBootFile(r *dhcpv4.DHCPv4, file string) {
 	r.UpdateOption(dhcpv4.OptBootFileName(file))
 }
 
-// pxeDestination applies RFC 2131 4.1 to a proxy reply: a relayed request is answered
+// destination applies RFC 2131 4.1 to a proxy reply: a relayed request is answered
 // through its relay; on 4011 the client has an address and gets a unicast reply to the
 // port it sent from; otherwise the client may have no address yet and gets a broadcast
 // unless it asked for unicast and has one. It also sets the broadcast flag so that a
 // relay, which cannot unicast to yiaddr 0.0.0.0, broadcasts to the client.
-func pxeDestination(req *dhcpv4.DHCPv4, in Arrival, r *dhcpv4.DHCPv4, cfg *PXEConfig) netip.AddrPort {
-	ciaddr := pxeAddr4(req.ClientIPAddr)
-	giaddr := pxeAddr4(req.GatewayIPAddr)
+func destination(req *dhcpv4.DHCPv4, in Arrival, r *dhcpv4.DHCPv4, cfg *Config) netip.AddrPort {
+	ciaddr := addr4(req.ClientIPAddr)
+	giaddr := addr4(req.GatewayIPAddr)
 	switch {
 	case in.Port == PortPXE:
 		if ciaddr.IsValid() {
@@ -501,7 +501,7 @@ func pxeDestination(req *dhcpv4.DHCPv4, in Arrival, r *dhcpv4.DHCPv4, cfg *PXECo
 			return netip.AddrPortFrom(a, in.Src.Port())
 		}
 		r.SetBroadcast()
-		return netip.AddrPortFrom(pxeLimitedBroadcast, in.Src.Port())
+		return netip.AddrPortFrom(limitedBroadcast, in.Src.Port())
 	case giaddr.IsValid():
 		if !ciaddr.IsValid() {
 			r.SetBroadcast()
@@ -511,40 +511,40 @@ func pxeDestination(req *dhcpv4.DHCPv4, in Arrival, r *dhcpv4.DHCPv4, cfg *PXECo
 		return netip.AddrPortFrom(ciaddr, cfg.ClientPort)
 	}
 	r.SetBroadcast()
-	return netip.AddrPortFrom(pxeLimitedBroadcast, cfg.ClientPort)
+	return netip.AddrPortFrom(limitedBroadcast, cfg.ClientPort)
 }
 
-var pxeLimitedBroadcast = netip.AddrFrom4([4]byte{255, 255, 255, 255})
+var limitedBroadcast = netip.AddrFrom4([4]byte{255, 255, 255, 255})
 
-// pxeVendorOptions is what dnsmasq sends when it has boot files but no boot menu:
+// vendorOptions is what dnsmasq sends when it has boot files but no boot menu:
 // discovery control "use the boot file", and an empty prompt with timeout 0 so that
 // firmware shows no menu and waits for nothing. A boot item asked for is echoed, as boot
 // servers do.
-func pxeVendorOptions(item [4]byte, hasItem bool) []byte {
+func vendorOptions(item [4]byte, hasItem bool) []byte {
 	b := []byte{
-		pxeSubDiscoveryControl, 1, pxeDiscoveryBootFile,
-		pxeSubMenuPrompt, 4, 0, 'P', 'X', 'E',
+		subDiscoveryControl, 1, discoveryBootFile,
+		subMenuPrompt, 4, 0, 'P', 'X', 'E',
 	}
 	if hasItem {
-		b = append(b, pxeSubBootItem, 4)
+		b = append(b, subBootItem, 4)
 		b = append(b, item[:]...)
 	}
-	return append(b, pxeSubEnd)
+	return append(b, subEnd)
 }
 
-// pxeBootItem finds PXE_BOOT_ITEM (type and layer) in the client's option 43.
-func pxeBootItem(opt43 []byte) (item [4]byte, ok bool) {
+// bootItem finds PXE_BOOT_ITEM (type and layer) in the client's option 43.
+func bootItem(opt43 []byte) (item [4]byte, ok bool) {
 	for len(opt43) > 0 {
 		code := opt43[0]
 		if code == 0 {
 			opt43 = opt43[1:]
 			continue
 		}
-		if code == pxeSubEnd || len(opt43) < 2 || len(opt43) < 2+int(opt43[1]) {
+		if code == subEnd || len(opt43) < 2 || len(opt43) < 2+int(opt43[1]) {
 			break
 		}
 		n := int(opt43[1])
-		if code == pxeSubBootItem && n == 4 {
+		if code == subBootItem && n == 4 {
 			copy(item[:], opt43[2:6])
 			return item, true
 		}
@@ -553,9 +553,9 @@ func pxeBootItem(opt43 []byte) (item [4]byte, ok bool) {
 	return item, false
 }
 
-// pxeClientArch reads option 93, or failing that the "Arch:" field PXE puts in the vendor
+// clientArch reads option 93, or failing that the "Arch:" field PXE puts in the vendor
 // class ("PXEClient:Arch:00007:UNDI:003016").
-func pxeClientArch(req *dhcpv4.DHCPv4) (Arch, bool) {
+func clientArch(req *dhcpv4.DHCPv4) (Arch, bool) {
 	if v := req.Options.Get(dhcpv4.OptionClientSystemArchitectureType); len(v) >= 2 {
 		return Arch(binary.BigEndian.Uint16(v)), true
 	}
@@ -570,15 +570,15 @@ func pxeClientArch(req *dhcpv4.DHCPv4) (Arch, bool) {
 	return 0, false
 }
 
-// pxeHasUserClass reads option 77 as dhcpv4's UserClass does, as an RFC 3004 list or,
+// hasUserClass reads option 77 as dhcpv4's UserClass does, as an RFC 3004 list or,
 // failing that, as one string (iPXE sends "iPXE" so), without that parser's allocations
 // and formatted errors, which iPXE's raw form sets off on every request.
-func pxeHasUserClass(req *dhcpv4.DHCPv4, class string) bool {
+func hasUserClass(req *dhcpv4.DHCPv4, class string) bool {
 	v := req.Options.Get(dhcpv4.OptionUserClassInformation)
 	if v == nil {
 		return false
 	}
-	if !pxeIsRFC3004(v) {
+	if !isRFC3004(v) {
 		return string(v) == class
 	}
 	for len(v) > 0 {
@@ -591,9 +591,9 @@ func pxeHasUserClass(req *dhcpv4.DHCPv4, class string) bool {
 	return false
 }
 
-// pxeIsRFC3004 reports a non-empty list of length-prefixed, non-empty strings that fills
+// isRFC3004 reports a non-empty list of length-prefixed, non-empty strings that fills
 // the option exactly.
-func pxeIsRFC3004(v []byte) bool {
+func isRFC3004(v []byte) bool {
 	if len(v) == 0 {
 		return false
 	}
@@ -607,22 +607,22 @@ func pxeIsRFC3004(v []byte) bool {
 	return true
 }
 
-// pxeServerAddr picks the address we offer as next-server and server identifier: the
+// serverAddr picks the address we offer as next-server and server identifier: the
 // configured one, else the address the request reached (for a relayed request, the one
 // the relay sent to; for a broadcast, the arrival interface's own), else an address of
 // the arrival interface, preferring the subnet of the relay or client.
-func pxeServerAddr(req *dhcpv4.DHCPv4, in Arrival, cfg *PXEConfig) netip.Addr {
+func serverAddr(req *dhcpv4.DHCPv4, in Arrival, cfg *Config) netip.Addr {
 	if cfg.ServerIP.IsValid() {
 		return cfg.ServerIP
 	}
-	if pxeUsableUnicast4(in.LocalIP) {
+	if usableUnicast4(in.LocalIP) {
 		return in.LocalIP.Unmap()
 	}
 	var first netip.Addr
-	near := []netip.Addr{pxeAddr4(req.GatewayIPAddr), pxeAddr4(req.ClientIPAddr)}
+	near := []netip.Addr{addr4(req.GatewayIPAddr), addr4(req.ClientIPAddr)}
 	for _, p := range in.IfAddrs {
 		a := p.Addr().Unmap()
-		if !pxeUsableUnicast4(a) {
+		if !usableUnicast4(a) {
 			continue
 		}
 		if slices.ContainsFunc(near, func(n netip.Addr) bool { return n.IsValid() && p.Contains(n) }) {
@@ -635,13 +635,13 @@ func pxeServerAddr(req *dhcpv4.DHCPv4, in Arrival, cfg *PXEConfig) netip.Addr {
 	return first
 }
 
-func pxeUsableUnicast4(a netip.Addr) bool {
+func usableUnicast4(a netip.Addr) bool {
 	a = a.Unmap()
-	return a.Is4() && !a.IsUnspecified() && !a.IsMulticast() && a != pxeLimitedBroadcast
+	return a.Is4() && !a.IsUnspecified() && !a.IsMulticast() && a != limitedBroadcast
 }
 
-// pxeAddr4 converts a header address; 0.0.0.0 and garbage become the zero Addr.
-func pxeAddr4(ip net.IP) netip.Addr {
+// addr4 converts a header address; 0.0.0.0 and garbage become the zero Addr.
+func addr4(ip net.IP) netip.Addr {
 	v4 := ip.To4()
 	if v4 == nil {
 		return netip.Addr{}
@@ -653,13 +653,13 @@ func pxeAddr4(ip net.IP) netip.Addr {
 	return a
 }
 
-func pxeIP4OrZero(ip net.IP) net.IP {
+func ip4OrZero(ip net.IP) net.IP {
 	if v4 := ip.To4(); v4 != nil {
 		return bytes.Clone(v4)
 	}
 	return net.IPv4zero.To4()
 }
 
-func pxeIsHTTPURL(s string) bool {
+func isHTTPURL(s string) bool {
 	return strings.HasPrefix(s, "http://") || strings.HasPrefix(s, "https://")
 }

@@ -1,4 +1,4 @@
-package netbootd
+package tftp
 
 import (
 	"errors"
@@ -11,19 +11,19 @@ import (
 	"golang.org/x/net/ipv6"
 )
 
-// errTFTPTimeout is a receive that waited its full timeout.
-var errTFTPTimeout = errors.New("timed out waiting for the client")
+// errTimeout is a receive that waited its full timeout.
+var errTimeout = errors.New("timed out waiting for the client")
 
-// errTFTPAborted is a receive cut short because the server is stopping.
-var errTFTPAborted = errors.New("transfer cut at shutdown")
+// errAborted is a receive cut short because the server is stopping.
+var errAborted = errors.New("transfer cut at shutdown")
 
-// tftpConn is one transfer's socket: bound to the address the request came to, on a port
+// conn is one transfer's socket: bound to the address the request came to, on a port
 // of its own (the transfer ID), and connected to the client's, so that the kernel drops
 // anything from elsewhere and reports an unreachable client.
-type tftpConn interface {
+type conn interface {
 	send(b []byte) error
-	// recv waits up to the timeout for a datagram: errTFTPTimeout if none came,
-	// errTFTPAborted after abort.
+	// recv waits up to the timeout for a datagram: errTimeout if none came,
+	// errAborted after abort.
 	recv(b []byte) (int, error)
 	setTimeout(d time.Duration)
 	// abort ends a waiting or future recv; it is safe from any goroutine.
@@ -32,14 +32,14 @@ type tftpConn interface {
 	close()
 }
 
-// tftpPollConn is a transfer socket on Go's network poller: any number of transfers share
+// pollConn is a transfer socket on Go's network poller: any number of transfers share
 // a few threads.
-type tftpPollConn struct {
+type pollConn struct {
 	c       *net.UDPConn
 	timeout time.Duration
 }
 
-func newTFTPPollConn(local, remote netip.AddrPort) (tftpConn, error) {
+func newPollConn(local, remote netip.AddrPort) (conn, error) {
 	network := "udp4"
 	if remote.Addr().Is6() {
 		network = "udp6"
@@ -48,37 +48,37 @@ func newTFTPPollConn(local, remote netip.AddrPort) (tftpConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &tftpPollConn{c: c, timeout: tftpDefaultTimeout}, nil
+	return &pollConn{c: c, timeout: defaultTimeout}, nil
 }
 
-func (p *tftpPollConn) send(b []byte) error {
+func (p *pollConn) send(b []byte) error {
 	_, err := p.c.Write(b)
 	return err
 }
 
-func (p *tftpPollConn) recv(b []byte) (int, error) {
+func (p *pollConn) recv(b []byte) (int, error) {
 	if err := p.c.SetReadDeadline(time.Now().Add(p.timeout)); err != nil {
-		return 0, errTFTPAborted
+		return 0, errAborted
 	}
 	n, err := p.c.Read(b)
 	switch {
 	case err == nil:
 		return n, nil
 	case errors.Is(err, net.ErrClosed):
-		return 0, errTFTPAborted
+		return 0, errAborted
 	case errors.Is(err, os.ErrDeadlineExceeded):
-		return 0, errTFTPTimeout
+		return 0, errTimeout
 	}
 	return 0, err
 }
 
-func (p *tftpPollConn) setTimeout(d time.Duration) { p.timeout = d }
-func (p *tftpPollConn) abort()                     { p.c.Close() }
-func (p *tftpPollConn) close()                     { p.c.Close() }
+func (p *pollConn) setTimeout(d time.Duration) { p.timeout = d }
+func (p *pollConn) abort()                     { p.c.Close() }
+func (p *pollConn) close()                     { p.c.Close() }
 
-// tftpPacketDest reads the destination address and receiving interface of a request from
+// packetDest reads the destination address and receiving interface of a request from
 // its control messages; both are zero when the socket could not give them.
-func tftpPacketDest(oob []byte, v6socket bool) (netip.Addr, int) {
+func packetDest(oob []byte, v6socket bool) (netip.Addr, int) {
 	var cm4 ipv4.ControlMessage
 	if cm4.Parse(oob) == nil && cm4.Dst != nil {
 		if a, ok := netip.AddrFromSlice(cm4.Dst); ok {

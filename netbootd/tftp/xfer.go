@@ -1,4 +1,4 @@
-package netbootd
+package tftp
 
 import (
 	"encoding/binary"
@@ -7,22 +7,22 @@ import (
 	"io"
 )
 
-// tftpClientError is an ERROR packet from the client, which ends the transfer.
-type tftpClientError struct {
+// clientError is an ERROR packet from the client, which ends the transfer.
+type clientError struct {
 	code uint16
 	msg  string
 }
 
-func (e *tftpClientError) Error() string {
+func (e *clientError) Error() string {
 	return fmt.Sprintf("client sent error %d: %q", e.code, e.msg)
 }
 
-// tftpSender runs the data phase of one read transfer: blocks of blockSize sent window at
+// sender runs the data phase of one read transfer: blocks of blockSize sent window at
 // a time (one for a lock-step RFC 1350 client), each window resent whole when no ACK
 // comes within the timeout, up to retries times. Block numbers wrap after 65535 to 0, as
 // tftp-hpa and the PXE ROMs that fetch large files expect.
-type tftpSender struct {
-	conn      tftpConn
+type sender struct {
+	conn      conn
 	r         io.Reader
 	blockSize int
 	window    int
@@ -41,7 +41,7 @@ type tftpSender struct {
 // negotiate sends the option acknowledgement and waits for the client's ACK of block 0.
 // An ERROR in answer is how a client declines the options, or how EDK2 ends the tsize
 // query it makes before the real fetch.
-func (x *tftpSender) negotiate(oack []byte) error {
+func (x *sender) negotiate(oack []byte) error {
 	x.in = make([]byte, 1500)
 	for try := 0; ; try++ {
 		if try > 0 {
@@ -56,7 +56,7 @@ func (x *tftpSender) negotiate(oack []byte) error {
 			return err
 		}
 		if try == x.retries {
-			return fmt.Errorf("option acknowledgement: %w", errTFTPTimeout)
+			return fmt.Errorf("option acknowledgement: %w", errTimeout)
 		}
 	}
 }
@@ -65,20 +65,20 @@ func (x *tftpSender) negotiate(oack []byte) error {
 // or the transfer ends with an error. Other packets are ignored: a duplicate ACK must not
 // trigger a resend, or both sides would go on sending everything twice (the Sorcerer's
 // Apprentice bug of RFC 1350).
-func (x *tftpSender) awaitACK(accept func(block uint16) bool) (bool, error) {
+func (x *sender) awaitACK(accept func(block uint16) bool) (bool, error) {
 	for {
 		n, err := x.conn.recv(x.in)
 		switch {
-		case errors.Is(err, errTFTPTimeout):
+		case errors.Is(err, errTimeout):
 			return false, nil
 		case err != nil:
 			return false, err
 		}
-		op, block, msg, ok := tftpParseReply(x.in[:n])
+		op, block, msg, ok := parseReply(x.in[:n])
 		switch {
 		case !ok:
-		case op == tftpOpERROR:
-			return false, &tftpClientError{code: block, msg: msg}
+		case op == opERROR:
+			return false, &clientError{code: block, msg: msg}
 		case accept(block):
 			return true, nil
 		}
@@ -86,7 +86,7 @@ func (x *tftpSender) awaitACK(accept func(block uint16) bool) (bool, error) {
 }
 
 // run sends the file from block 1 to the end.
-func (x *tftpSender) run() error {
+func (x *sender) run() error {
 	if x.in == nil {
 		x.in = make([]byte, 1500)
 	}
@@ -109,7 +109,7 @@ func (x *tftpSender) run() error {
 				return err
 			}
 			x.reads++
-			binary.BigEndian.PutUint16(slot, tftpOpDATA)
+			binary.BigEndian.PutUint16(slot, opDATA)
 			binary.BigEndian.PutUint16(slot[2:], uint16(k))
 			x.lens[(k-1)%uint64(x.window)] = 4 + n
 			filled = k
@@ -143,7 +143,7 @@ func (x *tftpSender) run() error {
 				break
 			}
 			if try == x.retries {
-				return fmt.Errorf("block %d: %w", base+1, errTFTPTimeout)
+				return fmt.Errorf("block %d: %w", base+1, errTimeout)
 			}
 		}
 		for k := base + 1; k <= acked; k++ {
@@ -155,16 +155,16 @@ func (x *tftpSender) run() error {
 	}
 }
 
-// tftpNetascii converts a file to netascii as it is read (RFC 1350's mode for text): LF
+// netascii converts a file to netascii as it is read (RFC 1350's mode for text): LF
 // becomes CR LF and a lone CR becomes CR NUL.
-type tftpNetascii struct {
+type netascii struct {
 	r       io.Reader
 	buf     [4096]byte
 	pending []byte // converted bytes not yet returned
 	out     []byte
 }
 
-func (n *tftpNetascii) Read(p []byte) (int, error) {
+func (n *netascii) Read(p []byte) (int, error) {
 	for len(n.pending) == 0 {
 		k, err := n.r.Read(n.buf[:])
 		if k == 0 && err != nil {

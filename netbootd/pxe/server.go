@@ -1,4 +1,4 @@
-package netbootd
+package pxe
 
 import (
 	"bytes"
@@ -21,30 +21,30 @@ import (
 )
 
 const (
-	// pxeMaxPacket bounds a request; DHCP messages are far smaller unless a client raises
+	// maxPacket bounds a request; DHCP messages are far smaller unless a client raises
 	// option 57, and nothing PXE needs comes in a bigger one.
-	pxeMaxPacket = 8192
-	// pxeMaxReadFailures is how many reads in a row may fail before Run gives up.
-	pxeMaxReadFailures = 10
-	// pxeMaxLookups bounds the requests waiting for the NS at once; past it, requests are
+	maxPacket = 8192
+	// maxReadFailures is how many reads in a row may fail before Run gives up.
+	maxReadFailures = 10
+	// maxLookups bounds the requests waiting for the NS at once; past it, requests are
 	// answered as KindUnknown rather than queued behind a slow NS.
-	pxeMaxLookups = 64
-	// pxeKindTTL is how long a looked-up kind is reused: long enough to cover one boot's
+	maxLookups = 64
+	// kindTTL is how long a looked-up kind is reused: long enough to cover one boot's
 	// DHCP exchanges, short enough that an NS change shows on the next boot.
-	pxeKindTTL = time.Minute
-	// pxeKindErrorTTL keeps a failing NS from being asked for every retransmission.
-	pxeKindErrorTTL = 10 * time.Second
-	pxeKindCacheMax = 10000
-	// pxeSeenQueue holds Seen reports while the NS is slow; more are dropped and counted.
-	pxeSeenQueue   = 256
-	pxeSeenTimeout = 5 * time.Second
-	// pxeMaxDelayed bounds the offers held back by OfferDelay; past it they go at once.
-	pxeMaxDelayed = 1024
-	// pxeIfaceTTL is how long interface addresses are reused before being read again.
-	pxeIfaceTTL = 10 * time.Second
+	kindTTL = time.Minute
+	// kindErrorTTL keeps a failing NS from being asked for every retransmission.
+	kindErrorTTL = 10 * time.Second
+	kindCacheMax = 10000
+	// seenQueue holds Seen reports while the NS is slow; more are dropped and counted.
+	seenQueue   = 256
+	seenTimeout = 5 * time.Second
+	// maxDelayed bounds the offers held back by OfferDelay; past it they go at once.
+	maxDelayed = 1024
+	// ifaceTTL is how long interface addresses are reused before being read again.
+	ifaceTTL = 10 * time.Second
 )
 
-// PXEServer answers PXE clients as proxyDHCP on port 67 and as a PXE boot server on port
+// Server answers PXE clients as proxyDHCP on port 67 and as a PXE boot server on port
 // 4011, and Macs over BSDP on port 67. It never leases addresses: the site's DHCP server
 // does that. That server may run on the same host if it too binds 67 with SO_REUSEADDR
 // (dnsmasq does with bind-interfaces): the kernel gives each socket a copy of every
@@ -55,11 +55,11 @@ const (
 // for every request the interface it came in on and our address there. Replies go out
 // from that address, and broadcasts go out of that interface, so one server serves every
 // network of a multi-homed host, including networks added after it started.
-type PXEServer struct {
-	cfg       PXEConfig
+type Server struct {
+	cfg       Config
 	computers Computers
 	log       *slog.Logger
-	metrics   *pxeMetrics
+	metrics   *metrics
 
 	started  atomic.Bool
 	stopping atomic.Bool
@@ -69,64 +69,64 @@ type PXEServer struct {
 	dhcpAddr netip.AddrPort
 	pxeAddr  netip.AddrPort
 
-	kinds    pxeKindCache
-	ifaces   pxeIfaceCache
-	seen     chan pxeSeen
+	kinds    kindCache
+	ifaces   ifaceCache
+	seen     chan seenReport
 	lookups  chan struct{}
 	delayed  chan struct{}
 	handlers sync.WaitGroup
 }
 
-type pxeSeen struct {
+type seenReport struct {
 	mac  net.HardwareAddr
 	arch Arch
 }
 
-// NewPXEServer fills in defaults, validates cfg and registers metrics with reg (if not
+// NewServer fills in defaults, validates cfg and registers metrics with reg (if not
 // nil). It binds nothing. computers may be nil: every computer is then KindUnknown and
 // nothing is reported.
-func NewPXEServer(cfg PXEConfig, computers Computers, logger *slog.Logger, reg prometheus.Registerer) (*PXEServer, error) {
+func NewServer(cfg Config, computers Computers, logger *slog.Logger, reg prometheus.Registerer) (*Server, error) {
 	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	m, err := newPXEMetrics(reg)
+	m, err := newMetrics(reg)
 	if err != nil {
 		return nil, err
 	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &PXEServer{
+	return &Server{
 		cfg:       cfg,
 		computers: computers,
 		log:       logger.With("component", "pxe"),
 		metrics:   m,
 		bound:     make(chan struct{}),
-		kinds:     pxeKindCache{m: make(map[string]pxeKindEntry)},
-		ifaces:    pxeIfaceCache{m: make(map[int]pxeIface)},
-		seen:      make(chan pxeSeen, pxeSeenQueue),
-		lookups:   make(chan struct{}, pxeMaxLookups),
-		delayed:   make(chan struct{}, pxeMaxDelayed),
+		kinds:     kindCache{m: make(map[string]kindEntry)},
+		ifaces:    ifaceCache{m: make(map[int]iface)},
+		seen:      make(chan seenReport, seenQueue),
+		lookups:   make(chan struct{}, maxLookups),
+		delayed:   make(chan struct{}, maxDelayed),
 	}, nil
 }
 
 // Name identifies the server among services.
-func (s *PXEServer) Name() string { return "pxe" }
+func (s *Server) Name() string { return "pxe" }
 
 // Bound is closed once both sockets are bound, after which Addrs is valid.
-func (s *PXEServer) Bound() <-chan struct{} { return s.bound }
+func (s *Server) Bound() <-chan struct{} { return s.bound }
 
 // Addrs returns the bound addresses of the proxyDHCP (67) and PXE (4011) sockets, or zero
 // values before Run has bound them.
-func (s *PXEServer) Addrs() (dhcp, pxe netip.AddrPort) {
+func (s *Server) Addrs() (dhcp, pxe netip.AddrPort) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.dhcpAddr, s.pxeAddr
 }
 
 // Ready reports whether the server is taking requests.
-func (s *PXEServer) Ready() bool {
+func (s *Server) Ready() bool {
 	select {
 	case <-s.bound:
 		return !s.stopping.Load()
@@ -135,7 +135,7 @@ func (s *PXEServer) Ready() bool {
 	}
 }
 
-type pxeSocket struct {
+type socket struct {
 	role uint16
 	conn *net.UDPConn
 }
@@ -143,11 +143,11 @@ type pxeSocket struct {
 // Run binds both sockets and serves until ctx is done, then closes them, waits for
 // requests in progress and returns nil. It returns an error if a socket cannot be bound
 // or keeps failing.
-func (s *PXEServer) Run(ctx context.Context) error {
+func (s *Server) Run(ctx context.Context) error {
 	if !s.started.CompareAndSwap(false, true) {
 		return errors.New("netbootd: pxe: Run called twice")
 	}
-	var socks []*pxeSocket
+	var socks []*socket
 	closeAll := func() {
 		for _, sock := range socks {
 			sock.conn.Close()
@@ -157,12 +157,12 @@ func (s *PXEServer) Run(ctx context.Context) error {
 		role uint16
 		addr string
 	}{{PortDHCP, s.cfg.Listen67}, {PortPXE, s.cfg.Listen4011}} {
-		conn, err := pxeListen(ctx, l.addr, s.cfg.Interface)
+		conn, err := listen(ctx, l.addr, s.cfg.Interface)
 		if err != nil {
 			closeAll()
 			return fmt.Errorf("netbootd: pxe: listen %s: %w", l.addr, err)
 		}
-		socks = append(socks, &pxeSocket{role: l.role, conn: conn})
+		socks = append(socks, &socket{role: l.role, conn: conn})
 	}
 	s.mu.Lock()
 	s.dhcpAddr = socks[0].conn.LocalAddr().(*net.UDPAddr).AddrPort()
@@ -197,9 +197,9 @@ func (s *PXEServer) Run(ctx context.Context) error {
 	return err
 }
 
-// pxeListen binds a UDP socket that can share its port with a DHCP server on the same
+// listen binds a UDP socket that can share its port with a DHCP server on the same
 // host, send broadcasts, and learn where each datagram arrived.
-func pxeListen(ctx context.Context, addr, ifname string) (*net.UDPConn, error) {
+func listen(ctx context.Context, addr, ifname string) (*net.UDPConn, error) {
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		var serr error
 		err := c.Control(func(fd uintptr) {
@@ -225,8 +225,8 @@ func pxeListen(ctx context.Context, addr, ifname string) (*net.UDPConn, error) {
 	return pc.(*net.UDPConn), nil
 }
 
-func (s *PXEServer) serve(ctx context.Context, sock *pxeSocket) error {
-	buf := make([]byte, pxeMaxPacket)
+func (s *Server) serve(ctx context.Context, sock *socket) error {
+	buf := make([]byte, maxPacket)
 	oob := make([]byte, unix.CmsgSpace(unix.SizeofInet4Pktinfo))
 	failures := 0
 	for {
@@ -235,7 +235,7 @@ func (s *PXEServer) serve(ctx context.Context, sock *pxeSocket) error {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			if failures++; failures >= pxeMaxReadFailures {
+			if failures++; failures >= maxReadFailures {
 				return fmt.Errorf("netbootd: pxe: read on %s: %w", sock.conn.LocalAddr(), err)
 			}
 			s.log.Warn("pxe read failed", "addr", sock.conn.LocalAddr(), "err", err)
@@ -253,7 +253,7 @@ func (s *PXEServer) serve(ctx context.Context, sock *pxeSocket) error {
 
 // arrival reads the IP_PKTINFO control message: the arrival interface and the local
 // address the kernel would answer from there (for a broadcast, the interface's own).
-func (s *PXEServer) arrival(role uint16, src netip.AddrPort, oob []byte) Arrival {
+func (s *Server) arrival(role uint16, src netip.AddrPort, oob []byte) Arrival {
 	in := Arrival{Port: role, Src: netip.AddrPortFrom(src.Addr().Unmap(), src.Port())}
 	msgs, err := unix.ParseSocketControlMessage(oob)
 	if err != nil {
@@ -273,20 +273,20 @@ func (s *PXEServer) arrival(role uint16, src netip.AddrPort, oob []byte) Arrival
 	return in
 }
 
-func (s *PXEServer) handle(ctx context.Context, sock *pxeSocket, pkt []byte, in Arrival) {
+func (s *Server) handle(ctx context.Context, sock *socket, pkt []byte, in Arrival) {
 	req, err := dhcpv4.FromBytes(pkt)
 	if err != nil {
 		s.ignore(nil, in, ReasonMalformed)
 		return
 	}
 	s.metrics.request(req)
-	if !pxeIsPXE(req) || s.computers == nil {
+	if !isPXE(req) || s.computers == nil {
 		s.answer(ctx, sock, req, in, KindUnknown)
 		return
 	}
-	arch, _ := pxeClientArch(req)
+	arch, _ := clientArch(req)
 	select {
-	case s.seen <- pxeSeen{mac: bytes.Clone(req.ClientHWAddr), arch: arch}:
+	case s.seen <- seenReport{mac: bytes.Clone(req.ClientHWAddr), arch: arch}:
 	default:
 		s.metrics.backendErrors.WithLabelValues("seen").Inc()
 	}
@@ -305,31 +305,31 @@ func (s *PXEServer) handle(ctx context.Context, sock *pxeSocket, pkt []byte, in 
 	}
 }
 
-// pxeIsPXE reports requests from PXE or UEFI HTTP boot clients: the ones whose computer is
+// isPXE reports requests from PXE or UEFI HTTP boot clients: the ones whose computer is
 // looked up and reported.
-func pxeIsPXE(req *dhcpv4.DHCPv4) bool {
+func isPXE(req *dhcpv4.DHCPv4) bool {
 	if req.OpCode != dhcpv4.OpcodeBootRequest {
 		return false
 	}
 	c := req.ClassIdentifier()
-	return strings.HasPrefix(c, pxeClassPXE) || strings.HasPrefix(c, pxeClassHTTP)
+	return strings.HasPrefix(c, classPXE) || strings.HasPrefix(c, classHTTP)
 }
 
-func (s *PXEServer) lookup(ctx context.Context, mac net.HardwareAddr) Kind {
+func (s *Server) lookup(ctx context.Context, mac net.HardwareAddr) Kind {
 	lctx, cancel := context.WithTimeout(ctx, s.cfg.LookupTimeout)
 	defer cancel()
 	kind, err := s.computers.Lookup(lctx, mac)
 	if err != nil {
 		s.metrics.backendErrors.WithLabelValues("lookup").Inc()
 		s.log.Debug("pxe computer lookup failed", "mac", mac.String(), "err", err)
-		s.kinds.put(mac, KindUnknown, time.Now().Add(pxeKindErrorTTL))
+		s.kinds.put(mac, KindUnknown, time.Now().Add(kindErrorTTL))
 		return KindUnknown
 	}
-	s.kinds.put(mac, kind, time.Now().Add(pxeKindTTL))
+	s.kinds.put(mac, kind, time.Now().Add(kindTTL))
 	return kind
 }
 
-func (s *PXEServer) reportSeen(ctx context.Context) {
+func (s *Server) reportSeen(ctx context.Context) {
 	if s.computers == nil {
 		return
 	}
@@ -338,7 +338,7 @@ func (s *PXEServer) reportSeen(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case e := <-s.seen:
-			sctx, cancel := context.WithTimeout(ctx, pxeSeenTimeout)
+			sctx, cancel := context.WithTimeout(ctx, seenTimeout)
 			err := s.computers.Seen(sctx, e.mac, e.arch)
 			cancel()
 			if err != nil && ctx.Err() == nil {
@@ -349,7 +349,7 @@ func (s *PXEServer) reportSeen(ctx context.Context) {
 	}
 }
 
-func (s *PXEServer) answer(ctx context.Context, sock *pxeSocket, req *dhcpv4.DHCPv4, in Arrival, kind Kind) {
+func (s *Server) answer(ctx context.Context, sock *socket, req *dhcpv4.DHCPv4, in Arrival, kind Kind) {
 	reply, dst, reason := Decide(req, in, kind, &s.cfg)
 	if reason != "" {
 		s.ignore(req, in, reason)
@@ -373,11 +373,11 @@ func (s *PXEServer) answer(ctx context.Context, sock *pxeSocket, req *dhcpv4.DHC
 	s.sendReply(sock, req, in, kind, reply, dst)
 }
 
-func (s *PXEServer) sendReply(sock *pxeSocket, req *dhcpv4.DHCPv4, in Arrival, kind Kind, reply *dhcpv4.DHCPv4, dst netip.AddrPort) {
+func (s *Server) sendReply(sock *socket, req *dhcpv4.DHCPv4, in Arrival, kind Kind, reply *dhcpv4.DHCPv4, dst netip.AddrPort) {
 	// A broadcast leaves by the arrival interface; unicast follows the routing table,
 	// which knows the way to a relay or a client on another network.
 	ifindex := 0
-	if dst.Addr() == pxeLimitedBroadcast {
+	if dst.Addr() == limitedBroadcast {
 		ifindex = in.IfIndex
 	}
 	src := s.sourceAddr(reply, in)
@@ -394,13 +394,13 @@ func (s *PXEServer) sendReply(sock *pxeSocket, req *dhcpv4.DHCPv4, in Arrival, k
 	if !s.log.Enabled(context.Background(), slog.LevelInfo) {
 		return
 	}
-	arch, _ := pxeClientArch(req)
+	arch, _ := clientArch(req)
 	s.log.Info("dhcp reply sent", "type", reply.MessageType().String(), "mac", req.ClientHWAddr.String(),
-		"arch", arch.String(), "kind", kind.String(), "file", pxeBootFileOf(reply),
+		"arch", arch.String(), "kind", kind.String(), "file", bootFileOf(reply),
 		"next_server", reply.ServerIPAddr.String(), "to", dst, "interface", in.IfName, "port", in.Port)
 }
 
-func (s *PXEServer) ignore(req *dhcpv4.DHCPv4, in Arrival, reason Reason) {
+func (s *Server) ignore(req *dhcpv4.DHCPv4, in Arrival, reason Reason) {
 	s.metrics.ignored.WithLabelValues(string(reason)).Inc()
 	if !s.log.Enabled(context.Background(), slog.LevelDebug) {
 		return
@@ -415,8 +415,8 @@ func (s *PXEServer) ignore(req *dhcpv4.DHCPv4, in Arrival, reason Reason) {
 
 // sourceAddr is the address a reply leaves from: the server address it names when that
 // is ours on the arrival interface, else the address the request reached.
-func (s *PXEServer) sourceAddr(reply *dhcpv4.DHCPv4, in Arrival) netip.Addr {
-	server := pxeAddr4(reply.ServerIdentifier())
+func (s *Server) sourceAddr(reply *dhcpv4.DHCPv4, in Arrival) netip.Addr {
+	server := addr4(reply.ServerIdentifier())
 	if server.IsValid() {
 		if server == in.LocalIP {
 			return server
@@ -427,13 +427,13 @@ func (s *PXEServer) sourceAddr(reply *dhcpv4.DHCPv4, in Arrival) netip.Addr {
 			}
 		}
 	}
-	if pxeUsableUnicast4(in.LocalIP) {
+	if usableUnicast4(in.LocalIP) {
 		return in.LocalIP
 	}
 	return netip.Addr{}
 }
 
-func pxeBootFileOf(r *dhcpv4.DHCPv4) string {
+func bootFileOf(r *dhcpv4.DHCPv4) string {
 	if r.BootFileName != "" {
 		return r.BootFileName
 	}
@@ -442,7 +442,7 @@ func pxeBootFileOf(r *dhcpv4.DHCPv4) string {
 
 // send writes one datagram; src and ifindex, when set, go in an IP_PKTINFO control
 // message that picks the source address and the outgoing interface.
-func (p *pxeSocket) send(b []byte, dst netip.AddrPort, src netip.Addr, ifindex int) error {
+func (p *socket) send(b []byte, dst netip.AddrPort, src netip.Addr, ifindex int) error {
 	var oob []byte
 	if src.IsValid() || ifindex != 0 {
 		info := unix.Inet4Pktinfo{Ifindex: int32(ifindex)}
@@ -455,18 +455,18 @@ func (p *pxeSocket) send(b []byte, dst netip.AddrPort, src netip.Addr, ifindex i
 	return err
 }
 
-type pxeKindEntry struct {
+type kindEntry struct {
 	kind    Kind
 	expires time.Time
 }
 
-// pxeKindCache remembers kinds for the few DHCP exchanges of one boot.
-type pxeKindCache struct {
+// kindCache remembers kinds for the few DHCP exchanges of one boot.
+type kindCache struct {
 	mu sync.Mutex
-	m  map[string]pxeKindEntry
+	m  map[string]kindEntry
 }
 
-func (c *pxeKindCache) get(mac net.HardwareAddr, now time.Time) (Kind, bool) {
+func (c *kindCache) get(mac net.HardwareAddr, now time.Time) (Kind, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.m[string(mac)]
@@ -476,46 +476,46 @@ func (c *pxeKindCache) get(mac net.HardwareAddr, now time.Time) (Kind, bool) {
 	return e.kind, true
 }
 
-func (c *pxeKindCache) put(mac net.HardwareAddr, kind Kind, expires time.Time) {
+func (c *kindCache) put(mac net.HardwareAddr, kind Kind, expires time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.m) >= pxeKindCacheMax {
+	if len(c.m) >= kindCacheMax {
 		now := time.Now()
 		for k, e := range c.m {
 			if now.After(e.expires) {
 				delete(c.m, k)
 			}
 		}
-		if len(c.m) >= pxeKindCacheMax {
+		if len(c.m) >= kindCacheMax {
 			clear(c.m)
 		}
 	}
-	c.m[string(mac)] = pxeKindEntry{kind: kind, expires: expires}
+	c.m[string(mac)] = kindEntry{kind: kind, expires: expires}
 }
 
-type pxeIface struct {
+type iface struct {
 	name    string
 	addrs   []netip.Prefix
 	fetched time.Time
 }
 
-// pxeIfaceCache keeps interface addresses for a few seconds, so that a burst of
+// ifaceCache keeps interface addresses for a few seconds, so that a burst of
 // requests does not read them from the kernel each time, while address changes still
 // show quickly.
-type pxeIfaceCache struct {
+type ifaceCache struct {
 	mu sync.Mutex
-	m  map[int]pxeIface
+	m  map[int]iface
 }
 
-func (c *pxeIfaceCache) get(index int) pxeIface {
+func (c *ifaceCache) get(index int) iface {
 	now := time.Now()
 	c.mu.Lock()
 	ifc, ok := c.m[index]
 	c.mu.Unlock()
-	if ok && now.Sub(ifc.fetched) < pxeIfaceTTL {
+	if ok && now.Sub(ifc.fetched) < ifaceTTL {
 		return ifc
 	}
-	ifc = pxeIface{fetched: now}
+	ifc = iface{fetched: now}
 	if ni, err := net.InterfaceByIndex(index); err == nil {
 		ifc.name = ni.Name
 		addrs, _ := ni.Addrs()

@@ -1,4 +1,4 @@
-package netbootd
+package pxe
 
 import (
 	"encoding/binary"
@@ -10,8 +10,8 @@ import (
 	"testing"
 )
 
-// pxeCapturedUDP is one UDP datagram taken from a capture file.
-type pxeCapturedUDP struct {
+// capturedUDP is one UDP datagram taken from a capture file.
+type capturedUDP struct {
 	Frame   int // 1-based, as Wireshark numbers frames
 	Src     netip.AddrPort
 	Dst     netip.AddrPort
@@ -31,10 +31,10 @@ const (
 	pcapngLinkSLL2     = 276
 )
 
-// pxeReadPcapng returns every IPv4 UDP datagram in a pcapng file. It knows just enough of
+// readPcapng returns every IPv4 UDP datagram in a pcapng file. It knows just enough of
 // the format (section, interface, enhanced and simple packet blocks; Ethernet, raw IP and
 // Linux cooked link types) for the fixtures, and skips every other block.
-func pxeReadPcapng(path string) ([]pxeCapturedUDP, error) {
+func readPcapng(path string) ([]capturedUDP, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
@@ -43,7 +43,7 @@ func pxeReadPcapng(path string) ([]pxeCapturedUDP, error) {
 		bo     binary.ByteOrder = binary.LittleEndian
 		links  []uint16
 		frame  int
-		result []pxeCapturedUDP
+		result []capturedUDP
 	)
 	for off := 0; off < len(data); {
 		if len(data)-off < 12 {
@@ -98,11 +98,11 @@ func pxeReadPcapng(path string) ([]pxeCapturedUDP, error) {
 			continue
 		}
 		frame++
-		ip, ok := pxeIPv4Payload(link, pkt)
+		ip, ok := ipv4Payload(link, pkt)
 		if !ok {
 			continue
 		}
-		if u, ok := pxeUDPFromIPv4(ip); ok {
+		if u, ok := udpFromIPv4(ip); ok {
 			u.Frame = frame
 			result = append(result, u)
 		}
@@ -110,8 +110,8 @@ func pxeReadPcapng(path string) ([]pxeCapturedUDP, error) {
 	return result, nil
 }
 
-// pxeIPv4Payload strips the link-layer header and returns the IPv4 packet, if it is one.
-func pxeIPv4Payload(link uint16, pkt []byte) ([]byte, bool) {
+// ipv4Payload strips the link-layer header and returns the IPv4 packet, if it is one.
+func ipv4Payload(link uint16, pkt []byte) ([]byte, bool) {
 	var etherType uint16
 	switch link {
 	case pcapngLinkEthernet:
@@ -143,35 +143,35 @@ func pxeIPv4Payload(link uint16, pkt []byte) ([]byte, bool) {
 	return pkt, etherType == 0x0800
 }
 
-func pxeUDPFromIPv4(ip []byte) (pxeCapturedUDP, bool) {
+func udpFromIPv4(ip []byte) (capturedUDP, bool) {
 	if len(ip) < 20 || ip[0]>>4 != 4 {
-		return pxeCapturedUDP{}, false
+		return capturedUDP{}, false
 	}
 	ihl := int(ip[0]&0x0f) * 4
 	total := int(binary.BigEndian.Uint16(ip[2:]))
 	fragmented := binary.BigEndian.Uint16(ip[6:])&0x3fff != 0
 	if ip[9] != 17 || fragmented || ihl < 20 || total < ihl+8 || total > len(ip) {
-		return pxeCapturedUDP{}, false
+		return capturedUDP{}, false
 	}
 	src := netip.AddrFrom4([4]byte(ip[12:16]))
 	dst := netip.AddrFrom4([4]byte(ip[16:20]))
 	udp := ip[ihl:total]
 	ulen := int(binary.BigEndian.Uint16(udp[4:]))
 	if ulen < 8 || ulen > len(udp) {
-		return pxeCapturedUDP{}, false
+		return capturedUDP{}, false
 	}
-	return pxeCapturedUDP{
+	return capturedUDP{
 		Src:     netip.AddrPortFrom(src, binary.BigEndian.Uint16(udp)),
 		Dst:     netip.AddrPortFrom(dst, binary.BigEndian.Uint16(udp[2:])),
 		Payload: append([]byte(nil), udp[8:ulen]...),
 	}, true
 }
 
-// pxeLoadCapture reads one of the real client captures kept in testdata/pxe.
-func pxeLoadCapture(tb testing.TB, name string) []pxeCapturedUDP {
+// loadCapture reads one of the real client captures kept in testdata/captures.
+func loadCapture(tb testing.TB, name string) []capturedUDP {
 	tb.Helper()
-	path := filepath.Join("testdata", "pxe", name)
-	pkts, err := pxeReadPcapng(path)
+	path := filepath.Join("testdata", "captures", name)
+	pkts, err := readPcapng(path)
 	if err != nil {
 		tb.Fatalf("%s: %v", path, err)
 	}

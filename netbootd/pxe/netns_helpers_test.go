@@ -1,4 +1,4 @@
-package netbootd
+package pxe
 
 import (
 	"bufio"
@@ -23,9 +23,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// pxeRequireNetns skips tests that build their own network namespaces where that is not
+// requireNetns skips tests that build their own network namespaces where that is not
 // possible.
-func pxeRequireNetns(t *testing.T) {
+func requireNetns(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create network namespaces and bind ports 67 and 68")
@@ -35,8 +35,8 @@ func pxeRequireNetns(t *testing.T) {
 	}
 }
 
-// pxeRequireCommand skips the test when a program it drives is not installed.
-func pxeRequireCommand(t *testing.T, name, pkg string) string {
+// requireCommand skips the test when a program it drives is not installed.
+func requireCommand(t *testing.T, name, pkg string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
@@ -45,7 +45,7 @@ func pxeRequireCommand(t *testing.T, name, pkg string) string {
 	return p
 }
 
-func pxeRunIP(t *testing.T, args ...string) {
+func runIP(t *testing.T, args ...string) {
 	t.Helper()
 	out, err := exec.Command("ip", args...).CombinedOutput()
 	if err != nil {
@@ -53,36 +53,36 @@ func pxeRunIP(t *testing.T, args ...string) {
 	}
 }
 
-// pxeTestID is short and unique per run, because interface names have at most 15 bytes.
-func pxeTestID() string {
+// testID is short and unique per run, because interface names have at most 15 bytes.
+func testID() string {
 	b := make([]byte, 3)
 	rand.Read(b)
 	return hex.EncodeToString(b)
 }
 
-// pxeNewNetns creates a network namespace with its loopback up, deleted when the test ends.
-func pxeNewNetns(t *testing.T, name string) string {
+// newNetns creates a network namespace with its loopback up, deleted when the test ends.
+func newNetns(t *testing.T, name string) string {
 	t.Helper()
-	pxeRunIP(t, "netns", "add", name)
+	runIP(t, "netns", "add", name)
 	t.Cleanup(func() {
 		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
 			t.Logf("ip netns del %s: %v\n%s", name, err, out)
 		}
 	})
-	pxeRunIP(t, "-n", name, "link", "set", "lo", "up")
+	runIP(t, "-n", name, "link", "set", "lo", "up")
 	return name
 }
 
-// pxeLinkNetns joins two namespaces with a veth pair and gives each end its address, if
+// linkNetns joins two namespaces with a veth pair and gives each end its address, if
 // any (an empty prefix leaves that end unnumbered, as a booting client is).
-func pxeLinkNetns(t *testing.T, ns1, if1, addr1, ns2, if2, addr2 string) {
+func linkNetns(t *testing.T, ns1, if1, addr1, ns2, if2, addr2 string) {
 	t.Helper()
-	pxeRunIP(t, "link", "add", if1, "netns", ns1, "type", "veth", "peer", "name", if2, "netns", ns2)
+	runIP(t, "link", "add", if1, "netns", ns1, "type", "veth", "peer", "name", if2, "netns", ns2)
 	for _, e := range []struct{ ns, ifname, addr string }{{ns1, if1, addr1}, {ns2, if2, addr2}} {
 		if e.addr != "" {
-			pxeRunIP(t, "-n", e.ns, "addr", "add", e.addr, "dev", e.ifname)
+			runIP(t, "-n", e.ns, "addr", "add", e.addr, "dev", e.ifname)
 		}
-		pxeRunIP(t, "-n", e.ns, "link", "set", e.ifname, "up")
+		runIP(t, "-n", e.ns, "link", "set", e.ifname, "up")
 	}
 	// Until the kernel has seen the carrier and attached the device's real qdisc, it keeps
 	// the "noop" one, which drops what is sent and still reports success.
@@ -101,9 +101,9 @@ func pxeLinkNetns(t *testing.T, ns1, if1, addr1, ns2, if2, addr2 string) {
 	}
 }
 
-// pxeInNetns runs fn on an OS thread switched into the namespace, so that sockets fn
+// inNetns runs fn on an OS thread switched into the namespace, so that sockets fn
 // creates live there; the sockets stay there when used from other threads afterwards.
-func pxeInNetns(ns string, fn func() error) error {
+func inNetns(ns string, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		// If switching back fails the thread stays locked and dies with this goroutine,
@@ -136,12 +136,12 @@ func pxeInNetns(ns string, fn func() error) error {
 	return <-errc
 }
 
-// pxeClientConn is a DHCP client's socket on port 68 of one interface, able to send
+// clientConn is a DHCP client's socket on port 68 of one interface, able to send
 // and receive broadcasts without an address, as PXE firmware does.
-func pxeClientConn(t *testing.T, ns, ifname string) *net.UDPConn {
+func clientConn(t *testing.T, ns, ifname string) *net.UDPConn {
 	t.Helper()
 	var conn *net.UDPConn
-	err := pxeInNetns(ns, func() error {
+	err := inNetns(ns, func() error {
 		lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 			var serr error
 			err := c.Control(func(fd uintptr) {
@@ -166,25 +166,25 @@ func pxeClientConn(t *testing.T, ns, ifname string) *net.UDPConn {
 	return conn
 }
 
-// pxeReceived is one reply a test client collected.
-type pxeReceived struct {
+// received is one reply a test client collected.
+type received struct {
 	From netip.AddrPort
 	Msg  *dhcpv4.DHCPv4
 }
 
-// pxeExchange sends req to dst and collects every reply with the same transaction ID until
+// exchange sends req to dst and collects every reply with the same transaction ID until
 // wait has passed.
-func pxeExchange(t *testing.T, conn *net.UDPConn, req *dhcpv4.DHCPv4, dst netip.AddrPort, wait time.Duration) []pxeReceived {
+func exchange(t *testing.T, conn *net.UDPConn, req *dhcpv4.DHCPv4, dst netip.AddrPort, wait time.Duration) []received {
 	t.Helper()
 	if _, err := conn.WriteToUDPAddrPort(req.ToBytes(), dst); err != nil {
 		t.Fatalf("send to %s: %v", dst, err)
 	}
-	return pxeCollect(t, conn, req.TransactionID, wait)
+	return collect(t, conn, req.TransactionID, wait)
 }
 
-func pxeCollect(t *testing.T, conn *net.UDPConn, xid dhcpv4.TransactionID, wait time.Duration) []pxeReceived {
+func collect(t *testing.T, conn *net.UDPConn, xid dhcpv4.TransactionID, wait time.Duration) []received {
 	t.Helper()
-	var out []pxeReceived
+	var out []received
 	deadline := time.Now().Add(wait)
 	buf := make([]byte, 4096)
 	for {
@@ -200,13 +200,13 @@ func pxeCollect(t *testing.T, conn *net.UDPConn, xid dhcpv4.TransactionID, wait 
 		if err != nil || m.TransactionID != xid || m.OpCode != dhcpv4.OpcodeBootReply {
 			continue
 		}
-		out = append(out, pxeReceived{From: netip.AddrPortFrom(from.Addr().Unmap(), from.Port()), Msg: m})
+		out = append(out, received{From: netip.AddrPortFrom(from.Addr().Unmap(), from.Port()), Msg: m})
 	}
 }
 
-// pxeProcess is a program running inside a namespace for the length of a test, its output
+// process is a program running inside a namespace for the length of a test, its output
 // kept for the log when the test fails.
-type pxeProcess struct {
+type process struct {
 	cmd   *exec.Cmd
 	stdin io.Closer
 	mu    sync.Mutex
@@ -215,7 +215,7 @@ type pxeProcess struct {
 	lines chan string
 }
 
-func pxeStartInNetns(t *testing.T, ns string, env []string, name string, args ...string) *pxeProcess {
+func startInNetns(t *testing.T, ns string, env []string, name string, args ...string) *process {
 	t.Helper()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, name}, args...)...)
 	cmd.Env = append(os.Environ(), env...)
@@ -233,7 +233,7 @@ func pxeStartInNetns(t *testing.T, ns string, env []string, name string, args ..
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &pxeProcess{cmd: cmd, stdin: stdin, lines: make(chan string, 256)}
+	p := &process{cmd: cmd, stdin: stdin, lines: make(chan string, 256)}
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
@@ -271,14 +271,14 @@ func pxeStartInNetns(t *testing.T, ns string, env []string, name string, args ..
 	return p
 }
 
-func (p *pxeProcess) keep(line string) {
+func (p *process) keep(line string) {
 	p.mu.Lock()
 	p.out = append(p.out, line)
 	p.mu.Unlock()
 }
 
 // waitLine waits for an output line starting with prefix.
-func (p *pxeProcess) waitLine(t *testing.T, prefix string, wait time.Duration) string {
+func (p *process) waitLine(t *testing.T, prefix string, wait time.Duration) string {
 	t.Helper()
 	timeout := time.After(wait)
 	for {
