@@ -26,9 +26,10 @@ test: vet
 # Short runs of every fuzz target, for local use.
 fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzParseRulesFile$$' -fuzztime=30s ./sites/
-	$(GO) test -run='^$$' -fuzz='^FuzzDecodeRegisterServer$$' -fuzztime=30s ./ns/
-	$(GO) test -run='^$$' -fuzz='^FuzzDecodeRegisterAgent$$' -fuzztime=30s ./ns/
-	$(GO) test -run='^$$' -fuzz='^FuzzDecodeEvents$$' -fuzztime=30s ./ns/
+	$(GO) test -run='^$$' -fuzz='^FuzzDecodeRegisterServer$$' -fuzztime=30s ./nsapi/
+	$(GO) test -run='^$$' -fuzz='^FuzzDecodeRegisterAgent$$' -fuzztime=30s ./nsapi/
+	$(GO) test -run='^$$' -fuzz='^FuzzDecodeEvents$$' -fuzztime=30s ./nsapi/
+	$(GO) test -run='^$$' -fuzz='^FuzzVerifyGrant$$' -fuzztime=30s ./nsapi/
 	$(GO) test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=30s ./tickle/
 	$(GO) test -run='^$$' -fuzz='^FuzzVerify$$' -fuzztime=30s ./tickle/
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeBatch$$' -fuzztime=30s ./taskd/

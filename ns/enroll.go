@@ -1,6 +1,7 @@
 package ns
 
 import (
+	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/binary"
@@ -62,7 +63,8 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	resp := nsapi.EnrollResponse{Certificate: string(certPEM), CA: string(s.ca.CertPEM), Status: nsapi.StatusApproved, NSID: s.nsID()}
+	resp := nsapi.EnrollResponse{Certificate: string(certPEM), CA: string(s.ca.CertPEM), Status: nsapi.StatusApproved, NSID: s.nsID(),
+		JobKey: s.jobKey.Public().(ed25519.PublicKey)}
 	ctx := r.Context()
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -2,6 +2,7 @@ package ns
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"net"
 	"net/http"
@@ -157,6 +158,7 @@ func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
 		PackageReason:  pkg.Reason,
 		Settings:       s.cfg.Settings,
 		NSID:           s.nsID(),
+		JobKey:         s.jobKey.Public().(ed25519.PublicKey),
 	})
 }
 

@@ -2,6 +2,7 @@ package ns
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -34,9 +35,10 @@ type Server struct {
 	now        func() time.Time
 
 	// set up by Run
-	store store.Store
-	ca    *pki.CA
-	rules atomic.Pointer[sites.Map]
+	store  store.Store
+	ca     *pki.CA
+	jobKey ed25519.PrivateKey
+	rules  atomic.Pointer[sites.Map]
 
 	mu sync.Mutex // serialises rule changes and enrollments
 
@@ -124,6 +126,9 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 	s.ca = ca
+	if s.jobKey, err = pki.LoadOrCreateJobKey(s.cfg.DataDir); err != nil {
+		return err
+	}
 	var ips []net.IP
 	for _, ip := range s.cfg.IPs {
 		ips = append(ips, net.ParseIP(ip))

@@ -76,6 +76,8 @@ type EnrollResponse struct {
 	Status      string `json:"status"`
 	// NSID is the sender id in this NS's tickles.
 	NSID string `json:"ns_id"`
+	// JobKey is the NS's Ed25519 public key that signs job grants; agents pin it with the CA.
+	JobKey []byte `json:"job_key,omitempty"`
 }
 
 // ServiceInfo is one service a site server offers.
@@ -137,6 +139,9 @@ type ServerRef struct {
 
 // RegisterAgentResponse lists the servers for the agent, best first.
 type RegisterAgentResponse struct {
+	// JobKey is the NS's job signing public key, for agents enrolled before it was sent at
+	// enrollment; an agent pins it once and never takes another.
+	JobKey         []byte      `json:"job_key,omitempty"`
 	Sites          []SiteMatch `json:"sites"`
 	TaskServers    []ServerRef `json:"task_servers"`
 	TaskReason     string      `json:"task_reason"`

@@ -88,6 +88,10 @@ type JobInstance struct {
 	Expires    time.Time `json:"expires"`
 	Updated    time.Time `json:"updated"`
 	Job        Job       `json:"job,omitzero"` // the job as it was when the instance was created
+	// JobDigest is JobDigest(Job), the key of Job in a compacted WorkResponse.
+	JobDigest string `json:"job_digest,omitempty"`
+	// Grant is the NS's signature over this instance; agents run nothing without it.
+	Grant *Grant `json:"grant,omitempty"`
 }
 
 // Event kinds.
@@ -234,20 +238,24 @@ type JobStatus struct {
 }
 
 // WorkResponse is a task server's open work: instances for its agents. Each job's
-// definition travels once in Jobs (keyed by instance JobID) rather than with every one of
-// possibly thousands of instances; Expand puts them back.
+// definition travels once in Jobs (keyed by the instances' JobDigest, so two versions of
+// one job never stand in for each other) rather than with every one of possibly thousands
+// of instances; Expand puts them back.
 type WorkResponse struct {
 	Jobs      map[string]Job `json:"jobs"`
 	Instances []JobInstance  `json:"instances"`
 }
 
-// compact moves the job definitions out of the instances.
+// Compact moves the job definitions out of the instances that have a JobDigest.
 func (w *WorkResponse) Compact() {
 	w.Jobs = map[string]Job{}
 	for i := range w.Instances {
 		in := &w.Instances[i]
-		if _, ok := w.Jobs[in.JobID]; !ok {
-			w.Jobs[in.JobID] = in.Job
+		if in.JobDigest == "" {
+			continue
+		}
+		if _, ok := w.Jobs[in.JobDigest]; !ok {
+			w.Jobs[in.JobDigest] = in.Job
 		}
 		in.Job = Job{}
 	}
@@ -257,7 +265,7 @@ func (w *WorkResponse) Compact() {
 func (w *WorkResponse) Expand() {
 	for i := range w.Instances {
 		in := &w.Instances[i]
-		if j, ok := w.Jobs[in.JobID]; ok && len(in.Job.Tasks) == 0 {
+		if j, ok := w.Jobs[in.JobDigest]; ok && in.JobDigest != "" && len(in.Job.Tasks) == 0 {
 			in.Job = j
 		}
 	}

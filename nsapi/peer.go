@@ -1,8 +1,10 @@
 package nsapi
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -207,6 +209,11 @@ func (p *Peer) enroll(ctx context.Context) error {
 			return err
 		}
 	}
+	if p.Kind == KindAgent {
+		if err := p.pinJobKey(resp.JobKey, true); err != nil {
+			return fmt.Errorf("ns: %s: enroll: %w", p.Endpoint.Name, err)
+		}
+	}
 	if p.Kind == KindSiteServer {
 		b, _ := json.Marshal(TickleKey{ID: resp.TickleKeyID, Key: resp.TickleKey, Sender: resp.NSID})
 		if err := datadir.WriteFileAtomic(p.path("tickle.json"), b, 0o600); err != nil {
@@ -262,4 +269,41 @@ func (p *Peer) CA(ctx context.Context) ([]byte, error) {
 		err = fmt.Errorf("ns: %s: CA not saved yet", p.Endpoint.Name)
 	}
 	return ca, err
+}
+
+// jobKeyFile holds the NS's job signing public key, pinned at enrollment.
+const jobKeyFile = "job-key.pub"
+
+// JobKey returns the NS job key this agent pinned, if it has one.
+func (p *Peer) JobKey() (ed25519.PublicKey, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	b, err := os.ReadFile(p.path(jobKeyFile))
+	if err != nil || len(b) != ed25519.PublicKeySize {
+		return nil, false
+	}
+	return ed25519.PublicKey(b), true
+}
+
+// PinJobKey keeps key as the NS's job key if none is pinned yet (an agent enrolled before
+// grants existed learns it from its next registration, over the same pinned-CA channel).
+// A different key from the one pinned is refused: only a new enrollment replaces it.
+func (p *Peer) PinJobKey(key []byte) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.pinJobKey(key, false)
+}
+
+func (p *Peer) pinJobKey(key []byte, replace bool) error {
+	if len(key) != ed25519.PublicKeySize {
+		return fmt.Errorf("the NS sent no job signing key (%d bytes)", len(key))
+	}
+	old, err := os.ReadFile(p.path(jobKeyFile))
+	if err == nil && !replace {
+		if !bytes.Equal(old, key) {
+			return errors.New("the NS presents a job signing key other than the one pinned at enrollment; enroll again to accept it")
+		}
+		return nil
+	}
+	return datadir.WriteFileAtomic(p.path(jobKeyFile), key, 0o600)
 }

@@ -126,6 +126,9 @@ var migrations = []string{
 		created_at INTEGER NOT NULL,
 		last_seen INTEGER NOT NULL DEFAULT 0
 	);`,
+	// 5: the NS's signed grant of each instance, relayed as it is to the agent.
+	`ALTER TABLE job_instances ADD COLUMN grant_payload BLOB;
+	ALTER TABLE job_instances ADD COLUMN grant_sig BLOB;`,
 }
 
 // SQLiteStore is the Store in a SQLite file.

@@ -99,12 +99,16 @@ func (s *SQLiteStore) CreateInstances(ctx context.Context, insts []nsapi.JobInst
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		for start := 0; start < len(insts); start += perStatement {
 			part := insts[start:min(start+perStatement, len(insts))]
-			q := `INSERT INTO job_instances (id, job_id, agent, task_server, state, job, created_at, expires_at, updated_at) VALUES ` +
-				strings.TrimSuffix(strings.Repeat("(?, ?, ?, ?, ?, ?, ?, ?, ?), ", len(part)), ", ")
-			args := make([]any, 0, 9*len(part))
+			q := `INSERT INTO job_instances (id, job_id, agent, task_server, state, job, created_at, expires_at, updated_at, grant_payload, grant_sig) VALUES ` +
+				strings.TrimSuffix(strings.Repeat("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?), ", len(part)), ", ")
+			args := make([]any, 0, 11*len(part))
 			for _, in := range part {
+				var payload, sig []byte
+				if in.Grant != nil {
+					payload, sig = in.Grant.Payload, in.Grant.Sig
+				}
 				args = append(args, in.ID, in.JobID, in.Agent, in.TaskServer, in.State, specs[in.JobID],
-					in.Created.UnixNano(), in.Expires.UnixNano(), in.Updated.UnixNano())
+					in.Created.UnixNano(), in.Expires.UnixNano(), in.Updated.UnixNano(), payload, sig)
 			}
 			if _, err := tx.ExecContext(ctx, q, args...); err != nil {
 				return err
@@ -140,7 +144,7 @@ func (s *SQLiteStore) Instances(ctx context.Context, f InstanceFilter) ([]nsapi.
 	if !f.OpenAt.IsZero() {
 		where, args = append(where, "expires_at > ?"), append(args, f.OpenAt.UnixNano())
 	}
-	q := `SELECT id, job_id, agent, task_server, state, job, created_at, expires_at, updated_at FROM job_instances`
+	q := `SELECT id, job_id, agent, task_server, state, job, created_at, expires_at, updated_at, grant_payload, grant_sig FROM job_instances`
 	if len(where) > 0 {
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
@@ -155,22 +159,33 @@ func (s *SQLiteStore) Instances(ctx context.Context, f InstanceFilter) ([]nsapi.
 	defer rows.Close()
 	var out []nsapi.JobInstance
 	// Instances of one job share its snapshot: decode each distinct one once.
-	jobs := map[string]nsapi.Job{}
+	type snapshot struct {
+		job    nsapi.Job
+		digest string
+	}
+	jobs := map[string]snapshot{}
 	for rows.Next() {
 		var in nsapi.JobInstance
 		var spec string
 		var created, expires, updated int64
-		if err := rows.Scan(&in.ID, &in.JobID, &in.Agent, &in.TaskServer, &in.State, &spec, &created, &expires, &updated); err != nil {
+		var payload, sig []byte
+		if err := rows.Scan(&in.ID, &in.JobID, &in.Agent, &in.TaskServer, &in.State, &spec, &created, &expires, &updated, &payload, &sig); err != nil {
 			return nil, fmt.Errorf("ns: store: instances: %w", err)
 		}
-		j, ok := jobs[spec]
+		snap, ok := jobs[spec]
 		if !ok {
-			if err := json.Unmarshal([]byte(spec), &j); err != nil {
+			if err := json.Unmarshal([]byte(spec), &snap.job); err != nil {
 				return nil, fmt.Errorf("ns: store: instance %s: %w", in.ID, err)
 			}
-			jobs[spec] = j
+			if snap.digest, err = nsapi.JobDigest(snap.job); err != nil {
+				return nil, fmt.Errorf("ns: store: instance %s: %w", in.ID, err)
+			}
+			jobs[spec] = snap
 		}
-		in.Job = j
+		in.Job, in.JobDigest = snap.job, snap.digest
+		if len(payload) > 0 {
+			in.Grant = &nsapi.Grant{Payload: payload, Sig: sig}
+		}
 		in.Created, in.Expires, in.Updated = fromUnixNano(created), fromUnixNano(expires), fromUnixNano(updated)
 		out = append(out, in)
 	}
