@@ -3,11 +3,13 @@ package ns
 import (
 	"context"
 	"crypto/subtle"
+	"errors"
 	"net/http"
 	"strings"
 
 	"github.com/siteserver/siteserver/internal/httpx"
 	"github.com/siteserver/siteserver/internal/pki"
+	"github.com/siteserver/siteserver/ns/store"
 	"github.com/siteserver/siteserver/nsapi"
 )
 
@@ -86,7 +88,7 @@ func (s *Server) anyPeer(h http.HandlerFunc) http.HandlerFunc {
 			return
 		}
 		if k == nsapi.KindSiteServer {
-			s.peer(nsapi.KindSiteServer, h)(w, r)
+			s.siteServer(h)(w, r)
 			return
 		}
 		serial := r.TLS.VerifiedChains[0][0].SerialNumber.Text(16)
@@ -104,4 +106,34 @@ func (s *Server) anyPeer(h http.HandlerFunc) http.HandlerFunc {
 func peerFrom(r *http.Request) peerInfo {
 	p, _ := r.Context().Value(peerKey{}).(peerInfo)
 	return p
+}
+
+// siteServer admits an approved site server presenting its current certificate: a
+// superseded, reset or pending one is refused on every route but registration.
+func (s *Server) siteServer(h http.HandlerFunc) http.HandlerFunc {
+	return s.peer(nsapi.KindSiteServer, func(w http.ResponseWriter, r *http.Request) {
+		if s.currentServer(w, r, peerFrom(r)) {
+			h(w, r)
+		}
+	})
+}
+
+// currentServer admits only approved site servers presenting their latest certificate.
+func (s *Server) currentServer(w http.ResponseWriter, r *http.Request, p peerInfo) bool {
+	rec, err := s.store.Server(r.Context(), p.id)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		s.metrics.authFailures.WithLabelValues("unknown_peer").Inc()
+		httpx.WriteError(w, http.StatusUnauthorized, "site server %s is not enrolled here", p.id)
+	case err != nil:
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+	case rec.CertSerial != p.serial:
+		s.metrics.authFailures.WithLabelValues("superseded_cert").Inc()
+		httpx.WriteError(w, http.StatusUnauthorized, "this certificate was superseded by a later enrollment")
+	case rec.Status != nsapi.StatusApproved:
+		httpx.WriteError(w, http.StatusForbidden, "site server is pending approval by an administrator")
+	default:
+		return true
+	}
+	return false
 }

@@ -11,6 +11,7 @@ import (
 	"net/http"
 
 	"github.com/siteserver/siteserver/internal/httpx"
+	"github.com/siteserver/siteserver/internal/pki"
 	"github.com/siteserver/siteserver/ns/store"
 	"github.com/siteserver/siteserver/nsapi"
 )
@@ -74,21 +75,19 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		rec, err := s.store.Server(ctx, req.ID)
 		switch {
 		case errors.Is(err, store.ErrNotFound):
-			key := make([]byte, 32)
-			rand.Read(key)
-			var kid [4]byte
-			rand.Read(kid[:])
-			rec = store.ServerRecord{ID: req.ID, TickleKey: key, TickleKeyID: binary.BigEndian.Uint32(kid[:]), Status: nsapi.StatusApproved}
+			rec = store.ServerRecord{ID: req.ID, Status: nsapi.StatusApproved}
 			if s.cfg.Approval == "manual" {
 				rec.Status = nsapi.StatusPending
 			}
 		case err != nil:
 			httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 			return
-		case s.cfg.Approval == "manual":
-			// A new key for a known GUID needs an administrator's eye again.
-			rec.Status = nsapi.StatusPending
+		case !s.mayReenroll(r, req, rec.CertSerial):
+			s.refuseReenroll(w, r, req)
+			return
 		}
+		// Always a fresh tickle key: enrollment never hands out a secret issued before.
+		rec.TickleKey, rec.TickleKeyID = newTickleKey()
 		rec.Hostname = req.Hostname
 		rec.CertSerial = serial
 		rec.Enrolled = now
@@ -99,8 +98,13 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		resp.TickleKey, resp.TickleKeyID, resp.Status = rec.TickleKey, rec.TickleKeyID, rec.Status
 	case nsapi.KindAgent:
 		rec, err := s.store.Agent(ctx, req.ID)
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+		case err != nil:
 			httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+			return
+		case !s.mayReenroll(r, req, rec.CertSerial):
+			s.refuseReenroll(w, r, req)
 			return
 		}
 		rec.ID, rec.Hostname, rec.CertSerial, rec.Enrolled = req.ID, req.Hostname, serial, now
@@ -129,4 +133,33 @@ func certSerial(certPEM []byte) (string, error) {
 		return "", fmt.Errorf("ns: issued certificate: %w", err)
 	}
 	return c.SerialNumber.Text(16), nil
+}
+
+// mayReenroll says whether an enrollment may take over an existing GUID: only with that
+// identity's current certificate (it renews itself) or after an administrator reset the
+// GUID (servers reset / agents reset), which left no current certificate. A token alone
+// is not enough: every managed computer holds the agent token.
+func (s *Server) mayReenroll(r *http.Request, req nsapi.EnrollRequest, currentSerial string) bool {
+	if currentSerial == "" {
+		return true
+	}
+	id, kind, ok := pki.PeerIdentity(r.TLS)
+	return ok && id == req.ID && kind == req.Kind && r.TLS.VerifiedChains[0][0].SerialNumber.Text(16) == currentSerial
+}
+
+func (s *Server) refuseReenroll(w http.ResponseWriter, r *http.Request, req nsapi.EnrollRequest) {
+	s.metrics.authFailures.WithLabelValues("reenroll_without_proof").Inc()
+	s.metrics.enrollments.WithLabelValues(req.Kind, "unauthorized").Inc()
+	s.logger.Warn("enrollment refused: GUID already enrolled and no current certificate presented",
+		"kind", req.Kind, "id", req.ID, "remote", r.RemoteAddr)
+	httpx.WriteError(w, http.StatusConflict, "%s %s is already enrolled: enroll with its current certificate, or have an administrator reset it (siteserver %ss reset %s)",
+		req.Kind, req.ID, map[string]string{nsapi.KindSiteServer: "server", nsapi.KindAgent: "agent"}[req.Kind], req.ID)
+}
+
+func newTickleKey() ([]byte, uint32) {
+	key := make([]byte, 32)
+	rand.Read(key)
+	var kid [4]byte
+	rand.Read(kid[:])
+	return key, binary.BigEndian.Uint32(kid[:])
 }

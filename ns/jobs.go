@@ -173,9 +173,6 @@ func (s *Server) handleJobStatus(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleWork(w http.ResponseWriter, r *http.Request) {
 	p := peerFrom(r)
-	if !s.currentServer(w, r, p) {
-		return
-	}
 	insts, err := s.store.Instances(r.Context(), store.InstanceFilter{TaskServer: p.id,
 		States: []string{nsapi.StatePending, nsapi.StateDelivered}, OpenAt: s.now()})
 	if err != nil {
@@ -187,31 +184,8 @@ func (s *Server) handleWork(w http.ResponseWriter, r *http.Request) {
 	httpx.WriteJSON(w, http.StatusOK, resp)
 }
 
-// currentServer admits only approved site servers presenting their latest certificate.
-func (s *Server) currentServer(w http.ResponseWriter, r *http.Request, p peerInfo) bool {
-	rec, err := s.store.Server(r.Context(), p.id)
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		s.metrics.authFailures.WithLabelValues("unknown_peer").Inc()
-		httpx.WriteError(w, http.StatusUnauthorized, "site server %s is not enrolled here", p.id)
-	case err != nil:
-		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
-	case rec.CertSerial != p.serial:
-		s.metrics.authFailures.WithLabelValues("superseded_cert").Inc()
-		httpx.WriteError(w, http.StatusUnauthorized, "this certificate was superseded by a later enrollment")
-	case rec.Status != nsapi.StatusApproved:
-		httpx.WriteError(w, http.StatusForbidden, "site server is pending approval by an administrator")
-	default:
-		return true
-	}
-	return false
-}
-
 func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	p := peerFrom(r)
-	if !s.currentServer(w, r, p) {
-		return
-	}
 	if r.Header.Get("Content-Encoding") != "zstd" {
 		s.badRequest(w, errors.New("event batches must be sent with Content-Encoding: zstd"))
 		return
@@ -249,9 +223,6 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handlePresence(w http.ResponseWriter, r *http.Request) {
 	p := peerFrom(r)
-	if !s.currentServer(w, r, p) {
-		return
-	}
 	b, ok := s.readBody(w, r)
 	if !ok {
 		return
@@ -263,10 +234,10 @@ func (s *Server) handlePresence(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := r.Context()
 	now := s.now().UTC()
-	moved := 0
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var changed []store.AgentRecord
+	refused := 0
 	for _, ap := range req.Agents {
 		rec, err := s.store.Agent(ctx, ap.ID)
 		if errors.Is(err, store.ErrNotFound) {
@@ -276,33 +247,29 @@ func (s *Server) handlePresence(w http.ResponseWriter, r *http.Request) {
 			httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 			return
 		}
+		// Only the agent says which task server it uses (in its own registration): a site
+		// server cannot claim another's agent and so read its work.
+		if rec.TaskServer != p.id {
+			refused++
+			continue
+		}
 		last := ap.LastContact.UTC()
 		if last.After(now) {
 			last = now
 		}
-		if rec.TaskServer == p.id && !last.After(rec.LastSeen) {
+		if !last.After(rec.LastSeen) {
 			continue
 		}
-		if rec.TaskServer != p.id {
-			n, err := s.store.RetagInstances(ctx, rec.ID, p.id, now)
-			if err != nil {
-				httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
-				return
-			}
-			moved += n
-		}
-		rec.TaskServer = p.id
-		if last.After(rec.LastSeen) {
-			rec.LastSeen = last
-		}
+		rec.LastSeen = last
 		changed = append(changed, rec)
+	}
+	if refused > 0 {
+		s.metrics.ownership.WithLabelValues("presence").Add(float64(refused))
+		s.logger.Warn("presence refused for agents not tagged to this site server", "server", p.id, "agents", refused)
 	}
 	if err := s.store.PutAgents(ctx, changed); err != nil {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
-	}
-	if moved > 0 {
-		s.tickler.mark(p.id, tickle.WorkPending)
 	}
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -20,12 +20,13 @@ type serverMetrics struct {
 	agents        prometheus.Gauge
 	sites         prometheus.Gauge
 	subnets       prometheus.Gauge
+	ownership     *prometheus.CounterVec
 }
 
 // Label values known in advance, created at start so every series exists at 0.
 var (
 	enrollResults  = []string{"ok", "pending", "unauthorized", "bad_request"}
-	authReasons    = []string{"bad_enrollment_token", "bad_admin_token", "no_client_cert", "wrong_kind", "unknown_peer", "superseded_cert"}
+	authReasons    = []string{"bad_enrollment_token", "bad_admin_token", "no_client_cert", "wrong_kind", "unknown_peer", "superseded_cert", "reenroll_without_proof"}
 	registerResult = []string{"ok", "pending", "rejected"}
 	kinds          = []string{nsapi.KindSiteServer, nsapi.KindAgent}
 )
@@ -64,6 +65,10 @@ func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 			Namespace: obs.Namespace, Subsystem: subsystem, Name: "sites",
 			Help: "Sites defined by the site maintenance rules.",
 		}),
+		ownership: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: obs.Namespace, Subsystem: subsystem, Name: "ownership_refusals_total",
+			Help: "Site server requests refused for agents or computers not theirs, by route.",
+		}, []string{"route"}),
 		subnets: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: obs.Namespace, Subsystem: subsystem, Name: "subnet_rules",
 			Help: "Subnet rules in force (shadowed ones not counted).",
@@ -86,11 +91,14 @@ func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 	for _, r := range []string{"ok", "error"} {
 		m.rulesLoads.WithLabelValues(r)
 	}
+	for _, r := range []string{"presence", "enroll"} {
+		m.ownership.WithLabelValues(r)
+	}
 	for _, s := range []string{nsapi.StatusPending, nsapi.StatusApproved} {
 		m.siteServers.WithLabelValues(s)
 	}
 	if err := obs.RegisterAll(reg, m.enrollments, m.authFailures, m.registrations, m.badRequests, m.rulesLoads,
-		m.siteServers, m.agents, m.sites, m.subnets); err != nil {
+		m.siteServers, m.agents, m.sites, m.subnets, m.ownership); err != nil {
 		return nil, err
 	}
 	return m, nil

@@ -13,6 +13,7 @@ import (
 	"github.com/siteserver/siteserver/ns/store"
 	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/sites"
+	"github.com/siteserver/siteserver/tickle"
 )
 
 func (s *Server) handleRegisterServer(w http.ResponseWriter, r *http.Request) {
@@ -120,6 +121,11 @@ func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
 	if err == nil && rec.CertSerial != p.serial {
 		err = errSuperseded
 	}
+	moved := 0
+	if err == nil && req.TaskServer != "" && req.TaskServer != rec.TaskServer {
+		// The agent moved: its open instances follow it to the task server it now uses.
+		moved, err = s.store.RetagInstances(ctx, rec.ID, req.TaskServer, s.now().UTC())
+	}
 	if err == nil {
 		rec.Hostname, rec.Addresses, rec.TaskServer, rec.LastSeen = req.Hostname, req.Addresses, req.TaskServer, s.now().UTC()
 		err = s.store.PutAgent(ctx, rec)
@@ -140,6 +146,9 @@ func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
 	case err != nil:
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
+	}
+	if moved > 0 {
+		s.tickler.mark(req.TaskServer, tickle.WorkPending)
 	}
 	candidates, byID, err := s.selectable(ctx)
 	if err != nil {

@@ -248,23 +248,6 @@ func TestAgentSelection(t *testing.T) {
 	}
 }
 
-func TestReenrollSupersedesCertificate(t *testing.T) {
-	tn := startNS(t, nil)
-	p := tn.peer(t, nsapi.KindSiteServer, "ss-1", "ss1")
-	if _, err := registerServer(t, p, nil); err != nil {
-		t.Fatal(err)
-	}
-	old, _ := p.Client(context.Background())
-	// Same GUID enrolls again from elsewhere (new key, new certificate).
-	p2 := tn.peer(t, nsapi.KindSiteServer, "ss-1", "ss1")
-	if _, err := registerServer(t, p2, nil); err != nil {
-		t.Fatal(err)
-	}
-	_, err := old.RegisterServer(context.Background(), nsapi.RegisterServerRequest{ID: "ss-1", Hostname: "ss1"})
-	if nsapi.StatusOf(err) != http.StatusUnauthorized {
-		t.Fatalf("old certificate = %v, want 401", err)
-	}
-}
 
 func TestAuthFailuresAreCounted(t *testing.T) {
 	tn := startNS(t, nil)

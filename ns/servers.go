@@ -76,3 +76,42 @@ func (s *Server) handleApprove(w http.ResponseWriter, r *http.Request) {
 	s.refreshGauges(r.Context())
 	httpx.WriteJSON(w, http.StatusOK, map[string]string{"id": id, "status": nsapi.StatusApproved})
 }
+
+// handleResetServer drops a site server's current certificate: the NS refuses it from now
+// on, and the next enrollment with the site server token may take the GUID over.
+func (s *Server) handleResetServer(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	s.mu.Lock()
+	rec, err := s.store.Server(r.Context(), id)
+	if err == nil {
+		rec.CertSerial = ""
+		err = s.store.PutServer(r.Context(), rec)
+	}
+	s.mu.Unlock()
+	s.answerReset(w, r, nsapi.KindSiteServer, id, err)
+}
+
+// handleResetAgent is handleResetServer for an agent.
+func (s *Server) handleResetAgent(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	s.mu.Lock()
+	rec, err := s.store.Agent(r.Context(), id)
+	if err == nil {
+		rec.CertSerial = ""
+		err = s.store.PutAgent(r.Context(), rec)
+	}
+	s.mu.Unlock()
+	s.answerReset(w, r, nsapi.KindAgent, id, err)
+}
+
+func (s *Server) answerReset(w http.ResponseWriter, r *http.Request, kind, id string, err error) {
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		httpx.WriteError(w, http.StatusNotFound, "no %s %q", kind, id)
+	case err != nil:
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+	default:
+		s.logger.Warn("identity reset by an administrator: its certificate is refused and it may enroll again", "kind", kind, "id", id)
+		httpx.WriteJSON(w, http.StatusOK, map[string]string{"id": id, "status": "reset"})
+	}
+}

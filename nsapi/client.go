@@ -202,6 +202,16 @@ func (c *Client) Approve(ctx context.Context, id string) error {
 	return c.do(ctx, http.MethodPost, PathServers+"/"+url.PathEscape(id)+"/approve", nil, nil)
 }
 
+// ResetServer drops a site server's current certificate so that it may enroll again (admin).
+func (c *Client) ResetServer(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodPost, PathServers+"/"+url.PathEscape(id)+"/reset", nil, nil)
+}
+
+// ResetAgent drops an agent's current certificate so that it may enroll again (admin).
+func (c *Client) ResetAgent(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodPost, PathAgents+"/"+url.PathEscape(id)+"/reset", nil, nil)
+}
+
 // Agents lists agents (admin).
 func (c *Client) Agents(ctx context.Context) ([]AgentView, error) {
 	var out []AgentView

@@ -176,7 +176,29 @@ func (p *Peer) newClient(ctx context.Context, cert *tls.Certificate) (*Client, e
 	return NewClient(base, conf), nil
 }
 
-func (p *Peer) enroll(ctx context.Context) error {
+// Renew enrolls again with a new key, proving the identity with the current certificate
+// (the NS refuses a token alone for a GUID it knows). The next Client uses the new one.
+func (p *Peer) Renew(ctx context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	cert, err := tls.LoadX509KeyPair(p.path("client.crt"), p.path("client.key"))
+	if err != nil {
+		return fmt.Errorf("ns: %s: renew: current credentials: %w", p.Endpoint.Name, err)
+	}
+	if err := p.enrollWith(ctx, &cert); err != nil {
+		return err
+	}
+	if p.client != nil {
+		p.client.CloseIdle()
+	}
+	p.client = nil
+	return nil
+}
+
+func (p *Peer) enroll(ctx context.Context) error { return p.enrollWith(ctx, nil) }
+
+// enrollWith enrolls, presenting current (when not nil) as proof of the identity.
+func (p *Peer) enrollWith(ctx context.Context, current *tls.Certificate) error {
 	key, err := pki.NewClientKey()
 	if err != nil {
 		return err
@@ -185,7 +207,7 @@ func (p *Peer) enroll(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	c, err := p.newClient(ctx, nil)
+	c, err := p.newClient(ctx, current)
 	if err != nil {
 		return err
 	}

@@ -135,6 +135,8 @@ var adminCommands = map[string]adminCommand{
 	"sites unassign":      {2, "SERVER SITE", sitesUnassign},
 	"servers list":        {0, "", serversList},
 	"servers approve":     {1, "ID", serversApprove},
+	"servers reset":       {1, "ID", func(a *adminCall) error { return a.c.ResetServer(a.ctx, a.pos[0]) }},
+	"agents reset":        {1, "ID", func(a *adminCall) error { return a.c.ResetAgent(a.ctx, a.pos[0]) }},
 	"jobs create":         {0, "-file JOB.yaml [-targets GUID,GUID]", jobsCreate},
 	"jobs list":           {0, "", jobsList},
 	"jobs status":         {1, "JOB", jobsStatus},

@@ -1,0 +1,201 @@
+package ns
+
+import (
+	"context"
+	"net/http"
+	"net/netip"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/siteserver/siteserver/nsapi"
+)
+
+// Holding an enrollment token is not enough to take over a GUID the NS knows: the agent
+// token sits on every managed computer, and GUIDs are visible to agents. Only the current
+// certificate (renewal) or an administrator's reset lets an enrollment replace it, and no
+// enrollment ever hands back a tickle key issued before.
+func TestSecurityReenrollNeedsProof(t *testing.T) {
+	tn := startNS(t, nil)
+	ctx := context.Background()
+	refused := func() float64 {
+		return testutil.ToFloat64(tn.srv.metrics.authFailures.WithLabelValues("reenroll_without_proof"))
+	}
+
+	for _, kind := range []string{nsapi.KindSiteServer, nsapi.KindAgent} {
+		t.Run(kind, func(t *testing.T) {
+			id := "victim-" + kind
+			victim := tn.peer(t, kind, id, id)
+			register := func(p *nsapi.Peer) error {
+				c, err := p.Client(ctx)
+				if err != nil {
+					return err
+				}
+				if kind == nsapi.KindSiteServer {
+					_, err = c.RegisterServer(ctx, nsapi.RegisterServerRequest{ID: id, Hostname: id})
+				} else {
+					_, err = c.RegisterAgent(ctx, nsapi.RegisterAgentRequest{ID: id, Hostname: id})
+				}
+				return err
+			}
+			if err := register(victim); err != nil {
+				t.Fatal(err)
+			}
+			oldKey, _ := victim.TickleKey()
+
+			// The attacker enrolls the same GUID with the token and a key of its own.
+			before := refused()
+			attacker := tn.peer(t, kind, id, "attacker")
+			if _, err := attacker.Client(ctx); nsapi.StatusOf(err) != http.StatusConflict {
+				t.Fatalf("takeover with the token alone = %v, want 409", err)
+			}
+			if refused() != before+1 {
+				t.Fatalf("refusal not counted: %v -> %v", before, refused())
+			}
+			if err := register(victim); err != nil {
+				t.Fatalf("the victim lost its identity: %v", err)
+			}
+
+			// Renewal with the current certificate works and supersedes the old one.
+			oldClient, _ := victim.Client(ctx)
+			if err := victim.Renew(ctx); err != nil {
+				t.Fatalf("renew with the current certificate: %v", err)
+			}
+			if err := register(victim); err != nil {
+				t.Fatalf("after renewal: %v", err)
+			}
+			if _, err := oldClient.RegisterAgent(ctx, nsapi.RegisterAgentRequest{ID: id, Hostname: id}); nsapi.StatusOf(err) != http.StatusUnauthorized && nsapi.StatusOf(err) != http.StatusForbidden {
+				t.Fatalf("superseded certificate = %v, want refused", err)
+			}
+
+			// An administrator's reset refuses the current certificate at once and lets
+			// one new enrollment take the GUID.
+			reset := tn.admin.ResetAgent
+			if kind == nsapi.KindSiteServer {
+				reset = tn.admin.ResetServer
+			}
+			if err := reset(ctx, id); err != nil {
+				t.Fatal(err)
+			}
+			if err := register(victim); nsapi.StatusOf(err) != http.StatusUnauthorized {
+				t.Fatalf("certificate after reset = %v, want 401", err)
+			}
+			if err := register(attacker); err != nil {
+				t.Fatalf("enrollment after reset: %v", err)
+			}
+			if kind == nsapi.KindSiteServer {
+				newKey, _ := attacker.TickleKey()
+				if string(newKey.Key) == string(oldKey.Key) || newKey.ID == oldKey.ID {
+					t.Fatal("re-enrollment handed back the tickle key issued before")
+				}
+			}
+		})
+	}
+}
+
+// A site server reports presence only for the agents that registered with it: it cannot
+// claim another server's agent and so have that agent's work tagged to it.
+func TestSecurityPresenceOwnership(t *testing.T) {
+	tn := startNS(t, nil)
+	ctx := context.Background()
+	servers := map[string]*nsapi.Peer{}
+	for _, id := range []string{"ss-a", "ss-b"} {
+		p := tn.peer(t, nsapi.KindSiteServer, id, id)
+		if _, err := registerServer(t, p, []string{"10.1.0.5/16"}, nsapi.ServiceInfo{Name: nsapi.ServiceTask, URL: "https://" + id}); err != nil {
+			t.Fatal(err)
+		}
+		servers[id] = p
+	}
+	ap := tn.peer(t, nsapi.KindAgent, "pc-1", "pc1")
+	ac, err := ap.Client(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ac.RegisterAgent(ctx, nsapi.RegisterAgentRequest{ID: "pc-1", Hostname: "pc1", TaskServer: "ss-a",
+		Addresses: []netip.Addr{netip.MustParseAddr("10.1.9.9")}}); err != nil {
+		t.Fatal(err)
+	}
+	job := nsapi.Job{ID: "secret", Name: "has a password", Tasks: []nsapi.Task{{Name: "t", Script: "echo hunter2", Timeout: nsapi.Duration(60e9)}}}
+	if _, err := tn.admin.CreateJob(ctx, nsapi.CreateJobRequest{Job: job, Targets: []string{"pc-1"}}); err != nil {
+		t.Fatal(err)
+	}
+	rogue, err := servers["ss-b"].Client(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := testutil.ToFloat64(tn.srv.metrics.ownership.WithLabelValues("presence"))
+	if err := rogue.Presence(ctx, nsapi.PresenceRequest{Agents: []nsapi.AgentPresence{{ID: "pc-1"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.ToFloat64(tn.srv.metrics.ownership.WithLabelValues("presence")); got != before+1 {
+		t.Fatalf("refused claims counted %v, want %v", got, before+1)
+	}
+	work, err := rogue.Work(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(work.Instances) != 0 {
+		t.Fatalf("the rogue server read %d instances of another server's agent", len(work.Instances))
+	}
+	owner, _ := servers["ss-a"].Client(ctx)
+	if work, err := owner.Work(ctx); err != nil || len(work.Instances) != 1 {
+		t.Fatalf("the agent's own server got %d instances, %v", len(work.Instances), err)
+	}
+	// The agent moving on its own moves its work.
+	if _, err := ac.RegisterAgent(ctx, nsapi.RegisterAgentRequest{ID: "pc-1", Hostname: "pc1", TaskServer: "ss-b"}); err != nil {
+		t.Fatal(err)
+	}
+	if work, err := rogue.Work(ctx); err != nil || len(work.Instances) != 1 {
+		t.Fatalf("after the agent moved: %d instances, %v", len(work.Instances), err)
+	}
+}
+
+// Once a site server's certificate is superseded (renewed) or reset by an administrator,
+// no route of the NS accepts it any more: work, events, presence, package assignments,
+// codebases, package sources and files, and network boot lookups.
+func TestSecuritySupersededServerCertRefusedEverywhere(t *testing.T) {
+	for _, how := range []string{"renewed", "reset"} {
+		t.Run(how, func(t *testing.T) {
+			tn := startNS(t, nil)
+			ctx := context.Background()
+			p := tn.peer(t, nsapi.KindSiteServer, "ss-1", "ss1")
+			if _, err := registerServer(t, p, []string{"10.1.0.5/16"}, nsapi.ServiceInfo{Name: nsapi.ServiceTask, URL: "https://ss-1"}); err != nil {
+				t.Fatal(err)
+			}
+			old, err := p.Client(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := old.LookupComputer(ctx, "52:54:00:00:00:01"); err != nil {
+				t.Fatalf("current certificate refused: %v", err)
+			}
+			if how == "renewed" {
+				err = p.Renew(ctx)
+			} else {
+				err = tn.admin.ResetServer(ctx, "ss-1")
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			calls := map[string]func() error{
+				"work":      func() error { _, err := old.Work(ctx); return err },
+				"events":    func() error { _, err := old.ForwardEvents(ctx, nil); return err },
+				"presence":  func() error { return old.Presence(ctx, nsapi.PresenceRequest{}) },
+				"assign":    func() error { _, err := old.Assignments(ctx); return err },
+				"codebases": func() error { return old.ReportCodebases(ctx, nil) },
+				"sources":   func() error { _, err := old.Sources(ctx, "pkg"); return err },
+				"lookup":    func() error { _, err := old.LookupComputer(ctx, "52:54:00:00:00:01"); return err },
+				"seen":      func() error { return old.ComputerSeen(ctx, nsapi.SeenRequest{MAC: "52:54:00:00:00:01"}) },
+				"register": func() error {
+					_, err := old.RegisterServer(ctx, nsapi.RegisterServerRequest{ID: "ss-1", Hostname: "ss1"})
+					return err
+				},
+			}
+			for name, call := range calls {
+				if err := call(); nsapi.StatusOf(err) != http.StatusUnauthorized {
+					t.Errorf("%s with the old certificate = %v, want 401", name, err)
+				}
+			}
+		})
+	}
+}
