@@ -248,7 +248,6 @@ func TestAgentSelection(t *testing.T) {
 	}
 }
 
-
 func TestAuthFailuresAreCounted(t *testing.T) {
 	tn := startNS(t, nil)
 	ctx := context.Background()
