@@ -90,9 +90,12 @@ func (s *Server) handlePutComputer(w http.ResponseWriter, r *http.Request) {
 	case err != nil:
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
-	case c.Kind == nsapi.ComputerManaged:
-		httpx.WriteError(w, http.StatusConflict, "%s is a managed computer (agent %s)", mac, c.Agent)
+	case c.Kind == nsapi.ComputerManaged && !req.Force:
+		httpx.WriteError(w, http.StatusConflict, "%s is a managed computer (agent %s); add -force to predefine it anyway", mac, c.Agent)
 		return
+	case c.Kind == nsapi.ComputerManaged:
+		// The administrator's record wins; the agent's claim stays visible as a conflict.
+		c.ClaimedBy, c.Agent = c.Agent, ""
 	}
 	c.Kind, c.Name = nsapi.ComputerPredefined, req.Name
 	if err := s.store.PutComputer(ctx, c); err != nil {
@@ -124,13 +127,78 @@ func (s *Server) markManaged(ctx context.Context, agent string, macs []string) e
 		} else if err != nil {
 			return err
 		}
-		if c.Kind == nsapi.ComputerManaged && c.Agent == agent {
+		switch {
+		case c.Kind == nsapi.ComputerManaged && c.Agent == agent:
 			continue
+		case c.Kind == nsapi.ComputerPredefined || (c.Kind == nsapi.ComputerManaged && c.Agent != agent):
+			// An agent's word does not override an administrator's record or another
+			// agent's computer: the claim is kept for the administrator to see and decide.
+			if c.ClaimedBy == agent {
+				continue
+			}
+			c.ClaimedBy = agent
+			s.metrics.macConflicts.Inc()
+			s.logger.Warn("MAC claimed by an agent but held by another record; left for an administrator",
+				"mac", mac, "kind", c.Kind, "holder", c.Agent, "claimant", agent)
+		default:
+			c.Kind, c.Agent, c.ClaimedBy = nsapi.ComputerManaged, agent, ""
 		}
-		c.Kind, c.Agent = nsapi.ComputerManaged, agent
 		if err := s.store.PutComputer(ctx, c); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// handleAcceptClaim gives a computer to the agent that claimed it (admin).
+func (s *Server) handleAcceptClaim(w http.ResponseWriter, r *http.Request) {
+	mac, err := nsapi.NormalizeMAC(r.PathValue("mac"))
+	if err != nil {
+		s.badRequest(w, fmt.Errorf("mac: %w", err))
+		return
+	}
+	ctx := r.Context()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, err := s.store.Computer(ctx, mac)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		httpx.WriteError(w, http.StatusNotFound, "no computer %s", mac)
+		return
+	case err != nil:
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	case c.ClaimedBy == "":
+		httpx.WriteError(w, http.StatusConflict, "no agent claims %s", mac)
+		return
+	}
+	c.Kind, c.Agent, c.ClaimedBy = nsapi.ComputerManaged, c.ClaimedBy, ""
+	if err := s.store.PutComputer(ctx, c); err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	s.logger.Info("computer given to the agent that claimed it", "mac", mac, "agent", c.Agent)
+	httpx.WriteJSON(w, http.StatusOK, c)
+}
+
+// handleDeleteComputer forgets a computer (admin); an agent that still runs on it claims
+// it again at its next registration.
+func (s *Server) handleDeleteComputer(w http.ResponseWriter, r *http.Request) {
+	mac, err := nsapi.NormalizeMAC(r.PathValue("mac"))
+	if err != nil {
+		s.badRequest(w, fmt.Errorf("mac: %w", err))
+		return
+	}
+	s.mu.Lock()
+	err = s.store.DeleteComputer(r.Context(), mac)
+	s.mu.Unlock()
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		httpx.WriteError(w, http.StatusNotFound, "no computer %s", mac)
+	case err != nil:
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+	default:
+		s.logger.Info("computer deleted", "mac", mac)
+		w.WriteHeader(http.StatusNoContent)
+	}
 }

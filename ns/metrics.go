@@ -21,6 +21,7 @@ type serverMetrics struct {
 	sites         prometheus.Gauge
 	subnets       prometheus.Gauge
 	ownership     *prometheus.CounterVec
+	macConflicts  prometheus.Counter
 }
 
 // Label values known in advance, created at start so every series exists at 0.
@@ -69,6 +70,10 @@ func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 			Namespace: obs.Namespace, Subsystem: subsystem, Name: "ownership_refusals_total",
 			Help: "Site server requests refused for agents or computers not theirs, by route.",
 		}, []string{"route"}),
+		macConflicts: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: obs.Namespace, Subsystem: subsystem, Name: "mac_conflicts_total",
+			Help: "MAC addresses an agent claimed that an administrator's record or another agent held.",
+		}),
 		subnets: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: obs.Namespace, Subsystem: subsystem, Name: "subnet_rules",
 			Help: "Subnet rules in force (shadowed ones not counted).",
@@ -98,7 +103,7 @@ func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 		m.siteServers.WithLabelValues(s)
 	}
 	if err := obs.RegisterAll(reg, m.enrollments, m.authFailures, m.registrations, m.badRequests, m.rulesLoads,
-		m.siteServers, m.agents, m.sites, m.subnets, m.ownership); err != nil {
+		m.siteServers, m.agents, m.sites, m.subnets, m.ownership, m.macConflicts); err != nil {
 		return nil, err
 	}
 	return m, nil

@@ -322,5 +322,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST "+nsapi.PathComputerSeen, s.siteServer(s.handleComputerSeen))
 	mux.HandleFunc("POST "+nsapi.PathComputers, s.admin(s.handlePutComputer))
 	mux.HandleFunc("GET "+nsapi.PathComputers, s.admin(s.handleListComputers))
+	mux.HandleFunc("POST "+nsapi.PathComputers+"/{mac}/accept", s.admin(s.handleAcceptClaim))
+	mux.HandleFunc("DELETE "+nsapi.PathComputers+"/{mac}", s.admin(s.handleDeleteComputer))
 	return mux
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"time"
 )
 
@@ -32,12 +33,19 @@ type ComputerRecord struct {
 	LastServer string    `json:"last_server,omitempty"`
 	Created    time.Time `json:"created"`
 	LastSeen   time.Time `json:"last_seen,omitzero"`
+	// ClaimedBy is an agent that reported this MAC as its own while an administrator's
+	// record or another agent held it: a conflict for the administrator to decide
+	// (computers accept MAC gives it to the claimant; computers add keeps it predefined).
+	ClaimedBy string `json:"claimed_by,omitempty"`
 }
 
 // ComputerRequest creates a predefined computer (admin).
 type ComputerRequest struct {
 	MAC  string `json:"mac"`
 	Name string `json:"name"`
+	// Force predefines a computer an agent has claimed as managed; the agent's claim stays
+	// visible as a conflict.
+	Force bool `json:"force,omitempty"`
 }
 
 // SeenRequest reports a computer that asked to network boot.
@@ -83,4 +91,14 @@ func (c *Client) ListComputers(ctx context.Context) ([]ComputerRecord, error) {
 	var out []ComputerRecord
 	err := c.do(ctx, http.MethodGet, PathComputers, nil, &out)
 	return out, err
+}
+
+// AcceptClaim gives a computer to the agent that claimed it (admin).
+func (c *Client) AcceptClaim(ctx context.Context, mac string) error {
+	return c.do(ctx, http.MethodPost, PathComputers+"/"+url.PathEscape(mac)+"/accept", nil, nil)
+}
+
+// DeleteComputer forgets a computer (admin).
+func (c *Client) DeleteComputer(ctx context.Context, mac string) error {
+	return c.do(ctx, http.MethodDelete, PathComputers+"/"+url.PathEscape(mac), nil, nil)
 }

@@ -91,6 +91,7 @@ type adminOptions struct {
 	description, jobFile, targets                                     string
 	pkgDir, pkgID, pkgVersion, pkgSites, pkgServers, compName, source string
 	pkgStaged                                                         int
+	force                                                             bool
 }
 
 // adminCall is what one admin subcommand runs with.
@@ -145,8 +146,10 @@ var adminCommands = map[string]adminCommand{
 	"packages delete":     {1, "ID", packagesDelete},
 	"packages list":       {0, "", packagesList},
 	"packages status":     {1, "ID", packagesStatus},
-	"computers add":       {1, "MAC [-name NAME]", computersAdd},
+	"computers add":       {1, "MAC [-name NAME] [-force]", computersAdd},
 	"computers list":      {0, "", computersList},
+	"computers accept":    {1, "MAC", func(a *adminCall) error { return a.c.AcceptClaim(a.ctx, a.pos[0]) }},
+	"computers delete":    {1, "MAC", func(a *adminCall) error { return a.c.DeleteComputer(a.ctx, a.pos[0]) }},
 	"agents list":         {0, "", agentsList},
 }
 
@@ -171,6 +174,7 @@ func admin(group string, args []string, stdout io.Writer) error {
 	fs.StringVar(&o.pkgServers, "servers", "", "comma-separated package servers (GUID or host name) that get it")
 	fs.IntVar(&o.pkgStaged, "staged", 0, "at most this many servers downloading at once (0: no limit)")
 	fs.StringVar(&o.compName, "name", "", "computer name (computers add)")
+	fs.BoolVar(&o.force, "force", false, "predefine a computer that an agent claims as managed (computers add)")
 	fs.StringVar(&o.source, "source", "manual", "rules source (sites export)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: siteserver %s SUBCOMMAND [flags] [args]\n\n%s", group, adminHelp)

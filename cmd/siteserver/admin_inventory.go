@@ -64,7 +64,7 @@ func agentsList(a *adminCall) error {
 }
 
 func computersAdd(a *adminCall) error {
-	return a.c.PutComputer(a.ctx, nsapi.ComputerRequest{MAC: a.pos[0], Name: a.opt.compName})
+	return a.c.PutComputer(a.ctx, nsapi.ComputerRequest{MAC: a.pos[0], Name: a.opt.compName, Force: a.opt.force})
 }
 
 func computersList(a *adminCall) error {
@@ -73,7 +73,7 @@ func computersList(a *adminCall) error {
 		return err
 	}
 	return a.print(cs, func(w *tabwriter.Writer) {
-		fmt.Fprintln(w, "MAC\tKIND\tNAME\tAGENT\tARCH\tLAST SEEN")
+		fmt.Fprintln(w, "MAC\tKIND\tNAME\tAGENT\tARCH\tLAST SEEN\tCONFLICT")
 		for _, cp := range cs {
 			seen, arch := "never", "-"
 			if !cp.LastSeen.IsZero() {
@@ -82,7 +82,11 @@ func computersList(a *adminCall) error {
 			if cp.Arch >= 0 {
 				arch = fmt.Sprint(cp.Arch)
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", cp.MAC, cp.Kind, dashS(cp.Name), dashS(cp.Agent), arch, seen)
+			conflict := "-"
+			if cp.ClaimedBy != "" {
+				conflict = "claimed by agent " + cp.ClaimedBy
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", cp.MAC, cp.Kind, dashS(cp.Name), dashS(cp.Agent), arch, seen, conflict)
 		}
 	})
 }

@@ -129,6 +129,8 @@ var migrations = []string{
 	// 5: the NS's signed grant of each instance, relayed as it is to the agent.
 	`ALTER TABLE job_instances ADD COLUMN grant_payload BLOB;
 	ALTER TABLE job_instances ADD COLUMN grant_sig BLOB;`,
+	// 6: an agent's claim on a computer that an administrator or another agent holds.
+	`ALTER TABLE computers ADD COLUMN claimed_by TEXT NOT NULL DEFAULT '';`,
 }
 
 // SQLiteStore is the Store in a SQLite file.

@@ -9,12 +9,12 @@ import (
 	"github.com/siteserver/siteserver/nsapi"
 )
 
-const computerCols = `mac, kind, name, agent, arch, last_server, created_at, last_seen`
+const computerCols = `mac, kind, name, agent, arch, last_server, created_at, last_seen, claimed_by`
 
 func scanComputer(sc scanner) (nsapi.ComputerRecord, error) {
 	var c nsapi.ComputerRecord
 	var created, seen int64
-	err := sc.Scan(&c.MAC, &c.Kind, &c.Name, &c.Agent, &c.Arch, &c.LastServer, &created, &seen)
+	err := sc.Scan(&c.MAC, &c.Kind, &c.Name, &c.Agent, &c.Arch, &c.LastServer, &created, &seen, &c.ClaimedBy)
 	c.Created, c.LastSeen = fromUnixNano(created), fromUnixNano(seen)
 	return c, err
 }
@@ -51,12 +51,24 @@ func (s *SQLiteStore) Computers(ctx context.Context) ([]nsapi.ComputerRecord, er
 
 // PutComputer implements Store.
 func (s *SQLiteStore) PutComputer(ctx context.Context, c nsapi.ComputerRecord) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO computers (`+computerCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+	_, err := s.db.ExecContext(ctx, `INSERT INTO computers (`+computerCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (mac) DO UPDATE SET kind = excluded.kind, name = excluded.name, agent = excluded.agent,
-		arch = excluded.arch, last_server = excluded.last_server, last_seen = excluded.last_seen`,
-		c.MAC, c.Kind, c.Name, c.Agent, c.Arch, c.LastServer, toUnixNano(c.Created), toUnixNano(c.LastSeen))
+		arch = excluded.arch, last_server = excluded.last_server, last_seen = excluded.last_seen, claimed_by = excluded.claimed_by`,
+		c.MAC, c.Kind, c.Name, c.Agent, c.Arch, c.LastServer, toUnixNano(c.Created), toUnixNano(c.LastSeen), c.ClaimedBy)
 	if err != nil {
 		return fmt.Errorf("ns: store: put computer %s: %w", c.MAC, err)
+	}
+	return nil
+}
+
+// DeleteComputer implements Store.
+func (s *SQLiteStore) DeleteComputer(ctx context.Context, mac string) error {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM computers WHERE mac = ?`, mac)
+	if err != nil {
+		return fmt.Errorf("ns: store: delete computer %s: %w", mac, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return ErrNotFound
 	}
 	return nil
 }

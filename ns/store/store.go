@@ -74,6 +74,8 @@ type Store interface {
 	Computer(ctx context.Context, mac string) (nsapi.ComputerRecord, error)
 	Computers(ctx context.Context) ([]nsapi.ComputerRecord, error)
 	PutComputer(ctx context.Context, c nsapi.ComputerRecord) error
+	// DeleteComputer forgets a computer; ErrNotFound if there was none.
+	DeleteComputer(ctx context.Context, mac string) error
 
 	// AgentsByID returns the agents with these ids that exist.
 	AgentsByID(ctx context.Context, ids []string) (map[string]AgentRecord, error)
