@@ -9,12 +9,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/siteserver/siteserver/internal/datadir"
 	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/internal/pki"
 	"github.com/siteserver/siteserver/ns/store"
@@ -118,7 +118,7 @@ func (s *Server) CACertPEM() []byte {
 
 // Run opens the store, loads the CA and rules, and serves the API until ctx is done.
 func (s *Server) Run(ctx context.Context) error {
-	if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
+	if _, err := datadir.Secure(s.cfg.DataDir, s.logger); err != nil {
 		return fmt.Errorf("ns: data dir: %w", err)
 	}
 	ca, err := pki.LoadOrCreateCA(s.cfg.DataDir)

@@ -41,7 +41,7 @@ func LoadOrCreateID(dir string) (string, error) {
 		return "", fmt.Errorf("ns: data dir: %w", err)
 	}
 	id := uuid.NewString()
-	if err := datadir.WriteFileAtomic(path, []byte(id+"\n"), 0o644); err != nil {
+	if err := datadir.WriteFileAtomic(path, []byte(id+"\n"), 0o600); err != nil {
 		return "", fmt.Errorf("ns: write GUID: %w", err)
 	}
 	return id, nil
@@ -168,7 +168,7 @@ func (p *Peer) newClient(ctx context.Context, cert *tls.Certificate) (*Client, e
 	var saveOnce sync.Once
 	conf, err := pki.ClientTLSConfig(ca, p.Endpoint.CASHA256, u.Hostname(), cert, func(pinned []byte) {
 		// Later connections verify against the saved CA instead of the pin.
-		saveOnce.Do(func() { datadir.WriteFileAtomic(p.path("ca.crt"), pinned, 0o644) })
+		saveOnce.Do(func() { datadir.WriteFileAtomic(p.path("ca.crt"), pinned, 0o600) })
 	})
 	if err != nil {
 		return nil, fmt.Errorf("ns: %s: %w", p.Endpoint.Name, err)
@@ -227,7 +227,7 @@ func (p *Peer) enrollWith(ctx context.Context, current *tls.Certificate) error {
 		return err
 	}
 	if p.Endpoint.CAFile == "" && p.InProcess == nil && resp.CA != "" {
-		if err := datadir.WriteFileAtomic(p.path("ca.crt"), []byte(resp.CA), 0o644); err != nil {
+		if err := datadir.WriteFileAtomic(p.path("ca.crt"), []byte(resp.CA), 0o600); err != nil {
 			return err
 		}
 	}
@@ -244,7 +244,7 @@ func (p *Peer) enrollWith(ctx context.Context, current *tls.Certificate) error {
 		p.tickle = nil
 	}
 	// The certificate goes last: its presence is what says enrollment finished.
-	if err := datadir.WriteFileAtomic(p.path("client.crt"), []byte(resp.Certificate), 0o644); err != nil {
+	if err := datadir.WriteFileAtomic(p.path("client.crt"), []byte(resp.Certificate), 0o600); err != nil {
 		return err
 	}
 	p.status = resp.Status

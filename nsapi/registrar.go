@@ -193,7 +193,7 @@ func (r *Registrar) once(ctx context.Context, p *Peer) (time.Duration, error) {
 		r.mu.Lock()
 		r.last[name] = b
 		r.mu.Unlock()
-		if werr := datadir.WriteFileAtomic(filepath.Join(p.Dir, "registration.json"), b, 0o644); werr != nil {
+		if werr := datadir.WriteFileAtomic(filepath.Join(p.Dir, "registration.json"), b, 0o600); werr != nil {
 			r.Logger.Warn("could not save the registration answer", "ns", name, "err", werr)
 		}
 	}

@@ -57,7 +57,7 @@ type Store struct {
 func OpenStore(dir string) (*Store, error) {
 	s := &Store{dir: dir, open: map[string]bool{}}
 	for _, d := range []string{blobsDir, partialDir} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
 			return nil, fmt.Errorf("pkgd: store: %w", err)
 		}
 	}
@@ -330,7 +330,7 @@ func (s *Store) Partial(sha string) (*PartialFile, error) {
 		return nil, fmt.Errorf("pkgd: store: %s: %w", sha, ErrPartialBusy)
 	}
 	p := s.partialPath(sha)
-	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o644)
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("pkgd: store: %w", diskErr(err))
 	}
@@ -465,7 +465,7 @@ func (s *Store) install(sha, from string, size int64) error {
 	dir := filepath.Join(s.dir, blobsDir, sha[:2])
 	created := false
 	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
-		if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+		if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 			return fmt.Errorf("pkgd: store: commit %s: %w", sha, diskErr(err))
 		}
 		created = true

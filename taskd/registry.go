@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -64,6 +65,9 @@ func openRegistry(ctx context.Context, dir string) (*registry, error) {
 	path := filepath.Join(dir, "agents.db")
 	// synchronous(NORMAL): a registration lost to power failure costs the agent one
 	// re-registration, not data.
+	if f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE, 0o600); err == nil {
+		f.Close() // SQLite gives -wal and -shm the mode of the database: tickle keys inside
+	}
 	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=busy_timeout(5000)")
 	if err != nil {
 		return nil, fmt.Errorf("taskd: agents db: %w", err)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -44,11 +45,23 @@ type siteOpts struct {
 	plainHTTP               bool   // task server offers the signed plain-HTTP agent API
 	channel                 bool   // task server offers QUIC channels and the agent keeps one
 	nsChannel               bool   // the NS offers QUIC channels and the task server keeps one
+	wideDirs                bool   // data directories exist beforehand, 0755, with a 0644 key in each
 }
 
 func newSite(t *testing.T, o siteOpts) *site {
 	t.Helper()
 	s := &site{t: t, dir: t.TempDir()}
+	if o.wideDirs {
+		for _, d := range []string{"ns", "ss", "agent"} {
+			dir := filepath.Join(s.dir, d)
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			os.Chmod(dir, 0o755)
+			writeFile(t, filepath.Join(dir, "legacy.key"), "secret")
+			os.Chmod(filepath.Join(dir, "legacy.key"), 0o644)
+		}
+	}
 	rules := writeFile(t, filepath.Join(s.dir, "sites.yaml"), "sites:\n  - name: branch-a\n    subnets: [10.20.0.0/16]\n")
 	nsPort := freePort(t)
 	s.nsAddr = fmt.Sprintf("127.0.0.1:%d", nsPort)

@@ -132,6 +132,9 @@ func runNS(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 	if err != nil {
 		return fmt.Errorf("ns.data_dir: %w", err)
 	}
+	if _, err := datadir.Secure(cfg.Server.DataDir, logger); err != nil {
+		return fmt.Errorf("ns.data_dir: %w", err)
+	}
 	defer lock.Close()
 	srv, err := ns.NewServer(cfg.Server, logger.With("service", "ns"), reg)
 	if err != nil {
@@ -162,6 +165,9 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	lock, err := datadir.Lock(cfg.DataDir)
 	if err != nil {
+		return fmt.Errorf("data_dir: %w", err)
+	}
+	if _, err := datadir.Secure(cfg.DataDir, logger); err != nil {
 		return fmt.Errorf("data_dir: %w", err)
 	}
 	defer lock.Close()
@@ -214,6 +220,9 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 	}
 	lock, err := datadir.Lock(cfg.DataDir)
 	if err != nil {
+		return fmt.Errorf("data_dir: %w", err)
+	}
+	if _, err := datadir.Secure(cfg.DataDir, logger); err != nil {
 		return fmt.Errorf("data_dir: %w", err)
 	}
 	defer lock.Close()

@@ -116,7 +116,7 @@ func LoadOrCreateCA(dir string) (*CA, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := datadir.WriteFileAtomic(certPath, certPEM, 0o644); err != nil {
+	if err := datadir.WriteFileAtomic(certPath, certPEM, 0o600); err != nil {
 		return nil, err
 	}
 	return loadCA(certPEM, key)
@@ -232,7 +232,7 @@ func (ca *CA) ServerCertificate(dir string, dnsNames []string, ips []net.IP) (tl
 	if err := datadir.WriteFileAtomic(keyPath, keyPEM, 0o600); err != nil {
 		return tls.Certificate{}, err
 	}
-	if err := datadir.WriteFileAtomic(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+	if err := datadir.WriteFileAtomic(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
 		return tls.Certificate{}, err
 	}
 	return ca.tlsCertificate(cert, newKey), nil

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -145,6 +146,11 @@ func OpenSQLite(ctx context.Context, dir string) (*SQLiteStore, error) {
 	path := filepath.Join(dir, "ns.db")
 	// synchronous(FULL): a write the NS acknowledged survives power loss. A 32 MiB page cache
 	// keeps a job for thousands of targets from spilling pages to disk mid-transaction.
+	// Created 0600 before SQLite opens it: SQLite gives its -wal and -shm files the mode of
+	// the database, which holds tickle keys and job scripts.
+	if f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE, 0o600); err == nil {
+		f.Close()
+	}
 	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(5000)&_pragma=foreign_keys(ON)&_pragma=cache_size(-32768)"
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
