@@ -154,6 +154,7 @@ metrics: {listen: "127.0.0.1:0", pprof: true}
 ns:
   data_dir: %s
   listen: %q
+  approval: auto
   site_server_token: %s
   agent_token: %s
   admin_token: %s

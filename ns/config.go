@@ -25,8 +25,8 @@ type ServerConfig struct {
 	SiteServerTokenFile string `yaml:"site_server_token_file"`
 	AgentToken          string `yaml:"agent_token"`
 	AgentTokenFile      string `yaml:"agent_token_file"`
-	// Approval is "auto" (enrolled site servers are approved at once) or "manual" (they stay
-	// pending until an administrator approves them).
+	// Approval is "manual" (the default: enrolled site servers stay pending until an
+	// administrator approves them) or "auto" (approved at once).
 	Approval string `yaml:"approval"`
 
 	AdminToken     string `yaml:"admin_token"`
@@ -58,7 +58,9 @@ func (c *ServerConfig) Defaults() {
 		c.Listen = ":8443"
 	}
 	if c.Approval == "" {
-		c.Approval = "auto"
+		// A site server token leaks more easily than an administrator's attention: new site
+		// servers wait until someone approves them.
+		c.Approval = "manual"
 	}
 	if c.MaxBodyBytes == 0 {
 		c.MaxBodyBytes = 1 << 20

@@ -41,7 +41,7 @@ func startNS(t *testing.T, mod func(*ServerConfig)) *testNS {
 	cfg := ServerConfig{
 		DataDir: dir, Listen: "127.0.0.1:0",
 		SiteServerToken: testServerToken, AgentToken: testAgentToken, AdminToken: testAdminToken,
-		Settings: nsapi.Settings{HeartbeatInterval: time.Minute},
+		Settings: nsapi.Settings{HeartbeatInterval: time.Minute}, Approval: "auto",
 	}
 	if mod != nil {
 		mod(&cfg)

@@ -200,6 +200,7 @@ metrics: {listen: "127.0.0.1:0"}
 ns:
   data_dir: %s
   listen: "127.0.0.1:0"
+  approval: auto
   site_server_token: %s
   agent_token: %s
   admin_token: %s
@@ -481,6 +482,7 @@ metrics: {listen: "127.0.0.1:0"}
 ns:
   data_dir: %s
   listen: "127.0.0.1:0"
+  approval: auto
   site_server_token: %s-%s
   agent_token: %s
   admin_token: %s
