@@ -30,6 +30,7 @@ import (
 
 	"github.com/siteserver/siteserver/internal/backoff"
 	"github.com/siteserver/siteserver/internal/obs"
+	"github.com/siteserver/siteserver/internal/pki"
 	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/tickle"
 )
@@ -234,7 +235,7 @@ func (s *Service) Run(ctx context.Context) error {
 				for _, c := range cs.PeerCertificates {
 					raw = append(raw, c.Raw)
 				}
-				id, kind, _, err := verifyIdentity(raw, roots)
+				id, kind, _, err := pki.VerifyPeer(raw, roots)
 				if err == nil && kind != nsapi.KindAgent {
 					err = fmt.Errorf("a %s certificate cannot open an agent channel", kind)
 				}
@@ -353,7 +354,7 @@ func (s *Service) setupNS(ctx context.Context, l *NSLink, spool *Spool) (*nsStat
 	if err != nil {
 		return nil, err
 	}
-	root, err := parseCA(caPEM)
+	root, err := pki.ParseCA(caPEM)
 	if err != nil {
 		return nil, fmt.Errorf("NS CA: %w", err)
 	}
@@ -847,7 +848,7 @@ func (s *Service) serverTLS() *tls.Config {
 			if roots == nil {
 				return errors.New("no NS linked yet")
 			}
-			_, kind, _, err := verifyIdentity(raw, roots)
+			_, kind, _, err := pki.VerifyPeer(raw, roots)
 			if err != nil {
 				return err
 			}
@@ -885,7 +886,7 @@ func (s *Service) agentOnly(h func(http.ResponseWriter, *http.Request, agentPeer
 		for _, c := range r.TLS.PeerCertificates {
 			raw = append(raw, c.Raw)
 		}
-		id, _, root, err := verifyIdentity(raw, roots)
+		id, _, root, err := pki.VerifyPeer(raw, roots)
 		if err != nil {
 			httpError(w, http.StatusUnauthorized, "%v", err)
 			return
