@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/siteserver/siteserver/taskapi"
 	_ "modernc.org/sqlite" // pure-Go driver keeps the binary static
 )
 
@@ -91,7 +92,7 @@ func openRegistry(ctx context.Context, dir string) (*registry, error) {
 			return nil, fmt.Errorf("taskd: agents db: %w", err)
 		}
 		a.Registered = time.Unix(0, reg)
-		a.apiKey = APIKey(a.TickleKey)
+		a.apiKey = taskapi.APIKey(a.TickleKey)
 		e := &entry{rec: a}
 		e.lastContact.Store(last)
 		r.agents[a.ID] = e
@@ -107,7 +108,7 @@ func (r *registry) put(ctx context.Context, a agentRecord) error {
 	if err != nil {
 		return fmt.Errorf("taskd: register agent %s: %w", a.ID, err)
 	}
-	a.apiKey = APIKey(a.TickleKey)
+	a.apiKey = taskapi.APIKey(a.TickleKey)
 	e := &entry{rec: a}
 	e.lastContact.Store(a.LastContact.UnixNano())
 	e.dirty.Store(true)
@@ -213,4 +214,17 @@ func (r *registry) saveContacts(ctx context.Context, agents []agentRecord) error
 		}
 	}
 	return tx.Commit()
+}
+
+// agentRecord is an agent registered here.
+type agentRecord struct {
+	ID          string
+	NS          string
+	Hostname    string
+	TickleAddr  string // ip:port, "" when none
+	TickleKey   []byte
+	TickleKeyID uint32
+	apiKey      []byte // APIKey(TickleKey), derived once
+	Registered  time.Time
+	LastContact time.Time
 }

@@ -32,6 +32,7 @@ import (
 	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/internal/pki"
 	"github.com/siteserver/siteserver/nsapi"
+	"github.com/siteserver/siteserver/taskapi"
 	"github.com/siteserver/siteserver/tickle"
 )
 
@@ -869,9 +870,9 @@ type agentPeer struct {
 
 func (s *Service) handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST "+PathRegister, s.agentOnly(s.handleRegister))
-	mux.HandleFunc("GET "+PathJobs, s.agentOnly(s.handleJobs))
-	mux.HandleFunc("POST "+PathEvents, s.agentOnly(s.handleEvents))
+	mux.HandleFunc("POST "+taskapi.PathRegister, s.agentOnly(s.handleRegister))
+	mux.HandleFunc("GET "+taskapi.PathJobs, s.agentOnly(s.handleJobs))
+	mux.HandleFunc("POST "+taskapi.PathEvents, s.agentOnly(s.handleEvents))
 	return mux
 }
 
@@ -932,7 +933,7 @@ func readJSON(w http.ResponseWriter, r *http.Request, limit int64, v any) bool {
 }
 
 func (s *Service) handleRegister(w http.ResponseWriter, r *http.Request, p agentPeer) {
-	var req RegisterRequest
+	var req taskapi.RegisterRequest
 	if !readJSON(w, r, 64<<10, &req) {
 		return
 	}
@@ -965,7 +966,7 @@ func (s *Service) handleRegister(w http.ResponseWriter, r *http.Request, p agent
 	if set, ok := p.ns.link.Settings(); ok {
 		interval = set.TaskRequestInterval
 	}
-	writeJSON(w, RegisterResponse{ServerID: s.id, TickleKey: rec.TickleKey, TickleKeyID: rec.TickleKeyID,
+	writeJSON(w, taskapi.RegisterResponse{ServerID: s.id, TickleKey: rec.TickleKey, TickleKeyID: rec.TickleKeyID,
 		TaskRequestInterval: nsapi.Duration(interval), HTTPURL: s.httpURL(r), Channel: s.channelAddr(r)})
 }
 
@@ -980,9 +981,9 @@ func (s *Service) handleJobs(w http.ResponseWriter, r *http.Request, p agentPeer
 
 // jobsFor returns the agent's open instances and spools a "delivered" event for each one
 // handed out for the first time.
-func (s *Service) jobsFor(p agentPeer) (JobsResponse, bool) {
+func (s *Service) jobsFor(p agentPeer) (taskapi.JobsResponse, bool) {
 	if _, ok := s.reg.get(p.id); !ok {
-		return JobsResponse{}, false
+		return taskapi.JobsResponse{}, false
 	}
 	now := time.Now()
 	s.reg.touch(p.id, now)
@@ -1007,7 +1008,7 @@ func (s *Service) jobsFor(p agentPeer) (JobsResponse, bool) {
 	if out == nil {
 		out = []nsapi.JobInstance{}
 	}
-	return JobsResponse{Instances: out}, true
+	return taskapi.JobsResponse{Instances: out}, true
 }
 
 func (s *Service) handleEvents(w http.ResponseWriter, r *http.Request, p agentPeer) {
@@ -1020,7 +1021,7 @@ func (s *Service) handleEvents(w http.ResponseWriter, r *http.Request, p agentPe
 		httpError(w, code, "%v", err)
 		return
 	}
-	writeJSON(w, EventsResponse{Stored: len(events)})
+	writeJSON(w, taskapi.EventsResponse{Stored: len(events)})
 }
 
 const maxEventsBody = 8 << 20
@@ -1052,14 +1053,14 @@ func (s *Service) storeEvents(p agentPeer, events []nsapi.Event) (int, error) {
 // httpHandler serves the plain-HTTP agent API: signed requests, signed answers.
 func (s *Service) httpHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET "+PathJobs, s.signed(func(w http.ResponseWriter, r *http.Request, p agentPeer, body []byte) (int, any) {
+	mux.HandleFunc("GET "+taskapi.PathJobs, s.signed(func(w http.ResponseWriter, r *http.Request, p agentPeer, body []byte) (int, any) {
 		resp, ok := s.jobsFor(p)
 		if !ok {
 			return http.StatusNotFound, nsapi.ErrorResponse{Error: "not registered here; register first"}
 		}
 		return http.StatusOK, resp
 	}))
-	mux.HandleFunc("POST "+PathEvents, s.signed(func(w http.ResponseWriter, r *http.Request, p agentPeer, body []byte) (int, any) {
+	mux.HandleFunc("POST "+taskapi.PathEvents, s.signed(func(w http.ResponseWriter, r *http.Request, p agentPeer, body []byte) (int, any) {
 		var events []nsapi.Event
 		dec := json.NewDecoder(strings.NewReader(string(body)))
 		dec.DisallowUnknownFields()
@@ -1069,7 +1070,7 @@ func (s *Service) httpHandler() http.Handler {
 		if code, err := s.storeEvents(p, events); err != nil {
 			return code, nsapi.ErrorResponse{Error: err.Error()}
 		}
-		return http.StatusOK, EventsResponse{Stored: len(events)}
+		return http.StatusOK, taskapi.EventsResponse{Stored: len(events)}
 	}))
 	return mux
 }
@@ -1082,12 +1083,12 @@ func (s *Service) signed(h func(http.ResponseWriter, *http.Request, agentPeer, [
 			return
 		}
 		var rec agentRecord
-		id, ts, err := verifyRequest(r, body, func(id string) ([]byte, bool) {
+		id, ts, err := taskapi.VerifyRequest(r, body, func(id string) ([]byte, bool) {
 			a, ok := s.reg.get(id)
 			rec = a
 			return a.apiKey, ok
 		}, time.Now())
-		if errors.Is(err, errUnknownAgent) {
+		if errors.Is(err, taskapi.ErrUnknownAgent) {
 			httpError(w, http.StatusNotFound, "agent %s is not registered here; register first", id)
 			return
 		}
@@ -1109,7 +1110,7 @@ func (s *Service) signed(h func(http.ResponseWriter, *http.Request, agentPeer, [
 		code, v := h(w, r, agentPeer{id: id, ns: st}, body)
 		b, _ := json.Marshal(v)
 		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set(SignatureHeader, SignResponse(rec.apiKey, ts, b))
+		w.Header().Set(taskapi.SignatureHeader, taskapi.SignResponse(rec.apiKey, ts, b))
 		w.WriteHeader(code)
 		w.Write(b)
 	}

@@ -1,4 +1,4 @@
-package taskd
+package taskapi
 
 import (
 	"crypto/tls"
@@ -19,7 +19,7 @@ import (
 func AgentTLSConfig(caPEM []byte, cert tls.Certificate, serverID string) (*tls.Config, error) {
 	ca, err := pki.ParseCA(caPEM)
 	if err != nil {
-		return nil, fmt.Errorf("taskd: NS CA: %w", err)
+		return nil, fmt.Errorf("taskapi: NS CA: %w", err)
 	}
 	roots := x509.NewCertPool()
 	roots.AddCert(ca)
