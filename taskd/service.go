@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -19,7 +18,6 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,6 +27,7 @@ import (
 	"golang.org/x/net/netutil"
 
 	"github.com/siteserver/siteserver/internal/backoff"
+	"github.com/siteserver/siteserver/internal/httpx"
 	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/internal/pki"
 	"github.com/siteserver/siteserver/nsapi"
@@ -880,7 +879,7 @@ func (s *Service) agentOnly(h func(http.ResponseWriter, *http.Request, agentPeer
 	return func(w http.ResponseWriter, r *http.Request) {
 		roots := s.roots.Load()
 		if r.TLS == nil || roots == nil {
-			httpError(w, http.StatusUnauthorized, "client certificate required")
+			httpx.WriteError(w, http.StatusUnauthorized, "client certificate required")
 			return
 		}
 		raw := make([][]byte, 0, len(r.TLS.PeerCertificates))
@@ -889,44 +888,26 @@ func (s *Service) agentOnly(h func(http.ResponseWriter, *http.Request, agentPeer
 		}
 		id, _, root, err := pki.VerifyPeer(raw, roots)
 		if err != nil {
-			httpError(w, http.StatusUnauthorized, "%v", err)
+			httpx.WriteError(w, http.StatusUnauthorized, "%v", err)
 			return
 		}
 		st := s.stateByRoot(root)
 		if st == nil {
-			httpError(w, http.StatusUnauthorized, "certificate from an NS this server is not linked to")
+			httpx.WriteError(w, http.StatusUnauthorized, "certificate from an NS this server is not linked to")
 			return
 		}
 		h(w, r, agentPeer{id: id, ns: st})
 	}
 }
 
-func httpError(w http.ResponseWriter, code int, format string, args ...any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(nsapi.ErrorResponse{Error: fmt.Sprintf(format, args...)})
-}
-
-func writeJSON(w http.ResponseWriter, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(v)
-}
-
+// readJSON reads and strictly decodes a bounded request body; on failure it has answered.
 func readJSON(w http.ResponseWriter, r *http.Request, limit int64, v any) bool {
-	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	b, err := httpx.ReadBody(w, r, limit)
 	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			httpError(w, http.StatusRequestEntityTooLarge, "body larger than %d bytes", limit)
-		} else {
-			httpError(w, http.StatusBadRequest, "%v", err)
-		}
 		return false
 	}
-	dec := json.NewDecoder(strings.NewReader(string(b)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		httpError(w, http.StatusBadRequest, "decode: %v", err)
+	if err := httpx.DecodeStrict(b, v); err != nil {
+		httpx.WriteError(w, http.StatusBadRequest, "decode: %v", err)
 		return false
 	}
 	return true
@@ -938,7 +919,7 @@ func (s *Service) handleRegister(w http.ResponseWriter, r *http.Request, p agent
 		return
 	}
 	if req.ID != p.id {
-		httpError(w, http.StatusForbidden, "id %q does not match the client certificate (%q)", req.ID, p.id)
+		httpx.WriteError(w, http.StatusForbidden, "id %q does not match the client certificate (%q)", req.ID, p.id)
 		return
 	}
 	rec := agentRecord{ID: p.id, NS: p.ns.name, Hostname: req.Hostname, Registered: time.Now(), LastContact: time.Now()}
@@ -953,7 +934,7 @@ func (s *Service) handleRegister(w http.ResponseWriter, r *http.Request, p agent
 	rand.Read(kid[:])
 	rec.TickleKeyID = binary.BigEndian.Uint32(kid[:])
 	if err := s.reg.put(r.Context(), rec); err != nil {
-		httpError(w, http.StatusInternalServerError, "%v", err)
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	s.metrics.registrations.Inc()
@@ -966,17 +947,17 @@ func (s *Service) handleRegister(w http.ResponseWriter, r *http.Request, p agent
 	if set, ok := p.ns.link.Settings(); ok {
 		interval = set.TaskRequestInterval
 	}
-	writeJSON(w, taskapi.RegisterResponse{ServerID: s.id, TickleKey: rec.TickleKey, TickleKeyID: rec.TickleKeyID,
+	httpx.WriteJSON(w, http.StatusOK, taskapi.RegisterResponse{ServerID: s.id, TickleKey: rec.TickleKey, TickleKeyID: rec.TickleKeyID,
 		TaskRequestInterval: nsapi.Duration(interval), HTTPURL: s.httpURL(r), Channel: s.channelAddr(r)})
 }
 
 func (s *Service) handleJobs(w http.ResponseWriter, r *http.Request, p agentPeer) {
 	resp, ok := s.jobsFor(p)
 	if !ok {
-		httpError(w, http.StatusNotFound, "agent %s is not registered here; register first", p.id)
+		httpx.WriteError(w, http.StatusNotFound, "agent %s is not registered here; register first", p.id)
 		return
 	}
-	writeJSON(w, resp)
+	httpx.WriteJSON(w, http.StatusOK, resp)
 }
 
 // jobsFor returns the agent's open instances and spools a "delivered" event for each one
@@ -1018,10 +999,10 @@ func (s *Service) handleEvents(w http.ResponseWriter, r *http.Request, p agentPe
 	}
 	code, err := s.storeEvents(p, events)
 	if err != nil {
-		httpError(w, code, "%v", err)
+		httpx.WriteError(w, code, "%v", err)
 		return
 	}
-	writeJSON(w, taskapi.EventsResponse{Stored: len(events)})
+	httpx.WriteJSON(w, http.StatusOK, taskapi.EventsResponse{Stored: len(events)})
 }
 
 const maxEventsBody = 8 << 20
@@ -1056,19 +1037,17 @@ func (s *Service) httpHandler() http.Handler {
 	mux.HandleFunc("GET "+taskapi.PathJobs, s.signed(func(w http.ResponseWriter, r *http.Request, p agentPeer, body []byte) (int, any) {
 		resp, ok := s.jobsFor(p)
 		if !ok {
-			return http.StatusNotFound, nsapi.ErrorResponse{Error: "not registered here; register first"}
+			return http.StatusNotFound, httpx.ErrorBody{Error: "not registered here; register first"}
 		}
 		return http.StatusOK, resp
 	}))
 	mux.HandleFunc("POST "+taskapi.PathEvents, s.signed(func(w http.ResponseWriter, r *http.Request, p agentPeer, body []byte) (int, any) {
 		var events []nsapi.Event
-		dec := json.NewDecoder(strings.NewReader(string(body)))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&events); err != nil {
-			return http.StatusBadRequest, nsapi.ErrorResponse{Error: "decode: " + err.Error()}
+		if err := httpx.DecodeStrict(body, &events); err != nil {
+			return http.StatusBadRequest, httpx.ErrorBody{Error: "decode: " + err.Error()}
 		}
 		if code, err := s.storeEvents(p, events); err != nil {
-			return code, nsapi.ErrorResponse{Error: err.Error()}
+			return code, httpx.ErrorBody{Error: err.Error()}
 		}
 		return http.StatusOK, taskapi.EventsResponse{Stored: len(events)}
 	}))
@@ -1077,9 +1056,8 @@ func (s *Service) httpHandler() http.Handler {
 
 func (s *Service) signed(h func(http.ResponseWriter, *http.Request, agentPeer, []byte) (int, any)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxEventsBody))
+		body, err := httpx.ReadBody(w, r, maxEventsBody)
 		if err != nil {
-			httpError(w, http.StatusRequestEntityTooLarge, "%v", err)
 			return
 		}
 		var rec agentRecord
@@ -1089,22 +1067,22 @@ func (s *Service) signed(h func(http.ResponseWriter, *http.Request, agentPeer, [
 			return a.apiKey, ok
 		}, time.Now())
 		if errors.Is(err, taskapi.ErrUnknownAgent) {
-			httpError(w, http.StatusNotFound, "agent %s is not registered here; register first", id)
+			httpx.WriteError(w, http.StatusNotFound, "agent %s is not registered here; register first", id)
 			return
 		}
 		if err != nil {
 			s.metrics.authFailures.Inc()
-			httpError(w, http.StatusUnauthorized, "%v", err)
+			httpx.WriteError(w, http.StatusUnauthorized, "%v", err)
 			return
 		}
 		if !s.reg.advance(id, ts) {
 			s.metrics.authFailures.Inc()
-			httpError(w, http.StatusUnauthorized, "replayed request")
+			httpx.WriteError(w, http.StatusUnauthorized, "replayed request")
 			return
 		}
 		st := s.stateByName(rec.NS)
 		if st == nil {
-			httpError(w, http.StatusServiceUnavailable, "the agent's NS is not linked")
+			httpx.WriteError(w, http.StatusServiceUnavailable, "the agent's NS is not linked")
 			return
 		}
 		code, v := h(w, r, agentPeer{id: id, ns: st}, body)
