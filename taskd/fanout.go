@@ -5,10 +5,10 @@ import (
 	"net/netip"
 	"runtime"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/siteserver/siteserver/tickle"
+	"golang.org/x/sync/errgroup"
 )
 
 // senderKey names an agent's tickle key: a new key gets a new sender.
@@ -74,23 +74,24 @@ func (s *Service) tickleAgents(ctx context.Context, agents []agentRecord) {
 	results := make([]result, parts)
 	s.gate.hold()
 	defer s.gate.release()
-	var wg sync.WaitGroup
+	var g errgroup.Group
 	for i := range parts {
 		part := agents[i*len(agents)/parts : (i+1)*len(agents)/parts]
 		if len(s.fanout) <= i {
 			s.fanout = append(s.fanout, &builtTickles{})
 		}
 		b := s.fanout[i]
-		wg.Go(func() {
+		g.Go(func() error {
 			withRaisedPriority(func() {
 				s.buildTickles(b, part)
 				r := &results[i]
 				r.built, r.viaChannel = time.Since(start), b.viaChannel
 				r.sent, r.err = tickle.SendBatch(s.agentConn, b.dgs, b.to, s.metrics.tickles)
 			})
+			return nil // each part's error is logged below with the others
 		})
 	}
-	wg.Wait()
+	g.Wait()
 	sent, viaChannel := 0, 0
 	var built time.Duration
 	for _, r := range results {

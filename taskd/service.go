@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/netutil"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/nsapi"
@@ -153,39 +154,45 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	tlsSrv, plainSrv := s.agentServers()
 
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	// Every goroutine is joined before Run returns. Only the servers' failures stop the
+	// service; the others log theirs and keep the rest serving, as a lost tickle listener
+	// still leaves polling and the NS link working.
+	g, gctx := errgroup.WithContext(ctx)
 	if s.channel != nil {
-		wg.Go(func() {
-			if err := s.channel.Run(ctx); err != nil && ctx.Err() == nil {
+		g.Go(func() error {
+			if err := s.channel.Run(gctx); err != nil && gctx.Err() == nil {
 				s.logger.Error("agent channel server stopped", "err", err)
 			}
+			return nil
 		})
 	}
-	wg.Go(func() {
-		if err := s.listener.Run(ctx); err != nil && ctx.Err() == nil {
+	g.Go(func() error {
+		if err := s.listener.Run(gctx); err != nil && gctx.Err() == nil {
 			s.logger.Error("tickle listener stopped", "err", err)
 		}
+		return nil
 	})
 	for _, l := range s.links {
-		wg.Go(func() { s.runNS(ctx, l) })
+		g.Go(func() error { s.runNS(gctx, l); return nil })
 	}
-	wg.Go(func() { s.fetchLoop(ctx) })
+	g.Go(func() error { s.fetchLoop(gctx); return nil })
 	if so.agentHTTP != nil {
-		wg.Go(func() {
-			if err := obs.ServeHTTP(ctx, so.agentHTTP, plainSrv); err != nil {
-				s.logger.Error("agent HTTP API stopped", "err", err)
-				cancel()
+		g.Go(func() error {
+			if err := obs.ServeHTTP(gctx, so.agentHTTP, plainSrv); err != nil {
+				return fmt.Errorf("taskd: agent HTTP API: %w", err)
 			}
+			return nil
 		})
 	}
+	g.Go(func() error {
+		if err := obs.ServeHTTP(gctx, so.agentAPI, tlsSrv); err != nil {
+			return fmt.Errorf("taskd: agent API: %w", err)
+		}
+		return nil
+	})
 	s.ready.Store(true)
 	defer s.ready.Store(false)
-	err = obs.ServeHTTP(ctx, so.agentAPI, tlsSrv)
-	cancel()
-	return err
+	return g.Wait()
 }
 
 // sockets are what Run binds before it starts anything, so that a port in use fails the

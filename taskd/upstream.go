@@ -18,6 +18,7 @@ import (
 	"github.com/siteserver/siteserver/internal/pki"
 	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/tickle"
+	"golang.org/x/sync/errgroup"
 )
 
 // NSLink is the task service's view of one NS the site server is registered with.
@@ -87,14 +88,14 @@ func (s *Service) runNS(ctx context.Context, l *NSLink) {
 	log.Info("task service linked to NS", "ns_id", st.nsID, "spooled_events", spool.Depth())
 	s.kickFetch()
 
-	var wg sync.WaitGroup
+	var g errgroup.Group
 	if l.Peer.Endpoint.TickleChannel && l.Channel != nil {
-		wg.Go(func() { s.nsChannel(ctx, st, log) })
+		g.Go(func() error { s.nsChannel(ctx, st, log); return nil })
 	}
-	wg.Go(func() { s.deliveredLoop(ctx, st, log) })
-	wg.Go(func() { s.forwardLoop(ctx, st, log) })
-	wg.Go(func() { s.presenceLoop(ctx, st, log) })
-	wg.Wait()
+	g.Go(func() error { s.deliveredLoop(ctx, st, log); return nil })
+	g.Go(func() error { s.forwardLoop(ctx, st, log); return nil })
+	g.Go(func() error { s.presenceLoop(ctx, st, log); return nil })
+	g.Wait() // the loops log their own failures and return only when ctx is done
 }
 
 func (s *Service) setupNS(ctx context.Context, l *NSLink, spool *Spool) (*nsState, error) {
