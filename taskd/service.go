@@ -265,12 +265,13 @@ func (so *sockets) close() {
 	}
 }
 
-func (s *Service) spoolDepth() int {
-	n := 0
+// spools returns the event spools of the linked NSes.
+func (s *Service) spools() []*Spool {
+	var out []*Spool
 	for _, st := range s.states() {
-		n += st.spool.Depth()
+		out = append(out, st.spool)
 	}
-	return n
+	return out
 }
 
 func (s *Service) agentCounts() (registered, online int) {

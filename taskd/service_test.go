@@ -10,6 +10,8 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"flag"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -24,7 +26,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/siteserver/siteserver/internal/pki"
 	"github.com/siteserver/siteserver/nsapi"
@@ -186,6 +190,7 @@ func (ns *testNS) tickle(t *testing.T, to netip.AddrPort) {
 // runningService is a task service running in the background.
 type runningService struct {
 	*Service
+	reg    *prometheus.Registry
 	cancel context.CancelFunc
 	done   chan error
 }
@@ -194,12 +199,13 @@ func startService(t *testing.T, dataDir string, link *NSLink) *runningService {
 	t.Helper()
 	cfg := Config{TickleListen: "127.0.0.1:0", AgentListen: "127.0.0.1:0", AgentHTTPListen: "127.0.0.1:0",
 		ChannelListen: "127.0.0.1:0", PresenceInterval: time.Second, DataDir: dataDir}
-	s, err := New(cfg, testServerID, []*NSLink{link}, nil, prometheus.NewRegistry())
+	reg := prometheus.NewRegistry()
+	s, err := New(cfg, testServerID, []*NSLink{link}, nil, reg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	rs := &runningService{Service: s, cancel: cancel, done: make(chan error, 1)}
+	rs := &runningService{Service: s, reg: reg, cancel: cancel, done: make(chan error, 1)}
 	go func() { rs.done <- s.Run(ctx) }()
 	t.Cleanup(func() { rs.stop(t) })
 	waitFor(t, "the service to link to the NS", func() bool { return s.Ready() && len(s.states()) == 1 })
@@ -365,7 +371,24 @@ func TestServiceRoundTrip(t *testing.T) {
 	}
 	waitFor(t, "the agent's event and the delivery mark at the NS", func() bool {
 		evs := ns.eventsFor(inst.ID)
-		return ns.hasEvent(done.ID) && len(evs) == 2
+		// Counted once the spool has let them go, just after the NS answered.
+		return ns.hasEvent(done.ID) && len(evs) == 2 && testutil.ToFloat64(rs.metrics.eventsForwarded) == 2
+	})
+	checkMetrics(t, rs.reg, map[string]float64{
+		"siteserver_task_agents_registered":           1,
+		"siteserver_task_agent_registrations_total":   1,
+		"siteserver_task_events_received_total":       1,
+		"siteserver_task_spool_appended_events_total": 2,
+		"siteserver_task_spool_acked_events_total":    2,
+		"siteserver_task_spool_events":                0,
+		"siteserver_task_events_forwarded_total":      2,
+		"siteserver_task_fetch_duration_seconds":      -1, // present
+		"siteserver_task_tickles_sent_total":          1,
+		"siteserver_task_tickle_channel_peers":        0,
+		"siteserver_task_spool_discarded_bytes_total": 0,
+		"siteserver_task_job_instances":               -1,
+		"siteserver_task_agent_auth_failures_total":   0,
+		"siteserver_task_agents_online":               1,
 	})
 	// Reported on: not handed out again.
 	jobs = taskapi.JobsResponse{}
@@ -379,6 +402,62 @@ func TestServiceRoundTrip(t *testing.T) {
 	agent.reg.HTTPURL = "http://" + rs.httpAddr.String() // a new ephemeral port
 	if code := agent.signed(t, http.MethodGet, taskapi.PathJobs, nil, &jobs); code != http.StatusOK {
 		t.Fatalf("jobs after a restart: %d", code)
+	}
+}
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata")
+
+// checkMetrics checks values (-1: only that the series exists), that the registry passes
+// the linter, and that the service's metric names, types and help are those of
+// testdata/metrics.golden.
+func checkMetrics(t *testing.T, reg *prometheus.Registry, want map[string]float64) {
+	t.Helper()
+	problems, err := testutil.GatherAndLint(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("metric %s: %s", p.Metric, p.Text)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names strings.Builder
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		fmt.Fprintf(&names, "%s %s %s\n", mf.GetName(), mf.GetType(), mf.GetHelp())
+		for _, m := range mf.GetMetric() {
+			switch {
+			case m.GetCounter() != nil:
+				got[mf.GetName()] += m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				got[mf.GetName()] += m.GetGauge().GetValue()
+			default:
+				got[mf.GetName()] = -1
+			}
+		}
+	}
+	for name, v := range want {
+		g, ok := got[name]
+		if !ok {
+			t.Errorf("metric %s missing", name)
+		} else if v >= 0 && g != v {
+			t.Errorf("metric %s = %v, want %v", name, g, v)
+		}
+	}
+	golden := filepath.Join("testdata", "metrics.golden")
+	if *update {
+		if err := os.WriteFile(golden, []byte(names.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatalf("%v (run the test with -update to write it)", err)
+	}
+	if diff := cmp.Diff(string(b), names.String()); diff != "" {
+		t.Errorf("metric families differ from %s (-want +got):\n%s", golden, diff)
 	}
 }
 

@@ -1,6 +1,9 @@
 package taskd
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/siteserver/siteserver/internal/obs"
+)
 
 // SpoolStats describes a spool since it was opened.
 type SpoolStats struct {
@@ -45,20 +48,23 @@ var (
 )
 
 func spoolDesc(name, help string) *prometheus.Desc {
-	return prometheus.NewDesc(prometheus.BuildFQName("siteserver", "taskd", name), help, nil, nil)
+	return prometheus.NewDesc(prometheus.BuildFQName(obs.Namespace, subsystem, name), help, nil, nil)
 }
 
-// Describe implements prometheus.Collector, so the service can register the spool.
-func (s *Spool) Describe(ch chan<- *prometheus.Desc) {
+// Describe implements prometheus.Collector.
+func (s *Spool) Describe(ch chan<- *prometheus.Desc) { describeSpool(ch) }
+
+// Collect implements prometheus.Collector.
+func (s *Spool) Collect(ch chan<- prometheus.Metric) { collectSpool(ch, s.Stats()) }
+
+func describeSpool(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{spoolEventsDesc, spoolSegmentsDesc, spoolBytesDesc, spoolAppendedDesc,
 		spoolAckedDesc, spoolCommitsDesc, spoolSyncsDesc, spoolDiscardedDesc} {
 		ch <- d
 	}
 }
 
-// Collect implements prometheus.Collector.
-func (s *Spool) Collect(ch chan<- prometheus.Metric) {
-	st := s.Stats()
+func collectSpool(ch chan<- prometheus.Metric, st SpoolStats) {
 	ch <- prometheus.MustNewConstMetric(spoolEventsDesc, prometheus.GaugeValue, float64(st.Events))
 	ch <- prometheus.MustNewConstMetric(spoolSegmentsDesc, prometheus.GaugeValue, float64(st.Segments))
 	ch <- prometheus.MustNewConstMetric(spoolBytesDesc, prometheus.GaugeValue, float64(st.Bytes))
@@ -67,4 +73,29 @@ func (s *Spool) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(spoolCommitsDesc, prometheus.CounterValue, float64(st.Commits))
 	ch <- prometheus.MustNewConstMetric(spoolSyncsDesc, prometheus.CounterValue, float64(st.Syncs))
 	ch <- prometheus.MustNewConstMetric(spoolDiscardedDesc, prometheus.CounterValue, float64(st.DiscardedBytes))
+}
+
+// spoolsCollector exports the spools of every linked NS as one set of series, the sum of
+// their stats: the service's spool metrics carry no NS label. Spools are only ever added
+// while the service runs, so the sums of counters only go up.
+type spoolsCollector struct {
+	spools func() []*Spool
+}
+
+func (c spoolsCollector) Describe(ch chan<- *prometheus.Desc) { describeSpool(ch) }
+
+func (c spoolsCollector) Collect(ch chan<- prometheus.Metric) {
+	var sum SpoolStats
+	for _, sp := range c.spools() {
+		st := sp.Stats()
+		sum.Events += st.Events
+		sum.Segments += st.Segments
+		sum.Bytes += st.Bytes
+		sum.AppendedEvents += st.AppendedEvents
+		sum.AckedEvents += st.AckedEvents
+		sum.Commits += st.Commits
+		sum.Syncs += st.Syncs
+		sum.DiscardedBytes += st.DiscardedBytes
+	}
+	collectSpool(ch, sum)
 }
