@@ -177,7 +177,7 @@ func (s *Service) handleRegister(w http.ResponseWriter, r *http.Request, p agent
 	var kid [4]byte
 	rand.Read(kid[:])
 	rec.TickleKeyID = binary.BigEndian.Uint32(kid[:])
-	if err := s.reg.put(r.Context(), rec); err != nil {
+	if err := s.reg.put(rec); err != nil {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}

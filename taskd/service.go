@@ -121,7 +121,7 @@ func (s *Service) Run(ctx context.Context) error {
 	if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("taskd: %w", err)
 	}
-	reg, err := openRegistry(ctx, s.cfg.DataDir)
+	reg, err := openRegistry(s.cfg.DataDir, s.logger)
 	if err != nil {
 		return err
 	}

@@ -259,7 +259,7 @@ func (s *Service) presenceLoop(ctx context.Context, st *nsState, log *slog.Logge
 			log.Warn("presence report failed", "agents", len(agents), "err", err)
 			continue
 		}
-		if err := s.reg.saveContacts(ctx, agents); err != nil {
+		if err := s.reg.saveContacts(); err != nil {
 			log.Warn("saving last contact times failed", "err", err)
 		}
 	}
