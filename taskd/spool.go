@@ -25,7 +25,7 @@ import (
 //	seg-<16 hex digits>.log  records; the digits are the sequence number of its first record
 //	ack                      16 hex digits and a newline: the last acknowledged sequence number
 //
-// A record is [4-byte length][4-byte CRC32C][JSON of one ns.Event], little endian. The CRC
+// A record is [4-byte length][4-byte CRC32C][JSON of one nsapi.Event], little endian. The CRC
 // covers the length bytes too, so a damaged length is caught even when it still points
 // inside the file. Sequence numbers are not stored in records: a record's number is its
 // segment's first number plus its index. Records skipped as damaged in one segment
