@@ -33,7 +33,7 @@ func AgentTLSConfig(caPEM []byte, cert tls.Certificate, serverID string) (*tls.C
 			if err != nil {
 				return fmt.Errorf("task server certificate: %w", err)
 			}
-			if kind != "siteserver" || (serverID != "" && id != serverID) {
+			if kind != pki.KindSiteServer || (serverID != "" && id != serverID) {
 				return fmt.Errorf("task server certificate is for %s %q, want site server %q", kind, id, serverID)
 			}
 			return nil

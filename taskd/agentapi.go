@@ -144,8 +144,8 @@ func (s *Service) agentOnly(h func(http.ResponseWriter, *http.Request, agentPeer
 	}
 }
 
-// readJSON reads and strictly decodes a bounded request body; on failure it has answered.
-func readJSON(w http.ResponseWriter, r *http.Request, limit int64, v any) bool {
+// decodeRequest reads and strictly decodes a bounded request body; on failure it has answered.
+func decodeRequest(w http.ResponseWriter, r *http.Request, limit int64, v any) bool {
 	b, err := httpx.ReadBody(w, r, limit)
 	if err != nil {
 		return false
@@ -159,7 +159,7 @@ func readJSON(w http.ResponseWriter, r *http.Request, limit int64, v any) bool {
 
 func (s *Service) handleRegister(w http.ResponseWriter, r *http.Request, p agentPeer) {
 	var req taskapi.RegisterRequest
-	if !readJSON(w, r, 64<<10, &req) {
+	if !decodeRequest(w, r, 64<<10, &req) {
 		return
 	}
 	if req.ID != p.id {
@@ -229,7 +229,7 @@ func (s *Service) jobsFor(p agentPeer) (taskapi.JobsResponse, bool) {
 
 func (s *Service) handleEvents(w http.ResponseWriter, r *http.Request, p agentPeer) {
 	var events []nsapi.Event
-	if !readJSON(w, r, maxEventsBody, &events) {
+	if !decodeRequest(w, r, maxEventsBody, &events) {
 		return
 	}
 	code, err := s.storeEvents(p, events)
