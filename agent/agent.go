@@ -1,6 +1,9 @@
-// Package agent is the client task agent that runs on managed computers: it enrolls with
-// its NS, registers and learns which task and package servers serve it. Receiving tickles,
-// running jobs and downloading packages build on this.
+// Package agent is the client task agent that runs on managed computers. It enrolls with
+// its NS and registers, learning which task and package servers serve it; registers with a
+// task server (package taskapi) and takes its tickles over UDP or a QUIC channel, polling
+// when none come; runs the job instances it is handed, task by task under their return-code
+// rules, and has each status event stored by the task server before it goes on; and
+// downloads packages from the sources the NS ranks for it, checking every file's hash.
 package agent
 
 import (

@@ -21,7 +21,7 @@ import (
 	"github.com/siteserver/siteserver/internal/backoff"
 	"github.com/siteserver/siteserver/internal/datadir"
 	"github.com/siteserver/siteserver/nsapi"
-	"github.com/siteserver/siteserver/taskd"
+	"github.com/siteserver/siteserver/taskapi"
 	"github.com/siteserver/siteserver/tickle"
 )
 
@@ -149,8 +149,8 @@ func (t *taskClient) cycle(ctx context.Context, conn net.PacketConn) error {
 	if err := t.ensureRegistered(ctx, conn); err != nil {
 		return err
 	}
-	var jobs taskd.JobsResponse
-	err := t.call(ctx, http.MethodGet, taskd.PathJobs, nil, &jobs)
+	var jobs taskapi.JobsResponse
+	err := t.call(ctx, http.MethodGet, taskapi.PathJobs, nil, &jobs)
 	if errors.Is(err, errNotRegistered) {
 		t.mu.Lock()
 		t.serverID = ""
@@ -196,13 +196,13 @@ func (t *taskClient) ensureRegistered(ctx context.Context, conn net.PacketConn) 
 	if err != nil {
 		return err
 	}
-	conf, err := taskd.AgentTLSConfig(caPEM, cert, chosen.ID)
+	conf, err := taskapi.AgentTLSConfig(caPEM, cert, chosen.ID)
 	if err != nil {
 		return err
 	}
 	conf.ServerName = srv.NSID
 	hc := &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{TLSClientConfig: conf, IdleConnTimeout: time.Minute}}
-	req := taskd.RegisterRequest{ID: t.a.peer.ID, Hostname: t.a.peer.Hostname}
+	req := taskapi.RegisterRequest{ID: t.a.peer.ID, Hostname: t.a.peer.Hostname}
 	if conn != nil {
 		if ap, err := netip.ParseAddrPort(conn.LocalAddr().String()); err == nil {
 			req.TicklePort = ap.Port()
@@ -211,8 +211,8 @@ func (t *taskClient) ensureRegistered(ctx context.Context, conn net.PacketConn) 
 	t.mu.Lock()
 	t.baseURL, t.http = chosen.URL, hc
 	t.mu.Unlock()
-	var resp taskd.RegisterResponse
-	if err := t.call(ctx, http.MethodPost, taskd.PathRegister, req, &resp); err != nil {
+	var resp taskapi.RegisterResponse
+	if err := t.call(ctx, http.MethodPost, taskapi.PathRegister, req, &resp); err != nil {
 		return fmt.Errorf("register with task server %s: %w", chosen.Hostname, err)
 	}
 	if err := t.keys.Set(resp.ServerID, resp.TickleKeyID, resp.TickleKey); err != nil {
@@ -220,7 +220,7 @@ func (t *taskClient) ensureRegistered(ctx context.Context, conn net.PacketConn) 
 	}
 	t.mu.Lock()
 	t.serverID = resp.ServerID
-	t.plainURL, t.apiKey = resp.HTTPURL, taskd.APIKey(resp.TickleKey)
+	t.plainURL, t.apiKey = resp.HTTPURL, taskapi.APIKey(resp.TickleKey)
 	if t.plain == nil {
 		t.plain = &http.Client{Timeout: 60 * time.Second}
 	}
@@ -257,7 +257,7 @@ func (t *taskClient) call(ctx context.Context, method, path string, in, out any)
 		}
 		body = b
 	}
-	signedCall := plainURL != "" && path != taskd.PathRegister
+	signedCall := plainURL != "" && path != taskapi.PathRegister
 	if signedCall {
 		base, hc = plainURL, plain
 	}
@@ -268,7 +268,7 @@ func (t *taskClient) call(ctx context.Context, method, path string, in, out any)
 	req.Header.Set("Content-Type", "application/json")
 	var ts int64
 	if signedCall {
-		ts = taskd.SignRequest(req, t.a.peer.ID, key, body, time.Now())
+		ts = taskapi.SignRequest(req, t.a.peer.ID, key, body, time.Now())
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
@@ -280,7 +280,7 @@ func (t *taskClient) call(ctx context.Context, method, path string, in, out any)
 		return err
 	}
 	if signedCall && resp.StatusCode != http.StatusUnauthorized {
-		if err := taskd.VerifyResponse(key, ts, b, resp.Header.Get(taskd.SignatureHeader)); err != nil {
+		if err := taskapi.VerifyResponse(key, ts, b, resp.Header.Get(taskapi.SignatureHeader)); err != nil {
 			return err
 		}
 	}
@@ -314,8 +314,8 @@ func (t *taskClient) runInstance(ctx context.Context, inst nsapi.JobInstance) er
 
 func (t *taskClient) send(ctx context.Context, e nsapi.Event) error {
 	for failures := 0; ; failures++ {
-		var resp taskd.EventsResponse
-		err := t.call(ctx, http.MethodPost, taskd.PathEvents, []nsapi.Event{e}, &resp)
+		var resp taskapi.EventsResponse
+		err := t.call(ctx, http.MethodPost, taskapi.PathEvents, []nsapi.Event{e}, &resp)
 		if err == nil {
 			return nil
 		}

@@ -29,7 +29,7 @@ import (
 
 	"github.com/siteserver/siteserver/internal/pki"
 	"github.com/siteserver/siteserver/nsapi"
-	"github.com/siteserver/siteserver/taskd"
+	"github.com/siteserver/siteserver/taskapi"
 	"github.com/siteserver/siteserver/tickle"
 )
 
@@ -416,7 +416,7 @@ func newSimAgent(ctx context.Context, i int, nsClient *nsapi.Client, nsAddr stri
 	if err != nil {
 		return nil, err
 	}
-	conf, err := taskd.AgentTLSConfig(caPEM, cert, serverID)
+	conf, err := taskapi.AgentTLSConfig(caPEM, cert, serverID)
 	if err != nil {
 		return nil, err
 	}
@@ -429,14 +429,14 @@ func newSimAgent(ctx context.Context, i int, nsClient *nsapi.Client, nsAddr stri
 		Transport: &http.Transport{TLSClientConfig: conf, MaxIdleConnsPerHost: 1, DisableCompression: true}}}
 	base := fmt.Sprintf("https://127.0.0.1:%d", apiPort)
 	a.base = base
-	body, _ := json.Marshal(taskd.RegisterRequest{ID: id, Hostname: id, TicklePort: uint16(udp.LocalAddr().(*net.UDPAddr).Port)})
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+taskd.PathRegister, bytesReader(body))
+	body, _ := json.Marshal(taskapi.RegisterRequest{ID: id, Hostname: id, TicklePort: uint16(udp.LocalAddr().(*net.UDPAddr).Port)})
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+taskapi.PathRegister, bytesReader(body))
 	hr, err := a.client.Do(req)
 	if err != nil {
 		return nil, err
 	}
 	defer hr.Body.Close()
-	var reg taskd.RegisterResponse
+	var reg taskapi.RegisterResponse
 	if hr.StatusCode != 200 {
 		b, _ := io.ReadAll(hr.Body)
 		return nil, fmt.Errorf("register %s: %d %s", id, hr.StatusCode, b)
@@ -450,7 +450,7 @@ func newSimAgent(ctx context.Context, i int, nsClient *nsapi.Client, nsAddr stri
 	}
 	a.verify = tickle.NewVerifier(&keys, tickle.DefaultWindow, time.Now)
 	a.serverID, a.tickleKey, a.keyID = reg.ServerID, reg.TickleKey, reg.TickleKeyID
-	a.plainURL, a.apiKey = reg.HTTPURL, taskd.APIKey(reg.TickleKey)
+	a.plainURL, a.apiKey = reg.HTTPURL, taskapi.APIKey(reg.TickleKey)
 	// A real agent talks to its task server again only at its next poll or tickle.
 	a.client.CloseIdleConnections()
 	return a, nil
@@ -512,11 +512,11 @@ func (a *simAgent) fetch(ctx context.Context) {
 		var err error
 		var ts int64
 		if a.plainURL != "" {
-			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, a.plainURL+taskd.PathJobs, nil)
-			ts = taskd.SignRequest(req, a.id, a.apiKey, nil, time.Now())
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, a.plainURL+taskapi.PathJobs, nil)
+			ts = taskapi.SignRequest(req, a.id, a.apiKey, nil, time.Now())
 			resp, err = rawDo(req)
 		} else {
-			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, a.base+taskd.PathJobs, nil)
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, a.base+taskapi.PathJobs, nil)
 			resp, err = a.client.Do(req)
 		}
 		if err != nil {
@@ -526,9 +526,9 @@ func (a *simAgent) fetch(ctx context.Context) {
 		body, err := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		if err == nil && a.plainURL != "" {
-			err = taskd.VerifyResponse(a.apiKey, ts, body, resp.Header.Get(taskd.SignatureHeader))
+			err = taskapi.VerifyResponse(a.apiKey, ts, body, resp.Header.Get(taskapi.SignatureHeader))
 		}
-		var jobs taskd.JobsResponse
+		var jobs taskapi.JobsResponse
 		if err == nil {
 			err = json.Unmarshal(body, &jobs)
 		}

@@ -20,7 +20,7 @@ type Config struct {
 	// https://<first reported address>:<port>.
 	URL string `yaml:"url"`
 	// AgentHTTPListen, if set, also serves job fetches and status events over plain HTTP,
-	// authenticated and integrity-protected with per-agent keys (see hmacauth.go).
+	// authenticated and integrity-protected with per-agent keys (see taskapi/hmacauth.go).
 	AgentHTTPListen string `yaml:"agent_http_listen"`
 	// AgentHTTPURL is how agents reach AgentHTTPListen; default http://<URL's host>:<port>.
 	AgentHTTPURL string `yaml:"agent_http_url"`

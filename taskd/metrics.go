@@ -3,6 +3,7 @@ package taskd
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/tickle"
 )
@@ -16,7 +17,7 @@ type metrics struct {
 	eventsReceived  prometheus.Counter
 	eventsForwarded prometheus.Counter
 	forwardErrors   prometheus.Counter
-	spoolEvents     prometheus.GaugeFunc
+	spools          spoolsCollector
 	agents          prometheus.GaugeFunc
 	online          prometheus.GaugeFunc
 	instances       *prometheus.GaugeVec
@@ -31,7 +32,7 @@ func newMetrics(reg prometheus.Registerer, s *Service) (*metrics, error) {
 		return nil, err
 	}
 	opts := func(name, help string) prometheus.Opts {
-		return prometheus.Opts{Namespace: "siteserver", Subsystem: subsystem, Name: name, Help: help}
+		return prometheus.Opts{Namespace: obs.Namespace, Subsystem: subsystem, Name: name, Help: help}
 	}
 	cm, err := tickle.NewChannelServerMetrics(reg, subsystem)
 	if err != nil {
@@ -41,7 +42,7 @@ func newMetrics(reg prometheus.Registerer, s *Service) (*metrics, error) {
 		tickles: tm,
 		channel: cm,
 		fetchDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Namespace: "siteserver", Subsystem: subsystem, Name: "fetch_duration_seconds",
+			Namespace: obs.Namespace, Subsystem: subsystem, Name: "fetch_duration_seconds",
 			Help:    "Time to fetch the pending work of this server's agents from an NS.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}),
@@ -51,8 +52,7 @@ func newMetrics(reg prometheus.Registerer, s *Service) (*metrics, error) {
 		forwardErrors:   prometheus.NewCounter(prometheus.CounterOpts(opts("forward_errors_total", "Failed attempts to forward a batch of status events."))),
 		registrations:   prometheus.NewCounter(prometheus.CounterOpts(opts("agent_registrations_total", "Agent registrations accepted."))),
 		authFailures:    prometheus.NewCounter(prometheus.CounterOpts(opts("agent_auth_failures_total", "Signed agent requests refused: bad signature, stale or replayed."))),
-		spoolEvents: prometheus.NewGaugeFunc(prometheus.GaugeOpts(opts("spool_events", "Status events on disk not yet acknowledged by an NS.")),
-			func() float64 { return float64(s.spoolDepth()) }),
+		spools:          spoolsCollector{spools: s.spools},
 		agents: prometheus.NewGaugeFunc(prometheus.GaugeOpts(opts("agents_registered", "Agents registered with this task server.")),
 			func() float64 { r, _ := s.agentCounts(); return float64(r) }),
 		online: prometheus.NewGaugeFunc(prometheus.GaugeOpts(opts("agents_online", "Agents heard from within two task request intervals.")),
@@ -63,7 +63,7 @@ func newMetrics(reg prometheus.Registerer, s *Service) (*metrics, error) {
 		m.instances.WithLabelValues(st)
 	}
 	for _, c := range []prometheus.Collector{m.fetchDuration, m.fetchErrors, m.eventsReceived, m.eventsForwarded,
-		m.forwardErrors, m.registrations, m.authFailures, m.spoolEvents, m.agents, m.online, m.instances} {
+		m.forwardErrors, m.registrations, m.authFailures, m.spools, m.agents, m.online, m.instances} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

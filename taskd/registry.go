@@ -1,23 +1,26 @@
 package taskd
 
 import (
-	"context"
-	"database/sql"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	_ "modernc.org/sqlite" // pure-Go driver keeps the binary static
+	"github.com/siteserver/siteserver/taskapi"
 )
 
 // registry holds the agents registered with this task server: in memory for the hot path,
-// in SQLite so tickle keys survive a restart. Last contact times are written in bulk with
-// each presence report rather than on every request.
+// on disk (registry_store.go) so tickle keys survive a restart. A registration is written
+// before it is answered; last contact times are written in bulk after each presence report
+// rather than on every request.
 type registry struct {
-	db *sql.DB
+	// storeMu serialises writes to the store, and keeps the journal in the order the map
+	// changed in.
+	storeMu sync.Mutex
+	store   *agentStore
 
 	// mu guards the map only; each entry's hot fields are atomics, so thousands of agents
 	// fetching at once do not queue on one lock.
@@ -61,60 +64,46 @@ func (r *registry) advance(id string, ts int64) bool {
 	}
 }
 
-func openRegistry(ctx context.Context, dir string) (*registry, error) {
-	path := filepath.Join(dir, "agents.db")
-	// synchronous(NORMAL): a registration lost to power failure costs the agent one
-	// re-registration, not data.
-	if f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE, 0o600); err == nil {
-		f.Close() // SQLite gives -wal and -shm the mode of the database: tickle keys inside
+// openRegistry loads the agents kept in dir.
+//
+// Versions before this store kept agents in agents.db (SQLite). That file is not read or
+// migrated: its agents are unknown here until they register again, which they do on their
+// next poll, when the task server answers that it does not know them.
+func openRegistry(dir string, logger *slog.Logger) (*registry, error) {
+	if _, err := os.Stat(filepath.Join(dir, "agents.db")); err == nil {
+		logger.Warn("agents.db of an earlier version is not read; its agents register again at their next poll")
 	}
-	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=busy_timeout(5000)")
+	store, recs, err := openAgentStore(dir, logger)
 	if err != nil {
-		return nil, fmt.Errorf("taskd: agents db: %w", err)
+		return nil, err
 	}
-	db.SetMaxOpenConns(1)
-	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS agents (
-		id TEXT PRIMARY KEY, ns TEXT NOT NULL, hostname TEXT NOT NULL, tickle_addr TEXT NOT NULL,
-		tickle_key BLOB NOT NULL, tickle_key_id INTEGER NOT NULL, registered_at INTEGER NOT NULL,
-		last_contact INTEGER NOT NULL)`); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("taskd: agents db: %w", err)
-	}
-	r := &registry{db: db, agents: map[string]*entry{}}
-	rows, err := db.QueryContext(ctx, `SELECT id, ns, hostname, tickle_addr, tickle_key, tickle_key_id, registered_at, last_contact FROM agents`)
-	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("taskd: agents db: %w", err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var a agentRecord
-		var reg, last int64
-		if err := rows.Scan(&a.ID, &a.NS, &a.Hostname, &a.TickleAddr, &a.TickleKey, &a.TickleKeyID, &reg, &last); err != nil {
-			db.Close()
-			return nil, fmt.Errorf("taskd: agents db: %w", err)
-		}
-		a.Registered = time.Unix(0, reg)
-		a.apiKey = APIKey(a.TickleKey)
+	r := &registry{store: store, agents: make(map[string]*entry, len(recs))}
+	for _, a := range recs {
+		a.apiKey = taskapi.APIKey(a.TickleKey)
 		e := &entry{rec: a}
-		e.lastContact.Store(last)
+		e.lastContact.Store(a.LastContact.UnixNano())
 		r.agents[a.ID] = e
 	}
-	return r, rows.Err()
+	return r, nil
 }
 
-func (r *registry) close() error { return r.db.Close() }
+func (r *registry) close() error {
+	r.storeMu.Lock()
+	defer r.storeMu.Unlock()
+	return r.store.close()
+}
 
-func (r *registry) put(ctx context.Context, a agentRecord) error {
-	_, err := r.db.ExecContext(ctx, `INSERT OR REPLACE INTO agents (id, ns, hostname, tickle_addr, tickle_key, tickle_key_id, registered_at, last_contact)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, a.ID, a.NS, a.Hostname, a.TickleAddr, a.TickleKey, a.TickleKeyID, a.Registered.UnixNano(), a.LastContact.UnixNano())
-	if err != nil {
-		return fmt.Errorf("taskd: register agent %s: %w", a.ID, err)
-	}
-	a.apiKey = APIKey(a.TickleKey)
+// put registers an agent, or registers it again with a new key.
+func (r *registry) put(a agentRecord) error {
+	a.apiKey = taskapi.APIKey(a.TickleKey)
 	e := &entry{rec: a}
 	e.lastContact.Store(a.LastContact.UnixNano())
 	e.dirty.Store(true)
+	r.storeMu.Lock()
+	defer r.storeMu.Unlock()
+	if err := r.store.append(a); err != nil {
+		return fmt.Errorf("taskd: register agent %s: %w", a.ID, err)
+	}
 	r.mu.Lock()
 	if old, ok := r.agents[a.ID]; ok {
 		// A re-registration keeps the replay guard: timestamps only go forward.
@@ -204,17 +193,24 @@ func (r *registry) counts(onlineSince time.Time) (registered, online int) {
 	return registered, online
 }
 
-// saveContacts writes last contact times in one transaction.
-func (r *registry) saveContacts(ctx context.Context, agents []agentRecord) error {
-	tx, err := r.db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	for _, a := range agents {
-		if _, err := tx.ExecContext(ctx, `UPDATE agents SET last_contact = ? WHERE id = ?`, a.LastContact.UnixNano(), a.ID); err != nil {
-			tx.Rollback()
-			return err
-		}
-	}
-	return tx.Commit()
+// saveContacts writes every agent with its last contact time as a new snapshot, which
+// also empties the journal of registrations; the presence loop calls it after each report,
+// so the journal stays short.
+func (r *registry) saveContacts() error {
+	r.storeMu.Lock()
+	defer r.storeMu.Unlock()
+	return r.store.snapshot(r.all())
+}
+
+// agentRecord is an agent registered here.
+type agentRecord struct {
+	ID          string
+	NS          string
+	Hostname    string
+	TickleAddr  string // ip:port, "" when none
+	TickleKey   []byte
+	TickleKeyID uint32
+	apiKey      []byte // APIKey(TickleKey), derived once
+	Registered  time.Time
+	LastContact time.Time
 }

@@ -17,8 +17,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/siteserver/siteserver/nsapi"
 )
 
@@ -27,7 +25,7 @@ import (
 //	seg-<16 hex digits>.log  records; the digits are the sequence number of its first record
 //	ack                      16 hex digits and a newline: the last acknowledged sequence number
 //
-// A record is [4-byte length][4-byte CRC32C][JSON of one ns.Event], little endian. The CRC
+// A record is [4-byte length][4-byte CRC32C][JSON of one nsapi.Event], little endian. The CRC
 // covers the length bytes too, so a damaged length is caught even when it still points
 // inside the file. Sequence numbers are not stored in records: a record's number is its
 // segment's first number plus its index. Records skipped as damaged in one segment
@@ -352,131 +350,6 @@ func syncDir(dir string) error {
 	return errors.Join(d.Sync(), d.Close())
 }
 
-// Append stores events durably: when it returns nil they are synced to disk, and so is
-// the directory entry of a segment it created. Concurrent calls share syncs: all records
-// that arrive while one sync is running go to disk together in the next one.
-//
-// An event whose JSON exceeds 1 MiB (far above what Event.Validate allows) fails the
-// whole call. After a failed write or sync every later Append fails too, because what reached the
-// disk is then unknown (and a retried fsync can report success for lost data); reopening
-// the spool finds out. Events already stored can still be read and acknowledged.
-func (s *Spool) Append(events []nsapi.Event) error {
-	if len(events) == 0 {
-		return nil
-	}
-	var recs []byte
-	for i := range events {
-		b, err := json.Marshal(&events[i])
-		if err != nil {
-			return fmt.Errorf("taskd: spool: event %q: %w", events[i].ID, err)
-		}
-		if len(b) > maxRecordBytes {
-			return fmt.Errorf("taskd: spool: event %q: %d bytes encoded, more than %d", events[i].ID, len(b), maxRecordBytes)
-		}
-		recs = appendRecord(recs, b)
-	}
-
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return ErrSpoolClosed
-	}
-	if s.werr != nil {
-		return fmt.Errorf("taskd: spool: an earlier write failed: %w", s.werr)
-	}
-	c := s.pendCommit
-	s.pend = append(s.pend, recs...)
-	s.pendN += len(events)
-	s.nextSeq += uint64(len(events))
-	for !c.done {
-		if s.flushing {
-			s.cond.Wait()
-			continue
-		}
-		s.flushing = true
-		s.flushLocked()
-		s.flushing = false
-		s.cond.Broadcast()
-	}
-	return c.err
-}
-
-// flushLocked writes and syncs everything pending as one commit. It is called with mu
-// held and flushing set, and releases mu during the I/O.
-func (s *Spool) flushLocked() {
-	buf, n, first, c := s.pend, s.pendN, s.pendFirst, s.pendCommit
-	s.pend, s.spare = s.spare[:0], nil
-	s.pendN, s.pendFirst, s.pendCommit = 0, s.nextSeq, &commit{}
-	if n == 0 {
-		c.done = true
-		return
-	}
-	if s.werr != nil {
-		c.done, c.err = true, fmt.Errorf("taskd: spool: an earlier write failed: %w", s.werr)
-		return
-	}
-	roll := len(s.segs) == 0
-	if !roll {
-		last := s.segs[len(s.segs)-1]
-		roll = last.size >= s.rollBytes || last.end() != first
-	}
-
-	s.mu.Unlock()
-	err := s.write(buf, first, roll)
-	s.mu.Lock()
-
-	c.done = true
-	if err != nil {
-		s.werr = err
-		c.err = fmt.Errorf("taskd: spool: %w", err)
-		return
-	}
-	if roll {
-		if len(s.segs) == 0 {
-			s.readOff, s.readSeq = 0, first
-		}
-		s.segs = append(s.segs, segment{first: first})
-	}
-	last := &s.segs[len(s.segs)-1]
-	last.count += uint64(n)
-	last.size += int64(len(buf))
-	s.appended += uint64(n)
-	s.commits++
-	if int64(cap(buf)) <= 4*s.rollBytes {
-		s.spare = buf
-	}
-	if s.notify != nil {
-		close(s.notify)
-		s.notify = nil
-	}
-}
-
-func (s *Spool) write(buf []byte, first uint64, roll bool) error {
-	if roll {
-		if s.wf != nil {
-			// Already synced by the commit that wrote its last record.
-			if err := s.wf.Close(); err != nil {
-				return err
-			}
-			s.wf = nil
-		}
-		f, err := os.OpenFile(filepath.Join(s.dir, segmentName(first)), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if err != nil {
-			return err
-		}
-		s.wf = f
-		if err := syncDir(s.dir); err != nil {
-			return err
-		}
-		s.syncs.Add(1)
-	}
-	if _, err := s.wf.Write(buf); err != nil {
-		return err
-	}
-	s.syncs.Add(1)
-	return s.wf.Sync()
-}
-
 // Next returns up to max events from the oldest unacknowledged one on, without removing
 // them, and the Cursor that acknowledges them. The events' JSON array stays within
 // maxBytes, except that the first event is always returned, whatever its size, so that
@@ -703,73 +576,6 @@ func (s *Spool) depthLocked() int {
 	return int(n)
 }
 
-// SpoolStats describes a spool since it was opened.
-type SpoolStats struct {
-	Events         int    // stored and not yet acknowledged
-	Segments       int    // segment files
-	Bytes          int64  // records in segment files, acknowledged ones not yet deleted included
-	AppendedEvents uint64 // stored by Append
-	AckedEvents    uint64
-	Commits        uint64 // group commits: one data sync each, shared by all appends in it
-	Syncs          uint64 // every fsync: segment data, directory, ack file
-	DiscardedBytes int64  // cut off or skipped by OpenSpool as damaged
-}
-
-// Stats returns the spool's counters.
-func (s *Spool) Stats() SpoolStats {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	st := SpoolStats{
-		Events:         s.depthLocked(),
-		Segments:       len(s.segs),
-		AppendedEvents: s.appended,
-		AckedEvents:    s.acked,
-		Commits:        s.commits,
-		Syncs:          s.syncs.Load(),
-		DiscardedBytes: s.discarded,
-	}
-	for _, g := range s.segs {
-		st.Bytes += g.size
-	}
-	return st
-}
-
-var (
-	spoolEventsDesc    = spoolDesc("spool_events", "Events stored and not yet acknowledged by the NS.")
-	spoolSegmentsDesc  = spoolDesc("spool_segments", "Segment files in the spool.")
-	spoolBytesDesc     = spoolDesc("spool_bytes", "Bytes of records in the spool's segment files.")
-	spoolAppendedDesc  = spoolDesc("spool_appended_events_total", "Events stored durably.")
-	spoolAckedDesc     = spoolDesc("spool_acked_events_total", "Events acknowledged by the NS and released.")
-	spoolCommitsDesc   = spoolDesc("spool_commits_total", "Group commits; appended events divided by this is the events per data sync.")
-	spoolSyncsDesc     = spoolDesc("spool_syncs_total", "fsync calls: segment data, directory and ack file.")
-	spoolDiscardedDesc = spoolDesc("spool_discarded_bytes_total", "Damaged bytes cut off or skipped when the spool was opened.")
-)
-
-func spoolDesc(name, help string) *prometheus.Desc {
-	return prometheus.NewDesc(prometheus.BuildFQName("siteserver", "taskd", name), help, nil, nil)
-}
-
-// Describe implements prometheus.Collector, so the service can register the spool.
-func (s *Spool) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{spoolEventsDesc, spoolSegmentsDesc, spoolBytesDesc, spoolAppendedDesc,
-		spoolAckedDesc, spoolCommitsDesc, spoolSyncsDesc, spoolDiscardedDesc} {
-		ch <- d
-	}
-}
-
-// Collect implements prometheus.Collector.
-func (s *Spool) Collect(ch chan<- prometheus.Metric) {
-	st := s.Stats()
-	ch <- prometheus.MustNewConstMetric(spoolEventsDesc, prometheus.GaugeValue, float64(st.Events))
-	ch <- prometheus.MustNewConstMetric(spoolSegmentsDesc, prometheus.GaugeValue, float64(st.Segments))
-	ch <- prometheus.MustNewConstMetric(spoolBytesDesc, prometheus.GaugeValue, float64(st.Bytes))
-	ch <- prometheus.MustNewConstMetric(spoolAppendedDesc, prometheus.CounterValue, float64(st.AppendedEvents))
-	ch <- prometheus.MustNewConstMetric(spoolAckedDesc, prometheus.CounterValue, float64(st.AckedEvents))
-	ch <- prometheus.MustNewConstMetric(spoolCommitsDesc, prometheus.CounterValue, float64(st.Commits))
-	ch <- prometheus.MustNewConstMetric(spoolSyncsDesc, prometheus.CounterValue, float64(st.Syncs))
-	ch <- prometheus.MustNewConstMetric(spoolDiscardedDesc, prometheus.CounterValue, float64(st.DiscardedBytes))
-}
-
 // Close waits for the commit in progress, commits what is still pending, and releases
 // the files. Other methods then return ErrSpoolClosed; Close again returns nil.
 func (s *Spool) Close() error {
@@ -806,13 +612,4 @@ func (s *Spool) Close() error {
 		return fmt.Errorf("taskd: spool: close: %w", err)
 	}
 	return nil
-}
-
-// EncodeBatch and DecodeBatch are the wire form of a forwarded batch, kept in package ns
-// because the NS decodes what task servers encode.
-func EncodeBatch(events []nsapi.Event) ([]byte, error) { return nsapi.EncodeEvents(events) }
-
-// DecodeBatch: see ns.DecodeEvents.
-func DecodeBatch(b []byte, maxDecoded int64) ([]nsapi.Event, error) {
-	return nsapi.DecodeEvents(b, maxDecoded)
 }

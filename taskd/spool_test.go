@@ -707,25 +707,25 @@ func TestSpoolMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := `
-# HELP siteserver_taskd_spool_acked_events_total Events acknowledged by the NS and released.
-# TYPE siteserver_taskd_spool_acked_events_total counter
-siteserver_taskd_spool_acked_events_total 1
-# HELP siteserver_taskd_spool_appended_events_total Events stored durably.
-# TYPE siteserver_taskd_spool_appended_events_total counter
-siteserver_taskd_spool_appended_events_total 3
-# HELP siteserver_taskd_spool_commits_total Group commits; appended events divided by this is the events per data sync.
-# TYPE siteserver_taskd_spool_commits_total counter
-siteserver_taskd_spool_commits_total 3
-# HELP siteserver_taskd_spool_events Events stored and not yet acknowledged by the NS.
-# TYPE siteserver_taskd_spool_events gauge
-siteserver_taskd_spool_events 2
-# HELP siteserver_taskd_spool_syncs_total fsync calls: segment data, directory and ack file.
-# TYPE siteserver_taskd_spool_syncs_total counter
-siteserver_taskd_spool_syncs_total 6
+# HELP siteserver_task_spool_acked_events_total Events acknowledged by the NS and released.
+# TYPE siteserver_task_spool_acked_events_total counter
+siteserver_task_spool_acked_events_total 1
+# HELP siteserver_task_spool_appended_events_total Events stored durably.
+# TYPE siteserver_task_spool_appended_events_total counter
+siteserver_task_spool_appended_events_total 3
+# HELP siteserver_task_spool_commits_total Group commits; appended events divided by this is the events per data sync.
+# TYPE siteserver_task_spool_commits_total counter
+siteserver_task_spool_commits_total 3
+# HELP siteserver_task_spool_events Events stored and not yet acknowledged by the NS.
+# TYPE siteserver_task_spool_events gauge
+siteserver_task_spool_events 2
+# HELP siteserver_task_spool_syncs_total fsync calls: segment data, directory and ack file.
+# TYPE siteserver_task_spool_syncs_total counter
+siteserver_task_spool_syncs_total 6
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want),
-		"siteserver_taskd_spool_acked_events_total", "siteserver_taskd_spool_appended_events_total",
-		"siteserver_taskd_spool_commits_total", "siteserver_taskd_spool_events", "siteserver_taskd_spool_syncs_total"); err != nil {
+		"siteserver_task_spool_acked_events_total", "siteserver_task_spool_appended_events_total",
+		"siteserver_task_spool_commits_total", "siteserver_task_spool_events", "siteserver_task_spool_syncs_total"); err != nil {
 		t.Error(err)
 	}
 	problems, err := testutil.GatherAndLint(reg)

@@ -1,4 +1,4 @@
-package taskd
+package taskapi
 
 import (
 	"errors"
@@ -57,7 +57,7 @@ func TestSignedRequests(t *testing.T) {
 			r := newReq("GET", PathJobs)
 			SignRequest(r, "pc-9", key, nil, now)
 			return r, nil
-		}, errUnknownAgent.Error()},
+		}, ErrUnknownAgent.Error()},
 		"no header": {func() (*http.Request, []byte) { return newReq("GET", PathJobs), nil }, "missing"},
 		"garbled header": {func() (*http.Request, []byte) {
 			r := newReq("GET", PathJobs)
@@ -68,7 +68,7 @@ func TestSignedRequests(t *testing.T) {
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			r, b := tc.prepare()
-			_, _, err := verifyRequest(r, b, keyOf, now)
+			_, _, err := VerifyRequest(r, b, keyOf, now)
 			switch {
 			case tc.want == "" && err != nil:
 				t.Fatalf("refused: %v", err)
@@ -77,7 +77,7 @@ func TestSignedRequests(t *testing.T) {
 			}
 		})
 	}
-	if !errors.Is(errUnknownAgent, errUnknownAgent) {
+	if !errors.Is(ErrUnknownAgent, ErrUnknownAgent) {
 		t.Fatal("unreachable")
 	}
 }
@@ -95,13 +95,6 @@ func TestSignedAnswers(t *testing.T) {
 	}
 }
 
-func TestReplayedTimestampRefused(t *testing.T) {
-	r := &registry{agents: map[string]*entry{"a": {}, "b": {}}}
-	if !r.advance("a", 10) || r.advance("a", 10) || r.advance("a", 9) || !r.advance("a", 11) || !r.advance("b", 1) || r.advance("c", 1) {
-		t.Fatal("timestamps must strictly increase per agent, and unknown agents get nothing")
-	}
-}
-
 func FuzzVerifyRequest(f *testing.F) {
 	key := APIKey([]byte("0123456789abcdef0123456789abcdef"))
 	now := time.Unix(1_800_000_000, 0)
@@ -113,7 +106,7 @@ func FuzzVerifyRequest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, header string, body []byte) {
 		req, _ := http.NewRequest(http.MethodGet, "http://ts"+PathJobs, nil)
 		req.Header.Set("Authorization", header)
-		id, _, err := verifyRequest(req, body, func(id string) ([]byte, bool) { return key, id == "pc-1" }, now)
+		id, _, err := VerifyRequest(req, body, func(id string) ([]byte, bool) { return key, id == "pc-1" }, now)
 		if err != nil {
 			return
 		}

@@ -1,4 +1,4 @@
-package taskd
+package taskapi
 
 import (
 	"crypto/hmac"
@@ -72,15 +72,18 @@ func parseAuth(h string) (id string, ts int64, sig string, err error) {
 	return id, ts, sig, nil
 }
 
-// verifyRequest checks a signed request against the key of the agent it names.
-func verifyRequest(r *http.Request, body []byte, key func(id string) ([]byte, bool), now time.Time) (id string, ts int64, err error) {
+// VerifyRequest checks a signed request against the key of the agent it names, which key
+// looks up; it returns the agent and the request's timestamp, which the answer's signature
+// covers and which the caller keeps to refuse replays. An agent key does not know gives
+// ErrUnknownAgent.
+func VerifyRequest(r *http.Request, body []byte, key func(id string) ([]byte, bool), now time.Time) (id string, ts int64, err error) {
 	id, ts, sig, err := parseAuth(r.Header.Get("Authorization"))
 	if err != nil {
 		return "", 0, err
 	}
 	k, ok := key(id)
 	if !ok {
-		return id, 0, errUnknownAgent
+		return id, 0, ErrUnknownAgent
 	}
 	want := requestMAC(k, r.Method, r.URL.Path, ts, body)
 	if !hmac.Equal([]byte(sig), []byte(want)) {
@@ -92,7 +95,8 @@ func verifyRequest(r *http.Request, body []byte, key func(id string) ([]byte, bo
 	return id, ts, nil
 }
 
-var errUnknownAgent = errors.New("agent not registered here")
+// ErrUnknownAgent is VerifyRequest's answer for an agent not registered here.
+var ErrUnknownAgent = errors.New("agent not registered here")
 
 // SignResponse signs an answer to a request made at ts.
 func SignResponse(key []byte, ts int64, body []byte) string {

@@ -1,8 +1,6 @@
-package taskd
+package taskapi
 
 import (
-	"time"
-
 	"github.com/siteserver/siteserver/nsapi"
 )
 
@@ -44,17 +42,4 @@ type JobsResponse struct {
 // EventsResponse acknowledges status events: they are on disk at the task server.
 type EventsResponse struct {
 	Stored int `json:"stored"`
-}
-
-// agentRecord is an agent registered here.
-type agentRecord struct {
-	ID          string
-	NS          string
-	Hostname    string
-	TickleAddr  string // ip:port, "" when none
-	TickleKey   []byte
-	TickleKeyID uint32
-	apiKey      []byte // APIKey(TickleKey), derived once
-	Registered  time.Time
-	LastContact time.Time
 }

@@ -1,0 +1,42 @@
+package taskapi
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+
+	"github.com/siteserver/siteserver/internal/pki"
+)
+
+// The agent API is mutually authenticated with what the NS issued at enrollment: the task
+// server presents its own NS client certificate, agents present theirs. Neither names a
+// host, so both sides verify the chain against the NS CA and check the identity (the GUID
+// in the CommonName, the kind in the OU) instead of a host name, by the rule the NS itself
+// applies to client certificates (pki.PeerIdentity).
+
+// AgentTLSConfig is what an agent uses to talk to its task server: its own certificate,
+// and the server must present a site server certificate for serverID issued by the NS CA.
+func AgentTLSConfig(caPEM []byte, cert tls.Certificate, serverID string) (*tls.Config, error) {
+	ca, err := pki.ParseCA(caPEM)
+	if err != nil {
+		return nil, fmt.Errorf("taskapi: NS CA: %w", err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(ca)
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{cert},
+		// The chain is verified below against the NS CA, by identity rather than host name.
+		InsecureSkipVerify: true,
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			id, kind, _, err := pki.VerifyPeer(raw, roots)
+			if err != nil {
+				return fmt.Errorf("task server certificate: %w", err)
+			}
+			if kind != pki.KindSiteServer || (serverID != "" && id != serverID) {
+				return fmt.Errorf("task server certificate is for %s %q, want site server %q", kind, id, serverID)
+			}
+			return nil
+		},
+	}, nil
+}

@@ -1,0 +1,300 @@
+package taskd
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/siteserver/siteserver/internal/backoff"
+	"github.com/siteserver/siteserver/internal/pki"
+	"github.com/siteserver/siteserver/nsapi"
+	"github.com/siteserver/siteserver/tickle"
+	"golang.org/x/sync/errgroup"
+)
+
+// NSLink is the task service's view of one NS the site server is registered with.
+type NSLink struct {
+	Peer *nsapi.Peer
+	// Settings returns the last settings the NS handed out, if any.
+	Settings func() (nsapi.Settings, bool)
+	// Kick asks for a registration now (the NS said its settings changed).
+	Kick func()
+	// Channel returns the NS's tickle channel address from the last registration ("" if
+	// none); used when the endpoint asks for a channel.
+	Channel func() string
+}
+
+type nsState struct {
+	deliveredMu sync.Mutex
+	delivered   []nsapi.Event
+	deliverWake chan struct{}
+	// registered wakes the presence loop: the NS learns of a new agent's task server
+	// within about a second, not at the next presence interval.
+	registered chan struct{}
+
+	name   string
+	link   *NSLink
+	client *nsapi.Client
+	root   *x509.Certificate
+	cert   tls.Certificate
+	nsID   string
+	spool  *Spool
+}
+
+// runNS sets up one NS link (credentials, spool, tickle key) and then forwards events and
+// reports presence for it until ctx is done.
+func (s *Service) runNS(ctx context.Context, l *NSLink) {
+	name := l.Peer.Endpoint.Name
+	log := s.logger.With("ns", name)
+	spool, err := OpenSpool(filepath.Join(s.cfg.DataDir, "spool", name))
+	if err != nil {
+		log.Error("event spool unusable; status events for this NS cannot be taken", "err", err)
+		return
+	}
+	defer spool.Close()
+	var st *nsState
+	for failures := 0; st == nil; failures++ {
+		st, err = s.setupNS(ctx, l, spool)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		log.Debug("task service waiting for NS credentials", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff.Delay(failures+1, 500*time.Millisecond, 30*time.Second)):
+		}
+	}
+	s.nsMu.Lock()
+	s.nss = append(s.nss, st)
+	pool := x509.NewCertPool()
+	for _, x := range s.nss {
+		pool.AddCert(x.root)
+	}
+	s.roots.Store(pool)
+	s.nsMu.Unlock()
+	log.Info("task service linked to NS", "ns_id", st.nsID, "spooled_events", spool.Depth())
+	s.kickFetch()
+
+	var g errgroup.Group
+	if l.Peer.Endpoint.TickleChannel && l.Channel != nil {
+		g.Go(func() error { s.nsChannel(ctx, st, log); return nil })
+	}
+	g.Go(func() error { s.deliveredLoop(ctx, st, log); return nil })
+	g.Go(func() error { s.forwardLoop(ctx, st, log); return nil })
+	g.Go(func() error { s.presenceLoop(ctx, st, log); return nil })
+	g.Wait() // the loops log their own failures and return only when ctx is done
+}
+
+func (s *Service) setupNS(ctx context.Context, l *NSLink, spool *Spool) (*nsState, error) {
+	c, err := l.Peer.Client(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := l.Peer.Certificate(ctx)
+	if err != nil {
+		return nil, err
+	}
+	caPEM, err := l.Peer.CA(ctx)
+	if err != nil {
+		return nil, err
+	}
+	root, err := pki.ParseCA(caPEM)
+	if err != nil {
+		return nil, fmt.Errorf("NS CA: %w", err)
+	}
+	tk, ok := l.Peer.TickleKey()
+	if !ok || tk.Sender == "" {
+		return nil, errors.New("no tickle key from enrollment")
+	}
+	if err := s.keys.Set(tk.Sender, tk.ID, tk.Key); err != nil {
+		return nil, err
+	}
+	return &nsState{registered: make(chan struct{}, 1), name: l.Peer.Endpoint.Name, link: l, client: c, root: root, cert: cert, nsID: tk.Sender, spool: spool,
+		deliverWake: make(chan struct{}, 1)}, nil
+}
+
+func (s *Service) states() []*nsState {
+	s.nsMu.RLock()
+	defer s.nsMu.RUnlock()
+	return append([]*nsState(nil), s.nss...)
+}
+
+func (s *Service) stateByRoot(root *x509.Certificate) *nsState {
+	for _, st := range s.states() {
+		if st.root.Equal(root) {
+			return st
+		}
+	}
+	return nil
+}
+
+func (s *Service) onTickle(from netip.AddrPort, t tickle.Tickle) {
+	switch t.Type {
+	case tickle.SettingsChanged:
+		for _, st := range s.states() {
+			if st.nsID == t.Sender && st.link.Kick != nil {
+				st.link.Kick()
+			}
+		}
+		s.kickFetch()
+	case tickle.WorkPending:
+		s.kickFetch()
+	}
+}
+
+func (s *Service) kickFetch() {
+	select {
+	case s.fetchCh <- struct{}{}:
+	default:
+	}
+}
+
+// fetchLoop fetches work on every tickle (a burst of tickles while a fetch runs costs one
+// more fetch, not one each) and on the Task Update Interval in case tickles are lost.
+func (s *Service) fetchLoop(ctx context.Context) {
+	for {
+		interval := 5 * time.Minute
+		for _, st := range s.states() {
+			set, ok := st.link.Settings()
+			if !ok {
+				// Not registered yet: look again soon for the interval the NS wants.
+				set.TaskUpdateInterval = time.Second
+			}
+			interval = min(interval, set.TaskUpdateInterval)
+		}
+		timer := time.NewTimer(interval)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case <-s.fetchCh:
+		case <-timer.C:
+		}
+		timer.Stop()
+		var toTickle []agentRecord
+		for _, st := range s.states() {
+			agents, err := s.fetch(ctx, st)
+			if err != nil {
+				s.metrics.fetchErrors.Inc()
+				s.logger.Warn("fetching work from NS failed", "ns", st.name, "err", err)
+				continue
+			}
+			toTickle = append(toTickle, agents...)
+		}
+		s.tickleAgents(ctx, toTickle)
+	}
+}
+
+// fetch replaces the cached work of one NS and returns the agents with new instances.
+func (s *Service) fetch(ctx context.Context, st *nsState) ([]agentRecord, error) {
+	start := time.Now()
+	fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	resp, err := st.client.Work(fctx)
+	if err != nil {
+		return nil, err
+	}
+	took := time.Since(start)
+	s.metrics.fetchDuration.Observe(took.Seconds())
+	s.logger.Debug("work fetched", "ns", st.name, "instances", len(resp.Instances), "took", took)
+	var out []agentRecord
+	for _, id := range s.work.replace(st.name, resp.Instances) {
+		if a, ok := s.reg.get(id); ok {
+			out = append(out, a)
+		}
+	}
+	return out, nil
+}
+
+// newAgentReportDelay is how long the presence loop gathers registrations before it
+// reports them.
+const newAgentReportDelay = time.Second
+
+func (s *Service) presenceLoop(ctx context.Context, st *nsState, log *slog.Logger) {
+	tk := time.NewTicker(s.cfg.PresenceInterval)
+	defer tk.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tk.C:
+		case <-st.registered:
+			// Registrations come in bursts (a site starting up): gather them.
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(newAgentReportDelay):
+			}
+		}
+		agents := s.reg.takeDirty(st.name)
+		if len(agents) == 0 {
+			continue
+		}
+		// Chunks keep each report well under the NS's request size limit.
+		var err error
+		for chunk := range slices.Chunk(agents, 2000) {
+			req := nsapi.PresenceRequest{Agents: make([]nsapi.AgentPresence, 0, len(chunk))}
+			for _, a := range chunk {
+				req.Agents = append(req.Agents, nsapi.AgentPresence{ID: a.ID, LastContact: a.LastContact})
+			}
+			if err = st.client.Presence(ctx, req); err != nil {
+				break
+			}
+		}
+		if err != nil {
+			s.reg.markDirty(agents)
+			log.Warn("presence report failed", "agents", len(agents), "err", err)
+			continue
+		}
+		if err := s.reg.saveContacts(); err != nil {
+			log.Warn("saving last contact times failed", "err", err)
+		}
+	}
+}
+
+func (s *Service) stateByName(name string) *nsState {
+	for _, st := range s.states() {
+		if st.name == name {
+			return st
+		}
+	}
+	return nil
+}
+
+// nsChannel keeps a QUIC channel open to the NS once it has offered one, and hands what
+// arrives on it to the tickle listener, so it is verified and counted like UDP tickles.
+func (s *Service) nsChannel(ctx context.Context, st *nsState, log *slog.Logger) {
+	var addr string
+	for addr == "" {
+		if addr = st.link.Channel(); addr != "" {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+	host, _, _ := net.SplitHostPort(addr)
+	roots := x509.NewCertPool()
+	roots.AddCert(st.root)
+	conf := &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{st.cert}, RootCAs: roots, ServerName: host}
+	c := tickle.NewChannelClient(tickle.ChannelClientConfig{Addr: addr, TLS: conf, Deliver: s.listener.Receive, Logger: log})
+	log.Info("keeping a tickle channel open to the NS", "addr", addr)
+	if err := c.Run(ctx); err != nil && ctx.Err() == nil {
+		log.Error("tickle channel to the NS stopped", "err", err)
+	}
+}
