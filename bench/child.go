@@ -136,15 +136,23 @@ func announce(addr string) {
 
 // serveBound runs a server that signals on bound once its sockets are open, announces
 // its address then, and returns what run returns.
-func serveBound(ctx context.Context, run func(context.Context) error, bound <-chan struct{}, addr func() string) error {
+func serveBound(ctx context.Context, run func(context.Context) error, bound func(context.Context) (string, error)) error {
 	errc := make(chan error, 1)
 	go func() { errc <- run(ctx) }()
+	bctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	addrc := make(chan string, 1)
+	go func() {
+		if a, err := bound(bctx); err == nil {
+			addrc <- a
+		}
+	}()
 	select {
-	case <-bound:
+	case a := <-addrc:
+		announce(a)
 	case err := <-errc:
 		return err
 	}
-	announce(addr())
 	return <-errc
 }
 

@@ -736,11 +736,11 @@ func servePXEChild(ctx context.Context, args []string) error {
 		return err
 	}
 	defer stopProfile()
-	dhcpAddr := func() string {
-		dhcp, _ := srv.Addrs()
-		return dhcp.String()
+	dhcpAddr := func(ctx context.Context) (string, error) {
+		dhcp, _, err := srv.Bound(ctx)
+		return dhcp.String(), err
 	}
-	if err := serveBound(ctx, srv.Run, srv.Bound(), dhcpAddr); err != nil {
+	if err := serveBound(ctx, srv.Run, dhcpAddr); err != nil {
 		return err
 	}
 	// ErrHelp ends the process with status 0 and no RESULT line.

@@ -476,7 +476,14 @@ func serveTFTPChild(ctx context.Context, args []string) error {
 		return err
 	}
 	defer stopProfile()
-	if err := serveBound(ctx, srv.Run, srv.Bound(), func() string { return srv.Addr().String() }); err != nil {
+	bound := func(ctx context.Context) (string, error) {
+		a, err := srv.Bound(ctx)
+		if err != nil {
+			return "", err
+		}
+		return a.String(), nil
+	}
+	if err := serveBound(ctx, srv.Run, bound); err != nil {
 		return err
 	}
 	if *memProfile != "" {

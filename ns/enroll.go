@@ -67,51 +67,8 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 	resp := nsapi.EnrollResponse{Certificate: string(certPEM), CA: string(s.ca.CertPEM), Status: nsapi.StatusApproved, NSID: s.nsID(),
 		JobKey: s.jobKey.Public().(ed25519.PublicKey)}
 	ctx := r.Context()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	now := s.now().UTC()
-	switch req.Kind {
-	case nsapi.KindSiteServer:
-		rec, err := s.store.Server(ctx, req.ID)
-		switch {
-		case errors.Is(err, store.ErrNotFound):
-			rec = store.ServerRecord{ID: req.ID, Status: nsapi.StatusApproved}
-			if s.cfg.Approval == "manual" {
-				rec.Status = nsapi.StatusPending
-			}
-		case err != nil:
-			httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
-			return
-		case !s.mayReenroll(r, req, rec.CertSerial):
-			s.refuseReenroll(w, r, req)
-			return
-		}
-		// Always a fresh tickle key: enrollment never hands out a secret issued before.
-		rec.TickleKey, rec.TickleKeyID = newTickleKey()
-		rec.Hostname = req.Hostname
-		rec.CertSerial = serial
-		rec.Enrolled = now
-		if err := s.store.PutServer(ctx, rec); err != nil {
-			httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
-			return
-		}
-		resp.TickleKey, resp.TickleKeyID, resp.Status = rec.TickleKey, rec.TickleKeyID, rec.Status
-	case nsapi.KindAgent:
-		rec, err := s.store.Agent(ctx, req.ID)
-		switch {
-		case errors.Is(err, store.ErrNotFound):
-		case err != nil:
-			httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
-			return
-		case !s.mayReenroll(r, req, rec.CertSerial):
-			s.refuseReenroll(w, r, req)
-			return
-		}
-		rec.ID, rec.Hostname, rec.CertSerial, rec.Enrolled = req.ID, req.Hostname, serial, now
-		if err := s.store.PutAgent(ctx, rec); err != nil {
-			httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
-			return
-		}
+	if !s.recordEnrollment(w, r, req, serial, &resp) {
+		return
 	}
 	result := "ok"
 	if resp.Status == nsapi.StatusPending {
@@ -162,4 +119,56 @@ func newTickleKey() ([]byte, uint32) {
 	var kid [4]byte
 	rand.Read(kid[:])
 	return key, binary.BigEndian.Uint32(kid[:])
+}
+
+// recordEnrollment stores the identity an enrollment certifies; on failure it has answered.
+func (s *Server) recordEnrollment(w http.ResponseWriter, r *http.Request, req nsapi.EnrollRequest, serial string, resp *nsapi.EnrollResponse) bool {
+	ctx := r.Context()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now().UTC()
+	switch req.Kind {
+	case nsapi.KindSiteServer:
+		rec, err := s.store.Server(ctx, req.ID)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			rec = store.ServerRecord{ID: req.ID, Status: nsapi.StatusApproved}
+			if s.cfg.Approval == "manual" {
+				rec.Status = nsapi.StatusPending
+			}
+		case err != nil:
+			httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+			return false
+		case !s.mayReenroll(r, req, rec.CertSerial):
+			s.refuseReenroll(w, r, req)
+			return false
+		}
+		// Always a fresh tickle key: enrollment never hands out a secret issued before.
+		rec.TickleKey, rec.TickleKeyID = newTickleKey()
+		rec.Hostname = req.Hostname
+		rec.CertSerial = serial
+		rec.Enrolled = now
+		if err := s.store.PutServer(ctx, rec); err != nil {
+			httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+			return false
+		}
+		resp.TickleKey, resp.TickleKeyID, resp.Status = rec.TickleKey, rec.TickleKeyID, rec.Status
+	case nsapi.KindAgent:
+		rec, err := s.store.Agent(ctx, req.ID)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+		case err != nil:
+			httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+			return false
+		case !s.mayReenroll(r, req, rec.CertSerial):
+			s.refuseReenroll(w, r, req)
+			return false
+		}
+		rec.ID, rec.Hostname, rec.CertSerial, rec.Enrolled = req.ID, req.Hostname, serial, now
+		if err := s.store.PutAgent(ctx, rec); err != nil {
+			httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+			return false
+		}
+	}
+	return true
 }

@@ -235,13 +235,12 @@ func (s *Server) startChannel(ctx context.Context, g *errgroup.Group, tlsConf *t
 		}
 		return nil
 	})
-	select {
-	case <-s.channel.Bound():
-		s.logger.Info("tickle channels listening", "addr", s.channel.Addr().String())
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
+	addr, err := s.channel.Bound(ctx)
+	if err != nil {
+		return err
 	}
+	s.logger.Info("tickle channels listening", "addr", addr.String())
+	return nil
 }
 
 // renewLoop looks at the server certificate daily and re-issues it when it nears its end,

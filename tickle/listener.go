@@ -75,8 +75,15 @@ func (l *Listener) Validate() error {
 	return nil
 }
 
-// Bound is closed once the socket is bound, after which Addr is valid.
-func (l *Listener) Bound() <-chan struct{} { return l.bound }
+// Bound waits until the socket is bound and returns its address.
+func (l *Listener) Bound(ctx context.Context) (netip.AddrPort, error) {
+	select {
+	case <-l.bound:
+		return l.Addr(), nil
+	case <-ctx.Done():
+		return netip.AddrPort{}, ctx.Err()
+	}
+}
 
 // Addr returns the bound local address, or the zero AddrPort before binding.
 func (l *Listener) Addr() netip.AddrPort {

@@ -188,8 +188,10 @@ func TestListenerRunBindsAndStops(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- l.Run(ctx) }()
+	bound := make(chan struct{})
+	go func() { l.Bound(ctx); close(bound) }()
 	select {
-	case <-l.Bound():
+	case <-bound:
 	case err := <-done:
 		t.Fatalf("Run: %v", err)
 	}

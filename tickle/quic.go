@@ -213,8 +213,15 @@ func (s *ChannelServer) Validate() error {
 	return nil
 }
 
-// Bound is closed once the socket is bound, after which Addr is valid.
-func (s *ChannelServer) Bound() <-chan struct{} { return s.bound }
+// Bound waits until the socket is bound and returns its address.
+func (s *ChannelServer) Bound(ctx context.Context) (netip.AddrPort, error) {
+	select {
+	case <-s.bound:
+		return s.Addr(), nil
+	case <-ctx.Done():
+		return netip.AddrPort{}, ctx.Err()
+	}
+}
 
 // Addr returns the bound local address, or the zero AddrPort before binding.
 func (s *ChannelServer) Addr() netip.AddrPort {

@@ -183,7 +183,7 @@ func startChannelServer(t testing.TB, cfg ChannelServerConfig) (*ChannelServer, 
 	t.Helper()
 	s := NewChannelServer(cfg)
 	stop := runService(t, s.Run)
-	<-s.Bound()
+	s.Bound(context.Background())
 	return s, stop
 }
 

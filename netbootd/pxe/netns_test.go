@@ -51,8 +51,9 @@ func TestNetnsServerProcess(t *testing.T) {
 		os.Exit(2)
 	}
 	go func() {
-		<-srv.Bound()
-		fmt.Println("BOUND")
+		if _, _, err := srv.Bound(ctx); err == nil {
+			fmt.Println("BOUND")
+		}
 	}()
 	if err := srv.Run(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, err)

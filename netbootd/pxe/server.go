@@ -114,8 +114,16 @@ func NewServer(cfg Config, computers Computers, logger *slog.Logger, reg prometh
 // Name identifies the server among services.
 func (s *Server) Name() string { return "pxe" }
 
-// Bound is closed once both sockets are bound, after which Addrs is valid.
-func (s *Server) Bound() <-chan struct{} { return s.bound }
+// Bound waits until both sockets are bound and returns their addresses.
+func (s *Server) Bound(ctx context.Context) (dhcp, pxe netip.AddrPort, err error) {
+	select {
+	case <-s.bound:
+		dhcp, pxe = s.Addrs()
+		return dhcp, pxe, nil
+	case <-ctx.Done():
+		return netip.AddrPort{}, netip.AddrPort{}, ctx.Err()
+	}
+}
 
 // Addrs returns the bound addresses of the proxyDHCP (67) and PXE (4011) sockets, or zero
 // values before Run has bound them.

@@ -101,8 +101,10 @@ func startServer(t *testing.T, cfg Config, computers Computers, reg prometheus.R
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(ctx) }()
+	bound := make(chan struct{})
+	go func() { srv.Bound(ctx); close(bound) }()
 	select {
-	case <-srv.Bound():
+	case <-bound:
 	case err := <-done:
 		cancel()
 		t.Fatalf("Run: %v", err)
@@ -311,8 +313,7 @@ func TestServerLifecycle(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(ctx) }()
-	<-srv.Bound()
-	dhcpAddr, pxeAddr := srv.Addrs()
+	dhcpAddr, pxeAddr, _ := srv.Bound(ctx)
 	if err := srv.Run(ctx); err == nil {
 		t.Error("second Run did not fail")
 	}

@@ -250,8 +250,15 @@ func NewServer(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Ser
 // Name identifies the server among services.
 func (s *Server) Name() string { return "tftp" }
 
-// Bound is closed once the socket is bound, after which Addr is valid.
-func (s *Server) Bound() <-chan struct{} { return s.bound }
+// Bound waits until the socket is bound and returns its address.
+func (s *Server) Bound(ctx context.Context) (net.Addr, error) {
+	select {
+	case <-s.bound:
+		return s.Addr(), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
 
 // Addr is the bound address, or nil before Run has bound it.
 func (s *Server) Addr() net.Addr {

@@ -118,8 +118,10 @@ func startServer(tb testing.TB, cfg Config, tweak func(*Server)) *testServer {
 	ctx, cancel := context.WithCancel(context.Background())
 	ts.cancel = cancel
 	go func() { ts.done <- s.Run(ctx) }()
+	bound := make(chan struct{})
+	go func() { s.Bound(ctx); close(bound) }()
 	select {
-	case <-s.Bound():
+	case <-bound:
 	case err := <-ts.done:
 		tb.Fatalf("Run: %v", err)
 	case <-time.After(5 * time.Second):
