@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/siteserver/siteserver/internal/hostinfo"
+	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/tickle"
 )
@@ -43,6 +44,8 @@ type Agent struct {
 	logger         *slog.Logger
 	reg            prometheus.Registerer
 	registrar      *nsapi.Registrar
+	refused        *prometheus.CounterVec // instances refused, by grant reason
+	now            func() time.Time
 	peer           *nsapi.Peer
 	tickleMetrics  *tickle.Metrics
 	channelMetrics *tickle.ChannelClientMetrics
@@ -72,7 +75,17 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Agent, er
 	if err != nil {
 		return nil, fmt.Errorf("agent: metrics: %w", err)
 	}
-	return &Agent{cfg: cfg, logger: logger, reg: reg, tickleMetrics: tm, channelMetrics: cm}, nil
+	refused := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: obs.Namespace, Subsystem: "agent", Name: "instances_refused_total",
+		Help: "Job instances not run because their grant from the NS did not check, by reason.",
+	}, []string{"reason"})
+	for _, r := range nsapi.GrantReasons {
+		refused.WithLabelValues(r)
+	}
+	if err := reg.Register(refused); err != nil {
+		return nil, fmt.Errorf("agent: metrics: %w", err)
+	}
+	return &Agent{cfg: cfg, logger: logger, reg: reg, tickleMetrics: tm, channelMetrics: cm, refused: refused, now: time.Now}, nil
 }
 
 // Name implements service.Service.
@@ -150,6 +163,15 @@ func (a *Agent) register(ctx context.Context, p *nsapi.Peer, c *nsapi.Client) (a
 	resp, err := c.RegisterAgent(ctx, req)
 	if err != nil {
 		return nil, 0, err
+	}
+	if _, ok := p.JobKey(); !ok {
+		// Enrolled before the NS sent its job key at enrollment: learn it now, over the
+		// same pinned-CA channel, once.
+		if err := p.PinJobKey(resp.JobKey); err != nil {
+			a.logger.Error("no NS job key pinned: no job will run", "err", err)
+		} else {
+			a.logger.Info("NS job key pinned")
+		}
 	}
 	a.setServers(resp)
 	var task []string

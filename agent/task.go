@@ -164,11 +164,34 @@ func (t *taskClient) cycle(ctx context.Context, conn net.PacketConn) error {
 		if t.done.has(inst.ID) {
 			continue
 		}
+		if err := t.verify(inst); err != nil {
+			continue
+		}
 		if err := t.runInstance(ctx, inst); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// verify checks the NS's grant of an instance: signed by the NS key pinned at enrollment,
+// for this agent, this instance and this very job, and still valid. Task servers relay
+// instances; they cannot make one this agent runs. A refusal is logged and counted, and
+// the instance is left alone: nothing of it runs and no event is sent for it.
+func (t *taskClient) verify(inst nsapi.JobInstance) error {
+	key, _ := t.a.peer.JobKey()
+	_, err := nsapi.VerifyGrant(key, inst, t.a.peer.ID, t.a.now())
+	if err == nil {
+		return nil
+	}
+	reason := nsapi.GrantReason(err)
+	t.a.refused.WithLabelValues(reason).Inc()
+	t.mu.Lock()
+	server := t.serverID
+	t.mu.Unlock()
+	t.logger.Warn("job instance refused: its grant from the NS does not check", "instance", inst.ID, "job", inst.JobID,
+		"task_server", server, "reason", reason, "err", err)
+	return err
 }
 
 var errNotRegistered = errors.New("not registered with the task server")
