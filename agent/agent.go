@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/siteserver/siteserver/internal/hostinfo"
 	"github.com/siteserver/siteserver/internal/obs"
@@ -124,13 +125,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	tc := &taskClient{a: a, logger: a.logger.With("part", "task"), wake: make(chan struct{}, 1),
 		done: loadDone(filepath.Join(a.cfg.DataDir, "done.json"))}
 	a.registrar.OnAnswer = func(*nsapi.Peer, any) { tc.kick() }
-	errc := make(chan error, 1)
-	go func() { errc <- tc.run(ctx) }()
-	err = a.registrar.Run(ctx)
-	if terr := <-errc; terr != nil {
-		return terr
-	}
-	return err
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return tc.run(gctx) })
+	g.Go(func() error { return a.registrar.Run(gctx) })
+	return g.Wait()
 }
 
 // setTaskServer records the task server the agent registered with and tells the NS.

@@ -23,6 +23,7 @@ import (
 	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/taskapi"
 	"github.com/siteserver/siteserver/tickle"
+	"golang.org/x/sync/errgroup"
 )
 
 // taskClient is the agent's link to its task server: registration, tickles, polling, jobs.
@@ -31,6 +32,8 @@ type taskClient struct {
 	logger *slog.Logger
 	keys   tickle.MapKeys
 	wake   chan struct{}
+	// parts runs the tickle listener and channel clients; run joins them before it returns.
+	parts errgroup.Group
 
 	mu       sync.Mutex
 	serverID string
@@ -112,12 +115,15 @@ func (t *taskClient) run(ctx context.Context) error {
 		conn = c
 		defer conn.Close()
 		lcfg.Conn = conn
-		go tickle.NewListener(lcfg).Run(ctx)
+		udp := tickle.NewListener(lcfg)
+		t.parts.Go(func() error { return udp.Run(ctx) })
 		t.logger.Info("listening for tickles", "addr", conn.LocalAddr().String())
 	}
 	// Datagrams from the channel get the same verification and counting as UDP ones.
 	t.listener = tickle.NewListener(lcfg)
 	t.ctx = ctx
+	// Joined after the channel is stopped: nothing outlives run.
+	defer t.parts.Wait()
 	defer t.stopChannel()
 	failures := 0
 	for {
@@ -362,7 +368,7 @@ func (t *taskClient) startChannel(addr string, conf *tls.Config) {
 	t.mu.Lock()
 	t.channelCancel, t.channelUp = cancel, c.Connected
 	t.mu.Unlock()
-	go c.Run(ctx)
+	t.parts.Go(func() error { return c.Run(ctx) })
 	t.logger.Info("keeping a tickle channel open", "addr", addr)
 }
 

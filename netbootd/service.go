@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/netbootd/pxe"
@@ -259,7 +260,7 @@ func New(cfg Config, client func(ctx context.Context) (*nsapi.Client, error), lo
 		Timeout: cfg.TFTP.Timeout, Retries: cfg.TFTP.Retries, MaxBlockSize: cfg.TFTP.MaxBlockSize}, logger.With("part", "tftp"), reg); err != nil {
 		return nil, err
 	}
-	s.scriptsN = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "siteserver", Subsystem: "netboot",
+	s.scriptsN = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: obs.Namespace, Subsystem: "netboot",
 		Name: "ipxe_scripts_total", Help: "iPXE scripts served, by computer kind."}, []string{"kind"})
 	for _, k := range []string{nsapi.ComputerManaged, nsapi.ComputerPredefined, nsapi.ComputerUnknown} {
 		s.scriptsN.WithLabelValues(k)
@@ -294,33 +295,24 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	s.httpAddr.Store(ln.Addr())
 	s.logger.Info("network boot HTTP listening", "addr", ln.Addr().String(), "boot_dir", s.cfg.BootDir)
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	errc := make(chan error, 3)
+	// One failing part stops the others; Run returns once all three have.
+	g, gctx := errgroup.WithContext(ctx)
 	run := func(name string, f func(context.Context) error) {
-		err := f(ctx)
-		if err != nil && ctx.Err() == nil {
-			err = fmt.Errorf("netbootd: %s: %w", name, err)
-			cancel()
-		} else {
-			err = nil
-		}
-		errc <- err
+		g.Go(func() error {
+			if err := f(gctx); err != nil && ctx.Err() == nil {
+				return fmt.Errorf("netbootd: %s: %w", name, err)
+			}
+			return nil
+		})
 	}
-	go run("pxe", s.pxe.Run)
-	go run("tftp", s.tftp.Run)
+	run("pxe", s.pxe.Run)
+	run("tftp", s.tftp.Run)
 	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute,
 		ErrorLog: slog.NewLogLogger(s.logger.Handler(), slog.LevelDebug)}
-	go run("http", func(ctx context.Context) error { return obs.ServeHTTP(ctx, ln, srv) })
+	run("http", func(ctx context.Context) error { return obs.ServeHTTP(ctx, ln, srv) })
 	s.ready.Store(true)
 	defer s.ready.Store(false)
-	var first error
-	for range 3 {
-		if err := <-errc; err != nil && first == nil {
-			first = err
-		}
-	}
-	return first
+	return g.Wait()
 }
 
 // Handler serves /ipxe/{mac} (the script for that computer) and /boot/{file} (boot files

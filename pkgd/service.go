@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/nsapi"
@@ -47,9 +48,11 @@ type Service struct {
 	addr    net.Addr
 	baseURL atomic.Value // string
 
-	mu       sync.Mutex
-	pkgs     map[string]*pkgState // assigned packages by id
-	fileRefs map[string]nsapi.PackageFile
+	mu sync.Mutex
+	// downloads holds the download goroutines, so that Run can join them.
+	downloads errgroup.Group
+	pkgs      map[string]*pkgState // assigned packages by id
+	fileRefs  map[string]nsapi.PackageFile
 }
 
 // pkgState is one assigned package and how far this server is with it.
@@ -188,10 +191,12 @@ func (s *Service) Run(ctx context.Context) error {
 		ErrorLog: slog.NewLogLogger(s.logger.Handler(), slog.LevelDebug)}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	wg.Go(func() { s.loop(ctx) })
-	wg.Go(func() { s.verifyLoop(ctx) })
+	// Every goroutine, downloads included, is joined before Run returns.
+	defer s.downloads.Wait()
+	var g errgroup.Group
+	defer g.Wait()
+	g.Go(func() error { s.loop(ctx); return nil })
+	g.Go(func() error { s.verifyLoop(ctx); return nil })
 	s.ready.Store(true)
 	defer s.ready.Store(false)
 	err = obs.ServeHTTP(ctx, ln, srv)
@@ -371,13 +376,13 @@ func (s *Service) startLocked(ctx context.Context, p *pkgState) {
 	p.cancel = cancel
 	p.state = nsapi.CodebaseDownloading
 	pkg := p.pkg
-	go func() {
+	s.downloads.Go(func() error {
 		err := s.download(dctx, pkg)
 		s.mu.Lock()
 		cur, ok := s.pkgs[pkg.ID]
 		if !ok || cur != p {
 			s.mu.Unlock()
-			return
+			return nil
 		}
 		p.cancel = nil
 		switch {
@@ -400,7 +405,8 @@ func (s *Service) startLocked(ctx context.Context, p *pkgState) {
 			s.report(ctx)
 			s.Kick()
 		}
-	}()
+		return nil
+	})
 }
 
 // download fetches every missing file of pkg from the sources the NS ranks for us.

@@ -31,7 +31,7 @@ var (
 // registers them with reg, if not nil; counters already registered there are reused.
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	opts := func(name, help string) prometheus.CounterOpts {
-		return prometheus.CounterOpts{Namespace: "siteserver", Subsystem: "netboot", Name: name, Help: help}
+		return prometheus.CounterOpts{Namespace: obs.Namespace, Subsystem: "netboot", Name: name, Help: help}
 	}
 	m := &metrics{
 		requests: prometheus.NewCounterVec(opts("dhcp_requests_total",
