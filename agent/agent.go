@@ -47,7 +47,7 @@ type Agent struct {
 	registrar      *nsapi.Registrar
 	refused        *prometheus.CounterVec // instances refused, by grant reason
 	now            func() time.Time
-	peer           *nsapi.Peer
+	peer           *nsapi.Enrollment
 	tickleMetrics  *tickle.Metrics
 	channelMetrics *tickle.ChannelClientMetrics
 
@@ -110,12 +110,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	a.logger.Info("agent identity", "id", id, "hostname", host)
-	peer := &nsapi.Peer{
+	peer := &nsapi.Enrollment{
 		Endpoint: a.cfg.NS, Kind: nsapi.KindAgent, ID: id, Hostname: host,
 		Dir: filepath.Join(a.cfg.DataDir, "ns", a.cfg.NS.Name),
 	}
 	a.peer = peer
-	if a.registrar, err = nsapi.NewRegistrar([]*nsapi.Peer{peer}, a.register, a.logger, a.reg); err != nil {
+	if a.registrar, err = nsapi.NewRegistrar([]*nsapi.Enrollment{peer}, a.register, a.logger, a.reg); err != nil {
 		return err
 	}
 	var last nsapi.RegisterAgentResponse
@@ -124,7 +124,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	tc := &taskClient{a: a, logger: a.logger.With("part", "task"), wake: make(chan struct{}, 1),
 		done: loadDone(filepath.Join(a.cfg.DataDir, "done.json"))}
-	a.registrar.OnAnswer = func(*nsapi.Peer, any) { tc.kick() }
+	a.registrar.OnAnswer = func(*nsapi.Enrollment, any) { tc.kick() }
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return tc.run(gctx) })
 	g.Go(func() error { return a.registrar.Run(gctx) })
@@ -148,7 +148,7 @@ func (a *Agent) setServers(r nsapi.RegisterAgentResponse) {
 	a.servers, a.have = r, true
 }
 
-func (a *Agent) register(ctx context.Context, p *nsapi.Peer, c *nsapi.Client) (any, time.Duration, error) {
+func (a *Agent) register(ctx context.Context, p *nsapi.Enrollment, c *nsapi.Client) (any, time.Duration, error) {
 	prefixes, err := hostinfo.Addresses(a.cfg.Addresses)
 	if err != nil {
 		return nil, 0, err

@@ -36,6 +36,7 @@ type taskClient struct {
 	parts errgroup.Group
 
 	mu       sync.Mutex
+	refused  map[string]bool // instance/reason pairs already counted
 	serverID string
 	baseURL  string
 	http     *http.Client
@@ -191,10 +192,18 @@ func (t *taskClient) verify(inst nsapi.JobInstance) error {
 		return nil
 	}
 	reason := nsapi.GrantReason(err)
-	t.a.refused.WithLabelValues(reason).Inc()
 	t.mu.Lock()
 	server := t.serverID
+	if t.refused == nil {
+		t.refused = map[string]bool{}
+	}
+	again := t.refused[inst.ID+"/"+reason]
+	t.refused[inst.ID+"/"+reason] = true
 	t.mu.Unlock()
+	if again {
+		return err // counted and logged when first seen; it comes back with every poll
+	}
+	t.a.refused.WithLabelValues(reason).Inc()
 	t.logger.Warn("job instance refused: its grant from the NS does not check", "instance", inst.ID, "job", inst.JobID,
 		"task_server", server, "reason", reason, "err", err)
 	return err

@@ -53,13 +53,13 @@ func (s *Server) admin(h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
-type peerKey struct{}
+type callerKey struct{}
 
-type peerInfo struct{ id, serial, kind string }
+type caller struct{ id, serial, kind string }
 
 // peer admits only requests with a client certificate of the given kind that is the one
 // last issued to that peer (re-enrolling supersedes older certificates).
-func (s *Server) peer(kind string, h http.HandlerFunc) http.HandlerFunc {
+func (s *Server) certified(kind string, h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		id, k, ok := pki.PeerIdentity(r.TLS)
 		if !ok {
@@ -73,13 +73,13 @@ func (s *Server) peer(kind string, h http.HandlerFunc) http.HandlerFunc {
 			return
 		}
 		serial := r.TLS.VerifiedChains[0][0].SerialNumber.Text(16)
-		ctx := context.WithValue(r.Context(), peerKey{}, peerInfo{id: id, serial: serial, kind: k})
+		ctx := context.WithValue(r.Context(), callerKey{}, caller{id: id, serial: serial, kind: k})
 		h(w, r.WithContext(ctx))
 	}
 }
 
 // anyPeer admits a site server or an agent with its latest certificate.
-func (s *Server) anyPeer(h http.HandlerFunc) http.HandlerFunc {
+func (s *Server) anyCertified(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		id, k, ok := pki.PeerIdentity(r.TLS)
 		if !ok {
@@ -98,28 +98,28 @@ func (s *Server) anyPeer(h http.HandlerFunc) http.HandlerFunc {
 			httpx.WriteError(w, http.StatusUnauthorized, "agent %s is not enrolled here with this certificate", id)
 			return
 		}
-		ctx := context.WithValue(r.Context(), peerKey{}, peerInfo{id: id, serial: serial, kind: k})
+		ctx := context.WithValue(r.Context(), callerKey{}, caller{id: id, serial: serial, kind: k})
 		h(w, r.WithContext(ctx))
 	}
 }
 
-func peerFrom(r *http.Request) peerInfo {
-	p, _ := r.Context().Value(peerKey{}).(peerInfo)
+func callerFrom(r *http.Request) caller {
+	p, _ := r.Context().Value(callerKey{}).(caller)
 	return p
 }
 
 // siteServer admits an approved site server presenting its current certificate: a
 // superseded, reset or pending one is refused on every route but registration.
 func (s *Server) siteServer(h http.HandlerFunc) http.HandlerFunc {
-	return s.peer(nsapi.KindSiteServer, func(w http.ResponseWriter, r *http.Request) {
-		if s.currentServer(w, r, peerFrom(r)) {
+	return s.certified(nsapi.KindSiteServer, func(w http.ResponseWriter, r *http.Request) {
+		if s.currentServer(w, r, callerFrom(r)) {
 			h(w, r)
 		}
 	})
 }
 
 // currentServer admits only approved site servers presenting their latest certificate.
-func (s *Server) currentServer(w http.ResponseWriter, r *http.Request, p peerInfo) bool {
+func (s *Server) currentServer(w http.ResponseWriter, r *http.Request, p caller) bool {
 	rec, err := s.store.Server(r.Context(), p.id)
 	switch {
 	case errors.Is(err, store.ErrNotFound):

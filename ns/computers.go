@@ -57,7 +57,7 @@ func (s *Server) handleComputerSeen(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	c.Arch, c.LastServer, c.LastSeen = req.Arch, peerFrom(r).id, now
+	c.Arch, c.LastServer, c.LastSeen = req.Arch, callerFrom(r).id, now
 	if err := s.store.PutComputer(ctx, c); err != nil {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return

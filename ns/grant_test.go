@@ -20,7 +20,7 @@ func TestWorkCarriesGrants(t *testing.T) {
 	if _, err := registerServer(t, ss, []string{"10.1.0.5/16"}, nsapi.ServiceInfo{Name: nsapi.ServiceTask, URL: "https://ss-1"}); err != nil {
 		t.Fatal(err)
 	}
-	agents := map[string]*nsapi.Peer{}
+	agents := map[string]*nsapi.Enrollment{}
 	for _, id := range []string{"pc-1", "pc-2"} {
 		ap := tn.peer(t, nsapi.KindAgent, id, id)
 		c, err := ap.Client(ctx)

@@ -172,7 +172,7 @@ func (s *Server) handleJobStatus(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleWork(w http.ResponseWriter, r *http.Request) {
-	p := peerFrom(r)
+	p := callerFrom(r)
 	insts, err := s.store.Instances(r.Context(), store.InstanceFilter{TaskServer: p.id,
 		States: []string{nsapi.StatePending, nsapi.StateDelivered}, OpenAt: s.now()})
 	if err != nil {
@@ -185,7 +185,7 @@ func (s *Server) handleWork(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
-	p := peerFrom(r)
+	p := callerFrom(r)
 	if r.Header.Get("Content-Encoding") != "zstd" {
 		s.badRequest(w, errors.New("event batches must be sent with Content-Encoding: zstd"))
 		return
@@ -222,7 +222,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handlePresence(w http.ResponseWriter, r *http.Request) {
-	p := peerFrom(r)
+	p := callerFrom(r)
 	b, ok := s.readBody(w, r)
 	if !ok {
 		return

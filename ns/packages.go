@@ -242,7 +242,7 @@ func offers(rec store.ServerRecord, service string) (nsapi.ServiceInfo, bool) {
 }
 
 func (s *Server) handleAssignments(w http.ResponseWriter, r *http.Request) {
-	p := peerFrom(r)
+	p := callerFrom(r)
 	ctx := r.Context()
 	rec, err := s.store.Server(ctx, p.id)
 	if err != nil {
@@ -297,7 +297,7 @@ func stagedGo(p nsapi.Package, server string, cbs []nsapi.Codebase) bool {
 }
 
 func (s *Server) handleCodebaseReport(w http.ResponseWriter, r *http.Request) {
-	p := peerFrom(r)
+	p := callerFrom(r)
 	b, ok := s.readBodyN(w, r, 8<<20)
 	if !ok {
 		return
@@ -412,7 +412,7 @@ func (s *Server) handleSources(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	p := peerFrom(r)
+	p := callerFrom(r)
 	m := s.rules.Load()
 	req := requester{id: p.id}
 	if p.kind == nsapi.KindSiteServer {

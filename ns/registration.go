@@ -27,7 +27,7 @@ func (s *Server) handleRegisterServer(w http.ResponseWriter, r *http.Request) {
 		s.badRequest(w, err)
 		return
 	}
-	p := peerFrom(r)
+	p := callerFrom(r)
 	if req.ID != p.id {
 		s.metrics.registrations.WithLabelValues(nsapi.KindSiteServer, "rejected").Inc()
 		httpx.WriteError(w, http.StatusForbidden, "id %q does not match the client certificate (%q)", req.ID, p.id)
@@ -109,7 +109,7 @@ func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
 		s.badRequest(w, err)
 		return
 	}
-	p := peerFrom(r)
+	p := callerFrom(r)
 	if req.ID != p.id {
 		s.metrics.registrations.WithLabelValues(nsapi.KindAgent, "rejected").Inc()
 		httpx.WriteError(w, http.StatusForbidden, "id %q does not match the client certificate (%q)", req.ID, p.id)

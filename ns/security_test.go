@@ -26,7 +26,7 @@ func TestSecurityReenrollNeedsProof(t *testing.T) {
 		t.Run(kind, func(t *testing.T) {
 			id := "victim-" + kind
 			victim := tn.peer(t, kind, id, id)
-			register := func(p *nsapi.Peer) error {
+			register := func(p *nsapi.Enrollment) error {
 				c, err := p.Client(ctx)
 				if err != nil {
 					return err
@@ -98,7 +98,7 @@ func TestSecurityReenrollNeedsProof(t *testing.T) {
 func TestSecurityPresenceOwnership(t *testing.T) {
 	tn := startNS(t, nil)
 	ctx := context.Background()
-	servers := map[string]*nsapi.Peer{}
+	servers := map[string]*nsapi.Enrollment{}
 	for _, id := range []string{"ss-a", "ss-b"} {
 		p := tn.peer(t, nsapi.KindSiteServer, id, id)
 		if _, err := registerServer(t, p, []string{"10.1.0.5/16"}, nsapi.ServiceInfo{Name: nsapi.ServiceTask, URL: "https://" + id}); err != nil {

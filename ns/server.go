@@ -280,8 +280,8 @@ func (s *Server) refreshGauges(ctx context.Context) {
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST "+nsapi.PathEnroll, s.handleEnroll)
-	mux.HandleFunc("POST "+nsapi.PathRegisterServer, s.peer(nsapi.KindSiteServer, s.handleRegisterServer))
-	mux.HandleFunc("POST "+nsapi.PathRegisterAgent, s.peer(nsapi.KindAgent, s.handleRegisterAgent))
+	mux.HandleFunc("POST "+nsapi.PathRegisterServer, s.certified(nsapi.KindSiteServer, s.handleRegisterServer))
+	mux.HandleFunc("POST "+nsapi.PathRegisterAgent, s.certified(nsapi.KindAgent, s.handleRegisterAgent))
 
 	mux.HandleFunc("GET "+nsapi.PathSites, s.admin(s.handleListSites))
 	mux.HandleFunc("POST "+nsapi.PathSites, s.admin(s.handlePutSite))
@@ -312,10 +312,10 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET "+nsapi.PathPackages, s.admin(s.handleListPackages))
 	mux.HandleFunc("GET "+nsapi.PathPackages+"/{id}", s.admin(s.handlePackageStatus))
 	mux.HandleFunc("DELETE "+nsapi.PathPackages+"/{id}", s.admin(s.handleDeletePackage))
-	mux.HandleFunc("GET "+nsapi.PathPackages+"/{id}/files/{name...}", s.anyPeer(s.handlePackageFile))
+	mux.HandleFunc("GET "+nsapi.PathPackages+"/{id}/files/{name...}", s.anyCertified(s.handlePackageFile))
 	mux.HandleFunc("GET "+nsapi.PathPkgAssignments, s.siteServer(s.handleAssignments))
 	mux.HandleFunc("POST "+nsapi.PathPkgCodebases, s.siteServer(s.handleCodebaseReport))
-	mux.HandleFunc("GET "+nsapi.PathCodebases, s.anyPeer(s.handleSources))
+	mux.HandleFunc("GET "+nsapi.PathCodebases, s.anyCertified(s.handleSources))
 
 	mux.HandleFunc("GET "+nsapi.PathComputerLookup, s.siteServer(s.handleComputerLookup))
 	mux.HandleFunc("POST "+nsapi.PathComputerSeen, s.siteServer(s.handleComputerSeen))

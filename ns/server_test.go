@@ -76,20 +76,20 @@ func startNS(t *testing.T, mod func(*ServerConfig)) *testNS {
 	return tn
 }
 
-func (tn *testNS) peer(t *testing.T, kind, id, host string) *nsapi.Peer {
+func (tn *testNS) peer(t *testing.T, kind, id, host string) *nsapi.Enrollment {
 	t.Helper()
 	tok := testServerToken
 	if kind == nsapi.KindAgent {
 		tok = testAgentToken
 	}
-	return &nsapi.Peer{
+	return &nsapi.Enrollment{
 		Endpoint: nsapi.Endpoint{Name: "test", URL: tn.url, EnrollmentToken: tok},
 		Kind:     kind, ID: id, Hostname: host, Dir: filepath.Join(t.TempDir(), id),
 		InProcess: func(context.Context) (string, []byte, error) { return tn.url, tn.ca, nil },
 	}
 }
 
-func registerServer(t *testing.T, p *nsapi.Peer, addrs []string, services ...nsapi.ServiceInfo) (nsapi.RegisterServerResponse, error) {
+func registerServer(t *testing.T, p *nsapi.Enrollment, addrs []string, services ...nsapi.ServiceInfo) (nsapi.RegisterServerResponse, error) {
 	t.Helper()
 	c, err := p.Client(context.Background())
 	if err != nil {
@@ -426,7 +426,7 @@ func TestMetricsLint(t *testing.T) {
 	if _, err := newServerMetrics(reg); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := nsapi.NewRegistrar([]*nsapi.Peer{{Endpoint: nsapi.Endpoint{Name: "central"}}}, nil, nil, reg); err != nil {
+	if _, err := nsapi.NewRegistrar([]*nsapi.Enrollment{{Endpoint: nsapi.Endpoint{Name: "central"}}}, nil, nil, reg); err != nil {
 		t.Fatal(err)
 	}
 	problems, err := testutil.GatherAndLint(reg)

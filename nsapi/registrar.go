@@ -20,20 +20,20 @@ import (
 
 // RegisterFunc performs one registration (or heartbeat) with an authenticated client and
 // returns what should be remembered from the answer plus the interval until the next one.
-type RegisterFunc func(ctx context.Context, p *Peer, c *Client) (answer any, next time.Duration, err error)
+type RegisterFunc func(ctx context.Context, p *Enrollment, c *Client) (answer any, next time.Duration, err error)
 
 // Registrar keeps a site server or agent registered with each of its NSes: it registers at
 // start and then on the heartbeat interval the NS gives; while an NS is unreachable it retries
-// with jittered exponential backoff and keeps the last answer it had (saved in the peer's
+// with jittered exponential backoff and keeps the last answer it had (saved in the enrollment's
 // directory, so it survives restarts too).
 type Registrar struct {
-	Peers    []*Peer
+	Peers    []*Enrollment
 	Register RegisterFunc
 	Logger   *slog.Logger
 	// Backoff bounds; zero means 1s and 5m.
 	MinBackoff, MaxBackoff time.Duration
 	// OnAnswer, if set, is called after every successful registration.
-	OnAnswer func(p *Peer, answer any)
+	OnAnswer func(p *Enrollment, answer any)
 
 	metrics *registrarMetrics
 	mu      sync.Mutex
@@ -59,7 +59,7 @@ type registrarMetrics struct {
 }
 
 // NewRegistrar builds a registrar and registers its metrics (subsystem "registration").
-func NewRegistrar(peers []*Peer, register RegisterFunc, logger *slog.Logger, reg prometheus.Registerer) (*Registrar, error) {
+func NewRegistrar(peers []*Enrollment, register RegisterFunc, logger *slog.Logger, reg prometheus.Registerer) (*Registrar, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -138,7 +138,7 @@ func (r *Registrar) backoff(failures int) time.Duration {
 	return backoff.Delay(failures, lo, hi)
 }
 
-func (r *Registrar) loop(ctx context.Context, p *Peer) {
+func (r *Registrar) loop(ctx context.Context, p *Enrollment) {
 	log := r.Logger.With("ns", p.Endpoint.Name)
 	failures := 0
 	for {
@@ -169,7 +169,7 @@ func (r *Registrar) loop(ctx context.Context, p *Peer) {
 	}
 }
 
-func (r *Registrar) once(ctx context.Context, p *Peer) (time.Duration, error) {
+func (r *Registrar) once(ctx context.Context, p *Enrollment) (time.Duration, error) {
 	name := p.Endpoint.Name
 	c, err := p.Client(ctx)
 	if err != nil {

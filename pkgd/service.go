@@ -33,7 +33,7 @@ import (
 type Service struct {
 	cfg     Config
 	id      string
-	peer    *nsapi.Peer
+	peer    *nsapi.Enrollment
 	logger  *slog.Logger
 	reg     prometheus.Registerer
 	now     func() time.Time
@@ -76,7 +76,7 @@ type serviceMetrics struct {
 
 // New builds the package service; nothing is opened or bound until Run. peer is the NS
 // link whose assignments it follows.
-func New(cfg Config, id string, peer *nsapi.Peer, logger *slog.Logger, reg prometheus.Registerer) (*Service, error) {
+func New(cfg Config, id string, peer *nsapi.Enrollment, logger *slog.Logger, reg prometheus.Registerer) (*Service, error) {
 	cfg.Defaults()
 	if err := cfg.Validate("services.package"); err != nil {
 		return nil, err

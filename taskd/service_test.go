@@ -138,8 +138,8 @@ func (ns *testNS) link(t *testing.T) *NSLink {
 			t.Fatal(err)
 		}
 	}
-	peer := &nsapi.Peer{Endpoint: nsapi.Endpoint{Name: "main", URL: ns.srv.URL}, Kind: nsapi.KindSiteServer, ID: testServerID, Dir: dir}
-	return &NSLink{Peer: peer, Settings: func() (nsapi.Settings, bool) {
+	peer := &nsapi.Enrollment{Endpoint: nsapi.Endpoint{Name: "main", URL: ns.srv.URL}, Kind: nsapi.KindSiteServer, ID: testServerID, Dir: dir}
+	return &NSLink{Enrollment: peer, Settings: func() (nsapi.Settings, bool) {
 		return nsapi.Settings{TaskUpdateInterval: time.Hour, TaskRequestInterval: 30 * time.Minute}, true
 	}}
 }
@@ -481,7 +481,7 @@ func TestRunJoinsGoroutines(t *testing.T) {
 	// Connections the test's own clients keep idle are not the service's.
 	agent.tls.CloseIdleConnections()
 	agent.plain.CloseIdleConnections()
-	if c, err := link.Peer.Client(context.Background()); err == nil {
+	if c, err := link.Enrollment.Client(context.Background()); err == nil {
 		c.CloseIdle()
 	}
 	deadline := time.Now().Add(10 * time.Second)

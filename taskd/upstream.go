@@ -23,7 +23,7 @@ import (
 
 // NSLink is the task service's view of one NS the site server is registered with.
 type NSLink struct {
-	Peer *nsapi.Peer
+	Enrollment *nsapi.Enrollment
 	// Settings returns the last settings the NS handed out, if any.
 	Settings func() (nsapi.Settings, bool)
 	// Kick asks for a registration now (the NS said its settings changed).
@@ -53,7 +53,7 @@ type nsState struct {
 // runNS sets up one NS link (credentials, spool, tickle key) and then forwards events and
 // reports presence for it until ctx is done.
 func (s *Service) runNS(ctx context.Context, l *NSLink) {
-	name := l.Peer.Endpoint.Name
+	name := l.Enrollment.Endpoint.Name
 	log := s.logger.With("ns", name)
 	spool, err := OpenSpool(filepath.Join(s.cfg.DataDir, "spool", name))
 	if err != nil {
@@ -89,7 +89,7 @@ func (s *Service) runNS(ctx context.Context, l *NSLink) {
 	s.kickFetch()
 
 	var g errgroup.Group
-	if l.Peer.Endpoint.TickleChannel && l.Channel != nil {
+	if l.Enrollment.Endpoint.TickleChannel && l.Channel != nil {
 		g.Go(func() error { s.nsChannel(ctx, st, log); return nil })
 	}
 	g.Go(func() error { s.deliveredLoop(ctx, st, log); return nil })
@@ -99,15 +99,15 @@ func (s *Service) runNS(ctx context.Context, l *NSLink) {
 }
 
 func (s *Service) setupNS(ctx context.Context, l *NSLink, spool *Spool) (*nsState, error) {
-	c, err := l.Peer.Client(ctx)
+	c, err := l.Enrollment.Client(ctx)
 	if err != nil {
 		return nil, err
 	}
-	cert, err := l.Peer.Certificate(ctx)
+	cert, err := l.Enrollment.Certificate(ctx)
 	if err != nil {
 		return nil, err
 	}
-	caPEM, err := l.Peer.CA(ctx)
+	caPEM, err := l.Enrollment.CA(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -115,14 +115,14 @@ func (s *Service) setupNS(ctx context.Context, l *NSLink, spool *Spool) (*nsStat
 	if err != nil {
 		return nil, fmt.Errorf("NS CA: %w", err)
 	}
-	tk, ok := l.Peer.TickleKey()
+	tk, ok := l.Enrollment.TickleKey()
 	if !ok || tk.Sender == "" {
 		return nil, errors.New("no tickle key from enrollment")
 	}
 	if err := s.keys.Set(tk.Sender, tk.ID, tk.Key); err != nil {
 		return nil, err
 	}
-	return &nsState{registered: make(chan struct{}, 1), name: l.Peer.Endpoint.Name, link: l, client: c, root: root, cert: cert, nsID: tk.Sender, spool: spool,
+	return &nsState{registered: make(chan struct{}, 1), name: l.Enrollment.Endpoint.Name, link: l, client: c, root: root, cert: cert, nsID: tk.Sender, spool: spool,
 		deliverWake: make(chan struct{}, 1)}, nil
 }
 

@@ -240,7 +240,7 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 	g := &service.Group{}
 	g.Add(&obs.Endpoint{Addr: cfg.Metrics.Listen, Registry: reg, Ready: g.Ready, Logger: logger, Pprof: cfg.Metrics.Pprof})
 	for _, ep := range cfg.NS {
-		s.peers = append(s.peers, &nsapi.Peer{Endpoint: ep, Kind: nsapi.KindSiteServer, ID: id, Hostname: host,
+		s.peers = append(s.peers, &nsapi.Enrollment{Endpoint: ep, Kind: nsapi.KindSiteServer, ID: id, Hostname: host,
 			Dir: filepath.Join(cfg.DataDir, "peers", ep.Name)})
 	}
 	if len(cfg.NS) == 0 {
@@ -274,7 +274,7 @@ type siteServer struct {
 	id, host  string
 	logger    *slog.Logger
 	reg       prometheus.Registerer
-	peers     []*nsapi.Peer
+	peers     []*nsapi.Enrollment
 	registrar *nsapi.Registrar
 	task      *taskd.Service
 	pkg       *pkgd.Service
@@ -337,7 +337,7 @@ func (s *siteServer) buildTask() error {
 	var links []*taskd.NSLink
 	for _, p := range s.peers {
 		links = append(links, &taskd.NSLink{
-			Peer: p,
+			Enrollment: p,
 			Settings: func() (nsapi.Settings, bool) {
 				var last nsapi.RegisterServerResponse
 				ok := s.registrar.Last(p.Endpoint.Name, &last)
@@ -357,7 +357,7 @@ func (s *siteServer) buildTask() error {
 }
 
 // register reports this site server and its services to one NS.
-func (s *siteServer) register(ctx context.Context, p *nsapi.Peer, c *nsapi.Client) (any, time.Duration, error) {
+func (s *siteServer) register(ctx context.Context, p *nsapi.Enrollment, c *nsapi.Client) (any, time.Duration, error) {
 	addrs, err := hostinfo.Addresses(s.cfg.Addresses)
 	if err != nil {
 		return nil, 0, err
@@ -386,7 +386,7 @@ func (s *siteServer) register(ctx context.Context, p *nsapi.Peer, c *nsapi.Clien
 	return resp, resp.Settings.HeartbeatInterval, nil
 }
 
-func (s *siteServer) onAnswer(p *nsapi.Peer, answer any) {
+func (s *siteServer) onAnswer(p *nsapi.Enrollment, answer any) {
 	resp := answer.(nsapi.RegisterServerResponse)
 	var names []string
 	for _, st := range resp.Sites {
@@ -399,7 +399,7 @@ func (s *siteServer) onAnswer(p *nsapi.Peer, answer any) {
 	}
 }
 
-func embeddedNS(cfg Serve, id, host string, logger *slog.Logger, reg prometheus.Registerer) (*ns.Server, *nsapi.Peer, error) {
+func embeddedNS(cfg Serve, id, host string, logger *slog.Logger, reg prometheus.Registerer) (*ns.Server, *nsapi.Enrollment, error) {
 	dir := filepath.Join(cfg.DataDir, "ns")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("embedded NS: %w", err)
@@ -420,7 +420,7 @@ func embeddedNS(cfg Serve, id, host string, logger *slog.Logger, reg prometheus.
 	if err != nil {
 		return nil, nil, fmt.Errorf("embedded NS: %w", err)
 	}
-	peer := &nsapi.Peer{
+	peer := &nsapi.Enrollment{
 		Endpoint: nsapi.Endpoint{Name: "embedded", EnrollmentToken: toks[0]},
 		Kind:     nsapi.KindSiteServer, ID: id, Hostname: host,
 		Dir: filepath.Join(cfg.DataDir, "peers", "embedded"),
@@ -474,7 +474,7 @@ func agentDownload(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	peer := &nsapi.Peer{Endpoint: cfg.NS, Kind: nsapi.KindAgent, ID: id, Hostname: host, Dir: filepath.Join(cfg.DataDir, "ns", cfg.NS.Name)}
+	peer := &nsapi.Enrollment{Endpoint: cfg.NS, Kind: nsapi.KindAgent, ID: id, Hostname: host, Dir: filepath.Join(cfg.DataDir, "ns", cfg.NS.Name)}
 	c, err := peer.Client(ctx)
 	if err != nil {
 		return err

@@ -73,8 +73,8 @@ ns:
 	nsURL := "https://" + nsProc.waitLog("NS API listening")["addr"].(string)
 	caFile := filepath.Join(dir, "ns", "ca.crt")
 	ctx := context.Background()
-	peer := func(kind, id, host, token string) *nsapi.Peer {
-		return &nsapi.Peer{Endpoint: nsapi.Endpoint{Name: "central", URL: nsURL, CAFile: caFile, EnrollmentToken: token},
+	peer := func(kind, id, host, token string) *nsapi.Enrollment {
+		return &nsapi.Enrollment{Endpoint: nsapi.Endpoint{Name: "central", URL: nsURL, CAFile: caFile, EnrollmentToken: token},
 			Kind: kind, ID: id, Hostname: host, Dir: filepath.Join(dir, "peers", id)}
 	}
 

@@ -55,9 +55,9 @@ type TickleKey struct {
 	Sender string `json:"sender"`
 }
 
-// Peer is a site server's or agent's enrolled link to one NS: it enrolls once, keeps the
+// Enrollment is a site server's or agent's identity at one NS: it enrolls once, keeps the
 // credentials in Dir, and hands out a client that authenticates with them.
-type Peer struct {
+type Enrollment struct {
 	Endpoint Endpoint
 	Kind     string
 	ID       string
@@ -74,10 +74,10 @@ type Peer struct {
 	status string
 }
 
-func (p *Peer) path(name string) string { return filepath.Join(p.Dir, name) }
+func (p *Enrollment) path(name string) string { return filepath.Join(p.Dir, name) }
 
 // Client returns an authenticated client, enrolling first if there are no credentials.
-func (p *Peer) Client(ctx context.Context) (*Client, error) {
+func (p *Enrollment) Client(ctx context.Context) (*Client, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.client != nil {
@@ -106,7 +106,7 @@ func (p *Peer) Client(ctx context.Context) (*Client, error) {
 
 // Forget drops the credentials so that the next Client call enrolls again; used when the
 // NS no longer knows this certificate (its data was reset, or we were enrolled again elsewhere).
-func (p *Peer) Forget() {
+func (p *Enrollment) Forget() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.client != nil {
@@ -117,7 +117,7 @@ func (p *Peer) Forget() {
 }
 
 // TickleKey returns the tickle key from enrollment (site servers only).
-func (p *Peer) TickleKey() (TickleKey, bool) {
+func (p *Enrollment) TickleKey() (TickleKey, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.tickle == nil {
@@ -134,7 +134,7 @@ func (p *Peer) TickleKey() (TickleKey, bool) {
 	return *p.tickle, true
 }
 
-func (p *Peer) caPEM() ([]byte, error) {
+func (p *Enrollment) caPEM() ([]byte, error) {
 	if p.Endpoint.CAFile != "" {
 		b, err := os.ReadFile(p.Endpoint.CAFile)
 		if err != nil {
@@ -149,7 +149,7 @@ func (p *Peer) caPEM() ([]byte, error) {
 	return b, err
 }
 
-func (p *Peer) newClient(ctx context.Context, cert *tls.Certificate) (*Client, error) {
+func (p *Enrollment) newClient(ctx context.Context, cert *tls.Certificate) (*Client, error) {
 	base := p.Endpoint.URL
 	var ca []byte
 	var err error
@@ -178,7 +178,7 @@ func (p *Peer) newClient(ctx context.Context, cert *tls.Certificate) (*Client, e
 
 // Renew enrolls again with a new key, proving the identity with the current certificate
 // (the NS refuses a token alone for a GUID it knows). The next Client uses the new one.
-func (p *Peer) Renew(ctx context.Context) error {
+func (p *Enrollment) Renew(ctx context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	cert, err := tls.LoadX509KeyPair(p.path("client.crt"), p.path("client.key"))
@@ -195,10 +195,10 @@ func (p *Peer) Renew(ctx context.Context) error {
 	return nil
 }
 
-func (p *Peer) enroll(ctx context.Context) error { return p.enrollWith(ctx, nil) }
+func (p *Enrollment) enroll(ctx context.Context) error { return p.enrollWith(ctx, nil) }
 
 // enrollWith enrolls, presenting current (when not nil) as proof of the identity.
-func (p *Peer) enrollWith(ctx context.Context, current *tls.Certificate) error {
+func (p *Enrollment) enrollWith(ctx context.Context, current *tls.Certificate) error {
 	key, err := pki.NewClientKey()
 	if err != nil {
 		return err
@@ -270,7 +270,7 @@ func checkIssued(certPEM string, key *ecdsa.PrivateKey) error {
 
 // Certificate returns the client certificate from enrollment, enrolling first if needed.
 // Site servers also present it to their agents, who check it against the same NS CA.
-func (p *Peer) Certificate(ctx context.Context) (tls.Certificate, error) {
+func (p *Enrollment) Certificate(ctx context.Context) (tls.Certificate, error) {
 	if _, err := p.Client(ctx); err != nil {
 		return tls.Certificate{}, err
 	}
@@ -278,7 +278,7 @@ func (p *Peer) Certificate(ctx context.Context) (tls.Certificate, error) {
 }
 
 // CA returns the NS's CA certificate (PEM) as this peer trusts it.
-func (p *Peer) CA(ctx context.Context) ([]byte, error) {
+func (p *Enrollment) CA(ctx context.Context) ([]byte, error) {
 	if p.InProcess != nil {
 		_, ca, err := p.InProcess(ctx)
 		return ca, err
@@ -297,7 +297,7 @@ func (p *Peer) CA(ctx context.Context) ([]byte, error) {
 const jobKeyFile = "job-key.pub"
 
 // JobKey returns the NS job key this agent pinned, if it has one.
-func (p *Peer) JobKey() (ed25519.PublicKey, bool) {
+func (p *Enrollment) JobKey() (ed25519.PublicKey, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	b, err := os.ReadFile(p.path(jobKeyFile))
@@ -310,13 +310,13 @@ func (p *Peer) JobKey() (ed25519.PublicKey, bool) {
 // PinJobKey keeps key as the NS's job key if none is pinned yet (an agent enrolled before
 // grants existed learns it from its next registration, over the same pinned-CA channel).
 // A different key from the one pinned is refused: only a new enrollment replaces it.
-func (p *Peer) PinJobKey(key []byte) error {
+func (p *Enrollment) PinJobKey(key []byte) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.pinJobKey(key, false)
 }
 
-func (p *Peer) pinJobKey(key []byte, replace bool) error {
+func (p *Enrollment) pinJobKey(key []byte, replace bool) error {
 	if len(key) != ed25519.PublicKeySize {
 		return fmt.Errorf("the NS sent no job signing key (%d bytes)", len(key))
 	}
