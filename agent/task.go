@@ -194,8 +194,8 @@ func (t *taskClient) verify(inst nsapi.JobInstance) error {
 	reason := nsapi.GrantReason(err)
 	t.mu.Lock()
 	server := t.serverID
-	if t.refused == nil {
-		t.refused = map[string]bool{}
+	if t.refused == nil || len(t.refused) >= 10000 {
+		t.refused = map[string]bool{} // bounded whatever a task server sends
 	}
 	again := t.refused[inst.ID+"/"+reason]
 	t.refused[inst.ID+"/"+reason] = true
