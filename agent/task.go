@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -158,7 +159,7 @@ func (t *taskClient) cycle(ctx context.Context, conn net.PacketConn) error {
 	}
 	var jobs taskapi.JobsResponse
 	err := t.call(ctx, http.MethodGet, taskapi.PathJobs, nil, &jobs)
-	if errors.Is(err, errNotRegistered) {
+	if errors.Is(err, errNotRegistered) || errors.Is(err, errRefused) {
 		t.mu.Lock()
 		t.serverID = ""
 		t.mu.Unlock()
@@ -209,7 +210,12 @@ func (t *taskClient) verify(inst nsapi.JobInstance) error {
 	return err
 }
 
-var errNotRegistered = errors.New("not registered with the task server")
+var (
+	errNotRegistered = errors.New("not registered with the task server")
+	// errRefused: the task server refused our credentials (a certificate revoked or
+	// superseded since); registering again uses the current ones.
+	errRefused = errors.New("task server refused the agent's credentials")
+)
 
 func (t *taskClient) ensureRegistered(ctx context.Context, conn net.PacketConn) error {
 	srv, ok := t.a.Servers()
@@ -317,13 +323,19 @@ func (t *taskClient) call(ctx context.Context, method, path string, in, out any)
 	if err != nil {
 		return err
 	}
-	if signedCall && resp.StatusCode != http.StatusUnauthorized {
+	// Checked before the answer's signature: a task server that forgot the agent (or
+	// refuses its certificate) cannot sign with a key it no longer has, and the remedy,
+	// registering again over mTLS, is safe whoever sent the answer.
+	switch resp.StatusCode {
+	case http.StatusNotFound:
+		return errNotRegistered
+	case http.StatusUnauthorized:
+		return fmt.Errorf("%w: %s", errRefused, strings.TrimSpace(string(b)))
+	}
+	if signedCall {
 		if err := taskapi.VerifyResponse(key, ts, b, resp.Header.Get(taskapi.SignatureHeader)); err != nil {
 			return err
 		}
-	}
-	if resp.StatusCode == http.StatusNotFound {
-		return errNotRegistered
 	}
 	if resp.StatusCode/100 != 2 {
 		var er nsapi.ErrorResponse

@@ -143,6 +143,10 @@ func (s *Server) recordEnrollment(w http.ResponseWriter, r *http.Request, req ns
 			s.refuseReenroll(w, r, req)
 			return false
 		}
+		if err := s.store.Revoke(ctx, rec.CertSerial, req.Kind, req.ID, now); err != nil {
+			httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+			return false
+		}
 		// Always a fresh tickle key: enrollment never hands out a secret issued before.
 		rec.TickleKey, rec.TickleKeyID = newTickleKey()
 		rec.Hostname = req.Hostname
@@ -162,6 +166,10 @@ func (s *Server) recordEnrollment(w http.ResponseWriter, r *http.Request, req ns
 			return false
 		case !s.mayReenroll(r, req, rec.CertSerial):
 			s.refuseReenroll(w, r, req)
+			return false
+		}
+		if err := s.store.Revoke(ctx, rec.CertSerial, req.Kind, req.ID, now); err != nil {
+			httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 			return false
 		}
 		rec.ID, rec.Hostname, rec.CertSerial, rec.Enrolled = req.ID, req.Hostname, serial, now

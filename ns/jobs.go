@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/siteserver/siteserver/internal/httpx"
+	"github.com/siteserver/siteserver/internal/pki"
 	"github.com/siteserver/siteserver/ns/store"
 	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/tickle"
@@ -37,6 +38,10 @@ func (s *Server) sweep(ctx context.Context, every time.Duration) {
 			s.logger.Info("job instances expired", "count", n)
 		}
 		s.refreshJobGauges(ctx)
+		// A revoked certificate past its end needs no listing any more.
+		if _, err := s.store.PruneRevoked(ctx, s.now().Add(-pki.ClientValidity)); err != nil {
+			s.logger.Warn("pruning revoked serials", "err", err)
+		}
 		select {
 		case <-ctx.Done():
 			return

@@ -10,6 +10,7 @@ import (
 	"strconv"
 
 	"github.com/siteserver/siteserver/internal/httpx"
+	"github.com/siteserver/siteserver/internal/pki"
 	"github.com/siteserver/siteserver/ns/store"
 	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/sites"
@@ -67,6 +68,11 @@ func (s *Server) handleRegisterServer(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteJSON(w, http.StatusForbidden, nsapi.ErrorResponse{Error: "site server is pending approval by an administrator"})
 		return
 	}
+	revoked, err := s.store.RevokedSince(ctx, s.now().Add(-pki.ClientValidity))
+	if err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
 	s.metrics.registrations.WithLabelValues(nsapi.KindSiteServer, "ok").Inc()
 	httpx.WriteJSON(w, http.StatusOK, nsapi.RegisterServerResponse{
 		ID:       rec.ID,
@@ -75,6 +81,7 @@ func (s *Server) handleRegisterServer(w http.ResponseWriter, r *http.Request) {
 		Settings: s.cfg.Settings,
 		NSID:     s.nsID(),
 		Channel:  s.channelAddr(r),
+		Revoked:  revoked,
 	})
 }
 

@@ -84,6 +84,9 @@ func (s *Server) handleResetServer(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	rec, err := s.store.Server(r.Context(), id)
 	if err == nil {
+		err = s.store.Revoke(r.Context(), rec.CertSerial, nsapi.KindSiteServer, id, s.now().UTC())
+	}
+	if err == nil {
 		rec.CertSerial = ""
 		err = s.store.PutServer(r.Context(), rec)
 	}
@@ -96,6 +99,9 @@ func (s *Server) handleResetAgent(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	s.mu.Lock()
 	rec, err := s.store.Agent(r.Context(), id)
+	if err == nil {
+		err = s.store.Revoke(r.Context(), rec.CertSerial, nsapi.KindAgent, id, s.now().UTC())
+	}
 	if err == nil {
 		rec.CertSerial = ""
 		err = s.store.PutAgent(r.Context(), rec)

@@ -117,6 +117,9 @@ type RegisterServerResponse struct {
 	NSID     string      `json:"ns_id"`
 	// Channel is where the NS takes persistent tickle channels ("" when it has none).
 	Channel string `json:"channel,omitempty"`
+	// Revoked lists the serials (hex) of certificates from this NS's CA that were revoked
+	// before their end (superseded or reset): task servers refuse them from this answer on.
+	Revoked []string `json:"revoked,omitempty"`
 }
 
 // RegisterAgentRequest is what an agent reports about itself.

@@ -35,10 +35,11 @@ type Registrar struct {
 	// OnAnswer, if set, is called after every successful registration.
 	OnAnswer func(p *Enrollment, answer any)
 
-	metrics *registrarMetrics
-	mu      sync.Mutex
-	last    map[string]json.RawMessage
-	kick    map[string]chan struct{}
+	metrics   *registrarMetrics
+	mu        sync.Mutex
+	last      map[string]json.RawMessage
+	kick      map[string]chan struct{}
+	forgotten map[string]bool // NSes whose refusal made us enroll again
 }
 
 // Kick makes the registrar register with the named NS now, for example because the NS
@@ -91,7 +92,7 @@ func NewRegistrar(peers []*Enrollment, register RegisterFunc, logger *slog.Logge
 	for _, p := range peers {
 		kick[p.Endpoint.Name] = make(chan struct{}, 1)
 	}
-	return &Registrar{Peers: peers, Register: register, Logger: logger, metrics: m, last: map[string]json.RawMessage{}, kick: kick}, nil
+	return &Registrar{Peers: peers, Register: register, Logger: logger, metrics: m, last: map[string]json.RawMessage{}, kick: kick, forgotten: map[string]bool{}}, nil
 }
 
 // Last returns the last answer from the named NS, decoded into v, from memory or from disk.
@@ -181,9 +182,21 @@ func (r *Registrar) once(ctx context.Context, p *Enrollment) (time.Duration, err
 		r.metrics.attempts.WithLabelValues(name, resultOf(err)).Inc()
 		if StatusOf(err) == http.StatusUnauthorized {
 			// The NS does not know this certificate (any more): enroll again next time.
+			// That succeeds only if an administrator reset this identity, or the NS lost it.
+			r.Logger.Warn("the NS refused this certificate (superseded, reset or unknown); enrolling again", "ns", name, "id", p.ID, "err", err)
 			p.Forget()
+			r.mu.Lock()
+			r.forgotten[name] = true
+			r.mu.Unlock()
 		}
 		return 0, err
+	}
+	r.mu.Lock()
+	again := r.forgotten[name]
+	delete(r.forgotten, name)
+	r.mu.Unlock()
+	if again {
+		r.Logger.Info("enrolled again after the NS refused the certificate", "ns", name, "id", p.ID)
 	}
 	r.metrics.attempts.WithLabelValues(name, "ok").Inc()
 	r.metrics.registered.WithLabelValues(name).Set(1)

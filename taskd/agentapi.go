@@ -58,6 +58,10 @@ func (s *Service) newChannelServer(conn net.PacketConn) (*tickle.ChannelServer, 
 			if err == nil && kind != nsapi.KindAgent {
 				err = fmt.Errorf("a %s certificate cannot open an agent channel", kind)
 			}
+			if err == nil && s.revoked(cs.PeerCertificates[0].SerialNumber.Text(16)) {
+				s.metrics.revokedRefusals.Inc()
+				err = errors.New("certificate revoked by the NS")
+			}
 			return id, err
 		},
 	})
@@ -111,8 +115,9 @@ func (s *Service) serverTLS() *tls.Config {
 }
 
 type agentPeer struct {
-	id string
-	ns *nsState
+	id     string
+	serial string // of the certificate the request came with ("" on the plain-HTTP API)
+	ns     *nsState
 }
 
 func (s *Service) handler() http.Handler {
@@ -140,7 +145,13 @@ func (s *Service) agentOnly(h func(http.ResponseWriter, *http.Request, agentPeer
 			httpx.WriteError(w, http.StatusUnauthorized, "certificate from an NS this server is not linked to")
 			return
 		}
-		h(w, r, agentPeer{id: id, ns: st})
+		serial := r.TLS.PeerCertificates[0].SerialNumber.Text(16)
+		if s.revoked(serial) {
+			s.metrics.revokedRefusals.Inc()
+			httpx.WriteError(w, http.StatusUnauthorized, "this certificate was revoked by the NS; the agent must enroll again")
+			return
+		}
+		h(w, r, agentPeer{id: id, serial: serial, ns: st})
 	}
 }
 
@@ -166,7 +177,7 @@ func (s *Service) handleRegister(w http.ResponseWriter, r *http.Request, p agent
 		httpx.WriteError(w, http.StatusForbidden, "id %q does not match the client certificate (%q)", req.ID, p.id)
 		return
 	}
-	rec := agentRecord{ID: p.id, NS: p.ns.name, Hostname: req.Hostname, Registered: time.Now(), LastContact: time.Now()}
+	rec := agentRecord{ID: p.id, NS: p.ns.name, Hostname: req.Hostname, Serial: p.serial, Registered: time.Now(), LastContact: time.Now()}
 	if req.TicklePort != 0 {
 		if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
 			rec.TickleAddr = netip.AddrPortFrom(ap.Addr().Unmap(), req.TicklePort).String()

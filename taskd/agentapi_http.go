@@ -44,6 +44,12 @@ func (s *Service) signed(h func(http.ResponseWriter, *http.Request, agentPeer, [
 		var rec agentRecord
 		id, ts, err := taskapi.VerifyRequest(r, body, func(id string) ([]byte, bool) {
 			a, ok := s.reg.get(id)
+			if ok && s.revoked(a.Serial) {
+				// Registered with a certificate revoked since: as good as not registered,
+				// and registering again needs a certificate that is not revoked.
+				s.metrics.revokedRefusals.Inc()
+				return nil, false
+			}
 			rec = a
 			return a.apiKey, ok
 		}, time.Now())

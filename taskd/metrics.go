@@ -23,6 +23,7 @@ type metrics struct {
 	instances       *prometheus.GaugeVec
 	registrations   prometheus.Counter
 	authFailures    prometheus.Counter
+	revokedRefusals prometheus.Counter
 	channel         *tickle.ChannelServerMetrics
 }
 
@@ -52,6 +53,7 @@ func newMetrics(reg prometheus.Registerer, s *Service) (*metrics, error) {
 		forwardErrors:   prometheus.NewCounter(prometheus.CounterOpts(opts("forward_errors_total", "Failed attempts to forward a batch of status events."))),
 		registrations:   prometheus.NewCounter(prometheus.CounterOpts(opts("agent_registrations_total", "Agent registrations accepted."))),
 		authFailures:    prometheus.NewCounter(prometheus.CounterOpts(opts("agent_auth_failures_total", "Signed agent requests refused: bad signature, stale or replayed."))),
+		revokedRefusals: prometheus.NewCounter(prometheus.CounterOpts(opts("revoked_refusals_total", "Agent requests and channels refused because the NS revoked the agent's certificate."))),
 		spools:          spoolsCollector{spools: s.spools},
 		agents: prometheus.NewGaugeFunc(prometheus.GaugeOpts(opts("agents_registered", "Agents registered with this task server.")),
 			func() float64 { r, _ := s.agentCounts(); return float64(r) }),
@@ -63,7 +65,7 @@ func newMetrics(reg prometheus.Registerer, s *Service) (*metrics, error) {
 		m.instances.WithLabelValues(st)
 	}
 	for _, c := range []prometheus.Collector{m.fetchDuration, m.fetchErrors, m.eventsReceived, m.eventsForwarded,
-		m.forwardErrors, m.registrations, m.authFailures, m.spools, m.agents, m.online, m.instances} {
+		m.forwardErrors, m.registrations, m.authFailures, m.revokedRefusals, m.spools, m.agents, m.online, m.instances} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -210,6 +210,9 @@ type agentRecord struct {
 	TickleAddr  string // ip:port, "" when none
 	TickleKey   []byte
 	TickleKeyID uint32
+	// Serial is the agent's certificate serial (hex) when it registered; a revoked serial
+	// makes its registration worthless on the plain-HTTP API too.
+	Serial      string
 	apiKey      []byte // APIKey(TickleKey), derived once
 	Registered  time.Time
 	LastContact time.Time

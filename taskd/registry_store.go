@@ -51,18 +51,19 @@ type storedAgent struct {
 	TickleAddr  string    `json:"tickle_addr"`
 	TickleKey   []byte    `json:"tickle_key"`
 	TickleKeyID uint32    `json:"tickle_key_id"`
+	Serial      string    `json:"serial,omitempty"`
 	Registered  time.Time `json:"registered"`
 	LastContact time.Time `json:"last_contact"`
 }
 
 func toStored(a agentRecord) storedAgent {
 	return storedAgent{ID: a.ID, NS: a.NS, Hostname: a.Hostname, TickleAddr: a.TickleAddr, TickleKey: a.TickleKey,
-		TickleKeyID: a.TickleKeyID, Registered: a.Registered, LastContact: a.LastContact}
+		TickleKeyID: a.TickleKeyID, Serial: a.Serial, Registered: a.Registered, LastContact: a.LastContact}
 }
 
 func (s storedAgent) record() agentRecord {
 	return agentRecord{ID: s.ID, NS: s.NS, Hostname: s.Hostname, TickleAddr: s.TickleAddr, TickleKey: s.TickleKey,
-		TickleKeyID: s.TickleKeyID, Registered: s.Registered, LastContact: s.LastContact}
+		TickleKeyID: s.TickleKeyID, Serial: s.Serial, Registered: s.Registered, LastContact: s.LastContact}
 }
 
 type agentsSnapshot struct {

@@ -46,6 +46,10 @@ type Service struct {
 	fanout    []*builtTickles // per-part scratch of tickleAgents, which only fetchLoop calls
 	senders   map[senderKey]*tickle.Sender
 
+	revokedMu  sync.Mutex
+	revokedBy  map[string][]string // NS name -> serials it revoked
+	revokedSet atomic.Pointer[map[string]bool]
+
 	ready     atomic.Bool
 	bound     chan struct{}
 	agentAddr net.Addr

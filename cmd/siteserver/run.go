@@ -324,6 +324,9 @@ func (s *siteServer) build() error {
 		var last nsapi.RegisterServerResponse
 		if s.registrar.Last(p.Endpoint.Name, &last) {
 			s.logger.Info("last settings from NS", "ns", p.Endpoint.Name, "sites", len(last.Sites), "heartbeat", last.Settings.HeartbeatInterval)
+			if s.task != nil {
+				s.task.SetRevoked(p.Endpoint.Name, last.Revoked)
+			}
 		}
 	}
 	return nil
@@ -393,6 +396,9 @@ func (s *siteServer) onAnswer(p *nsapi.Enrollment, answer any) {
 		names = append(names, st.Site)
 	}
 	s.logger.Info("registered", "ns", p.Endpoint.Name, "sites", names, "heartbeat", resp.Settings.HeartbeatInterval)
+	if s.task != nil {
+		s.task.SetRevoked(p.Endpoint.Name, resp.Revoked)
+	}
 	if s.pkg != nil {
 		// Sites or settings may have changed: look at the assignments again.
 		s.pkg.Kick()

@@ -1,12 +1,16 @@
 package main
 
 import (
+	"crypto/tls"
 	"io/fs"
+	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/siteserver/siteserver/nsapi"
+	"github.com/siteserver/siteserver/taskapi"
 )
 
 // Every file the NS, the site server and the agent keep (keys, tokens, stores, spools, job
@@ -56,5 +60,46 @@ func TestSecurityFileModes(t *testing.T) {
 			}
 			t.Logf("%d paths checked", files)
 		})
+	}
+}
+
+// A certificate the NS revokes (an administrator's reset, or superseded by a new
+// enrollment) is refused by the NS at once and by the task server within a heartbeat (1 s
+// here), on the mTLS agent API; the agent then recovers by enrolling again, which the
+// reset allows.
+func TestSecurityRevokedCertificateRefused(t *testing.T) {
+	s := newSite(t, siteOpts{taskUpdate: "1m", taskRequest: "1m", agentTickle: "127.0.0.1:0"})
+	agentAPI := s.ss.waitLog("task service listening")["agent_api"].(string)
+	credDir := filepath.Join(s.dir, "agent", "ns", "central")
+	cert, err := tls.LoadX509KeyPair(filepath.Join(credDir, "client.crt"), filepath.Join(credDir, "client.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The old certificate, as a thief of the agent's files would use it.
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
+		Certificates: []tls.Certificate{cert}, InsecureSkipVerify: true, MinVersion: tls.VersionTLS13}}}
+	get := func() int {
+		resp, err := hc.Get("https://" + agentAPI + taskapi.PathJobs)
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := get(); code != http.StatusOK {
+		t.Fatalf("before the reset the task server answered %d", code)
+	}
+	adminCmd(t, s.nsURL, s.caFile, adminToken, "agents", "reset", s.agentID)
+	start := time.Now()
+	waitFor(t, "the task server refuses the revoked certificate", func() bool { return get() == http.StatusUnauthorized })
+	t.Logf("task server refused the revoked certificate %s after the reset", time.Since(start).Round(10*time.Millisecond))
+	if n := metricValue(t, s.ssMetrics, "siteserver_task_revoked_refusals_total"); n < 1 {
+		t.Fatalf("refusals counted: %v", n)
+	}
+	// The agent itself enrolls again (the reset allows one enrollment) and works again.
+	s.ag.waitLog("enrolled again after the NS refused the certificate")
+	s.waitState(s.createJob(twoTaskJob), nsapi.StateSucceeded)
+	if code := get(); code != http.StatusUnauthorized {
+		t.Fatalf("the old certificate works again: %d", code)
 	}
 }

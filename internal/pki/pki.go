@@ -37,7 +37,7 @@ import (
 
 const (
 	caValidity     = 10 * 365 * 24 * time.Hour
-	clientValidity = 365 * 24 * time.Hour
+	clientValidity = ClientValidity
 	// Apple platforms reject TLS server certificates valid for more than
 	// 825 days even under a private root; stay well inside that.
 	serverValidity = 397 * 24 * time.Hour
@@ -59,6 +59,10 @@ const (
 	// Bounds the cost of verifying a CSR signature from an unauthenticated peer.
 	maxRSABits = 8192
 )
+
+// ClientValidity is how long a client certificate is valid: a revoked serial older than
+// that needs no listing, the certificate has expired.
+const ClientValidity = 365 * 24 * time.Hour
 
 // CA is the NS's own certificate authority, kept in its data directory.
 type CA struct {

@@ -132,6 +132,13 @@ var migrations = []string{
 	ALTER TABLE job_instances ADD COLUMN grant_sig BLOB;`,
 	// 6: an agent's claim on a computer that an administrator or another agent holds.
 	`ALTER TABLE computers ADD COLUMN claimed_by TEXT NOT NULL DEFAULT '';`,
+	// 7: certificates revoked before their end: superseded by a new enrollment or reset.
+	`CREATE TABLE revoked (
+		serial TEXT PRIMARY KEY,
+		kind TEXT NOT NULL,
+		id TEXT NOT NULL,
+		revoked_at INTEGER NOT NULL
+	);`,
 }
 
 // SQLiteStore is the Store in a SQLite file.

@@ -102,6 +102,12 @@ type Store interface {
 	RetagInstances(ctx context.Context, agent, taskServer string, now time.Time) (int, error)
 	InstanceStates(ctx context.Context) (map[string]int, error)
 
+	// Revoke records a certificate serial as revoked; RevokedSince lists the serials revoked
+	// at or after since (older ones have expired), and PruneRevoked forgets those before.
+	Revoke(ctx context.Context, serial, kind, id string, at time.Time) error
+	RevokedSince(ctx context.Context, since time.Time) ([]string, error)
+	PruneRevoked(ctx context.Context, before time.Time) (int, error)
+
 	Close() error
 }
 

@@ -1,0 +1,47 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// Revoke implements Store.
+func (s *SQLiteStore) Revoke(ctx context.Context, serial, kind, id string, at time.Time) error {
+	if serial == "" {
+		return nil
+	}
+	if _, err := s.db.ExecContext(ctx, `INSERT OR IGNORE INTO revoked (serial, kind, id, revoked_at) VALUES (?, ?, ?, ?)`,
+		serial, kind, id, at.UnixNano()); err != nil {
+		return fmt.Errorf("ns: store: revoke %s: %w", serial, err)
+	}
+	return nil
+}
+
+// RevokedSince implements Store.
+func (s *SQLiteStore) RevokedSince(ctx context.Context, since time.Time) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT serial FROM revoked WHERE revoked_at >= ? ORDER BY serial`, since.UnixNano())
+	if err != nil {
+		return nil, fmt.Errorf("ns: store: revoked: %w", err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var serial string
+		if err := rows.Scan(&serial); err != nil {
+			return nil, err
+		}
+		out = append(out, serial)
+	}
+	return out, rows.Err()
+}
+
+// PruneRevoked implements Store.
+func (s *SQLiteStore) PruneRevoked(ctx context.Context, before time.Time) (int, error) {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM revoked WHERE revoked_at < ?`, before.UnixNano())
+	if err != nil {
+		return 0, fmt.Errorf("ns: store: prune revoked: %w", err)
+	}
+	n, _ := res.RowsAffected()
+	return int(n), nil
+}
