@@ -193,7 +193,7 @@ services:
 		}
 	}()
 	fmt.Fprintf(stderr, "bench tickle: %d agents set up in %s\n", *n, time.Since(setupStart).Round(time.Millisecond))
-	// Wait until the NS has every agent tagged with the task server (presence reports).
+	// Wait until the NS has every agent tagged with the task server (their registrations).
 	ids := make([]string, *n)
 	for i, a := range agents {
 		ids[i] = a.id
@@ -453,6 +453,17 @@ func newSimAgent(ctx context.Context, i int, nsClient *nsapi.Client, nsAddr stri
 	a.plainURL, a.apiKey = reg.HTTPURL, taskapi.APIKey(reg.TickleKey)
 	// A real agent talks to its task server again only at its next poll or tickle.
 	a.client.CloseIdleConnections()
+	// Then, as a real agent does, it tells the NS which task server it uses: the NS tags
+	// its work to a task server only on the agent's own word.
+	nsConf, err := pki.ClientTLSConfig(caPEM, "", "127.0.0.1", &cert, nil)
+	if err != nil {
+		return nil, err
+	}
+	ac := nsapi.NewClient("https://"+nsAddr, nsConf)
+	defer ac.CloseIdle()
+	if _, err := ac.RegisterAgent(ctx, nsapi.RegisterAgentRequest{ID: id, Hostname: id, TaskServer: reg.ServerID}); err != nil {
+		return nil, fmt.Errorf("register %s with the NS: %w", id, err)
+	}
 	return a, nil
 }
 

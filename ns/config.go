@@ -6,6 +6,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/siteserver/siteserver/internal/pki"
 	"github.com/siteserver/siteserver/nsapi"
 )
 
@@ -48,6 +49,9 @@ type ServerConfig struct {
 	PublicURL string `yaml:"public_url"`
 	// SweepInterval is how often expired job instances are marked expired.
 	SweepInterval time.Duration `yaml:"sweep_interval"`
+	// ClientCertValidity is the lifetime of the client certificates of site servers and
+	// agents; they renew at two thirds of it, over mTLS, on their own.
+	ClientCertValidity time.Duration `yaml:"client_cert_validity"`
 
 	Settings nsapi.Settings `yaml:"settings"`
 }
@@ -67,6 +71,9 @@ func (c *ServerConfig) Defaults() {
 	}
 	if c.TickleSource == "" {
 		c.TickleSource = ":0"
+	}
+	if c.ClientCertValidity == 0 {
+		c.ClientCertValidity = pki.DefaultClientValidity
 	}
 	if c.SweepInterval == 0 {
 		c.SweepInterval = 10 * time.Second
@@ -118,6 +125,11 @@ func (c *ServerConfig) Validate() error {
 		if _, _, err := net.SplitHostPort(c.ChannelListen); err != nil {
 			return fmt.Errorf("channel_listen: %w", err)
 		}
+	}
+	// Seconds only make sense in tests of renewal; a certificate shorter than a heartbeat
+	// would expire between two renewals.
+	if c.ClientCertValidity < 10*time.Second || c.ClientCertValidity > 10*365*24*time.Hour {
+		return fmt.Errorf("client_cert_validity: %s is not between 10s and 10 years", c.ClientCertValidity)
 	}
 	if c.SweepInterval < 100*time.Millisecond {
 		return fmt.Errorf("sweep_interval: %s is below 100ms", c.SweepInterval)

@@ -13,7 +13,6 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/siteserver/siteserver/internal/httpx"
-	"github.com/siteserver/siteserver/internal/pki"
 	"github.com/siteserver/siteserver/ns/store"
 	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/tickle"
@@ -39,7 +38,7 @@ func (s *Server) sweep(ctx context.Context, every time.Duration) {
 		}
 		s.refreshJobGauges(ctx)
 		// A revoked certificate past its end needs no listing any more.
-		if _, err := s.store.PruneRevoked(ctx, s.now().Add(-pki.ClientValidity)); err != nil {
+		if _, err := s.store.PruneRevoked(ctx, s.now().Add(-s.cfg.ClientCertValidity)); err != nil {
 			s.logger.Warn("pruning revoked serials", "err", err)
 		}
 		select {

@@ -10,7 +10,6 @@ import (
 	"strconv"
 
 	"github.com/siteserver/siteserver/internal/httpx"
-	"github.com/siteserver/siteserver/internal/pki"
 	"github.com/siteserver/siteserver/ns/store"
 	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/sites"
@@ -68,7 +67,7 @@ func (s *Server) handleRegisterServer(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteJSON(w, http.StatusForbidden, nsapi.ErrorResponse{Error: "site server is pending approval by an administrator"})
 		return
 	}
-	revoked, err := s.store.RevokedSince(ctx, s.now().Add(-pki.ClientValidity))
+	revoked, err := s.store.RevokedSince(ctx, s.now().Add(-s.cfg.ClientCertValidity))
 	if err != nil {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return

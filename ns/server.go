@@ -126,6 +126,7 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 	s.ca = ca
+	ca.ClientValidity = s.cfg.ClientCertValidity
 	if s.jobKey, err = pki.LoadOrCreateJobKey(s.cfg.DataDir); err != nil {
 		return err
 	}

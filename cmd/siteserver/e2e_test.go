@@ -200,10 +200,10 @@ metrics: {listen: "127.0.0.1:0"}
 ns:
   data_dir: %s
   listen: "127.0.0.1:0"
-  approval: auto
   site_server_token: %s
   agent_token: %s
   admin_token: %s
+  approval: auto
   rules_file: %s
   max_body_bytes: 65536
   settings:

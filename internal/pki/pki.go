@@ -37,7 +37,7 @@ import (
 
 const (
 	caValidity     = 10 * 365 * 24 * time.Hour
-	clientValidity = ClientValidity
+	clientValidity = DefaultClientValidity
 	// Apple platforms reject TLS server certificates valid for more than
 	// 825 days even under a private root; stay well inside that.
 	serverValidity = 397 * 24 * time.Hour
@@ -60,15 +60,18 @@ const (
 	maxRSABits = 8192
 )
 
-// ClientValidity is how long a client certificate is valid: a revoked serial older than
-// that needs no listing, the certificate has expired.
-const ClientValidity = 365 * 24 * time.Hour
+// DefaultClientValidity is how long a client certificate is valid unless the CA is told
+// otherwise; clients renew at two thirds of it.
+const DefaultClientValidity = 90 * 24 * time.Hour
 
 // CA is the NS's own certificate authority, kept in its data directory.
 type CA struct {
 	Cert    *x509.Certificate
 	Key     crypto.Signer
 	CertPEM []byte
+	// ClientValidity is the lifetime of the client certificates it signs; zero means
+	// DefaultClientValidity.
+	ClientValidity time.Duration
 }
 
 // LoadOrCreateCA loads dir/ca.crt and dir/ca.key, or creates them at first
@@ -173,6 +176,14 @@ func loadCA(certPEM []byte, key crypto.Signer) (*CA, error) {
 		Key:     key,
 		CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}),
 	}, nil
+}
+
+// clientLifetime is the lifetime of the client certificates ca signs.
+func (ca *CA) clientLifetime() time.Duration {
+	if ca.ClientValidity > 0 {
+		return ca.ClientValidity
+	}
+	return clientValidity
 }
 
 // Fingerprint is the hex SHA-256 of the CA certificate DER, the value
@@ -376,7 +387,7 @@ func (ca *CA) SignCSR(csrDER []byte, id, kind string) (certPEM []byte, err error
 			OrganizationalUnit: []string{kind},
 		},
 		NotBefore:   now.Add(-backdate),
-		NotAfter:    ca.capNotAfter(now.Add(clientValidity)),
+		NotAfter:    ca.capNotAfter(now.Add(ca.clientLifetime())),
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}
