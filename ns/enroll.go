@@ -147,8 +147,11 @@ func (s *Server) recordEnrollment(w http.ResponseWriter, r *http.Request, req ns
 			httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 			return false
 		}
-		// Always a fresh tickle key: enrollment never hands out a secret issued before.
-		rec.TickleKey, rec.TickleKeyID = newTickleKey()
+		// A renewal (proved with the current certificate) keeps the tickle key its holder
+		// has; any other enrollment gets a fresh one, never a secret issued before.
+		if rec.CertSerial == "" || len(rec.TickleKey) == 0 {
+			rec.TickleKey, rec.TickleKeyID = newTickleKey()
+		}
 		rec.Hostname = req.Hostname
 		rec.CertSerial = serial
 		rec.Enrolled = now

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/siteserver/siteserver/internal/datadir"
@@ -68,8 +69,12 @@ type Enrollment struct {
 	// (the embedded NS), known only once it has started; it wins over the endpoint's.
 	InProcess func(ctx context.Context) (baseURL string, caPEM []byte, err error)
 
+	// Now is the clock renewal and expiry are judged by (tests); nil means time.Now.
+	Now func() time.Time
+
 	mu     sync.Mutex
 	client *Client
+	cert   *tls.Certificate // in use by client
 	tickle *TickleKey
 	status string
 }
@@ -87,6 +92,17 @@ func (p *Enrollment) Client(ctx context.Context) (*Client, error) {
 		return nil, fmt.Errorf("ns: credentials dir: %w", err)
 	}
 	cert, err := tls.LoadX509KeyPair(p.path("client.crt"), p.path("client.key"))
+	if err == nil && cert.Leaf != nil && !p.now().Before(cert.Leaf.NotAfter) {
+		// An expired certificate fails every handshake and cannot prove the identity for a
+		// renewal: enroll again with the token, which the NS allows only after an
+		// administrator reset this GUID.
+		err = fmt.Errorf("%w on %s", errCertExpired, cert.Leaf.NotAfter.Format(time.RFC3339))
+		os.Remove(p.path("client.crt"))
+		if eerr := p.enroll(ctx); eerr != nil {
+			return nil, fmt.Errorf("ns: %s: certificate of %s %s: %w; %w", p.Endpoint.Name, p.Kind, p.ID, err, eerr)
+		}
+		cert, err = tls.LoadX509KeyPair(p.path("client.crt"), p.path("client.key"))
+	}
 	if errors.Is(err, os.ErrNotExist) {
 		if err := p.enroll(ctx); err != nil {
 			return nil, err
@@ -100,8 +116,37 @@ func (p *Enrollment) Client(ctx context.Context) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	p.client = c
+	p.client, p.cert = c, &cert
 	return c, nil
+}
+
+var errCertExpired = errors.New("client certificate expired")
+
+func (p *Enrollment) now() time.Time {
+	if p.Now != nil {
+		return p.Now()
+	}
+	return time.Now()
+}
+
+// RenewDue reports whether the certificate has lived two thirds of its life (counted from
+// when it was written here), the point at which it is renewed.
+func (p *Enrollment) RenewDue() bool {
+	p.mu.Lock()
+	cert := p.cert
+	p.mu.Unlock()
+	if cert == nil || cert.Leaf == nil {
+		return false
+	}
+	fi, err := os.Stat(p.path("client.crt"))
+	if err != nil {
+		return false
+	}
+	issued := fi.ModTime()
+	if issued.Before(cert.Leaf.NotBefore) {
+		issued = cert.Leaf.NotBefore
+	}
+	return !p.now().Before(issued.Add(cert.Leaf.NotAfter.Sub(issued) * 2 / 3))
 }
 
 // Forget drops the credentials so that the next Client call enrolls again; used when the
@@ -112,7 +157,7 @@ func (p *Enrollment) Forget() {
 	if p.client != nil {
 		p.client.CloseIdle()
 	}
-	p.client = nil
+	p.client, p.cert = nil, nil
 	os.Remove(p.path("client.crt"))
 }
 
@@ -191,7 +236,7 @@ func (p *Enrollment) Renew(ctx context.Context) error {
 	if p.client != nil {
 		p.client.CloseIdle()
 	}
-	p.client = nil
+	p.client, p.cert = nil, nil
 	return nil
 }
 
@@ -270,11 +315,17 @@ func checkIssued(certPEM string, key *ecdsa.PrivateKey) error {
 
 // Certificate returns the client certificate from enrollment, enrolling first if needed.
 // Site servers also present it to their agents, who check it against the same NS CA.
+// The certificate is the one in use: after a renewal, the renewed one.
 func (p *Enrollment) Certificate(ctx context.Context) (tls.Certificate, error) {
 	if _, err := p.Client(ctx); err != nil {
 		return tls.Certificate{}, err
 	}
-	return tls.LoadX509KeyPair(p.path("client.crt"), p.path("client.key"))
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cert == nil {
+		return tls.Certificate{}, fmt.Errorf("ns: %s: no credentials", p.Endpoint.Name)
+	}
+	return *p.cert, nil
 }
 
 // CA returns the NS's CA certificate (PEM) as this peer trusts it.

@@ -54,6 +54,7 @@ func (r *Registrar) Kick(name string) {
 }
 
 type registrarMetrics struct {
+	renewals    *prometheus.CounterVec
 	attempts    *prometheus.CounterVec
 	registered  *prometheus.GaugeVec
 	lastSuccess *prometheus.GaugeVec
@@ -73,6 +74,10 @@ func NewRegistrar(peers []*Enrollment, register RegisterFunc, logger *slog.Logge
 			Namespace: obs.Namespace, Subsystem: "registration", Name: "registered",
 			Help: "1 when the last registration with the NS succeeded.",
 		}, []string{"ns"}),
+		renewals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: obs.Namespace, Subsystem: "registration", Name: "certificate_renewals_total",
+			Help: "Client certificates renewed with each NS.",
+		}, []string{"ns"}),
 		lastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: obs.Namespace, Subsystem: "registration", Name: "last_success_timestamp_seconds",
 			Help: "Unix time of the last successful registration with the NS.",
@@ -83,9 +88,10 @@ func NewRegistrar(peers []*Enrollment, register RegisterFunc, logger *slog.Logge
 			m.attempts.WithLabelValues(p.Endpoint.Name, r)
 		}
 		m.registered.WithLabelValues(p.Endpoint.Name)
+		m.renewals.WithLabelValues(p.Endpoint.Name)
 		m.lastSuccess.WithLabelValues(p.Endpoint.Name)
 	}
-	if err := obs.RegisterAll(reg, m.attempts, m.registered, m.lastSuccess); err != nil {
+	if err := obs.RegisterAll(reg, m.attempts, m.registered, m.lastSuccess, m.renewals); err != nil {
 		return nil, fmt.Errorf("registration: metrics: %w", err)
 	}
 	kick := map[string]chan struct{}{}
@@ -176,6 +182,20 @@ func (r *Registrar) once(ctx context.Context, p *Enrollment) (time.Duration, err
 	if err != nil {
 		r.metrics.attempts.WithLabelValues(name, resultOf(err)).Inc()
 		return 0, err
+	}
+	if p.RenewDue() {
+		// Two thirds of the certificate's life are gone: renew it with itself as proof.
+		// If that fails the current one serves on and the next heartbeat tries again.
+		if err := p.Renew(ctx); err != nil {
+			r.Logger.Warn("client certificate not renewed yet", "ns", name, "err", err)
+		} else {
+			r.metrics.renewals.WithLabelValues(name).Inc()
+			r.Logger.Info("client certificate renewed", "ns", name, "id", p.ID)
+		}
+		if c, err = p.Client(ctx); err != nil {
+			r.metrics.attempts.WithLabelValues(name, resultOf(err)).Inc()
+			return 0, err
+		}
 	}
 	answer, next, err := r.Register(ctx, p, c)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/siteserver/siteserver/nsapi"
@@ -50,7 +51,7 @@ type Fetcher struct {
 	sem      chan struct{}
 	base     context.Context
 	stop     context.CancelFunc
-	client   *http.Client
+	client   atomic.Pointer[http.Client] // Client, or what SetClient set since
 	wg       sync.WaitGroup
 
 	mu       sync.Mutex
@@ -67,9 +68,9 @@ func (f *Fetcher) init() {
 		f.sem = make(chan struct{}, n)
 		f.base, f.stop = context.WithCancel(context.Background())
 		f.inflight = map[string]*download{}
-		f.client = f.Client
-		if f.client == nil {
-			f.client = &http.Client{Transport: &http.Transport{
+		c := f.Client
+		if c == nil {
+			c = &http.Client{Transport: &http.Transport{
 				Proxy:                 http.ProxyFromEnvironment,
 				DialContext:           (&net.Dialer{Timeout: 30 * time.Second}).DialContext,
 				ForceAttemptHTTP2:     true,
@@ -79,7 +80,15 @@ func (f *Fetcher) init() {
 				ResponseHeaderTimeout: time.Minute,
 			}}
 		}
+		f.client.Store(c)
 	})
+}
+
+// SetClient replaces the HTTP client of the transfers that start from now on: after the
+// site server's certificate was renewed, downloads from the NS present the new one.
+func (f *Fetcher) SetClient(c *http.Client) {
+	f.init()
+	f.client.Store(c)
 }
 
 func (f *Fetcher) stallTimeout() time.Duration {

@@ -248,7 +248,7 @@ func (f *Fetcher) attempt(d *download, p *PartialFile, u string) error {
 	if off > 0 {
 		req.Header.Set("Range", "bytes="+strconv.FormatInt(off, 10)+"-")
 	}
-	resp, err := f.client.Do(req)
+	resp, err := f.client.Load().Do(req)
 	if err != nil {
 		if cause := context.Cause(ctx); errors.Is(cause, errStalled) {
 			return cause

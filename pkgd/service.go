@@ -39,14 +39,15 @@ type Service struct {
 	now     func() time.Time
 	metrics *serviceMetrics
 
-	store   *Store
-	fetcher *Fetcher
-	client  *nsapi.Client
-	wake    chan struct{}
-	ready   atomic.Bool
-	bound   chan struct{}
-	addr    net.Addr
-	baseURL atomic.Value // string
+	store    *Store
+	fetcher  *Fetcher
+	client   *nsapi.Client // the client of the credentials the fetcher uses
+	clientMu sync.Mutex    // guards client
+	wake     chan struct{}
+	ready    atomic.Bool
+	bound    chan struct{}
+	addr     net.Addr
+	baseURL  atomic.Value // string
 
 	mu sync.Mutex
 	// downloads holds the download goroutines, so that Run can join them.
@@ -204,13 +205,20 @@ func (s *Service) Run(ctx context.Context) error {
 	return err
 }
 
+// nsClient returns the client of the site server's current credentials; when they changed
+// (a renewal or a new enrollment), downloads switch to them too.
 func (s *Service) nsClient(ctx context.Context) (*nsapi.Client, error) {
-	if s.client != nil {
-		return s.client, nil
+	if s.peer == nil {
+		return s.client, nil // a client given directly (tests): no credentials to follow
 	}
 	c, err := s.peer.Client(ctx)
 	if err != nil {
 		return nil, err
+	}
+	s.clientMu.Lock()
+	defer s.clientMu.Unlock()
+	if c == s.client {
+		return c, nil
 	}
 	// Downloads from the NS need the same client certificate as the API, and downloads
 	// from other package servers are plain HTTP; one client does both.
@@ -231,7 +239,7 @@ func (s *Service) nsClient(ctx context.Context) (*nsapi.Client, error) {
 		d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second, Control: smallReceiveBuffer}
 		tr.DialContext = d.DialContext
 	}
-	s.fetcher.Client = &http.Client{Transport: tr}
+	s.fetcher.SetClient(&http.Client{Transport: tr})
 	s.client = c
 	return c, nil
 }

@@ -92,10 +92,10 @@ func (s *Service) serverTLS() *tls.Config {
 			}
 			for _, st := range sts {
 				if st.nsID == hello.ServerName {
-					return &st.cert, nil
+					return st.cert(hello.Context())
 				}
 			}
-			return &sts[0].cert, nil
+			return sts[0].cert(hello.Context())
 		},
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
 			roots := s.roots.Load()

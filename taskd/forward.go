@@ -86,7 +86,11 @@ func (s *Service) forward(ctx context.Context, st *nsState, events []nsapi.Event
 	}
 	fctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	if _, err := st.client.ForwardEvents(fctx, batch); err != nil {
+	c, err := st.client(fctx)
+	if err != nil {
+		return err
+	}
+	if _, err := c.ForwardEvents(fctx, batch); err != nil {
 		return err
 	}
 	// Only now, with the NS holding them, may they leave the spool.

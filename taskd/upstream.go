@@ -41,13 +41,26 @@ type nsState struct {
 	// within about a second, not at the next presence interval.
 	registered chan struct{}
 
-	name   string
-	link   *NSLink
-	client *nsapi.Client
-	root   *x509.Certificate
-	cert   tls.Certificate
-	nsID   string
-	spool  *Spool
+	name  string
+	link  *NSLink
+	root  *x509.Certificate
+	nsID  string
+	spool *Spool
+}
+
+// client is the NS client of the site server's current credentials, so that a renewed or
+// re-issued certificate is used from the next request on, without a restart.
+func (st *nsState) client(ctx context.Context) (*nsapi.Client, error) {
+	return st.link.Enrollment.Client(ctx)
+}
+
+// cert is the site server's current certificate from this NS, presented to agents.
+func (st *nsState) cert(ctx context.Context) (*tls.Certificate, error) {
+	c, err := st.link.Enrollment.Certificate(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &c, nil
 }
 
 // runNS sets up one NS link (credentials, spool, tickle key) and then forwards events and
@@ -99,12 +112,7 @@ func (s *Service) runNS(ctx context.Context, l *NSLink) {
 }
 
 func (s *Service) setupNS(ctx context.Context, l *NSLink, spool *Spool) (*nsState, error) {
-	c, err := l.Enrollment.Client(ctx)
-	if err != nil {
-		return nil, err
-	}
-	cert, err := l.Enrollment.Certificate(ctx)
-	if err != nil {
+	if _, err := l.Enrollment.Certificate(ctx); err != nil {
 		return nil, err
 	}
 	caPEM, err := l.Enrollment.CA(ctx)
@@ -122,7 +130,7 @@ func (s *Service) setupNS(ctx context.Context, l *NSLink, spool *Spool) (*nsStat
 	if err := s.keys.Set(tk.Sender, tk.ID, tk.Key); err != nil {
 		return nil, err
 	}
-	return &nsState{registered: make(chan struct{}, 1), name: l.Enrollment.Endpoint.Name, link: l, client: c, root: root, cert: cert, nsID: tk.Sender, spool: spool,
+	return &nsState{registered: make(chan struct{}, 1), name: l.Enrollment.Endpoint.Name, link: l, root: root, nsID: tk.Sender, spool: spool,
 		deliverWake: make(chan struct{}, 1)}, nil
 }
 
@@ -203,7 +211,11 @@ func (s *Service) fetch(ctx context.Context, st *nsState) ([]agentRecord, error)
 	start := time.Now()
 	fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	resp, err := st.client.Work(fctx)
+	c, err := st.client(fctx)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.Work(fctx)
 	if err != nil {
 		return nil, err
 	}
@@ -250,7 +262,11 @@ func (s *Service) presenceLoop(ctx context.Context, st *nsState, log *slog.Logge
 			for _, a := range chunk {
 				req.Agents = append(req.Agents, nsapi.AgentPresence{ID: a.ID, LastContact: a.LastContact})
 			}
-			if err = st.client.Presence(ctx, req); err != nil {
+			var c *nsapi.Client
+			if c, err = st.client(ctx); err == nil {
+				err = c.Presence(ctx, req)
+			}
+			if err != nil {
 				break
 			}
 		}
@@ -291,7 +307,8 @@ func (s *Service) nsChannel(ctx context.Context, st *nsState, log *slog.Logger) 
 	host, _, _ := net.SplitHostPort(addr)
 	roots := x509.NewCertPool()
 	roots.AddCert(st.root)
-	conf := &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{st.cert}, RootCAs: roots, ServerName: host}
+	conf := &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: roots, ServerName: host,
+		GetClientCertificate: func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) { return st.cert(cri.Context()) }}
 	c := tickle.NewChannelClient(tickle.ChannelClientConfig{Addr: addr, TLS: conf, Deliver: s.listener.Receive, Logger: log})
 	log.Info("keeping a tickle channel open to the NS", "addr", addr)
 	if err := c.Run(ctx); err != nil && ctx.Err() == nil {
@@ -320,4 +337,22 @@ func (s *Service) SetRevoked(nsName string, serials []string) {
 func (s *Service) revoked(serial string) bool {
 	set := s.revokedSet.Load()
 	return serial != "" && set != nil && (*set)[serial]
+}
+
+// ReloadTickleKey takes the NS's tickle key from the site server's enrollment again: after
+// an administrator's reset and a new enrollment it is a new one, and tickles signed with
+// it must verify without a restart.
+func (s *Service) ReloadTickleKey(nsName string) {
+	for _, st := range s.states() {
+		if st.name != nsName {
+			continue
+		}
+		tk, ok := st.link.Enrollment.TickleKey()
+		if !ok || tk.Sender == "" {
+			return
+		}
+		if err := s.keys.Set(tk.Sender, tk.ID, tk.Key); err != nil {
+			s.logger.Warn("tickle key not reloaded", "ns", nsName, "err", err)
+		}
+	}
 }

@@ -46,6 +46,7 @@ type siteOpts struct {
 	channel                 bool   // task server offers QUIC channels and the agent keeps one
 	nsChannel               bool   // the NS offers QUIC channels and the task server keeps one
 	wideDirs                bool   // data directories exist beforehand, 0755, with a 0644 key in each
+	certValidity            string // the NS's client_cert_validity ("" = its default)
 }
 
 func newSite(t *testing.T, o siteOpts) *site {
@@ -395,10 +396,14 @@ func TestJobThroughChannel(t *testing.T) {
 }
 
 func nsExtra(o siteOpts) string {
+	extra := ""
 	if o.nsChannel {
-		return "  channel_listen: \"127.0.0.1:0\"\n"
+		extra += "  channel_listen: \"127.0.0.1:0\"\n"
 	}
-	return ""
+	if o.certValidity != "" {
+		extra += "  client_cert_validity: " + o.certValidity + "\n"
+	}
+	return extra
 }
 
 // A task server that cannot take inbound UDP keeps a channel to the NS and gets the NS's

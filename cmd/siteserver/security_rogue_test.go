@@ -98,11 +98,30 @@ ns:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := rc.RegisterServer(ctx, nsapi.RegisterServerRequest{ID: rogueID, Hostname: "rogue.example",
-		Addresses: []netip.Prefix{netip.MustParsePrefix("10.20.5.99/24")},
-		Services:  []nsapi.ServiceInfo{{Name: nsapi.ServiceTask, URL: "https://" + ln.Addr().String(), Tickle: ":50123"}}}); err != nil {
+	heartbeat := func() error {
+		_, err := rc.RegisterServer(ctx, nsapi.RegisterServerRequest{ID: rogueID, Hostname: "rogue.example",
+			Addresses: []netip.Prefix{netip.MustParsePrefix("10.20.5.99/24")},
+			Services:  []nsapi.ServiceInfo{{Name: nsapi.ServiceTask, URL: "https://" + ln.Addr().String(), Tickle: ":50123"}}})
+		return err
+	}
+	if err := heartbeat(); err != nil {
 		t.Fatal(err)
 	}
+	// It keeps its heartbeat like any site server, so the NS goes on offering it.
+	hbCtx, hbStop := context.WithCancel(ctx)
+	hbDone := make(chan struct{})
+	go func() {
+		defer close(hbDone)
+		for {
+			select {
+			case <-hbCtx.Done():
+				return
+			case <-time.After(500 * time.Millisecond):
+				heartbeat()
+			}
+		}
+	}()
+	t.Cleanup(func() { hbStop(); <-hbDone })
 
 	// Another agent that uses the rogue as its task server gets a genuine, NS-signed
 	// instance, which the rogue then replays to the victim, as is and with its tasks changed.
@@ -191,7 +210,7 @@ ns:
 	rogue.instances = append(rogue.instances, altered)
 	rogue.mu.Unlock()
 
-	want := map[string]float64{"missing": 1, "signature": 1, "agent": 2, "job": 1}
+	want := map[string]float64{"missing": 1, "signature": 1, "agent": 1, "job": 1} // replayed and tampered share an instance id: counted once
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		ok := true
