@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -34,7 +35,8 @@ type Config struct {
 	HTTP    HTTPConfig `yaml:"http"`
 	// Scripts are the iPXE scripts (Go templates) per computer kind: managed, predefined
 	// and unknown. Fields: .Server (our address as the client reached it, host:port),
-	// .MAC, .Kind, .Name.
+	// .MAC, .Kind. The computer's name is not among them: anyone on the LAN may ask for
+	// any MAC's script, and the answer must tell only how that MAC boots.
 	Scripts map[string]string `yaml:"scripts"`
 	// LookupCache is how long the NS's answer about a MAC is kept.
 	LookupCache time.Duration `yaml:"lookup_cache"`
@@ -43,6 +45,9 @@ type Config struct {
 	// to the site like any package, once, verified.
 	BootPackage string `yaml:"boot_package"`
 }
+
+// scriptData is what an iPXE script template may use.
+type scriptData struct{ Server, MAC, Kind string }
 
 // PackageFiles opens a verified file of a package held by the package service.
 type PackageFiles func(ctx context.Context, pkg, name string) (*os.File, error)
@@ -65,11 +70,11 @@ type HTTPConfig struct {
 // predefined ones what to do; sites replace them with their own menus.
 var DefaultScripts = map[string]string{
 	nsapi.ComputerManaged: `#!ipxe
-echo Managed computer {{.Name}} ({{.MAC}}): booting from the local disk
+echo Managed computer {{.MAC}}: booting from the local disk
 exit
 `,
 	nsapi.ComputerPredefined: `#!ipxe
-echo Predefined computer {{.Name}} ({{.MAC}}): starting the preboot environment
+echo Predefined computer {{.MAC}}: starting the preboot environment
 kernel http://{{.Server}}/boot/wimboot
 initrd http://{{.Server}}/boot/BCD BCD
 initrd http://{{.Server}}/boot/boot.sdi boot.sdi
@@ -141,7 +146,12 @@ func (c *Config) Validate(prefix string) error {
 		default:
 			return fmt.Errorf("%s.scripts: %q is not managed, predefined or unknown", prefix, kind)
 		}
-		if _, err := template.New(kind).Parse(s); err != nil {
+		t, err := template.New(kind).Parse(s)
+		if err == nil {
+			// Tried on sample data now, not on a computer's first boot.
+			err = t.Execute(io.Discard, scriptData{Server: "192.0.2.1:8080", MAC: "52:54:00:00:00:01", Kind: kind})
+		}
+		if err != nil {
 			return fmt.Errorf("%s.scripts.%s: %w", prefix, kind, err)
 		}
 	}
@@ -344,14 +354,14 @@ func (s *Service) serveScript(w http.ResponseWriter, r *http.Request, macText st
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
-	kind, name, err := s.computers.lookup(ctx, mac)
+	kind, _, err := s.computers.lookup(ctx, mac)
 	if err != nil {
 		// The NS may be far away and down: an unknown computer's menu still lets it boot.
 		s.logger.Warn("computer lookup failed; serving the unknown computer's script", "mac", mac.String(), "err", err)
 	}
 	k := kind.String()
 	var b strings.Builder
-	if err := s.scripts[k].Execute(&b, struct{ Server, MAC, Kind, Name string }{r.Host, mac.String(), k, name}); err != nil {
+	if err := s.scripts[k].Execute(&b, scriptData{Server: r.Host, MAC: mac.String(), Kind: k}); err != nil {
 		http.Error(w, "script template: "+err.Error(), http.StatusInternalServerError)
 		return
 	}

@@ -68,8 +68,8 @@ func TestScriptsAndBootFiles(t *testing.T) {
 		contains   string
 		notContain string
 	}{
-		"managed boots locally":       {path: "/ipxe/52-54-00-00-00-01", code: 200, contains: "local disk"},
-		"predefined gets the image":   {path: "/ipxe/52:54:00:00:00:02", code: 200, contains: "kernel http://10.0.0.5:8080/boot/wimboot"},
+		"managed boots locally":       {path: "/ipxe/52-54-00-00-00-01", code: 200, contains: "local disk", notContain: "pc-managed"},
+		"predefined gets the image":   {path: "/ipxe/52:54:00:00:00:02", code: 200, contains: "kernel http://10.0.0.5:8080/boot/wimboot", notContain: "pc-new"},
 		"unknown gets the menu":       {path: "/ipxe/52-54-00-00-00-03", code: 200, contains: "menu Unknown computer 52:54:00:00:00:03"},
 		"not a MAC":                   {path: "/ipxe/nonsense", code: 400},
 		"boot file":                   {path: "/boot/wimboot", code: 200, contains: "0123456789"},
@@ -124,6 +124,21 @@ func TestBootFilesFromPackage(t *testing.T) {
 		s.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
 		if rec.Code != 200 || rec.Body.String() != want {
 			t.Errorf("GET %s = %d %q, want %q", path, rec.Code, rec.Body.String(), want)
+		}
+	}
+}
+
+// Anyone on the LAN may ask for any MAC's iPXE script: the answer says how that MAC boots
+// and nothing else, not the computer's name, and a site's own script cannot use it.
+func TestScriptsDoNotDiscloseNames(t *testing.T) {
+	cfg := Config{BootDir: t.TempDir(), Scripts: map[string]string{nsapi.ComputerManaged: "#!ipxe\necho {{.Name}}\n"}}
+	cfg.Defaults()
+	if err := cfg.Validate("services.netboot"); err == nil || !strings.Contains(err.Error(), "scripts.managed") {
+		t.Fatalf("a script using .Name: %v", err)
+	}
+	for kind, script := range DefaultScripts {
+		if strings.Contains(script, ".Name") {
+			t.Errorf("default %s script uses the computer's name", kind)
 		}
 	}
 }
