@@ -209,20 +209,25 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	added, unknown, err := s.store.AddEvents(r.Context(), events, s.now().UTC())
+	n, err := s.store.AddEvents(r.Context(), p.id, events, s.now().UTC())
 	if err != nil {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	dup := len(events) - added - unknown
-	s.jobMetrics.events.WithLabelValues("added").Add(float64(added))
+	dup := len(events) - n.Added - n.Unknown - n.Foreign
+	s.jobMetrics.events.WithLabelValues("added").Add(float64(n.Added))
 	s.jobMetrics.events.WithLabelValues("duplicate").Add(float64(dup))
-	s.jobMetrics.events.WithLabelValues("unknown").Add(float64(unknown))
-	if unknown > 0 {
-		s.logger.Warn("status events for unknown job instances dropped", "server", p.id, "count", unknown)
+	s.jobMetrics.events.WithLabelValues("unknown").Add(float64(n.Unknown))
+	if n.Unknown > 0 {
+		s.logger.Warn("status events for unknown job instances dropped", "server", p.id, "count", n.Unknown)
+	}
+	if n.Foreign > 0 {
+		s.metrics.ownership.WithLabelValues("events").Add(float64(n.Foreign))
+		s.logger.Warn("status events for another task server's instances refused", "server", p.id, "count", n.Foreign)
 	}
 	s.refreshJobGauges(r.Context())
-	httpx.WriteJSON(w, http.StatusOK, nsapi.EventsResponse{Added: added, Duplicates: dup, Unknown: unknown})
+	// Refused events are acknowledged as unknown: the task server must not keep them.
+	httpx.WriteJSON(w, http.StatusOK, nsapi.EventsResponse{Added: n.Added, Duplicates: dup, Unknown: n.Unknown + n.Foreign})
 }
 
 func (s *Server) handlePresence(w http.ResponseWriter, r *http.Request) {

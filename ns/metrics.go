@@ -96,7 +96,7 @@ func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 	for _, r := range []string{"ok", "error"} {
 		m.rulesLoads.WithLabelValues(r)
 	}
-	for _, r := range []string{"presence", "enroll"} {
+	for _, r := range []string{"presence", "events"} {
 		m.ownership.WithLabelValues(r)
 	}
 	for _, s := range []string{nsapi.StatusPending, nsapi.StatusApproved} {

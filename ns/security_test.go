@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -197,5 +198,78 @@ func TestSecuritySupersededServerCertRefusedEverywhere(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A site server cannot report status for another server's instances (a fake "succeeded"
+// for a job it never relayed); the task server an agent just left may still deliver the
+// events it spooled for it.
+func TestSecurityEventOwnership(t *testing.T) {
+	tn := startNS(t, nil)
+	ctx := context.Background()
+	clients := map[string]*nsapi.Client{}
+	for _, id := range []string{"ss-a", "ss-b", "ss-c"} {
+		p := tn.peer(t, nsapi.KindSiteServer, id, id)
+		if _, err := registerServer(t, p, []string{"10.1.0.5/16"}, nsapi.ServiceInfo{Name: nsapi.ServiceTask, URL: "https://" + id}); err != nil {
+			t.Fatal(err)
+		}
+		c, err := p.Client(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		clients[id] = c
+	}
+	ac, err := tn.peer(t, nsapi.KindAgent, "pc-1", "pc1").Client(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	moveTo := func(server string) {
+		t.Helper()
+		if _, err := ac.RegisterAgent(ctx, nsapi.RegisterAgentRequest{ID: "pc-1", Hostname: "pc1", TaskServer: server}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	moveTo("ss-a")
+	job := nsapi.Job{ID: "j", Name: "j", Tasks: []nsapi.Task{{Name: "t", Command: []string{"true"}, Timeout: nsapi.Duration(60e9)}}}
+	created, err := tn.admin.CreateJob(ctx, nsapi.CreateJobRequest{Job: job, Targets: []string{"pc-1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst := created.Instances[0].ID
+	event := func(id, state string) []byte {
+		b, err := nsapi.EncodeEvents([]nsapi.Event{{ID: id, Instance: inst, Agent: "pc-1", Kind: nsapi.EventJob, State: state, Time: time.Now()}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	state := func() string {
+		st, err := tn.admin.JobStatus(ctx, "j")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Instances[0].State
+	}
+	before := testutil.ToFloat64(tn.srv.metrics.ownership.WithLabelValues("events"))
+	resp, err := clients["ss-c"].ForwardEvents(ctx, event("fake-1", nsapi.StateSucceeded))
+	if err != nil || resp.Added != 0 || resp.Unknown != 1 {
+		t.Fatalf("a foreign server's event: %+v, %v", resp, err)
+	}
+	if got := state(); got != nsapi.StatePending {
+		t.Fatalf("a foreign server's event moved the instance to %s", got)
+	}
+	if got := testutil.ToFloat64(tn.srv.metrics.ownership.WithLabelValues("events")); got != before+1 {
+		t.Fatalf("refused events counted %v, want %v", got, before+1)
+	}
+	// The agent moves to ss-b; ss-a still delivers what it spooled, and ss-b reports on.
+	moveTo("ss-b")
+	if resp, err := clients["ss-a"].ForwardEvents(ctx, event("e-1", nsapi.StateRunning)); err != nil || resp.Added != 1 {
+		t.Fatalf("the previous server's spooled event: %+v, %v", resp, err)
+	}
+	if resp, err := clients["ss-b"].ForwardEvents(ctx, event("e-2", nsapi.StateSucceeded)); err != nil || resp.Added != 1 {
+		t.Fatalf("the current server's event: %+v, %v", resp, err)
+	}
+	if got := state(); got != nsapi.StateSucceeded {
+		t.Fatalf("state = %s, want succeeded", got)
 	}
 }

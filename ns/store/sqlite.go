@@ -139,6 +139,9 @@ var migrations = []string{
 		id TEXT NOT NULL,
 		revoked_at INTEGER NOT NULL
 	);`,
+	// 8: the task server an instance was tagged to before its agent moved, whose spooled
+	// events for it are still the agent's.
+	`ALTER TABLE job_instances ADD COLUMN prev_task_server TEXT NOT NULL DEFAULT '';`,
 }
 
 // SQLiteStore is the Store in a SQLite file.

@@ -216,9 +216,9 @@ func nextState(cur string, e nsapi.Event) string {
 }
 
 // AddEvents implements Store.
-func (s *SQLiteStore) AddEvents(ctx context.Context, events []nsapi.Event, now time.Time) (added, unknown int, err error) {
+func (s *SQLiteStore) AddEvents(ctx context.Context, server string, events []nsapi.Event, now time.Time) (n EventCounts, err error) {
 	err = s.tx(ctx, func(tx *sql.Tx) error {
-		added, unknown = 0, 0
+		n = EventCounts{}
 		ins, err := tx.PrepareContext(ctx, `INSERT OR IGNORE INTO events (id, instance, agent, kind, task, state, exit_code, timed_out, output, time, received_at)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 		if err != nil {
@@ -226,7 +226,7 @@ func (s *SQLiteStore) AddEvents(ctx context.Context, events []nsapi.Event, now t
 		}
 		defer ins.Close()
 		// Prepared once per batch: parsing a statement costs more than running it.
-		get, err := tx.PrepareContext(ctx, `SELECT state, agent FROM job_instances WHERE id = ?`)
+		get, err := tx.PrepareContext(ctx, `SELECT state, agent, task_server, prev_task_server FROM job_instances WHERE id = ?`)
 		if err != nil {
 			return err
 		}
@@ -237,23 +237,27 @@ func (s *SQLiteStore) AddEvents(ctx context.Context, events []nsapi.Event, now t
 		}
 		defer upd.Close()
 		for _, e := range events {
-			var cur, agent string
-			err := get.QueryRowContext(ctx, e.Instance).Scan(&cur, &agent)
+			var cur, agent, tagged, prev string
+			err := get.QueryRowContext(ctx, e.Instance).Scan(&cur, &agent, &tagged, &prev)
 			if errors.Is(err, sql.ErrNoRows) || (err == nil && agent != e.Agent) {
-				unknown++
+				n.Unknown++
 				continue
 			}
 			if err != nil {
 				return err
 			}
+			if server != "" && server != tagged && server != prev {
+				n.Foreign++ // another task server's instance: not this one's to report on
+				continue
+			}
 			res, err := ins.ExecContext(ctx, e.ID, e.Instance, e.Agent, e.Kind, e.Task, e.State, e.ExitCode, e.TimedOut, e.Output, e.Time.UnixNano(), now.UnixNano())
 			if err != nil {
 				return err
 			}
-			if n, _ := res.RowsAffected(); n == 0 {
+			if rows, _ := res.RowsAffected(); rows == 0 {
 				continue // seen before
 			}
-			added++
+			n.Added++
 			if next := nextState(cur, e); next != "" {
 				if _, err := upd.ExecContext(ctx, next, now.UnixNano(), e.Instance); err != nil {
 					return err
@@ -263,9 +267,9 @@ func (s *SQLiteStore) AddEvents(ctx context.Context, events []nsapi.Event, now t
 		return nil
 	})
 	if err != nil {
-		return 0, 0, fmt.Errorf("ns: store: add events: %w", err)
+		return EventCounts{}, fmt.Errorf("ns: store: add events: %w", err)
 	}
-	return added, unknown, nil
+	return n, nil
 }
 
 // Events implements Store.
@@ -302,7 +306,7 @@ func (s *SQLiteStore) ExpireInstances(ctx context.Context, now time.Time) (int, 
 
 // RetagInstances implements Store.
 func (s *SQLiteStore) RetagInstances(ctx context.Context, agent, taskServer string, now time.Time) (int, error) {
-	res, err := s.db.ExecContext(ctx, `UPDATE job_instances SET task_server = ?, updated_at = ?
+	res, err := s.db.ExecContext(ctx, `UPDATE job_instances SET prev_task_server = task_server, task_server = ?, updated_at = ?
 		WHERE agent = ? AND task_server != ? AND state IN (?, ?, ?)`,
 		taskServer, now.UnixNano(), agent, taskServer, nsapi.StatePending, nsapi.StateDelivered, nsapi.StateRunning)
 	if err != nil {

@@ -94,7 +94,9 @@ type Store interface {
 	Instances(ctx context.Context, f InstanceFilter) ([]nsapi.JobInstance, error)
 	// AddEvents stores events not seen before (by id) and moves their instances' states
 	// on; it returns how many were new and how many named no known instance.
-	AddEvents(ctx context.Context, events []nsapi.Event, now time.Time) (added, unknown int, err error)
+	// Events reported by server count only for instances tagged to it now or before
+	// their agent moved (Foreign otherwise); an empty server skips that check.
+	AddEvents(ctx context.Context, server string, events []nsapi.Event, now time.Time) (EventCounts, error)
 	Events(ctx context.Context, instance string) ([]nsapi.Event, error)
 	// ExpireInstances marks pending and delivered instances past their validity expired.
 	ExpireInstances(ctx context.Context, now time.Time) (int, error)
@@ -120,4 +122,11 @@ type InstanceFilter struct {
 	// OpenAt, when set, leaves out instances whose validity ended before it.
 	OpenAt time.Time
 	Limit  int
+}
+
+// EventCounts is what AddEvents did with a batch: new events stored, events naming no
+// known instance of their agent, and events about another task server's instances. The
+// rest were duplicates.
+type EventCounts struct {
+	Added, Unknown, Foreign int
 }
