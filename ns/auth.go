@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/subtle"
 	"errors"
+	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"github.com/siteserver/siteserver/internal/httpx"
@@ -40,17 +42,71 @@ func tokenEqual(got, want string) bool {
 	return want != "" && subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
 }
 
+// Roles of the admin API's tokens.
+const (
+	roleAdmin    = "admin"
+	roleReadOnly = "read-only"
+)
+
+// role tells which admin token a request carries, if any.
+func (s *Server) role(r *http.Request) string {
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	switch {
+	case !ok:
+		return ""
+	case tokenEqual(tok, s.cfg.AdminToken):
+		return roleAdmin
+	case tokenEqual(tok, s.cfg.ReadOnlyToken):
+		return roleReadOnly
+	}
+	return ""
+}
+
+// admin admits the admin token only, and records the change in the audit log.
 func (s *Server) admin(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || !tokenEqual(tok, s.cfg.AdminToken) {
-			s.metrics.authFailures.WithLabelValues("bad_admin_token").Inc()
-			w.Header().Set("WWW-Authenticate", `Bearer realm="siteserver-ns"`)
-			httpx.WriteError(w, http.StatusUnauthorized, "admin token missing or wrong")
+		switch s.role(r) {
+		case roleAdmin:
+		case roleReadOnly:
+			s.metrics.authFailures.WithLabelValues("read_only_token").Inc()
+			httpx.WriteError(w, http.StatusForbidden, "the read-only token cannot change anything")
+			return
+		default:
+			s.refuseAdmin(w)
+			return
+		}
+		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+		h(rec, r)
+		s.audit(r, roleAdmin, rec.code)
+	}
+}
+
+// reader admits the admin and the read-only token, for routes that change nothing.
+func (s *Server) reader(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if s.role(r) == "" {
+			s.refuseAdmin(w)
 			return
 		}
 		h(w, r)
 	}
+}
+
+func (s *Server) refuseAdmin(w http.ResponseWriter) {
+	s.metrics.authFailures.WithLabelValues("bad_admin_token").Inc()
+	w.Header().Set("WWW-Authenticate", `Bearer realm="siteserver-ns"`)
+	httpx.WriteError(w, http.StatusUnauthorized, "admin token missing or wrong")
+}
+
+// statusRecorder keeps the status a handler answered with, for the audit log.
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.code = code
+	r.ResponseWriter.WriteHeader(code)
 }
 
 type callerKey struct{}
@@ -136,4 +192,30 @@ func (s *Server) currentServer(w http.ResponseWriter, r *http.Request, p caller)
 		return true
 	}
 	return false
+}
+
+// audit records an admin change; a failure to record it is logged, the change stands.
+func (s *Server) audit(r *http.Request, who string, status int) {
+	e := nsapi.AuditEntry{Time: s.now().UTC(), Who: who, Remote: r.RemoteAddr, Action: r.Method, Target: r.URL.RequestURI(), Status: status}
+	if err := s.store.AddAudit(context.WithoutCancel(r.Context()), e); err != nil {
+		s.logger.Error("admin change not recorded in the audit log", "action", e.Action, "target", e.Target, "err", err)
+	}
+}
+
+func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
+	limit := 1000
+	if v := r.URL.Query().Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 100000 {
+			s.badRequest(w, fmt.Errorf("limit: %q is not between 1 and 100000", v))
+			return
+		}
+		limit = n
+	}
+	entries, err := s.store.Audit(r.Context(), limit)
+	if err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	httpx.WriteJSON(w, http.StatusOK, httpx.List(entries))
 }

@@ -32,6 +32,10 @@ type ServerConfig struct {
 
 	AdminToken     string `yaml:"admin_token"`
 	AdminTokenFile string `yaml:"admin_token_file"`
+	// ReadOnlyToken, if set, may list and show everything the admin token may (for
+	// dashboards and help desks) but change nothing.
+	ReadOnlyToken     string `yaml:"read_only_token"`
+	ReadOnlyTokenFile string `yaml:"read_only_token_file"`
 
 	// RulesFile is a site maintenance rules file loaded at start and on SIGHUP; it replaces
 	// the rules of the source it declares.
@@ -104,6 +108,12 @@ func (c *ServerConfig) Validate() error {
 	}
 	if c.AdminToken, err = nsapi.ReadSecret(c.AdminToken, c.AdminTokenFile, "admin_token"); err != nil {
 		return err
+	}
+	if c.ReadOnlyToken, err = nsapi.ReadSecret(c.ReadOnlyToken, c.ReadOnlyTokenFile, "read_only_token"); err != nil {
+		return err
+	}
+	if c.ReadOnlyToken != "" && (len(c.ReadOnlyToken) < 16 || c.ReadOnlyToken == c.AdminToken) {
+		return errors.New("read_only_token: must be at least 16 characters and differ from admin_token")
 	}
 	for name, tok := range map[string]string{"site_server_token": c.SiteServerToken, "agent_token": c.AgentToken, "admin_token": c.AdminToken} {
 		if tok == "" {

@@ -27,7 +27,7 @@ type serverMetrics struct {
 // Label values known in advance, created at start so every series exists at 0.
 var (
 	enrollResults  = []string{"ok", "pending", "unauthorized", "bad_request"}
-	authReasons    = []string{"bad_enrollment_token", "bad_admin_token", "no_client_cert", "wrong_kind", "unknown_peer", "superseded_cert", "reenroll_without_proof"}
+	authReasons    = []string{"bad_enrollment_token", "bad_admin_token", "no_client_cert", "wrong_kind", "unknown_peer", "superseded_cert", "reenroll_without_proof", "read_only_token"}
 	registerResult = []string{"ok", "pending", "rejected"}
 	kinds          = []string{nsapi.KindSiteServer, nsapi.KindAgent}
 )

@@ -273,3 +273,56 @@ func TestSecurityEventOwnership(t *testing.T) {
 		t.Fatalf("state = %s, want succeeded", got)
 	}
 }
+
+// The read-only token sees what the admin token sees and changes nothing; every change
+// made with the admin token, refused or not, is in the audit log with who, what and when,
+// and reading is not.
+func TestSecurityAdminRolesAndAudit(t *testing.T) {
+	const readOnly = "read-only-token-0123456789abcdef"
+	tn := startNS(t, func(c *ServerConfig) { c.ReadOnlyToken = readOnly })
+	ctx := context.Background()
+	ro := *tn.admin
+	ro.AdminToken = readOnly
+	if _, err := ro.Servers(ctx); err != nil {
+		t.Fatalf("read-only listing: %v", err)
+	}
+	before := testutil.ToFloat64(tn.srv.metrics.authFailures.WithLabelValues("read_only_token"))
+	job := nsapi.Job{ID: "j", Name: "j", Tasks: []nsapi.Task{{Name: "t", Command: []string{"id"}, Timeout: nsapi.Duration(60e9)}}}
+	if _, err := ro.CreateJob(ctx, nsapi.CreateJobRequest{Job: job}); nsapi.StatusOf(err) != http.StatusForbidden {
+		t.Fatalf("read-only job creation = %v, want 403", err)
+	}
+	if err := ro.PutSite(ctx, nsapi.SiteRequest{Name: "x"}); nsapi.StatusOf(err) != http.StatusForbidden {
+		t.Fatalf("read-only site change = %v, want 403", err)
+	}
+	if got := testutil.ToFloat64(tn.srv.metrics.authFailures.WithLabelValues("read_only_token")); got != before+2 {
+		t.Fatalf("read-only refusals counted %v, want %v", got, before+2)
+	}
+	wrong := *tn.admin
+	wrong.AdminToken = "not-a-token-0123456789abcdef"
+	if _, err := wrong.Servers(ctx); nsapi.StatusOf(err) != http.StatusUnauthorized {
+		t.Fatalf("wrong token = %v, want 401", err)
+	}
+	// Changes: one that works, one refused as malformed.
+	if err := tn.admin.PutSite(ctx, nsapi.SiteRequest{Name: "office"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tn.admin.PutSubnet(ctx, nsapi.SubnetRequest{Prefix: "not-a-prefix", Site: "office"}); nsapi.StatusOf(err) != http.StatusBadRequest {
+		t.Fatalf("bad subnet = %v", err)
+	}
+	tn.admin.Sites(ctx) // reading is not recorded
+	entries, err := ro.Audit(ctx, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 2 {
+		t.Fatalf("audit = %+v, want the two changes", entries)
+	}
+	first, second := entries[0], entries[1]
+	if first.Who != "admin" || first.Action != http.MethodPut || first.Target != nsapi.PathSites+"/office" || first.Status != http.StatusOK ||
+		first.Remote == "" || time.Since(first.Time) > time.Minute {
+		t.Fatalf("first entry = %+v", first)
+	}
+	if second.Target != nsapi.PathSubnets || second.Status != http.StatusBadRequest {
+		t.Fatalf("second entry = %+v", second)
+	}
+}

@@ -352,3 +352,20 @@ func TickleTarget(advertised string, remote netip.Addr) (netip.AddrPort, error) 
 	}
 	return netip.AddrPortFrom(addr.Unmap(), uint16(p)), nil
 }
+
+// PathAudit lists the audit log (admin, read-only).
+const PathAudit = "/api/v1/audit"
+
+// AuditEntry is one change made through the admin API.
+type AuditEntry struct {
+	Time time.Time `json:"time"`
+	// Who is the role of the token used (admin); Remote the address the request came from.
+	Who    string `json:"who"`
+	Remote string `json:"remote"`
+	// Action and Target are the request's method and path (bodies are not kept: they may
+	// hold scripts and secrets).
+	Action string `json:"action"`
+	Target string `json:"target"`
+	// Status is the HTTP status of the answer: refused and failed changes are listed too.
+	Status int `json:"status"`
+}

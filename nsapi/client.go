@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -340,5 +341,12 @@ func (c *Client) ReportCodebases(ctx context.Context, cbs []Codebase) error {
 func (c *Client) Sources(ctx context.Context, pkg string) (SourcesResponse, error) {
 	var out SourcesResponse
 	err := c.do(ctx, http.MethodGet, PathCodebases+"?package="+url.QueryEscape(pkg), nil, &out)
+	return out, err
+}
+
+// Audit lists the last changes made through the admin API, oldest first (admin).
+func (c *Client) Audit(ctx context.Context, limit int) ([]AuditEntry, error) {
+	var out []AuditEntry
+	err := c.do(ctx, http.MethodGet, PathAudit+"?limit="+strconv.Itoa(limit), nil, &out)
 	return out, err
 }

@@ -151,6 +151,7 @@ var adminCommands = map[string]adminCommand{
 	"computers accept":    {1, "MAC", func(a *adminCall) error { return a.c.AcceptClaim(a.ctx, a.pos[0]) }},
 	"computers delete":    {1, "MAC", func(a *adminCall) error { return a.c.DeleteComputer(a.ctx, a.pos[0]) }},
 	"agents list":         {0, "", agentsList},
+	"audit list":          {0, "", auditList},
 }
 
 func admin(group string, args []string, stdout io.Writer) error {

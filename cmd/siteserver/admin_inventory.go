@@ -90,3 +90,16 @@ func computersList(a *adminCall) error {
 		}
 	})
 }
+
+func auditList(a *adminCall) error {
+	entries, err := a.c.Audit(a.ctx, 1000)
+	if err != nil {
+		return err
+	}
+	return a.print(entries, func(w *tabwriter.Writer) {
+		fmt.Fprintln(w, "TIME\tWHO\tFROM\tACTION\tTARGET\tSTATUS")
+		for _, e := range entries {
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\n", e.Time.Local().Format(time.DateTime), e.Who, e.Remote, e.Action, e.Target, e.Status)
+		}
+	})
+}

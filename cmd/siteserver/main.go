@@ -26,12 +26,13 @@ Processes:
 Administration (talk to an NS API; see 'siteserver sites -h'):
   sites    list | export | apply FILE | add NAME | delete NAME |
            subnet-add PREFIX SITE | subnet-delete PREFIX | assign SERVER SITE | unassign SERVER SITE
-  servers  list | approve ID
-  agents   list
+  servers  list | approve ID | reset ID
+  agents   list | reset ID
   jobs     create -file JOB.yaml -targets GUID,… | list | status JOB
   packages add -dir DIR -id ID -version V [-sites …] [-servers …] [-staged N] |
            assign ID [-sites …] [-servers …] [-staged N] | list | status ID | delete ID
-  computers add MAC [-name NAME] | list    (predefined computers for network boot)
+  computers add MAC [-name NAME] [-force] | list | accept MAC | delete MAC
+  audit                    the changes made through the admin API (who, what, when)
 
 Other:
   check-config FILE        load a config file and report the first bad field
@@ -60,6 +61,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = checkConfig(rest, stdout)
 	case "sites", "servers", "agents", "jobs", "packages", "computers":
 		err = admin(cmd, rest, stdout)
+	case "audit":
+		err = admin(cmd, append([]string{"list"}, rest...), stdout)
 	case "version", "-version", "--version":
 		fmt.Fprintf(stdout, "siteserver %s %s %s/%s\n", obs.Version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 	case "help", "-h", "--help":

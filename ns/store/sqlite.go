@@ -142,6 +142,16 @@ var migrations = []string{
 	// 8: the task server an instance was tagged to before its agent moved, whose spooled
 	// events for it are still the agent's.
 	`ALTER TABLE job_instances ADD COLUMN prev_task_server TEXT NOT NULL DEFAULT '';`,
+	// 9: every change made through the admin API: who, what, when, with what result.
+	`CREATE TABLE audit (
+		seq INTEGER PRIMARY KEY AUTOINCREMENT,
+		at INTEGER NOT NULL,
+		who TEXT NOT NULL,
+		remote TEXT NOT NULL,
+		action TEXT NOT NULL,
+		target TEXT NOT NULL,
+		status INTEGER NOT NULL
+	);`,
 }
 
 // SQLiteStore is the Store in a SQLite file.

@@ -110,6 +110,10 @@ type Store interface {
 	RevokedSince(ctx context.Context, since time.Time) ([]string, error)
 	PruneRevoked(ctx context.Context, before time.Time) (int, error)
 
+	// AddAudit records one admin change; Audit returns the last limit of them, oldest first.
+	AddAudit(ctx context.Context, e nsapi.AuditEntry) error
+	Audit(ctx context.Context, limit int) ([]nsapi.AuditEntry, error)
+
 	Close() error
 }
 
