@@ -155,7 +155,7 @@ func TestSecurityPresenceOwnership(t *testing.T) {
 // no route of the NS accepts it any more: work, events, presence, package assignments,
 // codebases, package sources and files, and network boot lookups.
 func TestSecuritySupersededServerCertRefusedEverywhere(t *testing.T) {
-	for _, how := range []string{"renewed", "reset"} {
+	for _, how := range []string{"renewed", "reset", "deleted"} {
 		t.Run(how, func(t *testing.T) {
 			tn := startNS(t, nil)
 			ctx := context.Background()
@@ -170,10 +170,13 @@ func TestSecuritySupersededServerCertRefusedEverywhere(t *testing.T) {
 			if _, err := old.LookupComputer(ctx, "52:54:00:00:00:01"); err != nil {
 				t.Fatalf("current certificate refused: %v", err)
 			}
-			if how == "renewed" {
+			switch how {
+			case "renewed":
 				err = p.Renew(ctx)
-			} else {
+			case "reset":
 				err = tn.admin.ResetServer(ctx, "ss-1")
+			case "deleted":
+				err = tn.admin.DeleteServer(ctx, "ss-1", false)
 			}
 			if err != nil {
 				t.Fatal(err)
@@ -324,5 +327,44 @@ func TestSecurityAdminRolesAndAudit(t *testing.T) {
 	}
 	if second.Target != nsapi.PathSubnets || second.Status != http.StatusBadRequest {
 		t.Fatalf("second entry = %+v", second)
+	}
+}
+
+// Deleting an agent revokes it at once; rejecting refuses a pending site server and leaves
+// approved ones to delete.
+func TestSecurityDeleteAndReject(t *testing.T) {
+	tn := startNS(t, func(c *ServerConfig) { c.Approval = "manual" })
+	ctx := context.Background()
+	ap := tn.peer(t, nsapi.KindAgent, "pc-1", "pc1")
+	ac, err := ap.Client(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tn.admin.DeleteAgent(ctx, "pc-1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ac.RegisterAgent(ctx, nsapi.RegisterAgentRequest{ID: "pc-1", Hostname: "pc1"}); nsapi.StatusOf(err) != http.StatusUnauthorized {
+		t.Fatalf("deleted agent = %v, want 401", err)
+	}
+	if err := tn.admin.DeleteAgent(ctx, "pc-1"); nsapi.StatusOf(err) != http.StatusNotFound {
+		t.Fatalf("deleting it again = %v, want 404", err)
+	}
+	for _, id := range []string{"ss-pending", "ss-approved"} {
+		if _, err := registerServer(t, tn.peer(t, nsapi.KindSiteServer, id, id), nil); nsapi.StatusOf(err) != http.StatusForbidden {
+			t.Fatalf("%s before approval = %v", id, err)
+		}
+	}
+	if err := tn.admin.Approve(ctx, "ss-approved"); err != nil {
+		t.Fatal(err)
+	}
+	if err := tn.admin.DeleteServer(ctx, "ss-approved", true); nsapi.StatusOf(err) != http.StatusConflict {
+		t.Fatalf("rejecting an approved server = %v, want 409", err)
+	}
+	if err := tn.admin.DeleteServer(ctx, "ss-pending", true); err != nil {
+		t.Fatal(err)
+	}
+	list, err := tn.admin.Servers(ctx)
+	if err != nil || len(list) != 1 || list[0].ID != "ss-approved" {
+		t.Fatalf("servers after reject = %+v, %v", list, err)
 	}
 }

@@ -121,3 +121,56 @@ func (s *Server) answerReset(w http.ResponseWriter, r *http.Request, kind, id st
 		httpx.WriteJSON(w, http.StatusOK, map[string]string{"id": id, "status": "reset"})
 	}
 }
+
+// handleDeleteServer forgets a site server and revokes its certificate (servers delete); a
+// pending one may be refused the same way (servers reject). Enrolling again with the token
+// makes a new, pending identity.
+func (s *Server) handleDeleteServer(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	pendingOnly := r.URL.Query().Get("pending_only") == "1"
+	ctx := r.Context()
+	s.mu.Lock()
+	rec, err := s.store.Server(ctx, id)
+	switch {
+	case err == nil && pendingOnly && rec.Status != nsapi.StatusPending:
+		s.mu.Unlock()
+		httpx.WriteError(w, http.StatusConflict, "site server %s is %s, not pending: use servers delete", id, rec.Status)
+		return
+	case err == nil:
+		err = s.store.Revoke(ctx, rec.CertSerial, nsapi.KindSiteServer, id, s.now().UTC())
+	}
+	if err == nil {
+		err = s.store.DeleteServer(ctx, id)
+	}
+	s.mu.Unlock()
+	s.answerDelete(w, r, nsapi.KindSiteServer, id, err)
+}
+
+// handleDeleteAgent forgets an agent and revokes its certificate (agents delete).
+func (s *Server) handleDeleteAgent(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	ctx := r.Context()
+	s.mu.Lock()
+	rec, err := s.store.Agent(ctx, id)
+	if err == nil {
+		err = s.store.Revoke(ctx, rec.CertSerial, nsapi.KindAgent, id, s.now().UTC())
+	}
+	if err == nil {
+		err = s.store.DeleteAgent(ctx, id)
+	}
+	s.mu.Unlock()
+	s.answerDelete(w, r, nsapi.KindAgent, id, err)
+}
+
+func (s *Server) answerDelete(w http.ResponseWriter, r *http.Request, kind, id string, err error) {
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		httpx.WriteError(w, http.StatusNotFound, "no %s %q", kind, id)
+	case err != nil:
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+	default:
+		s.logger.Warn("identity deleted by an administrator: its certificate is revoked", "kind", kind, "id", id)
+		s.refreshGauges(r.Context())
+		w.WriteHeader(http.StatusNoContent)
+	}
+}

@@ -208,6 +208,21 @@ func (c *Client) ResetServer(ctx context.Context, id string) error {
 	return c.do(ctx, http.MethodPost, PathServers+"/"+url.PathEscape(id)+"/reset", nil, nil)
 }
 
+// DeleteServer forgets a site server and revokes its certificate; with pendingOnly it
+// refuses to touch an approved one (servers reject) (admin).
+func (c *Client) DeleteServer(ctx context.Context, id string, pendingOnly bool) error {
+	path := PathServers + "/" + url.PathEscape(id)
+	if pendingOnly {
+		path += "?pending_only=1"
+	}
+	return c.do(ctx, http.MethodDelete, path, nil, nil)
+}
+
+// DeleteAgent forgets an agent and revokes its certificate (admin).
+func (c *Client) DeleteAgent(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodDelete, PathAgents+"/"+url.PathEscape(id), nil, nil)
+}
+
 // ResetAgent drops an agent's current certificate so that it may enroll again (admin).
 func (c *Client) ResetAgent(ctx context.Context, id string) error {
 	return c.do(ctx, http.MethodPost, PathAgents+"/"+url.PathEscape(id)+"/reset", nil, nil)

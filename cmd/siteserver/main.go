@@ -26,8 +26,8 @@ Processes:
 Administration (talk to an NS API; see 'siteserver sites -h'):
   sites    list | export | apply FILE | add NAME | delete NAME |
            subnet-add PREFIX SITE | subnet-delete PREFIX | assign SERVER SITE | unassign SERVER SITE
-  servers  list | approve ID | reset ID
-  agents   list | reset ID
+  servers  list | approve ID | reject ID | reset ID | delete ID
+  agents   list | reset ID | delete ID
   jobs     create -file JOB.yaml -targets GUID,… | list | status JOB
   packages add -dir DIR -id ID -version V [-sites …] [-servers …] [-staged N] |
            assign ID [-sites …] [-servers …] [-staged N] | list | status ID | delete ID

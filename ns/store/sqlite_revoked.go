@@ -45,3 +45,24 @@ func (s *SQLiteStore) PruneRevoked(ctx context.Context, before time.Time) (int, 
 	n, _ := res.RowsAffected()
 	return int(n), nil
 }
+
+// DeleteServer implements Store.
+func (s *SQLiteStore) DeleteServer(ctx context.Context, id string) error {
+	return s.deleteRow(ctx, `DELETE FROM servers WHERE id = ?`, id)
+}
+
+// DeleteAgent implements Store.
+func (s *SQLiteStore) DeleteAgent(ctx context.Context, id string) error {
+	return s.deleteRow(ctx, `DELETE FROM agents WHERE id = ?`, id)
+}
+
+func (s *SQLiteStore) deleteRow(ctx context.Context, q, id string) error {
+	res, err := s.db.ExecContext(ctx, q, id)
+	if err != nil {
+		return fmt.Errorf("ns: store: delete %s: %w", id, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return ErrNotFound
+	}
+	return nil
+}

@@ -55,6 +55,10 @@ type Store interface {
 	Servers(ctx context.Context) ([]ServerRecord, error)
 	PutServer(ctx context.Context, s ServerRecord) error
 
+	// DeleteServer and DeleteAgent forget an identity; ErrNotFound if there was none.
+	DeleteServer(ctx context.Context, id string) error
+	DeleteAgent(ctx context.Context, id string) error
+
 	Agent(ctx context.Context, id string) (AgentRecord, error)
 	Agents(ctx context.Context) ([]AgentRecord, error)
 	PutAgent(ctx context.Context, a AgentRecord) error
