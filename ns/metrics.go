@@ -22,6 +22,7 @@ type serverMetrics struct {
 	subnets       prometheus.Gauge
 	ownership     *prometheus.CounterVec
 	macConflicts  prometheus.Counter
+	siteChanges   prometheus.Counter
 }
 
 // Label values known in advance, created at start so every series exists at 0.
@@ -74,6 +75,10 @@ func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 			Namespace: obs.Namespace, Subsystem: subsystem, Name: "mac_conflicts_total",
 			Help: "MAC addresses an agent claimed that an administrator's record or another agent held.",
 		}),
+		siteChanges: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: obs.Namespace, Subsystem: subsystem, Name: "site_changes_held_total",
+			Help: "Reports of approved site servers that would move them to other sites, held for approval.",
+		}),
 		subnets: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: obs.Namespace, Subsystem: subsystem, Name: "subnet_rules",
 			Help: "Subnet rules in force (shadowed ones not counted).",
@@ -103,7 +108,7 @@ func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 		m.siteServers.WithLabelValues(s)
 	}
 	if err := obs.RegisterAll(reg, m.enrollments, m.authFailures, m.registrations, m.badRequests, m.rulesLoads,
-		m.siteServers, m.agents, m.sites, m.subnets, m.ownership, m.macConflicts); err != nil {
+		m.siteServers, m.agents, m.sites, m.subnets, m.ownership, m.macConflicts, m.siteChanges); err != nil {
 		return nil, err
 	}
 	return m, nil

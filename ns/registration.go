@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 
 	"github.com/siteserver/siteserver/internal/httpx"
@@ -52,7 +53,8 @@ func (s *Server) handleRegisterServer(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusUnauthorized, "this certificate was superseded by a later enrollment; enroll again")
 		return
 	}
-	rec.Hostname, rec.Addresses, rec.Services, rec.LastSeen = req.Hostname, req.Addresses, req.Services, s.now().UTC()
+	s.takeReport(&rec, req.Hostname, req.Addresses)
+	rec.Services, rec.LastSeen = req.Services, s.now().UTC()
 	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
 		rec.RemoteAddr = ap.Addr().Unmap().String()
 	}
@@ -232,4 +234,40 @@ func (s *Server) channelAddr(r *http.Request) string {
 		host = h
 	}
 	return net.JoinHostPort(host, strconv.Itoa(int(s.channel.Addr().Port())))
+}
+
+// takeReport applies a site server's reported host name and addresses. Until it is
+// approved, and with approval: auto, they are taken as they are. An approved server whose
+// report would put it in other sites keeps the sites it was approved for (it keeps serving
+// them) and the report waits, shown in servers list, for servers approve.
+func (s *Server) takeReport(rec *store.ServerRecord, hostname string, addrs []netip.Prefix) {
+	if s.cfg.Approval == "auto" || rec.Status != nsapi.StatusApproved {
+		rec.Hostname, rec.Addresses, rec.ReportedHostname, rec.ReportedAddresses = hostname, addrs, "", nil
+		return
+	}
+	m := s.rules.Load()
+	reported := *rec
+	reported.Hostname, reported.Addresses = hostname, addrs
+	if sameSites(m.ServerSites(toSitesServer(*rec, 0)), m.ServerSites(toSitesServer(reported, 0))) {
+		rec.Hostname, rec.Addresses, rec.ReportedHostname, rec.ReportedAddresses = hostname, addrs, "", nil
+		return
+	}
+	if rec.ReportedHostname != hostname || !slices.Equal(rec.ReportedAddresses, addrs) {
+		s.metrics.siteChanges.Inc()
+		s.logger.Warn("site server reports addresses or a host name that would move it to other sites; it stays in its approved sites until an administrator approves",
+			"id", rec.ID, "hostname", hostname, "approved_hostname", rec.Hostname)
+	}
+	rec.ReportedHostname, rec.ReportedAddresses = hostname, addrs
+}
+
+func sameSites(a, b []sites.Match) bool {
+	names := func(ms []sites.Match) []string {
+		var out []string
+		for _, m := range ms {
+			out = append(out, m.Site)
+		}
+		slices.Sort(out)
+		return slices.Compact(out)
+	}
+	return slices.Equal(names(a), names(b))
 }

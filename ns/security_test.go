@@ -368,3 +368,69 @@ func TestSecurityDeleteAndReject(t *testing.T) {
 		t.Fatalf("servers after reject = %+v, %v", list, err)
 	}
 }
+
+// An approved site server's sites follow what the administrator approved: a report that
+// would move it to another site is held (it keeps serving its approved site, and agents
+// there are still given it) until servers approve takes the change; a change that keeps
+// its sites is taken at once.
+func TestSecuritySiteMembershipNeedsApproval(t *testing.T) {
+	tn := startNS(t, func(c *ServerConfig) { c.Approval = "manual" })
+	ctx := context.Background()
+	if _, err := tn.admin.ApplyRules(ctx, []byte("sites:\n  - name: a\n    subnets: [10.1.0.0/16]\n  - name: b\n    subnets: [10.2.0.0/16]\n")); err != nil {
+		t.Fatal(err)
+	}
+	p := tn.peer(t, nsapi.KindSiteServer, "ss-1", "ss1")
+	svc := nsapi.ServiceInfo{Name: nsapi.ServiceTask, URL: "https://ss-1"}
+	if _, err := registerServer(t, p, []string{"10.1.0.5/16"}, svc); nsapi.StatusOf(err) != http.StatusForbidden {
+		t.Fatalf("before approval: %v", err)
+	}
+	if err := tn.admin.Approve(ctx, "ss-1"); err != nil {
+		t.Fatal(err)
+	}
+	sitesOf := func(addr string) []string {
+		t.Helper()
+		resp, err := registerServer(t, p, []string{addr}, svc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return siteNames(resp.Sites)
+	}
+	if got := sitesOf("10.1.0.5/16"); len(got) != 1 || got[0] != "a" {
+		t.Fatalf("approved sites = %v", got)
+	}
+	before := testutil.ToFloat64(tn.srv.metrics.siteChanges)
+	if got := sitesOf("10.2.0.5/16"); len(got) != 1 || got[0] != "a" {
+		t.Fatalf("after reporting an address in b: sites %v, want still a", got)
+	}
+	sitesOf("10.2.0.5/16") // the same report again is not counted again
+	if got := testutil.ToFloat64(tn.srv.metrics.siteChanges); got != before+1 {
+		t.Fatalf("held changes counted %v, want %v", got, before+1)
+	}
+	list, err := tn.admin.Servers(ctx)
+	if err != nil || len(list) != 1 || list[0].PendingChange == nil || siteNames(list[0].PendingChange.Sites)[0] != "b" ||
+		siteNames(list[0].Sites)[0] != "a" {
+		t.Fatalf("servers list = %+v, %v", list, err)
+	}
+	// An agent in site a is still given ss-1.
+	ac, err := tn.peer(t, nsapi.KindAgent, "pc-1", "pc1").Client(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := ac.RegisterAgent(ctx, nsapi.RegisterAgentRequest{ID: "pc-1", Hostname: "pc1", Addresses: []netip.Addr{netip.MustParseAddr("10.1.9.9")}})
+	if err != nil || len(resp.TaskServers) != 1 || resp.TaskServers[0].ID != "ss-1" {
+		t.Fatalf("agent in a: %+v, %v", resp.TaskServers, err)
+	}
+	if err := tn.admin.Approve(ctx, "ss-1"); err != nil {
+		t.Fatal(err)
+	}
+	if got := sitesOf("10.2.0.5/16"); len(got) != 1 || got[0] != "b" {
+		t.Fatalf("after approval: sites %v, want b", got)
+	}
+	// A new address in the same site needs nothing.
+	if got := sitesOf("10.2.0.6/16"); len(got) != 1 || got[0] != "b" {
+		t.Fatalf("same-site change: %v", got)
+	}
+	if list, _ := tn.admin.Servers(ctx); list[0].PendingChange != nil || list[0].Addresses[0] != "10.2.0.6/16" {
+		t.Fatalf("same-site change held: %+v", list[0])
+	}
+}

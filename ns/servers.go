@@ -31,6 +31,14 @@ func (s *Server) handleListServers(w http.ResponseWriter, r *http.Request) {
 		for _, a := range rec.Addresses {
 			v.Addresses = append(v.Addresses, a.String())
 		}
+		if rec.ReportedHostname != "" {
+			reported := rec
+			reported.Hostname, reported.Addresses = rec.ReportedHostname, rec.ReportedAddresses
+			v.PendingChange = &nsapi.SiteChange{Hostname: rec.ReportedHostname, Sites: matches(m.ServerSites(toSitesServer(reported, 0)))}
+			for _, a := range rec.ReportedAddresses {
+				v.PendingChange.Addresses = append(v.PendingChange.Addresses, a.String())
+			}
+		}
 		out = append(out, v)
 	}
 	httpx.WriteJSON(w, http.StatusOK, out)
@@ -61,6 +69,11 @@ func (s *Server) handleApprove(w http.ResponseWriter, r *http.Request) {
 	rec, err := s.store.Server(r.Context(), id)
 	if err == nil {
 		rec.Status = nsapi.StatusApproved
+		if rec.ReportedHostname != "" {
+			// The change it reported is what is approved now.
+			rec.Hostname, rec.Addresses = rec.ReportedHostname, rec.ReportedAddresses
+			rec.ReportedHostname, rec.ReportedAddresses = "", nil
+		}
 		err = s.store.PutServer(r.Context(), rec)
 	}
 	s.mu.Unlock()

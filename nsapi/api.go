@@ -165,6 +165,16 @@ type ServerView struct {
 	Computers int           `json:"computers"`
 	Enrolled  time.Time     `json:"enrolled"`
 	LastSeen  time.Time     `json:"last_seen,omitzero"`
+	// PendingChange is what the server reported that would move it to other sites; it
+	// stays in Sites until servers approve takes the change.
+	PendingChange *SiteChange `json:"pending_change,omitempty"`
+}
+
+// SiteChange is a site server's report that waits for approval, and the sites it would give.
+type SiteChange struct {
+	Hostname  string      `json:"hostname"`
+	Addresses []string    `json:"addresses"`
+	Sites     []SiteMatch `json:"sites"`
 }
 
 // AgentView is an agent as administrators see it.

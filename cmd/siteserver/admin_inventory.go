@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -33,7 +34,16 @@ func serversList(a *adminCall) error {
 			if !v.LastSeen.IsZero() {
 				seen = v.LastSeen.Local().Format(time.DateTime)
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", v.ID, v.Hostname, v.Status, dash(sts), dash(svcs), v.Computers, seen)
+			status := v.Status
+			if c := v.PendingChange; c != nil {
+				var to []string
+				for _, s := range c.Sites {
+					to = append(to, s.Site)
+				}
+				// Approving takes the change: the server then moves to these sites.
+				status += fmt.Sprintf(" (reports %s %s: sites %s, waits for approve)", c.Hostname, strings.Join(c.Addresses, ","), dash(to))
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", v.ID, v.Hostname, status, dash(sts), dash(svcs), v.Computers, seen)
 		}
 	})
 }

@@ -152,6 +152,10 @@ var migrations = []string{
 		target TEXT NOT NULL,
 		status INTEGER NOT NULL
 	);`,
+	// 10: what an approved site server reported that would move it to other sites, held
+	// until an administrator approves it.
+	`ALTER TABLE servers ADD COLUMN reported_hostname TEXT NOT NULL DEFAULT '';
+	ALTER TABLE servers ADD COLUMN reported_addresses TEXT NOT NULL DEFAULT '[]';`,
 }
 
 // SQLiteStore is the Store in a SQLite file.
@@ -327,16 +331,20 @@ func (s *SQLiteStore) ReplaceRules(ctx context.Context, src sites.Source, r site
 	return nil
 }
 
-const serverCols = `id, hostname, status, tickle_key, tickle_key_id, cert_serial, addresses, services, enrolled_at, last_seen, remote_addr`
+const serverCols = `id, hostname, status, tickle_key, tickle_key_id, cert_serial, addresses, services, enrolled_at, last_seen, remote_addr, reported_hostname, reported_addresses`
 
 type scanner interface{ Scan(...any) error }
 
 func scanServer(sc scanner) (ServerRecord, error) {
 	var rec ServerRecord
-	var addrs, svcs string
+	var addrs, svcs, reported string
 	var enrolled, seen int64
-	if err := sc.Scan(&rec.ID, &rec.Hostname, &rec.Status, &rec.TickleKey, &rec.TickleKeyID, &rec.CertSerial, &addrs, &svcs, &enrolled, &seen, &rec.RemoteAddr); err != nil {
+	if err := sc.Scan(&rec.ID, &rec.Hostname, &rec.Status, &rec.TickleKey, &rec.TickleKeyID, &rec.CertSerial, &addrs, &svcs, &enrolled, &seen, &rec.RemoteAddr,
+		&rec.ReportedHostname, &reported); err != nil {
 		return rec, err
+	}
+	if err := json.Unmarshal([]byte(reported), &rec.ReportedAddresses); err != nil {
+		return rec, fmt.Errorf("server %s reported addresses: %w", rec.ID, err)
 	}
 	if err := json.Unmarshal([]byte(addrs), &rec.Addresses); err != nil {
 		return rec, fmt.Errorf("server %s addresses: %w", rec.ID, err)
@@ -397,13 +405,15 @@ func (s *SQLiteStore) Servers(ctx context.Context) ([]ServerRecord, error) {
 func (s *SQLiteStore) PutServer(ctx context.Context, rec ServerRecord) error {
 	addrs, _ := json.Marshal(orEmpty(rec.Addresses))
 	svcs, _ := json.Marshal(orEmpty(rec.Services))
-	_, err := s.db.ExecContext(ctx, `INSERT INTO servers (`+serverCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+	reported, _ := json.Marshal(orEmpty(rec.ReportedAddresses))
+	_, err := s.db.ExecContext(ctx, `INSERT INTO servers (`+serverCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname, status = excluded.status,
 		tickle_key = excluded.tickle_key, tickle_key_id = excluded.tickle_key_id, cert_serial = excluded.cert_serial,
 		addresses = excluded.addresses, services = excluded.services, enrolled_at = excluded.enrolled_at,
-		last_seen = excluded.last_seen, remote_addr = excluded.remote_addr`,
+		last_seen = excluded.last_seen, remote_addr = excluded.remote_addr,
+		reported_hostname = excluded.reported_hostname, reported_addresses = excluded.reported_addresses`,
 		rec.ID, rec.Hostname, rec.Status, rec.TickleKey, rec.TickleKeyID, rec.CertSerial, string(addrs), string(svcs),
-		toUnixNano(rec.Enrolled), toUnixNano(rec.LastSeen), rec.RemoteAddr)
+		toUnixNano(rec.Enrolled), toUnixNano(rec.LastSeen), rec.RemoteAddr, rec.ReportedHostname, string(reported))
 	if err != nil {
 		return fmt.Errorf("ns: store: put server %s: %w", rec.ID, err)
 	}

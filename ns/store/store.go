@@ -30,6 +30,11 @@ type ServerRecord struct {
 	// RemoteAddr is the IP the last registration came from: where to tickle a task server
 	// that listens on all addresses.
 	RemoteAddr string
+	// ReportedHostname and ReportedAddresses, when the hostname is set, are what the
+	// server last reported that would put it in other sites than Hostname and Addresses,
+	// the ones approved: they wait for an administrator's approval.
+	ReportedHostname  string
+	ReportedAddresses []netip.Prefix
 }
 
 // AgentRecord is an agent as the NS stores it.
