@@ -96,8 +96,8 @@ func (p *Enrollment) Client(ctx context.Context) (*Client, error) {
 		// An expired certificate fails every handshake and cannot prove the identity for a
 		// renewal: enroll again with the token, which the NS allows only after an
 		// administrator reset this GUID.
+		// The expired one stays until a new one replaces it, so that every attempt says why.
 		err = fmt.Errorf("%w on %s", errCertExpired, cert.Leaf.NotAfter.Format(time.RFC3339))
-		os.Remove(p.path("client.crt"))
 		if eerr := p.enroll(ctx); eerr != nil {
 			return nil, fmt.Errorf("ns: %s: certificate of %s %s: %w; %w", p.Endpoint.Name, p.Kind, p.ID, err, eerr)
 		}
