@@ -148,11 +148,16 @@ func (s *Server) recordEnrollment(w http.ResponseWriter, r *http.Request, req ns
 			return false
 		}
 		// A renewal (proved with the current certificate) keeps the tickle key its holder
-		// has; any other enrollment gets a fresh one, never a secret issued before.
+		// has, its host name and its status: its sites change only by approval. Any other
+		// enrollment gets a fresh key, never a secret issued before, and with manual
+		// approval waits for an administrator like a new server.
 		if rec.CertSerial == "" || len(rec.TickleKey) == 0 {
 			rec.TickleKey, rec.TickleKeyID = newTickleKey()
+			rec.Hostname = req.Hostname
+			if s.cfg.Approval == "manual" {
+				rec.Status = nsapi.StatusPending
+			}
 		}
-		rec.Hostname = req.Hostname
 		rec.CertSerial = serial
 		rec.Enrolled = now
 		if err := s.store.PutServer(ctx, rec); err != nil {

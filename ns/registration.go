@@ -4,11 +4,9 @@ import (
 	"context"
 	"crypto/ed25519"
 	"errors"
-	"net"
 	"net/http"
 	"net/netip"
 	"slices"
-	"strconv"
 
 	"github.com/siteserver/siteserver/internal/httpx"
 	"github.com/siteserver/siteserver/ns/store"
@@ -229,11 +227,7 @@ func (s *Server) channelAddr(r *http.Request) string {
 	if s.channel == nil {
 		return ""
 	}
-	host := r.Host
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		host = h
-	}
-	return net.JoinHostPort(host, strconv.Itoa(int(s.channel.Addr().Port())))
+	return httpx.HostPort(r, s.channel.Addr().Port())
 }
 
 // takeReport applies a site server's reported host name and addresses. Until it is

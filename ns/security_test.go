@@ -433,4 +433,18 @@ func TestSecuritySiteMembershipNeedsApproval(t *testing.T) {
 	if list, _ := tn.admin.Servers(ctx); list[0].PendingChange != nil || list[0].Addresses[0] != "10.2.0.6/16" {
 		t.Fatalf("same-site change held: %+v", list[0])
 	}
+	// Renewing keeps the approval; taking the GUID over after a reset waits for it again.
+	if err := p.Renew(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := sitesOf("10.2.0.6/16"); len(got) != 1 || got[0] != "b" {
+		t.Fatalf("after renewal: %v", got)
+	}
+	if err := tn.admin.ResetServer(ctx, "ss-1"); err != nil {
+		t.Fatal(err)
+	}
+	other := tn.peer(t, nsapi.KindSiteServer, "ss-1", "elsewhere")
+	if _, err := registerServer(t, other, []string{"10.1.0.5/16"}, svc); nsapi.StatusOf(err) != http.StatusForbidden {
+		t.Fatalf("re-enrolled after a reset: %v, want pending (403)", err)
+	}
 }

@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"strconv"
 	"time"
 
 	"github.com/google/uuid"
@@ -279,9 +278,5 @@ func (s *Service) channelAddr(r *http.Request) string {
 	if s.channel == nil {
 		return ""
 	}
-	host := r.Host
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		host = h
-	}
-	return net.JoinHostPort(host, strconv.Itoa(int(s.channel.Addr().Port())))
+	return httpx.HostPort(r, s.channel.Addr().Port())
 }

@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"strconv"
 )
 
 // ErrorBody is the body of every non-2xx answer.
@@ -70,4 +72,14 @@ func List[T any](s []T) []T {
 		return []T{}
 	}
 	return s
+}
+
+// HostPort is the host the request was sent to (its Host header, without a port) with
+// port: where a client that reached us there finds another of our listeners.
+func HostPort(r *http.Request, port uint16) string {
+	host := r.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	return net.JoinHostPort(host, strconv.Itoa(int(port)))
 }
