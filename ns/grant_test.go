@@ -2,6 +2,9 @@ package ns
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -78,5 +81,30 @@ func TestWorkCarriesGrants(t *testing.T) {
 	}
 	if err := agents["pc-1"].PinJobKey(key); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The streamed work answer is the JSON encoding of the WorkResponse, byte for byte.
+func TestWriteWorkIsJSON(t *testing.T) {
+	job := nsapi.Job{ID: "j", Name: "<j&>", Tasks: []nsapi.Task{{Name: "t", Command: []string{"true"}, Timeout: nsapi.Duration(time.Minute)}}}
+	d, _ := nsapi.JobDigest(job)
+	now := time.Unix(1700000000, 5).UTC()
+	for _, n := range []int{0, 1, 3} {
+		resp := nsapi.WorkResponse{Instances: []nsapi.JobInstance{}}
+		for i := range n {
+			resp.Instances = append(resp.Instances, nsapi.JobInstance{ID: fmt.Sprint("i", i), JobID: "j", Agent: "a", State: nsapi.StatePending,
+				Created: now, Expires: now, Updated: now, Job: job, JobDigest: d,
+				Grant: &nsapi.Grant{Payload: []byte(`{"instance":"i"}`), Sig: []byte{1, 2, 3}}})
+		}
+		resp.Compact()
+		want, err := json.Marshal(resp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec := httptest.NewRecorder()
+		writeWork(rec, resp)
+		if got := rec.Body.String(); got != string(want)+"\n" {
+			t.Fatalf("%d instances:\n got %s\nwant %s", n, got, want)
+		}
 	}
 }

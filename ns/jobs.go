@@ -1,7 +1,9 @@
 package ns
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -185,7 +187,7 @@ func (s *Server) handleWork(w http.ResponseWriter, r *http.Request) {
 	}
 	resp := nsapi.WorkResponse{Instances: httpx.List(insts)}
 	resp.Compact()
-	httpx.WriteJSON(w, http.StatusOK, resp)
+	writeWork(w, resp)
 }
 
 func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
@@ -311,4 +313,31 @@ func (s *Server) grant(insts []nsapi.JobInstance, now time.Time) error {
 		})
 	}
 	return g.Wait()
+}
+
+// writeWork streams a work answer one instance at a time: for 15,000 instances one JSON
+// buffer would grow (and be copied and cleared) many times over.
+func writeWork(w http.ResponseWriter, resp nsapi.WorkResponse) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	bw := bufio.NewWriterSize(w, 64<<10)
+	jobs, err := json.Marshal(resp.Jobs)
+	if err != nil {
+		return // the client sees a truncated answer and retries
+	}
+	bw.WriteString(`{"jobs":`)
+	bw.Write(jobs)
+	bw.WriteString(`,"instances":[`)
+	var b []byte
+	for i, in := range resp.Instances {
+		if i > 0 {
+			bw.WriteByte(',')
+		}
+		if b, err = json.Marshal(in); err != nil {
+			return
+		}
+		bw.Write(b)
+	}
+	bw.WriteString("]}\n")
+	bw.Flush()
 }

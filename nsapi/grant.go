@@ -18,8 +18,9 @@ import (
 // instance to another agent or replays an old one is refused by the agent.
 type Grant struct {
 	// Payload is the JSON of a GrantBody, signed as it is: the agent checks these bytes,
-	// not a re-encoding of them.
-	Payload []byte `json:"payload"`
+	// not a re-encoding of them. It travels as JSON, not base64: compact JSON of IDs,
+	// a hex digest and times, which re-encoding leaves byte for byte as it is.
+	Payload json.RawMessage `json:"payload"`
 	// Sig is the Ed25519 signature of GrantContext followed by Payload.
 	Sig []byte `json:"sig"`
 }

@@ -148,7 +148,7 @@ func FuzzVerifyGrant(f *testing.F) {
 	job := testJob()
 	d, _ := JobDigest(job)
 	g, _ := SignGrant(key, GrantBody{Instance: "inst-1", Agent: "agent-a", JobID: job.ID, JobDigest: d, IssuedAt: now, NotAfter: now.Add(time.Hour)})
-	f.Add(g.Payload, g.Sig, "inst-1", []byte(`{"id":"job-1","name":"x","tasks":[]}`), false)
+	f.Add([]byte(g.Payload), g.Sig, "inst-1", []byte(`{"id":"job-1","name":"x","tasks":[]}`), false)
 	f.Add([]byte(`{}`), make([]byte, 64), "x", []byte(`{}`), true)
 	f.Fuzz(func(t *testing.T, payload, sig []byte, instance string, jobJSON []byte, resign bool) {
 		var j Job
@@ -173,4 +173,26 @@ func FuzzVerifyGrant(f *testing.F) {
 			t.Fatalf("accepted %+v for instance %q", body, instance)
 		}
 	})
+}
+
+// A grant reaches the agent through the NS's JSON, a task server's decoding and its own
+// JSON again: its payload must come out byte for byte, or no signature would check.
+func TestGrantSurvivesRelay(t *testing.T) {
+	pub, key, _ := ed25519.GenerateKey(nil)
+	now := time.Now()
+	in := testGrant(t, key, JobInstance{ID: "inst-1", JobID: "job-1", Agent: "agent-a", Job: testJob()}, "agent-a", now, now.Add(time.Hour))
+	for hop := range 3 {
+		b, err := json.Marshal(WorkResponse{Instances: []JobInstance{in}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var w WorkResponse
+		if err := json.Unmarshal(b, &w); err != nil {
+			t.Fatal(err)
+		}
+		in = w.Instances[0]
+		if _, err := VerifyGrant(pub, in, "agent-a", now); err != nil {
+			t.Fatalf("after %d relays: %v", hop+1, err)
+		}
+	}
 }
