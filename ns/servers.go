@@ -123,16 +123,24 @@ func (s *Server) handleResetAgent(w http.ResponseWriter, r *http.Request) {
 	s.answerReset(w, r, nsapi.KindAgent, id, err)
 }
 
-func (s *Server) answerReset(w http.ResponseWriter, r *http.Request, kind, id string, err error) {
+// answerIdentity answers an administrator's reset or delete of an identity: 404 if there
+// was none, else done answers and the change is logged.
+func (s *Server) answerIdentity(w http.ResponseWriter, r *http.Request, kind, id string, err error, logMsg string, done func()) {
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		httpx.WriteError(w, http.StatusNotFound, "no %s %q", kind, id)
 	case err != nil:
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 	default:
-		s.logger.Warn("identity reset by an administrator: its certificate is refused and it may enroll again", "kind", kind, "id", id)
-		httpx.WriteJSON(w, http.StatusOK, map[string]string{"id": id, "status": "reset"})
+		s.logger.Warn(logMsg, "kind", kind, "id", id)
+		s.refreshGauges(r.Context())
+		done()
 	}
+}
+
+func (s *Server) answerReset(w http.ResponseWriter, r *http.Request, kind, id string, err error) {
+	s.answerIdentity(w, r, kind, id, err, "identity reset by an administrator: its certificate is refused and it may enroll again",
+		func() { httpx.WriteJSON(w, http.StatusOK, map[string]string{"id": id, "status": "reset"}) })
 }
 
 // handleDeleteServer forgets a site server and revokes its certificate (servers delete); a
@@ -176,14 +184,6 @@ func (s *Server) handleDeleteAgent(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) answerDelete(w http.ResponseWriter, r *http.Request, kind, id string, err error) {
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		httpx.WriteError(w, http.StatusNotFound, "no %s %q", kind, id)
-	case err != nil:
-		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
-	default:
-		s.logger.Warn("identity deleted by an administrator: its certificate is revoked", "kind", kind, "id", id)
-		s.refreshGauges(r.Context())
-		w.WriteHeader(http.StatusNoContent)
-	}
+	s.answerIdentity(w, r, kind, id, err, "identity deleted by an administrator: its certificate is revoked",
+		func() { w.WriteHeader(http.StatusNoContent) })
 }
