@@ -7,6 +7,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -101,19 +102,15 @@ func (a *Agent) Servers() (nsapi.RegisterAgentResponse, bool) {
 
 // Run registers with the NS and keeps doing so on the interval it is given.
 func (a *Agent) Run(ctx context.Context) error {
-	id, err := nsapi.LoadOrCreateID(a.cfg.DataDir)
-	if err != nil {
-		return err
-	}
 	host, err := hostinfo.Hostname(a.cfg.Hostname)
 	if err != nil {
 		return err
 	}
-	a.logger.Info("agent identity", "id", id, "hostname", host)
 	peer := &nsapi.Enrollment{
-		Endpoint: a.cfg.NS, Kind: nsapi.KindAgent, ID: id, Hostname: host,
+		Endpoint: a.cfg.NS, Kind: nsapi.KindAgent, Hostname: host,
 		Dir: filepath.Join(a.cfg.DataDir, "ns", a.cfg.NS.Name),
 	}
+	a.logger.Info("agent identity", "id", cmp.Or(peer.ID(), "issued by the NS at enrollment"), "hostname", host)
 	a.peer = peer
 	if a.registrar, err = nsapi.NewRegistrar([]*nsapi.Enrollment{peer}, a.register, a.logger, a.reg); err != nil {
 		return err
@@ -156,7 +153,7 @@ func (a *Agent) register(ctx context.Context, p *nsapi.Enrollment, c *nsapi.Clie
 	a.mu.Lock()
 	ts := a.taskServer
 	a.mu.Unlock()
-	req := nsapi.RegisterAgentRequest{ID: p.ID, Hostname: p.Hostname, Addresses: hostinfo.Addrs(prefixes), TaskServer: ts,
+	req := nsapi.RegisterAgentRequest{ID: p.ID(), Hostname: p.Hostname, Addresses: hostinfo.Addrs(prefixes), TaskServer: ts,
 		MACs: hostinfo.MACs(a.cfg.MACs)}
 	resp, err := c.RegisterAgent(ctx, req)
 	if err != nil {
@@ -176,6 +173,6 @@ func (a *Agent) register(ctx context.Context, p *nsapi.Enrollment, c *nsapi.Clie
 	for _, s := range resp.TaskServers {
 		task = append(task, s.Hostname)
 	}
-	a.logger.Info("registered with NS", "sites", len(resp.Sites), "task_servers", task, "reason", resp.TaskReason)
+	a.logger.Info("registered with NS", "id", p.ID(), "sites", len(resp.Sites), "task_servers", task, "reason", resp.TaskReason)
 	return resp, resp.Settings.HeartbeatInterval, nil
 }

@@ -188,7 +188,7 @@ func (t *taskClient) cycle(ctx context.Context, conn net.PacketConn) error {
 // the instance is left alone: nothing of it runs and no event is sent for it.
 func (t *taskClient) verify(inst nsapi.JobInstance) error {
 	key, _ := t.a.peer.JobKey()
-	_, err := nsapi.VerifyGrant(key, inst, t.a.peer.ID, t.a.now())
+	_, err := nsapi.VerifyGrant(key, inst, t.a.peer.ID(), t.a.now())
 	if err == nil {
 		return nil
 	}
@@ -246,7 +246,7 @@ func (t *taskClient) ensureRegistered(ctx context.Context, conn net.PacketConn) 
 	}
 	conf.ServerName = srv.NSID
 	hc := &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{TLSClientConfig: conf, IdleConnTimeout: time.Minute}}
-	req := taskapi.RegisterRequest{ID: t.a.peer.ID, Hostname: t.a.peer.Hostname}
+	req := taskapi.RegisterRequest{ID: t.a.peer.ID(), Hostname: t.a.peer.Hostname}
 	if conn != nil {
 		if ap, err := netip.ParseAddrPort(conn.LocalAddr().String()); err == nil {
 			req.TicklePort = ap.Port()
@@ -312,7 +312,7 @@ func (t *taskClient) call(ctx context.Context, method, path string, in, out any)
 	req.Header.Set("Content-Type", "application/json")
 	var ts int64
 	if signedCall {
-		ts = taskapi.SignRequest(req, t.a.peer.ID, key, body, time.Now())
+		ts = taskapi.SignRequest(req, t.a.peer.ID(), key, body, time.Now())
 	}
 	resp, err := hc.Do(req)
 	if err != nil {

@@ -1,6 +1,7 @@
 package ns
 
 import (
+	"cmp"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/x509"
@@ -43,7 +44,7 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusUnauthorized, "enrollment token missing or wrong")
 		return
 	}
-	if !nsapi.ValidID(req.ID) {
+	if req.ID != "" && !nsapi.ValidID(req.ID) {
 		s.metrics.enrollments.WithLabelValues(req.Kind, "bad_request").Inc()
 		s.badRequest(w, fmt.Errorf("id: %q is not a valid GUID", req.ID))
 		return
@@ -53,21 +54,10 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		s.badRequest(w, err)
 		return
 	}
-	certPEM, err := s.ca.SignCSR(req.CSR, req.ID, req.Kind)
-	if err != nil {
-		s.metrics.enrollments.WithLabelValues(req.Kind, "bad_request").Inc()
-		s.badRequest(w, fmt.Errorf("csr: %w", err))
-		return
-	}
-	serial, err := certSerial(certPEM)
-	if err != nil {
-		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
-		return
-	}
-	resp := nsapi.EnrollResponse{Certificate: string(certPEM), CA: string(s.ca.CertPEM), Status: nsapi.StatusApproved, NSID: s.nsID(),
+	resp := nsapi.EnrollResponse{CA: string(s.ca.CertPEM), Status: nsapi.StatusApproved, NSID: s.nsID(),
 		JobKey: s.jobKey.Public().(ed25519.PublicKey)}
 	ctx := r.Context()
-	if !s.recordEnrollment(w, r, req, serial, &resp) {
+	if !s.recordEnrollment(w, r, req, &resp) {
 		return
 	}
 	result := "ok"
@@ -75,7 +65,7 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		result = "pending"
 	}
 	s.metrics.enrollments.WithLabelValues(req.Kind, result).Inc()
-	s.logger.Info("enrolled", "kind", req.Kind, "id", req.ID, "hostname", req.Hostname, "status", resp.Status)
+	s.logger.Info("enrolled", "kind", req.Kind, "id", resp.ID, "hostname", req.Hostname, "status", resp.Status)
 	s.refreshGauges(ctx)
 	httpx.WriteJSON(w, http.StatusOK, resp)
 }
@@ -121,30 +111,54 @@ func newTickleKey() ([]byte, uint32) {
 	return key, binary.BigEndian.Uint32(kid[:])
 }
 
-// recordEnrollment stores the identity an enrollment certifies; on failure it has answered.
-func (s *Server) recordEnrollment(w http.ResponseWriter, r *http.Request, req nsapi.EnrollRequest, serial string, resp *nsapi.EnrollResponse) bool {
+// recordEnrollment decides the GUID an enrollment gets, signs its certificate and stores the
+// identity; on failure it has answered. The NS issues GUIDs: a client keeps the one it
+// names only if the NS knows it (a renewal with the current certificate, or a GUID an
+// administrator reset); any other enrollment gets a new one, so a token holder can neither
+// pick an identity nor take over one it learnt.
+func (s *Server) recordEnrollment(w http.ResponseWriter, r *http.Request, req nsapi.EnrollRequest, resp *nsapi.EnrollResponse) bool {
 	ctx := r.Context()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now().UTC()
+	fail := func(err error) bool {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return false
+	}
+	// sign issues the certificate for id and revokes the one it supersedes.
+	sign := func(id, superseded string) (serial string, ok bool) {
+		certPEM, err := s.ca.SignCSR(req.CSR, id, req.Kind)
+		if err != nil {
+			s.metrics.enrollments.WithLabelValues(req.Kind, "bad_request").Inc()
+			s.badRequest(w, fmt.Errorf("csr: %w", err))
+			return "", false
+		}
+		if serial, err = certSerial(certPEM); err != nil {
+			return "", fail(err)
+		}
+		if err := s.store.Revoke(ctx, superseded, req.Kind, id, now); err != nil {
+			return "", fail(err)
+		}
+		resp.ID, resp.Certificate = id, string(certPEM)
+		return serial, true
+	}
 	switch req.Kind {
 	case nsapi.KindSiteServer:
-		rec, err := s.store.Server(ctx, req.ID)
+		rec, err := s.store.Server(ctx, cmp.Or(req.ID, "-"))
 		switch {
 		case errors.Is(err, store.ErrNotFound):
-			rec = store.ServerRecord{ID: req.ID, Status: nsapi.StatusApproved}
+			rec = store.ServerRecord{ID: s.issueID(req.ID), Status: nsapi.StatusApproved}
 			if s.cfg.Approval == "manual" {
 				rec.Status = nsapi.StatusPending
 			}
 		case err != nil:
-			httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
-			return false
+			return fail(err)
 		case !s.mayReenroll(r, req, rec.CertSerial):
 			s.refuseReenroll(w, r, req)
 			return false
 		}
-		if err := s.store.Revoke(ctx, rec.CertSerial, req.Kind, req.ID, now); err != nil {
-			httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		serial, ok := sign(rec.ID, rec.CertSerial)
+		if !ok {
 			return false
 		}
 		// A renewal (proved with the current certificate) keeps the tickle key its holder
@@ -161,29 +175,27 @@ func (s *Server) recordEnrollment(w http.ResponseWriter, r *http.Request, req ns
 		rec.CertSerial = serial
 		rec.Enrolled = now
 		if err := s.store.PutServer(ctx, rec); err != nil {
-			httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
-			return false
+			return fail(err)
 		}
 		resp.TickleKey, resp.TickleKeyID, resp.Status = rec.TickleKey, rec.TickleKeyID, rec.Status
 	case nsapi.KindAgent:
-		rec, err := s.store.Agent(ctx, req.ID)
+		rec, err := s.store.Agent(ctx, cmp.Or(req.ID, "-"))
 		switch {
 		case errors.Is(err, store.ErrNotFound):
+			rec = store.AgentRecord{ID: s.issueID(req.ID)}
 		case err != nil:
-			httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
-			return false
+			return fail(err)
 		case !s.mayReenroll(r, req, rec.CertSerial):
 			s.refuseReenroll(w, r, req)
 			return false
 		}
-		if err := s.store.Revoke(ctx, rec.CertSerial, req.Kind, req.ID, now); err != nil {
-			httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		serial, ok := sign(rec.ID, rec.CertSerial)
+		if !ok {
 			return false
 		}
-		rec.ID, rec.Hostname, rec.CertSerial, rec.Enrolled = req.ID, req.Hostname, serial, now
+		rec.Hostname, rec.CertSerial, rec.Enrolled = req.Hostname, serial, now
 		if err := s.store.PutAgent(ctx, rec); err != nil {
-			httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
-			return false
+			return fail(err)
 		}
 	}
 	return true

@@ -4,9 +4,13 @@ import (
 	"context"
 	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/siteserver/siteserver/nsapi"
@@ -446,5 +450,71 @@ func TestSecuritySiteMembershipNeedsApproval(t *testing.T) {
 	other := tn.peer(t, nsapi.KindSiteServer, "ss-1", "elsewhere")
 	if _, err := registerServer(t, other, []string{"10.1.0.5/16"}, svc); nsapi.StatusOf(err) != http.StatusForbidden {
 		t.Fatalf("re-enrolled after a reset: %v, want pending (403)", err)
+	}
+}
+
+// The NS issues GUIDs: a client cannot pick its identity. A GUID it proposes is kept only
+// when the NS knows it and lets it be taken (renewal with the current certificate, or
+// after an administrator's reset); a made-up or deleted one gets a fresh GUID instead.
+func TestSecurityEnrollIssuesGUID(t *testing.T) {
+	tn := startNS(t, nil)
+	tn.srv.issueID = func(string) string { return uuid.NewString() } // the production rule
+	ctx := context.Background()
+	for _, kind := range []string{nsapi.KindSiteServer, nsapi.KindAgent} {
+		t.Run(kind, func(t *testing.T) {
+			p := tn.peer(t, kind, "chosen-by-the-client", "host1")
+			if _, err := p.Client(ctx); err != nil {
+				t.Fatal(err)
+			}
+			id := p.ID()
+			if id == "chosen-by-the-client" || uuid.Validate(id) != nil {
+				t.Fatalf("enrolled as %q, want a GUID the NS issued", id)
+			}
+			cert, err := p.Certificate(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cn := cert.Leaf.Subject.CommonName; cn != id {
+				t.Fatalf("certificate names %q, GUID is %q", cn, id)
+			}
+			b, err := os.ReadFile(filepath.Join(p.Dir, "guid"))
+			if err != nil || strings.TrimSpace(string(b)) != id {
+				t.Fatalf("guid file = %q, %v; want %s", b, err, id)
+			}
+
+			// A renewal keeps it.
+			if err := p.Renew(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := p.Client(ctx); err != nil || p.ID() != id {
+				t.Fatalf("after renewal: id %q, %v; want %s", p.ID(), err, id)
+			}
+
+			// After a reset the same client takes its GUID back with the token.
+			reset, del := tn.admin.ResetAgent, func(id string) error { return tn.admin.DeleteAgent(ctx, id) }
+			if kind == nsapi.KindSiteServer {
+				reset, del = tn.admin.ResetServer, func(id string) error { return tn.admin.DeleteServer(ctx, id, false) }
+			}
+			if err := reset(ctx, id); err != nil {
+				t.Fatal(err)
+			}
+			p.Forget()
+			if _, err := p.Client(ctx); err != nil || p.ID() != id {
+				t.Fatalf("after reset: id %q, %v; want %s back", p.ID(), err, id)
+			}
+
+			// A deleted identity does not come back: enrolling again proposes it and gets
+			// a new one.
+			if err := del(id); err != nil {
+				t.Fatal(err)
+			}
+			p.Forget()
+			if _, err := p.Client(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if got := p.ID(); got == id || uuid.Validate(got) != nil {
+				t.Fatalf("after delete: id %q, want a new GUID (was %s)", got, id)
+			}
+		})
 	}
 }

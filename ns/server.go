@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/siteserver/siteserver/internal/datadir"
 	"github.com/siteserver/siteserver/internal/obs"
@@ -33,6 +34,8 @@ type Server struct {
 	tickler    *tickler
 	channel    *tickle.ChannelServer
 	now        func() time.Time
+	// issueID picks the GUID of a new identity; the client's proposal is ignored (tests name theirs).
+	issueID func(proposed string) string
 
 	// set up by Run
 	store  store.Store
@@ -74,6 +77,7 @@ func NewServer(cfg ServerConfig, logger *slog.Logger, reg prometheus.Registerer)
 		metrics:    sm,
 		jobMetrics: jm,
 		now:        time.Now,
+		issueID:    func(string) string { return uuid.NewString() },
 		reload:     make(chan struct{}, 1),
 		readyCh:    make(chan struct{}),
 		startTime:  time.Now(),

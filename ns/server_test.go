@@ -2,6 +2,7 @@ package ns
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"net/http"
 	"net/netip"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -50,6 +52,10 @@ func startNS(t *testing.T, mod func(*ServerConfig)) *testNS {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Tests name their identities: the test NS gives a new identity the GUID it proposes
+	// (peer writes it), so that assertions can say "pc-1". TestEnrollIssuesGUID checks
+	// the real rule on an NS without this.
+	srv.issueID = func(proposed string) string { return cmp.Or(proposed, uuid.NewString()) }
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(ctx) }()
@@ -82,9 +88,16 @@ func (tn *testNS) peer(t *testing.T, kind, id, host string) *nsapi.Enrollment {
 	if kind == nsapi.KindAgent {
 		tok = testAgentToken
 	}
+	dir := filepath.Join(t.TempDir(), id)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "guid"), []byte(id), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	return &nsapi.Enrollment{
 		Endpoint: nsapi.Endpoint{Name: "test", URL: tn.url, EnrollmentToken: tok},
-		Kind:     kind, ID: id, Hostname: host, Dir: filepath.Join(t.TempDir(), id),
+		Kind:     kind, Hostname: host, Dir: dir,
 		InProcess: func(context.Context) (string, []byte, error) { return tn.url, tn.ca, nil },
 	}
 }
@@ -95,7 +108,7 @@ func registerServer(t *testing.T, p *nsapi.Enrollment, addrs []string, services 
 	if err != nil {
 		return nsapi.RegisterServerResponse{}, err
 	}
-	req := nsapi.RegisterServerRequest{ID: p.ID, Hostname: p.Hostname, Services: services}
+	req := nsapi.RegisterServerRequest{ID: p.ID(), Hostname: p.Hostname, Services: services}
 	for _, a := range addrs {
 		req.Addresses = append(req.Addresses, netip.MustParsePrefix(a))
 	}

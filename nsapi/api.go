@@ -60,15 +60,20 @@ func ValidID(s string) bool { return idPattern.MatchString(s) }
 
 // EnrollRequest asks for a client certificate (and, for site servers, a tickle key).
 type EnrollRequest struct {
-	Token    string `json:"token"`
-	Kind     string `json:"kind"`
-	ID       string `json:"id"`
+	Token string `json:"token"`
+	Kind  string `json:"kind"`
+	// ID is the GUID this client already holds at this NS, if any: it renews with its
+	// current certificate, or takes its GUID back after an administrator reset it. The NS
+	// issues GUIDs; one it does not know is ignored and a new one issued.
+	ID       string `json:"id,omitempty"`
 	Hostname string `json:"hostname"`
 	CSR      []byte `json:"csr"` // DER
 }
 
 // EnrollResponse carries the credentials.
 type EnrollResponse struct {
+	// ID is the GUID the NS issued (or kept); the certificate carries it as CommonName.
+	ID          string `json:"id"`
 	Certificate string `json:"certificate"` // PEM
 	CA          string `json:"ca"`          // PEM
 	TickleKey   []byte `json:"tickle_key,omitempty"`

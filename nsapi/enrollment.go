@@ -2,6 +2,7 @@ package nsapi
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -18,35 +19,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/siteserver/siteserver/internal/datadir"
 	"github.com/siteserver/siteserver/internal/pki"
 )
-
-// LoadOrCreateID returns the GUID kept in dir/guid, creating it at first start. The GUID
-// is the identity of a site server or agent at every NS; it survives restarts and upgrades.
-func LoadOrCreateID(dir string) (string, error) {
-	path := filepath.Join(dir, "guid")
-	b, err := os.ReadFile(path)
-	if err == nil {
-		id := strings.TrimSpace(string(b))
-		if !ValidID(id) {
-			return "", fmt.Errorf("ns: %s holds %q, which is not a valid GUID", path, id)
-		}
-		return id, nil
-	}
-	if !errors.Is(err, os.ErrNotExist) {
-		return "", fmt.Errorf("ns: read GUID: %w", err)
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", fmt.Errorf("ns: data dir: %w", err)
-	}
-	id := uuid.NewString()
-	if err := datadir.WriteFileAtomic(path, []byte(id+"\n"), 0o600); err != nil {
-		return "", fmt.Errorf("ns: write GUID: %w", err)
-	}
-	return id, nil
-}
 
 // TickleKey is the shared secret a site server got at enrollment for authenticating tickles.
 type TickleKey struct {
@@ -61,9 +36,8 @@ type TickleKey struct {
 type Enrollment struct {
 	Endpoint Endpoint
 	Kind     string
-	ID       string
 	Hostname string
-	// Dir holds this NS's credentials: client.key, client.crt, ca.crt, tickle.json.
+	// Dir holds this NS's credentials: guid, client.key, client.crt, ca.crt, tickle.json.
 	Dir string
 	// InProcess, when set, gives the URL and CA of an NS running in the same process
 	// (the embedded NS), known only once it has started; it wins over the endpoint's.
@@ -73,6 +47,7 @@ type Enrollment struct {
 	Now func() time.Time
 
 	mu     sync.Mutex
+	id     string // the GUID this NS issued; "" until known
 	client *Client
 	cert   *tls.Certificate // in use by client
 	tickle *TickleKey
@@ -80,6 +55,40 @@ type Enrollment struct {
 }
 
 func (p *Enrollment) path(name string) string { return filepath.Join(p.Dir, name) }
+
+// guidFile holds the GUID the NS issued at enrollment. It outlives the certificate (Forget
+// removes only that), so that a client an administrator reset takes its GUID back.
+const guidFile = "guid"
+
+// ID returns the GUID this NS issued to this site server or agent, or "" before the first
+// enrollment. Every NS issues its own: a site server has one GUID per NS.
+func (p *Enrollment) ID() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.idLocked()
+}
+
+func (p *Enrollment) idLocked() string {
+	if p.id != "" {
+		return p.id
+	}
+	if b, err := os.ReadFile(p.path(guidFile)); err == nil {
+		if id := strings.TrimSpace(string(b)); ValidID(id) {
+			p.id = id
+			return id
+		}
+	}
+	// Credentials from before the NS issued GUIDs: the certificate names the identity.
+	if b, err := os.ReadFile(p.path("client.crt")); err == nil {
+		if blk, _ := pem.Decode(b); blk != nil {
+			if c, err := x509.ParseCertificate(blk.Bytes); err == nil && ValidID(c.Subject.CommonName) {
+				p.id = c.Subject.CommonName
+				datadir.WriteFileAtomic(p.path(guidFile), []byte(p.id+"\n"), 0o600)
+			}
+		}
+	}
+	return p.id
+}
 
 // Client returns an authenticated client, enrolling first if there are no credentials.
 func (p *Enrollment) Client(ctx context.Context) (*Client, error) {
@@ -99,7 +108,7 @@ func (p *Enrollment) Client(ctx context.Context) (*Client, error) {
 		// The expired one stays until a new one replaces it, so that every attempt says why.
 		err = fmt.Errorf("%w on %s", errCertExpired, cert.Leaf.NotAfter.Format(time.RFC3339))
 		if eerr := p.enroll(ctx); eerr != nil {
-			return nil, fmt.Errorf("ns: %s: certificate of %s %s: %w; %w", p.Endpoint.Name, p.Kind, p.ID, err, eerr)
+			return nil, fmt.Errorf("ns: %s: certificate of %s %s: %w; %w", p.Endpoint.Name, p.Kind, p.idLocked(), err, eerr)
 		}
 		cert, err = tls.LoadX509KeyPair(p.path("client.crt"), p.path("client.key"))
 	}
@@ -248,7 +257,9 @@ func (p *Enrollment) enrollWith(ctx context.Context, current *tls.Certificate) e
 	if err != nil {
 		return err
 	}
-	csr, err := pki.MakeCSR(key, p.ID)
+	id := p.idLocked()
+	// The CSR's name is only a proposal; the NS certifies the GUID it issues.
+	csr, err := pki.MakeCSR(key, cmp.Or(id, "new"))
 	if err != nil {
 		return err
 	}
@@ -257,12 +268,15 @@ func (p *Enrollment) enrollWith(ctx context.Context, current *tls.Certificate) e
 		return err
 	}
 	defer c.CloseIdle()
-	resp, err := c.Enroll(ctx, EnrollRequest{Token: p.Endpoint.EnrollmentToken, Kind: p.Kind, ID: p.ID, Hostname: p.Hostname, CSR: csr})
+	resp, err := c.Enroll(ctx, EnrollRequest{Token: p.Endpoint.EnrollmentToken, Kind: p.Kind, ID: id, Hostname: p.Hostname, CSR: csr})
 	if err != nil {
 		return fmt.Errorf("ns: %s: enroll: %w", p.Endpoint.Name, err)
 	}
-	if err := checkIssued(resp.Certificate, key); err != nil {
+	if err := checkIssued(resp.Certificate, key, resp.ID); err != nil {
 		return fmt.Errorf("ns: %s: enroll: %w", p.Endpoint.Name, err)
+	}
+	if current != nil && resp.ID != id {
+		return fmt.Errorf("ns: %s: renewal of %s came back as %s", p.Endpoint.Name, id, resp.ID)
 	}
 	keyDER, err := x509.MarshalECPrivateKey(key)
 	if err != nil {
@@ -288,16 +302,24 @@ func (p *Enrollment) enrollWith(ctx context.Context, current *tls.Certificate) e
 		}
 		p.tickle = nil
 	}
+	if resp.ID != id {
+		if err := datadir.WriteFileAtomic(p.path(guidFile), []byte(resp.ID+"\n"), 0o600); err != nil {
+			return err
+		}
+	}
 	// The certificate goes last: its presence is what says enrollment finished.
 	if err := datadir.WriteFileAtomic(p.path("client.crt"), []byte(resp.Certificate), 0o600); err != nil {
 		return err
 	}
-	p.status = resp.Status
+	p.id, p.status = resp.ID, resp.Status
 	return nil
 }
 
-// checkIssued makes sure the NS issued the certificate for our key.
-func checkIssued(certPEM string, key *ecdsa.PrivateKey) error {
+// checkIssued makes sure the NS issued the certificate for our key and the GUID it says.
+func checkIssued(certPEM string, key *ecdsa.PrivateKey, id string) error {
+	if !ValidID(id) {
+		return fmt.Errorf("the NS issued no valid GUID (%q)", id)
+	}
 	blk, _ := pem.Decode([]byte(certPEM))
 	if blk == nil {
 		return errors.New("issued certificate is not PEM")
@@ -309,6 +331,9 @@ func checkIssued(certPEM string, key *ecdsa.PrivateKey) error {
 	pub, ok := c.PublicKey.(*ecdsa.PublicKey)
 	if !ok || !pub.Equal(&key.PublicKey) {
 		return errors.New("issued certificate is not for our key")
+	}
+	if c.Subject.CommonName != id {
+		return fmt.Errorf("issued certificate names %q, not the GUID %q the NS issued", c.Subject.CommonName, id)
 	}
 	return nil
 }

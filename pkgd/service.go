@@ -32,7 +32,6 @@ import (
 // content-addressed store, reports where it serves them, and serves them over HTTP.
 type Service struct {
 	cfg     Config
-	id      string
 	peer    *nsapi.Enrollment
 	logger  *slog.Logger
 	reg     prometheus.Registerer
@@ -77,7 +76,7 @@ type serviceMetrics struct {
 
 // New builds the package service; nothing is opened or bound until Run. peer is the NS
 // link whose assignments it follows.
-func New(cfg Config, id string, peer *nsapi.Enrollment, logger *slog.Logger, reg prometheus.Registerer) (*Service, error) {
+func New(cfg Config, peer *nsapi.Enrollment, logger *slog.Logger, reg prometheus.Registerer) (*Service, error) {
 	cfg.Defaults()
 	if err := cfg.Validate("services.package"); err != nil {
 		return nil, err
@@ -88,7 +87,7 @@ func New(cfg Config, id string, peer *nsapi.Enrollment, logger *slog.Logger, reg
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Service{cfg: cfg, id: id, peer: peer, logger: logger, reg: reg, now: time.Now,
+	s := &Service{cfg: cfg, peer: peer, logger: logger, reg: reg, now: time.Now,
 		wake: make(chan struct{}, 1), bound: make(chan struct{}), pkgs: map[string]*pkgState{}}
 	m := &serviceMetrics{
 		packages: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: obs.Namespace, Subsystem: "package", Name: "packages",

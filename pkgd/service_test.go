@@ -118,7 +118,7 @@ func newTestService(t *testing.T, f *fakeNS) (*Service, *fakeClock, string) {
 	t.Helper()
 	nsSrv := httptest.NewServer(f)
 	t.Cleanup(nsSrv.Close)
-	s, err := New(Config{Listen: "127.0.0.1:0", DataDir: t.TempDir(), PollInterval: time.Hour}, "ss-1", nil, nil, prometheus.NewRegistry())
+	s, err := New(Config{Listen: "127.0.0.1:0", DataDir: t.TempDir(), PollInterval: time.Hour}, nil, nil, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -201,7 +201,7 @@ func (s *Service) handleRegister(w http.ResponseWriter, r *http.Request, p agent
 	if set, ok := p.ns.link.Settings(); ok {
 		interval = set.TaskRequestInterval
 	}
-	httpx.WriteJSON(w, http.StatusOK, taskapi.RegisterResponse{ServerID: s.id, TickleKey: rec.TickleKey, TickleKeyID: rec.TickleKeyID,
+	httpx.WriteJSON(w, http.StatusOK, taskapi.RegisterResponse{ServerID: s.serverID(p.ns.name), TickleKey: rec.TickleKey, TickleKeyID: rec.TickleKeyID,
 		TaskRequestInterval: nsapi.Duration(interval), HTTPURL: s.httpURL(r), Channel: s.channelAddr(r)})
 }
 

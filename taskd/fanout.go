@@ -11,7 +11,8 @@ import (
 	"golang.org/x/sync/errgroup"
 )
 
-// senderKey names an agent's tickle key: a new key gets a new sender.
+// senderKey names an agent's tickle key: a new key gets a new sender. An agent gets a new
+// key at each registration, so a sender never outlives the server GUID it was built with.
 type senderKey struct {
 	agent string
 	keyID uint32
@@ -45,7 +46,7 @@ func (s *Service) sender(a agentRecord) (*tickle.Sender, error) {
 	if snd, ok := s.senders[key]; ok {
 		return snd, nil
 	}
-	snd, err := tickle.NewSender(s.id, a.TickleKeyID, a.TickleKey, s.metrics.tickles)
+	snd, err := tickle.NewSender(s.serverID(a.NS), a.TickleKeyID, a.TickleKey, s.metrics.tickles)
 	if err != nil {
 		return nil, err
 	}

@@ -26,7 +26,6 @@ import (
 // Service is the task service.
 type Service struct {
 	cfg     Config
-	id      string
 	links   []*NSLink
 	logger  *slog.Logger
 	metrics *metrics
@@ -59,8 +58,8 @@ type Service struct {
 	tickleAd  netip.AddrPort
 }
 
-// New builds the task service for site server id; nothing is bound until Run.
-func New(cfg Config, id string, links []*NSLink, logger *slog.Logger, reg prometheus.Registerer) (*Service, error) {
+// New builds the task service with one link per NS; nothing is bound until Run.
+func New(cfg Config, links []*NSLink, logger *slog.Logger, reg prometheus.Registerer) (*Service, error) {
 	cfg.Defaults()
 	if err := cfg.Validate("services.task"); err != nil {
 		return nil, err
@@ -71,7 +70,7 @@ func New(cfg Config, id string, links []*NSLink, logger *slog.Logger, reg promet
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Service{cfg: cfg, id: id, links: links, logger: logger, fetchCh: make(chan struct{}, 1),
+	s := &Service{cfg: cfg, links: links, logger: logger, fetchCh: make(chan struct{}, 1),
 		work: newWorkCache(), senders: map[senderKey]*tickle.Sender{}, gate: newAcceptGate(), bound: make(chan struct{})}
 	m, err := newMetrics(reg, s)
 	if err != nil {
@@ -80,6 +79,16 @@ func New(cfg Config, id string, links []*NSLink, logger *slog.Logger, reg promet
 	s.metrics = m
 	s.work.instances = m.instances
 	return s, nil
+}
+
+// serverID is this site server's GUID at the NS called nsName (each NS issues its own).
+func (s *Service) serverID(nsName string) string {
+	for _, l := range s.links {
+		if l.Enrollment.Endpoint.Name == nsName {
+			return l.Enrollment.ID()
+		}
+	}
+	return ""
 }
 
 // Name implements service.Service.

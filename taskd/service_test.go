@@ -138,7 +138,7 @@ func (ns *testNS) link(t *testing.T) *NSLink {
 			t.Fatal(err)
 		}
 	}
-	peer := &nsapi.Enrollment{Endpoint: nsapi.Endpoint{Name: "main", URL: ns.srv.URL}, Kind: nsapi.KindSiteServer, ID: testServerID, Dir: dir}
+	peer := &nsapi.Enrollment{Endpoint: nsapi.Endpoint{Name: "main", URL: ns.srv.URL}, Kind: nsapi.KindSiteServer, Dir: dir}
 	return &NSLink{Enrollment: peer, Settings: func() (nsapi.Settings, bool) {
 		return nsapi.Settings{TaskUpdateInterval: time.Hour, TaskRequestInterval: 30 * time.Minute}, true
 	}}
@@ -200,7 +200,7 @@ func startService(t *testing.T, dataDir string, link *NSLink) *runningService {
 	cfg := Config{TickleListen: "127.0.0.1:0", AgentListen: "127.0.0.1:0", AgentHTTPListen: "127.0.0.1:0",
 		ChannelListen: "127.0.0.1:0", PresenceInterval: time.Second, DataDir: dataDir}
 	reg := prometheus.NewRegistry()
-	s, err := New(cfg, testServerID, []*NSLink{link}, nil, reg)
+	s, err := New(cfg, []*NSLink{link}, nil, reg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -239,8 +239,7 @@ services:
 	// The site server enrolls (pinning the CA by fingerprint), registers and lands in its site.
 	ss1Conf := serveConf("ss1", serverToken, "10.20.5.7/24")
 	ss1 := start(t, "serve", "-config", ss1Conf)
-	ss1.waitLog("registered")
-	guid := ss1.waitLog("site server identity")["id"].(string)
+	guid := ss1.waitLog("registered")["id"].(string)
 	out := adminCmd(t, nsURL, caFile, adminToken, "servers", "list")
 	if !strings.Contains(out, guid) || !strings.Contains(out, "ss1.example") || !strings.Contains(out, "branch-a") ||
 		!strings.Contains(out, "package(constrained)") {
@@ -262,8 +261,7 @@ services:
 	// Restart keeps the GUID and the credentials: no second enrollment.
 	ss1.stop()
 	ss1 = start(t, "serve", "-config", ss1Conf)
-	ss1.waitLog("registered")
-	if got := ss1.waitLog("site server identity")["id"].(string); got != guid {
+	if got := ss1.waitLog("registered")["id"].(string); got != guid {
 		t.Fatalf("GUID after restart = %s, want %s", got, guid)
 	}
 	if n := metric(t, nsMetrics, `siteserver_notification_server_enrollments_total{kind="siteserver",result="ok"}`); n != "1" {

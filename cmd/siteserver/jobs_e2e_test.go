@@ -117,7 +117,7 @@ services:
     max_forward_backoff: 1s
 `, filepath.Join(s.dir, "ss"), s.nsURL, pin, serverToken, o.nsChannel, adv, apiPort, apiPort))
 	s.ss = start(t, "serve", "-config", s.ssConf)
-	s.serverID = s.ss.waitLog("site server identity")["id"].(string)
+	s.serverID = s.ss.waitLog("registered")["id"].(string)
 	s.ssMetrics = s.ss.waitLog("metrics listening")["addr"].(string)
 	s.ss.waitLog("task service linked to NS")
 
@@ -135,7 +135,7 @@ ns:
   enrollment_token: %s
 `, filepath.Join(s.dir, "agent"), o.agentTickle, o.channel, s.nsURL, s.caFile, agentToken))
 	s.ag = start(t, "agent", "-config", s.agentConf)
-	s.agentID = s.ag.waitLog("agent identity")["id"].(string)
+	s.agentID = s.ag.waitLog("registered with NS")["id"].(string)
 	s.ag.waitLog("registered with task server")
 	// The NS learns the agent's task server from the agent's next registration.
 	s.eventually("the NS knows the agent's task server", func() bool {

@@ -226,25 +226,21 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 		return fmt.Errorf("data_dir: %w", err)
 	}
 	defer lock.Close()
-	id, err := nsapi.LoadOrCreateID(cfg.DataDir)
-	if err != nil {
-		return err
-	}
 	host, err := hostinfo.Hostname(cfg.Hostname)
 	if err != nil {
 		return err
 	}
-	logger.Info("site server identity", "id", id, "hostname", host)
+	logger.Info("site server identity", "hostname", host)
 
-	s := &siteServer{cfg: cfg, id: id, host: host, logger: logger, reg: reg}
+	s := &siteServer{cfg: cfg, host: host, logger: logger, reg: reg}
 	g := &service.Group{}
 	g.Add(&obs.Endpoint{Addr: cfg.Metrics.Listen, Registry: reg, Ready: g.Ready, Logger: logger, Pprof: cfg.Metrics.Pprof})
 	for _, ep := range cfg.NS {
-		s.peers = append(s.peers, &nsapi.Enrollment{Endpoint: ep, Kind: nsapi.KindSiteServer, ID: id, Hostname: host,
+		s.peers = append(s.peers, &nsapi.Enrollment{Endpoint: ep, Kind: nsapi.KindSiteServer, Hostname: host,
 			Dir: filepath.Join(cfg.DataDir, "peers", ep.Name)})
 	}
 	if len(cfg.NS) == 0 {
-		embedded, peer, err := embeddedNS(cfg, id, host, logger, reg)
+		embedded, peer, err := embeddedNS(cfg, host, logger, reg)
 		if err != nil {
 			return err
 		}
@@ -271,7 +267,7 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 // their registration with each NS.
 type siteServer struct {
 	cfg       Serve
-	id, host  string
+	host      string
 	logger    *slog.Logger
 	reg       prometheus.Registerer
 	peers     []*nsapi.Enrollment
@@ -299,7 +295,7 @@ func (s *siteServer) build() error {
 			s.logger.Warn("the package service follows the first NS only", "ns", s.peers[0].Endpoint.Name)
 		}
 		var err error
-		if s.pkg, err = pkgd.New(pcfg, s.id, s.peers[0], s.logger.With("service", "package"), s.reg); err != nil {
+		if s.pkg, err = pkgd.New(pcfg, s.peers[0], s.logger.With("service", "package"), s.reg); err != nil {
 			return err
 		}
 	}
@@ -355,7 +351,7 @@ func (s *siteServer) buildTask() error {
 		})
 	}
 	var err error
-	s.task, err = taskd.New(tcfg, s.id, links, s.logger.With("service", "task"), s.reg)
+	s.task, err = taskd.New(tcfg, links, s.logger.With("service", "task"), s.reg)
 	return err
 }
 
@@ -382,7 +378,7 @@ func (s *siteServer) register(ctx context.Context, p *nsapi.Enrollment, c *nsapi
 	if s.boot != nil {
 		services = append(services, nsapi.ServiceInfo{Name: nsapi.ServiceNetboot})
 	}
-	resp, err := c.RegisterServer(ctx, nsapi.RegisterServerRequest{ID: s.id, Hostname: s.host, Addresses: addrs, Services: services})
+	resp, err := c.RegisterServer(ctx, nsapi.RegisterServerRequest{ID: p.ID(), Hostname: s.host, Addresses: addrs, Services: services})
 	if err != nil {
 		return nil, 0, err
 	}
@@ -395,7 +391,7 @@ func (s *siteServer) onAnswer(p *nsapi.Enrollment, answer any) {
 	for _, st := range resp.Sites {
 		names = append(names, st.Site)
 	}
-	s.logger.Info("registered", "ns", p.Endpoint.Name, "sites", names, "heartbeat", resp.Settings.HeartbeatInterval)
+	s.logger.Info("registered", "ns", p.Endpoint.Name, "id", p.ID(), "sites", names, "heartbeat", resp.Settings.HeartbeatInterval)
 	if s.task != nil {
 		s.task.SetRevoked(p.Endpoint.Name, resp.Revoked)
 		s.task.ReloadTickleKey(p.Endpoint.Name)
@@ -406,7 +402,7 @@ func (s *siteServer) onAnswer(p *nsapi.Enrollment, answer any) {
 	}
 }
 
-func embeddedNS(cfg Serve, id, host string, logger *slog.Logger, reg prometheus.Registerer) (*ns.Server, *nsapi.Enrollment, error) {
+func embeddedNS(cfg Serve, host string, logger *slog.Logger, reg prometheus.Registerer) (*ns.Server, *nsapi.Enrollment, error) {
 	dir := filepath.Join(cfg.DataDir, "ns")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("embedded NS: %w", err)
@@ -429,7 +425,7 @@ func embeddedNS(cfg Serve, id, host string, logger *slog.Logger, reg prometheus.
 	}
 	peer := &nsapi.Enrollment{
 		Endpoint: nsapi.Endpoint{Name: "embedded", EnrollmentToken: toks[0]},
-		Kind:     nsapi.KindSiteServer, ID: id, Hostname: host,
+		Kind:     nsapi.KindSiteServer, Hostname: host,
 		Dir: filepath.Join(cfg.DataDir, "peers", "embedded"),
 		InProcess: func(ctx context.Context) (string, []byte, error) {
 			addr, err := srv.Bound(ctx)
@@ -473,15 +469,11 @@ func agentDownload(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := Load(*path, &cfg); err != nil {
 		return err
 	}
-	id, err := nsapi.LoadOrCreateID(cfg.DataDir)
-	if err != nil {
-		return err
-	}
 	host, err := hostinfo.Hostname(cfg.Hostname)
 	if err != nil {
 		return err
 	}
-	peer := &nsapi.Enrollment{Endpoint: cfg.NS, Kind: nsapi.KindAgent, ID: id, Hostname: host, Dir: filepath.Join(cfg.DataDir, "ns", cfg.NS.Name)}
+	peer := &nsapi.Enrollment{Endpoint: cfg.NS, Kind: nsapi.KindAgent, Hostname: host, Dir: filepath.Join(cfg.DataDir, "ns", cfg.NS.Name)}
 	c, err := peer.Client(ctx)
 	if err != nil {
 		return err
@@ -491,7 +483,7 @@ func agentDownload(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if _, err := c.RegisterAgent(ctx, nsapi.RegisterAgentRequest{ID: id, Hostname: host, Addresses: hostinfo.Addrs(prefixes)}); err != nil {
+	if _, err := c.RegisterAgent(ctx, nsapi.RegisterAgentRequest{ID: peer.ID(), Hostname: host, Addresses: hostinfo.Addrs(prefixes)}); err != nil {
 		return err
 	}
 	src, err := c.Sources(ctx, *pkgID)

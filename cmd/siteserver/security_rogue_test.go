@@ -73,19 +73,19 @@ ns:
 	nsURL := "https://" + nsProc.waitLog("NS API listening")["addr"].(string)
 	caFile := filepath.Join(dir, "ns", "ca.crt")
 	ctx := context.Background()
-	peer := func(kind, id, host, token string) *nsapi.Enrollment {
+	peer := func(kind, host, token string) *nsapi.Enrollment {
 		return &nsapi.Enrollment{Endpoint: nsapi.Endpoint{Name: "central", URL: nsURL, CAFile: caFile, EnrollmentToken: token},
-			Kind: kind, ID: id, Hostname: host, Dir: filepath.Join(dir, "peers", id)}
+			Kind: kind, Hostname: host, Dir: filepath.Join(dir, "peers", host)}
 	}
 
 	// The rogue enrolls, serves the agent API with its NS-issued certificate, and registers
 	// as the task server of the agent's site.
-	rogueID := "rogue-0000-0000"
-	rp := peer(nsapi.KindSiteServer, rogueID, "rogue.example", serverToken)
+	rp := peer(nsapi.KindSiteServer, "rogue.example", serverToken)
 	cert, err := rp.Certificate(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
+	rogueID := rp.ID()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -125,16 +125,16 @@ ns:
 
 	// Another agent that uses the rogue as its task server gets a genuine, NS-signed
 	// instance, which the rogue then replays to the victim, as is and with its tasks changed.
-	other := peer(nsapi.KindAgent, "other-agent", "other.example", agentToken)
+	other := peer(nsapi.KindAgent, "other.example", agentToken)
 	oc, err := other.Client(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := oc.RegisterAgent(ctx, nsapi.RegisterAgentRequest{ID: "other-agent", Hostname: "other.example", TaskServer: rogueID}); err != nil {
+	if _, err := oc.RegisterAgent(ctx, nsapi.RegisterAgentRequest{ID: other.ID(), Hostname: "other.example", TaskServer: rogueID}); err != nil {
 		t.Fatal(err)
 	}
 	marker := filepath.Join(dir, "pwned")
-	out := adminCmd(t, nsURL, caFile, adminToken, "jobs", "create", "-targets", "other-agent", "-file",
+	out := adminCmd(t, nsURL, caFile, adminToken, "jobs", "create", "-targets", other.ID(), "-file",
 		writeFile(t, filepath.Join(dir, "job.yaml"), "id: other-job\nname: for the other agent\ntasks:\n  - name: id\n    command: [id]\n    timeout: 30s\n"))
 	t.Logf("%s", out)
 	work, err := rc.Work(ctx)
@@ -159,7 +159,7 @@ ns:
   enrollment_token: %s
 `, victimDir, nsURL, caFile, agentToken))
 	ag := start(t, "agent", "-config", agentConf)
-	victimID := ag.waitLog("agent identity")["id"].(string)
+	victimID := ag.waitLog("registered with NS")["id"].(string)
 	agMetrics := ag.waitLog("metrics listening")["addr"].(string)
 
 	madeUp := func(id string, g *nsapi.Grant) nsapi.JobInstance {

@@ -353,7 +353,7 @@ func serverNames(dnsNames []string, ips []net.IP) ([]string, []net.IP) {
 	return names, addrs
 }
 
-// SignCSR issues a one-year client certificate for the key in csrDER. The
+// SignCSR issues a client certificate (ClientValidity) for the key in csrDER. The
 // identity comes from id and kind, never from the CSR, whose subject and
 // extensions are ignored: the requester only proves it holds the key.
 func (ca *CA) SignCSR(csrDER []byte, id, kind string) (certPEM []byte, err error) {
