@@ -38,6 +38,8 @@ type Config struct {
 	// Channel keeps a QUIC channel open to the task server, for computers that cannot take
 	// inbound UDP (NAT, firewalls); tickles then arrive on it.
 	Channel bool
+	// Clock, if set, judges certificates and grants (tests); nil means time.Now.
+	Clock func() time.Time
 }
 
 // Agent keeps the computer registered with its NS.
@@ -87,7 +89,11 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Agent, er
 	if err := reg.Register(refused); err != nil {
 		return nil, fmt.Errorf("agent: metrics: %w", err)
 	}
-	return &Agent{cfg: cfg, logger: logger, reg: reg, tickleMetrics: tm, channelMetrics: cm, refused: refused, now: time.Now}, nil
+	a := &Agent{cfg: cfg, logger: logger, reg: reg, tickleMetrics: tm, channelMetrics: cm, refused: refused, now: time.Now}
+	if cfg.Clock != nil {
+		a.now = cfg.Clock
+	}
+	return a, nil
 }
 
 // Name implements service.Service.
@@ -108,7 +114,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	peer := &nsapi.Enrollment{
 		Endpoint: a.cfg.NS, Kind: nsapi.KindAgent, Hostname: host,
-		Dir: filepath.Join(a.cfg.DataDir, "ns", a.cfg.NS.Name),
+		Dir: filepath.Join(a.cfg.DataDir, "ns", a.cfg.NS.Name), Now: a.now,
 	}
 	a.logger.Info("agent identity", "id", cmp.Or(peer.ID(), "issued by the NS at enrollment"), "hostname", host)
 	a.peer = peer

@@ -35,6 +35,8 @@ type taskClient struct {
 	wake   chan struct{}
 	// parts runs the tickle listener and channel clients; run joins them before it returns.
 	parts errgroup.Group
+	// conn is the UDP tickle socket (nil without one); its port is given at registration.
+	conn net.PacketConn
 
 	mu       sync.Mutex
 	refused  map[string]bool // instance/reason pairs already counted
@@ -117,6 +119,7 @@ func (t *taskClient) run(ctx context.Context) error {
 		conn = c
 		defer conn.Close()
 		lcfg.Conn = conn
+		t.conn = conn
 		udp := tickle.NewListener(lcfg)
 		t.parts.Go(func() error { return udp.Run(ctx) })
 		t.logger.Info("listening for tickles", "addr", conn.LocalAddr().String())
@@ -159,10 +162,7 @@ func (t *taskClient) cycle(ctx context.Context, conn net.PacketConn) error {
 	}
 	var jobs taskapi.JobsResponse
 	err := t.call(ctx, http.MethodGet, taskapi.PathJobs, nil, &jobs)
-	if errors.Is(err, errNotRegistered) || errors.Is(err, errRefused) {
-		t.mu.Lock()
-		t.serverID = ""
-		t.mu.Unlock()
+	if t.forgotten(err) {
 		return err
 	}
 	if err != nil {
@@ -240,7 +240,7 @@ func (t *taskClient) ensureRegistered(ctx context.Context, conn net.PacketConn) 
 	if err != nil {
 		return err
 	}
-	conf, err := taskapi.AgentTLSConfig(caPEM, cert, chosen.ID)
+	conf, err := taskapi.AgentTLSConfig(caPEM, cert, chosen.ID, t.a.now)
 	if err != nil {
 		return err
 	}
@@ -348,6 +348,19 @@ func (t *taskClient) call(ctx context.Context, method, path string, in, out any)
 	return nil
 }
 
+// forgotten reports whether err says the task server no longer takes this agent's
+// registration (it forgot it, or refuses the certificate it was made with); the next
+// ensureRegistered then registers again.
+func (t *taskClient) forgotten(err error) bool {
+	if !errors.Is(err, errNotRegistered) && !errors.Is(err, errRefused) {
+		return false
+	}
+	t.mu.Lock()
+	t.serverID = ""
+	t.mu.Unlock()
+	return true
+}
+
 // runInstance runs one instance and makes sure each of its events is stored by the task
 // server before going on: events are retried until the task server has them.
 func (t *taskClient) runInstance(ctx context.Context, inst nsapi.JobInstance) error {
@@ -370,6 +383,13 @@ func (t *taskClient) send(ctx context.Context, e nsapi.Event) error {
 			return nil
 		}
 		t.logger.Warn("status event not stored yet; retrying", "err", err)
+		if t.forgotten(err) {
+			// Renewed while the job ran (the old certificate is revoked), or the task
+			// server forgot us: register again with the current credentials, then retry.
+			if rerr := t.ensureRegistered(ctx, t.conn); rerr != nil {
+				t.logger.Warn("registering with the task server again failed", "err", rerr)
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()

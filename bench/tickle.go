@@ -125,17 +125,14 @@ services:
 		return nil, err
 	}
 	defer ss.stop()
-	l, err := ss.waitLog(ctx, "site server identity", 30*time.Second)
-	if err != nil {
-		return nil, err
-	}
-	serverID := l["id"].(string)
 	if _, err := ss.waitLog(ctx, "task service linked to NS", 30*time.Second); err != nil {
 		return nil, err
 	}
-	if _, err := ss.waitLog(ctx, "registered", 30*time.Second); err != nil {
+	l, err := ss.waitLog(ctx, "registered", 30*time.Second)
+	if err != nil {
 		return nil, err
 	}
+	serverID, _ := l["id"].(string)
 	caPEM, err := os.ReadFile(filepath.Join(dir, "ns", "ca.crt"))
 	if err != nil {
 		return nil, err
@@ -395,19 +392,20 @@ func waitTagged(ctx context.Context, c *nsapi.Client, serverID string, n int, st
 }
 
 func newSimAgent(ctx context.Context, i int, nsClient *nsapi.Client, nsAddr string, caPEM []byte, serverID string, apiPort int) (*simAgent, error) {
-	id := fmt.Sprintf("bench-agent-%05d", i)
+	host := fmt.Sprintf("bench-agent-%05d", i)
 	key, err := pki.NewClientKey()
 	if err != nil {
 		return nil, err
 	}
-	csr, err := pki.MakeCSR(key, id)
+	csr, err := pki.MakeCSR(key, host)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := nsClient.Enroll(ctx, nsapi.EnrollRequest{Token: benchAgentToken, Kind: nsapi.KindAgent, ID: id, Hostname: id, CSR: csr})
+	resp, err := nsClient.Enroll(ctx, nsapi.EnrollRequest{Token: benchAgentToken, Kind: nsapi.KindAgent, Hostname: host, CSR: csr})
 	if err != nil {
 		return nil, err
 	}
+	id := resp.ID // the NS issues it
 	keyPEM, err := ecKeyPEM(key)
 	if err != nil {
 		return nil, err
@@ -416,7 +414,7 @@ func newSimAgent(ctx context.Context, i int, nsClient *nsapi.Client, nsAddr stri
 	if err != nil {
 		return nil, err
 	}
-	conf, err := taskapi.AgentTLSConfig(caPEM, cert, serverID)
+	conf, err := taskapi.AgentTLSConfig(caPEM, cert, serverID, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -429,7 +427,7 @@ func newSimAgent(ctx context.Context, i int, nsClient *nsapi.Client, nsAddr stri
 		Transport: &http.Transport{TLSClientConfig: conf, MaxIdleConnsPerHost: 1, DisableCompression: true}}}
 	base := fmt.Sprintf("https://127.0.0.1:%d", apiPort)
 	a.base = base
-	body, _ := json.Marshal(taskapi.RegisterRequest{ID: id, Hostname: id, TicklePort: uint16(udp.LocalAddr().(*net.UDPAddr).Port)})
+	body, _ := json.Marshal(taskapi.RegisterRequest{ID: id, Hostname: host, TicklePort: uint16(udp.LocalAddr().(*net.UDPAddr).Port)})
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+taskapi.PathRegister, bytesReader(body))
 	hr, err := a.client.Do(req)
 	if err != nil {

@@ -58,6 +58,9 @@ type ServerConfig struct {
 	ClientCertValidity time.Duration `yaml:"client_cert_validity"`
 
 	Settings nsapi.Settings `yaml:"settings"`
+
+	// Clock, if set, is the NS's clock for certificates, grants and liveness (tests).
+	Clock func() time.Time `yaml:"-"`
 }
 
 // Defaults fills unset fields. It is the one place NS defaults live.

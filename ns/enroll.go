@@ -54,10 +54,11 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		s.badRequest(w, err)
 		return
 	}
-	resp := nsapi.EnrollResponse{CA: string(s.ca.CertPEM), Status: nsapi.StatusApproved, NSID: s.nsID(),
+	ca, _ := s.certs.current()
+	resp := nsapi.EnrollResponse{CA: string(ca.CertPEM), Status: nsapi.StatusApproved, NSID: s.nsID(),
 		JobKey: s.jobKey.Public().(ed25519.PublicKey)}
 	ctx := r.Context()
-	if !s.recordEnrollment(w, r, req, &resp) {
+	if !s.recordEnrollment(w, r, req, ca, &resp) {
 		return
 	}
 	result := "ok"
@@ -116,7 +117,7 @@ func newTickleKey() ([]byte, uint32) {
 // names only if the NS knows it (a renewal with the current certificate, or a GUID an
 // administrator reset); any other enrollment gets a new one, so a token holder can neither
 // pick an identity nor take over one it learnt.
-func (s *Server) recordEnrollment(w http.ResponseWriter, r *http.Request, req nsapi.EnrollRequest, resp *nsapi.EnrollResponse) bool {
+func (s *Server) recordEnrollment(w http.ResponseWriter, r *http.Request, req nsapi.EnrollRequest, ca *pki.CA, resp *nsapi.EnrollResponse) bool {
 	ctx := r.Context()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -127,7 +128,7 @@ func (s *Server) recordEnrollment(w http.ResponseWriter, r *http.Request, req ns
 	}
 	// sign issues the certificate for id and revokes the one it supersedes.
 	sign := func(id, superseded string) (serial string, ok bool) {
-		certPEM, err := s.ca.SignCSR(req.CSR, id, req.Kind)
+		certPEM, err := ca.SignCSR(req.CSR, id, req.Kind)
 		if err != nil {
 			s.metrics.enrollments.WithLabelValues(req.Kind, "bad_request").Inc()
 			s.badRequest(w, fmt.Errorf("csr: %w", err))

@@ -27,7 +27,7 @@ const (
 )
 
 // nsID is this NS's sender id in tickles: stable for as long as its CA is.
-func (s *Server) nsID() string { return "ns-" + s.ca.Fingerprint()[:16] }
+func (s *Server) nsID() string { return s.id }
 
 func (s *Server) sweep(ctx context.Context, every time.Duration) {
 	tk := time.NewTicker(every)

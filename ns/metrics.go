@@ -23,6 +23,8 @@ type serverMetrics struct {
 	ownership     *prometheus.CounterVec
 	macConflicts  prometheus.Counter
 	siteChanges   prometheus.Counter
+	certRenewals  *prometheus.CounterVec
+	certNotAfter  *prometheus.GaugeVec
 }
 
 // Label values known in advance, created at start so every series exists at 0.
@@ -79,6 +81,14 @@ func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 			Namespace: obs.Namespace, Subsystem: subsystem, Name: "site_changes_held_total",
 			Help: "Reports of approved site servers that would move them to other sites, held for approval.",
 		}),
+		certRenewals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: obs.Namespace, Subsystem: subsystem, Name: "certificate_renewals_total",
+			Help: "Renewals of the NS's own certificates: its CA (same key) and its server certificate.",
+		}, []string{"cert"}),
+		certNotAfter: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: obs.Namespace, Subsystem: subsystem, Name: "certificate_not_after_timestamp_seconds",
+			Help: "When the NS's current CA and server certificates end (Unix time); both renew on their own well before.",
+		}, []string{"cert"}),
 		subnets: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: obs.Namespace, Subsystem: subsystem, Name: "subnet_rules",
 			Help: "Subnet rules in force (shadowed ones not counted).",
@@ -104,10 +114,14 @@ func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 	for _, r := range []string{"presence", "events"} {
 		m.ownership.WithLabelValues(r)
 	}
+	for _, c := range []string{"ca", "server"} {
+		m.certRenewals.WithLabelValues(c)
+		m.certNotAfter.WithLabelValues(c)
+	}
 	for _, s := range []string{nsapi.StatusPending, nsapi.StatusApproved} {
 		m.siteServers.WithLabelValues(s)
 	}
-	if err := obs.RegisterAll(reg, m.enrollments, m.authFailures, m.registrations, m.badRequests, m.rulesLoads,
+	if err := obs.RegisterAll(reg, m.certRenewals, m.certNotAfter, m.enrollments, m.authFailures, m.registrations, m.badRequests, m.rulesLoads,
 		m.siteServers, m.agents, m.sites, m.subnets, m.ownership, m.macConflicts, m.siteChanges); err != nil {
 		return nil, err
 	}

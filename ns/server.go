@@ -39,7 +39,8 @@ type Server struct {
 
 	// set up by Run
 	store  store.Store
-	ca     *pki.CA
+	certs  *certs
+	id     string // sender id in tickles
 	jobKey ed25519.PrivateKey
 	rules  atomic.Pointer[sites.Map]
 
@@ -82,6 +83,9 @@ func NewServer(cfg ServerConfig, logger *slog.Logger, reg prometheus.Registerer)
 		readyCh:    make(chan struct{}),
 		startTime:  time.Now(),
 	}
+	if cfg.Clock != nil {
+		s.now = cfg.Clock
+	}
 	s.tickler = newTickler(s)
 	return s, nil
 }
@@ -114,7 +118,7 @@ func (s *Server) Bound(ctx context.Context) (net.Addr, error) {
 func (s *Server) CACertPEM() []byte {
 	select {
 	case <-s.readyCh:
-		return s.ca.CertPEM
+		return s.certs.ca.Load().CertPEM
 	default:
 		return nil
 	}
@@ -125,12 +129,14 @@ func (s *Server) Run(ctx context.Context) error {
 	if _, err := datadir.Secure(s.cfg.DataDir, s.logger); err != nil {
 		return fmt.Errorf("ns: data dir: %w", err)
 	}
-	ca, err := pki.LoadOrCreateCA(s.cfg.DataDir)
+	ca, err := pki.LoadOrCreateCA(s.cfg.DataDir, s.now)
 	if err != nil {
 		return err
 	}
-	s.ca = ca
 	ca.ClientValidity = s.cfg.ClientCertValidity
+	if s.id, err = loadOrCreateNSID(s.cfg.DataDir, ca); err != nil {
+		return err
+	}
 	if s.jobKey, err = pki.LoadOrCreateJobKey(s.cfg.DataDir); err != nil {
 		return err
 	}
@@ -138,10 +144,10 @@ func (s *Server) Run(ctx context.Context) error {
 	for _, ip := range s.cfg.IPs {
 		ips = append(ips, net.ParseIP(ip))
 	}
-	cert, err := ca.ServerCertificate(s.cfg.DataDir, s.cfg.Hostnames, ips)
-	if err != nil {
+	if s.certs, err = newCerts(s.cfg.DataDir, s.cfg.Hostnames, ips, ca, s.logger, s.metrics); err != nil {
 		return err
 	}
+	s.certs.current() // a CA or server certificate due for renewal is renewed before anyone connects
 	st, err := store.OpenSQLite(ctx, s.cfg.DataDir)
 	if err != nil {
 		return err
@@ -173,23 +179,23 @@ func (s *Server) Run(ctx context.Context) error {
 	defer tconn.Close()
 	s.tickler.conn = tconn
 	s.bound = ln.Addr()
-	s.logger.Info("NS API listening", "addr", ln.Addr().String(), "ca_sha256", ca.Fingerprint())
+	s.logger.Info("NS API listening", "addr", ln.Addr().String(), "ca_sha256", ca.Fingerprint(), "ca_not_after", ca.Cert.NotAfter)
 	close(s.readyCh)
 	s.ready.Store(true)
 	defer s.ready.Store(false)
 
-	var current atomic.Pointer[tls.Certificate]
-	current.Store(&cert)
-	tlsConf := ca.ServerTLSConfig(cert)
-	tlsConf.Certificates = nil
-	tlsConf.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return current.Load(), nil }
+	tlsConf := s.certs.tlsConfig(&tls.Config{
+		MinVersion: tls.VersionTLS13,
+		ClientAuth: tls.VerifyClientCertIfGiven,
+		NextProtos: []string{"h2", "http/1.1"},
+	})
 
 	// Every goroutine below is joined before Run returns, so none outlives the store.
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	g, gctx := errgroup.WithContext(runCtx)
 	if s.cfg.ChannelListen != "" {
-		if err := s.startChannel(gctx, g, tlsConf); err != nil {
+		if err := s.startChannel(gctx, g); err != nil {
 			ln.Close()
 			cancel()
 			g.Wait()
@@ -199,7 +205,6 @@ func (s *Server) Run(ctx context.Context) error {
 			return err
 		}
 	}
-	g.Go(func() error { s.renewLoop(gctx, ca, ips, &current); return nil })
 	g.Go(func() error { s.reloadLoop(gctx); return nil })
 	g.Go(func() error { s.tickler.run(gctx); return nil })
 	g.Go(func() error { s.sweep(gctx, s.cfg.SweepInterval); return nil })
@@ -216,10 +221,14 @@ func (s *Server) Run(ctx context.Context) error {
 }
 
 // startChannel starts the QUIC tickle channel server in g and waits until it is bound.
-func (s *Server) startChannel(ctx context.Context, g *errgroup.Group, tlsConf *tls.Config) error {
-	chConf := tlsConf.Clone()
-	chConf.ClientAuth = tls.RequireAndVerifyClientCert
-	chConf.NextProtos = []string{tickle.ChannelALPN}
+func (s *Server) startChannel(ctx context.Context, g *errgroup.Group) error {
+	// Its own base: the API's (h2, optional client certificates) must not leak in through
+	// the per-handshake lookup.
+	chConf := s.certs.tlsConfig(&tls.Config{
+		MinVersion: tls.VersionTLS13,
+		ClientAuth: tls.RequireAndVerifyClientCert,
+		NextProtos: []string{tickle.ChannelALPN},
+	})
 	s.channel = tickle.NewChannelServer(tickle.ChannelServerConfig{
 		Addr: s.cfg.ChannelListen, TLS: chConf, Metrics: s.jobMetrics.tickles, ChannelMetrics: s.jobMetrics.channel,
 		Logger: s.logger,
@@ -246,26 +255,6 @@ func (s *Server) startChannel(ctx context.Context, g *errgroup.Group, tlsConf *t
 	}
 	s.logger.Info("tickle channels listening", "addr", addr.String())
 	return nil
-}
-
-// renewLoop looks at the server certificate daily and re-issues it when it nears its end,
-// so an NS that runs for years never presents an expired one.
-func (s *Server) renewLoop(ctx context.Context, ca *pki.CA, ips []net.IP, current *atomic.Pointer[tls.Certificate]) {
-	tk := time.NewTicker(24 * time.Hour)
-	defer tk.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tk.C:
-		}
-		cert, err := ca.ServerCertificate(s.cfg.DataDir, s.cfg.Hostnames, ips)
-		if err != nil {
-			s.logger.Error("server certificate not renewed", "err", err)
-			continue
-		}
-		current.Store(&cert)
-	}
 }
 
 func (s *Server) refreshGauges(ctx context.Context) {

@@ -94,6 +94,12 @@ func (p *Enrollment) idLocked() string {
 func (p *Enrollment) Client(ctx context.Context) (*Client, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.client != nil && p.cert != nil && p.cert.Leaf != nil && !p.now().Before(p.cert.Leaf.NotAfter) {
+		// Expired while running (the NS was out of reach, or the computer slept through
+		// the renewal): no handshake will take it, so go the expired way below.
+		p.client.CloseIdle()
+		p.client, p.cert = nil, nil
+	}
 	if p.client != nil {
 		return p.client, nil
 	}
@@ -188,19 +194,24 @@ func (p *Enrollment) TickleKey() (TickleKey, bool) {
 	return *p.tickle, true
 }
 
+// caPEM is the NS CA as this client trusts it: the configured ca_file, and the CA
+// certificates the NS handed out at the last enrollment or renewal (ca.crt), which after a
+// CA renewal include the renewed one.
 func (p *Enrollment) caPEM() ([]byte, error) {
+	var out []byte
 	if p.Endpoint.CAFile != "" {
 		b, err := os.ReadFile(p.Endpoint.CAFile)
 		if err != nil {
 			return nil, fmt.Errorf("ns: %s: ca_file: %w", p.Endpoint.Name, err)
 		}
-		return b, nil
+		out = append(b, '\n')
 	}
 	b, err := os.ReadFile(p.path("ca.crt"))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil // pinned by fingerprint; saved after the first handshake
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
 	}
-	return b, err
+	// Without either, the CA is pinned by fingerprint and saved after the first handshake.
+	return append(out, b...), nil
 }
 
 func (p *Enrollment) newClient(ctx context.Context, cert *tls.Certificate) (*Client, error) {
@@ -227,6 +238,7 @@ func (p *Enrollment) newClient(ctx context.Context, cert *tls.Certificate) (*Cli
 	if err != nil {
 		return nil, fmt.Errorf("ns: %s: %w", p.Endpoint.Name, err)
 	}
+	conf.Time = p.Now
 	return NewClient(base, conf), nil
 }
 
@@ -285,7 +297,12 @@ func (p *Enrollment) enrollWith(ctx context.Context, current *tls.Certificate) e
 	if err := datadir.WriteFileAtomic(p.path("client.key"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
 		return err
 	}
-	if p.Endpoint.CAFile == "" && p.InProcess == nil && resp.CA != "" {
+	if p.InProcess == nil && resp.CA != "" {
+		// Only ever from an NS this client verified: a renewed CA certificate reaches
+		// clients this way, before the one they pinned ends.
+		if _, err := pki.ParseCAs([]byte(resp.CA)); err != nil {
+			return fmt.Errorf("ns: %s: enroll: CA: %w", p.Endpoint.Name, err)
+		}
 		if err := datadir.WriteFileAtomic(p.path("ca.crt"), []byte(resp.CA), 0o600); err != nil {
 			return err
 		}

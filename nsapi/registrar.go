@@ -190,7 +190,7 @@ func (r *Registrar) once(ctx context.Context, p *Enrollment) (time.Duration, err
 			r.Logger.Warn("client certificate not renewed yet", "ns", name, "err", err)
 		} else {
 			r.metrics.renewals.WithLabelValues(name).Inc()
-			r.Logger.Info("client certificate renewed", "ns", name, "id", p.ID)
+			r.Logger.Info("client certificate renewed", "ns", name, "id", p.ID())
 		}
 		if c, err = p.Client(ctx); err != nil {
 			r.metrics.attempts.WithLabelValues(name, resultOf(err)).Inc()
@@ -203,7 +203,7 @@ func (r *Registrar) once(ctx context.Context, p *Enrollment) (time.Duration, err
 		if StatusOf(err) == http.StatusUnauthorized {
 			// The NS does not know this certificate (any more): enroll again next time.
 			// That succeeds only if an administrator reset this identity, or the NS lost it.
-			r.Logger.Warn("the NS refused this certificate (superseded, reset or unknown); enrolling again", "ns", name, "id", p.ID, "err", err)
+			r.Logger.Warn("the NS refused this certificate (superseded, reset or unknown); enrolling again", "ns", name, "id", p.ID(), "err", err)
 			p.Forget()
 			r.mu.Lock()
 			r.forgotten[name] = true
@@ -216,7 +216,7 @@ func (r *Registrar) once(ctx context.Context, p *Enrollment) (time.Duration, err
 	delete(r.forgotten, name)
 	r.mu.Unlock()
 	if again {
-		r.Logger.Info("enrolled again after the NS refused the certificate", "ns", name, "id", p.ID)
+		r.Logger.Info("enrolled again after the NS refused the certificate", "ns", name, "id", p.ID())
 	}
 	r.metrics.attempts.WithLabelValues(name, "ok").Inc()
 	r.metrics.registered.WithLabelValues(name).Set(1)

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"time"
 
 	"github.com/siteserver/siteserver/internal/pki"
 )
@@ -16,20 +17,28 @@ import (
 
 // AgentTLSConfig is what an agent uses to talk to its task server: its own certificate,
 // and the server must present a site server certificate for serverID issued by the NS CA.
-func AgentTLSConfig(caPEM []byte, cert tls.Certificate, serverID string) (*tls.Config, error) {
-	ca, err := pki.ParseCA(caPEM)
+//
+// now is the clock the chain is judged by (nil: time.Now).
+func AgentTLSConfig(caPEM []byte, cert tls.Certificate, serverID string, now func() time.Time) (*tls.Config, error) {
+	cas, err := pki.ParseCAs(caPEM)
 	if err != nil {
 		return nil, fmt.Errorf("taskapi: NS CA: %w", err)
 	}
 	roots := x509.NewCertPool()
-	roots.AddCert(ca)
+	for _, ca := range cas {
+		roots.AddCert(ca)
+	}
+	if now == nil {
+		now = time.Now
+	}
 	return &tls.Config{
+		Time:         now,
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{cert},
 		// The chain is verified below against the NS CA, by identity rather than host name.
 		InsecureSkipVerify: true,
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			id, kind, _, err := pki.VerifyPeer(raw, roots)
+			id, kind, _, err := pki.VerifyPeer(raw, roots, now())
 			if err != nil {
 				return fmt.Errorf("task server certificate: %w", err)
 			}

@@ -42,11 +42,11 @@ func testCert(t *testing.T, ca *pki.CA, id, kind string) tls.Certificate {
 // The task server is known by the identity in the certificate its NS issued it, not by a
 // host name: the agent accepts only the site server it chose, certified by its NS.
 func TestAgentTLSConfig(t *testing.T) {
-	ca, err := pki.LoadOrCreateCA(t.TempDir())
+	ca, err := pki.LoadOrCreateCA(t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := pki.LoadOrCreateCA(t.TempDir())
+	other, err := pki.LoadOrCreateCA(t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +68,7 @@ func TestAgentTLSConfig(t *testing.T) {
 			srv.TLS = &tls.Config{Certificates: []tls.Certificate{tt.server}, ClientAuth: tls.RequireAnyClientCert}
 			srv.StartTLS()
 			defer srv.Close()
-			conf, err := AgentTLSConfig(ca.CertPEM, agent, tt.serverID)
+			conf, err := AgentTLSConfig(ca.CertPEM, agent, tt.serverID, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -83,7 +83,7 @@ func TestAgentTLSConfig(t *testing.T) {
 			}
 		})
 	}
-	if _, err := AgentTLSConfig([]byte("not PEM"), agent, "ss-1"); err == nil {
+	if _, err := AgentTLSConfig([]byte("not PEM"), agent, "ss-1", nil); err == nil {
 		t.Fatal("a CA that is not PEM was accepted")
 	}
 }

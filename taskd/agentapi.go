@@ -53,7 +53,7 @@ func (s *Service) newChannelServer(conn net.PacketConn) (*tickle.ChannelServer, 
 			if roots == nil {
 				return "", errors.New("no NS linked yet")
 			}
-			id, kind, _, err := pki.VerifyPeer(rawCerts(cs.PeerCertificates), roots)
+			id, kind, _, err := pki.VerifyPeer(rawCerts(cs.PeerCertificates), roots, s.now())
 			if err == nil && kind != nsapi.KindAgent {
 				err = fmt.Errorf("a %s certificate cannot open an agent channel", kind)
 			}
@@ -82,6 +82,7 @@ func rawCerts(certs []*x509.Certificate) [][]byte {
 // NS id) and requires an agent certificate from a linked NS.
 func (s *Service) serverTLS() *tls.Config {
 	return &tls.Config{
+		Time:       s.cfg.Clock,
 		MinVersion: tls.VersionTLS13,
 		ClientAuth: tls.RequireAnyClientCert,
 		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
@@ -101,7 +102,7 @@ func (s *Service) serverTLS() *tls.Config {
 			if roots == nil {
 				return errors.New("no NS linked yet")
 			}
-			_, kind, _, err := pki.VerifyPeer(raw, roots)
+			_, kind, _, err := pki.VerifyPeer(raw, roots, s.now())
 			if err != nil {
 				return err
 			}
@@ -134,7 +135,7 @@ func (s *Service) agentOnly(h func(http.ResponseWriter, *http.Request, agentPeer
 			httpx.WriteError(w, http.StatusUnauthorized, "client certificate required")
 			return
 		}
-		id, _, root, err := pki.VerifyPeer(rawCerts(r.TLS.PeerCertificates), roots)
+		id, _, root, err := pki.VerifyPeer(rawCerts(r.TLS.PeerCertificates), roots, s.now())
 		if err != nil {
 			httpx.WriteError(w, http.StatusUnauthorized, "%v", err)
 			return

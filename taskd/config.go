@@ -9,6 +9,9 @@ import (
 
 // Config configures the task service (the services.task section of a serve config).
 type Config struct {
+	// Clock, if set, is the clock agents' certificates are judged by (tests).
+	Clock func() time.Time `yaml:"-"`
+
 	// TickleListen is where tickles from the NS arrive.
 	TickleListen string `yaml:"tickle_listen"`
 	// TickleAdvertise is the tickle address reported to the NS: ":port" (the NS uses the

@@ -81,6 +81,14 @@ func New(cfg Config, links []*NSLink, logger *slog.Logger, reg prometheus.Regist
 	return s, nil
 }
 
+// now is the clock certificates are judged by.
+func (s *Service) now() time.Time {
+	if s.cfg.Clock != nil {
+		return s.cfg.Clock()
+	}
+	return time.Now()
+}
+
 // serverID is this site server's GUID at the NS called nsName (each NS issues its own).
 func (s *Service) serverID(nsName string) string {
 	for _, l := range s.links {

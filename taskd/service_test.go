@@ -57,7 +57,7 @@ type testNS struct {
 
 func newTestNS(t *testing.T) *testNS {
 	t.Helper()
-	ca, err := pki.LoadOrCreateCA(t.TempDir())
+	ca, err := pki.LoadOrCreateCA(t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -255,7 +255,7 @@ func newTestAgent(t *testing.T, ns *testNS) *testAgent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conf, err := taskapi.AgentTLSConfig(ns.ca.CertPEM, cert, testServerID)
+	conf, err := taskapi.AgentTLSConfig(ns.ca.CertPEM, cert, testServerID, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package taskd
 
 import (
 	"context"
+	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -12,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/siteserver/siteserver/internal/backoff"
@@ -43,7 +45,7 @@ type nsState struct {
 
 	name  string
 	link  *NSLink
-	root  *x509.Certificate
+	cas   atomic.Pointer[[]*x509.Certificate] // the NS's CA certificates, current first
 	nsID  string
 	spool *Spool
 }
@@ -92,11 +94,7 @@ func (s *Service) runNS(ctx context.Context, l *NSLink) {
 	}
 	s.nsMu.Lock()
 	s.nss = append(s.nss, st)
-	pool := x509.NewCertPool()
-	for _, x := range s.nss {
-		pool.AddCert(x.root)
-	}
-	s.roots.Store(pool)
+	s.rebuildRootsLocked()
 	s.nsMu.Unlock()
 	log.Info("task service linked to NS", "ns_id", st.nsID, "spooled_events", spool.Depth())
 	s.kickFetch()
@@ -119,7 +117,7 @@ func (s *Service) setupNS(ctx context.Context, l *NSLink, spool *Spool) (*nsStat
 	if err != nil {
 		return nil, err
 	}
-	root, err := pki.ParseCA(caPEM)
+	cas, err := pki.ParseCAs(caPEM)
 	if err != nil {
 		return nil, fmt.Errorf("NS CA: %w", err)
 	}
@@ -130,8 +128,22 @@ func (s *Service) setupNS(ctx context.Context, l *NSLink, spool *Spool) (*nsStat
 	if err := s.keys.Set(tk.Sender, tk.ID, tk.Key); err != nil {
 		return nil, err
 	}
-	return &nsState{registered: make(chan struct{}, 1), name: l.Enrollment.Endpoint.Name, link: l, root: root, nsID: tk.Sender, spool: spool,
-		deliverWake: make(chan struct{}, 1)}, nil
+	st := &nsState{registered: make(chan struct{}, 1), name: l.Enrollment.Endpoint.Name, link: l, nsID: tk.Sender, spool: spool,
+		deliverWake: make(chan struct{}, 1)}
+	st.cas.Store(&cas)
+	return st, nil
+}
+
+// rebuildRootsLocked makes the pool agents' chains are verified against: every CA
+// certificate of every linked NS. Call with nsMu held.
+func (s *Service) rebuildRootsLocked() {
+	pool := x509.NewCertPool()
+	for _, x := range s.nss {
+		for _, c := range *x.cas.Load() {
+			pool.AddCert(c)
+		}
+	}
+	s.roots.Store(pool)
 }
 
 func (s *Service) states() []*nsState {
@@ -142,7 +154,9 @@ func (s *Service) states() []*nsState {
 
 func (s *Service) stateByRoot(root *x509.Certificate) *nsState {
 	for _, st := range s.states() {
-		if st.root.Equal(root) {
+		// By key: a renewed CA certificate keeps the key, so agents whose chains end
+		// in either belong to the same NS.
+		if (*st.cas.Load())[0].PublicKey.(interface{ Equal(crypto.PublicKey) bool }).Equal(root.PublicKey) {
 			return st
 		}
 	}
@@ -306,8 +320,10 @@ func (s *Service) nsChannel(ctx context.Context, st *nsState, log *slog.Logger) 
 	}
 	host, _, _ := net.SplitHostPort(addr)
 	roots := x509.NewCertPool()
-	roots.AddCert(st.root)
-	conf := &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: roots, ServerName: host,
+	for _, c := range *st.cas.Load() {
+		roots.AddCert(c)
+	}
+	conf := &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: roots, ServerName: host, Time: s.cfg.Clock,
 		GetClientCertificate: func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) { return st.cert(cri.Context()) }}
 	c := tickle.NewChannelClient(tickle.ChannelClientConfig{Addr: addr, TLS: conf, Deliver: s.listener.Receive, Logger: log})
 	log.Info("keeping a tickle channel open to the NS", "addr", addr)
@@ -339,20 +355,34 @@ func (s *Service) revoked(serial string) bool {
 	return serial != "" && set != nil && (*set)[serial]
 }
 
-// ReloadTickleKey takes the NS's tickle key from the site server's enrollment again: after
-// an administrator's reset and a new enrollment it is a new one, and tickles signed with
-// it must verify without a restart.
-func (s *Service) ReloadTickleKey(nsName string) {
+// ReloadCredentials takes the NS's tickle key and CA certificates from the site server's
+// enrollment again (after each registration): after an administrator's reset and a new
+// enrollment the tickle key is a new one, after a CA renewal there is a new CA
+// certificate, and both must work without a restart.
+func (s *Service) ReloadCredentials(nsName string) {
 	for _, st := range s.states() {
 		if st.name != nsName {
 			continue
 		}
-		tk, ok := st.link.Enrollment.TickleKey()
-		if !ok || tk.Sender == "" {
-			return
+		if tk, ok := st.link.Enrollment.TickleKey(); ok && tk.Sender != "" {
+			if err := s.keys.Set(tk.Sender, tk.ID, tk.Key); err != nil {
+				s.logger.Warn("tickle key not reloaded", "ns", nsName, "err", err)
+			}
 		}
-		if err := s.keys.Set(tk.Sender, tk.ID, tk.Key); err != nil {
-			s.logger.Warn("tickle key not reloaded", "ns", nsName, "err", err)
+		// A certificate renewal brings the NS's CA certificates as they are now, a
+		// renewed CA certificate among them: agents' new chains end in it.
+		caPEM, err := st.link.Enrollment.CA(context.Background())
+		if err != nil {
+			continue
 		}
+		cas, err := pki.ParseCAs(caPEM)
+		if err != nil || slices.EqualFunc(cas, *st.cas.Load(), (*x509.Certificate).Equal) {
+			continue
+		}
+		s.nsMu.Lock()
+		st.cas.Store(&cas)
+		s.rebuildRootsLocked()
+		s.nsMu.Unlock()
+		s.logger.Info("NS CA certificates reloaded", "ns", nsName, "certificates", len(cas))
 	}
 }

@@ -394,7 +394,7 @@ func (s *siteServer) onAnswer(p *nsapi.Enrollment, answer any) {
 	s.logger.Info("registered", "ns", p.Endpoint.Name, "id", p.ID(), "sites", names, "heartbeat", resp.Settings.HeartbeatInterval)
 	if s.task != nil {
 		s.task.SetRevoked(p.Endpoint.Name, resp.Revoked)
-		s.task.ReloadTickleKey(p.Endpoint.Name)
+		s.task.ReloadCredentials(p.Endpoint.Name)
 	}
 	if s.pkg != nil {
 		// Sites or settings may have changed: look at the assignments again.

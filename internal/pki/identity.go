@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // VerifyPeer verifies a certificate chain as presented in a handshake (DER, leaf first)
@@ -12,7 +13,9 @@ import (
 // the root it chains to. It is for peers whose trusted CAs change while they run, such as a
 // task server linked to several NSes, which therefore verify chains themselves instead of
 // leaving it to the TLS stack.
-func VerifyPeer(rawCerts [][]byte, roots *x509.CertPool) (id, kind string, root *x509.Certificate, err error) {
+//
+// now is the time the chain must be valid at; zero means the current time.
+func VerifyPeer(rawCerts [][]byte, roots *x509.CertPool, now time.Time) (id, kind string, root *x509.Certificate, err error) {
 	if len(rawCerts) == 0 {
 		return "", "", nil, errors.New("no certificate presented")
 	}
@@ -26,7 +29,7 @@ func VerifyPeer(rawCerts [][]byte, roots *x509.CertPool) (id, kind string, root 
 			inter.AddCert(c)
 		}
 	}
-	chains, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter,
+	chains, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now,
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
 	if err != nil {
 		return "", "", nil, err

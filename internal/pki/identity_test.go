@@ -65,7 +65,7 @@ func TestVerifyPeer(t *testing.T) {
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
-			id, kind, root, err := VerifyPeer(tt.chain, roots)
+			id, kind, root, err := VerifyPeer(tt.chain, roots, time.Time{})
 			if tt.wantKind == "" {
 				if err == nil {
 					t.Fatalf("VerifyPeer accepted it as %s %q", kind, id)

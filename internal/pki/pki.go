@@ -64,14 +64,29 @@ const (
 // otherwise; clients renew at two thirds of it.
 const DefaultClientValidity = 90 * 24 * time.Hour
 
-// CA is the NS's own certificate authority, kept in its data directory.
+// CA is the NS's own certificate authority, kept in its data directory. A CA value does
+// not change; Renewed makes the next one.
 type CA struct {
-	Cert    *x509.Certificate
-	Key     crypto.Signer
+	// Cert is the current CA certificate, the issuer of everything the CA signs.
+	Cert *x509.Certificate
+	Key  crypto.Signer
+	// CertPEM is what clients trust: Cert, then the earlier certificates of the same key
+	// that are still valid (clients that have not yet learnt the renewed one still verify).
 	CertPEM []byte
 	// ClientValidity is the lifetime of the client certificates it signs; zero means
 	// DefaultClientValidity.
 	ClientValidity time.Duration
+	// Now is the clock certificates are issued and judged by; nil means time.Now.
+	Now func() time.Time
+
+	all []*x509.Certificate // Cert first, then the earlier ones in CertPEM
+}
+
+func (ca *CA) now() time.Time {
+	if ca.Now != nil {
+		return ca.Now()
+	}
+	return time.Now()
 }
 
 // LoadOrCreateCA loads dir/ca.crt and dir/ca.key, or creates them at first
@@ -82,7 +97,12 @@ type CA struct {
 // key without a certificate; no client can have pinned a certificate that
 // never existed, so a new one is then issued for that key. A certificate
 // without its key is an error: clients may have pinned it.
-func LoadOrCreateCA(dir string) (*CA, error) {
+//
+// now (nil: time.Now) dates a new CA and drops expired earlier certificates from CertPEM.
+func LoadOrCreateCA(dir string, now func() time.Time) (*CA, error) {
+	if now == nil {
+		now = time.Now
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("ns: pki: create %s: %w", dir, err)
 	}
@@ -100,7 +120,7 @@ func LoadOrCreateCA(dir string) (*CA, error) {
 
 	switch {
 	case certErr == nil && keyErr == nil:
-		return loadCA(certPEM, key)
+		return loadCA(certPEM, key, now)
 	case certErr == nil:
 		return nil, fmt.Errorf("ns: pki: %s exists but %s is missing: %w", certPath, keyPath, keyErr)
 	}
@@ -119,31 +139,33 @@ func LoadOrCreateCA(dir string) (*CA, error) {
 		}
 		key = k
 	}
-	certPEM, err := createCACert(key, time.Now())
+	certPEM, err := createCACert(key, pkix.Name{}, now())
 	if err != nil {
 		return nil, err
 	}
 	if err := datadir.WriteFileAtomic(certPath, certPEM, 0o600); err != nil {
 		return nil, err
 	}
-	return loadCA(certPEM, key)
+	return loadCA(certPEM, key, now)
 }
 
-func createCACert(key crypto.Signer, now time.Time) ([]byte, error) {
-	var idb [4]byte
-	if _, err := rand.Read(idb[:]); err != nil {
-		return nil, fmt.Errorf("ns: pki: CA id: %w", err)
+// createCACert makes a self-signed CA certificate for key; an empty subject gets a new
+// name, a renewal keeps the one certificates were issued under.
+func createCACert(key crypto.Signer, subject pkix.Name, now time.Time) ([]byte, error) {
+	if subject.CommonName == "" {
+		var idb [4]byte
+		if _, err := rand.Read(idb[:]); err != nil {
+			return nil, fmt.Errorf("ns: pki: CA id: %w", err)
+		}
+		subject = pkix.Name{CommonName: "siteserver NS CA " + hex.EncodeToString(idb[:]), Organization: []string{"siteserver"}}
 	}
 	serial, err := newSerial()
 	if err != nil {
 		return nil, err
 	}
 	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject: pkix.Name{
-			CommonName:   "siteserver NS CA " + hex.EncodeToString(idb[:]),
-			Organization: []string{"siteserver"},
-		},
+		SerialNumber:          serial,
+		Subject:               subject,
 		NotBefore:             now.Add(-backdate),
 		NotAfter:              now.Add(caValidity),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
@@ -160,22 +182,68 @@ func createCACert(key crypto.Signer, now time.Time) ([]byte, error) {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), nil
 }
 
-func loadCA(certPEM []byte, key crypto.Signer) (*CA, error) {
-	cert, err := parseCertPEM(certPEM)
+// loadCA takes ca.crt as written: the current certificate first, then earlier ones of the
+// same key, of which those not yet expired stay trusted.
+func loadCA(certPEM []byte, key crypto.Signer, now func() time.Time) (*CA, error) {
+	certs, err := ParseCAs(certPEM)
 	if err != nil {
 		return nil, fmt.Errorf("ns: pki: CA certificate: %w", err)
 	}
+	cert := certs[0]
 	if !cert.IsCA || (cert.KeyUsage != 0 && cert.KeyUsage&x509.KeyUsageCertSign == 0) {
 		return nil, errors.New("ns: pki: CA certificate is not allowed to sign certificates")
 	}
 	if !sameKey(cert.PublicKey, key.Public()) {
 		return nil, errors.New("ns: pki: CA key does not match CA certificate")
 	}
-	return &CA{
-		Cert:    cert,
-		Key:     key,
-		CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}),
-	}, nil
+	ca := &CA{Cert: cert, Key: key, Now: now, all: []*x509.Certificate{cert}}
+	for _, c := range certs[1:] {
+		if sameKey(c.PublicKey, key.Public()) && now().Before(c.NotAfter) {
+			ca.all = append(ca.all, c)
+		}
+	}
+	for _, c := range ca.all {
+		ca.CertPEM = append(ca.CertPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	return ca, nil
+}
+
+// RenewDue says whether the CA certificate has lived two thirds of its life: from then on
+// the NS renews it, leaving a third (over three years) for every client to learn the
+// renewed one with its next certificate renewal.
+func (ca *CA) RenewDue() bool {
+	life := ca.Cert.NotAfter.Sub(ca.Cert.NotBefore)
+	return !ca.now().Before(ca.Cert.NotBefore.Add(life * 2 / 3))
+}
+
+// Renewed issues a new CA certificate for the same key and subject, so that everything
+// signed before still verifies under it and clients holding only the earlier one still
+// verify what is signed after; it writes dir/ca.crt (new certificate first, earlier valid
+// ones after) and returns the CA that signs from now on.
+func (ca *CA) Renewed(dir string) (*CA, error) {
+	certPEM, err := createCACert(ca.Key, ca.Cert.Subject, ca.now())
+	if err != nil {
+		return nil, err
+	}
+	bundle := append(certPEM, ca.CertPEM...)
+	if err := datadir.WriteFileAtomic(filepath.Join(dir, caCertFile), bundle, 0o600); err != nil {
+		return nil, err
+	}
+	next, err := loadCA(bundle, ca.Key, ca.now)
+	if err != nil {
+		return nil, err
+	}
+	next.Now, next.ClientValidity = ca.Now, ca.ClientValidity
+	return next, nil
+}
+
+// Pool returns the CA certificates (current and earlier still valid) as a pool.
+func (ca *CA) Pool() *x509.CertPool {
+	pool := x509.NewCertPool()
+	for _, c := range ca.all {
+		pool.AddCert(c)
+	}
+	return pool
 }
 
 // clientLifetime is the lifetime of the client certificates ca signs.
@@ -207,7 +275,7 @@ func (ca *CA) ServerCertificate(dir string, dnsNames []string, ips []net.IP) (tl
 	certPath := filepath.Join(dir, serverCertFile)
 	keyPath := filepath.Join(dir, serverKeyFile)
 	names, addrs := serverNames(dnsNames, ips)
-	now := time.Now()
+	now := ca.now()
 
 	key, err := readKey(keyPath)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -253,12 +321,14 @@ func (ca *CA) ServerCertificate(dir string, dnsNames []string, ips []net.IP) (tl
 	return ca.tlsCertificate(cert, newKey), nil
 }
 
+// tlsCertificate presents the leaf with every CA certificate, so that a client pinning
+// the fingerprint of an earlier one (bootstrapped before a CA renewal) still finds it.
 func (ca *CA) tlsCertificate(leaf *x509.Certificate, key crypto.Signer) tls.Certificate {
-	return tls.Certificate{
-		Certificate: [][]byte{leaf.Raw, ca.Cert.Raw},
-		PrivateKey:  key,
-		Leaf:        leaf,
+	chain := [][]byte{leaf.Raw}
+	for _, c := range ca.all {
+		chain = append(chain, c.Raw)
 	}
+	return tls.Certificate{Certificate: chain, PrivateKey: key, Leaf: leaf}
 }
 
 func (ca *CA) serverCertUsable(cert *x509.Certificate, key crypto.Signer, names []string, addrs []net.IP, now time.Time) bool {
@@ -379,7 +449,7 @@ func (ca *CA) SignCSR(csrDER []byte, id, kind string) (certPEM []byte, err error
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
+	now := ca.now()
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
 		Subject: pkix.Name{
@@ -433,14 +503,19 @@ func checkClientKey(pub crypto.PublicKey) error {
 // because enrollment comes before the peer has any; handlers decide from
 // r.TLS (see PeerIdentity) what an unauthenticated peer may do.
 func (ca *CA) ServerTLSConfig(cert tls.Certificate) *tls.Config {
-	pool := x509.NewCertPool()
-	pool.AddCert(ca.Cert)
 	return &tls.Config{
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{cert},
 		ClientAuth:   tls.VerifyClientCertIfGiven,
-		ClientCAs:    pool,
+		ClientCAs:    ca.Pool(),
+		Time:         ca.Now,
 	}
+}
+
+// ServerCertDue says whether the server certificate nears its end and should be issued
+// again (ServerCertificate then does). It is cheap enough for every handshake.
+func (ca *CA) ServerCertDue(cert *x509.Certificate) bool {
+	return cert == nil || !ca.now().Add(serverRenewal).Before(cert.NotAfter)
 }
 
 // PeerIdentity returns the id and kind of a client certificate that the TLS
@@ -535,7 +610,11 @@ func ClientTLSConfig(caPEM []byte, pinSHA256 string, serverName string, clientCe
 		if name == "" {
 			name = cs.ServerName
 		}
-		caCert, err := verifyPinned(cs.PeerCertificates, name, pin)
+		var now time.Time
+		if cfg.Time != nil {
+			now = cfg.Time()
+		}
+		caCert, err := verifyPinned(cs.PeerCertificates, name, pin, now)
 		if err != nil {
 			return err
 		}
@@ -547,7 +626,7 @@ func ClientTLSConfig(caPEM []byte, pinSHA256 string, serverName string, clientCe
 	return cfg, nil
 }
 
-func verifyPinned(chain []*x509.Certificate, serverName string, pin []byte) (*x509.Certificate, error) {
+func verifyPinned(chain []*x509.Certificate, serverName string, pin []byte, now time.Time) (*x509.Certificate, error) {
 	if len(chain) == 0 {
 		return nil, errors.New("ns: pki: server presented no certificate")
 	}
@@ -570,6 +649,7 @@ func verifyPinned(chain []*x509.Certificate, serverName string, pin []byte) (*x5
 	roots := x509.NewCertPool()
 	roots.AddCert(pinned)
 	if _, err := chain[0].Verify(x509.VerifyOptions{
+		CurrentTime:   now,
 		DNSName:       serverName,
 		Roots:         roots,
 		Intermediates: intermediates,
@@ -667,6 +747,31 @@ func keyPEM(key crypto.Signer) ([]byte, error) {
 		return nil, fmt.Errorf("ns: pki: marshal key: %w", err)
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
+}
+
+// ParseCAs returns every certificate of a PEM bundle (at least one), in order: an NS's CA
+// as enrollment hands it out, the current certificate first.
+func ParseCAs(data []byte) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	for {
+		var block *pem.Block
+		block, data = pem.Decode(data)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no CERTIFICATE PEM block")
+	}
+	return out, nil
 }
 
 // pkiParseCertPEM returns the first certificate; anything after it (say, a

@@ -33,7 +33,7 @@ import (
 
 func testCA(t *testing.T) *CA {
 	t.Helper()
-	ca, err := LoadOrCreateCA(t.TempDir())
+	ca, err := LoadOrCreateCA(t.TempDir(), nil)
 	if err != nil {
 		t.Fatalf("LoadOrCreateCA: %v", err)
 	}
@@ -61,7 +61,7 @@ func testForeignCA(t *testing.T, subject pkix.Name) *CA {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca, err := loadCA(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), key)
+	ca, err := loadCA(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), key, time.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +88,7 @@ func testMode(t *testing.T, path string) os.FileMode {
 
 func TestLoadOrCreateCA(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "data")
-	ca1, err := LoadOrCreateCA(dir)
+	ca1, err := LoadOrCreateCA(dir, nil)
 	if err != nil {
 		t.Fatalf("first LoadOrCreateCA: %v", err)
 	}
@@ -119,7 +119,7 @@ func TestLoadOrCreateCA(t *testing.T) {
 		t.Error("CertPEM differs from ca.crt")
 	}
 
-	ca2, err := LoadOrCreateCA(dir)
+	ca2, err := LoadOrCreateCA(dir, nil)
 	if err != nil {
 		t.Fatalf("second LoadOrCreateCA: %v", err)
 	}
@@ -175,11 +175,11 @@ func TestLoadOrCreateCARefuses(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
-			if _, err := LoadOrCreateCA(dir); err != nil {
+			if _, err := LoadOrCreateCA(dir, nil); err != nil {
 				t.Fatal(err)
 			}
 			tt.spoil(t, dir)
-			if ca, err := LoadOrCreateCA(dir); err == nil {
+			if ca, err := LoadOrCreateCA(dir, nil); err == nil {
 				t.Fatalf("LoadOrCreateCA succeeded with fingerprint %s, want error", ca.Fingerprint())
 			}
 		})
@@ -188,14 +188,14 @@ func TestLoadOrCreateCARefuses(t *testing.T) {
 
 func TestLoadOrCreateCAKeyWithoutCert(t *testing.T) {
 	dir := t.TempDir()
-	ca1, err := LoadOrCreateCA(dir)
+	ca1, err := LoadOrCreateCA(dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Remove(filepath.Join(dir, "ca.crt")); err != nil {
 		t.Fatal(err)
 	}
-	ca2, err := LoadOrCreateCA(dir)
+	ca2, err := LoadOrCreateCA(dir, nil)
 	if err != nil {
 		t.Fatalf("LoadOrCreateCA with key only: %v", err)
 	}
@@ -800,5 +800,79 @@ func TestSignCSRRefusesBadInput(t *testing.T) {
 				t.Fatalf("SignCSR issued\n%s", got)
 			}
 		})
+	}
+}
+
+// A CA renewed with its key keeps everything working across the change: certificates it
+// signed before and after verify under either CA certificate, a client pinning the first
+// one's fingerprint still connects, the renewed bundle survives a restart, and the first
+// certificate drops out of the bundle once it has expired.
+func TestCARenewalSameKey(t *testing.T) {
+	dir := t.TempDir()
+	now := time.Now().Add(-7 * 365 * 24 * time.Hour)
+	clock := func() time.Time { return now }
+	first, err := LoadOrCreateCA(dir, clock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.RenewDue() {
+		t.Fatal("a new CA is due for renewal")
+	}
+	now = now.Add(7 * 365 * 24 * time.Hour) // past two thirds of ten years
+	if !first.RenewDue() {
+		t.Fatal("a CA at 70% of its life is not due for renewal")
+	}
+	before := testEnroll(t, first, "ss-1", "ss-1", KindSiteServer).Leaf
+	second, err := first.Renewed(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second.RenewDue() || !sameKey(second.Cert.PublicKey, first.Cert.PublicKey) ||
+		second.Cert.Subject.String() != first.Cert.Subject.String() || second.Cert.Equal(first.Cert) {
+		t.Fatalf("renewed CA: due %v, same key %v, subject %q vs %q", second.RenewDue(),
+			sameKey(second.Cert.PublicKey, first.Cert.PublicKey), second.Cert.Subject, first.Cert.Subject)
+	}
+	after := testEnroll(t, second, "ss-1", "ss-1", KindSiteServer).Leaf
+	for name, ca := range map[string]*CA{"first": first, "second": second} {
+		for _, leaf := range []*x509.Certificate{before, after} {
+			if _, err := leaf.Verify(x509.VerifyOptions{Roots: ca.Pool(), CurrentTime: now,
+				KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+				t.Fatalf("a leaf does not verify under the %s CA certificate: %v", name, err)
+			}
+		}
+	}
+
+	// A client bootstrapped with the first fingerprint still finds it in the chain.
+	srvCert, err := second.ServerCertificate(dir, []string{"ns.example"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var chain []*x509.Certificate
+	for _, raw := range srvCert.Certificate {
+		c, err := x509.ParseCertificate(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		chain = append(chain, c)
+	}
+	pin, _ := parsePin(first.Fingerprint())
+	if _, err := verifyPinned(chain, "ns.example", pin, now); err != nil {
+		t.Fatalf("pinned to the first CA certificate: %v", err)
+	}
+
+	reloaded, err := LoadOrCreateCA(dir, clock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reloaded.Cert.Equal(second.Cert) || len(reloaded.all) != 2 {
+		t.Fatalf("after a restart: current is the renewed one %v, %d certificates", reloaded.Cert.Equal(second.Cert), len(reloaded.all))
+	}
+	now = first.Cert.NotAfter.Add(time.Hour)
+	reloaded, err = LoadOrCreateCA(dir, clock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(reloaded.all) != 1 || !reloaded.Cert.Equal(second.Cert) {
+		t.Fatalf("after the first certificate expired: %d certificates in the bundle", len(reloaded.all))
 	}
 }
