@@ -1,18 +1,21 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/siteserver/siteserver/nsapi"
 )
@@ -23,6 +26,42 @@ import (
 type Downloader struct {
 	// Client reaches package servers (plain HTTP) and the NS (mutual TLS).
 	Client *http.Client
+	// A dead or hung source costs at most these before the next one is tried:
+	// ConnectTimeout to connect (default 10 s), HeaderTimeout for its answer to start
+	// (30 s), StallTimeout for the next byte of a file (60 s; what arrived is kept and
+	// resumed from).
+	ConnectTimeout, HeaderTimeout, StallTimeout time.Duration
+}
+
+// Default timeouts of a Downloader.
+const (
+	DefaultConnectTimeout = 10 * time.Second
+	DefaultHeaderTimeout  = 30 * time.Second
+	DefaultStallTimeout   = time.Minute
+)
+
+// client is d.Client with the connect and answer timeouts set on its transport.
+func (d *Downloader) client() *http.Client {
+	hc := http.DefaultClient
+	if d.Client != nil {
+		hc = d.Client
+	}
+	base, ok := hc.Transport.(*http.Transport)
+	if hc.Transport == nil {
+		base, ok = http.DefaultTransport.(*http.Transport), true
+	}
+	if !ok {
+		return hc // a caller's own RoundTripper keeps its own timeouts
+	}
+	tr := base.Clone()
+	connect := cmp.Or(d.ConnectTimeout, DefaultConnectTimeout)
+	tr.DialContext = (&net.Dialer{Timeout: connect, KeepAlive: 30 * time.Second}).DialContext
+	tr.TLSHandshakeTimeout = connect
+	tr.ResponseHeaderTimeout = cmp.Or(d.HeaderTimeout, DefaultHeaderTimeout)
+	out := *hc
+	out.Transport = tr
+	out.Timeout = 0 // large files take long; StallTimeout bounds a transfer that stops
+	return &out
 }
 
 // errBadContent marks content that did not hash right: try the next source.
@@ -34,6 +73,7 @@ func (d *Downloader) Download(ctx context.Context, src nsapi.SourcesResponse, di
 	if len(src.Sources) == 0 {
 		return nil, fmt.Errorf("agent: package %s: no source offered", src.Package.ID)
 	}
+	hc := d.client()
 	used := map[string]string{}
 	for _, f := range src.Package.Files {
 		if err := nsapi.ValidFileName(f.Name); err != nil {
@@ -47,7 +87,7 @@ func (d *Downloader) Download(ctx context.Context, src nsapi.SourcesResponse, di
 		var errs []string
 		done := false
 		for _, s := range src.Sources {
-			err := d.fetchFile(ctx, s.URL, f, dst)
+			err := d.fetchFile(ctx, hc, s.URL, f, dst)
 			if err == nil {
 				used[f.Name] = s.URL
 				done = true
@@ -80,7 +120,14 @@ func hashMatches(path string, f nsapi.PackageFile) (bool, error) {
 }
 
 // fetchFile downloads one file into dst, resuming dst.partial with a Range request.
-func (d *Downloader) fetchFile(ctx context.Context, base string, f nsapi.PackageFile, dst string) error {
+func (d *Downloader) fetchFile(ctx context.Context, hc *http.Client, base string, f nsapi.PackageFile, dst string) error {
+	// A source that stops sending is given up after StallTimeout without a byte.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stall := cmp.Or(d.StallTimeout, DefaultStallTimeout)
+	errStalled := fmt.Errorf("no data for %v", stall)
+	watchdog := time.AfterFunc(stall, func() { cancel(errStalled) })
+	defer watchdog.Stop()
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return err
 	}
@@ -110,8 +157,11 @@ func (d *Downloader) fetchFile(ctx context.Context, base string, f nsapi.Package
 		req.Header.Set("Range", "bytes="+strconv.FormatInt(have, 10)+"-")
 		req.Header.Set("If-Range", `"sha256:`+f.SHA256+`"`)
 	}
-	resp, err := d.Client.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
+		if context.Cause(ctx) == errStalled {
+			return errStalled
+		}
 		return err
 	}
 	defer resp.Body.Close()
@@ -134,7 +184,11 @@ func (d *Downloader) fetchFile(ctx context.Context, base string, f nsapi.Package
 		return fmt.Errorf("HTTP %s", resp.Status)
 	}
 	if resp.StatusCode != http.StatusRequestedRangeNotSatisfiable {
-		if _, err := io.Copy(pf, io.LimitReader(resp.Body, f.Size+1)); err != nil {
+		body := &progressReader{r: io.LimitReader(resp.Body, f.Size+1), progress: func() { watchdog.Reset(stall) }}
+		if _, err := io.Copy(pf, body); err != nil {
+			if context.Cause(ctx) == errStalled {
+				return errStalled
+			}
 			return err
 		}
 	}
@@ -151,4 +205,18 @@ func (d *Downloader) fetchFile(ctx context.Context, base string, f nsapi.Package
 		return errBadContent
 	}
 	return os.Rename(partial, dst)
+}
+
+// progressReader calls progress on every read that returned data.
+type progressReader struct {
+	r        io.Reader
+	progress func()
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	if n > 0 {
+		p.progress()
+	}
+	return n, err
 }

@@ -5,6 +5,8 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -104,4 +106,96 @@ func (c *countingWriter) Write(b []byte) (int, error) {
 	n, err := c.ResponseWriter.Write(b)
 	c.n.Add(int64(n))
 	return n, err
+}
+
+// A dead source (nothing listens), a hung one (takes the connection, never answers) and
+// one that stops mid-file each cost at most their timeout before the next source is tried;
+// the bytes the stalled one sent are kept and resumed from.
+func TestDownloadDeadAndHungSourcesCostOnlyTheirTimeouts(t *testing.T) {
+	content := bytes.Repeat([]byte("siteserver"), 100<<10) // ~1 MB
+	sum := sha256.Sum256(content)
+	file := nsapi.PackageFile{Name: "f.bin", Size: int64(len(content)), SHA256: hex.EncodeToString(sum[:])}
+
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadURL := "http://" + dead.Addr().String() + "/packages/pkg"
+	dead.Close()
+
+	hold := make(chan struct{})
+	defer close(hold)
+	listen := func(serve func(net.Conn)) string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					serve(c)
+				}()
+			}
+		}()
+		return "http://" + ln.Addr().String() + "/packages/pkg"
+	}
+	hungURL := listen(func(net.Conn) { <-hold })
+	half := len(content) / 2
+	stalledURL := listen(func(c net.Conn) {
+		c.Read(make([]byte, 4096))
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n", len(content))
+		c.Write(content[:half])
+		<-hold
+	})
+	var resumedFrom atomic.Int64
+	good := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if rng := r.Header.Get("Range"); rng != "" {
+			var from int64
+			fmt.Sscanf(rng, "bytes=%d-", &from)
+			resumedFrom.Store(from)
+		}
+		w.Header().Set("ETag", `"sha256:`+file.SHA256+`"`)
+		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(content))
+	}))
+	defer good.Close()
+
+	d := &Downloader{Client: &http.Client{}, ConnectTimeout: 300 * time.Millisecond,
+		HeaderTimeout: 500 * time.Millisecond, StallTimeout: 700 * time.Millisecond}
+	src := nsapi.SourcesResponse{
+		Package: nsapi.Package{ID: "pkg", Version: "1", Files: []nsapi.PackageFile{file}},
+		Sources: []nsapi.Source{
+			{URL: deadURL, Kind: nsapi.SourceSameSite},
+			{URL: hungURL, Kind: nsapi.SourceSameSite},
+			{URL: stalledURL, Kind: nsapi.SourceSameSite},
+			{URL: good.URL + "/packages/pkg", Kind: nsapi.SourceNS},
+		},
+	}
+	dir := t.TempDir()
+	start := time.Now()
+	used, err := d.Download(context.Background(), src, dir)
+	took := time.Since(start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if used["f.bin"] != good.URL+"/packages/pkg" {
+		t.Fatalf("file came from %q", used["f.bin"])
+	}
+	// Dead: at once; hung: the header timeout; stalled: the stall timeout.
+	if limit := 500*time.Millisecond + 700*time.Millisecond + 2*time.Second; took > limit {
+		t.Fatalf("took %v with a dead, a hung and a stalled source; want under %v", took, limit)
+	}
+	if got := resumedFrom.Load(); got < int64(half)/2 {
+		t.Fatalf("the good source was asked from byte %d; the stalled one had sent %d", got, half)
+	}
+	got, err := os.ReadFile(filepath.Join(dir, "f.bin"))
+	if err != nil || !bytes.Equal(got, content) {
+		t.Fatalf("content wrong (%v)", err)
+	}
+	t.Logf("dead + hung + stalled sources, then the good one: %v", took.Round(time.Millisecond))
 }

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/siteserver/siteserver/internal/httpx"
 	"github.com/siteserver/siteserver/ns/store"
@@ -342,10 +343,13 @@ type requester struct {
 	constrained bool
 }
 
-// rankSources orders where a package can come from for r: package servers of r's sites
-// first, then the unconstrained servers that feed them, then the NS. A constrained
-// package server gets only servers of its own sites: never anything outside them.
-func rankSources(p nsapi.Package, r requester, servers []store.ServerRecord, cbs []nsapi.Codebase, m *sites.Map, nsBase string) []nsapi.Source {
+// rankSources orders where a package can come from for r: the ready package servers of
+// r's sites first, then the NS, and only after it the unconstrained servers of other sites
+// (a last resort when the NS cannot be reached: their bytes cross the WAN as the NS's do).
+// A constrained package server gets only servers of its own sites: never anything outside
+// them. Servers not seen since cutoff (three heartbeats) are never offered: they are off or
+// retired, and each would cost the requester a timeout.
+func rankSources(p nsapi.Package, r requester, servers []store.ServerRecord, cbs []nsapi.Codebase, m *sites.Map, nsBase string, cutoff time.Time) []nsapi.Source {
 	byID := map[string]store.ServerRecord{}
 	for _, rec := range servers {
 		byID[rec.ID] = rec
@@ -362,7 +366,7 @@ func rankSources(p nsapi.Package, r requester, servers []store.ServerRecord, cbs
 			continue
 		}
 		rec, ok := byID[c.Server]
-		if !ok || rec.Status != nsapi.StatusApproved {
+		if !ok || rec.Status != nsapi.StatusApproved || rec.LastSeen.Before(cutoff) {
 			continue
 		}
 		si, ok := offers(rec, nsapi.ServicePackage)
@@ -392,12 +396,13 @@ func rankSources(p nsapi.Package, r requester, servers []store.ServerRecord, cbs
 	if r.constrained {
 		return out
 	}
+	out = append(out, nsapi.Source{URL: nsBase + nsapi.PathPackages + "/" + p.ID + "/files", Kind: nsapi.SourceNS})
 	for _, c := range cands {
 		if !c.shares && !c.constrained {
 			out = append(out, nsapi.Source{URL: c.url, Server: c.rec.ID, Kind: nsapi.SourceFeeder})
 		}
 	}
-	return append(out, nsapi.Source{URL: nsBase + nsapi.PathPackages + "/" + p.ID + "/files", Kind: nsapi.SourceNS})
+	return out
 }
 
 func (s *Server) handleSources(w http.ResponseWriter, r *http.Request) {
@@ -446,7 +451,7 @@ func (s *Server) handleSources(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	httpx.WriteJSON(w, http.StatusOK, nsapi.SourcesResponse{Package: pkg, Sources: rankSources(pkg, req, servers, cbs, m, s.publicURL(r))})
+	httpx.WriteJSON(w, http.StatusOK, nsapi.SourcesResponse{Package: pkg, Sources: rankSources(pkg, req, servers, cbs, m, s.publicURL(r), s.now().Add(-3*s.cfg.Settings.HeartbeatInterval))})
 }
 
 // publicURL is the NS's base URL as the requester reached it.

@@ -2,7 +2,9 @@ package ns
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -23,10 +25,12 @@ func TestRankSources(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var now time.Time
 	server := func(id, addr string, constrained bool) store.ServerRecord {
-		return store.ServerRecord{ID: id, Hostname: id, Status: nsapi.StatusApproved, Addresses: []netip.Prefix{netip.MustParsePrefix(addr)},
+		return store.ServerRecord{ID: id, Hostname: id, Status: nsapi.StatusApproved, Addresses: []netip.Prefix{netip.MustParsePrefix(addr)}, LastSeen: now,
 			Services: []nsapi.ServiceInfo{{Name: nsapi.ServicePackage, Constrained: constrained}}}
 	}
+	now = time.Now()
 	servers := []store.ServerRecord{
 		server("a-unc", "10.1.0.1/16", false),
 		server("a-con", "10.1.0.2/16", true),
@@ -34,6 +38,9 @@ func TestRankSources(t *testing.T) {
 		server("b-con", "10.2.0.2/16", true),
 		server("c-con", "10.3.0.2/16", true),
 	}
+	stale := server("b-stale", "10.2.0.3/16", false)
+	stale.LastSeen = now.Add(-time.Hour)
+	servers = append(servers, stale)
 	p := nsapi.Package{ID: "pkg", Version: "2"}
 	ready := func(srv string) nsapi.Codebase {
 		return nsapi.Codebase{Package: "pkg", Version: "2", Server: srv, State: nsapi.CodebaseReady, URL: "http://" + srv + "/packages/pkg"}
@@ -50,15 +57,20 @@ func TestRankSources(t *testing.T) {
 		cbs  []nsapi.Codebase
 		want []nsapi.Source
 	}{
-		"agent in a: same site, then feeders, then the NS": {
+		"agent in a: same site, then the NS, other sites only after it": {
 			req:  requester{id: "pc", sites: []string{"a"}},
 			cbs:  all,
-			want: []nsapi.Source{src("a-con", nsapi.SourceSameSite), src("a-unc", nsapi.SourceSameSite), src("b-unc", nsapi.SourceFeeder), nsSrc},
+			want: []nsapi.Source{src("a-con", nsapi.SourceSameSite), src("a-unc", nsapi.SourceSameSite), nsSrc, src("b-unc", nsapi.SourceFeeder)},
 		},
 		"unconstrained server in b: never itself": {
 			req:  requester{id: "b-unc", sites: []string{"b"}},
 			cbs:  all,
-			want: []nsapi.Source{src("b-con", nsapi.SourceSameSite), src("a-unc", nsapi.SourceFeeder), nsSrc},
+			want: []nsapi.Source{src("b-con", nsapi.SourceSameSite), nsSrc, src("a-unc", nsapi.SourceFeeder)},
+		},
+		"agent in b, b-con not seen for three heartbeats: never offered": {
+			req:  requester{id: "pc", sites: []string{"b"}},
+			cbs:  append(slices.Clone(all[:3]), nsapi.Codebase{Package: "pkg", Version: "2", Server: "b-stale", State: nsapi.CodebaseReady, URL: "http://b-stale/packages/pkg"}),
+			want: []nsapi.Source{src("b-unc", nsapi.SourceSameSite), nsSrc, src("a-unc", nsapi.SourceFeeder)},
 		},
 		"constrained server in b: only its own site": {
 			req:  requester{id: "b-con", sites: []string{"b"}, constrained: true},
@@ -78,7 +90,7 @@ func TestRankSources(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			got := rankSources(p, tc.req, servers, tc.cbs, m, "https://ns")
+			got := rankSources(p, tc.req, servers, tc.cbs, m, "https://ns", now.Add(-3*time.Minute))
 			if d := cmp.Diff(tc.want, got); d != "" {
 				t.Fatalf("(-want +got):\n%s", d)
 			}

@@ -65,8 +65,10 @@ type Source struct {
 // Source kinds, in rank order.
 const (
 	SourceSameSite = "same_site"
-	SourceFeeder   = "feeder"
 	SourceNS       = "ns"
+	// SourceFeeder is an unconstrained package server of another site: after the NS, for
+	// when it cannot be reached.
+	SourceFeeder = "feeder"
 )
 
 // Limits on packages.
