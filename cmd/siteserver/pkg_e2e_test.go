@@ -20,12 +20,16 @@ import (
 // downloads from its own site's server.
 func TestPackagesAcrossSites(t *testing.T) {
 	dir := t.TempDir()
+	// The hq server's GUID is fixed ahead so that the rules can assign it.
+	const uGUID = "5d0c6f1e-2a3b-4c4d-9e5f-6a7b8c9d0e1f"
+	os.MkdirAll(filepath.Join(dir, "u"), 0o700)
+	writeFile(t, filepath.Join(dir, "u", "guid"), uGUID+"\n")
 	rules := writeFile(t, filepath.Join(dir, "sites.yaml"), `sites:
   - name: hq
     subnets: [10.10.0.0/16]
   - name: branch
     subnets: [10.20.0.0/16]
-    servers: [u.example]       # the hq server also serves the branch
+    servers: [`+uGUID+`]       # the hq server also serves the branch
 `)
 	nsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	nsURL, caFile := "https://"+nsAddr, filepath.Join(dir, "ns", "ca.crt")
