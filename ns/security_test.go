@@ -13,7 +13,9 @@ import (
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/siteserver/siteserver/ns/store"
 	"github.com/siteserver/siteserver/nsapi"
+	"github.com/siteserver/siteserver/sites"
 )
 
 // Holding an enrollment token is not enough to take over a GUID the NS knows: the agent
@@ -516,5 +518,66 @@ func TestSecurityEnrollIssuesGUID(t *testing.T) {
 				t.Fatalf("after delete: id %q, want a new GUID (was %s)", got, id)
 			}
 		})
+	}
+}
+
+// A site server reports its own host name, so a host name gives it no site. An NS upgraded
+// from when direct assignments could name one keeps such an assignment only as the GUID of
+// the server that had the name; a server that reports the name later, or a GUID that
+// differs only in case, gets nothing, and neither does one reporting a name whose
+// assignment was dropped.
+func TestSecurityHostNameClaimsNoSite(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	st, err := store.OpenSQLite(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	putOldRules(t, st, sites.Rules{
+		Sites:   []sites.Site{{Name: "branch", Source: sites.Manual}},
+		Subnets: []sites.SubnetRule{{Prefix: netip.MustParsePrefix("10.5.0.0/16"), Site: "branch", Source: sites.Manual}},
+		Servers: []sites.ServerRule{
+			{Server: "ss1.branch.example", Site: "branch", Source: sites.Manual},
+			{Server: "ss2.branch.example", Site: "branch", Source: sites.Manual}, // no such server yet
+		},
+	})
+	putServerRecord(t, st, guidSS1, "ss1.branch.example") // enrolled, never registered
+	st.Close()
+	tn := startNS(t, func(c *ServerConfig) { c.DataDir = dir })
+
+	svc := nsapi.ServiceInfo{Name: nsapi.ServiceTask, URL: "https://task"}
+	sitesOf := func(id, host string) []nsapi.SiteMatch {
+		t.Helper()
+		resp, err := registerServer(t, tn.peer(t, nsapi.KindSiteServer, id, host), []string{"192.0.2.5/24"}, svc)
+		if err != nil {
+			t.Fatalf("%s (%s): %v", id, host, err)
+		}
+		return resp.Sites
+	}
+	for _, rogue := range []struct{ id, host string }{
+		{guidOld, "ss1.branch.example"},
+		{guidTwinA, "SS2.Branch.Example."},
+		{strings.ToUpper(guidSS1), "ss1.branch.example"},
+	} {
+		if got := sitesOf(rogue.id, rogue.host); len(got) != 0 {
+			t.Errorf("%s reporting %s got sites %+v", rogue.id, rogue.host, got)
+		}
+	}
+	if got := sitesOf(guidSS1, "renamed.example"); len(got) != 1 || got[0].Site != "branch" || !got[0].Direct {
+		t.Fatalf("the server the old assignment meant: sites %+v, want branch directly", got)
+	}
+
+	// An agent in the branch is given the assigned server only.
+	ac, err := tn.peer(t, nsapi.KindAgent, "pc-1", "pc1").Client(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := ac.RegisterAgent(ctx, nsapi.RegisterAgentRequest{ID: "pc-1", Hostname: "pc1", Addresses: []netip.Addr{netip.MustParseAddr("10.5.9.9")}})
+	if err != nil || len(resp.TaskServers) != 1 || resp.TaskServers[0].ID != guidSS1 {
+		t.Fatalf("agent in branch: %+v, %v", resp.TaskServers, err)
+	}
+	// And no host name can be assigned again.
+	if err := tn.admin.PutAssignment(ctx, nsapi.AssignmentRequest{Server: "ss2.branch.example", Site: "branch"}); nsapi.StatusOf(err) != http.StatusBadRequest {
+		t.Fatalf("assign by host name: %v, want 400", err)
 	}
 }

@@ -158,7 +158,7 @@ func TestRegistrationResolvesSites(t *testing.T) {
   - name: lab
     subnets: [10.1.200.0/24]
   - name: remote
-    servers: [SS2.example]
+    servers: [` + strings.ToUpper(guidSS2) + `]
 `)
 	if _, err := tn.admin.ApplyRules(ctx, rules); err != nil {
 		t.Fatal(err)
@@ -179,8 +179,8 @@ func TestRegistrationResolvesSites(t *testing.T) {
 	if err != nil || !slices.Equal(siteNames(resp.Sites), []string{"hq"}) {
 		t.Fatalf("after address change: %v, %v", siteNames(resp.Sites), err)
 	}
-	// Direct assignment by host name, case-insensitively.
-	p2 := tn.peer(t, nsapi.KindSiteServer, "ss-2", "ss2.example")
+	// Direct assignment by GUID, written in any case.
+	p2 := tn.peer(t, nsapi.KindSiteServer, guidSS2, "ss2.example")
 	resp, err = registerServer(t, p2, []string{"198.51.100.4/24"}, nsapi.ServiceInfo{Name: nsapi.ServiceTask})
 	if err != nil || !slices.Equal(siteNames(resp.Sites), []string{"remote"}) || !resp.Sites[0].Direct {
 		t.Fatalf("direct assignment: %+v, %v", resp.Sites, err)
@@ -305,8 +305,9 @@ func TestSiteMaintenanceAPI(t *testing.T) {
 		{"subnet of unknown site", func() error {
 			return tn.admin.PutSubnet(ctx, nsapi.SubnetRequest{Prefix: "10.9.0.0/16", Site: "nowhere"})
 		}, 400},
-		{"assign", func() error { return tn.admin.PutAssignment(ctx, nsapi.AssignmentRequest{Server: "ss1", Site: "hq"}) }, 0},
-		{"assign to unknown site", func() error { return tn.admin.PutAssignment(ctx, nsapi.AssignmentRequest{Server: "ss1", Site: "x"}) }, 400},
+		{"assign", func() error { return tn.admin.PutAssignment(ctx, nsapi.AssignmentRequest{Server: guidSS1, Site: "hq"}) }, 0},
+		{"assign to unknown site", func() error { return tn.admin.PutAssignment(ctx, nsapi.AssignmentRequest{Server: guidSS1, Site: "x"}) }, 400},
+		{"assign by host name", func() error { return tn.admin.PutAssignment(ctx, nsapi.AssignmentRequest{Server: "ss1", Site: "hq"}) }, 400},
 		{"delete unknown subnet", func() error { return tn.admin.DeleteSubnet(ctx, "10.99.0.0/16") }, 404},
 		{"delete unknown site", func() error { return tn.admin.DeleteSite(ctx, "x") }, 404},
 		{"bad rules file", func() error { _, err := tn.admin.ApplyRules(ctx, []byte("sites:\n  - name: [\n")); return err }, 400},
@@ -373,6 +374,62 @@ func TestRulesFileReload(t *testing.T) {
 	waitFor(t, func() bool { return testutil.ToFloat64(tn.srv.metrics.rulesLoads.WithLabelValues("error")) > before })
 	if got := names(); !slices.Equal(got, []string{"two"}) {
 		t.Fatalf("after a broken reload: %v", got)
+	}
+	// So does a file that assigns a server by host name.
+	os.WriteFile(rules, []byte("sites:\n  - name: three\n    subnets: [10.1.0.0/16]\n    servers: [ss1.example.org]\n"), 0o644)
+	before = testutil.ToFloat64(tn.srv.metrics.rulesLoads.WithLabelValues("error"))
+	tn.srv.Reload()
+	waitFor(t, func() bool { return testutil.ToFloat64(tn.srv.metrics.rulesLoads.WithLabelValues("error")) > before })
+	if got := names(); !slices.Equal(got, []string{"two"}) {
+		t.Fatalf("after a reload naming a server by host name: %v", got)
+	}
+	if err := tn.srv.loadRulesFile(context.Background()); err == nil ||
+		!strings.Contains(err.Error(), `rules:4: site "three": server "ss1.example.org": not a GUID: direct assignments name a site server by its GUID, which 'siteserver servers list' shows`) {
+		t.Fatalf("rules file naming a server by host name: %v", err)
+	}
+}
+
+// Direct assignments name a site server by GUID, in the API as in a rules file; a host name
+// is refused with a 400 that says so and where to find the GUID, and changes nothing.
+func TestAssignmentsNameServersByGUID(t *testing.T) {
+	tn := startNS(t, nil)
+	ctx := context.Background()
+	if err := tn.admin.PutSite(ctx, nsapi.SiteRequest{Name: "hq"}); err != nil {
+		t.Fatal(err)
+	}
+	const why = "not a GUID: direct assignments name a site server by its GUID, which 'siteserver servers list' shows"
+	refused := func(what string, err error, want string) {
+		t.Helper()
+		if nsapi.StatusOf(err) != http.StatusBadRequest || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want 400 saying %q", what, err, want)
+		}
+	}
+	refused("assign by host name", tn.admin.PutAssignment(ctx, nsapi.AssignmentRequest{Server: "ss1.example.org", Site: "hq"}),
+		`server "ss1.example.org": `+why)
+	refused("assign by a GUID in braces", tn.admin.PutAssignment(ctx, nsapi.AssignmentRequest{Server: "{" + guidSS1 + "}", Site: "hq"}), why)
+	_, err := tn.admin.ApplyRules(ctx, []byte("sites:\n  - name: hq\n    servers: [ss1.example.org]\n"))
+	refused("rules file naming a host name", err, `rules:3: site "hq": server "ss1.example.org": `+why)
+	_, err = tn.admin.ApplyRules(ctx, []byte("source: imported\nsites:\n  - name: hq\n    servers: [ss1]\n"))
+	refused("imported rules file naming a host name", err, `server "ss1": `+why)
+	if views, _ := tn.admin.Sites(ctx); len(views) != 1 || len(views[0].Servers) != 0 {
+		t.Fatalf("a refused assignment changed the rules: %+v", views)
+	}
+
+	// A GUID in upper case is kept as the lower case servers enroll with, and is one server.
+	for range 2 {
+		if err := tn.admin.PutAssignment(ctx, nsapi.AssignmentRequest{Server: strings.ToUpper(guidSS1), Site: "hq"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	views, err := tn.admin.Sites(ctx)
+	if err != nil || len(views) != 1 || !slices.Equal(views[0].Servers, []nsapi.RuleServer{{Server: guidSS1, Source: "manual"}}) {
+		t.Fatalf("sites = %+v, %v", views, err)
+	}
+	if err := tn.admin.DeleteAssignment(ctx, strings.ToUpper(guidSS1), "hq"); err != nil {
+		t.Fatal(err)
+	}
+	if views, _ := tn.admin.Sites(ctx); len(views[0].Servers) != 0 {
+		t.Fatalf("after unassign: %+v", views)
 	}
 }
 

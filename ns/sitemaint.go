@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"sort"
+	"strings"
 
 	"github.com/siteserver/siteserver/internal/httpx"
 	"github.com/siteserver/siteserver/ns/store"
@@ -33,8 +34,14 @@ func (s *Server) reloadLoop(ctx context.Context) {
 	}
 }
 
+// loadRules puts the stored rules in force at start, after upgrading direct assignments
+// that name a site server by host name.
 func (s *Server) loadRules(ctx context.Context) error {
 	r, err := s.store.Rules(ctx)
+	if err != nil {
+		return err
+	}
+	r, changed, err := s.upgradeServerRules(ctx, r)
 	if err != nil {
 		return err
 	}
@@ -42,8 +49,72 @@ func (s *Server) loadRules(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("ns: stored rules: %w", err)
 	}
+	for _, src := range changed {
+		mine, _ := splitRules(r, src)
+		if err := s.store.ReplaceRules(ctx, src, mine); err != nil {
+			return fmt.Errorf("ns: stored rules: %w", err)
+		}
+	}
 	s.rules.Store(m)
 	return nil
+}
+
+// upgradeServerRules rewrites the direct assignments that an older NS stored with a host
+// name, which a site server reports itself and so cannot be trusted to name it. Each becomes
+// an assignment of the GUID of the one server record with that host name (as the old
+// matching had it: any case, trailing dot or not); with none or several it is dropped rather
+// than guessed. Both are logged, and the NS starts either way. It returns the rules and the
+// sources whose server rules changed.
+func (s *Server) upgradeServerRules(ctx context.Context, r sites.Rules) (sites.Rules, []sites.Source, error) {
+	if !slices.ContainsFunc(r.Servers, func(sr sites.ServerRule) bool { _, err := sites.ServerGUID(sr.Server); return err != nil }) {
+		return r, nil, nil
+	}
+	recs, err := s.store.Servers(ctx)
+	if err != nil {
+		return r, nil, err
+	}
+	hostKey := func(h string) string { return strings.ToLower(strings.TrimSuffix(strings.TrimSpace(h), ".")) }
+	byHost := make(map[string][]string)
+	for _, rec := range recs {
+		byHost[hostKey(rec.Hostname)] = append(byHost[hostKey(rec.Hostname)], rec.ID)
+	}
+	type ruleKey struct {
+		guid, site string
+		src        sites.Source
+	}
+	have := make(map[ruleKey]bool, len(r.Servers))
+	for _, sr := range r.Servers {
+		if guid, err := sites.ServerGUID(sr.Server); err == nil {
+			have[ruleKey{guid, sr.Site, sr.Source}] = true
+		}
+	}
+	var changed []sites.Source
+	var kept []sites.ServerRule
+	for _, sr := range r.Servers {
+		if _, err := sites.ServerGUID(sr.Server); err == nil {
+			kept = append(kept, sr)
+			continue
+		}
+		if !slices.Contains(changed, sr.Source) {
+			changed = append(changed, sr.Source)
+		}
+		ids := byHost[hostKey(sr.Server)]
+		// A server whose ID is not a lower-case GUID could never match the assignment.
+		if len(ids) != 1 || !isGUID(ids[0]) {
+			s.logger.Warn("direct assignment by host name dropped: assignments name a site server by GUID, and no single server with a GUID has that host name; assign the server by the GUID 'siteserver servers list' shows",
+				"server", sr.Server, "site", sr.Site, "source", sr.Source, "servers_with_that_host_name", len(ids))
+			continue
+		}
+		s.logger.Warn("direct assignment by host name translated to the GUID of the server with that host name",
+			"server", sr.Server, "guid", ids[0], "site", sr.Site, "source", sr.Source)
+		k := ruleKey{ids[0], sr.Site, sr.Source}
+		if !have[k] {
+			have[k] = true
+			kept = append(kept, sites.ServerRule{Server: ids[0], Site: sr.Site, Source: sr.Source})
+		}
+	}
+	r.Servers = kept
+	return r, changed, nil
 }
 
 func (s *Server) loadRulesFile(ctx context.Context) error {
@@ -333,9 +404,15 @@ func (s *Server) handlePutAssignment(w http.ResponseWriter, r *http.Request) {
 		s.badRequest(w, errors.New("server and site: both required"))
 		return
 	}
+	guid, err := sites.ServerGUID(req.Server)
+	if err != nil {
+		s.badRequest(w, fmt.Errorf("server %q: %w", req.Server, err))
+		return
+	}
+	req.Server = guid
 	if !s.ruleChange(w, r, func(cur sites.Rules) (sites.Rules, error) {
-		if !slices.ContainsFunc(cur.Servers, func(sr sites.ServerRule) bool { return sr.Server == req.Server && sr.Site == req.Site }) {
-			cur.Servers = append(cur.Servers, sites.ServerRule{Server: req.Server, Site: req.Site})
+		if !slices.ContainsFunc(cur.Servers, func(sr sites.ServerRule) bool { return sameServer(sr.Server, guid) && sr.Site == req.Site }) {
+			cur.Servers = append(cur.Servers, sites.ServerRule{Server: guid, Site: req.Site})
 		}
 		return cur, nil
 	}) {
@@ -348,7 +425,7 @@ func (s *Server) handleDeleteAssignment(w http.ResponseWriter, r *http.Request) 
 	server, site := r.URL.Query().Get("server"), r.URL.Query().Get("site")
 	if !s.ruleChange(w, r, func(cur sites.Rules) (sites.Rules, error) {
 		n := len(cur.Servers)
-		cur.Servers = slices.DeleteFunc(cur.Servers, func(sr sites.ServerRule) bool { return sr.Server == server && sr.Site == site })
+		cur.Servers = slices.DeleteFunc(cur.Servers, func(sr sites.ServerRule) bool { return sameServer(sr.Server, server) && sr.Site == site })
 		if len(cur.Servers) == n {
 			return cur, fmt.Errorf("assignment of %q to %q: %w among the manual rules", server, site, store.ErrNotFound)
 		}
@@ -357,6 +434,22 @@ func (s *Server) handleDeleteAssignment(w http.ResponseWriter, r *http.Request) 
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+func isGUID(id string) bool {
+	g, err := sites.ServerGUID(id)
+	return err == nil && g == id
+}
+
+// sameServer reports whether two server entries name one site server: the same GUID in any
+// case, or, for anything else, the same text.
+func sameServer(a, b string) bool {
+	ga, errA := sites.ServerGUID(a)
+	gb, errB := sites.ServerGUID(b)
+	if errA == nil && errB == nil {
+		return ga == gb
+	}
+	return a == b
 }
 
 func (s *Server) handleGetRules(w http.ResponseWriter, r *http.Request) {

@@ -227,7 +227,7 @@ type SubnetRequest struct {
 	Site   string `json:"site"`
 }
 
-// AssignmentRequest assigns a site server (GUID or hostname) to a site (manual source).
+// AssignmentRequest assigns a site server, named by its GUID, to a site (manual source).
 type AssignmentRequest struct {
 	Server string `json:"server"`
 	Site   string `json:"site"`

@@ -12,7 +12,8 @@ func FuzzParseRulesFile(f *testing.F) {
 	for _, seed := range []string{
 		exampleRules,
 		"",
-		"source: imported\nsites:\n  - name: a\n    description: d\n    subnets: [10.0.0.0/8, \"::/0\"]\n    servers: [s, S2.example.org.]\n",
+		"source: imported\nsites:\n  - name: a\n    description: d\n    subnets: [10.0.0.0/8, \"::/0\"]\n    servers: [3f2a0c9e-5b1d-4c7a-9e3f-2d8b6a1c0f47, 9B8C7D6E-0000-4000-8000-00000000ABCD]\n",
+		"sites:\n  - name: a\n    servers: [ss1.example.org.]\n",
 		"sites:\n  - name: \"2024\"\n    description: |\n      two\n      lines\n    subnets:\n      - 2001:db8::/32\n",
 		"sites:\n  - name: a\n    subnets: [10.1.200.0/33]\n",
 		"sites:\n  - name: a\n    subnets: [10.1.2.3/16]\n",
@@ -20,7 +21,7 @@ func FuzzParseRulesFile(f *testing.F) {
 		"sites:\n  - name: a\n  - name: a\n",
 		"sites:\n  - name: &n a\n    description: *n\n",
 		"sites:\n  - name: !!binary YQ==\n",
-		"sites: [{name: a, servers: [x, X]}]\n",
+		"sites: [{name: a, servers: [3f2a0c9e-5b1d-4c7a-9e3f-2d8b6a1c0f47, 3F2A0C9E-5B1D-4C7A-9E3F-2D8B6A1C0F47]}]\n",
 		"sites:\n  - {name: \"\\x85\\u2028\", description: \"\\t\\n\\r\"}\n",
 		"sites: []\n---\nsites: []\n",
 		"source: manual\nsubnets: []\n",

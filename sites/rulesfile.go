@@ -57,7 +57,7 @@ func (e *RulesFileError) Error() string {
 //	  - name: berlin-hq
 //	    description: Berlin head office
 //	    subnets: [10.1.0.0/16, "2001:db8:1::/48"]
-//	    servers: [berlin-ss1.example.org, 3f2a0c9e-5b1d-4c7a-9e3f-2d8b6a1c0f47]
+//	    servers: [3f2a0c9e-5b1d-4c7a-9e3f-2d8b6a1c0f47]   # site server GUIDs, never host names
 //	  - name: berlin-lab
 //	    subnets: [10.1.200.0/24]   # more specific than berlin-hq's: wins for its addresses
 func ParseRulesFile(data []byte) (Rules, error) {
@@ -272,13 +272,14 @@ func (p *parser) site(n *yaml.Node) error {
 	}
 	seen := make(map[string]int)
 	return p.list(servers, site.Name, "servers", func(v *yaml.Node, s string) error {
-		if err := checkServer(s); err != nil {
+		key, err := checkServer(s)
+		if err != nil {
 			return p.errf(v, site.Name, "server %q: %v", s, err)
 		}
-		if first, ok := seen[serverKey(s)]; ok {
+		if first, ok := seen[key]; ok {
 			return p.errf(v, site.Name, "server %q: listed twice (first at line %d)", s, first)
 		}
-		seen[serverKey(s)] = v.Line
+		seen[key] = v.Line
 		p.r.Servers = append(p.r.Servers, ServerRule{Server: s, Site: site.Name})
 		return nil
 	})
@@ -385,20 +386,12 @@ func checkText(s string, multiline bool) error {
 	return nil
 }
 
-// checkServer accepts what a GUID or a hostname could be.
-func checkServer(s string) error {
-	if serverKey(s) == "" {
-		return errors.New("empty")
+// checkServer returns the GUID of a server entry in lower case, or says why it is none.
+func checkServer(s string) (string, error) {
+	if strings.TrimSpace(s) == "" {
+		return "", errors.New("empty")
 	}
-	if !utf8.ValidString(s) {
-		return errors.New("not valid UTF-8")
-	}
-	for _, c := range s {
-		if unicode.IsSpace(c) || !unicode.IsPrint(c) {
-			return fmt.Errorf("contains %U; list one server per entry", c)
-		}
-	}
-	return nil
+	return ServerGUID(s)
 }
 
 type fileSite struct {
@@ -493,14 +486,15 @@ func MarshalRulesFile(r Rules) ([]byte, error) {
 		if err := setSource(what, sr.Source); err != nil {
 			return nil, err
 		}
-		if err := checkServer(sr.Server); err != nil {
+		key, err := checkServer(sr.Server)
+		if err != nil {
 			return nil, fmt.Errorf("sites: marshal rules: %s: %w", what, err)
 		}
 		i, ok := index[sr.Site]
 		if !ok {
 			return nil, fmt.Errorf("sites: marshal rules: %s: site %q is not defined", what, sr.Site)
 		}
-		k := siteServer{sr.Site, serverKey(sr.Server)}
+		k := siteServer{sr.Site, key}
 		if seen[k] {
 			return nil, fmt.Errorf("sites: marshal rules: %s: listed twice in site %q", what, sr.Site)
 		}

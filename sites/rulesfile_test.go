@@ -16,7 +16,7 @@ sites:
   - name: berlin-hq
     description: Berlin head office
     subnets: [10.1.0.0/16, "2001:db8:1::/48"]
-    servers: [berlin-ss1.example.org, 3f2a0c9e-5b1d-4c7a-9e3f-2d8b6a1c0f47]
+    servers: [0f6b4a52-8d3e-4c1a-b7e9-5a2c3d4e5f60, 3f2a0c9e-5b1d-4c7a-9e3f-2d8b6a1c0f47]
   - name: berlin-lab
     subnets: [10.1.200.0/24]   # more specific than berlin-hq's: wins for its addresses
   - name: "2024"
@@ -26,7 +26,7 @@ sites:
     subnets:
       - 2001:db8:2::/48
     servers:
-      - temp.example.org
+      - 7C1E2D3F-4A5B-4C6D-8E7F-9A0B1C2D3E4F   # any case; matched in lower case
   - name: empty
 `
 
@@ -51,18 +51,18 @@ func TestParseRulesFile(t *testing.T) {
 					{Prefix: pfx("2001:db8:2::/48"), Site: "2024", Source: Manual},
 				},
 				Servers: []ServerRule{
-					{Server: "berlin-ss1.example.org", Site: "berlin-hq", Source: Manual},
-					{Server: "3f2a0c9e-5b1d-4c7a-9e3f-2d8b6a1c0f47", Site: "berlin-hq", Source: Manual},
-					{Server: "temp.example.org", Site: "2024", Source: Manual},
+					{Server: guidBerlin, Site: "berlin-hq", Source: Manual},
+					{Server: guidMunich, Site: "berlin-hq", Source: Manual},
+					{Server: strings.ToUpper(guidTemp), Site: "2024", Source: Manual},
 				},
 			},
 		},
 		"imported applies to every rule": {
-			in: "source: imported\nsites:\n  - name: a\n    description: d\n    subnets: [10.0.0.0/8]\n    servers: [s]\n",
+			in: "source: imported\nsites:\n  - name: a\n    description: d\n    subnets: [10.0.0.0/8]\n    servers: [" + guidMunich + "]\n",
 			want: Rules{
 				Sites:   []Site{{Name: "a", Description: "d", Source: Imported}},
 				Subnets: []SubnetRule{{Prefix: pfx("10.0.0.0/8"), Site: "a", Source: Imported}},
-				Servers: []ServerRule{{Server: "s", Site: "a", Source: Imported}},
+				Servers: []ServerRule{{Server: guidMunich, Site: "a", Source: Imported}},
 			},
 		},
 		"source defaults to manual": {
@@ -74,10 +74,10 @@ func TestParseRulesFile(t *testing.T) {
 			want: Rules{Sites: []Site{{Name: "a", Source: Imported}}},
 		},
 		"same server in two sites": {
-			in: "sites:\n  - name: a\n    servers: [s]\n  - name: b\n    servers: [S]\n",
+			in: "sites:\n  - name: a\n    servers: [" + guidMunich + "]\n  - name: b\n    servers: [" + strings.ToUpper(guidMunich) + "]\n",
 			want: Rules{
 				Sites:   []Site{{Name: "a", Source: Manual}, {Name: "b", Source: Manual}},
-				Servers: []ServerRule{{Server: "s", Site: "a", Source: Manual}, {Server: "S", Site: "b", Source: Manual}},
+				Servers: []ServerRule{{Server: guidMunich, Site: "a", Source: Manual}, {Server: strings.ToUpper(guidMunich), Site: "b", Source: Manual}},
 			},
 		},
 		"null lists": {
@@ -145,12 +145,32 @@ func TestParseRulesFileErrors(t *testing.T) {
 			want: `rules:5: site "a": subnet "2001:0db8::/32": listed twice (first at line 4)`,
 		},
 		"server twice in one site": {
-			in:   "sites:\n  - name: a\n    servers: [x.example.org, X.Example.Org]\n",
-			want: `rules:3: site "a": server "X.Example.Org": listed twice (first at line 3)`,
+			in:   "sites:\n  - name: a\n    servers: [" + guidMunich + ", " + strings.ToUpper(guidMunich) + "]\n",
+			want: `rules:3: site "a": server "` + strings.ToUpper(guidMunich) + `": listed twice (first at line 3)`,
+		},
+		"server by host name": {
+			in:   "sites:\n  - name: a\n    servers: [ss1.berlin.example.org]\n",
+			want: `rules:3: site "a": server "ss1.berlin.example.org": ` + notGUID,
+		},
+		"server by short host name": {
+			in:   "sites:\n  - name: a\n    servers:\n      - " + guidMunich + "\n      - ss1\n",
+			want: `rules:5: site "a": server "ss1": ` + notGUID,
+		},
+		"guid in braces": {
+			in:   "sites:\n  - name: a\n    servers: [\"{" + guidMunich + "}\"]\n",
+			want: `rules:3: site "a": server "{` + guidMunich + `}": ` + notGUID,
+		},
+		"guid as urn": {
+			in:   "sites:\n  - name: a\n    servers: [\"urn:uuid:" + guidMunich + "\"]\n",
+			want: `rules:3: site "a": server "urn:uuid:` + guidMunich + `": ` + notGUID,
+		},
+		"guid without hyphens": {
+			in:   "sites:\n  - name: a\n    servers: [" + strings.ReplaceAll(guidMunich, "-", "") + "]\n",
+			want: `rules:3: site "a": server "` + strings.ReplaceAll(guidMunich, "-", "") + `": ` + notGUID,
 		},
 		"two servers in one entry": {
-			in:   "sites:\n  - name: a\n    servers: [\"x, y\"]\n",
-			want: `rules:3: site "a": server "x, y": contains U+0020; list one server per entry`,
+			in:   "sites:\n  - name: a\n    servers: [\"" + guidMunich + ", " + guidMixed + "\"]\n",
+			want: `rules:3: site "a": server "` + guidMunich + ", " + guidMixed + `": ` + notGUID,
 		},
 		"empty server": {
 			in:   "sites:\n  - name: a\n    servers: [\"\"]\n",
@@ -246,9 +266,10 @@ func TestParseRulesFileLimits(t *testing.T) {
 		"too many rules": {
 			in: func() string {
 				var b strings.Builder
-				b.WriteString("sites:\n  - name: a\n    servers:\n")
+				// Subnets, not servers: as many GUIDs would pass the byte limit first.
+				b.WriteString("sites:\n  - name: a\n    subnets:\n")
 				for i := range MaxRulesFileRules {
-					fmt.Fprintf(&b, "      - s%d\n", i)
+					fmt.Fprintf(&b, "      - 10.%d.%d.%d/32\n", byte(i>>16), byte(i>>8), byte(i))
 				}
 				return b.String()
 			},
@@ -291,9 +312,9 @@ func TestRulesFileRoundTrip(t *testing.T) {
 				{Prefix: pfx("2001:db8::1/128"), Site: "~", Source: Imported},
 			},
 			Servers: []ServerRule{
-				{Server: "null", Site: "0x10", Source: Imported},
-				{Server: "[x]", Site: "0x10", Source: Imported},
-				{Server: "#x", Site: "~", Source: Imported},
+				{Server: "12345678-1234-1234-1234-123456789012", Site: "0x10", Source: Imported},
+				{Server: strings.ToUpper(guidMixed), Site: "0x10", Source: Imported},
+				{Server: guidMixed, Site: "~", Source: Imported},
 			},
 		},
 		"empty": {},
@@ -319,14 +340,14 @@ func TestMarshalRulesFile(t *testing.T) {
 	r := Rules{
 		Sites:   []Site{{Name: "berlin-hq", Description: "Berlin head office", Source: Manual}, {Name: "empty", Source: Manual}},
 		Subnets: []SubnetRule{{Prefix: pfx("10.1.0.0/16"), Site: "berlin-hq", Source: Manual}, {Prefix: pfx("2001:db8:1::/48"), Site: "berlin-hq", Source: Manual}},
-		Servers: []ServerRule{{Server: "berlin-ss1.example.org", Site: "berlin-hq", Source: Manual}},
+		Servers: []ServerRule{{Server: guidBerlin, Site: "berlin-hq", Source: Manual}},
 	}
 	want := `source: manual
 sites:
   - name: berlin-hq
     description: Berlin head office
     subnets: [10.1.0.0/16, '2001:db8:1::/48']
-    servers: [berlin-ss1.example.org]
+    servers: [` + guidBerlin + `]
   - name: empty
 `
 	got, err := MarshalRulesFile(r)
@@ -353,8 +374,12 @@ func TestMarshalRulesFileErrors(t *testing.T) {
 			want:  `sites: marshal rules: site "a": invalid source ""`,
 		},
 		"site not in the file": {
-			rules: Rules{Sites: a, Servers: []ServerRule{{Server: "s", Site: "b", Source: Manual}}},
-			want:  `sites: marshal rules: server "s": site "b" is not defined`,
+			rules: Rules{Sites: a, Servers: []ServerRule{{Server: guidMunich, Site: "b", Source: Manual}}},
+			want:  `sites: marshal rules: server "` + guidMunich + `": site "b" is not defined`,
+		},
+		"server by host name": {
+			rules: Rules{Sites: a, Servers: []ServerRule{{Server: "ss1.example.org", Site: "a", Source: Manual}}},
+			want:  `sites: marshal rules: server "ss1.example.org": ` + notGUID,
 		},
 		"duplicate site": {
 			rules: Rules{Sites: []Site{{Name: "a", Source: Manual}, {Name: "a", Source: Manual}}},

@@ -23,25 +23,16 @@ type Server struct {
 	Computers int            // registered computers, for tie-break
 }
 
-// ServerSites returns the sites of s: its direct assignments (by ID or hostname) and the site
-// of each of its addresses, one Match per site (a direct assignment before a subnet one),
-// sorted by site name.
+// ServerSites returns the sites of s: its direct assignments (by GUID) and the site of each
+// of its addresses, one Match per site (a direct assignment before a subnet one), sorted by
+// site name. Its host name plays no part: the server reports that itself.
 func (m *Map) ServerSites(s Server) []Match {
-	var manual, imported []string
-	for i, name := range [2]string{s.ID, s.Hostname} {
-		k := serverKey(name)
-		if k == "" || i == 1 && k == serverKey(s.ID) {
-			continue
-		}
-		d := m.servers[k]
-		manual = append(manual, d.manual...)
-		imported = append(imported, d.imported...)
-	}
-	// Precedence is per server, not per name: an import that names the server by GUID
-	// overrides a manual assignment made by hostname.
-	assigned, src := manual, Manual
-	if len(imported) > 0 {
-		assigned, src = imported, Imported
+	// Exact, not case-folded: servers enroll with lower-case GUIDs, and an ID in other case is
+	// another identity to the NS, which folding would let claim this server's sites.
+	d := m.servers[s.ID]
+	assigned, src := d.manual, Manual
+	if len(d.imported) > 0 {
+		assigned, src = d.imported, Imported
 	}
 	var out []Match
 	for _, site := range assigned {

@@ -6,10 +6,13 @@ package sites
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
+
+	"github.com/google/uuid"
 )
 
 // Source says where a rule came from. Rules from a directory import are refreshed by the
@@ -41,7 +44,9 @@ type SubnetRule struct {
 
 // ServerRule assigns a site server directly to a site.
 type ServerRule struct {
-	Server string // site server GUID or hostname, matched case-insensitively
+	// Server is the site server's GUID (see ServerGUID), never its host name: a site server
+	// reports its host name itself, so naming one would let any enrolled server claim the site.
+	Server string
 	Site   string
 	Source Source
 }
@@ -71,7 +76,7 @@ type Map struct {
 	shadowed []SubnetRule
 }
 
-// direct holds the sites one server name is assigned to, per source.
+// direct holds the sites one server GUID is assigned to, per source.
 type direct struct {
 	manual, imported []string
 }
@@ -166,9 +171,12 @@ func Compile(r Rules) (*Map, error) {
 		if !sr.Source.Valid() {
 			return nil, fmt.Errorf("sites: server rule %d (%q): invalid source %q", i, sr.Server, sr.Source)
 		}
-		key := serverKey(sr.Server)
-		if key == "" {
+		if strings.TrimSpace(sr.Server) == "" {
 			return nil, fmt.Errorf("sites: server rule %d (%s): empty server", i, sr.Source)
+		}
+		key, err := ServerGUID(sr.Server)
+		if err != nil {
+			return nil, fmt.Errorf("sites: server rule %d (%q, %s): %w", i, sr.Server, sr.Source, err)
 		}
 		if _, ok := merged[sr.Site]; !ok {
 			return nil, fmt.Errorf("sites: server rule %d (%q, %s): site %q is not defined", i, sr.Server, sr.Source, sr.Site)
@@ -209,10 +217,21 @@ func comparePrefix(a, b netip.Prefix) int {
 	return cmp.Compare(a.Bits(), b.Bits())
 }
 
-// serverKey folds the ways one server can be written: hostnames are case-insensitive and may
-// carry the root's trailing dot, and GUIDs are hex, written in either case by different tools.
-func serverKey(s string) string {
-	return strings.ToLower(strings.TrimSuffix(strings.TrimSpace(s), "."))
+// ErrNotGUID is the error of a direct assignment that names a site server by anything but
+// its GUID.
+var ErrNotGUID = errors.New("not a GUID: direct assignments name a site server by its GUID, which 'siteserver servers list' shows")
+
+// ServerGUID returns the GUID s names in lower case, the form site servers enroll with, or
+// ErrNotGUID. Only the 36-character hyphenated form is accepted: it is what the NS lists,
+// and one spelling per server keeps duplicates and deletions exact.
+func ServerGUID(s string) (string, error) {
+	if len(s) != 36 {
+		return "", ErrNotGUID
+	}
+	if _, err := uuid.Parse(s); err != nil {
+		return "", ErrNotGUID
+	}
+	return strings.ToLower(s), nil
 }
 
 // Sites returns every site, merged across sources, sorted by name.

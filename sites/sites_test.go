@@ -17,12 +17,17 @@ var (
 )
 
 const (
+	guidBerlin = "0f6b4a52-8d3e-4c1a-b7e9-5a2c3d4e5f60"
 	guidMunich = "3f2a0c9e-5b1d-4c7a-9e3f-2d8b6a1c0f47"
 	guidMixed  = "9b8c7d6e-0000-4000-8000-00000000abcd"
+	guidTemp   = "7c1e2d3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f"
+
+	notGUID = "not a GUID: direct assignments name a site server by its GUID, which 'siteserver servers list' shows"
 )
 
 // testRules covers both sources: sites only one source defines, a site both define,
-// a prefix both give (the import wins), and a server both assign under different names.
+// a prefix both give (the import wins), and a server both assign, its GUID written in
+// different case.
 func testRules() Rules {
 	return Rules{
 		Sites: []Site{
@@ -44,9 +49,9 @@ func testRules() Rules {
 			{Prefix: pfx("10.2.0.0/16"), Site: "munich", Source: Manual}, // repeated verbatim: harmless
 		},
 		Servers: []ServerRule{
-			{Server: "berlin-ss1.example.org", Site: "berlin-hq", Source: Manual},
+			{Server: guidBerlin, Site: "berlin-hq", Source: Manual},
 			{Server: guidMunich, Site: "munich", Source: Manual},
-			{Server: "mixed.example.org", Site: "munich", Source: Manual},
+			{Server: guidMixed, Site: "munich", Source: Manual},
 			{Server: strings.ToUpper(guidMixed), Site: "paris", Source: Imported},
 		},
 	}
@@ -189,17 +194,20 @@ func TestServerSites(t *testing.T) {
 			server: Server{ID: guidMunich, Hostname: "ss.example.org"},
 			want:   []Match{{Site: "munich", Source: Manual, Direct: true}},
 		},
-		"direct by guid in other case": {
+		"rule in other case than the guid": {
+			server: Server{ID: guidMixed},
+			want:   []Match{{Site: "paris", Source: Imported, Direct: true}},
+		},
+		// Servers enroll with lower-case GUIDs; one in upper case is another identity to the
+		// NS and must not get the sites of the one it imitates.
+		"guid in other case is another server": {
 			server: Server{ID: strings.ToUpper(guidMunich)},
-			want:   []Match{{Site: "munich", Source: Manual, Direct: true}},
 		},
-		"direct by hostname case-insensitively": {
-			server: Server{ID: "other", Hostname: "Berlin-SS1.Example.ORG"},
-			want:   []Match{{Site: "berlin-hq", Source: Manual, Direct: true}},
+		"host name is never an assignment": {
+			server: Server{ID: "other", Hostname: "berlin-ss1.example.org"},
 		},
-		"direct by hostname with trailing dot": {
-			server: Server{Hostname: "berlin-ss1.example.org."},
-			want:   []Match{{Site: "berlin-hq", Source: Manual, Direct: true}},
+		"host name spelling an assigned guid": {
+			server: Server{ID: "other", Hostname: guidMunich},
 		},
 		"through the subnet of one of its addresses": {
 			server: Server{ID: "x", Hostname: "x", Addrs: []netip.Prefix{pfx("192.0.2.1/24"), pfx("10.2.7.7/24")}},
@@ -214,27 +222,19 @@ func TestServerSites(t *testing.T) {
 			want:   []Match{{Site: "berlin-lab", Prefix: pfx("2001:db8:1:200::/56"), Source: Manual}},
 		},
 		"direct and subnet to the same site: direct kept": {
-			server: Server{Hostname: "berlin-ss1.example.org", Addrs: []netip.Prefix{pfx("10.1.0.5/16")}},
+			server: Server{ID: guidBerlin, Addrs: []netip.Prefix{pfx("10.1.0.5/16")}},
 			want:   []Match{{Site: "berlin-hq", Source: Manual, Direct: true}},
 		},
 		"direct and subnet to different sites": {
-			server: Server{Hostname: "berlin-ss1.example.org", Addrs: []netip.Prefix{pfx("10.1.200.5/24"), pfx("10.3.0.5/16")}},
+			server: Server{ID: guidBerlin, Addrs: []netip.Prefix{pfx("10.1.200.5/24"), pfx("10.3.0.5/16")}},
 			want: []Match{
 				{Site: "berlin-hq", Source: Manual, Direct: true},
 				{Site: "berlin-lab", Prefix: pfx("10.1.200.0/24"), Source: Manual},
 				{Site: "paris", Prefix: pfx("10.3.0.0/16"), Source: Imported},
 			},
 		},
-		"imported assignment by guid shadows manual one by hostname": {
-			server: Server{ID: guidMixed, Hostname: "mixed.example.org"},
-			want:   []Match{{Site: "paris", Source: Imported, Direct: true}},
-		},
-		"manual assignment stands when the import does not name the server": {
-			server: Server{ID: "another-guid", Hostname: "mixed.example.org"},
-			want:   []Match{{Site: "munich", Source: Manual, Direct: true}},
-		},
 		"server precedence leaves subnet sites alone": {
-			server: Server{ID: guidMixed, Hostname: "mixed.example.org", Addrs: []netip.Prefix{pfx("10.2.0.9/16")}},
+			server: Server{ID: guidMixed, Addrs: []netip.Prefix{pfx("10.2.0.9/16")}},
 			want: []Match{
 				{Site: "munich", Prefix: pfx("10.2.0.0/16"), Source: Manual},
 				{Site: "paris", Source: Imported, Direct: true},
@@ -307,8 +307,16 @@ func TestCompileErrors(t *testing.T) {
 			want: `sites: subnet rule 1 (10.0.0.0/8, manual): prefix already maps to site "a", cannot also map to "b"`,
 		},
 		"server names unknown site": {
-			rules: Rules{Sites: sites, Servers: []ServerRule{{Server: "s1", Site: "b", Source: Imported}}},
-			want:  `sites: server rule 0 ("s1", imported): site "b" is not defined`,
+			rules: Rules{Sites: sites, Servers: []ServerRule{{Server: guidMunich, Site: "b", Source: Imported}}},
+			want:  `sites: server rule 0 ("` + guidMunich + `", imported): site "b" is not defined`,
+		},
+		"server by host name": {
+			rules: Rules{Sites: sites, Servers: []ServerRule{{Server: "ss1.example.org", Site: "a", Source: Manual}}},
+			want:  `sites: server rule 0 ("ss1.example.org", manual): ` + notGUID,
+		},
+		"server by guid with spaces": {
+			rules: Rules{Sites: sites, Servers: []ServerRule{{Server: " " + guidMunich, Site: "a", Source: Imported}}},
+			want:  `sites: server rule 0 (" ` + guidMunich + `", imported): ` + notGUID,
 		},
 		"empty server": {
 			rules: Rules{Sites: sites, Servers: []ServerRule{{Server: " ", Site: "a", Source: Manual}}},

@@ -76,6 +76,8 @@ func sitesSubnetDelete(a *adminCall) error {
 	return a.c.DeleteSubnet(a.ctx, a.pos[0])
 }
 
+// sitesAssign assigns a site server by its GUID; the NS refuses a host name, which a server
+// reports itself.
 func sitesAssign(a *adminCall) error {
 	return a.c.PutAssignment(a.ctx, nsapi.AssignmentRequest{Server: a.pos[0], Site: a.pos[1]})
 }

@@ -25,7 +25,7 @@ Processes:
 
 Administration (talk to an NS API; see 'siteserver sites -h'):
   sites    list | export | apply FILE | add NAME | delete NAME |
-           subnet-add PREFIX SITE | subnet-delete PREFIX | assign SERVER SITE | unassign SERVER SITE
+           subnet-add PREFIX SITE | subnet-delete PREFIX | assign GUID SITE | unassign GUID SITE
   servers  list | approve ID | reject ID | reset ID | delete ID
   agents   list | reset ID | delete ID
   jobs     create -file JOB.yaml -targets GUID,… | list | status JOB

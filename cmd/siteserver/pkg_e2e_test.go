@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,13 +21,13 @@ import (
 // downloads from its own site's server.
 func TestPackagesAcrossSites(t *testing.T) {
 	dir := t.TempDir()
-	rules := writeFile(t, filepath.Join(dir, "sites.yaml"), `sites:
+	rulesText := `sites:
   - name: hq
     subnets: [10.10.0.0/16]
   - name: branch
     subnets: [10.20.0.0/16]
-    servers: [u.example]       # the hq server also serves the branch
-`)
+`
+	rules := writeFile(t, filepath.Join(dir, "sites.yaml"), rulesText)
 	nsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	nsURL, caFile := "https://"+nsAddr, filepath.Join(dir, "ns", "ca.crt")
 	nsConf := writeFile(t, filepath.Join(dir, "ns.yaml"), fmt.Sprintf(`log: {format: json, level: debug}
@@ -103,6 +104,11 @@ services:
 	// constrained one fetches from it.
 	u, uURL := server("u", "10.10.1.1/16", false)
 	uMetrics := u.waitLog("metrics listening")["addr"].(string)
+	// The NS issued its GUID at enrollment: the rules assign it to the branch too.
+	uGUID := u.waitLog("registered")["id"].(string)
+	writeFile(t, rules, rulesText+"    servers: ["+uGUID+"]       # the hq server also serves the branch\n")
+	nsProc.cmd.Process.Signal(syscall.SIGHUP)
+	eventually(t, "the NS reloads the rules", func() bool { return nsProc.countLog("rules file loaded") == 2 })
 	eventually(t, "both servers have it ready", func() bool { return len(status().Ready) == 2 })
 	st := status()
 	urls := map[string]bool{}
