@@ -221,7 +221,7 @@ func assigned(p nsapi.Package, rec store.ServerRecord, m *sites.Map) bool {
 		return true
 	}
 	for _, srv := range p.Servers {
-		if strings.EqualFold(srv, rec.ID) || strings.EqualFold(strings.TrimSuffix(srv, "."), strings.TrimSuffix(rec.Hostname, ".")) {
+		if strings.EqualFold(srv, rec.ID) {
 			return true
 		}
 	}

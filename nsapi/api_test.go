@@ -139,3 +139,17 @@ func FuzzDecodeEvents(f *testing.F) {
 		}
 	})
 }
+
+// A package names the servers that get it by GUID: a host name is what a server claims for
+// itself, so any enrolled server could take a package meant for another.
+func TestSecurityPackageServersByGUID(t *testing.T) {
+	p := Package{ID: "tools", Version: "1", Files: []PackageFile{{Name: "a", Size: 1, SHA256: strings.Repeat("ab", 32)}}}
+	p.Servers = []string{"6f1c2d3e-4a5b-4c6d-8e7f-9a0b1c2d3e4f"}
+	if err := p.Validate(); err != nil {
+		t.Fatalf("a GUID: %v", err)
+	}
+	p.Servers = []string{"ss1.branch.example"}
+	if err := p.Validate(); err == nil || !strings.Contains(err.Error(), "GUID") {
+		t.Fatalf("a host name: %v, want refused", err)
+	}
+}

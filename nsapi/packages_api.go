@@ -7,6 +7,8 @@ import (
 	"path"
 	"strings"
 	"time"
+
+	"github.com/google/uuid"
 )
 
 // PackageFile is one file of a package, identified by its content.
@@ -22,7 +24,8 @@ type Package struct {
 	Version string        `json:"version"`
 	Files   []PackageFile `json:"files"`
 	// Sites and Servers say who gets it: the package servers of these sites, and these
-	// servers (GUID or host name). Both empty: every package server.
+	// servers (by GUID: a host name is the server's own claim). Both empty: every
+	// package server.
 	Sites   []string `json:"sites,omitempty"`
 	Servers []string `json:"servers,omitempty"`
 	// Staged, when above 0, lets at most that many package servers download at once.
@@ -122,6 +125,11 @@ func (p *Package) Validate() error {
 		}
 		if b, err := hex.DecodeString(f.SHA256); err != nil || len(b) != 32 || strings.ToLower(f.SHA256) != f.SHA256 {
 			return fmt.Errorf("files[%d].sha256: %q is not 64 lowercase hex digits", i, f.SHA256)
+		}
+	}
+	for i, srv := range p.Servers {
+		if len(srv) != 36 || uuid.Validate(srv) != nil {
+			return fmt.Errorf("servers[%d]: %q is not a GUID: packages name a site server by its GUID, which 'siteserver servers list' shows", i, srv)
 		}
 	}
 	if p.Staged < 0 {
