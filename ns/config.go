@@ -102,18 +102,18 @@ func (c *ServerConfig) Validate() error {
 			return fmt.Errorf("ips[%d]: %q is not an IP address", i, ip)
 		}
 	}
-	var err error
-	if c.SiteServerToken, err = nsapi.ReadSecret(c.SiteServerToken, c.SiteServerTokenFile, "site_server_token"); err != nil {
-		return err
-	}
-	if c.AgentToken, err = nsapi.ReadSecret(c.AgentToken, c.AgentTokenFile, "agent_token"); err != nil {
-		return err
-	}
-	if c.AdminToken, err = nsapi.ReadSecret(c.AdminToken, c.AdminTokenFile, "admin_token"); err != nil {
-		return err
-	}
-	if c.ReadOnlyToken, err = nsapi.ReadSecret(c.ReadOnlyToken, c.ReadOnlyTokenFile, "read_only_token"); err != nil {
-		return err
+	for _, sec := range []struct {
+		inline, file *string
+		field        string
+	}{
+		{&c.SiteServerToken, &c.SiteServerTokenFile, "site_server_token"},
+		{&c.AgentToken, &c.AgentTokenFile, "agent_token"},
+		{&c.AdminToken, &c.AdminTokenFile, "admin_token"},
+		{&c.ReadOnlyToken, &c.ReadOnlyTokenFile, "read_only_token"},
+	} {
+		if err := nsapi.ReadSecret(sec.inline, sec.file, sec.field); err != nil {
+			return err
+		}
 	}
 	if c.ReadOnlyToken != "" && (len(c.ReadOnlyToken) < 16 || c.ReadOnlyToken == c.AdminToken) {
 		return errors.New("read_only_token: must be at least 16 characters and differ from admin_token")

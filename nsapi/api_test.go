@@ -2,6 +2,8 @@ package nsapi
 
 import (
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -151,5 +153,22 @@ func TestSecurityPackageServersByGUID(t *testing.T) {
 	p.Servers = []string{"ss1.branch.example"}
 	if err := p.Validate(); err == nil || !strings.Contains(err.Error(), "GUID") {
 		t.Fatalf("a host name: %v, want refused", err)
+	}
+}
+
+func TestEndpointTokenFileValidatesTwice(t *testing.T) {
+	dir := t.TempDir()
+	tok := filepath.Join(dir, "token")
+	ca := filepath.Join(dir, "ca.crt")
+	os.WriteFile(tok, []byte("agent-token-0123456789\n"), 0o600)
+	os.WriteFile(ca, []byte("x"), 0o600)
+	e := Endpoint{Name: "central", URL: "https://ns.example:50443", CAFile: ca, EnrollmentTokenFile: tok}
+	for i := range 2 {
+		if err := e.Validate("ns"); err != nil {
+			t.Fatalf("validation %d: %v", i+1, err)
+		}
+	}
+	if e.EnrollmentToken != "agent-token-0123456789" {
+		t.Fatalf("token = %q", e.EnrollmentToken)
 	}
 }

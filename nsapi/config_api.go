@@ -42,18 +42,22 @@ func (s Settings) Validate(prefix string) error {
 	return nil
 }
 
-func ReadSecret(inline, file, field string) (string, error) {
-	if inline != "" && file != "" {
-		return "", fmt.Errorf("%s: set either %s or %s_file, not both", field, field, field)
+// ReadSecret resolves a secret given inline or in a file into *inline, once: the file
+// name is cleared once read, so that validating the same config again (the command line
+// checks it, then the service it starts) does not find both set.
+func ReadSecret(inline, file *string, field string) error {
+	if *inline != "" && *file != "" {
+		return fmt.Errorf("%s: set either %s or %s_file, not both", field, field, field)
 	}
-	if file == "" {
-		return inline, nil
+	if *file == "" {
+		return nil
 	}
-	b, err := os.ReadFile(file)
+	b, err := os.ReadFile(*file)
 	if err != nil {
-		return "", fmt.Errorf("%s_file: %w", field, err)
+		return fmt.Errorf("%s_file: %w", field, err)
 	}
-	return strings.TrimSpace(string(b)), nil
+	*inline, *file = strings.TrimSpace(string(b)), ""
+	return nil
 }
 
 // Endpoint is how a site server or an agent reaches one NS.
@@ -93,7 +97,7 @@ func (e *Endpoint) Validate(prefix string) error {
 			return fmt.Errorf("%s.ca_file: %w", prefix, err)
 		}
 	}
-	if e.EnrollmentToken, err = ReadSecret(e.EnrollmentToken, e.EnrollmentTokenFile, prefix+".enrollment_token"); err != nil {
+	if err := ReadSecret(&e.EnrollmentToken, &e.EnrollmentTokenFile, prefix+".enrollment_token"); err != nil {
 		return err
 	}
 	if e.EnrollmentToken == "" {

@@ -1,0 +1,38 @@
+package ns
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// A config naming its tokens by file validates more than once (the command line checks it,
+// then the server it starts), each time with the tokens from the files.
+func TestConfigTokenFilesValidateTwice(t *testing.T) {
+	dir := t.TempDir()
+	file := func(name, token string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(token+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	c := ServerConfig{DataDir: dir, Listen: "127.0.0.1:0",
+		SiteServerTokenFile: file("ss", "site-server-token-0123456789"),
+		AgentTokenFile:      file("ag", "agent-token-0123456789abcdef"),
+		AdminTokenFile:      file("ad", "admin-token-0123456789abcdef"),
+	}
+	c.Defaults()
+	for i := range 2 {
+		if err := c.Validate(); err != nil {
+			t.Fatalf("validation %d: %v", i+1, err)
+		}
+	}
+	if c.SiteServerToken != "site-server-token-0123456789" || c.AgentToken != "agent-token-0123456789abcdef" || c.AdminToken != "admin-token-0123456789abcdef" {
+		t.Fatalf("tokens = %q %q %q", c.SiteServerToken, c.AgentToken, c.AdminToken)
+	}
+	c.AdminTokenFile = file("ad2", "other")
+	if err := c.Validate(); err == nil {
+		t.Fatal("a token given inline and by file was accepted")
+	}
+}
