@@ -61,6 +61,11 @@ type ServerConfig struct {
 
 	// Clock, if set, is the NS's clock for certificates, grants and liveness (tests).
 	Clock func() time.Time `yaml:"-"`
+	// SelfToken enrolls the NS's own task service (run in the same process), approved at
+	// once; SelfServer returns its GUID, the task server of last resort. Set by the
+	// process that runs both, never from a file.
+	SelfToken  string        `yaml:"-"`
+	SelfServer func() string `yaml:"-"`
 }
 
 // Defaults fills unset fields. It is the one place NS defaults live.

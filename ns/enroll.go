@@ -37,7 +37,8 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		s.badRequest(w, fmt.Errorf("kind: %q is not %s or %s", req.Kind, nsapi.KindSiteServer, nsapi.KindAgent))
 		return
 	}
-	if !tokenEqual(req.Token, want) {
+	self := req.Kind == nsapi.KindSiteServer && s.cfg.SelfToken != "" && tokenEqual(req.Token, s.cfg.SelfToken)
+	if !self && !tokenEqual(req.Token, want) {
 		s.metrics.authFailures.WithLabelValues("bad_enrollment_token").Inc()
 		s.metrics.enrollments.WithLabelValues(req.Kind, "unauthorized").Inc()
 		s.logger.Warn("enrollment refused: wrong token", "kind", req.Kind, "id", req.ID, "remote", r.RemoteAddr)
@@ -58,7 +59,7 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 	resp := nsapi.EnrollResponse{CA: string(ca.CertPEM), Status: nsapi.StatusApproved, NSID: s.nsID(),
 		JobKey: s.jobKey.Public().(ed25519.PublicKey)}
 	ctx := r.Context()
-	if !s.recordEnrollment(w, r, req, ca, &resp) {
+	if !s.recordEnrollment(w, r, req, ca, self, &resp) {
 		return
 	}
 	result := "ok"
@@ -117,7 +118,7 @@ func newTickleKey() ([]byte, uint32) {
 // names only if the NS knows it (a renewal with the current certificate, or a GUID an
 // administrator reset); any other enrollment gets a new one, so a token holder can neither
 // pick an identity nor take over one it learnt.
-func (s *Server) recordEnrollment(w http.ResponseWriter, r *http.Request, req nsapi.EnrollRequest, ca *pki.CA, resp *nsapi.EnrollResponse) bool {
+func (s *Server) recordEnrollment(w http.ResponseWriter, r *http.Request, req nsapi.EnrollRequest, ca *pki.CA, self bool, resp *nsapi.EnrollResponse) bool {
 	ctx := r.Context()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -172,6 +173,9 @@ func (s *Server) recordEnrollment(w http.ResponseWriter, r *http.Request, req ns
 			if s.cfg.Approval == "manual" {
 				rec.Status = nsapi.StatusPending
 			}
+		}
+		if self {
+			rec.Status = nsapi.StatusApproved // the NS's own task service, in this process
 		}
 		rec.CertSerial = serial
 		rec.Enrolled = now

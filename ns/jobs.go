@@ -126,13 +126,21 @@ func (s *Server) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	resp := nsapi.CreateJobResponse{JobID: req.Job.ID, Instances: []nsapi.InstanceRef{}}
+	live, err := s.liveServers(ctx)
+	if err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
 	for _, in := range insts {
+		if why := unreachable(in.TaskServer, live); why != "" {
+			resp.Unreachable = append(resp.Unreachable, nsapi.Unreachable{Agent: in.Agent, Reason: why})
+		}
 		resp.Instances = append(resp.Instances, nsapi.InstanceRef{ID: in.ID, Agent: in.Agent, TaskServer: in.TaskServer})
 		if in.TaskServer != "" {
 			s.tickler.mark(in.TaskServer, tickle.WorkPending)
 		}
 	}
-	s.logger.Info("job created", "job", req.Job.ID, "instances", len(insts))
+	s.logger.Info("job created", "job", req.Job.ID, "instances", len(insts), "unreachable", len(resp.Unreachable))
 	s.refreshJobGauges(ctx)
 	httpx.WriteJSON(w, http.StatusOK, resp)
 }
@@ -340,4 +348,32 @@ func writeWork(w http.ResponseWriter, resp nsapi.WorkResponse) {
 	}
 	bw.WriteString("]}\n")
 	bw.Flush()
+}
+
+// liveServers are the approved site servers seen within three heartbeats, by GUID.
+func (s *Server) liveServers(ctx context.Context) (map[string]bool, error) {
+	recs, err := s.store.Servers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cutoff := s.now().Add(-3 * s.cfg.Settings.HeartbeatInterval)
+	live := map[string]bool{}
+	for _, rec := range recs {
+		if rec.Status == nsapi.StatusApproved && !rec.LastSeen.Before(cutoff) {
+			live[rec.ID] = true
+		}
+	}
+	return live, nil
+}
+
+// unreachable says why an agent whose task server is taskServer cannot be given work now,
+// or "" if it can.
+func unreachable(taskServer string, live map[string]bool) string {
+	switch {
+	case taskServer == "":
+		return "no task server: none serves the computer's sites, and the NS runs no task service of last resort (task: in its config)"
+	case !live[taskServer]:
+		return "its task server " + taskServer + " has not been seen for three heartbeats (or is no longer approved)"
+	}
+	return ""
 }

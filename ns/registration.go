@@ -164,6 +164,9 @@ func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
 	m := s.rules.Load()
 	task := m.Select(req.Addresses, nsapi.ServiceTask, candidates)
 	pkg := m.Select(req.Addresses, nsapi.ServicePackage, candidates)
+	if len(task.Servers) == 0 {
+		task = s.lastResort(byID, task)
+	}
 	s.metrics.registrations.WithLabelValues(nsapi.KindAgent, "ok").Inc()
 	httpx.WriteJSON(w, http.StatusOK, nsapi.RegisterAgentResponse{
 		Sites:          matches(m.SitesFor(req.Addresses)),
@@ -191,17 +194,46 @@ func (s *Server) selectable(ctx context.Context) ([]sites.Server, map[string]sto
 		return nil, nil, err
 	}
 	cutoff := s.now().Add(-3 * s.cfg.Settings.HeartbeatInterval)
+	self := s.selfServer()
 	var out []sites.Server
 	byID := map[string]store.ServerRecord{}
 	for _, rec := range recs {
 		if rec.Status != nsapi.StatusApproved || rec.LastSeen.Before(cutoff) {
 			continue
 		}
-		out = append(out, toSitesServer(rec, counts[rec.ID]))
 		byID[rec.ID] = rec
+		if rec.ID != self { // offered only as the last resort
+			out = append(out, toSitesServer(rec, counts[rec.ID]))
+		}
 	}
 	return out, byID, nil
 }
+
+// selfServer is the GUID of the NS's own task service, "" if it runs none.
+func (s *Server) selfServer() string {
+	if s.cfg.SelfServer == nil {
+		return ""
+	}
+	return s.cfg.SelfServer()
+}
+
+// lastResort gives a computer that no task server of its sites reaches the NS's own task
+// service, if it runs one and it is up (live holds the selectable servers).
+func (s *Server) lastResort(live map[string]store.ServerRecord, none sites.Selection) sites.Selection {
+	self := s.selfServer()
+	rec, ok := live[self]
+	if self == "" || !ok {
+		return none
+	}
+	if _, offers := offers(rec, nsapi.ServiceTask); !offers {
+		return none
+	}
+	return sites.Selection{Servers: []sites.Server{toSitesServer(rec, 0)}, Reason: reasonLastResort}
+}
+
+// reasonLastResort is the selection reason of the NS's own task service: no task server
+// serves the computer's sites.
+const reasonLastResort = "last-resort"
 
 func (s *Server) agentCounts(ctx context.Context) (map[string]int, error) {
 	return s.store.AgentsPerServer(ctx)

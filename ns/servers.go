@@ -50,11 +50,16 @@ func (s *Server) handleListAgents(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
+	live, err := s.liveServers(r.Context())
+	if err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
 	m := s.rules.Load()
 	out := make([]nsapi.AgentView, 0, len(recs))
 	for _, rec := range recs {
 		v := nsapi.AgentView{ID: rec.ID, Hostname: rec.Hostname, TaskServer: rec.TaskServer, LastSeen: rec.LastSeen,
-			Sites: matches(m.SitesFor(rec.Addresses)), Addresses: []string{}}
+			Sites: matches(m.SitesFor(rec.Addresses)), Addresses: []string{}, Unreachable: unreachable(rec.TaskServer, live)}
 		for _, a := range rec.Addresses {
 			v.Addresses = append(v.Addresses, a.String())
 		}

@@ -190,6 +190,8 @@ type AgentView struct {
 	Sites      []SiteMatch `json:"sites"`
 	TaskServer string      `json:"task_server,omitempty"`
 	LastSeen   time.Time   `json:"last_seen,omitzero"`
+	// Unreachable, if set, says why no task server can give this agent work now.
+	Unreachable string `json:"unreachable,omitempty"`
 }
 
 // SiteView is a site with its rules, for listing.

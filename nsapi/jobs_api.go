@@ -216,6 +216,15 @@ type InstanceRef struct {
 type CreateJobResponse struct {
 	JobID     string        `json:"job_id"`
 	Instances []InstanceRef `json:"instances"`
+	// Unreachable warns of targets no task server will deliver to now; their instances
+	// wait until one does, or expire.
+	Unreachable []Unreachable `json:"unreachable,omitempty"`
+}
+
+// Unreachable is a target of a job that cannot be reached, and why.
+type Unreachable struct {
+	Agent  string `json:"agent"`
+	Reason string `json:"reason"`
 }
 
 // InstanceStatus is an instance with its events, for administrators.

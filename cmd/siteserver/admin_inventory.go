@@ -70,6 +70,11 @@ func agentsList(a *adminCall) error {
 			}
 			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", v.ID, v.Hostname, dash(sts), dashS(v.TaskServer), seen)
 		}
+		for _, v := range views {
+			if v.Unreachable != "" {
+				fmt.Fprintf(w, "warning: %s (%s) cannot be reached: %s\n", v.ID, v.Hostname, v.Unreachable)
+			}
+		}
 	})
 }
 

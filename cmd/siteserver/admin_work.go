@@ -44,6 +44,9 @@ func jobsCreate(a *adminCall) error {
 		for _, in := range resp.Instances {
 			fmt.Fprintf(w, "%s\t%s\t%s\n", in.ID, in.Agent, dashS(in.TaskServer))
 		}
+		for _, u := range resp.Unreachable {
+			fmt.Fprintf(w, "warning: %s cannot be reached now: %s\n", u.Agent, u.Reason)
+		}
 	})
 }
 

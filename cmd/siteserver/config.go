@@ -39,6 +39,13 @@ type NS struct {
 	Log     obs.LogConfig   `yaml:"log"`
 	Metrics Metrics         `yaml:"metrics"`
 	Server  ns.ServerConfig `yaml:"ns"`
+	// Task, if set, runs the NS's own task service in the same process: the task server
+	// of last resort, for computers that no task server of their sites reaches (as the
+	// ITMS NS is itself a task server). Its keys are those of services.task in serve.
+	Task *taskd.Config `yaml:"task"`
+	// Hostname and Addresses are reported for it; defaults as for serve.
+	Hostname  string   `yaml:"hostname"`
+	Addresses []string `yaml:"addresses"`
 }
 
 // Serve is the file of `siteserver serve`.
@@ -108,6 +115,9 @@ func (c *NS) Defaults() {
 		c.Metrics.Listen = ":9350"
 	}
 	c.Server.Defaults()
+	if c.Task != nil {
+		c.Task.Defaults()
+	}
 }
 
 // Defaults fills the serve file.
@@ -171,6 +181,14 @@ func (c *NS) Validate() error {
 	}
 	if err := c.Server.Validate(); err != nil {
 		return fmt.Errorf("ns.%w", err)
+	}
+	if c.Task != nil {
+		if err := validAddresses(c.Addresses); err != nil {
+			return err
+		}
+		if err := c.Task.Validate("task"); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -136,6 +136,13 @@ func runNS(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 		return fmt.Errorf("ns.data_dir: %w", err)
 	}
 	defer lock.Close()
+	var self *siteServer
+	if cfg.Task != nil {
+		raw := make([]byte, 24)
+		rand.Read(raw)
+		cfg.Server.SelfToken = hex.EncodeToString(raw)
+		cfg.Server.SelfServer = func() string { return self.peers[0].ID() }
+	}
 	srv, err := ns.NewServer(cfg.Server, logger.With("service", "ns"), reg)
 	if err != nil {
 		return err
@@ -143,7 +150,41 @@ func runNS(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 	g := &service.Group{}
 	ep := &obs.Endpoint{Addr: cfg.Metrics.Listen, Registry: reg, Ready: g.Ready, Logger: logger, Pprof: cfg.Metrics.Pprof}
 	g.Add(ep, srv, &hupReloader{hup: hup, logger: logger, reload: srv.Reload})
+	if cfg.Task != nil {
+		if self, err = nsTaskService(cfg, srv, logger, reg); err != nil {
+			return err
+		}
+		g.Add(self.registrar, self.task)
+	}
 	return runGroup(ctx, logger, g)
+}
+
+// nsTaskService builds the NS's own task service, enrolled with the NS in this process by
+// a token that exists only in memory and approved at once: the task server of last resort.
+func nsTaskService(cfg NS, srv *ns.Server, logger *slog.Logger, reg prometheus.Registerer) (*siteServer, error) {
+	host, err := hostinfo.Hostname(cfg.Hostname)
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(cfg.Server.DataDir, "task-service")
+	peer := &nsapi.Enrollment{
+		Endpoint: nsapi.Endpoint{Name: "self", EnrollmentToken: cfg.Server.SelfToken},
+		Kind:     nsapi.KindSiteServer, Hostname: host,
+		Dir: filepath.Join(dir, "peers", "self"),
+		InProcess: func(ctx context.Context) (string, []byte, error) {
+			addr, err := srv.Bound(ctx)
+			if err != nil {
+				return "", nil, err
+			}
+			return "https://" + loopbackHostPort(addr.String()), srv.CACertPEM(), nil
+		},
+	}
+	s := &siteServer{host: host, logger: logger.With("service", "last-resort"), reg: reg, peers: []*nsapi.Enrollment{peer},
+		cfg: Serve{DataDir: dir, Addresses: cfg.Addresses, Services: Services{Task: cfg.Task}}}
+	if err := s.build(); err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
