@@ -123,12 +123,13 @@ func TestCertificatesThreeYearsFakeClock(t *testing.T) {
 	marker := filepath.Join(t.TempDir(), "ran")
 	jobs := 0
 	// roundTrip sends a job to the agent and waits until it has run and the NS knows.
+	limit := 30 * time.Second
 	roundTrip := func(when string) {
 		t.Helper()
 		jobs++
 		id := fmt.Sprintf("job-%d", jobs)
 		var agentID string
-		waitUntil(t, when+": the agent registered with its task server", 20*time.Second, func() bool {
+		waitUntil(t, when+": the agent registered with its task server", limit, func() bool {
 			as, err := tn.admin.Agents(ctx)
 			if err != nil || len(as) != 1 || as[0].TaskServer == "" {
 				return false
@@ -140,7 +141,7 @@ func TestCertificatesThreeYearsFakeClock(t *testing.T) {
 		if _, err := tn.admin.CreateJob(ctx, nsapi.CreateJobRequest{Job: job, Targets: []string{agentID}}); err != nil {
 			t.Fatalf("%s: create job: %v", when, err)
 		}
-		waitUntil(t, when+": the job ran and its status reached the NS", 30*time.Second, func() bool {
+		waitUntil(t, when+": the job ran and its status reached the NS", limit, func() bool {
 			st, err := tn.admin.JobStatus(ctx, id)
 			return err == nil && st.Counts[nsapi.StateSucceeded] == 1
 		})
@@ -222,6 +223,10 @@ func TestCertificatesThreeYearsFakeClock(t *testing.T) {
 	if err := tn.admin.ResetAgent(ctx, agentID); err != nil {
 		t.Fatal(err)
 	}
+	// Both retry with a growing backoff (up to minutes) while refused: the site server is
+	// asked to try now, the agent is waited for.
+	ssReg.Kick("central")
+	limit = 3 * time.Minute
 	roundTrip("after the reset")
 	if ssPeer.ID() != ssID {
 		t.Fatalf("after the reset the site server is %s, want its GUID %s back", ssPeer.ID(), ssID)
