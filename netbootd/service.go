@@ -52,13 +52,18 @@ type scriptData struct{ Server, MAC, Kind string }
 // PackageFiles opens a verified file of a package held by the package service.
 type PackageFiles func(ctx context.Context, pkg, name string) (*os.File, error)
 
-// TFTPFile is the TFTP part of the config file.
+// TFTPFile is the TFTP part of the config file; zero values take tftp.Config's defaults.
 type TFTPFile struct {
-	Listen       string        `yaml:"listen"`
-	MaxTransfers int           `yaml:"max_transfers"`
-	Timeout      time.Duration `yaml:"timeout"`
-	Retries      int           `yaml:"retries"`
-	MaxBlockSize int           `yaml:"max_block_size"`
+	Listen            string        `yaml:"listen"`
+	MaxTransfers      int           `yaml:"max_transfers"`
+	Timeout           time.Duration `yaml:"timeout"`
+	Retries           int           `yaml:"retries"`
+	MaxBlockSize      int           `yaml:"max_block_size"`
+	MaxOptionTimeout  time.Duration `yaml:"max_option_timeout"`
+	MaxTransferTime   time.Duration `yaml:"max_transfer_time"`
+	MaxPerClient      int           `yaml:"max_per_client"`
+	ClientRequestRate int           `yaml:"client_request_rate"`
+	PlainRequests     bool          `yaml:"plain_requests"`
 }
 
 // HTTPConfig is where iPXE scripts and boot files are served.
@@ -267,7 +272,10 @@ func New(cfg Config, client func(ctx context.Context) (*nsapi.Client, error), lo
 		return nil, err
 	}
 	if s.tftp, err = tftp.NewServer(tftp.Config{Listen: cfg.TFTP.Listen, Root: cfg.BootDir, MaxTransfers: cfg.TFTP.MaxTransfers,
-		Timeout: cfg.TFTP.Timeout, Retries: cfg.TFTP.Retries, MaxBlockSize: cfg.TFTP.MaxBlockSize}, logger.With("part", "tftp"), reg); err != nil {
+		Timeout: cfg.TFTP.Timeout, Retries: cfg.TFTP.Retries, MaxBlockSize: cfg.TFTP.MaxBlockSize,
+		MaxOptionTimeout: cfg.TFTP.MaxOptionTimeout, MaxTransferTime: cfg.TFTP.MaxTransferTime,
+		MaxPerClient: cfg.TFTP.MaxPerClient, ClientRequestRate: cfg.TFTP.ClientRequestRate, PlainRequests: cfg.TFTP.PlainRequests,
+	}, logger.With("part", "tftp"), reg); err != nil {
 		return nil, err
 	}
 	s.scriptsN = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: obs.Namespace, Subsystem: "netboot",

@@ -103,7 +103,8 @@ func TestExampleBranch(t *testing.T) {
 		PXE: pxe.Config{Listen67: ":67", Listen4011: ":4011",
 			BootFiles:     map[pxe.Arch]string{0: "undionly.kpxe", 6: "ipxe-ia32.efi", 7: "ipxe.efi", 9: "ipxe.efi", 11: "ipxe-arm64.efi"},
 			IPXEScriptURL: "http://{server}:8080/ipxe/{mac}"},
-		TFTP:        netbootd.TFTPFile{Listen: ":69", MaxTransfers: 2000},
+		TFTP: netbootd.TFTPFile{Listen: ":69", MaxTransfers: 2000, MaxPerClient: 8, ClientRequestRate: 20,
+			MaxOptionTimeout: 5 * time.Second, MaxTransferTime: 10 * time.Minute},
 		HTTP:        netbootd.HTTPConfig{Listen: ":8080"},
 		LookupCache: time.Minute,
 	}
