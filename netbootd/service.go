@@ -232,7 +232,11 @@ func (c *NSComputers) Seen(ctx context.Context, mac net.HardwareAddr, arch pxe.A
 	if err != nil {
 		return err
 	}
-	return cl.ComputerSeen(ctx, nsapi.SeenRequest{MAC: mac.String(), Arch: int(arch)})
+	err = cl.ComputerSeen(ctx, nsapi.SeenRequest{MAC: mac.String(), Arch: int(arch)})
+	if nsapi.StatusOf(err) == http.StatusTooManyRequests {
+		return fmt.Errorf("%w: %v", pxe.ErrSeenRefused, err)
+	}
+	return err
 }
 
 // Service is the network boot service: PXE/BSDP, TFTP, and HTTP for iPXE scripts and
