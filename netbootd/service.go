@@ -169,10 +169,14 @@ type NSComputers struct {
 	Client func(ctx context.Context) (*nsapi.Client, error)
 	TTL    time.Duration
 	now    func() time.Time
+	max    int // entries kept; lookupCacheMax when 0
 
 	mu    sync.Mutex
 	cache map[string]cachedKind
 }
+
+// lookupCacheMax bounds the MACs NSComputers remembers.
+const lookupCacheMax = 10000
 
 type cachedKind struct {
 	kind pxe.Kind
@@ -221,6 +225,23 @@ func (c *NSComputers) lookup(ctx context.Context, mac net.HardwareAddr) (pxe.Kin
 	}
 	k := kindOf(resp.Kind)
 	c.mu.Lock()
+	limit := c.max
+	if limit == 0 {
+		limit = lookupCacheMax
+	}
+	if len(c.cache) >= limit {
+		// DHCP requests with made-up MACs each add an entry: old ones go, and all of
+		// them if that is not enough.
+		t := now()
+		for m, e := range c.cache {
+			if t.Sub(e.at) >= c.TTL {
+				delete(c.cache, m)
+			}
+		}
+		if len(c.cache) >= limit {
+			clear(c.cache)
+		}
+	}
 	c.cache[key] = cachedKind{kind: k, name: resp.Name, at: now()}
 	c.mu.Unlock()
 	return k, resp.Name, nil

@@ -613,19 +613,21 @@ func (s *Server) transfer(log *slog.Logger, c conn, req request, neg negotiated,
 		timeout = time.Duration(neg.timeout) * time.Second
 	}
 	c.setTimeout(timeout)
-	r := getReader(f, &s.aborting)
-	defer putReader(r)
-	var src io.Reader = r
-	if req.mode == "netascii" {
-		src = &netascii{r: r}
-	}
-	x := &sender{conn: c, r: src, blockSize: neg.blockSize, window: neg.window, retries: s.cfg.Retries,
+	x := &sender{conn: c, blockSize: neg.blockSize, window: neg.window, retries: s.cfg.Retries,
 		budget: unverifiedFactor * reqSize, deadline: start.Add(s.cfg.MaxTransferTime)}
 	var err error
 	if len(neg.accepted) > 0 {
 		err = x.negotiate(appendOACK(nil, neg.accepted))
 	}
 	if err == nil {
+		// The read-ahead comes once the options are settled: a slot held by a source
+		// that never answers its OACK holds no buffer.
+		r := getReader(f, &s.aborting)
+		defer putReader(r)
+		x.r = r
+		if req.mode == "netascii" {
+			x.r = &netascii{r: r}
+		}
 		err = x.run()
 	}
 	s.finish(log, c, x, neg, size, err, start)
