@@ -134,6 +134,12 @@ func (s *Server) handleLibraryPut(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer f.Close()
+	// Reading back a large partial upload may outlast the read timeout, which would cut
+	// the body before its first byte: none while the server is not reading.
+	if err := http.NewResponseController(w).SetReadDeadline(time.Time{}); err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "upload: %v", err)
+		return
+	}
 	h := sha256.New()
 	offset, err := rehash(h, s.partialPath(sha))
 	if err != nil {
