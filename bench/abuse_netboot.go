@@ -37,12 +37,12 @@ import (
 //
 // The server runs with its default limits; only its ports are chosen here.
 
-// abuseAttackBase is the first attacker source address; the legitimate client uses
+// nbAttackBase is the first attacker source address; the legitimate client uses
 // 127.0.0.1 and the DHCP relay pxeBenchRelay (127.0.0.2).
-var abuseAttackBase = netip.AddrFrom4([4]byte{127, 0, 0, 10})
+var nbAttackBase = netip.AddrFrom4([4]byte{127, 0, 0, 10})
 
-// abuseKinds are the attack's TFTP requests for file.
-func abuseKinds(file string) []struct{ name, rrq string } {
+// nbAttackKinds are the attack's TFTP requests for file.
+func nbAttackKinds(file string) []struct{ name, rrq string } {
 	return []struct{ name, rrq string }{
 		{"timeout255", "\x00\x01" + file + "\x00octet\x00timeout\x00255\x00tsize\x000\x00"},
 		{"plain", "\x00\x01" + file + "\x00octet\x00"},
@@ -92,7 +92,7 @@ func runAbuseNetboot(ctx context.Context, args []string, stderr io.Writer) (resu
 	}
 	defer relay.close()
 
-	ss, site, err := startAbuseSite(ctx, bin, dir, root, relay.port(), *heapProfile != "", stderr)
+	ss, site, err := startNBSite(ctx, bin, dir, root, relay.port(), *heapProfile != "", stderr)
 	if err != nil {
 		return nil, err
 	}
@@ -106,12 +106,12 @@ func runAbuseNetboot(ctx context.Context, args []string, stderr io.Writer) (resu
 	}
 
 	fmt.Fprintf(stderr, "bench abuse-netboot: legitimate client alone for %s\n", *baseline)
-	base := legitFetches(ctx, site.tftp, file, *interval, time.Now().Add(*baseline))
+	base := nbLegitFetches(ctx, site.tftp, file, *interval, time.Now().Add(*baseline))
 	rss0 := ss.rssMB()
 
 	fmt.Fprintf(stderr, "bench abuse-netboot: attacks for %s: TFTP %d/s from %d addresses, DHCP %d/s from made-up MACs\n",
 		*duration, *tftpRate, *attackers, *dhcpRate)
-	attack, err := newTFTPAttack(*attackers, file.name)
+	attack, err := newNBAttack(*attackers, file.name)
 	if err != nil {
 		return nil, err
 	}
@@ -122,13 +122,13 @@ func runAbuseNetboot(ctx context.Context, args []string, stderr io.Writer) (resu
 	var dhcpSent, dhcpAnswered atomic.Int64
 	wg.Go(func() { attack.send(actx, site.tftp, *tftpRate) })
 	if *dhcpRate > 0 {
-		wg.Go(func() { dhcpSent.Store(int64(floodDHCP(actx, relay, site.dhcp, *dhcpRate))) })
-		wg.Go(func() { dhcpAnswered.Store(int64(drainRelay(actx, relay))) })
+		wg.Go(func() { dhcpSent.Store(int64(nbFloodDHCP(actx, relay, site.dhcp, *dhcpRate))) })
+		wg.Go(func() { dhcpAnswered.Store(int64(nbDrainRelay(actx, relay))) })
 	}
 	var peakActive atomic.Int64
 	wg.Go(func() {
 		for actx.Err() == nil {
-			if m, err := scrapeMetrics(site.metrics); err == nil {
+			if m, err := nbScrapeMetrics(site.metrics); err == nil {
 				peakActive.Store(max(peakActive.Load(), int64(m["siteserver_netboot_tftp_transfers_active"])))
 			}
 			select {
@@ -137,7 +137,7 @@ func runAbuseNetboot(ctx context.Context, args []string, stderr io.Writer) (resu
 			}
 		}
 	})
-	under := legitFetches(actx, site.tftp, file, *interval, time.Now().Add(*duration))
+	under := nbLegitFetches(actx, site.tftp, file, *interval, time.Now().Add(*duration))
 	wg.Wait()
 	if *heapProfile != "" {
 		if err := fetchProfile("http://"+site.metrics+"/debug/pprof/heap", *heapProfile); err != nil {
@@ -160,7 +160,7 @@ func runAbuseNetboot(ctx context.Context, args []string, stderr io.Writer) (resu
 		return nil, err
 	}
 	rss1 := ss.rssMB()
-	m, err := scrapeMetrics(site.metrics)
+	m, err := nbScrapeMetrics(site.metrics)
 	if err != nil {
 		return nil, err
 	}
@@ -174,7 +174,7 @@ func runAbuseNetboot(ctx context.Context, args []string, stderr io.Writer) (resu
 			k.name, attack.reqs[i].Load(), sent, got, f)
 	}
 	fmt.Fprintf(stderr, "bench abuse-netboot: DHCP %d DISCOVERs sent, %d answered; site server reports %v; TFTP refused %v\n",
-		dhcpSent.Load(), dhcpAnswered.Load(), seriesBy(m, "siteserver_netboot_seen_reports_total"), seriesBy(m, "siteserver_netboot_tftp_refused_total"))
+		dhcpSent.Load(), dhcpAnswered.Load(), nbSeries(m, "siteserver_netboot_seen_reports_total"), nbSeries(m, "siteserver_netboot_tftp_refused_total"))
 	fmt.Fprintf(stderr, "bench abuse-netboot: legitimate fetches: alone %d/%d ok, p99 %.1f ms; under attack %d/%d ok, p99 %.1f ms\n",
 		base.ok, base.n, base.p99(), under.ok, under.n, under.p99())
 	if !under.errs.empty() {
@@ -196,15 +196,15 @@ func runAbuseNetboot(ctx context.Context, args []string, stderr io.Writer) (resu
 	return res, nil
 }
 
-// abuseSite is where the site server under attack listens.
-type abuseSite struct {
+// nbSite is where the site server under attack listens.
+type nbSite struct {
 	tftp    string         // TFTP, host:port
 	dhcp    netip.AddrPort // proxyDHCP
 	metrics string         // metrics endpoint, host:port
 	admin   *nsapi.Client  // the embedded NS's admin API
 }
 
-func (s *abuseSite) unknownComputers(ctx context.Context) (int, error) {
+func (s *nbSite) unknownComputers(ctx context.Context) (int, error) {
 	cs, err := s.admin.ListComputers(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("computers list: %w", err)
@@ -218,10 +218,10 @@ func (s *abuseSite) unknownComputers(ctx context.Context) (int, error) {
 	return n, nil
 }
 
-// startAbuseSite runs `siteserver serve` as a standalone site (embedded NS) with the
+// startNBSite runs `siteserver serve` as a standalone site (embedded NS) with the
 // network boot service on loopback ports chosen here, logging warnings only (it would
 // otherwise log every reply it sends), and waits until it has registered with its NS.
-func startAbuseSite(ctx context.Context, bin, dir, root string, relayPort uint16, pprof bool, stderr io.Writer) (*process, *abuseSite, error) {
+func startNBSite(ctx context.Context, bin, dir, root string, relayPort uint16, pprof bool, stderr io.Writer) (*process, *nbSite, error) {
 	var udp [2]int
 	for i := range udp {
 		p, err := freeUDPPort()
@@ -260,12 +260,12 @@ services:
 	if err != nil {
 		return nil, nil, err
 	}
-	site := &abuseSite{
+	site := &nbSite{
 		tftp:    fmt.Sprintf("127.0.0.1:%d", udp[1]),
 		dhcp:    netip.AddrPortFrom(pxeBenchServer, uint16(udp[0])),
 		metrics: fmt.Sprintf("127.0.0.1:%d", metricsPort),
 	}
-	fail := func(err error) (*process, *abuseSite, error) {
+	fail := func(err error) (*process, *nbSite, error) {
 		p.stop()
 		return nil, nil, err
 	}
@@ -315,24 +315,24 @@ services:
 	}
 }
 
-// fetches is what the legitimate client saw.
-type fetches struct {
+// nbFetches is what the legitimate client saw.
+type nbFetches struct {
 	n, ok int
 	ms    []float64 // of the successful fetches
-	errs  errorCounts
+	errs  nbErrorCounts
 }
 
-func (f *fetches) p99() float64 {
+func (f *nbFetches) p99() float64 {
 	slices.Sort(f.ms)
 	return percentile(f.ms, 0.99)
 }
 
-// errorCounts counts errors by message, for the summary.
-type errorCounts map[string]int
+// nbErrorCounts counts errors by message, for the summary.
+type nbErrorCounts map[string]int
 
-func (e errorCounts) empty() bool { return len(e) == 0 }
+func (e nbErrorCounts) empty() bool { return len(e) == 0 }
 
-func (e errorCounts) String() string {
+func (e nbErrorCounts) String() string {
 	var parts []string
 	for msg, n := range e {
 		parts = append(parts, fmt.Sprintf("%d× %s", n, msg))
@@ -341,10 +341,10 @@ func (e errorCounts) String() string {
 	return strings.Join(parts, "; ")
 }
 
-// legitFetches fetches f, one transfer at a time started every interval (or as soon as the
+// nbLegitFetches fetches f, one transfer at a time started every interval (or as soon as the
 // previous one ends, if later), until until.
-func legitFetches(ctx context.Context, addr string, f tftpFile, interval time.Duration, until time.Time) fetches {
-	out := fetches{errs: errorCounts{}}
+func nbLegitFetches(ctx context.Context, addr string, f tftpFile, interval time.Duration, until time.Time) nbFetches {
+	out := nbFetches{errs: nbErrorCounts{}}
 	next := time.Now()
 	for time.Now().Before(until) && ctx.Err() == nil {
 		if d := time.Until(next); d > 0 {
@@ -368,9 +368,9 @@ func legitFetches(ctx context.Context, addr string, f tftpFile, interval time.Du
 	return out
 }
 
-// tftpAttack is a set of sources that send read requests and never answer; one socket per
+// nbAttack is a set of sources that send read requests and never answer; one socket per
 // address and request kind, so that what comes back is counted per kind.
-type tftpAttack struct {
+type nbAttack struct {
 	kinds []struct{ name, rrq string }
 	socks [][]*net.UDPConn // [kind][address]
 	sent  []atomic.Int64   // request bytes, per kind
@@ -380,13 +380,13 @@ type tftpAttack struct {
 	once  sync.Once
 }
 
-func newTFTPAttack(addrs int, file string) (*tftpAttack, error) {
-	a := &tftpAttack{kinds: abuseKinds(file)}
+func newNBAttack(addrs int, file string) (*nbAttack, error) {
+	a := &nbAttack{kinds: nbAttackKinds(file)}
 	a.sent = make([]atomic.Int64, len(a.kinds))
 	a.reqs = make([]atomic.Int64, len(a.kinds))
 	a.got = make([]atomic.Int64, len(a.kinds))
 	a.socks = make([][]*net.UDPConn, len(a.kinds))
-	ip := abuseAttackBase
+	ip := nbAttackBase
 	for i := 0; i < addrs; i, ip = i+1, ip.Next() {
 		for k := range a.kinds {
 			c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(ip, 0)))
@@ -415,9 +415,9 @@ func newTFTPAttack(addrs int, file string) (*tftpAttack, error) {
 }
 
 // send sends rate requests a second, kinds and addresses in turn, until ctx is done.
-func (a *tftpAttack) send(ctx context.Context, to string, rate int) {
+func (a *nbAttack) send(ctx context.Context, to string, rate int) {
 	dst := net.UDPAddrFromAddrPort(netip.MustParseAddrPort(to))
-	p := newPacer(rate)
+	p := newNBPacer(rate)
 	i := 0
 	for {
 		n, ok := p.next(ctx)
@@ -437,7 +437,7 @@ func (a *tftpAttack) send(ctx context.Context, to string, rate int) {
 	}
 }
 
-func (a *tftpAttack) total() int64 {
+func (a *nbAttack) total() int64 {
 	var n int64
 	for i := range a.reqs {
 		n += a.reqs[i].Load()
@@ -445,7 +445,7 @@ func (a *tftpAttack) total() int64 {
 	return n
 }
 
-func (a *tftpAttack) close() {
+func (a *nbAttack) close() {
 	a.once.Do(func() {
 		for _, socks := range a.socks {
 			for _, c := range socks {
@@ -456,10 +456,10 @@ func (a *tftpAttack) close() {
 	})
 }
 
-// floodDHCP sends rate relayed PXE DISCOVERs a second, each from a MAC never used before,
+// nbFloodDHCP sends rate relayed PXE DISCOVERs a second, each from a MAC never used before,
 // until ctx is done, and returns how many it sent.
-func floodDHCP(ctx context.Context, r *pxeRelay, dst netip.AddrPort, rate int) int {
-	p := newPacer(rate)
+func nbFloodDHCP(ctx context.Context, r *pxeRelay, dst netip.AddrPort, rate int) int {
+	p := newNBPacer(rate)
 	xid, seq := rand.Uint32(), r.seq
 	pkt := make([]byte, 0, 1024)
 	n := 0
@@ -478,21 +478,21 @@ func floodDHCP(ctx context.Context, r *pxeRelay, dst netip.AddrPort, rate int) i
 	}
 }
 
-// pacer spreads rate sends a second over ticks of a few milliseconds.
-type pacer struct {
+// nbPacer spreads rate sends a second over ticks of a few milliseconds.
+type nbPacer struct {
 	rate  float64
 	start time.Time
 	done  int
 	t     *time.Ticker
 }
 
-func newPacer(rate int) *pacer {
-	return &pacer{rate: float64(rate), start: time.Now(), t: time.NewTicker(5 * time.Millisecond)}
+func newNBPacer(rate int) *nbPacer {
+	return &nbPacer{rate: float64(rate), start: time.Now(), t: time.NewTicker(5 * time.Millisecond)}
 }
 
 // next waits for the next tick and returns how many sends are due, or false once ctx is
 // done.
-func (p *pacer) next(ctx context.Context) (int, bool) {
+func (p *nbPacer) next(ctx context.Context) (int, bool) {
 	select {
 	case <-ctx.Done():
 		p.t.Stop()
@@ -505,8 +505,8 @@ func (p *pacer) next(ctx context.Context) (int, bool) {
 	return n, true
 }
 
-// drainRelay reads the answers to the flood until ctx is done, and counts them.
-func drainRelay(ctx context.Context, r *pxeRelay) int {
+// nbDrainRelay reads the answers to the flood until ctx is done, and counts them.
+func nbDrainRelay(ctx context.Context, r *pxeRelay) int {
 	buf := make([]byte, 2048)
 	n := 0
 	for ctx.Err() == nil {
@@ -520,9 +520,9 @@ func drainRelay(ctx context.Context, r *pxeRelay) int {
 	return n
 }
 
-// scrapeMetrics reads a Prometheus text endpoint into series → value; a series is its
+// nbScrapeMetrics reads a Prometheus text endpoint into series → value; a series is its
 // name with its labels, as written.
-func scrapeMetrics(addr string) (map[string]float64, error) {
+func nbScrapeMetrics(addr string) (map[string]float64, error) {
 	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
 		return nil, err
@@ -549,8 +549,8 @@ func scrapeMetrics(addr string) (map[string]float64, error) {
 	return out, sc.Err()
 }
 
-// seriesBy lists the non-zero series of one metric as label=value.
-func seriesBy(m map[string]float64, name string) string {
+// nbSeries lists the non-zero series of one metric as label=value.
+func nbSeries(m map[string]float64, name string) string {
 	var parts []string
 	for k, v := range m {
 		labels, ok := strings.CutPrefix(k, name+"{")
