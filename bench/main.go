@@ -31,13 +31,15 @@ type scenario struct {
 
 func scenarios() map[string]scenario {
 	return map[string]scenario{
-		"sites":         {help: "longest-prefix lookups in a compiled sites.Map vs a linear scan", run: runSites},
-		"pkg-serve":     {help: "package file downloads from our handler vs nginx, same file and load generator", run: runPkgServe, serve: servePkgChild},
-		"pkg-coalesce":  {help: "clients asking for an uncached package: upstream bytes, ours vs nginx proxy_cache_lock", run: runPkgCoalesce},
-		"pkg-resume":    {help: "package server killed mid-download and restarted: upstream bytes vs the size", run: runPkgResume},
-		"tickle":        {help: "job creation to every simulated agent's fetch through a real task server, vs a raw UDP loop", run: runTickle, serve: serveRawSender},
-		"tftp":          {help: "TFTP single-transfer throughput and concurrent bursts, ours vs tftpd-hpa", run: runTFTP, serve: serveTFTPChild},
-		"pxe":           {help: "relayed proxyDHCP DISCOVERs answered per second, ours vs dnsmasq in proxy mode", run: runPXE, serve: servePXEChild},
+		"sites":        {help: "longest-prefix lookups in a compiled sites.Map vs a linear scan", run: runSites},
+		"pkg-serve":    {help: "package file downloads from our handler vs nginx, same file and load generator", run: runPkgServe, serve: servePkgChild},
+		"pkg-coalesce": {help: "clients asking for an uncached package: upstream bytes, ours vs nginx proxy_cache_lock", run: runPkgCoalesce},
+		"pkg-resume":   {help: "package server killed mid-download and restarted: upstream bytes vs the size", run: runPkgResume},
+		"tickle":       {help: "job creation to every simulated agent's fetch through a real task server, vs a raw UDP loop", run: runTickle, serve: serveRawSender},
+		"tftp":         {help: "TFTP single-transfer throughput and concurrent bursts, ours vs tftpd-hpa", run: runTFTP, serve: serveTFTPChild},
+		"pxe":          {help: "relayed proxyDHCP DISCOVERs answered per second, ours vs dnsmasq in proxy mode", run: runPXE, serve: servePXEChild},
+
+		// Attacks on a live site server.
 		"abuse-netboot": {help: "a standalone site server under TFTP slot-holding and reflection and random-MAC DHCP floods, while a legitimate client fetches", run: runAbuseNetboot},
 	}
 }
