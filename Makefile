@@ -30,6 +30,8 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeRegisterAgent$$' -fuzztime=30s ./nsapi/
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeEvents$$' -fuzztime=30s ./nsapi/
 	$(GO) test -run='^$$' -fuzz='^FuzzVerifyGrant$$' -fuzztime=30s ./nsapi/
+	$(GO) test -run='^$$' -fuzz='^FuzzParseContentRange$$' -fuzztime=30s ./nsapi/
+	$(GO) test -run='^$$' -fuzz='^FuzzParseUploadOffset$$' -fuzztime=30s ./nsapi/
 	$(GO) test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=30s ./tickle/
 	$(GO) test -run='^$$' -fuzz='^FuzzVerify$$' -fuzztime=30s ./tickle/
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeBatch$$' -fuzztime=30s ./taskd/
@@ -49,6 +51,7 @@ bench:
 	$(GO) run ./bench pkg-resume
 	$(GO) run ./bench tftp
 	$(GO) run ./bench pxe
+	$(GO) run ./bench abuse-netboot
 
 deps:
 	./scripts/install-deps.sh

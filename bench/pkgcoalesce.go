@@ -146,7 +146,7 @@ services:
 	rand.Read(s.content)
 	sum := sha256.Sum256(s.content)
 	s.file = nsapi.PackageFile{Name: "images/boot.wim", Size: int64(size), SHA256: hex.EncodeToString(sum[:])}
-	if err := s.admin.UploadLibraryFile(ctx, s.file.SHA256, s.file.Size, bytes.NewReader(s.content)); err != nil {
+	if _, err := s.admin.UploadLibraryFile(ctx, s.file.SHA256, s.file.Size, bytes.NewReader(s.content), nsapi.UploadOptions{}); err != nil {
 		return nil, fmt.Errorf("upload: %w", err)
 	}
 	return s, nil

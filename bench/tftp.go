@@ -463,10 +463,14 @@ func serveTFTPChild(ctx context.Context, args []string) error {
 		return err
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	// Every simulated client sends from 127.0.0.1: the per-address limits, which stand
+	// for one computer's fair share, would count them all as one.
 	srv, err := tftp.NewServer(tftp.Config{
-		Listen:       "127.0.0.1:0",
-		Root:         *root,
-		MaxTransfers: *maxTransfers,
+		Listen:            "127.0.0.1:0",
+		Root:              *root,
+		MaxTransfers:      *maxTransfers,
+		MaxPerClient:      1 << 20,
+		ClientRequestRate: 1 << 20,
 	}, logger, nil)
 	if err != nil {
 		return err

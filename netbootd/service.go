@@ -52,13 +52,18 @@ type scriptData struct{ Server, MAC, Kind string }
 // PackageFiles opens a verified file of a package held by the package service.
 type PackageFiles func(ctx context.Context, pkg, name string) (*os.File, error)
 
-// TFTPFile is the TFTP part of the config file.
+// TFTPFile is the TFTP part of the config file; zero values take tftp.Config's defaults.
 type TFTPFile struct {
-	Listen       string        `yaml:"listen"`
-	MaxTransfers int           `yaml:"max_transfers"`
-	Timeout      time.Duration `yaml:"timeout"`
-	Retries      int           `yaml:"retries"`
-	MaxBlockSize int           `yaml:"max_block_size"`
+	Listen            string        `yaml:"listen"`
+	MaxTransfers      int           `yaml:"max_transfers"`
+	Timeout           time.Duration `yaml:"timeout"`
+	Retries           int           `yaml:"retries"`
+	MaxBlockSize      int           `yaml:"max_block_size"`
+	MaxOptionTimeout  time.Duration `yaml:"max_option_timeout"`
+	MaxTransferTime   time.Duration `yaml:"max_transfer_time"`
+	MaxPerClient      int           `yaml:"max_per_client"`
+	ClientRequestRate int           `yaml:"client_request_rate"`
+	PlainRequests     bool          `yaml:"plain_requests"`
 }
 
 // HTTPConfig is where iPXE scripts and boot files are served.
@@ -164,10 +169,14 @@ type NSComputers struct {
 	Client func(ctx context.Context) (*nsapi.Client, error)
 	TTL    time.Duration
 	now    func() time.Time
+	max    int // entries kept; lookupCacheMax when 0
 
 	mu    sync.Mutex
 	cache map[string]cachedKind
 }
+
+// lookupCacheMax bounds the MACs NSComputers remembers.
+const lookupCacheMax = 10000
 
 type cachedKind struct {
 	kind pxe.Kind
@@ -216,6 +225,23 @@ func (c *NSComputers) lookup(ctx context.Context, mac net.HardwareAddr) (pxe.Kin
 	}
 	k := kindOf(resp.Kind)
 	c.mu.Lock()
+	limit := c.max
+	if limit == 0 {
+		limit = lookupCacheMax
+	}
+	if len(c.cache) >= limit {
+		// DHCP requests with made-up MACs each add an entry: old ones go, and all of
+		// them if that is not enough.
+		t := now()
+		for m, e := range c.cache {
+			if t.Sub(e.at) >= c.TTL {
+				delete(c.cache, m)
+			}
+		}
+		if len(c.cache) >= limit {
+			clear(c.cache)
+		}
+	}
 	c.cache[key] = cachedKind{kind: k, name: resp.Name, at: now()}
 	c.mu.Unlock()
 	return k, resp.Name, nil
@@ -227,7 +253,11 @@ func (c *NSComputers) Seen(ctx context.Context, mac net.HardwareAddr, arch pxe.A
 	if err != nil {
 		return err
 	}
-	return cl.ComputerSeen(ctx, nsapi.SeenRequest{MAC: mac.String(), Arch: int(arch)})
+	err = cl.ComputerSeen(ctx, nsapi.SeenRequest{MAC: mac.String(), Arch: int(arch)})
+	if nsapi.StatusOf(err) == http.StatusTooManyRequests {
+		return fmt.Errorf("%w: %v", pxe.ErrSeenRefused, err)
+	}
+	return err
 }
 
 // Service is the network boot service: PXE/BSDP, TFTP, and HTTP for iPXE scripts and
@@ -267,7 +297,10 @@ func New(cfg Config, client func(ctx context.Context) (*nsapi.Client, error), lo
 		return nil, err
 	}
 	if s.tftp, err = tftp.NewServer(tftp.Config{Listen: cfg.TFTP.Listen, Root: cfg.BootDir, MaxTransfers: cfg.TFTP.MaxTransfers,
-		Timeout: cfg.TFTP.Timeout, Retries: cfg.TFTP.Retries, MaxBlockSize: cfg.TFTP.MaxBlockSize}, logger.With("part", "tftp"), reg); err != nil {
+		Timeout: cfg.TFTP.Timeout, Retries: cfg.TFTP.Retries, MaxBlockSize: cfg.TFTP.MaxBlockSize,
+		MaxOptionTimeout: cfg.TFTP.MaxOptionTimeout, MaxTransferTime: cfg.TFTP.MaxTransferTime,
+		MaxPerClient: cfg.TFTP.MaxPerClient, ClientRequestRate: cfg.TFTP.ClientRequestRate, PlainRequests: cfg.TFTP.PlainRequests,
+	}, logger.With("part", "tftp"), reg); err != nil {
 		return nil, err
 	}
 	s.scriptsN = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: obs.Namespace, Subsystem: "netboot",

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -140,5 +142,32 @@ func TestScriptsDoNotDiscloseNames(t *testing.T) {
 		if strings.Contains(script, ".Name") {
 			t.Errorf("default %s script uses the computer's name", kind)
 		}
+	}
+}
+
+// TestSecurityLookupCacheBounded asks about as many made-up MACs as a DHCP flood brings:
+// the answers kept stay bounded, and those still fresh keep answering.
+func TestSecurityLookupCacheBounded(t *testing.T) {
+	var lookups atomic.Int64
+	fake := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		lookups.Add(1)
+		json.NewEncoder(w).Encode(nsapi.LookupResponse{Kind: nsapi.ComputerUnknown})
+	}))
+	defer fake.Close()
+	c := &NSComputers{Client: func(context.Context) (*nsapi.Client, error) { return nsapi.NewClient(fake.URL, nil), nil },
+		TTL: time.Minute, max: 50}
+	ctx := context.Background()
+	for i := range 175 {
+		if _, err := c.Lookup(ctx, net.HardwareAddr{2, 0, 0, 0, byte(i >> 8), byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+		if n := len(c.cache); n > 50 {
+			t.Fatalf("%d entries after %d MACs", n, i+1)
+		}
+	}
+	// The last one asked is still cached.
+	before := lookups.Load()
+	if _, err := c.Lookup(ctx, net.HardwareAddr{2, 0, 0, 0, 0, 174}); err != nil || lookups.Load() != before {
+		t.Errorf("the newest entry was not kept (%v)", err)
 	}
 }

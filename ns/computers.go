@@ -4,7 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
+	"strconv"
+	"sync"
+	"time"
 
 	"github.com/siteserver/siteserver/internal/httpx"
 	"github.com/siteserver/siteserver/ns/store"
@@ -49,15 +53,26 @@ func (s *Server) handleComputerSeen(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now().UTC()
+	server := callerFrom(r).id
 	c, err := s.store.Computer(ctx, mac)
 	if errors.Is(err, store.ErrNotFound) {
+		// Anyone on a site server's LAN can send DHCP requests with made-up MACs: what
+		// one site server's sightings may add is bounded.
+		if ok, wait := s.unknownLimit.take(server, now); !ok {
+			s.metrics.unknown.WithLabelValues("refused").Inc()
+			w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
+			httpx.WriteError(w, http.StatusTooManyRequests,
+				"site server %s reported more new computers than unknown_computers_per_minute allows; %s not recorded", server, mac)
+			return
+		}
 		c = nsapi.ComputerRecord{MAC: mac, Kind: nsapi.ComputerUnknown, Created: now}
-		s.logger.Info("unknown computer network-booted", "mac", mac, "arch", req.Arch)
+		s.metrics.unknown.WithLabelValues("added").Inc()
+		s.logger.Info("unknown computer network-booted", "mac", mac, "arch", req.Arch, "server", server)
 	} else if err != nil {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	c.Arch, c.LastServer, c.LastSeen = req.Arch, callerFrom(r).id, now
+	c.Arch, c.LastServer, c.LastSeen = req.Arch, server, now
 	if err := s.store.PutComputer(ctx, c); err != nil {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
@@ -200,5 +215,89 @@ func (s *Server) handleDeleteComputer(w http.ResponseWriter, r *http.Request) {
 	default:
 		s.logger.Info("computer deleted", "mac", mac)
 		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
+// creationLimit is a token bucket per site server, on the NS's clock, for the unknown
+// computers its sightings create.
+type creationLimit struct {
+	perSecond float64
+	burst     float64
+
+	mu sync.Mutex
+	m  map[string]*bucket
+}
+
+type bucket struct {
+	tokens float64
+	at     time.Time
+}
+
+func newCreationLimit(perMinute, burst int) *creationLimit {
+	return &creationLimit{perSecond: float64(perMinute) / 60, burst: float64(burst), m: map[string]*bucket{}}
+}
+
+// take takes a token from server's bucket; when it is empty it says how long until the
+// next one.
+func (l *creationLimit) take(server string, now time.Time) (bool, time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b, ok := l.m[server]
+	if !ok {
+		if len(l.m) >= 4096 {
+			// Deleted site servers: a full bucket is the same as none.
+			for k, o := range l.m {
+				if o.tokens+now.Sub(o.at).Seconds()*l.perSecond >= l.burst {
+					delete(l.m, k)
+				}
+			}
+		}
+		b = &bucket{tokens: l.burst, at: now}
+		l.m[server] = b
+	}
+	if d := now.Sub(b.at); d > 0 {
+		b.tokens = min(l.burst, b.tokens+d.Seconds()*l.perSecond)
+		b.at = now
+	}
+	if b.tokens < 1 {
+		return false, time.Duration((1 - b.tokens) / l.perSecond * float64(time.Second))
+	}
+	b.tokens--
+	return true, 0
+}
+
+// expireUnknownInterval is how often, on the NS's clock, unknown computers past their
+// retention are looked for: retention is counted in days.
+const expireUnknownInterval = time.Hour
+
+// expireUnknown forgets unknown computers not seen for UnknownComputerRetention, at most
+// once per expireUnknownInterval.
+func (s *Server) expireUnknown(ctx context.Context) {
+	now := s.now()
+	if !s.lastExpiry.IsZero() && now.Sub(s.lastExpiry) < expireUnknownInterval {
+		return
+	}
+	s.lastExpiry = now
+	s.mu.Lock()
+	n, err := s.store.ExpireUnknownComputers(ctx, now.Add(-s.cfg.UnknownComputerRetention))
+	s.mu.Unlock()
+	if err != nil {
+		s.logger.Warn("expiring unknown computers", "err", err)
+		return
+	}
+	if n > 0 {
+		s.metrics.unknown.WithLabelValues("expired").Add(float64(n))
+		s.logger.Info("unknown computers expired", "count", n, "not_seen_for", s.cfg.UnknownComputerRetention)
+	}
+}
+
+// refreshComputerGauges counts computers by kind.
+func (s *Server) refreshComputerGauges(ctx context.Context) {
+	counts, err := s.store.ComputerCounts(ctx)
+	if err != nil {
+		return
+	}
+	for _, k := range computerKinds {
+		s.metrics.computers.WithLabelValues(k).Set(float64(counts[k]))
 	}
 }

@@ -57,6 +57,22 @@ type ServerConfig struct {
 	// agents; they renew at two thirds of it, over mTLS, on their own.
 	ClientCertValidity time.Duration `yaml:"client_cert_validity"`
 
+	// UnknownComputersPerMinute and UnknownComputersBurst bound the unknown-computer
+	// records one site server's network boot sightings may create: a token bucket per site
+	// server, refilled at this rate. Past it a sighting of a MAC the NS does not know is
+	// refused (429) and counted; the computer still boots, as unknown, and is recorded at a
+	// later boot. Sightings of computers already known are never limited.
+	UnknownComputersPerMinute int `yaml:"unknown_computers_per_minute"`
+	UnknownComputersBurst     int `yaml:"unknown_computers_burst"`
+	// UnknownComputerRetention is how long an unknown computer's record is kept after it
+	// was last seen; records an administrator or an agent took over (predefined, managed)
+	// are kept.
+	UnknownComputerRetention time.Duration `yaml:"unknown_computer_retention"`
+	// UploadIdleTimeout aborts a package library upload that has sent nothing for this
+	// long; an upload that keeps sending has no time limit, and an aborted one resumes
+	// where it stopped.
+	UploadIdleTimeout time.Duration `yaml:"upload_idle_timeout"`
+
 	Settings nsapi.Settings `yaml:"settings"`
 
 	// Clock, if set, is the NS's clock for certificates, grants and liveness (tests).
@@ -89,6 +105,19 @@ func (c *ServerConfig) Defaults() {
 	}
 	if c.SweepInterval == 0 {
 		c.SweepInterval = 10 * time.Second
+	}
+	if c.UnknownComputersPerMinute == 0 {
+		c.UnknownComputersPerMinute = 60
+	}
+	if c.UnknownComputersBurst == 0 {
+		// A room of new computers booting together.
+		c.UnknownComputersBurst = 500
+	}
+	if c.UnknownComputerRetention == 0 {
+		c.UnknownComputerRetention = 30 * 24 * time.Hour
+	}
+	if c.UploadIdleTimeout == 0 {
+		c.UploadIdleTimeout = 2 * time.Minute
 	}
 	c.Settings.Defaults()
 }
@@ -154,6 +183,18 @@ func (c *ServerConfig) Validate() error {
 	}
 	if c.MaxBodyBytes < 1024 {
 		return fmt.Errorf("max_body_bytes: %d is below 1024", c.MaxBodyBytes)
+	}
+	if c.UnknownComputersPerMinute < 1 {
+		return fmt.Errorf("unknown_computers_per_minute: %d is below 1", c.UnknownComputersPerMinute)
+	}
+	if c.UnknownComputersBurst < 1 {
+		return fmt.Errorf("unknown_computers_burst: %d is below 1", c.UnknownComputersBurst)
+	}
+	if c.UnknownComputerRetention < time.Hour {
+		return fmt.Errorf("unknown_computer_retention: %s is below 1h", c.UnknownComputerRetention)
+	}
+	if c.UploadIdleTimeout < 100*time.Millisecond {
+		return fmt.Errorf("upload_idle_timeout: %s is below 100ms", c.UploadIdleTimeout)
 	}
 	return c.Settings.Validate("settings")
 }

@@ -43,6 +43,9 @@ func (s *Server) sweep(ctx context.Context, every time.Duration) {
 		if _, err := s.store.PruneRevoked(ctx, s.now().Add(-s.cfg.ClientCertValidity)); err != nil {
 			s.logger.Warn("pruning revoked serials", "err", err)
 		}
+		s.expireUnknown(ctx)
+		s.refreshComputerGauges(ctx)
+		s.expirePartialUploads()
 		select {
 		case <-ctx.Done():
 			return

@@ -25,6 +25,10 @@ type serverMetrics struct {
 	siteChanges   prometheus.Counter
 	certRenewals  *prometheus.CounterVec
 	certNotAfter  *prometheus.GaugeVec
+	unknown       *prometheus.CounterVec
+	computers     *prometheus.GaugeVec
+	uploads       *prometheus.CounterVec
+	uploadBytes   prometheus.Counter
 }
 
 // Label values known in advance, created at start so every series exists at 0.
@@ -33,6 +37,9 @@ var (
 	authReasons    = []string{"bad_enrollment_token", "bad_admin_token", "no_client_cert", "wrong_kind", "unknown_peer", "superseded_cert", "reenroll_without_proof", "read_only_token"}
 	registerResult = []string{"ok", "pending", "rejected"}
 	kinds          = []string{nsapi.KindSiteServer, nsapi.KindAgent}
+	unknownResults = []string{"added", "refused", "expired"}
+	computerKinds  = []string{nsapi.ComputerManaged, nsapi.ComputerPredefined, nsapi.ComputerUnknown}
+	uploadResults  = []string{"complete", "partial", "rejected"}
 )
 
 func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
@@ -93,6 +100,31 @@ func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 			Namespace: obs.Namespace, Subsystem: subsystem, Name: "subnet_rules",
 			Help: "Subnet rules in force (shadowed ones not counted).",
 		}),
+		unknown: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: obs.Namespace, Subsystem: subsystem, Name: "unknown_computers_total",
+			Help: "Unknown-computer records from network boot sightings: added, refused (past the site server's unknown_computers_per_minute) or expired (not seen for unknown_computer_retention).",
+		}, []string{"result"}),
+		computers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: obs.Namespace, Subsystem: subsystem, Name: "computers",
+			Help: "Computers known to network boot, by kind.",
+		}, []string{"kind"}),
+		uploads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: obs.Namespace, Subsystem: subsystem, Name: "library_uploads_total",
+			Help: "Package library upload requests: complete (verified and stored), partial (cut or stalled; kept for resuming) or rejected (bad range or content that did not match its hash).",
+		}, []string{"result"}),
+		uploadBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: obs.Namespace, Subsystem: subsystem, Name: "library_upload_bytes_total",
+			Help: "Bytes received by package library uploads, resumed or not.",
+		}),
+	}
+	for _, r := range unknownResults {
+		m.unknown.WithLabelValues(r)
+	}
+	for _, k := range computerKinds {
+		m.computers.WithLabelValues(k)
+	}
+	for _, r := range uploadResults {
+		m.uploads.WithLabelValues(r)
 	}
 	for _, k := range kinds {
 		for _, r := range enrollResults {
@@ -122,7 +154,8 @@ func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 		m.siteServers.WithLabelValues(s)
 	}
 	if err := obs.RegisterAll(reg, m.certRenewals, m.certNotAfter, m.enrollments, m.authFailures, m.registrations, m.badRequests, m.rulesLoads,
-		m.siteServers, m.agents, m.sites, m.subnets, m.ownership, m.macConflicts, m.siteChanges); err != nil {
+		m.siteServers, m.agents, m.sites, m.subnets, m.ownership, m.macConflicts, m.siteChanges,
+		m.unknown, m.computers, m.uploads, m.uploadBytes); err != nil {
 		return nil, err
 	}
 	return m, nil

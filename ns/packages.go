@@ -1,11 +1,9 @@
 package ns
 
 import (
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -27,73 +25,6 @@ func (s *Server) libraryPath(sha string) string { return filepath.Join(s.library
 func validSHA(sha string) bool {
 	b, err := hex.DecodeString(sha)
 	return err == nil && len(b) == 32 && strings.ToLower(sha) == sha
-}
-
-func (s *Server) handleLibraryHead(w http.ResponseWriter, r *http.Request) {
-	sha := r.PathValue("sha")
-	if !validSHA(sha) {
-		s.badRequest(w, fmt.Errorf("%q is not a SHA-256", sha))
-		return
-	}
-	if _, err := os.Stat(s.libraryPath(sha)); err != nil {
-		w.WriteHeader(http.StatusNotFound)
-		return
-	}
-	w.WriteHeader(http.StatusOK)
-}
-
-// handleLibraryPut stores one file of the package library under its hash, checking the
-// hash while writing; a file that does not match is not kept.
-func (s *Server) handleLibraryPut(w http.ResponseWriter, r *http.Request) {
-	sha := r.PathValue("sha")
-	if !validSHA(sha) {
-		s.badRequest(w, fmt.Errorf("%q is not a SHA-256", sha))
-		return
-	}
-	if _, err := os.Stat(s.libraryPath(sha)); err == nil {
-		io.Copy(io.Discard, io.LimitReader(r.Body, 1<<20))
-		httpx.WriteJSON(w, http.StatusOK, map[string]string{"sha256": sha, "stored": "already"})
-		return
-	}
-	if err := os.MkdirAll(s.libraryDir(), 0o700); err != nil {
-		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
-		return
-	}
-	tmp, err := os.CreateTemp(s.libraryDir(), ".upload-*")
-	if err != nil {
-		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
-		return
-	}
-	defer os.Remove(tmp.Name())
-	h := sha256.New()
-	_, err = io.Copy(io.MultiWriter(tmp, h), r.Body)
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		httpx.WriteError(w, http.StatusInternalServerError, "storing upload: %v", err)
-		return
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != sha {
-		s.badRequest(w, fmt.Errorf("content hashes to %s, not %s", got, sha))
-		return
-	}
-	if err := os.Rename(tmp.Name(), s.libraryPath(sha)); err != nil {
-		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
-		return
-	}
-	syncDir(s.libraryDir())
-	httpx.WriteJSON(w, http.StatusOK, map[string]string{"sha256": sha, "stored": "new"})
-}
-
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
 }
 
 func (s *Server) handlePutPackage(w http.ResponseWriter, r *http.Request) {

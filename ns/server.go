@@ -46,6 +46,12 @@ type Server struct {
 
 	mu sync.Mutex // serialises rule changes and enrollments
 
+	unknownLimit *creationLimit
+	lastExpiry   time.Time // of unknown computers, by the NS's clock; touched by the sweep only
+	uploads      uploads
+	// readTimeout, when set, replaces the API's read timeout (tests of slow uploads).
+	readTimeout time.Duration
+
 	reload    chan struct{}
 	startTime time.Time
 
@@ -82,6 +88,8 @@ func NewServer(cfg ServerConfig, logger *slog.Logger, reg prometheus.Registerer)
 		reload:     make(chan struct{}, 1),
 		readyCh:    make(chan struct{}),
 		startTime:  time.Now(),
+
+		unknownLimit: newCreationLimit(cfg.UnknownComputersPerMinute, cfg.UnknownComputersBurst),
 	}
 	if cfg.Clock != nil {
 		s.now = cfg.Clock
@@ -215,6 +223,9 @@ func (s *Server) Run(ctx context.Context) error {
 		ReadTimeout:       60 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(s.logger.Handler(), slog.LevelDebug),
+	}
+	if s.readTimeout > 0 {
+		srv.ReadTimeout = s.readTimeout
 	}
 	g.Go(func() error { return obs.ServeHTTP(gctx, ln, srv) })
 	return g.Wait()

@@ -39,6 +39,12 @@ type testNS struct {
 // startNS runs a real NS on 127.0.0.1:0 until the test ends.
 func startNS(t *testing.T, mod func(*ServerConfig)) *testNS {
 	t.Helper()
+	return startNSWith(t, mod, nil)
+}
+
+// startNSWith is startNS with tweak applied to the server before it runs.
+func startNSWith(t *testing.T, mod func(*ServerConfig), tweak func(*Server)) *testNS {
+	t.Helper()
 	dir := t.TempDir()
 	cfg := ServerConfig{
 		DataDir: dir, Listen: "127.0.0.1:0",
@@ -56,6 +62,9 @@ func startNS(t *testing.T, mod func(*ServerConfig)) *testNS {
 	// (peer writes it), so that assertions can say "pc-1". TestEnrollIssuesGUID checks
 	// the real rule on an NS without this.
 	srv.issueID = func(proposed string) string { return cmp.Or(proposed, uuid.NewString()) }
+	if tweak != nil {
+		tweak(srv)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(ctx) }()

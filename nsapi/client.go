@@ -285,34 +285,6 @@ func (c *Client) HasLibraryFile(ctx context.Context, sha string) (bool, error) {
 	return err == nil, err
 }
 
-// UploadLibraryFile streams content to the NS library; the NS checks it against sha (admin).
-func (c *Client) UploadLibraryFile(ctx context.Context, sha string, size int64, body io.Reader) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut, c.BaseURL+PathLibrary+"/"+sha, body)
-	if err != nil {
-		return err
-	}
-	req.ContentLength = size
-	req.Header.Set("Content-Type", "application/octet-stream")
-	req.Header.Set("Authorization", "Bearer "+c.AdminToken)
-	// Uploads of large images outlast the client's request timeout.
-	hc := *c.HTTP
-	hc.Timeout = 0
-	resp, err := hc.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if resp.StatusCode/100 != 2 {
-		var er ErrorResponse
-		if json.Unmarshal(b, &er) != nil || er.Error == "" {
-			er.Error = strings.TrimSpace(string(b))
-		}
-		return &APIError{Status: resp.StatusCode, Message: er.Error}
-	}
-	return nil
-}
-
 // PutPackage creates or updates a package whose files are in the library (admin).
 func (c *Client) PutPackage(ctx context.Context, p Package) error {
 	return c.do(ctx, http.MethodPost, PathPackages, p, nil)

@@ -92,16 +92,18 @@ type adminOptions struct {
 	pkgDir, pkgID, pkgVersion, pkgSites, pkgServers, compName, source string
 	pkgStaged                                                         int
 	force                                                             bool
+	uploadIdle                                                        time.Duration
 }
 
 // adminCall is what one admin subcommand runs with.
 type adminCall struct {
-	ctx  context.Context
-	c    *nsapi.Client
-	pos  []string
-	opt  adminOptions
-	out  io.Writer
-	json bool
+	ctx    context.Context
+	c      *nsapi.Client
+	pos    []string
+	opt    adminOptions
+	out    io.Writer
+	errOut io.Writer // progress and retries
+	json   bool
 }
 
 // print writes v as JSON with -json, else as the table that table writes.
@@ -177,6 +179,7 @@ func admin(group string, args []string, stdout io.Writer) error {
 	fs.StringVar(&o.pkgSites, "sites", "", "comma-separated sites that get the package")
 	fs.StringVar(&o.pkgServers, "servers", "", "comma-separated package servers (GUID or host name) that get it")
 	fs.IntVar(&o.pkgStaged, "staged", 0, "at most this many servers downloading at once (0: no limit)")
+	fs.DurationVar(&o.uploadIdle, "upload-idle", 2*time.Minute, "end an upload attempt that could send nothing for this long, then resume it (packages add)")
 	fs.StringVar(&o.compName, "name", "", "computer name (computers add)")
 	fs.BoolVar(&o.force, "force", false, "predefine a computer that an agent claims as managed (computers add)")
 	fs.StringVar(&o.source, "source", "manual", "rules source (sites export)")
@@ -212,10 +215,14 @@ func admin(group string, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), adminTimeout)
 	defer cancel()
-	return cmd.run(&adminCall{ctx: ctx, c: c, pos: pos, opt: o, out: stdout, json: f.json})
+	return cmd.run(&adminCall{ctx: ctx, c: c, pos: pos, opt: o, out: stdout, errOut: os.Stderr, json: f.json})
 }
+
+// adminTimeout bounds an admin command, uploads excepted: they take as long as they make
+// progress.
+const adminTimeout = 60 * time.Second
 
 func dash(s []string) string {
 	if len(s) == 0 {

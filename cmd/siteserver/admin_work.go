@@ -87,30 +87,52 @@ func packagesAdd(a *adminCall) error {
 	}
 	uploaded := 0
 	for _, f := range files {
-		have, err := a.c.HasLibraryFile(a.ctx, f.SHA256)
+		// Each request gets the command's time limit from its own start: the uploads
+		// before it may have taken hours.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), adminTimeout)
+		have, err := a.c.HasLibraryFile(ctx, f.SHA256)
+		cancel()
 		if err != nil {
 			return err
 		}
 		if have {
 			continue
 		}
-		fh, err := os.Open(filepath.Join(a.opt.pkgDir, filepath.FromSlash(f.Name)))
-		if err != nil {
-			return err
-		}
-		err = a.c.UploadLibraryFile(context.Background(), f.SHA256, f.Size, fh)
-		fh.Close()
-		if err != nil {
+		if err := uploadFile(a, filepath.Join(a.opt.pkgDir, filepath.FromSlash(f.Name)), f); err != nil {
 			return fmt.Errorf("upload %s: %w", f.Name, err)
 		}
 		uploaded++
 	}
 	p := nsapi.Package{ID: a.opt.pkgID, Version: a.opt.pkgVersion, Files: files, Sites: splitList(a.opt.pkgSites), Servers: splitList(a.opt.pkgServers), Staged: a.opt.pkgStaged}
-	if err := a.c.PutPackage(a.ctx, p); err != nil {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), adminTimeout)
+	defer cancel()
+	if err := a.c.PutPackage(ctx, p); err != nil {
 		return err
 	}
 	fmt.Fprintf(a.out, "package %s %s: %d files (%d uploaded, %d already in the library)\n", p.ID, p.Version, len(files), uploaded, len(files)-uploaded)
 	return nil
+}
+
+// uploadFile sends one file to the NS library. A cut or stalled upload resumes from what
+// the NS kept; a file that changed since it was hashed is refused by the NS, not stored.
+func uploadFile(a *adminCall, path string, f nsapi.PackageFile) error {
+	fh, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer fh.Close()
+	// No deadline: a large image over a slow WAN takes as long as it takes, and
+	// stalls are what end an attempt.
+	res, err := a.c.UploadLibraryFile(context.WithoutCancel(a.ctx), f.SHA256, f.Size, fh, nsapi.UploadOptions{
+		IdleTimeout: a.opt.uploadIdle,
+		Retry: func(offset int64, err error) {
+			fmt.Fprintf(a.errOut, "upload %s: %v; resuming at byte %d of %d\n", f.Name, err, offset, f.Size)
+		},
+	})
+	if err == nil && res.Attempts > 1 {
+		fmt.Fprintf(a.errOut, "upload %s: done after %d attempts (%d bytes sent for %d)\n", f.Name, res.Attempts, res.Sent, f.Size)
+	}
+	return err
 }
 
 func packagesAssign(a *adminCall) error {

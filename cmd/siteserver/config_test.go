@@ -68,6 +68,7 @@ func TestExampleNS(t *testing.T) {
 			SiteServerTokenFile: "/etc/siteserver/site_server.token", AgentTokenFile: "/etc/siteserver/agent.token",
 			AdminTokenFile: "/etc/siteserver/admin.token", Approval: "manual", RulesFile: "/etc/siteserver/sites.yaml",
 			MaxBodyBytes: 1 << 20, TickleSource: ":0", ChannelListen: ":50126", SweepInterval: 10 * time.Second, ClientCertValidity: 90 * 24 * time.Hour, Settings: defaultSettings,
+			UnknownComputersPerMinute: 60, UnknownComputersBurst: 500, UnknownComputerRetention: 30 * 24 * time.Hour, UploadIdleTimeout: 2 * time.Minute,
 		},
 	}
 	if d := cmp.Diff(want, got, addrEq); d != "" {
@@ -102,8 +103,9 @@ func TestExampleBranch(t *testing.T) {
 		BootDir: "/srv/siteserver/boot",
 		PXE: pxe.Config{Listen67: ":67", Listen4011: ":4011",
 			BootFiles:     map[pxe.Arch]string{0: "undionly.kpxe", 6: "ipxe-ia32.efi", 7: "ipxe.efi", 9: "ipxe.efi", 11: "ipxe-arm64.efi"},
-			IPXEScriptURL: "http://{server}:8080/ipxe/{mac}"},
-		TFTP:        netbootd.TFTPFile{Listen: ":69", MaxTransfers: 2000},
+			IPXEScriptURL: "http://{server}:8080/ipxe/{mac}", SeenReportsPerMinute: 60, SeenReportBurst: 500},
+		TFTP: netbootd.TFTPFile{Listen: ":69", MaxTransfers: 2000, MaxPerClient: 8, ClientRequestRate: 20,
+			MaxOptionTimeout: 5 * time.Second, MaxTransferTime: 10 * time.Minute},
 		HTTP:        netbootd.HTTPConfig{Listen: ":8080"},
 		LookupCache: time.Minute,
 	}

@@ -18,6 +18,7 @@ type metrics struct {
 	bsdp          *prometheus.CounterVec // type
 	sendErrors    prometheus.Counter
 	backendErrors *prometheus.CounterVec // op
+	seen          *prometheus.CounterVec // result
 }
 
 var (
@@ -47,6 +48,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			"DHCP replies that could not be sent.")),
 		backendErrors: prometheus.NewCounterVec(opts("backend_errors_total",
 			"Failed or dropped calls to the NS about booting computers, by operation."), []string{"op"}),
+		seen: prometheus.NewCounterVec(opts("seen_reports_total",
+			"Network boots of PXE clients, by what became of their report to the NS: sent, failed, refused (the NS's rate of new computers), or not sent: duplicate (reported within 10 minutes), rate_limited (unknown computers past seen_reports_per_minute), queue_full."),
+			[]string{"result"}),
 	}
 	if reg != nil {
 		var err error
@@ -68,6 +72,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		if m.backendErrors, err = register(reg, m.backendErrors); err != nil {
 			return nil, err
 		}
+		if m.seen, err = register(reg, m.seen); err != nil {
+			return nil, err
+		}
 	}
 	for _, t := range requestTypes {
 		for _, a := range archLabels {
@@ -85,6 +92,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	for _, op := range backendOps {
 		m.backendErrors.WithLabelValues(op)
+	}
+	for _, r := range seenResults {
+		m.seen.WithLabelValues(r)
 	}
 	return m, nil
 }

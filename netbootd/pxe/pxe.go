@@ -173,6 +173,12 @@ type Config struct {
 	// for a proxy offer once it has a lease offer (0s in "no-wait" builds), so it stays
 	// small; default 0, at most 1s.
 	OfferDelay time.Duration `yaml:"offer_delay"`
+	// SeenReportsPerMinute and SeenReportBurst bound the reports of unknown computers to
+	// the NS (a token bucket): DHCP requests with made-up MACs must not queue work there.
+	// Each computer is reported at most once per 10 minutes anyway. Defaults 60 and 500,
+	// as the NS's own bounds on what one site server may add.
+	SeenReportsPerMinute int `yaml:"seen_reports_per_minute"`
+	SeenReportBurst      int `yaml:"seen_report_burst"`
 	// Ports replies go to: the client's and a relay agent's. Only tests change them.
 	ClientPort uint16 `yaml:"client_port"` // default 68
 	RelayPort  uint16 `yaml:"relay_port"`  // default 67
@@ -188,6 +194,8 @@ const (
 	defaultLookupTimeout = 500 * time.Millisecond
 	defaultClientPort    = 68
 	defaultRelayPort     = 67
+	defaultSeenPerMinute = 60
+	defaultSeenBurst     = 500
 	maxOfferDelay        = time.Second
 )
 
@@ -232,6 +240,12 @@ func (c Config) WithDefaults() Config {
 	if c.RelayPort == 0 {
 		c.RelayPort = defaultRelayPort
 	}
+	if c.SeenReportsPerMinute == 0 {
+		c.SeenReportsPerMinute = defaultSeenPerMinute
+	}
+	if c.SeenReportBurst == 0 {
+		c.SeenReportBurst = defaultSeenBurst
+	}
 	c.BSDP = c.BSDP.withDefaults()
 	return c
 }
@@ -264,6 +278,9 @@ func (c *Config) Validate() error {
 	}
 	if c.LookupTimeout < 0 {
 		return errors.New("netbootd: pxe: lookup_timeout: negative")
+	}
+	if c.SeenReportsPerMinute < 0 || c.SeenReportBurst < 0 {
+		return errors.New("netbootd: pxe: seen_reports_per_minute and seen_report_burst: negative")
 	}
 	if c.OfferDelay < 0 || c.OfferDelay > maxOfferDelay {
 		return fmt.Errorf("netbootd: pxe: offer_delay: %s is not between 0 and %s", c.OfferDelay, maxOfferDelay)

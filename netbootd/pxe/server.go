@@ -38,6 +38,13 @@ const (
 	// seenQueue holds Seen reports while the NS is slow; more are dropped and counted.
 	seenQueue   = 256
 	seenTimeout = 5 * time.Second
+	// seenEvery is how often one computer is reported: once covers the DHCP exchanges of
+	// a boot (DISCOVER and REQUEST, on 67 and 4011, then iPXE's own).
+	seenEvery  = 10 * time.Minute
+	seenMACMax = 10000
+	// seenPause holds back reports of unknown computers after the NS refused one for its
+	// rate: more would be refused too.
+	seenPause = time.Minute
 	// maxDelayed bounds the offers held back by OfferDelay; past it they go at once.
 	maxDelayed = 1024
 	// ifaceTTL is how long interface addresses are reused before being read again.
@@ -69,12 +76,13 @@ type Server struct {
 	dhcpAddr netip.AddrPort
 	pxeAddr  netip.AddrPort
 
-	kinds    kindCache
-	ifaces   ifaceCache
-	seen     chan seenReport
-	lookups  chan struct{}
-	delayed  chan struct{}
-	handlers sync.WaitGroup
+	kinds     kindCache
+	ifaces    ifaceCache
+	seen      chan seenReport
+	sightings sightings
+	lookups   chan struct{}
+	delayed   chan struct{}
+	handlers  sync.WaitGroup
 }
 
 type seenReport struct {
@@ -106,6 +114,7 @@ func NewServer(cfg Config, computers Computers, logger *slog.Logger, reg prometh
 		kinds:     kindCache{m: make(map[string]kindEntry)},
 		ifaces:    ifaceCache{m: make(map[int]iface)},
 		seen:      make(chan seenReport, seenQueue),
+		sightings: newSightings(cfg.SeenReportsPerMinute, cfg.SeenReportBurst),
 		lookups:   make(chan struct{}, maxLookups),
 		delayed:   make(chan struct{}, maxDelayed),
 	}, nil
@@ -292,13 +301,8 @@ func (s *Server) handle(ctx context.Context, sock *socket, pkt []byte, in Arriva
 		s.answer(ctx, sock, req, in, KindUnknown)
 		return
 	}
-	arch, _ := clientArch(req)
-	select {
-	case s.seen <- seenReport{mac: bytes.Clone(req.ClientHWAddr), arch: arch}:
-	default:
-		s.metrics.backendErrors.WithLabelValues("seen").Inc()
-	}
 	if kind, ok := s.kinds.get(req.ClientHWAddr, time.Now()); ok {
+		s.noteSeen(req, kind)
 		s.answer(ctx, sock, req, in, kind)
 		return
 	}
@@ -306,10 +310,33 @@ func (s *Server) handle(ctx context.Context, sock *socket, pkt []byte, in Arriva
 	case s.lookups <- struct{}{}:
 		s.handlers.Go(func() {
 			defer func() { <-s.lookups }()
-			s.answer(ctx, sock, req, in, s.lookup(ctx, req.ClientHWAddr))
+			kind := s.lookup(ctx, req.ClientHWAddr)
+			s.noteSeen(req, kind)
+			s.answer(ctx, sock, req, in, kind)
 		})
 	default:
+		s.noteSeen(req, KindUnknown)
 		s.answer(ctx, sock, req, in, KindUnknown)
+	}
+}
+
+// noteSeen queues a report that a computer network-booted, unless it was reported
+// recently; reports of unknown computers, which anyone can make up by sending DHCP
+// requests with random MACs, are rate-limited too. Nothing here waits.
+func (s *Server) noteSeen(req *dhcpv4.DHCPv4, kind Kind) {
+	result := s.sightings.admit(req.ClientHWAddr, kind == KindUnknown, time.Now())
+	if result == seenQueued {
+		arch, _ := clientArch(req)
+		select {
+		case s.seen <- seenReport{mac: bytes.Clone(req.ClientHWAddr), arch: arch}:
+		default:
+			result = seenQueueFull
+			s.sightings.forget(req.ClientHWAddr)
+			s.metrics.backendErrors.WithLabelValues("seen").Inc()
+		}
+	}
+	if result != seenQueued {
+		s.metrics.seen.WithLabelValues(result).Inc()
 	}
 }
 
@@ -349,7 +376,18 @@ func (s *Server) reportSeen(ctx context.Context) {
 			sctx, cancel := context.WithTimeout(ctx, seenTimeout)
 			err := s.computers.Seen(sctx, e.mac, e.arch)
 			cancel()
-			if err != nil && ctx.Err() == nil {
+			switch {
+			case err == nil:
+				s.metrics.seen.WithLabelValues(seenSent).Inc()
+			case ctx.Err() != nil:
+			case errors.Is(err, ErrSeenRefused):
+				s.sightings.pause(time.Now().Add(seenPause))
+				s.sightings.forget(e.mac)
+				s.metrics.seen.WithLabelValues(seenRefused).Inc()
+				s.log.Debug("pxe seen report refused by the NS; holding back unknown computers", "mac", e.mac.String(), "err", err)
+			default:
+				s.sightings.forget(e.mac)
+				s.metrics.seen.WithLabelValues(seenFailed).Inc()
 				s.metrics.backendErrors.WithLabelValues("seen").Inc()
 				s.log.Debug("pxe seen report failed", "mac", e.mac.String(), "err", err)
 			}

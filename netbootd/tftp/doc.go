@@ -6,4 +6,8 @@
 // (RFC 2349) and windowsize (RFC 7440). Each transfer runs on a socket of its own,
 // answering from the address its request came to; a few lock-step transfers at a time
 // use blocking sockets, the rest Go's network poller.
+//
+// Requests come from anyone, with any source address: nothing larger than three times a
+// request goes to an address before it has answered on its transfer's port, and what one
+// address may hold and ask for is bounded (see Config).
 package tftp

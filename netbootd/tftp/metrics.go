@@ -17,10 +17,17 @@ type metrics struct {
 	refusedVec    *prometheus.CounterVec
 	retransmits   prometheus.Counter
 	requestErrors prometheus.Counter
+	cappedVec     *prometheus.CounterVec
+	withheld      prometheus.Counter
+	timeLimited   prometheus.Counter
 
 	result  map[string]prometheus.Counter
 	refused map[string]prometheus.Counter
+	capped  map[string]prometheus.Counter
 }
+
+// cappedOptions are the options a cap applies to, as counted in tftp_options_capped_total.
+var cappedOptions = []string{"blksize", "timeout", "windowsize"}
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	const ns, sub = "siteserver", "netboot"
@@ -44,6 +51,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		requestErrors: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "tftp_request_errors_total",
 			Help: "Packets on the TFTP port that started no transfer: malformed or unexpected, or no socket was left for the transfer."}),
+		cappedVec: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "tftp_options_capped_total",
+			Help: "Options asked for beyond a cap, by option: blksize and windowsize lowered to theirs, timeout left out of the acknowledgement."},
+			[]string{"option"}),
+		withheld: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "tftp_resends_withheld_total",
+			Help: "Retransmissions not sent to a client that had not answered yet: its address was unproven and its budget spent."}),
+		timeLimited: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "tftp_time_limited_total",
+			Help: "Transfers ended for running longer than max_transfer_time."}),
 	}
 	if reg != nil {
 		var err error
@@ -68,6 +85,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		if m.requestErrors, err = register(reg, m.requestErrors); err != nil {
 			return nil, err
 		}
+		if m.cappedVec, err = register(reg, m.cappedVec); err != nil {
+			return nil, err
+		}
+		if m.withheld, err = register(reg, m.withheld); err != nil {
+			return nil, err
+		}
+		if m.timeLimited, err = register(reg, m.timeLimited); err != nil {
+			return nil, err
+		}
 	}
 	m.result = make(map[string]prometheus.Counter, len(results))
 	for _, r := range results {
@@ -76,6 +102,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.refused = make(map[string]prometheus.Counter, len(reasons))
 	for _, r := range reasons {
 		m.refused[r] = m.refusedVec.WithLabelValues(r)
+	}
+	m.capped = make(map[string]prometheus.Counter, len(cappedOptions))
+	for _, o := range cappedOptions {
+		m.capped[o] = m.cappedVec.WithLabelValues(o)
 	}
 	return m, nil
 }

@@ -27,6 +27,13 @@ import (
 )
 
 // Config configures the read-only TFTP server. Zero values take the defaults.
+//
+// Anyone on the network can send requests, with any source address, so what one request
+// may cost is bounded: a silent client holds its transfer slot for at most
+// (Retries+1) × max(Timeout, MaxOptionTimeout), one that keeps answering for at most
+// MaxTransferTime; one address holds at most MaxPerClient slots and starts at most
+// ClientRequestRate transfers a second; and nothing larger than the request's size times
+// unverifiedFactor goes to an address before it has answered (see sender).
 type Config struct {
 	Listen       string        // default ":69"
 	Root         string        // boot root directory; files are served read-only from here
@@ -34,6 +41,26 @@ type Config struct {
 	Timeout      time.Duration // wait for an ACK before retransmitting; default 2s
 	Retries      int           // retransmissions of one packet before the transfer fails; default 5
 	MaxBlockSize int           // largest blksize granted; default 1468, which fits a 1500-byte MTU; the receiving interface's MTU caps it too
+
+	// MaxOptionTimeout is the largest timeout option (RFC 2349) granted; a client asking
+	// more gets no timeout in the acknowledgement and runs with Timeout. Default 5s, at
+	// most 255s.
+	MaxOptionTimeout time.Duration
+	// MaxTransferTime ends a transfer still running after it, with an error to the client.
+	// Default 10m.
+	MaxTransferTime time.Duration
+	// MaxPerClient bounds the transfers running for one client address (an IPv6 client:
+	// its /64). Default 8.
+	MaxPerClient int
+	// ClientRequestRate is the requests per second one client address may make, in
+	// bursts of twice that; past it requests are dropped unanswered. Default 20.
+	ClientRequestRate int
+	// PlainRequests serves requests without options (plain RFC 1350). Their first
+	// DATA block, 516 bytes, must go out before the client has proven its address, so a
+	// forged request would reflect up to 50 times its size at someone else. Off by
+	// default: such requests get a short error. Every PXE ROM, iPXE, EDK2, U-Boot, GRUB,
+	// curl and atftp ask for options (tsize or blksize); tftp-hpa's client does not.
+	PlainRequests bool
 }
 
 const (
@@ -42,6 +69,18 @@ const (
 	defaultTimeout      = 2 * time.Second
 	defaultRetries      = 5
 	defaultMaxBlockSize = 1468
+
+	defaultMaxOptionTimeout  = 5 * time.Second
+	defaultMaxTransferTime   = 10 * time.Minute
+	defaultMaxPerClient      = 8
+	defaultClientRequestRate = 20
+
+	// unverifiedFactor bounds what goes to a client before it has answered, as a
+	// multiple of its request's size: a request with a forged source address gets at
+	// most this much reflected at that address. An OACK is never longer than the
+	// request plus the digits of tsize, so at least one goes even to a 10-byte request;
+	// resends go while they fit.
+	unverifiedFactor = 3
 
 	// A cap below RFC 1350's 512 would refuse nothing (clients that ask for no blksize
 	// get 512) and only shrink what others get; 65464 is RFC 2348's ceiling.
@@ -75,6 +114,18 @@ func (c Config) withDefaults() Config {
 	if c.MaxBlockSize == 0 {
 		c.MaxBlockSize = defaultMaxBlockSize
 	}
+	if c.MaxOptionTimeout == 0 {
+		c.MaxOptionTimeout = defaultMaxOptionTimeout
+	}
+	if c.MaxTransferTime == 0 {
+		c.MaxTransferTime = defaultMaxTransferTime
+	}
+	if c.MaxPerClient == 0 {
+		c.MaxPerClient = defaultMaxPerClient
+	}
+	if c.ClientRequestRate == 0 {
+		c.ClientRequestRate = defaultClientRequestRate
+	}
 	return c
 }
 
@@ -103,20 +154,32 @@ func (c Config) validate() error {
 	case c.MaxBlockSize < minMaxBlockSize || c.MaxBlockSize > maxMaxBlockSize:
 		return fmt.Errorf("netbootd: tftp: MaxBlockSize %d, want %d..%d",
 			c.MaxBlockSize, minMaxBlockSize, maxMaxBlockSize)
+	case c.MaxOptionTimeout < time.Second || c.MaxOptionTimeout > maxTimeoutOpt*time.Second || c.MaxOptionTimeout%time.Second != 0:
+		return fmt.Errorf("netbootd: tftp: MaxOptionTimeout %s, want whole seconds from 1s to %ds", c.MaxOptionTimeout, maxTimeoutOpt)
+	case c.MaxTransferTime < 0:
+		return fmt.Errorf("netbootd: tftp: MaxTransferTime %s is negative", c.MaxTransferTime)
+	case c.MaxPerClient < 0:
+		return fmt.Errorf("netbootd: tftp: MaxPerClient %d is negative", c.MaxPerClient)
+	case c.ClientRequestRate < 0:
+		return fmt.Errorf("netbootd: tftp: ClientRequestRate %d is negative", c.ClientRequestRate)
 	}
 	return nil
 }
 
 // Reasons a request is refused, as counted in tftp_refused_total.
 const (
-	reasonNotFound = "not_found"
-	reasonEscape   = "escape"
-	reasonBusy     = "busy"
-	reasonWrite    = "write_attempt"
-	reasonBadName  = "bad_name"
+	reasonNotFound   = "not_found"
+	reasonEscape     = "escape"
+	reasonBusy       = "busy"
+	reasonWrite      = "write_attempt"
+	reasonBadName    = "bad_name"
+	reasonClientBusy = "client_busy"   // MaxPerClient transfers already run for the address
+	reasonClientRate = "client_rate"   // past ClientRequestRate: dropped without an answer
+	reasonPlain      = "plain_request" // no option granted and PlainRequests off
 )
 
-var reasons = []string{reasonNotFound, reasonEscape, reasonBusy, reasonWrite, reasonBadName}
+var reasons = []string{reasonNotFound, reasonEscape, reasonBusy, reasonWrite, reasonBadName,
+	reasonClientBusy, reasonClientRate, reasonPlain}
 
 // Transfer results, as counted in tftp_transfers_total. "aborted" is a client that sent an
 // error right after our option acknowledgement, before taking any data: PXE ROMs (EDK2
@@ -214,6 +277,8 @@ type Server struct {
 	maxFast   int
 	xmu       sync.Mutex
 	xfers     map[conn]struct{}
+
+	clients *clients
 }
 
 // NewServer fills in defaults, validates cfg and registers metrics with reg (if not
@@ -244,6 +309,7 @@ func NewServer(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Ser
 		bound:     make(chan struct{}),
 		maxFast:   runtime.GOMAXPROCS(0),
 		xfers:     map[conn]struct{}{},
+		clients:   newClients(cfg.ClientRequestRate, cfg.MaxPerClient),
 	}, nil
 }
 
@@ -369,11 +435,19 @@ func (s *Server) serve(conn *net.UDPConn) error {
 			s.log.Debug("tftp request dropped", "client", from.String(), "err", err)
 			continue
 		}
+		// Dropped before it costs a socket or a goroutine, and unanswered: an answer
+		// would go to an address that may be forged.
+		if !s.clients.allow(from.Addr()) {
+			s.metrics.result[resultRefused].Inc()
+			s.metrics.refused[reasonClientRate].Inc()
+			continue
+		}
 		dst, ifIndex := packetDest(oob[:oobn], v6socket)
+		size := n
 		s.transfers.Add(1)
 		go func() {
 			defer s.transfers.Done()
-			s.serveRequest(req, from, dst, ifIndex)
+			s.serveRequest(req, size, from, dst, ifIndex)
 		}()
 	}
 }
@@ -430,8 +504,8 @@ func errorCode(reason string) uint16 {
 	return codeUndefined
 }
 
-// serveRequest answers one request on a socket of its own.
-func (s *Server) serveRequest(req request, from netip.AddrPort, dst netip.Addr, ifIndex int) {
+// serveRequest answers one request of reqSize bytes on a socket of its own.
+func (s *Server) serveRequest(req request, reqSize int, from netip.AddrPort, dst netip.Addr, ifIndex int) {
 	start := time.Now()
 	log := s.log.With("client", from.String(), "file", req.file)
 	conn, release, err := s.transferConn(from, dst, ifIndex)
@@ -449,13 +523,18 @@ func (s *Server) serveRequest(req request, from netip.AddrPort, dst netip.Addr, 
 	}()
 	refuse := func(err error) {
 		reason := s.refuse(log, err)
-		_ = conn.send(appendError(nil, errorCode(reason), err.Error()))
+		_ = conn.send(unverifiedError(errorCode(reason), err.Error(), reqSize))
 	}
 	if req.op == opWRQ {
 		refuse(newRefusal(reasonWrite, "access violation: read-only server"))
 		return
 	}
 
+	if !s.clients.start(from.Addr()) {
+		refuse(newRefusal(reasonClientBusy, "too many transfers from your address"))
+		return
+	}
+	defer s.clients.done(from.Addr())
 	if s.active.Add(1) > int64(s.cfg.MaxTransfers) {
 		s.active.Add(-1)
 		refuse(newRefusal(reasonBusy, "server busy"))
@@ -478,7 +557,27 @@ func (s *Server) serveRequest(req request, from netip.AddrPort, dst netip.Addr, 
 		return
 	}
 	defer f.Close()
-	s.transfer(log, conn, req, f, size, blockCap(s.cfg.MaxBlockSize, ifIndex, from.Addr().Unmap().Is6()), start)
+	neg := negotiate(req, size, limits{
+		maxBlock:   blockCap(s.cfg.MaxBlockSize, ifIndex, from.Addr().Unmap().Is6()),
+		maxTimeout: int(s.cfg.MaxOptionTimeout / time.Second),
+	})
+	for _, o := range neg.capped {
+		s.metrics.capped[o].Inc()
+	}
+	if len(neg.accepted) == 0 && !s.cfg.PlainRequests {
+		refuse(newRefusal(reasonPlain, "TFTP options required"))
+		return
+	}
+	s.transfer(log, conn, req, neg, reqSize, f, size, start)
+}
+
+// unverifiedError builds an ERROR for a client that has not answered yet, its message cut
+// so that the packet stays within unverifiedFactor times the request's size.
+func unverifiedError(code uint16, msg string, reqSize int) []byte {
+	if room := unverifiedFactor*reqSize - 5; len(msg) > room {
+		msg = msg[:max(room, 0)]
+	}
+	return appendError(nil, code, msg)
 }
 
 // openFile opens the regular file a request names and returns its size, or a refusal.
@@ -507,27 +606,28 @@ func (s *Server) openFile(log *slog.Logger, name string) (*os.File, int64, error
 }
 
 // transfer sends an open file of size bytes to the client on c: the option
-// acknowledgement, if the client asked for options, then the data, with blksize capped at
-// maxBlock.
-func (s *Server) transfer(log *slog.Logger, c conn, req request, f *os.File, size int64, maxBlock int, start time.Time) {
-	neg := negotiate(req, size, maxBlock)
+// acknowledgement, if options were granted, then the data.
+func (s *Server) transfer(log *slog.Logger, c conn, req request, neg negotiated, reqSize int, f *os.File, size int64, start time.Time) {
 	timeout := s.cfg.Timeout
 	if neg.timeout > 0 {
 		timeout = time.Duration(neg.timeout) * time.Second
 	}
 	c.setTimeout(timeout)
-	r := getReader(f, &s.aborting)
-	defer putReader(r)
-	var src io.Reader = r
-	if req.mode == "netascii" {
-		src = &netascii{r: r}
-	}
-	x := &sender{conn: c, r: src, blockSize: neg.blockSize, window: neg.window, retries: s.cfg.Retries}
+	x := &sender{conn: c, blockSize: neg.blockSize, window: neg.window, retries: s.cfg.Retries,
+		budget: unverifiedFactor * reqSize, deadline: start.Add(s.cfg.MaxTransferTime)}
 	var err error
 	if len(neg.accepted) > 0 {
 		err = x.negotiate(appendOACK(nil, neg.accepted))
 	}
 	if err == nil {
+		// The read-ahead comes once the options are settled: a slot held by a source
+		// that never answers its OACK holds no buffer.
+		r := getReader(f, &s.aborting)
+		defer putReader(r)
+		x.r = r
+		if req.mode == "netascii" {
+			x.r = &netascii{r: r}
+		}
 		err = x.run()
 	}
 	s.finish(log, c, x, neg, size, err, start)
@@ -538,6 +638,7 @@ func (s *Server) transfer(log *slog.Logger, c conn, req request, f *os.File, siz
 func (s *Server) finish(log *slog.Logger, c conn, x *sender, neg negotiated, size int64, err error, start time.Time) {
 	s.metrics.bytesSent.Add(float64(x.bytes))
 	s.metrics.retransmits.Add(float64(x.retransmits))
+	s.metrics.withheld.Add(float64(x.withheld))
 	elapsed := time.Since(start)
 	var clientErr *clientError
 	switch {
@@ -553,9 +654,13 @@ func (s *Server) finish(log *slog.Logger, c conn, x *sender, neg negotiated, siz
 		log.Debug("tftp transfer aborted by client after options", "err", err)
 	default:
 		s.metrics.result[resultFailed].Inc()
-		if errors.Is(err, errShuttingDown) {
+		switch {
+		case errors.Is(err, errShuttingDown):
 			_ = c.send(appendError(nil, codeUndefined, errShuttingDown.Error()))
-		} else if !errors.As(err, &clientErr) && !errors.Is(err, errTimeout) && !errors.Is(err, errAborted) {
+		case errors.Is(err, errTimeLimit):
+			s.metrics.timeLimited.Inc()
+			_ = c.send(appendError(nil, codeUndefined, errTimeLimit.Error()))
+		case !errors.As(err, &clientErr) && !errors.Is(err, errTimeout) && !errors.Is(err, errAborted):
 			_ = c.send(appendError(nil, codeUndefined, "read error"))
 		}
 		log.Info("tftp transfer failed", "bytes", x.bytes, "duration", elapsed, "err", err)

@@ -346,9 +346,12 @@ func TestConfig(t *testing.T) {
 		wantErr string
 	}{
 		{name: "defaults", cfg: Config{Root: root}, want: Config{
-			Listen: ":69", Root: root, MaxTransfers: 2000, Timeout: 2 * time.Second, Retries: 5, MaxBlockSize: 1468}},
-		{name: "set", cfg: Config{Listen: "127.0.0.1:6969", Root: root, MaxTransfers: 3, Timeout: time.Second, Retries: 2, MaxBlockSize: 8192},
-			want: Config{Listen: "127.0.0.1:6969", Root: root, MaxTransfers: 3, Timeout: time.Second, Retries: 2, MaxBlockSize: 8192}},
+			Listen: ":69", Root: root, MaxTransfers: 2000, Timeout: 2 * time.Second, Retries: 5, MaxBlockSize: 1468,
+			MaxOptionTimeout: 5 * time.Second, MaxTransferTime: 10 * time.Minute, MaxPerClient: 8, ClientRequestRate: 20}},
+		{name: "set", cfg: Config{Listen: "127.0.0.1:6969", Root: root, MaxTransfers: 3, Timeout: time.Second, Retries: 2, MaxBlockSize: 8192,
+			MaxOptionTimeout: 255 * time.Second, MaxTransferTime: time.Hour, MaxPerClient: 1, ClientRequestRate: 1, PlainRequests: true},
+			want: Config{Listen: "127.0.0.1:6969", Root: root, MaxTransfers: 3, Timeout: time.Second, Retries: 2, MaxBlockSize: 8192,
+				MaxOptionTimeout: 255 * time.Second, MaxTransferTime: time.Hour, MaxPerClient: 1, ClientRequestRate: 1, PlainRequests: true}},
 		{name: "no root", cfg: Config{}, wantErr: "netbootd: tftp: Root is empty"},
 		{name: "missing root", cfg: Config{Root: filepath.Join(root, "nope")}, wantErr: "no such file"},
 		{name: "root is a file", cfg: Config{Root: file}, wantErr: "is not a directory"},
@@ -357,6 +360,11 @@ func TestConfig(t *testing.T) {
 		{name: "blksize too big", cfg: Config{Root: root, MaxBlockSize: 65465}, wantErr: "MaxBlockSize 65465"},
 		{name: "negative timeout", cfg: Config{Root: root, Timeout: -1}, wantErr: "Timeout"},
 		{name: "negative transfers", cfg: Config{Root: root, MaxTransfers: -1}, wantErr: "MaxTransfers"},
+		{name: "option timeout too long", cfg: Config{Root: root, MaxOptionTimeout: 256 * time.Second}, wantErr: "MaxOptionTimeout"},
+		{name: "option timeout not whole seconds", cfg: Config{Root: root, MaxOptionTimeout: 1500 * time.Millisecond}, wantErr: "MaxOptionTimeout"},
+		{name: "negative transfer time", cfg: Config{Root: root, MaxTransferTime: -time.Second}, wantErr: "MaxTransferTime"},
+		{name: "negative per client", cfg: Config{Root: root, MaxPerClient: -1}, wantErr: "MaxPerClient"},
+		{name: "negative request rate", cfg: Config{Root: root, ClientRequestRate: -1}, wantErr: "ClientRequestRate"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -569,7 +577,7 @@ func TestOptions(t *testing.T) {
 	tests := []struct {
 		name       string
 		rrq        []byte
-		wantOACK   map[string]string // nil: the server goes straight to DATA
+		wantOACK   map[string]string // nil: no option granted: DATA at once, or refused unless plain requests are on
 		wantBlock  int
 		wantWindow int // blocks sent before an ACK is awaited; 0 for lock-step
 	}{
@@ -585,19 +593,33 @@ func TestOptions(t *testing.T) {
 		{name: "windowsize capped", rrq: rrqPacket("boot.ipxe", "windowsize", "65535", "blksize", "100"), wantOACK: map[string]string{"windowsize": "64", "blksize": "100"}, wantBlock: 100, wantWindow: 64},
 		{name: "timeout", rrq: rrqPacket("boot.ipxe", "timeout", "3"), wantOACK: map[string]string{"timeout": "3"}, wantBlock: 512},
 		{name: "timeout out of range", rrq: rrqPacket("boot.ipxe", "timeout", "0"), wantBlock: 512},
+		{name: "timeout over the cap", rrq: rrqPacket("boot.ipxe", "timeout", "255", "blksize", "1024"), wantOACK: map[string]string{"blksize": "1024"}, wantBlock: 1024},
 		{name: "only unknown option", rrq: rrqPacket("boot.ipxe", "multicast", ""), wantBlock: 512},
 		{name: "upper-case option and mode", rrq: []byte("\x00\x01boot.ipxe\x00OCTET\x00BLKSIZE\x001000\x00"), wantOACK: map[string]string{"blksize": "1000"}, wantBlock: 1000},
 		{name: "zero padding", rrq: append(rrqPacket("boot.ipxe", "blksize", "1024"), 0, 0, 0, 0), wantOACK: map[string]string{"blksize": "1024"}, wantBlock: 1024},
 	}
-	for _, listen := range []string{"127.0.0.1:0", ":0"} {
-		t.Run("listen "+listen, func(t *testing.T) {
+	for _, run := range []struct {
+		listen string
+		plain  bool
+	}{{"127.0.0.1:0", false}, {":0", false}, {"127.0.0.1:0", true}} {
+		t.Run(fmt.Sprintf("listen %s plain %v", run.listen, run.plain), func(t *testing.T) {
 			root := t.TempDir()
 			want := writeFile(t, filepath.Join(root, "boot.ipxe"), size)
-			ts := startServer(t, Config{Root: root, Listen: listen}, nil)
+			ts := startServer(t, Config{Root: root, Listen: run.listen, PlainRequests: run.plain}, nil)
 			for _, tt := range tests {
 				t.Run(tt.name, func(t *testing.T) {
 					r := newRawClient(t, ts.addr)
 					r.send(tt.rrq)
+					if tt.wantOACK == nil && !run.plain {
+						op, body, err := r.recv(5 * time.Second)
+						if err != nil {
+							t.Fatal(err)
+						}
+						if msg := string(bytes.TrimRight(body[2:], "\x00")); op != 5 || msg != "TFTP options required" {
+							t.Fatalf("got opcode %d %q, want ERROR TFTP options required", op, body)
+						}
+						return
+					}
 					var data []byte
 					var block int
 					if tt.wantOACK != nil {
@@ -706,7 +728,7 @@ func TestConcurrent(t *testing.T) {
 	const clients, size = 200, 256 << 10
 	root := t.TempDir()
 	want := writeFile(t, filepath.Join(root, "ipxe.efi"), size)
-	ts := startServer(t, Config{Root: root}, nil)
+	ts := startServer(t, Config{Root: root, MaxPerClient: clients, ClientRequestRate: clients}, nil)
 	start := time.Now()
 	errs := make(chan error, clients)
 	var wg sync.WaitGroup
@@ -773,7 +795,7 @@ func TestMaxTransfers(t *testing.T) {
 	const size = 2000 // four blocks of 512
 	root := t.TempDir()
 	want := writeFile(t, filepath.Join(root, "slow.bin"), size)
-	ts := startServer(t, Config{Root: root, MaxTransfers: 2}, nil)
+	ts := startServer(t, Config{Root: root, MaxTransfers: 2, PlainRequests: true}, nil)
 
 	// Five clients ask and then sit on their first block, holding their transfers open.
 	var holding []*rawClient
@@ -974,7 +996,7 @@ func TestShutdown(t *testing.T) {
 	})
 
 	t.Run("transfer cut after grace", func(t *testing.T) {
-		ts := startServer(t, Config{Root: root}, fast)
+		ts := startServer(t, Config{Root: root, PlainRequests: true}, fast)
 		r := newRawClient(t, ts.addr)
 		r.send(rrqPacket("big.wim"))
 		if op, _, err := r.recv(5 * time.Second); err != nil || op != 3 {
@@ -1009,7 +1031,7 @@ func TestShutdown(t *testing.T) {
 	})
 
 	t.Run("silent client does not hold Run", func(t *testing.T) {
-		ts := startServer(t, Config{Root: root, Timeout: 500 * time.Millisecond, Retries: 2}, fast)
+		ts := startServer(t, Config{Root: root, Timeout: 500 * time.Millisecond, Retries: 2, PlainRequests: true}, fast)
 		r := newRawClient(t, ts.addr)
 		r.send(rrqPacket("big.wim"))
 		if op, _, err := r.recv(5 * time.Second); err != nil || op != 3 {
@@ -1038,7 +1060,8 @@ func TestRealClients(t *testing.T) {
 	root := t.TempDir()
 	const size = 300_001
 	want := writeFile(t, filepath.Join(root, "pxelinux.cfg", "ipxe.efi"), size)
-	ts := startServer(t, Config{Root: root}, nil)
+	// tftp-hpa's client asks for no options.
+	ts := startServer(t, Config{Root: root, PlainRequests: true}, nil)
 	host, port, _ := net.SplitHostPort(ts.addr)
 
 	clients := []struct {
@@ -1127,7 +1150,7 @@ func BenchmarkConcurrent(b *testing.B) {
 	const size = 1 << 20
 	root := b.TempDir()
 	writeFile(b, filepath.Join(root, "ipxe.efi"), size)
-	ts := startServer(b, Config{Root: root}, nil)
+	ts := startServer(b, Config{Root: root, MaxPerClient: 1 << 10, ClientRequestRate: 1 << 20}, nil)
 	b.SetBytes(size)
 	b.SetParallelism(16)
 	b.RunParallel(func(pb *testing.PB) {
@@ -1305,7 +1328,7 @@ func TestNetasciiClient(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(root, "menu.txt"), []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	ts := startServer(t, Config{Root: root}, nil)
+	ts := startServer(t, Config{Root: root, PlainRequests: true}, nil)
 	host, port, _ := net.SplitHostPort(ts.addr)
 	local := filepath.Join(t.TempDir(), "menu.txt")
 	out, err := exec.Command(bin, "-4", "-m", "netascii", host, port, "-c", "get", "menu.txt", local).CombinedOutput()

@@ -155,12 +155,21 @@ type negotiated struct {
 	window    int
 	timeout   int // seconds the client asked for; 0 keeps the server's
 	accepted  []option
+	capped    []string // options asked beyond a cap: lowered (blksize, windowsize) or left out (timeout)
 }
 
-// negotiate picks the options to grant for a read request of a file of size bytes,
-// with blksize capped at maxBlock. Values out of range leave their option out of the
-// acknowledgement, which then runs with the default (RFC 2347).
-func negotiate(req request, size int64, maxBlock int) negotiated {
+// limits are the caps negotiation applies to a client's options.
+type limits struct {
+	maxBlock   int // largest blksize
+	maxTimeout int // largest timeout option, in seconds
+}
+
+// negotiate picks the options to grant for a read request of a file of size bytes.
+// Values out of range leave their option out of the acknowledgement, which then runs
+// with the default (RFC 2347). blksize and windowsize above their cap are lowered to it;
+// a timeout above its cap is left out, since RFC 2349 has the server acknowledge the
+// client's value or none.
+func negotiate(req request, size int64, lim limits) negotiated {
 	n := negotiated{blockSize: 512, window: 1}
 	for _, o := range req.opts {
 		v, err := strconv.Atoi(o.value)
@@ -169,7 +178,10 @@ func negotiate(req request, size int64, maxBlock int) negotiated {
 			if err != nil || v < minBlockSize {
 				continue
 			}
-			n.blockSize = min(v, maxBlock)
+			if v > lim.maxBlock {
+				n.capped = append(n.capped, "blksize")
+			}
+			n.blockSize = min(v, lim.maxBlock)
 			n.accepted = append(n.accepted, option{"blksize", strconv.Itoa(n.blockSize)})
 		case "tsize":
 			// In a read request the client sends 0 and the server answers with the size.
@@ -181,11 +193,18 @@ func negotiate(req request, size int64, maxBlock int) negotiated {
 			if err != nil || v < minTimeoutOpt || v > maxTimeoutOpt {
 				continue
 			}
+			if v > lim.maxTimeout {
+				n.capped = append(n.capped, "timeout")
+				continue
+			}
 			n.timeout = v
-			n.accepted = append(n.accepted, o)
+			n.accepted = append(n.accepted, option{"timeout", strconv.Itoa(v)})
 		case "windowsize":
 			if err != nil || v < 1 {
 				continue
+			}
+			if v > maxWindowSize {
+				n.capped = append(n.capped, "windowsize")
 			}
 			n.window = min(v, maxWindowSize)
 			n.accepted = append(n.accepted, option{"windowsize", strconv.Itoa(n.window)})

@@ -71,14 +71,19 @@ func TestNegotiate(t *testing.T) {
 				{"blksize", "1432"}, {"tsize", "777"}, {"timeout", "3"}, {"windowsize", "4"}}}},
 		{name: "capped", req: req("blksize", "9000", "windowsize", "1000"),
 			want: negotiated{blockSize: 1468, window: maxWindowSize, accepted: []option{
-				{"blksize", "1468"}, {"windowsize", "64"}}}},
+				{"blksize", "1468"}, {"windowsize", "64"}}, capped: []string{"blksize", "windowsize"}}},
+		// RFC 2349: the acknowledgement carries the client's timeout or none.
+		{name: "timeout over the cap", req: req("timeout", "255", "tsize", "0"),
+			want: negotiated{blockSize: 512, window: 1, accepted: []option{{"tsize", "777"}}, capped: []string{"timeout"}}},
+		{name: "timeout at the cap", req: req("timeout", "05"),
+			want: negotiated{blockSize: 512, window: 1, timeout: 5, accepted: []option{{"timeout", "5"}}}},
 		{name: "out of range or garbage", req: req("blksize", "7", "timeout", "256", "windowsize", "0", "tsize", "x", "blksize", "abc"),
 			want: negotiated{blockSize: 512, window: 1, accepted: []option{{"tsize", "777"}}}},
 		{name: "unknown", req: req("multicast", ""), want: negotiated{blockSize: 512, window: 1}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := negotiate(tt.req, 777, 1468)
+			got := negotiate(tt.req, 777, limits{maxBlock: 1468, maxTimeout: 5})
 			if diff := cmp.Diff(tt.want, got, cmp.AllowUnexported(negotiated{}, option{})); diff != "" {
 				t.Errorf("(-want +got):\n%s", diff)
 			}
@@ -159,10 +164,15 @@ func FuzzParseRequest(f *testing.F) {
 		if diff := cmp.Diff(req, again, cmp.AllowUnexported(request{}, option{})); diff != "" {
 			t.Fatalf("round trip (-first +second):\n%s", diff)
 		}
-		n := negotiate(req, 1<<20, 1468)
+		n := negotiate(req, 1<<20, limits{maxBlock: 1468, maxTimeout: 5})
 		if n.blockSize < minBlockSize || n.blockSize > 1468 || n.window < 1 || n.window > maxWindowSize ||
-			n.timeout < 0 || n.timeout > maxTimeoutOpt {
+			n.timeout < 0 || n.timeout > 5 {
 			t.Fatalf("negotiated out of range: %+v", n)
+		}
+		// The acknowledgement goes out before the client has proven its address: it
+		// must stay within what the server may send there.
+		if oack := appendOACK(nil, n.accepted); len(n.accepted) > 0 && len(oack) > unverifiedFactor*len(b) {
+			t.Fatalf("OACK of %d bytes for a request of %d", len(oack), len(b))
 		}
 	})
 }

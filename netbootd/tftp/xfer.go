@@ -5,7 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 )
+
+// errTimeLimit ends a transfer that ran past MaxTransferTime.
+var errTimeLimit = errors.New("transfer time limit reached")
 
 // clientError is an ERROR packet from the client, which ends the transfer.
 type clientError struct {
@@ -21,17 +25,29 @@ func (e *clientError) Error() string {
 // a time (one for a lock-step RFC 1350 client), each window resent whole when no ACK
 // comes within the timeout, up to retries times. Block numbers wrap after 65535 to 0, as
 // tftp-hpa and the PXE ROMs that fetch large files expect.
+//
+// Until the client answers, its address is only the source of its request, which anyone
+// can forge: what goes there is then held to budget bytes, spent by the first packet and
+// by resends. The first packet always goes (the OACK, or DATA 1 of a plain request that
+// the server chose to serve); resends that would overdraw the budget are withheld, and
+// the client's own retransmission of its request or ACK recovers a loss. Once any ACK or
+// ERROR arrives on the transfer's port, which only the real client learned, the address
+// is proven.
 type sender struct {
 	conn      conn
 	r         io.Reader
 	blockSize int
 	window    int
 	retries   int
+	budget    int       // bytes that may still go to the client before it answers
+	deadline  time.Time // the transfer ends with errTimeLimit past it; zero: no limit
 
 	datagrams   int   // DATA and OACK packets sent, retransmissions included
 	retransmits int   // packets sent again for want of an ACK
+	withheld    int   // resends not sent: the client had not answered and its budget was spent
 	bytes       int64 // file bytes the client acknowledged
 	reads       int   // blocks read from the file
+	verified    bool  // the client has answered on the transfer's port
 
 	slots [][]byte // the window: block k lives in slots[(k-1)%window]
 	lens  []int
@@ -44,11 +60,7 @@ type sender struct {
 func (x *sender) negotiate(oack []byte) error {
 	x.in = make([]byte, 1500)
 	for try := 0; ; try++ {
-		if try > 0 {
-			x.retransmits++
-		}
-		x.datagrams++
-		if err := x.conn.send(oack); err != nil {
+		if err := x.send(oack, try > 0); err != nil {
 			return err
 		}
 		done, err := x.awaitACK(func(block uint16) bool { return block == 0 })
@@ -59,6 +71,26 @@ func (x *sender) negotiate(oack []byte) error {
 			return fmt.Errorf("option acknowledgement: %w", errTimeout)
 		}
 	}
+}
+
+// send puts one packet on the wire, or withholds a resend to a client that has not
+// answered yet once its budget is spent.
+func (x *sender) send(p []byte, resend bool) error {
+	if !x.verified {
+		if x.datagrams > 0 && len(p) > x.budget {
+			x.withheld++
+			return nil
+		}
+		x.budget -= len(p)
+	}
+	if err := x.conn.send(p); err != nil {
+		return err
+	}
+	x.datagrams++
+	if resend {
+		x.retransmits++
+	}
+	return nil
 }
 
 // awaitACK reads until accept takes an ACK (done), the timeout passes (not done, no error),
@@ -75,6 +107,9 @@ func (x *sender) awaitACK(accept func(block uint16) bool) (bool, error) {
 			return false, err
 		}
 		op, block, msg, ok := parseReply(x.in[:n])
+		if ok {
+			x.verified = true
+		}
 		switch {
 		case !ok:
 		case op == opERROR:
@@ -97,6 +132,9 @@ func (x *sender) run() error {
 	}
 	var acked, filled, last uint64 // blocks acknowledged, read, and the final one (0: not read yet)
 	for {
+		if !x.deadline.IsZero() && time.Now().After(x.deadline) {
+			return fmt.Errorf("block %d: %w", acked+1, errTimeLimit)
+		}
 		// Read the blocks the window has room for.
 		for filled < acked+uint64(x.window) && last == 0 {
 			k := filled + 1
@@ -117,12 +155,8 @@ func (x *sender) run() error {
 		base := acked
 		for try := 0; ; try++ {
 			for k := base + 1; k <= filled; k++ {
-				if try > 0 {
-					x.retransmits++
-				}
-				x.datagrams++
 				i := (k - 1) % uint64(x.window)
-				if err := x.conn.send(x.slots[i][:x.lens[i]]); err != nil {
+				if err := x.send(x.slots[i][:x.lens[i]], try > 0); err != nil {
 					return err
 				}
 			}

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/siteserver/siteserver/nsapi"
 )
@@ -71,4 +72,34 @@ func (s *SQLiteStore) DeleteComputer(ctx context.Context, mac string) error {
 		return ErrNotFound
 	}
 	return nil
+}
+
+// ExpireUnknownComputers implements Store.
+func (s *SQLiteStore) ExpireUnknownComputers(ctx context.Context, before time.Time) (int, error) {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM computers WHERE kind = ? AND claimed_by = '' AND agent = '' AND last_seen < ?`,
+		nsapi.ComputerUnknown, toUnixNano(before))
+	if err != nil {
+		return 0, fmt.Errorf("ns: store: expire unknown computers: %w", err)
+	}
+	n, _ := res.RowsAffected()
+	return int(n), nil
+}
+
+// ComputerCounts implements Store.
+func (s *SQLiteStore) ComputerCounts(ctx context.Context) (map[string]int, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT kind, COUNT(*) FROM computers GROUP BY kind`)
+	if err != nil {
+		return nil, fmt.Errorf("ns: store: computer counts: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]int{}
+	for rows.Next() {
+		var kind string
+		var n int
+		if err := rows.Scan(&kind, &n); err != nil {
+			return nil, err
+		}
+		out[kind] = n
+	}
+	return out, rows.Err()
 }

@@ -85,6 +85,11 @@ type Store interface {
 	PutComputer(ctx context.Context, c nsapi.ComputerRecord) error
 	// DeleteComputer forgets a computer; ErrNotFound if there was none.
 	DeleteComputer(ctx context.Context, mac string) error
+	// ExpireUnknownComputers forgets the unknown computers (network boot sightings
+	// nobody took over) last seen before before, and returns how many.
+	ExpireUnknownComputers(ctx context.Context, before time.Time) (int, error)
+	// ComputerCounts returns the number of computers of each kind.
+	ComputerCounts(ctx context.Context) (map[string]int, error)
 
 	// AgentsByID returns the agents with these ids that exist.
 	AgentsByID(ctx context.Context, ids []string) (map[string]AgentRecord, error)
