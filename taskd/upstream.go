@@ -43,11 +43,13 @@ type nsState struct {
 	// within about a second, not at the next presence interval.
 	registered chan struct{}
 
-	name  string
-	link  *NSLink
-	cas   atomic.Pointer[[]*x509.Certificate] // the NS's CA certificates, current first
-	nsID  string
-	spool *Spool
+	name string
+	link *NSLink
+	cas  atomic.Pointer[[]*x509.Certificate] // the NS's CA certificates, current first
+	// tickleKeyID is the id of the NS's tickle key in use.
+	tickleKeyID atomic.Uint32
+	nsID        string
+	spool       *Spool
 }
 
 // client is the NS client of the site server's current credentials, so that a renewed or
@@ -131,6 +133,7 @@ func (s *Service) setupNS(ctx context.Context, l *NSLink, spool *Spool) (*nsStat
 	st := &nsState{registered: make(chan struct{}, 1), name: l.Enrollment.Endpoint.Name, link: l, nsID: tk.Sender, spool: spool,
 		deliverWake: make(chan struct{}, 1)}
 	st.cas.Store(&cas)
+	st.tickleKeyID.Store(tk.ID)
 	return st, nil
 }
 
@@ -367,6 +370,11 @@ func (s *Service) ReloadCredentials(nsName string) {
 		if tk, ok := st.link.Enrollment.TickleKey(); ok && tk.Sender != "" {
 			if err := s.keys.Set(tk.Sender, tk.ID, tk.Key); err != nil {
 				s.logger.Warn("tickle key not reloaded", "ns", nsName, "err", err)
+			} else if st.tickleKeyID.Swap(tk.ID) != tk.ID {
+				// Enrolled again (an administrator's reset): tickles sent meanwhile used
+				// a key this server no longer had, so look for work now.
+				s.logger.Info("new tickle key from the NS; fetching work", "ns", nsName)
+				s.kickFetch()
 			}
 		}
 		// A certificate renewal brings the NS's CA certificates as they are now, a
