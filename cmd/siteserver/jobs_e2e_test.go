@@ -47,6 +47,7 @@ type siteOpts struct {
 	nsChannel               bool   // the NS offers QUIC channels and the task server keeps one
 	wideDirs                bool   // data directories exist beforehand, 0755, with a 0644 key in each
 	certValidity            string // the NS's client_cert_validity ("" = its default)
+	runGrace                string // the NS's run_grace ("" = its default)
 }
 
 func newSite(t *testing.T, o siteOpts) *site {
@@ -403,6 +404,9 @@ func nsExtra(o siteOpts) string {
 	}
 	if o.certValidity != "" {
 		extra += "  client_cert_validity: " + o.certValidity + "\n"
+	}
+	if o.runGrace != "" {
+		extra += "  run_grace: " + o.runGrace + "\n"
 	}
 	return extra
 }
