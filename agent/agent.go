@@ -180,6 +180,5 @@ func (a *Agent) register(ctx context.Context, p *nsapi.Enrollment, c *nsapi.Clie
 		task = append(task, s.Hostname)
 	}
 	a.logger.Info("registered with NS", "id", p.ID(), "sites", len(resp.Sites), "task_servers", task, "reason", resp.TaskReason)
-	// An NS from before agent_interval sends none: its heartbeat is what agents used then.
-	return resp, cmp.Or(resp.Settings.AgentInterval, resp.Settings.HeartbeatInterval), nil
+	return resp, resp.Settings.HeartbeatInterval, nil
 }

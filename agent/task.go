@@ -15,7 +15,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -43,15 +42,9 @@ type taskClient struct {
 	mu       sync.Mutex
 	refused  map[string]bool // instance/reason pairs already counted
 	serverID string
-	// failed counts consecutive failures to reach each task server; one that failed
-	// twice is passed over (until downFor has passed) for the next one offered.
-	failed map[string]failure
-	// stayUntil is when the agent may next move to another task server that still serves
-	// it because the NS prefers that one.
-	stayUntil time.Time
-	baseURL   string
-	http      *http.Client
-	interval  time.Duration
+	baseURL  string
+	http     *http.Client
+	interval time.Duration
 	// plainURL and apiKey, when the task server offers it, carry job fetches and events
 	// over plain HTTP with signed requests and answers.
 	plainURL string
@@ -172,11 +165,7 @@ func (t *taskClient) cycle(ctx context.Context, conn net.PacketConn) error {
 		return err
 	}
 	var jobs taskapi.JobsResponse
-	t.mu.Lock()
-	current := t.serverID
-	t.mu.Unlock()
 	err := t.call(ctx, http.MethodGet, taskapi.PathJobs, nil, &jobs)
-	t.noteResult(current, err)
 	if t.forgotten(err) {
 		return err
 	}
@@ -237,22 +226,12 @@ func (t *taskClient) ensureRegistered(ctx context.Context, conn net.PacketConn) 
 	if !ok || len(srv.TaskServers) == 0 {
 		return errors.New("no task server known yet")
 	}
+	chosen := srv.TaskServers[0]
 	t.mu.Lock()
-	chosen := t.pick(srv.TaskServers)
 	current := t.serverID
 	t.mu.Unlock()
 	if current == chosen.ID {
 		return nil
-	}
-	if current != "" && slices.ContainsFunc(srv.TaskServers, func(s nsapi.ServerRef) bool { return s.ID == current }) {
-		// The NS prefers another (its server is overloaded), but the current one still
-		// serves: move at most once per stay, so that agents do not swing between servers.
-		t.mu.Lock()
-		stay := time.Until(t.stayUntil)
-		t.mu.Unlock()
-		if stay > 0 {
-			return nil
-		}
 	}
 	if chosen.URL == "" {
 		return fmt.Errorf("task server %s has no URL", chosen.Hostname)
@@ -282,7 +261,6 @@ func (t *taskClient) ensureRegistered(ctx context.Context, conn net.PacketConn) 
 	t.mu.Unlock()
 	var resp taskapi.RegisterResponse
 	if err := t.call(ctx, http.MethodPost, taskapi.PathRegister, req, &resp); err != nil {
-		t.noteResult(chosen.ID, err)
 		return fmt.Errorf("register with task server %s: %w", chosen.Hostname, err)
 	}
 	if err := t.keys.Set(resp.ServerID, resp.TickleKeyID, resp.TickleKey); err != nil {
@@ -290,7 +268,6 @@ func (t *taskClient) ensureRegistered(ctx context.Context, conn net.PacketConn) 
 	}
 	t.mu.Lock()
 	t.serverID = resp.ServerID
-	t.stayUntil = time.Now().Add(minStay + time.Duration(mrand.Int64N(int64(minStay))))
 	t.plainURL, t.apiKey = resp.HTTPURL, taskapi.APIKey(resp.TickleKey)
 	if t.plain == nil {
 		t.plain = &http.Client{Timeout: 60 * time.Second}
@@ -343,7 +320,7 @@ func (t *taskClient) call(ctx context.Context, method, path string, in, out any)
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return fmt.Errorf("%w: %w", errUnreachable, err)
+		return err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
@@ -373,57 +350,6 @@ func (t *taskClient) call(ctx context.Context, method, path string, in, out any)
 		return json.Unmarshal(b, out)
 	}
 	return nil
-}
-
-// errUnreachable marks a request that got no answer from the task server.
-var errUnreachable = errors.New("task server unreachable")
-
-type failure struct {
-	count int
-	last  time.Time
-}
-
-// minStay is the least time an agent stays with a task server that serves it before it
-// moves because the NS prefers another; jitter adds up to as much again.
-const minStay = 10 * time.Minute
-
-// downFor is how long a task server that failed twice is passed over.
-const downFor = 10 * time.Minute
-
-// pick is the task server to use: the first offered one (the NS keeps that stable) that
-// has not failed twice in a row lately, else the first. Call with t.mu held.
-func (t *taskClient) pick(offered []nsapi.ServerRef) nsapi.ServerRef {
-	for _, s := range offered {
-		if f := t.failed[s.ID]; f.count < 2 || time.Since(f.last) > downFor {
-			return s
-		}
-	}
-	return offered[0]
-}
-
-// noteResult records whether the current task server answered; after its second failure
-// in a row the next cycle registers with the next one offered.
-func (t *taskClient) noteResult(id string, err error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if id == "" {
-		return
-	}
-	if !errors.Is(err, errUnreachable) {
-		delete(t.failed, id)
-		return
-	}
-	if t.failed == nil {
-		t.failed = map[string]failure{}
-	}
-	f := t.failed[id]
-	f.count++
-	f.last = time.Now()
-	t.failed[id] = f
-	if f.count >= 2 && t.serverID == id {
-		t.logger.Warn("task server unreachable twice; trying the next one offered", "server", id, "err", err)
-		t.serverID = ""
-	}
 }
 
 // forgotten reports whether err says the task server no longer takes this agent's

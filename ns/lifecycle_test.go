@@ -65,7 +65,7 @@ func TestCertificatesThreeYearsFakeClock(t *testing.T) {
 	}
 	tn := startNS(t, func(c *ServerConfig) {
 		c.DataDir, c.Clock = dir, clk.Now
-		c.Settings.HeartbeatInterval, c.Settings.AgentInterval = time.Second, time.Second
+		c.Settings.HeartbeatInterval = time.Second
 	})
 	ctx := t.Context()
 

@@ -163,9 +163,6 @@ func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
 	}
 	m := s.rules.Load()
 	task := m.Select(req.Addresses, nsapi.ServiceTask, candidates)
-	// The agent stays with the task server it has while that is still offered: taking
-	// the least loaded one each time made agents swing between servers.
-	task.Servers = sites.Stable(req.ID, req.TaskServer, task.Servers)
 	pkg := m.Select(req.Addresses, nsapi.ServicePackage, candidates)
 	if len(task.Servers) == 0 {
 		task = s.lastResort(byID, task)

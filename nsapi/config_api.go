@@ -13,10 +13,6 @@ type Settings struct {
 	HeartbeatInterval   time.Duration `yaml:"heartbeat_interval" json:"heartbeat_interval"`
 	TaskUpdateInterval  time.Duration `yaml:"task_update_interval" json:"task_update_interval"`
 	TaskRequestInterval time.Duration `yaml:"task_request_interval" json:"task_request_interval"`
-	// AgentInterval is how often agents register with the NS (their configuration
-	// interval); they also register at once when their task server changes. Site servers
-	// use HeartbeatInterval.
-	AgentInterval time.Duration `yaml:"agent_interval" json:"agent_interval"`
 }
 
 // Defaults fills unset settings.
@@ -30,9 +26,6 @@ func (s *Settings) Defaults() {
 	if s.TaskRequestInterval == 0 {
 		s.TaskRequestInterval = 30 * time.Minute
 	}
-	if s.AgentInterval == 0 {
-		s.AgentInterval = time.Hour
-	}
 }
 
 // Validate names the bad field under prefix.
@@ -41,7 +34,6 @@ func (s Settings) Validate(prefix string) error {
 		"heartbeat_interval":    s.HeartbeatInterval,
 		"task_update_interval":  s.TaskUpdateInterval,
 		"task_request_interval": s.TaskRequestInterval,
-		"agent_interval":        s.AgentInterval,
 	} {
 		if d < time.Second {
 			return fmt.Errorf("%s.%s: %s is below 1s", prefix, name, d)

@@ -2,7 +2,6 @@ package sites
 
 import (
 	"cmp"
-	"hash/fnv"
 	"net/netip"
 	"slices"
 	"strings"
@@ -150,47 +149,4 @@ func unmapPrefix(p netip.Prefix) netip.Prefix {
 		return netip.PrefixFrom(a.Unmap(), p.Bits()-96)
 	}
 	return p
-}
-
-// MinImbalance is how many computers a server must carry above the mean of the servers a
-// computer may use, besides twice the mean, before Stable stops keeping the computer on it.
-const MinImbalance = 10
-
-// Stable orders the servers Select picked for one computer so that it stays where it is:
-// its current server first while that is among them and not overloaded (twice
-// the mean load or more, and at least MinImbalance above it), then the others by rendezvous hash of
-// computer and server, highest first. Every computer thus has its own stable order, the
-// first choices spread evenly over equal servers, and a server joining or leaving moves
-// only the computers that must move; an overloaded server sheds its computers to their
-// rendezvous choices, which spreads them, so nothing swings back and forth.
-func Stable(computer, current string, servers []Server) []Server {
-	if len(servers) < 2 {
-		return servers
-	}
-	out := slices.Clone(servers)
-	score := func(s Server) uint64 {
-		h := fnv.New64a()
-		h.Write([]byte(computer))
-		h.Write([]byte{0})
-		h.Write([]byte(s.ID))
-		return h.Sum64()
-	}
-	slices.SortStableFunc(out, func(a, b Server) int { return cmp.Compare(score(b), score(a)) })
-	total := 0
-	for _, s := range out {
-		total += s.Computers
-	}
-	mean := float64(total) / float64(len(out))
-	for i, s := range out {
-		if s.ID != current {
-			continue
-		}
-		if load := float64(s.Computers); load >= 2*mean && load-mean >= MinImbalance {
-			break // overloaded: the computer goes to its rendezvous choice
-		}
-		copy(out[1:i+1], out[:i])
-		out[0] = s
-		break
-	}
-	return out
 }

@@ -55,7 +55,7 @@ func tokenFile(t *testing.T) string {
 	return p
 }
 
-var defaultSettings = nsapi.Settings{HeartbeatInterval: 5 * time.Minute, TaskUpdateInterval: 5 * time.Minute, TaskRequestInterval: 30 * time.Minute, AgentInterval: time.Hour}
+var defaultSettings = nsapi.Settings{HeartbeatInterval: 5 * time.Minute, TaskUpdateInterval: 5 * time.Minute, TaskRequestInterval: 30 * time.Minute}
 
 func TestExampleNS(t *testing.T) {
 	var got NS

@@ -208,7 +208,6 @@ ns:
   max_body_bytes: 65536
   settings:
     heartbeat_interval: 1s
-    agent_interval: 1s
 `, nsDir, serverToken, agentToken, adminToken, rules))
 	if out, err := exec.Command(binary, "check-config", nsConf).CombinedOutput(); err != nil {
 		t.Fatalf("check-config: %v\n%s", err, out)
@@ -485,7 +484,7 @@ ns:
   site_server_token: %s-%s
   agent_token: %s
   admin_token: %s
-  settings: {heartbeat_interval: 1s, agent_interval: 1s}
+  settings: {heartbeat_interval: 1s}
 `, filepath.Join(dir, name), serverToken, name, agentToken, adminToken))
 		p := start(t, "ns", "-config", conf)
 		l := p.waitLog("NS API listening")

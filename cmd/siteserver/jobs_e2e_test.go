@@ -80,7 +80,6 @@ ns:
   sweep_interval: 500ms
 %s  settings:
     heartbeat_interval: 1s
-    agent_interval: 1s
     task_update_interval: %s
     task_request_interval: %s
 `, filepath.Join(s.dir, "ns"), s.nsAddr, serverToken, agentToken, adminToken, rules, nsExtra(o), o.taskUpdate, o.taskRequest))

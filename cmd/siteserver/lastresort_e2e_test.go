@@ -29,7 +29,7 @@ ns:
   agent_token: %s
   admin_token: %s
   rules_file: %s
-  settings: {heartbeat_interval: 1s, agent_interval: 1s, task_update_interval: 1s}
+  settings: {heartbeat_interval: 1s, task_update_interval: 1s}
 %s`, filepath.Join(dir, "ns"), nsAddr, serverToken, agentToken, adminToken, rules, task))
 	}
 	nsProc := start(t, "ns", "-config", nsConf(""))

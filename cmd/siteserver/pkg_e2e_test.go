@@ -40,7 +40,7 @@ ns:
   agent_token: %s
   admin_token: %s
   rules_file: %s
-  settings: {heartbeat_interval: 1s, agent_interval: 1s}
+  settings: {heartbeat_interval: 1s}
 `, filepath.Join(dir, "ns"), nsAddr, serverToken, agentToken, adminToken, rules))
 	nsProc := start(t, "ns", "-config", nsConf)
 	pin := nsProc.waitLog("NS API listening")["ca_sha256"].(string)

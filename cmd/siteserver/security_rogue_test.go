@@ -67,7 +67,7 @@ ns:
   agent_token: %s
   admin_token: %s
   rules_file: %s
-  settings: {heartbeat_interval: 1s, agent_interval: 1s}
+  settings: {heartbeat_interval: 1s}
 `, filepath.Join(dir, "ns"), serverToken, agentToken, adminToken, rules))
 	nsProc := start(t, "ns", "-config", nsConf)
 	nsURL := "https://" + nsProc.waitLog("NS API listening")["addr"].(string)
