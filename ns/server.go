@@ -46,6 +46,11 @@ type Server struct {
 
 	mu sync.Mutex // serialises rule changes and enrollments
 
+	// unreachable holds when agents last reported leaving a task server after failed
+	// attempts; until it registers again it is ranked last (sites.Place).
+	unreachMu   sync.Mutex
+	unreachable map[string]time.Time
+
 	reload    chan struct{}
 	startTime time.Time
 
