@@ -46,6 +46,7 @@ fuzz:
 bench:
 	$(GO) run ./bench sites
 	$(GO) run ./bench tickle -agents 15000
+	$(GO) run ./bench selection -baseline auto
 	$(GO) run ./bench pkg-serve
 	$(GO) run ./bench pkg-coalesce
 	$(GO) run ./bench pkg-resume

@@ -11,12 +11,14 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
 
 	"github.com/siteserver/siteserver/internal/hostinfo"
 	"github.com/siteserver/siteserver/internal/obs"
@@ -53,11 +55,18 @@ type Agent struct {
 	peer           *nsapi.Enrollment
 	tickleMetrics  *tickle.Metrics
 	channelMetrics *tickle.ChannelClientMetrics
+	metrics        *agentMetrics
+	kicks          *rate.Limiter // registrations with the NS out of turn
+	kickNS         func()        // registers with the NS now
+	sel            failover      // which offered task server to use
 
-	mu         sync.Mutex
-	servers    nsapi.RegisterAgentResponse
-	have       bool
-	taskServer string
+	mu          sync.Mutex
+	servers     nsapi.RegisterAgentResponse
+	have        bool
+	taskServer  string
+	addrs       []netip.Addr // as last reported to the NS
+	answered    time.Time    // when the NS last answered
+	kickPending bool
 }
 
 // New builds the agent; nothing is read or bound until Run.
@@ -89,7 +98,12 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Agent, er
 	if err := reg.Register(refused); err != nil {
 		return nil, fmt.Errorf("agent: metrics: %w", err)
 	}
-	a := &Agent{cfg: cfg, logger: logger, reg: reg, tickleMetrics: tm, channelMetrics: cm, refused: refused, now: time.Now}
+	m, err := newAgentMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("agent: metrics: %w", err)
+	}
+	a := &Agent{cfg: cfg, logger: logger, reg: reg, tickleMetrics: tm, channelMetrics: cm, refused: refused, metrics: m,
+		kicks: newKickLimiter(), now: time.Now}
 	if cfg.Clock != nil {
 		a.now = cfg.Clock
 	}
@@ -121,6 +135,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.registrar, err = nsapi.NewRegistrar([]*nsapi.Enrollment{peer}, a.register, a.logger, a.reg); err != nil {
 		return err
 	}
+	// After an outage of the NS, agents come back over a quarter of an hour, not all at once.
+	a.registrar.MaxBackoff = 15 * time.Minute
+	a.kickNS = func() { a.registrar.Kick(a.cfg.NS.Name) }
 	var last nsapi.RegisterAgentResponse
 	if a.registrar.Last(a.cfg.NS.Name, &last) {
 		a.setServers(last)
@@ -131,6 +148,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return tc.run(gctx) })
 	g.Go(func() error { return a.registrar.Run(gctx) })
+	g.Go(func() error { a.watchAddresses(gctx, time.Minute); return nil })
 	return g.Wait()
 }
 
@@ -140,8 +158,8 @@ func (a *Agent) setTaskServer(id string) {
 	changed := a.taskServer != id
 	a.taskServer = id
 	a.mu.Unlock()
-	if changed && a.registrar != nil {
-		a.registrar.Kick(a.cfg.NS.Name)
+	if changed {
+		a.askNS("task server changed")
 	}
 }
 
@@ -160,11 +178,14 @@ func (a *Agent) register(ctx context.Context, p *nsapi.Enrollment, c *nsapi.Clie
 	ts := a.taskServer
 	a.mu.Unlock()
 	req := nsapi.RegisterAgentRequest{ID: p.ID(), Hostname: p.Hostname, Addresses: hostinfo.Addrs(prefixes), TaskServer: ts,
-		MACs: hostinfo.MACs(a.cfg.MACs)}
+		MACs: hostinfo.MACs(a.cfg.MACs), Unreachable: a.sel.givenUp(time.Now())}
 	resp, err := c.RegisterAgent(ctx, req)
 	if err != nil {
 		return nil, 0, err
 	}
+	a.mu.Lock()
+	a.addrs, a.answered = req.Addresses, time.Now()
+	a.mu.Unlock()
 	if _, ok := p.JobKey(); !ok {
 		// Enrolled before the NS sent its job key at enrollment: learn it now, over the
 		// same pinned-CA channel, once.
@@ -179,6 +200,9 @@ func (a *Agent) register(ctx context.Context, p *nsapi.Enrollment, c *nsapi.Clie
 	for _, s := range resp.TaskServers {
 		task = append(task, s.Hostname)
 	}
-	a.logger.Info("registered with NS", "id", p.ID(), "sites", len(resp.Sites), "task_servers", task, "reason", resp.TaskReason)
-	return resp, resp.Settings.HeartbeatInterval, nil
+	next := nextRegistration(resp)
+	a.metrics.nsInterval.Set(cmp.Or(resp.Settings.AgentRegistrationInterval, resp.Settings.HeartbeatInterval).Seconds())
+	a.logger.Info("registered with NS", "id", p.ID(), "sites", len(resp.Sites), "task_servers", task, "reason", resp.TaskReason,
+		"next", next.Round(time.Second))
+	return resp, next, nil
 }

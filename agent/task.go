@@ -166,6 +166,7 @@ func (t *taskClient) cycle(ctx context.Context, conn net.PacketConn) error {
 	}
 	var jobs taskapi.JobsResponse
 	err := t.call(ctx, http.MethodGet, taskapi.PathJobs, nil, &jobs)
+	t.attempt(ctx, t.current(), err, false)
 	if t.forgotten(err) {
 		return err
 	}
@@ -226,7 +227,10 @@ func (t *taskClient) ensureRegistered(ctx context.Context, conn net.PacketConn) 
 	if !ok || len(srv.TaskServers) == 0 {
 		return errors.New("no task server known yet")
 	}
-	chosen := srv.TaskServers[0]
+	chosen, exhausted := t.a.sel.pick(srv.TaskServers, time.Now())
+	if exhausted && t.a.answerAge() > t.a.failoverHold() {
+		t.a.askNS("every task server offered failed")
+	}
 	t.mu.Lock()
 	current := t.serverID
 	t.mu.Unlock()
@@ -257,10 +261,15 @@ func (t *taskClient) ensureRegistered(ctx context.Context, conn net.PacketConn) 
 		}
 	}
 	t.mu.Lock()
-	t.baseURL, t.http = chosen.URL, hc
+	t.baseURL, t.http, t.serverID = chosen.URL, hc, ""
 	t.mu.Unlock()
 	var resp taskapi.RegisterResponse
-	if err := t.call(ctx, http.MethodPost, taskapi.PathRegister, req, &resp); err != nil {
+	err = t.call(ctx, http.MethodPost, taskapi.PathRegister, req, &resp)
+	if err == nil {
+		t.a.metrics.taskRegistrations.WithLabelValues(t.a.sel.reason(chosen.ID)).Inc()
+	}
+	t.attempt(ctx, chosen.ID, err, true)
+	if err != nil {
 		return fmt.Errorf("register with task server %s: %w", chosen.Hostname, err)
 	}
 	if err := t.keys.Set(resp.ServerID, resp.TickleKeyID, resp.TickleKey); err != nil {
@@ -344,7 +353,7 @@ func (t *taskClient) call(ctx context.Context, method, path string, in, out any)
 	if resp.StatusCode/100 != 2 {
 		var er nsapi.ErrorResponse
 		json.Unmarshal(b, &er)
-		return fmt.Errorf("task server answered %d: %s", resp.StatusCode, er.Error)
+		return &statusError{resp.StatusCode, er.Error}
 	}
 	if out != nil {
 		return json.Unmarshal(b, out)
@@ -362,7 +371,17 @@ func (t *taskClient) forgotten(err error) bool {
 	t.mu.Lock()
 	t.serverID = ""
 	t.mu.Unlock()
+	if errors.Is(err, errRefused) {
+		// Its certificate may be revoked (reset, deleted): the NS says what to do.
+		t.a.askNS("the task server refused the agent's certificate")
+	}
 	return true
+}
+
+func (t *taskClient) current() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.serverID
 }
 
 // runInstance runs one instance and makes sure each of its events is stored by the task

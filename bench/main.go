@@ -35,6 +35,7 @@ func scenarios() map[string]scenario {
 		"pkg-serve":    {help: "package file downloads from our handler vs nginx, same file and load generator", run: runPkgServe, serve: servePkgChild},
 		"pkg-coalesce": {help: "clients asking for an uncached package: upstream bytes, ours vs nginx proxy_cache_lock", run: runPkgCoalesce},
 		"pkg-resume":   {help: "package server killed mid-download and restarted: upstream bytes vs the size", run: runPkgResume},
+		"selection":    {help: "real agents choosing between two real task servers in one site: changes while both serve, then failover when one stops", run: runSelection},
 		"tickle":       {help: "job creation to every simulated agent's fetch through a real task server, vs a raw UDP loop", run: runTickle, serve: serveRawSender},
 		"tftp":         {help: "TFTP single-transfer throughput and concurrent bursts, ours vs tftpd-hpa", run: runTFTP, serve: serveTFTPChild},
 		"pxe":          {help: "relayed proxyDHCP DISCOVERs answered per second, ours vs dnsmasq in proxy mode", run: runPXE, serve: servePXEChild},

@@ -125,6 +125,10 @@ func (c *ServerConfig) Defaults() {
 	if c.UploadIdleTimeout == 0 {
 		c.UploadIdleTimeout = 2 * time.Minute
 	}
+	if c.Settings.AgentRegistrationInterval == 0 {
+		// Short certificates (tests of renewal) need agents that register more often.
+		c.Settings.AgentRegistrationInterval = min(time.Hour, max(time.Second, c.ClientCertValidity/agentRenewChances))
+	}
 	c.Settings.Defaults()
 }
 
@@ -202,5 +206,17 @@ func (c *ServerConfig) Validate() error {
 	if c.UploadIdleTimeout < 100*time.Millisecond {
 		return fmt.Errorf("upload_idle_timeout: %s is below 100ms", c.UploadIdleTimeout)
 	}
-	return c.Settings.Validate("settings")
+	if err := c.Settings.Validate("settings"); err != nil {
+		return err
+	}
+	// Agents renew their certificates when they register, in the last third of its life.
+	if iv := c.Settings.AgentRegistrationInterval; iv > c.ClientCertValidity/agentRenewChances {
+		return fmt.Errorf("settings.agent_registration_interval: %s is more than a quarter of client_cert_validity (%s): agents renew their certificates when they register and would let them expire",
+			iv, c.ClientCertValidity)
+	}
+	return nil
 }
+
+// agentRenewChances: an agent registers at least this often in a certificate's life, so
+// at least one registration falls in the last third, when it renews.
+const agentRenewChances = 4

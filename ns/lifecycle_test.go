@@ -66,6 +66,7 @@ func TestCertificatesThreeYearsFakeClock(t *testing.T) {
 	tn := startNS(t, func(c *ServerConfig) {
 		c.DataDir, c.Clock = dir, clk.Now
 		c.Settings.HeartbeatInterval = time.Second
+		c.Settings.AgentRegistrationInterval = time.Second
 	})
 	ctx := t.Context()
 

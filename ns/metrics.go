@@ -4,6 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/nsapi"
+	"github.com/siteserver/siteserver/sites"
 	"github.com/siteserver/siteserver/tickle"
 )
 
@@ -29,6 +30,8 @@ type serverMetrics struct {
 	computers     *prometheus.GaugeVec
 	uploads       *prometheus.CounterVec
 	uploadBytes   prometheus.Counter
+	placements    *prometheus.CounterVec
+	unreachable   prometheus.Counter
 }
 
 // Label values known in advance, created at start so every series exists at 0.
@@ -96,6 +99,14 @@ func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 			Namespace: obs.Namespace, Subsystem: subsystem, Name: "certificate_not_after_timestamp_seconds",
 			Help: "When the NS's current CA and server certificates end (Unix time); both renew on their own well before.",
 		}, []string{"cert"}),
+		placements: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: obs.Namespace, Subsystem: subsystem, Name: "task_server_placements_total",
+			Help: "Task server choices for registering agents: new, kept, ineligible (moved: its server gone or in other sites), balance (moved off a crowded server), none.",
+		}, []string{"outcome"}),
+		unreachable: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: obs.Namespace, Subsystem: subsystem, Name: "task_server_unreachable_reports_total",
+			Help: "Agents that left their task server after failed attempts and said so; that server is ranked last until it registers again.",
+		}),
 		subnets: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: obs.Namespace, Subsystem: subsystem, Name: "subnet_rules",
 			Help: "Subnet rules in force (shadowed ones not counted).",
@@ -150,12 +161,15 @@ func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 		m.certRenewals.WithLabelValues(c)
 		m.certNotAfter.WithLabelValues(c)
 	}
+	for _, o := range []string{sites.PlaceNew, sites.PlaceKept, sites.PlaceIneligible, sites.PlaceBalance, sites.PlaceNone} {
+		m.placements.WithLabelValues(o)
+	}
 	for _, s := range []string{nsapi.StatusPending, nsapi.StatusApproved} {
 		m.siteServers.WithLabelValues(s)
 	}
 	if err := obs.RegisterAll(reg, m.certRenewals, m.certNotAfter, m.enrollments, m.authFailures, m.registrations, m.badRequests, m.rulesLoads,
 		m.siteServers, m.agents, m.sites, m.subnets, m.ownership, m.macConflicts, m.siteChanges,
-		m.unknown, m.computers, m.uploads, m.uploadBytes); err != nil {
+		m.unknown, m.computers, m.uploads, m.uploadBytes, m.placements, m.unreachable); err != nil {
 		return nil, err
 	}
 	return m, nil

@@ -1,12 +1,14 @@
 package ns
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"errors"
 	"net/http"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/siteserver/siteserver/internal/httpx"
 	"github.com/siteserver/siteserver/ns/store"
@@ -127,10 +129,14 @@ func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
 	if err == nil && rec.CertSerial != p.serial {
 		err = errSuperseded
 	}
-	moved := 0
+	moved, previous := 0, rec.TaskServer
 	if err == nil && req.TaskServer != "" && req.TaskServer != rec.TaskServer {
 		// The agent moved: its open instances follow it to the task server it now uses.
 		moved, err = s.store.RetagInstances(ctx, rec.ID, req.TaskServer, s.now().UTC())
+	}
+	if err == nil && req.Unreachable != "" && req.Unreachable == previous && req.TaskServer != previous {
+		// Taken only from an agent that was registered there, once, as it leaves.
+		s.reportUnreachable(previous)
 	}
 	if err == nil {
 		rec.Hostname, rec.Addresses, rec.TaskServer, rec.LastSeen = req.Hostname, req.Addresses, req.TaskServer, s.now().UTC()
@@ -156,7 +162,7 @@ func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
 	if moved > 0 {
 		s.tickler.mark(req.TaskServer, tickle.WorkPending)
 	}
-	candidates, byID, err := s.selectable(ctx)
+	candidates, byID, err := s.selectable(ctx, rec.TaskServer)
 	if err != nil {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
@@ -164,13 +170,19 @@ func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
 	m := s.rules.Load()
 	task := m.Select(req.Addresses, nsapi.ServiceTask, candidates)
 	pkg := m.Select(req.Addresses, nsapi.ServicePackage, candidates)
-	if len(task.Servers) == 0 {
+	// An agent that restarted does not know its task server yet: its last one is still
+	// its current one.
+	placed := sites.Place(rec.ID, cmp.Or(req.TaskServer, previous), task.Servers)
+	if len(placed.Servers) == 0 {
+		// No task server of its sites reaches it: the NS's own, if it runs one.
 		task = s.lastResort(byID, task)
+		placed.Servers = task.Servers
 	}
+	s.metrics.placements.WithLabelValues(placed.Outcome).Inc()
 	s.metrics.registrations.WithLabelValues(nsapi.KindAgent, "ok").Inc()
 	httpx.WriteJSON(w, http.StatusOK, nsapi.RegisterAgentResponse{
 		Sites:          matches(m.SitesFor(req.Addresses)),
-		TaskServers:    refs(task.Servers, byID, nsapi.ServiceTask),
+		TaskServers:    refs(placed.Servers, byID, nsapi.ServiceTask),
 		TaskReason:     task.Reason,
 		PackageServers: refs(pkg.Servers, byID, nsapi.ServicePackage),
 		PackageReason:  pkg.Reason,
@@ -183,8 +195,9 @@ func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
 var errSuperseded = errors.New("superseded certificate")
 
 // selectable returns the approved site servers seen within three heartbeats, with the
-// number of agents registered with each.
-func (s *Server) selectable(ctx context.Context) ([]sites.Server, map[string]store.ServerRecord, error) {
+// number of agents registered with each, not counting the asking agent (registered with
+// self), and whether each was seen within the last heartbeat (and a quarter for jitter).
+func (s *Server) selectable(ctx context.Context, self string) ([]sites.Server, map[string]store.ServerRecord, error) {
 	recs, err := s.store.Servers(ctx)
 	if err != nil {
 		return nil, nil, err
@@ -193,17 +206,30 @@ func (s *Server) selectable(ctx context.Context) ([]sites.Server, map[string]sto
 	if err != nil {
 		return nil, nil, err
 	}
-	cutoff := s.now().Add(-3 * s.cfg.Settings.HeartbeatInterval)
-	self := s.selfServer()
+	if self != "" {
+		counts[self]--
+	}
+	hb := s.cfg.Settings.HeartbeatInterval
+	cutoff, fresh := s.now().Add(-3*hb), s.now().Add(-hb-hb/4)
+	own := s.selfServer()
 	var out []sites.Server
 	byID := map[string]store.ServerRecord{}
+	s.unreachMu.Lock()
+	defer s.unreachMu.Unlock()
 	for _, rec := range recs {
 		if rec.Status != nsapi.StatusApproved || rec.LastSeen.Before(cutoff) {
 			continue
 		}
+		srv := toSitesServer(rec, counts[rec.ID])
+		srv.Fresh = !rec.LastSeen.Before(fresh)
+		if at, ok := s.unreachable[rec.ID]; ok {
+			if srv.Unreachable = !rec.LastSeen.After(at); !srv.Unreachable {
+				delete(s.unreachable, rec.ID) // it registered since
+			}
+		}
 		byID[rec.ID] = rec
-		if rec.ID != self { // offered only as the last resort
-			out = append(out, toSitesServer(rec, counts[rec.ID]))
+		if rec.ID != own { // the NS's own task service is offered only as the last resort
+			out = append(out, srv)
 		}
 	}
 	return out, byID, nil
@@ -234,6 +260,24 @@ func (s *Server) lastResort(live map[string]store.ServerRecord, none sites.Selec
 // reasonLastResort is the selection reason of the NS's own task service: no task server
 // serves the computer's sites.
 const reasonLastResort = "last-resort"
+
+// reportUnreachable notes that an agent left task server id after failed attempts.
+func (s *Server) reportUnreachable(id string) {
+	s.metrics.unreachable.Inc()
+	s.unreachMu.Lock()
+	defer s.unreachMu.Unlock()
+	if s.unreachable == nil {
+		s.unreachable = map[string]time.Time{}
+	}
+	// Bounded by the servers agents were registered with; an entry goes when its server
+	// registers again (selectable) or after three heartbeats, when it is not offered.
+	for k, at := range s.unreachable {
+		if s.now().Sub(at) > 3*s.cfg.Settings.HeartbeatInterval {
+			delete(s.unreachable, k)
+		}
+	}
+	s.unreachable[id] = s.now()
+}
 
 func (s *Server) agentCounts(ctx context.Context) (map[string]int, error) {
 	return s.store.AgentsPerServer(ctx)

@@ -51,6 +51,10 @@ type Server struct {
 	uploads      uploads
 	// readTimeout, when set, replaces the API's read timeout (tests of slow uploads).
 	readTimeout time.Duration
+	// unreachable holds when agents last reported leaving a task server after failed
+	// attempts; until it registers again it is ranked last (sites.Place).
+	unreachMu   sync.Mutex
+	unreachable map[string]time.Time
 
 	reload    chan struct{}
 	startTime time.Time

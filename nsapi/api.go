@@ -133,6 +133,10 @@ type RegisterAgentRequest struct {
 	Hostname   string       `json:"hostname"`
 	Addresses  []netip.Addr `json:"addresses"`
 	TaskServer string       `json:"task_server,omitempty"` // the task server it registered with, if any
+	// Unreachable is the task server it left after failed attempts (failover), while it
+	// keeps away from it: the NS then stops ranking that server first until it registers
+	// again.
+	Unreachable string `json:"unreachable,omitempty"`
 	// MACs are the computer's Ethernet addresses: network boot knows it as managed by them.
 	MACs []string `json:"macs,omitempty"`
 }
@@ -334,6 +338,9 @@ func DecodeRegisterAgent(b []byte) (RegisterAgentRequest, error) {
 	}
 	if req.TaskServer != "" && !ValidID(req.TaskServer) {
 		return RegisterAgentRequest{}, fmt.Errorf("task_server: %q is not a valid GUID", req.TaskServer)
+	}
+	if req.Unreachable != "" && !ValidID(req.Unreachable) {
+		return RegisterAgentRequest{}, fmt.Errorf("unreachable: %q is not a valid GUID", req.Unreachable)
 	}
 	return req, nil
 }

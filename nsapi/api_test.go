@@ -63,6 +63,7 @@ func TestDecodeRegisterAgent(t *testing.T) {
 	for name, body := range map[string]string{
 		"bad address":     `{"id":"pc-1","hostname":"pc1","addresses":["10.1.2.9/24"]}`,
 		"bad task server": `{"id":"pc-1","hostname":"pc1","task_server":"a b"}`,
+		"bad unreachable": `{"id":"pc-1","hostname":"pc1","task_server":"ss-2","unreachable":"ss 1"}`,
 		"unknown field":   `{"id":"pc-1","hostname":"pc1","x":1}`,
 	} {
 		if _, err := DecodeRegisterAgent([]byte(body)); err == nil {
@@ -100,12 +101,14 @@ func FuzzDecodeRegisterServer(f *testing.F) {
 func FuzzDecodeRegisterAgent(f *testing.F) {
 	f.Add([]byte(`{"id":"pc-1","hostname":"pc1","addresses":["10.1.2.9","2001:db8::9"],"task_server":"ss-1"}`))
 	f.Add([]byte(`{"id":"pc-1","hostname":"pc1"}`))
+	f.Add([]byte(`{"id":"pc-1","hostname":"pc1","task_server":"ss-2","unreachable":"ss-1"}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		req, err := DecodeRegisterAgent(b)
 		if err != nil {
 			return
 		}
-		if !ValidID(req.ID) || ValidHostname(req.Hostname) != nil {
+		if !ValidID(req.ID) || ValidHostname(req.Hostname) != nil ||
+			req.TaskServer != "" && !ValidID(req.TaskServer) || req.Unreachable != "" && !ValidID(req.Unreachable) {
 			t.Fatalf("accepted an invalid request: %+v", req)
 		}
 		for _, a := range req.Addresses {

@@ -13,6 +13,11 @@ type Settings struct {
 	HeartbeatInterval   time.Duration `yaml:"heartbeat_interval" json:"heartbeat_interval"`
 	TaskUpdateInterval  time.Duration `yaml:"task_update_interval" json:"task_update_interval"`
 	TaskRequestInterval time.Duration `yaml:"task_request_interval" json:"task_request_interval"`
+	// AgentRegistrationInterval is how often agents register with the NS again: their
+	// settings, sites and task servers, and certificate renewal. Work does not wait for
+	// it (tickles and polls go through the task server), and agents register at once when
+	// something of theirs changes, so it can be long; see README for sizes by fleet.
+	AgentRegistrationInterval time.Duration `yaml:"agent_registration_interval" json:"agent_registration_interval,omitempty"`
 }
 
 // Defaults fills unset settings.
@@ -26,18 +31,26 @@ func (s *Settings) Defaults() {
 	if s.TaskRequestInterval == 0 {
 		s.TaskRequestInterval = 30 * time.Minute
 	}
+	if s.AgentRegistrationInterval == 0 {
+		s.AgentRegistrationInterval = time.Hour
+	}
 }
 
 // Validate names the bad field under prefix.
 func (s Settings) Validate(prefix string) error {
 	for name, d := range map[string]time.Duration{
-		"heartbeat_interval":    s.HeartbeatInterval,
-		"task_update_interval":  s.TaskUpdateInterval,
-		"task_request_interval": s.TaskRequestInterval,
+		"heartbeat_interval":          s.HeartbeatInterval,
+		"task_update_interval":        s.TaskUpdateInterval,
+		"task_request_interval":       s.TaskRequestInterval,
+		"agent_registration_interval": s.AgentRegistrationInterval,
 	} {
 		if d < time.Second {
 			return fmt.Errorf("%s.%s: %s is below 1s", prefix, name, d)
 		}
+	}
+	// Longer and a changed setting or site would take a day to reach every agent.
+	if s.AgentRegistrationInterval > 24*time.Hour {
+		return fmt.Errorf("%s.agent_registration_interval: %s is above 24h", prefix, s.AgentRegistrationInterval)
 	}
 	return nil
 }

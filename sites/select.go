@@ -20,7 +20,13 @@ type Server struct {
 	Hostname  string
 	Addrs     []netip.Prefix // interface address WITH its prefix length, e.g. 10.1.2.3/24
 	Services  []string       // ServiceTask, ServicePackage, ServiceNetboot
-	Computers int            // registered computers, for tie-break
+	Computers int            // registered computers
+	// Fresh: heard from lately (within about one heartbeat), so it may take computers
+	// moved for balance (Place).
+	Fresh bool
+	// Unreachable: computers reported they could not reach it since it last registered;
+	// Place ranks it last and moves nobody to it for balance.
+	Unreachable bool
 }
 
 // ServerSites returns the sites of s: its direct assignments (by GUID) and the site of each
@@ -66,7 +72,7 @@ const (
 // sharing a site with the computer qualify, even if that leaves none: sending a branch's
 // computers across the WAN is what sites exist to prevent. Until then, servers on the
 // computer's own subnet are preferred, else all of them. The result is ordered by fewest
-// registered computers, then hostname, then ID, so callers can take the first.
+// registered computers, then hostname, then ID; Place orders task servers for one computer.
 func (m *Map) Select(computer []netip.Addr, service string, servers []Server) Selection {
 	var cands []Server
 	var candSites [][]Match

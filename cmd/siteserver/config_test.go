@@ -55,7 +55,8 @@ func tokenFile(t *testing.T) string {
 	return p
 }
 
-var defaultSettings = nsapi.Settings{HeartbeatInterval: 5 * time.Minute, TaskUpdateInterval: 5 * time.Minute, TaskRequestInterval: 30 * time.Minute}
+var defaultSettings = nsapi.Settings{HeartbeatInterval: 5 * time.Minute, TaskUpdateInterval: 5 * time.Minute, TaskRequestInterval: 30 * time.Minute,
+	AgentRegistrationInterval: time.Hour}
 
 func TestExampleNS(t *testing.T) {
 	var got NS
@@ -213,6 +214,8 @@ func TestServeErrors(t *testing.T) {
 	}
 }
 
+const nsTokens = "ns:\n  data_dir: /x\n  site_server_token: 0123456789abcdef\n  agent_token: 0123456789abcdef\n  admin_token: 0123456789abcdef\n"
+
 func TestNSErrors(t *testing.T) {
 	tests := map[string]struct {
 		yaml string
@@ -224,6 +227,9 @@ func TestNSErrors(t *testing.T) {
 		"both token ways": {"ns:\n  data_dir: /x\n  admin_token: 0123456789abcdef\n  admin_token_file: /y\n", "admin_token"},
 		"bad ip":          {"ns:\n  data_dir: /x\n  ips: [not-ip]\n", "ns.ips[0]"},
 		"bad approval":    {"ns:\n  data_dir: /x\n  approval: later\n  site_server_token: 0123456789abcdef\n  agent_token: 0123456789abcdef\n  admin_token: 0123456789abcdef\n", "ns.approval"},
+		"agents register too seldom for their certificates": {nsTokens + "  client_cert_validity: 2h\n  settings:\n    agent_registration_interval: 1h\n",
+			"ns.settings.agent_registration_interval: 1h0m0s is more than a quarter of client_cert_validity (2h0m0s)"},
+		"agents register too seldom": {nsTokens + "  settings:\n    agent_registration_interval: 48h\n", "ns.settings.agent_registration_interval: 48h0m0s is above 24h"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

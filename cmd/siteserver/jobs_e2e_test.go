@@ -48,6 +48,7 @@ type siteOpts struct {
 	wideDirs                bool   // data directories exist beforehand, 0755, with a 0644 key in each
 	certValidity            string // the NS's client_cert_validity ("" = its default)
 	runGrace                string // the NS's run_grace ("" = its default)
+	agentRegistration       string // the NS's agent_registration_interval ("" = its default)
 }
 
 func newSite(t *testing.T, o siteOpts) *site {
@@ -82,7 +83,7 @@ ns:
     heartbeat_interval: 1s
     task_update_interval: %s
     task_request_interval: %s
-`, filepath.Join(s.dir, "ns"), s.nsAddr, serverToken, agentToken, adminToken, rules, nsExtra(o), o.taskUpdate, o.taskRequest))
+%s`, filepath.Join(s.dir, "ns"), s.nsAddr, serverToken, agentToken, adminToken, rules, nsExtra(o), o.taskUpdate, o.taskRequest, agentInterval(o)))
 	s.nsURL, s.caFile = "https://"+s.nsAddr, filepath.Join(s.dir, "ns", "ca.crt")
 	s.nsProc = start(t, "ns", "-config", s.nsConf)
 	pin := s.nsProc.waitLog("NS API listening")["ca_sha256"].(string)
@@ -394,6 +395,13 @@ func TestJobThroughChannel(t *testing.T) {
 	if v, _ := l["via_channel"].(float64); v != 1 {
 		t.Fatalf("tickled via channel = %v, want 1", l["via_channel"])
 	}
+}
+
+func agentInterval(o siteOpts) string {
+	if o.agentRegistration == "" {
+		return ""
+	}
+	return "    agent_registration_interval: " + o.agentRegistration + "\n"
 }
 
 func nsExtra(o siteOpts) string {

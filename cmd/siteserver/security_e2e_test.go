@@ -67,9 +67,9 @@ func TestSecurityFileModes(t *testing.T) {
 // A certificate the NS revokes (an administrator's reset, or superseded by a new
 // enrollment) is refused by the NS at once and by the task server within a heartbeat (1 s
 // here), on the mTLS agent API; the agent then recovers by enrolling again, which the
-// reset allows.
+// reset allows, at its next registration with the NS (1 s here) or its next poll.
 func TestSecurityRevokedCertificateRefused(t *testing.T) {
-	s := newSite(t, siteOpts{taskUpdate: "1m", taskRequest: "1m", agentTickle: "127.0.0.1:0"})
+	s := newSite(t, siteOpts{taskUpdate: "1m", taskRequest: "1m", agentTickle: "127.0.0.1:0", agentRegistration: "1s"})
 	agentAPI := s.ss.waitLog("task service listening")["agent_api"].(string)
 	credDir := filepath.Join(s.dir, "agent", "ns", "central")
 	cert, err := tls.LoadX509KeyPair(filepath.Join(credDir, "client.crt"), filepath.Join(credDir, "client.key"))
@@ -103,6 +103,16 @@ func TestSecurityRevokedCertificateRefused(t *testing.T) {
 	if code := get(); code != http.StatusUnauthorized {
 		t.Fatalf("the old certificate works again: %d", code)
 	}
+}
+
+// An agent registers with the NS every hour by default, but it does not wait that long
+// to learn it was reset: the task server refuses its certificate at its next poll (every
+// second here) and it asks the NS at once, which makes it enroll again.
+func TestResetAgentAsksNSAtOnce(t *testing.T) {
+	s := newSite(t, siteOpts{taskUpdate: "1m", taskRequest: "1s", agentTickle: "127.0.0.1:0"})
+	adminCmd(t, s.nsURL, s.caFile, adminToken, "agents", "reset", s.agentID)
+	s.ag.waitLog("enrolled again after the NS refused the certificate")
+	s.waitState(s.createJob(twoTaskJob), nsapi.StateSucceeded)
 }
 
 // Client certificates renew themselves at two thirds of their life, over mTLS, without a
