@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/siteserver/siteserver/agent"
@@ -193,5 +194,11 @@ func TestAgentFailsOverToNextTaskServer(t *testing.T) {
 		if n := metricValue(t, reg, "siteserver_agent_task_registrations_total", map[string]string{"reason": r}); n != 0 {
 			t.Fatalf("%s registrations: %v, want 0", r, n)
 		}
+	}
+	if n := metricValue(t, reg, "siteserver_agent_registration_interval_seconds", nil); n != 3600 {
+		t.Fatalf("registration interval in force: %vs, want the default hour", n)
+	}
+	if problems, err := testutil.GatherAndLint(reg); err != nil || len(problems) > 0 {
+		t.Fatalf("agent metrics lint: %v %+v", err, problems)
 	}
 }
