@@ -23,7 +23,7 @@ func TestTaskServerPlacement(t *testing.T) {
 	rules := func(a, b string) []byte {
 		return fmt.Appendf(nil, "sites:\n  - name: a\n    subnets: [10.1.0.0/16]\n    servers: [%s]\n  - name: b\n    subnets: [10.2.0.0/16]\n    servers: [%s]\n", a, b)
 	}
-	if _, err := tn.admin.ApplyRules(ctx, rules("ss-1, ss-2", "ss-3")); err != nil {
+	if _, err := tn.admin.ApplyRules(ctx, rules("5e5e0001-0000-4000-8000-000000000001, 5e5e0002-0000-4000-8000-000000000002", "5e5e0003-0000-4000-8000-000000000003")); err != nil {
 		t.Fatal(err)
 	}
 	peers := map[string]*nsapi.Enrollment{}
@@ -38,7 +38,7 @@ func TestTaskServerPlacement(t *testing.T) {
 			}
 		}
 	}
-	heartbeat("ss-1", "ss-2", "ss-3")
+	heartbeat("5e5e0001-0000-4000-8000-000000000001", "5e5e0002-0000-4000-8000-000000000002", "5e5e0003-0000-4000-8000-000000000003")
 
 	clients := map[string]*nsapi.Client{}
 	register := func(agent, taskServer string) []string {
@@ -68,8 +68,8 @@ func TestTaskServerPlacement(t *testing.T) {
 
 	// Stable across calls before the agent has a server, and only its site's servers.
 	first := register("pc-1", "")
-	if len(first) != 2 || first[0] != "ss-1" && first[0] != "ss-2" {
-		t.Fatalf("offered %v, want ss-1 and ss-2", first)
+	if len(first) != 2 || first[0] != "5e5e0001-0000-4000-8000-000000000001" && first[0] != "5e5e0002-0000-4000-8000-000000000002" {
+		t.Fatalf("offered %v, want 5e5e0001-0000-4000-8000-000000000001 and 5e5e0002-0000-4000-8000-000000000002", first)
 	}
 	for range 3 {
 		if got := register("pc-1", ""); fmt.Sprint(got) != fmt.Sprint(first) {
@@ -101,12 +101,12 @@ func TestTaskServerPlacement(t *testing.T) {
 
 	// Two heartbeats without its server: still offered (three make it gone).
 	clk.Advance(2 * time.Minute)
-	heartbeat(other, "ss-3")
+	heartbeat(other, "5e5e0003-0000-4000-8000-000000000003")
 	if got := register("pc-1", cur); got[0] != cur || len(got) != 2 {
 		t.Fatalf("two heartbeats after its server was last seen: %v", got)
 	}
 	clk.Advance(90 * time.Second)
-	heartbeat(other, "ss-3")
+	heartbeat(other, "5e5e0003-0000-4000-8000-000000000003")
 	ineligible := placements(sites.PlaceIneligible)
 	if got := register("pc-1", cur); len(got) != 1 || got[0] != other {
 		t.Fatalf("its server not seen within three heartbeats: offered %v, want only %s", got, other)
@@ -121,8 +121,8 @@ func TestTaskServerPlacement(t *testing.T) {
 	}
 
 	// Sites changed: the agent's server now belongs to site b only.
-	stays := map[string]string{"ss-1": "ss-2", "ss-2": "ss-1"}[other]
-	if _, err := tn.admin.ApplyRules(ctx, rules(stays, other+", ss-3")); err != nil {
+	stays := map[string]string{"5e5e0001-0000-4000-8000-000000000001": "5e5e0002-0000-4000-8000-000000000002", "5e5e0002-0000-4000-8000-000000000002": "5e5e0001-0000-4000-8000-000000000001"}[other]
+	if _, err := tn.admin.ApplyRules(ctx, rules(stays, other+", 5e5e0003-0000-4000-8000-000000000003")); err != nil {
 		t.Fatal(err)
 	}
 	if got := register("pc-1", other); len(got) != 1 || got[0] != stays {
