@@ -22,8 +22,12 @@ import (
 
 const (
 	defaultSweepInterval = 10 * time.Second
-	// maxEventBatchBytes bounds a compressed event batch; task servers send far less.
-	maxEventBatchBytes = 16 << 20
+	// eventBatchSlots bounds the event batches read and decoded at once: each may cost a
+	// few tens of megabytes (nsapi.DecodeEvents), and the store writes one at a time anyway.
+	eventBatchSlots = 2
+	// eventBatchWait is how long a batch waits for a slot before it is sent back with 503.
+	eventBatchWait       = 10 * time.Second
+	eventBatchRetryAfter = 5 * time.Second
 )
 
 // nsID is this NS's sender id in tickles: stable for as long as its CA is.
@@ -196,11 +200,28 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		s.badRequest(w, errors.New("event batches must be sent with Content-Encoding: zstd"))
 		return
 	}
-	b, ok := s.readBodyN(w, r, maxEventBatchBytes)
+	if httpx.DeclaredTooLarge(w, r, nsapi.MaxBatchCompressed) {
+		s.metrics.badRequests.WithLabelValues("too_large").Inc()
+		s.metrics.refused.WithLabelValues(refusedTooLarge).Inc()
+		return
+	}
+	if !s.eventSlots.Acquire(r.Context(), eventBatchWait) {
+		s.metrics.refused.WithLabelValues(refusedBusy).Inc()
+		httpx.Busy(w, eventBatchRetryAfter, "event batches")
+		return
+	}
+	defer s.eventSlots.Release()
+	b, ok := s.readBodyN(w, r, nsapi.MaxBatchCompressed)
 	if !ok {
 		return
 	}
 	events, err := nsapi.DecodeEvents(b, nsapi.MaxBatchDecoded)
+	if errors.Is(err, nsapi.ErrBatchTooLarge) {
+		s.metrics.badRequests.WithLabelValues("too_large").Inc()
+		s.metrics.refused.WithLabelValues(refusedDecodedTooLarge).Inc()
+		httpx.WriteError(w, http.StatusRequestEntityTooLarge, "%v", err)
+		return
+	}
 	if err != nil {
 		s.badRequest(w, err)
 		return

@@ -25,7 +25,17 @@ type serverMetrics struct {
 	siteChanges   prometheus.Counter
 	certRenewals  *prometheus.CounterVec
 	certNotAfter  *prometheus.GaugeVec
+	refused       *prometheus.CounterVec
 }
+
+// Reasons the NS refuses a request before doing its work, the label values of
+// requests_refused_total.
+const (
+	refusedUnauthenticated = "unauthenticated"
+	refusedTooLarge        = "too_large"
+	refusedDecodedTooLarge = "decoded_too_large"
+	refusedBusy            = "busy"
+)
 
 // Label values known in advance, created at start so every series exists at 0.
 var (
@@ -89,6 +99,10 @@ func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 			Namespace: obs.Namespace, Subsystem: subsystem, Name: "certificate_not_after_timestamp_seconds",
 			Help: "When the NS's current CA and server certificates end (Unix time); both renew on their own well before.",
 		}, []string{"cert"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: obs.Namespace, Subsystem: subsystem, Name: "requests_refused_total",
+			Help: "Requests refused before their body was read or decoded: wrong enrollment token in the header, body over its route's limit, batch decompressing beyond its limit, no free slot.",
+		}, []string{"reason"}),
 		subnets: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: obs.Namespace, Subsystem: subsystem, Name: "subnet_rules",
 			Help: "Subnet rules in force (shadowed ones not counted).",
@@ -111,6 +125,9 @@ func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 	for _, r := range []string{"ok", "error"} {
 		m.rulesLoads.WithLabelValues(r)
 	}
+	for _, r := range []string{refusedUnauthenticated, refusedTooLarge, refusedDecodedTooLarge, refusedBusy} {
+		m.refused.WithLabelValues(r)
+	}
 	for _, r := range []string{"presence", "events"} {
 		m.ownership.WithLabelValues(r)
 	}
@@ -122,7 +139,7 @@ func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 		m.siteServers.WithLabelValues(s)
 	}
 	if err := obs.RegisterAll(reg, m.certRenewals, m.certNotAfter, m.enrollments, m.authFailures, m.registrations, m.badRequests, m.rulesLoads,
-		m.siteServers, m.agents, m.sites, m.subnets, m.ownership, m.macConflicts, m.siteChanges); err != nil {
+		m.siteServers, m.agents, m.sites, m.subnets, m.ownership, m.macConflicts, m.siteChanges, m.refused); err != nil {
 		return nil, err
 	}
 	return m, nil

@@ -1,11 +1,16 @@
 package nsapi
 
 import (
+	"bytes"
+	"errors"
 	"net/netip"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/siteserver/siteserver/internal/memtest"
 )
 
 func TestDecodeRegisterServer(t *testing.T) {
@@ -138,4 +143,48 @@ func FuzzDecodeEvents(f *testing.F) {
 			t.Fatalf("re-encoded batch does not decode: %v", err)
 		}
 	})
+}
+
+// A small batch that decompresses to far more than the limit is refused, and costs the
+// decoder a bounded amount of memory, not what the batch expands to.
+func TestDecodeEventsBomb(t *testing.T) {
+	const limit = MaxBatchDecoded
+	// One frame declaring all it holds, and a stream of small-window frames.
+	whole, err := zstd.NewWriter(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := zstd.NewWriter(nil, zstd.WithWindowSize(1<<20), zstd.WithSingleSegment(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := append([]byte(`[{"id":"`), bytes.Repeat([]byte("a"), 64<<20)...)
+	tests := map[string]struct {
+		plain []byte
+		want  error
+	}{
+		"zeros":       {make([]byte, 64<<20), nil},
+		"long string": {long, ErrBatchTooLarge},
+		"many events": {append([]byte("["), bytes.Repeat([]byte(`{},`), 8<<20)...), ErrBatchTooLarge},
+		"white space": {append([]byte("[]"), bytes.Repeat([]byte(" "), 64<<20)...), ErrBatchTooLarge},
+	}
+	for name, tc := range tests {
+		for encName, enc := range map[string]*zstd.Encoder{"whole": whole, "stream": stream} {
+			t.Run(name+"/"+encName, func(t *testing.T) {
+				b := enc.EncodeAll(tc.plain, nil)
+				if len(b) > 64<<10 {
+					t.Fatalf("the bomb is %d bytes compressed", len(b))
+				}
+				var err error
+				grew := memtest.PeakHeapGrowth(func() { _, err = DecodeEvents(b, limit) })
+				if err == nil || tc.want != nil && !errors.Is(err, tc.want) {
+					t.Fatalf("DecodeEvents = %v, want %v", err, tc.want)
+				}
+				t.Logf("peak heap growth %d KiB", grew>>10)
+				if grew > 48<<20 {
+					t.Fatalf("decoding took %d MiB of heap", grew>>20)
+				}
+			})
+		}
+	}
 }
