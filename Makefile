@@ -49,6 +49,7 @@ bench:
 	$(GO) run ./bench pkg-resume
 	$(GO) run ./bench tftp
 	$(GO) run ./bench pxe
+	$(GO) run ./bench abuse
 
 deps:
 	./scripts/install-deps.sh

@@ -226,12 +226,6 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		s.badRequest(w, err)
 		return
 	}
-	for i := range events {
-		if err := events[i].Validate(); err != nil {
-			s.badRequest(w, fmt.Errorf("events[%d].%w", i, err))
-			return
-		}
-	}
 	n, err := s.store.AddEvents(r.Context(), p.id, events, s.now().UTC())
 	if err != nil {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)

@@ -121,7 +121,7 @@ func FuzzDecodeRegisterAgent(f *testing.F) {
 
 func FuzzDecodeEvents(f *testing.F) {
 	ev := Event{ID: "e1", Instance: "i1", Agent: "pc-1", Kind: EventJob, State: StateRunning}
-	for _, evs := range [][]Event{nil, {ev}, {ev, ev}} {
+	for _, evs := range [][]Event{nil, {ev}, {ev, ev}, {{}}} {
 		b, err := EncodeEvents(evs)
 		if err != nil {
 			f.Fatal(err)
@@ -163,10 +163,11 @@ func TestDecodeEventsBomb(t *testing.T) {
 		plain []byte
 		want  error
 	}{
-		"zeros":       {make([]byte, 64<<20), nil},
-		"long string": {long, ErrBatchTooLarge},
-		"many events": {append([]byte("["), bytes.Repeat([]byte(`{},`), 8<<20)...), ErrBatchTooLarge},
-		"white space": {append([]byte("[]"), bytes.Repeat([]byte(" "), 64<<20)...), ErrBatchTooLarge},
+		"zeros":          {make([]byte, 64<<20), nil},
+		"long string":    {long, ErrBatchTooLarge},
+		"many events":    {append([]byte("["), bytes.Repeat([]byte(`{"id":"e","instance":"i","agent":"a","kind":"job","state":"running"},`), 1<<20)...), ErrBatchTooLarge},
+		"invalid events": {append([]byte("["), bytes.Repeat([]byte(`{},`), 8<<20)...), nil},
+		"white space":    {append([]byte("[]"), bytes.Repeat([]byte(" "), 64<<20)...), ErrBatchTooLarge},
 	}
 	for name, tc := range tests {
 		for encName, enc := range map[string]*zstd.Encoder{"whole": whole, "stream": stream} {
@@ -186,5 +187,20 @@ func TestDecodeEventsBomb(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// The largest real event, its output all escaped in JSON, fits within the per-event bound.
+func TestDecodeEventsLargestEvent(t *testing.T) {
+	ev := Event{ID: "7577e4f3-37e7-46cc-ac6b-0d524ba6893e", Instance: "7577e4f3-37e7-46cc-ac6b-0d524ba6893f",
+		Agent: "7577e4f3-37e7-46cc-ac6b-0d524ba68940", Kind: EventTask, State: StateFailed,
+		Output: strings.Repeat("\x01", MaxOutputBytes)}
+	b, err := EncodeEvents([]Event{ev, ev})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := DecodeEvents(b, MaxBatchDecoded)
+	if err != nil || len(got) != 2 || got[1].Output != ev.Output {
+		t.Fatalf("DecodeEvents: %d events, %v", len(got), err)
 	}
 }

@@ -64,9 +64,9 @@ var batchDecoders = sync.Pool{New: func() any {
 // at a time, and stops with ErrBatchTooLarge past maxDecoded bytes of JSON (a small input
 // can expand enormously); the zstd window is bounded by the same amount. So a hostile
 // batch costs about twice maxDecoded at most, and garbage much less: it fails at the
-// first bytes that are not an array of events. Anything but one JSON array of events,
-// including bytes after the last frame or after the array, is an error. The events'
-// fields are not checked: see Event.Validate.
+// first bytes that are not an array of valid events (each is checked with Event.Validate
+// as it is decoded). Anything but one JSON array of events, including bytes after the
+// last frame or after the array, is an error.
 func DecodeEvents(b []byte, maxDecoded int64) ([]Event, error) {
 	if maxDecoded < 1 {
 		return nil, fmt.Errorf("ns: decode events: limit %d is not positive", maxDecoded)
@@ -87,6 +87,9 @@ func DecodeEvents(b []byte, maxDecoded int64) ([]Event, error) {
 	}
 	src := &capReader{r: d, left: maxDecoded}
 	dec := json.NewDecoder(src)
+	// The decoder holds the whole of the value it is on: one "event" of megabytes would
+	// cost that much, so a value is cut off long before, well past the largest real event.
+	src.held = func() int64 { return src.read - dec.InputOffset() }
 	fail := func(err error) ([]Event, error) {
 		if src.over || errors.Is(err, zstd.ErrWindowSizeExceeded) || errors.Is(err, zstd.ErrDecoderSizeExceeded) {
 			return nil, ErrBatchTooLarge
@@ -111,6 +114,9 @@ func DecodeEvents(b []byte, maxDecoded int64) ([]Event, error) {
 		if err := dec.Decode(&e); err != nil {
 			return fail(err)
 		}
+		if err := e.Validate(); err != nil {
+			return nil, fmt.Errorf("ns: decode events: events[%d].%w", len(events), err)
+		}
 		events = append(events, e)
 	}
 	if _, err := dec.Token(); err != nil { // the closing bracket
@@ -133,14 +139,25 @@ func DecodeEvents(b []byte, maxDecoded int64) ([]Event, error) {
 	}
 }
 
-// capReader passes at most left bytes on and fails after, remembering that it did.
+// maxEventJSON bounds one event's JSON: its output (MaxOutputBytes) with every byte
+// escaped, and its other fields.
+const maxEventJSON = 6*MaxOutputBytes + 64<<10
+
+// capReader passes at most left bytes on and fails after, remembering that it did; it
+// also fails once the decoder reading it holds more than maxEventJSON bytes of one value.
 type capReader struct {
 	r    io.Reader
 	left int64
+	read int64
+	held func() int64
 	over bool
 }
 
 func (c *capReader) Read(p []byte) (int, error) {
+	if c.held != nil && c.held() > maxEventJSON {
+		c.over = true
+		return 0, ErrBatchTooLarge
+	}
 	if c.left <= 0 {
 		// Is there more? One byte tells.
 		var one [1]byte
@@ -156,5 +173,6 @@ func (c *capReader) Read(p []byte) (int, error) {
 	}
 	n, err := c.r.Read(p)
 	c.left -= int64(n)
+	c.read += int64(n)
 	return n, err
 }

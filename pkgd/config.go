@@ -27,8 +27,8 @@ type Config struct {
 	DefaultBandwidth string   `yaml:"default_bandwidth"`
 
 	// MaxCompressedStreams bounds the responses compressed at once (each holds a zstd
-	// encoder of a few megabytes while its client reads); past it, clients that asked for
-	// zstd get the file uncompressed. Default 8.
+	// encoder of about 6 MiB while its client reads); past it, clients that asked for
+	// zstd get the file uncompressed. Default 4.
 	MaxCompressedStreams int `yaml:"max_compressed_streams"`
 	// SendTimeout is how long one write to a client may wait for it to read before the
 	// client is taken for gone; a slow reader that keeps reading is served however long

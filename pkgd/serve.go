@@ -110,7 +110,7 @@ func NewHandler(c Content, m *ServeMetrics, logger *slog.Logger) http.Handler {
 }
 
 // DefaultMaxCompressed is how many responses are compressed at once unless configured.
-const DefaultMaxCompressed = 8
+const DefaultMaxCompressed = 4
 
 // newHandler is NewHandler with at most maxCompressed responses compressed at once. Each
 // holds an encoder (its window and tables, a few megabytes) for as long as its client

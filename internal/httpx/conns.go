@@ -1,11 +1,11 @@
 package httpx
 
 import (
+	"container/list"
 	"crypto/tls"
 	"net"
 	"net/http"
 	"sync"
-	"time"
 )
 
 // ConnLimit bounds the connections an http.Server holds open at once so that idle ones
@@ -20,9 +20,12 @@ type ConnLimit struct {
 	max     int
 	onEvict func()
 
-	mu      sync.Mutex
-	open    map[net.Conn]*limitedConn // keyed by the wrapper the listener returned
-	changed chan struct{}             // a place may have come free
+	mu   sync.Mutex
+	open map[net.Conn]*limitedConn // keyed by the wrapper the listener returned
+	// idle lists the open connections without a request in progress, longest idle first:
+	// the next to close when a place is needed.
+	idle    list.List
+	changed chan struct{} // a place may have come free
 }
 
 // NewConnLimit allows n connections at once (at least one); onEvict, if set, is called
@@ -45,14 +48,18 @@ func (l *ConnLimit) ConnState(c net.Conn, st http.ConnState) {
 	}
 	l.mu.Lock()
 	lc, ok := l.open[c]
+	busy := st == http.StateActive || st == http.StateHijacked
 	if ok {
-		lc.busy = st == http.StateActive || st == http.StateHijacked
-		if !lc.busy {
-			lc.since = time.Now()
+		if lc.idle != nil {
+			l.idle.Remove(lc.idle)
+			lc.idle = nil
+		}
+		if !busy {
+			lc.idle = l.idle.PushBack(lc)
 		}
 	}
 	l.mu.Unlock()
-	if ok && !lc.busy {
+	if ok && !busy {
 		l.signal()
 	}
 }
@@ -81,7 +88,7 @@ func (ll *limitListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	lc := &limitedConn{Conn: c, lim: ll.lim, since: time.Now()}
+	lc := &limitedConn{Conn: c, lim: ll.lim}
 	if err := ll.lim.admit(lc, ll.done); err != nil {
 		c.Close()
 		return nil, err
@@ -101,14 +108,14 @@ func (l *ConnLimit) admit(lc *limitedConn, done <-chan struct{}) error {
 		l.mu.Lock()
 		if len(l.open) < l.max {
 			l.open[lc] = lc
+			// Idle until the server reads a request from it.
+			lc.idle = l.idle.PushBack(lc)
 			l.mu.Unlock()
 			return nil
 		}
 		var victim *limitedConn
-		for _, c := range l.open {
-			if !c.busy && (victim == nil || c.since.Before(victim.since)) {
-				victim = c
-			}
+		if e := l.idle.Front(); e != nil {
+			victim = e.Value.(*limitedConn)
 		}
 		l.mu.Unlock()
 		if victim != nil {
@@ -129,6 +136,10 @@ func (l *ConnLimit) admit(lc *limitedConn, done <-chan struct{}) error {
 func (l *ConnLimit) remove(lc *limitedConn) {
 	l.mu.Lock()
 	delete(l.open, lc)
+	if lc.idle != nil {
+		l.idle.Remove(lc.idle)
+		lc.idle = nil
+	}
 	l.mu.Unlock()
 	l.signal()
 }
@@ -136,8 +147,7 @@ func (l *ConnLimit) remove(lc *limitedConn) {
 type limitedConn struct {
 	net.Conn
 	lim       *ConnLimit
-	busy      bool      // guarded by lim.mu
-	since     time.Time // guarded by lim.mu: when it last became idle
+	idle      *list.Element // in lim.idle while no request is in progress; guarded by lim.mu
 	closeOnce sync.Once
 	closeErr  error
 }
