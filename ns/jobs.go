@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"runtime"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -29,6 +30,32 @@ const (
 	eventBatchWait       = 10 * time.Second
 	eventBatchRetryAfter = 5 * time.Second
 )
+
+// inFlight is the set of peers with a request of one kind under way.
+type inFlight struct {
+	mu  sync.Mutex
+	ids map[string]bool
+}
+
+// start marks id busy; false if it was already.
+func (f *inFlight) start(id string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.ids[id] {
+		return false
+	}
+	if f.ids == nil {
+		f.ids = map[string]bool{}
+	}
+	f.ids[id] = true
+	return true
+}
+
+func (f *inFlight) done(id string) {
+	f.mu.Lock()
+	delete(f.ids, id)
+	f.mu.Unlock()
+}
 
 // nsID is this NS's sender id in tickles: stable for as long as its CA is.
 func (s *Server) nsID() string { return s.id }
@@ -205,6 +232,14 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		s.metrics.refused.WithLabelValues(refusedTooLarge).Inc()
 		return
 	}
+	// A task server forwards one batch at a time; a second at once is not one of its own
+	// making, and must not take the slots every other task server shares.
+	if !s.batchInFlight.start(p.id) {
+		s.metrics.refused.WithLabelValues(refusedBusy).Inc()
+		httpx.Busy(w, eventBatchRetryAfter, "event batches from this site server")
+		return
+	}
+	defer s.batchInFlight.done(p.id)
 	if !s.eventSlots.Acquire(r.Context(), eventBatchWait) {
 		s.metrics.refused.WithLabelValues(refusedBusy).Inc()
 		httpx.Busy(w, eventBatchRetryAfter, "event batches")

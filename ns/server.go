@@ -47,7 +47,8 @@ type Server struct {
 
 	mu sync.Mutex // serialises rule changes and enrollments
 
-	eventSlots *httpx.Slots
+	eventSlots    *httpx.Slots
+	batchInFlight inFlight // site servers with an event batch under way
 
 	reload    chan struct{}
 	startTime time.Time

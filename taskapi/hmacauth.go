@@ -16,10 +16,12 @@ import (
 // branch networks often do, to spare a TLS handshake per poll: a tickle burst to thousands
 // of agents is then a burst of cheap requests. Both directions are authenticated with the
 // per-agent key issued at registration (over mutual TLS): the request carries an HMAC over
-// method, path, timestamp and body; the answer carries an HMAC over the request's
-// timestamp and the body, so the agent knows it is fresh and from its task server. What
-// this does not give is secrecy: job scripts travel in the clear. Sites that need that keep
-// to the HTTPS API.
+// method, path, timestamp and body, and one over method, path, timestamp and body length
+// that the task server checks before it reads any of the body (anyone can reach the port;
+// agents before this one send only the first); the answer carries an HMAC over the
+// request's timestamp and the body, so the agent knows it is fresh and from its task
+// server. What this does not give is secrecy: job scripts travel in the clear. Sites that
+// need that keep to the HTTPS API.
 
 // AuthScheme is the Authorization scheme of signed agent requests.
 const AuthScheme = "SiteServer-HMAC"
