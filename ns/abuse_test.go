@@ -6,8 +6,11 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -46,23 +49,31 @@ func TestSecurityEnrollWrongTokenIsCheap(t *testing.T) {
 	const big = 8 << 20
 	headOnly := map[string]struct {
 		header string
+		n      int
 		want   int
 	}{
-		"wrong token in the header": {nsapi.EnrollTokenHeader + ": wrong-token\r\n", http.StatusUnauthorized},
-		"empty token in the header": {nsapi.EnrollTokenHeader + ":\r\n", http.StatusUnauthorized},
-		"no token header, too long": {"", http.StatusRequestEntityTooLarge},
+		"wrong token in the header":             {nsapi.EnrollTokenHeader + ": wrong-token\r\n", big, http.StatusUnauthorized},
+		"wrong token in the header, small body": {nsapi.EnrollTokenHeader + ": wrong-token\r\n", 8000, http.StatusUnauthorized},
+		"empty token in the header":             {nsapi.EnrollTokenHeader + ":\r\n", big, http.StatusUnauthorized},
+		"no token header, too long":             {"", big, http.StatusRequestEntityTooLarge},
 	}
 	for name, tc := range headOnly {
 		t.Run(name, func(t *testing.T) {
 			c, br := rawTLS(t, tn)
-			fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: ns\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n", nsapi.PathEnroll, big, tc.header)
+			fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: ns\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n", nsapi.PathEnroll, tc.n, tc.header)
 			resp, err := http.ReadResponse(br, nil)
 			if err != nil {
 				t.Fatalf("no answer before the body was sent: %v", err)
 			}
+			io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
 			if resp.StatusCode != tc.want || !resp.Close {
 				t.Fatalf("status %d (close %v), want %d and the connection closed", resp.StatusCode, resp.Close, tc.want)
+			}
+			// And closed at once, not after waiting for the body.
+			c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			if _, err := br.ReadByte(); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("after answering, the NS kept the connection open: %v", err)
 			}
 		})
 	}
@@ -96,8 +107,8 @@ func TestSecurityEnrollWrongTokenIsCheap(t *testing.T) {
 		c.Close()
 		wg.Wait()
 	})
-	if n := testutil.ToFloat64(tn.srv.metrics.refused.WithLabelValues(refusedUnauthenticated)); n != 2 {
-		t.Fatalf("requests_refused_total{unauthenticated} = %v, want 2", n)
+	if n := testutil.ToFloat64(tn.srv.metrics.refused.WithLabelValues(refusedUnauthenticated)); n != 3 {
+		t.Fatalf("requests_refused_total{unauthenticated} = %v, want 3", n)
 	}
 	if n := testutil.ToFloat64(tn.srv.metrics.refused.WithLabelValues(refusedTooLarge)); n != 2 {
 		t.Fatalf("requests_refused_total{too_large} = %v, want 2", n)

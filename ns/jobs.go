@@ -250,7 +250,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	events, err := nsapi.DecodeEvents(b, nsapi.MaxBatchDecoded)
+	events, err := nsapi.DecodeValidEvents(b, nsapi.MaxBatchDecoded)
 	if errors.Is(err, nsapi.ErrBatchTooLarge) {
 		s.metrics.badRequests.WithLabelValues("too_large").Inc()
 		s.metrics.refused.WithLabelValues(refusedDecodedTooLarge).Inc()

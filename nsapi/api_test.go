@@ -121,7 +121,7 @@ func FuzzDecodeRegisterAgent(f *testing.F) {
 
 func FuzzDecodeEvents(f *testing.F) {
 	ev := Event{ID: "e1", Instance: "i1", Agent: "pc-1", Kind: EventJob, State: StateRunning}
-	for _, evs := range [][]Event{nil, {ev}, {ev, ev}, {{}}} {
+	for _, evs := range [][]Event{nil, {ev}, {ev, ev}} {
 		b, err := EncodeEvents(evs)
 		if err != nil {
 			f.Fatal(err)
@@ -132,6 +132,15 @@ func FuzzDecodeEvents(f *testing.F) {
 	f.Add([]byte("\x28\xb5\x2f\xfd"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		evs, err := DecodeEvents(b, 64<<10)
+		valid, verr := DecodeValidEvents(b, 64<<10)
+		if verr == nil && (err != nil || len(valid) != len(evs)) {
+			t.Fatalf("valid events that do not decode: %v", err)
+		}
+		for i := range valid {
+			if err := valid[i].Validate(); err != nil {
+				t.Fatalf("DecodeValidEvents accepted an invalid event: %v", err)
+			}
+		}
 		if err != nil {
 			return
 		}
@@ -163,11 +172,11 @@ func TestDecodeEventsBomb(t *testing.T) {
 		plain []byte
 		want  error
 	}{
-		"zeros":          {make([]byte, 64<<20), nil},
-		"long string":    {long, ErrBatchTooLarge},
-		"many events":    {append([]byte("["), bytes.Repeat([]byte(`{"id":"e","instance":"i","agent":"a","kind":"job","state":"running"},`), 1<<20)...), ErrBatchTooLarge},
-		"invalid events": {append([]byte("["), bytes.Repeat([]byte(`{},`), 8<<20)...), nil},
-		"white space":    {append([]byte("[]"), bytes.Repeat([]byte(" "), 64<<20)...), ErrBatchTooLarge},
+		"zeros":        {make([]byte, 64<<20), nil},
+		"long string":  {long, ErrBatchTooLarge},
+		"many events":  {append([]byte("["), bytes.Repeat([]byte(`{"id":"e","instance":"i","agent":"a","kind":"job","state":"running"},`), 1<<20)...), ErrBatchTooLarge},
+		"empty events": {append([]byte("["), bytes.Repeat([]byte(`{},`), 8<<20)...), ErrBatchTooLarge},
+		"white space":  {append([]byte("[]"), bytes.Repeat([]byte(" "), 64<<20)...), ErrBatchTooLarge},
 	}
 	for name, tc := range tests {
 		for encName, enc := range map[string]*zstd.Encoder{"whole": whole, "stream": stream} {

@@ -64,10 +64,20 @@ var batchDecoders = sync.Pool{New: func() any {
 // at a time, and stops with ErrBatchTooLarge past maxDecoded bytes of JSON (a small input
 // can expand enormously); the zstd window is bounded by the same amount. So a hostile
 // batch costs about twice maxDecoded at most, and garbage much less: it fails at the
-// first bytes that are not an array of valid events (each is checked with Event.Validate
-// as it is decoded). Anything but one JSON array of events, including bytes after the
-// last frame or after the array, is an error.
+// first bytes that are not an array of events. Anything but one JSON array of events,
+// including bytes after the last frame or after the array, is an error. The events'
+// fields are not checked: see DecodeValidEvents.
 func DecodeEvents(b []byte, maxDecoded int64) ([]Event, error) {
+	return decodeEvents(b, maxDecoded, false)
+}
+
+// DecodeValidEvents is DecodeEvents that also checks each event with Event.Validate as it
+// is decoded, so a batch of invalid events costs no more than its first.
+func DecodeValidEvents(b []byte, maxDecoded int64) ([]Event, error) {
+	return decodeEvents(b, maxDecoded, true)
+}
+
+func decodeEvents(b []byte, maxDecoded int64, validate bool) ([]Event, error) {
 	if maxDecoded < 1 {
 		return nil, fmt.Errorf("ns: decode events: limit %d is not positive", maxDecoded)
 	}
@@ -114,8 +124,10 @@ func DecodeEvents(b []byte, maxDecoded int64) ([]Event, error) {
 		if err := dec.Decode(&e); err != nil {
 			return fail(err)
 		}
-		if err := e.Validate(); err != nil {
-			return nil, fmt.Errorf("ns: decode events: events[%d].%w", len(events), err)
+		if validate {
+			if err := e.Validate(); err != nil {
+				return nil, fmt.Errorf("ns: decode events: events[%d].%w", len(events), err)
+			}
 		}
 		events = append(events, e)
 	}

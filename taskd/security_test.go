@@ -2,11 +2,14 @@ package taskd
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -17,7 +20,7 @@ import (
 
 // rawHead sends only the head of a request that declares a body of bodyLen bytes, and
 // reads the answer without sending a byte of the body: the server must answer from the
-// headers alone.
+// headers alone, and then close the connection rather than wait for the body.
 func rawHead(t *testing.T, addr, method, path, auth string, bodyLen int64) *http.Response {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
@@ -35,11 +38,17 @@ func rawHead(t *testing.T, addr, method, path, auth string, bodyLen int64) *http
 	if _, err := c.Write([]byte(b.String())); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
 		t.Fatalf("%s %s with %d body bytes declared and none sent: no answer: %v", method, path, bodyLen, err)
 	}
+	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := br.ReadByte(); !errors.Is(err, io.EOF) && !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("after answering, the server kept the connection open waiting for the body: %v", err)
+	}
 	return resp
 }
 
@@ -55,7 +64,8 @@ func TestSecurityAgentHTTPRefusesBeforeBody(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const big = 8 << 20
+	// Larger than anything read, and smaller than what net/http would drain on its own.
+	const big, small = 8 << 20, 200 << 10
 	body := make([]byte, big)
 	sign := func(id string, key []byte, n int, at time.Time) string {
 		req, _ := http.NewRequest(http.MethodPost, agent.reg.HTTPURL+taskapi.PathEvents, nil)
@@ -73,13 +83,15 @@ func TestSecurityAgentHTTPRefusesBeforeBody(t *testing.T) {
 		n    int64
 		want int
 	}{
-		"no signature":          {"", big, http.StatusUnauthorized},
-		"garbled signature":     {taskapi.AuthScheme + " id=x,ts=zz,sig=00", big, http.StatusUnauthorized},
-		"unknown agent":         {sign("11111111-2222-3333-4444-555555555555", agent.apiKey, big, time.Now()), big, http.StatusNotFound},
-		"wrong key":             {sign(testAgentID, otherKey, big, time.Now()), big, http.StatusUnauthorized},
-		"stale":                 {sign(testAgentID, agent.apiKey, big, time.Now().Add(-10*time.Minute)), big, http.StatusUnauthorized},
-		"replayed timestamp":    {sign(testAgentID, agent.apiKey, big, used), big, http.StatusUnauthorized},
-		"other length declared": {sign(testAgentID, agent.apiKey, 100, time.Now()), big, http.StatusUnauthorized},
+		"no signature":           {"", big, http.StatusUnauthorized},
+		"no signature, smaller":  {"", small, http.StatusUnauthorized},
+		"unknown agent, smaller": {sign("11111111-2222-3333-4444-555555555555", agent.apiKey, small, time.Now()), small, http.StatusNotFound},
+		"garbled signature":      {taskapi.AuthScheme + " id=x,ts=zz,sig=00", big, http.StatusUnauthorized},
+		"unknown agent":          {sign("11111111-2222-3333-4444-555555555555", agent.apiKey, big, time.Now()), big, http.StatusNotFound},
+		"wrong key":              {sign(testAgentID, otherKey, big, time.Now()), big, http.StatusUnauthorized},
+		"stale":                  {sign(testAgentID, agent.apiKey, big, time.Now().Add(-10*time.Minute)), big, http.StatusUnauthorized},
+		"replayed timestamp":     {sign(testAgentID, agent.apiKey, big, used), big, http.StatusUnauthorized},
+		"other length declared":  {sign(testAgentID, agent.apiKey, 100, time.Now()), big, http.StatusUnauthorized},
 		// As an agent of an earlier version would sign, but this agent signs its heads.
 		"head not signed": {unsignedHead(sign(testAgentID, agent.apiKey, big, time.Now())), big, http.StatusUnauthorized},
 		// Even the agent itself cannot make the server read more than an event needs.

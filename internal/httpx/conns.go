@@ -159,3 +159,12 @@ func (c *limitedConn) Close() error {
 	})
 	return c.closeErr
 }
+
+// CloseWrite half-closes the connection when it can, as net/http does before closing a
+// connection whose request body it left unread.
+func (c *limitedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}

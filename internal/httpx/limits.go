@@ -14,6 +14,10 @@ import (
 func Refuse(w http.ResponseWriter, code int, format string, args ...any) {
 	w.Header().Set("Connection", "close")
 	WriteError(w, code, format, args...)
+	// After the handler, net/http reads up to 256 KiB of an unread body looking for its
+	// end, even on a connection it closes next, for as long as the client cares to take:
+	// a read deadline already past stops that. The answer is written all the same.
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now())
 }
 
 // Busy answers 503 with Retry-After: the request was fine, the server has no room for it
