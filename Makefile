@@ -52,6 +52,7 @@ bench:
 	$(GO) run ./bench pkg-resume
 	$(GO) run ./bench tftp
 	$(GO) run ./bench pxe
+	$(GO) run ./bench abuse
 	$(GO) run ./bench abuse-netboot
 
 deps:

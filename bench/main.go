@@ -39,6 +39,7 @@ func scenarios() map[string]scenario {
 		"tickle":       {help: "job creation to every simulated agent's fetch through a real task server, vs a raw UDP loop", run: runTickle, serve: serveRawSender},
 		"tftp":         {help: "TFTP single-transfer throughput and concurrent bursts, ours vs tftpd-hpa", run: runTFTP, serve: serveTFTPChild},
 		"pxe":          {help: "relayed proxyDHCP DISCOVERs answered per second, ours vs dnsmasq in proxy mode", run: runPXE, serve: servePXEChild},
+		"abuse":        {help: "hostile HTTP clients against a standalone site while a legitimate client works, vs a quiet run", run: runAbuse, serve: serveAbuseAttacker},
 
 		// Attacks on a live site server.
 		"abuse-netboot": {help: "a standalone site server under TFTP slot-holding and reflection and random-MAC DHCP floods, while a legitimate client fetches", run: runAbuseNetboot},

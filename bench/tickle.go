@@ -51,6 +51,7 @@ type simAgent struct {
 	apiKey   []byte
 	conn     *net.UDPConn
 	client   *http.Client
+	nsTLS    *tls.Config // the agent's certificate, for the NS
 	verify   *tickle.Verifier
 	// The agent's tickle key, for the raw loop's datagrams.
 	serverID  string
@@ -158,7 +159,7 @@ services:
 				if i >= *n || ctx.Err() != nil {
 					return
 				}
-				a, err := newSimAgent(ctx, i, nsClient, nsAddr, caPEM, serverID, apiPort)
+				a, err := newSimAgent(ctx, i, benchAgentToken, nsClient, nsAddr, caPEM, serverID, apiPort)
 				if err != nil {
 					setupErr.Store(err)
 					return
@@ -391,7 +392,7 @@ func waitTagged(ctx context.Context, c *nsapi.Client, serverID string, n int, st
 	return fmt.Errorf("the NS did not learn every agent's task server in time")
 }
 
-func newSimAgent(ctx context.Context, i int, nsClient *nsapi.Client, nsAddr string, caPEM []byte, serverID string, apiPort int) (*simAgent, error) {
+func newSimAgent(ctx context.Context, i int, token string, nsClient *nsapi.Client, nsAddr string, caPEM []byte, serverID string, apiPort int) (*simAgent, error) {
 	host := fmt.Sprintf("bench-agent-%05d", i)
 	key, err := pki.NewClientKey()
 	if err != nil {
@@ -401,7 +402,7 @@ func newSimAgent(ctx context.Context, i int, nsClient *nsapi.Client, nsAddr stri
 	if err != nil {
 		return nil, err
 	}
-	resp, err := nsClient.Enroll(ctx, nsapi.EnrollRequest{Token: benchAgentToken, Kind: nsapi.KindAgent, Hostname: host, CSR: csr})
+	resp, err := nsClient.Enroll(ctx, nsapi.EnrollRequest{Token: token, Kind: nsapi.KindAgent, Hostname: host, CSR: csr})
 	if err != nil {
 		return nil, err
 	}
@@ -457,6 +458,7 @@ func newSimAgent(ctx context.Context, i int, nsClient *nsapi.Client, nsAddr stri
 	if err != nil {
 		return nil, err
 	}
+	a.nsTLS = nsConf
 	ac := nsapi.NewClient("https://"+nsAddr, nsConf)
 	defer ac.CloseIdle()
 	if _, err := ac.RegisterAgent(ctx, nsapi.RegisterAgentRequest{ID: id, Hostname: id, TaskServer: reg.ServerID}); err != nil {

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/siteserver/siteserver/internal/httpx"
 	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/netbootd/pxe"
 	"github.com/siteserver/siteserver/netbootd/tftp"
@@ -350,8 +351,10 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	run("pxe", s.pxe.Run)
 	run("tftp", s.tftp.Run)
-	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute,
-		ErrorLog: slog.NewLogLogger(s.logger.Handler(), slog.LevelDebug)}
+	// Boot images can be large and firmware HTTP stacks slow: each write must make
+	// progress rather than the whole answer finish in a set time.
+	srv := &http.Server{Handler: httpx.ProgressDeadline(s.Handler(), time.Minute), ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout: 30 * time.Second, IdleTimeout: time.Minute, ErrorLog: slog.NewLogLogger(s.logger.Handler(), slog.LevelDebug)}
 	run("http", func(ctx context.Context) error { return obs.ServeHTTP(ctx, ln, srv) })
 	s.ready.Store(true)
 	defer s.ready.Store(false)

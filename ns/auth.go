@@ -27,6 +27,7 @@ func (s *Server) readBodyN(w http.ResponseWriter, r *http.Request, limit int64) 
 		return b, true
 	case httpx.TooLarge(err):
 		s.metrics.badRequests.WithLabelValues("too_large").Inc()
+		s.metrics.refused.WithLabelValues(refusedTooLarge).Inc()
 	default:
 		s.metrics.badRequests.WithLabelValues("malformed").Inc()
 	}

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"runtime"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -22,9 +23,39 @@ import (
 
 const (
 	defaultSweepInterval = 10 * time.Second
-	// maxEventBatchBytes bounds a compressed event batch; task servers send far less.
-	maxEventBatchBytes = 16 << 20
+	// eventBatchSlots bounds the event batches read and decoded at once: each may cost a
+	// few tens of megabytes (nsapi.DecodeEvents), and the store writes one at a time anyway.
+	eventBatchSlots = 2
+	// eventBatchWait is how long a batch waits for a slot before it is sent back with 503.
+	eventBatchWait       = 10 * time.Second
+	eventBatchRetryAfter = 5 * time.Second
 )
+
+// inFlight is the set of peers with a request of one kind under way.
+type inFlight struct {
+	mu  sync.Mutex
+	ids map[string]bool
+}
+
+// start marks id busy; false if it was already.
+func (f *inFlight) start(id string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.ids[id] {
+		return false
+	}
+	if f.ids == nil {
+		f.ids = map[string]bool{}
+	}
+	f.ids[id] = true
+	return true
+}
+
+func (f *inFlight) done(id string) {
+	f.mu.Lock()
+	delete(f.ids, id)
+	f.mu.Unlock()
+}
 
 // nsID is this NS's sender id in tickles: stable for as long as its CA is.
 func (s *Server) nsID() string { return s.id }
@@ -207,20 +238,39 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		s.badRequest(w, errors.New("event batches must be sent with Content-Encoding: zstd"))
 		return
 	}
-	b, ok := s.readBodyN(w, r, maxEventBatchBytes)
+	if httpx.DeclaredTooLarge(w, r, nsapi.MaxBatchCompressed) {
+		s.metrics.badRequests.WithLabelValues("too_large").Inc()
+		s.metrics.refused.WithLabelValues(refusedTooLarge).Inc()
+		return
+	}
+	// A task server forwards one batch at a time; a second at once is not one of its own
+	// making, and must not take the slots every other task server shares.
+	if !s.batchInFlight.start(p.id) {
+		s.metrics.refused.WithLabelValues(refusedBusy).Inc()
+		httpx.Busy(w, eventBatchRetryAfter, "event batches from this site server")
+		return
+	}
+	defer s.batchInFlight.done(p.id)
+	if !s.eventSlots.Acquire(r.Context(), eventBatchWait) {
+		s.metrics.refused.WithLabelValues(refusedBusy).Inc()
+		httpx.Busy(w, eventBatchRetryAfter, "event batches")
+		return
+	}
+	defer s.eventSlots.Release()
+	b, ok := s.readBodyN(w, r, nsapi.MaxBatchCompressed)
 	if !ok {
 		return
 	}
-	events, err := nsapi.DecodeEvents(b, nsapi.MaxBatchDecoded)
+	events, err := nsapi.DecodeValidEvents(b, nsapi.MaxBatchDecoded)
+	if errors.Is(err, nsapi.ErrBatchTooLarge) {
+		s.metrics.badRequests.WithLabelValues("too_large").Inc()
+		s.metrics.refused.WithLabelValues(refusedDecodedTooLarge).Inc()
+		httpx.WriteError(w, http.StatusRequestEntityTooLarge, "%v", err)
+		return
+	}
 	if err != nil {
 		s.badRequest(w, err)
 		return
-	}
-	for i := range events {
-		if err := events[i].Validate(); err != nil {
-			s.badRequest(w, fmt.Errorf("events[%d].%w", i, err))
-			return
-		}
 	}
 	n, err := s.store.AddEvents(r.Context(), p.id, events, s.now().UTC())
 	if err != nil {

@@ -32,7 +32,17 @@ type serverMetrics struct {
 	uploadBytes   prometheus.Counter
 	placements    *prometheus.CounterVec
 	unreachable   prometheus.Counter
+	refused       *prometheus.CounterVec
 }
+
+// Reasons the NS refuses a request before doing its work, the label values of
+// requests_refused_total.
+const (
+	refusedUnauthenticated = "unauthenticated"
+	refusedTooLarge        = "too_large"
+	refusedDecodedTooLarge = "decoded_too_large"
+	refusedBusy            = "busy"
+)
 
 // Label values known in advance, created at start so every series exists at 0.
 var (
@@ -107,6 +117,10 @@ func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 			Namespace: obs.Namespace, Subsystem: subsystem, Name: "task_server_unreachable_reports_total",
 			Help: "Agents that left their task server after failed attempts and said so; that server is ranked last until it registers again.",
 		}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: obs.Namespace, Subsystem: subsystem, Name: "requests_refused_total",
+			Help: "Requests refused before their body was read or decoded: wrong enrollment token in the header, body over its route's limit, batch decompressing beyond its limit, no free slot.",
+		}, []string{"reason"}),
 		subnets: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: obs.Namespace, Subsystem: subsystem, Name: "subnet_rules",
 			Help: "Subnet rules in force (shadowed ones not counted).",
@@ -154,6 +168,9 @@ func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 	for _, r := range []string{"ok", "error"} {
 		m.rulesLoads.WithLabelValues(r)
 	}
+	for _, r := range []string{refusedUnauthenticated, refusedTooLarge, refusedDecodedTooLarge, refusedBusy} {
+		m.refused.WithLabelValues(r)
+	}
 	for _, r := range []string{"presence", "events"} {
 		m.ownership.WithLabelValues(r)
 	}
@@ -169,7 +186,7 @@ func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 	}
 	if err := obs.RegisterAll(reg, m.certRenewals, m.certNotAfter, m.enrollments, m.authFailures, m.registrations, m.badRequests, m.rulesLoads,
 		m.siteServers, m.agents, m.sites, m.subnets, m.ownership, m.macConflicts, m.siteChanges,
-		m.unknown, m.computers, m.uploads, m.uploadBytes, m.placements, m.unreachable); err != nil {
+		m.unknown, m.computers, m.uploads, m.uploadBytes, m.placements, m.unreachable, m.refused); err != nil {
 		return nil, err
 	}
 	return m, nil

@@ -16,6 +16,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/siteserver/siteserver/internal/datadir"
+	"github.com/siteserver/siteserver/internal/httpx"
 	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/internal/pki"
 	"github.com/siteserver/siteserver/ns/store"
@@ -55,6 +56,8 @@ type Server struct {
 	// attempts; until it registers again it is ranked last (sites.Place).
 	unreachMu   sync.Mutex
 	unreachable map[string]time.Time
+	eventSlots    *httpx.Slots
+	batchInFlight inFlight // site servers with an event batch under way
 
 	reload    chan struct{}
 	startTime time.Time
@@ -94,6 +97,7 @@ func NewServer(cfg ServerConfig, logger *slog.Logger, reg prometheus.Registerer)
 		startTime:  time.Now(),
 
 		unknownLimit: newCreationLimit(cfg.UnknownComputersPerMinute, cfg.UnknownComputersBurst),
+		eventSlots: httpx.NewSlots(eventBatchSlots),
 	}
 	if cfg.Clock != nil {
 		s.now = cfg.Clock
@@ -221,7 +225,9 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { s.tickler.run(gctx); return nil })
 	g.Go(func() error { s.sweep(gctx, s.cfg.SweepInterval); return nil })
 	srv := &http.Server{
-		Handler:           s.Handler(),
+		// No server-wide WriteTimeout: package files can be large and their readers slow.
+		// Each write must make progress instead.
+		Handler:           httpx.ProgressDeadline(s.Handler(), writeProgressTimeout),
 		TLSConfig:         tlsConf,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       60 * time.Second,
@@ -234,6 +240,10 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return obs.ServeHTTP(gctx, ln, srv) })
 	return g.Wait()
 }
+
+// writeProgressTimeout is how long one write of an answer may wait on a client that does
+// not read.
+const writeProgressTimeout = time.Minute
 
 // startChannel starts the QUIC tickle channel server in g and waits until it is bound.
 func (s *Server) startChannel(ctx context.Context, g *errgroup.Group) error {

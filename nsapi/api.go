@@ -14,6 +14,13 @@ import (
 	"github.com/siteserver/siteserver/internal/httpx"
 )
 
+// EnrollTokenHeader carries the enrollment token of an enrollment request, so that the NS
+// can refuse a wrong one before reading the body.
+const EnrollTokenHeader = "X-Siteserver-Enrollment-Token"
+
+// MaxEnrollBody bounds an enrollment request: a CSR is well under 1 KiB.
+const MaxEnrollBody = 16 << 10
+
 // API paths.
 const (
 	PathEnroll         = "/api/v1/enroll"
@@ -60,6 +67,8 @@ func ValidID(s string) bool { return idPattern.MatchString(s) }
 
 // EnrollRequest asks for a client certificate (and, for site servers, a tickle key).
 type EnrollRequest struct {
+	// Token is the enrollment token. Clients also send it in EnrollTokenHeader, which the
+	// NS checks before it reads the body; the field stays for NSes that only read it here.
 	Token string `json:"token"`
 	Kind  string `json:"kind"`
 	// ID is the GUID this client already holds at this NS, if any: it renews with its

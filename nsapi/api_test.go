@@ -1,6 +1,8 @@
 package nsapi
 
 import (
+	"bytes"
+	"errors"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -8,6 +10,9 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/siteserver/siteserver/internal/memtest"
 )
 
 func TestDecodeRegisterServer(t *testing.T) {
@@ -132,6 +137,15 @@ func FuzzDecodeEvents(f *testing.F) {
 	f.Add([]byte("\x28\xb5\x2f\xfd"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		evs, err := DecodeEvents(b, 64<<10)
+		valid, verr := DecodeValidEvents(b, 64<<10)
+		if verr == nil && (err != nil || len(valid) != len(evs)) {
+			t.Fatalf("valid events that do not decode: %v", err)
+		}
+		for i := range valid {
+			if err := valid[i].Validate(); err != nil {
+				t.Fatalf("DecodeValidEvents accepted an invalid event: %v", err)
+			}
+		}
 		if err != nil {
 			return
 		}
@@ -173,5 +187,65 @@ func TestEndpointTokenFileValidatesTwice(t *testing.T) {
 	}
 	if e.EnrollmentToken != "agent-token-0123456789" {
 		t.Fatalf("token = %q", e.EnrollmentToken)
+	}
+}
+
+// A small batch that decompresses to far more than the limit is refused, and costs the
+// decoder a bounded amount of memory, not what the batch expands to.
+func TestDecodeEventsBomb(t *testing.T) {
+	const limit = MaxBatchDecoded
+	// One frame declaring all it holds, and a stream of small-window frames.
+	whole, err := zstd.NewWriter(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := zstd.NewWriter(nil, zstd.WithWindowSize(1<<20), zstd.WithSingleSegment(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := append([]byte(`[{"id":"`), bytes.Repeat([]byte("a"), 64<<20)...)
+	tests := map[string]struct {
+		plain []byte
+		want  error
+	}{
+		"zeros":        {make([]byte, 64<<20), nil},
+		"long string":  {long, ErrBatchTooLarge},
+		"many events":  {append([]byte("["), bytes.Repeat([]byte(`{"id":"e","instance":"i","agent":"a","kind":"job","state":"running"},`), 1<<20)...), ErrBatchTooLarge},
+		"empty events": {append([]byte("["), bytes.Repeat([]byte(`{},`), 8<<20)...), ErrBatchTooLarge},
+		"white space":  {append([]byte("[]"), bytes.Repeat([]byte(" "), 64<<20)...), ErrBatchTooLarge},
+	}
+	for name, tc := range tests {
+		for encName, enc := range map[string]*zstd.Encoder{"whole": whole, "stream": stream} {
+			t.Run(name+"/"+encName, func(t *testing.T) {
+				b := enc.EncodeAll(tc.plain, nil)
+				if len(b) > 64<<10 {
+					t.Fatalf("the bomb is %d bytes compressed", len(b))
+				}
+				var err error
+				grew := memtest.PeakHeapGrowth(func() { _, err = DecodeEvents(b, limit) })
+				if err == nil || tc.want != nil && !errors.Is(err, tc.want) {
+					t.Fatalf("DecodeEvents = %v, want %v", err, tc.want)
+				}
+				t.Logf("peak heap growth %d KiB", grew>>10)
+				if grew > 48<<20 {
+					t.Fatalf("decoding took %d MiB of heap", grew>>20)
+				}
+			})
+		}
+	}
+}
+
+// The largest real event, its output all escaped in JSON, fits within the per-event bound.
+func TestDecodeEventsLargestEvent(t *testing.T) {
+	ev := Event{ID: "7577e4f3-37e7-46cc-ac6b-0d524ba6893e", Instance: "7577e4f3-37e7-46cc-ac6b-0d524ba6893f",
+		Agent: "7577e4f3-37e7-46cc-ac6b-0d524ba68940", Kind: EventTask, State: StateFailed,
+		Output: strings.Repeat("\x01", MaxOutputBytes)}
+	b, err := EncodeEvents([]Event{ev, ev})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := DecodeEvents(b, MaxBatchDecoded)
+	if err != nil || len(got) != 2 || got[1].Output != ev.Output {
+		t.Fatalf("DecodeEvents: %d events, %v", len(got), err)
 	}
 }

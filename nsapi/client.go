@@ -121,7 +121,11 @@ func (c *Client) doRaw(ctx context.Context, method, path string, body []byte, hd
 // Enroll asks for credentials.
 func (c *Client) Enroll(ctx context.Context, req EnrollRequest) (EnrollResponse, error) {
 	var resp EnrollResponse
-	err := c.do(ctx, http.MethodPost, PathEnroll, req, &resp)
+	b, err := json.Marshal(req)
+	if err != nil {
+		return resp, err
+	}
+	err = c.doRaw(ctx, http.MethodPost, PathEnroll, b, map[string]string{"Content-Type": "application/json", EnrollTokenHeader: req.Token}, &resp)
 	return resp, err
 }
 

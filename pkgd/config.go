@@ -26,6 +26,15 @@ type Config struct {
 	Bandwidth        []string `yaml:"bandwidth"`
 	DefaultBandwidth string   `yaml:"default_bandwidth"`
 
+	// MaxCompressedStreams bounds the responses compressed at once (each holds a zstd
+	// encoder of about 6 MiB while its client reads); past it, clients that asked for
+	// zstd get the file uncompressed. Default 4.
+	MaxCompressedStreams int `yaml:"max_compressed_streams"`
+	// SendTimeout is how long one write to a client may wait for it to read before the
+	// client is taken for gone; a slow reader that keeps reading is served however long
+	// the whole file takes. Default 60s.
+	SendTimeout time.Duration `yaml:"send_timeout"`
+
 	// RetryBase is the first retry delay of a failed download; it doubles per failure up
 	// to 24 hours. Default 3m.
 	RetryBase time.Duration `yaml:"retry_base"`
@@ -47,6 +56,12 @@ func (c *Config) Defaults() {
 	}
 	if c.MaxDownloads == 0 {
 		c.MaxDownloads = 4
+	}
+	if c.MaxCompressedStreams == 0 {
+		c.MaxCompressedStreams = DefaultMaxCompressed
+	}
+	if c.SendTimeout == 0 {
+		c.SendTimeout = time.Minute
 	}
 	if c.RetryBase == 0 {
 		c.RetryBase = 3 * time.Minute
@@ -74,6 +89,12 @@ func (c *Config) Validate(prefix string) error {
 	}
 	if c.MaxDownloads < 1 || c.MaxDownloads > 64 {
 		return fmt.Errorf("%s.max_downloads: %d is not within 1..64", prefix, c.MaxDownloads)
+	}
+	if c.MaxCompressedStreams < 1 || c.MaxCompressedStreams > 1024 {
+		return fmt.Errorf("%s.max_compressed_streams: %d is not within 1..1024", prefix, c.MaxCompressedStreams)
+	}
+	if c.SendTimeout < time.Second {
+		return fmt.Errorf("%s.send_timeout: %s is below 1s", prefix, c.SendTimeout)
 	}
 	if _, err := ParseWindows(c.Bandwidth); err != nil {
 		return fmt.Errorf("%s.bandwidth: %w", prefix, err)

@@ -17,6 +17,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/siteserver/siteserver/internal/httpx"
 	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/nsapi"
 )
@@ -66,10 +67,12 @@ var serveResults = []string{resultOK, resultPartial, resultNotModified, resultNo
 
 // ServeMetrics counts what the file handler does.
 type ServeMetrics struct {
-	servedBytes prometheus.Counter
-	requests    map[string]prometheus.Counter // resolved once: no label lookup per request
-	hits        prometheus.Counter
-	misses      prometheus.Counter
+	servedBytes  prometheus.Counter
+	requests     map[string]prometheus.Counter // resolved once: no label lookup per request
+	hits         prometheus.Counter
+	misses       prometheus.Counter
+	compressing  prometheus.Gauge
+	compressBusy prometheus.Counter
 }
 
 // NewServeMetrics registers the serving metrics with reg.
@@ -83,11 +86,15 @@ func NewServeMetrics(reg prometheus.Registerer) (*ServeMetrics, error) {
 		requests:    make(map[string]prometheus.Counter, len(serveResults)),
 		hits:        prometheus.NewCounter(opts("cache_hits_total", "Requests for package files held in the store.")),
 		misses:      prometheus.NewCounter(opts("cache_misses_total", "Requests for package files not (yet) held in the store.")),
+		compressing: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: obs.Namespace, Subsystem: "package", Name: "compressors_in_use",
+			Help: "Responses being compressed now, each holding a zstd encoder (bounded by max_compressed_streams)."}),
+		compressBusy: prometheus.NewCounter(opts("compression_busy_total",
+			"Requests that asked for zstd and were sent the file uncompressed because every compressor was busy.")),
 	}
 	for _, r := range serveResults {
 		m.requests[r] = reqs.WithLabelValues(r)
 	}
-	for _, c := range []prometheus.Collector{m.servedBytes, reqs, m.hits, m.misses} {
+	for _, c := range []prometheus.Collector{m.servedBytes, reqs, m.hits, m.misses, m.compressing, m.compressBusy} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("pkgd: serve metrics: %w", err)
 		}
@@ -99,19 +106,31 @@ func NewServeMetrics(reg prometheus.Registerer) (*ServeMetrics, error) {
 // the request path reaches it unchanged: http.ServeMux would answer "/packages/a/../b" with a
 // redirect out of package a instead of letting the handler refuse and count it.
 func NewHandler(c Content, m *ServeMetrics, logger *slog.Logger) http.Handler {
+	return newHandler(c, m, logger, DefaultMaxCompressed)
+}
+
+// DefaultMaxCompressed is how many responses are compressed at once unless configured.
+const DefaultMaxCompressed = 4
+
+// newHandler is NewHandler with at most maxCompressed responses compressed at once. Each
+// holds an encoder (its window and tables, a few megabytes) for as long as its client
+// takes to read, so slow readers must not be able to hold one each: past the limit,
+// clients get the file uncompressed, sent with sendfile at no memory cost.
+func newHandler(c Content, m *ServeMetrics, logger *slog.Logger, maxCompressed int) *handler {
 	if m == nil {
 		m, _ = NewServeMetrics(prometheus.NewRegistry())
 	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &handler{content: c, m: m, logger: logger, verdicts: map[string]bool{}}
+	return &handler{content: c, m: m, logger: logger, verdicts: map[string]bool{}, compressors: httpx.NewSlots(maxCompressed)}
 }
 
 type handler struct {
-	content Content
-	m       *ServeMetrics
-	logger  *slog.Logger
+	content     Content
+	m           *ServeMetrics
+	logger      *slog.Logger
+	compressors *httpx.Slots
 
 	mu       sync.Mutex
 	verdicts map[string]bool // sha256 → sampled as compressible
@@ -183,8 +202,16 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if negotiable {
 		hdr.Add("Vary", "Accept-Encoding")
 	}
-	if negotiable && wantsZstd(r) && h.compressible(name, entry, f) {
+	compress := negotiable && wantsZstd(r) && h.compressible(name, entry, f)
+	if compress && !h.compressors.Acquire(r.Context(), 0) {
+		compress = false
+		h.m.compressBusy.Inc()
+	}
+	if compress {
+		h.m.compressing.Inc()
 		h.serveZstd(sw, r, entry, f, fi.ModTime())
+		h.m.compressing.Dec()
+		h.compressors.Release()
 	} else {
 		hdr.Set("ETag", `"sha256:`+entry.SHA256+`"`)
 		// ServeContent with an *os.File reaches net/http's ReadFrom, which sends single

@@ -514,6 +514,12 @@ siteserver_package_cache_hits_total 2
 # HELP siteserver_package_cache_misses_total Requests for package files not (yet) held in the store.
 # TYPE siteserver_package_cache_misses_total counter
 siteserver_package_cache_misses_total 2
+# HELP siteserver_package_compression_busy_total Requests that asked for zstd and were sent the file uncompressed because every compressor was busy.
+# TYPE siteserver_package_compression_busy_total counter
+siteserver_package_compression_busy_total 0
+# HELP siteserver_package_compressors_in_use Responses being compressed now, each holding a zstd encoder (bounded by max_compressed_streams).
+# TYPE siteserver_package_compressors_in_use gauge
+siteserver_package_compressors_in_use 0
 # HELP siteserver_package_requests_total Package file requests by result.
 # TYPE siteserver_package_requests_total counter
 siteserver_package_requests_total{result="bad_method"} 0

@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/siteserver/siteserver/internal/httpx"
 	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/nsapi"
 )
@@ -187,7 +188,10 @@ func (s *Service) Run(ctx context.Context) error {
 	s.addr = ln.Addr()
 	close(s.bound)
 	s.logger.Info("package service listening", "addr", ln.Addr().String(), "constrained", s.cfg.Constrained)
-	srv := &http.Server{Handler: s.handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute,
+	// No server-wide WriteTimeout: a large file to a slow reader may take hours. Each write
+	// must make progress instead (send_timeout).
+	srv := &http.Server{Handler: httpx.ProgressDeadline(s.handler(), s.cfg.SendTimeout),
+		ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: time.Minute,
 		ErrorLog: slog.NewLogLogger(s.logger.Handler(), slog.LevelDebug)}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -524,7 +528,7 @@ func (s *Service) VerifyNow() int {
 // handler serves package files: from the store when complete; a file still on its way in
 // for an assigned package is streamed from the one upstream download as it arrives.
 func (s *Service) handler() http.Handler {
-	files := NewHandler(contentFunc(s.file), s.metrics.serve, s.logger)
+	files := newHandler(contentFunc(s.file), s.metrics.serve, s.logger, s.cfg.MaxCompressedStreams)
 	// No ServeMux: it would clean the path (and redirect) before the file handler could
 	// refuse an escaping name.
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

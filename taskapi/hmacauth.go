@@ -16,10 +16,12 @@ import (
 // branch networks often do, to spare a TLS handshake per poll: a tickle burst to thousands
 // of agents is then a burst of cheap requests. Both directions are authenticated with the
 // per-agent key issued at registration (over mutual TLS): the request carries an HMAC over
-// method, path, timestamp and body; the answer carries an HMAC over the request's
-// timestamp and the body, so the agent knows it is fresh and from its task server. What
-// this does not give is secrecy: job scripts travel in the clear. Sites that need that keep
-// to the HTTPS API.
+// method, path, timestamp and body, and one over method, path, timestamp and body length
+// that the task server checks before it reads any of the body (anyone can reach the port;
+// agents before this one send only the first); the answer carries an HMAC over the
+// request's timestamp and the body, so the agent knows it is fresh and from its task
+// server. What this does not give is secrecy: job scripts travel in the clear. Sites that
+// need that keep to the HTTPS API.
 
 // AuthScheme is the Authorization scheme of signed agent requests.
 const AuthScheme = "SiteServer-HMAC"
@@ -37,62 +39,134 @@ func requestMAC(key []byte, method, path string, ts int64, body []byte) string {
 	return hex.EncodeToString(m.Sum(nil))
 }
 
+// headMAC binds what a request's headers say (method, path, timestamp and body length), so
+// that the task server can authenticate a request before it reads the body.
+func headMAC(key []byte, method, path string, ts, bodyLen int64) string {
+	m := hmac.New(sha256.New, key)
+	fmt.Fprintf(m, "siteserver-head-v1\n%s\n%s\n%d\n%d", method, path, ts, bodyLen)
+	return hex.EncodeToString(m.Sum(nil))
+}
+
 // SignRequest adds the Authorization header for agent id and returns the timestamp used,
-// which the answer's signature covers.
+// which the answer's signature covers. The header carries two signatures: one over the
+// head (method, path, timestamp, body length), checked before the body is read, and one
+// over the whole request.
 func SignRequest(req *http.Request, id string, key, body []byte, now time.Time) int64 {
 	ts := now.UnixNano()
-	req.Header.Set("Authorization", fmt.Sprintf("%s id=%s,ts=%d,sig=%s", AuthScheme, id, ts,
-		requestMAC(key, req.Method, req.URL.Path, ts, body)))
+	n := int64(len(body))
+	req.Header.Set("Authorization", fmt.Sprintf("%s id=%s,ts=%d,len=%d,hsig=%s,sig=%s", AuthScheme, id, ts, n,
+		headMAC(key, req.Method, req.URL.Path, ts, n), requestMAC(key, req.Method, req.URL.Path, ts, body)))
 	return ts
 }
 
+// authHeader is a parsed Authorization header of a signed request.
+type authHeader struct {
+	id      string
+	ts      int64
+	sig     string
+	bodyLen int64 // the head signature's, with hsig
+	headSig string
+	hasLen  bool
+	hasHead bool
+}
+
 // parseAuth splits the Authorization header of a signed request.
-func parseAuth(h string) (id string, ts int64, sig string, err error) {
+func parseAuth(h string) (a authHeader, err error) {
 	rest, ok := strings.CutPrefix(h, AuthScheme+" ")
 	if !ok {
-		return "", 0, "", errors.New("missing " + AuthScheme + " authorization")
+		return a, errors.New("missing " + AuthScheme + " authorization")
 	}
 	for _, part := range strings.Split(rest, ",") {
 		k, v, _ := strings.Cut(strings.TrimSpace(part), "=")
 		switch k {
 		case "id":
-			id = v
+			a.id = v
 		case "ts":
-			ts, err = strconv.ParseInt(v, 10, 64)
-			if err != nil {
-				return "", 0, "", errors.New("bad timestamp")
+			if a.ts, err = strconv.ParseInt(v, 10, 64); err != nil {
+				return authHeader{}, errors.New("bad timestamp")
 			}
+		case "len":
+			if a.bodyLen, err = strconv.ParseInt(v, 10, 64); err != nil || a.bodyLen < 0 {
+				return authHeader{}, errors.New("bad body length")
+			}
+			a.hasLen = true
+		case "hsig":
+			a.headSig = v
 		case "sig":
-			sig = v
+			a.sig = v
 		}
 	}
-	if id == "" || ts == 0 || sig == "" {
-		return "", 0, "", errors.New("incomplete authorization")
+	if a.id == "" || a.ts == 0 || a.sig == "" {
+		return authHeader{}, errors.New("incomplete authorization")
 	}
-	return id, ts, sig, nil
+	if (a.headSig != "") != a.hasLen {
+		return authHeader{}, errors.New("incomplete authorization: len and hsig go together")
+	}
+	a.hasHead = a.headSig != ""
+	return a, nil
+}
+
+// Head is a signed request whose headers have been checked; its body has not been read.
+type Head struct {
+	ID string
+	// TS is the request's timestamp, which the answer's signature covers and which the
+	// caller keeps to refuse replays.
+	TS  int64
+	Key []byte
+	// Signed says the head itself was signed (agents of this version): the agent sent
+	// this request with this body length. Without it (older agents) only the agent id and
+	// the timestamp's freshness were checked so far.
+	Signed bool
+	sig    string
+}
+
+// VerifyHead checks what a signed request's headers can prove before its body is read:
+// the header is well formed, the agent is one key knows (else ErrUnknownAgent), the
+// timestamp is within the window and, when the head is signed, that signature and the
+// declared body length match.
+func VerifyHead(r *http.Request, key func(id string) ([]byte, bool), now time.Time) (Head, error) {
+	a, err := parseAuth(r.Header.Get("Authorization"))
+	if err != nil {
+		return Head{}, err
+	}
+	k, ok := key(a.id)
+	if !ok {
+		return Head{ID: a.id}, ErrUnknownAgent
+	}
+	if a.hasHead {
+		if !hmac.Equal([]byte(a.headSig), []byte(headMAC(k, r.Method, r.URL.Path, a.ts, a.bodyLen))) {
+			return Head{}, errors.New("bad signature")
+		}
+		if r.ContentLength != a.bodyLen {
+			return Head{}, fmt.Errorf("body length %d is not the signed %d", r.ContentLength, a.bodyLen)
+		}
+	}
+	if d := now.Sub(time.Unix(0, a.ts)); d > authWindow || d < -authWindow {
+		return Head{}, errors.New("timestamp outside the allowed window; check the clocks")
+	}
+	return Head{ID: a.id, TS: a.ts, Key: k, Signed: a.hasHead, sig: a.sig}, nil
+}
+
+// VerifyBody checks the signature over the whole request, body included.
+func (h Head) VerifyBody(r *http.Request, body []byte) error {
+	if !hmac.Equal([]byte(h.sig), []byte(requestMAC(h.Key, r.Method, r.URL.Path, h.TS, body))) {
+		return errors.New("bad signature")
+	}
+	return nil
 }
 
 // VerifyRequest checks a signed request against the key of the agent it names, which key
-// looks up; it returns the agent and the request's timestamp, which the answer's signature
-// covers and which the caller keeps to refuse replays. An agent key does not know gives
-// ErrUnknownAgent.
+// looks up; it returns the agent and the request's timestamp. An agent key does not know
+// gives ErrUnknownAgent. Servers call VerifyHead, then read the body, then VerifyBody.
 func VerifyRequest(r *http.Request, body []byte, key func(id string) ([]byte, bool), now time.Time) (id string, ts int64, err error) {
-	id, ts, sig, err := parseAuth(r.Header.Get("Authorization"))
+	h, err := VerifyHead(r, key, now)
 	if err != nil {
+		return h.ID, 0, err
+	}
+	if err := h.VerifyBody(r, body); err != nil {
 		return "", 0, err
 	}
-	k, ok := key(id)
-	if !ok {
-		return id, 0, ErrUnknownAgent
-	}
-	want := requestMAC(k, r.Method, r.URL.Path, ts, body)
-	if !hmac.Equal([]byte(sig), []byte(want)) {
-		return "", 0, errors.New("bad signature")
-	}
-	if d := now.Sub(time.Unix(0, ts)); d > authWindow || d < -authWindow {
-		return "", 0, errors.New("timestamp outside the allowed window; check the clocks")
-	}
-	return id, ts, nil
+	return h.ID, h.TS, nil
 }
 
 // ErrUnknownAgent is VerifyRequest's answer for an agent not registered here.

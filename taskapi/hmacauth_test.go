@@ -2,6 +2,7 @@ package taskapi
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -29,16 +30,37 @@ func TestSignedRequests(t *testing.T) {
 	}{
 		"valid": {func() (*http.Request, []byte) {
 			r := newReq("POST", PathEvents)
+			r.ContentLength = int64(len(body))
 			SignRequest(r, "pc-1", key, body, now)
 			return r, body
 		}, ""},
+		"older agent, head not signed": {func() (*http.Request, []byte) {
+			r := newReq("POST", PathEvents)
+			r.Header.Set("Authorization", fmt.Sprintf("%s id=pc-1,ts=%d,sig=%s", AuthScheme, now.UnixNano(),
+				requestMAC(key, "POST", PathEvents, now.UnixNano(), body)))
+			return r, body
+		}, ""},
+		"other length than signed": {func() (*http.Request, []byte) {
+			r := newReq("POST", PathEvents)
+			r.ContentLength = 8 << 20
+			SignRequest(r, "pc-1", key, body, now)
+			return r, body
+		}, "not the signed"},
+		"head signature without length": {func() (*http.Request, []byte) {
+			r := newReq("GET", PathJobs)
+			SignRequest(r, "pc-1", key, nil, now)
+			r.Header.Set("Authorization", strings.Replace(r.Header.Get("Authorization"), "len=0,", "", 1))
+			return r, nil
+		}, "go together"},
 		"tampered body": {func() (*http.Request, []byte) {
 			r := newReq("POST", PathEvents)
+			r.ContentLength = int64(len(body))
 			SignRequest(r, "pc-1", key, body, now)
 			return r, []byte(`[{"id":"e2"}]`)
 		}, "bad signature"},
 		"other path": {func() (*http.Request, []byte) {
 			r := newReq("POST", PathEvents)
+			r.ContentLength = int64(len(body))
 			SignRequest(r, "pc-1", key, body, now)
 			r.URL.Path = PathJobs
 			return r, body
@@ -111,8 +133,8 @@ func FuzzVerifyRequest(f *testing.F) {
 			return
 		}
 		// Accepted means signed with the key over exactly this request.
-		_, ts, sig, perr := parseAuth(header)
-		if perr != nil || id != "pc-1" || sig != requestMAC(key, http.MethodGet, PathJobs, ts, body) {
+		a, perr := parseAuth(header)
+		if perr != nil || id != "pc-1" || a.sig != requestMAC(key, http.MethodGet, PathJobs, a.ts, body) {
 			t.Fatalf("accepted a request not signed with the key: %q", header)
 		}
 	})

@@ -22,23 +22,44 @@ import (
 )
 
 // agentServers builds the HTTPS agent API server and the plain-HTTP one (used only when
-// agent_http_listen is set).
-func (s *Service) agentServers() (tlsSrv, plainSrv *http.Server) {
+// agent_http_listen is set), each held within its listener's connection limit.
+func (s *Service) agentServers(so *sockets) (tlsSrv, plainSrv *http.Server) {
 	errLog := slog.NewLogLogger(s.logger.Handler(), slog.LevelDebug)
 	tlsSrv = &http.Server{
-		Handler:           s.handler(),
-		TLSConfig:         s.serverTLS(),
-		ReadHeaderTimeout: 10 * time.Second,
+		Handler:   s.handler(),
+		TLSConfig: s.serverTLS(),
+		// An agent on the LAN sends its headers at once: a client that trickles them is
+		// holding a place, not asking for anything.
+		ReadHeaderTimeout: headerTimeout,
 		ReadTimeout:       60 * time.Second,
+		WriteTimeout:      60 * time.Second,
 		// Agents come back at their next poll, minutes away: an idle TLS connection held
 		// for each of thousands of them would cost tens of kilobytes apiece.
 		IdleTimeout: 15 * time.Second,
+		ConnState:   so.agentLimit.ConnState,
 		ErrorLog:    errLog,
 	}
-	plainSrv = &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 60 * time.Second,
-		IdleTimeout: time.Minute, ErrorLog: errLog}
+	plainSrv = &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: headerTimeout, ReadTimeout: 60 * time.Second,
+		WriteTimeout: 60 * time.Second, IdleTimeout: time.Minute, ErrorLog: errLog}
+	if so.httpLimit != nil {
+		plainSrv.ConnState = so.httpLimit.ConnState
+	}
 	return tlsSrv, plainSrv
 }
+
+// Bounds of the agent API. An agent sends one status event per request, its output capped
+// at nsapi.MaxOutputBytes, so well under maxEventsBody even with every byte escaped.
+const (
+	headerTimeout   = 5 * time.Second
+	maxEventsBody   = 1 << 20
+	maxRegisterBody = 64 << 10
+	// eventSlots bounds the event posts read and stored at once, so the bodies in memory
+	// are bounded by eventSlots × maxEventsBody whatever the number of connections.
+	eventSlots      = 64
+	bodySlotWait    = 2 * time.Second
+	bodyRetryAfter  = 5 * time.Second
+	bodyReadTimeout = 10 * time.Second
+)
 
 // newChannelServer serves QUIC channels from agents on conn; their certificates are
 // checked as the agent API's are.
@@ -170,7 +191,7 @@ func decodeRequest(w http.ResponseWriter, r *http.Request, limit int64, v any) b
 
 func (s *Service) handleRegister(w http.ResponseWriter, r *http.Request, p agentPeer) {
 	var req taskapi.RegisterRequest
-	if !decodeRequest(w, r, 64<<10, &req) {
+	if !decodeRequest(w, r, maxRegisterBody, &req) {
 		return
 	}
 	if req.ID != p.id {
@@ -239,6 +260,16 @@ func (s *Service) jobsFor(p agentPeer) (taskapi.JobsResponse, bool) {
 }
 
 func (s *Service) handleEvents(w http.ResponseWriter, r *http.Request, p agentPeer) {
+	if httpx.DeclaredTooLarge(w, r, maxEventsBody) {
+		s.metrics.refused[refusedTooLarge].Inc()
+		return
+	}
+	if !s.bodySlots.Acquire(r.Context(), bodySlotWait) {
+		s.metrics.refused[refusedBusy].Inc()
+		httpx.Busy(w, bodyRetryAfter, "status events")
+		return
+	}
+	defer s.bodySlots.Release()
 	var events []nsapi.Event
 	if !decodeRequest(w, r, maxEventsBody, &events) {
 		return
@@ -250,8 +281,6 @@ func (s *Service) handleEvents(w http.ResponseWriter, r *http.Request, p agentPe
 	}
 	httpx.WriteJSON(w, http.StatusOK, taskapi.EventsResponse{Stored: len(events)})
 }
-
-const maxEventsBody = 8 << 20
 
 // storeEvents checks an agent's events and writes them durably before anything else.
 func (s *Service) storeEvents(p agentPeer, events []nsapi.Event) (int, error) {

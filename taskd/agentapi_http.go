@@ -15,14 +15,14 @@ import (
 // httpHandler serves the plain-HTTP agent API: signed requests, signed answers.
 func (s *Service) httpHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET "+taskapi.PathJobs, s.signed(func(w http.ResponseWriter, r *http.Request, p agentPeer, body []byte) (int, any) {
+	mux.HandleFunc("GET "+taskapi.PathJobs, s.signed(0, func(w http.ResponseWriter, r *http.Request, p agentPeer, body []byte) (int, any) {
 		resp, ok := s.jobsFor(p)
 		if !ok {
 			return http.StatusNotFound, httpx.ErrorBody{Error: "not registered here; register first"}
 		}
 		return http.StatusOK, resp
 	}))
-	mux.HandleFunc("POST "+taskapi.PathEvents, s.signed(func(w http.ResponseWriter, r *http.Request, p agentPeer, body []byte) (int, any) {
+	mux.HandleFunc("POST "+taskapi.PathEvents, s.signed(maxEventsBody, func(w http.ResponseWriter, r *http.Request, p agentPeer, body []byte) (int, any) {
 		var events []nsapi.Event
 		if err := httpx.DecodeStrict(body, &events); err != nil {
 			return http.StatusBadRequest, httpx.ErrorBody{Error: "decode: " + err.Error()}
@@ -35,14 +35,13 @@ func (s *Service) httpHandler() http.Handler {
 	return mux
 }
 
-func (s *Service) signed(h func(http.ResponseWriter, *http.Request, agentPeer, []byte) (int, any)) http.HandlerFunc {
+// signed authenticates a plain-HTTP request as far as its headers allow before reading
+// any of its body (at most limit bytes): anyone can reach this port, and a body read
+// before the sender is known is memory and time an attacker chooses how to spend.
+func (s *Service) signed(limit int64, h func(http.ResponseWriter, *http.Request, agentPeer, []byte) (int, any)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		body, err := httpx.ReadBody(w, r, maxEventsBody)
-		if err != nil {
-			return
-		}
 		var rec agentRecord
-		id, ts, err := taskapi.VerifyRequest(r, body, func(id string) ([]byte, bool) {
+		head, err := taskapi.VerifyHead(r, func(id string) ([]byte, bool) {
 			a, ok := s.reg.get(id)
 			if ok && s.revoked(a.Serial) {
 				// Registered with a certificate revoked since: as good as not registered,
@@ -54,28 +53,71 @@ func (s *Service) signed(h func(http.ResponseWriter, *http.Request, agentPeer, [
 			return a.apiKey, ok
 		}, time.Now())
 		if errors.Is(err, taskapi.ErrUnknownAgent) {
-			httpx.WriteError(w, http.StatusNotFound, "agent %s is not registered here; register first", id)
+			s.metrics.refused[refusedUnknownAgent].Inc()
+			httpx.Refuse(w, http.StatusNotFound, "agent %s is not registered here; register first", head.ID)
 			return
 		}
 		if err != nil {
 			s.metrics.authFailures.Inc()
-			httpx.WriteError(w, http.StatusUnauthorized, "%v", err)
+			s.metrics.refused[refusedUnauthenticated].Inc()
+			httpx.Refuse(w, http.StatusUnauthorized, "%v", err)
 			return
 		}
-		if !s.reg.advance(id, ts) {
+		if !head.Signed && s.reg.signsHead(head.ID) {
 			s.metrics.authFailures.Inc()
-			httpx.WriteError(w, http.StatusUnauthorized, "replayed request")
+			s.metrics.refused[refusedUnauthenticated].Inc()
+			httpx.Refuse(w, http.StatusUnauthorized, "request head not signed, as this agent's are")
 			return
+		}
+		if !s.reg.fresh(head.ID, head.TS) {
+			s.metrics.authFailures.Inc()
+			s.metrics.refused[refusedUnauthenticated].Inc()
+			httpx.Refuse(w, http.StatusUnauthorized, "replayed request")
+			return
+		}
+		if httpx.DeclaredTooLarge(w, r, limit) {
+			s.metrics.refused[refusedTooLarge].Inc()
+			return
+		}
+		if limit > 0 {
+			if !s.bodySlots.Acquire(r.Context(), bodySlotWait) {
+				s.metrics.refused[refusedBusy].Inc()
+				httpx.Busy(w, bodyRetryAfter, "status events")
+				return
+			}
+			defer s.bodySlots.Release()
+			// Agents send a few kilobytes at LAN speed: a slot is not held for a trickle.
+			_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(bodyReadTimeout))
+		}
+		body, err := httpx.ReadBody(w, r, limit)
+		if err != nil {
+			s.metrics.refused[refusedTooLarge].Inc()
+			return
+		}
+		if err := head.VerifyBody(r, body); err != nil {
+			s.metrics.authFailures.Inc()
+			s.metrics.refused[refusedUnauthenticated].Inc()
+			httpx.Refuse(w, http.StatusUnauthorized, "%v", err)
+			return
+		}
+		if !s.reg.advance(head.ID, head.TS) {
+			s.metrics.authFailures.Inc()
+			s.metrics.refused[refusedUnauthenticated].Inc()
+			httpx.Refuse(w, http.StatusUnauthorized, "replayed request")
+			return
+		}
+		if head.Signed {
+			s.reg.markSignsHead(head.ID)
 		}
 		st := s.stateByName(rec.NS)
 		if st == nil {
 			httpx.WriteError(w, http.StatusServiceUnavailable, "the agent's NS is not linked")
 			return
 		}
-		code, v := h(w, r, agentPeer{id: id, ns: st}, body)
+		code, v := h(w, r, agentPeer{id: head.ID, ns: st}, body)
 		b, _ := json.Marshal(v)
 		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set(taskapi.SignatureHeader, taskapi.SignResponse(rec.apiKey, ts, b))
+		w.Header().Set(taskapi.SignatureHeader, taskapi.SignResponse(rec.apiKey, head.TS, b))
 		w.WriteHeader(code)
 		w.Write(b)
 	}

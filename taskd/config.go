@@ -32,11 +32,14 @@ type Config struct {
 	ChannelListen string `yaml:"channel_listen"`
 	// PresenceInterval is how often agents' last contact is reported to the NS.
 	PresenceInterval time.Duration `yaml:"presence_interval"`
-	// ForwardBatch bounds the events in one batch forwarded to the NS.
+	// ForwardBatch bounds the events in one batch forwarded to the NS (which takes at most
+	// nsapi.MaxBatchEvents and nsapi.MaxBatchJSON bytes in one).
 	ForwardBatch int `yaml:"forward_batch"`
-	// MaxAgentConnections bounds the connections each agent API listener serves at once;
-	// more wait in the kernel's accept queue. A fan-out to thousands of agents brings them
-	// all at once, and each connection served costs tens of kilobytes.
+	// MaxAgentConnections bounds the connections each agent API listener holds at once. A
+	// fan-out to thousands of agents brings them all at once, and each connection costs
+	// tens of kilobytes. At the limit, the connection idle longest (between requests, or
+	// not yet past its headers) is closed to make room; only connections busy with a
+	// request make new ones wait in the kernel's accept queue.
 	MaxAgentConnections int `yaml:"max_agent_connections"`
 	// MaxForwardBackoff caps the wait between forwarding attempts while the NS is away.
 	MaxForwardBackoff time.Duration `yaml:"max_forward_backoff"`

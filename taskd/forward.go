@@ -55,7 +55,7 @@ func (s *Service) forwardLoop(ctx context.Context, st *nsState, log *slog.Logger
 				return
 			}
 		}
-		events, cur, err := st.spool.Next(s.cfg.ForwardBatch, 4<<20)
+		events, cur, err := st.spool.Next(min(s.cfg.ForwardBatch, nsapi.MaxBatchEvents), nsapi.MaxBatchJSON)
 		if err != nil {
 			log.Error("reading the event spool failed", "err", err)
 			failures++

@@ -25,7 +25,18 @@ type metrics struct {
 	authFailures    prometheus.Counter
 	revokedRefusals prometheus.Counter
 	channel         *tickle.ChannelServerMetrics
+	refused         map[string]prometheus.Counter
+	idleClosed      prometheus.Counter
 }
+
+// Reasons the agent API refuses a request before doing its work, the label values of
+// requests_refused_total.
+const (
+	refusedUnauthenticated = "unauthenticated"
+	refusedUnknownAgent    = "unknown_agent"
+	refusedTooLarge        = "too_large"
+	refusedBusy            = "busy"
+)
 
 func newMetrics(reg prometheus.Registerer, s *Service) (*metrics, error) {
 	tm, err := tickle.NewMetrics(reg, subsystem)
@@ -60,12 +71,20 @@ func newMetrics(reg prometheus.Registerer, s *Service) (*metrics, error) {
 		online: prometheus.NewGaugeFunc(prometheus.GaugeOpts(opts("agents_online", "Agents heard from within two task request intervals.")),
 			func() float64 { _, o := s.agentCounts(); return float64(o) }),
 		instances: prometheus.NewGaugeVec(prometheus.GaugeOpts(opts("job_instances", "Job instances cached for agents, by state.")), []string{"state"}),
+		idleClosed: prometheus.NewCounter(prometheus.CounterOpts(opts("idle_connections_closed_total",
+			"Idle agent API connections closed to make room for new ones at max_agent_connections."))),
+		refused: map[string]prometheus.Counter{},
+	}
+	refused := prometheus.NewCounterVec(prometheus.CounterOpts(opts("requests_refused_total",
+		"Agent API requests refused before their body was read or their work done, by reason.")), []string{"reason"})
+	for _, r := range []string{refusedUnauthenticated, refusedUnknownAgent, refusedTooLarge, refusedBusy} {
+		m.refused[r] = refused.WithLabelValues(r)
 	}
 	for _, st := range []string{nsapi.StatePending, nsapi.StateDelivered} {
 		m.instances.WithLabelValues(st)
 	}
 	for _, c := range []prometheus.Collector{m.fetchDuration, m.fetchErrors, m.eventsReceived, m.eventsForwarded,
-		m.forwardErrors, m.registrations, m.authFailures, m.revokedRefusals, m.spools, m.agents, m.online, m.instances} {
+		m.forwardErrors, m.registrations, m.authFailures, m.revokedRefusals, m.spools, m.agents, m.online, m.instances, refused, m.idleClosed} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -34,6 +34,9 @@ type entry struct {
 	rec         agentRecord
 	lastContact atomic.Int64 // unix nanos
 	lastTS      atomic.Int64 // last signed-request timestamp, against replays
+	// headSigned marks an agent seen signing its request heads: from then on a request in
+	// its name without that signature is not from it (and would have its body read first).
+	headSigned atomic.Bool
 	// dirty marks an agent heard from since its last presence report: a mark rather than a
 	// time cut-off, so an agent registering while a report is being made is not missed.
 	dirty atomic.Bool
@@ -43,6 +46,33 @@ func (e *entry) record() agentRecord {
 	a := e.rec
 	a.LastContact = time.Unix(0, e.lastContact.Load())
 	return a
+}
+
+// signsHead says whether the agent has been seen signing its request heads.
+func (r *registry) signsHead(id string) bool {
+	r.mu.RLock()
+	e, ok := r.agents[id]
+	r.mu.RUnlock()
+	return ok && e.headSigned.Load()
+}
+
+// markSignsHead records a fully verified request with a signed head.
+func (r *registry) markSignsHead(id string) {
+	r.mu.RLock()
+	e, ok := r.agents[id]
+	r.mu.RUnlock()
+	if ok {
+		e.headSigned.Store(true)
+	}
+}
+
+// fresh says whether ts is newer than the agent's last accepted signed request, without
+// taking it: checked before a body is read, advance takes it once the body checks out.
+func (r *registry) fresh(id string, ts int64) bool {
+	r.mu.RLock()
+	e, ok := r.agents[id]
+	r.mu.RUnlock()
+	return ok && ts > e.lastTS.Load()
 }
 
 // advance accepts a signed request's timestamp only if it is newer than the last one.

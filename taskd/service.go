@@ -15,9 +15,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/net/netutil"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/siteserver/siteserver/internal/httpx"
 	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/tickle"
@@ -41,6 +41,7 @@ type Service struct {
 
 	agentConn *net.UDPConn
 	gate      *acceptGate
+	bodySlots *httpx.Slots
 	sendersMu sync.RWMutex
 	fanout    []*builtTickles // per-part scratch of tickleAgents, which only fetchLoop calls
 	senders   map[senderKey]*tickle.Sender
@@ -71,7 +72,8 @@ func New(cfg Config, links []*NSLink, logger *slog.Logger, reg prometheus.Regist
 		logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Service{cfg: cfg, links: links, logger: logger, fetchCh: make(chan struct{}, 1),
-		work: newWorkCache(), senders: map[senderKey]*tickle.Sender{}, gate: newAcceptGate(), bound: make(chan struct{})}
+		work: newWorkCache(), senders: map[senderKey]*tickle.Sender{}, gate: newAcceptGate(),
+		bodySlots: httpx.NewSlots(eventSlots), bound: make(chan struct{})}
 	m, err := newMetrics(reg, s)
 	if err != nil {
 		return nil, fmt.Errorf("taskd: metrics: %w", err)
@@ -173,7 +175,7 @@ func (s *Service) Run(ctx context.Context) error {
 			return err
 		}
 	}
-	tlsSrv, plainSrv := s.agentServers()
+	tlsSrv, plainSrv := s.agentServers(so)
 
 	// Every goroutine is joined before Run returns. Only the servers' failures stop the
 	// service; the others log theirs and keep the rest serving, as a lost tickle listener
@@ -223,7 +225,9 @@ type sockets struct {
 	agentUDP  *net.UDPConn   // tickles to agents go out from here
 	agentAPI  net.Listener   // HTTPS agent API, limited and gated
 	agentHTTP net.Listener   // plain-HTTP agent API; nil when not configured
-	channel   net.PacketConn // QUIC channels from agents; nil when not configured
+	// The connection limits of the two, which their servers tell which connections are busy.
+	agentLimit, httpLimit *httpx.ConnLimit
+	channel               net.PacketConn // QUIC channels from agents; nil when not configured
 }
 
 // bind opens every socket of the service and records the bound addresses; on failure it
@@ -245,14 +249,16 @@ func (s *Service) bind() (so *sockets, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("taskd: agent API listen %s: %w", s.cfg.AgentListen, err)
 	}
-	so.agentAPI = gatedListener{netutil.LimitListener(ln, s.cfg.MaxAgentConnections), s.gate}
+	so.agentLimit = s.connLimit()
+	so.agentAPI = gatedListener{so.agentLimit.Listener(ln), s.gate}
 	s.agentAddr = ln.Addr()
 	if s.cfg.AgentHTTPListen != "" {
 		ln, err := net.Listen("tcp", s.cfg.AgentHTTPListen)
 		if err != nil {
 			return nil, fmt.Errorf("taskd: agent HTTP listen %s: %w", s.cfg.AgentHTTPListen, err)
 		}
-		so.agentHTTP = gatedListener{netutil.LimitListener(ln, s.cfg.MaxAgentConnections), s.gate}
+		so.httpLimit = s.connLimit()
+		so.agentHTTP = gatedListener{so.httpLimit.Listener(ln), s.gate}
 		s.httpAddr = ln.Addr()
 	}
 	if s.cfg.ChannelListen != "" {
@@ -265,6 +271,11 @@ func (s *Service) bind() (so *sockets, err error) {
 		s.tickleAd = ap
 	}
 	return so, nil
+}
+
+// connLimit bounds one agent API listener's connections; idle ones make room for new.
+func (s *Service) connLimit() *httpx.ConnLimit {
+	return httpx.NewConnLimit(s.cfg.MaxAgentConnections, s.metrics.idleClosed.Inc)
 }
 
 // close closes every socket; the servers have closed some of them already.

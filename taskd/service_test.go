@@ -197,8 +197,17 @@ type runningService struct {
 
 func startService(t *testing.T, dataDir string, link *NSLink) *runningService {
 	t.Helper()
+	return startServiceWith(t, dataDir, link, nil)
+}
+
+// startServiceWith starts the service with the test configuration as mod changes it.
+func startServiceWith(t *testing.T, dataDir string, link *NSLink, mod func(*Config)) *runningService {
+	t.Helper()
 	cfg := Config{TickleListen: "127.0.0.1:0", AgentListen: "127.0.0.1:0", AgentHTTPListen: "127.0.0.1:0",
 		ChannelListen: "127.0.0.1:0", PresenceInterval: time.Second, DataDir: dataDir}
+	if mod != nil {
+		mod(&cfg)
+	}
 	reg := prometheus.NewRegistry()
 	s, err := New(cfg, []*NSLink{link}, nil, reg)
 	if err != nil {
@@ -304,12 +313,23 @@ func (a *testAgent) register(t *testing.T, s *Service) {
 // signed makes a signed plain-HTTP request and checks the answer's signature.
 func (a *testAgent) signed(t *testing.T, method, path string, in, out any) int {
 	t.Helper()
+	return a.signedCall(t, method, path, in, out, time.Now())
+}
+
+// signedAt makes a signed request without a body stamped at.
+func (a *testAgent) signedAt(t *testing.T, method, path string, at time.Time) int {
+	t.Helper()
+	return a.signedCall(t, method, path, nil, nil, at)
+}
+
+func (a *testAgent) signedCall(t *testing.T, method, path string, in, out any, at time.Time) int {
+	t.Helper()
 	var body []byte
 	if in != nil {
 		body, _ = json.Marshal(in)
 	}
 	req, _ := http.NewRequest(method, a.reg.HTTPURL+path, bytes.NewReader(body))
-	ts := taskapi.SignRequest(req, testAgentID, a.apiKey, body, time.Now())
+	ts := taskapi.SignRequest(req, testAgentID, a.apiKey, body, at)
 	resp, err := a.plain.Do(req)
 	if err != nil {
 		t.Fatal(err)

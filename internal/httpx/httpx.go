@@ -32,16 +32,20 @@ func WriteError(w http.ResponseWriter, code int, format string, args ...any) {
 
 // ReadBody reads at most limit bytes of the request body. On failure it has answered
 // already (413 for a body over the limit, 400 otherwise) and returns the error, which
-// TooLarge tells apart.
+// TooLarge tells apart. A body declared longer than limit is refused before any of it is
+// read, and a refused body is never read to its end: the connection is closed instead.
 func ReadBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
-	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if DeclaredTooLarge(w, r, limit) {
+		return nil, &http.MaxBytesError{Limit: limit}
+	}
+	b, err := readAll(http.MaxBytesReader(w, r.Body, limit), r.ContentLength, limit)
 	if err == nil {
 		return b, nil
 	}
 	if TooLarge(err) {
-		WriteError(w, http.StatusRequestEntityTooLarge, "request body is larger than %d bytes", limit)
+		Refuse(w, http.StatusRequestEntityTooLarge, "request body is larger than %d bytes", limit)
 	} else {
-		WriteError(w, http.StatusBadRequest, "reading body: %v", err)
+		Refuse(w, http.StatusBadRequest, "reading body: %v", err)
 	}
 	return nil, err
 }

@@ -163,7 +163,9 @@ func (e *Endpoint) Run(ctx context.Context) error {
 	e.mu.Unlock()
 	close(e.ready)
 	e.logger().Info("metrics listening", "addr", ln.Addr().String())
-	return ServeHTTP(ctx, ln, &http.Server{Handler: e.Handler(), ReadHeaderTimeout: 10 * time.Second})
+	// WriteTimeout leaves room for a CPU profile of a minute.
+	return ServeHTTP(ctx, ln, &http.Server{Handler: e.Handler(), ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout: 30 * time.Second, WriteTimeout: 2 * time.Minute, IdleTimeout: time.Minute})
 }
 
 // ServeHTTP serves srv on ln until ctx is done, then shuts it down gracefully.
