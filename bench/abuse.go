@@ -87,7 +87,7 @@ type abuseSite struct {
 }
 
 // runAbuse measures a legitimate client's success and latency, and the site server's
-// memory, under each attack in turn, against a quiet run in the same process.
+// memory, under each attack in turn, each against a quiet run just before it.
 func runAbuse(ctx context.Context, args []string, stderr io.Writer) (result, error) {
 	fs := flag.NewFlagSet("abuse", flag.ContinueOnError)
 	fs.SetOutput(stderr)
