@@ -23,6 +23,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/siteserver/siteserver/internal/pki"
@@ -87,7 +88,7 @@ type abuseSite struct {
 }
 
 // runAbuse measures a legitimate client's success and latency, and the site server's
-// memory, under each attack in turn, against a quiet run in the same process.
+// memory, under each attack in turn, each against a quiet run just before it.
 func runAbuse(ctx context.Context, args []string, stderr io.Writer) (result, error) {
 	fs := flag.NewFlagSet("abuse", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -161,6 +162,13 @@ func runAbuse(ctx context.Context, args []string, stderr io.Writer) (result, err
 	r.add("p99_vs_quiet", "%.2f", worstRatio)
 	r.add("rss_growth_mb", "%.1f", worstRSS)
 	r.add("legit_requests", "%d", total)
+	// Every status event the legitimate agent had stored reaches the NS, attacks or not.
+	received, forwarded, err := site.forwarded(ctx, 30*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	r.add("events_received", "%.0f", received)
+	r.add("events_forwarded", "%.0f", forwarded)
 	r = append(r, per...)
 	r.add("rss_mb", "%.1f", site.proc.peakRSSMB())
 	r.add("duration_s", "%.0f", dur.Seconds())
@@ -222,7 +230,7 @@ func (s *abuseSite) phase(ctx context.Context, name string, d, interval time.Dur
 	var res phaseResult
 	var lat []float64
 	var lastErr error
-	byOp := make([][]float64, 4)
+	byOp := make([][]float64, len(legitOps))
 	cpu0 := [2]float64{cpuSeconds(s.proc.cmd.Process.Pid), cpuSeconds(os.Getpid())}
 	for i := 0; ctx.Err() == nil; i++ {
 		t0 := time.Now()
@@ -237,7 +245,7 @@ func (s *abuseSite) phase(ctx context.Context, name string, d, interval time.Dur
 			res.ok++
 			ms := float64(time.Since(t0).Microseconds()) / 1000
 			lat = append(lat, ms)
-			byOp[i%4] = append(byOp[i%4], ms)
+			byOp[i%len(legitOps)] = append(byOp[i%len(legitOps)], ms)
 		}
 		time.Sleep(interval)
 	}
@@ -352,15 +360,16 @@ func serveAbuseAttacker(ctx context.Context, args []string) error {
 	return nil
 }
 
-var legitOps = []string{"plain fetch", "HTTPS fetch", "package", "NS"}
+var legitOps = []string{"plain fetch", "HTTPS fetch", "package", "NS", "event"}
 
 // legit is one request of the legitimate client, in turn: a job fetch over plain HTTP and
-// over HTTPS, a package file download, and a registration with the NS; each on a new
+// over HTTPS, a package file download, a registration with the NS, and a status event
+// over plain HTTP (which the task server stores and forwards to the NS); each on a new
 // connection, as agents polling every half hour make them.
 func (s *abuseSite) legit(ctx context.Context, i int) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	switch i % 4 {
+	switch i % len(legitOps) {
 	case 0:
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.agent.plainURL+taskapi.PathJobs, nil)
 		ts := taskapi.SignRequest(req, s.agent.id, s.agent.apiKey, nil, time.Now())
@@ -409,6 +418,27 @@ func (s *abuseSite) legit(ctx context.Context, i int) error {
 		s.nsAgent.CloseIdle()
 		if err != nil {
 			return fmt.Errorf("NS registration: %w", err)
+		}
+	case 4:
+		// For an instance the NS does not know: it counts the event and drops it.
+		body, _ := json.Marshal([]nsapi.Event{{ID: uuid.NewString(), Instance: uuid.NewString(), Agent: s.agent.id,
+			Kind: nsapi.EventJob, State: nsapi.StateRunning, Time: time.Now().UTC()}})
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, s.agent.plainURL+taskapi.PathEvents, bytes.NewReader(body))
+		ts := taskapi.SignRequest(req, s.agent.id, s.agent.apiKey, body, time.Now())
+		resp, err := rawDo(req)
+		if err != nil {
+			return fmt.Errorf("status event: %w", err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err == nil && resp.StatusCode != http.StatusOK {
+			err = fmt.Errorf("%s: %s", resp.Status, b)
+		}
+		if err == nil {
+			err = taskapi.VerifyResponse(s.agent.apiKey, ts, b, resp.Header.Get(taskapi.SignatureHeader))
+		}
+		if err != nil {
+			return fmt.Errorf("status event: %w", err)
 		}
 	}
 	return nil
@@ -540,6 +570,36 @@ services:
 	}
 	fmt.Fprintf(stderr, "bench abuse: standalone site up: NS %s, agent API %s and %s, packages %s\n", s.NSAddr, s.APIAddr, s.HTTPAddr, s.PkgAddr)
 	return s, nil
+}
+
+// forwarded waits up to timeout for the task service to have forwarded to the NS every
+// status event it received, and returns both counts from its metrics.
+func (s *abuseSite) forwarded(ctx context.Context, timeout time.Duration) (received, forwarded float64, err error) {
+	l, err := s.proc.waitLog(ctx, "metrics listening", time.Second)
+	if err != nil {
+		return 0, 0, err
+	}
+	addr, _ := l["addr"].(string)
+	deadline := time.Now().Add(timeout)
+	for {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			return 0, 0, err
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return 0, 0, err
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			fmt.Sscanf(line, "siteserver_task_events_received_total %g", &received)
+			fmt.Sscanf(line, "siteserver_task_events_forwarded_total %g", &forwarded)
+		}
+		if forwarded >= received || time.Now().After(deadline) || ctx.Err() != nil {
+			return received, forwarded, nil
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // enrollSiteServer enrolls a site server (approval is automatic on this site) and returns

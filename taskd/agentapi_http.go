@@ -91,7 +91,9 @@ func (s *Service) signed(limit int64, h func(http.ResponseWriter, *http.Request,
 		}
 		body, err := httpx.ReadBody(w, r, limit)
 		if err != nil {
-			s.metrics.refused[refusedTooLarge].Inc()
+			if httpx.TooLarge(err) {
+				s.metrics.refused[refusedTooLarge].Inc()
+			}
 			return
 		}
 		if err := head.VerifyBody(r, body); err != nil {
