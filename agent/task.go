@@ -19,7 +19,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/siteserver/siteserver/internal/backoff"
 	"github.com/siteserver/siteserver/internal/datadir"
 	"github.com/siteserver/siteserver/nsapi"
@@ -159,9 +158,6 @@ func (t *taskClient) run(ctx context.Context) error {
 // cycle registers with a task server if needed, then fetches and runs open jobs.
 func (t *taskClient) cycle(ctx context.Context, conn net.PacketConn) error {
 	if err := t.ensureRegistered(ctx, conn); err != nil {
-		return err
-	}
-	if err := t.reportInterrupted(ctx); err != nil {
 		return err
 	}
 	var jobs taskapi.JobsResponse
@@ -390,64 +386,12 @@ func (t *taskClient) runInstance(ctx context.Context, inst nsapi.JobInstance) er
 	t.logger.Info("running job", "job", inst.JobID, "instance", inst.ID)
 	runner := &Runner{WorkDir: filepath.Join(t.a.cfg.DataDir, "work"), Logger: t.logger}
 	os.MkdirAll(runner.WorkDir, 0o700)
-	// Kept until the instance ends here, so that a restart (kill, crash, reboot) in
-	// between is reported instead of leaving the instance running at the NS forever.
-	rec, _ := json.Marshal(runningRecord{Instance: inst.ID, JobID: inst.JobID, Agent: inst.Agent, Started: time.Now()})
-	if err := datadir.WriteFileAtomic(t.runningPath(), rec, 0o600); err != nil {
-		return fmt.Errorf("agent: record running instance: %w", err)
-	}
 	state, err := runner.Run(ctx, inst, func(e nsapi.Event) error { return t.send(ctx, e) })
 	if err != nil && !nsapi.Final(state) {
 		return err
 	}
 	t.logger.Info("job finished", "job", inst.JobID, "instance", inst.ID, "state", state)
-	if err := t.done.add(inst.ID); err != nil {
-		return err
-	}
-	return os.Remove(t.runningPath())
-}
-
-// runningRecord is the instance the agent is running, kept in running.json.
-type runningRecord struct {
-	Instance string    `json:"instance"`
-	JobID    string    `json:"job_id"`
-	Agent    string    `json:"agent"`
-	Started  time.Time `json:"started"`
-}
-
-func (t *taskClient) runningPath() string { return filepath.Join(t.a.cfg.DataDir, "running.json") }
-
-// reportInterrupted tells the NS, through the task server, that an instance this agent
-// was running when it last stopped ended there: it failed, interrupted. The event's id is
-// derived from the instance, so reporting it again after another crash adds nothing.
-func (t *taskClient) reportInterrupted(ctx context.Context) error {
-	b, err := os.ReadFile(t.runningPath())
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	var rec runningRecord
-	if err != nil || json.Unmarshal(b, &rec) != nil || rec.Instance == "" {
-		t.logger.Warn("unreadable record of a running instance; dropped", "err", err)
-		return os.Remove(t.runningPath())
-	}
-	if rec.Agent != t.a.peer.ID() {
-		// Enrolled again since, under another GUID: the instance was not ours to report.
-		t.logger.Warn("interrupted instance of an earlier identity; not reported", "instance", rec.Instance, "agent", rec.Agent)
-		return os.Remove(t.runningPath())
-	}
-	if !t.done.has(rec.Instance) {
-		reason := fmt.Sprintf("interrupted: the agent stopped while running it (started %s); it is not run again", rec.Started.Format(time.RFC3339))
-		t.logger.Warn("job instance interrupted by a restart", "instance", rec.Instance, "job", rec.JobID)
-		e := nsapi.Event{ID: uuid.NewSHA1(uuid.NameSpaceURL, []byte("siteserver:interrupted:"+rec.Instance)).String(),
-			Instance: rec.Instance, Agent: rec.Agent, Kind: nsapi.EventJob, State: nsapi.StateFailed, Output: reason, Time: time.Now()}
-		if err := t.send(ctx, e); err != nil {
-			return err
-		}
-		if err := t.done.add(rec.Instance); err != nil {
-			return err
-		}
-	}
-	return os.Remove(t.runningPath())
+	return t.done.add(inst.ID)
 }
 
 func (t *taskClient) send(ctx context.Context, e nsapi.Event) error {

@@ -53,9 +53,6 @@ type ServerConfig struct {
 	PublicURL string `yaml:"public_url"`
 	// SweepInterval is how often expired job instances are marked expired.
 	SweepInterval time.Duration `yaml:"sweep_interval"`
-	// RunGrace is how long past the sum of its tasks' timeouts a handed-out or running
-	// instance may go without an event before it is expired (its agent is gone).
-	RunGrace time.Duration `yaml:"run_grace"`
 	// ClientCertValidity is the lifetime of the client certificates of site servers and
 	// agents; they renew at two thirds of it, over mTLS, on their own.
 	ClientCertValidity time.Duration `yaml:"client_cert_validity"`
@@ -108,9 +105,6 @@ func (c *ServerConfig) Defaults() {
 	}
 	if c.SweepInterval == 0 {
 		c.SweepInterval = 10 * time.Second
-	}
-	if c.RunGrace == 0 {
-		c.RunGrace = 10 * time.Minute
 	}
 	if c.UnknownComputersPerMinute == 0 {
 		c.UnknownComputersPerMinute = 60

@@ -64,7 +64,7 @@ func (s *Server) sweep(ctx context.Context, every time.Duration) {
 	tk := time.NewTicker(every)
 	defer tk.Stop()
 	for {
-		if n, err := s.store.ExpireInstances(ctx, s.now(), s.cfg.RunGrace); err != nil {
+		if n, err := s.store.ExpireInstances(ctx, s.now()); err != nil {
 			s.logger.Warn("expiring job instances", "err", err)
 		} else if n > 0 {
 			s.logger.Info("job instances expired", "count", n)

@@ -47,7 +47,6 @@ type siteOpts struct {
 	nsChannel               bool   // the NS offers QUIC channels and the task server keeps one
 	wideDirs                bool   // data directories exist beforehand, 0755, with a 0644 key in each
 	certValidity            string // the NS's client_cert_validity ("" = its default)
-	runGrace                string // the NS's run_grace ("" = its default)
 	agentRegistration       string // the NS's agent_registration_interval ("" = its default)
 }
 
@@ -411,9 +410,6 @@ func nsExtra(o siteOpts) string {
 	}
 	if o.certValidity != "" {
 		extra += "  client_cert_validity: " + o.certValidity + "\n"
-	}
-	if o.runGrace != "" {
-		extra += "  run_grace: " + o.runGrace + "\n"
 	}
 	return extra
 }

@@ -156,9 +156,6 @@ var migrations = []string{
 	// until an administrator approves it.
 	`ALTER TABLE servers ADD COLUMN reported_hostname TEXT NOT NULL DEFAULT '';
 	ALTER TABLE servers ADD COLUMN reported_addresses TEXT NOT NULL DEFAULT '[]';`,
-	// 11: how long an instance may run: the sum of its tasks' timeouts (nanoseconds; 0
-	// for instances from before, which get a day).
-	`ALTER TABLE job_instances ADD COLUMN max_run INTEGER NOT NULL DEFAULT 0;`,
 }
 
 // SQLiteStore is the Store in a SQLite file.

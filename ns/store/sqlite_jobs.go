@@ -100,20 +100,16 @@ func (s *SQLiteStore) CreateInstances(ctx context.Context, insts []nsapi.JobInst
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		for start := 0; start < len(insts); start += perStatement {
 			part := insts[start:min(start+perStatement, len(insts))]
-			q := `INSERT INTO job_instances (id, job_id, agent, task_server, state, job, created_at, expires_at, updated_at, grant_payload, grant_sig, max_run) VALUES ` +
-				strings.TrimSuffix(strings.Repeat("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?), ", len(part)), ", ")
-			args := make([]any, 0, 12*len(part))
+			q := `INSERT INTO job_instances (id, job_id, agent, task_server, state, job, created_at, expires_at, updated_at, grant_payload, grant_sig) VALUES ` +
+				strings.TrimSuffix(strings.Repeat("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?), ", len(part)), ", ")
+			args := make([]any, 0, 11*len(part))
 			for _, in := range part {
 				var payload, sig []byte
 				if in.Grant != nil {
 					payload, sig = in.Grant.Payload, in.Grant.Sig
 				}
-				var maxRun time.Duration
-				for _, t := range in.Job.Tasks {
-					maxRun += time.Duration(t.Timeout)
-				}
 				args = append(args, in.ID, in.JobID, in.Agent, in.TaskServer, in.State, specs[in.JobID],
-					in.Created.UnixNano(), in.Expires.UnixNano(), in.Updated.UnixNano(), payload, sig, int64(maxRun))
+					in.Created.UnixNano(), in.Expires.UnixNano(), in.Updated.UnixNano(), payload, sig)
 			}
 			if _, err := tx.ExecContext(ctx, q, args...); err != nil {
 				return err
@@ -311,55 +307,14 @@ func (s *SQLiteStore) Events(ctx context.Context, instance string) ([]nsapi.Even
 }
 
 // ExpireInstances implements Store.
-func (s *SQLiteStore) ExpireInstances(ctx context.Context, now time.Time, grace time.Duration) (int, error) {
-	n := 0
-	err := s.tx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE job_instances SET state = ?, updated_at = ? WHERE state IN (?, ?) AND expires_at <= ?`,
-			nsapi.StateExpired, now.UnixNano(), nsapi.StatePending, nsapi.StateDelivered, now.UnixNano())
-		if err != nil {
-			return err
-		}
-		m, _ := res.RowsAffected()
-		n = int(m)
-		// Handed out or started, then no word for longer than all its tasks may take: its
-		// agent is gone (or lost the instance). It ends expired, with an event saying why.
-		rows, err := tx.QueryContext(ctx, `SELECT id, agent, state FROM job_instances WHERE state IN (?, ?)
-			AND updated_at + (CASE WHEN max_run > 0 THEN max_run ELSE ? END) + ? <= ?`,
-			nsapi.StateDelivered, nsapi.StateRunning, int64(24*time.Hour), int64(grace), now.UnixNano())
-		if err != nil {
-			return err
-		}
-		type lost struct{ id, agent, state string }
-		var gone []lost
-		for rows.Next() {
-			var l lost
-			if err := rows.Scan(&l.id, &l.agent, &l.state); err != nil {
-				rows.Close()
-				return err
-			}
-			gone = append(gone, l)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		for _, l := range gone {
-			if _, err := tx.ExecContext(ctx, `UPDATE job_instances SET state = ?, updated_at = ? WHERE id = ?`, nsapi.StateExpired, now.UnixNano(), l.id); err != nil {
-				return err
-			}
-			out := fmt.Sprintf("expired: %s and no word from the agent for longer than its tasks' timeouts plus %v", l.state, grace)
-			if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO events (id, instance, agent, kind, task, state, exit_code, timed_out, output, time, received_at)
-				VALUES (?, ?, ?, ?, 0, ?, 0, 0, ?, ?, ?)`, l.id+":expired", l.id, l.agent, nsapi.EventJob, nsapi.StateExpired, out, now.UnixNano(), now.UnixNano()); err != nil {
-				return err
-			}
-		}
-		n += len(gone)
-		return nil
-	})
+func (s *SQLiteStore) ExpireInstances(ctx context.Context, now time.Time) (int, error) {
+	res, err := s.db.ExecContext(ctx, `UPDATE job_instances SET state = ?, updated_at = ? WHERE state IN (?, ?) AND expires_at <= ?`,
+		nsapi.StateExpired, now.UnixNano(), nsapi.StatePending, nsapi.StateDelivered, now.UnixNano())
 	if err != nil {
 		return 0, fmt.Errorf("ns: store: expire: %w", err)
 	}
-	return n, nil
+	n, _ := res.RowsAffected()
+	return int(n), nil
 }
 
 // RetagInstances implements Store.

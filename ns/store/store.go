@@ -112,10 +112,8 @@ type Store interface {
 	// their agent moved (Foreign otherwise); an empty server skips that check.
 	AddEvents(ctx context.Context, server string, events []nsapi.Event, now time.Time) (EventCounts, error)
 	Events(ctx context.Context, instance string) ([]nsapi.Event, error)
-	// ExpireInstances marks pending and delivered instances past their validity expired,
-	// and delivered or running ones that had no event for longer than the sum of their
-	// tasks' timeouts plus grace (their agent is gone), with an event saying so.
-	ExpireInstances(ctx context.Context, now time.Time, grace time.Duration) (int, error)
+	// ExpireInstances marks pending and delivered instances past their validity expired.
+	ExpireInstances(ctx context.Context, now time.Time) (int, error)
 	// RetagInstances moves the open instances of an agent to its current task server.
 	RetagInstances(ctx context.Context, agent, taskServer string, now time.Time) (int, error)
 	InstanceStates(ctx context.Context) (map[string]int, error)
