@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	mrand "math/rand/v2"
 	"net"
@@ -158,6 +159,9 @@ func (t *taskClient) run(ctx context.Context) error {
 // cycle registers with a task server if needed, then fetches and runs open jobs.
 func (t *taskClient) cycle(ctx context.Context, conn net.PacketConn) error {
 	if err := t.ensureRegistered(ctx, conn); err != nil {
+		return err
+	}
+	if err := t.resumeInterrupted(ctx); err != nil {
 		return err
 	}
 	var jobs taskapi.JobsResponse
@@ -381,17 +385,80 @@ func (t *taskClient) current() string {
 }
 
 // runInstance runs one instance and makes sure each of its events is stored by the task
-// server before going on: events are retried until the task server has them.
+// server before going on: events are retried until the task server has them. Its progress
+// is kept in the data directory meanwhile, for resumeInterrupted after a restart.
 func (t *taskClient) runInstance(ctx context.Context, inst nsapi.JobInstance) error {
 	t.logger.Info("running job", "job", inst.JobID, "instance", inst.ID)
-	runner := &Runner{WorkDir: filepath.Join(t.a.cfg.DataDir, "work"), Logger: t.logger}
-	os.MkdirAll(runner.WorkDir, 0o700)
-	state, err := runner.Run(ctx, inst, func(e nsapi.Event) error { return t.send(ctx, e) })
-	if err != nil && !nsapi.Final(state) {
+	state, err := t.runner().Run(ctx, inst, func(e nsapi.Event) error { return t.send(ctx, e) })
+	return t.finished(inst, state, err)
+}
+
+// progressFile holds the Progress of the instance being run, 0600 in the data directory.
+const progressFile = "running.json"
+
+func (t *taskClient) runner() *Runner {
+	r := &Runner{WorkDir: filepath.Join(t.a.cfg.DataDir, "work"), Logger: t.logger, Save: func(p Progress) error {
+		b, err := json.Marshal(p)
+		if err != nil {
+			return err
+		}
+		return datadir.WriteFileAtomic(filepath.Join(t.a.cfg.DataDir, progressFile), b, 0o600)
+	}}
+	os.MkdirAll(r.WorkDir, 0o700)
+	return r
+}
+
+// finished records a run's end: an instance that reached a final state and reported it is
+// done and its progress goes; one stopped before (the agent stopping, progress not saved)
+// keeps its progress, which the next cycle or start takes up.
+func (t *taskClient) finished(inst nsapi.JobInstance, state string, err error) error {
+	if err != nil {
 		return err
 	}
 	t.logger.Info("job finished", "job", inst.JobID, "instance", inst.ID, "state", state)
-	return t.done.add(inst.ID)
+	if err := t.done.add(inst.ID); err != nil {
+		return err
+	}
+	if err := os.Remove(filepath.Join(t.a.cfg.DataDir, progressFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// resumeInterrupted takes up the instance a restart of the agent (or of the computer)
+// interrupted, if any: it is reported as interrupted, or goes on after a task marked
+// resume_after_restart. Until that is done no other instance runs.
+func (t *taskClient) resumeInterrupted(ctx context.Context) error {
+	path := filepath.Join(t.a.cfg.DataDir, progressFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var p Progress
+	if err := json.Unmarshal(b, &p); err != nil {
+		t.logger.Error("progress of an interrupted job is unreadable; its instance is left to expire at the NS", "file", path, "err", err)
+		return os.Remove(path)
+	}
+	inst := p.Instance
+	if t.done.has(inst.ID) || inst.Agent != t.a.peer.ID() {
+		// Done and reported (only this removal was left), or for an identity this agent no
+		// longer has, whose events the task server would refuse.
+		return os.Remove(path)
+	}
+	r := t.runner()
+	emit := func(e nsapi.Event) error { return t.send(ctx, e) }
+	key, _ := t.a.peer.JobKey()
+	var state string
+	if _, gerr := nsapi.VerifyGrant(key, inst, t.a.peer.ID(), p.Started); gerr != nil {
+		// Nothing more of it runs; its end is still reported.
+		state, err = r.Interrupt(p, emit, "interrupted: the agent restarted and the job's grant no longer checks: "+gerr.Error())
+	} else {
+		state, err = r.Resume(ctx, p, emit)
+	}
+	return t.finished(inst, state, err)
 }
 
 func (t *taskClient) send(ctx context.Context, e nsapi.Event) error {

@@ -87,6 +87,7 @@ func (s *SQLiteStore) CreateInstances(ctx context.Context, insts []nsapi.JobInst
 	// A job created for thousands of targets is one snapshot: encode it once. Rows go in
 	// many to a statement, which is several times faster than one statement a row.
 	specs := map[string]string{}
+	budgets := map[string]int64{}
 	for _, in := range insts {
 		if _, ok := specs[in.JobID]; !ok {
 			b, err := json.Marshal(in.Job)
@@ -94,22 +95,23 @@ func (s *SQLiteStore) CreateInstances(ctx context.Context, insts []nsapi.JobInst
 				return err
 			}
 			specs[in.JobID] = string(b)
+			budgets[in.JobID] = int64(in.Job.RunBudget())
 		}
 	}
 	const perStatement = 200
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		for start := 0; start < len(insts); start += perStatement {
 			part := insts[start:min(start+perStatement, len(insts))]
-			q := `INSERT INTO job_instances (id, job_id, agent, task_server, state, job, created_at, expires_at, updated_at, grant_payload, grant_sig) VALUES ` +
-				strings.TrimSuffix(strings.Repeat("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?), ", len(part)), ", ")
-			args := make([]any, 0, 11*len(part))
+			q := `INSERT INTO job_instances (id, job_id, agent, task_server, state, job, created_at, expires_at, updated_at, grant_payload, grant_sig, run_budget) VALUES ` +
+				strings.TrimSuffix(strings.Repeat("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?), ", len(part)), ", ")
+			args := make([]any, 0, 12*len(part))
 			for _, in := range part {
 				var payload, sig []byte
 				if in.Grant != nil {
 					payload, sig = in.Grant.Payload, in.Grant.Sig
 				}
 				args = append(args, in.ID, in.JobID, in.Agent, in.TaskServer, in.State, specs[in.JobID],
-					in.Created.UnixNano(), in.Expires.UnixNano(), in.Updated.UnixNano(), payload, sig)
+					in.Created.UnixNano(), in.Expires.UnixNano(), in.Updated.UnixNano(), payload, sig, budgets[in.JobID])
 			}
 			if _, err := tx.ExecContext(ctx, q, args...); err != nil {
 				return err
@@ -209,9 +211,15 @@ func (s *SQLiteStore) Instances(ctx context.Context, f InstanceFilter) ([]nsapi.
 // out of order (a "delivered" forwarded after "running") cannot move it back.
 var stateRank = map[string]int{nsapi.StatePending: 0, nsapi.StateDelivered: 1, nsapi.StateRunning: 2}
 
-// nextState is the instance state after an event, or "" to leave it. Final states never
-// change: an event that arrives late cannot revive a finished or expired instance.
+// nextState is the instance state after an event, or "" to leave it. Final states do not
+// go back: an event that arrives late cannot revive a finished or expired instance. The
+// one change they allow is the agent's own word on how the job ended replacing "expired",
+// which the NS may have concluded from silence (the events were held up, at a task server
+// away from the NS, say).
 func nextState(cur string, e nsapi.Event) string {
+	if cur == nsapi.StateExpired && e.Kind == nsapi.EventJob && (e.State == nsapi.StateSucceeded || e.State == nsapi.StateFailed) {
+		return e.State
+	}
 	if nsapi.Final(cur) {
 		return ""
 	}
@@ -244,7 +252,9 @@ func (s *SQLiteStore) AddEvents(ctx context.Context, server string, events []nsa
 			return err
 		}
 		defer get.Close()
-		upd, err := tx.PrepareContext(ctx, `UPDATE job_instances SET state = ?, updated_at = ? WHERE id = ?`)
+		// started_at is when the NS heard the instance started: its run budget counts from then.
+		upd, err := tx.PrepareContext(ctx, `UPDATE job_instances SET state = ?, updated_at = ?,
+			started_at = CASE WHEN ? = 'running' AND started_at = 0 THEN ? ELSE started_at END WHERE id = ?`)
 		if err != nil {
 			return err
 		}
@@ -272,7 +282,7 @@ func (s *SQLiteStore) AddEvents(ctx context.Context, server string, events []nsa
 			}
 			n.Added++
 			if next := nextState(cur, e); next != "" {
-				if _, err := upd.ExecContext(ctx, next, now.UnixNano(), e.Instance); err != nil {
+				if _, err := upd.ExecContext(ctx, next, now.UnixNano(), next, now.UnixNano(), e.Instance); err != nil {
 					return err
 				}
 			}
@@ -304,17 +314,6 @@ func (s *SQLiteStore) Events(ctx context.Context, instance string) ([]nsapi.Even
 		out = append(out, e)
 	}
 	return out, rows.Err()
-}
-
-// ExpireInstances implements Store.
-func (s *SQLiteStore) ExpireInstances(ctx context.Context, now time.Time) (int, error) {
-	res, err := s.db.ExecContext(ctx, `UPDATE job_instances SET state = ?, updated_at = ? WHERE state IN (?, ?) AND expires_at <= ?`,
-		nsapi.StateExpired, now.UnixNano(), nsapi.StatePending, nsapi.StateDelivered, now.UnixNano())
-	if err != nil {
-		return 0, fmt.Errorf("ns: store: expire: %w", err)
-	}
-	n, _ := res.RowsAffected()
-	return int(n), nil
 }
 
 // RetagInstances implements Store.
