@@ -54,8 +54,8 @@ type Server struct {
 	readTimeout time.Duration
 	// unreachable holds when agents last reported leaving a task server after failed
 	// attempts; until it registers again it is ranked last (sites.Place).
-	unreachMu   sync.Mutex
-	unreachable map[string]time.Time
+	unreachMu     sync.Mutex
+	unreachable   map[string]time.Time
 	eventSlots    *httpx.Slots
 	batchInFlight inFlight // site servers with an event batch under way
 
@@ -97,7 +97,7 @@ func NewServer(cfg ServerConfig, logger *slog.Logger, reg prometheus.Registerer)
 		startTime:  time.Now(),
 
 		unknownLimit: newCreationLimit(cfg.UnknownComputersPerMinute, cfg.UnknownComputersBurst),
-		eventSlots: httpx.NewSlots(eventBatchSlots),
+		eventSlots:   httpx.NewSlots(eventBatchSlots),
 	}
 	if cfg.Clock != nil {
 		s.now = cfg.Clock
