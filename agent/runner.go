@@ -98,7 +98,9 @@ func (r *Runner) Run(ctx context.Context, inst nsapi.JobInstance, emit func(nsap
 	// A zero Expires means no validity was set, not that it ended at year one.
 	if !inst.Expires.IsZero() && !r.now().Before(inst.Expires) {
 		logger.Info("job instance expired before it ran", "expires", inst.Expires)
-		return nsapi.StateExpired, send(nsapi.Event{Kind: nsapi.EventJob, State: nsapi.StateExpired})
+		// The NS may have said so already, with the same event.
+		return nsapi.StateExpired, send(nsapi.Event{ID: nsapi.DerivedEventID(inst.ID, nsapi.StateExpired), Kind: nsapi.EventJob,
+			State: nsapi.StateExpired, Output: "its validity ended before the agent could run it"})
 	}
 	if err := ctx.Err(); err != nil {
 		return nsapi.StateDelivered, err

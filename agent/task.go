@@ -466,6 +466,7 @@ func (t *taskClient) send(ctx context.Context, e nsapi.Event) error {
 		var resp taskapi.EventsResponse
 		err := t.call(ctx, http.MethodPost, taskapi.PathEvents, []nsapi.Event{e}, &resp)
 		if err == nil {
+			t.logger.Debug("status event stored", "id", e.ID, "instance", e.Instance, "kind", e.Kind, "state", e.State, "task", e.Task)
 			return nil
 		}
 		t.logger.Warn("status event not stored yet; retrying", "err", err)

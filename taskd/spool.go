@@ -69,7 +69,7 @@ type Spool struct {
 	// mu guards everything below it except the fields documented otherwise. No file
 	// I/O is done while holding it, so appenders queue up while a commit is on disk.
 	mu     sync.Mutex
-	cond   sync.Cond // on mu: a commit finished or the flusher left
+	cond   sync.Cond // on mu: the flusher left (for Close)
 	closed bool
 
 	segs    []segment // oldest first; the last one is appended to
@@ -120,9 +120,27 @@ type segment struct {
 // end is the sequence number after the segment's last record.
 func (g segment) end() uint64 { return g.first + g.count }
 
+// A commit is the records of every Append that arrived while the one before it was being
+// written. Its appenders wait on done; when the writer of the commit before finishes, it
+// hands the next commit to them through lead, and the first to wake writes it. Each wakes
+// once or twice per commit, never once per commit written: a burst of thousands of
+// appends costs thousands of wakeups, not millions.
 type commit struct {
-	done bool
-	err  error
+	done  chan struct{} // closed once written; err tells how
+	err   error
+	lead  chan struct{} // closed when its appenders are to write it themselves
+	taken bool          // one of them is writing it
+}
+
+func newCommit() *commit { return &commit{done: make(chan struct{}), lead: make(chan struct{})} }
+
+func (c *commit) written() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // Cursor marks the position after a batch returned by Next; pass it to Ack.
@@ -255,7 +273,7 @@ func openSpool(dir string) (*Spool, error) {
 		s.wf, s.wfFirst = f, last.first
 	}
 	s.pendFirst = s.nextSeq
-	s.pendCommit = &commit{}
+	s.pendCommit = newCommit()
 	return s, nil
 }
 

@@ -61,15 +61,32 @@ func (s *Spool) Append(events []nsapi.Event) error {
 	s.pend = append(s.pend, recs...)
 	s.pendN += len(events)
 	s.nextSeq += uint64(len(events))
-	for !c.done {
-		if s.flushing {
-			s.cond.Wait()
-			continue
-		}
+	lead := !s.flushing
+	if lead {
 		s.flushing = true
+	} else {
+		s.mu.Unlock()
+		select {
+		case <-c.done:
+		case <-c.lead:
+		}
+		s.mu.Lock()
+		if lead = !c.written() && !c.taken; lead {
+			c.taken = true // the flusher role, handed on to this commit
+		} else if !c.written() {
+			s.mu.Unlock()
+			<-c.done
+			s.mu.Lock()
+		}
+	}
+	if lead {
 		s.flushLocked()
-		s.flushing = false
-		s.cond.Broadcast()
+		if s.pendN > 0 {
+			close(s.pendCommit.lead) // still flushing: the role passes to those appenders
+		} else {
+			s.flushing = false
+			s.cond.Broadcast()
+		}
 	}
 	if c.err != nil {
 		s.refusedIO += uint64(len(events))
@@ -94,9 +111,9 @@ func (s *Spool) unackedBytesLocked() int64 {
 func (s *Spool) flushLocked() {
 	buf, n, first, c := s.pend, s.pendN, s.pendFirst, s.pendCommit
 	s.pend, s.spare = s.spare[:0], nil
-	s.pendN, s.pendFirst, s.pendCommit = 0, s.nextSeq, &commit{}
+	s.pendN, s.pendFirst, s.pendCommit = 0, s.nextSeq, newCommit()
+	defer close(c.done)
 	if n == 0 {
-		c.done = true
 		return
 	}
 	broken := s.werr != nil
@@ -123,7 +140,6 @@ func (s *Spool) flushLocked() {
 	}
 	s.mu.Lock()
 
-	c.done = true
 	if broken && err == nil {
 		s.werr = nil
 		s.repairs++

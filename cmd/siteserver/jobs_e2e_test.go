@@ -48,6 +48,8 @@ type siteOpts struct {
 	wideDirs                bool   // data directories exist beforehand, 0755, with a 0644 key in each
 	certValidity            string // the NS's client_cert_validity ("" = its default)
 	agentRegistration       string // the NS's agent_registration_interval ("" = its default)
+	runningGrace            string // the NS's running_grace ("" = its default)
+	spoolDisk               int    // bytes of a tmpfs mounted as the task service's spool directory (0: none)
 }
 
 func newSite(t *testing.T, o siteOpts) *site {
@@ -93,7 +95,11 @@ ns:
 		adv = fmt.Sprintf("    tickle_advertise: %q\n", o.tickleAdvertise)
 	}
 	if o.plainHTTP {
-		adv += "    agent_http_listen: \"127.0.0.1:0\"\n"
+		// A fixed port: agents keep the plain-HTTP URL they registered with.
+		adv += fmt.Sprintf("    agent_http_listen: \"127.0.0.1:%d\"\n", freePort(t))
+	}
+	if o.spoolDisk > 0 {
+		mountTmpfs(t, filepath.Join(s.dir, "ss", "task", "spool"), o.spoolDisk)
 	}
 	if o.channel {
 		adv += "    channel_listen: \"127.0.0.1:0\"\n"
@@ -410,6 +416,9 @@ func nsExtra(o siteOpts) string {
 	}
 	if o.certValidity != "" {
 		extra += "  client_cert_validity: " + o.certValidity + "\n"
+	}
+	if o.runningGrace != "" {
+		extra += "  running_grace: " + o.runningGrace + "\n"
 	}
 	return extra
 }
