@@ -4,7 +4,7 @@ LDFLAGS := -X github.com/siteserver/siteserver/internal/obs.Version=$(VERSION)
 # Static binary: the SQLite driver is pure Go, so cgo is not needed anywhere.
 export CGO_ENABLED ?= 0
 
-.PHONY: run test build vet fuzz bench deps clean
+.PHONY: run test build vet fuzz bench chaos deps clean
 
 # A standalone site (site services + embedded NS) on unprivileged ports, data in ./data.
 run: build
@@ -22,6 +22,13 @@ vet:
 # go test -race needs cgo.
 test: vet
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 15m ./...
+
+# The chaos test at length: jobs on several agents while kill -9 takes down the NS, the task
+# server and agents at random (`make test` runs 3 rounds). CHAOS_SEED repeats a logged run.
+CHAOS_ROUNDS ?= 40
+CHAOS_SEED ?= 0
+chaos:
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 30m -run '^TestChaos$$' -v ./cmd/siteserver/ -args -chaos.rounds=$(CHAOS_ROUNDS) -chaos.seed=$(CHAOS_SEED)
 
 # Short runs of every fuzz target, for local use.
 fuzz:

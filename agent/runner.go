@@ -46,6 +46,31 @@ type Runner struct {
 	MaxOutput int              // bytes of combined stdout+stderr kept per task (tail); default and cap ns.MaxOutputBytes
 	Now       func() time.Time // default time.Now
 	Logger    *slog.Logger
+	// Save, if set, records an instance's progress durably before each step (see Progress);
+	// an error from it ends the run like an error from emit.
+	Save func(Progress) error
+	// RestartWait is how long a task with ResumeAfterRestart that exited 0 is given to
+	// restart the computer before the job goes on; default nsapi.RestartWait.
+	RestartWait time.Duration
+}
+
+// Progress is how far an instance has come. The agent saves it (Runner.Save) before every
+// step, so that after a restart, a crash or a reboot Resume can tell what was interrupted:
+// it reports that, or goes on where a task marked ResumeAfterRestart left off, and sends
+// again what may not have reached the task server (with the same event ids, so it is
+// stored once).
+type Progress struct {
+	Instance nsapi.JobInstance `json:"instance"`
+	// Started is when the instance started: its grant is checked as of then on resume.
+	Started time.Time `json:"started"`
+	// Task is the task running or last run; Runs counts the task runs begun, this one
+	// included (0: none yet).
+	Task int `json:"task"`
+	Runs int `json:"runs"`
+	// Finished is task Task's result once it has one; Final is the job's final event once
+	// it is made.
+	Finished *nsapi.Event `json:"finished,omitempty"`
+	Final    *nsapi.Event `json:"final,omitempty"`
 }
 
 // taskResult is how one task execution ended.
@@ -62,33 +87,26 @@ type taskResult struct {
 // the reason as output. An instance whose Expires is past is not run: the only event is a
 // job event "expired". An invalid job is reported as running, then failed.
 //
-// Run returns the state the instance reached ("delivered" if it never started). An error from emit ends the run at once and
-// is returned; Final of the returned state then tells whether the job had finished and only
-// its report failed. When ctx is done the running task's process group is killed and
-// ctx.Err() is returned without a final event, so the instance can be run again.
+// Run returns the state the instance reached ("delivered" if it never started). An error
+// from emit or Save ends the run at once and is returned; the saved Progress then tells
+// Resume where to go on. When ctx is done the running task's process group is killed and
+// ctx.Err() is returned without a final event.
 func (r *Runner) Run(ctx context.Context, inst nsapi.JobInstance, emit func(nsapi.Event) error) (string, error) {
-	logger := r.Logger
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
-	}
-	logger = logger.With("instance", inst.ID, "job", inst.JobID)
-	send := func(e nsapi.Event) error {
-		e.ID = uuid.NewString()
-		e.Instance = inst.ID
-		e.Agent = inst.Agent
-		e.Time = r.now()
-		if err := emit(e); err != nil {
-			return fmt.Errorf("agent: job instance %s: report %s %s event: %w", inst.ID, e.Kind, e.State, err)
-		}
-		return nil
-	}
+	logger := r.logger(inst)
+	send := r.sender(inst, emit)
 
 	// A zero Expires means no validity was set, not that it ended at year one.
 	if !inst.Expires.IsZero() && !r.now().Before(inst.Expires) {
 		logger.Info("job instance expired before it ran", "expires", inst.Expires)
-		return nsapi.StateExpired, send(nsapi.Event{Kind: nsapi.EventJob, State: nsapi.StateExpired})
+		// The NS may have said so already, with the same event.
+		return nsapi.StateExpired, send(nsapi.Event{ID: nsapi.DerivedEventID(inst.ID, nsapi.StateExpired), Kind: nsapi.EventJob,
+			State: nsapi.StateExpired, Output: "its validity ended before the agent could run it"})
 	}
 	if err := ctx.Err(); err != nil {
+		return nsapi.StateDelivered, err
+	}
+	p := &Progress{Instance: inst, Started: r.now()}
+	if err := r.save(p); err != nil {
 		return nsapi.StateDelivered, err
 	}
 	if err := send(nsapi.Event{Kind: nsapi.EventJob, State: nsapi.StateRunning}); err != nil {
@@ -97,20 +115,99 @@ func (r *Runner) Run(ctx context.Context, inst nsapi.JobInstance, emit func(nsap
 	job := inst.Job
 	if err := job.Validate(); err != nil {
 		logger.Warn("job is invalid", "err", err)
-		return nsapi.StateFailed, send(nsapi.Event{Kind: nsapi.EventJob, State: nsapi.StateFailed, Output: fitOutput("invalid job: "+err.Error(), r.maxOutput())})
+		return r.finish(p, send, nsapi.Event{Kind: nsapi.EventJob, State: nsapi.StateFailed, Output: fitOutput("invalid job: "+err.Error(), r.maxOutput())})
 	}
+	return r.loop(ctx, logger, p, 0, send)
+}
 
+// Resume takes up an instance whose run the agent's restart interrupted, from the progress
+// last saved for it. Events that may not have reached the task server are sent again with
+// their ids. A task that had finished counts with its result and the job goes on by its
+// exit rules; a task still running counts as succeeded if it has ResumeAfterRestart (it
+// restarted the computer), and otherwise the job fails as interrupted. It returns like Run.
+func (r *Runner) Resume(ctx context.Context, p Progress, emit func(nsapi.Event) error) (string, error) {
+	inst := p.Instance
+	logger := r.logger(inst)
+	send := r.sender(inst, emit)
+	if p.Final != nil {
+		return p.Final.State, send(*p.Final)
+	}
+	tasks := inst.Job.Tasks
+	if p.Runs == 0 || p.Task < 0 || p.Task >= len(tasks) || inst.Job.Validate() != nil {
+		return r.interrupted(&p, send, "interrupted: the agent restarted before the job's first task started")
+	}
+	task := tasks[p.Task]
+	if p.Finished == nil {
+		if !task.ResumeAfterRestart {
+			return r.interrupted(&p, send, fmt.Sprintf("interrupted: the agent restarted during %s", taskName(tasks, p.Task)))
+		}
+		p.Finished = &nsapi.Event{ID: nsapi.DerivedEventID(inst.ID, fmt.Sprintf("resumed run %d", p.Runs)),
+			Kind: nsapi.EventTask, Task: p.Task, State: nsapi.StateSucceeded,
+			Output: "the agent restarted during this task, which has resume_after_restart: counted as succeeded"}
+		if err := r.save(&p); err != nil {
+			return nsapi.StateRunning, err
+		}
+	}
+	logger.Info("going on with a job the agent's restart interrupted", "task", p.Task, "resumed", p.Finished.Output)
+	if err := send(*p.Finished); err != nil {
+		return nsapi.StateRunning, err
+	}
+	res := taskResult{code: p.Finished.ExitCode, timedOut: p.Finished.TimedOut}
+	next, state, reason := decide(tasks, p.Task, res)
+	if state == "" {
+		state, reason = tooManyRuns(tasks, p.Runs)
+	}
+	if state != "" {
+		return r.finish(&p, send, nsapi.Event{ID: nsapi.DerivedEventID(inst.ID, fmt.Sprintf("final after run %d", p.Runs)),
+			Kind: nsapi.EventJob, Task: p.Task, State: state, ExitCode: res.code, TimedOut: res.timedOut, Output: fitOutput(reason, r.maxOutput())})
+	}
+	return r.loop(ctx, logger, &p, next, send)
+}
+
+// Interrupt reports the instance of p as interrupted for reason, running nothing more of it.
+func (r *Runner) Interrupt(p Progress, emit func(nsapi.Event) error, reason string) (string, error) {
+	if p.Final != nil {
+		return p.Final.State, r.sender(p.Instance, emit)(*p.Final)
+	}
+	return r.interrupted(&p, r.sender(p.Instance, emit), reason)
+}
+
+// interrupted reports the task in p as failed and the job as failed with reason. The
+// events' ids come from the instance and the run, so reporting again after yet another
+// restart stores nothing twice.
+func (r *Runner) interrupted(p *Progress, send func(nsapi.Event) error, reason string) (string, error) {
+	id := p.Instance.ID
+	logger := r.logger(p.Instance)
+	logger.Warn("job interrupted by a restart of the agent", "task", p.Task, "reason", reason)
+	if p.Runs > 0 {
+		// The job has ended: nothing of it goes on.
+		killLeftovers(id, logger)
+		if err := send(nsapi.Event{ID: nsapi.DerivedEventID(id, fmt.Sprintf("interrupted run %d", p.Runs)), Kind: nsapi.EventTask,
+			Task: p.Task, State: nsapi.StateFailed, ExitCode: -1, Output: reason}); err != nil {
+			return nsapi.StateRunning, err
+		}
+	}
+	return r.finish(p, send, nsapi.Event{ID: nsapi.DerivedEventID(id, fmt.Sprintf("interrupted job after run %d", p.Runs)),
+		Kind: nsapi.EventJob, Task: max(p.Task, 0), State: nsapi.StateFailed, ExitCode: -1, Output: reason})
+}
+
+// loop runs the tasks from start on until the job ends.
+func (r *Runner) loop(ctx context.Context, logger *slog.Logger, p *Progress, start int, send func(nsapi.Event) error) (string, error) {
+	inst := p.Instance
+	tasks := inst.Job.Tasks
 	scripts := &scriptDir{parent: r.WorkDir}
 	defer func() {
 		if err := scripts.remove(); err != nil {
 			logger.Warn("cannot remove script dir", "err", err)
 		}
 	}()
-
-	limit := runsPerTask * len(job.Tasks)
-	for i, runs := 0, 0; ; {
-		task := job.Tasks[i]
+	for i := start; ; {
+		task := tasks[i]
 		if err := ctx.Err(); err != nil {
+			return nsapi.StateRunning, err
+		}
+		p.Task, p.Runs, p.Finished = i, p.Runs+1, nil
+		if err := r.save(p); err != nil {
 			return nsapi.StateRunning, err
 		}
 		if err := send(nsapi.Event{Kind: nsapi.EventTask, Task: i, State: nsapi.StateRunning}); err != nil {
@@ -120,37 +217,121 @@ func (r *Runner) Run(ctx context.Context, inst nsapi.JobInstance, emit func(nsap
 		if err != nil {
 			return nsapi.StateRunning, err
 		}
-		runs++
-
-		next, state, reason := decide(job.Tasks, i, res)
-		if state == "" && runs >= limit {
-			state = nsapi.StateFailed
-			reason = fmt.Sprintf("stopped after %d task runs (%d per task): the exit rules keep jumping", runs, runsPerTask)
-			res.output = fitOutput(res.output+"\n"+reason+"\n", r.maxOutput())
+		next, state, reason := decide(tasks, i, res)
+		if state == "" {
+			if state, reason = tooManyRuns(tasks, p.Runs); state != "" {
+				res.output = fitOutput(res.output+"\n"+reason+"\n", r.maxOutput())
+			}
 		}
 		taskState := nsapi.StateSucceeded
 		if res.code != 0 || res.timedOut {
 			taskState = nsapi.StateFailed
 		}
-		if err := send(nsapi.Event{Kind: nsapi.EventTask, Task: i, State: taskState, ExitCode: res.code, TimedOut: res.timedOut, Output: res.output}); err != nil {
+		fin := r.stamp(inst, nsapi.Event{Kind: nsapi.EventTask, Task: i, State: taskState, ExitCode: res.code, TimedOut: res.timedOut, Output: res.output})
+		p.Finished = &fin
+		if err := r.save(p); err != nil {
+			return nsapi.StateRunning, err
+		}
+		if err := send(fin); err != nil {
 			return nsapi.StateRunning, err
 		}
 		if state != "" {
 			logger.Info("job finished", "state", state, "task", i, "exit_code", res.code, "reason", reason)
-			return state, send(nsapi.Event{Kind: nsapi.EventJob, Task: i, State: state, ExitCode: res.code, TimedOut: res.timedOut, Output: fitOutput(reason, r.maxOutput())})
+			return r.finish(p, send, nsapi.Event{Kind: nsapi.EventJob, Task: i, State: state, ExitCode: res.code, TimedOut: res.timedOut, Output: fitOutput(reason, r.maxOutput())})
+		}
+		if task.ResumeAfterRestart && taskState == nsapi.StateSucceeded {
+			// The task has set a restart going: give it the time to stop us, so that the
+			// restart, not the next task, is what it interrupts.
+			logger.Info("waiting for the restart the task set going", "task", i, "wait", r.restartWait())
+			select {
+			case <-ctx.Done():
+				return nsapi.StateRunning, ctx.Err()
+			case <-time.After(r.restartWait()):
+				logger.Info("no restart came; going on with the job", "task", i)
+			}
 		}
 		i = next
 	}
+}
+
+// finish saves the job's final event, then sends it.
+func (r *Runner) finish(p *Progress, send func(nsapi.Event) error, e nsapi.Event) (string, error) {
+	e = r.stamp(p.Instance, e)
+	p.Final = &e
+	if err := r.save(p); err != nil {
+		return nsapi.StateRunning, err
+	}
+	return e.State, send(e)
+}
+
+// tooManyRuns fails a job whose exit rules would keep it going past runsPerTask runs per task.
+func tooManyRuns(tasks []nsapi.Task, runs int) (state, reason string) {
+	if runs < runsPerTask*len(tasks) {
+		return "", ""
+	}
+	return nsapi.StateFailed, fmt.Sprintf("stopped after %d task runs (%d per task): the exit rules keep jumping", runs, runsPerTask)
+}
+
+func (r *Runner) save(p *Progress) error {
+	if r.Save == nil {
+		return nil
+	}
+	if err := r.Save(*p); err != nil {
+		return fmt.Errorf("agent: job instance %s: record progress: %w", p.Instance.ID, err)
+	}
+	return nil
+}
+
+// stamp fills what every event of inst carries; an id it already has is kept.
+func (r *Runner) stamp(inst nsapi.JobInstance, e nsapi.Event) nsapi.Event {
+	if e.ID == "" {
+		e.ID = uuid.NewString()
+	}
+	e.Instance, e.Agent = inst.ID, inst.Agent
+	if e.Time.IsZero() {
+		e.Time = r.now()
+	}
+	return e
+}
+
+func (r *Runner) sender(inst nsapi.JobInstance, emit func(nsapi.Event) error) func(nsapi.Event) error {
+	return func(e nsapi.Event) error {
+		e = r.stamp(inst, e)
+		if err := emit(e); err != nil {
+			return fmt.Errorf("agent: job instance %s: report %s %s event: %w", inst.ID, e.Kind, e.State, err)
+		}
+		return nil
+	}
+}
+
+func (r *Runner) logger(inst nsapi.JobInstance) *slog.Logger {
+	logger := r.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return logger.With("instance", inst.ID, "job", inst.JobID)
+}
+
+func (r *Runner) restartWait() time.Duration {
+	if r.RestartWait > 0 {
+		return r.RestartWait
+	}
+	return nsapi.RestartWait
+}
+
+func taskName(tasks []nsapi.Task, i int) string {
+	name := fmt.Sprintf("task %d", i)
+	if tasks[i].Name != "" {
+		name += fmt.Sprintf(" (%s)", tasks[i].Name)
+	}
+	return name
 }
 
 // decide applies task i's exit rules to its result: either the next task to run, or the
 // final job state and why.
 func decide(tasks []nsapi.Task, i int, res taskResult) (next int, state, reason string) {
 	task := tasks[i]
-	name := fmt.Sprintf("task %d", i)
-	if task.Name != "" {
-		name += fmt.Sprintf(" (%s)", task.Name)
-	}
+	name := taskName(tasks, i)
 	if res.timedOut {
 		return 0, nsapi.StateFailed, fmt.Sprintf("%s timed out after %s", name, time.Duration(task.Timeout))
 	}

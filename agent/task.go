@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	mrand "math/rand/v2"
 	"net"
@@ -19,7 +20,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/siteserver/siteserver/internal/backoff"
 	"github.com/siteserver/siteserver/internal/datadir"
 	"github.com/siteserver/siteserver/nsapi"
@@ -161,7 +161,7 @@ func (t *taskClient) cycle(ctx context.Context, conn net.PacketConn) error {
 	if err := t.ensureRegistered(ctx, conn); err != nil {
 		return err
 	}
-	if err := t.reportInterrupted(ctx); err != nil {
+	if err := t.resumeInterrupted(ctx); err != nil {
 		return err
 	}
 	var jobs taskapi.JobsResponse
@@ -385,69 +385,80 @@ func (t *taskClient) current() string {
 }
 
 // runInstance runs one instance and makes sure each of its events is stored by the task
-// server before going on: events are retried until the task server has them.
+// server before going on: events are retried until the task server has them. Its progress
+// is kept in the data directory meanwhile, for resumeInterrupted after a restart.
 func (t *taskClient) runInstance(ctx context.Context, inst nsapi.JobInstance) error {
 	t.logger.Info("running job", "job", inst.JobID, "instance", inst.ID)
-	runner := &Runner{WorkDir: filepath.Join(t.a.cfg.DataDir, "work"), Logger: t.logger}
-	os.MkdirAll(runner.WorkDir, 0o700)
-	// Kept until the instance ends here, so that a restart (kill, crash, reboot) in
-	// between is reported instead of leaving the instance running at the NS forever.
-	rec, _ := json.Marshal(runningRecord{Instance: inst.ID, JobID: inst.JobID, Agent: inst.Agent, Started: time.Now()})
-	if err := datadir.WriteFileAtomic(t.runningPath(), rec, 0o600); err != nil {
-		return fmt.Errorf("agent: record running instance: %w", err)
-	}
-	state, err := runner.Run(ctx, inst, func(e nsapi.Event) error { return t.send(ctx, e) })
-	if err != nil && !nsapi.Final(state) {
+	state, err := t.runner().Run(ctx, inst, func(e nsapi.Event) error { return t.send(ctx, e) })
+	return t.finished(inst, state, err)
+}
+
+// progressFile holds the Progress of the instance being run, 0600 in the data directory.
+const progressFile = "running.json"
+
+func (t *taskClient) runner() *Runner {
+	r := &Runner{WorkDir: filepath.Join(t.a.cfg.DataDir, "work"), Logger: t.logger, Save: func(p Progress) error {
+		b, err := json.Marshal(p)
+		if err != nil {
+			return err
+		}
+		return datadir.WriteFileAtomic(filepath.Join(t.a.cfg.DataDir, progressFile), b, 0o600)
+	}}
+	os.MkdirAll(r.WorkDir, 0o700)
+	return r
+}
+
+// finished records a run's end: an instance that reached a final state and reported it is
+// done and its progress goes; one stopped before (the agent stopping, progress not saved)
+// keeps its progress, which the next cycle or start takes up.
+func (t *taskClient) finished(inst nsapi.JobInstance, state string, err error) error {
+	if err != nil {
 		return err
 	}
 	t.logger.Info("job finished", "job", inst.JobID, "instance", inst.ID, "state", state)
 	if err := t.done.add(inst.ID); err != nil {
 		return err
 	}
-	return os.Remove(t.runningPath())
+	if err := os.Remove(filepath.Join(t.a.cfg.DataDir, progressFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
 }
 
-// runningRecord is the instance the agent is running, kept in running.json.
-type runningRecord struct {
-	Instance string    `json:"instance"`
-	JobID    string    `json:"job_id"`
-	Agent    string    `json:"agent"`
-	Started  time.Time `json:"started"`
-}
-
-func (t *taskClient) runningPath() string { return filepath.Join(t.a.cfg.DataDir, "running.json") }
-
-// reportInterrupted tells the NS, through the task server, that an instance this agent
-// was running when it last stopped ended there: it failed, interrupted. The event's id is
-// derived from the instance, so reporting it again after another crash adds nothing.
-func (t *taskClient) reportInterrupted(ctx context.Context) error {
-	b, err := os.ReadFile(t.runningPath())
-	if errors.Is(err, os.ErrNotExist) {
+// resumeInterrupted takes up the instance a restart of the agent (or of the computer)
+// interrupted, if any: it is reported as interrupted, or goes on after a task marked
+// resume_after_restart. Until that is done no other instance runs.
+func (t *taskClient) resumeInterrupted(ctx context.Context) error {
+	path := filepath.Join(t.a.cfg.DataDir, progressFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
-	var rec runningRecord
-	if err != nil || json.Unmarshal(b, &rec) != nil || rec.Instance == "" {
-		t.logger.Warn("unreadable record of a running instance; dropped", "err", err)
-		return os.Remove(t.runningPath())
+	if err != nil {
+		return err
 	}
-	if rec.Agent != t.a.peer.ID() {
-		// Enrolled again since, under another GUID: the instance was not ours to report.
-		t.logger.Warn("interrupted instance of an earlier identity; not reported", "instance", rec.Instance, "agent", rec.Agent)
-		return os.Remove(t.runningPath())
+	var p Progress
+	if err := json.Unmarshal(b, &p); err != nil {
+		t.logger.Error("progress of an interrupted job is unreadable; its instance is left to expire at the NS", "file", path, "err", err)
+		return os.Remove(path)
 	}
-	if !t.done.has(rec.Instance) {
-		reason := fmt.Sprintf("interrupted: the agent stopped while running it (started %s); it is not run again", rec.Started.Format(time.RFC3339))
-		t.logger.Warn("job instance interrupted by a restart", "instance", rec.Instance, "job", rec.JobID)
-		e := nsapi.Event{ID: uuid.NewSHA1(uuid.NameSpaceURL, []byte("siteserver:interrupted:"+rec.Instance)).String(),
-			Instance: rec.Instance, Agent: rec.Agent, Kind: nsapi.EventJob, State: nsapi.StateFailed, Output: reason, Time: time.Now()}
-		if err := t.send(ctx, e); err != nil {
-			return err
-		}
-		if err := t.done.add(rec.Instance); err != nil {
-			return err
-		}
+	inst := p.Instance
+	if t.done.has(inst.ID) || inst.Agent != t.a.peer.ID() {
+		// Done and reported (only this removal was left), or for an identity this agent no
+		// longer has, whose events the task server would refuse.
+		return os.Remove(path)
 	}
-	return os.Remove(t.runningPath())
+	r := t.runner()
+	emit := func(e nsapi.Event) error { return t.send(ctx, e) }
+	key, _ := t.a.peer.JobKey()
+	var state string
+	if _, gerr := nsapi.VerifyGrant(key, inst, t.a.peer.ID(), p.Started); gerr != nil {
+		// Nothing more of it runs; its end is still reported.
+		state, err = r.Interrupt(p, emit, "interrupted: the agent restarted and the job's grant no longer checks: "+gerr.Error())
+	} else {
+		state, err = r.Resume(ctx, p, emit)
+	}
+	return t.finished(inst, state, err)
 }
 
 func (t *taskClient) send(ctx context.Context, e nsapi.Event) error {
@@ -455,6 +466,7 @@ func (t *taskClient) send(ctx context.Context, e nsapi.Event) error {
 		var resp taskapi.EventsResponse
 		err := t.call(ctx, http.MethodPost, taskapi.PathEvents, []nsapi.Event{e}, &resp)
 		if err == nil {
+			t.logger.Debug("status event stored", "id", e.ID, "instance", e.Instance, "kind", e.Kind, "state", e.State, "task", e.Task)
 			return nil
 		}
 		t.logger.Warn("status event not stored yet; retrying", "err", err)

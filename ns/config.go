@@ -53,9 +53,12 @@ type ServerConfig struct {
 	PublicURL string `yaml:"public_url"`
 	// SweepInterval is how often expired job instances are marked expired.
 	SweepInterval time.Duration `yaml:"sweep_interval"`
-	// RunGrace is how long past the sum of its tasks' timeouts a handed-out or running
-	// instance may go without an event before it is expired (its agent is gone).
-	RunGrace time.Duration `yaml:"run_grace"`
+	// RunningGrace is how long past the sum of its task timeouts the NS waits for word of
+	// a running instance's end (or, for a delivered one, of its start) before it marks it
+	// expired: the time a reboot, a restarted agent and events held at a task server may take.
+	RunningGrace time.Duration `yaml:"running_grace"`
+	// Retention says how long finished history is kept.
+	Retention Retention `yaml:"retention"`
 	// ClientCertValidity is the lifetime of the client certificates of site servers and
 	// agents; they renew at two thirds of it, over mTLS, on their own.
 	ClientCertValidity time.Duration `yaml:"client_cert_validity"`
@@ -87,6 +90,16 @@ type ServerConfig struct {
 	SelfServer func() string `yaml:"-"`
 }
 
+// Retention says how long the NS keeps what can no longer change. Revoked certificate
+// serials are kept, whatever it says, until the certificates have ended.
+type Retention struct {
+	// Jobs is how long a finished instance (succeeded, failed, expired) and its events are
+	// kept after it finished; a job goes with its last instance. Negative: kept forever.
+	Jobs time.Duration `yaml:"jobs"`
+	// Interval is how often the NS deletes what is past its retention.
+	Interval time.Duration `yaml:"interval"`
+}
+
 // Defaults fills unset fields. It is the one place NS defaults live.
 func (c *ServerConfig) Defaults() {
 	if c.Listen == "" {
@@ -109,9 +122,6 @@ func (c *ServerConfig) Defaults() {
 	if c.SweepInterval == 0 {
 		c.SweepInterval = 10 * time.Second
 	}
-	if c.RunGrace == 0 {
-		c.RunGrace = 10 * time.Minute
-	}
 	if c.UnknownComputersPerMinute == 0 {
 		c.UnknownComputersPerMinute = 60
 	}
@@ -128,6 +138,15 @@ func (c *ServerConfig) Defaults() {
 	if c.Settings.AgentRegistrationInterval == 0 {
 		// Short certificates (tests of renewal) need agents that register more often.
 		c.Settings.AgentRegistrationInterval = min(time.Hour, max(time.Second, c.ClientCertValidity/agentRenewChances))
+	}
+	if c.RunningGrace == 0 {
+		c.RunningGrace = 30 * time.Minute
+	}
+	if c.Retention.Jobs == 0 {
+		c.Retention.Jobs = 90 * 24 * time.Hour
+	}
+	if c.Retention.Interval == 0 {
+		c.Retention.Interval = time.Hour
 	}
 	c.Settings.Defaults()
 }
@@ -190,6 +209,15 @@ func (c *ServerConfig) Validate() error {
 	}
 	if c.SweepInterval < 100*time.Millisecond {
 		return fmt.Errorf("sweep_interval: %s is below 100ms", c.SweepInterval)
+	}
+	if c.RunningGrace < time.Second {
+		return fmt.Errorf("running_grace: %s is below 1s", c.RunningGrace)
+	}
+	if c.Retention.Jobs > 0 && c.Retention.Jobs < time.Hour {
+		return fmt.Errorf("retention.jobs: %s is below 1h (negative keeps them forever)", c.Retention.Jobs)
+	}
+	if c.Retention.Interval < 100*time.Millisecond {
+		return fmt.Errorf("retention.interval: %s is below 100ms", c.Retention.Interval)
 	}
 	if c.MaxBodyBytes < 1024 {
 		return fmt.Errorf("max_body_bytes: %d is below 1024", c.MaxBodyBytes)

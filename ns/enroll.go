@@ -160,7 +160,7 @@ func (s *Server) recordEnrollment(w http.ResponseWriter, r *http.Request, req ns
 		if serial, err = certSerial(certPEM); err != nil {
 			return "", fail(err)
 		}
-		if err := s.store.Revoke(ctx, superseded, req.Kind, id, now); err != nil {
+		if err := s.revoke(ctx, superseded, req.Kind, id); err != nil {
 			return "", fail(err)
 		}
 		resp.ID, resp.Certificate = id, string(certPEM)

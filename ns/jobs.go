@@ -63,16 +63,13 @@ func (s *Server) nsID() string { return s.id }
 func (s *Server) sweep(ctx context.Context, every time.Duration) {
 	tk := time.NewTicker(every)
 	defer tk.Stop()
+	var lastPrune time.Time
 	for {
-		if n, err := s.store.ExpireInstances(ctx, s.now(), s.cfg.RunGrace); err != nil {
-			s.logger.Warn("expiring job instances", "err", err)
-		} else if n > 0 {
-			s.logger.Info("job instances expired", "count", n)
-		}
+		s.expire(ctx)
 		s.refreshJobGauges(ctx)
-		// A revoked certificate past its end needs no listing any more.
-		if _, err := s.store.PruneRevoked(ctx, s.now().Add(-s.cfg.ClientCertValidity)); err != nil {
-			s.logger.Warn("pruning revoked serials", "err", err)
+		if now := s.now(); now.Sub(lastPrune) >= s.cfg.Retention.Interval || now.Before(lastPrune) {
+			lastPrune = now
+			s.prune(ctx)
 		}
 		s.expireUnknown(ctx)
 		s.refreshComputerGauges(ctx)
@@ -83,6 +80,55 @@ func (s *Server) sweep(ctx context.Context, every time.Duration) {
 		case <-tk.C:
 		}
 	}
+}
+
+// expire marks expired the instances nobody can finish any more, each with an event that
+// says why.
+func (s *Server) expire(ctx context.Context) {
+	n, err := s.store.ExpireInstances(ctx, s.now(), s.cfg.RunningGrace)
+	if err != nil {
+		s.logger.Warn("expiring job instances", "err", err)
+		return
+	}
+	s.jobMetrics.expired.WithLabelValues(nsapi.StatePending).Add(float64(n.Pending))
+	s.jobMetrics.expired.WithLabelValues(nsapi.StateDelivered).Add(float64(n.Delivered))
+	s.jobMetrics.expired.WithLabelValues(nsapi.StateRunning).Add(float64(n.Running))
+	if n.Pending+n.Delivered+n.Running > 0 {
+		s.logger.Info("job instances expired", "pending", n.Pending, "delivered", n.Delivered, "running", n.Running)
+	}
+}
+
+// prune deletes what is past its retention: finished instances with their events and
+// jobs, and revoked serials of certificates that have ended.
+func (s *Server) prune(ctx context.Context) {
+	now := s.now()
+	if keep := s.cfg.Retention.Jobs; keep > 0 {
+		n, err := s.store.Prune(ctx, now.Add(-keep))
+		if err != nil {
+			s.logger.Warn("pruning finished jobs", "err", err)
+		}
+		s.jobMetrics.pruned.WithLabelValues("job_instances").Add(float64(n.Instances))
+		s.jobMetrics.pruned.WithLabelValues("events").Add(float64(n.Events))
+		s.jobMetrics.pruned.WithLabelValues("jobs").Add(float64(n.Jobs))
+		if n.Instances > 0 {
+			s.logger.Info("finished job history past its retention deleted", "instances", n.Instances, "events", n.Events, "jobs", n.Jobs,
+				"retention", keep)
+		}
+	}
+	// A revoked certificate past its end needs no listing any more; an hour on, no task
+	// server whose clock lags will take it either.
+	n, err := s.store.PruneRevoked(ctx, now.Add(-time.Hour), s.cfg.ClientCertValidity)
+	if err != nil {
+		s.logger.Warn("pruning revoked serials", "err", err)
+	}
+	s.jobMetrics.pruned.WithLabelValues("revoked").Add(float64(n))
+}
+
+// revoke records a certificate as revoked until the longest it can run: issued at the
+// latest now, with the validity the NS gives.
+func (s *Server) revoke(ctx context.Context, serial, kind, id string) error {
+	now := s.now().UTC()
+	return s.store.Revoke(ctx, serial, kind, id, now, now.Add(s.cfg.ClientCertValidity))
 }
 
 func (s *Server) refreshJobGauges(ctx context.Context) {

@@ -195,6 +195,8 @@ func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 type jobMetrics struct {
 	instances *prometheus.GaugeVec
 	events    *prometheus.CounterVec
+	expired   *prometheus.CounterVec
+	pruned    *prometheus.CounterVec
 	tickles   *tickle.Metrics
 	channel   *tickle.ChannelServerMetrics
 }
@@ -210,13 +212,27 @@ func newJobMetrics(reg prometheus.Registerer) (*jobMetrics, error) {
 			Help: "Status events received from task servers: added, duplicate (already stored) or unknown (no such instance).",
 		}, []string{"result"}),
 	}
+	m.expired = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: obs.Namespace, Subsystem: subsystem, Name: "job_instances_expired_total",
+		Help: "Job instances the NS marked expired, by the state they were in: pending past their validity, delivered or running past their run budget and grace.",
+	}, []string{"from"})
+	m.pruned = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: obs.Namespace, Subsystem: subsystem, Name: "pruned_rows_total",
+		Help: "Rows deleted past their retention, by table: finished job instances, their events, jobs, revoked serials of ended certificates.",
+	}, []string{"table"})
 	for _, st := range nsapi.JobStates {
 		m.instances.WithLabelValues(st)
+	}
+	for _, st := range []string{nsapi.StatePending, nsapi.StateDelivered, nsapi.StateRunning} {
+		m.expired.WithLabelValues(st)
+	}
+	for _, t := range []string{"job_instances", "events", "jobs", "revoked"} {
+		m.pruned.WithLabelValues(t)
 	}
 	for _, r := range []string{"added", "duplicate", "unknown"} {
 		m.events.WithLabelValues(r)
 	}
-	if err := obs.RegisterAll(reg, m.instances, m.events); err != nil {
+	if err := obs.RegisterAll(reg, m.instances, m.events, m.expired, m.pruned); err != nil {
 		return nil, err
 	}
 	tm, err := tickle.NewMetrics(reg, subsystem)

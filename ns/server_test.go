@@ -505,6 +505,9 @@ func TestMetricsLint(t *testing.T) {
 	if _, err := newServerMetrics(reg); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := newJobMetrics(reg); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := nsapi.NewRegistrar([]*nsapi.Enrollment{{Endpoint: nsapi.Endpoint{Name: "central"}}}, nil, nil, reg); err != nil {
 		t.Fatal(err)
 	}

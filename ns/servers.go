@@ -102,7 +102,7 @@ func (s *Server) handleResetServer(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	rec, err := s.store.Server(r.Context(), id)
 	if err == nil {
-		err = s.store.Revoke(r.Context(), rec.CertSerial, nsapi.KindSiteServer, id, s.now().UTC())
+		err = s.revoke(r.Context(), rec.CertSerial, nsapi.KindSiteServer, id)
 	}
 	if err == nil {
 		rec.CertSerial = ""
@@ -118,7 +118,7 @@ func (s *Server) handleResetAgent(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	rec, err := s.store.Agent(r.Context(), id)
 	if err == nil {
-		err = s.store.Revoke(r.Context(), rec.CertSerial, nsapi.KindAgent, id, s.now().UTC())
+		err = s.revoke(r.Context(), rec.CertSerial, nsapi.KindAgent, id)
 	}
 	if err == nil {
 		rec.CertSerial = ""
@@ -163,7 +163,7 @@ func (s *Server) handleDeleteServer(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusConflict, "site server %s is %s, not pending: use servers delete", id, rec.Status)
 		return
 	case err == nil:
-		err = s.store.Revoke(ctx, rec.CertSerial, nsapi.KindSiteServer, id, s.now().UTC())
+		err = s.revoke(ctx, rec.CertSerial, nsapi.KindSiteServer, id)
 	}
 	if err == nil {
 		err = s.store.DeleteServer(ctx, id)
@@ -179,7 +179,7 @@ func (s *Server) handleDeleteAgent(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	rec, err := s.store.Agent(ctx, id)
 	if err == nil {
-		err = s.store.Revoke(ctx, rec.CertSerial, nsapi.KindAgent, id, s.now().UTC())
+		err = s.revoke(ctx, rec.CertSerial, nsapi.KindAgent, id)
 	}
 	if err == nil {
 		err = s.store.DeleteAgent(ctx, id)

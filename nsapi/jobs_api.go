@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/google/uuid"
 )
 
 // Exit rule actions: what a task's return code makes the job do next.
@@ -31,7 +33,16 @@ type Task struct {
 	Interpreter string     `json:"interpreter,omitempty" yaml:"interpreter,omitempty"` // default /bin/sh
 	Timeout     Duration   `json:"timeout" yaml:"timeout"`
 	OnExit      []ExitRule `json:"on_exit,omitempty" yaml:"on_exit,omitempty"`
+	// ResumeAfterRestart is for a task that restarts the computer (or the agent): when the
+	// agent restarts while it runs, or within RestartWait after it exited 0, the task counts
+	// as succeeded and the job goes on with the next one. Without it, a restart during a
+	// task fails the job as interrupted.
+	ResumeAfterRestart bool `json:"resume_after_restart,omitempty" yaml:"resume_after_restart,omitempty"`
 }
+
+// RestartWait is how long an agent waits, after a task with ResumeAfterRestart exited 0,
+// for the restart that task set going before it goes on with the next task.
+const RestartWait = 2 * time.Minute
 
 // Job is an ordered list of tasks with a stable id: creating a job with an existing id
 // updates it and keeps its history.
@@ -40,6 +51,20 @@ type Job struct {
 	Name     string   `json:"name" yaml:"name"`
 	Tasks    []Task   `json:"tasks" yaml:"tasks"`
 	Validity Duration `json:"validity,omitempty" yaml:"validity,omitempty"` // default 1h
+}
+
+// RunBudget is the longest the job runs without jumps: the sum of its task timeouts, plus
+// RestartWait for each task that restarts the computer. The NS gives up on a running
+// instance it has not heard the end of within this plus a grace period.
+func (j *Job) RunBudget() time.Duration {
+	var d time.Duration
+	for _, t := range j.Tasks {
+		d += time.Duration(t.Timeout)
+		if t.ResumeAfterRestart {
+			d += RestartWait
+		}
+	}
+	return d
 }
 
 // Duration is a time.Duration written as "90s", "5m" in JSON and YAML.
@@ -113,6 +138,17 @@ type Event struct {
 	TimedOut bool      `json:"timed_out,omitempty"`
 	Output   string    `json:"output,omitempty"` // bounded, tail kept
 	Time     time.Time `json:"time"`
+}
+
+// eventIDSpace keeps derived event ids apart from every other name-based UUID.
+var eventIDSpace = uuid.MustParse("5d0c6a1e-8f4b-4c0e-9a57-2b8f3e6d1c40")
+
+// DerivedEventID is the id of an event that a party may have to make again after a crash
+// or restart (the task server's "delivered", the NS's "expired", an agent's report of an
+// interrupted task): derived from the instance and what happened, so making it twice stores
+// it once.
+func DerivedEventID(instance, what string) string {
+	return uuid.NewSHA1(eventIDSpace, []byte(instance+"\x00"+what)).String()
 }
 
 // Limits on jobs and events, so one bad request cannot fill the store.

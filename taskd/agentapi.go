@@ -13,7 +13,6 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/siteserver/siteserver/internal/httpx"
 	"github.com/siteserver/siteserver/internal/pki"
 	"github.com/siteserver/siteserver/nsapi"
@@ -228,19 +227,21 @@ func (s *Service) handleRegister(w http.ResponseWriter, r *http.Request, p agent
 }
 
 func (s *Service) handleJobs(w http.ResponseWriter, r *http.Request, p agentPeer) {
-	resp, ok := s.jobsFor(p)
-	if !ok {
-		httpx.WriteError(w, http.StatusNotFound, "agent %s is not registered here; register first", p.id)
+	resp, code, err := s.jobsFor(p)
+	if err != nil {
+		httpx.WriteError(w, code, "%v", err)
 		return
 	}
 	httpx.WriteJSON(w, http.StatusOK, resp)
 }
 
-// jobsFor returns the agent's open instances and spools a "delivered" event for each one
-// handed out for the first time.
-func (s *Service) jobsFor(p agentPeer) (taskapi.JobsResponse, bool) {
+// jobsFor returns the agent's open instances. Each one handed out for the first time (since
+// this process started) has its "delivered" event stored in the spool before the agent
+// gets it, with an id derived from the instance: a restart that hands it out again makes
+// the same event, which the NS stores once.
+func (s *Service) jobsFor(p agentPeer) (taskapi.JobsResponse, int, error) {
 	if _, ok := s.reg.get(p.id); !ok {
-		return taskapi.JobsResponse{}, false
+		return taskapi.JobsResponse{}, http.StatusNotFound, fmt.Errorf("agent %s is not registered here; register first", p.id)
 	}
 	now := time.Now()
 	s.reg.touch(p.id, now)
@@ -248,15 +249,21 @@ func (s *Service) jobsFor(p agentPeer) (taskapi.JobsResponse, bool) {
 	if len(first) > 0 {
 		delivered := make([]nsapi.Event, 0, len(first))
 		for _, in := range first {
-			delivered = append(delivered, nsapi.Event{ID: uuid.NewString(), Instance: in.ID, Agent: p.id,
+			delivered = append(delivered, nsapi.Event{ID: nsapi.DerivedEventID(in.ID, nsapi.StateDelivered), Instance: in.ID, Agent: p.id,
 				Kind: nsapi.EventJob, State: nsapi.StateDelivered, Time: now.UTC()})
 		}
-		p.ns.queueDelivered(delivered)
+		// Concurrent fetches share one fsync (group commit), so a fan-out to thousands of
+		// agents costs a few syncs, not one each.
+		if err := p.ns.spool.Append(delivered); err != nil {
+			s.work.undeliver(first)
+			s.spoolRefused(err, len(delivered))
+			return taskapi.JobsResponse{}, http.StatusServiceUnavailable, fmt.Errorf("try again later: delivery not recorded: %v", err)
+		}
 	}
 	if out == nil {
 		out = []nsapi.JobInstance{}
 	}
-	return taskapi.JobsResponse{Instances: out}, true
+	return taskapi.JobsResponse{Instances: out}, http.StatusOK, nil
 }
 
 func (s *Service) handleEvents(w http.ResponseWriter, r *http.Request, p agentPeer) {
@@ -292,14 +299,28 @@ func (s *Service) storeEvents(p agentPeer, events []nsapi.Event) (int, error) {
 			return http.StatusForbidden, fmt.Errorf("events[%d]: agent %q is not the authenticated agent (%q)", i, events[i].Agent, p.id)
 		}
 	}
-	// Durable first: the agent forgets the events once it has our answer.
+	// Durable first: the agent forgets the events once it has our answer. A spool that
+	// cannot take them (full, or a failed write) is a passing state: the agent keeps them
+	// and sends them again.
 	if err := p.ns.spool.Append(events); err != nil {
-		return http.StatusServiceUnavailable, fmt.Errorf("events not stored: %v", err)
+		s.spoolRefused(err, len(events))
+		return http.StatusServiceUnavailable, fmt.Errorf("events not stored; try again later: %v", err)
 	}
 	s.metrics.eventsReceived.Add(float64(len(events)))
 	s.reg.touch(p.id, time.Now())
 	s.work.finish(events)
 	return http.StatusOK, nil
+}
+
+// spoolRefused logs that a spool refused events, at most every 10 s: a full disk refuses
+// every agent's report, and the metrics count them all.
+func (s *Service) spoolRefused(err error, events int) {
+	now := time.Now().UnixNano()
+	last := s.refusedLogged.Load()
+	if now-last < int64(10*time.Second) || !s.refusedLogged.CompareAndSwap(last, now) {
+		return
+	}
+	s.logger.Warn("status events refused for now; agents keep them and send them again", "events", events, "err", err)
 }
 
 // channelAddr is where agents open their channel: the host they used for HTTPS with the

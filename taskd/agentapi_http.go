@@ -16,9 +16,9 @@ import (
 func (s *Service) httpHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+taskapi.PathJobs, s.signed(0, func(w http.ResponseWriter, r *http.Request, p agentPeer, body []byte) (int, any) {
-		resp, ok := s.jobsFor(p)
-		if !ok {
-			return http.StatusNotFound, httpx.ErrorBody{Error: "not registered here; register first"}
+		resp, code, err := s.jobsFor(p)
+		if err != nil {
+			return code, httpx.ErrorBody{Error: err.Error()}
 		}
 		return http.StatusOK, resp
 	}))

@@ -43,6 +43,9 @@ type Config struct {
 	MaxAgentConnections int `yaml:"max_agent_connections"`
 	// MaxForwardBackoff caps the wait between forwarding attempts while the NS is away.
 	MaxForwardBackoff time.Duration `yaml:"max_forward_backoff"`
+	// SpoolMaxBytes bounds the status events of each NS's spool that the NS has not taken
+	// yet; past it, agents are asked to send theirs again later (they keep them meanwhile).
+	SpoolMaxBytes int64 `yaml:"spool_max_bytes"`
 
 	// DataDir is set by serve: the task service's own directory.
 	DataDir string `yaml:"-"`
@@ -73,7 +76,13 @@ func (c *Config) Defaults() {
 	if c.MaxAgentConnections == 0 {
 		c.MaxAgentConnections = 1024
 	}
+	if c.SpoolMaxBytes == 0 {
+		c.SpoolMaxBytes = DefaultSpoolMaxBytes
+	}
 }
+
+// DefaultSpoolMaxBytes holds some 800,000 typical status events (a few hundred bytes each).
+const DefaultSpoolMaxBytes = 256 << 20
 
 // Validate names the bad field under prefix.
 func (c *Config) Validate(prefix string) error {
@@ -110,6 +119,10 @@ func (c *Config) Validate(prefix string) error {
 	}
 	if c.MaxAgentConnections < 1 {
 		return fmt.Errorf("%s.max_agent_connections: %d is not positive", prefix, c.MaxAgentConnections)
+	}
+	// Below a batch of agents' events (8 MiB) an agent's report could never fit.
+	if c.SpoolMaxBytes < 16<<20 {
+		return fmt.Errorf("%s.spool_max_bytes: %d is below 16 MiB", prefix, c.SpoolMaxBytes)
 	}
 	if c.ForwardBatch < 1 || c.ForwardBatch > 100000 {
 		return fmt.Errorf("%s.forward_batch: %d is not within 1..100000", prefix, c.ForwardBatch)

@@ -50,13 +50,14 @@ type Service struct {
 	revokedBy  map[string][]string // NS name -> serials it revoked
 	revokedSet atomic.Pointer[map[string]bool]
 
-	ready     atomic.Bool
-	bound     chan struct{}
-	agentAddr net.Addr
-	httpAddr  net.Addr
-	channel   *tickle.ChannelServer
-	listener  *tickle.Listener
-	tickleAd  netip.AddrPort
+	ready         atomic.Bool
+	refusedLogged atomic.Int64 // when spoolRefused last logged, Unix nanoseconds
+	bound         chan struct{}
+	agentAddr     net.Addr
+	httpAddr      net.Addr
+	channel       *tickle.ChannelServer
+	listener      *tickle.Listener
+	tickleAd      netip.AddrPort
 }
 
 // New builds the task service with one link per NS; nothing is bound until Run.

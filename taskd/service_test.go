@@ -51,6 +51,7 @@ type testNS struct {
 
 	mu       sync.Mutex
 	work     []nsapi.JobInstance
+	refuse   bool // answer event batches 503: they stay in the task server's spool
 	events   map[string]nsapi.Event
 	presence map[string]time.Time
 }
@@ -80,6 +81,11 @@ func newTestNS(t *testing.T) *testNS {
 			return
 		}
 		ns.mu.Lock()
+		if ns.refuse {
+			ns.mu.Unlock()
+			http.Error(w, "not now", http.StatusServiceUnavailable)
+			return
+		}
 		for _, e := range evs {
 			ns.events[e.ID] = e
 		}

@@ -45,6 +45,10 @@ const (
 // ErrSpoolClosed is returned by every Spool method called after Close.
 var ErrSpoolClosed = errors.New("taskd: spool closed")
 
+// ErrSpoolFull is returned by Append when the events would take the spool's unacknowledged
+// records past its limit (SetMaxBytes). It passes as the NS takes events: try again later.
+var ErrSpoolFull = errors.New("taskd: spool full: the NS has not taken the events spooled so far")
+
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // Spool keeps agent status events on disk until the NS has acknowledged them.
@@ -65,7 +69,7 @@ type Spool struct {
 	// mu guards everything below it except the fields documented otherwise. No file
 	// I/O is done while holding it, so appenders queue up while a commit is on disk.
 	mu     sync.Mutex
-	cond   sync.Cond // on mu: a commit finished or the flusher left
+	cond   sync.Cond // on mu: the flusher left (for Close)
 	closed bool
 
 	segs    []segment // oldest first; the last one is appended to
@@ -82,15 +86,21 @@ type Spool struct {
 	pendCommit *commit
 	spare      []byte // the previous pend buffer, reused
 	flushing   bool
-	werr       error // a failed write or sync; the file's state is then unknown
+	// werr is the last failed write or sync, until the next commit has repaired what it
+	// left: the file's state is unknown past the last synced record.
+	werr     error
+	maxBytes int64 // bound on unacknowledged record bytes; 0: none
 
 	notify chan struct{} // closed when events become available; nil when nobody waits
 
 	appended, acked, commits uint64
 	discarded                int64
+	refusedFull, refusedIO   uint64 // events refused by Append: spool full, failed write
+	writeFailures, repairs   uint64 // commits that failed; repairs after them that worked
 
 	// Owned by the flusher (flushing set) or by Close and OpenSpool.
-	wf *os.File // the last segment, positioned at its end
+	wf      *os.File // the segment written to, positioned at its end; nil: the next commit starts one
+	wfFirst uint64   // its first sequence number
 
 	// readMu serialises Next, Ack and Close; segments are only deleted under it, so Next
 	// can read them without holding mu. rf caches the segment Next read last.
@@ -110,9 +120,27 @@ type segment struct {
 // end is the sequence number after the segment's last record.
 func (g segment) end() uint64 { return g.first + g.count }
 
+// A commit is the records of every Append that arrived while the one before it was being
+// written. Its appenders wait on done; when the writer of the commit before finishes, it
+// hands the next commit to them through lead, and the first to wake writes it. Each wakes
+// once or twice per commit, never once per commit written: a burst of thousands of
+// appends costs thousands of wakeups, not millions.
 type commit struct {
-	done bool
-	err  error
+	done  chan struct{} // closed once written; err tells how
+	err   error
+	lead  chan struct{} // closed when its appenders are to write it themselves
+	taken bool          // one of them is writing it
+}
+
+func newCommit() *commit { return &commit{done: make(chan struct{}), lead: make(chan struct{})} }
+
+func (c *commit) written() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // Cursor marks the position after a batch returned by Next; pass it to Ack.
@@ -242,10 +270,10 @@ func openSpool(dir string) (*Spool, error) {
 			f.Close()
 			return nil, err
 		}
-		s.wf = f
+		s.wf, s.wfFirst = f, last.first
 	}
 	s.pendFirst = s.nextSeq
-	s.pendCommit = &commit{}
+	s.pendCommit = newCommit()
 	return s, nil
 }
 
@@ -460,8 +488,11 @@ func (s *Spool) reader(first uint64) (*os.File, error) {
 	return f, nil
 }
 
-// Ack durably records that everything before c was delivered and deletes the segment
-// files that hold nothing undelivered. A cursor at or before an earlier Ack is ignored.
+// Ack records that everything before c was delivered, deletes the segment files that
+// hold nothing undelivered, then writes the ack file. A cursor at or before an earlier Ack
+// is ignored. The NS has the events, so their segments go first, freeing room on a full
+// disk; an ack file that cannot be written is written by a later Ack, and until then a
+// restart sends some delivered events again, which the NS stores once.
 func (s *Spool) Ack(c Cursor) error {
 	s.readMu.Lock()
 	defer s.readMu.Unlock()
@@ -479,13 +510,6 @@ func (s *Spool) Ack(c Cursor) error {
 		s.mu.Unlock()
 		return errors.New("taskd: spool: Ack: cursor does not come from this spool's Next")
 	}
-	s.mu.Unlock()
-
-	if err := s.writeAck(c.next - 1); err != nil {
-		return fmt.Errorf("taskd: spool: %w", err)
-	}
-
-	s.mu.Lock()
 	before := s.depthLocked()
 	s.ackSeq = c.next - 1
 	var drop []segment
@@ -506,13 +530,16 @@ func (s *Spool) Ack(c Cursor) error {
 			s.rf = nil
 		}
 		// No directory sync: a segment that reappears after a crash is deleted by
-		// OpenSpool, since the ack file already covers it.
+		// OpenSpool once the ack file covers it, or sent again before that.
 		if err := os.Remove(filepath.Join(s.dir, segmentName(g.first))); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			errs = append(errs, err)
+			errs = append(errs, fmt.Errorf("delete delivered segment: %w", err))
 		}
 	}
+	if err := s.writeAck(c.next - 1); err != nil {
+		errs = append(errs, fmt.Errorf("write ack file: %w", err))
+	}
 	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("taskd: spool: delete delivered segment: %w", err)
+		return fmt.Errorf("taskd: spool: %w", err)
 	}
 	return nil
 }

@@ -15,6 +15,12 @@ type SpoolStats struct {
 	Commits        uint64 // group commits: one data sync each, shared by all appends in it
 	Syncs          uint64 // every fsync: segment data, directory, ack file
 	DiscardedBytes int64  // cut off or skipped by OpenSpool as damaged
+	UnackedBytes   int64  // records not yet acknowledged: what SetMaxBytes bounds
+	MaxBytes       int64  // the bound; 0: none
+	RefusedFull    uint64 // events Append refused with ErrSpoolFull
+	RefusedIO      uint64 // events Append refused because their commit failed
+	WriteFailures  uint64 // commits whose write or sync failed
+	Repairs        uint64 // segments cut back or removed after a failed commit
 }
 
 // Stats returns the spool's counters.
@@ -29,6 +35,12 @@ func (s *Spool) Stats() SpoolStats {
 		Commits:        s.commits,
 		Syncs:          s.syncs.Load(),
 		DiscardedBytes: s.discarded,
+		UnackedBytes:   s.unackedBytesLocked(),
+		MaxBytes:       s.maxBytes,
+		RefusedFull:    s.refusedFull,
+		RefusedIO:      s.refusedIO,
+		WriteFailures:  s.writeFailures,
+		Repairs:        s.repairs,
 	}
 	for _, g := range s.segs {
 		st.Bytes += g.size
@@ -45,6 +57,12 @@ var (
 	spoolCommitsDesc   = spoolDesc("spool_commits_total", "Group commits; appended events divided by this is the events per data sync.")
 	spoolSyncsDesc     = spoolDesc("spool_syncs_total", "fsync calls: segment data, directory and ack file.")
 	spoolDiscardedDesc = spoolDesc("spool_discarded_bytes_total", "Damaged bytes cut off or skipped when the spool was opened.")
+	spoolUnackedDesc   = spoolDesc("spool_unacked_bytes", "Bytes of events not yet acknowledged by the NS; spool_max_bytes bounds them.")
+	spoolMaxDesc       = spoolDesc("spool_max_bytes", "The bound on unacknowledged bytes past which new events are refused (0: none).")
+	spoolRefusedDesc   = prometheus.NewDesc(prometheus.BuildFQName(obs.Namespace, subsystem, "spool_refused_events_total"),
+		"Events refused with a retryable answer: spool full, or its write failed (a full disk); agents send them again.", []string{"reason"}, nil)
+	spoolWriteFailDesc = spoolDesc("spool_write_failures_total", "Spool commits whose write or sync failed; the next commit repairs the segment and goes on.")
+	spoolRepairsDesc   = spoolDesc("spool_repairs_total", "Repairs after failed commits that worked: the spool took events again.")
 )
 
 func spoolDesc(name, help string) *prometheus.Desc {
@@ -59,7 +77,8 @@ func (s *Spool) Collect(ch chan<- prometheus.Metric) { collectSpool(ch, s.Stats(
 
 func describeSpool(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{spoolEventsDesc, spoolSegmentsDesc, spoolBytesDesc, spoolAppendedDesc,
-		spoolAckedDesc, spoolCommitsDesc, spoolSyncsDesc, spoolDiscardedDesc} {
+		spoolAckedDesc, spoolCommitsDesc, spoolSyncsDesc, spoolDiscardedDesc, spoolUnackedDesc, spoolMaxDesc, spoolRefusedDesc,
+		spoolWriteFailDesc, spoolRepairsDesc} {
 		ch <- d
 	}
 }
@@ -73,6 +92,12 @@ func collectSpool(ch chan<- prometheus.Metric, st SpoolStats) {
 	ch <- prometheus.MustNewConstMetric(spoolCommitsDesc, prometheus.CounterValue, float64(st.Commits))
 	ch <- prometheus.MustNewConstMetric(spoolSyncsDesc, prometheus.CounterValue, float64(st.Syncs))
 	ch <- prometheus.MustNewConstMetric(spoolDiscardedDesc, prometheus.CounterValue, float64(st.DiscardedBytes))
+	ch <- prometheus.MustNewConstMetric(spoolUnackedDesc, prometheus.GaugeValue, float64(st.UnackedBytes))
+	ch <- prometheus.MustNewConstMetric(spoolMaxDesc, prometheus.GaugeValue, float64(st.MaxBytes))
+	ch <- prometheus.MustNewConstMetric(spoolRefusedDesc, prometheus.CounterValue, float64(st.RefusedFull), "full")
+	ch <- prometheus.MustNewConstMetric(spoolRefusedDesc, prometheus.CounterValue, float64(st.RefusedIO), "write_error")
+	ch <- prometheus.MustNewConstMetric(spoolWriteFailDesc, prometheus.CounterValue, float64(st.WriteFailures))
+	ch <- prometheus.MustNewConstMetric(spoolRepairsDesc, prometheus.CounterValue, float64(st.Repairs))
 }
 
 // spoolsCollector exports the spools of every linked NS as one set of series, the sum of
@@ -96,6 +121,12 @@ func (c spoolsCollector) Collect(ch chan<- prometheus.Metric) {
 		sum.Commits += st.Commits
 		sum.Syncs += st.Syncs
 		sum.DiscardedBytes += st.DiscardedBytes
+		sum.UnackedBytes += st.UnackedBytes
+		sum.MaxBytes += st.MaxBytes
+		sum.RefusedFull += st.RefusedFull
+		sum.RefusedIO += st.RefusedIO
+		sum.WriteFailures += st.WriteFailures
+		sum.Repairs += st.Repairs
 	}
 	collectSpool(ch, sum)
 }

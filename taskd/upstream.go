@@ -12,7 +12,6 @@ import (
 	"net/netip"
 	"path/filepath"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -36,9 +35,6 @@ type NSLink struct {
 }
 
 type nsState struct {
-	deliveredMu sync.Mutex
-	delivered   []nsapi.Event
-	deliverWake chan struct{}
 	// registered wakes the presence loop: the NS learns of a new agent's task server
 	// within about a second, not at the next presence interval.
 	registered chan struct{}
@@ -78,6 +74,7 @@ func (s *Service) runNS(ctx context.Context, l *NSLink) {
 		return
 	}
 	defer spool.Close()
+	spool.SetMaxBytes(s.cfg.SpoolMaxBytes)
 	var st *nsState
 	for failures := 0; st == nil; failures++ {
 		st, err = s.setupNS(ctx, l, spool)
@@ -105,7 +102,6 @@ func (s *Service) runNS(ctx context.Context, l *NSLink) {
 	if l.Enrollment.Endpoint.TickleChannel && l.Channel != nil {
 		g.Go(func() error { s.nsChannel(ctx, st, log); return nil })
 	}
-	g.Go(func() error { s.deliveredLoop(ctx, st, log); return nil })
 	g.Go(func() error { s.forwardLoop(ctx, st, log); return nil })
 	g.Go(func() error { s.presenceLoop(ctx, st, log); return nil })
 	g.Wait() // the loops log their own failures and return only when ctx is done
@@ -130,8 +126,7 @@ func (s *Service) setupNS(ctx context.Context, l *NSLink, spool *Spool) (*nsStat
 	if err := s.keys.Set(tk.Sender, tk.ID, tk.Key); err != nil {
 		return nil, err
 	}
-	st := &nsState{registered: make(chan struct{}, 1), name: l.Enrollment.Endpoint.Name, link: l, nsID: tk.Sender, spool: spool,
-		deliverWake: make(chan struct{}, 1)}
+	st := &nsState{registered: make(chan struct{}, 1), name: l.Enrollment.Endpoint.Name, link: l, nsID: tk.Sender, spool: spool}
 	st.cas.Store(&cas)
 	st.tickleKeyID.Store(tk.ID)
 	return st, nil

@@ -68,6 +68,16 @@ func (w *workCache) take(nsName, agent string) (open, first []nsapi.JobInstance)
 	return open, first
 }
 
+// undeliver forgets that instances were handed out: their delivery could not be recorded,
+// and the agent was not given them.
+func (w *workCache) undeliver(instances []nsapi.JobInstance) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, in := range instances {
+		delete(w.delivered, in.ID)
+	}
+}
+
 // finish marks the instances of events as reported on by their agent: they are not handed
 // out again.
 func (w *workCache) finish(events []nsapi.Event) {

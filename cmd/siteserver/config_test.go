@@ -68,8 +68,9 @@ func TestExampleNS(t *testing.T) {
 			DataDir: "/var/lib/siteserver-ns", Listen: ":8443", Hostnames: []string{"ns.example.org"}, IPs: []string{},
 			SiteServerTokenFile: "/etc/siteserver/site_server.token", AgentTokenFile: "/etc/siteserver/agent.token",
 			AdminTokenFile: "/etc/siteserver/admin.token", Approval: "manual", RulesFile: "/etc/siteserver/sites.yaml",
-			MaxBodyBytes: 1 << 20, TickleSource: ":0", ChannelListen: ":50126", SweepInterval: 10 * time.Second, RunGrace: 10 * time.Minute, ClientCertValidity: 90 * 24 * time.Hour, Settings: defaultSettings,
+			MaxBodyBytes: 1 << 20, TickleSource: ":0", ChannelListen: ":50126", SweepInterval: 10 * time.Second, ClientCertValidity: 90 * 24 * time.Hour, Settings: defaultSettings,
 			UnknownComputersPerMinute: 60, UnknownComputersBurst: 500, UnknownComputerRetention: 30 * 24 * time.Hour, UploadIdleTimeout: 2 * time.Minute,
+			RunningGrace: 30 * time.Minute, Retention: ns.Retention{Jobs: 90 * 24 * time.Hour, Interval: time.Hour},
 		},
 	}
 	if d := cmp.Diff(want, got, addrEq); d != "" {
@@ -94,7 +95,7 @@ func TestExampleBranch(t *testing.T) {
 		Services: Services{
 			Task: &taskd.Config{TickleListen: ":50123", TickleAdvertise: ":50123", AgentListen: ":50180",
 				URL: "https://branch-ss1.example.org:50180", ChannelListen: ":50125", PresenceInterval: time.Minute, ForwardBatch: 1000, MaxAgentConnections: 1024,
-				MaxForwardBackoff: time.Minute},
+				MaxForwardBackoff: time.Minute, SpoolMaxBytes: 256 << 20},
 			Package: &pkgd.Config{Listen: ":50181", URL: "http://branch-ss1.example.org:50181", Constrained: true,
 				PollInterval: 5 * time.Minute, VerifyInterval: 24 * time.Hour, MaxDownloads: 4, RetryBase: 3 * time.Minute,
 				Bandwidth: []string{"08:00-18:00 2Mbit"}, DefaultBandwidth: "unlimited", MaxCompressedStreams: 4, SendTimeout: time.Minute},
@@ -134,7 +135,7 @@ func TestExampleStandalone(t *testing.T) {
 		EmbeddedNS: EmbeddedNS{Listen: "127.0.0.1:50443", RulesFile: "examples/sites.yaml", Approval: "auto", Settings: defaultSettings},
 		Services: Services{Task: &taskd.Config{TickleListen: "127.0.0.1:50123", TickleAdvertise: "127.0.0.1:50123",
 			AgentListen: "127.0.0.1:50180", URL: "https://127.0.0.1:50180", PresenceInterval: time.Minute, ForwardBatch: 1000, MaxAgentConnections: 1024,
-			MaxForwardBackoff: time.Minute}, Package: &pkgd.Config{Listen: "127.0.0.1:50181", URL: "http://127.0.0.1:50181",
+			MaxForwardBackoff: time.Minute, SpoolMaxBytes: 256 << 20}, Package: &pkgd.Config{Listen: "127.0.0.1:50181", URL: "http://127.0.0.1:50181",
 			PollInterval: 5 * time.Minute, VerifyInterval: 24 * time.Hour, MaxDownloads: 4, RetryBase: 3 * time.Minute, DefaultBandwidth: "unlimited",
 			MaxCompressedStreams: 4, SendTimeout: time.Minute},
 			Netboot: &netbootd.Config{BootDir: "examples/boot", PXE: pxe.Config{Listen67: ":10067", Listen4011: ":14011"},
@@ -200,6 +201,7 @@ func TestServeErrors(t *testing.T) {
 		"short interval":  {"embedded_ns:\n  settings:\n    heartbeat_interval: 10ms\n", "embedded_ns.settings.heartbeat_interval"},
 		"bad service url": {"services:\n  task:\n    url: ftp://x\n", "services.task.url"},
 		"bad task listen": {"services:\n  task:\n    agent_listen: nowhere\n", "services.task.agent_listen"},
+		"small spool":     {"services:\n  task:\n    spool_max_bytes: 1000\n", "services.task.spool_max_bytes"},
 		"bad duration":    {"embedded_ns:\n  settings:\n    heartbeat_interval: soon\n", "line 3: cannot unmarshal !!str `soon` into time.Duration"},
 		"two documents":   {"data_dir: /x\n---\ndata_dir: /y\n", "more than one YAML document"},
 	}
@@ -227,6 +229,8 @@ func TestNSErrors(t *testing.T) {
 		"short token":     {"ns:\n  data_dir: /x\n  site_server_token: a\n  agent_token: 0123456789abcdef\n  admin_token: 0123456789abcdef\n", "ns.site_server_token: must be at least 16"},
 		"both token ways": {"ns:\n  data_dir: /x\n  admin_token: 0123456789abcdef\n  admin_token_file: /y\n", "admin_token"},
 		"bad ip":          {"ns:\n  data_dir: /x\n  ips: [not-ip]\n", "ns.ips[0]"},
+		"short grace":     {"ns:\n  data_dir: /x\n  running_grace: 1ms\n  site_server_token: 0123456789abcdef\n  agent_token: 0123456789abcdef\n  admin_token: 0123456789abcdef\n", "ns.running_grace"},
+		"short retention": {"ns:\n  data_dir: /x\n  retention: {jobs: 1m}\n  site_server_token: 0123456789abcdef\n  agent_token: 0123456789abcdef\n  admin_token: 0123456789abcdef\n", "ns.retention.jobs"},
 		"bad approval":    {"ns:\n  data_dir: /x\n  approval: later\n  site_server_token: 0123456789abcdef\n  agent_token: 0123456789abcdef\n  admin_token: 0123456789abcdef\n", "ns.approval"},
 		"agents register too seldom for their certificates": {nsTokens + "  client_cert_validity: 2h\n  settings:\n    agent_registration_interval: 1h\n",
 			"ns.settings.agent_registration_interval: 1h0m0s is more than a quarter of client_cert_validity (2h0m0s)"},

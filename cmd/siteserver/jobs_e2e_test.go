@@ -47,8 +47,9 @@ type siteOpts struct {
 	nsChannel               bool   // the NS offers QUIC channels and the task server keeps one
 	wideDirs                bool   // data directories exist beforehand, 0755, with a 0644 key in each
 	certValidity            string // the NS's client_cert_validity ("" = its default)
-	runGrace                string // the NS's run_grace ("" = its default)
 	agentRegistration       string // the NS's agent_registration_interval ("" = its default)
+	runningGrace            string // the NS's running_grace ("" = its default)
+	spoolDisk               int    // bytes of a tmpfs mounted as the task service's spool directory (0: none)
 }
 
 func newSite(t *testing.T, o siteOpts) *site {
@@ -94,7 +95,11 @@ ns:
 		adv = fmt.Sprintf("    tickle_advertise: %q\n", o.tickleAdvertise)
 	}
 	if o.plainHTTP {
-		adv += "    agent_http_listen: \"127.0.0.1:0\"\n"
+		// A fixed port: agents keep the plain-HTTP URL they registered with.
+		adv += fmt.Sprintf("    agent_http_listen: \"127.0.0.1:%d\"\n", freePort(t))
+	}
+	if o.spoolDisk > 0 {
+		mountTmpfs(t, filepath.Join(s.dir, "ss", "task", "spool"), o.spoolDisk)
 	}
 	if o.channel {
 		adv += "    channel_listen: \"127.0.0.1:0\"\n"
@@ -412,8 +417,8 @@ func nsExtra(o siteOpts) string {
 	if o.certValidity != "" {
 		extra += "  client_cert_validity: " + o.certValidity + "\n"
 	}
-	if o.runGrace != "" {
-		extra += "  run_grace: " + o.runGrace + "\n"
+	if o.runningGrace != "" {
+		extra += "  running_grace: " + o.runningGrace + "\n"
 	}
 	return extra
 }

@@ -156,9 +156,15 @@ var migrations = []string{
 	// until an administrator approves it.
 	`ALTER TABLE servers ADD COLUMN reported_hostname TEXT NOT NULL DEFAULT '';
 	ALTER TABLE servers ADD COLUMN reported_addresses TEXT NOT NULL DEFAULT '[]';`,
-	// 11: how long an instance may run: the sum of its tasks' timeouts (nanoseconds; 0
-	// for instances from before, which get a day).
-	`ALTER TABLE job_instances ADD COLUMN max_run INTEGER NOT NULL DEFAULT 0;`,
+	// 11: how long an instance may run (the sum of its task timeouts; -1 until computed
+	// from its job) and when it started running, so that one whose agent never reports its
+	// end expires; an index for expiry and retention; when a revoked certificate ends.
+	`ALTER TABLE job_instances ADD COLUMN run_budget INTEGER NOT NULL DEFAULT -1;
+	ALTER TABLE job_instances ADD COLUMN started_at INTEGER NOT NULL DEFAULT 0;
+	UPDATE job_instances SET started_at = updated_at WHERE state = 'running';
+	UPDATE job_instances SET run_budget = 0 WHERE state NOT IN ('pending', 'delivered', 'running');
+	CREATE INDEX job_instances_state ON job_instances (state, updated_at);
+	ALTER TABLE revoked ADD COLUMN not_after INTEGER NOT NULL DEFAULT 0;`,
 }
 
 // SQLiteStore is the Store in a SQLite file.
@@ -187,6 +193,10 @@ func OpenSQLite(ctx context.Context, dir string) (*SQLiteStore, error) {
 	db.SetMaxOpenConns(1)
 	s := &SQLiteStore{db: db}
 	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if err := s.fillRunBudgets(ctx); err != nil {
 		db.Close()
 		return nil, err
 	}

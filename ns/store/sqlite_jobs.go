@@ -87,6 +87,7 @@ func (s *SQLiteStore) CreateInstances(ctx context.Context, insts []nsapi.JobInst
 	// A job created for thousands of targets is one snapshot: encode it once. Rows go in
 	// many to a statement, which is several times faster than one statement a row.
 	specs := map[string]string{}
+	budgets := map[string]int64{}
 	for _, in := range insts {
 		if _, ok := specs[in.JobID]; !ok {
 			b, err := json.Marshal(in.Job)
@@ -94,13 +95,14 @@ func (s *SQLiteStore) CreateInstances(ctx context.Context, insts []nsapi.JobInst
 				return err
 			}
 			specs[in.JobID] = string(b)
+			budgets[in.JobID] = int64(in.Job.RunBudget())
 		}
 	}
 	const perStatement = 200
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		for start := 0; start < len(insts); start += perStatement {
 			part := insts[start:min(start+perStatement, len(insts))]
-			q := `INSERT INTO job_instances (id, job_id, agent, task_server, state, job, created_at, expires_at, updated_at, grant_payload, grant_sig, max_run) VALUES ` +
+			q := `INSERT INTO job_instances (id, job_id, agent, task_server, state, job, created_at, expires_at, updated_at, grant_payload, grant_sig, run_budget) VALUES ` +
 				strings.TrimSuffix(strings.Repeat("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?), ", len(part)), ", ")
 			args := make([]any, 0, 12*len(part))
 			for _, in := range part {
@@ -108,12 +110,8 @@ func (s *SQLiteStore) CreateInstances(ctx context.Context, insts []nsapi.JobInst
 				if in.Grant != nil {
 					payload, sig = in.Grant.Payload, in.Grant.Sig
 				}
-				var maxRun time.Duration
-				for _, t := range in.Job.Tasks {
-					maxRun += time.Duration(t.Timeout)
-				}
 				args = append(args, in.ID, in.JobID, in.Agent, in.TaskServer, in.State, specs[in.JobID],
-					in.Created.UnixNano(), in.Expires.UnixNano(), in.Updated.UnixNano(), payload, sig, int64(maxRun))
+					in.Created.UnixNano(), in.Expires.UnixNano(), in.Updated.UnixNano(), payload, sig, budgets[in.JobID])
 			}
 			if _, err := tx.ExecContext(ctx, q, args...); err != nil {
 				return err
@@ -213,9 +211,15 @@ func (s *SQLiteStore) Instances(ctx context.Context, f InstanceFilter) ([]nsapi.
 // out of order (a "delivered" forwarded after "running") cannot move it back.
 var stateRank = map[string]int{nsapi.StatePending: 0, nsapi.StateDelivered: 1, nsapi.StateRunning: 2}
 
-// nextState is the instance state after an event, or "" to leave it. Final states never
-// change: an event that arrives late cannot revive a finished or expired instance.
+// nextState is the instance state after an event, or "" to leave it. Final states do not
+// go back: an event that arrives late cannot revive a finished or expired instance. The
+// one change they allow is the agent's own word on how the job ended replacing "expired",
+// which the NS may have concluded from silence (the events were held up, at a task server
+// away from the NS, say).
 func nextState(cur string, e nsapi.Event) string {
+	if cur == nsapi.StateExpired && e.Kind == nsapi.EventJob && (e.State == nsapi.StateSucceeded || e.State == nsapi.StateFailed) {
+		return e.State
+	}
 	if nsapi.Final(cur) {
 		return ""
 	}
@@ -248,7 +252,9 @@ func (s *SQLiteStore) AddEvents(ctx context.Context, server string, events []nsa
 			return err
 		}
 		defer get.Close()
-		upd, err := tx.PrepareContext(ctx, `UPDATE job_instances SET state = ?, updated_at = ? WHERE id = ?`)
+		// started_at is when the NS heard the instance started: its run budget counts from then.
+		upd, err := tx.PrepareContext(ctx, `UPDATE job_instances SET state = ?, updated_at = ?,
+			started_at = CASE WHEN ? = 'running' AND started_at = 0 THEN ? ELSE started_at END WHERE id = ?`)
 		if err != nil {
 			return err
 		}
@@ -276,7 +282,7 @@ func (s *SQLiteStore) AddEvents(ctx context.Context, server string, events []nsa
 			}
 			n.Added++
 			if next := nextState(cur, e); next != "" {
-				if _, err := upd.ExecContext(ctx, next, now.UnixNano(), e.Instance); err != nil {
+				if _, err := upd.ExecContext(ctx, next, now.UnixNano(), next, now.UnixNano(), e.Instance); err != nil {
 					return err
 				}
 			}
@@ -308,58 +314,6 @@ func (s *SQLiteStore) Events(ctx context.Context, instance string) ([]nsapi.Even
 		out = append(out, e)
 	}
 	return out, rows.Err()
-}
-
-// ExpireInstances implements Store.
-func (s *SQLiteStore) ExpireInstances(ctx context.Context, now time.Time, grace time.Duration) (int, error) {
-	n := 0
-	err := s.tx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE job_instances SET state = ?, updated_at = ? WHERE state IN (?, ?) AND expires_at <= ?`,
-			nsapi.StateExpired, now.UnixNano(), nsapi.StatePending, nsapi.StateDelivered, now.UnixNano())
-		if err != nil {
-			return err
-		}
-		m, _ := res.RowsAffected()
-		n = int(m)
-		// Handed out or started, then no word for longer than all its tasks may take: its
-		// agent is gone (or lost the instance). It ends expired, with an event saying why.
-		rows, err := tx.QueryContext(ctx, `SELECT id, agent, state FROM job_instances WHERE state IN (?, ?)
-			AND updated_at + (CASE WHEN max_run > 0 THEN max_run ELSE ? END) + ? <= ?`,
-			nsapi.StateDelivered, nsapi.StateRunning, int64(24*time.Hour), int64(grace), now.UnixNano())
-		if err != nil {
-			return err
-		}
-		type lost struct{ id, agent, state string }
-		var gone []lost
-		for rows.Next() {
-			var l lost
-			if err := rows.Scan(&l.id, &l.agent, &l.state); err != nil {
-				rows.Close()
-				return err
-			}
-			gone = append(gone, l)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		for _, l := range gone {
-			if _, err := tx.ExecContext(ctx, `UPDATE job_instances SET state = ?, updated_at = ? WHERE id = ?`, nsapi.StateExpired, now.UnixNano(), l.id); err != nil {
-				return err
-			}
-			out := fmt.Sprintf("expired: %s and no word from the agent for longer than its tasks' timeouts plus %v", l.state, grace)
-			if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO events (id, instance, agent, kind, task, state, exit_code, timed_out, output, time, received_at)
-				VALUES (?, ?, ?, ?, 0, ?, 0, 0, ?, ?, ?)`, l.id+":expired", l.id, l.agent, nsapi.EventJob, nsapi.StateExpired, out, now.UnixNano(), now.UnixNano()); err != nil {
-				return err
-			}
-		}
-		n += len(gone)
-		return nil
-	})
-	if err != nil {
-		return 0, fmt.Errorf("ns: store: expire: %w", err)
-	}
-	return n, nil
 }
 
 // RetagInstances implements Store.

@@ -7,20 +7,23 @@ import (
 )
 
 // Revoke implements Store.
-func (s *SQLiteStore) Revoke(ctx context.Context, serial, kind, id string, at time.Time) error {
+func (s *SQLiteStore) Revoke(ctx context.Context, serial, kind, id string, at, notAfter time.Time) error {
 	if serial == "" {
 		return nil
 	}
-	if _, err := s.db.ExecContext(ctx, `INSERT OR IGNORE INTO revoked (serial, kind, id, revoked_at) VALUES (?, ?, ?, ?)`,
-		serial, kind, id, at.UnixNano()); err != nil {
+	if _, err := s.db.ExecContext(ctx, `INSERT OR IGNORE INTO revoked (serial, kind, id, revoked_at, not_after) VALUES (?, ?, ?, ?, ?)`,
+		serial, kind, id, at.UnixNano(), toUnixNano(notAfter)); err != nil {
 		return fmt.Errorf("ns: store: revoke %s: %w", serial, err)
 	}
 	return nil
 }
 
-// RevokedSince implements Store.
-func (s *SQLiteStore) RevokedSince(ctx context.Context, since time.Time) ([]string, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT serial FROM revoked WHERE revoked_at >= ? ORDER BY serial`, since.UnixNano())
+// revokedEnd is when a revoked certificate ends, for records with and without not_after.
+const revokedEnd = `(CASE WHEN not_after > 0 THEN not_after ELSE revoked_at + ? END)`
+
+// Revoked implements Store.
+func (s *SQLiteStore) Revoked(ctx context.Context, now time.Time, validity time.Duration) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT serial FROM revoked WHERE `+revokedEnd+` >= ? ORDER BY serial`, int64(validity), now.UnixNano())
 	if err != nil {
 		return nil, fmt.Errorf("ns: store: revoked: %w", err)
 	}
@@ -37,8 +40,8 @@ func (s *SQLiteStore) RevokedSince(ctx context.Context, since time.Time) ([]stri
 }
 
 // PruneRevoked implements Store.
-func (s *SQLiteStore) PruneRevoked(ctx context.Context, before time.Time) (int, error) {
-	res, err := s.db.ExecContext(ctx, `DELETE FROM revoked WHERE revoked_at < ?`, before.UnixNano())
+func (s *SQLiteStore) PruneRevoked(ctx context.Context, before time.Time, validity time.Duration) (int, error) {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM revoked WHERE `+revokedEnd+` < ?`, int64(validity), before.UnixNano())
 	if err != nil {
 		return 0, fmt.Errorf("ns: store: prune revoked: %w", err)
 	}

@@ -63,6 +63,10 @@ func TestNextState(t *testing.T) {
 		"expired by agent":         {nsapi.StateDelivered, job(nsapi.StateExpired), nsapi.StateExpired},
 		"final stays":              {nsapi.StateSucceeded, job(nsapi.StateFailed), ""},
 		"expired stays":            {nsapi.StateExpired, task(nsapi.StateRunning), ""},
+		"expired stays expired":    {nsapi.StateExpired, job(nsapi.StateExpired), ""},
+		"agent's end over expired": {nsapi.StateExpired, job(nsapi.StateSucceeded), nsapi.StateSucceeded},
+		"agent's failure too":      {nsapi.StateExpired, job(nsapi.StateFailed), nsapi.StateFailed},
+		"expired is not revived":   {nsapi.StateExpired, job(nsapi.StateRunning), ""},
 		"task done while running":  {nsapi.StateRunning, task(nsapi.StateSucceeded), ""},
 	}
 	for name, tc := range tests {

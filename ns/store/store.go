@@ -112,19 +112,25 @@ type Store interface {
 	// their agent moved (Foreign otherwise); an empty server skips that check.
 	AddEvents(ctx context.Context, server string, events []nsapi.Event, now time.Time) (EventCounts, error)
 	Events(ctx context.Context, instance string) ([]nsapi.Event, error)
-	// ExpireInstances marks pending and delivered instances past their validity expired,
-	// and delivered or running ones that had no event for longer than the sum of their
-	// tasks' timeouts plus grace (their agent is gone), with an event saying so.
-	ExpireInstances(ctx context.Context, now time.Time, grace time.Duration) (int, error)
+	// ExpireInstances marks expired, each with an event that says why, the open instances
+	// nobody can finish any more: pending ones past their validity, delivered ones past it
+	// plus their run budget (the sum of their task timeouts) plus grace, running ones past
+	// their start plus their run budget plus grace.
+	ExpireInstances(ctx context.Context, now time.Time, grace time.Duration) (ExpiredCounts, error)
+	// Prune deletes finished instances last changed before finishedBefore with their
+	// events, and the jobs whose last instance that was.
+	Prune(ctx context.Context, finishedBefore time.Time) (PruneCounts, error)
 	// RetagInstances moves the open instances of an agent to its current task server.
 	RetagInstances(ctx context.Context, agent, taskServer string, now time.Time) (int, error)
 	InstanceStates(ctx context.Context) (map[string]int, error)
 
-	// Revoke records a certificate serial as revoked; RevokedSince lists the serials revoked
-	// at or after since (older ones have expired), and PruneRevoked forgets those before.
-	Revoke(ctx context.Context, serial, kind, id string, at time.Time) error
-	RevokedSince(ctx context.Context, since time.Time) ([]string, error)
-	PruneRevoked(ctx context.Context, before time.Time) (int, error)
+	// Revoke records a certificate serial as revoked until the certificate's end, notAfter.
+	// Revoked lists the serials of revoked certificates that have not ended by now, and
+	// PruneRevoked forgets those that ended before it. A record made without its end (by an
+	// earlier version) ends validity after it was revoked.
+	Revoke(ctx context.Context, serial, kind, id string, at, notAfter time.Time) error
+	Revoked(ctx context.Context, now time.Time, validity time.Duration) ([]string, error)
+	PruneRevoked(ctx context.Context, before time.Time, validity time.Duration) (int, error)
 
 	// AddAudit records one admin change; Audit returns the last limit of them, oldest first.
 	AddAudit(ctx context.Context, e nsapi.AuditEntry) error
@@ -142,6 +148,16 @@ type InstanceFilter struct {
 	// OpenAt, when set, leaves out instances whose validity ended before it.
 	OpenAt time.Time
 	Limit  int
+}
+
+// ExpiredCounts is what ExpireInstances expired, by the state the instances were in.
+type ExpiredCounts struct {
+	Pending, Delivered, Running int
+}
+
+// PruneCounts is what Prune deleted.
+type PruneCounts struct {
+	Instances, Events, Jobs int
 }
 
 // EventCounts is what AddEvents did with a batch: new events stored, events naming no
