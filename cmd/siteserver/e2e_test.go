@@ -302,7 +302,10 @@ services:
 		if auth {
 			req.Header.Set("Authorization", "Bearer "+adminToken)
 		}
-		resp, err := (&http.Client{Transport: &http.Transport{TLSClientConfig: c}}).Do(req)
+		// The NS answers a refused request without reading its body and closes: with
+		// 100-continue the client waits for leave to send it instead of writing into a reset.
+		req.Header.Set("Expect", "100-continue")
+		resp, err := (&http.Client{Transport: &http.Transport{TLSClientConfig: c, ExpectContinueTimeout: 5 * time.Second}}).Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}

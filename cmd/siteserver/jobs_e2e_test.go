@@ -55,6 +55,9 @@ type siteOpts struct {
 func newSite(t *testing.T, o siteOpts) *site {
 	t.Helper()
 	s := &site{t: t, dir: t.TempDir()}
+	if o.agentTickle == "" {
+		o.agentTickle = "127.0.0.1:0" // never a fixed port: other tests may hold it
+	}
 	if o.wideDirs {
 		for _, d := range []string{"ns", "ss", "agent"} {
 			dir := filepath.Join(s.dir, d)

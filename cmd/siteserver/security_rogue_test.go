@@ -151,6 +151,7 @@ ns:
 metrics: {listen: "127.0.0.1:0"}
 data_dir: %s
 hostname: victim.example
+tickle_listen: "127.0.0.1:0"
 addresses: [10.20.9.9/16]
 ns:
   name: central
