@@ -68,8 +68,11 @@ func (s *Server) sweep(ctx context.Context, every time.Duration) {
 		s.expire(ctx)
 		s.refreshJobGauges(ctx)
 		if now := s.now(); now.Sub(lastPrune) >= s.cfg.Retention.Interval || now.Before(lastPrune) {
-			lastPrune = now
-			s.prune(ctx)
+			// A backlog (the first prune after an upgrade) goes a part per sweep, so
+			// expiry keeps its pace.
+			if s.prune(ctx) {
+				lastPrune = now
+			}
 		}
 		s.expireUnknown(ctx)
 		s.refreshComputerGauges(ctx)
@@ -98,12 +101,18 @@ func (s *Server) expire(ctx context.Context) {
 	}
 }
 
+// pruneLimit bounds the instances one prune deletes.
+const pruneLimit = 20000
+
 // prune deletes what is past its retention: finished instances with their events and
-// jobs, and revoked serials of certificates that have ended.
-func (s *Server) prune(ctx context.Context) {
+// jobs, and revoked serials of certificates that have ended. It reports whether it got
+// through all of it.
+func (s *Server) prune(ctx context.Context) (all bool) {
 	now := s.now()
+	all = true
 	if keep := s.cfg.Retention.Jobs; keep > 0 {
-		n, err := s.store.Prune(ctx, now.Add(-keep))
+		n, err := s.store.Prune(ctx, now.Add(-keep), pruneLimit)
+		all = n.Instances < pruneLimit
 		if err != nil {
 			s.logger.Warn("pruning finished jobs", "err", err)
 		}
@@ -122,6 +131,7 @@ func (s *Server) prune(ctx context.Context) {
 		s.logger.Warn("pruning revoked serials", "err", err)
 	}
 	s.jobMetrics.pruned.WithLabelValues("revoked").Add(float64(n))
+	return all
 }
 
 // revoke records a certificate as revoked until the longest it can run: issued at the

@@ -131,13 +131,13 @@ func (s *SQLiteStore) ExpireInstances(ctx context.Context, now time.Time, grace 
 const pruneBatch = 2000
 
 // Prune implements Store.
-func (s *SQLiteStore) Prune(ctx context.Context, finishedBefore time.Time) (PruneCounts, error) {
+func (s *SQLiteStore) Prune(ctx context.Context, finishedBefore time.Time, limit int) (PruneCounts, error) {
 	var total PruneCounts
 	final := []any{nsapi.StateSucceeded, nsapi.StateFailed, nsapi.StateExpired}
-	for {
+	for total.Instances < limit {
 		var n PruneCounts
 		err := s.tx(ctx, func(tx *sql.Tx) error {
-			args := append(append([]any{}, final...), finishedBefore.UnixNano(), pruneBatch)
+			args := append(append([]any{}, final...), finishedBefore.UnixNano(), min(pruneBatch, limit-total.Instances))
 			rows, err := tx.QueryContext(ctx, `SELECT id, job_id FROM job_instances WHERE state IN (?, ?, ?) AND updated_at < ? LIMIT ?`, args...)
 			if err != nil {
 				return err
@@ -189,6 +189,7 @@ func (s *SQLiteStore) Prune(ctx context.Context, finishedBefore time.Time) (Prun
 			return total, nil
 		}
 	}
+	return total, nil
 }
 
 func affected(res sql.Result) int {

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -217,7 +218,7 @@ func TestPrune(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	n, err := s.Prune(ctx, t0.Add(-90*24*time.Hour))
+	n, err := s.Prune(ctx, t0.Add(-90*24*time.Hour), 1000)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -244,7 +245,7 @@ func TestPrune(t *testing.T) {
 			t.Errorf("%s: %d events left, want %d", id, len(evs), want)
 		}
 	}
-	if n, err := s.Prune(ctx, t0.Add(-90*24*time.Hour)); err != nil || n != (PruneCounts{}) {
+	if n, err := s.Prune(ctx, t0.Add(-90*24*time.Hour), 1000); err != nil || n != (PruneCounts{}) {
 		t.Fatalf("second Prune = %+v, %v", n, err)
 	}
 }
@@ -285,5 +286,29 @@ func TestRevokedUntilNotAfter(t *testing.T) {
 	}
 	if got, _ := s.Revoked(ctx, t0, validity); !slices.Equal(got, []string{"bb"}) {
 		t.Fatalf("after pruning: %v", got)
+	}
+}
+
+// A prune stops at its limit; the next one goes on where it stopped.
+func TestPruneLimit(t *testing.T) {
+	s := openStore(t)
+	ctx := context.Background()
+	old := t0.Add(-100 * 24 * time.Hour)
+	for i := range 5 {
+		addInstance(t, s, fmt.Sprint("i", i), old, time.Hour)
+	}
+	if _, err := s.ExpireInstances(ctx, old.Add(2*time.Hour), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	var got []int
+	for range 4 {
+		n, err := s.Prune(ctx, t0, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, n.Instances)
+	}
+	if !slices.Equal(got, []int{2, 2, 1, 0}) {
+		t.Fatalf("instances pruned per call = %v, want [2 2 1 0]", got)
 	}
 }

@@ -117,9 +117,9 @@ type Store interface {
 	// plus their run budget (the sum of their task timeouts) plus grace, running ones past
 	// their start plus their run budget plus grace.
 	ExpireInstances(ctx context.Context, now time.Time, grace time.Duration) (ExpiredCounts, error)
-	// Prune deletes finished instances last changed before finishedBefore with their
-	// events, and the jobs whose last instance that was.
-	Prune(ctx context.Context, finishedBefore time.Time) (PruneCounts, error)
+	// Prune deletes up to limit finished instances last changed before finishedBefore
+	// with their events, and the jobs whose last instance that was.
+	Prune(ctx context.Context, finishedBefore time.Time, limit int) (PruneCounts, error)
 	// RetagInstances moves the open instances of an agent to its current task server.
 	RetagInstances(ctx context.Context, agent, taskServer string, now time.Time) (int, error)
 	InstanceStates(ctx context.Context) (map[string]int, error)
