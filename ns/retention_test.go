@@ -103,6 +103,10 @@ func TestSweepExpiresAndPrunes(t *testing.T) {
 		_, err := tn.admin.JobStatus(ctx, "j1")
 		return nsapi.StatusOf(err) == http.StatusNotFound
 	})
+	// The rows go first, the counts right after: wait for them, then check nothing more.
+	wait("the prune is counted", func() bool {
+		return testutil.ToFloat64(tn.srv.jobMetrics.pruned.WithLabelValues("jobs")) >= 1
+	})
 	for table, want := range map[string]float64{"job_instances": 1, "events": 3, "jobs": 1} {
 		if n := testutil.ToFloat64(tn.srv.jobMetrics.pruned.WithLabelValues(table)); n != want {
 			t.Errorf("pruned %s = %v, want %v", table, n, want)
