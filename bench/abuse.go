@@ -371,21 +371,7 @@ func (s *abuseSite) legit(ctx context.Context, i int) error {
 	defer cancel()
 	switch i % len(legitOps) {
 	case 0:
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.agent.plainURL+taskapi.PathJobs, nil)
-		ts := taskapi.SignRequest(req, s.agent.id, s.agent.apiKey, nil, time.Now())
-		resp, err := rawDo(req)
-		if err != nil {
-			return fmt.Errorf("plain job fetch: %w", err)
-		}
-		body, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if err == nil && resp.StatusCode != http.StatusOK {
-			err = fmt.Errorf("%s: %s", resp.Status, body)
-		}
-		if err == nil {
-			err = taskapi.VerifyResponse(s.agent.apiKey, ts, body, resp.Header.Get(taskapi.SignatureHeader))
-		}
-		if err != nil {
+		if err := s.signedPlain(ctx, http.MethodGet, taskapi.PathJobs, nil); err != nil {
 			return fmt.Errorf("plain job fetch: %w", err)
 		}
 	case 1:
@@ -423,25 +409,31 @@ func (s *abuseSite) legit(ctx context.Context, i int) error {
 		// For an instance the NS does not know: it counts the event and drops it.
 		body, _ := json.Marshal([]nsapi.Event{{ID: uuid.NewString(), Instance: uuid.NewString(), Agent: s.agent.id,
 			Kind: nsapi.EventJob, State: nsapi.StateRunning, Time: time.Now().UTC()}})
-		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, s.agent.plainURL+taskapi.PathEvents, bytes.NewReader(body))
-		ts := taskapi.SignRequest(req, s.agent.id, s.agent.apiKey, body, time.Now())
-		resp, err := rawDo(req)
-		if err != nil {
-			return fmt.Errorf("status event: %w", err)
-		}
-		b, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if err == nil && resp.StatusCode != http.StatusOK {
-			err = fmt.Errorf("%s: %s", resp.Status, b)
-		}
-		if err == nil {
-			err = taskapi.VerifyResponse(s.agent.apiKey, ts, b, resp.Header.Get(taskapi.SignatureHeader))
-		}
-		if err != nil {
+		if err := s.signedPlain(ctx, http.MethodPost, taskapi.PathEvents, body); err != nil {
 			return fmt.Errorf("status event: %w", err)
 		}
 	}
 	return nil
+}
+
+// signedPlain makes one signed request on the plain-HTTP agent API as the legitimate agent
+// and checks the answer and its signature.
+func (s *abuseSite) signedPlain(ctx context.Context, method, path string, body []byte) error {
+	req, _ := http.NewRequestWithContext(ctx, method, s.agent.plainURL+path, bytes.NewReader(body))
+	ts := taskapi.SignRequest(req, s.agent.id, s.agent.apiKey, body, time.Now())
+	resp, err := rawDo(req)
+	if err != nil {
+		return err
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("%s: %s", resp.Status, b)
+	}
+	if err == nil {
+		err = taskapi.VerifyResponse(s.agent.apiKey, ts, b, resp.Header.Get(taskapi.SignatureHeader))
+	}
+	return err
 }
 
 // startAbuseSite starts a standalone site as `make run` does (embedded NS, task and package
