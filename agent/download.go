@@ -31,6 +31,9 @@ type Downloader struct {
 	// (30 s), StallTimeout for the next byte of a file (60 s; what arrived is kept and
 	// resumed from).
 	ConnectTimeout, HeaderTimeout, StallTimeout time.Duration
+	// Sign, when set, signs each request with the agent's certificate (pki.SignRequest):
+	// package servers serve only identities of the NS.
+	Sign func(*http.Request) error
 }
 
 // Default timeouts of a Downloader.
@@ -156,6 +159,11 @@ func (d *Downloader) fetchFile(ctx context.Context, hc *http.Client, base string
 	if have > 0 && have < f.Size {
 		req.Header.Set("Range", "bytes="+strconv.FormatInt(have, 10)+"-")
 		req.Header.Set("If-Range", `"sha256:`+f.SHA256+`"`)
+	}
+	if d.Sign != nil {
+		if err := d.Sign(req); err != nil {
+			return err
+		}
 	}
 	resp, err := hc.Do(req)
 	if err != nil {

@@ -387,6 +387,9 @@ func (s *abuseSite) legit(ctx context.Context, i int) error {
 		}
 	case 2:
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+s.PkgAddr+s.smallPath, nil)
+		if err := pki.SignRequest(req, &s.agent.cert, time.Now()); err != nil {
+			return err
+		}
 		resp, err := rawDo(req)
 		if err != nil {
 			return fmt.Errorf("package download: %w", err)
@@ -853,8 +856,13 @@ func idleConnAttack(ctx context.Context, t *abuseTarget) int64 {
 }
 
 // slowReaderAttack asks for the large compressible file with zstd on many connections
-// with tiny receive buffers and reads nothing past the headers.
+// with tiny receive buffers and reads nothing past the headers. Package servers serve only
+// the NS's identities: the attacker signs with the rogue site server's certificate.
 func slowReaderAttack(ctx context.Context, t *abuseTarget) int64 {
+	cert, err := tls.X509KeyPair(t.RogueCert, t.RogueKey)
+	if err != nil {
+		return 0
+	}
 	return workers(ctx, 200, func(ctx context.Context, i int) int64 {
 		var tries int64
 		for ctx.Err() == nil {
@@ -865,7 +873,11 @@ func slowReaderAttack(ctx context.Context, t *abuseTarget) int64 {
 			}
 			c.(*net.TCPConn).SetReadBuffer(4096)
 			stop := closeOnDone(ctx, c)
-			fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: x\r\nAccept-Encoding: zstd\r\n\r\n", t.BigPath)
+			req, _ := http.NewRequest(http.MethodGet, "http://x"+t.BigPath, nil)
+			req.Header.Set("Accept-Encoding", "zstd")
+			if pki.SignRequest(req, &cert, time.Now()) == nil {
+				req.Write(c)
+			}
 			br := bufio.NewReaderSize(c, 4096)
 			if _, err := http.ReadResponse(br, nil); err == nil {
 				// Nothing more is read; wait until the server gives up or the phase ends.

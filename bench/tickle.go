@@ -51,7 +51,8 @@ type simAgent struct {
 	apiKey   []byte
 	conn     *net.UDPConn
 	client   *http.Client
-	nsTLS    *tls.Config // the agent's certificate, for the NS
+	nsTLS    *tls.Config     // the agent's certificate, for the NS
+	cert     tls.Certificate // for signing package requests
 	verify   *tickle.Verifier
 	// The agent's tickle key, for the raw loop's datagrams.
 	serverID  string
@@ -458,7 +459,7 @@ func newSimAgent(ctx context.Context, i int, token string, nsClient *nsapi.Clien
 	if err != nil {
 		return nil, err
 	}
-	a.nsTLS = nsConf
+	a.nsTLS, a.cert = nsConf, cert
 	ac := nsapi.NewClient("https://"+nsAddr, nsConf)
 	defer ac.CloseIdle()
 	if _, err := ac.RegisterAgent(ctx, nsapi.RegisterAgentRequest{ID: id, Hostname: id, TaskServer: reg.ServerID}); err != nil {

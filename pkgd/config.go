@@ -39,6 +39,12 @@ type Config struct {
 	// to 24 hours. Default 3m.
 	RetryBase time.Duration `yaml:"retry_base"`
 
+	// AllowAnonymous serves package files to anyone who asks. By default only agents and
+	// site servers of the NS are served (each request signed with the certificate the NS
+	// issued, checked against revocations); turn this on only for clients that cannot
+	// sign, on a network where every computer may read every package.
+	AllowAnonymous bool `yaml:"allow_anonymous"`
+
 	// DataDir is set by serve: the package service's own directory.
 	DataDir string `yaml:"-"`
 }

@@ -43,6 +43,9 @@ type Fetcher struct {
 	// the others wait, and stop waiting when their context ends.
 	MaxConcurrent int
 	Metrics       *FetchMetrics // nil: none
+	// Sign, when set, signs each request to a source (pki.SignRequest): package servers
+	// serve only identities of the NS.
+	Sign func(*http.Request) error
 	// StallTimeout abandons a transfer (keeping what arrived, for a resume) when no byte
 	// comes for this long; a dead connection otherwise hangs until TCP gives up.
 	StallTimeout time.Duration

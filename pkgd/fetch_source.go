@@ -248,6 +248,11 @@ func (f *Fetcher) attempt(d *download, p *PartialFile, u string) error {
 	if off > 0 {
 		req.Header.Set("Range", "bytes="+strconv.FormatInt(off, 10)+"-")
 	}
+	if f.Sign != nil {
+		if err := f.Sign(req); err != nil {
+			return err
+		}
+	}
 	resp, err := f.client.Load().Do(req)
 	if err != nil {
 		if cause := context.Cause(ctx); errors.Is(cause, errStalled) {

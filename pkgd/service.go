@@ -3,6 +3,7 @@ package pkgd
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -26,6 +27,7 @@ import (
 
 	"github.com/siteserver/siteserver/internal/httpx"
 	"github.com/siteserver/siteserver/internal/obs"
+	"github.com/siteserver/siteserver/internal/pki"
 	"github.com/siteserver/siteserver/nsapi"
 )
 
@@ -48,6 +50,10 @@ type Service struct {
 	bound    chan struct{}
 	addr     net.Addr
 	baseURL  atomic.Value // string
+
+	roots       atomic.Pointer[x509.CertPool] // the NS CA certificates clients' chains end in
+	revocations pki.Revocations
+	certificate func(context.Context) (tls.Certificate, error) // signs requests to other package servers
 
 	mu sync.Mutex
 	// downloads holds the download goroutines, so that Run can join them.
@@ -73,6 +79,7 @@ type serviceMetrics struct {
 	retries  prometheus.Counter
 	fetch    *FetchMetrics
 	serve    *ServeMetrics
+	auth     *AuthMetrics
 }
 
 // New builds the package service; nothing is opened or bound until Run. peer is the NS
@@ -90,6 +97,9 @@ func New(cfg Config, peer *nsapi.Enrollment, logger *slog.Logger, reg prometheus
 	}
 	s := &Service{cfg: cfg, peer: peer, logger: logger, reg: reg, now: time.Now,
 		wake: make(chan struct{}, 1), bound: make(chan struct{}), pkgs: map[string]*pkgState{}}
+	if peer != nil {
+		s.certificate = peer.Certificate
+	}
 	m := &serviceMetrics{
 		packages: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: obs.Namespace, Subsystem: "package", Name: "packages",
 			Help: "Assigned packages by state."}, []string{"state"}),
@@ -108,6 +118,9 @@ func New(cfg Config, peer *nsapi.Enrollment, logger *slog.Logger, reg prometheus
 	}
 	if err == nil {
 		m.serve, err = NewServeMetrics(reg)
+	}
+	if err == nil {
+		m.auth, err = NewAuthMetrics(reg)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("pkgd: metrics: %w", err)
@@ -178,7 +191,7 @@ func (s *Service) Run(ctx context.Context) error {
 	if len(windows) > 0 || def > 0 {
 		limiter = NewBandwidthLimiter(windows, def, time.Now)
 	}
-	s.fetcher = &Fetcher{Store: store, Limiter: limiter, MaxConcurrent: s.cfg.MaxDownloads, Metrics: s.metrics.fetch}
+	s.fetcher = &Fetcher{Store: store, Limiter: limiter, MaxConcurrent: s.cfg.MaxDownloads, Metrics: s.metrics.fetch, Sign: s.signRequest}
 	defer s.fetcher.Close()
 
 	ln, err := net.Listen("tcp", s.cfg.Listen)
@@ -289,6 +302,9 @@ func (s *Service) earliestRetry() time.Time {
 func (s *Service) sync(ctx context.Context) error {
 	c, err := s.nsClient(ctx)
 	if err != nil {
+		return err
+	}
+	if err := s.refreshRoots(ctx); err != nil {
 		return err
 	}
 	as, err := c.Assignments(ctx)
@@ -531,12 +547,16 @@ func (s *Service) handler() http.Handler {
 	files := newHandler(contentFunc(s.file), s.metrics.serve, s.logger, s.cfg.MaxCompressedStreams)
 	// No ServeMux: it would clean the path (and redirect) before the file handler could
 	// refuse an escaping name.
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	var h http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodGet && strings.HasPrefix(r.URL.EscapedPath(), ServePrefix) && s.streamIfFetching(w, r) {
 			return
 		}
 		files.ServeHTTP(w, r)
 	})
+	if s.cfg.AllowAnonymous {
+		return h
+	}
+	return RequireSignature(h, s.verifier(), s.metrics.auth, s.logger)
 }
 
 type contentFunc func(ctx context.Context, pkg, name string) (nsapi.PackageFile, *os.File, error)

@@ -114,16 +114,30 @@ func (c *fakeClock) add(d time.Duration) {
 	c.mu.Unlock()
 }
 
+// newTestService runs a package service that serves anyone (its clients here do not
+// sign; TestSecurityPackageServerServesOnlyNSIdentities covers the signatures).
 func newTestService(t *testing.T, f *fakeNS) (*Service, *fakeClock, string) {
+	t.Helper()
+	clock := &fakeClock{t: time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)}
+	s, base := runTestService(t, f, Config{AllowAnonymous: true}, clock, nil)
+	return s, clock, base
+}
+
+// runTestService runs a package service on loopback with cfg (listen, data directory and
+// poll interval set here) following f; before is called before Run.
+func runTestService(t *testing.T, f *fakeNS, cfg Config, clock *fakeClock, before func(*Service)) (*Service, string) {
 	t.Helper()
 	nsSrv := httptest.NewServer(f)
 	t.Cleanup(nsSrv.Close)
-	s, err := New(Config{Listen: "127.0.0.1:0", DataDir: t.TempDir(), PollInterval: time.Hour}, nil, nil, prometheus.NewRegistry())
+	cfg.Listen, cfg.DataDir, cfg.PollInterval = "127.0.0.1:0", t.TempDir(), time.Hour
+	s, err := New(cfg, nil, nil, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
-	clock := &fakeClock{t: time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)}
 	s.now = clock.now
+	if before != nil {
+		before(s)
+	}
 	s.client = nsapi.NewClient(nsSrv.URL, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -138,7 +152,7 @@ func newTestService(t *testing.T, f *fakeNS) (*Service, *fakeClock, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return s, clock, "http://" + addr.String()
+	return s, "http://" + addr.String()
 }
 
 func pkgOf(content []byte) nsapi.Package {

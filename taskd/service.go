@@ -19,6 +19,7 @@ import (
 
 	"github.com/siteserver/siteserver/internal/httpx"
 	"github.com/siteserver/siteserver/internal/obs"
+	"github.com/siteserver/siteserver/internal/pki"
 	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/tickle"
 )
@@ -46,9 +47,7 @@ type Service struct {
 	fanout    []*builtTickles // per-part scratch of tickleAgents, which only fetchLoop calls
 	senders   map[senderKey]*tickle.Sender
 
-	revokedMu  sync.Mutex
-	revokedBy  map[string][]string // NS name -> serials it revoked
-	revokedSet atomic.Pointer[map[string]bool]
+	revocations pki.Revocations // serials each NS revoked
 
 	ready         atomic.Bool
 	refusedLogged atomic.Int64 // when spoolRefused last logged, Unix nanoseconds

@@ -333,25 +333,10 @@ func (s *Service) nsChannel(ctx context.Context, st *nsState, log *slog.Logger) 
 // SetRevoked takes the serials an NS lists as revoked (with each registration answer):
 // agents presenting one, or registered with one, are refused from now on.
 func (s *Service) SetRevoked(nsName string, serials []string) {
-	s.revokedMu.Lock()
-	defer s.revokedMu.Unlock()
-	if s.revokedBy == nil {
-		s.revokedBy = map[string][]string{}
-	}
-	s.revokedBy[nsName] = serials
-	set := map[string]bool{}
-	for _, list := range s.revokedBy {
-		for _, serial := range list {
-			set[serial] = true
-		}
-	}
-	s.revokedSet.Store(&set)
+	s.revocations.Set(nsName, serials)
 }
 
-func (s *Service) revoked(serial string) bool {
-	set := s.revokedSet.Load()
-	return serial != "" && set != nil && (*set)[serial]
-}
+func (s *Service) revoked(serial string) bool { return s.revocations.Has(serial) }
 
 // ReloadCredentials takes the NS's tickle key and CA certificates from the site server's
 // enrollment again (after each registration): after an administrator's reset and a new

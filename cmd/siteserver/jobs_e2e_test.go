@@ -36,6 +36,7 @@ type site struct {
 	nsAddr            string
 	ssMetrics         string
 	agentID, serverID string
+	pkgURL            string // the package service's base URL, with siteOpts.packages
 }
 
 type siteOpts struct {
@@ -50,6 +51,7 @@ type siteOpts struct {
 	agentRegistration       string // the NS's agent_registration_interval ("" = its default)
 	runningGrace            string // the NS's running_grace ("" = its default)
 	spoolDisk               int    // bytes of a tmpfs mounted as the task service's spool directory (0: none)
+	packages                bool   // the site server runs a package service too (s.pkgURL)
 }
 
 func newSite(t *testing.T, o siteOpts) *site {
@@ -107,6 +109,12 @@ ns:
 	if o.channel {
 		adv += "    channel_listen: \"127.0.0.1:0\"\n"
 	}
+	pkgSection := ""
+	if o.packages {
+		port := freePort(t)
+		s.pkgURL = fmt.Sprintf("http://127.0.0.1:%d", port)
+		pkgSection = fmt.Sprintf("  package: {listen: \"127.0.0.1:%d\", url: %q}\n", port, s.pkgURL)
+	}
 	s.ssConf = writeFile(t, filepath.Join(s.dir, "ss.yaml"), fmt.Sprintf(`log: {format: json, level: debug}
 metrics: {listen: "127.0.0.1:0"}
 data_dir: %s
@@ -125,7 +133,7 @@ services:
     url: "https://127.0.0.1:%d"
     presence_interval: 1s
     max_forward_backoff: 1s
-`, filepath.Join(s.dir, "ss"), s.nsURL, pin, serverToken, o.nsChannel, adv, apiPort, apiPort))
+%s`, filepath.Join(s.dir, "ss"), s.nsURL, pin, serverToken, o.nsChannel, adv, apiPort, apiPort, pkgSection))
 	s.ss = start(t, "serve", "-config", s.ssConf)
 	s.serverID = s.ss.waitLog("registered")["id"].(string)
 	s.ssMetrics = s.ss.waitLog("metrics listening")["addr"].(string)

@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/siteserver/siteserver/internal/pki"
 	"github.com/siteserver/siteserver/nsapi"
 )
 
@@ -142,6 +145,38 @@ ns: {name: central, url: %q, ca_file: %s, enrollment_token: %s}
 	got, _ := os.ReadFile(filepath.Join(dl, "bin", "tool.bin"))
 	if !bytes.Equal(got, big) {
 		t.Fatal("downloaded content differs")
+	}
+
+	// Package servers serve only the NS's identities: unsigned requests are refused
+	// (TestSecurityRevokedCertificateRefused: so are revoked certificates).
+	cMetrics := c.waitLog("metrics listening")["addr"].(string)
+	credDir := filepath.Join(dir, "agent", "ns", "central")
+	cert, err := tls.LoadX509KeyPair(filepath.Join(credDir, "client.crt"), filepath.Join(credDir, "client.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fetch := func(sign bool) int {
+		req, _ := http.NewRequest(http.MethodGet, cURL+"/readme.txt", nil)
+		if sign {
+			if err := pki.SignRequest(req, &cert, time.Now()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := fetch(false); code != http.StatusUnauthorized {
+		t.Fatalf("unsigned request: %d", code)
+	}
+	if code := fetch(true); code != http.StatusOK {
+		t.Fatalf("the agent's signed request: %d", code)
+	}
+	if n := metricValue(t, cMetrics, `siteserver_package_auth_refusals_total{reason="unsigned"}`); n != 1 {
+		t.Fatalf("unsigned refusals counted: %v", n)
 	}
 
 	// Deleting the package removes it everywhere.

@@ -22,6 +22,7 @@ import (
 	"github.com/siteserver/siteserver/internal/datadir"
 	"github.com/siteserver/siteserver/internal/hostinfo"
 	"github.com/siteserver/siteserver/internal/obs"
+	"github.com/siteserver/siteserver/internal/pki"
 	"github.com/siteserver/siteserver/internal/service"
 	"github.com/siteserver/siteserver/netbootd"
 	"github.com/siteserver/siteserver/ns"
@@ -364,6 +365,9 @@ func (s *siteServer) build() error {
 			if s.task != nil {
 				s.task.SetRevoked(p.Endpoint.Name, last.Revoked)
 			}
+			if s.pkg != nil {
+				s.pkg.SetRevoked(p.Endpoint.Name, last.Revoked)
+			}
 		}
 	}
 	return nil
@@ -438,6 +442,7 @@ func (s *siteServer) onAnswer(p *nsapi.Enrollment, answer any) {
 		s.task.ReloadCredentials(p.Endpoint.Name)
 	}
 	if s.pkg != nil {
+		s.pkg.SetRevoked(p.Endpoint.Name, resp.Revoked)
 		// Sites or settings may have changed: look at the assignments again.
 		s.pkg.Kick()
 	}
@@ -531,7 +536,12 @@ func agentDownload(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	d := &agent.Downloader{Client: &http.Client{Transport: c.HTTP.Transport}}
+	cert, err := peer.Certificate(ctx)
+	if err != nil {
+		return err
+	}
+	d := &agent.Downloader{Client: &http.Client{Transport: c.HTTP.Transport},
+		Sign: func(r *http.Request) error { return pki.SignRequest(r, &cert, time.Now()) }}
 	used, err := d.Download(ctx, src, *dir)
 	if err != nil {
 		return err

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/siteserver/siteserver/internal/pki"
 	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/taskapi"
 )
@@ -65,11 +66,12 @@ func TestSecurityFileModes(t *testing.T) {
 }
 
 // A certificate the NS revokes (an administrator's reset, or superseded by a new
-// enrollment) is refused by the NS at once and by the task server within a heartbeat (1 s
-// here), on the mTLS agent API; the agent then recovers by enrolling again, which the
-// reset allows, at its next registration with the NS (1 s here) or its next poll.
+// enrollment) is refused by the NS at once and within a heartbeat (1 s here) by the task
+// server, on the mTLS agent API, and by the package server; the agent then recovers by
+// enrolling again, which the reset allows, at its next registration with the NS (1 s here)
+// or its next poll.
 func TestSecurityRevokedCertificateRefused(t *testing.T) {
-	s := newSite(t, siteOpts{taskUpdate: "1m", taskRequest: "1m", agentTickle: "127.0.0.1:0", agentRegistration: "1s"})
+	s := newSite(t, siteOpts{taskUpdate: "1m", taskRequest: "1m", agentTickle: "127.0.0.1:0", agentRegistration: "1s", packages: true})
 	agentAPI := s.ss.waitLog("task service listening")["agent_api"].(string)
 	credDir := filepath.Join(s.dir, "agent", "ns", "central")
 	cert, err := tls.LoadX509KeyPair(filepath.Join(credDir, "client.crt"), filepath.Join(credDir, "client.key"))
@@ -87,15 +89,36 @@ func TestSecurityRevokedCertificateRefused(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode
 	}
+	// A package request signed with it: 404 (no such package) means it passed the check.
+	getPackage := func() int {
+		req, _ := http.NewRequest(http.MethodGet, s.pkgURL+"/packages/none/file.bin", nil)
+		if err := pki.SignRequest(req, &cert, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
 	if code := get(); code != http.StatusOK {
 		t.Fatalf("before the reset the task server answered %d", code)
+	}
+	if code := getPackage(); code != http.StatusNotFound {
+		t.Fatalf("before the reset the package server answered %d", code)
 	}
 	adminCmd(t, s.nsURL, s.caFile, adminToken, "agents", "reset", s.agentID)
 	start := time.Now()
 	waitFor(t, "the task server refuses the revoked certificate", func() bool { return get() == http.StatusUnauthorized })
 	t.Logf("task server refused the revoked certificate %s after the reset", time.Since(start).Round(10*time.Millisecond))
+	waitFor(t, "the package server refuses the revoked certificate", func() bool { return getPackage() == http.StatusForbidden })
+	t.Logf("package server refused it %s after the reset", time.Since(start).Round(10*time.Millisecond))
 	if n := metricValue(t, s.ssMetrics, "siteserver_task_revoked_refusals_total"); n < 1 {
 		t.Fatalf("refusals counted: %v", n)
+	}
+	if n := metricValue(t, s.ssMetrics, `siteserver_package_auth_refusals_total{reason="revoked"}`); n < 1 {
+		t.Fatalf("package refusals counted: %v", n)
 	}
 	// The agent itself enrolls again (the reset allows one enrollment) and works again.
 	s.ag.waitLog("enrolled again after the NS refused the certificate")
