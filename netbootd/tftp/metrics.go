@@ -20,6 +20,7 @@ type metrics struct {
 	cappedVec     *prometheus.CounterVec
 	withheld      prometheus.Counter
 	timeLimited   prometheus.Counter
+	evicted       prometheus.Counter
 
 	result  map[string]prometheus.Counter
 	refused map[string]prometheus.Counter
@@ -61,6 +62,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		timeLimited: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "tftp_time_limited_total",
 			Help: "Transfers ended for running longer than max_transfer_time."}),
+		evicted: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "tftp_unproven_evicted_total",
+			Help: "Transfers whose client had not answered yet, ended to make room for a new request (a flood of requests with forged source addresses, or clients that ask and go away)."}),
 	}
 	if reg != nil {
 		var err error
@@ -92,6 +96,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			return nil, err
 		}
 		if m.timeLimited, err = register(reg, m.timeLimited); err != nil {
+			return nil, err
+		}
+		if m.evicted, err = register(reg, m.evicted); err != nil {
 			return nil, err
 		}
 	}

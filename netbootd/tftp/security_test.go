@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -232,6 +233,12 @@ func TestSecurityTFTPSlotHolding(t *testing.T) {
 				if !strings.Contains(string(body), "too many transfers") {
 					t.Errorf("error %q", body)
 				}
+			} else if op == opOACK {
+				// It answers, so it is proven: later requests cannot push it out.
+				r.send(ackPacket(0))
+				if op, _, err := r.recv(5 * time.Second); err != nil || op != opDATA {
+					t.Fatalf("DATA 1: %d %v", op, err)
+				}
 			}
 			if op != want {
 				t.Errorf("request %d: opcode %d, want %d", i, op, want)
@@ -276,6 +283,53 @@ func TestSecurityTFTPSlotHolding(t *testing.T) {
 		ts.waitCounter(t, 1, "siteserver_netboot_tftp_time_limited_total")
 		ts.waitCounter(t, 0, active)
 	})
+}
+
+// TestSecurityTFTPForgedFlood: requests with forged source addresses, from many
+// addresses, each one unanswered, would hold every transfer slot for (Retries+1) ×
+// Timeout. Unproven transfers are capped at a quarter of the slots and the oldest is
+// pushed out by each new request, so a real client, who answers at once, still gets
+// its file, however long the flood goes on. Before: "server busy" for the whole flood.
+func TestSecurityTFTPForgedFlood(t *testing.T) {
+	root := t.TempDir()
+	want := writeFile(t, filepath.Join(root, "ipxe.efi"), 64<<10)
+	const slots = 16
+	ts := startServer(t, Config{Root: root, MaxTransfers: slots, Timeout: 2 * time.Second, Retries: 5}, quickStop)
+	dst, _ := net.ResolveUDPAddr("udp", ts.addr)
+	// 127.0.0.0/8 is all loopback on Linux: each socket stands for another host.
+	var forged []*net.UDPConn
+	for i := range 120 {
+		c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 1+byte(i/200), 2+byte(i%200))})
+		if err != nil {
+			t.Skipf("no socket on another loopback address: %v", err)
+		}
+		defer c.Close()
+		forged = append(forged, c)
+	}
+	flood := func(round int) {
+		for _, c := range forged {
+			if _, err := c.WriteToUDP(rrqPacket("ipxe.efi", "tsize", "0", "blksize", strconv.Itoa(512+round)), dst); err != nil {
+				t.Fatal(err)
+			}
+			// Paced so that the listening socket's buffer drops none: the count below
+			// is exact.
+			time.Sleep(2 * time.Millisecond)
+		}
+	}
+	for round := range 3 {
+		flood(round)
+		ts.waitCounter(t, float64(120*(round+1)-slots/4), "siteserver_netboot_tftp_unproven_evicted_total")
+		got, err := download(ts.addr, "ipxe.efi", 1468)
+		if err != nil || got.sum != want {
+			t.Fatalf("round %d: a real client during the flood: %v", round, err)
+		}
+	}
+	if busy := ts.counter("siteserver_netboot_tftp_refused_total", "reason", "busy"); busy != 0 {
+		t.Fatalf("%v requests refused busy", busy)
+	}
+	if active := ts.counter("siteserver_netboot_tftp_transfers_active"); active > slots/4 {
+		t.Fatalf("%v transfers held after the flood, want at most %d unproven", active, slots/4)
+	}
 }
 
 // TestSecurityTFTPClientRate floods from one address: past its bucket, requests are

@@ -2,6 +2,7 @@ package tftp
 
 import (
 	"bufio"
+	"container/list"
 	"context"
 	"errors"
 	"fmt"
@@ -32,8 +33,9 @@ import (
 // may cost is bounded: a silent client holds its transfer slot for at most
 // (Retries+1) × max(Timeout, MaxOptionTimeout), one that keeps answering for at most
 // MaxTransferTime; one address holds at most MaxPerClient slots and starts at most
-// ClientRequestRate transfers a second; and nothing larger than the request's size times
-// unverifiedFactor goes to an address before it has answered (see sender).
+// ClientRequestRate transfers a second; nothing larger than the request's size times
+// unverifiedFactor goes to an address before it has answered (see sender); and transfers
+// whose client has not answered yet give way to new requests (see admit).
 type Config struct {
 	Listen       string        // default ":69"
 	Root         string        // boot root directory; files are served read-only from here
@@ -277,6 +279,9 @@ type Server struct {
 	maxFast   int
 	xmu       sync.Mutex
 	xfers     map[conn]struct{}
+
+	umu      sync.Mutex
+	unproven list.List // of *slot: transfers whose client has not answered yet, oldest first
 
 	clients *clients
 }
@@ -530,21 +535,12 @@ func (s *Server) serveRequest(req request, reqSize int, from netip.AddrPort, dst
 		return
 	}
 
-	if !s.clients.start(from.Addr()) {
-		refuse(newRefusal(reasonClientBusy, "too many transfers from your address"))
+	sl, err := s.admit(from.Addr(), conn)
+	if err != nil {
+		refuse(err)
 		return
 	}
-	defer s.clients.done(from.Addr())
-	if s.active.Add(1) > int64(s.cfg.MaxTransfers) {
-		s.active.Add(-1)
-		refuse(newRefusal(reasonBusy, "server busy"))
-		return
-	}
-	s.metrics.active.Inc()
-	defer func() {
-		s.active.Add(-1)
-		s.metrics.active.Dec()
-	}()
+	defer sl.release()
 	if s.stopping.Load() {
 		// Counted as busy: the client should retry, possibly against another server.
 		refuse(newRefusal(reasonBusy, errShuttingDown.Error()))
@@ -568,7 +564,7 @@ func (s *Server) serveRequest(req request, reqSize int, from netip.AddrPort, dst
 		refuse(newRefusal(reasonPlain, "TFTP options required"))
 		return
 	}
-	s.transfer(log, conn, req, neg, reqSize, f, size, start)
+	s.transfer(log, conn, sl, req, neg, reqSize, f, size, start)
 }
 
 // unverifiedError builds an ERROR for a client that has not answered yet, its message cut
@@ -607,14 +603,14 @@ func (s *Server) openFile(log *slog.Logger, name string) (*os.File, int64, error
 
 // transfer sends an open file of size bytes to the client on c: the option
 // acknowledgement, if options were granted, then the data.
-func (s *Server) transfer(log *slog.Logger, c conn, req request, neg negotiated, reqSize int, f *os.File, size int64, start time.Time) {
+func (s *Server) transfer(log *slog.Logger, c conn, sl *slot, req request, neg negotiated, reqSize int, f *os.File, size int64, start time.Time) {
 	timeout := s.cfg.Timeout
 	if neg.timeout > 0 {
 		timeout = time.Duration(neg.timeout) * time.Second
 	}
 	c.setTimeout(timeout)
 	x := &sender{conn: c, blockSize: neg.blockSize, window: neg.window, retries: s.cfg.Retries,
-		budget: unverifiedFactor * reqSize, deadline: start.Add(s.cfg.MaxTransferTime)}
+		budget: unverifiedFactor * reqSize, deadline: start.Add(s.cfg.MaxTransferTime), onProven: sl.proven}
 	var err error
 	if len(neg.accepted) > 0 {
 		err = x.negotiate(appendOACK(nil, neg.accepted))
@@ -629,6 +625,12 @@ func (s *Server) transfer(log *slog.Logger, c conn, req request, neg negotiated,
 			x.r = &netascii{r: r}
 		}
 		err = x.run()
+	}
+	if err != nil && sl.wasEvicted() {
+		// Counted in tftp_unproven_evicted_total; anyone can cause these.
+		s.metrics.result[resultFailed].Inc()
+		log.Debug("tftp transfer ended to make room: its client never answered")
+		return
 	}
 	s.finish(log, c, x, neg, size, err, start)
 }

@@ -797,7 +797,8 @@ func TestMaxTransfers(t *testing.T) {
 	want := writeFile(t, filepath.Join(root, "slow.bin"), size)
 	ts := startServer(t, Config{Root: root, MaxTransfers: 2, PlainRequests: true}, nil)
 
-	// Five clients ask and then sit on their first block, holding their transfers open.
+	// Five clients ask, take their first block and then sit on their second, holding
+	// their transfers open (proven: they answered, so no new request pushes them out).
 	var holding []*rawClient
 	var busy int
 	for range 5 {
@@ -809,6 +810,10 @@ func TestMaxTransfers(t *testing.T) {
 		}
 		switch op {
 		case 3:
+			r.send(ackPacket(1))
+			if op, _, err := r.recv(5 * time.Second); err != nil || op != 3 {
+				t.Fatalf("second block: %d %v", op, err)
+			}
 			holding = append(holding, r)
 		case 5:
 			if msg := string(bytes.TrimRight(body[2:], "\x00")); msg != "server busy" {
@@ -830,12 +835,12 @@ func TestMaxTransfers(t *testing.T) {
 	}
 
 	for _, r := range holding {
-		rest, _, err := r.fetchRest(1, 512)
+		rest, _, err := r.fetchRest(2, 512)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(rest) != size-512 {
-			t.Errorf("got %d more bytes, want %d", len(rest), size-512)
+		if len(rest) != size-1024 {
+			t.Errorf("got %d more bytes, want %d", len(rest), size-1024)
 		}
 	}
 	ts.waitCounter(t, 0, "siteserver_netboot_tftp_transfers_active")

@@ -41,6 +41,7 @@ type sender struct {
 	retries   int
 	budget    int       // bytes that may still go to the client before it answers
 	deadline  time.Time // the transfer ends with errTimeLimit past it; zero: no limit
+	onProven  func()    // called once, when the client first answers; may be nil
 
 	datagrams   int   // DATA and OACK packets sent, retransmissions included
 	retransmits int   // packets sent again for want of an ACK
@@ -107,8 +108,11 @@ func (x *sender) awaitACK(accept func(block uint16) bool) (bool, error) {
 			return false, err
 		}
 		op, block, msg, ok := parseReply(x.in[:n])
-		if ok {
+		if ok && !x.verified {
 			x.verified = true
+			if x.onProven != nil {
+				x.onProven()
+			}
 		}
 		switch {
 		case !ok:
