@@ -43,6 +43,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzVerify$$' -fuzztime=30s ./tickle/
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeBatch$$' -fuzztime=30s ./taskd/
 	$(GO) test -run='^$$' -fuzz='^FuzzVerifyRequest$$' -fuzztime=30s ./taskapi/
+	$(GO) test -run='^$$' -fuzz='^FuzzVerifyRequest$$' -fuzztime=30s ./internal/pki/
 	$(GO) test -run='^$$' -fuzz='^FuzzParseWindows$$' -fuzztime=30s ./pkgd/
 	$(GO) test -run='^$$' -fuzz='^FuzzPackagePath$$' -fuzztime=30s ./pkgd/
 	$(GO) test -run='^$$' -fuzz='^FuzzBSDP$$' -fuzztime=30s ./netbootd/pxe/
