@@ -279,17 +279,17 @@ services:
 	// The server's own fan-out rate: how fast it put the tickles on the wire.
 	serverFanout, tickledMS, builtMS, burstMS, workMS := 0.0, 0.0, 0.0, 0.0, 0.0
 	if l, ok := ss.findLog("work fetched", func(l map[string]any) bool { n, _ := l["instances"].(float64); return n > 0 }); ok {
-		if d, ok := l["took"].(float64); ok {
-			workMS = d / 1e6
+		if d, ok := logMS(l["took"]); ok {
+			workMS = d
 		}
 	}
 	if l, err := ss.waitLog(ctx, "agents tickled", time.Second); err == nil {
 		serverFanout, _ = l["per_s"].(float64)
-		if b, ok := l["built"].(float64); ok {
-			builtMS = b / 1e6
+		if b, ok := logMS(l["built"]); ok {
+			builtMS = b
 		}
-		if d, ok := l["duration"].(float64); ok {
-			burstMS = d / 1e6
+		if d, ok := logMS(l["duration"]); ok {
+			burstMS = d
 		}
 		if ts, ok := l["time"].(string); ok {
 			if tt, err := time.Parse(time.RFC3339Nano, ts); err == nil {
@@ -693,6 +693,16 @@ func ecKeyPEM(key *ecdsa.PrivateKey) ([]byte, error) {
 		return nil, err
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), nil
+}
+
+// logMS reads a duration from a JSON log line ("1.5ms") in milliseconds.
+func logMS(v any) (float64, bool) {
+	s, ok := v.(string)
+	if !ok {
+		return 0, false
+	}
+	d, err := time.ParseDuration(s)
+	return float64(d) / float64(time.Millisecond), err == nil
 }
 
 func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -114,10 +115,21 @@ func (c *Config) Defaults() {
 	if c.LookupCache == 0 {
 		c.LookupCache = time.Minute
 	}
+	// What PXE hands out over HTTP points at this service's own HTTP port.
+	_, port, _ := net.SplitHostPort(c.HTTP.Listen)
 	if c.PXE.IPXEScriptURL == "" {
-		_, port, _ := net.SplitHostPort(c.HTTP.Listen)
 		c.PXE.IPXEScriptURL = "http://{server}:" + port + "/ipxe/{mac}"
 	}
+	files := maps.Clone(c.PXE.BootFiles)
+	if files == nil {
+		files = map[pxe.Arch]string{}
+	}
+	for arch, file := range map[pxe.Arch]string{pxe.ArchEFIx64HTTP: "ipxe.efi", pxe.ArchEFIARM64HTTP: "ipxe-arm64.efi"} {
+		if _, set := files[arch]; !set {
+			files[arch] = "http://{server}:" + port + "/boot/" + file
+		}
+	}
+	c.PXE.BootFiles = files
 	c.PXE = c.PXE.WithDefaults()
 	if c.Scripts == nil {
 		c.Scripts = map[string]string{}

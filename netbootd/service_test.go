@@ -171,3 +171,23 @@ func TestSecurityLookupCacheBounded(t *testing.T) {
 		t.Errorf("the newest entry was not kept (%v)", err)
 	}
 }
+
+// UEFI HTTP boot offers and the iPXE script URL point at the HTTP port the service
+// listens on, not at the default one; boot files set in the config stay as they are.
+func TestHTTPBootURLsFollowListen(t *testing.T) {
+	c := Config{HTTP: HTTPConfig{Listen: "10.0.0.5:8081"},
+		PXE: pxe.Config{BootFiles: map[pxe.Arch]string{pxe.ArchEFIARM64HTTP: "http://boot.example/arm.efi"}}}
+	c.Defaults()
+	for arch, want := range map[pxe.Arch]string{
+		pxe.ArchEFIx64HTTP:   "http://{server}:8081/boot/ipxe.efi",
+		pxe.ArchEFIARM64HTTP: "http://boot.example/arm.efi",
+		pxe.ArchBIOS:         "undionly.kpxe",
+	} {
+		if got := c.PXE.BootFiles[arch]; got != want {
+			t.Errorf("arch %v: %q, want %q", arch, got, want)
+		}
+	}
+	if c.PXE.IPXEScriptURL != "http://{server}:8081/ipxe/{mac}" {
+		t.Errorf("script URL %q", c.PXE.IPXEScriptURL)
+	}
+}

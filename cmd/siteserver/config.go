@@ -301,10 +301,33 @@ func Decode(r io.Reader, v any) error {
 type File interface {
 	Defaults()
 	Validate() error
+	// paths are the fields that name files and directories.
+	paths() []*string
+}
+
+func (c *NS) paths() []*string {
+	s := &c.Server
+	return []*string{&s.DataDir, &s.SiteServerTokenFile, &s.AgentTokenFile, &s.AdminTokenFile, &s.ReadOnlyTokenFile, &s.RulesFile}
+}
+
+func (c *Serve) paths() []*string {
+	ps := []*string{&c.DataDir, &c.EmbeddedNS.RulesFile}
+	for i := range c.NS {
+		ps = append(ps, &c.NS[i].CAFile, &c.NS[i].EnrollmentTokenFile)
+	}
+	if c.Services.Netboot != nil {
+		ps = append(ps, &c.Services.Netboot.BootDir)
+	}
+	return ps
+}
+
+func (c *Agent) paths() []*string {
+	return []*string{&c.DataDir, &c.NS.CAFile, &c.NS.EnrollmentTokenFile}
 }
 
 // Load reads path into f, fills defaults and validates. Relative paths inside the file
-// stay relative to the working directory, as on the command line.
+// are taken relative to the file's directory, not to wherever the process was started
+// (under systemd, /).
 func Load(path string, f File) error {
 	fh, err := os.Open(path)
 	if err != nil {
@@ -313,6 +336,15 @@ func Load(path string, f File) error {
 	defer fh.Close()
 	if err := Decode(fh, f); err != nil {
 		return fmt.Errorf("%s: %w", filepath.Base(path), err)
+	}
+	dir, err := filepath.Abs(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	for _, p := range f.paths() {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
 	}
 	f.Defaults()
 	if err := f.Validate(); err != nil {

@@ -124,21 +124,22 @@ func TestExampleBranch(t *testing.T) {
 
 func TestExampleStandalone(t *testing.T) {
 	var got Serve
-	// Its paths are relative to the repository, where `make run` starts it.
-	t.Chdir("../..")
-	if err := Load("examples/standalone.yaml", &got); err != nil {
+	// Its paths are relative to its directory, whatever the working directory is.
+	examples := examplesDir(t)
+	t.Chdir(t.TempDir())
+	if err := Load(filepath.Join(examples, "standalone.yaml"), &got); err != nil {
 		t.Fatal(err)
 	}
 	want := Serve{
 		Log: obs.LogConfig{Format: "text", Level: "info"}, Metrics: Metrics{Listen: "127.0.0.1:9351"},
-		DataDir: "./data/standalone", Addresses: []string{}, NS: []nsapi.Endpoint{},
-		EmbeddedNS: EmbeddedNS{Listen: "127.0.0.1:50443", RulesFile: "examples/sites.yaml", Approval: "auto", Settings: defaultSettings},
+		DataDir: filepath.Join(filepath.Dir(examples), "data", "standalone"), Addresses: []string{}, NS: []nsapi.Endpoint{},
+		EmbeddedNS: EmbeddedNS{Listen: "127.0.0.1:50443", RulesFile: filepath.Join(examples, "sites.yaml"), Approval: "auto", Settings: defaultSettings},
 		Services: Services{Task: &taskd.Config{TickleListen: "127.0.0.1:50123", TickleAdvertise: "127.0.0.1:50123",
 			AgentListen: "127.0.0.1:50180", URL: "https://127.0.0.1:50180", PresenceInterval: time.Minute, ForwardBatch: 1000, MaxAgentConnections: 1024,
 			MaxForwardBackoff: time.Minute, SpoolMaxBytes: 256 << 20}, Package: &pkgd.Config{Listen: "127.0.0.1:50181", URL: "http://127.0.0.1:50181",
 			PollInterval: 5 * time.Minute, VerifyInterval: 24 * time.Hour, MaxDownloads: 4, RetryBase: 3 * time.Minute, DefaultBandwidth: "unlimited",
 			MaxCompressedStreams: 4, SendTimeout: time.Minute},
-			Netboot: &netbootd.Config{BootDir: "examples/boot", PXE: pxe.Config{Listen67: ":10067", Listen4011: ":14011"},
+			Netboot: &netbootd.Config{BootDir: filepath.Join(examples, "boot"), PXE: pxe.Config{Listen67: ":10067", Listen4011: ":14011"},
 				TFTP: netbootd.TFTPFile{Listen: "127.0.0.1:10069"}, HTTP: netbootd.HTTPConfig{Listen: "127.0.0.1:50182"}}},
 	}
 	want.Services.Netboot.Defaults()

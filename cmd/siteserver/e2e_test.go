@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
@@ -66,6 +67,9 @@ func start(t *testing.T, args ...string) *proc {
 			var m map[string]any
 			if json.Unmarshal(sc.Bytes(), &m) != nil {
 				m = map[string]any{"msg": "(not json) " + sc.Text()}
+			} else if key := duplicateKey(sc.Bytes()); key != "" {
+				// Log pipelines (Elasticsearch among them) refuse such documents.
+				t.Errorf("log line with the key %q twice: %s", key, sc.Text())
 			}
 			p.mu.Lock()
 			p.logs = append(p.logs, m)
@@ -86,6 +90,47 @@ func start(t *testing.T, args ...string) *proc {
 		}
 	})
 	return p
+}
+
+// duplicateKey returns a key that appears twice in one JSON object of line, at any depth,
+// or "".
+func duplicateKey(line []byte) string {
+	dec := json.NewDecoder(bytes.NewReader(line))
+	var walk func() string
+	walk = func() string {
+		tok, err := dec.Token()
+		if err != nil {
+			return ""
+		}
+		switch tok {
+		case json.Delim('{'):
+			seen := map[string]bool{}
+			for dec.More() {
+				k, err := dec.Token()
+				if err != nil {
+					return ""
+				}
+				key, _ := k.(string)
+				if seen[key] {
+					return key
+				}
+				seen[key] = true
+				if d := walk(); d != "" {
+					return d
+				}
+			}
+			dec.Token() // '}'
+		case json.Delim('['):
+			for dec.More() {
+				if d := walk(); d != "" {
+					return d
+				}
+			}
+			dec.Token() // ']'
+		}
+		return ""
+	}
+	return walk()
 }
 
 func (p *proc) dump() {
@@ -514,4 +559,18 @@ ns:
 	before := ss.countLog("registered")
 	eventually(t, "registrations with the other NS go on", func() bool { return ss.countLog("registered") >= before+2 })
 	ss.stop()
+}
+
+func TestDuplicateKey(t *testing.T) {
+	for line, want := range map[string]string{
+		`{"a":1,"b":{"c":[1,{"d":2}]}}`:           "",
+		`{"component":"serve","component":"pxe"}`: "component",
+		`{"a":{"x":1,"x":2}}`:                     "x",
+		`{"a":[{"y":1,"y":1}]}`:                   "y",
+		`{"a":{"x":1},"x":2}`:                     "",
+	} {
+		if got := duplicateKey([]byte(line)); got != want {
+			t.Errorf("%s: %q, want %q", line, got, want)
+		}
+	}
 }

@@ -180,7 +180,7 @@ func nsTaskService(cfg NS, srv *ns.Server, logger *slog.Logger, reg prometheus.R
 			return "https://" + loopbackHostPort(addr.String()), srv.CACertPEM(), nil
 		},
 	}
-	s := &siteServer{host: host, logger: logger.With("service", "last-resort"), reg: reg, peers: []*nsapi.Enrollment{peer},
+	s := &siteServer{host: host, logger: logger.With("role", "last-resort"), reg: reg, peers: []*nsapi.Enrollment{peer},
 		cfg: Serve{DataDir: dir, Addresses: cfg.Addresses, Services: Services{Task: cfg.Task}}}
 	if err := s.build(); err != nil {
 		return nil, err

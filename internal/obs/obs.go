@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -23,8 +24,52 @@ import (
 // Namespace is the Prometheus namespace of every metric the suite exports.
 const Namespace = "siteserver"
 
-// Version is set at build time with -ldflags "-X .../internal/obs.Version=...".
+// Version is set at build time with -ldflags "-X .../internal/obs.Version=..."; a plain
+// `go build` in a checkout gets the revision it was built from instead.
 var Version = "dev"
+
+func init() {
+	if Version == "dev" {
+		Version = buildVersion()
+	}
+}
+
+// buildVersion is what the Go toolchain recorded of the build: the module version when
+// built from a tagged module, else the VCS revision (12 digits, "-dirty" with local
+// changes), else "dev".
+func buildVersion() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "dev"
+	}
+	return versionOf(bi)
+}
+
+func versionOf(bi *debug.BuildInfo) string {
+	if v := bi.Main.Version; v != "" && v != "(devel)" {
+		return v
+	}
+	var rev string
+	var dirty bool
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			dirty = s.Value == "true"
+		}
+	}
+	if rev == "" {
+		return "dev"
+	}
+	if len(rev) > 12 {
+		rev = rev[:12]
+	}
+	if dirty {
+		rev += "-dirty"
+	}
+	return rev
+}
 
 // LogConfig selects the log format and level.
 type LogConfig struct {
@@ -61,6 +106,14 @@ func NewLogger(c LogConfig, w io.Writer) *slog.Logger {
 	}
 	opts := &slog.HandlerOptions{Level: lvl}
 	if strings.EqualFold(c.Format, "json") {
+		// Durations as "1.5s", as the text format writes them, not as integer nanoseconds
+		// that a log pipeline cannot tell from a count.
+		opts.ReplaceAttr = func(_ []string, a slog.Attr) slog.Attr {
+			if a.Value.Kind() == slog.KindDuration {
+				return slog.String(a.Key, a.Value.Duration().String())
+			}
+			return a
+		}
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))

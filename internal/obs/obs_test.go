@@ -2,8 +2,10 @@ package obs
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
+	"runtime/debug"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -54,5 +56,38 @@ func TestEndpoint(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("Run = %v", err)
+	}
+}
+
+func TestVersionFromBuildInfo(t *testing.T) {
+	rev := []debug.BuildSetting{{Key: "vcs", Value: "git"}, {Key: "vcs.revision", Value: "8af90f0c1d2e3f405162738495a6b7c8d9e0f1a2"}}
+	cases := []struct {
+		name string
+		bi   debug.BuildInfo
+		want string
+	}{
+		{"tagged module", debug.BuildInfo{Main: debug.Module{Version: "v1.4.0"}, Settings: rev}, "v1.4.0"},
+		{"checkout", debug.BuildInfo{Main: debug.Module{Version: "(devel)"}, Settings: rev}, "8af90f0c1d2e"},
+		{"checkout with changes", debug.BuildInfo{Main: debug.Module{Version: "(devel)"},
+			Settings: append(rev, debug.BuildSetting{Key: "vcs.modified", Value: "true"})}, "8af90f0c1d2e-dirty"},
+		{"no VCS", debug.BuildInfo{Main: debug.Module{Version: "(devel)"}}, "dev"},
+	}
+	for _, c := range cases {
+		if got := versionOf(&c.bi); got != c.want {
+			t.Errorf("%s: %q, want %q", c.name, got, c.want)
+		}
+	}
+}
+
+// JSON logs write durations as text, as the text format does.
+func TestJSONLogDurations(t *testing.T) {
+	var b strings.Builder
+	NewLogger(LogConfig{Format: "json", Level: "info"}, &b).Info("done", "took", 1500*time.Millisecond, "n", 3)
+	var line map[string]any
+	if err := json.Unmarshal([]byte(b.String()), &line); err != nil {
+		t.Fatal(err)
+	}
+	if line["took"] != "1.5s" || line["n"] != 3.0 {
+		t.Fatalf("%s", b.String())
 	}
 }

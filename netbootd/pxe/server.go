@@ -108,7 +108,7 @@ func NewServer(cfg Config, computers Computers, logger *slog.Logger, reg prometh
 	return &Server{
 		cfg:       cfg,
 		computers: computers,
-		log:       logger.With("component", "pxe"),
+		log:       logger.With("protocol", "pxe"),
 		metrics:   m,
 		bound:     make(chan struct{}),
 		kinds:     kindCache{m: make(map[string]kindEntry)},

@@ -307,7 +307,7 @@ func NewServer(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Ser
 	return &Server{
 		cfg:       cfg,
 		root:      root,
-		log:       logger.With("component", "tftp"),
+		log:       logger.With("protocol", "tftp"),
 		metrics:   m,
 		grace:     shutdownGrace,
 		abortWait: abortWait,
