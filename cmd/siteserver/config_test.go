@@ -133,7 +133,7 @@ func TestExampleStandalone(t *testing.T) {
 	want := Serve{
 		Log: obs.LogConfig{Format: "text", Level: "info"}, Metrics: Metrics{Listen: "127.0.0.1:9351"},
 		DataDir: filepath.Join(filepath.Dir(examples), "data", "standalone"), Addresses: []string{}, NS: []nsapi.Endpoint{},
-		EmbeddedNS: EmbeddedNS{Listen: "127.0.0.1:50443", RulesFile: filepath.Join(examples, "sites.yaml"), Approval: "auto", Settings: defaultSettings},
+		EmbeddedNS: EmbeddedNS{Listen: "127.0.0.1:50443", RulesFile: filepath.Join(examples, "standalone-sites.yaml"), Approval: "auto", Settings: defaultSettings},
 		Services: Services{Task: &taskd.Config{TickleListen: "127.0.0.1:50123", TickleAdvertise: "127.0.0.1:50123",
 			AgentListen: "127.0.0.1:50180", URL: "https://127.0.0.1:50180", PresenceInterval: time.Minute, ForwardBatch: 1000, MaxAgentConnections: 1024,
 			MaxForwardBackoff: time.Minute, SpoolMaxBytes: 256 << 20}, Package: &pkgd.Config{Listen: "127.0.0.1:50181", URL: "http://127.0.0.1:50181",
@@ -169,7 +169,7 @@ func TestExampleAgent(t *testing.T) {
 
 func TestKind(t *testing.T) {
 	for name, want := range map[string]string{
-		"ns.yaml": KindNS, "branch.yaml": KindServe, "standalone.yaml": KindServe, "agent.yaml": KindAgent, "sites.yaml": KindRules,
+		"ns.yaml": KindNS, "branch.yaml": KindServe, "standalone.yaml": KindServe, "agent.yaml": KindAgent, "sites.yaml": KindRules, "standalone-sites.yaml": KindRules,
 	} {
 		got, err := Kind(filepath.Join(examplesDir(t), name))
 		if err != nil || got != want {
@@ -280,5 +280,21 @@ func TestExampleJobAndRules(t *testing.T) {
 	}
 	if got, ok := m.Lookup(netip.MustParseAddr("10.1.200.9")); !ok || got.Site != "berlin-lab" {
 		t.Fatalf("10.1.200.9 is in %+v, want berlin-lab (the more specific subnet)", got)
+	}
+	// The standalone example's one site takes every address, loopback included.
+	b, err = os.ReadFile(filepath.Join(examplesDir(t), "standalone-sites.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err = sites.ParseRulesFile(b); err != nil {
+		t.Fatal(err)
+	}
+	if m, err = sites.Compile(r); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{"127.0.0.1", "10.1.2.3", "192.0.2.9", "::1", "2001:db8::5"} {
+		if got, ok := m.Lookup(netip.MustParseAddr(a)); !ok || got.Site != "local" {
+			t.Errorf("%s is in %+v, want local", a, got)
+		}
 	}
 }
