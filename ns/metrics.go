@@ -75,7 +75,7 @@ func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 		}, []string{"reason"}),
 		rulesLoads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: obs.Namespace, Subsystem: subsystem, Name: "rules_loads_total",
-			Help: "Site maintenance rule changes applied, by result.",
+			Help: "Site maintenance rule changes by result: ok, error, owned_by_file (an API change refused because the rules file holds that source).",
 		}, []string{"result"}),
 		siteServers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: obs.Namespace, Subsystem: subsystem, Name: "site_servers",
@@ -165,7 +165,7 @@ func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 	for _, r := range []string{"malformed", "too_large"} {
 		m.badRequests.WithLabelValues(r)
 	}
-	for _, r := range []string{"ok", "error"} {
+	for _, r := range []string{"ok", "error", "owned_by_file"} {
 		m.rulesLoads.WithLabelValues(r)
 	}
 	for _, r := range []string{refusedUnauthenticated, refusedTooLarge, refusedDecodedTooLarge, refusedBusy} {

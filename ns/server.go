@@ -44,6 +44,8 @@ type Server struct {
 	id     string // sender id in tickles
 	jobKey ed25519.PrivateKey
 	rules  atomic.Pointer[sites.Map]
+	// fileSource is the source the rules file holds, once it has loaded.
+	fileSource atomic.Pointer[sites.Source]
 
 	mu sync.Mutex // serialises rule changes and enrollments
 

@@ -592,3 +592,45 @@ func TestComputers(t *testing.T) {
 		t.Fatalf("predefining a managed computer = %v", err)
 	}
 }
+
+// A rules file holds the rules of its source: an API edit of that source would vanish at
+// the next reload, so it is refused with 409 saying which file holds them; with the file
+// marked `source: imported`, manual edits through the API are taken and survive reloads.
+func TestRuleEditsOwnedByRulesFile(t *testing.T) {
+	rules := filepath.Join(t.TempDir(), "sites.yaml")
+	os.WriteFile(rules, []byte("sites:\n  - name: one\n    subnets: [10.1.0.0/16]\n"), 0o644)
+	tn := startNS(t, func(c *ServerConfig) { c.RulesFile = rules })
+	ctx := context.Background()
+	err := tn.admin.PutSite(ctx, nsapi.SiteRequest{Name: "two"})
+	if nsapi.StatusOf(err) != http.StatusConflict || !strings.Contains(err.Error(), rules) {
+		t.Fatalf("manual edit with a manual rules file: %v, want 409 naming the file", err)
+	}
+	if _, err := tn.admin.ApplyRules(ctx, []byte("sites:\n  - name: three\n")); nsapi.StatusOf(err) != http.StatusConflict {
+		t.Fatalf("apply of manual rules: %v, want 409", err)
+	}
+	if n := testutil.ToFloat64(tn.srv.metrics.rulesLoads.WithLabelValues("owned_by_file")); n != 2 {
+		t.Fatalf("refusals counted: %v", n)
+	}
+
+	os.WriteFile(rules, []byte("source: imported\nsites:\n  - name: one\n    subnets: [10.1.0.0/16]\n"), 0o644)
+	if err := tn.srv.loadRulesFile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := tn.admin.PutSite(ctx, nsapi.SiteRequest{Name: "two"}); err != nil {
+		t.Fatalf("manual edit beside an imported rules file: %v", err)
+	}
+	if err := tn.srv.loadRulesFile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	views, err := tn.admin.Sites(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, v := range views {
+		names = append(names, v.Name)
+	}
+	if !slices.Contains(names, "two") {
+		t.Fatalf("the manual site vanished at reload: %v", names)
+	}
+}

@@ -131,9 +131,22 @@ func (s *Server) loadRulesFile(ctx context.Context) error {
 	if err := s.applyRules(ctx, src, func(sites.Rules) sites.Rules { return r }); err != nil {
 		return fmt.Errorf("ns: rules file %s: %w", s.cfg.RulesFile, err)
 	}
+	s.fileSource.Store(&src)
 	s.logger.Info("rules file loaded", "file", s.cfg.RulesFile, "source", src,
 		"sites", len(r.Sites), "subnets", len(r.Subnets), "servers", len(r.Servers))
 	return nil
+}
+
+// ownedByFile refuses a change through the API to the rules of src when the rules file
+// holds them: the file replaces them at the next SIGHUP or restart, and the change would
+// vanish without a word.
+func (s *Server) ownedByFile(w http.ResponseWriter, src sites.Source) bool {
+	if fs := s.fileSource.Load(); fs != nil && *fs == src {
+		s.metrics.rulesLoads.WithLabelValues("owned_by_file").Inc()
+		httpx.WriteError(w, http.StatusConflict, "the %s rules come from the rules file %s, which replaces them at every reload: edit that file and reload (SIGHUP), or give the file `source: imported` to keep manual rules in the API", src, s.cfg.RulesFile)
+		return true
+	}
+	return false
 }
 
 // errRules marks a rule change that does not compile: the caller's fault, not the server's.
@@ -264,6 +277,9 @@ func (s *Server) handleListSites(w http.ResponseWriter, r *http.Request) {
 
 // ruleChange answers for a rule change: 400 when it does not compile, 500 otherwise.
 func (s *Server) ruleChange(w http.ResponseWriter, r *http.Request, change func(sites.Rules) (sites.Rules, error)) bool {
+	if s.ownedByFile(w, sites.Manual) {
+		return false
+	}
 	var userErr error
 	err := s.applyRules(r.Context(), sites.Manual, func(cur sites.Rules) sites.Rules {
 		next, err := change(cur)
@@ -492,6 +508,9 @@ func (s *Server) handlePutRules(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		src = sites.Source(q)
+	}
+	if s.ownedByFile(w, src) {
+		return
 	}
 	if err := s.applyRules(r.Context(), src, func(sites.Rules) sites.Rules { return rules }); err != nil {
 		var re errRules
