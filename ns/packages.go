@@ -272,13 +272,14 @@ type requester struct {
 	id          string
 	sites       []string
 	constrained bool
+	nsFallback  bool // constrained, but may fetch from the NS last
 }
 
 // rankSources orders where a package can come from for r: the ready package servers of
 // r's sites first, then the NS, and only after it the unconstrained servers of other sites
 // (a last resort when the NS cannot be reached: their bytes cross the WAN as the NS's do).
-// A constrained package server gets only servers of its own sites: never anything outside
-// them. Servers not seen since cutoff (three heartbeats) are never offered: they are off or
+// A constrained package server gets only servers of its own sites, and the NS after them
+// when it allows that (ns_fallback); never another site's server. Servers not seen since cutoff (three heartbeats) are never offered: they are off or
 // retired, and each would cost the requester a timeout.
 func rankSources(p nsapi.Package, r requester, servers []store.ServerRecord, cbs []nsapi.Codebase, m *sites.Map, nsBase string, cutoff time.Time) []nsapi.Source {
 	byID := map[string]store.ServerRecord{}
@@ -325,15 +326,22 @@ func rankSources(p nsapi.Package, r requester, servers []store.ServerRecord, cbs
 		}
 	}
 	if r.constrained {
+		if r.nsFallback {
+			out = append(out, nsSource(p, nsBase))
+		}
 		return out
 	}
-	out = append(out, nsapi.Source{URL: nsBase + nsapi.PathPackages + "/" + p.ID + "/files", Kind: nsapi.SourceNS})
+	out = append(out, nsSource(p, nsBase))
 	for _, c := range cands {
 		if !c.shares && !c.constrained {
 			out = append(out, nsapi.Source{URL: c.url, Server: c.rec.ID, Kind: nsapi.SourceFeeder})
 		}
 	}
 	return out
+}
+
+func nsSource(p nsapi.Package, nsBase string) nsapi.Source {
+	return nsapi.Source{URL: nsBase + nsapi.PathPackages + "/" + p.ID + "/files", Kind: nsapi.SourceNS}
 }
 
 func (s *Server) handleSources(w http.ResponseWriter, r *http.Request) {
@@ -361,7 +369,7 @@ func (s *Server) handleSources(w http.ResponseWriter, r *http.Request) {
 			req.sites = append(req.sites, sm.Site)
 		}
 		si, _ := offers(rec, nsapi.ServicePackage)
-		req.constrained = si.Constrained
+		req.constrained, req.nsFallback = si.Constrained, si.NSFallback
 	} else {
 		rec, err := s.store.Agent(ctx, p.id)
 		if err != nil {
@@ -409,7 +417,7 @@ func siteWarnings(servers []store.ServerRecord, m *sites.Map) map[string][]strin
 				c = &count{}
 				counts[sm.Site] = c
 			}
-			if si.Constrained {
+			if si.Constrained && !si.NSFallback {
 				c.constrained++
 			} else {
 				c.unconstrained++

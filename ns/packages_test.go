@@ -82,6 +82,16 @@ func TestRankSources(t *testing.T) {
 			cbs:  all,
 			want: []nsapi.Source{},
 		},
+		"constrained server in c with ns_fallback: its own site, then the NS": {
+			req:  requester{id: "c-con", sites: []string{"c"}, constrained: true, nsFallback: true},
+			cbs:  all,
+			want: []nsapi.Source{nsSrc},
+		},
+		"constrained server in b with ns_fallback: the NS only after its own site": {
+			req:  requester{id: "b-con", sites: []string{"b"}, constrained: true, nsFallback: true},
+			cbs:  all,
+			want: []nsapi.Source{src("b-unc", nsapi.SourceSameSite), nsSrc},
+		},
 		"nothing ready yet: the NS": {
 			req:  requester{id: "a-unc", sites: []string{"a"}},
 			cbs:  []nsapi.Codebase{{Package: "pkg", Version: "2", Server: "b-unc", State: nsapi.CodebaseDownloading, URL: "http://b-unc/packages/pkg"}},
@@ -99,6 +109,11 @@ func TestRankSources(t *testing.T) {
 	warn := siteWarnings(servers, m)
 	if len(warn["c"]) != 1 || len(warn["a"]) != 0 || len(warn["b"]) != 0 {
 		t.Fatalf("warnings = %v, want only site c flagged", warn)
+	}
+	// A constrained server that may fall back to the NS can receive packages: no warning.
+	servers[4].Services[0].NSFallback = true
+	if warn := siteWarnings(servers, m); len(warn["c"]) != 0 {
+		t.Fatalf("warnings = %v, want none for c with ns_fallback", warn)
 	}
 }
 

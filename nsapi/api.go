@@ -101,6 +101,9 @@ type ServiceInfo struct {
 	URL string `json:"url,omitempty"`
 	// Constrained applies to the package service: fetch only from sources inside its sites.
 	Constrained bool `json:"constrained,omitempty"`
+	// NSFallback lets a constrained package server fetch from the NS when no server of
+	// its sites holds a package (the NS is then its last source).
+	NSFallback bool `json:"ns_fallback,omitempty"`
 	// Tickle is where the task service takes tickles (host:port; an empty or unspecified
 	// host means the address the registration came from).
 	Tickle string `json:"tickle,omitempty"`
@@ -303,6 +306,9 @@ func (req *RegisterServerRequest) Validate() error {
 		seen[s.Name] = true
 		if s.Constrained && s.Name != ServicePackage {
 			return fmt.Errorf("services[%d].constrained: only the package service can be constrained", i)
+		}
+		if s.NSFallback && s.Name != ServicePackage {
+			return fmt.Errorf("services[%d].ns_fallback: only for the package service", i)
 		}
 		if len(s.URL) > 2048 {
 			return fmt.Errorf("services[%d].url: too long", i)

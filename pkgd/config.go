@@ -15,6 +15,10 @@ type Config struct {
 	URL string `yaml:"url"`
 	// Constrained servers fetch only from package servers inside their own sites.
 	Constrained bool `yaml:"constrained"`
+	// NSFallback lets a constrained server fetch from the NS when no package server of its
+	// own sites holds a package, as its last source: a branch whose only package server is
+	// constrained still receives packages.
+	NSFallback bool `yaml:"ns_fallback"`
 	// PollInterval is how often the assignment list is fetched besides start and tickles.
 	PollInterval time.Duration `yaml:"poll_interval"`
 	// VerifyInterval is how often stored content is hashed again.

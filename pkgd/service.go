@@ -155,7 +155,7 @@ func (s *Service) Bound(ctx context.Context) (net.Addr, error) {
 
 // Info is what the site server reports about this service.
 func (s *Service) Info(addrs []netip.Prefix) nsapi.ServiceInfo {
-	return nsapi.ServiceInfo{Name: nsapi.ServicePackage, URL: s.base(addrs), Constrained: s.cfg.Constrained}
+	return nsapi.ServiceInfo{Name: nsapi.ServicePackage, URL: s.base(addrs), Constrained: s.cfg.Constrained, NSFallback: s.cfg.NSFallback}
 }
 
 func (s *Service) base(addrs []netip.Prefix) string {

@@ -96,7 +96,7 @@ func TestExampleBranch(t *testing.T) {
 			Task: &taskd.Config{TickleListen: ":50123", TickleAdvertise: ":50123", AgentListen: ":50180",
 				URL: "https://branch-ss1.example.org:50180", ChannelListen: ":50125", PresenceInterval: time.Minute, ForwardBatch: 1000, MaxAgentConnections: 1024,
 				MaxForwardBackoff: time.Minute, SpoolMaxBytes: 256 << 20},
-			Package: &pkgd.Config{Listen: ":50181", URL: "http://branch-ss1.example.org:50181", Constrained: true,
+			Package: &pkgd.Config{Listen: ":50181", URL: "http://branch-ss1.example.org:50181", Constrained: true, NSFallback: true,
 				PollInterval: 5 * time.Minute, VerifyInterval: 24 * time.Hour, MaxDownloads: 4, RetryBase: 3 * time.Minute,
 				Bandwidth: []string{"08:00-18:00 2Mbit"}, DefaultBandwidth: "unlimited", MaxCompressedStreams: 4, SendTimeout: time.Minute},
 		},

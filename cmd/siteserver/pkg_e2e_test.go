@@ -27,6 +27,8 @@ func TestPackagesAcrossSites(t *testing.T) {
 	rulesText := `sites:
   - name: hq
     subnets: [10.10.0.0/16]
+  - name: lab
+    subnets: [10.30.0.0/16]
   - name: branch
     subnets: [10.20.0.0/16]
 `
@@ -48,7 +50,7 @@ ns:
 	nsProc := start(t, "ns", "-config", nsConf)
 	pin := nsProc.waitLog("NS API listening")["ca_sha256"].(string)
 
-	server := func(name, addr string, constrained bool) (*proc, string) {
+	server := func(name, addr string, constrained bool, extra ...string) (*proc, string) {
 		port := freePort(t)
 		conf := writeFile(t, filepath.Join(dir, name+".yaml"), fmt.Sprintf(`log: {format: json, level: debug}
 metrics: {listen: "127.0.0.1:0"}
@@ -64,7 +66,7 @@ services:
     constrained: %v
     poll_interval: 1s
     retry_base: 1s
-`, filepath.Join(dir, name), name, addr, nsURL, pin, serverToken, port, port, constrained))
+%s`, filepath.Join(dir, name), name, addr, nsURL, pin, serverToken, port, port, constrained, strings.Join(extra, "")))
 		p := start(t, "serve", "-config", conf)
 		return p, fmt.Sprintf("http://127.0.0.1:%d/packages/tools", port)
 	}
@@ -113,6 +115,10 @@ services:
 	nsProc.cmd.Process.Signal(syscall.SIGHUP)
 	eventually(t, "the NS reloads the rules", func() bool { return nsProc.countLog("rules file loaded") == 2 })
 	eventually(t, "both servers have it ready", func() bool { return len(status().Ready) == 2 })
+	// A constrained server alone in its site, allowed to fall back to the NS, gets it too.
+	f, _ := server("f", "10.30.1.1/16", true, "    ns_fallback: true\n")
+	f.waitLog("package ready")
+	eventually(t, "the fallback server has it ready", func() bool { return len(status().Ready) == 3 })
 	st := status()
 	urls := map[string]bool{}
 	for _, cb := range st.Codebases {
