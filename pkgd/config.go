@@ -39,6 +39,10 @@ type Config struct {
 	// the whole file takes. Default 60s.
 	SendTimeout time.Duration `yaml:"send_timeout"`
 
+	// ProgressInterval is how often the progress of running downloads is reported to the
+	// NS (only when it moved), so that `packages status` is live. Default 10s.
+	ProgressInterval time.Duration `yaml:"progress_interval"`
+
 	// RetryBase is the first retry delay of a failed download; it doubles per failure up
 	// to 24 hours. Default 3m.
 	RetryBase time.Duration `yaml:"retry_base"`
@@ -73,6 +77,9 @@ func (c *Config) Defaults() {
 	if c.SendTimeout == 0 {
 		c.SendTimeout = time.Minute
 	}
+	if c.ProgressInterval == 0 {
+		c.ProgressInterval = 10 * time.Second
+	}
 	if c.RetryBase == 0 {
 		c.RetryBase = 3 * time.Minute
 	}
@@ -102,6 +109,9 @@ func (c *Config) Validate(prefix string) error {
 	}
 	if c.MaxCompressedStreams < 1 || c.MaxCompressedStreams > 1024 {
 		return fmt.Errorf("%s.max_compressed_streams: %d is not within 1..1024", prefix, c.MaxCompressedStreams)
+	}
+	if c.ProgressInterval < 100*time.Millisecond {
+		return fmt.Errorf("%s.progress_interval: %s is below 100ms", prefix, c.ProgressInterval)
 	}
 	if c.SendTimeout < time.Second {
 		return fmt.Errorf("%s.send_timeout: %s is below 1s", prefix, c.SendTimeout)

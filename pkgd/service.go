@@ -214,6 +214,7 @@ func (s *Service) Run(ctx context.Context) error {
 	defer g.Wait()
 	g.Go(func() error { s.loop(ctx); return nil })
 	g.Go(func() error { s.verifyLoop(ctx); return nil })
+	g.Go(func() error { s.progressLoop(ctx); return nil })
 	s.ready.Store(true)
 	defer s.ready.Store(false)
 	err = obs.ServeHTTP(ctx, ln, srv)
@@ -475,6 +476,34 @@ func (s *Service) setDone(id string, n int64) {
 		p.done = n
 	}
 	s.mu.Unlock()
+}
+
+// progressLoop reports running downloads' progress every progress_interval while it moves;
+// states change only at the ends of downloads, which report by themselves.
+func (s *Service) progressLoop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.ProgressInterval)
+	defer t.Stop()
+	reported := map[string]int64{}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		moved := false
+		s.mu.Lock()
+		for id, p := range s.pkgs {
+			if p.state == nsapi.CodebaseDownloading && p.done != reported[id] {
+				reported[id], moved = p.done, true
+			}
+		}
+		s.mu.Unlock()
+		if moved {
+			if err := s.report(ctx); err != nil && ctx.Err() == nil {
+				s.logger.Debug("download progress not reported", "err", err)
+			}
+		}
+	}
 }
 
 // report sends the state of every assigned package to the NS.

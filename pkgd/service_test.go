@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -305,4 +306,34 @@ func TestDeletedMidDownloadStops(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// While a download runs its progress reaches the NS every progress_interval, not only when
+// it ends: `packages status` shows it moving. Reports stay rate-limited.
+func TestDownloadProgressReported(t *testing.T) {
+	content := bytes.Repeat([]byte("p"), 2<<20)
+	up := &upstream{content: content, delay: 20 * time.Millisecond} // 32 KiB every 20 ms: ~1.3 s
+	upSrv := httptest.NewServer(up)
+	defer upSrv.Close()
+	f := &fakeNS{assign: []nsapi.Assignment{{Package: pkgOf(content), Go: true}}, sources: []nsapi.Source{{URL: upSrv.URL, Kind: nsapi.SourceNS}}}
+	start := time.Now()
+	runTestService(t, f, Config{AllowAnonymous: true, ProgressInterval: 200 * time.Millisecond},
+		&fakeClock{t: time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)}, nil)
+	waitState(t, f, nsapi.CodebaseReady)
+	took := time.Since(start)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var moving []int64
+	for _, r := range f.reports {
+		if len(r) == 1 && r[0].State == nsapi.CodebaseDownloading && r[0].BytesDone > 0 {
+			moving = append(moving, r[0].BytesDone)
+		}
+	}
+	if len(moving) < 2 || !slices.IsSorted(moving) || moving[len(moving)-1] >= int64(len(content)) {
+		t.Fatalf("progress reports during the download: %v", moving)
+	}
+	if max := int(took/(200*time.Millisecond)) + 1; len(moving) > max {
+		t.Fatalf("%d progress reports in %v, want at most %d", len(moving), took, max)
+	}
+	t.Logf("%d progress reports in %v: %v", len(moving), took.Round(time.Millisecond), moving)
 }

@@ -97,7 +97,7 @@ func TestExampleBranch(t *testing.T) {
 				URL: "https://branch-ss1.example.org:50180", ChannelListen: ":50125", PresenceInterval: time.Minute, ForwardBatch: 1000, MaxAgentConnections: 1024,
 				MaxForwardBackoff: time.Minute, SpoolMaxBytes: 256 << 20},
 			Package: &pkgd.Config{Listen: ":50181", URL: "http://branch-ss1.example.org:50181", Constrained: true, NSFallback: true,
-				PollInterval: 5 * time.Minute, VerifyInterval: 24 * time.Hour, MaxDownloads: 4, RetryBase: 3 * time.Minute,
+				PollInterval: 5 * time.Minute, VerifyInterval: 24 * time.Hour, MaxDownloads: 4, RetryBase: 3 * time.Minute, ProgressInterval: 10 * time.Second,
 				Bandwidth: []string{"08:00-18:00 2Mbit"}, DefaultBandwidth: "unlimited", MaxCompressedStreams: 4, SendTimeout: time.Minute},
 		},
 	}
@@ -137,7 +137,7 @@ func TestExampleStandalone(t *testing.T) {
 		Services: Services{Task: &taskd.Config{TickleListen: "127.0.0.1:50123", TickleAdvertise: "127.0.0.1:50123",
 			AgentListen: "127.0.0.1:50180", URL: "https://127.0.0.1:50180", PresenceInterval: time.Minute, ForwardBatch: 1000, MaxAgentConnections: 1024,
 			MaxForwardBackoff: time.Minute, SpoolMaxBytes: 256 << 20}, Package: &pkgd.Config{Listen: "127.0.0.1:50181", URL: "http://127.0.0.1:50181",
-			PollInterval: 5 * time.Minute, VerifyInterval: 24 * time.Hour, MaxDownloads: 4, RetryBase: 3 * time.Minute, DefaultBandwidth: "unlimited",
+			PollInterval: 5 * time.Minute, VerifyInterval: 24 * time.Hour, MaxDownloads: 4, RetryBase: 3 * time.Minute, ProgressInterval: 10 * time.Second, DefaultBandwidth: "unlimited",
 			MaxCompressedStreams: 4, SendTimeout: time.Minute},
 			Netboot: &netbootd.Config{BootDir: filepath.Join(examples, "boot"), PXE: pxe.Config{Listen67: ":10067", Listen4011: ":14011"},
 				TFTP: netbootd.TFTPFile{Listen: "127.0.0.1:10069"}, HTTP: netbootd.HTTPConfig{Listen: "127.0.0.1:50182"}}},
