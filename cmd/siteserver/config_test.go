@@ -281,3 +281,30 @@ func TestExampleJobAndRules(t *testing.T) {
 		t.Fatalf("10.1.200.9 is in %+v, want berlin-lab (the more specific subnet)", got)
 	}
 }
+
+// Without -config a process reads its file from /etc/siteserver, where the packages put
+// it; without either the error names the file it looked for.
+func TestDefaultConfigPath(t *testing.T) {
+	dir := t.TempDir()
+	old := defaultConfigDir
+	defaultConfigDir = dir
+	t.Cleanup(func() { defaultConfigDir = old })
+	for _, name := range []string{"serve", "ns", "agent"} {
+		t.Run(name, func(t *testing.T) {
+			want := filepath.Join(dir, name+".yaml")
+			_, err := configFlag(name, nil)
+			if err == nil || !strings.Contains(err.Error(), "-config FILE is required: there is no "+want) {
+				t.Fatalf("no file: %v", err)
+			}
+			if err := os.WriteFile(want, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := configFlag(name, nil); err != nil || got != want {
+				t.Fatalf("configFlag = %q, %v; want %q", got, err, want)
+			}
+			if got, err := configFlag(name, []string{"-config", "other.yaml"}); err != nil || got != "other.yaml" {
+				t.Fatalf("-config other.yaml: %q, %v", got, err)
+			}
+		})
+	}
+}

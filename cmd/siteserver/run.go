@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -33,14 +34,28 @@ import (
 	"github.com/siteserver/siteserver/taskd"
 )
 
+// defaultConfigDir is where the packages install the config files.
+var defaultConfigDir = "/etc/siteserver"
+
+// defaultConfig is the file a command given no -config reads: NAME.yaml in
+// defaultConfigDir, if it exists.
+func defaultConfig(name string) (string, error) {
+	path := filepath.Join(defaultConfigDir, name+".yaml")
+	_, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", usageError{fmt.Sprintf("-config FILE is required: there is no %s", path)}
+	}
+	return path, err
+}
+
 func configFlag(name string, args []string) (string, error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	path := fs.String("config", "", "config file (YAML)")
+	path := fs.String("config", "", "config file (YAML); default "+filepath.Join(defaultConfigDir, name+".yaml"))
 	if err := fs.Parse(args); err != nil {
 		return "", err
 	}
 	if *path == "" {
-		return "", usageError{"-config FILE is required"}
+		return defaultConfig(name)
 	}
 	return *path, nil
 }
@@ -532,17 +547,23 @@ func loopbackHostPort(addr string) string {
 }
 
 // agentDownload fetches a package with the agent's identity from the sources the NS ranks
-// for this computer: `siteserver agent download -config FILE -package ID -dir DIR`.
+// for this computer: `siteserver agent download [-config FILE] -package ID -dir DIR`.
 func agentDownload(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("agent download", flag.ContinueOnError)
-	path := fs.String("config", "", "agent config file")
+	path := fs.String("config", "", "agent config file; default "+filepath.Join(defaultConfigDir, "agent.yaml"))
 	pkgID := fs.String("package", "", "package id")
 	dir := fs.String("dir", "", "directory to put the files in")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *path == "" || *pkgID == "" || *dir == "" {
-		return usageError{"usage: siteserver agent download -config FILE -package ID -dir DIR"}
+	if *pkgID == "" || *dir == "" {
+		return usageError{"usage: siteserver agent download [-config FILE] -package ID -dir DIR"}
+	}
+	if *path == "" {
+		var err error
+		if *path, err = defaultConfig("agent"); err != nil {
+			return err
+		}
 	}
 	var cfg Agent
 	if err := Load(*path, &cfg); err != nil {
