@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"debug/elf"
 	"io/fs"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/user"
@@ -339,6 +340,8 @@ func installDeb(t *testing.T, deb string) {
 		}
 	}
 
+	firstStart(t, siteserver)
+
 	units := []string{"/usr/lib/systemd/system/siteserver-serve.service", "/usr/lib/systemd/system/siteserver-ns.service",
 		"/usr/lib/systemd/system/siteserver-agent.service"}
 	if _, err := exec.LookPath("systemd-analyze"); err != nil {
@@ -370,12 +373,16 @@ func installDeb(t *testing.T, deb string) {
 		}
 	}
 
-	// Remove keeps the configs; purge leaves nothing.
+	// Remove keeps the configs and the data (dpkg removes the directories left empty);
+	// purge leaves nothing.
 	dpkg("-r", "siteserver")
 	for path, w := range want {
-		if _, err := os.Lstat(path); (err == nil) != (w.Config || path == "/etc/siteserver") {
+		if _, err := os.Lstat(path); !w.Mode.IsDir() && (err == nil) != w.Config {
 			t.Errorf("after dpkg -r: %s: %v", path, err)
 		}
+	}
+	if _, err := os.Lstat("/var/lib/siteserver/ns/admin.token"); err != nil {
+		t.Errorf("after dpkg -r the data is gone: %v", err)
 	}
 	dpkg("--purge", "siteserver")
 	for _, path := range append(tokens, keys(want)...) {
@@ -385,6 +392,66 @@ func installDeb(t *testing.T, deb string) {
 	}
 	if out, err := exec.Command("dpkg-query", "-W", "siteserver").CombinedOutput(); err == nil {
 		t.Errorf("after dpkg --purge dpkg still knows the package: %s", out)
+	}
+}
+
+// firstStart runs serve as its unit would (as siteserver, from the config it finds
+// without -config; not sandboxed, as no systemd runs here): the installed standalone site
+// gets ready and answers the admin commands. Its ports are fixed by serve.yaml; if another
+// process holds one, the step is skipped.
+func firstStart(t *testing.T, as *syscall.Credential) {
+	t.Helper()
+	cmd := exec.Command("/usr/bin/siteserver", "serve")
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: as}
+	var logs bytes.Buffer
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() { cmd.Process.Kill() })
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		select {
+		case err := <-done:
+			if bytes.Contains(logs.Bytes(), []byte("address already in use")) {
+				t.Logf("first start skipped: a port of serve.yaml is taken on this machine:\n%s", logs.Bytes())
+				return
+			}
+			t.Fatalf("siteserver serve exited: %v\n%s", err, logs.Bytes())
+		default:
+		}
+		if resp, err := http.Get("http://127.0.0.1:9351/readyz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("siteserver serve not ready within 30s")
+		}
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		out, err := exec.Command("/usr/bin/siteserver", "servers", "list", "-data", "/var/lib/siteserver").CombinedOutput()
+		if err == nil && bytes.Contains(out, []byte("package")) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("servers list: %v\n%s", err, out)
+		}
+	}
+	if e := stat(t, "/var/lib/siteserver/ns/admin.token"); e != (entry{Mode: 0o600, Owner: "siteserver", Group: "siteserver"}) {
+		t.Errorf("the embedded NS's admin token: %+v", e)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("siteserver serve after SIGTERM: %v\n%s", err, logs.Bytes())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("siteserver serve did not stop within 10s of SIGTERM")
 	}
 }
 
