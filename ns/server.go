@@ -61,7 +61,7 @@ type Server struct {
 	eventSlots    *httpx.Slots
 	batchInFlight inFlight // site servers with an event batch under way
 
-	reload    chan struct{}
+	reload    chan chan error
 	startTime time.Time
 
 	readyOnce sync.Once
@@ -94,7 +94,7 @@ func NewServer(cfg ServerConfig, logger *slog.Logger, reg prometheus.Registerer)
 		jobMetrics: jm,
 		now:        time.Now,
 		issueID:    func(string) string { return uuid.NewString() },
-		reload:     make(chan struct{}, 1),
+		reload:     make(chan chan error),
 		readyCh:    make(chan struct{}),
 		startTime:  time.Now(),
 
@@ -114,11 +114,20 @@ func (s *Server) Name() string { return "ns" }
 // Ready implements service.Readier.
 func (s *Server) Ready() bool { return s.ready.Load() }
 
-// Reload asks the server to load its rules file again (SIGHUP).
-func (s *Server) Reload() {
+// Reload loads the rules file again (SIGHUP) and returns once it is in force, or why it
+// is not (the rules in force are then kept). It waits for Run to be serving.
+func (s *Server) Reload(ctx context.Context) error {
+	done := make(chan error, 1)
 	select {
-	case s.reload <- struct{}{}:
-	default:
+	case s.reload <- done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 

@@ -11,6 +11,10 @@ command -v in.tftpd >/dev/null || need+=(tftpd-hpa) # TFTP benchmark peer
 command -v dnsmasq >/dev/null || need+=(dnsmasq-base) # the site's DHCP server in netns tests
 command -v udhcpc >/dev/null || need+=(udhcpc)     # a real DHCP client in netns tests
 command -v curl >/dev/null || need+=(curl)
+command -v rpm >/dev/null || need+=(rpm)           # reads the .rpm in the packaging test
+# systemd-analyze verifies the packaged units. Installing systemd in a container starts
+# nothing: without systemd as PID 1 its scripts only place files.
+command -v systemd-analyze >/dev/null || need+=(systemd)
 if ((${#need[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
     echo "install-deps: missing ${need[*]}; run as root or install them" >&2
@@ -24,3 +28,5 @@ if ((${#need[@]})); then
   pkill -x in.tftpd 2>/dev/null || true
 fi
 go mod download
+# nfpm, built once here so that `make package` and its test only link it.
+CGO_ENABLED=0 go -C packaging/tools build -o /dev/null github.com/goreleaser/nfpm/v2/cmd/nfpm

@@ -18,10 +18,12 @@ import (
 
 const usage = `usage: siteserver <command> [flags]
 
-Processes:
-  serve  -config FILE      run the site services (task, package, netboot) of a site server
-  ns     -config FILE      run the reference Notification Server
-  agent  -config FILE      run the client agent
+Processes (without -config: /etc/siteserver/serve.yaml, ns.yaml or agent.yaml):
+  serve  [-config FILE]    run the site services (task, package, netboot) of a site server
+  ns     [-config FILE]    run the reference Notification Server
+  agent  [-config FILE]    run the client agent
+  agent download [-config FILE] -package ID -dir DIR
+                           fetch a package from the sources ranked for this computer
 
 Administration (talk to an NS API; see 'siteserver sites -h'):
   sites    list | export | apply FILE | add NAME | delete NAME |

@@ -171,6 +171,17 @@ func (e *Endpoint) Bound(ctx context.Context) (net.Addr, error) {
 	}
 }
 
+// Listening reports whether the listener is bound, so /readyz can be asked.
+func (e *Endpoint) Listening() bool {
+	e.init()
+	select {
+	case <-e.ready:
+		return true
+	default:
+		return false
+	}
+}
+
 // Handler returns the mux, for tests and for embedding.
 func (e *Endpoint) Handler() http.Handler {
 	mux := http.NewServeMux()
