@@ -129,6 +129,34 @@ func New(cfg Config, peer *nsapi.Enrollment, logger *slog.Logger, reg prometheus
 	return s, nil
 }
 
+// ErrNeedsRestart: a setting that can only change with a restart of the service.
+var ErrNeedsRestart = errors.New("takes effect after a restart")
+
+// CanSetBandwidth reports whether SetBandwidth can work: the service started with a
+// bandwidth limit (and so a limiter to change) and runs.
+func (s *Service) CanSetBandwidth() bool {
+	// ready is stored after the fetcher is made: its load orders the reads after it.
+	return s.ready.Load() && s.fetcher != nil && s.fetcher.Limiter != nil
+}
+
+// SetBandwidth puts new bandwidth windows and default in force (a configuration reload).
+// A service that started without any limit has no limiter to change: ErrNeedsRestart.
+func (s *Service) SetBandwidth(windows []string, def string) error {
+	ws, err := ParseWindows(windows)
+	if err != nil {
+		return fmt.Errorf("services.package.bandwidth: %w", err)
+	}
+	d, err := parseRate(def)
+	if err != nil {
+		return fmt.Errorf("services.package.default_bandwidth: %w", err)
+	}
+	if !s.CanSetBandwidth() {
+		return fmt.Errorf("services.package.bandwidth: started without a limit: %w", ErrNeedsRestart)
+	}
+	s.fetcher.Limiter.SetSchedule(ws, d)
+	return nil
+}
+
 // Name implements service.Service.
 func (s *Service) Name() string { return "package" }
 

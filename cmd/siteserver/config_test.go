@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -386,5 +387,22 @@ func TestDefaultConfigPath(t *testing.T) {
 				t.Fatalf("-config other.yaml: %q, %v", got, err)
 			}
 		})
+	}
+}
+
+func TestChangedKeys(t *testing.T) {
+	a := Serve{Log: obs.LogConfig{Level: "info"}, Services: Services{Package: &pkgd.Config{Bandwidth: []string{"08:00-18:00 2Mbit"}}}}
+	b := a
+	b.Log.Level = "debug"
+	b.Services.Package = &pkgd.Config{Bandwidth: []string{"08:00-18:00 4Mbit"}}
+	b.Services.Netboot = &netbootd.Config{}
+	b.NS = []nsapi.Endpoint{{Name: "central"}}
+	got := changedKeys(&a, &b)
+	want := []string{"log.level", "ns", "services.package.bandwidth", "services.netboot"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("changed %v, want %v", got, want)
+	}
+	if got := changedKeys(&a, &a); len(got) != 0 {
+		t.Fatalf("no change: %v", got)
 	}
 }

@@ -58,7 +58,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "ns":
 		err = withSignals(func(ctx context.Context, hup <-chan os.Signal) error { return runNS(ctx, hup, rest, stderr) })
 	case "agent":
-		err = withSignals(func(ctx context.Context, _ <-chan os.Signal) error { return runAgent(ctx, rest, stderr) })
+		err = withSignals(func(ctx context.Context, hup <-chan os.Signal) error { return runAgent(ctx, hup, rest, stderr) })
 	case "check-config":
 		err = checkConfig(rest, stdout)
 	case "sites", "servers", "agents", "jobs", "packages", "computers":

@@ -98,7 +98,8 @@ func checkConfig(args []string, stdout io.Writer) error {
 	return nil
 }
 
-// hupReloader reloads the NS rules file on SIGHUP, where the process runs an NS, between
+// hupReloader reloads the config file (and the NS rules file, where the process runs an
+// NS) on SIGHUP, between
 // RELOADING=1 and READY=1 for systemd. It runs in the service group so it stops with
 // everything else.
 type hupReloader struct {
@@ -119,7 +120,7 @@ func (h *hupReloader) Run(ctx context.Context) error {
 			if h.reload == nil {
 				h.logger.Info("SIGHUP: nothing to reload")
 			} else {
-				h.logger.Info("SIGHUP: reloading the rules file")
+				h.logger.Info("SIGHUP: reloading the config file")
 			}
 			// The NS logs a reload that failed; the rules in force stay.
 			h.notify.Reload(func() {
@@ -171,7 +172,8 @@ func runNS(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 	if err := Load(path, &cfg); err != nil {
 		return err
 	}
-	logger := obs.NewLogger(cfg.Log, stderr).With("component", "ns")
+	baseLogger, level := obs.NewLevelLogger(cfg.Log, stderr)
+	logger := baseLogger.With("component", "ns")
 	reg, err := obs.NewRegistry("ns")
 	if err != nil {
 		return err
@@ -196,7 +198,8 @@ func runNS(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 		return err
 	}
 	g, notify := newGroup(cfg.Metrics, reg, logger)
-	g.Add(srv, &hupReloader{hup: hup, logger: logger, notify: notify, reload: srv.Reload})
+	g.Add(srv, &hupReloader{hup: hup, logger: logger, notify: notify,
+		reload: configReload(path, logger, &cfg, func(next *NS) reloadable { return logLevel(level, next.Log) }, srv.Reload)})
 	if cfg.Task != nil {
 		if self, err = nsTaskService(cfg, srv, logger, reg); err != nil {
 			return err
@@ -234,7 +237,7 @@ func nsTaskService(cfg NS, srv *ns.Server, logger *slog.Logger, reg prometheus.R
 	return s, nil
 }
 
-func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
+func runAgent(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "download" {
 		return agentDownload(ctx, args[1:], stderr)
 	}
@@ -246,7 +249,8 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := Load(path, &cfg); err != nil {
 		return err
 	}
-	logger := obs.NewLogger(cfg.Log, stderr).With("component", "agent")
+	baseLogger, level := obs.NewLevelLogger(cfg.Log, stderr)
+	logger := baseLogger.With("component", "agent")
 	reg, err := obs.NewRegistry("agent")
 	if err != nil {
 		return err
@@ -269,7 +273,8 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	g, notify := newGroup(cfg.Metrics, reg, logger)
-	g.Add(a)
+	g.Add(a, &hupReloader{hup: hup, logger: logger, notify: notify,
+		reload: configReload(path, logger, &cfg, func(next *Agent) reloadable { return logLevel(level, next.Log) }, nil)})
 	return runGroup(ctx, logger, g, notify)
 }
 
@@ -301,7 +306,8 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 	if err := Load(path, &cfg); err != nil {
 		return err
 	}
-	logger := obs.NewLogger(cfg.Log, stderr).With("component", "serve")
+	baseLogger, level := obs.NewLevelLogger(cfg.Log, stderr)
+	logger := baseLogger.With("component", "serve")
 	reg, err := obs.NewRegistry("serve")
 	if err != nil {
 		return err
@@ -324,6 +330,7 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 	g, notify := newGroup(cfg.Metrics, reg, logger)
 	hr := &hupReloader{hup: hup, logger: logger, notify: notify}
 	g.Add(hr)
+	var rules func(context.Context) error // the embedded NS's rules file
 	for _, ep := range cfg.NS {
 		s.peers = append(s.peers, &nsapi.Enrollment{Endpoint: ep, Kind: nsapi.KindSiteServer, Hostname: host,
 			Dir: filepath.Join(cfg.DataDir, "peers", ep.Name)})
@@ -334,9 +341,10 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 			return err
 		}
 		g.Add(embedded)
-		hr.reload = embedded.Reload
+		rules = embedded.Reload
 		s.peers = append(s.peers, peer)
 	}
+	hr.reload = configReload(path, logger, &cfg, func(next *Serve) reloadable { return s.reloadable(level, next) }, rules)
 	if err := s.build(); err != nil {
 		return err
 	}

@@ -161,8 +161,7 @@ ns:
 	notReadyThenReady(t, nsProc, nsSock, fifo)
 	nsURL := "https://" + nsProc.waitLog("NS API listening")["addr"].(string)
 
-	// The agent is ready once it serves; it has nothing to reload, so SIGHUP changes
-	// nothing and says nothing.
+	// The agent is ready once it serves; SIGHUP reloads its config file (its log level).
 	agentConf := writeFile(t, filepath.Join(dir, "agent.yaml"), fmt.Sprintf(`log: {format: json}
 metrics: {listen: "127.0.0.1:0"}
 data_dir: %s
@@ -177,6 +176,10 @@ ns: {name: central, url: %s, ca_file: %s, enrollment_token: %s}
 	}
 	ag.waitLog("registered with NS")
 	ag.cmd.Process.Signal(syscall.SIGHUP)
+	if m := agSock.Next(t, 20*time.Second); !strings.HasPrefix(m, "RELOADING=1\n") {
+		t.Fatalf("agent after SIGHUP: %q, want RELOADING=1", m)
+	}
+	wantMsg(t, agSock, "READY=1")
 	if n := agSock.Watchdogs(t, 500*time.Millisecond); n < 2 {
 		t.Fatalf("agent: %d watchdog pings in 500ms at WATCHDOG_USEC=200000", n)
 	}
