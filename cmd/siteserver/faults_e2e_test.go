@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -308,5 +309,32 @@ func TestPlainHTTPAgentRegistersAgainWithForgetfulServer(t *testing.T) {
 		t.Fatalf("registrations at the restarted task server = %v", n)
 	}
 	id = s.createJob(strings.Replace(twoTaskJob, "id: e2e-job", "id: after-forgetting", 1))
+	s.waitState(id, nsapi.StateSucceeded)
+}
+
+// A task server restarted with another plain-HTTP port while a job runs: the agent finds
+// it at the new one (it registers again over HTTPS, which gives it), reports the job's
+// end, and gets the next job there.
+func TestPlainHTTPAgentFollowsNewPort(t *testing.T) {
+	s := newSite(t, siteOpts{taskUpdate: "1s", taskRequest: "1s", plainHTTP: true})
+	id := s.createJob(`id: across-a-port-change
+name: across a port change
+tasks:
+  - name: wait
+    command: [sleep, "2"]
+    timeout: 60s
+`)
+	s.waitInstance(id, "its task runs", func(in nsapi.InstanceStatus) bool { return hasEvent(in, nsapi.EventTask, nsapi.StateRunning, 0) })
+	s.ss.stop()
+	listen := regexp.MustCompile(`agent_http_listen: "127\.0\.0\.1:\d+"`)
+	conf := mustReadS(t, s.ssConf)
+	if !listen.MatchString(conf) {
+		t.Fatalf("no agent_http_listen in\n%s", conf)
+	}
+	writeFile(t, s.ssConf, listen.ReplaceAllString(conf, fmt.Sprintf(`agent_http_listen: "127.0.0.1:%d"`, freePort(t))))
+	s.ss = start(t, "serve", "-config", s.ssConf)
+	s.waitState(id, nsapi.StateSucceeded)
+	s.ag.waitLog("registered with the task server again: its plain-HTTP address failed")
+	id = s.createJob(strings.Replace(twoTaskJob, "id: e2e-job", "id: after-the-port-change", 1))
 	s.waitState(id, nsapi.StateSucceeded)
 }

@@ -98,7 +98,8 @@ ns:
 		adv = fmt.Sprintf("    tickle_advertise: %q\n", o.tickleAdvertise)
 	}
 	if o.plainHTTP {
-		// A fixed port: agents keep the plain-HTTP URL they registered with.
+		// A fixed port, kept across restarts of the task server (TestPlainHTTPAgentFollowsNewPort
+		// changes it).
 		adv += fmt.Sprintf("    agent_http_listen: \"127.0.0.1:%d\"\n", freePort(t))
 	}
 	if o.spoolDisk > 0 {
