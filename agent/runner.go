@@ -67,10 +67,22 @@ type Progress struct {
 	// included (0: none yet).
 	Task int `json:"task"`
 	Runs int `json:"runs"`
+	// Process is task Task's process while it runs, so that after a restart of the agent
+	// alone what is left of it can be ended.
+	Process *TaskProcess `json:"process,omitempty"`
 	// Finished is task Task's result once it has one; Final is the job's final event once
 	// it is made.
 	Finished *nsapi.Event `json:"finished,omitempty"`
 	Final    *nsapi.Event `json:"final,omitempty"`
+}
+
+// TaskProcess is a task's process, the leader of its own process group. The PID alone
+// could name another process by the time the agent is back: the start time and the boot
+// tell whether it is still the task's.
+type TaskProcess struct {
+	PID   int    `json:"pid"`
+	Start uint64 `json:"start"` // clock ticks after boot (/proc/PID/stat)
+	Boot  string `json:"boot"`  // the kernel's boot id
 }
 
 // taskResult is how one task execution ended.
@@ -141,9 +153,15 @@ func (r *Runner) Resume(ctx context.Context, p Progress, emit func(nsapi.Event) 
 		if !task.ResumeAfterRestart {
 			return r.interrupted(&p, send, fmt.Sprintf("interrupted: the agent restarted during %s", taskName(tasks, p.Task)))
 		}
+		// Only the agent restarted if the task is still running: it is ended, so that
+		// the next task does not run beside it.
+		out := "the agent restarted during this task, which has resume_after_restart: counted as succeeded"
+		if endLeftovers(&p, logger) {
+			out += "; what it still had running was ended"
+		}
 		p.Finished = &nsapi.Event{ID: nsapi.DerivedEventID(inst.ID, fmt.Sprintf("resumed run %d", p.Runs)),
-			Kind: nsapi.EventTask, Task: p.Task, State: nsapi.StateSucceeded,
-			Output: "the agent restarted during this task, which has resume_after_restart: counted as succeeded"}
+			Kind: nsapi.EventTask, Task: p.Task, State: nsapi.StateSucceeded, Output: out}
+		p.Process = nil
 		if err := r.save(&p); err != nil {
 			return nsapi.StateRunning, err
 		}
@@ -181,7 +199,7 @@ func (r *Runner) interrupted(p *Progress, send func(nsapi.Event) error, reason s
 	logger.Warn("job interrupted by a restart of the agent", "task", p.Task, "reason", reason)
 	if p.Runs > 0 {
 		// The job has ended: nothing of it goes on.
-		killLeftovers(id, logger)
+		endLeftovers(p, logger)
 		if err := send(nsapi.Event{ID: nsapi.DerivedEventID(id, fmt.Sprintf("interrupted run %d", p.Runs)), Kind: nsapi.EventTask,
 			Task: p.Task, State: nsapi.StateFailed, ExitCode: -1, Output: reason}); err != nil {
 			return nsapi.StateRunning, err
@@ -206,14 +224,23 @@ func (r *Runner) loop(ctx context.Context, logger *slog.Logger, p *Progress, sta
 		if err := ctx.Err(); err != nil {
 			return nsapi.StateRunning, err
 		}
-		p.Task, p.Runs, p.Finished = i, p.Runs+1, nil
+		p.Task, p.Runs, p.Finished, p.Process = i, p.Runs+1, nil, nil
 		if err := r.save(p); err != nil {
 			return nsapi.StateRunning, err
 		}
 		if err := send(nsapi.Event{Kind: nsapi.EventTask, Task: i, State: nsapi.StateRunning}); err != nil {
 			return nsapi.StateRunning, err
 		}
-		res, err := r.runTask(ctx, logger, inst, i, task, scripts)
+		res, err := r.runTask(ctx, logger, inst, i, task, scripts, func(pid int) {
+			if tp, ok := processIdentity(pid); ok {
+				p.Process = &tp
+				if err := r.save(p); err != nil {
+					// The task's environment still names the instance for a restart to go by.
+					logger.Warn("task process not recorded", "task", i, "err", err)
+				}
+			}
+		})
+		p.Process = nil
 		if err != nil {
 			return nsapi.StateRunning, err
 		}
@@ -363,9 +390,18 @@ func decide(tasks []nsapi.Task, i int, res taskResult) (next int, state, reason 
 	}
 }
 
-// runTask runs task i to its end. Its error is only ever ctx's: everything that goes wrong
-// with the task itself is its result.
-func (r *Runner) runTask(ctx context.Context, logger *slog.Logger, inst nsapi.JobInstance, i int, task nsapi.Task, scripts *scriptDir) (taskResult, error) {
+// endLeftovers ends what is left running of the task in p after the agent stopped without
+// ending it (kill -9, a crash): the task's process group, if its process is still the one
+// recorded, and every process whose environment names the instance. It reports whether
+// it found any.
+func endLeftovers(p *Progress, logger *slog.Logger) bool {
+	found := p.Process != nil && killTaskProcess(*p.Process, logger)
+	return killLeftovers(p.Instance.ID, logger) > 0 || found
+}
+
+// runTask runs task i to its end; started is told the PID of its process once it has one.
+// Its error is only ever ctx's: everything that goes wrong with the task itself is its result.
+func (r *Runner) runTask(ctx context.Context, logger *slog.Logger, inst nsapi.JobInstance, i int, task nsapi.Task, scripts *scriptDir, started func(pid int)) (taskResult, error) {
 	argv := task.Command
 	if len(argv) == 0 {
 		path, err := scripts.file(i, task.Script)
@@ -419,6 +455,7 @@ func (r *Runner) runTask(ctx context.Context, logger *slog.Logger, inst nsapi.Jo
 		logger.Info("task could not start", "task", i, "err", err)
 		return taskResult{code: code, output: fitOutput(err.Error(), r.maxOutput())}, nil
 	}
+	started(cmd.Process.Pid)
 	err := cmd.Wait()
 	if cerr := ctx.Err(); cerr != nil {
 		return taskResult{}, cerr

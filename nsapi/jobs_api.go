@@ -35,8 +35,9 @@ type Task struct {
 	OnExit      []ExitRule `json:"on_exit,omitempty" yaml:"on_exit,omitempty"`
 	// ResumeAfterRestart is for a task that restarts the computer (or the agent): when the
 	// agent restarts while it runs, or within RestartWait after it exited 0, the task counts
-	// as succeeded and the job goes on with the next one. Without it, a restart during a
-	// task fails the job as interrupted.
+	// as succeeded and the job goes on with the next one (if only the agent restarted, what
+	// the task still runs is ended first). Without it, a restart during a task fails the
+	// job as interrupted.
 	ResumeAfterRestart bool `json:"resume_after_restart,omitempty" yaml:"resume_after_restart,omitempty"`
 }
 

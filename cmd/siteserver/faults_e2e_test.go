@@ -158,9 +158,9 @@ tasks:
 	}
 
 	// A task that restarts the computer: the restart (a kill here) counts it as done, and
-	// the job goes on with the next task.
-	os.Remove(pidFile)
-	id = s.createJob(fmt.Sprintf(`id: reboot
+	// the job goes on with the next task. When only the agent restarts and the task goes
+	// on running, the agent ends it before the next task.
+	rebootJob := `id: %s
 name: reboot and go on
 tasks:
   - name: reboot
@@ -170,19 +170,37 @@ tasks:
   - name: after
     command: [echo, after the restart]
     timeout: 30s
-`, pidFile))
-	s.waitInstance(id, "the reboot task runs", taskRunning)
-	kill9(s.ag)
-	killPIDFile(pidFile) // the reboot
-	s.ag = start(t, "agent", "-config", s.agentConf)
-	in = s.waitInstance(id, "succeeded", func(in nsapi.InstanceStatus) bool { return in.State == nsapi.StateSucceeded })
-	checkEvents(t, in, []evKey{deliveredKey, jobRunningKey, {nsapi.EventTask, nsapi.StateRunning, 0}, {nsapi.EventTask, nsapi.StateSucceeded, 0},
-		{nsapi.EventTask, nsapi.StateRunning, 1}, {nsapi.EventTask, nsapi.StateSucceeded, 1}, {nsapi.EventJob, nsapi.StateSucceeded, 1}})
-	if out := in.Events[3].Output; !strings.Contains(out, "resume_after_restart") {
-		t.Fatalf("the resumed task's event says %q", out)
-	}
-	if out := in.Events[5].Output; out != "after the restart\n" {
-		t.Fatalf("the next task's output is %q", out)
+`
+	for _, reboot := range []bool{true, false} {
+		os.Remove(pidFile)
+		id = s.createJob(fmt.Sprintf(rebootJob, map[bool]string{true: "reboot", false: "agent-restart"}[reboot], pidFile))
+		s.waitInstance(id, "the reboot task runs", taskRunning)
+		s.eventually("the agent records the task's process", func() bool {
+			b, _ := os.ReadFile(filepath.Join(s.dir, "agent", "running.json"))
+			return strings.Contains(string(b), `"process"`)
+		})
+		kill9(s.ag)
+		if reboot {
+			// Everything the task runs goes down with the computer: its process group.
+			pid, err := strconv.Atoi(strings.TrimSpace(mustReadS(t, pidFile)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			syscall.Kill(-pid, syscall.SIGKILL)
+		}
+		s.ag = start(t, "agent", "-config", s.agentConf)
+		in = s.waitInstance(id, "succeeded", func(in nsapi.InstanceStatus) bool { return in.State == nsapi.StateSucceeded })
+		checkEvents(t, in, []evKey{deliveredKey, jobRunningKey, {nsapi.EventTask, nsapi.StateRunning, 0}, {nsapi.EventTask, nsapi.StateSucceeded, 0},
+			{nsapi.EventTask, nsapi.StateRunning, 1}, {nsapi.EventTask, nsapi.StateSucceeded, 1}, {nsapi.EventJob, nsapi.StateSucceeded, 1}})
+		if out := in.Events[3].Output; !strings.Contains(out, "resume_after_restart") || strings.Contains(out, "was ended") == reboot {
+			t.Fatalf("the resumed task's event says %q", out)
+		}
+		if out := in.Events[5].Output; out != "after the restart\n" {
+			t.Fatalf("the next task's output is %q", out)
+		}
+		if !pidGone(t, pidFile) {
+			t.Fatal("the task is still running after the job went on")
+		}
 	}
 
 	// The agent never comes back: the NS expires the instance after the task's timeout and
