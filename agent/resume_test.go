@@ -111,6 +111,13 @@ func TestRunnerResume(t *testing.T) {
 			want:     steps(step{Kind: nsapi.EventTask, Task: 1, State: nsapi.StateSucceeded}, ran(2, nsapi.StateSucceeded, 0), jobStep(2, nsapi.StateSucceeded, 0)),
 			ran:      []int{2},
 		},
+		"a resumable task that loops goes on only while its run budget lasts": {
+			tasks:    []nsapi.Task{resumable(script("sleep 60", jump(0)))},
+			progress: Progress{Task: 0, Runs: 1},
+			state:    nsapi.StateFailed,
+			want:     []step{{Kind: nsapi.EventTask, Task: 0, State: nsapi.StateSucceeded}, jobStep(0, nsapi.StateFailed, 0)},
+			output:   "stopped before task 0: nothing is left of the job's run budget (2m10s, the sum of its task timeouts): jumps ran its tasks again",
+		},
 		"a resumable last task ends the job": {
 			tasks:    []nsapi.Task{command([]string{"true"}), resumable(script("sleep 60"))},
 			progress: Progress{Task: 1, Runs: 2},

@@ -25,7 +25,8 @@ import (
 
 const (
 	// runsPerTask bounds task executions per job at this many times its task count, so jump
-	// rules that never reach an end cannot keep a computer busy forever.
+	// rules that never reach an end cannot flood the task server with events (the run
+	// budget bounds their time; see left).
 	runsPerTask = 100
 
 	// outputGrace is how long output is still read once a task's process has exited. A
@@ -67,6 +68,10 @@ type Progress struct {
 	// included (0: none yet).
 	Task int `json:"task"`
 	Runs int `json:"runs"`
+	// Spent is how much of the job's run budget its finished task runs have used: how long
+	// each ran (at most its timeout), and the wait for the restart after one with
+	// ResumeAfterRestart.
+	Spent nsapi.Duration `json:"spent,omitempty"`
 	// Process is task Task's process while it runs, so that after a restart of the agent
 	// alone what is left of it can be ended.
 	Process *TaskProcess `json:"process,omitempty"`
@@ -161,6 +166,8 @@ func (r *Runner) Resume(ctx context.Context, p Progress, emit func(nsapi.Event) 
 		}
 		p.Finished = &nsapi.Event{ID: nsapi.DerivedEventID(inst.ID, fmt.Sprintf("resumed run %d", p.Runs)),
 			Kind: nsapi.EventTask, Task: p.Task, State: nsapi.StateSucceeded, Output: out}
+		// How long it ran is not known: as long as it could, and the wait after it.
+		p.Spent += nsapi.Duration(left(&p, p.Task) + nsapi.RestartWait)
 		p.Process = nil
 		if err := r.save(&p); err != nil {
 			return nsapi.StateRunning, err
@@ -173,7 +180,7 @@ func (r *Runner) Resume(ctx context.Context, p Progress, emit func(nsapi.Event) 
 	res := taskResult{code: p.Finished.ExitCode, timedOut: p.Finished.TimedOut}
 	next, state, reason := decide(tasks, p.Task, res)
 	if state == "" {
-		state, reason = tooManyRuns(tasks, p.Runs)
+		state, reason = stopLooping(&p, next)
 	}
 	if state != "" {
 		return r.finish(&p, send, nsapi.Event{ID: nsapi.DerivedEventID(inst.ID, fmt.Sprintf("final after run %d", p.Runs)),
@@ -231,7 +238,11 @@ func (r *Runner) loop(ctx context.Context, logger *slog.Logger, p *Progress, sta
 		if err := send(nsapi.Event{Kind: nsapi.EventTask, Task: i, State: nsapi.StateRunning}); err != nil {
 			return nsapi.StateRunning, err
 		}
-		res, err := r.runTask(ctx, logger, inst, i, task, scripts, func(pid int) {
+		// After jumps, a run gets what is left of the budget if that is less than its timeout.
+		run, limit := task, left(p, i)
+		run.Timeout = nsapi.Duration(limit)
+		began := time.Now()
+		res, err := r.runTask(ctx, logger, inst, i, run, scripts, func(pid int) {
 			if tp, ok := processIdentity(pid); ok {
 				p.Process = &tp
 				if err := r.save(p); err != nil {
@@ -244,15 +255,24 @@ func (r *Runner) loop(ctx context.Context, logger *slog.Logger, p *Progress, sta
 		if err != nil {
 			return nsapi.StateRunning, err
 		}
-		next, state, reason := decide(tasks, i, res)
-		if state == "" {
-			if state, reason = tooManyRuns(tasks, p.Runs); state != "" {
-				res.output = fitOutput(res.output+"\n"+reason+"\n", r.maxOutput())
-			}
-		}
 		taskState := nsapi.StateSucceeded
 		if res.code != 0 || res.timedOut {
 			taskState = nsapi.StateFailed
+		}
+		p.Spent += nsapi.Duration(min(time.Since(began), limit))
+		if task.ResumeAfterRestart && taskState == nsapi.StateSucceeded {
+			p.Spent += nsapi.Duration(nsapi.RestartWait)
+		}
+		next, state, reason := decide(tasks, i, res)
+		if res.timedOut && limit < time.Duration(task.Timeout) {
+			reason = fmt.Sprintf("%s was stopped after %s, when the job's run budget (%s) ran out: jumps had run its tasks again",
+				taskName(tasks, i), limit, inst.Job.RunBudget())
+			res.output = fitOutput(res.output+"\n"+reason+"\n", r.maxOutput())
+		}
+		if state == "" {
+			if state, reason = stopLooping(p, next); state != "" {
+				res.output = fitOutput(res.output+"\n"+reason+"\n", r.maxOutput())
+			}
 		}
 		fin := r.stamp(inst, nsapi.Event{Kind: nsapi.EventTask, Task: i, State: taskState, ExitCode: res.code, TimedOut: res.timedOut, Output: res.output})
 		p.Finished = &fin
@@ -291,12 +311,32 @@ func (r *Runner) finish(p *Progress, send func(nsapi.Event) error, e nsapi.Event
 	return e.State, send(e)
 }
 
-// tooManyRuns fails a job whose exit rules would keep it going past runsPerTask runs per task.
-func tooManyRuns(tasks []nsapi.Task, runs int) (state, reason string) {
-	if runs < runsPerTask*len(tasks) {
-		return "", ""
+// stopLooping fails a job whose exit rules would run task next when nothing is left of its
+// run budget, or past runsPerTask runs per task.
+func stopLooping(p *Progress, next int) (state, reason string) {
+	tasks := p.Instance.Job.Tasks
+	if p.Runs >= runsPerTask*len(tasks) {
+		return nsapi.StateFailed, fmt.Sprintf("stopped after %d task runs (%d per task): the exit rules keep jumping", p.Runs, runsPerTask)
 	}
-	return nsapi.StateFailed, fmt.Sprintf("stopped after %d task runs (%d per task): the exit rules keep jumping", runs, runsPerTask)
+	if left(p, next) <= 0 {
+		return nsapi.StateFailed, fmt.Sprintf("stopped before %s: nothing is left of the job's run budget (%s, the sum of its task timeouts): jumps ran its tasks again",
+			taskName(tasks, next), p.Instance.Job.RunBudget())
+	}
+	return "", ""
+}
+
+// left is how long task i may run now: its timeout, or what is left of the job's run
+// budget (nsapi.Job.RunBudget) once earlier runs took their part, the restart wait after
+// task i set aside. The NS waits for a job's end as long as its run budget and a grace
+// period; jumps that run tasks again share the budget instead of going past it. A job
+// without jumps runs each task at most once and is never cut short by this.
+func left(p *Progress, i int) time.Duration {
+	task := p.Instance.Job.Tasks[i]
+	rest := p.Instance.Job.RunBudget() - time.Duration(p.Spent)
+	if task.ResumeAfterRestart {
+		rest -= nsapi.RestartWait
+	}
+	return min(time.Duration(task.Timeout), rest)
 }
 
 func (r *Runner) save(p *Progress) error {

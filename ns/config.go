@@ -53,7 +53,7 @@ type ServerConfig struct {
 	PublicURL string `yaml:"public_url"`
 	// SweepInterval is how often expired job instances are marked expired.
 	SweepInterval time.Duration `yaml:"sweep_interval"`
-	// RunningGrace is how long past the sum of its task timeouts the NS waits for word of
+	// RunningGrace is how long past its run budget (nsapi.Job.RunBudget) the NS waits for word of
 	// a running instance's end (or, for a delivered one, of its start) before it marks it
 	// expired: the time a reboot, a restarted agent and events held at a task server may take.
 	RunningGrace time.Duration `yaml:"running_grace"`

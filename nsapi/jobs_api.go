@@ -54,9 +54,11 @@ type Job struct {
 	Validity Duration `json:"validity,omitempty" yaml:"validity,omitempty"` // default 1h
 }
 
-// RunBudget is the longest the job runs without jumps: the sum of its task timeouts, plus
-// RestartWait for each task that restarts the computer. The NS gives up on a running
-// instance it has not heard the end of within this plus a grace period.
+// RunBudget is the longest the job's task runs may take: the sum of its task timeouts,
+// plus RestartWait for each task that restarts the computer. Jumps that run tasks again
+// share it: agents give a run at most what is left of it, and stop a job when nothing is.
+// The NS gives up on a running instance it has not heard the end of within this plus a
+// grace period.
 func (j *Job) RunBudget() time.Duration {
 	var d time.Duration
 	for _, t := range j.Tasks {

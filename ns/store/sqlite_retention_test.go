@@ -113,7 +113,7 @@ func TestExpireInstances(t *testing.T) {
 			t.Fatalf("at +%v (-want +got):\n%s", st.at.Sub(t0), diff)
 		}
 	}
-	for id, why := range map[string]string{"pending": "not delivered", "delivered": "32m0s", "running": "since it started running"} {
+	for id, why := range map[string]string{"pending": "not delivered", "delivered": "its run budget (32m0s", "running": "its run budget (32m0s"} {
 		evs, err := s.Events(ctx, id)
 		if err != nil {
 			t.Fatal(err)
