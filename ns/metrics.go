@@ -218,7 +218,7 @@ func newJobMetrics(reg prometheus.Registerer) (*jobMetrics, error) {
 	}, []string{"from"})
 	m.pruned = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: obs.Namespace, Subsystem: subsystem, Name: "pruned_rows_total",
-		Help: "Rows deleted past their retention, by table: finished job instances, their events, jobs, revoked serials of ended certificates.",
+		Help: "Rows deleted past their retention, by table: finished job instances, their events, jobs, revoked serials of ended certificates, audit records.",
 	}, []string{"table"})
 	for _, st := range nsapi.JobStates {
 		m.instances.WithLabelValues(st)
@@ -226,7 +226,7 @@ func newJobMetrics(reg prometheus.Registerer) (*jobMetrics, error) {
 	for _, st := range []string{nsapi.StatePending, nsapi.StateDelivered, nsapi.StateRunning} {
 		m.expired.WithLabelValues(st)
 	}
-	for _, t := range []string{"job_instances", "events", "jobs", "revoked"} {
+	for _, t := range []string{"job_instances", "events", "jobs", "revoked", "audit"} {
 		m.pruned.WithLabelValues(t)
 	}
 	for _, r := range []string{"added", "duplicate", "unknown"} {

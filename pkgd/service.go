@@ -267,16 +267,10 @@ func (s *Service) nsClient(ctx context.Context) (*nsapi.Client, error) {
 	}
 	// Downloads from the NS need the same client certificate as the API, and downloads
 	// from other package servers are plain HTTP; one client does both.
-	tr := c.HTTP.Transport.(*http.Transport).Clone()
 	// HTTP/1.1 for downloads: an HTTP/2 client reads ahead into a 4 MiB per-stream window
 	// whatever the reader's pace, and a crash loses all of that; over HTTP/1.1 the only
 	// read-ahead is the socket buffer, kept small below.
-	tr.ForceAttemptHTTP2 = false
-	tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
-	if tr.TLSClientConfig != nil {
-		tr.TLSClientConfig = tr.TLSClientConfig.Clone()
-		tr.TLSClientConfig.NextProtos = []string{"http/1.1"}
-	}
+	tr := nsapi.HTTP1Transport(c.HTTP.Transport.(*http.Transport))
 	if s.fetcher.Limiter != nil {
 		// A throttled download reads slowly; with the kernel's default buffers megabytes
 		// would sit unread in the socket, to be lost (and fetched again) if the process

@@ -71,7 +71,7 @@ func TestExampleNS(t *testing.T) {
 			AdminTokenFile: "/etc/siteserver/admin.token", Approval: "manual", RulesFile: "/etc/siteserver/sites.yaml",
 			MaxBodyBytes: 1 << 20, TickleSource: ":0", ChannelListen: ":50126", SweepInterval: 10 * time.Second, ClientCertValidity: 90 * 24 * time.Hour, Settings: defaultSettings,
 			UnknownComputersPerMinute: 60, UnknownComputersBurst: 500, UnknownComputerRetention: 30 * 24 * time.Hour, UploadIdleTimeout: 2 * time.Minute,
-			RunningGrace: 30 * time.Minute, Retention: ns.Retention{Jobs: 90 * 24 * time.Hour, Interval: time.Hour},
+			RunningGrace: 30 * time.Minute, Retention: ns.Retention{Jobs: 90 * 24 * time.Hour, Audit: 365 * 24 * time.Hour, Interval: time.Hour},
 		},
 	}
 	if d := cmp.Diff(want, got, addrEq); d != "" {
@@ -289,14 +289,15 @@ func TestNSErrors(t *testing.T) {
 		yaml string
 		want string
 	}{
-		"no data dir":     {"ns:\n  site_server_token: 0123456789abcdef\n", "ns.data_dir"},
-		"no tokens":       {"ns:\n  data_dir: /x\n", "_token"},
-		"short token":     {"ns:\n  data_dir: /x\n  site_server_token: a\n  agent_token: 0123456789abcdef\n  admin_token: 0123456789abcdef\n", "ns.site_server_token: must be at least 16"},
-		"both token ways": {"ns:\n  data_dir: /x\n  admin_token: 0123456789abcdef\n  admin_token_file: /y\n", "admin_token"},
-		"bad ip":          {"ns:\n  data_dir: /x\n  ips: [not-ip]\n", "ns.ips[0]"},
-		"short grace":     {"ns:\n  data_dir: /x\n  running_grace: 1ms\n  site_server_token: 0123456789abcdef\n  agent_token: 0123456789abcdef\n  admin_token: 0123456789abcdef\n", "ns.running_grace"},
-		"short retention": {"ns:\n  data_dir: /x\n  retention: {jobs: 1m}\n  site_server_token: 0123456789abcdef\n  agent_token: 0123456789abcdef\n  admin_token: 0123456789abcdef\n", "ns.retention.jobs"},
-		"bad approval":    {"ns:\n  data_dir: /x\n  approval: later\n  site_server_token: 0123456789abcdef\n  agent_token: 0123456789abcdef\n  admin_token: 0123456789abcdef\n", "ns.approval"},
+		"no data dir":           {"ns:\n  site_server_token: 0123456789abcdef\n", "ns.data_dir"},
+		"no tokens":             {"ns:\n  data_dir: /x\n", "_token"},
+		"short token":           {"ns:\n  data_dir: /x\n  site_server_token: a\n  agent_token: 0123456789abcdef\n  admin_token: 0123456789abcdef\n", "ns.site_server_token: must be at least 16"},
+		"both token ways":       {"ns:\n  data_dir: /x\n  admin_token: 0123456789abcdef\n  admin_token_file: /y\n", "admin_token"},
+		"bad ip":                {"ns:\n  data_dir: /x\n  ips: [not-ip]\n", "ns.ips[0]"},
+		"short grace":           {"ns:\n  data_dir: /x\n  running_grace: 1ms\n  site_server_token: 0123456789abcdef\n  agent_token: 0123456789abcdef\n  admin_token: 0123456789abcdef\n", "ns.running_grace"},
+		"short retention":       {"ns:\n  data_dir: /x\n  retention: {jobs: 1m}\n  site_server_token: 0123456789abcdef\n  agent_token: 0123456789abcdef\n  admin_token: 0123456789abcdef\n", "ns.retention.jobs"},
+		"short audit retention": {nsTokens + "  retention: {audit: 1m}\n", "ns.retention.audit"},
+		"bad approval":          {"ns:\n  data_dir: /x\n  approval: later\n  site_server_token: 0123456789abcdef\n  agent_token: 0123456789abcdef\n  admin_token: 0123456789abcdef\n", "ns.approval"},
 		"agents register too seldom for their certificates": {nsTokens + "  client_cert_validity: 2h\n  settings:\n    agent_registration_interval: 1h\n",
 			"ns.settings.agent_registration_interval: 1h0m0s is more than a quarter of client_cert_validity (2h0m0s)"},
 		"agents register too seldom": {nsTokens + "  settings:\n    agent_registration_interval: 48h\n", "ns.settings.agent_registration_interval: 48h0m0s is above 24h"},

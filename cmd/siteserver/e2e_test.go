@@ -208,6 +208,21 @@ func writeFile(t *testing.T, path, content string) string {
 	return path
 }
 
+// nsYAML is the config of an NS for a test: its data in dir/ns, its API on addr, the test
+// tokens, automatic approval, and extra added to its ns section.
+func nsYAML(dir, addr, extra string) string {
+	return fmt.Sprintf(`log: {format: json, level: debug}
+metrics: {listen: "127.0.0.1:0"}
+ns:
+  data_dir: %s
+  listen: %q
+  approval: auto
+  site_server_token: %s
+  agent_token: %s
+  admin_token: %s
+%s`, filepath.Join(dir, "ns"), addr, serverToken, agentToken, adminToken, extra)
+}
+
 func adminCmd(t *testing.T, nsURL, caFile, token string, args ...string) string {
 	t.Helper()
 	full := append([]string{args[0], args[1], "-ns", nsURL, "-ca", caFile, "-token", token}, args[2:]...)

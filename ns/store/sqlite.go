@@ -165,6 +165,8 @@ var migrations = []string{
 	UPDATE job_instances SET run_budget = 0 WHERE state NOT IN ('pending', 'delivered', 'running');
 	CREATE INDEX job_instances_state ON job_instances (state, updated_at);
 	ALTER TABLE revoked ADD COLUMN not_after INTEGER NOT NULL DEFAULT 0;`,
+	// 12: audit records by age, for their retention.
+	`CREATE INDEX audit_at ON audit (at);`,
 }
 
 // SQLiteStore is the Store in a SQLite file.

@@ -133,8 +133,10 @@ type Store interface {
 	PruneRevoked(ctx context.Context, before time.Time, validity time.Duration) (int, error)
 
 	// AddAudit records one admin change; Audit returns the last limit of them, oldest first.
+	// PruneAudit deletes up to limit of the oldest records made before before.
 	AddAudit(ctx context.Context, e nsapi.AuditEntry) error
 	Audit(ctx context.Context, limit int) ([]nsapi.AuditEntry, error)
+	PruneAudit(ctx context.Context, before time.Time, limit int) (int, error)
 
 	Close() error
 }
