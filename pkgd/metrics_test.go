@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/siteserver/siteserver/nsapi"
@@ -152,5 +153,18 @@ func TestStateMetricsBeforeRun(t *testing.T) {
 		if _, ok := mfs[name]; ok {
 			t.Errorf("%s reported before the store exists", name)
 		}
+	}
+}
+
+// The new series pass the same lint promtool applies.
+func TestStateMetricsLint(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(newStateMetrics(t.TempDir(), nil), newRequestDuration())
+	problems, err := testutil.GatherAndLint(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("%s: %s", p.Metric, p.Text)
 	}
 }
