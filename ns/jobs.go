@@ -76,6 +76,7 @@ func (s *Server) sweep(ctx context.Context, every time.Duration) {
 		}
 		s.expireUnknown(ctx)
 		s.refreshComputerGauges(ctx)
+		s.refreshHealthGauges(ctx)
 		s.expirePartialUploads()
 		select {
 		case <-ctx.Done():

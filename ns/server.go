@@ -308,7 +308,7 @@ func (s *Server) refreshGauges(ctx context.Context) {
 
 // Handler returns the API handler (Run must have set up the store).
 func (s *Server) Handler() http.Handler {
-	mux := http.NewServeMux()
+	mux := newRouteMux(s.metrics.requests)
 	mux.HandleFunc("POST "+nsapi.PathEnroll, s.handleEnroll)
 	mux.HandleFunc("POST "+nsapi.PathRegisterServer, s.certified(nsapi.KindSiteServer, s.handleRegisterServer))
 	mux.HandleFunc("POST "+nsapi.PathRegisterAgent, s.certified(nsapi.KindAgent, s.handleRegisterAgent))

@@ -77,6 +77,8 @@ type pkgState struct {
 type serviceMetrics struct {
 	packages *prometheus.GaugeVec
 	retries  prometheus.Counter
+	state    *stateMetrics
+	requests *prometheus.HistogramVec
 	fetch    *FetchMetrics
 	serve    *ServeMetrics
 	auth     *AuthMetrics
@@ -121,6 +123,10 @@ func New(cfg Config, peer *nsapi.Enrollment, logger *slog.Logger, reg prometheus
 	}
 	if err == nil {
 		m.auth, err = NewAuthMetrics(reg)
+	}
+	m.state, m.requests = newStateMetrics(filepath.Join(cfg.DataDir, "store"), newBandwidthLimiter(cfg)), newRequestDuration()
+	if err == nil {
+		err = obs.RegisterAll(reg, m.state, m.requests)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("pkgd: metrics: %w", err)
@@ -213,13 +219,8 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	s.store = store
-	windows, _ := ParseWindows(s.cfg.Bandwidth)
-	def, _ := parseRate(s.cfg.DefaultBandwidth)
-	var limiter *BandwidthLimiter
-	if len(windows) > 0 || def > 0 {
-		limiter = NewBandwidthLimiter(windows, def, time.Now)
-	}
-	s.fetcher = &Fetcher{Store: store, Limiter: limiter, MaxConcurrent: s.cfg.MaxDownloads, Metrics: s.metrics.fetch, Sign: s.signRequest}
+	s.metrics.state.store.Store(store)
+	s.fetcher = &Fetcher{Store: store, Limiter: s.metrics.state.limiter, MaxConcurrent: s.cfg.MaxDownloads, Metrics: s.metrics.fetch, Sign: s.signRequest}
 	defer s.fetcher.Close()
 
 	ln, err := net.Listen("tcp", s.cfg.Listen)
@@ -604,10 +605,10 @@ func (s *Service) handler() http.Handler {
 		}
 		files.ServeHTTP(w, r)
 	})
-	if s.cfg.AllowAnonymous {
-		return h
+	if !s.cfg.AllowAnonymous {
+		h = RequireSignature(h, s.verifier(), s.metrics.auth, s.logger)
 	}
-	return RequireSignature(h, s.verifier(), s.metrics.auth, s.logger)
+	return timed(h, s.metrics.requests)
 }
 
 type contentFunc func(ctx context.Context, pkg, name string) (nsapi.PackageFile, *os.File, error)

@@ -90,6 +90,11 @@ type Store interface {
 	ExpireUnknownComputers(ctx context.Context, before time.Time) (int, error)
 	// ComputerCounts returns the number of computers of each kind.
 	ComputerCounts(ctx context.Context) (map[string]int, error)
+	// CodebaseCounts returns the number of codebases in each state.
+	CodebaseCounts(ctx context.Context) (map[string]int, error)
+	// ServerLiveness counts the approved site servers last seen at or after since, and
+	// those seen before it or never.
+	ServerLiveness(ctx context.Context, since time.Time) (seen, stale int, err error)
 
 	// AgentsByID returns the agents with these ids that exist.
 	AgentsByID(ctx context.Context, ids []string) (map[string]AgentRecord, error)
