@@ -94,7 +94,7 @@ func TestExampleBranch(t *testing.T) {
 		EmbeddedNS: EmbeddedNS{Listen: "127.0.0.1:50443", Approval: "auto", Settings: defaultSettings},
 		Services: Services{
 			Task: &taskd.Config{TickleListen: ":50123", TickleAdvertise: ":50123", AgentListen: ":50180",
-				URL: "https://branch-ss1.example.org:50180", ChannelListen: ":50125", PresenceInterval: time.Minute, ForwardBatch: 1000, MaxAgentConnections: 1024,
+				URL: "https://branch-ss1.example.org:50180", ChannelListen: ":50125", PresenceInterval: time.Minute, ForwardBatch: 1000, MaxAgentConnections: 1024, MaxAgentConnectionsPerSource: 128,
 				MaxForwardBackoff: time.Minute, SpoolMaxBytes: 256 << 20},
 			Package: &pkgd.Config{Listen: ":50181", URL: "http://branch-ss1.example.org:50181", Constrained: true,
 				PollInterval: 5 * time.Minute, VerifyInterval: 24 * time.Hour, MaxDownloads: 4, RetryBase: 3 * time.Minute,
@@ -134,7 +134,7 @@ func TestExampleStandalone(t *testing.T) {
 		DataDir: "./data/standalone", Addresses: []string{}, NS: []nsapi.Endpoint{},
 		EmbeddedNS: EmbeddedNS{Listen: "127.0.0.1:50443", RulesFile: "examples/sites.yaml", Approval: "auto", Settings: defaultSettings},
 		Services: Services{Task: &taskd.Config{TickleListen: "127.0.0.1:50123", TickleAdvertise: "127.0.0.1:50123",
-			AgentListen: "127.0.0.1:50180", URL: "https://127.0.0.1:50180", PresenceInterval: time.Minute, ForwardBatch: 1000, MaxAgentConnections: 1024,
+			AgentListen: "127.0.0.1:50180", URL: "https://127.0.0.1:50180", PresenceInterval: time.Minute, ForwardBatch: 1000, MaxAgentConnections: 1024, MaxAgentConnectionsPerSource: 128,
 			MaxForwardBackoff: time.Minute, SpoolMaxBytes: 256 << 20}, Package: &pkgd.Config{Listen: "127.0.0.1:50181", URL: "http://127.0.0.1:50181",
 			PollInterval: 5 * time.Minute, VerifyInterval: 24 * time.Hour, MaxDownloads: 4, RetryBase: 3 * time.Minute, DefaultBandwidth: "unlimited",
 			MaxCompressedStreams: 4, SendTimeout: time.Minute},

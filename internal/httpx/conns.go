@@ -3,35 +3,68 @@ package httpx
 import (
 	"container/list"
 	"crypto/tls"
+	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/siteserver/siteserver/internal/obs"
 )
 
-// ConnLimit bounds the connections an http.Server holds open at once so that idle ones
-// cannot exhaust it. When every place is taken, the connection that has been waiting
-// longest without a request in progress (a keep-alive connection between requests, or one
-// that has not yet sent a whole request: a slow or silent client) is closed to make room.
-// Only connections busy with a request make a new one wait, and it waits alone in Accept:
-// the rest stay in the kernel's accept queue, as with a plain limit.
+// ConnLimit bounds the connections an http.Server holds open at once, in all and from any
+// one source address, so that idle ones cannot exhaust it and one source cannot take
+// every place.
+//
+// When every place is taken, the connection that has been waiting longest without a
+// request in progress (a keep-alive connection between requests, or one that has not yet
+// sent a whole request: a slow or silent client) is closed to make room. Only connections
+// busy with a request make a new one wait, and it waits alone in Accept: the rest stay in
+// the kernel's accept queue, as with a plain limit.
+//
+// A source (an IPv4 address, or an IPv6 /64) at its own limit makes room only from its own
+// connections: its idlest is closed, or, every one busy, the new one is refused at once,
+// so that it never waits in Accept in front of other sources.
 //
 // Wrap the server's listener with Listener and set the server's ConnState to ConnState.
 type ConnLimit struct {
-	max     int
-	onEvict func()
+	max, perSource int
+	m              *ConnMetrics
 
-	mu   sync.Mutex
-	open map[net.Conn]*limitedConn // keyed by the wrapper the listener returned
+	mu      sync.Mutex
+	open    map[net.Conn]*limitedConn // keyed by the wrapper the listener returned
+	sources map[netip.Prefix]*source  // of the open connections
 	// idle lists the open connections without a request in progress, longest idle first:
 	// the next to close when a place is needed.
 	idle    list.List
 	changed chan struct{} // a place may have come free
 }
 
-// NewConnLimit allows n connections at once (at least one); onEvict, if set, is called
-// for each idle connection closed to make room.
-func NewConnLimit(n int, onEvict func()) *ConnLimit {
-	return &ConnLimit{max: max(n, 1), onEvict: onEvict, open: map[net.Conn]*limitedConn{}, changed: make(chan struct{}, 1)}
+// source is what one source address holds.
+type source struct {
+	open int
+	idle list.List // its connections in ConnLimit.idle, in the same order
+}
+
+// DefaultPerSource is the per-source limit that goes with a limit of n in all unless one
+// is configured: an eighth, so that one address holds at most an eighth of the places
+// and it takes eight to fill them; but at least 16, so that a small n still leaves an
+// address what one client may rightly open at once (an office behind one NAT address
+// polling together, a package server's parallel downloads besides its API calls); and
+// never more than n.
+func DefaultPerSource(n int) int {
+	return min(n, max(n/8, 16))
+}
+
+// NewConnLimit allows n connections at once (at least one), and at most perSource of
+// them (at least one, at most n) from one source address. m, if not nil, counts the
+// connections closed at the limits.
+func NewConnLimit(n, perSource int, m *ConnMetrics) *ConnLimit {
+	n = max(n, 1)
+	return &ConnLimit{max: n, perSource: min(max(perSource, 1), n), m: m,
+		open: map[net.Conn]*limitedConn{}, sources: map[netip.Prefix]*source{}, changed: make(chan struct{}, 1)}
 }
 
 // Open is the number of connections held now.
@@ -50,17 +83,29 @@ func (l *ConnLimit) ConnState(c net.Conn, st http.ConnState) {
 	lc, ok := l.open[c]
 	busy := st == http.StateActive || st == http.StateHijacked
 	if ok {
-		if lc.idle != nil {
-			l.idle.Remove(lc.idle)
-			lc.idle = nil
-		}
+		l.setBusy(lc)
 		if !busy {
-			lc.idle = l.idle.PushBack(lc)
+			l.setIdle(lc)
 		}
 	}
 	l.mu.Unlock()
 	if ok && !busy {
 		l.signal()
+	}
+}
+
+// setIdle puts lc last in the idle lists; l.mu is held.
+func (l *ConnLimit) setIdle(lc *limitedConn) {
+	lc.idle = l.idle.PushBack(lc)
+	lc.srcIdle = lc.src.idle.PushBack(lc)
+}
+
+// setBusy takes lc out of the idle lists, if it is in them; l.mu is held.
+func (l *ConnLimit) setBusy(lc *limitedConn) {
+	if lc.idle != nil {
+		l.idle.Remove(lc.idle)
+		lc.src.idle.Remove(lc.srcIdle)
+		lc.idle, lc.srcIdle = nil, nil
 	}
 }
 
@@ -84,16 +129,21 @@ type limitListener struct {
 }
 
 func (ll *limitListener) Accept() (net.Conn, error) {
-	c, err := ll.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	lc := &limitedConn{Conn: c, lim: ll.lim}
-	if err := ll.lim.admit(lc, ll.done); err != nil {
+	for {
+		c, err := ll.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		lc := &limitedConn{Conn: c, lim: ll.lim, key: sourceOf(c.RemoteAddr())}
+		ok, err := ll.lim.admit(lc, ll.done)
+		if ok {
+			return lc, nil
+		}
 		c.Close()
-		return nil, err
+		if err != nil {
+			return nil, err
+		}
 	}
-	return lc, nil
 }
 
 func (ll *limitListener) Close() error {
@@ -101,34 +151,50 @@ func (ll *limitListener) Close() error {
 	return ll.Listener.Close()
 }
 
-// admit counts lc in, closing the longest-idle connection if there is no place, or waits
-// for a busy one to finish or close.
-func (l *ConnLimit) admit(lc *limitedConn, done <-chan struct{}) error {
+// admit counts lc in, making room as the type's comment says; it reports false when lc
+// is refused, and an error when the listener closed while it waited.
+func (l *ConnLimit) admit(lc *limitedConn, done <-chan struct{}) (bool, error) {
 	for {
 		l.mu.Lock()
-		if len(l.open) < l.max {
+		src := l.sources[lc.key]
+		var victim *limitedConn
+		limit := LimitTotal
+		switch {
+		case src != nil && src.open >= l.perSource:
+			e := src.idle.Front()
+			if e == nil {
+				l.mu.Unlock()
+				l.m.refusedOne()
+				return false, nil
+			}
+			victim, limit = e.Value.(*limitedConn), LimitSource
+		case len(l.open) < l.max:
+			if src == nil {
+				src = &source{}
+				l.sources[lc.key] = src
+			}
+			src.open++
+			lc.src = src
 			l.open[lc] = lc
 			// Idle until the server reads a request from it.
-			lc.idle = l.idle.PushBack(lc)
+			l.setIdle(lc)
 			l.mu.Unlock()
-			return nil
-		}
-		var victim *limitedConn
-		if e := l.idle.Front(); e != nil {
-			victim = e.Value.(*limitedConn)
+			return true, nil
+		default:
+			if e := l.idle.Front(); e != nil {
+				victim = e.Value.(*limitedConn)
+			}
 		}
 		l.mu.Unlock()
 		if victim != nil {
-			if l.onEvict != nil {
-				l.onEvict()
-			}
+			l.m.idleClosed(limit)
 			victim.Close()
 			continue
 		}
 		select {
 		case <-l.changed:
 		case <-done:
-			return net.ErrClosed
+			return false, net.ErrClosed
 		}
 	}
 }
@@ -136,20 +202,40 @@ func (l *ConnLimit) admit(lc *limitedConn, done <-chan struct{}) error {
 func (l *ConnLimit) remove(lc *limitedConn) {
 	l.mu.Lock()
 	delete(l.open, lc)
-	if lc.idle != nil {
-		l.idle.Remove(lc.idle)
-		lc.idle = nil
+	l.setBusy(lc)
+	if lc.src.open--; lc.src.open == 0 {
+		delete(l.sources, lc.key)
 	}
 	l.mu.Unlock()
 	l.signal()
 }
 
+// sourceOf is the address block a connection from a counts against: an IPv4 address
+// alone, an IPv6 one with its /64, which one host or one site usually holds whole. An
+// address that is not an IP (not TCP) counts under the zero prefix, as one source.
+func sourceOf(a net.Addr) netip.Prefix {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return netip.Prefix{}
+	}
+	ip := ta.AddrPort().Addr().Unmap().WithZone("")
+	bits := 32
+	if ip.Is6() {
+		bits = 64
+	}
+	p, _ := ip.Prefix(bits)
+	return p
+}
+
 type limitedConn struct {
 	net.Conn
-	lim       *ConnLimit
-	idle      *list.Element // in lim.idle while no request is in progress; guarded by lim.mu
-	closeOnce sync.Once
-	closeErr  error
+	lim *ConnLimit
+	key netip.Prefix // its source
+	// The rest is guarded by lim.mu and set while the connection is counted.
+	src           *source
+	idle, srcIdle *list.Element // in lim.idle and src.idle while no request is in progress
+	closeOnce     sync.Once
+	closeErr      error
 }
 
 func (c *limitedConn) Close() error {
@@ -167,4 +253,61 @@ func (c *limitedConn) CloseWrite() error {
 		return cw.CloseWrite()
 	}
 	return nil
+}
+
+// Label values of idle_connections_closed_total: the limit that made room.
+const (
+	LimitTotal  = "total"
+	LimitSource = "source"
+)
+
+// ConnMetrics counts the connections a service's ConnLimits close; its listeners share
+// one. A nil *ConnMetrics counts nothing.
+type ConnMetrics struct {
+	// IdleClosed counts idle connections closed to make room, by limit: LimitTotal (every
+	// place taken) or LimitSource (their source's places taken, for its new connection).
+	IdleClosed *prometheus.CounterVec
+	// Refused counts new connections closed at once: their source held all its places,
+	// every one busy with a request.
+	Refused prometheus.Counter
+
+	byLimit map[string]prometheus.Counter
+}
+
+// NewConnMetrics makes the connection limit counters of subsystem and registers them
+// with reg; when they are registered already, those are used.
+func NewConnMetrics(reg prometheus.Registerer, subsystem string) (*ConnMetrics, error) {
+	m := &ConnMetrics{
+		IdleClosed: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: obs.Namespace, Subsystem: subsystem,
+			Name: "idle_connections_closed_total",
+			Help: "Idle connections closed to make room for new ones, by the limit reached: total (every place taken) or source (the new one's source address held all its places)."},
+			[]string{"limit"}),
+		Refused: prometheus.NewCounter(prometheus.CounterOpts{Namespace: obs.Namespace, Subsystem: subsystem,
+			Name: "connections_refused_total",
+			Help: "New connections closed at once because their source address held all its places, every one busy with a request."}),
+	}
+	var err error
+	if m.IdleClosed, err = obs.Register(reg, m.IdleClosed); err == nil {
+		m.Refused, err = obs.Register(reg, m.Refused)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("connection limit metrics: %w", err)
+	}
+	m.byLimit = map[string]prometheus.Counter{}
+	for _, l := range []string{LimitTotal, LimitSource} {
+		m.byLimit[l] = m.IdleClosed.WithLabelValues(l)
+	}
+	return m, nil
+}
+
+func (m *ConnMetrics) idleClosed(limit string) {
+	if m != nil {
+		m.byLimit[limit].Inc()
+	}
+}
+
+func (m *ConnMetrics) refusedOne() {
+	if m != nil {
+		m.Refused.Inc()
+	}
 }

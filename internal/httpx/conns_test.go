@@ -2,6 +2,7 @@ package httpx
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -9,35 +10,75 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
-// serve runs h on 127.0.0.1 behind a ConnLimit of n until the test ends.
-func serve(t *testing.T, n int, h http.Handler) (string, *ConnLimit, *atomic.Int64) {
+// limitServer is h served on 127.0.0.1 behind a ConnLimit.
+type limitServer struct {
+	addr string
+	lim  *ConnLimit
+	m    *ConnMetrics
+}
+
+// serve runs h behind a ConnLimit of n, perSource from one address, until the test ends.
+func serve(t *testing.T, n, perSource int, h http.Handler) *limitServer {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var evicted atomic.Int64
-	lim := NewConnLimit(n, func() { evicted.Add(1) })
+	m, err := NewConnMetrics(prometheus.NewRegistry(), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lim := NewConnLimit(n, perSource, m)
 	srv := &http.Server{Handler: h, ConnState: lim.ConnState, ReadHeaderTimeout: time.Minute}
 	go srv.Serve(lim.Listener(ln))
 	t.Cleanup(func() { srv.Close() })
-	return ln.Addr().String(), lim, &evicted
+	return &limitServer{addr: ln.Addr().String(), lim: lim, m: m}
 }
 
-func get(addr string, timeout time.Duration) (string, error) {
-	c, err := net.DialTimeout("tcp", addr, timeout)
+func (s *limitServer) closed(limit string) int {
+	return int(testutil.ToFloat64(s.m.IdleClosed.WithLabelValues(limit)))
+}
+
+// waitClosed waits up to 2s for the limit to have closed at least n idle connections.
+func (s *limitServer) waitClosed(t *testing.T, limit string, n int) {
+	t.Helper()
+	for range 200 {
+		if s.closed(limit) >= n {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("%d idle connections closed at the %s limit, want at least %d", s.closed(limit), limit, n)
+}
+
+// dial connects to addr from the loopback address src: Linux routes all of 127/8 to lo,
+// so each is a source of its own.
+func dial(t *testing.T, src, addr string) net.Conn {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 2 * time.Second}
+	c, err := d.Dial("tcp", addr)
 	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// request sends a GET of path on c and returns the body of the answer.
+func request(c net.Conn, br *bufio.Reader, path string, timeout time.Duration) (string, error) {
+	c.SetDeadline(time.Now().Add(timeout))
+	defer c.SetDeadline(time.Time{})
+	if _, err := fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path); err != nil {
 		return "", err
 	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(timeout))
-	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
 		return "", err
 	}
@@ -46,31 +87,38 @@ func get(addr string, timeout time.Duration) (string, error) {
 	return string(b), err
 }
 
+// get makes one request from src on a connection of its own.
+func get(t *testing.T, src, addr string, timeout time.Duration) (string, error) {
+	t.Helper()
+	c := dial(t, src, addr)
+	defer c.Close()
+	return request(c, bufio.NewReader(c), "/", timeout)
+}
+
+var okHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
+
 func TestConnLimitClosesIdleForNew(t *testing.T) {
 	const n = 4
-	addr, lim, evicted := serve(t, n, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
-	// Twice the limit of silent connections: the later ones push the earlier out.
+	s := serve(t, n, 2, okHandler)
+	// Twice the limit of silent connections, each from an address of its own: the later
+	// ones push the earlier out.
 	var idle []net.Conn
-	for range 2 * n {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		idle = append(idle, c)
+	for i := range 2 * n {
+		idle = append(idle, dial(t, fmt.Sprintf("127.0.0.%d", 10+i), s.addr))
 	}
+	s.waitClosed(t, LimitTotal, n)
 	start := time.Now()
-	got, err := get(addr, 2*time.Second)
+	got, err := get(t, "127.0.0.1", s.addr, 2*time.Second)
 	if err != nil || got != "ok" {
 		t.Fatalf("a request behind %d idle connections: %q, %v", 2*n, got, err)
 	}
 	if d := time.Since(start); d > time.Second {
 		t.Fatalf("a request behind idle connections took %s", d)
 	}
-	if evicted.Load() < n+1 {
-		t.Fatalf("evicted %d idle connections, want at least %d", evicted.Load(), n+1)
+	if c := s.closed(LimitTotal); c < n+1 {
+		t.Fatalf("closed %d idle connections, want at least %d", c, n+1)
 	}
-	if o := lim.Open(); o > n {
+	if o := s.lim.Open(); o > n {
 		t.Fatalf("%d connections open, limit %d", o, n)
 	}
 	// The oldest went first: the first connection is closed by the server.
@@ -80,44 +128,166 @@ func TestConnLimitClosesIdleForNew(t *testing.T) {
 	}
 }
 
-func TestConnLimitBusyConnectionsHold(t *testing.T) {
-	const n = 2
-	release := make(chan struct{})
-	addr, _, evicted := serve(t, n, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+// holdHandler answers "/hold" once release is closed, and tells entered of each such
+// request; anything else at once.
+func holdHandler(entered chan<- struct{}, release <-chan struct{}) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/hold" {
+			entered <- struct{}{}
 			<-release
 		}
 		io.WriteString(w, "ok")
-	}))
-	held := make(chan error, n)
-	for range n {
-		go func() {
-			c, err := net.Dial("tcp", addr)
-			if err != nil {
-				held <- err
-				return
-			}
-			defer c.Close()
-			fmt.Fprintf(c, "GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
-			_, err = http.ReadResponse(bufio.NewReader(c), nil)
-			held <- err
-		}()
+	})
+}
+
+// hold starts a request for /hold from src and returns where its result will be sent.
+func hold(t *testing.T, src, addr string) <-chan error {
+	c := dial(t, src, addr)
+	done := make(chan error, 1)
+	go func() {
+		_, err := request(c, bufio.NewReader(c), "/hold", 10*time.Second)
+		done <- err
+	}()
+	return done
+}
+
+func TestConnLimitBusyConnectionsHold(t *testing.T) {
+	const n = 2
+	entered, release := make(chan struct{}, n), make(chan struct{})
+	s := serve(t, n, 1, holdHandler(entered, release))
+	var held []<-chan error
+	for i := range n {
+		held = append(held, hold(t, fmt.Sprintf("127.0.0.%d", 2+i), s.addr))
+		<-entered
 	}
-	time.Sleep(200 * time.Millisecond) // both busy
-	if _, err := get(addr, 300*time.Millisecond); err == nil {
+	if _, err := get(t, "127.0.0.1", s.addr, 300*time.Millisecond); err == nil {
 		t.Fatal("a request was served while every place was busy")
 	}
-	if evicted.Load() != 0 {
-		t.Fatalf("busy connections were closed: %d", evicted.Load())
+	if c := s.closed(LimitTotal) + s.closed(LimitSource); c != 0 {
+		t.Fatalf("busy connections were closed: %d", c)
 	}
 	close(release)
-	for range n {
-		if err := <-held; err != nil {
+	for _, h := range held {
+		if err := <-h; err != nil {
 			t.Fatalf("a busy request failed: %v", err)
 		}
 	}
-	if got, err := get(addr, 2*time.Second); err != nil || got != "ok" {
+	if got, err := get(t, "127.0.0.1", s.addr, 2*time.Second); err != nil || got != "ok" {
 		t.Fatalf("after the busy ones finished: %q, %v", got, err)
+	}
+}
+
+// One address's idle connections, however many, push out only its own: another
+// address's keep-alive connection stays open and its requests are served at once.
+func TestConnLimitSourceCannotPushOutOthers(t *testing.T) {
+	const n, perSource = 8, 2
+	s := serve(t, n, perSource, okHandler)
+	const other, attacker = "127.0.0.2", "127.0.0.3"
+	keep := dial(t, other, s.addr)
+	kr := bufio.NewReader(keep)
+	if got, err := request(keep, kr, "/", 2*time.Second); err != nil || got != "ok" {
+		t.Fatalf("the first request: %q, %v", got, err)
+	}
+	// Now idle between requests: the longest idle of all when the attacker comes.
+	var silent []net.Conn
+	for range 3 * n {
+		silent = append(silent, dial(t, attacker, s.addr))
+	}
+	// Accepted after all of them.
+	start := time.Now()
+	if got, err := get(t, other, s.addr, 2*time.Second); err != nil || got != "ok" {
+		t.Fatalf("a new connection after %d idle ones from another address: %q, %v", 3*n, got, err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("a request behind another address's idle connections took %s", d)
+	}
+	if got, err := request(keep, kr, "/", 2*time.Second); err != nil || got != "ok" {
+		t.Fatalf("the keep-alive connection after %d idle ones from another address: %q, %v", 3*n, got, err)
+	}
+	if c := s.closed(LimitSource); c != 3*n-perSource {
+		t.Fatalf("%d connections closed at the source limit, want %d", c, 3*n-perSource)
+	}
+	if c := s.closed(LimitTotal); c != 0 {
+		t.Fatalf("%d connections closed at the total limit, want none", c)
+	}
+	// The attacker's oldest went, its newest stay.
+	silent[0].SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := silent[0].Read(make([]byte, 1)); err == nil {
+		t.Fatal("the attacker's oldest connection is still open")
+	}
+	silent[3*n-1].SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	if _, err := silent[3*n-1].Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the attacker's newest connection was closed: %v", err)
+	}
+}
+
+// An address that keeps every place it may have busy cannot take more: its new
+// connections are refused at once, not left waiting, and another address is served.
+func TestConnLimitSourceBusyRefused(t *testing.T) {
+	const n, perSource = 4, 2
+	entered, release := make(chan struct{}, n), make(chan struct{})
+	s := serve(t, n, perSource, holdHandler(entered, release))
+	const busy = "127.0.0.3"
+	var held []<-chan error
+	for i := range n {
+		held = append(held, hold(t, busy, s.addr))
+		if i < perSource {
+			<-entered
+		}
+	}
+	start := time.Now()
+	if got, err := get(t, "127.0.0.2", s.addr, 2*time.Second); err != nil || got != "ok" {
+		t.Fatalf("another address beside one holding %d requests: %q, %v", n, got, err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("a request beside a busy address took %s", d)
+	}
+	for _, h := range held[perSource:] {
+		select {
+		case err := <-h:
+			if err == nil {
+				t.Fatal("a request past its address's limit was served")
+			}
+		case <-time.After(2 * time.Second):
+			t.Fatal("a connection past its address's limit was left open")
+		}
+	}
+	if got := testutil.ToFloat64(s.m.Refused); got != n-perSource {
+		t.Fatalf("connections_refused_total = %v, want %d", got, n-perSource)
+	}
+	close(release)
+	for _, h := range held[:perSource] {
+		if err := <-h; err != nil {
+			t.Fatalf("a busy request failed: %v", err)
+		}
+	}
+}
+
+func TestSourceOf(t *testing.T) {
+	tests := map[string]struct {
+		addr net.Addr
+		want string
+	}{
+		"IPv4":            {&net.TCPAddr{IP: net.ParseIP("192.0.2.7"), Port: 1}, "192.0.2.7/32"},
+		"IPv4 in IPv6":    {&net.TCPAddr{IP: net.ParseIP("::ffff:192.0.2.7"), Port: 1}, "192.0.2.7/32"},
+		"IPv6: its /64":   {&net.TCPAddr{IP: net.ParseIP("2001:db8:1:2:3:4:5:6"), Port: 1}, "2001:db8:1:2::/64"},
+		"IPv6 link-local": {&net.TCPAddr{IP: net.ParseIP("fe80::1:2"), Zone: "eth0", Port: 1}, "fe80::/64"},
+		"not TCP":         {&net.UnixAddr{Name: "/run/x", Net: "unix"}, "invalid Prefix"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			if got := sourceOf(tc.addr).String(); got != tc.want {
+				t.Fatalf("sourceOf(%v) = %s, want %s", tc.addr, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestDefaultPerSource(t *testing.T) {
+	for n, want := range map[int]int{1: 1, 8: 8, 16: 16, 100: 16, 1024: 128, 4096: 512} {
+		if got := DefaultPerSource(n); got != want {
+			t.Errorf("DefaultPerSource(%d) = %d, want %d", n, got, want)
+		}
 	}
 }
 
