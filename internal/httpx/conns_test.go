@@ -15,6 +15,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/siteserver/siteserver/internal/conntest"
 )
 
 // limitServer is h served on 127.0.0.1 behind a ConnLimit.
@@ -58,19 +60,6 @@ func (s *limitServer) waitClosed(t *testing.T, limit string, n int) {
 	t.Fatalf("%d idle connections closed at the %s limit, want at least %d", s.closed(limit), limit, n)
 }
 
-// dial connects to addr from the loopback address src: Linux routes all of 127/8 to lo,
-// so each is a source of its own.
-func dial(t *testing.T, src, addr string) net.Conn {
-	t.Helper()
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 2 * time.Second}
-	c, err := d.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
 // request sends a GET of path on c and returns the body of the answer.
 func request(c net.Conn, br *bufio.Reader, path string, timeout time.Duration) (string, error) {
 	c.SetDeadline(time.Now().Add(timeout))
@@ -90,7 +79,7 @@ func request(c net.Conn, br *bufio.Reader, path string, timeout time.Duration) (
 // get makes one request from src on a connection of its own.
 func get(t *testing.T, src, addr string, timeout time.Duration) (string, error) {
 	t.Helper()
-	c := dial(t, src, addr)
+	c := conntest.DialFrom(t, src, addr)
 	defer c.Close()
 	return request(c, bufio.NewReader(c), "/", timeout)
 }
@@ -104,7 +93,7 @@ func TestConnLimitClosesIdleForNew(t *testing.T) {
 	// ones push the earlier out.
 	var idle []net.Conn
 	for i := range 2 * n {
-		idle = append(idle, dial(t, fmt.Sprintf("127.0.0.%d", 10+i), s.addr))
+		idle = append(idle, conntest.DialFrom(t, fmt.Sprintf("127.0.0.%d", 10+i), s.addr))
 	}
 	s.waitClosed(t, LimitTotal, n)
 	start := time.Now()
@@ -142,7 +131,7 @@ func holdHandler(entered chan<- struct{}, release <-chan struct{}) http.Handler 
 
 // hold starts a request for /hold from src and returns where its result will be sent.
 func hold(t *testing.T, src, addr string) <-chan error {
-	c := dial(t, src, addr)
+	c := conntest.DialFrom(t, src, addr)
 	done := make(chan error, 1)
 	go func() {
 		_, err := request(c, bufio.NewReader(c), "/hold", 10*time.Second)
@@ -183,7 +172,7 @@ func TestConnLimitSourceCannotPushOutOthers(t *testing.T) {
 	const n, perSource = 8, 2
 	s := serve(t, n, perSource, okHandler)
 	const other, attacker = "127.0.0.2", "127.0.0.3"
-	keep := dial(t, other, s.addr)
+	keep := conntest.DialFrom(t, other, s.addr)
 	kr := bufio.NewReader(keep)
 	if got, err := request(keep, kr, "/", 2*time.Second); err != nil || got != "ok" {
 		t.Fatalf("the first request: %q, %v", got, err)
@@ -191,7 +180,7 @@ func TestConnLimitSourceCannotPushOutOthers(t *testing.T) {
 	// Now idle between requests: the longest idle of all when the attacker comes.
 	var silent []net.Conn
 	for range 3 * n {
-		silent = append(silent, dial(t, attacker, s.addr))
+		silent = append(silent, conntest.DialFrom(t, attacker, s.addr))
 	}
 	// Accepted after all of them.
 	start := time.Now()
