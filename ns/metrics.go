@@ -2,6 +2,7 @@ package ns
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/siteserver/siteserver/internal/httpx"
 	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/sites"
@@ -33,6 +34,7 @@ type serverMetrics struct {
 	placements    *prometheus.CounterVec
 	unreachable   prometheus.Counter
 	refused       *prometheus.CounterVec
+	conns         *httpx.ConnMetrics
 }
 
 // Reasons the NS refuses a request before doing its work, the label values of
@@ -187,6 +189,10 @@ func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 	if err := obs.RegisterAll(reg, m.certRenewals, m.certNotAfter, m.enrollments, m.authFailures, m.registrations, m.badRequests, m.rulesLoads,
 		m.siteServers, m.agents, m.sites, m.subnets, m.ownership, m.macConflicts, m.siteChanges,
 		m.unknown, m.computers, m.uploads, m.uploadBytes, m.placements, m.unreachable, m.refused); err != nil {
+		return nil, err
+	}
+	var err error
+	if m.conns, err = httpx.NewConnMetrics(reg, subsystem); err != nil {
 		return nil, err
 	}
 	return m, nil

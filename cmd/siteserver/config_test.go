@@ -68,7 +68,7 @@ func TestExampleNS(t *testing.T) {
 			DataDir: "/var/lib/siteserver-ns", Listen: ":8443", Hostnames: []string{"ns.example.org"}, IPs: []string{},
 			SiteServerTokenFile: "/etc/siteserver/site_server.token", AgentTokenFile: "/etc/siteserver/agent.token",
 			AdminTokenFile: "/etc/siteserver/admin.token", Approval: "manual", RulesFile: "/etc/siteserver/sites.yaml",
-			MaxBodyBytes: 1 << 20, TickleSource: ":0", ChannelListen: ":50126", SweepInterval: 10 * time.Second, ClientCertValidity: 90 * 24 * time.Hour, Settings: defaultSettings,
+			MaxBodyBytes: 1 << 20, MaxConnections: 4096, MaxConnectionsPerSource: 512, TickleSource: ":0", ChannelListen: ":50126", SweepInterval: 10 * time.Second, ClientCertValidity: 90 * 24 * time.Hour, Settings: defaultSettings,
 			UnknownComputersPerMinute: 60, UnknownComputersBurst: 500, UnknownComputerRetention: 30 * 24 * time.Hour, UploadIdleTimeout: 2 * time.Minute,
 			RunningGrace: 30 * time.Minute, Retention: ns.Retention{Jobs: 90 * 24 * time.Hour, Interval: time.Hour},
 		},
