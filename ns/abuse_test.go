@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -216,20 +217,31 @@ func mustEncode(t *testing.T, evs []nsapi.Event) []byte {
 	return b
 }
 
-// One address holds at most max_connections_per_source of the API's connections: past
-// it, its idle ones make room only among its own, and, all of them busy, its new one is
-// closed at once; at max_connections the connection idle longest is closed. Every
-// closing is counted, and the NS goes on serving everyone else.
+// One address holds at most max_connections_per_source of the API's connections, all of
+// them at most max_connections; what the limits close is counted, and the NS goes on
+// serving everyone else.
 func TestSecurityConnectionLimits(t *testing.T) {
-	const total, perSource = 8, 2
-	tn := startNS(t, func(c *ServerConfig) { c.MaxConnections, c.MaxConnectionsPerSource = total, perSource })
-	addr := strings.TrimPrefix(tn.url, "https://")
-	closed := func(limit string) int {
-		return int(testutil.ToFloat64(tn.srv.metrics.conns.IdleClosed.WithLabelValues(limit)))
+	lim := conntest.Limited{Total: 8, PerSource: 2}
+	tn := startNS(t, func(c *ServerConfig) { c.MaxConnections, c.MaxConnectionsPerSource = lim.Total, lim.PerSource })
+	lim.Addr = strings.TrimPrefix(tn.url, "https://")
+	conf, err := pki.ClientTLSConfig(tn.ca, "", "127.0.0.1", nil, nil)
+	if err != nil {
+		t.Fatal(err)
 	}
-	// A request on a new connection, accepted after every connection opened before it.
-	served := func(what string) {
-		t.Helper()
+	conf.NextProtos = []string{"http/1.1"}
+	// An enrollment whose body does not come keeps its connection busy for 10 s.
+	lim.Busy = func(t testing.TB, c net.Conn) net.Conn {
+		tc := tls.Client(c, conf)
+		tc.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(tc, "POST %s HTTP/1.1\r\nHost: ns\r\nContent-Type: application/json\r\nContent-Length: 1000\r\nExpect: 100-continue\r\n%s: %s\r\n\r\n",
+			nsapi.PathEnroll, nsapi.EnrollTokenHeader, testServerToken)
+		// The NS asks for the body once its handler reads it.
+		if resp, err := http.ReadResponse(bufio.NewReader(tc), nil); err != nil || resp.StatusCode != http.StatusContinue {
+			t.Fatalf("a slow enrollment: %v, %v", resp, err)
+		}
+		return tc
+	}
+	lim.Served = func(t testing.TB, what string) {
 		tn.admin.CloseIdle()
 		start := time.Now()
 		if _, err := tn.admin.Servers(t.Context()); err != nil {
@@ -239,61 +251,9 @@ func TestSecurityConnectionLimits(t *testing.T) {
 			t.Fatalf("a request %s took %s", what, d)
 		}
 	}
-
-	for range 3 * perSource {
-		conntest.DialFrom(t, "127.0.0.2", addr) // silent: not even a TLS handshake
-	}
-	served("after silent connections from one address")
-	if got := closed(httpx.LimitSource); got != 2*perSource {
-		t.Fatalf("idle connections closed at the source limit: %d, want %d", got, 2*perSource)
-	}
-	if got := closed(httpx.LimitTotal); got != 0 {
-		t.Fatalf("idle connections closed at the total limit: %d, want none", got)
-	}
-
-	// Enrollments whose bodies do not come keep their connections busy (for 10 s).
-	conf, err := pki.ClientTLSConfig(tn.ca, "", "127.0.0.1", nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conf.NextProtos = []string{"http/1.1"}
-	const busy = "127.0.0.3"
-	var held []*tls.Conn
-	for range perSource {
-		c := tls.Client(conntest.DialFrom(t, busy, addr), conf)
-		held = append(held, c)
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: ns\r\nContent-Type: application/json\r\nContent-Length: 1000\r\nExpect: 100-continue\r\n%s: %s\r\n\r\n",
-			nsapi.PathEnroll, nsapi.EnrollTokenHeader, testServerToken)
-		// The NS asks for the body once its handler reads it.
-		if resp, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil || resp.StatusCode != http.StatusContinue {
-			t.Fatalf("a slow enrollment: %v, %v", resp, err)
-		}
-	}
-	extra := tls.Client(conntest.DialFrom(t, busy, addr), conf)
-	extra.SetDeadline(time.Now().Add(2 * time.Second))
-	if err := extra.Handshake(); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("a connection past its address's limit, all busy, was not closed: %v", err)
-	}
-	if got := testutil.ToFloat64(tn.srv.metrics.conns.Refused); got != 1 {
-		t.Fatalf("connections_refused_total = %v, want 1", got)
-	}
-	served("beside an address holding all its places busy")
-
-	// One silent connection from each of as many addresses as the limit.
-	for i := range total {
-		conntest.DialFrom(t, fmt.Sprintf("127.0.0.%d", 10+i), addr)
-	}
-	served("after silent connections from many addresses")
-	// 2 silent, 2 busy and the last request's were open before them: for 8 to hold, at
-	// least 5 went, none of them busy.
-	if got := closed(httpx.LimitTotal); got < 5 {
-		t.Fatalf("idle connections closed at the total limit: %d, want at least 5", got)
-	}
-	for _, c := range held {
-		c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
-			t.Fatalf("a busy connection was closed: %v", err)
-		}
-	}
+	m := tn.srv.metrics.conns
+	lim.ClosedAtTotal = func() int { return int(testutil.ToFloat64(m.IdleClosed.WithLabelValues(httpx.LimitTotal))) }
+	lim.ClosedAtSource = func() int { return int(testutil.ToFloat64(m.IdleClosed.WithLabelValues(httpx.LimitSource))) }
+	lim.Refused = func() int { return int(testutil.ToFloat64(m.Refused)) }
+	conntest.CheckLimits(t, lim)
 }
