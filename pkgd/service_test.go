@@ -114,11 +114,16 @@ func (c *fakeClock) add(d time.Duration) {
 	c.mu.Unlock()
 }
 
-func newTestService(t *testing.T, f *fakeNS) (*Service, *fakeClock, string) {
+// newTestService runs the package service, its config changed by mods, with f as its NS.
+func newTestService(t *testing.T, f *fakeNS, mods ...func(*Config)) (*Service, *fakeClock, string) {
 	t.Helper()
 	nsSrv := httptest.NewServer(f)
 	t.Cleanup(nsSrv.Close)
-	s, err := New(Config{Listen: "127.0.0.1:0", DataDir: t.TempDir(), PollInterval: time.Hour}, nil, nil, prometheus.NewRegistry())
+	cfg := Config{Listen: "127.0.0.1:0", DataDir: t.TempDir(), PollInterval: time.Hour}
+	for _, mod := range mods {
+		mod(&cfg)
+	}
+	s, err := New(cfg, nil, nil, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -98,7 +98,7 @@ func TestExampleBranch(t *testing.T) {
 				MaxForwardBackoff: time.Minute, SpoolMaxBytes: 256 << 20},
 			Package: &pkgd.Config{Listen: ":50181", URL: "http://branch-ss1.example.org:50181", Constrained: true,
 				PollInterval: 5 * time.Minute, VerifyInterval: 24 * time.Hour, MaxDownloads: 4, RetryBase: 3 * time.Minute,
-				Bandwidth: []string{"08:00-18:00 2Mbit"}, DefaultBandwidth: "unlimited", MaxCompressedStreams: 4, SendTimeout: time.Minute},
+				Bandwidth: []string{"08:00-18:00 2Mbit"}, DefaultBandwidth: "unlimited", MaxCompressedStreams: 4, SendTimeout: time.Minute, MaxConnections: 1024, MaxConnectionsPerSource: 128},
 		},
 	}
 	want.Services.Netboot = &netbootd.Config{
@@ -137,7 +137,7 @@ func TestExampleStandalone(t *testing.T) {
 			AgentListen: "127.0.0.1:50180", URL: "https://127.0.0.1:50180", PresenceInterval: time.Minute, ForwardBatch: 1000, MaxAgentConnections: 1024, MaxAgentConnectionsPerSource: 128,
 			MaxForwardBackoff: time.Minute, SpoolMaxBytes: 256 << 20}, Package: &pkgd.Config{Listen: "127.0.0.1:50181", URL: "http://127.0.0.1:50181",
 			PollInterval: 5 * time.Minute, VerifyInterval: 24 * time.Hour, MaxDownloads: 4, RetryBase: 3 * time.Minute, DefaultBandwidth: "unlimited",
-			MaxCompressedStreams: 4, SendTimeout: time.Minute},
+			MaxCompressedStreams: 4, SendTimeout: time.Minute, MaxConnections: 1024, MaxConnectionsPerSource: 128},
 			Netboot: &netbootd.Config{BootDir: "examples/boot", PXE: pxe.Config{Listen67: ":10067", Listen4011: ":14011"},
 				TFTP: netbootd.TFTPFile{Listen: "127.0.0.1:10069"}, HTTP: netbootd.HTTPConfig{Listen: "127.0.0.1:50182"}}},
 	}
