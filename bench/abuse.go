@@ -49,7 +49,8 @@ func abuseAttacks() []abuseAttack {
 		{"slow_body", "bodies trickled a byte at a time to the plain agent API (forged signatures) and to NS enrollment", slowBodyAttack},
 		{"large_body", "8 MiB bodies to the plain agent API with bad signatures and to NS enrollment with a wrong token", largeBodyAttack},
 		{"zstd_bomb", "event batches of a few KiB that expand far past any real batch, from an enrolled site server, to the NS", zstdBombAttack},
-		{"idle_conns", "twice max_agent_connections idle and slow-header connections on each agent API listener", idleConnAttack},
+		{"idle_conns", "twice max_agent_connections idle and slow-header connections on each agent API listener, from one address", idleConnAttack(1)},
+		{"idle_conns_spread", "the same from 16 addresses: each at max_agent_connections_per_source (an eighth), together twice max_agent_connections", idleConnAttack(16)},
 		{"slow_readers", "clients that ask for a compressible package file with zstd and do not read it", slowReaderAttack},
 	}
 }
@@ -643,7 +644,12 @@ func workers(ctx context.Context, n int, f func(ctx context.Context, i int) int6
 
 // dialUntil dials addr, backing off briefly while the server refuses, until ctx is done.
 func dialUntil(ctx context.Context, addr string) (net.Conn, error) {
-	d := net.Dialer{Timeout: 5 * time.Second}
+	return dialFromUntil(ctx, nil, addr)
+}
+
+// dialFromUntil is dialUntil from the local address src (nil: any).
+func dialFromUntil(ctx context.Context, src net.Addr, addr string) (net.Conn, error) {
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: src}
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil && ctx.Err() == nil {
 		select {
@@ -818,38 +824,49 @@ func zstdBombAttack(ctx context.Context, t *abuseTarget) int64 {
 
 // idleConnAttack holds twice max_agent_connections connections on each agent API
 // listener, half silent and half sending their headers a line every few seconds, and
-// opens another whenever the server closes one.
-func idleConnAttack(ctx context.Context, t *abuseTarget) int64 {
-	addrs := []string{t.HTTPAddr, t.APIAddr}
-	return workers(ctx, 2*t.MaxConns*len(addrs), func(ctx context.Context, i int) int64 {
-		addr := addrs[i%len(addrs)]
-		var tries int64
-		for ctx.Err() == nil {
-			tries++
-			c, err := dialUntil(ctx, addr)
-			if err != nil {
-				continue
-			}
-			stop := closeOnDone(ctx, c)
-			if i%4 < 2 {
-				c.Read(make([]byte, 1)) // until the server closes it
-			} else {
-				io.WriteString(c, "GET "+taskapi.PathJobs+" HTTP/1.1\r\n")
-				for ctx.Err() == nil {
-					if _, err := io.WriteString(c, "X-Slow: 1\r\n"); err != nil {
-						break
-					}
-					select {
-					case <-ctx.Done():
-					case <-time.After(3 * time.Second):
-					}
+// opens another whenever the server closes one. They come from n loopback addresses
+// (127.0.1.1 on), none of them the legitimate client's: one address meets its own limit
+// first, many together meet the total.
+func idleConnAttack(n int) func(ctx context.Context, t *abuseTarget) int64 {
+	return func(ctx context.Context, t *abuseTarget) int64 {
+		addrs := []string{t.HTTPAddr, t.APIAddr}
+		return workers(ctx, 2*t.MaxConns*len(addrs), func(ctx context.Context, i int) int64 {
+			// Each address gets both kinds on both listeners.
+			src := &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(1+i/4%n))}
+			return holdIdle(ctx, src, addrs[i%len(addrs)], i%4 < 2)
+		})
+	}
+}
+
+// holdIdle keeps a connection from src to addr open, silent or sending its headers a line
+// every few seconds, and opens another whenever the server closes it, until ctx is done.
+func holdIdle(ctx context.Context, src net.Addr, addr string, silent bool) int64 {
+	var tries int64
+	for ctx.Err() == nil {
+		tries++
+		c, err := dialFromUntil(ctx, src, addr)
+		if err != nil {
+			continue
+		}
+		stop := closeOnDone(ctx, c)
+		if silent {
+			c.Read(make([]byte, 1)) // until the server closes it
+		} else {
+			io.WriteString(c, "GET "+taskapi.PathJobs+" HTTP/1.1\r\n")
+			for ctx.Err() == nil {
+				if _, err := io.WriteString(c, "X-Slow: 1\r\n"); err != nil {
+					break
+				}
+				select {
+				case <-ctx.Done():
+				case <-time.After(3 * time.Second):
 				}
 			}
-			stop()
-			c.Close()
 		}
-		return tries
-	})
+		stop()
+		c.Close()
+	}
+	return tries
 }
 
 // slowReaderAttack asks for the large compressible file with zstd on many connections
