@@ -48,9 +48,10 @@ type ServerConfig struct {
 	// busy with a request make new ones wait in the kernel's accept queue.
 	MaxConnections int `yaml:"max_connections"`
 	// MaxConnectionsPerSource bounds those of one source address (an IPv6 one's /64), so
-	// that one cannot take every place; past it that source's own idlest connection is
-	// closed to make room, or, all of them busy, its new one is refused. Default an eighth
-	// of MaxConnections, at least 16.
+	// that one cannot take every place; past it that source's connection idle longest
+	// makes room if it has been idle a second, and otherwise its new one is refused.
+	// Default an eighth of MaxConnections, at least 16; as many as MaxConnections: no
+	// limit per source.
 	MaxConnectionsPerSource int `yaml:"max_connections_per_source"`
 	// MaxBodyBytes bounds every request body (event batches have their own, larger bound).
 	MaxBodyBytes int64 `yaml:"max_body_bytes"`

@@ -43,10 +43,11 @@ type Config struct {
 	// with a request make new ones wait in the kernel's accept queue. Default 1024.
 	MaxConnections int `yaml:"max_connections"`
 	// MaxConnectionsPerSource bounds those of one source address (an IPv6 one's /64), so
-	// that one cannot take every place; past it that source's own idlest connection is
-	// closed to make room, or, all of them busy, its new one is refused. A package server
-	// fed by this one opens up to its max_downloads at once. Default an eighth of
-	// MaxConnections, at least 16.
+	// that one cannot take every place; past it that source's connection idle longest
+	// makes room if it has been idle a second, and otherwise its new one is refused. A
+	// package server fed by this one opens up to its max_downloads at once. Default an
+	// eighth of MaxConnections, at least 16; as many as MaxConnections: no limit per
+	// source.
 	MaxConnectionsPerSource int `yaml:"max_connections_per_source"`
 
 	// RetryBase is the first retry delay of a failed download; it doubles per failure up

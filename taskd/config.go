@@ -44,9 +44,10 @@ type Config struct {
 	// request make new ones wait in the kernel's accept queue.
 	MaxAgentConnections int `yaml:"max_agent_connections"`
 	// MaxAgentConnectionsPerSource bounds those of one source address (an IPv6 one's /64)
-	// on each listener, so that one cannot take every place; past it that source's own
-	// idlest connection is closed to make room, or, all of them busy, its new one is
-	// refused. Default an eighth of MaxAgentConnections, at least 16.
+	// on each listener, so that one cannot take every place; past it that source's
+	// connection idle longest makes room if it has been idle a second, and otherwise its
+	// new one is refused. Default an eighth of MaxAgentConnections, at least 16; as many
+	// as MaxAgentConnections: no limit per source.
 	MaxAgentConnectionsPerSource int `yaml:"max_agent_connections_per_source"`
 	// MaxForwardBackoff caps the wait between forwarding attempts while the NS is away.
 	MaxForwardBackoff time.Duration `yaml:"max_forward_backoff"`

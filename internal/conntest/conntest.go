@@ -9,21 +9,44 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"syscall"
 	"testing"
 	"time"
 )
 
-// DialFrom connects to addr from the address src and closes the connection when the test
-// ends.
+// Dial connects to addr from the address src, giving up after 2 s.
+func Dial(src, addr string) (net.Conn, error) {
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 2 * time.Second}
+	return d.Dial("tcp", addr)
+}
+
+// DialFrom is Dial that fails t on an error and closes the connection when the test ends.
 func DialFrom(t testing.TB, src, addr string) net.Conn {
 	t.Helper()
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 2 * time.Second}
-	c, err := d.Dial("tcp", addr)
+	c, err := Dial(src, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// Refused dials addr from src and reports whether the server closed the connection at
+// once, having read nothing: a reset at the dial, or a reset or end at the first read
+// within 2 s.
+func Refused(t testing.TB, src, addr string) bool {
+	t.Helper()
+	c, err := Dial(src, addr)
+	if errors.Is(err, syscall.ECONNRESET) {
+		return true
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	_, err = c.Read(make([]byte, 1))
+	return err != nil && !errors.Is(err, os.ErrDeadlineExceeded)
 }
 
 // Limited is a server behind a limit of Total connections, PerSource of them from one
@@ -44,17 +67,32 @@ type Limited struct {
 }
 
 // CheckLimits checks s from several loopback addresses: one address's silent connections
-// past PerSource push out only its own; with PerSource busy, its new connection is closed
-// at once; silent connections from Total other addresses push out the connections idle
-// longest, never a busy one. Each closing is counted, and s serves others throughout.
+// past PerSource are refused while its others have just opened, and take the place of
+// the one idle longest once that has been idle a second; with PerSource busy, its new
+// connection is refused; silent connections from Total other addresses push out the
+// connections idle longest, never a busy one. Each closing is counted, and s serves
+// others throughout.
 func CheckLimits(t *testing.T, s Limited) {
 	t.Helper()
-	for range 3 * s.PerSource {
-		DialFrom(t, "127.0.0.2", s.Addr) // silent
+	const silent = "127.0.0.2"
+	for range s.PerSource {
+		DialFrom(t, silent, s.Addr)
+	}
+	for range 2 * s.PerSource {
+		if !Refused(t, silent, s.Addr) {
+			t.Fatal("a connection past its address's limit, the others just opened, was not refused")
+		}
 	}
 	s.Served(t, "after silent connections from one address")
-	if got, want := s.ClosedAtSource(), 2*s.PerSource; got != want {
-		t.Fatalf("idle connections closed at the source limit: %d, want %d", got, want)
+	if got, want := s.Refused(), 2*s.PerSource; got != want {
+		t.Fatalf("connections refused: %d, want %d", got, want)
+	}
+	// Past httpx's one-second grace, the one idle longest makes room.
+	time.Sleep(1100 * time.Millisecond)
+	DialFrom(t, silent, s.Addr)
+	s.Served(t, "after a new connection from that address")
+	if got := s.ClosedAtSource(); got != 1 {
+		t.Fatalf("idle connections closed at the source limit: %d, want 1", got)
 	}
 	if got := s.ClosedAtTotal(); got != 0 {
 		t.Fatalf("idle connections closed at the total limit: %d, want none", got)
@@ -65,13 +103,11 @@ func CheckLimits(t *testing.T, s Limited) {
 	for range s.PerSource {
 		held = append(held, s.Busy(t, DialFrom(t, busy, s.Addr)))
 	}
-	extra := DialFrom(t, busy, s.Addr)
-	extra.SetReadDeadline(time.Now().Add(2 * time.Second))
-	if _, err := extra.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("a connection past its address's limit, all busy, was not closed: %v", err)
+	if !Refused(t, busy, s.Addr) {
+		t.Fatal("a connection past its address's limit, all busy, was not refused")
 	}
-	if got := s.Refused(); got != 1 {
-		t.Fatalf("connections refused: %d, want 1", got)
+	if got, want := s.Refused(), 2*s.PerSource+1; got != want {
+		t.Fatalf("connections refused: %d, want %d", got, want)
 	}
 	s.Served(t, "beside an address holding all its places busy")
 

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -25,13 +26,19 @@ import (
 // the kernel's accept queue, as with a plain limit.
 //
 // A source (an IPv4 address, or an IPv6 /64) at its own limit makes room only from its own
-// connections: its idlest is closed, or, every one busy, the new one is refused at once,
-// so that it never waits in Accept in front of other sources.
+// connections: the one idle longest is closed if it has been idle for sourceGrace,
+// otherwise the new one is refused at once. So a source never waits in Accept in front
+// of others, and the connections it opened last get the time to send their requests: a
+// source opening connections faster than it uses them, as an attacker with more than its
+// share does, has its new ones refused (a reset, no goroutine, nothing to read) instead
+// of its older ones closed and opened again as fast as the server can accept them. A
+// per-source limit as large as the total is no limit.
 //
 // Wrap the server's listener with Listener and set the server's ConnState to ConnState.
 type ConnLimit struct {
 	max, perSource int
 	m              *ConnMetrics
+	now            func() time.Time // tests replace it
 
 	mu      sync.Mutex
 	open    map[net.Conn]*limitedConn // keyed by the wrapper the listener returned
@@ -41,6 +48,12 @@ type ConnLimit struct {
 	idle    list.List
 	changed chan struct{} // a place may have come free
 }
+
+// sourceGrace is how long a connection has been idle before a new one from the same
+// source at its limit may take its place: more than a client on the LAN or across a WAN
+// takes to send its request on a connection it has just opened, less than a keep-alive
+// connection usually waits for the next one.
+const sourceGrace = time.Second
 
 // source is what one source address holds.
 type source struct {
@@ -59,11 +72,11 @@ func DefaultPerSource(n int) int {
 }
 
 // NewConnLimit allows n connections at once (at least one), and at most perSource of
-// them (at least one, at most n) from one source address. m, if not nil, counts the
-// connections closed at the limits.
+// them (at least one; n or more: no limit per source) from one source address. m, if not
+// nil, counts the connections closed at the limits.
 func NewConnLimit(n, perSource int, m *ConnMetrics) *ConnLimit {
 	n = max(n, 1)
-	return &ConnLimit{max: n, perSource: min(max(perSource, 1), n), m: m,
+	return &ConnLimit{max: n, perSource: min(max(perSource, 1), n), m: m, now: time.Now,
 		open: map[net.Conn]*limitedConn{}, sources: map[netip.Prefix]*source{}, changed: make(chan struct{}, 1)}
 }
 
@@ -96,6 +109,7 @@ func (l *ConnLimit) ConnState(c net.Conn, st http.ConnState) {
 
 // setIdle puts lc last in the idle lists; l.mu is held.
 func (l *ConnLimit) setIdle(lc *limitedConn) {
+	lc.idleSince = l.now()
 	lc.idle = l.idle.PushBack(lc)
 	lc.srcIdle = lc.src.idle.PushBack(lc)
 }
@@ -139,6 +153,9 @@ func (ll *limitListener) Accept() (net.Conn, error) {
 		if ok {
 			return lc, nil
 		}
+		if tc, isTCP := c.(*net.TCPConn); isTCP && err == nil {
+			tc.SetLinger(0) // refused: a reset, and no TIME_WAIT left behind
+		}
 		c.Close()
 		if err != nil {
 			return nil, err
@@ -160,9 +177,9 @@ func (l *ConnLimit) admit(lc *limitedConn, done <-chan struct{}) (bool, error) {
 		var victim *limitedConn
 		limit := LimitTotal
 		switch {
-		case src != nil && src.open >= l.perSource:
+		case src != nil && src.open >= l.perSource && l.perSource < l.max:
 			e := src.idle.Front()
-			if e == nil {
+			if e == nil || l.now().Sub(e.Value.(*limitedConn).idleSince) < sourceGrace {
 				l.mu.Unlock()
 				l.m.refusedOne()
 				return false, nil
@@ -234,6 +251,7 @@ type limitedConn struct {
 	// The rest is guarded by lim.mu and set while the connection is counted.
 	src           *source
 	idle, srcIdle *list.Element // in lim.idle and src.idle while no request is in progress
+	idleSince     time.Time     // when it went into them
 	closeOnce     sync.Once
 	closeErr      error
 }
@@ -268,7 +286,7 @@ type ConnMetrics struct {
 	// place taken) or LimitSource (their source's places taken, for its new connection).
 	IdleClosed *prometheus.CounterVec
 	// Refused counts new connections closed at once: their source held all its places,
-	// every one busy with a request.
+	// none of them idle for a second.
 	Refused prometheus.Counter
 
 	byLimit map[string]prometheus.Counter
@@ -284,7 +302,7 @@ func NewConnMetrics(reg prometheus.Registerer, subsystem string) (*ConnMetrics, 
 			[]string{"limit"}),
 		Refused: prometheus.NewCounter(prometheus.CounterOpts{Namespace: obs.Namespace, Subsystem: subsystem,
 			Name: "connections_refused_total",
-			Help: "New connections closed at once because their source address held all its places, every one busy with a request."}),
+			Help: "New connections closed at once because their source address held all its places, none of them idle for a second."}),
 	}
 	var err error
 	if m.IdleClosed, err = obs.Register(reg, m.IdleClosed); err == nil {

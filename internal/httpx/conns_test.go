@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,8 +27,9 @@ type limitServer struct {
 	m    *ConnMetrics
 }
 
-// serve runs h behind a ConnLimit of n, perSource from one address, until the test ends.
-func serve(t *testing.T, n, perSource int, h http.Handler) *limitServer {
+// serve runs h behind a ConnLimit of n, perSource from one address, until the test ends;
+// opts change the limit before it serves.
+func serve(t *testing.T, n, perSource int, h http.Handler, opts ...func(*ConnLimit)) *limitServer {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -38,6 +40,9 @@ func serve(t *testing.T, n, perSource int, h http.Handler) *limitServer {
 		t.Fatal(err)
 	}
 	lim := NewConnLimit(n, perSource, m)
+	for _, o := range opts {
+		o(lim)
+	}
 	srv := &http.Server{Handler: h, ConnState: lim.ConnState, ReadHeaderTimeout: time.Minute}
 	go srv.Serve(lim.Listener(ln))
 	t.Cleanup(func() { srv.Close() })
@@ -129,12 +134,18 @@ func holdHandler(entered chan<- struct{}, release <-chan struct{}) http.Handler 
 	})
 }
 
-// hold starts a request for /hold from src and returns where its result will be sent.
-func hold(t *testing.T, src, addr string) <-chan error {
-	c := conntest.DialFrom(t, src, addr)
+// hold starts a request for /hold from src and returns where its result will be sent,
+// a failed dial's included.
+func hold(src, addr string) <-chan error {
 	done := make(chan error, 1)
 	go func() {
-		_, err := request(c, bufio.NewReader(c), "/hold", 10*time.Second)
+		c, err := conntest.Dial(src, addr)
+		if err != nil {
+			done <- err
+			return
+		}
+		defer c.Close()
+		_, err = request(c, bufio.NewReader(c), "/hold", 10*time.Second)
 		done <- err
 	}()
 	return done
@@ -146,7 +157,7 @@ func TestConnLimitBusyConnectionsHold(t *testing.T) {
 	s := serve(t, n, 1, holdHandler(entered, release))
 	var held []<-chan error
 	for i := range n {
-		held = append(held, hold(t, fmt.Sprintf("127.0.0.%d", 2+i), s.addr))
+		held = append(held, hold(fmt.Sprintf("127.0.0.%d", 2+i), s.addr))
 		<-entered
 	}
 	if _, err := get(t, "127.0.0.1", s.addr, 300*time.Millisecond); err == nil {
@@ -166,8 +177,9 @@ func TestConnLimitBusyConnectionsHold(t *testing.T) {
 	}
 }
 
-// One address's idle connections, however many, push out only its own: another
-// address's keep-alive connection stays open and its requests are served at once.
+// One address's idle connections, however many, push out no other address's: another
+// address's keep-alive connection stays open and its requests are served at once. The
+// address's own, just opened, are not pushed out either: its new ones are refused.
 func TestConnLimitSourceCannotPushOutOthers(t *testing.T) {
 	const n, perSource = 8, 2
 	s := serve(t, n, perSource, okHandler)
@@ -179,8 +191,13 @@ func TestConnLimitSourceCannotPushOutOthers(t *testing.T) {
 	}
 	// Now idle between requests: the longest idle of all when the attacker comes.
 	var silent []net.Conn
-	for range 3 * n {
+	for range perSource {
 		silent = append(silent, conntest.DialFrom(t, attacker, s.addr))
+	}
+	for range 3*n - perSource {
+		if c, err := conntest.Dial(attacker, s.addr); err == nil { // or reset already
+			defer c.Close()
+		}
 	}
 	// Accepted after all of them.
 	start := time.Now()
@@ -193,20 +210,46 @@ func TestConnLimitSourceCannotPushOutOthers(t *testing.T) {
 	if got, err := request(keep, kr, "/", 2*time.Second); err != nil || got != "ok" {
 		t.Fatalf("the keep-alive connection after %d idle ones from another address: %q, %v", 3*n, got, err)
 	}
-	if c := s.closed(LimitSource); c != 3*n-perSource {
-		t.Fatalf("%d connections closed at the source limit, want %d", c, 3*n-perSource)
+	if got := testutil.ToFloat64(s.m.Refused); got != 3*n-perSource {
+		t.Fatalf("connections_refused_total = %v, want %d", got, 3*n-perSource)
 	}
-	if c := s.closed(LimitTotal); c != 0 {
-		t.Fatalf("%d connections closed at the total limit, want none", c)
+	if c := s.closed(LimitTotal) + s.closed(LimitSource); c != 0 {
+		t.Fatalf("%d idle connections closed, want none", c)
 	}
-	// The attacker's oldest went, its newest stay.
-	silent[0].SetReadDeadline(time.Now().Add(2 * time.Second))
-	if _, err := silent[0].Read(make([]byte, 1)); err == nil {
-		t.Fatal("the attacker's oldest connection is still open")
+	for _, c := range silent {
+		c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("one of the attacker's first connections was closed: %v", err)
+		}
 	}
-	silent[3*n-1].SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-	if _, err := silent[3*n-1].Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("the attacker's newest connection was closed: %v", err)
+}
+
+// An address at its limit whose connection idle longest has been idle for the grace
+// period has that one closed for its new one, which is served.
+func TestConnLimitSourceIdlestMakesRoom(t *testing.T) {
+	const n, perSource = 8, 2
+	var now atomic.Int64 // seconds
+	s := serve(t, n, perSource, okHandler, func(l *ConnLimit) {
+		l.now = func() time.Time { return time.Unix(now.Load(), 0) }
+	})
+	const src = "127.0.0.3"
+	var idle []net.Conn
+	for range perSource {
+		idle = append(idle, conntest.DialFrom(t, src, s.addr))
+	}
+	if !conntest.Refused(t, src, s.addr) {
+		t.Fatal("a connection past its address's limit, its others just opened, was not refused")
+	}
+	now.Add(1)
+	if got, err := get(t, src, s.addr, 2*time.Second); err != nil || got != "ok" {
+		t.Fatalf("a request past its address's limit, its others idle a second: %q, %v", got, err)
+	}
+	if c := s.closed(LimitSource); c != 1 {
+		t.Fatalf("%d idle connections closed at the source limit, want 1", c)
+	}
+	idle[0].SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := idle[0].Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the address's connection idle longest is still open: %v", err)
 	}
 }
 
@@ -217,12 +260,13 @@ func TestConnLimitSourceBusyRefused(t *testing.T) {
 	entered, release := make(chan struct{}, n), make(chan struct{})
 	s := serve(t, n, perSource, holdHandler(entered, release))
 	const busy = "127.0.0.3"
-	var held []<-chan error
-	for i := range n {
-		held = append(held, hold(t, busy, s.addr))
-		if i < perSource {
-			<-entered
-		}
+	var held, extra []<-chan error
+	for range perSource {
+		held = append(held, hold(busy, s.addr))
+		<-entered
+	}
+	for range n - perSource {
+		extra = append(extra, hold(busy, s.addr))
 	}
 	start := time.Now()
 	if got, err := get(t, "127.0.0.2", s.addr, 2*time.Second); err != nil || got != "ok" {
@@ -231,21 +275,21 @@ func TestConnLimitSourceBusyRefused(t *testing.T) {
 	if d := time.Since(start); d > time.Second {
 		t.Fatalf("a request beside a busy address took %s", d)
 	}
-	for _, h := range held[perSource:] {
+	for _, h := range extra {
 		select {
 		case err := <-h:
 			if err == nil {
-				t.Fatal("a request past its address's limit was served")
+				t.Fatal("a request past its address's limit, all busy, was served")
 			}
 		case <-time.After(2 * time.Second):
-			t.Fatal("a connection past its address's limit was left open")
+			t.Fatal("a connection past its address's limit, all busy, was left open")
 		}
 	}
 	if got := testutil.ToFloat64(s.m.Refused); got != n-perSource {
 		t.Fatalf("connections_refused_total = %v, want %d", got, n-perSource)
 	}
 	close(release)
-	for _, h := range held[:perSource] {
+	for _, h := range held {
 		if err := <-h; err != nil {
 			t.Fatalf("a busy request failed: %v", err)
 		}
