@@ -27,22 +27,29 @@ import (
 //
 // A source (an IPv4 address, or an IPv6 /64) at its own limit makes room only from its own
 // connections: the one idle longest is closed if it has been idle for sourceGrace,
-// otherwise the new one is refused at once. So a source never waits in Accept in front
-// of others, and the connections it opened last get the time to send their requests: a
-// source opening connections faster than it uses them, as an attacker with more than its
-// share does, has its new ones refused (a reset, no goroutine, nothing to read) instead
-// of its older ones closed and opened again as fast as the server can accept them. A
-// per-source limit as large as the total is no limit.
+// otherwise the new one is refused. So a source never waits in Accept in front of
+// others, and the connections it opened last get the time to send their requests.
+//
+// A refused connection is held unread for refuseHold, then reset. Reset at once, it
+// would come straight back: an attacker with more connections than its share, each
+// reset opened again at once, keeps the server accepting and resetting as fast as both
+// sides can go, and fills the accept queue in front of everyone else. Held, each costs a
+// descriptor and a timer (no goroutine, no buffer), and its sender waits. At most as many
+// as the total limit are held; past that, refused connections are reset at once.
+//
+// A per-source limit as large as the total is no limit.
 //
 // Wrap the server's listener with Listener and set the server's ConnState to ConnState.
 type ConnLimit struct {
 	max, perSource int
 	m              *ConnMetrics
 	now            func() time.Time // tests replace it
+	hold           time.Duration    // refuseHold; tests shorten it
 
 	mu      sync.Mutex
 	open    map[net.Conn]*limitedConn // keyed by the wrapper the listener returned
 	sources map[netip.Prefix]*source  // of the open connections
+	held    int                       // refused connections not yet reset
 	// idle lists the open connections without a request in progress, longest idle first:
 	// the next to close when a place is needed.
 	idle    list.List
@@ -54,6 +61,12 @@ type ConnLimit struct {
 // takes to send its request on a connection it has just opened, less than a keep-alive
 // connection usually waits for the next one.
 const sourceGrace = time.Second
+
+// refuseHold is how long a refused connection is held before it is reset: long enough
+// that a sender whose connections are refused makes few of them, short enough that a
+// client behind the same address as one over its limit hears soon that it should come
+// back later.
+const refuseHold = 5 * time.Second
 
 // source is what one source address holds.
 type source struct {
@@ -76,7 +89,7 @@ func DefaultPerSource(n int) int {
 // nil, counts the connections closed at the limits.
 func NewConnLimit(n, perSource int, m *ConnMetrics) *ConnLimit {
 	n = max(n, 1)
-	return &ConnLimit{max: n, perSource: min(max(perSource, 1), n), m: m, now: time.Now,
+	return &ConnLimit{max: n, perSource: min(max(perSource, 1), n), m: m, now: time.Now, hold: refuseHold,
 		open: map[net.Conn]*limitedConn{}, sources: map[netip.Prefix]*source{}, changed: make(chan struct{}, 1)}
 }
 
@@ -149,18 +162,32 @@ func (ll *limitListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		lc := &limitedConn{Conn: c, lim: ll.lim, key: sourceOf(c.RemoteAddr())}
-		ok, err := ll.lim.admit(lc, ll.done)
-		if ok {
-			return lc, nil
-		}
-		if tc, isTCP := c.(*net.TCPConn); isTCP && err == nil {
-			tc.SetLinger(0) // refused: a reset, and no TIME_WAIT left behind
-		}
-		c.Close()
-		if err != nil {
+		v, err := ll.lim.admit(lc, ll.done)
+		switch {
+		case err != nil:
+			c.Close()
 			return nil, err
+		case v == admitted:
+			return lc, nil
+		case v == held:
+			time.AfterFunc(ll.lim.hold, func() {
+				reset(c)
+				ll.lim.mu.Lock()
+				ll.lim.held--
+				ll.lim.mu.Unlock()
+			})
+		default:
+			reset(c)
 		}
 	}
+}
+
+// reset closes a refused connection with a reset, which leaves no TIME_WAIT behind.
+func reset(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	c.Close()
 }
 
 func (ll *limitListener) Close() error {
@@ -168,9 +195,18 @@ func (ll *limitListener) Close() error {
 	return ll.Listener.Close()
 }
 
-// admit counts lc in, making room as the type's comment says; it reports false when lc
-// is refused, and an error when the listener closed while it waited.
-func (l *ConnLimit) admit(lc *limitedConn, done <-chan struct{}) (bool, error) {
+// What admit made of a connection.
+type verdict int
+
+const (
+	admitted verdict = iota
+	held             // refused, to be reset after a while
+	refused          // refused, to be reset at once
+)
+
+// admit counts lc in, making room as the type's comment says, or refuses it; it returns
+// an error when the listener closed while it waited.
+func (l *ConnLimit) admit(lc *limitedConn, done <-chan struct{}) (verdict, error) {
 	for {
 		l.mu.Lock()
 		src := l.sources[lc.key]
@@ -180,9 +216,14 @@ func (l *ConnLimit) admit(lc *limitedConn, done <-chan struct{}) (bool, error) {
 		case src != nil && src.open >= l.perSource && l.perSource < l.max:
 			e := src.idle.Front()
 			if e == nil || l.now().Sub(e.Value.(*limitedConn).idleSince) < sourceGrace {
+				v := refused
+				if l.held < l.max {
+					l.held++
+					v = held
+				}
 				l.mu.Unlock()
 				l.m.refusedOne()
-				return false, nil
+				return v, nil
 			}
 			victim, limit = e.Value.(*limitedConn), LimitSource
 		case len(l.open) < l.max:
@@ -196,7 +237,7 @@ func (l *ConnLimit) admit(lc *limitedConn, done <-chan struct{}) (bool, error) {
 			// Idle until the server reads a request from it.
 			l.setIdle(lc)
 			l.mu.Unlock()
-			return true, nil
+			return admitted, nil
 		default:
 			if e := l.idle.Front(); e != nil {
 				victim = e.Value.(*limitedConn)
@@ -211,7 +252,7 @@ func (l *ConnLimit) admit(lc *limitedConn, done <-chan struct{}) (bool, error) {
 		select {
 		case <-l.changed:
 		case <-done:
-			return false, net.ErrClosed
+			return refused, net.ErrClosed
 		}
 	}
 }
@@ -285,8 +326,8 @@ type ConnMetrics struct {
 	// IdleClosed counts idle connections closed to make room, by limit: LimitTotal (every
 	// place taken) or LimitSource (their source's places taken, for its new connection).
 	IdleClosed *prometheus.CounterVec
-	// Refused counts new connections closed at once: their source held all its places,
-	// none of them idle for a second.
+	// Refused counts new connections refused: their source held all its places, none of
+	// them idle for a second.
 	Refused prometheus.Counter
 
 	byLimit map[string]prometheus.Counter
@@ -302,7 +343,7 @@ func NewConnMetrics(reg prometheus.Registerer, subsystem string) (*ConnMetrics, 
 			[]string{"limit"}),
 		Refused: prometheus.NewCounter(prometheus.CounterOpts{Namespace: obs.Namespace, Subsystem: subsystem,
 			Name: "connections_refused_total",
-			Help: "New connections closed at once because their source address held all its places, none of them idle for a second."}),
+			Help: "New connections refused, held unread for a while and reset, because their source address held all its places, none of them idle for a second."}),
 	}
 	var err error
 	if m.IdleClosed, err = obs.Register(reg, m.IdleClosed); err == nil {

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -28,7 +29,7 @@ type limitServer struct {
 }
 
 // serve runs h behind a ConnLimit of n, perSource from one address, until the test ends;
-// opts change the limit before it serves.
+// opts change the limit before it serves. Refused connections are held 100 ms.
 func serve(t *testing.T, n, perSource int, h http.Handler, opts ...func(*ConnLimit)) *limitServer {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -40,6 +41,7 @@ func serve(t *testing.T, n, perSource int, h http.Handler, opts ...func(*ConnLim
 		t.Fatal(err)
 	}
 	lim := NewConnLimit(n, perSource, m)
+	lim.hold = 100 * time.Millisecond // refused connections are reset soon
 	for _, o := range opts {
 		o(lim)
 	}
@@ -250,6 +252,38 @@ func TestConnLimitSourceIdlestMakesRoom(t *testing.T) {
 	idle[0].SetReadDeadline(time.Now().Add(2 * time.Second))
 	if _, err := idle[0].Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("the address's connection idle longest is still open: %v", err)
+	}
+}
+
+// A refused connection is held unread, then reset; at most as many as the total limit
+// are held at once, and past that refused connections are reset at once.
+func TestConnLimitRefusedHeldThenReset(t *testing.T) {
+	const n, hold = 4, time.Second
+	s := serve(t, n, 1, okHandler, func(l *ConnLimit) { l.hold = hold })
+	const src = "127.0.0.3"
+	conntest.DialFrom(t, src, s.addr)
+	var held []net.Conn
+	for range n {
+		held = append(held, conntest.DialFrom(t, src, s.addr))
+	}
+	start := time.Now()
+	if !conntest.Refused(t, src, s.addr) || time.Since(start) > hold/2 {
+		t.Fatalf("a refused connection past %d held was not reset at once (%s)", n, time.Since(start))
+	}
+	for _, c := range held {
+		c.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("a held connection was closed at once: %v", err)
+		}
+	}
+	for _, c := range held {
+		c.SetReadDeadline(time.Now().Add(2 * hold))
+		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("a held connection: %v, want a reset", err)
+		}
+	}
+	if got := testutil.ToFloat64(s.m.Refused); got != n+1 {
+		t.Fatalf("connections_refused_total = %v, want %d", got, n+1)
 	}
 }
 
