@@ -37,7 +37,9 @@ import (
 // working; others (TFTP, DHCP) can join the list. An attack runs in a process of its own
 // at low priority, standing for a machine of its own: on the few cores here, an attacker
 // in the harness would slow the legitimate client by taking the CPU from it, not by
-// anything the site does.
+// anything the site does. It comes from an address of its own (attackerAddr) too, as
+// such a machine would: limits per address must not be measured on an attacker that
+// shares the legitimate client's.
 type abuseAttack struct {
 	name string
 	help string
@@ -628,6 +630,7 @@ func (t *abuseTarget) rogueClient() (*nsapi.Client, error) {
 	}
 	c := nsapi.NewClient("https://"+t.NSAddr, conf)
 	c.HTTP.Timeout = 30 * time.Second
+	c.HTTP.Transport.(*http.Transport).DialContext = attackerDialer().DialContext
 	return c, nil
 }
 
@@ -642,12 +645,23 @@ func workers(ctx context.Context, n int, f func(ctx context.Context, i int) int6
 	return total.Load()
 }
 
-// dialUntil dials addr, backing off briefly while the server refuses, until ctx is done.
-func dialUntil(ctx context.Context, addr string) (net.Conn, error) {
-	return dialFromUntil(ctx, nil, addr)
+// attackerAddr is where attacks come from unless they say otherwise: an address of their
+// own, as the machine of their own an attacker process stands for has, not the
+// legitimate client's 127.0.0.1 (Linux routes all of 127/8 to lo).
+var attackerAddr = &net.TCPAddr{IP: net.IPv4(127, 0, 1, 1)}
+
+// attackerDialer dials from attackerAddr.
+func attackerDialer() *net.Dialer {
+	return &net.Dialer{Timeout: 5 * time.Second, LocalAddr: attackerAddr}
 }
 
-// dialFromUntil is dialUntil from the local address src (nil: any).
+// dialUntil dials addr from attackerAddr, backing off briefly while the server refuses,
+// until ctx is done.
+func dialUntil(ctx context.Context, addr string) (net.Conn, error) {
+	return dialFromUntil(ctx, attackerAddr, addr)
+}
+
+// dialFromUntil is dialUntil from the local address src.
 func dialFromUntil(ctx context.Context, src net.Addr, addr string) (net.Conn, error) {
 	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: src}
 	c, err := d.DialContext(ctx, "tcp", addr)
@@ -713,7 +727,7 @@ func slowBodyAttack(ctx context.Context, t *abuseTarget) int64 {
 					taskapi.PathEvents, t.forgedAuth(http.MethodPost, taskapi.PathEvents, 65536, i%3 == 1))
 			case 2:
 				var tc *tls.Conn
-				tc, err = tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", t.NSAddr, nsConf)
+				tc, err = tls.DialWithDialer(attackerDialer(), "tcp", t.NSAddr, nsConf)
 				c = tc
 				head = fmt.Sprintf("POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 16000\r\n\r\n", nsapi.PathEnroll)
 			}
@@ -759,7 +773,7 @@ func largeBodyAttack(ctx context.Context, t *abuseTarget) int64 {
 					taskapi.PathEvents, size, t.forgedAuth(http.MethodPost, taskapi.PathEvents, size, i%4 == 1))
 			case 2, 3:
 				var tc *tls.Conn
-				tc, err = tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", t.NSAddr, nsConf)
+				tc, err = tls.DialWithDialer(attackerDialer(), "tcp", t.NSAddr, nsConf)
 				c = tc
 				tok := ""
 				if i%4 == 2 {
@@ -824,9 +838,8 @@ func zstdBombAttack(ctx context.Context, t *abuseTarget) int64 {
 
 // idleConnAttack holds twice max_agent_connections connections on each agent API
 // listener, half silent and half sending their headers a line every few seconds, and
-// opens another whenever the server closes one. They come from n loopback addresses
-// (127.0.1.1 on), none of them the legitimate client's: one address meets its own limit
-// first, many together meet the total.
+// opens another whenever the server closes one. They come from n addresses from
+// attackerAddr on: one address meets its own limit first, many together meet the total.
 func idleConnAttack(n int) func(ctx context.Context, t *abuseTarget) int64 {
 	return func(ctx context.Context, t *abuseTarget) int64 {
 		addrs := []string{t.HTTPAddr, t.APIAddr}
