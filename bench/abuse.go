@@ -37,7 +37,9 @@ import (
 // working; others (TFTP, DHCP) can join the list. An attack runs in a process of its own
 // at low priority, standing for a machine of its own: on the few cores here, an attacker
 // in the harness would slow the legitimate client by taking the CPU from it, not by
-// anything the site does.
+// anything the site does. It comes from an address of its own (attackerAddr) too, as
+// such a machine would: limits per address must not be measured on an attacker that
+// shares the legitimate client's.
 type abuseAttack struct {
 	name string
 	help string
@@ -49,7 +51,8 @@ func abuseAttacks() []abuseAttack {
 		{"slow_body", "bodies trickled a byte at a time to the plain agent API (forged signatures) and to NS enrollment", slowBodyAttack},
 		{"large_body", "8 MiB bodies to the plain agent API with bad signatures and to NS enrollment with a wrong token", largeBodyAttack},
 		{"zstd_bomb", "event batches of a few KiB that expand far past any real batch, from an enrolled site server, to the NS", zstdBombAttack},
-		{"idle_conns", "twice max_agent_connections idle and slow-header connections on each agent API listener", idleConnAttack},
+		{"idle_conns", "twice max_agent_connections idle and slow-header connections on each agent API listener, from one address", idleConnAttack(1)},
+		{"idle_conns_spread", "the same from 16 addresses: each at max_agent_connections_per_source (an eighth), together twice max_agent_connections", idleConnAttack(16)},
 		{"slow_readers", "clients that ask for a compressible package file with zstd and do not read it", slowReaderAttack},
 	}
 }
@@ -630,6 +633,7 @@ func (t *abuseTarget) rogueClient() (*nsapi.Client, error) {
 	}
 	c := nsapi.NewClient("https://"+t.NSAddr, conf)
 	c.HTTP.Timeout = 30 * time.Second
+	c.HTTP.Transport.(*http.Transport).DialContext = attackerDialer().DialContext
 	return c, nil
 }
 
@@ -644,9 +648,25 @@ func workers(ctx context.Context, n int, f func(ctx context.Context, i int) int6
 	return total.Load()
 }
 
-// dialUntil dials addr, backing off briefly while the server refuses, until ctx is done.
+// attackerAddr is where attacks come from unless they say otherwise: an address of their
+// own, as the machine of their own an attacker process stands for has, not the
+// legitimate client's 127.0.0.1 (Linux routes all of 127/8 to lo).
+var attackerAddr = &net.TCPAddr{IP: net.IPv4(127, 0, 1, 1)}
+
+// attackerDialer dials from attackerAddr.
+func attackerDialer() *net.Dialer {
+	return &net.Dialer{Timeout: 5 * time.Second, LocalAddr: attackerAddr}
+}
+
+// dialUntil dials addr from attackerAddr, backing off briefly while the server refuses,
+// until ctx is done.
 func dialUntil(ctx context.Context, addr string) (net.Conn, error) {
-	d := net.Dialer{Timeout: 5 * time.Second}
+	return dialFromUntil(ctx, attackerAddr, addr)
+}
+
+// dialFromUntil is dialUntil from the local address src.
+func dialFromUntil(ctx context.Context, src net.Addr, addr string) (net.Conn, error) {
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: src}
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil && ctx.Err() == nil {
 		select {
@@ -710,7 +730,7 @@ func slowBodyAttack(ctx context.Context, t *abuseTarget) int64 {
 					taskapi.PathEvents, t.forgedAuth(http.MethodPost, taskapi.PathEvents, 65536, i%3 == 1))
 			case 2:
 				var tc *tls.Conn
-				tc, err = tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", t.NSAddr, nsConf)
+				tc, err = tls.DialWithDialer(attackerDialer(), "tcp", t.NSAddr, nsConf)
 				c = tc
 				head = fmt.Sprintf("POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 16000\r\n\r\n", nsapi.PathEnroll)
 			}
@@ -756,7 +776,7 @@ func largeBodyAttack(ctx context.Context, t *abuseTarget) int64 {
 					taskapi.PathEvents, size, t.forgedAuth(http.MethodPost, taskapi.PathEvents, size, i%4 == 1))
 			case 2, 3:
 				var tc *tls.Conn
-				tc, err = tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", t.NSAddr, nsConf)
+				tc, err = tls.DialWithDialer(attackerDialer(), "tcp", t.NSAddr, nsConf)
 				c = tc
 				tok := ""
 				if i%4 == 2 {
@@ -821,38 +841,48 @@ func zstdBombAttack(ctx context.Context, t *abuseTarget) int64 {
 
 // idleConnAttack holds twice max_agent_connections connections on each agent API
 // listener, half silent and half sending their headers a line every few seconds, and
-// opens another whenever the server closes one.
-func idleConnAttack(ctx context.Context, t *abuseTarget) int64 {
-	addrs := []string{t.HTTPAddr, t.APIAddr}
-	return workers(ctx, 2*t.MaxConns*len(addrs), func(ctx context.Context, i int) int64 {
-		addr := addrs[i%len(addrs)]
-		var tries int64
-		for ctx.Err() == nil {
-			tries++
-			c, err := dialUntil(ctx, addr)
-			if err != nil {
-				continue
-			}
-			stop := closeOnDone(ctx, c)
-			if i%4 < 2 {
-				c.Read(make([]byte, 1)) // until the server closes it
-			} else {
-				io.WriteString(c, "GET "+taskapi.PathJobs+" HTTP/1.1\r\n")
-				for ctx.Err() == nil {
-					if _, err := io.WriteString(c, "X-Slow: 1\r\n"); err != nil {
-						break
-					}
-					select {
-					case <-ctx.Done():
-					case <-time.After(3 * time.Second):
-					}
+// opens another whenever the server closes one. They come from n addresses from
+// attackerAddr on: one address meets its own limit first, many together meet the total.
+func idleConnAttack(n int) func(ctx context.Context, t *abuseTarget) int64 {
+	return func(ctx context.Context, t *abuseTarget) int64 {
+		addrs := []string{t.HTTPAddr, t.APIAddr}
+		return workers(ctx, 2*t.MaxConns*len(addrs), func(ctx context.Context, i int) int64 {
+			// Each address gets both kinds on both listeners.
+			src := &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(1+i/4%n))}
+			return holdIdle(ctx, src, addrs[i%len(addrs)], i%4 < 2)
+		})
+	}
+}
+
+// holdIdle keeps a connection from src to addr open, silent or sending its headers a line
+// every few seconds, and opens another whenever the server closes it, until ctx is done.
+func holdIdle(ctx context.Context, src net.Addr, addr string, silent bool) int64 {
+	var tries int64
+	for ctx.Err() == nil {
+		tries++
+		c, err := dialFromUntil(ctx, src, addr)
+		if err != nil {
+			continue
+		}
+		stop := closeOnDone(ctx, c)
+		if silent {
+			c.Read(make([]byte, 1)) // until the server closes it
+		} else {
+			io.WriteString(c, "GET "+taskapi.PathJobs+" HTTP/1.1\r\n")
+			for ctx.Err() == nil {
+				if _, err := io.WriteString(c, "X-Slow: 1\r\n"); err != nil {
+					break
+				}
+				select {
+				case <-ctx.Done():
+				case <-time.After(3 * time.Second):
 				}
 			}
-			stop()
-			c.Close()
 		}
-		return tries
-	})
+		stop()
+		c.Close()
+	}
+	return tries
 }
 
 // slowReaderAttack asks for the large compressible file with zstd on many connections

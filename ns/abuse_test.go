@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -19,6 +20,8 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/siteserver/siteserver/internal/conntest"
+	"github.com/siteserver/siteserver/internal/httpx"
 	"github.com/siteserver/siteserver/internal/memtest"
 	"github.com/siteserver/siteserver/internal/pki"
 	"github.com/siteserver/siteserver/nsapi"
@@ -212,4 +215,45 @@ func mustEncode(t *testing.T, evs []nsapi.Event) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// One address holds at most max_connections_per_source of the API's connections, all of
+// them at most max_connections; what the limits close is counted, and the NS goes on
+// serving everyone else.
+func TestSecurityConnectionLimits(t *testing.T) {
+	lim := conntest.Limited{Total: 8, PerSource: 2}
+	tn := startNS(t, func(c *ServerConfig) { c.MaxConnections, c.MaxConnectionsPerSource = lim.Total, lim.PerSource })
+	lim.Addr = strings.TrimPrefix(tn.url, "https://")
+	conf, err := pki.ClientTLSConfig(tn.ca, "", "127.0.0.1", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf.NextProtos = []string{"http/1.1"}
+	// An enrollment whose body does not come keeps its connection busy for 10 s.
+	lim.Busy = func(t testing.TB, c net.Conn) net.Conn {
+		tc := tls.Client(c, conf)
+		tc.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(tc, "POST %s HTTP/1.1\r\nHost: ns\r\nContent-Type: application/json\r\nContent-Length: 1000\r\nExpect: 100-continue\r\n%s: %s\r\n\r\n",
+			nsapi.PathEnroll, nsapi.EnrollTokenHeader, testServerToken)
+		// The NS asks for the body once its handler reads it.
+		if resp, err := http.ReadResponse(bufio.NewReader(tc), nil); err != nil || resp.StatusCode != http.StatusContinue {
+			t.Fatalf("a slow enrollment: %v, %v", resp, err)
+		}
+		return tc
+	}
+	lim.Served = func(t testing.TB, what string) {
+		tn.admin.CloseIdle()
+		start := time.Now()
+		if _, err := tn.admin.Servers(t.Context()); err != nil {
+			t.Fatalf("a request %s: %v", what, err)
+		}
+		if d := time.Since(start); d > 2*time.Second {
+			t.Fatalf("a request %s took %s", what, d)
+		}
+	}
+	m := tn.srv.metrics.conns
+	lim.ClosedAtTotal = func() int { return int(testutil.ToFloat64(m.IdleClosed.WithLabelValues(httpx.LimitTotal))) }
+	lim.ClosedAtSource = func() int { return int(testutil.ToFloat64(m.IdleClosed.WithLabelValues(httpx.LimitSource))) }
+	lim.Refused = func() int { return int(testutil.ToFloat64(m.Refused)) }
+	conntest.CheckLimits(t, lim)
 }

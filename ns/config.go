@@ -6,6 +6,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/siteserver/siteserver/internal/httpx"
 	"github.com/siteserver/siteserver/internal/pki"
 	"github.com/siteserver/siteserver/nsapi"
 )
@@ -41,6 +42,17 @@ type ServerConfig struct {
 	// the rules of the source it declares.
 	RulesFile string `yaml:"rules_file"`
 
+	// MaxConnections bounds the API's connections held at once: each costs tens of
+	// kilobytes, and idle ones (between requests, or not past their headers) cost a client
+	// nothing. At the limit the one idle longest is closed to make room; only connections
+	// busy with a request make new ones wait in the kernel's accept queue.
+	MaxConnections int `yaml:"max_connections"`
+	// MaxConnectionsPerSource bounds those of one source address (an IPv6 one's /64), so
+	// that one cannot take every place; past it that source's connection idle longest
+	// makes room if it has been idle a second, and otherwise its new one is refused.
+	// Default an eighth of MaxConnections, at least 16; as many as MaxConnections: no
+	// limit per source.
+	MaxConnectionsPerSource int `yaml:"max_connections_per_source"`
 	// MaxBodyBytes bounds every request body (event batches have their own, larger bound).
 	MaxBodyBytes int64 `yaml:"max_body_bytes"`
 	// TickleSource is the local UDP address tickles to task servers are sent from.
@@ -114,6 +126,14 @@ func (c *ServerConfig) Defaults() {
 	}
 	if c.MaxBodyBytes == 0 {
 		c.MaxBodyBytes = 1 << 20
+	}
+	if c.MaxConnections == 0 {
+		// Every site server and, at registration, every agent comes here: four times a
+		// task server's agent API, some 200 MiB at worst.
+		c.MaxConnections = 4096
+	}
+	if c.MaxConnectionsPerSource == 0 {
+		c.MaxConnectionsPerSource = httpx.DefaultPerSource(c.MaxConnections)
 	}
 	if c.TickleSource == "" {
 		c.TickleSource = ":0"
@@ -226,6 +246,12 @@ func (c *ServerConfig) Validate() error {
 	}
 	if c.Retention.Interval < 100*time.Millisecond {
 		return fmt.Errorf("retention.interval: %s is below 100ms", c.Retention.Interval)
+	}
+	if c.MaxConnections < 1 {
+		return fmt.Errorf("max_connections: %d is not positive", c.MaxConnections)
+	}
+	if c.MaxConnectionsPerSource < 1 || c.MaxConnectionsPerSource > c.MaxConnections {
+		return fmt.Errorf("max_connections_per_source: %d is not within 1..max_connections (%d)", c.MaxConnectionsPerSource, c.MaxConnections)
 	}
 	if c.MaxBodyBytes < 1024 {
 		return fmt.Errorf("max_body_bytes: %d is below 1024", c.MaxBodyBytes)

@@ -3,6 +3,7 @@ package ns
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -59,6 +60,44 @@ func TestConfigAgentRegistrationDefault(t *testing.T) {
 			}
 			if got := c.Settings.AgentRegistrationInterval; got != tt.want {
 				t.Fatalf("agent_registration_interval = %s, want %s", got, tt.want)
+			}
+		})
+	}
+}
+
+// The connection limits: one address's defaults to an eighth of the total, at least 16,
+// and may not exceed it.
+func TestConfigConnectionLimits(t *testing.T) {
+	tests := map[string]struct {
+		total, perSource int
+		want             int    // the per-source limit after defaults
+		wantErr          string // or the error
+	}{
+		"defaults":            {want: 512},
+		"a small total":       {total: 64, want: 16},
+		"a tiny total":        {total: 4, want: 4},
+		"set":                 {total: 100, perSource: 50, want: 50},
+		"more than the total": {total: 100, perSource: 101, wantErr: "max_connections_per_source: 101"},
+		"negative total":      {total: -1, wantErr: "max_connections: -1"},
+		"negative per source": {perSource: -1, wantErr: "max_connections_per_source: -1"},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			c := ServerConfig{DataDir: "/x", SiteServerToken: testServerToken, AgentToken: testAgentToken, AdminToken: testAdminToken,
+				MaxConnections: tt.total, MaxConnectionsPerSource: tt.perSource}
+			c.Defaults()
+			err := c.Validate()
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.MaxConnectionsPerSource != tt.want {
+				t.Fatalf("max_connections_per_source = %d, want %d", c.MaxConnectionsPerSource, tt.want)
 			}
 		})
 	}

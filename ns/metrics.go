@@ -2,6 +2,7 @@ package ns
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/siteserver/siteserver/internal/httpx"
 	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/sites"
@@ -36,6 +37,7 @@ type serverMetrics struct {
 	liveness      *prometheus.GaugeVec
 	codebases     *prometheus.GaugeVec
 	requests      *prometheus.HistogramVec
+	conns         *httpx.ConnMetrics
 }
 
 // Reasons the NS refuses a request before doing its work, the label values of
@@ -215,6 +217,10 @@ func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 		m.siteServers, m.agents, m.sites, m.subnets, m.ownership, m.macConflicts, m.siteChanges,
 		m.unknown, m.computers, m.uploads, m.uploadBytes, m.placements, m.unreachable, m.refused,
 		m.liveness, m.codebases, m.requests); err != nil {
+		return nil, err
+	}
+	var err error
+	if m.conns, err = httpx.NewConnMetrics(reg, subsystem); err != nil {
 		return nil, err
 	}
 	return m, nil

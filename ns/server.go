@@ -235,10 +235,12 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { s.reloadLoop(gctx); return nil })
 	g.Go(func() error { s.tickler.run(gctx); return nil })
 	g.Go(func() error { s.sweep(gctx, s.cfg.SweepInterval); return nil })
+	conns := httpx.NewConnLimit(s.cfg.MaxConnections, s.cfg.MaxConnectionsPerSource, s.metrics.conns)
 	srv := &http.Server{
 		// No server-wide WriteTimeout: package files can be large and their readers slow.
 		// Each write must make progress instead.
 		Handler:           httpx.ProgressDeadline(s.Handler(), writeProgressTimeout),
+		ConnState:         conns.ConnState,
 		TLSConfig:         tlsConf,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       60 * time.Second,
@@ -248,7 +250,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.readTimeout > 0 {
 		srv.ReadTimeout = s.readTimeout
 	}
-	g.Go(func() error { return obs.ServeHTTP(gctx, ln, srv) })
+	g.Go(func() error { return obs.ServeHTTP(gctx, conns.Listener(ln), srv) })
 	return g.Wait()
 }
 

@@ -2,11 +2,14 @@ package pkgd
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,7 +17,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/siteserver/siteserver/internal/conntest"
 	"github.com/siteserver/siteserver/internal/httpx"
+	"github.com/siteserver/siteserver/nsapi"
 )
 
 // Slow readers of a compressed package file hold at most max_compressed_streams encoders
@@ -131,4 +136,44 @@ func (l smallSendBuffers) Accept() (net.Conn, error) {
 		c.(*net.TCPConn).SetWriteBuffer(64 << 10)
 	}
 	return c, err
+}
+
+// One address holds at most max_connections_per_source connections, all of them at most
+// max_connections; what the limits close is counted, and everyone else is still served.
+func TestSecurityPackageConnectionLimits(t *testing.T) {
+	// Readers of a file being fetched are busy for as long as the fetch: the upstream
+	// sends 32 KiB and then nothing for a minute.
+	content := bytes.Repeat([]byte("x"), 1<<20)
+	upSrv := httptest.NewServer(&upstream{content: content, delay: time.Minute})
+	t.Cleanup(upSrv.Close) // after the service, which ends the fetch
+	f := &fakeNS{assign: []nsapi.Assignment{{Package: pkgOf(content), Go: true}}, sources: []nsapi.Source{{URL: upSrv.URL, Kind: nsapi.SourceNS}}}
+	lim := conntest.Limited{Total: 8, PerSource: 2}
+	s, _, base := newTestService(t, f, func(c *Config) { c.MaxConnections, c.MaxConnectionsPerSource = lim.Total, lim.PerSource })
+	waitState(t, f, nsapi.CodebaseDownloading)
+	lim.Addr = strings.TrimPrefix(base, "http://")
+	get := func(c net.Conn, path, header string) (*http.Response, error) {
+		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: x\r\n%s\r\n", path, header)
+		return http.ReadResponse(bufio.NewReader(c), nil)
+	}
+	lim.Busy = func(t testing.TB, c net.Conn) net.Conn {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if resp, err := get(c, FilePath("pkg", "boot/big.wim"), ""); err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("a reader of the file being fetched: %v, %v", resp, err)
+		}
+		return c
+	}
+	lim.Served = func(t testing.TB, what string) {
+		c := conntest.DialFrom(t, "127.0.0.1", lim.Addr)
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		resp, err := get(c, FilePath("other", "f"), "Connection: close\r\n")
+		if err != nil || resp.StatusCode != http.StatusNotFound {
+			t.Fatalf("a request %s: %v, %v", what, resp, err)
+		}
+	}
+	closed := s.metrics.conns.IdleClosed
+	lim.ClosedAtTotal = func() int { return int(testutil.ToFloat64(closed.WithLabelValues(httpx.LimitTotal))) }
+	lim.ClosedAtSource = func() int { return int(testutil.ToFloat64(closed.WithLabelValues(httpx.LimitSource))) }
+	lim.Refused = func() int { return int(testutil.ToFloat64(s.metrics.conns.Refused)) }
+	conntest.CheckLimits(t, lim)
 }

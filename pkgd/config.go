@@ -5,6 +5,8 @@ import (
 	"net"
 	"net/url"
 	"time"
+
+	"github.com/siteserver/siteserver/internal/httpx"
 )
 
 // Config configures the package service (the services.package section of a serve config).
@@ -42,6 +44,18 @@ type Config struct {
 	// ProgressInterval is how often the progress of running downloads is reported to the
 	// NS (only when it moved), so that `packages status` is live. Default 10s.
 	ProgressInterval time.Duration `yaml:"progress_interval"`
+	// MaxConnections bounds the connections held at once: each costs tens of kilobytes,
+	// and idle ones (between requests, or not past their headers) cost a client nothing.
+	// At the limit the one idle longest is closed to make room; only connections busy
+	// with a request make new ones wait in the kernel's accept queue. Default 1024.
+	MaxConnections int `yaml:"max_connections"`
+	// MaxConnectionsPerSource bounds those of one source address (an IPv6 one's /64), so
+	// that one cannot take every place; past it that source's connection idle longest
+	// makes room if it has been idle a second, and otherwise its new one is refused. A
+	// package server fed by this one opens up to its max_downloads at once. Default an
+	// eighth of MaxConnections, at least 16; as many as MaxConnections: no limit per
+	// source.
+	MaxConnectionsPerSource int `yaml:"max_connections_per_source"`
 
 	// RetryBase is the first retry delay of a failed download; it doubles per failure up
 	// to 24 hours. Default 3m.
@@ -80,6 +94,12 @@ func (c *Config) Defaults() {
 	if c.ProgressInterval == 0 {
 		c.ProgressInterval = 10 * time.Second
 	}
+	if c.MaxConnections == 0 {
+		c.MaxConnections = 1024
+	}
+	if c.MaxConnectionsPerSource == 0 {
+		c.MaxConnectionsPerSource = httpx.DefaultPerSource(c.MaxConnections)
+	}
 	if c.RetryBase == 0 {
 		c.RetryBase = 3 * time.Minute
 	}
@@ -112,6 +132,13 @@ func (c *Config) Validate(prefix string) error {
 	}
 	if c.ProgressInterval < 100*time.Millisecond {
 		return fmt.Errorf("%s.progress_interval: %s is below 100ms", prefix, c.ProgressInterval)
+	}
+	if c.MaxConnections < 1 {
+		return fmt.Errorf("%s.max_connections: %d is not positive", prefix, c.MaxConnections)
+	}
+	if c.MaxConnectionsPerSource < 1 || c.MaxConnectionsPerSource > c.MaxConnections {
+		return fmt.Errorf("%s.max_connections_per_source: %d is not within 1..max_connections (%d)",
+			prefix, c.MaxConnectionsPerSource, c.MaxConnections)
 	}
 	if c.SendTimeout < time.Second {
 		return fmt.Errorf("%s.send_timeout: %s is below 1s", prefix, c.SendTimeout)

@@ -1,6 +1,7 @@
 package pkgd
 
 import (
+	"strings"
 	"testing"
 	"time"
 )
@@ -13,6 +14,20 @@ func TestRetryDelay(t *testing.T) {
 	} {
 		if got := RetryDelay(3*m, n); got != want {
 			t.Errorf("RetryDelay(3m, %d) = %s, want %s", n, got, want)
+		}
+	}
+}
+
+func TestConfigConnectionLimits(t *testing.T) {
+	var c Config
+	c.Defaults()
+	if c.MaxConnections != 1024 || c.MaxConnectionsPerSource != 128 {
+		t.Fatalf("defaults: max_connections %d, max_connections_per_source %d", c.MaxConnections, c.MaxConnectionsPerSource)
+	}
+	for _, bad := range []struct{ total, perSource int }{{0, 1}, {-1, 1}, {64, 65}, {64, -1}} {
+		c.MaxConnections, c.MaxConnectionsPerSource = bad.total, bad.perSource
+		if err := c.Validate("services.package"); err == nil || !strings.Contains(err.Error(), "services.package.max_connections") {
+			t.Errorf("max_connections %d, per source %d: %v", bad.total, bad.perSource, err)
 		}
 	}
 }

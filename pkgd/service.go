@@ -82,6 +82,7 @@ type serviceMetrics struct {
 	fetch    *FetchMetrics
 	serve    *ServeMetrics
 	auth     *AuthMetrics
+	conns    *httpx.ConnMetrics
 }
 
 // New builds the package service; nothing is opened or bound until Run. peer is the NS
@@ -123,6 +124,9 @@ func New(cfg Config, peer *nsapi.Enrollment, logger *slog.Logger, reg prometheus
 	}
 	if err == nil {
 		m.auth, err = NewAuthMetrics(reg)
+	}
+	if err == nil {
+		m.conns, err = httpx.NewConnMetrics(reg, "package")
 	}
 	m.state, m.requests = newStateMetrics(filepath.Join(cfg.DataDir, "store"), newBandwidthLimiter(cfg)), newRequestDuration()
 	if err == nil {
@@ -232,7 +236,8 @@ func (s *Service) Run(ctx context.Context) error {
 	s.logger.Info("package service listening", "addr", ln.Addr().String(), "constrained", s.cfg.Constrained)
 	// No server-wide WriteTimeout: a large file to a slow reader may take hours. Each write
 	// must make progress instead (send_timeout).
-	srv := &http.Server{Handler: httpx.ProgressDeadline(s.handler(), s.cfg.SendTimeout),
+	conns := httpx.NewConnLimit(s.cfg.MaxConnections, s.cfg.MaxConnectionsPerSource, s.metrics.conns)
+	srv := &http.Server{Handler: httpx.ProgressDeadline(s.handler(), s.cfg.SendTimeout), ConnState: conns.ConnState,
 		ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: time.Minute,
 		ErrorLog: slog.NewLogLogger(s.logger.Handler(), slog.LevelDebug)}
 	ctx, cancel := context.WithCancel(ctx)
@@ -246,7 +251,7 @@ func (s *Service) Run(ctx context.Context) error {
 	g.Go(func() error { s.progressLoop(ctx); return nil })
 	s.ready.Store(true)
 	defer s.ready.Store(false)
-	err = obs.ServeHTTP(ctx, ln, srv)
+	err = obs.ServeHTTP(ctx, conns.Listener(ln), srv)
 	cancel()
 	return err
 }

@@ -116,11 +116,16 @@ func (c *fakeClock) add(d time.Duration) {
 }
 
 // newTestService runs a package service that serves anyone (its clients here do not
-// sign; TestSecurityPackageServerServesOnlyNSIdentities covers the signatures).
-func newTestService(t *testing.T, f *fakeNS) (*Service, *fakeClock, string) {
+// sign; TestSecurityPackageServerServesOnlyNSIdentities covers the signatures), its config
+// changed by mods, with f as its NS.
+func newTestService(t *testing.T, f *fakeNS, mods ...func(*Config)) (*Service, *fakeClock, string) {
 	t.Helper()
 	clock := &fakeClock{t: time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)}
-	s, base := runTestService(t, f, Config{AllowAnonymous: true}, clock, nil)
+	cfg := Config{AllowAnonymous: true}
+	for _, mod := range mods {
+		mod(&cfg)
+	}
+	s, base := runTestService(t, f, cfg, clock, nil)
 	return s, clock, base
 }
 

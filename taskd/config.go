@@ -5,6 +5,8 @@ import (
 	"net"
 	"net/url"
 	"time"
+
+	"github.com/siteserver/siteserver/internal/httpx"
 )
 
 // Config configures the task service (the services.task section of a serve config).
@@ -41,6 +43,12 @@ type Config struct {
 	// not yet past its headers) is closed to make room; only connections busy with a
 	// request make new ones wait in the kernel's accept queue.
 	MaxAgentConnections int `yaml:"max_agent_connections"`
+	// MaxAgentConnectionsPerSource bounds those of one source address (an IPv6 one's /64)
+	// on each listener, so that one cannot take every place; past it that source's
+	// connection idle longest makes room if it has been idle a second, and otherwise its
+	// new one is refused. Default an eighth of MaxAgentConnections, at least 16; as many
+	// as MaxAgentConnections: no limit per source.
+	MaxAgentConnectionsPerSource int `yaml:"max_agent_connections_per_source"`
 	// MaxForwardBackoff caps the wait between forwarding attempts while the NS is away.
 	MaxForwardBackoff time.Duration `yaml:"max_forward_backoff"`
 	// SpoolMaxBytes bounds the status events of each NS's spool that the NS has not taken
@@ -75,6 +83,9 @@ func (c *Config) Defaults() {
 	}
 	if c.MaxAgentConnections == 0 {
 		c.MaxAgentConnections = 1024
+	}
+	if c.MaxAgentConnectionsPerSource == 0 {
+		c.MaxAgentConnectionsPerSource = httpx.DefaultPerSource(c.MaxAgentConnections)
 	}
 	if c.SpoolMaxBytes == 0 {
 		c.SpoolMaxBytes = DefaultSpoolMaxBytes
@@ -119,6 +130,10 @@ func (c *Config) Validate(prefix string) error {
 	}
 	if c.MaxAgentConnections < 1 {
 		return fmt.Errorf("%s.max_agent_connections: %d is not positive", prefix, c.MaxAgentConnections)
+	}
+	if c.MaxAgentConnectionsPerSource < 1 || c.MaxAgentConnectionsPerSource > c.MaxAgentConnections {
+		return fmt.Errorf("%s.max_agent_connections_per_source: %d is not within 1..max_agent_connections (%d)",
+			prefix, c.MaxAgentConnectionsPerSource, c.MaxAgentConnections)
 	}
 	// Below a batch of agents' events (8 MiB) an agent's report could never fit.
 	if c.SpoolMaxBytes < 16<<20 {

@@ -12,7 +12,7 @@ func TestConfigValidate(t *testing.T) {
 	if err := c.Validate("services.task"); err != nil {
 		t.Fatalf("defaults: %v", err)
 	}
-	if c.MaxAgentConnections != 1024 || c.ForwardBatch != 1000 || c.PresenceInterval != time.Minute {
+	if c.MaxAgentConnections != 1024 || c.MaxAgentConnectionsPerSource != 128 || c.ForwardBatch != 1000 || c.PresenceInterval != time.Minute {
 		t.Errorf("defaults %+v", c)
 	}
 	tests := []struct {
@@ -21,6 +21,8 @@ func TestConfigValidate(t *testing.T) {
 		wantErr string
 	}{
 		{"negative connections", func(c *Config) { c.MaxAgentConnections = -1 }, "services.task.max_agent_connections: -1"},
+		{"more per source than in all", func(c *Config) { c.MaxAgentConnectionsPerSource = 1025 }, "services.task.max_agent_connections_per_source: 1025"},
+		{"negative per source", func(c *Config) { c.MaxAgentConnectionsPerSource = -1 }, "services.task.max_agent_connections_per_source: -1"},
 		{"batch too big", func(c *Config) { c.ForwardBatch = 100001 }, "services.task.forward_batch"},
 		{"presence too often", func(c *Config) { c.PresenceInterval = time.Millisecond }, "services.task.presence_interval"},
 		{"plain URL for the HTTPS API", func(c *Config) { c.URL = "http://x:1" }, "services.task.url"},

@@ -3,6 +3,7 @@ package taskd
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/siteserver/siteserver/internal/httpx"
 	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/tickle"
@@ -26,7 +27,7 @@ type metrics struct {
 	revokedRefusals prometheus.Counter
 	channel         *tickle.ChannelServerMetrics
 	refused         map[string]prometheus.Counter
-	idleClosed      prometheus.Counter
+	conns           *httpx.ConnMetrics
 }
 
 // Reasons the agent API refuses a request before doing its work, the label values of
@@ -71,9 +72,7 @@ func newMetrics(reg prometheus.Registerer, s *Service) (*metrics, error) {
 		online: prometheus.NewGaugeFunc(prometheus.GaugeOpts(opts("agents_online", "Agents heard from within two task request intervals.")),
 			func() float64 { _, o := s.agentCounts(); return float64(o) }),
 		instances: prometheus.NewGaugeVec(prometheus.GaugeOpts(opts("job_instances", "Job instances cached for agents, by state.")), []string{"state"}),
-		idleClosed: prometheus.NewCounter(prometheus.CounterOpts(opts("idle_connections_closed_total",
-			"Idle agent API connections closed to make room for new ones at max_agent_connections."))),
-		refused: map[string]prometheus.Counter{},
+		refused:   map[string]prometheus.Counter{},
 	}
 	refused := prometheus.NewCounterVec(prometheus.CounterOpts(opts("requests_refused_total",
 		"Agent API requests refused before their body was read or their work done, by reason.")), []string{"reason"})
@@ -84,10 +83,13 @@ func newMetrics(reg prometheus.Registerer, s *Service) (*metrics, error) {
 		m.instances.WithLabelValues(st)
 	}
 	for _, c := range []prometheus.Collector{m.fetchDuration, m.fetchErrors, m.eventsReceived, m.eventsForwarded,
-		m.forwardErrors, m.registrations, m.authFailures, m.revokedRefusals, m.spools, m.agents, m.online, m.instances, refused, m.idleClosed} {
+		m.forwardErrors, m.registrations, m.authFailures, m.revokedRefusals, m.spools, m.agents, m.online, m.instances, refused} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
+	}
+	if m.conns, err = httpx.NewConnMetrics(reg, subsystem); err != nil {
+		return nil, err
 	}
 	return m, nil
 }

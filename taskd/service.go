@@ -273,9 +273,10 @@ func (s *Service) bind() (so *sockets, err error) {
 	return so, nil
 }
 
-// connLimit bounds one agent API listener's connections; idle ones make room for new.
+// connLimit bounds one agent API listener's connections, in all and per source address;
+// idle ones make room for new.
 func (s *Service) connLimit() *httpx.ConnLimit {
-	return httpx.NewConnLimit(s.cfg.MaxAgentConnections, s.metrics.idleClosed.Inc)
+	return httpx.NewConnLimit(s.cfg.MaxAgentConnections, s.cfg.MaxAgentConnectionsPerSource, s.metrics.conns)
 }
 
 // close closes every socket; the servers have closed some of them already.

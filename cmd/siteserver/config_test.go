@@ -69,7 +69,7 @@ func TestExampleNS(t *testing.T) {
 			DataDir: "/var/lib/siteserver-ns", Listen: ":8443", Hostnames: []string{"ns.example.org"}, IPs: []string{},
 			SiteServerTokenFile: "/etc/siteserver/site_server.token", AgentTokenFile: "/etc/siteserver/agent.token",
 			AdminTokenFile: "/etc/siteserver/admin.token", Approval: "manual", RulesFile: "/etc/siteserver/sites.yaml",
-			MaxBodyBytes: 1 << 20, TickleSource: ":0", ChannelListen: ":50126", SweepInterval: 10 * time.Second, ClientCertValidity: 90 * 24 * time.Hour, Settings: defaultSettings,
+			MaxBodyBytes: 1 << 20, MaxConnections: 4096, MaxConnectionsPerSource: 512, TickleSource: ":0", ChannelListen: ":50126", SweepInterval: 10 * time.Second, ClientCertValidity: 90 * 24 * time.Hour, Settings: defaultSettings,
 			UnknownComputersPerMinute: 60, UnknownComputersBurst: 500, UnknownComputerRetention: 30 * 24 * time.Hour, UploadIdleTimeout: 2 * time.Minute,
 			RunningGrace: 30 * time.Minute, Retention: ns.Retention{Jobs: 90 * 24 * time.Hour, Audit: 365 * 24 * time.Hour, Interval: time.Hour},
 		},
@@ -95,11 +95,11 @@ func TestExampleBranch(t *testing.T) {
 		EmbeddedNS: EmbeddedNS{Listen: "127.0.0.1:50443", Approval: "auto", Settings: defaultSettings},
 		Services: Services{
 			Task: &taskd.Config{TickleListen: ":50123", TickleAdvertise: ":50123", AgentListen: ":50180",
-				URL: "https://branch-ss1.example.org:50180", ChannelListen: ":50125", PresenceInterval: time.Minute, ForwardBatch: 1000, MaxAgentConnections: 1024,
+				URL: "https://branch-ss1.example.org:50180", ChannelListen: ":50125", PresenceInterval: time.Minute, ForwardBatch: 1000, MaxAgentConnections: 1024, MaxAgentConnectionsPerSource: 128,
 				MaxForwardBackoff: time.Minute, SpoolMaxBytes: 256 << 20},
 			Package: &pkgd.Config{Listen: ":50181", URL: "http://branch-ss1.example.org:50181", Constrained: true, NSFallback: true,
 				PollInterval: 5 * time.Minute, VerifyInterval: 24 * time.Hour, MaxDownloads: 4, RetryBase: 3 * time.Minute, ProgressInterval: 10 * time.Second,
-				Bandwidth: []string{"08:00-18:00 2Mbit"}, DefaultBandwidth: "unlimited", MaxCompressedStreams: 4, SendTimeout: time.Minute},
+				Bandwidth: []string{"08:00-18:00 2Mbit"}, DefaultBandwidth: "unlimited", MaxCompressedStreams: 4, SendTimeout: time.Minute, MaxConnections: 1024, MaxConnectionsPerSource: 128},
 		},
 	}
 	want.Services.Netboot = &netbootd.Config{
@@ -136,10 +136,10 @@ func TestExampleStandalone(t *testing.T) {
 		DataDir: filepath.Join(filepath.Dir(examples), "data", "standalone"), Addresses: []string{}, NS: []nsapi.Endpoint{},
 		EmbeddedNS: EmbeddedNS{Listen: "127.0.0.1:50443", RulesFile: filepath.Join(examples, "standalone-sites.yaml"), Approval: "auto", Settings: defaultSettings},
 		Services: Services{Task: &taskd.Config{TickleListen: "127.0.0.1:50123", TickleAdvertise: "127.0.0.1:50123",
-			AgentListen: "127.0.0.1:50180", URL: "https://127.0.0.1:50180", PresenceInterval: time.Minute, ForwardBatch: 1000, MaxAgentConnections: 1024,
+			AgentListen: "127.0.0.1:50180", URL: "https://127.0.0.1:50180", PresenceInterval: time.Minute, ForwardBatch: 1000, MaxAgentConnections: 1024, MaxAgentConnectionsPerSource: 128,
 			MaxForwardBackoff: time.Minute, SpoolMaxBytes: 256 << 20}, Package: &pkgd.Config{Listen: "127.0.0.1:50181", URL: "http://127.0.0.1:50181",
 			PollInterval: 5 * time.Minute, VerifyInterval: 24 * time.Hour, MaxDownloads: 4, RetryBase: 3 * time.Minute, ProgressInterval: 10 * time.Second, DefaultBandwidth: "unlimited",
-			MaxCompressedStreams: 4, SendTimeout: time.Minute},
+			MaxCompressedStreams: 4, SendTimeout: time.Minute, MaxConnections: 1024, MaxConnectionsPerSource: 128},
 			Netboot: &netbootd.Config{BootDir: filepath.Join(examples, "boot"), PXE: pxe.Config{Listen67: ":10067", Listen4011: ":14011"},
 				TFTP: netbootd.TFTPFile{Listen: "127.0.0.1:10069"}, HTTP: netbootd.HTTPConfig{Listen: "127.0.0.1:50182"}}},
 	}

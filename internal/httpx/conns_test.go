@@ -2,6 +2,7 @@ package httpx
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -10,34 +11,70 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/siteserver/siteserver/internal/conntest"
 )
 
-// serve runs h on 127.0.0.1 behind a ConnLimit of n until the test ends.
-func serve(t *testing.T, n int, h http.Handler) (string, *ConnLimit, *atomic.Int64) {
+// limitServer is h served on 127.0.0.1 behind a ConnLimit.
+type limitServer struct {
+	addr string
+	lim  *ConnLimit
+	m    *ConnMetrics
+}
+
+// serve runs h behind a ConnLimit of n, perSource from one address, until the test ends;
+// opts change the limit before it serves. Refused connections are held 100 ms.
+func serve(t *testing.T, n, perSource int, h http.Handler, opts ...func(*ConnLimit)) *limitServer {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var evicted atomic.Int64
-	lim := NewConnLimit(n, func() { evicted.Add(1) })
+	m, err := NewConnMetrics(prometheus.NewRegistry(), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lim := NewConnLimit(n, perSource, m)
+	lim.hold = 100 * time.Millisecond // refused connections are reset soon
+	for _, o := range opts {
+		o(lim)
+	}
 	srv := &http.Server{Handler: h, ConnState: lim.ConnState, ReadHeaderTimeout: time.Minute}
 	go srv.Serve(lim.Listener(ln))
 	t.Cleanup(func() { srv.Close() })
-	return ln.Addr().String(), lim, &evicted
+	return &limitServer{addr: ln.Addr().String(), lim: lim, m: m}
 }
 
-func get(addr string, timeout time.Duration) (string, error) {
-	c, err := net.DialTimeout("tcp", addr, timeout)
-	if err != nil {
+func (s *limitServer) closed(limit string) int {
+	return int(testutil.ToFloat64(s.m.IdleClosed.WithLabelValues(limit)))
+}
+
+// waitClosed waits up to 2s for the limit to have closed at least n idle connections.
+func (s *limitServer) waitClosed(t *testing.T, limit string, n int) {
+	t.Helper()
+	for range 200 {
+		if s.closed(limit) >= n {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("%d idle connections closed at the %s limit, want at least %d", s.closed(limit), limit, n)
+}
+
+// request sends a GET of path on c and returns the body of the answer.
+func request(c net.Conn, br *bufio.Reader, path string, timeout time.Duration) (string, error) {
+	c.SetDeadline(time.Now().Add(timeout))
+	defer c.SetDeadline(time.Time{})
+	if _, err := fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path); err != nil {
 		return "", err
 	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(timeout))
-	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
 		return "", err
 	}
@@ -46,31 +83,38 @@ func get(addr string, timeout time.Duration) (string, error) {
 	return string(b), err
 }
 
+// get makes one request from src on a connection of its own.
+func get(t *testing.T, src, addr string, timeout time.Duration) (string, error) {
+	t.Helper()
+	c := conntest.DialFrom(t, src, addr)
+	defer c.Close()
+	return request(c, bufio.NewReader(c), "/", timeout)
+}
+
+var okHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
+
 func TestConnLimitClosesIdleForNew(t *testing.T) {
 	const n = 4
-	addr, lim, evicted := serve(t, n, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
-	// Twice the limit of silent connections: the later ones push the earlier out.
+	s := serve(t, n, 2, okHandler)
+	// Twice the limit of silent connections, each from an address of its own: the later
+	// ones push the earlier out.
 	var idle []net.Conn
-	for range 2 * n {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		idle = append(idle, c)
+	for i := range 2 * n {
+		idle = append(idle, conntest.DialFrom(t, fmt.Sprintf("127.0.0.%d", 10+i), s.addr))
 	}
+	s.waitClosed(t, LimitTotal, n)
 	start := time.Now()
-	got, err := get(addr, 2*time.Second)
+	got, err := get(t, "127.0.0.1", s.addr, 2*time.Second)
 	if err != nil || got != "ok" {
 		t.Fatalf("a request behind %d idle connections: %q, %v", 2*n, got, err)
 	}
 	if d := time.Since(start); d > time.Second {
 		t.Fatalf("a request behind idle connections took %s", d)
 	}
-	if evicted.Load() < n+1 {
-		t.Fatalf("evicted %d idle connections, want at least %d", evicted.Load(), n+1)
+	if c := s.closed(LimitTotal); c < n+1 {
+		t.Fatalf("closed %d idle connections, want at least %d", c, n+1)
 	}
-	if o := lim.Open(); o > n {
+	if o := s.lim.Open(); o > n {
 		t.Fatalf("%d connections open, limit %d", o, n)
 	}
 	// The oldest went first: the first connection is closed by the server.
@@ -80,44 +124,237 @@ func TestConnLimitClosesIdleForNew(t *testing.T) {
 	}
 }
 
-func TestConnLimitBusyConnectionsHold(t *testing.T) {
-	const n = 2
-	release := make(chan struct{})
-	addr, _, evicted := serve(t, n, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+// holdHandler answers "/hold" once release is closed, and tells entered of each such
+// request; anything else at once.
+func holdHandler(entered chan<- struct{}, release <-chan struct{}) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/hold" {
+			entered <- struct{}{}
 			<-release
 		}
 		io.WriteString(w, "ok")
-	}))
-	held := make(chan error, n)
-	for range n {
-		go func() {
-			c, err := net.Dial("tcp", addr)
-			if err != nil {
-				held <- err
-				return
-			}
-			defer c.Close()
-			fmt.Fprintf(c, "GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
-			_, err = http.ReadResponse(bufio.NewReader(c), nil)
-			held <- err
-		}()
+	})
+}
+
+// hold starts a request for /hold from src and returns where its result will be sent,
+// a failed dial's included.
+func hold(src, addr string) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		c, err := conntest.Dial(src, addr)
+		if err != nil {
+			done <- err
+			return
+		}
+		defer c.Close()
+		_, err = request(c, bufio.NewReader(c), "/hold", 10*time.Second)
+		done <- err
+	}()
+	return done
+}
+
+func TestConnLimitBusyConnectionsHold(t *testing.T) {
+	const n = 2
+	entered, release := make(chan struct{}, n), make(chan struct{})
+	s := serve(t, n, 1, holdHandler(entered, release))
+	var held []<-chan error
+	for i := range n {
+		held = append(held, hold(fmt.Sprintf("127.0.0.%d", 2+i), s.addr))
+		<-entered
 	}
-	time.Sleep(200 * time.Millisecond) // both busy
-	if _, err := get(addr, 300*time.Millisecond); err == nil {
+	if _, err := get(t, "127.0.0.1", s.addr, 300*time.Millisecond); err == nil {
 		t.Fatal("a request was served while every place was busy")
 	}
-	if evicted.Load() != 0 {
-		t.Fatalf("busy connections were closed: %d", evicted.Load())
+	if c := s.closed(LimitTotal) + s.closed(LimitSource); c != 0 {
+		t.Fatalf("busy connections were closed: %d", c)
 	}
 	close(release)
-	for range n {
-		if err := <-held; err != nil {
+	for _, h := range held {
+		if err := <-h; err != nil {
 			t.Fatalf("a busy request failed: %v", err)
 		}
 	}
-	if got, err := get(addr, 2*time.Second); err != nil || got != "ok" {
+	if got, err := get(t, "127.0.0.1", s.addr, 2*time.Second); err != nil || got != "ok" {
 		t.Fatalf("after the busy ones finished: %q, %v", got, err)
+	}
+}
+
+// One address's idle connections, however many, push out no other address's: another
+// address's keep-alive connection stays open and its requests are served at once. The
+// address's own, just opened, are not pushed out either: its new ones are refused.
+func TestConnLimitSourceCannotPushOutOthers(t *testing.T) {
+	const n, perSource = 8, 2
+	s := serve(t, n, perSource, okHandler)
+	const other, attacker = "127.0.0.2", "127.0.0.3"
+	keep := conntest.DialFrom(t, other, s.addr)
+	kr := bufio.NewReader(keep)
+	if got, err := request(keep, kr, "/", 2*time.Second); err != nil || got != "ok" {
+		t.Fatalf("the first request: %q, %v", got, err)
+	}
+	// Now idle between requests: the longest idle of all when the attacker comes.
+	var silent []net.Conn
+	for range perSource {
+		silent = append(silent, conntest.DialFrom(t, attacker, s.addr))
+	}
+	for range 3*n - perSource {
+		if c, err := conntest.Dial(attacker, s.addr); err == nil { // or reset already
+			defer c.Close()
+		}
+	}
+	// Accepted after all of them.
+	start := time.Now()
+	if got, err := get(t, other, s.addr, 2*time.Second); err != nil || got != "ok" {
+		t.Fatalf("a new connection after %d idle ones from another address: %q, %v", 3*n, got, err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("a request behind another address's idle connections took %s", d)
+	}
+	if got, err := request(keep, kr, "/", 2*time.Second); err != nil || got != "ok" {
+		t.Fatalf("the keep-alive connection after %d idle ones from another address: %q, %v", 3*n, got, err)
+	}
+	if got := testutil.ToFloat64(s.m.Refused); got != 3*n-perSource {
+		t.Fatalf("connections_refused_total = %v, want %d", got, 3*n-perSource)
+	}
+	if c := s.closed(LimitTotal) + s.closed(LimitSource); c != 0 {
+		t.Fatalf("%d idle connections closed, want none", c)
+	}
+	for _, c := range silent {
+		c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("one of the attacker's first connections was closed: %v", err)
+		}
+	}
+}
+
+// An address at its limit whose connection idle longest has been idle for the grace
+// period has that one closed for its new one, which is served.
+func TestConnLimitSourceIdlestMakesRoom(t *testing.T) {
+	const n, perSource = 8, 2
+	var now atomic.Int64 // seconds
+	s := serve(t, n, perSource, okHandler, func(l *ConnLimit) {
+		l.now = func() time.Time { return time.Unix(now.Load(), 0) }
+	})
+	const src = "127.0.0.3"
+	var idle []net.Conn
+	for range perSource {
+		idle = append(idle, conntest.DialFrom(t, src, s.addr))
+	}
+	if !conntest.Refused(t, src, s.addr) {
+		t.Fatal("a connection past its address's limit, its others just opened, was not refused")
+	}
+	now.Add(1)
+	if got, err := get(t, src, s.addr, 2*time.Second); err != nil || got != "ok" {
+		t.Fatalf("a request past its address's limit, its others idle a second: %q, %v", got, err)
+	}
+	if c := s.closed(LimitSource); c != 1 {
+		t.Fatalf("%d idle connections closed at the source limit, want 1", c)
+	}
+	idle[0].SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := idle[0].Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the address's connection idle longest is still open: %v", err)
+	}
+}
+
+// A refused connection is held unread, then reset; at most as many as the total limit
+// are held at once, and past that refused connections are reset at once.
+func TestConnLimitRefusedHeldThenReset(t *testing.T) {
+	const n, hold = 4, time.Second
+	s := serve(t, n, 1, okHandler, func(l *ConnLimit) { l.hold = hold })
+	const src = "127.0.0.3"
+	conntest.DialFrom(t, src, s.addr)
+	var held []net.Conn
+	for range n {
+		held = append(held, conntest.DialFrom(t, src, s.addr))
+	}
+	start := time.Now()
+	if !conntest.Refused(t, src, s.addr) || time.Since(start) > hold/2 {
+		t.Fatalf("a refused connection past %d held was not reset at once (%s)", n, time.Since(start))
+	}
+	for _, c := range held {
+		c.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("a held connection was closed at once: %v", err)
+		}
+	}
+	for _, c := range held {
+		c.SetReadDeadline(time.Now().Add(2 * hold))
+		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("a held connection: %v, want a reset", err)
+		}
+	}
+	if got := testutil.ToFloat64(s.m.Refused); got != n+1 {
+		t.Fatalf("connections_refused_total = %v, want %d", got, n+1)
+	}
+}
+
+// An address that keeps every place it may have busy cannot take more: its new
+// connections are refused at once, not left waiting, and another address is served.
+func TestConnLimitSourceBusyRefused(t *testing.T) {
+	const n, perSource = 4, 2
+	entered, release := make(chan struct{}, n), make(chan struct{})
+	s := serve(t, n, perSource, holdHandler(entered, release))
+	const busy = "127.0.0.3"
+	var held, extra []<-chan error
+	for range perSource {
+		held = append(held, hold(busy, s.addr))
+		<-entered
+	}
+	for range n - perSource {
+		extra = append(extra, hold(busy, s.addr))
+	}
+	start := time.Now()
+	if got, err := get(t, "127.0.0.2", s.addr, 2*time.Second); err != nil || got != "ok" {
+		t.Fatalf("another address beside one holding %d requests: %q, %v", n, got, err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("a request beside a busy address took %s", d)
+	}
+	for _, h := range extra {
+		select {
+		case err := <-h:
+			if err == nil {
+				t.Fatal("a request past its address's limit, all busy, was served")
+			}
+		case <-time.After(2 * time.Second):
+			t.Fatal("a connection past its address's limit, all busy, was left open")
+		}
+	}
+	if got := testutil.ToFloat64(s.m.Refused); got != n-perSource {
+		t.Fatalf("connections_refused_total = %v, want %d", got, n-perSource)
+	}
+	close(release)
+	for _, h := range held {
+		if err := <-h; err != nil {
+			t.Fatalf("a busy request failed: %v", err)
+		}
+	}
+}
+
+func TestSourceOf(t *testing.T) {
+	tests := map[string]struct {
+		addr net.Addr
+		want string
+	}{
+		"IPv4":            {&net.TCPAddr{IP: net.ParseIP("192.0.2.7"), Port: 1}, "192.0.2.7/32"},
+		"IPv4 in IPv6":    {&net.TCPAddr{IP: net.ParseIP("::ffff:192.0.2.7"), Port: 1}, "192.0.2.7/32"},
+		"IPv6: its /64":   {&net.TCPAddr{IP: net.ParseIP("2001:db8:1:2:3:4:5:6"), Port: 1}, "2001:db8:1:2::/64"},
+		"IPv6 link-local": {&net.TCPAddr{IP: net.ParseIP("fe80::1:2"), Zone: "eth0", Port: 1}, "fe80::/64"},
+		"not TCP":         {&net.UnixAddr{Name: "/run/x", Net: "unix"}, "invalid Prefix"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			if got := sourceOf(tc.addr).String(); got != tc.want {
+				t.Fatalf("sourceOf(%v) = %s, want %s", tc.addr, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestDefaultPerSource(t *testing.T) {
+	for n, want := range map[int]int{1: 1, 8: 8, 16: 16, 100: 16, 1024: 128, 4096: 512} {
+		if got := DefaultPerSource(n); got != want {
+			t.Errorf("DefaultPerSource(%d) = %d, want %d", n, got, want)
+		}
 	}
 }
 
