@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -20,18 +22,8 @@ import (
 	"github.com/siteserver/siteserver/nsapi"
 )
 
-const adminHelp = `Flags (or environment):
-  -ns URL          NS API address (SITESERVER_NS_URL)
-  -token T         admin token (SITESERVER_ADMIN_TOKEN); -token-file F reads it from a file
-  -ca FILE         NS CA certificate (SITESERVER_NS_CA); -ca-sha256 HEX pins it instead
-  -data DIR        a standalone site's data directory: token and CA from DIR/ns,
-                   URL https://127.0.0.1:50443 unless -ns is given
-  -json            print JSON instead of a table
-`
-
 type adminFlags struct {
 	url, token, tokenFile, ca, pin, data string
-	json                                 bool
 }
 
 func (f *adminFlags) client() (*nsapi.Client, error) {
@@ -91,8 +83,49 @@ type adminOptions struct {
 	description, jobFile, targets                                     string
 	pkgDir, pkgID, pkgVersion, pkgSites, pkgServers, compName, source string
 	pkgStaged                                                         int
-	force                                                             bool
+	force, json                                                       bool
 	uploadIdle                                                        time.Duration
+}
+
+// optionFlags defines each flag an admin subcommand may take beyond the connection flags;
+// a subcommand's flags name the ones it takes.
+var optionFlags = map[string]func(fs *flag.FlagSet, o *adminOptions){
+	"json": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.BoolVar(&o.json, "json", false, "print JSON instead of a table")
+	},
+	"description": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.StringVar(&o.description, "description", "", "site `DESCRIPTION`")
+	},
+	"file": func(fs *flag.FlagSet, o *adminOptions) { fs.StringVar(&o.jobFile, "file", "", "job `FILE`, YAML") },
+	"targets": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.StringVar(&o.targets, "targets", "", "comma-separated agent `GUIDs`")
+	},
+	"dir": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.StringVar(&o.pkgDir, "dir", "", "`DIR` whose files make the package")
+	},
+	"id": func(fs *flag.FlagSet, o *adminOptions) { fs.StringVar(&o.pkgID, "id", "", "package `ID`") },
+	"version": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.StringVar(&o.pkgVersion, "version", "", "package `VERSION`")
+	},
+	"sites": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.StringVar(&o.pkgSites, "sites", "", "comma-separated `SITES` whose package servers get the package")
+	},
+	"servers": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.StringVar(&o.pkgServers, "servers", "", "comma-separated package `SERVERS` (GUID) that get the package")
+	},
+	"staged": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.IntVar(&o.pkgStaged, "staged", 0, "at most `N` servers downloading at once (0: no limit)")
+	},
+	"upload-idle": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.DurationVar(&o.uploadIdle, "upload-idle", 2*time.Minute, "end an upload attempt that could send nothing for this long, then resume it")
+	},
+	"name": func(fs *flag.FlagSet, o *adminOptions) { fs.StringVar(&o.compName, "name", "", "computer `NAME`") },
+	"force": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.BoolVar(&o.force, "force", false, "predefine a computer that an agent claims as managed")
+	},
+	"source": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.StringVar(&o.source, "source", "manual", "rules `SOURCE`: manual or imported")
+	},
 }
 
 // adminCall is what one admin subcommand runs with.
@@ -118,98 +151,212 @@ func (a *adminCall) print(v any, table func(w *tabwriter.Writer)) error {
 	return tw.Flush()
 }
 
+// adminCommand is one admin subcommand: its name ("sites list", or "audit" for a command
+// without subcommands), its positional arguments, what it does, the flags it takes beyond
+// the connection flags, and how it runs.
 type adminCommand struct {
-	args  int
-	usage string
-	run   func(*adminCall) error
+	name    string
+	args    int
+	usage   string
+	summary string
+	flags   []string
+	run     func(*adminCall) error
 }
 
-// adminCommands are the admin subcommands: how many positional arguments each takes, its
-// usage line and what it does.
-var adminCommands = map[string]adminCommand{
-	"sites list":          {0, "", sitesList},
-	"sites export":        {0, "[-source manual|imported]", sitesExport},
-	"sites apply":         {1, "FILE", sitesApply},
-	"sites add":           {1, "NAME [-description TEXT]", sitesAdd},
-	"sites delete":        {1, "NAME", sitesDelete},
-	"sites subnet-add":    {2, "PREFIX SITE", sitesSubnetAdd},
-	"sites subnet-delete": {1, "PREFIX", sitesSubnetDelete},
-	"sites assign":        {2, "GUID SITE   (a site server's GUID, as 'siteserver servers list' shows it)", sitesAssign},
-	"sites unassign":      {2, "GUID SITE", sitesUnassign},
-	"servers list":        {0, "", serversList},
-	"servers approve":     {1, "ID", serversApprove},
-	"servers reset":       {1, "ID", func(a *adminCall) error { return a.c.ResetServer(a.ctx, a.pos[0]) }},
-	"agents reset":        {1, "ID", func(a *adminCall) error { return a.c.ResetAgent(a.ctx, a.pos[0]) }},
-	"servers delete":      {1, "ID", func(a *adminCall) error { return a.c.DeleteServer(a.ctx, a.pos[0], false) }},
-	"servers reject":      {1, "ID", func(a *adminCall) error { return a.c.DeleteServer(a.ctx, a.pos[0], true) }},
-	"agents delete":       {1, "ID", func(a *adminCall) error { return a.c.DeleteAgent(a.ctx, a.pos[0]) }},
-	"jobs create":         {0, "-file JOB.yaml [-targets GUID,GUID]", jobsCreate},
-	"jobs list":           {0, "", jobsList},
-	"jobs status":         {1, "JOB", jobsStatus},
-	"packages add":        {0, "-dir DIR -id ID -version V [-sites A,B] [-servers GUID,GUID] [-staged N]", packagesAdd},
-	"packages assign":     {1, "ID [-sites A,B] [-servers GUID,GUID] [-staged N]", packagesAssign},
-	"packages delete":     {1, "ID", packagesDelete},
-	"packages list":       {0, "", packagesList},
-	"packages status":     {1, "ID", packagesStatus},
-	"computers add":       {1, "MAC [-name NAME] [-force]", computersAdd},
-	"computers list":      {0, "", computersList},
-	"computers accept":    {1, "MAC", func(a *adminCall) error { return a.c.AcceptClaim(a.ctx, a.pos[0]) }},
-	"computers delete":    {1, "MAC", func(a *adminCall) error { return a.c.DeleteComputer(a.ctx, a.pos[0]) }},
-	"agents list":         {0, "", agentsList},
-	"audit list":          {0, "", auditList},
+// adminCommands are the admin subcommands, in the order help lists them.
+var adminCommands = []adminCommand{
+	{"sites list", 0, "", "list sites with their subnets, servers and warnings", []string{"json"}, sitesList},
+	{"sites export", 0, "", "print the rules of one source as a rules file", []string{"source"}, sitesExport},
+	{"sites apply", 1, "FILE", "replace the rules of the file's source with the file", nil, sitesApply},
+	{"sites add", 1, "NAME", "create or update a manual site", []string{"description"}, sitesAdd},
+	{"sites delete", 1, "NAME", "delete a manual site with its manual rules", nil, sitesDelete},
+	{"sites subnet-add", 2, "PREFIX SITE", "map a subnet to a site", nil, sitesSubnetAdd},
+	{"sites subnet-delete", 1, "PREFIX", "remove a manual subnet rule", nil, sitesSubnetDelete},
+	{"sites assign", 2, "GUID SITE", "assign a site server (its GUID, as 'servers list' shows it) to a site", nil, sitesAssign},
+	{"sites unassign", 2, "GUID SITE", "remove a manual server assignment", nil, sitesUnassign},
+	{"servers list", 0, "", "list site servers: status, sites, services, computers", []string{"json"}, serversList},
+	{"servers approve", 1, "ID", "approve a pending site server, or the site change it reported", nil, serversApprove},
+	{"servers reject", 1, "ID", "forget a pending site server and revoke its certificate", nil,
+		func(a *adminCall) error { return a.c.DeleteServer(a.ctx, a.pos[0], true) }},
+	{"servers reset", 1, "ID", "drop a site server's certificate so that it may enroll again", nil,
+		func(a *adminCall) error { return a.c.ResetServer(a.ctx, a.pos[0]) }},
+	{"servers delete", 1, "ID", "forget a site server and revoke its certificate", nil,
+		func(a *adminCall) error { return a.c.DeleteServer(a.ctx, a.pos[0], false) }},
+	{"agents list", 0, "", "list agents: sites, task server, last seen", []string{"json"}, agentsList},
+	{"agents reset", 1, "ID", "drop an agent's certificate so that it may enroll again", nil,
+		func(a *adminCall) error { return a.c.ResetAgent(a.ctx, a.pos[0]) }},
+	{"agents delete", 1, "ID", "forget an agent and revoke its certificate", nil,
+		func(a *adminCall) error { return a.c.DeleteAgent(a.ctx, a.pos[0]) }},
+	{"jobs create", 0, "-file JOB.yaml [-targets GUID,…]", "create or update a job and an instance for each target", []string{"file", "targets", "json"}, jobsCreate},
+	{"jobs list", 0, "", "list jobs", []string{"json"}, jobsList},
+	{"jobs status", 1, "JOB", "the state of each instance of a job", []string{"json"}, jobsStatus},
+	{"packages add", 0, "-dir DIR -id ID -version V", "upload a directory's files to the NS library and register them as a package",
+		[]string{"dir", "id", "version", "sites", "servers", "staged", "upload-idle"}, packagesAdd},
+	{"packages assign", 1, "ID", "change which sites and servers get a package", []string{"sites", "servers", "staged"}, packagesAssign},
+	{"packages list", 0, "", "list packages", []string{"json"}, packagesList},
+	{"packages status", 1, "ID", "where a package is ready, downloading or stuck", []string{"json"}, packagesStatus},
+	{"packages delete", 1, "ID", "delete a package", nil, packagesDelete},
+	{"computers add", 1, "MAC", "predefine a computer for network boot", []string{"name", "force"}, computersAdd},
+	{"computers list", 0, "", "list computers known to network boot", []string{"json"}, computersList},
+	{"computers accept", 1, "MAC", "give a claimed computer to the agent that claims it", nil,
+		func(a *adminCall) error { return a.c.AcceptClaim(a.ctx, a.pos[0]) }},
+	{"computers delete", 1, "MAC", "forget a computer", nil,
+		func(a *adminCall) error { return a.c.DeleteComputer(a.ctx, a.pos[0]) }},
+	{"audit", 0, "", "the changes made through the admin API (who, what, when)", []string{"json"}, auditList},
 }
 
-func admin(group string, args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet(group, flag.ContinueOnError)
+// adminGroups lists the admin commands in order, each once.
+func adminGroups() []string {
+	var out []string
+	for _, c := range adminCommands {
+		g, _, _ := strings.Cut(c.name, " ")
+		if !slices.Contains(out, g) {
+			out = append(out, g)
+		}
+	}
+	return out
+}
+
+// groupCommands returns the subcommands of group; a command without subcommands is its
+// own one entry.
+func groupCommands(group string) []adminCommand {
+	var out []adminCommand
+	for _, c := range adminCommands {
+		if c.name == group || strings.HasPrefix(c.name, group+" ") {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func findAdmin(name string) (adminCommand, bool) {
+	for _, c := range adminCommands {
+		if c.name == name {
+			return c, true
+		}
+	}
+	return adminCommand{}, false
+}
+
+// connectionFlags names the flags every admin subcommand takes.
+var connectionFlags = []string{"ns", "token", "token-file", "ca", "ca-sha256", "data"}
+
+// flagSet builds the subcommand's flags: the connection flags, then its own.
+func (c adminCommand) flagSet(f *adminFlags, o *adminOptions) *flag.FlagSet {
+	fs := flag.NewFlagSet(c.name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // errors are returned, help printed by adminHelp
+	fs.StringVar(&f.url, "ns", "", "`URL` of the NS API (https://host:port)")
+	fs.StringVar(&f.token, "token", "", "admin or read-only `TOKEN`")
+	fs.StringVar(&f.tokenFile, "token-file", "", "`FILE` holding the token")
+	fs.StringVar(&f.ca, "ca", "", "NS CA certificate `FILE`")
+	fs.StringVar(&f.pin, "ca-sha256", "", "NS CA certificate SHA-256 fingerprint (`HEX`), instead of -ca")
+	fs.StringVar(&f.data, "data", "", "a standalone site's data `DIR`: token and CA from DIR/ns, URL https://127.0.0.1:50443")
+	for _, name := range c.flags {
+		optionFlags[name](fs, o)
+	}
+	return fs
+}
+
+// usageLine is how the subcommand is called.
+func (c adminCommand) usageLine() string {
+	return strings.Join(strings.Fields("siteserver "+c.name+" "+c.usage+" [flags]"), " ")
+}
+
+// help prints the subcommand's usage and every flag it takes.
+func (c adminCommand) help(w io.Writer) {
+	fmt.Fprintf(w, "usage: %s\n\n%s.\n", c.usageLine(), upperFirst(c.summary))
+	fs := c.flagSet(&adminFlags{}, &adminOptions{})
+	if len(c.flags) > 0 {
+		fmt.Fprintln(w, "\nFlags:")
+		printFlags(w, fs, c.flags)
+	}
+	fmt.Fprintln(w, "\nConnection flags:")
+	printFlags(w, fs, connectionFlags)
+	fmt.Fprint(w, connectionHelp)
+}
+
+// groupHelp prints the subcommands of group.
+func groupHelp(w io.Writer, group string) {
+	fmt.Fprintf(w, "usage: siteserver %s SUBCOMMAND [flags] [args]\n\nSubcommands:\n", group)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, c := range groupCommands(group) {
+		fmt.Fprintf(tw, "  %s %s\t%s\n", strings.TrimPrefix(c.name, group+" "), c.usage, c.summary)
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "\n'siteserver %s SUBCOMMAND -h' lists the flags of one.\n\nConnection flags (every subcommand):\n", group)
+	printFlags(w, (adminCommand{}).flagSet(&adminFlags{}, &adminOptions{}), connectionFlags)
+	fmt.Fprint(w, connectionHelp)
+}
+
+const connectionHelp = `
+The environment supplies what no flag gives: SITESERVER_NS_URL, SITESERVER_ADMIN_TOKEN,
+SITESERVER_NS_CA.
+`
+
+// printFlags prints the named flags of fs, as flag.PrintDefaults does for all of them.
+func printFlags(w io.Writer, fs *flag.FlagSet, names []string) {
+	for _, name := range names {
+		f := fs.Lookup(name)
+		arg, usage := flag.UnquoteUsage(f)
+		line := "  -" + f.Name
+		if arg != "" {
+			line += " " + arg
+		}
+		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" {
+			usage += fmt.Sprintf(" (default %s)", f.DefValue)
+		}
+		fmt.Fprintf(w, "%-24s %s\n", line, usage)
+	}
+}
+
+func upperFirst(s string) string {
+	if s == "" {
+		return s
+	}
+	return strings.ToUpper(s[:1]) + s[1:]
+}
+
+func isHelpFlag(s string) bool { return s == "-h" || s == "-help" || s == "--help" }
+
+// admin runs an admin command: group is "sites", "servers"…; args start with the
+// subcommand for groups that have them.
+func admin(group string, args []string, stdout, stderr io.Writer) error {
+	name := group
+	if _, single := findAdmin(group); !single {
+		if len(args) == 0 {
+			groupHelp(stderr, group)
+			return usageError{"a subcommand is required"}
+		}
+		if isHelpFlag(args[0]) || args[0] == "help" {
+			groupHelp(stdout, group)
+			return flag.ErrHelp
+		}
+		name, args = group+" "+args[0], args[1:]
+	}
+	cmd, ok := findAdmin(name)
+	if !ok {
+		return usageError{fmt.Sprintf("unknown subcommand %q (see 'siteserver %s -h')", strings.TrimPrefix(name, group+" "), group)}
+	}
 	var f adminFlags
 	var o adminOptions
-	fs.StringVar(&f.url, "ns", "", "NS API URL")
-	fs.StringVar(&f.token, "token", "", "admin token")
-	fs.StringVar(&f.tokenFile, "token-file", "", "file holding the admin token")
-	fs.StringVar(&f.ca, "ca", "", "NS CA certificate file")
-	fs.StringVar(&f.pin, "ca-sha256", "", "NS CA certificate SHA-256 fingerprint")
-	fs.StringVar(&f.data, "data", "", "standalone site data directory")
-	fs.BoolVar(&f.json, "json", false, "print JSON")
-	fs.StringVar(&o.description, "description", "", "site description (sites add)")
-	fs.StringVar(&o.jobFile, "file", "", "job file, YAML (jobs create)")
-	fs.StringVar(&o.targets, "targets", "", "comma-separated agent GUIDs (jobs create)")
-	fs.StringVar(&o.pkgDir, "dir", "", "directory whose files make the package (packages add)")
-	fs.StringVar(&o.pkgID, "id", "", "package id (packages add)")
-	fs.StringVar(&o.pkgVersion, "version", "", "package version (packages add)")
-	fs.StringVar(&o.pkgSites, "sites", "", "comma-separated sites that get the package")
-	fs.StringVar(&o.pkgServers, "servers", "", "comma-separated package servers (GUID or host name) that get it")
-	fs.IntVar(&o.pkgStaged, "staged", 0, "at most this many servers downloading at once (0: no limit)")
-	fs.DurationVar(&o.uploadIdle, "upload-idle", 2*time.Minute, "end an upload attempt that could send nothing for this long, then resume it (packages add)")
-	fs.StringVar(&o.compName, "name", "", "computer name (computers add)")
-	fs.BoolVar(&o.force, "force", false, "predefine a computer that an agent claims as managed (computers add)")
-	fs.StringVar(&o.source, "source", "manual", "rules source (sites export)")
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: siteserver %s SUBCOMMAND [flags] [args]\n\n%s", group, adminHelp)
-	}
-	if len(args) == 0 {
-		fs.Usage()
-		return usageError{"a subcommand is required"}
-	}
-	sub := args[0]
+	fs := cmd.flagSet(&f, &o)
 	// Flags may come before, between or after the positional arguments.
 	var pos []string
-	rest := args[1:]
 	for {
-		if err := fs.Parse(rest); err != nil {
+		if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+			cmd.help(stdout)
 			return err
+		} else if err != nil {
+			return usageError{fmt.Sprintf("%v (see 'siteserver %s -h')", err, cmd.name)}
 		}
 		if fs.NArg() == 0 {
 			break
 		}
 		pos = append(pos, fs.Arg(0))
-		rest = fs.Args()[1:]
-	}
-	cmd, ok := adminCommands[group+" "+sub]
-	if !ok {
-		return usageError{fmt.Sprintf("unknown subcommand %q", sub)}
+		args = fs.Args()[1:]
 	}
 	if len(pos) != cmd.args {
-		return usageError{fmt.Sprintf("usage: siteserver %s %s %s", group, sub, cmd.usage)}
+		return usageError{"usage: " + cmd.usageLine()}
 	}
 	c, err := f.client()
 	if err != nil {
@@ -217,7 +364,7 @@ func admin(group string, args []string, stdout io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), adminTimeout)
 	defer cancel()
-	return cmd.run(&adminCall{ctx: ctx, c: c, pos: pos, opt: o, out: stdout, errOut: os.Stderr, json: f.json})
+	return cmd.run(&adminCall{ctx: ctx, c: c, pos: pos, opt: o, out: stdout, errOut: stderr, json: o.json})
 }
 
 // adminTimeout bounds an admin command, uploads excepted: they take as long as they make
