@@ -80,7 +80,7 @@ func (f *adminFlags) client() (*nsapi.Client, error) {
 
 // adminOptions are the flags of the admin subcommands beyond the connection flags.
 type adminOptions struct {
-	description, jobFile, targets                                     string
+	description, jobFile, targets, agent                              string
 	pkgDir, pkgID, pkgVersion, pkgSites, pkgServers, compName, source string
 	pkgStaged                                                         int
 	force, json                                                       bool
@@ -119,6 +119,9 @@ var optionFlags = map[string]func(fs *flag.FlagSet, o *adminOptions){
 	"upload-idle": func(fs *flag.FlagSet, o *adminOptions) {
 		fs.DurationVar(&o.uploadIdle, "upload-idle", 2*time.Minute, "end an upload attempt that could send nothing for this long, then resume it")
 	},
+	"agent": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.StringVar(&o.agent, "agent", "", "only this `AGENT` (GUID, GUID prefix or host name)")
+	},
 	"name": func(fs *flag.FlagSet, o *adminOptions) { fs.StringVar(&o.compName, "name", "", "computer `NAME`") },
 	"force": func(fs *flag.FlagSet, o *adminOptions) {
 		fs.BoolVar(&o.force, "force", false, "predefine a computer that an agent claims as managed")
@@ -137,11 +140,12 @@ type adminCall struct {
 	out    io.Writer
 	errOut io.Writer // progress and retries
 	json   bool
+	hosts  *hostNames // once names has listed them
 }
 
 // print writes v as JSON with -json, else as the table that table writes.
 func (a *adminCall) print(v any, table func(w *tabwriter.Writer)) error {
-	if a.json {
+	if a.json || table == nil {
 		enc := json.NewEncoder(a.out)
 		enc.SetIndent("", "  ")
 		return enc.Encode(v)
@@ -190,6 +194,7 @@ var adminCommands = []adminCommand{
 	{"jobs create", 0, "-file JOB.yaml [-targets GUID,…]", "create or update a job and an instance for each target", []string{"file", "targets", "json"}, jobsCreate},
 	{"jobs list", 0, "", "list jobs", []string{"json"}, jobsList},
 	{"jobs status", 1, "JOB", "the state of each instance of a job", []string{"json"}, jobsStatus},
+	{"jobs output", 1, "JOB", "what each task of a job printed, on each agent", []string{"agent", "json"}, jobsOutput},
 	{"packages add", 0, "-dir DIR -id ID -version V", "upload a directory's files to the NS library and register them as a package",
 		[]string{"dir", "id", "version", "sites", "servers", "staged", "upload-idle"}, packagesAdd},
 	{"packages assign", 1, "ID", "change which sites and servers get a package", []string{"sites", "servers", "staged"}, packagesAssign},

@@ -16,6 +16,10 @@ func sitesList(a *adminCall) error {
 	if err != nil {
 		return err
 	}
+	n, err := a.tableNames()
+	if err != nil {
+		return err
+	}
 	return a.print(views, func(w *tabwriter.Writer) {
 		fmt.Fprintln(w, "SITE\tSOURCES\tSUBNETS\tSERVERS\tDESCRIPTION\tWARNINGS")
 		for _, v := range views {
@@ -31,7 +35,7 @@ func sitesList(a *adminCall) error {
 				subnets = append(subnets, p)
 			}
 			for _, s := range v.Servers {
-				servers = append(servers, s.Server)
+				servers = append(servers, n.server(s.Server))
 			}
 			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, strings.Join(v.Sources, ","), dash(subnets), dash(servers), v.Description, strings.Join(v.Warnings, "; "))
 		}

@@ -1,0 +1,77 @@
+package main
+
+import (
+	"encoding/json"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/siteserver/siteserver/nsapi"
+)
+
+// adminRun runs an admin command against s's NS and returns its output and error.
+func (s *site) adminRun(args ...string) (string, error) {
+	full := append(slices.Clone(args), "-ns", s.nsURL, "-ca", s.caFile, "-token", adminToken)
+	out, err := exec.Command(binary, full...).CombinedOutput()
+	return string(out), err
+}
+
+// admin runs an admin command against s's NS and requires it to succeed.
+func (s *site) admin(args ...string) string {
+	s.t.Helper()
+	out, err := s.adminRun(args...)
+	if err != nil {
+		s.t.Fatalf("siteserver %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+func mustContain(t *testing.T, what, out string, wants ...string) {
+	t.Helper()
+	for _, w := range wants {
+		if !strings.Contains(out, w) {
+			t.Fatalf("%s does not show %q:\n%s", what, w, out)
+		}
+	}
+}
+
+// Tables name servers and agents by host name and states in words; -json keeps GUIDs;
+// jobs output shows what each task printed, of every agent or one.
+func TestAdminTablesAndJobOutput(t *testing.T) {
+	s := newSite(t, siteOpts{taskUpdate: "1s", taskRequest: "1s"})
+	id := s.createJob(twoTaskJob)
+	s.waitState(id, nsapi.StateSucceeded)
+
+	out := s.admin("jobs", "status", id)
+	mustContain(t, "jobs status", out, "1 succeeded", "pc1.example", "ss1.example")
+	if strings.Contains(out, "map[") || strings.Contains(out, s.agentID) {
+		t.Fatalf("jobs status shows a Go map or the agent's GUID:\n%s", out)
+	}
+	out = s.admin("agents", "list")
+	mustContain(t, "agents list", out, s.agentID, "pc1.example", "ss1.example")
+	if strings.Contains(out, s.serverID) {
+		t.Fatalf("agents list shows the task server's GUID, not its name:\n%s", out)
+	}
+
+	out = s.admin("jobs", "output", id)
+	mustContain(t, "jobs output", out, "pc1.example", "task 0 hello: succeeded, exit 0", "hello from the agent",
+		"task 1 three: failed, exit 3")
+	for _, who := range []string{"pc1.example", s.agentID[:8], s.agentID} {
+		mustContain(t, "jobs output -agent "+who, s.admin("jobs", "output", id, "-agent", who), "hello from the agent")
+	}
+	if out, err := s.adminRun("jobs", "output", id, "-agent", "nobody.example"); err == nil || !strings.Contains(out, "no agent") {
+		t.Fatalf("jobs output for an unknown agent: %v\n%s", err, out)
+	}
+	var outs []nsapi.InstanceOutput
+	if err := json.Unmarshal([]byte(s.admin("jobs", "output", id, "-json")), &outs); err != nil {
+		t.Fatal(err)
+	}
+	if len(outs) != 1 || outs[0].Agent != s.agentID || len(outs[0].Tasks) != 2 || outs[0].Tasks[1].ExitCode != 3 {
+		t.Fatalf("jobs output -json = %+v", outs)
+	}
+	var st nsapi.JobStatus
+	if err := json.Unmarshal([]byte(s.admin("jobs", "status", id, "-json")), &st); err != nil || st.Counts[nsapi.StateSucceeded] != 1 {
+		t.Fatalf("jobs status -json = %+v, %v", st, err)
+	}
+}

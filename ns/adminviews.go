@@ -1,0 +1,79 @@
+package ns
+
+import (
+	"net/http"
+
+	"github.com/siteserver/siteserver/internal/httpx"
+	"github.com/siteserver/siteserver/ns/store"
+	"github.com/siteserver/siteserver/nsapi"
+)
+
+// Admin views that change nothing: they answer the admin and the read-only token.
+
+// handleJobOutput answers what each instance of a job ran and printed, of one agent with
+// ?agent=GUID: the events hold it, and a job with thousands of targets is too much to
+// send whole when one computer's output is wanted.
+func (s *Server) handleJobOutput(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	job, ok := s.pathJob(w, r)
+	if !ok {
+		return
+	}
+	agent := r.URL.Query().Get("agent")
+	insts, err := s.store.Instances(ctx, store.InstanceFilter{JobID: job.ID, Agent: agent})
+	if err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	ids := make([]string, 0, len(insts))
+	for _, in := range insts {
+		ids = append(ids, in.Agent)
+	}
+	agents, err := s.store.AgentsByID(ctx, ids)
+	if err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	out := []nsapi.InstanceOutput{}
+	for _, in := range insts {
+		evs, err := s.store.Events(ctx, in.ID)
+		if err != nil {
+			httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+			return
+		}
+		// The instance's own copy of the job names its tasks as they were when it ran.
+		tasks := in.Job.Tasks
+		if len(tasks) == 0 {
+			tasks = job.Tasks
+		}
+		o := instanceOutput(evs, tasks)
+		o.Instance, o.Agent, o.Hostname, o.State = in.ID, in.Agent, agents[in.Agent].Hostname, in.State
+		out = append(out, o)
+	}
+	httpx.WriteJSON(w, http.StatusOK, out)
+}
+
+// instanceOutput folds an instance's events into one entry per task run: a task's
+// "running" event is replaced by the event that ends that run.
+func instanceOutput(evs []nsapi.Event, tasks []nsapi.Task) nsapi.InstanceOutput {
+	o := nsapi.InstanceOutput{Tasks: []nsapi.TaskOutput{}}
+	for _, e := range evs {
+		switch e.Kind {
+		case nsapi.EventJob:
+			if e.Output != "" {
+				o.Reason = e.Output
+			}
+		case nsapi.EventTask:
+			t := nsapi.TaskOutput{Task: e.Task, State: e.State, ExitCode: e.ExitCode, TimedOut: e.TimedOut, Output: e.Output, Time: e.Time}
+			if e.Task >= 0 && e.Task < len(tasks) {
+				t.Name = tasks[e.Task].Name
+			}
+			if n := len(o.Tasks); n > 0 && o.Tasks[n-1].Task == e.Task && o.Tasks[n-1].State == nsapi.StateRunning {
+				o.Tasks[n-1] = t
+				continue
+			}
+			o.Tasks = append(o.Tasks, t)
+		}
+	}
+	return o
+}

@@ -1,0 +1,120 @@
+package ns
+
+import (
+	"context"
+	"net/http"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"github.com/siteserver/siteserver/nsapi"
+)
+
+const testReadOnlyToken = "read-only-token-0123456789abcdef"
+
+// viewsNS is an NS with a site server (ss-1, task and package, 10.1.0.5/16), two agents
+// (pc-1, pc-2) and a read-only client.
+func viewsNS(t *testing.T) (tn *testNS, ro *nsapi.Client, ss *nsapi.Client) {
+	t.Helper()
+	tn = startNS(t, func(c *ServerConfig) { c.ReadOnlyToken = testReadOnlyToken })
+	ctx := context.Background()
+	sp := tn.peer(t, nsapi.KindSiteServer, "ss-1", "ss1.example")
+	if _, err := registerServer(t, sp, []string{"10.1.0.5/16"},
+		nsapi.ServiceInfo{Name: nsapi.ServiceTask, URL: "https://ss-1"},
+		nsapi.ServiceInfo{Name: nsapi.ServicePackage, URL: "http://ss-1:8080"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"pc-1", "pc-2"} {
+		ap := tn.peer(t, nsapi.KindAgent, id, id+".example")
+		ac, err := ap.Client(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ac.RegisterAgent(ctx, nsapi.RegisterAgentRequest{ID: id, Hostname: id + ".example", TaskServer: "ss-1",
+			Addresses: []netip.Addr{netip.MustParseAddr("10.1.9.9")}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := *tn.admin
+	c.AdminToken = testReadOnlyToken
+	sc, err := sp.Client(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tn, &c, sc
+}
+
+// A job's output comes folded per task run, of every agent or of one, for both tokens.
+func TestJobOutput(t *testing.T) {
+	tn, ro, ss := viewsNS(t)
+	ctx := context.Background()
+	job := nsapi.Job{ID: "j1", Name: "j", Tasks: []nsapi.Task{
+		{Name: "hello", Command: []string{"echo", "hi"}, Timeout: nsapi.Duration(time.Minute)},
+		{Name: "three", Script: "exit 3", Timeout: nsapi.Duration(time.Minute)}}}
+	created, err := tn.admin.CreateJob(ctx, nsapi.CreateJobRequest{Job: job, Targets: []string{"pc-1", "pc-2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst := map[string]string{}
+	for _, in := range created.Instances {
+		inst[in.Agent] = in.ID
+	}
+	t0 := time.Now().UTC().Truncate(time.Second)
+	ev := func(id, agent, kind string, task int, state string, code int, out string, at int) nsapi.Event {
+		return nsapi.Event{ID: id, Instance: inst[agent], Agent: agent, Kind: kind, Task: task, State: state, ExitCode: code,
+			Output: out, Time: t0.Add(time.Duration(at) * time.Second)}
+	}
+	batch, err := nsapi.EncodeEvents([]nsapi.Event{
+		ev("e1", "pc-1", nsapi.EventJob, 0, nsapi.StateRunning, 0, "", 1),
+		ev("e2", "pc-1", nsapi.EventTask, 0, nsapi.StateRunning, 0, "", 2),
+		ev("e3", "pc-1", nsapi.EventTask, 0, nsapi.StateSucceeded, 0, "hi\n", 3),
+		ev("e4", "pc-1", nsapi.EventTask, 1, nsapi.StateRunning, 0, "", 4),
+		ev("e5", "pc-1", nsapi.EventTask, 1, nsapi.StateFailed, 3, "", 5),
+		ev("e6", "pc-1", nsapi.EventJob, 1, nsapi.StateFailed, 3, "task three exited 3", 6),
+		ev("e7", "pc-2", nsapi.EventTask, 0, nsapi.StateRunning, 0, "", 2),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ss.ForwardEvents(ctx, batch); err != nil {
+		t.Fatal(err)
+	}
+	want := []nsapi.InstanceOutput{{
+		Instance: inst["pc-1"], Agent: "pc-1", Hostname: "pc-1.example", State: nsapi.StateFailed, Reason: "task three exited 3",
+		Tasks: []nsapi.TaskOutput{
+			{Task: 0, Name: "hello", State: nsapi.StateSucceeded, Output: "hi\n", Time: t0.Add(3 * time.Second)},
+			{Task: 1, Name: "three", State: nsapi.StateFailed, ExitCode: 3, Time: t0.Add(5 * time.Second)},
+		}}}
+	for name, c := range map[string]*nsapi.Client{"admin": tn.admin, "read-only": ro} {
+		got, err := c.JobOutput(ctx, "j1", "pc-1")
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if d := cmp.Diff(want, got, cmpopts.EquateApproxTime(0)); d != "" {
+			t.Fatalf("%s: output of pc-1 (-want +got):\n%s", name, d)
+		}
+	}
+	all, err := ro.JobOutput(ctx, "j1", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != 2 {
+		t.Fatalf("output of every agent: %+v", all)
+	}
+	for _, o := range all {
+		if o.Agent == "pc-2" && (len(o.Tasks) != 1 || o.Tasks[0].State != nsapi.StateRunning || o.Tasks[0].Name != "hello") {
+			t.Fatalf("pc-2, still running its first task: %+v", o)
+		}
+	}
+	if _, err := ro.JobOutput(ctx, "nope", ""); nsapi.StatusOf(err) != http.StatusNotFound {
+		t.Fatalf("output of no job = %v, want 404", err)
+	}
+	anon := *tn.admin
+	anon.AdminToken = ""
+	if _, err := anon.JobOutput(ctx, "j1", ""); nsapi.StatusOf(err) != http.StatusUnauthorized {
+		t.Fatalf("output without a token = %v, want 401", err)
+	}
+}
