@@ -1,9 +1,11 @@
 package ns
 
 import (
+	"context"
 	"net/http"
 
 	"github.com/siteserver/siteserver/internal/httpx"
+	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/ns/store"
 	"github.com/siteserver/siteserver/nsapi"
 )
@@ -76,4 +78,71 @@ func instanceOutput(evs []nsapi.Event, tasks []nsapi.Task) nsapi.InstanceOutput 
 		}
 	}
 	return o
+}
+
+// handleStatus answers the NS at a glance: what an administrator looks at first.
+func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
+	st, err := s.status(r.Context())
+	if err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	httpx.WriteJSON(w, http.StatusOK, st)
+}
+
+func (s *Server) status(ctx context.Context) (nsapi.Status, error) {
+	now := s.now()
+	st := nsapi.Status{NSID: s.nsID(), Version: obs.Version, Started: s.startTime.UTC(), Now: now.UTC()}
+	servers, err := s.store.Servers(ctx)
+	if err != nil {
+		return st, err
+	}
+	// As selectable: a server not heard from within three heartbeats gets no agents.
+	cutoff := now.Add(-3 * s.cfg.Settings.HeartbeatInterval)
+	st.Servers.Stale = []nsapi.ServerRef{}
+	for _, rec := range servers {
+		switch {
+		case rec.Status == nsapi.StatusPending:
+			st.Servers.Pending++
+		case rec.Status == nsapi.StatusApproved:
+			st.Servers.Approved++
+			if rec.LastSeen.Before(cutoff) {
+				st.Servers.Stale = append(st.Servers.Stale, nsapi.ServerRef{ID: rec.ID, Hostname: rec.Hostname})
+			}
+		}
+	}
+	agents, err := s.store.Agents(ctx)
+	if err != nil {
+		return st, err
+	}
+	within := 2 * s.cfg.Settings.AgentRegistrationInterval
+	st.Agents.Total, st.Agents.OnlineWithin = len(agents), nsapi.Duration(within)
+	for _, a := range agents {
+		if !a.LastSeen.Before(now.Add(-within)) {
+			st.Agents.Online++
+		}
+	}
+	if st.Jobs, err = s.store.InstanceStates(ctx); err != nil {
+		return st, err
+	}
+	pkgs, err := s.store.Packages(ctx)
+	if err != nil {
+		return st, err
+	}
+	cbs, err := s.store.Codebases(ctx, "")
+	if err != nil {
+		return st, err
+	}
+	st.Packages.Total, st.Packages.Codebases, st.Packages.Stuck = len(pkgs), map[string]int{}, []nsapi.Codebase{}
+	for _, c := range cbs {
+		st.Packages.Codebases[c.State]++
+		if c.State == nsapi.CodebaseRetrying || c.State == nsapi.CodebaseInvalid {
+			st.Packages.Stuck = append(st.Packages.Stuck, c)
+		}
+	}
+	st.Certificates = []nsapi.CertStatus{
+		{Name: "ca", NotAfter: s.certs.ca.Load().Cert.NotAfter.UTC()},
+		{Name: "server", NotAfter: s.certs.cert.Load().Leaf.NotAfter.UTC()},
+	}
+	return st, nil
 }

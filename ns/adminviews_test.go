@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -116,5 +117,53 @@ func TestJobOutput(t *testing.T) {
 	anon.AdminToken = ""
 	if _, err := anon.JobOutput(ctx, "j1", ""); nsapi.StatusOf(err) != http.StatusUnauthorized {
 		t.Fatalf("output without a token = %v, want 401", err)
+	}
+}
+
+// Status counts servers, agents, job instances and package copies, and tells when the
+// NS's certificates end, for both tokens.
+func TestStatus(t *testing.T) {
+	tn, ro, ss := viewsNS(t)
+	ctx := context.Background()
+	job := nsapi.Job{ID: "j1", Name: "j", Tasks: []nsapi.Task{{Name: "t", Command: []string{"true"}, Timeout: nsapi.Duration(time.Minute)}}}
+	if _, err := tn.admin.CreateJob(ctx, nsapi.CreateJobRequest{Job: job, Targets: []string{"pc-1", "pc-2"}}); err != nil {
+		t.Fatal(err)
+	}
+	pkg := nsapi.Package{ID: "tools", Version: "1", Files: []nsapi.PackageFile{{Name: "a", Size: 1, SHA256: strings.Repeat("ab", 32)}}}
+	if err := tn.srv.store.PutPackage(ctx, pkg, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := ss.ReportCodebases(ctx, []nsapi.Codebase{{Package: "tools", Version: "1", State: nsapi.CodebaseRetrying, LastError: "disk full"}}); err != nil {
+		t.Fatal(err)
+	}
+	for name, c := range map[string]*nsapi.Client{"admin": tn.admin, "read-only": ro} {
+		st, err := c.Status(ctx)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if st.Servers.Approved != 1 || st.Servers.Pending != 0 || len(st.Servers.Stale) != 0 {
+			t.Errorf("%s: servers = %+v", name, st.Servers)
+		}
+		if st.Agents.Total != 2 || st.Agents.Online != 2 {
+			t.Errorf("%s: agents = %+v", name, st.Agents)
+		}
+		if st.Jobs[nsapi.StatePending] != 2 {
+			t.Errorf("%s: jobs = %v", name, st.Jobs)
+		}
+		if st.Packages.Total != 1 || st.Packages.Codebases[nsapi.CodebaseRetrying] != 1 || len(st.Packages.Stuck) != 1 ||
+			st.Packages.Stuck[0].Server != "ss-1" || st.Packages.Stuck[0].LastError != "disk full" {
+			t.Errorf("%s: packages = %+v", name, st.Packages)
+		}
+		if len(st.Certificates) != 2 || st.Certificates[0].Name != "ca" || !st.Certificates[1].NotAfter.After(time.Now().Add(300*24*time.Hour)) {
+			t.Errorf("%s: certificates = %+v", name, st.Certificates)
+		}
+		if st.NSID == "" || st.Started.IsZero() {
+			t.Errorf("%s: status = %+v", name, st)
+		}
+	}
+	anon := *tn.admin
+	anon.AdminToken = ""
+	if _, err := anon.Status(ctx); nsapi.StatusOf(err) != http.StatusUnauthorized {
+		t.Fatalf("status without a token = %v, want 401", err)
 	}
 }

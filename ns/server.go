@@ -323,6 +323,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("DELETE "+nsapi.PathAgents+"/{id}", s.admin(s.handleDeleteAgent))
 	mux.HandleFunc("GET "+nsapi.PathAgents, s.reader(s.handleListAgents))
 	mux.HandleFunc("GET "+nsapi.PathAudit, s.reader(s.handleAudit))
+	mux.HandleFunc("GET "+nsapi.PathStatus, s.reader(s.handleStatus))
 
 	mux.HandleFunc("POST "+nsapi.PathJobs, s.admin(s.handleCreateJob))
 	mux.HandleFunc("GET "+nsapi.PathJobs, s.reader(s.handleListJobs))

@@ -169,6 +169,7 @@ type adminCommand struct {
 
 // adminCommands are the admin subcommands, in the order help lists them.
 var adminCommands = []adminCommand{
+	{"status", 0, "", "one screen: NS reachable, servers, agents online, jobs, packages, certificates", []string{"json"}, statusShow},
 	{"sites list", 0, "", "list sites with their subnets, servers and warnings", []string{"json"}, sitesList},
 	{"sites export", 0, "", "print the rules of one source as a rules file", []string{"source"}, sitesExport},
 	{"sites apply", 1, "FILE", "replace the rules of the file's source with the file", nil, sitesApply},

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"os/exec"
 	"slices"
 	"strings"
@@ -73,5 +74,37 @@ func TestAdminTablesAndJobOutput(t *testing.T) {
 	var st nsapi.JobStatus
 	if err := json.Unmarshal([]byte(s.admin("jobs", "status", id, "-json")), &st); err != nil || st.Counts[nsapi.StateSucceeded] != 1 {
 		t.Fatalf("jobs status -json = %+v, %v", st, err)
+	}
+}
+
+// status shows on one screen what the NS holds, and says so when a server falls silent or
+// the NS cannot be reached.
+func TestStatusScreen(t *testing.T) {
+	s := newSite(t, siteOpts{taskUpdate: "1s", taskRequest: "1s"})
+	id := s.createJob(twoTaskJob)
+	s.waitState(id, nsapi.StateSucceeded)
+	out := s.admin("status")
+	mustContain(t, "status", out, "reachable in", "1 approved, 0 pending approval, none stale", "1 of 1 online", "1 succeeded",
+		"0; on package servers: none", "ca until", "server until")
+	var rep statusReport
+	if err := json.Unmarshal([]byte(s.admin("status", "-json")), &rep); err != nil || !rep.Reachable || rep.Status.Agents.Online != 1 ||
+		rep.Status.Jobs[nsapi.StateSucceeded] != 1 || len(rep.Status.Certificates) != 2 {
+		t.Fatalf("status -json = %+v, %v", rep, err)
+	}
+	// The site server stops: after three heartbeats (1s here) it is stale.
+	s.ag.stop()
+	s.ss.stop()
+	s.eventually("status shows the site server stale", func() bool {
+		return strings.Contains(s.admin("status"), "1 stale (not heard from in three heartbeats): ss1.example")
+	})
+	s.nsProc.stop()
+	out, err := s.adminRun("status")
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(out, "UNREACHABLE") {
+		t.Fatalf("status of a stopped NS: %v\n%s", err, out)
+	}
+	out, _ = s.adminRun("status", "-json")
+	if !strings.Contains(out, `"reachable": false`) {
+		t.Fatalf("status -json of a stopped NS:\n%s", out)
 	}
 }
