@@ -2,7 +2,9 @@ package ns
 
 import (
 	"context"
+	"fmt"
 	"net/http"
+	"net/netip"
 
 	"github.com/siteserver/siteserver/internal/httpx"
 	"github.com/siteserver/siteserver/internal/obs"
@@ -145,4 +147,52 @@ func (s *Server) status(ctx context.Context) (nsapi.Status, error) {
 		{Name: "server", NotAfter: s.certs.cert.Load().Leaf.NotAfter.UTC()},
 	}
 	return st, nil
+}
+
+// maxExplain bounds the addresses of one explain request.
+const maxExplain = 256
+
+// handleExplain says, for each ?ip=, the site it maps to with the rule and its source that
+// decided, the manual rules an imported one overrides there, and the servers a computer
+// there would be offered: the same Select (and last resort) that agent registration uses.
+func (s *Server) handleExplain(w http.ResponseWriter, r *http.Request) {
+	ips := r.URL.Query()["ip"]
+	if len(ips) == 0 || len(ips) > maxExplain {
+		s.badRequest(w, fmt.Errorf("ip: between 1 and %d addresses required", maxExplain))
+		return
+	}
+	addrs := make([]netip.Addr, len(ips))
+	for i, ip := range ips {
+		a, err := netip.ParseAddr(ip)
+		if err != nil {
+			s.badRequest(w, fmt.Errorf("ip: %q is not an IP address", ip))
+			return
+		}
+		addrs[i] = a.Unmap().WithZone("")
+	}
+	candidates, byID, err := s.selectable(r.Context(), "")
+	if err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	m := s.rules.Load()
+	out := make([]nsapi.Explanation, 0, len(addrs))
+	for _, a := range addrs {
+		at := []netip.Addr{a}
+		task := m.Select(at, nsapi.ServiceTask, candidates)
+		if len(task.Servers) == 0 {
+			task = s.lastResort(byID, task)
+		}
+		pkg := m.Select(at, nsapi.ServicePackage, candidates)
+		e := nsapi.Explanation{Address: a.String(), Sites: matches(m.SitesFor(at)),
+			TaskServers: refs(task.Servers, byID, nsapi.ServiceTask), TaskReason: task.Reason,
+			PackageServers: refs(pkg.Servers, byID, nsapi.ServicePackage), PackageReason: pkg.Reason}
+		for _, sh := range m.Shadowed() {
+			if sh.Prefix.Contains(a) {
+				e.Shadowed = append(e.Shadowed, nsapi.SiteMatch{Site: sh.Site, Prefix: sh.Prefix.String(), Source: string(sh.Source)})
+			}
+		}
+		out = append(out, e)
+	}
+	httpx.WriteJSON(w, http.StatusOK, out)
 }

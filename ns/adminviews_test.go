@@ -167,3 +167,45 @@ func TestStatus(t *testing.T) {
 		t.Fatalf("status without a token = %v, want 401", err)
 	}
 }
+
+// Explain gives each address's site with the rule and source that decided, the manual
+// rules an imported one overrides there, and the servers a computer there is offered.
+func TestExplain(t *testing.T) {
+	tn, ro, _ := viewsNS(t)
+	ctx := context.Background()
+	if _, err := tn.admin.ApplyRules(ctx, []byte("source: manual\nsites:\n  - name: office\n    subnets: [10.1.0.0/16, 10.9.0.0/16]\n")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tn.admin.ApplyRules(ctx, []byte("source: imported\nsites:\n  - name: hq\n    subnets: [10.9.0.0/16]\n  - name: lab\n    subnets: [10.1.200.0/24]\n")); err != nil {
+		t.Fatal(err)
+	}
+	ss1 := nsapi.ServerRef{ID: "ss-1", Hostname: "ss1.example", URL: "https://ss-1", Computers: 2}
+	ss1pkg := ss1
+	ss1pkg.URL = "http://ss-1:8080"
+	want := []nsapi.Explanation{
+		{Address: "10.1.9.9", Sites: []nsapi.SiteMatch{{Site: "office", Prefix: "10.1.0.0/16", Source: "manual"}},
+			TaskServers: []nsapi.ServerRef{ss1}, TaskReason: "site", PackageServers: []nsapi.ServerRef{ss1pkg}, PackageReason: "site"},
+		{Address: "10.1.200.7", Sites: []nsapi.SiteMatch{{Site: "lab", Prefix: "10.1.200.0/24", Source: "imported"}},
+			TaskServers: []nsapi.ServerRef{}, TaskReason: "none", PackageServers: []nsapi.ServerRef{}, PackageReason: "none"},
+		{Address: "10.9.1.1", Sites: []nsapi.SiteMatch{{Site: "hq", Prefix: "10.9.0.0/16", Source: "imported"}},
+			Shadowed:    []nsapi.SiteMatch{{Site: "office", Prefix: "10.9.0.0/16", Source: "manual"}},
+			TaskServers: []nsapi.ServerRef{}, TaskReason: "none", PackageServers: []nsapi.ServerRef{}, PackageReason: "none"},
+		{Address: "192.0.2.1", Sites: []nsapi.SiteMatch{},
+			TaskServers: []nsapi.ServerRef{}, TaskReason: "none", PackageServers: []nsapi.ServerRef{}, PackageReason: "none"},
+	}
+	for name, c := range map[string]*nsapi.Client{"admin": tn.admin, "read-only": ro} {
+		got, err := c.Explain(ctx, []string{"10.1.9.9", "10.1.200.7", "10.9.1.1", "::ffff:192.0.2.1"})
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if d := cmp.Diff(want, got); d != "" {
+			t.Fatalf("%s: explain (-want +got):\n%s", name, d)
+		}
+	}
+	if _, err := ro.Explain(ctx, []string{"10.1.9.9", "not-an-ip"}); nsapi.StatusOf(err) != http.StatusBadRequest {
+		t.Fatalf("explain of a bad address = %v, want 400", err)
+	}
+	if _, err := ro.Explain(ctx, nil); nsapi.StatusOf(err) != http.StatusBadRequest {
+		t.Fatalf("explain of nothing = %v, want 400", err)
+	}
+}

@@ -306,6 +306,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST "+nsapi.PathRegisterAgent, s.certified(nsapi.KindAgent, s.handleRegisterAgent))
 
 	mux.HandleFunc("GET "+nsapi.PathSites, s.reader(s.handleListSites))
+	mux.HandleFunc("GET "+nsapi.PathExplain, s.reader(s.handleExplain))
 	mux.HandleFunc("POST "+nsapi.PathSites, s.admin(s.handlePutSite))
 	mux.HandleFunc("PUT "+nsapi.PathSites+"/{name}", s.admin(s.handlePutSite))
 	mux.HandleFunc("DELETE "+nsapi.PathSites+"/{name}", s.admin(s.handleDeleteSite))

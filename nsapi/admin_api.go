@@ -81,8 +81,9 @@ type Explanation struct {
 	Address string `json:"address"`
 	// Sites are the sites the address maps to, each with the subnet rule and its source.
 	Sites []SiteMatch `json:"sites"`
-	// Shadowed are manual rules for the same prefixes that imported rules override.
-	Shadowed []SubnetView `json:"shadowed,omitempty"`
+	// Shadowed are manual rules containing the address that imported rules for the same
+	// prefixes override: edits that have no effect.
+	Shadowed []SiteMatch `json:"shadowed,omitempty"`
 	// TaskServers and PackageServers are the servers a computer at the address would be
 	// offered, before the agent's own placement orders the task servers (Reason as in
 	// RegisterAgentResponse).

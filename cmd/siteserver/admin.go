@@ -156,8 +156,8 @@ func (a *adminCall) print(v any, table func(w *tabwriter.Writer)) error {
 }
 
 // adminCommand is one admin subcommand: its name ("sites list", or "audit" for a command
-// without subcommands), its positional arguments, what it does, the flags it takes beyond
-// the connection flags, and how it runs.
+// without subcommands), how many positional arguments it takes (-N: at least N), their
+// usage, what it does, the flags it takes beyond the connection flags, and how it runs.
 type adminCommand struct {
 	name    string
 	args    int
@@ -179,6 +179,7 @@ var adminCommands = []adminCommand{
 	{"sites subnet-delete", 1, "PREFIX", "remove a manual subnet rule", nil, sitesSubnetDelete},
 	{"sites assign", 2, "GUID SITE", "assign a site server (its GUID, as 'servers list' shows it) to a site", nil, sitesAssign},
 	{"sites unassign", 2, "GUID SITE", "remove a manual server assignment", nil, sitesUnassign},
+	{"sites explain", -1, "IP…", "the site of each address, the rule and source that decided, and the servers a computer there gets", []string{"json"}, sitesExplain},
 	{"servers list", 0, "", "list site servers: status, sites, services, computers", []string{"json"}, serversList},
 	{"servers approve", 1, "ID", "approve a pending site server, or the site change it reported", nil, serversApprove},
 	{"servers reject", 1, "ID", "forget a pending site server and revoke its certificate", nil,
@@ -361,7 +362,7 @@ func admin(group string, args []string, stdout, stderr io.Writer) error {
 		pos = append(pos, fs.Arg(0))
 		args = fs.Args()[1:]
 	}
-	if len(pos) != cmd.args {
+	if cmd.args >= 0 && len(pos) != cmd.args || cmd.args < 0 && len(pos) < -cmd.args {
 		return usageError{"usage: " + cmd.usageLine()}
 	}
 	c, err := f.client()

@@ -108,3 +108,25 @@ func TestStatusScreen(t *testing.T) {
 		t.Fatalf("status -json of a stopped NS:\n%s", out)
 	}
 }
+
+// sites explain tells the site of each address, the rule that decided and the servers a
+// computer there would get.
+func TestSitesExplain(t *testing.T) {
+	s := newSite(t, siteOpts{taskUpdate: "1s", taskRequest: "1s"})
+	out := s.admin("sites", "explain", "10.20.9.9", "192.0.2.1")
+	mustContain(t, "sites explain", out, "10.20.9.9", "branch-a, by the manual rule 10.20.0.0/16",
+		"ss1.example [1 computers] (servers of its sites)", "192.0.2.1", "none: no subnet rule contains it",
+		"none (no server of its sites offers the service)")
+	var exps []nsapi.Explanation
+	if err := json.Unmarshal([]byte(s.admin("sites", "explain", "10.20.9.9", "-json")), &exps); err != nil ||
+		len(exps) != 1 || len(exps[0].TaskServers) != 1 || exps[0].TaskServers[0].ID != s.serverID || exps[0].Sites[0].Source != "manual" {
+		t.Fatalf("sites explain -json = %+v, %v", exps, err)
+	}
+	var ee *exec.ExitError
+	if out, err := s.adminRun("sites", "explain"); !errors.As(err, &ee) || ee.ExitCode() != 2 {
+		t.Fatalf("sites explain without an address: %v\n%s", err, out)
+	}
+	if out, err := s.adminRun("sites", "explain", "nonsense"); err == nil || !strings.Contains(out, "not an IP address") {
+		t.Fatalf("sites explain nonsense: %v\n%s", err, out)
+	}
+}

@@ -89,3 +89,56 @@ func sitesAssign(a *adminCall) error {
 func sitesUnassign(a *adminCall) error {
 	return a.c.DeleteAssignment(a.ctx, a.pos[0], a.pos[1])
 }
+
+// reasons says in words why servers were offered (sites.Reason*, and the NS's last resort).
+var reasons = map[string]string{
+	"site":           "servers of its sites",
+	"no-site-subnet": "no server has a site: servers on its subnet",
+	"no-site-all":    "no server has a site and none is on its subnet: all of them",
+	"none":           "no server of its sites offers the service",
+	"last-resort":    "no task server of its sites: the NS's own task service",
+}
+
+func sitesExplain(a *adminCall) error {
+	exps, err := a.c.Explain(a.ctx, a.pos)
+	if err != nil {
+		return err
+	}
+	return a.print(exps, func(w *tabwriter.Writer) {
+		for i, e := range exps {
+			if i > 0 {
+				fmt.Fprintln(w)
+			}
+			fmt.Fprintf(w, "%s\n", e.Address)
+			if len(e.Sites) == 0 {
+				fmt.Fprintln(w, "  site\tnone: no subnet rule contains it")
+			}
+			for _, s := range e.Sites {
+				fmt.Fprintf(w, "  site\t%s, by the %s rule %s\n", s.Site, s.Source, s.Prefix)
+			}
+			for _, s := range e.Shadowed {
+				fmt.Fprintf(w, "  overridden\tthe %s rule %s -> %s, by the imported rule for the same subnet\n", s.Source, s.Prefix, s.Site)
+			}
+			fmt.Fprintf(w, "  task servers\t%s (%s)\n", serverRefs(e.TaskServers), reasonText(e.TaskReason))
+			fmt.Fprintf(w, "  package servers\t%s (%s)\n", serverRefs(e.PackageServers), reasonText(e.PackageReason))
+		}
+	})
+}
+
+func reasonText(r string) string {
+	if t, ok := reasons[r]; ok {
+		return t
+	}
+	return r
+}
+
+func serverRefs(refs []nsapi.ServerRef) string {
+	var out []string
+	for _, r := range refs {
+		out = append(out, fmt.Sprintf("%s [%d computers]", r.Hostname, r.Computers))
+	}
+	if len(out) == 0 {
+		return "none"
+	}
+	return strings.Join(out, ", ")
+}
