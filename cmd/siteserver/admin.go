@@ -83,7 +83,7 @@ type adminOptions struct {
 	description, jobFile, targets, agent                              string
 	pkgDir, pkgID, pkgVersion, pkgSites, pkgServers, compName, source string
 	pkgStaged                                                         int
-	force, json                                                       bool
+	force, json, dryRun                                               bool
 	uploadIdle                                                        time.Duration
 }
 
@@ -121,6 +121,9 @@ var optionFlags = map[string]func(fs *flag.FlagSet, o *adminOptions){
 	},
 	"agent": func(fs *flag.FlagSet, o *adminOptions) {
 		fs.StringVar(&o.agent, "agent", "", "only this `AGENT` (GUID, GUID prefix or host name)")
+	},
+	"dry-run": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.BoolVar(&o.dryRun, "dry-run", false, "show what would change, as sites diff does, and change nothing")
 	},
 	"name": func(fs *flag.FlagSet, o *adminOptions) { fs.StringVar(&o.compName, "name", "", "computer `NAME`") },
 	"force": func(fs *flag.FlagSet, o *adminOptions) {
@@ -172,7 +175,8 @@ var adminCommands = []adminCommand{
 	{"status", 0, "", "one screen: NS reachable, servers, agents online, jobs, packages, certificates", []string{"json"}, statusShow},
 	{"sites list", 0, "", "list sites with their subnets, servers and warnings", []string{"json"}, sitesList},
 	{"sites export", 0, "", "print the rules of one source as a rules file", []string{"source"}, sitesExport},
-	{"sites apply", 1, "FILE", "replace the rules of the file's source with the file", nil, sitesApply},
+	{"sites apply", 1, "FILE", "replace the rules of the file's source with the file", []string{"dry-run", "json"}, sitesApply},
+	{"sites diff", 1, "FILE", "what applying the file would change: sites, subnets and assignments added, removed, changed", []string{"json"}, sitesDiff},
 	{"sites add", 1, "NAME", "create or update a manual site", []string{"description"}, sitesAdd},
 	{"sites delete", 1, "NAME", "delete a manual site with its manual rules", nil, sitesDelete},
 	{"sites subnet-add", 2, "PREFIX SITE", "map a subnet to a site", nil, sitesSubnetAdd},

@@ -3,7 +3,9 @@ package main
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -128,5 +130,42 @@ func TestSitesExplain(t *testing.T) {
 	}
 	if out, err := s.adminRun("sites", "explain", "nonsense"); err == nil || !strings.Contains(out, "not an IP address") {
 		t.Fatalf("sites explain nonsense: %v\n%s", err, out)
+	}
+}
+
+// sites diff and sites apply -dry-run show what a rules file would change, by source, and
+// change nothing.
+func TestSitesDiffAndDryRun(t *testing.T) {
+	s := newSite(t, siteOpts{taskUpdate: "1s", taskRequest: "1s"})
+	manual := writeFile(t, filepath.Join(s.dir, "manual.yaml"), fmt.Sprintf(`sites:
+  - name: branch-a
+    description: Branch A
+    subnets: [10.20.0.0/16, 10.21.0.0/16]
+  - name: branch-b
+    subnets: [10.30.0.0/16]
+    servers: [%s]
+`, s.serverID))
+	before := s.admin("sites", "list")
+	want := []string{"manual rules: 4 added, 1 changed",
+		`~ site    branch-a`, `(no description) -> "Branch A"`, "+ site    branch-b",
+		"+ subnet  10.21.0.0/16", "site branch-a", "+ subnet  10.30.0.0/16",
+		"+ server  " + s.serverID + " (ss1.example)", "in site branch-b"}
+	mustContain(t, "sites diff", s.admin("sites", "diff", manual), want...)
+	mustContain(t, "sites apply -dry-run", s.admin("sites", "apply", "-dry-run", manual), want...)
+	if after := s.admin("sites", "list"); after != before {
+		t.Fatalf("a dry run changed the sites:\n%s\nthen:\n%s", before, after)
+	}
+	var d rulesDiff
+	if err := json.Unmarshal([]byte(s.admin("sites", "diff", manual, "-json")), &d); err != nil || d.Source != "manual" || len(d.Changes) != 5 {
+		t.Fatalf("sites diff -json = %+v, %v", d, err)
+	}
+	// Imported rules: the diff is of that source alone; once applied, nothing is left.
+	imported := writeFile(t, filepath.Join(s.dir, "imported.yaml"), "source: imported\nsites:\n  - name: hq\n    subnets: [10.20.0.0/16]\n")
+	mustContain(t, "sites diff (imported)", s.admin("sites", "diff", imported), "imported rules: 2 added", "+ site    hq", "+ subnet  10.20.0.0/16")
+	s.admin("sites", "apply", imported)
+	mustContain(t, "sites diff after apply", s.admin("sites", "diff", imported), "imported rules: none")
+	if out, err := s.adminRun("sites", "diff", writeFile(t, filepath.Join(s.dir, "bad.yaml"), "sites:\n  - name: x\n    subnets: [10.1.2.3/16]\n")); err == nil ||
+		!strings.Contains(out, "10.1.0.0/16") {
+		t.Fatalf("sites diff of a bad file: %v\n%s", err, out)
 	}
 }

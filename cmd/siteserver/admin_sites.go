@@ -3,10 +3,12 @@ package main
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/siteserver/siteserver/nsapi"
+	"github.com/siteserver/siteserver/sites"
 )
 
 // The admin subcommands of site maintenance.
@@ -52,6 +54,9 @@ func sitesExport(a *adminCall) error {
 }
 
 func sitesApply(a *adminCall) error {
+	if a.opt.dryRun {
+		return sitesDiff(a)
+	}
 	b, err := os.ReadFile(a.pos[0])
 	if err != nil {
 		return err
@@ -141,4 +146,91 @@ func serverRefs(refs []nsapi.ServerRef) string {
 		return "none"
 	}
 	return strings.Join(out, ", ")
+}
+
+// rulesDiff is what sites diff shows: the changes to the rules of the file's source.
+type rulesDiff struct {
+	Source  sites.Source       `json:"source"`
+	Changes []sites.RuleChange `json:"changes"`
+}
+
+// sitesDiff compares a rules file with the NS's rules of the file's source, and checks the
+// file together with the other source's rules as the NS would when it is applied.
+func sitesDiff(a *adminCall) error {
+	b, err := os.ReadFile(a.pos[0])
+	if err != nil {
+		return err
+	}
+	file, src, err := sites.ParseRulesFileSource(b)
+	if err != nil {
+		return fmt.Errorf("%s: %w", a.pos[0], err)
+	}
+	rules := map[sites.Source]sites.Rules{}
+	for _, s := range []sites.Source{sites.Manual, sites.Imported} {
+		exp, err := a.c.ExportRules(a.ctx, string(s))
+		if err != nil {
+			return err
+		}
+		if rules[s], err = sites.ParseRulesFile(exp); err != nil {
+			return fmt.Errorf("the NS's %s rules: %w", s, err)
+		}
+	}
+	merged := file
+	for s, r := range rules {
+		if s != src {
+			merged.Sites = append(slices.Clone(merged.Sites), r.Sites...)
+			merged.Subnets = append(slices.Clone(merged.Subnets), r.Subnets...)
+			merged.Servers = append(slices.Clone(merged.Servers), r.Servers...)
+		}
+	}
+	if _, err := sites.Compile(merged); err != nil {
+		return fmt.Errorf("%s with the NS's other rules: %w", a.pos[0], err)
+	}
+	d := rulesDiff{Source: src, Changes: sites.Diff(rules[src], file)}
+	if d.Changes == nil {
+		d.Changes = []sites.RuleChange{}
+	}
+	n, err := a.tableNames()
+	if err != nil {
+		return err
+	}
+	return a.print(d, func(w *tabwriter.Writer) {
+		counts := map[string]int{}
+		for _, c := range d.Changes {
+			counts[c.Change]++
+		}
+		fmt.Fprintf(w, "%s rules: %s\n", src, stateCounts(counts, []string{sites.ChangeAdded, sites.ChangeRemoved, sites.ChangeChanged}))
+		for _, c := range d.Changes {
+			mark := map[string]string{sites.ChangeAdded: "+", sites.ChangeRemoved: "-", sites.ChangeChanged: "~"}[c.Change]
+			key, what := c.Key, ""
+			switch c.Kind {
+			case sites.KindSite:
+				what = describe(c, func(s string) string {
+					if s == "" {
+						return "(no description)"
+					}
+					return fmt.Sprintf("%q", s)
+				})
+			case sites.KindSubnet:
+				what = describe(c, func(s string) string { return "site " + s })
+			case sites.KindServer:
+				if h := n.server(c.Key); h != c.Key {
+					key += " (" + h + ")"
+				}
+				what = describe(c, func(s string) string { return "in site " + s })
+			}
+			fmt.Fprintf(w, "%s %s\t%s\t%s\n", mark, c.Kind, key, what)
+		}
+	})
+}
+
+// describe says what a change does to a rule's value, each value written by f.
+func describe(c sites.RuleChange, f func(string) string) string {
+	switch c.Change {
+	case sites.ChangeChanged:
+		return f(c.Old) + " -> " + f(c.New)
+	case sites.ChangeAdded:
+		return f(c.New)
+	}
+	return f(c.Old)
 }
