@@ -82,9 +82,10 @@ func (f *adminFlags) client() (*nsapi.Client, error) {
 type adminOptions struct {
 	description, jobFile, targets, agent                              string
 	pkgDir, pkgID, pkgVersion, pkgSites, pkgServers, compName, source string
-	pkgStaged                                                         int
+	pkgStaged, count                                                  int
 	force, json, dryRun                                               bool
-	uploadIdle                                                        time.Duration
+	uploadIdle, interval                                              time.Duration
+	watch                                                             bool
 }
 
 // optionFlags defines each flag an admin subcommand may take beyond the connection flags;
@@ -125,6 +126,15 @@ var optionFlags = map[string]func(fs *flag.FlagSet, o *adminOptions){
 	"dry-run": func(fs *flag.FlagSet, o *adminOptions) {
 		fs.BoolVar(&o.dryRun, "dry-run", false, "show what would change, as sites diff does, and change nothing")
 	},
+	"watch": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.BoolVar(&o.watch, "watch", false, "redraw every -interval until interrupted (Ctrl-C)")
+	},
+	"interval": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.DurationVar(&o.interval, "interval", 5*time.Second, "how often -watch redraws")
+	},
+	"count": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.IntVar(&o.count, "count", 0, "with -watch, stop after `N` draws (0: until interrupted)")
+	},
 	"name": func(fs *flag.FlagSet, o *adminOptions) { fs.StringVar(&o.compName, "name", "", "computer `NAME`") },
 	"force": func(fs *flag.FlagSet, o *adminOptions) {
 		fs.BoolVar(&o.force, "force", false, "predefine a computer that an agent claims as managed")
@@ -159,8 +169,9 @@ func (a *adminCall) print(v any, table func(w *tabwriter.Writer)) error {
 }
 
 // adminCommand is one admin subcommand: its name ("sites list", or "audit" for a command
-// without subcommands), how many positional arguments it takes (-N: at least N), their
-// usage, what it does, the flags it takes beyond the connection flags, and how it runs.
+// without subcommands), how many positional arguments it takes (or argsOneOrMore,
+// argsOptional), their usage, what it does, the flags it takes beyond the connection
+// flags, and how it runs.
 type adminCommand struct {
 	name    string
 	args    int
@@ -168,6 +179,22 @@ type adminCommand struct {
 	summary string
 	flags   []string
 	run     func(*adminCall) error
+}
+
+// Positional argument counts beyond a fixed number.
+const (
+	argsOneOrMore = -1
+	argsOptional  = -2 // none or one
+)
+
+func (c adminCommand) takes(n int) bool {
+	switch c.args {
+	case argsOneOrMore:
+		return n >= 1
+	case argsOptional:
+		return n <= 1
+	}
+	return n == c.args
 }
 
 // adminCommands are the admin subcommands, in the order help lists them.
@@ -183,7 +210,7 @@ var adminCommands = []adminCommand{
 	{"sites subnet-delete", 1, "PREFIX", "remove a manual subnet rule", nil, sitesSubnetDelete},
 	{"sites assign", 2, "GUID SITE", "assign a site server (its GUID, as 'servers list' shows it) to a site", nil, sitesAssign},
 	{"sites unassign", 2, "GUID SITE", "remove a manual server assignment", nil, sitesUnassign},
-	{"sites explain", -1, "IP…", "the site of each address, the rule and source that decided, and the servers a computer there gets", []string{"json"}, sitesExplain},
+	{"sites explain", argsOneOrMore, "IP…", "the site of each address, the rule and source that decided, and the servers a computer there gets", []string{"json"}, sitesExplain},
 	{"servers list", 0, "", "list site servers: status, sites, services, computers", []string{"json"}, serversList},
 	{"servers approve", 1, "ID", "approve a pending site server, or the site change it reported", nil, serversApprove},
 	{"servers reject", 1, "ID", "forget a pending site server and revoke its certificate", nil,
@@ -205,7 +232,7 @@ var adminCommands = []adminCommand{
 		[]string{"dir", "id", "version", "sites", "servers", "staged", "upload-idle"}, packagesAdd},
 	{"packages assign", 1, "ID", "change which sites and servers get a package", []string{"sites", "servers", "staged"}, packagesAssign},
 	{"packages list", 0, "", "list packages", []string{"json"}, packagesList},
-	{"packages status", 1, "ID", "where a package is ready, downloading or stuck", []string{"json"}, packagesStatus},
+	{"packages status", argsOptional, "[ID]", "where a package (or every package) is ready, downloading or stuck", []string{"watch", "interval", "count", "json"}, packagesStatus},
 	{"packages delete", 1, "ID", "delete a package", nil, packagesDelete},
 	{"computers add", 1, "MAC", "predefine a computer for network boot", []string{"name", "force"}, computersAdd},
 	{"computers list", 0, "", "list computers known to network boot", []string{"json"}, computersList},
@@ -366,7 +393,7 @@ func admin(group string, args []string, stdout, stderr io.Writer) error {
 		pos = append(pos, fs.Arg(0))
 		args = fs.Args()[1:]
 	}
-	if cmd.args >= 0 && len(pos) != cmd.args || cmd.args < 0 && len(pos) < -cmd.args {
+	if !cmd.takes(len(pos)) {
 		return usageError{"usage: " + cmd.usageLine()}
 	}
 	c, err := f.client()

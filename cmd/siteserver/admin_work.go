@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -177,25 +178,64 @@ func packagesList(a *adminCall) error {
 	})
 }
 
+// packagesStatus shows one package, or every package, once or every -interval.
 func packagesStatus(a *adminCall) error {
-	st, err := a.c.PackageStatus(a.ctx, a.pos[0])
-	if err != nil {
-		return err
+	if !a.opt.watch {
+		return packagesStatusOnce(a)
+	}
+	return watch(a, packagesStatusOnce)
+}
+
+func packagesStatusOnce(a *adminCall) error {
+	var sts []nsapi.PackageStatus
+	if len(a.pos) == 1 {
+		st, err := a.c.PackageStatus(a.ctx, a.pos[0])
+		if err != nil {
+			return err
+		}
+		sts = append(sts, st)
+	} else {
+		ps, err := a.c.Packages(a.ctx)
+		if err != nil {
+			return err
+		}
+		for _, p := range ps {
+			st, err := a.c.PackageStatus(a.ctx, p.ID)
+			if nsapi.StatusOf(err) == http.StatusNotFound {
+				continue // deleted since it was listed
+			}
+			if err != nil {
+				return err
+			}
+			sts = append(sts, st)
+		}
 	}
 	n, err := a.tableNames()
 	if err != nil {
 		return err
 	}
-	return a.print(st, func(w *tabwriter.Writer) {
-		fmt.Fprintf(w, "package %s %s: ready on %d servers, stuck on %d\n", st.Package.ID, st.Package.Version, len(st.Ready), len(st.Stuck))
-		fmt.Fprintln(w, "SERVER\tSTATE\tVERSION\tPROGRESS\tRATE\tETA\tLAST ERROR\tNEXT ATTEMPT")
-		for _, cb := range st.Codebases {
-			next := "-"
-			if !cb.NextAttempt.IsZero() {
-				next = when(cb.NextAttempt)
+	var v any = sts
+	if len(a.pos) == 1 {
+		v = sts[0]
+	}
+	return a.print(v, func(w *tabwriter.Writer) {
+		if len(sts) == 0 {
+			fmt.Fprintln(w, "no packages")
+			return
+		}
+		for _, st := range sts {
+			fmt.Fprintf(w, "package %s %s: ready on %d servers, stuck on %d\n", st.Package.ID, st.Package.Version, len(st.Ready), len(st.Stuck))
+		}
+		fmt.Fprintln(w, "\nPACKAGE\tSERVER\tSTATE\tVERSION\tPROGRESS\tRATE\tETA\tLAST ERROR\tNEXT ATTEMPT")
+		for _, st := range sts {
+			for _, cb := range st.Codebases {
+				next := "-"
+				if !cb.NextAttempt.IsZero() {
+					next = when(cb.NextAttempt)
+				}
+				done, rate, eta := progress(cb)
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", cb.Package, n.server(cb.Server), cb.State, cb.Version, done, rate, eta, dashS(cb.LastError), next)
 			}
-			done, rate, eta := progress(cb)
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.server(cb.Server), cb.State, cb.Version, done, rate, eta, dashS(cb.LastError), next)
 		}
 	})
 }
