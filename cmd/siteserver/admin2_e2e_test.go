@@ -46,7 +46,10 @@ ns:
 }
 
 // server starts a site server with a package service that polls every second.
-func (s *adminSite) server(name, addr string) *proc {
+func (s *adminSite) server(name, addr string) *proc { return s.serverAs(name, name, addr) }
+
+// serverAs is server with data directory name and host name host.example.
+func (s *adminSite) serverAs(name, host, addr string) *proc {
 	s.t.Helper()
 	port := freePort(s.t)
 	conf := writeFile(s.t, filepath.Join(s.dir, name+".yaml"), fmt.Sprintf(`log: {format: json, level: debug}
@@ -58,7 +61,7 @@ ns:
   - {name: central, url: %q, ca_sha256: %s, enrollment_token: %s}
 services:
   package: {listen: "127.0.0.1:%d", url: "http://127.0.0.1:%d", poll_interval: 1s, retry_base: 1s}
-`, filepath.Join(s.dir, name), name, addr, s.nsURL, s.pin, serverToken, port, port))
+`, filepath.Join(s.dir, name), host, addr, s.nsURL, s.pin, serverToken, port, port))
 	return start(s.t, "serve", "-config", conf)
 }
 
@@ -127,5 +130,68 @@ func TestPackagesStatusAllAndWatch(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		cmd.Process.Kill()
 		t.Fatal("-watch did not end on SIGINT")
+	}
+}
+
+// Site servers are approved (and rejected) by GUID, unique GUID prefix or host name; a name
+// that fits several is refused with the candidates listed.
+func TestApproveByPrefixOrHostName(t *testing.T) {
+	s := newAdminSite(t, "manual")
+	s.server("ss1", "10.20.5.7/24")
+	s.serverAs("twin-a", "twin", "10.20.5.8/24")
+	s.serverAs("twin-b", "twin", "10.20.5.9/24")
+	var servers []nsapi.ServerView
+	eventually(t, "three pending servers", func() bool {
+		json.Unmarshal([]byte(s.admin("servers", "list", "-json")), &servers)
+		return len(servers) == 3
+	})
+	ids := map[string][]string{}
+	for _, v := range servers {
+		if v.Status != nsapi.StatusPending {
+			t.Fatalf("%s is %s before approval", v.Hostname, v.Status)
+		}
+		ids[v.Hostname] = append(ids[v.Hostname], v.ID)
+	}
+	status := func(id string) string {
+		json.Unmarshal([]byte(s.admin("servers", "list", "-json")), &servers)
+		for _, v := range servers {
+			if v.ID == id {
+				return v.Status
+			}
+		}
+		return "gone"
+	}
+
+	out := s.admin("servers", "approve", "ss1.example")
+	mustContain(t, "servers approve ss1.example", out, "approved server ss1.example ("+ids["ss1.example"][0]+")")
+	if st := status(ids["ss1.example"][0]); st != nsapi.StatusApproved {
+		t.Fatalf("ss1 is %s after approval", st)
+	}
+
+	out, err := s.adminRun("servers", "approve", "twin.example")
+	if err == nil || !strings.Contains(out, `"twin.example" names 2 servers`) ||
+		!strings.Contains(out, ids["twin.example"][0]+" (twin.example)") || !strings.Contains(out, ids["twin.example"][1]+" (twin.example)") {
+		t.Fatalf("approving an ambiguous host name: %v\n%s", err, out)
+	}
+
+	// The shortest prefix of twin-a's GUID that no other GUID shares.
+	a, b := ids["twin.example"][0], ids["twin.example"][1]
+	prefix := ""
+	for i := 1; i <= len(a); i++ {
+		if !strings.HasPrefix(b, a[:i]) && !strings.HasPrefix(ids["ss1.example"][0], a[:i]) {
+			prefix = a[:i]
+			break
+		}
+	}
+	mustContain(t, "servers approve PREFIX", s.admin("servers", "approve", prefix), "approved server twin.example ("+a+")")
+	if st := status(a); st != nsapi.StatusApproved {
+		t.Fatalf("twin-a is %s after approval by prefix %q", st, prefix)
+	}
+	mustContain(t, "servers reject GUID", s.admin("servers", "reject", b), "rejected server twin.example ("+b+")")
+	if st := status(b); st != "gone" {
+		t.Fatalf("twin-b is %s after rejection", st)
+	}
+	if out, err := s.adminRun("servers", "approve", "nobody.example"); err == nil || !strings.Contains(out, `no server "nobody.example"`) {
+		t.Fatalf("approving nothing: %v\n%s", err, out)
 	}
 }

@@ -44,10 +44,6 @@ func serversList(a *adminCall) error {
 	})
 }
 
-func serversApprove(a *adminCall) error {
-	return a.c.Approve(a.ctx, a.pos[0])
-}
-
 func agentsList(a *adminCall) error {
 	views, err := a.c.Agents(a.ctx)
 	if err != nil {

@@ -197,3 +197,53 @@ func resolveID(kind, arg string, ids map[string]string) (string, error) {
 	}
 	return "", fmt.Errorf("no %s %q (by GUID, GUID prefix or host name)", kind, arg)
 }
+
+// serverID is the GUID of the site server arg names (see resolveID).
+func (a *adminCall) serverID(arg string) (string, error) {
+	n, err := a.names()
+	if err != nil {
+		return "", err
+	}
+	return resolveID("server", arg, n.servers)
+}
+
+// serverIDs resolves each of args (see resolveID).
+func (a *adminCall) serverIDs(args []string) ([]string, error) {
+	var out []string
+	for _, arg := range args {
+		id, err := a.serverID(arg)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, id)
+	}
+	return out, nil
+}
+
+// onServer runs f on the site server the argument names and says which one it was.
+func onServer(done string, f func(a *adminCall, id string) error) func(*adminCall) error {
+	return onResolved("server", done, func(n *hostNames) map[string]string { return n.servers }, f)
+}
+
+// onAgent runs f on the agent the argument names and says which one it was.
+func onAgent(done string, f func(a *adminCall, id string) error) func(*adminCall) error {
+	return onResolved("agent", done, func(n *hostNames) map[string]string { return n.agents }, f)
+}
+
+func onResolved(kind, done string, ids func(*hostNames) map[string]string, f func(a *adminCall, id string) error) func(*adminCall) error {
+	return func(a *adminCall) error {
+		n, err := a.names()
+		if err != nil {
+			return err
+		}
+		id, err := resolveID(kind, a.pos[0], ids(n))
+		if err != nil {
+			return err
+		}
+		if err := f(a, id); err != nil {
+			return err
+		}
+		fmt.Fprintf(a.out, "%s %s %s (%s)\n", done, kind, ids(n)[id], id)
+		return nil
+	}
+}

@@ -85,14 +85,22 @@ func sitesSubnetDelete(a *adminCall) error {
 	return a.c.DeleteSubnet(a.ctx, a.pos[0])
 }
 
-// sitesAssign assigns a site server by its GUID; the NS refuses a host name, which a server
-// reports itself.
+// sitesAssign assigns a site server by its GUID: the NS refuses a host name, which a server
+// reports itself, so a name given here is resolved now, once, and must be unique.
 func sitesAssign(a *adminCall) error {
-	return a.c.PutAssignment(a.ctx, nsapi.AssignmentRequest{Server: a.pos[0], Site: a.pos[1]})
+	id, err := a.serverID(a.pos[0])
+	if err != nil {
+		return err
+	}
+	return a.c.PutAssignment(a.ctx, nsapi.AssignmentRequest{Server: id, Site: a.pos[1]})
 }
 
 func sitesUnassign(a *adminCall) error {
-	return a.c.DeleteAssignment(a.ctx, a.pos[0], a.pos[1])
+	id, err := a.serverID(a.pos[0])
+	if err != nil {
+		return err
+	}
+	return a.c.DeleteAssignment(a.ctx, id, a.pos[1])
 }
 
 // reasons says in words why servers were offered (sites.Reason*, and the NS's last resort).

@@ -111,7 +111,11 @@ func packagesAdd(a *adminCall) error {
 		}
 		uploaded++
 	}
-	p := nsapi.Package{ID: a.opt.pkgID, Version: a.opt.pkgVersion, Files: files, Sites: splitList(a.opt.pkgSites), Servers: splitList(a.opt.pkgServers), Staged: a.opt.pkgStaged}
+	servers, err := a.serverIDs(splitList(a.opt.pkgServers))
+	if err != nil {
+		return err
+	}
+	p := nsapi.Package{ID: a.opt.pkgID, Version: a.opt.pkgVersion, Files: files, Sites: splitList(a.opt.pkgSites), Servers: servers, Staged: a.opt.pkgStaged}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), adminTimeout)
 	defer cancel()
 	if err := a.c.PutPackage(ctx, p); err != nil {
@@ -148,8 +152,12 @@ func packagesAssign(a *adminCall) error {
 	if err != nil {
 		return err
 	}
+	servers, err := a.serverIDs(splitList(a.opt.pkgServers))
+	if err != nil {
+		return err
+	}
 	p := st.Package
-	p.Sites, p.Servers, p.Staged = splitList(a.opt.pkgSites), splitList(a.opt.pkgServers), a.opt.pkgStaged
+	p.Sites, p.Servers, p.Staged = splitList(a.opt.pkgSites), servers, a.opt.pkgStaged
 	return a.c.PutPackage(a.ctx, p)
 }
 
