@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -18,65 +17,8 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/siteserver/siteserver/internal/pki"
 	"github.com/siteserver/siteserver/nsapi"
 )
-
-type adminFlags struct {
-	url, token, tokenFile, ca, pin, data string
-}
-
-func (f *adminFlags) client() (*nsapi.Client, error) {
-	env := func(v *string, name string) {
-		if *v == "" {
-			*v = os.Getenv(name)
-		}
-	}
-	env(&f.url, "SITESERVER_NS_URL")
-	env(&f.token, "SITESERVER_ADMIN_TOKEN")
-	env(&f.ca, "SITESERVER_NS_CA")
-	if f.data != "" {
-		if f.url == "" {
-			f.url = "https://127.0.0.1:50443"
-		}
-		if f.token == "" && f.tokenFile == "" {
-			f.tokenFile = filepath.Join(f.data, "ns", "admin.token")
-		}
-		if f.ca == "" && f.pin == "" {
-			f.ca = filepath.Join(f.data, "ns", "ca.crt")
-		}
-	}
-	if f.tokenFile != "" {
-		b, err := os.ReadFile(f.tokenFile)
-		if err != nil {
-			return nil, fmt.Errorf("-token-file: %w", err)
-		}
-		f.token = strings.TrimSpace(string(b))
-	}
-	if f.url == "" {
-		return nil, usageError{"-ns URL (or SITESERVER_NS_URL, or -data DIR) is required"}
-	}
-	if f.token == "" {
-		return nil, usageError{"-token (or -token-file, SITESERVER_ADMIN_TOKEN, -data DIR) is required"}
-	}
-	u, err := url.Parse(f.url)
-	if err != nil || u.Scheme != "https" {
-		return nil, usageError{fmt.Sprintf("-ns: %q is not an https URL", f.url)}
-	}
-	var caPEM []byte
-	if f.ca != "" {
-		if caPEM, err = os.ReadFile(f.ca); err != nil {
-			return nil, fmt.Errorf("-ca: %w", err)
-		}
-	}
-	conf, err := pki.ClientTLSConfig(caPEM, f.pin, u.Hostname(), nil, nil)
-	if err != nil {
-		return nil, usageError{fmt.Sprintf("%v (give -ca or -ca-sha256)", err)}
-	}
-	c := nsapi.NewClient(f.url, conf)
-	c.AdminToken = f.token
-	return c, nil
-}
 
 // adminOptions are the flags of the admin subcommands beyond the connection flags.
 type adminOptions struct {
@@ -328,8 +270,14 @@ func groupHelp(w io.Writer, group string) {
 }
 
 const connectionHelp = `
-The environment supplies what no flag gives: SITESERVER_NS_URL, SITESERVER_ADMIN_TOKEN,
-SITESERVER_NS_CA.
+Each of the NS URL, the token and the CA comes from the first of these that gives it:
+  1. the flags -ns; -token or -token-file; -ca or -ca-sha256
+  2. -data DIR (a standalone site)
+  3. the environment: SITESERVER_NS; SITESERVER_TOKEN_FILE or SITESERVER_ADMIN_TOKEN;
+     SITESERVER_CA or SITESERVER_CA_SHA256 (SITESERVER_NS_URL and SITESERVER_NS_CA also work)
+  4. the admin config file: $SITESERVER_ADMIN_CONFIG, else ~/.config/siteserver/admin.yaml
+     (ns: URL, token_file: FILE, ca_file: FILE or ca_sha256: HEX; relative paths are
+     taken from the file's directory)
 `
 
 // printFlags prints the named flags of fs, as flag.PrintDefaults does for all of them.

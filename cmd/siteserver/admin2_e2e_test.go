@@ -195,3 +195,57 @@ func TestApproveByPrefixOrHostName(t *testing.T) {
 		t.Fatalf("approving nothing: %v\n%s", err, out)
 	}
 }
+
+// The NS URL, the token and the CA come from flags, then the environment, then the admin
+// config file (~/.config/siteserver/admin.yaml or $SITESERVER_ADMIN_CONFIG).
+func TestAdminConnectionSettings(t *testing.T) {
+	s := newAdminSite(t, "auto")
+	home := t.TempDir()
+	cfgDir := filepath.Join(home, ".config", "siteserver")
+	os.MkdirAll(cfgDir, 0o700)
+	writeFile(t, filepath.Join(cfgDir, "admin.token"), adminToken+"\n")
+	writeFile(t, filepath.Join(cfgDir, "admin.yaml"), fmt.Sprintf("ns: %s\ntoken_file: admin.token\nca_file: %s\n", s.nsURL, s.caFile))
+	wrongToken := writeFile(t, filepath.Join(home, "wrong.token"), "not-the-admin-token-0123456789")
+	run := func(env []string, args ...string) (string, error) {
+		cmd := exec.Command(binary, args...)
+		for _, e := range os.Environ() {
+			if !strings.HasPrefix(e, "SITESERVER_") && !strings.HasPrefix(e, "HOME=") && !strings.HasPrefix(e, "XDG_CONFIG_HOME=") {
+				cmd.Env = append(cmd.Env, e)
+			}
+		}
+		cmd.Env = append(cmd.Env, append([]string{"HOME=" + home}, env...)...)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	tests := []struct {
+		name string
+		env  []string
+		args []string
+		want string // in the output; "" for success
+	}{
+		{"the default config file alone", nil, nil, ""},
+		{"the environment's NS over the file's", []string{"SITESERVER_NS=https://127.0.0.1:1"}, nil, "connection refused"},
+		{"a flag over the environment", []string{"SITESERVER_NS=https://127.0.0.1:1"}, []string{"-ns", s.nsURL}, ""},
+		{"the environment's token file over the file's", []string{"SITESERVER_TOKEN_FILE=" + wrongToken}, nil, "401"},
+		{"-token over the environment", []string{"SITESERVER_TOKEN_FILE=" + wrongToken}, []string{"-token", adminToken}, ""},
+		{"the environment's CA pin over the file's CA", []string{"SITESERVER_CA_SHA256=" + strings.Repeat("0", 64)}, nil, "certificate"},
+		{"the old variable names", []string{"SITESERVER_NS_URL=https://127.0.0.1:1"}, nil, "connection refused"},
+		{"a config file named in the environment", []string{"SITESERVER_ADMIN_CONFIG=" + writeFile(t, filepath.Join(home, "other.yaml"),
+			fmt.Sprintf("ns: %s\ntoken_file: %s\nca_sha256: %s\n", s.nsURL, filepath.Join(cfgDir, "admin.token"), s.pin))}, nil, ""},
+		{"a named config file that is missing", []string{"SITESERVER_ADMIN_CONFIG=" + filepath.Join(home, "missing.yaml")}, nil, "missing.yaml"},
+		{"a config file with an unknown key", []string{"SITESERVER_ADMIN_CONFIG=" + writeFile(t, filepath.Join(home, "bad.yaml"), "url: x\n")}, nil,
+			"field url not found"},
+		{"nothing at all", []string{"XDG_CONFIG_HOME=" + t.TempDir()}, nil, "no NS URL"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, err := run(tt.env, append([]string{"servers", "list"}, tt.args...)...)
+			if tt.want == "" && err != nil {
+				t.Fatalf("%v\n%s", err, out)
+			}
+			if tt.want != "" && (err == nil || !strings.Contains(out, tt.want)) {
+				t.Fatalf("want a failure saying %q: %v\n%s", tt.want, err, out)
+			}
+		})
+	}
+}
