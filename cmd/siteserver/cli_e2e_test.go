@@ -262,6 +262,12 @@ func TestCompletionScripts(t *testing.T) {
 			if out, err := exec.Command(sh, "-n", f).CombinedOutput(); err != nil {
 				t.Fatalf("%s -n: %v\n%s", shell, err, out)
 			}
+			if shell == "fish" {
+				out, err := exec.Command(sh, "-c", "source "+f+`; complete -C "siteserver packages add -st"`).CombinedOutput()
+				if err != nil || strings.TrimSpace(string(out)) != "-staged" {
+					t.Fatalf("completing 'packages add -st': %v %q", err, out)
+				}
+			}
 			if shell == "bash" {
 				// Complete "siteserver packages add -st" as bash would.
 				prog := ". " + f + `; COMP_WORDS=(siteserver packages add -st); COMP_CWORD=3; _siteserver; echo "${COMPREPLY[@]}"`
