@@ -4,7 +4,7 @@ LDFLAGS := -X github.com/siteserver/siteserver/internal/obs.Version=$(VERSION)
 # Static binary: the SQLite driver is pure Go, so cgo is not needed anywhere.
 export CGO_ENABLED ?= 0
 
-.PHONY: run test build vet fuzz bench chaos deps clean
+.PHONY: run test build package vet fuzz bench chaos deps clean
 
 # A standalone site (site services + embedded NS) on unprivileged ports, data in ./data.
 run: build
@@ -14,6 +14,23 @@ run: build
 
 build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/siteserver ./cmd/siteserver
+
+# The .deb and .rpm in bin/package/: the static binary, the systemd units, the configs in
+# /etc/siteserver, the man page. nfpm is a tool of its own module (packaging/tools), so
+# its dependencies stay out of the binary's go.mod.
+PACKAGE_DIR ?= bin/package
+PKG_VERSION = $(shell packaging/version.sh $(VERSION))
+SOURCE_DATE_EPOCH = $(shell git log -1 --format=%ct 2>/dev/null || date +%s)
+package: export CGO_ENABLED := 0
+package: build
+	mkdir -p $(PACKAGE_DIR)
+	$(GO) -C packaging/tools build -o $(CURDIR)/bin/nfpm github.com/goreleaser/nfpm/v2/cmd/nfpm
+	sed -e 's/@VERSION@/$(VERSION)/' -e "s/@DATE@/$$(date -u -d @$(SOURCE_DATE_EPOCH) +%F)/" \
+		packaging/siteserver.1.in | gzip -9n >$(PACKAGE_DIR)/siteserver.1.gz
+	for p in deb rpm; do \
+		PKG_VERSION=$(PKG_VERSION) GOARCH=$$($(GO) env GOARCH) SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) \
+			PACKAGE_DIR=$(PACKAGE_DIR) bin/nfpm package -f packaging/nfpm.yaml -p $$p -t $(PACKAGE_DIR)/ || exit 1; \
+	done
 
 vet:
 	$(GO) vet ./...

@@ -111,6 +111,13 @@ func TestRunnerResume(t *testing.T) {
 			want:     steps(step{Kind: nsapi.EventTask, Task: 1, State: nsapi.StateSucceeded}, ran(2, nsapi.StateSucceeded, 0), jobStep(2, nsapi.StateSucceeded, 0)),
 			ran:      []int{2},
 		},
+		"a resumable task that loops goes on only while its run budget lasts": {
+			tasks:    []nsapi.Task{resumable(script("sleep 60", jump(0)))},
+			progress: Progress{Task: 0, Runs: 1},
+			state:    nsapi.StateFailed,
+			want:     []step{{Kind: nsapi.EventTask, Task: 0, State: nsapi.StateSucceeded}, jobStep(0, nsapi.StateFailed, 0)},
+			output:   "stopped before task 0: nothing is left of the job's run budget (2m10s, the sum of its task timeouts): jumps ran its tasks again",
+		},
 		"a resumable last task ends the job": {
 			tasks:    []nsapi.Task{command([]string{"true"}), resumable(script("sleep 60"))},
 			progress: Progress{Task: 1, Runs: 2},
@@ -291,6 +298,8 @@ func TestRunnerRestartWait(t *testing.T) {
 }
 
 // A save that fails stops the run before the step it was for, like a report that fails.
+// Recording the task's process is not a step: a failure there is only logged (the task
+// runs already, and its environment still names the instance).
 func TestRunnerSaveError(t *testing.T) {
 	dir := t.TempDir()
 	inst := instance(script("touch " + filepath.Join(dir, "0")))
@@ -299,7 +308,10 @@ func TestRunnerSaveError(t *testing.T) {
 		t.Run(fmt.Sprint(failAt), func(t *testing.T) {
 			os.Remove(filepath.Join(dir, "0"))
 			n := 0
-			r := &Runner{WorkDir: t.TempDir(), Save: func(Progress) error {
+			r := &Runner{WorkDir: t.TempDir(), Save: func(p Progress) error {
+				if p.Process != nil {
+					return errDisk
+				}
 				n++
 				if n-1 == failAt {
 					return errDisk

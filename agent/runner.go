@@ -25,7 +25,8 @@ import (
 
 const (
 	// runsPerTask bounds task executions per job at this many times its task count, so jump
-	// rules that never reach an end cannot keep a computer busy forever.
+	// rules that never reach an end cannot flood the task server with events (the run
+	// budget bounds their time; see left).
 	runsPerTask = 100
 
 	// outputGrace is how long output is still read once a task's process has exited. A
@@ -67,10 +68,26 @@ type Progress struct {
 	// included (0: none yet).
 	Task int `json:"task"`
 	Runs int `json:"runs"`
+	// Spent is how much of the job's run budget its finished task runs have used: how long
+	// each ran (at most its timeout), and the wait for the restart after one with
+	// ResumeAfterRestart.
+	Spent nsapi.Duration `json:"spent,omitempty"`
+	// Process is task Task's process while it runs, so that after a restart of the agent
+	// alone what is left of it can be ended.
+	Process *TaskProcess `json:"process,omitempty"`
 	// Finished is task Task's result once it has one; Final is the job's final event once
 	// it is made.
 	Finished *nsapi.Event `json:"finished,omitempty"`
 	Final    *nsapi.Event `json:"final,omitempty"`
+}
+
+// TaskProcess is a task's process, the leader of its own process group. The PID alone
+// could name another process by the time the agent is back: the start time and the boot
+// tell whether it is still the task's.
+type TaskProcess struct {
+	PID   int    `json:"pid"`
+	Start uint64 `json:"start"` // clock ticks after boot (/proc/PID/stat)
+	Boot  string `json:"boot"`  // the kernel's boot id
 }
 
 // taskResult is how one task execution ended.
@@ -141,9 +158,17 @@ func (r *Runner) Resume(ctx context.Context, p Progress, emit func(nsapi.Event) 
 		if !task.ResumeAfterRestart {
 			return r.interrupted(&p, send, fmt.Sprintf("interrupted: the agent restarted during %s", taskName(tasks, p.Task)))
 		}
+		// Only the agent restarted if the task is still running: it is ended, so that
+		// the next task does not run beside it.
+		out := "the agent restarted during this task, which has resume_after_restart: counted as succeeded"
+		if endLeftovers(&p, logger) {
+			out += "; what it still had running was ended"
+		}
 		p.Finished = &nsapi.Event{ID: nsapi.DerivedEventID(inst.ID, fmt.Sprintf("resumed run %d", p.Runs)),
-			Kind: nsapi.EventTask, Task: p.Task, State: nsapi.StateSucceeded,
-			Output: "the agent restarted during this task, which has resume_after_restart: counted as succeeded"}
+			Kind: nsapi.EventTask, Task: p.Task, State: nsapi.StateSucceeded, Output: out}
+		// How long it ran is not known: as long as it could, and the wait after it.
+		p.Spent += nsapi.Duration(left(&p, p.Task) + nsapi.RestartWait)
+		p.Process = nil
 		if err := r.save(&p); err != nil {
 			return nsapi.StateRunning, err
 		}
@@ -155,7 +180,7 @@ func (r *Runner) Resume(ctx context.Context, p Progress, emit func(nsapi.Event) 
 	res := taskResult{code: p.Finished.ExitCode, timedOut: p.Finished.TimedOut}
 	next, state, reason := decide(tasks, p.Task, res)
 	if state == "" {
-		state, reason = tooManyRuns(tasks, p.Runs)
+		state, reason = stopLooping(&p, next)
 	}
 	if state != "" {
 		return r.finish(&p, send, nsapi.Event{ID: nsapi.DerivedEventID(inst.ID, fmt.Sprintf("final after run %d", p.Runs)),
@@ -181,7 +206,7 @@ func (r *Runner) interrupted(p *Progress, send func(nsapi.Event) error, reason s
 	logger.Warn("job interrupted by a restart of the agent", "task", p.Task, "reason", reason)
 	if p.Runs > 0 {
 		// The job has ended: nothing of it goes on.
-		killLeftovers(id, logger)
+		endLeftovers(p, logger)
 		if err := send(nsapi.Event{ID: nsapi.DerivedEventID(id, fmt.Sprintf("interrupted run %d", p.Runs)), Kind: nsapi.EventTask,
 			Task: p.Task, State: nsapi.StateFailed, ExitCode: -1, Output: reason}); err != nil {
 			return nsapi.StateRunning, err
@@ -206,26 +231,48 @@ func (r *Runner) loop(ctx context.Context, logger *slog.Logger, p *Progress, sta
 		if err := ctx.Err(); err != nil {
 			return nsapi.StateRunning, err
 		}
-		p.Task, p.Runs, p.Finished = i, p.Runs+1, nil
+		p.Task, p.Runs, p.Finished, p.Process = i, p.Runs+1, nil, nil
 		if err := r.save(p); err != nil {
 			return nsapi.StateRunning, err
 		}
 		if err := send(nsapi.Event{Kind: nsapi.EventTask, Task: i, State: nsapi.StateRunning}); err != nil {
 			return nsapi.StateRunning, err
 		}
-		res, err := r.runTask(ctx, logger, inst, i, task, scripts)
+		// After jumps, a run gets what is left of the budget if that is less than its timeout.
+		run, limit := task, left(p, i)
+		run.Timeout = nsapi.Duration(limit)
+		began := time.Now()
+		res, err := r.runTask(ctx, logger, inst, i, run, scripts, func(pid int) {
+			if tp, ok := processIdentity(pid); ok {
+				p.Process = &tp
+				if err := r.save(p); err != nil {
+					// The task's environment still names the instance for a restart to go by.
+					logger.Warn("task process not recorded", "task", i, "err", err)
+				}
+			}
+		})
+		p.Process = nil
 		if err != nil {
 			return nsapi.StateRunning, err
-		}
-		next, state, reason := decide(tasks, i, res)
-		if state == "" {
-			if state, reason = tooManyRuns(tasks, p.Runs); state != "" {
-				res.output = fitOutput(res.output+"\n"+reason+"\n", r.maxOutput())
-			}
 		}
 		taskState := nsapi.StateSucceeded
 		if res.code != 0 || res.timedOut {
 			taskState = nsapi.StateFailed
+		}
+		p.Spent += nsapi.Duration(min(time.Since(began), limit))
+		if task.ResumeAfterRestart && taskState == nsapi.StateSucceeded {
+			p.Spent += nsapi.Duration(nsapi.RestartWait)
+		}
+		next, state, reason := decide(tasks, i, res)
+		if res.timedOut && limit < time.Duration(task.Timeout) {
+			reason = fmt.Sprintf("%s was stopped after %s, when the job's run budget (%s) ran out: jumps had run its tasks again",
+				taskName(tasks, i), limit, inst.Job.RunBudget())
+			res.output = fitOutput(res.output+"\n"+reason+"\n", r.maxOutput())
+		}
+		if state == "" {
+			if state, reason = stopLooping(p, next); state != "" {
+				res.output = fitOutput(res.output+"\n"+reason+"\n", r.maxOutput())
+			}
 		}
 		fin := r.stamp(inst, nsapi.Event{Kind: nsapi.EventTask, Task: i, State: taskState, ExitCode: res.code, TimedOut: res.timedOut, Output: res.output})
 		p.Finished = &fin
@@ -264,12 +311,32 @@ func (r *Runner) finish(p *Progress, send func(nsapi.Event) error, e nsapi.Event
 	return e.State, send(e)
 }
 
-// tooManyRuns fails a job whose exit rules would keep it going past runsPerTask runs per task.
-func tooManyRuns(tasks []nsapi.Task, runs int) (state, reason string) {
-	if runs < runsPerTask*len(tasks) {
-		return "", ""
+// stopLooping fails a job whose exit rules would run task next when nothing is left of its
+// run budget, or past runsPerTask runs per task.
+func stopLooping(p *Progress, next int) (state, reason string) {
+	tasks := p.Instance.Job.Tasks
+	if p.Runs >= runsPerTask*len(tasks) {
+		return nsapi.StateFailed, fmt.Sprintf("stopped after %d task runs (%d per task): the exit rules keep jumping", p.Runs, runsPerTask)
 	}
-	return nsapi.StateFailed, fmt.Sprintf("stopped after %d task runs (%d per task): the exit rules keep jumping", runs, runsPerTask)
+	if left(p, next) <= 0 {
+		return nsapi.StateFailed, fmt.Sprintf("stopped before %s: nothing is left of the job's run budget (%s, the sum of its task timeouts): jumps ran its tasks again",
+			taskName(tasks, next), p.Instance.Job.RunBudget())
+	}
+	return "", ""
+}
+
+// left is how long task i may run now: its timeout, or what is left of the job's run
+// budget (nsapi.Job.RunBudget) once earlier runs took their part, the restart wait after
+// task i set aside. The NS waits for a job's end as long as its run budget and a grace
+// period; jumps that run tasks again share the budget instead of going past it. A job
+// without jumps runs each task at most once and is never cut short by this.
+func left(p *Progress, i int) time.Duration {
+	task := p.Instance.Job.Tasks[i]
+	rest := p.Instance.Job.RunBudget() - time.Duration(p.Spent)
+	if task.ResumeAfterRestart {
+		rest -= nsapi.RestartWait
+	}
+	return min(time.Duration(task.Timeout), rest)
 }
 
 func (r *Runner) save(p *Progress) error {
@@ -363,9 +430,18 @@ func decide(tasks []nsapi.Task, i int, res taskResult) (next int, state, reason 
 	}
 }
 
-// runTask runs task i to its end. Its error is only ever ctx's: everything that goes wrong
-// with the task itself is its result.
-func (r *Runner) runTask(ctx context.Context, logger *slog.Logger, inst nsapi.JobInstance, i int, task nsapi.Task, scripts *scriptDir) (taskResult, error) {
+// endLeftovers ends what is left running of the task in p after the agent stopped without
+// ending it (kill -9, a crash): the task's process group, if its process is still the one
+// recorded, and every process whose environment names the instance. It reports whether
+// it found any.
+func endLeftovers(p *Progress, logger *slog.Logger) bool {
+	found := p.Process != nil && killTaskProcess(*p.Process, logger)
+	return killLeftovers(p.Instance.ID, logger) > 0 || found
+}
+
+// runTask runs task i to its end; started is told the PID of its process once it has one.
+// Its error is only ever ctx's: everything that goes wrong with the task itself is its result.
+func (r *Runner) runTask(ctx context.Context, logger *slog.Logger, inst nsapi.JobInstance, i int, task nsapi.Task, scripts *scriptDir, started func(pid int)) (taskResult, error) {
 	argv := task.Command
 	if len(argv) == 0 {
 		path, err := scripts.file(i, task.Script)
@@ -419,6 +495,7 @@ func (r *Runner) runTask(ctx context.Context, logger *slog.Logger, inst nsapi.Jo
 		logger.Info("task could not start", "task", i, "err", err)
 		return taskResult{code: code, output: fitOutput(err.Error(), r.maxOutput())}, nil
 	}
+	started(cmd.Process.Pid)
 	err := cmd.Wait()
 	if cerr := ctx.Err(); cerr != nil {
 		return taskResult{}, cerr

@@ -561,3 +561,47 @@ func TestTailBuffer(t *testing.T) {
 		})
 	}
 }
+
+// Jumps share the job's run budget (the sum of its task timeouts, which the NS waits for):
+// a run gets what is left of it when that is less than its timeout, and no run starts once
+// nothing is left. Without jumps every task gets its whole timeout.
+func TestRunnerRunBudget(t *testing.T) {
+	t.Run("a loop is cut where its budget ends", func(t *testing.T) {
+		const budget = time.Second
+		inst := instance(nsapi.Task{Script: "sleep 0.3", Timeout: nsapi.Duration(budget), OnExit: []nsapi.ExitRule{jump(0)}})
+		start := time.Now()
+		state, events, got, err := runJob(t, &Runner{}, context.Background(), inst, nil)
+		took := time.Since(start)
+		if err != nil || state != nsapi.StateFailed {
+			t.Fatalf("Run: %q, %v", state, err)
+		}
+		// Each run of 0.3 s jumps back; the one that meets the end of the budget is stopped.
+		runs := (len(got) - 2) / 2
+		if runs < 2 || runs > 4 || !got[len(got)-2].TimedOut {
+			t.Fatalf("%d runs, the last timed out: %v; want 2 to 4 and the last stopped; events %+v", runs, got[len(got)-2].TimedOut, got)
+		}
+		last := events[len(events)-1]
+		if !strings.Contains(last.Output, "when the job's run budget (1s) ran out") || !strings.Contains(events[len(events)-2].Output, "run budget") {
+			t.Errorf("the end of the job says %q, its last task %q", last.Output, events[len(events)-2].Output)
+		}
+		// Runs took the budget; what else the job took is its own overhead, far below.
+		if took > budget+time.Second {
+			t.Errorf("the job ran %v with a run budget of %v", took, budget)
+		}
+	})
+	t.Run("no run starts once nothing is left", func(t *testing.T) {
+		// A task that restarts the computer, jumping to itself: its run and the wait for the
+		// restart take the whole budget.
+		inst := instance(nsapi.Task{Command: []string{"true"}, Timeout: nsapi.Duration(time.Second), ResumeAfterRestart: true, OnExit: []nsapi.ExitRule{jump(0)}})
+		state, events, got, err := runJob(t, &Runner{RestartWait: 10 * time.Millisecond}, context.Background(), inst, nil)
+		if err != nil || state != nsapi.StateFailed {
+			t.Fatalf("Run: %q, %v", state, err)
+		}
+		if diff := cmp.Diff(steps(jobRunning, ran(0, nsapi.StateSucceeded, 0), jobStep(0, nsapi.StateFailed, 0)), got); diff != "" {
+			t.Fatalf("events (-want +got):\n%s", diff)
+		}
+		if want := "stopped before task 0: nothing is left of the job's run budget (2m1s"; !strings.Contains(events[len(events)-1].Output, want) {
+			t.Errorf("the end of the job says %q, want %q", events[len(events)-1].Output, want)
+		}
+	})
+}

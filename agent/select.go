@@ -43,7 +43,7 @@ func newAgentMetrics(reg prometheus.Registerer) (*agentMetrics, error) {
 	m := &agentMetrics{
 		taskRegistrations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: obs.Namespace, Subsystem: "agent", Name: "task_registrations_total",
-			Help: "Registrations with a task server: start, moved (the NS offers another), failover (the last one failed twice in a row), again (it forgot the agent or refused its certificate).",
+			Help: "Registrations with a task server: start, moved (the NS offers another), failover (the last one failed twice in a row), again (it forgot the agent, refused its certificate, or its plain-HTTP address could not be reached).",
 		}, []string{"reason"}),
 		taskFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: obs.Namespace, Subsystem: "agent", Name: "task_server_failures_total",

@@ -133,7 +133,7 @@ func (t *taskClient) run(ctx context.Context) error {
 	defer t.stopChannel()
 	failures := 0
 	for {
-		err := t.cycle(ctx, conn)
+		err := t.cycle(ctx)
 		var wait time.Duration
 		if err != nil {
 			failures++
@@ -157,8 +157,8 @@ func (t *taskClient) run(ctx context.Context) error {
 }
 
 // cycle registers with a task server if needed, then fetches and runs open jobs.
-func (t *taskClient) cycle(ctx context.Context, conn net.PacketConn) error {
-	if err := t.ensureRegistered(ctx, conn); err != nil {
+func (t *taskClient) cycle(ctx context.Context) error {
+	if err := t.ensureRegistered(ctx); err != nil {
 		return err
 	}
 	if err := t.resumeInterrupted(ctx); err != nil {
@@ -220,9 +220,13 @@ var (
 	// errRefused: the task server refused our credentials (a certificate revoked or
 	// superseded since); registering again uses the current ones.
 	errRefused = errors.New("task server refused the agent's credentials")
+	// errPlainFailed: the plain-HTTP address the task server gave could not be reached
+	// (its port changed with a restart, say); registering again over HTTPS gives the
+	// address it has now.
+	errPlainFailed = errors.New("task server's plain-HTTP address failed")
 )
 
-func (t *taskClient) ensureRegistered(ctx context.Context, conn net.PacketConn) error {
+func (t *taskClient) ensureRegistered(ctx context.Context) error {
 	srv, ok := t.a.Servers()
 	if !ok || len(srv.TaskServers) == 0 {
 		return errors.New("no task server known yet")
@@ -254,39 +258,20 @@ func (t *taskClient) ensureRegistered(ctx context.Context, conn net.PacketConn) 
 	}
 	conf.ServerName = srv.NSID
 	hc := &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{TLSClientConfig: conf, IdleConnTimeout: time.Minute}}
-	req := taskapi.RegisterRequest{ID: t.a.peer.ID(), Hostname: t.a.peer.Hostname}
-	if conn != nil {
-		if ap, err := netip.ParseAddrPort(conn.LocalAddr().String()); err == nil {
-			req.TicklePort = ap.Port()
-		}
-	}
 	t.mu.Lock()
 	t.baseURL, t.http, t.serverID = chosen.URL, hc, ""
 	t.mu.Unlock()
-	var resp taskapi.RegisterResponse
-	err = t.call(ctx, http.MethodPost, taskapi.PathRegister, req, &resp)
-	if err == nil {
-		t.a.metrics.taskRegistrations.WithLabelValues(t.a.sel.reason(chosen.ID)).Inc()
-	}
+	reason := t.a.sel.reason(chosen.ID)
+	resp, err := t.register(ctx)
 	t.attempt(ctx, chosen.ID, err, true)
 	if err != nil {
 		return fmt.Errorf("register with task server %s: %w", chosen.Hostname, err)
 	}
-	if err := t.keys.Set(resp.ServerID, resp.TickleKeyID, resp.TickleKey); err != nil {
-		return err
-	}
+	t.a.metrics.taskRegistrations.WithLabelValues(reason).Inc()
 	t.mu.Lock()
-	t.serverID = resp.ServerID
-	t.plainURL, t.apiKey = resp.HTTPURL, taskapi.APIKey(resp.TickleKey)
-	if t.plain == nil {
-		t.plain = &http.Client{Timeout: 60 * time.Second}
-	}
-	t.interval = time.Duration(resp.TaskRequestInterval)
-	if t.interval <= 0 {
-		t.interval = 30 * time.Minute
-	}
+	poll := t.interval
 	t.mu.Unlock()
-	t.logger.Info("registered with task server", "server", chosen.Hostname, "id", resp.ServerID, "poll", t.interval)
+	t.logger.Info("registered with task server", "server", chosen.Hostname, "id", resp.ServerID, "poll", poll)
 	if t.a.cfg.Channel {
 		if resp.Channel == "" {
 			t.logger.Warn("a tickle channel is configured but the task server offers none; relying on UDP tickles and polling")
@@ -301,7 +286,61 @@ func (t *taskClient) ensureRegistered(ctx context.Context, conn net.PacketConn) 
 	return nil
 }
 
+// register registers with the task server at baseURL, over HTTPS, and takes up its
+// answer: the tickle key, the plain-HTTP address and the poll interval.
+func (t *taskClient) register(ctx context.Context) (taskapi.RegisterResponse, error) {
+	req := taskapi.RegisterRequest{ID: t.a.peer.ID(), Hostname: t.a.peer.Hostname}
+	if t.conn != nil {
+		if ap, err := netip.ParseAddrPort(t.conn.LocalAddr().String()); err == nil {
+			req.TicklePort = ap.Port()
+		}
+	}
+	var resp taskapi.RegisterResponse
+	if err := t.call(ctx, http.MethodPost, taskapi.PathRegister, req, &resp); err != nil {
+		return resp, err
+	}
+	if err := t.keys.Set(resp.ServerID, resp.TickleKeyID, resp.TickleKey); err != nil {
+		return resp, err
+	}
+	t.mu.Lock()
+	t.serverID = resp.ServerID
+	t.plainURL, t.apiKey = resp.HTTPURL, taskapi.APIKey(resp.TickleKey)
+	if t.plain == nil {
+		t.plain = &http.Client{Timeout: 60 * time.Second}
+	}
+	t.interval = time.Duration(resp.TaskRequestInterval)
+	if t.interval <= 0 {
+		t.interval = 30 * time.Minute
+	}
+	t.mu.Unlock()
+	return resp, nil
+}
+
+// call makes one request of the task server. One over plain HTTP that cannot reach the
+// address the task server gave is made again once, at the address it gives when the agent
+// registers with it again over HTTPS: a task server restarted with another plain-HTTP port
+// is followed, not asked at the old one forever. If that registration fails too, the
+// task server is down, and the first error counts towards failing over.
 func (t *taskClient) call(ctx context.Context, method, path string, in, out any) error {
+	err := t.callOnce(ctx, method, path, in, out)
+	if !errors.Is(err, errPlainFailed) || ctx.Err() != nil {
+		return err
+	}
+	t.mu.Lock()
+	old := t.plainURL
+	t.mu.Unlock()
+	resp, rerr := t.register(ctx)
+	if rerr != nil {
+		t.logger.Warn("the task server's plain-HTTP address failed and registering again over HTTPS failed too", "url", old, "err", err, "register_err", rerr)
+		return err
+	}
+	t.a.metrics.taskRegistrations.WithLabelValues("again").Inc()
+	t.logger.Info("registered with the task server again: its plain-HTTP address failed", "old_url", old, "url", resp.HTTPURL, "err", err)
+	t.a.setTaskServer(resp.ServerID)
+	return t.callOnce(ctx, method, path, in, out)
+}
+
+func (t *taskClient) callOnce(ctx context.Context, method, path string, in, out any) error {
 	t.mu.Lock()
 	base, hc := t.baseURL, t.http
 	plainURL, key, plain := t.plainURL, t.apiKey, t.plain
@@ -329,6 +368,9 @@ func (t *taskClient) call(ctx context.Context, method, path string, in, out any)
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
+		if signedCall {
+			return fmt.Errorf("%w: %w", errPlainFailed, err)
+		}
 		return err
 	}
 	defer resp.Body.Close()
@@ -473,7 +515,7 @@ func (t *taskClient) send(ctx context.Context, e nsapi.Event) error {
 		if t.forgotten(err) {
 			// Renewed while the job ran (the old certificate is revoked), or the task
 			// server forgot us: register again with the current credentials, then retry.
-			if rerr := t.ensureRegistered(ctx, t.conn); rerr != nil {
+			if rerr := t.ensureRegistered(ctx); rerr != nil {
 				t.logger.Warn("registering with the task server again failed", "err", rerr)
 			}
 		}

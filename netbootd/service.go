@@ -158,6 +158,11 @@ func (c *Config) Validate(prefix string) error {
 	if _, _, err := net.SplitHostPort(c.TFTP.Listen); err != nil {
 		return fmt.Errorf("%s.tftp.listen: %w", prefix, err)
 	}
+	return c.validateScripts(prefix)
+}
+
+// validateScripts checks that every script parses and runs on sample data.
+func (c *Config) validateScripts(prefix string) error {
 	for kind, s := range c.Scripts {
 		switch kind {
 		case nsapi.ComputerManaged, nsapi.ComputerPredefined, nsapi.ComputerUnknown:
@@ -173,6 +178,34 @@ func (c *Config) Validate(prefix string) error {
 			return fmt.Errorf("%s.scripts.%s: %w", prefix, kind, err)
 		}
 	}
+	return nil
+}
+
+// parseScripts parses scripts that Validate accepted.
+func parseScripts(texts map[string]string) *map[string]*template.Template {
+	m := make(map[string]*template.Template, len(texts))
+	for kind, text := range texts {
+		m[kind] = template.Must(template.New(kind).Parse(text))
+	}
+	return &m
+}
+
+// SetScripts puts new iPXE scripts in force (a configuration reload): kinds not given get
+// the default script. They are checked as at start; on an error the scripts in force stay.
+func (s *Service) SetScripts(scripts map[string]string) error {
+	c := Config{Scripts: maps.Clone(scripts)}
+	if c.Scripts == nil {
+		c.Scripts = map[string]string{}
+	}
+	for k, v := range DefaultScripts {
+		if _, ok := c.Scripts[k]; !ok {
+			c.Scripts[k] = v
+		}
+	}
+	if err := c.validateScripts("services.netboot"); err != nil {
+		return err
+	}
+	s.scripts.Store(parseScripts(c.Scripts))
 	return nil
 }
 
@@ -281,7 +314,7 @@ type Service struct {
 	computers *NSComputers
 	pxe       *pxe.Server
 	tftp      *tftp.Server
-	scripts   map[string]*template.Template
+	scripts   atomic.Pointer[map[string]*template.Template] // by kind; a reload swaps them
 	scriptsN  *prometheus.CounterVec
 	ready     atomic.Bool
 	httpAddr  atomic.Value // net.Addr
@@ -300,11 +333,8 @@ func New(cfg Config, client func(ctx context.Context) (*nsapi.Client, error), lo
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Service{cfg: cfg, logger: logger, scripts: map[string]*template.Template{},
-		computers: &NSComputers{Client: client, TTL: cfg.LookupCache}}
-	for kind, text := range cfg.Scripts {
-		s.scripts[kind] = template.Must(template.New(kind).Parse(text))
-	}
+	s := &Service{cfg: cfg, logger: logger, computers: &NSComputers{Client: client, TTL: cfg.LookupCache}}
+	s.scripts.Store(parseScripts(cfg.Scripts))
 	var err error
 	if s.pxe, err = pxe.NewServer(cfg.PXE, s.computers, logger.With("part", "pxe"), reg); err != nil {
 		return nil, err
@@ -409,7 +439,7 @@ func (s *Service) serveScript(w http.ResponseWriter, r *http.Request, macText st
 	}
 	k := kind.String()
 	var b strings.Builder
-	if err := s.scripts[k].Execute(&b, scriptData{Server: r.Host, MAC: mac.String(), Kind: k}); err != nil {
+	if err := (*s.scripts.Load())[k].Execute(&b, scriptData{Server: r.Host, MAC: mac.String(), Kind: k}); err != nil {
 		http.Error(w, "script template: "+err.Error(), http.StatusInternalServerError)
 		return
 	}

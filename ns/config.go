@@ -53,7 +53,7 @@ type ServerConfig struct {
 	PublicURL string `yaml:"public_url"`
 	// SweepInterval is how often expired job instances are marked expired.
 	SweepInterval time.Duration `yaml:"sweep_interval"`
-	// RunningGrace is how long past the sum of its task timeouts the NS waits for word of
+	// RunningGrace is how long past its run budget (nsapi.Job.RunBudget) the NS waits for word of
 	// a running instance's end (or, for a delivered one, of its start) before it marks it
 	// expired: the time a reboot, a restarted agent and events held at a task server may take.
 	RunningGrace time.Duration `yaml:"running_grace"`
@@ -96,6 +96,8 @@ type Retention struct {
 	// Jobs is how long a finished instance (succeeded, failed, expired) and its events are
 	// kept after it finished; a job goes with its last instance. Negative: kept forever.
 	Jobs time.Duration `yaml:"jobs"`
+	// Audit is how long an audit record of an admin change is kept. Negative: kept forever.
+	Audit time.Duration `yaml:"audit"`
 	// Interval is how often the NS deletes what is past its retention.
 	Interval time.Duration `yaml:"interval"`
 }
@@ -144,6 +146,9 @@ func (c *ServerConfig) Defaults() {
 	}
 	if c.Retention.Jobs == 0 {
 		c.Retention.Jobs = 90 * 24 * time.Hour
+	}
+	if c.Retention.Audit == 0 {
+		c.Retention.Audit = 365 * 24 * time.Hour
 	}
 	if c.Retention.Interval == 0 {
 		c.Retention.Interval = time.Hour
@@ -215,6 +220,9 @@ func (c *ServerConfig) Validate() error {
 	}
 	if c.Retention.Jobs > 0 && c.Retention.Jobs < time.Hour {
 		return fmt.Errorf("retention.jobs: %s is below 1h (negative keeps them forever)", c.Retention.Jobs)
+	}
+	if c.Retention.Audit > 0 && c.Retention.Audit < time.Hour {
+		return fmt.Errorf("retention.audit: %s is below 1h (negative keeps them forever)", c.Retention.Audit)
 	}
 	if c.Retention.Interval < 100*time.Millisecond {
 		return fmt.Errorf("retention.interval: %s is below 100ms", c.Retention.Interval)

@@ -76,6 +76,7 @@ func (s *Server) sweep(ctx context.Context, every time.Duration) {
 		}
 		s.expireUnknown(ctx)
 		s.refreshComputerGauges(ctx)
+		s.refreshHealthGauges(ctx)
 		s.expirePartialUploads()
 		select {
 		case <-ctx.Done():
@@ -105,8 +106,8 @@ func (s *Server) expire(ctx context.Context) {
 const pruneLimit = 20000
 
 // prune deletes what is past its retention: finished instances with their events and
-// jobs, and revoked serials of certificates that have ended. It reports whether it got
-// through all of it.
+// jobs, audit records, and revoked serials of certificates that have ended. It reports
+// whether it got through all of it.
 func (s *Server) prune(ctx context.Context) (all bool) {
 	now := s.now()
 	all = true
@@ -131,6 +132,17 @@ func (s *Server) prune(ctx context.Context) (all bool) {
 		s.logger.Warn("pruning revoked serials", "err", err)
 	}
 	s.jobMetrics.pruned.WithLabelValues("revoked").Add(float64(n))
+	if keep := s.cfg.Retention.Audit; keep > 0 {
+		n, err := s.store.PruneAudit(ctx, now.Add(-keep), pruneLimit)
+		all = all && n < pruneLimit
+		if err != nil {
+			s.logger.Warn("pruning audit records", "err", err)
+		}
+		s.jobMetrics.pruned.WithLabelValues("audit").Add(float64(n))
+		if n > 0 {
+			s.logger.Info("audit records past their retention deleted", "records", n, "retention", keep)
+		}
+	}
 	return all
 }
 

@@ -33,6 +33,9 @@ type serverMetrics struct {
 	placements    *prometheus.CounterVec
 	unreachable   prometheus.Counter
 	refused       *prometheus.CounterVec
+	liveness      *prometheus.GaugeVec
+	codebases     *prometheus.GaugeVec
+	requests      *prometheus.HistogramVec
 }
 
 // Reasons the NS refuses a request before doing its work, the label values of
@@ -53,7 +56,12 @@ var (
 	unknownResults = []string{"added", "refused", "expired"}
 	computerKinds  = []string{nsapi.ComputerManaged, nsapi.ComputerPredefined, nsapi.ComputerUnknown}
 	uploadResults  = []string{"complete", "partial", "rejected"}
+	livenessStates = []string{"seen", "stale"}
 )
+
+// requestBuckets span an API call answered from memory to a batch of events or a large
+// package file.
+var requestBuckets = []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60}
 
 func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 	m := &serverMetrics{
@@ -141,6 +149,25 @@ func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 			Namespace: obs.Namespace, Subsystem: subsystem, Name: "library_upload_bytes_total",
 			Help: "Bytes received by package library uploads, resumed or not.",
 		}),
+		liveness: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: obs.Namespace, Subsystem: subsystem, Name: "approved_site_servers",
+			Help: "Approved site servers by whether they were seen within three heartbeats (seen) or not (stale: never offered to agents or as package sources).",
+		}, []string{"state"}),
+		codebases: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: obs.Namespace, Subsystem: subsystem, Name: "codebases",
+			Help: "Package codebases (one package on one package server) by the state their server last reported.",
+		}, []string{"state"}),
+		requests: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: obs.Namespace, Subsystem: subsystem, Name: "request_duration_seconds",
+			Help:    "Time the NS API took to answer, by route pattern (method and path with {placeholders}; unmatched for requests no route takes).",
+			Buckets: requestBuckets,
+		}, []string{"route"}),
+	}
+	for _, st := range livenessStates {
+		m.liveness.WithLabelValues(st)
+	}
+	for _, st := range nsapi.CodebaseStates {
+		m.codebases.WithLabelValues(st)
 	}
 	for _, r := range unknownResults {
 		m.unknown.WithLabelValues(r)
@@ -186,7 +213,8 @@ func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 	}
 	if err := obs.RegisterAll(reg, m.certRenewals, m.certNotAfter, m.enrollments, m.authFailures, m.registrations, m.badRequests, m.rulesLoads,
 		m.siteServers, m.agents, m.sites, m.subnets, m.ownership, m.macConflicts, m.siteChanges,
-		m.unknown, m.computers, m.uploads, m.uploadBytes, m.placements, m.unreachable, m.refused); err != nil {
+		m.unknown, m.computers, m.uploads, m.uploadBytes, m.placements, m.unreachable, m.refused,
+		m.liveness, m.codebases, m.requests); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -218,7 +246,7 @@ func newJobMetrics(reg prometheus.Registerer) (*jobMetrics, error) {
 	}, []string{"from"})
 	m.pruned = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: obs.Namespace, Subsystem: subsystem, Name: "pruned_rows_total",
-		Help: "Rows deleted past their retention, by table: finished job instances, their events, jobs, revoked serials of ended certificates.",
+		Help: "Rows deleted past their retention, by table: finished job instances, their events, jobs, revoked serials of ended certificates, audit records.",
 	}, []string{"table"})
 	for _, st := range nsapi.JobStates {
 		m.instances.WithLabelValues(st)
@@ -226,7 +254,7 @@ func newJobMetrics(reg prometheus.Registerer) (*jobMetrics, error) {
 	for _, st := range []string{nsapi.StatePending, nsapi.StateDelivered, nsapi.StateRunning} {
 		m.expired.WithLabelValues(st)
 	}
-	for _, t := range []string{"job_instances", "events", "jobs", "revoked"} {
+	for _, t := range []string{"job_instances", "events", "jobs", "revoked", "audit"} {
 		m.pruned.WithLabelValues(t)
 	}
 	for _, r := range []string{"added", "duplicate", "unknown"} {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -14,14 +15,19 @@ import (
 	"github.com/siteserver/siteserver/nsapi"
 )
 
-// The sweep expires a running instance whose agent falls silent, with an event that says
-// why, and deletes the finished history once past its retention; both are counted.
-func TestSweepExpiresAndPrunes(t *testing.T) {
+// testClock is a clock for the NS that moves only when the test advances it.
+func testClock() (now func() time.Time, advance func(time.Duration)) {
 	var clock atomic.Pointer[time.Time]
 	start := time.Now()
 	clock.Store(&start)
-	now := func() time.Time { return *clock.Load() }
-	advance := func(d time.Duration) { t := now().Add(d); clock.Store(&t) }
+	now = func() time.Time { return *clock.Load() }
+	return now, func(d time.Duration) { t := now().Add(d); clock.Store(&t) }
+}
+
+// The sweep expires a running instance whose agent falls silent, with an event that says
+// why, and deletes the finished history once past its retention; both are counted.
+func TestSweepExpiresAndPrunes(t *testing.T) {
+	now, advance := testClock()
 	tn := startNS(t, func(c *ServerConfig) {
 		c.Clock, c.SweepInterval = now, 100*time.Millisecond
 		c.RunningGrace = 10 * time.Minute
@@ -111,5 +117,54 @@ func TestSweepExpiresAndPrunes(t *testing.T) {
 		if n := testutil.ToFloat64(tn.srv.jobMetrics.pruned.WithLabelValues(table)); n != want {
 			t.Errorf("pruned %s = %v, want %v", table, n, want)
 		}
+	}
+}
+
+// The sweep deletes audit records once past their retention, and counts them; newer ones
+// stay.
+func TestSweepPrunesAudit(t *testing.T) {
+	now, advance := testClock()
+	tn := startNS(t, func(c *ServerConfig) {
+		c.Clock, c.SweepInterval = now, 100*time.Millisecond
+		c.Retention = Retention{Audit: 24 * time.Hour, Interval: 100 * time.Millisecond}
+	})
+	ctx := context.Background()
+	targets := func() []string {
+		entries, err := tn.admin.Audit(ctx, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, e := range entries {
+			out = append(out, e.Target)
+		}
+		return out
+	}
+	if err := tn.admin.PutSite(ctx, nsapi.SiteRequest{Name: "first"}); err != nil {
+		t.Fatal(err)
+	}
+	advance(12 * time.Hour)
+	if err := tn.admin.PutSite(ctx, nsapi.SiteRequest{Name: "second"}); err != nil {
+		t.Fatal(err)
+	}
+	advance(11 * time.Hour)
+	time.Sleep(500 * time.Millisecond) // sweeps: both within their retention
+	first, second := nsapi.PathSites+"/first", nsapi.PathSites+"/second"
+	if got := targets(); !slices.Equal(got, []string{first, second}) {
+		t.Fatalf("audit records before the first is a day old: %v", got)
+	}
+	advance(2 * time.Hour)
+	deadline := time.Now().Add(10 * time.Second)
+	for testutil.ToFloat64(tn.srv.jobMetrics.pruned.WithLabelValues("audit")) < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the audit record past its retention was not pruned")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := targets(); !slices.Equal(got, []string{second}) {
+		t.Fatalf("audit records left: %v, want the second change's", got)
+	}
+	if n := testutil.ToFloat64(tn.srv.jobMetrics.pruned.WithLabelValues("audit")); n != 1 {
+		t.Fatalf("pruned audit records = %v, want 1", n)
 	}
 }

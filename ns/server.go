@@ -62,7 +62,7 @@ type Server struct {
 	eventSlots    *httpx.Slots
 	batchInFlight inFlight // site servers with an event batch under way
 
-	reload    chan struct{}
+	reload    chan chan error
 	startTime time.Time
 
 	readyOnce sync.Once
@@ -95,7 +95,7 @@ func NewServer(cfg ServerConfig, logger *slog.Logger, reg prometheus.Registerer)
 		jobMetrics: jm,
 		now:        time.Now,
 		issueID:    func(string) string { return uuid.NewString() },
-		reload:     make(chan struct{}, 1),
+		reload:     make(chan chan error),
 		readyCh:    make(chan struct{}),
 		startTime:  time.Now(),
 
@@ -115,11 +115,20 @@ func (s *Server) Name() string { return "ns" }
 // Ready implements service.Readier.
 func (s *Server) Ready() bool { return s.ready.Load() }
 
-// Reload asks the server to load its rules file again (SIGHUP).
-func (s *Server) Reload() {
+// Reload loads the rules file again (SIGHUP) and returns once it is in force, or why it
+// is not (the rules in force are then kept). It waits for Run to be serving.
+func (s *Server) Reload(ctx context.Context) error {
+	done := make(chan error, 1)
 	select {
-	case s.reload <- struct{}{}:
-	default:
+	case s.reload <- done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
@@ -300,7 +309,7 @@ func (s *Server) refreshGauges(ctx context.Context) {
 
 // Handler returns the API handler (Run must have set up the store).
 func (s *Server) Handler() http.Handler {
-	mux := http.NewServeMux()
+	mux := newRouteMux(s.metrics.requests)
 	mux.HandleFunc("POST "+nsapi.PathEnroll, s.handleEnroll)
 	mux.HandleFunc("POST "+nsapi.PathRegisterServer, s.certified(nsapi.KindSiteServer, s.handleRegisterServer))
 	mux.HandleFunc("POST "+nsapi.PathRegisterAgent, s.certified(nsapi.KindAgent, s.handleRegisterAgent))

@@ -374,21 +374,27 @@ func TestRulesFileReload(t *testing.T) {
 		t.Fatalf("at start: %v", got)
 	}
 	os.WriteFile(rules, []byte("sites:\n  - name: two\n    subnets: [10.1.0.0/16]\n"), 0o644)
-	tn.srv.Reload()
-	waitFor(t, func() bool { return slices.Equal(names(), []string{"two"}) })
+	if err := tn.srv.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := names(); !slices.Equal(got, []string{"two"}) {
+		t.Fatalf("after a reload: %v", got)
+	}
 	// A broken file on reload keeps the rules in force.
 	os.WriteFile(rules, []byte("sites:\n  - name: three\n    subnets: [10.1.0.0/33]\n"), 0o644)
 	before := testutil.ToFloat64(tn.srv.metrics.rulesLoads.WithLabelValues("error"))
-	tn.srv.Reload()
-	waitFor(t, func() bool { return testutil.ToFloat64(tn.srv.metrics.rulesLoads.WithLabelValues("error")) > before })
+	if err := tn.srv.Reload(ctx); err == nil || testutil.ToFloat64(tn.srv.metrics.rulesLoads.WithLabelValues("error")) <= before {
+		t.Fatalf("a broken rules file was reloaded without an error counted: %v", err)
+	}
 	if got := names(); !slices.Equal(got, []string{"two"}) {
 		t.Fatalf("after a broken reload: %v", got)
 	}
 	// So does a file that assigns a server by host name.
 	os.WriteFile(rules, []byte("sites:\n  - name: three\n    subnets: [10.1.0.0/16]\n    servers: [ss1.example.org]\n"), 0o644)
 	before = testutil.ToFloat64(tn.srv.metrics.rulesLoads.WithLabelValues("error"))
-	tn.srv.Reload()
-	waitFor(t, func() bool { return testutil.ToFloat64(tn.srv.metrics.rulesLoads.WithLabelValues("error")) > before })
+	if err := tn.srv.Reload(ctx); err == nil || testutil.ToFloat64(tn.srv.metrics.rulesLoads.WithLabelValues("error")) <= before {
+		t.Fatalf("a broken rules file was reloaded without an error counted: %v", err)
+	}
 	if got := names(); !slices.Equal(got, []string{"two"}) {
 		t.Fatalf("after a reload naming a server by host name: %v", got)
 	}

@@ -22,14 +22,17 @@ func (s *Server) reloadLoop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-s.reload:
+		case done := <-s.reload:
 			if s.cfg.RulesFile == "" {
 				s.logger.Info("reload asked but no rules_file is configured")
+				done <- nil
 				continue
 			}
-			if err := s.loadRulesFile(ctx); err != nil {
+			err := s.loadRulesFile(ctx)
+			if err != nil {
 				s.logger.Error("rules file not reloaded; the rules in force are kept", "file", s.cfg.RulesFile, "err", err)
 			}
+			done <- err
 		}
 	}
 }

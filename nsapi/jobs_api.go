@@ -35,8 +35,9 @@ type Task struct {
 	OnExit      []ExitRule `json:"on_exit,omitempty" yaml:"on_exit,omitempty"`
 	// ResumeAfterRestart is for a task that restarts the computer (or the agent): when the
 	// agent restarts while it runs, or within RestartWait after it exited 0, the task counts
-	// as succeeded and the job goes on with the next one. Without it, a restart during a
-	// task fails the job as interrupted.
+	// as succeeded and the job goes on with the next one (if only the agent restarted, what
+	// the task still runs is ended first). Without it, a restart during a task fails the
+	// job as interrupted.
 	ResumeAfterRestart bool `json:"resume_after_restart,omitempty" yaml:"resume_after_restart,omitempty"`
 }
 
@@ -53,9 +54,11 @@ type Job struct {
 	Validity Duration `json:"validity,omitempty" yaml:"validity,omitempty"` // default 1h
 }
 
-// RunBudget is the longest the job runs without jumps: the sum of its task timeouts, plus
-// RestartWait for each task that restarts the computer. The NS gives up on a running
-// instance it has not heard the end of within this plus a grace period.
+// RunBudget is the longest the job's task runs may take: the sum of its task timeouts,
+// plus RestartWait for each task that restarts the computer. Jumps that run tasks again
+// share it: agents give a run at most what is left of it, and stop a job when nothing is.
+// The NS gives up on a running instance it has not heard the end of within this plus a
+// grace period.
 func (j *Job) RunBudget() time.Duration {
 	var d time.Duration
 	for _, t := range j.Tasks {

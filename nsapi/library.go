@@ -2,6 +2,7 @@ package nsapi
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -259,8 +260,8 @@ func (c *Client) putLibrary(ctx context.Context, sha string, offset, size int64,
 			}
 		}
 	}()
-	hc := *c.HTTP
-	hc.Timeout = 0
+	hc, closeIdle := c.uploadClient()
+	defer closeIdle()
 	resp, err := hc.Do(req)
 	if err != nil {
 		if cause := context.Cause(ctx); errors.Is(cause, stalled) {
@@ -278,6 +279,36 @@ func (c *Client) putLibrary(ctx context.Context, sha string, offset, size int64,
 		return body.n.Load(), &APIError{Status: resp.StatusCode, Message: er.Error}
 	}
 	return body.n.Load(), nil
+}
+
+// uploadClient is the client for one upload attempt: c's, with no time limit on the
+// request as a whole, over HTTP/1.1. An NS's HTTP/2 stream reads ahead of the handler into
+// its window (1 MiB), and a cut connection may lose what it held, to be sent again on
+// resume; it also caps an upload at a window per round trip, slow over a long WAN.
+// closeIdle closes the attempt's connection once it is done.
+func (c *Client) uploadClient() (hc *http.Client, closeIdle func()) {
+	cp := *c.HTTP
+	cp.Timeout = 0
+	tr, ok := c.HTTP.Transport.(*http.Transport)
+	if !ok {
+		return &cp, func() {}
+	}
+	tr = HTTP1Transport(tr)
+	cp.Transport = tr
+	return &cp, tr.CloseIdleConnections
+}
+
+// HTTP1Transport is a copy of tr that speaks HTTP/1.1 only, even to a server that offers
+// HTTP/2 (tr's TLS configuration may ask for it already, once tr has made a connection).
+func HTTP1Transport(tr *http.Transport) *http.Transport {
+	tr = tr.Clone()
+	tr.ForceAttemptHTTP2 = false
+	tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+	if tr.TLSClientConfig != nil {
+		tr.TLSClientConfig = tr.TLSClientConfig.Clone()
+		tr.TLSClientConfig.NextProtos = []string{"http/1.1"}
+	}
+	return tr
 }
 
 // progressReader counts what the transport took and when it last took something.

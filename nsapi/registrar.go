@@ -91,7 +91,7 @@ func NewRegistrar(peers []*Enrollment, register RegisterFunc, logger *slog.Logge
 		m.renewals.WithLabelValues(p.Endpoint.Name)
 		m.lastSuccess.WithLabelValues(p.Endpoint.Name)
 	}
-	if err := obs.RegisterAll(reg, m.attempts, m.registered, m.lastSuccess, m.renewals); err != nil {
+	if err := obs.RegisterAll(reg, m.attempts, m.registered, m.lastSuccess, m.renewals, newCertExpiry(peers)); err != nil {
 		return nil, fmt.Errorf("registration: metrics: %w", err)
 	}
 	kick := map[string]chan struct{}{}

@@ -203,18 +203,29 @@ func NewBandwidthLimiter(windows []Window, def int64, clock func() time.Time) *B
 	}
 }
 
+// SetSchedule replaces the windows and the default (a configuration reload); the next
+// wait follows them.
+func (l *BandwidthLimiter) SetSchedule(windows []Window, def int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.windows, l.def = slices.Clone(windows), def
+}
+
 // Limit returns the limit in force now, in bits/s; 0 means unlimited.
 func (l *BandwidthLimiter) Limit() int64 {
+	l.mu.Lock()
+	windows, def := l.windows, l.def
+	l.mu.Unlock()
 	t := l.clock()
 	h, m, s := t.Clock()
 	off := time.Duration(h)*time.Hour + time.Duration(m)*time.Minute + time.Duration(s)*time.Second +
 		time.Duration(t.Nanosecond())
-	for _, w := range l.windows {
+	for _, w := range windows {
 		if w.contains(off) {
 			return w.BitsPerSecond
 		}
 	}
-	return l.def
+	return def
 }
 
 // maxBurst bounds how many bytes pass at once, and so each wait.

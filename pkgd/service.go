@@ -77,6 +77,8 @@ type pkgState struct {
 type serviceMetrics struct {
 	packages *prometheus.GaugeVec
 	retries  prometheus.Counter
+	state    *stateMetrics
+	requests *prometheus.HistogramVec
 	fetch    *FetchMetrics
 	serve    *ServeMetrics
 	auth     *AuthMetrics
@@ -122,11 +124,43 @@ func New(cfg Config, peer *nsapi.Enrollment, logger *slog.Logger, reg prometheus
 	if err == nil {
 		m.auth, err = NewAuthMetrics(reg)
 	}
+	m.state, m.requests = newStateMetrics(filepath.Join(cfg.DataDir, "store"), newBandwidthLimiter(cfg)), newRequestDuration()
+	if err == nil {
+		err = obs.RegisterAll(reg, m.state, m.requests)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("pkgd: metrics: %w", err)
 	}
 	s.metrics = m
 	return s, nil
+}
+
+// ErrNeedsRestart: a setting that can only change with a restart of the service.
+var ErrNeedsRestart = errors.New("takes effect after a restart")
+
+// CanSetBandwidth reports whether SetBandwidth can work: the service started with a
+// bandwidth limit (and so a limiter to change) and runs.
+func (s *Service) CanSetBandwidth() bool {
+	// ready is stored after the fetcher is made: its load orders the reads after it.
+	return s.ready.Load() && s.fetcher != nil && s.fetcher.Limiter != nil
+}
+
+// SetBandwidth puts new bandwidth windows and default in force (a configuration reload).
+// A service that started without any limit has no limiter to change: ErrNeedsRestart.
+func (s *Service) SetBandwidth(windows []string, def string) error {
+	ws, err := ParseWindows(windows)
+	if err != nil {
+		return fmt.Errorf("services.package.bandwidth: %w", err)
+	}
+	d, err := parseRate(def)
+	if err != nil {
+		return fmt.Errorf("services.package.default_bandwidth: %w", err)
+	}
+	if !s.CanSetBandwidth() {
+		return fmt.Errorf("services.package.bandwidth: started without a limit: %w", ErrNeedsRestart)
+	}
+	s.fetcher.Limiter.SetSchedule(ws, d)
+	return nil
 }
 
 // Name implements service.Service.
@@ -185,13 +219,8 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	s.store = store
-	windows, _ := ParseWindows(s.cfg.Bandwidth)
-	def, _ := parseRate(s.cfg.DefaultBandwidth)
-	var limiter *BandwidthLimiter
-	if len(windows) > 0 || def > 0 {
-		limiter = NewBandwidthLimiter(windows, def, time.Now)
-	}
-	s.fetcher = &Fetcher{Store: store, Limiter: limiter, MaxConcurrent: s.cfg.MaxDownloads, Metrics: s.metrics.fetch, Sign: s.signRequest}
+	s.metrics.state.store.Store(store)
+	s.fetcher = &Fetcher{Store: store, Limiter: s.metrics.state.limiter, MaxConcurrent: s.cfg.MaxDownloads, Metrics: s.metrics.fetch, Sign: s.signRequest}
 	defer s.fetcher.Close()
 
 	ln, err := net.Listen("tcp", s.cfg.Listen)
@@ -239,16 +268,10 @@ func (s *Service) nsClient(ctx context.Context) (*nsapi.Client, error) {
 	}
 	// Downloads from the NS need the same client certificate as the API, and downloads
 	// from other package servers are plain HTTP; one client does both.
-	tr := c.HTTP.Transport.(*http.Transport).Clone()
 	// HTTP/1.1 for downloads: an HTTP/2 client reads ahead into a 4 MiB per-stream window
 	// whatever the reader's pace, and a crash loses all of that; over HTTP/1.1 the only
 	// read-ahead is the socket buffer, kept small below.
-	tr.ForceAttemptHTTP2 = false
-	tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
-	if tr.TLSClientConfig != nil {
-		tr.TLSClientConfig = tr.TLSClientConfig.Clone()
-		tr.TLSClientConfig.NextProtos = []string{"http/1.1"}
-	}
+	tr := nsapi.HTTP1Transport(c.HTTP.Transport.(*http.Transport))
 	if s.fetcher.Limiter != nil {
 		// A throttled download reads slowly; with the kernel's default buffers megabytes
 		// would sit unread in the socket, to be lost (and fetched again) if the process
@@ -582,10 +605,10 @@ func (s *Service) handler() http.Handler {
 		}
 		files.ServeHTTP(w, r)
 	})
-	if s.cfg.AllowAnonymous {
-		return h
+	if !s.cfg.AllowAnonymous {
+		h = RequireSignature(h, s.verifier(), s.metrics.auth, s.logger)
 	}
-	return RequireSignature(h, s.verifier(), s.metrics.auth, s.logger)
+	return timed(h, s.metrics.requests)
 }
 
 type contentFunc func(ctx context.Context, pkg, name string) (nsapi.PackageFile, *os.File, error)

@@ -20,10 +20,10 @@ type cliCommand struct {
 }
 
 var processCommands = []cliCommand{
-	{"serve", "-config FILE", "run the site services (task, package, netboot) of a site server", []string{"config"}},
-	{"ns", "-config FILE", "run the reference Notification Server", []string{"config"}},
-	{"agent", "-config FILE", "run the client agent", []string{"config"}},
-	{"agent download", "-config FILE -package ID -dir DIR", "fetch a package with the agent's identity, from the sources the NS ranks for it", []string{"config", "package", "dir"}},
+	{"serve", "[-config FILE]", "run the site services (task, package, netboot) of a site server", []string{"config"}},
+	{"ns", "[-config FILE]", "run the reference Notification Server", []string{"config"}},
+	{"agent", "[-config FILE]", "run the client agent", []string{"config"}},
+	{"agent download", "[-config FILE] -package ID -dir DIR", "fetch a package with the agent's identity, from the sources the NS ranks for it", []string{"config", "package", "dir"}},
 }
 
 var otherCommands = []cliCommand{
@@ -34,7 +34,7 @@ var otherCommands = []cliCommand{
 }
 
 func printUsage(w io.Writer) {
-	fmt.Fprint(w, "usage: siteserver <command> [flags]\n\nProcesses:\n")
+	fmt.Fprintf(w, "usage: siteserver <command> [flags]\n\nProcesses (without -config: %s/serve.yaml, ns.yaml or agent.yaml):\n", defaultConfigDir)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	for _, c := range processCommands {
 		fmt.Fprintf(tw, "  %s %s\t%s\n", c.name, c.usage, c.summary)

@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -70,7 +71,7 @@ func TestExampleNS(t *testing.T) {
 			AdminTokenFile: "/etc/siteserver/admin.token", Approval: "manual", RulesFile: "/etc/siteserver/sites.yaml",
 			MaxBodyBytes: 1 << 20, TickleSource: ":0", ChannelListen: ":50126", SweepInterval: 10 * time.Second, ClientCertValidity: 90 * 24 * time.Hour, Settings: defaultSettings,
 			UnknownComputersPerMinute: 60, UnknownComputersBurst: 500, UnknownComputerRetention: 30 * 24 * time.Hour, UploadIdleTimeout: 2 * time.Minute,
-			RunningGrace: 30 * time.Minute, Retention: ns.Retention{Jobs: 90 * 24 * time.Hour, Interval: time.Hour},
+			RunningGrace: 30 * time.Minute, Retention: ns.Retention{Jobs: 90 * 24 * time.Hour, Audit: 365 * 24 * time.Hour, Interval: time.Hour},
 		},
 	}
 	if d := cmp.Diff(want, got, addrEq); d != "" {
@@ -148,6 +149,68 @@ func TestExampleStandalone(t *testing.T) {
 	}
 }
 
+// serve.yaml is what the package installs: a standalone site that starts as it is.
+func TestExampleServe(t *testing.T) {
+	var got Serve
+	decodeExample(t, "serve.yaml", &got)
+	want := Serve{
+		Log: obs.LogConfig{Format: "text", Level: "info"}, Metrics: Metrics{Listen: ":9351"},
+		DataDir: "/var/lib/siteserver", Addresses: []string{}, NS: []nsapi.Endpoint{},
+		EmbeddedNS: EmbeddedNS{Listen: "127.0.0.1:50443", Approval: "auto", Settings: defaultSettings},
+		Services: Services{Task: &taskd.Config{TickleListen: ":50123", AgentListen: ":50180"},
+			Package: &pkgd.Config{Listen: ":50181"}},
+	}
+	want.Services.Task.Defaults()
+	want.Services.Package.Defaults()
+	if d := cmp.Diff(want, got, addrEq); d != "" {
+		t.Fatalf("serve.yaml (-want +got):\n%s", d)
+	}
+	if err := got.Validate(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Its network boot section, once the comments are taken away, serves Debian's iPXE.
+	b, err := os.ReadFile(filepath.Join(examplesDir(t), "serve.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(b), "\n")
+	on := false
+	for i, l := range lines {
+		on = on || l == "  # netboot:"
+		if on && strings.HasPrefix(l, "  # ") {
+			lines[i] = "  " + l[4:]
+		}
+	}
+	var boot Serve
+	if err := Decode(strings.NewReader(strings.Join(lines, "\n")), &boot); err != nil {
+		t.Fatal(err)
+	}
+	boot.Defaults()
+	nb := boot.Services.Netboot
+	if nb == nil || nb.BootDir != "/usr/lib/ipxe" {
+		t.Fatalf("netboot section: %+v", nb)
+	}
+	wantFiles := map[pxe.Arch]string{0: "undionly.kpxe", 6: "", 7: "snponly.efi", 9: "snponly.efi", 11: "",
+		16: "http://{server}:8080/boot/snponly.efi", 19: ""}
+	if d := cmp.Diff(wantFiles, nb.PXE.BootFiles); d != "" {
+		t.Fatalf("boot files (-want +got):\n%s", d)
+	}
+	if _, err := os.Stat(nb.BootDir); err != nil {
+		t.Logf("Debian's ipxe package is not installed: not checking its files (%v)", err)
+		nb.BootDir = t.TempDir()
+	} else {
+		for _, f := range []string{"undionly.kpxe", "snponly.efi"} {
+			if fi, err := os.Lstat(filepath.Join(nb.BootDir, f)); err != nil || !fi.Mode().IsRegular() {
+				t.Errorf("%s in %s: not a regular file (%v)", f, nb.BootDir, err)
+			}
+		}
+	}
+	if err := boot.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestExampleAgent(t *testing.T) {
 	var got Agent
 	decodeExample(t, "agent.yaml", &got)
@@ -169,7 +232,8 @@ func TestExampleAgent(t *testing.T) {
 
 func TestKind(t *testing.T) {
 	for name, want := range map[string]string{
-		"ns.yaml": KindNS, "branch.yaml": KindServe, "standalone.yaml": KindServe, "agent.yaml": KindAgent, "sites.yaml": KindRules, "standalone-sites.yaml": KindRules,
+		"ns.yaml": KindNS, "branch.yaml": KindServe, "standalone.yaml": KindServe, "serve.yaml": KindServe, "agent.yaml": KindAgent,
+		"sites.yaml": KindRules, "standalone-sites.yaml": KindRules,
 	} {
 		got, err := Kind(filepath.Join(examplesDir(t), name))
 		if err != nil || got != want {
@@ -225,14 +289,15 @@ func TestNSErrors(t *testing.T) {
 		yaml string
 		want string
 	}{
-		"no data dir":     {"ns:\n  site_server_token: 0123456789abcdef\n", "ns.data_dir"},
-		"no tokens":       {"ns:\n  data_dir: /x\n", "_token"},
-		"short token":     {"ns:\n  data_dir: /x\n  site_server_token: a\n  agent_token: 0123456789abcdef\n  admin_token: 0123456789abcdef\n", "ns.site_server_token: must be at least 16"},
-		"both token ways": {"ns:\n  data_dir: /x\n  admin_token: 0123456789abcdef\n  admin_token_file: /y\n", "admin_token"},
-		"bad ip":          {"ns:\n  data_dir: /x\n  ips: [not-ip]\n", "ns.ips[0]"},
-		"short grace":     {"ns:\n  data_dir: /x\n  running_grace: 1ms\n  site_server_token: 0123456789abcdef\n  agent_token: 0123456789abcdef\n  admin_token: 0123456789abcdef\n", "ns.running_grace"},
-		"short retention": {"ns:\n  data_dir: /x\n  retention: {jobs: 1m}\n  site_server_token: 0123456789abcdef\n  agent_token: 0123456789abcdef\n  admin_token: 0123456789abcdef\n", "ns.retention.jobs"},
-		"bad approval":    {"ns:\n  data_dir: /x\n  approval: later\n  site_server_token: 0123456789abcdef\n  agent_token: 0123456789abcdef\n  admin_token: 0123456789abcdef\n", "ns.approval"},
+		"no data dir":           {"ns:\n  site_server_token: 0123456789abcdef\n", "ns.data_dir"},
+		"no tokens":             {"ns:\n  data_dir: /x\n", "_token"},
+		"short token":           {"ns:\n  data_dir: /x\n  site_server_token: a\n  agent_token: 0123456789abcdef\n  admin_token: 0123456789abcdef\n", "ns.site_server_token: must be at least 16"},
+		"both token ways":       {"ns:\n  data_dir: /x\n  admin_token: 0123456789abcdef\n  admin_token_file: /y\n", "admin_token"},
+		"bad ip":                {"ns:\n  data_dir: /x\n  ips: [not-ip]\n", "ns.ips[0]"},
+		"short grace":           {"ns:\n  data_dir: /x\n  running_grace: 1ms\n  site_server_token: 0123456789abcdef\n  agent_token: 0123456789abcdef\n  admin_token: 0123456789abcdef\n", "ns.running_grace"},
+		"short retention":       {"ns:\n  data_dir: /x\n  retention: {jobs: 1m}\n  site_server_token: 0123456789abcdef\n  agent_token: 0123456789abcdef\n  admin_token: 0123456789abcdef\n", "ns.retention.jobs"},
+		"short audit retention": {nsTokens + "  retention: {audit: 1m}\n", "ns.retention.audit"},
+		"bad approval":          {"ns:\n  data_dir: /x\n  approval: later\n  site_server_token: 0123456789abcdef\n  agent_token: 0123456789abcdef\n  admin_token: 0123456789abcdef\n", "ns.approval"},
 		"agents register too seldom for their certificates": {nsTokens + "  client_cert_validity: 2h\n  settings:\n    agent_registration_interval: 1h\n",
 			"ns.settings.agent_registration_interval: 1h0m0s is more than a quarter of client_cert_validity (2h0m0s)"},
 		"agents register too seldom": {nsTokens + "  settings:\n    agent_registration_interval: 48h\n", "ns.settings.agent_registration_interval: 48h0m0s is above 24h"},
@@ -296,5 +361,49 @@ func TestExampleJobAndRules(t *testing.T) {
 		if got, ok := m.Lookup(netip.MustParseAddr(a)); !ok || got.Site != "local" {
 			t.Errorf("%s is in %+v, want local", a, got)
 		}
+	}
+}
+
+// Without -config a process reads its file from /etc/siteserver, where the packages put
+// it; without either the error names the file it looked for.
+func TestDefaultConfigPath(t *testing.T) {
+	dir := t.TempDir()
+	old := defaultConfigDir
+	defaultConfigDir = dir
+	t.Cleanup(func() { defaultConfigDir = old })
+	for _, name := range []string{"serve", "ns", "agent"} {
+		t.Run(name, func(t *testing.T) {
+			want := filepath.Join(dir, name+".yaml")
+			_, err := configFlag(name, nil)
+			if err == nil || !strings.Contains(err.Error(), "-config FILE is required: there is no "+want) {
+				t.Fatalf("no file: %v", err)
+			}
+			if err := os.WriteFile(want, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := configFlag(name, nil); err != nil || got != want {
+				t.Fatalf("configFlag = %q, %v; want %q", got, err, want)
+			}
+			if got, err := configFlag(name, []string{"-config", "other.yaml"}); err != nil || got != "other.yaml" {
+				t.Fatalf("-config other.yaml: %q, %v", got, err)
+			}
+		})
+	}
+}
+
+func TestChangedKeys(t *testing.T) {
+	a := Serve{Log: obs.LogConfig{Level: "info"}, Services: Services{Package: &pkgd.Config{Bandwidth: []string{"08:00-18:00 2Mbit"}}}}
+	b := a
+	b.Log.Level = "debug"
+	b.Services.Package = &pkgd.Config{Bandwidth: []string{"08:00-18:00 4Mbit"}}
+	b.Services.Netboot = &netbootd.Config{}
+	b.NS = []nsapi.Endpoint{{Name: "central"}}
+	got := changedKeys(&a, &b)
+	want := []string{"log.level", "ns", "services.package.bandwidth", "services.netboot"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("changed %v, want %v", got, want)
+	}
+	if got := changedKeys(&a, &a); len(got) != 0 {
+		t.Fatalf("no change: %v", got)
 	}
 }

@@ -51,7 +51,16 @@ type proc struct {
 
 func start(t *testing.T, args ...string) *proc {
 	t.Helper()
+	return startEnv(t, nil, args...)
+}
+
+// startEnv starts the binary with env added to the test's environment.
+func startEnv(t *testing.T, env []string, args ...string) *proc {
+	t.Helper()
 	cmd := exec.Command(binary, args...)
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -197,6 +206,21 @@ func writeFile(t *testing.T, path, content string) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// nsYAML is the config of an NS for a test: its data in dir/ns, its API on addr, the test
+// tokens, automatic approval, and extra added to its ns section.
+func nsYAML(dir, addr, extra string) string {
+	return fmt.Sprintf(`log: {format: json, level: debug}
+metrics: {listen: "127.0.0.1:0"}
+ns:
+  data_dir: %s
+  listen: %q
+  approval: auto
+  site_server_token: %s
+  agent_token: %s
+  admin_token: %s
+%s`, filepath.Join(dir, "ns"), addr, serverToken, agentToken, adminToken, extra)
 }
 
 func adminCmd(t *testing.T, nsURL, caFile, token string, args ...string) string {

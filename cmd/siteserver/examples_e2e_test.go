@@ -111,12 +111,21 @@ func TestExamplesStart(t *testing.T) {
 	ag := start(t, "agent", "-config", agentConf)
 	ag.waitLog("registered with task server")
 
-	// The standalone site, its rules and boot files taken from the examples directory.
-	examples := examplesDir(t)
+	sa := start(t, "serve", "-config", standaloneExample(t, filepath.Join(dir, "standalone")))
+	if sites := sa.waitLog("registered")["sites"]; fmt.Sprint(sites) != "[local]" {
+		t.Fatalf("the standalone site server registered in %v, want local", sites)
+	}
+}
+
+// standaloneExample writes the standalone example with its data in data and every
+// listener on loopback, its rules and boot files taken from the examples directory.
+func standaloneExample(t *testing.T, data string) string {
+	t.Helper()
+	examples, loop := examplesDir(t), "127.0.0.1:0"
 	port := func() string { return fmt.Sprintf("127.0.0.1:%d", freePort(t)) }
 	saAPI, saPkg := port(), port()
-	standalone := exampleConfig(t, t.TempDir(), "standalone.yaml", map[string]any{
-		"log.format": "json", "metrics.listen": loop, "data_dir": filepath.Join(dir, "standalone"),
+	return exampleConfig(t, t.TempDir(), "standalone.yaml", map[string]any{
+		"log.format": "json", "metrics.listen": loop, "data_dir": data,
 		"embedded_ns.listen": port(), "embedded_ns.rules_file": filepath.Join(examples, "standalone-sites.yaml"),
 		"services.task.tickle_listen": loop, "services.task.tickle_advertise": loop,
 		"services.task.agent_listen": saAPI, "services.task.url": "https://" + saAPI,
@@ -124,8 +133,4 @@ func TestExamplesStart(t *testing.T) {
 		"services.netboot.boot_dir": filepath.Join(examples, "boot"), "services.netboot.pxe.listen_67": loop,
 		"services.netboot.pxe.listen_4011": loop, "services.netboot.tftp.listen": loop, "services.netboot.http.listen": loop,
 	})
-	sa := start(t, "serve", "-config", standalone)
-	if sites := sa.waitLog("registered")["sites"]; fmt.Sprint(sites) != "[local]" {
-		t.Fatalf("the standalone site server registered in %v, want local", sites)
-	}
 }

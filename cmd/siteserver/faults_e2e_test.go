@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -157,9 +158,9 @@ tasks:
 	}
 
 	// A task that restarts the computer: the restart (a kill here) counts it as done, and
-	// the job goes on with the next task.
-	os.Remove(pidFile)
-	id = s.createJob(fmt.Sprintf(`id: reboot
+	// the job goes on with the next task. When only the agent restarts and the task goes
+	// on running, the agent ends it before the next task.
+	rebootJob := `id: %s
 name: reboot and go on
 tasks:
   - name: reboot
@@ -169,19 +170,37 @@ tasks:
   - name: after
     command: [echo, after the restart]
     timeout: 30s
-`, pidFile))
-	s.waitInstance(id, "the reboot task runs", taskRunning)
-	kill9(s.ag)
-	killPIDFile(pidFile) // the reboot
-	s.ag = start(t, "agent", "-config", s.agentConf)
-	in = s.waitInstance(id, "succeeded", func(in nsapi.InstanceStatus) bool { return in.State == nsapi.StateSucceeded })
-	checkEvents(t, in, []evKey{deliveredKey, jobRunningKey, {nsapi.EventTask, nsapi.StateRunning, 0}, {nsapi.EventTask, nsapi.StateSucceeded, 0},
-		{nsapi.EventTask, nsapi.StateRunning, 1}, {nsapi.EventTask, nsapi.StateSucceeded, 1}, {nsapi.EventJob, nsapi.StateSucceeded, 1}})
-	if out := in.Events[3].Output; !strings.Contains(out, "resume_after_restart") {
-		t.Fatalf("the resumed task's event says %q", out)
-	}
-	if out := in.Events[5].Output; out != "after the restart\n" {
-		t.Fatalf("the next task's output is %q", out)
+`
+	for _, reboot := range []bool{true, false} {
+		os.Remove(pidFile)
+		id = s.createJob(fmt.Sprintf(rebootJob, map[bool]string{true: "reboot", false: "agent-restart"}[reboot], pidFile))
+		s.waitInstance(id, "the reboot task runs", taskRunning)
+		s.eventually("the agent records the task's process", func() bool {
+			b, _ := os.ReadFile(filepath.Join(s.dir, "agent", "running.json"))
+			return strings.Contains(string(b), `"process"`)
+		})
+		kill9(s.ag)
+		if reboot {
+			// Everything the task runs goes down with the computer: its process group.
+			pid, err := strconv.Atoi(strings.TrimSpace(mustReadS(t, pidFile)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			syscall.Kill(-pid, syscall.SIGKILL)
+		}
+		s.ag = start(t, "agent", "-config", s.agentConf)
+		in = s.waitInstance(id, "succeeded", func(in nsapi.InstanceStatus) bool { return in.State == nsapi.StateSucceeded })
+		checkEvents(t, in, []evKey{deliveredKey, jobRunningKey, {nsapi.EventTask, nsapi.StateRunning, 0}, {nsapi.EventTask, nsapi.StateSucceeded, 0},
+			{nsapi.EventTask, nsapi.StateRunning, 1}, {nsapi.EventTask, nsapi.StateSucceeded, 1}, {nsapi.EventJob, nsapi.StateSucceeded, 1}})
+		if out := in.Events[3].Output; !strings.Contains(out, "resume_after_restart") || strings.Contains(out, "was ended") == reboot {
+			t.Fatalf("the resumed task's event says %q", out)
+		}
+		if out := in.Events[5].Output; out != "after the restart\n" {
+			t.Fatalf("the next task's output is %q", out)
+		}
+		if !pidGone(t, pidFile) {
+			t.Fatal("the task is still running after the job went on")
+		}
 	}
 
 	// The agent never comes back: the NS expires the instance after the task's timeout and
@@ -308,5 +327,32 @@ func TestPlainHTTPAgentRegistersAgainWithForgetfulServer(t *testing.T) {
 		t.Fatalf("registrations at the restarted task server = %v", n)
 	}
 	id = s.createJob(strings.Replace(twoTaskJob, "id: e2e-job", "id: after-forgetting", 1))
+	s.waitState(id, nsapi.StateSucceeded)
+}
+
+// A task server restarted with another plain-HTTP port while a job runs: the agent finds
+// it at the new one (it registers again over HTTPS, which gives it), reports the job's
+// end, and gets the next job there.
+func TestPlainHTTPAgentFollowsNewPort(t *testing.T) {
+	s := newSite(t, siteOpts{taskUpdate: "1s", taskRequest: "1s", plainHTTP: true})
+	id := s.createJob(`id: across-a-port-change
+name: across a port change
+tasks:
+  - name: wait
+    command: [sleep, "2"]
+    timeout: 60s
+`)
+	s.waitInstance(id, "its task runs", func(in nsapi.InstanceStatus) bool { return hasEvent(in, nsapi.EventTask, nsapi.StateRunning, 0) })
+	s.ss.stop()
+	listen := regexp.MustCompile(`agent_http_listen: "127\.0\.0\.1:\d+"`)
+	conf := mustReadS(t, s.ssConf)
+	if !listen.MatchString(conf) {
+		t.Fatalf("no agent_http_listen in\n%s", conf)
+	}
+	writeFile(t, s.ssConf, listen.ReplaceAllString(conf, fmt.Sprintf(`agent_http_listen: "127.0.0.1:%d"`, freePort(t))))
+	s.ss = start(t, "serve", "-config", s.ssConf)
+	s.waitState(id, nsapi.StateSucceeded)
+	s.ag.waitLog("registered with the task server again: its plain-HTTP address failed")
+	id = s.createJob(strings.Replace(twoTaskJob, "id: e2e-job", "id: after-the-port-change", 1))
 	s.waitState(id, nsapi.StateSucceeded)
 }

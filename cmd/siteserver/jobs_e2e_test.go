@@ -74,22 +74,13 @@ func newSite(t *testing.T, o siteOpts) *site {
 	rules := writeFile(t, filepath.Join(s.dir, "sites.yaml"), "sites:\n  - name: branch-a\n    subnets: [10.20.0.0/16]\n")
 	nsPort := freePort(t)
 	s.nsAddr = fmt.Sprintf("127.0.0.1:%d", nsPort)
-	s.nsConf = writeFile(t, filepath.Join(s.dir, "ns.yaml"), fmt.Sprintf(`log: {format: json, level: debug}
-metrics: {listen: "127.0.0.1:0"}
-ns:
-  data_dir: %s
-  listen: %q
-  approval: auto
-  site_server_token: %s
-  agent_token: %s
-  admin_token: %s
-  rules_file: %s
+	s.nsConf = writeFile(t, filepath.Join(s.dir, "ns.yaml"), nsYAML(s.dir, s.nsAddr, fmt.Sprintf(`  rules_file: %s
   sweep_interval: 500ms
 %s  settings:
     heartbeat_interval: 1s
     task_update_interval: %s
     task_request_interval: %s
-%s`, filepath.Join(s.dir, "ns"), s.nsAddr, serverToken, agentToken, adminToken, rules, nsExtra(o), o.taskUpdate, o.taskRequest, agentInterval(o)))
+%s`, rules, nsExtra(o), o.taskUpdate, o.taskRequest, agentInterval(o))))
 	s.nsURL, s.caFile = "https://"+s.nsAddr, filepath.Join(s.dir, "ns", "ca.crt")
 	s.nsProc = start(t, "ns", "-config", s.nsConf)
 	pin := s.nsProc.waitLog("NS API listening")["ca_sha256"].(string)
@@ -100,7 +91,8 @@ ns:
 		adv = fmt.Sprintf("    tickle_advertise: %q\n", o.tickleAdvertise)
 	}
 	if o.plainHTTP {
-		// A fixed port: agents keep the plain-HTTP URL they registered with.
+		// A fixed port, kept across restarts of the task server (TestPlainHTTPAgentFollowsNewPort
+		// changes it).
 		adv += fmt.Sprintf("    agent_http_listen: \"127.0.0.1:%d\"\n", freePort(t))
 	}
 	if o.spoolDisk > 0 {

@@ -34,7 +34,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "ns":
 		err = withSignals(func(ctx context.Context, hup <-chan os.Signal) error { return runNS(ctx, hup, rest, stderr) })
 	case "agent":
-		err = withSignals(func(ctx context.Context, _ <-chan os.Signal) error { return runAgent(ctx, rest, stderr) })
+		err = withSignals(func(ctx context.Context, hup <-chan os.Signal) error { return runAgent(ctx, hup, rest, stderr) })
 	case "check-config":
 		if len(rest) == 1 && isHelpFlag(rest[0]) {
 			fmt.Fprintln(stdout, "usage: siteserver check-config FILE\n\nLoad a config or rules file and report the first bad field.")

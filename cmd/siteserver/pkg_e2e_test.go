@@ -35,18 +35,9 @@ func TestPackagesAcrossSites(t *testing.T) {
 	rules := writeFile(t, filepath.Join(dir, "sites.yaml"), rulesText)
 	nsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	nsURL, caFile := "https://"+nsAddr, filepath.Join(dir, "ns", "ca.crt")
-	nsConf := writeFile(t, filepath.Join(dir, "ns.yaml"), fmt.Sprintf(`log: {format: json, level: debug}
-metrics: {listen: "127.0.0.1:0"}
-ns:
-  data_dir: %s
-  listen: %q
-  approval: auto
-  site_server_token: %s
-  agent_token: %s
-  admin_token: %s
-  rules_file: %s
+	nsConf := writeFile(t, filepath.Join(dir, "ns.yaml"), nsYAML(dir, nsAddr, fmt.Sprintf(`  rules_file: %s
   settings: {heartbeat_interval: 1s}
-`, filepath.Join(dir, "ns"), nsAddr, serverToken, agentToken, adminToken, rules))
+`, rules)))
 	nsProc := start(t, "ns", "-config", nsConf)
 	pin := nsProc.waitLog("NS API listening")["ca_sha256"].(string)
 

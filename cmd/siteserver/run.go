@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -23,6 +24,7 @@ import (
 	"github.com/siteserver/siteserver/internal/hostinfo"
 	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/internal/pki"
+	"github.com/siteserver/siteserver/internal/sdnotify"
 	"github.com/siteserver/siteserver/internal/service"
 	"github.com/siteserver/siteserver/netbootd"
 	"github.com/siteserver/siteserver/ns"
@@ -32,14 +34,28 @@ import (
 	"github.com/siteserver/siteserver/taskd"
 )
 
+// defaultConfigDir is where the packages install the config files.
+var defaultConfigDir = "/etc/siteserver"
+
+// defaultConfig is the file a command given no -config reads: NAME.yaml in
+// defaultConfigDir, if it exists.
+func defaultConfig(name string) (string, error) {
+	path := filepath.Join(defaultConfigDir, name+".yaml")
+	_, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", usageError{fmt.Sprintf("-config FILE is required: there is no %s", path)}
+	}
+	return path, err
+}
+
 func configFlag(name string, args []string) (string, error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	path := fs.String("config", "", "config file (YAML)")
+	path := fs.String("config", "", "config file (YAML); default "+filepath.Join(defaultConfigDir, name+".yaml"))
 	if err := fs.Parse(args); err != nil {
 		return "", err
 	}
 	if *path == "" {
-		return "", usageError{"-config FILE is required"}
+		return defaultConfig(name)
 	}
 	return *path, nil
 }
@@ -82,13 +98,15 @@ func checkConfig(args []string, stdout io.Writer) error {
 	return nil
 }
 
-// reloadOnHUP calls reload for every SIGHUP until ctx is done.
-// hupReloader reloads the NS rules file on SIGHUP; it runs in the service group so it
-// stops with everything else.
+// hupReloader reloads the config file (and the NS rules file, where the process runs an
+// NS) on SIGHUP, between
+// RELOADING=1 and READY=1 for systemd. It runs in the service group so it stops with
+// everything else.
 type hupReloader struct {
 	hup    <-chan os.Signal
 	logger *slog.Logger
-	reload func()
+	notify *sdnotify.Service
+	reload func(context.Context) error // nil: nothing to reload
 }
 
 func (h *hupReloader) Name() string { return "sighup" }
@@ -99,13 +117,43 @@ func (h *hupReloader) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-h.hup:
-			h.logger.Info("SIGHUP: reloading the rules file")
-			h.reload()
+			if h.reload == nil {
+				h.logger.Info("SIGHUP: nothing to reload")
+			} else {
+				h.logger.Info("SIGHUP: reloading the config file")
+			}
+			// The NS logs a reload that failed; the rules in force stay.
+			h.notify.Reload(func() {
+				if h.reload != nil {
+					h.reload(ctx)
+				}
+			})
 		}
 	}
 }
 
-func runGroup(ctx context.Context, logger *slog.Logger, g *service.Group) error {
+// newGroup returns the service group of a long-running process with its metrics endpoint
+// in it, and the link to systemd when systemd started the process as a Type=notify unit
+// (else nil). The link says READY=1 when /readyz would.
+func newGroup(m Metrics, reg *prometheus.Registry, logger *slog.Logger) (*service.Group, *sdnotify.Service) {
+	g := &service.Group{}
+	ep := &obs.Endpoint{Addr: m.Listen, Registry: reg, Ready: g.Ready, Logger: logger, Pprof: m.Pprof}
+	g.Add(ep)
+	n, err := sdnotify.FromEnv()
+	if err != nil {
+		logger.Warn("systemd notifications", "err", err)
+	}
+	if n == nil {
+		return g, nil
+	}
+	return g, &sdnotify.Service{Notifier: n, Logger: logger, Ready: func() bool { return ep.Listening() && g.Ready() }}
+}
+
+// runGroup runs g, with notify in it when systemd listens.
+func runGroup(ctx context.Context, logger *slog.Logger, g *service.Group, notify *sdnotify.Service) error {
+	if notify != nil {
+		g.Add(notify)
+	}
 	g.Logger = logger
 	err := g.Run(ctx)
 	if err != nil {
@@ -124,7 +172,8 @@ func runNS(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 	if err := Load(path, &cfg); err != nil {
 		return err
 	}
-	logger := obs.NewLogger(cfg.Log, stderr).With("component", "ns")
+	baseLogger, level := obs.NewLevelLogger(cfg.Log, stderr)
+	logger := baseLogger.With("component", "ns")
 	reg, err := obs.NewRegistry("ns")
 	if err != nil {
 		return err
@@ -148,16 +197,16 @@ func runNS(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 	if err != nil {
 		return err
 	}
-	g := &service.Group{}
-	ep := &obs.Endpoint{Addr: cfg.Metrics.Listen, Registry: reg, Ready: g.Ready, Logger: logger, Pprof: cfg.Metrics.Pprof}
-	g.Add(ep, srv, &hupReloader{hup: hup, logger: logger, reload: srv.Reload})
+	g, notify := newGroup(cfg.Metrics, reg, logger)
+	g.Add(srv, &hupReloader{hup: hup, logger: logger, notify: notify,
+		reload: configReload(path, logger, &cfg, func(next *NS) reloadable { return logLevel(level, next.Log) }, srv.Reload)})
 	if cfg.Task != nil {
 		if self, err = nsTaskService(cfg, srv, logger, reg); err != nil {
 			return err
 		}
 		g.Add(self.registrar, self.task)
 	}
-	return runGroup(ctx, logger, g)
+	return runGroup(ctx, logger, g, notify)
 }
 
 // nsTaskService builds the NS's own task service, enrolled with the NS in this process by
@@ -188,7 +237,7 @@ func nsTaskService(cfg NS, srv *ns.Server, logger *slog.Logger, reg prometheus.R
 	return s, nil
 }
 
-func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
+func runAgent(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "download" {
 		return agentDownload(ctx, args[1:], stderr)
 	}
@@ -200,7 +249,8 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := Load(path, &cfg); err != nil {
 		return err
 	}
-	logger := obs.NewLogger(cfg.Log, stderr).With("component", "agent")
+	baseLogger, level := obs.NewLevelLogger(cfg.Log, stderr)
+	logger := baseLogger.With("component", "agent")
 	reg, err := obs.NewRegistry("agent")
 	if err != nil {
 		return err
@@ -222,9 +272,10 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	g := &service.Group{}
-	g.Add(&obs.Endpoint{Addr: cfg.Metrics.Listen, Registry: reg, Ready: g.Ready, Logger: logger, Pprof: cfg.Metrics.Pprof}, a)
-	return runGroup(ctx, logger, g)
+	g, notify := newGroup(cfg.Metrics, reg, logger)
+	g.Add(a, &hupReloader{hup: hup, logger: logger, notify: notify,
+		reload: configReload(path, logger, &cfg, func(next *Agent) reloadable { return logLevel(level, next.Log) }, nil)})
+	return runGroup(ctx, logger, g, notify)
 }
 
 // loadOrCreateToken returns the token in path, writing a new random one there first if
@@ -255,7 +306,8 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 	if err := Load(path, &cfg); err != nil {
 		return err
 	}
-	logger := obs.NewLogger(cfg.Log, stderr).With("component", "serve")
+	baseLogger, level := obs.NewLevelLogger(cfg.Log, stderr)
+	logger := baseLogger.With("component", "serve")
 	reg, err := obs.NewRegistry("serve")
 	if err != nil {
 		return err
@@ -275,8 +327,10 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 	logger.Info("site server identity", "hostname", host)
 
 	s := &siteServer{cfg: cfg, host: host, logger: logger, reg: reg}
-	g := &service.Group{}
-	g.Add(&obs.Endpoint{Addr: cfg.Metrics.Listen, Registry: reg, Ready: g.Ready, Logger: logger, Pprof: cfg.Metrics.Pprof})
+	g, notify := newGroup(cfg.Metrics, reg, logger)
+	hr := &hupReloader{hup: hup, logger: logger, notify: notify}
+	g.Add(hr)
+	var rules func(context.Context) error // the embedded NS's rules file
 	for _, ep := range cfg.NS {
 		s.peers = append(s.peers, &nsapi.Enrollment{Endpoint: ep, Kind: nsapi.KindSiteServer, Hostname: host,
 			Dir: filepath.Join(cfg.DataDir, "peers", ep.Name)})
@@ -286,9 +340,11 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 		if err != nil {
 			return err
 		}
-		g.Add(embedded, &hupReloader{hup: hup, logger: logger, reload: embedded.Reload})
+		g.Add(embedded)
+		rules = embedded.Reload
 		s.peers = append(s.peers, peer)
 	}
+	hr.reload = configReload(path, logger, &cfg, func(next *Serve) reloadable { return s.reloadable(level, next) }, rules)
 	if err := s.build(); err != nil {
 		return err
 	}
@@ -302,7 +358,7 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 	if s.boot != nil {
 		g.Add(s.boot)
 	}
-	return runGroup(ctx, logger, g)
+	return runGroup(ctx, logger, g, notify)
 }
 
 // siteServer is what `serve` runs besides an embedded NS: the configured site services and
@@ -499,17 +555,23 @@ func loopbackHostPort(addr string) string {
 }
 
 // agentDownload fetches a package with the agent's identity from the sources the NS ranks
-// for this computer: `siteserver agent download -config FILE -package ID -dir DIR`.
+// for this computer: `siteserver agent download [-config FILE] -package ID -dir DIR`.
 func agentDownload(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("agent download", flag.ContinueOnError)
-	path := fs.String("config", "", "agent config file")
+	path := fs.String("config", "", "agent config file; default "+filepath.Join(defaultConfigDir, "agent.yaml"))
 	pkgID := fs.String("package", "", "package id")
 	dir := fs.String("dir", "", "directory to put the files in")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *path == "" || *pkgID == "" || *dir == "" {
-		return usageError{"usage: siteserver agent download -config FILE -package ID -dir DIR"}
+	if *pkgID == "" || *dir == "" {
+		return usageError{"usage: siteserver agent download [-config FILE] -package ID -dir DIR"}
+	}
+	if *path == "" {
+		var err error
+		if *path, err = defaultConfig("agent"); err != nil {
+			return err
+		}
 	}
 	var cfg Agent
 	if err := Load(*path, &cfg); err != nil {

@@ -100,10 +100,27 @@ func parseLevel(s string) (slog.Level, error) {
 
 // NewLogger builds the process logger writing to w.
 func NewLogger(c LogConfig, w io.Writer) *slog.Logger {
+	l, _ := NewLevelLogger(c, w)
+	return l
+}
+
+// SetLevel sets v to the level c names (info if it names none), for a reload.
+func SetLevel(v *slog.LevelVar, c LogConfig) {
 	lvl, err := parseLevel(c.Level)
 	if err != nil {
 		lvl = slog.LevelInfo
 	}
+	v.Set(lvl)
+}
+
+// NewLevelLogger is NewLogger with the level in a variable that a reload may change.
+func NewLevelLogger(c LogConfig, w io.Writer) (*slog.Logger, *slog.LevelVar) {
+	lvl := new(slog.LevelVar)
+	SetLevel(lvl, c)
+	return newLogger(c, w, lvl), lvl
+}
+
+func newLogger(c LogConfig, w io.Writer, lvl slog.Leveler) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: lvl}
 	if strings.EqualFold(c.Format, "json") {
 		// Durations as "1.5s", as the text format writes them, not as integer nanoseconds
@@ -168,6 +185,17 @@ func (e *Endpoint) Bound(ctx context.Context) (net.Addr, error) {
 		return e.bound, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
+	}
+}
+
+// Listening reports whether the listener is bound, so /readyz can be asked.
+func (e *Endpoint) Listening() bool {
+	e.init()
+	select {
+	case <-e.ready:
+		return true
+	default:
+		return false
 	}
 }
 

@@ -165,6 +165,8 @@ var migrations = []string{
 	UPDATE job_instances SET run_budget = 0 WHERE state NOT IN ('pending', 'delivered', 'running');
 	CREATE INDEX job_instances_state ON job_instances (state, updated_at);
 	ALTER TABLE revoked ADD COLUMN not_after INTEGER NOT NULL DEFAULT 0;`,
+	// 12: audit records by age, for their retention.
+	`CREATE INDEX audit_at ON audit (at);`,
 }
 
 // SQLiteStore is the Store in a SQLite file.
@@ -520,21 +522,10 @@ func orEmpty[T any](s []T) []T {
 
 // Counts implements Store.
 func (s *SQLiteStore) Counts(ctx context.Context) (map[string]int, int, error) {
-	servers := map[string]int{}
-	rows, err := s.db.QueryContext(ctx, `SELECT status, COUNT(*) FROM servers GROUP BY status`)
+	servers, err := s.countBy(ctx, "counts", `SELECT status, COUNT(*) FROM servers GROUP BY status`)
 	if err != nil {
-		return nil, 0, fmt.Errorf("ns: store: counts: %w", err)
+		return nil, 0, err
 	}
-	for rows.Next() {
-		var st string
-		var n int
-		if err := rows.Scan(&st, &n); err != nil {
-			rows.Close()
-			return nil, 0, err
-		}
-		servers[st] = n
-	}
-	rows.Close()
 	var agents int
 	if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM agents`).Scan(&agents); err != nil {
 		return nil, 0, fmt.Errorf("ns: store: counts: %w", err)
@@ -544,21 +535,7 @@ func (s *SQLiteStore) Counts(ctx context.Context) (map[string]int, int, error) {
 
 // AgentsPerServer implements Store.
 func (s *SQLiteStore) AgentsPerServer(ctx context.Context) (map[string]int, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT task_server, COUNT(*) FROM agents WHERE task_server != '' GROUP BY task_server`)
-	if err != nil {
-		return nil, fmt.Errorf("ns: store: agents per server: %w", err)
-	}
-	defer rows.Close()
-	out := map[string]int{}
-	for rows.Next() {
-		var id string
-		var n int
-		if err := rows.Scan(&id, &n); err != nil {
-			return nil, err
-		}
-		out[id] = n
-	}
-	return out, rows.Err()
+	return s.countBy(ctx, "agents per server", `SELECT task_server, COUNT(*) FROM agents WHERE task_server != '' GROUP BY task_server`)
 }
 
 // AgentsByID implements Store.

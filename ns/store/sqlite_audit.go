@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/siteserver/siteserver/nsapi"
 )
@@ -35,4 +36,23 @@ func (s *SQLiteStore) Audit(ctx context.Context, limit int) ([]nsapi.AuditEntry,
 		out = append(out, e)
 	}
 	return out, rows.Err()
+}
+
+// PruneAudit implements Store. It deletes in batches of pruneBatch, each its own statement,
+// so that admin changes recorded meanwhile do not wait for a long backlog.
+func (s *SQLiteStore) PruneAudit(ctx context.Context, before time.Time, limit int) (int, error) {
+	total := 0
+	for total < limit {
+		res, err := s.db.ExecContext(ctx, `DELETE FROM audit WHERE seq IN (SELECT seq FROM audit WHERE at < ? ORDER BY at LIMIT ?)`,
+			toUnixNano(before), min(pruneBatch, limit-total))
+		if err != nil {
+			return total, fmt.Errorf("ns: store: prune audit: %w", err)
+		}
+		n := affected(res)
+		total += n
+		if n < pruneBatch || ctx.Err() != nil {
+			break
+		}
+	}
+	return total, nil
 }

@@ -87,19 +87,5 @@ func (s *SQLiteStore) ExpireUnknownComputers(ctx context.Context, before time.Ti
 
 // ComputerCounts implements Store.
 func (s *SQLiteStore) ComputerCounts(ctx context.Context) (map[string]int, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT kind, COUNT(*) FROM computers GROUP BY kind`)
-	if err != nil {
-		return nil, fmt.Errorf("ns: store: computer counts: %w", err)
-	}
-	defer rows.Close()
-	out := map[string]int{}
-	for rows.Next() {
-		var kind string
-		var n int
-		if err := rows.Scan(&kind, &n); err != nil {
-			return nil, err
-		}
-		out[kind] = n
-	}
-	return out, rows.Err()
+	return s.countBy(ctx, "computer counts", `SELECT kind, COUNT(*) FROM computers GROUP BY kind`)
 }

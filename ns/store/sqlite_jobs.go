@@ -330,19 +330,5 @@ func (s *SQLiteStore) RetagInstances(ctx context.Context, agent, taskServer stri
 
 // InstanceStates implements Store.
 func (s *SQLiteStore) InstanceStates(ctx context.Context) (map[string]int, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT state, COUNT(*) FROM job_instances GROUP BY state`)
-	if err != nil {
-		return nil, fmt.Errorf("ns: store: instance states: %w", err)
-	}
-	defer rows.Close()
-	out := map[string]int{}
-	for rows.Next() {
-		var st string
-		var n int
-		if err := rows.Scan(&st, &n); err != nil {
-			return nil, err
-		}
-		out[st] = n
-	}
-	return out, rows.Err()
+	return s.countBy(ctx, "instance states", `SELECT state, COUNT(*) FROM job_instances GROUP BY state`)
 }

@@ -47,8 +47,8 @@ func (s *SQLiteStore) fillRunBudgets(ctx context.Context) error {
 // Expiry reasons, as the NS's "expired" events give them.
 const (
 	reasonValidity  = "not delivered to its agent within its validity"
-	reasonDelivered = "delivered, but no word from the agent within its validity, the sum of its task timeouts (%s) and the grace period (%s)"
-	reasonRunning   = "no word of its end from the agent within the sum of its task timeouts (%s) and the grace period (%s) since it started running"
+	reasonDelivered = "delivered, but no word from the agent within its validity, its run budget (%s: the sum of its task timeouts, which its task runs keep to, jumps included) and the grace period (%s)"
+	reasonRunning   = "no word of its end from the agent within its run budget (%s: the sum of its task timeouts, which its task runs keep to, jumps included) and the grace period (%s) since it started running"
 )
 
 // ExpireInstances implements Store.

@@ -113,7 +113,7 @@ func TestExpireInstances(t *testing.T) {
 			t.Fatalf("at +%v (-want +got):\n%s", st.at.Sub(t0), diff)
 		}
 	}
-	for id, why := range map[string]string{"pending": "not delivered", "delivered": "32m0s", "running": "since it started running"} {
+	for id, why := range map[string]string{"pending": "not delivered", "delivered": "its run budget (32m0s", "running": "its run budget (32m0s"} {
 		evs, err := s.Events(ctx, id)
 		if err != nil {
 			t.Fatal(err)
@@ -310,5 +310,55 @@ func TestPruneLimit(t *testing.T) {
 	}
 	if !slices.Equal(got, []int{2, 2, 1, 0}) {
 		t.Fatalf("instances pruned per call = %v, want [2 2 1 0]", got)
+	}
+}
+
+// Audit records older than the retention go, oldest first, at most limit a call and in
+// batches of pruneBatch; newer ones stay.
+func TestPruneAudit(t *testing.T) {
+	s := openStore(t)
+	ctx := context.Background()
+	old := pruneBatch*2 + 500
+	// One transaction: a statement each would be a sync each.
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range old {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO audit (at, who, remote, action, target, status) VALUES (?, 'admin', '127.0.0.1:1', 'POST', ?, 200)`,
+			t0.Add(-400*24*time.Hour+time.Duration(i)*time.Second).UnixNano(), fmt.Sprint("/old/", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	for _, at := range []time.Time{t0.Add(-364 * 24 * time.Hour), t0} {
+		if err := s.AddAudit(ctx, nsapi.AuditEntry{Time: at, Who: "admin", Remote: "127.0.0.1:1", Action: "POST", Target: "/new/" + at.Format(time.DateOnly), Status: 200}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := t0.Add(-365 * 24 * time.Hour)
+	var got []int
+	for range 3 {
+		n, err := s.PruneAudit(ctx, before, pruneBatch+pruneBatch/2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, n)
+	}
+	if want := []int{pruneBatch + pruneBatch/2, old - pruneBatch - pruneBatch/2, 0}; !slices.Equal(got, want) {
+		t.Fatalf("records pruned per call = %v, want %v", got, want)
+	}
+	left, err := s.Audit(ctx, old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var targets []string
+	for _, e := range left {
+		targets = append(targets, e.Target)
+	}
+	if want := []string{"/new/" + t0.Add(-364*24*time.Hour).Format(time.DateOnly), "/new/" + t0.Format(time.DateOnly)}; !slices.Equal(targets, want) {
+		t.Fatalf("audit records left: %v, want %v", targets, want)
 	}
 }

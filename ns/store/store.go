@@ -90,6 +90,11 @@ type Store interface {
 	ExpireUnknownComputers(ctx context.Context, before time.Time) (int, error)
 	// ComputerCounts returns the number of computers of each kind.
 	ComputerCounts(ctx context.Context) (map[string]int, error)
+	// CodebaseCounts returns the number of codebases in each state.
+	CodebaseCounts(ctx context.Context) (map[string]int, error)
+	// ServerLiveness counts the approved site servers last seen at or after since, and
+	// those seen before it or never.
+	ServerLiveness(ctx context.Context, since time.Time) (seen, stale int, err error)
 
 	// AgentsByID returns the agents with these ids that exist.
 	AgentsByID(ctx context.Context, ids []string) (map[string]AgentRecord, error)
@@ -133,8 +138,10 @@ type Store interface {
 	PruneRevoked(ctx context.Context, before time.Time, validity time.Duration) (int, error)
 
 	// AddAudit records one admin change; Audit returns the last limit of them, oldest first.
+	// PruneAudit deletes up to limit of the oldest records made before before.
 	AddAudit(ctx context.Context, e nsapi.AuditEntry) error
 	Audit(ctx context.Context, limit int) ([]nsapi.AuditEntry, error)
+	PruneAudit(ctx context.Context, before time.Time, limit int) (int, error)
 
 	Close() error
 }

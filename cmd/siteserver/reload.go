@@ -1,0 +1,129 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"reflect"
+	"slices"
+	"strings"
+
+	"github.com/siteserver/siteserver/internal/obs"
+)
+
+// changedKeys lists the YAML paths ("services.package.bandwidth") where a and b, two
+// configs of the same type, differ: a leaf, a list or a map that differs is named whole,
+// a section that appeared or went away by its own path.
+func changedKeys(a, b any) []string {
+	var out []string
+	var walk func(path string, x, y reflect.Value)
+	walk = func(path string, x, y reflect.Value) {
+		switch x.Kind() {
+		case reflect.Pointer:
+			if x.IsNil() || y.IsNil() {
+				if x.IsNil() != y.IsNil() {
+					out = append(out, path)
+				}
+				return
+			}
+			walk(path, x.Elem(), y.Elem())
+		case reflect.Struct:
+			t := x.Type()
+			for i := range t.NumField() {
+				f := t.Field(i)
+				name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+				if name == "" || name == "-" || !f.IsExported() {
+					continue
+				}
+				p := name
+				if path != "" {
+					p = path + "." + name
+				}
+				walk(p, x.Field(i), y.Field(i))
+			}
+		default:
+			if !reflect.DeepEqual(x.Interface(), y.Interface()) {
+				out = append(out, path)
+			}
+		}
+	}
+	walk("", reflect.ValueOf(a), reflect.ValueOf(b))
+	return out
+}
+
+// reloadable is what a reload can put in force without a restart: a key and how to apply
+// its value from the new file. Setters are idempotent and all run at every reload, so a
+// value put back as it was is put back in force too.
+type reloadable map[string]func() error
+
+// configReload reloads the config file at path on SIGHUP: what can change is put in force
+// (the keys that changed are logged), what cannot is logged as needing a restart for as
+// long as the file differs from what the process started with, and then the rules (the
+// NS's rules file, if the process has one) are reloaded. A file that does not load
+// changes nothing.
+func configReload[F any, PF interface {
+	*F
+	File
+}](path string, logger *slog.Logger, started PF, can func(next PF) reloadable, rules func(context.Context) error) func(context.Context) error {
+	last := *started
+	return func(ctx context.Context) error {
+		next := PF(new(F))
+		if err := Load(path, next); err != nil {
+			logger.Error("SIGHUP: config file not reloaded; the one in force stays", "file", path, "err", err)
+			return err
+		}
+		setters := can(next)
+		failed := map[string]bool{}
+		for key, apply := range setters {
+			if err := apply(); err != nil {
+				failed[key] = true
+				logger.Error("SIGHUP: a setting could not be put in force; the one running stays", "key", key, "err", err)
+			}
+		}
+		var applied, restart []string
+		for _, key := range changedKeys(PF(&last), next) {
+			if _, ok := setters[key]; ok && !failed[key] {
+				applied = append(applied, key)
+			}
+		}
+		for _, key := range changedKeys(started, next) {
+			if _, ok := setters[key]; !ok {
+				restart = append(restart, key)
+			}
+		}
+		if len(applied) > 0 {
+			logger.Info("SIGHUP: settings put in force", "keys", applied)
+		}
+		if len(restart) > 0 {
+			slices.Sort(restart)
+			logger.Warn("SIGHUP: settings changed in the config file take effect only after a restart", "keys", restart)
+		}
+		last = *next
+		var err error
+		if rules != nil {
+			if err = rules(ctx); err != nil && !errors.Is(err, context.Canceled) {
+				logger.Error("SIGHUP: rules file not reloaded; the rules in force stay", "err", err)
+			}
+		}
+		return err
+	}
+}
+
+// logLevel reloads log.level.
+func logLevel(level *slog.LevelVar, next obs.LogConfig) reloadable {
+	return reloadable{"log.level": func() error { obs.SetLevel(level, next); return nil }}
+}
+
+// reloadable is what a site server can change on SIGHUP: the log level, its package
+// service's bandwidth windows (when it started with a limit), its iPXE scripts.
+func (s *siteServer) reloadable(level *slog.LevelVar, next *Serve) reloadable {
+	r := logLevel(level, next.Log)
+	if pc := next.Services.Package; s.pkg != nil && pc != nil && s.pkg.CanSetBandwidth() {
+		set := func() error { return s.pkg.SetBandwidth(pc.Bandwidth, pc.DefaultBandwidth) }
+		r["services.package.bandwidth"], r["services.package.default_bandwidth"] = set, set
+	}
+	if nc := next.Services.Netboot; s.boot != nil && nc != nil {
+		r["services.netboot.scripts"] = func() error { return s.boot.SetScripts(nc.Scripts) }
+	}
+	return r
+}
