@@ -256,16 +256,26 @@ func (s *Server) handleListJobs(w http.ResponseWriter, r *http.Request) {
 	httpx.WriteJSON(w, http.StatusOK, httpx.List(jobs))
 }
 
-func (s *Server) handleJobStatus(w http.ResponseWriter, r *http.Request) {
-	ctx := r.Context()
+// pathJob is the job the request's path names; false when it answered with an error.
+func (s *Server) pathJob(w http.ResponseWriter, r *http.Request) (nsapi.Job, bool) {
 	id := r.PathValue("id")
-	job, err := s.store.Job(ctx, id)
+	job, err := s.store.Job(r.Context(), id)
 	if errors.Is(err, store.ErrNotFound) {
 		httpx.WriteError(w, http.StatusNotFound, "no job %q", id)
-		return
+		return job, false
 	}
 	if err != nil {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return job, false
+	}
+	return job, true
+}
+
+func (s *Server) handleJobStatus(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	id := r.PathValue("id")
+	job, ok := s.pathJob(w, r)
+	if !ok {
 		return
 	}
 	insts, err := s.store.Instances(ctx, store.InstanceFilter{JobID: id})

@@ -100,6 +100,9 @@ func (s *Server) handlePackageStatus(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
+	for i := range cbs {
+		cbs[i].Rate = s.rates.rate(cbs[i])
+	}
 	st := nsapi.PackageStatus{Package: p, Codebases: httpx.List(cbs), Ready: []string{}, Stuck: []nsapi.Codebase{}}
 	for _, c := range cbs {
 		switch c.State {
@@ -251,13 +254,16 @@ func (s *Server) handleCodebaseReport(w http.ResponseWriter, r *http.Request) {
 			s.badRequest(w, fmt.Errorf("[%d].state: %q is not a codebase state", i, c.State))
 			return
 		}
-		c.Server, c.Updated = p.id, now
+		c.Server, c.Updated, c.Rate = p.id, now, 0
 		keep = append(keep, c.Package)
 	}
 	ctx := r.Context()
 	if err := s.store.PutCodebases(ctx, cbs); err != nil {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
+	}
+	for _, c := range cbs {
+		s.rates.observe(c)
 	}
 	// The report is complete: anything not in it is no longer held there.
 	if err := s.store.DeleteCodebases(ctx, p.id, keep); err != nil {

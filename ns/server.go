@@ -52,6 +52,7 @@ type Server struct {
 	unknownLimit *creationLimit
 	lastExpiry   time.Time // of unknown computers, by the NS's clock; touched by the sweep only
 	uploads      uploads
+	rates        progressRates // of codebases downloading, for package status
 	// readTimeout, when set, replaces the API's read timeout (tests of slow uploads).
 	readTimeout time.Duration
 	// unreachable holds when agents last reported leaving a task server after failed
@@ -316,6 +317,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST "+nsapi.PathRegisterAgent, s.certified(nsapi.KindAgent, s.handleRegisterAgent))
 
 	mux.HandleFunc("GET "+nsapi.PathSites, s.reader(s.handleListSites))
+	mux.HandleFunc("GET "+nsapi.PathExplain, s.reader(s.handleExplain))
 	mux.HandleFunc("POST "+nsapi.PathSites, s.admin(s.handlePutSite))
 	mux.HandleFunc("PUT "+nsapi.PathSites+"/{name}", s.admin(s.handlePutSite))
 	mux.HandleFunc("DELETE "+nsapi.PathSites+"/{name}", s.admin(s.handleDeleteSite))
@@ -333,10 +335,12 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("DELETE "+nsapi.PathAgents+"/{id}", s.admin(s.handleDeleteAgent))
 	mux.HandleFunc("GET "+nsapi.PathAgents, s.reader(s.handleListAgents))
 	mux.HandleFunc("GET "+nsapi.PathAudit, s.reader(s.handleAudit))
+	mux.HandleFunc("GET "+nsapi.PathStatus, s.reader(s.handleStatus))
 
 	mux.HandleFunc("POST "+nsapi.PathJobs, s.admin(s.handleCreateJob))
 	mux.HandleFunc("GET "+nsapi.PathJobs, s.reader(s.handleListJobs))
 	mux.HandleFunc("GET "+nsapi.PathJobs+"/{id}", s.reader(s.handleJobStatus))
+	mux.HandleFunc("GET "+nsapi.PathJobs+"/{id}/output", s.reader(s.handleJobOutput))
 	mux.HandleFunc("GET "+nsapi.PathTaskWork, s.siteServer(s.handleWork))
 	mux.HandleFunc("POST "+nsapi.PathTaskEvents, s.siteServer(s.handleEvents))
 	mux.HandleFunc("POST "+nsapi.PathTaskPresence, s.siteServer(s.handlePresence))

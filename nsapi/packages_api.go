@@ -56,6 +56,9 @@ type Codebase struct {
 	LastError   string    `json:"last_error,omitempty"`
 	NextAttempt time.Time `json:"next_attempt,omitzero"`
 	Updated     time.Time `json:"updated,omitzero"`
+	// Rate is how fast a download moved between its last two reports, in bytes per
+	// second; the NS fills it in package status (0: not known).
+	Rate float64 `json:"rate,omitempty"`
 }
 
 // Source is a place a package can be downloaded from, for a requester, best first.

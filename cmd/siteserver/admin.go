@@ -5,94 +5,85 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"io/fs"
-	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/siteserver/siteserver/internal/pki"
 	"github.com/siteserver/siteserver/nsapi"
 )
 
-const adminHelp = `Flags (or environment):
-  -ns URL          NS API address (SITESERVER_NS_URL)
-  -token T         admin token (SITESERVER_ADMIN_TOKEN); -token-file F reads it from a file
-  -ca FILE         NS CA certificate (SITESERVER_NS_CA); -ca-sha256 HEX pins it instead
-  -data DIR        a standalone site's data directory: token and CA from DIR/ns,
-                   URL https://127.0.0.1:50443 unless -ns is given
-  -json            print JSON instead of a table
-`
-
-type adminFlags struct {
-	url, token, tokenFile, ca, pin, data string
-	json                                 bool
-}
-
-func (f *adminFlags) client() (*nsapi.Client, error) {
-	env := func(v *string, name string) {
-		if *v == "" {
-			*v = os.Getenv(name)
-		}
-	}
-	env(&f.url, "SITESERVER_NS_URL")
-	env(&f.token, "SITESERVER_ADMIN_TOKEN")
-	env(&f.ca, "SITESERVER_NS_CA")
-	if f.data != "" {
-		if f.url == "" {
-			f.url = "https://127.0.0.1:50443"
-		}
-		if f.token == "" && f.tokenFile == "" {
-			f.tokenFile = filepath.Join(f.data, "ns", "admin.token")
-		}
-		if f.ca == "" && f.pin == "" {
-			f.ca = filepath.Join(f.data, "ns", "ca.crt")
-		}
-	}
-	if f.tokenFile != "" {
-		b, err := os.ReadFile(f.tokenFile)
-		if err != nil {
-			return nil, fmt.Errorf("-token-file: %w", err)
-		}
-		f.token = strings.TrimSpace(string(b))
-	}
-	if f.url == "" {
-		return nil, usageError{"-ns URL (or SITESERVER_NS_URL, or -data DIR) is required"}
-	}
-	if f.token == "" {
-		return nil, usageError{"-token (or -token-file, SITESERVER_ADMIN_TOKEN, -data DIR) is required"}
-	}
-	u, err := url.Parse(f.url)
-	if err != nil || u.Scheme != "https" {
-		return nil, usageError{fmt.Sprintf("-ns: %q is not an https URL", f.url)}
-	}
-	var caPEM []byte
-	if f.ca != "" {
-		if caPEM, err = os.ReadFile(f.ca); err != nil {
-			return nil, fmt.Errorf("-ca: %w", err)
-		}
-	}
-	conf, err := pki.ClientTLSConfig(caPEM, f.pin, u.Hostname(), nil, nil)
-	if err != nil {
-		return nil, usageError{fmt.Sprintf("%v (give -ca or -ca-sha256)", err)}
-	}
-	c := nsapi.NewClient(f.url, conf)
-	c.AdminToken = f.token
-	return c, nil
-}
-
 // adminOptions are the flags of the admin subcommands beyond the connection flags.
 type adminOptions struct {
-	description, jobFile, targets                                     string
+	description, jobFile, targets, agent                              string
 	pkgDir, pkgID, pkgVersion, pkgSites, pkgServers, compName, source string
-	pkgStaged                                                         int
-	force                                                             bool
-	uploadIdle                                                        time.Duration
+	pkgStaged, count                                                  int
+	force, json, dryRun                                               bool
+	uploadIdle, interval                                              time.Duration
+	watch                                                             bool
+}
+
+// optionFlags defines each flag an admin subcommand may take beyond the connection flags;
+// a subcommand's flags name the ones it takes.
+var optionFlags = map[string]func(fs *flag.FlagSet, o *adminOptions){
+	"json": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.BoolVar(&o.json, "json", false, "print JSON instead of a table")
+	},
+	"description": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.StringVar(&o.description, "description", "", "site `DESCRIPTION`")
+	},
+	"file": func(fs *flag.FlagSet, o *adminOptions) { fs.StringVar(&o.jobFile, "file", "", "job `FILE`, YAML") },
+	"targets": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.StringVar(&o.targets, "targets", "", "comma-separated agent `GUIDs`")
+	},
+	"dir": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.StringVar(&o.pkgDir, "dir", "", "`DIR` whose files make the package")
+	},
+	"id": func(fs *flag.FlagSet, o *adminOptions) { fs.StringVar(&o.pkgID, "id", "", "package `ID`") },
+	"version": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.StringVar(&o.pkgVersion, "version", "", "package `VERSION`")
+	},
+	"sites": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.StringVar(&o.pkgSites, "sites", "", "comma-separated `SITES` whose package servers get the package")
+	},
+	"servers": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.StringVar(&o.pkgServers, "servers", "", "comma-separated package `SERVERS` (GUID, unique GUID prefix or host name) that get the package")
+	},
+	"staged": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.IntVar(&o.pkgStaged, "staged", 0, "at most `N` servers downloading at once (0: no limit)")
+	},
+	"upload-idle": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.DurationVar(&o.uploadIdle, "upload-idle", 2*time.Minute, "end an upload attempt that could send nothing for this long, then resume it")
+	},
+	"agent": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.StringVar(&o.agent, "agent", "", "only this `AGENT` (GUID, GUID prefix or host name)")
+	},
+	"dry-run": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.BoolVar(&o.dryRun, "dry-run", false, "show what would change, as sites diff does, and change nothing")
+	},
+	"watch": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.BoolVar(&o.watch, "watch", false, "redraw every -interval until interrupted (Ctrl-C)")
+	},
+	"interval": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.DurationVar(&o.interval, "interval", 5*time.Second, "how often -watch redraws")
+	},
+	"count": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.IntVar(&o.count, "count", 0, "with -watch, stop after `N` draws (0: until interrupted)")
+	},
+	"name": func(fs *flag.FlagSet, o *adminOptions) { fs.StringVar(&o.compName, "name", "", "computer `NAME`") },
+	"force": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.BoolVar(&o.force, "force", false, "predefine a computer that an agent claims as managed")
+	},
+	"source": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.StringVar(&o.source, "source", "manual", "rules `SOURCE`: manual or imported")
+	},
 }
 
 // adminCall is what one admin subcommand runs with.
@@ -104,11 +95,12 @@ type adminCall struct {
 	out    io.Writer
 	errOut io.Writer // progress and retries
 	json   bool
+	hosts  *hostNames // once names has listed them
 }
 
 // print writes v as JSON with -json, else as the table that table writes.
 func (a *adminCall) print(v any, table func(w *tabwriter.Writer)) error {
-	if a.json {
+	if a.json || table == nil {
 		enc := json.NewEncoder(a.out)
 		enc.SetIndent("", "  ")
 		return enc.Encode(v)
@@ -118,98 +110,240 @@ func (a *adminCall) print(v any, table func(w *tabwriter.Writer)) error {
 	return tw.Flush()
 }
 
+// adminCommand is one admin subcommand: its name ("sites list", or "audit" for a command
+// without subcommands), how many positional arguments it takes (or argsOneOrMore,
+// argsOptional), their usage, what it does, the flags it takes beyond the connection
+// flags, and how it runs.
 type adminCommand struct {
-	args  int
-	usage string
-	run   func(*adminCall) error
+	name    string
+	args    int
+	usage   string
+	summary string
+	flags   []string
+	run     func(*adminCall) error
 }
 
-// adminCommands are the admin subcommands: how many positional arguments each takes, its
-// usage line and what it does.
-var adminCommands = map[string]adminCommand{
-	"sites list":          {0, "", sitesList},
-	"sites export":        {0, "[-source manual|imported]", sitesExport},
-	"sites apply":         {1, "FILE", sitesApply},
-	"sites add":           {1, "NAME [-description TEXT]", sitesAdd},
-	"sites delete":        {1, "NAME", sitesDelete},
-	"sites subnet-add":    {2, "PREFIX SITE", sitesSubnetAdd},
-	"sites subnet-delete": {1, "PREFIX", sitesSubnetDelete},
-	"sites assign":        {2, "GUID SITE   (a site server's GUID, as 'siteserver servers list' shows it)", sitesAssign},
-	"sites unassign":      {2, "GUID SITE", sitesUnassign},
-	"servers list":        {0, "", serversList},
-	"servers approve":     {1, "ID", serversApprove},
-	"servers reset":       {1, "ID", func(a *adminCall) error { return a.c.ResetServer(a.ctx, a.pos[0]) }},
-	"agents reset":        {1, "ID", func(a *adminCall) error { return a.c.ResetAgent(a.ctx, a.pos[0]) }},
-	"servers delete":      {1, "ID", func(a *adminCall) error { return a.c.DeleteServer(a.ctx, a.pos[0], false) }},
-	"servers reject":      {1, "ID", func(a *adminCall) error { return a.c.DeleteServer(a.ctx, a.pos[0], true) }},
-	"agents delete":       {1, "ID", func(a *adminCall) error { return a.c.DeleteAgent(a.ctx, a.pos[0]) }},
-	"jobs create":         {0, "-file JOB.yaml [-targets GUID,GUID]", jobsCreate},
-	"jobs list":           {0, "", jobsList},
-	"jobs status":         {1, "JOB", jobsStatus},
-	"packages add":        {0, "-dir DIR -id ID -version V [-sites A,B] [-servers GUID,GUID] [-staged N]", packagesAdd},
-	"packages assign":     {1, "ID [-sites A,B] [-servers GUID,GUID] [-staged N]", packagesAssign},
-	"packages delete":     {1, "ID", packagesDelete},
-	"packages list":       {0, "", packagesList},
-	"packages status":     {1, "ID", packagesStatus},
-	"computers add":       {1, "MAC [-name NAME] [-force]", computersAdd},
-	"computers list":      {0, "", computersList},
-	"computers accept":    {1, "MAC", func(a *adminCall) error { return a.c.AcceptClaim(a.ctx, a.pos[0]) }},
-	"computers delete":    {1, "MAC", func(a *adminCall) error { return a.c.DeleteComputer(a.ctx, a.pos[0]) }},
-	"agents list":         {0, "", agentsList},
-	"audit list":          {0, "", auditList},
+// Positional argument counts beyond a fixed number.
+const (
+	argsOneOrMore = -1
+	argsOptional  = -2 // none or one
+)
+
+func (c adminCommand) takes(n int) bool {
+	switch c.args {
+	case argsOneOrMore:
+		return n >= 1
+	case argsOptional:
+		return n <= 1
+	}
+	return n == c.args
 }
 
-func admin(group string, args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet(group, flag.ContinueOnError)
+// adminCommands are the admin subcommands, in the order help lists them.
+var adminCommands = []adminCommand{
+	{"status", 0, "", "one screen: NS reachable, servers, agents online, jobs, packages, certificates", []string{"json"}, statusShow},
+	{"sites list", 0, "", "list sites with their subnets, servers and warnings", []string{"json"}, sitesList},
+	{"sites export", 0, "", "print the rules of one source as a rules file", []string{"source"}, sitesExport},
+	{"sites apply", 1, "FILE", "replace the rules of the file's source with the file", []string{"dry-run", "json"}, sitesApply},
+	{"sites diff", 1, "FILE", "what applying the file would change: sites, subnets and assignments added, removed, changed", []string{"json"}, sitesDiff},
+	{"sites add", 1, "NAME", "create or update a manual site", []string{"description"}, sitesAdd},
+	{"sites delete", 1, "NAME", "delete a manual site with its manual rules", nil, sitesDelete},
+	{"sites subnet-add", 2, "PREFIX SITE", "map a subnet to a site", nil, sitesSubnetAdd},
+	{"sites subnet-delete", 1, "PREFIX", "remove a manual subnet rule", nil, sitesSubnetDelete},
+	{"sites assign", 2, "SERVER SITE", "assign a site server (GUID, unique GUID prefix or host name; the rule keeps the GUID) to a site", nil, sitesAssign},
+	{"sites unassign", 2, "SERVER SITE", "remove a manual server assignment", nil, sitesUnassign},
+	{"sites explain", argsOneOrMore, "IP…", "the site of each address, the rule and source that decided, and the servers a computer there gets", []string{"json"}, sitesExplain},
+	{"servers list", 0, "", "list site servers: status, sites, services, computers", []string{"json"}, serversList},
+	{"servers approve", 1, "SERVER", "approve a pending site server (GUID, unique GUID prefix or host name), or the site change it reported", nil,
+		onServer("approved", func(a *adminCall, id string) error { return a.c.Approve(a.ctx, id) })},
+	{"servers reject", 1, "SERVER", "forget a pending site server and revoke its certificate", nil,
+		onServer("rejected", func(a *adminCall, id string) error { return a.c.DeleteServer(a.ctx, id, true) })},
+	{"servers reset", 1, "SERVER", "drop a site server's certificate so that it may enroll again", nil,
+		onServer("reset", func(a *adminCall, id string) error { return a.c.ResetServer(a.ctx, id) })},
+	{"servers delete", 1, "SERVER", "forget a site server and revoke its certificate", nil,
+		onServer("deleted", func(a *adminCall, id string) error { return a.c.DeleteServer(a.ctx, id, false) })},
+	{"agents list", 0, "", "list agents: sites, task server, last seen", []string{"json"}, agentsList},
+	{"agents reset", 1, "AGENT", "drop an agent's certificate (GUID, unique GUID prefix or host name) so that it may enroll again", nil,
+		onAgent("reset", func(a *adminCall, id string) error { return a.c.ResetAgent(a.ctx, id) })},
+	{"agents delete", 1, "AGENT", "forget an agent and revoke its certificate", nil,
+		onAgent("deleted", func(a *adminCall, id string) error { return a.c.DeleteAgent(a.ctx, id) })},
+	{"jobs create", 0, "-file JOB.yaml [-targets GUID,…]", "create or update a job and an instance for each target", []string{"file", "targets", "json"}, jobsCreate},
+	{"jobs list", 0, "", "list jobs", []string{"json"}, jobsList},
+	{"jobs status", 1, "JOB", "the state of each instance of a job", []string{"json"}, jobsStatus},
+	{"jobs output", 1, "JOB", "what each task of a job printed, on each agent", []string{"agent", "json"}, jobsOutput},
+	{"packages add", 0, "-dir DIR -id ID -version V", "upload a directory's files to the NS library and register them as a package",
+		[]string{"dir", "id", "version", "sites", "servers", "staged", "upload-idle"}, packagesAdd},
+	{"packages assign", 1, "ID", "change which sites and servers get a package", []string{"sites", "servers", "staged"}, packagesAssign},
+	{"packages list", 0, "", "list packages", []string{"json"}, packagesList},
+	{"packages status", argsOptional, "[ID]", "where a package (or every package) is ready, downloading or stuck", []string{"watch", "interval", "count", "json"}, packagesStatus},
+	{"packages delete", 1, "ID", "delete a package", nil, packagesDelete},
+	{"computers add", 1, "MAC", "predefine a computer for network boot", []string{"name", "force"}, computersAdd},
+	{"computers list", 0, "", "list computers known to network boot", []string{"json"}, computersList},
+	{"computers accept", 1, "MAC", "give a claimed computer to the agent that claims it", nil,
+		func(a *adminCall) error { return a.c.AcceptClaim(a.ctx, a.pos[0]) }},
+	{"computers delete", 1, "MAC", "forget a computer", nil,
+		func(a *adminCall) error { return a.c.DeleteComputer(a.ctx, a.pos[0]) }},
+	{"audit", 0, "", "the changes made through the admin API (who, what, when)", []string{"json"}, auditList},
+}
+
+// adminGroups lists the admin commands in order, each once.
+func adminGroups() []string {
+	var out []string
+	for _, c := range adminCommands {
+		g, _, _ := strings.Cut(c.name, " ")
+		if !slices.Contains(out, g) {
+			out = append(out, g)
+		}
+	}
+	return out
+}
+
+// groupCommands returns the subcommands of group; a command without subcommands is its
+// own one entry.
+func groupCommands(group string) []adminCommand {
+	var out []adminCommand
+	for _, c := range adminCommands {
+		if c.name == group || strings.HasPrefix(c.name, group+" ") {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func findAdmin(name string) (adminCommand, bool) {
+	for _, c := range adminCommands {
+		if c.name == name {
+			return c, true
+		}
+	}
+	return adminCommand{}, false
+}
+
+// connectionFlags names the flags every admin subcommand takes.
+var connectionFlags = []string{"ns", "token", "token-file", "ca", "ca-sha256", "data"}
+
+// flagSet builds the subcommand's flags: the connection flags, then its own.
+func (c adminCommand) flagSet(f *adminFlags, o *adminOptions) *flag.FlagSet {
+	fs := flag.NewFlagSet(c.name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // errors are returned, help printed by adminHelp
+	fs.StringVar(&f.url, "ns", "", "`URL` of the NS API (https://host:port)")
+	fs.StringVar(&f.token, "token", "", "admin or read-only `TOKEN`")
+	fs.StringVar(&f.tokenFile, "token-file", "", "`FILE` holding the token")
+	fs.StringVar(&f.ca, "ca", "", "NS CA certificate `FILE`")
+	fs.StringVar(&f.pin, "ca-sha256", "", "NS CA certificate SHA-256 fingerprint (`HEX`), instead of -ca")
+	fs.StringVar(&f.data, "data", "", "a standalone site's data `DIR`: token and CA from DIR/ns, URL https://127.0.0.1:50443")
+	for _, name := range c.flags {
+		optionFlags[name](fs, o)
+	}
+	return fs
+}
+
+// usageLine is how the subcommand is called.
+func (c adminCommand) usageLine() string {
+	return strings.Join(strings.Fields("siteserver "+c.name+" "+c.usage+" [flags]"), " ")
+}
+
+// help prints the subcommand's usage and every flag it takes.
+func (c adminCommand) help(w io.Writer) {
+	fmt.Fprintf(w, "usage: %s\n\n%s.\n", c.usageLine(), upperFirst(c.summary))
+	fs := c.flagSet(&adminFlags{}, &adminOptions{})
+	if len(c.flags) > 0 {
+		fmt.Fprintln(w, "\nFlags:")
+		printFlags(w, fs, c.flags)
+	}
+	fmt.Fprintln(w, "\nConnection flags:")
+	printFlags(w, fs, connectionFlags)
+	fmt.Fprint(w, connectionHelp)
+}
+
+// groupHelp prints the subcommands of group.
+func groupHelp(w io.Writer, group string) {
+	fmt.Fprintf(w, "usage: siteserver %s SUBCOMMAND [flags] [args]\n\nSubcommands:\n", group)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, c := range groupCommands(group) {
+		fmt.Fprintf(tw, "  %s %s\t%s\n", strings.TrimPrefix(c.name, group+" "), c.usage, c.summary)
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "\n'siteserver %s SUBCOMMAND -h' lists the flags of one.\n\nConnection flags (every subcommand):\n", group)
+	printFlags(w, (adminCommand{}).flagSet(&adminFlags{}, &adminOptions{}), connectionFlags)
+	fmt.Fprint(w, connectionHelp)
+}
+
+const connectionHelp = `
+Each of the NS URL, the token and the CA comes from the first of these that gives it:
+  1. the flags -ns; -token or -token-file; -ca or -ca-sha256
+  2. -data DIR (a standalone site)
+  3. the environment: SITESERVER_NS; SITESERVER_TOKEN_FILE or SITESERVER_ADMIN_TOKEN;
+     SITESERVER_CA or SITESERVER_CA_SHA256 (SITESERVER_NS_URL and SITESERVER_NS_CA also work)
+  4. the admin config file: $SITESERVER_ADMIN_CONFIG, else ~/.config/siteserver/admin.yaml
+     (ns: URL, token_file: FILE, ca_file: FILE or ca_sha256: HEX; relative paths are
+     taken from the file's directory)
+`
+
+// printFlags prints the named flags of fs, as flag.PrintDefaults does for all of them.
+func printFlags(w io.Writer, fs *flag.FlagSet, names []string) {
+	for _, name := range names {
+		f := fs.Lookup(name)
+		arg, usage := flag.UnquoteUsage(f)
+		line := "  -" + f.Name
+		if arg != "" {
+			line += " " + arg
+		}
+		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" {
+			usage += fmt.Sprintf(" (default %s)", f.DefValue)
+		}
+		fmt.Fprintf(w, "%-24s %s\n", line, usage)
+	}
+}
+
+func upperFirst(s string) string {
+	if s == "" {
+		return s
+	}
+	return strings.ToUpper(s[:1]) + s[1:]
+}
+
+func isHelpFlag(s string) bool { return s == "-h" || s == "-help" || s == "--help" }
+
+// admin runs an admin command: group is "sites", "servers"…; args start with the
+// subcommand for groups that have them.
+func admin(group string, args []string, stdout, stderr io.Writer) error {
+	name := group
+	if _, single := findAdmin(group); !single {
+		if len(args) == 0 {
+			groupHelp(stderr, group)
+			return usageError{"a subcommand is required"}
+		}
+		if isHelpFlag(args[0]) || args[0] == "help" {
+			groupHelp(stdout, group)
+			return flag.ErrHelp
+		}
+		name, args = group+" "+args[0], args[1:]
+	}
+	cmd, ok := findAdmin(name)
+	if !ok {
+		return usageError{fmt.Sprintf("unknown subcommand %q (see 'siteserver %s -h')", strings.TrimPrefix(name, group+" "), group)}
+	}
 	var f adminFlags
 	var o adminOptions
-	fs.StringVar(&f.url, "ns", "", "NS API URL")
-	fs.StringVar(&f.token, "token", "", "admin token")
-	fs.StringVar(&f.tokenFile, "token-file", "", "file holding the admin token")
-	fs.StringVar(&f.ca, "ca", "", "NS CA certificate file")
-	fs.StringVar(&f.pin, "ca-sha256", "", "NS CA certificate SHA-256 fingerprint")
-	fs.StringVar(&f.data, "data", "", "standalone site data directory")
-	fs.BoolVar(&f.json, "json", false, "print JSON")
-	fs.StringVar(&o.description, "description", "", "site description (sites add)")
-	fs.StringVar(&o.jobFile, "file", "", "job file, YAML (jobs create)")
-	fs.StringVar(&o.targets, "targets", "", "comma-separated agent GUIDs (jobs create)")
-	fs.StringVar(&o.pkgDir, "dir", "", "directory whose files make the package (packages add)")
-	fs.StringVar(&o.pkgID, "id", "", "package id (packages add)")
-	fs.StringVar(&o.pkgVersion, "version", "", "package version (packages add)")
-	fs.StringVar(&o.pkgSites, "sites", "", "comma-separated sites that get the package")
-	fs.StringVar(&o.pkgServers, "servers", "", "comma-separated package servers (GUID or host name) that get it")
-	fs.IntVar(&o.pkgStaged, "staged", 0, "at most this many servers downloading at once (0: no limit)")
-	fs.DurationVar(&o.uploadIdle, "upload-idle", 2*time.Minute, "end an upload attempt that could send nothing for this long, then resume it (packages add)")
-	fs.StringVar(&o.compName, "name", "", "computer name (computers add)")
-	fs.BoolVar(&o.force, "force", false, "predefine a computer that an agent claims as managed (computers add)")
-	fs.StringVar(&o.source, "source", "manual", "rules source (sites export)")
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: siteserver %s SUBCOMMAND [flags] [args]\n\n%s", group, adminHelp)
-	}
-	if len(args) == 0 {
-		fs.Usage()
-		return usageError{"a subcommand is required"}
-	}
-	sub := args[0]
+	fs := cmd.flagSet(&f, &o)
 	// Flags may come before, between or after the positional arguments.
 	var pos []string
-	rest := args[1:]
 	for {
-		if err := fs.Parse(rest); err != nil {
+		if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+			cmd.help(stdout)
 			return err
+		} else if err != nil {
+			return usageError{fmt.Sprintf("%v (see 'siteserver %s -h')", err, cmd.name)}
 		}
 		if fs.NArg() == 0 {
 			break
 		}
 		pos = append(pos, fs.Arg(0))
-		rest = fs.Args()[1:]
+		args = fs.Args()[1:]
 	}
-	cmd, ok := adminCommands[group+" "+sub]
-	if !ok {
-		return usageError{fmt.Sprintf("unknown subcommand %q", sub)}
-	}
-	if len(pos) != cmd.args {
-		return usageError{fmt.Sprintf("usage: siteserver %s %s %s", group, sub, cmd.usage)}
+	if !cmd.takes(len(pos)) {
+		return usageError{"usage: " + cmd.usageLine()}
 	}
 	c, err := f.client()
 	if err != nil {
@@ -217,7 +351,7 @@ func admin(group string, args []string, stdout io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), adminTimeout)
 	defer cancel()
-	return cmd.run(&adminCall{ctx: ctx, c: c, pos: pos, opt: o, out: stdout, errOut: os.Stderr, json: f.json})
+	return cmd.run(&adminCall{ctx: ctx, c: c, pos: pos, opt: o, out: stdout, errOut: stderr, json: o.json})
 }
 
 // adminTimeout bounds an admin command, uploads excepted: they take as long as they make

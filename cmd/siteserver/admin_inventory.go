@@ -30,10 +30,6 @@ func serversList(a *adminCall) error {
 				}
 				svcs = append(svcs, n)
 			}
-			seen := "never"
-			if !v.LastSeen.IsZero() {
-				seen = v.LastSeen.Local().Format(time.DateTime)
-			}
 			status := v.Status
 			if c := v.PendingChange; c != nil {
 				var to []string
@@ -43,17 +39,17 @@ func serversList(a *adminCall) error {
 				// Approving takes the change: the server then moves to these sites.
 				status += fmt.Sprintf(" (reports %s %s: sites %s, waits for approve)", c.Hostname, strings.Join(c.Addresses, ","), dash(to))
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", v.ID, v.Hostname, status, dash(sts), dash(svcs), v.Computers, seen)
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", v.ID, v.Hostname, status, dash(sts), dash(svcs), v.Computers, when(v.LastSeen))
 		}
 	})
 }
 
-func serversApprove(a *adminCall) error {
-	return a.c.Approve(a.ctx, a.pos[0])
-}
-
 func agentsList(a *adminCall) error {
 	views, err := a.c.Agents(a.ctx)
+	if err != nil {
+		return err
+	}
+	n, err := a.tableNames()
 	if err != nil {
 		return err
 	}
@@ -64,11 +60,7 @@ func agentsList(a *adminCall) error {
 			for _, s := range v.Sites {
 				sts = append(sts, s.Site)
 			}
-			seen := "never"
-			if !v.LastSeen.IsZero() {
-				seen = v.LastSeen.Local().Format(time.DateTime)
-			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", v.ID, v.Hostname, dash(sts), dashS(v.TaskServer), seen)
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", v.ID, v.Hostname, dash(sts), n.server(v.TaskServer), when(v.LastSeen))
 		}
 		for _, v := range views {
 			if v.Unreachable != "" {
@@ -87,21 +79,19 @@ func computersList(a *adminCall) error {
 	if err != nil {
 		return err
 	}
+	n, err := a.tableNames()
+	if err != nil {
+		return err
+	}
 	return a.print(cs, func(w *tabwriter.Writer) {
-		fmt.Fprintln(w, "MAC\tKIND\tNAME\tAGENT\tARCH\tLAST SEEN\tCONFLICT")
+		fmt.Fprintln(w, "MAC\tKIND\tNAME\tAGENT\tARCH\tLAST SERVER\tLAST SEEN\tCONFLICT")
 		for _, cp := range cs {
-			seen, arch := "never", "-"
-			if !cp.LastSeen.IsZero() {
-				seen = cp.LastSeen.Local().Format(time.DateTime)
-			}
-			if cp.Arch >= 0 {
-				arch = fmt.Sprint(cp.Arch)
-			}
 			conflict := "-"
 			if cp.ClaimedBy != "" {
-				conflict = "claimed by agent " + cp.ClaimedBy
+				conflict = "claimed by agent " + n.agent(cp.ClaimedBy)
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", cp.MAC, cp.Kind, dashS(cp.Name), dashS(cp.Agent), arch, seen, conflict)
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", cp.MAC, cp.Kind, dashS(cp.Name), n.agent(cp.Agent), archName(cp.Arch),
+				n.server(cp.LastServer), when(cp.LastSeen), conflict)
 		}
 	})
 }

@@ -3,11 +3,11 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
-	"time"
 
 	"github.com/siteserver/siteserver/nsapi"
 )
@@ -38,14 +38,18 @@ func jobsCreate(a *adminCall) error {
 	if err != nil {
 		return err
 	}
+	n, err := a.tableNames()
+	if err != nil {
+		return err
+	}
 	return a.print(resp, func(w *tabwriter.Writer) {
 		fmt.Fprintf(w, "job %s: %d instances\n", resp.JobID, len(resp.Instances))
 		fmt.Fprintln(w, "INSTANCE\tAGENT\tTASK SERVER")
 		for _, in := range resp.Instances {
-			fmt.Fprintf(w, "%s\t%s\t%s\n", in.ID, in.Agent, dashS(in.TaskServer))
+			fmt.Fprintf(w, "%s\t%s\t%s\n", in.ID, n.agent(in.Agent), n.server(in.TaskServer))
 		}
 		for _, u := range resp.Unreachable {
-			fmt.Fprintf(w, "warning: %s cannot be reached now: %s\n", u.Agent, u.Reason)
+			fmt.Fprintf(w, "warning: %s (%s) cannot be reached now: %s\n", n.agent(u.Agent), u.Agent, u.Reason)
 		}
 	})
 }
@@ -68,11 +72,15 @@ func jobsStatus(a *adminCall) error {
 	if err != nil {
 		return err
 	}
+	n, err := a.tableNames()
+	if err != nil {
+		return err
+	}
 	return a.print(st, func(w *tabwriter.Writer) {
-		fmt.Fprintf(w, "job %s (%s): %v\n", st.Job.ID, st.Job.Name, st.Counts)
-		fmt.Fprintln(w, "INSTANCE\tAGENT\tSTATE\tEVENTS\tUPDATED")
+		fmt.Fprintf(w, "job %s (%s): %s\n", st.Job.ID, st.Job.Name, stateCounts(st.Counts, nsapi.JobStates))
+		fmt.Fprintln(w, "INSTANCE\tAGENT\tTASK SERVER\tSTATE\tEVENTS\tUPDATED")
 		for _, in := range st.Instances {
-			fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\n", in.ID, in.Agent, in.State, len(in.Events), in.Updated.Local().Format(time.DateTime))
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\n", in.ID, n.agent(in.Agent), n.server(in.TaskServer), in.State, len(in.Events), when(in.Updated))
 		}
 	})
 }
@@ -103,7 +111,11 @@ func packagesAdd(a *adminCall) error {
 		}
 		uploaded++
 	}
-	p := nsapi.Package{ID: a.opt.pkgID, Version: a.opt.pkgVersion, Files: files, Sites: splitList(a.opt.pkgSites), Servers: splitList(a.opt.pkgServers), Staged: a.opt.pkgStaged}
+	servers, err := a.serverIDs(splitList(a.opt.pkgServers))
+	if err != nil {
+		return err
+	}
+	p := nsapi.Package{ID: a.opt.pkgID, Version: a.opt.pkgVersion, Files: files, Sites: splitList(a.opt.pkgSites), Servers: servers, Staged: a.opt.pkgStaged}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), adminTimeout)
 	defer cancel()
 	if err := a.c.PutPackage(ctx, p); err != nil {
@@ -140,8 +152,12 @@ func packagesAssign(a *adminCall) error {
 	if err != nil {
 		return err
 	}
+	servers, err := a.serverIDs(splitList(a.opt.pkgServers))
+	if err != nil {
+		return err
+	}
 	p := st.Package
-	p.Sites, p.Servers, p.Staged = splitList(a.opt.pkgSites), splitList(a.opt.pkgServers), a.opt.pkgStaged
+	p.Sites, p.Servers, p.Staged = splitList(a.opt.pkgSites), servers, a.opt.pkgStaged
 	return a.c.PutPackage(a.ctx, p)
 }
 
@@ -154,28 +170,129 @@ func packagesList(a *adminCall) error {
 	if err != nil {
 		return err
 	}
+	n, err := a.tableNames()
+	if err != nil {
+		return err
+	}
 	return a.print(ps, func(w *tabwriter.Writer) {
-		fmt.Fprintln(w, "PACKAGE\tVERSION\tFILES\tBYTES\tSITES\tSERVERS\tSTAGED")
+		fmt.Fprintln(w, "PACKAGE\tVERSION\tFILES\tSIZE\tSITES\tSERVERS\tSTAGED")
 		for _, p := range ps {
-			fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%s\t%s\t%d\n", p.ID, p.Version, len(p.Files), p.TotalSize(), dash(p.Sites), dash(p.Servers), p.Staged)
+			staged := "-"
+			if p.Staged > 0 {
+				staged = fmt.Sprintf("%d at a time", p.Staged)
+			}
+			fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", p.ID, p.Version, len(p.Files), sizeIEC(p.TotalSize()), dash(p.Sites), n.serverList(p.Servers), staged)
 		}
 	})
 }
 
+// packagesStatus shows one package, or every package, once or every -interval.
 func packagesStatus(a *adminCall) error {
-	st, err := a.c.PackageStatus(a.ctx, a.pos[0])
+	if !a.opt.watch {
+		return packagesStatusOnce(a)
+	}
+	return watch(a, packagesStatusOnce)
+}
+
+func packagesStatusOnce(a *adminCall) error {
+	var sts []nsapi.PackageStatus
+	if len(a.pos) == 1 {
+		st, err := a.c.PackageStatus(a.ctx, a.pos[0])
+		if err != nil {
+			return err
+		}
+		sts = append(sts, st)
+	} else {
+		ps, err := a.c.Packages(a.ctx)
+		if err != nil {
+			return err
+		}
+		for _, p := range ps {
+			st, err := a.c.PackageStatus(a.ctx, p.ID)
+			if nsapi.StatusOf(err) == http.StatusNotFound {
+				continue // deleted since it was listed
+			}
+			if err != nil {
+				return err
+			}
+			sts = append(sts, st)
+		}
+	}
+	n, err := a.tableNames()
 	if err != nil {
 		return err
 	}
-	return a.print(st, func(w *tabwriter.Writer) {
-		fmt.Fprintf(w, "package %s %s: ready on %d servers, stuck on %d\n", st.Package.ID, st.Package.Version, len(st.Ready), len(st.Stuck))
-		fmt.Fprintln(w, "SERVER\tSTATE\tVERSION\tBYTES\tLAST ERROR\tNEXT ATTEMPT")
-		for _, cb := range st.Codebases {
-			next := "-"
-			if !cb.NextAttempt.IsZero() {
-				next = cb.NextAttempt.Local().Format(time.DateTime)
+	var v any = sts
+	if len(a.pos) == 1 {
+		v = sts[0]
+	}
+	return a.print(v, func(w *tabwriter.Writer) {
+		if len(sts) == 0 {
+			fmt.Fprintln(w, "no packages")
+			return
+		}
+		for _, st := range sts {
+			fmt.Fprintf(w, "package %s %s: ready on %d servers, stuck on %d\n", st.Package.ID, st.Package.Version, len(st.Ready), len(st.Stuck))
+		}
+		fmt.Fprintln(w, "\nPACKAGE\tSERVER\tSTATE\tVERSION\tPROGRESS\tRATE\tETA\tLAST ERROR\tNEXT ATTEMPT")
+		for _, st := range sts {
+			for _, cb := range st.Codebases {
+				next := "-"
+				if !cb.NextAttempt.IsZero() {
+					next = when(cb.NextAttempt)
+				}
+				done, rate, eta := progress(cb)
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", cb.Package, n.server(cb.Server), cb.State, cb.Version, done, rate, eta, dashS(cb.LastError), next)
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%d/%d\t%s\t%s\n", cb.Server, cb.State, cb.Version, cb.BytesDone, cb.BytesTotal, dashS(cb.LastError), next)
 		}
 	})
+}
+
+func jobsOutput(a *adminCall) error {
+	agent := a.opt.agent
+	if agent != "" {
+		n, err := a.names()
+		if err != nil {
+			return err
+		}
+		if agent, err = resolveID("agent", a.opt.agent, n.agents); err != nil {
+			return err
+		}
+	}
+	outs, err := a.c.JobOutput(a.ctx, a.pos[0], agent)
+	if err != nil {
+		return err
+	}
+	if a.json {
+		return a.print(outs, nil)
+	}
+	if len(outs) == 0 {
+		fmt.Fprintf(a.out, "job %s has no instances here\n", a.pos[0])
+	}
+	for i, o := range outs {
+		if i > 0 {
+			fmt.Fprintln(a.out)
+		}
+		fmt.Fprintf(a.out, "== %s (agent %s), instance %s: %s\n", dashS(o.Hostname), o.Agent, o.Instance, o.State)
+		for _, t := range o.Tasks {
+			how := t.State
+			if t.State != nsapi.StateRunning {
+				how += fmt.Sprintf(", exit %d", t.ExitCode)
+			}
+			if t.TimedOut {
+				how += ", timed out"
+			}
+			fmt.Fprintf(a.out, "-- task %d %s: %s, %s\n", t.Task, t.Name, how, when(t.Time))
+			if t.Output != "" {
+				fmt.Fprint(a.out, t.Output)
+				if !strings.HasSuffix(t.Output, "\n") {
+					fmt.Fprintln(a.out)
+				}
+			}
+		}
+		if o.Reason != "" {
+			fmt.Fprintf(a.out, "-- %s\n", o.Reason)
+		}
+	}
+	return nil
 }

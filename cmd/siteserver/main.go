@@ -11,35 +11,11 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"slices"
 	"syscall"
 
 	"github.com/siteserver/siteserver/internal/obs"
 )
-
-const usage = `usage: siteserver <command> [flags]
-
-Processes (without -config: /etc/siteserver/serve.yaml, ns.yaml or agent.yaml):
-  serve  [-config FILE]    run the site services (task, package, netboot) of a site server
-  ns     [-config FILE]    run the reference Notification Server
-  agent  [-config FILE]    run the client agent
-  agent download [-config FILE] -package ID -dir DIR
-                           fetch a package from the sources ranked for this computer
-
-Administration (talk to an NS API; see 'siteserver sites -h'):
-  sites    list | export | apply FILE | add NAME | delete NAME |
-           subnet-add PREFIX SITE | subnet-delete PREFIX | assign GUID SITE | unassign GUID SITE
-  servers  list | approve ID | reject ID | reset ID | delete ID
-  agents   list | reset ID | delete ID
-  jobs     create -file JOB.yaml -targets GUID,… | list | status JOB
-  packages add -dir DIR -id ID -version V [-sites …] [-servers …] [-staged N] |
-           assign ID [-sites …] [-servers …] [-staged N] | list | status ID | delete ID
-  computers add MAC [-name NAME] [-force] | list | accept MAC | delete MAC
-  audit                    the changes made through the admin API (who, what, when)
-
-Other:
-  check-config FILE        load a config file and report the first bad field
-  version                  print the version
-`
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -47,7 +23,7 @@ func main() {
 
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
+		printUsage(stderr)
 		return 2
 	}
 	cmd, rest := args[0], args[1:]
@@ -60,17 +36,24 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "agent":
 		err = withSignals(func(ctx context.Context, hup <-chan os.Signal) error { return runAgent(ctx, hup, rest, stderr) })
 	case "check-config":
+		if len(rest) == 1 && isHelpFlag(rest[0]) {
+			fmt.Fprintln(stdout, "usage: siteserver check-config FILE\n\nLoad a config or rules file and report the first bad field.")
+			return 0
+		}
 		err = checkConfig(rest, stdout)
-	case "sites", "servers", "agents", "jobs", "packages", "computers":
-		err = admin(cmd, rest, stdout)
-	case "audit":
-		err = admin(cmd, append([]string{"list"}, rest...), stdout)
+	case "completion":
+		err = completion(rest, stdout)
 	case "version", "-version", "--version":
 		fmt.Fprintf(stdout, "siteserver %s %s %s/%s\n", obs.Version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
-	case "help", "-h", "--help":
-		fmt.Fprint(stdout, usage)
+	case "help", "-h", "-help", "--help":
+		err = help(rest, stdout, stderr)
 	default:
-		fmt.Fprintf(stderr, "siteserver: unknown command %q\n\n%s", cmd, usage)
+		if slices.Contains(adminGroups(), cmd) {
+			err = admin(cmd, rest, stdout, stderr)
+			break
+		}
+		fmt.Fprintf(stderr, "siteserver: unknown command %q\n\n", cmd)
+		printUsage(stderr)
 		return 2
 	}
 	if err != nil {
