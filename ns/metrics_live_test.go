@@ -3,6 +3,7 @@ package ns
 import (
 	"context"
 	"io"
+	"maps"
 	"net/http"
 	"strings"
 	"testing"
@@ -70,15 +71,21 @@ func TestHealthGauges(t *testing.T) {
 	clk.Advance(2 * time.Minute)
 	waitFor(t, func() bool { return live("seen") == 1 && live("stale") == 1 })
 
-	got := map[string]float64{}
-	for _, st := range nsapi.CodebaseStates {
-		got[st] = testutil.ToFloat64(tn.srv.metrics.codebases.WithLabelValues(st))
-	}
+	// The gauges are refreshed by the sweep, liveness first: wait for the codebases too.
 	want := map[string]float64{nsapi.CodebasePending: 0, nsapi.CodebaseDownloading: 1, nsapi.CodebaseReady: 1, nsapi.CodebaseRetrying: 1, nsapi.CodebaseInvalid: 0}
-	for st, n := range want {
-		if got[st] != n {
-			t.Errorf("codebases{state=%q} = %v, want %v (all: %v)", st, got[st], n, got)
+	got := map[string]float64{}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		for _, st := range nsapi.CodebaseStates {
+			got[st] = testutil.ToFloat64(tn.srv.metrics.codebases.WithLabelValues(st))
 		}
+		if maps.Equal(got, want) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("codebases by state: %v, want %v", got, want)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 

@@ -154,10 +154,12 @@ func TestSecurityTFTPReflection(t *testing.T) {
 		if op, _, err := r.recv(5 * time.Second); err != nil || op != opOACK {
 			t.Fatalf("OACK: %d %v", op, err)
 		}
-		// As if the first ACK 0 had been lost: the resent OACKs are dropped too.
+		// As if the first ACK 0 had been lost: the resent OACKs are dropped too, until
+		// the server has been silent for a timeout and more (on a busy machine a resend
+		// may come late).
 		time.Sleep(3 * timeout)
 		for {
-			if _, _, err := r.recv(10 * time.Millisecond); err != nil {
+			if _, _, err := r.recv(timeout + 200*time.Millisecond); err != nil {
 				break
 			}
 		}
