@@ -16,7 +16,7 @@ build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/siteserver ./cmd/siteserver
 
 # The .deb and .rpm in bin/package/: the static binary, the systemd units, the configs in
-# /etc/siteserver, the man page. nfpm is a tool of its own module (packaging/tools), so
+# /etc/siteserver, the man page, shell completions, the Grafana dashboard and alert rules. nfpm is a tool of its own module (packaging/tools), so
 # its dependencies stay out of the binary's go.mod.
 PACKAGE_DIR ?= bin/package
 PKG_VERSION = $(shell packaging/version.sh $(VERSION))
@@ -27,6 +27,7 @@ package: build
 	$(GO) -C packaging/tools build -o $(CURDIR)/bin/nfpm github.com/goreleaser/nfpm/v2/cmd/nfpm
 	sed -e 's/@VERSION@/$(VERSION)/' -e "s/@DATE@/$$(date -u -d @$(SOURCE_DATE_EPOCH) +%F)/" \
 		packaging/siteserver.1.in | gzip -9n >$(PACKAGE_DIR)/siteserver.1.gz
+	for sh in bash zsh fish; do bin/siteserver completion $$sh >$(PACKAGE_DIR)/completion.$$sh || exit 1; done
 	for p in deb rpm; do \
 		PKG_VERSION=$(PKG_VERSION) GOARCH=$$($(GO) env GOARCH) SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) \
 			PACKAGE_DIR=$(PACKAGE_DIR) bin/nfpm package -f packaging/nfpm.yaml -p $$p -t $(PACKAGE_DIR)/ || exit 1; \
