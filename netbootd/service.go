@@ -190,6 +190,10 @@ func parseScripts(texts map[string]string) *map[string]*template.Template {
 	return &m
 }
 
+// SetBoot puts new PXE boot files and iPXE script URL in force (a configuration reload),
+// from a config that went through Defaults.
+func (s *Service) SetBoot(c pxe.Config) error { return s.pxe.SetBoot(c.BootFiles, c.IPXEScriptURL) }
+
 // SetScripts puts new iPXE scripts in force (a configuration reload): kinds not given get
 // the default script. They are checked as at start; on an error the scripts in force stay.
 func (s *Service) SetScripts(scripts map[string]string) error {

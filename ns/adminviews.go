@@ -100,7 +100,7 @@ func (s *Server) status(ctx context.Context) (nsapi.Status, error) {
 		return st, err
 	}
 	// As selectable: a server not heard from within three heartbeats gets no agents.
-	cutoff := now.Add(-3 * s.cfg.Settings.HeartbeatInterval)
+	cutoff := now.Add(-3 * s.Settings().HeartbeatInterval)
 	st.Servers.Stale = []nsapi.ServerRef{}
 	for _, rec := range servers {
 		switch {
@@ -117,7 +117,7 @@ func (s *Server) status(ctx context.Context) (nsapi.Status, error) {
 	if err != nil {
 		return st, err
 	}
-	within := 2 * s.cfg.Settings.AgentRegistrationInterval
+	within := 2 * s.Settings().AgentRegistrationInterval
 	st.Agents.Total, st.Agents.OnlineWithin = len(agents), nsapi.Duration(within)
 	for _, a := range agents {
 		if !a.LastSeen.Before(now.Add(-within)) {

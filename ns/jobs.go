@@ -487,7 +487,7 @@ func (s *Server) liveServers(ctx context.Context) (map[string]bool, error) {
 	if err != nil {
 		return nil, err
 	}
-	cutoff := s.now().Add(-3 * s.cfg.Settings.HeartbeatInterval)
+	cutoff := s.now().Add(-3 * s.Settings().HeartbeatInterval)
 	live := map[string]bool{}
 	for _, rec := range recs {
 		if rec.Status == nsapi.StatusApproved && !rec.LastSeen.Before(cutoff) {

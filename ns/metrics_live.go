@@ -13,7 +13,7 @@ import (
 // refreshHealthGauges counts approved site servers seen within three heartbeats, the rule
 // agents and package sources are given by, and codebases by state.
 func (s *Server) refreshHealthGauges(ctx context.Context) {
-	seen, stale, err := s.store.ServerLiveness(ctx, s.now().Add(-3*s.cfg.Settings.HeartbeatInterval))
+	seen, stale, err := s.store.ServerLiveness(ctx, s.now().Add(-3*s.Settings().HeartbeatInterval))
 	if err == nil {
 		s.metrics.liveness.WithLabelValues("seen").Set(float64(seen))
 		s.metrics.liveness.WithLabelValues("stale").Set(float64(stale))

@@ -396,7 +396,7 @@ func (s *Server) handleSources(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	httpx.WriteJSON(w, http.StatusOK, nsapi.SourcesResponse{Package: pkg, Sources: rankSources(pkg, req, servers, cbs, m, s.publicURL(r), s.now().Add(-3*s.cfg.Settings.HeartbeatInterval))})
+	httpx.WriteJSON(w, http.StatusOK, nsapi.SourcesResponse{Package: pkg, Sources: rankSources(pkg, req, servers, cbs, m, s.publicURL(r), s.now().Add(-3*s.Settings().HeartbeatInterval))})
 }
 
 // publicURL is the NS's base URL as the requester reached it.

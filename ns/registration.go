@@ -81,7 +81,7 @@ func (s *Server) handleRegisterServer(w http.ResponseWriter, r *http.Request) {
 		ID:       rec.ID,
 		Status:   rec.Status,
 		Sites:    matches(s.rules.Load().ServerSites(toSitesServer(rec, 0))),
-		Settings: s.cfg.Settings,
+		Settings: s.Settings(),
 		NSID:     s.nsID(),
 		Channel:  s.channelAddr(r),
 		Revoked:  revoked,
@@ -188,7 +188,7 @@ func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
 		TaskReason:     task.Reason,
 		PackageServers: refs(pkg.Servers, byID, nsapi.ServicePackage),
 		PackageReason:  pkg.Reason,
-		Settings:       s.cfg.Settings,
+		Settings:       s.Settings(),
 		NSID:           s.nsID(),
 		JobKey:         s.jobKey.Public().(ed25519.PublicKey),
 	})
@@ -211,7 +211,7 @@ func (s *Server) selectable(ctx context.Context, self string) ([]sites.Server, m
 	if self != "" {
 		counts[self]--
 	}
-	hb := s.cfg.Settings.HeartbeatInterval
+	hb := s.Settings().HeartbeatInterval
 	cutoff, fresh := s.now().Add(-3*hb), s.now().Add(-hb-hb/4)
 	own := s.selfServer()
 	var out []sites.Server
@@ -274,7 +274,7 @@ func (s *Server) reportUnreachable(id string) {
 	// Bounded by the servers agents were registered with; an entry goes when its server
 	// registers again (selectable) or after three heartbeats, when it is not offered.
 	for k, at := range s.unreachable {
-		if s.now().Sub(at) > 3*s.cfg.Settings.HeartbeatInterval {
+		if s.now().Sub(at) > 3*s.Settings().HeartbeatInterval {
 			delete(s.unreachable, k)
 		}
 	}

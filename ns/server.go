@@ -44,6 +44,9 @@ type Server struct {
 	id     string // sender id in tickles
 	jobKey ed25519.PrivateKey
 	rules  atomic.Pointer[sites.Map]
+	// settings are the intervals handed to site servers and agents; a reload may change
+	// them (SetSettings).
+	settings atomic.Pointer[nsapi.Settings]
 	// fileSource is the source the rules file holds, once it has loaded.
 	fileSource atomic.Pointer[sites.Source]
 
@@ -102,6 +105,7 @@ func NewServer(cfg ServerConfig, logger *slog.Logger, reg prometheus.Registerer)
 		unknownLimit: newCreationLimit(cfg.UnknownComputersPerMinute, cfg.UnknownComputersBurst),
 		eventSlots:   httpx.NewSlots(eventBatchSlots),
 	}
+	s.settings.Store(&cfg.Settings)
 	if cfg.Clock != nil {
 		s.now = cfg.Clock
 	}
@@ -363,4 +367,18 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST "+nsapi.PathComputers+"/{mac}/accept", s.admin(s.handleAcceptClaim))
 	mux.HandleFunc("DELETE "+nsapi.PathComputers+"/{mac}", s.admin(s.handleDeleteComputer))
 	return mux
+}
+
+// Settings returns the settings in force.
+func (s *Server) Settings() nsapi.Settings { return *s.settings.Load() }
+
+// SetSettings puts new settings in force (a configuration reload): site servers and
+// agents get them with their next registration answer. They are checked as at start.
+func (s *Server) SetSettings(st nsapi.Settings) error {
+	st.Defaults()
+	if err := st.Validate("settings"); err != nil {
+		return err
+	}
+	s.settings.Store(&st)
+	return nil
 }

@@ -174,16 +174,19 @@ func (p *proc) waitLog(msg string) map[string]any {
 	return nil
 }
 
-func (p *proc) countLog(msg string) int {
+func (p *proc) countLog(msg string) int { return len(p.logsWith(msg)) }
+
+// logsWith returns a copy of the log lines with the given msg.
+func (p *proc) logsWith(msg string) []map[string]any {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	n := 0
+	var out []map[string]any
 	for _, l := range p.logs {
 		if l["msg"] == msg {
-			n++
+			out = append(out, l)
 		}
 	}
-	return n
+	return out
 }
 
 // stop sends SIGTERM and requires a clean exit within 5s.

@@ -56,6 +56,21 @@ func changedKeys(a, b any) []string {
 // value put back as it was is put back in force too.
 type reloadable map[string]func() error
 
+// covers returns the setter key that covers key: key itself, or a section above it
+// ("ns.settings" covers "ns.settings.heartbeat_interval").
+func (r reloadable) covers(key string) (string, bool) {
+	for k := key; ; {
+		if _, ok := r[k]; ok {
+			return k, true
+		}
+		i := strings.LastIndexByte(k, '.')
+		if i < 0 {
+			return "", false
+		}
+		k = k[:i]
+	}
+}
+
 // configReload reloads the config file at path on SIGHUP: what can change is put in force
 // (the keys that changed are logged), what cannot is logged as needing a restart for as
 // long as the file differs from what the process started with, and then the rules (the
@@ -82,12 +97,12 @@ func configReload[F any, PF interface {
 		}
 		var applied, restart []string
 		for _, key := range changedKeys(PF(&last), next) {
-			if _, ok := setters[key]; ok && !failed[key] {
+			if k, ok := setters.covers(key); ok && !failed[k] {
 				applied = append(applied, key)
 			}
 		}
 		for _, key := range changedKeys(started, next) {
-			if _, ok := setters[key]; !ok {
+			if _, ok := setters.covers(key); !ok {
 				restart = append(restart, key)
 			}
 		}
@@ -115,15 +130,21 @@ func logLevel(level *slog.LevelVar, next obs.LogConfig) reloadable {
 }
 
 // reloadable is what a site server can change on SIGHUP: the log level, its package
-// service's bandwidth windows (when it started with a limit), its iPXE scripts.
+// service's bandwidth windows (when it started with a limit), its PXE boot files, iPXE
+// script URL and iPXE scripts.
 func (s *siteServer) reloadable(level *slog.LevelVar, next *Serve) reloadable {
 	r := logLevel(level, next.Log)
+	if s.embedded != nil {
+		r["embedded_ns.settings"] = func() error { return s.embedded.SetSettings(next.EmbeddedNS.Settings) }
+	}
 	if pc := next.Services.Package; s.pkg != nil && pc != nil && s.pkg.CanSetBandwidth() {
 		set := func() error { return s.pkg.SetBandwidth(pc.Bandwidth, pc.DefaultBandwidth) }
 		r["services.package.bandwidth"], r["services.package.default_bandwidth"] = set, set
 	}
 	if nc := next.Services.Netboot; s.boot != nil && nc != nil {
 		r["services.netboot.scripts"] = func() error { return s.boot.SetScripts(nc.Scripts) }
+		setBoot := func() error { return s.boot.SetBoot(nc.PXE) }
+		r["services.netboot.pxe.boot_files"], r["services.netboot.pxe.ipxe_script_url"] = setBoot, setBoot
 	}
 	return r
 }

@@ -199,7 +199,11 @@ func runNS(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 	}
 	g, notify := newGroup(cfg.Metrics, reg, logger)
 	g.Add(srv, &hupReloader{hup: hup, logger: logger, notify: notify,
-		reload: configReload(path, logger, &cfg, func(next *NS) reloadable { return logLevel(level, next.Log) }, srv.Reload)})
+		reload: configReload(path, logger, &cfg, func(next *NS) reloadable {
+			r := logLevel(level, next.Log)
+			r["ns.settings"] = func() error { return srv.SetSettings(next.Server.Settings) }
+			return r
+		}, srv.Reload)})
 	if cfg.Task != nil {
 		if self, err = nsTaskService(cfg, srv, logger, reg); err != nil {
 			return err
@@ -341,7 +345,7 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 			return err
 		}
 		g.Add(embedded)
-		rules = embedded.Reload
+		rules, s.embedded = embedded.Reload, embedded
 		s.peers = append(s.peers, peer)
 	}
 	hr.reload = configReload(path, logger, &cfg, func(next *Serve) reloadable { return s.reloadable(level, next) }, rules)
@@ -373,6 +377,7 @@ type siteServer struct {
 	task      *taskd.Service
 	pkg       *pkgd.Service
 	boot      *netbootd.Service
+	embedded  *ns.Server // the standalone site's NS, or nil
 }
 
 // build constructs the configured services and the registrar; it starts nothing.

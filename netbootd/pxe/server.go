@@ -64,6 +64,7 @@ const (
 // network of a multi-homed host, including networks added after it started.
 type Server struct {
 	cfg       Config
+	decide    atomic.Pointer[Config] // what answers are made from; a reload swaps it
 	computers Computers
 	log       *slog.Logger
 	metrics   *metrics
@@ -105,7 +106,7 @@ func NewServer(cfg Config, computers Computers, logger *slog.Logger, reg prometh
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Server{
+	s := &Server{
 		cfg:       cfg,
 		computers: computers,
 		log:       logger.With("protocol", "pxe"),
@@ -117,7 +118,23 @@ func NewServer(cfg Config, computers Computers, logger *slog.Logger, reg prometh
 		sightings: newSightings(cfg.SeenReportsPerMinute, cfg.SeenReportBurst),
 		lookups:   make(chan struct{}, maxLookups),
 		delayed:   make(chan struct{}, maxDelayed),
-	}, nil
+	}
+	s.decide.Store(&cfg)
+	return s, nil
+}
+
+// SetBoot puts new boot files (per architecture) and a new iPXE script URL in force (a
+// configuration reload): the next answer carries them. They are checked as at start; on
+// an error the ones in force stay.
+func (s *Server) SetBoot(files map[Arch]string, scriptURL string) error {
+	c := *s.decide.Load()
+	c.BootFiles, c.IPXEScriptURL = files, scriptURL
+	c = c.WithDefaults()
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	s.decide.Store(&c)
+	return nil
 }
 
 // Name identifies the server among services.
@@ -396,7 +413,7 @@ func (s *Server) reportSeen(ctx context.Context) {
 }
 
 func (s *Server) answer(ctx context.Context, sock *socket, req *dhcpv4.DHCPv4, in Arrival, kind Kind) {
-	reply, dst, reason := Decide(req, in, kind, &s.cfg)
+	reply, dst, reason := Decide(req, in, kind, s.decide.Load())
 	if reason != "" {
 		s.ignore(req, in, reason)
 		return
