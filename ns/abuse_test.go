@@ -151,9 +151,11 @@ func TestSecurityEnrollWrongTokenIsCheap(t *testing.T) {
 }
 
 // A small event batch that decompresses to far more than any real batch is refused, and
-// several sent at once cost the NS a bounded amount of memory.
+// several sent at once cost the NS a bounded amount of memory; the site server that sent
+// one is then refused, unread, until its penalty is over (while others are served).
 func TestSecurityEventBatchBombBoundedMemory(t *testing.T) {
-	tn := startNS(t, nil)
+	const penalty = 500 * time.Millisecond
+	tn := startNSWith(t, nil, func(s *Server) { s.batchPenaltyFor = penalty })
 	ctx := context.Background()
 	p := tn.peer(t, nsapi.KindSiteServer, "ss-a", "ss-a")
 	if _, err := registerServer(t, p, []string{"10.1.0.5/16"}, nsapi.ServiceInfo{Name: nsapi.ServiceTask, URL: "https://ss-a"}); err != nil {
@@ -202,9 +204,28 @@ func TestSecurityEventBatchBombBoundedMemory(t *testing.T) {
 	if n := testutil.ToFloat64(tn.srv.metrics.refused.WithLabelValues(refusedDecodedTooLarge)); n < 1 {
 		t.Fatal("no batch counted as decoded_too_large")
 	}
-	// A real batch still goes through.
+	// The bomber's next batch is refused before it is read; another server's goes through.
+	if _, err := c.ForwardEvents(ctx, bomb); nsapi.StatusOf(err) != http.StatusServiceUnavailable {
+		t.Fatalf("a bomb right after the bombs: %v, want 503", err)
+	}
+	if n := testutil.ToFloat64(tn.srv.metrics.refused.WithLabelValues(refusedPenalized)); n < 1 {
+		t.Fatal("no batch counted as penalized")
+	}
+	other := tn.peer(t, nsapi.KindSiteServer, "ss-b", "ss-b")
+	if _, err := registerServer(t, other, []string{"10.2.0.5/16"}, nsapi.ServiceInfo{Name: nsapi.ServiceTask, URL: "https://ss-b"}); err != nil {
+		t.Fatal(err)
+	}
+	oc, err := other.Client(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := oc.ForwardEvents(ctx, mustEncode(t, nil)); err != nil {
+		t.Fatalf("another site server's batch during the penalty: %v", err)
+	}
+	// Once the penalty is over, a real batch from the bomber goes through.
+	time.Sleep(penalty + 100*time.Millisecond)
 	if _, err := c.ForwardEvents(ctx, mustEncode(t, nil)); err != nil {
-		t.Fatalf("an empty batch after the bombs: %v", err)
+		t.Fatalf("an empty batch after the penalty: %v", err)
 	}
 }
 

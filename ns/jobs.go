@@ -57,6 +57,46 @@ func (f *inFlight) done(id string) {
 	f.mu.Unlock()
 }
 
+// batchPenalty is how long a site server whose event batch was refused as too large or
+// malformed must wait before the NS reads another from it. A task server builds batches
+// within the limits, so such a batch is a fault or an attack; each costs the NS up to the
+// whole decoded size in CPU, which a wait bounds at one per penalty per site server.
+const batchPenalty = 10 * time.Second
+
+// penaltyBox holds the peers that must wait before their next request of one kind.
+type penaltyBox struct {
+	mu    sync.Mutex
+	until map[string]time.Time
+}
+
+// wait returns how long id must still wait (0: none).
+func (b *penaltyBox) wait(id string, now time.Time) time.Duration {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if d := b.until[id].Sub(now); d > 0 {
+		return d
+	}
+	return 0
+}
+
+// hold makes id wait d from now. Expired entries go when the box grows: it holds at most
+// the peers penalized within d, who are enrolled identities.
+func (b *penaltyBox) hold(id string, now time.Time, d time.Duration) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.until == nil {
+		b.until = map[string]time.Time{}
+	}
+	if len(b.until) >= 1024 {
+		for k, t := range b.until {
+			if !t.After(now) {
+				delete(b.until, k)
+			}
+		}
+	}
+	b.until[id] = now.Add(d)
+}
+
 // nsID is this NS's sender id in tickles: stable for as long as its CA is.
 func (s *Server) nsID() string { return s.id }
 
@@ -321,6 +361,11 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		s.metrics.refused.WithLabelValues(refusedTooLarge).Inc()
 		return
 	}
+	if d := s.batchPenalty.wait(p.id, time.Now()); d > 0 {
+		s.metrics.refused.WithLabelValues(refusedPenalized).Inc()
+		httpx.Busy(w, d, "event batches from this site server after a refused one")
+		return
+	}
 	// A task server forwards one batch at a time; a second at once is not one of its own
 	// making, and must not take the slots every other task server shares.
 	if !s.batchInFlight.start(p.id) {
@@ -340,6 +385,9 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	events, err := nsapi.DecodeValidEvents(b, nsapi.MaxBatchDecoded)
+	if err != nil {
+		s.batchPenalty.hold(p.id, time.Now(), s.batchPenaltyFor)
+	}
 	if errors.Is(err, nsapi.ErrBatchTooLarge) {
 		s.metrics.badRequests.WithLabelValues("too_large").Inc()
 		s.metrics.refused.WithLabelValues(refusedDecodedTooLarge).Inc()

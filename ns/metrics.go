@@ -46,6 +46,7 @@ const (
 	refusedUnauthenticated = "unauthenticated"
 	refusedTooLarge        = "too_large"
 	refusedDecodedTooLarge = "decoded_too_large"
+	refusedPenalized       = "penalized" // an event batch from a site server whose last one was refused
 	refusedBusy            = "busy"
 )
 
@@ -197,7 +198,7 @@ func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 	for _, r := range []string{"ok", "error", "owned_by_file"} {
 		m.rulesLoads.WithLabelValues(r)
 	}
-	for _, r := range []string{refusedUnauthenticated, refusedTooLarge, refusedDecodedTooLarge, refusedBusy} {
+	for _, r := range []string{refusedUnauthenticated, refusedTooLarge, refusedDecodedTooLarge, refusedBusy, refusedPenalized} {
 		m.refused.WithLabelValues(r)
 	}
 	for _, r := range []string{"presence", "events"} {

@@ -63,7 +63,10 @@ type Server struct {
 	unreachMu     sync.Mutex
 	unreachable   map[string]time.Time
 	eventSlots    *httpx.Slots
-	batchInFlight inFlight // site servers with an event batch under way
+	batchInFlight inFlight   // site servers with an event batch under way
+	batchPenalty  penaltyBox // site servers whose last batch was refused
+	// batchPenaltyFor is how long they wait (batchPenalty; tests shorten it).
+	batchPenaltyFor time.Duration
 
 	reload    chan chan error
 	startTime time.Time
@@ -106,6 +109,7 @@ func NewServer(cfg ServerConfig, logger *slog.Logger, reg prometheus.Registerer)
 		eventSlots:   httpx.NewSlots(eventBatchSlots),
 	}
 	s.settings.Store(&cfg.Settings)
+	s.batchPenaltyFor = batchPenalty
 	if cfg.Clock != nil {
 		s.now = cfg.Clock
 	}
