@@ -156,7 +156,7 @@ func TestExampleServe(t *testing.T) {
 	want := Serve{
 		Log: obs.LogConfig{Format: "text", Level: "info"}, Metrics: Metrics{Listen: ":9351"},
 		DataDir: "/var/lib/siteserver", Addresses: []string{}, NS: []nsapi.Endpoint{},
-		EmbeddedNS: EmbeddedNS{Listen: "127.0.0.1:50443", Approval: "auto", Settings: defaultSettings},
+		EmbeddedNS: EmbeddedNS{Listen: "127.0.0.1:50443", RulesFile: "/etc/siteserver/standalone-sites.yaml", Approval: "auto", Settings: defaultSettings},
 		Services: Services{Task: &taskd.Config{TickleListen: ":50123", AgentListen: ":50180"},
 			Package: &pkgd.Config{Listen: ":50181"}},
 	}
