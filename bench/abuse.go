@@ -114,15 +114,11 @@ func runAbuse(ctx context.Context, args []string, stderr io.Writer) (result, err
 		return nil, &usageError{"-duration must be 1s to 10m and -max-agent-connections positive"}
 	}
 	raiseFileLimit()
-	dir, err := os.MkdirTemp("", "bench-abuse")
+	dir, bin, cleanup, err := benchDir(ctx, "abuse")
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(dir)
-	bin, err := buildSiteserver(ctx, dir)
-	if err != nil {
-		return nil, err
-	}
+	defer cleanup()
 	site, err := startAbuseSite(ctx, bin, dir, *maxConns, stderr)
 	if err != nil {
 		return nil, err

@@ -72,15 +72,11 @@ func runAbuseNetboot(ctx context.Context, args []string, stderr io.Writer) (resu
 	if err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "bench-abuse-netboot")
+	dir, bin, cleanup, err := benchDir(ctx, "abuse-netboot")
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(dir)
-	bin, err := buildSiteserver(ctx, dir)
-	if err != nil {
-		return nil, err
-	}
+	defer cleanup()
 	root := filepath.Join(dir, "boot")
 	file, err := newTFTPFile(root, "ipxe.efi", *size)
 	if err != nil {

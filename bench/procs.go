@@ -26,6 +26,21 @@ func buildSiteserver(ctx context.Context, dir string) (string, error) {
 	return bin, nil
 }
 
+// benchDir makes a temporary directory for a scenario (name) with the siteserver binary
+// built into it; cleanup removes the directory.
+func benchDir(ctx context.Context, name string) (dir, bin string, cleanup func(), err error) {
+	dir, err = os.MkdirTemp("", "bench-"+name)
+	if err != nil {
+		return "", "", nil, err
+	}
+	cleanup = func() { os.RemoveAll(dir) }
+	if bin, err = buildSiteserver(ctx, dir); err != nil {
+		cleanup()
+		return "", "", nil, err
+	}
+	return dir, bin, cleanup, nil
+}
+
 // process is a siteserver process whose JSON logs are collected.
 type process struct {
 	cmd  *exec.Cmd

@@ -124,15 +124,11 @@ func runSelection(ctx context.Context, args []string, stderr io.Writer) (result,
 		return nil, &usageError{"-agents must be at least 2, -duration positive, -poll, -ns-interval and -heartbeat at least 1s"}
 	}
 	raiseFileLimit()
-	dir, err := os.MkdirTemp("", "bench-selection")
+	dir, bin, cleanup, err := benchDir(ctx, "selection")
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(dir)
-	bin, err := buildSiteserver(ctx, dir)
-	if err != nil {
-		return nil, err
-	}
+	defer cleanup()
 	site, err := startSelectionSite(ctx, bin, dir, stderr, fmt.Sprintf("heartbeat_interval: %s, task_update_interval: 1h, task_request_interval: %s, agent_registration_interval: %s",
 		*heartbeat, *poll, *nsEvery))
 	if err != nil {

@@ -86,15 +86,11 @@ func runTickle(ctx context.Context, args []string, stderr io.Writer) (result, er
 		return nil, &usageError{"-fetch is http or https"}
 	}
 	raiseFileLimit()
-	dir, err := os.MkdirTemp("", "bench-tickle")
+	dir, bin, cleanup, err := benchDir(ctx, "tickle")
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(dir)
-	bin, err := buildSiteserver(ctx, dir)
-	if err != nil {
-		return nil, err
-	}
+	defer cleanup()
 
 	// The NS and the task server are real processes; the agents live here.
 	nsProc, nsAddr, pin, err := startNS(ctx, bin, dir, stderr,
