@@ -61,6 +61,7 @@ func runAbuseNetboot(ctx context.Context, args []string, stderr io.Writer) (resu
 	size := fs.Int64("size", 256<<10, "size of the file the legitimate client fetches")
 	interval := fs.Duration("legit-interval", 100*time.Millisecond, "time from one legitimate fetch's start to the next's (a boot fetches a few files, not a stream; the server allows one address 20 requests a second)")
 	heapProfile := fs.String("heapprofile", "", "write the site server's heap profile, taken at the end of the attacks, to this file")
+	cpuProfile := fs.String("cpuprofile", "", "write the site server's CPU profile, taken over the attacks, to this file")
 	drain := fs.Duration("drain", 13*time.Second, "how long attack sources keep listening for resends after the attacks: (retries+1) × timeout of the server, and a second")
 	if err := parseFlags(fs, args); err != nil {
 		return nil, err
@@ -88,7 +89,7 @@ func runAbuseNetboot(ctx context.Context, args []string, stderr io.Writer) (resu
 	}
 	defer relay.close()
 
-	ss, site, err := startNBSite(ctx, bin, dir, root, relay.port(), *heapProfile != "", stderr)
+	ss, site, err := startNBSite(ctx, bin, dir, root, relay.port(), *heapProfile != "" || *cpuProfile != "", stderr)
 	if err != nil {
 		return nil, err
 	}
@@ -120,6 +121,14 @@ func runAbuseNetboot(ctx context.Context, args []string, stderr io.Writer) (resu
 	if *dhcpRate > 0 {
 		wg.Go(func() { dhcpSent.Store(int64(nbFloodDHCP(actx, relay, site.dhcp, *dhcpRate))) })
 		wg.Go(func() { dhcpAnswered.Store(int64(nbDrainRelay(actx, relay))) })
+	}
+	if *cpuProfile != "" {
+		secs := max(int(duration.Seconds())-1, 1)
+		wg.Go(func() {
+			if err := fetchProfile(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", site.metrics, secs), *cpuProfile); err != nil {
+				fmt.Fprintf(stderr, "bench abuse-netboot: CPU profile: %v\n", err)
+			}
+		})
 	}
 	var peakActive atomic.Int64
 	wg.Go(func() {
