@@ -53,21 +53,28 @@ func nbAttackKinds(file string) []struct{ name, rrq string } {
 func runAbuseNetboot(ctx context.Context, args []string, stderr io.Writer) (result, error) {
 	fs := flag.NewFlagSet("abuse-netboot", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	duration := fs.Duration("duration", 20*time.Second, "how long the attacks run")
-	baseline := fs.Duration("baseline", 5*time.Second, "legitimate fetches alone, before the attacks")
+	duration := fs.Duration("duration", 20*time.Second, "how long each attack runs")
+	baseline := fs.Duration("baseline", 5*time.Second, "legitimate fetches alone, before each attack")
 	attackers := fs.Int("attackers", 64, "source addresses of the TFTP attack (127.0.0.10 and up)")
 	tftpRate := fs.Int("tftp-rate", 2000, "attack TFTP requests per second, all sources together")
 	dhcpRate := fs.Int("dhcp-rate", 2000, "DHCP DISCOVERs per second, each from a new made-up MAC")
 	size := fs.Int64("size", 256<<10, "size of the file the legitimate client fetches")
 	interval := fs.Duration("legit-interval", 100*time.Millisecond, "time from one legitimate fetch's start to the next's (a boot fetches a few files, not a stream; the server allows one address 20 requests a second)")
 	heapProfile := fs.String("heapprofile", "", "write the site server's heap profile, taken at the end of the attacks, to this file")
-	cpuProfile := fs.String("cpuprofile", "", "write the site server's CPU profile, taken over the attacks, to this file")
+	cpuProfile := fs.String("cpuprofile", "", "write the site server's CPU profile, taken over the last attack, to this file")
+	only := fs.String("attacks", "tftp,dhcp,both", "attacks to run, each after a quiet run of its own: tftp, dhcp, both (the two at once)")
 	drain := fs.Duration("drain", 13*time.Second, "how long attack sources keep listening for resends after the attacks: (retries+1) × timeout of the server, and a second")
 	if err := parseFlags(fs, args); err != nil {
 		return nil, err
 	}
 	if *duration <= 0 || *baseline <= 0 || *attackers < 1 || *attackers > 200 || *tftpRate < 1 || *dhcpRate < 0 || *size < 1 || *drain < 0 {
 		return nil, &usageError{"-duration, -baseline, -tftp-rate and -size must be positive, -attackers 1 to 200, -dhcp-rate and -drain not negative"}
+	}
+	phases := strings.Split(*only, ",")
+	for _, ph := range phases {
+		if ph != "tftp" && ph != "dhcp" && ph != "both" {
+			return nil, &usageError{fmt.Sprintf("-attacks: %q is not tftp, dhcp or both", ph)}
+		}
 	}
 	templates, err := pxeLoadTemplates("")
 	if err != nil {
@@ -102,48 +109,76 @@ func runAbuseNetboot(ctx context.Context, args []string, stderr io.Writer) (resu
 		return nil, err
 	}
 
-	fmt.Fprintf(stderr, "bench abuse-netboot: legitimate client alone for %s\n", *baseline)
-	base := nbLegitFetches(ctx, site.tftp, file, *interval, time.Now().Add(*baseline))
-	rss0 := ss.rssMB()
-
-	fmt.Fprintf(stderr, "bench abuse-netboot: attacks for %s: TFTP %d/s from %d addresses, DHCP %d/s from made-up MACs\n",
-		*duration, *tftpRate, *attackers, *dhcpRate)
 	attack, err := newNBAttack(*attackers, file.name)
 	if err != nil {
 		return nil, err
 	}
 	defer attack.close()
-	actx, stop := context.WithTimeout(ctx, *duration)
-	defer stop()
-	var wg sync.WaitGroup
-	var dhcpSent, dhcpAnswered atomic.Int64
-	wg.Go(func() { attack.send(actx, site.tftp, *tftpRate) })
-	if *dhcpRate > 0 {
-		wg.Go(func() { dhcpSent.Store(int64(nbFloodDHCP(actx, relay, site.dhcp, *dhcpRate))) })
-		wg.Go(func() { dhcpAnswered.Store(int64(nbDrainRelay(actx, relay))) })
-	}
-	if *cpuProfile != "" {
-		secs := max(int(duration.Seconds())-1, 1)
+	rss0 := ss.rssMB()
+
+	// Each attack runs after a quiet run of its own: on a shared machine the load from
+	// elsewhere drifts within minutes.
+	var quietLat []float64
+	under := nbFetches{errs: nbErrorCounts{}}
+	var per result
+	var dhcpSent, dhcpAnswered, peakActive atomic.Int64
+	worstRatio, worstP99 := 0.0, 0.0
+	for _, ph := range phases {
+		time.Sleep(time.Second)
+		fmt.Fprintf(stderr, "bench abuse-netboot: legitimate client alone for %s\n", *baseline)
+		q := nbLegitFetches(ctx, site.tftp, file, *interval, time.Now().Add(*baseline))
+		quietLat = append(quietLat, q.ms...)
+		tftpOn, dhcpOn := ph != "dhcp", ph != "tftp" && *dhcpRate > 0
+		fmt.Fprintf(stderr, "bench abuse-netboot: attack %s for %s: TFTP %d/s from %d addresses: %v, DHCP %d/s from made-up MACs: %v\n",
+			ph, *duration, *tftpRate, *attackers, tftpOn, *dhcpRate, dhcpOn)
+		actx, stop := context.WithTimeout(ctx, *duration)
+		var wg sync.WaitGroup
+		if tftpOn {
+			wg.Go(func() { attack.send(actx, site.tftp, *tftpRate) })
+		}
+		if dhcpOn {
+			wg.Go(func() { dhcpSent.Add(int64(nbFloodDHCP(actx, relay, site.dhcp, *dhcpRate))) })
+			wg.Go(func() { dhcpAnswered.Add(int64(nbDrainRelay(actx, relay))) })
+		}
+		if *cpuProfile != "" && ph == phases[len(phases)-1] {
+			secs := max(int(duration.Seconds())-1, 1)
+			wg.Go(func() {
+				if err := fetchProfile(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", site.metrics, secs), *cpuProfile); err != nil {
+					fmt.Fprintf(stderr, "bench abuse-netboot: CPU profile: %v\n", err)
+				}
+			})
+		}
 		wg.Go(func() {
-			if err := fetchProfile(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", site.metrics, secs), *cpuProfile); err != nil {
-				fmt.Fprintf(stderr, "bench abuse-netboot: CPU profile: %v\n", err)
+			for actx.Err() == nil {
+				if m, err := nbScrapeMetrics(site.metrics); err == nil {
+					peakActive.Store(max(peakActive.Load(), int64(m["siteserver_netboot_tftp_transfers_active"])))
+				}
+				select {
+				case <-actx.Done():
+				case <-time.After(250 * time.Millisecond):
+				}
 			}
 		})
-	}
-	var peakActive atomic.Int64
-	wg.Go(func() {
-		for actx.Err() == nil {
-			if m, err := nbScrapeMetrics(site.metrics); err == nil {
-				peakActive.Store(max(peakActive.Load(), int64(m["siteserver_netboot_tftp_transfers_active"])))
-			}
-			select {
-			case <-actx.Done():
-			case <-time.After(250 * time.Millisecond):
-			}
+		u := nbLegitFetches(actx, site.tftp, file, *interval, time.Now().Add(*duration))
+		wg.Wait()
+		stop()
+		if err := ctx.Err(); err != nil {
+			return nil, err
 		}
-	})
-	under := nbLegitFetches(actx, site.tftp, file, *interval, time.Now().Add(*duration))
-	wg.Wait()
+		fmt.Fprintf(stderr, "bench abuse-netboot: %s: legitimate fetches alone %d/%d ok, p99 %.1f ms; under attack %d/%d ok, p99 %.1f ms\n",
+			ph, q.ok, q.n, q.p99(), u.ok, u.n, u.p99())
+		if !u.errs.empty() {
+			fmt.Fprintf(stderr, "bench abuse-netboot: %s: legitimate fetch errors: %s\n", ph, u.errs)
+		}
+		ratio := u.p99() / max(q.p99(), 0.001)
+		worstRatio, worstP99 = max(worstRatio, ratio), max(worstP99, u.p99())
+		per.add("p99_vs_quiet_"+ph, "%.2f", ratio)
+		under.n, under.ok = under.n+u.n, under.ok+u.ok
+		under.ms = append(under.ms, u.ms...)
+		for msg, n := range u.errs {
+			under.errs[msg] += n
+		}
+	}
 	if *heapProfile != "" {
 		if err := fetchProfile("http://"+site.metrics+"/debug/pprof/heap", *heapProfile); err != nil {
 			fmt.Fprintf(stderr, "bench abuse-netboot: heap profile: %v\n", err)
@@ -180,23 +215,20 @@ func runAbuseNetboot(ctx context.Context, args []string, stderr io.Writer) (resu
 	}
 	fmt.Fprintf(stderr, "bench abuse-netboot: DHCP %d DISCOVERs sent, %d answered; site server reports %v; TFTP refused %v\n",
 		dhcpSent.Load(), dhcpAnswered.Load(), nbSeries(m, "siteserver_netboot_seen_reports_total"), nbSeries(m, "siteserver_netboot_tftp_refused_total"))
-	fmt.Fprintf(stderr, "bench abuse-netboot: legitimate fetches: alone %d/%d ok, p99 %.1f ms; under attack %d/%d ok, p99 %.1f ms\n",
-		base.ok, base.n, base.p99(), under.ok, under.n, under.p99())
-	if !under.errs.empty() {
-		fmt.Fprintf(stderr, "bench abuse-netboot: legitimate fetch errors: %s\n", under.errs)
-	}
-
+	slices.Sort(quietLat)
 	var res result
 	res.add("legit_ok_ratio", "%.3f", float64(under.ok)/float64(max(under.n, 1)))
-	res.add("legit_p99_ms", "%.1f", under.p99())
+	res.add("legit_p99_ms", "%.1f", worstP99)
 	res.add("rss_growth_mb", "%.1f", rss1-rss0)
 	res.add("unknown_computers_added", "%d", unknown1-unknown0)
 	res.add("tftp_amplification", "%.2f", worst)
-	res.add("baseline_p99_ms", "%.1f", base.p99())
+	res.add("baseline_p99_ms", "%.1f", percentile(quietLat, 0.99))
+	res.add("p99_vs_quiet", "%.2f", worstRatio)
 	res.add("legit_fetches", "%d", under.n)
 	res.add("peak_tftp_active", "%d", peakActive.Load())
 	res.add("tftp_attack_requests", "%d", attack.total())
 	res.add("dhcp_discovers", "%d", dhcpSent.Load())
+	res = append(res, per...)
 	res.add("duration_s", "%.0f", duration.Seconds())
 	return res, nil
 }

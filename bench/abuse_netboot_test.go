@@ -23,8 +23,9 @@ func TestAbuseNetboot(t *testing.T) {
 	}
 	t.Log(stdout.String())
 	m := regexp.MustCompile(`^RESULT abuse-netboot legit_ok_ratio=(\S+) legit_p99_ms=\d+\.\d rss_growth_mb=-?\d+\.\d ` +
-		`unknown_computers_added=(\d+) tftp_amplification=(\S+) baseline_p99_ms=\d+\.\d legit_fetches=[1-9]\d* ` +
-		`peak_tftp_active=(\d+) tftp_attack_requests=[1-9]\d* dhcp_discovers=[1-9]\d* duration_s=3\n$`).FindStringSubmatch(stdout.String())
+		`unknown_computers_added=(\d+) tftp_amplification=(\S+) baseline_p99_ms=\d+\.\d p99_vs_quiet=\d+\.\d\d legit_fetches=[1-9]\d* ` +
+		`peak_tftp_active=(\d+) tftp_attack_requests=[1-9]\d* dhcp_discovers=[1-9]\d* ` +
+		`p99_vs_quiet_tftp=\d+\.\d\d p99_vs_quiet_dhcp=\d+\.\d\d p99_vs_quiet_both=\d+\.\d\d duration_s=3\n$`).FindStringSubmatch(stdout.String())
 	if m == nil {
 		t.Fatalf("stdout %q does not match; stderr:\n%s", stdout.String(), stderr.String())
 	}

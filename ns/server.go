@@ -188,7 +188,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.store = st
+	s.store = newServerCache(st)
 	defer st.Close()
 
 	if err := s.loadRules(ctx); err != nil {

@@ -109,6 +109,7 @@ const (
 	ReasonNoArch          Reason = "no_arch"           // neither option 93 nor the vendor class names an architecture
 	ReasonNoBootFile      Reason = "no_boot_file"      // nothing configured for the architecture
 	ReasonNoServerAddress Reason = "no_server_address" // no IPv4 address of ours to offer
+	ReasonLookupRate      Reason = "lookup_rate"       // an uncached computer past its segment's lookup budget
 
 	ReasonBSDPMalformed       Reason = "bsdp_malformed"         // option 43 unreadable or without a BSDP version
 	ReasonBSDPMessageType     Reason = "bsdp_message_type"      // not LIST or SELECT
@@ -121,7 +122,7 @@ const (
 // reasons lists every Reason, so each label exists at 0.
 var reasons = []Reason{
 	ReasonMalformed, ReasonNotRequest, ReasonMessageType, ReasonNotPXE, ReasonForDHCPServer,
-	ReasonBIS, ReasonNoArch, ReasonNoBootFile, ReasonNoServerAddress,
+	ReasonBIS, ReasonNoArch, ReasonNoBootFile, ReasonNoServerAddress, ReasonLookupRate,
 	ReasonBSDPMalformed, ReasonBSDPMessageType, ReasonBSDPNoClientAddress, ReasonBSDPReplyPort,
 	ReasonBSDPOtherServer, ReasonBSDPNoImage,
 }
@@ -179,6 +180,14 @@ type Config struct {
 	// as the NS's own bounds on what one site server may add.
 	SeenReportsPerMinute int `yaml:"seen_reports_per_minute"`
 	SeenReportBurst      int `yaml:"seen_report_burst"`
+	// LookupsPerSecond and LookupBurst bound the NS lookups for computers whose kind is
+	// not cached, per network segment (relay address, or interface for the local link):
+	// a token bucket each. Past it a request gets no answer and the client asks again
+	// seconds later (PXE firmware retries at 4, 8, 16 and 32 s); a flood of made-up MACs
+	// on one segment neither loads the NS nor holds up the other segments. Defaults 50
+	// and 500: a branch powering on 500 computers at once looks each up within 1 s.
+	LookupsPerSecond int `yaml:"lookups_per_second"`
+	LookupBurst      int `yaml:"lookup_burst"`
 	// Ports replies go to: the client's and a relay agent's. Only tests change them.
 	ClientPort uint16 `yaml:"client_port"` // default 68
 	RelayPort  uint16 `yaml:"relay_port"`  // default 67
@@ -196,6 +205,8 @@ const (
 	defaultRelayPort     = 67
 	defaultSeenPerMinute = 60
 	defaultSeenBurst     = 500
+	defaultLookupRate    = 50
+	defaultLookupBurst   = 500
 	maxOfferDelay        = time.Second
 )
 
@@ -233,6 +244,12 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.LookupTimeout == 0 {
 		c.LookupTimeout = defaultLookupTimeout
+	}
+	if c.LookupsPerSecond == 0 {
+		c.LookupsPerSecond = defaultLookupRate
+	}
+	if c.LookupBurst == 0 {
+		c.LookupBurst = defaultLookupBurst
 	}
 	if c.ClientPort == 0 {
 		c.ClientPort = defaultClientPort
@@ -281,6 +298,9 @@ func (c *Config) Validate() error {
 	}
 	if c.SeenReportsPerMinute < 0 || c.SeenReportBurst < 0 {
 		return errors.New("netbootd: pxe: seen_reports_per_minute and seen_report_burst: negative")
+	}
+	if c.LookupsPerSecond < 0 || c.LookupBurst < 0 {
+		return errors.New("netbootd: pxe: lookups_per_second and lookup_burst: negative")
 	}
 	if c.OfferDelay < 0 || c.OfferDelay > maxOfferDelay {
 		return fmt.Errorf("netbootd: pxe: offer_delay: %s is not between 0 and %s", c.OfferDelay, maxOfferDelay)

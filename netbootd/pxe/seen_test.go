@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,12 +20,16 @@ type gatedComputers struct {
 	gate    chan struct{}
 	err     error
 
-	mu   sync.Mutex
-	seen []string
+	mu      sync.Mutex
+	seen    []string
+	lookups atomic.Int64
+	asked   atomic.Int64 // lookups of the managed computer
 }
 
 func (g *gatedComputers) Lookup(_ context.Context, mac net.HardwareAddr) (Kind, error) {
+	g.lookups.Add(1)
 	if mac.String() == g.managed {
+		g.asked.Add(1)
 		return KindManaged, nil
 	}
 	return KindUnknown, nil
@@ -147,7 +152,7 @@ func TestSecurityRandomMACSightings(t *testing.T) {
 		client := listenUDP(t, "0.0.0.0:0")
 		computers := &gatedComputers{managed: managed, gate: make(chan struct{})}
 		reg := prometheus.NewRegistry()
-		srv := startServer(t, Config{ClientPort: portOf(client), SeenReportBurst: 1000}, computers, reg)
+		srv := startServer(t, Config{ClientPort: portOf(client), SeenReportBurst: 1000, LookupBurst: 1000}, computers, reg)
 		const flood = 600
 		// Paced a little: on a busy machine an unpaced burst overflows the socket buffer
 		// before the server reads, and too few arrive to fill the queue.
@@ -218,4 +223,53 @@ func TestSightings(t *testing.T) {
 	if len(s.last) > seenMACMax {
 		t.Errorf("%d MACs remembered", len(s.last))
 	}
+}
+
+// TestSecurityLookupBudgetPerSegment floods the local link with DISCOVERs from made-up
+// MACs: the NS is asked about no more of them than the segment's bucket holds, the rest
+// get no answer, and a managed computer behind a relay (another segment) is still looked
+// up and answered as managed.
+func TestSecurityLookupBudgetPerSegment(t *testing.T) {
+	const managed = "52:54:00:12:34:56"
+	client := listenUDP(t, "0.0.0.0:0")
+	relay := listenUDP(t, "127.0.0.1:0")
+	computers := &gatedComputers{managed: managed}
+	reg := prometheus.NewRegistry()
+	srv := startServer(t, Config{ClientPort: portOf(client), RelayPort: portOf(relay), LookupsPerSecond: 1, LookupBurst: 20}, computers, reg)
+	m, err := newMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ignored := func() float64 { return testutil.ToFloat64(m.ignored.WithLabelValues(string(ReasonLookupRate))) }
+	handled := func() float64 {
+		return testutil.ToFloat64(m.requests.WithLabelValues("discover", ArchEFIx64.String()))
+	}
+
+	const flood = 300
+	start := time.Now()
+	floodMACs(t, client, srv, 7, flood, 0)
+	time.Sleep(100 * time.Millisecond)
+	got := handled()
+	waitUntil(t, "every DISCOVER looked up or refused", func() bool { return float64(computers.lookups.Load())+ignored() >= got })
+	if max := int64(20 + time.Since(start).Seconds() + 1); computers.lookups.Load() > max {
+		t.Errorf("%d lookups for made-up MACs, want at most %d (burst 20, 1/s)", computers.lookups.Load(), max)
+	}
+	if ignored() < got-float64(computers.lookups.Load()) {
+		t.Errorf("lookup_rate %v, handled %v, looked up %d", ignored(), got, computers.lookups.Load())
+	}
+
+	// The segment behind the relay has its own budget.
+	dhcpAddr, _ := srv.Addrs()
+	rs := exchange(t, relay, modify(t, captured(t, captureEFI, frameEDK2Discover), relayedBy("127.0.0.1")), dhcpAddr, 2*time.Second)
+	if len(rs) != 1 {
+		t.Fatalf("managed computer behind a relay: %d replies", len(rs))
+	}
+	if computers.asked.Load() != 1 {
+		t.Fatalf("the managed computer was looked up %d times, want 1", computers.asked.Load())
+	}
+	// A computer over the budget on the flooded link is not answered at all (never as
+	// unknown: that would send a managed computer to the wrong menu).
+	before := ignored()
+	floodMACs(t, client, srv, 8, 5, 0)
+	waitUntil(t, "the extra DISCOVERs refused", func() bool { return ignored() >= before+5-2 })
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
+	"golang.org/x/time/rate"
 )
 
 const (
@@ -82,6 +83,7 @@ type Server struct {
 	seen      chan seenReport
 	sightings sightings
 	lookups   chan struct{}
+	budgets   lookupBudgets
 	delayed   chan struct{}
 	handlers  sync.WaitGroup
 }
@@ -117,6 +119,7 @@ func NewServer(cfg Config, computers Computers, logger *slog.Logger, reg prometh
 		seen:      make(chan seenReport, seenQueue),
 		sightings: newSightings(cfg.SeenReportsPerMinute, cfg.SeenReportBurst),
 		lookups:   make(chan struct{}, maxLookups),
+		budgets:   lookupBudgets{perSecond: cfg.LookupsPerSecond, burst: cfg.LookupBurst, m: make(map[lookupSegment]*rate.Limiter)},
 		delayed:   make(chan struct{}, maxDelayed),
 	}
 	s.decide.Store(&cfg)
@@ -323,6 +326,10 @@ func (s *Server) handle(ctx context.Context, sock *socket, pkt []byte, in Arriva
 		s.answer(ctx, sock, req, in, kind)
 		return
 	}
+	if !s.budgets.allow(in, req, time.Now()) {
+		s.ignore(req, in, ReasonLookupRate)
+		return
+	}
 	select {
 	case s.lookups <- struct{}{}:
 		s.handlers.Go(func() {
@@ -335,6 +342,42 @@ func (s *Server) handle(ctx context.Context, sock *socket, pkt []byte, in Arriva
 		s.noteSeen(req, KindUnknown)
 		s.answer(ctx, sock, req, in, KindUnknown)
 	}
+}
+
+// lookupSegment names the network a request came from: its relay, or for the local link
+// the interface it arrived on.
+type lookupSegment struct {
+	relay   netip.Addr
+	ifIndex int
+}
+
+// maxSegments bounds lookupBudgets; a relay address is the request's own claim, so made-up
+// ones must not grow the map. Past it, the budgets start over.
+const maxSegments = 4096
+
+// lookupBudgets holds a token bucket of NS lookups per network segment.
+type lookupBudgets struct {
+	perSecond, burst int
+	mu               sync.Mutex
+	m                map[lookupSegment]*rate.Limiter
+}
+
+func (b *lookupBudgets) allow(in Arrival, req *dhcpv4.DHCPv4, now time.Time) bool {
+	seg := lookupSegment{ifIndex: in.IfIndex}
+	if g := addr4(req.GatewayIPAddr); g.IsValid() && !g.IsUnspecified() {
+		seg = lookupSegment{relay: g}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	l := b.m[seg]
+	if l == nil {
+		if len(b.m) >= maxSegments {
+			clear(b.m)
+		}
+		l = rate.NewLimiter(rate.Limit(b.perSecond), b.burst)
+		b.m[seg] = l
+	}
+	return l.AllowN(now, 1)
 }
 
 // noteSeen queues a report that a computer network-booted, unless it was reported

@@ -268,6 +268,7 @@ type Server struct {
 	started  atomic.Bool
 	stopping atomic.Bool
 	aborting atomic.Bool // set when the grace is over: readers fail at their next block
+	mtus     mtuCache
 	active   atomic.Int64
 	bound    chan struct{}
 
@@ -535,6 +536,12 @@ func (s *Server) serveRequest(req request, reqSize int, from netip.AddrPort, dst
 		return
 	}
 
+	// A request with no option we could grant is refused before it takes a slot or opens
+	// a file: the same answer as after negotiation, at a fraction of the cost under a flood.
+	if !s.cfg.PlainRequests && len(negotiate(req, 0, limits{maxBlock: minBlockSize, maxTimeout: int(s.cfg.MaxOptionTimeout / time.Second)}).accepted) == 0 {
+		refuse(newRefusal(reasonPlain, "TFTP options required"))
+		return
+	}
 	sl, err := s.admit(from.Addr(), conn)
 	if err != nil {
 		refuse(err)
@@ -554,7 +561,7 @@ func (s *Server) serveRequest(req request, reqSize int, from netip.AddrPort, dst
 	}
 	defer f.Close()
 	neg := negotiate(req, size, limits{
-		maxBlock:   blockCap(s.cfg.MaxBlockSize, ifIndex, from.Addr().Unmap().Is6()),
+		maxBlock:   s.mtus.blockCap(s.cfg.MaxBlockSize, ifIndex, from.Addr().Unmap().Is6()),
 		maxTimeout: int(s.cfg.MaxOptionTimeout / time.Second),
 	})
 	for _, o := range neg.capped {
@@ -674,21 +681,56 @@ func isBlocking(c conn) bool {
 	return !poll
 }
 
+// mtuTTL is how long an interface's MTU is kept: reading it asks the kernel for every
+// interface, too much to do for each request of a flood.
+const mtuTTL = 10 * time.Second
+
+// mtuCache holds interface MTUs by index.
+type mtuCache struct {
+	mu sync.Mutex
+	m  map[int]mtuEntry
+}
+
+type mtuEntry struct {
+	mtu     int // 0: unknown
+	fetched time.Time
+}
+
+func (c *mtuCache) mtu(ifIndex int, now time.Time) int {
+	c.mu.Lock()
+	e, ok := c.m[ifIndex]
+	c.mu.Unlock()
+	if ok && now.Sub(e.fetched) < mtuTTL {
+		return e.mtu
+	}
+	e = mtuEntry{fetched: now}
+	if ifi, err := net.InterfaceByIndex(ifIndex); err == nil && ifi.MTU > 0 {
+		e.mtu = ifi.MTU
+	}
+	c.mu.Lock()
+	if c.m == nil || len(c.m) >= 256 {
+		c.m = make(map[int]mtuEntry)
+	}
+	c.m[ifIndex] = e
+	c.mu.Unlock()
+	return e.mtu
+}
+
 // blockCap is the largest blksize for a transfer: the configured cap, and what fits
 // the receiving interface's MTU without fragmenting (IP, UDP and TFTP headers off).
-func blockCap(configured, ifIndex int, v6 bool) int {
+func (c *mtuCache) blockCap(configured, ifIndex int, v6 bool) int {
 	if ifIndex <= 0 {
 		return configured
 	}
-	ifi, err := net.InterfaceByIndex(ifIndex)
-	if err != nil || ifi.MTU <= 0 {
+	mtu := c.mtu(ifIndex, time.Now())
+	if mtu <= 0 {
 		return configured
 	}
 	headers := 20 + 8 + 4
 	if v6 {
 		headers = 40 + 8 + 4
 	}
-	return max(min(configured, ifi.MTU-headers), 512)
+	return max(min(configured, mtu-headers), 512)
 }
 
 // refuse counts a refusal and returns its reason. Anyone on the segment can provoke
