@@ -94,16 +94,16 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 // enrollReadTimeout is how long an enrollment body may take to arrive: it is small.
 const enrollReadTimeout = 10 * time.Second
 
-func certSerial(certPEM []byte) (string, error) {
+func certSerial(certPEM []byte) (string, time.Time, error) {
 	blk, _ := pem.Decode(certPEM)
 	if blk == nil {
-		return "", errors.New("ns: issued certificate is not PEM")
+		return "", time.Time{}, errors.New("ns: issued certificate is not PEM")
 	}
 	c, err := x509.ParseCertificate(blk.Bytes)
 	if err != nil {
-		return "", fmt.Errorf("ns: issued certificate: %w", err)
+		return "", time.Time{}, fmt.Errorf("ns: issued certificate: %w", err)
 	}
-	return c.SerialNumber.Text(16), nil
+	return c.SerialNumber.Text(16), c.NotAfter.UTC(), nil
 }
 
 // mayReenroll says whether an enrollment may take over an existing GUID: only with that
@@ -149,22 +149,29 @@ func (s *Server) recordEnrollment(w http.ResponseWriter, r *http.Request, req ns
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return false
 	}
-	// sign issues the certificate for id and revokes the one it supersedes.
-	sign := func(id, superseded string) (serial string, ok bool) {
+	// sign issues the certificate for id and revokes the one it supersedes (which ends at
+	// supersededEnd, if known).
+	sign := func(id, superseded string, supersededEnd time.Time) (serial string, notAfter time.Time, ok bool) {
 		certPEM, err := ca.SignCSR(req.CSR, id, req.Kind)
 		if err != nil {
 			s.metrics.enrollments.WithLabelValues(req.Kind, "bad_request").Inc()
 			s.badRequest(w, fmt.Errorf("csr: %w", err))
-			return "", false
+			return "", notAfter, false
 		}
-		if serial, err = certSerial(certPEM); err != nil {
-			return "", fail(err)
+		if serial, notAfter, err = certSerial(certPEM); err != nil {
+			return "", notAfter, fail(err)
 		}
-		if err := s.revoke(ctx, superseded, req.Kind, id); err != nil {
-			return "", fail(err)
+		if supersededEnd.IsZero() && r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
+			// A renewal issued before ends were recorded presents the certificate itself.
+			if c := r.TLS.VerifiedChains[0][0]; c.SerialNumber.Text(16) == superseded {
+				supersededEnd = c.NotAfter
+			}
+		}
+		if err := s.revoke(ctx, superseded, req.Kind, id, supersededEnd); err != nil {
+			return "", notAfter, fail(err)
 		}
 		resp.ID, resp.Certificate = id, string(certPEM)
-		return serial, true
+		return serial, notAfter, true
 	}
 	switch req.Kind {
 	case nsapi.KindSiteServer:
@@ -181,7 +188,7 @@ func (s *Server) recordEnrollment(w http.ResponseWriter, r *http.Request, req ns
 			s.refuseReenroll(w, r, req)
 			return false
 		}
-		serial, ok := sign(rec.ID, rec.CertSerial)
+		serial, notAfter, ok := sign(rec.ID, rec.CertSerial, rec.CertNotAfter)
 		if !ok {
 			return false
 		}
@@ -199,7 +206,7 @@ func (s *Server) recordEnrollment(w http.ResponseWriter, r *http.Request, req ns
 		if self {
 			rec.Status = nsapi.StatusApproved // the NS's own task service, in this process
 		}
-		rec.CertSerial = serial
+		rec.CertSerial, rec.CertNotAfter = serial, notAfter
 		rec.Enrolled = now
 		if err := s.store.PutServer(ctx, rec); err != nil {
 			return fail(err)
@@ -216,11 +223,11 @@ func (s *Server) recordEnrollment(w http.ResponseWriter, r *http.Request, req ns
 			s.refuseReenroll(w, r, req)
 			return false
 		}
-		serial, ok := sign(rec.ID, rec.CertSerial)
+		serial, notAfter, ok := sign(rec.ID, rec.CertSerial, rec.CertNotAfter)
 		if !ok {
 			return false
 		}
-		rec.Hostname, rec.CertSerial, rec.Enrolled = req.Hostname, serial, now
+		rec.Hostname, rec.CertSerial, rec.CertNotAfter, rec.Enrolled = req.Hostname, serial, notAfter, now
 		if err := s.store.PutAgent(ctx, rec); err != nil {
 			return fail(err)
 		}

@@ -186,11 +186,15 @@ func (s *Server) prune(ctx context.Context) (all bool) {
 	return all
 }
 
-// revoke records a certificate as revoked until the longest it can run: issued at the
-// latest now, with the validity the NS gives.
-func (s *Server) revoke(ctx context.Context, serial, kind, id string) error {
+// revoke records a certificate as revoked until it ends, notAfter. A certificate issued by
+// an earlier version has no recorded end: it is revoked for the longest it can run with
+// the validity the NS gives now, issued at the latest now.
+func (s *Server) revoke(ctx context.Context, serial, kind, id string, notAfter time.Time) error {
 	now := s.now().UTC()
-	return s.store.Revoke(ctx, serial, kind, id, now, now.Add(s.cfg.ClientCertValidity))
+	if notAfter.IsZero() {
+		notAfter = now.Add(s.cfg.ClientCertValidity)
+	}
+	return s.store.Revoke(ctx, serial, kind, id, now, notAfter)
 }
 
 func (s *Server) refreshJobGauges(ctx context.Context) {

@@ -3,6 +3,7 @@ package ns
 import (
 	"errors"
 	"net/http"
+	"time"
 
 	"github.com/siteserver/siteserver/internal/httpx"
 	"github.com/siteserver/siteserver/ns/store"
@@ -102,10 +103,10 @@ func (s *Server) handleResetServer(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	rec, err := s.store.Server(r.Context(), id)
 	if err == nil {
-		err = s.revoke(r.Context(), rec.CertSerial, nsapi.KindSiteServer, id)
+		err = s.revoke(r.Context(), rec.CertSerial, nsapi.KindSiteServer, id, rec.CertNotAfter)
 	}
 	if err == nil {
-		rec.CertSerial = ""
+		rec.CertSerial, rec.CertNotAfter = "", time.Time{}
 		err = s.store.PutServer(r.Context(), rec)
 	}
 	s.mu.Unlock()
@@ -118,10 +119,10 @@ func (s *Server) handleResetAgent(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	rec, err := s.store.Agent(r.Context(), id)
 	if err == nil {
-		err = s.revoke(r.Context(), rec.CertSerial, nsapi.KindAgent, id)
+		err = s.revoke(r.Context(), rec.CertSerial, nsapi.KindAgent, id, rec.CertNotAfter)
 	}
 	if err == nil {
-		rec.CertSerial = ""
+		rec.CertSerial, rec.CertNotAfter = "", time.Time{}
 		err = s.store.PutAgent(r.Context(), rec)
 	}
 	s.mu.Unlock()
@@ -163,7 +164,7 @@ func (s *Server) handleDeleteServer(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusConflict, "site server %s is %s, not pending: use servers delete", id, rec.Status)
 		return
 	case err == nil:
-		err = s.revoke(ctx, rec.CertSerial, nsapi.KindSiteServer, id)
+		err = s.revoke(ctx, rec.CertSerial, nsapi.KindSiteServer, id, rec.CertNotAfter)
 	}
 	if err == nil {
 		err = s.store.DeleteServer(ctx, id)
@@ -179,7 +180,7 @@ func (s *Server) handleDeleteAgent(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	rec, err := s.store.Agent(ctx, id)
 	if err == nil {
-		err = s.revoke(ctx, rec.CertSerial, nsapi.KindAgent, id)
+		err = s.revoke(ctx, rec.CertSerial, nsapi.KindAgent, id, rec.CertNotAfter)
 	}
 	if err == nil {
 		err = s.store.DeleteAgent(ctx, id)

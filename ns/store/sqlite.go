@@ -167,6 +167,10 @@ var migrations = []string{
 	ALTER TABLE revoked ADD COLUMN not_after INTEGER NOT NULL DEFAULT 0;`,
 	// 12: audit records by age, for their retention.
 	`CREATE INDEX audit_at ON audit (at);`,
+	// 13: when the current certificate of a site server or agent ends, so that revoking it
+	// lasts exactly as long as it does (0: issued by an earlier version, end not known).
+	`ALTER TABLE servers ADD COLUMN cert_not_after INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE agents ADD COLUMN cert_not_after INTEGER NOT NULL DEFAULT 0;`,
 }
 
 // SQLiteStore is the Store in a SQLite file.
@@ -346,18 +350,19 @@ func (s *SQLiteStore) ReplaceRules(ctx context.Context, src sites.Source, r site
 	return nil
 }
 
-const serverCols = `id, hostname, status, tickle_key, tickle_key_id, cert_serial, addresses, services, enrolled_at, last_seen, remote_addr, reported_hostname, reported_addresses`
+const serverCols = `id, hostname, status, tickle_key, tickle_key_id, cert_serial, addresses, services, enrolled_at, last_seen, remote_addr, reported_hostname, reported_addresses, cert_not_after`
 
 type scanner interface{ Scan(...any) error }
 
 func scanServer(sc scanner) (ServerRecord, error) {
 	var rec ServerRecord
 	var addrs, svcs, reported string
-	var enrolled, seen int64
+	var enrolled, seen, notAfter int64
 	if err := sc.Scan(&rec.ID, &rec.Hostname, &rec.Status, &rec.TickleKey, &rec.TickleKeyID, &rec.CertSerial, &addrs, &svcs, &enrolled, &seen, &rec.RemoteAddr,
-		&rec.ReportedHostname, &reported); err != nil {
+		&rec.ReportedHostname, &reported, &notAfter); err != nil {
 		return rec, err
 	}
+	rec.CertNotAfter = fromUnixNano(notAfter)
 	if err := json.Unmarshal([]byte(reported), &rec.ReportedAddresses); err != nil {
 		return rec, fmt.Errorf("server %s reported addresses: %w", rec.ID, err)
 	}
@@ -421,29 +426,32 @@ func (s *SQLiteStore) PutServer(ctx context.Context, rec ServerRecord) error {
 	addrs, _ := json.Marshal(orEmpty(rec.Addresses))
 	svcs, _ := json.Marshal(orEmpty(rec.Services))
 	reported, _ := json.Marshal(orEmpty(rec.ReportedAddresses))
-	_, err := s.db.ExecContext(ctx, `INSERT INTO servers (`+serverCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+	_, err := s.db.ExecContext(ctx, `INSERT INTO servers (`+serverCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname, status = excluded.status,
 		tickle_key = excluded.tickle_key, tickle_key_id = excluded.tickle_key_id, cert_serial = excluded.cert_serial,
 		addresses = excluded.addresses, services = excluded.services, enrolled_at = excluded.enrolled_at,
 		last_seen = excluded.last_seen, remote_addr = excluded.remote_addr,
-		reported_hostname = excluded.reported_hostname, reported_addresses = excluded.reported_addresses`,
+		reported_hostname = excluded.reported_hostname, reported_addresses = excluded.reported_addresses,
+		cert_not_after = excluded.cert_not_after`,
 		rec.ID, rec.Hostname, rec.Status, rec.TickleKey, rec.TickleKeyID, rec.CertSerial, string(addrs), string(svcs),
-		toUnixNano(rec.Enrolled), toUnixNano(rec.LastSeen), rec.RemoteAddr, rec.ReportedHostname, string(reported))
+		toUnixNano(rec.Enrolled), toUnixNano(rec.LastSeen), rec.RemoteAddr, rec.ReportedHostname, string(reported),
+		toUnixNano(rec.CertNotAfter))
 	if err != nil {
 		return fmt.Errorf("ns: store: put server %s: %w", rec.ID, err)
 	}
 	return nil
 }
 
-const agentCols = `id, hostname, cert_serial, addresses, task_server, enrolled_at, last_seen`
+const agentCols = `id, hostname, cert_serial, addresses, task_server, enrolled_at, last_seen, cert_not_after`
 
 func scanAgent(sc scanner) (AgentRecord, error) {
 	var rec AgentRecord
 	var addrs string
-	var enrolled, seen int64
-	if err := sc.Scan(&rec.ID, &rec.Hostname, &rec.CertSerial, &addrs, &rec.TaskServer, &enrolled, &seen); err != nil {
+	var enrolled, seen, notAfter int64
+	if err := sc.Scan(&rec.ID, &rec.Hostname, &rec.CertSerial, &addrs, &rec.TaskServer, &enrolled, &seen, &notAfter); err != nil {
 		return rec, err
 	}
+	rec.CertNotAfter = fromUnixNano(notAfter)
 	if err := json.Unmarshal([]byte(addrs), &rec.Addresses); err != nil {
 		return rec, fmt.Errorf("agent %s addresses: %w", rec.ID, err)
 	}
@@ -490,10 +498,10 @@ func (s *SQLiteStore) PutAgent(ctx context.Context, rec AgentRecord) error {
 // PutAgents implements Store.
 func (s *SQLiteStore) PutAgents(ctx context.Context, recs []AgentRecord) error {
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		stmt, err := tx.PrepareContext(ctx, `INSERT INTO agents (`+agentCols+`) VALUES (?, ?, ?, ?, ?, ?, ?)
+		stmt, err := tx.PrepareContext(ctx, `INSERT INTO agents (`+agentCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 			ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname, cert_serial = excluded.cert_serial,
 			addresses = excluded.addresses, task_server = excluded.task_server, enrolled_at = excluded.enrolled_at,
-			last_seen = excluded.last_seen`)
+			last_seen = excluded.last_seen, cert_not_after = excluded.cert_not_after`)
 		if err != nil {
 			return err
 		}
@@ -501,7 +509,7 @@ func (s *SQLiteStore) PutAgents(ctx context.Context, recs []AgentRecord) error {
 		for _, rec := range recs {
 			addrs, _ := json.Marshal(orEmpty(rec.Addresses))
 			if _, err := stmt.ExecContext(ctx, rec.ID, rec.Hostname, rec.CertSerial, string(addrs), rec.TaskServer,
-				toUnixNano(rec.Enrolled), toUnixNano(rec.LastSeen)); err != nil {
+				toUnixNano(rec.Enrolled), toUnixNano(rec.LastSeen), toUnixNano(rec.CertNotAfter)); err != nil {
 				return fmt.Errorf("agent %s: %w", rec.ID, err)
 			}
 		}

@@ -23,10 +23,13 @@ type ServerRecord struct {
 	TickleKey   []byte
 	TickleKeyID uint32
 	CertSerial  string
-	Addresses   []netip.Prefix
-	Services    []nsapi.ServiceInfo
-	Enrolled    time.Time
-	LastSeen    time.Time // zero until the first registration
+	// CertNotAfter is when the current certificate ends (zero if issued by an earlier
+	// version): a revocation of it lasts until then.
+	CertNotAfter time.Time
+	Addresses    []netip.Prefix
+	Services     []nsapi.ServiceInfo
+	Enrolled     time.Time
+	LastSeen     time.Time // zero until the first registration
 	// RemoteAddr is the IP the last registration came from: where to tickle a task server
 	// that listens on all addresses.
 	RemoteAddr string
@@ -42,10 +45,12 @@ type AgentRecord struct {
 	ID         string
 	Hostname   string
 	CertSerial string
-	Addresses  []netip.Addr
-	TaskServer string
-	Enrolled   time.Time
-	LastSeen   time.Time
+	// CertNotAfter: as for ServerRecord.
+	CertNotAfter time.Time
+	Addresses    []netip.Addr
+	TaskServer   string
+	Enrolled     time.Time
+	LastSeen     time.Time
 }
 
 // Store is what the NS keeps. The SQLite implementation is the reference; the interface is
