@@ -54,6 +54,8 @@ func abuseAttacks() []abuseAttack {
 		{"idle_conns", "twice max_agent_connections idle and slow-header connections on each agent API listener, from one address", idleConnAttack(1)},
 		{"idle_conns_spread", "the same from 16 addresses: each at max_agent_connections_per_source (an eighth), together twice max_agent_connections", idleConnAttack(16)},
 		{"slow_readers", "clients that ask for a compressible package file with zstd and do not read it", slowReaderAttack},
+		{"idle_conns_ns", "twice the NS's max_connections idle connections (no TLS handshake) on the NS API, from 16 addresses", idleConnAttackOn(16, false, func(t *abuseTarget) []string { return []string{t.NSAddr} })},
+		{"idle_conns_pkg", "twice the package service's max_connections idle and slow-header connections, from 16 addresses", idleConnAttackOn(16, true, func(t *abuseTarget) []string { return []string{t.PkgAddr} })},
 	}
 }
 
@@ -98,7 +100,7 @@ func runAbuse(ctx context.Context, args []string, stderr io.Writer) (result, err
 	dur := fs.Duration("duration", 10*time.Second, "how long each attack (and the quiet run) lasts")
 	only := fs.String("attacks", "", "comma-separated attacks to run (default: all)")
 	interval := fs.Duration("legit-interval", 10*time.Millisecond, "pause between the legitimate client's requests")
-	maxConns := fs.Int("max-agent-connections", 1024, "the task service's max_agent_connections")
+	maxConns := fs.Int("max-connections", 1024, "max_agent_connections of the task service, max_connections of the embedded NS and of the package service")
 	if err := parseFlags(fs, args); err != nil {
 		return nil, err
 	}
@@ -111,7 +113,7 @@ func runAbuse(ctx context.Context, args []string, stderr io.Writer) (result, err
 		}
 	}
 	if *dur < time.Second || *dur > 10*time.Minute || *maxConns < 1 {
-		return nil, &usageError{"-duration must be 1s to 10m and -max-agent-connections positive"}
+		return nil, &usageError{"-duration must be 1s to 10m and -max-connections positive"}
 	}
 	raiseFileLimit()
 	dir, bin, cleanup, err := benchDir(ctx, "abuse")
@@ -463,6 +465,7 @@ ns: []
 embedded_ns:
   listen: %q
   approval: auto
+  max_connections: %d
   settings: {heartbeat_interval: 30s, task_update_interval: 1h, task_request_interval: 1h}
 services:
   task:
@@ -475,7 +478,8 @@ services:
     listen: %q
     url: "http://%s"
     poll_interval: 1s
-`, data, s.NSAddr, s.APIAddr, s.APIAddr, s.HTTPAddr, maxConns, s.PkgAddr, s.PkgAddr), 0o600)
+    max_connections: %d
+`, data, s.NSAddr, maxConns, s.APIAddr, s.APIAddr, s.HTTPAddr, maxConns, s.PkgAddr, s.PkgAddr, maxConns), 0o600)
 	if err != nil {
 		return nil, err
 	}
@@ -840,12 +844,18 @@ func zstdBombAttack(ctx context.Context, t *abuseTarget) int64 {
 // opens another whenever the server closes one. They come from n addresses from
 // attackerAddr on: one address meets its own limit first, many together meet the total.
 func idleConnAttack(n int) func(ctx context.Context, t *abuseTarget) int64 {
+	return idleConnAttackOn(n, true, func(t *abuseTarget) []string { return []string{t.HTTPAddr, t.APIAddr} })
+}
+
+// idleConnAttackOn holds twice max_connections connections on each listener listen gives,
+// from n addresses: silent ones, and with slowHeaders as many sending headers slowly.
+func idleConnAttackOn(n int, slowHeaders bool, listen func(*abuseTarget) []string) func(ctx context.Context, t *abuseTarget) int64 {
 	return func(ctx context.Context, t *abuseTarget) int64 {
-		addrs := []string{t.HTTPAddr, t.APIAddr}
+		addrs := listen(t)
 		return workers(ctx, 2*t.MaxConns*len(addrs), func(ctx context.Context, i int) int64 {
-			// Each address gets both kinds on both listeners.
+			// Each address gets both kinds on every listener.
 			src := &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(1+i/4%n))}
-			return holdIdle(ctx, src, addrs[i%len(addrs)], i%4 < 2)
+			return holdIdle(ctx, src, addrs[i%len(addrs)], !slowHeaders || i%4 < 2)
 		})
 	}
 }

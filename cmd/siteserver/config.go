@@ -72,6 +72,10 @@ type EmbeddedNS struct {
 	RulesFile string         `yaml:"rules_file"`
 	Approval  string         `yaml:"approval"`
 	Settings  nsapi.Settings `yaml:"settings"`
+	// MaxConnections and MaxConnectionsPerSource bound the embedded NS's API connections,
+	// as the NS's keys of the same names do (defaults 4096, and an eighth of it).
+	MaxConnections          int `yaml:"max_connections"`
+	MaxConnectionsPerSource int `yaml:"max_connections_per_source"`
 }
 
 // Services lists the site services to run; a service is on when its section is present.
@@ -222,6 +226,9 @@ func (c *Serve) Validate() error {
 		case "auto", "manual":
 		default:
 			return fmt.Errorf("embedded_ns.approval: %q is not auto or manual", c.EmbeddedNS.Approval)
+		}
+		if c.EmbeddedNS.MaxConnections < 0 || c.EmbeddedNS.MaxConnectionsPerSource < 0 {
+			return errors.New("embedded_ns.max_connections and max_connections_per_source: negative")
 		}
 		if err := c.EmbeddedNS.Settings.Validate("embedded_ns.settings"); err != nil {
 			return err

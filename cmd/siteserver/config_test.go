@@ -262,13 +262,14 @@ func TestServeErrors(t *testing.T) {
 		"ns token file absent": {"ns:\n  - name: a\n    url: https://x\n    ca_sha256: ab\n    enrollment_token_file: /nonexistent/t\n", "ns[0].enrollment_token_file"},
 		"ns duplicate name": {"ns:\n  - {name: a, url: 'https://x', ca_sha256: ab, enrollment_token_file: " + tok + "}\n" +
 			"  - {name: a, url: 'https://y', ca_sha256: ab, enrollment_token_file: " + tok + "}\n", "ns[1].name"},
-		"bad approval":    {"embedded_ns:\n  approval: maybe\n", "embedded_ns.approval"},
-		"short interval":  {"embedded_ns:\n  settings:\n    heartbeat_interval: 10ms\n", "embedded_ns.settings.heartbeat_interval"},
-		"bad service url": {"services:\n  task:\n    url: ftp://x\n", "services.task.url"},
-		"bad task listen": {"services:\n  task:\n    agent_listen: nowhere\n", "services.task.agent_listen"},
-		"small spool":     {"services:\n  task:\n    spool_max_bytes: 1000\n", "services.task.spool_max_bytes"},
-		"bad duration":    {"embedded_ns:\n  settings:\n    heartbeat_interval: soon\n", "line 3: cannot unmarshal !!str `soon` into time.Duration"},
-		"two documents":   {"data_dir: /x\n---\ndata_dir: /y\n", "more than one YAML document"},
+		"bad approval":      {"embedded_ns:\n  approval: maybe\n", "embedded_ns.approval"},
+		"negative ns conns": {"embedded_ns:\n  max_connections: -1\n", "embedded_ns.max_connections"},
+		"short interval":    {"embedded_ns:\n  settings:\n    heartbeat_interval: 10ms\n", "embedded_ns.settings.heartbeat_interval"},
+		"bad service url":   {"services:\n  task:\n    url: ftp://x\n", "services.task.url"},
+		"bad task listen":   {"services:\n  task:\n    agent_listen: nowhere\n", "services.task.agent_listen"},
+		"small spool":       {"services:\n  task:\n    spool_max_bytes: 1000\n", "services.task.spool_max_bytes"},
+		"bad duration":      {"embedded_ns:\n  settings:\n    heartbeat_interval: soon\n", "line 3: cannot unmarshal !!str `soon` into time.Duration"},
+		"two documents":     {"data_dir: /x\n---\ndata_dir: /y\n", "more than one YAML document"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

@@ -525,6 +525,7 @@ func embeddedNS(cfg Serve, host string, logger *slog.Logger, reg prometheus.Regi
 	srv, err := ns.NewServer(ns.ServerConfig{
 		DataDir: dir, Listen: cfg.EmbeddedNS.Listen, RulesFile: cfg.EmbeddedNS.RulesFile,
 		Approval: cfg.EmbeddedNS.Approval, Settings: cfg.EmbeddedNS.Settings,
+		MaxConnections: cfg.EmbeddedNS.MaxConnections, MaxConnectionsPerSource: cfg.EmbeddedNS.MaxConnectionsPerSource,
 		SiteServerToken: toks[0], AgentToken: toks[1], AdminToken: toks[2],
 	}, logger.With("service", "ns"), reg)
 	if err != nil {

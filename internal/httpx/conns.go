@@ -19,11 +19,17 @@ import (
 // one source address, so that idle ones cannot exhaust it and one source cannot take
 // every place.
 //
-// When every place is taken, the connection that has been waiting longest without a
+// When every place is taken, a connection that has been waiting without a
 // request in progress (a keep-alive connection between requests, or one that has not yet
 // sent a whole request: a slow or silent client) is closed to make room. Only connections
 // busy with a request make a new one wait, and it waits alone in Accept: the rest stay in
 // the kernel's accept queue, as with a plain limit.
+//
+// When every place is taken, a source holding less than its share of them (the limit over
+// the number of sources holding any) gets room from the source holding the most; one
+// holding its share or more makes room only from its own connections, one idle for
+// shareGrace, or is refused. So sources that together fill the places cannot push each
+// other out as fast as they reconnect, and a source with few connections still gets in.
 //
 // A source (an IPv4 address, or an IPv6 /64) at its own limit makes room only from its own
 // connections: the one idle longest is closed if it has been idle for sourceGrace,
@@ -61,6 +67,10 @@ type ConnLimit struct {
 // takes to send its request on a connection it has just opened, less than a keep-alive
 // connection usually waits for the next one.
 const sourceGrace = time.Second
+
+// shareGrace is how long a connection has been idle before a new one from the same
+// source, which holds its share of the places when all are taken, may take its place.
+const shareGrace = 5 * time.Second
 
 // refuseHold is how long a refused connection is held before it is reset: long enough
 // that a sender whose connections are refused makes few of them, short enough that a
@@ -238,10 +248,26 @@ func (l *ConnLimit) admit(lc *limitedConn, done <-chan struct{}) (verdict, error
 			l.setIdle(lc)
 			l.mu.Unlock()
 			return admitted, nil
-		default:
-			if e := l.idle.Front(); e != nil {
-				victim = e.Value.(*limitedConn)
+		case src != nil && len(l.sources) > 1 && src.open >= l.max/len(l.sources):
+			// Every place is taken and this source holds its share of them or more: it
+			// may only give up one of its own, idle a while, as a source at its limit
+			// does, but with a longer wait, so that sources that together fill the
+			// places cannot make the server accept and close as fast as they connect.
+			e := src.idle.Front()
+			if e == nil || l.now().Sub(e.Value.(*limitedConn).idleSince) < shareGrace {
+				v := refused
+				if l.held < l.max {
+					l.held++
+					v = held
+				}
+				l.mu.Unlock()
+				l.m.refusedOne()
+				return v, nil
 			}
+			victim = e.Value.(*limitedConn)
+		default:
+			// Below its share: room is made in the source holding the most places.
+			victim = l.largestIdle()
 		}
 		l.mu.Unlock()
 		if victim != nil {
@@ -255,6 +281,26 @@ func (l *ConnLimit) admit(lc *limitedConn, done <-chan struct{}) (verdict, error
 			return refused, net.ErrClosed
 		}
 	}
+}
+
+// largestIdle is the connection idle longest of the source holding the most connections
+// among those with an idle one (of two holding as many, the one whose idle connection has
+// waited longer); l.mu is held.
+func (l *ConnLimit) largestIdle() *limitedConn {
+	var big *source
+	for _, s := range l.sources {
+		if s.idle.Len() == 0 {
+			continue
+		}
+		if big == nil || s.open > big.open ||
+			s.open == big.open && s.idle.Front().Value.(*limitedConn).idleSince.Before(big.idle.Front().Value.(*limitedConn).idleSince) {
+			big = s
+		}
+	}
+	if big == nil {
+		return nil
+	}
+	return big.idle.Front().Value.(*limitedConn)
 }
 
 func (l *ConnLimit) remove(lc *limitedConn) {

@@ -255,6 +255,56 @@ func TestConnLimitSourceIdlestMakesRoom(t *testing.T) {
 	}
 }
 
+// When every place is taken, sources that together fill them cannot push each other out
+// as fast as they reconnect: one holding its share is refused until one of its own has
+// been idle shareGrace, while a new source gets room from the largest.
+func TestConnLimitShareOfFullLimit(t *testing.T) {
+	const n = 8
+	var now atomic.Int64 // seconds
+	s := serve(t, n, n, okHandler, func(l *ConnLimit) {
+		l.now = func() time.Time { return time.Unix(now.Load(), 0) }
+	})
+	const a, b, c = "127.0.0.2", "127.0.0.3", "127.0.0.4"
+	var first []net.Conn
+	for i := range n {
+		src := a
+		if i%2 == 1 {
+			src = b
+		}
+		first = append(first, conntest.DialFrom(t, src, s.addr))
+		if i == 0 {
+			now.Add(1) // a's first connection is the one idle longest
+		}
+	}
+	for !(s.lim.Open() == n) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, src := range []string{a, b} {
+		if !conntest.Refused(t, src, s.addr) {
+			t.Fatalf("%s, holding its share of a full limit, got a new connection in", src)
+		}
+	}
+	if c := s.closed(LimitTotal) + s.closed(LimitSource); c != 0 {
+		t.Fatalf("%d connections closed for refused ones", c)
+	}
+	// A source without connections gets in, in place of the oldest of the largest.
+	if got, err := get(t, c, s.addr, 2*time.Second); err != nil || got != "ok" {
+		t.Fatalf("a new source at a full limit: %q, %v", got, err)
+	}
+	if got := s.closed(LimitTotal); got != 1 {
+		t.Fatalf("%d idle connections closed for the new source, want 1", got)
+	}
+	first[0].SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := first[0].Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the largest source's connection idle longest is still open: %v", err)
+	}
+	// After shareGrace, a source at its share may replace its own idle connection.
+	now.Add(int64(shareGrace / time.Second))
+	if got, err := get(t, b, s.addr, 2*time.Second); err != nil || got != "ok" {
+		t.Fatalf("a source at its share, its connections idle %s: %q, %v", shareGrace, got, err)
+	}
+}
+
 // A refused connection is held unread, then reset; at most as many as the total limit
 // are held at once, and past that refused connections are reset at once.
 func TestConnLimitRefusedHeldThenReset(t *testing.T) {
