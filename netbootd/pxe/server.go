@@ -80,6 +80,7 @@ type Server struct {
 	pxeAddr  netip.AddrPort
 
 	kinds     kindCache
+	addrs     *clientAddrs
 	ifaces    ifaceCache
 	seen      chan seenReport
 	sightings sightings
@@ -117,6 +118,7 @@ func NewServer(cfg Config, computers Computers, logger *slog.Logger, reg prometh
 		metrics:   m,
 		bound:     make(chan struct{}),
 		kinds:     kindCache{m: make(map[string]kindEntry)},
+		addrs:     newClientAddrs(),
 		ifaces:    ifaceCache{m: make(map[int]iface)},
 		seen:      make(chan seenReport, seenQueue),
 		sightings: newSightings(cfg.SeenReportsPerMinute, cfg.SeenReportBurst),
@@ -318,6 +320,7 @@ func (s *Server) handle(ctx context.Context, sock *socket, pkt []byte, in Arriva
 		return
 	}
 	s.metrics.request(req)
+	s.addrs.note(req, in, time.Now())
 	if !isPXE(req) || s.computers == nil {
 		s.answer(ctx, sock, req, in, KindUnknown)
 		return
