@@ -20,6 +20,7 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/siteserver/siteserver/netbootd/pxe"
 	"github.com/siteserver/siteserver/nsapi"
@@ -599,5 +600,45 @@ func TestAutoexecOverTFTP(t *testing.T) {
 	bad.IPXEScriptURL = "http://{server}/s/{kind}"
 	if err := s.SetBoot(bad); err == nil || !strings.Contains(err.Error(), "{kind}") {
 		t.Errorf("reload to a URL autoexec cannot use: %v", err)
+	}
+}
+
+// TestREADMEExamples decodes the netboot examples of the README as the config file is
+// decoded (unknown keys are errors) and validates them, so that they stay true.
+func TestREADMEExamples(t *testing.T) {
+	readme, err := os.ReadFile(filepath.Join("..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, section := range []string{"### Secure Boot", "### BSDP with many images"} {
+		t.Run(section, func(t *testing.T) {
+			_, rest, ok := strings.Cut(string(readme), "\n"+section+"\n")
+			if !ok {
+				t.Fatalf("no section %q", section)
+			}
+			rest, _, _ = strings.Cut(rest, "\n## ")
+			rest, _, _ = strings.Cut(rest, "\n### ")
+			_, block, ok := strings.Cut(rest, "```yaml\n")
+			if !ok {
+				t.Fatal("no yaml example")
+			}
+			block, _, _ = strings.Cut(block, "```")
+			var file struct {
+				Services struct {
+					Netboot Config `yaml:"netboot"`
+				} `yaml:"services"`
+			}
+			dec := yaml.NewDecoder(strings.NewReader(block))
+			dec.KnownFields(true)
+			if err := dec.Decode(&file); err != nil {
+				t.Fatalf("%v\n%s", err, block)
+			}
+			c := file.Services.Netboot
+			c.BootDir = t.TempDir()
+			c.Defaults()
+			if err := c.Validate("services.netboot"); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }
