@@ -259,6 +259,7 @@ func TestBSDPListTooManyImages(t *testing.T) {
 		t.Fatalf("a Mac would drop this reply: %v", err)
 	}
 	listed := len(got.Images)
+	t.Logf("%d of 100 images listed, reply of %d bytes", listed, len(pkt))
 	if listed < 20 || listed >= 71 {
 		t.Fatalf("%d images listed, want as many as fit a 1500-byte message (about 30), fewer than 71", listed)
 	}
