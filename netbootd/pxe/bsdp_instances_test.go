@@ -261,7 +261,7 @@ func TestBSDPListTooManyImages(t *testing.T) {
 	listed := len(got.Images)
 	t.Logf("%d of 100 images listed, reply of %d bytes", listed, len(pkt))
 	if listed < 20 || listed >= 71 {
-		t.Fatalf("%d images listed, want as many as fit a 1500-byte message (about 30), fewer than 71", listed)
+		t.Fatalf("%d images listed, want as many as fit a 1500-byte message (64 of these), fewer than 71", listed)
 	}
 	// The first listed-1 images in order, then the default (image 71).
 	want := append(wantApple(images[:listed-1]), appleImage{uint32(images[70].ID()), images[70].Name})
