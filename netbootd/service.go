@@ -46,6 +46,8 @@ type Config struct {
 	// files are served under /boot/ before the boot directory's: boot images then travel
 	// to the site like any package, once, verified.
 	BootPackage string `yaml:"boot_package"`
+	// SecureBoot serves scripts where signed iPXE builds look for them.
+	SecureBoot SecureBootConfig `yaml:"secure_boot"`
 }
 
 // scriptData is what an iPXE script template may use.
@@ -158,6 +160,9 @@ func (c *Config) Validate(prefix string) error {
 	if _, _, err := net.SplitHostPort(c.TFTP.Listen); err != nil {
 		return fmt.Errorf("%s.tftp.listen: %w", prefix, err)
 	}
+	if err := c.SecureBoot.validate(prefix, &c.PXE); err != nil {
+		return err
+	}
 	return c.validateScripts(prefix)
 }
 
@@ -191,8 +196,27 @@ func parseScripts(texts map[string]string) *map[string]*template.Template {
 }
 
 // SetBoot puts new PXE boot files and iPXE script URL in force (a configuration reload),
-// from a config that went through Defaults.
-func (s *Service) SetBoot(c pxe.Config) error { return s.pxe.SetBoot(c.BootFiles, c.IPXEScriptURL) }
+// from a config that went through Defaults. autoexec.ipxe follows them.
+func (s *Service) SetBoot(c pxe.Config) error {
+	if s.cfg.SecureBoot.Autoexec {
+		sb := s.cfg.SecureBoot
+		if err := sb.validate("services.netboot", &c); err != nil {
+			return err
+		}
+	}
+	if err := s.pxe.SetBoot(c.BootFiles, c.IPXEScriptURL); err != nil {
+		return err
+	}
+	s.setAutoexec(c)
+	return nil
+}
+
+// setAutoexec makes autoexec.ipxe from c, if it is served.
+func (s *Service) setAutoexec(c pxe.Config) {
+	if s.cfg.SecureBoot.Autoexec {
+		s.autoexec.Store(&autoexec{dirs: bootDirs(c.BootFiles), tmpl: c.IPXEScriptURL, serverIP: c.ServerIP})
+	}
+}
 
 // SetScripts puts new iPXE scripts in force (a configuration reload): kinds not given get
 // the default script. They are checked as at start; on an error the scripts in force stay.
@@ -319,10 +343,16 @@ type Service struct {
 	pxe       *pxe.Server
 	tftp      *tftp.Server
 	scripts   atomic.Pointer[map[string]*template.Template] // by kind; a reload swaps them
-	scriptsN  *prometheus.CounterVec
+	scriptsN  *prometheus.CounterVec                        // kind, path
 	ready     atomic.Bool
 	httpAddr  atomic.Value // net.Addr
+	sbAddr    atomic.Value // net.Addr of secure_boot.script_listen
 	packages  PackageFiles
+
+	autoexec       atomic.Pointer[autoexec]
+	neigh          macTable               // set by Run before it serves
+	identified     *prometheus.CounterVec // by
+	scriptsRefused *prometheus.CounterVec // reason
 }
 
 // UsePackages lets /boot/ serve the files of Config.BootPackage from the package service.
@@ -343,20 +373,45 @@ func New(cfg Config, client func(ctx context.Context) (*nsapi.Client, error), lo
 	if s.pxe, err = pxe.NewServer(cfg.PXE, s.computers, logger.With("part", "pxe"), reg); err != nil {
 		return nil, err
 	}
-	if s.tftp, err = tftp.NewServer(tftp.Config{Listen: cfg.TFTP.Listen, Root: cfg.BootDir, MaxTransfers: cfg.TFTP.MaxTransfers,
+	tcfg := tftp.Config{Listen: cfg.TFTP.Listen, Root: cfg.BootDir, MaxTransfers: cfg.TFTP.MaxTransfers,
 		Timeout: cfg.TFTP.Timeout, Retries: cfg.TFTP.Retries, MaxBlockSize: cfg.TFTP.MaxBlockSize,
 		MaxOptionTimeout: cfg.TFTP.MaxOptionTimeout, MaxTransferTime: cfg.TFTP.MaxTransferTime,
 		MaxPerClient: cfg.TFTP.MaxPerClient, ClientRequestRate: cfg.TFTP.ClientRequestRate, PlainRequests: cfg.TFTP.PlainRequests,
-	}, logger.With("part", "tftp"), reg); err != nil {
+	}
+	if cfg.SecureBoot.Autoexec {
+		tcfg.Generated = s.generated
+		s.setAutoexec(cfg.PXE)
+	}
+	if s.tftp, err = tftp.NewServer(tcfg, logger.With("part", "tftp"), reg); err != nil {
 		return nil, err
 	}
-	s.scriptsN = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: obs.Namespace, Subsystem: "netboot",
-		Name: "ipxe_scripts_total", Help: "iPXE scripts served, by computer kind."}, []string{"kind"})
-	for _, k := range []string{nsapi.ComputerManaged, nsapi.ComputerPredefined, nsapi.ComputerUnknown} {
-		s.scriptsN.WithLabelValues(k)
+	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: obs.Namespace, Subsystem: "netboot", Name: name, Help: help}, labels)
 	}
-	if err := reg.Register(s.scriptsN); err != nil {
-		return nil, fmt.Errorf("netbootd: metrics: %w", err)
+	s.scriptsN = counter("ipxe_scripts_total",
+		"iPXE scripts served, by computer kind and where they were asked for: ipxe (/ipxe/MAC), altiris (the ITMS address of signed iPXE), autoexec (autoexec.ipxe over TFTP, kind generic: the same for every computer).",
+		"kind", "path")
+	for _, k := range []string{nsapi.ComputerManaged, nsapi.ComputerPredefined, nsapi.ComputerUnknown} {
+		for _, p := range scriptPaths {
+			s.scriptsN.WithLabelValues(k, p)
+		}
+	}
+	s.scriptsN.WithLabelValues("generic", pathAutoexec)
+	s.identified = counter("secure_boot_script_requests_total",
+		"Requests at the ITMS script address, by how their computer was found: mac_parameter, uuid_parameter, neighbour (the kernel's neighbour table), dhcp (a PXE request from or for the address), none (the unknown computer's script).",
+		"by")
+	for _, b := range identifiedBy {
+		s.identified.WithLabelValues(b)
+	}
+	s.scriptsRefused = counter("secure_boot_script_refused_total",
+		"Requests at the ITMS script address refused, by reason: method, too_large, bad_parameter.", "reason")
+	for _, r := range refusals {
+		s.scriptsRefused.WithLabelValues(r)
+	}
+	for _, c := range []prometheus.Collector{s.scriptsN, s.identified, s.scriptsRefused} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("netbootd: metrics: %w", err)
+		}
 	}
 	return s, nil
 }
@@ -385,7 +440,24 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	s.httpAddr.Store(ln.Addr())
 	s.logger.Info("network boot HTTP listening", "addr", ln.Addr().String(), "boot_dir", s.cfg.BootDir)
-	// One failing part stops the others; Run returns once all three have.
+	var sbln net.Listener
+	if a := s.cfg.SecureBoot.ScriptListen; a != "" {
+		if sbln, err = net.Listen("tcp", a); err != nil {
+			ln.Close()
+			return fmt.Errorf("netbootd: secure_boot.script_listen %s: %w (is another server, an ITMS PXE server's web site for one, on that port? Give another address, or leave script_listen empty to turn it off)", a, err)
+		}
+		s.sbAddr.Store(sbln.Addr())
+		if s.neigh == nil {
+			if n, err := openNeighbours(); err != nil {
+				s.logger.Warn("neighbour table unavailable: computers at the ITMS script address are found by their parameters and PXE requests only", "err", err)
+			} else {
+				defer n.Close()
+				s.neigh = n
+			}
+		}
+		s.logger.Info("secure boot script address listening", "addr", sbln.Addr().String(), "path", secureBootScriptPath)
+	}
+	// One failing part stops the others; Run returns once all have.
 	g, gctx := errgroup.WithContext(ctx)
 	run := func(name string, f func(context.Context) error) {
 		g.Go(func() error {
@@ -399,12 +471,39 @@ func (s *Service) Run(ctx context.Context) error {
 	run("tftp", s.tftp.Run)
 	// Boot images can be large and firmware HTTP stacks slow: each write must make
 	// progress rather than the whole answer finish in a set time.
-	srv := &http.Server{Handler: httpx.ProgressDeadline(s.Handler(), time.Minute), ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout: 30 * time.Second, IdleTimeout: time.Minute, ErrorLog: slog.NewLogLogger(s.logger.Handler(), slog.LevelDebug)}
-	run("http", func(ctx context.Context) error { return obs.ServeHTTP(ctx, ln, srv) })
+	server := func(h http.Handler) *http.Server {
+		return &http.Server{Handler: httpx.ProgressDeadline(h, time.Minute), ReadHeaderTimeout: 10 * time.Second,
+			ReadTimeout: 30 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10,
+			ErrorLog: slog.NewLogLogger(s.logger.Handler(), slog.LevelDebug)}
+	}
+	run("http", func(ctx context.Context) error { return obs.ServeHTTP(ctx, ln, server(s.Handler())) })
+	if sbln != nil {
+		run("secure boot http", func(ctx context.Context) error { return obs.ServeHTTP(ctx, sbln, server(s.SecureBootHandler())) })
+	}
 	s.ready.Store(true)
 	defer s.ready.Store(false)
 	return g.Wait()
+}
+
+// SecureBootAddr is the bound address of secure_boot.script_listen (nil before Run
+// binds it, or when it is off).
+func (s *Service) SecureBootAddr() net.Addr {
+	a, _ := s.sbAddr.Load().(net.Addr)
+	return a
+}
+
+// SecureBootHandler serves the ITMS script address (/Altiris/iPXE/GetPxeScript.aspx, the
+// path in any case, as the web server it stands in for takes it) and everything Handler
+// serves, so that scripts naming {{.Server}} work on this port too.
+func (s *Service) SecureBootHandler() http.Handler {
+	plain := s.Handler()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.EqualFold(r.URL.Path, secureBootScriptPath) {
+			s.serveSecureBootScript(w, r)
+			return
+		}
+		plain.ServeHTTP(w, r)
+	})
 }
 
 // Handler serves /ipxe/{mac} (the script for that computer) and /boot/{file} (boot files
@@ -434,23 +533,7 @@ func (s *Service) serveScript(w http.ResponseWriter, r *http.Request, macText st
 		http.Error(w, "not a MAC address", http.StatusBadRequest)
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-	defer cancel()
-	kind, _, err := s.computers.lookup(ctx, mac)
-	if err != nil {
-		// The NS may be far away and down: an unknown computer's menu still lets it boot.
-		s.logger.Warn("computer lookup failed; serving the unknown computer's script", "mac", mac.String(), "err", err)
-	}
-	k := kind.String()
-	var b strings.Builder
-	if err := (*s.scripts.Load())[k].Execute(&b, scriptData{Server: r.Host, MAC: mac.String(), Kind: k}); err != nil {
-		http.Error(w, "script template: "+err.Error(), http.StatusInternalServerError)
-		return
-	}
-	s.scriptsN.WithLabelValues(k).Inc()
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.Header().Set("Cache-Control", "no-store")
-	w.Write([]byte(b.String()))
+	s.writeScript(w, r, mac, pathIPXE)
 }
 
 // serveBootFile serves a file of the boot directory, confined to it (no "..", no absolute

@@ -4,7 +4,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
+	"os"
 	"strings"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
@@ -246,97 +248,154 @@ func (o *BSDPOptions) decode(code byte, data []byte) error {
 	return err
 }
 
-// Marshal encodes the options present, in code order and without an end option, as
-// Apple's server does. An image list longer than one option is split into several, each
-// holding whole entries.
+// The layout of option 43 in a reply. DHCP carries an option longer than 255 bytes as
+// several instances of 255 bytes and a remainder (RFC 3396); a receiver is meant to join
+// them, but Apple's client reads each instance on its own and drops the whole reply when a
+// sub-option runs past the end of one. So every sub-option must lie whole inside one
+// instance: at most bsdpMaxSubOption bytes of data, with its code and length filling
+// bsdpInstance bytes.
+const (
+	bsdpInstance     = 255
+	bsdpMaxSubOption = bsdpInstance - 2
+	bsdpPad          = 0
+	bsdpImageEntry   = 5 // ID and name length, before the name
+)
+
+// Marshal encodes the options present, in code order and without an end option, laid
+// out for the 255-byte instances DHCP cuts option 43 into: an instance that cannot take
+// the next sub-option whole is filled up with pad (0) bytes, so that the cut falls
+// between sub-options. The image list takes as many sub-options as it needs, each
+// holding whole entries and at most 253 bytes, as Apple's server writes it. A value
+// longer than 253 bytes cannot be laid out so and is an error.
 func (o *BSDPOptions) Marshal() ([]byte, error) {
-	var b []byte
-	put := func(code byte, data []byte) error {
-		if len(data) > 255 {
-			return fmt.Errorf("bsdp: option %d: %d bytes, more than 255", code, len(data))
-		}
-		b = append(b, code, byte(len(data)))
-		b = append(b, data...)
-		return nil
-	}
+	p := &bsdpPacker{list: -1}
 	u16 := func(v uint16) []byte { return binary.BigEndian.AppendUint16(nil, v) }
 	u32 := func(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
 	var err error
+	put := func(code byte, data []byte) {
+		if len(data) > bsdpMaxSubOption {
+			err = errors.Join(err, fmt.Errorf("bsdp: option %d: %d bytes, more than %d", code, len(data), bsdpMaxSubOption))
+			return
+		}
+		p.add(code, data)
+	}
 	if o.Type != 0 {
-		err = errors.Join(err, put(bsdpOptMessageType, []byte{byte(o.Type)}))
+		put(bsdpOptMessageType, []byte{byte(o.Type)})
 	}
 	if o.HasVersion {
-		err = errors.Join(err, put(bsdpOptVersion, u16(uint16(o.Version))))
+		put(bsdpOptVersion, u16(uint16(o.Version)))
 	}
 	if o.ServerID.Is4() {
 		a := o.ServerID.As4()
-		err = errors.Join(err, put(bsdpOptServerID, a[:]))
+		put(bsdpOptServerID, a[:])
 	}
 	if o.HasServerPriority {
-		err = errors.Join(err, put(bsdpOptServerPriority, u16(o.ServerPriority)))
+		put(bsdpOptServerPriority, u16(o.ServerPriority))
 	}
 	if o.ReplyPort != 0 {
-		err = errors.Join(err, put(bsdpOptReplyPort, u16(o.ReplyPort)))
+		put(bsdpOptReplyPort, u16(o.ReplyPort))
 	}
 	if o.ImageListPath != "" {
-		err = errors.Join(err, put(bsdpOptImageListPath, []byte(o.ImageListPath)))
+		put(bsdpOptImageListPath, []byte(o.ImageListPath))
 	}
 	if o.DefaultImage != 0 {
-		err = errors.Join(err, put(bsdpOptDefaultImage, u32(uint32(o.DefaultImage))))
+		put(bsdpOptDefaultImage, u32(uint32(o.DefaultImage)))
 	}
 	if o.SelectedImage != 0 {
-		err = errors.Join(err, put(bsdpOptSelectedImage, u32(uint32(o.SelectedImage))))
+		put(bsdpOptSelectedImage, u32(uint32(o.SelectedImage)))
 	}
-	var chunk []byte
 	for _, img := range o.Images {
-		if len(img.Name) > 250 {
-			return nil, fmt.Errorf("bsdp: image %d: name longer than 250 bytes", img.ID.Index())
+		if bsdpImageEntry+len(img.Name) > bsdpMaxSubOption {
+			err = errors.Join(err, fmt.Errorf("bsdp: image %d: name longer than %d bytes", img.ID.Index(), bsdpMaxSubOption-bsdpImageEntry))
+			continue
 		}
-		entry := binary.BigEndian.AppendUint32(nil, uint32(img.ID))
-		entry = append(append(entry, byte(len(img.Name))), img.Name...)
-		if len(chunk)+len(entry) > 255 {
-			err = errors.Join(err, put(bsdpOptImageList, chunk))
-			chunk = nil
-		}
-		chunk = append(chunk, entry...)
-	}
-	if len(chunk) > 0 {
-		err = errors.Join(err, put(bsdpOptImageList, chunk))
+		entry := binary.BigEndian.AppendUint32(make([]byte, 0, bsdpImageEntry+len(img.Name)), uint32(img.ID))
+		p.addImage(append(append(entry, byte(len(img.Name))), img.Name...))
 	}
 	if o.NetBoot10Firmware {
-		err = errors.Join(err, put(bsdpOptNetBoot10, nil))
+		put(bsdpOptNetBoot10, nil)
 	}
 	if len(o.AttributesFilter) > 0 {
 		var f []byte
 		for _, a := range o.AttributesFilter {
 			f = binary.BigEndian.AppendUint16(f, a)
 		}
-		err = errors.Join(err, put(bsdpOptAttributesFilter, f))
+		put(bsdpOptAttributesFilter, f)
 	}
 	if o.MaxMessageSize != 0 {
-		err = errors.Join(err, put(bsdpOptMaxMessageSize, u16(o.MaxMessageSize)))
+		put(bsdpOptMaxMessageSize, u16(o.MaxMessageSize))
 	}
 	for _, s := range []struct {
 		code byte
 		v    string
 	}{{bsdpOptShadowMountPath, o.ShadowMountPath}, {bsdpOptShadowFilePath, o.ShadowFilePath}, {bsdpOptMachineName, o.MachineName}} {
 		if s.v != "" {
-			err = errors.Join(err, put(s.code, []byte(s.v)))
+			put(s.code, []byte(s.v))
 		}
 	}
 	if err != nil {
 		return nil, err
 	}
-	return b, nil
+	return p.b, nil
+}
+
+// bsdpPacker lays sub-options out in 255-byte instances (see Marshal).
+type bsdpPacker struct {
+	b    []byte
+	used int // bytes of the current instance taken
+	list int // offset in b of the image list sub-option still open for entries, or -1
+}
+
+// room makes sure n more bytes fit the current instance, padding it out and starting
+// the next one if they do not.
+func (p *bsdpPacker) room(n int) {
+	if p.used+n > bsdpInstance {
+		for ; p.used < bsdpInstance; p.used++ {
+			p.b = append(p.b, bsdpPad)
+		}
+		p.used, p.list = 0, -1
+	}
+}
+
+func (p *bsdpPacker) add(code byte, data []byte) {
+	p.list = -1
+	p.room(2 + len(data))
+	p.b = append(append(p.b, code, byte(len(data))), data...)
+	p.used += 2 + len(data)
+}
+
+// addImage appends an entry to the open image list sub-option while it stays within
+// its instance and 253 bytes, and opens a new one otherwise.
+func (p *bsdpPacker) addImage(entry []byte) {
+	if p.list >= 0 && p.used+len(entry) <= bsdpInstance && int(p.b[p.list+1])+len(entry) <= bsdpMaxSubOption {
+		p.b[p.list+1] += byte(len(entry))
+		p.b = append(p.b, entry...)
+		p.used += len(entry)
+		return
+	}
+	p.add(bsdpOptImageList, entry)
+	p.list = len(p.b) - 2 - len(entry)
 }
 
 // BSDPConfig lists the images offered to Macs. BSDP is off while it lists none.
+//
+// A LIST reply lists the images in the order given here. When they do not all fit the
+// largest DHCP message the Mac takes (BSDP option 12, else DHCP option 57, else 576
+// bytes), the default image is listed all the same, the others follow in order while
+// they fit, and those from the first that does not fit on are left out (Apple's server
+// too stops at the first image it has no room for); they are counted in
+// siteserver_netboot_bsdp_images_omitted_total and logged. Put the images that matter
+// most first.
 type BSDPConfig struct {
 	Images []BSDPImageConfig `yaml:"images"`
 	// Priority is the server priority; clients prefer higher. 0 takes Apple's default.
 	Priority uint16 `yaml:"priority"` // default 32768
 	// MachineName is the host name given to a Mac that selects an image (a template).
 	MachineName string `yaml:"machine_name"` // default "netboot-{mac}"
+	// ServerName goes in the server host name field (sname) of ACK[SELECT], as Apple's
+	// server puts its own name there. Default: this host's name (its first label when the
+	// whole name is longer than the field's 63 bytes).
+	ServerName string `yaml:"server_name"`
 }
 
 // BSDPImageConfig is one image. BootFile and RootPath are templates like those of
@@ -360,7 +419,9 @@ const (
 	// bsdpDefaultMaxMessage is RFC 2131's minimum that every client takes, used when the
 	// client states no limit.
 	bsdpDefaultMaxMessage = 576
-	bsdpIPUDPOverhead     = 28
+	// bsdpMaxMessage caps what a client may ask for at one Ethernet frame.
+	bsdpMaxMessage    = 1500
+	bsdpIPUDPOverhead = 28
 )
 
 func (c BSDPConfig) withDefaults() BSDPConfig {
@@ -370,10 +431,39 @@ func (c BSDPConfig) withDefaults() BSDPConfig {
 	if c.MachineName == "" {
 		c.MachineName = bsdpDefaultMachineName
 	}
+	if c.ServerName == "" {
+		c.ServerName = hostServerName()
+	}
 	return c
 }
 
+// bsdpMaxServerName is what the 64-byte sname field holds with its terminating NUL.
+const bsdpMaxServerName = 63
+
+// hostServerName is this host's name as it fits the sname field, or "" if it has none
+// that fits.
+func hostServerName() string {
+	name, err := os.Hostname()
+	if err != nil {
+		return ""
+	}
+	if len(name) > bsdpMaxServerName {
+		name, _, _ = strings.Cut(name, ".")
+	}
+	if len(name) > bsdpMaxServerName {
+		return ""
+	}
+	return name
+}
+
 func (c *BSDPConfig) validate() error {
+	if len(c.ServerName) > bsdpMaxServerName || strings.IndexByte(c.ServerName, 0) >= 0 {
+		return fmt.Errorf("netbootd: pxe: bsdp.server_name: want at most %d bytes, no NUL", bsdpMaxServerName)
+	}
+	// The machine name goes whole into one option 43 instance.
+	if n := len(expand(c.MachineName, templateVars{mac: make(net.HardwareAddr, 6)})); n > bsdpMaxSubOption {
+		return fmt.Errorf("netbootd: pxe: bsdp.machine_name: %d bytes once filled in, more than %d", n, bsdpMaxSubOption)
+	}
 	seen := make(map[uint16]bool, len(c.Images))
 	for i, img := range c.Images {
 		field := fmt.Sprintf("netbootd: pxe: bsdp.images[%d]", i)
@@ -416,9 +506,16 @@ func bsdpMessageType(req *dhcpv4.DHCPv4) BSDPMessageType {
 	return o.Type
 }
 
+// bsdpCut tells what became of the image list of a LIST reply: how many images it lists
+// and how many were left out to fit limit, the largest reply the client takes.
+type bsdpCut struct {
+	listed, omitted, limit int
+}
+
 // decideBSDP answers an INFORM from a Mac as Apple's bootpd does, minus what needs state:
-// no per-client bindings, so no remembered selection and no BSDP OFFERs.
-func decideBSDP(req *dhcpv4.DHCPv4, in Arrival, cfg *Config) (*dhcpv4.DHCPv4, netip.AddrPort, Reason) {
+// no per-client bindings, so no remembered selection and no BSDP OFFERs. If cut is not
+// nil, it is told how the image list of a LIST reply was cut to fit.
+func decideBSDP(req *dhcpv4.DHCPv4, in Arrival, cfg *Config, cut *bsdpCut) (*dhcpv4.DHCPv4, netip.AddrPort, Reason) {
 	if req.MessageType() != dhcpv4.MessageTypeInform {
 		return nil, netip.AddrPort{}, ReasonMessageType
 	}
@@ -463,12 +560,21 @@ func decideBSDP(req *dhcpv4.DHCPv4, in Arrival, cfg *Config) (*dhcpv4.DHCPv4, ne
 			HasServerPriority: true,
 			DefaultImage:      bsdpDefault(images).ID(),
 		}
-		if opts.Version != BSDPVersion1_0 {
-			for _, img := range images {
-				out.Images = append(out.Images, BSDPImage{ID: img.ID(), Name: img.Name})
+		if opts.Version == BSDPVersion1_0 {
+			r, err := bsdpReply(req, server, out)
+			if err != nil {
+				return nil, netip.AddrPort{}, ReasonBSDPNoImage
 			}
+			return r, dst, ""
 		}
-		r := bsdpReply(req, server, out, bsdpMaxReply(req, opts))
+		limit := bsdpMaxReply(req, opts)
+		r, listed, err := bsdpListReply(req, server, out, images, limit)
+		if err != nil {
+			return nil, netip.AddrPort{}, ReasonBSDPNoImage
+		}
+		if cut != nil {
+			*cut = bsdpCut{listed: listed, omitted: len(images) - listed, limit: limit}
+		}
 		return r, dst, ""
 
 	case BSDPSelect:
@@ -485,16 +591,20 @@ func decideBSDP(req *dhcpv4.DHCPv4, in Arrival, cfg *Config) (*dhcpv4.DHCPv4, ne
 		} else if len(cfg.BSDP.Images) > 0 {
 			img = bsdpDefault(cfg.BSDP.Images)
 		}
+		out := &BSDPOptions{Type: BSDPFailed}
+		if img != nil {
+			out = &BSDPOptions{Type: BSDPSelect, SelectedImage: img.ID(), MachineName: expand(cfg.BSDP.MachineName, vars)}
+		}
+		// Without the image (it went away since the LIST), FAILED sends the Mac back to
+		// choosing.
+		r, err := bsdpReply(req, server, out)
+		if err != nil {
+			return nil, netip.AddrPort{}, ReasonBSDPNoImage
+		}
 		if img == nil {
-			// The image went away since the LIST: FAILED sends the Mac back to choosing.
-			return bsdpReply(req, server, &BSDPOptions{Type: BSDPFailed}, 0), dst, ""
+			return r, dst, ""
 		}
-		out := &BSDPOptions{
-			Type:          BSDPSelect,
-			SelectedImage: img.ID(),
-			MachineName:   expand(cfg.BSDP.MachineName, vars),
-		}
-		r := bsdpReply(req, server, out, 0)
+		r.ServerHostName = cfg.BSDP.ServerName
 		r.BootFileName = expand(img.BootFile, vars)
 		if img.RootPath != "" {
 			r.UpdateOption(dhcpv4.OptRootPath(expand(img.RootPath, vars)))
@@ -504,27 +614,70 @@ func decideBSDP(req *dhcpv4.DHCPv4, in Arrival, cfg *Config) (*dhcpv4.DHCPv4, ne
 	return nil, netip.AddrPort{}, ReasonBSDPMessageType
 }
 
-// bsdpReply builds an ACK carrying BSDP options. With a size limit it drops images from
-// the end of the list until the reply fits, as Apple's server does for long lists.
-func bsdpReply(req *dhcpv4.DHCPv4, server netip.Addr, opts *BSDPOptions, limit int) *dhcpv4.DHCPv4 {
-	for {
-		r := newReply(req, dhcpv4.MessageTypeAck, server)
-		r.UpdateOption(dhcpv4.OptClassIdentifier(classBSDP))
-		b, err := opts.Marshal()
-		if err == nil {
-			r.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionVendorSpecificInformation, b))
-		}
-		if limit == 0 || len(opts.Images) == 0 || len(r.ToBytes()) <= limit {
-			return r
-		}
-		o := *opts
-		o.Images = o.Images[:len(o.Images)-1]
-		opts = &o
+// bsdpReply builds an ACK carrying BSDP options. It fails only for options that cannot
+// be laid out in option 43, which a validated config never produces: image names and
+// the machine name are checked to fit.
+func bsdpReply(req *dhcpv4.DHCPv4, server netip.Addr, opts *BSDPOptions) (*dhcpv4.DHCPv4, error) {
+	b, err := opts.Marshal()
+	if err != nil {
+		return nil, err
 	}
+	r := newReply(req, dhcpv4.MessageTypeAck, server)
+	r.UpdateOption(dhcpv4.OptClassIdentifier(classBSDP))
+	r.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionVendorSpecificInformation, b))
+	return r, nil
+}
+
+// bsdpListReply builds a LIST reply listing images (in their order) that fits limit
+// bytes: the default image always, the others while they fit, leaving out those from
+// the first that does not. It returns how many images it lists.
+func bsdpListReply(req *dhcpv4.DHCPv4, server netip.Addr, opts *BSDPOptions, images []BSDPImageConfig, limit int) (*dhcpv4.DHCPv4, int, error) {
+	def := bsdpDefault(images)
+	// build lists the default and the first k of the others.
+	build := func(k int) (*dhcpv4.DHCPv4, int, error) {
+		o := *opts
+		o.Images = make([]BSDPImage, 0, min(k+1, len(images)))
+		others := 0
+		for i := range images {
+			if &images[i] != def {
+				if others == k {
+					continue
+				}
+				others++
+			}
+			o.Images = append(o.Images, BSDPImage{ID: images[i].ID(), Name: images[i].Name})
+		}
+		r, err := bsdpReply(req, server, &o)
+		return r, len(o.Images), err
+	}
+	fits := func(r *dhcpv4.DHCPv4) bool { return len(r.ToBytes()) <= limit }
+	all := len(images) - 1
+	r, n, err := build(all)
+	if err != nil || fits(r) {
+		return r, n, err
+	}
+	// The size grows with k: find the largest k that fits, or 0 (the default alone)
+	// if none does.
+	lo, hi := 0, all-1
+	for lo < hi {
+		mid := (lo + hi + 1) / 2
+		r, _, err := build(mid)
+		if err != nil {
+			return nil, 0, err
+		}
+		if fits(r) {
+			lo = mid
+		} else {
+			hi = mid - 1
+		}
+	}
+	return build(lo)
 }
 
 // bsdpMaxReply is the largest DHCP message the client takes: BSDP option 12, else DHCP
-// option 57, else 576 — less the IP and UDP headers.
+// option 57, else 576 — less the IP and UDP headers. It is never more than one Ethernet
+// frame: the reply goes to the ciaddr of the request, which anyone can write, so a
+// forged LIST must not draw a burst of fragments at someone else's address.
 func bsdpMaxReply(req *dhcpv4.DHCPv4, opts *BSDPOptions) int {
 	size := int(opts.MaxMessageSize)
 	if size == 0 {
@@ -532,9 +685,7 @@ func bsdpMaxReply(req *dhcpv4.DHCPv4, opts *BSDPOptions) int {
 			size = int(n)
 		}
 	}
-	if size < bsdpDefaultMaxMessage {
-		size = bsdpDefaultMaxMessage
-	}
+	size = max(bsdpDefaultMaxMessage, min(size, bsdpMaxMessage))
 	return size - bsdpIPUDPOverhead
 }
 

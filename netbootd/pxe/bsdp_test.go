@@ -131,37 +131,6 @@ func TestBSDPParseErrors(t *testing.T) {
 	}
 }
 
-func TestBSDPMarshalSplitsLongImageLists(t *testing.T) {
-	var o BSDPOptions
-	for i := 1; i <= 20; i++ {
-		o.Images = append(o.Images, BSDPImage{ID: NewBSDPImageID(uint16(i), BSDPKindMacOSX, false), Name: fmt.Sprintf("image %02d %s", i, strings.Repeat("x", 20))})
-	}
-	b, err := o.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	lists := 0
-	for rest := b; len(rest) > 0; rest = rest[2+int(rest[1]):] {
-		if rest[0] != bsdpOptImageList {
-			t.Fatalf("unexpected option %d", rest[0])
-		}
-		lists++
-	}
-	if lists < 2 {
-		t.Errorf("%d image list options, want the list split", lists)
-	}
-	back, err := ParseBSDPOptions(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if diff := cmp.Diff(o.Images, back.Images); diff != "" {
-		t.Error(diff)
-	}
-	if _, err := (&BSDPOptions{Images: []BSDPImage{{ID: 1, Name: strings.Repeat("n", 251)}}}).Marshal(); err == nil {
-		t.Error("a name longer than 250 bytes encoded")
-	}
-}
-
 // testBSDPImages is the image list the golden replies are built for.
 func testBSDPImages() []BSDPImageConfig {
 	return []BSDPImageConfig{
@@ -198,6 +167,7 @@ func TestDecideBSDP(t *testing.T) {
 	cfg := testConfig()
 	cfg.BSDP.Images = testBSDPImages()
 	cfg.BSDP.MachineName = "NetBoot001"
+	cfg.BSDP.ServerName = "branch-ss1"
 	ack := replyView{
 		Type: "ACK", Dst: "10.77.0.58:1023", XID: "0xb5d90001",
 		CIAddr: "10.77.0.58", YIAddr: "0.0.0.0", SIAddr: "10.77.0.1", GIAddr: "0.0.0.0",
@@ -209,6 +179,7 @@ func TestDecideBSDP(t *testing.T) {
 		want     replyView
 		wantBSDP string // golden file of the reply's option 43
 		rootPath string
+		sname    string
 	}{
 		{
 			name: "LIST gets the images, the default and our priority on the reply port",
@@ -234,6 +205,7 @@ func TestDecideBSDP(t *testing.T) {
 			}(),
 			wantBSDP: "ack_select.hex",
 			rootPath: "http://10.77.0.1:8080/bsdp/install/InstallESD.dmg",
+			sname:    "branch-ss1", // as Apple's server names itself in ACK[SELECT]
 		},
 		{
 			name: "SELECT of an unknown image gets FAILED",
@@ -257,6 +229,9 @@ func TestDecideBSDP(t *testing.T) {
 			}
 			if got := reply.RootPath(); got != tc.rootPath {
 				t.Errorf("root path %q, want %q", got, tc.rootPath)
+			}
+			if reply.ServerHostName != tc.sname {
+				t.Errorf("sname %q, want %q", reply.ServerHostName, tc.sname)
 			}
 		})
 	}
@@ -310,15 +285,20 @@ func TestDecideBSDPFitsMaxMessage(t *testing.T) {
 		})
 	}
 	for _, tc := range []struct {
-		name string
-		opts []byte
-		max  int
+		name  string
+		opts  []byte
+		max   int
+		max57 int
 	}{
-		{"DHCP option 57 of 1500", []byte{1, 1, 1, 2, 2, 1, 1}, 1500},
-		{"BSDP option 12 of 800", []byte{1, 1, 1, 2, 2, 1, 1, 12, 2, 0x03, 0x20}, 800},
+		{"DHCP option 57 of 1500", []byte{1, 1, 1, 2, 2, 1, 1}, 1500, 1500},
+		{"BSDP option 12 of 800", []byte{1, 1, 1, 2, 2, 1, 1, 12, 2, 0x03, 0x20}, 800, 1500},
+		// A forged LIST sends the reply to the ciaddr it names: never more than a frame.
+		{"DHCP option 57 of 9000 is held to one frame", []byte{1, 1, 1, 2, 2, 1, 1}, 1500, 9000},
+		{"BSDP option 12 of 65535 is held to one frame", []byte{1, 1, 1, 2, 2, 1, 1, 12, 2, 0xff, 0xff}, 1500, 9000},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			reply, _, reason := Decide(bsdpInform(t, tc.opts), arrive67, KindUnknown, &cfg)
+			req := bsdpInform(t, tc.opts, func(m *dhcpv4.DHCPv4) { m.UpdateOption(dhcpv4.OptMaxMessageSize(uint16(tc.max57))) })
+			reply, _, reason := Decide(req, arrive67, KindUnknown, &cfg)
 			if reason != "" {
 				t.Fatal(reason)
 			}
@@ -327,8 +307,11 @@ func TestDecideBSDPFitsMaxMessage(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if size > tc.max || len(o.Images) == 0 || len(o.Images) == 40 {
-				t.Errorf("reply of %d bytes with %d images, want at most %d bytes and a cut list", size, len(o.Images), tc.max)
+			if _, err := appleRead(reply.ToBytes()); err != nil {
+				t.Errorf("a Mac would drop the reply: %v", err)
+			}
+			if size > tc.max || len(o.Images) == 0 || len(o.Images) == 40 || size < tc.max-250 {
+				t.Errorf("reply of %d bytes with %d images, want at most %d bytes, nearly full, and a cut list", size, len(o.Images), tc.max)
 			}
 			if o.DefaultImage != NewBSDPImageID(1, BSDPKindMacOSX, false) {
 				t.Errorf("default image %#x", uint32(o.DefaultImage))
@@ -354,14 +337,29 @@ func FuzzBSDP(f *testing.F) {
 		if err == nil {
 			enc, err := o.Marshal()
 			if err != nil {
-				t.Fatalf("marshal of parsed options: %v", err)
-			}
-			back, err := ParseBSDPOptions(enc)
-			if err != nil {
-				t.Fatalf("re-parse: %v", err)
-			}
-			if diff := cmp.Diff(o, back, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
-				t.Fatalf("round trip (-first +second):\n%s", diff)
+				// Only a value that no 255-byte instance can hold whole may be refused.
+				long := len(o.ImageListPath) > 253 || len(o.ShadowMountPath) > 253 || len(o.ShadowFilePath) > 253 || len(o.MachineName) > 253
+				for _, img := range o.Images {
+					long = long || 5+len(img.Name) > 253
+				}
+				if !long {
+					t.Fatalf("marshal of parsed options: %v", err)
+				}
+			} else {
+				// Each 255-byte piece reads on its own, as a Mac reads option 43.
+				var v appleView
+				for off := 0; off < len(enc); off += 255 {
+					if err := appleReadInstance(enc[off:min(off+255, len(enc))], &v); err != nil {
+						t.Fatalf("piece at %d: %v", off, err)
+					}
+				}
+				back, err := ParseBSDPOptions(enc)
+				if err != nil {
+					t.Fatalf("re-parse: %v", err)
+				}
+				if diff := cmp.Diff(o, back, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+					t.Fatalf("round trip (-first +second):\n%s", diff)
+				}
 			}
 		}
 		if len(b) > 255 {
@@ -370,8 +368,12 @@ func FuzzBSDP(f *testing.F) {
 		req := bsdpInform(t, b)
 		reply, _, _ := Decide(req, arrive67, KindUnknown, &cfg)
 		if reply != nil {
-			if _, err := dhcpv4.FromBytes(reply.ToBytes()); err != nil {
+			raw := reply.ToBytes()
+			if _, err := dhcpv4.FromBytes(raw); err != nil {
 				t.Fatalf("reply does not parse: %v", err)
+			}
+			if _, err := appleRead(raw); err != nil {
+				t.Fatalf("a Mac would drop the reply: %v", err)
 			}
 		}
 	})

@@ -5,7 +5,9 @@
 // Decide is the whole answer to one request: a function of nothing but the request,
 // where it arrived, the kind of computer and the config. Server runs it on the two
 // sockets, asks Computers (the NS) about each booting computer, and counts requests,
-// replies and what it left unanswered.
+// replies and what it left unanswered. It also remembers for a few minutes which MAC
+// asked from (or for) which address and with which system UUID, so that a later request
+// carrying neither (a signed iPXE fetching its script) can be tied to its computer.
 //
 // BSDP is part of this package rather than one of its own: a Mac's INFORM goes through
 // Decide like any other request and is answered with the same reply building, server

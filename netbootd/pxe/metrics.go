@@ -16,6 +16,7 @@ type metrics struct {
 	replies       *prometheus.CounterVec // type
 	ignored       *prometheus.CounterVec // reason
 	bsdp          *prometheus.CounterVec // type
+	bsdpOmitted   prometheus.Counter
 	sendErrors    prometheus.Counter
 	backendErrors *prometheus.CounterVec // op
 	seen          *prometheus.CounterVec // result
@@ -44,6 +45,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			"DHCP requests left unanswered, by reason."), []string{"reason"}),
 		bsdp: prometheus.NewCounterVec(opts("bsdp_requests_total",
 			"BSDP requests from Macs, by BSDP message type."), []string{"type"}),
+		bsdpOmitted: prometheus.NewCounter(opts("bsdp_images_omitted_total",
+			"Images left out of BSDP LIST replies because the list did not fit the largest DHCP message the Mac takes (capped at 1500 bytes); the default image is always listed.")),
 		sendErrors: prometheus.NewCounter(opts("dhcp_send_errors_total",
 			"DHCP replies that could not be sent.")),
 		backendErrors: prometheus.NewCounterVec(opts("backend_errors_total",
@@ -64,6 +67,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			return nil, err
 		}
 		if m.bsdp, err = register(reg, m.bsdp); err != nil {
+			return nil, err
+		}
+		if m.bsdpOmitted, err = register(reg, m.bsdpOmitted); err != nil {
 			return nil, err
 		}
 		if m.sendErrors, err = register(reg, m.sendErrors); err != nil {

@@ -400,6 +400,12 @@ const bisLayer = 0x8000
 // an OFFER, a REQUEST on 4011 with an ACK. BSDP INFORMs (vendor class AAPLBSDPC) on 67
 // go to the BSDP logic.
 func Decide(req *dhcpv4.DHCPv4, in Arrival, kind Kind, cfg *Config) (reply *dhcpv4.DHCPv4, dst netip.AddrPort, ignored Reason) {
+	return decide(req, in, kind, cfg, nil)
+}
+
+// decide is Decide that also tells, through cut if not nil, how the image list of a BSDP
+// LIST reply was cut to fit the client: the server counts and logs what was left out.
+func decide(req *dhcpv4.DHCPv4, in Arrival, kind Kind, cfg *Config, cut *bsdpCut) (reply *dhcpv4.DHCPv4, dst netip.AddrPort, ignored Reason) {
 	if req == nil {
 		return nil, netip.AddrPort{}, ReasonMalformed
 	}
@@ -423,7 +429,7 @@ func Decide(req *dhcpv4.DHCPv4, in Arrival, kind Kind, cfg *Config) (reply *dhcp
 		if in.Port != PortDHCP {
 			return nil, netip.AddrPort{}, ReasonMessageType
 		}
-		return decideBSDP(req, in, cfg)
+		return decideBSDP(req, in, cfg, cut)
 	default:
 		return nil, netip.AddrPort{}, ReasonNotPXE
 	}

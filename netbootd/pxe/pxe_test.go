@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/insomniacslk/dhcp/dhcpv4"
@@ -517,12 +518,15 @@ func FuzzDecide(f *testing.F) {
 	cfg := testConfig()
 	cfg.BSDP.Images = testBSDPImages()
 	arrivals := []Arrival{arrive67, arriveRelayed, arrive4011, {Port: PortPXE}}
+	addrs := newClientAddrs()
 	f.Fuzz(func(t *testing.T, data []byte) {
 		req, err := dhcpv4.FromBytes(data)
 		if err != nil {
 			return
 		}
 		for _, in := range arrivals {
+			// What the server remembers of each request's addresses must not panic either.
+			addrs.note(req, in, time.Now())
 			reply, dst, reason := Decide(req, in, KindManaged, &cfg)
 			if reply == nil {
 				if reason == "" {

@@ -50,6 +50,8 @@ const (
 	maxDelayed = 1024
 	// ifaceTTL is how long interface addresses are reused before being read again.
 	ifaceTTL = 10 * time.Second
+	// bsdpCutLogEvery spaces the log lines about BSDP image lists cut to fit.
+	bsdpCutLogEvery = time.Minute
 )
 
 // Server answers PXE clients as proxyDHCP on port 67 and as a PXE boot server on port
@@ -79,6 +81,7 @@ type Server struct {
 	pxeAddr  netip.AddrPort
 
 	kinds     kindCache
+	addrs     *clientAddrs
 	ifaces    ifaceCache
 	seen      chan seenReport
 	sightings sightings
@@ -86,6 +89,8 @@ type Server struct {
 	budgets   lookupBudgets
 	delayed   chan struct{}
 	handlers  sync.WaitGroup
+
+	bsdpCutLogged atomic.Int64 // when a cut image list was last logged, in Unix nanoseconds
 }
 
 type seenReport struct {
@@ -115,6 +120,7 @@ func NewServer(cfg Config, computers Computers, logger *slog.Logger, reg prometh
 		metrics:   m,
 		bound:     make(chan struct{}),
 		kinds:     kindCache{m: make(map[string]kindEntry)},
+		addrs:     newClientAddrs(),
 		ifaces:    ifaceCache{m: make(map[int]iface)},
 		seen:      make(chan seenReport, seenQueue),
 		sightings: newSightings(cfg.SeenReportsPerMinute, cfg.SeenReportBurst),
@@ -317,6 +323,7 @@ func (s *Server) handle(ctx context.Context, sock *socket, pkt []byte, in Arriva
 		return
 	}
 	s.metrics.request(req)
+	s.addrs.note(req, in, time.Now())
 	if !isPXE(req) || s.computers == nil {
 		s.answer(ctx, sock, req, in, KindUnknown)
 		return
@@ -456,10 +463,14 @@ func (s *Server) reportSeen(ctx context.Context) {
 }
 
 func (s *Server) answer(ctx context.Context, sock *socket, req *dhcpv4.DHCPv4, in Arrival, kind Kind) {
-	reply, dst, reason := Decide(req, in, kind, s.decide.Load())
+	var cut bsdpCut
+	reply, dst, reason := decide(req, in, kind, s.decide.Load(), &cut)
 	if reason != "" {
 		s.ignore(req, in, reason)
 		return
+	}
+	if cut.omitted > 0 {
+		s.bsdpCut(req, cut)
 	}
 	if s.cfg.OfferDelay > 0 && reply.MessageType() == dhcpv4.MessageTypeOffer {
 		select {
@@ -504,6 +515,20 @@ func (s *Server) sendReply(sock *socket, req *dhcpv4.DHCPv4, in Arrival, kind Ki
 	s.log.Info("dhcp reply sent", "type", reply.MessageType().String(), "mac", req.ClientHWAddr.String(),
 		"arch", arch.String(), "kind", kind.String(), "file", bootFileOf(reply),
 		"next_server", reply.ServerIPAddr.String(), "to", dst, "interface", in.IfName, "port", in.Port)
+}
+
+// bsdpCut counts the images left out of a LIST reply and says so in the log, at most
+// once per bsdpCutLogEvery: every Mac that opens Startup Disk would repeat it.
+func (s *Server) bsdpCut(req *dhcpv4.DHCPv4, cut bsdpCut) {
+	s.metrics.bsdpOmitted.Add(float64(cut.omitted))
+	now := time.Now().UnixNano()
+	last := s.bsdpCutLogged.Load()
+	if now-last < int64(bsdpCutLogEvery) || !s.bsdpCutLogged.CompareAndSwap(last, now) {
+		return
+	}
+	s.log.Warn("bsdp image list cut to fit the Mac's largest DHCP message: images are listed in configured order, the default always, and those from the first that does not fit on are left out",
+		"mac", req.ClientHWAddr.String(), "listed", cut.listed, "omitted", cut.omitted,
+		"max_message_bytes", cut.limit+bsdpIPUDPOverhead)
 }
 
 func (s *Server) ignore(req *dhcpv4.DHCPv4, in Arrival, reason Reason) {

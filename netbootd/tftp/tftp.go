@@ -2,6 +2,7 @@ package tftp
 
 import (
 	"bufio"
+	"bytes"
 	"container/list"
 	"context"
 	"errors"
@@ -63,6 +64,10 @@ type Config struct {
 	// default: such requests get a short error. Every PXE ROM, iPXE, EDK2, U-Boot, GRUB,
 	// curl and atftp ask for options (tsize or blksize); tftp-hpa's client does not.
 	PlainRequests bool
+	// Generated, if set, is asked for a file that Root does not hold (not for a name
+	// refused as an escape or a bad name): it returns the content to serve for name, asked
+	// at the local address local, or false. A file in Root always comes first.
+	Generated func(name string, local netip.Addr) ([]byte, bool)
 }
 
 const (
@@ -554,7 +559,7 @@ func (s *Server) serveRequest(req request, reqSize int, from netip.AddrPort, dst
 		return
 	}
 
-	f, size, err := s.openFile(log, req.file)
+	f, size, err := s.openFile(log, req.file, dst)
 	if err != nil {
 		refuse(err)
 		return
@@ -583,8 +588,33 @@ func unverifiedError(code uint16, msg string, reqSize int) []byte {
 	return appendError(nil, code, msg)
 }
 
+// file is what a transfer reads: a file of Root, or generated content.
+type file interface {
+	io.Reader
+	io.Closer
+}
+
+type generatedFile struct{ *bytes.Reader }
+
+func (generatedFile) Close() error { return nil }
+
 // openFile opens the regular file a request names and returns its size, or a refusal.
-func (s *Server) openFile(log *slog.Logger, name string) (*os.File, int64, error) {
+// A name Root does not hold goes to Config.Generated, asked at local.
+func (s *Server) openFile(log *slog.Logger, name string, local netip.Addr) (file, int64, error) {
+	f, size, err := s.openRootFile(log, name)
+	if err == nil {
+		return f, size, nil
+	}
+	var r *refusal
+	if s.cfg.Generated != nil && errors.As(err, &r) && r.reason == reasonNotFound {
+		if b, ok := s.cfg.Generated(name, local); ok {
+			return generatedFile{bytes.NewReader(b)}, int64(len(b)), nil
+		}
+	}
+	return nil, 0, err
+}
+
+func (s *Server) openRootFile(log *slog.Logger, name string) (*os.File, int64, error) {
 	// The root is looked up for every request, not once: when it is a symlink that a
 	// deployment swaps to a new tree, new transfers follow it while old ones finish.
 	root, err := filepath.EvalSymlinks(s.root)
@@ -610,7 +640,7 @@ func (s *Server) openFile(log *slog.Logger, name string) (*os.File, int64, error
 
 // transfer sends an open file of size bytes to the client on c: the option
 // acknowledgement, if options were granted, then the data.
-func (s *Server) transfer(log *slog.Logger, c conn, sl *slot, req request, neg negotiated, reqSize int, f *os.File, size int64, start time.Time) {
+func (s *Server) transfer(log *slog.Logger, c conn, sl *slot, req request, neg negotiated, reqSize int, f io.Reader, size int64, start time.Time) {
 	timeout := s.cfg.Timeout
 	if neg.timeout > 0 {
 		timeout = time.Duration(neg.timeout) * time.Second
