@@ -40,6 +40,8 @@ type Config struct {
 	// Channel keeps a QUIC channel open to the task server, for computers that cannot take
 	// inbound UDP (NAT, firewalls); tickles then arrive on it.
 	Channel bool
+	// Power holds the commands of power tasks (restart, shutdown).
+	Power PowerCommands
 	// Clock, if set, judges certificates and grants (tests); nil means time.Now.
 	Clock func() time.Time
 }
@@ -179,6 +181,7 @@ func (a *Agent) register(ctx context.Context, p *nsapi.Enrollment, c *nsapi.Clie
 	a.mu.Unlock()
 	req := nsapi.RegisterAgentRequest{ID: p.ID(), Hostname: p.Hostname, Addresses: hostinfo.Addrs(prefixes), TaskServer: ts,
 		MACs: hostinfo.MACs(a.cfg.MACs), Unreachable: a.sel.givenUp(time.Now())}
+	req.Interfaces = wakeInterfaces(a.cfg.MACs, a.cfg.Addresses, prefixes)
 	resp, err := c.RegisterAgent(ctx, req)
 	if err != nil {
 		return nil, 0, err

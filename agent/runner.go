@@ -53,6 +53,8 @@ type Runner struct {
 	// RestartWait is how long a task with ResumeAfterRestart that exited 0 is given to
 	// restart the computer before the job goes on; default nsapi.RestartWait.
 	RestartWait time.Duration
+	// Power holds the commands of power tasks.
+	Power PowerCommands
 }
 
 // Progress is how far an instance has come. The agent saves it (Runner.Save) before every
@@ -155,12 +157,15 @@ func (r *Runner) Resume(ctx context.Context, p Progress, emit func(nsapi.Event) 
 	}
 	task := tasks[p.Task]
 	if p.Finished == nil {
-		if !task.ResumeAfterRestart {
+		if !task.Resumes() {
 			return r.interrupted(&p, send, fmt.Sprintf("interrupted: the agent restarted during %s", taskName(tasks, p.Task)))
 		}
 		// Only the agent restarted if the task is still running: it is ended, so that
 		// the next task does not run beside it.
 		out := "the agent restarted during this task, which has resume_after_restart: counted as succeeded"
+		if task.Power != "" {
+			out = fmt.Sprintf("the agent restarted during this %s task: counted as succeeded", task.Power)
+		}
 		if endLeftovers(&p, logger) {
 			out += "; what it still had running was ended"
 		}
@@ -260,7 +265,7 @@ func (r *Runner) loop(ctx context.Context, logger *slog.Logger, p *Progress, sta
 			taskState = nsapi.StateFailed
 		}
 		p.Spent += nsapi.Duration(min(time.Since(began), limit))
-		if task.ResumeAfterRestart && taskState == nsapi.StateSucceeded {
+		if task.Resumes() && taskState == nsapi.StateSucceeded {
 			p.Spent += nsapi.Duration(nsapi.RestartWait)
 		}
 		next, state, reason := decide(tasks, i, res)
@@ -286,7 +291,7 @@ func (r *Runner) loop(ctx context.Context, logger *slog.Logger, p *Progress, sta
 			logger.Info("job finished", "state", state, "task", i, "exit_code", res.code, "reason", reason)
 			return r.finish(p, send, nsapi.Event{Kind: nsapi.EventJob, Task: i, State: state, ExitCode: res.code, TimedOut: res.timedOut, Output: fitOutput(reason, r.maxOutput())})
 		}
-		if task.ResumeAfterRestart && taskState == nsapi.StateSucceeded {
+		if task.Resumes() && taskState == nsapi.StateSucceeded {
 			// The task has set a restart going: give it the time to stop us, so that the
 			// restart, not the next task, is what it interrupts.
 			logger.Info("waiting for the restart the task set going", "task", i, "wait", r.restartWait())
@@ -333,7 +338,7 @@ func stopLooping(p *Progress, next int) (state, reason string) {
 func left(p *Progress, i int) time.Duration {
 	task := p.Instance.Job.Tasks[i]
 	rest := p.Instance.Job.RunBudget() - time.Duration(p.Spent)
-	if task.ResumeAfterRestart {
+	if task.Resumes() {
 		rest -= nsapi.RestartWait
 	}
 	return min(time.Duration(task.Timeout), rest)
@@ -402,6 +407,10 @@ func decide(tasks []nsapi.Task, i int, res taskResult) (next int, state, reason 
 	if res.timedOut {
 		return 0, nsapi.StateFailed, fmt.Sprintf("%s timed out after %s", name, time.Duration(task.Timeout))
 	}
+	if task.Power == nsapi.PowerShutdown && res.code == 0 {
+		// Nothing runs on a computer that is off: the job ends here, whatever comes after.
+		return 0, nsapi.StateSucceeded, name + " shut the computer down"
+	}
 	action, jump, rule := "", 0, -1
 	for k, r := range task.OnExit {
 		if len(r.Codes) == 0 || slices.Contains(r.Codes, res.code) {
@@ -443,6 +452,9 @@ func endLeftovers(p *Progress, logger *slog.Logger) bool {
 // Its error is only ever ctx's: everything that goes wrong with the task itself is its result.
 func (r *Runner) runTask(ctx context.Context, logger *slog.Logger, inst nsapi.JobInstance, i int, task nsapi.Task, scripts *scriptDir, started func(pid int)) (taskResult, error) {
 	argv := task.Command
+	if task.Power != "" {
+		argv = r.Power.command(task.Power)
+	}
 	if len(argv) == 0 {
 		path, err := scripts.file(i, task.Script)
 		if err != nil {

@@ -439,7 +439,7 @@ func (t *taskClient) runInstance(ctx context.Context, inst nsapi.JobInstance) er
 const progressFile = "running.json"
 
 func (t *taskClient) runner() *Runner {
-	r := &Runner{WorkDir: filepath.Join(t.a.cfg.DataDir, "work"), Logger: t.logger, Save: func(p Progress) error {
+	r := &Runner{WorkDir: filepath.Join(t.a.cfg.DataDir, "work"), Logger: t.logger, Power: t.a.cfg.Power, Save: func(p Progress) error {
 		b, err := json.Marshal(p)
 		if err != nil {
 			return err

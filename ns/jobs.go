@@ -106,6 +106,7 @@ func (s *Server) sweep(ctx context.Context, every time.Duration) {
 	var lastPrune time.Time
 	for {
 		s.expire(ctx)
+		s.expireNotOnline(ctx)
 		s.refreshJobGauges(ctx)
 		if now := s.now(); now.Sub(lastPrune) >= s.cfg.Retention.Interval || now.Before(lastPrune) {
 			// A backlog (the first prune after an upgrade) goes a part per sweep, so
@@ -234,6 +235,8 @@ func (s *Server) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 	if validity == 0 {
 		validity = nsapi.DefaultValidity
 	}
+	// A wake job's validity counts from the end of its wait for the computers.
+	validity += req.Job.WakeWait()
 	var insts []nsapi.JobInstance
 	var unknown []string
 	seen := map[string]bool{}
@@ -268,6 +271,10 @@ func (s *Server) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := s.store.CreateInstances(ctx, insts); err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	if err := s.markWake(ctx, req.Job, insts, now); err != nil {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
@@ -350,6 +357,10 @@ func (s *Server) handleWork(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	resp := nsapi.WorkResponse{Instances: httpx.List(insts)}
+	if resp.Wake, err = s.wakeList(r.Context(), insts); err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
 	resp.Compact()
 	writeWork(w, resp)
 }
@@ -529,7 +540,15 @@ func writeWork(w http.ResponseWriter, resp nsapi.WorkResponse) {
 		}
 		bw.Write(b)
 	}
-	bw.WriteString("]}\n")
+	bw.WriteByte(']')
+	if len(resp.Wake) > 0 {
+		if b, err = json.Marshal(resp.Wake); err != nil {
+			return
+		}
+		bw.WriteString(`,"wake":`)
+		bw.Write(b)
+	}
+	bw.WriteString("}\n")
 	bw.Flush()
 }
 

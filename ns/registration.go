@@ -147,6 +147,9 @@ func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		err = s.markManaged(ctx, rec.ID, req.MACs)
 	}
+	if err == nil {
+		err = s.putInterfaces(ctx, rec.ID, req.Interfaces)
+	}
 	s.mu.Unlock()
 	switch {
 	case errors.Is(err, store.ErrNotFound):

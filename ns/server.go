@@ -32,6 +32,7 @@ type Server struct {
 	logger     *slog.Logger
 	metrics    *serverMetrics
 	jobMetrics *jobMetrics
+	wake       *wakeMetrics
 	tickler    *tickler
 	channel    *tickle.ChannelServer
 	now        func() time.Time
@@ -94,11 +95,16 @@ func NewServer(cfg ServerConfig, logger *slog.Logger, reg prometheus.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("ns: metrics: %w", err)
 	}
+	wm, err := newWakeMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("ns: metrics: %w", err)
+	}
 	s := &Server{
 		cfg:        cfg,
 		logger:     logger,
 		metrics:    sm,
 		jobMetrics: jm,
+		wake:       wm,
 		now:        time.Now,
 		issueID:    func(string) string { return uuid.NewString() },
 		reload:     make(chan chan error),

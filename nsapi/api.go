@@ -151,6 +151,8 @@ type RegisterAgentRequest struct {
 	Unreachable string `json:"unreachable,omitempty"`
 	// MACs are the computer's Ethernet addresses: network boot knows it as managed by them.
 	MACs []string `json:"macs,omitempty"`
+	// Interfaces are its Ethernet interfaces with their IPv4 prefixes, for waking it.
+	Interfaces []NetInterface `json:"interfaces,omitempty"`
 }
 
 // ServerRef is a site server offered to an agent.
@@ -353,6 +355,9 @@ func DecodeRegisterAgent(b []byte) (RegisterAgentRequest, error) {
 	}
 	if req.TaskServer != "" && !ValidID(req.TaskServer) {
 		return RegisterAgentRequest{}, fmt.Errorf("task_server: %q is not a valid GUID", req.TaskServer)
+	}
+	if err := ValidateInterfaces(req.Interfaces, req.Addresses); err != nil {
+		return RegisterAgentRequest{}, err
 	}
 	if req.Unreachable != "" && !ValidID(req.Unreachable) {
 		return RegisterAgentRequest{}, fmt.Errorf("unreachable: %q is not a valid GUID", req.Unreachable)

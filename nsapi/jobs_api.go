@@ -39,6 +39,10 @@ type Task struct {
 	// the task still runs is ended first). Without it, a restart during a task fails the
 	// job as interrupted.
 	ResumeAfterRestart bool `json:"resume_after_restart,omitempty" yaml:"resume_after_restart,omitempty"`
+	// Power, instead of a command or script, restarts the computer (PowerRestart, which
+	// implies ResumeAfterRestart) or shuts it down (PowerShutdown), with the command the
+	// agent's config names for it.
+	Power string `json:"power,omitempty" yaml:"power,omitempty"`
 }
 
 // RestartWait is how long an agent waits, after a task with ResumeAfterRestart exited 0,
@@ -52,6 +56,11 @@ type Job struct {
 	Name     string   `json:"name" yaml:"name"`
 	Tasks    []Task   `json:"tasks" yaml:"tasks"`
 	Validity Duration `json:"validity,omitempty" yaml:"validity,omitempty"` // default 1h
+	// Wake has each target's task server wake the computer (Wake-on-LAN) before the run;
+	// WaitOnline is how long an instance then waits for its agent to fetch it (default
+	// DefaultWaitOnline). The validity counts from the end of that wait.
+	Wake       bool     `json:"wake,omitempty" yaml:"wake,omitempty"`
+	WaitOnline Duration `json:"wait_online,omitempty" yaml:"wait_online,omitempty"`
 }
 
 // RunBudget is the longest the job's task runs may take: the sum of its task timeouts,
@@ -63,7 +72,7 @@ func (j *Job) RunBudget() time.Duration {
 	var d time.Duration
 	for _, t := range j.Tasks {
 		d += time.Duration(t.Timeout)
-		if t.ResumeAfterRestart {
+		if t.Resumes() {
 			d += RestartWait
 		}
 	}
@@ -176,9 +185,16 @@ func (j *Job) Validate() error {
 	if j.Validity < 0 {
 		return errors.New("validity: negative")
 	}
+	if err := j.validWake(); err != nil {
+		return err
+	}
 	for i, t := range j.Tasks {
 		f := fmt.Sprintf("tasks[%d]", i)
 		switch {
+		case t.Power != "":
+			if err := t.validPower(); err != nil {
+				return fmt.Errorf("%s.%w", f, err)
+			}
 		case len(t.Command) == 0 && t.Script == "":
 			return fmt.Errorf("%s: command or script is required", f)
 		case len(t.Command) > 0 && t.Script != "":
@@ -292,6 +308,8 @@ type JobStatus struct {
 type WorkResponse struct {
 	Jobs      map[string]Job `json:"jobs"`
 	Instances []JobInstance  `json:"instances"`
+	// Wake lists the computers to wake before their instances can run.
+	Wake []WakeRequest `json:"wake,omitempty"`
 }
 
 // Compact moves the job definitions out of the instances that have a JobDigest.

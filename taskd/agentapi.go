@@ -245,6 +245,7 @@ func (s *Service) jobsFor(p agentPeer) (taskapi.JobsResponse, int, error) {
 	}
 	now := time.Now()
 	s.reg.touch(p.id, now)
+	s.waker.online(p.id)
 	out, first := s.work.take(p.ns.name, p.id)
 	if len(first) > 0 {
 		delivered := make([]nsapi.Event, 0, len(first))

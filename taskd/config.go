@@ -54,6 +54,8 @@ type Config struct {
 	// SpoolMaxBytes bounds the status events of each NS's spool that the NS has not taken
 	// yet; past it, agents are asked to send theirs again later (they keep them meanwhile).
 	SpoolMaxBytes int64 `yaml:"spool_max_bytes"`
+	// Wake bounds the Wake-on-LAN packets sent for wake jobs.
+	Wake WakeConfig `yaml:"wake"`
 
 	// DataDir is set by serve: the task service's own directory.
 	DataDir string `yaml:"-"`
@@ -90,6 +92,7 @@ func (c *Config) Defaults() {
 	if c.SpoolMaxBytes == 0 {
 		c.SpoolMaxBytes = DefaultSpoolMaxBytes
 	}
+	c.Wake.Defaults()
 }
 
 // DefaultSpoolMaxBytes holds some 800,000 typical status events (a few hundred bytes each).
@@ -142,5 +145,5 @@ func (c *Config) Validate(prefix string) error {
 	if c.ForwardBatch < 1 || c.ForwardBatch > 100000 {
 		return fmt.Errorf("%s.forward_batch: %d is not within 1..100000", prefix, c.ForwardBatch)
 	}
-	return nil
+	return c.Wake.Validate(prefix + ".wake")
 }

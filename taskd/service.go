@@ -38,7 +38,8 @@ type Service struct {
 	keys    tickle.MapKeys
 	fetchCh chan struct{}
 
-	work *workCache
+	work  *workCache
+	waker *waker
 
 	agentConn *net.UDPConn
 	gate      *acceptGate
@@ -80,6 +81,11 @@ func New(cfg Config, links []*NSLink, logger *slog.Logger, reg prometheus.Regist
 	}
 	s.metrics = m
 	s.work.instances = m.instances
+	wm, err := newWakeMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("taskd: metrics: %w", err)
+	}
+	s.waker = newWaker(cfg.Wake, logger.With("part", "wake"), wm)
 	return s, nil
 }
 
@@ -199,6 +205,7 @@ func (s *Service) Run(ctx context.Context) error {
 		g.Go(func() error { s.runNS(gctx, l); return nil })
 	}
 	g.Go(func() error { s.fetchLoop(gctx); return nil })
+	g.Go(func() error { s.waker.run(gctx); return nil })
 	if so.agentHTTP != nil {
 		g.Go(func() error {
 			if err := obs.ServeHTTP(gctx, so.agentHTTP, plainSrv); err != nil {

@@ -233,7 +233,8 @@ func (s *Service) fetch(ctx context.Context, st *nsState) ([]agentRecord, error)
 	}
 	took := time.Since(start)
 	s.metrics.fetchDuration.Observe(took.Seconds())
-	s.logger.Debug("work fetched", "ns", st.name, "instances", len(resp.Instances), "took", took)
+	s.logger.Debug("work fetched", "ns", st.name, "instances", len(resp.Instances), "wake", len(resp.Wake), "took", took)
+	s.waker.update(st.name, resp.Wake)
 	var out []agentRecord
 	for _, id := range s.work.replace(st.name, resp.Instances) {
 		if a, ok := s.reg.get(id); ok {

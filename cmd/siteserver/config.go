@@ -16,6 +16,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/siteserver/siteserver/agent"
 	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/netbootd"
 	"github.com/siteserver/siteserver/ns"
@@ -101,6 +102,8 @@ type Agent struct {
 	// TickleChannel keeps a QUIC channel open to the task server (when it offers one), for
 	// computers behind NAT or firewalls that cannot take inbound UDP.
 	TickleChannel bool `yaml:"tickle_channel"`
+	// Power holds the commands of power tasks; default shutdown -r now and shutdown -P now.
+	Power agent.PowerCommands `yaml:"power"`
 }
 
 func defaultLog(l *obs.LogConfig) {
@@ -267,6 +270,9 @@ func (c *Agent) Validate() error {
 		if err := validListen("tickle_listen", c.TickleListen); err != nil {
 			return err
 		}
+	}
+	if err := c.Power.Validate("power"); err != nil {
+		return err
 	}
 	return c.NS.Validate("ns")
 }

@@ -171,6 +171,11 @@ var migrations = []string{
 	// lasts exactly as long as it does (0: issued by an earlier version, end not known).
 	`ALTER TABLE servers ADD COLUMN cert_not_after INTEGER NOT NULL DEFAULT 0;
 	ALTER TABLE agents ADD COLUMN cert_not_after INTEGER NOT NULL DEFAULT 0;`,
+	// 14: Wake-on-LAN: each agent's interfaces (MAC and IPv4 prefixes) as it reported them,
+	// and by when a wake job's instance must have reached its agent.
+	`ALTER TABLE agents ADD COLUMN interfaces TEXT NOT NULL DEFAULT '[]';
+	ALTER TABLE job_instances ADD COLUMN online_by INTEGER NOT NULL DEFAULT 0;
+	CREATE INDEX job_instances_online_by ON job_instances (state, online_by) WHERE online_by > 0;`,
 }
 
 // SQLiteStore is the Store in a SQLite file.

@@ -56,6 +56,7 @@ type AgentRecord struct {
 // Store is what the NS keeps. The SQLite implementation is the reference; the interface is
 // small so that another database can stand behind it.
 type Store interface {
+	WakeStore
 	// Rules returns every site maintenance rule of every source.
 	Rules(ctx context.Context) (sites.Rules, error)
 	// ReplaceRules atomically replaces all rules of one source.
