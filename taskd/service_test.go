@@ -51,6 +51,7 @@ type testNS struct {
 
 	mu       sync.Mutex
 	work     []nsapi.JobInstance
+	wake     []nsapi.WakeRequest
 	refuse   bool // answer event batches 503: they stay in the task server's spool
 	events   map[string]nsapi.Event
 	presence map[string]time.Time
@@ -71,7 +72,7 @@ func newTestNS(t *testing.T) *testNS {
 	mux.HandleFunc("GET "+nsapi.PathTaskWork, func(w http.ResponseWriter, r *http.Request) {
 		ns.mu.Lock()
 		defer ns.mu.Unlock()
-		json.NewEncoder(w).Encode(nsapi.WorkResponse{Instances: ns.work})
+		json.NewEncoder(w).Encode(nsapi.WorkResponse{Instances: ns.work, Wake: ns.wake})
 	})
 	mux.HandleFunc("POST "+nsapi.PathTaskEvents, func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
