@@ -96,7 +96,8 @@ func TestExampleBranch(t *testing.T) {
 		Services: Services{
 			Task: &taskd.Config{TickleListen: ":50123", TickleAdvertise: ":50123", AgentListen: ":50180",
 				URL: "https://branch-ss1.example.org:50180", ChannelListen: ":50125", PresenceInterval: time.Minute, ForwardBatch: 1000, MaxAgentConnections: 1024, MaxAgentConnectionsPerSource: 128,
-				MaxForwardBackoff: time.Minute, SpoolMaxBytes: 256 << 20},
+				MaxForwardBackoff: time.Minute, SpoolMaxBytes: 256 << 20,
+				Wake: taskd.WakeConfig{Port: 9, Packets: 3, Resend: time.Minute, Rounds: 5, MaxPacketsPerSecond: 1000, MinPrefixLen: 16}},
 			Package: &pkgd.Config{Listen: ":50181", URL: "http://branch-ss1.example.org:50181", Constrained: true, NSFallback: true,
 				PollInterval: 5 * time.Minute, VerifyInterval: 24 * time.Hour, MaxDownloads: 4, RetryBase: 3 * time.Minute, ProgressInterval: 10 * time.Second,
 				Bandwidth: []string{"08:00-18:00 2Mbit"}, DefaultBandwidth: "unlimited", MaxCompressedStreams: 4, SendTimeout: time.Minute, MaxConnections: 1024, MaxConnectionsPerSource: 128},
@@ -144,6 +145,7 @@ func TestExampleStandalone(t *testing.T) {
 				TFTP: netbootd.TFTPFile{Listen: "127.0.0.1:10069"}, HTTP: netbootd.HTTPConfig{Listen: "127.0.0.1:50182"}}},
 	}
 	want.Services.Netboot.Defaults()
+	want.Services.Task.Wake.Defaults()
 	if d := cmp.Diff(want, got, addrEq); d != "" {
 		t.Fatalf("standalone.yaml (-want +got):\n%s", d)
 	}

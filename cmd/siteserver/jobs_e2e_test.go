@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -52,6 +53,9 @@ type siteOpts struct {
 	runningGrace            string // the NS's running_grace ("" = its default)
 	spoolDisk               int    // bytes of a tmpfs mounted as the task service's spool directory (0: none)
 	packages                bool   // the site server runs a package service too (s.pkgURL)
+	agentAddresses          string // the agent's address/prefix ("" = 10.20.9.9/16); its subnet joins branch-a
+	agentExtra              string // added to the agent's config
+	taskExtra               string // added to the task service's section, indented by 4
 }
 
 func newSite(t *testing.T, o siteOpts) *site {
@@ -71,7 +75,13 @@ func newSite(t *testing.T, o siteOpts) *site {
 			os.Chmod(filepath.Join(dir, "legacy.key"), 0o644)
 		}
 	}
-	rules := writeFile(t, filepath.Join(s.dir, "sites.yaml"), "sites:\n  - name: branch-a\n    subnets: [10.20.0.0/16]\n")
+	subnets := "10.20.0.0/16"
+	if o.agentAddresses == "" {
+		o.agentAddresses = "10.20.9.9/16"
+	} else {
+		subnets += ", " + netip.MustParsePrefix(o.agentAddresses).Masked().String()
+	}
+	rules := writeFile(t, filepath.Join(s.dir, "sites.yaml"), "sites:\n  - name: branch-a\n    subnets: ["+subnets+"]\n")
 	nsPort := freePort(t)
 	s.nsAddr = fmt.Sprintf("127.0.0.1:%d", nsPort)
 	s.nsConf = writeFile(t, filepath.Join(s.dir, "ns.yaml"), nsYAML(s.dir, s.nsAddr, fmt.Sprintf(`  rules_file: %s
@@ -101,6 +111,7 @@ func newSite(t *testing.T, o siteOpts) *site {
 	if o.channel {
 		adv += "    channel_listen: \"127.0.0.1:0\"\n"
 	}
+	adv += o.taskExtra
 	pkgSection := ""
 	if o.packages {
 		port := freePort(t)
@@ -135,7 +146,7 @@ services:
 metrics: {listen: "127.0.0.1:0"}
 data_dir: %s
 hostname: pc1.example
-addresses: [10.20.9.9/16]
+addresses: [%s]
 tickle_listen: %q
 tickle_channel: %v
 ns:
@@ -143,7 +154,7 @@ ns:
   url: %s
   ca_file: %s
   enrollment_token: %s
-`, filepath.Join(s.dir, "agent"), o.agentTickle, o.channel, s.nsURL, s.caFile, agentToken))
+%s`, filepath.Join(s.dir, "agent"), o.agentAddresses, o.agentTickle, o.channel, s.nsURL, s.caFile, agentToken, o.agentExtra))
 	s.ag = start(t, "agent", "-config", s.agentConf)
 	s.agentID = s.ag.waitLog("registered with NS")["id"].(string)
 	s.ag.waitLog("registered with task server")
