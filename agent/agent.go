@@ -90,9 +90,9 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Agent, er
 	}
 	refused := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: obs.Namespace, Subsystem: "agent", Name: "instances_refused_total",
-		Help: "Job instances not run because their grant from the NS did not check, by reason.",
+		Help: "Job instances not run because their grant from the NS did not check, by reason; cancel: a cancel notice that did not check, ignored.",
 	}, []string{"reason"})
-	for _, r := range nsapi.GrantReasons {
+	for _, r := range append(nsapi.GrantReasons, "cancel") {
 		refused.WithLabelValues(r)
 	}
 	if err := reg.Register(refused); err != nil {

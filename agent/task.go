@@ -177,6 +177,16 @@ func (t *taskClient) cycle(ctx context.Context) error {
 		if t.done.has(inst.ID) {
 			continue
 		}
+		if t.cancelledByNS(inst) {
+			// Withdrawn before it ran here: it never runs; its end is reported.
+			r := t.runner()
+			r.Cancel = closedChan
+			state, err := r.Run(ctx, inst, func(e nsapi.Event) error { return t.send(ctx, e) })
+			if err := t.finished(inst, state, err); err != nil {
+				return err
+			}
+			continue
+		}
 		if err := t.verify(inst); err != nil {
 			continue
 		}
@@ -431,8 +441,84 @@ func (t *taskClient) current() string {
 // is kept in the data directory meanwhile, for resumeInterrupted after a restart.
 func (t *taskClient) runInstance(ctx context.Context, inst nsapi.JobInstance) error {
 	t.logger.Info("running job", "job", inst.JobID, "instance", inst.ID)
-	state, err := t.runner().Run(ctx, inst, func(e nsapi.Event) error { return t.send(ctx, e) })
+	r := t.runner()
+	cancelled, stop := t.watchCancel(ctx, inst)
+	defer stop()
+	r.Cancel = cancelled
+	state, err := r.Run(ctx, inst, func(e nsapi.Event) error { return t.send(ctx, e) })
 	return t.finished(inst, state, err)
+}
+
+// closedChan is a cancel that has come.
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// cancelPoll is how often the agent asks its task server, while it runs an instance,
+// whether the NS cancelled it; a tickle makes it ask at once.
+const cancelPoll = time.Minute
+
+// cancelledByNS reports whether inst carries a cancel notice the NS signed for this agent.
+// One that does not check is counted and logged like a refused grant, and ignored: the
+// grant alone decides whether the instance runs.
+func (t *taskClient) cancelledByNS(inst nsapi.JobInstance) bool {
+	if inst.Cancel == nil {
+		return false
+	}
+	key, _ := t.a.peer.JobKey()
+	_, err := nsapi.VerifyCancel(key, inst, t.a.peer.ID(), t.a.now())
+	if err == nil {
+		return true
+	}
+	t.mu.Lock()
+	if t.refused == nil || len(t.refused) >= 10000 {
+		t.refused = map[string]bool{}
+	}
+	again := t.refused[inst.ID+"/cancel"]
+	t.refused[inst.ID+"/cancel"] = true
+	t.mu.Unlock()
+	if !again {
+		t.a.refused.WithLabelValues("cancel").Inc()
+		t.logger.Warn("cancel notice refused: it is not the NS's", "instance", inst.ID, "job", inst.JobID, "err", err)
+	}
+	return false
+}
+
+// watchCancel asks the task server, while inst runs, whether the NS cancelled it: when
+// tickled, and every cancelPoll. The channel is closed when a notice signed by the NS
+// comes; stop ends the watch.
+func (t *taskClient) watchCancel(ctx context.Context, inst nsapi.JobInstance) (<-chan struct{}, func()) {
+	cancelled := make(chan struct{})
+	wctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(cancelPoll)
+		defer tick.Stop()
+		for {
+			select {
+			case <-wctx.Done():
+				return
+			case <-t.wake:
+			case <-tick.C:
+			}
+			var jobs taskapi.JobsResponse
+			if err := t.call(wctx, http.MethodGet, taskapi.PathJobs, nil, &jobs); err != nil {
+				continue
+			}
+			for _, in := range jobs.Instances {
+				if in.ID == inst.ID && t.cancelledByNS(in) {
+					t.logger.Info("the NS cancelled the running job", "job", inst.JobID, "instance", inst.ID)
+					close(cancelled)
+					return
+				}
+			}
+		}
+	}()
+	return cancelled, func() {
+		stop()
+		<-done
+		// A tickle taken by the watch may have been for other work: look again.
+		t.kick()
+	}
 }
 
 // progressFile holds the Progress of the instance being run, 0600 in the data directory.
@@ -491,6 +577,9 @@ func (t *taskClient) resumeInterrupted(ctx context.Context) error {
 		return os.Remove(path)
 	}
 	r := t.runner()
+	cancelled, stop := t.watchCancel(ctx, inst)
+	defer stop()
+	r.Cancel = cancelled
 	emit := func(e nsapi.Event) error { return t.send(ctx, e) }
 	key, _ := t.a.peer.JobKey()
 	var state string

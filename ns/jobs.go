@@ -343,11 +343,25 @@ func (s *Server) handleJobStatus(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleWork(w http.ResponseWriter, r *http.Request) {
 	p := callerFrom(r)
+	now := s.now()
 	insts, err := s.store.Instances(r.Context(), store.InstanceFilter{TaskServer: p.id,
-		States: []string{nsapi.StatePending, nsapi.StateDelivered}, OpenAt: s.now()})
+		States: []string{nsapi.StatePending, nsapi.StateDelivered}, OpenAt: now})
 	if err != nil {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
+	}
+	// Cancel notices go with the work, once per instance: a delivered one may be listed
+	// already (with its notice), a running or withdrawn one is not.
+	cancels, err := s.store.Instances(r.Context(), store.InstanceFilter{TaskServer: p.id, Cancelled: true, CancelledAt: now})
+	if err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	for _, in := range cancels {
+		if in.State == nsapi.StateDelivered && in.Expires.After(now) {
+			continue // listed with the open work
+		}
+		insts = append(insts, in)
 	}
 	resp := nsapi.WorkResponse{Instances: httpx.List(insts)}
 	resp.Compact()
@@ -559,4 +573,34 @@ func unreachable(taskServer string, live map[string]bool) string {
 		return "its task server " + taskServer + " has not been seen for three heartbeats (or is no longer approved)"
 	}
 	return ""
+}
+
+// handleCancelJob cancels every open instance of a job (admin): those no agent has are
+// withdrawn at once; the others get the NS's signed cancel notice, which their task
+// servers pass on and their agents obey, stopping what runs. The job's definition and
+// history stay.
+func (s *Server) handleCancelJob(w http.ResponseWriter, r *http.Request) {
+	job, ok := s.pathJob(w, r)
+	if !ok {
+		return
+	}
+	ctx := r.Context()
+	now := s.now().UTC()
+	n, err := s.store.CancelInstances(ctx, job.ID, func(in nsapi.JobInstance) (nsapi.Grant, error) {
+		return nsapi.SignCancel(s.jobKey, nsapi.CancelBody{Instance: in.ID, Agent: in.Agent, JobID: job.ID, IssuedAt: now})
+	}, now)
+	if err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	for _, ts := range n.TaskServers {
+		if ts != "" {
+			s.tickler.mark(ts, tickle.WorkPending)
+		}
+	}
+	s.jobMetrics.cancelled.WithLabelValues("withdrawn").Add(float64(n.Withdrawn))
+	s.jobMetrics.cancelled.WithLabelValues("stopping").Add(float64(n.Stopping))
+	s.logger.Info("job cancelled", "job", job.ID, "withdrawn", n.Withdrawn, "stopping", n.Stopping)
+	s.refreshJobGauges(ctx)
+	httpx.WriteJSON(w, http.StatusOK, nsapi.CancelJobResponse{JobID: job.ID, Withdrawn: n.Withdrawn, Stopping: n.Stopping})
 }

@@ -273,6 +273,13 @@ func (c *Client) JobStatus(ctx context.Context, id string) (JobStatus, error) {
 	return out, err
 }
 
+// CancelJob cancels every open instance of a job (admin).
+func (c *Client) CancelJob(ctx context.Context, id string) (CancelJobResponse, error) {
+	var out CancelJobResponse
+	err := c.do(ctx, http.MethodPost, PathJobs+"/"+url.PathEscape(id)+"/cancel", nil, &out)
+	return out, err
+}
+
 // Jobs lists jobs (admin).
 func (c *Client) Jobs(ctx context.Context) ([]Job, error) {
 	var out []Job

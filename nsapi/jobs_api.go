@@ -93,15 +93,16 @@ const (
 	StateRunning   = "running"
 	StateSucceeded = "succeeded"
 	StateFailed    = "failed"
-	StateExpired   = "expired" // its validity ended before it ran
+	StateExpired   = "expired"   // its validity ended before it ran
+	StateCancelled = "cancelled" // an administrator cancelled it
 )
 
 // JobStates lists every state, for metrics.
-var JobStates = []string{StatePending, StateDelivered, StateRunning, StateSucceeded, StateFailed, StateExpired}
+var JobStates = []string{StatePending, StateDelivered, StateRunning, StateSucceeded, StateFailed, StateExpired, StateCancelled}
 
 // Final reports whether a state is terminal.
 func Final(state string) bool {
-	return state == StateSucceeded || state == StateFailed || state == StateExpired
+	return state == StateSucceeded || state == StateFailed || state == StateExpired || state == StateCancelled
 }
 
 // JobInstance is one job for one target computer, tagged with the task server that
@@ -120,6 +121,9 @@ type JobInstance struct {
 	JobDigest string `json:"job_digest,omitempty"`
 	// Grant is the NS's signature over this instance; agents run nothing without it.
 	Grant *Grant `json:"grant,omitempty"`
+	// Cancel, when set, is the NS's signed notice that the instance is cancelled
+	// (a CancelBody): the agent does not run it, or stops it.
+	Cancel *Grant `json:"cancel,omitempty"`
 }
 
 // Event kinds.
@@ -136,7 +140,7 @@ type Event struct {
 	Agent    string    `json:"agent"`
 	Kind     string    `json:"kind"`
 	Task     int       `json:"task"`  // task index for task events
-	State    string    `json:"state"` // running, succeeded, failed, expired (job) or running, succeeded, failed (task)
+	State    string    `json:"state"` // running, succeeded, failed, expired, cancelled (job) or running, succeeded, failed (task)
 	ExitCode int       `json:"exit_code"`
 	TimedOut bool      `json:"timed_out,omitempty"`
 	Output   string    `json:"output,omitempty"` // bounded, tail kept
@@ -219,7 +223,7 @@ func (e *Event) Validate() error {
 	}
 	switch e.State {
 	case StateRunning, StateSucceeded, StateFailed:
-	case StateExpired, StateDelivered:
+	case StateExpired, StateDelivered, StateCancelled:
 		if e.Kind != EventJob {
 			return fmt.Errorf("state: %q only applies to job events", e.State)
 		}

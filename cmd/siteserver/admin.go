@@ -171,6 +171,7 @@ var adminCommands = []adminCommand{
 	{"jobs list", 0, "", "list jobs", []string{"json"}, jobsList},
 	{"jobs status", 1, "JOB", "the state of each instance of a job", []string{"json"}, jobsStatus},
 	{"jobs output", 1, "JOB", "what each task of a job printed, on each agent", []string{"agent", "json"}, jobsOutput},
+	{"jobs cancel", 1, "JOB", "cancel a job's open instances: withdrawn where no agent has them, stopped where they run", []string{"json"}, jobsCancel},
 	{"packages add", 0, "-dir DIR -id ID -version V", "upload a directory's files to the NS library and register them as a package",
 		[]string{"dir", "id", "version", "sites", "servers", "staged", "upload-idle"}, packagesAdd},
 	{"packages assign", 1, "ID", "change which sites and servers get a package", []string{"sites", "servers", "staged"}, packagesAssign},

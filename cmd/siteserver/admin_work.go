@@ -248,6 +248,19 @@ func packagesStatusOnce(a *adminCall) error {
 	})
 }
 
+func jobsCancel(a *adminCall) error {
+	resp, err := a.c.CancelJob(a.ctx, a.pos[0])
+	if err != nil {
+		return err
+	}
+	if a.json {
+		return a.print(resp, nil)
+	}
+	fmt.Fprintf(a.out, "job %s cancelled: %d withdrawn (no agent had them), %d being stopped by their agents\n",
+		resp.JobID, resp.Withdrawn, resp.Stopping)
+	return nil
+}
+
 func jobsOutput(a *adminCall) error {
 	agent := a.opt.agent
 	if agent != "" {

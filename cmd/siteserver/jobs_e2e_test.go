@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -441,5 +442,68 @@ func TestJobThroughNSChannel(t *testing.T) {
 	s.waitState(id, nsapi.StateSucceeded)
 	if n := metricValue(t, s.ssMetrics, "siteserver_task_tickles_received_total"); n < 1 {
 		t.Fatalf("task server received %v tickles", n)
+	}
+}
+
+// Cancel stops a running task: the NS signs a cancel notice, the task server passes it on
+// with a tickle, the agent kills the task's process group and reports the job cancelled.
+// An instance created while its agent was away is withdrawn at once and never runs.
+func TestCancelStopsRunningTask(t *testing.T) {
+	s := newSite(t, siteOpts{taskUpdate: "1h", taskRequest: "1h", agentTickle: "127.0.0.1:0"})
+	pidFile, after := filepath.Join(s.dir, "task.pid"), filepath.Join(s.dir, "after")
+	id := s.createJob(fmt.Sprintf(`id: long-job
+name: runs a minute
+tasks:
+  - name: sleeper
+    script: "echo $$ > %s; sleep 60; touch %s"
+    timeout: 2m
+  - name: never
+    command: [touch, %s]
+    timeout: 10s
+`, pidFile, after, after))
+	s.waitState(id, nsapi.StateRunning)
+	var pid int
+	s.eventually("the task wrote its pid", func() bool {
+		b, err := os.ReadFile(pidFile)
+		pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		return err == nil && pid > 0
+	})
+	began := time.Now()
+	out := adminCmd(t, s.nsURL, s.caFile, adminToken, "jobs", "cancel", id)
+	mustContain(t, "jobs cancel", out, "0 withdrawn", "1 being stopped")
+	inst := s.waitState(id, nsapi.StateCancelled)
+	t.Logf("cancel to cancelled at the NS in %s", time.Since(began))
+	if err := syscall.Kill(pid, 0); err == nil {
+		t.Fatalf("the task's process %d still runs after the job was cancelled", pid)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if _, err := os.Stat(after); err == nil {
+		t.Fatal("the job went on after it was cancelled")
+	}
+	var taskStopped, jobCancelled bool
+	for _, e := range inst.Events {
+		taskStopped = taskStopped || e.Kind == nsapi.EventTask && e.Task == 0 && e.State == nsapi.StateFailed && strings.Contains(e.Output, "cancelled")
+		jobCancelled = jobCancelled || e.Kind == nsapi.EventJob && e.State == nsapi.StateCancelled
+	}
+	if !taskStopped || !jobCancelled {
+		t.Fatalf("events do not say the task was stopped and the job cancelled: %+v", inst.Events)
+	}
+
+	// Created while the agent is away, cancelled before it comes back: withdrawn.
+	s.ag.stop()
+	id2 := s.createJob(fmt.Sprintf("id: while-away\nname: never runs\ntasks:\n  - name: touch\n    command: [touch, %s]\n    timeout: 10s\n", after))
+	out = adminCmd(t, s.nsURL, s.caFile, adminToken, "jobs", "cancel", id2)
+	mustContain(t, "jobs cancel", out, "1 withdrawn", "0 being stopped")
+	s.waitState(id2, nsapi.StateCancelled)
+	s.ag = start(t, "agent", "-config", s.agentConf)
+	s.ag.waitLog("registered with task server")
+	// A third job after it: once it has run, the agent has seen its work, cancelled one included.
+	id3 := s.createJob("id: after-return\nname: runs\ntasks:\n  - name: echo\n    command: [echo, back]\n    timeout: 10s\n")
+	s.waitState(id3, nsapi.StateSucceeded)
+	if _, err := os.Stat(after); err == nil {
+		t.Fatal("a withdrawn instance ran")
+	}
+	if st := s.status(id2); st.Instances[0].State != nsapi.StateCancelled {
+		t.Fatalf("the withdrawn instance is %s", st.Instances[0].State)
 	}
 }

@@ -171,6 +171,10 @@ var migrations = []string{
 	// lasts exactly as long as it does (0: issued by an earlier version, end not known).
 	`ALTER TABLE servers ADD COLUMN cert_not_after INTEGER NOT NULL DEFAULT 0;
 	ALTER TABLE agents ADD COLUMN cert_not_after INTEGER NOT NULL DEFAULT 0;`,
+	// 14: the NS's signed cancel notice of an instance an administrator cancelled.
+	`ALTER TABLE job_instances ADD COLUMN cancel_payload BLOB;
+	ALTER TABLE job_instances ADD COLUMN cancel_sig BLOB;
+	CREATE INDEX job_instances_cancelled ON job_instances (task_server) WHERE cancel_payload IS NOT NULL;`,
 }
 
 // SQLiteStore is the Store in a SQLite file.

@@ -147,7 +147,14 @@ func (s *SQLiteStore) Instances(ctx context.Context, f InstanceFilter) ([]nsapi.
 	if !f.OpenAt.IsZero() {
 		where, args = append(where, "expires_at > ?"), append(args, f.OpenAt.UnixNano())
 	}
-	q := `SELECT id, job_id, agent, task_server, state, job, created_at, expires_at, updated_at, grant_payload, grant_sig FROM job_instances`
+	if f.Cancelled {
+		// Cancel notices to pass on: instances an agent may have, until it reports their
+		// end; withdrawn ones until they would have expired, for a task server whose
+		// cached work still holds them.
+		where, args = append(where, `cancel_payload IS NOT NULL AND (state IN (?, ?) OR (state = ? AND expires_at > ?))`),
+			append(args, nsapi.StateDelivered, nsapi.StateRunning, nsapi.StateCancelled, f.CancelledAt.UnixNano())
+	}
+	q := `SELECT id, job_id, agent, task_server, state, job, created_at, expires_at, updated_at, grant_payload, grant_sig, cancel_payload, cancel_sig FROM job_instances`
 	if len(where) > 0 {
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
@@ -172,8 +179,8 @@ func (s *SQLiteStore) Instances(ctx context.Context, f InstanceFilter) ([]nsapi.
 		var in nsapi.JobInstance
 		var spec string
 		var created, expires, updated int64
-		var payload, sig []byte
-		if err := rows.Scan(&in.ID, &in.JobID, &in.Agent, &in.TaskServer, &in.State, &spec, &created, &expires, &updated, &payload, &sig); err != nil {
+		var payload, sig, cpayload, csig []byte
+		if err := rows.Scan(&in.ID, &in.JobID, &in.Agent, &in.TaskServer, &in.State, &spec, &created, &expires, &updated, &payload, &sig, &cpayload, &csig); err != nil {
 			return nil, fmt.Errorf("ns: store: instances: %w", err)
 		}
 		snap, ok := jobs[spec]
@@ -189,6 +196,9 @@ func (s *SQLiteStore) Instances(ctx context.Context, f InstanceFilter) ([]nsapi.
 		in.Job, in.JobDigest = snap.job, snap.digest
 		if len(payload) > 0 {
 			in.Grant = &nsapi.Grant{Payload: payload, Sig: sig}
+		}
+		if len(cpayload) > 0 {
+			in.Cancel = &nsapi.Grant{Payload: cpayload, Sig: csig}
 		}
 		in.Created, in.Expires, in.Updated = fromUnixNano(created), fromUnixNano(expires), fromUnixNano(updated)
 		out = append(out, in)
@@ -215,9 +225,10 @@ var stateRank = map[string]int{nsapi.StatePending: 0, nsapi.StateDelivered: 1, n
 // go back: an event that arrives late cannot revive a finished or expired instance. The
 // one change they allow is the agent's own word on how the job ended replacing "expired",
 // which the NS may have concluded from silence (the events were held up, at a task server
-// away from the NS, say).
+// away from the NS, say), or "cancelled", which it concluded for an instance no agent had
+// (a task server's cached work handed it out before the cancel reached it).
 func nextState(cur string, e nsapi.Event) string {
-	if cur == nsapi.StateExpired && e.Kind == nsapi.EventJob && (e.State == nsapi.StateSucceeded || e.State == nsapi.StateFailed) {
+	if (cur == nsapi.StateExpired || cur == nsapi.StateCancelled) && e.Kind == nsapi.EventJob && (e.State == nsapi.StateSucceeded || e.State == nsapi.StateFailed) {
 		return e.State
 	}
 	if nsapi.Final(cur) {
@@ -331,4 +342,70 @@ func (s *SQLiteStore) RetagInstances(ctx context.Context, agent, taskServer stri
 // InstanceStates implements Store.
 func (s *SQLiteStore) InstanceStates(ctx context.Context) (map[string]int, error) {
 	return s.countBy(ctx, "instance states", `SELECT state, COUNT(*) FROM job_instances GROUP BY state`)
+}
+
+// CancelInstances implements Store.
+func (s *SQLiteStore) CancelInstances(ctx context.Context, jobID string, sign func(nsapi.JobInstance) (nsapi.Grant, error), now time.Time) (CancelCounts, error) {
+	var n CancelCounts
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		n = CancelCounts{}
+		rows, err := tx.QueryContext(ctx, `SELECT id, agent, task_server, state FROM job_instances
+			WHERE job_id = ? AND state IN (?, ?, ?) AND cancel_payload IS NULL`,
+			jobID, nsapi.StatePending, nsapi.StateDelivered, nsapi.StateRunning)
+		if err != nil {
+			return err
+		}
+		var open []nsapi.JobInstance
+		for rows.Next() {
+			in := nsapi.JobInstance{JobID: jobID}
+			if err := rows.Scan(&in.ID, &in.Agent, &in.TaskServer, &in.State); err != nil {
+				rows.Close()
+				return err
+			}
+			open = append(open, in)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		upd, err := tx.PrepareContext(ctx, `UPDATE job_instances SET state = ?, updated_at = ?, cancel_payload = ?, cancel_sig = ? WHERE id = ?`)
+		if err != nil {
+			return err
+		}
+		defer upd.Close()
+		ins, err := tx.PrepareContext(ctx, `INSERT OR IGNORE INTO events (id, instance, agent, kind, task, state, exit_code, timed_out, output, time, received_at)
+			VALUES (?, ?, ?, ?, 0, ?, 0, 0, ?, ?, ?)`)
+		if err != nil {
+			return err
+		}
+		defer ins.Close()
+		t := now.UnixNano()
+		for _, in := range open {
+			g, err := sign(in)
+			if err != nil {
+				return err
+			}
+			state := in.State
+			if state == nsapi.StatePending {
+				// No agent has it: it is withdrawn, and final now.
+				state = nsapi.StateCancelled
+				n.Withdrawn++
+				if _, err := ins.ExecContext(ctx, nsapi.DerivedEventID(in.ID, nsapi.StateCancelled), in.ID, in.Agent, nsapi.EventJob,
+					nsapi.StateCancelled, "cancelled by an administrator before its agent had it", t, t); err != nil {
+					return err
+				}
+			} else {
+				n.Stopping++
+			}
+			if _, err := upd.ExecContext(ctx, state, t, []byte(g.Payload), g.Sig, in.ID); err != nil {
+				return err
+			}
+			n.TaskServers = append(n.TaskServers, in.TaskServer)
+		}
+		return nil
+	})
+	if err != nil {
+		return CancelCounts{}, fmt.Errorf("ns: store: cancel job %s: %w", jobID, err)
+	}
+	return n, nil
 }

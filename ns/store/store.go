@@ -116,6 +116,9 @@ type Store interface {
 	Jobs(ctx context.Context) ([]nsapi.Job, error)
 	CreateInstances(ctx context.Context, insts []nsapi.JobInstance) error
 	Instances(ctx context.Context, f InstanceFilter) ([]nsapi.JobInstance, error)
+	// CancelInstances gives each open instance of a job that has none a cancel notice made
+	// by sign; pending ones (no agent has them) become cancelled at once, with an event.
+	CancelInstances(ctx context.Context, jobID string, sign func(nsapi.JobInstance) (nsapi.Grant, error), now time.Time) (CancelCounts, error)
 	// AddEvents stores events not seen before (by id) and moves their instances' states
 	// on; it returns how many were new and how many named no known instance.
 	// Events reported by server count only for instances tagged to it now or before
@@ -160,6 +163,18 @@ type InstanceFilter struct {
 	// OpenAt, when set, leaves out instances whose validity ended before it.
 	OpenAt time.Time
 	Limit  int
+	// Cancelled selects the cancel notices still to pass on (with States and OpenAt
+	// unset): delivered and running instances with one, and those withdrawn whose
+	// validity has not ended by CancelledAt.
+	Cancelled   bool
+	CancelledAt time.Time
+}
+
+// CancelCounts is what CancelInstances did.
+type CancelCounts struct {
+	Withdrawn, Stopping int
+	// TaskServers are those of the instances, to tickle (repeated as often as instances).
+	TaskServers []string
 }
 
 // ExpiredCounts is what ExpireInstances expired, by the state the instances were in.
