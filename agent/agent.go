@@ -163,6 +163,14 @@ func (a *Agent) setTaskServer(id string) {
 	}
 }
 
+// windows is the schedule of the maintenance windows of the agent's sites, as the NS last
+// gave them (kept across restarts with its last answer).
+func (a *Agent) windows() nsapi.WindowSchedule {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return nsapi.ScheduleOf(a.servers.Windows)
+}
+
 func (a *Agent) setServers(r nsapi.RegisterAgentResponse) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -203,6 +211,6 @@ func (a *Agent) register(ctx context.Context, p *nsapi.Enrollment, c *nsapi.Clie
 	next := nextRegistration(resp)
 	a.metrics.nsInterval.Set(cmp.Or(resp.Settings.AgentRegistrationInterval, resp.Settings.HeartbeatInterval).Seconds())
 	a.logger.Info("registered with NS", "id", p.ID(), "sites", len(resp.Sites), "task_servers", task, "reason", resp.TaskReason,
-		"next", next.Round(time.Second))
+		"windows", nsapi.WindowNames(resp.Windows), "next", next.Round(time.Second))
 	return resp, next, nil
 }

@@ -169,6 +169,13 @@ func (r *Runner) Run(ctx context.Context, inst nsapi.JobInstance, emit func(nsap
 	return r.loop(ctx, logger, p, 0, send)
 }
 
+// Expire reports an instance that was never run as expired, for reason.
+func (r *Runner) Expire(inst nsapi.JobInstance, emit func(nsapi.Event) error, reason string) (string, error) {
+	r.logger(inst).Info("job instance expired before it ran", "reason", reason)
+	return nsapi.StateExpired, r.sender(inst, emit)(nsapi.Event{ID: nsapi.DerivedEventID(inst.ID, nsapi.StateExpired), Kind: nsapi.EventJob,
+		State: nsapi.StateExpired, Output: reason})
+}
+
 // Resume takes up an instance whose run the agent's restart interrupted, from the progress
 // last saved for it. Events that may not have reached the task server are sent again with
 // their ids. A task that had finished counts with its result and the job goes on by its

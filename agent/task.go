@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -57,6 +58,10 @@ type taskClient struct {
 	channelUp     func() bool
 
 	done *doneSet
+
+	// windowTimer wakes the loop when a maintenance window opens (at windowAt).
+	windowTimer *time.Timer
+	windowAt    time.Time
 }
 
 // doneSet remembers the instances this agent has run, so a re-delivered one is not run
@@ -189,6 +194,20 @@ func (t *taskClient) cycle(ctx context.Context) error {
 		}
 		if err := t.verify(inst); err != nil {
 			continue
+		}
+		if inst.Job.InWindowOnly {
+			wait, expired := t.windowWait(inst, t.a.now())
+			if expired != "" {
+				state, err := t.runner().Expire(inst, func(e nsapi.Event) error { return t.send(ctx, e) }, expired)
+				if err := t.finished(inst, state, err); err != nil {
+					return err
+				}
+				continue
+			}
+			if wait > 0 {
+				t.wakeIn(wait)
+				continue
+			}
 		}
 		if err := t.runInstance(ctx, inst); err != nil {
 			return err
@@ -447,6 +466,52 @@ func (t *taskClient) runInstance(ctx context.Context, inst nsapi.JobInstance) er
 	r.Cancel = cancelled
 	state, err := r.Run(ctx, inst, func(e nsapi.Event) error { return t.send(ctx, e) })
 	return t.finished(inst, state, err)
+}
+
+// maxWindowWait bounds a wait for a maintenance window, so that windows the NS changed
+// meanwhile are looked at again.
+const maxWindowWait = time.Hour
+
+// windowWait decides an instance of an "in window only" job at now: 0 to run it now, how
+// long to wait for a window of the agent's sites (the last the NS gave, kept across
+// restarts), or, when its validity counted from the window has passed, why it expired.
+// Windows are read in the computer's local time.
+func (t *taskClient) windowWait(inst nsapi.JobInstance, now time.Time) (time.Duration, string) {
+	if !inst.Expires.IsZero() && !now.Before(inst.Expires) {
+		return 0, "" // past its grant: the runner reports it expired
+	}
+	ws := t.a.windows()
+	validity := cmp.Or(time.Duration(inst.Job.Validity), nsapi.DefaultValidity)
+	if deadline, ok := nsapi.WindowDeadline(ws, inst.Created.In(now.Location()), validity); ok && !now.Before(deadline) {
+		return 0, fmt.Sprintf("its validity (%s, counted from the first maintenance window after it was created) ended before it could run", validity)
+	}
+	if open, _ := ws.Open(now); open {
+		return 0, ""
+	}
+	wait := maxWindowWait
+	if next, ok := ws.Next(now); ok {
+		wait = min(wait, next.Sub(now))
+	}
+	if !inst.Expires.IsZero() {
+		wait = min(wait, inst.Expires.Sub(now))
+	}
+	t.logger.Debug("job waits for a maintenance window", "instance", inst.ID, "wait", wait.Round(time.Second))
+	return max(wait, time.Second), ""
+}
+
+// wakeIn runs a cycle after d (or earlier, if one is already set to come sooner).
+func (t *taskClient) wakeIn(d time.Duration) {
+	at := time.Now().Add(d)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.windowTimer != nil && !t.windowAt.IsZero() && t.windowAt.After(time.Now()) && !t.windowAt.After(at) {
+		return
+	}
+	if t.windowTimer != nil {
+		t.windowTimer.Stop()
+	}
+	t.windowAt = at
+	t.windowTimer = time.AfterFunc(d, t.kick)
 }
 
 // closedChan is a cancel that has come.

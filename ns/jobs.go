@@ -234,6 +234,11 @@ func (s *Server) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 	if validity == 0 {
 		validity = nsapi.DefaultValidity
 	}
+	if req.Job.InWindowOnly {
+		// Agents count the validity from their window's opening; the NS, which does not
+		// know their clocks, gives them the week in which every window opens.
+		validity += nsapi.WindowWait
+	}
 	var insts []nsapi.JobInstance
 	var unknown []string
 	seen := map[string]bool{}
@@ -277,9 +282,17 @@ func (s *Server) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
+	noWindow, err := s.outsideWindows(ctx, req.Job, known)
+	if err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
 	for _, in := range insts {
 		if why := unreachable(in.TaskServer, live); why != "" {
 			resp.Unreachable = append(resp.Unreachable, nsapi.Unreachable{Agent: in.Agent, Reason: why})
+		} else if noWindow[in.Agent] {
+			resp.Unreachable = append(resp.Unreachable, nsapi.Unreachable{Agent: in.Agent,
+				Reason: "the job runs in maintenance windows only, and none covers the computer's sites: it waits for one until it expires"})
 		}
 		resp.Instances = append(resp.Instances, nsapi.InstanceRef{ID: in.ID, Agent: in.Agent, TaskServer: in.TaskServer})
 		if in.TaskServer != "" {

@@ -180,10 +180,17 @@ func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
 		task = s.lastResort(byID, task)
 		placed.Servers = task.Servers
 	}
+	siteMatches := matches(m.SitesFor(req.Addresses))
+	windows, err := s.windowsFor(ctx, siteNamesOf(siteMatches))
+	if err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
 	s.metrics.placements.WithLabelValues(placed.Outcome).Inc()
 	s.metrics.registrations.WithLabelValues(nsapi.KindAgent, "ok").Inc()
 	httpx.WriteJSON(w, http.StatusOK, nsapi.RegisterAgentResponse{
-		Sites:          matches(m.SitesFor(req.Addresses)),
+		Windows:        windows,
+		Sites:          siteMatches,
 		TaskServers:    refs(placed.Servers, byID, nsapi.ServiceTask),
 		TaskReason:     task.Reason,
 		PackageServers: refs(pkg.Servers, byID, nsapi.ServicePackage),
@@ -342,4 +349,13 @@ func sameSites(a, b []sites.Match) bool {
 		return slices.Compact(out)
 	}
 	return slices.Equal(names(a), names(b))
+}
+
+// siteNamesOf lists the sites of matches.
+func siteNamesOf(ms []nsapi.SiteMatch) []string {
+	out := make([]string, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, m.Site)
+	}
+	return out
 }

@@ -367,6 +367,9 @@ func (s *Server) Handler() http.Handler {
 
 	mux.HandleFunc("GET "+nsapi.PathComputerLookup, s.siteServer(s.handleComputerLookup))
 	mux.HandleFunc("POST "+nsapi.PathComputerSeen, s.siteServer(s.handleComputerSeen))
+	mux.HandleFunc("PUT "+nsapi.PathWindows+"/{name}", s.admin(s.handlePutWindow))
+	mux.HandleFunc("GET "+nsapi.PathWindows, s.reader(s.handleListWindows))
+	mux.HandleFunc("DELETE "+nsapi.PathWindows+"/{name}", s.admin(s.handleDeleteWindow))
 	mux.HandleFunc("POST "+nsapi.PathComputers, s.admin(s.handlePutComputer))
 	mux.HandleFunc("GET "+nsapi.PathComputers, s.reader(s.handleListComputers))
 	mux.HandleFunc("POST "+nsapi.PathComputers+"/{mac}/accept", s.admin(s.handleAcceptClaim))

@@ -173,6 +173,9 @@ type RegisterAgentResponse struct {
 	PackageReason  string      `json:"package_reason"`
 	Settings       Settings    `json:"settings"`
 	NSID           string      `json:"ns_id"`
+	// Windows are the maintenance windows of the agent's sites: it keeps them and runs
+	// work marked "in window only" within them, without asking the NS again.
+	Windows []MaintenanceWindow `json:"windows,omitempty"`
 }
 
 // ServerView is a site server as administrators see it.

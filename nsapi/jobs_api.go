@@ -52,6 +52,29 @@ type Job struct {
 	Name     string   `json:"name" yaml:"name"`
 	Tasks    []Task   `json:"tasks" yaml:"tasks"`
 	Validity Duration `json:"validity,omitempty" yaml:"validity,omitempty"` // default 1h
+	// InWindowOnly makes each agent wait for a maintenance window of its sites (in its own
+	// local time) before it runs the job; the validity counts from the window's opening
+	// (from creation if one is open then). The NS lets such an instance wait up to
+	// WindowWait past its validity for a window to open.
+	InWindowOnly bool `json:"in_window_only,omitempty" yaml:"in_window_only,omitempty"`
+}
+
+// WindowWait is how long past its validity an instance of an "in window only" job waits
+// for a maintenance window: every weekly window opens within it.
+const WindowWait = 7 * 24 * time.Hour
+
+// WindowDeadline is when an "in window only" instance created at created, with validity,
+// may no longer start on a computer whose windows are ws: its validity counted from the
+// first opening at or after created. False if no window opens within WindowWait.
+func WindowDeadline(ws WindowSchedule, created time.Time, validity time.Duration) (time.Time, bool) {
+	if open, _ := ws.Open(created); open {
+		return created.Add(validity), true
+	}
+	next, ok := ws.Next(created)
+	if !ok || next.Sub(created) > WindowWait {
+		return time.Time{}, false
+	}
+	return next.Add(validity), true
 }
 
 // RunBudget is the longest the job's task runs may take: the sum of its task timeouts,

@@ -24,6 +24,7 @@ import (
 type adminOptions struct {
 	description, jobFile, targets, agent                              string
 	pkgDir, pkgID, pkgVersion, pkgSites, pkgServers, compName, source string
+	ranges                                                            string
 	pkgStaged, count                                                  int
 	force, json, dryRun                                               bool
 	uploadIdle, interval                                              time.Duration
@@ -51,7 +52,7 @@ var optionFlags = map[string]func(fs *flag.FlagSet, o *adminOptions){
 		fs.StringVar(&o.pkgVersion, "version", "", "package `VERSION`")
 	},
 	"sites": func(fs *flag.FlagSet, o *adminOptions) {
-		fs.StringVar(&o.pkgSites, "sites", "", "comma-separated `SITES` whose package servers get the package")
+		fs.StringVar(&o.pkgSites, "sites", "", "comma-separated `SITES`: whose package servers get the package, or whose computers a window covers")
 	},
 	"servers": func(fs *flag.FlagSet, o *adminOptions) {
 		fs.StringVar(&o.pkgServers, "servers", "", "comma-separated package `SERVERS` (GUID, unique GUID prefix or host name) that get the package")
@@ -80,6 +81,9 @@ var optionFlags = map[string]func(fs *flag.FlagSet, o *adminOptions){
 	"name": func(fs *flag.FlagSet, o *adminOptions) { fs.StringVar(&o.compName, "name", "", "computer `NAME`") },
 	"force": func(fs *flag.FlagSet, o *adminOptions) {
 		fs.BoolVar(&o.force, "force", false, "predefine a computer that an agent claims as managed")
+	},
+	"ranges": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.StringVar(&o.ranges, "ranges", "", "`RANGES` of a window, separated by ';': \"mon-fri 22:00-06:00; sat 00:00-24:00\" in each computer's local time")
 	},
 	"source": func(fs *flag.FlagSet, o *adminOptions) {
 		fs.StringVar(&o.source, "source", "manual", "rules `SOURCE`: manual or imported")
@@ -171,6 +175,10 @@ var adminCommands = []adminCommand{
 	{"jobs list", 0, "", "list jobs", []string{"json"}, jobsList},
 	{"jobs status", 1, "JOB", "the state of each instance of a job", []string{"json"}, jobsStatus},
 	{"jobs output", 1, "JOB", "what each task of a job printed, on each agent", []string{"agent", "json"}, jobsOutput},
+	{"windows set", 1, "NAME -sites SITES -ranges RANGES", "create or replace a maintenance window: when jobs marked in_window_only may run", []string{"sites", "ranges"}, windowsSet},
+	{"windows list", 0, "", "list maintenance windows", []string{"json"}, windowsList},
+	{"windows delete", 1, "NAME", "delete a maintenance window", nil,
+		func(a *adminCall) error { return a.c.DeleteWindow(a.ctx, a.pos[0]) }},
 	{"jobs cancel", 1, "JOB", "cancel a job's open instances: withdrawn where no agent has them, stopped where they run", []string{"json"}, jobsCancel},
 	{"packages add", 0, "-dir DIR -id ID -version V", "upload a directory's files to the NS library and register them as a package",
 		[]string{"dir", "id", "version", "sites", "servers", "staged", "upload-idle"}, packagesAdd},

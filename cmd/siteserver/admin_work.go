@@ -248,6 +248,36 @@ func packagesStatusOnce(a *adminCall) error {
 	})
 }
 
+func windowsSet(a *adminCall) error {
+	w := nsapi.MaintenanceWindow{Name: a.pos[0], Sites: splitList(a.opt.pkgSites)}
+	for r := range strings.SplitSeq(a.opt.ranges, ";") {
+		if r = strings.TrimSpace(r); r != "" {
+			w.Ranges = append(w.Ranges, r)
+		}
+	}
+	if err := w.Validate(); err != nil {
+		return fmt.Errorf("window %s: %w", w.Name, err)
+	}
+	if err := a.c.PutWindow(a.ctx, w); err != nil {
+		return err
+	}
+	fmt.Fprintf(a.out, "window %s: sites %s; %s\n", w.Name, strings.Join(w.Sites, ", "), strings.Join(w.Ranges, "; "))
+	return nil
+}
+
+func windowsList(a *adminCall) error {
+	ws, err := a.c.Windows(a.ctx)
+	if err != nil {
+		return err
+	}
+	return a.print(ws, func(tw *tabwriter.Writer) {
+		fmt.Fprintln(tw, "NAME\tSITES\tRANGES (each computer's local time)")
+		for _, w := range ws {
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", w.Name, strings.Join(w.Sites, ","), strings.Join(w.Ranges, "; "))
+		}
+	})
+}
+
 func jobsCancel(a *adminCall) error {
 	resp, err := a.c.CancelJob(a.ctx, a.pos[0])
 	if err != nil {

@@ -507,3 +507,63 @@ tasks:
 		t.Fatalf("the withdrawn instance is %s", st.Instances[0].State)
 	}
 }
+
+// A job marked in_window_only waits on the agent until a maintenance window of its site
+// opens, in the computer's local time, and runs then; the NS warns of targets no window
+// covers.
+func TestJobWaitsForMaintenanceWindow(t *testing.T) {
+	s := newSite(t, siteOpts{taskUpdate: "1h", taskRequest: "1h", agentTickle: "127.0.0.1:0", agentRegistration: "1s"})
+	marker := filepath.Join(s.dir, "ran")
+	job := fmt.Sprintf("id: nightly\nname: in the window\nin_window_only: true\nvalidity: 10m\ntasks:\n  - name: touch\n    command: [touch, %s]\n    timeout: 10s\n", marker)
+	f := writeFile(t, filepath.Join(s.dir, "nightly.yaml"), job)
+
+	// No window yet: created, with a warning.
+	var resp nsapi.CreateJobResponse
+	if err := json.Unmarshal([]byte(adminCmd(t, s.nsURL, s.caFile, adminToken, "jobs", "create", "-file", f, "-targets", s.agentID, "-json")), &resp); err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Unreachable) != 1 || !strings.Contains(resp.Unreachable[0].Reason, "maintenance window") {
+		t.Fatalf("no warning for a target outside every window: %+v", resp)
+	}
+	adminCmd(t, s.nsURL, s.caFile, adminToken, "jobs", "cancel", "nightly")
+
+	// A window that opens a few seconds from now, in the agent's (this machine's) time.
+	opens := time.Now().Add(8 * time.Second).Truncate(time.Second)
+	rng := fmt.Sprintf("daily %s-%s", opens.Format("15:04:05"), opens.Add(time.Hour).Format("15:04:05"))
+	out := adminCmd(t, s.nsURL, s.caFile, adminToken, "windows", "set", "soon", "-sites", "branch-a", "-ranges", rng)
+	mustContain(t, "windows set", out, "soon", "branch-a")
+	mustContain(t, "windows list", adminCmd(t, s.nsURL, s.caFile, adminToken, "windows", "list"), "soon", rng)
+	s.eventually("the agent has the window", func() bool {
+		for _, l := range s.ag.logsWith("registered with NS") {
+			if ws, _ := l["windows"].([]any); len(ws) == 1 && ws[0] == "soon" {
+				return true
+			}
+		}
+		return false
+	})
+	resp = nsapi.CreateJobResponse{}
+	if err := json.Unmarshal([]byte(adminCmd(t, s.nsURL, s.caFile, adminToken, "jobs", "create", "-file", f, "-targets", s.agentID, "-json")), &resp); err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Unreachable) != 0 {
+		t.Fatalf("a covered target reported unreachable: %+v", resp.Unreachable)
+	}
+	// Handed to the agent, which holds it.
+	s.eventually("the instance delivered", func() bool { return s.status("nightly").Instances[1].State == nsapi.StateDelivered })
+	for time.Until(opens) > 500*time.Millisecond {
+		if _, err := os.Stat(marker); err == nil {
+			t.Fatalf("the job ran %s before its window opened", time.Until(opens))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	s.eventually("the job ran in the window", func() bool { return s.status("nightly").Instances[1].State == nsapi.StateSucceeded })
+	st := s.status("nightly")
+	for _, e := range st.Instances[1].Events {
+		if e.Kind == nsapi.EventJob && e.State == nsapi.StateRunning && e.Time.Before(opens) {
+			t.Fatalf("started at %s, before the window opened at %s", e.Time, opens)
+		}
+	}
+	if st.Instances[0].State != nsapi.StateCancelled {
+		t.Fatalf("the first instance is %s", st.Instances[0].State)
+	}
+}

@@ -175,6 +175,13 @@ var migrations = []string{
 	`ALTER TABLE job_instances ADD COLUMN cancel_payload BLOB;
 	ALTER TABLE job_instances ADD COLUMN cancel_sig BLOB;
 	CREATE INDEX job_instances_cancelled ON job_instances (task_server) WHERE cancel_payload IS NOT NULL;`,
+	// 15: maintenance windows, one JSON document each.
+	`CREATE TABLE windows (
+		id TEXT PRIMARY KEY,
+		spec TEXT NOT NULL,
+		created_at INTEGER NOT NULL,
+		updated_at INTEGER NOT NULL
+	);`,
 }
 
 // SQLiteStore is the Store in a SQLite file.

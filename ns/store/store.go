@@ -116,6 +116,11 @@ type Store interface {
 	Jobs(ctx context.Context) ([]nsapi.Job, error)
 	CreateInstances(ctx context.Context, insts []nsapi.JobInstance) error
 	Instances(ctx context.Context, f InstanceFilter) ([]nsapi.JobInstance, error)
+	// PutWindow stores a maintenance window (by name), Windows lists them, DeleteWindow
+	// forgets one (ErrNotFound if there was none).
+	PutWindow(ctx context.Context, w nsapi.MaintenanceWindow, now time.Time) error
+	Windows(ctx context.Context) ([]nsapi.MaintenanceWindow, error)
+	DeleteWindow(ctx context.Context, name string) error
 	// CancelInstances gives each open instance of a job that has none a cancel notice made
 	// by sign; pending ones (no agent has them) become cancelled at once, with an event.
 	CancelInstances(ctx context.Context, jobID string, sign func(nsapi.JobInstance) (nsapi.Grant, error), now time.Time) (CancelCounts, error)
