@@ -365,7 +365,7 @@ func (s *Server) handleWork(w http.ResponseWriter, r *http.Request) {
 	}
 	// Cancel notices go with the work, once per instance: a delivered one may be listed
 	// already (with its notice), a running or withdrawn one is not.
-	cancels, err := s.store.Instances(r.Context(), store.InstanceFilter{TaskServer: p.id, Cancelled: true, CancelledAt: now})
+	cancels, err := s.store.Instances(r.Context(), store.InstanceFilter{TaskServer: p.id, Cancelled: true, CancelledSince: now.Add(-cancelNoticeKeep)})
 	if err != nil {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
@@ -587,6 +587,12 @@ func unreachable(taskServer string, live map[string]bool) string {
 	}
 	return ""
 }
+
+// cancelNoticeKeep is how long the notice of an instance that is cancelled goes on being
+// passed on: long enough for every task server to have fetched its work again since (a
+// tickle, or task_update_interval at its default), short enough that finished ones soon
+// stop travelling.
+const cancelNoticeKeep = 10 * time.Minute
 
 // handleCancelJob cancels every open instance of a job (admin): those no agent has are
 // withdrawn at once; the others get the NS's signed cancel notice, which their task

@@ -149,10 +149,10 @@ func (s *SQLiteStore) Instances(ctx context.Context, f InstanceFilter) ([]nsapi.
 	}
 	if f.Cancelled {
 		// Cancel notices to pass on: instances an agent may have, until it reports their
-		// end; withdrawn ones until they would have expired, for a task server whose
-		// cached work still holds them.
-		where, args = append(where, `cancel_payload IS NOT NULL AND (state IN (?, ?) OR (state = ? AND expires_at > ?))`),
-			append(args, nsapi.StateDelivered, nsapi.StateRunning, nsapi.StateCancelled, f.CancelledAt.UnixNano())
+		// end; cancelled ones for a while after, for a task server whose cached work still
+		// held a withdrawn one when it handed it out.
+		where, args = append(where, `cancel_payload IS NOT NULL AND (state IN (?, ?) OR (state = ? AND updated_at > ?))`),
+			append(args, nsapi.StateDelivered, nsapi.StateRunning, nsapi.StateCancelled, f.CancelledSince.UnixNano())
 	}
 	q := `SELECT id, job_id, agent, task_server, state, job, created_at, expires_at, updated_at, grant_payload, grant_sig, cancel_payload, cancel_sig FROM job_instances`
 	if len(where) > 0 {

@@ -169,10 +169,10 @@ type InstanceFilter struct {
 	OpenAt time.Time
 	Limit  int
 	// Cancelled selects the cancel notices still to pass on (with States and OpenAt
-	// unset): delivered and running instances with one, and those withdrawn whose
-	// validity has not ended by CancelledAt.
-	Cancelled   bool
-	CancelledAt time.Time
+	// unset): delivered and running instances with one, and those cancelled since
+	// CancelledSince.
+	Cancelled      bool
+	CancelledSince time.Time
 }
 
 // CancelCounts is what CancelInstances did.
