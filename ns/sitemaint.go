@@ -264,7 +264,12 @@ func (s *Server) handleListSites(w http.ResponseWriter, r *http.Request) {
 		v.Servers = append(v.Servers, nsapi.RuleServer{Server: sr.Server, Source: string(sr.Source)})
 	}
 	if recs, err := s.store.Servers(r.Context()); err == nil {
-		for site, ws := range siteWarnings(recs, s.rules.Load()) {
+		cov, err := s.coverage(r.Context(), recs)
+		if err != nil {
+			httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+			return
+		}
+		for site, ws := range cov {
 			if v, ok := views[site]; ok {
 				v.Warnings = ws
 			}
