@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/siteserver/siteserver/internal/httpx"
 	"github.com/siteserver/siteserver/ns/store"
 	"github.com/siteserver/siteserver/nsapi"
+	"github.com/siteserver/siteserver/sites"
 	"github.com/siteserver/siteserver/tickle"
 )
 
@@ -228,7 +230,23 @@ func (s *Server) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 		s.badRequest(w, fmt.Errorf("targets: %d is more than %d", len(req.Targets), nsapi.MaxTargets))
 		return
 	}
+	if req.Select != nil {
+		if err := req.Select.Validate(); err != nil {
+			s.badRequest(w, fmt.Errorf("select.%w", err))
+			return
+		}
+	}
 	ctx := r.Context()
+	picked, err := s.selectTargets(ctx, req.Select)
+	if err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	req.Targets = append(req.Targets, picked...)
+	if len(req.Targets) > nsapi.MaxTargets {
+		s.badRequest(w, fmt.Errorf("targets: %d selected, more than %d", len(req.Targets), nsapi.MaxTargets))
+		return
+	}
 	now := s.now().UTC()
 	validity := time.Duration(req.Job.Validity)
 	if validity == 0 {
@@ -264,6 +282,18 @@ func (s *Server) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 		s.badRequest(w, fmt.Errorf("targets: unknown agents %s", strings.Join(unknown, ", ")))
 		return
 	}
+	if req.DryRun {
+		resp := nsapi.CreateJobResponse{JobID: req.Job.ID, DryRun: true, Instances: []nsapi.InstanceRef{}}
+		if err := s.reachability(ctx, req.Job, insts, known, &resp); err != nil {
+			httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+			return
+		}
+		for i := range resp.Instances {
+			resp.Instances[i].ID = "" // none was made
+		}
+		httpx.WriteJSON(w, http.StatusOK, resp)
+		return
+	}
 	if err := s.grant(insts, now); err != nil {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
@@ -277,24 +307,11 @@ func (s *Server) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	resp := nsapi.CreateJobResponse{JobID: req.Job.ID, Instances: []nsapi.InstanceRef{}}
-	live, err := s.liveServers(ctx)
-	if err != nil {
-		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
-		return
-	}
-	noWindow, err := s.outsideWindows(ctx, req.Job, known)
-	if err != nil {
+	if err := s.reachability(ctx, req.Job, insts, known, &resp); err != nil {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	for _, in := range insts {
-		if why := unreachable(in.TaskServer, live); why != "" {
-			resp.Unreachable = append(resp.Unreachable, nsapi.Unreachable{Agent: in.Agent, Reason: why})
-		} else if noWindow[in.Agent] {
-			resp.Unreachable = append(resp.Unreachable, nsapi.Unreachable{Agent: in.Agent,
-				Reason: "the job runs in maintenance windows only, and none covers the computer's sites: it waits for one until it expires"})
-		}
-		resp.Instances = append(resp.Instances, nsapi.InstanceRef{ID: in.ID, Agent: in.Agent, TaskServer: in.TaskServer})
 		if in.TaskServer != "" {
 			s.tickler.mark(in.TaskServer, tickle.WorkPending)
 		}
@@ -622,4 +639,52 @@ func (s *Server) handleCancelJob(w http.ResponseWriter, r *http.Request) {
 	s.logger.Info("job cancelled", "job", job.ID, "withdrawn", n.Withdrawn, "stopping", n.Stopping)
 	s.refreshJobGauges(ctx)
 	httpx.WriteJSON(w, http.StatusOK, nsapi.CancelJobResponse{JobID: job.ID, Withdrawn: n.Withdrawn, Stopping: n.Stopping})
+}
+
+// selectTargets returns the GUIDs of the agents f picks (none without a filter).
+func (s *Server) selectTargets(ctx context.Context, f *nsapi.TargetFilter) ([]string, error) {
+	if f == nil {
+		return nil, nil
+	}
+	agents, err := s.store.Agents(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m := s.rules.Load()
+	var out []string
+	for _, a := range agents {
+		if !f.All {
+			if !f.MatchHost(a.Hostname) {
+				continue
+			}
+			if len(f.Sites) > 0 && !slices.ContainsFunc(m.SitesFor(a.Addresses), func(sm sites.Match) bool { return slices.Contains(f.Sites, sm.Site) }) {
+				continue
+			}
+		}
+		out = append(out, a.ID)
+	}
+	return out, nil
+}
+
+// reachability fills resp with the instances and the targets that cannot be reached now,
+// and why.
+func (s *Server) reachability(ctx context.Context, job nsapi.Job, insts []nsapi.JobInstance, known map[string]store.AgentRecord, resp *nsapi.CreateJobResponse) error {
+	live, err := s.liveServers(ctx)
+	if err != nil {
+		return err
+	}
+	noWindow, err := s.outsideWindows(ctx, job, known)
+	if err != nil {
+		return err
+	}
+	for _, in := range insts {
+		if why := unreachable(in.TaskServer, live); why != "" {
+			resp.Unreachable = append(resp.Unreachable, nsapi.Unreachable{Agent: in.Agent, Reason: why})
+		} else if noWindow[in.Agent] {
+			resp.Unreachable = append(resp.Unreachable, nsapi.Unreachable{Agent: in.Agent,
+				Reason: "the job runs in maintenance windows only, and none covers the computer's sites: it waits for one until it expires"})
+		}
+		resp.Instances = append(resp.Instances, nsapi.InstanceRef{ID: in.ID, Agent: in.Agent, TaskServer: in.TaskServer})
+	}
+	return nil
 }

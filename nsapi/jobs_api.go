@@ -3,6 +3,8 @@ package nsapi
 import (
 	"errors"
 	"fmt"
+	"path"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -266,9 +268,63 @@ const (
 )
 
 // CreateJobRequest creates or updates a job and, for each target agent, one instance.
+// The targets are the agents Targets names (GUIDs) and those Select picks, together.
 type CreateJobRequest struct {
-	Job     Job      `json:"job"`
-	Targets []string `json:"targets,omitempty"`
+	Job     Job           `json:"job"`
+	Targets []string      `json:"targets,omitempty"`
+	Select  *TargetFilter `json:"select,omitempty"`
+	// DryRun answers with the instances that would be made, and changes nothing.
+	DryRun bool `json:"dry_run,omitempty"`
+}
+
+// TargetFilter picks agents by what the NS knows of them when the job is created: every
+// agent (All), or those in any of Sites (by their addresses and the site rules) and, if
+// Hosts is given, whose host name matches one of Hosts (shell globs, * ? [...], any case).
+type TargetFilter struct {
+	All   bool     `json:"all,omitempty"`
+	Sites []string `json:"sites,omitempty"`
+	Hosts []string `json:"hosts,omitempty"`
+}
+
+// Limits of a target filter.
+const (
+	MaxFilterItems = 256
+	maxGlob        = 256
+)
+
+// Validate checks a filter; the error names the field.
+func (f *TargetFilter) Validate() error {
+	if !f.All && len(f.Sites) == 0 && len(f.Hosts) == 0 {
+		return errors.New("all, sites or hosts is required")
+	}
+	if f.All && (len(f.Sites) > 0 || len(f.Hosts) > 0) {
+		return errors.New("all: not with sites or hosts")
+	}
+	if len(f.Sites) > MaxFilterItems || len(f.Hosts) > MaxFilterItems {
+		return fmt.Errorf("sites, hosts: at most %d each", MaxFilterItems)
+	}
+	for i, h := range f.Hosts {
+		if h == "" || len(h) > maxGlob {
+			return fmt.Errorf("hosts[%d]: empty or longer than %d bytes", i, maxGlob)
+		}
+		if _, err := path.Match(strings.ToLower(h), ""); err != nil {
+			return fmt.Errorf("hosts[%d]: %q: %w", i, h, err)
+		}
+	}
+	return nil
+}
+
+// MatchHost reports whether host matches one of the filter's globs (true without any).
+func (f *TargetFilter) MatchHost(host string) bool {
+	if len(f.Hosts) == 0 {
+		return true
+	}
+	for _, h := range f.Hosts {
+		if ok, _ := path.Match(strings.ToLower(h), strings.ToLower(host)); ok {
+			return true
+		}
+	}
+	return false
 }
 
 // InstanceRef names a created instance.
@@ -278,9 +334,10 @@ type InstanceRef struct {
 	TaskServer string `json:"task_server"`
 }
 
-// CreateJobResponse lists the instances created.
+// CreateJobResponse lists the instances created (or, for a dry run, that would be).
 type CreateJobResponse struct {
 	JobID     string        `json:"job_id"`
+	DryRun    bool          `json:"dry_run,omitempty"`
 	Instances []InstanceRef `json:"instances"`
 	// Unreachable warns of targets no task server will deliver to now; their instances
 	// wait until one does, or expire.

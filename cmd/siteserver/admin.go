@@ -24,7 +24,8 @@ import (
 type adminOptions struct {
 	description, jobFile, targets, agent                              string
 	pkgDir, pkgID, pkgVersion, pkgSites, pkgServers, compName, source string
-	ranges                                                            string
+	ranges, hosts                                                     string
+	all                                                               bool
 	pkgStaged, count                                                  int
 	force, json, dryRun                                               bool
 	uploadIdle, interval                                              time.Duration
@@ -52,7 +53,7 @@ var optionFlags = map[string]func(fs *flag.FlagSet, o *adminOptions){
 		fs.StringVar(&o.pkgVersion, "version", "", "package `VERSION`")
 	},
 	"sites": func(fs *flag.FlagSet, o *adminOptions) {
-		fs.StringVar(&o.pkgSites, "sites", "", "comma-separated `SITES`: whose package servers get the package, or whose computers a window covers")
+		fs.StringVar(&o.pkgSites, "sites", "", "comma-separated `SITES`: whose package servers get the package, whose computers a window covers or a job targets")
 	},
 	"servers": func(fs *flag.FlagSet, o *adminOptions) {
 		fs.StringVar(&o.pkgServers, "servers", "", "comma-separated package `SERVERS` (GUID, unique GUID prefix or host name) that get the package")
@@ -67,7 +68,7 @@ var optionFlags = map[string]func(fs *flag.FlagSet, o *adminOptions){
 		fs.StringVar(&o.agent, "agent", "", "only this `AGENT` (GUID, GUID prefix or host name)")
 	},
 	"dry-run": func(fs *flag.FlagSet, o *adminOptions) {
-		fs.BoolVar(&o.dryRun, "dry-run", false, "show what would change, as sites diff does, and change nothing")
+		fs.BoolVar(&o.dryRun, "dry-run", false, "show what would change (sites: as sites diff does; jobs: the computers and their task servers) and change nothing")
 	},
 	"watch": func(fs *flag.FlagSet, o *adminOptions) {
 		fs.BoolVar(&o.watch, "watch", false, "redraw every -interval until interrupted (Ctrl-C)")
@@ -81,6 +82,12 @@ var optionFlags = map[string]func(fs *flag.FlagSet, o *adminOptions){
 	"name": func(fs *flag.FlagSet, o *adminOptions) { fs.StringVar(&o.compName, "name", "", "computer `NAME`") },
 	"force": func(fs *flag.FlagSet, o *adminOptions) {
 		fs.BoolVar(&o.force, "force", false, "predefine a computer that an agent claims as managed")
+	},
+	"all": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.BoolVar(&o.all, "all", false, "target every agent")
+	},
+	"hosts": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.StringVar(&o.hosts, "hosts", "", "target agents whose host name matches one of these comma-separated `GLOBS` (* ? [...], any case)")
 	},
 	"ranges": func(fs *flag.FlagSet, o *adminOptions) {
 		fs.StringVar(&o.ranges, "ranges", "", "`RANGES` of a window, separated by ';': \"mon-fri 22:00-06:00; sat 00:00-24:00\" in each computer's local time")
@@ -171,7 +178,8 @@ var adminCommands = []adminCommand{
 		onAgent("reset", func(a *adminCall, id string) error { return a.c.ResetAgent(a.ctx, id) })},
 	{"agents delete", 1, "AGENT", "forget an agent and revoke its certificate", nil,
 		onAgent("deleted", func(a *adminCall, id string) error { return a.c.DeleteAgent(a.ctx, id) })},
-	{"jobs create", 0, "-file JOB.yaml [-targets GUID,…]", "create or update a job and an instance for each target", []string{"file", "targets", "json"}, jobsCreate},
+	{"jobs create", 0, "-file JOB.yaml [-targets GUID,…] [-all | -sites SITES] [-hosts GLOBS] [-dry-run]", "create or update a job and an instance for each target",
+		[]string{"file", "targets", "all", "sites", "hosts", "dry-run", "json"}, jobsCreate},
 	{"jobs list", 0, "", "list jobs", []string{"json"}, jobsList},
 	{"jobs status", 1, "JOB", "the state of each instance of a job", []string{"json"}, jobsStatus},
 	{"jobs output", 1, "JOB", "what each task of a job printed, on each agent", []string{"agent", "json"}, jobsOutput},

@@ -34,6 +34,13 @@ func jobsCreate(a *adminCall) error {
 			req.Targets = append(req.Targets, t)
 		}
 	}
+	if a.opt.all || a.opt.pkgSites != "" || a.opt.hosts != "" {
+		req.Select = &nsapi.TargetFilter{All: a.opt.all, Sites: splitList(a.opt.pkgSites), Hosts: splitList(a.opt.hosts)}
+	}
+	req.DryRun = a.opt.dryRun
+	if len(req.Targets) == 0 && req.Select == nil {
+		return usageError{"name the targets: -targets, -all, -sites or -hosts"}
+	}
 	resp, err := a.c.CreateJob(a.ctx, req)
 	if err != nil {
 		return err
@@ -43,6 +50,17 @@ func jobsCreate(a *adminCall) error {
 		return err
 	}
 	return a.print(resp, func(w *tabwriter.Writer) {
+		if resp.DryRun {
+			fmt.Fprintf(w, "job %s would have %d instances (dry run: nothing was created)\n", resp.JobID, len(resp.Instances))
+			fmt.Fprintln(w, "AGENT\tTASK SERVER")
+			for _, in := range resp.Instances {
+				fmt.Fprintf(w, "%s\t%s\n", n.agent(in.Agent), n.server(in.TaskServer))
+			}
+			for _, u := range resp.Unreachable {
+				fmt.Fprintf(w, "warning: %s (%s) cannot be reached now: %s\n", n.agent(u.Agent), u.Agent, u.Reason)
+			}
+			return
+		}
 		fmt.Fprintf(w, "job %s: %d instances\n", resp.JobID, len(resp.Instances))
 		fmt.Fprintln(w, "INSTANCE\tAGENT\tTASK SERVER")
 		for _, in := range resp.Instances {

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -565,5 +566,85 @@ func TestJobWaitsForMaintenanceWindow(t *testing.T) {
 	}
 	if st.Instances[0].State != nsapi.StateCancelled {
 		t.Fatalf("the first instance is %s", st.Instances[0].State)
+	}
+}
+
+// A job targeted at a site reaches exactly the agents of that site; host-name globs and
+// -all pick as they say; a dry run lists the computers and their task servers and creates
+// nothing.
+func TestJobTargetsSiteHostsAll(t *testing.T) {
+	s := newSite(t, siteOpts{taskUpdate: "1h", taskRequest: "1h", agentTickle: "127.0.0.1:0"})
+	// A second site, served by the same site server (assigned directly), with a second agent.
+	rules := writeFile(t, filepath.Join(s.dir, "imported.yaml"),
+		fmt.Sprintf("source: imported\nsites:\n  - name: branch-b\n    subnets: [10.30.0.0/16]\n    servers: [%s]\n", s.serverID))
+	s.cli().admin("sites", "apply", rules)
+	conf2 := writeFile(t, filepath.Join(s.dir, "agent2.yaml"), fmt.Sprintf(`log: {format: json, level: debug}
+metrics: {listen: "127.0.0.1:0"}
+data_dir: %s
+hostname: pc2.example
+addresses: [10.30.1.1/16]
+tickle_listen: "127.0.0.1:0"
+ns:
+  name: central
+  url: %s
+  ca_file: %s
+  enrollment_token: %s
+`, filepath.Join(s.dir, "agent2"), s.nsURL, s.caFile, agentToken))
+	ag2 := start(t, "agent", "-config", conf2)
+	agent2 := ag2.waitLog("registered with NS")["id"].(string)
+	ag2.waitLog("registered with task server")
+
+	create := func(args ...string) nsapi.CreateJobResponse {
+		t.Helper()
+		f := writeFile(t, filepath.Join(s.dir, "t.yaml"), "id: targeted\nname: t\ntasks:\n  - name: echo\n    command: [echo, hi]\n    timeout: 10s\n")
+		var resp nsapi.CreateJobResponse
+		out := adminCmd(t, s.nsURL, s.caFile, adminToken, append([]string{"jobs", "create", "-file", f, "-json"}, args...)...)
+		if err := json.Unmarshal([]byte(out), &resp); err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+		return resp
+	}
+	agents := func(resp nsapi.CreateJobResponse) []string {
+		var out []string
+		for _, in := range resp.Instances {
+			out = append(out, in.Agent)
+			if in.TaskServer != s.serverID {
+				t.Errorf("instance for %s through %q, want the site server", in.Agent, in.TaskServer)
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	// Dry run: listed with its task server, nothing created.
+	dry := create("-sites", "branch-b", "-dry-run")
+	if !dry.DryRun || !slices.Equal(agents(dry), []string{agent2}) || len(dry.Unreachable) != 0 {
+		t.Fatalf("dry run for branch-b: %+v", dry)
+	}
+	out := adminCmd(t, s.nsURL, s.caFile, adminToken, "jobs", "create", "-file", filepath.Join(s.dir, "t.yaml"), "-sites", "branch-b", "-dry-run")
+	mustContain(t, "jobs create -dry-run", out, "would have 1 instances", "pc2.example", "ss1.example")
+	if jobs := adminCmd(t, s.nsURL, s.caFile, adminToken, "jobs", "list"); strings.Contains(jobs, "targeted") {
+		t.Fatalf("a dry run created the job:\n%s", jobs)
+	}
+
+	if got := agents(create("-sites", "branch-b")); !slices.Equal(got, []string{agent2}) {
+		t.Fatalf("-sites branch-b reached %v, want only %s", got, agent2)
+	}
+	s.eventually("the branch-b instance ran", func() bool {
+		st := s.status("targeted")
+		return len(st.Instances) == 1 && st.Instances[0].State == nsapi.StateSucceeded
+	})
+	if got := agents(create("-sites", "branch-a")); !slices.Equal(got, []string{s.agentID}) {
+		t.Fatalf("-sites branch-a reached %v, want only %s", got, s.agentID)
+	}
+	if got := agents(create("-hosts", "PC2.*")); !slices.Equal(got, []string{agent2}) {
+		t.Fatalf("-hosts PC2.* reached %v", got)
+	}
+	want := []string{s.agentID, agent2}
+	slices.Sort(want)
+	if got := agents(create("-all")); !slices.Equal(got, want) {
+		t.Fatalf("-all reached %v, want %v", got, want)
+	}
+	if out, err := s.cli().adminRun("jobs", "create", "-file", filepath.Join(s.dir, "t.yaml"), "-hosts", "[x"); err == nil || !strings.Contains(out, "hosts[0]") {
+		t.Fatalf("a bad glob: %v\n%s", err, out)
 	}
 }
