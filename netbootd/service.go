@@ -2,6 +2,7 @@ package netbootd
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -36,7 +37,8 @@ type Config struct {
 	TFTP    TFTPFile   `yaml:"tftp"`
 	HTTP    HTTPConfig `yaml:"http"`
 	// Scripts are the iPXE scripts (Go templates) per computer kind: managed, predefined
-	// and unknown. Fields: .Server (our address as the client reached it, host:port),
+	// and unknown, and preboot: the one boot of a computer whose one-shot preboot an
+	// administrator set. Fields: .Server (our address as the client reached it, host:port),
 	// .MAC, .Kind. The computer's name is not among them: anyone on the LAN may ask for
 	// any MAC's script, and the answer must tell only how that MAC boots.
 	Scripts map[string]string `yaml:"scripts"`
@@ -88,6 +90,14 @@ initrd http://{{.Server}}/boot/boot.sdi boot.sdi
 initrd http://{{.Server}}/boot/boot.wim boot.wim
 boot
 `,
+	ScriptPreboot: `#!ipxe
+echo {{.Kind}} computer {{.MAC}}: starting the preboot environment (one-shot, set by an administrator)
+kernel http://{{.Server}}/boot/wimboot
+initrd http://{{.Server}}/boot/BCD BCD
+initrd http://{{.Server}}/boot/boot.sdi boot.sdi
+initrd http://{{.Server}}/boot/boot.wim boot.wim
+boot
+`,
 	nsapi.ComputerUnknown: `#!ipxe
 menu Unknown computer {{.MAC}}
 item local Boot from the local disk
@@ -103,6 +113,9 @@ initrd http://{{.Server}}/boot/boot.wim boot.wim
 boot
 `,
 }
+
+// ScriptPreboot is the script key of a computer's one-shot preboot.
+const ScriptPreboot = "preboot"
 
 // Defaults fills unset fields.
 func (c *Config) Defaults() {
@@ -165,9 +178,9 @@ func (c *Config) Validate(prefix string) error {
 func (c *Config) validateScripts(prefix string) error {
 	for kind, s := range c.Scripts {
 		switch kind {
-		case nsapi.ComputerManaged, nsapi.ComputerPredefined, nsapi.ComputerUnknown:
+		case nsapi.ComputerManaged, nsapi.ComputerPredefined, nsapi.ComputerUnknown, ScriptPreboot:
 		default:
-			return fmt.Errorf("%s.scripts: %q is not managed, predefined or unknown", prefix, kind)
+			return fmt.Errorf("%s.scripts: %q is not managed, predefined, unknown or preboot", prefix, kind)
 		}
 		t, err := template.New(kind).Parse(s)
 		if err == nil {
@@ -214,7 +227,8 @@ func (s *Service) SetScripts(scripts map[string]string) error {
 }
 
 // NSComputers answers Computers from an NS, caching answers for a while so a booting
-// computer's retries do not each cost a round trip.
+// computer's retries do not each cost a round trip. While the NS cannot be asked, the last
+// answer about a computer (up to staleMax old) stands in.
 type NSComputers struct {
 	Client func(ctx context.Context) (*nsapi.Client, error)
 	TTL    time.Duration
@@ -227,6 +241,9 @@ type NSComputers struct {
 
 // lookupCacheMax bounds the MACs NSComputers remembers.
 const lookupCacheMax = 10000
+
+// staleMax is how old a cached answer may be to stand in for an NS that does not answer.
+const staleMax = 24 * time.Hour
 
 type cachedKind struct {
 	kind pxe.Kind
@@ -245,36 +262,86 @@ func kindOf(s string) pxe.Kind {
 }
 
 // Lookup implements Computers.
-func (c *NSComputers) Lookup(ctx context.Context, mac net.HardwareAddr) (pxe.Kind, error) {
-	k, _, err := c.lookup(ctx, mac)
+func (c *NSComputers) Lookup(ctx context.Context, mac net.HardwareAddr, uuid string) (pxe.Kind, error) {
+	k, _, err := c.lookup(ctx, mac, uuid)
 	return k, err
 }
 
-func (c *NSComputers) lookup(ctx context.Context, mac net.HardwareAddr) (pxe.Kind, string, error) {
-	now := time.Now
+func (c *NSComputers) clock() time.Time {
 	if c.now != nil {
-		now = c.now
+		return c.now()
 	}
-	key := mac.String()
+	return time.Now()
+}
+
+func (c *NSComputers) cached(key string, maxAge time.Duration) (cachedKind, bool) {
 	c.mu.Lock()
-	if c.cache == nil {
-		c.cache = map[string]cachedKind{}
-	}
-	if e, ok := c.cache[key]; ok && now().Sub(e.at) < c.TTL {
-		c.mu.Unlock()
+	defer c.mu.Unlock()
+	e, ok := c.cache[key]
+	return e, ok && c.clock().Sub(e.at) < maxAge
+}
+
+func (c *NSComputers) lookup(ctx context.Context, mac net.HardwareAddr, uuid string) (pxe.Kind, string, error) {
+	key := mac.String() + " " + uuid
+	if e, ok := c.cached(key, c.TTL); ok {
 		return e.kind, e.name, nil
 	}
-	c.mu.Unlock()
-	cl, err := c.Client(ctx)
+	resp, err := c.ask(ctx, mac, uuid)
 	if err != nil {
-		return pxe.KindUnknown, "", err
-	}
-	resp, err := cl.LookupComputer(ctx, key)
-	if err != nil {
+		if e, ok := c.cached(key, staleMax); ok {
+			return e.kind, e.name, err
+		}
 		return pxe.KindUnknown, "", err
 	}
 	k := kindOf(resp.Kind)
+	c.remember(key, cachedKind{kind: k, name: resp.Name})
+	return k, resp.Name, nil
+}
+
+func (c *NSComputers) ask(ctx context.Context, mac net.HardwareAddr, uuid string) (nsapi.LookupResponse, error) {
+	cl, err := c.Client(ctx)
+	if err != nil {
+		return nsapi.LookupResponse{}, err
+	}
+	return cl.LookupComputer(ctx, mac.String(), uuid)
+}
+
+// Boot asks the NS how a computer boots as it fetches its script, never from the cache: a
+// one-shot preboot an administrator just set counts at once, and the NS hands it out once.
+// When the NS does not answer, the cached kind stands in, without a preboot.
+func (c *NSComputers) Boot(ctx context.Context, mac net.HardwareAddr, uuid string) (pxe.Kind, bool, error) {
+	cl, err := c.Client(ctx)
+	var resp nsapi.BootResponse
+	if err == nil {
+		req := nsapi.BootRequest{MAC: mac.String(), UUID: uuid, Request: rand.Text()}
+		for try := 0; try < 2; try++ {
+			// A request whose answer was lost may have used the preboot at the NS: its
+			// retry, with the same id, is answered the same.
+			if resp, err = cl.Boot(ctx, req); err == nil || nsapi.StatusOf(err) != 0 || ctx.Err() != nil {
+				break
+			}
+		}
+	}
+	key := mac.String() + " " + uuid
+	if err != nil {
+		if e, ok := c.cached(key, staleMax); ok {
+			return e.kind, false, err
+		}
+		return pxe.KindUnknown, false, err
+	}
+	k := kindOf(resp.Kind)
+	c.remember(key, cachedKind{kind: k})
+	return k, resp.Preboot, nil
+}
+
+func (c *NSComputers) remember(key string, e cachedKind) {
+	now := c.clock
+	e.at = now()
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cache == nil {
+		c.cache = map[string]cachedKind{}
+	}
 	limit := c.max
 	if limit == 0 {
 		limit = lookupCacheMax
@@ -283,8 +350,8 @@ func (c *NSComputers) lookup(ctx context.Context, mac net.HardwareAddr) (pxe.Kin
 		// DHCP requests with made-up MACs each add an entry: old ones go, and all of
 		// them if that is not enough.
 		t := now()
-		for m, e := range c.cache {
-			if t.Sub(e.at) >= c.TTL {
+		for m, old := range c.cache {
+			if t.Sub(old.at) >= c.TTL {
 				delete(c.cache, m)
 			}
 		}
@@ -292,18 +359,16 @@ func (c *NSComputers) lookup(ctx context.Context, mac net.HardwareAddr) (pxe.Kin
 			clear(c.cache)
 		}
 	}
-	c.cache[key] = cachedKind{kind: k, name: resp.Name, at: now()}
-	c.mu.Unlock()
-	return k, resp.Name, nil
+	c.cache[key] = e
 }
 
 // Seen implements Computers.
-func (c *NSComputers) Seen(ctx context.Context, mac net.HardwareAddr, arch pxe.Arch) error {
+func (c *NSComputers) Seen(ctx context.Context, mac net.HardwareAddr, uuid string, arch pxe.Arch) error {
 	cl, err := c.Client(ctx)
 	if err != nil {
 		return err
 	}
-	err = cl.ComputerSeen(ctx, nsapi.SeenRequest{MAC: mac.String(), Arch: int(arch)})
+	err = cl.ComputerSeen(ctx, nsapi.SeenRequest{MAC: mac.String(), UUID: uuid, Arch: int(arch)})
 	if nsapi.StatusOf(err) == http.StatusTooManyRequests {
 		return fmt.Errorf("%w: %v", pxe.ErrSeenRefused, err)
 	}
@@ -320,6 +385,8 @@ type Service struct {
 	tftp      *tftp.Server
 	scripts   atomic.Pointer[map[string]*template.Template] // by kind; a reload swaps them
 	scriptsN  *prometheus.CounterVec
+	asks      *prometheus.CounterVec
+	asking    chan struct{} // script requests waiting for the NS
 	ready     atomic.Bool
 	httpAddr  atomic.Value // net.Addr
 	packages  PackageFiles
@@ -337,7 +404,7 @@ func New(cfg Config, client func(ctx context.Context) (*nsapi.Client, error), lo
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Service{cfg: cfg, logger: logger, computers: &NSComputers{Client: client, TTL: cfg.LookupCache}}
+	s := &Service{cfg: cfg, logger: logger, computers: &NSComputers{Client: client, TTL: cfg.LookupCache}, asking: make(chan struct{}, maxScriptAsks)}
 	s.scripts.Store(parseScripts(cfg.Scripts))
 	var err error
 	if s.pxe, err = pxe.NewServer(cfg.PXE, s.computers, logger.With("part", "pxe"), reg); err != nil {
@@ -352,10 +419,16 @@ func New(cfg Config, client func(ctx context.Context) (*nsapi.Client, error), lo
 	}
 	s.scriptsN = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: obs.Namespace, Subsystem: "netboot",
 		Name: "ipxe_scripts_total", Help: "iPXE scripts served, by computer kind."}, []string{"kind"})
-	for _, k := range []string{nsapi.ComputerManaged, nsapi.ComputerPredefined, nsapi.ComputerUnknown} {
+	for _, k := range []string{nsapi.ComputerManaged, nsapi.ComputerPredefined, nsapi.ComputerUnknown, ScriptPreboot} {
 		s.scriptsN.WithLabelValues(k)
 	}
-	if err := reg.Register(s.scriptsN); err != nil {
+	s.asks = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: obs.Namespace, Subsystem: "netboot",
+		Name: "script_lookups_total", Help: "What a script request learned from the NS: ok, failed (the last known kind, no preboot), busy (too many waiting; likewise)."},
+		[]string{"result"})
+	for _, r := range []string{"ok", "failed", "busy"} {
+		s.asks.WithLabelValues(r)
+	}
+	if err := obs.RegisterAll(reg, s.scriptsN, s.asks); err != nil {
 		return nil, fmt.Errorf("netbootd: metrics: %w", err)
 	}
 	return s, nil
@@ -434,23 +507,70 @@ func (s *Service) serveScript(w http.ResponseWriter, r *http.Request, macText st
 		http.Error(w, "not a MAC address", http.StatusBadRequest)
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-	defer cancel()
-	kind, _, err := s.computers.lookup(ctx, mac)
-	if err != nil {
-		// The NS may be far away and down: an unknown computer's menu still lets it boot.
-		s.logger.Warn("computer lookup failed; serving the unknown computer's script", "mac", mac.String(), "err", err)
+	uuid := r.URL.Query().Get("uuid")
+	if uuid != "" {
+		if uuid, err = nsapi.NormalizeUUID(uuid); err != nil {
+			http.Error(w, "uuid: not a UUID", http.StatusBadRequest)
+			return
+		}
+	} else {
+		uuid = s.pxe.UUIDOf(mac)
 	}
-	k := kind.String()
+	kind, preboot := s.decideScript(r, mac, uuid)
+	k, script := kind.String(), kind.String()
+	if preboot {
+		script = ScriptPreboot
+	}
 	var b strings.Builder
-	if err := (*s.scripts.Load())[k].Execute(&b, scriptData{Server: r.Host, MAC: mac.String(), Kind: k}); err != nil {
+	if err := (*s.scripts.Load())[script].Execute(&b, scriptData{Server: r.Host, MAC: mac.String(), Kind: k}); err != nil {
 		http.Error(w, "script template: "+err.Error(), http.StatusInternalServerError)
 		return
 	}
-	s.scriptsN.WithLabelValues(k).Inc()
+	s.scriptsN.WithLabelValues(script).Inc()
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Write([]byte(b.String()))
+}
+
+// maxScriptAsks bounds the script requests waiting for the NS at once: anyone on the LAN
+// may ask for scripts, and past this they are answered from the cache.
+const maxScriptAsks = 32
+
+// decideScript tells how a computer asking for its script boots. A GET asks the NS, which
+// hands out a pending one-shot preboot with the answer (and marks it used); a HEAD only
+// looks, and so does every request while the NS is slow or many wait for it. Without the
+// NS's answer the cached kind stands in and no preboot is served: one that is not served
+// stays pending for the next boot, where one served twice would reimage twice.
+func (s *Service) decideScript(r *http.Request, mac net.HardwareAddr, uuid string) (pxe.Kind, bool) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if r.Method == http.MethodGet {
+		select {
+		case s.asking <- struct{}{}:
+			kind, preboot, err := s.computers.Boot(ctx, mac, uuid)
+			<-s.asking
+			if err == nil {
+				s.asks.WithLabelValues("ok").Inc()
+				if preboot {
+					s.logger.Info("one-shot preboot script served", "mac", mac.String(), "kind", kind.String(), "from", r.RemoteAddr)
+				}
+				return kind, preboot
+			}
+			s.asks.WithLabelValues("failed").Inc()
+			// The NS may be far away and down: the last known kind's script (an unknown
+			// computer's menu if none) still lets it boot.
+			s.logger.Warn("the NS did not answer for a boot script; serving the last known kind's, without a preboot", "mac", mac.String(),
+				"kind", kind.String(), "err", err)
+			return kind, false
+		default:
+			s.asks.WithLabelValues("busy").Inc()
+		}
+	}
+	kind, _, err := s.computers.lookup(ctx, mac, uuid)
+	if err != nil {
+		s.logger.Warn("computer lookup failed; serving the last known kind's script", "mac", mac.String(), "kind", kind.String(), "err", err)
+	}
+	return kind, false
 }
 
 // serveBootFile serves a file of the boot directory, confined to it (no "..", no absolute

@@ -10,11 +10,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/siteserver/siteserver/netbootd/pxe"
 	"github.com/siteserver/siteserver/nsapi"
@@ -33,7 +35,16 @@ func TestScriptsAndBootFiles(t *testing.T) {
 			return
 		}
 		lookups.Add(1)
-		resp, ok := kinds[r.URL.Query().Get("mac")]
+		mac := r.URL.Query().Get("mac")
+		if r.URL.Path == nsapi.PathComputerBoot {
+			var req nsapi.BootRequest
+			if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			mac = req.MAC
+		}
+		resp, ok := kinds[mac]
 		if !ok {
 			resp = nsapi.LookupResponse{Kind: nsapi.ComputerUnknown}
 		}
@@ -70,7 +81,7 @@ func TestScriptsAndBootFiles(t *testing.T) {
 		contains   string
 		notContain string
 	}{
-		"managed boots locally":       {path: "/ipxe/52-54-00-00-00-01", code: 200, contains: "local disk", notContain: "pc-managed"},
+		"managed boots locally":       {path: "/ipxe/52-54-00-00-00-01", code: 200, contains: "Managed computer 52:54:00:00:00:01: booting from the local disk", notContain: "pc-managed"},
 		"predefined gets the image":   {path: "/ipxe/52:54:00:00:00:02", code: 200, contains: "kernel http://10.0.0.5:8080/boot/wimboot", notContain: "pc-new"},
 		"unknown gets the menu":       {path: "/ipxe/52-54-00-00-00-03", code: 200, contains: "menu Unknown computer 52:54:00:00:00:03"},
 		"not a MAC":                   {path: "/ipxe/nonsense", code: 400},
@@ -90,11 +101,17 @@ func TestScriptsAndBootFiles(t *testing.T) {
 			}
 		})
 	}
-	// Answers are cached: asking again costs the NS nothing.
+	// A GET asks the NS every time (a one-shot preboot counts at once); a HEAD, which
+	// takes no preboot, is answered from the cache.
 	before := lookups.Load()
+	head := httptest.NewRecorder()
+	h.ServeHTTP(head, httptest.NewRequest(http.MethodHead, "http://10.0.0.5:8080/ipxe/52-54-00-00-00-02", nil))
+	if head.Code != 200 || lookups.Load() != before {
+		t.Fatalf("HEAD of a cached computer: %d, %d lookups", head.Code, lookups.Load()-before)
+	}
 	get("/ipxe/52-54-00-00-00-01")
-	if lookups.Load() != before {
-		t.Fatal("a cached answer was looked up again")
+	if lookups.Load() != before+1 {
+		t.Fatal("a GET was answered from the cache")
 	}
 	// With the NS down, an unseen computer still gets the unknown computer's menu.
 	nsDown.Store(true)
@@ -158,7 +175,7 @@ func TestSecurityLookupCacheBounded(t *testing.T) {
 		TTL: time.Minute, max: 50}
 	ctx := context.Background()
 	for i := range 175 {
-		if _, err := c.Lookup(ctx, net.HardwareAddr{2, 0, 0, 0, byte(i >> 8), byte(i)}); err != nil {
+		if _, err := c.Lookup(ctx, net.HardwareAddr{2, 0, 0, 0, byte(i >> 8), byte(i)}, ""); err != nil {
 			t.Fatal(err)
 		}
 		if n := len(c.cache); n > 50 {
@@ -167,7 +184,7 @@ func TestSecurityLookupCacheBounded(t *testing.T) {
 	}
 	// The last one asked is still cached.
 	before := lookups.Load()
-	if _, err := c.Lookup(ctx, net.HardwareAddr{2, 0, 0, 0, 0, 174}); err != nil || lookups.Load() != before {
+	if _, err := c.Lookup(ctx, net.HardwareAddr{2, 0, 0, 0, 0, 174}, ""); err != nil || lookups.Load() != before {
 		t.Errorf("the newest entry was not kept (%v)", err)
 	}
 }
@@ -189,5 +206,98 @@ func TestHTTPBootURLsFollowListen(t *testing.T) {
 	}
 	if c.PXE.IPXEScriptURL != "http://{server}:8081/ipxe/{mac}" {
 		t.Errorf("script URL %q", c.PXE.IPXEScriptURL)
+	}
+}
+
+// The boot script server asks the NS at every GET: the one-shot preboot is served to the
+// request that used it, also when the NS's first answer was lost on the way (the retry
+// carries the same request id), and the next request gets the computer's own script. A
+// HEAD never uses it, and without the NS nothing is served as a preboot.
+func TestPrebootScript(t *testing.T) {
+	const mac = "52:54:00:00:00:07"
+	var mu sync.Mutex
+	pending, used, lost := true, "", false
+	var bootCalls []string
+	nsDown := atomic.Bool{}
+	fake := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if nsDown.Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		if r.URL.Path != nsapi.PathComputerBoot {
+			json.NewEncoder(w).Encode(nsapi.LookupResponse{Kind: nsapi.ComputerManaged})
+			return
+		}
+		var req nsapi.BootRequest
+		json.NewDecoder(r.Body).Decode(&req)
+		mu.Lock()
+		defer mu.Unlock()
+		bootCalls = append(bootCalls, req.Request)
+		resp := nsapi.BootResponse{Kind: nsapi.ComputerManaged}
+		switch {
+		case req.MAC == mac && pending:
+			pending, used, resp.Preboot = false, req.Request, true
+			if !lost {
+				// The answer is lost: the connection closes before it.
+				lost = true
+				conn, _, _ := w.(http.Hijacker).Hijack()
+				conn.Close()
+				return
+			}
+		case req.Request != "" && req.Request == used:
+			resp.Preboot = true
+		}
+		json.NewEncoder(w).Encode(resp)
+	}))
+	defer fake.Close()
+	cfg := Config{BootDir: t.TempDir(), PXE: pxe.Config{Listen67: "127.0.0.1:0", Listen4011: "127.0.0.1:0"},
+		TFTP: TFTPFile{Listen: "127.0.0.1:0"}, HTTP: HTTPConfig{Listen: "127.0.0.1:0"}}
+	reg := prometheus.NewRegistry()
+	s, err := New(cfg, func(context.Context) (*nsapi.Client, error) { return nsapi.NewClient(fake.URL, nil), nil }, nil, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fetch := func(method string) string {
+		rec := httptest.NewRecorder()
+		s.Handler().ServeHTTP(rec, httptest.NewRequest(method, "http://10.0.0.5:8080/ipxe/52-54-00-00-00-07", nil))
+		if rec.Code != 200 {
+			t.Fatalf("%s: %d", method, rec.Code)
+		}
+		return rec.Body.String()
+	}
+	const prebootLine = "starting the preboot environment (one-shot"
+	const diskLine = "booting from the local disk"
+	if fetch(http.MethodHead); len(bootCalls) != 0 {
+		t.Fatalf("HEAD asked the NS to boot (%d calls)", len(bootCalls))
+	}
+	if body := fetch(http.MethodGet); !strings.Contains(body, prebootLine) || !strings.Contains(body, "managed computer 52:54:00:00:00:07") {
+		t.Fatalf("first GET:\n%s", body)
+	}
+	if len(bootCalls) != 2 || bootCalls[0] != bootCalls[1] || bootCalls[0] == "" {
+		t.Errorf("boot requests %q, want one retried with the same id", bootCalls)
+	}
+	if body := fetch(http.MethodGet); !strings.Contains(body, diskLine) {
+		t.Fatalf("second GET:\n%s", body)
+	}
+	if bootCalls[2] == bootCalls[0] {
+		t.Error("a new script request reused the request id")
+	}
+	// The NS is down: the managed computer's own script, never a preboot.
+	mu.Lock()
+	pending = true
+	mu.Unlock()
+	nsDown.Store(true)
+	if body := fetch(http.MethodGet); !strings.Contains(body, diskLine) {
+		t.Fatalf("NS down:\n%s", body)
+	}
+	for kind, want := range map[string]float64{ScriptPreboot: 1, nsapi.ComputerManaged: 3} {
+		if got := testutil.ToFloat64(s.scriptsN.WithLabelValues(kind)); got != want {
+			t.Errorf("scripts %s: %v, want %v", kind, got, want)
+		}
+	}
+	for result, want := range map[string]float64{"ok": 2, "failed": 1} {
+		if got := testutil.ToFloat64(s.asks.WithLabelValues(result)); got != want {
+			t.Errorf("script lookups %s: %v, want %v", result, got, want)
+		}
 	}
 }

@@ -32,6 +32,7 @@ type Server struct {
 	logger     *slog.Logger
 	metrics    *serverMetrics
 	jobMetrics *jobMetrics
+	nb         *netbootMetrics
 	tickler    *tickler
 	channel    *tickle.ChannelServer
 	now        func() time.Time
@@ -94,11 +95,16 @@ func NewServer(cfg ServerConfig, logger *slog.Logger, reg prometheus.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("ns: metrics: %w", err)
 	}
+	nb, err := newNetbootMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("ns: metrics: %w", err)
+	}
 	s := &Server{
 		cfg:        cfg,
 		logger:     logger,
 		metrics:    sm,
 		jobMetrics: jm,
+		nb:         nb,
 		now:        time.Now,
 		issueID:    func(string) string { return uuid.NewString() },
 		reload:     make(chan chan error),
@@ -366,10 +372,15 @@ func (s *Server) Handler() http.Handler {
 
 	mux.HandleFunc("GET "+nsapi.PathComputerLookup, s.siteServer(s.handleComputerLookup))
 	mux.HandleFunc("POST "+nsapi.PathComputerSeen, s.siteServer(s.handleComputerSeen))
+	mux.HandleFunc("POST "+nsapi.PathComputerBoot, s.siteServer(s.handleComputerBoot))
 	mux.HandleFunc("POST "+nsapi.PathComputers, s.admin(s.handlePutComputer))
 	mux.HandleFunc("GET "+nsapi.PathComputers, s.reader(s.handleListComputers))
+	mux.HandleFunc("POST "+nsapi.PathComputersImport, s.admin(s.handleImportComputers))
+	mux.HandleFunc("GET "+nsapi.PathComputersExport, s.reader(s.handleExportComputers))
 	mux.HandleFunc("POST "+nsapi.PathComputers+"/{mac}/accept", s.admin(s.handleAcceptClaim))
-	mux.HandleFunc("DELETE "+nsapi.PathComputers+"/{mac}", s.admin(s.handleDeleteComputer))
+	mux.HandleFunc("PUT "+nsapi.PathComputers+"/{ref}/preboot", s.admin(s.handlePreboot))
+	mux.HandleFunc("DELETE "+nsapi.PathComputers+"/{ref}/preboot", s.admin(s.handlePreboot))
+	mux.HandleFunc("DELETE "+nsapi.PathComputers+"/{ref}", s.admin(s.handleDeleteComputer))
 	return mux
 }
 

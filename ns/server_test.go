@@ -555,7 +555,7 @@ func TestComputers(t *testing.T) {
 	}
 	sc, _ := ss.Client(ctx)
 	kind := func(mac string) string {
-		r, err := sc.LookupComputer(ctx, mac)
+		r, err := sc.LookupComputer(ctx, mac, "")
 		if err != nil {
 			t.Fatal(err)
 		}

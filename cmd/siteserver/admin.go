@@ -25,7 +25,8 @@ type adminOptions struct {
 	description, jobFile, targets, agent                              string
 	pkgDir, pkgID, pkgVersion, pkgSites, pkgServers, compName, source string
 	pkgStaged, count                                                  int
-	force, json, dryRun                                               bool
+	compUUID, compSite                                                string
+	force, json, dryRun, clear                                        bool
 	uploadIdle, interval                                              time.Duration
 	watch                                                             bool
 }
@@ -80,6 +81,15 @@ var optionFlags = map[string]func(fs *flag.FlagSet, o *adminOptions){
 	"name": func(fs *flag.FlagSet, o *adminOptions) { fs.StringVar(&o.compName, "name", "", "computer `NAME`") },
 	"force": func(fs *flag.FlagSet, o *adminOptions) {
 		fs.BoolVar(&o.force, "force", false, "predefine a computer that an agent claims as managed")
+	},
+	"uuid": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.StringVar(&o.compUUID, "uuid", "", "the computer's SMBIOS `UUID` (what PXE sends as its client machine identifier)")
+	},
+	"site": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.StringVar(&o.compSite, "site", "", "the `SITE` the computer is meant for")
+	},
+	"clear": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.BoolVar(&o.clear, "clear", false, "clear a pending one-shot preboot instead of setting it")
 	},
 	"source": func(fs *flag.FlagSet, o *adminOptions) {
 		fs.StringVar(&o.source, "source", "manual", "rules `SOURCE`: manual or imported")
@@ -177,11 +187,14 @@ var adminCommands = []adminCommand{
 	{"packages list", 0, "", "list packages", []string{"json"}, packagesList},
 	{"packages status", argsOptional, "[ID]", "where a package (or every package) is ready, downloading or stuck", []string{"watch", "interval", "count", "json"}, packagesStatus},
 	{"packages delete", 1, "ID", "delete a package", nil, packagesDelete},
-	{"computers add", 1, "MAC", "predefine a computer for network boot", []string{"name", "force"}, computersAdd},
+	{"computers add", argsOptional, "[MAC]", "predefine a computer for network boot, by its MAC, its -uuid, or both", []string{"name", "uuid", "site", "force"}, computersAdd},
 	{"computers list", 0, "", "list computers known to network boot", []string{"json"}, computersList},
+	{"computers preboot", 1, "NAME|MAC|UUID", "boot the preboot environment at the computer's next network boot, once; then its disk again", []string{"clear", "json"}, computersPreboot},
+	{"computers import", 1, "FILE.csv", "predefine the computers of a CSV file (name,mac,uuid,site); every row is checked before anything changes", []string{"force", "json"}, computersImport},
+	{"computers export", 0, "", "print the predefined computers as a CSV file that imports back", nil, computersExport},
 	{"computers accept", 1, "MAC", "give a claimed computer to the agent that claims it", nil,
 		func(a *adminCall) error { return a.c.AcceptClaim(a.ctx, a.pos[0]) }},
-	{"computers delete", 1, "MAC", "forget a computer", nil,
+	{"computers delete", 1, "NAME|MAC|UUID", "forget a computer", nil,
 		func(a *adminCall) error { return a.c.DeleteComputer(a.ctx, a.pos[0]) }},
 	{"audit", 0, "", "the changes made through the admin API (who, what, when)", []string{"json"}, auditList},
 }

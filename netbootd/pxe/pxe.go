@@ -88,11 +88,13 @@ func (k Kind) String() string {
 
 // Computers supplies what the NS knows about booting computers.
 type Computers interface {
-	// Lookup returns the kind of the computer with this MAC address. Callers cache the
-	// answer briefly; an error counts as KindUnknown.
-	Lookup(ctx context.Context, mac net.HardwareAddr) (Kind, error)
+	// Lookup returns the kind of the computer with this MAC address or, when the NS does
+	// not know the MAC, this SMBIOS UUID (canonical form; "" when the request carried
+	// none). Callers cache the answer briefly. With an error, the kind returned is the last
+	// one known for the computer, or KindUnknown.
+	Lookup(ctx context.Context, mac net.HardwareAddr, uuid string) (Kind, error)
 	// Seen reports that a computer asked to network boot.
-	Seen(ctx context.Context, mac net.HardwareAddr, arch Arch) error
+	Seen(ctx context.Context, mac net.HardwareAddr, uuid string, arch Arch) error
 }
 
 // Reason says why a request got no reply. Every reason is a metric label value.
@@ -585,6 +587,37 @@ func clientArch(req *dhcpv4.DHCPv4) (Arch, bool) {
 		}
 	}
 	return 0, false
+}
+
+// ClientUUID reads the client machine identifier (option 97, RFC 4578: type 0 and the
+// 16 bytes of the SMBIOS UUID) as a canonical UUID, the bytes in the order sent. It
+// returns "" for none, a malformed one, and the all-zero and all-ones UUIDs that firmware
+// without a UUID sends: those name no computer.
+func ClientUUID(req *dhcpv4.DHCPv4) string {
+	return uuidOption(req.Options.Get(dhcpv4.OptionClientMachineIdentifier))
+}
+
+func uuidOption(v []byte) string {
+	if len(v) != 17 || v[0] != 0 {
+		return ""
+	}
+	b := v[1:]
+	zero, ones := true, true
+	for _, c := range b {
+		zero, ones = zero && c == 0, ones && c == 0xff
+	}
+	if zero || ones {
+		return ""
+	}
+	const digits = "0123456789abcdef"
+	out := make([]byte, 0, 36)
+	for i, c := range b {
+		if i == 4 || i == 6 || i == 8 || i == 10 {
+			out = append(out, '-')
+		}
+		out = append(out, digits[c>>4], digits[c&0xf])
+	}
+	return string(out)
 }
 
 // hasUserClass reads option 77 as dhcpv4's UserClass does, as an RFC 3004 list or,

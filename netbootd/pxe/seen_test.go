@@ -23,14 +23,14 @@ type gatedComputers struct {
 	seen []string
 }
 
-func (g *gatedComputers) Lookup(_ context.Context, mac net.HardwareAddr) (Kind, error) {
+func (g *gatedComputers) Lookup(_ context.Context, mac net.HardwareAddr, _ string) (Kind, error) {
 	if mac.String() == g.managed {
 		return KindManaged, nil
 	}
 	return KindUnknown, nil
 }
 
-func (g *gatedComputers) Seen(ctx context.Context, mac net.HardwareAddr, _ Arch) error {
+func (g *gatedComputers) Seen(ctx context.Context, mac net.HardwareAddr, _ string, _ Arch) error {
 	if g.gate != nil {
 		select {
 		case <-g.gate:

@@ -167,6 +167,34 @@ var migrations = []string{
 	ALTER TABLE revoked ADD COLUMN not_after INTEGER NOT NULL DEFAULT 0;`,
 	// 12: audit records by age, for their retention.
 	`CREATE INDEX audit_at ON audit (at);`,
+	// 13: computers known by MAC, by SMBIOS UUID or both (a row id for those without a
+	// MAC), the site a predefined one is meant for, and a one-shot preboot.
+	`CREATE TABLE computers_v13 (
+		id INTEGER PRIMARY KEY AUTOINCREMENT,
+		mac TEXT NOT NULL DEFAULT '',
+		uuid TEXT NOT NULL DEFAULT '',
+		kind TEXT NOT NULL,
+		name TEXT NOT NULL DEFAULT '',
+		site TEXT NOT NULL DEFAULT '',
+		agent TEXT NOT NULL DEFAULT '',
+		arch INTEGER NOT NULL DEFAULT -1,
+		last_server TEXT NOT NULL DEFAULT '',
+		created_at INTEGER NOT NULL,
+		last_seen INTEGER NOT NULL DEFAULT 0,
+		claimed_by TEXT NOT NULL DEFAULT '',
+		preboot INTEGER NOT NULL DEFAULT 0,
+		preboot_changed INTEGER NOT NULL DEFAULT 0,
+		preboot_used INTEGER NOT NULL DEFAULT 0,
+		preboot_used_by TEXT NOT NULL DEFAULT '',
+		preboot_request TEXT NOT NULL DEFAULT ''
+	);
+	INSERT INTO computers_v13 (mac, kind, name, agent, arch, last_server, created_at, last_seen, claimed_by)
+		SELECT mac, kind, name, agent, arch, last_server, created_at, last_seen, claimed_by FROM computers ORDER BY mac;
+	DROP TABLE computers;
+	ALTER TABLE computers_v13 RENAME TO computers;
+	CREATE UNIQUE INDEX computers_mac ON computers (mac) WHERE mac != '';
+	CREATE UNIQUE INDEX computers_uuid ON computers (uuid) WHERE uuid != '';
+	CREATE INDEX computers_name ON computers (name);`,
 }
 
 // SQLiteStore is the Store in a SQLite file.
