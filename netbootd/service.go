@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -207,6 +208,35 @@ func parseScripts(texts map[string]string) *map[string]*template.Template {
 // from a config that went through Defaults.
 func (s *Service) SetBoot(c pxe.Config) error { return s.pxe.SetBoot(c.BootFiles, c.IPXEScriptURL) }
 
+// SetNetboot puts in force what the NS decided for this service (with its registration
+// answer): what proxyDHCP and BSDP do with computers the NS does not know. nil (an NS
+// that decides nothing) answers them everywhere.
+func (s *Service) SetNetboot(ns *nsapi.NetbootSettings) {
+	var p pxe.UnknownPolicy
+	if ns != nil {
+		p.Silent = ns.UnknownComputers == nsapi.UnknownSilent
+		for _, n := range ns.Networks {
+			if n.Prefix.IsValid() {
+				p.Networks = append(p.Networks, pxe.NetworkPolicy{Prefix: n.Prefix.Masked(), Silent: n.UnknownComputers == nsapi.UnknownSilent})
+			}
+		}
+	}
+	s.mu.Lock()
+	changed := !slices.Equal(p.Networks, s.unknown.Networks) || p.Silent != s.unknown.Silent
+	s.unknown = p
+	s.mu.Unlock()
+	s.pxe.SetUnknownPolicy(p)
+	if changed {
+		var silent []string
+		for _, n := range p.Networks {
+			if n.Silent {
+				silent = append(silent, n.Prefix.String())
+			}
+		}
+		s.logger.Info("unknown-computer policy in force", "silent_elsewhere", p.Silent, "silent_networks", silent, "networks", len(p.Networks))
+	}
+}
+
 // SetScripts puts new iPXE scripts in force (a configuration reload): kinds not given get
 // the default script. They are checked as at start; on an error the scripts in force stay.
 func (s *Service) SetScripts(scripts map[string]string) error {
@@ -387,6 +417,8 @@ type Service struct {
 	scriptsN  *prometheus.CounterVec
 	asks      *prometheus.CounterVec
 	asking    chan struct{} // script requests waiting for the NS
+	mu        sync.Mutex
+	unknown   pxe.UnknownPolicy // as last set, to log changes
 	ready     atomic.Bool
 	httpAddr  atomic.Value // net.Addr
 	packages  PackageFiles

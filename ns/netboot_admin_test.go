@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -445,5 +446,91 @@ func TestImportMergesSightings(t *testing.T) {
 	cs, _ := tn.admin.ListComputers(ctx)
 	if len(cs) != 1 || cs[0].Name != "box" || cs[0].MAC != "52:54:00:ee:00:02" || cs[0].UUID != u || cs[0].Arch != 7 {
 		t.Errorf("after the import: %+v", cs)
+	}
+}
+
+// The unknown-computer policy is set per site, by the rules file or the API, the imported
+// setting winning where both set one; site servers that offer network boot get it with
+// their registration answer, for their sites' networks.
+func TestUnknownComputersPolicy(t *testing.T) {
+	tn := startNS(t, nil)
+	ctx := context.Background()
+	if _, err := tn.admin.ApplyRules(ctx, []byte(`sites:
+  - name: hq
+    subnets: [10.1.0.0/16]
+    unknown_computers: silent
+  - name: lab
+    subnets: [10.1.200.0/24]
+  - name: shop
+    subnets: [10.3.0.0/16]
+`)); err != nil {
+		t.Fatal(err)
+	}
+	boot := tn.peer(t, nsapi.KindSiteServer, "ss-boot", "ss-boot")
+	netboot := nsapi.ServiceInfo{Name: nsapi.ServiceNetboot}
+	resp, err := registerServer(t, boot, []string{"10.1.0.5/16"}, netboot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &nsapi.NetbootSettings{UnknownComputers: nsapi.UnknownSilent, Networks: []nsapi.NetworkSetting{
+		{Prefix: netip.MustParsePrefix("10.1.0.0/16"), Site: "hq", UnknownComputers: nsapi.UnknownSilent},
+		{Prefix: netip.MustParsePrefix("10.1.200.0/24"), Site: "lab", UnknownComputers: nsapi.UnknownAnswer},
+	}}
+	if d := cmp.Diff(want, resp.Netboot, cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); d != "" {
+		t.Errorf("netboot settings (-want +got):\n%s", d)
+	}
+	// A site server without the netboot service gets none.
+	if resp, err := registerServer(t, tn.peer(t, nsapi.KindSiteServer, "ss-task", "ss-task"), []string{"10.1.0.6/16"},
+		nsapi.ServiceInfo{Name: nsapi.ServiceTask}); err != nil || resp.Netboot != nil {
+		t.Errorf("task server: %+v %v", resp.Netboot, err)
+	}
+
+	// Through the API: the shop, then the hq back to the default.
+	if got, err := tn.admin.SetSiteUnknownComputers(ctx, "shop", nsapi.UnknownSilent); err != nil || got != nsapi.UnknownSilent {
+		t.Fatalf("set shop: %q %v", got, err)
+	}
+	if _, err := tn.admin.SetSiteUnknownComputers(ctx, "hq", ""); err != nil {
+		t.Fatal(err)
+	}
+	resp, _ = registerServer(t, boot, []string{"10.1.0.5/16"}, netboot)
+	if resp.Netboot.UnknownComputers != nsapi.UnknownAnswer || resp.Netboot.Networks[0].UnknownComputers != nsapi.UnknownAnswer {
+		t.Errorf("after hq went back to the default: %+v", resp.Netboot)
+	}
+	for name, tc := range map[string]struct {
+		site, policy string
+		status       int
+	}{
+		"a policy that does not exist": {"shop", "quiet", http.StatusBadRequest},
+		"a site that does not exist":   {"nowhere", nsapi.UnknownSilent, http.StatusNotFound},
+	} {
+		if _, err := tn.admin.SetSiteUnknownComputers(ctx, tc.site, tc.policy); nsapi.StatusOf(err) != tc.status {
+			t.Errorf("%s: %v, want %d", name, err, tc.status)
+		}
+	}
+
+	// An import that sets one wins over the manual setting; one that sets none does not.
+	if _, err := tn.admin.ApplyRules(ctx, []byte("source: imported\nsites:\n  - name: shop\n    unknown_computers: answer\n  - name: hq\n")); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := tn.admin.SetSiteUnknownComputers(ctx, "hq", nsapi.UnknownSilent); err != nil || got != nsapi.UnknownSilent {
+		t.Errorf("manual hq under an import without a setting: %q %v", got, err)
+	}
+	if got, err := tn.admin.SetSiteUnknownComputers(ctx, "shop", nsapi.UnknownSilent); err != nil || got != nsapi.UnknownAnswer {
+		t.Errorf("manual shop under an import that answers: in force %q %v, want answer", got, err)
+	}
+	views, err := tn.admin.Sites(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, v := range views {
+		got[v.Name] = v.UnknownComputers + "/" + v.UnknownComputersSource
+	}
+	if d := cmp.Diff(map[string]string{"hq": "silent/manual", "lab": "answer/", "shop": "answer/imported"}, got); d != "" {
+		t.Errorf("sites list (-want +got):\n%s", d)
+	}
+	exported, err := tn.admin.ExportRules(ctx, "manual")
+	if err != nil || !strings.Contains(string(exported), "unknown_computers: silent") {
+		t.Errorf("manual rules export: %v\n%s", err, exported)
 	}
 }

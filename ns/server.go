@@ -335,6 +335,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST "+nsapi.PathSites, s.admin(s.handlePutSite))
 	mux.HandleFunc("PUT "+nsapi.PathSites+"/{name}", s.admin(s.handlePutSite))
 	mux.HandleFunc("DELETE "+nsapi.PathSites+"/{name}", s.admin(s.handleDeleteSite))
+	mux.HandleFunc("PUT "+nsapi.PathSites+"/{name}/netboot", s.admin(s.handleSiteNetboot))
 	mux.HandleFunc("POST "+nsapi.PathSubnets, s.admin(s.handlePutSubnet))
 	mux.HandleFunc("DELETE "+nsapi.PathSubnets, s.admin(s.handleDeleteSubnet))
 	mux.HandleFunc("POST "+nsapi.PathAssignments, s.admin(s.handlePutAssignment))

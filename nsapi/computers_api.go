@@ -182,3 +182,12 @@ func (c *Client) AcceptClaim(ctx context.Context, mac string) error {
 func (c *Client) DeleteComputer(ctx context.Context, mac string) error {
 	return c.do(ctx, http.MethodDelete, PathComputers+"/"+url.PathEscape(mac), nil, nil)
 }
+
+// SetSiteUnknownComputers sets a site's unknown-computer policy among the manual rules:
+// UnknownAnswer, UnknownSilent, or "" to leave it to the imported rules (admin). It
+// returns the policy in force, which an imported setting decides where there is one.
+func (c *Client) SetSiteUnknownComputers(ctx context.Context, site, policy string) (string, error) {
+	var out SiteNetbootRequest
+	err := c.do(ctx, http.MethodPut, PathSites+"/"+url.PathEscape(site)+"/netboot", SiteNetbootRequest{UnknownComputers: policy}, &out)
+	return out.UnknownComputers, err
+}

@@ -158,6 +158,7 @@ var adminCommands = []adminCommand{
 	{"sites diff", 1, "FILE", "what applying the file would change: sites, subnets and assignments added, removed, changed", []string{"json"}, sitesDiff},
 	{"sites add", 1, "NAME", "create or update a manual site", []string{"description"}, sitesAdd},
 	{"sites delete", 1, "NAME", "delete a manual site with its manual rules", nil, sitesDelete},
+	{"sites unknown-computers", 2, "SITE answer|silent|default", "whether network boot answers computers the NS does not know, in a site (manual rules; an imported setting wins)", nil, sitesUnknownComputers},
 	{"sites subnet-add", 2, "PREFIX SITE", "map a subnet to a site", nil, sitesSubnetAdd},
 	{"sites subnet-delete", 1, "PREFIX", "remove a manual subnet rule", nil, sitesSubnetDelete},
 	{"sites assign", 2, "SERVER SITE", "assign a site server (GUID, unique GUID prefix or host name; the rule keeps the GUID) to a site", nil, sitesAssign},

@@ -111,6 +111,7 @@ const (
 	ReasonNoArch          Reason = "no_arch"           // neither option 93 nor the vendor class names an architecture
 	ReasonNoBootFile      Reason = "no_boot_file"      // nothing configured for the architecture
 	ReasonNoServerAddress Reason = "no_server_address" // no IPv4 address of ours to offer
+	ReasonUnknownSilent   Reason = "unknown_silent"    // a computer the NS does not know, where its site keeps silent
 
 	ReasonBSDPMalformed       Reason = "bsdp_malformed"         // option 43 unreadable or without a BSDP version
 	ReasonBSDPMessageType     Reason = "bsdp_message_type"      // not LIST or SELECT
@@ -123,7 +124,7 @@ const (
 // reasons lists every Reason, so each label exists at 0.
 var reasons = []Reason{
 	ReasonMalformed, ReasonNotRequest, ReasonMessageType, ReasonNotPXE, ReasonForDHCPServer,
-	ReasonBIS, ReasonNoArch, ReasonNoBootFile, ReasonNoServerAddress,
+	ReasonBIS, ReasonNoArch, ReasonNoBootFile, ReasonNoServerAddress, ReasonUnknownSilent,
 	ReasonBSDPMalformed, ReasonBSDPMessageType, ReasonBSDPNoClientAddress, ReasonBSDPReplyPort,
 	ReasonBSDPOtherServer, ReasonBSDPNoImage,
 }
@@ -186,6 +187,50 @@ type Config struct {
 	RelayPort  uint16 `yaml:"relay_port"`  // default 67
 
 	BSDP BSDPConfig `yaml:"bsdp"`
+
+	// Unknown is what to do with computers the NS does not know. It is not in the config
+	// file: the NS hands it out (SetUnknownPolicy).
+	Unknown UnknownPolicy `yaml:"-"`
+}
+
+// UnknownPolicy says, per network, whether computers the NS does not know get answers.
+// The network of a request is its relay's address (giaddr), else the address it reached
+// here; the most specific of Networks containing it decides, else Silent.
+type UnknownPolicy struct {
+	Silent   bool
+	Networks []NetworkPolicy
+}
+
+// NetworkPolicy is the policy for unknown computers on one network.
+type NetworkPolicy struct {
+	Prefix netip.Prefix
+	Silent bool
+}
+
+// any reports whether the policy keeps silent anywhere.
+func (p *UnknownPolicy) any() bool {
+	return p.Silent || slices.ContainsFunc(p.Networks, func(n NetworkPolicy) bool { return n.Silent })
+}
+
+// silentFor reports whether a request of an unknown computer, arrived so, gets no answer.
+func (p *UnknownPolicy) silentFor(req *dhcpv4.DHCPv4, in Arrival) bool {
+	if !p.any() {
+		return false
+	}
+	network := addr4(req.GatewayIPAddr)
+	if !network.IsValid() {
+		network = in.LocalIP.Unmap()
+	}
+	if !network.IsValid() {
+		network = addr4(req.ClientIPAddr)
+	}
+	silent, bits := p.Silent, -1
+	for _, n := range p.Networks {
+		if n.Prefix.Bits() > bits && n.Prefix.Contains(network) {
+			silent, bits = n.Silent, n.Prefix.Bits()
+		}
+	}
+	return silent
 }
 
 // PXE defaults.
@@ -373,7 +418,8 @@ const discoveryBootFile = 8
 const bisLayer = 0x8000
 
 // Decide answers one request. It looks at nothing but its arguments: the parsed request,
-// where it arrived, the kind of computer (only for the {kind} placeholder) and a config
+// where it arrived, the kind of computer (for the {kind} placeholder, and for cfg.Unknown:
+// an unknown computer on a network whose site keeps silent gets no answer) and a config
 // that went through WithDefaults. It returns the reply and where to send it, or nil and
 // why the request gets none.
 //
@@ -382,6 +428,14 @@ const bisLayer = 0x8000
 // an OFFER, a REQUEST on 4011 with an ACK. BSDP INFORMs (vendor class AAPLBSDPC) on 67
 // go to the BSDP logic.
 func Decide(req *dhcpv4.DHCPv4, in Arrival, kind Kind, cfg *Config) (reply *dhcpv4.DHCPv4, dst netip.AddrPort, ignored Reason) {
+	reply, dst, ignored = decide(req, in, kind, cfg)
+	if reply != nil && kind == KindUnknown && cfg.Unknown.silentFor(req, in) {
+		return nil, netip.AddrPort{}, ReasonUnknownSilent
+	}
+	return reply, dst, ignored
+}
+
+func decide(req *dhcpv4.DHCPv4, in Arrival, kind Kind, cfg *Config) (reply *dhcpv4.DHCPv4, dst netip.AddrPort, ignored Reason) {
 	if req == nil {
 		return nil, netip.AddrPort{}, ReasonMalformed
 	}

@@ -140,6 +140,14 @@ func (s *Server) SetBoot(files map[Arch]string, scriptURL string) error {
 	return nil
 }
 
+// SetUnknownPolicy puts in force what the NS decided about computers it does not know:
+// the next answer follows it.
+func (s *Server) SetUnknownPolicy(p UnknownPolicy) {
+	c := *s.decide.Load()
+	c.Unknown = p
+	s.decide.Store(&c)
+}
+
 // Name identifies the server among services.
 func (s *Server) Name() string { return "pxe" }
 
@@ -317,16 +325,24 @@ func (s *Server) handle(ctx context.Context, sock *socket, pkt []byte, in Arriva
 		return
 	}
 	s.metrics.request(req)
-	if !isPXE(req) || s.computers == nil {
+	pxe := isPXE(req)
+	// A Mac is looked up only where its site may keep silent; it is not reported.
+	bsdp := !pxe && isBSDP(req) && s.decide.Load().Unknown.any()
+	if (!pxe && !bsdp) || s.computers == nil {
 		s.answer(ctx, sock, req, in, KindUnknown)
 		return
+	}
+	noteSeen := func(kind Kind) {
+		if pxe {
+			s.noteSeen(req, kind)
+		}
 	}
 	uuid := ClientUUID(req)
 	if uuid != "" {
 		s.uuids.put(req.ClientHWAddr, uuid, time.Now())
 	}
 	if kind, ok := s.kinds.get(req.ClientHWAddr, time.Now()); ok {
-		s.noteSeen(req, kind)
+		noteSeen(kind)
 		s.answer(ctx, sock, req, in, kind)
 		return
 	}
@@ -335,11 +351,11 @@ func (s *Server) handle(ctx context.Context, sock *socket, pkt []byte, in Arriva
 		s.handlers.Go(func() {
 			defer func() { <-s.lookups }()
 			kind := s.lookup(ctx, req.ClientHWAddr, uuid)
-			s.noteSeen(req, kind)
+			noteSeen(kind)
 			s.answer(ctx, sock, req, in, kind)
 		})
 	default:
-		s.noteSeen(req, KindUnknown)
+		noteSeen(KindUnknown)
 		s.answer(ctx, sock, req, in, KindUnknown)
 	}
 }

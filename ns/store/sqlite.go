@@ -195,6 +195,8 @@ var migrations = []string{
 	CREATE UNIQUE INDEX computers_mac ON computers (mac) WHERE mac != '';
 	CREATE UNIQUE INDEX computers_uuid ON computers (uuid) WHERE uuid != '';
 	CREATE INDEX computers_name ON computers (name);`,
+	// 14: what a site's network boot servers do with computers the NS does not know.
+	`ALTER TABLE sites ADD COLUMN unknown_computers TEXT NOT NULL DEFAULT '';`,
 }
 
 // SQLiteStore is the Store in a SQLite file.
@@ -284,18 +286,18 @@ func (s *SQLiteStore) Close() error { return s.db.Close() }
 // Rules implements Store.
 func (s *SQLiteStore) Rules(ctx context.Context) (sites.Rules, error) {
 	var r sites.Rules
-	rows, err := s.db.QueryContext(ctx, `SELECT name, source, description FROM sites ORDER BY name, source`)
+	rows, err := s.db.QueryContext(ctx, `SELECT name, source, description, unknown_computers FROM sites ORDER BY name, source`)
 	if err != nil {
 		return r, fmt.Errorf("ns: store: sites: %w", err)
 	}
 	for rows.Next() {
 		var st sites.Site
-		var src string
-		if err := rows.Scan(&st.Name, &src, &st.Description); err != nil {
+		var src, unknown string
+		if err := rows.Scan(&st.Name, &src, &st.Description, &unknown); err != nil {
 			rows.Close()
 			return r, fmt.Errorf("ns: store: sites: %w", err)
 		}
-		st.Source = sites.Source(src)
+		st.Source, st.UnknownComputers = sites.Source(src), sites.UnknownPolicy(unknown)
 		r.Sites = append(r.Sites, st)
 	}
 	rows.Close()
@@ -346,7 +348,8 @@ func (s *SQLiteStore) ReplaceRules(ctx context.Context, src sites.Source, r site
 			if st.Source != src {
 				continue
 			}
-			if _, err := tx.ExecContext(ctx, `INSERT INTO sites (name, source, description) VALUES (?, ?, ?)`, st.Name, string(src), st.Description); err != nil {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO sites (name, source, description, unknown_computers) VALUES (?, ?, ?, ?)`,
+				st.Name, string(src), st.Description, string(st.UnknownComputers)); err != nil {
 				return err
 			}
 		}
