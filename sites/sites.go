@@ -86,7 +86,7 @@ type Match struct {
 type Map struct {
 	sites    []Site
 	unknown  map[string]UnknownPolicy // by site: the policy in force, when one is set
-	rules    []SubnetRule // effective subnet rules, indexed by the tables' values
+	rules    []SubnetRule             // effective subnet rules, indexed by the tables' values
 	v4       table4
 	v6       table6
 	servers  map[string]direct

@@ -94,7 +94,9 @@ func TestServerUnknownSilent(t *testing.T) {
 	srv := startServer(t, cfg, computers, reg)
 	dhcpAddr, _ := srv.Addrs()
 	biosIPXE := captured(t, captureBIOS, frameIPXEBIOSDiscover)
-	silenced := func() float64 { return testutil.ToFloat64(srv.metrics.ignored.WithLabelValues(string(ReasonUnknownSilent))) }
+	silenced := func() float64 {
+		return testutil.ToFloat64(srv.metrics.ignored.WithLabelValues(string(ReasonUnknownSilent)))
+	}
 	acks := func() float64 { return testutil.ToFloat64(srv.metrics.replies.WithLabelValues("ack")) }
 	waitFor := func(what string, cond func() bool) {
 		t.Helper()
