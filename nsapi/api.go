@@ -242,16 +242,17 @@ type AgentView struct {
 
 // SiteView is a site with its rules, for listing.
 type SiteView struct {
-	Name        string `json:"name"`
-	Description string `json:"description,omitempty"`
+	Name        string       `json:"name"`
+	Description string       `json:"description,omitempty"`
+	Sources     []string     `json:"sources"`
+	Subnets     []SubnetView `json:"subnets"`
+	Servers     []RuleServer `json:"servers"`
+	Warnings    []string     `json:"warnings,omitempty"`
+
 	// UnknownComputers is the policy in force (answer or silent), and the source that
 	// set it ("" for the default).
-	UnknownComputers       string       `json:"unknown_computers"`
-	UnknownComputersSource string       `json:"unknown_computers_source,omitempty"`
-	Sources                []string     `json:"sources"`
-	Subnets                []SubnetView `json:"subnets"`
-	Servers                []RuleServer `json:"servers"`
-	Warnings               []string     `json:"warnings,omitempty"`
+	UnknownComputers       string `json:"unknown_computers"`
+	UnknownComputersSource string `json:"unknown_computers_source,omitempty"`
 }
 
 // SubnetView is one subnet rule.
