@@ -399,6 +399,10 @@ func (c *NSComputers) Seen(ctx context.Context, mac net.HardwareAddr, uuid strin
 		return err
 	}
 	err = cl.ComputerSeen(ctx, nsapi.SeenRequest{MAC: mac.String(), UUID: uuid, Arch: int(arch)})
+	if uuid != "" && nsapi.StatusOf(err) == http.StatusBadRequest {
+		// An NS older than UUIDs refuses the field: the MAC alone still counts.
+		err = cl.ComputerSeen(ctx, nsapi.SeenRequest{MAC: mac.String(), Arch: int(arch)})
+	}
 	if nsapi.StatusOf(err) == http.StatusTooManyRequests {
 		return fmt.Errorf("%w: %v", pxe.ErrSeenRefused, err)
 	}
@@ -587,6 +591,15 @@ func (s *Service) decideScript(r *http.Request, mac net.HardwareAddr, uuid strin
 					s.logger.Info("one-shot preboot script served", "mac", mac.String(), "kind", kind.String(), "from", r.RemoteAddr)
 				}
 				return kind, preboot
+			}
+			if st := nsapi.StatusOf(err); st == http.StatusNotFound || st == http.StatusMethodNotAllowed {
+				// An NS older than one-shot preboots: it knows no preboot to hand out.
+				s.asks.WithLabelValues("ok").Inc()
+				kind, _, err = s.computers.lookup(ctx, mac, uuid)
+				if err != nil {
+					s.logger.Warn("computer lookup failed; serving the last known kind's script", "mac", mac.String(), "kind", kind.String(), "err", err)
+				}
+				return kind, false
 			}
 			s.asks.WithLabelValues("failed").Inc()
 			// The NS may be far away and down: the last known kind's script (an unknown

@@ -9,12 +9,14 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -299,5 +301,94 @@ func TestPrebootScript(t *testing.T) {
 		if got := testutil.ToFloat64(s.asks.WithLabelValues(result)); got != want {
 			t.Errorf("script lookups %s: %v, want %v", result, got, want)
 		}
+	}
+}
+
+// Against an NS from before UUIDs and one-shot preboots, the service still works: a script
+// request falls back to a lookup (404 for the boot request), and a sighting the NS refuses
+// for its UUID field is sent again without it. The UUID a computer's DHCP request carried
+// goes with its script request's lookup.
+func TestOlderNSAndDHCPUUID(t *testing.T) {
+	var mu sync.Mutex
+	var calls []string
+	fake := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch r.URL.Path {
+		case nsapi.PathComputerBoot:
+			calls = append(calls, "boot")
+			http.NotFound(w, r)
+		case nsapi.PathComputerLookup:
+			calls = append(calls, "lookup "+r.URL.RawQuery)
+			json.NewEncoder(w).Encode(nsapi.LookupResponse{Kind: nsapi.ComputerPredefined})
+		case nsapi.PathComputerSeen:
+			var req map[string]any
+			json.NewDecoder(r.Body).Decode(&req)
+			if _, ok := req["uuid"]; ok {
+				calls = append(calls, "seen refused")
+				http.Error(w, `{"error":"decode seen: json: unknown field \"uuid\""}`, http.StatusBadRequest)
+				return
+			}
+			calls = append(calls, "seen")
+			w.WriteHeader(http.StatusNoContent)
+		}
+	}))
+	defer fake.Close()
+	cfg := Config{BootDir: t.TempDir(), PXE: pxe.Config{Listen67: "127.0.0.1:0", Listen4011: "127.0.0.1:0"},
+		TFTP: TFTPFile{Listen: "127.0.0.1:0"}, HTTP: HTTPConfig{Listen: "127.0.0.1:0"}}
+	s, err := New(cfg, func(context.Context) (*nsapi.Client, error) { return nsapi.NewClient(fake.URL, nil), nil }, nil, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	dhcpAddr, _, err := s.PXE().Bound(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	uuid := []byte{0, 0x44, 0x45, 0x4c, 0x4c, 0x42, 0x00, 0x10, 0x35, 0x80, 0x52, 0xb4, 0xc0, 0x4f, 0x4e, 0x32, 0x32}
+	req, _ := dhcpv4.NewDiscovery(net.HardwareAddr{0x52, 0x54, 0, 0, 0, 0x21},
+		dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00000:UNDI:002001")),
+		dhcpv4.WithGeneric(dhcpv4.OptionClientSystemArchitectureType, []byte{0, 0}),
+		dhcpv4.WithGeneric(dhcpv4.OptionClientMachineIdentifier, uuid))
+	c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(dhcpAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write(req.ToBytes()); err != nil {
+		t.Fatal(err)
+	}
+	has := func(call string) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Contains(calls, call)
+	}
+	for deadline := time.Now().Add(10 * time.Second); !has("seen"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no sighting reported: %q", calls)
+		}
+	}
+	for s.HTTPAddr() == nil {
+		time.Sleep(10 * time.Millisecond)
+	}
+	resp, err := http.Get("http://" + s.HTTPAddr().String() + "/ipxe/52-54-00-00-00-21")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), "Predefined computer 52:54:00:00:00:21") {
+		t.Errorf("script from an older NS:\n%s", body)
+	}
+	if want := "lookup mac=52%3A54%3A00%3A00%3A00%3A21&uuid=44454c4c-4200-1035-8052-b4c04f4e3232"; !has("seen refused") || !has("boot") || !has(want) {
+		t.Errorf("calls %q, want a refused and a plain sighting, a boot request and %q", calls, want)
+	}
+	// The script request asked with the DHCP request's UUID (answered from the cache the
+	// DHCP lookup filled), never with the MAC alone.
+	if has("lookup mac=52%3A54%3A00%3A00%3A00%3A21") {
+		t.Errorf("a lookup without the UUID: %q", calls)
 	}
 }

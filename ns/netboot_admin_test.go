@@ -119,6 +119,16 @@ func TestPrebootOneShot(t *testing.T) {
 	if !computerByMAC(t, tn, mac).Preboot {
 		t.Fatal("a lookup used the one-shot preboot")
 	}
+	// Only site servers ask how a computer boots, with a bounded request id.
+	if _, err := ac.Boot(ctx, nsapi.BootRequest{MAC: mac}); nsapi.StatusOf(err) != http.StatusForbidden {
+		t.Errorf("an agent asking to boot: %v, want 403", err)
+	}
+	if _, err := a.Boot(ctx, nsapi.BootRequest{MAC: mac, Request: strings.Repeat("x", 65)}); nsapi.StatusOf(err) != http.StatusBadRequest {
+		t.Errorf("a 65-byte request id: %v, want 400", err)
+	}
+	if !computerByMAC(t, tn, mac).Preboot {
+		t.Fatal("a refused request used the one-shot preboot")
+	}
 	if got := bootAs(a, "first"); got != prebooting {
 		t.Fatalf("first script request: %+v, want the preboot", got)
 	}
