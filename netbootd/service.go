@@ -46,8 +46,9 @@ type Config struct {
 	// LookupCache is how long the NS's answer about a MAC is kept.
 	LookupCache time.Duration `yaml:"lookup_cache"`
 	// BootPackage, when set, is a package (held by this server's package service) whose
-	// files are served under /boot/ before the boot directory's: boot images then travel
-	// to the site like any package, once, verified.
+	// files are served under /boot/ and over TFTP before the boot directory's: boot images
+	// and first stages then travel to the site like any package, once, verified, and a
+	// new version rolls out as packages do (staged).
 	BootPackage string `yaml:"boot_package"`
 }
 
@@ -420,6 +421,7 @@ type Service struct {
 	scripts   atomic.Pointer[map[string]*template.Template] // by kind; a reload swaps them
 	scriptsN  *prometheus.CounterVec
 	asks      *prometheus.CounterVec
+	pkgFiles  *prometheus.CounterVec
 	asking    chan struct{} // script requests waiting for the NS
 	mu        sync.Mutex
 	unknown   pxe.UnknownPolicy // as last set, to log changes
@@ -446,7 +448,7 @@ func New(cfg Config, client func(ctx context.Context) (*nsapi.Client, error), lo
 	if s.pxe, err = pxe.NewServer(cfg.PXE, s.computers, logger.With("part", "pxe"), reg); err != nil {
 		return nil, err
 	}
-	if s.tftp, err = tftp.NewServer(tftp.Config{Listen: cfg.TFTP.Listen, Root: cfg.BootDir, MaxTransfers: cfg.TFTP.MaxTransfers,
+	if s.tftp, err = tftp.NewServer(tftp.Config{Listen: cfg.TFTP.Listen, Root: cfg.BootDir, Files: s.tftpPackageFile, MaxTransfers: cfg.TFTP.MaxTransfers,
 		Timeout: cfg.TFTP.Timeout, Retries: cfg.TFTP.Retries, MaxBlockSize: cfg.TFTP.MaxBlockSize,
 		MaxOptionTimeout: cfg.TFTP.MaxOptionTimeout, MaxTransferTime: cfg.TFTP.MaxTransferTime,
 		MaxPerClient: cfg.TFTP.MaxPerClient, ClientRequestRate: cfg.TFTP.ClientRequestRate, PlainRequests: cfg.TFTP.PlainRequests,
@@ -464,7 +466,13 @@ func New(cfg Config, client func(ctx context.Context) (*nsapi.Client, error), lo
 	for _, r := range []string{"ok", "failed", "busy"} {
 		s.asks.WithLabelValues(r)
 	}
-	if err := obs.RegisterAll(reg, s.scriptsN, s.asks); err != nil {
+	s.pkgFiles = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: obs.Namespace, Subsystem: "netboot",
+		Name: "boot_package_files_total", Help: "Boot files served from the boot package rather than the boot directory, by protocol."},
+		[]string{"protocol"})
+	for _, p := range []string{"tftp", "http"} {
+		s.pkgFiles.WithLabelValues(p)
+	}
+	if err := obs.RegisterAll(reg, s.scriptsN, s.asks, s.pkgFiles); err != nil {
 		return nil, fmt.Errorf("netbootd: metrics: %w", err)
 	}
 	return s, nil
@@ -618,6 +626,21 @@ func (s *Service) decideScript(r *http.Request, mac net.HardwareAddr, uuid strin
 	return kind, false
 }
 
+// tftpPackageFile opens a file of the boot package for TFTP; the TFTP server has checked
+// the name. os.ErrNotExist without a boot package: the boot directory's is served.
+func (s *Service) tftpPackageFile(name string) (*os.File, error) {
+	if s.packages == nil || s.cfg.BootPackage == "" {
+		return nil, os.ErrNotExist
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	f, err := s.packages(ctx, s.cfg.BootPackage, name)
+	if err == nil {
+		s.pkgFiles.WithLabelValues("tftp").Inc()
+	}
+	return f, err
+}
+
 // serveBootFile serves a file of the boot directory, confined to it (no "..", no absolute
 // names, no symlink out of it).
 func (s *Service) serveBootFile(w http.ResponseWriter, r *http.Request, name string) {
@@ -630,6 +653,7 @@ func (s *Service) serveBootFile(w http.ResponseWriter, r *http.Request, name str
 		if f, err := s.packages(r.Context(), s.cfg.BootPackage, name); err == nil {
 			defer f.Close()
 			if st, err := f.Stat(); err == nil {
+				s.pkgFiles.WithLabelValues("http").Inc()
 				w.Header().Set("Content-Type", "application/octet-stream")
 				http.ServeContent(w, r, "", st.ModTime(), f)
 				return

@@ -3,6 +3,7 @@ package netbootd
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
+	tftpclient "github.com/pin/tftp/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -390,5 +392,79 @@ func TestOlderNSAndDHCPUUID(t *testing.T) {
 	// DHCP lookup filled), never with the MAC alone.
 	if has("lookup mac=52%3A54%3A00%3A00%3A00%3A21") {
 		t.Errorf("a lookup without the UUID: %q", calls)
+	}
+}
+
+// The first stage comes over TFTP from the boot package too, before the boot directory's
+// file of the same name; names the package lacks come from the boot directory, and names
+// that leave the root (\undionly.kpxe is absolute, as a Windows path) are refused before
+// the package is asked.
+func TestBootPackageOverTFTP(t *testing.T) {
+	boot, store := t.TempDir(), t.TempDir()
+	os.WriteFile(filepath.Join(boot, "ipxe.efi"), []byte("ipxe.efi from the boot directory"), 0o644)
+	os.WriteFile(filepath.Join(boot, "undionly.kpxe"), []byte("undionly.kpxe from the boot directory"), 0o644)
+	os.WriteFile(filepath.Join(store, "ipxe.efi"), []byte("ipxe.efi from the package"), 0o644)
+	var mu sync.Mutex
+	var asked []string
+	cfg := Config{BootDir: boot, BootPackage: "preboot", PXE: pxe.Config{Listen67: "127.0.0.1:0", Listen4011: "127.0.0.1:0"},
+		TFTP: TFTPFile{Listen: "127.0.0.1:0"}, HTTP: HTTPConfig{Listen: "127.0.0.1:0"}}
+	s, err := New(cfg, func(context.Context) (*nsapi.Client, error) { return nil, errors.New("no NS") }, nil, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.UsePackages(func(_ context.Context, pkg, name string) (*os.File, error) {
+		mu.Lock()
+		asked = append(asked, pkg+"/"+name)
+		mu.Unlock()
+		if pkg == "preboot" && name == "ipxe.efi" {
+			return os.Open(filepath.Join(store, name))
+		}
+		return nil, os.ErrNotExist
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	for !s.Ready() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	addr := s.TFTP().Addr().String()
+	get := func(name string) (string, error) {
+		c, err := tftpclient.NewClient(addr)
+		if err != nil {
+			return "", err
+		}
+		c.SetTimeout(2 * time.Second)
+		c.SetBlockSize(512)
+		wt, err := c.Receive(name, "octet")
+		if err != nil {
+			return "", err
+		}
+		var b strings.Builder
+		_, err = wt.WriteTo(&b)
+		return b.String(), err
+	}
+	for name, want := range map[string]string{"ipxe.efi": "ipxe.efi from the package", `\undionly.kpxe`: "", "undionly.kpxe": "undionly.kpxe from the boot directory"} {
+		got, err := get(name)
+		if want == "" {
+			if err == nil {
+				t.Errorf("%s: served %q, want a refusal", name, got)
+			}
+			continue
+		}
+		if err != nil || got != want {
+			t.Errorf("%s: %q %v, want %q", name, got, err, want)
+		}
+	}
+	if _, err := get("../etc/passwd"); err == nil {
+		t.Error("../etc/passwd was served")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(slices.Sorted(slices.Values(asked)), []string{"preboot/ipxe.efi", "preboot/undionly.kpxe"}) {
+		t.Errorf("the package was asked for %q", asked)
+	}
+	if got := testutil.ToFloat64(s.pkgFiles.WithLabelValues("tftp")); got != 1 {
+		t.Errorf("boot package files over TFTP: %v, want 1", got)
 	}
 }

@@ -39,6 +39,11 @@ import (
 type Config struct {
 	Listen       string        // default ":69"
 	Root         string        // boot root directory; files are served read-only from here
+	// Files, when set, is asked first for each requested name that passes the name checks
+	// (slash-separated and cleaned, never absolute, no ".."); a regular file it returns is
+	// served, and for any error the name is looked for under Root. The network boot
+	// service serves its boot package's files so.
+	Files func(name string) (*os.File, error)
 	MaxTransfers int           // concurrent transfers; past it requests are refused "server busy"; default 2000
 	Timeout      time.Duration // wait for an ACK before retransmitting; default 2s
 	Retries      int           // retransmissions of one packet before the transfer fails; default 5
@@ -215,22 +220,11 @@ var errShuttingDown = errors.New("server shutting down")
 // clean to. Backslashes are separators, as Windows-minded PXE ROMs and WDS configurations
 // send them. A symlink may point anywhere inside root, never out of it.
 func resolve(root, name string) (string, error) {
-	if name == "" {
-		return "", newRefusal(reasonBadName, "empty file name")
+	name, err := cleanName(name)
+	if err != nil {
+		return "", err
 	}
-	if strings.IndexByte(name, 0) >= 0 {
-		return "", newRefusal(reasonBadName, "bad file name")
-	}
-	name = strings.ReplaceAll(name, `\`, "/")
-	if strings.HasPrefix(name, "/") {
-		return "", newRefusal(reasonEscape, "access violation: absolute file name")
-	}
-	for el := range strings.SplitSeq(name, "/") {
-		if el == ".." {
-			return "", newRefusal(reasonEscape, "access violation: '..' in file name")
-		}
-	}
-	p := filepath.Join(root, filepath.FromSlash(path.Clean(name)))
+	p := filepath.Join(root, filepath.FromSlash(name))
 	real, err := filepath.EvalSymlinks(p)
 	if err != nil {
 		return "", newRefusal(reasonNotFound, "file not found")
@@ -246,6 +240,27 @@ func resolve(root, name string) (string, error) {
 		return "", newRefusal(reasonNotFound, "not a regular file")
 	}
 	return real, nil
+}
+
+// cleanName checks a requested name as resolve does and returns it slash-separated and
+// cleaned.
+func cleanName(name string) (string, error) {
+	if name == "" {
+		return "", newRefusal(reasonBadName, "empty file name")
+	}
+	if strings.IndexByte(name, 0) >= 0 {
+		return "", newRefusal(reasonBadName, "bad file name")
+	}
+	name = strings.ReplaceAll(name, `\`, "/")
+	if strings.HasPrefix(name, "/") {
+		return "", newRefusal(reasonEscape, "access violation: absolute file name")
+	}
+	for el := range strings.SplitSeq(name, "/") {
+		if el == ".." {
+			return "", newRefusal(reasonEscape, "access violation: '..' in file name")
+		}
+	}
+	return path.Clean(name), nil
 }
 
 func inside(root, p string) bool {
@@ -578,6 +593,18 @@ func unverifiedError(code uint16, msg string, reqSize int) []byte {
 
 // openFile opens the regular file a request names and returns its size, or a refusal.
 func (s *Server) openFile(log *slog.Logger, name string) (*os.File, int64, error) {
+	if s.cfg.Files != nil {
+		clean, err := cleanName(name)
+		if err != nil {
+			return nil, 0, err
+		}
+		if f, err := s.cfg.Files(clean); err == nil {
+			if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
+				return f, fi.Size(), nil
+			}
+			f.Close()
+		}
+	}
 	// The root is looked up for every request, not once: when it is a symlink that a
 	// deployment swaps to a new tree, new transfers follow it while old ones finish.
 	root, err := filepath.EvalSymlinks(s.root)
