@@ -37,13 +37,8 @@ import (
 // unverifiedFactor goes to an address before it has answered (see sender); and transfers
 // whose client has not answered yet give way to new requests (see admit).
 type Config struct {
-	Listen string // default ":69"
-	Root   string // boot root directory; files are served read-only from here
-	// Files, when set, is asked first for each requested name that passes the name checks
-	// (slash-separated and cleaned, never absolute, no ".."); a regular file it returns is
-	// served, and for any error the name is looked for under Root. The network boot
-	// service serves its boot package's files so.
-	Files        func(name string) (*os.File, error)
+	Listen       string        // default ":69"
+	Root         string        // boot root directory; files are served read-only from here
 	MaxTransfers int           // concurrent transfers; past it requests are refused "server busy"; default 2000
 	Timeout      time.Duration // wait for an ACK before retransmitting; default 2s
 	Retries      int           // retransmissions of one packet before the transfer fails; default 5
@@ -68,6 +63,12 @@ type Config struct {
 	// default: such requests get a short error. Every PXE ROM, iPXE, EDK2, U-Boot, GRUB,
 	// curl and atftp ask for options (tsize or blksize); tftp-hpa's client does not.
 	PlainRequests bool
+
+	// Files, when set, is asked first for each requested name that passes the name checks
+	// (slash-separated and cleaned, never absolute, no ".."); a regular file it returns is
+	// served, and for any error the name is looked for under Root. The network boot
+	// service serves its boot package's files so.
+	Files func(name string) (*os.File, error)
 }
 
 const (
