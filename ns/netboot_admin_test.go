@@ -544,3 +544,36 @@ func TestUnknownComputersPolicy(t *testing.T) {
 		t.Errorf("manual rules export: %v\n%s", err, exported)
 	}
 }
+
+// BenchmarkComputersImport imports a file of rows computers, then the same file
+// again (nothing changes), through the API with a real NS; it reports both per file.
+func BenchmarkComputersImport(b *testing.B) {
+	for _, rows := range []int{1000, 100_000} {
+		b.Run(fmt.Sprint(rows), func(b *testing.B) {
+			var file bytes.Buffer
+			file.WriteString("name,mac,uuid,site\n")
+			for i := range rows {
+				fmt.Fprintf(&file, "pc-%d,02:00:%02x:%02x:%02x:01,%08x-0000-4000-8000-000000000001,\n", i, byte(i>>16), byte(i>>8), byte(i), i+1)
+			}
+			ctx := context.Background()
+			var first, again time.Duration
+			for range b.N {
+				b.StopTimer()
+				tn := startNS(b, nil)
+				b.StartTimer()
+				t0 := time.Now()
+				if res, err := tn.admin.ImportComputers(ctx, file.Bytes(), false); err != nil || res.Added != rows {
+					b.Fatalf("%+v %v", res, err)
+				}
+				t1 := time.Now()
+				if res, err := tn.admin.ImportComputers(ctx, file.Bytes(), false); err != nil || res.Unchanged != rows {
+					b.Fatalf("%+v %v", res, err)
+				}
+				first, again = first+t1.Sub(t0), again+time.Since(t1)
+			}
+			b.ReportMetric(first.Seconds()/float64(b.N), "s/import")
+			b.ReportMetric(again.Seconds()/float64(b.N), "s/reimport")
+			b.ReportMetric(float64(file.Len()), "file-bytes")
+		})
+	}
+}
