@@ -600,21 +600,16 @@ func (s *Service) decideScript(r *http.Request, mac net.HardwareAddr, uuid strin
 				}
 				return kind, preboot
 			}
-			if st := nsapi.StatusOf(err); st == http.StatusNotFound || st == http.StatusMethodNotAllowed {
-				// An NS older than one-shot preboots: it knows no preboot to hand out.
-				s.asks.WithLabelValues("ok").Inc()
-				kind, _, err = s.computers.lookup(ctx, mac, uuid)
-				if err != nil {
-					s.logger.Warn("computer lookup failed; serving the last known kind's script", "mac", mac.String(), "kind", kind.String(), "err", err)
-				}
+			if st := nsapi.StatusOf(err); st != http.StatusNotFound && st != http.StatusMethodNotAllowed {
+				s.asks.WithLabelValues("failed").Inc()
+				// The NS may be far away and down: the last known kind's script (an unknown
+				// computer's menu if none) still lets it boot.
+				s.logger.Warn("the NS did not answer for a boot script; serving the last known kind's, without a preboot", "mac", mac.String(),
+					"kind", kind.String(), "err", err)
 				return kind, false
 			}
-			s.asks.WithLabelValues("failed").Inc()
-			// The NS may be far away and down: the last known kind's script (an unknown
-			// computer's menu if none) still lets it boot.
-			s.logger.Warn("the NS did not answer for a boot script; serving the last known kind's, without a preboot", "mac", mac.String(),
-				"kind", kind.String(), "err", err)
-			return kind, false
+			// An NS older than one-shot preboots has none to hand out: it is looked up.
+			s.asks.WithLabelValues("ok").Inc()
 		default:
 			s.asks.WithLabelValues("busy").Inc()
 		}

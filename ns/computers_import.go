@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 
 	"github.com/siteserver/siteserver/internal/httpx"
 	"github.com/siteserver/siteserver/nsapi"
@@ -94,18 +95,7 @@ func describe(c nsapi.ComputerRecord) string {
 	if c.UUID != "" {
 		parts = append(parts, c.UUID)
 	}
-	return fmt.Sprintf("the %s computer %s", c.Kind, joinSpace(parts))
-}
-
-func joinSpace(p []string) string {
-	var b bytes.Buffer
-	for i, s := range p {
-		if i > 0 {
-			b.WriteByte(' ')
-		}
-		b.WriteString(s)
-	}
-	return b.String()
+	return fmt.Sprintf("the %s computer %s", c.Kind, strings.Join(parts, " "))
 }
 
 // planComputer works out how to make row a predefined computer: the record its MAC or
