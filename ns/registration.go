@@ -77,14 +77,21 @@ func (s *Server) handleRegisterServer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.metrics.registrations.WithLabelValues(nsapi.KindSiteServer, "ok").Inc()
+	m := s.rules.Load()
+	serverSites := m.ServerSites(toSitesServer(rec, 0))
+	var netboot *nsapi.NetbootSettings
+	if slices.ContainsFunc(rec.Services, func(si nsapi.ServiceInfo) bool { return si.Name == nsapi.ServiceNetboot }) {
+		netboot = netbootSettings(m, serverSites)
+	}
 	httpx.WriteJSON(w, http.StatusOK, nsapi.RegisterServerResponse{
 		ID:       rec.ID,
 		Status:   rec.Status,
-		Sites:    matches(s.rules.Load().ServerSites(toSitesServer(rec, 0))),
+		Sites:    matches(serverSites),
 		Settings: s.Settings(),
 		NSID:     s.nsID(),
 		Channel:  s.channelAddr(r),
 		Revoked:  revoked,
+		Netboot:  netboot,
 	})
 }
 

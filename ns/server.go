@@ -32,6 +32,7 @@ type Server struct {
 	logger     *slog.Logger
 	metrics    *serverMetrics
 	jobMetrics *jobMetrics
+	nb         *netbootMetrics
 	tickler    *tickler
 	channel    *tickle.ChannelServer
 	now        func() time.Time
@@ -94,11 +95,16 @@ func NewServer(cfg ServerConfig, logger *slog.Logger, reg prometheus.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("ns: metrics: %w", err)
 	}
+	nb, err := newNetbootMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("ns: metrics: %w", err)
+	}
 	s := &Server{
 		cfg:        cfg,
 		logger:     logger,
 		metrics:    sm,
 		jobMetrics: jm,
+		nb:         nb,
 		now:        time.Now,
 		issueID:    func(string) string { return uuid.NewString() },
 		reload:     make(chan chan error),
@@ -329,6 +335,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST "+nsapi.PathSites, s.admin(s.handlePutSite))
 	mux.HandleFunc("PUT "+nsapi.PathSites+"/{name}", s.admin(s.handlePutSite))
 	mux.HandleFunc("DELETE "+nsapi.PathSites+"/{name}", s.admin(s.handleDeleteSite))
+	mux.HandleFunc("PUT "+nsapi.PathSites+"/{name}/netboot", s.admin(s.handleSiteNetboot))
 	mux.HandleFunc("POST "+nsapi.PathSubnets, s.admin(s.handlePutSubnet))
 	mux.HandleFunc("DELETE "+nsapi.PathSubnets, s.admin(s.handleDeleteSubnet))
 	mux.HandleFunc("POST "+nsapi.PathAssignments, s.admin(s.handlePutAssignment))
@@ -370,10 +377,15 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("PUT "+nsapi.PathWindows+"/{name}", s.admin(s.handlePutWindow))
 	mux.HandleFunc("GET "+nsapi.PathWindows, s.reader(s.handleListWindows))
 	mux.HandleFunc("DELETE "+nsapi.PathWindows+"/{name}", s.admin(s.handleDeleteWindow))
+	mux.HandleFunc("POST "+nsapi.PathComputerBoot, s.siteServer(s.handleComputerBoot))
 	mux.HandleFunc("POST "+nsapi.PathComputers, s.admin(s.handlePutComputer))
 	mux.HandleFunc("GET "+nsapi.PathComputers, s.reader(s.handleListComputers))
+	mux.HandleFunc("POST "+nsapi.PathComputersImport, s.admin(s.handleImportComputers))
+	mux.HandleFunc("GET "+nsapi.PathComputersExport, s.reader(s.handleExportComputers))
 	mux.HandleFunc("POST "+nsapi.PathComputers+"/{mac}/accept", s.admin(s.handleAcceptClaim))
-	mux.HandleFunc("DELETE "+nsapi.PathComputers+"/{mac}", s.admin(s.handleDeleteComputer))
+	mux.HandleFunc("PUT "+nsapi.PathComputers+"/{ref}/preboot", s.admin(s.handlePreboot))
+	mux.HandleFunc("DELETE "+nsapi.PathComputers+"/{ref}/preboot", s.admin(s.handlePreboot))
+	mux.HandleFunc("DELETE "+nsapi.PathComputers+"/{ref}", s.admin(s.handleDeleteComputer))
 	return mux
 }
 

@@ -137,6 +137,36 @@ type RegisterServerResponse struct {
 	// Revoked lists the serials (hex) of certificates from this NS's CA that were revoked
 	// before their end (superseded or reset): task servers refuse them from this answer on.
 	Revoked []string `json:"revoked,omitempty"`
+	// Netboot is for a site server that reported the netboot service.
+	Netboot *NetbootSettings `json:"netboot,omitempty"`
+}
+
+// Unknown-computer policies of a site's network boot.
+const (
+	UnknownAnswer = "answer" // answer with the unknown computer's menu (the default)
+	UnknownSilent = "silent" // no proxyDHCP or BSDP answer at all
+)
+
+// NetbootSettings is what the NS decides for a site server's network boot service: what
+// it does with computers the NS does not know, per network (the subnet rules of its sites
+// and those inside or around them, with their site's policy; the most specific containing
+// the request's network decides) and on any other network.
+type NetbootSettings struct {
+	UnknownComputers string           `json:"unknown_computers"`
+	Networks         []NetworkSetting `json:"networks,omitempty"`
+}
+
+// NetworkSetting is one network's unknown-computer policy.
+type NetworkSetting struct {
+	Prefix           netip.Prefix `json:"prefix"`
+	Site             string       `json:"site"`
+	UnknownComputers string       `json:"unknown_computers"`
+}
+
+// SiteNetbootRequest sets a site's unknown-computer policy among the manual rules: answer,
+// silent, or "" to leave it to the imported rules or the default (answer).
+type SiteNetbootRequest struct {
+	UnknownComputers string `json:"unknown_computers"`
 }
 
 // RegisterAgentRequest is what an agent reports about itself.
@@ -221,6 +251,11 @@ type SiteView struct {
 	Subnets     []SubnetView `json:"subnets"`
 	Servers     []RuleServer `json:"servers"`
 	Warnings    []string     `json:"warnings,omitempty"`
+
+	// UnknownComputers is the policy in force (answer or silent), and the source that
+	// set it ("" for the default).
+	UnknownComputers       string `json:"unknown_computers"`
+	UnknownComputersSource string `json:"unknown_computers_source,omitempty"`
 }
 
 // SubnetView is one subnet rule.

@@ -27,7 +27,8 @@ type adminOptions struct {
 	ranges, hosts                                                     string
 	all                                                               bool
 	pkgStaged, count                                                  int
-	force, json, dryRun                                               bool
+	compUUID, compSite                                                string
+	force, json, dryRun, clear                                        bool
 	uploadIdle, interval                                              time.Duration
 	watch                                                             bool
 }
@@ -91,6 +92,15 @@ var optionFlags = map[string]func(fs *flag.FlagSet, o *adminOptions){
 	},
 	"ranges": func(fs *flag.FlagSet, o *adminOptions) {
 		fs.StringVar(&o.ranges, "ranges", "", "`RANGES` of a window, separated by ';': \"mon-fri 22:00-06:00; sat 00:00-24:00\" in each computer's local time")
+	},
+	"uuid": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.StringVar(&o.compUUID, "uuid", "", "the computer's SMBIOS `UUID` (what PXE sends as its client machine identifier)")
+	},
+	"site": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.StringVar(&o.compSite, "site", "", "the `SITE` the computer is meant for")
+	},
+	"clear": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.BoolVar(&o.clear, "clear", false, "clear a pending one-shot preboot instead of setting it")
 	},
 	"source": func(fs *flag.FlagSet, o *adminOptions) {
 		fs.StringVar(&o.source, "source", "manual", "rules `SOURCE`: manual or imported")
@@ -159,6 +169,7 @@ var adminCommands = []adminCommand{
 	{"sites diff", 1, "FILE", "what applying the file would change: sites, subnets and assignments added, removed, changed", []string{"json"}, sitesDiff},
 	{"sites add", 1, "NAME", "create or update a manual site", []string{"description"}, sitesAdd},
 	{"sites delete", 1, "NAME", "delete a manual site with its manual rules", nil, sitesDelete},
+	{"sites unknown-computers", 2, "SITE answer|silent|default", "whether network boot answers computers the NS does not know, in a site (manual rules; an imported setting wins)", nil, sitesUnknownComputers},
 	{"sites subnet-add", 2, "PREFIX SITE", "map a subnet to a site", nil, sitesSubnetAdd},
 	{"sites subnet-delete", 1, "PREFIX", "remove a manual subnet rule", nil, sitesSubnetDelete},
 	{"sites assign", 2, "SERVER SITE", "assign a site server (GUID, unique GUID prefix or host name; the rule keeps the GUID) to a site", nil, sitesAssign},
@@ -194,11 +205,14 @@ var adminCommands = []adminCommand{
 	{"packages list", 0, "", "list packages", []string{"json"}, packagesList},
 	{"packages status", argsOptional, "[ID]", "where a package (or every package) is ready, downloading or stuck", []string{"watch", "interval", "count", "json"}, packagesStatus},
 	{"packages delete", 1, "ID", "delete a package", nil, packagesDelete},
-	{"computers add", 1, "MAC", "predefine a computer for network boot", []string{"name", "force"}, computersAdd},
+	{"computers add", argsOptional, "[MAC]", "predefine a computer for network boot, by its MAC, its -uuid, or both", []string{"name", "uuid", "site", "force"}, computersAdd},
 	{"computers list", 0, "", "list computers known to network boot", []string{"json"}, computersList},
+	{"computers preboot", 1, "NAME|MAC|UUID", "boot the preboot environment at the computer's next network boot, once; then its disk again", []string{"clear", "json"}, computersPreboot},
+	{"computers import", 1, "FILE.csv", "predefine the computers of a CSV file (name,mac,uuid,site); every row is checked before anything changes", []string{"force", "json"}, computersImport},
+	{"computers export", 0, "", "print the predefined computers as a CSV file that imports back", nil, computersExport},
 	{"computers accept", 1, "MAC", "give a claimed computer to the agent that claims it", nil,
 		func(a *adminCall) error { return a.c.AcceptClaim(a.ctx, a.pos[0]) }},
-	{"computers delete", 1, "MAC", "forget a computer", nil,
+	{"computers delete", 1, "NAME|MAC|UUID", "forget a computer", nil,
 		func(a *adminCall) error { return a.c.DeleteComputer(a.ctx, a.pos[0]) }},
 	{"audit", 0, "", "the changes made through the admin API (who, what, when)", []string{"json"}, auditList},
 }

@@ -182,6 +182,36 @@ var migrations = []string{
 		created_at INTEGER NOT NULL,
 		updated_at INTEGER NOT NULL
 	);`,
+	// 16: computers known by MAC, by SMBIOS UUID or both (a row id for those without a
+	// MAC), the site a predefined one is meant for, and a one-shot preboot.
+	`CREATE TABLE computers_v13 (
+		id INTEGER PRIMARY KEY AUTOINCREMENT,
+		mac TEXT NOT NULL DEFAULT '',
+		uuid TEXT NOT NULL DEFAULT '',
+		kind TEXT NOT NULL,
+		name TEXT NOT NULL DEFAULT '',
+		site TEXT NOT NULL DEFAULT '',
+		agent TEXT NOT NULL DEFAULT '',
+		arch INTEGER NOT NULL DEFAULT -1,
+		last_server TEXT NOT NULL DEFAULT '',
+		created_at INTEGER NOT NULL,
+		last_seen INTEGER NOT NULL DEFAULT 0,
+		claimed_by TEXT NOT NULL DEFAULT '',
+		preboot INTEGER NOT NULL DEFAULT 0,
+		preboot_changed INTEGER NOT NULL DEFAULT 0,
+		preboot_used INTEGER NOT NULL DEFAULT 0,
+		preboot_used_by TEXT NOT NULL DEFAULT '',
+		preboot_request TEXT NOT NULL DEFAULT ''
+	);
+	INSERT INTO computers_v13 (mac, kind, name, agent, arch, last_server, created_at, last_seen, claimed_by)
+		SELECT mac, kind, name, agent, arch, last_server, created_at, last_seen, claimed_by FROM computers ORDER BY mac;
+	DROP TABLE computers;
+	ALTER TABLE computers_v13 RENAME TO computers;
+	CREATE UNIQUE INDEX computers_mac ON computers (mac) WHERE mac != '';
+	CREATE UNIQUE INDEX computers_uuid ON computers (uuid) WHERE uuid != '';
+	CREATE INDEX computers_name ON computers (name);`,
+	// 17: what a site's network boot servers do with computers the NS does not know.
+	`ALTER TABLE sites ADD COLUMN unknown_computers TEXT NOT NULL DEFAULT '';`,
 }
 
 // SQLiteStore is the Store in a SQLite file.
@@ -271,18 +301,18 @@ func (s *SQLiteStore) Close() error { return s.db.Close() }
 // Rules implements Store.
 func (s *SQLiteStore) Rules(ctx context.Context) (sites.Rules, error) {
 	var r sites.Rules
-	rows, err := s.db.QueryContext(ctx, `SELECT name, source, description FROM sites ORDER BY name, source`)
+	rows, err := s.db.QueryContext(ctx, `SELECT name, source, description, unknown_computers FROM sites ORDER BY name, source`)
 	if err != nil {
 		return r, fmt.Errorf("ns: store: sites: %w", err)
 	}
 	for rows.Next() {
 		var st sites.Site
-		var src string
-		if err := rows.Scan(&st.Name, &src, &st.Description); err != nil {
+		var src, unknown string
+		if err := rows.Scan(&st.Name, &src, &st.Description, &unknown); err != nil {
 			rows.Close()
 			return r, fmt.Errorf("ns: store: sites: %w", err)
 		}
-		st.Source = sites.Source(src)
+		st.Source, st.UnknownComputers = sites.Source(src), sites.UnknownPolicy(unknown)
 		r.Sites = append(r.Sites, st)
 	}
 	rows.Close()
@@ -333,7 +363,8 @@ func (s *SQLiteStore) ReplaceRules(ctx context.Context, src sites.Source, r site
 			if st.Source != src {
 				continue
 			}
-			if _, err := tx.ExecContext(ctx, `INSERT INTO sites (name, source, description) VALUES (?, ?, ?)`, st.Name, string(src), st.Description); err != nil {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO sites (name, source, description, unknown_computers) VALUES (?, ?, ?, ?)`,
+				st.Name, string(src), st.Description, string(st.UnknownComputers)); err != nil {
 				return err
 			}
 		}

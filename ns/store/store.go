@@ -86,10 +86,19 @@ type Store interface {
 
 	// Computer returns the computer with this MAC (lowercase, colon-separated).
 	Computer(ctx context.Context, mac string) (nsapi.ComputerRecord, error)
+	// ComputerByUUID returns the computer with this SMBIOS UUID (canonical, lowercase).
+	ComputerByUUID(ctx context.Context, uuid string) (nsapi.ComputerRecord, error)
+	// ComputersByName returns the computers with this name.
+	ComputersByName(ctx context.Context, name string) ([]nsapi.ComputerRecord, error)
 	Computers(ctx context.Context) ([]nsapi.ComputerRecord, error)
+	// PutComputer updates the record with c.ID, or creates one when c.ID is 0 (updating
+	// the record with c.MAC if there is one). MACs and UUIDs are unique.
 	PutComputer(ctx context.Context, c nsapi.ComputerRecord) error
-	// DeleteComputer forgets a computer; ErrNotFound if there was none.
-	DeleteComputer(ctx context.Context, mac string) error
+	// ReplaceComputers deletes the records with the ids in remove, then puts each of put,
+	// in one transaction: all or nothing.
+	ReplaceComputers(ctx context.Context, put []nsapi.ComputerRecord, remove []int64) error
+	// DeleteComputer forgets a computer by its ID; ErrNotFound if there was none.
+	DeleteComputer(ctx context.Context, id int64) error
 	// ExpireUnknownComputers forgets the unknown computers (network boot sightings
 	// nobody took over) last seen before before, and returns how many.
 	ExpireUnknownComputers(ctx context.Context, before time.Time) (int, error)
