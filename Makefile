@@ -57,6 +57,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzVerifyGrant$$' -fuzztime=30s ./nsapi/
 	$(GO) test -run='^$$' -fuzz='^FuzzVerifyCancel$$' -fuzztime=30s ./nsapi/
 	$(GO) test -run='^$$' -fuzz='^FuzzParseRange$$' -fuzztime=30s ./nsapi/
+	$(GO) test -run='^$$' -fuzz='^FuzzParseCron$$' -fuzztime=30s ./nsapi/
 	$(GO) test -run='^$$' -fuzz='^FuzzParseContentRange$$' -fuzztime=30s ./nsapi/
 	$(GO) test -run='^$$' -fuzz='^FuzzParseUploadOffset$$' -fuzztime=30s ./nsapi/
 	$(GO) test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=30s ./tickle/

@@ -295,7 +295,7 @@ func TestPrebootScript(t *testing.T) {
 		t.Fatalf("NS down:\n%s", body)
 	}
 	for kind, want := range map[string]float64{ScriptPreboot: 1, nsapi.ComputerManaged: 3} {
-		if got := testutil.ToFloat64(s.scriptsN.WithLabelValues(kind)); got != want {
+		if got := testutil.ToFloat64(s.scriptsN.WithLabelValues(kind, pathIPXE)); got != want {
 			t.Errorf("scripts %s: %v, want %v", kind, got, want)
 		}
 	}

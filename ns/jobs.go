@@ -107,6 +107,7 @@ func (s *Server) sweep(ctx context.Context, every time.Duration) {
 	defer tk.Stop()
 	var lastPrune time.Time
 	for {
+		s.runSchedules(ctx)
 		s.expire(ctx)
 		s.refreshJobGauges(ctx)
 		if now := s.now(); now.Sub(lastPrune) >= s.cfg.Retention.Interval || now.Before(lastPrune) {
@@ -237,64 +238,39 @@ func (s *Server) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	ctx := r.Context()
-	picked, err := s.selectTargets(ctx, req.Select)
-	if err != nil {
-		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
-		return
-	}
-	req.Targets = append(req.Targets, picked...)
-	if len(req.Targets) > nsapi.MaxTargets {
-		s.badRequest(w, fmt.Errorf("targets: %d selected, more than %d", len(req.Targets), nsapi.MaxTargets))
-		return
-	}
 	now := s.now().UTC()
-	validity := time.Duration(req.Job.Validity)
-	if validity == 0 {
-		validity = nsapi.DefaultValidity
-	}
-	if req.Job.InWindowOnly {
-		// Agents count the validity from their window's opening; the NS, which does not
-		// know their clocks, gives them the week in which every window opens.
-		validity += nsapi.WindowWait
-	}
-	var insts []nsapi.JobInstance
-	var unknown []string
-	seen := map[string]bool{}
-	known, err := s.store.AgentsByID(ctx, req.Targets)
-	if err != nil {
-		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
-		return
-	}
-	for _, target := range req.Targets {
-		if seen[target] {
-			continue
-		}
-		seen[target] = true
-		a, ok := known[target]
-		if !ok {
-			unknown = append(unknown, target)
-			continue
-		}
-		insts = append(insts, nsapi.JobInstance{ID: uuid.NewString(), JobID: req.Job.ID, Agent: a.ID, TaskServer: a.TaskServer,
-			State: nsapi.StatePending, Created: now, Expires: now.Add(validity), Updated: now, Job: req.Job})
-	}
-	if len(unknown) > 0 {
-		s.badRequest(w, fmt.Errorf("targets: unknown agents %s", strings.Join(unknown, ", ")))
-		return
-	}
+	targets := nsapi.Targets{Agents: req.Targets, Select: req.Select}
 	if req.DryRun {
-		resp := nsapi.CreateJobResponse{JobID: req.Job.ID, DryRun: true, Instances: []nsapi.InstanceRef{}}
-		if err := s.reachability(ctx, req.Job, insts, known, &resp); err != nil {
+		resp, err := s.startRun(ctx, req.Job, targets, 0, now, true)
+		s.answerRun(w, resp, err)
+		return
+	}
+	if sc := req.Job.Schedule; sc != nil {
+		// Refused now rather than at its first run: unknown agents, too many.
+		if _, err := s.resolveTargets(ctx, targets); err != nil {
+			s.answerRun(w, nsapi.CreateJobResponse{}, err)
+			return
+		}
+		next, ok := sc.Next(now)
+		if !ok {
+			s.badRequest(w, errors.New("job.schedule: it never runs (a time in the past, or a date that does not come)"))
+			return
+		}
+		s.mu.Lock()
+		err := s.store.PutJob(ctx, req.Job, now)
+		if err == nil {
+			err = s.store.PutSchedule(ctx, store.JobSchedule{JobID: req.Job.ID, Targets: targets, Next: next})
+		}
+		s.mu.Unlock()
+		if err != nil {
 			httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 			return
 		}
-		for i := range resp.Instances {
-			resp.Instances[i].ID = "" // none was made
-		}
-		httpx.WriteJSON(w, http.StatusOK, resp)
+		s.logger.Info("job scheduled", "job", req.Job.ID, "next_run", next)
+		httpx.WriteJSON(w, http.StatusOK, nsapi.CreateJobResponse{JobID: req.Job.ID, Instances: []nsapi.InstanceRef{}, NextRun: &next})
 		return
 	}
-	if err := s.grant(insts, now); err != nil {
+	if err := s.store.DeleteSchedule(ctx, req.Job.ID); err != nil {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
@@ -302,23 +278,155 @@ func (s *Server) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	if err := s.store.CreateInstances(ctx, insts); err != nil {
+	run, err := s.store.NextRun(ctx, req.Job.ID)
+	if err != nil {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	resp := nsapi.CreateJobResponse{JobID: req.Job.ID, Instances: []nsapi.InstanceRef{}}
-	if err := s.reachability(ctx, req.Job, insts, known, &resp); err != nil {
+	resp, err := s.startRun(ctx, req.Job, targets, run, now, false)
+	s.answerRun(w, resp, err)
+}
+
+// errTargets is a run's targets that cannot be: unknown agents, too many.
+type errTargets struct{ msg string }
+
+func (e errTargets) Error() string { return e.msg }
+
+// answerRun answers for startRun: 400 for bad targets.
+func (s *Server) answerRun(w http.ResponseWriter, resp nsapi.CreateJobResponse, err error) {
+	var bad errTargets
+	switch {
+	case errors.As(err, &bad):
+		s.badRequest(w, bad)
+	case err != nil:
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
-		return
+	default:
+		httpx.WriteJSON(w, http.StatusOK, resp)
+	}
+}
+
+// resolveTargets returns the agents targets names and picks now, each once.
+func (s *Server) resolveTargets(ctx context.Context, targets nsapi.Targets) (map[string]store.AgentRecord, error) {
+	picked, err := s.selectTargets(ctx, targets.Select)
+	if err != nil {
+		return nil, err
+	}
+	ids := append(slices.Clone(targets.Agents), picked...)
+	if len(ids) > nsapi.MaxTargets {
+		return nil, errTargets{fmt.Sprintf("targets: %d selected, more than %d", len(ids), nsapi.MaxTargets)}
+	}
+	known, err := s.store.AgentsByID(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	var unknown []string
+	for _, id := range targets.Agents {
+		if _, ok := known[id]; !ok {
+			unknown = append(unknown, id)
+		}
+	}
+	if len(unknown) > 0 {
+		return nil, errTargets{"targets: unknown agents " + strings.Join(unknown, ", ")}
+	}
+	return known, nil
+}
+
+// startRun makes run number run of job: an instance for each target, signed, stored and
+// announced to its task server. A dry run only tells what it would make.
+func (s *Server) startRun(ctx context.Context, job nsapi.Job, targets nsapi.Targets, run int, now time.Time, dry bool) (nsapi.CreateJobResponse, error) {
+	known, err := s.resolveTargets(ctx, targets)
+	if err != nil {
+		return nsapi.CreateJobResponse{}, err
+	}
+	validity := time.Duration(job.Validity)
+	if validity == 0 {
+		validity = nsapi.DefaultValidity
+	}
+	if job.InWindowOnly {
+		// Agents count the validity from their window's opening; the NS, which does not
+		// know their clocks, gives them the week in which every window opens.
+		validity += nsapi.WindowWait
+	}
+	ids := make([]string, 0, len(known))
+	for id := range known {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	insts := make([]nsapi.JobInstance, 0, len(ids))
+	for _, id := range ids {
+		a := known[id]
+		insts = append(insts, nsapi.JobInstance{ID: uuid.NewString(), JobID: job.ID, Agent: a.ID, TaskServer: a.TaskServer, Run: run,
+			State: nsapi.StatePending, Created: now, Expires: now.Add(validity), Updated: now, Job: job})
+	}
+	resp := nsapi.CreateJobResponse{JobID: job.ID, DryRun: dry, Run: run, Instances: []nsapi.InstanceRef{}}
+	if dry {
+		if err := s.reachability(ctx, job, insts, known, &resp); err != nil {
+			return resp, err
+		}
+		for i := range resp.Instances {
+			resp.Instances[i].ID = "" // none was made
+		}
+		return resp, nil
+	}
+	if err := s.grant(insts, now); err != nil {
+		return resp, err
+	}
+	if err := s.store.CreateInstances(ctx, insts); err != nil {
+		return resp, err
+	}
+	if err := s.reachability(ctx, job, insts, known, &resp); err != nil {
+		return resp, err
 	}
 	for _, in := range insts {
 		if in.TaskServer != "" {
 			s.tickler.mark(in.TaskServer, tickle.WorkPending)
 		}
 	}
-	s.logger.Info("job created", "job", req.Job.ID, "instances", len(insts), "unreachable", len(resp.Unreachable))
+	s.logger.Info("job run started", "job", job.ID, "run", run, "instances", len(insts), "unreachable", len(resp.Unreachable))
 	s.refreshJobGauges(ctx)
-	httpx.WriteJSON(w, http.StatusOK, resp)
+	return resp, nil
+}
+
+// runSchedules starts the runs of scheduled jobs that are due by the NS's clock. Runs
+// missed while the NS was down make one run when it is back; the next is the first after
+// now.
+func (s *Server) runSchedules(ctx context.Context) {
+	now := s.now().UTC()
+	due, err := s.store.DueSchedules(ctx, now)
+	if err != nil {
+		s.logger.Warn("scheduled jobs", "err", err)
+		return
+	}
+	for _, sc := range due {
+		job, err := s.store.Job(ctx, sc.JobID)
+		if err != nil {
+			s.logger.Warn("scheduled job", "job", sc.JobID, "err", err)
+			continue
+		}
+		run, err := s.store.NextRun(ctx, job.ID)
+		if err == nil {
+			_, err = s.startRun(ctx, job, sc.Targets, run, now, false)
+		}
+		if err != nil {
+			// Targets gone (an agent deleted): logged; the schedule goes on.
+			s.logger.Warn("scheduled run not started", "job", job.ID, "run", run, "err", err)
+		}
+		sc.Runs++
+		next, ok := time.Time{}, false
+		if job.Schedule != nil {
+			next, ok = job.Schedule.Next(now)
+		}
+		if !ok {
+			err = s.store.DeleteSchedule(ctx, job.ID)
+		} else {
+			sc.Next = next
+			err = s.store.PutSchedule(ctx, sc)
+		}
+		if err != nil {
+			s.logger.Warn("scheduled job", "job", job.ID, "err", err)
+		}
+		s.jobMetrics.scheduledRuns.Inc()
+	}
 }
 
 func (s *Server) handleListJobs(w http.ResponseWriter, r *http.Request) {
@@ -365,7 +473,7 @@ func (s *Server) handleJobStatus(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		st.Counts[in.State]++
-		st.Instances = append(st.Instances, nsapi.InstanceStatus{ID: in.ID, Agent: in.Agent, TaskServer: in.TaskServer,
+		st.Instances = append(st.Instances, nsapi.InstanceStatus{ID: in.ID, Run: in.Run, Agent: in.Agent, TaskServer: in.TaskServer,
 			State: in.State, Created: in.Created, Expires: in.Expires, Updated: in.Updated, Events: httpx.List(evs)})
 	}
 	httpx.WriteJSON(w, http.StatusOK, st)

@@ -233,8 +233,10 @@ type jobMetrics struct {
 	expired   *prometheus.CounterVec
 	pruned    *prometheus.CounterVec
 	cancelled *prometheus.CounterVec
-	tickles   *tickle.Metrics
-	channel   *tickle.ChannelServerMetrics
+	// scheduledRuns counts runs started by schedules.
+	scheduledRuns prometheus.Counter
+	tickles       *tickle.Metrics
+	channel       *tickle.ChannelServerMetrics
 }
 
 func newJobMetrics(reg prometheus.Registerer) (*jobMetrics, error) {
@@ -260,6 +262,10 @@ func newJobMetrics(reg prometheus.Registerer) (*jobMetrics, error) {
 		Namespace: obs.Namespace, Subsystem: subsystem, Name: "job_instances_cancelled_total",
 		Help: "Job instances cancelled by an administrator: withdrawn (no agent had them) or stopping (a signed cancel notice sent to their agent).",
 	}, []string{"how"})
+	m.scheduledRuns = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: obs.Namespace, Subsystem: subsystem, Name: "scheduled_runs_total",
+		Help: "Runs of scheduled jobs the NS started (at their time, or once for runs missed while it was down).",
+	})
 	for _, h := range []string{"withdrawn", "stopping"} {
 		m.cancelled.WithLabelValues(h)
 	}
@@ -275,7 +281,7 @@ func newJobMetrics(reg prometheus.Registerer) (*jobMetrics, error) {
 	for _, r := range []string{"added", "duplicate", "unknown"} {
 		m.events.WithLabelValues(r)
 	}
-	if err := obs.RegisterAll(reg, m.instances, m.events, m.expired, m.pruned, m.cancelled); err != nil {
+	if err := obs.RegisterAll(reg, m.instances, m.events, m.expired, m.pruned, m.cancelled, m.scheduledRuns); err != nil {
 		return nil, err
 	}
 	tm, err := tickle.NewMetrics(reg, subsystem)

@@ -59,6 +59,9 @@ type Job struct {
 	// (from creation if one is open then). The NS lets such an instance wait up to
 	// WindowWait past its validity for a window to open.
 	InWindowOnly bool `json:"in_window_only,omitempty" yaml:"in_window_only,omitempty"`
+	// Schedule, when set, runs the job at a time or on a recurrence instead of once at
+	// creation; each run picks its targets again.
+	Schedule *Schedule `json:"schedule,omitempty" yaml:"schedule,omitempty"`
 }
 
 // WindowWait is how long past its validity an instance of an "in window only" job waits
@@ -144,6 +147,8 @@ type JobInstance struct {
 	Job        Job       `json:"job,omitzero"` // the job as it was when the instance was created
 	// JobDigest is JobDigest(Job), the key of Job in a compacted WorkResponse.
 	JobDigest string `json:"job_digest,omitempty"`
+	// Run is the run of the job the instance belongs to (1 for its first).
+	Run int `json:"run,omitempty"`
 	// Grant is the NS's signature over this instance; agents run nothing without it.
 	Grant *Grant `json:"grant,omitempty"`
 	// Cancel, when set, is the NS's signed notice that the instance is cancelled
@@ -204,6 +209,11 @@ func (j *Job) Validate() error {
 	}
 	if j.Validity < 0 {
 		return errors.New("validity: negative")
+	}
+	if j.Schedule != nil {
+		if err := j.Schedule.Validate(); err != nil {
+			return fmt.Errorf("schedule.%w", err)
+		}
 	}
 	for i, t := range j.Tasks {
 		f := fmt.Sprintf("tasks[%d]", i)
@@ -277,6 +287,13 @@ type CreateJobRequest struct {
 	DryRun bool `json:"dry_run,omitempty"`
 }
 
+// Targets are the targets of a job as an administrator gave them: GUIDs and a filter,
+// resolved at each run.
+type Targets struct {
+	Agents []string      `json:"agents,omitempty"`
+	Select *TargetFilter `json:"select,omitempty"`
+}
+
 // TargetFilter picks agents by what the NS knows of them when the job is created: every
 // agent (All), or those in any of Sites (by their addresses and the site rules) and, if
 // Hosts is given, whose host name matches one of Hosts (shell globs, * ? [...], any case).
@@ -336,8 +353,12 @@ type InstanceRef struct {
 
 // CreateJobResponse lists the instances created (or, for a dry run, that would be).
 type CreateJobResponse struct {
-	JobID     string        `json:"job_id"`
-	DryRun    bool          `json:"dry_run,omitempty"`
+	JobID  string `json:"job_id"`
+	DryRun bool   `json:"dry_run,omitempty"`
+	// Run is the run the instances belong to; NextRun, for a scheduled job, when it runs
+	// next (a dry run of one lists who would be reached now).
+	Run       int           `json:"run,omitempty"`
+	NextRun   *time.Time    `json:"next_run,omitempty"`
 	Instances []InstanceRef `json:"instances"`
 	// Unreachable warns of targets no task server will deliver to now; their instances
 	// wait until one does, or expire.
@@ -353,6 +374,7 @@ type Unreachable struct {
 // InstanceStatus is an instance with its events, for administrators.
 type InstanceStatus struct {
 	ID         string    `json:"id"`
+	Run        int       `json:"run,omitempty"`
 	Agent      string    `json:"agent"`
 	TaskServer string    `json:"task_server"`
 	State      string    `json:"state"`

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net/http"
@@ -8,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/siteserver/siteserver/nsapi"
 )
@@ -50,6 +52,10 @@ func jobsCreate(a *adminCall) error {
 		return err
 	}
 	return a.print(resp, func(w *tabwriter.Writer) {
+		if resp.NextRun != nil {
+			fmt.Fprintf(w, "job %s scheduled: next run %s\n", resp.JobID, resp.NextRun.Local().Format(time.DateTime+" MST"))
+			return
+		}
 		if resp.DryRun {
 			fmt.Fprintf(w, "job %s would have %d instances (dry run: nothing was created)\n", resp.JobID, len(resp.Instances))
 			fmt.Fprintln(w, "AGENT\tTASK SERVER")
@@ -96,9 +102,16 @@ func jobsStatus(a *adminCall) error {
 	}
 	return a.print(st, func(w *tabwriter.Writer) {
 		fmt.Fprintf(w, "job %s (%s): %s\n", st.Job.ID, st.Job.Name, stateCounts(st.Counts, nsapi.JobStates))
-		fmt.Fprintln(w, "INSTANCE\tAGENT\tTASK SERVER\tSTATE\tEVENTS\tUPDATED")
+		if sc := st.Job.Schedule; sc != nil {
+			if sc.At != nil {
+				fmt.Fprintf(w, "schedule: at %s\n", sc.At.Local().Format(time.DateTime))
+			} else {
+				fmt.Fprintf(w, "schedule: cron %q in %s\n", sc.Cron, cmp.Or(sc.TimeZone, "UTC"))
+			}
+		}
+		fmt.Fprintln(w, "RUN\tINSTANCE\tAGENT\tTASK SERVER\tSTATE\tEVENTS\tUPDATED")
 		for _, in := range st.Instances {
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\n", in.ID, n.agent(in.Agent), n.server(in.TaskServer), in.State, len(in.Events), when(in.Updated))
+			fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%d\t%s\n", in.Run, in.ID, n.agent(in.Agent), n.server(in.TaskServer), in.State, len(in.Events), when(in.Updated))
 		}
 	})
 }

@@ -212,6 +212,16 @@ var migrations = []string{
 	CREATE INDEX computers_name ON computers (name);`,
 	// 17: what a site's network boot servers do with computers the NS does not know.
 	`ALTER TABLE sites ADD COLUMN unknown_computers TEXT NOT NULL DEFAULT '';`,
+	// 18: runs: each run of a job is its own set of instances; schedules of jobs that run
+	// at a time or on a recurrence (targets as given, the next run, runs made).
+	`ALTER TABLE job_instances ADD COLUMN run INTEGER NOT NULL DEFAULT 0;
+	CREATE TABLE job_schedules (
+		job_id TEXT PRIMARY KEY,
+		targets TEXT NOT NULL,
+		next_run INTEGER NOT NULL,
+		runs INTEGER NOT NULL DEFAULT 0
+	);
+	CREATE INDEX job_schedules_next ON job_schedules (next_run);`,
 }
 
 // SQLiteStore is the Store in a SQLite file.

@@ -102,16 +102,16 @@ func (s *SQLiteStore) CreateInstances(ctx context.Context, insts []nsapi.JobInst
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		for start := 0; start < len(insts); start += perStatement {
 			part := insts[start:min(start+perStatement, len(insts))]
-			q := `INSERT INTO job_instances (id, job_id, agent, task_server, state, job, created_at, expires_at, updated_at, grant_payload, grant_sig, run_budget) VALUES ` +
-				strings.TrimSuffix(strings.Repeat("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?), ", len(part)), ", ")
-			args := make([]any, 0, 12*len(part))
+			q := `INSERT INTO job_instances (id, job_id, agent, task_server, state, job, created_at, expires_at, updated_at, grant_payload, grant_sig, run_budget, run) VALUES ` +
+				strings.TrimSuffix(strings.Repeat("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?), ", len(part)), ", ")
+			args := make([]any, 0, 13*len(part))
 			for _, in := range part {
 				var payload, sig []byte
 				if in.Grant != nil {
 					payload, sig = in.Grant.Payload, in.Grant.Sig
 				}
 				args = append(args, in.ID, in.JobID, in.Agent, in.TaskServer, in.State, specs[in.JobID],
-					in.Created.UnixNano(), in.Expires.UnixNano(), in.Updated.UnixNano(), payload, sig, budgets[in.JobID])
+					in.Created.UnixNano(), in.Expires.UnixNano(), in.Updated.UnixNano(), payload, sig, budgets[in.JobID], in.Run)
 			}
 			if _, err := tx.ExecContext(ctx, q, args...); err != nil {
 				return err
@@ -154,7 +154,7 @@ func (s *SQLiteStore) Instances(ctx context.Context, f InstanceFilter) ([]nsapi.
 		where, args = append(where, `cancel_payload IS NOT NULL AND (state IN (?, ?) OR (state = ? AND updated_at > ?))`),
 			append(args, nsapi.StateDelivered, nsapi.StateRunning, nsapi.StateCancelled, f.CancelledSince.UnixNano())
 	}
-	q := `SELECT id, job_id, agent, task_server, state, job, created_at, expires_at, updated_at, grant_payload, grant_sig, cancel_payload, cancel_sig FROM job_instances`
+	q := `SELECT id, job_id, agent, task_server, state, job, created_at, expires_at, updated_at, grant_payload, grant_sig, cancel_payload, cancel_sig, run FROM job_instances`
 	if len(where) > 0 {
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
@@ -180,7 +180,7 @@ func (s *SQLiteStore) Instances(ctx context.Context, f InstanceFilter) ([]nsapi.
 		var spec string
 		var created, expires, updated int64
 		var payload, sig, cpayload, csig []byte
-		if err := rows.Scan(&in.ID, &in.JobID, &in.Agent, &in.TaskServer, &in.State, &spec, &created, &expires, &updated, &payload, &sig, &cpayload, &csig); err != nil {
+		if err := rows.Scan(&in.ID, &in.JobID, &in.Agent, &in.TaskServer, &in.State, &spec, &created, &expires, &updated, &payload, &sig, &cpayload, &csig, &in.Run); err != nil {
 			return nil, fmt.Errorf("ns: store: instances: %w", err)
 		}
 		snap, ok := jobs[spec]
@@ -408,4 +408,60 @@ func (s *SQLiteStore) CancelInstances(ctx context.Context, jobID string, sign fu
 		return CancelCounts{}, fmt.Errorf("ns: store: cancel job %s: %w", jobID, err)
 	}
 	return n, nil
+}
+
+// NextRun implements Store.
+func (s *SQLiteStore) NextRun(ctx context.Context, jobID string) (int, error) {
+	var n int
+	if err := s.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(run), 0) + 1 FROM job_instances WHERE job_id = ?`, jobID).Scan(&n); err != nil {
+		return 0, fmt.Errorf("ns: store: next run of %s: %w", jobID, err)
+	}
+	return n, nil
+}
+
+// PutSchedule implements Store.
+func (s *SQLiteStore) PutSchedule(ctx context.Context, sc JobSchedule) error {
+	targets, err := json.Marshal(sc.Targets)
+	if err != nil {
+		return err
+	}
+	_, err = s.db.ExecContext(ctx, `INSERT INTO job_schedules (job_id, targets, next_run, runs) VALUES (?, ?, ?, ?)
+		ON CONFLICT (job_id) DO UPDATE SET targets = excluded.targets, next_run = excluded.next_run, runs = excluded.runs`,
+		sc.JobID, string(targets), sc.Next.UnixNano(), sc.Runs)
+	if err != nil {
+		return fmt.Errorf("ns: store: schedule of %s: %w", sc.JobID, err)
+	}
+	return nil
+}
+
+// DueSchedules implements Store.
+func (s *SQLiteStore) DueSchedules(ctx context.Context, now time.Time) ([]JobSchedule, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT job_id, targets, next_run, runs FROM job_schedules WHERE next_run <= ? ORDER BY next_run`, now.UnixNano())
+	if err != nil {
+		return nil, fmt.Errorf("ns: store: due schedules: %w", err)
+	}
+	defer rows.Close()
+	var out []JobSchedule
+	for rows.Next() {
+		var sc JobSchedule
+		var targets string
+		var next int64
+		if err := rows.Scan(&sc.JobID, &targets, &next, &sc.Runs); err != nil {
+			return nil, err
+		}
+		if err := json.Unmarshal([]byte(targets), &sc.Targets); err != nil {
+			return nil, fmt.Errorf("ns: store: schedule of %s: %w", sc.JobID, err)
+		}
+		sc.Next = fromUnixNano(next)
+		out = append(out, sc)
+	}
+	return out, rows.Err()
+}
+
+// DeleteSchedule implements Store.
+func (s *SQLiteStore) DeleteSchedule(ctx context.Context, jobID string) error {
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM job_schedules WHERE job_id = ?`, jobID); err != nil {
+		return fmt.Errorf("ns: store: delete schedule of %s: %w", jobID, err)
+	}
+	return nil
 }

@@ -125,6 +125,13 @@ type Store interface {
 	Jobs(ctx context.Context) ([]nsapi.Job, error)
 	CreateInstances(ctx context.Context, insts []nsapi.JobInstance) error
 	Instances(ctx context.Context, f InstanceFilter) ([]nsapi.JobInstance, error)
+	// NextRun is the number the next run of a job gets (1 for its first).
+	NextRun(ctx context.Context, jobID string) (int, error)
+	// PutSchedule stores the schedule of a job, DueSchedules lists those whose next run is
+	// at or before now, DeleteSchedule forgets one (none: no error).
+	PutSchedule(ctx context.Context, sc JobSchedule) error
+	DueSchedules(ctx context.Context, now time.Time) ([]JobSchedule, error)
+	DeleteSchedule(ctx context.Context, jobID string) error
 	// PutWindow stores a maintenance window (by name), Windows lists them, DeleteWindow
 	// forgets one (ErrNotFound if there was none).
 	PutWindow(ctx context.Context, w nsapi.MaintenanceWindow, now time.Time) error
@@ -182,6 +189,14 @@ type InstanceFilter struct {
 	// CancelledSince.
 	Cancelled      bool
 	CancelledSince time.Time
+}
+
+// JobSchedule is when a scheduled job runs next, for whom, and how many runs it made.
+type JobSchedule struct {
+	JobID   string
+	Targets nsapi.Targets
+	Next    time.Time
+	Runs    int
 }
 
 // CancelCounts is what CancelInstances did.
