@@ -796,3 +796,68 @@ func (s *Server) reachability(ctx context.Context, job nsapi.Job, insts []nsapi.
 	}
 	return nil
 }
+
+// handleDeleteJob forgets a job and its history (admin); one with open instances is
+// refused: cancel it first.
+func (s *Server) handleDeleteJob(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	err := s.store.DeleteJob(r.Context(), id)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		httpx.WriteError(w, http.StatusNotFound, "no job %q", id)
+	case errors.Is(err, store.ErrJobOpen):
+		httpx.WriteError(w, http.StatusConflict, "%v", err)
+	case err != nil:
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+	default:
+		s.logger.Info("job deleted", "job", id)
+		s.refreshJobGauges(r.Context())
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
+// handleRerunJob starts a new run of a job (admin) for the agents of its last run: all
+// of them, or with ?failed=true those whose latest instance failed, expired or was
+// cancelled.
+func (s *Server) handleRerunJob(w http.ResponseWriter, r *http.Request) {
+	job, ok := s.pathJob(w, r)
+	if !ok {
+		return
+	}
+	ctx := r.Context()
+	insts, err := s.store.Instances(ctx, store.InstanceFilter{JobID: job.ID})
+	if err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	failedOnly := r.URL.Query().Get("failed") == "true"
+	latest := map[string]nsapi.JobInstance{}
+	last := 0
+	for _, in := range insts {
+		if cur, ok := latest[in.Agent]; !ok || in.Run > cur.Run || in.Run == cur.Run && in.Created.After(cur.Created) {
+			latest[in.Agent] = in
+		}
+		last = max(last, in.Run)
+	}
+	var agents []string
+	for agent, in := range latest {
+		switch {
+		case failedOnly && (in.State == nsapi.StateFailed || in.State == nsapi.StateExpired || in.State == nsapi.StateCancelled):
+			agents = append(agents, agent)
+		case !failedOnly && in.Run == last:
+			agents = append(agents, agent)
+		}
+	}
+	if len(agents) == 0 {
+		httpx.WriteError(w, http.StatusConflict, "job %s has no %s to run again", job.ID, map[bool]string{true: "failed targets", false: "targets"}[failedOnly])
+		return
+	}
+	slices.Sort(agents)
+	run, err := s.store.NextRun(ctx, job.ID)
+	if err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	resp, err := s.startRun(ctx, job, nsapi.Targets{Agents: agents}, run, s.now().UTC(), false)
+	s.answerRun(w, resp, err)
+}

@@ -2,6 +2,7 @@ package ns
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -129,5 +130,61 @@ func TestScheduledJobRuns(t *testing.T) {
 	}
 	if _, err := tn.admin.CreateJob(ctx, nsapi.CreateJobRequest{Job: job, Targets: []string{"nobody"}}); nsapi.StatusOf(err) != 400 {
 		t.Fatalf("an unknown target: %v", err)
+	}
+}
+
+// Rerun -failed makes a new run for the agents whose latest instance failed, and only
+// those; delete refuses a job with open instances and forgets one without.
+func TestRerunFailedAndDelete(t *testing.T) {
+	tn, _, ss := viewsNS(t) // pc-1 and pc-2 on ss-1
+	ctx := context.Background()
+	job := nsapi.Job{ID: "j1", Name: "j", Tasks: []nsapi.Task{{Name: "t", Command: []string{"true"}, Timeout: nsapi.Duration(time.Minute)}}}
+	created, err := tn.admin.CreateJob(ctx, nsapi.CreateJobRequest{Job: job, Targets: []string{"pc-1", "pc-2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if created.Run != 1 {
+		t.Fatalf("first run numbered %d", created.Run)
+	}
+	if err := tn.admin.DeleteJob(ctx, "j1"); nsapi.StatusOf(err) != 409 {
+		t.Fatalf("delete with open instances: %v, want 409", err)
+	}
+	var evs []nsapi.Event
+	for i, in := range created.Instances {
+		state := nsapi.StateSucceeded
+		if in.Agent == "pc-2" {
+			state = nsapi.StateFailed
+		}
+		evs = append(evs, nsapi.Event{ID: fmt.Sprintf("e%d", i), Instance: in.ID, Agent: in.Agent, Kind: nsapi.EventJob, State: state, Time: time.Now()})
+	}
+	batch, err := nsapi.EncodeEvents(evs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ss.ForwardEvents(ctx, batch); err != nil {
+		t.Fatal(err)
+	}
+	again, err := tn.admin.RerunJob(ctx, "j1", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Run != 2 || len(again.Instances) != 1 || again.Instances[0].Agent != "pc-2" {
+		t.Fatalf("rerun -failed: %+v", again)
+	}
+	st, _ := tn.admin.JobStatus(ctx, "j1")
+	if len(st.Instances) != 3 {
+		t.Fatalf("%d instances in the history, want 3", len(st.Instances))
+	}
+	if _, err := tn.admin.CancelJob(ctx, "j1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := tn.admin.DeleteJob(ctx, "j1"); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	if _, err := tn.admin.JobStatus(ctx, "j1"); nsapi.StatusOf(err) != 404 {
+		t.Fatalf("status after delete: %v", err)
+	}
+	if err := tn.admin.DeleteJob(ctx, "j1"); nsapi.StatusOf(err) != 404 {
+		t.Fatalf("delete again: %v", err)
 	}
 }

@@ -357,6 +357,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET "+nsapi.PathJobs+"/{id}", s.reader(s.handleJobStatus))
 	mux.HandleFunc("GET "+nsapi.PathJobs+"/{id}/output", s.reader(s.handleJobOutput))
 	mux.HandleFunc("POST "+nsapi.PathJobs+"/{id}/cancel", s.admin(s.handleCancelJob))
+	mux.HandleFunc("POST "+nsapi.PathJobs+"/{id}/rerun", s.admin(s.handleRerunJob))
+	mux.HandleFunc("DELETE "+nsapi.PathJobs+"/{id}", s.admin(s.handleDeleteJob))
 	mux.HandleFunc("GET "+nsapi.PathTaskWork, s.siteServer(s.handleWork))
 	mux.HandleFunc("POST "+nsapi.PathTaskEvents, s.siteServer(s.handleEvents))
 	mux.HandleFunc("POST "+nsapi.PathTaskPresence, s.siteServer(s.handlePresence))

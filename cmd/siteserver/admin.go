@@ -25,7 +25,7 @@ type adminOptions struct {
 	description, jobFile, targets, agent                              string
 	pkgDir, pkgID, pkgVersion, pkgSites, pkgServers, compName, source string
 	ranges, hosts                                                     string
-	all                                                               bool
+	all, failed                                                       bool
 	pkgStaged, count                                                  int
 	compUUID, compSite                                                string
 	force, json, dryRun, clear                                        bool
@@ -83,6 +83,9 @@ var optionFlags = map[string]func(fs *flag.FlagSet, o *adminOptions){
 	"name": func(fs *flag.FlagSet, o *adminOptions) { fs.StringVar(&o.compName, "name", "", "computer `NAME`") },
 	"force": func(fs *flag.FlagSet, o *adminOptions) {
 		fs.BoolVar(&o.force, "force", false, "predefine a computer that an agent claims as managed")
+	},
+	"failed": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.BoolVar(&o.failed, "failed", false, "only the agents whose latest instance failed, expired or was cancelled")
 	},
 	"all": func(fs *flag.FlagSet, o *adminOptions) {
 		fs.BoolVar(&o.all, "all", false, "target every agent")
@@ -194,6 +197,9 @@ var adminCommands = []adminCommand{
 	{"jobs list", 0, "", "list jobs", []string{"json"}, jobsList},
 	{"jobs status", 1, "JOB", "the state of each instance of a job", []string{"json"}, jobsStatus},
 	{"jobs output", 1, "JOB", "what each task of a job printed, on each agent", []string{"agent", "json"}, jobsOutput},
+	{"jobs rerun", 1, "JOB [-failed]", "a new run of a job for the agents of its last run, or only those whose latest instance failed, expired or was cancelled", []string{"failed", "json"}, jobsRerun},
+	{"jobs delete", 1, "JOB", "forget a job and its history (cancel it first if it has open instances)", nil,
+		func(a *adminCall) error { return a.c.DeleteJob(a.ctx, a.pos[0]) }},
 	{"windows set", 1, "NAME -sites SITES -ranges RANGES", "create or replace a maintenance window: when jobs marked in_window_only may run", []string{"sites", "ranges"}, windowsSet},
 	{"windows list", 0, "", "list maintenance windows", []string{"json"}, windowsList},
 	{"windows delete", 1, "NAME", "delete a maintenance window", nil,

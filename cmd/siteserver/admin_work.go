@@ -309,6 +309,26 @@ func windowsList(a *adminCall) error {
 	})
 }
 
+func jobsRerun(a *adminCall) error {
+	resp, err := a.c.RerunJob(a.ctx, a.pos[0], a.opt.failed)
+	if err != nil {
+		return err
+	}
+	n, err := a.tableNames()
+	if err != nil {
+		return err
+	}
+	return a.print(resp, func(w *tabwriter.Writer) {
+		fmt.Fprintf(w, "job %s: run %d, %d instances\n", resp.JobID, resp.Run, len(resp.Instances))
+		for _, in := range resp.Instances {
+			fmt.Fprintf(w, "%s\t%s\t%s\n", in.ID, n.agent(in.Agent), n.server(in.TaskServer))
+		}
+		for _, u := range resp.Unreachable {
+			fmt.Fprintf(w, "warning: %s (%s) cannot be reached now: %s\n", n.agent(u.Agent), u.Agent, u.Reason)
+		}
+	})
+}
+
 func jobsCancel(a *adminCall) error {
 	resp, err := a.c.CancelJob(a.ctx, a.pos[0])
 	if err != nil {

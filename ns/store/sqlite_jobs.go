@@ -465,3 +465,41 @@ func (s *SQLiteStore) DeleteSchedule(ctx context.Context, jobID string) error {
 	}
 	return nil
 }
+
+// ErrJobOpen: a job with open instances is not deleted.
+var ErrJobOpen = errors.New("the job has open instances")
+
+// DeleteJob implements Store.
+func (s *SQLiteStore) DeleteJob(ctx context.Context, id string) error {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var open int
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM job_instances WHERE job_id = ? AND state IN (?, ?, ?)`,
+			id, nsapi.StatePending, nsapi.StateDelivered, nsapi.StateRunning).Scan(&open); err != nil {
+			return err
+		}
+		if open > 0 {
+			return fmt.Errorf("%w (%d): cancel it first", ErrJobOpen, open)
+		}
+		res, err := tx.ExecContext(ctx, `DELETE FROM jobs WHERE id = ?`, id)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return ErrNotFound
+		}
+		for _, q := range []string{
+			`DELETE FROM events WHERE instance IN (SELECT id FROM job_instances WHERE job_id = ?)`,
+			`DELETE FROM job_instances WHERE job_id = ?`,
+			`DELETE FROM job_schedules WHERE job_id = ?`,
+		} {
+			if _, err := tx.ExecContext(ctx, q, id); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrJobOpen) {
+		return fmt.Errorf("ns: store: delete job %s: %w", id, err)
+	}
+	return err
+}

@@ -125,6 +125,9 @@ type Store interface {
 	Jobs(ctx context.Context) ([]nsapi.Job, error)
 	CreateInstances(ctx context.Context, insts []nsapi.JobInstance) error
 	Instances(ctx context.Context, f InstanceFilter) ([]nsapi.JobInstance, error)
+	// DeleteJob forgets a job with its instances, events and schedule: ErrNotFound if there
+	// is none, ErrJobOpen while it has open instances.
+	DeleteJob(ctx context.Context, id string) error
 	// NextRun is the number the next run of a job gets (1 for its first).
 	NextRun(ctx context.Context, jobID string) (int, error)
 	// PutSchedule stores the schedule of a job, DueSchedules lists those whose next run is
