@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"time"
 
@@ -186,7 +187,7 @@ func (a *Agent) register(ctx context.Context, p *nsapi.Enrollment, c *nsapi.Clie
 	ts := a.taskServer
 	a.mu.Unlock()
 	req := nsapi.RegisterAgentRequest{ID: p.ID(), Hostname: p.Hostname, Addresses: hostinfo.Addrs(prefixes), TaskServer: ts,
-		MACs: hostinfo.MACs(a.cfg.MACs), Unreachable: a.sel.givenUp(time.Now())}
+		MACs: hostinfo.MACs(a.cfg.MACs), Unreachable: a.sel.givenUp(time.Now()), OS: runtime.GOOS, Arch: runtime.GOARCH}
 	resp, err := c.RegisterAgent(ctx, req)
 	if err != nil {
 		return nil, 0, err

@@ -19,7 +19,6 @@ import (
 	"github.com/siteserver/siteserver/internal/httpx"
 	"github.com/siteserver/siteserver/ns/store"
 	"github.com/siteserver/siteserver/nsapi"
-	"github.com/siteserver/siteserver/sites"
 	"github.com/siteserver/siteserver/tickle"
 )
 
@@ -758,20 +757,35 @@ func (s *Server) selectTargets(ctx context.Context, f *nsapi.TargetFilter) ([]st
 	if err != nil {
 		return nil, err
 	}
+	groups, err := s.store.Groups(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, name := range f.Groups {
+		if !slices.ContainsFunc(groups, func(g nsapi.Group) bool { return g.Name == name }) {
+			return nil, errTargets{fmt.Sprintf("select.groups: no group %q", name)}
+		}
+	}
 	m := s.rules.Load()
 	var out []string
 	for _, a := range agents {
-		if !f.All {
-			if !f.MatchHost(a.Hostname) {
-				continue
-			}
-			if len(f.Sites) > 0 && !slices.ContainsFunc(m.SitesFor(a.Addresses), func(sm sites.Match) bool { return slices.Contains(f.Sites, sm.Site) }) {
-				continue
-			}
+		sites := siteNamesOf(matches(m.SitesFor(a.Addresses)))
+		if f.Matches(a.Hostname, a.Addresses, a.OS, a.Arch, sites, memberOf(groups, a, sites)) {
+			out = append(out, a.ID)
 		}
-		out = append(out, a.ID)
 	}
 	return out, nil
+}
+
+// memberOf lists the groups agent a (in sites) belongs to.
+func memberOf(groups []nsapi.Group, a store.AgentRecord, sites []string) []string {
+	var out []string
+	for _, g := range groups {
+		if slices.Contains(g.Agents, a.ID) || g.Filter != nil && g.Filter.Matches(a.Hostname, a.Addresses, a.OS, a.Arch, sites, nil) {
+			out = append(out, g.Name)
+		}
+	}
+	return out
 }
 
 // reachability fills resp with the instances and the targets that cannot be reached now,

@@ -72,19 +72,39 @@ func (s *Server) handleDeleteWindow(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// windowsFor returns the maintenance windows of the given sites.
-func (s *Server) windowsFor(ctx context.Context, sites []string) ([]nsapi.MaintenanceWindow, error) {
-	all, err := s.store.Windows(ctx)
+// windowsFor returns the maintenance windows that cover agent a, in sites.
+func (s *Server) windowsFor(ctx context.Context, a store.AgentRecord, sites []string) ([]nsapi.MaintenanceWindow, error) {
+	all, groups, err := s.windowsAndGroups(ctx)
 	if err != nil {
 		return nil, err
 	}
+	return covering(all, groups, a, sites), nil
+}
+
+// windowsAndGroups loads the windows, and the groups if a window names any.
+func (s *Server) windowsAndGroups(ctx context.Context) ([]nsapi.MaintenanceWindow, []nsapi.Group, error) {
+	all, err := s.store.Windows(ctx)
+	if err != nil || !slices.ContainsFunc(all, func(w nsapi.MaintenanceWindow) bool { return len(w.Groups) > 0 }) {
+		return all, nil, err
+	}
+	gs, err := s.store.Groups(ctx)
+	return all, gs, err
+}
+
+// covering returns the windows among all that cover agent a, in sites.
+func covering(all []nsapi.MaintenanceWindow, groups []nsapi.Group, a store.AgentRecord, sites []string) []nsapi.MaintenanceWindow {
+	var member []string
+	if len(groups) > 0 {
+		member = memberOf(groups, a, sites)
+	}
 	var out []nsapi.MaintenanceWindow
 	for _, w := range all {
-		if slices.ContainsFunc(w.Sites, func(site string) bool { return slices.Contains(sites, site) }) {
+		if slices.ContainsFunc(w.Sites, func(site string) bool { return slices.Contains(sites, site) }) ||
+			slices.ContainsFunc(w.Groups, func(g string) bool { return slices.Contains(member, g) }) {
 			out = append(out, w)
 		}
 	}
-	return out, nil
+	return out
 }
 
 // outsideWindows returns, for a job that runs in maintenance windows only, the agents
@@ -93,26 +113,90 @@ func (s *Server) outsideWindows(ctx context.Context, job nsapi.Job, known map[st
 	if !job.InWindowOnly {
 		return nil, nil
 	}
-	all, err := s.store.Windows(ctx)
+	all, groups, err := s.windowsAndGroups(ctx)
 	if err != nil {
 		return nil, err
-	}
-	covered := map[string]bool{}
-	for _, w := range all {
-		for _, site := range w.Sites {
-			covered[site] = true
-		}
 	}
 	m := s.rules.Load()
 	out := map[string]bool{}
 	for id, a := range known {
-		in := false
-		for _, match := range m.SitesFor(a.Addresses) {
-			in = in || covered[match.Site]
-		}
-		if !in {
+		if len(covering(all, groups, a, siteNamesOf(matches(m.SitesFor(a.Addresses))))) == 0 {
 			out[id] = true
 		}
 	}
 	return out, nil
+}
+
+// handlePutGroup creates or replaces a computer group (admin).
+func (s *Server) handlePutGroup(w http.ResponseWriter, r *http.Request) {
+	b, ok := s.readBody(w, r)
+	if !ok {
+		return
+	}
+	var g nsapi.Group
+	if err := httpx.DecodeStrict(b, &g); err != nil {
+		s.badRequest(w, fmt.Errorf("decode group: %w", err))
+		return
+	}
+	if err := g.Validate(); err != nil {
+		s.badRequest(w, fmt.Errorf("group.%w", err))
+		return
+	}
+	ctx := r.Context()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	have, err := s.store.Groups(ctx)
+	if err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	if len(have) >= nsapi.MaxGroups && !slices.ContainsFunc(have, func(h nsapi.Group) bool { return h.Name == g.Name }) {
+		httpx.WriteError(w, http.StatusConflict, "there are %d groups already, the most the NS keeps", len(have))
+		return
+	}
+	if err := s.store.PutGroup(ctx, g, s.now().UTC()); err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	s.logger.Info("group set", "group", g.Name, "agents", len(g.Agents), "filter", g.Filter != nil)
+	httpx.WriteJSON(w, http.StatusOK, g)
+}
+
+func (s *Server) handleListGroups(w http.ResponseWriter, r *http.Request) {
+	gs, err := s.store.Groups(r.Context())
+	if err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	httpx.WriteJSON(w, http.StatusOK, httpx.List(gs))
+}
+
+// handleGroupMembers lists the agents a group holds now (its filter evaluated now).
+func (s *Server) handleGroupMembers(w http.ResponseWriter, r *http.Request) {
+	ids, err := s.selectTargets(r.Context(), &nsapi.TargetFilter{Groups: []string{r.PathValue("name")}})
+	var bad errTargets
+	switch {
+	case errors.As(err, &bad):
+		httpx.WriteError(w, http.StatusNotFound, "no group %q", r.PathValue("name"))
+	case err != nil:
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+	default:
+		httpx.WriteJSON(w, http.StatusOK, httpx.List(ids))
+	}
+}
+
+func (s *Server) handleDeleteGroup(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	s.mu.Lock()
+	err := s.store.DeleteGroup(r.Context(), name)
+	s.mu.Unlock()
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		httpx.WriteError(w, http.StatusNotFound, "no group %q", name)
+	case err != nil:
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+	default:
+		s.logger.Info("group deleted", "group", name)
+		w.WriteHeader(http.StatusNoContent)
+	}
 }

@@ -149,6 +149,7 @@ func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
 	}
 	if err == nil {
 		rec.Hostname, rec.Addresses, rec.TaskServer, rec.LastSeen = req.Hostname, req.Addresses, req.TaskServer, s.now().UTC()
+		rec.OS, rec.Arch = req.OS, req.Arch
 		err = s.store.PutAgent(ctx, rec)
 	}
 	if err == nil {
@@ -188,7 +189,7 @@ func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
 		placed.Servers = task.Servers
 	}
 	siteMatches := matches(m.SitesFor(req.Addresses))
-	windows, err := s.windowsFor(ctx, siteNamesOf(siteMatches))
+	windows, err := s.windowsFor(ctx, rec, siteNamesOf(siteMatches))
 	if err != nil {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return

@@ -376,6 +376,10 @@ func (s *Server) Handler() http.Handler {
 
 	mux.HandleFunc("GET "+nsapi.PathComputerLookup, s.siteServer(s.handleComputerLookup))
 	mux.HandleFunc("POST "+nsapi.PathComputerSeen, s.siteServer(s.handleComputerSeen))
+	mux.HandleFunc("PUT "+nsapi.PathGroups+"/{name}", s.admin(s.handlePutGroup))
+	mux.HandleFunc("GET "+nsapi.PathGroups, s.reader(s.handleListGroups))
+	mux.HandleFunc("GET "+nsapi.PathGroups+"/{name}/members", s.reader(s.handleGroupMembers))
+	mux.HandleFunc("DELETE "+nsapi.PathGroups+"/{name}", s.admin(s.handleDeleteGroup))
 	mux.HandleFunc("PUT "+nsapi.PathWindows+"/{name}", s.admin(s.handlePutWindow))
 	mux.HandleFunc("GET "+nsapi.PathWindows, s.reader(s.handleListWindows))
 	mux.HandleFunc("DELETE "+nsapi.PathWindows+"/{name}", s.admin(s.handleDeleteWindow))

@@ -181,6 +181,10 @@ type RegisterAgentRequest struct {
 	Unreachable string `json:"unreachable,omitempty"`
 	// MACs are the computer's Ethernet addresses: network boot knows it as managed by them.
 	MACs []string `json:"macs,omitempty"`
+	// OS and Arch are the agent's operating system and architecture as Go names them
+	// (linux, windows, darwin; amd64, arm64), for groups that filter on them.
+	OS   string `json:"os,omitempty"`
+	Arch string `json:"arch,omitempty"`
 }
 
 // ServerRef is a site server offered to an agent.
@@ -381,6 +385,9 @@ func DecodeRegisterAgent(b []byte) (RegisterAgentRequest, error) {
 	if slices.ContainsFunc(req.Addresses, func(a netip.Addr) bool { return !a.IsValid() }) {
 		return RegisterAgentRequest{}, errors.New("addresses: invalid address")
 	}
+	if len(req.OS) > 32 || len(req.Arch) > 32 || !ValidOSName(req.OS) || !ValidOSName(req.Arch) {
+		return RegisterAgentRequest{}, errors.New("os, arch: at most 32 lower-case letters and digits")
+	}
 	if len(req.MACs) > 64 {
 		return RegisterAgentRequest{}, fmt.Errorf("macs: %d is more than 64", len(req.MACs))
 	}
@@ -445,4 +452,15 @@ type AuditEntry struct {
 	Target string `json:"target"`
 	// Status is the HTTP status of the answer: refused and failed changes are listed too.
 	Status int `json:"status"`
+}
+
+// ValidOSName reports whether s is empty or lower-case letters and digits, as Go's GOOS and
+// GOARCH are.
+func ValidOSName(s string) bool {
+	for _, c := range s {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') {
+			return false
+		}
+	}
+	return true
 }

@@ -3,7 +3,9 @@ package nsapi
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"path"
+	"slices"
 	"strings"
 	"time"
 
@@ -294,13 +296,57 @@ type Targets struct {
 	Select *TargetFilter `json:"select,omitempty"`
 }
 
-// TargetFilter picks agents by what the NS knows of them when the job is created: every
-// agent (All), or those in any of Sites (by their addresses and the site rules) and, if
-// Hosts is given, whose host name matches one of Hosts (shell globs, * ? [...], any case).
+// TargetFilter picks agents by what the NS knows of them at each run: every agent (All),
+// or those that match each criterion given (any value of one): in one of Sites (by their
+// addresses and the site rules), with an address in one of Subnets, a host name matching
+// one of Hosts (shell globs, * ? [...], any case), one of OS or Arch (as Go names them:
+// linux, windows; amd64, arm64), a member of one of Groups.
 type TargetFilter struct {
-	All   bool     `json:"all,omitempty"`
-	Sites []string `json:"sites,omitempty"`
-	Hosts []string `json:"hosts,omitempty"`
+	All     bool     `json:"all,omitempty" yaml:"all,omitempty"`
+	Sites   []string `json:"sites,omitempty" yaml:"sites,omitempty"`
+	Hosts   []string `json:"hosts,omitempty" yaml:"hosts,omitempty"`
+	Subnets []string `json:"subnets,omitempty" yaml:"subnets,omitempty"`
+	OS      []string `json:"os,omitempty" yaml:"os,omitempty"`
+	Arch    []string `json:"arch,omitempty" yaml:"arch,omitempty"`
+	Groups  []string `json:"groups,omitempty" yaml:"groups,omitempty"`
+}
+
+// Group is a saved set of computers: a static list of agents, a filter evaluated at each
+// use, or both (an agent in either is a member). A group's filter cannot name groups.
+type Group struct {
+	Name   string        `json:"name" yaml:"name"`
+	Agents []string      `json:"agents,omitempty" yaml:"agents,omitempty"`
+	Filter *TargetFilter `json:"filter,omitempty" yaml:"filter,omitempty"`
+}
+
+// MaxGroups bounds the saved groups.
+const MaxGroups = 1024
+
+// Validate checks a group; the error names the field.
+func (g *Group) Validate() error {
+	if !ValidID(g.Name) {
+		return fmt.Errorf("name: %q is not a valid name", g.Name)
+	}
+	if len(g.Agents) == 0 && g.Filter == nil {
+		return errors.New("agents or filter is required")
+	}
+	if len(g.Agents) > MaxTargets {
+		return fmt.Errorf("agents: more than %d", MaxTargets)
+	}
+	for i, a := range g.Agents {
+		if !ValidID(a) {
+			return fmt.Errorf("agents[%d]: %q is not a GUID", i, a)
+		}
+	}
+	if g.Filter != nil {
+		if len(g.Filter.Groups) > 0 {
+			return errors.New("filter.groups: a group's filter cannot name groups")
+		}
+		if err := g.Filter.Validate(); err != nil {
+			return fmt.Errorf("filter.%w", err)
+		}
+	}
+	return nil
 }
 
 // Limits of a target filter.
@@ -311,14 +357,29 @@ const (
 
 // Validate checks a filter; the error names the field.
 func (f *TargetFilter) Validate() error {
-	if !f.All && len(f.Sites) == 0 && len(f.Hosts) == 0 {
-		return errors.New("all, sites or hosts is required")
+	lists := [][]string{f.Sites, f.Hosts, f.Subnets, f.OS, f.Arch, f.Groups}
+	some := false
+	for _, l := range lists {
+		some = some || len(l) > 0
+		if len(l) > MaxFilterItems {
+			return fmt.Errorf("sites, hosts, subnets, os, arch, groups: at most %d each", MaxFilterItems)
+		}
 	}
-	if f.All && (len(f.Sites) > 0 || len(f.Hosts) > 0) {
-		return errors.New("all: not with sites or hosts")
+	if !f.All && !some {
+		return errors.New("all, sites, hosts, subnets, os, arch or groups is required")
 	}
-	if len(f.Sites) > MaxFilterItems || len(f.Hosts) > MaxFilterItems {
-		return fmt.Errorf("sites, hosts: at most %d each", MaxFilterItems)
+	if f.All && some {
+		return errors.New("all: not with other criteria")
+	}
+	for i, p := range f.Subnets {
+		if _, err := netip.ParsePrefix(p); err != nil {
+			return fmt.Errorf("subnets[%d]: %w", i, err)
+		}
+	}
+	for i, v := range append(slices.Clone(f.OS), f.Arch...) {
+		if v == "" || len(v) > 32 || !ValidOSName(v) {
+			return fmt.Errorf("os, arch[%d]: %q: lower-case letters and digits, as Go names them", i, v)
+		}
 	}
 	for i, h := range f.Hosts {
 		if h == "" || len(h) > maxGlob {
@@ -441,4 +502,33 @@ type AgentPresence struct {
 // PresenceRequest reports the agents registered with a task server.
 type PresenceRequest struct {
 	Agents []AgentPresence `json:"agents"`
+}
+
+// Matches reports whether an agent with hostname, addresses, os and arch, in sites and
+// groups, meets every criterion of f.
+func (f *TargetFilter) Matches(hostname string, addrs []netip.Addr, os, arch string, sites, groups []string) bool {
+	if f.All {
+		return true
+	}
+	any := func(want, have []string) bool {
+		return len(want) == 0 || slices.ContainsFunc(want, func(w string) bool { return slices.Contains(have, w) })
+	}
+	if !f.MatchHost(hostname) || !any(f.Sites, sites) || !any(f.Groups, groups) ||
+		!any(f.OS, []string{os}) || !any(f.Arch, []string{arch}) {
+		return false
+	}
+	if len(f.Subnets) > 0 {
+		in := false
+		for _, p := range f.Subnets {
+			pfx, err := netip.ParsePrefix(p)
+			if err != nil {
+				continue
+			}
+			in = in || slices.ContainsFunc(addrs, func(a netip.Addr) bool { return pfx.Contains(a.Unmap()) })
+		}
+		if !in {
+			return false
+		}
+	}
+	return true
 }

@@ -13,11 +13,13 @@ import (
 )
 
 // A MaintenanceWindow is when work marked "in window only" may run on the computers of some
-// sites: weekly time ranges in each computer's own local time. A computer in several
+// sites or groups: weekly time ranges in each computer's own local time. A computer in several
 // windows may run such work in any of them.
 type MaintenanceWindow struct {
 	Name  string   `json:"name" yaml:"name"`
-	Sites []string `json:"sites" yaml:"sites"`
+	Sites []string `json:"sites,omitempty" yaml:"sites,omitempty"`
+	// Groups: the window covers the members of these computer groups too.
+	Groups []string `json:"groups,omitempty" yaml:"groups,omitempty"`
 	// Ranges are "DAYS HH:MM-HH:MM": days as mon…sun, lists (mon,wed) and spans (mon-fri),
 	// or "daily"; times HH:MM or HH:MM:SS. An end at or before the start runs past midnight
 	// into the next day; 24:00 is the end of the day.
@@ -122,8 +124,13 @@ func (w *MaintenanceWindow) Validate() error {
 	if !ValidID(w.Name) {
 		return fmt.Errorf("name: %q is not a valid name", w.Name)
 	}
-	if len(w.Sites) == 0 || len(w.Sites) > MaxWindowSites {
-		return fmt.Errorf("sites: 1 to %d sites", MaxWindowSites)
+	if len(w.Sites)+len(w.Groups) == 0 || len(w.Sites) > MaxWindowSites || len(w.Groups) > MaxWindowSites {
+		return fmt.Errorf("sites, groups: 1 to %d sites or groups", MaxWindowSites)
+	}
+	for i, g := range w.Groups {
+		if !ValidID(g) {
+			return fmt.Errorf("groups[%d]: %q is not a valid name", i, g)
+		}
 	}
 	for i, s := range w.Sites {
 		if s == "" || len(s) > 256 {
@@ -231,6 +238,33 @@ func (c *Client) Windows(ctx context.Context) ([]MaintenanceWindow, error) {
 // DeleteWindow forgets a maintenance window (admin).
 func (c *Client) DeleteWindow(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodDelete, PathWindows+"/"+url.PathEscape(name), nil, nil)
+}
+
+// PathGroups is the admin API of computer groups.
+const PathGroups = "/api/v1/groups"
+
+// PutGroup creates or replaces a computer group (admin).
+func (c *Client) PutGroup(ctx context.Context, g Group) error {
+	return c.do(ctx, http.MethodPut, PathGroups+"/"+url.PathEscape(g.Name), g, nil)
+}
+
+// Groups lists the computer groups (admin).
+func (c *Client) Groups(ctx context.Context) ([]Group, error) {
+	var out []Group
+	err := c.do(ctx, http.MethodGet, PathGroups, nil, &out)
+	return out, err
+}
+
+// GroupMembers lists the agents a group holds now (admin).
+func (c *Client) GroupMembers(ctx context.Context, name string) ([]string, error) {
+	var out []string
+	err := c.do(ctx, http.MethodGet, PathGroups+"/"+url.PathEscape(name)+"/members", nil, &out)
+	return out, err
+}
+
+// DeleteGroup forgets a computer group (admin).
+func (c *Client) DeleteGroup(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, PathGroups+"/"+url.PathEscape(name), nil, nil)
 }
 
 // WindowNames lists the windows' names, for logs and views.

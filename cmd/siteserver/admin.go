@@ -24,7 +24,7 @@ import (
 type adminOptions struct {
 	description, jobFile, targets, agent                              string
 	pkgDir, pkgID, pkgVersion, pkgSites, pkgServers, compName, source string
-	ranges, hosts                                                     string
+	ranges, hosts, subnets, osNames, archNames, groups                string
 	all, failed                                                       bool
 	pkgStaged, count                                                  int
 	compUUID, compSite                                                string
@@ -83,6 +83,18 @@ var optionFlags = map[string]func(fs *flag.FlagSet, o *adminOptions){
 	"name": func(fs *flag.FlagSet, o *adminOptions) { fs.StringVar(&o.compName, "name", "", "computer `NAME`") },
 	"force": func(fs *flag.FlagSet, o *adminOptions) {
 		fs.BoolVar(&o.force, "force", false, "predefine a computer that an agent claims as managed")
+	},
+	"subnets": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.StringVar(&o.subnets, "subnets", "", "comma-separated `PREFIXES`: agents with an address in one")
+	},
+	"os": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.StringVar(&o.osNames, "os", "", "comma-separated operating systems as Go names them (`linux,windows`)")
+	},
+	"arch": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.StringVar(&o.archNames, "arch", "", "comma-separated architectures as Go names them (`amd64,arm64`)")
+	},
+	"groups": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.StringVar(&o.groups, "groups", "", "comma-separated computer `GROUPS`: their members")
 	},
 	"failed": func(fs *flag.FlagSet, o *adminOptions) {
 		fs.BoolVar(&o.failed, "failed", false, "only the agents whose latest instance failed, expired or was cancelled")
@@ -192,15 +204,21 @@ var adminCommands = []adminCommand{
 		onAgent("reset", func(a *adminCall, id string) error { return a.c.ResetAgent(a.ctx, id) })},
 	{"agents delete", 1, "AGENT", "forget an agent and revoke its certificate", nil,
 		onAgent("deleted", func(a *adminCall, id string) error { return a.c.DeleteAgent(a.ctx, id) })},
-	{"jobs create", 0, "-file JOB.yaml [-targets GUID,…] [-all | -sites SITES] [-hosts GLOBS] [-dry-run]", "create or update a job and an instance for each target",
-		[]string{"file", "targets", "all", "sites", "hosts", "dry-run", "json"}, jobsCreate},
+	{"jobs create", 0, "-file JOB.yaml [-targets GUID,…] [-all | -sites SITES -hosts GLOBS -subnets P -os OS -arch A -groups G] [-dry-run]", "create or update a job and an instance for each target",
+		[]string{"file", "targets", "all", "sites", "hosts", "subnets", "os", "arch", "groups", "dry-run", "json"}, jobsCreate},
+	{"groups set", 1, "NAME [-targets GUIDs] [-sites S -hosts G -subnets P -os OS -arch A]", "create or replace a computer group: a static list, a filter evaluated at each use, or both",
+		[]string{"targets", "sites", "hosts", "subnets", "os", "arch"}, groupsSet},
+	{"groups list", 0, "", "list computer groups", []string{"json"}, groupsList},
+	{"groups show", 1, "NAME", "the agents a group holds now", []string{"json"}, groupsShow},
+	{"groups delete", 1, "NAME", "delete a computer group", nil,
+		func(a *adminCall) error { return a.c.DeleteGroup(a.ctx, a.pos[0]) }},
 	{"jobs list", 0, "", "list jobs", []string{"json"}, jobsList},
 	{"jobs status", 1, "JOB", "the state of each instance of a job", []string{"json"}, jobsStatus},
 	{"jobs output", 1, "JOB", "what each task of a job printed, on each agent", []string{"agent", "json"}, jobsOutput},
 	{"jobs rerun", 1, "JOB [-failed]", "a new run of a job for the agents of its last run, or only those whose latest instance failed, expired or was cancelled", []string{"failed", "json"}, jobsRerun},
 	{"jobs delete", 1, "JOB", "forget a job and its history (cancel it first if it has open instances)", nil,
 		func(a *adminCall) error { return a.c.DeleteJob(a.ctx, a.pos[0]) }},
-	{"windows set", 1, "NAME -sites SITES -ranges RANGES", "create or replace a maintenance window: when jobs marked in_window_only may run", []string{"sites", "ranges"}, windowsSet},
+	{"windows set", 1, "NAME -sites SITES|-groups GROUPS -ranges RANGES", "create or replace a maintenance window: when jobs marked in_window_only may run", []string{"sites", "groups", "ranges"}, windowsSet},
 	{"windows list", 0, "", "list maintenance windows", []string{"json"}, windowsList},
 	{"windows delete", 1, "NAME", "delete a maintenance window", nil,
 		func(a *adminCall) error { return a.c.DeleteWindow(a.ctx, a.pos[0]) }},

@@ -3,6 +3,7 @@ package main
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -36,8 +37,12 @@ func jobsCreate(a *adminCall) error {
 			req.Targets = append(req.Targets, t)
 		}
 	}
-	if a.opt.all || a.opt.pkgSites != "" || a.opt.hosts != "" {
-		req.Select = &nsapi.TargetFilter{All: a.opt.all, Sites: splitList(a.opt.pkgSites), Hosts: splitList(a.opt.hosts)}
+	if f := a.filter(); f != nil || a.opt.all || a.opt.groups != "" {
+		if f == nil {
+			f = &nsapi.TargetFilter{}
+		}
+		f.All, f.Groups = a.opt.all, splitList(a.opt.groups)
+		req.Select = f
 	}
 	req.DryRun = a.opt.dryRun
 	if len(req.Targets) == 0 && req.Select == nil {
@@ -279,8 +284,65 @@ func packagesStatusOnce(a *adminCall) error {
 	})
 }
 
+// filter is the target filter the flags give (-sites, -hosts, -subnets, -os, -arch), or nil.
+func (a *adminCall) filter() *nsapi.TargetFilter {
+	f := nsapi.TargetFilter{Sites: splitList(a.opt.pkgSites), Hosts: splitList(a.opt.hosts), Subnets: splitList(a.opt.subnets),
+		OS: splitList(a.opt.osNames), Arch: splitList(a.opt.archNames)}
+	if len(f.Sites)+len(f.Hosts)+len(f.Subnets)+len(f.OS)+len(f.Arch) == 0 {
+		return nil
+	}
+	return &f
+}
+
+func groupsSet(a *adminCall) error {
+	g := nsapi.Group{Name: a.pos[0], Agents: splitList(a.opt.targets), Filter: a.filter()}
+	if err := g.Validate(); err != nil {
+		return fmt.Errorf("group %s: %w", g.Name, err)
+	}
+	if err := a.c.PutGroup(a.ctx, g); err != nil {
+		return err
+	}
+	fmt.Fprintf(a.out, "group %s: %d agents by GUID, filter %v\n", g.Name, len(g.Agents), g.Filter != nil)
+	return nil
+}
+
+func groupsList(a *adminCall) error {
+	gs, err := a.c.Groups(a.ctx)
+	if err != nil {
+		return err
+	}
+	return a.print(gs, func(tw *tabwriter.Writer) {
+		fmt.Fprintln(tw, "NAME\tAGENTS\tFILTER")
+		for _, g := range gs {
+			f := "-"
+			if g.Filter != nil {
+				b, _ := json.Marshal(g.Filter)
+				f = string(b)
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%s\n", g.Name, len(g.Agents), f)
+		}
+	})
+}
+
+func groupsShow(a *adminCall) error {
+	ids, err := a.c.GroupMembers(a.ctx, a.pos[0])
+	if err != nil {
+		return err
+	}
+	n, err := a.tableNames()
+	if err != nil {
+		return err
+	}
+	return a.print(ids, func(tw *tabwriter.Writer) {
+		fmt.Fprintf(tw, "group %s: %d agents now\n", a.pos[0], len(ids))
+		for _, id := range ids {
+			fmt.Fprintf(tw, "%s\t%s\n", n.agent(id), id)
+		}
+	})
+}
+
 func windowsSet(a *adminCall) error {
-	w := nsapi.MaintenanceWindow{Name: a.pos[0], Sites: splitList(a.opt.pkgSites)}
+	w := nsapi.MaintenanceWindow{Name: a.pos[0], Sites: splitList(a.opt.pkgSites), Groups: splitList(a.opt.groups)}
 	for r := range strings.SplitSeq(a.opt.ranges, ";") {
 		if r = strings.TrimSpace(r); r != "" {
 			w.Ranges = append(w.Ranges, r)
@@ -292,7 +354,7 @@ func windowsSet(a *adminCall) error {
 	if err := a.c.PutWindow(a.ctx, w); err != nil {
 		return err
 	}
-	fmt.Fprintf(a.out, "window %s: sites %s; %s\n", w.Name, strings.Join(w.Sites, ", "), strings.Join(w.Ranges, "; "))
+	fmt.Fprintf(a.out, "window %s: sites %s, groups %s; %s\n", w.Name, dashS(strings.Join(w.Sites, ", ")), dashS(strings.Join(w.Groups, ", ")), strings.Join(w.Ranges, "; "))
 	return nil
 }
 
@@ -302,9 +364,9 @@ func windowsList(a *adminCall) error {
 		return err
 	}
 	return a.print(ws, func(tw *tabwriter.Writer) {
-		fmt.Fprintln(tw, "NAME\tSITES\tRANGES (each computer's local time)")
+		fmt.Fprintln(tw, "NAME\tSITES\tGROUPS\tRANGES (each computer's local time)")
 		for _, w := range ws {
-			fmt.Fprintf(tw, "%s\t%s\t%s\n", w.Name, strings.Join(w.Sites, ","), strings.Join(w.Ranges, "; "))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", w.Name, dashS(strings.Join(w.Sites, ",")), dashS(strings.Join(w.Groups, ",")), strings.Join(w.Ranges, "; "))
 		}
 	})
 }

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -646,5 +647,27 @@ ns:
 	}
 	if out, err := s.cli().adminRun("jobs", "create", "-file", filepath.Join(s.dir, "t.yaml"), "-hosts", "[x"); err == nil || !strings.Contains(out, "hosts[0]") {
 		t.Fatalf("a bad glob: %v\n%s", err, out)
+	}
+
+	// Groups: a saved filter (evaluated at each use) and a static list; agents report their
+	// operating system and architecture.
+	s.cli().admin("groups", "set", "lab", "-hosts", "pc2.*", "-os", runtime.GOOS)
+	s.cli().admin("groups", "set", "firsts", "-targets", s.agentID)
+	mustContain(t, "groups show", s.cli().admin("groups", "show", "lab"), "1 agents now", "pc2.example")
+	mustContain(t, "groups list", s.cli().admin("groups", "list"), "lab", "firsts")
+	if got := agents(create("-groups", "lab")); !slices.Equal(got, []string{agent2}) {
+		t.Fatalf("-groups lab reached %v", got)
+	}
+	if got := agents(create("-groups", "lab,firsts")); !slices.Equal(got, want) {
+		t.Fatalf("-groups lab,firsts reached %v", got)
+	}
+	if got := agents(create("-arch", runtime.GOARCH, "-subnets", "10.30.0.0/16")); !slices.Equal(got, []string{agent2}) {
+		t.Fatalf("-arch and -subnets reached %v", got)
+	}
+	if got := agents(create("-os", "plan9")); len(got) != 0 {
+		t.Fatalf("-os plan9 reached %v", got)
+	}
+	if out, err := s.cli().adminRun("jobs", "create", "-file", filepath.Join(s.dir, "t.yaml"), "-groups", "nosuch"); err == nil || !strings.Contains(out, "no group") {
+		t.Fatalf("an unknown group: %v\n%s", err, out)
 	}
 }

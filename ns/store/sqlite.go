@@ -222,6 +222,15 @@ var migrations = []string{
 		runs INTEGER NOT NULL DEFAULT 0
 	);
 	CREATE INDEX job_schedules_next ON job_schedules (next_run);`,
+	// 19: the operating system and architecture agents report, for groups; saved groups.
+	`ALTER TABLE agents ADD COLUMN os TEXT NOT NULL DEFAULT '';
+	ALTER TABLE agents ADD COLUMN arch TEXT NOT NULL DEFAULT '';
+	CREATE TABLE groups (
+		id TEXT PRIMARY KEY,
+		spec TEXT NOT NULL,
+		created_at INTEGER NOT NULL,
+		updated_at INTEGER NOT NULL
+	);`,
 }
 
 // SQLiteStore is the Store in a SQLite file.
@@ -494,13 +503,13 @@ func (s *SQLiteStore) PutServer(ctx context.Context, rec ServerRecord) error {
 	return nil
 }
 
-const agentCols = `id, hostname, cert_serial, addresses, task_server, enrolled_at, last_seen, cert_not_after`
+const agentCols = `id, hostname, cert_serial, addresses, task_server, enrolled_at, last_seen, cert_not_after, os, arch`
 
 func scanAgent(sc scanner) (AgentRecord, error) {
 	var rec AgentRecord
 	var addrs string
 	var enrolled, seen, notAfter int64
-	if err := sc.Scan(&rec.ID, &rec.Hostname, &rec.CertSerial, &addrs, &rec.TaskServer, &enrolled, &seen, &notAfter); err != nil {
+	if err := sc.Scan(&rec.ID, &rec.Hostname, &rec.CertSerial, &addrs, &rec.TaskServer, &enrolled, &seen, &notAfter, &rec.OS, &rec.Arch); err != nil {
 		return rec, err
 	}
 	rec.CertNotAfter = fromUnixNano(notAfter)
@@ -550,10 +559,10 @@ func (s *SQLiteStore) PutAgent(ctx context.Context, rec AgentRecord) error {
 // PutAgents implements Store.
 func (s *SQLiteStore) PutAgents(ctx context.Context, recs []AgentRecord) error {
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		stmt, err := tx.PrepareContext(ctx, `INSERT INTO agents (`+agentCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+		stmt, err := tx.PrepareContext(ctx, `INSERT INTO agents (`+agentCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 			ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname, cert_serial = excluded.cert_serial,
 			addresses = excluded.addresses, task_server = excluded.task_server, enrolled_at = excluded.enrolled_at,
-			last_seen = excluded.last_seen, cert_not_after = excluded.cert_not_after`)
+			last_seen = excluded.last_seen, cert_not_after = excluded.cert_not_after, os = excluded.os, arch = excluded.arch`)
 		if err != nil {
 			return err
 		}
@@ -561,7 +570,7 @@ func (s *SQLiteStore) PutAgents(ctx context.Context, recs []AgentRecord) error {
 		for _, rec := range recs {
 			addrs, _ := json.Marshal(orEmpty(rec.Addresses))
 			if _, err := stmt.ExecContext(ctx, rec.ID, rec.Hostname, rec.CertSerial, string(addrs), rec.TaskServer,
-				toUnixNano(rec.Enrolled), toUnixNano(rec.LastSeen), toUnixNano(rec.CertNotAfter)); err != nil {
+				toUnixNano(rec.Enrolled), toUnixNano(rec.LastSeen), toUnixNano(rec.CertNotAfter), rec.OS, rec.Arch); err != nil {
 				return fmt.Errorf("agent %s: %w", rec.ID, err)
 			}
 		}

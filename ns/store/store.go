@@ -48,6 +48,7 @@ type AgentRecord struct {
 	// CertNotAfter: as for ServerRecord.
 	CertNotAfter time.Time
 	Addresses    []netip.Addr
+	OS, Arch     string // as the agent reported them (empty: an agent of an earlier version)
 	TaskServer   string
 	Enrolled     time.Time
 	LastSeen     time.Time
@@ -135,6 +136,11 @@ type Store interface {
 	PutSchedule(ctx context.Context, sc JobSchedule) error
 	DueSchedules(ctx context.Context, now time.Time) ([]JobSchedule, error)
 	DeleteSchedule(ctx context.Context, jobID string) error
+	// PutGroup stores a computer group (by name), Groups lists them, DeleteGroup forgets one
+	// (ErrNotFound if there was none).
+	PutGroup(ctx context.Context, g nsapi.Group, now time.Time) error
+	Groups(ctx context.Context) ([]nsapi.Group, error)
+	DeleteGroup(ctx context.Context, name string) error
 	// PutWindow stores a maintenance window (by name), Windows lists them, DeleteWindow
 	// forgets one (ErrNotFound if there was none).
 	PutWindow(ctx context.Context, w nsapi.MaintenanceWindow, now time.Time) error
