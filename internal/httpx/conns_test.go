@@ -281,6 +281,9 @@ func TestConnLimitShareOfFullLimit(t *testing.T) {
 		}
 		first = append(first, conntest.DialFrom(t, src, s.addr))
 		if i == 0 {
+			for s.lim.Open() != 1 { // admitted (idle from now) before the clock moves
+				time.Sleep(time.Millisecond)
+			}
 			now.Add(1) // a's first connection is the one idle longest
 		}
 	}
