@@ -676,7 +676,7 @@ func (s *Server) transfer(log *slog.Logger, c conn, sl *slot, req request, neg n
 	}
 	c.setTimeout(timeout)
 	x := &sender{conn: c, blockSize: neg.blockSize, window: neg.window, retries: s.cfg.Retries,
-		budget: unverifiedFactor * reqSize, deadline: start.Add(s.cfg.MaxTransferTime), onProven: sl.proven}
+		budget: unverifiedFactor * reqSize, deadline: start.Add(s.cfg.MaxTransferTime), onProven: sl.answered}
 	var err error
 	if len(neg.accepted) > 0 {
 		err = x.negotiate(appendOACK(nil, neg.accepted))
