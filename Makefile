@@ -55,6 +55,9 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeRegisterAgent$$' -fuzztime=30s ./nsapi/
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeEvents$$' -fuzztime=30s ./nsapi/
 	$(GO) test -run='^$$' -fuzz='^FuzzVerifyGrant$$' -fuzztime=30s ./nsapi/
+	$(GO) test -run='^$$' -fuzz='^FuzzVerifyCancel$$' -fuzztime=30s ./nsapi/
+	$(GO) test -run='^$$' -fuzz='^FuzzParseRange$$' -fuzztime=30s ./nsapi/
+	$(GO) test -run='^$$' -fuzz='^FuzzParseCron$$' -fuzztime=30s ./nsapi/
 	$(GO) test -run='^$$' -fuzz='^FuzzParseContentRange$$' -fuzztime=30s ./nsapi/
 	$(GO) test -run='^$$' -fuzz='^FuzzParseUploadOffset$$' -fuzztime=30s ./nsapi/
 	$(GO) test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=30s ./tickle/

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"time"
 
@@ -92,9 +93,9 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Agent, er
 	}
 	refused := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: obs.Namespace, Subsystem: "agent", Name: "instances_refused_total",
-		Help: "Job instances not run because their grant from the NS did not check, by reason.",
+		Help: "Job instances not run because their grant from the NS did not check, by reason; cancel: a cancel notice that did not check, ignored.",
 	}, []string{"reason"})
-	for _, r := range nsapi.GrantReasons {
+	for _, r := range append(nsapi.GrantReasons, "cancel") {
 		refused.WithLabelValues(r)
 	}
 	if err := reg.Register(refused); err != nil {
@@ -165,6 +166,14 @@ func (a *Agent) setTaskServer(id string) {
 	}
 }
 
+// windows is the schedule of the maintenance windows of the agent's sites, as the NS last
+// gave them (kept across restarts with its last answer).
+func (a *Agent) windows() nsapi.WindowSchedule {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return nsapi.ScheduleOf(a.servers.Windows)
+}
+
 func (a *Agent) setServers(r nsapi.RegisterAgentResponse) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -180,7 +189,7 @@ func (a *Agent) register(ctx context.Context, p *nsapi.Enrollment, c *nsapi.Clie
 	ts := a.taskServer
 	a.mu.Unlock()
 	req := nsapi.RegisterAgentRequest{ID: p.ID(), Hostname: p.Hostname, Addresses: hostinfo.Addrs(prefixes), TaskServer: ts,
-		MACs: hostinfo.MACs(a.cfg.MACs), Unreachable: a.sel.givenUp(time.Now())}
+		MACs: hostinfo.MACs(a.cfg.MACs), Unreachable: a.sel.givenUp(time.Now()), OS: runtime.GOOS, Arch: runtime.GOARCH}
 	req.Interfaces = wakeInterfaces(a.cfg.MACs, a.cfg.Addresses, prefixes)
 	resp, err := c.RegisterAgent(ctx, req)
 	if err != nil {
@@ -206,6 +215,6 @@ func (a *Agent) register(ctx context.Context, p *nsapi.Enrollment, c *nsapi.Clie
 	next := nextRegistration(resp)
 	a.metrics.nsInterval.Set(cmp.Or(resp.Settings.AgentRegistrationInterval, resp.Settings.HeartbeatInterval).Seconds())
 	a.logger.Info("registered with NS", "id", p.ID(), "sites", len(resp.Sites), "task_servers", task, "reason", resp.TaskReason,
-		"next", next.Round(time.Second))
+		"windows", nsapi.WindowNames(resp.Windows), "next", next.Round(time.Second))
 	return resp, next, nil
 }

@@ -53,6 +53,9 @@ type Runner struct {
 	// RestartWait is how long a task with ResumeAfterRestart that exited 0 is given to
 	// restart the computer before the job goes on; default nsapi.RestartWait.
 	RestartWait time.Duration
+	// Cancel, if set, is closed when the NS cancels the instance being run: the running
+	// task's process group is killed and the job ends as cancelled.
+	Cancel <-chan struct{}
 	// Power holds the commands of power tasks.
 	Power PowerCommands
 }
@@ -94,9 +97,33 @@ type TaskProcess struct {
 
 // taskResult is how one task execution ended.
 type taskResult struct {
-	code     int
-	timedOut bool
-	output   string
+	code      int
+	timedOut  bool
+	cancelled bool // stopped because the NS cancelled the instance
+	output    string
+}
+
+// cancelOutput is what a task stopped by a cancel, and the job, report.
+const cancelOutput = "cancelled by an administrator at the NS"
+
+// cancelled reports whether the NS has cancelled the instance being run.
+func (r *Runner) cancelled() bool {
+	if r.Cancel == nil {
+		return false
+	}
+	select {
+	case <-r.Cancel:
+		return true
+	default:
+		return false
+	}
+}
+
+// cancelledJob ends the job of p as cancelled.
+func (r *Runner) cancelledJob(p *Progress, send func(nsapi.Event) error) (string, error) {
+	r.logger(p.Instance).Info("job cancelled by the NS", "task", p.Task)
+	return r.finish(p, send, nsapi.Event{ID: nsapi.DerivedEventID(p.Instance.ID, nsapi.StateCancelled), Kind: nsapi.EventJob,
+		Task: max(p.Task, 0), State: nsapi.StateCancelled, ExitCode: -1, Output: cancelOutput})
 }
 
 // Run executes one job instance task by task and reports through emit: a job event
@@ -124,6 +151,11 @@ func (r *Runner) Run(ctx context.Context, inst nsapi.JobInstance, emit func(nsap
 	if err := ctx.Err(); err != nil {
 		return nsapi.StateDelivered, err
 	}
+	if r.cancelled() {
+		logger.Info("job instance cancelled before it ran")
+		return nsapi.StateCancelled, send(nsapi.Event{ID: nsapi.DerivedEventID(inst.ID, nsapi.StateCancelled), Kind: nsapi.EventJob,
+			State: nsapi.StateCancelled, ExitCode: -1, Output: cancelOutput + ", before it ran"})
+	}
 	p := &Progress{Instance: inst, Started: r.now()}
 	if err := r.save(p); err != nil {
 		return nsapi.StateDelivered, err
@@ -137,6 +169,13 @@ func (r *Runner) Run(ctx context.Context, inst nsapi.JobInstance, emit func(nsap
 		return r.finish(p, send, nsapi.Event{Kind: nsapi.EventJob, State: nsapi.StateFailed, Output: fitOutput("invalid job: "+err.Error(), r.maxOutput())})
 	}
 	return r.loop(ctx, logger, p, 0, send)
+}
+
+// Expire reports an instance that was never run as expired, for reason.
+func (r *Runner) Expire(inst nsapi.JobInstance, emit func(nsapi.Event) error, reason string) (string, error) {
+	r.logger(inst).Info("job instance expired before it ran", "reason", reason)
+	return nsapi.StateExpired, r.sender(inst, emit)(nsapi.Event{ID: nsapi.DerivedEventID(inst.ID, nsapi.StateExpired), Kind: nsapi.EventJob,
+		State: nsapi.StateExpired, Output: reason})
 }
 
 // Resume takes up an instance whose run the agent's restart interrupted, from the progress
@@ -236,6 +275,9 @@ func (r *Runner) loop(ctx context.Context, logger *slog.Logger, p *Progress, sta
 		if err := ctx.Err(); err != nil {
 			return nsapi.StateRunning, err
 		}
+		if r.cancelled() {
+			return r.cancelledJob(p, send)
+		}
 		p.Task, p.Runs, p.Finished, p.Process = i, p.Runs+1, nil, nil
 		if err := r.save(p); err != nil {
 			return nsapi.StateRunning, err
@@ -259,6 +301,17 @@ func (r *Runner) loop(ctx context.Context, logger *slog.Logger, p *Progress, sta
 		p.Process = nil
 		if err != nil {
 			return nsapi.StateRunning, err
+		}
+		if res.cancelled {
+			fin := r.stamp(inst, nsapi.Event{Kind: nsapi.EventTask, Task: i, State: nsapi.StateFailed, ExitCode: -1, Output: fitOutput(res.output+"\n"+cancelOutput+"\n", r.maxOutput())})
+			p.Finished = &fin
+			if err := r.save(p); err != nil {
+				return nsapi.StateRunning, err
+			}
+			if err := send(fin); err != nil {
+				return nsapi.StateRunning, err
+			}
+			return r.cancelledJob(p, send)
 		}
 		taskState := nsapi.StateSucceeded
 		if res.code != 0 || res.timedOut {
@@ -298,6 +351,8 @@ func (r *Runner) loop(ctx context.Context, logger *slog.Logger, p *Progress, sta
 			select {
 			case <-ctx.Done():
 				return nsapi.StateRunning, ctx.Err()
+			case <-r.Cancel:
+				return r.cancelledJob(p, send)
 			case <-time.After(r.restartWait()):
 				logger.Info("no restart came; going on with the job", "task", i)
 			}
@@ -469,6 +524,19 @@ func (r *Runner) runTask(ctx context.Context, logger *slog.Logger, inst nsapi.Jo
 
 	tctx, cancel := context.WithTimeout(ctx, time.Duration(task.Timeout))
 	defer cancel()
+	var stopped atomic.Bool // by the NS's cancel
+	if r.Cancel != nil {
+		ended := make(chan struct{})
+		defer close(ended)
+		go func() {
+			select {
+			case <-r.Cancel:
+				stopped.Store(true)
+				cancel()
+			case <-ended:
+			}
+		}()
+	}
 	cmd := exec.CommandContext(tctx, argv[0], argv[1:]...)
 	jobID := inst.JobID
 	if jobID == "" {
@@ -523,6 +591,8 @@ func (r *Runner) runTask(ctx context.Context, logger *slog.Logger, inst nsapi.Jo
 		return res, nil
 	}
 	switch ws, _ := cmd.ProcessState.Sys().(syscall.WaitStatus); {
+	case stopped.Load():
+		res.code, res.cancelled = -1, true
 	case killed.Load():
 		res.code, res.timedOut = -1, true
 	case ws.Signaled():

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -57,6 +58,10 @@ type taskClient struct {
 	channelUp     func() bool
 
 	done *doneSet
+
+	// windowTimer wakes the loop when a maintenance window opens (at windowAt).
+	windowTimer *time.Timer
+	windowAt    time.Time
 }
 
 // doneSet remembers the instances this agent has run, so a re-delivered one is not run
@@ -177,8 +182,32 @@ func (t *taskClient) cycle(ctx context.Context) error {
 		if t.done.has(inst.ID) {
 			continue
 		}
+		if t.cancelledByNS(inst) {
+			// Withdrawn before it ran here: it never runs; its end is reported.
+			r := t.runner()
+			r.Cancel = closedChan
+			state, err := r.Run(ctx, inst, func(e nsapi.Event) error { return t.send(ctx, e) })
+			if err := t.finished(inst, state, err); err != nil {
+				return err
+			}
+			continue
+		}
 		if err := t.verify(inst); err != nil {
 			continue
+		}
+		if inst.Job.InWindowOnly {
+			wait, expired := t.windowWait(inst, t.a.now())
+			if expired != "" {
+				state, err := t.runner().Expire(inst, func(e nsapi.Event) error { return t.send(ctx, e) }, expired)
+				if err := t.finished(inst, state, err); err != nil {
+					return err
+				}
+				continue
+			}
+			if wait > 0 {
+				t.wakeIn(wait)
+				continue
+			}
 		}
 		if err := t.runInstance(ctx, inst); err != nil {
 			return err
@@ -431,8 +460,130 @@ func (t *taskClient) current() string {
 // is kept in the data directory meanwhile, for resumeInterrupted after a restart.
 func (t *taskClient) runInstance(ctx context.Context, inst nsapi.JobInstance) error {
 	t.logger.Info("running job", "job", inst.JobID, "instance", inst.ID)
-	state, err := t.runner().Run(ctx, inst, func(e nsapi.Event) error { return t.send(ctx, e) })
+	r := t.runner()
+	cancelled, stop := t.watchCancel(ctx, inst)
+	defer stop()
+	r.Cancel = cancelled
+	state, err := r.Run(ctx, inst, func(e nsapi.Event) error { return t.send(ctx, e) })
 	return t.finished(inst, state, err)
+}
+
+// maxWindowWait bounds a wait for a maintenance window, so that windows the NS changed
+// meanwhile are looked at again.
+const maxWindowWait = time.Hour
+
+// windowWait decides an instance of an "in window only" job at now: 0 to run it now, how
+// long to wait for a window of the agent's sites (the last the NS gave, kept across
+// restarts), or, when its validity counted from the window has passed, why it expired.
+// Windows are read in the computer's local time.
+func (t *taskClient) windowWait(inst nsapi.JobInstance, now time.Time) (time.Duration, string) {
+	if !inst.Expires.IsZero() && !now.Before(inst.Expires) {
+		return 0, "" // past its grant: the runner reports it expired
+	}
+	ws := t.a.windows()
+	validity := cmp.Or(time.Duration(inst.Job.Validity), nsapi.DefaultValidity)
+	if deadline, ok := nsapi.WindowDeadline(ws, inst.Created.In(now.Location()), validity); ok && !now.Before(deadline) {
+		return 0, fmt.Sprintf("its validity (%s, counted from the first maintenance window after it was created) ended before it could run", validity)
+	}
+	if open, _ := ws.Open(now); open {
+		return 0, ""
+	}
+	wait := maxWindowWait
+	if next, ok := ws.Next(now); ok {
+		wait = min(wait, next.Sub(now))
+	}
+	if !inst.Expires.IsZero() {
+		wait = min(wait, inst.Expires.Sub(now))
+	}
+	t.logger.Debug("job waits for a maintenance window", "instance", inst.ID, "wait", wait.Round(time.Second))
+	return max(wait, time.Second), ""
+}
+
+// wakeIn runs a cycle after d (or earlier, if one is already set to come sooner).
+func (t *taskClient) wakeIn(d time.Duration) {
+	at := time.Now().Add(d)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.windowTimer != nil && !t.windowAt.IsZero() && t.windowAt.After(time.Now()) && !t.windowAt.After(at) {
+		return
+	}
+	if t.windowTimer != nil {
+		t.windowTimer.Stop()
+	}
+	t.windowAt = at
+	t.windowTimer = time.AfterFunc(d, t.kick)
+}
+
+// closedChan is a cancel that has come.
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// cancelPoll is how often the agent asks its task server, while it runs an instance,
+// whether the NS cancelled it; a tickle makes it ask at once.
+const cancelPoll = time.Minute
+
+// cancelledByNS reports whether inst carries a cancel notice the NS signed for this agent.
+// One that does not check is counted and logged like a refused grant, and ignored: the
+// grant alone decides whether the instance runs.
+func (t *taskClient) cancelledByNS(inst nsapi.JobInstance) bool {
+	if inst.Cancel == nil {
+		return false
+	}
+	key, _ := t.a.peer.JobKey()
+	_, err := nsapi.VerifyCancel(key, inst, t.a.peer.ID(), t.a.now())
+	if err == nil {
+		return true
+	}
+	t.mu.Lock()
+	if t.refused == nil || len(t.refused) >= 10000 {
+		t.refused = map[string]bool{}
+	}
+	again := t.refused[inst.ID+"/cancel"]
+	t.refused[inst.ID+"/cancel"] = true
+	t.mu.Unlock()
+	if !again {
+		t.a.refused.WithLabelValues("cancel").Inc()
+		t.logger.Warn("cancel notice refused: it is not the NS's", "instance", inst.ID, "job", inst.JobID, "err", err)
+	}
+	return false
+}
+
+// watchCancel asks the task server, while inst runs, whether the NS cancelled it: when
+// tickled, and every cancelPoll. The channel is closed when a notice signed by the NS
+// comes; stop ends the watch.
+func (t *taskClient) watchCancel(ctx context.Context, inst nsapi.JobInstance) (<-chan struct{}, func()) {
+	cancelled := make(chan struct{})
+	wctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(cancelPoll)
+		defer tick.Stop()
+		for {
+			select {
+			case <-wctx.Done():
+				return
+			case <-t.wake:
+			case <-tick.C:
+			}
+			var jobs taskapi.JobsResponse
+			if err := t.call(wctx, http.MethodGet, taskapi.PathJobs, nil, &jobs); err != nil {
+				continue
+			}
+			for _, in := range jobs.Instances {
+				if in.ID == inst.ID && t.cancelledByNS(in) {
+					t.logger.Info("the NS cancelled the running job", "job", inst.JobID, "instance", inst.ID)
+					close(cancelled)
+					return
+				}
+			}
+		}
+	}()
+	return cancelled, func() {
+		stop()
+		<-done
+		// A tickle taken by the watch may have been for other work: look again.
+		t.kick()
+	}
 }
 
 // progressFile holds the Progress of the instance being run, 0600 in the data directory.
@@ -491,6 +642,9 @@ func (t *taskClient) resumeInterrupted(ctx context.Context) error {
 		return os.Remove(path)
 	}
 	r := t.runner()
+	cancelled, stop := t.watchCancel(ctx, inst)
+	defer stop()
+	r.Cancel = cancelled
 	emit := func(e nsapi.Event) error { return t.send(ctx, e) }
 	key, _ := t.a.peer.JobKey()
 	var state string

@@ -46,8 +46,9 @@ func TestAbuseNetboot(t *testing.T) {
 	if f := num(m[3]); f <= 0 || f > 3 {
 		t.Errorf("tftp_amplification %v, want at most 3", f)
 	}
-	// Eight attacking addresses of eight transfers each, and the legitimate client.
-	if active := num(m[4]); active > 8*8+1 {
-		t.Errorf("peak_tftp_active %v, want at most 65", active)
+	// Eight attacking addresses of eight transfers each, and the legitimate client's (its
+	// last transfer may still be counted while its next one starts).
+	if active := num(m[4]); active > 8*8+2 {
+		t.Errorf("peak_tftp_active %v, want at most 66", active)
 	}
 }

@@ -1,7 +1,6 @@
 package netbootd
 
 import (
-	"context"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -12,7 +11,6 @@ import (
 	"net/url"
 	"path"
 	"strings"
-	"time"
 
 	"github.com/siteserver/siteserver/netbootd/pxe"
 )
@@ -364,33 +362,35 @@ func (s *Service) serveSecureBootScript(w http.ResponseWriter, r *http.Request) 
 	mac, by := s.identify(p, remote.Addr().Unmap())
 	s.identified.WithLabelValues(by).Inc()
 	s.logger.Debug("secure boot script request", "from", remote.Addr().Unmap().String(), "mac", mac.String(), "by", by)
-	s.writeScript(w, r, mac, pathAltiris)
+	uuid := ""
+	if mac != nil {
+		uuid = s.pxe.UUIDOf(mac)
+	}
+	s.writeScript(w, r, mac, uuid, pathAltiris)
 }
 
 // writeScript renders the script of the computer with mac (the unknown computer's when
-// mac is nil) for the request r.
-func (s *Service) writeScript(w http.ResponseWriter, r *http.Request, mac net.HardwareAddr, where string) {
-	kind := pxe.KindUnknown
+// mac is nil; uuid, if known, finds a computer known by it) for the request r: its kind's,
+// or the preboot script once when the NS hands out its one-shot preboot.
+func (s *Service) writeScript(w http.ResponseWriter, r *http.Request, mac net.HardwareAddr, uuid, where string) {
+	kind, preboot := pxe.KindUnknown, false
 	if mac != nil {
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
-		var err error
-		if kind, _, err = s.computers.lookup(ctx, mac); err != nil {
-			// The NS may be far away and down: an unknown computer's menu still lets it boot.
-			s.logger.Warn("computer lookup failed; serving the unknown computer's script", "mac", mac.String(), "err", err)
-		}
+		kind, preboot = s.decideScript(r, mac, uuid)
 	}
-	k := kind.String()
+	k, script := kind.String(), kind.String()
+	if preboot {
+		script = ScriptPreboot
+	}
 	var b strings.Builder
 	macText := ""
 	if mac != nil {
 		macText = mac.String()
 	}
-	if err := (*s.scripts.Load())[k].Execute(&b, scriptData{Server: r.Host, MAC: macText, Kind: k}); err != nil {
+	if err := (*s.scripts.Load())[script].Execute(&b, scriptData{Server: r.Host, MAC: macText, Kind: k}); err != nil {
 		http.Error(w, "script template: "+err.Error(), http.StatusInternalServerError)
 		return
 	}
-	s.scriptsN.WithLabelValues(k, where).Inc()
+	s.scriptsN.WithLabelValues(script, where).Inc()
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Write([]byte(b.String()))

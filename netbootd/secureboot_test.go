@@ -126,6 +126,16 @@ func FuzzParseScriptParams(f *testing.F) {
 func fakeNS(t *testing.T, kinds map[string]string) func(context.Context) (*nsapi.Client, error) {
 	t.Helper()
 	ns := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && r.URL.Path == nsapi.PathComputerBoot {
+			var req nsapi.BootRequest
+			json.NewDecoder(r.Body).Decode(&req)
+			k, ok := kinds[req.MAC]
+			if !ok {
+				k = nsapi.ComputerUnknown
+			}
+			json.NewEncoder(w).Encode(nsapi.BootResponse{Kind: k})
+			return
+		}
 		k, ok := kinds[r.URL.Query().Get("mac")]
 		if !ok {
 			k = nsapi.ComputerUnknown

@@ -2,6 +2,7 @@ package netbootd
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -36,15 +38,17 @@ type Config struct {
 	TFTP    TFTPFile   `yaml:"tftp"`
 	HTTP    HTTPConfig `yaml:"http"`
 	// Scripts are the iPXE scripts (Go templates) per computer kind: managed, predefined
-	// and unknown. Fields: .Server (our address as the client reached it, host:port),
+	// and unknown, and preboot: the one boot of a computer whose one-shot preboot an
+	// administrator set. Fields: .Server (our address as the client reached it, host:port),
 	// .MAC, .Kind. The computer's name is not among them: anyone on the LAN may ask for
 	// any MAC's script, and the answer must tell only how that MAC boots.
 	Scripts map[string]string `yaml:"scripts"`
 	// LookupCache is how long the NS's answer about a MAC is kept.
 	LookupCache time.Duration `yaml:"lookup_cache"`
 	// BootPackage, when set, is a package (held by this server's package service) whose
-	// files are served under /boot/ before the boot directory's: boot images then travel
-	// to the site like any package, once, verified.
+	// files are served under /boot/ and over TFTP before the boot directory's: boot images
+	// and first stages then travel to the site like any package, once, verified, and a
+	// new version rolls out as packages do (staged).
 	BootPackage string `yaml:"boot_package"`
 	// SecureBoot serves scripts where signed iPXE builds look for them.
 	SecureBoot SecureBootConfig `yaml:"secure_boot"`
@@ -90,6 +94,14 @@ initrd http://{{.Server}}/boot/boot.sdi boot.sdi
 initrd http://{{.Server}}/boot/boot.wim boot.wim
 boot
 `,
+	ScriptPreboot: `#!ipxe
+echo {{.Kind}} computer {{.MAC}}: starting the preboot environment (one-shot, set by an administrator)
+kernel http://{{.Server}}/boot/wimboot
+initrd http://{{.Server}}/boot/BCD BCD
+initrd http://{{.Server}}/boot/boot.sdi boot.sdi
+initrd http://{{.Server}}/boot/boot.wim boot.wim
+boot
+`,
 	nsapi.ComputerUnknown: `#!ipxe
 menu Unknown computer {{.MAC}}
 item local Boot from the local disk
@@ -105,6 +117,9 @@ initrd http://{{.Server}}/boot/boot.wim boot.wim
 boot
 `,
 }
+
+// ScriptPreboot is the script key of a computer's one-shot preboot.
+const ScriptPreboot = "preboot"
 
 // Defaults fills unset fields.
 func (c *Config) Defaults() {
@@ -170,9 +185,9 @@ func (c *Config) Validate(prefix string) error {
 func (c *Config) validateScripts(prefix string) error {
 	for kind, s := range c.Scripts {
 		switch kind {
-		case nsapi.ComputerManaged, nsapi.ComputerPredefined, nsapi.ComputerUnknown:
+		case nsapi.ComputerManaged, nsapi.ComputerPredefined, nsapi.ComputerUnknown, ScriptPreboot:
 		default:
-			return fmt.Errorf("%s.scripts: %q is not managed, predefined or unknown", prefix, kind)
+			return fmt.Errorf("%s.scripts: %q is not managed, predefined, unknown or preboot", prefix, kind)
 		}
 		t, err := template.New(kind).Parse(s)
 		if err == nil {
@@ -218,6 +233,35 @@ func (s *Service) setAutoexec(c pxe.Config) {
 	}
 }
 
+// SetNetboot puts in force what the NS decided for this service (with its registration
+// answer): what proxyDHCP and BSDP do with computers the NS does not know. nil (an NS
+// that decides nothing) answers them everywhere.
+func (s *Service) SetNetboot(ns *nsapi.NetbootSettings) {
+	var p pxe.UnknownPolicy
+	if ns != nil {
+		p.Silent = ns.UnknownComputers == nsapi.UnknownSilent
+		for _, n := range ns.Networks {
+			if n.Prefix.IsValid() {
+				p.Networks = append(p.Networks, pxe.NetworkPolicy{Prefix: n.Prefix.Masked(), Silent: n.UnknownComputers == nsapi.UnknownSilent})
+			}
+		}
+	}
+	s.mu.Lock()
+	changed := !slices.Equal(p.Networks, s.unknown.Networks) || p.Silent != s.unknown.Silent
+	s.unknown = p
+	s.mu.Unlock()
+	s.pxe.SetUnknownPolicy(p)
+	if changed {
+		var silent []string
+		for _, n := range p.Networks {
+			if n.Silent {
+				silent = append(silent, n.Prefix.String())
+			}
+		}
+		s.logger.Info("unknown-computer policy in force", "silent_elsewhere", p.Silent, "silent_networks", silent, "networks", len(p.Networks))
+	}
+}
+
 // SetScripts puts new iPXE scripts in force (a configuration reload): kinds not given get
 // the default script. They are checked as at start; on an error the scripts in force stay.
 func (s *Service) SetScripts(scripts map[string]string) error {
@@ -238,7 +282,8 @@ func (s *Service) SetScripts(scripts map[string]string) error {
 }
 
 // NSComputers answers Computers from an NS, caching answers for a while so a booting
-// computer's retries do not each cost a round trip.
+// computer's retries do not each cost a round trip. While the NS cannot be asked, the last
+// answer about a computer (up to staleMax old) stands in.
 type NSComputers struct {
 	Client func(ctx context.Context) (*nsapi.Client, error)
 	TTL    time.Duration
@@ -251,6 +296,9 @@ type NSComputers struct {
 
 // lookupCacheMax bounds the MACs NSComputers remembers.
 const lookupCacheMax = 10000
+
+// staleMax is how old a cached answer may be to stand in for an NS that does not answer.
+const staleMax = 24 * time.Hour
 
 type cachedKind struct {
 	kind pxe.Kind
@@ -269,36 +317,86 @@ func kindOf(s string) pxe.Kind {
 }
 
 // Lookup implements Computers.
-func (c *NSComputers) Lookup(ctx context.Context, mac net.HardwareAddr) (pxe.Kind, error) {
-	k, _, err := c.lookup(ctx, mac)
+func (c *NSComputers) Lookup(ctx context.Context, mac net.HardwareAddr, uuid string) (pxe.Kind, error) {
+	k, _, err := c.lookup(ctx, mac, uuid)
 	return k, err
 }
 
-func (c *NSComputers) lookup(ctx context.Context, mac net.HardwareAddr) (pxe.Kind, string, error) {
-	now := time.Now
+func (c *NSComputers) clock() time.Time {
 	if c.now != nil {
-		now = c.now
+		return c.now()
 	}
-	key := mac.String()
+	return time.Now()
+}
+
+func (c *NSComputers) cached(key string, maxAge time.Duration) (cachedKind, bool) {
 	c.mu.Lock()
-	if c.cache == nil {
-		c.cache = map[string]cachedKind{}
-	}
-	if e, ok := c.cache[key]; ok && now().Sub(e.at) < c.TTL {
-		c.mu.Unlock()
+	defer c.mu.Unlock()
+	e, ok := c.cache[key]
+	return e, ok && c.clock().Sub(e.at) < maxAge
+}
+
+func (c *NSComputers) lookup(ctx context.Context, mac net.HardwareAddr, uuid string) (pxe.Kind, string, error) {
+	key := mac.String() + " " + uuid
+	if e, ok := c.cached(key, c.TTL); ok {
 		return e.kind, e.name, nil
 	}
-	c.mu.Unlock()
-	cl, err := c.Client(ctx)
+	resp, err := c.ask(ctx, mac, uuid)
 	if err != nil {
-		return pxe.KindUnknown, "", err
-	}
-	resp, err := cl.LookupComputer(ctx, key)
-	if err != nil {
+		if e, ok := c.cached(key, staleMax); ok {
+			return e.kind, e.name, err
+		}
 		return pxe.KindUnknown, "", err
 	}
 	k := kindOf(resp.Kind)
+	c.remember(key, cachedKind{kind: k, name: resp.Name})
+	return k, resp.Name, nil
+}
+
+func (c *NSComputers) ask(ctx context.Context, mac net.HardwareAddr, uuid string) (nsapi.LookupResponse, error) {
+	cl, err := c.Client(ctx)
+	if err != nil {
+		return nsapi.LookupResponse{}, err
+	}
+	return cl.LookupComputer(ctx, mac.String(), uuid)
+}
+
+// Boot asks the NS how a computer boots as it fetches its script, never from the cache: a
+// one-shot preboot an administrator just set counts at once, and the NS hands it out once.
+// When the NS does not answer, the cached kind stands in, without a preboot.
+func (c *NSComputers) Boot(ctx context.Context, mac net.HardwareAddr, uuid string) (pxe.Kind, bool, error) {
+	cl, err := c.Client(ctx)
+	var resp nsapi.BootResponse
+	if err == nil {
+		req := nsapi.BootRequest{MAC: mac.String(), UUID: uuid, Request: rand.Text()}
+		for try := 0; try < 2; try++ {
+			// A request whose answer was lost may have used the preboot at the NS: its
+			// retry, with the same id, is answered the same.
+			if resp, err = cl.Boot(ctx, req); err == nil || nsapi.StatusOf(err) != 0 || ctx.Err() != nil {
+				break
+			}
+		}
+	}
+	key := mac.String() + " " + uuid
+	if err != nil {
+		if e, ok := c.cached(key, staleMax); ok {
+			return e.kind, false, err
+		}
+		return pxe.KindUnknown, false, err
+	}
+	k := kindOf(resp.Kind)
+	c.remember(key, cachedKind{kind: k})
+	return k, resp.Preboot, nil
+}
+
+func (c *NSComputers) remember(key string, e cachedKind) {
+	now := c.clock
+	e.at = now()
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cache == nil {
+		c.cache = map[string]cachedKind{}
+	}
 	limit := c.max
 	if limit == 0 {
 		limit = lookupCacheMax
@@ -307,8 +405,8 @@ func (c *NSComputers) lookup(ctx context.Context, mac net.HardwareAddr) (pxe.Kin
 		// DHCP requests with made-up MACs each add an entry: old ones go, and all of
 		// them if that is not enough.
 		t := now()
-		for m, e := range c.cache {
-			if t.Sub(e.at) >= c.TTL {
+		for m, old := range c.cache {
+			if t.Sub(old.at) >= c.TTL {
 				delete(c.cache, m)
 			}
 		}
@@ -316,18 +414,20 @@ func (c *NSComputers) lookup(ctx context.Context, mac net.HardwareAddr) (pxe.Kin
 			clear(c.cache)
 		}
 	}
-	c.cache[key] = cachedKind{kind: k, name: resp.Name, at: now()}
-	c.mu.Unlock()
-	return k, resp.Name, nil
+	c.cache[key] = e
 }
 
 // Seen implements Computers.
-func (c *NSComputers) Seen(ctx context.Context, mac net.HardwareAddr, arch pxe.Arch) error {
+func (c *NSComputers) Seen(ctx context.Context, mac net.HardwareAddr, uuid string, arch pxe.Arch) error {
 	cl, err := c.Client(ctx)
 	if err != nil {
 		return err
 	}
-	err = cl.ComputerSeen(ctx, nsapi.SeenRequest{MAC: mac.String(), Arch: int(arch)})
+	err = cl.ComputerSeen(ctx, nsapi.SeenRequest{MAC: mac.String(), UUID: uuid, Arch: int(arch)})
+	if uuid != "" && nsapi.StatusOf(err) == http.StatusBadRequest {
+		// An NS older than UUIDs refuses the field: the MAC alone still counts.
+		err = cl.ComputerSeen(ctx, nsapi.SeenRequest{MAC: mac.String(), Arch: int(arch)})
+	}
 	if nsapi.StatusOf(err) == http.StatusTooManyRequests {
 		return fmt.Errorf("%w: %v", pxe.ErrSeenRefused, err)
 	}
@@ -344,6 +444,11 @@ type Service struct {
 	tftp      *tftp.Server
 	scripts   atomic.Pointer[map[string]*template.Template] // by kind; a reload swaps them
 	scriptsN  *prometheus.CounterVec                        // kind, path
+	asks      *prometheus.CounterVec
+	pkgFiles  *prometheus.CounterVec
+	asking    chan struct{} // script requests waiting for the NS
+	mu        sync.Mutex
+	unknown   pxe.UnknownPolicy // as last set, to log changes
 	ready     atomic.Bool
 	httpAddr  atomic.Value // net.Addr
 	sbAddr    atomic.Value // net.Addr of secure_boot.script_listen
@@ -367,13 +472,13 @@ func New(cfg Config, client func(ctx context.Context) (*nsapi.Client, error), lo
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Service{cfg: cfg, logger: logger, computers: &NSComputers{Client: client, TTL: cfg.LookupCache}}
+	s := &Service{cfg: cfg, logger: logger, computers: &NSComputers{Client: client, TTL: cfg.LookupCache}, asking: make(chan struct{}, maxScriptAsks)}
 	s.scripts.Store(parseScripts(cfg.Scripts))
 	var err error
 	if s.pxe, err = pxe.NewServer(cfg.PXE, s.computers, logger.With("part", "pxe"), reg); err != nil {
 		return nil, err
 	}
-	tcfg := tftp.Config{Listen: cfg.TFTP.Listen, Root: cfg.BootDir, MaxTransfers: cfg.TFTP.MaxTransfers,
+	tcfg := tftp.Config{Listen: cfg.TFTP.Listen, Root: cfg.BootDir, Files: s.tftpPackageFile, MaxTransfers: cfg.TFTP.MaxTransfers,
 		Timeout: cfg.TFTP.Timeout, Retries: cfg.TFTP.Retries, MaxBlockSize: cfg.TFTP.MaxBlockSize,
 		MaxOptionTimeout: cfg.TFTP.MaxOptionTimeout, MaxTransferTime: cfg.TFTP.MaxTransferTime,
 		MaxPerClient: cfg.TFTP.MaxPerClient, ClientRequestRate: cfg.TFTP.ClientRequestRate, PlainRequests: cfg.TFTP.PlainRequests,
@@ -391,7 +496,7 @@ func New(cfg Config, client func(ctx context.Context) (*nsapi.Client, error), lo
 	s.scriptsN = counter("ipxe_scripts_total",
 		"iPXE scripts served, by computer kind and where they were asked for: ipxe (/ipxe/MAC), altiris (the ITMS address of signed iPXE), autoexec (autoexec.ipxe over TFTP, kind generic: the same for every computer).",
 		"kind", "path")
-	for _, k := range []string{nsapi.ComputerManaged, nsapi.ComputerPredefined, nsapi.ComputerUnknown} {
+	for _, k := range []string{nsapi.ComputerManaged, nsapi.ComputerPredefined, nsapi.ComputerUnknown, ScriptPreboot} {
 		for _, p := range scriptPaths {
 			s.scriptsN.WithLabelValues(k, p)
 		}
@@ -408,7 +513,16 @@ func New(cfg Config, client func(ctx context.Context) (*nsapi.Client, error), lo
 	for _, r := range refusals {
 		s.scriptsRefused.WithLabelValues(r)
 	}
-	for _, c := range []prometheus.Collector{s.scriptsN, s.identified, s.scriptsRefused} {
+	s.asks = counter("script_lookups_total",
+		"What a script request learned from the NS: ok, failed (the last known kind, no preboot), busy (too many waiting; likewise).", "result")
+	for _, r := range []string{"ok", "failed", "busy"} {
+		s.asks.WithLabelValues(r)
+	}
+	s.pkgFiles = counter("boot_package_files_total", "Boot files served from the boot package rather than the boot directory, by protocol.", "protocol")
+	for _, p := range []string{"tftp", "http"} {
+		s.pkgFiles.WithLabelValues(p)
+	}
+	for _, c := range []prometheus.Collector{s.scriptsN, s.identified, s.scriptsRefused, s.asks, s.pkgFiles} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("netbootd: metrics: %w", err)
 		}
@@ -533,7 +647,76 @@ func (s *Service) serveScript(w http.ResponseWriter, r *http.Request, macText st
 		http.Error(w, "not a MAC address", http.StatusBadRequest)
 		return
 	}
-	s.writeScript(w, r, mac, pathIPXE)
+	uuid := r.URL.Query().Get("uuid")
+	if uuid != "" {
+		if uuid, err = nsapi.NormalizeUUID(uuid); err != nil {
+			http.Error(w, "uuid: not a UUID", http.StatusBadRequest)
+			return
+		}
+	} else {
+		uuid = s.pxe.UUIDOf(mac)
+	}
+	s.writeScript(w, r, mac, uuid, pathIPXE)
+}
+
+// maxScriptAsks bounds the script requests waiting for the NS at once: anyone on the LAN
+// may ask for scripts, and past this they are answered from the cache.
+const maxScriptAsks = 32
+
+// decideScript tells how a computer asking for its script boots. A GET asks the NS, which
+// hands out a pending one-shot preboot with the answer (and marks it used); a HEAD only
+// looks, and so does every request while the NS is slow or many wait for it. Without the
+// NS's answer the cached kind stands in and no preboot is served: one that is not served
+// stays pending for the next boot, where one served twice would reimage twice.
+func (s *Service) decideScript(r *http.Request, mac net.HardwareAddr, uuid string) (pxe.Kind, bool) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if r.Method != http.MethodHead { // GET, or POST at the ITMS address
+		select {
+		case s.asking <- struct{}{}:
+			kind, preboot, err := s.computers.Boot(ctx, mac, uuid)
+			<-s.asking
+			if err == nil {
+				s.asks.WithLabelValues("ok").Inc()
+				if preboot {
+					s.logger.Info("one-shot preboot script served", "mac", mac.String(), "kind", kind.String(), "from", r.RemoteAddr)
+				}
+				return kind, preboot
+			}
+			if st := nsapi.StatusOf(err); st != http.StatusNotFound && st != http.StatusMethodNotAllowed {
+				s.asks.WithLabelValues("failed").Inc()
+				// The NS may be far away and down: the last known kind's script (an unknown
+				// computer's menu if none) still lets it boot.
+				s.logger.Warn("the NS did not answer for a boot script; serving the last known kind's, without a preboot", "mac", mac.String(),
+					"kind", kind.String(), "err", err)
+				return kind, false
+			}
+			// An NS older than one-shot preboots has none to hand out: it is looked up.
+			s.asks.WithLabelValues("ok").Inc()
+		default:
+			s.asks.WithLabelValues("busy").Inc()
+		}
+	}
+	kind, _, err := s.computers.lookup(ctx, mac, uuid)
+	if err != nil {
+		s.logger.Warn("computer lookup failed; serving the last known kind's script", "mac", mac.String(), "kind", kind.String(), "err", err)
+	}
+	return kind, false
+}
+
+// tftpPackageFile opens a file of the boot package for TFTP; the TFTP server has checked
+// the name. os.ErrNotExist without a boot package: the boot directory's is served.
+func (s *Service) tftpPackageFile(name string) (*os.File, error) {
+	if s.packages == nil || s.cfg.BootPackage == "" {
+		return nil, os.ErrNotExist
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	f, err := s.packages(ctx, s.cfg.BootPackage, name)
+	if err == nil {
+		s.pkgFiles.WithLabelValues("tftp").Inc()
+	}
+	return f, err
 }
 
 // serveBootFile serves a file of the boot directory, confined to it (no "..", no absolute
@@ -548,6 +731,7 @@ func (s *Service) serveBootFile(w http.ResponseWriter, r *http.Request, name str
 		if f, err := s.packages(r.Context(), s.cfg.BootPackage, name); err == nil {
 			defer f.Close()
 			if st, err := f.Stat(); err == nil {
+				s.pkgFiles.WithLabelValues("http").Inc()
 				w.Header().Set("Content-Type", "application/octet-stream")
 				http.ServeContent(w, r, "", st.ModTime(), f)
 				return

@@ -142,6 +142,11 @@ func (s *Server) status(ctx context.Context) (nsapi.Status, error) {
 			st.Packages.Stuck = append(st.Packages.Stuck, c)
 		}
 	}
+	cov, err := s.coverage(ctx, servers)
+	if err != nil {
+		return st, err
+	}
+	st.Coverage = coverageList(cov)
 	st.Certificates = []nsapi.CertStatus{
 		{Name: "ca", NotAfter: s.certs.ca.Load().Cert.NotAfter.UTC()},
 		{Name: "server", NotAfter: s.certs.cert.Load().Leaf.NotAfter.UTC()},

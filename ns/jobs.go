@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -105,6 +106,7 @@ func (s *Server) sweep(ctx context.Context, every time.Duration) {
 	defer tk.Stop()
 	var lastPrune time.Time
 	for {
+		s.runSchedules(ctx)
 		s.expire(ctx)
 		s.expireNotOnline(ctx)
 		s.refreshJobGauges(ctx)
@@ -229,40 +231,46 @@ func (s *Server) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 		s.badRequest(w, fmt.Errorf("targets: %d is more than %d", len(req.Targets), nsapi.MaxTargets))
 		return
 	}
+	if req.Select != nil {
+		if err := req.Select.Validate(); err != nil {
+			s.badRequest(w, fmt.Errorf("select.%w", err))
+			return
+		}
+	}
 	ctx := r.Context()
 	now := s.now().UTC()
-	validity := time.Duration(req.Job.Validity)
-	if validity == 0 {
-		validity = nsapi.DefaultValidity
-	}
-	// A wake job's validity counts from the end of its wait for the computers.
-	validity += req.Job.WakeWait()
-	var insts []nsapi.JobInstance
-	var unknown []string
-	seen := map[string]bool{}
-	known, err := s.store.AgentsByID(ctx, req.Targets)
-	if err != nil {
-		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+	targets := nsapi.Targets{Agents: req.Targets, Select: req.Select}
+	if req.DryRun {
+		resp, err := s.startRun(ctx, req.Job, targets, 0, now, true)
+		s.answerRun(w, resp, err)
 		return
 	}
-	for _, target := range req.Targets {
-		if seen[target] {
-			continue
+	if sc := req.Job.Schedule; sc != nil {
+		// Refused now rather than at its first run: unknown agents, too many.
+		if _, err := s.resolveTargets(ctx, targets); err != nil {
+			s.answerRun(w, nsapi.CreateJobResponse{}, err)
+			return
 		}
-		seen[target] = true
-		a, ok := known[target]
+		next, ok := sc.Next(now)
 		if !ok {
-			unknown = append(unknown, target)
-			continue
+			s.badRequest(w, errors.New("job.schedule: it never runs (a time in the past, or a date that does not come)"))
+			return
 		}
-		insts = append(insts, nsapi.JobInstance{ID: uuid.NewString(), JobID: req.Job.ID, Agent: a.ID, TaskServer: a.TaskServer,
-			State: nsapi.StatePending, Created: now, Expires: now.Add(validity), Updated: now, Job: req.Job})
-	}
-	if len(unknown) > 0 {
-		s.badRequest(w, fmt.Errorf("targets: unknown agents %s", strings.Join(unknown, ", ")))
+		s.mu.Lock()
+		err := s.store.PutJob(ctx, req.Job, now)
+		if err == nil {
+			err = s.store.PutSchedule(ctx, store.JobSchedule{JobID: req.Job.ID, Targets: targets, Next: next})
+		}
+		s.mu.Unlock()
+		if err != nil {
+			httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+			return
+		}
+		s.logger.Info("job scheduled", "job", req.Job.ID, "next_run", next)
+		httpx.WriteJSON(w, http.StatusOK, nsapi.CreateJobResponse{JobID: req.Job.ID, Instances: []nsapi.InstanceRef{}, NextRun: &next})
 		return
 	}
-	if err := s.grant(insts, now); err != nil {
+	if err := s.store.DeleteSchedule(ctx, req.Job.ID); err != nil {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
@@ -270,32 +278,160 @@ func (s *Server) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	if err := s.store.CreateInstances(ctx, insts); err != nil {
-		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
-		return
-	}
-	if err := s.markWake(ctx, req.Job, insts, now); err != nil {
-		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
-		return
-	}
-	resp := nsapi.CreateJobResponse{JobID: req.Job.ID, Instances: []nsapi.InstanceRef{}}
-	live, err := s.liveServers(ctx)
+	run, err := s.store.NextRun(ctx, req.Job.ID)
 	if err != nil {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	for _, in := range insts {
-		if why := unreachable(in.TaskServer, live); why != "" {
-			resp.Unreachable = append(resp.Unreachable, nsapi.Unreachable{Agent: in.Agent, Reason: why})
+	resp, err := s.startRun(ctx, req.Job, targets, run, now, false)
+	s.answerRun(w, resp, err)
+}
+
+// errTargets is a run's targets that cannot be: unknown agents, too many.
+type errTargets struct{ msg string }
+
+func (e errTargets) Error() string { return e.msg }
+
+// answerRun answers for startRun: 400 for bad targets.
+func (s *Server) answerRun(w http.ResponseWriter, resp nsapi.CreateJobResponse, err error) {
+	var bad errTargets
+	switch {
+	case errors.As(err, &bad):
+		s.badRequest(w, bad)
+	case err != nil:
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+	default:
+		httpx.WriteJSON(w, http.StatusOK, resp)
+	}
+}
+
+// resolveTargets returns the agents targets names and picks now, each once.
+func (s *Server) resolveTargets(ctx context.Context, targets nsapi.Targets) (map[string]store.AgentRecord, error) {
+	picked, err := s.selectTargets(ctx, targets.Select)
+	if err != nil {
+		return nil, err
+	}
+	ids := append(slices.Clone(targets.Agents), picked...)
+	if len(ids) > nsapi.MaxTargets {
+		return nil, errTargets{fmt.Sprintf("targets: %d selected, more than %d", len(ids), nsapi.MaxTargets)}
+	}
+	known, err := s.store.AgentsByID(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	var unknown []string
+	for _, id := range targets.Agents {
+		if _, ok := known[id]; !ok {
+			unknown = append(unknown, id)
 		}
-		resp.Instances = append(resp.Instances, nsapi.InstanceRef{ID: in.ID, Agent: in.Agent, TaskServer: in.TaskServer})
+	}
+	if len(unknown) > 0 {
+		return nil, errTargets{"targets: unknown agents " + strings.Join(unknown, ", ")}
+	}
+	return known, nil
+}
+
+// startRun makes run number run of job: an instance for each target, signed, stored and
+// announced to its task server. A dry run only tells what it would make.
+func (s *Server) startRun(ctx context.Context, job nsapi.Job, targets nsapi.Targets, run int, now time.Time, dry bool) (nsapi.CreateJobResponse, error) {
+	known, err := s.resolveTargets(ctx, targets)
+	if err != nil {
+		return nsapi.CreateJobResponse{}, err
+	}
+	validity := time.Duration(job.Validity)
+	if validity == 0 {
+		validity = nsapi.DefaultValidity
+	}
+	if job.InWindowOnly {
+		// Agents count the validity from their window's opening; the NS, which does not
+		// know their clocks, gives them the week in which every window opens.
+		validity += nsapi.WindowWait
+	}
+	// A wake job's validity counts from the end of its wait for the computers.
+	validity += job.WakeWait()
+	ids := make([]string, 0, len(known))
+	for id := range known {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	insts := make([]nsapi.JobInstance, 0, len(ids))
+	for _, id := range ids {
+		a := known[id]
+		insts = append(insts, nsapi.JobInstance{ID: uuid.NewString(), JobID: job.ID, Agent: a.ID, TaskServer: a.TaskServer, Run: run,
+			State: nsapi.StatePending, Created: now, Expires: now.Add(validity), Updated: now, Job: job})
+	}
+	resp := nsapi.CreateJobResponse{JobID: job.ID, DryRun: dry, Run: run, Instances: []nsapi.InstanceRef{}}
+	if dry {
+		if err := s.reachability(ctx, job, insts, known, &resp); err != nil {
+			return resp, err
+		}
+		for i := range resp.Instances {
+			resp.Instances[i].ID = "" // none was made
+		}
+		return resp, nil
+	}
+	if err := s.grant(insts, now); err != nil {
+		return resp, err
+	}
+	if err := s.store.CreateInstances(ctx, insts); err != nil {
+		return resp, err
+	}
+	if err := s.markWake(ctx, job, insts, now); err != nil {
+		return resp, err
+	}
+	if err := s.reachability(ctx, job, insts, known, &resp); err != nil {
+		return resp, err
+	}
+	for _, in := range insts {
 		if in.TaskServer != "" {
 			s.tickler.mark(in.TaskServer, tickle.WorkPending)
 		}
 	}
-	s.logger.Info("job created", "job", req.Job.ID, "instances", len(insts), "unreachable", len(resp.Unreachable))
+	s.logger.Info("job run started", "job", job.ID, "run", run, "instances", len(insts), "unreachable", len(resp.Unreachable))
 	s.refreshJobGauges(ctx)
-	httpx.WriteJSON(w, http.StatusOK, resp)
+	return resp, nil
+}
+
+// runSchedules starts the runs of scheduled jobs that are due by the NS's clock. Runs
+// missed while the NS was down make one run when it is back; the next is the first after
+// now.
+func (s *Server) runSchedules(ctx context.Context) {
+	now := s.now().UTC()
+	due, err := s.store.DueSchedules(ctx, now)
+	if err != nil {
+		s.logger.Warn("scheduled jobs", "err", err)
+		return
+	}
+	for _, sc := range due {
+		job, err := s.store.Job(ctx, sc.JobID)
+		if err != nil {
+			s.logger.Warn("scheduled job", "job", sc.JobID, "err", err)
+			continue
+		}
+		run, err := s.store.NextRun(ctx, job.ID)
+		if err == nil {
+			_, err = s.startRun(ctx, job, sc.Targets, run, now, false)
+		}
+		if err != nil {
+			// Targets gone (an agent deleted): logged; the schedule goes on.
+			s.logger.Warn("scheduled run not started", "job", job.ID, "run", run, "err", err)
+		}
+		sc.Runs++
+		next, ok := time.Time{}, false
+		if job.Schedule != nil {
+			next, ok = job.Schedule.Next(now)
+		}
+		if !ok {
+			err = s.store.DeleteSchedule(ctx, job.ID)
+		} else {
+			sc.Next = next
+			err = s.store.PutSchedule(ctx, sc)
+		}
+		if err != nil {
+			s.logger.Warn("scheduled job", "job", job.ID, "err", err)
+		}
+		s.jobMetrics.scheduledRuns.Inc()
+	}
 }
 
 func (s *Server) handleListJobs(w http.ResponseWriter, r *http.Request) {
@@ -342,7 +478,7 @@ func (s *Server) handleJobStatus(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		st.Counts[in.State]++
-		st.Instances = append(st.Instances, nsapi.InstanceStatus{ID: in.ID, Agent: in.Agent, TaskServer: in.TaskServer,
+		st.Instances = append(st.Instances, nsapi.InstanceStatus{ID: in.ID, Run: in.Run, Agent: in.Agent, TaskServer: in.TaskServer,
 			State: in.State, Created: in.Created, Expires: in.Expires, Updated: in.Updated, Events: httpx.List(evs)})
 	}
 	httpx.WriteJSON(w, http.StatusOK, st)
@@ -350,11 +486,25 @@ func (s *Server) handleJobStatus(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleWork(w http.ResponseWriter, r *http.Request) {
 	p := callerFrom(r)
+	now := s.now()
 	insts, err := s.store.Instances(r.Context(), store.InstanceFilter{TaskServer: p.id,
-		States: []string{nsapi.StatePending, nsapi.StateDelivered}, OpenAt: s.now()})
+		States: []string{nsapi.StatePending, nsapi.StateDelivered}, OpenAt: now})
 	if err != nil {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
+	}
+	// Cancel notices go with the work, once per instance: a delivered one may be listed
+	// already (with its notice), a running or withdrawn one is not.
+	cancels, err := s.store.Instances(r.Context(), store.InstanceFilter{TaskServer: p.id, Cancelled: true, CancelledSince: now.Add(-cancelNoticeKeep)})
+	if err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	for _, in := range cancels {
+		if in.State == nsapi.StateDelivered && in.Expires.After(now) {
+			continue // listed with the open work
+		}
+		insts = append(insts, in)
 	}
 	resp := nsapi.WorkResponse{Instances: httpx.List(insts)}
 	if resp.Wake, err = s.wakeList(r.Context(), insts); err != nil {
@@ -578,4 +728,168 @@ func unreachable(taskServer string, live map[string]bool) string {
 		return "its task server " + taskServer + " has not been seen for three heartbeats (or is no longer approved)"
 	}
 	return ""
+}
+
+// cancelNoticeKeep is how long the notice of an instance that is cancelled goes on being
+// passed on: long enough for every task server to have fetched its work again since (a
+// tickle, or task_update_interval at its default), short enough that finished ones soon
+// stop travelling.
+const cancelNoticeKeep = 10 * time.Minute
+
+// handleCancelJob cancels every open instance of a job (admin): those no agent has are
+// withdrawn at once; the others get the NS's signed cancel notice, which their task
+// servers pass on and their agents obey, stopping what runs. The job's definition and
+// history stay.
+func (s *Server) handleCancelJob(w http.ResponseWriter, r *http.Request) {
+	job, ok := s.pathJob(w, r)
+	if !ok {
+		return
+	}
+	ctx := r.Context()
+	now := s.now().UTC()
+	n, err := s.store.CancelInstances(ctx, job.ID, func(in nsapi.JobInstance) (nsapi.Grant, error) {
+		return nsapi.SignCancel(s.jobKey, nsapi.CancelBody{Instance: in.ID, Agent: in.Agent, JobID: job.ID, IssuedAt: now})
+	}, now)
+	if err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	for _, ts := range n.TaskServers {
+		if ts != "" {
+			s.tickler.mark(ts, tickle.WorkPending)
+		}
+	}
+	s.jobMetrics.cancelled.WithLabelValues("withdrawn").Add(float64(n.Withdrawn))
+	s.jobMetrics.cancelled.WithLabelValues("stopping").Add(float64(n.Stopping))
+	s.logger.Info("job cancelled", "job", job.ID, "withdrawn", n.Withdrawn, "stopping", n.Stopping)
+	s.refreshJobGauges(ctx)
+	httpx.WriteJSON(w, http.StatusOK, nsapi.CancelJobResponse{JobID: job.ID, Withdrawn: n.Withdrawn, Stopping: n.Stopping})
+}
+
+// selectTargets returns the GUIDs of the agents f picks (none without a filter).
+func (s *Server) selectTargets(ctx context.Context, f *nsapi.TargetFilter) ([]string, error) {
+	if f == nil {
+		return nil, nil
+	}
+	agents, err := s.store.Agents(ctx)
+	if err != nil {
+		return nil, err
+	}
+	groups, err := s.store.Groups(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, name := range f.Groups {
+		if !slices.ContainsFunc(groups, func(g nsapi.Group) bool { return g.Name == name }) {
+			return nil, errTargets{fmt.Sprintf("select.groups: no group %q", name)}
+		}
+	}
+	m := s.rules.Load()
+	var out []string
+	for _, a := range agents {
+		sites := siteNamesOf(matches(m.SitesFor(a.Addresses)))
+		if f.Matches(a.Hostname, a.Addresses, a.OS, a.Arch, sites, memberOf(groups, a, sites)) {
+			out = append(out, a.ID)
+		}
+	}
+	return out, nil
+}
+
+// memberOf lists the groups agent a (in sites) belongs to.
+func memberOf(groups []nsapi.Group, a store.AgentRecord, sites []string) []string {
+	var out []string
+	for _, g := range groups {
+		if slices.Contains(g.Agents, a.ID) || g.Filter != nil && g.Filter.Matches(a.Hostname, a.Addresses, a.OS, a.Arch, sites, nil) {
+			out = append(out, g.Name)
+		}
+	}
+	return out
+}
+
+// reachability fills resp with the instances and the targets that cannot be reached now,
+// and why.
+func (s *Server) reachability(ctx context.Context, job nsapi.Job, insts []nsapi.JobInstance, known map[string]store.AgentRecord, resp *nsapi.CreateJobResponse) error {
+	live, err := s.liveServers(ctx)
+	if err != nil {
+		return err
+	}
+	noWindow, err := s.outsideWindows(ctx, job, known)
+	if err != nil {
+		return err
+	}
+	for _, in := range insts {
+		if why := unreachable(in.TaskServer, live); why != "" {
+			resp.Unreachable = append(resp.Unreachable, nsapi.Unreachable{Agent: in.Agent, Reason: why})
+		} else if noWindow[in.Agent] {
+			resp.Unreachable = append(resp.Unreachable, nsapi.Unreachable{Agent: in.Agent,
+				Reason: "the job runs in maintenance windows only, and none covers the computer's sites: it waits for one until it expires"})
+		}
+		resp.Instances = append(resp.Instances, nsapi.InstanceRef{ID: in.ID, Agent: in.Agent, TaskServer: in.TaskServer})
+	}
+	return nil
+}
+
+// handleDeleteJob forgets a job and its history (admin); one with open instances is
+// refused: cancel it first.
+func (s *Server) handleDeleteJob(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	err := s.store.DeleteJob(r.Context(), id)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		httpx.WriteError(w, http.StatusNotFound, "no job %q", id)
+	case errors.Is(err, store.ErrJobOpen):
+		httpx.WriteError(w, http.StatusConflict, "%v", err)
+	case err != nil:
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+	default:
+		s.logger.Info("job deleted", "job", id)
+		s.refreshJobGauges(r.Context())
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
+// handleRerunJob starts a new run of a job (admin) for the agents of its last run: all
+// of them, or with ?failed=true those whose latest instance failed, expired or was
+// cancelled.
+func (s *Server) handleRerunJob(w http.ResponseWriter, r *http.Request) {
+	job, ok := s.pathJob(w, r)
+	if !ok {
+		return
+	}
+	ctx := r.Context()
+	insts, err := s.store.Instances(ctx, store.InstanceFilter{JobID: job.ID})
+	if err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	failedOnly := r.URL.Query().Get("failed") == "true"
+	latest := map[string]nsapi.JobInstance{}
+	last := 0
+	for _, in := range insts {
+		if cur, ok := latest[in.Agent]; !ok || in.Run > cur.Run || in.Run == cur.Run && in.Created.After(cur.Created) {
+			latest[in.Agent] = in
+		}
+		last = max(last, in.Run)
+	}
+	var agents []string
+	for agent, in := range latest {
+		switch {
+		case failedOnly && (in.State == nsapi.StateFailed || in.State == nsapi.StateExpired || in.State == nsapi.StateCancelled):
+			agents = append(agents, agent)
+		case !failedOnly && in.Run == last:
+			agents = append(agents, agent)
+		}
+	}
+	if len(agents) == 0 {
+		httpx.WriteError(w, http.StatusConflict, "job %s has no %s to run again", job.ID, map[bool]string{true: "failed targets", false: "targets"}[failedOnly])
+		return
+	}
+	slices.Sort(agents)
+	run, err := s.store.NextRun(ctx, job.ID)
+	if err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	resp, err := s.startRun(ctx, job, nsapi.Targets{Agents: agents}, run, s.now().UTC(), false)
+	s.answerRun(w, resp, err)
 }

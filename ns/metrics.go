@@ -232,8 +232,11 @@ type jobMetrics struct {
 	events    *prometheus.CounterVec
 	expired   *prometheus.CounterVec
 	pruned    *prometheus.CounterVec
-	tickles   *tickle.Metrics
-	channel   *tickle.ChannelServerMetrics
+	cancelled *prometheus.CounterVec
+	// scheduledRuns counts runs started by schedules.
+	scheduledRuns prometheus.Counter
+	tickles       *tickle.Metrics
+	channel       *tickle.ChannelServerMetrics
 }
 
 func newJobMetrics(reg prometheus.Registerer) (*jobMetrics, error) {
@@ -255,6 +258,17 @@ func newJobMetrics(reg prometheus.Registerer) (*jobMetrics, error) {
 		Namespace: obs.Namespace, Subsystem: subsystem, Name: "pruned_rows_total",
 		Help: "Rows deleted past their retention, by table: finished job instances, their events, jobs, revoked serials of ended certificates, audit records.",
 	}, []string{"table"})
+	m.cancelled = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: obs.Namespace, Subsystem: subsystem, Name: "job_instances_cancelled_total",
+		Help: "Job instances cancelled by an administrator: withdrawn (no agent had them) or stopping (a signed cancel notice sent to their agent).",
+	}, []string{"how"})
+	m.scheduledRuns = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: obs.Namespace, Subsystem: subsystem, Name: "scheduled_runs_total",
+		Help: "Runs of scheduled jobs the NS started (at their time, or once for runs missed while it was down).",
+	})
+	for _, h := range []string{"withdrawn", "stopping"} {
+		m.cancelled.WithLabelValues(h)
+	}
 	for _, st := range nsapi.JobStates {
 		m.instances.WithLabelValues(st)
 	}
@@ -267,7 +281,7 @@ func newJobMetrics(reg prometheus.Registerer) (*jobMetrics, error) {
 	for _, r := range []string{"added", "duplicate", "unknown"} {
 		m.events.WithLabelValues(r)
 	}
-	if err := obs.RegisterAll(reg, m.instances, m.events, m.expired, m.pruned); err != nil {
+	if err := obs.RegisterAll(reg, m.instances, m.events, m.expired, m.pruned, m.cancelled, m.scheduledRuns); err != nil {
 		return nil, err
 	}
 	tm, err := tickle.NewMetrics(reg, subsystem)

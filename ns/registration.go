@@ -77,14 +77,21 @@ func (s *Server) handleRegisterServer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.metrics.registrations.WithLabelValues(nsapi.KindSiteServer, "ok").Inc()
+	m := s.rules.Load()
+	serverSites := m.ServerSites(toSitesServer(rec, 0))
+	var netboot *nsapi.NetbootSettings
+	if slices.ContainsFunc(rec.Services, func(si nsapi.ServiceInfo) bool { return si.Name == nsapi.ServiceNetboot }) {
+		netboot = netbootSettings(m, serverSites)
+	}
 	httpx.WriteJSON(w, http.StatusOK, nsapi.RegisterServerResponse{
 		ID:       rec.ID,
 		Status:   rec.Status,
-		Sites:    matches(s.rules.Load().ServerSites(toSitesServer(rec, 0))),
+		Sites:    matches(serverSites),
 		Settings: s.Settings(),
 		NSID:     s.nsID(),
 		Channel:  s.channelAddr(r),
 		Revoked:  revoked,
+		Netboot:  netboot,
 	})
 }
 
@@ -142,6 +149,7 @@ func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
 	}
 	if err == nil {
 		rec.Hostname, rec.Addresses, rec.TaskServer, rec.LastSeen = req.Hostname, req.Addresses, req.TaskServer, s.now().UTC()
+		rec.OS, rec.Arch = req.OS, req.Arch
 		err = s.store.PutAgent(ctx, rec)
 	}
 	if err == nil {
@@ -183,10 +191,17 @@ func (s *Server) handleRegisterAgent(w http.ResponseWriter, r *http.Request) {
 		task = s.lastResort(byID, task)
 		placed.Servers = task.Servers
 	}
+	siteMatches := matches(m.SitesFor(req.Addresses))
+	windows, err := s.windowsFor(ctx, rec, siteNamesOf(siteMatches))
+	if err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
 	s.metrics.placements.WithLabelValues(placed.Outcome).Inc()
 	s.metrics.registrations.WithLabelValues(nsapi.KindAgent, "ok").Inc()
 	httpx.WriteJSON(w, http.StatusOK, nsapi.RegisterAgentResponse{
-		Sites:          matches(m.SitesFor(req.Addresses)),
+		Windows:        windows,
+		Sites:          siteMatches,
 		TaskServers:    refs(placed.Servers, byID, nsapi.ServiceTask),
 		TaskReason:     task.Reason,
 		PackageServers: refs(pkg.Servers, byID, nsapi.ServicePackage),
@@ -345,4 +360,13 @@ func sameSites(a, b []sites.Match) bool {
 		return slices.Compact(out)
 	}
 	return slices.Equal(names(a), names(b))
+}
+
+// siteNamesOf lists the sites of matches.
+func siteNamesOf(ms []nsapi.SiteMatch) []string {
+	out := make([]string, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, m.Site)
+	}
+	return out
 }

@@ -173,7 +173,7 @@ func TestSecuritySupersededServerCertRefusedEverywhere(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := old.LookupComputer(ctx, "52:54:00:00:00:01"); err != nil {
+			if _, err := old.LookupComputer(ctx, "52:54:00:00:00:01", ""); err != nil {
 				t.Fatalf("current certificate refused: %v", err)
 			}
 			switch how {
@@ -194,7 +194,7 @@ func TestSecuritySupersededServerCertRefusedEverywhere(t *testing.T) {
 				"assign":    func() error { _, err := old.Assignments(ctx); return err },
 				"codebases": func() error { return old.ReportCodebases(ctx, nil) },
 				"sources":   func() error { _, err := old.Sources(ctx, "pkg"); return err },
-				"lookup":    func() error { _, err := old.LookupComputer(ctx, "52:54:00:00:00:01"); return err },
+				"lookup":    func() error { _, err := old.LookupComputer(ctx, "52:54:00:00:00:01", ""); return err },
 				"seen":      func() error { return old.ComputerSeen(ctx, nsapi.SeenRequest{MAC: "52:54:00:00:00:01"}) },
 				"register": func() error {
 					_, err := old.RegisterServer(ctx, nsapi.RegisterServerRequest{ID: "ss-1", Hostname: "ss1"})

@@ -32,6 +32,7 @@ type Server struct {
 	logger     *slog.Logger
 	metrics    *serverMetrics
 	jobMetrics *jobMetrics
+	nb         *netbootMetrics
 	wake       *wakeMetrics
 	tickler    *tickler
 	channel    *tickle.ChannelServer
@@ -95,6 +96,10 @@ func NewServer(cfg ServerConfig, logger *slog.Logger, reg prometheus.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("ns: metrics: %w", err)
 	}
+	nb, err := newNetbootMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("ns: metrics: %w", err)
+	}
 	wm, err := newWakeMetrics(reg)
 	if err != nil {
 		return nil, fmt.Errorf("ns: metrics: %w", err)
@@ -104,6 +109,7 @@ func NewServer(cfg ServerConfig, logger *slog.Logger, reg prometheus.Registerer)
 		logger:     logger,
 		metrics:    sm,
 		jobMetrics: jm,
+		nb:         nb,
 		wake:       wm,
 		now:        time.Now,
 		issueID:    func(string) string { return uuid.NewString() },
@@ -335,6 +341,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST "+nsapi.PathSites, s.admin(s.handlePutSite))
 	mux.HandleFunc("PUT "+nsapi.PathSites+"/{name}", s.admin(s.handlePutSite))
 	mux.HandleFunc("DELETE "+nsapi.PathSites+"/{name}", s.admin(s.handleDeleteSite))
+	mux.HandleFunc("PUT "+nsapi.PathSites+"/{name}/netboot", s.admin(s.handleSiteNetboot))
 	mux.HandleFunc("POST "+nsapi.PathSubnets, s.admin(s.handlePutSubnet))
 	mux.HandleFunc("DELETE "+nsapi.PathSubnets, s.admin(s.handleDeleteSubnet))
 	mux.HandleFunc("POST "+nsapi.PathAssignments, s.admin(s.handlePutAssignment))
@@ -355,6 +362,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET "+nsapi.PathJobs, s.reader(s.handleListJobs))
 	mux.HandleFunc("GET "+nsapi.PathJobs+"/{id}", s.reader(s.handleJobStatus))
 	mux.HandleFunc("GET "+nsapi.PathJobs+"/{id}/output", s.reader(s.handleJobOutput))
+	mux.HandleFunc("POST "+nsapi.PathJobs+"/{id}/cancel", s.admin(s.handleCancelJob))
+	mux.HandleFunc("POST "+nsapi.PathJobs+"/{id}/rerun", s.admin(s.handleRerunJob))
+	mux.HandleFunc("DELETE "+nsapi.PathJobs+"/{id}", s.admin(s.handleDeleteJob))
 	mux.HandleFunc("GET "+nsapi.PathTaskWork, s.siteServer(s.handleWork))
 	mux.HandleFunc("POST "+nsapi.PathTaskEvents, s.siteServer(s.handleEvents))
 	mux.HandleFunc("POST "+nsapi.PathTaskPresence, s.siteServer(s.handlePresence))
@@ -372,10 +382,22 @@ func (s *Server) Handler() http.Handler {
 
 	mux.HandleFunc("GET "+nsapi.PathComputerLookup, s.siteServer(s.handleComputerLookup))
 	mux.HandleFunc("POST "+nsapi.PathComputerSeen, s.siteServer(s.handleComputerSeen))
+	mux.HandleFunc("PUT "+nsapi.PathGroups+"/{name}", s.admin(s.handlePutGroup))
+	mux.HandleFunc("GET "+nsapi.PathGroups, s.reader(s.handleListGroups))
+	mux.HandleFunc("GET "+nsapi.PathGroups+"/{name}/members", s.reader(s.handleGroupMembers))
+	mux.HandleFunc("DELETE "+nsapi.PathGroups+"/{name}", s.admin(s.handleDeleteGroup))
+	mux.HandleFunc("PUT "+nsapi.PathWindows+"/{name}", s.admin(s.handlePutWindow))
+	mux.HandleFunc("GET "+nsapi.PathWindows, s.reader(s.handleListWindows))
+	mux.HandleFunc("DELETE "+nsapi.PathWindows+"/{name}", s.admin(s.handleDeleteWindow))
+	mux.HandleFunc("POST "+nsapi.PathComputerBoot, s.siteServer(s.handleComputerBoot))
 	mux.HandleFunc("POST "+nsapi.PathComputers, s.admin(s.handlePutComputer))
 	mux.HandleFunc("GET "+nsapi.PathComputers, s.reader(s.handleListComputers))
+	mux.HandleFunc("POST "+nsapi.PathComputersImport, s.admin(s.handleImportComputers))
+	mux.HandleFunc("GET "+nsapi.PathComputersExport, s.reader(s.handleExportComputers))
 	mux.HandleFunc("POST "+nsapi.PathComputers+"/{mac}/accept", s.admin(s.handleAcceptClaim))
-	mux.HandleFunc("DELETE "+nsapi.PathComputers+"/{mac}", s.admin(s.handleDeleteComputer))
+	mux.HandleFunc("PUT "+nsapi.PathComputers+"/{ref}/preboot", s.admin(s.handlePreboot))
+	mux.HandleFunc("DELETE "+nsapi.PathComputers+"/{ref}/preboot", s.admin(s.handlePreboot))
+	mux.HandleFunc("DELETE "+nsapi.PathComputers+"/{ref}", s.admin(s.handleDeleteComputer))
 	return mux
 }
 

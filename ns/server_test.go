@@ -37,13 +37,13 @@ type testNS struct {
 }
 
 // startNS runs a real NS on 127.0.0.1:0 until the test ends.
-func startNS(t *testing.T, mod func(*ServerConfig)) *testNS {
+func startNS(t testing.TB, mod func(*ServerConfig)) *testNS {
 	t.Helper()
 	return startNSWith(t, mod, nil)
 }
 
 // startNSWith is startNS with tweak applied to the server before it runs.
-func startNSWith(t *testing.T, mod func(*ServerConfig), tweak func(*Server)) *testNS {
+func startNSWith(t testing.TB, mod func(*ServerConfig), tweak func(*Server)) *testNS {
 	t.Helper()
 	dir := t.TempDir()
 	cfg := ServerConfig{
@@ -555,7 +555,7 @@ func TestComputers(t *testing.T) {
 	}
 	sc, _ := ss.Client(ctx)
 	kind := func(mac string) string {
-		r, err := sc.LookupComputer(ctx, mac)
+		r, err := sc.LookupComputer(ctx, mac, "")
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -247,11 +247,16 @@ func (s *Server) handleListSites(w http.ResponseWriter, r *http.Request) {
 		}
 		return v
 	}
+	m := s.rules.Load()
 	for _, st := range all.Sites {
 		v := get(st.Name)
 		v.Sources = append(v.Sources, string(st.Source))
 		if v.Description == "" || st.Source == sites.Imported {
 			v.Description = st.Description
+		}
+		v.UnknownComputers = string(m.UnknownComputers(st.Name))
+		if st.UnknownComputers != "" && (st.Source == sites.Imported || v.UnknownComputersSource == "") {
+			v.UnknownComputersSource = string(st.Source)
 		}
 	}
 	for _, sn := range all.Subnets {
@@ -264,7 +269,12 @@ func (s *Server) handleListSites(w http.ResponseWriter, r *http.Request) {
 		v.Servers = append(v.Servers, nsapi.RuleServer{Server: sr.Server, Source: string(sr.Source)})
 	}
 	if recs, err := s.store.Servers(r.Context()); err == nil {
-		for site, ws := range siteWarnings(recs, s.rules.Load()) {
+		cov, err := s.coverage(r.Context(), recs)
+		if err != nil {
+			httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+			return
+		}
+		for site, ws := range cov {
 			if v, ok := views[site]; ok {
 				v.Warnings = ws
 			}
@@ -526,4 +536,55 @@ func (s *Server) handlePutRules(w http.ResponseWriter, r *http.Request) {
 	}
 	s.logger.Info("rules applied", "source", src, "sites", len(rules.Sites), "subnets", len(rules.Subnets))
 	httpx.WriteJSON(w, http.StatusOK, nsapi.ApplyRulesResponse{Source: string(src), Sites: len(rules.Sites), Subnets: len(rules.Subnets), Servers: len(rules.Servers)})
+}
+
+// handleSiteNetboot sets a site's unknown-computer policy among the manual rules (admin).
+// A site only the imported rules define gets a manual entry of its own to hold it: the
+// import's own setting, if it makes one, still wins.
+func (s *Server) handleSiteNetboot(w http.ResponseWriter, r *http.Request) {
+	b, ok := s.readBody(w, r)
+	if !ok {
+		return
+	}
+	var req nsapi.SiteNetbootRequest
+	if err := httpx.DecodeStrict(b, &req); err != nil {
+		s.badRequest(w, fmt.Errorf("decode netboot settings: %w", err))
+		return
+	}
+	policy := sites.UnknownPolicy(req.UnknownComputers)
+	if !policy.Valid() {
+		s.badRequest(w, fmt.Errorf("unknown_computers: %q is not %s or %s (or empty for the default)", req.UnknownComputers, sites.UnknownAnswer, sites.UnknownSilent))
+		return
+	}
+	name := r.PathValue("name")
+	if !s.ruleChange(w, r, func(cur sites.Rules) (sites.Rules, error) {
+		if i := slices.IndexFunc(cur.Sites, func(st sites.Site) bool { return st.Name == name }); i >= 0 {
+			cur.Sites[i].UnknownComputers = policy
+			return cur, nil
+		}
+		if !s.siteExists(name) {
+			return cur, fmt.Errorf("site %q: %w", name, store.ErrNotFound)
+		}
+		cur.Sites = append(cur.Sites, sites.Site{Name: name, UnknownComputers: policy})
+		return cur, nil
+	}) {
+		return
+	}
+	m := s.rules.Load()
+	s.logger.Info("site unknown-computer policy set", "site", name, "manual", policy, "in_force", m.UnknownComputers(name))
+	httpx.WriteJSON(w, http.StatusOK, nsapi.SiteNetbootRequest{UnknownComputers: string(m.UnknownComputers(name))})
+}
+
+// netbootSettings are what a site server in these sites is told for its network boot.
+func netbootSettings(m *sites.Map, ms []sites.Match) *nsapi.NetbootSettings {
+	var names []string
+	for _, mt := range ms {
+		names = append(names, mt.Site)
+	}
+	def, nets := m.UnknownComputersFor(names)
+	out := &nsapi.NetbootSettings{UnknownComputers: string(def)}
+	for _, n := range nets {
+		out.Networks = append(out.Networks, nsapi.NetworkSetting{Prefix: n.Prefix, Site: n.Site, UnknownComputers: string(n.Policy)})
+	}
+	return out
 }

@@ -58,6 +58,9 @@ type Status struct {
 		Online       int      `json:"online"`
 		OnlineWithin Duration `json:"online_within"`
 	} `json:"agents"`
+	// Coverage lists the gaps in what site servers give the sites' computers, as
+	// "site: what is missing" (sites list shows them per site).
+	Coverage []string `json:"coverage"`
 	// Jobs counts job instances by state.
 	Jobs     map[string]int `json:"jobs"`
 	Packages struct {

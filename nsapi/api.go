@@ -137,6 +137,36 @@ type RegisterServerResponse struct {
 	// Revoked lists the serials (hex) of certificates from this NS's CA that were revoked
 	// before their end (superseded or reset): task servers refuse them from this answer on.
 	Revoked []string `json:"revoked,omitempty"`
+	// Netboot is for a site server that reported the netboot service.
+	Netboot *NetbootSettings `json:"netboot,omitempty"`
+}
+
+// Unknown-computer policies of a site's network boot.
+const (
+	UnknownAnswer = "answer" // answer with the unknown computer's menu (the default)
+	UnknownSilent = "silent" // no proxyDHCP or BSDP answer at all
+)
+
+// NetbootSettings is what the NS decides for a site server's network boot service: what
+// it does with computers the NS does not know, per network (the subnet rules of its sites
+// and those inside or around them, with their site's policy; the most specific containing
+// the request's network decides) and on any other network.
+type NetbootSettings struct {
+	UnknownComputers string           `json:"unknown_computers"`
+	Networks         []NetworkSetting `json:"networks,omitempty"`
+}
+
+// NetworkSetting is one network's unknown-computer policy.
+type NetworkSetting struct {
+	Prefix           netip.Prefix `json:"prefix"`
+	Site             string       `json:"site"`
+	UnknownComputers string       `json:"unknown_computers"`
+}
+
+// SiteNetbootRequest sets a site's unknown-computer policy among the manual rules: answer,
+// silent, or "" to leave it to the imported rules or the default (answer).
+type SiteNetbootRequest struct {
+	UnknownComputers string `json:"unknown_computers"`
 }
 
 // RegisterAgentRequest is what an agent reports about itself.
@@ -151,6 +181,10 @@ type RegisterAgentRequest struct {
 	Unreachable string `json:"unreachable,omitempty"`
 	// MACs are the computer's Ethernet addresses: network boot knows it as managed by them.
 	MACs []string `json:"macs,omitempty"`
+	// OS and Arch are the agent's operating system and architecture as Go names them
+	// (linux, windows, darwin; amd64, arm64), for groups that filter on them.
+	OS   string `json:"os,omitempty"`
+	Arch string `json:"arch,omitempty"`
 	// Interfaces are its Ethernet interfaces with their IPv4 prefixes, for waking it.
 	Interfaces []NetInterface `json:"interfaces,omitempty"`
 }
@@ -175,6 +209,9 @@ type RegisterAgentResponse struct {
 	PackageReason  string      `json:"package_reason"`
 	Settings       Settings    `json:"settings"`
 	NSID           string      `json:"ns_id"`
+	// Windows are the maintenance windows of the agent's sites: it keeps them and runs
+	// work marked "in window only" within them, without asking the NS again.
+	Windows []MaintenanceWindow `json:"windows,omitempty"`
 }
 
 // ServerView is a site server as administrators see it.
@@ -220,6 +257,11 @@ type SiteView struct {
 	Subnets     []SubnetView `json:"subnets"`
 	Servers     []RuleServer `json:"servers"`
 	Warnings    []string     `json:"warnings,omitempty"`
+
+	// UnknownComputers is the policy in force (answer or silent), and the source that
+	// set it ("" for the default).
+	UnknownComputers       string `json:"unknown_computers"`
+	UnknownComputersSource string `json:"unknown_computers_source,omitempty"`
 }
 
 // SubnetView is one subnet rule.
@@ -345,6 +387,9 @@ func DecodeRegisterAgent(b []byte) (RegisterAgentRequest, error) {
 	if slices.ContainsFunc(req.Addresses, func(a netip.Addr) bool { return !a.IsValid() }) {
 		return RegisterAgentRequest{}, errors.New("addresses: invalid address")
 	}
+	if len(req.OS) > 32 || len(req.Arch) > 32 || !ValidOSName(req.OS) || !ValidOSName(req.Arch) {
+		return RegisterAgentRequest{}, errors.New("os, arch: at most 32 lower-case letters and digits")
+	}
 	if len(req.MACs) > 64 {
 		return RegisterAgentRequest{}, fmt.Errorf("macs: %d is more than 64", len(req.MACs))
 	}
@@ -412,4 +457,15 @@ type AuditEntry struct {
 	Target string `json:"target"`
 	// Status is the HTTP status of the answer: refused and failed changes are listed too.
 	Status int `json:"status"`
+}
+
+// ValidOSName reports whether s is empty or lower-case letters and digits, as Go's GOOS and
+// GOARCH are.
+func ValidOSName(s string) bool {
+	for _, c := range s {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') {
+			return false
+		}
+	}
+	return true
 }

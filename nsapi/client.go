@@ -273,6 +273,30 @@ func (c *Client) JobStatus(ctx context.Context, id string) (JobStatus, error) {
 	return out, err
 }
 
+// CancelJob cancels every open instance of a job (admin).
+func (c *Client) CancelJob(ctx context.Context, id string) (CancelJobResponse, error) {
+	var out CancelJobResponse
+	err := c.do(ctx, http.MethodPost, PathJobs+"/"+url.PathEscape(id)+"/cancel", nil, &out)
+	return out, err
+}
+
+// RerunJob starts a new run of a job for the agents of its last run, or with failedOnly
+// those whose latest instance failed, expired or was cancelled (admin).
+func (c *Client) RerunJob(ctx context.Context, id string, failedOnly bool) (CreateJobResponse, error) {
+	var out CreateJobResponse
+	p := PathJobs + "/" + url.PathEscape(id) + "/rerun"
+	if failedOnly {
+		p += "?failed=true"
+	}
+	err := c.do(ctx, http.MethodPost, p, nil, &out)
+	return out, err
+}
+
+// DeleteJob forgets a job and its history; refused (409) while it has open instances.
+func (c *Client) DeleteJob(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodDelete, PathJobs+"/"+url.PathEscape(id), nil, nil)
+}
+
 // Jobs lists jobs (admin).
 func (c *Client) Jobs(ctx context.Context) ([]Job, error) {
 	var out []Job

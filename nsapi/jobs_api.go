@@ -3,6 +3,10 @@ package nsapi
 import (
 	"errors"
 	"fmt"
+	"net/netip"
+	"path"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -56,11 +60,37 @@ type Job struct {
 	Name     string   `json:"name" yaml:"name"`
 	Tasks    []Task   `json:"tasks" yaml:"tasks"`
 	Validity Duration `json:"validity,omitempty" yaml:"validity,omitempty"` // default 1h
+	// InWindowOnly makes each agent wait for a maintenance window of its sites (in its own
+	// local time) before it runs the job; the validity counts from the window's opening
+	// (from creation if one is open then). The NS lets such an instance wait up to
+	// WindowWait past its validity for a window to open.
+	InWindowOnly bool `json:"in_window_only,omitempty" yaml:"in_window_only,omitempty"`
+	// Schedule, when set, runs the job at a time or on a recurrence instead of once at
+	// creation; each run picks its targets again.
+	Schedule *Schedule `json:"schedule,omitempty" yaml:"schedule,omitempty"`
 	// Wake has each target's task server wake the computer (Wake-on-LAN) before the run;
 	// WaitOnline is how long an instance then waits for its agent to fetch it (default
 	// DefaultWaitOnline). The validity counts from the end of that wait.
 	Wake       bool     `json:"wake,omitempty" yaml:"wake,omitempty"`
 	WaitOnline Duration `json:"wait_online,omitempty" yaml:"wait_online,omitempty"`
+}
+
+// WindowWait is how long past its validity an instance of an "in window only" job waits
+// for a maintenance window: every weekly window opens within it.
+const WindowWait = 7 * 24 * time.Hour
+
+// WindowDeadline is when an "in window only" instance created at created, with validity,
+// may no longer start on a computer whose windows are ws: its validity counted from the
+// first opening at or after created. False if no window opens within WindowWait.
+func WindowDeadline(ws WindowSchedule, created time.Time, validity time.Duration) (time.Time, bool) {
+	if open, _ := ws.Open(created); open {
+		return created.Add(validity), true
+	}
+	next, ok := ws.Next(created)
+	if !ok || next.Sub(created) > WindowWait {
+		return time.Time{}, false
+	}
+	return next.Add(validity), true
 }
 
 // RunBudget is the longest the job's task runs may take: the sum of its task timeouts,
@@ -102,15 +132,16 @@ const (
 	StateRunning   = "running"
 	StateSucceeded = "succeeded"
 	StateFailed    = "failed"
-	StateExpired   = "expired" // its validity ended before it ran
+	StateExpired   = "expired"   // its validity ended before it ran
+	StateCancelled = "cancelled" // an administrator cancelled it
 )
 
 // JobStates lists every state, for metrics.
-var JobStates = []string{StatePending, StateDelivered, StateRunning, StateSucceeded, StateFailed, StateExpired}
+var JobStates = []string{StatePending, StateDelivered, StateRunning, StateSucceeded, StateFailed, StateExpired, StateCancelled}
 
 // Final reports whether a state is terminal.
 func Final(state string) bool {
-	return state == StateSucceeded || state == StateFailed || state == StateExpired
+	return state == StateSucceeded || state == StateFailed || state == StateExpired || state == StateCancelled
 }
 
 // JobInstance is one job for one target computer, tagged with the task server that
@@ -127,8 +158,13 @@ type JobInstance struct {
 	Job        Job       `json:"job,omitzero"` // the job as it was when the instance was created
 	// JobDigest is JobDigest(Job), the key of Job in a compacted WorkResponse.
 	JobDigest string `json:"job_digest,omitempty"`
+	// Run is the run of the job the instance belongs to (1 for its first).
+	Run int `json:"run,omitempty"`
 	// Grant is the NS's signature over this instance; agents run nothing without it.
 	Grant *Grant `json:"grant,omitempty"`
+	// Cancel, when set, is the NS's signed notice that the instance is cancelled
+	// (a CancelBody): the agent does not run it, or stops it.
+	Cancel *Grant `json:"cancel,omitempty"`
 }
 
 // Event kinds.
@@ -145,7 +181,7 @@ type Event struct {
 	Agent    string    `json:"agent"`
 	Kind     string    `json:"kind"`
 	Task     int       `json:"task"`  // task index for task events
-	State    string    `json:"state"` // running, succeeded, failed, expired (job) or running, succeeded, failed (task)
+	State    string    `json:"state"` // running, succeeded, failed, expired, cancelled (job) or running, succeeded, failed (task)
 	ExitCode int       `json:"exit_code"`
 	TimedOut bool      `json:"timed_out,omitempty"`
 	Output   string    `json:"output,omitempty"` // bounded, tail kept
@@ -184,6 +220,11 @@ func (j *Job) Validate() error {
 	}
 	if j.Validity < 0 {
 		return errors.New("validity: negative")
+	}
+	if j.Schedule != nil {
+		if err := j.Schedule.Validate(); err != nil {
+			return fmt.Errorf("schedule.%w", err)
+		}
 	}
 	if err := j.validWake(); err != nil {
 		return err
@@ -235,7 +276,7 @@ func (e *Event) Validate() error {
 	}
 	switch e.State {
 	case StateRunning, StateSucceeded, StateFailed:
-	case StateExpired, StateDelivered:
+	case StateExpired, StateDelivered, StateCancelled:
 		if e.Kind != EventJob {
 			return fmt.Errorf("state: %q only applies to job events", e.State)
 		}
@@ -255,9 +296,129 @@ const (
 )
 
 // CreateJobRequest creates or updates a job and, for each target agent, one instance.
+// The targets are the agents Targets names (GUIDs) and those Select picks, together.
 type CreateJobRequest struct {
-	Job     Job      `json:"job"`
-	Targets []string `json:"targets,omitempty"`
+	Job     Job           `json:"job"`
+	Targets []string      `json:"targets,omitempty"`
+	Select  *TargetFilter `json:"select,omitempty"`
+	// DryRun answers with the instances that would be made, and changes nothing.
+	DryRun bool `json:"dry_run,omitempty"`
+}
+
+// Targets are the targets of a job as an administrator gave them: GUIDs and a filter,
+// resolved at each run.
+type Targets struct {
+	Agents []string      `json:"agents,omitempty"`
+	Select *TargetFilter `json:"select,omitempty"`
+}
+
+// TargetFilter picks agents by what the NS knows of them at each run: every agent (All),
+// or those that match each criterion given (any value of one): in one of Sites (by their
+// addresses and the site rules), with an address in one of Subnets, a host name matching
+// one of Hosts (shell globs, * ? [...], any case), one of OS or Arch (as Go names them:
+// linux, windows; amd64, arm64), a member of one of Groups.
+type TargetFilter struct {
+	All     bool     `json:"all,omitempty" yaml:"all,omitempty"`
+	Sites   []string `json:"sites,omitempty" yaml:"sites,omitempty"`
+	Hosts   []string `json:"hosts,omitempty" yaml:"hosts,omitempty"`
+	Subnets []string `json:"subnets,omitempty" yaml:"subnets,omitempty"`
+	OS      []string `json:"os,omitempty" yaml:"os,omitempty"`
+	Arch    []string `json:"arch,omitempty" yaml:"arch,omitempty"`
+	Groups  []string `json:"groups,omitempty" yaml:"groups,omitempty"`
+}
+
+// Group is a saved set of computers: a static list of agents, a filter evaluated at each
+// use, or both (an agent in either is a member). A group's filter cannot name groups.
+type Group struct {
+	Name   string        `json:"name" yaml:"name"`
+	Agents []string      `json:"agents,omitempty" yaml:"agents,omitempty"`
+	Filter *TargetFilter `json:"filter,omitempty" yaml:"filter,omitempty"`
+}
+
+// MaxGroups bounds the saved groups.
+const MaxGroups = 1024
+
+// Validate checks a group; the error names the field.
+func (g *Group) Validate() error {
+	if !ValidID(g.Name) {
+		return fmt.Errorf("name: %q is not a valid name", g.Name)
+	}
+	if len(g.Agents) == 0 && g.Filter == nil {
+		return errors.New("agents or filter is required")
+	}
+	if len(g.Agents) > MaxTargets {
+		return fmt.Errorf("agents: more than %d", MaxTargets)
+	}
+	for i, a := range g.Agents {
+		if !ValidID(a) {
+			return fmt.Errorf("agents[%d]: %q is not a GUID", i, a)
+		}
+	}
+	if g.Filter != nil {
+		if len(g.Filter.Groups) > 0 {
+			return errors.New("filter.groups: a group's filter cannot name groups")
+		}
+		if err := g.Filter.Validate(); err != nil {
+			return fmt.Errorf("filter.%w", err)
+		}
+	}
+	return nil
+}
+
+// Limits of a target filter.
+const (
+	MaxFilterItems = 256
+	maxGlob        = 256
+)
+
+// Validate checks a filter; the error names the field.
+func (f *TargetFilter) Validate() error {
+	lists := [][]string{f.Sites, f.Hosts, f.Subnets, f.OS, f.Arch, f.Groups}
+	some := false
+	for _, l := range lists {
+		some = some || len(l) > 0
+		if len(l) > MaxFilterItems {
+			return fmt.Errorf("sites, hosts, subnets, os, arch, groups: at most %d each", MaxFilterItems)
+		}
+	}
+	if !f.All && !some {
+		return errors.New("all, sites, hosts, subnets, os, arch or groups is required")
+	}
+	if f.All && some {
+		return errors.New("all: not with other criteria")
+	}
+	for i, p := range f.Subnets {
+		if _, err := netip.ParsePrefix(p); err != nil {
+			return fmt.Errorf("subnets[%d]: %w", i, err)
+		}
+	}
+	for i, v := range append(slices.Clone(f.OS), f.Arch...) {
+		if v == "" || len(v) > 32 || !ValidOSName(v) {
+			return fmt.Errorf("os, arch[%d]: %q: lower-case letters and digits, as Go names them", i, v)
+		}
+	}
+	for i, h := range f.Hosts {
+		if h == "" || len(h) > maxGlob {
+			return fmt.Errorf("hosts[%d]: empty or longer than %d bytes", i, maxGlob)
+		}
+		if _, err := path.Match(strings.ToLower(h), ""); err != nil {
+			return fmt.Errorf("hosts[%d]: %q: %w", i, h, err)
+		}
+	}
+	return nil
+}
+
+// MatchHost reports whether host matches one of the filter's globs (true without any).
+func (f *TargetFilter) MatchHost(host string) bool {
+	if len(f.Hosts) == 0 {
+		return true
+	}
+	for _, h := range f.Hosts {
+		if ok, _ := path.Match(strings.ToLower(h), strings.ToLower(host)); ok {
+			return true
+		}
+	}
+	return false
 }
 
 // InstanceRef names a created instance.
@@ -267,9 +428,14 @@ type InstanceRef struct {
 	TaskServer string `json:"task_server"`
 }
 
-// CreateJobResponse lists the instances created.
+// CreateJobResponse lists the instances created (or, for a dry run, that would be).
 type CreateJobResponse struct {
-	JobID     string        `json:"job_id"`
+	JobID  string `json:"job_id"`
+	DryRun bool   `json:"dry_run,omitempty"`
+	// Run is the run the instances belong to; NextRun, for a scheduled job, when it runs
+	// next (a dry run of one lists who would be reached now).
+	Run       int           `json:"run,omitempty"`
+	NextRun   *time.Time    `json:"next_run,omitempty"`
 	Instances []InstanceRef `json:"instances"`
 	// Unreachable warns of targets no task server will deliver to now; their instances
 	// wait until one does, or expire.
@@ -285,6 +451,7 @@ type Unreachable struct {
 // InstanceStatus is an instance with its events, for administrators.
 type InstanceStatus struct {
 	ID         string    `json:"id"`
+	Run        int       `json:"run,omitempty"`
 	Agent      string    `json:"agent"`
 	TaskServer string    `json:"task_server"`
 	State      string    `json:"state"`
@@ -353,4 +520,33 @@ type AgentPresence struct {
 // PresenceRequest reports the agents registered with a task server.
 type PresenceRequest struct {
 	Agents []AgentPresence `json:"agents"`
+}
+
+// Matches reports whether an agent with hostname, addresses, os and arch, in sites and
+// groups, meets every criterion of f.
+func (f *TargetFilter) Matches(hostname string, addrs []netip.Addr, os, arch string, sites, groups []string) bool {
+	if f.All {
+		return true
+	}
+	any := func(want, have []string) bool {
+		return len(want) == 0 || slices.ContainsFunc(want, func(w string) bool { return slices.Contains(have, w) })
+	}
+	if !f.MatchHost(hostname) || !any(f.Sites, sites) || !any(f.Groups, groups) ||
+		!any(f.OS, []string{os}) || !any(f.Arch, []string{arch}) {
+		return false
+	}
+	if len(f.Subnets) > 0 {
+		in := false
+		for _, p := range f.Subnets {
+			pfx, err := netip.ParsePrefix(p)
+			if err != nil {
+				continue
+			}
+			in = in || slices.ContainsFunc(addrs, func(a netip.Addr) bool { return pfx.Contains(a.Unmap()) })
+		}
+		if !in {
+			return false
+		}
+	}
+	return true
 }

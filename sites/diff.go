@@ -24,7 +24,8 @@ type RuleChange struct {
 	Change string `json:"change"`
 	// Key is the site name, the subnet prefix or the server GUID.
 	Key string `json:"key"`
-	// Old and New are the site's description, the subnet's site, the server's site.
+	// Old and New are the site's description (and unknown-computer policy), the subnet's
+	// site, the server's site.
 	Old    string `json:"old,omitempty"`
 	New    string `json:"new,omitempty"`
 	Source Source `json:"source"`
@@ -36,7 +37,11 @@ func Diff(old, new Rules) []RuleChange {
 	sites := func(r Rules) []entry {
 		var out []entry
 		for _, s := range r.Sites {
-			out = append(out, entry{s.Name, s.Name, s.Description, s.Source})
+			v := s.Description
+			if s.UnknownComputers != "" {
+				v += " [unknown computers: " + string(s.UnknownComputers) + "]"
+			}
+			out = append(out, entry{s.Name, s.Name, v, s.Source})
 		}
 		return out
 	}

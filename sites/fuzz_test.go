@@ -29,6 +29,9 @@ func FuzzParseRulesFile(f *testing.F) {
 		"{",
 		"- - - -\n",
 		"sites:\n  - name: a\n    <<: {description: x}\n",
+		"sites:\n  - name: a\n    subnets: [10.0.0.0/8]\n    unknown_computers: silent\n  - name: b\n    unknown_computers: answer\n",
+		"sites:\n  - name: a\n    unknown_computers: quiet\n",
+		"sites:\n  - name: a\n    unknown_computers: [silent]\n",
 	} {
 		f.Add([]byte(seed))
 	}

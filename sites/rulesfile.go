@@ -60,6 +60,7 @@ func (e *RulesFileError) Error() string {
 //	    servers: [3f2a0c9e-5b1d-4c7a-9e3f-2d8b6a1c0f47]   # site server GUIDs, never host names
 //	  - name: berlin-lab
 //	    subnets: [10.1.200.0/24]   # more specific than berlin-hq's: wins for its addresses
+//	    unknown_computers: silent  # or answer (the default): network boot of computers the NS does not know
 func ParseRulesFile(data []byte) (Rules, error) {
 	r, _, err := ParseRulesFileSource(data)
 	return r, err
@@ -192,7 +193,7 @@ func (p *parser) file(doc *yaml.Node) error {
 
 func (p *parser) site(n *yaml.Node) error {
 	if n.Kind != yaml.MappingNode {
-		return p.errf(n, "", "site: want a mapping with keys name, description, subnets and servers, got %s", kindName(n))
+		return p.errf(n, "", "site: want a mapping with keys name, description, subnets, servers and unknown_computers, got %s", kindName(n))
 	}
 	if err := p.add(n, ""); err != nil {
 		return err
@@ -239,8 +240,17 @@ func (p *parser) site(n *yaml.Node) error {
 			subnets = v
 		case "servers":
 			servers = v
+		case "unknown_computers":
+			u, err := p.scalar(v, site.Name)
+			if err != nil {
+				return err
+			}
+			if pol := UnknownPolicy(u); pol == "" || !pol.Valid() {
+				return p.errf(v, site.Name, "unknown_computers %q: want %s or %s", u, UnknownAnswer, UnknownSilent)
+			}
+			site.UnknownComputers = UnknownPolicy(u)
 		default:
-			return p.errf(k, site.Name, "unknown key %q (want name, description, subnets or servers)", k.Value)
+			return p.errf(k, site.Name, "unknown key %q (want name, description, subnets, servers or unknown_computers)", k.Value)
 		}
 		return nil
 	})
@@ -395,10 +405,11 @@ func checkServer(s string) (string, error) {
 }
 
 type fileSite struct {
-	Name        string      `yaml:"name"`
-	Description description `yaml:"description,omitempty"`
-	Subnets     []string    `yaml:"subnets,omitempty,flow"`
-	Servers     []string    `yaml:"servers,omitempty,flow"`
+	Name             string        `yaml:"name"`
+	Description      description   `yaml:"description,omitempty"`
+	Subnets          []string      `yaml:"subnets,omitempty,flow"`
+	Servers          []string      `yaml:"servers,omitempty,flow"`
+	UnknownComputers UnknownPolicy `yaml:"unknown_computers,omitempty"`
 }
 
 // description is written double-quoted when it holds a tab: yaml.v3 would otherwise write a
@@ -457,8 +468,11 @@ func MarshalRulesFile(r Rules) ([]byte, error) {
 		if _, ok := index[s.Name]; ok {
 			return nil, fmt.Errorf("sites: marshal rules: site %q defined twice", s.Name)
 		}
+		if !s.UnknownComputers.Valid() {
+			return nil, fmt.Errorf("sites: marshal rules: site %q: unknown_computers %q", s.Name, s.UnknownComputers)
+		}
 		index[s.Name] = len(f.Sites)
-		f.Sites = append(f.Sites, fileSite{Name: s.Name, Description: description(s.Description)})
+		f.Sites = append(f.Sites, fileSite{Name: s.Name, Description: description(s.Description), UnknownComputers: s.UnknownComputers})
 	}
 	prefixSite := make(map[netip.Prefix]string, len(r.Subnets))
 	for _, sr := range r.Subnets {

@@ -182,11 +182,11 @@ func TestParseRulesFileErrors(t *testing.T) {
 		},
 		"unknown site key": {
 			in:   "sites:\n  - name: a\n    descripton: typo\n",
-			want: `rules:3: site "a": unknown key "descripton" (want name, description, subnets or servers)`,
+			want: `rules:3: site "a": unknown key "descripton" (want name, description, subnets, servers or unknown_computers)`,
 		},
 		"unknown site key before name": {
 			in:   "sites:\n  - colour: red\n    name: a\n",
-			want: `rules:2: site "a": unknown key "colour" (want name, description, subnets or servers)`,
+			want: `rules:2: site "a": unknown key "colour" (want name, description, subnets, servers or unknown_computers)`,
 		},
 		"duplicate key": {
 			in:   "sites:\n  - name: a\n    subnets: [10.0.0.0/8]\n    subnets: [10.1.0.0/16]\n",

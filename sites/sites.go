@@ -33,7 +33,23 @@ type Site struct {
 	Name        string
 	Description string
 	Source      Source
+	// UnknownComputers is what the site's network boot servers do with a computer the NS
+	// does not know; empty leaves it to the other source, or to the default (answer).
+	UnknownComputers UnknownPolicy
 }
+
+// UnknownPolicy is what network boot does with computers the NS does not know.
+type UnknownPolicy string
+
+const (
+	// UnknownAnswer answers them, with the unknown computer's menu (the default).
+	UnknownAnswer UnknownPolicy = "answer"
+	// UnknownSilent sends them no proxyDHCP or BSDP answer at all.
+	UnknownSilent UnknownPolicy = "silent"
+)
+
+// Valid reports a policy a site may set; "" (not set) is valid too.
+func (p UnknownPolicy) Valid() bool { return p == "" || p == UnknownAnswer || p == UnknownSilent }
 
 // SubnetRule maps a prefix to a site.
 type SubnetRule struct {
@@ -69,7 +85,8 @@ type Match struct {
 // use it at once; a rules change compiles a new Map.
 type Map struct {
 	sites    []Site
-	rules    []SubnetRule // effective subnet rules, indexed by the tables' values
+	unknown  map[string]UnknownPolicy // by site: the policy in force, when one is set
+	rules    []SubnetRule             // effective subnet rules, indexed by the tables' values
 	v4       table4
 	v6       table6
 	servers  map[string]direct
@@ -89,7 +106,7 @@ type direct struct {
 // ServerRule gets only its Imported direct assignments. A site defined in both sources is one
 // site with the Imported description.
 func Compile(r Rules) (*Map, error) {
-	m := &Map{servers: make(map[string]direct)}
+	m := &Map{servers: make(map[string]direct), unknown: make(map[string]UnknownPolicy)}
 
 	type siteKey struct {
 		name string
@@ -104,6 +121,9 @@ func Compile(r Rules) (*Map, error) {
 		if s.Name == "" {
 			return nil, fmt.Errorf("sites: site %d (%s): empty name", i, s.Source)
 		}
+		if !s.UnknownComputers.Valid() {
+			return nil, fmt.Errorf("sites: site %q (%s): unknown_computers %q: want %s or %s", s.Name, s.Source, s.UnknownComputers, UnknownAnswer, UnknownSilent)
+		}
 		k := siteKey{s.Name, s.Source}
 		if defined[k] {
 			return nil, fmt.Errorf("sites: site %q defined twice in %s rules", s.Name, s.Source)
@@ -112,6 +132,15 @@ func Compile(r Rules) (*Map, error) {
 		if prev, ok := merged[s.Name]; !ok || prev.Source != Imported {
 			merged[s.Name] = s
 		}
+		// A setting the import makes wins; one it leaves unset is the manual site's.
+		if p := s.UnknownComputers; p != "" && (s.Source == Imported || m.unknown[s.Name] == "") {
+			m.unknown[s.Name] = p
+		}
+	}
+	for name, p := range m.unknown {
+		st := merged[name]
+		st.UnknownComputers = p
+		merged[name] = st
 	}
 	m.sites = make([]Site, 0, len(merged))
 	for _, s := range merged {
@@ -283,4 +312,53 @@ func addMatch(ms []Match, mt Match) []Match {
 
 func sortMatches(ms []Match) {
 	slices.SortFunc(ms, func(a, b Match) int { return strings.Compare(a.Site, b.Site) })
+}
+
+// UnknownComputers is the policy in force for a site's unknown computers: the imported
+// site's when it sets one, else the manual site's, else UnknownAnswer.
+func (m *Map) UnknownComputers(site string) UnknownPolicy {
+	if p := m.unknown[site]; p != "" {
+		return p
+	}
+	return UnknownAnswer
+}
+
+// NetworkPolicy is the unknown-computer policy of the site a subnet rule maps to.
+type NetworkPolicy struct {
+	Prefix netip.Prefix
+	Site   string
+	Policy UnknownPolicy
+}
+
+// maxNetworkPolicies bounds what one site server is handed.
+const maxNetworkPolicies = 4096
+
+// UnknownComputersFor says what a network boot server in the sites named does with
+// computers the NS does not know: per subnet, for the subnets of those sites and every
+// subnet rule inside or around them (a more specific rule of another site decides for its
+// addresses, as it decides their site), and for any other network, silent when any of the
+// sites is. Networks come sorted by prefix, at most maxNetworkPolicies of them.
+func (m *Map) UnknownComputersFor(siteNames []string) (def UnknownPolicy, nets []NetworkPolicy) {
+	def = UnknownAnswer
+	var mine []netip.Prefix
+	for _, name := range siteNames {
+		if m.UnknownComputers(name) == UnknownSilent {
+			def = UnknownSilent
+		}
+	}
+	for _, r := range m.rules {
+		if slices.Contains(siteNames, r.Site) {
+			mine = append(mine, r.Prefix)
+		}
+	}
+	for _, r := range m.rules {
+		if !slices.Contains(siteNames, r.Site) && !slices.ContainsFunc(mine, r.Prefix.Overlaps) {
+			continue
+		}
+		if len(nets) == maxNetworkPolicies {
+			break
+		}
+		nets = append(nets, NetworkPolicy{Prefix: r.Prefix, Site: r.Site, Policy: m.UnknownComputers(r.Site)})
+	}
+	return def, nets
 }

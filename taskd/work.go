@@ -16,17 +16,18 @@ type workCache struct {
 	known     map[string]bool                           // instance ids already tickled for
 	delivered map[string]bool                           // instance ids handed to their agent
 	finished  map[string]bool                           // instance ids the agent reported on
+	cancels   map[string]bool                           // instance ids whose cancel notice was tickled for
 
 	instances *prometheus.GaugeVec // by state; nil in tests that need no metrics
 }
 
 func newWorkCache() *workCache {
 	return &workCache{work: map[string]map[string][]nsapi.JobInstance{}, known: map[string]bool{},
-		delivered: map[string]bool{}, finished: map[string]bool{}}
+		delivered: map[string]bool{}, finished: map[string]bool{}, cancels: map[string]bool{}}
 }
 
 // replace makes instances the open work of NS nsName and returns the agents, each once,
-// that have an instance not seen before and so are to be tickled.
+// that have an instance or a cancel notice not seen before and so are to be tickled.
 func (w *workCache) replace(nsName string, instances []nsapi.JobInstance) []string {
 	byAgent := map[string][]nsapi.JobInstance{}
 	var fresh []string
@@ -34,16 +35,20 @@ func (w *workCache) replace(nsName string, instances []nsapi.JobInstance) []stri
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, in := range instances {
-		if w.finished[in.ID] {
+		// A cancel notice goes to its agent even for an instance it reported on: that is
+		// how a running one is stopped.
+		if w.finished[in.ID] && in.Cancel == nil {
 			continue
 		}
 		byAgent[in.Agent] = append(byAgent[in.Agent], in)
-		if !w.known[in.ID] {
-			w.known[in.ID] = true
-			if !seen[in.Agent] {
-				seen[in.Agent] = true
-				fresh = append(fresh, in.Agent)
-			}
+		news := !w.known[in.ID] || in.Cancel != nil && !w.cancels[in.ID]
+		w.known[in.ID] = true
+		if in.Cancel != nil {
+			w.cancels[in.ID] = true
+		}
+		if news && !seen[in.Agent] {
+			seen[in.Agent] = true
+			fresh = append(fresh, in.Agent)
 		}
 	}
 	w.work[nsName] = byAgent
@@ -56,11 +61,11 @@ func (w *workCache) take(nsName, agent string) (open, first []nsapi.JobInstance)
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, in := range w.work[nsName][agent] {
-		if w.finished[in.ID] {
+		if w.finished[in.ID] && in.Cancel == nil {
 			continue
 		}
 		open = append(open, in)
-		if !w.delivered[in.ID] {
+		if in.Cancel == nil && !w.delivered[in.ID] {
 			w.delivered[in.ID] = true
 			first = append(first, in)
 		}
@@ -105,7 +110,7 @@ func (w *workCache) pruneLocked() {
 			}
 		}
 	}
-	for _, m := range []map[string]bool{w.known, w.delivered, w.finished} {
+	for _, m := range []map[string]bool{w.known, w.delivered, w.finished, w.cancels} {
 		for id := range m {
 			if !open[id] {
 				delete(m, id)

@@ -24,8 +24,11 @@ import (
 type adminOptions struct {
 	description, jobFile, targets, agent                              string
 	pkgDir, pkgID, pkgVersion, pkgSites, pkgServers, compName, source string
+	ranges, hosts, subnets, osNames, archNames, groups                string
+	all, failed                                                       bool
 	pkgStaged, count                                                  int
-	force, json, dryRun                                               bool
+	compUUID, compSite                                                string
+	force, json, dryRun, clear                                        bool
 	uploadIdle, interval                                              time.Duration
 	watch                                                             bool
 }
@@ -51,7 +54,7 @@ var optionFlags = map[string]func(fs *flag.FlagSet, o *adminOptions){
 		fs.StringVar(&o.pkgVersion, "version", "", "package `VERSION`")
 	},
 	"sites": func(fs *flag.FlagSet, o *adminOptions) {
-		fs.StringVar(&o.pkgSites, "sites", "", "comma-separated `SITES` whose package servers get the package")
+		fs.StringVar(&o.pkgSites, "sites", "", "comma-separated `SITES`: whose package servers get the package, whose computers a window covers or a job targets")
 	},
 	"servers": func(fs *flag.FlagSet, o *adminOptions) {
 		fs.StringVar(&o.pkgServers, "servers", "", "comma-separated package `SERVERS` (GUID, unique GUID prefix or host name) that get the package")
@@ -66,7 +69,7 @@ var optionFlags = map[string]func(fs *flag.FlagSet, o *adminOptions){
 		fs.StringVar(&o.agent, "agent", "", "only this `AGENT` (GUID, GUID prefix or host name)")
 	},
 	"dry-run": func(fs *flag.FlagSet, o *adminOptions) {
-		fs.BoolVar(&o.dryRun, "dry-run", false, "show what would change, as sites diff does, and change nothing")
+		fs.BoolVar(&o.dryRun, "dry-run", false, "show what would change (sites: as sites diff does; jobs: the computers and their task servers) and change nothing")
 	},
 	"watch": func(fs *flag.FlagSet, o *adminOptions) {
 		fs.BoolVar(&o.watch, "watch", false, "redraw every -interval until interrupted (Ctrl-C)")
@@ -80,6 +83,39 @@ var optionFlags = map[string]func(fs *flag.FlagSet, o *adminOptions){
 	"name": func(fs *flag.FlagSet, o *adminOptions) { fs.StringVar(&o.compName, "name", "", "computer `NAME`") },
 	"force": func(fs *flag.FlagSet, o *adminOptions) {
 		fs.BoolVar(&o.force, "force", false, "predefine a computer that an agent claims as managed")
+	},
+	"subnets": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.StringVar(&o.subnets, "subnets", "", "comma-separated `PREFIXES`: agents with an address in one")
+	},
+	"os": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.StringVar(&o.osNames, "os", "", "comma-separated operating systems as Go names them (`linux,windows`)")
+	},
+	"arch": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.StringVar(&o.archNames, "arch", "", "comma-separated architectures as Go names them (`amd64,arm64`)")
+	},
+	"groups": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.StringVar(&o.groups, "groups", "", "comma-separated computer `GROUPS`: their members")
+	},
+	"failed": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.BoolVar(&o.failed, "failed", false, "only the agents whose latest instance failed, expired or was cancelled")
+	},
+	"all": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.BoolVar(&o.all, "all", false, "target every agent")
+	},
+	"hosts": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.StringVar(&o.hosts, "hosts", "", "target agents whose host name matches one of these comma-separated `GLOBS` (* ? [...], any case)")
+	},
+	"ranges": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.StringVar(&o.ranges, "ranges", "", "`RANGES` of a window, separated by ';': \"mon-fri 22:00-06:00; sat 00:00-24:00\" in each computer's local time")
+	},
+	"uuid": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.StringVar(&o.compUUID, "uuid", "", "the computer's SMBIOS `UUID` (what PXE sends as its client machine identifier)")
+	},
+	"site": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.StringVar(&o.compSite, "site", "", "the `SITE` the computer is meant for")
+	},
+	"clear": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.BoolVar(&o.clear, "clear", false, "clear a pending one-shot preboot instead of setting it")
 	},
 	"source": func(fs *flag.FlagSet, o *adminOptions) {
 		fs.StringVar(&o.source, "source", "manual", "rules `SOURCE`: manual or imported")
@@ -148,6 +184,7 @@ var adminCommands = []adminCommand{
 	{"sites diff", 1, "FILE", "what applying the file would change: sites, subnets and assignments added, removed, changed", []string{"json"}, sitesDiff},
 	{"sites add", 1, "NAME", "create or update a manual site", []string{"description"}, sitesAdd},
 	{"sites delete", 1, "NAME", "delete a manual site with its manual rules", nil, sitesDelete},
+	{"sites unknown-computers", 2, "SITE answer|silent|default", "whether network boot answers computers the NS does not know, in a site (manual rules; an imported setting wins)", nil, sitesUnknownComputers},
 	{"sites subnet-add", 2, "PREFIX SITE", "map a subnet to a site", nil, sitesSubnetAdd},
 	{"sites subnet-delete", 1, "PREFIX", "remove a manual subnet rule", nil, sitesSubnetDelete},
 	{"sites assign", 2, "SERVER SITE", "assign a site server (GUID, unique GUID prefix or host name; the rule keeps the GUID) to a site", nil, sitesAssign},
@@ -167,21 +204,39 @@ var adminCommands = []adminCommand{
 		onAgent("reset", func(a *adminCall, id string) error { return a.c.ResetAgent(a.ctx, id) })},
 	{"agents delete", 1, "AGENT", "forget an agent and revoke its certificate", nil,
 		onAgent("deleted", func(a *adminCall, id string) error { return a.c.DeleteAgent(a.ctx, id) })},
-	{"jobs create", 0, "-file JOB.yaml [-targets GUID,…]", "create or update a job and an instance for each target", []string{"file", "targets", "json"}, jobsCreate},
+	{"jobs create", 0, "-file JOB.yaml [-targets GUID,…] [-all | -sites SITES -hosts GLOBS -subnets P -os OS -arch A -groups G] [-dry-run]", "create or update a job and an instance for each target",
+		[]string{"file", "targets", "all", "sites", "hosts", "subnets", "os", "arch", "groups", "dry-run", "json"}, jobsCreate},
+	{"groups set", 1, "NAME [-targets GUIDs] [-sites S -hosts G -subnets P -os OS -arch A]", "create or replace a computer group: a static list, a filter evaluated at each use, or both",
+		[]string{"targets", "sites", "hosts", "subnets", "os", "arch"}, groupsSet},
+	{"groups list", 0, "", "list computer groups", []string{"json"}, groupsList},
+	{"groups show", 1, "NAME", "the agents a group holds now", []string{"json"}, groupsShow},
+	{"groups delete", 1, "NAME", "delete a computer group", nil,
+		func(a *adminCall) error { return a.c.DeleteGroup(a.ctx, a.pos[0]) }},
 	{"jobs list", 0, "", "list jobs", []string{"json"}, jobsList},
 	{"jobs status", 1, "JOB", "the state of each instance of a job", []string{"json"}, jobsStatus},
 	{"jobs output", 1, "JOB", "what each task of a job printed, on each agent", []string{"agent", "json"}, jobsOutput},
+	{"jobs rerun", 1, "JOB [-failed]", "a new run of a job for the agents of its last run, or only those whose latest instance failed, expired or was cancelled", []string{"failed", "json"}, jobsRerun},
+	{"jobs delete", 1, "JOB", "forget a job and its history (cancel it first if it has open instances)", nil,
+		func(a *adminCall) error { return a.c.DeleteJob(a.ctx, a.pos[0]) }},
+	{"windows set", 1, "NAME -sites SITES|-groups GROUPS -ranges RANGES", "create or replace a maintenance window: when jobs marked in_window_only may run", []string{"sites", "groups", "ranges"}, windowsSet},
+	{"windows list", 0, "", "list maintenance windows", []string{"json"}, windowsList},
+	{"windows delete", 1, "NAME", "delete a maintenance window", nil,
+		func(a *adminCall) error { return a.c.DeleteWindow(a.ctx, a.pos[0]) }},
+	{"jobs cancel", 1, "JOB", "cancel a job's open instances: withdrawn where no agent has them, stopped where they run", []string{"json"}, jobsCancel},
 	{"packages add", 0, "-dir DIR -id ID -version V", "upload a directory's files to the NS library and register them as a package",
 		[]string{"dir", "id", "version", "sites", "servers", "staged", "upload-idle"}, packagesAdd},
 	{"packages assign", 1, "ID", "change which sites and servers get a package", []string{"sites", "servers", "staged"}, packagesAssign},
 	{"packages list", 0, "", "list packages", []string{"json"}, packagesList},
 	{"packages status", argsOptional, "[ID]", "where a package (or every package) is ready, downloading or stuck", []string{"watch", "interval", "count", "json"}, packagesStatus},
 	{"packages delete", 1, "ID", "delete a package", nil, packagesDelete},
-	{"computers add", 1, "MAC", "predefine a computer for network boot", []string{"name", "force"}, computersAdd},
+	{"computers add", argsOptional, "[MAC]", "predefine a computer for network boot, by its MAC, its -uuid, or both", []string{"name", "uuid", "site", "force"}, computersAdd},
 	{"computers list", 0, "", "list computers known to network boot", []string{"json"}, computersList},
+	{"computers preboot", 1, "NAME|MAC|UUID", "boot the preboot environment at the computer's next network boot, once; then its disk again", []string{"clear", "json"}, computersPreboot},
+	{"computers import", 1, "FILE.csv", "predefine the computers of a CSV file (name,mac,uuid,site); every row is checked before anything changes", []string{"force", "json"}, computersImport},
+	{"computers export", 0, "", "print the predefined computers as a CSV file that imports back", nil, computersExport},
 	{"computers accept", 1, "MAC", "give a claimed computer to the agent that claims it", nil,
 		func(a *adminCall) error { return a.c.AcceptClaim(a.ctx, a.pos[0]) }},
-	{"computers delete", 1, "MAC", "forget a computer", nil,
+	{"computers delete", 1, "NAME|MAC|UUID", "forget a computer", nil,
 		func(a *adminCall) error { return a.c.DeleteComputer(a.ctx, a.pos[0]) }},
 	{"audit", 0, "", "the changes made through the admin API (who, what, when)", []string{"json"}, auditList},
 }

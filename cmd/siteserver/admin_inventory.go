@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -71,7 +72,58 @@ func agentsList(a *adminCall) error {
 }
 
 func computersAdd(a *adminCall) error {
-	return a.c.PutComputer(a.ctx, nsapi.ComputerRequest{MAC: a.pos[0], Name: a.opt.compName, Force: a.opt.force})
+	var mac string
+	if len(a.pos) == 1 {
+		mac = a.pos[0]
+	} else if a.opt.compUUID == "" {
+		return usageError{"usage: siteserver computers add MAC|-uuid UUID -name NAME (a MAC, a UUID, or both)"}
+	}
+	return a.c.PutComputer(a.ctx, nsapi.ComputerRequest{MAC: mac, UUID: a.opt.compUUID, Name: a.opt.compName, Site: a.opt.compSite, Force: a.opt.force})
+}
+
+func computersPreboot(a *adminCall) error {
+	c, err := a.c.SetPreboot(a.ctx, a.pos[0], a.opt.clear)
+	if err != nil {
+		return err
+	}
+	return a.print(c, func(w *tabwriter.Writer) {
+		who := dashS(c.Name)
+		if c.MAC != "" {
+			who += " " + c.MAC
+		}
+		if a.opt.clear {
+			fmt.Fprintf(w, "%s (%s): no preboot pending; it boots as a %s computer\n", who, c.Kind, c.Kind)
+			return
+		}
+		fmt.Fprintf(w, "%s (%s): its next network boot starts the preboot environment, once\n", who, c.Kind)
+	})
+}
+
+func computersImport(a *adminCall) error {
+	b, err := os.ReadFile(a.pos[0])
+	if err != nil {
+		return err
+	}
+	res, err := a.c.ImportComputers(a.ctx, b, a.opt.force)
+	if err != nil {
+		return fmt.Errorf("%s: %w", a.pos[0], err)
+	}
+	return a.print(res, func(w *tabwriter.Writer) {
+		fmt.Fprintf(w, "%s: %d added, %d updated, %d unchanged", a.pos[0], res.Added, res.Updated, res.Unchanged)
+		if res.Replaced > 0 {
+			fmt.Fprintf(w, " (%d unknown computers merged into them)", res.Replaced)
+		}
+		fmt.Fprintln(w)
+	})
+}
+
+func computersExport(a *adminCall) error {
+	b, err := a.c.ExportComputers(a.ctx)
+	if err != nil {
+		return err
+	}
+	_, err = a.out.Write(b)
+	return err
 }
 
 func computersList(a *adminCall) error {
@@ -84,14 +136,21 @@ func computersList(a *adminCall) error {
 		return err
 	}
 	return a.print(cs, func(w *tabwriter.Writer) {
-		fmt.Fprintln(w, "MAC\tKIND\tNAME\tAGENT\tARCH\tLAST SERVER\tLAST SEEN\tCONFLICT")
+		fmt.Fprintln(w, "MAC\tUUID\tKIND\tNAME\tSITE\tAGENT\tARCH\tLAST SERVER\tLAST SEEN\tPREBOOT\tCONFLICT")
 		for _, cp := range cs {
 			conflict := "-"
 			if cp.ClaimedBy != "" {
 				conflict = "claimed by agent " + n.agent(cp.ClaimedBy)
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", cp.MAC, cp.Kind, dashS(cp.Name), n.agent(cp.Agent), archName(cp.Arch),
-				n.server(cp.LastServer), when(cp.LastSeen), conflict)
+			preboot := "-"
+			switch {
+			case cp.Preboot:
+				preboot = "pending"
+			case !cp.PrebootUsed.IsZero():
+				preboot = "used " + when(cp.PrebootUsed) + " via " + n.server(cp.PrebootUsedBy)
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", dashS(cp.MAC), dashS(cp.UUID), cp.Kind, dashS(cp.Name), dashS(cp.Site),
+				n.agent(cp.Agent), archName(cp.Arch), n.server(cp.LastServer), when(cp.LastSeen), preboot, conflict)
 		}
 	})
 }

@@ -23,7 +23,7 @@ func sitesList(a *adminCall) error {
 		return err
 	}
 	return a.print(views, func(w *tabwriter.Writer) {
-		fmt.Fprintln(w, "SITE\tSOURCES\tSUBNETS\tSERVERS\tDESCRIPTION\tWARNINGS")
+		fmt.Fprintln(w, "SITE\tSOURCES\tSUBNETS\tSERVERS\tUNKNOWN COMPUTERS\tDESCRIPTION\tWARNINGS")
 		for _, v := range views {
 			var subnets, servers []string
 			for _, s := range v.Subnets {
@@ -39,7 +39,12 @@ func sitesList(a *adminCall) error {
 			for _, s := range v.Servers {
 				servers = append(servers, n.server(s.Server))
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, strings.Join(v.Sources, ","), dash(subnets), dash(servers), v.Description, strings.Join(v.Warnings, "; "))
+			unknown := v.UnknownComputers
+			if v.UnknownComputersSource != "" && v.UnknownComputersSource != "manual" {
+				unknown += "(" + v.UnknownComputersSource + ")"
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, strings.Join(v.Sources, ","), dash(subnets), dash(servers), unknown,
+				v.Description, strings.Join(v.Warnings, "; "))
 		}
 	})
 }
@@ -71,6 +76,27 @@ func sitesApply(a *adminCall) error {
 
 func sitesAdd(a *adminCall) error {
 	return a.c.PutSite(a.ctx, nsapi.SiteRequest{Name: a.pos[0], Description: a.opt.description})
+}
+
+func sitesUnknownComputers(a *adminCall) error {
+	policy := a.pos[1]
+	switch policy {
+	case nsapi.UnknownAnswer, nsapi.UnknownSilent:
+	case "default":
+		policy = ""
+	default:
+		return usageError{fmt.Sprintf("%q: want answer, silent or default (see 'siteserver sites unknown-computers -h')", policy)}
+	}
+	inForce, err := a.c.SetSiteUnknownComputers(a.ctx, a.pos[0], policy)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(a.out, "site %s: unknown computers: %s", a.pos[0], inForce)
+	if policy != "" && inForce != policy {
+		fmt.Fprintf(a.out, " (the imported rules set it; your manual setting counts if they stop)")
+	}
+	fmt.Fprintln(a.out, "; site servers apply it at their next registration")
+	return nil
 }
 
 func sitesDelete(a *adminCall) error {

@@ -76,6 +76,16 @@ func statusTable(w *tabwriter.Writer, rep statusReport, n *hostNames) {
 	for _, c := range st.Packages.Stuck {
 		fmt.Fprintf(w, "  stuck\t%s %s on %s: %s: %s\n", c.Package, c.Version, n.server(c.Server), c.State, dashS(c.LastError))
 	}
+	if len(st.Coverage) == 0 {
+		fmt.Fprintf(w, "coverage\tevery site with computers has a task server, a network boot server and package sources\n")
+	}
+	for i, c := range st.Coverage {
+		label := ""
+		if i == 0 {
+			label = "coverage"
+		}
+		fmt.Fprintf(w, "%s\t%s\n", label, c)
+	}
 	var certs []string
 	for _, c := range st.Certificates {
 		left := c.NotAfter.Sub(st.Now)

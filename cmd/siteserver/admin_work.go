@@ -1,13 +1,16 @@
 package main
 
 import (
+	"cmp"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/siteserver/siteserver/nsapi"
 )
@@ -34,6 +37,17 @@ func jobsCreate(a *adminCall) error {
 			req.Targets = append(req.Targets, t)
 		}
 	}
+	if f := a.filter(); f != nil || a.opt.all || a.opt.groups != "" {
+		if f == nil {
+			f = &nsapi.TargetFilter{}
+		}
+		f.All, f.Groups = a.opt.all, splitList(a.opt.groups)
+		req.Select = f
+	}
+	req.DryRun = a.opt.dryRun
+	if len(req.Targets) == 0 && req.Select == nil {
+		return usageError{"name the targets: -targets, -all, -sites or -hosts"}
+	}
 	resp, err := a.c.CreateJob(a.ctx, req)
 	if err != nil {
 		return err
@@ -43,6 +57,21 @@ func jobsCreate(a *adminCall) error {
 		return err
 	}
 	return a.print(resp, func(w *tabwriter.Writer) {
+		if resp.NextRun != nil {
+			fmt.Fprintf(w, "job %s scheduled: next run %s\n", resp.JobID, resp.NextRun.Local().Format(time.DateTime+" MST"))
+			return
+		}
+		if resp.DryRun {
+			fmt.Fprintf(w, "job %s would have %d instances (dry run: nothing was created)\n", resp.JobID, len(resp.Instances))
+			fmt.Fprintln(w, "AGENT\tTASK SERVER")
+			for _, in := range resp.Instances {
+				fmt.Fprintf(w, "%s\t%s\n", n.agent(in.Agent), n.server(in.TaskServer))
+			}
+			for _, u := range resp.Unreachable {
+				fmt.Fprintf(w, "warning: %s (%s) cannot be reached now: %s\n", n.agent(u.Agent), u.Agent, u.Reason)
+			}
+			return
+		}
 		fmt.Fprintf(w, "job %s: %d instances\n", resp.JobID, len(resp.Instances))
 		fmt.Fprintln(w, "INSTANCE\tAGENT\tTASK SERVER")
 		for _, in := range resp.Instances {
@@ -78,9 +107,16 @@ func jobsStatus(a *adminCall) error {
 	}
 	return a.print(st, func(w *tabwriter.Writer) {
 		fmt.Fprintf(w, "job %s (%s): %s\n", st.Job.ID, st.Job.Name, stateCounts(st.Counts, nsapi.JobStates))
-		fmt.Fprintln(w, "INSTANCE\tAGENT\tTASK SERVER\tSTATE\tEVENTS\tUPDATED")
+		if sc := st.Job.Schedule; sc != nil {
+			if sc.At != nil {
+				fmt.Fprintf(w, "schedule: at %s\n", sc.At.Local().Format(time.DateTime))
+			} else {
+				fmt.Fprintf(w, "schedule: cron %q in %s\n", sc.Cron, cmp.Or(sc.TimeZone, "UTC"))
+			}
+		}
+		fmt.Fprintln(w, "RUN\tINSTANCE\tAGENT\tTASK SERVER\tSTATE\tEVENTS\tUPDATED")
 		for _, in := range st.Instances {
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\n", in.ID, n.agent(in.Agent), n.server(in.TaskServer), in.State, len(in.Events), when(in.Updated))
+			fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%d\t%s\n", in.Run, in.ID, n.agent(in.Agent), n.server(in.TaskServer), in.State, len(in.Events), when(in.Updated))
 		}
 	})
 }
@@ -246,6 +282,126 @@ func packagesStatusOnce(a *adminCall) error {
 			}
 		}
 	})
+}
+
+// filter is the target filter the flags give (-sites, -hosts, -subnets, -os, -arch), or nil.
+func (a *adminCall) filter() *nsapi.TargetFilter {
+	f := nsapi.TargetFilter{Sites: splitList(a.opt.pkgSites), Hosts: splitList(a.opt.hosts), Subnets: splitList(a.opt.subnets),
+		OS: splitList(a.opt.osNames), Arch: splitList(a.opt.archNames)}
+	if len(f.Sites)+len(f.Hosts)+len(f.Subnets)+len(f.OS)+len(f.Arch) == 0 {
+		return nil
+	}
+	return &f
+}
+
+func groupsSet(a *adminCall) error {
+	g := nsapi.Group{Name: a.pos[0], Agents: splitList(a.opt.targets), Filter: a.filter()}
+	if err := g.Validate(); err != nil {
+		return fmt.Errorf("group %s: %w", g.Name, err)
+	}
+	if err := a.c.PutGroup(a.ctx, g); err != nil {
+		return err
+	}
+	fmt.Fprintf(a.out, "group %s: %d agents by GUID, filter %v\n", g.Name, len(g.Agents), g.Filter != nil)
+	return nil
+}
+
+func groupsList(a *adminCall) error {
+	gs, err := a.c.Groups(a.ctx)
+	if err != nil {
+		return err
+	}
+	return a.print(gs, func(tw *tabwriter.Writer) {
+		fmt.Fprintln(tw, "NAME\tAGENTS\tFILTER")
+		for _, g := range gs {
+			f := "-"
+			if g.Filter != nil {
+				b, _ := json.Marshal(g.Filter)
+				f = string(b)
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%s\n", g.Name, len(g.Agents), f)
+		}
+	})
+}
+
+func groupsShow(a *adminCall) error {
+	ids, err := a.c.GroupMembers(a.ctx, a.pos[0])
+	if err != nil {
+		return err
+	}
+	n, err := a.tableNames()
+	if err != nil {
+		return err
+	}
+	return a.print(ids, func(tw *tabwriter.Writer) {
+		fmt.Fprintf(tw, "group %s: %d agents now\n", a.pos[0], len(ids))
+		for _, id := range ids {
+			fmt.Fprintf(tw, "%s\t%s\n", n.agent(id), id)
+		}
+	})
+}
+
+func windowsSet(a *adminCall) error {
+	w := nsapi.MaintenanceWindow{Name: a.pos[0], Sites: splitList(a.opt.pkgSites), Groups: splitList(a.opt.groups)}
+	for r := range strings.SplitSeq(a.opt.ranges, ";") {
+		if r = strings.TrimSpace(r); r != "" {
+			w.Ranges = append(w.Ranges, r)
+		}
+	}
+	if err := w.Validate(); err != nil {
+		return fmt.Errorf("window %s: %w", w.Name, err)
+	}
+	if err := a.c.PutWindow(a.ctx, w); err != nil {
+		return err
+	}
+	fmt.Fprintf(a.out, "window %s: sites %s, groups %s; %s\n", w.Name, dashS(strings.Join(w.Sites, ", ")), dashS(strings.Join(w.Groups, ", ")), strings.Join(w.Ranges, "; "))
+	return nil
+}
+
+func windowsList(a *adminCall) error {
+	ws, err := a.c.Windows(a.ctx)
+	if err != nil {
+		return err
+	}
+	return a.print(ws, func(tw *tabwriter.Writer) {
+		fmt.Fprintln(tw, "NAME\tSITES\tGROUPS\tRANGES (each computer's local time)")
+		for _, w := range ws {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", w.Name, dashS(strings.Join(w.Sites, ",")), dashS(strings.Join(w.Groups, ",")), strings.Join(w.Ranges, "; "))
+		}
+	})
+}
+
+func jobsRerun(a *adminCall) error {
+	resp, err := a.c.RerunJob(a.ctx, a.pos[0], a.opt.failed)
+	if err != nil {
+		return err
+	}
+	n, err := a.tableNames()
+	if err != nil {
+		return err
+	}
+	return a.print(resp, func(w *tabwriter.Writer) {
+		fmt.Fprintf(w, "job %s: run %d, %d instances\n", resp.JobID, resp.Run, len(resp.Instances))
+		for _, in := range resp.Instances {
+			fmt.Fprintf(w, "%s\t%s\t%s\n", in.ID, n.agent(in.Agent), n.server(in.TaskServer))
+		}
+		for _, u := range resp.Unreachable {
+			fmt.Fprintf(w, "warning: %s (%s) cannot be reached now: %s\n", n.agent(u.Agent), u.Agent, u.Reason)
+		}
+	})
+}
+
+func jobsCancel(a *adminCall) error {
+	resp, err := a.c.CancelJob(a.ctx, a.pos[0])
+	if err != nil {
+		return err
+	}
+	if a.json {
+		return a.print(resp, nil)
+	}
+	fmt.Fprintf(a.out, "job %s cancelled: %d withdrawn (no agent had them), %d being stopped by their agents\n",
+		resp.JobID, resp.Withdrawn, resp.Stopping)
+	return nil
 }
 
 func jobsOutput(a *adminCall) error {

@@ -7,8 +7,11 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -452,5 +455,230 @@ func TestJobThroughNSChannel(t *testing.T) {
 	s.waitState(id, nsapi.StateSucceeded)
 	if n := metricValue(t, s.ssMetrics, "siteserver_task_tickles_received_total"); n < 1 {
 		t.Fatalf("task server received %v tickles", n)
+	}
+}
+
+// Cancel stops a running task: the NS signs a cancel notice, the task server passes it on
+// with a tickle, the agent kills the task's process group and reports the job cancelled.
+// An instance created while its agent was away is withdrawn at once and never runs.
+func TestCancelStopsRunningTask(t *testing.T) {
+	s := newSite(t, siteOpts{taskUpdate: "1h", taskRequest: "1h", agentTickle: "127.0.0.1:0"})
+	pidFile, after := filepath.Join(s.dir, "task.pid"), filepath.Join(s.dir, "after")
+	id := s.createJob(fmt.Sprintf(`id: long-job
+name: runs a minute
+tasks:
+  - name: sleeper
+    script: "echo $$ > %s; sleep 60; touch %s"
+    timeout: 2m
+  - name: never
+    command: [touch, %s]
+    timeout: 10s
+`, pidFile, after, after))
+	s.waitState(id, nsapi.StateRunning)
+	var pid int
+	s.eventually("the task wrote its pid", func() bool {
+		b, err := os.ReadFile(pidFile)
+		pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		return err == nil && pid > 0
+	})
+	began := time.Now()
+	out := adminCmd(t, s.nsURL, s.caFile, adminToken, "jobs", "cancel", id)
+	mustContain(t, "jobs cancel", out, "0 withdrawn", "1 being stopped")
+	inst := s.waitState(id, nsapi.StateCancelled)
+	t.Logf("cancel to cancelled at the NS in %s", time.Since(began))
+	if err := syscall.Kill(pid, 0); err == nil {
+		t.Fatalf("the task's process %d still runs after the job was cancelled", pid)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if _, err := os.Stat(after); err == nil {
+		t.Fatal("the job went on after it was cancelled")
+	}
+	var taskStopped, jobCancelled bool
+	for _, e := range inst.Events {
+		taskStopped = taskStopped || e.Kind == nsapi.EventTask && e.Task == 0 && e.State == nsapi.StateFailed && strings.Contains(e.Output, "cancelled")
+		jobCancelled = jobCancelled || e.Kind == nsapi.EventJob && e.State == nsapi.StateCancelled
+	}
+	if !taskStopped || !jobCancelled {
+		t.Fatalf("events do not say the task was stopped and the job cancelled: %+v", inst.Events)
+	}
+
+	// Created while the agent is away, cancelled before it comes back: withdrawn.
+	s.ag.stop()
+	id2 := s.createJob(fmt.Sprintf("id: while-away\nname: never runs\ntasks:\n  - name: touch\n    command: [touch, %s]\n    timeout: 10s\n", after))
+	out = adminCmd(t, s.nsURL, s.caFile, adminToken, "jobs", "cancel", id2)
+	mustContain(t, "jobs cancel", out, "1 withdrawn", "0 being stopped")
+	s.waitState(id2, nsapi.StateCancelled)
+	s.ag = start(t, "agent", "-config", s.agentConf)
+	s.ag.waitLog("registered with task server")
+	// A third job after it: once it has run, the agent has seen its work, cancelled one included.
+	id3 := s.createJob("id: after-return\nname: runs\ntasks:\n  - name: echo\n    command: [echo, back]\n    timeout: 10s\n")
+	s.waitState(id3, nsapi.StateSucceeded)
+	if _, err := os.Stat(after); err == nil {
+		t.Fatal("a withdrawn instance ran")
+	}
+	if st := s.status(id2); st.Instances[0].State != nsapi.StateCancelled {
+		t.Fatalf("the withdrawn instance is %s", st.Instances[0].State)
+	}
+}
+
+// A job marked in_window_only waits on the agent until a maintenance window of its site
+// opens, in the computer's local time, and runs then; the NS warns of targets no window
+// covers.
+func TestJobWaitsForMaintenanceWindow(t *testing.T) {
+	s := newSite(t, siteOpts{taskUpdate: "1h", taskRequest: "1h", agentTickle: "127.0.0.1:0", agentRegistration: "1s"})
+	marker := filepath.Join(s.dir, "ran")
+	job := fmt.Sprintf("id: nightly\nname: in the window\nin_window_only: true\nvalidity: 10m\ntasks:\n  - name: touch\n    command: [touch, %s]\n    timeout: 10s\n", marker)
+	f := writeFile(t, filepath.Join(s.dir, "nightly.yaml"), job)
+
+	// No window yet: created, with a warning.
+	var resp nsapi.CreateJobResponse
+	if err := json.Unmarshal([]byte(adminCmd(t, s.nsURL, s.caFile, adminToken, "jobs", "create", "-file", f, "-targets", s.agentID, "-json")), &resp); err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Unreachable) != 1 || !strings.Contains(resp.Unreachable[0].Reason, "maintenance window") {
+		t.Fatalf("no warning for a target outside every window: %+v", resp)
+	}
+	adminCmd(t, s.nsURL, s.caFile, adminToken, "jobs", "cancel", "nightly")
+
+	// A window that opens a few seconds from now, in the agent's (this machine's) time.
+	opens := time.Now().Add(8 * time.Second).Truncate(time.Second)
+	rng := fmt.Sprintf("daily %s-%s", opens.Format("15:04:05"), opens.Add(time.Hour).Format("15:04:05"))
+	out := adminCmd(t, s.nsURL, s.caFile, adminToken, "windows", "set", "soon", "-sites", "branch-a", "-ranges", rng)
+	mustContain(t, "windows set", out, "soon", "branch-a")
+	mustContain(t, "windows list", adminCmd(t, s.nsURL, s.caFile, adminToken, "windows", "list"), "soon", rng)
+	s.eventually("the agent has the window", func() bool {
+		for _, l := range s.ag.logsWith("registered with NS") {
+			if ws, _ := l["windows"].([]any); len(ws) == 1 && ws[0] == "soon" {
+				return true
+			}
+		}
+		return false
+	})
+	resp = nsapi.CreateJobResponse{}
+	if err := json.Unmarshal([]byte(adminCmd(t, s.nsURL, s.caFile, adminToken, "jobs", "create", "-file", f, "-targets", s.agentID, "-json")), &resp); err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Unreachable) != 0 {
+		t.Fatalf("a covered target reported unreachable: %+v", resp.Unreachable)
+	}
+	// Handed to the agent, which holds it.
+	s.eventually("the instance delivered", func() bool { return s.status("nightly").Instances[1].State == nsapi.StateDelivered })
+	for time.Until(opens) > 500*time.Millisecond {
+		if _, err := os.Stat(marker); err == nil {
+			t.Fatalf("the job ran %s before its window opened", time.Until(opens))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	s.eventually("the job ran in the window", func() bool { return s.status("nightly").Instances[1].State == nsapi.StateSucceeded })
+	st := s.status("nightly")
+	for _, e := range st.Instances[1].Events {
+		if e.Kind == nsapi.EventJob && e.State == nsapi.StateRunning && e.Time.Before(opens) {
+			t.Fatalf("started at %s, before the window opened at %s", e.Time, opens)
+		}
+	}
+	if st.Instances[0].State != nsapi.StateCancelled {
+		t.Fatalf("the first instance is %s", st.Instances[0].State)
+	}
+}
+
+// A job targeted at a site reaches exactly the agents of that site; host-name globs and
+// -all pick as they say; a dry run lists the computers and their task servers and creates
+// nothing.
+func TestJobTargetsSiteHostsAll(t *testing.T) {
+	s := newSite(t, siteOpts{taskUpdate: "1h", taskRequest: "1h", agentTickle: "127.0.0.1:0"})
+	// A second site, served by the same site server (assigned directly), with a second agent.
+	rules := writeFile(t, filepath.Join(s.dir, "imported.yaml"),
+		fmt.Sprintf("source: imported\nsites:\n  - name: branch-b\n    subnets: [10.30.0.0/16]\n    servers: [%s]\n", s.serverID))
+	s.cli().admin("sites", "apply", rules)
+	conf2 := writeFile(t, filepath.Join(s.dir, "agent2.yaml"), fmt.Sprintf(`log: {format: json, level: debug}
+metrics: {listen: "127.0.0.1:0"}
+data_dir: %s
+hostname: pc2.example
+addresses: [10.30.1.1/16]
+tickle_listen: "127.0.0.1:0"
+ns:
+  name: central
+  url: %s
+  ca_file: %s
+  enrollment_token: %s
+`, filepath.Join(s.dir, "agent2"), s.nsURL, s.caFile, agentToken))
+	ag2 := start(t, "agent", "-config", conf2)
+	agent2 := ag2.waitLog("registered with NS")["id"].(string)
+	ag2.waitLog("registered with task server")
+
+	create := func(args ...string) nsapi.CreateJobResponse {
+		t.Helper()
+		f := writeFile(t, filepath.Join(s.dir, "t.yaml"), "id: targeted\nname: t\ntasks:\n  - name: echo\n    command: [echo, hi]\n    timeout: 10s\n")
+		var resp nsapi.CreateJobResponse
+		out := adminCmd(t, s.nsURL, s.caFile, adminToken, append([]string{"jobs", "create", "-file", f, "-json"}, args...)...)
+		if err := json.Unmarshal([]byte(out), &resp); err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+		return resp
+	}
+	agents := func(resp nsapi.CreateJobResponse) []string {
+		var out []string
+		for _, in := range resp.Instances {
+			out = append(out, in.Agent)
+			if in.TaskServer != s.serverID {
+				t.Errorf("instance for %s through %q, want the site server", in.Agent, in.TaskServer)
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	// Dry run: listed with its task server, nothing created.
+	dry := create("-sites", "branch-b", "-dry-run")
+	if !dry.DryRun || !slices.Equal(agents(dry), []string{agent2}) || len(dry.Unreachable) != 0 {
+		t.Fatalf("dry run for branch-b: %+v", dry)
+	}
+	out := adminCmd(t, s.nsURL, s.caFile, adminToken, "jobs", "create", "-file", filepath.Join(s.dir, "t.yaml"), "-sites", "branch-b", "-dry-run")
+	mustContain(t, "jobs create -dry-run", out, "would have 1 instances", "pc2.example", "ss1.example")
+	if jobs := adminCmd(t, s.nsURL, s.caFile, adminToken, "jobs", "list"); strings.Contains(jobs, "targeted") {
+		t.Fatalf("a dry run created the job:\n%s", jobs)
+	}
+
+	if got := agents(create("-sites", "branch-b")); !slices.Equal(got, []string{agent2}) {
+		t.Fatalf("-sites branch-b reached %v, want only %s", got, agent2)
+	}
+	s.eventually("the branch-b instance ran", func() bool {
+		st := s.status("targeted")
+		return len(st.Instances) == 1 && st.Instances[0].State == nsapi.StateSucceeded
+	})
+	if got := agents(create("-sites", "branch-a")); !slices.Equal(got, []string{s.agentID}) {
+		t.Fatalf("-sites branch-a reached %v, want only %s", got, s.agentID)
+	}
+	if got := agents(create("-hosts", "PC2.*")); !slices.Equal(got, []string{agent2}) {
+		t.Fatalf("-hosts PC2.* reached %v", got)
+	}
+	want := []string{s.agentID, agent2}
+	slices.Sort(want)
+	if got := agents(create("-all")); !slices.Equal(got, want) {
+		t.Fatalf("-all reached %v, want %v", got, want)
+	}
+	if out, err := s.cli().adminRun("jobs", "create", "-file", filepath.Join(s.dir, "t.yaml"), "-hosts", "[x"); err == nil || !strings.Contains(out, "hosts[0]") {
+		t.Fatalf("a bad glob: %v\n%s", err, out)
+	}
+
+	// Groups: a saved filter (evaluated at each use) and a static list; agents report their
+	// operating system and architecture.
+	s.cli().admin("groups", "set", "lab", "-hosts", "pc2.*", "-os", runtime.GOOS)
+	s.cli().admin("groups", "set", "firsts", "-targets", s.agentID)
+	mustContain(t, "groups show", s.cli().admin("groups", "show", "lab"), "1 agents now", "pc2.example")
+	mustContain(t, "groups list", s.cli().admin("groups", "list"), "lab", "firsts")
+	if got := agents(create("-groups", "lab")); !slices.Equal(got, []string{agent2}) {
+		t.Fatalf("-groups lab reached %v", got)
+	}
+	if got := agents(create("-groups", "lab,firsts")); !slices.Equal(got, want) {
+		t.Fatalf("-groups lab,firsts reached %v", got)
+	}
+	if got := agents(create("-arch", runtime.GOARCH, "-subnets", "10.30.0.0/16")); !slices.Equal(got, []string{agent2}) {
+		t.Fatalf("-arch and -subnets reached %v", got)
+	}
+	if got := agents(create("-os", "plan9")); len(got) != 0 {
+		t.Fatalf("-os plan9 reached %v", got)
+	}
+	if out, err := s.cli().adminRun("jobs", "create", "-file", filepath.Join(s.dir, "t.yaml"), "-groups", "nosuch"); err == nil || !strings.Contains(out, "no group") {
+		t.Fatalf("an unknown group: %v\n%s", err, out)
 	}
 }

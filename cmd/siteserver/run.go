@@ -420,10 +420,14 @@ func (s *siteServer) build() error {
 		return err
 	}
 	s.registrar.OnAnswer = s.onAnswer
-	for _, p := range s.peers {
+	for i, p := range s.peers {
 		var last nsapi.RegisterServerResponse
 		if s.registrar.Last(p.Endpoint.Name, &last) {
 			s.logger.Info("last settings from NS", "ns", p.Endpoint.Name, "sites", len(last.Sites), "heartbeat", last.Settings.HeartbeatInterval)
+			if s.boot != nil && i == 0 {
+				// Kept from the last answer, so a restart without the NS keeps its policy.
+				s.boot.SetNetboot(last.Netboot)
+			}
 			if s.task != nil {
 				s.task.SetRevoked(p.Endpoint.Name, last.Revoked)
 			}
@@ -507,6 +511,10 @@ func (s *siteServer) onAnswer(p *nsapi.Enrollment, answer any) {
 		s.pkg.SetRevoked(p.Endpoint.Name, resp.Revoked)
 		// Sites or settings may have changed: look at the assignments again.
 		s.pkg.Kick()
+	}
+	if s.boot != nil && p == s.peers[0] {
+		// The network boot service follows the first NS, as it asks that one about computers.
+		s.boot.SetNetboot(resp.Netboot)
 	}
 }
 

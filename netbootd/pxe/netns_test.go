@@ -65,14 +65,14 @@ func TestNetnsServerProcess(t *testing.T) {
 // printingComputers knows the test machine as managed and prints what it is told.
 type printingComputers struct{}
 
-func (printingComputers) Lookup(_ context.Context, mac net.HardwareAddr) (Kind, error) {
+func (printingComputers) Lookup(_ context.Context, mac net.HardwareAddr, _ string) (Kind, error) {
 	if mac.String() == "52:54:00:12:34:56" {
 		return KindManaged, nil
 	}
 	return KindUnknown, nil
 }
 
-func (printingComputers) Seen(_ context.Context, mac net.HardwareAddr, arch Arch) error {
+func (printingComputers) Seen(_ context.Context, mac net.HardwareAddr, _ string, arch Arch) error {
 	fmt.Printf("SEEN %s %d\n", mac, arch)
 	return nil
 }

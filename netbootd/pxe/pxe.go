@@ -88,11 +88,13 @@ func (k Kind) String() string {
 
 // Computers supplies what the NS knows about booting computers.
 type Computers interface {
-	// Lookup returns the kind of the computer with this MAC address. Callers cache the
-	// answer briefly; an error counts as KindUnknown.
-	Lookup(ctx context.Context, mac net.HardwareAddr) (Kind, error)
+	// Lookup returns the kind of the computer with this MAC address or, when the NS does
+	// not know the MAC, this SMBIOS UUID (canonical form; "" when the request carried
+	// none). Callers cache the answer briefly. With an error, the kind returned is the last
+	// one known for the computer, or KindUnknown.
+	Lookup(ctx context.Context, mac net.HardwareAddr, uuid string) (Kind, error)
 	// Seen reports that a computer asked to network boot.
-	Seen(ctx context.Context, mac net.HardwareAddr, arch Arch) error
+	Seen(ctx context.Context, mac net.HardwareAddr, uuid string, arch Arch) error
 }
 
 // Reason says why a request got no reply. Every reason is a metric label value.
@@ -110,6 +112,7 @@ const (
 	ReasonNoBootFile      Reason = "no_boot_file"      // nothing configured for the architecture
 	ReasonNoServerAddress Reason = "no_server_address" // no IPv4 address of ours to offer
 	ReasonLookupRate      Reason = "lookup_rate"       // an uncached computer past its segment's lookup budget
+	ReasonUnknownSilent   Reason = "unknown_silent"    // a computer the NS does not know, where its site keeps silent
 
 	ReasonBSDPMalformed       Reason = "bsdp_malformed"         // option 43 unreadable or without a BSDP version
 	ReasonBSDPMessageType     Reason = "bsdp_message_type"      // not LIST or SELECT
@@ -122,7 +125,7 @@ const (
 // reasons lists every Reason, so each label exists at 0.
 var reasons = []Reason{
 	ReasonMalformed, ReasonNotRequest, ReasonMessageType, ReasonNotPXE, ReasonForDHCPServer,
-	ReasonBIS, ReasonNoArch, ReasonNoBootFile, ReasonNoServerAddress, ReasonLookupRate,
+	ReasonBIS, ReasonNoArch, ReasonNoBootFile, ReasonNoServerAddress, ReasonLookupRate, ReasonUnknownSilent,
 	ReasonBSDPMalformed, ReasonBSDPMessageType, ReasonBSDPNoClientAddress, ReasonBSDPReplyPort,
 	ReasonBSDPOtherServer, ReasonBSDPNoImage,
 }
@@ -193,6 +196,50 @@ type Config struct {
 	RelayPort  uint16 `yaml:"relay_port"`  // default 67
 
 	BSDP BSDPConfig `yaml:"bsdp"`
+
+	// Unknown is what to do with computers the NS does not know. It is not in the config
+	// file: the NS hands it out (SetUnknownPolicy).
+	Unknown UnknownPolicy `yaml:"-"`
+}
+
+// UnknownPolicy says, per network, whether computers the NS does not know get answers.
+// The network of a request is its relay's address (giaddr), else the address it reached
+// here; the most specific of Networks containing it decides, else Silent.
+type UnknownPolicy struct {
+	Silent   bool
+	Networks []NetworkPolicy
+}
+
+// NetworkPolicy is the policy for unknown computers on one network.
+type NetworkPolicy struct {
+	Prefix netip.Prefix
+	Silent bool
+}
+
+// any reports whether the policy keeps silent anywhere.
+func (p *UnknownPolicy) any() bool {
+	return p.Silent || slices.ContainsFunc(p.Networks, func(n NetworkPolicy) bool { return n.Silent })
+}
+
+// silentFor reports whether a request of an unknown computer, arrived so, gets no answer.
+func (p *UnknownPolicy) silentFor(req *dhcpv4.DHCPv4, in Arrival) bool {
+	if !p.any() {
+		return false
+	}
+	network := addr4(req.GatewayIPAddr)
+	if !network.IsValid() {
+		network = in.LocalIP.Unmap()
+	}
+	if !network.IsValid() {
+		network = addr4(req.ClientIPAddr)
+	}
+	silent, bits := p.Silent, -1
+	for _, n := range p.Networks {
+		if n.Prefix.Bits() > bits && n.Prefix.Contains(network) {
+			silent, bits = n.Silent, n.Prefix.Bits()
+		}
+	}
+	return silent
 }
 
 // PXE defaults.
@@ -391,7 +438,8 @@ const discoveryBootFile = 8
 const bisLayer = 0x8000
 
 // Decide answers one request. It looks at nothing but its arguments: the parsed request,
-// where it arrived, the kind of computer (only for the {kind} placeholder) and a config
+// where it arrived, the kind of computer (for the {kind} placeholder, and for cfg.Unknown:
+// an unknown computer on a network whose site keeps silent gets no answer) and a config
 // that went through WithDefaults. It returns the reply and where to send it, or nil and
 // why the request gets none.
 //
@@ -406,6 +454,14 @@ func Decide(req *dhcpv4.DHCPv4, in Arrival, kind Kind, cfg *Config) (reply *dhcp
 // decide is Decide that also tells, through cut if not nil, how the image list of a BSDP
 // LIST reply was cut to fit the client: the server counts and logs what was left out.
 func decide(req *dhcpv4.DHCPv4, in Arrival, kind Kind, cfg *Config, cut *bsdpCut) (reply *dhcpv4.DHCPv4, dst netip.AddrPort, ignored Reason) {
+	reply, dst, ignored = decideReply(req, in, kind, cfg, cut)
+	if reply != nil && kind == KindUnknown && cfg.Unknown.silentFor(req, in) {
+		return nil, netip.AddrPort{}, ReasonUnknownSilent
+	}
+	return reply, dst, ignored
+}
+
+func decideReply(req *dhcpv4.DHCPv4, in Arrival, kind Kind, cfg *Config, cut *bsdpCut) (reply *dhcpv4.DHCPv4, dst netip.AddrPort, ignored Reason) {
 	if req == nil {
 		return nil, netip.AddrPort{}, ReasonMalformed
 	}
@@ -611,6 +667,37 @@ func clientArch(req *dhcpv4.DHCPv4) (Arch, bool) {
 		}
 	}
 	return 0, false
+}
+
+// ClientUUID reads the client machine identifier (option 97, RFC 4578: type 0 and the
+// 16 bytes of the SMBIOS UUID) as a canonical UUID, the bytes in the order sent. It
+// returns "" for none, a malformed one, and the all-zero and all-ones UUIDs that firmware
+// without a UUID sends: those name no computer.
+func ClientUUID(req *dhcpv4.DHCPv4) string {
+	return uuidOption(req.Options.Get(dhcpv4.OptionClientMachineIdentifier))
+}
+
+func uuidOption(v []byte) string {
+	if len(v) != 17 || v[0] != 0 {
+		return ""
+	}
+	b := v[1:]
+	zero, ones := true, true
+	for _, c := range b {
+		zero, ones = zero && c == 0, ones && c == 0xff
+	}
+	if zero || ones {
+		return ""
+	}
+	const digits = "0123456789abcdef"
+	out := make([]byte, 0, 36)
+	for i, c := range b {
+		if i == 4 || i == 6 || i == 8 || i == 10 {
+			out = append(out, '-')
+		}
+		out = append(out, digits[c>>4], digits[c&0xf])
+	}
+	return string(out)
 }
 
 // hasUserClass reads option 77 as dhcpv4's UserClass does, as an RFC 3004 list or,

@@ -1,10 +1,12 @@
 package pxe
 
 import (
+	"bytes"
 	"encoding/hex"
 	"maps"
 	"net"
 	"net/netip"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -543,6 +545,48 @@ func FuzzDecide(f *testing.F) {
 			if _, err := dhcpv4.FromBytes(reply.ToBytes()); err != nil {
 				t.Fatalf("reply does not parse: %v", err)
 			}
+		}
+	})
+}
+
+func TestClientUUID(t *testing.T) {
+	u := append([]byte{0}, 0x44, 0x45, 0x4c, 0x4c, 0x42, 0x00, 0x10, 0x35, 0x80, 0x52, 0xb4, 0xc0, 0x4f, 0x4e, 0x32, 0x32)
+	for name, tc := range map[string]struct {
+		opt  []byte
+		want string
+	}{
+		"SMBIOS UUID":   {u, "44454c4c-4200-1035-8052-b4c04f4e3232"},
+		"none":          {nil, ""},
+		"type 1":        {append([]byte{1}, u[1:]...), ""},
+		"short":         {u[:16], ""},
+		"long":          {append(slices.Clone(u), 0), ""},
+		"all zero":      {make([]byte, 17), ""},
+		"all ones":      {append([]byte{0}, bytes.Repeat([]byte{0xff}, 16)...), ""},
+		"one byte only": {[]byte{0}, ""},
+	} {
+		req, _ := dhcpv4.New()
+		if tc.opt != nil {
+			req.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionClientMachineIdentifier, tc.opt))
+		}
+		if got := ClientUUID(req); got != tc.want {
+			t.Errorf("%s: %q, want %q", name, got, tc.want)
+		}
+	}
+}
+
+// FuzzClientUUID: option 97 of any content gives a canonical UUID or nothing.
+func FuzzClientUUID(f *testing.F) {
+	f.Add(append([]byte{0}, bytes.Repeat([]byte{0x5a}, 16)...))
+	f.Add(make([]byte, 17))
+	f.Add([]byte{})
+	canonical := regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+	f.Fuzz(func(t *testing.T, opt []byte) {
+		got := uuidOption(opt)
+		if got != "" && (!canonical.MatchString(got) || len(opt) != 17 || opt[0] != 0) {
+			t.Fatalf("uuidOption(%x) = %q", opt, got)
+		}
+		if got == "" && len(opt) == 17 && opt[0] == 0 && !bytes.Equal(opt[1:], make([]byte, 16)) && !bytes.Equal(opt[1:], bytes.Repeat([]byte{0xff}, 16)) {
+			t.Fatalf("uuidOption(%x) refused a valid UUID", opt)
 		}
 	})
 }

@@ -26,7 +26,7 @@ type gatedComputers struct {
 	asked   atomic.Int64 // lookups of the managed computer
 }
 
-func (g *gatedComputers) Lookup(_ context.Context, mac net.HardwareAddr) (Kind, error) {
+func (g *gatedComputers) Lookup(_ context.Context, mac net.HardwareAddr, _ string) (Kind, error) {
 	g.lookups.Add(1)
 	if mac.String() == g.managed {
 		g.asked.Add(1)
@@ -35,7 +35,7 @@ func (g *gatedComputers) Lookup(_ context.Context, mac net.HardwareAddr) (Kind, 
 	return KindUnknown, nil
 }
 
-func (g *gatedComputers) Seen(ctx context.Context, mac net.HardwareAddr, _ Arch) error {
+func (g *gatedComputers) Seen(ctx context.Context, mac net.HardwareAddr, _ string, _ Arch) error {
 	if g.gate != nil {
 		select {
 		case <-g.gate:

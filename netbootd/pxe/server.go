@@ -82,6 +82,7 @@ type Server struct {
 
 	kinds     kindCache
 	addrs     *clientAddrs
+	uuids     uuidMemory
 	ifaces    ifaceCache
 	seen      chan seenReport
 	sightings sightings
@@ -95,6 +96,7 @@ type Server struct {
 
 type seenReport struct {
 	mac  net.HardwareAddr
+	uuid string
 	arch Arch
 }
 
@@ -121,6 +123,7 @@ func NewServer(cfg Config, computers Computers, logger *slog.Logger, reg prometh
 		bound:     make(chan struct{}),
 		kinds:     kindCache{m: make(map[string]kindEntry)},
 		addrs:     newClientAddrs(),
+		uuids:     uuidMemory{m: make(map[string]uuidEntry)},
 		ifaces:    ifaceCache{m: make(map[int]iface)},
 		seen:      make(chan seenReport, seenQueue),
 		sightings: newSightings(cfg.SeenReportsPerMinute, cfg.SeenReportBurst),
@@ -144,6 +147,14 @@ func (s *Server) SetBoot(files map[Arch]string, scriptURL string) error {
 	}
 	s.decide.Store(&c)
 	return nil
+}
+
+// SetUnknownPolicy puts in force what the NS decided about computers it does not know:
+// the next answer follows it.
+func (s *Server) SetUnknownPolicy(p UnknownPolicy) {
+	c := *s.decide.Load()
+	c.Unknown = p
+	s.decide.Store(&c)
 }
 
 // Name identifies the server among services.
@@ -324,12 +335,24 @@ func (s *Server) handle(ctx context.Context, sock *socket, pkt []byte, in Arriva
 	}
 	s.metrics.request(req)
 	s.addrs.note(req, in, time.Now())
-	if !isPXE(req) || s.computers == nil {
+	pxe := isPXE(req)
+	// A Mac is looked up only where its site may keep silent; it is not reported.
+	bsdp := !pxe && isBSDP(req) && s.decide.Load().Unknown.any()
+	if (!pxe && !bsdp) || s.computers == nil {
 		s.answer(ctx, sock, req, in, KindUnknown)
 		return
 	}
+	noteSeen := func(kind Kind) {
+		if pxe {
+			s.noteSeen(req, kind)
+		}
+	}
+	uuid := ClientUUID(req)
+	if uuid != "" {
+		s.uuids.put(req.ClientHWAddr, uuid, time.Now())
+	}
 	if kind, ok := s.kinds.get(req.ClientHWAddr, time.Now()); ok {
-		s.noteSeen(req, kind)
+		noteSeen(kind)
 		s.answer(ctx, sock, req, in, kind)
 		return
 	}
@@ -341,12 +364,12 @@ func (s *Server) handle(ctx context.Context, sock *socket, pkt []byte, in Arriva
 	case s.lookups <- struct{}{}:
 		s.handlers.Go(func() {
 			defer func() { <-s.lookups }()
-			kind := s.lookup(ctx, req.ClientHWAddr)
-			s.noteSeen(req, kind)
+			kind := s.lookup(ctx, req.ClientHWAddr, uuid)
+			noteSeen(kind)
 			s.answer(ctx, sock, req, in, kind)
 		})
 	default:
-		s.noteSeen(req, KindUnknown)
+		noteSeen(KindUnknown)
 		s.answer(ctx, sock, req, in, KindUnknown)
 	}
 }
@@ -395,7 +418,7 @@ func (s *Server) noteSeen(req *dhcpv4.DHCPv4, kind Kind) {
 	if result == seenQueued {
 		arch, _ := clientArch(req)
 		select {
-		case s.seen <- seenReport{mac: bytes.Clone(req.ClientHWAddr), arch: arch}:
+		case s.seen <- seenReport{mac: bytes.Clone(req.ClientHWAddr), uuid: ClientUUID(req), arch: arch}:
 		default:
 			result = seenQueueFull
 			s.sightings.forget(req.ClientHWAddr)
@@ -417,15 +440,17 @@ func isPXE(req *dhcpv4.DHCPv4) bool {
 	return strings.HasPrefix(c, classPXE) || strings.HasPrefix(c, classHTTP)
 }
 
-func (s *Server) lookup(ctx context.Context, mac net.HardwareAddr) Kind {
+func (s *Server) lookup(ctx context.Context, mac net.HardwareAddr, uuid string) Kind {
 	lctx, cancel := context.WithTimeout(ctx, s.cfg.LookupTimeout)
 	defer cancel()
-	kind, err := s.computers.Lookup(lctx, mac)
+	kind, err := s.computers.Lookup(lctx, mac, uuid)
 	if err != nil {
+		// The kind is the last one known, if any: a computer the NS knew stays known
+		// while it cannot be asked.
 		s.metrics.backendErrors.WithLabelValues("lookup").Inc()
-		s.log.Debug("pxe computer lookup failed", "mac", mac.String(), "err", err)
-		s.kinds.put(mac, KindUnknown, time.Now().Add(kindErrorTTL))
-		return KindUnknown
+		s.log.Debug("pxe computer lookup failed", "mac", mac.String(), "err", err, "last_known", kind.String())
+		s.kinds.put(mac, kind, time.Now().Add(kindErrorTTL))
+		return kind
 	}
 	s.kinds.put(mac, kind, time.Now().Add(kindTTL))
 	return kind
@@ -441,7 +466,7 @@ func (s *Server) reportSeen(ctx context.Context) {
 			return
 		case e := <-s.seen:
 			sctx, cancel := context.WithTimeout(ctx, seenTimeout)
-			err := s.computers.Seen(sctx, e.mac, e.arch)
+			err := s.computers.Seen(sctx, e.mac, e.uuid, e.arch)
 			cancel()
 			switch {
 			case err == nil:
@@ -622,6 +647,50 @@ func (c *kindCache) put(mac net.HardwareAddr, kind Kind, expires time.Time) {
 		}
 	}
 	c.m[string(mac)] = kindEntry{kind: kind, expires: expires}
+}
+
+// UUIDOf returns the SMBIOS UUID (option 97) of the last PXE request from mac in the last
+// uuidTTL, or "": the boot script server asks the NS with it, as the DHCP lookup did.
+func (s *Server) UUIDOf(mac net.HardwareAddr) string { return s.uuids.get(mac, time.Now()) }
+
+// uuidTTL covers one boot: its DHCP exchanges, the first stage's download and the
+// script's fetch.
+const uuidTTL = 10 * time.Minute
+
+type uuidEntry struct {
+	uuid string
+	at   time.Time
+}
+
+// uuidMemory remembers the UUID each MAC sent, bounded: made-up MACs push out old entries.
+type uuidMemory struct {
+	mu sync.Mutex
+	m  map[string]uuidEntry
+}
+
+func (c *uuidMemory) put(mac net.HardwareAddr, uuid string, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m) >= kindCacheMax {
+		for k, e := range c.m {
+			if now.Sub(e.at) >= uuidTTL {
+				delete(c.m, k)
+			}
+		}
+		if len(c.m) >= kindCacheMax {
+			clear(c.m)
+		}
+	}
+	c.m[string(mac)] = uuidEntry{uuid: uuid, at: now}
+}
+
+func (c *uuidMemory) get(mac net.HardwareAddr, now time.Time) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.m[string(mac)]; ok && now.Sub(e.at) < uuidTTL {
+		return e.uuid
+	}
+	return ""
 }
 
 type iface struct {

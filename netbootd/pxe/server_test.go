@@ -29,13 +29,14 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata")
 type fakeComputers struct {
 	mu      sync.Mutex
 	kinds   map[string]Kind
+	byUUID  map[string]Kind // the kind of a computer whose MAC the NS does not know
 	err     error
 	delay   time.Duration
 	lookups map[string]int
 	seen    []string
 }
 
-func (f *fakeComputers) Lookup(ctx context.Context, mac net.HardwareAddr) (Kind, error) {
+func (f *fakeComputers) Lookup(ctx context.Context, mac net.HardwareAddr, uuid string) (Kind, error) {
 	if f.delay > 0 {
 		select {
 		case <-time.After(f.delay):
@@ -52,13 +53,20 @@ func (f *fakeComputers) Lookup(ctx context.Context, mac net.HardwareAddr) (Kind,
 	if f.err != nil {
 		return KindUnknown, f.err
 	}
-	return f.kinds[mac.String()], nil
+	if k, ok := f.kinds[mac.String()]; ok {
+		return k, nil
+	}
+	return f.byUUID[uuid], nil
 }
 
-func (f *fakeComputers) Seen(_ context.Context, mac net.HardwareAddr, arch Arch) error {
+func (f *fakeComputers) Seen(_ context.Context, mac net.HardwareAddr, uuid string, arch Arch) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.seen = append(f.seen, mac.String()+" "+arch.String())
+	s := mac.String() + " " + arch.String()
+	if uuid != "" {
+		s += " " + uuid
+	}
+	f.seen = append(f.seen, s)
 	return nil
 }
 

@@ -28,7 +28,24 @@ type clientState struct {
 	active int
 	tokens float64
 	at     time.Time // when tokens was last brought up to date
+	// provenUntil: the address answered one of our transfers (only who receives at the
+	// address can) within provenFor; until then it has the smaller unproven budget.
+	provenUntil time.Time
 }
+
+// An address that has not answered a transfer lately gets a smaller budget: forged
+// sources, which never answer, cost the server a tenth of what a real client may, while a
+// client's first requests (a size query and the download, a retry) fit in its burst, and
+// once it answers it has the full rate.
+const (
+	unprovenBurst = 10
+	provenFor     = 10 * time.Minute
+)
+
+// unprovenRate is the request rate of an address that has not answered lately, and
+// unprovenBurst its bucket: a tenth of the rate, a quarter of the burst (at least 10).
+func (c *clients) unprovenRate() float64  { return max(c.rate/10, 1) }
+func (c *clients) unprovenBurst() float64 { return min(c.burst, max(unprovenBurst, c.burst/4)) }
 
 func newClients(rate, maxActive int) *clients {
 	return &clients{rate: float64(rate), burst: 2 * float64(rate), maxActive: maxActive, now: time.Now,
@@ -53,12 +70,16 @@ func (c *clients) get(key netip.Addr, now time.Time) *clientState {
 		if len(c.m) >= maxClientEntries {
 			c.prune(now)
 		}
-		st = &clientState{tokens: c.burst, at: now}
+		st = &clientState{tokens: c.unprovenBurst(), at: now}
 		c.m[key] = st
 		return st
 	}
 	if d := now.Sub(st.at); d > 0 {
-		st.tokens = min(c.burst, st.tokens+d.Seconds()*c.rate)
+		rate, burst := c.rate, c.burst
+		if !now.Before(st.provenUntil) {
+			rate, burst = c.unprovenRate(), c.unprovenBurst()
+		}
+		st.tokens = min(burst, st.tokens+d.Seconds()*rate)
 		st.at = now
 	}
 	return st
@@ -92,6 +113,15 @@ func (c *clients) allow(a netip.Addr) bool {
 	}
 	st.tokens--
 	return true
+}
+
+// proven records that a answered one of our transfers: it has the full rate for a while.
+func (c *clients) proven(a netip.Addr) {
+	now := c.now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := c.get(clientKey(a), now)
+	st.provenUntil = now.Add(provenFor)
 }
 
 // start counts a transfer for a; false when a already runs maxActive of them.

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -399,5 +400,68 @@ func TestClientsTableBounded(t *testing.T) {
 	c.done(busy)
 	if !c.start(busy) {
 		t.Error("done did not free a slot")
+	}
+}
+
+// TestSecurityTFTPUnprovenBudget: an address that never answers (a forged one) gets a
+// tenth of the request rate and a quarter of the burst; once it answers a transfer, it has
+// the full budget.
+func TestSecurityTFTPUnprovenBudget(t *testing.T) {
+	root := t.TempDir()
+	if err := os.WriteFile(filepath.Join(root, "boot.efi"), make([]byte, 4096), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ts := startServer(t, Config{Root: root}, quickStop) // 20 a second, burst 40
+	dst, _ := net.ResolveUDPAddr("udp", ts.addr)
+	flood := func(src string, n int) int {
+		t.Helper()
+		c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(src)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		for range n {
+			if _, err := c.WriteToUDP(rrqPacket("boot.efi", "blksize", "1024"), dst); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ports := map[int]bool{} // one transfer port per admitted request
+		buf := make([]byte, 1500)
+		c.SetReadDeadline(time.Now().Add(700 * time.Millisecond))
+		for {
+			_, from, err := c.ReadFromUDP(buf)
+			if err != nil {
+				break
+			}
+			ports[from.Port] = true
+		}
+		return len(ports)
+	}
+	start := time.Now()
+	if got, max := flood("127.0.0.3", 60), 10+int(time.Since(start).Seconds()*2)+1; got < 10 || got > max {
+		t.Fatalf("an address that never answers: %d of 60 requests served, want 10 to %d", got, max)
+	}
+
+	// 127.0.0.4 answers one transfer: its OACK with ACK 0.
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP("127.0.0.4")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.WriteToUDP(rrqPacket("boot.efi", "blksize", "1024"), dst); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1500)
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	_, tid, err := c.ReadFromUDP(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.WriteToUDP(ackPacket(0), tid); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	time.Sleep(2 * time.Second) // the full bucket refills at the full rate
+	if got := flood("127.0.0.4", 35); got < 30 {
+		t.Fatalf("an address that answered: %d of 35 requests served, want 30 or more", got)
 	}
 }

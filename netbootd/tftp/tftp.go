@@ -68,6 +68,12 @@ type Config struct {
 	// refused as an escape or a bad name): it returns the content to serve for name, asked
 	// at the local address local, or false. A file in Root always comes first.
 	Generated func(name string, local netip.Addr) ([]byte, bool)
+
+	// Files, when set, is asked first for each requested name that passes the name checks
+	// (slash-separated and cleaned, never absolute, no ".."); a regular file it returns is
+	// served, and for any error the name is looked for under Root. The network boot
+	// service serves its boot package's files so.
+	Files func(name string) (*os.File, error)
 }
 
 const (
@@ -220,22 +226,11 @@ var errShuttingDown = errors.New("server shutting down")
 // clean to. Backslashes are separators, as Windows-minded PXE ROMs and WDS configurations
 // send them. A symlink may point anywhere inside root, never out of it.
 func resolve(root, name string) (string, error) {
-	if name == "" {
-		return "", newRefusal(reasonBadName, "empty file name")
+	name, err := cleanName(name)
+	if err != nil {
+		return "", err
 	}
-	if strings.IndexByte(name, 0) >= 0 {
-		return "", newRefusal(reasonBadName, "bad file name")
-	}
-	name = strings.ReplaceAll(name, `\`, "/")
-	if strings.HasPrefix(name, "/") {
-		return "", newRefusal(reasonEscape, "access violation: absolute file name")
-	}
-	for el := range strings.SplitSeq(name, "/") {
-		if el == ".." {
-			return "", newRefusal(reasonEscape, "access violation: '..' in file name")
-		}
-	}
-	p := filepath.Join(root, filepath.FromSlash(path.Clean(name)))
+	p := filepath.Join(root, filepath.FromSlash(name))
 	real, err := filepath.EvalSymlinks(p)
 	if err != nil {
 		return "", newRefusal(reasonNotFound, "file not found")
@@ -251,6 +246,27 @@ func resolve(root, name string) (string, error) {
 		return "", newRefusal(reasonNotFound, "not a regular file")
 	}
 	return real, nil
+}
+
+// cleanName checks a requested name as resolve does and returns it slash-separated and
+// cleaned.
+func cleanName(name string) (string, error) {
+	if name == "" {
+		return "", newRefusal(reasonBadName, "empty file name")
+	}
+	if strings.IndexByte(name, 0) >= 0 {
+		return "", newRefusal(reasonBadName, "bad file name")
+	}
+	name = strings.ReplaceAll(name, `\`, "/")
+	if strings.HasPrefix(name, "/") {
+		return "", newRefusal(reasonEscape, "access violation: absolute file name")
+	}
+	for el := range strings.SplitSeq(name, "/") {
+		if el == ".." {
+			return "", newRefusal(reasonEscape, "access violation: '..' in file name")
+		}
+	}
+	return path.Clean(name), nil
 }
 
 func inside(root, p string) bool {
@@ -599,8 +615,21 @@ type generatedFile struct{ *bytes.Reader }
 func (generatedFile) Close() error { return nil }
 
 // openFile opens the regular file a request names and returns its size, or a refusal.
-// A name Root does not hold goes to Config.Generated, asked at local.
+// A name Root does not hold goes to Config.Generated, asked at local. Config.Files, when
+// set, comes before Root.
 func (s *Server) openFile(log *slog.Logger, name string, local netip.Addr) (file, int64, error) {
+	if s.cfg.Files != nil {
+		clean, err := cleanName(name)
+		if err != nil {
+			return nil, 0, err
+		}
+		if f, err := s.cfg.Files(clean); err == nil {
+			if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
+				return f, fi.Size(), nil
+			}
+			f.Close()
+		}
+	}
 	f, size, err := s.openRootFile(log, name)
 	if err == nil {
 		return f, size, nil
@@ -647,7 +676,7 @@ func (s *Server) transfer(log *slog.Logger, c conn, sl *slot, req request, neg n
 	}
 	c.setTimeout(timeout)
 	x := &sender{conn: c, blockSize: neg.blockSize, window: neg.window, retries: s.cfg.Retries,
-		budget: unverifiedFactor * reqSize, deadline: start.Add(s.cfg.MaxTransferTime), onProven: sl.proven}
+		budget: unverifiedFactor * reqSize, deadline: start.Add(s.cfg.MaxTransferTime), onProven: sl.answered}
 	var err error
 	if len(neg.accepted) > 0 {
 		err = x.negotiate(appendOACK(nil, neg.accepted))

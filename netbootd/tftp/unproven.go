@@ -102,6 +102,13 @@ func (sl *slot) proven() {
 	}
 }
 
+// answered is called when the client first answers on the transfer's port: the
+// transfer is proven, and so is its address.
+func (sl *slot) answered() {
+	sl.proven()
+	sl.s.clients.proven(sl.addr)
+}
+
 // wasEvicted reports whether the transfer was ended to make room.
 func (sl *slot) wasEvicted() bool {
 	sl.s.umu.Lock()

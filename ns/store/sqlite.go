@@ -171,7 +171,67 @@ var migrations = []string{
 	// lasts exactly as long as it does (0: issued by an earlier version, end not known).
 	`ALTER TABLE servers ADD COLUMN cert_not_after INTEGER NOT NULL DEFAULT 0;
 	ALTER TABLE agents ADD COLUMN cert_not_after INTEGER NOT NULL DEFAULT 0;`,
-	// 14: Wake-on-LAN: each agent's interfaces (MAC and IPv4 prefixes) as it reported them,
+	// 14: the NS's signed cancel notice of an instance an administrator cancelled.
+	`ALTER TABLE job_instances ADD COLUMN cancel_payload BLOB;
+	ALTER TABLE job_instances ADD COLUMN cancel_sig BLOB;
+	CREATE INDEX job_instances_cancelled ON job_instances (task_server) WHERE cancel_payload IS NOT NULL;`,
+	// 15: maintenance windows, one JSON document each.
+	`CREATE TABLE windows (
+		id TEXT PRIMARY KEY,
+		spec TEXT NOT NULL,
+		created_at INTEGER NOT NULL,
+		updated_at INTEGER NOT NULL
+	);`,
+	// 16: computers known by MAC, by SMBIOS UUID or both (a row id for those without a
+	// MAC), the site a predefined one is meant for, and a one-shot preboot.
+	`CREATE TABLE computers_v13 (
+		id INTEGER PRIMARY KEY AUTOINCREMENT,
+		mac TEXT NOT NULL DEFAULT '',
+		uuid TEXT NOT NULL DEFAULT '',
+		kind TEXT NOT NULL,
+		name TEXT NOT NULL DEFAULT '',
+		site TEXT NOT NULL DEFAULT '',
+		agent TEXT NOT NULL DEFAULT '',
+		arch INTEGER NOT NULL DEFAULT -1,
+		last_server TEXT NOT NULL DEFAULT '',
+		created_at INTEGER NOT NULL,
+		last_seen INTEGER NOT NULL DEFAULT 0,
+		claimed_by TEXT NOT NULL DEFAULT '',
+		preboot INTEGER NOT NULL DEFAULT 0,
+		preboot_changed INTEGER NOT NULL DEFAULT 0,
+		preboot_used INTEGER NOT NULL DEFAULT 0,
+		preboot_used_by TEXT NOT NULL DEFAULT '',
+		preboot_request TEXT NOT NULL DEFAULT ''
+	);
+	INSERT INTO computers_v13 (mac, kind, name, agent, arch, last_server, created_at, last_seen, claimed_by)
+		SELECT mac, kind, name, agent, arch, last_server, created_at, last_seen, claimed_by FROM computers ORDER BY mac;
+	DROP TABLE computers;
+	ALTER TABLE computers_v13 RENAME TO computers;
+	CREATE UNIQUE INDEX computers_mac ON computers (mac) WHERE mac != '';
+	CREATE UNIQUE INDEX computers_uuid ON computers (uuid) WHERE uuid != '';
+	CREATE INDEX computers_name ON computers (name);`,
+	// 17: what a site's network boot servers do with computers the NS does not know.
+	`ALTER TABLE sites ADD COLUMN unknown_computers TEXT NOT NULL DEFAULT '';`,
+	// 18: runs: each run of a job is its own set of instances; schedules of jobs that run
+	// at a time or on a recurrence (targets as given, the next run, runs made).
+	`ALTER TABLE job_instances ADD COLUMN run INTEGER NOT NULL DEFAULT 0;
+	CREATE TABLE job_schedules (
+		job_id TEXT PRIMARY KEY,
+		targets TEXT NOT NULL,
+		next_run INTEGER NOT NULL,
+		runs INTEGER NOT NULL DEFAULT 0
+	);
+	CREATE INDEX job_schedules_next ON job_schedules (next_run);`,
+	// 19: the operating system and architecture agents report, for groups; saved groups.
+	`ALTER TABLE agents ADD COLUMN os TEXT NOT NULL DEFAULT '';
+	ALTER TABLE agents ADD COLUMN arch TEXT NOT NULL DEFAULT '';
+	CREATE TABLE groups (
+		id TEXT PRIMARY KEY,
+		spec TEXT NOT NULL,
+		created_at INTEGER NOT NULL,
+		updated_at INTEGER NOT NULL
+	);`,
+	// 20: Wake-on-LAN: each agent's interfaces (MAC and IPv4 prefixes) as it reported them,
 	// and by when a wake job's instance must have reached its agent.
 	`ALTER TABLE agents ADD COLUMN interfaces TEXT NOT NULL DEFAULT '[]';
 	ALTER TABLE job_instances ADD COLUMN online_by INTEGER NOT NULL DEFAULT 0;
@@ -265,18 +325,18 @@ func (s *SQLiteStore) Close() error { return s.db.Close() }
 // Rules implements Store.
 func (s *SQLiteStore) Rules(ctx context.Context) (sites.Rules, error) {
 	var r sites.Rules
-	rows, err := s.db.QueryContext(ctx, `SELECT name, source, description FROM sites ORDER BY name, source`)
+	rows, err := s.db.QueryContext(ctx, `SELECT name, source, description, unknown_computers FROM sites ORDER BY name, source`)
 	if err != nil {
 		return r, fmt.Errorf("ns: store: sites: %w", err)
 	}
 	for rows.Next() {
 		var st sites.Site
-		var src string
-		if err := rows.Scan(&st.Name, &src, &st.Description); err != nil {
+		var src, unknown string
+		if err := rows.Scan(&st.Name, &src, &st.Description, &unknown); err != nil {
 			rows.Close()
 			return r, fmt.Errorf("ns: store: sites: %w", err)
 		}
-		st.Source = sites.Source(src)
+		st.Source, st.UnknownComputers = sites.Source(src), sites.UnknownPolicy(unknown)
 		r.Sites = append(r.Sites, st)
 	}
 	rows.Close()
@@ -327,7 +387,8 @@ func (s *SQLiteStore) ReplaceRules(ctx context.Context, src sites.Source, r site
 			if st.Source != src {
 				continue
 			}
-			if _, err := tx.ExecContext(ctx, `INSERT INTO sites (name, source, description) VALUES (?, ?, ?)`, st.Name, string(src), st.Description); err != nil {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO sites (name, source, description, unknown_computers) VALUES (?, ?, ?, ?)`,
+				st.Name, string(src), st.Description, string(st.UnknownComputers)); err != nil {
 				return err
 			}
 		}
@@ -447,13 +508,13 @@ func (s *SQLiteStore) PutServer(ctx context.Context, rec ServerRecord) error {
 	return nil
 }
 
-const agentCols = `id, hostname, cert_serial, addresses, task_server, enrolled_at, last_seen, cert_not_after`
+const agentCols = `id, hostname, cert_serial, addresses, task_server, enrolled_at, last_seen, cert_not_after, os, arch`
 
 func scanAgent(sc scanner) (AgentRecord, error) {
 	var rec AgentRecord
 	var addrs string
 	var enrolled, seen, notAfter int64
-	if err := sc.Scan(&rec.ID, &rec.Hostname, &rec.CertSerial, &addrs, &rec.TaskServer, &enrolled, &seen, &notAfter); err != nil {
+	if err := sc.Scan(&rec.ID, &rec.Hostname, &rec.CertSerial, &addrs, &rec.TaskServer, &enrolled, &seen, &notAfter, &rec.OS, &rec.Arch); err != nil {
 		return rec, err
 	}
 	rec.CertNotAfter = fromUnixNano(notAfter)
@@ -503,10 +564,10 @@ func (s *SQLiteStore) PutAgent(ctx context.Context, rec AgentRecord) error {
 // PutAgents implements Store.
 func (s *SQLiteStore) PutAgents(ctx context.Context, recs []AgentRecord) error {
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		stmt, err := tx.PrepareContext(ctx, `INSERT INTO agents (`+agentCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+		stmt, err := tx.PrepareContext(ctx, `INSERT INTO agents (`+agentCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 			ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname, cert_serial = excluded.cert_serial,
 			addresses = excluded.addresses, task_server = excluded.task_server, enrolled_at = excluded.enrolled_at,
-			last_seen = excluded.last_seen, cert_not_after = excluded.cert_not_after`)
+			last_seen = excluded.last_seen, cert_not_after = excluded.cert_not_after, os = excluded.os, arch = excluded.arch`)
 		if err != nil {
 			return err
 		}
@@ -514,7 +575,7 @@ func (s *SQLiteStore) PutAgents(ctx context.Context, recs []AgentRecord) error {
 		for _, rec := range recs {
 			addrs, _ := json.Marshal(orEmpty(rec.Addresses))
 			if _, err := stmt.ExecContext(ctx, rec.ID, rec.Hostname, rec.CertSerial, string(addrs), rec.TaskServer,
-				toUnixNano(rec.Enrolled), toUnixNano(rec.LastSeen), toUnixNano(rec.CertNotAfter)); err != nil {
+				toUnixNano(rec.Enrolled), toUnixNano(rec.LastSeen), toUnixNano(rec.CertNotAfter), rec.OS, rec.Arch); err != nil {
 				return fmt.Errorf("agent %s: %w", rec.ID, err)
 			}
 		}

@@ -102,16 +102,16 @@ func (s *SQLiteStore) CreateInstances(ctx context.Context, insts []nsapi.JobInst
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		for start := 0; start < len(insts); start += perStatement {
 			part := insts[start:min(start+perStatement, len(insts))]
-			q := `INSERT INTO job_instances (id, job_id, agent, task_server, state, job, created_at, expires_at, updated_at, grant_payload, grant_sig, run_budget) VALUES ` +
-				strings.TrimSuffix(strings.Repeat("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?), ", len(part)), ", ")
-			args := make([]any, 0, 12*len(part))
+			q := `INSERT INTO job_instances (id, job_id, agent, task_server, state, job, created_at, expires_at, updated_at, grant_payload, grant_sig, run_budget, run) VALUES ` +
+				strings.TrimSuffix(strings.Repeat("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?), ", len(part)), ", ")
+			args := make([]any, 0, 13*len(part))
 			for _, in := range part {
 				var payload, sig []byte
 				if in.Grant != nil {
 					payload, sig = in.Grant.Payload, in.Grant.Sig
 				}
 				args = append(args, in.ID, in.JobID, in.Agent, in.TaskServer, in.State, specs[in.JobID],
-					in.Created.UnixNano(), in.Expires.UnixNano(), in.Updated.UnixNano(), payload, sig, budgets[in.JobID])
+					in.Created.UnixNano(), in.Expires.UnixNano(), in.Updated.UnixNano(), payload, sig, budgets[in.JobID], in.Run)
 			}
 			if _, err := tx.ExecContext(ctx, q, args...); err != nil {
 				return err
@@ -147,7 +147,14 @@ func (s *SQLiteStore) Instances(ctx context.Context, f InstanceFilter) ([]nsapi.
 	if !f.OpenAt.IsZero() {
 		where, args = append(where, "expires_at > ?"), append(args, f.OpenAt.UnixNano())
 	}
-	q := `SELECT id, job_id, agent, task_server, state, job, created_at, expires_at, updated_at, grant_payload, grant_sig FROM job_instances`
+	if f.Cancelled {
+		// Cancel notices to pass on: instances an agent may have, until it reports their
+		// end; cancelled ones for a while after, for a task server whose cached work still
+		// held a withdrawn one when it handed it out.
+		where, args = append(where, `cancel_payload IS NOT NULL AND (state IN (?, ?) OR (state = ? AND updated_at > ?))`),
+			append(args, nsapi.StateDelivered, nsapi.StateRunning, nsapi.StateCancelled, f.CancelledSince.UnixNano())
+	}
+	q := `SELECT id, job_id, agent, task_server, state, job, created_at, expires_at, updated_at, grant_payload, grant_sig, cancel_payload, cancel_sig, run FROM job_instances`
 	if len(where) > 0 {
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
@@ -172,8 +179,8 @@ func (s *SQLiteStore) Instances(ctx context.Context, f InstanceFilter) ([]nsapi.
 		var in nsapi.JobInstance
 		var spec string
 		var created, expires, updated int64
-		var payload, sig []byte
-		if err := rows.Scan(&in.ID, &in.JobID, &in.Agent, &in.TaskServer, &in.State, &spec, &created, &expires, &updated, &payload, &sig); err != nil {
+		var payload, sig, cpayload, csig []byte
+		if err := rows.Scan(&in.ID, &in.JobID, &in.Agent, &in.TaskServer, &in.State, &spec, &created, &expires, &updated, &payload, &sig, &cpayload, &csig, &in.Run); err != nil {
 			return nil, fmt.Errorf("ns: store: instances: %w", err)
 		}
 		snap, ok := jobs[spec]
@@ -189,6 +196,9 @@ func (s *SQLiteStore) Instances(ctx context.Context, f InstanceFilter) ([]nsapi.
 		in.Job, in.JobDigest = snap.job, snap.digest
 		if len(payload) > 0 {
 			in.Grant = &nsapi.Grant{Payload: payload, Sig: sig}
+		}
+		if len(cpayload) > 0 {
+			in.Cancel = &nsapi.Grant{Payload: cpayload, Sig: csig}
 		}
 		in.Created, in.Expires, in.Updated = fromUnixNano(created), fromUnixNano(expires), fromUnixNano(updated)
 		out = append(out, in)
@@ -215,9 +225,10 @@ var stateRank = map[string]int{nsapi.StatePending: 0, nsapi.StateDelivered: 1, n
 // go back: an event that arrives late cannot revive a finished or expired instance. The
 // one change they allow is the agent's own word on how the job ended replacing "expired",
 // which the NS may have concluded from silence (the events were held up, at a task server
-// away from the NS, say).
+// away from the NS, say), or "cancelled", which it concluded for an instance no agent had
+// (a task server's cached work handed it out before the cancel reached it).
 func nextState(cur string, e nsapi.Event) string {
-	if cur == nsapi.StateExpired && e.Kind == nsapi.EventJob && (e.State == nsapi.StateSucceeded || e.State == nsapi.StateFailed) {
+	if (cur == nsapi.StateExpired || cur == nsapi.StateCancelled) && e.Kind == nsapi.EventJob && (e.State == nsapi.StateSucceeded || e.State == nsapi.StateFailed) {
 		return e.State
 	}
 	if nsapi.Final(cur) {
@@ -331,4 +342,164 @@ func (s *SQLiteStore) RetagInstances(ctx context.Context, agent, taskServer stri
 // InstanceStates implements Store.
 func (s *SQLiteStore) InstanceStates(ctx context.Context) (map[string]int, error) {
 	return s.countBy(ctx, "instance states", `SELECT state, COUNT(*) FROM job_instances GROUP BY state`)
+}
+
+// CancelInstances implements Store.
+func (s *SQLiteStore) CancelInstances(ctx context.Context, jobID string, sign func(nsapi.JobInstance) (nsapi.Grant, error), now time.Time) (CancelCounts, error) {
+	var n CancelCounts
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		n = CancelCounts{}
+		rows, err := tx.QueryContext(ctx, `SELECT id, agent, task_server, state FROM job_instances
+			WHERE job_id = ? AND state IN (?, ?, ?) AND cancel_payload IS NULL`,
+			jobID, nsapi.StatePending, nsapi.StateDelivered, nsapi.StateRunning)
+		if err != nil {
+			return err
+		}
+		var open []nsapi.JobInstance
+		for rows.Next() {
+			in := nsapi.JobInstance{JobID: jobID}
+			if err := rows.Scan(&in.ID, &in.Agent, &in.TaskServer, &in.State); err != nil {
+				rows.Close()
+				return err
+			}
+			open = append(open, in)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		upd, err := tx.PrepareContext(ctx, `UPDATE job_instances SET state = ?, updated_at = ?, cancel_payload = ?, cancel_sig = ? WHERE id = ?`)
+		if err != nil {
+			return err
+		}
+		defer upd.Close()
+		ins, err := tx.PrepareContext(ctx, `INSERT OR IGNORE INTO events (id, instance, agent, kind, task, state, exit_code, timed_out, output, time, received_at)
+			VALUES (?, ?, ?, ?, 0, ?, 0, 0, ?, ?, ?)`)
+		if err != nil {
+			return err
+		}
+		defer ins.Close()
+		t := now.UnixNano()
+		for _, in := range open {
+			g, err := sign(in)
+			if err != nil {
+				return err
+			}
+			state := in.State
+			if state == nsapi.StatePending {
+				// No agent has it: it is withdrawn, and final now.
+				state = nsapi.StateCancelled
+				n.Withdrawn++
+				if _, err := ins.ExecContext(ctx, nsapi.DerivedEventID(in.ID, nsapi.StateCancelled), in.ID, in.Agent, nsapi.EventJob,
+					nsapi.StateCancelled, "cancelled by an administrator before its agent had it", t, t); err != nil {
+					return err
+				}
+			} else {
+				n.Stopping++
+			}
+			if _, err := upd.ExecContext(ctx, state, t, []byte(g.Payload), g.Sig, in.ID); err != nil {
+				return err
+			}
+			n.TaskServers = append(n.TaskServers, in.TaskServer)
+		}
+		return nil
+	})
+	if err != nil {
+		return CancelCounts{}, fmt.Errorf("ns: store: cancel job %s: %w", jobID, err)
+	}
+	return n, nil
+}
+
+// NextRun implements Store.
+func (s *SQLiteStore) NextRun(ctx context.Context, jobID string) (int, error) {
+	var n int
+	if err := s.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(run), 0) + 1 FROM job_instances WHERE job_id = ?`, jobID).Scan(&n); err != nil {
+		return 0, fmt.Errorf("ns: store: next run of %s: %w", jobID, err)
+	}
+	return n, nil
+}
+
+// PutSchedule implements Store.
+func (s *SQLiteStore) PutSchedule(ctx context.Context, sc JobSchedule) error {
+	targets, err := json.Marshal(sc.Targets)
+	if err != nil {
+		return err
+	}
+	_, err = s.db.ExecContext(ctx, `INSERT INTO job_schedules (job_id, targets, next_run, runs) VALUES (?, ?, ?, ?)
+		ON CONFLICT (job_id) DO UPDATE SET targets = excluded.targets, next_run = excluded.next_run, runs = excluded.runs`,
+		sc.JobID, string(targets), sc.Next.UnixNano(), sc.Runs)
+	if err != nil {
+		return fmt.Errorf("ns: store: schedule of %s: %w", sc.JobID, err)
+	}
+	return nil
+}
+
+// DueSchedules implements Store.
+func (s *SQLiteStore) DueSchedules(ctx context.Context, now time.Time) ([]JobSchedule, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT job_id, targets, next_run, runs FROM job_schedules WHERE next_run <= ? ORDER BY next_run`, now.UnixNano())
+	if err != nil {
+		return nil, fmt.Errorf("ns: store: due schedules: %w", err)
+	}
+	defer rows.Close()
+	var out []JobSchedule
+	for rows.Next() {
+		var sc JobSchedule
+		var targets string
+		var next int64
+		if err := rows.Scan(&sc.JobID, &targets, &next, &sc.Runs); err != nil {
+			return nil, err
+		}
+		if err := json.Unmarshal([]byte(targets), &sc.Targets); err != nil {
+			return nil, fmt.Errorf("ns: store: schedule of %s: %w", sc.JobID, err)
+		}
+		sc.Next = fromUnixNano(next)
+		out = append(out, sc)
+	}
+	return out, rows.Err()
+}
+
+// DeleteSchedule implements Store.
+func (s *SQLiteStore) DeleteSchedule(ctx context.Context, jobID string) error {
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM job_schedules WHERE job_id = ?`, jobID); err != nil {
+		return fmt.Errorf("ns: store: delete schedule of %s: %w", jobID, err)
+	}
+	return nil
+}
+
+// ErrJobOpen: a job with open instances is not deleted.
+var ErrJobOpen = errors.New("the job has open instances")
+
+// DeleteJob implements Store.
+func (s *SQLiteStore) DeleteJob(ctx context.Context, id string) error {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var open int
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM job_instances WHERE job_id = ? AND state IN (?, ?, ?)`,
+			id, nsapi.StatePending, nsapi.StateDelivered, nsapi.StateRunning).Scan(&open); err != nil {
+			return err
+		}
+		if open > 0 {
+			return fmt.Errorf("%w (%d): cancel it first", ErrJobOpen, open)
+		}
+		res, err := tx.ExecContext(ctx, `DELETE FROM jobs WHERE id = ?`, id)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return ErrNotFound
+		}
+		for _, q := range []string{
+			`DELETE FROM events WHERE instance IN (SELECT id FROM job_instances WHERE job_id = ?)`,
+			`DELETE FROM job_instances WHERE job_id = ?`,
+			`DELETE FROM job_schedules WHERE job_id = ?`,
+		} {
+			if _, err := tx.ExecContext(ctx, q, id); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrJobOpen) {
+		return fmt.Errorf("ns: store: delete job %s: %w", id, err)
+	}
+	return err
 }

@@ -133,12 +133,12 @@ const pruneBatch = 2000
 // Prune implements Store.
 func (s *SQLiteStore) Prune(ctx context.Context, finishedBefore time.Time, limit int) (PruneCounts, error) {
 	var total PruneCounts
-	final := []any{nsapi.StateSucceeded, nsapi.StateFailed, nsapi.StateExpired}
+	final := []any{nsapi.StateSucceeded, nsapi.StateFailed, nsapi.StateExpired, nsapi.StateCancelled}
 	for total.Instances < limit {
 		var n PruneCounts
 		err := s.tx(ctx, func(tx *sql.Tx) error {
 			args := append(append([]any{}, final...), finishedBefore.UnixNano(), min(pruneBatch, limit-total.Instances))
-			rows, err := tx.QueryContext(ctx, `SELECT id, job_id FROM job_instances WHERE state IN (?, ?, ?) AND updated_at < ? LIMIT ?`, args...)
+			rows, err := tx.QueryContext(ctx, `SELECT id, job_id FROM job_instances WHERE state IN (?, ?, ?, ?) AND updated_at < ? LIMIT ?`, args...)
 			if err != nil {
 				return err
 			}

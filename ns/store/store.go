@@ -48,6 +48,7 @@ type AgentRecord struct {
 	// CertNotAfter: as for ServerRecord.
 	CertNotAfter time.Time
 	Addresses    []netip.Addr
+	OS, Arch     string // as the agent reported them (empty: an agent of an earlier version)
 	TaskServer   string
 	Enrolled     time.Time
 	LastSeen     time.Time
@@ -87,10 +88,19 @@ type Store interface {
 
 	// Computer returns the computer with this MAC (lowercase, colon-separated).
 	Computer(ctx context.Context, mac string) (nsapi.ComputerRecord, error)
+	// ComputerByUUID returns the computer with this SMBIOS UUID (canonical, lowercase).
+	ComputerByUUID(ctx context.Context, uuid string) (nsapi.ComputerRecord, error)
+	// ComputersByName returns the computers with this name.
+	ComputersByName(ctx context.Context, name string) ([]nsapi.ComputerRecord, error)
 	Computers(ctx context.Context) ([]nsapi.ComputerRecord, error)
+	// PutComputer updates the record with c.ID, or creates one when c.ID is 0 (updating
+	// the record with c.MAC if there is one). MACs and UUIDs are unique.
 	PutComputer(ctx context.Context, c nsapi.ComputerRecord) error
-	// DeleteComputer forgets a computer; ErrNotFound if there was none.
-	DeleteComputer(ctx context.Context, mac string) error
+	// ReplaceComputers deletes the records with the ids in remove, then puts each of put,
+	// in one transaction: all or nothing.
+	ReplaceComputers(ctx context.Context, put []nsapi.ComputerRecord, remove []int64) error
+	// DeleteComputer forgets a computer by its ID; ErrNotFound if there was none.
+	DeleteComputer(ctx context.Context, id int64) error
 	// ExpireUnknownComputers forgets the unknown computers (network boot sightings
 	// nobody took over) last seen before before, and returns how many.
 	ExpireUnknownComputers(ctx context.Context, before time.Time) (int, error)
@@ -117,6 +127,29 @@ type Store interface {
 	Jobs(ctx context.Context) ([]nsapi.Job, error)
 	CreateInstances(ctx context.Context, insts []nsapi.JobInstance) error
 	Instances(ctx context.Context, f InstanceFilter) ([]nsapi.JobInstance, error)
+	// DeleteJob forgets a job with its instances, events and schedule: ErrNotFound if there
+	// is none, ErrJobOpen while it has open instances.
+	DeleteJob(ctx context.Context, id string) error
+	// NextRun is the number the next run of a job gets (1 for its first).
+	NextRun(ctx context.Context, jobID string) (int, error)
+	// PutSchedule stores the schedule of a job, DueSchedules lists those whose next run is
+	// at or before now, DeleteSchedule forgets one (none: no error).
+	PutSchedule(ctx context.Context, sc JobSchedule) error
+	DueSchedules(ctx context.Context, now time.Time) ([]JobSchedule, error)
+	DeleteSchedule(ctx context.Context, jobID string) error
+	// PutGroup stores a computer group (by name), Groups lists them, DeleteGroup forgets one
+	// (ErrNotFound if there was none).
+	PutGroup(ctx context.Context, g nsapi.Group, now time.Time) error
+	Groups(ctx context.Context) ([]nsapi.Group, error)
+	DeleteGroup(ctx context.Context, name string) error
+	// PutWindow stores a maintenance window (by name), Windows lists them, DeleteWindow
+	// forgets one (ErrNotFound if there was none).
+	PutWindow(ctx context.Context, w nsapi.MaintenanceWindow, now time.Time) error
+	Windows(ctx context.Context) ([]nsapi.MaintenanceWindow, error)
+	DeleteWindow(ctx context.Context, name string) error
+	// CancelInstances gives each open instance of a job that has none a cancel notice made
+	// by sign; pending ones (no agent has them) become cancelled at once, with an event.
+	CancelInstances(ctx context.Context, jobID string, sign func(nsapi.JobInstance) (nsapi.Grant, error), now time.Time) (CancelCounts, error)
 	// AddEvents stores events not seen before (by id) and moves their instances' states
 	// on; it returns how many were new and how many named no known instance.
 	// Events reported by server count only for instances tagged to it now or before
@@ -161,6 +194,26 @@ type InstanceFilter struct {
 	// OpenAt, when set, leaves out instances whose validity ended before it.
 	OpenAt time.Time
 	Limit  int
+	// Cancelled selects the cancel notices still to pass on (with States and OpenAt
+	// unset): delivered and running instances with one, and those cancelled since
+	// CancelledSince.
+	Cancelled      bool
+	CancelledSince time.Time
+}
+
+// JobSchedule is when a scheduled job runs next, for whom, and how many runs it made.
+type JobSchedule struct {
+	JobID   string
+	Targets nsapi.Targets
+	Next    time.Time
+	Runs    int
+}
+
+// CancelCounts is what CancelInstances did.
+type CancelCounts struct {
+	Withdrawn, Stopping int
+	// TaskServers are those of the instances, to tickle (repeated as often as instances).
+	TaskServers []string
 }
 
 // ExpiredCounts is what ExpireInstances expired, by the state the instances were in.
