@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/time/rate"
 
 	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/taskapi"
@@ -383,5 +384,34 @@ func TestServiceWake(t *testing.T) {
 	}
 	if v := testutil.ToFloat64(rs.waker.m.packets[routeLocal]); v != 2 {
 		t.Fatalf("local-link packets %v, want 2", v)
+	}
+}
+
+// BenchmarkWakerRound takes a work answer listing 10,000 computers to wake and sends
+// their first round (one subnet each, three packets) to a fake sender: the server's own
+// cost, without the kernel's.
+func BenchmarkWakerRound(b *testing.B) {
+	reqs := make([]nsapi.WakeRequest, 10000)
+	until := time.Now().Add(time.Hour)
+	for i := range reqs {
+		mac := fmt.Sprintf("52:54:00:%02x:%02x:%02x", i>>16, (i>>8)&0xff, i&0xff)
+		reqs[i] = wakeReq(fmt.Sprint("pc-", i), mac, until, fmt.Sprintf("10.%d.%d.9/24", i>>8, i&0xff))
+	}
+	m, err := newWakeMetrics(prometheus.NewRegistry())
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg := WakeConfig{MaxPacketsPerSecond: 100000}
+	cfg.Defaults()
+	for b.Loop() {
+		w := newWaker(cfg, slog.New(slog.DiscardHandler), m)
+		w.limiter.SetLimit(rate.Inf)
+		w.interfaces = func() ([]wol.Interface, error) { return nil, nil }
+		snd := &fakeSender{}
+		w.update("central", reqs)
+		w.sendDue(context.Background(), snd)
+		if len(snd.sent) != 30000 {
+			b.Fatalf("%d packets", len(snd.sent))
+		}
 	}
 }

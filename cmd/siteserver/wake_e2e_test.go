@@ -31,6 +31,7 @@ func TestWakeJobE2E(t *testing.T) {
 	// The computer goes to sleep.
 	s.ag.stop()
 
+	created := time.Now()
 	id := s.createJob(`id: woken
 name: woken
 wake: true
@@ -50,6 +51,7 @@ tasks:
 	if err != nil || got.String() != mac || !from.Addr().Unmap().IsLoopback() {
 		t.Fatalf("from %s: % x (%v)", from, buf[:n], err)
 	}
+	t.Logf("magic packet for %s %s after the job was created (the admin command's run included)", got, time.Since(created).Round(time.Millisecond))
 	s.eventually("the wake is counted", func() bool { return metricValue(t, s.ssMetrics, "siteserver_task_wakes_sent_total") >= 1 })
 	if st := s.status(id); st.Instances[0].State != nsapi.StatePending {
 		t.Fatalf("before the computer woke: %s", st.Instances[0].State)
