@@ -121,6 +121,9 @@ func (c *clients) proven(a netip.Addr) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	st := c.get(clientKey(a), now)
+	if !now.Before(st.provenUntil) {
+		st.tokens = c.burst // the full burst at once: its next requests come right after
+	}
 	st.provenUntil = now.Add(provenFor)
 }
 
