@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -176,4 +177,60 @@ func TestSitesDiffAndDryRun(t *testing.T) {
 		!strings.Contains(out, "10.1.0.0/16") {
 		t.Fatalf("sites diff of a bad file: %v\n%s", err, out)
 	}
+}
+
+// The read-only token, through the real CLI: every listing and status command works, every
+// command that changes something is refused with a clear message and a non-zero exit, and
+// nothing changed at the NS.
+func TestReadOnlyTokenCLI(t *testing.T) {
+	s := newSite(t, siteOpts{taskUpdate: "1h", taskRequest: "1h"})
+	id := s.createJob(twoTaskJob)
+	s.waitState(id, nsapi.StateSucceeded)
+	ro := func(args ...string) (string, error) {
+		full := append(slices.Clone(args), "-ns", s.nsURL, "-ca", s.caFile, "-token", readOnlyToken)
+		out, err := exec.Command(binary, full...).CombinedOutput()
+		return string(out), err
+	}
+	for _, args := range [][]string{
+		{"status"}, {"sites", "list"}, {"sites", "explain", "10.20.9.9"}, {"servers", "list"}, {"agents", "list"},
+		{"jobs", "list"}, {"jobs", "status", id}, {"jobs", "output", id}, {"packages", "list"}, {"packages", "status"},
+		{"computers", "list"}, {"windows", "list"}, {"groups", "list"}, {"audit"},
+	} {
+		if out, err := ro(args...); err != nil {
+			t.Errorf("%v with the read-only token: %v\n%s", args, err, out)
+		}
+	}
+	job := writeFile(t, filepath.Join(s.dir, "ro-job.yaml"), "id: ro-job\nname: r\ntasks:\n  - name: t\n    command: [echo]\n    timeout: 10s\n")
+	pkgDir := filepath.Join(s.dir, "ro-pkg")
+	os.MkdirAll(pkgDir, 0o755)
+	writeFile(t, filepath.Join(pkgDir, "a.txt"), "a")
+	for _, args := range [][]string{
+		{"jobs", "create", "-file", job, "-targets", s.agentID},
+		{"jobs", "cancel", id},
+		{"jobs", "delete", id},
+		{"sites", "add", "ro-site", "-description", "x"},
+		{"servers", "reset", s.serverID},
+		{"agents", "reset", s.agentID},
+		{"windows", "set", "w", "-sites", "branch-a", "-ranges", "daily 01:00-02:00"},
+		{"groups", "set", "g", "-hosts", "*"},
+		{"packages", "add", "-dir", pkgDir, "-id", "ro", "-version", "1"},
+		{"computers", "add", "52:54:00:aa:bb:cc"},
+	} {
+		out, err := ro(args...)
+		if err == nil || !strings.Contains(strings.ToLower(out), "read-only") {
+			t.Errorf("%v with the read-only token: %v, want a refusal naming the read-only token\n%s", args, err, out)
+		}
+	}
+	// Nothing changed: the job is there, once; the agent keeps its certificate.
+	if out := s.cli().admin("jobs", "list"); strings.Contains(out, "ro-job") {
+		t.Errorf("a job was created with the read-only token:\n%s", out)
+	}
+	if st := s.status(id); len(st.Instances) != 1 || st.Instances[0].State != nsapi.StateSucceeded {
+		t.Errorf("the job changed: %+v", st)
+	}
+	id2 := s.createJob(twoTaskJob) // the agent still works: its certificate was not reset
+	s.eventually("the agent still runs jobs", func() bool {
+		st := s.status(id2)
+		return len(st.Instances) == 2 && st.Instances[1].State == nsapi.StateSucceeded
+	})
 }

@@ -223,7 +223,8 @@ ns:
   site_server_token: %s
   agent_token: %s
   admin_token: %s
-%s`, filepath.Join(dir, "ns"), addr, serverToken, agentToken, adminToken, extra)
+  read_only_token: %s
+%s`, filepath.Join(dir, "ns"), addr, serverToken, agentToken, adminToken, readOnlyToken, extra)
 }
 
 func adminCmd(t *testing.T, nsURL, caFile, token string, args ...string) string {
@@ -256,6 +257,8 @@ const (
 	serverToken = "e2e-site-server-token-0123456789"
 	agentToken  = "e2e-agent-token-0123456789abcdef"
 	adminToken  = "e2e-admin-token-0123456789abcdef"
+	// readOnlyToken lists and shows, and changes nothing.
+	readOnlyToken = "e2e-read-only-token-0123456789ab"
 )
 
 func TestEndToEnd(t *testing.T) {
