@@ -248,7 +248,7 @@ func (l *ConnLimit) admit(lc *limitedConn, done <-chan struct{}) (verdict, error
 			l.setIdle(lc)
 			l.mu.Unlock()
 			return admitted, nil
-		case src != nil && len(l.sources) > 1 && src.open >= l.max/len(l.sources):
+		case src != nil && len(l.sources) > 1 && src.open >= l.share():
 			// Every place is taken and this source holds its share of them or more: it
 			// may only give up one of its own, idle a while, as a source at its limit
 			// does, but with a longer wait, so that sources that together fill the
@@ -281,6 +281,14 @@ func (l *ConnLimit) admit(lc *limitedConn, done <-chan struct{}) (verdict, error
 			return refused, net.ErrClosed
 		}
 	}
+}
+
+// share is what one source may hold of a full limit before its new connections must make
+// room from its own: the limit over the sources holding any, rounded up, and at least 2,
+// so that a client with a connection or two still gets in when more sources than places
+// hold them. l.mu is held.
+func (l *ConnLimit) share() int {
+	return max((l.max+len(l.sources)-1)/len(l.sources), 2)
 }
 
 // largestIdle is the connection idle longest of the source holding the most connections
