@@ -63,24 +63,30 @@ func jobsCreate(a *adminCall) error {
 		}
 		if resp.DryRun {
 			fmt.Fprintf(w, "job %s would have %d instances (dry run: nothing was created)\n", resp.JobID, len(resp.Instances))
-			fmt.Fprintln(w, "AGENT\tTASK SERVER")
-			for _, in := range resp.Instances {
-				fmt.Fprintf(w, "%s\t%s\n", n.agent(in.Agent), n.server(in.TaskServer))
-			}
-			for _, u := range resp.Unreachable {
-				fmt.Fprintf(w, "warning: %s (%s) cannot be reached now: %s\n", n.agent(u.Agent), u.Agent, u.Reason)
-			}
-			return
+		} else {
+			fmt.Fprintf(w, "job %s: %d instances\n", resp.JobID, len(resp.Instances))
 		}
-		fmt.Fprintf(w, "job %s: %d instances\n", resp.JobID, len(resp.Instances))
-		fmt.Fprintln(w, "INSTANCE\tAGENT\tTASK SERVER")
-		for _, in := range resp.Instances {
-			fmt.Fprintf(w, "%s\t%s\t%s\n", in.ID, n.agent(in.Agent), n.server(in.TaskServer))
-		}
-		for _, u := range resp.Unreachable {
-			fmt.Fprintf(w, "warning: %s (%s) cannot be reached now: %s\n", n.agent(u.Agent), u.Agent, u.Reason)
-		}
+		runTable(w, n, resp)
 	})
+}
+
+// runTable lists the instances a job's run made (for a dry run, would make: no ids) and
+// the targets that cannot be reached now.
+func runTable(w *tabwriter.Writer, n *hostNames, resp nsapi.CreateJobResponse) {
+	if resp.DryRun {
+		fmt.Fprintln(w, "AGENT\tTASK SERVER")
+	} else {
+		fmt.Fprintln(w, "INSTANCE\tAGENT\tTASK SERVER")
+	}
+	for _, in := range resp.Instances {
+		if !resp.DryRun {
+			fmt.Fprintf(w, "%s\t", in.ID)
+		}
+		fmt.Fprintf(w, "%s\t%s\n", n.agent(in.Agent), n.server(in.TaskServer))
+	}
+	for _, u := range resp.Unreachable {
+		fmt.Fprintf(w, "warning: %s (%s) cannot be reached now: %s\n", n.agent(u.Agent), u.Agent, u.Reason)
+	}
 }
 
 func jobsList(a *adminCall) error {
@@ -382,12 +388,7 @@ func jobsRerun(a *adminCall) error {
 	}
 	return a.print(resp, func(w *tabwriter.Writer) {
 		fmt.Fprintf(w, "job %s: run %d, %d instances\n", resp.JobID, resp.Run, len(resp.Instances))
-		for _, in := range resp.Instances {
-			fmt.Fprintf(w, "%s\t%s\t%s\n", in.ID, n.agent(in.Agent), n.server(in.TaskServer))
-		}
-		for _, u := range resp.Unreachable {
-			fmt.Fprintf(w, "warning: %s (%s) cannot be reached now: %s\n", n.agent(u.Agent), u.Agent, u.Reason)
-		}
+		runTable(w, n, resp)
 	})
 }
 
