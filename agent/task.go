@@ -57,6 +57,14 @@ type taskClient struct {
 	channelUp     func() bool
 
 	done *doneSet
+
+	// stage queues packages to pre-stage; staging holds those queued or being fetched.
+	stage   chan nsapi.Task
+	staging map[string]bool
+	// needed holds the digests of the packages the instances of the last poll need;
+	// running is the instance being run.
+	needed  map[string]bool
+	running nsapi.JobInstance
 }
 
 // doneSet remembers the instances this agent has run, so a re-delivered one is not run
@@ -173,6 +181,7 @@ func (t *taskClient) cycle(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	var open []nsapi.JobInstance
 	for _, inst := range jobs.Instances {
 		if t.done.has(inst.ID) {
 			continue
@@ -180,6 +189,13 @@ func (t *taskClient) cycle(ctx context.Context) error {
 		if err := t.verify(inst); err != nil {
 			continue
 		}
+		open = append(open, inst)
+	}
+	// Packages are fetched ahead for the jobs that ask for it, whenever they run, and
+	// kept in the cache for every job that is still to run.
+	t.setNeeded(open)
+	t.prestage(open)
+	for _, inst := range open {
 		if err := t.runInstance(ctx, inst); err != nil {
 			return err
 		}
@@ -431,6 +447,7 @@ func (t *taskClient) current() string {
 // is kept in the data directory meanwhile, for resumeInterrupted after a restart.
 func (t *taskClient) runInstance(ctx context.Context, inst nsapi.JobInstance) error {
 	t.logger.Info("running job", "job", inst.JobID, "instance", inst.ID)
+	defer t.setRunning(inst)()
 	state, err := t.runner().Run(ctx, inst, func(e nsapi.Event) error { return t.send(ctx, e) })
 	return t.finished(inst, state, err)
 }
@@ -439,13 +456,17 @@ func (t *taskClient) runInstance(ctx context.Context, inst nsapi.JobInstance) er
 const progressFile = "running.json"
 
 func (t *taskClient) runner() *Runner {
-	r := &Runner{WorkDir: filepath.Join(t.a.cfg.DataDir, "work"), Logger: t.logger, Save: func(p Progress) error {
-		b, err := json.Marshal(p)
-		if err != nil {
-			return err
-		}
-		return datadir.WriteFileAtomic(filepath.Join(t.a.cfg.DataDir, progressFile), b, 0o600)
-	}}
+	r := &Runner{WorkDir: filepath.Join(t.a.cfg.DataDir, "work"), Logger: t.logger,
+		ProgressInterval: t.a.cfg.PackageProgressInterval, Save: func(p Progress) error {
+			b, err := json.Marshal(p)
+			if err != nil {
+				return err
+			}
+			return datadir.WriteFileAtomic(filepath.Join(t.a.cfg.DataDir, progressFile), b, 0o600)
+		}}
+	if t.a.cache != nil {
+		r.Packages = t.a.cache
+	}
 	os.MkdirAll(r.WorkDir, 0o700)
 	return r
 }
@@ -491,6 +512,7 @@ func (t *taskClient) resumeInterrupted(ctx context.Context) error {
 		return os.Remove(path)
 	}
 	r := t.runner()
+	defer t.setRunning(inst)()
 	emit := func(e nsapi.Event) error { return t.send(ctx, e) }
 	key, _ := t.a.peer.JobKey()
 	var state string

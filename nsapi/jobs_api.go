@@ -39,6 +39,17 @@ type Task struct {
 	// the task still runs is ended first). Without it, a restart during a task fails the
 	// job as interrupted.
 	ResumeAfterRestart bool `json:"resume_after_restart,omitempty" yaml:"resume_after_restart,omitempty"`
+	// Package, when set, is delivered to the agent's package cache, every file checked
+	// against the hashes the NS gives, before the command runs in its directory; a task
+	// with a package and no command only delivers it (see delivery.go).
+	Package string `json:"package,omitempty" yaml:"package,omitempty"`
+	// PackageVersion and PackageDigest pin the content: the NS fills them in when the job
+	// is created, so the signed job names exactly what runs.
+	PackageVersion string `json:"package_version,omitempty" yaml:"package_version,omitempty"`
+	PackageDigest  string `json:"package_digest,omitempty" yaml:"package_digest,omitempty"`
+	// DownloadTimeout bounds fetching and checking the package (default
+	// DefaultDownloadTimeout); Timeout is the command's alone.
+	DownloadTimeout Duration `json:"download_timeout,omitempty" yaml:"download_timeout,omitempty"`
 }
 
 // RestartWait is how long an agent waits, after a task with ResumeAfterRestart exited 0,
@@ -52,17 +63,20 @@ type Job struct {
 	Name     string   `json:"name" yaml:"name"`
 	Tasks    []Task   `json:"tasks" yaml:"tasks"`
 	Validity Duration `json:"validity,omitempty" yaml:"validity,omitempty"` // default 1h
+	// Prestage has the agent fetch the packages of the job's tasks as soon as it receives
+	// the job, however long the run waits.
+	Prestage bool `json:"prestage,omitempty" yaml:"prestage,omitempty"`
 }
 
-// RunBudget is the longest the job's task runs may take: the sum of its task timeouts,
-// plus RestartWait for each task that restarts the computer. Jumps that run tasks again
+// RunBudget is the longest the job's task runs may take: the sum of its task timeouts and
+// package download timeouts, plus RestartWait for each task that restarts the computer. Jumps that run tasks again
 // share it: agents give a run at most what is left of it, and stop a job when nothing is.
 // The NS gives up on a running instance it has not heard the end of within this plus a
 // grace period.
 func (j *Job) RunBudget() time.Duration {
 	var d time.Duration
 	for _, t := range j.Tasks {
-		d += time.Duration(t.Timeout)
+		d += time.Duration(t.Timeout) + t.DownloadBudget()
 		if t.ResumeAfterRestart {
 			d += RestartWait
 		}
@@ -178,14 +192,18 @@ func (j *Job) Validate() error {
 	}
 	for i, t := range j.Tasks {
 		f := fmt.Sprintf("tasks[%d]", i)
+		if err := validPackageTask(f, t); err != nil {
+			return err
+		}
+		runs := len(t.Command) > 0 || t.Script != ""
 		switch {
-		case len(t.Command) == 0 && t.Script == "":
-			return fmt.Errorf("%s: command or script is required", f)
+		case !runs && t.Package == "":
+			return fmt.Errorf("%s: command, script or package is required", f)
 		case len(t.Command) > 0 && t.Script != "":
 			return fmt.Errorf("%s: command and script are exclusive", f)
 		case len(t.Script) > MaxScriptBytes:
 			return fmt.Errorf("%s.script: longer than %d bytes", f, MaxScriptBytes)
-		case t.Timeout <= 0:
+		case t.Timeout < 0 || (runs && t.Timeout == 0):
 			return fmt.Errorf("%s.timeout: required and positive", f)
 		}
 		for k, r := range t.OnExit {
@@ -200,7 +218,7 @@ func (j *Job) Validate() error {
 			}
 		}
 	}
-	return nil
+	return validPrestage(j)
 }
 
 // Validate checks an event; the error names the field.
