@@ -13,9 +13,11 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/siteserver/siteserver/agent"
 	"github.com/siteserver/siteserver/internal/obs"
 	"github.com/siteserver/siteserver/netbootd"
 	"github.com/siteserver/siteserver/ns"
@@ -97,6 +99,15 @@ type Agent struct {
 	// TickleChannel keeps a QUIC channel open to the task server (when it offers one), for
 	// computers behind NAT or firewalls that cannot take inbound UDP.
 	TickleChannel bool `yaml:"tickle_channel"`
+	// PackageCacheMaxBytes bounds the cache of packages that jobs deliver (data_dir/packages);
+	// 0: no limit. Packages no pending or running job needs are evicted to make room.
+	PackageCacheMaxBytes agent.ByteSize `yaml:"package_cache_max_bytes"`
+	// PackageBandwidth limits the agent's package downloads, all together: "2MB/s",
+	// "16Mbit", "unlimited" (default).
+	PackageBandwidth agent.ByteRate `yaml:"package_bandwidth"`
+	// PackageProgressInterval is how often a package download's progress is reported in its
+	// task's status. Default 10s.
+	PackageProgressInterval time.Duration `yaml:"package_progress_interval"`
 }
 
 func defaultLog(l *obs.LogConfig) {
@@ -161,6 +172,9 @@ func (c *Agent) Defaults() {
 	}
 	if c.TickleListen == "" {
 		c.TickleListen = ":50124"
+	}
+	if c.PackageProgressInterval == 0 {
+		c.PackageProgressInterval = agent.DefaultProgressInterval
 	}
 }
 
@@ -260,6 +274,12 @@ func (c *Agent) Validate() error {
 		if err := validListen("tickle_listen", c.TickleListen); err != nil {
 			return err
 		}
+	}
+	if c.PackageCacheMaxBytes < 0 {
+		return errors.New("package_cache_max_bytes: negative")
+	}
+	if c.PackageProgressInterval < time.Second {
+		return fmt.Errorf("package_progress_interval: %s is below 1s", c.PackageProgressInterval)
 	}
 	return c.NS.Validate("ns")
 }
