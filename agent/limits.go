@@ -140,13 +140,26 @@ func (l *rateLimiter) wait(ctx context.Context, n int) error {
 	}
 	for n > 0 {
 		chunk := min(n, l.lim.Burst())
-		began := time.Now()
-		if err := l.lim.WaitN(ctx, chunk); err != nil {
-			return err
+		now := time.Now()
+		r := l.lim.ReserveN(now, chunk)
+		if !r.OK() {
+			return fmt.Errorf("bandwidth limiter refused %d bytes", chunk)
 		}
-		l.mu.Lock()
-		l.waited += time.Since(began)
-		l.mu.Unlock()
+		if d := r.DelayFrom(now); d > 0 {
+			// Waited out in full or until ctx ends: a download cut short by its
+			// deadline says so, not that the limiter would have made it wait.
+			t := time.NewTimer(d)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				r.Cancel()
+				return ctx.Err()
+			}
+			l.mu.Lock()
+			l.waited += d
+			l.mu.Unlock()
+		}
 		n -= chunk
 	}
 	return nil
