@@ -45,6 +45,13 @@ type Config struct {
 	Power PowerCommands
 	// Clock, if set, judges certificates and grants (tests); nil means time.Now.
 	Clock func() time.Time
+	// PackageCacheMaxBytes bounds the package cache in DataDir/packages (0: no limit).
+	PackageCacheMaxBytes int64
+	// PackageBandwidth limits the agent's package downloads, all together (0: unlimited).
+	PackageBandwidth ByteRate
+	// PackageProgressInterval is how often a download's progress is reported in its
+	// task's status; default DefaultProgressInterval.
+	PackageProgressInterval time.Duration
 }
 
 // Agent keeps the computer registered with its NS.
@@ -59,6 +66,9 @@ type Agent struct {
 	tickleMetrics  *tickle.Metrics
 	channelMetrics *tickle.ChannelClientMetrics
 	metrics        *agentMetrics
+	pkgMetrics     *packageMetrics
+	limiter        *rateLimiter
+	cache          *PackageCache // opened by Run
 	kicks          *rate.Limiter // registrations with the NS out of turn
 	kickNS         func()        // registers with the NS now
 	sel            failover      // which offered task server to use
@@ -105,8 +115,13 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Agent, er
 	if err != nil {
 		return nil, fmt.Errorf("agent: metrics: %w", err)
 	}
+	limiter := newRateLimiter(cfg.PackageBandwidth)
+	pm, err := newPackageMetrics(reg, limiter)
+	if err != nil {
+		return nil, fmt.Errorf("agent: metrics: %w", err)
+	}
 	a := &Agent{cfg: cfg, logger: logger, reg: reg, tickleMetrics: tm, channelMetrics: cm, refused: refused, metrics: m,
-		kicks: newKickLimiter(), now: time.Now}
+		pkgMetrics: pm, limiter: limiter, kicks: newKickLimiter(), now: time.Now}
 	if cfg.Clock != nil {
 		a.now = cfg.Clock
 	}
@@ -146,10 +161,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.setServers(last)
 	}
 	tc := &taskClient{a: a, logger: a.logger.With("part", "task"), wake: make(chan struct{}, 1),
-		done: loadDone(filepath.Join(a.cfg.DataDir, "done.json"))}
+		done: loadDone(filepath.Join(a.cfg.DataDir, "done.json")), stage: make(chan nsapi.Task, stageQueue)}
+	if a.cache, err = a.openCache(peer, tc.neededPackages); err != nil {
+		return err
+	}
 	a.registrar.OnAnswer = func(*nsapi.Enrollment, any) { tc.kick() }
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return tc.run(gctx) })
+	g.Go(func() error { tc.stager(gctx); return nil })
 	g.Go(func() error { return a.registrar.Run(gctx) })
 	g.Go(func() error { a.watchAddresses(gctx, time.Minute); return nil })
 	return g.Wait()

@@ -34,6 +34,13 @@ type Downloader struct {
 	// Sign, when set, signs each request with the agent's certificate (pki.SignRequest):
 	// package servers serve only identities of the NS.
 	Sign func(*http.Request) error
+	// Limit, when set, is waited on for every chunk of content received: the agent's
+	// bandwidth limit, shared by all its downloads.
+	Limit func(ctx context.Context, n int) error
+	// Received, when set, is told of every chunk of content received and its source.
+	Received func(src nsapi.Source, n int)
+	// BadContent, when set, is told of every file a source sent that did not hash right.
+	BadContent func(src nsapi.Source, file string)
 }
 
 // Default timeouts of a Downloader.
@@ -90,7 +97,7 @@ func (d *Downloader) Download(ctx context.Context, src nsapi.SourcesResponse, di
 		var errs []string
 		done := false
 		for _, s := range src.Sources {
-			err := d.fetchFile(ctx, hc, s.URL, f, dst)
+			err := d.fetchFile(ctx, hc, s, f, dst)
 			if err == nil {
 				used[f.Name] = s.URL
 				done = true
@@ -98,6 +105,9 @@ func (d *Downloader) Download(ctx context.Context, src nsapi.SourcesResponse, di
 			}
 			if ctx.Err() != nil {
 				return used, ctx.Err()
+			}
+			if errors.Is(err, errBadContent) && d.BadContent != nil {
+				d.BadContent(s, f.Name)
 			}
 			errs = append(errs, fmt.Sprintf("%s (%s): %v", s.URL, s.Kind, err))
 		}
@@ -123,7 +133,8 @@ func hashMatches(path string, f nsapi.PackageFile) (bool, error) {
 }
 
 // fetchFile downloads one file into dst, resuming dst.partial with a Range request.
-func (d *Downloader) fetchFile(ctx context.Context, hc *http.Client, base string, f nsapi.PackageFile, dst string) error {
+func (d *Downloader) fetchFile(ctx context.Context, hc *http.Client, src nsapi.Source, f nsapi.PackageFile, dst string) error {
+	base := src.URL
 	// A source that stops sending is given up after StallTimeout without a byte.
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -192,7 +203,20 @@ func (d *Downloader) fetchFile(ctx context.Context, hc *http.Client, base string
 		return fmt.Errorf("HTTP %s", resp.Status)
 	}
 	if resp.StatusCode != http.StatusRequestedRangeNotSatisfiable {
-		body := &progressReader{r: io.LimitReader(resp.Body, f.Size+1), progress: func() { watchdog.Reset(stall) }}
+		body := &progressReader{r: io.LimitReader(resp.Body, f.Size+1), progress: func(n int) error {
+			watchdog.Reset(stall)
+			if d.Received != nil {
+				d.Received(src, n)
+			}
+			if d.Limit != nil {
+				if err := d.Limit(ctx, n); err != nil {
+					return err
+				}
+				// Time held back by the limit is not the source's stall.
+				watchdog.Reset(stall)
+			}
+			return nil
+		}}
 		if _, err := io.Copy(pf, body); err != nil {
 			if context.Cause(ctx) == errStalled {
 				return errStalled
@@ -215,16 +239,19 @@ func (d *Downloader) fetchFile(ctx context.Context, hc *http.Client, base string
 	return os.Rename(partial, dst)
 }
 
-// progressReader calls progress on every read that returned data.
+// progressReader calls progress on every read that returned data; an error from it ends
+// the read.
 type progressReader struct {
 	r        io.Reader
-	progress func()
+	progress func(n int) error
 }
 
 func (p *progressReader) Read(b []byte) (int, error) {
 	n, err := p.r.Read(b)
 	if n > 0 {
-		p.progress()
+		if perr := p.progress(n); perr != nil {
+			return n, perr
+		}
 	}
 	return n, err
 }

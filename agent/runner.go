@@ -58,6 +58,11 @@ type Runner struct {
 	Cancel <-chan struct{}
 	// Power holds the commands of power tasks.
 	Power PowerCommands
+	// Packages delivers the packages tasks name (nil: such tasks fail).
+	Packages PackageDeliverer
+	// ProgressInterval is how often a package download's progress is reported in its
+	// task's status; default DefaultProgressInterval.
+	ProgressInterval time.Duration
 }
 
 // Progress is how far an instance has come. The agent saves it (Runner.Save) before every
@@ -101,6 +106,9 @@ type taskResult struct {
 	timedOut  bool
 	cancelled bool // stopped because the NS cancelled the instance
 	output    string
+	// failure, when set, is why the task failed before its command could run (its
+	// package could not be delivered): the job's reason when no exit rule matches.
+	failure string
 }
 
 // cancelOutput is what a task stopped by a cancel, and the job, report.
@@ -285,19 +293,37 @@ func (r *Runner) loop(ctx context.Context, logger *slog.Logger, p *Progress, sta
 		if err := send(nsapi.Event{Kind: nsapi.EventTask, Task: i, State: nsapi.StateRunning}); err != nil {
 			return nsapi.StateRunning, err
 		}
+		began := time.Now()
+		var pkg *Delivery
+		var res taskResult
+		var err error
+		if task.Package != "" {
+			pkg, res, err = r.deliver(ctx, logger, i, task, send)
+			if err != nil {
+				return nsapi.StateRunning, err
+			}
+			// Delivering has its own budget (download_timeout); the command then has its timeout.
+			p.Spent += nsapi.Duration(min(time.Since(began), task.DownloadBudget()))
+			began = time.Now()
+		}
 		// After jumps, a run gets what is left of the budget if that is less than its timeout.
 		run, limit := task, left(p, i)
 		run.Timeout = nsapi.Duration(limit)
-		began := time.Now()
-		res, err := r.runTask(ctx, logger, inst, i, run, scripts, func(pid int) {
-			if tp, ok := processIdentity(pid); ok {
-				p.Process = &tp
-				if err := r.save(p); err != nil {
-					// The task's environment still names the instance for a restart to go by.
-					logger.Warn("task process not recorded", "task", i, "err", err)
+		if res.failure == "" && !res.cancelled && (len(task.Command) > 0 || task.Script != "" || task.Power != "") {
+			res, err = r.runTask(ctx, logger, inst, i, run, scripts, pkg, func(pid int) {
+				if tp, ok := processIdentity(pid); ok {
+					p.Process = &tp
+					if err := r.save(p); err != nil {
+						// The task's environment still names the instance for a restart to go by.
+						logger.Warn("task process not recorded", "task", i, "err", err)
+					}
 				}
+			})
+			if pkg != nil && err == nil {
+				res.output = fitOutput(pkgNote(pkg)+"\n"+res.output, r.maxOutput())
 			}
-		})
+		}
+		pkg.Release()
 		p.Process = nil
 		if err != nil {
 			return nsapi.StateRunning, err
@@ -396,7 +422,11 @@ func left(p *Progress, i int) time.Duration {
 	if task.Resumes() {
 		rest -= nsapi.RestartWait
 	}
-	return min(time.Duration(task.Timeout), rest)
+	timeout := time.Duration(task.Timeout)
+	if len(task.Command) == 0 && task.Script == "" && task.Power == "" {
+		timeout = task.DownloadBudget() // it only delivers a package
+	}
+	return min(timeout, rest)
 }
 
 func (r *Runner) save(p *Progress) error {
@@ -474,6 +504,9 @@ func decide(tasks []nsapi.Task, i int, res taskResult) (next int, state, reason 
 		}
 	}
 	if rule < 0 {
+		if res.failure != "" {
+			return 0, nsapi.StateFailed, fmt.Sprintf("%s: %s (no exit rule matched)", name, res.failure)
+		}
 		if res.code != 0 {
 			return 0, nsapi.StateFailed, fmt.Sprintf("%s exited %d and no exit rule matched", name, res.code)
 		}
@@ -505,7 +538,7 @@ func endLeftovers(p *Progress, logger *slog.Logger) bool {
 
 // runTask runs task i to its end; started is told the PID of its process once it has one.
 // Its error is only ever ctx's: everything that goes wrong with the task itself is its result.
-func (r *Runner) runTask(ctx context.Context, logger *slog.Logger, inst nsapi.JobInstance, i int, task nsapi.Task, scripts *scriptDir, started func(pid int)) (taskResult, error) {
+func (r *Runner) runTask(ctx context.Context, logger *slog.Logger, inst nsapi.JobInstance, i int, task nsapi.Task, scripts *scriptDir, pkg *Delivery, started func(pid int)) (taskResult, error) {
 	argv := task.Command
 	if task.Power != "" {
 		argv = r.Power.command(task.Power)
@@ -547,6 +580,11 @@ func (r *Runner) runTask(ctx context.Context, logger *slog.Logger, inst nsapi.Jo
 		"SITESERVER_INSTANCE_ID="+inst.ID,
 		"SITESERVER_TASK_INDEX="+strconv.Itoa(i),
 	)
+	if pkg != nil {
+		// The command runs in the package's directory, which it can also find in the environment.
+		cmd.Dir = pkg.Dir
+		cmd.Env = append(cmd.Env, nsapi.EnvPackageDir+"="+pkg.Dir, nsapi.EnvPackageID+"="+pkg.ID, nsapi.EnvPackageVersion+"="+pkg.Version)
+	}
 	out := newTailBuffer(r.maxOutput())
 	// The same comparable writer for both makes exec use one pipe, so the interleaving of
 	// stdout and stderr is kept.

@@ -62,6 +62,13 @@ type taskClient struct {
 	// windowTimer wakes the loop when a maintenance window opens (at windowAt).
 	windowTimer *time.Timer
 	windowAt    time.Time
+	// stage queues packages to pre-stage; staging holds those queued or being fetched.
+	stage   chan nsapi.Task
+	staging map[string]bool
+	// needed holds the digests of the packages the instances of the last poll need;
+	// running is the instance being run.
+	needed  map[string]bool
+	running nsapi.JobInstance
 }
 
 // doneSet remembers the instances this agent has run, so a re-delivered one is not run
@@ -178,6 +185,9 @@ func (t *taskClient) cycle(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// open are the instances to run now; held adds those waiting for a window, whose
+	// packages are pre-staged and kept as well.
+	var open, held []nsapi.JobInstance
 	for _, inst := range jobs.Instances {
 		if t.done.has(inst.ID) {
 			continue
@@ -206,9 +216,19 @@ func (t *taskClient) cycle(ctx context.Context) error {
 			}
 			if wait > 0 {
 				t.wakeIn(wait)
+				held = append(held, inst)
 				continue
 			}
 		}
+		open = append(open, inst)
+	}
+	// Packages are fetched ahead for the jobs that ask for it, whenever they run (an
+	// instance waiting for its window included), and kept in the cache for every job that
+	// is still to run.
+	waiting := append(held, open...)
+	t.setNeeded(waiting)
+	t.prestage(waiting)
+	for _, inst := range open {
 		if err := t.runInstance(ctx, inst); err != nil {
 			return err
 		}
@@ -460,6 +480,7 @@ func (t *taskClient) current() string {
 // is kept in the data directory meanwhile, for resumeInterrupted after a restart.
 func (t *taskClient) runInstance(ctx context.Context, inst nsapi.JobInstance) error {
 	t.logger.Info("running job", "job", inst.JobID, "instance", inst.ID)
+	defer t.setRunning(inst)()
 	r := t.runner()
 	cancelled, stop := t.watchCancel(ctx, inst)
 	defer stop()
@@ -590,13 +611,17 @@ func (t *taskClient) watchCancel(ctx context.Context, inst nsapi.JobInstance) (<
 const progressFile = "running.json"
 
 func (t *taskClient) runner() *Runner {
-	r := &Runner{WorkDir: filepath.Join(t.a.cfg.DataDir, "work"), Logger: t.logger, Power: t.a.cfg.Power, Save: func(p Progress) error {
-		b, err := json.Marshal(p)
-		if err != nil {
-			return err
-		}
-		return datadir.WriteFileAtomic(filepath.Join(t.a.cfg.DataDir, progressFile), b, 0o600)
-	}}
+	r := &Runner{WorkDir: filepath.Join(t.a.cfg.DataDir, "work"), Logger: t.logger, Power: t.a.cfg.Power,
+		ProgressInterval: t.a.cfg.PackageProgressInterval, Save: func(p Progress) error {
+			b, err := json.Marshal(p)
+			if err != nil {
+				return err
+			}
+			return datadir.WriteFileAtomic(filepath.Join(t.a.cfg.DataDir, progressFile), b, 0o600)
+		}}
+	if t.a.cache != nil {
+		r.Packages = t.a.cache
+	}
 	os.MkdirAll(r.WorkDir, 0o700)
 	return r
 }
@@ -645,6 +670,7 @@ func (t *taskClient) resumeInterrupted(ctx context.Context) error {
 	cancelled, stop := t.watchCancel(ctx, inst)
 	defer stop()
 	r.Cancel = cancelled
+	defer t.setRunning(inst)()
 	emit := func(e nsapi.Event) error { return t.send(ctx, e) }
 	key, _ := t.a.peer.JobKey()
 	var state string

@@ -227,6 +227,13 @@ func (s *Server) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 		s.badRequest(w, fmt.Errorf("job.%w", err))
 		return
 	}
+	if err := s.pinPackages(r.Context(), &req.Job); errors.As(err, new(packageError)) {
+		s.badRequest(w, err)
+		return
+	} else if err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
 	if len(req.Targets) > nsapi.MaxTargets {
 		s.badRequest(w, fmt.Errorf("targets: %d is more than %d", len(req.Targets), nsapi.MaxTargets))
 		return

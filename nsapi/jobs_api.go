@@ -47,6 +47,17 @@ type Task struct {
 	// implies ResumeAfterRestart) or shuts it down (PowerShutdown), with the command the
 	// agent's config names for it.
 	Power string `json:"power,omitempty" yaml:"power,omitempty"`
+	// Package, when set, is delivered to the agent's package cache, every file checked
+	// against the hashes the NS gives, before the command runs in its directory; a task
+	// with a package and no command only delivers it (see delivery.go).
+	Package string `json:"package,omitempty" yaml:"package,omitempty"`
+	// PackageVersion and PackageDigest pin the content: the NS fills them in when the job
+	// is created, so the signed job names exactly what runs.
+	PackageVersion string `json:"package_version,omitempty" yaml:"package_version,omitempty"`
+	PackageDigest  string `json:"package_digest,omitempty" yaml:"package_digest,omitempty"`
+	// DownloadTimeout bounds fetching and checking the package (default
+	// DefaultDownloadTimeout); Timeout is the command's alone.
+	DownloadTimeout Duration `json:"download_timeout,omitempty" yaml:"download_timeout,omitempty"`
 }
 
 // RestartWait is how long an agent waits, after a task with ResumeAfterRestart exited 0,
@@ -73,6 +84,9 @@ type Job struct {
 	// DefaultWaitOnline). The validity counts from the end of that wait.
 	Wake       bool     `json:"wake,omitempty" yaml:"wake,omitempty"`
 	WaitOnline Duration `json:"wait_online,omitempty" yaml:"wait_online,omitempty"`
+	// Prestage has the agent fetch the packages of the job's tasks as soon as it receives
+	// the job, however long the run waits.
+	Prestage bool `json:"prestage,omitempty" yaml:"prestage,omitempty"`
 }
 
 // WindowWait is how long past its validity an instance of an "in window only" job waits
@@ -93,15 +107,15 @@ func WindowDeadline(ws WindowSchedule, created time.Time, validity time.Duration
 	return next.Add(validity), true
 }
 
-// RunBudget is the longest the job's task runs may take: the sum of its task timeouts,
-// plus RestartWait for each task that restarts the computer. Jumps that run tasks again
+// RunBudget is the longest the job's task runs may take: the sum of its task timeouts and
+// package download timeouts, plus RestartWait for each task that restarts the computer. Jumps that run tasks again
 // share it: agents give a run at most what is left of it, and stop a job when nothing is.
 // The NS gives up on a running instance it has not heard the end of within this plus a
 // grace period.
 func (j *Job) RunBudget() time.Duration {
 	var d time.Duration
 	for _, t := range j.Tasks {
-		d += time.Duration(t.Timeout)
+		d += time.Duration(t.Timeout) + t.DownloadBudget()
 		if t.Resumes() {
 			d += RestartWait
 		}
@@ -231,18 +245,25 @@ func (j *Job) Validate() error {
 	}
 	for i, t := range j.Tasks {
 		f := fmt.Sprintf("tasks[%d]", i)
+		if err := validPackageTask(f, t); err != nil {
+			return err
+		}
+		runs := len(t.Command) > 0 || t.Script != ""
 		switch {
 		case t.Power != "":
+			if t.Package != "" {
+				return fmt.Errorf("%s: power and package are exclusive", f)
+			}
 			if err := t.validPower(); err != nil {
 				return fmt.Errorf("%s.%w", f, err)
 			}
-		case len(t.Command) == 0 && t.Script == "":
-			return fmt.Errorf("%s: command or script is required", f)
+		case !runs && t.Package == "":
+			return fmt.Errorf("%s: command, script or package is required", f)
 		case len(t.Command) > 0 && t.Script != "":
 			return fmt.Errorf("%s: command and script are exclusive", f)
 		case len(t.Script) > MaxScriptBytes:
 			return fmt.Errorf("%s.script: longer than %d bytes", f, MaxScriptBytes)
-		case t.Timeout <= 0:
+		case t.Timeout < 0 || (runs && t.Timeout == 0):
 			return fmt.Errorf("%s.timeout: required and positive", f)
 		}
 		for k, r := range t.OnExit {
@@ -257,7 +278,7 @@ func (j *Job) Validate() error {
 			}
 		}
 	}
-	return nil
+	return validPrestage(j)
 }
 
 // Validate checks an event; the error names the field.

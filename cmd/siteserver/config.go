@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
@@ -104,6 +105,15 @@ type Agent struct {
 	TickleChannel bool `yaml:"tickle_channel"`
 	// Power holds the commands of power tasks; default shutdown -r now and shutdown -P now.
 	Power agent.PowerCommands `yaml:"power"`
+	// PackageCacheMaxBytes bounds the cache of packages that jobs deliver (data_dir/packages);
+	// 0: no limit. Packages no pending or running job needs are evicted to make room.
+	PackageCacheMaxBytes agent.ByteSize `yaml:"package_cache_max_bytes"`
+	// PackageBandwidth limits the agent's package downloads, all together: "2MB/s",
+	// "16Mbit", "unlimited" (default).
+	PackageBandwidth agent.ByteRate `yaml:"package_bandwidth"`
+	// PackageProgressInterval is how often a package download's progress is reported in its
+	// task's status. Default 10s.
+	PackageProgressInterval time.Duration `yaml:"package_progress_interval"`
 }
 
 func defaultLog(l *obs.LogConfig) {
@@ -168,6 +178,9 @@ func (c *Agent) Defaults() {
 	}
 	if c.TickleListen == "" {
 		c.TickleListen = ":50124"
+	}
+	if c.PackageProgressInterval == 0 {
+		c.PackageProgressInterval = agent.DefaultProgressInterval
 	}
 }
 
@@ -273,6 +286,12 @@ func (c *Agent) Validate() error {
 	}
 	if err := c.Power.Validate("power"); err != nil {
 		return err
+	}
+	if c.PackageCacheMaxBytes < 0 {
+		return errors.New("package_cache_max_bytes: negative")
+	}
+	if c.PackageProgressInterval < time.Second {
+		return fmt.Errorf("package_progress_interval: %s is below 1s", c.PackageProgressInterval)
 	}
 	return c.NS.Validate("ns")
 }

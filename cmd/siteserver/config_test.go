@@ -221,7 +221,7 @@ func TestExampleAgent(t *testing.T) {
 		DataDir: "/var/lib/siteserver-agent", Addresses: []string{},
 		NS: nsapi.Endpoint{Name: "central", URL: "https://ns.example.org:8443", CASHA256: strings.Repeat("0", 64),
 			EnrollmentTokenFile: "/etc/siteserver/agent.token"},
-		TickleListen: ":50124",
+		TickleListen: ":50124", PackageCacheMaxBytes: 10 << 30, PackageBandwidth: 0, PackageProgressInterval: 10 * time.Second,
 	}
 	if d := cmp.Diff(want, got, addrEq); d != "" {
 		t.Fatalf("agent.yaml (-want +got):\n%s", d)

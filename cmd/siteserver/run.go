@@ -272,7 +272,7 @@ func runAgent(ctx context.Context, hup <-chan os.Signal, args []string, stderr i
 		tl = ""
 	}
 	a, err := agent.New(agent.Config{DataDir: cfg.DataDir, Hostname: cfg.Hostname, Addresses: cfg.Addresses, NS: cfg.NS, TickleListen: tl, Channel: cfg.TickleChannel, MACs: cfg.MACs,
-		Power: cfg.Power},
+		Power: cfg.Power, PackageCacheMaxBytes: int64(cfg.PackageCacheMaxBytes), PackageBandwidth: cfg.PackageBandwidth, PackageProgressInterval: cfg.PackageProgressInterval},
 		logger.With("service", "agent"), reg)
 	if err != nil {
 		return err
