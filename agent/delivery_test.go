@@ -128,3 +128,40 @@ func TestRunnerPackageProgressAndTimeout(t *testing.T) {
 		t.Fatalf("slow download: %s %v %+v", state, err, events[len(events)-1])
 	}
 }
+
+// blockingDeliverer never finishes a delivery: it waits for its context.
+type blockingDeliverer struct{ started chan struct{} }
+
+func (b blockingDeliverer) Deliver(ctx context.Context, t nsapi.Task, progress func(DeliveryProgress)) (*Delivery, error) {
+	close(b.started)
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// A cancel at the NS stops a package download under way: the job ends cancelled, not
+// failed after its download_timeout, and the command never runs.
+func TestRunnerCancelStopsDownload(t *testing.T) {
+	marker := filepath.Join(t.TempDir(), "ran")
+	task := nsapi.Task{Name: "install", Package: "tools", PackageVersion: "1", PackageDigest: strings.Repeat("ab", 32),
+		Command: []string{"touch", marker}, Timeout: nsapi.Duration(10 * time.Second), DownloadTimeout: nsapi.Duration(time.Hour)}
+	cancel := make(chan struct{})
+	del := blockingDeliverer{started: make(chan struct{})}
+	go func() {
+		<-del.started
+		close(cancel)
+	}()
+	began := time.Now()
+	state, events, _, err := runJob(t, &Runner{Packages: del, Cancel: cancel}, context.Background(), instance(task), nil)
+	if err != nil || state != nsapi.StateCancelled {
+		t.Fatalf("state %s, err %v, events %+v", state, err, events)
+	}
+	if took := time.Since(began); took > 5*time.Second {
+		t.Fatalf("the cancel took %s to stop the download", took)
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Fatal("the command ran after the job was cancelled")
+	}
+	if last := events[len(events)-1]; last.State != nsapi.StateCancelled || !strings.Contains(last.Output, "cancelled") {
+		t.Fatalf("last event %+v", last)
+	}
+}

@@ -119,7 +119,7 @@ func newSite(t *testing.T, o siteOpts) *site {
 	if o.packages {
 		port := freePort(t)
 		s.pkgURL = fmt.Sprintf("http://127.0.0.1:%d", port)
-		pkgSection = fmt.Sprintf("  package: {listen: \"127.0.0.1:%d\", url: %q}\n", port, s.pkgURL)
+		pkgSection = fmt.Sprintf("  package: {listen: \"127.0.0.1:%d\", url: %q, poll_interval: 1s, retry_base: 1s}\n", port, s.pkgURL)
 	}
 	s.ssConf = writeFile(t, filepath.Join(s.dir, "ss.yaml"), fmt.Sprintf(`log: {format: json, level: debug}
 metrics: {listen: "127.0.0.1:0"}
