@@ -2,6 +2,7 @@ package ns
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -207,5 +208,57 @@ func TestExplain(t *testing.T) {
 	}
 	if _, err := ro.Explain(ctx, nil); nsapi.StatusOf(err) != http.StatusBadRequest {
 		t.Fatalf("explain of nothing = %v, want 400", err)
+	}
+}
+
+// The status of every package in one request is what asking package by package gives,
+// for both tokens; a package with no copies anywhere is listed too.
+func TestPackageStatusesInOneRequest(t *testing.T) {
+	tn, ro, ss := viewsNS(t)
+	ctx := context.Background()
+	for i, id := range []string{"tools", "drivers", "empty"} {
+		pkg := nsapi.Package{ID: id, Version: "1", Files: []nsapi.PackageFile{{Name: "a", Size: int64(i + 1), SHA256: strings.Repeat("ab", 32)}}}
+		if err := tn.srv.store.PutPackage(ctx, pkg, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := ss.ReportCodebases(ctx, []nsapi.Codebase{
+		{Package: "tools", Version: "1", State: nsapi.CodebaseReady, BytesDone: 1, BytesTotal: 1},
+		{Package: "drivers", Version: "1", State: nsapi.CodebaseRetrying, LastError: "disk full"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for name, c := range map[string]*nsapi.Client{"admin": tn.admin, "read-only": ro} {
+		all, err := c.PackageStatuses(ctx)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		var one []nsapi.PackageStatus
+		for _, st := range all {
+			st1, err := c.PackageStatus(ctx, st.Package.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			one = append(one, st1)
+		}
+		if len(all) != 3 {
+			t.Fatalf("%s: %d packages: %+v", name, len(all), all)
+		}
+		if d := cmp.Diff(one, all, cmpopts.IgnoreFields(nsapi.Codebase{}, "Rate")); d != "" {
+			t.Fatalf("%s: one request differs from one per package (-each +all):\n%s", name, d)
+		}
+		got := map[string]string{}
+		for _, st := range all {
+			got[st.Package.ID] = fmt.Sprintf("ready %v stuck %d codebases %d", st.Ready, len(st.Stuck), len(st.Codebases))
+		}
+		want := map[string]string{"tools": "ready [ss-1] stuck 0 codebases 1", "drivers": "ready [] stuck 1 codebases 1", "empty": "ready [] stuck 0 codebases 0"}
+		if d := cmp.Diff(want, got); d != "" {
+			t.Fatalf("%s: (-want +got):\n%s", name, d)
+		}
+	}
+	anon := *tn.admin
+	anon.AdminToken = ""
+	if _, err := anon.PackageStatuses(ctx); nsapi.StatusOf(err) != http.StatusUnauthorized {
+		t.Fatalf("without a token = %v, want 401", err)
 	}
 }

@@ -100,6 +100,35 @@ func (s *Server) handlePackageStatus(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
+	httpx.WriteJSON(w, http.StatusOK, s.packageStatus(p, cbs))
+}
+
+// handlePackageStatuses answers the status of every package, from two reads of the store
+// however many packages and servers there are.
+func (s *Server) handlePackageStatuses(w http.ResponseWriter, r *http.Request) {
+	ps, err := s.store.Packages(r.Context())
+	if err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	all, err := s.store.Codebases(r.Context(), "")
+	if err != nil {
+		httpx.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	byPkg := map[string][]nsapi.Codebase{}
+	for _, c := range all {
+		byPkg[c.Package] = append(byPkg[c.Package], c)
+	}
+	out := make([]nsapi.PackageStatus, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, s.packageStatus(p, byPkg[p.ID]))
+	}
+	httpx.WriteJSON(w, http.StatusOK, out)
+}
+
+// packageStatus is where package p is ready and where it is stuck, from its codebases.
+func (s *Server) packageStatus(p nsapi.Package, cbs []nsapi.Codebase) nsapi.PackageStatus {
 	for i := range cbs {
 		cbs[i].Rate = s.rates.rate(cbs[i])
 	}
@@ -114,7 +143,7 @@ func (s *Server) handlePackageStatus(w http.ResponseWriter, r *http.Request) {
 			st.Stuck = append(st.Stuck, c)
 		}
 	}
-	httpx.WriteJSON(w, http.StatusOK, st)
+	return st
 }
 
 // handlePackageFile serves a package file from the library to any enrolled peer.

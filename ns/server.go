@@ -374,6 +374,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST "+nsapi.PathPackages, s.admin(s.handlePutPackage))
 	mux.HandleFunc("GET "+nsapi.PathPackages, s.reader(s.handleListPackages))
 	mux.HandleFunc("GET "+nsapi.PathPackages+"/{id}", s.reader(s.handlePackageStatus))
+	mux.HandleFunc("GET "+nsapi.PathPackageStatus, s.reader(s.handlePackageStatuses))
 	mux.HandleFunc("DELETE "+nsapi.PathPackages+"/{id}", s.admin(s.handleDeletePackage))
 	mux.HandleFunc("GET "+nsapi.PathPackages+"/{id}/files/{name...}", s.anyCertified(s.handlePackageFile))
 	mux.HandleFunc("GET "+nsapi.PathPkgAssignments, s.siteServer(s.handleAssignments))

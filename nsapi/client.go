@@ -337,6 +337,13 @@ func (c *Client) PackageStatus(ctx context.Context, id string) (PackageStatus, e
 	return out, err
 }
 
+// PackageStatuses returns the status of every package, in one request (admin).
+func (c *Client) PackageStatuses(ctx context.Context) ([]PackageStatus, error) {
+	var out []PackageStatus
+	err := c.do(ctx, http.MethodGet, PathPackageStatus, nil, &out)
+	return out, err
+}
+
 // Assignments returns the packages this package server should hold.
 func (c *Client) Assignments(ctx context.Context) (AssignmentsResponse, error) {
 	var out AssignmentsResponse

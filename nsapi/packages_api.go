@@ -157,6 +157,8 @@ const (
 	PathPkgAssignments = "/api/v1/pkgserver/assignments"
 	PathPkgCodebases   = "/api/v1/pkgserver/codebases"
 	PathCodebases      = "/api/v1/codebases"
+	// PathPackageStatus answers the status of every package in one request (admin).
+	PathPackageStatus = "/api/v1/package-status"
 )
 
 // Assignment is a package a package server should hold.

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -245,19 +244,9 @@ func packagesStatusOnce(a *adminCall) error {
 		}
 		sts = append(sts, st)
 	} else {
-		ps, err := a.c.Packages(a.ctx)
-		if err != nil {
+		var err error
+		if sts, err = a.c.PackageStatuses(a.ctx); err != nil {
 			return err
-		}
-		for _, p := range ps {
-			st, err := a.c.PackageStatus(a.ctx, p.ID)
-			if nsapi.StatusOf(err) == http.StatusNotFound {
-				continue // deleted since it was listed
-			}
-			if err != nil {
-				return err
-			}
-			sts = append(sts, st)
 		}
 	}
 	n, err := a.tableNames()
