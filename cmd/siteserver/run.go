@@ -82,7 +82,10 @@ func checkConfig(args []string, stdout io.Writer) error {
 		if _, err := sites.Compile(r); err != nil {
 			return fmt.Errorf("%s: %w", filepath.Base(args[0]), err)
 		}
-		fmt.Fprintf(stdout, "%s: ok (rules file: %d sites, %d subnets, %d server assignments)\n", args[0], len(r.Sites), len(r.Subnets), len(r.Servers))
+		if err := ns.CheckServices(r); err != nil {
+			return fmt.Errorf("%s: %w", filepath.Base(args[0]), err)
+		}
+		fmt.Fprintf(stdout, "%s: ok (rules file: %d sites, %d subnets, %d server assignments, services of %d servers)\n", args[0], len(r.Sites), len(r.Subnets), len(r.Servers), len(r.Services))
 		return nil
 	case KindNS:
 		f = &NS{}

@@ -1,0 +1,154 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/siteserver/siteserver/nsapi"
+	"github.com/siteserver/siteserver/sites"
+)
+
+// maintSite is a central NS whose rules file is imported (so that manual service
+// assignments are edited through the API beside it), with site servers the tests start.
+type maintSite struct {
+	nsClient
+	dir, pin, rules string
+	ns              *proc
+}
+
+// maintRules are the imported rules of a maintSite: site a holds the site servers'
+// addresses.
+const maintRules = "source: imported\nsites:\n  - name: a\n    subnets: [10.30.0.0/16]\n"
+
+func newMaintSite(t *testing.T) *maintSite {
+	t.Helper()
+	s := &maintSite{dir: t.TempDir()}
+	s.rules = writeFile(t, filepath.Join(s.dir, "sites.yaml"), maintRules)
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	conf := writeFile(t, filepath.Join(s.dir, "ns.yaml"), nsYAML(s.dir, addr,
+		fmt.Sprintf("  rules_file: %s\n  settings: {heartbeat_interval: 2s}\n", s.rules)))
+	s.ns = start(t, "ns", "-config", conf)
+	s.pin = s.ns.waitLog("NS API listening")["ca_sha256"].(string)
+	s.nsClient = nsClient{t, "https://" + addr, filepath.Join(s.dir, "ns", "ca.crt")}
+	return s
+}
+
+// server starts site server name (host name name.example, address 10.30.0.x/16) with the
+// services section given (indented by 2 under services:) and waits for its registration.
+func (s *maintSite) server(name string, x int, services string) (*proc, string) {
+	s.t.Helper()
+	conf := writeFile(s.t, filepath.Join(s.dir, name+".yaml"), fmt.Sprintf(`log: {format: json, level: debug}
+metrics: {listen: "127.0.0.1:0"}
+data_dir: %s
+hostname: %s.example
+addresses: [10.30.0.%d/16]
+ns:
+  - {name: central, url: %q, ca_sha256: %s, enrollment_token: %s}
+services:
+%s`, filepath.Join(s.dir, name), name, x, s.nsURL, s.pin, serverToken, services))
+	p := start(s.t, "serve", "-config", conf)
+	reg := p.waitLog("registered")
+	return p, reg["id"].(string)
+}
+
+// show is servers show -json of id.
+func (s *maintSite) show(id string) nsapi.ServerServicesView {
+	s.t.Helper()
+	var v nsapi.ServerServicesView
+	if err := json.Unmarshal([]byte(s.admin("servers", "show", id, "-json")), &v); err != nil {
+		s.t.Fatal(err)
+	}
+	return v
+}
+
+func settingOf(v nsapi.ServerServicesView, key string) (nsapi.SettingView, bool) {
+	for _, s := range v.Settings {
+		if s.Key == key {
+			return s, true
+		}
+	}
+	return nsapi.SettingView{}, false
+}
+
+// servers set changes a server's central settings through the CLI (by host name), servers
+// show says which source decided each and shows the imported value winning over the
+// manual one, sites diff and apply take a file's servers section, and mistakes are
+// refused with a message that says what to write instead.
+func TestServersSetAndShowCLI(t *testing.T) {
+	s := newMaintSite(t)
+	_, id := s.server("ss1", 5, "  task: {agent_listen: \"127.0.0.1:0\", tickle_listen: \"127.0.0.1:0\"}\n")
+
+	out := s.admin("servers", "set", "ss1.example", "-service", "package", "-enabled", "-constrained", "-cache-size", "50GiB",
+		"-bandwidth", "08:00-18:00 2Mbit, 18:00-08:00 20Mbit")
+	mustContain(t, "servers set", out, "changed the package service of ss1.example ("+id+")",
+		"package.enabled", "package.constrained", "package.bandwidth", "08:00-18:00 2Mbit, 18:00-08:00 20Mbit", "package.cache_size", "50GiB", "manual")
+	out = s.admin("servers", "set", id[:8], "-service", "netboot", "-boot-file", "efi_x64=snponly.efi", "-boot-file", "0=undionly.kpxe")
+	mustContain(t, "servers set netboot", out, "netboot.boot_files.0", "undionly.kpxe", "netboot.boot_files.7", "snponly.efi")
+	v := s.show("ss1.example")
+	if c, ok := settingOf(v, sites.KeyPackageConstrained); !ok || c.Central == nil || *c.Central != "true" || c.Source != "manual" {
+		t.Fatalf("constrained in servers show: %+v", c)
+	}
+
+	// The rules file's servers section: the imported value wins per setting, and servers
+	// show keeps the manual one beside it.
+	file := maintRules + "servers:\n  - id: " + id + "\n    package: {constrained: false}\n"
+	diff := s.admin("sites", "diff", writeFile(t, filepath.Join(s.dir, "next.yaml"), file))
+	mustContain(t, "sites diff", diff, "+ service", id+" (ss1.example)", `package.constrained: "false"`)
+	writeFile(t, s.rules, file)
+	s.ns.cmd.Process.Signal(syscall.SIGHUP)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, _ := settingOf(s.show(id), sites.KeyPackageConstrained)
+		if c.Source == "imported" {
+			if c.Shadowed == nil || *c.Shadowed != "true" || *c.Central != "false" {
+				t.Fatalf("constrained after the import: %+v", c)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the imported setting was not in force 20s after SIGHUP: %+v", c)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	out = s.admin("servers", "show", "ss1.example")
+	mustContain(t, "servers show", out, "SETTING", "DECIDED BY", "imported (manual: true)")
+
+	// Unset: -unset all of a service, by key, and refusals.
+	s.admin("servers", "set", "ss1.example", "-service", "netboot", "-unset", "all")
+	if v := s.show(id); v.Manual.Netboot != nil {
+		t.Fatalf("netboot after -unset all: %+v", v.Manual.Netboot)
+	}
+	s.admin("servers", "set", "ss1.example", "-service", "package", "-unset", "cache-size,bandwidth")
+	if v := s.show(id); v.Manual.Package.CacheSize != nil || v.Manual.Package.Bandwidth != nil || v.Manual.Package.Constrained == nil {
+		t.Fatalf("package after -unset cache-size,bandwidth: %+v", v.Manual.Package)
+	}
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"-constrained"}, 2, "-service task|package|netboot is required"},
+		{[]string{"-service", "netboot", "-constrained"}, 2, "-constrained is a setting of the package service, not of netboot"},
+		{[]string{"-service", "netboot", "-boot-file", "x64"}, 2, `want ARCH=FILE`},
+		{[]string{"-service", "netboot", "-boot-file", "risc=a"}, 2, `architecture "risc"`},
+		{[]string{"-service", "package"}, 2, "nothing to change"},
+		{[]string{"-service", "package", "-bandwidth", "08:00-18:00 fast"}, 1, `package.bandwidth: pkgd: bandwidth window 0 "08:00-18:00 fast"`},
+		{[]string{"-service", "package", "-unset", "colour"}, 1, `"package.colour" is not a service setting`},
+	} {
+		out, err := s.adminRun(append([]string{"servers", "set", "ss1.example"}, tc.args...)...)
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != tc.code || !strings.Contains(out, tc.want) {
+			t.Errorf("servers set %v: %v\n%s\nwant exit %d with %q", tc.args, err, out, tc.code, tc.want)
+		}
+	}
+	// sites export writes the servers section back, as a file that applies.
+	exported := s.admin("sites", "export", "-source", "imported")
+	mustContain(t, "sites export", exported, "servers:", "id: "+id, "constrained: false")
+}
