@@ -207,3 +207,26 @@ func packageInfo(rec store.ServerRecord, m *sites.Map) (nsapi.ServiceInfo, bool)
 	}
 	return si, ok
 }
+
+// stateNotApplied is the site_services state of a running service that reports an error:
+// a central change did not apply and it runs on its last good configuration.
+const stateNotApplied = "not_applied"
+
+// serviceStateCounts counts the services of approved site servers by the state they last
+// reported, by service and state.
+func serviceStateCounts(recs []store.ServerRecord) map[[2]string]int {
+	out := map[[2]string]int{}
+	for _, rec := range recs {
+		if rec.Status != nsapi.StatusApproved || rec.Report == nil {
+			continue
+		}
+		for _, st := range rec.Report.States {
+			state := st.State
+			if state == nsapi.ServiceRunning && st.Error != "" {
+				state = stateNotApplied
+			}
+			out[[2]string{st.Name, state}]++
+		}
+	}
+	return out
+}

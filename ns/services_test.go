@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/siteserver/siteserver/ns/store"
 	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/sites"
 )
@@ -282,5 +283,30 @@ func TestConstrainedAssignmentChangesSources(t *testing.T) {
 	i := slices.IndexFunc(view.Settings, func(s nsapi.SettingView) bool { return s.Key == sites.KeyPackageConstrained })
 	if i < 0 || view.Settings[i].From != nsapi.FromLocal || view.Settings[i].Pending {
 		t.Fatalf("servers show of a pinned setting: %+v", view.Settings)
+	}
+}
+
+// site_services counts the services of approved servers by what they last reported; a
+// running service with an error counts as not_applied.
+func TestServiceStateCounts(t *testing.T) {
+	report := func(states ...nsapi.ServiceState) *nsapi.ServicesReport { return &nsapi.ServicesReport{States: states} }
+	recs := []store.ServerRecord{
+		{ID: "a", Status: nsapi.StatusApproved, Report: report(
+			nsapi.ServiceState{Name: nsapi.ServicePackage, State: nsapi.ServiceRunning},
+			nsapi.ServiceState{Name: nsapi.ServiceNetboot, State: nsapi.ServiceFailed, Error: "listen udp :69: permission denied"})},
+		{ID: "b", Status: nsapi.StatusApproved, Report: report(
+			nsapi.ServiceState{Name: nsapi.ServicePackage, State: nsapi.ServiceRunning, Error: "package.bandwidth: no"},
+			nsapi.ServiceState{Name: nsapi.ServiceTask, State: nsapi.ServiceOff})},
+		{ID: "c", Status: nsapi.StatusPending, Report: report(nsapi.ServiceState{Name: nsapi.ServicePackage, State: nsapi.ServiceRunning})},
+		{ID: "d", Status: nsapi.StatusApproved}, // never reported
+	}
+	want := map[[2]string]int{
+		{nsapi.ServicePackage, nsapi.ServiceRunning}: 1,
+		{nsapi.ServicePackage, stateNotApplied}:      1,
+		{nsapi.ServiceNetboot, nsapi.ServiceFailed}:  1,
+		{nsapi.ServiceTask, nsapi.ServiceOff}:        1,
+	}
+	if diff := cmp.Diff(want, serviceStateCounts(recs)); diff != "" {
+		t.Fatalf("(-want +got):\n%s", diff)
 	}
 }

@@ -31,6 +31,9 @@ type Config struct {
 	// DefaultBandwidth applies outside every window ("unlimited" or e.g. "20Mbit").
 	Bandwidth        []string `yaml:"bandwidth"`
 	DefaultBandwidth string   `yaml:"default_bandwidth"`
+	// CacheSize bounds the content the store may hold ("200GiB"; default "unlimited"): a
+	// download that would take the store past it does not start, and is retried later.
+	CacheSize string `yaml:"cache_size"`
 
 	// MaxCompressedStreams bounds the responses compressed at once (each holds a zstd
 	// encoder of about 6 MiB while its client reads); past it, clients that asked for
@@ -106,6 +109,9 @@ func (c *Config) Defaults() {
 	if c.DefaultBandwidth == "" {
 		c.DefaultBandwidth = "unlimited"
 	}
+	if c.CacheSize == "" {
+		c.CacheSize = "unlimited"
+	}
 }
 
 // Validate names the bad field under prefix.
@@ -148,6 +154,9 @@ func (c *Config) Validate(prefix string) error {
 	}
 	if _, err := parseRate(c.DefaultBandwidth); err != nil {
 		return fmt.Errorf("%s.default_bandwidth: %w", prefix, err)
+	}
+	if _, err := ParseSize(c.CacheSize); err != nil {
+		return fmt.Errorf("%s.cache_size: %w", prefix, err)
 	}
 	return nil
 }

@@ -49,3 +49,13 @@ func ParseSize(s string) (int64, error) {
 	}
 	return 0, fmt.Errorf("size %q: want a number with B, KiB, MiB, GiB, TiB (or kB, MB, GB, TB), or unlimited", s)
 }
+
+// fmtSize writes a byte count in binary units, as cache sizes are written: 1.5GiB.
+func fmtSize(n int64) string {
+	for _, u := range sizeUnits[:4] {
+		if float64(n) >= u.mult {
+			return strconv.FormatFloat(math.Round(float64(n)/u.mult*10)/10, 'f', -1, 64) + u.name
+		}
+	}
+	return strconv.FormatInt(n, 10) + "B"
+}

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/siteserver/siteserver/internal/obs"
+	"github.com/siteserver/siteserver/nsapi"
 )
 
 // changedKeys lists the YAML paths ("services.package.bandwidth") where a and b, two
@@ -130,16 +131,31 @@ func logLevel(level *slog.LevelVar, next obs.LogConfig) reloadable {
 }
 
 // reloadable is what a site server can change on SIGHUP: the log level, its package
-// service's bandwidth windows (when it started with a limit), its PXE boot files, iPXE
+// service's constrained, ns_fallback, bandwidth and cache size, its PXE boot files, iPXE
 // script URL and iPXE scripts.
 func (s *siteServer) reloadable(level *slog.LevelVar, next *Serve) reloadable {
 	r := logLevel(level, next.Log)
 	if s.embedded != nil {
 		r["embedded_ns.settings"] = func() error { return s.embedded.SetSettings(next.EmbeddedNS.Settings) }
 	}
-	if pc := next.Services.Package; s.pkg != nil && pc != nil && s.pkg.CanSetBandwidth() {
-		set := func() error { return s.pkg.SetBandwidth(pc.Bandwidth, pc.DefaultBandwidth) }
-		r["services.package.bandwidth"], r["services.package.default_bandwidth"] = set, set
+	if s.pkg != nil && next.Services.Package != nil {
+		// The package settings the NS may also set: the file's value where it sets one,
+		// the central one where it does not (any more).
+		set := func() error {
+			pins, err := localPins(s.cfgPath)
+			if err != nil {
+				return err
+			}
+			s.assign.setLocal(next.Services, pins)
+			s.applyServices("SIGHUP")
+			if _, errs := s.assign.current(); errs[nsapi.ServicePackage] != "" {
+				return errors.New(errs[nsapi.ServicePackage])
+			}
+			return nil
+		}
+		for _, k := range []string{"constrained", "ns_fallback", "bandwidth", "default_bandwidth", "cache_size"} {
+			r["services.package."+k] = set
+		}
 	}
 	if nc := next.Services.Netboot; s.boot != nil && nc != nil {
 		r["services.netboot.scripts"] = func() error { return s.boot.SetScripts(nc.Scripts) }

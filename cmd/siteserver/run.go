@@ -334,7 +334,11 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 	}
 	logger.Info("site server identity", "hostname", host)
 
-	s := &siteServer{cfg: cfg, host: host, logger: logger, reg: reg}
+	pins, err := localPins(path)
+	if err != nil {
+		return err
+	}
+	s := &siteServer{cfg: cfg, cfgPath: path, pins: pins, host: host, logger: logger, reg: reg}
 	g, notify := newGroup(cfg.Metrics, reg, logger)
 	hr := &hupReloader{hup: hup, logger: logger, notify: notify}
 	g.Add(hr)
@@ -373,6 +377,9 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 // their registration with each NS.
 type siteServer struct {
 	cfg       Serve
+	cfgPath   string          // the serve file ("" for the NS's own task service)
+	pins      map[string]bool // central setting keys the serve file sets itself
+	assign    *assignments    // the NS's central settings and what is in force
 	host      string
 	logger    *slog.Logger
 	reg       prometheus.Registerer
@@ -390,13 +397,25 @@ func (s *siteServer) build() error {
 	if svcs.Task == nil && svcs.Package == nil && svcs.Netboot == nil {
 		s.logger.Warn("no site services configured; this site server only registers")
 	}
+	var err error
+	s.registrar, err = nsapi.NewRegistrar(s.peers, s.register, s.logger.With("service", "registration"), s.reg)
+	if err != nil {
+		return err
+	}
+	s.registrar.OnAnswer = s.onAnswer
+	s.assign = newAssignments(svcs, s.pins)
+	var first nsapi.RegisterServerResponse
+	if s.registrar.Last(s.peers[0].Endpoint.Name, &first) {
+		// The central settings of the last answer, so that a restart without the NS
+		// keeps them.
+		s.assign.setCentral(first.Services)
+	}
 	if svcs.Task != nil {
 		if err := s.buildTask(); err != nil {
 			return err
 		}
 	}
-	if svcs.Package != nil {
-		pcfg := *svcs.Package
+	if pcfg, ok := s.assign.packageConfig(); ok {
 		pcfg.DataDir = filepath.Join(s.cfg.DataDir, "package")
 		if len(s.peers) > 1 {
 			s.logger.Warn("the package service follows the first NS only", "ns", s.peers[0].Endpoint.Name)
@@ -417,12 +436,6 @@ func (s *siteServer) build() error {
 			return fmt.Errorf("services.netboot.boot_package: needs the package service on this site server")
 		}
 	}
-	var err error
-	s.registrar, err = nsapi.NewRegistrar(s.peers, s.register, s.logger.With("service", "registration"), s.reg)
-	if err != nil {
-		return err
-	}
-	s.registrar.OnAnswer = s.onAnswer
 	for i, p := range s.peers {
 		var last nsapi.RegisterServerResponse
 		if s.registrar.Last(p.Endpoint.Name, &last) {
@@ -492,7 +505,9 @@ func (s *siteServer) register(ctx context.Context, p *nsapi.Enrollment, c *nsapi
 	if s.boot != nil {
 		services = append(services, nsapi.ServiceInfo{Name: nsapi.ServiceNetboot})
 	}
-	resp, err := c.RegisterServer(ctx, nsapi.RegisterServerRequest{ID: p.ID(), Hostname: s.host, Addresses: addrs, Services: services})
+	running := map[string]bool{nsapi.ServiceTask: s.task != nil, nsapi.ServicePackage: s.pkg != nil, nsapi.ServiceNetboot: s.boot != nil}
+	resp, err := c.RegisterServer(ctx, nsapi.RegisterServerRequest{ID: p.ID(), Hostname: s.host, Addresses: addrs, Services: services,
+		Report: s.assign.report(running)})
 	if err != nil {
 		return nil, 0, err
 	}
@@ -518,6 +533,32 @@ func (s *siteServer) onAnswer(p *nsapi.Enrollment, answer any) {
 	if s.boot != nil && p == s.peers[0] {
 		// The network boot service follows the first NS, as it asks that one about computers.
 		s.boot.SetNetboot(resp.Netboot)
+	}
+	if p == s.peers[0] {
+		// Service settings follow the first NS too.
+		s.assign.setCentral(resp.Services)
+		s.applyServices("NS")
+	}
+}
+
+// applyServices puts the central and local service settings in force, and registers again
+// at once with every NS when what is in force changed, so that the NSes know it.
+func (s *siteServer) applyServices(why string) {
+	var pkg packageSetter
+	if s.pkg != nil {
+		pkg = s.pkg
+	}
+	if !s.assign.apply(pkg) {
+		return
+	}
+	settings, errs := s.assign.current()
+	if len(errs) > 0 {
+		s.logger.Error("service settings not all put in force; the last good ones stay", "by", why, "errors", errs, "settings", settings)
+	} else {
+		s.logger.Info("service settings put in force", "by", why, "settings", settings)
+	}
+	for _, p := range s.peers {
+		s.registrar.Kick(p.Endpoint.Name)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -151,4 +152,71 @@ func TestServersSetAndShowCLI(t *testing.T) {
 	// sites export writes the servers section back, as a file that applies.
 	exported := s.admin("sites", "export", "-source", "imported")
 	mustContain(t, "sites export", exported, "servers:", "id: "+id, "constrained: false")
+}
+
+// pkgStatus is packages status ID -json.
+func (s *maintSite) pkgStatus(id string) nsapi.PackageStatus {
+	s.t.Helper()
+	var st nsapi.PackageStatus
+	if err := json.Unmarshal([]byte(s.admin("packages", "status", id, "-json")), &st); err != nil {
+		s.t.Fatal(err)
+	}
+	return st
+}
+
+// waitInForce waits until servers show says key is in force on id with value from the
+// central setting, and returns how long that took.
+func (s *maintSite) waitInForce(id, key, value string) time.Duration {
+	s.t.Helper()
+	began := time.Now()
+	eventually(s.t, fmt.Sprintf("%s=%s is in force on %s", key, value, id), func() bool {
+		st, ok := settingOf(s.show(id), key)
+		return ok && st.Value == value && st.From == nsapi.FromCentral && !st.Pending
+	})
+	return time.Since(began)
+}
+
+// Changing constrained at the NS changes the sources the running site server is given,
+// without a restart: constrained, with nothing in its site holding the package, it has no
+// source and says so; unconstrained again, it fetches the package from the NS.
+func TestConstrainedFromTheCentre(t *testing.T) {
+	s := newMaintSite(t)
+	port := freePort(t)
+	ss, id := s.server("ss1", 5, fmt.Sprintf(`  task: {agent_listen: "127.0.0.1:0", tickle_listen: "127.0.0.1:0"}
+  package: {listen: "127.0.0.1:%d", url: "http://127.0.0.1:%d", poll_interval: 1s, retry_base: 1s}
+`, port, port))
+	if st, _ := settingOf(s.show(id), sites.KeyPackageConstrained); st.Value != "false" || st.From != nsapi.FromDefault {
+		t.Fatalf("before any central setting: %+v", st)
+	}
+
+	s.admin("servers", "set", "ss1.example", "-service", "package", "-constrained")
+	took := s.waitInForce(id, sites.KeyPackageConstrained, "true")
+	t.Logf("constrained in force on the site server %s after servers set (heartbeat 2s)", took.Round(time.Millisecond))
+	mustContain(t, "servers list", s.admin("servers", "list"), "package(constrained)")
+
+	pkgDir := filepath.Join(s.dir, "pkg")
+	writeFile(t, filepath.Join(mkdir(t, pkgDir), "tool.sh"), "echo tool\n")
+	s.admin("packages", "add", "-dir", pkgDir, "-id", "tools", "-version", "1")
+	eventually(t, "ss1 reports it has no permitted source", func() bool {
+		st := s.pkgStatus("tools")
+		return len(st.Stuck) == 1 && strings.Contains(st.Stuck[0].LastError, "no source is permitted")
+	})
+
+	s.admin("servers", "set", "ss1.example", "-service", "package", "-constrained=false")
+	s.waitInForce(id, sites.KeyPackageConstrained, "false")
+	eventually(t, "ss1 fetches the package from the NS", func() bool { return len(s.pkgStatus("tools").Ready) == 1 })
+	if n := ss.countLog("service settings put in force"); n < 2 {
+		t.Fatalf("the site server logged %d changes put in force", n)
+	}
+	if ss.countLog("site server identity") != 1 {
+		t.Fatal("the site server restarted")
+	}
+}
+
+func mkdir(t *testing.T, dir string) string {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }

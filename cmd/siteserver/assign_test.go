@@ -1,0 +1,155 @@
+package main
+
+import (
+	"errors"
+	"path/filepath"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/siteserver/siteserver/nsapi"
+	"github.com/siteserver/siteserver/pkgd"
+	"github.com/siteserver/siteserver/sites"
+)
+
+func TestLocalPins(t *testing.T) {
+	path := writeFile(t, filepath.Join(t.TempDir(), "serve.yaml"), `data_dir: /tmp/x
+services:
+  task: {agent_listen: ":50180"}
+  package:
+    listen: ":50181"
+    constrained: false      # pinned, even to the default
+    bandwidth: []
+    colour: red             # not a central setting (and not this test's concern)
+  netboot:
+    boot_dir: /srv/boot
+    pxe:
+      boot_files: {7: snp.efi, 0: ""}
+`)
+	got, err := localPins(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{sites.KeyPackageConstrained: true, sites.KeyPackageBandwidth: true, "netboot.boot_files.7": true, "netboot.boot_files.0": true}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("(-want +got):\n%s", diff)
+	}
+	empty, err := localPins(writeFile(t, filepath.Join(t.TempDir(), "empty.yaml"), ""))
+	if err != nil || len(empty) != 0 {
+		t.Fatalf("empty file: %v, %v", empty, err)
+	}
+}
+
+// Central settings are taken where the file does not pin the key; each key says where its
+// value came from.
+func TestPackagePlan(t *testing.T) {
+	local := pkgd.Config{Constrained: true, Bandwidth: []string{"08:00-18:00 2Mbit"}}
+	local.Defaults()
+	yes, size, def := true, "50GiB", "20Mbit"
+	central := &sites.PackageService{Constrained: &[]bool{false}[0], NSFallback: &yes, Bandwidth: &[]string{}, DefaultBandwidth: &def, CacheSize: &size}
+	cfg, got := packagePlan(local, map[string]bool{sites.KeyPackageConstrained: true, sites.KeyPackageBandwidth: true}, central)
+	want := []setting{
+		{sites.KeyPackageConstrained, "true", nsapi.FromLocal},
+		{sites.KeyPackageNSFallback, "true", nsapi.FromCentral},
+		{sites.KeyPackageBandwidth, "08:00-18:00 2Mbit", nsapi.FromLocal},
+		{sites.KeyPackageDefaultBandwidth, "20Mbit", nsapi.FromCentral},
+		{sites.KeyPackageCacheSize, "50GiB", nsapi.FromCentral},
+	}
+	if diff := cmp.Diff(want, got, cmp.AllowUnexported(setting{})); diff != "" {
+		t.Fatalf("(-want +got):\n%s", diff)
+	}
+	if !cfg.Constrained || !cfg.NSFallback || cfg.DefaultBandwidth != "20Mbit" || cfg.CacheSize != "50GiB" || len(cfg.Bandwidth) != 1 {
+		t.Fatalf("config: %+v", cfg)
+	}
+	// Without central settings everything is the file's or the default.
+	_, got = packagePlan(local, nil, nil)
+	for _, st := range got {
+		if st.from != nsapi.FromDefault {
+			t.Fatalf("without pins or central settings: %v", got)
+		}
+	}
+}
+
+// fakePackage records what apply puts in force and can refuse bandwidths.
+type fakePackage struct {
+	constrained, fallback bool
+	bandwidth             []string
+	cache                 string
+	calls                 int
+	refuse                error
+}
+
+func (f *fakePackage) SetMode(c, fb bool) { f.constrained, f.fallback = c, fb; f.calls++ }
+func (f *fakePackage) SetBandwidth(w []string, def string) error {
+	f.calls++
+	if f.refuse != nil {
+		return f.refuse
+	}
+	f.bandwidth = w
+	return nil
+}
+func (f *fakePackage) SetCacheSize(s string) error { f.cache = s; f.calls++; return nil }
+
+// A central change reaches the running service; one it refuses keeps the last good value in
+// force, says so in the report and is tried again at the next answer; unchanged settings
+// are not set again, and only a changed report asks for a registration.
+func TestAssignmentsApply(t *testing.T) {
+	local := &pkgd.Config{}
+	local.Defaults()
+	a := newAssignments(Services{Package: local}, nil)
+	if _, ok := a.packageConfig(); !ok {
+		t.Fatal("no package config")
+	}
+	running := map[string]bool{nsapi.ServicePackage: true}
+	a.report(running) // sent with the first registration
+	pkg := &fakePackage{}
+	if a.apply(pkg) || pkg.calls != 0 {
+		t.Fatalf("nothing changed, yet apply set %d things or wants a registration", pkg.calls)
+	}
+	yes, ws := true, []string{"08:00-18:00 2Mbit"}
+	a.setCentral(&sites.ServiceSettings{Package: &sites.PackageService{Constrained: &yes, Bandwidth: &ws}})
+	if !a.apply(pkg) || !pkg.constrained || !cmp.Equal(pkg.bandwidth, ws) {
+		t.Fatalf("central change: %+v", pkg)
+	}
+	r := a.report(running)
+	if s, _ := r.Setting(sites.KeyPackageConstrained); s.Value != "true" || s.From != nsapi.FromCentral {
+		t.Fatalf("reported %+v", r.Settings)
+	}
+	if a.apply(pkg) {
+		t.Fatal("applied again with nothing new: a registration asked for nothing")
+	}
+
+	// Refused: the last good bandwidth stays in force and reported, with the error.
+	pkg.refuse = errors.New("services.package.bandwidth: no")
+	other := []string{"00:00-24:00 1Mbit"}
+	a.setCentral(&sites.ServiceSettings{Package: &sites.PackageService{Constrained: &yes, Bandwidth: &other}})
+	if !a.apply(pkg) {
+		t.Fatal("a refused change is news for the NS")
+	}
+	r = a.report(running)
+	st, _ := r.State(nsapi.ServicePackage)
+	if bw, _ := r.Setting(sites.KeyPackageBandwidth); bw.Value != "08:00-18:00 2Mbit" || st.State != nsapi.ServiceRunning ||
+		st.Error != "services.package.bandwidth: no (the last good value stays in force)" {
+		t.Fatalf("after a refused change: %+v %+v", bw, st)
+	}
+	calls := pkg.calls
+	a.apply(pkg)
+	if pkg.calls != calls+1 {
+		t.Fatal("a refused change is not tried again")
+	}
+	pkg.refuse = nil
+	if !a.apply(pkg) || !cmp.Equal(pkg.bandwidth, other) {
+		t.Fatalf("once accepted: %+v", pkg)
+	}
+	if r = a.report(running); r.States[1].Error != "" {
+		t.Fatalf("error kept after success: %+v", r.States)
+	}
+	// A pin from a reloaded file wins over the central value.
+	no := false
+	local2 := *local
+	local2.Constrained = no
+	a.setLocal(Services{Package: &local2}, map[string]bool{sites.KeyPackageConstrained: true})
+	if !a.apply(pkg) || pkg.constrained {
+		t.Fatalf("pinned locally: %+v", pkg)
+	}
+}
