@@ -11,6 +11,10 @@ import (
 
 // Config configures the package service (the services.package section of a serve config).
 type Config struct {
+	// Enabled, when written, pins whether the service runs on this server, over the NS's
+	// service assignment; unwritten, the NS decides, and the section's presence when it
+	// does not.
+	Enabled *bool `yaml:"enabled"`
 	// Listen is where package files are served over HTTP.
 	Listen string `yaml:"listen"`
 	// URL is the base URL reported in codebases; default http://<first address>:<port>.

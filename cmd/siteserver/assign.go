@@ -3,8 +3,11 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"maps"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -12,6 +15,8 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/siteserver/siteserver/netbootd"
+	"github.com/siteserver/siteserver/netbootd/pxe"
 	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/pkgd"
 	"github.com/siteserver/siteserver/sites"
@@ -112,6 +117,114 @@ func packagePlan(local pkgd.Config, pins map[string]bool, central *sites.Package
 	return cfg, out
 }
 
+// enabledKey is the setting key of whether svc runs.
+func enabledKey(svc string) string { return svc + ".enabled" }
+
+// decision is whether a service runs and where that was decided.
+type decision struct {
+	on   bool
+	from string
+}
+
+// enabled decides whether svc runs: the serve file's enabled key if it writes one, else the
+// central setting, else whether the file has the service's section.
+func enabled(svc string, local Services, pins map[string]bool, central *sites.ServiceSettings) decision {
+	var pin *bool
+	present := false
+	switch svc {
+	case nsapi.ServiceTask:
+		if present = local.Task != nil; present {
+			pin = local.Task.Enabled
+		}
+	case nsapi.ServicePackage:
+		if present = local.Package != nil; present {
+			pin = local.Package.Enabled
+		}
+	case nsapi.ServiceNetboot:
+		if present = local.Netboot != nil; present {
+			pin = local.Netboot.Enabled
+		}
+	}
+	if pins[enabledKey(svc)] && pin != nil {
+		return decision{*pin, nsapi.FromLocal}
+	}
+	if central != nil {
+		var c *bool
+		switch {
+		case svc == nsapi.ServiceTask && central.Task != nil:
+			c = central.Task.Enabled
+		case svc == nsapi.ServicePackage && central.Package != nil:
+			c = central.Package.Enabled
+		case svc == nsapi.ServiceNetboot && central.Netboot != nil:
+			c = central.Netboot.Enabled
+		}
+		if c != nil {
+			return decision{*c, nsapi.FromCentral}
+		}
+	}
+	return decision{present, nsapi.FromDefault}
+}
+
+// netbootPlan merges the network boot service's local config (defaults filled) with the
+// central boot files the file does not pin, and says where each architecture's came from.
+func netbootPlan(local netbootd.Config, pins map[string]bool, central *sites.NetbootService) (netbootd.Config, []setting) {
+	cfg := local
+	cfg.PXE.BootFiles = maps.Clone(local.PXE.BootFiles)
+	if cfg.PXE.BootFiles == nil {
+		cfg.PXE.BootFiles = map[pxe.Arch]string{}
+	}
+	from := map[pxe.Arch]string{}
+	if central != nil {
+		for arch, file := range central.BootFiles {
+			if !pins[sites.BootFileKey(arch)] {
+				cfg.PXE.BootFiles[pxe.Arch(arch)] = file
+				from[pxe.Arch(arch)] = nsapi.FromCentral
+			}
+		}
+	}
+	var out []setting
+	for _, arch := range slices.Sorted(maps.Keys(cfg.PXE.BootFiles)) {
+		f := from[arch]
+		switch {
+		case f != "":
+		case pins[sites.BootFileKey(uint16(arch))]:
+			f = nsapi.FromLocal
+		default:
+			f = nsapi.FromDefault
+		}
+		out = append(out, setting{sites.BootFileKey(uint16(arch)), cfg.PXE.BootFiles[arch], f})
+	}
+	return cfg, out
+}
+
+// checkBootFiles makes sure the central boot files that are TFTP paths exist, in boot_dir
+// or in the boot package (has, nil when no package service runs): a missing one would
+// make every computer of that architecture fail to boot.
+func checkBootFiles(cfg netbootd.Config, planned []setting, has func(name string) bool) error {
+	var missing []string
+	for _, st := range planned {
+		if st.from != nsapi.FromCentral || st.value == "" || strings.Contains(st.value, "://") {
+			continue
+		}
+		name := strings.TrimPrefix(st.value, "/")
+		if fi, err := os.Stat(filepath.Join(cfg.BootDir, filepath.FromSlash(name))); err == nil && fi.Mode().IsRegular() && filepath.IsLocal(name) {
+			continue
+		}
+		if has != nil && cfg.BootPackage != "" && has(name) {
+			continue
+		}
+		where := "boot_dir " + cfg.BootDir
+		if cfg.BootPackage != "" {
+			where += " nor the boot package " + cfg.BootPackage
+		}
+		missing = append(missing, fmt.Sprintf("%s: %q is in neither %s", st.key, st.value, where))
+	}
+	if len(missing) > 0 {
+		return errors.New(strings.Join(missing, "; "))
+	}
+	return nil
+}
+
 // assignments is what the site server knows of its central settings and what it has put in
 // force.
 type assignments struct {
@@ -130,40 +243,18 @@ func newAssignments(local Services, pins map[string]bool) *assignments {
 	return &assignments{local: local, pins: pins, inForce: map[string]setting{}, errs: map[string]string{}}
 }
 
-// packageConfig is the package service's config as it should start: the local section
-// with the central settings it does not pin. ok is false when the service is not configured.
-func (a *assignments) packageConfig() (pkgd.Config, bool) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.local.Package == nil {
-		return pkgd.Config{}, false
-	}
-	cfg, planned := packagePlan(*a.local.Package, a.pins, a.centralPackage())
-	for _, st := range planned {
-		a.inForce[st.key] = st
-	}
-	return cfg, true
-}
-
-func (a *assignments) centralPackage() *sites.PackageService {
-	if a.central == nil {
-		return nil
-	}
-	return a.central.Package
-}
-
-// packageSetter is the running package service's part that settings change.
-type packageSetter interface {
-	SetMode(constrained, nsFallback bool)
-	SetBandwidth(windows []string, def string) error
-	SetCacheSize(size string) error
-}
-
 // setCentral takes the central settings of the first NS's answer (nil: none).
 func (a *assignments) setCentral(c *sites.ServiceSettings) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.central = c
+}
+
+// localServices are the serve file's services in force.
+func (a *assignments) localServices() Services {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.local
 }
 
 // setLocal takes the services and pins of a reloaded serve file.
@@ -173,101 +264,208 @@ func (a *assignments) setLocal(local Services, pins map[string]bool) {
 	a.local, a.pins = local, pins
 }
 
-// apply puts the central and local settings in force on the running package service (nil
-// when none runs), group by group: a group that fails keeps its last good values and its
-// error is reported. It reports whether the report changed since the last registration.
-func (a *assignments) apply(pkg packageSetter) bool {
+// decide says whether each service runs, and puts that in the report.
+func (a *assignments) decide() map[string]decision {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	out := map[string]decision{}
+	for _, svc := range serviceNames {
+		d := enabled(svc, a.local, a.pins, a.central)
+		out[svc] = d
+		a.inForce[enabledKey(svc)] = setting{enabledKey(svc), strconv.FormatBool(d.on), d.from}
+	}
+	return out
+}
+
+// serviceNames are the site services in the order they start.
+var serviceNames = []string{nsapi.ServiceTask, nsapi.ServicePackage, nsapi.ServiceNetboot}
+
+// packageConfig is the package service's config as it starts: the local section (or the
+// defaults, when the NS starts a service the file does not configure) with the central
+// settings it does not pin. What it puts in force is recorded.
+func (a *assignments) packageConfig() pkgd.Config {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	cfg, planned := packagePlan(a.localPackage(), a.pins, a.centralPackage())
+	a.takeLocked(planned)
 	delete(a.errs, nsapi.ServicePackage)
-	if a.local.Package != nil && pkg != nil {
-		cfg, planned := packagePlan(*a.local.Package, a.pins, a.centralPackage())
-		byKey := map[string]setting{}
+	return cfg
+}
+
+func (a *assignments) localPackage() pkgd.Config {
+	if a.local.Package != nil {
+		return *a.local.Package
+	}
+	var c pkgd.Config
+	c.Defaults()
+	return c
+}
+
+// netbootConfig is the network boot service's config as it starts, like packageConfig;
+// central boot files that fail checkBootFiles are left out (the file's or the defaults
+// stand) and the error is reported. The file must configure the service: it alone knows
+// the boot directory and the ports.
+func (a *assignments) netbootConfig(has func(string) bool) (netbootd.Config, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.errs, nsapi.ServiceNetboot)
+	if a.local.Netboot == nil {
+		return netbootd.Config{}, errors.New("services.netboot is not in the serve file: network boot needs its section there (boot_dir, listen addresses) before the NS can turn it on")
+	}
+	cfg, planned := netbootPlan(*a.local.Netboot, a.pins, a.centralNetboot())
+	if err := checkBootFiles(cfg, planned, has); err != nil {
+		a.errs[nsapi.ServiceNetboot] = err.Error() + " (started without the central boot files)"
+		cfg, planned = netbootPlan(*a.local.Netboot, a.pins, nil)
+	}
+	a.takeLocked(planned)
+	return cfg, nil
+}
+
+func (a *assignments) takeLocked(planned []setting) {
+	for _, st := range planned {
+		a.inForce[st.key] = st
+	}
+}
+
+func (a *assignments) centralPackage() *sites.PackageService {
+	if a.central == nil {
+		return nil
+	}
+	return a.central.Package
+}
+
+func (a *assignments) centralNetboot() *sites.NetbootService {
+	if a.central == nil {
+		return nil
+	}
+	return a.central.Netboot
+}
+
+// packageSetter is the running package service's part that settings change.
+type packageSetter interface {
+	SetMode(constrained, nsFallback bool)
+	SetBandwidth(windows []string, def string) error
+	SetCacheSize(size string) error
+}
+
+// bootSetter is the running network boot service's part that settings change.
+type bootSetter interface {
+	SetBoot(c pxe.Config) error
+}
+
+// apply puts the central and local settings in force on the running package and network
+// boot services (nil when not running), group by group: a group that fails keeps its last
+// good values and its error is reported. has tells whether the boot package holds a file.
+func (a *assignments) apply(pkg packageSetter, boot bootSetter, has func(string) bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var errs []string
+	group := func(planned []setting, put func() error) {
+		changed := false
 		for _, st := range planned {
-			byKey[st.key] = st
+			changed = changed || a.inForce[st.key] != st
 		}
-		var errs []string
-		group := func(keys []string, put func() error) {
-			changed := false
-			for _, k := range keys {
-				changed = changed || a.inForce[k] != byKey[k]
-			}
-			if !changed {
-				return
-			}
-			if err := put(); err != nil {
-				errs = append(errs, err.Error())
-				return
-			}
-			for _, k := range keys {
-				a.inForce[k] = byKey[k]
+		if !changed {
+			return
+		}
+		if err := put(); err != nil {
+			errs = append(errs, err.Error())
+			return
+		}
+		a.takeLocked(planned)
+	}
+	pick := func(planned []setting, keys ...string) []setting {
+		var out []setting
+		for _, st := range planned {
+			if slices.Contains(keys, st.key) {
+				out = append(out, st)
 			}
 		}
-		group([]string{sites.KeyPackageConstrained, sites.KeyPackageNSFallback}, func() error {
+		return out
+	}
+	if pkg != nil {
+		delete(a.errs, nsapi.ServicePackage)
+		cfg, planned := packagePlan(a.localPackage(), a.pins, a.centralPackage())
+		group(pick(planned, sites.KeyPackageConstrained, sites.KeyPackageNSFallback), func() error {
 			pkg.SetMode(cfg.Constrained, cfg.NSFallback)
 			return nil
 		})
-		group([]string{sites.KeyPackageBandwidth, sites.KeyPackageDefaultBandwidth}, func() error {
+		group(pick(planned, sites.KeyPackageBandwidth, sites.KeyPackageDefaultBandwidth), func() error {
 			return pkg.SetBandwidth(cfg.Bandwidth, cfg.DefaultBandwidth)
 		})
-		group([]string{sites.KeyPackageCacheSize}, func() error { return pkg.SetCacheSize(cfg.CacheSize) })
+		group(pick(planned, sites.KeyPackageCacheSize), func() error { return pkg.SetCacheSize(cfg.CacheSize) })
 		if len(errs) > 0 {
 			a.errs[nsapi.ServicePackage] = strings.Join(errs, "; ") + " (the last good value stays in force)"
 		}
 	}
-	b, _ := json.Marshal(a.reportLocked(nil))
-	return string(b) != a.sent
+	if boot != nil && a.local.Netboot != nil {
+		errs = nil
+		delete(a.errs, nsapi.ServiceNetboot)
+		cfg, planned := netbootPlan(*a.local.Netboot, a.pins, a.centralNetboot())
+		// Keys of boot files no longer in the plan leave the report.
+		for k := range a.inForce {
+			if strings.HasPrefix(k, sites.KeyBootFiles+".") && !slices.ContainsFunc(planned, func(st setting) bool { return st.key == k }) {
+				delete(a.inForce, k)
+			}
+		}
+		group(planned, func() error {
+			if err := checkBootFiles(cfg, planned, has); err != nil {
+				return err
+			}
+			return boot.SetBoot(cfg.PXE)
+		})
+		if len(errs) > 0 {
+			a.errs[nsapi.ServiceNetboot] = strings.Join(errs, "; ") + " (the last good boot files stay in force)"
+		}
+	}
 }
 
-// current is what is in force and the errors by service, for the log.
-func (a *assignments) current() ([]string, map[string]string) {
+// forget drops the settings of a service that stopped from the report.
+func (a *assignments) forget(svc string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	var out []string
-	for _, st := range a.reportLocked(nil).Settings {
-		out = append(out, setting{st.Key, st.Value, st.From}.String())
-	}
-	errs := map[string]string{}
-	for k, v := range a.errs {
-		if v != "" {
-			errs[k] = v
-		}
-	}
-	return out, errs
-}
-
-// report is what the next registration says of the services: running says which run now.
-func (a *assignments) report(running map[string]bool) *nsapi.ServicesReport {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	r := a.reportLocked(running)
-	b, _ := json.Marshal(a.reportLocked(nil))
-	a.sent = string(b)
-	return r
-}
-
-func (a *assignments) reportLocked(running map[string]bool) *nsapi.ServicesReport {
-	r := &nsapi.ServicesReport{States: []nsapi.ServiceState{}, Settings: []nsapi.SettingReport{}}
-	for _, svc := range []string{nsapi.ServiceTask, nsapi.ServicePackage, nsapi.ServiceNetboot} {
-		st := nsapi.ServiceState{Name: svc, State: nsapi.ServiceOff, Error: a.errs[svc]}
-		if running[svc] {
-			st.State = nsapi.ServiceRunning
-		}
-		if running == nil { // for comparing reports: what the services run is not a setting
-			st.State = ""
-		}
-		r.States = append(r.States, st)
-	}
-	keys := make([]string, 0, len(a.inForce))
 	for k := range a.inForce {
-		keys = append(keys, k)
+		if sites.ServiceOf(k) == svc && k != enabledKey(svc) {
+			delete(a.inForce, k)
+		}
 	}
-	slices.SortFunc(keys, sites.CompareKeys)
+	delete(a.errs, svc)
+}
+
+// settingsError is why the last change of svc's settings did not apply ("" if it did).
+func (a *assignments) settingsError(svc string) string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.errs[svc]
+}
+
+// report is what a registration says of the services, states as the supervisor gives them.
+func (a *assignments) report(states []nsapi.ServiceState) *nsapi.ServicesReport {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	r := &nsapi.ServicesReport{States: states, Settings: []nsapi.SettingReport{}}
+	keys := slices.SortedFunc(maps.Keys(a.inForce), sites.CompareKeys)
 	for _, k := range keys {
 		st := a.inForce[k]
 		r.Settings = append(r.Settings, nsapi.SettingReport{Key: st.key, Value: st.value, From: st.from})
 	}
 	return r
+}
+
+// changed reports whether r differs from the report last marked sent.
+func (a *assignments) changed(r *nsapi.ServicesReport) bool {
+	b, _ := json.Marshal(r)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return string(b) != a.sent
+}
+
+// markSent records r as sent with a registration.
+func (a *assignments) markSent(r *nsapi.ServicesReport) {
+	b, _ := json.Marshal(r)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.sent = string(b)
 }
 
 // String is a setting as the log shows it.

@@ -92,64 +92,84 @@ func (f *fakePackage) SetCacheSize(s string) error { f.cache = s; f.calls++; ret
 
 // A central change reaches the running service; one it refuses keeps the last good value in
 // force, says so in the report and is tried again at the next answer; unchanged settings
-// are not set again, and only a changed report asks for a registration.
+// are not set again, and only a changed report counts as news for the NS.
 func TestAssignmentsApply(t *testing.T) {
 	local := &pkgd.Config{}
 	local.Defaults()
 	a := newAssignments(Services{Package: local}, nil)
-	if _, ok := a.packageConfig(); !ok {
-		t.Fatal("no package config")
-	}
-	running := map[string]bool{nsapi.ServicePackage: true}
-	a.report(running) // sent with the first registration
+	a.decide()
+	a.packageConfig()
+	running := []nsapi.ServiceState{{Name: nsapi.ServicePackage, State: nsapi.ServiceRunning}}
+	a.markSent(a.report(running)) // sent with the first registration
 	pkg := &fakePackage{}
-	if a.apply(pkg) || pkg.calls != 0 {
-		t.Fatalf("nothing changed, yet apply set %d things or wants a registration", pkg.calls)
+	if a.apply(pkg, nil, nil); pkg.calls != 0 || a.changed(a.report(running)) {
+		t.Fatalf("nothing changed, yet apply set %d things or the report changed", pkg.calls)
 	}
 	yes, ws := true, []string{"08:00-18:00 2Mbit"}
 	a.setCentral(&sites.ServiceSettings{Package: &sites.PackageService{Constrained: &yes, Bandwidth: &ws}})
-	if !a.apply(pkg) || !pkg.constrained || !cmp.Equal(pkg.bandwidth, ws) {
+	if a.apply(pkg, nil, nil); !pkg.constrained || !cmp.Equal(pkg.bandwidth, ws) || !a.changed(a.report(running)) {
 		t.Fatalf("central change: %+v", pkg)
 	}
 	r := a.report(running)
+	a.markSent(r)
 	if s, _ := r.Setting(sites.KeyPackageConstrained); s.Value != "true" || s.From != nsapi.FromCentral {
 		t.Fatalf("reported %+v", r.Settings)
 	}
-	if a.apply(pkg) {
-		t.Fatal("applied again with nothing new: a registration asked for nothing")
+	if a.apply(pkg, nil, nil); a.changed(a.report(running)) {
+		t.Fatal("applied again with nothing new, and the report changed")
 	}
 
 	// Refused: the last good bandwidth stays in force and reported, with the error.
 	pkg.refuse = errors.New("services.package.bandwidth: no")
 	other := []string{"00:00-24:00 1Mbit"}
 	a.setCentral(&sites.ServiceSettings{Package: &sites.PackageService{Constrained: &yes, Bandwidth: &other}})
-	if !a.apply(pkg) {
-		t.Fatal("a refused change is news for the NS")
-	}
+	a.apply(pkg, nil, nil)
 	r = a.report(running)
-	st, _ := r.State(nsapi.ServicePackage)
-	if bw, _ := r.Setting(sites.KeyPackageBandwidth); bw.Value != "08:00-18:00 2Mbit" || st.State != nsapi.ServiceRunning ||
-		st.Error != "services.package.bandwidth: no (the last good value stays in force)" {
-		t.Fatalf("after a refused change: %+v %+v", bw, st)
+	if bw, _ := r.Setting(sites.KeyPackageBandwidth); bw.Value != "08:00-18:00 2Mbit" ||
+		a.settingsError(nsapi.ServicePackage) != "services.package.bandwidth: no (the last good value stays in force)" {
+		t.Fatalf("after a refused change: %+v, %q", bw, a.settingsError(nsapi.ServicePackage))
 	}
 	calls := pkg.calls
-	a.apply(pkg)
+	a.apply(pkg, nil, nil)
 	if pkg.calls != calls+1 {
 		t.Fatal("a refused change is not tried again")
 	}
 	pkg.refuse = nil
-	if !a.apply(pkg) || !cmp.Equal(pkg.bandwidth, other) {
-		t.Fatalf("once accepted: %+v", pkg)
-	}
-	if r = a.report(running); r.States[1].Error != "" {
-		t.Fatalf("error kept after success: %+v", r.States)
+	if a.apply(pkg, nil, nil); !cmp.Equal(pkg.bandwidth, other) || a.settingsError(nsapi.ServicePackage) != "" {
+		t.Fatalf("once accepted: %+v, %q", pkg, a.settingsError(nsapi.ServicePackage))
 	}
 	// A pin from a reloaded file wins over the central value.
-	no := false
 	local2 := *local
-	local2.Constrained = no
+	local2.Constrained = false
 	a.setLocal(Services{Package: &local2}, map[string]bool{sites.KeyPackageConstrained: true})
-	if !a.apply(pkg) || pkg.constrained {
+	if a.apply(pkg, nil, nil); pkg.constrained {
 		t.Fatalf("pinned locally: %+v", pkg)
+	}
+}
+
+// Whether a service runs: a pin in the file, else the central setting, else whether the
+// file has its section.
+func TestEnabled(t *testing.T) {
+	yes, no := true, false
+	pinnedOff := &pkgd.Config{Enabled: &no}
+	tests := map[string]struct {
+		local   Services
+		pins    map[string]bool
+		central *sites.ServiceSettings
+		want    decision
+	}{
+		"section":                 {Services{Package: &pkgd.Config{}}, nil, nil, decision{true, nsapi.FromDefault}},
+		"no section":              {Services{}, nil, nil, decision{false, nsapi.FromDefault}},
+		"central on, no section":  {Services{}, nil, &sites.ServiceSettings{Package: &sites.PackageService{Enabled: &yes}}, decision{true, nsapi.FromCentral}},
+		"central off":             {Services{Package: &pkgd.Config{}}, nil, &sites.ServiceSettings{Package: &sites.PackageService{Enabled: &no}}, decision{false, nsapi.FromCentral}},
+		"pin wins":                {Services{Package: pinnedOff}, map[string]bool{"package.enabled": true}, &sites.ServiceSettings{Package: &sites.PackageService{Enabled: &yes}}, decision{false, nsapi.FromLocal}},
+		"other service's central": {Services{Package: &pkgd.Config{}}, nil, &sites.ServiceSettings{Task: &sites.TaskService{Enabled: &no}}, decision{true, nsapi.FromDefault}},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			if got := enabled(nsapi.ServicePackage, tc.local, tc.pins, tc.central); got != tc.want {
+				t.Fatalf("got %+v, want %+v", got, tc.want)
+			}
+		})
 	}
 }

@@ -7,9 +7,9 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/siteserver/siteserver/internal/obs"
-	"github.com/siteserver/siteserver/nsapi"
 )
 
 // changedKeys lists the YAML paths ("services.package.bandwidth") where a and b, two
@@ -130,37 +130,77 @@ func logLevel(level *slog.LevelVar, next obs.LogConfig) reloadable {
 	return reloadable{"log.level": func() error { obs.SetLevel(level, next); return nil }}
 }
 
-// reloadable is what a site server can change on SIGHUP: the log level, its package
-// service's constrained, ns_fallback, bandwidth and cache size, its PXE boot files, iPXE
-// script URL and iPXE scripts.
+// reloadable is what a site server can change on SIGHUP: the log level, the settings its
+// NS may also set (whether a configured service runs, package constrained, ns_fallback,
+// bandwidth and cache size, PXE boot files) with the iPXE script URL, and the iPXE scripts.
 func (s *siteServer) reloadable(level *slog.LevelVar, next *Serve) reloadable {
 	r := logLevel(level, next.Log)
 	if s.embedded != nil {
 		r["embedded_ns.settings"] = func() error { return s.embedded.SetSettings(next.EmbeddedNS.Settings) }
 	}
-	if s.pkg != nil && next.Services.Package != nil {
-		// The package settings the NS may also set: the file's value where it sets one,
-		// the central one where it does not (any more).
-		set := func() error {
-			pins, err := localPins(s.cfgPath)
-			if err != nil {
-				return err
+	cur := s.cfg.Services
+	// The file's value where it writes one, the NS's where it does not (any more).
+	services := func() error {
+		pins, err := localPins(s.cfgPath)
+		if err != nil {
+			return err
+		}
+		s.assign.setLocal(reloadedServices(s.assign.localServices(), next.Services), pins)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		s.sup.reconcile(ctx)
+		var errs []string
+		for _, svc := range serviceNames {
+			if e := s.assign.settingsError(svc); e != "" {
+				errs = append(errs, svc+": "+e)
 			}
-			s.assign.setLocal(next.Services, pins)
-			s.applyServices("SIGHUP")
-			if _, errs := s.assign.current(); errs[nsapi.ServicePackage] != "" {
-				return errors.New(errs[nsapi.ServicePackage])
+		}
+		if len(errs) > 0 {
+			return errors.New(strings.Join(errs, "; "))
+		}
+		return nil
+	}
+	if cur.Task != nil && next.Services.Task != nil {
+		r["services.task.enabled"] = services
+	}
+	if cur.Package != nil && next.Services.Package != nil {
+		for _, k := range []string{"enabled", "constrained", "ns_fallback", "bandwidth", "default_bandwidth", "cache_size"} {
+			r["services.package."+k] = services
+		}
+	}
+	if nc := next.Services.Netboot; cur.Netboot != nil && nc != nil {
+		r["services.netboot.scripts"] = func() error {
+			if b := s.bootSvc(); b != nil {
+				return b.SetScripts(nc.Scripts)
 			}
 			return nil
 		}
-		for _, k := range []string{"constrained", "ns_fallback", "bandwidth", "default_bandwidth", "cache_size"} {
-			r["services.package."+k] = set
+		for _, k := range []string{"enabled", "pxe.boot_files", "pxe.ipxe_script_url"} {
+			r["services.netboot."+k] = services
 		}
 	}
-	if nc := next.Services.Netboot; s.boot != nil && nc != nil {
-		r["services.netboot.scripts"] = func() error { return s.boot.SetScripts(nc.Scripts) }
-		setBoot := func() error { return s.boot.SetBoot(nc.PXE) }
-		r["services.netboot.pxe.boot_files"], r["services.netboot.pxe.ipxe_script_url"] = setBoot, setBoot
-	}
 	return r
+}
+
+// reloadedServices is cur with the keys a reload puts in force taken from next; the rest
+// (a section added or removed, listen addresses) waits for a restart.
+func reloadedServices(cur, next Services) Services {
+	out := cur
+	if cur.Task != nil && next.Task != nil {
+		t := *cur.Task
+		t.Enabled = next.Task.Enabled
+		out.Task = &t
+	}
+	if cur.Package != nil && next.Package != nil {
+		p, n := *cur.Package, next.Package
+		p.Enabled, p.Constrained, p.NSFallback = n.Enabled, n.Constrained, n.NSFallback
+		p.Bandwidth, p.DefaultBandwidth, p.CacheSize = n.Bandwidth, n.DefaultBandwidth, n.CacheSize
+		out.Package = &p
+	}
+	if cur.Netboot != nil && next.Netboot != nil {
+		b, n := *cur.Netboot, next.Netboot
+		b.Enabled, b.PXE.BootFiles, b.PXE.IPXEScriptURL, b.Scripts = n.Enabled, n.PXE.BootFiles, n.PXE.IPXEScriptURL, n.Scripts
+		out.Netboot = &b
+	}
+	return out
 }
