@@ -3,13 +3,17 @@ package main
 import (
 	"errors"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/siteserver/siteserver/netbootd"
+	"github.com/siteserver/siteserver/netbootd/pxe"
 	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/pkgd"
 	"github.com/siteserver/siteserver/sites"
+	"github.com/siteserver/siteserver/taskd"
 )
 
 func TestLocalPins(t *testing.T) {
@@ -171,5 +175,60 @@ func TestEnabled(t *testing.T) {
 				t.Fatalf("got %+v, want %+v", got, tc.want)
 			}
 		})
+	}
+}
+
+// Central boot files are merged where the file does not pin the architecture; those that
+// are TFTP paths must exist in boot_dir (or the boot package), inside it.
+func TestNetbootPlanAndCheck(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "a.efi"), "x")
+	local := netbootd.Config{BootDir: dir, PXE: pxe.Config{BootFiles: map[pxe.Arch]string{0: "local.kpxe"}}}
+	local.Defaults()
+	central := &sites.NetbootService{BootFiles: map[uint16]string{0: "ignored.kpxe", 7: "a.efi", 9: "missing.efi", 11: "../" + filepath.Base(dir) + "/a.efi",
+		16: "http://{server}:8080/boot/x.efi", 6: ""}}
+	cfg, planned := netbootPlan(local, map[string]bool{"netboot.boot_files.0": true}, central)
+	from := map[string]string{}
+	for _, st := range planned {
+		from[st.key] = st.from + " " + st.value
+	}
+	for key, want := range map[string]string{
+		"netboot.boot_files.0":  "local local.kpxe",
+		"netboot.boot_files.7":  "central a.efi",
+		"netboot.boot_files.6":  "central ",
+		"netboot.boot_files.19": "default http://{server}:8080/boot/ipxe-arm64.efi",
+	} {
+		if from[key] != want {
+			t.Errorf("%s: %q, want %q", key, from[key], want)
+		}
+	}
+	if cfg.PXE.BootFiles[7] != "a.efi" || cfg.PXE.BootFiles[0] != "local.kpxe" || local.PXE.BootFiles[7] == "a.efi" {
+		t.Fatalf("boot files %v (local changed: %v)", cfg.PXE.BootFiles, local.PXE.BootFiles)
+	}
+	err := checkBootFiles(cfg, planned, nil)
+	if err == nil || !strings.Contains(err.Error(), `netboot.boot_files.9: "missing.efi" is in neither boot_dir`) ||
+		!strings.Contains(err.Error(), `netboot.boot_files.11:`) || strings.Contains(err.Error(), "boot_files.16") || strings.Contains(err.Error(), "boot_files.7:") {
+		t.Fatalf("checkBootFiles: %v", err)
+	}
+	// In the boot package: found there.
+	cfg.BootPackage = "winpe"
+	if err := checkBootFiles(cfg, planned, func(name string) bool { return name == "missing.efi" || strings.HasPrefix(name, "../") }); err != nil {
+		t.Fatalf("with the boot package holding them: %v", err)
+	}
+}
+
+// A reload takes the keys the NS may also set from the new file, and nothing else.
+func TestReloadedServices(t *testing.T) {
+	yes := true
+	cur := Services{Package: &pkgd.Config{Listen: ":1", Constrained: false}, Netboot: &netbootd.Config{BootDir: "/a", HTTP: netbootd.HTTPConfig{Listen: ":2"}}}
+	next := Services{Package: &pkgd.Config{Listen: ":9", Constrained: true, CacheSize: "1GiB", Enabled: &yes},
+		Netboot: &netbootd.Config{BootDir: "/b", PXE: pxe.Config{BootFiles: map[pxe.Arch]string{7: "x.efi"}}}, Task: &taskd.Config{}}
+	got := reloadedServices(cur, next)
+	if got.Package.Listen != ":1" || !got.Package.Constrained || got.Package.CacheSize != "1GiB" || got.Package.Enabled == nil ||
+		got.Netboot.BootDir != "/a" || got.Netboot.PXE.BootFiles[7] != "x.efi" || got.Task != nil {
+		t.Fatalf("reloaded: %+v %+v %+v", got.Package, got.Netboot, got.Task)
+	}
+	if cur.Package.Constrained {
+		t.Fatal("reloadedServices changed what it was given")
 	}
 }
