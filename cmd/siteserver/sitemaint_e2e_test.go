@@ -88,7 +88,9 @@ func TestServersSetAndShowCLI(t *testing.T) {
 	s := newMaintSite(t)
 	_, id := s.server("ss1", 5, "  task: {agent_listen: \"127.0.0.1:0\", tickle_listen: \"127.0.0.1:0\"}\n")
 
-	out := s.admin("servers", "set", "ss1.example", "-service", "package", "-enabled", "-constrained", "-cache-size", "50GiB",
+	// -enabled=false: the server has no package section, and a package service the NS
+	// starts would listen on the default port, on every address.
+	out := s.admin("servers", "set", "ss1.example", "-service", "package", "-enabled=false", "-constrained", "-cache-size", "50GiB",
 		"-bandwidth", "08:00-18:00 2Mbit, 18:00-08:00 20Mbit")
 	mustContain(t, "servers set", out, "changed the package service of ss1.example ("+id+")",
 		"package.enabled", "package.constrained", "package.bandwidth", "08:00-18:00 2Mbit, 18:00-08:00 20Mbit", "package.cache_size", "50GiB", "manual")
@@ -151,6 +153,14 @@ func TestServersSetAndShowCLI(t *testing.T) {
 			t.Errorf("servers set %v: %v\n%s\nwant exit %d with %q", tc.args, err, out, tc.code, tc.want)
 		}
 	}
+	// The task service stops and starts again as the NS says (then the change reaches
+	// the server at its next heartbeat, as nothing can tickle it while it is off).
+	s.admin("servers", "set", "ss1.example", "-service", "task", "-enabled=false")
+	eventually(t, "the task service is off", func() bool { return s.stateOf(id, nsapi.ServiceTask).State == nsapi.ServiceOff })
+	s.admin("servers", "set", "ss1.example", "-service", "task", "-enabled")
+	eventually(t, "the task service runs again", func() bool { return s.stateOf(id, nsapi.ServiceTask).State == nsapi.ServiceRunning })
+	mustContain(t, "servers list", s.admin("servers", "list"), "task")
+
 	// sites export writes the servers section back, as a file that applies.
 	exported := s.admin("sites", "export", "-source", "imported")
 	mustContain(t, "sites export", exported, "servers:", "id: "+id, "constrained: false")
