@@ -310,3 +310,43 @@ func TestServiceStateCounts(t *testing.T) {
 		t.Fatalf("(-want +got):\n%s", diff)
 	}
 }
+
+// Only an administrator changes service assignments: a site server's own credentials are
+// refused on the admin route, and what a server reports about its settings never changes
+// the central ones (a report that claims a central value the NS does not hold stays pending).
+func TestSecurityServiceAssignmentsAdminOnly(t *testing.T) {
+	tn := startNS(t, nil)
+	ctx := context.Background()
+	ss := tn.peer(t, nsapi.KindSiteServer, guidSS1, "ss1.example")
+	registerWithReport(t, ss, "10.1.0.5/16", &nsapi.ServicesReport{}, nsapi.ServiceInfo{Name: nsapi.ServicePackage})
+	if _, err := tn.admin.ChangeServerServices(ctx, guidSS1, nsapi.ServiceChangeRequest{Set: map[string]string{sites.KeyPackageConstrained: "true"}}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := ss.Client(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.ChangeServerServices(ctx, guidSS1, nsapi.ServiceChangeRequest{Set: map[string]string{sites.KeyPackageConstrained: "false"}})
+	if st := nsapi.StatusOf(err); st != http.StatusUnauthorized && st != http.StatusForbidden {
+		t.Fatalf("a site server changing its own assignment: %v, want 401 or 403", err)
+	}
+	registerWithReport(t, ss, "10.1.0.5/16", &nsapi.ServicesReport{Settings: []nsapi.SettingReport{
+		{Key: sites.KeyPackageConstrained, Value: "false", From: nsapi.FromCentral}}}, nsapi.ServiceInfo{Name: nsapi.ServicePackage})
+	view, err := tn.admin.ServerServices(ctx, guidSS1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := settingOfView(view, sites.KeyPackageConstrained)
+	if *view.Manual.Package.Constrained != true || *st.Central != "true" || !st.Pending {
+		t.Fatalf("after a report claiming another central value: manual %+v, setting %+v", view.Manual.Package, st)
+	}
+}
+
+func settingOfView(v nsapi.ServerServicesView, key string) (nsapi.SettingView, bool) {
+	for _, s := range v.Settings {
+		if s.Key == key {
+			return s, true
+		}
+	}
+	return nsapi.SettingView{}, false
+}

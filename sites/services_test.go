@@ -353,3 +353,35 @@ func TestServicesRoundTripAndDiff(t *testing.T) {
 		t.Fatalf("service changes (-want +got):\n%s", diff)
 	}
 }
+
+// FuzzServiceSettingsSet feeds Set what the API and the CLI pass it: a key and a value
+// typed by an administrator. Whatever it takes validates, and survives Flat and FromFlat.
+func FuzzServiceSettingsSet(f *testing.F) {
+	for _, seed := range [][2]string{
+		{KeyPackageConstrained, "true"}, {KeyPackageBandwidth, "08:00-18:00 2Mbit, 18:00-08:00 20Mbit"},
+		{KeyPackageBandwidth, ""}, {KeyPackageBandwidth, ",,, ,"}, {KeyPackageCacheSize, "50GiB"},
+		{"netboot.boot_files.7", "snponly.efi"}, {"netboot.boot_files.65535", ""}, {"netboot.boot_files.-1", "x"},
+		{KeyTaskEnabled, "T"}, {"package.enabled", "1"}, {"netboot.boot_files.7", "a\x00b"}, {KeyPackageDefaultBandwidth, " \t"},
+	} {
+		f.Add(seed[0], seed[1])
+	}
+	f.Fuzz(func(t *testing.T, key, value string) {
+		var s ServiceSettings
+		if err := s.Set(key, value); err != nil {
+			return
+		}
+		if err := s.Validate(); err != nil {
+			t.Fatalf("Set(%q, %q) took what Validate refuses: %v", key, value, err)
+		}
+		back, err := FromFlat(s.Flat())
+		if err != nil {
+			t.Fatalf("FromFlat(Flat) of Set(%q, %q): %v", key, value, err)
+		}
+		if diff := cmp.Diff(s, back); diff != "" {
+			t.Fatalf("Set(%q, %q) does not survive Flat and FromFlat (-set +back):\n%s", key, value, diff)
+		}
+		if _, err := Compile(Rules{Services: []ServiceRule{{Server: guidBerlin, Source: Manual, Settings: s}}}); err != nil {
+			t.Fatalf("Set(%q, %q): rules do not compile: %v", key, value, err)
+		}
+	})
+}

@@ -187,18 +187,25 @@ func (p *supervisor) settled(ctx context.Context) error {
 // did not all apply.
 func (p *supervisor) states(settingsErr func(string) string) []nsapi.ServiceState {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	out := make([]nsapi.ServiceState, 0, len(p.order))
 	for _, name := range p.order {
 		u := p.units[name]
 		st := nsapi.ServiceState{Name: name, State: nsapi.ServiceOff}
 		switch {
 		case u != nil && u.svc != nil:
-			st.State, st.Error = nsapi.ServiceRunning, settingsErr(name)
+			st.State = nsapi.ServiceRunning
 		case u != nil && u.err != nil:
 			st.State, st.Error = nsapi.ServiceFailed, u.err.Error()
 		}
 		out = append(out, st)
+	}
+	p.mu.Unlock()
+	// settingsErr takes the assignments' lock, which is held while services are asked
+	// things (that take this one): never with this one held.
+	for i := range out {
+		if out[i].State == nsapi.ServiceRunning {
+			out[i].Error = settingsErr(out[i].Name)
+		}
 	}
 	return out
 }
