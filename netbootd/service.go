@@ -31,6 +31,10 @@ import (
 
 // Config configures the network boot service (the services.netboot section).
 type Config struct {
+	// Enabled, when written, pins whether the service runs on this server, over the NS's
+	// service assignment; unwritten, the NS decides, and the section's presence when it
+	// does not.
+	Enabled *bool `yaml:"enabled"`
 	// BootDir holds the boot files: served by TFTP (first stage) and over HTTP under
 	// /boot/ (kernels, initrds, WIMs), with Range.
 	BootDir string     `yaml:"boot_dir"`

@@ -35,6 +35,7 @@ type serverMetrics struct {
 	unreachable   prometheus.Counter
 	refused       *prometheus.CounterVec
 	liveness      *prometheus.GaugeVec
+	siteServices  *prometheus.GaugeVec
 	codebases     *prometheus.GaugeVec
 	requests      *prometheus.HistogramVec
 	conns         *httpx.ConnMetrics
@@ -60,6 +61,9 @@ var (
 	computerKinds  = []string{nsapi.ComputerManaged, nsapi.ComputerPredefined, nsapi.ComputerUnknown}
 	uploadResults  = []string{"complete", "partial", "rejected"}
 	livenessStates = []string{"seen", "stale"}
+	// siteServiceStates label site_services: the states site servers report, and
+	// not_applied for a running service whose last central change did not apply.
+	siteServiceStates = []string{nsapi.ServiceRunning, stateNotApplied, nsapi.ServiceFailed, nsapi.ServiceOff}
 )
 
 // requestBuckets span an API call answered from memory to a batch of events or a large
@@ -156,6 +160,10 @@ func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 			Namespace: obs.Namespace, Subsystem: subsystem, Name: "approved_site_servers",
 			Help: "Approved site servers by whether they were seen within three heartbeats (seen) or not (stale: never offered to agents or as package sources).",
 		}, []string{"state"}),
+		siteServices: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: obs.Namespace, Subsystem: subsystem, Name: "site_services",
+			Help: "Services of approved site servers by the state they last reported: running, not_applied (running on its last good configuration: a central change did not apply), failed (meant to run, could not start), off.",
+		}, []string{"service", "state"}),
 		codebases: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: obs.Namespace, Subsystem: subsystem, Name: "codebases",
 			Help: "Package codebases (one package on one package server) by the state their server last reported.",
@@ -171,6 +179,11 @@ func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 	}
 	for _, st := range nsapi.CodebaseStates {
 		m.codebases.WithLabelValues(st)
+	}
+	for _, svc := range []string{nsapi.ServiceTask, nsapi.ServicePackage, nsapi.ServiceNetboot} {
+		for _, st := range siteServiceStates {
+			m.siteServices.WithLabelValues(svc, st)
+		}
 	}
 	for _, r := range unknownResults {
 		m.unknown.WithLabelValues(r)
@@ -217,7 +230,7 @@ func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 	if err := obs.RegisterAll(reg, m.certRenewals, m.certNotAfter, m.enrollments, m.authFailures, m.registrations, m.badRequests, m.rulesLoads,
 		m.siteServers, m.agents, m.sites, m.subnets, m.ownership, m.macConflicts, m.siteChanges,
 		m.unknown, m.computers, m.uploads, m.uploadBytes, m.placements, m.unreachable, m.refused,
-		m.liveness, m.codebases, m.requests); err != nil {
+		m.liveness, m.siteServices, m.codebases, m.requests); err != nil {
 		return nil, err
 	}
 	var err error

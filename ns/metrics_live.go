@@ -18,6 +18,14 @@ func (s *Server) refreshHealthGauges(ctx context.Context) {
 		s.metrics.liveness.WithLabelValues("seen").Set(float64(seen))
 		s.metrics.liveness.WithLabelValues("stale").Set(float64(stale))
 	}
+	if recs, err := s.store.Servers(ctx); err == nil {
+		counts := serviceStateCounts(recs)
+		for _, svc := range []string{nsapi.ServiceTask, nsapi.ServicePackage, nsapi.ServiceNetboot} {
+			for _, st := range siteServiceStates {
+				s.metrics.siteServices.WithLabelValues(svc, st).Set(float64(counts[[2]string{svc, st}]))
+			}
+		}
+	}
 	counts, err := s.store.CodebaseCounts(ctx)
 	if err == nil {
 		for _, st := range nsapi.CodebaseStates {

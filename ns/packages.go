@@ -336,7 +336,7 @@ func rankSources(p nsapi.Package, r requester, servers []store.ServerRecord, cbs
 		if !ok || rec.Status != nsapi.StatusApproved || rec.LastSeen.Before(cutoff) {
 			continue
 		}
-		si, ok := offers(rec, nsapi.ServicePackage)
+		si, ok := packageInfo(rec, m)
 		if !ok {
 			continue
 		}
@@ -403,7 +403,7 @@ func (s *Server) handleSources(w http.ResponseWriter, r *http.Request) {
 		for _, sm := range m.ServerSites(toSitesServer(rec, 0)) {
 			req.sites = append(req.sites, sm.Site)
 		}
-		si, _ := offers(rec, nsapi.ServicePackage)
+		si, _ := packageInfo(rec, m)
 		req.constrained, req.nsFallback = si.Constrained, si.NSFallback
 	} else {
 		rec, err := s.store.Agent(ctx, p.id)
@@ -442,7 +442,7 @@ func siteWarnings(servers []store.ServerRecord, m *sites.Map) map[string][]strin
 	type count struct{ constrained, unconstrained int }
 	counts := map[string]*count{}
 	for _, rec := range servers {
-		si, ok := offers(rec, nsapi.ServicePackage)
+		si, ok := packageInfo(rec, m)
 		if !ok || rec.Status != nsapi.StatusApproved {
 			continue
 		}

@@ -54,7 +54,7 @@ func (s *Server) handleRegisterServer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.takeReport(&rec, req.Hostname, req.Addresses)
-	rec.Services, rec.LastSeen = req.Services, s.now().UTC()
+	rec.Services, rec.LastSeen, rec.Report = req.Services, s.now().UTC(), req.Report
 	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
 		rec.RemoteAddr = ap.Addr().Unmap().String()
 	}
@@ -79,8 +79,14 @@ func (s *Server) handleRegisterServer(w http.ResponseWriter, r *http.Request) {
 	s.metrics.registrations.WithLabelValues(nsapi.KindSiteServer, "ok").Inc()
 	m := s.rules.Load()
 	serverSites := m.ServerSites(toSitesServer(rec, 0))
+	var assigned *nsapi.ServiceSettings
+	if a, _, ok := m.ServerServices(rec.ID); ok {
+		assigned = &a
+	}
 	var netboot *nsapi.NetbootSettings
-	if slices.ContainsFunc(rec.Services, func(si nsapi.ServiceInfo) bool { return si.Name == nsapi.ServiceNetboot }) {
+	// Also to a server that the assignment is about to start network boot on.
+	startsNetboot := assigned != nil && assigned.Netboot != nil && assigned.Netboot.Enabled != nil && *assigned.Netboot.Enabled
+	if startsNetboot || slices.ContainsFunc(rec.Services, func(si nsapi.ServiceInfo) bool { return si.Name == nsapi.ServiceNetboot }) {
 		netboot = netbootSettings(m, serverSites)
 	}
 	httpx.WriteJSON(w, http.StatusOK, nsapi.RegisterServerResponse{
@@ -92,6 +98,7 @@ func (s *Server) handleRegisterServer(w http.ResponseWriter, r *http.Request) {
 		Channel:  s.channelAddr(r),
 		Revoked:  revoked,
 		Netboot:  netboot,
+		Services: assigned,
 	})
 }
 

@@ -353,6 +353,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST "+nsapi.PathServers+"/{id}/reset", s.admin(s.handleResetServer))
 	mux.HandleFunc("POST "+nsapi.PathAgents+"/{id}/reset", s.admin(s.handleResetAgent))
 	mux.HandleFunc("DELETE "+nsapi.PathServers+"/{id}", s.admin(s.handleDeleteServer))
+	mux.HandleFunc("GET "+nsapi.PathServers+"/{id}/services", s.reader(s.handleGetServices))
+	mux.HandleFunc("POST "+nsapi.PathServers+"/{id}/services", s.admin(s.handleChangeServices))
 	mux.HandleFunc("DELETE "+nsapi.PathAgents+"/{id}", s.admin(s.handleDeleteAgent))
 	mux.HandleFunc("GET "+nsapi.PathAgents, s.reader(s.handleListAgents))
 	mux.HandleFunc("GET "+nsapi.PathAudit, s.reader(s.handleAudit))

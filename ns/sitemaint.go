@@ -136,7 +136,7 @@ func (s *Server) loadRulesFile(ctx context.Context) error {
 	}
 	s.fileSource.Store(&src)
 	s.logger.Info("rules file loaded", "file", s.cfg.RulesFile, "source", src,
-		"sites", len(r.Sites), "subnets", len(r.Subnets), "servers", len(r.Servers))
+		"sites", len(r.Sites), "subnets", len(r.Subnets), "servers", len(r.Servers), "service_assignments", len(r.Services))
 	return nil
 }
 
@@ -179,12 +179,19 @@ func (s *Server) applyRules(ctx context.Context, src sites.Source, change func(s
 	for i := range next.Servers {
 		next.Servers[i].Source = src
 	}
+	for i := range next.Services {
+		next.Services[i].Source = src
+	}
 	merged := sites.Rules{
-		Sites:   append(slices.Clone(others.Sites), next.Sites...),
-		Subnets: append(slices.Clone(others.Subnets), next.Subnets...),
-		Servers: append(slices.Clone(others.Servers), next.Servers...),
+		Sites:    append(slices.Clone(others.Sites), next.Sites...),
+		Subnets:  append(slices.Clone(others.Subnets), next.Subnets...),
+		Servers:  append(slices.Clone(others.Servers), next.Servers...),
+		Services: append(slices.Clone(others.Services), next.Services...),
 	}
 	m, err := sites.Compile(merged)
+	if err == nil {
+		err = CheckServices(next)
+	}
 	if err != nil {
 		s.metrics.rulesLoads.WithLabelValues("error").Inc()
 		return errRules{err}
@@ -223,6 +230,13 @@ func splitRules(r sites.Rules, src sites.Source) (mine, others sites.Rules) {
 			mine.Servers = append(mine.Servers, x)
 		} else {
 			others.Servers = append(others.Servers, x)
+		}
+	}
+	for _, x := range r.Services {
+		if x.Source == src {
+			mine.Services = append(mine.Services, x)
+		} else {
+			others.Services = append(others.Services, x)
 		}
 	}
 	return mine, others
@@ -535,7 +549,8 @@ func (s *Server) handlePutRules(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.logger.Info("rules applied", "source", src, "sites", len(rules.Sites), "subnets", len(rules.Subnets))
-	httpx.WriteJSON(w, http.StatusOK, nsapi.ApplyRulesResponse{Source: string(src), Sites: len(rules.Sites), Subnets: len(rules.Subnets), Servers: len(rules.Servers)})
+	httpx.WriteJSON(w, http.StatusOK, nsapi.ApplyRulesResponse{Source: string(src), Sites: len(rules.Sites), Subnets: len(rules.Subnets), Servers: len(rules.Servers),
+		Services: len(rules.Services)})
 }
 
 // handleSiteNetboot sets a site's unknown-computer policy among the manual rules (admin).

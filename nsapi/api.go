@@ -115,6 +115,9 @@ type RegisterServerRequest struct {
 	Hostname  string         `json:"hostname"`
 	Addresses []netip.Prefix `json:"addresses"` // interface address with prefix length
 	Services  []ServiceInfo  `json:"services"`
+	// Report is how its services stand and the settings in force, with where each came
+	// from (nil from site servers older than service assignments).
+	Report *ServicesReport `json:"report,omitempty"`
 }
 
 // SiteMatch says why a site applies.
@@ -139,6 +142,9 @@ type RegisterServerResponse struct {
 	Revoked []string `json:"revoked,omitempty"`
 	// Netboot is for a site server that reported the netboot service.
 	Netboot *NetbootSettings `json:"netboot,omitempty"`
+	// Services are the central settings of its services, both sources merged; nil when no
+	// rule names it (its local YAML alone decides).
+	Services *ServiceSettings `json:"services,omitempty"`
 }
 
 // Unknown-computer policies of a site's network boot.
@@ -301,6 +307,8 @@ type ApplyRulesResponse struct {
 	Sites   int    `json:"sites"`
 	Subnets int    `json:"subnets"`
 	Servers int    `json:"servers"`
+	// Services counts the site servers whose service assignments the file gives.
+	Services int `json:"services"`
 }
 
 // ErrorResponse is the body of every non-2xx answer.
@@ -365,6 +373,9 @@ func (req *RegisterServerRequest) Validate() error {
 				return fmt.Errorf("services[%d].tickle: %w", i, err)
 			}
 		}
+	}
+	if req.Report != nil {
+		return req.Report.Validate()
 	}
 	return nil
 }

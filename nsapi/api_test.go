@@ -46,6 +46,17 @@ func TestDecodeRegisterServer(t *testing.T) {
 		"constrained task":  {`{"id":"a","hostname":"h","services":[{"name":"task","constrained":true}]}`, "services[0].constrained"},
 		"too many addrs":    {`{"id":"a","hostname":"h","addresses":[` + strings.Repeat(`"10.0.0.1/8",`, 256) + `"10.0.0.1/8"]}`, "addresses: 257"},
 		"wrong type":        {`{"id":5,"hostname":"h"}`, "cannot unmarshal"},
+		"report state name": {`{"id":"a","hostname":"h","report":{"states":[{"name":"dns","state":"running"}]}}`, "report.states[0].name"},
+		"report state":      {`{"id":"a","hostname":"h","report":{"states":[{"name":"task","state":"happy"}]}}`, "report.states[0].state"},
+		"report state twice": {`{"id":"a","hostname":"h","report":{"states":[{"name":"task","state":"off"},{"name":"task","state":"off"}]}}`,
+			"report.states[1].name"},
+		"report error long": {`{"id":"a","hostname":"h","report":{"states":[{"name":"task","state":"failed","error":"` + strings.Repeat("e", 2049) + `"}]}}`,
+			"report.states[0].error"},
+		"report from":        {`{"id":"a","hostname":"h","report":{"settings":[{"key":"task.enabled","value":"true","from":"nowhere"}]}}`, "report.settings[0].from"},
+		"report key empty":   {`{"id":"a","hostname":"h","report":{"settings":[{"key":"","value":"true","from":"local"}]}}`, "report.settings[0].key"},
+		"report key twice":   {`{"id":"a","hostname":"h","report":{"settings":[{"key":"k","from":"local"},{"key":"k","from":"local"}]}}`, "report.settings[1].key"},
+		"report value long":  {`{"id":"a","hostname":"h","report":{"settings":[{"key":"k","value":"` + strings.Repeat("v", 16<<10+1) + `","from":"local"}]}}`, "report.settings[0].value"},
+		"report unknown key": {`{"id":"a","hostname":"h","report":{"states":[],"extra":1}}`, "unknown field"},
 	}
 	for name, tc := range bad {
 		t.Run(name, func(t *testing.T) {
@@ -83,6 +94,9 @@ func FuzzDecodeRegisterServer(f *testing.F) {
 	f.Add([]byte(`{"id":"a","hostname":"h","addresses":["::ffff:1.2.3.4/120"]}`))
 	f.Add([]byte(`{}`))
 	f.Add([]byte(`[`))
+	f.Add([]byte(`{"id":"a","hostname":"h","report":{"states":[{"name":"package","state":"running","error":"package.cache_size: bad"},{"name":"netboot","state":"failed","error":"listen udp :69: permission denied"}],` +
+		`"settings":[{"key":"package.constrained","value":"true","from":"central"},{"key":"netboot.boot_files.7","value":"snp.efi","from":"local"},{"key":"task.enabled","value":"false","from":"default"}]}}`))
+	f.Add([]byte(`{"id":"a","hostname":"h","report":null}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		req, err := DecodeRegisterServer(b)
 		if err != nil {

@@ -11,6 +11,10 @@ import (
 
 // Config configures the package service (the services.package section of a serve config).
 type Config struct {
+	// Enabled, when written, pins whether the service runs on this server, over the NS's
+	// service assignment; unwritten, the NS decides, and the section's presence when it
+	// does not.
+	Enabled *bool `yaml:"enabled"`
 	// Listen is where package files are served over HTTP.
 	Listen string `yaml:"listen"`
 	// URL is the base URL reported in codebases; default http://<first address>:<port>.
@@ -31,6 +35,9 @@ type Config struct {
 	// DefaultBandwidth applies outside every window ("unlimited" or e.g. "20Mbit").
 	Bandwidth        []string `yaml:"bandwidth"`
 	DefaultBandwidth string   `yaml:"default_bandwidth"`
+	// CacheSize bounds the content the store may hold ("200GiB"; default "unlimited"): a
+	// download that would take the store past it does not start, and is retried later.
+	CacheSize string `yaml:"cache_size"`
 
 	// MaxCompressedStreams bounds the responses compressed at once (each holds a zstd
 	// encoder of about 6 MiB while its client reads); past it, clients that asked for
@@ -106,6 +113,9 @@ func (c *Config) Defaults() {
 	if c.DefaultBandwidth == "" {
 		c.DefaultBandwidth = "unlimited"
 	}
+	if c.CacheSize == "" {
+		c.CacheSize = "unlimited"
+	}
 }
 
 // Validate names the bad field under prefix.
@@ -148,6 +158,9 @@ func (c *Config) Validate(prefix string) error {
 	}
 	if _, err := parseRate(c.DefaultBandwidth); err != nil {
 		return fmt.Errorf("%s.default_bandwidth: %w", prefix, err)
+	}
+	if _, err := ParseSize(c.CacheSize); err != nil {
+		return fmt.Errorf("%s.cache_size: %w", prefix, err)
 	}
 	return nil
 }

@@ -211,6 +211,13 @@ func (l *BandwidthLimiter) SetSchedule(windows []Window, def int64) {
 	l.windows, l.def = slices.Clone(windows), def
 }
 
+// Limited reports whether any window or the default limits the bandwidth at some time.
+func (l *BandwidthLimiter) Limited() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.def > 0 || slices.ContainsFunc(l.windows, func(w Window) bool { return w.BitsPerSecond > 0 })
+}
+
 // Limit returns the limit in force now, in bits/s; 0 means unlimited.
 func (l *BandwidthLimiter) Limit() int64 {
 	l.mu.Lock()

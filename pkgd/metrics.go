@@ -67,13 +67,11 @@ func (m *stateMetrics) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(m.bandwidth, prometheus.GaugeValue, float64(bps)/8)
 }
 
-// newBandwidthLimiter builds the limiter of a validated config; nil when nothing is limited.
+// newBandwidthLimiter builds the limiter of a validated config. There is one even when
+// nothing is limited, so that a limit can be set while the service runs.
 func newBandwidthLimiter(cfg Config) *BandwidthLimiter {
 	windows, _ := ParseWindows(cfg.Bandwidth)
 	def, _ := parseRate(cfg.DefaultBandwidth)
-	if len(windows) == 0 && def == 0 {
-		return nil
-	}
 	return NewBandwidthLimiter(windows, def, time.Now)
 }
 

@@ -51,6 +51,11 @@ type Service struct {
 	addr     net.Addr
 	baseURL  atomic.Value // string
 
+	// constrained, nsFallback and cacheSize (bytes, 0: unlimited) are the settings that
+	// change while the service runs (SetMode, SetCacheSize).
+	constrained, nsFallback atomic.Bool
+	cacheSize               atomic.Int64
+
 	roots       atomic.Pointer[x509.CertPool] // the NS CA certificates clients' chains end in
 	revocations pki.Revocations
 	certificate func(context.Context) (tls.Certificate, error) // signs requests to other package servers
@@ -75,14 +80,15 @@ type pkgState struct {
 }
 
 type serviceMetrics struct {
-	packages *prometheus.GaugeVec
-	retries  prometheus.Counter
-	state    *stateMetrics
-	requests *prometheus.HistogramVec
-	fetch    *FetchMetrics
-	serve    *ServeMetrics
-	auth     *AuthMetrics
-	conns    *httpx.ConnMetrics
+	packages  *prometheus.GaugeVec
+	retries   prometheus.Counter
+	cacheFull prometheus.Counter
+	state     *stateMetrics
+	requests  *prometheus.HistogramVec
+	fetch     *FetchMetrics
+	serve     *ServeMetrics
+	auth      *AuthMetrics
+	conns     *httpx.ConnMetrics
 }
 
 // New builds the package service; nothing is opened or bound until Run. peer is the NS
@@ -103,11 +109,17 @@ func New(cfg Config, peer *nsapi.Enrollment, logger *slog.Logger, reg prometheus
 	if peer != nil {
 		s.certificate = peer.Certificate
 	}
+	s.constrained.Store(cfg.Constrained)
+	s.nsFallback.Store(cfg.NSFallback)
+	size, _ := ParseSize(cfg.CacheSize)
+	s.cacheSize.Store(size)
 	m := &serviceMetrics{
 		packages: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: obs.Namespace, Subsystem: "package", Name: "packages",
 			Help: "Assigned packages by state."}, []string{"state"}),
 		retries: prometheus.NewCounter(prometheus.CounterOpts{Namespace: obs.Namespace, Subsystem: "package", Name: "retries_total",
 			Help: "Package downloads that failed and were scheduled again."}),
+		cacheFull: prometheus.NewCounter(prometheus.CounterOpts{Namespace: obs.Namespace, Subsystem: "package", Name: "cache_full_total",
+			Help: "Downloads not started because the package would take the store past cache_size (retried later)."}),
 	}
 	for _, st := range nsapi.CodebaseStates {
 		m.packages.WithLabelValues(st)
@@ -115,6 +127,9 @@ func New(cfg Config, peer *nsapi.Enrollment, logger *slog.Logger, reg prometheus
 	var err error
 	if err = reg.Register(m.packages); err == nil {
 		err = reg.Register(m.retries)
+	}
+	if err == nil {
+		err = reg.Register(m.cacheFull)
 	}
 	if err == nil {
 		m.fetch, err = NewFetchMetrics(reg)
@@ -142,15 +157,38 @@ func New(cfg Config, peer *nsapi.Enrollment, logger *slog.Logger, reg prometheus
 // ErrNeedsRestart: a setting that can only change with a restart of the service.
 var ErrNeedsRestart = errors.New("takes effect after a restart")
 
-// CanSetBandwidth reports whether SetBandwidth can work: the service started with a
-// bandwidth limit (and so a limiter to change) and runs.
+// CanSetBandwidth reports whether SetBandwidth can work now: the service runs.
 func (s *Service) CanSetBandwidth() bool {
 	// ready is stored after the fetcher is made: its load orders the reads after it.
 	return s.ready.Load() && s.fetcher != nil && s.fetcher.Limiter != nil
 }
 
-// SetBandwidth puts new bandwidth windows and default in force (a configuration reload).
-// A service that started without any limit has no limiter to change: ErrNeedsRestart.
+// SetMode puts constrained and ns_fallback in force: the next registration reports them,
+// and the NS hands out sources by them.
+func (s *Service) SetMode(constrained, nsFallback bool) {
+	c, f := s.constrained.Swap(constrained), s.nsFallback.Swap(nsFallback)
+	if c != constrained || f != nsFallback {
+		s.logger.Info("package service mode changed", "constrained", constrained, "ns_fallback", nsFallback)
+	}
+}
+
+// SetCacheSize puts a new bound on the store in force ("200GiB", "unlimited"): downloads
+// that start from now on are held to it; stored content stays.
+func (s *Service) SetCacheSize(size string) error {
+	n, err := ParseSize(size)
+	if err != nil {
+		return fmt.Errorf("services.package.cache_size: %w", err)
+	}
+	if s.cacheSize.Swap(n) != n {
+		s.logger.Info("package cache size changed", "cache_size", size)
+		s.Kick() // packages held back by the old bound may fit now
+	}
+	return nil
+}
+
+// SetBandwidth puts new bandwidth windows and default in force (a configuration reload or
+// a central setting); downloads under way follow them from their next read. Before the
+// service runs it has no limiter: ErrNeedsRestart.
 func (s *Service) SetBandwidth(windows []string, def string) error {
 	ws, err := ParseWindows(windows)
 	if err != nil {
@@ -193,7 +231,7 @@ func (s *Service) Bound(ctx context.Context) (net.Addr, error) {
 
 // Info is what the site server reports about this service.
 func (s *Service) Info(addrs []netip.Prefix) nsapi.ServiceInfo {
-	return nsapi.ServiceInfo{Name: nsapi.ServicePackage, URL: s.base(addrs), Constrained: s.cfg.Constrained, NSFallback: s.cfg.NSFallback}
+	return nsapi.ServiceInfo{Name: nsapi.ServicePackage, URL: s.base(addrs), Constrained: s.constrained.Load(), NSFallback: s.nsFallback.Load()}
 }
 
 func (s *Service) base(addrs []netip.Prefix) string {
@@ -233,7 +271,7 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	s.addr = ln.Addr()
 	close(s.bound)
-	s.logger.Info("package service listening", "addr", ln.Addr().String(), "constrained", s.cfg.Constrained)
+	s.logger.Info("package service listening", "addr", ln.Addr().String(), "constrained", s.constrained.Load())
 	// No server-wide WriteTimeout: a large file to a slow reader may take hours. Each write
 	// must make progress instead (send_timeout).
 	conns := httpx.NewConnLimit(s.cfg.MaxConnections, s.cfg.MaxConnectionsPerSource, s.metrics.conns)
@@ -277,13 +315,18 @@ func (s *Service) nsClient(ctx context.Context) (*nsapi.Client, error) {
 	// whatever the reader's pace, and a crash loses all of that; over HTTP/1.1 the only
 	// read-ahead is the socket buffer, kept small below.
 	tr := nsapi.HTTP1Transport(c.HTTP.Transport.(*http.Transport))
-	if s.fetcher.Limiter != nil {
-		// A throttled download reads slowly; with the kernel's default buffers megabytes
-		// would sit unread in the socket, to be lost (and fetched again) if the process
-		// dies. A small buffer keeps what crossed the WAN close to what is on disk.
-		d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second, Control: smallReceiveBuffer}
-		tr.DialContext = d.DialContext
-	}
+	// A throttled download reads slowly; with the kernel's default buffers megabytes
+	// would sit unread in the socket, to be lost (and fetched again) if the process dies.
+	// A small buffer keeps what crossed the WAN close to what is on disk. Connections made
+	// while nothing is limited keep the default buffers, which a fast link needs.
+	lim := s.fetcher.Limiter
+	d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second, Control: func(network, address string, c syscall.RawConn) error {
+		if lim != nil && lim.Limited() {
+			return smallReceiveBuffer(network, address, c)
+		}
+		return nil
+	}}
+	tr.DialContext = d.DialContext
 	s.fetcher.SetClient(&http.Client{Transport: tr})
 	s.client = c
 	return c, nil
@@ -481,6 +524,18 @@ func (s *Service) download(ctx context.Context, pkg nsapi.Package) error {
 	}
 	if len(urls) == 0 {
 		return errors.New("no source is permitted for this server yet (constrained: nothing in its sites holds it)")
+	}
+	if limit := s.cacheSize.Load(); limit > 0 {
+		var need int64
+		for _, f := range pkg.Files {
+			if !s.store.Has(f.SHA256) {
+				need += f.Size
+			}
+		}
+		if used, _ := s.store.Usage(); need > 0 && used+need > limit {
+			s.metrics.cacheFull.Inc()
+			return fmt.Errorf("cache_size %s: the store holds %s and this package needs %s more", fmtSize(limit), fmtSize(used), fmtSize(need))
+		}
 	}
 	var before int64
 	for _, f := range pkg.Files {

@@ -10,6 +10,8 @@ const (
 	KindSite   = "site"
 	KindSubnet = "subnet"
 	KindServer = "server"
+	// KindService is one central setting of one site server's services.
+	KindService = "service"
 
 	ChangeAdded   = "added"
 	ChangeRemoved = "removed"
@@ -22,17 +24,18 @@ const (
 type RuleChange struct {
 	Kind   string `json:"kind"`
 	Change string `json:"change"`
-	// Key is the site name, the subnet prefix or the server GUID.
+	// Key is the site name, the subnet prefix, the server GUID, or the server GUID and a
+	// setting key ("GUID package.constrained").
 	Key string `json:"key"`
 	// Old and New are the site's description (and unknown-computer policy), the subnet's
-	// site, the server's site.
+	// site, the server's site, the setting's value.
 	Old    string `json:"old,omitempty"`
 	New    string `json:"new,omitempty"`
 	Source Source `json:"source"`
 }
 
 // Diff lists what replacing old with new changes, sites first, then subnets, then server
-// assignments, each sorted by key. Both are meant to be the rules of one source.
+// assignments, then service settings, each sorted by key. Both are meant to be the rules of one source.
 func Diff(old, new Rules) []RuleChange {
 	sites := func(r Rules) []entry {
 		var out []entry
@@ -60,10 +63,25 @@ func Diff(old, new Rules) []RuleChange {
 		}
 		return out
 	}
+	// Service settings are compared one by one.
+	services := func(r Rules) []entry {
+		var out []entry
+		for _, s := range r.Services {
+			guid, err := ServerGUID(s.Server)
+			if err != nil {
+				guid = s.Server
+			}
+			for k, v := range s.Settings.Flat() {
+				out = append(out, entry{guid + " " + k, guid + " " + k, v, s.Source})
+			}
+		}
+		return out
+	}
 	var out []RuleChange
 	out = append(out, diffEntries(KindSite, sites(old), sites(new))...)
 	out = append(out, diffEntries(KindSubnet, subnets(old), subnets(new))...)
-	return append(out, diffEntries(KindServer, servers(old), servers(new))...)
+	out = append(out, diffEntries(KindServer, servers(old), servers(new))...)
+	return append(out, diffEntries(KindService, services(old), services(new))...)
 }
 
 // entry is one rule as Diff compares it: by id, shown by key, its value compared.

@@ -32,6 +32,12 @@ func FuzzParseRulesFile(f *testing.F) {
 		"sites:\n  - name: a\n    subnets: [10.0.0.0/8]\n    unknown_computers: silent\n  - name: b\n    unknown_computers: answer\n",
 		"sites:\n  - name: a\n    unknown_computers: quiet\n",
 		"sites:\n  - name: a\n    unknown_computers: [silent]\n",
+		exampleServices,
+		"servers:\n  - id: 3f2a0c9e-5b1d-4c7a-9e3f-2d8b6a1c0f47\n    package: {bandwidth: []}\n    netboot: {boot_files: {}}\n",
+		"servers:\n  - id: 3f2a0c9e-5b1d-4c7a-9e3f-2d8b6a1c0f47\n    netboot: {boot_files: {07: a, 7: b}}\n",
+		"servers:\n  - id: 3f2a0c9e-5b1d-4c7a-9e3f-2d8b6a1c0f47\n    package: {bandwidth: [\" 08:00-18:00 2Mbit \", \"\"]}\n",
+		"servers:\n  - {id: 3f2a0c9e-5b1d-4c7a-9e3f-2d8b6a1c0f47, task: {enabled: 1}, package: null}\n",
+		"servers: [{id: x}]\nsites: [{name: a, servers: [x]}]\n",
 	} {
 		f.Add([]byte(seed))
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode"
@@ -25,9 +26,10 @@ const (
 // RulesFileError is an error at one place in a rules file. Callers that know the file's name
 // can use Line and Site to say where.
 type RulesFileError struct {
-	Line int    // 1-based; 0 when the error is about the file as a whole
-	Site string // the site being read, if any
-	Msg  string
+	Line   int    // 1-based; 0 when the error is about the file as a whole
+	Site   string // the site being read, if any
+	Server string // the entry of the servers section being read, if any
+	Msg    string
 }
 
 func (e *RulesFileError) Error() string {
@@ -38,6 +40,9 @@ func (e *RulesFileError) Error() string {
 	}
 	if e.Site != "" {
 		fmt.Fprintf(&b, ": site %q", e.Site)
+	}
+	if e.Server != "" {
+		fmt.Fprintf(&b, ": server %q", e.Server)
 	}
 	b.WriteString(": ")
 	b.WriteString(e.Msg)
@@ -61,6 +66,14 @@ func (e *RulesFileError) Error() string {
 //	  - name: berlin-lab
 //	    subnets: [10.1.200.0/24]   # more specific than berlin-hq's: wins for its addresses
 //	    unknown_computers: silent  # or answer (the default): network boot of computers the NS does not know
+//	servers:                       # service assignments: what each site server runs, and how
+//	  - id: 3f2a0c9e-5b1d-4c7a-9e3f-2d8b6a1c0f47   # GUID, as in sites[].servers
+//	    package: {enabled: true, constrained: true, ns_fallback: true, bandwidth: ["08:00-18:00 2Mbit"]}
+//	    netboot: {enabled: true, boot_files: {0: undionly.kpxe, 7: snponly.efi}}
+//	    task: {enabled: true}
+//
+// A site's servers list puts site servers in that site; the top-level servers section says
+// which services each runs and their central settings (unset ones are the server's own).
 func ParseRulesFile(data []byte) (Rules, error) {
 	r, _, err := ParseRulesFileSource(data)
 	return r, err
@@ -108,6 +121,9 @@ func parseRulesFile(data []byte) (Rules, Source, error) {
 	for i := range p.r.Servers {
 		p.r.Servers[i].Source = p.src
 	}
+	for i := range p.r.Services {
+		p.r.Services[i].Source = p.src
+	}
 	return p.r, p.src, nil
 }
 
@@ -130,6 +146,7 @@ type parser struct {
 	// Where each site name and prefix was first seen, for duplicate errors.
 	siteLine   map[string]int
 	prefixSeen map[netip.Prefix]seenAt
+	serverLine map[string]int // of the servers section, by GUID
 }
 
 type seenAt struct {
@@ -152,7 +169,7 @@ func (p *parser) file(doc *yaml.Node) error {
 	if root.Kind != yaml.MappingNode {
 		return p.errf(root, "", "want a mapping with keys source and sites, got %s", kindName(root))
 	}
-	var sites *yaml.Node
+	var sites, servers *yaml.Node
 	err := p.mapping(root, "", func(k, v *yaml.Node) error {
 		switch k.Value {
 		case "source":
@@ -170,24 +187,164 @@ func (p *parser) file(doc *yaml.Node) error {
 			p.src = src
 		case "sites":
 			sites = v
+		case "servers":
+			servers = v
 		default:
-			return p.errf(k, "", "unknown key %q (want source or sites)", k.Value)
+			return p.errf(k, "", "unknown key %q (want source, sites or servers)", k.Value)
 		}
 		return nil
 	})
-	if err != nil || sites == nil || isNull(sites) {
+	if err != nil {
 		return err
 	}
-	if sites.Kind != yaml.SequenceNode {
-		return p.errf(sites, "", "sites: want a list, got %s", kindName(sites))
-	}
-	p.siteLine = make(map[string]int)
-	p.prefixSeen = make(map[netip.Prefix]seenAt)
-	for _, s := range sites.Content {
-		if err := p.site(s); err != nil {
-			return err
+	if sites != nil && !isNull(sites) {
+		if sites.Kind != yaml.SequenceNode {
+			return p.errf(sites, "", "sites: want a list, got %s", kindName(sites))
+		}
+		p.siteLine = make(map[string]int)
+		p.prefixSeen = make(map[netip.Prefix]seenAt)
+		for _, s := range sites.Content {
+			if err := p.site(s); err != nil {
+				return err
+			}
 		}
 	}
+	if servers != nil && !isNull(servers) {
+		if servers.Kind != yaml.SequenceNode {
+			return p.errf(servers, "", "servers: want a list of site servers with their services, got %s", kindName(servers))
+		}
+		p.serverLine = make(map[string]int)
+		for _, s := range servers.Content {
+			if err := p.services(s); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// services reads one entry of the top-level servers section: a site server, by GUID, and
+// the services it runs with their settings.
+func (p *parser) services(n *yaml.Node) error {
+	if n.Kind != yaml.MappingNode {
+		return p.errf(n, "", "servers: want a mapping with keys id, task, package and netboot, got %s", kindName(n))
+	}
+	if err := p.add(n, ""); err != nil {
+		return err
+	}
+	var id string
+	var idNode *yaml.Node
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if k := n.Content[i]; k.Kind == yaml.ScalarNode && k.Value == "id" {
+			idNode = n.Content[i+1]
+			v, err := p.scalar(idNode, "")
+			if err != nil {
+				return err
+			}
+			id = v
+			break
+		}
+	}
+	if id == "" {
+		return p.errf(n, "", "servers: an entry without an id (the site server's GUID)")
+	}
+	errf := func(at *yaml.Node, format string, args ...any) error {
+		return &RulesFileError{Line: at.Line, Server: id, Msg: fmt.Sprintf(format, args...)}
+	}
+	guid, err := checkServer(id)
+	if err != nil {
+		return errf(idNode, "%v", err)
+	}
+	if first, ok := p.serverLine[guid]; ok {
+		return errf(idNode, "given twice (first at line %d)", first)
+	}
+	p.serverLine[guid] = idNode.Line
+	var set ServiceSettings
+	err = p.mapping(n, "", func(k, v *yaml.Node) error {
+		svc := k.Value
+		switch svc {
+		case "id":
+			return nil
+		case "task", "package", "netboot":
+		default:
+			return errf(k, "unknown key %q (want id, task, package or netboot)", svc)
+		}
+		if isNull(v) {
+			return nil
+		}
+		if v.Kind != yaml.MappingNode {
+			return errf(v, "%s: want a mapping of settings, got %s", svc, kindName(v))
+		}
+		return p.mapping(v, "", func(k, v *yaml.Node) error {
+			key := svc + "." + k.Value
+			if isNull(v) {
+				return nil
+			}
+			switch key {
+			case KeyPackageBandwidth:
+				if v.Kind != yaml.SequenceNode {
+					return errf(v, "%s: want a list of windows such as \"08:00-18:00 2Mbit\", got %s", key, kindName(v))
+				}
+				var ws []string
+				for _, w := range v.Content {
+					s, err := p.scalar(w, "")
+					if err != nil {
+						return err
+					}
+					if strings.TrimSpace(s) == "" || strings.Contains(s, ",") {
+						return errf(w, "%s: %q is not one window", key, s)
+					}
+					ws = append(ws, s)
+				}
+				if err := set.Set(key, strings.Join(ws, ",")); err != nil {
+					return errf(v, "%v", err)
+				}
+				return nil
+			case KeyBootFiles:
+				if v.Kind != yaml.MappingNode {
+					return errf(v, "%s: want a mapping of PXE architecture numbers to files, got %s", key, kindName(v))
+				}
+				seen := map[string]int{}
+				for i := 0; i+1 < len(v.Content); i += 2 {
+					ak, af := v.Content[i], v.Content[i+1]
+					arch, err := p.scalar(ak, "")
+					if err != nil {
+						return err
+					}
+					if first, ok := seen[arch]; ok {
+						return errf(ak, "%s: architecture %s given twice (first at line %d)", key, arch, first)
+					}
+					seen[arch] = ak.Line
+					file, err := p.scalar(af, "")
+					if err != nil {
+						return err
+					}
+					if _, ok := bootFileArch(key + "." + arch); !ok {
+						return errf(ak, "%s: %q is not a PXE architecture number (0 BIOS, 6 EFI IA32, 7 EFI x64, 11 ARM64…)", key, arch)
+					}
+					if err := set.Set(key+"."+arch, file); err != nil {
+						return errf(af, "%v", err)
+					}
+				}
+				return nil
+			}
+			s, err := p.scalar(v, "")
+			if err != nil {
+				return err
+			}
+			if ServiceOf(key) != svc || !slices.Contains(ServiceKeys, key) {
+				return errf(k, "%s: unknown setting %q", svc, k.Value)
+			}
+			if err := set.Set(key, s); err != nil {
+				return errf(v, "%v", err)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return err
+	}
+	p.r.Services = append(p.r.Services, ServiceRule{Server: id, Settings: set})
 	return nil
 }
 
@@ -425,8 +582,15 @@ func (d description) MarshalYAML() (any, error) {
 }
 
 type fileRules struct {
-	Source Source     `yaml:"source"`
-	Sites  []fileSite `yaml:"sites"`
+	Source  Source        `yaml:"source"`
+	Sites   []fileSite    `yaml:"sites"`
+	Servers []fileServers `yaml:"servers,omitempty"`
+}
+
+// fileServers is one entry of the servers section.
+type fileServers struct {
+	ID              string `yaml:"id"`
+	ServiceSettings `yaml:",inline"`
 }
 
 // MarshalRulesFile writes r in the rules file format. Every rule in r must have the same
@@ -446,7 +610,7 @@ func MarshalRulesFile(r Rules) ([]byte, error) {
 		}
 		return nil
 	}
-	if n := len(r.Sites) + len(r.Subnets) + len(r.Servers); n > MaxRulesFileRules {
+	if n := len(r.Sites) + len(r.Subnets) + len(r.Servers) + len(r.Services); n > MaxRulesFileRules {
 		return nil, fmt.Errorf("sites: marshal rules: %d rules, a file holds at most %d", n, MaxRulesFileRules)
 	}
 
@@ -514,6 +678,25 @@ func MarshalRulesFile(r Rules) ([]byte, error) {
 		}
 		seen[k] = true
 		f.Sites[i].Servers = append(f.Sites[i].Servers, sr.Server)
+	}
+	seenServices := make(map[string]bool, len(r.Services))
+	for _, sr := range r.Services {
+		what := fmt.Sprintf("services of server %q", sr.Server)
+		if err := setSource(what, sr.Source); err != nil {
+			return nil, err
+		}
+		key, err := checkServer(sr.Server)
+		if err != nil {
+			return nil, fmt.Errorf("sites: marshal rules: %s: %w", what, err)
+		}
+		if seenServices[key] {
+			return nil, fmt.Errorf("sites: marshal rules: %s: given twice", what)
+		}
+		seenServices[key] = true
+		if err := sr.Settings.Validate(); err != nil {
+			return nil, fmt.Errorf("sites: marshal rules: %s: %w", what, err)
+		}
+		f.Servers = append(f.Servers, fileServers{ID: sr.Server, ServiceSettings: sr.Settings})
 	}
 	if src == "" {
 		src = Manual

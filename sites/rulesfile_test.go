@@ -178,7 +178,7 @@ func TestParseRulesFileErrors(t *testing.T) {
 		},
 		"unknown top-level key": {
 			in:   "source: manual\nsubnets: []\n",
-			want: `rules:2: unknown key "subnets" (want source or sites)`,
+			want: `rules:2: unknown key "subnets" (want source, sites or servers)`,
 		},
 		"unknown site key": {
 			in:   "sites:\n  - name: a\n    descripton: typo\n",

@@ -71,6 +71,8 @@ type Rules struct {
 	Sites   []Site
 	Subnets []SubnetRule
 	Servers []ServerRule
+	// Services are the service assignments: what each site server runs, and how.
+	Services []ServiceRule
 }
 
 // Match is one site an address or server belongs to and the rule that put it there.
@@ -90,6 +92,7 @@ type Map struct {
 	v4       table4
 	v6       table6
 	servers  map[string]direct
+	services map[string]serverServices // by GUID
 	shadowed []SubnetRule
 }
 
@@ -219,6 +222,10 @@ func Compile(r Rules) (*Map, error) {
 			*list = append(*list, sr.Site)
 		}
 		m.servers[key] = d
+	}
+	var err error
+	if m.services, err = compileServices(r.Services); err != nil {
+		return nil, err
 	}
 	return m, nil
 }

@@ -11,6 +11,10 @@ import (
 
 // Config configures the task service (the services.task section of a serve config).
 type Config struct {
+	// Enabled, when written, pins whether the service runs on this server, over the NS's
+	// service assignment; unwritten, the NS decides, and the section's presence when it
+	// does not.
+	Enabled *bool `yaml:"enabled"`
 	// Clock, if set, is the clock agents' certificates are judged by (tests).
 	Clock func() time.Time `yaml:"-"`
 

@@ -31,6 +31,7 @@ type adminOptions struct {
 	force, json, dryRun, clear                                        bool
 	uploadIdle, interval                                              time.Duration
 	watch                                                             bool
+	svc                                                               serviceOptions
 }
 
 // optionFlags defines each flag an admin subcommand may take beyond the connection flags;
@@ -120,6 +121,33 @@ var optionFlags = map[string]func(fs *flag.FlagSet, o *adminOptions){
 	"source": func(fs *flag.FlagSet, o *adminOptions) {
 		fs.StringVar(&o.source, "source", "manual", "rules `SOURCE`: manual or imported")
 	},
+	"service": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.StringVar(&o.svc.service, "service", "", "the `SERVICE` to change: task, package or netboot")
+	},
+	"enabled": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.Var(&o.svc.enabled, "enabled", "run the service (-enabled=false: stop it)")
+	},
+	"constrained": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.Var(&o.svc.constrained, "constrained", "package: fetch only from package servers of its own sites (-constrained=false: from anywhere)")
+	},
+	"ns-fallback": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.Var(&o.svc.nsFallback, "ns-fallback", "package: a constrained server may fetch from the NS after its own sites")
+	},
+	"bandwidth": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.Var(&o.svc.bandwidth, "bandwidth", "package: upstream limits by time of day, comma-separated `WINDOWS` (\"08:00-18:00 2Mbit, 18:00-08:00 20Mbit\"; \"\": none)")
+	},
+	"default-bandwidth": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.Var(&o.svc.defaultBandwidth, "default-bandwidth", "package: the upstream limit outside the windows (`RATE`: 20Mbit, unlimited)")
+	},
+	"cache-size": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.Var(&o.svc.cacheSize, "cache-size", "package: how much the package store may hold (`SIZE`: 50GiB, unlimited)")
+	},
+	"boot-file": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.Var(&o.svc.bootFiles, "boot-file", "netboot: the first-stage boot file of a PXE architecture, `ARCH=FILE` (ARCH a number or bios, efi_ia32, efi_x64, efi_bc, arm64; empty FILE: none); repeatable")
+	},
+	"unset": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.Var(&o.svc.unset, "unset", "comma-separated `KEYS` of the service to leave to the other source, the server's YAML or the default (constrained, bandwidth, boot_files.7, enabled…; all: every one)")
+	},
 }
 
 // adminCall is what one admin subcommand runs with.
@@ -191,6 +219,9 @@ var adminCommands = []adminCommand{
 	{"sites unassign", 2, "SERVER SITE", "remove a manual server assignment", nil, sitesUnassign},
 	{"sites explain", argsOneOrMore, "IP…", "the site of each address, the rule and source that decided, and the servers a computer there gets", []string{"json"}, sitesExplain},
 	{"servers list", 0, "", "list site servers: status, sites, services, computers", []string{"json"}, serversList},
+	{"servers show", 1, "SERVER", "a site server's services: how each stands, each setting in force, where it came from (central, local pin, default) and which source decided", []string{"json"}, serversShow},
+	{"servers set", 1, "SERVER -service task|package|netboot [-enabled[=false]] [SETTINGS] [-unset KEYS]", "change a site server's central service settings (manual rules): start or stop a service, constrained, bandwidth, cache size, boot files",
+		[]string{"service", "enabled", "constrained", "ns-fallback", "bandwidth", "default-bandwidth", "cache-size", "boot-file", "unset", "json"}, serversSet},
 	{"servers approve", 1, "SERVER", "approve a pending site server (GUID, unique GUID prefix or host name), or the site change it reported", nil,
 		onServer("approved", func(a *adminCall, id string) error { return a.c.Approve(a.ctx, id) })},
 	{"servers reject", 1, "SERVER", "forget a pending site server and revoke its certificate", nil,

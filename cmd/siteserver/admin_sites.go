@@ -7,6 +7,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/siteserver/siteserver/ns"
 	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/sites"
 )
@@ -70,7 +71,7 @@ func sitesApply(a *adminCall) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(a.out, "applied %s rules: %d sites, %d subnets, %d server assignments\n", r.Source, r.Sites, r.Subnets, r.Servers)
+	fmt.Fprintf(a.out, "applied %s rules: %d sites, %d subnets, %d server assignments, services of %d servers\n", r.Source, r.Sites, r.Subnets, r.Servers, r.Services)
 	return nil
 }
 
@@ -215,10 +216,14 @@ func sitesDiff(a *adminCall) error {
 			merged.Sites = append(slices.Clone(merged.Sites), r.Sites...)
 			merged.Subnets = append(slices.Clone(merged.Subnets), r.Subnets...)
 			merged.Servers = append(slices.Clone(merged.Servers), r.Servers...)
+			merged.Services = append(slices.Clone(merged.Services), r.Services...)
 		}
 	}
 	if _, err := sites.Compile(merged); err != nil {
 		return fmt.Errorf("%s with the NS's other rules: %w", a.pos[0], err)
+	}
+	if err := ns.CheckServices(file); err != nil {
+		return fmt.Errorf("%s: %w", a.pos[0], err)
 	}
 	d := rulesDiff{Source: src, Changes: sites.Diff(rules[src], file)}
 	if d.Changes == nil {
@@ -252,6 +257,13 @@ func sitesDiff(a *adminCall) error {
 					key += " (" + h + ")"
 				}
 				what = describe(c, func(s string) string { return "in site " + s })
+			case sites.KindService:
+				server, setting, _ := strings.Cut(c.Key, " ")
+				key = server
+				if h := n.server(server); h != server {
+					key += " (" + h + ")"
+				}
+				what = setting + ": " + describe(c, func(s string) string { return fmt.Sprintf("%q", s) })
 			}
 			fmt.Fprintf(w, "%s %s\t%s\t%s\n", mark, c.Kind, key, what)
 		}

@@ -406,6 +406,9 @@ func Kind(path string) (string, error) {
 	if _, ok := top["sites"]; ok {
 		return KindRules, nil
 	}
+	if _, ok := top["servers"]; ok {
+		return KindRules, nil // only the service assignments
+	}
 	if n, ok := top["ns"]; ok && n.Kind == yaml.MappingNode {
 		// An agent names one NS to reach (url); the NS file configures the server itself.
 		for i := 0; i+1 < len(n.Content); i += 2 {

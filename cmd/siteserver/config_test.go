@@ -100,7 +100,7 @@ func TestExampleBranch(t *testing.T) {
 				Wake: taskd.WakeConfig{Port: 9, Packets: 3, Resend: time.Minute, Rounds: 5, MaxPacketsPerSecond: 1000, MinPrefixLen: 16}},
 			Package: &pkgd.Config{Listen: ":50181", URL: "http://branch-ss1.example.org:50181", Constrained: true, NSFallback: true,
 				PollInterval: 5 * time.Minute, VerifyInterval: 24 * time.Hour, MaxDownloads: 4, RetryBase: 3 * time.Minute, ProgressInterval: 10 * time.Second,
-				Bandwidth: []string{"08:00-18:00 2Mbit"}, DefaultBandwidth: "unlimited", MaxCompressedStreams: 4, SendTimeout: time.Minute, MaxConnections: 1024, MaxConnectionsPerSource: 128},
+				Bandwidth: []string{"08:00-18:00 2Mbit"}, DefaultBandwidth: "unlimited", CacheSize: "unlimited", MaxCompressedStreams: 4, SendTimeout: time.Minute, MaxConnections: 1024, MaxConnectionsPerSource: 128},
 		},
 	}
 	want.Services.Netboot = &netbootd.Config{
@@ -139,7 +139,7 @@ func TestExampleStandalone(t *testing.T) {
 		Services: Services{Task: &taskd.Config{TickleListen: "127.0.0.1:50123", TickleAdvertise: "127.0.0.1:50123",
 			AgentListen: "127.0.0.1:50180", URL: "https://127.0.0.1:50180", PresenceInterval: time.Minute, ForwardBatch: 1000, MaxAgentConnections: 1024, MaxAgentConnectionsPerSource: 128,
 			MaxForwardBackoff: time.Minute, SpoolMaxBytes: 256 << 20}, Package: &pkgd.Config{Listen: "127.0.0.1:50181", URL: "http://127.0.0.1:50181",
-			PollInterval: 5 * time.Minute, VerifyInterval: 24 * time.Hour, MaxDownloads: 4, RetryBase: 3 * time.Minute, ProgressInterval: 10 * time.Second, DefaultBandwidth: "unlimited",
+			PollInterval: 5 * time.Minute, VerifyInterval: 24 * time.Hour, MaxDownloads: 4, RetryBase: 3 * time.Minute, ProgressInterval: 10 * time.Second, DefaultBandwidth: "unlimited", CacheSize: "unlimited",
 			MaxCompressedStreams: 4, SendTimeout: time.Minute, MaxConnections: 1024, MaxConnectionsPerSource: 128},
 			Netboot: &netbootd.Config{BootDir: filepath.Join(examples, "boot"), PXE: pxe.Config{Listen67: ":10067", Listen4011: ":14011"},
 				TFTP: netbootd.TFTPFile{Listen: "127.0.0.1:10069"}, HTTP: netbootd.HTTPConfig{Listen: "127.0.0.1:50182"}}},

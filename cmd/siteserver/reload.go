@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/siteserver/siteserver/internal/obs"
 )
@@ -129,22 +130,77 @@ func logLevel(level *slog.LevelVar, next obs.LogConfig) reloadable {
 	return reloadable{"log.level": func() error { obs.SetLevel(level, next); return nil }}
 }
 
-// reloadable is what a site server can change on SIGHUP: the log level, its package
-// service's bandwidth windows (when it started with a limit), its PXE boot files, iPXE
-// script URL and iPXE scripts.
+// reloadable is what a site server can change on SIGHUP: the log level, the settings its
+// NS may also set (whether a configured service runs, package constrained, ns_fallback,
+// bandwidth and cache size, PXE boot files) with the iPXE script URL, and the iPXE scripts.
 func (s *siteServer) reloadable(level *slog.LevelVar, next *Serve) reloadable {
 	r := logLevel(level, next.Log)
 	if s.embedded != nil {
 		r["embedded_ns.settings"] = func() error { return s.embedded.SetSettings(next.EmbeddedNS.Settings) }
 	}
-	if pc := next.Services.Package; s.pkg != nil && pc != nil && s.pkg.CanSetBandwidth() {
-		set := func() error { return s.pkg.SetBandwidth(pc.Bandwidth, pc.DefaultBandwidth) }
-		r["services.package.bandwidth"], r["services.package.default_bandwidth"] = set, set
+	cur := s.cfg.Services
+	// The file's value where it writes one, the NS's where it does not (any more).
+	services := func() error {
+		pins, err := localPins(s.cfgPath)
+		if err != nil {
+			return err
+		}
+		s.assign.setLocal(reloadedServices(s.assign.localServices(), next.Services), pins)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		s.sup.reconcile(ctx)
+		var errs []string
+		for _, svc := range serviceNames {
+			if e := s.assign.settingsError(svc); e != "" {
+				errs = append(errs, svc+": "+e)
+			}
+		}
+		if len(errs) > 0 {
+			return errors.New(strings.Join(errs, "; "))
+		}
+		return nil
 	}
-	if nc := next.Services.Netboot; s.boot != nil && nc != nil {
-		r["services.netboot.scripts"] = func() error { return s.boot.SetScripts(nc.Scripts) }
-		setBoot := func() error { return s.boot.SetBoot(nc.PXE) }
-		r["services.netboot.pxe.boot_files"], r["services.netboot.pxe.ipxe_script_url"] = setBoot, setBoot
+	if cur.Task != nil && next.Services.Task != nil {
+		r["services.task.enabled"] = services
+	}
+	if cur.Package != nil && next.Services.Package != nil {
+		for _, k := range []string{"enabled", "constrained", "ns_fallback", "bandwidth", "default_bandwidth", "cache_size"} {
+			r["services.package."+k] = services
+		}
+	}
+	if nc := next.Services.Netboot; cur.Netboot != nil && nc != nil {
+		r["services.netboot.scripts"] = func() error {
+			if b := s.bootSvc(); b != nil {
+				return b.SetScripts(nc.Scripts)
+			}
+			return nil
+		}
+		for _, k := range []string{"enabled", "pxe.boot_files", "pxe.ipxe_script_url"} {
+			r["services.netboot."+k] = services
+		}
 	}
 	return r
+}
+
+// reloadedServices is cur with the keys a reload puts in force taken from next; the rest
+// (a section added or removed, listen addresses) waits for a restart.
+func reloadedServices(cur, next Services) Services {
+	out := cur
+	if cur.Task != nil && next.Task != nil {
+		t := *cur.Task
+		t.Enabled = next.Task.Enabled
+		out.Task = &t
+	}
+	if cur.Package != nil && next.Package != nil {
+		p, n := *cur.Package, next.Package
+		p.Enabled, p.Constrained, p.NSFallback = n.Enabled, n.Constrained, n.NSFallback
+		p.Bandwidth, p.DefaultBandwidth, p.CacheSize = n.Bandwidth, n.DefaultBandwidth, n.CacheSize
+		out.Package = &p
+	}
+	if cur.Netboot != nil && next.Netboot != nil {
+		b, n := *cur.Netboot, next.Netboot
+		b.Enabled, b.PXE.BootFiles, b.PXE.IPXEScriptURL, b.Scripts = n.Enabled, n.PXE.BootFiles, n.PXE.IPXEScriptURL, n.Scripts
+		out.Netboot = &b
+	}
+	return out
 }

@@ -82,7 +82,10 @@ func checkConfig(args []string, stdout io.Writer) error {
 		if _, err := sites.Compile(r); err != nil {
 			return fmt.Errorf("%s: %w", filepath.Base(args[0]), err)
 		}
-		fmt.Fprintf(stdout, "%s: ok (rules file: %d sites, %d subnets, %d server assignments)\n", args[0], len(r.Sites), len(r.Subnets), len(r.Servers))
+		if err := ns.CheckServices(r); err != nil {
+			return fmt.Errorf("%s: %w", filepath.Base(args[0]), err)
+		}
+		fmt.Fprintf(stdout, "%s: ok (rules file: %d sites, %d subnets, %d server assignments, services of %d servers)\n", args[0], len(r.Sites), len(r.Subnets), len(r.Servers), len(r.Services))
 		return nil
 	case KindNS:
 		f = &NS{}
@@ -208,7 +211,7 @@ func runNS(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 		if self, err = nsTaskService(cfg, srv, logger, reg); err != nil {
 			return err
 		}
-		g.Add(self.registrar, self.task)
+		g.Add(self.registrar, self.sup)
 	}
 	return runGroup(ctx, logger, g, notify)
 }
@@ -331,7 +334,11 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 	}
 	logger.Info("site server identity", "hostname", host)
 
-	s := &siteServer{cfg: cfg, host: host, logger: logger, reg: reg}
+	pins, err := localPins(path)
+	if err != nil {
+		return err
+	}
+	s := &siteServer{cfg: cfg, cfgPath: path, pins: pins, host: host, logger: logger, reg: reg}
 	g, notify := newGroup(cfg.Metrics, reg, logger)
 	hr := &hupReloader{hup: hup, logger: logger, notify: notify}
 	g.Add(hr)
@@ -353,16 +360,7 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 	if err := s.build(); err != nil {
 		return err
 	}
-	g.Add(s.registrar)
-	if s.task != nil {
-		g.Add(s.task)
-	}
-	if s.pkg != nil {
-		g.Add(s.pkg)
-	}
-	if s.boot != nil {
-		g.Add(s.boot)
-	}
+	g.Add(s.registrar, s.sup)
 	return runGroup(ctx, logger, g, notify)
 }
 
@@ -370,79 +368,94 @@ func serve(ctx context.Context, hup <-chan os.Signal, args []string, stderr io.W
 // their registration with each NS.
 type siteServer struct {
 	cfg       Serve
+	cfgPath   string          // the serve file ("" for the NS's own task service)
+	pins      map[string]bool // central setting keys the serve file sets itself
+	assign    *assignments    // the NS's central settings and what is in force
 	host      string
 	logger    *slog.Logger
 	reg       prometheus.Registerer
 	peers     []*nsapi.Enrollment
 	registrar *nsapi.Registrar
-	task      *taskd.Service
-	pkg       *pkgd.Service
-	boot      *netbootd.Service
-	embedded  *ns.Server // the standalone site's NS, or nil
+	sup       *supervisor // runs the site services
+	embedded  *ns.Server  // the standalone site's NS, or nil
 }
 
 // build constructs the configured services and the registrar; it starts nothing.
 func (s *siteServer) build() error {
 	svcs := s.cfg.Services
-	if svcs.Task == nil && svcs.Package == nil && svcs.Netboot == nil {
-		s.logger.Warn("no site services configured; this site server only registers")
-	}
-	if svcs.Task != nil {
-		if err := s.buildTask(); err != nil {
-			return err
-		}
-	}
-	if svcs.Package != nil {
-		pcfg := *svcs.Package
-		pcfg.DataDir = filepath.Join(s.cfg.DataDir, "package")
-		if len(s.peers) > 1 {
-			s.logger.Warn("the package service follows the first NS only", "ns", s.peers[0].Endpoint.Name)
-		}
-		var err error
-		if s.pkg, err = pkgd.New(pcfg, s.peers[0], s.logger.With("service", "package"), s.reg); err != nil {
-			return err
-		}
-	}
-	if svcs.Netboot != nil {
-		var err error
-		if s.boot, err = netbootd.New(*svcs.Netboot, s.peers[0].Client, s.logger.With("service", "netboot"), s.reg); err != nil {
-			return err
-		}
-		if s.pkg != nil {
-			s.boot.UsePackages(s.pkg.OpenFile)
-		} else if svcs.Netboot.BootPackage != "" {
-			return fmt.Errorf("services.netboot.boot_package: needs the package service on this site server")
-		}
-	}
 	var err error
 	s.registrar, err = nsapi.NewRegistrar(s.peers, s.register, s.logger.With("service", "registration"), s.reg)
 	if err != nil {
 		return err
 	}
 	s.registrar.OnAnswer = s.onAnswer
-	for i, p := range s.peers {
+	s.assign = newAssignments(svcs, s.pins)
+	for _, p := range s.peers {
 		var last nsapi.RegisterServerResponse
 		if s.registrar.Last(p.Endpoint.Name, &last) {
 			s.logger.Info("last settings from NS", "ns", p.Endpoint.Name, "sites", len(last.Sites), "heartbeat", last.Settings.HeartbeatInterval)
-			if s.boot != nil && i == 0 {
-				// Kept from the last answer, so a restart without the NS keeps its policy.
-				s.boot.SetNetboot(last.Netboot)
-			}
-			if s.task != nil {
-				s.task.SetRevoked(p.Endpoint.Name, last.Revoked)
-			}
-			if s.pkg != nil {
-				s.pkg.SetRevoked(p.Endpoint.Name, last.Revoked)
+			if p == s.peers[0] {
+				// The central service settings of the last answer, so that a restart
+				// without the NS keeps them.
+				s.assign.setCentral(last.Services)
 			}
 		}
 	}
+	want := s.assign.decide()
+	if !want[nsapi.ServiceTask].on && !want[nsapi.ServicePackage].on && !want[nsapi.ServiceNetboot].on {
+		s.logger.Warn("no site services run; this site server only registers, until its NS's service assignment turns one on")
+	}
+	if nb := svcs.Netboot; nb != nil && nb.BootPackage != "" && !want[nsapi.ServicePackage].on && want[nsapi.ServiceNetboot].on {
+		return fmt.Errorf("services.netboot.boot_package: needs the package service on this site server")
+	}
+	if len(s.peers) > 1 && want[nsapi.ServicePackage].on {
+		s.logger.Warn("the package service follows the first NS only", "ns", s.peers[0].Endpoint.Name)
+	}
+	if s.sup, err = newSupervisor(s.logger, s.reg, serviceNames, s.assign.decide); err != nil {
+		return err
+	}
+	s.sup.applied = s.servicesApplied
+	s.sup.add(nsapi.ServiceTask, s.reg, s.newTask)
+	s.sup.add(nsapi.ServicePackage, s.reg, s.newPackage)
+	s.sup.add(nsapi.ServiceNetboot, s.reg, s.newNetboot)
 	return nil
 }
 
-// buildTask constructs the task service with one link per NS; the links read the
-// registrar's last answers, so they work once build has made it.
-func (s *siteServer) buildTask() error {
-	tcfg := *s.cfg.Services.Task
+// taskSvc, pkgSvc and bootSvc return the running instance of a site service, or nil.
+func (s *siteServer) taskSvc() *taskd.Service {
+	t, _ := s.sup.running(nsapi.ServiceTask).(*taskd.Service)
+	return t
+}
+
+func (s *siteServer) pkgSvc() *pkgd.Service {
+	p, _ := s.sup.running(nsapi.ServicePackage).(*pkgd.Service)
+	return p
+}
+
+func (s *siteServer) bootSvc() *netbootd.Service {
+	b, _ := s.sup.running(nsapi.ServiceNetboot).(*netbootd.Service)
+	return b
+}
+
+// lastRevoked gives a new instance of a service the revoked serials of each NS's last answer.
+func (s *siteServer) lastRevoked(set func(ns string, serials []string)) {
+	for _, p := range s.peers {
+		var last nsapi.RegisterServerResponse
+		if s.registrar.Last(p.Endpoint.Name, &last) {
+			set(p.Endpoint.Name, last.Revoked)
+		}
+	}
+}
+
+// newTask builds the task service with one link per NS; the links read the registrar's
+// last answers.
+func (s *siteServer) newTask(reg prometheus.Registerer) (service.Service, error) {
+	var tcfg taskd.Config
+	if s.cfg.Services.Task != nil {
+		tcfg = *s.cfg.Services.Task
+	} else {
+		tcfg.Defaults()
+	}
 	tcfg.DataDir = filepath.Join(s.cfg.DataDir, "task")
 	var links []*taskd.NSLink
 	for _, p := range s.peers {
@@ -461,9 +474,69 @@ func (s *siteServer) buildTask() error {
 			},
 		})
 	}
-	var err error
-	s.task, err = taskd.New(tcfg, links, s.logger.With("service", "task"), s.reg)
-	return err
+	t, err := taskd.New(tcfg, links, s.logger.With("service", "task"), reg)
+	if err != nil {
+		return nil, err
+	}
+	s.lastRevoked(t.SetRevoked)
+	return t, nil
+}
+
+// newPackage builds the package service from its settings in force; it follows the first NS.
+func (s *siteServer) newPackage(reg prometheus.Registerer) (service.Service, error) {
+	pcfg := s.assign.packageConfig()
+	pcfg.DataDir = filepath.Join(s.cfg.DataDir, "package")
+	p, err := pkgd.New(pcfg, s.peers[0], s.logger.With("service", "package"), reg)
+	if err != nil {
+		return nil, err
+	}
+	s.lastRevoked(p.SetRevoked)
+	return p, nil
+}
+
+// newNetboot builds the network boot service from its settings in force; it follows the
+// first NS, which it asks about computers.
+func (s *siteServer) newNetboot(reg prometheus.Registerer) (service.Service, error) {
+	cfg, err := s.assign.netbootConfig(s.bootPackageHas)
+	if err != nil {
+		return nil, err
+	}
+	b, err := netbootd.New(cfg, s.peers[0].Client, s.logger.With("service", "netboot"), reg)
+	if err != nil {
+		return nil, err
+	}
+	b.UsePackages(s.openPackageFile)
+	var last nsapi.RegisterServerResponse
+	if s.registrar.Last(s.peers[0].Endpoint.Name, &last) {
+		// Kept from the last answer, so a restart without the NS keeps its policy.
+		b.SetNetboot(last.Netboot)
+	}
+	return b, nil
+}
+
+// openPackageFile opens a file of a package held by the package service running now.
+func (s *siteServer) openPackageFile(ctx context.Context, pkg, name string) (*os.File, error) {
+	p := s.pkgSvc()
+	if p == nil {
+		return nil, errors.New("the package service does not run on this site server")
+	}
+	return p.OpenFile(ctx, pkg, name)
+}
+
+// bootPackageHas reports whether the boot package holds the file name.
+func (s *siteServer) bootPackageHas(name string) bool {
+	nb := s.cfg.Services.Netboot
+	if nb == nil || nb.BootPackage == "" {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	f, err := s.openPackageFile(ctx, nb.BootPackage, name)
+	if err != nil {
+		return false
+	}
+	f.Close()
+	return true
 }
 
 // register reports this site server and its services to one NS.
@@ -472,24 +545,31 @@ func (s *siteServer) register(ctx context.Context, p *nsapi.Enrollment, c *nsapi
 	if err != nil {
 		return nil, 0, err
 	}
+	// Report the services' real ports, which may be ephemeral: wait until those that
+	// start are serving (or have failed, which is reported).
+	if err := s.sup.settled(ctx); err != nil {
+		return nil, 0, err
+	}
+	bctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
 	var services []nsapi.ServiceInfo
-	if s.task != nil {
-		// Report the task service's real ports, which may be ephemeral.
-		if _, _, err := s.task.Bound(ctx); err != nil {
-			return nil, 0, err
+	if t := s.taskSvc(); t != nil {
+		if _, _, err := t.Bound(bctx); err == nil {
+			services = append(services, t.Info(addrs))
 		}
-		services = append(services, s.task.Info(addrs))
 	}
-	if s.pkg != nil {
-		if _, err := s.pkg.Bound(ctx); err != nil {
-			return nil, 0, err
+	if pk := s.pkgSvc(); pk != nil {
+		if _, err := pk.Bound(bctx); err == nil {
+			services = append(services, pk.Info(addrs))
 		}
-		services = append(services, s.pkg.Info(addrs))
 	}
-	if s.boot != nil {
+	if s.bootSvc() != nil {
 		services = append(services, nsapi.ServiceInfo{Name: nsapi.ServiceNetboot})
 	}
-	resp, err := c.RegisterServer(ctx, nsapi.RegisterServerRequest{ID: p.ID(), Hostname: s.host, Addresses: addrs, Services: services})
+	report := s.assign.report(s.sup.states(s.assign.settingsError))
+	s.assign.markSent(report)
+	resp, err := c.RegisterServer(ctx, nsapi.RegisterServerRequest{ID: p.ID(), Hostname: s.host, Addresses: addrs, Services: services,
+		Report: report})
 	if err != nil {
 		return nil, 0, err
 	}
@@ -503,18 +583,64 @@ func (s *siteServer) onAnswer(p *nsapi.Enrollment, answer any) {
 		names = append(names, st.Site)
 	}
 	s.logger.Info("registered", "ns", p.Endpoint.Name, "id", p.ID(), "sites", names, "heartbeat", resp.Settings.HeartbeatInterval)
-	if s.task != nil {
-		s.task.SetRevoked(p.Endpoint.Name, resp.Revoked)
-		s.task.ReloadCredentials(p.Endpoint.Name)
+	if t := s.taskSvc(); t != nil {
+		t.SetRevoked(p.Endpoint.Name, resp.Revoked)
+		t.ReloadCredentials(p.Endpoint.Name)
 	}
-	if s.pkg != nil {
-		s.pkg.SetRevoked(p.Endpoint.Name, resp.Revoked)
+	if pk := s.pkgSvc(); pk != nil {
+		pk.SetRevoked(p.Endpoint.Name, resp.Revoked)
 		// Sites or settings may have changed: look at the assignments again.
-		s.pkg.Kick()
+		pk.Kick()
 	}
-	if s.boot != nil && p == s.peers[0] {
+	if b := s.bootSvc(); b != nil && p == s.peers[0] {
 		// The network boot service follows the first NS, as it asks that one about computers.
-		s.boot.SetNetboot(resp.Netboot)
+		b.SetNetboot(resp.Netboot)
+	}
+	if p == s.peers[0] {
+		// Service assignments follow the first NS too.
+		s.assign.setCentral(resp.Services)
+		s.sup.poke()
+	}
+}
+
+// servicesApplied puts the settings in force on the services that run, after the
+// supervisor started and stopped them; when what is in force changed it registers again at
+// once with every NS, so that they know.
+func (s *siteServer) servicesApplied() {
+	var pkg packageSetter
+	if pk := s.pkgSvc(); pk != nil {
+		pkg = pk
+	} else {
+		s.assign.forget(nsapi.ServicePackage)
+	}
+	var boot bootSetter
+	if b := s.bootSvc(); b != nil {
+		boot = b
+	} else {
+		s.assign.forget(nsapi.ServiceNetboot)
+	}
+	before := map[string]string{}
+	for _, svc := range serviceNames {
+		before[svc] = s.assign.settingsError(svc)
+	}
+	s.assign.apply(pkg, boot, s.bootPackageHas)
+	for _, svc := range serviceNames {
+		if e := s.assign.settingsError(svc); e != "" && e != before[svc] {
+			s.sup.metrics.changes.WithLabelValues(svc, "refused").Inc()
+			s.logger.Error("service settings not put in force; the last good ones stay", "service", svc, "err", e)
+		}
+	}
+	report := s.assign.report(s.sup.states(s.assign.settingsError))
+	if !s.assign.changed(report) {
+		return
+	}
+	var settings []string
+	for _, st := range report.Settings {
+		settings = append(settings, setting{st.Key, st.Value, st.From}.String())
+	}
+	s.logger.Info("service settings put in force", "settings", settings, "states", report.States)
+	for _, p := range s.peers {
+		s.registrar.Kick(p.Endpoint.Name)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/sites"
 	_ "modernc.org/sqlite" // pure-Go driver keeps the binary static
 )
@@ -236,6 +237,15 @@ var migrations = []string{
 	`ALTER TABLE agents ADD COLUMN interfaces TEXT NOT NULL DEFAULT '[]';
 	ALTER TABLE job_instances ADD COLUMN online_by INTEGER NOT NULL DEFAULT 0;
 	CREATE INDEX job_instances_online_by ON job_instances (state, online_by) WHERE online_by > 0;`,
+	// 21: service assignments: which site services each site server runs and their
+	// central settings, per source; what each site server last reported of them.
+	`CREATE TABLE service_rules (
+		server TEXT NOT NULL,
+		source TEXT NOT NULL,
+		settings TEXT NOT NULL,
+		PRIMARY KEY (server, source)
+	);
+	ALTER TABLE servers ADD COLUMN services_report TEXT NOT NULL DEFAULT '{}';`,
 }
 
 // SQLiteStore is the Store in a SQLite file.
@@ -372,13 +382,35 @@ func (s *SQLiteStore) Rules(ctx context.Context) (sites.Rules, error) {
 		sr.Source = sites.Source(src)
 		r.Servers = append(r.Servers, sr)
 	}
+	if err := rows.Err(); err != nil {
+		return r, fmt.Errorf("ns: store: server rules: %w", err)
+	}
+	rows.Close()
+	rows, err = s.db.QueryContext(ctx, `SELECT server, source, settings FROM service_rules ORDER BY server, source`)
+	if err != nil {
+		return r, fmt.Errorf("ns: store: service rules: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var sr sites.ServiceRule
+		var src, settings string
+		if err := rows.Scan(&sr.Server, &src, &settings); err != nil {
+			return r, fmt.Errorf("ns: store: service rules: %w", err)
+		}
+		if err := json.Unmarshal([]byte(settings), &sr.Settings); err != nil {
+			return r, fmt.Errorf("ns: store: service rule of %s: %w", sr.Server, err)
+		}
+		sr.Source = sites.Source(src)
+		r.Services = append(r.Services, sr)
+	}
 	return r, rows.Err()
 }
 
 // ReplaceRules implements Store. Rules of other sources in r are ignored.
 func (s *SQLiteStore) ReplaceRules(ctx context.Context, src sites.Source, r sites.Rules) error {
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		for _, q := range []string{`DELETE FROM sites WHERE source = ?`, `DELETE FROM subnets WHERE source = ?`, `DELETE FROM server_rules WHERE source = ?`} {
+		for _, q := range []string{`DELETE FROM sites WHERE source = ?`, `DELETE FROM subnets WHERE source = ?`, `DELETE FROM server_rules WHERE source = ?`,
+			`DELETE FROM service_rules WHERE source = ?`} {
 			if _, err := tx.ExecContext(ctx, q, string(src)); err != nil {
 				return err
 			}
@@ -408,6 +440,18 @@ func (s *SQLiteStore) ReplaceRules(ctx context.Context, src sites.Source, r site
 				return err
 			}
 		}
+		for _, sr := range r.Services {
+			if sr.Source != src {
+				continue
+			}
+			settings, err := json.Marshal(sr.Settings)
+			if err != nil {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT INTO service_rules (server, source, settings) VALUES (?, ?, ?)`, sr.Server, string(src), string(settings)); err != nil {
+				return err
+			}
+		}
 		return nil
 	})
 	if err != nil {
@@ -416,17 +460,23 @@ func (s *SQLiteStore) ReplaceRules(ctx context.Context, src sites.Source, r site
 	return nil
 }
 
-const serverCols = `id, hostname, status, tickle_key, tickle_key_id, cert_serial, addresses, services, enrolled_at, last_seen, remote_addr, reported_hostname, reported_addresses, cert_not_after`
+const serverCols = `id, hostname, status, tickle_key, tickle_key_id, cert_serial, addresses, services, enrolled_at, last_seen, remote_addr, reported_hostname, reported_addresses, cert_not_after, services_report`
 
 type scanner interface{ Scan(...any) error }
 
 func scanServer(sc scanner) (ServerRecord, error) {
 	var rec ServerRecord
-	var addrs, svcs, reported string
+	var addrs, svcs, reported, report string
 	var enrolled, seen, notAfter int64
 	if err := sc.Scan(&rec.ID, &rec.Hostname, &rec.Status, &rec.TickleKey, &rec.TickleKeyID, &rec.CertSerial, &addrs, &svcs, &enrolled, &seen, &rec.RemoteAddr,
-		&rec.ReportedHostname, &reported, &notAfter); err != nil {
+		&rec.ReportedHostname, &reported, &notAfter, &report); err != nil {
 		return rec, err
+	}
+	if report != "{}" {
+		rec.Report = new(nsapi.ServicesReport)
+		if err := json.Unmarshal([]byte(report), rec.Report); err != nil {
+			return rec, fmt.Errorf("server %s services report: %w", rec.ID, err)
+		}
 	}
 	rec.CertNotAfter = fromUnixNano(notAfter)
 	if err := json.Unmarshal([]byte(reported), &rec.ReportedAddresses); err != nil {
@@ -492,16 +542,20 @@ func (s *SQLiteStore) PutServer(ctx context.Context, rec ServerRecord) error {
 	addrs, _ := json.Marshal(orEmpty(rec.Addresses))
 	svcs, _ := json.Marshal(orEmpty(rec.Services))
 	reported, _ := json.Marshal(orEmpty(rec.ReportedAddresses))
-	_, err := s.db.ExecContext(ctx, `INSERT INTO servers (`+serverCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+	report := []byte("{}")
+	if rec.Report != nil {
+		report, _ = json.Marshal(rec.Report)
+	}
+	_, err := s.db.ExecContext(ctx, `INSERT INTO servers (`+serverCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname, status = excluded.status,
 		tickle_key = excluded.tickle_key, tickle_key_id = excluded.tickle_key_id, cert_serial = excluded.cert_serial,
 		addresses = excluded.addresses, services = excluded.services, enrolled_at = excluded.enrolled_at,
 		last_seen = excluded.last_seen, remote_addr = excluded.remote_addr,
 		reported_hostname = excluded.reported_hostname, reported_addresses = excluded.reported_addresses,
-		cert_not_after = excluded.cert_not_after`,
+		cert_not_after = excluded.cert_not_after, services_report = excluded.services_report`,
 		rec.ID, rec.Hostname, rec.Status, rec.TickleKey, rec.TickleKeyID, rec.CertSerial, string(addrs), string(svcs),
 		toUnixNano(rec.Enrolled), toUnixNano(rec.LastSeen), rec.RemoteAddr, rec.ReportedHostname, string(reported),
-		toUnixNano(rec.CertNotAfter))
+		toUnixNano(rec.CertNotAfter), string(report))
 	if err != nil {
 		return fmt.Errorf("ns: store: put server %s: %w", rec.ID, err)
 	}

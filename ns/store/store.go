@@ -38,6 +38,9 @@ type ServerRecord struct {
 	// the ones approved: they wait for an administrator's approval.
 	ReportedHostname  string
 	ReportedAddresses []netip.Prefix
+	// Report is what the server last reported of its services (nil: never, or a site
+	// server older than service assignments).
+	Report *nsapi.ServicesReport
 }
 
 // AgentRecord is an agent as the NS stores it.

@@ -1,0 +1,479 @@
+package sites
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// Service assignments: which site services (task, package, network boot) each site server
+// runs and their central settings, as ITMS's Site Maintenance keeps them at the NS. They are
+// rules like the others: each source (manual, imported) has its own, and per setting the
+// imported value wins over the manual one.
+
+// ServiceRule is what one source of rules says about the services of one site server.
+type ServiceRule struct {
+	// Server is the site server's GUID, never its host name (see ServerRule).
+	Server   string
+	Settings ServiceSettings
+	Source   Source
+}
+
+// ServiceSettings are central settings of a site server's services. Every field is
+// optional: one left unset is the other source's, then the site server's own (its local
+// YAML), then the default. A service whose Enabled is unset runs if the site server's local
+// YAML configures it.
+type ServiceSettings struct {
+	Task    *TaskService    `json:"task,omitempty" yaml:"task,omitempty"`
+	Package *PackageService `json:"package,omitempty" yaml:"package,omitempty"`
+	Netboot *NetbootService `json:"netboot,omitempty" yaml:"netboot,omitempty"`
+}
+
+// TaskService is the central setting of the task service.
+type TaskService struct {
+	Enabled *bool `json:"enabled,omitempty" yaml:"enabled,omitempty"`
+}
+
+// PackageService holds the central settings of the package service.
+type PackageService struct {
+	Enabled *bool `json:"enabled,omitempty" yaml:"enabled,omitempty"`
+	// Constrained servers fetch only from package servers of their own sites; NSFallback
+	// lets them fetch from the NS after those.
+	Constrained *bool `json:"constrained,omitempty" yaml:"constrained,omitempty"`
+	NSFallback  *bool `json:"ns_fallback,omitempty" yaml:"ns_fallback,omitempty"`
+	// Bandwidth are the upstream limits by time of day ("08:00-18:00 2Mbit"); an empty
+	// list sets none. DefaultBandwidth applies outside them ("unlimited", "20Mbit").
+	Bandwidth        *[]string `json:"bandwidth,omitempty" yaml:"bandwidth,omitempty,flow"`
+	DefaultBandwidth *string   `json:"default_bandwidth,omitempty" yaml:"default_bandwidth,omitempty"`
+	// CacheSize bounds the package store ("50GiB", "unlimited").
+	CacheSize *string `json:"cache_size,omitempty" yaml:"cache_size,omitempty"`
+}
+
+// NetbootService holds the central settings of the network boot service.
+type NetbootService struct {
+	Enabled *bool `json:"enabled,omitempty" yaml:"enabled,omitempty"`
+	// BootFiles are first-stage boot files by PXE client architecture (DHCP option 93),
+	// each merged over the site server's own; "" turns an architecture off.
+	BootFiles map[uint16]string `json:"boot_files,omitempty" yaml:"boot_files,omitempty"`
+}
+
+// Setting keys, as the CLI, servers show and the site servers' reports name them. A boot
+// file's key is KeyBootFiles + "." + its architecture number.
+const (
+	KeyTaskEnabled             = "task.enabled"
+	KeyPackageEnabled          = "package.enabled"
+	KeyPackageConstrained      = "package.constrained"
+	KeyPackageNSFallback       = "package.ns_fallback"
+	KeyPackageBandwidth        = "package.bandwidth"
+	KeyPackageDefaultBandwidth = "package.default_bandwidth"
+	KeyPackageCacheSize        = "package.cache_size"
+	KeyNetbootEnabled          = "netboot.enabled"
+	KeyBootFiles               = "netboot.boot_files"
+)
+
+// ServiceKeys are the fixed setting keys, in the order they are shown; boot files come after
+// them by architecture.
+var ServiceKeys = []string{
+	KeyTaskEnabled,
+	KeyPackageEnabled, KeyPackageConstrained, KeyPackageNSFallback, KeyPackageBandwidth,
+	KeyPackageDefaultBandwidth, KeyPackageCacheSize,
+	KeyNetbootEnabled,
+}
+
+// Bounds on settings: they travel in every registration answer.
+const (
+	maxBandwidthWindows = 32
+	maxSettingValue     = 255
+	maxBootFiles        = 64
+)
+
+// BootFileKey is the setting key of the boot file of architecture arch.
+func BootFileKey(arch uint16) string { return KeyBootFiles + "." + strconv.Itoa(int(arch)) }
+
+// ServiceOf returns the service a setting key belongs to: task, package or netboot.
+func ServiceOf(key string) string {
+	s, _, _ := strings.Cut(key, ".")
+	return s
+}
+
+// CompareKeys orders setting keys as ServiceKeys lists them, boot files after those by
+// architecture, anything else last by name.
+func CompareKeys(a, b string) int {
+	rank := func(k string) (int, int) {
+		if i := slices.Index(ServiceKeys, k); i >= 0 {
+			return i, 0
+		}
+		if rest, ok := strings.CutPrefix(k, KeyBootFiles+"."); ok {
+			n, err := strconv.Atoi(rest)
+			if err == nil {
+				return len(ServiceKeys), n
+			}
+		}
+		return len(ServiceKeys) + 1, 0
+	}
+	ra, na := rank(a)
+	rb, nb := rank(b)
+	return cmp.Or(cmp.Compare(ra, rb), cmp.Compare(na, nb), strings.Compare(a, b))
+}
+
+// IsZero reports whether s sets nothing.
+func (s ServiceSettings) IsZero() bool { return len(s.Flat()) == 0 }
+
+// Flat returns every setting s makes, by key, as text: booleans as true/false, the
+// bandwidth windows joined by ", ".
+func (s ServiceSettings) Flat() map[string]string {
+	out := map[string]string{}
+	putBool := func(k string, b *bool) {
+		if b != nil {
+			out[k] = strconv.FormatBool(*b)
+		}
+	}
+	putString := func(k string, v *string) {
+		if v != nil {
+			out[k] = *v
+		}
+	}
+	if t := s.Task; t != nil {
+		putBool(KeyTaskEnabled, t.Enabled)
+	}
+	if p := s.Package; p != nil {
+		putBool(KeyPackageEnabled, p.Enabled)
+		putBool(KeyPackageConstrained, p.Constrained)
+		putBool(KeyPackageNSFallback, p.NSFallback)
+		if p.Bandwidth != nil {
+			out[KeyPackageBandwidth] = strings.Join(*p.Bandwidth, ", ")
+		}
+		putString(KeyPackageDefaultBandwidth, p.DefaultBandwidth)
+		putString(KeyPackageCacheSize, p.CacheSize)
+	}
+	if n := s.Netboot; n != nil {
+		putBool(KeyNetbootEnabled, n.Enabled)
+		for arch, f := range n.BootFiles {
+			out[BootFileKey(arch)] = f
+		}
+	}
+	return out
+}
+
+// FromFlat builds settings from keys and values as Flat returns them; the error names the
+// first bad key.
+func FromFlat(flat map[string]string) (ServiceSettings, error) {
+	var s ServiceSettings
+	keys := slices.SortedFunc(maps.Keys(flat), CompareKeys)
+	for _, k := range keys {
+		if err := s.Set(k, flat[k]); err != nil {
+			return ServiceSettings{}, err
+		}
+	}
+	return s, nil
+}
+
+// Set sets one setting from its text; the error names the key and says what it takes.
+func (s *ServiceSettings) Set(key, value string) error {
+	parseBool := func() (*bool, error) {
+		b, err := strconv.ParseBool(strings.TrimSpace(value))
+		if err != nil {
+			return nil, fmt.Errorf("%s: %q is not true or false", key, value)
+		}
+		return &b, nil
+	}
+	text := func() (*string, error) {
+		v := strings.TrimSpace(value)
+		if err := checkValue(v); err != nil {
+			return nil, fmt.Errorf("%s: %w", key, err)
+		}
+		if v == "" {
+			return nil, fmt.Errorf("%s: empty (unset it instead)", key)
+		}
+		return &v, nil
+	}
+	pkg := func() *PackageService {
+		if s.Package == nil {
+			s.Package = &PackageService{}
+		}
+		return s.Package
+	}
+	var err error
+	switch key {
+	case KeyTaskEnabled:
+		if s.Task == nil {
+			s.Task = &TaskService{}
+		}
+		s.Task.Enabled, err = parseBool()
+	case KeyPackageEnabled:
+		pkg().Enabled, err = parseBool()
+	case KeyPackageConstrained:
+		pkg().Constrained, err = parseBool()
+	case KeyPackageNSFallback:
+		pkg().NSFallback, err = parseBool()
+	case KeyPackageBandwidth:
+		ws := []string{}
+		for w := range strings.SplitSeq(value, ",") {
+			if w = strings.TrimSpace(w); w == "" {
+				continue
+			}
+			if err := checkValue(w); err != nil {
+				return fmt.Errorf("%s: %w", key, err)
+			}
+			ws = append(ws, w)
+		}
+		if len(ws) > maxBandwidthWindows {
+			return fmt.Errorf("%s: %d windows, at most %d", key, len(ws), maxBandwidthWindows)
+		}
+		pkg().Bandwidth = &ws
+	case KeyPackageDefaultBandwidth:
+		pkg().DefaultBandwidth, err = text()
+	case KeyPackageCacheSize:
+		pkg().CacheSize, err = text()
+	case KeyNetbootEnabled:
+		s.netboot().Enabled, err = parseBool()
+	default:
+		arch, ok := bootFileArch(key)
+		if !ok {
+			return unknownKey(key)
+		}
+		v := strings.TrimSpace(value)
+		if err := checkValue(v); err != nil {
+			return fmt.Errorf("%s: %w", key, err)
+		}
+		n := s.netboot()
+		if n.BootFiles == nil {
+			n.BootFiles = map[uint16]string{}
+		}
+		if _, set := n.BootFiles[arch]; !set && len(n.BootFiles) >= maxBootFiles {
+			return fmt.Errorf("%s: more than %d boot files", key, maxBootFiles)
+		}
+		n.BootFiles[arch] = v
+	}
+	return err
+}
+
+func (s *ServiceSettings) netboot() *NetbootService {
+	if s.Netboot == nil {
+		s.Netboot = &NetbootService{}
+	}
+	return s.Netboot
+}
+
+// Unset removes one setting (it is then the other source's, the site server's or the
+// default). Unsetting a key that is not set is not an error; an unknown key is.
+func (s *ServiceSettings) Unset(key string) error {
+	switch key {
+	case KeyTaskEnabled:
+		if s.Task != nil {
+			s.Task.Enabled = nil
+		}
+	case KeyPackageEnabled, KeyPackageConstrained, KeyPackageNSFallback, KeyPackageBandwidth, KeyPackageDefaultBandwidth, KeyPackageCacheSize:
+		if p := s.Package; p != nil {
+			switch key {
+			case KeyPackageEnabled:
+				p.Enabled = nil
+			case KeyPackageConstrained:
+				p.Constrained = nil
+			case KeyPackageNSFallback:
+				p.NSFallback = nil
+			case KeyPackageBandwidth:
+				p.Bandwidth = nil
+			case KeyPackageDefaultBandwidth:
+				p.DefaultBandwidth = nil
+			case KeyPackageCacheSize:
+				p.CacheSize = nil
+			}
+		}
+	case KeyNetbootEnabled:
+		if s.Netboot != nil {
+			s.Netboot.Enabled = nil
+		}
+	default:
+		arch, ok := bootFileArch(key)
+		if !ok {
+			return unknownKey(key)
+		}
+		if s.Netboot != nil {
+			delete(s.Netboot.BootFiles, arch)
+		}
+	}
+	s.tidy()
+	return nil
+}
+
+// tidy drops services that set nothing, so that settings compare equal by value.
+func (s *ServiceSettings) tidy() {
+	if s.Task != nil && s.Task.Enabled == nil {
+		s.Task = nil
+	}
+	if p := s.Package; p != nil && *p == (PackageService{}) {
+		s.Package = nil
+	}
+	if n := s.Netboot; n != nil {
+		if len(n.BootFiles) == 0 {
+			n.BootFiles = nil
+		}
+		if n.Enabled == nil && n.BootFiles == nil {
+			s.Netboot = nil
+		}
+	}
+}
+
+// Validate checks every setting as Set would take it.
+func (s ServiceSettings) Validate() error {
+	flat := s.Flat()
+	if p := s.Package; p != nil && p.Bandwidth != nil {
+		// Windows are checked one by one: joined, a comma in one would split it.
+		for _, w := range *p.Bandwidth {
+			if strings.TrimSpace(w) == "" {
+				return fmt.Errorf("%s: an empty window", KeyPackageBandwidth)
+			}
+			if strings.Contains(w, ",") {
+				return fmt.Errorf("%s: %q holds a comma", KeyPackageBandwidth, w)
+			}
+		}
+	}
+	_, err := FromFlat(flat)
+	return err
+}
+
+func bootFileArch(key string) (uint16, bool) {
+	rest, ok := strings.CutPrefix(key, KeyBootFiles+".")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(rest, 10, 16)
+	if err != nil || strconv.FormatUint(n, 10) != rest {
+		return 0, false
+	}
+	return uint16(n), true
+}
+
+func unknownKey(key string) error {
+	return fmt.Errorf("%q is not a service setting (want %s, or %s.ARCH with ARCH a PXE architecture number)",
+		key, strings.Join(ServiceKeys, ", "), KeyBootFiles)
+}
+
+// checkValue keeps a setting's text to one printable line of bounded length.
+func checkValue(v string) error {
+	if len(v) > maxSettingValue {
+		return fmt.Errorf("longer than %d bytes", maxSettingValue)
+	}
+	if err := checkText(v, false); err != nil {
+		return err
+	}
+	return nil
+}
+
+// MergeServices merges one server's settings of both sources: per setting the imported
+// value wins. It returns the merged settings and, per key set, the source that decided.
+func MergeServices(manual, imported ServiceSettings) (ServiceSettings, map[string]Source) {
+	flat, from := manual.Flat(), map[string]Source{}
+	for k := range flat {
+		from[k] = Manual
+	}
+	for k, v := range imported.Flat() {
+		flat[k], from[k] = v, Imported
+	}
+	merged, err := FromFlat(flat)
+	if err != nil {
+		// Both came through Validate; a merge of valid settings is valid.
+		panic(fmt.Sprintf("sites: merge of valid service settings: %v", err))
+	}
+	return merged, from
+}
+
+// serverServices are one server's service settings per source.
+type serverServices struct{ manual, imported ServiceSettings }
+
+// compileServices checks the service rules and indexes them by GUID.
+func compileServices(rules []ServiceRule) (map[string]serverServices, error) {
+	out := make(map[string]serverServices, len(rules))
+	type key struct {
+		guid string
+		src  Source
+	}
+	seen := map[key]bool{}
+	for i, sr := range rules {
+		if !sr.Source.Valid() {
+			return nil, fmt.Errorf("sites: service rule %d (%q): invalid source %q", i, sr.Server, sr.Source)
+		}
+		guid, err := ServerGUID(sr.Server)
+		if err != nil {
+			return nil, fmt.Errorf("sites: service rule %d (%q, %s): %w", i, sr.Server, sr.Source, err)
+		}
+		if seen[key{guid, sr.Source}] {
+			return nil, fmt.Errorf("sites: service rule %d (%q, %s): the server's services are given twice", i, sr.Server, sr.Source)
+		}
+		seen[key{guid, sr.Source}] = true
+		if err := sr.Settings.Validate(); err != nil {
+			return nil, fmt.Errorf("sites: service rule %d (%q, %s): %w", i, sr.Server, sr.Source, err)
+		}
+		ss := out[guid]
+		if sr.Source == Imported {
+			ss.imported = sr.Settings
+		} else {
+			ss.manual = sr.Settings
+		}
+		out[guid] = ss
+	}
+	return out, nil
+}
+
+// ServerServices returns the central service settings of the site server with GUID id,
+// both sources merged, and the source that decided each key; ok is false when no rule of
+// either source names the server.
+func (m *Map) ServerServices(id string) (merged ServiceSettings, from map[string]Source, ok bool) {
+	guid, err := ServerGUID(id)
+	if err != nil {
+		return ServiceSettings{}, nil, false
+	}
+	ss, ok := m.services[guid]
+	if !ok {
+		return ServiceSettings{}, nil, false
+	}
+	merged, from = MergeServices(ss.manual, ss.imported)
+	return merged, from, true
+}
+
+// ServerServicesBySource returns what each source says about the server's services.
+func (m *Map) ServerServicesBySource(id string) (manual, imported ServiceSettings) {
+	guid, err := ServerGUID(id)
+	if err != nil {
+		return ServiceSettings{}, ServiceSettings{}
+	}
+	ss := m.services[guid]
+	return ss.manual, ss.imported
+}
+
+// errNoServices is returned by ChangeServices for a change that names no key.
+var errNoServices = errors.New("nothing to change: name settings to set or unset")
+
+// ChangeServices applies a change to s: keys to set (with their text) and keys to unset.
+// A key may not be in both.
+func ChangeServices(s ServiceSettings, set map[string]string, unset []string) (ServiceSettings, error) {
+	if len(set) == 0 && len(unset) == 0 {
+		return s, errNoServices
+	}
+	flat := s.Flat()
+	for _, k := range unset {
+		if _, both := set[k]; both {
+			return s, fmt.Errorf("%s: both set and unset", k)
+		}
+		var probe ServiceSettings
+		if err := probe.Unset(k); err != nil {
+			return s, err
+		}
+		delete(flat, k)
+	}
+	next, err := FromFlat(flat)
+	if err != nil {
+		return s, err
+	}
+	for _, k := range slices.SortedFunc(maps.Keys(set), CompareKeys) {
+		if err := next.Set(k, set[k]); err != nil {
+			return s, err
+		}
+	}
+	return next, nil
+}
