@@ -150,7 +150,8 @@ func TestDashboardShape(t *testing.T) {
 		}
 	}
 	want := []string{"Registration health and staleness", "Tickle fan-out and delivery", "Event spool",
-		"Packages: states, progress and bandwidth", "Cache disk", "PXE: architectures and ignored requests", "TFTP", "Certificate expiry"}
+		"Packages: states, progress and bandwidth", "Cache disk", "PXE: architectures and ignored requests", "TFTP", "Certificate expiry",
+		"Jobs, wakes, delivery and site services"}
 	if diff := cmp.Diff(want, rows); diff != "" {
 		t.Errorf("rows (-want +got):\n%s", diff)
 	}
