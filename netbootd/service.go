@@ -56,6 +56,9 @@ type Config struct {
 	BootPackage string `yaml:"boot_package"`
 	// SecureBoot serves scripts where signed iPXE builds look for them.
 	SecureBoot SecureBootConfig `yaml:"secure_boot"`
+	// UnknownOverride is this server's own policy for computers the NS does not know
+	// ("answer", "silent"), over the NS's per site: a central setting, not in the file.
+	UnknownOverride string `yaml:"-"`
 }
 
 // scriptData is what an iPXE script template may use.
@@ -186,6 +189,12 @@ func (c *Config) Validate(prefix string) error {
 }
 
 // validateScripts checks that every script parses and runs on sample data.
+// CheckScripts checks iPXE script templates by kind as the service takes them.
+func CheckScripts(prefix string, scripts map[string]string) error {
+	c := Config{Scripts: scripts}
+	return c.validateScripts(prefix)
+}
+
 func (c *Config) validateScripts(prefix string) error {
 	for kind, s := range c.Scripts {
 		switch kind {
@@ -251,10 +260,41 @@ func (s *Service) SetNetboot(ns *nsapi.NetbootSettings) {
 		}
 	}
 	s.mu.Lock()
+	s.nsUnknown = p
+	s.mu.Unlock()
+	s.putUnknown()
+}
+
+// SetUnknownOverride puts this server's own policy for computers the NS does not know in
+// force: "answer" or "silent" everywhere it serves, whatever its sites' policies; "" goes
+// back to the NS's policy per site and network.
+func (s *Service) SetUnknownOverride(policy string) error {
+	switch policy {
+	case "", nsapi.UnknownAnswer, nsapi.UnknownSilent:
+	default:
+		return fmt.Errorf("unknown_computers: %q is not answer or silent", policy)
+	}
+	s.mu.Lock()
+	s.override = policy
+	s.mu.Unlock()
+	s.putUnknown()
+	return nil
+}
+
+// putUnknown puts the unknown-computer policy in force: the server's override if it has
+// one, else the NS's.
+func (s *Service) putUnknown() {
+	s.mu.Lock()
+	p := s.nsUnknown
+	if s.override != "" {
+		p = pxe.UnknownPolicy{Silent: s.override == nsapi.UnknownSilent}
+	}
 	changed := !slices.Equal(p.Networks, s.unknown.Networks) || p.Silent != s.unknown.Silent
 	s.unknown = p
-	s.mu.Unlock()
+	override := s.override
+	// Under the lock, so that two changes reach the PXE server in the order they were made.
 	s.pxe.SetUnknownPolicy(p)
+	s.mu.Unlock()
 	if changed {
 		var silent []string
 		for _, n := range p.Networks {
@@ -262,7 +302,8 @@ func (s *Service) SetNetboot(ns *nsapi.NetbootSettings) {
 				silent = append(silent, n.Prefix.String())
 			}
 		}
-		s.logger.Info("unknown-computer policy in force", "silent_elsewhere", p.Silent, "silent_networks", silent, "networks", len(p.Networks))
+		s.logger.Info("unknown-computer policy in force", "silent_elsewhere", p.Silent, "silent_networks", silent, "networks", len(p.Networks),
+			"server_policy", override)
 	}
 }
 
@@ -452,11 +493,16 @@ type Service struct {
 	pkgFiles  *prometheus.CounterVec
 	asking    chan struct{} // script requests waiting for the NS
 	mu        sync.Mutex
-	unknown   pxe.UnknownPolicy // as last set, to log changes
-	ready     atomic.Bool
-	httpAddr  atomic.Value // net.Addr
-	sbAddr    atomic.Value // net.Addr of secure_boot.script_listen
-	packages  PackageFiles
+	unknown   pxe.UnknownPolicy // in force, to log changes
+	nsUnknown pxe.UnknownPolicy // as the NS last set it
+	// override is this server's own unknown-computer policy ("answer", "silent"; ""
+	// none): a central setting of the server, over its sites' policies.
+	override    string
+	bootPackage atomic.Pointer[string]
+	ready       atomic.Bool
+	httpAddr    atomic.Value // net.Addr
+	sbAddr      atomic.Value // net.Addr of secure_boot.script_listen
+	packages    PackageFiles
 
 	autoexec       atomic.Pointer[autoexec]
 	neigh          macTable               // set by Run before it serves
@@ -466,6 +512,23 @@ type Service struct {
 
 // UsePackages lets /boot/ serve the files of Config.BootPackage from the package service.
 func (s *Service) UsePackages(f PackageFiles) { s.packages = f }
+
+// BootPackage is the boot package in force ("" none).
+func (s *Service) BootPackage() string {
+	if p := s.bootPackage.Load(); p != nil {
+		return *p
+	}
+	return s.cfg.BootPackage
+}
+
+// SetBootPackage puts a boot package in force ("" none): the next TFTP or HTTP request
+// for a boot file looks in it first. A transfer under way finishes from the file it opened.
+func (s *Service) SetBootPackage(name string) {
+	if name != s.BootPackage() {
+		s.logger.Info("boot package in force", "package", name)
+	}
+	s.bootPackage.Store(&name)
+}
 
 // New builds the network boot service; nothing is bound until Run.
 func New(cfg Config, client func(ctx context.Context) (*nsapi.Client, error), logger *slog.Logger, reg prometheus.Registerer) (*Service, error) {
@@ -481,6 +544,9 @@ func New(cfg Config, client func(ctx context.Context) (*nsapi.Client, error), lo
 	var err error
 	if s.pxe, err = pxe.NewServer(cfg.PXE, s.computers, logger.With("part", "pxe"), reg); err != nil {
 		return nil, err
+	}
+	if err := s.SetUnknownOverride(cfg.UnknownOverride); err != nil {
+		return nil, fmt.Errorf("services.netboot.%w", err)
 	}
 	tcfg := tftp.Config{Listen: cfg.TFTP.Listen, Root: cfg.BootDir, Files: s.tftpPackageFile, MaxTransfers: cfg.TFTP.MaxTransfers,
 		Timeout: cfg.TFTP.Timeout, Retries: cfg.TFTP.Retries, MaxBlockSize: cfg.TFTP.MaxBlockSize,
@@ -711,12 +777,13 @@ func (s *Service) decideScript(r *http.Request, mac net.HardwareAddr, uuid strin
 // tftpPackageFile opens a file of the boot package for TFTP; the TFTP server has checked
 // the name. os.ErrNotExist without a boot package: the boot directory's is served.
 func (s *Service) tftpPackageFile(name string) (*os.File, error) {
-	if s.packages == nil || s.cfg.BootPackage == "" {
+	pkg := s.BootPackage()
+	if s.packages == nil || pkg == "" {
 		return nil, os.ErrNotExist
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	f, err := s.packages(ctx, s.cfg.BootPackage, name)
+	f, err := s.packages(ctx, pkg, name)
 	if err == nil {
 		s.pkgFiles.WithLabelValues("tftp").Inc()
 	}
@@ -731,8 +798,8 @@ func (s *Service) serveBootFile(w http.ResponseWriter, r *http.Request, name str
 		http.Error(w, "bad file name", http.StatusBadRequest)
 		return
 	}
-	if s.packages != nil && s.cfg.BootPackage != "" {
-		if f, err := s.packages(r.Context(), s.cfg.BootPackage, name); err == nil {
+	if pkg := s.BootPackage(); s.packages != nil && pkg != "" {
+		if f, err := s.packages(r.Context(), pkg, name); err == nil {
 			defer f.Close()
 			if st, err := f.Stat(); err == nil {
 				s.pkgFiles.WithLabelValues("http").Inc()

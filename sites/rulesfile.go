@@ -69,8 +69,8 @@ func (e *RulesFileError) Error() string {
 //	servers:                       # service assignments: what each site server runs, and how
 //	  - id: 3f2a0c9e-5b1d-4c7a-9e3f-2d8b6a1c0f47   # GUID, as in sites[].servers
 //	    package: {enabled: true, constrained: true, ns_fallback: true, bandwidth: ["08:00-18:00 2Mbit"]}
-//	    netboot: {enabled: true, boot_files: {0: undionly.kpxe, 7: snponly.efi}}
-//	    task: {enabled: true}
+//	    netboot: {enabled: true, boot_files: {0: undionly.kpxe, 7: snponly.efi}, unknown_computers: silent, boot_package: winpe}
+//	    task: {enabled: true, presence_interval: 30s}
 //
 // A site's servers list puts site servers in that site; the top-level servers section says
 // which services each runs and their central settings (unset ones are the server's own).
@@ -298,6 +298,33 @@ func (p *parser) services(n *yaml.Node) error {
 				}
 				if err := set.Set(key, strings.Join(ws, ",")); err != nil {
 					return errf(v, "%v", err)
+				}
+				return nil
+			case KeyScripts:
+				if v.Kind != yaml.MappingNode {
+					return errf(v, "%s: want a mapping of computer kinds (%s) to iPXE scripts, got %s", key, strings.Join(ScriptKinds, ", "), kindName(v))
+				}
+				seen := map[string]int{}
+				for i := 0; i+1 < len(v.Content); i += 2 {
+					sk, sv := v.Content[i], v.Content[i+1]
+					kind, err := p.scalar(sk, "")
+					if err != nil {
+						return err
+					}
+					if first, ok := seen[kind]; ok {
+						return errf(sk, "%s: %s given twice (first at line %d)", key, kind, first)
+					}
+					seen[kind] = sk.Line
+					if !slices.Contains(ScriptKinds, kind) {
+						return errf(sk, "%s: %q is not one of %s", key, kind, strings.Join(ScriptKinds, ", "))
+					}
+					text, err := p.scalar(sv, "")
+					if err != nil {
+						return err
+					}
+					if err := set.Set(ScriptKey(kind), text); err != nil {
+						return errf(sv, "%v", err)
+					}
 				}
 				return nil
 			case KeyBootFiles:

@@ -4,10 +4,14 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"text/template"
+	"time"
 )
 
 // Service assignments: which site services (task, package, network boot) each site server
@@ -36,6 +40,9 @@ type ServiceSettings struct {
 // TaskService is the central setting of the task service.
 type TaskService struct {
 	Enabled *bool `json:"enabled,omitempty" yaml:"enabled,omitempty"`
+	// PresenceInterval is how often the task server reports its agents' last contact to
+	// the NS ("1m"; 1s to 1h).
+	PresenceInterval *string `json:"presence_interval,omitempty" yaml:"presence_interval,omitempty"`
 }
 
 // PackageService holds the central settings of the package service.
@@ -59,12 +66,24 @@ type NetbootService struct {
 	// BootFiles are first-stage boot files by PXE client architecture (DHCP option 93),
 	// each merged over the site server's own; "" turns an architecture off.
 	BootFiles map[uint16]string `json:"boot_files,omitempty" yaml:"boot_files,omitempty"`
+	// Scripts are iPXE script templates by computer kind (ScriptKinds), each merged over
+	// the site server's own.
+	Scripts map[string]string `json:"scripts,omitempty" yaml:"scripts,omitempty"`
+	// UnknownComputers, set, is this server's own policy for computers the NS does not
+	// know (answer or silent), over its sites' and networks' policies.
+	UnknownComputers *string `json:"unknown_computers,omitempty" yaml:"unknown_computers,omitempty"`
+	// BootPackage is the package whose files are served before the boot directory's.
+	BootPackage *string `json:"boot_package,omitempty" yaml:"boot_package,omitempty"`
 }
+
+// ScriptKinds are the computer kinds an iPXE script is for.
+var ScriptKinds = []string{"managed", "predefined", "unknown", "preboot"}
 
 // Setting keys, as the CLI, servers show and the site servers' reports name them. A boot
 // file's key is KeyBootFiles + "." + its architecture number.
 const (
 	KeyTaskEnabled             = "task.enabled"
+	KeyTaskPresenceInterval    = "task.presence_interval"
 	KeyPackageEnabled          = "package.enabled"
 	KeyPackageConstrained      = "package.constrained"
 	KeyPackageNSFallback       = "package.ns_fallback"
@@ -72,16 +91,19 @@ const (
 	KeyPackageDefaultBandwidth = "package.default_bandwidth"
 	KeyPackageCacheSize        = "package.cache_size"
 	KeyNetbootEnabled          = "netboot.enabled"
+	KeyNetbootUnknown          = "netboot.unknown_computers"
+	KeyNetbootBootPackage      = "netboot.boot_package"
 	KeyBootFiles               = "netboot.boot_files"
+	KeyScripts                 = "netboot.scripts"
 )
 
 // ServiceKeys are the fixed setting keys, in the order they are shown; boot files come after
 // them by architecture.
 var ServiceKeys = []string{
-	KeyTaskEnabled,
+	KeyTaskEnabled, KeyTaskPresenceInterval,
 	KeyPackageEnabled, KeyPackageConstrained, KeyPackageNSFallback, KeyPackageBandwidth,
 	KeyPackageDefaultBandwidth, KeyPackageCacheSize,
-	KeyNetbootEnabled,
+	KeyNetbootEnabled, KeyNetbootUnknown, KeyNetbootBootPackage,
 }
 
 // Bounds on settings: they travel in every registration answer.
@@ -89,7 +111,14 @@ const (
 	maxBandwidthWindows = 32
 	maxSettingValue     = 255
 	maxBootFiles        = 64
+	// MaxScriptBytes bounds one iPXE script template.
+	MaxScriptBytes = 8 << 10
+	// Bounds of task.presence_interval.
+	minPresence, maxPresence = time.Second, time.Hour
 )
+
+// ScriptKey is the setting key of the iPXE script for computers of kind.
+func ScriptKey(kind string) string { return KeyScripts + "." + kind }
 
 // BootFileKey is the setting key of the boot file of architecture arch.
 func BootFileKey(arch uint16) string { return KeyBootFiles + "." + strconv.Itoa(int(arch)) }
@@ -101,7 +130,7 @@ func ServiceOf(key string) string {
 }
 
 // CompareKeys orders setting keys as ServiceKeys lists them, boot files after those by
-// architecture, anything else last by name.
+// architecture, scripts by kind, anything else last by name.
 func CompareKeys(a, b string) int {
 	rank := func(k string) (int, int) {
 		if i := slices.Index(ServiceKeys, k); i >= 0 {
@@ -113,7 +142,12 @@ func CompareKeys(a, b string) int {
 				return len(ServiceKeys), n
 			}
 		}
-		return len(ServiceKeys) + 1, 0
+		if rest, ok := strings.CutPrefix(k, KeyScripts+"."); ok {
+			if i := slices.Index(ScriptKinds, rest); i >= 0 {
+				return len(ServiceKeys) + 1, i
+			}
+		}
+		return len(ServiceKeys) + 2, 0
 	}
 	ra, na := rank(a)
 	rb, nb := rank(b)
@@ -139,6 +173,7 @@ func (s ServiceSettings) Flat() map[string]string {
 	}
 	if t := s.Task; t != nil {
 		putBool(KeyTaskEnabled, t.Enabled)
+		putString(KeyTaskPresenceInterval, t.PresenceInterval)
 	}
 	if p := s.Package; p != nil {
 		putBool(KeyPackageEnabled, p.Enabled)
@@ -152,8 +187,13 @@ func (s ServiceSettings) Flat() map[string]string {
 	}
 	if n := s.Netboot; n != nil {
 		putBool(KeyNetbootEnabled, n.Enabled)
+		putString(KeyNetbootUnknown, n.UnknownComputers)
+		putString(KeyNetbootBootPackage, n.BootPackage)
 		for arch, f := range n.BootFiles {
 			out[BootFileKey(arch)] = f
+		}
+		for kind, text := range n.Scripts {
+			out[ScriptKey(kind)] = text
 		}
 	}
 	return out
@@ -197,13 +237,35 @@ func (s *ServiceSettings) Set(key, value string) error {
 		}
 		return s.Package
 	}
-	var err error
-	switch key {
-	case KeyTaskEnabled:
+	task := func() *TaskService {
 		if s.Task == nil {
 			s.Task = &TaskService{}
 		}
-		s.Task.Enabled, err = parseBool()
+		return s.Task
+	}
+	var err error
+	switch key {
+	case KeyTaskEnabled:
+		task().Enabled, err = parseBool()
+	case KeyTaskPresenceInterval:
+		v := strings.TrimSpace(value)
+		d, perr := time.ParseDuration(v)
+		if perr != nil || d < minPresence || d > maxPresence {
+			return fmt.Errorf("%s: %q is not a duration from %s to %s (such as 30s or 5m)", key, value, minPresence, maxPresence)
+		}
+		task().PresenceInterval = &v
+	case KeyNetbootUnknown:
+		v := strings.TrimSpace(value)
+		if v != "answer" && v != "silent" {
+			return fmt.Errorf("%s: %q is not answer or silent", key, value)
+		}
+		s.netboot().UnknownComputers = &v
+	case KeyNetbootBootPackage:
+		var v *string
+		if v, err = text(); err == nil && !validPackageID(*v) {
+			return fmt.Errorf("%s: %q is not a package id (a letter or digit, then letters, digits, ., _ and -, up to 64)", key, *v)
+		}
+		s.netboot().BootPackage = v
 	case KeyPackageEnabled:
 		pkg().Enabled, err = parseBool()
 	case KeyPackageConstrained:
@@ -232,6 +294,17 @@ func (s *ServiceSettings) Set(key, value string) error {
 	case KeyNetbootEnabled:
 		s.netboot().Enabled, err = parseBool()
 	default:
+		if kind, ok := scriptKind(key); ok {
+			if err := checkScript(value); err != nil {
+				return fmt.Errorf("%s: %w", key, err)
+			}
+			n := s.netboot()
+			if n.Scripts == nil {
+				n.Scripts = map[string]string{}
+			}
+			n.Scripts[kind] = value
+			return nil
+		}
 		arch, ok := bootFileArch(key)
 		if !ok {
 			return unknownKey(key)
@@ -263,9 +336,13 @@ func (s *ServiceSettings) netboot() *NetbootService {
 // default). Unsetting a key that is not set is not an error; an unknown key is.
 func (s *ServiceSettings) Unset(key string) error {
 	switch key {
-	case KeyTaskEnabled:
+	case KeyTaskEnabled, KeyTaskPresenceInterval:
 		if s.Task != nil {
-			s.Task.Enabled = nil
+			if key == KeyTaskEnabled {
+				s.Task.Enabled = nil
+			} else {
+				s.Task.PresenceInterval = nil
+			}
 		}
 	case KeyPackageEnabled, KeyPackageConstrained, KeyPackageNSFallback, KeyPackageBandwidth, KeyPackageDefaultBandwidth, KeyPackageCacheSize:
 		if p := s.Package; p != nil {
@@ -284,11 +361,24 @@ func (s *ServiceSettings) Unset(key string) error {
 				p.CacheSize = nil
 			}
 		}
-	case KeyNetbootEnabled:
-		if s.Netboot != nil {
-			s.Netboot.Enabled = nil
+	case KeyNetbootEnabled, KeyNetbootUnknown, KeyNetbootBootPackage:
+		if n := s.Netboot; n != nil {
+			switch key {
+			case KeyNetbootEnabled:
+				n.Enabled = nil
+			case KeyNetbootUnknown:
+				n.UnknownComputers = nil
+			case KeyNetbootBootPackage:
+				n.BootPackage = nil
+			}
 		}
 	default:
+		if kind, ok := scriptKind(key); ok {
+			if s.Netboot != nil {
+				delete(s.Netboot.Scripts, kind)
+			}
+			break
+		}
 		arch, ok := bootFileArch(key)
 		if !ok {
 			return unknownKey(key)
@@ -303,7 +393,7 @@ func (s *ServiceSettings) Unset(key string) error {
 
 // tidy drops services that set nothing, so that settings compare equal by value.
 func (s *ServiceSettings) tidy() {
-	if s.Task != nil && s.Task.Enabled == nil {
+	if s.Task != nil && *s.Task == (TaskService{}) {
 		s.Task = nil
 	}
 	if p := s.Package; p != nil && *p == (PackageService{}) {
@@ -313,7 +403,10 @@ func (s *ServiceSettings) tidy() {
 		if len(n.BootFiles) == 0 {
 			n.BootFiles = nil
 		}
-		if n.Enabled == nil && n.BootFiles == nil {
+		if len(n.Scripts) == 0 {
+			n.Scripts = nil
+		}
+		if n.Enabled == nil && n.BootFiles == nil && n.Scripts == nil && n.UnknownComputers == nil && n.BootPackage == nil {
 			s.Netboot = nil
 		}
 	}
@@ -350,9 +443,43 @@ func bootFileArch(key string) (uint16, bool) {
 }
 
 func unknownKey(key string) error {
-	return fmt.Errorf("%q is not a service setting (want %s, or %s.ARCH with ARCH a PXE architecture number)",
-		key, strings.Join(ServiceKeys, ", "), KeyBootFiles)
+	return fmt.Errorf("%q is not a service setting (want %s, %s.ARCH with ARCH a PXE architecture number, or %s.KIND with KIND one of %s)",
+		key, strings.Join(ServiceKeys, ", "), KeyBootFiles, KeyScripts, strings.Join(ScriptKinds, ", "))
 }
+
+// scriptKind is the computer kind of a script's setting key.
+func scriptKind(key string) (string, bool) {
+	rest, ok := strings.CutPrefix(key, KeyScripts+".")
+	return rest, ok && slices.Contains(ScriptKinds, rest)
+}
+
+// checkScript keeps an iPXE script template to bounded printable text that parses and
+// runs on sample data, as the network boot service will run it.
+func checkScript(text string) error {
+	if len(text) > MaxScriptBytes {
+		return fmt.Errorf("longer than %d bytes", MaxScriptBytes)
+	}
+	if strings.TrimSpace(text) == "" {
+		return errors.New("empty (unset it instead)")
+	}
+	if err := checkText(strings.ReplaceAll(text, "\r\n", "\n"), true); err != nil {
+		return err
+	}
+	t, err := template.New("script").Option("missingkey=error").Parse(text)
+	if err != nil {
+		return err
+	}
+	data := struct{ Server, MAC, Kind string }{"192.0.2.1:8080", "52:54:00:00:00:01", "managed"}
+	if err := t.Execute(io.Discard, data); err != nil {
+		return err
+	}
+	return nil
+}
+
+// packageID is nsapi.ValidID's rule for package ids (sites cannot import nsapi).
+var packageID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+func validPackageID(id string) bool { return packageID.MatchString(id) }
 
 // checkValue keeps a setting's text to one printable line of bounded length.
 func checkValue(v string) error {

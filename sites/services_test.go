@@ -362,6 +362,8 @@ func FuzzServiceSettingsSet(f *testing.F) {
 		{KeyPackageBandwidth, ""}, {KeyPackageBandwidth, ",,, ,"}, {KeyPackageCacheSize, "50GiB"},
 		{"netboot.boot_files.7", "snponly.efi"}, {"netboot.boot_files.65535", ""}, {"netboot.boot_files.-1", "x"},
 		{KeyTaskEnabled, "T"}, {"package.enabled", "1"}, {"netboot.boot_files.7", "a\x00b"}, {KeyPackageDefaultBandwidth, " \t"},
+		{KeyTaskPresenceInterval, "30s"}, {KeyTaskPresenceInterval, "0s"}, {KeyNetbootUnknown, "silent"}, {KeyNetbootBootPackage, "winpe-11"},
+		{"netboot.scripts.managed", "#!ipxe\nexit\n"}, {"netboot.scripts.unknown", "{{.Nope}}"}, {"netboot.scripts.other", "#!ipxe"},
 	} {
 		f.Add(seed[0], seed[1])
 	}
@@ -384,4 +386,89 @@ func FuzzServiceSettingsSet(f *testing.F) {
 			t.Fatalf("Set(%q, %q): rules do not compile: %v", key, value, err)
 		}
 	})
+}
+
+// The wider central settings: the task server's presence interval, network boot's policy
+// for unknown computers, boot package and iPXE scripts per kind, in a rules file, through
+// a round trip, and refused when wrong with the key named.
+func TestWiderServiceSettings(t *testing.T) {
+	const in = `servers:
+  - id: ` + guidBerlin + `
+    task: {presence_interval: 30s}
+    netboot:
+      unknown_computers: silent
+      boot_package: winpe-11
+      scripts:
+        managed: |
+          #!ipxe
+          echo {{.MAC}} boots from disk
+          exit
+        preboot: |
+          #!ipxe
+          chain http://{{.Server}}/boot/winpe.ipxe
+`
+	r, err := ParseRulesFile([]byte(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := ServiceSettings{
+		Task: &TaskService{PresenceInterval: ptr("30s")},
+		Netboot: &NetbootService{UnknownComputers: ptr("silent"), BootPackage: ptr("winpe-11"), Scripts: map[string]string{
+			"managed": "#!ipxe\necho {{.MAC}} boots from disk\nexit\n", "preboot": "#!ipxe\nchain http://{{.Server}}/boot/winpe.ipxe\n"}},
+	}
+	if len(r.Services) != 1 {
+		t.Fatalf("services: %+v", r.Services)
+	}
+	if diff := cmp.Diff(want, r.Services[0].Settings); diff != "" {
+		t.Fatalf("settings (-want +got):\n%s", diff)
+	}
+	out, err := MarshalRulesFile(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := ParseRulesFile(out)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if diff := cmp.Diff(r, back, cmpNetip); diff != "" {
+		t.Fatalf("round trip (-want +got):\n%s\n%s", diff, out)
+	}
+	flat := want.Flat()
+	for _, k := range []string{KeyTaskPresenceInterval, KeyNetbootUnknown, KeyNetbootBootPackage, ScriptKey("managed"), ScriptKey("preboot")} {
+		if _, ok := flat[k]; !ok {
+			t.Errorf("Flat lacks %s: %v", k, flat)
+		}
+	}
+	for _, k := range []string{KeyTaskPresenceInterval, KeyNetbootUnknown, KeyNetbootBootPackage, ScriptKey("managed"), ScriptKey("preboot")} {
+		if err := want.Unset(k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !want.IsZero() || want.Task != nil || want.Netboot != nil {
+		t.Fatalf("unset everything, left %+v", want)
+	}
+
+	for key, bad := range map[string][]string{
+		KeyTaskPresenceInterval: {"0s", "500ms", "2h", "often", ""},
+		KeyNetbootUnknown:       {"quiet", ""},
+		KeyNetbootBootPackage:   {"", "../winpe", "-x", strings.Repeat("a", 65)},
+		ScriptKey("managed"):    {"", "  ", "{{.Name}}", "{{if}}", "#!ipxe\x00", strings.Repeat("#", MaxScriptBytes+1)},
+		"netboot.scripts.other": {"#!ipxe\n"},
+	} {
+		for _, v := range bad {
+			var s ServiceSettings
+			err := s.Set(key, v)
+			if err == nil {
+				t.Errorf("Set(%s, %.20q) took it", key, v)
+				continue
+			}
+			if !strings.Contains(err.Error(), key) {
+				t.Errorf("Set(%s, %.20q): %v does not name the key", key, v, err)
+			}
+		}
+	}
+	if _, err := ParseRulesFile([]byte("servers:\n  - id: " + guidBerlin + "\n    netboot:\n      scripts: {desktop: \"#!ipxe\"}\n")); err == nil ||
+		!strings.Contains(err.Error(), `"desktop" is not one of managed, predefined, unknown, preboot`) {
+		t.Fatalf("a script for an unknown kind: %v", err)
+	}
 }

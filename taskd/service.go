@@ -50,6 +50,12 @@ type Service struct {
 
 	revocations pki.Revocations // serials each NS revoked
 
+	// presence is the presence interval set centrally (0: the config's); presenceCh is
+	// closed when it changes.
+	presence   atomic.Int64
+	presenceMu sync.Mutex
+	presenceCh chan struct{}
+
 	ready         atomic.Bool
 	refusedLogged atomic.Int64 // when spoolRefused last logged, Unix nanoseconds
 	bound         chan struct{}

@@ -244,17 +244,62 @@ func (s *Service) fetch(ctx context.Context, st *nsState) ([]agentRecord, error)
 	return out, nil
 }
 
+// PresenceInterval is how often agents' last contact is reported to each NS now.
+func (s *Service) PresenceInterval() time.Duration {
+	if d := s.presence.Load(); d > 0 {
+		return time.Duration(d)
+	}
+	return s.cfg.PresenceInterval
+}
+
+// SetPresenceInterval changes how often agents' last contact is reported (a central
+// setting): the loops of every NS take it at once.
+func (s *Service) SetPresenceInterval(d time.Duration) error {
+	if d < time.Second {
+		return fmt.Errorf("presence_interval: %s is below 1s", d)
+	}
+	if time.Duration(s.presence.Swap(int64(d))) == d {
+		return nil
+	}
+	s.presenceMu.Lock()
+	if s.presenceCh != nil {
+		close(s.presenceCh)
+	}
+	s.presenceCh = make(chan struct{})
+	s.presenceMu.Unlock()
+	s.logger.Info("presence interval in force", "presence_interval", d)
+	return nil
+}
+
+// presenceChange is closed when the presence interval changes next.
+func (s *Service) presenceChange() <-chan struct{} {
+	s.presenceMu.Lock()
+	defer s.presenceMu.Unlock()
+	if s.presenceCh == nil {
+		s.presenceCh = make(chan struct{})
+	}
+	return s.presenceCh
+}
+
 // newAgentReportDelay is how long the presence loop gathers registrations before it
 // reports them.
 const newAgentReportDelay = time.Second
 
 func (s *Service) presenceLoop(ctx context.Context, st *nsState, log *slog.Logger) {
-	tk := time.NewTicker(s.cfg.PresenceInterval)
+	every := s.PresenceInterval()
+	tk := time.NewTicker(every)
 	defer tk.Stop()
 	for {
+		changed := s.presenceChange()
 		select {
 		case <-ctx.Done():
 			return
+		case <-changed:
+			if d := s.PresenceInterval(); d != every {
+				every = d
+				tk.Reset(every)
+			}
+			continue
 		case <-tk.C:
 		case <-st.registered:
 			// Registrations come in bursts (a site starting up): gather them.

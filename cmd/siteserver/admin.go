@@ -145,6 +145,18 @@ var optionFlags = map[string]func(fs *flag.FlagSet, o *adminOptions){
 	"boot-file": func(fs *flag.FlagSet, o *adminOptions) {
 		fs.Var(&o.svc.bootFiles, "boot-file", "netboot: the first-stage boot file of a PXE architecture, `ARCH=FILE` (ARCH a number or bios, efi_ia32, efi_x64, efi_bc, arm64; empty FILE: none); repeatable")
 	},
+	"presence-interval": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.Var(&o.svc.presence, "presence-interval", "task: how often the task server reports its agents' last contact to the NS (`DURATION`, 1s to 1h)")
+	},
+	"unknown-computers": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.Var(&o.svc.unknown, "unknown-computers", "netboot: this server's own policy for computers the NS does not know, over its sites' (`POLICY`: answer or silent)")
+	},
+	"boot-package": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.Var(&o.svc.bootPackage, "boot-package", "netboot: the `PACKAGE` whose files TFTP and /boot/ serve before the boot directory's (needs the package service on the server)")
+	},
+	"script": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.Var(&o.svc.scripts, "script", "netboot: the iPXE script template for a kind of computer, `KIND=@FILE` (or KIND=TEXT; KIND managed, predefined, unknown or preboot); repeatable")
+	},
 	"unset": func(fs *flag.FlagSet, o *adminOptions) {
 		fs.Var(&o.svc.unset, "unset", "comma-separated `KEYS` of the service to leave to the other source, the server's YAML or the default (constrained, bandwidth, boot_files.7, enabled…; all: every one)")
 	},
@@ -220,8 +232,8 @@ var adminCommands = []adminCommand{
 	{"sites explain", argsOneOrMore, "IP…", "the site of each address, the rule and source that decided, and the servers a computer there gets", []string{"json"}, sitesExplain},
 	{"servers list", 0, "", "list site servers: status, sites, services, computers", []string{"json"}, serversList},
 	{"servers show", 1, "SERVER", "a site server's services: how each stands, each setting in force, where it came from (central, local pin, default) and which source decided", []string{"json"}, serversShow},
-	{"servers set", 1, "SERVER -service task|package|netboot [-enabled[=false]] [SETTINGS] [-unset KEYS]", "change a site server's central service settings (manual rules): start or stop a service, constrained, bandwidth, cache size, boot files",
-		[]string{"service", "enabled", "constrained", "ns-fallback", "bandwidth", "default-bandwidth", "cache-size", "boot-file", "unset", "json"}, serversSet},
+	{"servers set", 1, "SERVER -service task|package|netboot [-enabled[=false]] [SETTINGS] [-unset KEYS]", "change a site server's central service settings (manual rules): start or stop a service, constrained, bandwidth, cache size, boot files, scripts, boot package, unknown-computer policy, presence interval",
+		[]string{"service", "enabled", "presence-interval", "constrained", "ns-fallback", "bandwidth", "default-bandwidth", "cache-size", "boot-file", "script", "boot-package", "unknown-computers", "unset", "json"}, serversSet},
 	{"servers approve", 1, "SERVER", "approve a pending site server (GUID, unique GUID prefix or host name), or the site change it reported", nil,
 		onServer("approved", func(a *adminCall, id string) error { return a.c.Approve(a.ctx, id) })},
 	{"servers reject", 1, "SERVER", "forget a pending site server and revoke its certificate", nil,

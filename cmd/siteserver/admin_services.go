@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -71,7 +72,8 @@ type serviceOptions struct {
 	service                                string
 	enabled, constrained, nsFallback       optBool
 	bandwidth, defaultBandwidth, cacheSize optString
-	bootFiles, unset                       listFlag
+	presence, unknown, bootPackage         optString
+	bootFiles, scripts, unset              listFlag
 }
 
 // bootArchs are the PXE architectures -boot-file takes by name (as the metrics label them).
@@ -119,11 +121,14 @@ func (o *serviceOptions) change(bootFiles []string) (nsapi.ServiceChangeRequest,
 		{"bandwidth", sites.KeyPackageBandwidth, nil, &o.bandwidth},
 		{"default-bandwidth", sites.KeyPackageDefaultBandwidth, nil, &o.defaultBandwidth},
 		{"cache-size", sites.KeyPackageCacheSize, nil, &o.cacheSize},
+		{"presence-interval", sites.KeyTaskPresenceInterval, nil, &o.presence},
+		{"unknown-computers", sites.KeyNetbootUnknown, nil, &o.unknown},
+		{"boot-package", sites.KeyNetbootBootPackage, nil, &o.bootPackage},
 	} {
 		if (f.b == nil || !f.b.set) && (f.s == nil || !f.s.set) {
 			continue
 		}
-		if err := only(f.flag, nsapi.ServicePackage); err != nil {
+		if err := only(f.flag, sites.ServiceOf(f.key)); err != nil {
 			return req, err
 		}
 		if f.b != nil {
@@ -146,6 +151,23 @@ func (o *serviceOptions) change(bootFiles []string) (nsapi.ServiceChangeRequest,
 		}
 		req.Set[sites.BootFileKey(a)] = file
 	}
+	for _, sc := range o.scripts {
+		if err := only("script", nsapi.ServiceNetboot); err != nil {
+			return req, err
+		}
+		kind, text, ok := strings.Cut(sc, "=")
+		if !ok || !slices.Contains(sites.ScriptKinds, kind) {
+			return req, usageError{fmt.Sprintf("-script %.40q: want KIND=@FILE or KIND=TEXT, KIND one of %s", sc, strings.Join(sites.ScriptKinds, ", "))}
+		}
+		if file, ok := strings.CutPrefix(text, "@"); ok {
+			b, err := os.ReadFile(file)
+			if err != nil {
+				return req, fmt.Errorf("-script %s: %w", kind, err)
+			}
+			text = string(b)
+		}
+		req.Set[sites.ScriptKey(kind)] = text
+	}
 	unset := func(k string) {
 		if !slices.Contains(req.Unset, k) {
 			req.Unset = append(req.Unset, k)
@@ -162,7 +184,14 @@ func (o *serviceOptions) change(bootFiles []string) (nsapi.ServiceChangeRequest,
 				for _, k := range bootFiles {
 					unset(k)
 				}
+				for _, kind := range sites.ScriptKinds {
+					unset(sites.ScriptKey(kind))
+				}
 			}
+			continue
+		}
+		if rest, ok := strings.CutPrefix(k, "scripts."); ok && svc == nsapi.ServiceNetboot {
+			unset(sites.ScriptKey(rest))
 			continue
 		}
 		if rest, ok := strings.CutPrefix(k, "boot_files."); ok {
@@ -299,10 +328,19 @@ func (a *adminCall) printServices(v nsapi.ServerServicesView) error {
 					pending = true
 				}
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", s.Key, inForce, from, central, source)
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", s.Key, oneLine(inForce), from, oneLine(central), source)
 		}
 		if pending {
 			fmt.Fprintln(w, "\npending: not in force on the server yet; it takes central settings at its next registration (at once if it runs a task service), and a service's ERROR above says why one did not apply")
 		}
 	})
+}
+
+// oneLine shows a value of several lines (a script) by its first line and its length.
+func oneLine(v string) string {
+	first, rest, ok := strings.Cut(strings.TrimRight(v, "\n"), "\n")
+	if !ok {
+		return v
+	}
+	return fmt.Sprintf("%s … (%d lines; -json shows them)", first, strings.Count(rest, "\n")+2)
 }

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/pkgd"
 	"github.com/siteserver/siteserver/sites"
+	"github.com/siteserver/siteserver/taskd"
 )
 
 // The NS's service assignments on the site server. The first NS's registration answer
@@ -66,6 +68,16 @@ func pinsOf(root *yaml.Node) map[string]bool {
 			if k := svc + "." + sec.Content[i].Value; slices.Contains(sites.ServiceKeys, k) {
 				pins[k] = true
 			}
+		}
+		if scripts := field(sec, "scripts"); svc == nsapi.ServiceNetboot && scripts != nil && scripts.Kind == yaml.MappingNode {
+			for i := 0; i+1 < len(scripts.Content); i += 2 {
+				if kind := scripts.Content[i].Value; slices.Contains(sites.ScriptKinds, kind) {
+					pins[sites.ScriptKey(kind)] = true
+				}
+			}
+		}
+		if svc == nsapi.ServiceNetboot && field(field(sec, "pxe"), "ipxe_script_url") != nil {
+			pins[keyScriptURL] = true
 		}
 		if files := field(field(sec, "pxe"), "boot_files"); svc == nsapi.ServiceNetboot && files != nil && files.Kind == yaml.MappingNode {
 			for i := 0; i+1 < len(files.Content); i += 2 {
@@ -115,6 +127,23 @@ func packagePlan(local pkgd.Config, pins map[string]bool, central *sites.Package
 	pick(sites.KeyPackageCacheSize, c.CacheSize != nil, func() { cfg.CacheSize = *c.CacheSize },
 		func() string { return cfg.CacheSize })
 	return cfg, out
+}
+
+// taskPlan merges the task service's local config (defaults filled) with the central
+// settings the file does not pin.
+func taskPlan(local taskd.Config, pins map[string]bool, central *sites.TaskService) (taskd.Config, []setting) {
+	cfg := local
+	from := nsapi.FromDefault
+	switch {
+	case pins[sites.KeyTaskPresenceInterval]:
+		from = nsapi.FromLocal
+	case central != nil && central.PresenceInterval != nil:
+		if d, err := time.ParseDuration(*central.PresenceInterval); err == nil {
+			cfg.PresenceInterval = d
+			from = nsapi.FromCentral
+		}
+	}
+	return cfg, []setting{{sites.KeyTaskPresenceInterval, cfg.PresenceInterval.String(), from}}
 }
 
 // enabledKey is the setting key of whether svc runs.
@@ -194,13 +223,60 @@ func netbootPlan(local netbootd.Config, pins map[string]bool, central *sites.Net
 		}
 		out = append(out, setting{sites.BootFileKey(uint16(arch)), cfg.PXE.BootFiles[arch], f})
 	}
+	// The script URL goes with the boot files (a reload may change it); only the file sets it.
+	urlFrom := nsapi.FromDefault
+	if pins[keyScriptURL] {
+		urlFrom = nsapi.FromLocal
+	}
+	out = append(out, setting{keyScriptURL, cfg.PXE.IPXEScriptURL, urlFrom})
+	// Scripts: the file's (or the defaults) per kind, the central ones where it writes none.
+	cfg.Scripts = maps.Clone(local.Scripts)
+	if cfg.Scripts == nil {
+		cfg.Scripts = map[string]string{}
+	}
+	for _, kind := range sites.ScriptKinds {
+		key := sites.ScriptKey(kind)
+		text, set := cfg.Scripts[kind]
+		from := nsapi.FromDefault
+		switch {
+		case pins[key]:
+			from = nsapi.FromLocal
+		case central != nil && central.Scripts[kind] != "":
+			text, set, from = central.Scripts[kind], true, nsapi.FromCentral
+			cfg.Scripts[kind] = text
+		}
+		if !set {
+			text = netbootd.DefaultScripts[kind]
+		}
+		out = append(out, setting{key, text, from})
+	}
+	pick := func(key string, local string, c *string, put func(string)) {
+		v, from := local, nsapi.FromDefault
+		switch {
+		case pins[key]:
+			from = nsapi.FromLocal
+		case c != nil:
+			v, from = *c, nsapi.FromCentral
+		}
+		put(v)
+		out = append(out, setting{key, v, from})
+	}
+	var c sites.NetbootService
+	if central != nil {
+		c = *central
+	}
+	pick(sites.KeyNetbootBootPackage, local.BootPackage, c.BootPackage, func(v string) { cfg.BootPackage = v })
+	pick(sites.KeyNetbootUnknown, "", c.UnknownComputers, func(v string) { cfg.UnknownOverride = v })
 	return cfg, out
 }
+
+// keyScriptURL reports the iPXE script URL PXE hands out: a setting of the serve file only.
+const keyScriptURL = "netboot.ipxe_script_url"
 
 // checkBootFiles makes sure the central boot files that are TFTP paths exist, in boot_dir
 // or in the boot package (has, nil when no package service runs): a missing one would
 // make every computer of that architecture fail to boot.
-func checkBootFiles(cfg netbootd.Config, planned []setting, has func(name string) bool) error {
+func checkBootFiles(cfg netbootd.Config, planned []setting, has func(pkg, name string) bool) error {
 	var missing []string
 	for _, st := range planned {
 		if st.from != nsapi.FromCentral || st.value == "" || strings.Contains(st.value, "://") {
@@ -210,7 +286,7 @@ func checkBootFiles(cfg netbootd.Config, planned []setting, has func(name string
 		if fi, err := os.Stat(filepath.Join(cfg.BootDir, filepath.FromSlash(name))); err == nil && fi.Mode().IsRegular() && filepath.IsLocal(name) {
 			continue
 		}
-		if has != nil && cfg.BootPackage != "" && has(name) {
+		if has != nil && cfg.BootPackage != "" && has(cfg.BootPackage, name) {
 			continue
 		}
 		where := "boot_dir " + cfg.BootDir
@@ -305,7 +381,7 @@ func (a *assignments) localPackage() pkgd.Config {
 // central boot files that fail checkBootFiles are left out (the file's or the defaults
 // stand) and the error is reported. The file must configure the service: it alone knows
 // the boot directory and the ports.
-func (a *assignments) netbootConfig(has func(string) bool) (netbootd.Config, error) {
+func (a *assignments) netbootConfig(has func(pkg, name string) bool) (netbootd.Config, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	delete(a.errs, nsapi.ServiceNetboot)
@@ -313,12 +389,47 @@ func (a *assignments) netbootConfig(has func(string) bool) (netbootd.Config, err
 		return netbootd.Config{}, errors.New("services.netboot is not in the serve file: network boot needs its section there (boot_dir, listen addresses) before the NS can turn it on")
 	}
 	cfg, planned := netbootPlan(*a.local.Netboot, a.pins, a.centralNetboot())
-	if err := checkBootFiles(cfg, planned, has); err != nil {
-		a.errs[nsapi.ServiceNetboot] = err.Error() + " (started without the central boot files)"
+	if err := checkNetboot(cfg, planned, has); err != nil {
+		a.errs[nsapi.ServiceNetboot] = err.Error() + " (started without the central settings)"
 		cfg, planned = netbootPlan(*a.local.Netboot, a.pins, nil)
 	}
 	a.takeLocked(planned)
 	return cfg, nil
+}
+
+// checkNetboot checks what a network boot plan puts in force that the NS could not check:
+// that its boot files exist here, that its scripts run as this server runs them.
+func checkNetboot(cfg netbootd.Config, planned []setting, has func(pkg, name string) bool) error {
+	if err := checkBootFiles(cfg, planned, has); err != nil {
+		return err
+	}
+	return netbootd.CheckScripts("netboot", cfg.Scripts)
+}
+
+// taskConfig is the task service's config as it starts, like packageConfig.
+func (a *assignments) taskConfig() taskd.Config {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	cfg, planned := taskPlan(a.localTask(), a.pins, a.centralTask())
+	a.takeLocked(planned)
+	delete(a.errs, nsapi.ServiceTask)
+	return cfg
+}
+
+func (a *assignments) localTask() taskd.Config {
+	if a.local.Task != nil {
+		return *a.local.Task
+	}
+	var c taskd.Config
+	c.Defaults()
+	return c
+}
+
+func (a *assignments) centralTask() *sites.TaskService {
+	if a.central == nil {
+		return nil
+	}
+	return a.central.Task
 }
 
 func (a *assignments) takeLocked(planned []setting) {
@@ -351,12 +462,20 @@ type packageSetter interface {
 // bootSetter is the running network boot service's part that settings change.
 type bootSetter interface {
 	SetBoot(c pxe.Config) error
+	SetScripts(scripts map[string]string) error
+	SetBootPackage(name string)
+	SetUnknownOverride(policy string) error
+}
+
+// taskSetter is the running task service's part that settings change.
+type taskSetter interface {
+	SetPresenceInterval(d time.Duration) error
 }
 
 // apply puts the central and local settings in force on the running package and network
 // boot services (nil when not running), group by group: a group that fails keeps its last
 // good values and its error is reported. has tells whether the boot package holds a file.
-func (a *assignments) apply(pkg packageSetter, boot bootSetter, has func(string) bool) {
+func (a *assignments) apply(task taskSetter, pkg packageSetter, boot bootSetter, has func(pkg, name string) bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	var errs []string
@@ -383,7 +502,16 @@ func (a *assignments) apply(pkg packageSetter, boot bootSetter, has func(string)
 		}
 		return out
 	}
+	if task != nil {
+		delete(a.errs, nsapi.ServiceTask)
+		cfg, planned := taskPlan(a.localTask(), a.pins, a.centralTask())
+		group(planned, func() error { return task.SetPresenceInterval(cfg.PresenceInterval) })
+		if len(errs) > 0 {
+			a.errs[nsapi.ServiceTask] = strings.Join(errs, "; ") + " (the last good value stays in force)"
+		}
+	}
 	if pkg != nil {
+		errs = nil
 		delete(a.errs, nsapi.ServicePackage)
 		cfg, planned := packagePlan(a.localPackage(), a.pins, a.centralPackage())
 		group(pick(planned, sites.KeyPackageConstrained, sites.KeyPackageNSFallback), func() error {
@@ -408,14 +536,35 @@ func (a *assignments) apply(pkg packageSetter, boot bootSetter, has func(string)
 				delete(a.inForce, k)
 			}
 		}
-		group(planned, func() error {
-			if err := checkBootFiles(cfg, planned, has); err != nil {
+		isBootFile := func(st setting) bool {
+			return strings.HasPrefix(st.key, sites.KeyBootFiles+".") || st.key == keyScriptURL
+		}
+		var files, scripts []setting
+		for _, st := range planned {
+			switch {
+			case isBootFile(st):
+				files = append(files, st)
+			case strings.HasPrefix(st.key, sites.KeyScripts+"."):
+				scripts = append(scripts, st)
+			}
+		}
+		group(files, func() error {
+			if err := checkBootFiles(cfg, files, has); err != nil {
 				return err
 			}
 			return boot.SetBoot(cfg.PXE)
 		})
+		group(scripts, func() error { return boot.SetScripts(cfg.Scripts) })
+		group(pick(planned, sites.KeyNetbootBootPackage), func() error {
+			if cfg.BootPackage != "" && pkg == nil {
+				return fmt.Errorf("%s: %q needs the package service on this site server", sites.KeyNetbootBootPackage, cfg.BootPackage)
+			}
+			boot.SetBootPackage(cfg.BootPackage)
+			return nil
+		})
+		group(pick(planned, sites.KeyNetbootUnknown), func() error { return boot.SetUnknownOverride(cfg.UnknownOverride) })
 		if len(errs) > 0 {
-			a.errs[nsapi.ServiceNetboot] = strings.Join(errs, "; ") + " (the last good boot files stay in force)"
+			a.errs[nsapi.ServiceNetboot] = strings.Join(errs, "; ") + " (the last good settings stay in force)"
 		}
 	}
 }

@@ -106,12 +106,12 @@ func TestAssignmentsApply(t *testing.T) {
 	running := []nsapi.ServiceState{{Name: nsapi.ServicePackage, State: nsapi.ServiceRunning}}
 	a.markSent(a.report(running)) // sent with the first registration
 	pkg := &fakePackage{}
-	if a.apply(pkg, nil, nil); pkg.calls != 0 || a.changed(a.report(running)) {
+	if a.apply(nil, pkg, nil, nil); pkg.calls != 0 || a.changed(a.report(running)) {
 		t.Fatalf("nothing changed, yet apply set %d things or the report changed", pkg.calls)
 	}
 	yes, ws := true, []string{"08:00-18:00 2Mbit"}
 	a.setCentral(&sites.ServiceSettings{Package: &sites.PackageService{Constrained: &yes, Bandwidth: &ws}})
-	if a.apply(pkg, nil, nil); !pkg.constrained || !cmp.Equal(pkg.bandwidth, ws) || !a.changed(a.report(running)) {
+	if a.apply(nil, pkg, nil, nil); !pkg.constrained || !cmp.Equal(pkg.bandwidth, ws) || !a.changed(a.report(running)) {
 		t.Fatalf("central change: %+v", pkg)
 	}
 	r := a.report(running)
@@ -119,7 +119,7 @@ func TestAssignmentsApply(t *testing.T) {
 	if s, _ := r.Setting(sites.KeyPackageConstrained); s.Value != "true" || s.From != nsapi.FromCentral {
 		t.Fatalf("reported %+v", r.Settings)
 	}
-	if a.apply(pkg, nil, nil); a.changed(a.report(running)) {
+	if a.apply(nil, pkg, nil, nil); a.changed(a.report(running)) {
 		t.Fatal("applied again with nothing new, and the report changed")
 	}
 
@@ -127,26 +127,26 @@ func TestAssignmentsApply(t *testing.T) {
 	pkg.refuse = errors.New("services.package.bandwidth: no")
 	other := []string{"00:00-24:00 1Mbit"}
 	a.setCentral(&sites.ServiceSettings{Package: &sites.PackageService{Constrained: &yes, Bandwidth: &other}})
-	a.apply(pkg, nil, nil)
+	a.apply(nil, pkg, nil, nil)
 	r = a.report(running)
 	if bw, _ := r.Setting(sites.KeyPackageBandwidth); bw.Value != "08:00-18:00 2Mbit" ||
 		a.settingsError(nsapi.ServicePackage) != "services.package.bandwidth: no (the last good value stays in force)" {
 		t.Fatalf("after a refused change: %+v, %q", bw, a.settingsError(nsapi.ServicePackage))
 	}
 	calls := pkg.calls
-	a.apply(pkg, nil, nil)
+	a.apply(nil, pkg, nil, nil)
 	if pkg.calls != calls+1 {
 		t.Fatal("a refused change is not tried again")
 	}
 	pkg.refuse = nil
-	if a.apply(pkg, nil, nil); !cmp.Equal(pkg.bandwidth, other) || a.settingsError(nsapi.ServicePackage) != "" {
+	if a.apply(nil, pkg, nil, nil); !cmp.Equal(pkg.bandwidth, other) || a.settingsError(nsapi.ServicePackage) != "" {
 		t.Fatalf("once accepted: %+v, %q", pkg, a.settingsError(nsapi.ServicePackage))
 	}
 	// A pin from a reloaded file wins over the central value.
 	local2 := *local
 	local2.Constrained = false
 	a.setLocal(Services{Package: &local2}, map[string]bool{sites.KeyPackageConstrained: true})
-	if a.apply(pkg, nil, nil); pkg.constrained {
+	if a.apply(nil, pkg, nil, nil); pkg.constrained {
 		t.Fatalf("pinned locally: %+v", pkg)
 	}
 }
@@ -212,7 +212,7 @@ func TestNetbootPlanAndCheck(t *testing.T) {
 	}
 	// In the boot package: found there.
 	cfg.BootPackage = "winpe"
-	if err := checkBootFiles(cfg, planned, func(name string) bool { return name == "missing.efi" || strings.HasPrefix(name, "../") }); err != nil {
+	if err := checkBootFiles(cfg, planned, func(pkg, name string) bool { return pkg == "winpe" && name == "missing.efi" || strings.HasPrefix(name, "../") }); err != nil {
 		t.Fatalf("with the boot package holding them: %v", err)
 	}
 }

@@ -162,6 +162,7 @@ func (s *siteServer) reloadable(level *slog.LevelVar, next *Serve) reloadable {
 	}
 	if cur.Task != nil && next.Services.Task != nil {
 		r["services.task.enabled"] = services
+		r["services.task.presence_interval"] = services
 	}
 	if cur.Package != nil && next.Services.Package != nil {
 		for _, k := range []string{"enabled", "constrained", "ns_fallback", "bandwidth", "default_bandwidth", "cache_size"} {
@@ -169,13 +170,8 @@ func (s *siteServer) reloadable(level *slog.LevelVar, next *Serve) reloadable {
 		}
 	}
 	if nc := next.Services.Netboot; cur.Netboot != nil && nc != nil {
-		r["services.netboot.scripts"] = func() error {
-			if b := s.bootSvc(); b != nil {
-				return b.SetScripts(nc.Scripts)
-			}
-			return nil
-		}
-		for _, k := range []string{"enabled", "pxe.boot_files", "pxe.ipxe_script_url"} {
+		// Scripts and the boot package merge with the central ones, as at start.
+		for _, k := range []string{"enabled", "pxe.boot_files", "pxe.ipxe_script_url", "scripts", "boot_package"} {
 			r["services.netboot."+k] = services
 		}
 	}
@@ -188,7 +184,7 @@ func reloadedServices(cur, next Services) Services {
 	out := cur
 	if cur.Task != nil && next.Task != nil {
 		t := *cur.Task
-		t.Enabled = next.Task.Enabled
+		t.Enabled, t.PresenceInterval = next.Task.Enabled, next.Task.PresenceInterval
 		out.Task = &t
 	}
 	if cur.Package != nil && next.Package != nil {
@@ -200,6 +196,7 @@ func reloadedServices(cur, next Services) Services {
 	if cur.Netboot != nil && next.Netboot != nil {
 		b, n := *cur.Netboot, next.Netboot
 		b.Enabled, b.PXE.BootFiles, b.PXE.IPXEScriptURL, b.Scripts = n.Enabled, n.PXE.BootFiles, n.PXE.IPXEScriptURL, n.Scripts
+		b.BootPackage = n.BootPackage
 		out.Netboot = &b
 	}
 	return out

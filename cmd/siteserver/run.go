@@ -450,12 +450,7 @@ func (s *siteServer) lastRevoked(set func(ns string, serials []string)) {
 // newTask builds the task service with one link per NS; the links read the registrar's
 // last answers.
 func (s *siteServer) newTask(reg prometheus.Registerer) (service.Service, error) {
-	var tcfg taskd.Config
-	if s.cfg.Services.Task != nil {
-		tcfg = *s.cfg.Services.Task
-	} else {
-		tcfg.Defaults()
-	}
+	tcfg := s.assign.taskConfig()
 	tcfg.DataDir = filepath.Join(s.cfg.DataDir, "task")
 	var links []*taskd.NSLink
 	for _, p := range s.peers {
@@ -523,15 +518,14 @@ func (s *siteServer) openPackageFile(ctx context.Context, pkg, name string) (*os
 	return p.OpenFile(ctx, pkg, name)
 }
 
-// bootPackageHas reports whether the boot package holds the file name.
-func (s *siteServer) bootPackageHas(name string) bool {
-	nb := s.cfg.Services.Netboot
-	if nb == nil || nb.BootPackage == "" {
+// bootPackageHas reports whether the boot package pkg holds the file name.
+func (s *siteServer) bootPackageHas(pkg, name string) bool {
+	if pkg == "" {
 		return false
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	f, err := s.openPackageFile(ctx, nb.BootPackage, name)
+	f, err := s.openPackageFile(ctx, pkg, name)
 	if err != nil {
 		return false
 	}
@@ -623,7 +617,13 @@ func (s *siteServer) servicesApplied() {
 	for _, svc := range serviceNames {
 		before[svc] = s.assign.settingsError(svc)
 	}
-	s.assign.apply(pkg, boot, s.bootPackageHas)
+	var task taskSetter
+	if t := s.taskSvc(); t != nil {
+		task = t
+	} else {
+		s.assign.forget(nsapi.ServiceTask)
+	}
+	s.assign.apply(task, pkg, boot, s.bootPackageHas)
 	for _, svc := range serviceNames {
 		if e := s.assign.settingsError(svc); e != "" && e != before[svc] {
 			s.sup.metrics.changes.WithLabelValues(svc, "refused").Inc()

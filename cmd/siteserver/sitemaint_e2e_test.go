@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -451,6 +453,97 @@ func TestNetbootFromTheCentre(t *testing.T) {
 	eventually(t, "network boot starts once its port is free", func() bool { return s.stateOf(id, nsapi.ServiceNetboot).State == nsapi.ServiceRunning })
 	if f := pxeOffer(t, client, netip.MustParseAddrPort(ss.logsWith("pxe serving")[1]["dhcp"].(string))); f != "other.kpxe" {
 		t.Fatalf("boot file after the restart of the service: %q", f)
+	}
+	if ss.countLog("site server identity") != 1 {
+		t.Fatal("the site server restarted")
+	}
+}
+
+// The wider central settings reach a running site server without a restart: the task
+// server's presence interval; network boot's iPXE script for a kind of computer (the next
+// script served is the new one), its own policy for unknown computers (silent: no answer
+// at all; answer again), and a boot package, refused there while the server runs no package
+// service, with the reason at the NS and the last good settings kept.
+func TestWiderSettingsFromTheCentre(t *testing.T) {
+	s := newMaintSite(t)
+	client := newPXEClient(t)
+	boot := t.TempDir()
+	writeFile(t, filepath.Join(boot, "undionly.kpxe"), "first stage")
+	httpPort := freePort(t)
+	ss, id := s.server("nb2", 7, fmt.Sprintf(`  task: {agent_listen: "127.0.0.1:0", tickle_listen: "127.0.0.1:0"}
+  netboot:
+    boot_dir: %s
+    pxe: {listen_67: "127.0.0.1:0", listen_4011: "127.0.0.1:0", client_port: %d}
+    tftp: {listen: "127.0.0.1:0"}
+    http: {listen: "127.0.0.1:%d"}
+`, boot, client.port(), httpPort))
+	dhcp := netip.MustParseAddrPort(ss.waitLog("pxe serving")["dhcp"].(string))
+	script := func(mac string) string {
+		t.Helper()
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/ipxe/%s", httpPort, mac))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	const mac = "52:54:00:77:00:01" // a computer the NS does not know
+	if st, _ := settingOf(s.show(id), sites.KeyTaskPresenceInterval); st.Value != "1m0s" || st.From != nsapi.FromDefault {
+		t.Fatalf("presence interval before any central setting: %+v", st)
+	}
+	if st, _ := settingOf(s.show(id), sites.ScriptKey("unknown")); st.From != nsapi.FromDefault || !strings.HasPrefix(st.Value, "#!ipxe") {
+		t.Fatalf("unknown computers' script before any central setting: %+v", st)
+	}
+
+	// Task: the presence interval.
+	s.admin("servers", "set", "nb2.example", "-service", "task", "-presence-interval", "2s")
+	s.waitInForce(id, sites.KeyTaskPresenceInterval, "2s")
+	ss.waitLog("presence interval in force")
+
+	// Network boot: a script from a file, served next.
+	menu := writeFile(t, filepath.Join(s.dir, "unknown.ipxe"), "#!ipxe\necho central menu for {{.MAC}}\nshell\n")
+	out := s.admin("servers", "set", "nb2.example", "-service", "netboot", "-script", "unknown=@"+menu)
+	mustContain(t, "servers set -script", out, sites.ScriptKey("unknown"), "#!ipxe … (3 lines; -json shows them)")
+	s.waitInForce(id, sites.ScriptKey("unknown"), "#!ipxe\necho central menu for {{.MAC}}\nshell\n")
+	if got := script(mac); !strings.Contains(got, "central menu for "+mac) {
+		t.Fatalf("script after the central change:\n%s", got)
+	}
+	// A script that does not run is refused at the NS, naming the key; nothing changes.
+	if b, err := s.adminRun("servers", "set", "nb2.example", "-service", "netboot", "-script", "unknown={{.Hostname}}"); err == nil ||
+		!strings.Contains(b, sites.ScriptKey("unknown")) {
+		t.Fatalf("a script that cannot run: %v\n%s", err, b)
+	}
+
+	// Unknown computers: silent on this server, whatever its site says; then answered again.
+	if f := pxeOffer(t, client, dhcp); f != "undionly.kpxe" {
+		t.Fatalf("boot file: %q", f)
+	}
+	s.admin("servers", "set", "nb2.example", "-service", "netboot", "-unknown-computers", "silent")
+	s.waitInForce(id, sites.KeyNetbootUnknown, "silent")
+	if offers := client.discover(dhcp, mac, nil, time.Second); len(offers) != 0 {
+		t.Fatalf("%d offers to an unknown computer on a silent server", len(offers))
+	}
+	s.admin("servers", "set", "nb2.example", "-service", "netboot", "-unset", "unknown_computers")
+	eventually(t, "the server's own policy is gone", func() bool {
+		st, _ := settingOf(s.show(id), sites.KeyNetbootUnknown)
+		return st.From == nsapi.FromDefault
+	})
+	if f := pxeOffer(t, client, dhcp); f != "undionly.kpxe" {
+		t.Fatalf("boot file once answered again: %q", f)
+	}
+
+	// A boot package without a package service: refused there, with the reason at the NS.
+	s.admin("servers", "set", "nb2.example", "-service", "netboot", "-boot-package", "winpe")
+	eventually(t, "the NS shows why the boot package did not apply", func() bool {
+		st := s.stateOf(id, nsapi.ServiceNetboot)
+		return st.State == nsapi.ServiceRunning && strings.Contains(st.Error, `netboot.boot_package: "winpe" needs the package service`)
+	})
+	if st, _ := settingOf(s.show(id), sites.KeyNetbootBootPackage); st.Value != "" || !st.Pending {
+		t.Fatalf("servers show of the refused boot package: %+v", st)
+	}
+	if got := script(mac); !strings.Contains(got, "central menu for "+mac) {
+		t.Fatalf("script after a refused change:\n%s", got)
 	}
 	if ss.countLog("site server identity") != 1 {
 		t.Fatal("the site server restarted")

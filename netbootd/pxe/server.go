@@ -66,8 +66,10 @@ const (
 // from that address, and broadcasts go out of that interface, so one server serves every
 // network of a multi-homed host, including networks added after it started.
 type Server struct {
-	cfg       Config
-	decide    atomic.Pointer[Config] // what answers are made from; a reload swaps it
+	cfg    Config
+	decide atomic.Pointer[Config] // what answers are made from; a reload swaps it
+	// setMu orders the changes to decide (SetBoot, SetUnknownPolicy): each copies it.
+	setMu     sync.Mutex
 	computers Computers
 	log       *slog.Logger
 	metrics   *metrics
@@ -139,6 +141,8 @@ func NewServer(cfg Config, computers Computers, logger *slog.Logger, reg prometh
 // configuration reload): the next answer carries them. They are checked as at start; on
 // an error the ones in force stay.
 func (s *Server) SetBoot(files map[Arch]string, scriptURL string) error {
+	s.setMu.Lock()
+	defer s.setMu.Unlock()
 	c := *s.decide.Load()
 	c.BootFiles, c.IPXEScriptURL = files, scriptURL
 	c = c.WithDefaults()
@@ -152,6 +156,8 @@ func (s *Server) SetBoot(files map[Arch]string, scriptURL string) error {
 // SetUnknownPolicy puts in force what the NS decided about computers it does not know:
 // the next answer follows it.
 func (s *Server) SetUnknownPolicy(p UnknownPolicy) {
+	s.setMu.Lock()
+	defer s.setMu.Unlock()
 	c := *s.decide.Load()
 	c.Unknown = p
 	s.decide.Store(&c)
