@@ -68,7 +68,7 @@ func (s *Schedule) Next(t time.Time) (time.Time, bool) {
 // Cron is a parsed cron expression: the allowed values of each field.
 type Cron struct {
 	minute, hour, dom, month, dow uint64 // bit i: value i allowed
-	domStar, dowStar              bool
+	domStar, dowStar, hourStar    bool
 }
 
 // ParseCron parses five cron fields.
@@ -85,7 +85,7 @@ func ParseCron(s string) (Cron, error) {
 	if c.minute, _, err = cronField(f[0], 0, 59); err != nil {
 		return c, fmt.Errorf("minute: %w", err)
 	}
-	if c.hour, _, err = cronField(f[1], 0, 23); err != nil {
+	if c.hour, c.hourStar, err = cronField(f[1], 0, 23); err != nil {
 		return c, fmt.Errorf("hour: %w", err)
 	}
 	if c.dom, c.domStar, err = cronField(f[2], 1, 31); err != nil {
@@ -144,13 +144,18 @@ func cronField(s string, lo, hi int) (uint64, bool, error) {
 }
 
 // Next is the first minute strictly after t, in t's location, that c names; false if none
-// within five years (a date that never comes, such as 30 February). Minutes are counted in
-// absolute time and read on the wall clock: on the day clocks go forward a time in the
-// skipped hour does not run, and one in a repeated hour runs twice.
+// within five years (a date that never comes, such as 30 February). Minutes are read on
+// the wall clock, as cron does on the days clocks change: a time in an hour the clocks skip
+// runs once, at the change (02:30 runs at 03:00 when 02:00 becomes 03:00); a time in an
+// hour they repeat runs once, the first time. A job whose hour field is * runs by the clock
+// throughout (every 15 minutes stays every 15 minutes).
 func (c Cron) Next(t time.Time) (time.Time, bool) {
 	t = t.Truncate(time.Minute).Add(time.Minute)
 	end := t.AddDate(5, 0, 0)
 	for t.Before(end) {
+		if !c.hourStar && c.skippedMatch(t) {
+			return t, true
+		}
 		if c.month&(1<<int(t.Month())) == 0 || !c.dayMatches(t) {
 			// Next day, at its midnight (in wall-clock time).
 			y, m, d := t.Date()
@@ -161,12 +166,44 @@ func (c Cron) Next(t time.Time) (time.Time, bool) {
 			t = t.Truncate(time.Minute).Add(time.Duration(60-t.Minute()) * time.Minute)
 			continue
 		}
-		if c.minute&(1<<t.Minute()) != 0 {
+		if c.minute&(1<<t.Minute()) != 0 && (c.hourStar || !repeated(t)) {
 			return t, true
 		}
 		t = t.Add(time.Minute)
 	}
 	return time.Time{}, false
+}
+
+// wallMinutes are the wall-clock minutes from 1 January 1 in a location, the zone set aside.
+func wallMinutes(t time.Time) int64 {
+	y, m, d := t.Date()
+	return time.Date(y, m, d, t.Hour(), t.Minute(), 0, 0, time.UTC).Unix() / 60
+}
+
+// skippedMatch reports whether t is the first minute after the clocks went forward and c
+// names one of the wall-clock minutes they skipped.
+func (c Cron) skippedMatch(t time.Time) bool {
+	prev := t.Add(-time.Minute)
+	gap := wallMinutes(t) - wallMinutes(prev) - 1 // minutes the wall clock skipped
+	for k := int64(1); k <= gap && k <= 24*60; k++ {
+		w := time.Unix((wallMinutes(prev)+k)*60, 0).UTC()
+		if c.month&(1<<int(w.Month())) != 0 && c.dayMatches(w) && c.hour&(1<<w.Hour()) != 0 && c.minute&(1<<w.Minute()) != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// repeated reports whether the wall-clock minute of t already passed once, earlier, before
+// the clocks went back.
+func repeated(t time.Time) bool {
+	_, now := t.Zone()
+	_, before := t.Add(-3 * time.Hour).Zone()
+	if before <= now {
+		return false
+	}
+	first := t.Add(-time.Duration(before-now) * time.Second)
+	return wallMinutes(first) == wallMinutes(t)
 }
 
 func (c Cron) dayMatches(t time.Time) bool {

@@ -25,7 +25,13 @@ func TestCronNext(t *testing.T) {
 		{"0 0 * * 7", "2026-12-04 12:00", "2026-12-06 00:00"}, // 7 is Sunday
 		{"5,10 8-9/1 * * *", "2026-12-04 09:10", "2026-12-05 08:05"},
 		{"0 12 29 2 *", "2026-12-04 12:00", "2028-02-29 12:00"},
-		{"30 2 28 3 *", "2027-03-27 12:00", "2028-03-28 02:30"}, // 02:30 does not exist on 2027-03-28 in Berlin
+		// 02:30 does not exist on 2027-03-28 in Berlin: it runs at the change, 03:00 CEST.
+		{"30 2 28 3 *", "2027-03-27 12:00", "2027-03-28 03:00"},
+		{"30 2 * * *", "2027-03-27 12:00", "2027-03-28 03:00"},
+		{"30 2 * * *", "2027-03-28 03:00", "2027-03-29 02:30"},
+		{"0 2-3 * * *", "2027-03-28 01:00", "2027-03-28 03:00"}, // 02:00 skipped and 03:00: one run at 03:00
+		{"0 2-3 * * *", "2027-03-28 03:00", "2027-03-29 02:00"},
+		{"*/20 * * * *", "2027-03-28 01:50", "2027-03-28 03:00"}, // every 20 minutes by the clock
 	}
 	for _, c := range cases {
 		cr, err := ParseCron(c.cron)
@@ -36,6 +42,22 @@ func TestCronNext(t *testing.T) {
 		if !ok || !got.Equal(at(c.want)) {
 			t.Errorf("%q from %s: %s %v, want %s", c.cron, c.from, got, ok, c.want)
 		}
+	}
+	// 02:30 comes twice on 2027-10-31 in Berlin (CEST, then CET): it runs the first time only.
+	first, ok := mustCron(t, "30 2 * * *").Next(at("2027-10-30 12:00"))
+	if _, off := first.Zone(); !ok || first.Format("2006-01-02 15:04") != "2027-10-31 02:30" || off != 2*3600 {
+		t.Errorf("the repeated 02:30: %s", first)
+	}
+	if next, _ := mustCron(t, "30 2 * * *").Next(first); next.Format("2006-01-02 15:04") != "2027-11-01 02:30" {
+		t.Errorf("after the first 02:30 of a repeated hour: %s, want the next day's", next)
+	}
+	// A job every 30 minutes by the clock runs through the repeated hour both times.
+	every, n := mustCron(t, "*/30 * * * *"), 0
+	for v := first; v.Before(first.Add(2 * time.Hour)); n++ {
+		v, _ = every.Next(v)
+	}
+	if n != 4 {
+		t.Errorf("*/30 ran %d times in the two hours after the first 02:30 of a repeated hour, want 4", n)
 	}
 	if _, ok := mustCron(t, "0 0 30 2 *").Next(at("2026-12-04 12:00")); ok {
 		t.Error("30 February came")
