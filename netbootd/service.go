@@ -239,6 +239,15 @@ func (s *Service) SetBoot(c pxe.Config) error {
 	return nil
 }
 
+// SetBSDPImages puts the images offered to Macs in force; on an error those in force stay.
+func (s *Service) SetBSDPImages(images []pxe.BSDPImageConfig) error {
+	if err := s.pxe.SetBSDPImages(images); err != nil {
+		return err
+	}
+	s.logger.Info("BSDP images in force", "images", len(images))
+	return nil
+}
+
 // setAutoexec makes autoexec.ipxe from c, if it is served.
 func (s *Service) setAutoexec(c pxe.Config) {
 	if s.cfg.SecureBoot.Autoexec {

@@ -52,6 +52,12 @@ func checkServiceSettings(s sites.ServiceSettings) error {
 		}
 	}
 	if n := s.Netboot; n != nil {
+		for idx, img := range n.BSDPImages {
+			c := pxe.Config{BSDP: pxe.BSDPConfig{Images: []pxe.BSDPImageConfig{BSDPImageConfig(idx, img)}}}.WithDefaults()
+			if err := c.Validate(); err != nil {
+				return fmt.Errorf("%s: %w", sites.BSDPImageKey(idx), err)
+			}
+		}
 		for arch, file := range n.BootFiles {
 			c := pxe.Config{BootFiles: map[pxe.Arch]string{pxe.Arch(arch): file}}.WithDefaults()
 			if err := c.Validate(); err != nil {
@@ -229,4 +235,10 @@ func serviceStateCounts(recs []store.ServerRecord) map[[2]string]int {
 		}
 	}
 	return out
+}
+
+// BSDPImageConfig is a central BSDP image as the network boot service takes it.
+func BSDPImageConfig(index uint16, img sites.BSDPImage) pxe.BSDPImageConfig {
+	return pxe.BSDPImageConfig{Index: index, Name: img.Name, Kind: pxe.BSDPImageKind(img.Kind), Install: img.Install,
+		Default: img.Default, BootFile: img.BootFile, RootPath: img.RootPath}
 }

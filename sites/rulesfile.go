@@ -300,6 +300,36 @@ func (p *parser) services(n *yaml.Node) error {
 					return errf(v, "%v", err)
 				}
 				return nil
+			case KeyBSDPImages:
+				if v.Kind != yaml.MappingNode {
+					return errf(v, "%s: want a mapping of image indexes (1 to 65535) to images, got %s", key, kindName(v))
+				}
+				seen := map[string]int{}
+				for i := 0; i+1 < len(v.Content); i += 2 {
+					ik, iv := v.Content[i], v.Content[i+1]
+					idx, err := p.scalar(ik, "")
+					if err != nil {
+						return err
+					}
+					if first, ok := seen[idx]; ok {
+						return errf(ik, "%s: image %s given twice (first at line %d)", key, idx, first)
+					}
+					seen[idx] = ik.Line
+					if _, ok := bsdpIndex(key + "." + idx); !ok {
+						return errf(ik, "%s: %q is not an image index (1 to 65535)", key, idx)
+					}
+					if iv.Kind != yaml.MappingNode {
+						return errf(iv, "%s.%s: want a mapping with name, kind, boot_file, root_path, install and default, got %s", key, idx, kindName(iv))
+					}
+					b, err := yaml.Marshal(iv)
+					if err != nil {
+						return errf(iv, "%s.%s: %v", key, idx, err)
+					}
+					if err := set.Set(key+"."+idx, string(b)); err != nil {
+						return errf(iv, "%v", err)
+					}
+				}
+				return nil
 			case KeyScripts:
 				if v.Kind != yaml.MappingNode {
 					return errf(v, "%s: want a mapping of computer kinds (%s) to iPXE scripts, got %s", key, strings.Join(ScriptKinds, ", "), kindName(v))

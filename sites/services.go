@@ -2,6 +2,7 @@ package sites
 
 import (
 	"cmp"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,8 @@ import (
 	"strings"
 	"text/template"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 )
 
 // Service assignments: which site services (task, package, network boot) each site server
@@ -74,6 +77,52 @@ type NetbootService struct {
 	UnknownComputers *string `json:"unknown_computers,omitempty" yaml:"unknown_computers,omitempty"`
 	// BootPackage is the package whose files are served before the boot directory's.
 	BootPackage *string `json:"boot_package,omitempty" yaml:"boot_package,omitempty"`
+	// BSDPImages are the images offered to Macs by their index, each over the server's
+	// own image of that index.
+	BSDPImages map[uint16]BSDPImage `json:"bsdp_images,omitempty" yaml:"bsdp_images,omitempty"`
+}
+
+// BSDPImage is one NetBoot image offered to Macs (see pxe.BSDPImageConfig).
+type BSDPImage struct {
+	Name     string `json:"name" yaml:"name"`
+	Kind     uint8  `json:"kind" yaml:"kind"` // 0 Mac OS 9, 1 macOS, 2 macOS Server, 3 diagnostics
+	Install  bool   `json:"install,omitempty" yaml:"install,omitempty"`
+	Default  bool   `json:"default,omitempty" yaml:"default,omitempty"`
+	BootFile string `json:"boot_file" yaml:"boot_file"` // the booter, served over TFTP
+	RootPath string `json:"root_path" yaml:"root_path"` // http(s) URL of the image
+}
+
+// String is the image as a setting's value: a JSON object with its keys in a fixed order.
+func (i BSDPImage) String() string {
+	b, _ := json.Marshal(i)
+	return string(b)
+}
+
+// ParseBSDPImage reads an image from its setting value, a JSON object (or YAML flow
+// mapping) with keys name, kind, install, default, boot_file and root_path.
+func ParseBSDPImage(v string) (BSDPImage, error) {
+	var img BSDPImage
+	dec := yaml.NewDecoder(strings.NewReader(v))
+	dec.KnownFields(true)
+	if err := dec.Decode(&img); err != nil {
+		return img, fmt.Errorf("want {name: …, kind: 1, boot_file: …, root_path: http://…, install: true, default: true}: %v", err)
+	}
+	switch {
+	case strings.TrimSpace(img.Name) == "":
+		return img, errors.New("name: required")
+	case img.Kind > 3:
+		return img, fmt.Errorf("kind: %d is not 0 (Mac OS 9), 1 (macOS), 2 (macOS Server) or 3 (diagnostics)", img.Kind)
+	case img.BootFile == "":
+		return img, errors.New("boot_file: required")
+	case !strings.HasPrefix(img.RootPath, "http://") && !strings.HasPrefix(img.RootPath, "https://"):
+		return img, fmt.Errorf("root_path: %q is not an http(s) URL", img.RootPath)
+	}
+	for _, f := range []string{img.Name, img.BootFile, img.RootPath} {
+		if err := checkValue(f); err != nil {
+			return img, err
+		}
+	}
+	return img, nil
 }
 
 // ScriptKinds are the computer kinds an iPXE script is for.
@@ -95,6 +144,7 @@ const (
 	KeyNetbootBootPackage      = "netboot.boot_package"
 	KeyBootFiles               = "netboot.boot_files"
 	KeyScripts                 = "netboot.scripts"
+	KeyBSDPImages              = "netboot.bsdp_images"
 )
 
 // ServiceKeys are the fixed setting keys, in the order they are shown; boot files come after
@@ -111,11 +161,15 @@ const (
 	maxBandwidthWindows = 32
 	maxSettingValue     = 255
 	maxBootFiles        = 64
+	maxBSDPImages       = 64
 	// MaxScriptBytes bounds one iPXE script template.
 	MaxScriptBytes = 8 << 10
 	// Bounds of task.presence_interval.
 	minPresence, maxPresence = time.Second, time.Hour
 )
+
+// BSDPImageKey is the setting key of the BSDP image with index.
+func BSDPImageKey(index uint16) string { return KeyBSDPImages + "." + strconv.Itoa(int(index)) }
 
 // ScriptKey is the setting key of the iPXE script for computers of kind.
 func ScriptKey(kind string) string { return KeyScripts + "." + kind }
@@ -147,7 +201,10 @@ func CompareKeys(a, b string) int {
 				return len(ServiceKeys) + 1, i
 			}
 		}
-		return len(ServiceKeys) + 2, 0
+		if idx, ok := bsdpIndex(k); ok {
+			return len(ServiceKeys) + 2, int(idx)
+		}
+		return len(ServiceKeys) + 3, 0
 	}
 	ra, na := rank(a)
 	rb, nb := rank(b)
@@ -194,6 +251,9 @@ func (s ServiceSettings) Flat() map[string]string {
 		}
 		for kind, text := range n.Scripts {
 			out[ScriptKey(kind)] = text
+		}
+		for idx, img := range n.BSDPImages {
+			out[BSDPImageKey(idx)] = img.String()
 		}
 	}
 	return out
@@ -294,6 +354,21 @@ func (s *ServiceSettings) Set(key, value string) error {
 	case KeyNetbootEnabled:
 		s.netboot().Enabled, err = parseBool()
 	default:
+		if idx, ok := bsdpIndex(key); ok {
+			img, err := ParseBSDPImage(value)
+			if err != nil {
+				return fmt.Errorf("%s: %w", key, err)
+			}
+			n := s.netboot()
+			if n.BSDPImages == nil {
+				n.BSDPImages = map[uint16]BSDPImage{}
+			}
+			if _, set := n.BSDPImages[idx]; !set && len(n.BSDPImages) >= maxBSDPImages {
+				return fmt.Errorf("%s: more than %d images", key, maxBSDPImages)
+			}
+			n.BSDPImages[idx] = img
+			return nil
+		}
 		if kind, ok := scriptKind(key); ok {
 			if err := checkScript(value); err != nil {
 				return fmt.Errorf("%s: %w", key, err)
@@ -379,6 +454,12 @@ func (s *ServiceSettings) Unset(key string) error {
 			}
 			break
 		}
+		if idx, ok := bsdpIndex(key); ok {
+			if s.Netboot != nil {
+				delete(s.Netboot.BSDPImages, idx)
+			}
+			break
+		}
 		arch, ok := bootFileArch(key)
 		if !ok {
 			return unknownKey(key)
@@ -406,7 +487,10 @@ func (s *ServiceSettings) tidy() {
 		if len(n.Scripts) == 0 {
 			n.Scripts = nil
 		}
-		if n.Enabled == nil && n.BootFiles == nil && n.Scripts == nil && n.UnknownComputers == nil && n.BootPackage == nil {
+		if len(n.BSDPImages) == 0 {
+			n.BSDPImages = nil
+		}
+		if n.Enabled == nil && n.BootFiles == nil && n.Scripts == nil && n.UnknownComputers == nil && n.BootPackage == nil && n.BSDPImages == nil {
 			s.Netboot = nil
 		}
 	}
@@ -443,8 +527,21 @@ func bootFileArch(key string) (uint16, bool) {
 }
 
 func unknownKey(key string) error {
-	return fmt.Errorf("%q is not a service setting (want %s, %s.ARCH with ARCH a PXE architecture number, or %s.KIND with KIND one of %s)",
-		key, strings.Join(ServiceKeys, ", "), KeyBootFiles, KeyScripts, strings.Join(ScriptKinds, ", "))
+	return fmt.Errorf("%q is not a service setting (want %s, %s.ARCH with ARCH a PXE architecture number, %s.KIND with KIND one of %s, or %s.INDEX with INDEX 1 to 65535)",
+		key, strings.Join(ServiceKeys, ", "), KeyBootFiles, KeyScripts, strings.Join(ScriptKinds, ", "), KeyBSDPImages)
+}
+
+// bsdpIndex is the image index of a BSDP image's setting key (1–65535).
+func bsdpIndex(key string) (uint16, bool) {
+	rest, ok := strings.CutPrefix(key, KeyBSDPImages+".")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(rest, 10, 16)
+	if err != nil || n == 0 || strconv.FormatUint(n, 10) != rest {
+		return 0, false
+	}
+	return uint16(n), true
 }
 
 // scriptKind is the computer kind of a script's setting key.

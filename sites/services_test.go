@@ -472,3 +472,66 @@ func TestWiderServiceSettings(t *testing.T) {
 		t.Fatalf("a script for an unknown kind: %v", err)
 	}
 }
+
+// BSDP images as central settings: by index in a rules file, through a round trip, one
+// value per image; wrong ones refused naming the key.
+func TestBSDPImageSettings(t *testing.T) {
+	const in = `servers:
+  - id: ` + guidBerlin + `
+    netboot:
+      bsdp_images:
+        4096: {name: macOS 14 Installer, kind: 1, install: true, default: true, boot_file: mac/booter, root_path: "http://10.1.0.5:8080/boot/mac/NetInstall.dmg"}
+        4097:
+          name: Diagnostics
+          kind: 3
+          boot_file: mac/diag-booter
+          root_path: https://images.example/diag.dmg
+`
+	r, err := ParseRulesFile([]byte(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[uint16]BSDPImage{
+		4096: {Name: "macOS 14 Installer", Kind: 1, Install: true, Default: true, BootFile: "mac/booter", RootPath: "http://10.1.0.5:8080/boot/mac/NetInstall.dmg"},
+		4097: {Name: "Diagnostics", Kind: 3, BootFile: "mac/diag-booter", RootPath: "https://images.example/diag.dmg"},
+	}
+	if diff := cmp.Diff(want, r.Services[0].Settings.Netboot.BSDPImages); diff != "" {
+		t.Fatalf("images (-want +got):\n%s", diff)
+	}
+	out, err := MarshalRulesFile(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := ParseRulesFile(out)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if diff := cmp.Diff(r, back, cmpNetip); diff != "" {
+		t.Fatalf("round trip (-want +got):\n%s\n%s", diff, out)
+	}
+	flat := r.Services[0].Settings.Flat()
+	if v := flat[BSDPImageKey(4097)]; v != `{"name":"Diagnostics","kind":3,"boot_file":"mac/diag-booter","root_path":"https://images.example/diag.dmg"}` {
+		t.Fatalf("value of an image: %s", v)
+	}
+	var s ServiceSettings
+	if err := s.Set(BSDPImageKey(7), flat[BSDPImageKey(4096)]); err != nil || s.Netboot.BSDPImages[7] != want[4096] {
+		t.Fatalf("Set from a value: %v %+v", err, s.Netboot)
+	}
+	if err := s.Unset(BSDPImageKey(7)); err != nil || !s.IsZero() {
+		t.Fatalf("Unset: %v %+v", err, s)
+	}
+	for key, v := range map[string]string{
+		BSDPImageKey(1):           `{name: x, kind: 1, boot_file: b}`,                              // no root path
+		BSDPImageKey(2):           `{name: x, kind: 9, boot_file: b, root_path: "http://h/x.dmg"}`, // no such kind
+		BSDPImageKey(3):           `{name: "", kind: 1, boot_file: b, root_path: "http://h/x.dmg"}`,
+		BSDPImageKey(4):           `{name: x, kind: 1, boot_file: b, root_path: "http://h/x.dmg", colour: red}`,
+		BSDPImageKey(5):           `not an image`,
+		"netboot.bsdp_images.0":   `{name: x, kind: 1, boot_file: b, root_path: "http://h/x.dmg"}`,
+		"netboot.bsdp_images.070": `{name: x, kind: 1, boot_file: b, root_path: "http://h/x.dmg"}`,
+	} {
+		var s ServiceSettings
+		if err := s.Set(key, v); err == nil || !strings.Contains(err.Error(), key) {
+			t.Errorf("Set(%s, %s): %v", key, v, err)
+		}
+	}
+}

@@ -157,6 +157,9 @@ var optionFlags = map[string]func(fs *flag.FlagSet, o *adminOptions){
 	"script": func(fs *flag.FlagSet, o *adminOptions) {
 		fs.Var(&o.svc.scripts, "script", "netboot: the iPXE script template for a kind of computer, `KIND=@FILE` (or KIND=TEXT; KIND managed, predefined, unknown or preboot); repeatable")
 	},
+	"bsdp-image": func(fs *flag.FlagSet, o *adminOptions) {
+		fs.Var(&o.svc.images, "bsdp-image", "netboot: an image offered to Macs, `INDEX=IMAGE` with IMAGE `{name: …, kind: 1, boot_file: …, root_path: http://…, install: true, default: true}` or @FILE holding it (INDEX 1 to 65535; from 4096 the same image on every server); repeatable")
+	},
 	"unset": func(fs *flag.FlagSet, o *adminOptions) {
 		fs.Var(&o.svc.unset, "unset", "comma-separated `KEYS` of the service to leave to the other source, the server's YAML or the default (constrained, bandwidth, boot_files.7, enabled…; all: every one)")
 	},
@@ -232,8 +235,8 @@ var adminCommands = []adminCommand{
 	{"sites explain", argsOneOrMore, "IP…", "the site of each address, the rule and source that decided, and the servers a computer there gets", []string{"json"}, sitesExplain},
 	{"servers list", 0, "", "list site servers: status, sites, services, computers", []string{"json"}, serversList},
 	{"servers show", 1, "SERVER", "a site server's services: how each stands, each setting in force, where it came from (central, local pin, default) and which source decided", []string{"json"}, serversShow},
-	{"servers set", 1, "SERVER -service task|package|netboot [-enabled[=false]] [SETTINGS] [-unset KEYS]", "change a site server's central service settings (manual rules): start or stop a service, constrained, bandwidth, cache size, boot files, scripts, boot package, unknown-computer policy, presence interval",
-		[]string{"service", "enabled", "presence-interval", "constrained", "ns-fallback", "bandwidth", "default-bandwidth", "cache-size", "boot-file", "script", "boot-package", "unknown-computers", "unset", "json"}, serversSet},
+	{"servers set", 1, "SERVER -service task|package|netboot [-enabled[=false]] [SETTINGS] [-unset KEYS]", "change a site server's central service settings (manual rules): start or stop a service, constrained, bandwidth, cache size, boot files, scripts, BSDP images, boot package, unknown-computer policy, presence interval",
+		[]string{"service", "enabled", "presence-interval", "constrained", "ns-fallback", "bandwidth", "default-bandwidth", "cache-size", "boot-file", "script", "bsdp-image", "boot-package", "unknown-computers", "unset", "json"}, serversSet},
 	{"servers approve", 1, "SERVER", "approve a pending site server (GUID, unique GUID prefix or host name), or the site change it reported", nil,
 		onServer("approved", func(a *adminCall, id string) error { return a.c.Approve(a.ctx, id) })},
 	{"servers reject", 1, "SERVER", "forget a pending site server and revoke its certificate", nil,

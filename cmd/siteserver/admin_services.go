@@ -73,7 +73,7 @@ type serviceOptions struct {
 	enabled, constrained, nsFallback       optBool
 	bandwidth, defaultBandwidth, cacheSize optString
 	presence, unknown, bootPackage         optString
-	bootFiles, scripts, unset              listFlag
+	bootFiles, scripts, images, unset      listFlag
 }
 
 // bootArchs are the PXE architectures -boot-file takes by name (as the metrics label them).
@@ -168,6 +168,24 @@ func (o *serviceOptions) change(bootFiles []string) (nsapi.ServiceChangeRequest,
 		}
 		req.Set[sites.ScriptKey(kind)] = text
 	}
+	for _, im := range o.images {
+		if err := only("bsdp-image", nsapi.ServiceNetboot); err != nil {
+			return req, err
+		}
+		idx, text, ok := strings.Cut(im, "=")
+		n, err := strconv.ParseUint(idx, 10, 16)
+		if !ok || err != nil || n == 0 {
+			return req, usageError{fmt.Sprintf("-bsdp-image %.40q: want INDEX=IMAGE or INDEX=@FILE, INDEX 1 to 65535", im)}
+		}
+		if file, ok := strings.CutPrefix(text, "@"); ok {
+			b, err := os.ReadFile(file)
+			if err != nil {
+				return req, fmt.Errorf("-bsdp-image %d: %w", n, err)
+			}
+			text = string(b)
+		}
+		req.Set[sites.BSDPImageKey(uint16(n))] = text
+	}
 	unset := func(k string) {
 		if !slices.Contains(req.Unset, k) {
 			req.Unset = append(req.Unset, k)
@@ -188,6 +206,10 @@ func (o *serviceOptions) change(bootFiles []string) (nsapi.ServiceChangeRequest,
 					unset(sites.ScriptKey(kind))
 				}
 			}
+			continue
+		}
+		if rest, ok := strings.CutPrefix(k, "bsdp_images."); ok && svc == nsapi.ServiceNetboot {
+			unset(sites.KeyBSDPImages + "." + rest)
 			continue
 		}
 		if rest, ok := strings.CutPrefix(k, "scripts."); ok && svc == nsapi.ServiceNetboot {
@@ -256,6 +278,9 @@ func serversSet(a *adminCall) error {
 		if cur.Manual.Netboot != nil {
 			for arch := range cur.Manual.Netboot.BootFiles {
 				bootFiles = append(bootFiles, sites.BootFileKey(arch))
+			}
+			for idx := range cur.Manual.Netboot.BSDPImages {
+				bootFiles = append(bootFiles, sites.BSDPImageKey(idx))
 			}
 		}
 	}

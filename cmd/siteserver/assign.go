@@ -18,6 +18,7 @@ import (
 
 	"github.com/siteserver/siteserver/netbootd"
 	"github.com/siteserver/siteserver/netbootd/pxe"
+	"github.com/siteserver/siteserver/ns"
 	"github.com/siteserver/siteserver/nsapi"
 	"github.com/siteserver/siteserver/pkgd"
 	"github.com/siteserver/siteserver/sites"
@@ -73,6 +74,13 @@ func pinsOf(root *yaml.Node) map[string]bool {
 			for i := 0; i+1 < len(scripts.Content); i += 2 {
 				if kind := scripts.Content[i].Value; slices.Contains(sites.ScriptKinds, kind) {
 					pins[sites.ScriptKey(kind)] = true
+				}
+			}
+		}
+		if images := field(field(field(sec, "pxe"), "bsdp"), "images"); svc == nsapi.ServiceNetboot && images != nil && images.Kind == yaml.SequenceNode {
+			for _, img := range images.Content {
+				if n, err := strconv.ParseUint(field(img, "index").Value, 10, 16); field(img, "index") != nil && err == nil {
+					pins[sites.BSDPImageKey(uint16(n))] = true
 				}
 			}
 		}
@@ -264,6 +272,32 @@ func netbootPlan(local netbootd.Config, pins map[string]bool, central *sites.Net
 	var c sites.NetbootService
 	if central != nil {
 		c = *central
+	}
+	// BSDP images by index: the file's, the central ones where it has none of that index.
+	cfg.PXE.BSDP.Images = slices.Clone(local.PXE.BSDP.Images)
+	for _, idx := range slices.Sorted(maps.Keys(c.BSDPImages)) {
+		if pins[sites.BSDPImageKey(idx)] {
+			continue
+		}
+		img := ns.BSDPImageConfig(idx, c.BSDPImages[idx])
+		if i := slices.IndexFunc(cfg.PXE.BSDP.Images, func(l pxe.BSDPImageConfig) bool { return l.Index == idx }); i >= 0 {
+			cfg.PXE.BSDP.Images[i] = img
+		} else {
+			cfg.PXE.BSDP.Images = append(cfg.PXE.BSDP.Images, img)
+		}
+	}
+	for _, img := range cfg.PXE.BSDP.Images {
+		key, from := sites.BSDPImageKey(img.Index), nsapi.FromDefault
+		switch {
+		case pins[key]:
+			from = nsapi.FromLocal
+		case c.BSDPImages != nil:
+			if _, ok := c.BSDPImages[img.Index]; ok {
+				from = nsapi.FromCentral
+			}
+		}
+		v := sites.BSDPImage{Name: img.Name, Kind: uint8(img.Kind), Install: img.Install, Default: img.Default, BootFile: img.BootFile, RootPath: img.RootPath}
+		out = append(out, setting{key, v.String(), from})
 	}
 	pick(sites.KeyNetbootBootPackage, local.BootPackage, c.BootPackage, func(v string) { cfg.BootPackage = v })
 	pick(sites.KeyNetbootUnknown, "", c.UnknownComputers, func(v string) { cfg.UnknownOverride = v })
@@ -465,6 +499,7 @@ type bootSetter interface {
 	SetScripts(scripts map[string]string) error
 	SetBootPackage(name string)
 	SetUnknownOverride(policy string) error
+	SetBSDPImages(images []pxe.BSDPImageConfig) error
 }
 
 // taskSetter is the running task service's part that settings change.
@@ -530,31 +565,50 @@ func (a *assignments) apply(task taskSetter, pkg packageSetter, boot bootSetter,
 		errs = nil
 		delete(a.errs, nsapi.ServiceNetboot)
 		cfg, planned := netbootPlan(*a.local.Netboot, a.pins, a.centralNetboot())
-		// Keys of boot files no longer in the plan leave the report.
+		// Keys of boot files and images no longer in the plan leave the report; an image that
+		// left changes the images.
+		imagesGone, filesGone := false, false
 		for k := range a.inForce {
-			if strings.HasPrefix(k, sites.KeyBootFiles+".") && !slices.ContainsFunc(planned, func(st setting) bool { return st.key == k }) {
+			if (strings.HasPrefix(k, sites.KeyBootFiles+".") || strings.HasPrefix(k, sites.KeyBSDPImages+".")) &&
+				!slices.ContainsFunc(planned, func(st setting) bool { return st.key == k }) {
+				imagesGone = imagesGone || strings.HasPrefix(k, sites.KeyBSDPImages+".")
+				filesGone = filesGone || strings.HasPrefix(k, sites.KeyBootFiles+".")
 				delete(a.inForce, k)
 			}
 		}
 		isBootFile := func(st setting) bool {
 			return strings.HasPrefix(st.key, sites.KeyBootFiles+".") || st.key == keyScriptURL
 		}
-		var files, scripts []setting
+		var files, scripts, images []setting
 		for _, st := range planned {
 			switch {
 			case isBootFile(st):
 				files = append(files, st)
 			case strings.HasPrefix(st.key, sites.KeyScripts+"."):
 				scripts = append(scripts, st)
+			case strings.HasPrefix(st.key, sites.KeyBSDPImages+"."):
+				images = append(images, st)
 			}
 		}
-		group(files, func() error {
+		putFiles := func() error {
 			if err := checkBootFiles(cfg, files, has); err != nil {
 				return err
 			}
 			return boot.SetBoot(cfg.PXE)
-		})
+		}
+		if filesGone {
+			if err := putFiles(); err != nil {
+				errs = append(errs, err.Error())
+			}
+		}
+		group(files, putFiles)
 		group(scripts, func() error { return boot.SetScripts(cfg.Scripts) })
+		if imagesGone {
+			if err := boot.SetBSDPImages(cfg.PXE.BSDP.Images); err != nil {
+				errs = append(errs, err.Error())
+			}
+		}
+		group(images, func() error { return boot.SetBSDPImages(cfg.PXE.BSDP.Images) })
 		group(pick(planned, sites.KeyNetbootBootPackage), func() error {
 			if cfg.BootPackage != "" && pkg == nil {
 				return fmt.Errorf("%s: %q needs the package service on this site server", sites.KeyNetbootBootPackage, cfg.BootPackage)

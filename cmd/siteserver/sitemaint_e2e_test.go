@@ -533,6 +533,21 @@ func TestWiderSettingsFromTheCentre(t *testing.T) {
 		t.Fatalf("boot file once answered again: %q", f)
 	}
 
+	// A BSDP image for Macs, from the centre; one the service refuses keeps the images in force.
+	img := `{name: macOS 14 Installer, kind: 1, install: true, default: true, boot_file: mac/booter, root_path: "http://10.30.0.7:8080/boot/mac/NetInstall.dmg"}`
+	s.admin("servers", "set", "nb2.example", "-service", "netboot", "-bsdp-image", "4096="+img)
+	s.waitInForce(id, sites.BSDPImageKey(4096), `{"name":"macOS 14 Installer","kind":1,"install":true,"default":true,"boot_file":"mac/booter","root_path":"http://10.30.0.7:8080/boot/mac/NetInstall.dmg"}`)
+	if l := ss.waitLog("BSDP images in force"); l["images"] != 1.0 {
+		t.Fatalf("images in force: %v", l)
+	}
+	// A second default image: the BSDP service refuses two defaults.
+	s.admin("servers", "set", "nb2.example", "-service", "netboot", "-bsdp-image", "4097="+strings.Replace(img, "Installer", "Second", 1))
+	eventually(t, "the NS shows why the second image did not apply", func() bool {
+		return strings.Contains(s.stateOf(id, nsapi.ServiceNetboot).Error, "default")
+	})
+	s.admin("servers", "set", "nb2.example", "-service", "netboot", "-unset", "bsdp_images.4097")
+	eventually(t, "the error clears", func() bool { return s.stateOf(id, nsapi.ServiceNetboot).Error == "" })
+
 	// A boot package without a package service: refused there, with the reason at the NS.
 	s.admin("servers", "set", "nb2.example", "-service", "netboot", "-boot-package", "winpe")
 	eventually(t, "the NS shows why the boot package did not apply", func() bool {

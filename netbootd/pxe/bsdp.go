@@ -465,8 +465,15 @@ func (c *BSDPConfig) validate() error {
 		return fmt.Errorf("netbootd: pxe: bsdp.machine_name: %d bytes once filled in, more than %d", n, bsdpMaxSubOption)
 	}
 	seen := make(map[uint16]bool, len(c.Images))
+	def := -1
 	for i, img := range c.Images {
 		field := fmt.Sprintf("netbootd: pxe: bsdp.images[%d]", i)
+		if img.Default {
+			if def >= 0 {
+				return fmt.Errorf("%s.default: images %d and %d are both the default; a Mac starts one", field, c.Images[def].Index, img.Index)
+			}
+			def = i
+		}
 		switch {
 		case img.Index == 0:
 			return fmt.Errorf("%s.index: 0 is not an image index", field)

@@ -394,3 +394,36 @@ func TestBSDPMarshalLayout(t *testing.T) {
 		t.Error("a 254-byte machine name encoded")
 	}
 }
+
+// SetBSDPImages changes the images of a running server: the next LIST lists the new ones;
+// images it refuses (two with one index) leave those in force.
+func TestSetBSDPImages(t *testing.T) {
+	client := listenUDP(t, "127.0.0.1:0")
+	first := manyImages(2, 0, "first")
+	srv := startServer(t, Config{ClientPort: portOf(client), BSDP: BSDPConfig{Images: first, ServerName: "ss1"}}, nil, nil)
+	read := func(xid byte) appleView {
+		t.Helper()
+		got, err := appleRead(bsdpListExchange(t, client, srv, xid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	if got := read(1); !cmp.Equal(got.Images, wantApple(first)) {
+		t.Fatalf("before: %+v", got.Images)
+	}
+	next := manyImages(3, 2, "central")
+	if err := srv.SetBSDPImages(next); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(2); !cmp.Equal(got.Images, wantApple(next)) || got.Default != uint32(next[1].ID()) {
+		t.Fatalf("after: %+v", got)
+	}
+	bad := append(manyImages(1, 0, "dup"), manyImages(1, 0, "dup again")...)
+	if err := srv.SetBSDPImages(bad); err == nil {
+		t.Fatal("two images with one index taken")
+	}
+	if got := read(3); !cmp.Equal(got.Images, wantApple(next)) {
+		t.Fatalf("after a refused change: %+v", got.Images)
+	}
+}

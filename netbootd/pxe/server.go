@@ -153,6 +153,22 @@ func (s *Server) SetBoot(files map[Arch]string, scriptURL string) error {
 	return nil
 }
 
+// SetBSDPImages puts the images offered to Macs in force (a reload, a central setting);
+// an error (two images with one index, a name too long for its sub-option) leaves the
+// images in force as they were.
+func (s *Server) SetBSDPImages(images []BSDPImageConfig) error {
+	s.setMu.Lock()
+	defer s.setMu.Unlock()
+	c := *s.decide.Load()
+	c.BSDP.Images = images
+	c = c.WithDefaults()
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	s.decide.Store(&c)
+	return nil
+}
+
 // SetUnknownPolicy puts in force what the NS decided about computers it does not know:
 // the next answer follows it.
 func (s *Server) SetUnknownPolicy(p UnknownPolicy) {
