@@ -212,7 +212,9 @@ func TestNetbootPlanAndCheck(t *testing.T) {
 	}
 	// In the boot package: found there.
 	cfg.BootPackage = "winpe"
-	if err := checkBootFiles(cfg, planned, func(pkg, name string) bool { return pkg == "winpe" && name == "missing.efi" || strings.HasPrefix(name, "../") }); err != nil {
+	if err := checkBootFiles(cfg, planned, func(pkg, name string) bool {
+		return pkg == "winpe" && name == "missing.efi" || strings.HasPrefix(name, "../")
+	}); err != nil {
 		t.Fatalf("with the boot package holding them: %v", err)
 	}
 }
