@@ -2,18 +2,12 @@ package netbootd
 
 import (
 	"bufio"
-	"crypto/rand"
 	"encoding/binary"
-	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
-	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -22,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/sys/unix"
 
+	"github.com/siteserver/siteserver/internal/netnstest"
 	"github.com/siteserver/siteserver/nsapi"
 )
 
@@ -108,96 +103,30 @@ func FuzzParseNeighbours(f *testing.F) {
 	})
 }
 
-// Network namespaces, for the test of the neighbour table with a real link.
-
-func requireNetns(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs ip(8) from iproute2 to create network namespaces")
-	}
-}
-
-func runIP(t *testing.T, args ...string) {
-	t.Helper()
-	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-		t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-}
-
-func newNetns(t *testing.T) string {
-	t.Helper()
-	b := make([]byte, 3)
-	rand.Read(b)
-	name := "nbsb" + hex.EncodeToString(b)
-	runIP(t, "netns", "add", name)
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Logf("ip netns del %s: %v\n%s", name, err, out)
-		}
-	})
-	runIP(t, "-n", name, "link", "set", "lo", "up")
-	return name
-}
-
-// inNetns runs fn on a thread switched into the namespace: sockets it opens live there.
-func inNetns(ns string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // left locked, and the thread dropped, if switching back fails
-		orig, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		target, err := os.Open("/run/netns/" + ns)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns %s: %w", ns, err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("setns back: %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
-
 // TestNetnsScriptByNeighbour: a computer on the server's link asks the ITMS address
 // without parameters, and no PXE request of it was seen; the kernel's neighbour table,
 // which learnt its MAC from the connection, finds it.
 func TestNetnsScriptByNeighbour(t *testing.T) {
-	requireNetns(t)
-	srvNS, cliNS := newNetns(t), newNetns(t)
+	netnstest.Require(t)
+	srvNS, cliNS := netnstest.New(t, "nbsb"+netnstest.ID()), netnstest.New(t, "nbsb"+netnstest.ID())
 	const macB = "52:54:00:00:00:02"
-	runIP(t, "link", "add", "sb0", "netns", srvNS, "type", "veth", "peer", "name", "sb1", "netns", cliNS)
-	runIP(t, "-n", cliNS, "link", "set", "sb1", "address", macB)
-	runIP(t, "-n", srvNS, "addr", "add", "10.201.0.1/24", "dev", "sb0")
-	runIP(t, "-n", cliNS, "addr", "add", "10.201.0.2/24", "dev", "sb1")
-	runIP(t, "-n", srvNS, "link", "set", "sb0", "up")
-	runIP(t, "-n", cliNS, "link", "set", "sb1", "up")
+	netnstest.IP(t, "link", "add", "sb0", "netns", srvNS, "type", "veth", "peer", "name", "sb1", "netns", cliNS)
+	netnstest.IP(t, "-n", cliNS, "link", "set", "sb1", "address", macB)
+	netnstest.IP(t, "-n", srvNS, "addr", "add", "10.201.0.1/24", "dev", "sb0")
+	netnstest.IP(t, "-n", cliNS, "addr", "add", "10.201.0.2/24", "dev", "sb1")
+	netnstest.IP(t, "-n", srvNS, "link", "set", "sb0", "up")
+	netnstest.IP(t, "-n", cliNS, "link", "set", "sb1", "up")
 	// A second link on which 10.201.0.51 has another MAC: an address the table cannot
 	// settle.
-	runIP(t, "link", "add", "sb2", "netns", srvNS, "type", "veth", "peer", "name", "sb3", "netns", cliNS)
-	runIP(t, "-n", srvNS, "link", "set", "sb2", "up")
-	runIP(t, "-n", srvNS, "neigh", "add", "10.201.0.51", "lladdr", "02:00:00:00:00:51", "dev", "sb0", "nud", "permanent")
-	runIP(t, "-n", srvNS, "neigh", "add", "10.201.0.51", "lladdr", "02:00:00:00:00:52", "dev", "sb2", "nud", "permanent")
-	runIP(t, "-n", srvNS, "neigh", "add", "10.201.0.60", "lladdr", "02:00:00:00:00:60", "dev", "sb0", "nud", "permanent")
+	netnstest.IP(t, "link", "add", "sb2", "netns", srvNS, "type", "veth", "peer", "name", "sb3", "netns", cliNS)
+	netnstest.IP(t, "-n", srvNS, "link", "set", "sb2", "up")
+	netnstest.IP(t, "-n", srvNS, "neigh", "add", "10.201.0.51", "lladdr", "02:00:00:00:00:51", "dev", "sb0", "nud", "permanent")
+	netnstest.IP(t, "-n", srvNS, "neigh", "add", "10.201.0.51", "lladdr", "02:00:00:00:00:52", "dev", "sb2", "nud", "permanent")
+	netnstest.IP(t, "-n", srvNS, "neigh", "add", "10.201.0.60", "lladdr", "02:00:00:00:00:60", "dev", "sb0", "nud", "permanent")
 
 	var n *neighbours
 	var ln net.Listener
-	if err := inNetns(srvNS, func() (err error) {
+	if err := netnstest.In(srvNS, func() (err error) {
 		if n, err = openNeighbours(); err != nil {
 			return err
 		}
@@ -224,7 +153,7 @@ func TestNetnsScriptByNeighbour(t *testing.T) {
 	}
 
 	var conn net.Conn
-	if err := inNetns(cliNS, func() (err error) {
+	if err := netnstest.In(cliNS, func() (err error) {
 		conn, err = net.DialTimeout("tcp", ln.Addr().String(), 10*time.Second)
 		return err
 	}); err != nil {

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/siteserver/siteserver/internal/netnstest"
 )
 
 // helperEnv carries the server config to the copy of the test binary that
@@ -84,15 +85,15 @@ func (printingComputers) Seen(_ context.Context, mac net.HardwareAddr, _ string,
 //	                                      ├ server: dnsmasq (leases) + our PXE server
 //	client B (unnumbered) ── 10.78.0.1/24 ┘
 func TestNetns(t *testing.T) {
-	requireNetns(t)
+	netnstest.Require(t)
 	dnsmasq := requireCommand(t, "dnsmasq", "dnsmasq-base")
-	id := testID()
-	srvNS := newNetns(t, "pxetest-srv-"+id)
-	nsA := newNetns(t, "pxetest-a-"+id)
-	nsB := newNetns(t, "pxetest-b-"+id)
+	id := netnstest.ID()
+	srvNS := netnstest.New(t, "pxetest-srv-"+id)
+	nsA := netnstest.New(t, "pxetest-a-"+id)
+	nsB := netnstest.New(t, "pxetest-b-"+id)
 	ifSA, ifA, ifSB, ifB := "nsa"+id, "nca"+id, "nsb"+id, "ncb"+id
-	linkNetns(t, srvNS, ifSA, "10.77.0.1/24", nsA, ifA, "")
-	linkNetns(t, nsB, ifB, "", srvNS, ifSB, "10.78.0.1/24")
+	netnstest.Link(t, srvNS, ifSA, "10.77.0.1/24", nsA, ifA, "")
+	netnstest.Link(t, nsB, ifB, "", srvNS, ifSB, "10.78.0.1/24")
 
 	dir := t.TempDir()
 	dns := startInNetns(t, srvNS, nil, dnsmasq,
@@ -208,7 +209,7 @@ func TestNetns(t *testing.T) {
 		if lease == nil {
 			t.Skip("no lease from the first subtest")
 		}
-		runIP(t, "-n", nsA, "addr", "add", lease.String()+"/24", "dev", ifA)
+		netnstest.IP(t, "-n", nsA, "addr", "add", lease.String()+"/24", "dev", ifA)
 		req := modify(t, captured(t, captureEFI, frameEDK2Request), withCIAddr(lease.String()),
 			unicastFlag, withOption(50, nil), withOption(54, nil))
 		rs := exchange(t, clientA, req, netip.MustParseAddrPort("10.77.0.1:4011"), time.Second)
@@ -255,14 +256,14 @@ func TestNetns(t *testing.T) {
 // TestNetnsInterface checks that a server restricted to one interface of a
 // two-network host answers there only.
 func TestNetnsInterface(t *testing.T) {
-	requireNetns(t)
-	id := testID()
-	srvNS := newNetns(t, "pxetest-srv-"+id)
-	nsA := newNetns(t, "pxetest-a-"+id)
-	nsB := newNetns(t, "pxetest-b-"+id)
+	netnstest.Require(t)
+	id := netnstest.ID()
+	srvNS := netnstest.New(t, "pxetest-srv-"+id)
+	nsA := netnstest.New(t, "pxetest-a-"+id)
+	nsB := netnstest.New(t, "pxetest-b-"+id)
 	ifSA, ifA, ifSB, ifB := "nsa"+id, "nca"+id, "nsb"+id, "ncb"+id
-	linkNetns(t, srvNS, ifSA, "10.77.0.1/24", nsA, ifA, "")
-	linkNetns(t, srvNS, ifSB, "10.78.0.1/24", nsB, ifB, "")
+	netnstest.Link(t, srvNS, ifSA, "10.77.0.1/24", nsA, ifA, "")
+	netnstest.Link(t, srvNS, ifSB, "10.78.0.1/24", nsB, ifB, "")
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
