@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/siteserver/siteserver/internal/pki"
+	"github.com/siteserver/siteserver/internal/units"
 	"github.com/siteserver/siteserver/nsapi"
 )
 
@@ -115,20 +116,7 @@ func progressNote(t nsapi.Task, p DeliveryProgress) string {
 	if p.Source != "" {
 		from = " from a " + p.Source + " source"
 	}
-	return fmt.Sprintf("package %s %s: downloading, %s of %s (%.0f%%)%s", t.Package, t.PackageVersion, fmtBytes(p.Done), fmtBytes(p.Total), pct, from)
-}
-
-func fmtBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+	return fmt.Sprintf("package %s %s: downloading, %s of %s (%.0f%%)%s", t.Package, t.PackageVersion, units.IEC(p.Done), units.IEC(p.Total), pct, from)
 }
 
 // progressReporter reports the latest progress at most once an interval, from its own

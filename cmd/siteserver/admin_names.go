@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/siteserver/siteserver/internal/units"
 	"github.com/siteserver/siteserver/nsapi"
 )
 
@@ -91,20 +92,6 @@ func archName(arch int) string {
 	return fmt.Sprintf("arch %d", arch)
 }
 
-// sizeIEC writes a byte count in binary units: 1.5 GiB.
-func sizeIEC(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
-
 // progress is how far a package copy is, with rate and time left when the NS knows them.
 func progress(cb nsapi.Codebase) (done, rate, eta string) {
 	done, rate, eta = "-", "-", "-"
@@ -112,15 +99,15 @@ func progress(cb nsapi.Codebase) (done, rate, eta string) {
 	case cb.State == nsapi.CodebaseReady:
 		done = "100%"
 		if cb.BytesTotal > 0 {
-			done += " of " + sizeIEC(cb.BytesTotal)
+			done += " of " + units.IEC(cb.BytesTotal)
 		}
 	case cb.BytesTotal > 0:
-		done = fmt.Sprintf("%d%% of %s", cb.BytesDone*100/cb.BytesTotal, sizeIEC(cb.BytesTotal))
+		done = fmt.Sprintf("%d%% of %s", cb.BytesDone*100/cb.BytesTotal, units.IEC(cb.BytesTotal))
 	case cb.BytesDone > 0:
-		done = sizeIEC(cb.BytesDone)
+		done = units.IEC(cb.BytesDone)
 	}
 	if cb.Rate > 0 {
-		rate = sizeIEC(int64(cb.Rate)) + "/s"
+		rate = units.IEC(int64(cb.Rate)) + "/s"
 		if left := cb.BytesTotal - cb.BytesDone; cb.BytesTotal > 0 && left > 0 {
 			eta = time.Duration(float64(left) / cb.Rate * float64(time.Second)).Round(time.Second).String()
 		}

@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/siteserver/siteserver/internal/units"
 	"github.com/siteserver/siteserver/nsapi"
 )
 
@@ -222,7 +223,7 @@ func packagesList(a *adminCall) error {
 			if p.Staged > 0 {
 				staged = fmt.Sprintf("%d at a time", p.Staged)
 			}
-			fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", p.ID, p.Version, len(p.Files), sizeIEC(p.TotalSize()), dash(p.Sites), n.serverList(p.Servers), staged)
+			fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", p.ID, p.Version, len(p.Files), units.IEC(p.TotalSize()), dash(p.Sites), n.serverList(p.Servers), staged)
 		}
 	})
 }
