@@ -152,6 +152,7 @@ func servicesView(rec store.ServerRecord, m *sites.Map) nsapi.ServerServicesView
 	if rec.Report != nil {
 		v.ReportedAt = rec.LastSeen
 		v.States = append(v.States, rec.Report.States...)
+		v.FollowsNS = rec.Report.FollowsNS
 	}
 	keys := slices.Clone(sites.ServiceKeys)
 	for k := range central {
@@ -176,7 +177,7 @@ func servicesView(rec store.ServerRecord, m *sites.Map) nsapi.ServerServicesView
 			if mv, ok := manualFlat[k]; ok && from[k] == sites.Imported && mv != c {
 				sv.Shadowed = &mv
 			}
-			sv.Pending = !reported || (rep.From != nsapi.FromLocal && (rep.From != nsapi.FromCentral || rep.Value != c))
+			sv.Pending = v.FollowsNS == "" && (!reported || (rep.From != nsapi.FromLocal && (rep.From != nsapi.FromCentral || rep.Value != c)))
 		}
 		if !reported && sv.Central == nil {
 			continue // neither set centrally nor reported: nothing to say

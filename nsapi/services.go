@@ -53,6 +53,10 @@ type SettingReport struct {
 type ServicesReport struct {
 	States   []ServiceState  `json:"states"`
 	Settings []SettingReport `json:"settings"`
+	// FollowsNS, in the report to an NS whose central settings the server does not follow
+	// (it follows the first NS of its config), is the name that NS has in the server's
+	// config: this NS's service assignment is then not in force there.
+	FollowsNS string `json:"follows_ns,omitempty"`
 }
 
 // Bounds on a services report.
@@ -87,6 +91,9 @@ func (r *ServicesReport) Validate() error {
 		if len(st.Error) > maxReportError {
 			return fmt.Errorf("report.states[%d].error: longer than %d bytes", i, maxReportError)
 		}
+	}
+	if len(r.FollowsNS) > maxReportKey {
+		return fmt.Errorf("report.follows_ns: longer than %d bytes", maxReportKey)
 	}
 	if len(r.Settings) > maxReportSettings {
 		return fmt.Errorf("report.settings: %d is more than %d", len(r.Settings), maxReportSettings)
@@ -154,6 +161,9 @@ type ServerServicesView struct {
 	// Reports is false for a site server that never reported its settings (one older than
 	// service assignments, or not registered since it enrolled).
 	Reports bool `json:"reports"`
+	// FollowsNS is set when the server follows another NS's central settings (the first
+	// of its config, named as there): this NS's are not put in force on it.
+	FollowsNS string `json:"follows_ns,omitempty"`
 }
 
 // SettingView is one setting of a site server.

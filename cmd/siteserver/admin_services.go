@@ -320,6 +320,9 @@ func (a *adminCall) printServices(v nsapi.ServerServicesView) error {
 			reported = "reported " + when(v.ReportedAt)
 		}
 		fmt.Fprintf(w, "%s (%s): %s\n\n", v.Hostname, v.ID, reported)
+		if v.FollowsNS != "" {
+			fmt.Fprintf(w, "This server takes its central settings from another NS, the first in its config (%q there):\nthe central values below are this NS's and are not put in force on it.\n\n", v.FollowsNS)
+		}
 		if len(v.States) > 0 {
 			fmt.Fprintln(w, "SERVICE\tSTATE\tERROR")
 			for _, st := range v.States {

@@ -584,6 +584,26 @@ ns:
 			return strings.Contains(adminCmd(t, n.url, n.ca, adminToken, "servers", "list"), "multi.example")
 		})
 	}
+	// Central settings follow the first NS: the second one's servers show says so, and its
+	// own central values are not shown as pending there.
+	adminCmd(t, nss[1].url, nss[1].ca, adminToken, "servers", "set", "multi.example", "-service", "package", "-constrained")
+	var view nsapi.ServerServicesView
+	eventually(t, "the second NS knows whose settings the server follows", func() bool {
+		json.Unmarshal([]byte(adminCmd(t, nss[1].url, nss[1].ca, adminToken, "servers", "show", "multi.example", "-json")), &view)
+		return view.FollowsNS == "east"
+	})
+	for _, st := range view.Settings {
+		if st.Pending {
+			t.Errorf("%s shown pending at an NS the server does not follow", st.Key)
+		}
+	}
+	mustContain(t, "servers show at the second NS", adminCmd(t, nss[1].url, nss[1].ca, adminToken, "servers", "show", "multi.example"),
+		`takes its central settings from another NS, the first in its config ("east" there)`)
+	view = nsapi.ServerServicesView{}
+	json.Unmarshal([]byte(adminCmd(t, nss[0].url, nss[0].ca, adminToken, "servers", "show", "multi.example", "-json")), &view)
+	if view.ID == "" || view.FollowsNS != "" {
+		t.Fatalf("the first NS is told the server follows %q", view.FollowsNS)
+	}
 	nss[0].proc.stop()
 	ss.waitLog("registration failed; will retry")
 	before := ss.countLog("registered")

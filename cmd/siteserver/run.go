@@ -562,6 +562,12 @@ func (s *siteServer) register(ctx context.Context, p *nsapi.Enrollment, c *nsapi
 	}
 	report := s.assign.report(s.sup.states(s.assign.settingsError))
 	s.assign.markSent(report)
+	if p != s.peers[0] {
+		// Central settings follow the first NS: this one is told which it is.
+		r := *report
+		r.FollowsNS = s.peers[0].Endpoint.Name
+		report = &r
+	}
 	resp, err := c.RegisterServer(ctx, nsapi.RegisterServerRequest{ID: p.ID(), Hostname: s.host, Addresses: addrs, Services: services,
 		Report: report})
 	if err != nil {
