@@ -340,6 +340,10 @@ func (s *Service) SetScripts(scripts map[string]string) error {
 // answer about a computer (up to staleMax old) stands in.
 type NSComputers struct {
 	Client func(ctx context.Context) (*nsapi.Client, error)
+	// Others are the other NSes the site server is registered with, in the order of its
+	// config: a computer the first does not know is looked up at each in turn, and its
+	// sightings and boots go to the NS that knows it.
+	Others []func(ctx context.Context) (*nsapi.Client, error)
 	TTL    time.Duration
 	now    func() time.Time
 	max    int // entries kept; lookupCacheMax when 0
@@ -357,7 +361,23 @@ const staleMax = 24 * time.Hour
 type cachedKind struct {
 	kind pxe.Kind
 	name string
+	ns   int // the NS that knows the computer: an index of clients()
 	at   time.Time
+}
+
+// clients are the NSes in the order they are asked.
+func (c *NSComputers) clients() []func(ctx context.Context) (*nsapi.Client, error) {
+	return append([]func(ctx context.Context) (*nsapi.Client, error){c.Client}, c.Others...)
+}
+
+// knownAt is the NS that knew the computer when it was last looked up (0 if none did).
+func (c *NSComputers) knownAt(key string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.cache[key]; ok && e.ns < 1+len(c.Others) {
+		return e.ns
+	}
+	return 0
 }
 
 func kindOf(s string) pxe.Kind {
@@ -395,7 +415,7 @@ func (c *NSComputers) lookup(ctx context.Context, mac net.HardwareAddr, uuid str
 	if e, ok := c.cached(key, c.TTL); ok {
 		return e.kind, e.name, nil
 	}
-	resp, err := c.ask(ctx, mac, uuid)
+	resp, ns, err := c.ask(ctx, mac, uuid)
 	if err != nil {
 		if e, ok := c.cached(key, staleMax); ok {
 			return e.kind, e.name, err
@@ -403,23 +423,59 @@ func (c *NSComputers) lookup(ctx context.Context, mac net.HardwareAddr, uuid str
 		return pxe.KindUnknown, "", err
 	}
 	k := kindOf(resp.Kind)
-	c.remember(key, cachedKind{kind: k, name: resp.Name})
+	c.remember(key, cachedKind{kind: k, name: resp.Name, ns: ns})
 	return k, resp.Name, nil
 }
 
-func (c *NSComputers) ask(ctx context.Context, mac net.HardwareAddr, uuid string) (nsapi.LookupResponse, error) {
-	cl, err := c.Client(ctx)
-	if err != nil {
-		return nsapi.LookupResponse{}, err
+// ask asks the NSes in order about a computer: the first that knows it answers (with its
+// index); an NS that cannot be asked is passed over. Unknown only when every NS answered
+// so: while one cannot be asked, a computer no other knows is an error, so that what the
+// cache knew of it stands in (it may be that NS's).
+func (c *NSComputers) ask(ctx context.Context, mac net.HardwareAddr, uuid string) (nsapi.LookupResponse, int, error) {
+	var first *nsapi.LookupResponse
+	var errs []error
+	for i, client := range c.clients() {
+		cl, err := client(ctx)
+		var resp nsapi.LookupResponse
+		if err == nil {
+			resp, err = cl.LookupComputer(ctx, mac.String(), uuid)
+		}
+		if err != nil {
+			errs = append(errs, err)
+			if ctx.Err() != nil {
+				break
+			}
+			continue
+		}
+		if kindOf(resp.Kind) != pxe.KindUnknown {
+			return resp, i, nil
+		}
+		if first == nil {
+			first = &resp
+		}
 	}
-	return cl.LookupComputer(ctx, mac.String(), uuid)
+	if first != nil && len(errs) == 0 {
+		return *first, 0, nil
+	}
+	return nsapi.LookupResponse{}, 0, errors.Join(errs...)
 }
 
 // Boot asks the NS how a computer boots as it fetches its script, never from the cache: a
 // one-shot preboot an administrator just set counts at once, and the NS hands it out once.
 // When the NS does not answer, the cached kind stands in, without a preboot.
 func (c *NSComputers) Boot(ctx context.Context, mac net.HardwareAddr, uuid string) (pxe.Kind, bool, error) {
-	cl, err := c.Client(ctx)
+	key := mac.String() + " " + uuid
+	ns := 0
+	if len(c.Others) > 0 {
+		// The NS that knows the computer answers for its boot (a preboot is claimed there);
+		// asked now, not from the cache, which may predate the computer's record.
+		if _, i, err := c.ask(ctx, mac, uuid); err == nil {
+			ns = i
+		} else {
+			ns = c.knownAt(key)
+		}
+	}
+	cl, err := c.clients()[ns](ctx)
 	var resp nsapi.BootResponse
 	if err == nil {
 		req := nsapi.BootRequest{MAC: mac.String(), UUID: uuid, Request: rand.Text()}
@@ -431,7 +487,6 @@ func (c *NSComputers) Boot(ctx context.Context, mac net.HardwareAddr, uuid strin
 			}
 		}
 	}
-	key := mac.String() + " " + uuid
 	if err != nil {
 		if e, ok := c.cached(key, staleMax); ok {
 			return e.kind, false, err
@@ -439,7 +494,7 @@ func (c *NSComputers) Boot(ctx context.Context, mac net.HardwareAddr, uuid strin
 		return pxe.KindUnknown, false, err
 	}
 	k := kindOf(resp.Kind)
-	c.remember(key, cachedKind{kind: k})
+	c.remember(key, cachedKind{kind: k, ns: ns})
 	return k, resp.Preboot, nil
 }
 
@@ -473,7 +528,8 @@ func (c *NSComputers) remember(key string, e cachedKind) {
 
 // Seen implements Computers.
 func (c *NSComputers) Seen(ctx context.Context, mac net.HardwareAddr, uuid string, arch pxe.Arch) error {
-	cl, err := c.Client(ctx)
+	// Reported to the NS that knows the computer, else the first.
+	cl, err := c.clients()[c.knownAt(mac.String()+" "+uuid)](ctx)
 	if err != nil {
 		return err
 	}
@@ -517,6 +573,12 @@ type Service struct {
 	neigh          macTable               // set by Run before it serves
 	identified     *prometheus.CounterVec // by
 	scriptsRefused *prometheus.CounterVec // reason
+}
+
+// AlsoAsk adds the other NSes the site server is registered with, in the order of its
+// config, to ask about computers the first does not know (before Run).
+func (s *Service) AlsoAsk(clients ...func(ctx context.Context) (*nsapi.Client, error)) {
+	s.computers.Others = append(s.computers.Others, clients...)
 }
 
 // UsePackages lets /boot/ serve the files of Config.BootPackage from the package service.

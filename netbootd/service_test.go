@@ -468,3 +468,95 @@ func TestBootPackageOverTFTP(t *testing.T) {
 		t.Errorf("boot package files over TFTP: %v, want 1", got)
 	}
 }
+
+// Several NSes: a computer the first NS does not know is looked up at the next, whose
+// answer counts; its sightings and its boot (where a preboot is claimed) go to that NS; a
+// computer no NS knows is unknown, and its sightings go to the first; an NS that cannot be
+// asked is passed over.
+func TestLookupAtSeveralNSes(t *testing.T) {
+	type ns struct {
+		known       map[string]string // MAC → kind
+		seen, boots []string
+		lookups     int
+		down        bool
+		srv         *httptest.Server
+		mu          sync.Mutex
+	}
+	mk := func(known map[string]string) *ns {
+		n := &ns{known: known}
+		n.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			n.mu.Lock()
+			defer n.mu.Unlock()
+			if n.down {
+				http.Error(w, "down", http.StatusServiceUnavailable)
+				return
+			}
+			var body struct {
+				MAC string `json:"mac"`
+			}
+			json.NewDecoder(r.Body).Decode(&body)
+			mac := r.URL.Query().Get("mac")
+			if mac == "" {
+				mac = body.MAC
+			}
+			kind := n.known[mac]
+			if kind == "" {
+				kind = nsapi.ComputerUnknown
+			}
+			switch {
+			case r.URL.Path == nsapi.PathComputerSeen:
+				n.seen = append(n.seen, mac)
+				w.WriteHeader(http.StatusNoContent)
+			case strings.HasSuffix(r.URL.Path, "/boot"):
+				n.boots = append(n.boots, mac)
+				json.NewEncoder(w).Encode(nsapi.BootResponse{Kind: kind})
+			default:
+				n.lookups++
+				json.NewEncoder(w).Encode(nsapi.LookupResponse{Kind: kind})
+			}
+		}))
+		t.Cleanup(n.srv.Close)
+		return n
+	}
+	const mgd, pre, stranger = "52:54:00:00:00:01", "52:54:00:00:00:02", "52:54:00:00:00:03"
+	first := mk(map[string]string{mgd: nsapi.ComputerManaged})
+	second := mk(map[string]string{pre: nsapi.ComputerPredefined})
+	client := func(n *ns) func(context.Context) (*nsapi.Client, error) {
+		return func(context.Context) (*nsapi.Client, error) { return nsapi.NewClient(n.srv.URL, nil), nil }
+	}
+	c := &NSComputers{Client: client(first), Others: []func(context.Context) (*nsapi.Client, error){client(second)}, TTL: time.Minute}
+	ctx := context.Background()
+	hw := func(s string) net.HardwareAddr { m, _ := net.ParseMAC(s); return m }
+	for mac, want := range map[string]pxe.Kind{mgd: pxe.KindManaged, pre: pxe.KindPredefined, stranger: pxe.KindUnknown} {
+		if k, err := c.Lookup(ctx, hw(mac), ""); err != nil || k != want {
+			t.Errorf("%s: %v %v, want %v", mac, k, err, want)
+		}
+		if err := c.Seen(ctx, hw(mac), "", pxe.ArchBIOS); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if first.lookups != 3 || second.lookups != 2 {
+		t.Errorf("lookups: first %d, second %d; want 3 and 2 (the second only for what the first does not know)", first.lookups, second.lookups)
+	}
+	if !slices.Equal(first.seen, []string{mgd, stranger}) && !slices.Equal(first.seen, []string{stranger, mgd}) || !slices.Equal(second.seen, []string{pre}) {
+		t.Errorf("sightings: first %v, second %v", first.seen, second.seen)
+	}
+	if k, _, err := c.Boot(ctx, hw(pre), ""); err != nil || k != pxe.KindPredefined || !slices.Equal(second.boots, []string{pre}) || len(first.boots) != 0 {
+		t.Errorf("boot of a computer the second NS knows: %v %v; boots first %v, second %v", k, err, first.boots, second.boots)
+	}
+	// The first NS down: the second still answers for its computer.
+	first.mu.Lock()
+	first.down = true
+	first.mu.Unlock()
+	c2 := &NSComputers{Client: client(first), Others: c.Others, TTL: time.Minute}
+	if k, err := c2.Lookup(ctx, hw(pre), ""); err != nil || k != pxe.KindPredefined {
+		t.Errorf("with the first NS down: %v %v", k, err)
+	}
+	// A computer only the first NS knows, with it down: not taken for unknown on the
+	// second's word; the kind last known stands in.
+	later := time.Now().Add(2 * time.Minute)
+	c.now = func() time.Time { return later }
+	if k, err := c.Lookup(ctx, hw(mgd), ""); err == nil || k != pxe.KindManaged {
+		t.Errorf("a managed computer of the first NS, with it down: %v %v; want managed from the cache, and the error", k, err)
+	}
+}

@@ -1,8 +1,6 @@
 package pkgd
 
 import (
-	"context"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -101,38 +99,6 @@ func authReason(err error) string {
 // requests signed with one are refused from then on.
 func (s *Service) SetRevoked(nsName string, serials []string) {
 	s.revocations.Set(nsName, serials)
-}
-
-// refreshRoots reads the NS CA certificates the site server trusts now: after a CA
-// renewal the renewed one is among them.
-func (s *Service) refreshRoots(ctx context.Context) error {
-	if s.peer == nil {
-		return nil // tests set roots directly
-	}
-	caPEM, err := s.peer.CA(ctx)
-	if err != nil {
-		return err
-	}
-	cas, err := pki.ParseCAs(caPEM)
-	if err != nil {
-		return fmt.Errorf("NS CA: %w", err)
-	}
-	pool := x509.NewCertPool()
-	for _, c := range cas {
-		pool.AddCert(c)
-	}
-	s.roots.Store(pool)
-	return nil
-}
-
-// verifier checks package requests against the NS CA and its revocations.
-func (s *Service) verifier() *pki.RequestVerifier {
-	return &pki.RequestVerifier{
-		Roots:   s.roots.Load,
-		Revoked: s.revocations.Has,
-		Kinds:   []string{pki.KindAgent, pki.KindSiteServer},
-		Now:     s.now,
-	}
 }
 
 // signRequest signs a download from another package server with this server's

@@ -41,7 +41,7 @@ func TestSecurityPackageServerServesOnlyNSIdentities(t *testing.T) {
 	defer up.Close()
 	clock := &fakeClock{t: time.Now()}
 	nsA := &fakeNS{assign: []nsapi.Assignment{{Package: pkgOf(content), Go: true}}, sources: []nsapi.Source{{URL: up.URL + "/files", Kind: nsapi.SourceNS}}}
-	a, baseA := runTestService(t, nsA, Config{}, clock, func(s *Service) { s.roots.Store(ca.Pool()) })
+	a, baseA := runTestService(t, nsA, Config{}, clock, func(s *Service) { s.links[0].roots.Store(ca.Pool()) })
 	waitState(t, nsA, nsapi.CodebaseReady)
 
 	get := func(cert *tls.Certificate, at time.Time) (int, []byte) {
@@ -96,7 +96,7 @@ func TestSecurityPackageServerServesOnlyNSIdentities(t *testing.T) {
 	// Another package server fetches from this one, signing with its own certificate.
 	nsB := &fakeNS{assign: []nsapi.Assignment{{Package: pkgOf(content), Go: true}}, sources: []nsapi.Source{{URL: baseA + ServePrefix + "pkg", Kind: nsapi.SourceSameSite}}}
 	runTestService(t, nsB, Config{}, clock, func(s *Service) {
-		s.roots.Store(ca.Pool())
+		s.links[0].roots.Store(ca.Pool())
 		s.certificate = func(context.Context) (tls.Certificate, error) { return serverB, nil }
 	})
 	if cb := waitState(t, nsB, nsapi.CodebaseReady); cb.BytesDone != int64(len(content)) {

@@ -101,10 +101,19 @@ func (f *Fetcher) stallTimeout() time.Duration {
 	return DefaultStallTimeout
 }
 
+// Creds are what a transfer presents to its sources instead of the Fetcher's own: the
+// client (with its TLS client certificate for an NS) and the request signature for package
+// servers. A site server following several NSes fetches each NS's packages with that NS's.
+type Creds struct {
+	Client *http.Client
+	Sign   func(*http.Request) error
+}
+
 // download is one upstream transfer of one content, shared by everyone who wants it.
 type download struct {
 	file    nsapi.PackageFile
 	sources []string
+	creds   *Creds // nil: the Fetcher's
 	ctx     context.Context
 	cancel  context.CancelFunc
 	done    chan struct{} // closed when finished
@@ -229,10 +238,16 @@ func checkFile(file nsapi.PackageFile) error {
 // named other sources. When every caller has gone (their contexts ended), the download
 // stops and keeps its partial file.
 func (f *Fetcher) Fetch(ctx context.Context, file nsapi.PackageFile, sources []string, progress func(int64)) error {
+	return f.FetchWith(ctx, nil, file, sources, progress)
+}
+
+// FetchWith is Fetch presenting creds to the sources (nil: the Fetcher's own). A caller
+// joining a download under way shares it, with the credentials it started with.
+func (f *Fetcher) FetchWith(ctx context.Context, creds *Creds, file nsapi.PackageFile, sources []string, progress func(int64)) error {
 	if err := checkFile(file); err != nil {
 		return err
 	}
-	d, err := f.join(ctx, file, sources, false)
+	d, err := f.join(ctx, file, sources, creds, false)
 	if err != nil || d == nil {
 		return err
 	}
@@ -245,16 +260,21 @@ func (f *Fetcher) Fetch(ctx context.Context, file nsapi.PackageFile, sources []s
 // that is not cached yet: call Ensure, then OpenWhileFetching to stream it. Content
 // already stored is not an error.
 func (f *Fetcher) Ensure(file nsapi.PackageFile, sources []string) error {
+	return f.EnsureWith(nil, file, sources)
+}
+
+// EnsureWith is Ensure presenting creds to the sources (nil: the Fetcher's own).
+func (f *Fetcher) EnsureWith(creds *Creds, file nsapi.PackageFile, sources []string) error {
 	if err := checkFile(file); err != nil {
 		return err
 	}
-	_, err := f.join(context.Background(), file, sources, true)
+	_, err := f.join(context.Background(), file, sources, creds, true)
 	return err
 }
 
 // join returns the running download of file, starting one if there is none; nil if the
 // content is stored already.
-func (f *Fetcher) join(ctx context.Context, file nsapi.PackageFile, sources []string, pin bool) (*download, error) {
+func (f *Fetcher) join(ctx context.Context, file nsapi.PackageFile, sources []string, creds *Creds, pin bool) (*download, error) {
 	if f.Store == nil {
 		return nil, errors.New("pkgd: fetcher has no store")
 	}
@@ -290,6 +310,7 @@ func (f *Fetcher) join(ctx context.Context, file nsapi.PackageFile, sources []st
 			d = &download{
 				file:    file,
 				sources: append([]string(nil), sources...),
+				creds:   creds,
 				done:    make(chan struct{}),
 				changed: make(chan struct{}),
 			}

@@ -248,12 +248,19 @@ func (f *Fetcher) attempt(d *download, p *PartialFile, u string) error {
 	if off > 0 {
 		req.Header.Set("Range", "bytes="+strconv.FormatInt(off, 10)+"-")
 	}
-	if f.Sign != nil {
-		if err := f.Sign(req); err != nil {
+	sign, client := f.Sign, f.client.Load()
+	if d.creds != nil {
+		sign = d.creds.Sign
+		if d.creds.Client != nil {
+			client = d.creds.Client
+		}
+	}
+	if sign != nil {
+		if err := sign(req); err != nil {
 			return err
 		}
 	}
-	resp, err := f.client.Load().Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		if cause := context.Cause(ctx); errors.Is(cause, errStalled) {
 			return cause

@@ -3,7 +3,6 @@ package pkgd
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -11,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -35,40 +33,38 @@ import (
 // content-addressed store, reports where it serves them, and serves them over HTTP.
 type Service struct {
 	cfg     Config
-	peer    *nsapi.Enrollment
+	links   []*nsLink // the NSes followed, the first NS of the config first
 	logger  *slog.Logger
 	reg     prometheus.Registerer
 	now     func() time.Time
 	metrics *serviceMetrics
 
-	store    *Store
-	fetcher  *Fetcher
-	client   *nsapi.Client // the client of the credentials the fetcher uses
-	clientMu sync.Mutex    // guards client
-	wake     chan struct{}
-	ready    atomic.Bool
-	bound    chan struct{}
-	addr     net.Addr
-	baseURL  atomic.Value // string
+	store   *Store
+	fetcher *Fetcher
+	wake    chan struct{}
+	ready   atomic.Bool
+	bound   chan struct{}
+	addr    net.Addr
+	baseURL atomic.Value // string
 
 	// constrained, nsFallback and cacheSize (bytes, 0: unlimited) are the settings that
 	// change while the service runs (SetMode, SetCacheSize).
 	constrained, nsFallback atomic.Bool
 	cacheSize               atomic.Int64
 
-	roots       atomic.Pointer[x509.CertPool] // the NS CA certificates clients' chains end in
 	revocations pki.Revocations
 	certificate func(context.Context) (tls.Certificate, error) // signs requests to other package servers
 
 	mu sync.Mutex
 	// downloads holds the download goroutines, so that Run can join them.
 	downloads errgroup.Group
-	pkgs      map[string]*pkgState // assigned packages by id
+	pkgs      map[string]*pkgState // assigned packages by nsLink.key
 	fileRefs  map[string]nsapi.PackageFile
 }
 
 // pkgState is one assigned package and how far this server is with it.
 type pkgState struct {
+	link     *nsLink // the NS that assigned it
 	pkg      nsapi.Package
 	allowed  bool // a staged rollout lets it download now
 	state    string
@@ -104,11 +100,14 @@ func New(cfg Config, peer *nsapi.Enrollment, logger *slog.Logger, reg prometheus
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Service{cfg: cfg, peer: peer, logger: logger, reg: reg, now: time.Now,
+	s := &Service{cfg: cfg, logger: logger, reg: reg, now: time.Now,
 		wake: make(chan struct{}, 1), bound: make(chan struct{}), pkgs: map[string]*pkgState{}}
+	first := &nsLink{peer: peer}
 	if peer != nil {
 		s.certificate = peer.Certificate
+		first.name = peer.Endpoint.Name
 	}
+	s.links = []*nsLink{first}
 	s.constrained.Store(cfg.Constrained)
 	s.nsFallback.Store(cfg.NSFallback)
 	size, _ := ParseSize(cfg.CacheSize)
@@ -294,44 +293,6 @@ func (s *Service) Run(ctx context.Context) error {
 	return err
 }
 
-// nsClient returns the client of the site server's current credentials; when they changed
-// (a renewal or a new enrollment), downloads switch to them too.
-func (s *Service) nsClient(ctx context.Context) (*nsapi.Client, error) {
-	if s.peer == nil {
-		return s.client, nil // a client given directly (tests): no credentials to follow
-	}
-	c, err := s.peer.Client(ctx)
-	if err != nil {
-		return nil, err
-	}
-	s.clientMu.Lock()
-	defer s.clientMu.Unlock()
-	if c == s.client {
-		return c, nil
-	}
-	// Downloads from the NS need the same client certificate as the API, and downloads
-	// from other package servers are plain HTTP; one client does both.
-	// HTTP/1.1 for downloads: an HTTP/2 client reads ahead into a 4 MiB per-stream window
-	// whatever the reader's pace, and a crash loses all of that; over HTTP/1.1 the only
-	// read-ahead is the socket buffer, kept small below.
-	tr := nsapi.HTTP1Transport(c.HTTP.Transport.(*http.Transport))
-	// A throttled download reads slowly; with the kernel's default buffers megabytes
-	// would sit unread in the socket, to be lost (and fetched again) if the process dies.
-	// A small buffer keeps what crossed the WAN close to what is on disk. Connections made
-	// while nothing is limited keep the default buffers, which a fast link needs.
-	lim := s.fetcher.Limiter
-	d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second, Control: func(network, address string, c syscall.RawConn) error {
-		if lim != nil && lim.Limited() {
-			return smallReceiveBuffer(network, address, c)
-		}
-		return nil
-	}}
-	tr.DialContext = d.DialContext
-	s.fetcher.SetClient(&http.Client{Transport: tr})
-	s.client = c
-	return c, nil
-}
-
 func (s *Service) loop(ctx context.Context) {
 	failures := 0
 	for {
@@ -369,14 +330,29 @@ func (s *Service) earliestRetry() time.Time {
 	return next
 }
 
-// sync fetches the assignments, starts what is due, stops and removes what is no longer
-// assigned, and reports every codebase.
+// sync follows every NS's assignments; an NS that cannot be asked keeps its packages as
+// they are, and does not hold the others back.
 func (s *Service) sync(ctx context.Context) error {
-	c, err := s.nsClient(ctx)
+	var errs []error
+	for _, l := range s.links {
+		if err := s.syncLink(ctx, l); err != nil {
+			if len(s.links) > 1 {
+				err = fmt.Errorf("NS %s: %w", l.name, err)
+			}
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// syncLink fetches l's assignments, starts what is due, stops and removes what l no longer
+// assigns, and reports l's codebases.
+func (s *Service) syncLink(ctx context.Context, l *nsLink) error {
+	c, err := s.nsClient(ctx, l)
 	if err != nil {
 		return err
 	}
-	if err := s.refreshRoots(ctx); err != nil {
+	if err := s.refreshRoots(ctx, l); err != nil {
 		return err
 	}
 	as, err := c.Assignments(ctx)
@@ -387,14 +363,15 @@ func (s *Service) sync(ctx context.Context) error {
 	s.mu.Lock()
 	want := map[string]bool{}
 	for _, a := range as.Assignments {
-		want[a.Package.ID] = true
-		p, ok := s.pkgs[a.Package.ID]
+		key := l.key(a.Package.ID)
+		want[key] = true
+		p, ok := s.pkgs[key]
 		if !ok || p.pkg.Version != a.Package.Version || !slices.Equal(p.pkg.Files, a.Package.Files) {
 			if ok && p.cancel != nil {
 				p.cancel()
 			}
-			p = &pkgState{pkg: a.Package, state: nsapi.CodebasePending}
-			s.pkgs[a.Package.ID] = p
+			p = &pkgState{link: l, pkg: a.Package, state: nsapi.CodebasePending}
+			s.pkgs[key] = p
 		}
 		p.pkg, p.allowed = a.Package, a.Go
 		if s.complete(p.pkg) && p.state != nsapi.CodebaseInvalid {
@@ -405,20 +382,21 @@ func (s *Service) sync(ctx context.Context) error {
 			s.startLocked(ctx, p)
 		}
 	}
-	for id, p := range s.pkgs {
-		if !want[id] {
-			// Deleted or no longer for this server: stop, forget, and free the content.
+	for key, p := range s.pkgs {
+		if p.link == l && !want[key] {
+			// Deleted or no longer for this server: stop, forget, and free the content
+			// (unless another NS's package holds it too).
 			if p.cancel != nil {
 				p.cancel()
 			}
-			delete(s.pkgs, id)
-			s.logger.Info("package no longer assigned; removing it", "package", id)
+			delete(s.pkgs, key)
+			s.logger.Info("package no longer assigned; removing it", "package", p.pkg.ID, "ns", l.name)
 		}
 	}
 	s.rebuildRefsLocked()
 	s.mu.Unlock()
 	s.collectGarbage()
-	return s.report(ctx)
+	return s.report(ctx, l)
 }
 
 // complete reports whether every file of p is in the store.
@@ -474,11 +452,11 @@ func (s *Service) startLocked(ctx context.Context, p *pkgState) {
 	dctx, cancel := context.WithCancel(ctx)
 	p.cancel = cancel
 	p.state = nsapi.CodebaseDownloading
-	pkg := p.pkg
+	pkg, l := p.pkg, p.link
 	s.downloads.Go(func() error {
-		err := s.download(dctx, pkg)
+		err := s.download(dctx, l, pkg)
 		s.mu.Lock()
-		cur, ok := s.pkgs[pkg.ID]
+		cur, ok := s.pkgs[l.key(pkg.ID)]
 		if !ok || cur != p {
 			s.mu.Unlock()
 			return nil
@@ -487,7 +465,7 @@ func (s *Service) startLocked(ctx context.Context, p *pkgState) {
 		switch {
 		case err == nil:
 			p.state, p.done, p.lastErr, p.failures = nsapi.CodebaseReady, pkg.TotalSize(), "", 0
-			s.logger.Info("package ready", "package", pkg.ID, "version", pkg.Version)
+			s.logger.Info("package ready", "package", pkg.ID, "version", pkg.Version, "ns", l.name)
 		case dctx.Err() != nil:
 			// Stopped on purpose: deleted, reassigned or shutting down.
 			p.state = nsapi.CodebasePending
@@ -501,16 +479,17 @@ func (s *Service) startLocked(ctx context.Context, p *pkgState) {
 		s.rebuildRefsLocked()
 		s.mu.Unlock()
 		if ctx.Err() == nil {
-			s.report(ctx)
+			s.report(ctx, l)
 			s.Kick()
 		}
 		return nil
 	})
 }
 
-// download fetches every missing file of pkg from the sources the NS ranks for us.
-func (s *Service) download(ctx context.Context, pkg nsapi.Package) error {
-	c, err := s.nsClient(ctx)
+// download fetches every missing file of l's package pkg from the sources l ranks for us,
+// with l's credentials.
+func (s *Service) download(ctx context.Context, l *nsLink, pkg nsapi.Package) error {
+	c, err := s.nsClient(ctx, l)
 	if err != nil {
 		return err
 	}
@@ -538,14 +517,15 @@ func (s *Service) download(ctx context.Context, pkg nsapi.Package) error {
 		}
 	}
 	var before int64
+	key, creds := l.key(pkg.ID), s.creds(l)
 	for _, f := range pkg.Files {
 		if s.store.Has(f.SHA256) {
 			before += f.Size
-			s.setDone(pkg.ID, before)
+			s.setDone(key, before)
 			continue
 		}
 		base := before
-		if err := s.fetcher.Fetch(ctx, f, urls, func(n int64) { s.setDone(pkg.ID, base+n) }); err != nil {
+		if err := s.fetcher.FetchWith(ctx, creds, f, urls, func(n int64) { s.setDone(key, base+n) }); err != nil {
 			return fmt.Errorf("%s: %w", f.Name, err)
 		}
 		before += f.Size
@@ -553,9 +533,9 @@ func (s *Service) download(ctx context.Context, pkg nsapi.Package) error {
 	return nil
 }
 
-func (s *Service) setDone(id string, n int64) {
+func (s *Service) setDone(key string, n int64) {
 	s.mu.Lock()
-	if p, ok := s.pkgs[id]; ok {
+	if p, ok := s.pkgs[key]; ok {
 		p.done = n
 	}
 	s.mu.Unlock()
@@ -573,25 +553,25 @@ func (s *Service) progressLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		moved := false
+		moved := map[*nsLink]bool{}
 		s.mu.Lock()
-		for id, p := range s.pkgs {
-			if p.state == nsapi.CodebaseDownloading && p.done != reported[id] {
-				reported[id], moved = p.done, true
+		for key, p := range s.pkgs {
+			if p.state == nsapi.CodebaseDownloading && p.done != reported[key] {
+				reported[key], moved[p.link] = p.done, true
 			}
 		}
 		s.mu.Unlock()
-		if moved {
-			if err := s.report(ctx); err != nil && ctx.Err() == nil {
-				s.logger.Debug("download progress not reported", "err", err)
+		for l := range moved {
+			if err := s.report(ctx, l); err != nil && ctx.Err() == nil {
+				s.logger.Debug("download progress not reported", "ns", l.name, "err", err)
 			}
 		}
 	}
 }
 
-// report sends the state of every assigned package to the NS.
-func (s *Service) report(ctx context.Context) error {
-	c, err := s.nsClient(ctx)
+// report sends the state of every package l assigned to l, and only those.
+func (s *Service) report(ctx context.Context, l *nsLink) error {
+	c, err := s.nsClient(ctx, l)
 	if err != nil {
 		return err
 	}
@@ -599,8 +579,11 @@ func (s *Service) report(ctx context.Context) error {
 	s.mu.Lock()
 	cbs := make([]nsapi.Codebase, 0, len(s.pkgs))
 	for _, p := range s.pkgs {
+		if p.link != l {
+			continue
+		}
 		cb := nsapi.Codebase{Package: p.pkg.ID, Version: p.pkg.Version, State: p.state, BytesDone: p.done,
-			BytesTotal: p.pkg.TotalSize(), LastError: p.lastErr, URL: base + ServePrefix + url.PathEscape(p.pkg.ID)}
+			BytesTotal: p.pkg.TotalSize(), LastError: p.lastErr, URL: l.packageURL(base, p.pkg.ID)}
 		if p.state == nsapi.CodebaseRetrying {
 			cb.NextAttempt = p.next
 		}
@@ -659,15 +642,34 @@ func (s *Service) handler() http.Handler {
 	files := newHandler(contentFunc(s.file), s.metrics.serve, s.logger, s.cfg.MaxCompressedStreams)
 	// No ServeMux: it would clean the path (and redirect) before the file handler could
 	// refuse an escaping name.
-	var h http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	inner := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodGet && strings.HasPrefix(r.URL.EscapedPath(), ServePrefix) && s.streamIfFetching(w, r) {
 			return
 		}
 		files.ServeHTTP(w, r)
 	})
-	if !s.cfg.AllowAnonymous {
-		h = RequireSignature(h, s.verifier(), s.metrics.auth, s.logger)
+	// Each NS's packages are served to its own identities: the signature is checked
+	// against that NS's CA, on the path as the client signed it, before the NS's part of
+	// the path is taken off.
+	perLink := map[*nsLink]http.Handler{}
+	for _, l := range s.links {
+		var h http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			_, rest := s.linkOf(r.URL.EscapedPath())
+			inner.ServeHTTP(w, withLink(r, l, rest))
+		})
+		if !s.cfg.AllowAnonymous {
+			h = RequireSignature(h, s.verifier(l), s.metrics.auth, s.logger)
+		}
+		perLink[l] = h
 	}
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		l, _ := s.linkOf(r.URL.EscapedPath())
+		if l == nil {
+			http.NotFound(w, r)
+			return
+		}
+		perLink[l].ServeHTTP(w, r)
+	})
 	return timed(h, s.metrics.requests)
 }
 
@@ -677,10 +679,10 @@ func (f contentFunc) File(ctx context.Context, pkg, name string) (nsapi.PackageF
 	return f(ctx, pkg, name)
 }
 
-func (s *Service) lookup(pkg, name string) (nsapi.PackageFile, bool) {
+func (s *Service) lookup(l *nsLink, pkg, name string) (nsapi.PackageFile, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	p, ok := s.pkgs[pkg]
+	p, ok := s.pkgs[l.key(pkg)]
 	if !ok {
 		return nsapi.PackageFile{}, false
 	}
@@ -692,7 +694,7 @@ func (s *Service) lookup(pkg, name string) (nsapi.PackageFile, bool) {
 }
 
 func (s *Service) file(ctx context.Context, pkg, name string) (nsapi.PackageFile, *os.File, error) {
-	f, ok := s.lookup(pkg, name)
+	f, ok := s.lookup(s.linkFrom(ctx), pkg, name)
 	if !ok {
 		return nsapi.PackageFile{}, nil, ErrNotFound
 	}
@@ -713,11 +715,12 @@ func (s *Service) streamIfFetching(w http.ResponseWriter, r *http.Request) bool 
 	if err != nil {
 		return false
 	}
-	f, ok := s.lookup(id, name)
+	l := s.linkFrom(r.Context())
+	f, ok := s.lookup(l, id, name)
 	if !ok || s.store.Has(f.SHA256) {
 		return false
 	}
-	c, err := s.nsClient(r.Context())
+	c, err := s.nsClient(r.Context(), l)
 	if err != nil {
 		return false
 	}
@@ -730,7 +733,7 @@ func (s *Service) streamIfFetching(w http.ResponseWriter, r *http.Request) bool 
 		urls = append(urls, so.URL)
 	}
 	s.metrics.serve.misses.Inc()
-	if err := s.fetcher.Ensure(f, urls); err != nil {
+	if err := s.fetcher.EnsureWith(s.creds(l), f, urls); err != nil {
 		return false
 	}
 	rc, size, err := s.fetcher.OpenWhileFetching(r.Context(), f.SHA256)
@@ -765,11 +768,18 @@ func smallReceiveBuffer(network, address string, c syscall.RawConn) error {
 }
 
 // OpenFile opens a stored, verified file of an assigned package, for other services of
-// the same site server (network boot serves boot images from here).
+// the same site server (network boot serves boot images from here): of the first NS that
+// assigned a package of that ID.
 func (s *Service) OpenFile(ctx context.Context, pkg, name string) (*os.File, error) {
 	if s.store == nil {
 		return nil, ErrNotReady
 	}
-	_, f, err := s.file(ctx, pkg, name)
-	return f, err
+	err := ErrNotFound
+	for _, l := range s.links {
+		var f *os.File
+		if _, f, err = s.file(context.WithValue(ctx, linkKey{}, l), pkg, name); err == nil {
+			return f, nil
+		}
+	}
+	return nil, err
 }

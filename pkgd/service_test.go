@@ -144,7 +144,7 @@ func runTestService(t *testing.T, f *fakeNS, cfg Config, clock *fakeClock, befor
 	if before != nil {
 		before(s)
 	}
-	s.client = nsapi.NewClient(nsSrv.URL, nil)
+	s.links[0].client = nsapi.NewClient(nsSrv.URL, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()

@@ -408,9 +408,6 @@ func (s *siteServer) build() error {
 	if nb := svcs.Netboot; nb != nil && nb.BootPackage != "" && !want[nsapi.ServicePackage].on && want[nsapi.ServiceNetboot].on {
 		return fmt.Errorf("services.netboot.boot_package: needs the package service on this site server")
 	}
-	if len(s.peers) > 1 && want[nsapi.ServicePackage].on {
-		s.logger.Warn("the package service follows the first NS only", "ns", s.peers[0].Endpoint.Name)
-	}
 	if s.sup, err = newSupervisor(s.logger, s.reg, serviceNames, s.assign.decide); err != nil {
 		return err
 	}
@@ -477,7 +474,8 @@ func (s *siteServer) newTask(reg prometheus.Registerer) (service.Service, error)
 	return t, nil
 }
 
-// newPackage builds the package service from its settings in force; it follows the first NS.
+// newPackage builds the package service from its settings in force; it follows every NS
+// (its settings, the first's).
 func (s *siteServer) newPackage(reg prometheus.Registerer) (service.Service, error) {
 	pcfg := s.assign.packageConfig()
 	pcfg.DataDir = filepath.Join(s.cfg.DataDir, "package")
@@ -485,12 +483,17 @@ func (s *siteServer) newPackage(reg prometheus.Registerer) (service.Service, err
 	if err != nil {
 		return nil, err
 	}
+	for _, peer := range s.peers[1:] {
+		if err := p.FollowNS(peer); err != nil {
+			return nil, err
+		}
+	}
 	s.lastRevoked(p.SetRevoked)
 	return p, nil
 }
 
-// newNetboot builds the network boot service from its settings in force; it follows the
-// first NS, which it asks about computers.
+// newNetboot builds the network boot service from its settings in force; it asks the NSes
+// about computers in the order of the config (its unknown-computer policy is the first's).
 func (s *siteServer) newNetboot(reg prometheus.Registerer) (service.Service, error) {
 	cfg, err := s.assign.netbootConfig(s.bootPackageHas)
 	if err != nil {
@@ -501,6 +504,9 @@ func (s *siteServer) newNetboot(reg prometheus.Registerer) (service.Service, err
 		return nil, err
 	}
 	b.UsePackages(s.openPackageFile)
+	for _, peer := range s.peers[1:] {
+		b.AlsoAsk(peer.Client)
+	}
 	var last nsapi.RegisterServerResponse
 	if s.registrar.Last(s.peers[0].Endpoint.Name, &last) {
 		// Kept from the last answer, so a restart without the NS keeps its policy.
