@@ -188,3 +188,38 @@ func TestAlertRulesAnnotated(t *testing.T) {
 		t.Fatal("no alerting rules")
 	}
 }
+
+// Every alert has a promtool unit test in which it fires: an alert added without one, or
+// renamed, fails here.
+func TestEveryAlertHasAFiringUnitTest(t *testing.T) {
+	rules, err := Rules()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile("alerts_test.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f struct {
+		Tests []struct {
+			AlertRuleTest []struct {
+				Alertname string `yaml:"alertname"`
+				ExpAlerts []any  `yaml:"exp_alerts"`
+			} `yaml:"alert_rule_test"`
+		} `yaml:"tests"`
+	}
+	if err := yaml.Unmarshal(b, &f); err != nil {
+		t.Fatal(err)
+	}
+	fires := map[string]bool{}
+	for _, tc := range f.Tests {
+		for _, at := range tc.AlertRuleTest {
+			fires[at.Alertname] = fires[at.Alertname] || len(at.ExpAlerts) > 0
+		}
+	}
+	for _, r := range rules {
+		if !fires[r.Alert] {
+			t.Errorf("%s: no unit test in alerts_test.yaml where it fires", r.Alert)
+		}
+	}
+}
