@@ -1,6 +1,6 @@
 // Package packaging tests the .deb and .rpm that `make package` builds: what they hold,
 // and, as root on a machine with dpkg, what installing, upgrading and purging the .deb
-// does to the system.
+// does to the system; the .rpm is installed and erased with rpm(8) in an overlay of it.
 package packaging
 
 import (
@@ -171,6 +171,7 @@ func TestPackages(t *testing.T) {
 		}
 	})
 
+	t.Run("rpm install, verify and erase", func(t *testing.T) { installRPM(t, rpm) })
 	t.Run("deb install, upgrade and purge", func(t *testing.T) { installDeb(t, deb) })
 }
 
