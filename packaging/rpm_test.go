@@ -79,7 +79,9 @@ func installRPM(t *testing.T, rpmFile string) {
 	got := map[string]entry{}
 	configs := map[string]bool{}
 	var tokensSeen int
-	has := func(line string) bool { return regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(line) + `$`).MatchString(out) }
+	has := func(line string) bool {
+		return regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(line) + `$`).MatchString(out)
+	}
 	for _, line := range strings.Split(out, "\n") {
 		f := strings.Fields(line)
 		if len(f) == 0 {
