@@ -172,6 +172,7 @@ func TestPackages(t *testing.T) {
 	})
 
 	t.Run("rpm install, verify and erase", func(t *testing.T) { installRPM(t, rpm) })
+	t.Run("units under systemd", func(t *testing.T) { unitsUnderSystemd(t, deb) })
 	t.Run("deb install, upgrade and purge", func(t *testing.T) { installDeb(t, deb) })
 }
 
