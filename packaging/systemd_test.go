@@ -201,4 +201,41 @@ func unitsUnderSystemd(t *testing.T, deb string) {
 	if p["ActiveState"] != "inactive" || p["Result"] != "success" || time.Since(began) > 25*time.Second {
 		t.Errorf("after stop (%s): %v\n%s", time.Since(began).Round(time.Millisecond), p, status())
 	}
+
+	// The central NS and an agent enrolling with it, each ready when systemctl start
+	// returns: the agent's config pointed at the NS as an administrator would.
+	if out, err := in(90*time.Second, "systemctl", "start", "siteserver-ns.service"); err != nil {
+		t.Fatalf("systemctl start siteserver-ns: %v\n%s", err, out)
+	}
+	if out, err := in(10*time.Second, "curl", "-fsS", "-m", "5", "http://127.0.0.1:9350/readyz"); err != nil {
+		t.Fatalf("the NS's /readyz right after systemctl start: %v %s", err, out)
+	}
+	pin, err := in(10*time.Second, "sh", "-c", "openssl x509 -in /var/lib/siteserver-ns/ca.crt -outform DER | sha256sum | cut -d' ' -f1")
+	if err != nil || len(pin) != 64 {
+		t.Fatalf("the NS CA's SHA-256: %v %q", err, pin)
+	}
+	if out, err := in(10*time.Second, "sed", "-i", "-e", "s|https://ns.example.org:8443|https://127.0.0.1:8443|",
+		"-e", `s|ca_sha256: ".*"|ca_sha256: "`+pin+`"|`, "/etc/siteserver/agent.yaml"); err != nil {
+		t.Fatalf("editing agent.yaml: %v %s", err, out)
+	}
+	if out, err := in(90*time.Second, "systemctl", "start", "siteserver-agent.service"); err != nil {
+		agent, _ := in(10*time.Second, "systemctl", "status", "--no-pager", "-l", "siteserver-agent")
+		t.Fatalf("systemctl start siteserver-agent: %v\n%s\n%s", err, out, agent)
+	}
+	if out, err := in(10*time.Second, "curl", "-fsS", "-m", "5", "http://127.0.0.1:9352/readyz"); err != nil {
+		t.Fatalf("the agent's /readyz right after systemctl start: %v %s", err, out)
+	}
+	// The agent enrolled with the NS: the NS lists it.
+	if out, err := in(10*time.Second, "siteserver", "agents", "list", "-json", "-ns", "https://127.0.0.1:8443",
+		"-ca", "/var/lib/siteserver-ns/ca.crt", "-token-file", "/etc/siteserver/admin.token"); err != nil || strings.Count(out, `"id"`) != 1 {
+		t.Errorf("agents list at the NS: %v\n%s", err, out)
+	}
+	for _, u := range []string{"siteserver-agent.service", "siteserver-ns.service"} {
+		if out, err := in(60*time.Second, "systemctl", "stop", u); err != nil {
+			t.Fatalf("systemctl stop %s: %v\n%s", u, err, out)
+		}
+		if out, _ := in(10*time.Second, "systemctl", "show", u, "-p", "Result", "--value"); out != "success" {
+			t.Errorf("%s stopped with result %q", u, out)
+		}
+	}
 }
