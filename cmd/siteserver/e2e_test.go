@@ -544,15 +544,20 @@ func mustReadS(t *testing.T, path string) string { return string(mustRead(t, pat
 
 // A site server may register with several NSes; each knows it, and one NS being down
 // does not stop the registrations with the other.
-func TestSeveralNSes(t *testing.T) {
-	dir := t.TempDir()
-	type nsInfo struct {
-		proc     *proc
-		url, pin string
-		ca       string
-	}
+// nsInfo is an NS process the test started.
+type nsInfo struct {
+	name     string
+	proc     *proc
+	url, pin string
+	ca       string
+}
+
+// startNSes starts an NS per name (auto approval, a heartbeat of 1 s; site server token
+// serverToken-NAME), data under dir/NAME.
+func startNSes(t *testing.T, dir string, names ...string) []nsInfo {
+	t.Helper()
 	var nss []nsInfo
-	for _, name := range []string{"east", "west"} {
+	for _, name := range names {
 		conf := writeFile(t, filepath.Join(dir, name+".yaml"), fmt.Sprintf(`log: {format: json}
 metrics: {listen: "127.0.0.1:0"}
 ns:
@@ -566,8 +571,14 @@ ns:
 `, filepath.Join(dir, name), serverToken, name, agentToken, adminToken))
 		p := start(t, "ns", "-config", conf)
 		l := p.waitLog("NS API listening")
-		nss = append(nss, nsInfo{proc: p, url: "https://" + l["addr"].(string), pin: l["ca_sha256"].(string), ca: filepath.Join(dir, name, "ca.crt")})
+		nss = append(nss, nsInfo{name: name, proc: p, url: "https://" + l["addr"].(string), pin: l["ca_sha256"].(string), ca: filepath.Join(dir, name, "ca.crt")})
 	}
+	return nss
+}
+
+func TestSeveralNSes(t *testing.T) {
+	dir := t.TempDir()
+	nss := startNSes(t, dir, "east", "west")
 	conf := writeFile(t, filepath.Join(dir, "ss.yaml"), fmt.Sprintf(`log: {format: json}
 metrics: {listen: "127.0.0.1:0"}
 data_dir: %s

@@ -23,25 +23,7 @@ import (
 // identity cannot read the other NS's packages.
 func TestPackagesFromSeveralNSes(t *testing.T) {
 	dir := t.TempDir()
-	type nsInfo struct {
-		name, url, pin, ca string
-	}
-	var nss []nsInfo
-	for _, name := range []string{"east", "west"} {
-		conf := writeFile(t, filepath.Join(dir, name+".yaml"), fmt.Sprintf(`log: {format: json}
-metrics: {listen: "127.0.0.1:0"}
-ns:
-  data_dir: %s
-  listen: "127.0.0.1:0"
-  approval: auto
-  site_server_token: %s-%s
-  agent_token: %s
-  admin_token: %s
-  settings: {heartbeat_interval: 1s}
-`, filepath.Join(dir, name), serverToken, name, agentToken, adminToken))
-		l := start(t, "ns", "-config", conf).waitLog("NS API listening")
-		nss = append(nss, nsInfo{name: name, url: "https://" + l["addr"].(string), pin: l["ca_sha256"].(string), ca: filepath.Join(dir, name, "ca.crt")})
-	}
+	nss := startNSes(t, dir, "east", "west")
 	east, west := nss[0], nss[1]
 	port := freePort(t)
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
