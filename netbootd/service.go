@@ -57,8 +57,9 @@ type Config struct {
 	// SecureBoot serves scripts where signed iPXE builds look for them.
 	SecureBoot SecureBootConfig `yaml:"secure_boot"`
 	// UnknownOverride is this server's own policy for computers the NS does not know
-	// ("answer", "silent"), over the NS's per site: a central setting, not in the file.
-	UnknownOverride string `yaml:"-"`
+	// ("answer", "silent"), over the NS's per site; "" (the default) follows the NS. Also
+	// a central setting (netboot.unknown_computers), which the file's value pins.
+	UnknownOverride string `yaml:"unknown_computers"`
 }
 
 // scriptData is what an iPXE script template may use.
@@ -169,6 +170,11 @@ func (c *Config) Defaults() {
 func (c *Config) Validate(prefix string) error {
 	if c.BootDir == "" {
 		return fmt.Errorf("%s.boot_dir: required", prefix)
+	}
+	switch c.UnknownOverride {
+	case "", nsapi.UnknownAnswer, nsapi.UnknownSilent:
+	default:
+		return fmt.Errorf("%s.unknown_computers: %q is not answer or silent (or leave it out: the NS's policy per site)", prefix, c.UnknownOverride)
 	}
 	if st, err := os.Stat(c.BootDir); err != nil || !st.IsDir() {
 		return fmt.Errorf("%s.boot_dir: %q is not a directory", prefix, c.BootDir)

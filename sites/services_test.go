@@ -364,6 +364,8 @@ func FuzzServiceSettingsSet(f *testing.F) {
 		{KeyTaskEnabled, "T"}, {"package.enabled", "1"}, {"netboot.boot_files.7", "a\x00b"}, {KeyPackageDefaultBandwidth, " \t"},
 		{KeyTaskPresenceInterval, "30s"}, {KeyTaskPresenceInterval, "0s"}, {KeyNetbootUnknown, "silent"}, {KeyNetbootBootPackage, "winpe-11"},
 		{"netboot.scripts.managed", "#!ipxe\nexit\n"}, {"netboot.scripts.unknown", "{{.Nope}}"}, {"netboot.scripts.other", "#!ipxe"},
+		{"netboot.bsdp_images.4096", `{name: x, kind: 1, boot_file: b, root_path: "http://h/x.dmg", default: true}`},
+		{"netboot.bsdp_images.1", `{"name":"y","kind":3,"boot_file":"b","root_path":"https://h/y.dmg"}`}, {"netboot.bsdp_images.0", "{}"},
 	} {
 		f.Add(seed[0], seed[1])
 	}

@@ -300,7 +300,7 @@ func netbootPlan(local netbootd.Config, pins map[string]bool, central *sites.Net
 		out = append(out, setting{key, v.String(), from})
 	}
 	pick(sites.KeyNetbootBootPackage, local.BootPackage, c.BootPackage, func(v string) { cfg.BootPackage = v })
-	pick(sites.KeyNetbootUnknown, "", c.UnknownComputers, func(v string) { cfg.UnknownOverride = v })
+	pick(sites.KeyNetbootUnknown, local.UnknownOverride, c.UnknownComputers, func(v string) { cfg.UnknownOverride = v })
 	return cfg, out
 }
 

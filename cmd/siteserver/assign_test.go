@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/siteserver/siteserver/netbootd"
 	"github.com/siteserver/siteserver/netbootd/pxe"
@@ -233,4 +234,43 @@ func TestReloadedServices(t *testing.T) {
 	if cur.Package.Constrained {
 		t.Fatal("reloadedServices changed what it was given")
 	}
+}
+
+// The serve file's unknown_computers pins the server's policy over a central one; left out,
+// the central one is in force, and neither gives "" (the NS's policy per site).
+func TestUnknownComputersPin(t *testing.T) {
+	silent, answer := "silent", "answer"
+	central := &sites.NetbootService{UnknownComputers: &answer}
+	local := netbootd.Config{UnknownOverride: silent}
+	cfg, planned := netbootPlan(local, pinsOf(mustYAML(t, "services:\n  netboot:\n    unknown_computers: silent\n")), central)
+	st := settingByKey(planned, sites.KeyNetbootUnknown)
+	if cfg.UnknownOverride != silent || st.from != nsapi.FromLocal || st.value != silent {
+		t.Fatalf("pinned: %q %+v", cfg.UnknownOverride, st)
+	}
+	cfg, planned = netbootPlan(netbootd.Config{}, map[string]bool{}, central)
+	if st := settingByKey(planned, sites.KeyNetbootUnknown); cfg.UnknownOverride != answer || st.from != nsapi.FromCentral {
+		t.Fatalf("central: %q %+v", cfg.UnknownOverride, st)
+	}
+	cfg, planned = netbootPlan(netbootd.Config{}, map[string]bool{}, nil)
+	if st := settingByKey(planned, sites.KeyNetbootUnknown); cfg.UnknownOverride != "" || st.from != nsapi.FromDefault {
+		t.Fatalf("neither: %q %+v", cfg.UnknownOverride, st)
+	}
+}
+
+func settingByKey(planned []setting, key string) setting {
+	for _, st := range planned {
+		if st.key == key {
+			return st
+		}
+	}
+	return setting{}
+}
+
+func mustYAML(t *testing.T, s string) *yaml.Node {
+	t.Helper()
+	var doc yaml.Node
+	if err := yaml.Unmarshal([]byte(s), &doc); err != nil {
+		t.Fatal(err)
+	}
+	return doc.Content[0]
 }

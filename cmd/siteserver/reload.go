@@ -171,7 +171,7 @@ func (s *siteServer) reloadable(level *slog.LevelVar, next *Serve) reloadable {
 	}
 	if nc := next.Services.Netboot; cur.Netboot != nil && nc != nil {
 		// Scripts and the boot package merge with the central ones, as at start.
-		for _, k := range []string{"enabled", "pxe.boot_files", "pxe.ipxe_script_url", "scripts", "boot_package"} {
+		for _, k := range []string{"enabled", "pxe.boot_files", "pxe.ipxe_script_url", "scripts", "boot_package", "unknown_computers"} {
 			r["services.netboot."+k] = services
 		}
 	}
@@ -196,7 +196,7 @@ func reloadedServices(cur, next Services) Services {
 	if cur.Netboot != nil && next.Netboot != nil {
 		b, n := *cur.Netboot, next.Netboot
 		b.Enabled, b.PXE.BootFiles, b.PXE.IPXEScriptURL, b.Scripts = n.Enabled, n.PXE.BootFiles, n.PXE.IPXEScriptURL, n.Scripts
-		b.BootPackage = n.BootPackage
+		b.BootPackage, b.UnknownOverride = n.BootPackage, n.UnknownOverride
 		out.Netboot = &b
 	}
 	return out
