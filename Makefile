@@ -48,29 +48,15 @@ CHAOS_SEED ?= 0
 chaos:
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 30m -run '^TestChaos$$' -v ./cmd/siteserver/ -args -chaos.rounds=$(CHAOS_ROUNDS) -chaos.seed=$(CHAOS_SEED)
 
-# Short runs of every fuzz target, for local use.
+# Short runs of every fuzz target (FUZZTIME each), for local use; targets are found by name.
+FUZZTIME ?= 30s
 fuzz:
-	$(GO) test -run='^$$' -fuzz='^FuzzParseRulesFile$$' -fuzztime=30s ./sites/
-	$(GO) test -run='^$$' -fuzz='^FuzzDecodeRegisterServer$$' -fuzztime=30s ./nsapi/
-	$(GO) test -run='^$$' -fuzz='^FuzzDecodeRegisterAgent$$' -fuzztime=30s ./nsapi/
-	$(GO) test -run='^$$' -fuzz='^FuzzDecodeEvents$$' -fuzztime=30s ./nsapi/
-	$(GO) test -run='^$$' -fuzz='^FuzzVerifyGrant$$' -fuzztime=30s ./nsapi/
-	$(GO) test -run='^$$' -fuzz='^FuzzVerifyCancel$$' -fuzztime=30s ./nsapi/
-	$(GO) test -run='^$$' -fuzz='^FuzzParseRange$$' -fuzztime=30s ./nsapi/
-	$(GO) test -run='^$$' -fuzz='^FuzzParseCron$$' -fuzztime=30s ./nsapi/
-	$(GO) test -run='^$$' -fuzz='^FuzzParseContentRange$$' -fuzztime=30s ./nsapi/
-	$(GO) test -run='^$$' -fuzz='^FuzzParseUploadOffset$$' -fuzztime=30s ./nsapi/
-	$(GO) test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=30s ./tickle/
-	$(GO) test -run='^$$' -fuzz='^FuzzVerify$$' -fuzztime=30s ./tickle/
-	$(GO) test -run='^$$' -fuzz='^FuzzDecodeBatch$$' -fuzztime=30s ./taskd/
-	$(GO) test -run='^$$' -fuzz='^FuzzVerifyRequest$$' -fuzztime=30s ./taskapi/
-	$(GO) test -run='^$$' -fuzz='^FuzzVerifyRequest$$' -fuzztime=30s ./internal/pki/
-	$(GO) test -run='^$$' -fuzz='^FuzzParseWindows$$' -fuzztime=30s ./pkgd/
-	$(GO) test -run='^$$' -fuzz='^FuzzPackagePath$$' -fuzztime=30s ./pkgd/
-	$(GO) test -run='^$$' -fuzz='^FuzzBSDP$$' -fuzztime=30s ./netbootd/pxe/
-	$(GO) test -run='^$$' -fuzz='^FuzzDecide$$' -fuzztime=30s ./netbootd/pxe/
-	$(GO) test -run='^$$' -fuzz='^FuzzResolve$$' -fuzztime=30s ./netbootd/tftp/
-	$(GO) test -run='^$$' -fuzz='^FuzzParseRequest$$' -fuzztime=30s ./netbootd/tftp/
+	@for pkg in $$($(GO) list ./...); do \
+		for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+			echo "== $$pkg $$f"; \
+			$(GO) test -run='^$$' -fuzz="^$$f$$" -fuzztime=$(FUZZTIME) $$pkg || exit 1; \
+		done; \
+	done
 
 bench:
 	$(GO) run ./bench sites
